@@ -1,0 +1,1 @@
+//! The shell executor. (Being written.)

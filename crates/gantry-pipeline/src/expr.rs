@@ -1,0 +1,1 @@
+//! `rules:if` expressions. (Being written.)

@@ -1,0 +1,379 @@
+//! The compiled pipeline: what the runtime executes. Plain data, no behaviour beyond small helpers.
+//!
+//! Everything here is already resolved: includes, `extends`, `!reference`, `default`, `inherit`, rules,
+//! `parallel`, and `needs`. Variable *values* are kept unexpanded; the runtime expands them per job
+//! with [`crate::vars`], because dotenv reports from earlier jobs can change them.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A compiled pipeline.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Plan {
+    /// Stage names in order, including `.pre` and `.post`.
+    pub stages: Vec<String>,
+    /// Jobs in plan order: by stage, then by order in the file. Jobs whose rules say `never` are absent.
+    pub jobs: Vec<Job>,
+    /// Predefined pipeline variables (`CI`, `CI_COMMIT_*`, `CI_PROJECT_*`, ...): the lowest precedence.
+    pub predefined: Vec<Variable>,
+    /// Global `variables`, then `workflow:rules:variables`, later entries winning.
+    pub variables: Vec<Variable>,
+    /// The caller's variables (`--variable`, variables files): the highest precedence.
+    pub cli_variables: Vec<Variable>,
+}
+
+/// A variable with its value and flags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Variable {
+    /// The name.
+    pub key: String,
+    /// The value, unexpanded.
+    pub value: String,
+    /// Whether `$VAR` references inside the value are expanded (`expand: false` turns it off).
+    pub expand: bool,
+    /// Whether the value must be replaced by `[MASKED]` in every output.
+    pub masked: bool,
+}
+
+impl Variable {
+    /// A plain, expandable, unmasked variable.
+    #[must_use]
+    pub fn new(key: impl Into<String>, value: impl Into<String>) -> Variable {
+        Variable { key: key.into(), value: value.into(), expand: true, masked: false }
+    }
+}
+
+/// When a job runs, relative to the state of the jobs it waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// Only when everything it waits for succeeded (allowed failures count as success).
+    OnSuccess,
+    /// Only when something it waits for failed.
+    OnFailure,
+    /// Whatever happened before.
+    Always,
+    /// Only when played (`--manual JOB`).
+    Manual,
+    /// Like `OnSuccess`, after [`Job::start_in`].
+    Delayed,
+}
+
+impl When {
+    /// The keyword as written in YAML.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            When::OnSuccess => "on_success",
+            When::OnFailure => "on_failure",
+            When::Always => "always",
+            When::Manual => "manual",
+            When::Delayed => "delayed",
+        }
+    }
+}
+
+/// Whether a failure of the job fails the pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum AllowFailure {
+    /// `allow_failure: true|false`.
+    Bool(bool),
+    /// `allow_failure: {exit_codes: [..]}`: allowed only for these exit codes.
+    ExitCodes(Vec<i32>),
+}
+
+impl AllowFailure {
+    /// Whether a failure with `exit_code` is allowed (`None` means no exit code, such as a timeout).
+    #[must_use]
+    pub fn allows(&self, exit_code: Option<i32>) -> bool {
+        match self {
+            AllowFailure::Bool(b) => *b,
+            AllowFailure::ExitCodes(codes) => exit_code.is_some_and(|c| codes.contains(&c)),
+        }
+    }
+    /// Whether some failure could be allowed (for listings).
+    #[must_use]
+    pub fn is_allowed(&self) -> bool {
+        !matches!(self, AllowFailure::Bool(false))
+    }
+}
+
+/// Why a job failed, as GitLab names the reasons that `retry:when` matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureReason {
+    /// The script exited non-zero.
+    ScriptFailure,
+    /// The job ran past its timeout.
+    JobExecutionTimeout,
+    /// The executor could not run the job.
+    RunnerSystemFailure,
+    /// A job it needs produced no usable artifacts.
+    MissingDependencyFailure,
+    /// Something else.
+    UnknownFailure,
+}
+
+/// `retry`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Retry {
+    /// How many times to retry (0 to 2).
+    pub max: u32,
+    /// Which failures to retry; empty means `always`.
+    pub when: Vec<String>,
+    /// Retry only for these exit codes, when non-empty.
+    pub exit_codes: Vec<i32>,
+}
+
+impl Retry {
+    /// Whether a failure with this reason and exit code should be retried (attempt counting is the caller's).
+    #[must_use]
+    pub fn matches(&self, reason: FailureReason, exit_code: Option<i32>) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        let when_ok = self.when.is_empty()
+            || self.when.iter().any(|w| {
+                w == "always"
+                    || match reason {
+                        FailureReason::ScriptFailure => w == "script_failure",
+                        FailureReason::JobExecutionTimeout => w == "job_execution_timeout",
+                        FailureReason::RunnerSystemFailure => w == "runner_system_failure",
+                        FailureReason::MissingDependencyFailure => w == "missing_dependency_failure",
+                        FailureReason::UnknownFailure => w == "unknown_failure",
+                    }
+            });
+        let code_ok = self.exit_codes.is_empty() || exit_code.is_some_and(|c| self.exit_codes.contains(&c));
+        if self.when.is_empty() || self.exit_codes.is_empty() { when_ok && code_ok } else { when_ok || code_ok }
+    }
+}
+
+/// One entry of `needs`, resolved to a concrete job of the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Need {
+    /// The name of the needed job (with its matrix suffix, if any).
+    pub job: String,
+    /// Whether its artifacts are downloaded.
+    pub artifacts: bool,
+    /// Whether the need was `optional: true`.
+    pub optional: bool,
+}
+
+/// When artifacts are uploaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArtifactsWhen {
+    /// Only when the job succeeds (the default).
+    OnSuccess,
+    /// Only when the job fails.
+    OnFailure,
+    /// Always.
+    Always,
+}
+
+/// `artifacts`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Artifacts {
+    /// `name` (unexpanded).
+    pub name: Option<String>,
+    /// Glob patterns relative to the project directory (unexpanded).
+    pub paths: Vec<String>,
+    /// Glob patterns to leave out.
+    pub exclude: Vec<String>,
+    /// Whether untracked files are added.
+    pub untracked: bool,
+    /// When to upload.
+    pub when: ArtifactsWhen,
+    /// `expire_in`, as written.
+    pub expire_in: Option<String>,
+    /// `reports`: report type → paths. Stored for later use; `dotenv` is applied by the runtime.
+    pub reports: Vec<(String, Vec<String>)>,
+}
+
+/// Cache `policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CachePolicy {
+    /// Restore before, save after.
+    PullPush,
+    /// Restore only.
+    Pull,
+    /// Save only.
+    Push,
+}
+
+/// How a cache key is made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum CacheKey {
+    /// A literal key (unexpanded).
+    Literal(String),
+    /// A hash of these files' contents, optionally prefixed.
+    Files {
+        /// The files (paths relative to the project directory).
+        files: Vec<String>,
+        /// The prefix (unexpanded).
+        prefix: Option<String>,
+    },
+}
+
+/// One `cache` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cache {
+    /// The key.
+    pub key: CacheKey,
+    /// Paths (globs) to cache.
+    pub paths: Vec<String>,
+    /// Whether untracked files are cached.
+    pub untracked: bool,
+    /// The policy.
+    pub policy: CachePolicy,
+    /// When to save (`on_success`, `on_failure`, `always`).
+    pub when: ArtifactsWhen,
+    /// Keys tried in order when the key has no cache yet.
+    pub fallback_keys: Vec<String>,
+}
+
+/// `environment`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Environment {
+    /// The name (unexpanded).
+    pub name: String,
+    /// The URL (unexpanded).
+    pub url: Option<String>,
+    /// `start`, `prepare`, `stop`, `verify` or `access`.
+    pub action: String,
+    /// `production`, `staging`, `testing`, `development` or `other`.
+    pub deployment_tier: Option<String>,
+}
+
+/// An `image` or a service, kept for the container executor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Image {
+    /// The image name.
+    pub name: String,
+    /// `entrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `alias` (services).
+    pub alias: Option<String>,
+    /// `command` (services).
+    pub command: Option<Vec<String>>,
+    /// `pull_policy`.
+    pub pull_policy: Vec<String>,
+    /// Service `variables`.
+    pub variables: Vec<(String, String)>,
+}
+
+/// A job of the plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    /// The job's name, with GitLab's suffix for parallel jobs (`build 1/3`, `build: [linux, amd64]`).
+    pub name: String,
+    /// The name as written in the file, without the suffix.
+    pub base_name: String,
+    /// The stage.
+    pub stage: String,
+    /// Index of the stage in [`Plan::stages`].
+    pub stage_index: usize,
+    /// `before_script` lines.
+    pub before_script: Vec<String>,
+    /// `script` lines.
+    pub script: Vec<String>,
+    /// `after_script` lines.
+    pub after_script: Vec<String>,
+    /// Predefined job variables (`CI_JOB_NAME`, `CI_JOB_STAGE`, `CI_NODE_*`, `CI_ENVIRONMENT_*`, ...).
+    pub predefined: Vec<Variable>,
+    /// Job variables (job `variables`, then matrix values, then `rules:variables`), unexpanded.
+    pub variables: Vec<Variable>,
+    /// When the job runs.
+    pub when: When,
+    /// `start_in` for delayed jobs.
+    pub start_in: Option<Duration>,
+    /// `allow_failure`, with GitLab's default (true for manual jobs without rules).
+    pub allow_failure: AllowFailure,
+    /// `needs`, resolved to job names; `None` means the job waits for all earlier stages.
+    pub needs: Option<Vec<Need>>,
+    /// `dependencies`; `None` means every job of earlier stages (or every need with artifacts).
+    pub dependencies: Option<Vec<String>>,
+    /// `artifacts`.
+    pub artifacts: Option<Artifacts>,
+    /// `cache` entries.
+    pub cache: Vec<Cache>,
+    /// `retry`.
+    pub retry: Retry,
+    /// `timeout`.
+    pub timeout: Option<Duration>,
+    /// `(CI_NODE_INDEX, CI_NODE_TOTAL)` for parallel jobs.
+    pub node: Option<(u32, u32)>,
+    /// `environment`.
+    pub environment: Option<Environment>,
+    /// `coverage`: a regex over the log (without the slashes).
+    pub coverage: Option<String>,
+    /// `resource_group` (unexpanded).
+    pub resource_group: Option<String>,
+    /// `interruptible`.
+    pub interruptible: bool,
+    /// `tags`.
+    pub tags: Vec<String>,
+    /// `image`.
+    pub image: Option<Image>,
+    /// `services`.
+    pub services: Vec<Image>,
+    /// Whether this is a `trigger` job (not runnable yet).
+    pub trigger: bool,
+    /// Why the job is in the plan: the rule or `only`/`except` clause that selected it.
+    pub reason: String,
+}
+
+impl Plan {
+    /// The index of the job named `name`.
+    #[must_use]
+    pub fn job_index(&self, name: &str) -> Option<usize> {
+        self.jobs.iter().position(|j| j.name == name)
+    }
+
+    /// Every variable of job `index`, lowest precedence first: pipeline predefined, job predefined, then
+    /// `runtime` (what only the runtime knows, such as `CI_JOB_ID` and `CI_PROJECT_DIR`), global and
+    /// workflow variables, job variables, `dotenv` (from the reports of the jobs it depends on), and last
+    /// the caller's variables. Resolve the result with [`crate::vars::resolve`].
+    #[must_use]
+    pub fn job_variables(&self, index: usize, runtime: &[Variable], dotenv: &[Variable]) -> Vec<Variable> {
+        let job = &self.jobs[index];
+        let mut v = Vec::with_capacity(
+            self.predefined.len() + job.predefined.len() + runtime.len() + self.variables.len() + job.variables.len(),
+        );
+        v.extend_from_slice(&self.predefined);
+        v.extend_from_slice(&job.predefined);
+        v.extend_from_slice(runtime);
+        v.extend_from_slice(&self.variables);
+        v.extend_from_slice(&job.variables);
+        v.extend_from_slice(dotenv);
+        v.extend_from_slice(&self.cli_variables);
+        v
+    }
+
+    /// What each job waits for. Jobs with `needs` wait for those jobs; the others wait for every job of
+    /// every earlier stage, expressed as a stage barrier so that the graph stays linear in size.
+    #[must_use]
+    pub fn waits(&self) -> Vec<WaitFor> {
+        let index: std::collections::HashMap<&str, usize> =
+            self.jobs.iter().enumerate().map(|(i, j)| (j.name.as_str(), i)).collect();
+        self.jobs
+            .iter()
+            .map(|j| match &j.needs {
+                Some(needs) => WaitFor::Jobs(needs.iter().filter_map(|n| index.get(n.job.as_str()).copied()).collect()),
+                None => WaitFor::StagesBefore(j.stage_index),
+            })
+            .collect()
+    }
+}
+
+/// What a job waits for before it can start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// These jobs (indices into [`Plan::jobs`]).
+    Jobs(Vec<usize>),
+    /// Every job whose stage index is lower than this.
+    StagesBefore(usize),
+}

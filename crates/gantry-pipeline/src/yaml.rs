@@ -1,0 +1,502 @@
+//! A YAML tree that remembers where every node came from.
+//!
+//! Built from `saphyr-parser` events so that lint messages can point at a line and column, and so that
+//! GitLab's YAML dialect is handled exactly: aliases are expanded, `<<` merge keys are applied (explicit
+//! keys win), a repeated key keeps its last value (and is reported), and local tags such as
+//! `!reference` are kept on the node for the compiler to resolve.
+
+use std::fmt;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+
+/// A position in a source file: 1-based line and column.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pos {
+    /// Index of the file in the compiler's file table.
+    pub file: u32,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub col: u32,
+}
+
+/// A YAML node with its position and optional local tag (for example `reference` for `!reference`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// The value.
+    pub value: Value,
+    /// Where the node starts.
+    pub pos: Pos,
+    /// A local tag without its leading `!`, such as `reference`.
+    pub tag: Option<Box<str>>,
+}
+
+/// The value of a [`Node`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// `null`, `~` or nothing.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string; quoted scalars are always strings.
+    Str(String),
+    /// A sequence.
+    Seq(Vec<Node>),
+    /// A mapping, in source order, with unique keys.
+    Map(Map),
+}
+
+/// A mapping in source order. Keys are unique: a repeated key keeps its last value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Map {
+    /// The entries.
+    pub entries: Vec<Entry>,
+}
+
+/// One key of a [`Map`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// The key, as a string.
+    pub key: String,
+    /// Where the key is.
+    pub key_pos: Pos,
+    /// The value.
+    pub value: Node,
+}
+
+impl Map {
+    /// The value of `key`, if any.
+    #[must_use]
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.entries.iter().find(|e| e.key == key).map(|e| &e.value)
+    }
+    /// The entry of `key`, if any.
+    #[must_use]
+    pub fn entry(&self, key: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.key == key)
+    }
+    /// A mutable reference to the value of `key`.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
+        self.entries.iter_mut().find(|e| e.key == key).map(|e| &mut e.value)
+    }
+    /// Sets `key`, replacing its value in place or appending it.
+    pub fn insert(&mut self, key: String, key_pos: Pos, value: Node) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.key == key) {
+            e.value = value;
+            e.key_pos = key_pos;
+        } else {
+            self.entries.push(Entry { key, key_pos, value });
+        }
+    }
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<Node> {
+        let i = self.entries.iter().position(|e| e.key == key)?;
+        Some(self.entries.remove(i).value)
+    }
+    /// Whether the map has `key`.
+    #[must_use]
+    pub fn contains(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+}
+
+impl Node {
+    /// A node with no position (made by the compiler rather than read from a file).
+    #[must_use]
+    pub fn new(value: Value, pos: Pos) -> Node {
+        Node { value, pos, tag: None }
+    }
+    /// A string node.
+    #[must_use]
+    pub fn str(s: impl Into<String>, pos: Pos) -> Node {
+        Node::new(Value::Str(s.into()), pos)
+    }
+    /// The map, if this is one.
+    #[must_use]
+    pub fn as_map(&self) -> Option<&Map> {
+        match &self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+    /// The mutable map, if this is one.
+    pub fn as_map_mut(&mut self) -> Option<&mut Map> {
+        match &mut self.value {
+            Value::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+    /// The sequence, if this is one.
+    #[must_use]
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Seq(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// The string, if this is one.
+    #[must_use]
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    /// Whether this is null.
+    #[must_use]
+    pub fn is_null(&self) -> bool {
+        matches!(self.value, Value::Null)
+    }
+    /// A scalar rendered as GitLab renders it into a string (`true`, `1`, `1.5`); `None` for collections.
+    #[must_use]
+    pub fn scalar_string(&self) -> Option<String> {
+        match &self.value {
+            Value::Null => Some(String::new()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Str(s) => Some(s.clone()),
+            Value::Seq(_) | Value::Map(_) => None,
+        }
+    }
+    /// A short name of the node's type, for messages.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match &self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Int(_) | Value::Float(_) => "number",
+            Value::Str(_) => "string",
+            Value::Seq(_) => "array",
+            Value::Map(_) => "mapping",
+        }
+    }
+}
+
+/// An error from reading YAML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YamlError {
+    /// Where it is.
+    pub pos: Pos,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for YamlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.pos.line, self.pos.col, self.message)
+    }
+}
+
+/// A repeated key, reported as a warning (the last value wins, as in GitLab).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateKey {
+    /// The repeated key.
+    pub key: String,
+    /// Where the later occurrence is.
+    pub pos: Pos,
+}
+
+/// The documents of one file.
+#[derive(Clone, Debug, Default)]
+pub struct Documents {
+    /// Every document in the stream, in order.
+    pub docs: Vec<Node>,
+    /// Keys that appeared twice in one mapping.
+    pub duplicates: Vec<DuplicateKey>,
+}
+
+/// The deepest nesting accepted; deeper input is an error rather than a stack overflow.
+const MAX_DEPTH: usize = 256;
+/// The most nodes that alias expansion may produce; guards against "billion laughs".
+const MAX_NODES: usize = 2_000_000;
+
+/// Reads every document of `src`. `file` is the file's index, stored in every [`Pos`].
+///
+/// # Errors
+/// Malformed YAML, an unknown alias, a merge key whose value is not a mapping, or input that is too deep
+/// or expands to too many nodes.
+pub fn parse(src: &str, file: u32) -> Result<Documents, YamlError> {
+    let mut b = Builder { file, anchors: Vec::new(), stack: Vec::new(), out: Documents::default(), nodes: 0 };
+    for ev in Parser::new_from_str(src) {
+        let (ev, span) = ev.map_err(|e| YamlError {
+            pos: Pos { file, line: to_u32(e.marker().line()), col: to_u32(e.marker().col() + 1) },
+            message: e.info().to_string(),
+        })?;
+        b.event(ev, span)?;
+    }
+    Ok(b.out)
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+enum Frame {
+    Seq { node: Node, anchor: usize },
+    Map { node: Node, anchor: usize, key: Option<(String, Pos)>, merges: Vec<(Node, Pos)> },
+}
+
+struct Builder {
+    file: u32,
+    anchors: Vec<(usize, Node)>,
+    stack: Vec<Frame>,
+    out: Documents,
+    nodes: usize,
+}
+
+impl Builder {
+    fn pos(&self, span: Span) -> Pos {
+        Pos { file: self.file, line: to_u32(span.start.line()), col: to_u32(span.start.col() + 1) }
+    }
+
+    fn event(&mut self, ev: Event<'_>, span: Span) -> Result<(), YamlError> {
+        let pos = self.pos(span);
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let tag = tag.and_then(|t| local_tag(&t.handle, &t.suffix));
+                let value = if style == ScalarStyle::Plain && tag.is_none() {
+                    resolve_plain(&text)
+                } else {
+                    Value::Str(text.into_owned())
+                };
+                let node = Node { value, pos, tag };
+                self.push(node, anchor)?;
+            }
+            Event::Alias(id) => {
+                let node = self
+                    .anchors
+                    .iter()
+                    .rev()
+                    .find(|(a, _)| *a == id)
+                    .map(|(_, n)| n.clone())
+                    .ok_or_else(|| YamlError { pos, message: "unknown alias".into() })?;
+                self.nodes += count(&node);
+                if self.nodes > MAX_NODES {
+                    return Err(YamlError { pos, message: "aliases expand to too many nodes".into() });
+                }
+                self.push(node, 0)?;
+            }
+            Event::SequenceStart(anchor, tag) => {
+                self.depth_check(pos)?;
+                let tag = tag.and_then(|t| local_tag(&t.handle, &t.suffix));
+                self.stack.push(Frame::Seq { node: Node { value: Value::Seq(Vec::new()), pos, tag }, anchor });
+            }
+            Event::MappingStart(anchor, tag) => {
+                self.depth_check(pos)?;
+                let tag = tag.and_then(|t| local_tag(&t.handle, &t.suffix));
+                self.stack.push(Frame::Map {
+                    node: Node { value: Value::Map(Map::default()), pos, tag },
+                    anchor,
+                    key: None,
+                    merges: Vec::new(),
+                });
+            }
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq { node, anchor }) = self.stack.pop() {
+                    self.push(node, anchor)?;
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map { mut node, anchor, merges, .. }) = self.stack.pop() {
+                    apply_merges(&mut node, merges)?;
+                    self.push(node, anchor)?;
+                }
+            }
+            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) | Event::DocumentEnd | Event::Nothing => {}
+        }
+        Ok(())
+    }
+
+    fn depth_check(&self, pos: Pos) -> Result<(), YamlError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(YamlError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, node: Node, anchor: usize) -> Result<(), YamlError> {
+        self.nodes += 1;
+        if anchor != 0 {
+            self.anchors.push((anchor, node.clone()));
+        }
+        match self.stack.last_mut() {
+            None => self.out.docs.push(node),
+            Some(Frame::Seq { node: seq, .. }) => {
+                if let Value::Seq(items) = &mut seq.value {
+                    items.push(node);
+                }
+            }
+            Some(Frame::Map { node: map, key, merges, .. }) => match key.take() {
+                None => {
+                    let k = match &node.value {
+                        Value::Seq(_) | Value::Map(_) => {
+                            return Err(YamlError { pos: node.pos, message: "a mapping key must be a scalar".into() });
+                        }
+                        _ => node.scalar_string().unwrap_or_default(),
+                    };
+                    *key = Some((k, node.pos));
+                }
+                Some((k, kpos)) => {
+                    if k == "<<" && node.tag.is_none() {
+                        merges.push((node, kpos));
+                    } else if let Value::Map(m) = &mut map.value {
+                        if m.contains(&k) {
+                            self.out.duplicates.push(DuplicateKey { key: k.clone(), pos: kpos });
+                        }
+                        m.insert(k, kpos, node);
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Applies `<<` merge keys: keys written in the mapping itself win, then earlier merge sources win over
+/// later ones, as YAML 1.1's merge key type specifies.
+fn apply_merges(node: &mut Node, merges: Vec<(Node, Pos)>) -> Result<(), YamlError> {
+    let Value::Map(map) = &mut node.value else { return Ok(()) };
+    for (src, pos) in merges {
+        let sources: Vec<Node> = match src.value {
+            Value::Map(_) => vec![src],
+            Value::Seq(items) => items,
+            Value::Null => Vec::new(),
+            _ => return Err(YamlError { pos, message: "the value of a `<<` merge key must be a mapping".into() }),
+        };
+        for s in sources {
+            let Value::Map(m) = s.value else {
+                return Err(YamlError { pos, message: "the value of a `<<` merge key must be a mapping".into() });
+            };
+            for e in m.entries {
+                if !map.contains(&e.key) {
+                    map.entries.push(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn count(n: &Node) -> usize {
+    match &n.value {
+        Value::Seq(s) => 1 + s.iter().map(count).sum::<usize>(),
+        Value::Map(m) => 1 + m.entries.iter().map(|e| 1 + count(&e.value)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
+fn local_tag(handle: &str, suffix: &str) -> Option<Box<str>> {
+    if handle == "!" { Some(suffix.into()) } else { None }
+}
+
+/// Resolves a plain scalar by the YAML 1.2 core schema (what GitLab's parser does for the common cases).
+fn resolve_plain(s: &str) -> Value {
+    match s {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    let b = s.as_bytes();
+    let digits = |t: &[u8]| !t.is_empty() && t.iter().all(u8::is_ascii_digit);
+    let unsigned = b.strip_prefix(b"-").or_else(|| b.strip_prefix(b"+")).unwrap_or(b);
+    if digits(unsigned) {
+        if let Ok(i) = s.parse::<i64>() {
+            return Value::Int(i);
+        }
+    }
+    if let Some(h) = s.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(h, 16) {
+            return Value::Int(i);
+        }
+    }
+    if let Some(o) = s.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(o, 8) {
+            return Value::Int(i);
+        }
+    }
+    let looks_float = unsigned.iter().any(u8::is_ascii_digit)
+        && unsigned.iter().all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && (unsigned.first().is_some_and(|c| c.is_ascii_digit() || *c == b'.'));
+    if looks_float {
+        if let Ok(f) = s.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    match s {
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => Value::Float(f64::NAN),
+        _ => Value::Str(s.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(src: &str) -> Node {
+        parse(src, 0).unwrap().docs.remove(0)
+    }
+
+    #[test]
+    fn positions_are_one_based() {
+        let n = doc("a:\n  b: 1\n");
+        let a = n.as_map().unwrap().entry("a").unwrap();
+        assert_eq!((a.key_pos.line, a.key_pos.col), (1, 1));
+        let b = a.value.as_map().unwrap().entry("b").unwrap();
+        assert_eq!((b.key_pos.line, b.key_pos.col), (2, 3));
+    }
+
+    #[test]
+    fn merge_keys_explicit_keys_win() {
+        let n = doc("x: &x {a: 1, b: 2}\ny:\n  b: 3\n  <<: *x\n");
+        let y = n.as_map().unwrap().get("y").unwrap().as_map().unwrap();
+        assert_eq!(y.get("a").unwrap().value, Value::Int(1));
+        assert_eq!(y.get("b").unwrap().value, Value::Int(3));
+    }
+
+    #[test]
+    fn duplicate_key_last_wins_and_is_reported() {
+        let d = parse("a: 1\na: 2\n", 0).unwrap();
+        assert_eq!(d.docs[0].as_map().unwrap().get("a").unwrap().value, Value::Int(2));
+        assert_eq!(d.duplicates, vec![DuplicateKey { key: "a".into(), pos: Pos { file: 0, line: 2, col: 1 } }]);
+    }
+
+    #[test]
+    fn local_tags_are_kept() {
+        let n = doc("a: !reference [.x, script]\n");
+        assert_eq!(n.as_map().unwrap().get("a").unwrap().tag.as_deref(), Some("reference"));
+    }
+
+    #[test]
+    fn quoted_scalars_stay_strings() {
+        let n = doc("a: '1'\nb: 1\nc: true\nd: ~\n");
+        let m = n.as_map().unwrap();
+        assert_eq!(m.get("a").unwrap().value, Value::Str("1".into()));
+        assert_eq!(m.get("b").unwrap().value, Value::Int(1));
+        assert_eq!(m.get("c").unwrap().value, Value::Bool(true));
+        assert!(m.get("d").unwrap().is_null());
+    }
+
+    #[test]
+    fn malformed_yaml_is_an_error_with_a_position() {
+        let e = parse("a: [1, 2\nb: 3\n", 0).unwrap_err();
+        assert!(e.pos.line >= 1, "{e:?}");
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut src = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            src.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+        }
+        assert!(parse(&src, 0).unwrap_err().message.contains("too many"));
+    }
+}

@@ -1,0 +1,121 @@
+//! The `Executor` trait: everything that starts a process goes through it.
+//!
+//! # Lifecycle
+//! 1. [`Executor::prepare`] is called once per job attempt, after the workspace is ready. It returns a
+//!    [`Session`]: for the shell executor that is nothing more than the workspace path; a container
+//!    executor creates its network, services and job container here.
+//! 2. [`Session::run_step`] is called for the `before_script` + `script` step, then (always, in a fresh
+//!    shell) for the `after_script` step if there is one. Each call streams output lines to the sink as
+//!    they come and returns how the step ended. A step must honour its timeout and the cancel signal by
+//!    killing everything it started (the whole process group, or the container) before returning.
+//! 3. [`Session::cleanup`] is called exactly once, whatever happened, and must leave nothing behind.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of output, without its line terminator. Invalid UTF-8 is replaced lossily.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputLine {
+    /// The stream.
+    pub stream: Stream,
+    /// The text.
+    pub line: String,
+}
+
+/// What an executor needs to know about the job to prepare for it.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    /// The job's name.
+    pub name: String,
+    /// The job's workspace on the host; becomes `CI_PROJECT_DIR`.
+    pub workspace: PathBuf,
+    /// The job's `image`, if any (the shell executor refuses or ignores it, see its docs).
+    pub image: Option<gantry_pipeline::plan::Image>,
+    /// The job's services.
+    pub services: Vec<gantry_pipeline::plan::Image>,
+}
+
+/// One shell session to run.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// `script` (with `before_script` first) or `after_script`.
+    pub kind: StepKind,
+    /// The commands, one per entry, run in order in one shell; the step fails at the first failing command.
+    pub commands: Vec<String>,
+    /// The full environment of the step (nothing else is inherited except `PATH`, `HOME`, `USER`, `SHELL`,
+    /// `LANG`, `TERM` and `TMPDIR` from gantry's own environment, which these entries override).
+    pub env: Vec<(String, String)>,
+    /// The working directory.
+    pub workdir: PathBuf,
+    /// Kill the step after this long.
+    pub timeout: Option<Duration>,
+    /// Whether to echo each command as a `$ command` line through [`StepEvent::Echo`] before running it.
+    pub echo: bool,
+}
+
+/// Which step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// `before_script` and `script`.
+    Script,
+    /// `after_script`.
+    AfterScript,
+}
+
+/// What a running step reports, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepEvent {
+    /// A command is about to run.
+    Echo(String),
+    /// A line of output.
+    Output(OutputLine),
+}
+
+/// How a step ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The shell exited with this code (0 is success).
+    Exited(i32),
+    /// The timeout killed it.
+    TimedOut,
+    /// The cancel signal killed it.
+    Canceled,
+    /// The executor failed to run it at all.
+    SystemFailure(String),
+}
+
+/// The sending side of a step's event stream. Bounded, so that a slow consumer slows the job down
+/// rather than buffering its whole log.
+pub type StepSink = mpsc::Sender<StepEvent>;
+
+/// Becomes `true` when the job must be canceled.
+pub type CancelSignal = watch::Receiver<bool>;
+
+/// Starts jobs' processes. See the module docs for the lifecycle.
+pub trait Executor: Send + Sync + 'static {
+    /// The per-job state.
+    type Session: Session;
+    /// Prepares to run a job (step 1 of the lifecycle).
+    fn prepare(&self, job: &JobContext) -> impl Future<Output = Result<Self::Session, String>> + Send;
+}
+
+/// A prepared job. See the module docs for the lifecycle.
+pub trait Session: Send + 'static {
+    /// Runs one step to completion, streaming its events to `sink` (step 2 of the lifecycle).
+    fn run_step(&mut self, step: &Step, sink: StepSink, cancel: CancelSignal)
+    -> impl Future<Output = StepOutcome> + Send;
+    /// Releases everything the session holds (step 3 of the lifecycle).
+    fn cleanup(self) -> impl Future<Output = ()> + Send;
+}

@@ -1,0 +1,3 @@
+//! Runs a compiled [`gantry_pipeline::Plan`]. (Being written.)
+
+pub mod executor;

@@ -1,0 +1,2 @@
+//! The `gantry` binary: thin glue over the library crates.
+fn main() {}
