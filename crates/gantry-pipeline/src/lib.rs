@@ -9,3 +9,13 @@ pub mod vars;
 pub mod yaml;
 
 pub use plan::{Job, Plan, Variable, When};
+pub mod compile;
+pub mod context;
+pub mod diag;
+pub mod duration;
+pub mod load;
+
+pub use compile::{Compiled, compile};
+pub use context::{Context, GitFacts, MemSources, Sources};
+pub use diag::{Diagnostic, Severity};
+pub mod preview;

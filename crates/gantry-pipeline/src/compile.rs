@@ -1,0 +1,1225 @@
+//! The compiler proper: the expanded configuration tree → a [`Plan`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::context::{Context, Sources, predefined_variables};
+use crate::diag::{Diagnostic, Diags, Severity, did_you_mean};
+use crate::load::{self, GLOBAL_KEYWORDS, string_list};
+use crate::plan::{
+    AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, Environment, Image, Job, Need, Plan, Retry,
+    Variable, When,
+};
+use crate::yaml::{Map, Node, Pos, Value};
+use crate::{duration, expr, vars};
+
+/// Job keywords GitLab knows.
+pub const JOB_KEYWORDS: &[&str] = &[
+    "after_script", "allow_failure", "artifacts", "before_script", "cache", "coverage", "dast_configuration",
+    "dependencies", "environment", "except", "extends", "hooks", "id_tokens", "identity", "image", "inherit",
+    "interruptible", "manual_confirmation", "needs", "only", "pages", "parallel", "release", "resource_group", "retry",
+    "rules", "run", "script", "secrets", "services", "stage", "start_in", "tags", "timeout", "trigger", "variables",
+    "when", "description",
+];
+
+/// Keywords allowed under `default`.
+pub const DEFAULT_KEYWORDS: &[&str] = &[
+    "after_script", "artifacts", "before_script", "cache", "hooks", "id_tokens", "image", "interruptible", "retry",
+    "services", "tags", "timeout",
+];
+
+/// The result of compiling: the plan (when there are no errors), the expanded tree, and every diagnostic.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The plan; `None` when there were errors.
+    pub plan: Option<Plan>,
+    /// The configuration after includes, `extends`, `!reference` and `default`, for `--preview`.
+    pub expanded: Node,
+    /// Errors and warnings, in the order found.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Set when `workflow:rules` decided that no pipeline runs; holds the reason.
+    pub workflow_skipped: Option<String>,
+}
+
+impl Compiled {
+    /// The errors only.
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Compiles the pipeline `ctx.file` read from `sources`.
+#[must_use]
+pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
+    let mut diags = Diags::default();
+    let mut root = load::load(sources, ctx, &mut diags);
+    let mut c = Compiler { ctx, sources, diags, predefined: predefined_variables(ctx) };
+    c.apply_defaults(&mut root);
+    let (plan, workflow_skipped) = c.plan(&root);
+    let plan = if c.diags.has_errors() { None } else { Some(plan) };
+    Compiled { plan, expanded: root, diagnostics: c.diags.list, workflow_skipped }
+}
+
+struct Compiler<'a> {
+    ctx: &'a Context,
+    sources: &'a dyn Sources,
+    diags: Diags,
+    predefined: Vec<Variable>,
+}
+
+/// A job before `parallel` expansion and rules, with its parsed keywords.
+struct Draft<'n> {
+    name: String,
+    node: &'n Node,
+    map: &'n Map,
+}
+
+/// What rules decided for one job instance.
+struct RuleOutcome {
+    /// The rule's `when`, if it has one.
+    when: Option<When>,
+    allow_failure: Option<AllowFailure>,
+    variables: Vec<Variable>,
+    rule_needs: Option<Node>,
+    start_in: Option<Duration>,
+    reason: String,
+}
+
+fn is_hidden(name: &str) -> bool {
+    name.starts_with('.')
+}
+
+impl Compiler<'_> {
+    /// Copies `default` (and the deprecated top-level equivalents) into every job that lacks them,
+    /// honouring `inherit:default`.
+    fn apply_defaults(&mut self, root: &mut Node) {
+        let Some(map) = root.as_map_mut() else { return };
+        let mut defaults = Map::default();
+        for key in ["image", "services", "cache", "before_script", "after_script"] {
+            if let Some(e) = map.entry(key) {
+                defaults.insert(key.to_string(), e.key_pos, e.value.clone());
+            }
+        }
+        if let Some(d) = map.get("default") {
+            match d.as_map() {
+                Some(dm) => {
+                    for e in &dm.entries {
+                        if !DEFAULT_KEYWORDS.contains(&e.key.as_str()) {
+                            let hint = did_you_mean(&e.key, DEFAULT_KEYWORDS).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                            self.diags.error(e.key_pos, format!("unknown keyword `{}` in `default`{hint}", e.key));
+                            continue;
+                        }
+                        defaults.insert(e.key.clone(), e.key_pos, e.value.clone());
+                    }
+                }
+                None if d.is_null() => {}
+                None => self.diags.error(d.pos, "`default` must be a mapping"),
+            }
+        }
+        if defaults.entries.is_empty() {
+            return;
+        }
+        for e in &mut map.entries {
+            if is_hidden(&e.key) || GLOBAL_KEYWORDS.contains(&e.key.as_str()) {
+                continue;
+            }
+            let Some(job) = e.value.as_map_mut() else { continue };
+            let inherit = job.get("inherit").and_then(Node::as_map).and_then(|m| m.get("default")).cloned();
+            for d in &defaults.entries {
+                let inherited = match inherit.as_ref().map(|n| &n.value) {
+                    None => true,
+                    Some(Value::Bool(b)) => *b,
+                    Some(Value::Seq(list)) => list.iter().any(|x| x.as_str() == Some(&d.key)),
+                    Some(_) => true,
+                };
+                if inherited && !job.contains(&d.key) {
+                    job.entries.push(d.clone());
+                }
+            }
+        }
+    }
+
+    fn plan(&mut self, root: &Node) -> (Plan, Option<String>) {
+        let mut plan = Plan { predefined: self.predefined.clone(), cli_variables: self.ctx.cli_variables.clone(), ..Plan::default() };
+        let Some(map) = root.as_map() else { return (plan, None) };
+        plan.stages = self.stages(map);
+        plan.variables = map.get("variables").map(|v| self.variables(v, "variables")).unwrap_or_default();
+
+        // workflow:rules
+        let mut skipped = None;
+        if let Some(wf) = map.get("workflow") {
+            match wf.as_map() {
+                Some(wm) => {
+                    for e in &wm.entries {
+                        if !["rules", "name", "auto_cancel"].contains(&e.key.as_str()) {
+                            self.diags.error(e.key_pos, format!("unknown keyword `{}` in `workflow`", e.key));
+                        }
+                    }
+                    if let Some(rules) = wm.get("rules") {
+                        let base: Vec<Variable> = self.predefined.iter().chain(&plan.variables).chain(&self.ctx.cli_variables).cloned().collect();
+                        match self.rules(rules, &base, true) {
+                            Some(o) if o.when.is_some_and(|w| w != When::OnSuccess && w != When::Always) => {
+                                skipped = Some(format!("workflow:rules: {}", o.reason));
+                            }
+                            Some(o) => plan.variables.extend(o.variables),
+                            None => skipped = Some("workflow:rules: no rule matched".into()),
+                        }
+                    }
+                }
+                None => self.diags.error(wf.pos, "`workflow` must be a mapping"),
+            }
+        }
+
+        // Jobs
+        let mut drafts = Vec::new();
+        for e in &map.entries {
+            if GLOBAL_KEYWORDS.contains(&e.key.as_str()) || is_hidden(&e.key) {
+                if !is_hidden(&e.key) {
+                    self.check_global(e.key.as_str(), &e.value);
+                }
+                continue;
+            }
+            match e.value.as_map() {
+                Some(m) => {
+                    self.check_keywords(&e.key, m);
+                    drafts.push(Draft { name: e.key.clone(), node: &e.value, map: m });
+                }
+                None => {
+                    let hint = did_you_mean(&e.key, GLOBAL_KEYWORDS).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                    self.diags.error(e.key_pos, format!("`{}` is not a keyword, so it is a job, and a job must be a mapping{hint}", e.key));
+                }
+            }
+        }
+        if skipped.is_some() {
+            return (plan, skipped);
+        }
+
+        let mut jobs: Vec<(Job, Option<Node>, Pos)> = Vec::new();
+        let mut excluded: HashSet<String> = HashSet::new();
+        let mut all_names: HashMap<String, Vec<String>> = HashMap::new();
+        for d in &drafts {
+            let instances = self.parallel(d);
+            let names: Vec<String> = instances.iter().map(|(n, _, _)| n.clone()).collect();
+            all_names.insert(d.name.clone(), names);
+            for (name, matrix_vars, node) in instances {
+                match self.job(d, &name, matrix_vars, node, &plan) {
+                    Some((job, needs_node)) => jobs.push((job, needs_node, d.node.pos)),
+                    None => {
+                        excluded.insert(name);
+                    }
+                }
+            }
+        }
+        if drafts.is_empty() && !self.diags.has_errors() {
+            self.diags.error(root.pos, "the pipeline has no visible jobs (jobs whose names start with `.` are hidden)");
+        }
+        // Stage index and plan order.
+        for (job, _, pos) in &mut jobs {
+            match plan.stages.iter().position(|s| *s == job.stage) {
+                Some(i) => job.stage_index = i,
+                None => {
+                    let hint = did_you_mean(&job.stage, &plan.stages.iter().map(String::as_str).collect::<Vec<_>>())
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    let at = job_key_pos(root, &job.base_name, "stage").unwrap_or(*pos);
+                    self.diags.error(
+                        at,
+                        format!("`{}`: stage `{}` is not defined in `stages` ({}){hint}", job.base_name, job.stage, plan.stages.join(", ")),
+                    );
+                }
+            }
+        }
+        jobs.sort_by_key(|(j, _, _)| j.stage_index);
+        let stage_of: HashMap<String, usize> = jobs.iter().map(|(j, _, _)| (j.name.clone(), j.stage_index)).collect();
+        let instance_vars: HashMap<String, Vec<Variable>> =
+            jobs.iter().map(|(j, _, _)| (j.name.clone(), j.variables.clone())).collect();
+        for (job, needs_node, pos) in &mut jobs {
+            if let Some(n) = needs_node.take() {
+                job.needs = Some(self.needs(root, job, &n, &all_names, &excluded, &stage_of, &instance_vars));
+            }
+            self.check_dependencies(root, job, &all_names, &stage_of, *pos);
+        }
+        plan.jobs = jobs.into_iter().map(|(j, _, _)| j).collect();
+        self.check_cycles(root, &plan);
+        (plan, None)
+    }
+
+    fn check_global(&mut self, key: &str, value: &Node) {
+        match key {
+            "stages" if value.as_seq().is_none() && !value.is_null() => self.diags.error(value.pos, "`stages` must be an array of stage names"),
+            "variables" if value.as_map().is_none() && !value.is_null() => self.diags.error(value.pos, "`variables` must be a mapping"),
+            _ => {}
+        }
+    }
+
+    fn check_keywords(&mut self, job: &str, m: &Map) {
+        for e in &m.entries {
+            if !JOB_KEYWORDS.contains(&e.key.as_str()) {
+                let hint = did_you_mean(&e.key, JOB_KEYWORDS).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                self.diags.error(e.key_pos, format!("`{job}`: unknown keyword `{}`{hint}", e.key));
+            }
+        }
+        if !m.contains("script") && !m.contains("trigger") && !m.contains("run") {
+            self.diags.error(
+                m.entries.first().map_or(Pos::default(), |e| e.key_pos),
+                format!("`{job}`: a job needs `script` (or `trigger`)"),
+            );
+        }
+    }
+
+    fn stages(&mut self, map: &Map) -> Vec<String> {
+        let mut stages = vec![".pre".to_string()];
+        match map.get("stages") {
+            Some(s) if s.as_seq().is_some() => {
+                for item in s.as_seq().unwrap_or_default() {
+                    match item.scalar_string() {
+                        Some(name) if name != ".pre" && name != ".post" => {
+                            if !stages.contains(&name) {
+                                stages.push(name);
+                            }
+                        }
+                        Some(_) => {}
+                        None => self.diags.error(item.pos, "a stage name must be a string"),
+                    }
+                }
+            }
+            _ => stages.extend(["build", "test", "deploy"].map(String::from)),
+        }
+        stages.push(".post".into());
+        stages
+    }
+
+    /// Parses a `variables` mapping.
+    fn variables(&mut self, n: &Node, what: &str) -> Vec<Variable> {
+        let Some(m) = n.as_map() else {
+            if !n.is_null() {
+                self.diags.error(n.pos, format!("`{what}` must be a mapping"));
+            }
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(m.entries.len());
+        for e in &m.entries {
+            if e.key.is_empty() || !e.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                self.diags.error(e.key_pos, format!("`{}` is not a valid variable name", e.key));
+                continue;
+            }
+            let (value, expand) = match &e.value.value {
+                Value::Map(vm) => {
+                    for k in vm.entries.iter().map(|x| x.key.as_str()) {
+                        if !["value", "description", "expand", "options"].contains(&k) {
+                            self.diags.error(e.value.pos, format!("variable `{}`: unknown key `{k}`", e.key));
+                        }
+                    }
+                    let v = vm.get("value").and_then(Node::scalar_string);
+                    let expand = !matches!(vm.get("expand").map(|x| &x.value), Some(Value::Bool(false)));
+                    (v.unwrap_or_default(), expand)
+                }
+                Value::Seq(_) => {
+                    self.diags.error(e.value.pos, format!("variable `{}` must be a string, a number or a mapping with `value`", e.key));
+                    continue;
+                }
+                _ => (e.value.scalar_string().unwrap_or_default(), true),
+            };
+            out.push(Variable { key: e.key.clone(), value, expand, masked: false });
+        }
+        out
+    }
+
+    /// Expands `parallel` into instances: `(name, matrix variables, the job node)`.
+    fn parallel(&mut self, d: &Draft<'_>) -> Vec<(String, Vec<Variable>, Option<(u32, u32)>)> {
+        let Some(p) = d.map.get("parallel") else { return vec![(d.name.clone(), Vec::new(), None)] };
+        match &p.value {
+            Value::Int(n) => {
+                if !(1..=200).contains(n) {
+                    self.diags.error(p.pos, format!("`{}`: `parallel` must be between 1 and 200", d.name));
+                    return Vec::new();
+                }
+                let total = u32::try_from(*n).unwrap_or(1);
+                (1..=total).map(|i| (format!("{} {i}/{n}", d.name), Vec::new(), Some((i, total)))).collect()
+            }
+            Value::Map(pm) => {
+                let Some(matrix) = pm.get("matrix").and_then(Node::as_seq) else {
+                    self.diags.error(p.pos, format!("`{}`: `parallel` must be a number or have a `matrix` array", d.name));
+                    return Vec::new();
+                };
+                let combos = self.matrix(&d.name, matrix);
+                if combos.len() > 200 {
+                    self.diags.error(p.pos, format!("`{}`: `parallel:matrix` makes {} jobs; at most 200 are allowed", d.name, combos.len()));
+                    return Vec::new();
+                }
+                let total = u32::try_from(combos.len()).unwrap_or(1);
+                combos
+                    .into_iter()
+                    .zip(1..)
+                    .map(|(vars, i)| {
+                        let vals: Vec<&str> = vars.iter().map(|v| v.value.as_str()).collect();
+                        (format!("{}: [{}]", d.name, vals.join(", ")), vars, Some((i, total)))
+                    })
+                    .collect()
+            }
+            _ => {
+                self.diags.error(p.pos, format!("`{}`: `parallel` must be a number or have a `matrix` array", d.name));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Every combination of a `parallel:matrix`.
+    fn matrix(&mut self, job: &str, matrix: &[Node]) -> Vec<Vec<Variable>> {
+        let mut out = Vec::new();
+        for entry in matrix {
+            let Some(m) = entry.as_map() else {
+                self.diags.error(entry.pos, format!("`{job}`: each `parallel:matrix` entry must be a mapping"));
+                continue;
+            };
+            let mut combos: Vec<Vec<Variable>> = vec![Vec::new()];
+            for e in &m.entries {
+                let values: Vec<String> = match &e.value.value {
+                    Value::Seq(items) => items.iter().filter_map(Node::scalar_string).collect(),
+                    _ => e.value.scalar_string().into_iter().collect(),
+                };
+                let mut next = Vec::with_capacity(combos.len() * values.len());
+                for c in &combos {
+                    for v in &values {
+                        let mut c2 = c.clone();
+                        c2.push(Variable::new(e.key.clone(), v.clone()));
+                        next.push(c2);
+                    }
+                }
+                combos = next;
+                if combos.len() > 10_000 {
+                    break;
+                }
+            }
+            out.extend(combos);
+        }
+        out
+    }
+
+    /// Builds one job instance. `None` when its rules exclude it.
+    fn job(&mut self, d: &Draft<'_>, name: &str, matrix_vars: Vec<Variable>, node_index: Option<(u32, u32)>, plan: &Plan) -> Option<(Job, Option<Node>)> {
+        let m = d.map;
+        let base = &d.name;
+        let mut variables = m.get("variables").map(|v| self.variables(v, &format!("{base}: variables"))).unwrap_or_default();
+        // `inherit:variables`
+        let inherit_vars = m.get("inherit").and_then(Node::as_map).and_then(|i| i.get("variables")).map(|n| n.value.clone());
+        variables.extend(matrix_vars.iter().cloned());
+        let stage = m.get("stage").and_then(Node::scalar_string).unwrap_or_else(|| "test".into());
+
+        let mut job = Job {
+            name: name.to_string(),
+            base_name: base.clone(),
+            stage: stage.clone(),
+            stage_index: 0,
+            before_script: self.script(m.get("before_script"), base, "before_script"),
+            script: self.script(m.get("script"), base, "script"),
+            after_script: self.script(m.get("after_script"), base, "after_script"),
+            predefined: Vec::new(),
+            variables,
+            when: When::OnSuccess,
+            start_in: None,
+            allow_failure: AllowFailure::Bool(false),
+            needs: None,
+            dependencies: None,
+            artifacts: m.get("artifacts").and_then(|a| self.artifacts(a, base)),
+            cache: m.get("cache").map(|c| self.cache(c, base)).unwrap_or_default(),
+            retry: m.get("retry").map(|r| self.retry(r, base)).unwrap_or_default(),
+            timeout: m.get("timeout").and_then(|t| self.duration(t, base, "timeout")),
+            node: node_index,
+            environment: m.get("environment").and_then(|e| self.environment(e, base)),
+            coverage: m.get("coverage").and_then(|c| self.coverage(c, base)),
+            resource_group: m.get("resource_group").and_then(Node::scalar_string),
+            interruptible: matches!(m.get("interruptible").map(|n| &n.value), Some(Value::Bool(true))),
+            tags: m.get("tags").map(string_list).unwrap_or_default(),
+            image: m.get("image").and_then(|i| self.image(i, base, false)),
+            services: self.services(m.get("services"), base),
+            trigger: m.contains("trigger"),
+            reason: String::new(),
+        };
+        if let Some(inh) = &inherit_vars {
+            // Global variables this job does not inherit are blanked out at job level.
+            let keep = |k: &str| match inh {
+                Value::Bool(b) => *b,
+                Value::Seq(list) => list.iter().any(|x| x.as_str() == Some(k)),
+                _ => true,
+            };
+            let blocked: Vec<Variable> = plan
+                .variables
+                .iter()
+                .filter(|v| !keep(&v.key) && !job.variables.iter().any(|j| j.key == v.key))
+                .map(|v| Variable::new(v.key.clone(), ""))
+                .collect();
+            let mut vs = blocked;
+            vs.append(&mut job.variables);
+            job.variables = vs;
+        }
+        job.predefined = job_predefined(&job);
+        if let Some(env) = &job.environment {
+            let visible: Vec<Variable> =
+                plan.predefined.iter().chain(&job.predefined).chain(&plan.variables).chain(&job.variables).chain(&plan.cli_variables).cloned().collect();
+            let resolved: HashMap<String, String> = vars::resolve(&visible).into_iter().collect();
+            let name = vars::expand(&env.name, &|k| resolved.get(k).cloned());
+            job.predefined.push(Variable { key: "CI_ENVIRONMENT_SLUG".into(), value: environment_slug(&name), expand: false, masked: false });
+        }
+
+        // when / allow_failure / start_in from the job itself
+        let job_when = match m.get("when") {
+            Some(w) => match w.as_str() {
+                Some("never") => return None,
+                Some(s) => match parse_when(s) {
+                    Some(x) => Some(x),
+                    None => {
+                        self.diags.error(w.pos, format!("`{base}`: unknown `when` value `{s}`"));
+                        None
+                    }
+                },
+                None => {
+                    self.diags.error(w.pos, format!("`{base}`: `when` must be a string"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let job_allow = m.get("allow_failure").and_then(|a| self.allow_failure(a, base));
+        let job_start_in = m.get("start_in").and_then(|t| self.duration(t, base, "start_in"));
+
+        // Variables visible to rules: predefined, global, job (incl. matrix), CLI.
+        let visible: Vec<Variable> = plan
+            .predefined
+            .iter()
+            .chain(&job.predefined)
+            .chain(&plan.variables)
+            .chain(&job.variables)
+            .chain(&plan.cli_variables)
+            .cloned()
+            .collect();
+        let mut needs_node = m.get("needs").cloned();
+        if let Some(rules) = m.get("rules") {
+            if m.contains("only") || m.contains("except") {
+                self.diags.error(rules.pos, format!("`{base}`: `rules` cannot be used with `only` or `except`"));
+            }
+            let outcome = self.rules(rules, &visible, false)?;
+            job.when = outcome.when.or(job_when).unwrap_or(When::OnSuccess);
+            job.allow_failure = outcome.allow_failure.or(job_allow).unwrap_or(AllowFailure::Bool(false));
+            job.variables.extend(outcome.variables);
+            job.start_in = outcome.start_in.or(job_start_in);
+            if let Some(n) = outcome.rule_needs {
+                needs_node = Some(n);
+            }
+            job.reason = outcome.reason;
+        } else {
+            if !self.only_except(m, base, &visible) {
+                return None;
+            }
+            job.when = job_when.unwrap_or(When::OnSuccess);
+            job.allow_failure = job_allow.unwrap_or(AllowFailure::Bool(job.when == When::Manual));
+            job.start_in = job_start_in;
+            job.reason = if m.contains("only") || m.contains("except") { "only/except matched".into() } else { "always in the pipeline".into() };
+        }
+        if job.when == When::Delayed && job.start_in.is_none() {
+            self.diags.error(d.node.pos, format!("`{base}`: `when: delayed` needs `start_in`"));
+        }
+        if let Some(deps) = m.get("dependencies") {
+            match deps.as_seq() {
+                Some(_) => job.dependencies = Some(string_list(deps)),
+                None if deps.is_null() => job.dependencies = Some(Vec::new()),
+                None => self.diags.error(deps.pos, format!("`{base}`: `dependencies` must be an array of job names")),
+            }
+        }
+        Some((job, needs_node))
+    }
+
+    fn script(&mut self, n: Option<&Node>, job: &str, key: &str) -> Vec<String> {
+        let Some(n) = n else { return Vec::new() };
+        let mut out = Vec::new();
+        self.flatten_script(n, job, key, 0, &mut out);
+        out
+    }
+
+    fn flatten_script(&mut self, n: &Node, job: &str, key: &str, depth: usize, out: &mut Vec<String>) {
+        match &n.value {
+            Value::Seq(items) if depth < 10 => {
+                for i in items {
+                    self.flatten_script(i, job, key, depth + 1, out);
+                }
+            }
+            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => out.push(n.scalar_string().unwrap_or_default()),
+            Value::Null if depth > 0 => {}
+            _ => self.diags.error(n.pos, format!("`{job}`: `{key}` must be a string or an array of strings, not {}", n.kind())),
+        }
+    }
+
+    /// Evaluates `rules`. `None` when no rule matched or the matching rule says `never`.
+    fn rules(&mut self, rules: &Node, visible: &[Variable], workflow: bool) -> Option<RuleOutcome> {
+        let Some(list) = rules.as_seq() else {
+            self.diags.error(rules.pos, "`rules` must be an array");
+            return None;
+        };
+        let resolved: HashMap<String, String> = vars::resolve(visible).into_iter().collect();
+        let lookup = |n: &str| resolved.get(n).cloned();
+        for r in list {
+            let Some(rm) = r.as_map() else {
+                self.diags.error(r.pos, "each rule must be a mapping");
+                continue;
+            };
+            let allowed: &[&str] = if workflow {
+                &["if", "changes", "exists", "when", "variables", "auto_cancel"]
+            } else {
+                &["if", "changes", "exists", "when", "allow_failure", "variables", "needs", "start_in", "interruptible"]
+            };
+            for e in &rm.entries {
+                if !allowed.contains(&e.key.as_str()) {
+                    let hint = did_you_mean(&e.key, allowed).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                    self.diags.error(e.key_pos, format!("unknown rule keyword `{}`{hint}", e.key));
+                }
+            }
+            let mut matched = true;
+            let mut why = Vec::new();
+            if let Some(cond) = rm.get("if") {
+                let Some(text) = cond.as_str() else {
+                    self.diags.error(cond.pos, "`if` must be a string");
+                    continue;
+                };
+                match expr::parse(text) {
+                    Ok(e) => {
+                        matched &= e.eval(&lookup);
+                        why.push(format!("if `{text}`"));
+                    }
+                    Err(e) => {
+                        let mut p = cond.pos;
+                        p.col += u32::try_from(e.offset).unwrap_or(0);
+                        self.diags.error(p, format!("invalid `rules:if` expression `{text}`: {}", e.message));
+                        return None;
+                    }
+                }
+            }
+            if let Some(ch) = rm.get("changes") {
+                let paths = ch.as_map().and_then(|m| m.get("paths")).unwrap_or(ch);
+                let pats: Vec<String> = string_list(paths).iter().map(|p| vars::expand(p, &lookup)).collect();
+                matched &= self.changes(&pats);
+                why.push("changes".into());
+            }
+            if let Some(ex) = rm.get("exists") {
+                let paths = ex.as_map().and_then(|m| m.get("paths")).unwrap_or(ex);
+                let pats: Vec<String> = string_list(paths).iter().map(|p| vars::expand(p, &lookup)).collect();
+                matched &= self.exists(&pats);
+                why.push("exists".into());
+            }
+            if !matched {
+                continue;
+            }
+            let when_node = rm.get("when");
+            let when = match when_node.and_then(Node::as_str) {
+                Some("never") => return None,
+                Some(s) => match parse_when(s) {
+                    Some(w) => Some(w),
+                    None => {
+                        self.diags.error(when_node.map_or(r.pos, |n| n.pos), format!("unknown `when` value `{s}`"));
+                        return None;
+                    }
+                },
+                None => None,
+            };
+            let reason = if why.is_empty() { "rule without conditions".to_string() } else { format!("rules: {}", why.join(", ")) };
+            return Some(RuleOutcome {
+                when,
+                allow_failure: rm.get("allow_failure").and_then(|a| self.allow_failure(a, "rule")),
+                variables: rm.get("variables").map(|v| self.variables(v, "rules:variables")).unwrap_or_default(),
+                rule_needs: rm.get("needs").cloned(),
+                start_in: rm.get("start_in").and_then(|t| self.duration(t, "rule", "start_in")),
+                reason,
+            });
+        }
+        None
+    }
+
+    fn changes(&self, pats: &[String]) -> bool {
+        let Some(changed) = &self.ctx.changed_files else { return true };
+        pats.iter().any(|p| glob_matcher(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
+    }
+
+    fn exists(&self, pats: &[String]) -> bool {
+        pats.iter().any(|p| glob_matcher(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f))))
+    }
+
+    /// `only` / `except`: whether the job is in the pipeline.
+    fn only_except(&mut self, m: &Map, job: &str, visible: &[Variable]) -> bool {
+        let resolved: HashMap<String, String> = vars::resolve(visible).into_iter().collect();
+        let only = m.get("only");
+        let except = m.get("except");
+        let inc = match only {
+            Some(o) => self.ref_policy(o, job, &resolved),
+            None => true,
+        };
+        let exc = match except {
+            Some(e) => self.ref_policy(e, job, &resolved),
+            None => false,
+        };
+        inc && !exc
+    }
+
+    /// Whether an `only`/`except` clause matches.
+    fn ref_policy(&mut self, n: &Node, job: &str, vars: &HashMap<String, String>) -> bool {
+        let lookup = |k: &str| vars.get(k).cloned();
+        let (refs, variables, changes) = match &n.value {
+            Value::Seq(_) | Value::Str(_) => (Some(string_list(n)), None, None),
+            Value::Map(m) => {
+                for e in &m.entries {
+                    if !["refs", "variables", "changes", "kubernetes"].contains(&e.key.as_str()) {
+                        self.diags.error(e.key_pos, format!("`{job}`: unknown `only`/`except` keyword `{}`", e.key));
+                    }
+                }
+                (m.get("refs").map(string_list), m.get("variables").map(string_list), m.get("changes").map(string_list))
+            }
+            Value::Null => return true,
+            _ => {
+                self.diags.error(n.pos, format!("`{job}`: `only`/`except` must be an array or a mapping"));
+                return false;
+            }
+        };
+        let mut ok = true;
+        if let Some(refs) = refs {
+            let source = lookup("CI_PIPELINE_SOURCE").unwrap_or_default();
+            let branch = lookup("CI_COMMIT_BRANCH");
+            let tag = lookup("CI_COMMIT_TAG");
+            let ref_name = lookup("CI_COMMIT_REF_NAME").unwrap_or_default();
+            ok &= refs.iter().any(|r| match r.as_str() {
+                "branches" => branch.is_some(),
+                "tags" => tag.is_some(),
+                "merge_requests" => source == "merge_request_event",
+                "api" | "chat" | "external" | "pipelines" | "pushes" | "schedules" | "triggers" | "web" => {
+                    let want = match r.as_str() {
+                        "pushes" => "push",
+                        "schedules" => "schedule",
+                        "triggers" => "trigger",
+                        "pipelines" => "pipeline",
+                        other => other,
+                    };
+                    source == want
+                }
+                "external_pull_requests" => source == "external_pull_request_event",
+                pat if pat.len() > 1 && pat.starts_with('/') => {
+                    let body = pat.trim_start_matches('/');
+                    let (re, flags) = body.rsplit_once('/').unwrap_or((body, ""));
+                    let re = if flags.contains('i') { format!("(?i){re}") } else { re.to_string() };
+                    regex::Regex::new(&re).is_ok_and(|r| r.is_match(&ref_name))
+                }
+                name => name == ref_name || name.split_once('@').is_some_and(|(n, _)| n == ref_name),
+            });
+        }
+        if let Some(exprs) = variables {
+            ok &= exprs.iter().any(|e| match expr::parse(e) {
+                Ok(x) => x.eval(&lookup),
+                Err(err) => {
+                    self.diags.error(n.pos, format!("`{job}`: invalid expression `{e}`: {}", err.message));
+                    false
+                }
+            });
+        }
+        if let Some(ch) = changes {
+            ok &= self.changes(&ch);
+        }
+        ok
+    }
+
+    fn allow_failure(&mut self, n: &Node, job: &str) -> Option<AllowFailure> {
+        match &n.value {
+            Value::Bool(b) => Some(AllowFailure::Bool(*b)),
+            Value::Map(m) => match m.get("exit_codes") {
+                Some(c) => Some(AllowFailure::ExitCodes(int_list(c))),
+                None => {
+                    self.diags.error(n.pos, format!("`{job}`: `allow_failure` mapping needs `exit_codes`"));
+                    None
+                }
+            },
+            _ => {
+                self.diags.error(n.pos, format!("`{job}`: `allow_failure` must be a boolean or `{{exit_codes: [...]}}`"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, n: &Node, job: &str, key: &str) -> Option<Duration> {
+        let s = n.scalar_string()?;
+        match duration::parse(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.diags.error(n.pos, format!("`{job}`: invalid `{key}`: {e}"));
+                None
+            }
+        }
+    }
+
+    fn retry(&mut self, n: &Node, job: &str) -> Retry {
+        let r = match &n.value {
+            Value::Int(i) => Retry { max: u32::try_from(*i).unwrap_or(99), ..Retry::default() },
+            Value::Map(m) => Retry {
+                max: m.get("max").and_then(|x| match x.value {
+                    Value::Int(i) => u32::try_from(i).ok(),
+                    _ => None,
+                }).unwrap_or(0),
+                when: m.get("when").map(string_list).unwrap_or_default(),
+                exit_codes: m.get("exit_codes").map(int_list).unwrap_or_default(),
+            },
+            _ => {
+                self.diags.error(n.pos, format!("`{job}`: `retry` must be a number or a mapping"));
+                return Retry::default();
+            }
+        };
+        if r.max > 2 {
+            self.diags.error(n.pos, format!("`{job}`: `retry` must be 0, 1 or 2"));
+        }
+        const REASONS: &[&str] = &[
+            "always", "unknown_failure", "script_failure", "api_failure", "stuck_or_timeout_failure", "runner_system_failure",
+            "runner_unsupported", "stale_schedule", "job_execution_timeout", "archived_failure", "unmet_prerequisites",
+            "scheduler_failure", "data_integrity_failure",
+        ];
+        for w in &r.when {
+            if !REASONS.contains(&w.as_str()) {
+                self.diags.error(n.pos, format!("`{job}`: unknown `retry:when` value `{w}`"));
+            }
+        }
+        r
+    }
+
+    fn artifacts(&mut self, n: &Node, job: &str) -> Option<Artifacts> {
+        let m = n.as_map()?;
+        let when = match m.get("when").and_then(Node::as_str) {
+            None | Some("on_success") => ArtifactsWhen::OnSuccess,
+            Some("on_failure") => ArtifactsWhen::OnFailure,
+            Some("always") => ArtifactsWhen::Always,
+            Some(other) => {
+                self.diags.error(n.pos, format!("`{job}`: unknown `artifacts:when` value `{other}`"));
+                ArtifactsWhen::OnSuccess
+            }
+        };
+        let reports = m
+            .get("reports")
+            .and_then(Node::as_map)
+            .map(|r| r.entries.iter().map(|e| (e.key.clone(), string_list(&e.value))).collect())
+            .unwrap_or_default();
+        if let Some(p) = m.get("paths") {
+            if p.as_seq().is_none() && !p.is_null() {
+                self.diags.error(p.pos, format!("`{job}`: `artifacts:paths` must be an array"));
+            }
+        }
+        Some(Artifacts {
+            name: m.get("name").and_then(Node::scalar_string),
+            paths: m.get("paths").map(string_list).unwrap_or_default(),
+            exclude: m.get("exclude").map(string_list).unwrap_or_default(),
+            untracked: matches!(m.get("untracked").map(|x| &x.value), Some(Value::Bool(true))),
+            when,
+            expire_in: m.get("expire_in").and_then(Node::scalar_string),
+            reports,
+        })
+    }
+
+    fn cache(&mut self, n: &Node, job: &str) -> Vec<Cache> {
+        let items: Vec<&Node> = match &n.value {
+            Value::Seq(s) => s.iter().collect(),
+            Value::Map(_) => vec![n],
+            Value::Null => return Vec::new(),
+            _ => {
+                self.diags.error(n.pos, format!("`{job}`: `cache` must be a mapping or an array of mappings"));
+                return Vec::new();
+            }
+        };
+        if items.len() > 4 {
+            self.diags.error(n.pos, format!("`{job}`: at most 4 caches are allowed"));
+        }
+        let mut out = Vec::new();
+        for c in items {
+            let Some(m) = c.as_map() else {
+                self.diags.error(c.pos, format!("`{job}`: each cache must be a mapping"));
+                continue;
+            };
+            let key = match m.get("key") {
+                None => CacheKey::Literal("default".into()),
+                Some(k) => match &k.value {
+                    Value::Map(km) => {
+                        let files = km.get("files").map(string_list).unwrap_or_default();
+                        if files.is_empty() || files.len() > 2 {
+                            self.diags.error(k.pos, format!("`{job}`: `cache:key:files` must list one or two files"));
+                        }
+                        CacheKey::Files { files, prefix: km.get("prefix").and_then(Node::scalar_string) }
+                    }
+                    _ => {
+                        let s = k.scalar_string().unwrap_or_default();
+                        if s.contains('/') || s == "." || s == ".." || s.contains("%2F") || s.contains("%2f") {
+                            self.diags.error(k.pos, format!("`{job}`: `cache:key` cannot contain `/` or be `.` or `..`"));
+                        }
+                        CacheKey::Literal(s)
+                    }
+                },
+            };
+            let policy = match m.get("policy").and_then(Node::scalar_string).as_deref() {
+                None | Some("pull-push") => CachePolicy::PullPush,
+                Some("pull") => CachePolicy::Pull,
+                Some("push") => CachePolicy::Push,
+                Some(other) if other.contains('$') => CachePolicy::PullPush,
+                Some(other) => {
+                    self.diags.error(c.pos, format!("`{job}`: unknown cache `policy` `{other}`"));
+                    CachePolicy::PullPush
+                }
+            };
+            let when = match m.get("when").and_then(Node::as_str) {
+                None | Some("on_success") => ArtifactsWhen::OnSuccess,
+                Some("on_failure") => ArtifactsWhen::OnFailure,
+                Some("always") => ArtifactsWhen::Always,
+                Some(other) => {
+                    self.diags.error(c.pos, format!("`{job}`: unknown `cache:when` value `{other}`"));
+                    ArtifactsWhen::OnSuccess
+                }
+            };
+            out.push(Cache {
+                key,
+                paths: m.get("paths").map(string_list).unwrap_or_default(),
+                untracked: matches!(m.get("untracked").map(|x| &x.value), Some(Value::Bool(true))),
+                policy,
+                when,
+                fallback_keys: m.get("fallback_keys").map(string_list).unwrap_or_default(),
+            });
+        }
+        out
+    }
+
+    fn environment(&mut self, n: &Node, job: &str) -> Option<Environment> {
+        match &n.value {
+            Value::Str(s) => Some(Environment { name: s.clone(), url: None, action: "start".into(), deployment_tier: None }),
+            Value::Map(m) => {
+                let Some(name) = m.get("name").and_then(Node::scalar_string) else {
+                    self.diags.error(n.pos, format!("`{job}`: `environment` needs a `name`"));
+                    return None;
+                };
+                let action = m.get("action").and_then(Node::scalar_string).unwrap_or_else(|| "start".into());
+                if !["start", "prepare", "stop", "verify", "access"].contains(&action.as_str()) {
+                    self.diags.error(n.pos, format!("`{job}`: unknown `environment:action` `{action}`"));
+                }
+                let tier = m.get("deployment_tier").and_then(Node::scalar_string);
+                if let Some(t) = &tier {
+                    if !["production", "staging", "testing", "development", "other"].contains(&t.as_str()) {
+                        self.diags.error(n.pos, format!("`{job}`: unknown `deployment_tier` `{t}`"));
+                    }
+                }
+                Some(Environment { name, url: m.get("url").and_then(Node::scalar_string), action, deployment_tier: tier })
+            }
+            _ => {
+                self.diags.error(n.pos, format!("`{job}`: `environment` must be a string or a mapping"));
+                None
+            }
+        }
+    }
+
+    fn coverage(&mut self, n: &Node, job: &str) -> Option<String> {
+        let s = n.as_str()?;
+        let inner = s.strip_prefix('/').and_then(|x| x.strip_suffix('/'));
+        let Some(inner) = inner else {
+            self.diags.error(n.pos, format!("`{job}`: `coverage` must be a regular expression between slashes"));
+            return None;
+        };
+        if let Err(e) = regex::Regex::new(inner) {
+            self.diags.error(n.pos, format!("`{job}`: invalid `coverage` regex: {e}"));
+            return None;
+        }
+        Some(inner.to_string())
+    }
+
+    fn image(&mut self, n: &Node, job: &str, service: bool) -> Option<Image> {
+        let list = |x: Option<&Node>| x.map(string_list);
+        match &n.value {
+            Value::Str(s) => Some(Image { name: s.clone(), entrypoint: None, alias: None, command: None, pull_policy: Vec::new(), variables: Vec::new() }),
+            Value::Map(m) => {
+                let Some(name) = m.get("name").and_then(Node::scalar_string) else {
+                    self.diags.error(n.pos, format!("`{job}`: an image needs a `name`"));
+                    return None;
+                };
+                let variables = if service { self.variables(m.get("variables").unwrap_or(&Node::new(Value::Null, n.pos)), "service variables") } else { Vec::new() };
+                Some(Image {
+                    name,
+                    entrypoint: list(m.get("entrypoint")),
+                    alias: m.get("alias").and_then(Node::scalar_string),
+                    command: list(m.get("command")),
+                    pull_policy: list(m.get("pull_policy")).unwrap_or_default(),
+                    variables: variables.into_iter().map(|v| (v.key, v.value)).collect(),
+                })
+            }
+            Value::Null => None,
+            _ => {
+                self.diags.error(n.pos, format!("`{job}`: an image must be a string or a mapping"));
+                None
+            }
+        }
+    }
+
+    fn services(&mut self, n: Option<&Node>, job: &str) -> Vec<Image> {
+        let Some(n) = n else { return Vec::new() };
+        match n.as_seq() {
+            Some(items) => items.iter().filter_map(|i| self.image(i, job, true)).collect(),
+            None if n.is_null() => Vec::new(),
+            None => {
+                self.diags.error(n.pos, format!("`{job}`: `services` must be an array"));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Resolves `needs` to concrete job names.
+    #[allow(clippy::too_many_arguments)]
+    fn needs(
+        &mut self,
+        root: &Node,
+        job: &Job,
+        n: &Node,
+        all: &HashMap<String, Vec<String>>,
+        excluded: &HashSet<String>,
+        stage_of: &HashMap<String, usize>,
+        instance_vars: &HashMap<String, Vec<Variable>>,
+    ) -> Vec<Need> {
+        let items = match &n.value {
+            Value::Seq(s) => s.as_slice(),
+            _ => {
+                self.diags.error(n.pos, format!("`{}`: `needs` must be an array", job.base_name));
+                return Vec::new();
+            }
+        };
+        if items.len() > 50 {
+            self.diags.error(n.pos, format!("`{}`: at most 50 `needs` are allowed", job.base_name));
+        }
+        let mut out: Vec<Need> = Vec::new();
+        for item in items {
+            let (name, artifacts, optional, matrix) = match &item.value {
+                Value::Str(s) => (s.clone(), true, false, None),
+                Value::Map(m) => {
+                    if m.contains("pipeline") || m.contains("project") {
+                        self.diags.warning(item.pos, format!("`{}`: cross-pipeline and cross-project `needs` are ignored locally", job.base_name));
+                        continue;
+                    }
+                    let Some(name) = m.get("job").and_then(Node::scalar_string) else {
+                        self.diags.error(item.pos, format!("`{}`: a `needs` entry needs `job`", job.base_name));
+                        continue;
+                    };
+                    let flag = |k: &str, d: bool| match m.get(k).map(|x| &x.value) {
+                        Some(Value::Bool(b)) => *b,
+                        _ => d,
+                    };
+                    let matrix = m.get("parallel").and_then(Node::as_map).and_then(|p| p.get("matrix")).and_then(Node::as_seq);
+                    (name, flag("artifacts", true), flag("optional", false), matrix)
+                }
+                _ => {
+                    self.diags.error(item.pos, format!("`{}`: a `needs` entry must be a job name or a mapping, not {}", job.base_name, item.kind()));
+                    continue;
+                }
+            };
+            let Some(instances) = all.get(&name) else {
+                if optional {
+                    continue;
+                }
+                let names: Vec<&str> = all.keys().map(String::as_str).collect();
+                let hint = did_you_mean(&name, &names).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                self.diags.error(item.pos, format!("`{}` needs `{name}`, which is not a job of this pipeline{hint}", job.base_name));
+                continue;
+            };
+            let mut chosen: Vec<&String> = instances.iter().collect();
+            if let Some(matrix) = matrix {
+                // `$[[ matrix.X ]]` means "the value of X in this job's own matrix".
+                let own: HashMap<&str, &str> = job.variables.iter().map(|v| (v.key.as_str(), v.value.as_str())).collect();
+                let mut wanted: Vec<Vec<(String, String)>> = Vec::new();
+                for combo in self.matrix(&job.base_name, matrix) {
+                    let mut c = Vec::new();
+                    for v in combo {
+                        let val = if let Some(inner) = v.value.trim().strip_prefix("$[[").and_then(|x| x.strip_suffix("]]")) {
+                            let key = inner.trim().strip_prefix("matrix.").unwrap_or(inner.trim());
+                            match own.get(key) {
+                                Some(x) => (*x).to_string(),
+                                None => {
+                                    self.diags.error(item.pos, format!("`{}`: `$[[ matrix.{key} ]]` is not a matrix variable of this job", job.base_name));
+                                    continue;
+                                }
+                            }
+                        } else {
+                            v.value
+                        };
+                        c.push((v.key, val));
+                    }
+                    wanted.push(c);
+                }
+                chosen.retain(|inst| {
+                    let iv = instance_vars.get(*inst).cloned().unwrap_or_default();
+                    wanted.iter().any(|w| w.iter().all(|(k, v)| iv.iter().any(|x| &x.key == k && &x.value == v)))
+                });
+                if chosen.is_empty() && !optional {
+                    self.diags.error(item.pos, format!("`{}` needs `{name}` with a `parallel:matrix` that matches none of its jobs", job.base_name));
+                }
+            }
+            for inst in chosen {
+                if excluded.contains(inst) || !stage_of.contains_key(inst) {
+                    if !optional {
+                        self.diags.error(item.pos, format!("`{}` needs `{inst}`, but `{inst}` is not in this pipeline (its rules exclude it); mark the need `optional: true`", job.base_name));
+                    }
+                    continue;
+                }
+                if stage_of.get(inst).is_some_and(|s| *s > job.stage_index) {
+                    let _ = root;
+                    self.diags.error(item.pos, format!("`{}` needs `{inst}`, which is in a later stage", job.base_name));
+                    continue;
+                }
+                if inst == &job.name {
+                    self.diags.error(item.pos, format!("`{}` needs itself", job.base_name));
+                    continue;
+                }
+                if !out.iter().any(|o| &o.job == inst) {
+                    out.push(Need { job: inst.clone(), artifacts, optional });
+                }
+            }
+        }
+        out
+    }
+
+    fn check_dependencies(&mut self, root: &Node, job: &Job, all: &HashMap<String, Vec<String>>, stage_of: &HashMap<String, usize>, pos: Pos) {
+        let Some(deps) = &job.dependencies else { return };
+        let at = job_key_pos(root, &job.base_name, "dependencies").unwrap_or(pos);
+        for d in deps {
+            let instances: Vec<&String> = match all.get(d) {
+                Some(i) => i.iter().collect(),
+                None if stage_of.contains_key(d) => vec![d],
+                None => {
+                    self.diags.error(at, format!("`{}`: dependency `{d}` is not a job of this pipeline", job.base_name));
+                    continue;
+                }
+            };
+            for i in instances {
+                if stage_of.get(i).is_some_and(|s| *s > job.stage_index) {
+                    self.diags.error(at, format!("`{}`: dependency `{d}` is in a later stage", job.base_name));
+                }
+            }
+            if let Some(needs) = &job.needs {
+                if !needs.iter().any(|n| n.job == *d || all.get(d).is_some_and(|i| i.contains(&n.job))) {
+                    self.diags.error(at, format!("`{}`: dependency `{d}` must also be listed in `needs`", job.base_name));
+                }
+            }
+        }
+    }
+
+    /// Reports a cycle among `needs` (possible within one stage).
+    fn check_cycles(&mut self, root: &Node, plan: &Plan) {
+        let index: HashMap<&str, usize> = plan.jobs.iter().enumerate().map(|(i, j)| (j.name.as_str(), i)).collect();
+        // Iterative three-colour DFS over needs edges.
+        let n = plan.jobs.len();
+        let mut color = vec![0u8; n];
+        for start in 0..n {
+            if color[start] != 0 {
+                continue;
+            }
+            let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
+            color[start] = 1;
+            while let Some((v, i)) = stack.pop() {
+                let needs = plan.jobs[v].needs.as_deref().unwrap_or_default();
+                if i < needs.len() {
+                    stack.push((v, i + 1));
+                    if let Some(&w) = index.get(needs[i].job.as_str()) {
+                        if color[w] == 1 {
+                            let mut cycle: Vec<&str> = stack.iter().map(|(x, _)| plan.jobs[*x].name.as_str()).collect();
+                            let from = cycle.iter().position(|x| *x == plan.jobs[w].name).unwrap_or(0);
+                            cycle.drain(..from);
+                            cycle.push(&plan.jobs[w].name);
+                            let at = job_key_pos(root, &plan.jobs[v].base_name, "needs").unwrap_or_default();
+                            self.diags.error(at, format!("`needs` cycle: {}", cycle.join(" -> ")));
+                            return;
+                        }
+                        if color[w] == 0 {
+                            color[w] = 1;
+                            stack.push((w, 0));
+                        }
+                    }
+                } else {
+                    color[v] = 2;
+                }
+            }
+        }
+    }
+}
+
+fn glob_matcher(p: &str) -> Option<globset::GlobMatcher> {
+    let p = p.trim_start_matches("./").trim_start_matches('/');
+    globset::GlobBuilder::new(p).literal_separator(true).build().ok().map(|g| g.compile_matcher())
+}
+
+fn parse_when(s: &str) -> Option<When> {
+    Some(match s {
+        "on_success" => When::OnSuccess,
+        "on_failure" => When::OnFailure,
+        "always" => When::Always,
+        "manual" => When::Manual,
+        "delayed" => When::Delayed,
+        _ => return None,
+    })
+}
+
+fn int_list(n: &Node) -> Vec<i32> {
+    let one = |x: &Node| match x.value {
+        Value::Int(i) => i32::try_from(i).ok(),
+        _ => None,
+    };
+    match &n.value {
+        Value::Seq(items) => items.iter().filter_map(one).collect(),
+        _ => one(n).into_iter().collect(),
+    }
+}
+
+/// Predefined variables that depend on the job.
+fn job_predefined(job: &Job) -> Vec<Variable> {
+    let mut v = vec![
+        Variable::new("CI_JOB_NAME", job.name.clone()),
+        Variable::new("CI_JOB_NAME_SLUG", vars::slug(&job.name)),
+        Variable::new("CI_JOB_STAGE", job.stage.clone()),
+    ];
+    if let Some((i, t)) = job.node {
+        v.push(Variable::new("CI_NODE_INDEX", i.to_string()));
+        v.push(Variable::new("CI_NODE_TOTAL", t.to_string()));
+    } else {
+        v.push(Variable::new("CI_NODE_TOTAL", "1"));
+    }
+    if let Some(env) = &job.environment {
+        v.push(Variable { key: "CI_ENVIRONMENT_NAME".into(), value: env.name.clone(), expand: true, masked: false });
+        v.push(Variable::new("CI_ENVIRONMENT_ACTION", env.action.clone()));
+        if let Some(url) = &env.url {
+            v.push(Variable::new("CI_ENVIRONMENT_URL", url.clone()));
+        }
+        let tier = env.deployment_tier.clone().unwrap_or_else(|| guess_tier(&env.name).into());
+        v.push(Variable::new("CI_ENVIRONMENT_TIER", tier));
+    }
+    for v in &mut v {
+        v.expand = v.key.starts_with("CI_ENVIRONMENT");
+    }
+    v
+}
+
+/// `CI_ENVIRONMENT_SLUG`: the name slugged to at most 24 characters (GitLab appends a random suffix when
+/// it shortens a name; locally the plain truncation is used).
+fn environment_slug(name: &str) -> String {
+    let mut s = vars::slug(name);
+    s.truncate(24);
+    let s = s.trim_end_matches('-').to_string();
+    if s.chars().next().is_some_and(|c| c.is_ascii_digit()) { format!("env-{s}") } else { s }
+}
+
+/// GitLab's guess of a deployment tier from an environment name.
+fn guess_tier(name: &str) -> &'static str {
+    let n = name.to_lowercase();
+    if n.starts_with("prod") || n == "live" {
+        "production"
+    } else if n.starts_with("stag") || n.starts_with("model") || n.starts_with("pre") || n == "demo" {
+        "staging"
+    } else if n.starts_with("test") || n.starts_with("qa") || n.starts_with("uat") {
+        "testing"
+    } else if n.starts_with("dev") || n.starts_with("review") || n.starts_with("trunk") {
+        "development"
+    } else {
+        "other"
+    }
+}
+
+/// Where `key` of job `job` is written, for messages.
+fn job_key_pos(root: &Node, job: &str, key: &str) -> Option<Pos> {
+    root.as_map()?.get(job)?.as_map()?.entry(key).map(|e| e.key_pos)
+}
