@@ -57,7 +57,11 @@ pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
     c.apply_defaults(&mut root);
     let (plan, workflow_skipped) = c.plan(&root);
     let plan = if c.diags.has_errors() { None } else { Some(plan) };
-    Compiled { plan, expanded: root, diagnostics: c.diags.list, workflow_skipped }
+    let files = c.diags.files;
+    let mut diagnostics = c.diags.list;
+    // Report in file order (the main file first), then by position.
+    diagnostics.sort_by_key(|d| (files.iter().position(|f| *f == d.file), d.line, d.column));
+    Compiled { plan, expanded: root, diagnostics, workflow_skipped }
 }
 
 struct Compiler<'a> {
@@ -237,7 +241,7 @@ impl Compiler<'_> {
             if let Some(n) = needs_node.take() {
                 job.needs = Some(self.needs(root, job, &n, &all_names, &excluded, &stage_of, &instance_vars));
             }
-            self.check_dependencies(root, job, &all_names, &stage_of, *pos);
+            self.dependencies(root, job, &all_names, &stage_of, *pos);
         }
         plan.jobs = jobs.into_iter().map(|(j, _, _)| j).collect();
         self.check_cycles(root, &plan);
@@ -332,7 +336,7 @@ impl Compiler<'_> {
             Value::Int(n) => {
                 if !(1..=200).contains(n) {
                     self.diags.error(p.pos, format!("`{}`: `parallel` must be between 1 and 200", d.name));
-                    return Vec::new();
+                    return vec![(d.name.clone(), Vec::new(), None)];
                 }
                 let total = u32::try_from(*n).unwrap_or(1);
                 (1..=total).map(|i| (format!("{} {i}/{n}", d.name), Vec::new(), Some((i, total)))).collect()
@@ -340,12 +344,12 @@ impl Compiler<'_> {
             Value::Map(pm) => {
                 let Some(matrix) = pm.get("matrix").and_then(Node::as_seq) else {
                     self.diags.error(p.pos, format!("`{}`: `parallel` must be a number or have a `matrix` array", d.name));
-                    return Vec::new();
+                    return vec![(d.name.clone(), Vec::new(), None)];
                 };
                 let combos = self.matrix(&d.name, matrix);
                 if combos.len() > 200 {
                     self.diags.error(p.pos, format!("`{}`: `parallel:matrix` makes {} jobs; at most 200 are allowed", d.name, combos.len()));
-                    return Vec::new();
+                    return vec![(d.name.clone(), Vec::new(), None)];
                 }
                 let total = u32::try_from(combos.len()).unwrap_or(1);
                 combos
@@ -359,7 +363,7 @@ impl Compiler<'_> {
             }
             _ => {
                 self.diags.error(p.pos, format!("`{}`: `parallel` must be a number or have a `matrix` array", d.name));
-                Vec::new()
+                vec![(d.name.clone(), Vec::new(), None)]
             }
         }
     }
@@ -1075,10 +1079,12 @@ impl Compiler<'_> {
         out
     }
 
-    fn check_dependencies(&mut self, root: &Node, job: &Job, all: &HashMap<String, Vec<String>>, stage_of: &HashMap<String, usize>, pos: Pos) {
-        let Some(deps) = &job.dependencies else { return };
+    /// Checks `dependencies` and resolves them to job instances (a parallel job means all its instances).
+    fn dependencies(&mut self, root: &Node, job: &mut Job, all: &HashMap<String, Vec<String>>, stage_of: &HashMap<String, usize>, pos: Pos) {
+        let Some(deps) = job.dependencies.take() else { return };
         let at = job_key_pos(root, &job.base_name, "dependencies").unwrap_or(pos);
-        for d in deps {
+        let mut resolved = Vec::new();
+        for d in &deps {
             let instances: Vec<&String> = match all.get(d) {
                 Some(i) => i.iter().collect(),
                 None if stage_of.contains_key(d) => vec![d],
@@ -1091,6 +1097,9 @@ impl Compiler<'_> {
                 if stage_of.get(i).is_some_and(|s| *s > job.stage_index) {
                     self.diags.error(at, format!("`{}`: dependency `{d}` is in a later stage", job.base_name));
                 }
+                if stage_of.contains_key(i) && !resolved.contains(i) {
+                    resolved.push(i.clone());
+                }
             }
             if let Some(needs) = &job.needs {
                 if !needs.iter().any(|n| n.job == *d || all.get(d).is_some_and(|i| i.contains(&n.job))) {
@@ -1098,6 +1107,7 @@ impl Compiler<'_> {
                 }
             }
         }
+        job.dependencies = Some(resolved);
     }
 
     /// Reports a cycle among `needs` (possible within one stage).

@@ -464,28 +464,34 @@ fn resolve_extends(root: &mut Node, diags: &mut Diags) {
     if names.is_empty() {
         return;
     }
-    let mut done: HashMap<String, Node> = HashMap::new();
+    let mut done: HashMap<String, (Node, usize)> = HashMap::new();
     for name in &names {
         let mut chain = Vec::new();
         extend_one(map, name, &mut done, &mut chain, diags);
     }
     let map = root.as_map_mut().expect("checked above");
     for e in &mut map.entries {
-        if let Some(n) = done.remove(&e.key) {
+        if let Some((n, _)) = done.remove(&e.key) {
             e.value = n;
         }
     }
 }
 
-/// Resolves `extends` of job `name`, memoised in `done`.
-fn extend_one(root: &Map, name: &str, done: &mut HashMap<String, Node>, chain: &mut Vec<String>, diags: &mut Diags) -> Option<Node> {
+/// Resolves `extends` of job `name`, memoised in `done` with its inheritance depth.
+fn extend_one(
+    root: &Map,
+    name: &str,
+    done: &mut HashMap<String, (Node, usize)>,
+    chain: &mut Vec<String>,
+    diags: &mut Diags,
+) -> Option<(Node, usize)> {
     if let Some(n) = done.get(name) {
         return Some(n.clone());
     }
     let entry = root.entry(name)?;
     let node = &entry.value;
-    let Some(m) = node.as_map() else { return Some(node.clone()) };
-    let Some(ext) = m.get("extends") else { return Some(node.clone()) };
+    let Some(m) = node.as_map() else { return Some((node.clone(), 0)) };
+    let Some(ext) = m.get("extends") else { return Some((node.clone(), 0)) };
     if chain.iter().any(|c| c == name) {
         diags.error(ext.pos, format!("`{name}`: circular dependency detected in `extends`"));
         return None;
@@ -502,6 +508,7 @@ fn extend_one(root: &Map, name: &str, done: &mut HashMap<String, Node>, chain: &
         }
     };
     chain.push(name.to_string());
+    let mut depth = 1;
     let mut merged = Node::new(Value::Map(Map::default()), node.pos);
     for p in &parents {
         if root.entry(p).is_none() {
@@ -511,7 +518,8 @@ fn extend_one(root: &Map, name: &str, done: &mut HashMap<String, Node>, chain: &
             diags.error(ext.pos, format!("`{name}`: unknown key `{p}` in `extends`{hint}"));
             continue;
         }
-        let Some(parent) = extend_one(root, p, done, chain, diags) else { continue };
+        let Some((parent, d)) = extend_one(root, p, done, chain, diags) else { continue };
+        depth = depth.max(d + 1);
         if parent.as_map().is_none() {
             diags.error(ext.pos, format!("`{name}`: `extends` target `{p}` is not a mapping"));
             continue;
@@ -519,6 +527,10 @@ fn extend_one(root: &Map, name: &str, done: &mut HashMap<String, Node>, chain: &
         deep_merge(&mut merged, parent);
     }
     chain.pop();
+    if depth > MAX_EXTENDS_DEPTH {
+        diags.error(ext.pos, format!("`{name}`: `extends` nests deeper than {MAX_EXTENDS_DEPTH} levels"));
+        return None;
+    }
     let mut own = node.clone();
     deep_merge(&mut merged, own.clone());
     if let Some(mm) = merged.as_map_mut() {
@@ -527,8 +539,8 @@ fn extend_one(root: &Map, name: &str, done: &mut HashMap<String, Node>, chain: &
     // Keep the job's own position.
     merged.pos = node.pos;
     own.value = merged.value;
-    done.insert(name.to_string(), own.clone());
-    Some(own)
+    done.insert(name.to_string(), (own.clone(), depth));
+    Some((own, depth))
 }
 
 fn resolve_references(root: &mut Node, diags: &mut Diags) {

@@ -1,0 +1,160 @@
+//! Every error names the file, line and column of the offending key, and says what is wrong.
+
+use crate::{compile_files, compile_one};
+
+/// The errors of compiling `src`, as `FILE:LINE:COLUMN: message`.
+fn errors(src: &str) -> Vec<String> {
+    compile_one(src).errors().map(ToString::to_string).collect()
+}
+
+fn assert_error(src: &str, expected: &str) {
+    let errs = errors(src);
+    assert!(errs.iter().any(|e| e == expected), "expected `{expected}` in {errs:#?}");
+}
+
+#[test]
+fn unknown_keyword_with_did_you_mean() {
+    assert_error(
+        "job:\n  stage: test\n  scirpt: [echo]\n  script: [echo]\n",
+        ".gitlab-ci.yml:3:3: `job`: unknown keyword `scirpt`; did you mean `script`?",
+    );
+}
+
+#[test]
+fn needs_naming_a_missing_job() {
+    assert_error(
+        "build:\n  script: [make]\ntest:\n  needs: [biuld]\n  script: [make test]\n",
+        ".gitlab-ci.yml:4:11: `test` needs `biuld`, which is not a job of this pipeline; did you mean `build`?",
+    );
+}
+
+#[test]
+fn needs_cycle() {
+    let errs = errors("a:\n  needs: [b]\n  script: [x]\nb:\n  needs: [a]\n  script: [x]\n");
+    assert!(errs.iter().any(|e| e.contains("`needs` cycle: ") && e.contains("a -> b -> a") || e.contains("b -> a -> b")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:") && e.contains("cycle")), "{errs:#?}");
+}
+
+#[test]
+fn bad_regex_in_rules_if() {
+    let errs = errors("job:\n  script: [x]\n  rules:\n    - if: $A =~ /[unclosed/\n");
+    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:4:") && e.contains("invalid `rules:if` expression")), "{errs:#?}");
+}
+
+#[test]
+fn stage_not_in_stages() {
+    assert_error(
+        "stages: [build, test]\njob:\n  stage: deplyo\n  script: [x]\n",
+        ".gitlab-ci.yml:3:3: `job`: stage `deplyo` is not defined in `stages` (.pre, build, test, .post)",
+    );
+}
+
+#[test]
+fn duplicate_key_is_a_warning_and_the_last_value_wins() {
+    let c = compile_one("job:\n  script: [echo one]\n  script: [echo two]\n");
+    let warn: Vec<String> = c.diagnostics.iter().map(ToString::to_string).collect();
+    assert_eq!(warn, [".gitlab-ci.yml:3:3: warning: duplicate key `script`: the last value wins"]);
+    assert_eq!(c.plan.unwrap().jobs[0].script, ["echo two"]);
+}
+
+#[test]
+fn malformed_yaml() {
+    let errs = errors("job:\n  script: [echo\n  stage: x\n");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with(".gitlab-ci.yml:") && errs[0].contains("invalid YAML"), "{errs:#?}");
+}
+
+#[test]
+fn missing_local_include() {
+    assert_error(
+        "include:\n  - local: ci/missing.yml\njob:\n  script: [x]\n",
+        ".gitlab-ci.yml:2:5: local include `ci/missing.yml` not found: no such file",
+    );
+}
+
+#[test]
+fn remote_include_is_not_available_offline() {
+    let errs = errors("include:\n  - remote: https://example.com/ci.yml\n  - project: group/p\n    file: ci.yml\njob:\n  script: [x]\n");
+    assert!(errs.iter().any(|e| e.contains("`include:remote` `https://example.com/ci.yml` is not available offline")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("`include:project` `group/p` is not available offline")), "{errs:#?}");
+}
+
+#[test]
+fn remote_include_from_the_cache() {
+    struct Cached(gantry_pipeline::MemSources);
+    impl gantry_pipeline::Sources for Cached {
+        fn read(&self, p: &str) -> Result<String, String> {
+            self.0.read(p)
+        }
+        fn files(&self) -> &[String] {
+            self.0.files()
+        }
+        fn remote(&self, key: &str) -> Option<String> {
+            (key == "remote:https://example.com/ci.yml").then(|| "remote-job:\n  script: [echo remote]\n".to_string())
+        }
+    }
+    let s = Cached(gantry_pipeline::MemSources::new(vec![(".gitlab-ci.yml".into(), "include: https://example.com/ci.yml\n".into())]));
+    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+    assert_eq!(c.plan.unwrap().jobs[0].name, "remote-job");
+}
+
+#[test]
+fn extends_unknown_and_circular() {
+    let errs = errors("a:\n  extends: .missing\n  script: [x]\nb:\n  extends: c\n  script: [x]\nc:\n  extends: b\n  script: [x]\n");
+    assert!(errs.iter().any(|e| e == ".gitlab-ci.yml:2:12: `a`: unknown key `.missing` in `extends`"), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("circular dependency detected in `extends`")), "{errs:#?}");
+}
+
+#[test]
+fn extends_deeper_than_eleven_levels() {
+    let mut src = String::from(".l0:\n  script: [x]\n");
+    for i in 1..=12 {
+        src.push_str(&format!(".l{i}:\n  extends: .l{}\n", i - 1));
+    }
+    src.push_str("job:\n  extends: .l12\n");
+    assert!(errors(&src).iter().any(|e| e.contains("nests deeper than 11 levels")));
+}
+
+#[test]
+fn reference_to_itself() {
+    let errs = errors("job:\n  script:\n    - !reference [job, script]\n");
+    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:3:7:") && e.contains("refers to itself")), "{errs:#?}");
+}
+
+#[test]
+fn errors_in_included_files_name_that_file() {
+    let c = compile_files(&[(".gitlab-ci.yml", "include: ci/jobs.yml\n"), ("ci/jobs.yml", "job:\n  script: [x]\n  wehn: manual\n")], |_| {});
+    let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
+    assert_eq!(errs, ["ci/jobs.yml:3:3: `job`: unknown keyword `wehn`; did you mean `when`?"]);
+}
+
+#[test]
+fn bad_values() {
+    let errs = errors(
+        "job:\n  script: [x]\n  when: sometimes\n  retry: 5\n  timeout: soon\n  parallel: 500\n  allow_failure: maybe\n  cache:\n    key: a/b\n",
+    );
+    for want in [
+        ".gitlab-ci.yml:3:9: `job`: unknown `when` value `sometimes`",
+        ".gitlab-ci.yml:4:10: `job`: `retry` must be 0, 1 or 2",
+        ".gitlab-ci.yml:5:12: `job`: invalid `timeout`: `soon` is not a duration",
+        ".gitlab-ci.yml:6:13: `job`: `parallel` must be between 1 and 200",
+        ".gitlab-ci.yml:7:18: `job`: `allow_failure` must be a boolean or `{exit_codes: [...]}`",
+        ".gitlab-ci.yml:9:10: `job`: `cache:key` cannot contain `/` or be `.` or `..`",
+    ] {
+        assert!(errs.iter().any(|e| e == want), "expected `{want}` in {errs:#?}");
+    }
+}
+
+#[test]
+fn needs_entries_must_be_names_or_mappings() {
+    let errs = errors("a:\n  script: [x]\nb:\n  needs:\n    - ~\n  script: [x]\nc:\n  needs: a\n  script: [x]\n");
+    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:5:7:") && e.contains("not null")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:8:10:") && e.contains("`needs` must be an array")), "{errs:#?}");
+}
+
+#[test]
+fn a_job_must_be_a_mapping_with_a_script() {
+    let errs = errors("stagse: [a]\nempty:\n  stage: test\n");
+    assert!(errs.iter().any(|e| e.contains("`stagse` is not a keyword") && e.contains("did you mean `stages`?")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("`empty`: a job needs `script`")), "{errs:#?}");
+}
