@@ -1,2 +1,18 @@
-//! The `gantry` binary: thin glue over the library crates.
-fn main() {}
+//! The `gantry` binary: thin glue over the library crates. `main` calls `run`, which returns the exit code.
+
+mod cli;
+mod git;
+mod output;
+mod sources;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::main() {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("gantry: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! Command-line parsing and the `run` and `lint` commands.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gantry_pipeline::plan::Variable;
+use gantry_pipeline::{Compiled, Context, Plan, Severity};
+use serde_json::json;
+
+use crate::output::{Human, Json};
+use crate::sources::FsSources;
+
+/// Exit code: the pipeline passed.
+const EXIT_OK: u8 = 0;
+/// Exit code: the pipeline failed (or lint found problems).
+const EXIT_FAILED: u8 = 1;
+/// Exit code: a configuration or usage error.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code: interrupted (Ctrl-C).
+const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "Run .gitlab-ci.yml pipelines locally, with GitLab's semantics")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline (or the named jobs) in this repository.
+    Run(RunArgs),
+    /// Check the pipeline file without running it.
+    Lint(LintArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Args)]
+struct Common {
+    /// The project directory (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    cwd: Option<PathBuf>,
+    /// The pipeline file, relative to the project directory.
+    #[arg(long, value_name = "PATH", default_value = ".gitlab-ci.yml")]
+    file: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    output: Output,
+}
+
+#[derive(Args)]
+#[allow(clippy::struct_excessive_bools)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Set a variable; it wins over every other definition.
+    #[arg(long = "variable", value_name = "KEY=VALUE")]
+    variables: Vec<String>,
+    /// Read variables from a YAML file: `KEY: value` or `KEY: {value: ..., masked: true}`.
+    #[arg(long, value_name = "PATH")]
+    variables_file: Option<PathBuf>,
+    /// Mask the value of variable KEY in all output (repeatable).
+    #[arg(long, value_name = "KEY")]
+    mask: Vec<String>,
+    /// Also run the jobs that the named jobs need, transitively.
+    #[arg(long)]
+    needs: bool,
+    /// Run only the jobs that the named jobs need, not the named jobs.
+    #[arg(long)]
+    only_needs: bool,
+    /// Run only the jobs of this stage.
+    #[arg(long, value_name = "NAME")]
+    stage: Option<String>,
+    /// Play this manual job (repeatable).
+    #[arg(long, value_name = "JOB")]
+    manual: Vec<String>,
+    /// How many jobs run at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    concurrency: Option<usize>,
+    /// Show what would run, and why, as a table.
+    #[arg(long, group = "mode")]
+    list: bool,
+    /// Show what would run as JSON.
+    #[arg(long, group = "mode")]
+    list_json: bool,
+    /// Print the fully expanded configuration.
+    #[arg(long, group = "mode")]
+    preview: bool,
+    /// Run jobs that name an `image:` in the shell anyway.
+    #[arg(long)]
+    shell_executor: bool,
+    /// Run jobs in the working tree itself instead of per-job workspaces.
+    #[arg(long)]
+    in_place: bool,
+    /// `CI_PIPELINE_SOURCE` (push, web, schedule, merge_request_event, ...).
+    #[arg(long, value_name = "SOURCE", default_value = "push")]
+    pipeline_source: String,
+    /// Jobs to run (default: the whole pipeline).
+    #[arg(value_name = "JOB")]
+    jobs: Vec<String>,
+}
+
+#[derive(Args)]
+struct LintArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Parses the command line and runs the command; returns the process exit code.
+pub fn main() -> Result<u8> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(if e.use_stderr() { EXIT_CONFIG } else { EXIT_OK });
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Lint(args) => lint(&args),
+    }
+}
+
+/// A configuration or usage error: reported as text or as a JSON `error` event, then exit 2.
+fn config_error(output: Output, message: &str) -> u8 {
+    match output {
+        Output::Json => {
+            let line = json!({"event": "error", "message": message}).to_string();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+            eprintln!("gantry: {message}");
+        }
+        Output::Human => eprintln!("gantry: {message}"),
+    }
+    EXIT_CONFIG
+}
+
+fn project_dir(common: &Common) -> Result<PathBuf> {
+    let dir = match &common.cwd {
+        Some(d) => d.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    dir.canonicalize().with_context(|| format!("project directory `{}` does not exist", dir.display()))
+}
+
+/// Everything compiled for one invocation.
+struct Prepared {
+    dir: PathBuf,
+    state_dir: PathBuf,
+    compiled: Compiled,
+}
+
+fn prepare(common: &Common, cli_vars: Vec<Variable>, source: &str, pipeline_id: Option<u64>) -> Result<Prepared> {
+    let dir = project_dir(common)?;
+    let state_dir = dir.join(".gantry");
+    let facts = crate::git::facts(&dir);
+    let changed = if crate::git::is_repo(&dir) { crate::git::changed_files(&dir, &facts.default_branch) } else { None };
+    let pipeline_id = match pipeline_id {
+        Some(id) => id,
+        None => next_pipeline_id(&state_dir)?,
+    };
+    let ctx = Context {
+        file: common.file.trim_start_matches("./").to_string(),
+        project_dir: dir.to_string_lossy().into_owned(),
+        project_dir_name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        git: facts,
+        pipeline_source: source.to_string(),
+        pipeline_id,
+        changed_files: changed,
+        cli_variables: cli_vars,
+    };
+    let sources = FsSources::new(&dir, &state_dir);
+    let compiled = gantry_pipeline::compile(&sources, &ctx);
+    Ok(Prepared { dir, state_dir, compiled })
+}
+
+/// Creates `.gantry/` (ignored by git through its own `.gitignore`) and returns the next pipeline id.
+fn next_pipeline_id(state_dir: &Path) -> Result<u64> {
+    ensure_state_dir(state_dir)?;
+    let path = state_dir.join("pipeline-id");
+    let last: u64 = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let next = last + 1;
+    std::fs::write(&path, next.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(next)
+}
+
+fn ensure_state_dir(state_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let ignore = state_dir.join(".gitignore");
+    if !ignore.exists() {
+        std::fs::write(&ignore, "*\n").with_context(|| format!("cannot write {}", ignore.display()))?;
+    }
+    Ok(())
+}
+
+fn cli_variables(args: &RunArgs) -> Result<Vec<Variable>, String> {
+    let mut vars = Vec::new();
+    if let Some(path) = &args.variables_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read variables file {}: {e}", path.display()))?;
+        vars.extend(parse_variables_file(&text).map_err(|e| format!("{}:{e}", path.display()))?);
+    }
+    for v in &args.variables {
+        let Some((k, val)) = v.split_once('=') else {
+            return Err(format!("--variable `{v}` must be KEY=VALUE"));
+        };
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("--variable `{v}`: `{k}` is not a valid variable name"));
+        }
+        vars.push(Variable { key: k.to_string(), value: val.to_string(), expand: false, masked: false });
+    }
+    for m in &args.mask {
+        let mut found = false;
+        for v in vars.iter_mut().filter(|v| &v.key == m) {
+            v.masked = true;
+            found = true;
+        }
+        if !found {
+            return Err(format!("--mask {m}: no variable `{m}` was given with --variable or --variables-file"));
+        }
+    }
+    Ok(vars)
+}
+
+/// A variables file: a YAML mapping of `KEY: value` or `KEY: {value: ..., masked: bool, expand: bool}`.
+fn parse_variables_file(text: &str) -> Result<Vec<Variable>, String> {
+    use gantry_pipeline::yaml::{self, Value};
+    let docs = yaml::parse(text, 0).map_err(|e| e.to_string())?;
+    let Some(root) = docs.docs.first() else { return Ok(Vec::new()) };
+    let Some(map) = root.as_map() else { return Err("1:1: a variables file must be a mapping".into()) };
+    let mut out = Vec::new();
+    for e in &map.entries {
+        let at = format!("{}:{}", e.key_pos.line, e.key_pos.col);
+        let v = match &e.value.value {
+            Value::Map(m) => {
+                let flag = |k: &str, d: bool| match m.get(k).map(|n| &n.value) {
+                    Some(Value::Bool(b)) => *b,
+                    _ => d,
+                };
+                let Some(value) = m.get("value").and_then(yaml::Node::scalar_string) else {
+                    return Err(format!("{at}: variable `{}` needs a `value`", e.key));
+                };
+                Variable { key: e.key.clone(), value, expand: flag("expand", false), masked: flag("masked", false) }
+            }
+            Value::Seq(_) => return Err(format!("{at}: variable `{}` must be a string or a mapping", e.key)),
+            _ => Variable { key: e.key.clone(), value: e.value.scalar_string().unwrap_or_default(), expand: false, masked: false },
+        };
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn print_diagnostics(compiled: &Compiled, output: Output) -> Option<u8> {
+    for d in compiled.diagnostics.iter().filter(|d| d.severity == Severity::Warning) {
+        eprintln!("gantry: {d}");
+    }
+    let errors: Vec<String> = compiled.errors().map(ToString::to_string).collect();
+    if errors.is_empty() {
+        return None;
+    }
+    match output {
+        Output::Json => {
+            for e in &errors {
+                config_error(Output::Json, e);
+            }
+        }
+        Output::Human => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!("gantry: the pipeline has {} error{}; nothing ran", errors.len(), if errors.len() == 1 { "" } else { "s" });
+        }
+    }
+    Some(EXIT_CONFIG)
+}
+
+fn run(args: &RunArgs) -> Result<u8> {
+    let output = args.common.output;
+    let cli_vars = match cli_variables(args) {
+        Ok(v) => v,
+        Err(e) => return Ok(config_error(output, &e)),
+    };
+    let dry = args.list || args.list_json || args.preview;
+    let prepared = match prepare(&args.common, cli_vars, &args.pipeline_source, dry.then_some(0)) {
+        Ok(p) => p,
+        Err(e) => return Ok(config_error(output, &format!("{e:#}"))),
+    };
+    if args.preview {
+        // The expanded configuration is useful even when it has errors.
+        let text = gantry_pipeline::preview::to_yaml(&prepared.compiled.expanded);
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+        return Ok(print_diagnostics(&prepared.compiled, Output::Human).unwrap_or(EXIT_OK));
+    }
+    if let Some(code) = print_diagnostics(&prepared.compiled, output) {
+        return Ok(code);
+    }
+    let Some(plan) = prepared.compiled.plan.as_ref() else { return Ok(EXIT_CONFIG) };
+    if let Some(reason) = &prepared.compiled.workflow_skipped {
+        eprintln!("gantry: no pipeline: {reason}");
+        if output == Output::Json {
+            Json::new().write(&json!({"event": "pipeline_finished", "status": "success", "duration_ms": 0}));
+        }
+        return Ok(EXIT_OK);
+    }
+    let selected = match select(plan, args) {
+        Ok(s) => s,
+        Err(e) => return Ok(config_error(output, &e)),
+    };
+    if args.list || args.list_json {
+        list(plan, &selected, args.list_json);
+        return Ok(EXIT_OK);
+    }
+    for (i, job) in plan.jobs.iter().enumerate() {
+        if selected[i] && job.trigger {
+            return Ok(config_error(output, &format!("`{}`: `trigger` (child and multi-project pipelines) is not supported yet", job.name)));
+        }
+    }
+    let mut play: Vec<String> = args.manual.iter().flat_map(|m| matching(plan, m)).map(|i| plan.jobs[i].name.clone()).collect();
+    for m in &args.manual {
+        if matching(plan, m).is_empty() {
+            return Ok(config_error(output, &format!("--manual {m}: no such job")));
+        }
+    }
+    // A job named on the command line is played even when it is manual.
+    for j in &args.jobs {
+        play.extend(matching(plan, j).into_iter().map(|i| plan.jobs[i].name.clone()));
+    }
+    execute(args, &prepared, plan, selected, play)
+}
+
+fn execute(args: &RunArgs, prepared: &Prepared, plan: &Plan, selected: Vec<bool>, play: Vec<String>) -> Result<u8> {
+    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).max(1);
+    let names: Vec<String> = plan.jobs.iter().zip(&selected).filter(|(_, s)| **s).map(|(j, _)| j.name.clone()).collect();
+    let config = gantry_runtime::RunConfig {
+        project_dir: prepared.dir.clone(),
+        state_dir: prepared.state_dir.clone(),
+        pipeline_id: plan.predefined.iter().find(|v| v.key == "CI_PIPELINE_ID").and_then(|v| v.value.parse().ok()).unwrap_or(1),
+        concurrency,
+        in_place: args.in_place,
+        selected,
+        play_manual: play,
+        echo: true,
+        default_timeout: Duration::from_secs(3600),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(concurrency.clamp(1, 4))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let executor = Arc::new(gantry_executor_shell::ShellExecutor { allow_image: args.shell_executor });
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let human = (args.common.output == Output::Human).then(|| Arc::new(Human::new(&names)));
+    let json = (args.common.output == Output::Json).then(|| Arc::new(Json::new()));
+    let reporter: Arc<dyn gantry_runtime::Reporter> = match (&human, &json) {
+        (Some(h), _) => h.clone(),
+        (_, Some(j)) => j.clone(),
+        _ => unreachable!("one output is always chosen"),
+    };
+    let result = rt.block_on(async {
+        let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = interrupted.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!("\ngantry: interrupted; canceling jobs (press Ctrl-C again to exit at once)");
+                let _ = cancel_tx.send(true);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(i32::from(EXIT_INTERRUPTED));
+                }
+            }
+        });
+        let flusher = {
+            let h = human.clone();
+            let j = json.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tick.tick().await;
+                    if let Some(h) = &h {
+                        h.flush();
+                    }
+                    if let Some(j) = &j {
+                        j.flush();
+                    }
+                }
+            })
+        };
+        let r = gantry_runtime::run(plan, config, executor, reporter, cancel_rx).await;
+        flusher.abort();
+        (r, interrupted.load(std::sync::atomic::Ordering::SeqCst))
+    });
+    let (result, interrupted) = result;
+    if let Some(h) = &human {
+        h.summary();
+    }
+    if let Some(j) = &json {
+        j.flush();
+    }
+    let result = result.context("the pipeline could not run")?;
+    rt.shutdown_timeout(Duration::from_millis(100));
+    if interrupted {
+        return Ok(EXIT_INTERRUPTED);
+    }
+    Ok(match result.status {
+        gantry_runtime::PipelineStatus::Success => EXIT_OK,
+        gantry_runtime::PipelineStatus::Failed => EXIT_FAILED,
+        gantry_runtime::PipelineStatus::Canceled => EXIT_INTERRUPTED,
+    })
+}
+
+/// A job name as the user may type it: `job: [a,b]` and `job: [a, b]` are the same.
+fn normalize(name: &str) -> String {
+    match name.split_once(": [") {
+        Some((base, rest)) => format!("{base}: [{}", rest.split(',').map(str::trim).collect::<Vec<_>>().join(", ")),
+        None => name.to_string(),
+    }
+}
+
+/// The plan jobs a user-given name means: the exact job, or every instance of a parallel job.
+fn matching(plan: &Plan, name: &str) -> Vec<usize> {
+    let n = normalize(name);
+    let exact: Vec<usize> = plan.jobs.iter().enumerate().filter(|(_, j)| j.name == n).map(|(i, _)| i).collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    plan.jobs.iter().enumerate().filter(|(_, j)| j.base_name == name).map(|(i, _)| i).collect()
+}
+
+fn select(plan: &Plan, args: &RunArgs) -> Result<Vec<bool>, String> {
+    let n = plan.jobs.len();
+    if let Some(stage) = &args.stage {
+        if !plan.stages.contains(stage) {
+            return Err(format!("--stage {stage}: no such stage (stages: {})", plan.stages.join(", ")));
+        }
+    }
+    if args.jobs.is_empty() {
+        if args.needs || args.only_needs {
+            return Ok(plan.jobs.iter().map(|j| args.stage.as_ref().is_none_or(|s| &j.stage == s)).collect());
+        }
+        return Ok(plan.jobs.iter().map(|j| args.stage.as_ref().is_none_or(|s| &j.stage == s)).collect());
+    }
+    let mut named = HashSet::new();
+    for j in &args.jobs {
+        let m = matching(plan, j);
+        if m.is_empty() {
+            return Err(format!("no job named `{j}` in this pipeline (its rules may exclude it)"));
+        }
+        named.extend(m);
+    }
+    let mut selected = vec![false; n];
+    if args.needs || args.only_needs {
+        let waits = plan.waits();
+        let mut stack: Vec<usize> = named.iter().copied().collect();
+        let mut seen: HashSet<usize> = named.clone();
+        while let Some(i) = stack.pop() {
+            let preds: Vec<usize> = match &waits[i] {
+                gantry_pipeline::plan::WaitFor::Jobs(j) => j.clone(),
+                gantry_pipeline::plan::WaitFor::StagesBefore(_) => Vec::new(),
+            };
+            for p in preds {
+                if seen.insert(p) {
+                    stack.push(p);
+                }
+            }
+        }
+        for i in seen {
+            selected[i] = !(args.only_needs && named.contains(&i));
+        }
+    } else {
+        for i in named {
+            selected[i] = true;
+        }
+    }
+    if let Some(stage) = &args.stage {
+        for (i, j) in plan.jobs.iter().enumerate() {
+            selected[i] &= &j.stage == stage;
+        }
+    }
+    Ok(selected)
+}
+
+fn list(plan: &Plan, selected: &[bool], as_json: bool) {
+    let rows: Vec<(&gantry_pipeline::Job, Vec<String>)> = plan
+        .jobs
+        .iter()
+        .zip(selected)
+        .filter(|(_, s)| **s)
+        .map(|(j, _)| (j, j.needs.as_ref().map(|n| n.iter().map(|x| x.job.clone()).collect()).unwrap_or_default()))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if as_json {
+        let arr: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(j, needs)| {
+                json!({
+                    "name": j.name, "stage": j.stage, "when": j.when.as_str(),
+                    "allow_failure": j.allow_failure.is_allowed(), "needs": needs,
+                    "environment": j.environment.as_ref().map(|e| e.name.clone()),
+                })
+            })
+            .collect();
+        let _ = writeln!(out, "{}", serde_json::Value::Array(arr));
+        return;
+    }
+    let header = ["NAME", "STAGE", "WHEN", "ALLOW FAILURE", "NEEDS", "ENVIRONMENT", "WHY"];
+    let table: Vec<[String; 7]> = rows
+        .iter()
+        .map(|(j, needs)| {
+            [
+                j.name.clone(),
+                j.stage.clone(),
+                j.when.as_str().to_string(),
+                j.allow_failure.is_allowed().to_string(),
+                if j.needs.is_some() { format!("[{}]", needs.join(", ")) } else { "(stages)".into() },
+                j.environment.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
+                j.reason.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &table {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let fmt_row = |cells: &[String]| {
+        cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", fmt_row(&header.map(String::from)));
+    for r in &table {
+        let _ = writeln!(out, "{}", fmt_row(r));
+    }
+}
+
+fn lint(args: &LintArgs) -> Result<u8> {
+    let common = &args.common;
+    let prepared = match prepare(common, Vec::new(), "push", Some(0)) {
+        Ok(p) => p,
+        Err(e) => return Ok(config_error(common.output, &format!("{e:#}"))),
+    };
+    let diags = &prepared.compiled.diagnostics;
+    // Lint is stricter than run: a repeated key is an error, because one of the values is silently lost.
+    let is_error = |d: &gantry_pipeline::Diagnostic| d.severity == Severity::Error || d.message.starts_with("duplicate key");
+    let failed = diags.iter().any(is_error);
+    let mut out = std::io::stdout().lock();
+    match common.output {
+        Output::Json => {
+            let list: Vec<serde_json::Value> = diags
+                .iter()
+                .map(|d| {
+                    json!({"file": d.file, "line": d.line, "column": d.column,
+                           "severity": if is_error(d) { "error" } else { "warning" }, "message": d.message})
+                })
+                .collect();
+            let _ = writeln!(out, "{}", json!({"valid": !failed, "diagnostics": list}));
+        }
+        Output::Human => {
+            for d in diags {
+                if is_error(d) {
+                    let _ = writeln!(out, "{}:{}:{}: {}", d.file, d.line, d.column, d.message);
+                } else {
+                    let _ = writeln!(out, "{d}");
+                }
+            }
+            if !failed {
+                let jobs = prepared.compiled.plan.as_ref().map_or(0, |p| p.jobs.len());
+                let _ = writeln!(out, "{}: valid ({jobs} jobs)", common.file);
+            }
+        }
+    }
+    Ok(if failed { EXIT_FAILED } else { EXIT_OK })
+}
