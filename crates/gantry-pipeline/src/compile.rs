@@ -7,25 +7,68 @@ use crate::context::{Context, Sources, predefined_variables};
 use crate::diag::{Diagnostic, Diags, Severity, did_you_mean};
 use crate::load::{self, GLOBAL_KEYWORDS, string_list};
 use crate::plan::{
-    AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, Environment, Image, Job, Need, Plan, Retry,
-    Variable, When,
+    AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, Environment, Image, Job,
+    Need, Plan, Retry, Variable, When,
 };
 use crate::yaml::{Map, Node, Pos, Value};
 use crate::{duration, expr, vars};
 
 /// Job keywords GitLab knows.
 pub const JOB_KEYWORDS: &[&str] = &[
-    "after_script", "allow_failure", "artifacts", "before_script", "cache", "coverage", "dast_configuration",
-    "dependencies", "environment", "except", "extends", "hooks", "id_tokens", "identity", "image", "inherit",
-    "interruptible", "manual_confirmation", "needs", "only", "pages", "parallel", "release", "resource_group", "retry",
-    "rules", "run", "script", "secrets", "services", "stage", "start_in", "tags", "timeout", "trigger", "variables",
-    "when", "description",
+    "after_script",
+    "allow_failure",
+    "artifacts",
+    "before_script",
+    "cache",
+    "coverage",
+    "dast_configuration",
+    "dependencies",
+    "environment",
+    "except",
+    "extends",
+    "hooks",
+    "id_tokens",
+    "identity",
+    "image",
+    "inherit",
+    "interruptible",
+    "manual_confirmation",
+    "needs",
+    "only",
+    "pages",
+    "parallel",
+    "release",
+    "resource_group",
+    "retry",
+    "rules",
+    "run",
+    "script",
+    "secrets",
+    "services",
+    "stage",
+    "start_in",
+    "tags",
+    "timeout",
+    "trigger",
+    "variables",
+    "when",
+    "description",
 ];
 
 /// Keywords allowed under `default`.
 pub const DEFAULT_KEYWORDS: &[&str] = &[
-    "after_script", "artifacts", "before_script", "cache", "hooks", "id_tokens", "image", "interruptible", "retry",
-    "services", "tags", "timeout",
+    "after_script",
+    "artifacts",
+    "before_script",
+    "cache",
+    "hooks",
+    "id_tokens",
+    "image",
+    "interruptible",
+    "retry",
+    "services",
+    "tags",
+    "timeout",
 ];
 
 /// The result of compiling: the plan (when there are no errors), the expanded tree, and every diagnostic.
@@ -44,7 +87,9 @@ pub struct Compiled {
 impl Compiled {
     /// The errors only.
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
     }
 }
 
@@ -53,15 +98,29 @@ impl Compiled {
 pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
     let mut diags = Diags::default();
     let mut root = load::load(sources, ctx, &mut diags);
-    let mut c = Compiler { ctx, sources, diags, predefined: predefined_variables(ctx) };
+    let mut c = Compiler {
+        ctx,
+        sources,
+        diags,
+        predefined: predefined_variables(ctx),
+    };
     c.apply_defaults(&mut root);
     let (plan, workflow_skipped) = c.plan(&root);
-    let plan = if c.diags.has_errors() { None } else { Some(plan) };
+    let plan = if c.diags.has_errors() {
+        None
+    } else {
+        Some(plan)
+    };
     let files = c.diags.files;
     let mut diagnostics = c.diags.list;
     // Report in file order (the main file first), then by position.
     diagnostics.sort_by_key(|d| (files.iter().position(|f| *f == d.file), d.line, d.column));
-    Compiled { plan, expanded: root, diagnostics, workflow_skipped }
+    Compiled {
+        plan,
+        expanded: root,
+        diagnostics,
+        workflow_skipped,
+    }
 }
 
 struct Compiler<'a> {
@@ -99,7 +158,13 @@ impl Compiler<'_> {
     fn apply_defaults(&mut self, root: &mut Node) {
         let Some(map) = root.as_map_mut() else { return };
         let mut defaults = Map::default();
-        for key in ["image", "services", "cache", "before_script", "after_script"] {
+        for key in [
+            "image",
+            "services",
+            "cache",
+            "before_script",
+            "after_script",
+        ] {
             if let Some(e) = map.entry(key) {
                 defaults.insert(key.to_string(), e.key_pos, e.value.clone());
             }
@@ -109,8 +174,13 @@ impl Compiler<'_> {
                 Some(dm) => {
                     for e in &dm.entries {
                         if !DEFAULT_KEYWORDS.contains(&e.key.as_str()) {
-                            let hint = did_you_mean(&e.key, DEFAULT_KEYWORDS).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-                            self.diags.error(e.key_pos, format!("unknown keyword `{}` in `default`{hint}", e.key));
+                            let hint = did_you_mean(&e.key, DEFAULT_KEYWORDS)
+                                .map(|s| format!("; did you mean `{s}`?"))
+                                .unwrap_or_default();
+                            self.diags.error(
+                                e.key_pos,
+                                format!("unknown keyword `{}` in `default`{hint}", e.key),
+                            );
                             continue;
                         }
                         defaults.insert(e.key.clone(), e.key_pos, e.value.clone());
@@ -127,8 +197,14 @@ impl Compiler<'_> {
             if is_hidden(&e.key) || GLOBAL_KEYWORDS.contains(&e.key.as_str()) {
                 continue;
             }
-            let Some(job) = e.value.as_map_mut() else { continue };
-            let inherit = job.get("inherit").and_then(Node::as_map).and_then(|m| m.get("default")).cloned();
+            let Some(job) = e.value.as_map_mut() else {
+                continue;
+            };
+            let inherit = job
+                .get("inherit")
+                .and_then(Node::as_map)
+                .and_then(|m| m.get("default"))
+                .cloned();
             for d in &defaults.entries {
                 let inherited = match inherit.as_ref().map(|n| &n.value) {
                     None => true,
@@ -144,10 +220,19 @@ impl Compiler<'_> {
     }
 
     fn plan(&mut self, root: &Node) -> (Plan, Option<String>) {
-        let mut plan = Plan { predefined: self.predefined.clone(), cli_variables: self.ctx.cli_variables.clone(), ..Plan::default() };
-        let Some(map) = root.as_map() else { return (plan, None) };
+        let mut plan = Plan {
+            predefined: self.predefined.clone(),
+            cli_variables: self.ctx.cli_variables.clone(),
+            ..Plan::default()
+        };
+        let Some(map) = root.as_map() else {
+            return (plan, None);
+        };
         plan.stages = self.stages(map);
-        plan.variables = map.get("variables").map(|v| self.variables(v, "variables")).unwrap_or_default();
+        plan.variables = map
+            .get("variables")
+            .map(|v| self.variables(v, "variables"))
+            .unwrap_or_default();
 
         // workflow:rules
         let mut skipped = None;
@@ -156,13 +241,25 @@ impl Compiler<'_> {
                 Some(wm) => {
                     for e in &wm.entries {
                         if !["rules", "name", "auto_cancel"].contains(&e.key.as_str()) {
-                            self.diags.error(e.key_pos, format!("unknown keyword `{}` in `workflow`", e.key));
+                            self.diags.error(
+                                e.key_pos,
+                                format!("unknown keyword `{}` in `workflow`", e.key),
+                            );
                         }
                     }
                     if let Some(rules) = wm.get("rules") {
-                        let base: Vec<Variable> = self.predefined.iter().chain(&plan.variables).chain(&self.ctx.cli_variables).cloned().collect();
+                        let base: Vec<Variable> = self
+                            .predefined
+                            .iter()
+                            .chain(&plan.variables)
+                            .chain(&self.ctx.cli_variables)
+                            .cloned()
+                            .collect();
                         match self.rules(rules, &base, true) {
-                            Some(o) if o.when.is_some_and(|w| w != When::OnSuccess && w != When::Always) => {
+                            Some(o)
+                                if o.when
+                                    .is_some_and(|w| w != When::OnSuccess && w != When::Always) =>
+                            {
                                 skipped = Some(format!("workflow:rules: {}", o.reason));
                             }
                             Some(o) => plan.variables.extend(o.variables),
@@ -186,10 +283,16 @@ impl Compiler<'_> {
             match e.value.as_map() {
                 Some(m) => {
                     self.check_keywords(&e.key, m);
-                    drafts.push(Draft { name: e.key.clone(), node: &e.value, map: m });
+                    drafts.push(Draft {
+                        name: e.key.clone(),
+                        node: &e.value,
+                        map: m,
+                    });
                 }
                 None => {
-                    let hint = did_you_mean(&e.key, GLOBAL_KEYWORDS).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
+                    let hint = did_you_mean(&e.key, GLOBAL_KEYWORDS)
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
                     self.diags.error(e.key_pos, format!("`{}` is not a keyword, so it is a job, and a job must be a mapping{hint}", e.key));
                 }
             }
@@ -215,31 +318,55 @@ impl Compiler<'_> {
             }
         }
         if drafts.is_empty() && !self.diags.has_errors() {
-            self.diags.error(root.pos, "the pipeline has no visible jobs (jobs whose names start with `.` are hidden)");
+            self.diags.error(
+                root.pos,
+                "the pipeline has no visible jobs (jobs whose names start with `.` are hidden)",
+            );
         }
         // Stage index and plan order.
         for (job, _, pos) in &mut jobs {
             match plan.stages.iter().position(|s| *s == job.stage) {
                 Some(i) => job.stage_index = i,
                 None => {
-                    let hint = did_you_mean(&job.stage, &plan.stages.iter().map(String::as_str).collect::<Vec<_>>())
-                        .map(|s| format!("; did you mean `{s}`?"))
-                        .unwrap_or_default();
+                    let hint = did_you_mean(
+                        &job.stage,
+                        &plan.stages.iter().map(String::as_str).collect::<Vec<_>>(),
+                    )
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
                     let at = job_key_pos(root, &job.base_name, "stage").unwrap_or(*pos);
                     self.diags.error(
                         at,
-                        format!("`{}`: stage `{}` is not defined in `stages` ({}){hint}", job.base_name, job.stage, plan.stages.join(", ")),
+                        format!(
+                            "`{}`: stage `{}` is not defined in `stages` ({}){hint}",
+                            job.base_name,
+                            job.stage,
+                            plan.stages.join(", ")
+                        ),
                     );
                 }
             }
         }
         jobs.sort_by_key(|(j, _, _)| j.stage_index);
-        let stage_of: HashMap<String, usize> = jobs.iter().map(|(j, _, _)| (j.name.clone(), j.stage_index)).collect();
-        let instance_vars: HashMap<String, Vec<Variable>> =
-            jobs.iter().map(|(j, _, _)| (j.name.clone(), j.variables.clone())).collect();
+        let stage_of: HashMap<String, usize> = jobs
+            .iter()
+            .map(|(j, _, _)| (j.name.clone(), j.stage_index))
+            .collect();
+        let instance_vars: HashMap<String, Vec<Variable>> = jobs
+            .iter()
+            .map(|(j, _, _)| (j.name.clone(), j.variables.clone()))
+            .collect();
         for (job, needs_node, pos) in &mut jobs {
             if let Some(n) = needs_node.take() {
-                job.needs = Some(self.needs(root, job, &n, &all_names, &excluded, &stage_of, &instance_vars));
+                job.needs = Some(self.needs(
+                    root,
+                    job,
+                    &n,
+                    &all_names,
+                    &excluded,
+                    &stage_of,
+                    &instance_vars,
+                ));
             }
             self.dependencies(root, job, &all_names, &stage_of, *pos);
         }
@@ -250,8 +377,12 @@ impl Compiler<'_> {
 
     fn check_global(&mut self, key: &str, value: &Node) {
         match key {
-            "stages" if value.as_seq().is_none() && !value.is_null() => self.diags.error(value.pos, "`stages` must be an array of stage names"),
-            "variables" if value.as_map().is_none() && !value.is_null() => self.diags.error(value.pos, "`variables` must be a mapping"),
+            "stages" if value.as_seq().is_none() && !value.is_null() => self
+                .diags
+                .error(value.pos, "`stages` must be an array of stage names"),
+            "variables" if value.as_map().is_none() && !value.is_null() => {
+                self.diags.error(value.pos, "`variables` must be a mapping")
+            }
             _ => {}
         }
     }
@@ -259,8 +390,13 @@ impl Compiler<'_> {
     fn check_keywords(&mut self, job: &str, m: &Map) {
         for e in &m.entries {
             if !JOB_KEYWORDS.contains(&e.key.as_str()) {
-                let hint = did_you_mean(&e.key, JOB_KEYWORDS).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-                self.diags.error(e.key_pos, format!("`{job}`: unknown keyword `{}`{hint}", e.key));
+                let hint = did_you_mean(&e.key, JOB_KEYWORDS)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                self.diags.error(
+                    e.key_pos,
+                    format!("`{job}`: unknown keyword `{}`{hint}", e.key),
+                );
             }
         }
         if !m.contains("script") && !m.contains("trigger") && !m.contains("run") {
@@ -297,58 +433,97 @@ impl Compiler<'_> {
     fn variables(&mut self, n: &Node, what: &str) -> Vec<Variable> {
         let Some(m) = n.as_map() else {
             if !n.is_null() {
-                self.diags.error(n.pos, format!("`{what}` must be a mapping"));
+                self.diags
+                    .error(n.pos, format!("`{what}` must be a mapping"));
             }
             return Vec::new();
         };
         let mut out = Vec::with_capacity(m.entries.len());
         for e in &m.entries {
             if e.key.is_empty() || !e.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                self.diags.error(e.key_pos, format!("`{}` is not a valid variable name", e.key));
+                self.diags.error(
+                    e.key_pos,
+                    format!("`{}` is not a valid variable name", e.key),
+                );
                 continue;
             }
             let (value, expand) = match &e.value.value {
                 Value::Map(vm) => {
                     for k in vm.entries.iter().map(|x| x.key.as_str()) {
                         if !["value", "description", "expand", "options"].contains(&k) {
-                            self.diags.error(e.value.pos, format!("variable `{}`: unknown key `{k}`", e.key));
+                            self.diags.error(
+                                e.value.pos,
+                                format!("variable `{}`: unknown key `{k}`", e.key),
+                            );
                         }
                     }
                     let v = vm.get("value").and_then(Node::scalar_string);
-                    let expand = !matches!(vm.get("expand").map(|x| &x.value), Some(Value::Bool(false)));
+                    let expand =
+                        !matches!(vm.get("expand").map(|x| &x.value), Some(Value::Bool(false)));
                     (v.unwrap_or_default(), expand)
                 }
                 Value::Seq(_) => {
-                    self.diags.error(e.value.pos, format!("variable `{}` must be a string, a number or a mapping with `value`", e.key));
+                    self.diags.error(
+                        e.value.pos,
+                        format!(
+                            "variable `{}` must be a string, a number or a mapping with `value`",
+                            e.key
+                        ),
+                    );
                     continue;
                 }
                 _ => (e.value.scalar_string().unwrap_or_default(), true),
             };
-            out.push(Variable { key: e.key.clone(), value, expand, masked: false });
+            out.push(Variable {
+                key: e.key.clone(),
+                value,
+                expand,
+                masked: false,
+            });
         }
         out
     }
 
     /// Expands `parallel` into instances: `(name, matrix variables, the job node)`.
     fn parallel(&mut self, d: &Draft<'_>) -> Vec<(String, Vec<Variable>, Option<(u32, u32)>)> {
-        let Some(p) = d.map.get("parallel") else { return vec![(d.name.clone(), Vec::new(), None)] };
+        let Some(p) = d.map.get("parallel") else {
+            return vec![(d.name.clone(), Vec::new(), None)];
+        };
         match &p.value {
             Value::Int(n) => {
                 if !(1..=200).contains(n) {
-                    self.diags.error(p.pos, format!("`{}`: `parallel` must be between 1 and 200", d.name));
+                    self.diags.error(
+                        p.pos,
+                        format!("`{}`: `parallel` must be between 1 and 200", d.name),
+                    );
                     return vec![(d.name.clone(), Vec::new(), None)];
                 }
                 let total = u32::try_from(*n).unwrap_or(1);
-                (1..=total).map(|i| (format!("{} {i}/{n}", d.name), Vec::new(), Some((i, total)))).collect()
+                (1..=total)
+                    .map(|i| (format!("{} {i}/{n}", d.name), Vec::new(), Some((i, total))))
+                    .collect()
             }
             Value::Map(pm) => {
                 let Some(matrix) = pm.get("matrix").and_then(Node::as_seq) else {
-                    self.diags.error(p.pos, format!("`{}`: `parallel` must be a number or have a `matrix` array", d.name));
+                    self.diags.error(
+                        p.pos,
+                        format!(
+                            "`{}`: `parallel` must be a number or have a `matrix` array",
+                            d.name
+                        ),
+                    );
                     return vec![(d.name.clone(), Vec::new(), None)];
                 };
                 let combos = self.matrix(&d.name, matrix);
                 if combos.len() > 200 {
-                    self.diags.error(p.pos, format!("`{}`: `parallel:matrix` makes {} jobs; at most 200 are allowed", d.name, combos.len()));
+                    self.diags.error(
+                        p.pos,
+                        format!(
+                            "`{}`: `parallel:matrix` makes {} jobs; at most 200 are allowed",
+                            d.name,
+                            combos.len()
+                        ),
+                    );
                     return vec![(d.name.clone(), Vec::new(), None)];
                 }
                 let total = u32::try_from(combos.len()).unwrap_or(1);
@@ -357,12 +532,22 @@ impl Compiler<'_> {
                     .zip(1..)
                     .map(|(vars, i)| {
                         let vals: Vec<&str> = vars.iter().map(|v| v.value.as_str()).collect();
-                        (format!("{}: [{}]", d.name, vals.join(", ")), vars, Some((i, total)))
+                        (
+                            format!("{}: [{}]", d.name, vals.join(", ")),
+                            vars,
+                            Some((i, total)),
+                        )
                     })
                     .collect()
             }
             _ => {
-                self.diags.error(p.pos, format!("`{}`: `parallel` must be a number or have a `matrix` array", d.name));
+                self.diags.error(
+                    p.pos,
+                    format!(
+                        "`{}`: `parallel` must be a number or have a `matrix` array",
+                        d.name
+                    ),
+                );
                 vec![(d.name.clone(), Vec::new(), None)]
             }
         }
@@ -373,7 +558,10 @@ impl Compiler<'_> {
         let mut out = Vec::new();
         for entry in matrix {
             let Some(m) = entry.as_map() else {
-                self.diags.error(entry.pos, format!("`{job}`: each `parallel:matrix` entry must be a mapping"));
+                self.diags.error(
+                    entry.pos,
+                    format!("`{job}`: each `parallel:matrix` entry must be a mapping"),
+                );
                 continue;
             };
             let mut combos: Vec<Vec<Variable>> = vec![Vec::new()];
@@ -401,14 +589,31 @@ impl Compiler<'_> {
     }
 
     /// Builds one job instance. `None` when its rules exclude it.
-    fn job(&mut self, d: &Draft<'_>, name: &str, matrix_vars: Vec<Variable>, node_index: Option<(u32, u32)>, plan: &Plan) -> Option<(Job, Option<Node>)> {
+    fn job(
+        &mut self,
+        d: &Draft<'_>,
+        name: &str,
+        matrix_vars: Vec<Variable>,
+        node_index: Option<(u32, u32)>,
+        plan: &Plan,
+    ) -> Option<(Job, Option<Node>)> {
         let m = d.map;
         let base = &d.name;
-        let mut variables = m.get("variables").map(|v| self.variables(v, &format!("{base}: variables"))).unwrap_or_default();
+        let mut variables = m
+            .get("variables")
+            .map(|v| self.variables(v, &format!("{base}: variables")))
+            .unwrap_or_default();
         // `inherit:variables`
-        let inherit_vars = m.get("inherit").and_then(Node::as_map).and_then(|i| i.get("variables")).map(|n| n.value.clone());
+        let inherit_vars = m
+            .get("inherit")
+            .and_then(Node::as_map)
+            .and_then(|i| i.get("variables"))
+            .map(|n| n.value.clone());
         variables.extend(matrix_vars.iter().cloned());
-        let stage = m.get("stage").and_then(Node::scalar_string).unwrap_or_else(|| "test".into());
+        let stage = m
+            .get("stage")
+            .and_then(Node::scalar_string)
+            .unwrap_or_else(|| "test".into());
 
         let mut job = Job {
             name: name.to_string(),
@@ -426,14 +631,25 @@ impl Compiler<'_> {
             needs: None,
             dependencies: None,
             artifacts: m.get("artifacts").and_then(|a| self.artifacts(a, base)),
-            cache: m.get("cache").map(|c| self.cache(c, base)).unwrap_or_default(),
-            retry: m.get("retry").map(|r| self.retry(r, base)).unwrap_or_default(),
-            timeout: m.get("timeout").and_then(|t| self.duration(t, base, "timeout")),
+            cache: m
+                .get("cache")
+                .map(|c| self.cache(c, base))
+                .unwrap_or_default(),
+            retry: m
+                .get("retry")
+                .map(|r| self.retry(r, base))
+                .unwrap_or_default(),
+            timeout: m
+                .get("timeout")
+                .and_then(|t| self.duration(t, base, "timeout")),
             node: node_index,
             environment: m.get("environment").and_then(|e| self.environment(e, base)),
             coverage: m.get("coverage").and_then(|c| self.coverage(c, base)),
             resource_group: m.get("resource_group").and_then(Node::scalar_string),
-            interruptible: matches!(m.get("interruptible").map(|n| &n.value), Some(Value::Bool(true))),
+            interruptible: matches!(
+                m.get("interruptible").map(|n| &n.value),
+                Some(Value::Bool(true))
+            ),
             tags: m.get("tags").map(string_list).unwrap_or_default(),
             image: m.get("image").and_then(|i| self.image(i, base, false)),
             services: self.services(m.get("services"), base),
@@ -457,14 +673,25 @@ impl Compiler<'_> {
             vs.append(&mut job.variables);
             job.variables = vs;
         }
-        job.predefined = job_predefined(&job);
-        if let Some(env) = &job.environment {
-            let visible: Vec<Variable> =
-                plan.predefined.iter().chain(&job.predefined).chain(&plan.variables).chain(&job.variables).chain(&plan.cli_variables).cloned().collect();
+        if let Some(env) = &mut job.environment {
+            // GitLab expands environment names and URLs when it creates the pipeline.
+            let visible: Vec<Variable> = plan
+                .predefined
+                .iter()
+                .chain(&job_predefined(&job_shell(name, &stage, node_index)))
+                .chain(&plan.variables)
+                .chain(&job.variables)
+                .chain(&plan.cli_variables)
+                .cloned()
+                .collect();
             let resolved: HashMap<String, String> = vars::resolve(&visible).into_iter().collect();
-            let name = vars::expand(&env.name, &|k| resolved.get(k).cloned());
-            job.predefined.push(Variable { key: "CI_ENVIRONMENT_SLUG".into(), value: environment_slug(&name), expand: false, masked: false });
+            env.name = vars::expand(&env.name, &|k| resolved.get(k).cloned());
+            env.url = env
+                .url
+                .as_ref()
+                .map(|u| vars::expand(u, &|k| resolved.get(k).cloned()));
         }
+        job.predefined = job_predefined(&job);
 
         // when / allow_failure / start_in from the job itself
         let job_when = match m.get("when") {
@@ -473,19 +700,25 @@ impl Compiler<'_> {
                 Some(s) => match parse_when(s) {
                     Some(x) => Some(x),
                     None => {
-                        self.diags.error(w.pos, format!("`{base}`: unknown `when` value `{s}`"));
+                        self.diags
+                            .error(w.pos, format!("`{base}`: unknown `when` value `{s}`"));
                         None
                     }
                 },
                 None => {
-                    self.diags.error(w.pos, format!("`{base}`: `when` must be a string"));
+                    self.diags
+                        .error(w.pos, format!("`{base}`: `when` must be a string"));
                     None
                 }
             },
             None => None,
         };
-        let job_allow = m.get("allow_failure").and_then(|a| self.allow_failure(a, base));
-        let job_start_in = m.get("start_in").and_then(|t| self.duration(t, base, "start_in"));
+        let job_allow = m
+            .get("allow_failure")
+            .and_then(|a| self.allow_failure(a, base));
+        let job_start_in = m
+            .get("start_in")
+            .and_then(|t| self.duration(t, base, "start_in"));
 
         // Variables visible to rules: predefined, global, job (incl. matrix), CLI.
         let visible: Vec<Variable> = plan
@@ -500,11 +733,17 @@ impl Compiler<'_> {
         let mut needs_node = m.get("needs").cloned();
         if let Some(rules) = m.get("rules") {
             if m.contains("only") || m.contains("except") {
-                self.diags.error(rules.pos, format!("`{base}`: `rules` cannot be used with `only` or `except`"));
+                self.diags.error(
+                    rules.pos,
+                    format!("`{base}`: `rules` cannot be used with `only` or `except`"),
+                );
             }
             let outcome = self.rules(rules, &visible, false)?;
             job.when = outcome.when.or(job_when).unwrap_or(When::OnSuccess);
-            job.allow_failure = outcome.allow_failure.or(job_allow).unwrap_or(AllowFailure::Bool(false));
+            job.allow_failure = outcome
+                .allow_failure
+                .or(job_allow)
+                .unwrap_or(AllowFailure::Bool(false));
             job.variables.extend(outcome.variables);
             job.start_in = outcome.start_in.or(job_start_in);
             if let Some(n) = outcome.rule_needs {
@@ -518,16 +757,26 @@ impl Compiler<'_> {
             job.when = job_when.unwrap_or(When::OnSuccess);
             job.allow_failure = job_allow.unwrap_or(AllowFailure::Bool(job.when == When::Manual));
             job.start_in = job_start_in;
-            job.reason = if m.contains("only") || m.contains("except") { "only/except matched".into() } else { "always in the pipeline".into() };
+            job.reason = if m.contains("only") || m.contains("except") {
+                "only/except matched".into()
+            } else {
+                "always in the pipeline".into()
+            };
         }
         if job.when == When::Delayed && job.start_in.is_none() {
-            self.diags.error(d.node.pos, format!("`{base}`: `when: delayed` needs `start_in`"));
+            self.diags.error(
+                d.node.pos,
+                format!("`{base}`: `when: delayed` needs `start_in`"),
+            );
         }
         if let Some(deps) = m.get("dependencies") {
             match deps.as_seq() {
                 Some(_) => job.dependencies = Some(string_list(deps)),
                 None if deps.is_null() => job.dependencies = Some(Vec::new()),
-                None => self.diags.error(deps.pos, format!("`{base}`: `dependencies` must be an array of job names")),
+                None => self.diags.error(
+                    deps.pos,
+                    format!("`{base}`: `dependencies` must be an array of job names"),
+                ),
             }
         }
         Some((job, needs_node))
@@ -540,16 +789,31 @@ impl Compiler<'_> {
         out
     }
 
-    fn flatten_script(&mut self, n: &Node, job: &str, key: &str, depth: usize, out: &mut Vec<String>) {
+    fn flatten_script(
+        &mut self,
+        n: &Node,
+        job: &str,
+        key: &str,
+        depth: usize,
+        out: &mut Vec<String>,
+    ) {
         match &n.value {
             Value::Seq(items) if depth < 10 => {
                 for i in items {
                     self.flatten_script(i, job, key, depth + 1, out);
                 }
             }
-            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => out.push(n.scalar_string().unwrap_or_default()),
+            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                out.push(n.scalar_string().unwrap_or_default())
+            }
             Value::Null if depth > 0 => {}
-            _ => self.diags.error(n.pos, format!("`{job}`: `{key}` must be a string or an array of strings, not {}", n.kind())),
+            _ => self.diags.error(
+                n.pos,
+                format!(
+                    "`{job}`: `{key}` must be a string or an array of strings, not {}",
+                    n.kind()
+                ),
+            ),
         }
     }
 
@@ -567,14 +831,34 @@ impl Compiler<'_> {
                 continue;
             };
             let allowed: &[&str] = if workflow {
-                &["if", "changes", "exists", "when", "variables", "auto_cancel"]
+                &[
+                    "if",
+                    "changes",
+                    "exists",
+                    "when",
+                    "variables",
+                    "auto_cancel",
+                ]
             } else {
-                &["if", "changes", "exists", "when", "allow_failure", "variables", "needs", "start_in", "interruptible"]
+                &[
+                    "if",
+                    "changes",
+                    "exists",
+                    "when",
+                    "allow_failure",
+                    "variables",
+                    "needs",
+                    "start_in",
+                    "interruptible",
+                ]
             };
             for e in &rm.entries {
                 if !allowed.contains(&e.key.as_str()) {
-                    let hint = did_you_mean(&e.key, allowed).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-                    self.diags.error(e.key_pos, format!("unknown rule keyword `{}`{hint}", e.key));
+                    let hint = did_you_mean(&e.key, allowed)
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default();
+                    self.diags
+                        .error(e.key_pos, format!("unknown rule keyword `{}`{hint}", e.key));
                 }
             }
             let mut matched = true;
@@ -592,20 +876,29 @@ impl Compiler<'_> {
                     Err(e) => {
                         let mut p = cond.pos;
                         p.col += u32::try_from(e.offset).unwrap_or(0);
-                        self.diags.error(p, format!("invalid `rules:if` expression `{text}`: {}", e.message));
+                        self.diags.error(
+                            p,
+                            format!("invalid `rules:if` expression `{text}`: {}", e.message),
+                        );
                         return None;
                     }
                 }
             }
             if let Some(ch) = rm.get("changes") {
                 let paths = ch.as_map().and_then(|m| m.get("paths")).unwrap_or(ch);
-                let pats: Vec<String> = string_list(paths).iter().map(|p| vars::expand(p, &lookup)).collect();
+                let pats: Vec<String> = string_list(paths)
+                    .iter()
+                    .map(|p| vars::expand(p, &lookup))
+                    .collect();
                 matched &= self.changes(&pats);
                 why.push("changes".into());
             }
             if let Some(ex) = rm.get("exists") {
                 let paths = ex.as_map().and_then(|m| m.get("paths")).unwrap_or(ex);
-                let pats: Vec<String> = string_list(paths).iter().map(|p| vars::expand(p, &lookup)).collect();
+                let pats: Vec<String> = string_list(paths)
+                    .iter()
+                    .map(|p| vars::expand(p, &lookup))
+                    .collect();
                 matched &= self.exists(&pats);
                 why.push("exists".into());
             }
@@ -618,19 +911,33 @@ impl Compiler<'_> {
                 Some(s) => match parse_when(s) {
                     Some(w) => Some(w),
                     None => {
-                        self.diags.error(when_node.map_or(r.pos, |n| n.pos), format!("unknown `when` value `{s}`"));
+                        self.diags.error(
+                            when_node.map_or(r.pos, |n| n.pos),
+                            format!("unknown `when` value `{s}`"),
+                        );
                         return None;
                     }
                 },
                 None => None,
             };
-            let reason = if why.is_empty() { "rule without conditions".to_string() } else { format!("rules: {}", why.join(", ")) };
+            let reason = if why.is_empty() {
+                "rule without conditions".to_string()
+            } else {
+                format!("rules: {}", why.join(", "))
+            };
             return Some(RuleOutcome {
                 when,
-                allow_failure: rm.get("allow_failure").and_then(|a| self.allow_failure(a, "rule")),
-                variables: rm.get("variables").map(|v| self.variables(v, "rules:variables")).unwrap_or_default(),
+                allow_failure: rm
+                    .get("allow_failure")
+                    .and_then(|a| self.allow_failure(a, "rule")),
+                variables: rm
+                    .get("variables")
+                    .map(|v| self.variables(v, "rules:variables"))
+                    .unwrap_or_default(),
                 rule_needs: rm.get("needs").cloned(),
-                start_in: rm.get("start_in").and_then(|t| self.duration(t, "rule", "start_in")),
+                start_in: rm
+                    .get("start_in")
+                    .and_then(|t| self.duration(t, "rule", "start_in")),
                 reason,
             });
         }
@@ -638,12 +945,17 @@ impl Compiler<'_> {
     }
 
     fn changes(&self, pats: &[String]) -> bool {
-        let Some(changed) = &self.ctx.changed_files else { return true };
-        pats.iter().any(|p| glob_matcher(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
+        let Some(changed) = &self.ctx.changed_files else {
+            return true;
+        };
+        pats.iter()
+            .any(|p| glob_matcher(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
     }
 
     fn exists(&self, pats: &[String]) -> bool {
-        pats.iter().any(|p| glob_matcher(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f))))
+        pats.iter().any(|p| {
+            glob_matcher(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f)))
+        })
     }
 
     /// `only` / `except`: whether the job is in the pipeline.
@@ -670,14 +982,24 @@ impl Compiler<'_> {
             Value::Map(m) => {
                 for e in &m.entries {
                     if !["refs", "variables", "changes", "kubernetes"].contains(&e.key.as_str()) {
-                        self.diags.error(e.key_pos, format!("`{job}`: unknown `only`/`except` keyword `{}`", e.key));
+                        self.diags.error(
+                            e.key_pos,
+                            format!("`{job}`: unknown `only`/`except` keyword `{}`", e.key),
+                        );
                     }
                 }
-                (m.get("refs").map(string_list), m.get("variables").map(string_list), m.get("changes").map(string_list))
+                (
+                    m.get("refs").map(string_list),
+                    m.get("variables").map(string_list),
+                    m.get("changes").map(string_list),
+                )
             }
             Value::Null => return true,
             _ => {
-                self.diags.error(n.pos, format!("`{job}`: `only`/`except` must be an array or a mapping"));
+                self.diags.error(
+                    n.pos,
+                    format!("`{job}`: `only`/`except` must be an array or a mapping"),
+                );
                 return false;
             }
         };
@@ -691,7 +1013,8 @@ impl Compiler<'_> {
                 "branches" => branch.is_some(),
                 "tags" => tag.is_some(),
                 "merge_requests" => source == "merge_request_event",
-                "api" | "chat" | "external" | "pipelines" | "pushes" | "schedules" | "triggers" | "web" => {
+                "api" | "chat" | "external" | "pipelines" | "pushes" | "schedules" | "triggers"
+                | "web" => {
                     let want = match r.as_str() {
                         "pushes" => "push",
                         "schedules" => "schedule",
@@ -705,17 +1028,26 @@ impl Compiler<'_> {
                 pat if pat.len() > 1 && pat.starts_with('/') => {
                     let body = pat.trim_start_matches('/');
                     let (re, flags) = body.rsplit_once('/').unwrap_or((body, ""));
-                    let re = if flags.contains('i') { format!("(?i){re}") } else { re.to_string() };
+                    let re = if flags.contains('i') {
+                        format!("(?i){re}")
+                    } else {
+                        re.to_string()
+                    };
                     regex::Regex::new(&re).is_ok_and(|r| r.is_match(&ref_name))
                 }
-                name => name == ref_name || name.split_once('@').is_some_and(|(n, _)| n == ref_name),
+                name => {
+                    name == ref_name || name.split_once('@').is_some_and(|(n, _)| n == ref_name)
+                }
             });
         }
         if let Some(exprs) = variables {
             ok &= exprs.iter().any(|e| match expr::parse(e) {
                 Ok(x) => x.eval(&lookup),
                 Err(err) => {
-                    self.diags.error(n.pos, format!("`{job}`: invalid expression `{e}`: {}", err.message));
+                    self.diags.error(
+                        n.pos,
+                        format!("`{job}`: invalid expression `{e}`: {}", err.message),
+                    );
                     false
                 }
             });
@@ -732,12 +1064,20 @@ impl Compiler<'_> {
             Value::Map(m) => match m.get("exit_codes") {
                 Some(c) => Some(AllowFailure::ExitCodes(int_list(c))),
                 None => {
-                    self.diags.error(n.pos, format!("`{job}`: `allow_failure` mapping needs `exit_codes`"));
+                    self.diags.error(
+                        n.pos,
+                        format!("`{job}`: `allow_failure` mapping needs `exit_codes`"),
+                    );
                     None
                 }
             },
             _ => {
-                self.diags.error(n.pos, format!("`{job}`: `allow_failure` must be a boolean or `{{exit_codes: [...]}}`"));
+                self.diags.error(
+                    n.pos,
+                    format!(
+                        "`{job}`: `allow_failure` must be a boolean or `{{exit_codes: [...]}}`"
+                    ),
+                );
                 None
             }
         }
@@ -748,7 +1088,8 @@ impl Compiler<'_> {
         match duration::parse(&s) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.diags.error(n.pos, format!("`{job}`: invalid `{key}`: {e}"));
+                self.diags
+                    .error(n.pos, format!("`{job}`: invalid `{key}`: {e}"));
                 None
             }
         }
@@ -756,31 +1097,52 @@ impl Compiler<'_> {
 
     fn retry(&mut self, n: &Node, job: &str) -> Retry {
         let r = match &n.value {
-            Value::Int(i) => Retry { max: u32::try_from(*i).unwrap_or(99), ..Retry::default() },
+            Value::Int(i) => Retry {
+                max: u32::try_from(*i).unwrap_or(99),
+                ..Retry::default()
+            },
             Value::Map(m) => Retry {
-                max: m.get("max").and_then(|x| match x.value {
-                    Value::Int(i) => u32::try_from(i).ok(),
-                    _ => None,
-                }).unwrap_or(0),
+                max: m
+                    .get("max")
+                    .and_then(|x| match x.value {
+                        Value::Int(i) => u32::try_from(i).ok(),
+                        _ => None,
+                    })
+                    .unwrap_or(0),
                 when: m.get("when").map(string_list).unwrap_or_default(),
                 exit_codes: m.get("exit_codes").map(int_list).unwrap_or_default(),
             },
             _ => {
-                self.diags.error(n.pos, format!("`{job}`: `retry` must be a number or a mapping"));
+                self.diags.error(
+                    n.pos,
+                    format!("`{job}`: `retry` must be a number or a mapping"),
+                );
                 return Retry::default();
             }
         };
         if r.max > 2 {
-            self.diags.error(n.pos, format!("`{job}`: `retry` must be 0, 1 or 2"));
+            self.diags
+                .error(n.pos, format!("`{job}`: `retry` must be 0, 1 or 2"));
         }
         const REASONS: &[&str] = &[
-            "always", "unknown_failure", "script_failure", "api_failure", "stuck_or_timeout_failure", "runner_system_failure",
-            "runner_unsupported", "stale_schedule", "job_execution_timeout", "archived_failure", "unmet_prerequisites",
-            "scheduler_failure", "data_integrity_failure",
+            "always",
+            "unknown_failure",
+            "script_failure",
+            "api_failure",
+            "stuck_or_timeout_failure",
+            "runner_system_failure",
+            "runner_unsupported",
+            "stale_schedule",
+            "job_execution_timeout",
+            "archived_failure",
+            "unmet_prerequisites",
+            "scheduler_failure",
+            "data_integrity_failure",
         ];
         for w in &r.when {
             if !REASONS.contains(&w.as_str()) {
-                self.diags.error(n.pos, format!("`{job}`: unknown `retry:when` value `{w}`"));
+                self.diags
+                    .error(n.pos, format!("`{job}`: unknown `retry:when` value `{w}`"));
             }
         }
         r
@@ -793,25 +1155,39 @@ impl Compiler<'_> {
             Some("on_failure") => ArtifactsWhen::OnFailure,
             Some("always") => ArtifactsWhen::Always,
             Some(other) => {
-                self.diags.error(n.pos, format!("`{job}`: unknown `artifacts:when` value `{other}`"));
+                self.diags.error(
+                    n.pos,
+                    format!("`{job}`: unknown `artifacts:when` value `{other}`"),
+                );
                 ArtifactsWhen::OnSuccess
             }
         };
         let reports = m
             .get("reports")
             .and_then(Node::as_map)
-            .map(|r| r.entries.iter().map(|e| (e.key.clone(), string_list(&e.value))).collect())
+            .map(|r| {
+                r.entries
+                    .iter()
+                    .map(|e| (e.key.clone(), string_list(&e.value)))
+                    .collect()
+            })
             .unwrap_or_default();
         if let Some(p) = m.get("paths") {
             if p.as_seq().is_none() && !p.is_null() {
-                self.diags.error(p.pos, format!("`{job}`: `artifacts:paths` must be an array"));
+                self.diags.error(
+                    p.pos,
+                    format!("`{job}`: `artifacts:paths` must be an array"),
+                );
             }
         }
         Some(Artifacts {
             name: m.get("name").and_then(Node::scalar_string),
             paths: m.get("paths").map(string_list).unwrap_or_default(),
             exclude: m.get("exclude").map(string_list).unwrap_or_default(),
-            untracked: matches!(m.get("untracked").map(|x| &x.value), Some(Value::Bool(true))),
+            untracked: matches!(
+                m.get("untracked").map(|x| &x.value),
+                Some(Value::Bool(true))
+            ),
             when,
             expire_in: m.get("expire_in").and_then(Node::scalar_string),
             reports,
@@ -824,17 +1200,22 @@ impl Compiler<'_> {
             Value::Map(_) => vec![n],
             Value::Null => return Vec::new(),
             _ => {
-                self.diags.error(n.pos, format!("`{job}`: `cache` must be a mapping or an array of mappings"));
+                self.diags.error(
+                    n.pos,
+                    format!("`{job}`: `cache` must be a mapping or an array of mappings"),
+                );
                 return Vec::new();
             }
         };
         if items.len() > 4 {
-            self.diags.error(n.pos, format!("`{job}`: at most 4 caches are allowed"));
+            self.diags
+                .error(n.pos, format!("`{job}`: at most 4 caches are allowed"));
         }
         let mut out = Vec::new();
         for c in items {
             let Some(m) = c.as_map() else {
-                self.diags.error(c.pos, format!("`{job}`: each cache must be a mapping"));
+                self.diags
+                    .error(c.pos, format!("`{job}`: each cache must be a mapping"));
                 continue;
             };
             let key = match m.get("key") {
@@ -843,14 +1224,30 @@ impl Compiler<'_> {
                     Value::Map(km) => {
                         let files = km.get("files").map(string_list).unwrap_or_default();
                         if files.is_empty() || files.len() > 2 {
-                            self.diags.error(k.pos, format!("`{job}`: `cache:key:files` must list one or two files"));
+                            self.diags.error(
+                                k.pos,
+                                format!("`{job}`: `cache:key:files` must list one or two files"),
+                            );
                         }
-                        CacheKey::Files { files, prefix: km.get("prefix").and_then(Node::scalar_string) }
+                        CacheKey::Files {
+                            files,
+                            prefix: km.get("prefix").and_then(Node::scalar_string),
+                        }
                     }
                     _ => {
                         let s = k.scalar_string().unwrap_or_default();
-                        if s.contains('/') || s == "." || s == ".." || s.contains("%2F") || s.contains("%2f") {
-                            self.diags.error(k.pos, format!("`{job}`: `cache:key` cannot contain `/` or be `.` or `..`"));
+                        if s.contains('/')
+                            || s == "."
+                            || s == ".."
+                            || s.contains("%2F")
+                            || s.contains("%2f")
+                        {
+                            self.diags.error(
+                                k.pos,
+                                format!(
+                                    "`{job}`: `cache:key` cannot contain `/` or be `.` or `..`"
+                                ),
+                            );
                         }
                         CacheKey::Literal(s)
                     }
@@ -862,7 +1259,8 @@ impl Compiler<'_> {
                 Some("push") => CachePolicy::Push,
                 Some(other) if other.contains('$') => CachePolicy::PullPush,
                 Some(other) => {
-                    self.diags.error(c.pos, format!("`{job}`: unknown cache `policy` `{other}`"));
+                    self.diags
+                        .error(c.pos, format!("`{job}`: unknown cache `policy` `{other}`"));
                     CachePolicy::PullPush
                 }
             };
@@ -871,14 +1269,20 @@ impl Compiler<'_> {
                 Some("on_failure") => ArtifactsWhen::OnFailure,
                 Some("always") => ArtifactsWhen::Always,
                 Some(other) => {
-                    self.diags.error(c.pos, format!("`{job}`: unknown `cache:when` value `{other}`"));
+                    self.diags.error(
+                        c.pos,
+                        format!("`{job}`: unknown `cache:when` value `{other}`"),
+                    );
                     ArtifactsWhen::OnSuccess
                 }
             };
             out.push(Cache {
                 key,
                 paths: m.get("paths").map(string_list).unwrap_or_default(),
-                untracked: matches!(m.get("untracked").map(|x| &x.value), Some(Value::Bool(true))),
+                untracked: matches!(
+                    m.get("untracked").map(|x| &x.value),
+                    Some(Value::Bool(true))
+                ),
                 policy,
                 when,
                 fallback_keys: m.get("fallback_keys").map(string_list).unwrap_or_default(),
@@ -889,26 +1293,49 @@ impl Compiler<'_> {
 
     fn environment(&mut self, n: &Node, job: &str) -> Option<Environment> {
         match &n.value {
-            Value::Str(s) => Some(Environment { name: s.clone(), url: None, action: "start".into(), deployment_tier: None }),
+            Value::Str(s) => Some(Environment {
+                name: s.clone(),
+                url: None,
+                action: "start".into(),
+                deployment_tier: None,
+            }),
             Value::Map(m) => {
                 let Some(name) = m.get("name").and_then(Node::scalar_string) else {
-                    self.diags.error(n.pos, format!("`{job}`: `environment` needs a `name`"));
+                    self.diags
+                        .error(n.pos, format!("`{job}`: `environment` needs a `name`"));
                     return None;
                 };
-                let action = m.get("action").and_then(Node::scalar_string).unwrap_or_else(|| "start".into());
+                let action = m
+                    .get("action")
+                    .and_then(Node::scalar_string)
+                    .unwrap_or_else(|| "start".into());
                 if !["start", "prepare", "stop", "verify", "access"].contains(&action.as_str()) {
-                    self.diags.error(n.pos, format!("`{job}`: unknown `environment:action` `{action}`"));
+                    self.diags.error(
+                        n.pos,
+                        format!("`{job}`: unknown `environment:action` `{action}`"),
+                    );
                 }
                 let tier = m.get("deployment_tier").and_then(Node::scalar_string);
                 if let Some(t) = &tier {
-                    if !["production", "staging", "testing", "development", "other"].contains(&t.as_str()) {
-                        self.diags.error(n.pos, format!("`{job}`: unknown `deployment_tier` `{t}`"));
+                    if !["production", "staging", "testing", "development", "other"]
+                        .contains(&t.as_str())
+                    {
+                        self.diags
+                            .error(n.pos, format!("`{job}`: unknown `deployment_tier` `{t}`"));
                     }
                 }
-                Some(Environment { name, url: m.get("url").and_then(Node::scalar_string), action, deployment_tier: tier })
+                Some(Environment {
+                    name,
+                    url: m.get("url").and_then(Node::scalar_string),
+                    action,
+                    deployment_tier: tier,
+                })
             }
             _ => {
-                self.diags.error(n.pos, format!("`{job}`: `environment` must be a string or a mapping"));
+                self.diags.error(
+                    n.pos,
+                    format!("`{job}`: `environment` must be a string or a mapping"),
+                );
                 None
             }
         }
@@ -918,11 +1345,15 @@ impl Compiler<'_> {
         let s = n.as_str()?;
         let inner = s.strip_prefix('/').and_then(|x| x.strip_suffix('/'));
         let Some(inner) = inner else {
-            self.diags.error(n.pos, format!("`{job}`: `coverage` must be a regular expression between slashes"));
+            self.diags.error(
+                n.pos,
+                format!("`{job}`: `coverage` must be a regular expression between slashes"),
+            );
             return None;
         };
         if let Err(e) = regex::Regex::new(inner) {
-            self.diags.error(n.pos, format!("`{job}`: invalid `coverage` regex: {e}"));
+            self.diags
+                .error(n.pos, format!("`{job}`: invalid `coverage` regex: {e}"));
             return None;
         }
         Some(inner.to_string())
@@ -931,13 +1362,28 @@ impl Compiler<'_> {
     fn image(&mut self, n: &Node, job: &str, service: bool) -> Option<Image> {
         let list = |x: Option<&Node>| x.map(string_list);
         match &n.value {
-            Value::Str(s) => Some(Image { name: s.clone(), entrypoint: None, alias: None, command: None, pull_policy: Vec::new(), variables: Vec::new() }),
+            Value::Str(s) => Some(Image {
+                name: s.clone(),
+                entrypoint: None,
+                alias: None,
+                command: None,
+                pull_policy: Vec::new(),
+                variables: Vec::new(),
+            }),
             Value::Map(m) => {
                 let Some(name) = m.get("name").and_then(Node::scalar_string) else {
-                    self.diags.error(n.pos, format!("`{job}`: an image needs a `name`"));
+                    self.diags
+                        .error(n.pos, format!("`{job}`: an image needs a `name`"));
                     return None;
                 };
-                let variables = if service { self.variables(m.get("variables").unwrap_or(&Node::new(Value::Null, n.pos)), "service variables") } else { Vec::new() };
+                let variables = if service {
+                    self.variables(
+                        m.get("variables").unwrap_or(&Node::new(Value::Null, n.pos)),
+                        "service variables",
+                    )
+                } else {
+                    Vec::new()
+                };
                 Some(Image {
                     name,
                     entrypoint: list(m.get("entrypoint")),
@@ -949,7 +1395,10 @@ impl Compiler<'_> {
             }
             Value::Null => None,
             _ => {
-                self.diags.error(n.pos, format!("`{job}`: an image must be a string or a mapping"));
+                self.diags.error(
+                    n.pos,
+                    format!("`{job}`: an image must be a string or a mapping"),
+                );
                 None
             }
         }
@@ -958,10 +1407,14 @@ impl Compiler<'_> {
     fn services(&mut self, n: Option<&Node>, job: &str) -> Vec<Image> {
         let Some(n) = n else { return Vec::new() };
         match n.as_seq() {
-            Some(items) => items.iter().filter_map(|i| self.image(i, job, true)).collect(),
+            Some(items) => items
+                .iter()
+                .filter_map(|i| self.image(i, job, true))
+                .collect(),
             None if n.is_null() => Vec::new(),
             None => {
-                self.diags.error(n.pos, format!("`{job}`: `services` must be an array"));
+                self.diags
+                    .error(n.pos, format!("`{job}`: `services` must be an array"));
                 Vec::new()
             }
         }
@@ -982,12 +1435,18 @@ impl Compiler<'_> {
         let items = match &n.value {
             Value::Seq(s) => s.as_slice(),
             _ => {
-                self.diags.error(n.pos, format!("`{}`: `needs` must be an array", job.base_name));
+                self.diags.error(
+                    n.pos,
+                    format!("`{}`: `needs` must be an array", job.base_name),
+                );
                 return Vec::new();
             }
         };
         if items.len() > 50 {
-            self.diags.error(n.pos, format!("`{}`: at most 50 `needs` are allowed", job.base_name));
+            self.diags.error(
+                n.pos,
+                format!("`{}`: at most 50 `needs` are allowed", job.base_name),
+            );
         }
         let mut out: Vec<Need> = Vec::new();
         for item in items {
@@ -999,18 +1458,37 @@ impl Compiler<'_> {
                         continue;
                     }
                     let Some(name) = m.get("job").and_then(Node::scalar_string) else {
-                        self.diags.error(item.pos, format!("`{}`: a `needs` entry needs `job`", job.base_name));
+                        self.diags.error(
+                            item.pos,
+                            format!("`{}`: a `needs` entry needs `job`", job.base_name),
+                        );
                         continue;
                     };
                     let flag = |k: &str, d: bool| match m.get(k).map(|x| &x.value) {
                         Some(Value::Bool(b)) => *b,
                         _ => d,
                     };
-                    let matrix = m.get("parallel").and_then(Node::as_map).and_then(|p| p.get("matrix")).and_then(Node::as_seq);
-                    (name, flag("artifacts", true), flag("optional", false), matrix)
+                    let matrix = m
+                        .get("parallel")
+                        .and_then(Node::as_map)
+                        .and_then(|p| p.get("matrix"))
+                        .and_then(Node::as_seq);
+                    (
+                        name,
+                        flag("artifacts", true),
+                        flag("optional", false),
+                        matrix,
+                    )
                 }
                 _ => {
-                    self.diags.error(item.pos, format!("`{}`: a `needs` entry must be a job name or a mapping, not {}", job.base_name, item.kind()));
+                    self.diags.error(
+                        item.pos,
+                        format!(
+                            "`{}`: a `needs` entry must be a job name or a mapping, not {}",
+                            job.base_name,
+                            item.kind()
+                        ),
+                    );
                     continue;
                 }
             };
@@ -1019,19 +1497,36 @@ impl Compiler<'_> {
                     continue;
                 }
                 let names: Vec<&str> = all.keys().map(String::as_str).collect();
-                let hint = did_you_mean(&name, &names).map(|s| format!("; did you mean `{s}`?")).unwrap_or_default();
-                self.diags.error(item.pos, format!("`{}` needs `{name}`, which is not a job of this pipeline{hint}", job.base_name));
+                let hint = did_you_mean(&name, &names)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_default();
+                self.diags.error(
+                    item.pos,
+                    format!(
+                        "`{}` needs `{name}`, which is not a job of this pipeline{hint}",
+                        job.base_name
+                    ),
+                );
                 continue;
             };
             let mut chosen: Vec<&String> = instances.iter().collect();
             if let Some(matrix) = matrix {
                 // `$[[ matrix.X ]]` means "the value of X in this job's own matrix".
-                let own: HashMap<&str, &str> = job.variables.iter().map(|v| (v.key.as_str(), v.value.as_str())).collect();
+                let own: HashMap<&str, &str> = job
+                    .variables
+                    .iter()
+                    .map(|v| (v.key.as_str(), v.value.as_str()))
+                    .collect();
                 let mut wanted: Vec<Vec<(String, String)>> = Vec::new();
                 for combo in self.matrix(&job.base_name, matrix) {
                     let mut c = Vec::new();
                     for v in combo {
-                        let val = if let Some(inner) = v.value.trim().strip_prefix("$[[").and_then(|x| x.strip_suffix("]]")) {
+                        let val = if let Some(inner) = v
+                            .value
+                            .trim()
+                            .strip_prefix("$[[")
+                            .and_then(|x| x.strip_suffix("]]"))
+                        {
                             let key = inner.trim().strip_prefix("matrix.").unwrap_or(inner.trim());
                             match own.get(key) {
                                 Some(x) => (*x).to_string(),
@@ -1049,7 +1544,10 @@ impl Compiler<'_> {
                 }
                 chosen.retain(|inst| {
                     let iv = instance_vars.get(*inst).cloned().unwrap_or_default();
-                    wanted.iter().any(|w| w.iter().all(|(k, v)| iv.iter().any(|x| &x.key == k && &x.value == v)))
+                    wanted.iter().any(|w| {
+                        w.iter()
+                            .all(|(k, v)| iv.iter().any(|x| &x.key == k && &x.value == v))
+                    })
                 });
                 if chosen.is_empty() && !optional {
                     self.diags.error(item.pos, format!("`{}` needs `{name}` with a `parallel:matrix` that matches none of its jobs", job.base_name));
@@ -1064,15 +1562,26 @@ impl Compiler<'_> {
                 }
                 if stage_of.get(inst).is_some_and(|s| *s > job.stage_index) {
                     let _ = root;
-                    self.diags.error(item.pos, format!("`{}` needs `{inst}`, which is in a later stage", job.base_name));
+                    self.diags.error(
+                        item.pos,
+                        format!(
+                            "`{}` needs `{inst}`, which is in a later stage",
+                            job.base_name
+                        ),
+                    );
                     continue;
                 }
                 if inst == &job.name {
-                    self.diags.error(item.pos, format!("`{}` needs itself", job.base_name));
+                    self.diags
+                        .error(item.pos, format!("`{}` needs itself", job.base_name));
                     continue;
                 }
                 if !out.iter().any(|o| &o.job == inst) {
-                    out.push(Need { job: inst.clone(), artifacts, optional });
+                    out.push(Need {
+                        job: inst.clone(),
+                        artifacts,
+                        optional,
+                    });
                 }
             }
         }
@@ -1080,8 +1589,17 @@ impl Compiler<'_> {
     }
 
     /// Checks `dependencies` and resolves them to job instances (a parallel job means all its instances).
-    fn dependencies(&mut self, root: &Node, job: &mut Job, all: &HashMap<String, Vec<String>>, stage_of: &HashMap<String, usize>, pos: Pos) {
-        let Some(deps) = job.dependencies.take() else { return };
+    fn dependencies(
+        &mut self,
+        root: &Node,
+        job: &mut Job,
+        all: &HashMap<String, Vec<String>>,
+        stage_of: &HashMap<String, usize>,
+        pos: Pos,
+    ) {
+        let Some(deps) = job.dependencies.take() else {
+            return;
+        };
         let at = job_key_pos(root, &job.base_name, "dependencies").unwrap_or(pos);
         let mut resolved = Vec::new();
         for d in &deps {
@@ -1089,21 +1607,51 @@ impl Compiler<'_> {
                 Some(i) => i.iter().collect(),
                 None if stage_of.contains_key(d) => vec![d],
                 None => {
-                    self.diags.error(at, format!("`{}`: dependency `{d}` is not a job of this pipeline", job.base_name));
+                    self.diags.error(
+                        at,
+                        format!(
+                            "`{}`: dependency `{d}` is not a job of this pipeline",
+                            job.base_name
+                        ),
+                    );
                     continue;
                 }
             };
             for i in instances {
                 if stage_of.get(i).is_some_and(|s| *s > job.stage_index) {
-                    self.diags.error(at, format!("`{}`: dependency `{d}` is in a later stage", job.base_name));
+                    self.diags.error(
+                        at,
+                        format!("`{}`: dependency `{d}` is in a later stage", job.base_name),
+                    );
                 }
                 if stage_of.contains_key(i) && !resolved.contains(i) {
                     resolved.push(i.clone());
                 }
             }
             if let Some(needs) = &job.needs {
-                if !needs.iter().any(|n| n.job == *d || all.get(d).is_some_and(|i| i.contains(&n.job))) {
-                    self.diags.error(at, format!("`{}`: dependency `{d}` must also be listed in `needs`", job.base_name));
+                if !needs
+                    .iter()
+                    .any(|n| n.job == *d || all.get(d).is_some_and(|i| i.contains(&n.job)))
+                {
+                    if needs.is_empty() {
+                        // `needs: []` waits for nothing, so there is nothing to take artifacts from.
+                        self.diags.warning(
+                            at,
+                            format!(
+                                "`{}`: dependency `{d}` is ignored because of `needs: []`",
+                                job.base_name
+                            ),
+                        );
+                    } else {
+                        self.diags.error(
+                            at,
+                            format!(
+                                "`{}`: dependency `{d}` must also be listed in `needs`",
+                                job.base_name
+                            ),
+                        );
+                    }
+                    resolved.retain(|r| needs.iter().any(|n| &n.job == r));
                 }
             }
         }
@@ -1112,7 +1660,12 @@ impl Compiler<'_> {
 
     /// Reports a cycle among `needs` (possible within one stage).
     fn check_cycles(&mut self, root: &Node, plan: &Plan) {
-        let index: HashMap<&str, usize> = plan.jobs.iter().enumerate().map(|(i, j)| (j.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = plan
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.as_str(), i))
+            .collect();
         // Iterative three-colour DFS over needs edges.
         let n = plan.jobs.len();
         let mut color = vec![0u8; n];
@@ -1128,12 +1681,20 @@ impl Compiler<'_> {
                     stack.push((v, i + 1));
                     if let Some(&w) = index.get(needs[i].job.as_str()) {
                         if color[w] == 1 {
-                            let mut cycle: Vec<&str> = stack.iter().map(|(x, _)| plan.jobs[*x].name.as_str()).collect();
-                            let from = cycle.iter().position(|x| *x == plan.jobs[w].name).unwrap_or(0);
+                            let mut cycle: Vec<&str> = stack
+                                .iter()
+                                .map(|(x, _)| plan.jobs[*x].name.as_str())
+                                .collect();
+                            let from = cycle
+                                .iter()
+                                .position(|x| *x == plan.jobs[w].name)
+                                .unwrap_or(0);
                             cycle.drain(..from);
                             cycle.push(&plan.jobs[w].name);
-                            let at = job_key_pos(root, &plan.jobs[v].base_name, "needs").unwrap_or_default();
-                            self.diags.error(at, format!("`needs` cycle: {}", cycle.join(" -> ")));
+                            let at = job_key_pos(root, &plan.jobs[v].base_name, "needs")
+                                .unwrap_or_default();
+                            self.diags
+                                .error(at, format!("`needs` cycle: {}", cycle.join(" -> ")));
                             return;
                         }
                         if color[w] == 0 {
@@ -1151,7 +1712,11 @@ impl Compiler<'_> {
 
 fn glob_matcher(p: &str) -> Option<globset::GlobMatcher> {
     let p = p.trim_start_matches("./").trim_start_matches('/');
-    globset::GlobBuilder::new(p).literal_separator(true).build().ok().map(|g| g.compile_matcher())
+    globset::GlobBuilder::new(p)
+        .literal_separator(true)
+        .build()
+        .ok()
+        .map(|g| g.compile_matcher())
 }
 
 fn parse_when(s: &str) -> Option<When> {
@@ -1190,27 +1755,108 @@ fn job_predefined(job: &Job) -> Vec<Variable> {
         v.push(Variable::new("CI_NODE_TOTAL", "1"));
     }
     if let Some(env) = &job.environment {
-        v.push(Variable { key: "CI_ENVIRONMENT_NAME".into(), value: env.name.clone(), expand: true, masked: false });
+        v.push(Variable::new("CI_ENVIRONMENT_NAME", env.name.clone()));
+        v.push(Variable::new(
+            "CI_ENVIRONMENT_SLUG",
+            environment_slug(&env.name),
+        ));
         v.push(Variable::new("CI_ENVIRONMENT_ACTION", env.action.clone()));
         if let Some(url) = &env.url {
             v.push(Variable::new("CI_ENVIRONMENT_URL", url.clone()));
         }
-        let tier = env.deployment_tier.clone().unwrap_or_else(|| guess_tier(&env.name).into());
+        let tier = env
+            .deployment_tier
+            .clone()
+            .unwrap_or_else(|| guess_tier(&env.name).into());
         v.push(Variable::new("CI_ENVIRONMENT_TIER", tier));
     }
     for v in &mut v {
-        v.expand = v.key.starts_with("CI_ENVIRONMENT");
+        v.expand = false;
     }
     v
 }
 
-/// `CI_ENVIRONMENT_SLUG`: the name slugged to at most 24 characters (GitLab appends a random suffix when
-/// it shortens a name; locally the plain truncation is used).
-fn environment_slug(name: &str) -> String {
-    let mut s = vars::slug(name);
-    s.truncate(24);
-    let s = s.trim_end_matches('-').to_string();
-    if s.chars().next().is_some_and(|c| c.is_ascii_digit()) { format!("env-{s}") } else { s }
+/// `CI_ENVIRONMENT_SLUG`, exactly as GitLab makes it (`Gitlab::Slug::Environment`): lowercased, anything
+/// but `[a-z0-9]` turned into `-`, starting with a letter, no repeated dashes, at most 24 characters. When
+/// the slug differs from the name or is too long, it is cut to 17 characters and a 6-character suffix
+/// derived from the SHA-256 of the name is appended, so that different names never share a slug.
+pub fn environment_slug(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut slug: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if !slug.starts_with(|c: char| c.is_ascii_lowercase()) {
+        slug = format!("env-{slug}");
+    }
+    let mut squeezed = String::with_capacity(slug.len());
+    for c in slug.chars() {
+        if !(c == '-' && squeezed.ends_with('-')) {
+            squeezed.push(c);
+        }
+    }
+    if squeezed.len() <= 24 && squeezed == name {
+        return squeezed.trim_end_matches('-').to_string();
+    }
+    let mut short: String = squeezed.chars().take(17).collect();
+    if !short.ends_with('-') {
+        short.push('-');
+    }
+    // Ruby: Digest::SHA2.hexdigest(name).to_i(16).to_s(36).last(6), i.e. the number mod 36^6.
+    const MOD: u64 = 36u64.pow(6);
+    let digest = Sha256::digest(name.as_bytes());
+    let rem = digest
+        .iter()
+        .fold(0u64, |r, b| (r * 256 + u64::from(*b)) % MOD);
+    let mut suffix = [b'0'; 6];
+    let mut x = rem;
+    for d in suffix.iter_mut().rev() {
+        *d = b"0123456789abcdefghijklmnopqrstuvwxyz"[usize::try_from(x % 36).unwrap_or(0)];
+        x /= 36;
+    }
+    short.push_str(std::str::from_utf8(&suffix).unwrap_or_default());
+    short
+}
+
+/// A job with only its name, stage and node set, for computing predefined variables early.
+fn job_shell(name: &str, stage: &str, node: Option<(u32, u32)>) -> Job {
+    Job {
+        name: name.to_string(),
+        base_name: String::new(),
+        stage: stage.to_string(),
+        stage_index: 0,
+        before_script: Vec::new(),
+        script: Vec::new(),
+        after_script: Vec::new(),
+        predefined: Vec::new(),
+        variables: Vec::new(),
+        when: When::OnSuccess,
+        start_in: None,
+        allow_failure: AllowFailure::Bool(false),
+        needs: None,
+        dependencies: None,
+        artifacts: None,
+        cache: Vec::new(),
+        retry: Retry::default(),
+        timeout: None,
+        node,
+        environment: None,
+        coverage: None,
+        resource_group: None,
+        interruptible: false,
+        tags: Vec::new(),
+        image: None,
+        services: Vec::new(),
+        trigger: false,
+        reason: String::new(),
+    }
 }
 
 /// GitLab's guess of a deployment tier from an environment name.
@@ -1218,7 +1864,8 @@ fn guess_tier(name: &str) -> &'static str {
     let n = name.to_lowercase();
     if n.starts_with("prod") || n == "live" {
         "production"
-    } else if n.starts_with("stag") || n.starts_with("model") || n.starts_with("pre") || n == "demo" {
+    } else if n.starts_with("stag") || n.starts_with("model") || n.starts_with("pre") || n == "demo"
+    {
         "staging"
     } else if n.starts_with("test") || n.starts_with("qa") || n.starts_with("uat") {
         "testing"
@@ -1231,5 +1878,9 @@ fn guess_tier(name: &str) -> &'static str {
 
 /// Where `key` of job `job` is written, for messages.
 fn job_key_pos(root: &Node, job: &str, key: &str) -> Option<Pos> {
-    root.as_map()?.get(job)?.as_map()?.entry(key).map(|e| e.key_pos)
+    root.as_map()?
+        .get(job)?
+        .as_map()?
+        .entry(key)
+        .map(|e| e.key_pos)
 }

@@ -39,7 +39,11 @@ impl MemSources {
 
 impl Sources for MemSources {
     fn read(&self, path: &str) -> Result<String, String> {
-        self.files.iter().find(|(n, _)| n == path).map(|(_, c)| c.clone()).ok_or_else(|| "no such file".to_string())
+        self.files
+            .iter()
+            .find(|(n, _)| n == path)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| "no such file".to_string())
     }
     fn files(&self) -> &[String] {
         &self.names
@@ -124,7 +128,9 @@ fn project_location(ctx: &Context) -> ProjectLocation {
         namespace: "local".into(),
         name: ctx.project_dir_name.clone(),
     };
-    let Some(url) = ctx.git.remote_url.as_deref() else { return fallback() };
+    let Some(url) = ctx.git.remote_url.as_deref() else {
+        return fallback();
+    };
     // git@host:group/sub/project.git, ssh://git@host:22/group/project.git, https://host/group/project.git
     let (host, path) = if let Some(rest) = url.split_once("://").map(|(_, r)| r) {
         let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
@@ -139,7 +145,9 @@ fn project_location(ctx: &Context) -> ProjectLocation {
         return fallback();
     };
     let path = path.trim_end_matches('/').trim_end_matches(".git");
-    let Some((namespace, name)) = path.rsplit_once('/') else { return fallback() };
+    let Some((namespace, name)) = path.rsplit_once('/') else {
+        return fallback();
+    };
     if host.is_empty() || name.is_empty() {
         return fallback();
     }
@@ -157,11 +165,24 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
     let g = &ctx.git;
     let loc = project_location(ctx);
     let project_path = format!("{}/{}", loc.namespace, loc.name);
-    let ref_name = g.tag.clone().or_else(|| g.branch.clone()).unwrap_or_else(|| g.sha.clone());
+    let ref_name = g
+        .tag
+        .clone()
+        .or_else(|| g.branch.clone())
+        .unwrap_or_else(|| g.sha.clone());
     let short_sha: String = g.sha.chars().take(8).collect();
     let title = g.message.lines().next().unwrap_or_default().to_string();
-    let description = g.message.split_once('\n').map(|(_, d)| d.trim_start_matches('\n').to_string()).unwrap_or_default();
-    let login = g.user_email.split('@').next().unwrap_or_default().to_string();
+    let description = g
+        .message
+        .split_once('\n')
+        .map(|(_, d)| d.trim_start_matches('\n').to_string())
+        .unwrap_or_default();
+    let login = g
+        .user_email
+        .split('@')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let project_url = format!("{}/{}", loc.server_url, project_path);
     let mut v = vec![
         ("CI", "true".to_string()),
@@ -175,7 +196,14 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
         ("CI_SERVER_FQDN", loc.server_host.clone()),
         ("CI_API_V4_URL", format!("{}/api/v4", loc.server_url)),
         ("CI_REGISTRY", format!("registry.{}", loc.server_host)),
-        ("CI_REGISTRY_IMAGE", format!("registry.{}/{}", loc.server_host, project_path.to_lowercase())),
+        (
+            "CI_REGISTRY_IMAGE",
+            format!(
+                "registry.{}/{}",
+                loc.server_host,
+                project_path.to_lowercase()
+            ),
+        ),
         ("CI_COMMIT_SHA", g.sha.clone()),
         ("CI_COMMIT_SHORT_SHA", short_sha),
         ("CI_COMMIT_BEFORE_SHA", g.before_sha.clone()),
@@ -191,7 +219,10 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
         ("CI_PIPELINE_ID", ctx.pipeline_id.to_string()),
         ("CI_PIPELINE_IID", ctx.pipeline_id.to_string()),
         ("CI_PIPELINE_SOURCE", ctx.pipeline_source.clone()),
-        ("CI_PIPELINE_URL", format!("{project_url}/-/pipelines/{}", ctx.pipeline_id)),
+        (
+            "CI_PIPELINE_URL",
+            format!("{project_url}/-/pipelines/{}", ctx.pipeline_id),
+        ),
         ("CI_PIPELINE_CREATED_AT", g.timestamp.clone()),
         ("CI_PROJECT_DIR", ctx.project_dir.clone()),
         ("CI_PROJECT_NAME", loc.name.clone()),
@@ -199,19 +230,35 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
         ("CI_PROJECT_PATH", project_path.clone()),
         ("CI_PROJECT_PATH_SLUG", slug(&project_path)),
         ("CI_PROJECT_NAMESPACE", loc.namespace.clone()),
-        ("CI_PROJECT_ROOT_NAMESPACE", loc.namespace.split('/').next().unwrap_or_default().to_string()),
+        (
+            "CI_PROJECT_ROOT_NAMESPACE",
+            loc.namespace
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
         ("CI_PROJECT_URL", project_url),
         ("CI_PROJECT_VISIBILITY", "internal".to_string()),
         ("CI_PROJECT_ID", "1".to_string()),
         ("CI_CONFIG_PATH", ctx.file.clone()),
-        ("CI_BUILDS_DIR", ctx.project_dir.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_default()),
+        (
+            "CI_BUILDS_DIR",
+            ctx.project_dir
+                .rsplit_once('/')
+                .map(|(d, _)| d.to_string())
+                .unwrap_or_default(),
+        ),
         ("GITLAB_USER_LOGIN", login),
         ("GITLAB_USER_EMAIL", g.user_email.clone()),
         ("GITLAB_USER_NAME", g.user_name.clone()),
         ("GITLAB_USER_ID", "1".to_string()),
         ("CI_RUNNER_DESCRIPTION", "gantry".to_string()),
         ("CI_RUNNER_TAGS", "[]".to_string()),
-        ("CI_RUNNER_EXECUTABLE_ARCH", format!("{}/{}", std::env::consts::OS, arch())),
+        (
+            "CI_RUNNER_EXECUTABLE_ARCH",
+            format!("{}/{}", std::env::consts::OS, arch()),
+        ),
         ("CI_JOB_MANUAL", String::new()),
     ];
     if let Some(b) = &g.branch {
@@ -224,11 +271,14 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
         v.push(("CI_COMMIT_TAG_MESSAGE", g.message.clone()));
     }
     v.retain(|(k, val)| !(val.is_empty() && *k == "CI_JOB_MANUAL"));
-    v.into_iter().map(|(k, val)| Variable::new(k, val)).map(|mut var| {
-        // Predefined values are literal: a `$` in a commit message must not be expanded.
-        var.expand = false;
-        var
-    }).collect()
+    v.into_iter()
+        .map(|(k, val)| Variable::new(k, val))
+        .map(|mut var| {
+            // Predefined values are literal: a `$` in a commit message must not be expanded.
+            var.expand = false;
+            var
+        })
+        .collect()
 }
 
 fn arch() -> &'static str {
@@ -255,19 +305,27 @@ mod tests {
             },
             ..Context::default()
         };
-        predefined_variables(&ctx).into_iter().map(|v| (v.key, v.value)).collect()
+        predefined_variables(&ctx)
+            .into_iter()
+            .map(|v| (v.key, v.value))
+            .collect()
     }
 
     #[test]
     fn project_from_ssh_and_https_remotes() {
-        for url in ["git@gitlab.example.com:group/sub/proj.git", "https://gitlab.example.com/group/sub/proj.git",
-            "ssh://git@gitlab.example.com:2222/group/sub/proj.git"]
-        {
+        for url in [
+            "git@gitlab.example.com:group/sub/proj.git",
+            "https://gitlab.example.com/group/sub/proj.git",
+            "ssh://git@gitlab.example.com:2222/group/sub/proj.git",
+        ] {
             let v = vars(Some(url));
             assert_eq!(v["CI_PROJECT_PATH"], "group/sub/proj", "{url}");
             assert_eq!(v["CI_PROJECT_NAMESPACE"], "group/sub", "{url}");
             assert_eq!(v["CI_SERVER_HOST"], "gitlab.example.com", "{url}");
-            assert_eq!(v["CI_PROJECT_URL"], "https://gitlab.example.com/group/sub/proj", "{url}");
+            assert_eq!(
+                v["CI_PROJECT_URL"], "https://gitlab.example.com/group/sub/proj",
+                "{url}"
+            );
         }
     }
 

@@ -40,7 +40,11 @@ impl fmt::Display for Diagnostic {
         if self.line == 0 {
             write!(f, "{}: {sev}{}", self.file, self.message)
         } else {
-            write!(f, "{}:{}:{}: {sev}{}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {sev}{}",
+                self.file, self.line, self.column, self.message
+            )
         }
     }
 }
@@ -65,8 +69,18 @@ impl Diags {
     }
 
     fn make(&self, pos: Pos, severity: Severity, message: String) -> Diagnostic {
-        let file = self.files.get(pos.file as usize).cloned().unwrap_or_default();
-        Diagnostic { file, line: pos.line, column: pos.col, severity, message }
+        let file = self
+            .files
+            .get(pos.file as usize)
+            .cloned()
+            .unwrap_or_default();
+        Diagnostic {
+            file,
+            line: pos.line,
+            column: pos.col,
+            severity,
+            message,
+        }
     }
 
     /// Records an error at `pos`.
@@ -111,7 +125,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

@@ -22,7 +22,9 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         if rest.is_empty() {
             break;
         }
-        let n_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let n_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if n_len == 0 {
             if let Some(r) = rest.strip_prefix("and") {
                 rest = r;
@@ -30,9 +32,13 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             }
             return Err(format!("`{s}` is not a duration"));
         }
-        let n: f64 = rest[..n_len].parse().map_err(|_| format!("`{s}` is not a duration"))?;
+        let n: f64 = rest[..n_len]
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration"))?;
         rest = rest[n_len..].trim_start();
-        let u_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let u_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = &rest[..u_len];
         rest = &rest[u_len..];
         let mult = match unit {
@@ -65,7 +71,10 @@ mod tests {
         assert_eq!(parse("1h 30m").unwrap().as_secs(), 5400);
         assert_eq!(parse("2 hours 10 minutes").unwrap().as_secs(), 7800);
         assert_eq!(parse("1 day").unwrap().as_secs(), 86400);
-        assert_eq!(parse("1 week and 2 days").unwrap().as_secs(), 8 * 86400 + 86400);
+        assert_eq!(
+            parse("1 week and 2 days").unwrap().as_secs(),
+            8 * 86400 + 86400
+        );
         assert!(parse("soon").is_err());
         assert!(parse("").is_err());
     }

@@ -21,25 +21,50 @@ const MAX_REFERENCE_DEPTH: usize = 10;
 
 /// Top-level keys that are not jobs.
 pub const GLOBAL_KEYWORDS: &[&str] = &[
-    "default", "include", "stages", "variables", "workflow", "image", "services", "cache", "before_script",
-    "after_script", "spec", "pages",
+    "default",
+    "include",
+    "stages",
+    "variables",
+    "workflow",
+    "image",
+    "services",
+    "cache",
+    "before_script",
+    "after_script",
+    "spec",
+    "pages",
 ];
 
 /// Loads `ctx.file` and everything it includes, then resolves `extends` and `!reference`.
 /// Problems are recorded in `diags`; the returned tree is as complete as the input allows.
 pub fn load(sources: &dyn Sources, ctx: &Context, diags: &mut Diags) -> Node {
-    let mut loader = Loader { sources, ctx, diags, count: 0, stack: Vec::new() };
+    let mut loader = Loader {
+        sources,
+        ctx,
+        diags,
+        count: 0,
+        stack: Vec::new(),
+    };
     let root = loader.file(&ctx.file, None, Pos::default(), &[]);
     let mut root = root.unwrap_or_else(|| Node::new(Value::Map(Map::default()), Pos::default()));
     if root.is_null() {
         root = Node::new(Value::Map(Map::default()), root.pos);
     }
     if root.as_map().is_none() {
-        diags.error(root.pos, format!("the pipeline must be a mapping of keywords and jobs, not {}", root.kind()));
+        diags.error(
+            root.pos,
+            format!(
+                "the pipeline must be a mapping of keywords and jobs, not {}",
+                root.kind()
+            ),
+        );
         return Node::new(Value::Map(Map::default()), root.pos);
     }
+    // GitLab resolves `!reference` where it can before `extends` merges templates (a template whose
+    // `variables` is a reference still merges key by key), and what needs inherited keys after it.
+    resolve_references(&mut root, diags, true);
     resolve_extends(&mut root, diags);
-    resolve_references(&mut root, diags);
+    resolve_references(&mut root, diags, false);
     root
 }
 
@@ -53,18 +78,29 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     /// Reads one file (or remote content), applies its inputs, and merges its includes under it.
-    fn file(&mut self, name: &str, content: Option<String>, at: Pos, inputs: &[(String, Node, Pos)]) -> Option<Node> {
+    fn file(
+        &mut self,
+        name: &str,
+        content: Option<String>,
+        at: Pos,
+        inputs: &[(String, Node, Pos)],
+    ) -> Option<Node> {
         if self.stack.len() >= MAX_INCLUDE_DEPTH {
-            self.diags.error(at, format!("includes nest deeper than {MAX_INCLUDE_DEPTH} levels"));
+            self.diags.error(
+                at,
+                format!("includes nest deeper than {MAX_INCLUDE_DEPTH} levels"),
+            );
             return None;
         }
         if self.stack.iter().any(|s| s == name) {
-            self.diags.error(at, format!("include `{name}` includes itself"));
+            self.diags
+                .error(at, format!("include `{name}` includes itself"));
             return None;
         }
         self.count += 1;
         if self.count > MAX_INCLUDES {
-            self.diags.error(at, format!("more than {MAX_INCLUDES} includes"));
+            self.diags
+                .error(at, format!("more than {MAX_INCLUDES} includes"));
             return None;
         }
         let src = match content {
@@ -75,7 +111,8 @@ impl Loader<'_> {
                     if self.stack.is_empty() {
                         self.diags.error(at, format!("cannot read `{name}`: {e}"));
                     } else {
-                        self.diags.error(at, format!("local include `{name}` not found: {e}"));
+                        self.diags
+                            .error(at, format!("local include `{name}` not found: {e}"));
                     }
                     return None;
                 }
@@ -85,17 +122,31 @@ impl Loader<'_> {
         let docs = match yaml::parse(&src, file) {
             Ok(d) => d,
             Err(e) => {
-                self.diags.error(e.pos, format!("invalid YAML: {}", e.message));
+                self.diags
+                    .error(e.pos, format!("invalid YAML: {}", e.message));
                 return None;
             }
         };
         for d in &docs.duplicates {
-            self.diags.warning(d.pos, format!("duplicate key `{}`: the last value wins", d.key));
+            self.diags.warning(
+                d.pos,
+                format!("duplicate key `{}`: the last value wins", d.key),
+            );
         }
         let mut docs = docs.docs;
         // A file with a `spec` header: the first document is the header, the second the content.
         let (header, mut body) = match docs.len() {
-            0 => (None, Node::new(Value::Map(Map::default()), Pos { file, line: 1, col: 1 })),
+            0 => (
+                None,
+                Node::new(
+                    Value::Map(Map::default()),
+                    Pos {
+                        file,
+                        line: 1,
+                        col: 1,
+                    },
+                ),
+            ),
             1 => (None, docs.remove(0)),
             _ => {
                 let first = docs.remove(0);
@@ -117,11 +168,16 @@ impl Loader<'_> {
             if self.stack.is_empty() {
                 return Some(body);
             }
-            self.diags.error(body.pos, format!("included file `{name}` must be a mapping"));
+            self.diags.error(
+                body.pos,
+                format!("included file `{name}` must be a mapping"),
+            );
             return None;
         };
         let include = map.remove("include");
-        let Some(include) = include else { return Some(body) };
+        let Some(include) = include else {
+            return Some(body);
+        };
         self.stack.push(name.to_string());
         let mut merged = Node::new(Value::Map(Map::default()), body.pos);
         for inc in include_items(&include) {
@@ -135,9 +191,17 @@ impl Loader<'_> {
     }
 
     /// The values of a file's inputs: its `spec:inputs` defaults overridden by the include's `inputs`.
-    fn inputs(&mut self, header: Option<&Node>, given: &[(String, Node, Pos)], at: Pos) -> HashMap<String, Node> {
+    fn inputs(
+        &mut self,
+        header: Option<&Node>,
+        given: &[(String, Node, Pos)],
+        at: Pos,
+    ) -> HashMap<String, Node> {
         let mut values = HashMap::new();
-        let spec = header.and_then(|h| h.as_map()).and_then(|m| m.get("spec")).and_then(Node::as_map);
+        let spec = header
+            .and_then(|h| h.as_map())
+            .and_then(|m| m.get("spec"))
+            .and_then(Node::as_map);
         let declared = spec.and_then(|s| s.get("inputs")).and_then(Node::as_map);
         if let Some(decl) = declared {
             for e in &decl.entries {
@@ -157,11 +221,15 @@ impl Loader<'_> {
         if let Some(decl) = declared {
             for e in &decl.entries {
                 if !values.contains_key(&e.key) {
-                    self.diags.error(at, format!("required input `{}` has no value", e.key));
+                    self.diags
+                        .error(at, format!("required input `{}` has no value", e.key));
                     continue;
                 }
                 let d = e.value.as_map();
-                let ty = d.and_then(|d| d.get("type")).and_then(Node::as_str).unwrap_or("string");
+                let ty = d
+                    .and_then(|d| d.get("type"))
+                    .and_then(Node::as_str)
+                    .unwrap_or("string");
                 let v = &values[&e.key];
                 let ok = match ty {
                     "string" => matches!(v.value, Value::Str(_)),
@@ -171,19 +239,33 @@ impl Loader<'_> {
                     _ => true,
                 };
                 if !ok {
-                    self.diags.error(v.pos, format!("input `{}` must be a {ty}, not {}", e.key, v.kind()));
+                    self.diags.error(
+                        v.pos,
+                        format!("input `{}` must be a {ty}, not {}", e.key, v.kind()),
+                    );
                 }
-                if let (Some(opts), Some(s)) =
-                    (d.and_then(|d| d.get("options")).and_then(Node::as_seq), v.scalar_string())
-                {
-                    if !opts.iter().any(|o| o.scalar_string().as_deref() == Some(&s)) {
-                        self.diags.error(v.pos, format!("input `{}`: `{s}` is not one of the allowed options", e.key));
+                if let (Some(opts), Some(s)) = (
+                    d.and_then(|d| d.get("options")).and_then(Node::as_seq),
+                    v.scalar_string(),
+                ) {
+                    if !opts
+                        .iter()
+                        .any(|o| o.scalar_string().as_deref() == Some(&s))
+                    {
+                        self.diags.error(
+                            v.pos,
+                            format!("input `{}`: `{s}` is not one of the allowed options", e.key),
+                        );
                     }
                 }
-                if let (Some(re), Some(s)) = (d.and_then(|d| d.get("regex")).and_then(Node::as_str), v.as_str()) {
+                if let (Some(re), Some(s)) = (
+                    d.and_then(|d| d.get("regex")).and_then(Node::as_str),
+                    v.as_str(),
+                ) {
                     let pat = re.trim_start_matches('/').trim_end_matches('/');
                     if regex::Regex::new(pat).is_ok_and(|r| !r.is_match(s)) {
-                        self.diags.error(v.pos, format!("input `{}` does not match {re}", e.key));
+                        self.diags
+                            .error(v.pos, format!("input `{}` does not match {re}", e.key));
                     }
                 }
             }
@@ -195,7 +277,11 @@ impl Loader<'_> {
         let pos = inc.pos;
         let (kind, target, map) = match &inc.value {
             Value::Str(s) => {
-                let kind = if s.starts_with("https://") || s.starts_with("http://") { "remote" } else { "local" };
+                let kind = if s.starts_with("https://") || s.starts_with("http://") {
+                    "remote"
+                } else {
+                    "local"
+                };
                 (kind, s.clone(), None)
             }
             Value::Map(m) => {
@@ -205,13 +291,20 @@ impl Loader<'_> {
                     return None;
                 };
                 let Some(t) = m.get(k).and_then(Node::scalar_string) else {
-                    self.diags.error(pos, format!("`include:{k}` must be a string"));
+                    self.diags
+                        .error(pos, format!("`include:{k}` must be a string"));
                     return None;
                 };
                 (*k, t, Some(m))
             }
             _ => {
-                self.diags.error(pos, format!("an include must be a string or a mapping, not {}", inc.kind()));
+                self.diags.error(
+                    pos,
+                    format!(
+                        "an include must be a string or a mapping, not {}",
+                        inc.kind()
+                    ),
+                );
                 return None;
             }
         };
@@ -223,21 +316,44 @@ impl Loader<'_> {
         let inputs: Vec<(String, Node, Pos)> = map
             .and_then(|m| m.get("inputs"))
             .and_then(Node::as_map)
-            .map(|m| m.entries.iter().map(|e| (e.key.clone(), e.value.clone(), e.key_pos)).collect())
+            .map(|m| {
+                m.entries
+                    .iter()
+                    .map(|e| (e.key.clone(), e.value.clone(), e.key_pos))
+                    .collect()
+            })
             .unwrap_or_default();
         let target = vars::expand(&target, &|n| self.lookup(n));
         match kind {
             "local" => {
+                if target.starts_with("./") || target.starts_with("../") || target.contains("/../")
+                {
+                    self.diags.error(
+                        pos,
+                        format!("local include `{target}`: paths are relative to the project root, like `/ci/jobs.yml`; `.` and `..` are not allowed"),
+                    );
+                    return None;
+                }
                 let path = target.trim_start_matches('/').to_string();
                 if path.contains('*') {
-                    let glob = match globset::GlobBuilder::new(&path).literal_separator(true).build() {
+                    let glob = match globset::GlobBuilder::new(&path)
+                        .literal_separator(true)
+                        .build()
+                    {
                         Ok(g) => g.compile_matcher(),
                         Err(e) => {
-                            self.diags.error(pos, format!("invalid include glob `{path}`: {e}"));
+                            self.diags
+                                .error(pos, format!("invalid include glob `{path}`: {e}"));
                             return None;
                         }
                     };
-                    let mut files: Vec<String> = self.sources.files().iter().filter(|f| glob.is_match(f)).cloned().collect();
+                    let mut files: Vec<String> = self
+                        .sources
+                        .files()
+                        .iter()
+                        .filter(|f| glob.is_match(f))
+                        .cloned()
+                        .collect();
                     files.sort();
                     let mut merged = Node::new(Value::Map(Map::default()), pos);
                     for f in files {
@@ -248,7 +364,10 @@ impl Loader<'_> {
                     return Some(merged);
                 }
                 if !(path.ends_with(".yml") || path.ends_with(".yaml")) {
-                    self.diags.error(pos, format!("local include `{path}` must be a .yml or .yaml file"));
+                    self.diags.error(
+                        pos,
+                        format!("local include `{path}` must be a .yml or .yaml file"),
+                    );
                     return None;
                 }
                 self.file(&path, None, pos, &inputs)
@@ -256,8 +375,14 @@ impl Loader<'_> {
             other => {
                 let key = match (other, map) {
                     ("project", Some(m)) => {
-                        let file = m.get("file").and_then(Node::scalar_string).unwrap_or_default();
-                        let r = m.get("ref").and_then(Node::scalar_string).unwrap_or_else(|| "HEAD".into());
+                        let file = m
+                            .get("file")
+                            .and_then(Node::scalar_string)
+                            .unwrap_or_default();
+                        let r = m
+                            .get("ref")
+                            .and_then(Node::scalar_string)
+                            .unwrap_or_else(|| "HEAD".into());
                         format!("project:{target}@{r}:{file}")
                     }
                     _ => format!("{other}:{target}"),
@@ -275,7 +400,9 @@ impl Loader<'_> {
     }
 
     fn include_rules_match(&mut self, rules: &Node) -> bool {
-        let Some(rules) = rules.as_seq() else { return true };
+        let Some(rules) = rules.as_seq() else {
+            return true;
+        };
         for r in rules {
             let Some(m) = r.as_map() else { continue };
             let mut ok = true;
@@ -283,13 +410,15 @@ impl Loader<'_> {
                 match expr::parse(cond) {
                     Ok(e) => ok &= e.eval(&|n| self.lookup(n)),
                     Err(e) => {
-                        self.diags.error(r.pos, format!("invalid `if` expression: {e}"));
+                        self.diags
+                            .error(r.pos, format!("invalid `if` expression: {e}"));
                         return false;
                     }
                 }
             }
             if let Some(ex) = m.get("exists") {
-                let pats: Vec<String> = string_list(ex.as_map().and_then(|m| m.get("paths")).unwrap_or(ex));
+                let pats: Vec<String> =
+                    string_list(ex.as_map().and_then(|m| m.get("paths")).unwrap_or(ex));
                 ok &= pats.iter().any(|p| {
                     globset::Glob::new(p).is_ok_and(|g| {
                         let g = g.compile_matcher();
@@ -311,7 +440,12 @@ impl Loader<'_> {
             .rev()
             .find(|v| v.key == name)
             .map(|v| v.value.clone())
-            .or_else(|| predefined(self.ctx).iter().find(|v| v.key == name).map(|v| v.value.clone()))
+            .or_else(|| {
+                predefined(self.ctx)
+                    .iter()
+                    .find(|v| v.key == name)
+                    .map(|v| v.value.clone())
+            })
     }
 }
 
@@ -359,7 +493,10 @@ fn contains_interpolation(n: &Node) -> bool {
     match &n.value {
         Value::Str(s) => s.contains("$[["),
         Value::Seq(items) => items.iter().any(contains_interpolation),
-        Value::Map(m) => m.entries.iter().any(|e| e.key.contains("$[[") || contains_interpolation(&e.value)),
+        Value::Map(m) => m
+            .entries
+            .iter()
+            .any(|e| e.key.contains("$[[") || contains_interpolation(&e.value)),
         _ => false,
     }
 }
@@ -429,22 +566,43 @@ fn interpolate_str(s: &str, values: &HashMap<String, Node>) -> Result<String, St
         let mut parts = inner.split('|').map(str::trim);
         let name = parts.next().unwrap_or_default();
         if let Some(input) = name.strip_prefix("inputs.") {
-            let Some(v) = values.get(input) else { return Err(format!("unknown interpolation key `{input}`")) };
+            let Some(v) = values.get(input) else {
+                return Err(format!("unknown interpolation key `{input}`"));
+            };
             let mut text = match &v.value {
                 Value::Seq(items) => {
-                    let strs: Vec<String> = items.iter().filter_map(Node::scalar_string).map(|x| format!("\"{x}\"")).collect();
+                    let strs: Vec<String> = items
+                        .iter()
+                        .filter_map(Node::scalar_string)
+                        .map(|x| format!("\"{x}\""))
+                        .collect();
                     format!("[{}]", strs.join(", "))
                 }
                 _ => v.scalar_string().unwrap_or_default(),
             };
             for f in parts {
-                if let Some(args) = f.strip_prefix("truncate(").and_then(|a| a.strip_suffix(')')) {
-                    let nums: Vec<usize> = args.split(',').filter_map(|x| x.trim().parse().ok()).collect();
+                if let Some(args) = f
+                    .strip_prefix("truncate(")
+                    .and_then(|a| a.strip_suffix(')'))
+                {
+                    let nums: Vec<usize> = args
+                        .split(',')
+                        .filter_map(|x| x.trim().parse().ok())
+                        .collect();
                     if let [off, len] = nums[..] {
                         text = text.chars().skip(off).take(len).collect();
                     }
                 } else if f == "posix_escape" {
-                    text = text.chars().flat_map(|c| if c.is_alphanumeric() { vec![c] } else { vec!['\\', c] }).collect();
+                    text = text
+                        .chars()
+                        .flat_map(|c| {
+                            if c.is_alphanumeric() {
+                                vec![c]
+                            } else {
+                                vec!['\\', c]
+                            }
+                        })
+                        .collect();
                 }
             }
             out.push_str(&text);
@@ -460,7 +618,12 @@ fn interpolate_str(s: &str, values: &HashMap<String, Node>) -> Result<String, St
 
 fn resolve_extends(root: &mut Node, diags: &mut Diags) {
     let Some(map) = root.as_map() else { return };
-    let names: Vec<String> = map.entries.iter().filter(|e| e.value.as_map().is_some_and(|m| m.contains("extends"))).map(|e| e.key.clone()).collect();
+    let names: Vec<String> = map
+        .entries
+        .iter()
+        .filter(|e| e.value.as_map().is_some_and(|m| m.contains("extends")))
+        .map(|e| e.key.clone())
+        .collect();
     if names.is_empty() {
         return;
     }
@@ -490,14 +653,24 @@ fn extend_one(
     }
     let entry = root.entry(name)?;
     let node = &entry.value;
-    let Some(m) = node.as_map() else { return Some((node.clone(), 0)) };
-    let Some(ext) = m.get("extends") else { return Some((node.clone(), 0)) };
+    let Some(m) = node.as_map() else {
+        return Some((node.clone(), 0));
+    };
+    let Some(ext) = m.get("extends") else {
+        return Some((node.clone(), 0));
+    };
     if chain.iter().any(|c| c == name) {
-        diags.error(ext.pos, format!("`{name}`: circular dependency detected in `extends`"));
+        diags.error(
+            ext.pos,
+            format!("`{name}`: circular dependency detected in `extends`"),
+        );
         return None;
     }
     if chain.len() >= MAX_EXTENDS_DEPTH {
-        diags.error(ext.pos, format!("`{name}`: `extends` nests deeper than {MAX_EXTENDS_DEPTH} levels"));
+        diags.error(
+            ext.pos,
+            format!("`{name}`: `extends` nests deeper than {MAX_EXTENDS_DEPTH} levels"),
+        );
         return None;
     }
     let parents = match &ext.value {
@@ -512,23 +685,41 @@ fn extend_one(
     let mut merged = Node::new(Value::Map(Map::default()), node.pos);
     for p in &parents {
         if root.entry(p).is_none() {
-            let hint = crate::diag::did_you_mean(p, &root.entries.iter().map(|e| e.key.as_str()).collect::<Vec<_>>())
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            diags.error(ext.pos, format!("`{name}`: unknown key `{p}` in `extends`{hint}"));
+            let hint = crate::diag::did_you_mean(
+                p,
+                &root
+                    .entries
+                    .iter()
+                    .map(|e| e.key.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+            diags.error(
+                ext.pos,
+                format!("`{name}`: unknown key `{p}` in `extends`{hint}"),
+            );
             continue;
         }
-        let Some((parent, d)) = extend_one(root, p, done, chain, diags) else { continue };
+        let Some((parent, d)) = extend_one(root, p, done, chain, diags) else {
+            continue;
+        };
         depth = depth.max(d + 1);
         if parent.as_map().is_none() {
-            diags.error(ext.pos, format!("`{name}`: `extends` target `{p}` is not a mapping"));
+            diags.error(
+                ext.pos,
+                format!("`{name}`: `extends` target `{p}` is not a mapping"),
+            );
             continue;
         }
         deep_merge(&mut merged, parent);
     }
     chain.pop();
     if depth > MAX_EXTENDS_DEPTH {
-        diags.error(ext.pos, format!("`{name}`: `extends` nests deeper than {MAX_EXTENDS_DEPTH} levels"));
+        diags.error(
+            ext.pos,
+            format!("`{name}`: `extends` nests deeper than {MAX_EXTENDS_DEPTH} levels"),
+        );
         return None;
     }
     let mut own = node.clone();
@@ -543,12 +734,27 @@ fn extend_one(
     Some((own, depth))
 }
 
-fn resolve_references(root: &mut Node, diags: &mut Diags) {
+/// Resolves `!reference` tags. With `lenient`, a reference whose target does not exist (yet) is left for
+/// a later pass instead of being reported; cycles and excessive nesting are reported either way.
+fn resolve_references(root: &mut Node, diags: &mut Diags, lenient: bool) {
     if !has_reference(root) {
         return;
     }
     let snapshot = root.clone();
-    resolve_in(root, &snapshot, 0, &mut HashSet::new(), diags);
+    let mut r = Refs {
+        root: &snapshot,
+        seen: HashSet::new(),
+        diags,
+        lenient,
+    };
+    r.resolve_in(root, 0);
+}
+
+struct Refs<'a> {
+    root: &'a Node,
+    seen: HashSet<Vec<String>>,
+    diags: &'a mut Diags,
+    lenient: bool,
 }
 
 fn has_reference(n: &Node) -> bool {
@@ -560,67 +766,98 @@ fn has_reference(n: &Node) -> bool {
         }
 }
 
-fn resolve_in(n: &mut Node, root: &Node, depth: usize, seen: &mut HashSet<Vec<String>>, diags: &mut Diags) {
-    if n.tag.as_deref() == Some("reference") {
-        if let Some(v) = reference(n, root, depth, seen, diags) {
-            *n = v;
+impl Refs<'_> {
+    fn resolve_in(&mut self, n: &mut Node, depth: usize) {
+        if n.tag.as_deref() == Some("reference") {
+            if let Some(v) = self.reference(n, depth) {
+                *n = v;
+            }
+            return;
         }
-        return;
-    }
-    match &mut n.value {
-        Value::Seq(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for mut i in std::mem::take(items) {
-                let was_ref = i.tag.as_deref() == Some("reference");
-                resolve_in(&mut i, root, depth, seen, diags);
-                // A reference inside a list that yields a list is spliced in, as GitLab does for scripts.
-                match i.value {
-                    Value::Seq(inner) if was_ref => out.extend(inner),
-                    _ => out.push(i),
+
+        match &mut n.value {
+            Value::Seq(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for mut i in std::mem::take(items) {
+                    let was_ref = i.tag.as_deref() == Some("reference");
+                    self.resolve_in(&mut i, depth);
+                    // An unresolved reference keeps its tag and stays as it is.
+                    let was_ref = was_ref && i.tag.is_none();
+                    // A reference inside a list that yields a list is spliced in, as GitLab does for scripts.
+                    match i.value {
+                        Value::Seq(inner) if was_ref => out.extend(inner),
+                        _ => out.push(i),
+                    }
+                }
+                *items = out;
+            }
+            Value::Map(m) => {
+                for e in &mut m.entries {
+                    self.resolve_in(&mut e.value, depth);
                 }
             }
-            *items = out;
+            _ => {}
         }
-        Value::Map(m) => {
-            for e in &mut m.entries {
-                resolve_in(&mut e.value, root, depth, seen, diags);
-            }
-        }
-        _ => {}
     }
-}
 
-fn reference(n: &Node, root: &Node, depth: usize, seen: &mut HashSet<Vec<String>>, diags: &mut Diags) -> Option<Node> {
-    let Some(path) = n.as_seq().map(|s| s.iter().filter_map(Node::scalar_string).collect::<Vec<_>>()) else {
-        diags.error(n.pos, "`!reference` must be an array of keys, like `!reference [.job, script]`");
-        return None;
-    };
-    if path.is_empty() {
-        diags.error(n.pos, "`!reference` needs at least one key");
-        return None;
-    }
-    if depth + 1 >= MAX_REFERENCE_DEPTH {
-        diags.error(n.pos, format!("`!reference [{}]` nests deeper than {MAX_REFERENCE_DEPTH} levels", path.join(", ")));
-        return None;
-    }
-    if !seen.insert(path.clone()) {
-        diags.error(n.pos, format!("`!reference [{}]` refers to itself", path.join(", ")));
-        return None;
-    }
-    let mut cur = root;
-    for key in &path {
-        match cur.as_map().and_then(|m| m.get(key)) {
-            Some(next) => cur = next,
-            None => {
-                diags.error(n.pos, format!("`!reference [{}]`: `{key}` not found", path.join(", ")));
-                seen.remove(&path);
-                return None;
+    fn reference(&mut self, n: &Node, depth: usize) -> Option<Node> {
+        let diags = &mut *self.diags;
+        let Some(path) = n
+            .as_seq()
+            .map(|s| s.iter().filter_map(Node::scalar_string).collect::<Vec<_>>())
+        else {
+            diags.error(
+                n.pos,
+                "`!reference` must be an array of keys, like `!reference [.job, script]`",
+            );
+            return None;
+        };
+        if path.is_empty() {
+            diags.error(n.pos, "`!reference` needs at least one key");
+            return None;
+        }
+        if depth + 1 >= MAX_REFERENCE_DEPTH {
+            diags.error(
+                n.pos,
+                format!(
+                    "`!reference [{}]` nests deeper than {MAX_REFERENCE_DEPTH} levels",
+                    path.join(", ")
+                ),
+            );
+            return None;
+        }
+        if !self.seen.insert(path.clone()) {
+            diags.error(
+                n.pos,
+                format!("`!reference [{}]` refers to itself", path.join(", ")),
+            );
+            return None;
+        }
+        let mut cur = self.root;
+        for key in &path {
+            match cur.as_map().and_then(|m| m.get(key)) {
+                Some(next) => cur = next,
+                None => {
+                    if !self.lenient {
+                        diags.error(
+                            n.pos,
+                            format!("`!reference [{}]`: `{key}` not found", path.join(", ")),
+                        );
+                    }
+                    self.seen.remove(&path);
+                    return None;
+                }
             }
         }
+        let mut v = cur.clone();
+        let before = self.diags.list.len();
+        self.resolve_in(&mut v, depth + 1);
+        self.seen.remove(&path);
+        if self.diags.list.len() > before {
+            // Leave the reference unresolved rather than half-resolved.
+            return None;
+        }
+        v.pos = n.pos;
+        Some(v)
     }
-    let mut v = cur.clone();
-    resolve_in(&mut v, root, depth + 1, seen, diags);
-    seen.remove(&path);
-    v.pos = n.pos;
-    Some(v)
 }

@@ -40,7 +40,12 @@ impl Variable {
     /// A plain, expandable, unmasked variable.
     #[must_use]
     pub fn new(key: impl Into<String>, value: impl Into<String>) -> Variable {
-        Variable { key: key.into(), value: value.into(), expand: true, masked: false }
+        Variable {
+            key: key.into(),
+            value: value.into(),
+            expand: true,
+            masked: false,
+        }
     }
 }
 
@@ -141,12 +146,19 @@ impl Retry {
                         FailureReason::ScriptFailure => w == "script_failure",
                         FailureReason::JobExecutionTimeout => w == "job_execution_timeout",
                         FailureReason::RunnerSystemFailure => w == "runner_system_failure",
-                        FailureReason::MissingDependencyFailure => w == "missing_dependency_failure",
+                        FailureReason::MissingDependencyFailure => {
+                            w == "missing_dependency_failure"
+                        }
                         FailureReason::UnknownFailure => w == "unknown_failure",
                     }
             });
-        let code_ok = self.exit_codes.is_empty() || exit_code.is_some_and(|c| self.exit_codes.contains(&c));
-        if self.when.is_empty() || self.exit_codes.is_empty() { when_ok && code_ok } else { when_ok || code_ok }
+        let code_ok =
+            self.exit_codes.is_empty() || exit_code.is_some_and(|c| self.exit_codes.contains(&c));
+        if self.when.is_empty() || self.exit_codes.is_empty() {
+            when_ok && code_ok
+        } else {
+            when_ok || code_ok
+        }
     }
 }
 
@@ -338,10 +350,19 @@ impl Plan {
     /// workflow variables, job variables, `dotenv` (from the reports of the jobs it depends on), and last
     /// the caller's variables. Resolve the result with [`crate::vars::resolve`].
     #[must_use]
-    pub fn job_variables(&self, index: usize, runtime: &[Variable], dotenv: &[Variable]) -> Vec<Variable> {
+    pub fn job_variables(
+        &self,
+        index: usize,
+        runtime: &[Variable],
+        dotenv: &[Variable],
+    ) -> Vec<Variable> {
         let job = &self.jobs[index];
         let mut v = Vec::with_capacity(
-            self.predefined.len() + job.predefined.len() + runtime.len() + self.variables.len() + job.variables.len(),
+            self.predefined.len()
+                + job.predefined.len()
+                + runtime.len()
+                + self.variables.len()
+                + job.variables.len(),
         );
         v.extend_from_slice(&self.predefined);
         v.extend_from_slice(&job.predefined);
@@ -357,12 +378,21 @@ impl Plan {
     /// every earlier stage, expressed as a stage barrier so that the graph stays linear in size.
     #[must_use]
     pub fn waits(&self) -> Vec<WaitFor> {
-        let index: std::collections::HashMap<&str, usize> =
-            self.jobs.iter().enumerate().map(|(i, j)| (j.name.as_str(), i)).collect();
+        let index: std::collections::HashMap<&str, usize> = self
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.as_str(), i))
+            .collect();
         self.jobs
             .iter()
             .map(|j| match &j.needs {
-                Some(needs) => WaitFor::Jobs(needs.iter().filter_map(|n| index.get(n.job.as_str()).copied()).collect()),
+                Some(needs) => WaitFor::Jobs(
+                    needs
+                        .iter()
+                        .filter_map(|n| index.get(n.job.as_str()).copied())
+                        .collect(),
+                ),
                 None => WaitFor::StagesBefore(j.stage_index),
             })
             .collect()

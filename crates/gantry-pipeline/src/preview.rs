@@ -95,10 +95,20 @@ fn scalar(n: &Node) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) if f.is_nan() => ".nan".into(),
-        Value::Float(f) if f.is_infinite() => if *f > 0.0 { ".inf".into() } else { "-.inf".into() },
+        Value::Float(f) if f.is_infinite() => {
+            if *f > 0.0 {
+                ".inf".into()
+            } else {
+                "-.inf".into()
+            }
+        }
         Value::Float(f) => {
             let s = f.to_string();
-            if s.contains('.') || s.contains('e') { s } else { format!("{s}.0") }
+            if s.contains('.') || s.contains('e') {
+                s
+            } else {
+                format!("{s}.0")
+            }
         }
         Value::Str(s) => quote(s),
         Value::Seq(_) => "[]".into(),
@@ -150,7 +160,12 @@ pub fn to_json(n: &Node) -> serde_json::Value {
         Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         Value::Str(s) => J::String(s.clone()),
         Value::Seq(items) => J::Array(items.iter().map(to_json).collect()),
-        Value::Map(m) => J::Object(m.entries.iter().map(|e| (e.key.clone(), to_json(&e.value))).collect()),
+        Value::Map(m) => J::Object(
+            m.entries
+                .iter()
+                .map(|e| (e.key.clone(), to_json(&e.value)))
+                .collect(),
+        ),
     }
 }
 

@@ -38,7 +38,10 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
                 }
             }
         } else {
-            let n = rest.iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count();
+            let n = rest
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                .count();
             if n == 0 {
                 out.push('$');
                 i += 1;
@@ -78,11 +81,18 @@ pub fn resolve(vars: &[Variable]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn resolve_one(key: &str, vars: &HashMap<&str, &Variable>, cache: &mut HashMap<String, String>, depth: u32) -> String {
+fn resolve_one(
+    key: &str,
+    vars: &HashMap<&str, &Variable>,
+    cache: &mut HashMap<String, String>,
+    depth: u32,
+) -> String {
     if let Some(v) = cache.get(key) {
         return v.clone();
     }
-    let Some(var) = vars.get(key) else { return String::new() };
+    let Some(var) = vars.get(key) else {
+        return String::new();
+    };
     if !var.expand || !var.value.contains('$') || depth > 8 {
         return var.value.clone();
     }
@@ -117,8 +127,17 @@ pub fn names_in(s: &str) -> Vec<String> {
 /// at most 63 bytes, no leading or trailing `-`.
 #[must_use]
 pub fn slug(s: &str) -> String {
-    let mut out: String =
-        s.to_lowercase().chars().map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' }).collect();
+    let mut out: String = s
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     out.truncate(63);
     out.trim_matches('-').to_string()
 }
@@ -137,7 +156,10 @@ mod tests {
 
     #[test]
     fn expands_both_forms_and_escapes() {
-        assert_eq!(expand("x $A ${A} $$A ${LONG_NAME}y $LONG_NAME.z $MISSING-", &look), "x a a $A longy long.z -");
+        assert_eq!(
+            expand("x $A ${A} $$A ${LONG_NAME}y $LONG_NAME.z $MISSING-", &look),
+            "x a a $A longy long.z -"
+        );
         assert_eq!(expand("cost $5 and $", &look), "cost  and $");
         assert_eq!(expand("${unterminated", &look), "${unterminated");
     }
@@ -149,7 +171,12 @@ mod tests {
             Variable::new("B", "$A-$C"),
             Variable::new("C", "${A}c"),
             Variable::new("A", "2"),
-            Variable { key: "RAW".into(), value: "$A".into(), expand: false, masked: false },
+            Variable {
+                key: "RAW".into(),
+                value: "$A".into(),
+                expand: false,
+                masked: false,
+            },
             Variable::new("SELF", "x$SELF"),
         ];
         let r: HashMap<_, _> = resolve(&vars).into_iter().collect();

@@ -81,7 +81,10 @@ impl Map {
     }
     /// A mutable reference to the value of `key`.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Node> {
-        self.entries.iter_mut().find(|e| e.key == key).map(|e| &mut e.value)
+        self.entries
+            .iter_mut()
+            .find(|e| e.key == key)
+            .map(|e| &mut e.value)
     }
     /// Sets `key`, replacing its value in place or appending it.
     pub fn insert(&mut self, key: String, key_pos: Pos, value: Node) {
@@ -89,7 +92,11 @@ impl Map {
             e.value = value;
             e.key_pos = key_pos;
         } else {
-            self.entries.push(Entry { key, key_pos, value });
+            self.entries.push(Entry {
+                key,
+                key_pos,
+                value,
+            });
         }
     }
     /// Removes `key`, returning its value.
@@ -108,7 +115,11 @@ impl Node {
     /// A node with no position (made by the compiler rather than read from a file).
     #[must_use]
     pub fn new(value: Value, pos: Pos) -> Node {
-        Node { value, pos, tag: None }
+        Node {
+            value,
+            pos,
+            tag: None,
+        }
     }
     /// A string node.
     #[must_use]
@@ -221,10 +232,20 @@ const MAX_NODES: usize = 2_000_000;
 /// Malformed YAML, an unknown alias, a merge key whose value is not a mapping, or input that is too deep
 /// or expands to too many nodes.
 pub fn parse(src: &str, file: u32) -> Result<Documents, YamlError> {
-    let mut b = Builder { file, anchors: Vec::new(), stack: Vec::new(), out: Documents::default(), nodes: 0 };
+    let mut b = Builder {
+        file,
+        anchors: Vec::new(),
+        stack: Vec::new(),
+        out: Documents::default(),
+        nodes: 0,
+    };
     for ev in Parser::new_from_str(src) {
         let (ev, span) = ev.map_err(|e| YamlError {
-            pos: Pos { file, line: to_u32(e.marker().line()), col: to_u32(e.marker().col() + 1) },
+            pos: Pos {
+                file,
+                line: to_u32(e.marker().line()),
+                col: to_u32(e.marker().col() + 1),
+            },
             message: e.info().to_string(),
         })?;
         b.event(ev, span)?;
@@ -237,8 +258,16 @@ fn to_u32(n: usize) -> u32 {
 }
 
 enum Frame {
-    Seq { node: Node, anchor: usize },
-    Map { node: Node, anchor: usize, key: Option<(String, Pos)>, merges: Vec<(Node, Pos)> },
+    Seq {
+        node: Node,
+        anchor: usize,
+    },
+    Map {
+        node: Node,
+        anchor: usize,
+        key: Option<(String, Pos)>,
+        merges: Vec<(Node, Pos)>,
+    },
 }
 
 struct Builder {
@@ -251,7 +280,11 @@ struct Builder {
 
 impl Builder {
     fn pos(&self, span: Span) -> Pos {
-        Pos { file: self.file, line: to_u32(span.start.line()), col: to_u32(span.start.col() + 1) }
+        Pos {
+            file: self.file,
+            line: to_u32(span.start.line()),
+            col: to_u32(span.start.col() + 1),
+        }
     }
 
     fn event(&mut self, ev: Event<'_>, span: Span) -> Result<(), YamlError> {
@@ -274,23 +307,40 @@ impl Builder {
                     .rev()
                     .find(|(a, _)| *a == id)
                     .map(|(_, n)| n.clone())
-                    .ok_or_else(|| YamlError { pos, message: "unknown alias".into() })?;
+                    .ok_or_else(|| YamlError {
+                        pos,
+                        message: "unknown alias".into(),
+                    })?;
                 self.nodes += count(&node);
                 if self.nodes > MAX_NODES {
-                    return Err(YamlError { pos, message: "aliases expand to too many nodes".into() });
+                    return Err(YamlError {
+                        pos,
+                        message: "aliases expand to too many nodes".into(),
+                    });
                 }
                 self.push(node, 0)?;
             }
             Event::SequenceStart(anchor, tag) => {
                 self.depth_check(pos)?;
                 let tag = tag.and_then(|t| local_tag(&t.handle, &t.suffix));
-                self.stack.push(Frame::Seq { node: Node { value: Value::Seq(Vec::new()), pos, tag }, anchor });
+                self.stack.push(Frame::Seq {
+                    node: Node {
+                        value: Value::Seq(Vec::new()),
+                        pos,
+                        tag,
+                    },
+                    anchor,
+                });
             }
             Event::MappingStart(anchor, tag) => {
                 self.depth_check(pos)?;
                 let tag = tag.and_then(|t| local_tag(&t.handle, &t.suffix));
                 self.stack.push(Frame::Map {
-                    node: Node { value: Value::Map(Map::default()), pos, tag },
+                    node: Node {
+                        value: Value::Map(Map::default()),
+                        pos,
+                        tag,
+                    },
                     anchor,
                     key: None,
                     merges: Vec::new(),
@@ -302,19 +352,32 @@ impl Builder {
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map { mut node, anchor, merges, .. }) = self.stack.pop() {
+                if let Some(Frame::Map {
+                    mut node,
+                    anchor,
+                    merges,
+                    ..
+                }) = self.stack.pop()
+                {
                     apply_merges(&mut node, merges)?;
                     self.push(node, anchor)?;
                 }
             }
-            Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) | Event::DocumentEnd | Event::Nothing => {}
+            Event::StreamStart
+            | Event::StreamEnd
+            | Event::DocumentStart(_)
+            | Event::DocumentEnd
+            | Event::Nothing => {}
         }
         Ok(())
     }
 
     fn depth_check(&self, pos: Pos) -> Result<(), YamlError> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(YamlError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+            return Err(YamlError {
+                pos,
+                message: format!("nesting deeper than {MAX_DEPTH} levels"),
+            });
         }
         Ok(())
     }
@@ -331,11 +394,19 @@ impl Builder {
                     items.push(node);
                 }
             }
-            Some(Frame::Map { node: map, key, merges, .. }) => match key.take() {
+            Some(Frame::Map {
+                node: map,
+                key,
+                merges,
+                ..
+            }) => match key.take() {
                 None => {
                     let k = match &node.value {
                         Value::Seq(_) | Value::Map(_) => {
-                            return Err(YamlError { pos: node.pos, message: "a mapping key must be a scalar".into() });
+                            return Err(YamlError {
+                                pos: node.pos,
+                                message: "a mapping key must be a scalar".into(),
+                            });
                         }
                         _ => node.scalar_string().unwrap_or_default(),
                     };
@@ -346,7 +417,10 @@ impl Builder {
                         merges.push((node, kpos));
                     } else if let Value::Map(m) = &mut map.value {
                         if m.contains(&k) {
-                            self.out.duplicates.push(DuplicateKey { key: k.clone(), pos: kpos });
+                            self.out.duplicates.push(DuplicateKey {
+                                key: k.clone(),
+                                pos: kpos,
+                            });
                         }
                         m.insert(k, kpos, node);
                     }
@@ -360,17 +434,27 @@ impl Builder {
 /// Applies `<<` merge keys: keys written in the mapping itself win, then earlier merge sources win over
 /// later ones, as YAML 1.1's merge key type specifies.
 fn apply_merges(node: &mut Node, merges: Vec<(Node, Pos)>) -> Result<(), YamlError> {
-    let Value::Map(map) = &mut node.value else { return Ok(()) };
+    let Value::Map(map) = &mut node.value else {
+        return Ok(());
+    };
     for (src, pos) in merges {
         let sources: Vec<Node> = match src.value {
             Value::Map(_) => vec![src],
             Value::Seq(items) => items,
             Value::Null => Vec::new(),
-            _ => return Err(YamlError { pos, message: "the value of a `<<` merge key must be a mapping".into() }),
+            _ => {
+                return Err(YamlError {
+                    pos,
+                    message: "the value of a `<<` merge key must be a mapping".into(),
+                });
+            }
         };
         for s in sources {
             let Value::Map(m) = s.value else {
-                return Err(YamlError { pos, message: "the value of a `<<` merge key must be a mapping".into() });
+                return Err(YamlError {
+                    pos,
+                    message: "the value of a `<<` merge key must be a mapping".into(),
+                });
             };
             for e in m.entries {
                 if !map.contains(&e.key) {
@@ -391,7 +475,11 @@ fn count(n: &Node) -> usize {
 }
 
 fn local_tag(handle: &str, suffix: &str) -> Option<Box<str>> {
-    if handle == "!" { Some(suffix.into()) } else { None }
+    if handle == "!" {
+        Some(suffix.into())
+    } else {
+        None
+    }
 }
 
 /// Resolves a plain scalar by the YAML 1.2 core schema (what GitLab's parser does for the common cases).
@@ -404,7 +492,10 @@ fn resolve_plain(s: &str) -> Value {
     }
     let b = s.as_bytes();
     let digits = |t: &[u8]| !t.is_empty() && t.iter().all(u8::is_ascii_digit);
-    let unsigned = b.strip_prefix(b"-").or_else(|| b.strip_prefix(b"+")).unwrap_or(b);
+    let unsigned = b
+        .strip_prefix(b"-")
+        .or_else(|| b.strip_prefix(b"+"))
+        .unwrap_or(b);
     if digits(unsigned) {
         if let Ok(i) = s.parse::<i64>() {
             return Value::Int(i);
@@ -421,8 +512,12 @@ fn resolve_plain(s: &str) -> Value {
         }
     }
     let looks_float = unsigned.iter().any(u8::is_ascii_digit)
-        && unsigned.iter().all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'-' | b'+'))
-        && (unsigned.first().is_some_and(|c| c.is_ascii_digit() || *c == b'.'));
+        && unsigned
+            .iter()
+            .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && (unsigned
+            .first()
+            .is_some_and(|c| c.is_ascii_digit() || *c == b'.'));
     if looks_float {
         if let Ok(f) = s.parse::<f64>() {
             return Value::Float(f);
@@ -464,14 +559,30 @@ mod tests {
     #[test]
     fn duplicate_key_last_wins_and_is_reported() {
         let d = parse("a: 1\na: 2\n", 0).unwrap();
-        assert_eq!(d.docs[0].as_map().unwrap().get("a").unwrap().value, Value::Int(2));
-        assert_eq!(d.duplicates, vec![DuplicateKey { key: "a".into(), pos: Pos { file: 0, line: 2, col: 1 } }]);
+        assert_eq!(
+            d.docs[0].as_map().unwrap().get("a").unwrap().value,
+            Value::Int(2)
+        );
+        assert_eq!(
+            d.duplicates,
+            vec![DuplicateKey {
+                key: "a".into(),
+                pos: Pos {
+                    file: 0,
+                    line: 2,
+                    col: 1
+                }
+            }]
+        );
     }
 
     #[test]
     fn local_tags_are_kept() {
         let n = doc("a: !reference [.x, script]\n");
-        assert_eq!(n.as_map().unwrap().get("a").unwrap().tag.as_deref(), Some("reference"));
+        assert_eq!(
+            n.as_map().unwrap().get("a").unwrap().tag.as_deref(),
+            Some("reference")
+        );
     }
 
     #[test]

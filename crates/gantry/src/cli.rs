@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gantry_pipeline::plan::Variable;
 use gantry_pipeline::{Compiled, Context, Plan, Severity};
@@ -25,7 +25,11 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about = "Run .gitlab-ci.yml pipelines locally, with GitLab's semantics")]
+#[command(
+    name = "gantry",
+    version,
+    about = "Run .gitlab-ci.yml pipelines locally, with GitLab's semantics"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -151,7 +155,8 @@ fn project_dir(common: &Common) -> Result<PathBuf> {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
-    dir.canonicalize().with_context(|| format!("project directory `{}` does not exist", dir.display()))
+    dir.canonicalize()
+        .with_context(|| format!("project directory `{}` does not exist", dir.display()))
 }
 
 /// Everything compiled for one invocation.
@@ -161,11 +166,20 @@ struct Prepared {
     compiled: Compiled,
 }
 
-fn prepare(common: &Common, cli_vars: Vec<Variable>, source: &str, pipeline_id: Option<u64>) -> Result<Prepared> {
+fn prepare(
+    common: &Common,
+    cli_vars: Vec<Variable>,
+    source: &str,
+    pipeline_id: Option<u64>,
+) -> Result<Prepared> {
     let dir = project_dir(common)?;
     let state_dir = dir.join(".gantry");
     let facts = crate::git::facts(&dir);
-    let changed = if crate::git::is_repo(&dir) { crate::git::changed_files(&dir, &facts.default_branch) } else { None };
+    let changed = if crate::git::is_repo(&dir) {
+        crate::git::changed_files(&dir, &facts.default_branch)
+    } else {
+        None
+    };
     let pipeline_id = match pipeline_id {
         Some(id) => id,
         None => next_pipeline_id(&state_dir)?,
@@ -173,7 +187,10 @@ fn prepare(common: &Common, cli_vars: Vec<Variable>, source: &str, pipeline_id: 
     let ctx = Context {
         file: common.file.trim_start_matches("./").to_string(),
         project_dir: dir.to_string_lossy().into_owned(),
-        project_dir_name: dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        project_dir_name: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         git: facts,
         pipeline_source: source.to_string(),
         pipeline_id,
@@ -182,24 +199,34 @@ fn prepare(common: &Common, cli_vars: Vec<Variable>, source: &str, pipeline_id: 
     };
     let sources = FsSources::new(&dir, &state_dir);
     let compiled = gantry_pipeline::compile(&sources, &ctx);
-    Ok(Prepared { dir, state_dir, compiled })
+    Ok(Prepared {
+        dir,
+        state_dir,
+        compiled,
+    })
 }
 
 /// Creates `.gantry/` (ignored by git through its own `.gitignore`) and returns the next pipeline id.
 fn next_pipeline_id(state_dir: &Path) -> Result<u64> {
     ensure_state_dir(state_dir)?;
     let path = state_dir.join("pipeline-id");
-    let last: u64 = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let last: u64 = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
     let next = last + 1;
-    std::fs::write(&path, next.to_string()).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::write(&path, next.to_string())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(next)
 }
 
 fn ensure_state_dir(state_dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let ignore = state_dir.join(".gitignore");
     if !ignore.exists() {
-        std::fs::write(&ignore, "*\n").with_context(|| format!("cannot write {}", ignore.display()))?;
+        std::fs::write(&ignore, "*\n")
+            .with_context(|| format!("cannot write {}", ignore.display()))?;
     }
     Ok(())
 }
@@ -207,7 +234,8 @@ fn ensure_state_dir(state_dir: &Path) -> Result<()> {
 fn cli_variables(args: &RunArgs) -> Result<Vec<Variable>, String> {
     let mut vars = Vec::new();
     if let Some(path) = &args.variables_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read variables file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read variables file {}: {e}", path.display()))?;
         vars.extend(parse_variables_file(&text).map_err(|e| format!("{}:{e}", path.display()))?);
     }
     for v in &args.variables {
@@ -215,9 +243,16 @@ fn cli_variables(args: &RunArgs) -> Result<Vec<Variable>, String> {
             return Err(format!("--variable `{v}` must be KEY=VALUE"));
         };
         if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("--variable `{v}`: `{k}` is not a valid variable name"));
+            return Err(format!(
+                "--variable `{v}`: `{k}` is not a valid variable name"
+            ));
         }
-        vars.push(Variable { key: k.to_string(), value: val.to_string(), expand: false, masked: false });
+        vars.push(Variable {
+            key: k.to_string(),
+            value: val.to_string(),
+            expand: false,
+            masked: false,
+        });
     }
     for m in &args.mask {
         let mut found = false;
@@ -226,7 +261,9 @@ fn cli_variables(args: &RunArgs) -> Result<Vec<Variable>, String> {
             found = true;
         }
         if !found {
-            return Err(format!("--mask {m}: no variable `{m}` was given with --variable or --variables-file"));
+            return Err(format!(
+                "--mask {m}: no variable `{m}` was given with --variable or --variables-file"
+            ));
         }
     }
     Ok(vars)
@@ -236,8 +273,12 @@ fn cli_variables(args: &RunArgs) -> Result<Vec<Variable>, String> {
 fn parse_variables_file(text: &str) -> Result<Vec<Variable>, String> {
     use gantry_pipeline::yaml::{self, Value};
     let docs = yaml::parse(text, 0).map_err(|e| e.to_string())?;
-    let Some(root) = docs.docs.first() else { return Ok(Vec::new()) };
-    let Some(map) = root.as_map() else { return Err("1:1: a variables file must be a mapping".into()) };
+    let Some(root) = docs.docs.first() else {
+        return Ok(Vec::new());
+    };
+    let Some(map) = root.as_map() else {
+        return Err("1:1: a variables file must be a mapping".into());
+    };
     let mut out = Vec::new();
     for e in &map.entries {
         let at = format!("{}:{}", e.key_pos.line, e.key_pos.col);
@@ -250,10 +291,25 @@ fn parse_variables_file(text: &str) -> Result<Vec<Variable>, String> {
                 let Some(value) = m.get("value").and_then(yaml::Node::scalar_string) else {
                     return Err(format!("{at}: variable `{}` needs a `value`", e.key));
                 };
-                Variable { key: e.key.clone(), value, expand: flag("expand", false), masked: flag("masked", false) }
+                Variable {
+                    key: e.key.clone(),
+                    value,
+                    expand: flag("expand", false),
+                    masked: flag("masked", false),
+                }
             }
-            Value::Seq(_) => return Err(format!("{at}: variable `{}` must be a string or a mapping", e.key)),
-            _ => Variable { key: e.key.clone(), value: e.value.scalar_string().unwrap_or_default(), expand: false, masked: false },
+            Value::Seq(_) => {
+                return Err(format!(
+                    "{at}: variable `{}` must be a string or a mapping",
+                    e.key
+                ));
+            }
+            _ => Variable {
+                key: e.key.clone(),
+                value: e.value.scalar_string().unwrap_or_default(),
+                expand: false,
+                masked: false,
+            },
         };
         out.push(v);
     }
@@ -261,7 +317,11 @@ fn parse_variables_file(text: &str) -> Result<Vec<Variable>, String> {
 }
 
 fn print_diagnostics(compiled: &Compiled, output: Output) -> Option<u8> {
-    for d in compiled.diagnostics.iter().filter(|d| d.severity == Severity::Warning) {
+    for d in compiled
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+    {
         eprintln!("gantry: {d}");
     }
     let errors: Vec<String> = compiled.errors().map(ToString::to_string).collect();
@@ -278,7 +338,11 @@ fn print_diagnostics(compiled: &Compiled, output: Output) -> Option<u8> {
             for e in &errors {
                 eprintln!("{e}");
             }
-            eprintln!("gantry: the pipeline has {} error{}; nothing ran", errors.len(), if errors.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "gantry: the pipeline has {} error{}; nothing ran",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
         }
     }
     Some(EXIT_CONFIG)
@@ -291,7 +355,12 @@ fn run(args: &RunArgs) -> Result<u8> {
         Err(e) => return Ok(config_error(output, &e)),
     };
     let dry = args.list || args.list_json || args.preview;
-    let prepared = match prepare(&args.common, cli_vars, &args.pipeline_source, dry.then_some(0)) {
+    let prepared = match prepare(
+        &args.common,
+        cli_vars,
+        &args.pipeline_source,
+        dry.then_some(0),
+    ) {
         Ok(p) => p,
         Err(e) => return Ok(config_error(output, &format!("{e:#}"))),
     };
@@ -306,11 +375,15 @@ fn run(args: &RunArgs) -> Result<u8> {
     if let Some(code) = print_diagnostics(&prepared.compiled, output) {
         return Ok(code);
     }
-    let Some(plan) = prepared.compiled.plan.as_ref() else { return Ok(EXIT_CONFIG) };
+    let Some(plan) = prepared.compiled.plan.as_ref() else {
+        return Ok(EXIT_CONFIG);
+    };
     if let Some(reason) = &prepared.compiled.workflow_skipped {
         eprintln!("gantry: no pipeline: {reason}");
         if output == Output::Json {
-            Json::new().write(&json!({"event": "pipeline_finished", "status": "success", "duration_ms": 0}));
+            Json::new().write(
+                &json!({"event": "pipeline_finished", "status": "success", "duration_ms": 0}),
+            );
         }
         return Ok(EXIT_OK);
     }
@@ -324,10 +397,21 @@ fn run(args: &RunArgs) -> Result<u8> {
     }
     for (i, job) in plan.jobs.iter().enumerate() {
         if selected[i] && job.trigger {
-            return Ok(config_error(output, &format!("`{}`: `trigger` (child and multi-project pipelines) is not supported yet", job.name)));
+            return Ok(config_error(
+                output,
+                &format!(
+                    "`{}`: `trigger` (child and multi-project pipelines) is not supported yet",
+                    job.name
+                ),
+            ));
         }
     }
-    let mut play: Vec<String> = args.manual.iter().flat_map(|m| matching(plan, m)).map(|i| plan.jobs[i].name.clone()).collect();
+    let mut play: Vec<String> = args
+        .manual
+        .iter()
+        .flat_map(|m| matching(plan, m))
+        .map(|i| plan.jobs[i].name.clone())
+        .collect();
     for m in &args.manual {
         if matching(plan, m).is_empty() {
             return Ok(config_error(output, &format!("--manual {m}: no such job")));
@@ -335,18 +419,42 @@ fn run(args: &RunArgs) -> Result<u8> {
     }
     // A job named on the command line is played even when it is manual.
     for j in &args.jobs {
-        play.extend(matching(plan, j).into_iter().map(|i| plan.jobs[i].name.clone()));
+        play.extend(
+            matching(plan, j)
+                .into_iter()
+                .map(|i| plan.jobs[i].name.clone()),
+        );
     }
     execute(args, &prepared, plan, selected, play)
 }
 
-fn execute(args: &RunArgs, prepared: &Prepared, plan: &Plan, selected: Vec<bool>, play: Vec<String>) -> Result<u8> {
-    let concurrency = args.concurrency.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get)).max(1);
-    let names: Vec<String> = plan.jobs.iter().zip(&selected).filter(|(_, s)| **s).map(|(j, _)| j.name.clone()).collect();
+fn execute(
+    args: &RunArgs,
+    prepared: &Prepared,
+    plan: &Plan,
+    selected: Vec<bool>,
+    play: Vec<String>,
+) -> Result<u8> {
+    let concurrency = args
+        .concurrency
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, std::num::NonZero::get))
+        .max(1);
+    let names: Vec<String> = plan
+        .jobs
+        .iter()
+        .zip(&selected)
+        .filter(|(_, s)| **s)
+        .map(|(j, _)| j.name.clone())
+        .collect();
     let config = gantry_runtime::RunConfig {
         project_dir: prepared.dir.clone(),
         state_dir: prepared.state_dir.clone(),
-        pipeline_id: plan.predefined.iter().find(|v| v.key == "CI_PIPELINE_ID").and_then(|v| v.value.parse().ok()).unwrap_or(1),
+        pipeline_id: plan
+            .predefined
+            .iter()
+            .find(|v| v.key == "CI_PIPELINE_ID")
+            .and_then(|v| v.value.parse().ok())
+            .unwrap_or(1),
         concurrency,
         in_place: args.in_place,
         selected,
@@ -359,7 +467,9 @@ fn execute(args: &RunArgs, prepared: &Prepared, plan: &Plan, selected: Vec<bool>
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let executor = Arc::new(gantry_executor_shell::ShellExecutor { allow_image: args.shell_executor });
+    let executor = Arc::new(gantry_executor_shell::ShellExecutor {
+        allow_image: args.shell_executor,
+    });
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let human = (args.common.output == Output::Human).then(|| Arc::new(Human::new(&names)));
     let json = (args.common.output == Output::Json).then(|| Arc::new(Json::new()));
@@ -374,7 +484,9 @@ fn execute(args: &RunArgs, prepared: &Prepared, plan: &Plan, selected: Vec<bool>
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!("\ngantry: interrupted; canceling jobs (press Ctrl-C again to exit at once)");
+                eprintln!(
+                    "\ngantry: interrupted; canceling jobs (press Ctrl-C again to exit at once)"
+                );
                 let _ = cancel_tx.send(true);
                 if tokio::signal::ctrl_c().await.is_ok() {
                     std::process::exit(i32::from(EXIT_INTERRUPTED));
@@ -423,7 +535,13 @@ fn execute(args: &RunArgs, prepared: &Prepared, plan: &Plan, selected: Vec<bool>
 /// A job name as the user may type it: `job: [a,b]` and `job: [a, b]` are the same.
 fn normalize(name: &str) -> String {
     match name.split_once(": [") {
-        Some((base, rest)) => format!("{base}: [{}", rest.split(',').map(str::trim).collect::<Vec<_>>().join(", ")),
+        Some((base, rest)) => format!(
+            "{base}: [{}",
+            rest.split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         None => name.to_string(),
     }
 }
@@ -431,31 +549,55 @@ fn normalize(name: &str) -> String {
 /// The plan jobs a user-given name means: the exact job, or every instance of a parallel job.
 fn matching(plan: &Plan, name: &str) -> Vec<usize> {
     let n = normalize(name);
-    let exact: Vec<usize> = plan.jobs.iter().enumerate().filter(|(_, j)| j.name == n).map(|(i, _)| i).collect();
+    let exact: Vec<usize> = plan
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.name == n)
+        .map(|(i, _)| i)
+        .collect();
     if !exact.is_empty() {
         return exact;
     }
-    plan.jobs.iter().enumerate().filter(|(_, j)| j.base_name == name).map(|(i, _)| i).collect()
+    plan.jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.base_name == name)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn select(plan: &Plan, args: &RunArgs) -> Result<Vec<bool>, String> {
     let n = plan.jobs.len();
     if let Some(stage) = &args.stage {
         if !plan.stages.contains(stage) {
-            return Err(format!("--stage {stage}: no such stage (stages: {})", plan.stages.join(", ")));
+            return Err(format!(
+                "--stage {stage}: no such stage (stages: {})",
+                plan.stages.join(", ")
+            ));
         }
     }
     if args.jobs.is_empty() {
         if args.needs || args.only_needs {
-            return Ok(plan.jobs.iter().map(|j| args.stage.as_ref().is_none_or(|s| &j.stage == s)).collect());
+            return Ok(plan
+                .jobs
+                .iter()
+                .map(|j| args.stage.as_ref().is_none_or(|s| &j.stage == s))
+                .collect());
         }
-        return Ok(plan.jobs.iter().map(|j| args.stage.as_ref().is_none_or(|s| &j.stage == s)).collect());
+        return Ok(plan
+            .jobs
+            .iter()
+            .map(|j| args.stage.as_ref().is_none_or(|s| &j.stage == s))
+            .collect());
     }
     let mut named = HashSet::new();
     for j in &args.jobs {
         let m = matching(plan, j);
         if m.is_empty() {
-            return Err(format!("no job named `{j}` in this pipeline (its rules may exclude it)"));
+            return Err(format!(
+                "no job named `{j}` in this pipeline (its rules may exclude it)"
+            ));
         }
         named.extend(m);
     }
@@ -465,9 +607,16 @@ fn select(plan: &Plan, args: &RunArgs) -> Result<Vec<bool>, String> {
         let mut stack: Vec<usize> = named.iter().copied().collect();
         let mut seen: HashSet<usize> = named.clone();
         while let Some(i) = stack.pop() {
+            // A job without `needs` needs every job of the earlier stages.
             let preds: Vec<usize> = match &waits[i] {
                 gantry_pipeline::plan::WaitFor::Jobs(j) => j.clone(),
-                gantry_pipeline::plan::WaitFor::StagesBefore(_) => Vec::new(),
+                gantry_pipeline::plan::WaitFor::StagesBefore(k) => plan
+                    .jobs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, j)| j.stage_index < *k)
+                    .map(|(x, _)| x)
+                    .collect(),
             };
             for p in preds {
                 if seen.insert(p) {
@@ -497,7 +646,15 @@ fn list(plan: &Plan, selected: &[bool], as_json: bool) {
         .iter()
         .zip(selected)
         .filter(|(_, s)| **s)
-        .map(|(j, _)| (j, j.needs.as_ref().map(|n| n.iter().map(|x| x.job.clone()).collect()).unwrap_or_default()))
+        .map(|(j, _)| {
+            (
+                j,
+                j.needs
+                    .as_ref()
+                    .map(|n| n.iter().map(|x| x.job.clone()).collect())
+                    .unwrap_or_default(),
+            )
+        })
         .collect();
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -514,7 +671,15 @@ fn list(plan: &Plan, selected: &[bool], as_json: bool) {
         let _ = writeln!(out, "{}", serde_json::Value::Array(arr));
         return;
     }
-    let header = ["NAME", "STAGE", "WHEN", "ALLOW FAILURE", "NEEDS", "ENVIRONMENT", "WHY"];
+    let header = [
+        "NAME",
+        "STAGE",
+        "WHEN",
+        "ALLOW FAILURE",
+        "NEEDS",
+        "ENVIRONMENT",
+        "WHY",
+    ];
     let table: Vec<[String; 7]> = rows
         .iter()
         .map(|(j, needs)| {
@@ -523,8 +688,15 @@ fn list(plan: &Plan, selected: &[bool], as_json: bool) {
                 j.stage.clone(),
                 j.when.as_str().to_string(),
                 j.allow_failure.is_allowed().to_string(),
-                if j.needs.is_some() { format!("[{}]", needs.join(", ")) } else { "(stages)".into() },
-                j.environment.as_ref().map(|e| e.name.clone()).unwrap_or_default(),
+                if j.needs.is_some() {
+                    format!("[{}]", needs.join(", "))
+                } else {
+                    "(stages)".into()
+                },
+                j.environment
+                    .as_ref()
+                    .map(|e| e.name.clone())
+                    .unwrap_or_default(),
                 j.reason.clone(),
             ]
         })
@@ -536,7 +708,14 @@ fn list(plan: &Plan, selected: &[bool], as_json: bool) {
         }
     }
     let fmt_row = |cells: &[String]| {
-        cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_string()
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
     };
     let _ = writeln!(out, "{}", fmt_row(&header.map(String::from)));
     for r in &table {
@@ -552,7 +731,9 @@ fn lint(args: &LintArgs) -> Result<u8> {
     };
     let diags = &prepared.compiled.diagnostics;
     // Lint is stricter than run: a repeated key is an error, because one of the values is silently lost.
-    let is_error = |d: &gantry_pipeline::Diagnostic| d.severity == Severity::Error || d.message.starts_with("duplicate key");
+    let is_error = |d: &gantry_pipeline::Diagnostic| {
+        d.severity == Severity::Error || d.message.starts_with("duplicate key")
+    };
     let failed = diags.iter().any(is_error);
     let mut out = std::io::stdout().lock();
     match common.output {

@@ -25,13 +25,22 @@ struct Out {
 
 impl Out {
     fn new() -> Out {
-        Out { buf: io::BufWriter::with_capacity(64 * 1024, io::stdout()), last_flush: Instant::now(), broken: false }
+        Out {
+            buf: io::BufWriter::with_capacity(64 * 1024, io::stdout()),
+            last_flush: Instant::now(),
+            broken: false,
+        }
     }
     fn line(&mut self, s: &str) {
         if self.broken {
             return;
         }
-        if self.buf.write_all(s.as_bytes()).and_then(|()| self.buf.write_all(b"\n")).is_err() {
+        if self
+            .buf
+            .write_all(s.as_bytes())
+            .and_then(|()| self.buf.write_all(b"\n"))
+            .is_err()
+        {
             self.broken = true;
         }
         if self.last_flush.elapsed() >= FLUSH_EVERY {
@@ -82,7 +91,12 @@ impl Human {
     pub fn new(jobs: &[String]) -> Human {
         let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let status_line = io::stderr().is_terminal() && io::stdout().is_terminal();
-        let width = jobs.iter().map(|j| j.chars().count()).max().unwrap_or(0).min(40);
+        let width = jobs
+            .iter()
+            .map(|j| j.chars().count())
+            .max()
+            .unwrap_or(0)
+            .min(40);
         Human {
             state: Mutex::new(HumanState {
                 out: Out::new(),
@@ -111,7 +125,11 @@ impl Human {
         let Ok(mut s) = self.state.lock() else { return };
         s.clear_status();
         let finished = std::mem::take(&mut s.finished);
-        let width = finished.iter().map(|f| f.name.chars().count()).max().unwrap_or(0);
+        let width = finished
+            .iter()
+            .map(|f| f.name.chars().count())
+            .max()
+            .unwrap_or(0);
         s.out.line("");
         for f in &finished {
             let (label, code) = match f.status {
@@ -124,7 +142,10 @@ impl Human {
             };
             let label = s.paint(code, &format!("{label:<8}"));
             let mut line = format!("{label} {:<width$}", f.name);
-            if matches!(f.status, JobStatus::Success | JobStatus::Failed | JobStatus::Canceled) {
+            if matches!(
+                f.status,
+                JobStatus::Success | JobStatus::Failed | JobStatus::Canceled
+            ) {
                 line.push_str(&format!("  {}", fmt_duration(f.duration)));
             }
             if let Some(c) = f.coverage {
@@ -159,7 +180,11 @@ impl Human {
 
 impl HumanState {
     fn paint(&self, code: &str, text: &str) -> String {
-        if self.color { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
     }
 
     fn prefix(&self, job: &str, sep: char) -> String {
@@ -167,7 +192,9 @@ impl HumanState {
         if !self.color {
             return format!("{padded} {sep}");
         }
-        let h = job.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
+        let h = job
+            .bytes()
+            .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
         format!("\x1b[{}m{padded}\x1b[0m {sep}", COLORS[h % COLORS.len()])
     }
 
@@ -182,7 +209,14 @@ impl HumanState {
         if self.status_line {
             self.out.flush();
             let queued = self.total.saturating_sub(self.running + self.done);
-            let _ = write!(io::stderr(), "\r\x1b[2K\x1b[90m{} running · {} queued · {}/{} done\x1b[0m", self.running, queued, self.done, self.total);
+            let _ = write!(
+                io::stderr(),
+                "\r\x1b[2K\x1b[90m{} running · {} queued · {}/{} done\x1b[0m",
+                self.running,
+                queued,
+                self.done,
+                self.total
+            );
             let _ = io::stderr().flush();
         }
     }
@@ -196,10 +230,18 @@ impl Reporter for Human {
             s.clear_status();
         }
         match e {
-            Event::JobStarted { job, stage, attempt } => {
+            Event::JobStarted {
+                job,
+                stage,
+                attempt,
+            } => {
                 s.running += 1;
                 let p = s.prefix(job, '>');
-                let what = if attempt > 1 { format!("retrying (attempt {attempt})") } else { format!("starting, stage {stage}") };
+                let what = if attempt > 1 {
+                    format!("retrying (attempt {attempt})")
+                } else {
+                    format!("starting, stage {stage}")
+                };
                 let what = s.paint("1", &what);
                 s.out.line(&format!("{p} {what}"));
             }
@@ -222,14 +264,27 @@ impl Reporter for Human {
                 let m = s.paint("33", message);
                 s.out.line(&format!("{p} {m}"));
             }
-            Event::JobFinished { job, status, allow_failure, exit_code, duration, coverage, .. } => {
-                let ran = matches!(status, JobStatus::Success | JobStatus::Failed | JobStatus::Canceled);
+            Event::JobFinished {
+                job,
+                status,
+                allow_failure,
+                exit_code,
+                duration,
+                coverage,
+                ..
+            } => {
+                let ran = matches!(
+                    status,
+                    JobStatus::Success | JobStatus::Failed | JobStatus::Canceled
+                );
                 if ran {
                     s.running = s.running.saturating_sub(1);
                     let p = s.prefix(job, '>');
                     let (word, code) = match status {
                         JobStatus::Success => ("passed".to_string(), "32"),
-                        JobStatus::Failed if allow_failure => ("failed (allowed to fail)".to_string(), "33"),
+                        JobStatus::Failed if allow_failure => {
+                            ("failed (allowed to fail)".to_string(), "33")
+                        }
                         JobStatus::Failed => ("failed".to_string(), "31"),
                         _ => ("canceled".to_string(), "31"),
                     };
@@ -238,11 +293,20 @@ impl Reporter for Human {
                         _ => word,
                     };
                     let text = s.paint(code, &word);
-                    s.out.line(&format!("{p} {text} in {}", fmt_duration(duration)));
+                    s.out
+                        .line(&format!("{p} {text} in {}", fmt_duration(duration)));
                 }
                 s.done += 1;
                 let tail = s.tails.remove(job).map(Vec::from).unwrap_or_default();
-                s.finished.push(Finished { name: job.to_string(), status, allow_failure, exit_code, duration, coverage, tail });
+                s.finished.push(Finished {
+                    name: job.to_string(),
+                    status,
+                    allow_failure,
+                    exit_code,
+                    duration,
+                    coverage,
+                    tail,
+                });
             }
             Event::PipelineFinished { status, duration } => {
                 s.pipeline = Some((status, duration));
@@ -262,7 +326,9 @@ pub struct Json {
 impl Json {
     /// JSON Lines on stdout.
     pub fn new() -> Json {
-        Json { out: Mutex::new(Out::new()) }
+        Json {
+            out: Mutex::new(Out::new()),
+        }
     }
     /// Flushes buffered output.
     pub fn flush(&self) {
@@ -281,12 +347,26 @@ impl Json {
 impl Reporter for Json {
     fn event(&self, e: Event<'_>) {
         let v = match e {
-            Event::JobStarted { job, stage, .. } => json!({"event": "job_started", "job": job, "stage": stage}),
+            Event::JobStarted { job, stage, .. } => {
+                json!({"event": "job_started", "job": job, "stage": stage})
+            }
             Event::JobLog { job, stream, line } => {
-                let stream = if stream == Stream::Stderr { "stderr" } else { "stdout" };
+                let stream = if stream == Stream::Stderr {
+                    "stderr"
+                } else {
+                    "stdout"
+                };
                 json!({"event": "job_log", "job": job, "stream": stream, "line": line})
             }
-            Event::JobFinished { job, status, allow_failure, exit_code, duration, coverage, .. } => json!({
+            Event::JobFinished {
+                job,
+                status,
+                allow_failure,
+                exit_code,
+                duration,
+                coverage,
+                ..
+            } => json!({
                 "event": "job_finished", "job": job, "status": status.as_str(), "allow_failure": allow_failure,
                 "exit_code": exit_code, "duration_ms": millis(duration), "coverage": coverage,
             }),
@@ -297,7 +377,10 @@ impl Reporter for Json {
         };
         self.write(&v);
         if let Ok(mut o) = self.out.lock() {
-            if matches!(v["event"].as_str(), Some("job_finished" | "pipeline_finished")) {
+            if matches!(
+                v["event"].as_str(),
+                Some("job_finished" | "pipeline_finished")
+            ) {
                 o.flush();
             }
         }

@@ -9,7 +9,10 @@ fn errors(src: &str) -> Vec<String> {
 
 fn assert_error(src: &str, expected: &str) {
     let errs = errors(src);
-    assert!(errs.iter().any(|e| e == expected), "expected `{expected}` in {errs:#?}");
+    assert!(
+        errs.iter().any(|e| e == expected),
+        "expected `{expected}` in {errs:#?}"
+    );
 }
 
 #[test]
@@ -31,14 +34,29 @@ fn needs_naming_a_missing_job() {
 #[test]
 fn needs_cycle() {
     let errs = errors("a:\n  needs: [b]\n  script: [x]\nb:\n  needs: [a]\n  script: [x]\n");
-    assert!(errs.iter().any(|e| e.contains("`needs` cycle: ") && e.contains("a -> b -> a") || e.contains("b -> a -> b")), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:") && e.contains("cycle")), "{errs:#?}");
+    assert!(
+        errs.iter().any(
+            |e| e.contains("`needs` cycle: ") && e.contains("a -> b -> a")
+                || e.contains("b -> a -> b")
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(".gitlab-ci.yml:") && e.contains("cycle")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn bad_regex_in_rules_if() {
     let errs = errors("job:\n  script: [x]\n  rules:\n    - if: $A =~ /[unclosed/\n");
-    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:4:") && e.contains("invalid `rules:if` expression")), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(".gitlab-ci.yml:4:")
+                && e.contains("invalid `rules:if` expression")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -53,7 +71,10 @@ fn stage_not_in_stages() {
 fn duplicate_key_is_a_warning_and_the_last_value_wins() {
     let c = compile_one("job:\n  script: [echo one]\n  script: [echo two]\n");
     let warn: Vec<String> = c.diagnostics.iter().map(ToString::to_string).collect();
-    assert_eq!(warn, [".gitlab-ci.yml:3:3: warning: duplicate key `script`: the last value wins"]);
+    assert_eq!(
+        warn,
+        [".gitlab-ci.yml:3:3: warning: duplicate key `script`: the last value wins"]
+    );
     assert_eq!(c.plan.unwrap().jobs[0].script, ["echo two"]);
 }
 
@@ -61,7 +82,10 @@ fn duplicate_key_is_a_warning_and_the_last_value_wins() {
 fn malformed_yaml() {
     let errs = errors("job:\n  script: [echo\n  stage: x\n");
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(errs[0].starts_with(".gitlab-ci.yml:") && errs[0].contains("invalid YAML"), "{errs:#?}");
+    assert!(
+        errs[0].starts_with(".gitlab-ci.yml:") && errs[0].contains("invalid YAML"),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -74,9 +98,19 @@ fn missing_local_include() {
 
 #[test]
 fn remote_include_is_not_available_offline() {
-    let errs = errors("include:\n  - remote: https://example.com/ci.yml\n  - project: group/p\n    file: ci.yml\njob:\n  script: [x]\n");
-    assert!(errs.iter().any(|e| e.contains("`include:remote` `https://example.com/ci.yml` is not available offline")), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.contains("`include:project` `group/p` is not available offline")), "{errs:#?}");
+    let errs = errors(
+        "include:\n  - remote: https://example.com/ci.yml\n  - project: group/p\n    file: ci.yml\njob:\n  script: [x]\n",
+    );
+    assert!(
+        errs.iter().any(|e| e
+            .contains("`include:remote` `https://example.com/ci.yml` is not available offline")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`include:project` `group/p` is not available offline")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -90,19 +124,33 @@ fn remote_include_from_the_cache() {
             self.0.files()
         }
         fn remote(&self, key: &str) -> Option<String> {
-            (key == "remote:https://example.com/ci.yml").then(|| "remote-job:\n  script: [echo remote]\n".to_string())
+            (key == "remote:https://example.com/ci.yml")
+                .then(|| "remote-job:\n  script: [echo remote]\n".to_string())
         }
     }
-    let s = Cached(gantry_pipeline::MemSources::new(vec![(".gitlab-ci.yml".into(), "include: https://example.com/ci.yml\n".into())]));
+    let s = Cached(gantry_pipeline::MemSources::new(vec![(
+        ".gitlab-ci.yml".into(),
+        "include: https://example.com/ci.yml\n".into(),
+    )]));
     let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
     assert_eq!(c.plan.unwrap().jobs[0].name, "remote-job");
 }
 
 #[test]
 fn extends_unknown_and_circular() {
-    let errs = errors("a:\n  extends: .missing\n  script: [x]\nb:\n  extends: c\n  script: [x]\nc:\n  extends: b\n  script: [x]\n");
-    assert!(errs.iter().any(|e| e == ".gitlab-ci.yml:2:12: `a`: unknown key `.missing` in `extends`"), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.contains("circular dependency detected in `extends`")), "{errs:#?}");
+    let errs = errors(
+        "a:\n  extends: .missing\n  script: [x]\nb:\n  extends: c\n  script: [x]\nc:\n  extends: b\n  script: [x]\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e == ".gitlab-ci.yml:2:12: `a`: unknown key `.missing` in `extends`"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("circular dependency detected in `extends`")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -112,20 +160,37 @@ fn extends_deeper_than_eleven_levels() {
         src.push_str(&format!(".l{i}:\n  extends: .l{}\n", i - 1));
     }
     src.push_str("job:\n  extends: .l12\n");
-    assert!(errors(&src).iter().any(|e| e.contains("nests deeper than 11 levels")));
+    assert!(
+        errors(&src)
+            .iter()
+            .any(|e| e.contains("nests deeper than 11 levels"))
+    );
 }
 
 #[test]
 fn reference_to_itself() {
     let errs = errors("job:\n  script:\n    - !reference [job, script]\n");
-    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:3:7:") && e.contains("refers to itself")), "{errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(".gitlab-ci.yml:3:7:") && e.contains("refers to itself")),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn errors_in_included_files_name_that_file() {
-    let c = compile_files(&[(".gitlab-ci.yml", "include: ci/jobs.yml\n"), ("ci/jobs.yml", "job:\n  script: [x]\n  wehn: manual\n")], |_| {});
+    let c = compile_files(
+        &[
+            (".gitlab-ci.yml", "include: ci/jobs.yml\n"),
+            ("ci/jobs.yml", "job:\n  script: [x]\n  wehn: manual\n"),
+        ],
+        |_| {},
+    );
     let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
-    assert_eq!(errs, ["ci/jobs.yml:3:3: `job`: unknown keyword `wehn`; did you mean `when`?"]);
+    assert_eq!(
+        errs,
+        ["ci/jobs.yml:3:3: `job`: unknown keyword `wehn`; did you mean `when`?"]
+    );
 }
 
 #[test]
@@ -141,20 +206,43 @@ fn bad_values() {
         ".gitlab-ci.yml:7:18: `job`: `allow_failure` must be a boolean or `{exit_codes: [...]}`",
         ".gitlab-ci.yml:9:10: `job`: `cache:key` cannot contain `/` or be `.` or `..`",
     ] {
-        assert!(errs.iter().any(|e| e == want), "expected `{want}` in {errs:#?}");
+        assert!(
+            errs.iter().any(|e| e == want),
+            "expected `{want}` in {errs:#?}"
+        );
     }
 }
 
 #[test]
 fn needs_entries_must_be_names_or_mappings() {
-    let errs = errors("a:\n  script: [x]\nb:\n  needs:\n    - ~\n  script: [x]\nc:\n  needs: a\n  script: [x]\n");
-    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:5:7:") && e.contains("not null")), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.starts_with(".gitlab-ci.yml:8:10:") && e.contains("`needs` must be an array")), "{errs:#?}");
+    let errs = errors(
+        "a:\n  script: [x]\nb:\n  needs:\n    - ~\n  script: [x]\nc:\n  needs: a\n  script: [x]\n",
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with(".gitlab-ci.yml:5:7:") && e.contains("not null")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter().any(
+            |e| e.starts_with(".gitlab-ci.yml:8:10:") && e.contains("`needs` must be an array")
+        ),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn a_job_must_be_a_mapping_with_a_script() {
     let errs = errors("stagse: [a]\nempty:\n  stage: test\n");
-    assert!(errs.iter().any(|e| e.contains("`stagse` is not a keyword") && e.contains("did you mean `stages`?")), "{errs:#?}");
-    assert!(errs.iter().any(|e| e.contains("`empty`: a job needs `script`")), "{errs:#?}");
+    assert!(
+        errs.iter().any(
+            |e| e.contains("`stagse` is not a keyword") && e.contains("did you mean `stages`?")
+        ),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`empty`: a job needs `script`")),
+        "{errs:#?}"
+    );
 }

@@ -8,7 +8,12 @@ use gantry_pipeline::{Compiled, Context, GitFacts, MemSources, compile};
 
 /// Compiles `files` (the first is the pipeline file) with a fixed git context on branch `main`.
 pub fn compile_files(files: &[(&str, &str)], tweak: impl FnOnce(&mut Context)) -> Compiled {
-    let sources = MemSources::new(files.iter().map(|(n, c)| ((*n).to_string(), (*c).to_string())).collect());
+    let sources = MemSources::new(
+        files
+            .iter()
+            .map(|(n, c)| ((*n).to_string(), (*c).to_string()))
+            .collect(),
+    );
     let mut ctx = Context {
         file: files[0].0.to_string(),
         git: GitFacts {
@@ -38,33 +43,86 @@ pub fn render(c: &Compiled) -> String {
     use std::fmt::Write;
     let errors: Vec<String> = c.errors().map(ToString::to_string).collect();
     assert!(errors.is_empty(), "unexpected errors: {errors:#?}");
-    let Some(plan) = &c.plan else { return "no plan".into() };
+    let Some(plan) = &c.plan else {
+        return "no plan".into();
+    };
     let mut out = String::new();
     let _ = writeln!(out, "stages: {}", plan.stages.join(", "));
     if !plan.variables.is_empty() {
-        let vs: Vec<String> = plan.variables.iter().map(|v| format!("{}={}", v.key, v.value)).collect();
+        let vs: Vec<String> = plan
+            .variables
+            .iter()
+            .map(|v| format!("{}={}", v.key, v.value))
+            .collect();
         let _ = writeln!(out, "variables: {}", vs.join(" "));
     }
     for j in &plan.jobs {
-        let _ = writeln!(out, "- {} [{}] when={} allow_failure={:?}", j.name, j.stage, j.when.as_str(), j.allow_failure);
+        let _ = writeln!(
+            out,
+            "- {} [{}] when={} allow_failure={:?}",
+            j.name,
+            j.stage,
+            j.when.as_str(),
+            j.allow_failure
+        );
         if let Some(n) = &j.needs {
-            let ns: Vec<String> = n.iter().map(|x| format!("{}{}{}", x.job, if x.artifacts { "" } else { " (no artifacts)" }, if x.optional { " (optional)" } else { "" })).collect();
+            let ns: Vec<String> = n
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{}{}{}",
+                        x.job,
+                        if x.artifacts { "" } else { " (no artifacts)" },
+                        if x.optional { " (optional)" } else { "" }
+                    )
+                })
+                .collect();
             let _ = writeln!(out, "  needs: [{}]", ns.join(", "));
         }
         if let Some(d) = &j.dependencies {
             let _ = writeln!(out, "  dependencies: [{}]", d.join(", "));
         }
-        for (k, v) in [("before_script", &j.before_script), ("script", &j.script), ("after_script", &j.after_script)] {
+        for (k, v) in [
+            ("before_script", &j.before_script),
+            ("script", &j.script),
+            ("after_script", &j.after_script),
+        ] {
             if !v.is_empty() {
                 let _ = writeln!(out, "  {k}: {v:?}");
             }
         }
         if !j.variables.is_empty() {
-            let vs: Vec<String> = j.variables.iter().map(|v| format!("{}={}{}", v.key, v.value, if v.expand { "" } else { " (raw)" })).collect();
+            let vs: Vec<String> = j
+                .variables
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}={}{}",
+                        v.key,
+                        v.value,
+                        if v.expand { "" } else { " (raw)" }
+                    )
+                })
+                .collect();
             let _ = writeln!(out, "  variables: {}", vs.join(" "));
         }
-        let interesting = ["CI_NODE_INDEX", "CI_NODE_TOTAL", "CI_ENVIRONMENT_NAME", "CI_ENVIRONMENT_SLUG", "CI_ENVIRONMENT_TIER", "CI_ENVIRONMENT_URL"];
-        let pre: Vec<String> = j.predefined.iter().filter(|v| interesting.contains(&v.key.as_str()) && !(v.key == "CI_NODE_TOTAL" && v.value == "1")).map(|v| format!("{}={}", v.key, v.value)).collect();
+        let interesting = [
+            "CI_NODE_INDEX",
+            "CI_NODE_TOTAL",
+            "CI_ENVIRONMENT_NAME",
+            "CI_ENVIRONMENT_SLUG",
+            "CI_ENVIRONMENT_TIER",
+            "CI_ENVIRONMENT_URL",
+        ];
+        let pre: Vec<String> = j
+            .predefined
+            .iter()
+            .filter(|v| {
+                interesting.contains(&v.key.as_str())
+                    && !(v.key == "CI_NODE_TOTAL" && v.value == "1")
+            })
+            .map(|v| format!("{}={}", v.key, v.value))
+            .collect();
         if !pre.is_empty() {
             let _ = writeln!(out, "  predefined: {}", pre.join(" "));
         }
@@ -86,7 +144,10 @@ pub fn render(c: &Compiled) -> String {
         if let Some(e) = &j.environment {
             let _ = writeln!(out, "  environment: {e:?}");
         }
-        for (k, v) in [("coverage", &j.coverage), ("resource_group", &j.resource_group)] {
+        for (k, v) in [
+            ("coverage", &j.coverage),
+            ("resource_group", &j.resource_group),
+        ] {
             if let Some(v) = v {
                 let _ = writeln!(out, "  {k}: {v}");
             }
@@ -95,7 +156,14 @@ pub fn render(c: &Compiled) -> String {
             let _ = writeln!(out, "  image: {}", i.name);
         }
         if !j.services.is_empty() {
-            let _ = writeln!(out, "  services: {:?}", j.services.iter().map(|s| (&s.name, &s.alias)).collect::<Vec<_>>());
+            let _ = writeln!(
+                out,
+                "  services: {:?}",
+                j.services
+                    .iter()
+                    .map(|s| (&s.name, &s.alias))
+                    .collect::<Vec<_>>()
+            );
         }
         if !j.tags.is_empty() {
             let _ = writeln!(out, "  tags: {:?}", j.tags);

@@ -58,7 +58,9 @@ job:
   script: [env]
 ",
         )],
-        |ctx| ctx.cli_variables.push(gantry_pipeline::Variable::new("FROM_CLI", "x")),
+        |ctx| ctx
+            .cli_variables
+            .push(gantry_pipeline::Variable::new("FROM_CLI", "x")),
     )));
 }
 
@@ -118,9 +120,10 @@ own:
 #[test]
 fn rules_pick_the_first_matching_rule() {
     assert_snapshot!(render(&compile_files(
-        &[(
-            ".gitlab-ci.yml",
-            r#"
+        &[
+            (
+                ".gitlab-ci.yml",
+                r#"
 variables:
   DEPLOY: "yes"
 on-main:
@@ -159,7 +162,10 @@ changes-and-exists:
     - changes: [src/**/*.go]
       exists: [go.mod]
 "#,
-        ), ("go.mod", "module x"), ("src/a/b.go", "package a")],
+            ),
+            ("go.mod", "module x"),
+            ("src/a/b.go", "package a")
+        ],
         |ctx| ctx.changed_files = Some(vec!["src/a/b.go".into()]),
     )));
 }
@@ -167,11 +173,20 @@ changes-and-exists:
 #[test]
 fn rules_changes_false_when_nothing_matching_changed() {
     let c = compile_files(
-        &[(".gitlab-ci.yml", "docs:\n  script: [make docs]\n  rules:\n    - changes: [docs/**/*]\nalways:\n  script: [true]\n")],
+        &[(
+            ".gitlab-ci.yml",
+            "docs:\n  script: [make docs]\n  rules:\n    - changes: [docs/**/*]\nalways:\n  script: [true]\n",
+        )],
         |ctx| ctx.changed_files = Some(vec!["src/main.go".into()]),
     );
     let plan = c.plan.unwrap();
-    assert_eq!(plan.jobs.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), ["always"]);
+    assert_eq!(
+        plan.jobs
+            .iter()
+            .map(|j| j.name.as_str())
+            .collect::<Vec<_>>(),
+        ["always"]
+    );
 }
 
 #[test]
@@ -286,18 +301,27 @@ job:
 fn workflow_rules_can_stop_the_pipeline() {
     let c = compile_one("workflow:\n  rules:\n    - if: $CI_COMMIT_TAG\njob:\n  script: [true]\n");
     assert!(c.errors().next().is_none());
-    assert_eq!(c.workflow_skipped.as_deref(), Some("workflow:rules: no rule matched"));
+    assert_eq!(
+        c.workflow_skipped.as_deref(),
+        Some("workflow:rules: no rule matched")
+    );
 }
 
 #[test]
 fn include_local_with_globs_and_override() {
     assert_snapshot!(render(&compile_files(
         &[
-            (".gitlab-ci.yml", "include:\n  - local: ci/*.yml\n  - /templates/base.yml\nshared:\n  variables: {WHERE: main}\n"),
+            (
+                ".gitlab-ci.yml",
+                "include:\n  - local: ci/*.yml\n  - /templates/base.yml\nshared:\n  variables: {WHERE: main}\n"
+            ),
             ("ci/a.yml", "a-job:\n  script: [echo a]\n"),
             ("ci/b.yml", "b-job:\n  script: [echo b]\n"),
             ("ci/nested/c.yml", "c-job:\n  script: [echo c]\n"),
-            ("templates/base.yml", "include: ci/nested/c.yml\nshared:\n  variables: {WHERE: base, KEEP: base}\n  script: [echo shared]\n"),
+            (
+                "templates/base.yml",
+                "include: ci/nested/c.yml\nshared:\n  variables: {WHERE: base, KEEP: base}\n  script: [echo shared]\n"
+            ),
         ],
         |_| {},
     )));
@@ -307,7 +331,10 @@ fn include_local_with_globs_and_override() {
 fn include_with_spec_inputs() {
     assert_snapshot!(render(&compile_files(
         &[
-            (".gitlab-ci.yml", "include:\n  - local: deploy.yml\n    inputs:\n      env: production\n      replicas: 3\n"),
+            (
+                ".gitlab-ci.yml",
+                "include:\n  - local: deploy.yml\n    inputs:\n      env: production\n      replicas: 3\n"
+            ),
             (
                 "deploy.yml",
                 "spec:\n  inputs:\n    env:\n      options: [staging, production]\n    replicas:\n      type: number\n      default: 1\n    flags:\n      type: array\n      default: [--fast]\n---\ndeploy-$[[ inputs.env ]]:\n  stage: deploy\n  script:\n    - deploy --env $[[ inputs.env ]] --replicas $[[ inputs.replicas ]]\n    - $[[ inputs.flags ]]\n",
@@ -420,7 +447,12 @@ fn planning_is_linear_enough_for_big_files() {
             src.push_str(&format!("j{s}_{j}:\n  stage: s{s}\n  script: [echo]\n"));
             if s > 0 {
                 src.push_str("  needs: [");
-                src.push_str(&(0..10).map(|k| format!("j{}_{k}", s - 1)).collect::<Vec<_>>().join(", "));
+                src.push_str(
+                    &(0..10)
+                        .map(|k| format!("j{}_{k}", s - 1))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
                 src.push_str("]\n");
             }
         }
@@ -428,5 +460,19 @@ fn planning_is_linear_enough_for_big_files() {
     let c = compile_one(&src);
     let plan = c.plan.expect("valid");
     assert_eq!(plan.jobs.len(), 2000);
-    assert!(plan.jobs.iter().skip(10).all(|j| j.needs.as_ref().is_some_and(|n| n.len() == 10)));
+    assert!(
+        plan.jobs
+            .iter()
+            .skip(10)
+            .all(|j| j.needs.as_ref().is_some_and(|n| n.len() == 10))
+    );
+}
+
+#[test]
+fn environment_slugs_match_gitlab() {
+    use gantry_pipeline::compile::environment_slug;
+    // Values produced by GitLab's `Gitlab::Slug::Environment`.
+    assert_eq!(environment_slug("Stage Domain"), "stage-domain-ip33nk");
+    assert_eq!(environment_slug("stage-domain-foobar-long-string"), "stage-domain-foob-yafktx");
+    assert_eq!(environment_slug("production"), "production");
 }
