@@ -8,13 +8,29 @@ use std::process::ExitCode;
 const ALLOWED: &[(&str, &[&str])] = &[
     ("gantry-pipeline", &[]),
     ("gantry-runtime", &["gantry-pipeline"]),
-    ("gantry-executor-shell", &["gantry-runtime", "gantry-pipeline"]),
-    ("gantry", &["gantry-pipeline", "gantry-runtime", "gantry-executor-shell"]),
+    (
+        "gantry-executor-shell",
+        &["gantry-runtime", "gantry-pipeline"],
+    ),
+    (
+        "gantry",
+        &["gantry-pipeline", "gantry-runtime", "gantry-executor-shell"],
+    ),
 ];
 
 /// Crates that must do no IO: these paths may not appear in their sources.
-const NO_IO: &[(&str, &[&str])] =
-    &[("gantry-pipeline", &["std::fs", "std::process", "std::net", "tokio", "std::env::var", "std::time::Instant", "SystemTime"])];
+const NO_IO: &[(&str, &[&str])] = &[(
+    "gantry-pipeline",
+    &[
+        "std::fs",
+        "std::process",
+        "std::net",
+        "tokio",
+        "std::env::var",
+        "std::time::Instant",
+        "SystemTime",
+    ],
+)];
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
@@ -38,7 +54,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
 }
 
 /// Checks every rule; returns all problems found.
@@ -46,17 +65,25 @@ fn tidy(root: &Path) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let crates = root.join("crates");
     let mut seen = Vec::new();
-    for entry in std::fs::read_dir(&crates).map_err(|e| vec![format!("cannot read crates/: {e}")])? {
+    for entry in
+        std::fs::read_dir(&crates).map_err(|e| vec![format!("cannot read crates/: {e}")])?
+    {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name().to_string_lossy().into_owned();
         let manifest = entry.path().join("Cargo.toml");
-        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
         seen.push(name.clone());
         if !text.contains(&format!("name = \"{name}\"")) {
-            problems.push(format!("crates/{name}: the folder name must be the crate name"));
+            problems.push(format!(
+                "crates/{name}: the folder name must be the crate name"
+            ));
         }
         if !text.contains("[lints]\nworkspace = true") {
-            problems.push(format!("crates/{name}: must use the workspace lints (`[lints] workspace = true`)"));
+            problems.push(format!(
+                "crates/{name}: must use the workspace lints (`[lints] workspace = true`)"
+            ));
         }
         let Some(allowed) = ALLOWED.iter().find(|(n, _)| *n == name).map(|(_, a)| *a) else {
             problems.push(format!("crates/{name}: not listed in xtask's dependency table; add it there and to ARCHITECTURE.md"));
@@ -64,14 +91,19 @@ fn tidy(root: &Path) -> Result<(), Vec<String>> {
         };
         for dep in workspace_deps(&text) {
             if !allowed.contains(&dep.as_str()) {
-                problems.push(format!("crates/{name} depends on {dep}, which ARCHITECTURE.md does not allow"));
+                problems.push(format!(
+                    "crates/{name} depends on {dep}, which ARCHITECTURE.md does not allow"
+                ));
             }
         }
         if let Some((_, banned)) = NO_IO.iter().find(|(n, _)| *n == name) {
             for (file, text) in rust_files(&entry.path().join("src")) {
                 for b in *banned {
                     if text.contains(b) {
-                        problems.push(format!("{}: uses `{b}`, but {name} does no IO", file.display()));
+                        problems.push(format!(
+                            "{}: uses `{b}`, but {name} does no IO",
+                            file.display()
+                        ));
                     }
                 }
             }
@@ -88,7 +120,11 @@ fn tidy(root: &Path) -> Result<(), Vec<String>> {
             problems.push(format!("ARCHITECTURE.md does not mention crates/{name}"));
         }
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
 
 /// The workspace crates named in the `[dependencies]` section of a manifest.
@@ -113,7 +149,9 @@ fn workspace_deps(manifest: &str) -> Vec<String> {
 
 fn rust_files(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in rd.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -121,7 +159,11 @@ fn rust_files(dir: &Path) -> Vec<(PathBuf, String)> {
         } else if p.extension().is_some_and(|x| x == "rs") {
             if let Ok(t) = std::fs::read_to_string(&p) {
                 // Doc comments may name what the crate does not do.
-                let code: String = t.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+                let code: String = t
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("//"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 out.push((p, code));
             }
         }
@@ -156,7 +198,15 @@ mod tests {
         std::fs::write(dir.join("ARCHITECTURE.md"), "crates/gantry-pipeline").unwrap();
         let problems = tidy(&dir).unwrap_err();
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(problems.iter().any(|p| p.contains("depends on gantry-runtime")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("uses `std::fs`")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("depends on gantry-runtime")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("uses `std::fs`")),
+            "{problems:?}"
+        );
     }
 }

@@ -1,0 +1,285 @@
+//! The command line: exit codes, errors, listings, preview, lint and human output.
+
+use crate::Repo;
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn exit_codes_follow_the_pipeline() {
+    let ok = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [true]\n")]);
+    assert_eq!(ok.gantry(&["run"]).status.code(), Some(0));
+    let bad = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [false]\n")]);
+    assert_eq!(bad.gantry(&["run"]).status.code(), Some(1));
+}
+
+#[test]
+fn configuration_errors_exit_2_and_run_nothing() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "a:\n  script: [touch ran]\nb:\n  needs: [missing]\n  script: [true]\n",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 2, "{}", r.dump());
+    assert_eq!(r.events.len(), 1, "{}", r.dump());
+    assert_eq!(r.events[0]["event"], "error");
+    assert_eq!(
+        r.events[0]["message"],
+        ".gitlab-ci.yml:4:11: `b` needs `missing`, which is not a job of this pipeline"
+    );
+    assert!(
+        !repo.path().join(".gantry/builds").exists()
+            || std::fs::read_dir(repo.path().join(".gantry/builds"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    let human = repo.gantry(&["run"]);
+    let (_, err) = text(&human);
+    assert_eq!(human.status.code(), Some(2));
+    assert!(
+        err.contains(".gitlab-ci.yml:4:11: `b` needs `missing`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let repo = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [true]\n")]);
+    let r = repo.run_json(&["--variable", "NOEQUALS"]);
+    assert_eq!(r.code, 2);
+    assert_eq!(
+        r.events[0]["message"],
+        "--variable `NOEQUALS` must be KEY=VALUE"
+    );
+    assert_eq!(repo.run_json(&["no-such-job"]).code, 2);
+    assert_eq!(
+        repo.gantry(&["run", "--no-such-flag"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(repo.run_json(&["--file", "missing.yml"]).code, 2);
+    assert_eq!(repo.run_json(&["--stage", "nope"]).code, 2);
+}
+
+#[test]
+fn malformed_yaml_is_a_configuration_error() {
+    let repo = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [true\n")]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid YAML"),
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn list_json_and_table() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "build:\n  stage: build\n  script: [make]\ntest:\n  needs: [build]\n  script: [make test]\ndeploy:\n  stage: deploy\n  when: manual\n  environment: production\n  script: [./deploy]\n",
+    )]);
+    let out = repo.gantry(&["run", "--list-json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"name": "build", "stage": "build", "when": "on_success", "allow_failure": false, "needs": [], "environment": null},
+            {"name": "test", "stage": "test", "when": "on_success", "allow_failure": false, "needs": ["build"], "environment": null},
+            {"name": "deploy", "stage": "deploy", "when": "manual", "allow_failure": true, "needs": [], "environment": "production"},
+        ])
+    );
+    let (table, _) = text(&repo.gantry(&["run", "--list"]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("WHY"),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("test") && lines[2].contains("[build]"),
+        "{table}"
+    );
+    assert!(
+        lines[3].contains("manual") && lines[3].contains("production"),
+        "{table}"
+    );
+}
+
+#[test]
+fn preview_prints_expanded_yaml() {
+    let repo = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            "include: base.yml\ndefault:\n  before_script: [echo default]\njob:\n  extends: .base\n  script: [echo job]\n",
+        ),
+        ("base.yml", ".base:\n  variables: {FROM: base}\n"),
+    ]);
+    let out = repo.gantry(&["run", "--preview"]);
+    let (yaml, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(yaml.contains("job:\n  variables:\n    FROM: base\n  script:\n  - echo job\n  before_script:\n  - echo default\n"), "{yaml}");
+}
+
+#[test]
+fn lint_reports_positions_and_exit_codes() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "stages: [build]\njob:\n  stage: test\n  script: [true]\n  scritp: [x]\n",
+    )]);
+    let out = repo.gantry(&["lint"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            ".gitlab-ci.yml:3:3: `job`: stage `test` is not defined in `stages` (.pre, build, .post)",
+            ".gitlab-ci.yml:5:3: `job`: unknown keyword `scritp`; did you mean `script`?",
+        ]
+    );
+    let json = repo.gantry(&["lint", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(
+        v["diagnostics"][1],
+        serde_json::json!({"file": ".gitlab-ci.yml", "line": 5, "column": 3, "severity": "error", "message": "`job`: unknown keyword `scritp`; did you mean `script`?"})
+    );
+    let good = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [true]\n")]);
+    let out = good.gantry(&["lint"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out).0, ".gitlab-ci.yml: valid (1 jobs)\n");
+}
+
+#[test]
+fn lint_treats_duplicate_keys_as_errors() {
+    let repo = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [a]\n  script: [b]\n")]);
+    let out = repo.gantry(&["lint"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out).0,
+        ".gitlab-ci.yml:3:3: duplicate key `script`: the last value wins\n"
+    );
+}
+
+#[test]
+fn image_jobs_need_the_shell_executor_flag_for_now() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "job:\n  image: alpine:3\n  script: [echo in shell]\n",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 1, "{}", r.dump());
+    assert_eq!(r.status("job"), "failed");
+    assert!(
+        r.stderr.contains("alpine:3") || r.stdout.contains("alpine:3"),
+        "{}",
+        r.dump()
+    );
+    let r = repo.run_json(&["--shell-executor"]);
+    assert_eq!(r.log("job"), ["in shell"], "{}", r.dump());
+}
+
+#[test]
+fn trigger_jobs_are_refused_clearly() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "child:\n  trigger:\n    include: child.yml\n",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`trigger`"),
+        "{}",
+        r.dump()
+    );
+    assert!(
+        r.events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not supported yet"),
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn human_output_has_prefixes_echo_and_a_summary() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "build-job:\n  stage: build\n  script: [echo hello]\nt:\n  script: [echo bye, exit 3]\n",
+    )]);
+    let out = repo.gantry(&["run"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.contains("build-job $ echo hello\n"), "{stdout}");
+    assert!(stdout.contains("build-job > hello\n"), "{stdout}");
+    assert!(stdout.contains("t         > bye\n"), "{stdout}");
+    assert!(
+        !stdout.contains('\x1b'),
+        "no colours when stdout is not a terminal: {stdout}"
+    );
+    let summary: Vec<&str> = stdout.lines().skip_while(|l| !l.is_empty()).collect();
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.starts_with("PASS") && l.contains("build-job")),
+        "{stdout}"
+    );
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.starts_with("FAIL") && l.contains(" t ") && l.contains("exit code 3")),
+        "{stdout}"
+    );
+    assert!(
+        summary.iter().any(|l| l.contains("│ bye")),
+        "the failed job's last lines are shown: {stdout}"
+    );
+    assert!(
+        summary.last().unwrap().starts_with("pipeline failed in"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn named_jobs_and_needs_selection() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "a:\n  stage: build\n  script: [echo a]\nb:\n  stage: test\n  needs: [a]\n  script: [echo b]\nc:\n  stage: deploy\n  needs: [b]\n  script: [echo c]\n",
+    )]);
+    let only = repo.run_json(&["c"]);
+    assert_eq!(
+        (only.starts("a"), only.starts("b"), only.starts("c")),
+        (0, 0, 1),
+        "{}",
+        only.dump()
+    );
+    let needs = repo.run_json(&["--needs", "c"]);
+    assert_eq!(
+        (needs.starts("a"), needs.starts("b"), needs.starts("c")),
+        (1, 1, 1)
+    );
+    let only_needs = repo.run_json(&["--only-needs", "c"]);
+    assert_eq!(
+        (
+            only_needs.starts("a"),
+            only_needs.starts("b"),
+            only_needs.starts("c")
+        ),
+        (1, 1, 0)
+    );
+    let stage = repo.run_json(&["--stage", "test"]);
+    assert_eq!(
+        (stage.starts("a"), stage.starts("b"), stage.starts("c")),
+        (0, 1, 0)
+    );
+}

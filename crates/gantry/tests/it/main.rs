@@ -1,0 +1,183 @@
+//! End-to-end tests: the real `gantry` binary runs real pipelines in temporary git repositories.
+
+mod cli;
+mod keywords;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+/// A temporary git repository with one commit.
+pub struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    /// A repository holding `files` (path, content), committed on branch `main`.
+    pub fn new(files: &[(&str, &str)]) -> Repo {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (path, content) in files {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        let repo = Repo { dir };
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.git(&["add", "-A"]);
+        repo.git(&["commit", "-q", "-m", "Initial commit"]);
+        repo
+    }
+
+    /// Runs git in the repository.
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(self.path())
+            .args([
+                "-c",
+                "user.name=Test User",
+                "-c",
+                "user.email=test@example.com",
+            ])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The repository's directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `gantry ARGS` in the repository.
+    pub fn gantry(&self, args: &[&str]) -> Output {
+        gantry_cmd(self.path())
+            .args(args)
+            .output()
+            .expect("gantry runs")
+    }
+
+    /// Runs `gantry run --output json ARGS` and parses the events.
+    pub fn run_json(&self, args: &[&str]) -> Run {
+        let mut all = vec!["run", "--output", "json"];
+        all.extend_from_slice(args);
+        let out = self.gantry(&all);
+        Run::parse(out)
+    }
+}
+
+/// The `gantry` command, with a clean environment, in `dir`.
+pub fn gantry_cmd(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gantry"));
+    c.current_dir(dir).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CI_") || k.starts_with("GITLAB_") || k.starts_with("GANTRY_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// The result of a JSON run.
+pub struct Run {
+    /// The exit code.
+    pub code: i32,
+    /// The events, in order.
+    pub events: Vec<Value>,
+    /// Standard error.
+    pub stderr: String,
+    /// Standard output, raw.
+    pub stdout: String,
+}
+
+impl Run {
+    fn parse(out: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let events = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+            .collect();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            events,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout,
+        }
+    }
+
+    /// The log lines of `job`.
+    pub fn log(&self, job: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "job_log" && e["job"] == job)
+            .map(|e| e["line"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The last `job_finished` event of `job`.
+    pub fn finished(&self, job: &str) -> &Value {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "job_finished" && e["job"] == job)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no job_finished for {job}: {}\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    /// The status of `job`.
+    pub fn status(&self, job: &str) -> String {
+        self.finished(job)["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// How many times `job` started.
+    pub fn starts(&self, job: &str) -> usize {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "job_started" && e["job"] == job)
+            .count()
+    }
+
+    /// The pipeline's final status.
+    pub fn pipeline(&self) -> String {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "pipeline_finished")
+            .and_then(|e| e["status"].as_str())
+            .unwrap_or("none")
+            .to_string()
+    }
+
+    /// Index of the first event matching `pred`.
+    pub fn index(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.events.iter().position(pred).unwrap_or(usize::MAX)
+    }
+
+    /// A readable dump for failure messages.
+    pub fn dump(&self) -> String {
+        format!(
+            "exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A scratch path outside any repository, for files that jobs share on purpose.
+pub fn scratch() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_path_buf();
+    (d, p)
+}
