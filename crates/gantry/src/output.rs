@@ -373,7 +373,12 @@ impl Reporter for Json {
             Event::PipelineFinished { status, duration } => {
                 json!({"event": "pipeline_finished", "status": status.as_str(), "duration_ms": millis(duration)})
             }
-            Event::JobEcho { .. } | Event::JobInfo { .. } => return,
+            Event::JobInfo { job, message } => {
+                // Not part of the JSON contract, but never lost: notes go to stderr.
+                eprintln!("gantry: {job}: {message}");
+                return;
+            }
+            Event::JobEcho { .. } => return,
         };
         self.write(&v);
         if let Ok(mut o) = self.out.lock() {

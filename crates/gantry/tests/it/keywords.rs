@@ -198,11 +198,11 @@ job:
     - exit 7
     - echo unreachable
   after_script:
-    - echo \"after: $CI_JOB_STATUS, before_script var: ${FROM_BEFORE:-unset}\"
+    - 'echo \"after: $CI_JOB_STATUS, before_script var: ${FROM_BEFORE:-unset}\"'
     - exit 9
 passing:
   script: [echo ok]
-  after_script: [echo \"after: $CI_JOB_STATUS\", exit 1]
+  after_script: ['echo \"after: $CI_JOB_STATUS\"', exit 1]
 ",
     )]);
     let r = repo.run_json(&[]);
@@ -438,7 +438,7 @@ deploy:
 fn coverage_is_read_from_the_log() {
     let repo = Repo::new(&[(
         ".gitlab-ci.yml",
-        "test:\n  script: [echo 'Coverage: 10%', echo 'Coverage: 87.5%']\n  coverage: '/Coverage: (\\d+\\.?\\d*)%/'\n",
+        "test:\n  script: [\"echo 'Coverage: 10%'\", \"echo 'Coverage: 87.5%'\"]\n  coverage: '/Coverage: (\\d+\\.?\\d*)%/'\n",
     )]);
     let r = repo.run_json(&[]);
     assert_eq!(r.finished("test")["coverage"], 87.5, "{}", r.dump());
@@ -494,7 +494,7 @@ long:
     - echo started
     - sleep 300
   after_script:
-    - echo \"after: $CI_JOB_STATUS\"
+    - 'echo \"after: $CI_JOB_STATUS\"'
 ",
     )]);
     let mut child = gantry_cmd(repo.path())
