@@ -473,6 +473,9 @@ fn environment_slugs_match_gitlab() {
     use gantry_pipeline::compile::environment_slug;
     // Values produced by GitLab's `Gitlab::Slug::Environment`.
     assert_eq!(environment_slug("Stage Domain"), "stage-domain-ip33nk");
-    assert_eq!(environment_slug("stage-domain-foobar-long-string"), "stage-domain-foob-yafktx");
+    assert_eq!(
+        environment_slug("stage-domain-foobar-long-string"),
+        "stage-domain-foob-yafktx"
+    );
     assert_eq!(environment_slug("production"), "production");
 }
