@@ -1,14 +1,22 @@
 //! The `Executor` trait: everything that starts a process goes through it.
 //!
 //! # Lifecycle
-//! 1. [`Executor::prepare`] is called once per job attempt, after the workspace is ready. It returns a
-//!    [`Session`]: for the shell executor that is nothing more than the workspace path; a container
-//!    executor creates its network, services and job container here.
-//! 2. [`Session::run_step`] is called for the `before_script` + `script` step, then (always, in a fresh
-//!    shell) for the `after_script` step if there is one. Each call streams output lines to the sink as
-//!    they come and returns how the step ended. A step must honour its timeout and the cancel signal by
-//!    killing everything it started (the whole process group, or the container) before returning.
-//! 3. [`Session::cleanup`] is called exactly once, whatever happened, and must leave nothing behind.
+//! Per job attempt, the runtime:
+//! 1. makes the workspace and restores caches and artifacts into it, then calls
+//!    [`Executor::prepare`]. It returns a [`Session`]: for the shell executor that is nothing at all;
+//!    a container executor creates its network, services and job container here. An `Err` fails the
+//!    attempt (`runner_system_failure`, the message shown to the user); no step runs, and there is no
+//!    session to clean up.
+//! 2. calls [`Session::run_step`] for the `before_script` + `script` step, then, if the job has one,
+//!    for the `after_script` step in a fresh shell: always, even after a failure, a timeout or a
+//!    cancel. Each call streams events to the sink as they come and returns how the step ended. A step
+//!    must honour its timeout and the cancel signal by killing everything it started (the whole
+//!    process group, or the container) before returning, and must drop every clone of the sink
+//!    before returning: the runtime reads events until the channel closes. A cancel signal whose
+//!    sender is gone never cancels; the `after_script` step gets one that never fires (only its own
+//!    timeout stops it).
+//! 3. saves caches and collects artifacts from the workspace, then calls [`Session::cleanup`] exactly
+//!    once, whatever happened; it must leave nothing behind.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -108,14 +116,21 @@ pub trait Executor: Send + Sync + 'static {
     /// The per-job state.
     type Session: Session;
     /// Prepares to run a job (step 1 of the lifecycle).
-    fn prepare(&self, job: &JobContext) -> impl Future<Output = Result<Self::Session, String>> + Send;
+    fn prepare(
+        &self,
+        job: &JobContext,
+    ) -> impl Future<Output = Result<Self::Session, String>> + Send;
 }
 
 /// A prepared job. See the module docs for the lifecycle.
 pub trait Session: Send + 'static {
     /// Runs one step to completion, streaming its events to `sink` (step 2 of the lifecycle).
-    fn run_step(&mut self, step: &Step, sink: StepSink, cancel: CancelSignal)
-    -> impl Future<Output = StepOutcome> + Send;
+    fn run_step(
+        &mut self,
+        step: &Step,
+        sink: StepSink,
+        cancel: CancelSignal,
+    ) -> impl Future<Output = StepOutcome> + Send;
     /// Releases everything the session holds (step 3 of the lifecycle).
     fn cleanup(self) -> impl Future<Output = ()> + Send;
 }

@@ -1,3 +1,269 @@
-//! Runs a compiled [`gantry_pipeline::Plan`]. (Being written.)
+//! Runs a compiled [`gantry_pipeline::Plan`]: DAG scheduling, the job lifecycle, logs and masking,
+//! workspaces, artifacts, dotenv reports and caches. Processes are started only through an
+//! [`executor::Executor`].
+//!
+//! ```no_run
+//! # async fn example<E: gantry_runtime::executor::Executor>(plan: gantry_pipeline::Plan, executor: E,
+//! #     reporter: std::sync::Arc<dyn gantry_runtime::Reporter>) -> Result<(), gantry_runtime::RuntimeError> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! let config = gantry_runtime::RunConfig {
+//!     project_dir: ".".into(),
+//!     state_dir: ".gantry".into(),
+//!     pipeline_id: 1,
+//!     concurrency: 4,
+//!     in_place: false,
+//!     selected: vec![true; plan.jobs.len()],
+//!     play_manual: Vec::new(),
+//!     echo: true,
+//!     default_timeout: Duration::from_secs(3600),
+//! };
+//! let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
+//! let result = gantry_runtime::run(&plan, config, Arc::new(executor), reporter, cancel).await?;
+//! # let _ = result; Ok(()) }
+//! ```
+//!
+//! # Decisions worth knowing
+//! - A job's `when` is evaluated once everything it waits for has finished. Skipped jobs and manual
+//!   jobs that were not played count as successes for their dependants, except that a job skipped
+//!   because of a failure makes its `on_success` dependants skipped too (and triggers `on_failure`
+//!   ones), as in GitLab.
+//! - A manual job with `allow_failure: false` that is not played *blocks* its dependants: they end as
+//!   [`JobStatus::Skipped`] whatever their `when`, and the pipeline still ends as
+//!   [`PipelineStatus::Success`] (GitLab would show it as "blocked").
+//! - On cancel, running jobs are killed (their `after_script` still runs) and every job that had not
+//!   started ends as [`JobStatus::Canceled`].
 
 pub mod executor;
+
+mod artifacts;
+mod cache;
+mod files;
+mod job;
+mod mask;
+mod schedule;
+mod workspace;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use executor::Stream;
+use gantry_pipeline::Plan;
+pub use gantry_pipeline::plan::FailureReason;
+pub use mask::MASK;
+
+/// How to run a pipeline.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The user's working tree (root of the git repository, or `--cwd`).
+    pub project_dir: PathBuf,
+    /// Where gantry keeps its state, usually `project_dir/.gantry`; created with a `.gitignore` of `*`.
+    pub state_dir: PathBuf,
+    /// This pipeline's id (`CI_PIPELINE_ID`, and the name of its builds directory).
+    pub pipeline_id: u64,
+    /// At most this many jobs run at once (0 is taken as 1).
+    pub concurrency: usize,
+    /// Run every job in `project_dir` itself instead of in its own workspace.
+    pub in_place: bool,
+    /// Per job of the plan (by index): whether it is part of this run. Other jobs are ignored: not
+    /// waited for, and their stored artifacts (from earlier runs) are used.
+    pub selected: Vec<bool>,
+    /// The manual jobs to run (`--manual JOB`); other manual jobs end as [`JobStatus::Manual`].
+    pub play_manual: Vec<String>,
+    /// Echo each command before it runs ([`Event::JobEcho`]).
+    pub echo: bool,
+    /// The timeout of jobs that do not set `timeout`.
+    pub default_timeout: Duration,
+}
+
+/// Receives everything that happens, as it happens. Called from many tasks at once; it should be quick
+/// (a log line is reported before the job can produce the next one).
+pub trait Reporter: Send + Sync {
+    /// One event.
+    fn event(&self, event: Event<'_>);
+}
+
+/// What the runtime reports. Text is already masked.
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// An attempt of a job starts (attempts count from 1).
+    JobStarted {
+        /// The job.
+        job: &'a str,
+        /// Its stage.
+        stage: &'a str,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// A command is about to run.
+    JobEcho {
+        /// The job.
+        job: &'a str,
+        /// The command, as written (possibly several lines).
+        command: &'a str,
+    },
+    /// A line of job output.
+    JobLog {
+        /// The job.
+        job: &'a str,
+        /// The stream.
+        stream: Stream,
+        /// The line, without its terminator.
+        line: &'a str,
+    },
+    /// Something the runtime did or noticed for a job ("retrying (attempt 2 of 3)", "after_script failed
+    /// with exit code 3", "artifacts: 3 files", ...).
+    JobInfo {
+        /// The job.
+        job: &'a str,
+        /// The message.
+        message: &'a str,
+    },
+    /// A job is done, whatever happened to it. Sent exactly once per selected job.
+    JobFinished {
+        /// The job.
+        job: &'a str,
+        /// Its stage.
+        stage: &'a str,
+        /// How it ended.
+        status: JobStatus,
+        /// Whether its failure is allowed (only ever true when `status` is [`JobStatus::Failed`]).
+        allow_failure: bool,
+        /// The script's exit code, when it ran to an exit.
+        exit_code: Option<i32>,
+        /// From its first start to its end (zero for jobs that did not run).
+        duration: Duration,
+        /// The coverage found in its log.
+        coverage: Option<f64>,
+        /// Why it failed.
+        reason: Option<FailureReason>,
+    },
+    /// The pipeline is done.
+    PipelineFinished {
+        /// How it ended.
+        status: PipelineStatus,
+        /// How long it took.
+        duration: Duration,
+    },
+}
+
+/// How a job ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    /// The script succeeded.
+    Success,
+    /// The script failed, timed out, or could not run.
+    Failed,
+    /// The pipeline was canceled before or while it ran.
+    Canceled,
+    /// It did not run: `when` said so, or an earlier failure or blocking manual job prevented it.
+    Skipped,
+    /// A manual job that was not played.
+    Manual,
+}
+
+impl JobStatus {
+    /// The status as GitLab spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+            JobStatus::Skipped => "skipped",
+            JobStatus::Manual => "manual",
+        }
+    }
+}
+
+/// How a pipeline ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PipelineStatus {
+    /// No job failed, or only with an allowed failure.
+    Success,
+    /// Some job failed without an allowed failure.
+    Failed,
+    /// The pipeline was canceled.
+    Canceled,
+}
+
+impl PipelineStatus {
+    /// The status as GitLab spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineStatus::Success => "success",
+            PipelineStatus::Failed => "failed",
+            PipelineStatus::Canceled => "canceled",
+        }
+    }
+}
+
+/// How one job ended (the content of its [`Event::JobFinished`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobResult {
+    /// The job's name.
+    pub name: String,
+    /// Its stage.
+    pub stage: String,
+    /// How it ended.
+    pub status: JobStatus,
+    /// Whether its failure is allowed.
+    pub allow_failure: bool,
+    /// The script's exit code.
+    pub exit_code: Option<i32>,
+    /// How long it ran, all attempts included.
+    pub duration: Duration,
+    /// Its coverage.
+    pub coverage: Option<f64>,
+    /// Why it failed.
+    pub reason: Option<FailureReason>,
+}
+
+/// How a pipeline ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineResult {
+    /// The pipeline's status.
+    pub status: PipelineStatus,
+    /// One entry per selected job, in plan order.
+    pub jobs: Vec<JobResult>,
+}
+
+/// Why a pipeline could not run at all. Failures of single jobs are job statuses, not errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// `RunConfig::selected` does not match the plan.
+    #[error("the run selects {selected} jobs but the plan has {jobs}")]
+    Selection {
+        /// `selected.len()`.
+        selected: usize,
+        /// `plan.jobs.len()`.
+        jobs: usize,
+    },
+    /// The state directory or the project snapshot could not be made.
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        /// What was being prepared.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Runs `plan` with `executor`, reporting to `reporter`, until every selected job has finished or
+/// `cancel` becomes `true`.
+///
+/// # Errors
+/// Only when the pipeline cannot start: see [`RuntimeError`].
+pub async fn run<E: executor::Executor>(
+    plan: &Plan,
+    config: RunConfig,
+    executor: Arc<E>,
+    reporter: Arc<dyn Reporter>,
+    cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<PipelineResult, RuntimeError> {
+    schedule::run(plan, config, executor, reporter, cancel).await
+}

@@ -1,0 +1,829 @@
+//! The job lifecycle, per attempt: workspace → cache restore → artifact restore → `prepare` → script
+//! → `after_script` → cache save → artifacts and dotenv → `cleanup`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use gantry_pipeline::Plan;
+use gantry_pipeline::plan::{ArtifactsWhen, CachePolicy, FailureReason, Variable, When};
+use gantry_pipeline::vars;
+use regex::Regex;
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::executor::{Executor, JobContext, Session, Step, StepEvent, StepKind, StepOutcome};
+use crate::mask::Masker;
+use crate::workspace::Snapshot;
+use crate::{Event, JobStatus, Reporter, RunConfig, artifacts, cache, files};
+
+/// How long `after_script` may run.
+pub(crate) const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Events buffered between an executor and the reporter.
+const STEP_CHANNEL: usize = 1024;
+
+/// What is known about a job's stored artifacts in this pipeline.
+#[derive(Clone, Debug)]
+pub(crate) enum Stored {
+    /// Nothing usable (a selected job that has not stored anything yet in this run).
+    Nothing,
+    /// An entry from an earlier run, not read yet.
+    OnDisk,
+    /// An entry whose dotenv variables are known.
+    Ready(Arc<[Variable]>),
+}
+
+/// Everything the jobs of one pipeline share.
+pub(crate) struct Ctx<E> {
+    pub plan: Plan,
+    pub config: RunConfig,
+    pub executor: Arc<E>,
+    pub reporter: Arc<dyn Reporter>,
+    pub masker: Masker,
+    pub snapshot: Snapshot,
+    /// Per job: its directory name under `builds/<pipeline>` and `artifacts/`.
+    pub slugs: Vec<String>,
+    pub by_name: HashMap<String, usize>,
+    pub builds_dir: PathBuf,
+    pub artifacts_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub slots: Semaphore,
+    pub groups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub stored: Mutex<Vec<Stored>>,
+    pub job_ids: AtomicU64,
+    pub cancel: watch::Receiver<bool>,
+}
+
+/// How a job that was handed to [`run_job`] ended.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub status: JobStatus,
+    pub allow_failure: bool,
+    pub exit_code: Option<i32>,
+    pub duration: Duration,
+    pub coverage: Option<f64>,
+    pub reason: Option<FailureReason>,
+}
+
+/// How one attempt ended.
+struct Attempt {
+    status: JobStatus,
+    exit_code: Option<i32>,
+    reason: Option<FailureReason>,
+    coverage: Option<f64>,
+}
+
+impl Attempt {
+    fn failed(reason: FailureReason) -> Attempt {
+        Attempt {
+            status: JobStatus::Failed,
+            exit_code: None,
+            reason: Some(reason),
+            coverage: None,
+        }
+    }
+}
+
+impl<E> Ctx<E> {
+    fn stored(&self) -> std::sync::MutexGuard<'_, Vec<Stored>> {
+        self.stored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn info(&self, job: &str, message: &str) {
+        let message = self.masker.mask(message);
+        self.reporter.event(Event::JobInfo {
+            job,
+            message: &message,
+        });
+    }
+
+    /// The jobs whose artifacts (and dotenv variables) job `idx` receives, and the explicitly named
+    /// dependencies that are not in the plan.
+    fn sources(&self, idx: usize) -> (Vec<usize>, Vec<String>) {
+        let job = &self.plan.jobs[idx];
+        if let Some(deps) = &job.dependencies {
+            let mut missing = Vec::new();
+            let found = deps
+                .iter()
+                .filter_map(|d| {
+                    let i = self.by_name.get(d).copied();
+                    if i.is_none() {
+                        missing.push(d.clone());
+                    }
+                    i
+                })
+                .collect();
+            (found, missing)
+        } else if let Some(needs) = &job.needs {
+            (
+                needs
+                    .iter()
+                    .filter(|n| n.artifacts)
+                    .filter_map(|n| self.by_name.get(&n.job).copied())
+                    .collect(),
+                Vec::new(),
+            )
+        } else {
+            let stored = self.stored();
+            let found = (0..self.plan.jobs.len())
+                .filter(|&j| {
+                    self.plan.jobs[j].stage_index < job.stage_index
+                        && !matches!(stored[j], Stored::Nothing)
+                })
+                .collect();
+            (found, Vec::new())
+        }
+    }
+
+    /// The dotenv variables that `sources` pass on, in order.
+    fn dotenv(&self, sources: &[usize]) -> Vec<Variable> {
+        let mut out = Vec::new();
+        for &s in sources {
+            let state = self.stored()[s].clone();
+            let vars = match state {
+                Stored::Nothing => continue,
+                Stored::Ready(v) => v,
+                Stored::OnDisk => {
+                    let v: Arc<[Variable]> = artifacts::stored_dotenv(&self.artifact_dir(s)).into();
+                    self.stored()[s] = Stored::Ready(v.clone());
+                    v
+                }
+            };
+            out.extend(vars.iter().cloned());
+        }
+        out
+    }
+
+    fn artifact_dir(&self, idx: usize) -> PathBuf {
+        self.artifacts_dir.join(&self.slugs[idx])
+    }
+
+    fn workspace(&self, idx: usize) -> PathBuf {
+        if self.config.in_place {
+            self.config.project_dir.clone()
+        } else {
+            self.builds_dir.join(&self.slugs[idx])
+        }
+    }
+
+    fn builds_root(&self) -> PathBuf {
+        if self.config.in_place {
+            self.config
+                .project_dir
+                .parent()
+                .map_or_else(|| self.config.project_dir.clone(), Path::to_path_buf)
+        } else {
+            self.builds_dir.clone()
+        }
+    }
+
+    /// The resolved variables of an attempt of job `idx`.
+    fn env(
+        &self,
+        idx: usize,
+        job_id: u64,
+        workspace: &Path,
+        dotenv: &[Variable],
+    ) -> Vec<(String, String)> {
+        let runtime = [
+            Variable::new("CI_JOB_ID", job_id.to_string()),
+            Variable::new("CI_PIPELINE_ID", self.config.pipeline_id.to_string()),
+            Variable::new("CI_PROJECT_DIR", workspace.to_string_lossy()),
+            Variable::new("CI_BUILDS_DIR", self.builds_root().to_string_lossy()),
+            Variable::new("CI_JOB_STARTED_AT", rfc3339(SystemTime::now())),
+        ];
+        vars::resolve(&self.plan.job_variables(idx, &runtime, dotenv))
+    }
+}
+
+/// Resolves when the pipeline is canceled; never if the sender is gone without canceling.
+pub(crate) async fn canceled(cancel: &mut watch::Receiver<bool>) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn lookup(env: &[(String, String)]) -> HashMap<&str, &str> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// Runs job `idx`, whose `when` says it runs, through all its attempts, and reports it finished.
+/// `None` (and nothing reported) if the pipeline was canceled before the job started.
+pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option<Outcome> {
+    let job = &ctx.plan.jobs[idx];
+    let mut cancel = ctx.cancel.clone();
+    let (sources, missing) = ctx.sources(idx);
+    for m in missing {
+        ctx.info(
+            &job.name,
+            &format!("dependency `{m}` is not in the pipeline; no artifacts from it"),
+        );
+    }
+    let dotenv = ctx.dotenv(&sources);
+
+    if let (When::Delayed, Some(delay)) = (job.when, job.start_in) {
+        ctx.info(
+            &job.name,
+            &format!("waiting {} (when: delayed)", human(delay)),
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = canceled(&mut cancel) => return None,
+        }
+    }
+
+    let _group = match &job.resource_group {
+        Some(group) => {
+            let env = ctx.env(idx, 0, &ctx.workspace(idx), &dotenv);
+            let map = lookup(&env);
+            let name = vars::expand(group, &|n| map.get(n).map(|v| (*v).to_string()));
+            let lock = ctx
+                .groups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(name)
+                .or_default()
+                .clone();
+            tokio::select! {
+                g = lock.lock_owned() => Some(g),
+                () = canceled(&mut cancel) => return None,
+            }
+        }
+        None => None,
+    };
+    let _slot = tokio::select! {
+        s = ctx.slots.acquire() => s.ok(),
+        () = canceled(&mut cancel) => return None,
+    };
+    if *cancel.borrow() {
+        return None;
+    }
+
+    let started = Instant::now();
+    let mut n = 1;
+    let result = loop {
+        ctx.reporter.event(Event::JobStarted {
+            job: &job.name,
+            stage: &job.stage,
+            attempt: n,
+        });
+        let a = attempt(&ctx, idx, n, &sources, &dotenv).await;
+        let retry = a.status == JobStatus::Failed
+            && n <= job.retry.max
+            && a.reason.is_some_and(|r| job.retry.matches(r, a.exit_code))
+            && !*cancel.borrow();
+        if retry {
+            n += 1;
+            ctx.info(
+                &job.name,
+                &format!("retrying (attempt {n} of {})", job.retry.max + 1),
+            );
+            continue;
+        }
+        break a;
+    };
+    let outcome = Outcome {
+        allow_failure: result.status == JobStatus::Failed
+            && job.allow_failure.allows(result.exit_code),
+        status: result.status,
+        exit_code: result.exit_code,
+        duration: started.elapsed(),
+        coverage: result.coverage,
+        reason: result.reason,
+    };
+    // Reported here, before the slot and the resource group are released, so that no job that was
+    // waiting for them is reported as started before this one is reported as finished.
+    ctx.reporter.event(Event::JobFinished {
+        job: &job.name,
+        stage: &job.stage,
+        status: outcome.status,
+        allow_failure: outcome.allow_failure,
+        exit_code: outcome.exit_code,
+        duration: outcome.duration,
+        coverage: outcome.coverage,
+        reason: outcome.reason,
+    });
+    Some(outcome)
+}
+
+/// One attempt of job `idx`.
+async fn attempt<E: Executor>(
+    ctx: &Arc<Ctx<E>>,
+    idx: usize,
+    n: u32,
+    sources: &[usize],
+    dotenv: &[Variable],
+) -> Attempt {
+    let job = &ctx.plan.jobs[idx];
+    let name = job.name.as_str();
+    let job_id = ctx.config.pipeline_id.saturating_mul(100_000)
+        + ctx.job_ids.fetch_add(1, Ordering::Relaxed)
+        + 1;
+    let workspace = ctx.workspace(idx);
+    let env = ctx.env(idx, job_id, &workspace, dotenv);
+
+    let prepared = {
+        let (ctx, env, workspace, sources) = (
+            ctx.clone(),
+            env.clone(),
+            workspace.clone(),
+            sources.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || prepare_files(&ctx, idx, n, &workspace, &env, &sources))
+            .await
+    };
+    let cache_keys = match prepared {
+        Ok(Ok(keys)) => keys,
+        Ok(Err((reason, message))) => {
+            ctx.info(name, &message);
+            return Attempt::failed(reason);
+        }
+        Err(e) => {
+            ctx.info(name, &format!("preparing the workspace failed: {e}"));
+            return Attempt::failed(FailureReason::RunnerSystemFailure);
+        }
+    };
+
+    let context = JobContext {
+        name: job.name.clone(),
+        workspace: workspace.clone(),
+        image: job.image.clone(),
+        services: job.services.clone(),
+    };
+    let mut session = match ctx.executor.prepare(&context).await {
+        Ok(s) => s,
+        Err(message) => {
+            ctx.info(name, &message);
+            return Attempt::failed(FailureReason::RunnerSystemFailure);
+        }
+    };
+
+    let mut coverage = Coverage::new(ctx, job.coverage.as_deref(), name);
+    let commands: Vec<String> = job
+        .before_script
+        .iter()
+        .chain(&job.script)
+        .cloned()
+        .collect();
+    let step = Step {
+        kind: StepKind::Script,
+        commands,
+        env,
+        workdir: workspace.clone(),
+        timeout: Some(job.timeout.unwrap_or(ctx.config.default_timeout)),
+        echo: ctx.config.echo,
+    };
+    let outcome = run_step(
+        ctx,
+        &mut session,
+        &step,
+        ctx.cancel.clone(),
+        name,
+        &mut coverage,
+    )
+    .await;
+    let mut result = match outcome {
+        StepOutcome::Exited(0) => Attempt {
+            status: JobStatus::Success,
+            exit_code: Some(0),
+            reason: None,
+            coverage: None,
+        },
+        StepOutcome::Exited(code) => Attempt {
+            status: JobStatus::Failed,
+            exit_code: Some(code),
+            reason: Some(FailureReason::ScriptFailure),
+            coverage: None,
+        },
+        StepOutcome::TimedOut => {
+            ctx.info(
+                name,
+                &format!(
+                    "timed out after {}",
+                    human(step.timeout.unwrap_or_default())
+                ),
+            );
+            Attempt::failed(FailureReason::JobExecutionTimeout)
+        }
+        StepOutcome::Canceled => Attempt {
+            status: JobStatus::Canceled,
+            exit_code: None,
+            reason: None,
+            coverage: None,
+        },
+        StepOutcome::SystemFailure(message) => {
+            ctx.info(name, &message);
+            Attempt::failed(FailureReason::RunnerSystemFailure)
+        }
+    };
+
+    if !job.after_script.is_empty() {
+        let status = match result.status {
+            JobStatus::Success => "success",
+            JobStatus::Canceled => "canceled",
+            _ => "failed",
+        };
+        let mut env = step.env.clone();
+        env.push(("CI_JOB_STATUS".to_string(), status.to_string()));
+        let after = Step {
+            kind: StepKind::AfterScript,
+            commands: job.after_script.clone(),
+            env,
+            workdir: workspace.clone(),
+            timeout: Some(AFTER_SCRIPT_TIMEOUT),
+            echo: ctx.config.echo,
+        };
+        // after_script runs even when the pipeline is canceled; only its own timeout stops it.
+        let (_keep, never) = watch::channel(false);
+        match run_step(ctx, &mut session, &after, never, name, &mut coverage).await {
+            StepOutcome::Exited(0) => {}
+            StepOutcome::Exited(code) => {
+                ctx.info(name, &format!("after_script failed with exit code {code}"))
+            }
+            StepOutcome::TimedOut => {
+                ctx.info(
+                    name,
+                    &format!(
+                        "after_script timed out after {}",
+                        human(AFTER_SCRIPT_TIMEOUT)
+                    ),
+                );
+            }
+            StepOutcome::Canceled => ctx.info(name, "after_script was canceled"),
+            StepOutcome::SystemFailure(m) => {
+                ctx.info(name, &format!("after_script could not run: {m}"))
+            }
+        }
+    }
+    result.coverage = coverage.value;
+
+    if result.status != JobStatus::Canceled {
+        let (ctx2, workspace2, status, env) =
+            (ctx.clone(), workspace.clone(), result.status, step.env);
+        let done = tokio::task::spawn_blocking(move || {
+            finish_files(&ctx2, idx, &workspace2, &env, status, &cache_keys)
+        });
+        if let Err(e) = done.await {
+            ctx.info(name, &format!("saving cache and artifacts failed: {e}"));
+        }
+    }
+    session.cleanup().await;
+    result
+}
+
+/// Runs one step, forwarding its events (masked) to the reporter.
+async fn run_step<S: Session>(
+    ctx: &Ctx<impl Sized>,
+    session: &mut S,
+    step: &Step,
+    cancel: watch::Receiver<bool>,
+    job: &str,
+    coverage: &mut Coverage,
+) -> StepOutcome {
+    let (tx, mut rx) = mpsc::channel(STEP_CHANNEL);
+    let consume = async {
+        while let Some(event) = rx.recv().await {
+            match event {
+                StepEvent::Echo(command) => {
+                    let command = ctx.masker.mask(&command);
+                    ctx.reporter.event(Event::JobEcho {
+                        job,
+                        command: &command,
+                    });
+                }
+                StepEvent::Output(out) => {
+                    coverage.scan(&out.line);
+                    let line = ctx.masker.mask(&out.line);
+                    ctx.reporter.event(Event::JobLog {
+                        job,
+                        stream: out.stream,
+                        line: &line,
+                    });
+                }
+            }
+        }
+    };
+    let (outcome, ()) = tokio::join!(session.run_step(step, tx, cancel), consume);
+    outcome
+}
+
+/// The job's `coverage` regex and the last value it found.
+struct Coverage {
+    re: Option<Regex>,
+    value: Option<f64>,
+}
+
+impl Coverage {
+    fn new<E>(ctx: &Ctx<E>, pattern: Option<&str>, job: &str) -> Coverage {
+        let re = pattern.and_then(|p| match Regex::new(p) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                ctx.info(
+                    job,
+                    &format!("coverage regex `{p}` is invalid, ignored: {e}"),
+                );
+                None
+            }
+        });
+        Coverage { re, value: None }
+    }
+
+    fn scan(&mut self, line: &str) {
+        static NUMBER: OnceLock<Regex> = OnceLock::new();
+        let Some(re) = &self.re else { return };
+        let Some(m) = re.find(line) else { return };
+        let number = NUMBER.get_or_init(|| Regex::new(r"\d+(?:\.\d+)?").expect("valid regex"));
+        if let Some(v) = number
+            .find(m.as_str())
+            .and_then(|n| n.as_str().parse().ok())
+        {
+            self.value = Some(v);
+        }
+    }
+}
+
+/// Workspace, cache restore and artifact restore of an attempt. Returns the cache keys, or why the
+/// attempt fails.
+fn prepare_files<E>(
+    ctx: &Ctx<E>,
+    idx: usize,
+    n: u32,
+    workspace: &Path,
+    env: &[(String, String)],
+    sources: &[usize],
+) -> Result<Vec<String>, (FailureReason, String)> {
+    let job = &ctx.plan.jobs[idx];
+    let name = job.name.as_str();
+    let system = |what: &str, e: std::io::Error| {
+        (FailureReason::RunnerSystemFailure, format!("{what}: {e}"))
+    };
+    if n == 1 {
+        // This run replaces whatever an earlier run stored for the job.
+        files::remove(&ctx.artifact_dir(idx))
+            .map_err(|e| system("cannot remove old artifacts", e))?;
+        ctx.stored()[idx] = Stored::Nothing;
+    }
+    if !ctx.config.in_place {
+        ctx.snapshot
+            .populate(workspace)
+            .map_err(|e| system(&format!("cannot create {}", workspace.display()), e))?;
+    }
+    let map = lookup(env);
+    let look = |n: &str| map.get(n).map(|v| (*v).to_string());
+
+    let mut keys = Vec::with_capacity(job.cache.len());
+    for c in &job.cache {
+        let key =
+            cache::key(c, &look, workspace).map_err(|m| (FailureReason::UnknownFailure, m))?;
+        if c.policy != CachePolicy::Push {
+            let fallbacks = c
+                .fallback_keys
+                .iter()
+                .map(|k| vars::expand(k, &look))
+                .filter(|k| cache::check(k).is_ok());
+            let found = std::iter::once(key.clone())
+                .chain(fallbacks)
+                .find(|k| ctx.cache_dir.join(k).is_dir());
+            match found {
+                Some(k) => match files::copy_tree(&ctx.cache_dir.join(&k), workspace) {
+                    Ok(count) => ctx.info(
+                        name,
+                        &format!("cache restored from key {k} ({count} files)"),
+                    ),
+                    Err(e) => ctx.info(name, &format!("cannot restore cache {k}: {e}")),
+                },
+                None => ctx.info(name, &format!("no cache for key {key}")),
+            }
+        }
+        keys.push(key);
+    }
+
+    for &s in sources {
+        let source = &ctx.plan.jobs[s];
+        // Only what was stored in this run, or by an earlier run for a job this run does not run:
+        // never stale files of a job that this run skipped.
+        let usable = !matches!(ctx.stored()[s], Stored::Nothing);
+        let restored = if usable {
+            artifacts::restore(&ctx.artifact_dir(s), workspace)
+        } else {
+            Ok(None)
+        };
+        match restored {
+            Ok(Some(count)) if count > 0 => {
+                ctx.info(
+                    name,
+                    &format!("artifacts of {} restored ({count} files)", source.name),
+                );
+            }
+            Ok(None) if job.dependencies.is_some() && source.artifacts.is_some() => {
+                ctx.info(
+                    name,
+                    &format!("{} has no artifacts to restore", source.name),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => ctx.info(
+                name,
+                &format!("cannot restore the artifacts of {}: {e}", source.name),
+            ),
+        }
+    }
+    Ok(keys)
+}
+
+fn when_matches(when: ArtifactsWhen, status: JobStatus) -> bool {
+    match when {
+        ArtifactsWhen::Always => true,
+        ArtifactsWhen::OnSuccess => status == JobStatus::Success,
+        ArtifactsWhen::OnFailure => status == JobStatus::Failed,
+    }
+}
+
+/// Cache save, artifact and dotenv collection of an attempt.
+fn finish_files<E>(
+    ctx: &Ctx<E>,
+    idx: usize,
+    workspace: &Path,
+    env: &[(String, String)],
+    status: JobStatus,
+    cache_keys: &[String],
+) {
+    let job = &ctx.plan.jobs[idx];
+    let name = job.name.as_str();
+    let map = lookup(env);
+    let look = |n: &str| map.get(n).map(|v| (*v).to_string());
+    let expand_all = |ps: &[String]| {
+        ps.iter()
+            .map(|p| vars::expand(p, &look))
+            .collect::<Vec<_>>()
+    };
+
+    for (c, key) in job.cache.iter().zip(cache_keys) {
+        if c.policy == CachePolicy::Pull || !when_matches(c.when, status) {
+            continue;
+        }
+        let tracked = c.untracked.then(|| ctx.snapshot.listed());
+        let saved = files::select(workspace, &expand_all(&c.paths), &[], tracked).and_then(|sel| {
+            files::replace_dir_with(workspace, &sel.files, &ctx.cache_dir.join(key))
+        });
+        match saved {
+            Ok(count) => ctx.info(
+                name,
+                &format!("cache saved under key {key} ({count} files)"),
+            ),
+            Err(e) => ctx.info(name, &format!("cannot save cache {key}: {e}")),
+        }
+    }
+
+    let Some(a) = &job.artifacts else { return };
+    if !when_matches(a.when, status) {
+        return;
+    }
+    let tracked = a.untracked.then(|| ctx.snapshot.listed());
+    let selection = match files::select(
+        workspace,
+        &expand_all(&a.paths),
+        &expand_all(&a.exclude),
+        tracked,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.info(name, &format!("cannot collect artifacts: {e}"));
+            return;
+        }
+    };
+    for w in &selection.warnings {
+        ctx.info(name, &format!("artifacts: {w}"));
+    }
+    let mut reports = Vec::new();
+    let mut dotenv = Vec::new();
+    for (kind, paths) in &a.reports {
+        let sel = match files::select(workspace, &expand_all(paths), &[], None) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.info(name, &format!("cannot collect the {kind} report: {e}"));
+                continue;
+            }
+        };
+        if kind == "dotenv" {
+            for f in &sel.files {
+                match std::fs::read_to_string(workspace.join(f)) {
+                    Ok(text) => {
+                        let (pairs, bad) = artifacts::parse_dotenv(&text);
+                        for b in bad {
+                            ctx.info(
+                                name,
+                                &format!("dotenv {}: ignored invalid line `{b}`", f.display()),
+                            );
+                        }
+                        dotenv.extend(pairs);
+                    }
+                    Err(e) => ctx.info(
+                        name,
+                        &format!("cannot read dotenv report {}: {e}", f.display()),
+                    ),
+                }
+            }
+        }
+        reports.push((kind.clone(), sel.files));
+    }
+    let meta = artifacts::Meta {
+        job: job.name.clone(),
+        name: Some(
+            a.name
+                .as_ref()
+                .map_or_else(|| "artifacts".to_string(), |n| vars::expand(n, &look)),
+        ),
+        expire_in: a.expire_in.clone(),
+        created_at: rfc3339(SystemTime::now()),
+        files: 0,
+        dotenv: dotenv.clone(),
+    };
+    let upload = artifacts::Upload {
+        workspace,
+        files: &selection.files,
+        reports: &reports,
+        meta,
+    };
+    match artifacts::store(&ctx.artifact_dir(idx), upload) {
+        Ok(()) => {
+            let count = selection.files.len();
+            ctx.info(
+                name,
+                &format!(
+                    "artifacts: {count} file{}",
+                    if count == 1 { "" } else { "s" }
+                ),
+            );
+            ctx.stored()[idx] = Stored::Ready(artifacts::to_variables(dotenv).into());
+        }
+        Err(e) => ctx.info(name, &format!("cannot store artifacts: {e}")),
+    }
+}
+
+/// A duration as a person writes it: `10s`, `1.5s`, `2m 5s`.
+pub(crate) fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs >= 60 {
+        let (m, s) = (secs / 60, secs % 60);
+        if s == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m {s}s")
+        }
+    } else if d.subsec_millis() == 0 {
+        format!("{secs}s")
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// `t` as RFC 3339 in UTC, to the second: `2024-05-01T12:00:00Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times_and_durations() {
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+            "2024-02-29T12:34:56Z"
+        );
+        assert_eq!(human(Duration::from_secs(10)), "10s");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(Duration::from_secs(125)), "2m 5s");
+    }
+}

@@ -1,0 +1,466 @@
+//! The scheduler: one loop owns the pipeline's state and starts each job the moment what it waits
+//! for has finished (and a slot is free: the job task takes it). No waves.
+//!
+//! *Architecture Invariant*: the work is linear in jobs + `needs` edges. A job without `needs` waits
+//! on a stage barrier (per-stage counters of unfinished jobs), never on one edge per earlier job.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_pipeline::Plan;
+use gantry_pipeline::plan::{WaitFor, When};
+use gantry_pipeline::vars;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::executor::Executor;
+use crate::job::{Ctx, Outcome, Stored, canceled, run_job};
+use crate::mask::Masker;
+use crate::workspace::{self, Snapshot};
+use crate::{
+    Event, JobResult, JobStatus, PipelineResult, PipelineStatus, Reporter, RunConfig, RuntimeError,
+};
+
+/// What a finished job means for the jobs that wait for it. Ordered: folding takes the maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Upstream {
+    /// Succeeded, failed with an allowed failure, or did not need to run.
+    Ok,
+    /// Failed, or was skipped because something before it failed.
+    Failed,
+    /// A manual job with `allow_failure: false` that was not played, or something after one.
+    Blocked,
+}
+
+fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Directory names for the jobs: slugs of their names, made unique in plan order.
+fn slugs(plan: &Plan) -> Vec<String> {
+    let mut taken = HashSet::new();
+    plan.jobs
+        .iter()
+        .map(|j| {
+            let base = vars::slug(&j.name);
+            let base = if base.is_empty() {
+                "job".to_string()
+            } else {
+                base
+            };
+            let mut s = base.clone();
+            let mut n = 2;
+            while !taken.insert(s.clone()) {
+                s = format!("{base}-{n}");
+                n += 1;
+            }
+            s
+        })
+        .collect()
+}
+
+pub(crate) async fn run<E: Executor>(
+    plan: &Plan,
+    config: RunConfig,
+    executor: Arc<E>,
+    reporter: Arc<dyn Reporter>,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<PipelineResult, RuntimeError> {
+    let started = Instant::now();
+    if config.selected.len() != plan.jobs.len() {
+        return Err(RuntimeError::Selection {
+            selected: config.selected.len(),
+            jobs: plan.jobs.len(),
+        });
+    }
+
+    // State directory, snapshot, stored artifacts: all blocking IO, in one go.
+    let state_dir = config.state_dir.clone();
+    let builds_dir = state_dir
+        .join("builds")
+        .join(config.pipeline_id.to_string());
+    let artifacts_dir = state_dir.join("artifacts");
+    let (project_dir, in_place) = (config.project_dir.clone(), config.in_place);
+    let (snapshot, on_disk) = {
+        let (state_dir, builds_dir, artifacts_dir) =
+            (state_dir.clone(), builds_dir.clone(), artifacts_dir.clone());
+        tokio::task::spawn_blocking(
+            move || -> Result<(Snapshot, HashSet<String>), RuntimeError> {
+                std::fs::create_dir_all(&state_dir).map_err(io_error(&state_dir))?;
+                let ignore = state_dir.join(".gitignore");
+                if !ignore.exists() {
+                    std::fs::write(&ignore, "*\n").map_err(io_error(&ignore))?;
+                }
+                workspace::discard_old_builds(&state_dir);
+                let snapshot = Snapshot::build(
+                    &project_dir,
+                    &state_dir,
+                    &builds_dir.join(".snapshot"),
+                    in_place,
+                )
+                .map_err(io_error(&project_dir))?;
+                let on_disk = std::fs::read_dir(&artifacts_dir)
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Ok((snapshot, on_disk))
+            },
+        )
+        .await
+        .map_err(|e| RuntimeError::Io {
+            path: config.project_dir.clone(),
+            source: std::io::Error::other(e),
+        })??
+    };
+
+    let slugs = slugs(plan);
+    let stored = (0..plan.jobs.len())
+        .map(|i| {
+            if !config.selected[i] && on_disk.contains(&slugs[i]) {
+                Stored::OnDisk
+            } else {
+                Stored::Nothing
+            }
+        })
+        .collect();
+    let masker = Masker::new(
+        plan.variables
+            .iter()
+            .chain(&plan.cli_variables)
+            .filter(|v| v.masked)
+            .map(|v| v.value.as_str()),
+    );
+    let ctx = Arc::new(Ctx {
+        plan: plan.clone(),
+        slots: Semaphore::new(config.concurrency.max(1)),
+        cache_dir: state_dir.join("cache"),
+        config,
+        executor,
+        reporter,
+        masker,
+        snapshot,
+        by_name: plan
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.clone(), i))
+            .collect(),
+        slugs,
+        builds_dir,
+        artifacts_dir,
+        groups: Mutex::new(HashMap::new()),
+        stored: Mutex::new(stored),
+        job_ids: AtomicU64::new(0),
+        cancel: cancel.clone(),
+    });
+
+    let mut s = Scheduler::new(&ctx);
+    let mut tasks: JoinSet<Option<Outcome>> = JoinSet::new();
+    let mut task_jobs: HashMap<tokio::task::Id, usize> = HashMap::new();
+    let mut is_canceled = false;
+    s.advance();
+    loop {
+        while let Some(j) = s.ready.pop_front() {
+            if s.finished[j] {
+                continue;
+            }
+            if is_canceled {
+                s.finish(j, Upstream::Failed, skipped(&ctx, j, JobStatus::Canceled));
+                continue;
+            }
+            let job = &ctx.plan.jobs[j];
+            let up = s.upstream(j);
+            let played = ctx.config.play_manual.contains(&job.name);
+            if job.trigger {
+                ctx.info(&job.name, "trigger jobs are not supported yet; skipped");
+                s.finish(j, Upstream::Ok, skipped(&ctx, j, JobStatus::Skipped));
+                continue;
+            }
+            let decision = match (job.when, up) {
+                (_, Upstream::Blocked) => Err((Upstream::Blocked, JobStatus::Skipped)),
+                (When::Always, _) | (When::OnFailure, Upstream::Failed) => Ok(()),
+                (When::OnFailure, _) => Err((Upstream::Ok, JobStatus::Skipped)),
+                (_, Upstream::Failed) => Err((Upstream::Failed, JobStatus::Skipped)),
+                (When::Manual, _) if !played => {
+                    let blocks = !job.allow_failure.allows(None);
+                    Err((
+                        if blocks {
+                            Upstream::Blocked
+                        } else {
+                            Upstream::Ok
+                        },
+                        JobStatus::Manual,
+                    ))
+                }
+                _ => Ok(()),
+            };
+            match decision {
+                Ok(()) => {
+                    let handle = tasks.spawn(run_job(ctx.clone(), j));
+                    task_jobs.insert(handle.id(), j);
+                    s.running[j] = true;
+                }
+                Err((up, status)) => s.finish(j, up, skipped(&ctx, j, status)),
+            }
+        }
+        if s.done == s.selected {
+            break;
+        }
+        if tasks.is_empty() {
+            // Only a cycle in `needs` can get here: nothing runs and nothing can start.
+            for j in 0..ctx.plan.jobs.len() {
+                if ctx.config.selected[j] && !s.finished[j] {
+                    ctx.info(
+                        &ctx.plan.jobs[j].name,
+                        "waits for a job that waits for it; skipped",
+                    );
+                    s.finish(j, Upstream::Failed, skipped(&ctx, j, JobStatus::Skipped));
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            Some(joined) = tasks.join_next_with_id() => {
+                // A task that ran its job reported it finished; one that panicked did not.
+                let reported = matches!(&joined, Ok((_, Some(_))));
+                let (id, outcome) = match joined {
+                    Ok((id, o)) => (id, o),
+                    Err(e) => (e.id(), Some(Outcome {
+                        status: JobStatus::Failed,
+                        allow_failure: false,
+                        exit_code: None,
+                        duration: Duration::ZERO,
+                        coverage: None,
+                        reason: Some(gantry_pipeline::plan::FailureReason::UnknownFailure),
+                    })),
+                };
+                let Some(j) = task_jobs.remove(&id) else { continue };
+                s.running[j] = false;
+                let job = &ctx.plan.jobs[j];
+                let (up, result) = match outcome {
+                    None => (Upstream::Failed, skipped(&ctx, j, JobStatus::Canceled)),
+                    Some(o) => {
+                        let up = match o.status {
+                            JobStatus::Failed if !o.allow_failure => Upstream::Failed,
+                            JobStatus::Canceled => Upstream::Failed,
+                            _ => Upstream::Ok,
+                        };
+                        (up, JobResult {
+                            name: job.name.clone(),
+                            stage: job.stage.clone(),
+                            status: o.status,
+                            allow_failure: o.allow_failure,
+                            exit_code: o.exit_code,
+                            duration: o.duration,
+                            coverage: o.coverage,
+                            reason: o.reason,
+                        })
+                    }
+                };
+                s.finish_reported(j, up, result, reported);
+            }
+            () = canceled(&mut cancel), if !is_canceled => {
+                is_canceled = true;
+                for j in 0..ctx.plan.jobs.len() {
+                    if ctx.config.selected[j] && !s.finished[j] && !s.running[j] {
+                        s.finish(j, Upstream::Failed, skipped(&ctx, j, JobStatus::Canceled));
+                    }
+                }
+            }
+        }
+    }
+
+    let jobs: Vec<JobResult> = s.results.into_iter().flatten().collect();
+    let status = if is_canceled || *ctx.cancel.borrow() {
+        PipelineStatus::Canceled
+    } else if jobs
+        .iter()
+        .any(|j| j.status == JobStatus::Failed && !j.allow_failure)
+    {
+        PipelineStatus::Failed
+    } else {
+        PipelineStatus::Success
+    };
+    ctx.reporter.event(Event::PipelineFinished {
+        status,
+        duration: started.elapsed(),
+    });
+    Ok(PipelineResult { status, jobs })
+}
+
+/// The result of a job that did not run.
+fn skipped<E>(ctx: &Ctx<E>, j: usize, status: JobStatus) -> JobResult {
+    let job = &ctx.plan.jobs[j];
+    JobResult {
+        name: job.name.clone(),
+        stage: job.stage.clone(),
+        status,
+        allow_failure: false,
+        exit_code: None,
+        duration: Duration::ZERO,
+        coverage: None,
+        reason: None,
+    }
+}
+
+/// The dependency bookkeeping.
+struct Scheduler<'a, E> {
+    ctx: &'a Ctx<E>,
+    waits: Vec<WaitFor>,
+    /// Per job: unfinished selected jobs of its `needs`.
+    pending: Vec<usize>,
+    /// Per job: the jobs whose `needs` name it.
+    dependents: Vec<Vec<usize>>,
+    /// Per stage: unfinished selected jobs.
+    stage_left: Vec<usize>,
+    /// Per stage: the fold of its finished jobs.
+    stage_up: Vec<Upstream>,
+    /// Per stage index `k`: the jobs waiting for every stage before `k`.
+    stage_waiters: Vec<Vec<usize>>,
+    /// How many leading stages are complete, and the fold over them.
+    done_prefix: usize,
+    prefix_up: Upstream,
+    /// Per job.
+    up: Vec<Upstream>,
+    finished: Vec<bool>,
+    running: Vec<bool>,
+    results: Vec<Option<JobResult>>,
+    ready: VecDeque<usize>,
+    /// For jobs waiting on a stage barrier: the fold when the barrier opened.
+    barrier_up: Vec<Upstream>,
+    selected: usize,
+    done: usize,
+}
+
+impl<'a, E> Scheduler<'a, E> {
+    fn new(ctx: &'a Ctx<E>) -> Self {
+        let plan = &ctx.plan;
+        let sel = &ctx.config.selected;
+        let n = plan.jobs.len();
+        let stages = plan
+            .jobs
+            .iter()
+            .map(|j| j.stage_index + 1)
+            .max()
+            .unwrap_or(0)
+            .max(plan.stages.len());
+        let waits = plan.waits();
+        let mut pending = vec![0; n];
+        let mut dependents = vec![Vec::new(); n];
+        let mut stage_left = vec![0; stages];
+        let mut stage_waiters = vec![Vec::new(); stages + 1];
+        let mut ready = VecDeque::new();
+        for j in (0..n).filter(|&j| sel[j]) {
+            stage_left[plan.jobs[j].stage_index] += 1;
+            match &waits[j] {
+                WaitFor::Jobs(deps) => {
+                    let mut deps: Vec<usize> =
+                        deps.iter().copied().filter(|&d| d != j && sel[d]).collect();
+                    deps.sort_unstable();
+                    deps.dedup();
+                    pending[j] = deps.len();
+                    for d in deps {
+                        dependents[d].push(j);
+                    }
+                    if pending[j] == 0 {
+                        ready.push_back(j);
+                    }
+                }
+                WaitFor::StagesBefore(k) => stage_waiters[(*k).min(stages)].push(j),
+            }
+        }
+        Scheduler {
+            ctx,
+            waits,
+            pending,
+            dependents,
+            stage_up: vec![Upstream::Ok; stages],
+            stage_left,
+            stage_waiters,
+            done_prefix: 0,
+            prefix_up: Upstream::Ok,
+            up: vec![Upstream::Ok; n],
+            finished: vec![false; n],
+            running: vec![false; n],
+            results: vec![None; n],
+            ready,
+            barrier_up: vec![Upstream::Ok; n],
+            selected: sel.iter().filter(|s| **s).count(),
+            done: 0,
+        }
+    }
+
+    /// Opens the stage barriers whose stages are all complete.
+    fn advance(&mut self) {
+        loop {
+            for j in std::mem::take(&mut self.stage_waiters[self.done_prefix]) {
+                self.barrier_up[j] = self.prefix_up;
+                self.ready.push_back(j);
+            }
+            if self.done_prefix < self.stage_left.len() && self.stage_left[self.done_prefix] == 0 {
+                self.prefix_up = self.prefix_up.max(self.stage_up[self.done_prefix]);
+                self.done_prefix += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// What job `j` inherits from what it waited for.
+    fn upstream(&self, j: usize) -> Upstream {
+        match &self.waits[j] {
+            WaitFor::Jobs(deps) => deps
+                .iter()
+                .filter(|&&d| d != j && self.ctx.config.selected[d])
+                .map(|&d| self.up[d])
+                .max()
+                .unwrap_or(Upstream::Ok),
+            WaitFor::StagesBefore(_) => self.barrier_up[j],
+        }
+    }
+
+    fn finish(&mut self, j: usize, up: Upstream, result: JobResult) {
+        self.finish_reported(j, up, result, false);
+    }
+
+    /// Records that job `j` finished; reports it unless its task `already` did.
+    fn finish_reported(&mut self, j: usize, up: Upstream, result: JobResult, already: bool) {
+        if self.finished[j] {
+            return;
+        }
+        self.finished[j] = true;
+        self.done += 1;
+        self.up[j] = up;
+        let stage = self.ctx.plan.jobs[j].stage_index;
+        self.stage_left[stage] -= 1;
+        self.stage_up[stage] = self.stage_up[stage].max(up);
+        if !already {
+            self.ctx.reporter.event(Event::JobFinished {
+                job: &result.name,
+                stage: &result.stage,
+                status: result.status,
+                allow_failure: result.allow_failure,
+                exit_code: result.exit_code,
+                duration: result.duration,
+                coverage: result.coverage,
+                reason: result.reason,
+            });
+        }
+        self.results[j] = Some(result);
+        for d in std::mem::take(&mut self.dependents[j]) {
+            self.pending[d] -= 1;
+            if self.pending[d] == 0 {
+                self.ready.push_back(d);
+            }
+        }
+        self.advance();
+    }
+}
