@@ -16,6 +16,15 @@ const SKIPPED_ROOT_DIRS: [&str; 2] = [".git", ".gantry"];
 /// Calls `f` with the path relative to `root` of every file and symlink under `root.join(rel)`,
 /// recursively, without following symlinks.
 pub(crate) fn walk(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path)) -> io::Result<()> {
+    walk_entries(root, rel, &mut |p, is_dir| {
+        if !is_dir {
+            f(p);
+        }
+    })
+}
+
+/// Like [`walk`], but also calls `f` for every directory below `rel` (with `true`), before its content.
+fn walk_entries(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path, bool)) -> io::Result<()> {
     let dir = root.join(rel);
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
@@ -30,9 +39,10 @@ pub(crate) fn walk(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path)) -> io::Res
         }
         let path = rel.join(&name);
         if entry.file_type()?.is_dir() {
-            walk(root, &path, f)?;
+            f(&path, true);
+            walk_entries(root, &path, f)?;
         } else {
-            f(&path);
+            f(&path, false);
         }
     }
     Ok(())
@@ -77,7 +87,8 @@ fn glob(pattern: &str) -> Result<globset::Glob, String> {
 /// directory (or ends with `/`) takes everything under it, `**` crosses directories, `*` does not, and
 /// `exclude` patterns match files.
 pub(crate) struct Selection {
-    /// The selected files and symlinks, relative to the root, sorted.
+    /// The selected files and symlinks, relative to the root, sorted. Directories inside a selected
+    /// directory are listed too (before their content), so that an empty one survives, as in GitLab.
     pub files: Vec<PathBuf>,
     /// Problems worth telling the user (patterns that matched nothing, invalid patterns).
     pub warnings: Vec<String>,
@@ -124,7 +135,7 @@ pub(crate) fn select(
         if !is_glob(&n) {
             let rel = PathBuf::from(&n);
             match fs::symlink_metadata(root.join(&rel)) {
-                Ok(m) if m.is_dir() => walk(root, &rel, &mut |p| add(p, &mut files))?,
+                Ok(m) if m.is_dir() => walk_entries(root, &rel, &mut |p, _| add(p, &mut files))?,
                 Ok(_) if !n.is_empty() => add(&rel, &mut files),
                 _ => {}
             }
@@ -141,7 +152,7 @@ pub(crate) fn select(
             let set = set.build().unwrap_or_else(|_| GlobSet::empty());
             // Walk only below the pattern's literal prefix.
             let prefix: PathBuf = n.split('/').take_while(|c| !is_glob(c)).collect();
-            walk(root, &prefix, &mut |p| {
+            walk_entries(root, &prefix, &mut |p, _| {
                 if set.is_match(p) {
                     add(p, &mut files);
                 }
@@ -178,6 +189,9 @@ pub(crate) fn remove(path: &Path) -> io::Result<()> {
 /// creating missing parent directories. File modes are kept.
 pub(crate) fn copy_entry(src: &Path, dst: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(src)?;
+    if meta.is_dir() {
+        return ensure_dir(dst);
+    }
     match fs::symlink_metadata(dst) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(dst)?,
         Ok(_) => fs::remove_file(dst)?,
@@ -222,7 +236,9 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
 pub(crate) fn copy_files(src_root: &Path, rel: &[PathBuf], dst_root: &Path) -> io::Result<usize> {
     let mut n = 0;
     for r in rel {
-        match copy_entry(&src_root.join(r), &dst_root.join(r)) {
+        let src = src_root.join(r);
+        match copy_entry(&src, &dst_root.join(r)) {
+            Ok(()) if src.is_dir() => {}
             Ok(()) => n += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
@@ -249,6 +265,8 @@ fn walk_all(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path)) -> io::Result<()>
         let entry = entry?;
         let path = rel.join(entry.file_name());
         if entry.file_type()?.is_dir() {
+            // Directories too, so that empty ones are copied.
+            f(&path);
             walk_all(root, &path, f)?;
         } else {
             f(&path);
@@ -313,8 +331,27 @@ mod tests {
             .unwrap()
             .files
             .iter()
+            .filter(|p| !root.join(p).is_dir())
             .map(|p| p.to_str().unwrap().to_string())
             .collect()
+    }
+
+    #[test]
+    fn selected_directories_are_kept_even_when_emptied_by_exclude() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        for f in ["foo/a", "foo/bar/x", "foo/qux/qu ux/g", "foo/qux/qu"] {
+            touch(r, f);
+        }
+        let pats = vec!["foo".to_string()];
+        let excl = vec!["foo/qux/qu ux/**".to_string(), "foo/bar".to_string()];
+        let got: Vec<String> = select(r, &pats, &excl, None)
+            .unwrap()
+            .files
+            .iter()
+            .map(|p| p.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, ["foo/a", "foo/qux", "foo/qux/qu", "foo/qux/qu ux"]);
     }
 
     #[test]

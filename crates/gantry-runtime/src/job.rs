@@ -540,12 +540,21 @@ impl Coverage {
     fn scan(&mut self, line: &str) {
         static NUMBER: OnceLock<Regex> = OnceLock::new();
         let Some(re) = &self.re else { return };
-        let Some(m) = re.find(line) else { return };
+        // As GitLab (`regex.scan(line).flatten.last`): the last match in the line, and in it the last
+        // capture group that took part, or the whole match when the regex has no groups; then the
+        // first number inside that text.
+        let Some(caps) = re.captures_iter(line).last() else {
+            return;
+        };
+        let text = caps
+            .iter()
+            .skip(1)
+            .flatten()
+            .last()
+            .or_else(|| caps.get(0))
+            .map_or("", |m| m.as_str());
         let number = NUMBER.get_or_init(|| Regex::new(r"\d+(?:\.\d+)?").expect("valid regex"));
-        if let Some(v) = number
-            .find(m.as_str())
-            .and_then(|n| n.as_str().parse().ok())
-        {
+        if let Some(v) = number.find(text).and_then(|n| n.as_str().parse().ok()) {
             self.value = Some(v);
         }
     }
@@ -715,7 +724,7 @@ fn finish_files<E>(
             }
         };
         if kind == "dotenv" {
-            for f in &sel.files {
+            for f in sel.files.iter().filter(|f| !workspace.join(f).is_dir()) {
                 match std::fs::read_to_string(workspace.join(f)) {
                     Ok(text) => {
                         let (pairs, bad) = artifacts::parse_dotenv(&text);
@@ -756,7 +765,11 @@ fn finish_files<E>(
     };
     match artifacts::store(&ctx.artifact_dir(idx), upload) {
         Ok(()) => {
-            let count = selection.files.len();
+            let count = selection
+                .files
+                .iter()
+                .filter(|f| !workspace.join(f).is_dir())
+                .count();
             ctx.info(
                 name,
                 &format!(

@@ -968,7 +968,7 @@ async fn coverage_takes_the_last_match() {
             "echo done",
         ],
     );
-    covered.coverage = Some(r"Coverage: \d+(\.\d+)?%".into());
+    covered.coverage = Some(r"Coverage: (\d+(?:\.\d+)?)%".into());
     let mut invalid = job("invalid", 1, &["echo 'Coverage: 1%'"]);
     invalid.coverage = Some("(".into());
     let run = run(&plan(vec![covered, invalid]), r.path()).await;
