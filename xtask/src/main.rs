@@ -156,16 +156,19 @@ fn rust_files(dir: &Path) -> Vec<(PathBuf, String)> {
         let p = e.path();
         if p.is_dir() {
             out.extend(rust_files(&p));
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            if let Ok(t) = std::fs::read_to_string(&p) {
-                // Doc comments may name what the crate does not do.
-                let code: String = t
-                    .lines()
-                    .filter(|l| !l.trim_start().starts_with("//"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                out.push((p, code));
-            }
+            continue;
+        }
+        if p.extension().is_none_or(|x| x != "rs") {
+            continue;
+        }
+        if let Ok(t) = std::fs::read_to_string(&p) {
+            // Doc comments may name what the crate does not do.
+            let code: String = t
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            out.push((p, code));
         }
     }
     out

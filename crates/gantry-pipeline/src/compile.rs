@@ -137,6 +137,10 @@ struct Draft<'n> {
     map: &'n Map,
 }
 
+/// One instance of a job after `parallel`: its name, its matrix variables, and
+/// `(CI_NODE_INDEX, CI_NODE_TOTAL)`.
+type Instance = (String, Vec<Variable>, Option<(u32, u32)>);
+
 /// What rules decided for one job instance.
 struct RuleOutcome {
     /// The rule's `when`, if it has one.
@@ -485,7 +489,7 @@ impl Compiler<'_> {
     }
 
     /// Expands `parallel` into instances: `(name, matrix variables, the job node)`.
-    fn parallel(&mut self, d: &Draft<'_>) -> Vec<(String, Vec<Variable>, Option<(u32, u32)>)> {
+    fn parallel(&mut self, d: &Draft<'_>) -> Vec<Instance> {
         let Some(p) = d.map.get("parallel") else {
             return vec![(d.name.clone(), Vec::new(), None)];
         };
