@@ -949,7 +949,7 @@ impl Compiler<'_> {
     }
 
     fn changes(&self, pats: &[String]) -> bool {
-        let Some(changed) = &self.ctx.changed_files else {
+        let Some(changed) = self.sources.changed_files() else {
             return true;
         };
         pats.iter()

@@ -18,6 +18,12 @@ pub trait Sources {
     fn remote(&self, _key: &str) -> Option<String> {
         None
     }
+    /// Files changed, for `rules:changes` and `only:changes`; `None` means "treat every `changes` as
+    /// true". Asked only when the pipeline uses `changes`, so that an implementation can compute it
+    /// lazily.
+    fn changed_files(&self) -> Option<&[String]> {
+        None
+    }
 }
 
 /// In-memory [`Sources`], for tests and fuzzing.
@@ -25,6 +31,8 @@ pub trait Sources {
 pub struct MemSources {
     /// `(path, content)` pairs.
     pub files: Vec<(String, String)>,
+    /// What [`Sources::changed_files`] answers.
+    pub changed: Option<Vec<String>>,
     names: Vec<String>,
 }
 
@@ -33,7 +41,11 @@ impl MemSources {
     #[must_use]
     pub fn new(files: Vec<(String, String)>) -> MemSources {
         let names = files.iter().map(|(n, _)| n.clone()).collect();
-        MemSources { files, names }
+        MemSources {
+            files,
+            changed: None,
+            names,
+        }
     }
 }
 
@@ -47,6 +59,9 @@ impl Sources for MemSources {
     }
     fn files(&self) -> &[String] {
         &self.names
+    }
+    fn changed_files(&self) -> Option<&[String]> {
+        self.changed.as_deref()
     }
 }
 
@@ -92,8 +107,6 @@ pub struct Context {
     pub pipeline_source: String,
     /// `CI_PIPELINE_ID` / `CI_PIPELINE_IID`.
     pub pipeline_id: u64,
-    /// Files changed, for `rules:changes` and `only:changes`; `None` means "treat every `changes` as true".
-    pub changed_files: Option<Vec<String>>,
     /// The caller's variables (`--variable`, variables files), highest precedence.
     pub cli_variables: Vec<Variable>,
 }
@@ -107,7 +120,6 @@ impl Default for Context {
             git: GitFacts::default(),
             pipeline_source: "push".into(),
             pipeline_id: 1,
-            changed_files: None,
             cli_variables: Vec::new(),
         }
     }

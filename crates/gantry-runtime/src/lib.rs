@@ -18,6 +18,7 @@
 //!     play_manual: Vec::new(),
 //!     echo: true,
 //!     default_timeout: Duration::from_secs(3600),
+//!     files: None,
 //! };
 //! let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
 //! let result = gantry_runtime::run(&plan, config, Arc::new(executor), reporter, cancel).await?;
@@ -76,6 +77,9 @@ pub struct RunConfig {
     pub echo: bool,
     /// The timeout of jobs that do not set `timeout`.
     pub default_timeout: Duration,
+    /// The project's files (tracked, plus untracked and not ignored), relative to `project_dir`, when
+    /// the caller has listed them already; `None` makes the runtime list them itself.
+    pub files: Option<Vec<PathBuf>>,
 }
 
 /// Receives everything that happens, as it happens. Called from many tasks at once; it should be quick

@@ -86,6 +86,7 @@ pub(crate) async fn run<E: Executor>(
         .join(config.pipeline_id.to_string());
     let artifacts_dir = state_dir.join("artifacts");
     let (project_dir, in_place) = (config.project_dir.clone(), config.in_place);
+    let given_files = config.files.clone();
     let (snapshot, on_disk) = {
         let (state_dir, builds_dir, artifacts_dir) =
             (state_dir.clone(), builds_dir.clone(), artifacts_dir.clone());
@@ -102,6 +103,7 @@ pub(crate) async fn run<E: Executor>(
                     &state_dir,
                     &builds_dir.join(".snapshot"),
                     in_place,
+                    given_files,
                 )
                 .map_err(io_error(&project_dir))?;
                 let on_disk = std::fs::read_dir(&artifacts_dir)

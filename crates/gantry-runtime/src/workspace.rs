@@ -55,8 +55,9 @@ impl Snapshot {
         state_dir: &Path,
         dest: &Path,
         in_place: bool,
+        given: Option<Vec<PathBuf>>,
     ) -> io::Result<Snapshot> {
-        let listing = list(project_dir, state_dir)?;
+        let listing = list(project_dir, state_dir, given)?;
         let mut entries = Vec::with_capacity(listing.len());
         for rel in listing {
             let meta = match fs::symlink_metadata(project_dir.join(&rel)) {
@@ -139,8 +140,13 @@ impl Snapshot {
     }
 }
 
-/// Lists the project's files relative to `project_dir`, with git when it is a repository, else by walking.
-fn list(project_dir: &Path, state_dir: &Path) -> io::Result<Vec<PathBuf>> {
+/// Lists the project's files relative to `project_dir`: `given` when the caller listed them, else with
+/// git when it is a repository, else by walking.
+fn list(
+    project_dir: &Path,
+    state_dir: &Path,
+    given: Option<Vec<PathBuf>>,
+) -> io::Result<Vec<PathBuf>> {
     let state_rel = state_dir
         .strip_prefix(project_dir)
         .ok()
@@ -150,6 +156,12 @@ fn list(project_dir: &Path, state_dir: &Path) -> io::Result<Vec<PathBuf>> {
             && !p.starts_with(".git")
             && state_rel.as_ref().is_none_or(|s| !p.starts_with(s))
     };
+    if let Some(mut paths) = given {
+        paths.retain(|p| keep(p));
+        paths.sort_unstable();
+        paths.dedup();
+        return Ok(paths);
+    }
     let output = Command::new("git")
         .args([
             "ls-files",

@@ -164,6 +164,8 @@ struct Prepared {
     dir: PathBuf,
     state_dir: PathBuf,
     compiled: Compiled,
+    /// The project's files, listed once and shared by the compiler and the runtime.
+    files: Vec<String>,
 }
 
 fn prepare(
@@ -174,12 +176,7 @@ fn prepare(
 ) -> Result<Prepared> {
     let dir = project_dir(common)?;
     let state_dir = dir.join(".gantry");
-    let facts = crate::git::facts(&dir);
-    let changed = if crate::git::is_repo(&dir) {
-        crate::git::changed_files(&dir, &facts.default_branch)
-    } else {
-        None
-    };
+    let repo = crate::git::read(&dir);
     let pipeline_id = match pipeline_id {
         Some(id) => id,
         None => next_pipeline_id(&state_dir)?,
@@ -191,18 +188,25 @@ fn prepare(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        git: facts,
+        git: repo.facts,
         pipeline_source: source.to_string(),
         pipeline_id,
-        changed_files: changed,
         cli_variables: cli_vars,
     };
-    let sources = FsSources::new(&dir, &state_dir);
+    let sources = FsSources::new(
+        &dir,
+        &state_dir,
+        repo.files,
+        &ctx.git.default_branch,
+        repo.is_repo,
+    );
     let compiled = gantry_pipeline::compile(&sources, &ctx);
+    let files = sources.into_files();
     Ok(Prepared {
         dir,
         state_dir,
         compiled,
+        files,
     })
 }
 
@@ -461,6 +465,7 @@ fn execute(
         play_manual: play,
         echo: true,
         default_timeout: Duration::from_secs(3600),
+        files: Some(prepared.files.iter().map(PathBuf::from).collect()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(concurrency.clamp(1, 4))

@@ -1,22 +1,33 @@
-//! What `gantry run` reads from git: facts for predefined variables, the file list, and changed files.
-//! One `git` process per question, run once per pipeline.
+//! What `gantry run` reads from git: facts for predefined variables, the file list, and (only when a
+//! pipeline uses `changes`) the changed files. The independent questions run as concurrent `git`
+//! processes, so that reading the repository costs one process's time, not the sum.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use gantry_pipeline::GitFacts;
 
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git")
+fn spawn(dir: &Path, args: &[&str]) -> Option<Child> {
+    Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn wait(child: Option<Child>) -> Option<String> {
+    let out = child?.wait_with_output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    wait(spawn(dir, args))
 }
 
 fn line(dir: &Path, args: &[&str]) -> Option<String> {
@@ -25,33 +36,36 @@ fn line(dir: &Path, args: &[&str]) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Whether `dir` is inside a git work tree.
-pub fn is_repo(dir: &Path) -> bool {
-    line(dir, &["rev-parse", "--is-inside-work-tree"]).as_deref() == Some("true")
+/// What was read from the repository at the start of a run.
+pub struct RepoInfo {
+    /// Facts for predefined variables.
+    pub facts: GitFacts,
+    /// Every file: tracked, plus untracked files that are not ignored.
+    pub files: Vec<String>,
+    /// Whether `dir` is a git work tree.
+    pub is_repo: bool,
 }
 
-/// Reads the facts for predefined variables. Missing facts (no commits, no remote) stay empty.
-pub fn facts(dir: &Path) -> GitFacts {
-    // One `git log` for the commit fields; separated by NUL so that messages can hold anything.
-    let log = git(
+/// Reads facts and the file list with three concurrent git processes.
+pub fn read(dir: &Path) -> RepoInfo {
+    // %D names the refs at HEAD: `HEAD -> main, tag: v1.0, origin/main`.
+    let log = spawn(
         dir,
-        &["log", "-1", "--format=%H%x00%P%x00%aI%x00%an <%ae>%x00%B"],
-    )
-    .unwrap_or_default();
-    let mut parts = log.splitn(5, '\0');
-    let sha = parts.next().unwrap_or_default().to_string();
-    let parents = parts.next().unwrap_or_default().to_string();
-    let timestamp = parts.next().unwrap_or_default().to_string();
-    let author = parts.next().unwrap_or_default().to_string();
-    let message = parts.next().unwrap_or_default().trim_end().to_string();
-    let before_sha = parents
-        .split_whitespace()
-        .next()
-        .map_or_else(|| "0".repeat(40), str::to_string);
-    let branch = line(dir, &["symbolic-ref", "--quiet", "--short", "HEAD"]);
-    let tag = line(dir, &["tag", "--points-at", "HEAD"])
-        .and_then(|t| t.lines().next().map(str::to_string));
-    let default_branch = line(
+        &[
+            "log",
+            "-1",
+            "--format=%H%x00%P%x00%aI%x00%an <%ae>%x00%D%x00%B",
+        ],
+    );
+    let config = spawn(
+        dir,
+        &[
+            "config",
+            "--get-regexp",
+            "^(user\\.name|user\\.email|remote\\.origin\\.url)$",
+        ],
+    );
+    let origin_head = spawn(
         dir,
         &[
             "symbolic-ref",
@@ -59,18 +73,52 @@ pub fn facts(dir: &Path) -> GitFacts {
             "--short",
             "refs/remotes/origin/HEAD",
         ],
-    )
-    .map(|s| s.trim_start_matches("origin/").to_string())
-    .unwrap_or_else(|| "main".to_string());
-    let config = git(
+    );
+    let ls = spawn(
         dir,
         &[
-            "config",
-            "--get-regexp",
-            "^(user\\.name|user\\.email|remote\\.origin\\.url)$",
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
         ],
-    )
-    .unwrap_or_default();
+    );
+
+    let log = wait(log).unwrap_or_default();
+    let config = wait(config).unwrap_or_default();
+    let origin_head = wait(origin_head);
+    let listing = wait(ls);
+    let is_repo = listing.is_some();
+
+    let mut parts = log.splitn(6, '\0');
+    let sha = parts.next().unwrap_or_default().to_string();
+    let parents = parts.next().unwrap_or_default().to_string();
+    let timestamp = parts.next().unwrap_or_default().to_string();
+    let author = parts.next().unwrap_or_default().to_string();
+    let refs = parts.next().unwrap_or_default().to_string();
+    let message = parts.next().unwrap_or_default().trim_end().to_string();
+    let before_sha = parents
+        .split_whitespace()
+        .next()
+        .map_or_else(|| "0".repeat(40), str::to_string);
+    let mut branch = None;
+    let mut tag = None;
+    for r in refs.split(", ") {
+        if let Some(b) = r.strip_prefix("HEAD -> ") {
+            branch = Some(b.to_string());
+        } else if let Some(t) = r.strip_prefix("tag: ") {
+            tag.get_or_insert_with(|| t.to_string());
+        }
+    }
+    if branch.is_none() && sha.is_empty() {
+        // No commits yet: HEAD still names the unborn branch.
+        branch = line(dir, &["symbolic-ref", "--quiet", "--short", "HEAD"]);
+    }
+    let default_branch = origin_head
+        .map(|s| s.trim().trim_start_matches("origin/").to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "main".to_string());
     let get = |k: &str| {
         config.lines().find_map(|l| {
             l.strip_prefix(k)
@@ -78,7 +126,7 @@ pub fn facts(dir: &Path) -> GitFacts {
                 .map(str::to_string)
         })
     };
-    GitFacts {
+    let facts = GitFacts {
         sha,
         before_sha,
         branch,
@@ -90,21 +138,8 @@ pub fn facts(dir: &Path) -> GitFacts {
         remote_url: get("remote.origin.url"),
         user_name: get("user.name").unwrap_or_default(),
         user_email: get("user.email").unwrap_or_default(),
-    }
-}
-
-/// Every file of the project: tracked, plus untracked files that are not ignored.
-pub fn files(dir: &Path) -> Vec<String> {
-    match git(
-        dir,
-        &[
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ],
-    ) {
+    };
+    let files = match listing {
         Some(out) => {
             let mut v: Vec<String> = out
                 .split('\0')
@@ -115,6 +150,11 @@ pub fn files(dir: &Path) -> Vec<String> {
             v
         }
         None => walk(dir),
+    };
+    RepoInfo {
+        facts,
+        files,
+        is_repo,
     }
 }
 

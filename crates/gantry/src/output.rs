@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use gantry_runtime::executor::Stream;
 use gantry_runtime::{Event, JobStatus, PipelineStatus, Reporter};
-use serde_json::json;
 
 /// How many of a failed job's last lines the summary shows.
 const TAIL_LINES: usize = 12;
@@ -344,19 +343,44 @@ impl Json {
     }
 }
 
+/// The events of the JSON Lines contract, serialised without building intermediate values.
+#[derive(serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum JsonEvent<'a> {
+    JobStarted {
+        job: &'a str,
+        stage: &'a str,
+    },
+    JobLog {
+        job: &'a str,
+        stream: &'static str,
+        line: &'a str,
+    },
+    JobFinished {
+        job: &'a str,
+        status: &'static str,
+        allow_failure: bool,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        coverage: Option<f64>,
+    },
+    PipelineFinished {
+        status: &'static str,
+        duration_ms: u64,
+    },
+}
+
 impl Reporter for Json {
     fn event(&self, e: Event<'_>) {
-        let v = match e {
-            Event::JobStarted { job, stage, .. } => {
-                json!({"event": "job_started", "job": job, "stage": stage})
-            }
+        let (v, flush) = match e {
+            Event::JobStarted { job, stage, .. } => (JsonEvent::JobStarted { job, stage }, false),
             Event::JobLog { job, stream, line } => {
                 let stream = if stream == Stream::Stderr {
                     "stderr"
                 } else {
                     "stdout"
                 };
-                json!({"event": "job_log", "job": job, "stream": stream, "line": line})
+                (JsonEvent::JobLog { job, stream, line }, false)
             }
             Event::JobFinished {
                 job,
@@ -366,13 +390,24 @@ impl Reporter for Json {
                 duration,
                 coverage,
                 ..
-            } => json!({
-                "event": "job_finished", "job": job, "status": status.as_str(), "allow_failure": allow_failure,
-                "exit_code": exit_code, "duration_ms": millis(duration), "coverage": coverage,
-            }),
-            Event::PipelineFinished { status, duration } => {
-                json!({"event": "pipeline_finished", "status": status.as_str(), "duration_ms": millis(duration)})
-            }
+            } => (
+                JsonEvent::JobFinished {
+                    job,
+                    status: status.as_str(),
+                    allow_failure,
+                    exit_code,
+                    duration_ms: millis(duration),
+                    coverage,
+                },
+                true,
+            ),
+            Event::PipelineFinished { status, duration } => (
+                JsonEvent::PipelineFinished {
+                    status: status.as_str(),
+                    duration_ms: millis(duration),
+                },
+                true,
+            ),
             Event::JobInfo { job, message } => {
                 // Not part of the JSON contract, but never lost: notes go to stderr.
                 eprintln!("gantry: {job}: {message}");
@@ -380,14 +415,16 @@ impl Reporter for Json {
             }
             Event::JobEcho { .. } => return,
         };
-        self.write(&v);
-        if let Ok(mut o) = self.out.lock() {
-            if matches!(
-                v["event"].as_str(),
-                Some("job_finished" | "pipeline_finished")
-            ) {
-                o.flush();
-            }
+        let Ok(mut o) = self.out.lock() else { return };
+        if o.broken {
+            return;
+        }
+        if serde_json::to_writer(&mut o.buf, &v).is_err() {
+            o.broken = true;
+        }
+        o.line("");
+        if flush {
+            o.flush();
         }
     }
 }

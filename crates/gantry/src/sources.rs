@@ -1,6 +1,7 @@
 //! `Sources` over the file system: the compiler reads files only through this.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 
 use gantry_pipeline::Sources;
 
@@ -9,16 +10,34 @@ pub struct FsSources {
     root: PathBuf,
     files: Vec<String>,
     include_cache: PathBuf,
+    /// For `changes`: computed on first use only, since it costs git processes.
+    changed: OnceLock<Option<Vec<String>>>,
+    default_branch: String,
+    is_repo: bool,
 }
 
 impl FsSources {
-    /// Files under `root`, listed by git (or by walking the tree outside a repository).
-    pub fn new(root: &Path, state_dir: &Path) -> FsSources {
+    /// Files under `root`, as listed in `files`.
+    pub fn new(
+        root: &Path,
+        state_dir: &Path,
+        files: Vec<String>,
+        default_branch: &str,
+        is_repo: bool,
+    ) -> FsSources {
         FsSources {
             root: root.to_path_buf(),
-            files: crate::git::files(root),
+            files,
             include_cache: state_dir.join("include-cache"),
+            changed: OnceLock::new(),
+            default_branch: default_branch.to_string(),
+            is_repo,
         }
+    }
+
+    /// The listed files.
+    pub fn into_files(self) -> Vec<String> {
+        self.files
     }
 }
 
@@ -54,5 +73,17 @@ impl Sources for FsSources {
             })
             .collect();
         std::fs::read_to_string(self.include_cache.join(name)).ok()
+    }
+
+    fn changed_files(&self) -> Option<&[String]> {
+        self.changed
+            .get_or_init(|| {
+                if self.is_repo {
+                    crate::git::changed_files(&self.root, &self.default_branch)
+                } else {
+                    None
+                }
+            })
+            .as_deref()
     }
 }

@@ -8,12 +8,22 @@ use gantry_pipeline::{Compiled, Context, GitFacts, MemSources, compile};
 
 /// Compiles `files` (the first is the pipeline file) with a fixed git context on branch `main`.
 pub fn compile_files(files: &[(&str, &str)], tweak: impl FnOnce(&mut Context)) -> Compiled {
-    let sources = MemSources::new(
+    compile_changed(files, None, tweak)
+}
+
+/// Like [`compile_files`], with `changed` as the files that `rules:changes` sees as changed.
+pub fn compile_changed(
+    files: &[(&str, &str)],
+    changed: Option<&[&str]>,
+    tweak: impl FnOnce(&mut Context),
+) -> Compiled {
+    let mut sources = MemSources::new(
         files
             .iter()
             .map(|(n, c)| ((*n).to_string(), (*c).to_string()))
             .collect(),
     );
+    sources.changed = changed.map(|c| c.iter().map(|s| (*s).to_string()).collect());
     let mut ctx = Context {
         file: files[0].0.to_string(),
         git: GitFacts {

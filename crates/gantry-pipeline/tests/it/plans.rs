@@ -2,7 +2,7 @@
 
 use insta::assert_snapshot;
 
-use crate::{compile_files, compile_one, render};
+use crate::{compile_changed, compile_files, compile_one, render};
 
 #[test]
 fn stages_default_and_implicit_pre_post() {
@@ -119,7 +119,7 @@ own:
 
 #[test]
 fn rules_pick_the_first_matching_rule() {
-    assert_snapshot!(render(&compile_files(
+    assert_snapshot!(render(&compile_changed(
         &[
             (
                 ".gitlab-ci.yml",
@@ -166,18 +166,20 @@ changes-and-exists:
             ("go.mod", "module x"),
             ("src/a/b.go", "package a")
         ],
-        |ctx| ctx.changed_files = Some(vec!["src/a/b.go".into()]),
+        Some(&["src/a/b.go"]),
+        |_| {},
     )));
 }
 
 #[test]
 fn rules_changes_false_when_nothing_matching_changed() {
-    let c = compile_files(
+    let c = compile_changed(
         &[(
             ".gitlab-ci.yml",
             "docs:\n  script: [make docs]\n  rules:\n    - changes: [docs/**/*]\nalways:\n  script: [true]\n",
         )],
-        |ctx| ctx.changed_files = Some(vec!["src/main.go".into()]),
+        Some(&["src/main.go"]),
+        |_| {},
     );
     let plan = c.plan.unwrap();
     assert_eq!(

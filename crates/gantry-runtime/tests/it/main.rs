@@ -263,6 +263,7 @@ fn config(project: &Path, plan: &Plan) -> RunConfig {
         play_manual: Vec::new(),
         echo: true,
         default_timeout: Duration::from_secs(60),
+        files: None,
     }
 }
 
