@@ -103,6 +103,7 @@ pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
         sources,
         diags,
         predefined: predefined_variables(ctx),
+        exprs: HashMap::new(),
     };
     c.apply_defaults(&mut root);
     let (plan, workflow_skipped) = c.plan(&root);
@@ -128,6 +129,7 @@ struct Compiler<'a> {
     sources: &'a dyn Sources,
     diags: Diags,
     predefined: Vec<Variable>,
+    exprs: HashMap<String, std::rc::Rc<Result<expr::Expr, expr::ExprError>>>,
 }
 
 /// A job before `parallel` expansion and rules, with its parsed keywords.
@@ -259,7 +261,7 @@ impl Compiler<'_> {
                             .chain(&self.ctx.cli_variables)
                             .cloned()
                             .collect();
-                        match self.rules(rules, &base, true) {
+                        match self.rules(rules, &base.iter().collect::<Vec<_>>(), true) {
                             Some(o)
                                 if o.when
                                     .is_some_and(|w| w != When::OnSuccess && w != When::Always) =>
@@ -725,14 +727,13 @@ impl Compiler<'_> {
             .and_then(|t| self.duration(t, base, "start_in"));
 
         // Variables visible to rules: predefined, global, job (incl. matrix), CLI.
-        let visible: Vec<Variable> = plan
+        let visible: Vec<&Variable> = plan
             .predefined
             .iter()
             .chain(&job.predefined)
             .chain(&plan.variables)
             .chain(&job.variables)
             .chain(&plan.cli_variables)
-            .cloned()
             .collect();
         let mut needs_node = m.get("needs").cloned();
         if let Some(rules) = m.get("rules") {
@@ -755,6 +756,7 @@ impl Compiler<'_> {
             }
             job.reason = outcome.reason;
         } else {
+            let visible: Vec<Variable> = visible.iter().map(|v| (*v).clone()).collect();
             if !self.only_except(m, base, &visible) {
                 return None;
             }
@@ -822,13 +824,18 @@ impl Compiler<'_> {
     }
 
     /// Evaluates `rules`. `None` when no rule matched or the matching rule says `never`.
-    fn rules(&mut self, rules: &Node, visible: &[Variable], workflow: bool) -> Option<RuleOutcome> {
+    fn rules(
+        &mut self,
+        rules: &Node,
+        visible: &[&Variable],
+        workflow: bool,
+    ) -> Option<RuleOutcome> {
         let Some(list) = rules.as_seq() else {
             self.diags.error(rules.pos, "`rules` must be an array");
             return None;
         };
-        let resolved: HashMap<String, String> = vars::resolve(visible).into_iter().collect();
-        let lookup = |n: &str| resolved.get(n).cloned();
+        let resolver = vars::Resolver::new(visible);
+        let lookup = |n: &str| resolver.get(n);
         for r in list {
             let Some(rm) = r.as_map() else {
                 self.diags.error(r.pos, "each rule must be a mapping");
@@ -872,7 +879,12 @@ impl Compiler<'_> {
                     self.diags.error(cond.pos, "`if` must be a string");
                     continue;
                 };
-                match expr::parse(text) {
+                let parsed = self
+                    .exprs
+                    .entry(text.to_string())
+                    .or_insert_with(|| std::rc::Rc::new(expr::parse(text)))
+                    .clone();
+                match &*parsed {
                     Ok(e) => {
                         matched &= e.eval(&lookup);
                         why.push(format!("if `{text}`"));

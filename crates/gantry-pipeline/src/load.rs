@@ -627,10 +627,14 @@ fn resolve_extends(root: &mut Node, diags: &mut Diags) {
     if names.is_empty() {
         return;
     }
+    let mut index: HashMap<&str, &Node> = HashMap::with_capacity(map.entries.len());
+    for e in &map.entries {
+        index.entry(e.key.as_str()).or_insert(&e.value);
+    }
     let mut done: HashMap<String, (Node, usize)> = HashMap::new();
     for name in &names {
         let mut chain = Vec::new();
-        extend_one(map, name, &mut done, &mut chain, diags);
+        extend_one(map, &index, name, &mut done, &mut chain, diags);
     }
     let map = root.as_map_mut().expect("checked above");
     for e in &mut map.entries {
@@ -640,24 +644,24 @@ fn resolve_extends(root: &mut Node, diags: &mut Diags) {
     }
 }
 
-/// Resolves `extends` of job `name`, memoised in `done` with its inheritance depth.
+/// Resolves `extends` of job `name`, memoised in `done` with its inheritance depth. Returns the depth.
 fn extend_one(
     root: &Map,
+    index: &HashMap<&str, &Node>,
     name: &str,
     done: &mut HashMap<String, (Node, usize)>,
     chain: &mut Vec<String>,
     diags: &mut Diags,
-) -> Option<(Node, usize)> {
+) -> Option<usize> {
     if let Some(n) = done.get(name) {
-        return Some(n.clone());
+        return Some(n.1);
     }
-    let entry = root.entry(name)?;
-    let node = &entry.value;
+    let node = *index.get(name)?;
     let Some(m) = node.as_map() else {
-        return Some((node.clone(), 0));
+        return Some(0);
     };
     let Some(ext) = m.get("extends") else {
-        return Some((node.clone(), 0));
+        return Some(0);
     };
     if chain.iter().any(|c| c == name) {
         diags.error(
@@ -684,7 +688,7 @@ fn extend_one(
     let mut depth = 1;
     let mut merged = Node::new(Value::Map(Map::default()), node.pos);
     for p in &parents {
-        if root.entry(p).is_none() {
+        let Some(orig) = index.get(p.as_str()) else {
             let hint = crate::diag::did_you_mean(
                 p,
                 &root
@@ -700,11 +704,12 @@ fn extend_one(
                 format!("`{name}`: unknown key `{p}` in `extends`{hint}"),
             );
             continue;
-        }
-        let Some((parent, d)) = extend_one(root, p, done, chain, diags) else {
+        };
+        let Some(d) = extend_one(root, index, p, done, chain, diags) else {
             continue;
         };
         depth = depth.max(d + 1);
+        let parent = done.get(p.as_str()).map_or(*orig, |(n, _)| n);
         if parent.as_map().is_none() {
             diags.error(
                 ext.pos,
@@ -712,7 +717,7 @@ fn extend_one(
             );
             continue;
         }
-        deep_merge(&mut merged, parent);
+        deep_merge(&mut merged, parent.clone());
     }
     chain.pop();
     if depth > MAX_EXTENDS_DEPTH {
@@ -722,16 +727,17 @@ fn extend_one(
         );
         return None;
     }
-    let mut own = node.clone();
-    deep_merge(&mut merged, own.clone());
+    deep_merge(&mut merged, node.clone());
     if let Some(mm) = merged.as_map_mut() {
         mm.remove("extends");
     }
-    // Keep the job's own position.
-    merged.pos = node.pos;
-    own.value = merged.value;
-    done.insert(name.to_string(), (own.clone(), depth));
-    Some((own, depth))
+    let own = Node {
+        value: merged.value,
+        pos: node.pos,
+        tag: node.tag.clone(),
+    };
+    done.insert(name.to_string(), (own, depth));
+    Some(depth)
 }
 
 /// Resolves `!reference` tags. With `lenient`, a reference whose target does not exist (yet) is left for

@@ -33,9 +33,24 @@ fn indent(out: &mut String, n: usize) {
     }
 }
 
+/// YAML allows an implicit key of at most 1024 characters; longer ones are written as `? key`.
+const MAX_IMPLICIT_KEY: usize = 1000;
+
 fn write_entry(out: &mut String, ind: usize, key: &str, v: &Node) {
     indent(out, ind);
-    out.push_str(&quote(key));
+    let k = if key == "<<" {
+        "\"<<\"".to_string()
+    } else {
+        quote(key)
+    };
+    if k.chars().count() > MAX_IMPLICIT_KEY {
+        out.push_str("? ");
+        out.push_str(&k);
+        out.push('\n');
+        indent(out, ind);
+    } else {
+        out.push_str(&k);
+    }
     out.push(':');
     match &v.value {
         Value::Map(m) if !m.entries.is_empty() => {
@@ -173,6 +188,24 @@ pub fn to_json(n: &Node) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::yaml::parse;
+
+    #[test]
+    fn long_and_merge_like_keys_round_trip() {
+        for src in [
+            format!("{}: 1\n", "\u{1f}".repeat(200)),
+            format!("? {}\n: 1\n", "k".repeat(2000)),
+            "'<<': 1\n".to_string(),
+            "a:\n  '<<': {b: 1}\n  c: [1]\n".to_string(),
+        ] {
+            let a = parse(&src, 0).unwrap().docs.remove(0);
+            let text = to_yaml(&a);
+            let b = parse(&text, 0)
+                .unwrap_or_else(|e| panic!("{e}: {text}"))
+                .docs
+                .remove(0);
+            assert_eq!(to_json(&a), to_json(&b), "{text}");
+        }
+    }
 
     #[test]
     fn round_trips() {

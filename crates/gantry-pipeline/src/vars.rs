@@ -142,6 +142,40 @@ pub fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
+/// Lazy, memoised lookup of resolved values: only the variables an expression reads get resolved.
+pub struct Resolver<'a> {
+    last: HashMap<&'a str, &'a Variable>,
+    cache: std::cell::RefCell<HashMap<String, String>>,
+}
+
+impl<'a> Resolver<'a> {
+    /// Indexes `vars` (later entries win) without resolving anything yet.
+    #[must_use]
+    pub fn new(vars: &[&'a Variable]) -> Self {
+        let mut last = HashMap::with_capacity(vars.len());
+        for v in vars {
+            last.insert(v.key.as_str(), *v);
+        }
+        Resolver {
+            last,
+            cache: std::cell::RefCell::new(HashMap::new()),
+        }
+    }
+    /// The resolved value of `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<String> {
+        if !self.last.contains_key(name) {
+            return None;
+        }
+        Some(resolve_one(
+            name,
+            &self.last,
+            &mut self.cache.borrow_mut(),
+            0,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +218,22 @@ mod tests {
         assert_eq!(r["B"], "2-2c");
         assert_eq!(r["RAW"], "$A");
         assert_eq!(r["SELF"], "x");
+    }
+
+    #[test]
+    fn the_lazy_resolver_agrees_with_resolve() {
+        let vars = vec![
+            Variable::new("A", "1"),
+            Variable::new("B", "$A-${C}"),
+            Variable::new("C", "c$B"),
+            Variable::new("A", "2"),
+        ];
+        let refs: Vec<&Variable> = vars.iter().collect();
+        let r = Resolver::new(&refs);
+        for (k, v) in resolve(&vars) {
+            assert_eq!(r.get(&k), Some(v), "{k}");
+        }
+        assert_eq!(r.get("MISSING"), None);
     }
 
     #[test]

@@ -238,6 +238,7 @@ pub fn parse(src: &str, file: u32) -> Result<Documents, YamlError> {
         stack: Vec::new(),
         out: Documents::default(),
         nodes: 0,
+        plain: false,
     };
     for ev in Parser::new_from_str(src) {
         let (ev, span) = ev.map_err(|e| YamlError {
@@ -265,8 +266,10 @@ enum Frame {
     Map {
         node: Node,
         anchor: usize,
-        key: Option<(String, Pos)>,
+        /// The pending key, and whether it is a merge key (a plain, untagged `<<`).
+        key: Option<(String, Pos, bool)>,
         merges: Vec<(Node, Pos)>,
+        index: std::collections::HashMap<String, usize>,
     },
 }
 
@@ -276,6 +279,8 @@ struct Builder {
     stack: Vec<Frame>,
     out: Documents,
     nodes: usize,
+    /// Whether the scalar being pushed was plain (unquoted): only a plain `<<` is a merge key.
+    plain: bool,
 }
 
 impl Builder {
@@ -297,8 +302,10 @@ impl Builder {
                 } else {
                     Value::Str(text.into_owned())
                 };
+                self.plain = style == ScalarStyle::Plain && tag.is_none();
                 let node = Node { value, pos, tag };
                 self.push(node, anchor)?;
+                self.plain = false;
             }
             Event::Alias(id) => {
                 let node = self
@@ -344,6 +351,7 @@ impl Builder {
                     anchor,
                     key: None,
                     merges: Vec::new(),
+                    index: std::collections::HashMap::new(),
                 });
             }
             Event::SequenceEnd => {
@@ -398,6 +406,7 @@ impl Builder {
                 node: map,
                 key,
                 merges,
+                index,
                 ..
             }) => match key.take() {
                 None => {
@@ -410,19 +419,47 @@ impl Builder {
                         }
                         _ => node.scalar_string().unwrap_or_default(),
                     };
-                    *key = Some((k, node.pos));
+                    let merge = k == "<<" && self.plain;
+                    *key = Some((k, node.pos, merge));
                 }
-                Some((k, kpos)) => {
-                    if k == "<<" && node.tag.is_none() {
+                Some((k, kpos, merge)) => {
+                    if merge && node.tag.is_none() {
                         merges.push((node, kpos));
                     } else if let Value::Map(m) = &mut map.value {
-                        if m.contains(&k) {
-                            self.out.duplicates.push(DuplicateKey {
-                                key: k.clone(),
-                                pos: kpos,
-                            });
+                        const LINEAR: usize = 16;
+                        let found = if m.entries.len() < LINEAR {
+                            m.entries.iter().position(|e| e.key == k)
+                        } else {
+                            if index.is_empty() {
+                                index.extend(
+                                    m.entries
+                                        .iter()
+                                        .enumerate()
+                                        .map(|(i, e)| (e.key.clone(), i)),
+                                );
+                            }
+                            index.get(&k).copied()
+                        };
+                        match found {
+                            Some(i) => {
+                                self.out.duplicates.push(DuplicateKey {
+                                    key: k.clone(),
+                                    pos: kpos,
+                                });
+                                m.entries[i].key_pos = kpos;
+                                m.entries[i].value = node;
+                            }
+                            None => {
+                                if !index.is_empty() {
+                                    index.insert(k.clone(), m.entries.len());
+                                }
+                                m.entries.push(Entry {
+                                    key: k,
+                                    key_pos: kpos,
+                                    value: node,
+                                });
+                            }
                         }
-                        m.insert(k, kpos, node);
                     }
                 }
             },
@@ -554,6 +591,14 @@ mod tests {
         let y = n.as_map().unwrap().get("y").unwrap().as_map().unwrap();
         assert_eq!(y.get("a").unwrap().value, Value::Int(1));
         assert_eq!(y.get("b").unwrap().value, Value::Int(3));
+    }
+
+    #[test]
+    fn only_a_plain_merge_key_merges() {
+        let n = doc("x: &x {a: 1}\ny:\n  '<<': *x\nz:\n  <<: *x\n");
+        let m = n.as_map().unwrap();
+        assert!(m.get("y").unwrap().as_map().unwrap().get("<<").is_some());
+        assert!(m.get("z").unwrap().as_map().unwrap().get("a").is_some());
     }
 
     #[test]
