@@ -143,6 +143,13 @@ struct Draft<'n> {
 /// `(CI_NODE_INDEX, CI_NODE_TOTAL)`.
 type Instance = (String, Vec<Variable>, Option<(u32, u32)>);
 
+/// The pipeline-level variables, indexed once for every job's rules.
+struct PlanIndex<'a> {
+    predefined: vars::VarIndex<'a>,
+    global: vars::VarIndex<'a>,
+    cli: vars::VarIndex<'a>,
+}
+
 /// What rules decided for one job instance.
 struct RuleOutcome {
     /// The rule's `when`, if it has one.
@@ -261,7 +268,8 @@ impl Compiler<'_> {
                             .chain(&self.ctx.cli_variables)
                             .cloned()
                             .collect();
-                        match self.rules(rules, &base.iter().collect::<Vec<_>>(), true) {
+                        let resolver = vars::Resolver::new(&base.iter().collect::<Vec<_>>());
+                        match self.rules(rules, &resolver, true) {
                             Some(o)
                                 if o.when
                                     .is_some_and(|w| w != When::OnSuccess && w != When::Always) =>
@@ -308,6 +316,11 @@ impl Compiler<'_> {
         }
 
         let mut jobs: Vec<(Job, Option<Node>, Pos)> = Vec::new();
+        let index = PlanIndex {
+            predefined: vars::index(&plan.predefined),
+            global: vars::index(&plan.variables),
+            cli: vars::index(&plan.cli_variables),
+        };
         let mut excluded: HashSet<String> = HashSet::new();
         let mut all_names: HashMap<String, Vec<String>> = HashMap::new();
         for d in &drafts {
@@ -315,7 +328,7 @@ impl Compiler<'_> {
             let names: Vec<String> = instances.iter().map(|(n, _, _)| n.clone()).collect();
             all_names.insert(d.name.clone(), names);
             for (name, matrix_vars, node) in instances {
-                match self.job(d, &name, matrix_vars, node, &plan) {
+                match self.job(d, &name, matrix_vars, node, &plan, &index) {
                     Some((job, needs_node)) => jobs.push((job, needs_node, d.node.pos)),
                     None => {
                         excluded.insert(name);
@@ -602,6 +615,7 @@ impl Compiler<'_> {
         matrix_vars: Vec<Variable>,
         node_index: Option<(u32, u32)>,
         plan: &Plan,
+        index: &PlanIndex<'_>,
     ) -> Option<(Job, Option<Node>)> {
         let m = d.map;
         let base = &d.name;
@@ -727,14 +741,13 @@ impl Compiler<'_> {
             .and_then(|t| self.duration(t, base, "start_in"));
 
         // Variables visible to rules: predefined, global, job (incl. matrix), CLI.
-        let visible: Vec<&Variable> = plan
-            .predefined
-            .iter()
-            .chain(&job.predefined)
-            .chain(&plan.variables)
-            .chain(&job.variables)
-            .chain(&plan.cli_variables)
-            .collect();
+        let visible = vars::Resolver::layered(vec![
+            vars::Layer::Index(&index.predefined),
+            vars::Layer::List(&job.predefined),
+            vars::Layer::Index(&index.global),
+            vars::Layer::List(&job.variables),
+            vars::Layer::Index(&index.cli),
+        ]);
         let mut needs_node = m.get("needs").cloned();
         if let Some(rules) = m.get("rules") {
             if m.contains("only") || m.contains("except") {
@@ -756,7 +769,6 @@ impl Compiler<'_> {
             }
             job.reason = outcome.reason;
         } else {
-            let visible: Vec<Variable> = visible.iter().map(|v| (*v).clone()).collect();
             if !self.only_except(m, base, &visible) {
                 return None;
             }
@@ -827,14 +839,13 @@ impl Compiler<'_> {
     fn rules(
         &mut self,
         rules: &Node,
-        visible: &[&Variable],
+        resolver: &vars::Resolver<'_>,
         workflow: bool,
     ) -> Option<RuleOutcome> {
         let Some(list) = rules.as_seq() else {
             self.diags.error(rules.pos, "`rules` must be an array");
             return None;
         };
-        let resolver = vars::Resolver::new(visible);
         let lookup = |n: &str| resolver.get(n);
         for r in list {
             let Some(rm) = r.as_map() else {
@@ -975,24 +986,26 @@ impl Compiler<'_> {
     }
 
     /// `only` / `except`: whether the job is in the pipeline.
-    fn only_except(&mut self, m: &Map, job: &str, visible: &[Variable]) -> bool {
-        let resolved: HashMap<String, String> = vars::resolve(visible).into_iter().collect();
+    fn only_except(&mut self, m: &Map, job: &str, resolved: &vars::Resolver<'_>) -> bool {
         let only = m.get("only");
         let except = m.get("except");
+        if only.is_none() && except.is_none() {
+            return true;
+        }
         let inc = match only {
-            Some(o) => self.ref_policy(o, job, &resolved),
+            Some(o) => self.ref_policy(o, job, resolved),
             None => true,
         };
         let exc = match except {
-            Some(e) => self.ref_policy(e, job, &resolved),
+            Some(e) => self.ref_policy(e, job, resolved),
             None => false,
         };
         inc && !exc
     }
 
     /// Whether an `only`/`except` clause matches.
-    fn ref_policy(&mut self, n: &Node, job: &str, vars: &HashMap<String, String>) -> bool {
-        let lookup = |k: &str| vars.get(k).cloned();
+    fn ref_policy(&mut self, n: &Node, job: &str, vars: &vars::Resolver<'_>) -> bool {
+        let lookup = |k: &str| vars.get(k);
         let (refs, variables, changes) = match &n.value {
             Value::Seq(_) | Value::Str(_) => (Some(string_list(n)), None, None),
             Value::Map(m) => {

@@ -161,7 +161,10 @@ impl Loader<'_> {
             body = Node::new(Value::Map(Map::default()), body.pos);
         }
         let values = self.inputs(header.as_ref(), inputs, at);
-        if header.is_some() || !inputs.is_empty() || contains_interpolation(&body) {
+        if header.is_some()
+            || !inputs.is_empty()
+            || (src.contains("$[[") && contains_interpolation(&body))
+        {
             interpolate(&mut body, &values, self.diags);
         }
         let Some(map) = body.as_map_mut() else {

@@ -75,22 +75,22 @@ pub fn resolve(vars: &[Variable]) -> Vec<(String, String)> {
     order
         .iter()
         .map(|k| {
-            let v = resolve_one(k, &last, &mut cache, 0);
+            let v = resolve_one(k, &|n| last.get(n).copied(), &mut cache, 0);
             ((*k).to_string(), v)
         })
         .collect()
 }
 
-fn resolve_one(
+fn resolve_one<'a>(
     key: &str,
-    vars: &HashMap<&str, &Variable>,
+    raw: &dyn Fn(&str) -> Option<&'a Variable>,
     cache: &mut HashMap<String, String>,
     depth: u32,
 ) -> String {
     if let Some(v) = cache.get(key) {
         return v.clone();
     }
-    let Some(var) = vars.get(key) else {
+    let Some(var) = raw(key) else {
         return String::new();
     };
     if !var.expand || !var.value.contains('$') || depth > 8 {
@@ -98,11 +98,9 @@ fn resolve_one(
     }
     let mut found: HashMap<String, String> = HashMap::new();
     for n in names_in(&var.value) {
-        if n != key {
-            let v = resolve_one(&n, vars, cache, depth + 1);
-            if vars.contains_key(n.as_str()) {
-                found.insert(n, v);
-            }
+        if n != key && raw(&n).is_some() {
+            let v = resolve_one(&n, raw, cache, depth + 1);
+            found.insert(n, v);
         }
     }
     let v = expand(&var.value, &|n| found.get(n).cloned());
@@ -142,34 +140,84 @@ pub fn slug(s: &str) -> String {
     out.trim_matches('-').to_string()
 }
 
-/// Lazy, memoised lookup of resolved values: only the variables an expression reads get resolved.
+/// Variables indexed by name, later entries winning: one layer of a [`Resolver`] that many
+/// lookups share (pipeline-level variables are indexed once, not once per job).
+pub type VarIndex<'a> = HashMap<&'a str, &'a Variable>;
+
+/// Indexes `vars`, later entries winning.
+#[must_use]
+pub fn index(vars: &[Variable]) -> VarIndex<'_> {
+    let mut m = HashMap::with_capacity(vars.len());
+    for v in vars {
+        m.insert(v.key.as_str(), v);
+    }
+    m
+}
+
+/// One layer of variables in a [`Resolver`].
+#[derive(Clone, Copy)]
+pub enum Layer<'a> {
+    /// An index built once and shared.
+    Index(&'a VarIndex<'a>),
+    /// A short list, searched from its end (later entries win).
+    List(&'a [Variable]),
+}
+
+/// Lazy, memoised lookup of resolved values over layers of variables: only the variables an
+/// expression reads get resolved.
 pub struct Resolver<'a> {
-    last: HashMap<&'a str, &'a Variable>,
+    /// Lowest precedence first.
+    layers: Vec<Layer<'a>>,
+    own: VarIndex<'a>,
     cache: std::cell::RefCell<HashMap<String, String>>,
 }
 
 impl<'a> Resolver<'a> {
-    /// Indexes `vars` (later entries win) without resolving anything yet.
+    /// A resolver over `vars` (later entries win).
     #[must_use]
     pub fn new(vars: &[&'a Variable]) -> Self {
-        let mut last = HashMap::with_capacity(vars.len());
+        let mut own = HashMap::with_capacity(vars.len());
         for v in vars {
-            last.insert(v.key.as_str(), *v);
+            own.insert(v.key.as_str(), *v);
         }
         Resolver {
-            last,
+            layers: Vec::new(),
+            own,
             cache: std::cell::RefCell::new(HashMap::new()),
         }
     }
+
+    /// A resolver over `layers`, lowest precedence first.
+    #[must_use]
+    pub fn layered(layers: Vec<Layer<'a>>) -> Self {
+        Resolver {
+            layers,
+            own: HashMap::new(),
+            cache: std::cell::RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The variable that defines `name`, unresolved.
+    fn raw(&self, name: &str) -> Option<&'a Variable> {
+        for l in self.layers.iter().rev() {
+            let found = match l {
+                Layer::Index(m) => m.get(name).copied(),
+                Layer::List(list) => list.iter().rev().find(|v| v.key == name),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        self.own.get(name).copied()
+    }
+
     /// The resolved value of `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<String> {
-        if !self.last.contains_key(name) {
-            return None;
-        }
+        self.raw(name)?;
         Some(resolve_one(
             name,
-            &self.last,
+            &|n| self.raw(n),
             &mut self.cache.borrow_mut(),
             0,
         ))
@@ -230,10 +278,15 @@ mod tests {
         ];
         let refs: Vec<&Variable> = vars.iter().collect();
         let r = Resolver::new(&refs);
+        let (low, high) = vars.split_at(2);
+        let idx = index(low);
+        let layered = Resolver::layered(vec![Layer::Index(&idx), Layer::List(high)]);
         for (k, v) in resolve(&vars) {
-            assert_eq!(r.get(&k), Some(v), "{k}");
+            assert_eq!(r.get(&k), Some(v.clone()), "{k}");
+            assert_eq!(layered.get(&k), Some(v), "{k}");
         }
         assert_eq!(r.get("MISSING"), None);
+        assert_eq!(layered.get("MISSING"), None);
     }
 
     #[test]

@@ -368,6 +368,14 @@ fn run(args: &RunArgs) -> Result<u8> {
         Ok(p) => p,
         Err(e) => return Ok(config_error(output, &format!("{e:#}"))),
     };
+    let code = run_prepared(args, &prepared);
+    // The process is about to exit: freeing a large plan node by node would only cost time.
+    std::mem::forget(prepared);
+    code
+}
+
+fn run_prepared(args: &RunArgs, prepared: &Prepared) -> Result<u8> {
+    let output = args.common.output;
     if args.preview {
         // The expanded configuration is useful even when it has errors.
         let text = gantry_pipeline::preview::to_yaml(&prepared.compiled.expanded);
@@ -429,7 +437,7 @@ fn run(args: &RunArgs) -> Result<u8> {
                 .map(|i| plan.jobs[i].name.clone()),
         );
     }
-    execute(args, &prepared, plan, selected, play)
+    execute(args, prepared, plan, selected, play)
 }
 
 fn execute(
