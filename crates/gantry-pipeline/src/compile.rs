@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::context::{Context, Sources, predefined_variables};
-use crate::diag::{Diagnostic, Diags, Severity, did_you_mean};
+use crate::diag::{Diagnostic, Diags, Severity, hint};
 use crate::load::{self, GLOBAL_KEYWORDS, string_list};
 use crate::plan::{
     AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, Environment, Image, Job,
@@ -187,9 +187,7 @@ impl Compiler<'_> {
                 Some(dm) => {
                     for e in &dm.entries {
                         if !DEFAULT_KEYWORDS.contains(&e.key.as_str()) {
-                            let hint = did_you_mean(&e.key, DEFAULT_KEYWORDS)
-                                .map(|s| format!("; did you mean `{s}`?"))
-                                .unwrap_or_default();
+                            let hint = hint(&e.key, DEFAULT_KEYWORDS);
                             self.diags.error(
                                 e.key_pos,
                                 format!("unknown keyword `{}` in `default`{hint}", e.key),
@@ -304,9 +302,7 @@ impl Compiler<'_> {
                     });
                 }
                 None => {
-                    let hint = did_you_mean(&e.key, GLOBAL_KEYWORDS)
-                        .map(|s| format!("; did you mean `{s}`?"))
-                        .unwrap_or_default();
+                    let hint = hint(&e.key, GLOBAL_KEYWORDS);
                     self.diags.error(e.key_pos, format!("`{}` is not a keyword, so it is a job, and a job must be a mapping{hint}", e.key));
                 }
             }
@@ -347,12 +343,10 @@ impl Compiler<'_> {
             match plan.stages.iter().position(|s| *s == job.stage) {
                 Some(i) => job.stage_index = i,
                 None => {
-                    let hint = did_you_mean(
+                    let hint = hint(
                         &job.stage,
                         &plan.stages.iter().map(String::as_str).collect::<Vec<_>>(),
-                    )
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+                    );
                     let at = job_key_pos(root, &job.base_name, "stage").unwrap_or(*pos);
                     self.diags.error(
                         at,
@@ -409,9 +403,7 @@ impl Compiler<'_> {
     fn check_keywords(&mut self, job: &str, m: &Map) {
         for e in &m.entries {
             if !JOB_KEYWORDS.contains(&e.key.as_str()) {
-                let hint = did_you_mean(&e.key, JOB_KEYWORDS)
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+                let hint = hint(&e.key, JOB_KEYWORDS);
                 self.diags.error(
                     e.key_pos,
                     format!("`{job}`: unknown keyword `{}`{hint}", e.key),
@@ -876,9 +868,7 @@ impl Compiler<'_> {
             };
             for e in &rm.entries {
                 if !allowed.contains(&e.key.as_str()) {
-                    let hint = did_you_mean(&e.key, allowed)
-                        .map(|s| format!("; did you mean `{s}`?"))
-                        .unwrap_or_default();
+                    let hint = hint(&e.key, allowed);
                     self.diags
                         .error(e.key_pos, format!("unknown rule keyword `{}`{hint}", e.key));
                 }
@@ -1526,9 +1516,7 @@ impl Compiler<'_> {
                     continue;
                 }
                 let names: Vec<&str> = all.keys().map(String::as_str).collect();
-                let hint = did_you_mean(&name, &names)
-                    .map(|s| format!("; did you mean `{s}`?"))
-                    .unwrap_or_default();
+                let hint = hint(&name, &names);
                 self.diags.error(
                     item.pos,
                     format!(
@@ -1811,17 +1799,7 @@ fn job_predefined(job: &Job) -> Vec<Variable> {
 /// derived from the SHA-256 of the name is appended, so that different names never share a slug.
 pub fn environment_slug(name: &str) -> String {
     use sha2::{Digest, Sha256};
-    let mut slug: String = name
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let mut slug = vars::dashed(name);
     if !slug.starts_with(|c: char| c.is_ascii_lowercase()) {
         slug = format!("env-{slug}");
     }
@@ -1857,34 +1835,8 @@ pub fn environment_slug(name: &str) -> String {
 /// A job with only its name, stage and node set, for computing predefined variables early.
 fn job_shell(name: &str, stage: &str, node: Option<(u32, u32)>) -> Job {
     Job {
-        name: name.to_string(),
-        base_name: String::new(),
-        stage: stage.to_string(),
-        stage_index: 0,
-        before_script: Vec::new(),
-        script: Vec::new(),
-        after_script: Vec::new(),
-        predefined: Vec::new(),
-        variables: Vec::new(),
-        when: When::OnSuccess,
-        start_in: None,
-        allow_failure: AllowFailure::Bool(false),
-        needs: None,
-        dependencies: None,
-        artifacts: None,
-        cache: Vec::new(),
-        retry: Retry::default(),
-        timeout: None,
         node,
-        environment: None,
-        coverage: None,
-        resource_group: None,
-        interruptible: false,
-        tags: Vec::new(),
-        image: None,
-        services: Vec::new(),
-        trigger: false,
-        reason: String::new(),
+        ..Job::new(name, stage, 0)
     }
 }
 

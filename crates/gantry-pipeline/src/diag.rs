@@ -119,6 +119,14 @@ pub fn did_you_mean<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     best.map(|(c, _)| c)
 }
 
+/// `; did you mean `x`?` when one of `candidates` is close to `word`, else nothing: the tail of a message.
+#[must_use]
+pub fn hint(word: &str, candidates: &[&str]) -> String {
+    did_you_mean(word, candidates)
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default()
+}
+
 fn levenshtein(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();

@@ -692,16 +692,14 @@ fn extend_one(
     let mut merged = Node::new(Value::Map(Map::default()), node.pos);
     for p in &parents {
         let Some(orig) = index.get(p.as_str()) else {
-            let hint = crate::diag::did_you_mean(
+            let hint = crate::diag::hint(
                 p,
                 &root
                     .entries
                     .iter()
                     .map(|e| e.key.as_str())
                     .collect::<Vec<_>>(),
-            )
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_default();
+            );
             diags.error(
                 ext.pos,
                 format!("`{name}`: unknown key `{p}` in `extends`{hint}"),

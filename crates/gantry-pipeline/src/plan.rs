@@ -338,6 +338,44 @@ pub struct Job {
     pub reason: String,
 }
 
+impl Job {
+    /// A job named `name` in stage `stage` (at `stage_index`), with every other keyword at GitLab's
+    /// default: no scripts, `when: on_success`, no `needs`, no artifacts, and so on.
+    #[must_use]
+    pub fn new(name: &str, stage: &str, stage_index: usize) -> Job {
+        Job {
+            name: name.to_string(),
+            base_name: name.to_string(),
+            stage: stage.to_string(),
+            stage_index,
+            before_script: Vec::new(),
+            script: Vec::new(),
+            after_script: Vec::new(),
+            predefined: Vec::new(),
+            variables: Vec::new(),
+            when: When::OnSuccess,
+            start_in: None,
+            allow_failure: AllowFailure::Bool(false),
+            needs: None,
+            dependencies: None,
+            artifacts: None,
+            cache: Vec::new(),
+            retry: Retry::default(),
+            timeout: None,
+            node: None,
+            environment: None,
+            coverage: None,
+            resource_group: None,
+            interruptible: false,
+            tags: Vec::new(),
+            image: None,
+            services: Vec::new(),
+            trigger: false,
+            reason: String::new(),
+        }
+    }
+}
+
 impl Plan {
     /// The index of the job named `name`.
     #[must_use]

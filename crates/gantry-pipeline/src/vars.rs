@@ -121,12 +121,10 @@ pub fn names_in(s: &str) -> Vec<String> {
     names.into_inner()
 }
 
-/// A slug as GitLab makes `CI_COMMIT_REF_SLUG`: lowercased, anything but `0-9a-z` replaced with `-`,
-/// at most 63 bytes, no leading or trailing `-`.
+/// `s` lowercased, with every character outside `[a-z0-9]` replaced by `-`: the start of GitLab's slugs.
 #[must_use]
-pub fn slug(s: &str) -> String {
-    let mut out: String = s
-        .to_lowercase()
+pub fn dashed(s: &str) -> String {
+    s.to_lowercase()
         .chars()
         .map(|c| {
             if c.is_ascii_lowercase() || c.is_ascii_digit() {
@@ -135,7 +133,14 @@ pub fn slug(s: &str) -> String {
                 '-'
             }
         })
-        .collect();
+        .collect()
+}
+
+/// A slug as GitLab makes `CI_COMMIT_REF_SLUG`: lowercased, anything but `0-9a-z` replaced with `-`,
+/// at most 63 bytes, no leading or trailing `-`.
+#[must_use]
+pub fn slug(s: &str) -> String {
+    let mut out = dashed(s);
     out.truncate(63);
     out.trim_matches('-').to_string()
 }

@@ -59,34 +59,9 @@ const STAGES: [&str; 5] = [".pre", "build", "test", "deploy", ".post"];
 
 fn job(name: &str, stage: usize, script: &[&str]) -> Job {
     Job {
-        name: name.into(),
-        base_name: name.into(),
-        stage: STAGES[stage].into(),
-        stage_index: stage,
-        before_script: Vec::new(),
         script: script.iter().map(|s| (*s).to_string()).collect(),
-        after_script: Vec::new(),
         predefined: vec![Variable::new("CI_JOB_NAME", name)],
-        variables: Vec::new(),
-        when: When::OnSuccess,
-        start_in: None,
-        allow_failure: AllowFailure::Bool(false),
-        needs: None,
-        dependencies: None,
-        artifacts: None,
-        cache: Vec::new(),
-        retry: Retry::default(),
-        timeout: None,
-        node: None,
-        environment: None,
-        coverage: None,
-        resource_group: None,
-        interruptible: false,
-        tags: Vec::new(),
-        image: None,
-        services: Vec::new(),
-        trigger: false,
-        reason: String::new(),
+        ..Job::new(name, STAGES[stage], stage)
     }
 }
 
