@@ -902,21 +902,11 @@ impl Compiler<'_> {
                 }
             }
             if let Some(ch) = rm.get("changes") {
-                let paths = ch.as_map().and_then(|m| m.get("paths")).unwrap_or(ch);
-                let pats: Vec<String> = string_list(paths)
-                    .iter()
-                    .map(|p| vars::expand(p, &lookup))
-                    .collect();
-                matched &= self.changes(&pats);
+                matched &= self.changes(&rule_paths(ch, &lookup));
                 why.push("changes".into());
             }
             if let Some(ex) = rm.get("exists") {
-                let paths = ex.as_map().and_then(|m| m.get("paths")).unwrap_or(ex);
-                let pats: Vec<String> = string_list(paths)
-                    .iter()
-                    .map(|p| vars::expand(p, &lookup))
-                    .collect();
-                matched &= self.exists(&pats);
+                matched &= self.exists(&rule_paths(ex, &lookup));
                 why.push("exists".into());
             }
             if !matched {
@@ -1725,6 +1715,15 @@ impl Compiler<'_> {
             }
         }
     }
+}
+
+/// The paths of `rules:changes` / `rules:exists` (a list, or `{paths: [...]}`), expanded.
+fn rule_paths(n: &Node, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let paths = n.as_map().and_then(|m| m.get("paths")).unwrap_or(n);
+    string_list(paths)
+        .iter()
+        .map(|p| vars::expand(p, lookup))
+        .collect()
 }
 
 fn glob_matcher(p: &str) -> Option<globset::GlobMatcher> {
