@@ -46,6 +46,12 @@ impl Out {
             self.flush();
         }
     }
+    /// Writes `s` without a newline (the live status line).
+    fn raw(&mut self, s: &str) {
+        if !self.broken && self.buf.write_all(s.as_bytes()).is_err() {
+            self.broken = true;
+        }
+    }
     fn flush(&mut self) {
         if !self.broken && self.buf.flush().is_err() {
             self.broken = true;
@@ -69,7 +75,10 @@ struct HumanState {
     out: Out,
     width: usize,
     color: bool,
+    /// Whether a live status line is shown (stdout is a terminal).
     status_line: bool,
+    /// Whether it is on screen now, below the last output line.
+    status_drawn: bool,
     running: usize,
     done: usize,
     total: usize,
@@ -89,7 +98,7 @@ impl Human {
     /// Output for a run of `jobs` (names, for padding and colours).
     pub fn new(jobs: &[String]) -> Human {
         let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        let status_line = io::stderr().is_terminal() && io::stdout().is_terminal();
+        let status_line = io::stdout().is_terminal();
         let width = jobs
             .iter()
             .map(|j| j.chars().count())
@@ -102,6 +111,7 @@ impl Human {
                 width,
                 color,
                 status_line,
+                status_drawn: false,
                 running: 0,
                 done: 0,
                 total: jobs.len(),
@@ -123,6 +133,7 @@ impl Human {
     pub fn summary(&self) {
         let Ok(mut s) = self.state.lock() else { return };
         s.clear_status();
+        s.status_line = false;
         let finished = std::mem::take(&mut s.finished);
         let width = finished
             .iter()
@@ -197,26 +208,24 @@ impl HumanState {
         format!("\x1b[{}m{padded}\x1b[0m {sep}", COLORS[h % COLORS.len()])
     }
 
+    /// Removes the status line, so that the next output line takes its place. It goes through the
+    /// same buffer as the output, so the two never interleave.
     fn clear_status(&mut self) {
-        if self.status_line {
-            self.out.flush();
-            let _ = write!(io::stderr(), "\r\x1b[2K");
+        if self.status_drawn {
+            self.out.raw("\r\x1b[2K");
+            self.status_drawn = false;
         }
     }
 
     fn draw_status(&mut self) {
         if self.status_line {
-            self.out.flush();
             let queued = self.total.saturating_sub(self.running + self.done);
-            let _ = write!(
-                io::stderr(),
-                "\r\x1b[2K\x1b[90m{} running · {} queued · {}/{} done\x1b[0m",
-                self.running,
-                queued,
-                self.done,
-                self.total
+            let text = format!(
+                "\x1b[90m{} running · {} queued · {}/{} done\x1b[0m",
+                self.running, queued, self.done, self.total
             );
-            let _ = io::stderr().flush();
+            self.out.raw(&text);
+            self.status_drawn = true;
         }
     }
 }
@@ -224,10 +233,7 @@ impl HumanState {
 impl Reporter for Human {
     fn event(&self, e: Event<'_>) {
         let Ok(mut s) = self.state.lock() else { return };
-        let live = matches!(e, Event::JobStarted { .. } | Event::JobFinished { .. });
-        if live {
-            s.clear_status();
-        }
+        s.clear_status();
         match e {
             Event::JobStarted {
                 job,
@@ -311,9 +317,7 @@ impl Reporter for Human {
                 s.pipeline = Some((status, duration));
             }
         }
-        if live {
-            s.draw_status();
-        }
+        s.draw_status();
     }
 }
 
