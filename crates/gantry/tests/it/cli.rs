@@ -283,3 +283,37 @@ fn named_jobs_and_needs_selection() {
         (0, 1, 0)
     );
 }
+
+#[test]
+fn on_a_terminal_a_status_line_is_shown_and_never_mixed_into_output() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "a:\n  script: [echo one, echo two]\nb:\n  stage: deploy\n  script: [echo three]\n",
+    )]);
+    // `script` (util-linux) gives gantry a pseudo-terminal for stdout.
+    let cmd = format!("{} run", env!("CARGO_BIN_EXE_gantry"));
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .current_dir(repo.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("script runs");
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let status = "1 running · 1 queued · 0/2 done";
+    assert!(stdout.contains(status), "no status line: {stdout:?}");
+    // Every drawn status line is erased before the next output line is written.
+    for (i, _) in stdout.match_indices("done\x1b[0m") {
+        let rest = &stdout[i + "done\x1b[0m".len()..];
+        assert!(
+            rest.is_empty() || rest.starts_with("\r\x1b[2K"),
+            "status line not cleared: {stdout:?}"
+        );
+    }
+    let lines: Vec<String> = stdout
+        .split("\r\n")
+        .map(|l| l.rsplit("\x1b[2K").next().unwrap_or(l).to_string())
+        .collect();
+    assert!(lines.iter().any(|l| l == "a $ echo one"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "b > three"), "{lines:?}");
+}
