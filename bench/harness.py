@@ -11,9 +11,10 @@ successfully, then measures:
     %M is the peak RSS of the largest single process of the run (usually the
     tool itself), not a sum over the process tree.
 
-Before every timed or RSS run the tools' state directories (.gantry/ and
-.gitlab-ci-local/) are deleted, so every run prepares its workspaces from
-scratch (cold state, warm page cache).
+Before every timed or RSS run (bench/prepare.sh) the tools' state directories
+(.gantry/ and .gitlab-ci-local/) are moved aside and writes are flushed, so
+every run prepares its workspaces from scratch (cold state, warm page cache);
+the moved-aside state is deleted after each case, outside any timing.
 
 Raw results go to bench/out/ (hyperfine JSON, RSS values, the peer's log for
 single runs, results.json) and a Markdown summary is printed and written to
@@ -174,9 +175,19 @@ class Settings:
         self.wait_idle = False
 
 
+def trash_dir(fx):
+    return fx + ".trash"
+
+
 def clean_state(fx):
-    for d in (".gantry", ".gitlab-ci-local"):
-        shutil.rmtree(os.path.join(fx, d), ignore_errors=True)
+    """Move both tools' state aside and flush writes (bench/prepare.sh)."""
+    subprocess.run(["bash", os.path.join(HERE, "prepare.sh"), trash_dir(fx)], cwd=fx, check=True)
+
+
+def empty_trash(fx):
+    """Delete the moved-aside state (untimed) and flush the deletion."""
+    shutil.rmtree(trash_dir(fx), ignore_errors=True)
+    os.sync()
 
 
 def run_limited(argv, cwd, timeout, **kw):
@@ -213,7 +224,7 @@ def validate(c, fx, outdir):
 def hyperfine(c, fx, outdir, opts):
     export = os.path.join(outdir, c["key"] + ".json")
     cmd = ["hyperfine", "-N", "--style", "basic", "--export-json", export,
-           "--prepare", "rm -rf .gantry .gitlab-ci-local",
+           "--prepare", shlex.join(["bash", os.path.join(HERE, "prepare.sh"), trash_dir(fx)]),
            "--warmup", str(opts["warmup"]), "-n", c["key"]]
     if opts["runs"]:
         cmd += ["--runs", str(opts["runs"])]
@@ -313,6 +324,7 @@ def run_bench(b, settings, workdir, have):
             busy = wait_for_idle() if settings.wait_idle else cpu_busy(1.0)
             b0, c0, t0 = stat_busy_seconds(), children_cpu_seconds(), time.monotonic()
             results[c["key"]] = measure(c, fx, outdir, settings)
+            empty_trash(fx)
             # CPU used by everything but this harness's own processes while the
             # case was measured, in CPUs (0 = nothing else ran, 2 = both cores).
             others = (stat_busy_seconds() - b0) - (children_cpu_seconds() - c0)
@@ -321,6 +333,7 @@ def run_bench(b, settings, workdir, have):
         r = results[c["key"]]
         print(f"### -> {fmt_time(r)}  rss {fmt_rss(r)}", file=sys.stderr)
     shutil.rmtree(fx, ignore_errors=True)
+    empty_trash(fx)
     return results
 
 
