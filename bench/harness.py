@@ -22,7 +22,8 @@ bench/out/results.md.
 
 Usage: harness.py [--quick] [--keep] [--wait-idle] [NAME...]
 Environment: GANTRY_BIN (default target/release/gantry),
-             PEER_TIMEOUT (seconds, default 600, for single peer runs).
+             PEER_TIMEOUT (seconds, default 600, for single peer runs),
+             BENCH_MAX_WAIT (seconds, default 900, for --wait-idle).
 """
 
 import hashlib
@@ -532,7 +533,7 @@ def cpu_busy(interval=3.0):
     return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
-def wait_for_idle(limit=0.15, max_wait=900):
+def wait_for_idle(limit=0.15, max_wait=int(os.environ.get("BENCH_MAX_WAIT", "900"))):
     """Wait (at most max_wait s) until other processes use < limit of the CPUs.
     Returns the last busy fraction seen."""
     t0 = time.time()
