@@ -13,24 +13,50 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["gantry-runtime", "gantry-pipeline"],
     ),
     (
+        "gantry-executor-docker",
+        &["gantry-runtime", "gantry-pipeline"],
+    ),
+    ("gantry-api", &["gantry-pipeline"]),
+    ("gantry-store", &["gantry-api", "gantry-pipeline"]),
+    ("gantry-server", &["gantry-api", "gantry-store", "gantry-pipeline"]),
+    (
+        "gantry-agent",
+        &[
+            "gantry-api",
+            "gantry-pipeline",
+            "gantry-runtime",
+            "gantry-executor-shell",
+            "gantry-executor-docker",
+        ],
+    ),
+    (
         "gantry",
-        &["gantry-pipeline", "gantry-runtime", "gantry-executor-shell"],
+        &[
+            "gantry-pipeline",
+            "gantry-runtime",
+            "gantry-executor-shell",
+            "gantry-executor-docker",
+            "gantry-api",
+            "gantry-store",
+            "gantry-server",
+            "gantry-agent",
+        ],
     ),
 ];
 
 /// Crates that must do no IO: these paths may not appear in their sources.
-const NO_IO: &[(&str, &[&str])] = &[(
-    "gantry-pipeline",
-    &[
-        "std::fs",
-        "std::process",
-        "std::net",
-        "tokio",
-        "std::env::var",
-        "std::time::Instant",
-        "SystemTime",
-    ],
-)];
+const NO_IO: &[(&str, &[&str])] = &[("gantry-pipeline", BANNED_IO), ("gantry-api", BANNED_IO)];
+
+/// What a crate that does no IO may not use.
+const BANNED_IO: &[&str] = &[
+    "std::fs",
+    "std::process",
+    "std::net",
+    "tokio",
+    "std::env::var",
+    "std::time::Instant",
+    "SystemTime",
+];
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A compiled pipeline.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Plan {
     /// Stage names in order, including `.pre` and `.post`.
     pub stages: Vec<String>,
@@ -24,7 +24,7 @@ pub struct Plan {
 }
 
 /// A variable with its value and flags.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variable {
     /// The name.
     pub key: String,
@@ -50,7 +50,7 @@ impl Variable {
 }
 
 /// When a job runs, relative to the state of the jobs it waits for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum When {
     /// Only when everything it waits for succeeded (allowed failures count as success).
@@ -80,7 +80,7 @@ impl When {
 }
 
 /// Whether a failure of the job fails the pipeline.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum AllowFailure {
     /// `allow_failure: true|false`.
@@ -106,7 +106,7 @@ impl AllowFailure {
 }
 
 /// Why a job failed, as GitLab names the reasons that `retry:when` matches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// The script exited non-zero.
@@ -122,7 +122,7 @@ pub enum FailureReason {
 }
 
 /// `retry`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retry {
     /// How many times to retry (0 to 2).
     pub max: u32,
@@ -163,7 +163,7 @@ impl Retry {
 }
 
 /// One entry of `needs`, resolved to a concrete job of the plan.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Need {
     /// The name of the needed job (with its matrix suffix, if any).
     pub job: String,
@@ -174,7 +174,7 @@ pub struct Need {
 }
 
 /// When artifacts are uploaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactsWhen {
     /// Only when the job succeeds (the default).
@@ -186,7 +186,7 @@ pub enum ArtifactsWhen {
 }
 
 /// `artifacts`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifacts {
     /// `name` (unexpanded).
     pub name: Option<String>,
@@ -205,7 +205,7 @@ pub struct Artifacts {
 }
 
 /// Cache `policy`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CachePolicy {
     /// Restore before, save after.
@@ -217,7 +217,7 @@ pub enum CachePolicy {
 }
 
 /// How a cache key is made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheKey {
     /// A literal key (unexpanded).
     Literal(String),
@@ -231,7 +231,7 @@ pub enum CacheKey {
 }
 
 /// One `cache` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cache {
     /// The key.
     pub key: CacheKey,
@@ -248,7 +248,7 @@ pub struct Cache {
 }
 
 /// `environment`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
     /// The name (unexpanded).
     pub name: String,
@@ -261,7 +261,7 @@ pub struct Environment {
 }
 
 /// An `image` or a service, kept for the container executor.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     /// The image name.
     pub name: String,
@@ -278,7 +278,7 @@ pub struct Image {
 }
 
 /// A job of the plan.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
     /// The job's name, with GitLab's suffix for parallel jobs (`build 1/3`, `build: [linux, amd64]`).
     pub name: String,

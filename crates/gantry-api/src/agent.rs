@@ -1,0 +1,150 @@
+//! The agent protocol: how `gantry agent` registers, takes jobs, streams logs and reports results.
+//! Every call but [`REGISTER`] carries the agent's own token (`Authorization: Bearer TOKEN`).
+//!
+//! | call | body | answer |
+//! |---|---|---|
+//! | `POST /api/v1/agents/register` | [`RegisterAgent`] (registration token inside) | `201` [`Registered`] |
+//! | `POST /api/v1/agent/jobs/request?wait_ms=N` | [`RequestJob`] | `200` [`JobSpec`], or `204` when no job came within `wait_ms` (long poll, at most 60 s) |
+//! | `POST /api/v1/agent/jobs/{id}/heartbeat` | none | `200` [`Heartbeat`]; `409` when the lease is lost |
+//! | `PUT /api/v1/agent/jobs/{id}/log?offset=N` | raw log bytes from byte `N` | `200` [`LogAck`]; `416` [`LogAck`] when `N` is past the stored end |
+//! | `GET /api/v1/agent/jobs/{id}/source` | none | `200` a tar archive of the commit's tree |
+//! | `GET /api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts` | none | `200` the artifacts archive of job `dep`; `404` when it has none |
+//! | `PUT /api/v1/agent/jobs/{id}/artifacts` | a tar archive | `201` |
+//! | `POST /api/v1/agent/jobs/{id}/finish` | [`FinishJob`] | `200`; `409` when the lease is lost |
+//!
+//! **Leases.** A job handed out is leased to the agent until `now + lease_timeout`; every heartbeat,
+//! log chunk and upload extends it. When a lease runs out, the server fails the job with
+//! `runner_system_failure` (and retries it where `retry:when` allows); later calls for it get `409`
+//! and the agent must stop the job.
+//!
+//! **Logs.** The log is a byte stream; chunks say where they start. The server appends only the bytes
+//! past its stored end, so a chunk sent twice (after a lost answer) is never doubled, and answers with
+//! the stored size, from which the agent continues.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The path of the registration call.
+pub const REGISTER: &str = "/api/v1/agents/register";
+
+/// The body of the registration call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterAgent {
+    /// The server's registration token.
+    pub token: String,
+    /// The agent's name (the host name unless given).
+    pub name: String,
+    /// Tags: the agent takes jobs whose `tags` are all among these.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Whether it takes jobs without tags (default true).
+    #[serde(default = "yes")]
+    pub run_untagged: bool,
+    /// Its executor (`shell`, `docker`).
+    pub executor: String,
+    /// How many jobs it runs at once.
+    pub concurrency: u32,
+    /// Its version.
+    pub version: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The answer to the registration call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Registered {
+    /// The agent's id.
+    pub id: i64,
+    /// The agent's own token, shown only this once: the agent keeps it in its work dir.
+    pub token: String,
+}
+
+/// The body of a job request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RequestJob {
+    /// Jobs the agent runs right now (for the server's view of its load).
+    #[serde(default)]
+    pub running: Vec<i64>,
+}
+
+/// A job handed to an agent.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct JobSpec {
+    /// The job's id (`CI_JOB_ID`).
+    pub job_id: i64,
+    /// Its pipeline (`CI_PIPELINE_ID`).
+    pub pipeline_id: i64,
+    /// The project's name.
+    pub project: String,
+    /// The attempt (1 for the first run).
+    pub attempt: u32,
+    /// The trace id; the agent logs with it and passes it into the job as `GANTRY_TRACE_ID`.
+    pub trace_id: String,
+    /// The commit.
+    pub sha: String,
+    /// The lease: the agent must heartbeat at least every third of it.
+    pub lease_timeout_ms: u64,
+    /// The name of the job to run, in `plan`.
+    pub job: String,
+    /// A plan holding the job and the jobs it takes artifacts from (not to be run). Its variables
+    /// already hold everything: predefined, YAML, project and pipeline variables (masked ones flagged),
+    /// `CI_JOB_ID`, `CI_PIPELINE_ID` and `GANTRY_TRACE_ID`. `retry` is cleared: the server retries.
+    #[schema(value_type = Object)]
+    pub plan: gantry_pipeline::Plan,
+    /// The jobs whose artifacts the job takes, to download before it runs.
+    pub dependencies: Vec<Dependency>,
+}
+
+/// A job whose artifacts a job takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Dependency {
+    /// Its id (for the download URL).
+    pub job_id: i64,
+    /// Its name (in the plan).
+    pub name: String,
+    /// Whether it uploaded artifacts.
+    pub has_artifacts: bool,
+}
+
+/// The answer to a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Heartbeat {
+    /// The job was canceled: stop it, run its `after_script`, then finish it as canceled.
+    pub cancel: bool,
+}
+
+/// The answer to a log chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogAck {
+    /// How many bytes of the log the server holds.
+    pub size: i64,
+}
+
+/// How a job ended, as the agent saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Succeeded (possibly a failure with allowed exit code is still `failed`; the server decides).
+    Success,
+    /// Failed.
+    Failed,
+    /// Canceled by a heartbeat answer.
+    Canceled,
+}
+
+/// The body of the finish call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FinishJob {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The script's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Why it failed (`script_failure`, `job_execution_timeout`, `runner_system_failure`, ...).
+    pub failure_reason: Option<String>,
+    /// The coverage found in the log.
+    pub coverage: Option<f64>,
+    /// The log's final size in bytes: the server refuses to finish (`409`) until it holds all of it.
+    pub log_size: i64,
+}

@@ -1,0 +1,449 @@
+//! The JSON types of Gantry's HTTP API, shared by the server (which answers with them) and the agent
+//! and CLI (which send and read them). Plain data: no IO, no behaviour beyond small helpers.
+//!
+//! Two surfaces:
+//! - the **public API** under `/api/v1` (projects, pipelines, jobs, deliveries, agents), documented in
+//!   the OpenAPI document the server generates from these types (`utoipa::ToSchema`);
+//! - the **agent protocol** under `/api/v1/agent` ([`agent`]), which agents speak with their agent
+//!   token.
+//!
+//! Timestamps are RFC 3339 strings in UTC with millisecond precision (`2026-11-27T19:42:01.123Z`).
+//! Statuses are spelled as GitLab spells them.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub mod agent;
+
+/// The body of every error answer (4xx and 5xx).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    pub error: String,
+}
+
+/// A `KEY=VALUE` pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeyValue {
+    /// The variable's name.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+}
+
+/// A project variable, as given to `POST /api/v1/projects`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectVariable {
+    /// The variable's name.
+    pub key: String,
+    /// Its value. In answers, masked variables carry no value (`null`).
+    pub value: Option<String>,
+    /// Whether its value is replaced by `[MASKED]` in logs, and never shown by the API.
+    #[serde(default)]
+    pub masked: bool,
+    /// Whether it is given only to pipelines of the default branch and of tags.
+    #[serde(default)]
+    pub protected: bool,
+    /// Which environments it applies to (`*`, `production`, `review/*`).
+    #[serde(default = "star")]
+    pub environment_scope: String,
+}
+
+fn star() -> String {
+    "*".to_string()
+}
+
+/// Which forge a project's commit statuses go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ForgeKind {
+    /// GitLab (`POST /projects/:id/statuses/:sha`).
+    Gitlab,
+    /// GitHub (`POST /repos/:owner/:repo/statuses/:sha`).
+    Github,
+    /// Gitea (GitHub-compatible statuses API).
+    Gitea,
+}
+
+impl ForgeKind {
+    /// The kind as written in URLs and JSON.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForgeKind::Gitlab => "gitlab",
+            ForgeKind::Github => "github",
+            ForgeKind::Gitea => "gitea",
+        }
+    }
+}
+
+/// Where to report commit statuses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Forge {
+    /// The forge.
+    pub kind: ForgeKind,
+    /// The API's base URL (`https://gitlab.example.com/api/v4`, `https://api.github.com`).
+    pub api_url: String,
+    /// The token to post statuses with. Never shown in answers (`null`).
+    pub token: Option<String>,
+    /// The project on the forge: GitLab's numeric id or `group/name`; GitHub's and Gitea's `owner/repo`.
+    pub project: String,
+}
+
+/// A scheduled pipeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Schedule {
+    /// A cron expression with five fields, in UTC (`0 3 * * *`).
+    pub cron: String,
+    /// The branch or tag to run; the project's default branch when absent.
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+    /// Variables of the scheduled pipelines.
+    #[serde(default)]
+    pub variables: Vec<KeyValue>,
+}
+
+/// The body of `POST /api/v1/projects`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NewProject {
+    /// A unique name: letters, digits, `-`, `_` and `.`, at most 100 characters.
+    pub name: String,
+    /// Anything `git fetch` takes: a URL or a path on the server's machine.
+    pub repo_url: String,
+    /// The default branch (`main` when absent).
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    /// The secret that webhooks must prove (GitLab's token, GitHub's and Gitea's HMAC key).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    /// Project variables.
+    #[serde(default)]
+    pub variables: Vec<ProjectVariable>,
+    /// Where to report commit statuses.
+    #[serde(default)]
+    pub forge: Option<Forge>,
+    /// Scheduled pipelines.
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+}
+
+/// A project, as the API shows it (secrets left out).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Project {
+    /// The project's id.
+    pub id: i64,
+    /// Its unique name.
+    pub name: String,
+    /// Where its repository is fetched from.
+    pub repo_url: String,
+    /// The default branch.
+    pub default_branch: String,
+    /// Whether a webhook secret is set.
+    pub has_webhook_secret: bool,
+    /// Project variables; masked ones without their value.
+    pub variables: Vec<ProjectVariable>,
+    /// Where commit statuses go, without the token.
+    pub forge: Option<Forge>,
+    /// Scheduled pipelines.
+    pub schedules: Vec<Schedule>,
+    /// When it was added.
+    pub created_at: String,
+}
+
+/// The body of `POST /api/v1/projects/{name}/pipelines`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TriggerPipeline {
+    /// The branch or tag (the default branch when absent).
+    #[serde(default, rename = "ref")]
+    pub git_ref: Option<String>,
+    /// Pipeline variables, with the highest precedence.
+    #[serde(default)]
+    pub variables: Vec<KeyValue>,
+}
+
+/// A pipeline's status, as GitLab spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineStatus {
+    /// Created; no job has been queued yet.
+    Created,
+    /// Some job is queued, none runs.
+    Pending,
+    /// Some job runs.
+    Running,
+    /// Every job that ran succeeded (or failed with an allowed failure).
+    Success,
+    /// A job failed, or the configuration is invalid.
+    Failed,
+    /// Canceled.
+    Canceled,
+    /// Nothing ran: every job was skipped.
+    Skipped,
+    /// Waiting for a manual job to be played.
+    Manual,
+}
+
+impl PipelineStatus {
+    /// The status as GitLab spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PipelineStatus::Created => "created",
+            PipelineStatus::Pending => "pending",
+            PipelineStatus::Running => "running",
+            PipelineStatus::Success => "success",
+            PipelineStatus::Failed => "failed",
+            PipelineStatus::Canceled => "canceled",
+            PipelineStatus::Skipped => "skipped",
+            PipelineStatus::Manual => "manual",
+        }
+    }
+    /// Parses [`PipelineStatus::as_str`].
+    #[must_use]
+    pub fn parse(s: &str) -> Option<PipelineStatus> {
+        ALL_PIPELINE_STATUSES.iter().copied().find(|st| st.as_str() == s)
+    }
+    /// Whether the pipeline is over.
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            PipelineStatus::Success
+                | PipelineStatus::Failed
+                | PipelineStatus::Canceled
+                | PipelineStatus::Skipped
+        )
+    }
+}
+
+/// Every pipeline status.
+pub const ALL_PIPELINE_STATUSES: [PipelineStatus; 8] = [
+    PipelineStatus::Created,
+    PipelineStatus::Pending,
+    PipelineStatus::Running,
+    PipelineStatus::Success,
+    PipelineStatus::Failed,
+    PipelineStatus::Canceled,
+    PipelineStatus::Skipped,
+    PipelineStatus::Manual,
+];
+
+/// A job's status, as GitLab spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Waiting for the jobs it depends on.
+    Created,
+    /// In the queue, waiting for an agent.
+    Pending,
+    /// An agent runs it.
+    Running,
+    /// Succeeded.
+    Success,
+    /// Failed (see `failure_reason`).
+    Failed,
+    /// Canceled.
+    Canceled,
+    /// Did not run (`when`, or an earlier failure).
+    Skipped,
+    /// A manual job waiting to be played.
+    Manual,
+    /// A delayed job waiting for its `start_in`.
+    Scheduled,
+}
+
+impl JobStatus {
+    /// The status as GitLab spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Created => "created",
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Success => "success",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+            JobStatus::Skipped => "skipped",
+            JobStatus::Manual => "manual",
+            JobStatus::Scheduled => "scheduled",
+        }
+    }
+    /// Parses [`JobStatus::as_str`].
+    #[must_use]
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        ALL_JOB_STATUSES.iter().copied().find(|st| st.as_str() == s)
+    }
+    /// Whether the job is over (it will not run again unless retried, which makes a new job).
+    #[must_use]
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped
+        )
+    }
+}
+
+/// Every job status.
+pub const ALL_JOB_STATUSES: [JobStatus; 9] = [
+    JobStatus::Created,
+    JobStatus::Pending,
+    JobStatus::Running,
+    JobStatus::Success,
+    JobStatus::Failed,
+    JobStatus::Canceled,
+    JobStatus::Skipped,
+    JobStatus::Manual,
+    JobStatus::Scheduled,
+];
+
+/// A configuration error that made a pipeline fail before any job ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PipelineError {
+    /// The file (`.gitlab-ci.yml`, or an included file).
+    pub file: String,
+    /// 1-based line (0 when the error has no position).
+    pub line: u32,
+    /// 1-based column (0 when the error has no position).
+    pub column: u32,
+    /// The message.
+    pub message: String,
+}
+
+/// A pipeline. `GET /api/v1/pipelines/{id}` fills `jobs`; lists leave it empty.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pipeline {
+    /// The pipeline's id (`CI_PIPELINE_ID`).
+    pub id: i64,
+    /// The project's name.
+    pub project: String,
+    /// The branch or tag.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Whether `ref` is a tag.
+    pub tag: bool,
+    /// The commit.
+    pub sha: String,
+    /// The commit before the push (all zeros for a new branch), when known.
+    pub before_sha: Option<String>,
+    /// `CI_PIPELINE_SOURCE`: `push`, `merge_request_event`, `api`, `schedule`, `web`.
+    pub source: String,
+    /// The status.
+    pub status: PipelineStatus,
+    /// The trace id that follows this pipeline from the webhook to the last line of its logs.
+    pub trace_id: String,
+    /// Configuration errors (only when the file is invalid; the status is then `failed`).
+    pub errors: Vec<PipelineError>,
+    /// When it was created.
+    pub created_at: String,
+    /// When its first job started.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Seconds from start to end.
+    pub duration: Option<f64>,
+    /// Its jobs, in plan order (the latest attempt of each job).
+    #[serde(default)]
+    pub jobs: Vec<Job>,
+}
+
+/// A job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    /// The job's id (`CI_JOB_ID`). A retry is a new job with a new id.
+    pub id: i64,
+    /// Its pipeline.
+    pub pipeline_id: i64,
+    /// The job's name.
+    pub name: String,
+    /// Its stage.
+    pub stage: String,
+    /// The status.
+    pub status: JobStatus,
+    /// `when`: `on_success`, `on_failure`, `always`, `manual`, `delayed`.
+    pub when: String,
+    /// Whether a failure is allowed.
+    pub allow_failure: bool,
+    /// The jobs it needs (`null` when it waits for the earlier stages).
+    pub needs: Option<Vec<String>>,
+    /// Its `tags`.
+    pub tags: Vec<String>,
+    /// Which attempt this is (1 for the first run).
+    pub attempt: u32,
+    /// When it was created.
+    pub created_at: String,
+    /// When it entered the queue.
+    pub queued_at: Option<String>,
+    /// When an agent took it.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Seconds from start to end.
+    pub duration: Option<f64>,
+    /// The agent that ran it (its name).
+    pub agent: Option<String>,
+    /// The script's exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed: `script_failure`, `job_execution_timeout`, `runner_system_failure`, ...
+    pub failure_reason: Option<String>,
+    /// The coverage found in its log.
+    pub coverage: Option<f64>,
+    /// The size of its log in bytes.
+    pub log_size: i64,
+    /// Whether it has an artifacts archive.
+    pub has_artifacts: bool,
+}
+
+/// A webhook delivery.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Delivery {
+    /// Gantry's id of the delivery.
+    pub id: i64,
+    /// `gitlab`, `github` or `gitea`.
+    pub forge: ForgeKind,
+    /// The forge's delivery id (`X-Gitlab-Event-UUID`, `X-GitHub-Delivery`, `X-Gitea-Delivery`).
+    pub delivery_id: String,
+    /// The event (`push`, `tag_push`, `merge_request`, `pull_request`).
+    pub event: String,
+    /// `pending` (stored, not processed yet), `created` (a pipeline was created), `skipped`, `failed`.
+    pub status: String,
+    /// Why it was skipped or failed.
+    pub reason: Option<String>,
+    /// The pipeline it created.
+    pub pipeline_id: Option<i64>,
+    /// When it arrived.
+    pub received_at: String,
+}
+
+/// The answer to an accepted webhook (`202`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryAccepted {
+    /// Gantry's id of the stored delivery.
+    pub id: i64,
+    /// Whether this delivery id was seen before (then nothing new happens).
+    pub duplicate: bool,
+}
+
+/// An agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Agent {
+    /// The agent's id.
+    pub id: i64,
+    /// Its name (the host name unless given).
+    pub name: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Whether it takes jobs without tags.
+    pub run_untagged: bool,
+    /// Its executor (`shell`, `docker`).
+    pub executor: String,
+    /// How many jobs it runs at once.
+    pub concurrency: u32,
+    /// Its version.
+    pub version: String,
+    /// When it registered.
+    pub registered_at: String,
+    /// When it was last heard from.
+    pub last_seen_at: Option<String>,
+    /// Whether it was heard from within the lease timeout.
+    pub online: bool,
+}

@@ -1,0 +1,523 @@
+//! The server's durable state, behind one [`Store`] trait with two implementations: SQLite (the
+//! embedded default, one file in the data dir) and PostgreSQL (several servers sharing one database).
+//! Both run their migrations when they connect. [`connect`] picks one from a URL.
+//!
+//! The store knows tables, transactions and the queue's rules; it knows nothing about YAML, HTTP or
+//! forges. What a job *is* (its script, variables, artifacts) is an opaque JSON document
+//! ([`NewJob::spec`]) written by the server and read back by it. Pipeline *progress* (which job runs
+//! next) is decided by the server from a [`PipelineRecord`] and written back with [`Store::apply`],
+//! which is optimistic: it applies only if the pipeline's `version` is still the one read, so two
+//! servers never both advance one pipeline.
+//!
+//! Times are milliseconds since the Unix epoch ([`Millis`]), always passed in by the caller, so that
+//! tests control the clock.
+//!
+//! # Guarantees (each one tested against both implementations)
+//! - A job is handed out by [`Store::claim`] to exactly one agent, however many agents and servers
+//!   claim at once (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: one writer).
+//! - A job in a `resource_group` is not handed out while another job of the same group (in any
+//!   pipeline of the project) is running.
+//! - A delivery id is stored once per project and forge: the second [`Store::insert_delivery`] answers
+//!   `duplicate`.
+//! - [`Store::append_log`] appends only the bytes past the stored end: a resent chunk is never doubled.
+//! - Calls made under a lease ([`Store::heartbeat`], [`Store::append_log`], [`Store::put_artifacts`],
+//!   [`Store::finish`]) fail with [`StoreError::LeaseLost`] once the job is no longer running on that
+//!   agent.
+
+use async_trait::async_trait;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The result of a store call.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Something with this key exists already (a project name).
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The job is no longer running on this agent: its lease ran out, or it was finished or canceled.
+    #[error("the job is no longer leased to this agent")]
+    LeaseLost,
+    /// A log chunk starts past the stored end, which holds this many bytes.
+    #[error("the log holds {0} bytes; a chunk must start at or before that")]
+    LogGap(i64),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(String),
+}
+
+/// Connects to `url` (`sqlite://PATH` (created if missing), `sqlite::memory:`, or `postgres://…`)
+/// and runs the migrations.
+///
+/// # Errors
+/// When the URL is of neither kind, the database cannot be reached, or a migration fails.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    let _ = url;
+    todo!("helper: open SqliteStore or PgStore")
+}
+
+/// A project: its name and repository, and the server's JSON document of its settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectRecord {
+    /// The id.
+    pub id: i64,
+    /// The unique name.
+    pub name: String,
+    /// The settings (the server's JSON: repo URL, branch, secrets, variables, forge, schedules).
+    pub spec: String,
+    /// When it was added.
+    pub created_at: Millis,
+}
+
+/// A webhook delivery (or an API or schedule trigger) to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The project.
+    pub project_id: i64,
+    /// `gitlab`, `github`, `gitea`, or `api` / `schedule` for triggers without a webhook.
+    pub forge: String,
+    /// The forge's delivery id (unique per project and forge); generated for triggers.
+    pub delivery_id: String,
+    /// The event (`push`, `tag_push`, `merge_request`, ...).
+    pub event: String,
+    /// The body as received (or the trigger's JSON).
+    pub payload: Vec<u8>,
+    /// The trace id of the request that brought it.
+    pub trace_id: String,
+    /// When it arrived.
+    pub received_at: Millis,
+}
+
+/// A stored delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// Gantry's id.
+    pub id: i64,
+    /// The project.
+    pub project_id: i64,
+    /// See [`NewDelivery::forge`].
+    pub forge: String,
+    /// See [`NewDelivery::delivery_id`].
+    pub delivery_id: String,
+    /// See [`NewDelivery::event`].
+    pub event: String,
+    /// See [`NewDelivery::payload`] (empty in lists).
+    pub payload: Vec<u8>,
+    /// See [`NewDelivery::trace_id`].
+    pub trace_id: String,
+    /// `pending`, `created`, `skipped` or `failed`.
+    pub status: String,
+    /// Why it was skipped or failed.
+    pub reason: Option<String>,
+    /// The pipeline it created.
+    pub pipeline_id: Option<i64>,
+    /// When it arrived.
+    pub received_at: Millis,
+}
+
+/// A pipeline to create, with its jobs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewPipeline {
+    /// The project.
+    pub project_id: i64,
+    /// The delivery it comes from: creating it marks the delivery `created`, in the same
+    /// transaction; a second call for the same delivery creates nothing and answers the first id.
+    pub delivery_id: Option<i64>,
+    /// The branch or tag.
+    pub git_ref: String,
+    /// Whether `git_ref` is a tag.
+    pub tag: bool,
+    /// The commit.
+    pub sha: String,
+    /// The commit before the push.
+    pub before_sha: Option<String>,
+    /// `CI_PIPELINE_SOURCE`.
+    pub source: String,
+    /// The first status (`created`, or `failed` for an invalid file).
+    pub status: String,
+    /// The trace id.
+    pub trace_id: String,
+    /// The configuration errors as the server's JSON (`[]` when none).
+    pub errors: String,
+    /// The server's JSON of what every job of the pipeline shares (variables, plan stages, ...).
+    pub spec: String,
+    /// When.
+    pub created_at: Millis,
+    /// The jobs, in plan order.
+    pub jobs: Vec<NewJob>,
+}
+
+/// A job to create.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewJob {
+    /// The name.
+    pub name: String,
+    /// The stage.
+    pub stage: String,
+    /// The stage's index.
+    pub stage_index: i64,
+    /// Position in plan order (jobs are listed by it).
+    pub position: i64,
+    /// The attempt (1, or more for a retry).
+    pub attempt: i64,
+    /// The first status (`created`, `manual`, `pending`, ...).
+    pub status: String,
+    /// `when`.
+    pub when: String,
+    /// Whether a failure is allowed (for listings; the exact rule lives in `spec`).
+    pub allow_failure: bool,
+    /// The names of the jobs it needs; `None` waits for earlier stages.
+    pub needs: Option<Vec<String>>,
+    /// `tags`: only agents with all of them may take it.
+    pub tags: Vec<String>,
+    /// `resource_group`, expanded.
+    pub resource_group: Option<String>,
+    /// `interruptible`.
+    pub interruptible: bool,
+    /// The server's JSON of the job.
+    pub spec: String,
+    /// When.
+    pub created_at: Millis,
+}
+
+/// A stored job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRecord {
+    /// The id.
+    pub id: i64,
+    /// The pipeline.
+    pub pipeline_id: i64,
+    /// See [`NewJob`].
+    pub name: String,
+    /// See [`NewJob`].
+    pub stage: String,
+    /// See [`NewJob`].
+    pub stage_index: i64,
+    /// See [`NewJob`].
+    pub position: i64,
+    /// See [`NewJob`].
+    pub attempt: i64,
+    /// `created`, `pending`, `running`, `success`, `failed`, `canceled`, `skipped`, `manual`, `scheduled`.
+    pub status: String,
+    /// See [`NewJob`].
+    pub when: String,
+    /// See [`NewJob`].
+    pub allow_failure: bool,
+    /// See [`NewJob`].
+    pub needs: Option<Vec<String>>,
+    /// See [`NewJob`].
+    pub tags: Vec<String>,
+    /// See [`NewJob`].
+    pub resource_group: Option<String>,
+    /// See [`NewJob`].
+    pub interruptible: bool,
+    /// See [`NewJob`].
+    pub spec: String,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When it became `pending`.
+    pub queued_at: Option<Millis>,
+    /// When an agent claimed it.
+    pub started_at: Option<Millis>,
+    /// When it ended.
+    pub finished_at: Option<Millis>,
+    /// A delayed job does not become `pending` before this.
+    pub run_after: Option<Millis>,
+    /// The agent that claimed it.
+    pub agent_id: Option<i64>,
+    /// That agent's name.
+    pub agent_name: Option<String>,
+    /// The lease's deadline while it runs.
+    pub lease_until: Option<Millis>,
+    /// Cancel was asked for while it runs: the agent learns it from its next heartbeat.
+    pub cancel_requested: bool,
+    /// The script's exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Coverage.
+    pub coverage: Option<f64>,
+    /// The log's size in bytes.
+    pub log_size: i64,
+    /// Whether it uploaded artifacts.
+    pub has_artifacts: bool,
+    /// A newer attempt of this job exists.
+    pub retried: bool,
+}
+
+/// A stored pipeline with all its jobs (every attempt, in `position`, then `attempt` order).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineRecord {
+    /// The id.
+    pub id: i64,
+    /// The project.
+    pub project_id: i64,
+    /// The project's name.
+    pub project_name: String,
+    /// See [`NewPipeline`].
+    pub git_ref: String,
+    /// See [`NewPipeline`].
+    pub tag: bool,
+    /// See [`NewPipeline`].
+    pub sha: String,
+    /// See [`NewPipeline`].
+    pub before_sha: Option<String>,
+    /// See [`NewPipeline`].
+    pub source: String,
+    /// The status (see [`JobRecord::status`] for the spelling; plus `running`).
+    pub status: String,
+    /// See [`NewPipeline`].
+    pub trace_id: String,
+    /// See [`NewPipeline`].
+    pub errors: String,
+    /// See [`NewPipeline`].
+    pub spec: String,
+    /// When it was created.
+    pub created_at: Millis,
+    /// When its first job started.
+    pub started_at: Option<Millis>,
+    /// When it ended.
+    pub finished_at: Option<Millis>,
+    /// Bumped by every [`Store::apply`], [`Store::finish`], [`Store::claim`] of one of its jobs, and
+    /// lease expiry: the optimistic lock.
+    pub version: i64,
+    /// The jobs; empty in lists.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// A change to one job, applied by [`Store::apply`]. `None` fields are left as they are.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobChange {
+    /// The job.
+    pub id: i64,
+    /// The new status.
+    pub status: Option<String>,
+    /// When it became pending.
+    pub queued_at: Option<Millis>,
+    /// When it ended (for jobs that end without running: skipped, canceled).
+    pub finished_at: Option<Millis>,
+    /// Not pending before this (delayed jobs).
+    pub run_after: Option<Millis>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Ask its agent to cancel it.
+    pub cancel_requested: Option<bool>,
+    /// A newer attempt exists.
+    pub retried: Option<bool>,
+}
+
+/// What [`Store::apply`] writes, in one transaction.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    /// Changed jobs.
+    pub jobs: Vec<JobChange>,
+    /// New jobs (retries, which carry `attempt` > 1, and the same `position`).
+    pub new_jobs: Vec<NewJob>,
+    /// The pipeline's new status.
+    pub status: Option<String>,
+    /// When it started.
+    pub started_at: Option<Millis>,
+    /// When it ended.
+    pub finished_at: Option<Millis>,
+}
+
+/// Which pipelines to list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineFilter {
+    /// Only this ref.
+    pub git_ref: Option<String>,
+    /// Only this status.
+    pub status: Option<String>,
+}
+
+/// A page of a list: 1-based `page`, `per_page` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// The page, from 1.
+    pub page: i64,
+    /// Rows per page.
+    pub per_page: i64,
+}
+
+/// A page of results, newest first, and how many there are in all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Paged<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// The total number of rows.
+    pub total: i64,
+}
+
+/// An agent to register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewAgent {
+    /// Its name.
+    pub name: String,
+    /// SHA-256 of its token, hex: the token itself is never stored.
+    pub token_hash: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Whether it takes untagged jobs.
+    pub run_untagged: bool,
+    /// Its executor.
+    pub executor: String,
+    /// Its concurrency.
+    pub concurrency: i64,
+    /// Its version.
+    pub version: String,
+    /// When.
+    pub registered_at: Millis,
+}
+
+/// A registered agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// The id.
+    pub id: i64,
+    /// See [`NewAgent`].
+    pub name: String,
+    /// See [`NewAgent`].
+    pub tags: Vec<String>,
+    /// See [`NewAgent`].
+    pub run_untagged: bool,
+    /// See [`NewAgent`].
+    pub executor: String,
+    /// See [`NewAgent`].
+    pub concurrency: i64,
+    /// See [`NewAgent`].
+    pub version: String,
+    /// See [`NewAgent`].
+    pub registered_at: Millis,
+    /// When it was last heard from.
+    pub last_seen_at: Option<Millis>,
+}
+
+/// How a job ended, as [`Store::finish`] records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobResult {
+    /// `success`, `failed` or `canceled`.
+    pub status: String,
+    /// The exit code.
+    pub exit_code: Option<i32>,
+    /// Why it failed.
+    pub failure_reason: Option<String>,
+    /// Coverage.
+    pub coverage: Option<f64>,
+    /// When.
+    pub finished_at: Millis,
+}
+
+/// The server's durable state. See the crate docs for the guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+    /// Checks that the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    // --- projects
+
+    /// Adds a project; [`StoreError::Conflict`] when the name is taken.
+    async fn create_project(&self, name: &str, spec: &str, now: Millis) -> Result<ProjectRecord>;
+    /// Replaces a project's settings; `false` when there is no such project.
+    async fn update_project(&self, name: &str, spec: &str) -> Result<bool>;
+    /// The project named `name`.
+    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>>;
+    /// The project with id `id`.
+    async fn project_by_id(&self, id: i64) -> Result<Option<ProjectRecord>>;
+    /// All projects, by name.
+    async fn projects(&self) -> Result<Vec<ProjectRecord>>;
+
+    // --- deliveries
+
+    /// Stores a delivery durably: `(id, false)`, or `(id of the first, true)` when this delivery id
+    /// was stored before for the project and forge.
+    async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<(i64, bool)>;
+    /// Up to `limit` deliveries still `pending`, oldest first, with their payloads.
+    async fn pending_deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>>;
+    /// Marks a pending delivery `skipped` or `failed`, with the reason.
+    async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()>;
+    /// A project's deliveries, newest first, without payloads.
+    async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>>;
+
+    // --- pipelines
+
+    /// Creates a pipeline and its jobs in one transaction (see [`NewPipeline::delivery_id`]).
+    async fn create_pipeline(&self, pipeline: &NewPipeline) -> Result<i64>;
+    /// A pipeline with all its jobs.
+    async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>>;
+    /// A project's pipelines, newest first, without jobs.
+    async fn pipelines(
+        &self,
+        project_id: i64,
+        filter: &PipelineFilter,
+        page: Page,
+    ) -> Result<Paged<PipelineRecord>>;
+    /// The ids of pipelines that are not over (not `success`, `failed`, `canceled`, `skipped`), oldest
+    /// first: the server advances them after a restart and when delayed jobs come due.
+    async fn active_pipelines(&self) -> Result<Vec<i64>>;
+    /// Applies `changes` if the pipeline's version is still `version` (then bumps it, answers `true`);
+    /// otherwise changes nothing and answers `false`.
+    async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool>;
+
+    // --- the queue
+
+    /// Hands the oldest `pending` job that `agent` may run (tags, resource groups, `run_after`) to it:
+    /// `running`, `started_at = now`, leased until `lease_until`. `None` when there is none.
+    async fn claim(
+        &self,
+        agent: &AgentRecord,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Option<JobRecord>>;
+    /// Extends the lease; answers whether cancel was requested.
+    async fn heartbeat(&self, job_id: i64, agent_id: i64, lease_until: Millis) -> Result<bool>;
+    /// Appends the part of `bytes` (which start at byte `offset` of the log) past the stored end, and
+    /// extends the lease; answers the log's new size.
+    async fn append_log(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        offset: i64,
+        bytes: &[u8],
+        lease_until: Millis,
+    ) -> Result<i64>;
+    /// Bytes `start..end` of a job's log (fewer at the end of the log).
+    async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>>;
+    /// Stores the job's artifacts archive (replacing an earlier one) and extends the lease.
+    async fn put_artifacts(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        archive: &[u8],
+        lease_until: Millis,
+    ) -> Result<()>;
+    /// A job's artifacts archive.
+    async fn artifacts(&self, job_id: i64) -> Result<Option<Vec<u8>>>;
+    /// Records how a running job ended and releases its lease; answers its pipeline's id.
+    async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64>;
+    /// Fails every running job whose lease ran out before `now` (`runner_system_failure`); answers
+    /// `(job id, pipeline id)` of each.
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>>;
+    /// Moves every running job's lease to at least `until` (a restarted server gives agents time to
+    /// reconnect before their leases are judged).
+    async fn extend_leases(&self, until: Millis) -> Result<()>;
+    /// How many jobs are `pending`.
+    async fn queue_depth(&self) -> Result<i64>;
+    /// A job by id.
+    async fn job(&self, id: i64) -> Result<Option<JobRecord>>;
+
+    // --- agents
+
+    /// Registers an agent; answers its id.
+    async fn register_agent(&self, agent: &NewAgent) -> Result<i64>;
+    /// The agent whose token hashes to `token_hash`.
+    async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentRecord>>;
+    /// Records that the agent was heard from.
+    async fn touch_agent(&self, id: i64, now: Millis) -> Result<()>;
+    /// All agents, by id.
+    async fn agents(&self) -> Result<Vec<AgentRecord>>;
+}
