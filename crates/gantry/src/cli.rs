@@ -41,6 +41,10 @@ enum Command {
     Run(RunArgs),
     /// Check the pipeline file without running it.
     Lint(LintArgs),
+    /// Run the server: webhooks, pipelines, the job queue, the API.
+    Server(gantry_server::Args),
+    /// Run an agent: take jobs from a server and run them.
+    Agent(gantry_agent::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -132,6 +136,8 @@ pub fn main() -> Result<u8> {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Lint(args) => lint(&args),
+        Command::Server(args) => gantry_server::main(args),
+        Command::Agent(args) => gantry_agent::main(args),
     }
 }
 
