@@ -1,15 +1,413 @@
 //! `gantry agent`: registers with a Gantry server, takes jobs from its queue, and runs each with
 //! `gantry-runtime` and an executor, streaming logs and uploading artifacts.
+//!
+//! The protocol is `gantry_api::agent`'s. The agent:
+//! 1. registers with the registration token on its first start and keeps its own token in
+//!    `work_dir/agent.json` (mode 0600), which later starts reuse;
+//! 2. runs `concurrency` workers, each long-polling for a job; while the server cannot be reached
+//!    it retries with capped exponential backoff and jitter, forever, and says so once per outage;
+//! 3. runs each job as `job.rs` describes: source and dependencies' artifacts in, the runtime on the
+//!    one job in place, the log through a spool file to the server, artifacts out, `finish`.
+//!
+//! A job whose lease is lost (`409`) is stopped and dropped: the server has failed it already.
+//!
+//! ```text
+//! gantry agent --server http://127.0.0.1:8080 --token REGISTRATION_TOKEN --concurrency 2
+//! ```
+
+mod archive;
+mod backoff;
+mod client;
+mod job;
+mod spool;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use gantry_api::agent::{RegisterAgent, RequestJob};
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::Backoff;
+use crate::client::{CallError, Client};
+use crate::job::{Env, Exec};
+
+/// How long one job request waits on the server for a job.
+const LONG_POLL: Duration = Duration::from_secs(30);
+/// The file in the work dir that holds the agent's identity.
+const IDENTITY_FILE: &str = "agent.json";
+
+/// Which executor runs jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// Each job in `bash` on this machine; jobs that name an `image:` fail, as with `gantry run`.
+    Shell,
+    /// Each job in a container (Docker or Podman).
+    Docker,
+}
+
+impl ExecutorKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Shell => "shell",
+            ExecutorKind::Docker => "docker",
+        }
+    }
+}
+
+/// The format of the agent's own log (on standard error).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// `gantry agent`'s options.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The server's URL.
+    #[arg(long, env = "GANTRY_SERVER", value_name = "URL")]
+    pub server: String,
+    /// The server's registration token (needed on the first start only).
+    #[arg(
+        long,
+        env = "GANTRY_AGENT_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// What runs the jobs.
+    #[arg(long, value_enum, env = "GANTRY_EXECUTOR", default_value = "shell")]
+    pub executor: ExecutorKind,
+    /// How many jobs run at once.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "GANTRY_CONCURRENCY",
+        default_value_t = 1
+    )]
+    pub concurrency: u32,
+    /// Tags: the agent takes jobs whose tags are all among these.
+    #[arg(long, value_name = "A,B", env = "GANTRY_TAGS", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Whether the agent takes jobs without tags.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        env = "GANTRY_RUN_UNTAGGED",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub run_untagged: bool,
+    /// Where the agent keeps its token and the jobs' directories.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "GANTRY_WORK_DIR",
+        default_value = "gantry-agent"
+    )]
+    pub work_dir: PathBuf,
+    /// The agent's name (default: the host name).
+    #[arg(long, env = "GANTRY_AGENT_NAME")]
+    pub name: Option<String>,
+    /// The format of the agent's own log.
+    #[arg(long, value_enum, env = "GANTRY_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The agent's identity, kept in the work dir.
+#[derive(Debug, Serialize, Deserialize)]
+struct Identity {
+    /// The server it registered with.
+    server: String,
+    /// Its id there.
+    id: i64,
+    /// Its token.
+    token: String,
+}
 
 /// Runs the agent until it is stopped; returns the process exit code.
 ///
 /// # Errors
-/// When it cannot start.
+/// When it cannot start, or the server rejects its token (the binary exits with 2 then).
 pub fn main(args: Args) -> anyhow::Result<u8> {
-    let _ = args;
-    anyhow::bail!("gantry agent is not implemented yet")
+    init_tracing(args.log_format);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        tokio::select! {
+            r = agent(args) => r,
+            code = stopped() => {
+                tracing::info!("stopping: jobs that run now will fail when their leases run out");
+                Ok(code)
+            }
+        }
+    })
+}
+
+fn init_tracing(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves with the exit code when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn stopped() -> u8 {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => 130,
+        () = term => 143,
+    }
+}
+
+fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gantry-agent".to_string())
+}
+
+async fn agent(args: Args) -> anyhow::Result<u8> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let exec = match args.executor {
+        ExecutorKind::Shell => Exec::Shell(Arc::new(gantry_executor_shell::ShellExecutor {
+            allow_image: false,
+        })),
+        ExecutorKind::Docker => {
+            bail!("--executor docker is not available in this build yet; use --executor shell")
+        }
+    };
+    let work_dir = args.work_dir.clone();
+    let builds = work_dir.join("builds");
+    tokio::task::spawn_blocking({
+        let (work_dir, builds) = (work_dir.clone(), builds.clone());
+        move || -> anyhow::Result<()> {
+            std::fs::create_dir_all(&work_dir)
+                .with_context(|| format!("cannot create {}", work_dir.display()))?;
+            // What a killed agent left behind: those jobs' leases are gone.
+            let _ = std::fs::remove_dir_all(&builds);
+            Ok(())
+        }
+    })
+    .await??;
+    let name = args.name.clone().unwrap_or_else(host_name);
+    let client = Client::new(&args.server, String::new())?;
+    let identity_path = work_dir.join(IDENTITY_FILE);
+    let identity = match read_identity(&identity_path)? {
+        Some(id) => {
+            tracing::info!(agent_id = id.id, file = %identity_path.display(), "using the stored agent token");
+            id
+        }
+        None => {
+            let Some(token) = args.token.clone() else {
+                bail!(
+                    "no agent token in {}: give the server's registration token with --token to register",
+                    identity_path.display()
+                );
+            };
+            let body = RegisterAgent {
+                token,
+                name: name.clone(),
+                tags: args.tags.clone(),
+                run_untagged: args.run_untagged,
+                executor: args.executor.as_str().to_string(),
+                concurrency: args.concurrency,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let registered = register(&client, &body).await?;
+            let id = Identity {
+                server: args.server.clone(),
+                id: registered.id,
+                token: registered.token,
+            };
+            write_identity(&identity_path, &id)?;
+            tracing::info!(agent_id = id.id, name = %name, "registered");
+            id
+        }
+    };
+    let env = Arc::new(Env {
+        client: client.with_token(identity.token.clone()),
+        work_dir,
+        name,
+        exec,
+    });
+    let shared = Arc::new(Shared::default());
+    tracing::info!(
+        server = %args.server,
+        concurrency = args.concurrency,
+        executor = args.executor.as_str(),
+        "waiting for jobs"
+    );
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency {
+        workers.spawn(worker(env.clone(), shared.clone()));
+    }
+    // Workers end only on a fatal error.
+    let e = match workers.join_next().await {
+        Some(Ok(e)) => e,
+        Some(Err(e)) => anyhow::anyhow!("a worker stopped: {e}"),
+        None => anyhow::anyhow!("no workers"),
+    };
+    Err(e.context(format!(
+        "the agent token in {} was rejected; remove the file to register again",
+        identity_path.display()
+    )))
+}
+
+/// Registers, retrying while the server cannot be reached.
+async fn register(
+    client: &Client,
+    body: &RegisterAgent,
+) -> anyhow::Result<gantry_api::agent::Registered> {
+    let mut backoff = Backoff::default();
+    let mut told = false;
+    loop {
+        match client.register(body).await {
+            Ok(r) => return Ok(r),
+            Err(CallError::Unauthorized(m)) => {
+                bail!("the server rejected the registration token: {m}")
+            }
+            Err(e) if e.is_transient() => {
+                if !told {
+                    tracing::warn!(error = %e, "cannot register yet; retrying");
+                    told = true;
+                }
+                backoff.wait().await;
+            }
+            Err(e) => bail!("cannot register: {e}"),
+        }
+    }
+}
+
+fn read_identity(path: &Path) -> anyhow::Result<Option<Identity>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("cannot read {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes the identity readable by the owner only, replacing the file in one step.
+fn write_identity(path: &Path, id: &Identity) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("json.new");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(id)?)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// What the workers share.
+#[derive(Default)]
+struct Shared {
+    /// The jobs running now.
+    running: Mutex<Vec<i64>>,
+    /// The server cannot be reached (said once per outage).
+    outage: AtomicBool,
+}
+
+impl Shared {
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn reachable(&self) {
+        if self.outage.swap(false, Ordering::SeqCst) {
+            tracing::info!("the server answers again");
+        }
+    }
+
+    fn unreachable(&self, e: &CallError) {
+        if !self.outage.swap(true, Ordering::SeqCst) {
+            tracing::warn!(error = %e, "the server cannot be reached; retrying until it can");
+        }
+    }
+}
+
+/// Takes jobs and runs them, one at a time, forever; returns only when the token is rejected.
+async fn worker(env: Arc<Env>, shared: Arc<Shared>) -> anyhow::Error {
+    let mut backoff = Backoff::default();
+    loop {
+        let body = RequestJob {
+            running: shared.running().clone(),
+        };
+        match env.client.request_job(LONG_POLL, &body).await {
+            Ok(None) => {
+                shared.reachable();
+                backoff.reset();
+            }
+            Ok(Some(spec)) => {
+                shared.reachable();
+                backoff.reset();
+                let id = spec.job_id;
+                shared.running().push(id);
+                job::run(env.clone(), spec).await;
+                shared.running().retain(|j| *j != id);
+            }
+            Err(CallError::Unauthorized(m)) => {
+                return anyhow::anyhow!("the server rejected the agent token: {m}");
+            }
+            Err(e) => {
+                shared.unreachable(&e);
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_private_and_round_trips() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(IDENTITY_FILE);
+        assert!(read_identity(&path).unwrap().is_none());
+        let id = Identity {
+            server: "http://x".into(),
+            id: 3,
+            token: "secret".into(),
+        };
+        write_identity(&path, &id).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back = read_identity(&path).unwrap().unwrap();
+        assert_eq!((back.id, back.token.as_str()), (3, "secret"));
+    }
 }

@@ -257,6 +257,20 @@ pub enum RuntimeError {
     },
 }
 
+/// Where the artifact store under `state_dir` keeps the entry of the job at `index` of `plan`:
+/// `state_dir/artifacts/<slug>/`, holding `files/`, `reports/<type>/` and `meta.json` (with the
+/// job's dotenv variables). An agent places a dependency's downloaded entry there before [`run`], and
+/// archives the entry of the job it ran after it.
+///
+/// # Panics
+/// When `index` is not a job of `plan`.
+#[must_use]
+pub fn artifact_dir(plan: &Plan, state_dir: &std::path::Path, index: usize) -> PathBuf {
+    state_dir
+        .join("artifacts")
+        .join(schedule::slugs(plan).swap_remove(index))
+}
+
 /// Runs `plan` with `executor`, reporting to `reporter`, until every selected job has finished or
 /// `cancel` becomes `true`.
 ///

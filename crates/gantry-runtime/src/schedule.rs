@@ -42,7 +42,7 @@ fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RuntimeErr
 }
 
 /// Directory names for the jobs: slugs of their names, made unique in plan order.
-fn slugs(plan: &Plan) -> Vec<String> {
+pub(crate) fn slugs(plan: &Plan) -> Vec<String> {
     let mut taken = HashSet::new();
     plan.jobs
         .iter()

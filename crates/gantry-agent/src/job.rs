@@ -1,0 +1,483 @@
+//! One job handed out by the server, from its source download to its `finish` call.
+//!
+//! The job's directory `work_dir/builds/<job id>/` holds `src/` (the commit's tree, where the job
+//! runs in place), `state/` (the runtime's state dir: the dependencies' artifacts go to its artifact
+//! store before the run, and the job's own entry is archived from there after it), `log` (the
+//! spool) and the archives in transit. It is removed when the job is over.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gantry_api::agent::{FinishJob, JobSpec, Outcome};
+use gantry_pipeline::Plan;
+use gantry_pipeline::plan::{FailureReason, When};
+use gantry_runtime::{JobResult, JobStatus, RunConfig};
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use crate::archive;
+use crate::backoff::Backoff;
+use crate::client::{CallError, Client};
+use crate::spool::{self, LogReporter, Spool, UploadError};
+
+/// The timeout of jobs whose plan sets none (the server's plan normally sets one).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a job whose lease is lost gets to stop before it is dropped.
+const LOST_GRACE: Duration = Duration::from_secs(10);
+
+/// What runs the job's steps.
+#[derive(Clone)]
+pub(crate) enum Exec {
+    /// `bash` on the agent's machine.
+    Shell(Arc<gantry_executor_shell::ShellExecutor>),
+}
+
+/// What every job of an agent shares.
+pub(crate) struct Env {
+    pub client: Client,
+    pub work_dir: PathBuf,
+    pub name: String,
+    pub exec: Exec,
+}
+
+/// How the job went, as far as the agent's bookkeeping goes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Done {
+    /// The server took the `finish` call.
+    Finished,
+    /// The lease was lost: the job was stopped and dropped.
+    LeaseLost,
+    /// The server refused the job's calls for good (logged).
+    Refused,
+}
+
+/// Runs `spec` to its end; never fails (what goes wrong goes to the job's log, the agent's log, or
+/// the server's view of the job).
+pub(crate) async fn run(env: Arc<Env>, spec: JobSpec) -> Done {
+    let span = tracing::info_span!(
+        "job",
+        job_id = spec.job_id,
+        pipeline_id = spec.pipeline_id,
+        job = %spec.job,
+        trace_id = %spec.trace_id,
+    );
+    async move {
+        tracing::info!(project = %spec.project, attempt = spec.attempt, "job started");
+        let dir = env.work_dir.join("builds").join(spec.job_id.to_string());
+        let done = run_in(&env, &spec, &dir).await;
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        match &done {
+            Done::Finished => tracing::info!("job finished"),
+            Done::LeaseLost => tracing::warn!("lease lost; job stopped and dropped"),
+            Done::Refused => {}
+        }
+        done
+    }
+    .instrument(span)
+    .await
+}
+
+/// The lease monitor's news.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lease {
+    Held,
+    Lost,
+}
+
+async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path) -> Done {
+    let prepared = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            Spool::create(&dir.join("log"))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+    };
+    let spool = match prepared {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot prepare the job's directory");
+            // Nothing can be logged: say so in the finish call.
+            return finish(env, spec, &failure(FailureReason::RunnerSystemFailure), 0).await;
+        }
+    };
+    let (cancel_tx, cancel_rx) = watch::channel(false);
+    let (lease_tx, mut lease_rx) = watch::channel(Lease::Held);
+    let cancel_tx = Arc::new(cancel_tx);
+
+    let uploader = tokio::spawn(spool::upload(
+        env.client.clone(),
+        spec.job_id,
+        spool.clone(),
+    ));
+    let heartbeat = tokio::spawn(heartbeat(
+        env.client.clone(),
+        spec.job_id,
+        Duration::from_millis(spec.lease_timeout_ms / 3).max(Duration::from_millis(100)),
+        cancel_tx.clone(),
+        lease_tx,
+    ));
+
+    spool.info(&format!(
+        "Running job {} (id {}, pipeline {}) on agent {} (trace {})",
+        spec.job, spec.job_id, spec.pipeline_id, env.name, spec.trace_id
+    ));
+    // The lease can be lost while the job prepares or runs: stop it then.
+    let work = execute(env, spec, dir, &spool, cancel_rx);
+    tokio::pin!(work);
+    let result = tokio::select! {
+        r = &mut work => Some(r),
+        () = lost(&mut lease_rx) => None,
+    };
+    let Some(result) = result else {
+        // Cancel the job and give the runtime a moment to kill its processes; then drop it.
+        let _ = cancel_tx.send(true);
+        let _ = tokio::time::timeout(LOST_GRACE, &mut work).await;
+        heartbeat.abort();
+        uploader.abort();
+        return Done::LeaseLost;
+    };
+    spool.info(&summary(&result));
+    spool.close();
+    let log = tokio::select! {
+        r = uploader => r.unwrap_or_else(|e| Err(UploadError::Spool(std::io::Error::other(e)))),
+        () = lost(&mut lease_rx) => Err(UploadError::LeaseLost),
+    };
+    let log_size = match log {
+        Ok(size) => size,
+        Err(UploadError::LeaseLost) => {
+            heartbeat.abort();
+            return Done::LeaseLost;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot upload the log");
+            heartbeat.abort();
+            return Done::Refused;
+        }
+    };
+    let done = match upload_artifacts(env, spec, dir).await {
+        Ok(()) => finish(env, spec, &result, log_size).await,
+        Err(d) => d,
+    };
+    heartbeat.abort();
+    done
+}
+
+/// Resolves when the lease is lost (never when the monitor ends without losing it).
+async fn lost(rx: &mut watch::Receiver<Lease>) {
+    loop {
+        if *rx.borrow_and_update() == Lease::Lost {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Heartbeats every `every`; cancels the job when the server says so, reports a lost lease.
+async fn heartbeat(
+    client: Client,
+    job: i64,
+    every: Duration,
+    cancel: Arc<watch::Sender<bool>>,
+    lease: watch::Sender<Lease>,
+) {
+    let mut delay = every;
+    loop {
+        tokio::time::sleep(delay).await;
+        match client.heartbeat(job).await {
+            Ok(hb) => {
+                delay = every;
+                if hb.cancel && !*cancel.borrow() {
+                    tracing::info!("the server canceled the job");
+                    let _ = cancel.send(true);
+                }
+            }
+            Err(CallError::LeaseLost) => {
+                let _ = lease.send(Lease::Lost);
+                return;
+            }
+            Err(e) => {
+                // Try again sooner: the lease runs out after three missed beats.
+                tracing::debug!(error = %e, "heartbeat failed");
+                delay = (every / 3).max(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A failure before the job could run.
+fn failure(reason: FailureReason) -> JobResult {
+    JobResult {
+        name: String::new(),
+        stage: String::new(),
+        status: JobStatus::Failed,
+        allow_failure: false,
+        exit_code: None,
+        duration: Duration::ZERO,
+        coverage: None,
+        reason: Some(reason),
+    }
+}
+
+fn reason_str(r: FailureReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "unknown_failure".to_string())
+}
+
+/// The last line of the log.
+fn summary(r: &JobResult) -> String {
+    match (r.status, r.exit_code, r.reason) {
+        (JobStatus::Success, ..) => "Job succeeded".to_string(),
+        (JobStatus::Canceled, ..) => "Job canceled".to_string(),
+        (_, Some(code), _) => format!("ERROR: Job failed: exit code {code}"),
+        (_, None, Some(reason)) => format!("ERROR: Job failed: {}", reason_str(reason)),
+        (status, None, None) => format!("Job ended as {}", status.as_str()),
+    }
+}
+
+/// Downloads what the job needs and runs it; its result (failures to prepare are failed results,
+/// reported in the log).
+async fn execute(
+    env: &Arc<Env>,
+    spec: &JobSpec,
+    dir: &Path,
+    spool: &Arc<Spool>,
+    cancel: watch::Receiver<bool>,
+) -> JobResult {
+    let Some(idx) = spec.plan.jobs.iter().position(|j| j.name == spec.job) else {
+        spool.info(&format!("the plan has no job `{}`", spec.job));
+        return failure(FailureReason::RunnerSystemFailure);
+    };
+    let src = dir.join("src");
+    let state = dir.join("state");
+    let files = match fetch(env, spec, dir, &src, &state).await {
+        Ok(files) => files,
+        Err(Fetch::Missing(message)) => {
+            spool.info(&message);
+            return failure(FailureReason::MissingDependencyFailure);
+        }
+        Err(Fetch::System(message)) => {
+            spool.info(&message);
+            return failure(FailureReason::RunnerSystemFailure);
+        }
+    };
+    let plan = runnable(&spec.plan, idx);
+    let mut selected = vec![false; plan.jobs.len()];
+    selected[idx] = true;
+    let config = RunConfig {
+        project_dir: src,
+        state_dir: state,
+        pipeline_id: u64::try_from(spec.pipeline_id).unwrap_or(0),
+        concurrency: 1,
+        in_place: true,
+        selected,
+        play_manual: vec![spec.job.clone()],
+        echo: true,
+        default_timeout: DEFAULT_TIMEOUT,
+        files: Some(files),
+    };
+    let reporter = Arc::new(LogReporter::new(spool.clone()));
+    let ran = match &env.exec {
+        Exec::Shell(e) => {
+            gantry_runtime::run(&plan, config, e.clone(), reporter.clone(), cancel).await
+        }
+    };
+    match ran {
+        Ok(_) => reporter.result().unwrap_or_else(|| {
+            spool.info("the runtime did not report the job");
+            failure(FailureReason::RunnerSystemFailure)
+        }),
+        Err(e) => {
+            spool.info(&format!("cannot run the job: {e}"));
+            failure(FailureReason::RunnerSystemFailure)
+        }
+    }
+}
+
+/// The plan as the agent runs it: the server decided that the job runs, so its `when` no longer
+/// matters (no delay, no waiting to be played, no `on_failure` check against jobs that are not
+/// here), and the server retries, not the agent.
+fn runnable(plan: &Plan, idx: usize) -> Plan {
+    let mut plan = plan.clone();
+    let job = &mut plan.jobs[idx];
+    job.when = When::Always;
+    job.start_in = None;
+    job.retry.max = 0;
+    plan
+}
+
+/// Why the job's inputs could not be fetched.
+enum Fetch {
+    /// A dependency's artifacts are missing.
+    Missing(String),
+    /// Anything else.
+    System(String),
+}
+
+/// Downloads and extracts the source tree into `src` and the dependencies' artifacts into the
+/// artifact store under `state`; the source's files.
+async fn fetch(
+    env: &Arc<Env>,
+    spec: &JobSpec,
+    dir: &Path,
+    src: &Path,
+    state: &Path,
+) -> Result<Vec<PathBuf>, Fetch> {
+    let tar = dir.join("source.tar");
+    if !download(env, spec.job_id, "/source", &tar).await? {
+        return Err(Fetch::System("the server has no source for the job".into()));
+    }
+    let files = extract(tar, src.to_path_buf())
+        .await
+        .map_err(|e| Fetch::System(format!("cannot extract the source: {e}")))?;
+    for dep in &spec.dependencies {
+        if !dep.has_artifacts {
+            continue;
+        }
+        let Some(idx) = spec.plan.jobs.iter().position(|j| j.name == dep.name) else {
+            continue;
+        };
+        let tar = dir.join(format!("dep-{}.tar", dep.job_id));
+        let path = format!("/dependencies/{}/artifacts", dep.job_id);
+        if !download(env, spec.job_id, &path, &tar).await? {
+            return Err(Fetch::Missing(format!(
+                "the artifacts of {} are gone",
+                dep.name
+            )));
+        }
+        let dest = gantry_runtime::artifact_dir(&spec.plan, state, idx);
+        extract(tar, dest).await.map_err(|e| {
+            Fetch::System(format!("cannot extract the artifacts of {}: {e}", dep.name))
+        })?;
+    }
+    Ok(files)
+}
+
+async fn extract(tar: PathBuf, dest: PathBuf) -> Result<Vec<PathBuf>, archive::ArchiveError> {
+    tokio::task::spawn_blocking(move || {
+        let r = archive::extract(&tar, &dest);
+        let _ = std::fs::remove_file(&tar);
+        r
+    })
+    .await
+    .map_err(|e| archive::ArchiveError::Io(std::io::Error::other(e)))?
+}
+
+/// Downloads with retries on network and server errors.
+async fn download(env: &Env, job: i64, rest: &str, dest: &Path) -> Result<bool, Fetch> {
+    let mut backoff = Backoff::default();
+    loop {
+        match env.client.download(job, rest, dest).await {
+            Ok(found) => return Ok(found),
+            Err(CallError::LeaseLost) => {
+                // The lease monitor notices too; wait for it to drop the job.
+                std::future::pending::<()>().await;
+            }
+            Err(e) if e.is_transient() => {
+                tracing::debug!(error = %e, path = rest, "download failed; retrying");
+                backoff.wait().await;
+            }
+            Err(e) => return Err(Fetch::System(format!("cannot download {rest}: {e}"))),
+        }
+    }
+}
+
+/// Uploads the job's stored artifacts, if it stored any.
+async fn upload_artifacts(env: &Arc<Env>, spec: &JobSpec, dir: &Path) -> Result<(), Done> {
+    let Some(idx) = spec.plan.jobs.iter().position(|j| j.name == spec.job) else {
+        return Ok(());
+    };
+    let entry = gantry_runtime::artifact_dir(&spec.plan, &dir.join("state"), idx);
+    if !entry.join("meta.json").exists() {
+        return Ok(());
+    }
+    let tar = dir.join("artifacts.tar");
+    let packed = tokio::task::spawn_blocking(move || {
+        archive::pack(&entry, &tar)?;
+        std::fs::read(&tar)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    let bytes = match packed {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot archive the artifacts");
+            return Ok(());
+        }
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match env.client.put_artifacts(spec.job_id, bytes.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(CallError::LeaseLost) => return Err(Done::LeaseLost),
+            Err(e) if e.is_transient() => {
+                tracing::debug!(error = %e, "artifacts upload failed; retrying");
+                backoff.wait().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the server refused the artifacts");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The `finish` call, retried until the server answers.
+async fn finish(env: &Env, spec: &JobSpec, r: &JobResult, log_size: u64) -> Done {
+    let body = FinishJob {
+        outcome: match r.status {
+            JobStatus::Success => Outcome::Success,
+            JobStatus::Canceled => Outcome::Canceled,
+            JobStatus::Failed | JobStatus::Skipped | JobStatus::Manual => Outcome::Failed,
+        },
+        exit_code: r.exit_code,
+        failure_reason: r.reason.map(reason_str).or_else(|| {
+            matches!(r.status, JobStatus::Skipped | JobStatus::Manual)
+                .then(|| reason_str(FailureReason::UnknownFailure))
+        }),
+        coverage: r.coverage,
+        log_size: i64::try_from(log_size).unwrap_or(i64::MAX),
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        match env.client.finish(spec.job_id, &body).await {
+            Ok(()) => return Done::Finished,
+            Err(CallError::LeaseLost) => return Done::LeaseLost,
+            Err(e) if e.is_transient() => {
+                tracing::debug!(error = %e, "finish failed; retrying");
+                backoff.wait().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the server refused to finish the job");
+                return Done::Refused;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries() {
+        let mut r = failure(FailureReason::ScriptFailure);
+        r.exit_code = Some(3);
+        assert_eq!(summary(&r), "ERROR: Job failed: exit code 3");
+        r.exit_code = None;
+        r.reason = Some(FailureReason::JobExecutionTimeout);
+        assert_eq!(summary(&r), "ERROR: Job failed: job_execution_timeout");
+        r.status = JobStatus::Success;
+        assert_eq!(summary(&r), "Job succeeded");
+    }
+}

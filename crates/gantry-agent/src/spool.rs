@@ -1,0 +1,420 @@
+//! A job's log on its way to the server: the [`LogReporter`] formats the runtime's events into lines
+//! and appends them to a spool file; [`upload`] tails that file and sends it in chunks.
+//!
+//! *Architecture Invariant*: neither side holds the log in memory or waits for the other. The
+//! reporter only writes to the file (through a small buffer); the uploader reads at most one chunk
+//! at a time, and continues from whatever size the server says it holds, so a chunk whose answer was
+//! lost is sent again without being doubled.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write as _};
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use gantry_runtime::{Event, Reporter, Stream};
+use tokio::sync::Notify;
+
+use crate::backoff::Backoff;
+use crate::client::{CallError, Client};
+
+/// The most bytes one `PUT .../log` carries.
+pub(crate) const CHUNK: usize = 256 * 1024;
+/// How often the uploader looks for new lines when nobody tells it.
+const TICK: Duration = Duration::from_millis(250);
+/// The prefix of the lines the runtime and the agent write about a job (not the job's output).
+pub(crate) const INFO: &str = "[gantry] ";
+
+/// The spool file's writing end.
+struct Writer {
+    file: BufWriter<File>,
+    /// Bytes written, buffered ones included.
+    written: u64,
+    /// The first write error, after which nothing more is written.
+    error: Option<io::Error>,
+}
+
+/// A log spool: one file, written by the reporter, read by the uploader.
+pub(crate) struct Spool {
+    writer: Mutex<Writer>,
+    reader: File,
+    /// Something new was written, or the log is closed.
+    wake: Notify,
+    /// No more lines will come.
+    closed: AtomicBool,
+}
+
+impl Spool {
+    /// Creates (truncates) the spool file at `path`.
+    pub(crate) fn create(path: &Path) -> io::Result<Spool> {
+        let file = File::create(path)?;
+        let reader = File::open(path)?;
+        Ok(Spool {
+            writer: Mutex::new(Writer {
+                file: BufWriter::with_capacity(64 * 1024, file),
+                written: 0,
+                error: None,
+            }),
+            reader,
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `text` (whole lines, each ending in `\n`).
+    pub(crate) fn write(&self, text: &str) {
+        {
+            let mut w = self.writer();
+            if w.error.is_some() {
+                return;
+            }
+            match w.file.write_all(text.as_bytes()) {
+                Ok(()) => w.written += text.len() as u64,
+                Err(e) => w.error = Some(e),
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Appends one line written by the agent or the runtime (not the job), with [`INFO`] before it.
+    pub(crate) fn info(&self, message: &str) {
+        let mut text = String::with_capacity(INFO.len() + message.len() + 1);
+        for line in message.lines() {
+            text.push_str(INFO);
+            text.push_str(line);
+            text.push('\n');
+        }
+        self.write(&text);
+    }
+
+    /// Writes out the buffer; how many bytes the file holds.
+    fn flush(&self) -> u64 {
+        let mut w = self.writer();
+        if w.error.is_none() {
+            if let Err(e) = w.file.flush() {
+                w.error = Some(e);
+            }
+        }
+        w.written
+    }
+
+    /// Says that no more lines will come; the uploader sends the rest and ends.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Bytes `start..end` of the file (fewer at its end).
+    fn read(&self, start: u64, end: u64) -> io::Result<Vec<u8>> {
+        let len = usize::try_from(end.saturating_sub(start)).unwrap_or(CHUNK);
+        let mut buf = vec![0; len];
+        let mut got = 0;
+        while got < len {
+            let n = self.reader.read_at(&mut buf[got..], start + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+}
+
+/// Formats the runtime's events as log text into a [`Spool`].
+pub(crate) struct LogReporter {
+    spool: Arc<Spool>,
+    finished: Mutex<Option<gantry_runtime::JobResult>>,
+}
+
+impl LogReporter {
+    /// A reporter writing to `spool`.
+    pub(crate) fn new(spool: Arc<Spool>) -> LogReporter {
+        LogReporter {
+            spool,
+            finished: Mutex::new(None),
+        }
+    }
+
+    /// The result of the job, once the runtime reported it finished.
+    pub(crate) fn result(&self) -> Option<gantry_runtime::JobResult> {
+        self.finished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Reporter for LogReporter {
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::JobStarted { .. } | Event::PipelineFinished { .. } => {}
+            Event::JobEcho { command, .. } => {
+                let mut text = String::with_capacity(command.len() + 3);
+                for (i, line) in command.lines().enumerate() {
+                    text.push_str(if i == 0 { "$ " } else { "  " });
+                    text.push_str(line);
+                    text.push('\n');
+                }
+                if text.is_empty() {
+                    text.push_str("$ \n");
+                }
+                self.spool.write(&text);
+            }
+            Event::JobLog { line, stream, .. } => {
+                let _: Stream = stream;
+                let mut text = String::with_capacity(line.len() + 1);
+                text.push_str(line);
+                text.push('\n');
+                self.spool.write(&text);
+            }
+            Event::JobInfo { message, .. } => self.spool.info(message),
+            Event::JobFinished {
+                job,
+                stage,
+                status,
+                allow_failure,
+                exit_code,
+                duration,
+                coverage,
+                reason,
+            } => {
+                *self.finished.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(gantry_runtime::JobResult {
+                        name: job.to_string(),
+                        stage: stage.to_string(),
+                        status,
+                        allow_failure,
+                        exit_code,
+                        duration,
+                        coverage,
+                        reason,
+                    });
+            }
+        }
+    }
+}
+
+/// Why the uploader stopped before the server held the whole log.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UploadError {
+    /// The lease is lost (`409`).
+    #[error("the lease of the job is lost")]
+    LeaseLost,
+    /// The server refused the log for good.
+    #[error("{0}")]
+    Refused(CallError),
+    /// The spool file cannot be written or read.
+    #[error("the log spool: {0}")]
+    Spool(io::Error),
+}
+
+/// Sends the spool to the server as it grows, continuing from the size the server acknowledges,
+/// until the spool is closed and the server holds all of it; returns the log's size. Network
+/// errors and server errors are retried with backoff.
+pub(crate) async fn upload(
+    client: Client,
+    job: i64,
+    spool: Arc<Spool>,
+) -> Result<u64, UploadError> {
+    let mut acked: u64 = 0;
+    let mut backoff = Backoff::default();
+    loop {
+        // Read `closed` before flushing: when it is set, the flush sees every line.
+        let closed = spool.closed.load(Ordering::SeqCst);
+        let end = spool.flush();
+        if let Some(e) = spool.writer().error.take() {
+            return Err(UploadError::Spool(e));
+        }
+        if acked >= end {
+            if closed {
+                return Ok(end);
+            }
+            tokio::select! {
+                () = spool.wake.notified() => {}
+                () = tokio::time::sleep(TICK) => {}
+            }
+            continue;
+        }
+        let chunk_end = end.min(acked + CHUNK as u64);
+        let bytes = spool.read(acked, chunk_end).map_err(UploadError::Spool)?;
+        match client.put_log(job, acked, bytes).await {
+            Ok(ack) => {
+                backoff.reset();
+                // The server holds `ack.size` bytes: from there on (also when it says it holds fewer
+                // than we sent, as after a `416`).
+                acked = u64::try_from(ack.size).unwrap_or(0).min(end);
+            }
+            Err(CallError::LeaseLost) => return Err(UploadError::LeaseLost),
+            Err(e) if e.is_transient() => {
+                tracing::debug!(error = %e, "log upload failed; retrying");
+                backoff.wait().await;
+            }
+            Err(e) => return Err(UploadError::Refused(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::extract::{Path as UrlPath, Query, State};
+    use axum::http::StatusCode;
+    use axum::routing::put;
+
+    /// What the recording server holds, and how it misbehaves.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<u8>,
+        /// Offsets of the chunks received, in order.
+        offsets: Vec<u64>,
+        /// Fail this many requests with `503` first (after storing the chunk, as a lost answer).
+        fail_after_store: usize,
+    }
+
+    type Shared = Arc<Mutex<Recorder>>;
+
+    #[derive(serde::Deserialize)]
+    struct Offset {
+        offset: u64,
+    }
+
+    async fn put_log(
+        State(rec): State<Shared>,
+        UrlPath(_job): UrlPath<i64>,
+        Query(q): Query<Offset>,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, String) {
+        let mut r = rec.lock().unwrap();
+        r.offsets.push(q.offset);
+        let size = r.log.len() as u64;
+        if q.offset > size {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("{{\"size\":{size}}}"),
+            );
+        }
+        let skip = usize::try_from(size - q.offset).unwrap();
+        if skip < body.len() {
+            r.log.extend_from_slice(&body[skip..]);
+        }
+        if r.fail_after_store > 0 {
+            r.fail_after_store -= 1;
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{\"error\":\"busy\"}".into(),
+            );
+        }
+        (StatusCode::OK, format!("{{\"size\":{}}}", r.log.len()))
+    }
+
+    async fn recorder(rec: Shared) -> String {
+        let app = Router::new()
+            .route("/api/v1/agent/jobs/{id}/log", put(put_log))
+            .with_state(rec);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    fn expected_text(lines: usize) -> String {
+        (0..lines)
+            .map(|i| format!("line {i} {}\n", "x".repeat(i % 300)))
+            .collect()
+    }
+
+    async fn run_upload(rec: Shared, lines: usize) -> (u64, String) {
+        let base = recorder(rec.clone()).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&tmp.path().join("log")).unwrap());
+        let client = Client::new(&base, "t".into()).unwrap();
+        let uploader = tokio::spawn(upload(client, 7, spool.clone()));
+        let reporter = LogReporter::new(spool.clone());
+        for i in 0..lines {
+            let line = format!("line {i} {}", "x".repeat(i % 300));
+            reporter.event(Event::JobLog {
+                job: "j",
+                stream: Stream::Stdout,
+                line: &line,
+            });
+            if i % 1000 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        spool.close();
+        let size = uploader.await.unwrap().unwrap();
+        let log = String::from_utf8(rec.lock().unwrap().log.clone()).unwrap();
+        (size, log)
+    }
+
+    #[tokio::test]
+    async fn uploads_the_whole_log_in_chunks_at_acknowledged_offsets() {
+        let rec = Shared::default();
+        let (size, log) = run_upload(rec.clone(), 5000).await;
+        let want = expected_text(5000);
+        assert_eq!(log, want);
+        assert_eq!(size, want.len() as u64);
+        let r = rec.lock().unwrap();
+        assert!(r.offsets.len() >= 4, "{:?}", r.offsets);
+        // Every chunk starts where the server's log ended.
+        assert_eq!(r.offsets[0], 0);
+        assert!(r.offsets.windows(2).all(|w| w[0] < w[1]), "{:?}", r.offsets);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_resent_after_a_lost_answer_is_not_doubled() {
+        let rec = Shared::default();
+        rec.lock().unwrap().fail_after_store = 3;
+        let (_, log) = run_upload(rec.clone(), 3000).await;
+        assert_eq!(log, expected_text(3000));
+        let r = rec.lock().unwrap();
+        // The chunks whose answers were lost were sent again from the same offset.
+        assert!(
+            r.offsets.windows(2).any(|w| w[0] == w[1]),
+            "{:?}",
+            r.offsets
+        );
+    }
+
+    #[tokio::test]
+    async fn continues_from_the_size_in_a_416_answer() {
+        let rec = Shared::default();
+        let base = recorder(rec.clone()).await;
+        let client = Client::new(&base, "t".into()).unwrap();
+        let ack = client.put_log(1, 10, b"late".to_vec()).await.unwrap();
+        assert_eq!(ack.size, 0);
+        assert!(rec.lock().unwrap().log.is_empty());
+    }
+
+    #[test]
+    fn formats_echo_output_and_info_lines() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("log");
+        let spool = Arc::new(Spool::create(&path).unwrap());
+        let r = LogReporter::new(spool.clone());
+        r.event(Event::JobEcho {
+            job: "j",
+            command: "echo a\necho b",
+        });
+        r.event(Event::JobLog {
+            job: "j",
+            stream: Stream::Stderr,
+            line: "a",
+        });
+        r.event(Event::JobInfo {
+            job: "j",
+            message: "artifacts: 1 file",
+        });
+        let want = "$ echo a\n  echo b\na\n[gantry] artifacts: 1 file\n";
+        assert_eq!(spool.flush(), want.len() as u64);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+    }
+}
