@@ -1378,12 +1378,20 @@ impl Compiler<'_> {
                 command: None,
                 pull_policy: Vec::new(),
                 variables: Vec::new(),
+                docker_user: None,
+                docker_platform: None,
             }),
             Value::Map(m) => {
                 let Some(name) = m.get("name").and_then(Node::scalar_string) else {
                     self.diags
                         .error(n.pos, format!("`{job}`: an image needs a `name`"));
                     return None;
+                };
+                let docker_map = m.get("docker").and_then(Node::as_map);
+                let docker = |k: &str| {
+                    docker_map
+                        .and_then(|d| d.get(k))
+                        .and_then(Node::scalar_string)
                 };
                 let variables = if service {
                     self.variables(
@@ -1400,6 +1408,8 @@ impl Compiler<'_> {
                     command: list(m.get("command")),
                     pull_policy: list(m.get("pull_policy")).unwrap_or_default(),
                     variables: variables.into_iter().map(|v| (v.key, v.value)).collect(),
+                    docker_user: docker("user"),
+                    docker_platform: docker("platform"),
                 })
             }
             Value::Null => None,

@@ -275,6 +275,12 @@ pub struct Image {
     pub pull_policy: Vec<String>,
     /// Service `variables`.
     pub variables: Vec<(String, String)>,
+    /// `docker: user`: the user the container runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_user: Option<String>,
+    /// `docker: platform`: the platform of the image to pull and run (`linux/arm64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_platform: Option<String>,
 }
 
 /// A job of the plan.

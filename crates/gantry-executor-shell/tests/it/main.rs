@@ -462,6 +462,8 @@ async fn images_need_the_container_executor() {
         command: None,
         pull_policy: Vec::new(),
         variables: Vec::new(),
+        docker_user: None,
+        docker_platform: None,
     });
     let err = ShellExecutor::default().prepare(&ctx).await.unwrap_err();
     assert!(

@@ -1042,6 +1042,8 @@ async fn images_fail_without_the_container_executor() {
         command: None,
         pull_policy: Vec::new(),
         variables: Vec::new(),
+        docker_user: None,
+        docker_platform: None,
     });
     let run = run(&plan(vec![j]), r.path()).await;
     assert_eq!(run.status("imaged"), JobStatus::Failed);

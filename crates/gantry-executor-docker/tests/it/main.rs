@@ -1,0 +1,211 @@
+//! The container executor against a real engine: the one `scripts/engine.sh` starts, found through
+//! `DOCKER_HOST`. Without an engine these tests fail, saying how to start one.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use gantry_executor_docker::{Config, DockerExecutor, DockerSession};
+use gantry_pipeline::plan::Image;
+use gantry_runtime::executor::{
+    Executor, JobContext, OutputLine, Session, Step, StepEvent, StepKind, StepOutcome, Stream,
+};
+use tokio::sync::{mpsc, watch};
+
+async fn executor() -> DockerExecutor {
+    match DockerExecutor::connect(Config::default()).await {
+        Ok(e) => e,
+        Err(e) => panic!(
+            "{e}\nthese tests need a container engine: run `eval \"$(scripts/engine.sh)\"` first"
+        ),
+    }
+}
+
+fn image(name: &str) -> Image {
+    Image {
+        name: name.into(),
+        entrypoint: None,
+        alias: None,
+        command: None,
+        pull_policy: Vec::new(),
+        variables: Vec::new(),
+        docker_user: None,
+        docker_platform: None,
+    }
+}
+
+async fn session(ws: &Path) -> DockerSession {
+    let ctx = JobContext {
+        name: "job".into(),
+        workspace: ws.to_path_buf(),
+        image: Some(image("gantry-test/base:1")),
+        services: Vec::new(),
+    };
+    executor().await.prepare(&ctx).await.unwrap()
+}
+
+fn step(ws: &Path, kind: StepKind, commands: &[&str], timeout: Option<Duration>) -> Step {
+    Step {
+        kind,
+        commands: commands.iter().map(|c| (*c).to_string()).collect(),
+        env: vec![
+            ("CI_PROJECT_DIR".into(), ws.to_string_lossy().into_owned()),
+            ("CI_PROJECT_PATH".into(), "group/project".into()),
+            ("CI_JOB_NAME".into(), "job".into()),
+            ("OUT".into(), format!("{}/out.txt", ws.display())),
+        ],
+        workdir: ws.to_path_buf(),
+        timeout,
+        echo: true,
+    }
+}
+
+async fn run(
+    s: &mut DockerSession,
+    step: &Step,
+    cancel: watch::Receiver<bool>,
+) -> (StepOutcome, Vec<StepEvent>) {
+    let (tx, mut rx) = mpsc::channel(16);
+    let collect = async {
+        let mut v = Vec::new();
+        while let Some(e) = rx.recv().await {
+            v.push(e);
+        }
+        v
+    };
+    let (outcome, events) = tokio::join!(s.run_step(step, tx, cancel), collect);
+    (outcome, events)
+}
+
+fn out(line: &str) -> StepEvent {
+    StepEvent::Output(OutputLine {
+        stream: Stream::Stdout,
+        line: line.into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_echo_and_paths_as_the_shell_executor() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = session(ws.path()).await;
+    let (_tx, never) = watch::channel(false);
+    let st = step(
+        ws.path(),
+        StepKind::Script,
+        &[
+            "echo \"$CI_PROJECT_DIR $(pwd) $OUT\"",
+            "echo to-stderr >&2",
+            "false | true",
+            "exit 3",
+            "echo not reached",
+        ],
+        None,
+    );
+    let (outcome, events) = run(&mut s, &st, never.clone()).await;
+    assert_eq!(outcome, StepOutcome::Exited(3));
+    assert_eq!(
+        events,
+        [
+            StepEvent::Echo(st.commands[0].clone()),
+            out("/builds/group/project /builds/group/project /builds/group/project/out.txt"),
+            StepEvent::Echo(st.commands[1].clone()),
+            StepEvent::Output(OutputLine {
+                stream: Stream::Stderr,
+                line: "to-stderr".into()
+            }),
+            StepEvent::Echo(st.commands[2].clone()),
+            StepEvent::Echo(st.commands[3].clone()),
+        ]
+    );
+    // A pipe fails on its first failing command where the shell has pipefail (busybox sh has).
+    let st = step(ws.path(), StepKind::Script, &["false | true"], None);
+    assert_eq!(run(&mut s, &st, never.clone()).await.0, StepOutcome::Exited(1));
+    // A shell killed by a signal exits with 128 + the signal.
+    let st = step(ws.path(), StepKind::Script, &["kill -9 $$"], None);
+    assert_eq!(run(&mut s, &st, never).await.0, StepOutcome::Exited(137));
+    s.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_and_cancel_kill_the_step_and_after_script_runs_fresh() {
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = session(ws.path()).await;
+    let (_tx, never) = watch::channel(false);
+    let st = step(
+        ws.path(),
+        StepKind::Script,
+        &["trap '' TERM; echo started; sleep 100"],
+        Some(Duration::from_secs(2)),
+    );
+    let (outcome, events) = run(&mut s, &st, never.clone()).await;
+    assert_eq!(outcome, StepOutcome::TimedOut);
+    assert!(events.contains(&out("started")), "{events:?}");
+
+    let after = step(ws.path(), StepKind::AfterScript, &["echo after"], None);
+    let (outcome, events) = run(&mut s, &after, never.clone()).await;
+    assert_eq!(outcome, StepOutcome::Exited(0));
+    assert!(events.contains(&out("after")), "{events:?}");
+
+    let (cancel_tx, cancel) = watch::channel(false);
+    let st = step(ws.path(), StepKind::Script, &["sleep 100"], None);
+    let canceler = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = cancel_tx.send(true);
+        cancel_tx
+    });
+    assert_eq!(run(&mut s, &st, cancel).await.0, StepOutcome::Canceled);
+    drop(canceler.await);
+    s.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_a_root_container_creates_go_back_to_the_workspace_owner() {
+    let ws = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(ws.path(), Some(4321), Some(4322)).unwrap();
+    let mut s = session(ws.path()).await;
+    let (_tx, never) = watch::channel(false);
+    let st = step(
+        ws.path(),
+        StepKind::Script,
+        &["mkdir -p made/deep && echo x > made/deep/file && id -u"],
+        None,
+    );
+    let (outcome, events) = run(&mut s, &st, never).await;
+    assert_eq!(outcome, StepOutcome::Exited(0), "{events:?}");
+    assert!(events.contains(&out("0")), "runs as root: {events:?}");
+    s.cleanup().await;
+    for p in ["made", "made/deep", "made/deep/file"] {
+        let m = std::fs::metadata(ws.path().join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4321, 4322), "{p}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_leftovers_removes_labelled_objects() {
+    let e = executor().await;
+    // Leftovers of a "crashed" session: a labelled container and network that nobody cleans up.
+    let ws = tempfile::tempdir().unwrap();
+    let mut s = session(ws.path()).await;
+    let (_tx, never) = watch::channel(false);
+    let st = step(ws.path(), StepKind::Script, &["true"], None);
+    assert_eq!(run(&mut s, &st, never).await.0, StepOutcome::Exited(0));
+    let filters = std::collections::HashMap::from([(
+        "label",
+        vec![format!("gantry.workspace={}", ws.path().display())],
+    )]);
+    let list = || {
+        e.client().list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+    };
+    assert_eq!(list().await.unwrap().len(), 1);
+    std::mem::forget(s);
+    // Other tests may be running jobs on the same engine: this removes only this workspace's
+    // objects, as cleanup_leftovers removes all managed ones.
+    let label = format!("gantry.workspace={}", ws.path().display());
+    assert!(e.remove_labelled(&label).await.unwrap() >= 1);
+    assert!(list().await.unwrap().is_empty());
+}
