@@ -26,6 +26,14 @@
 
 use async_trait::async_trait;
 
+#[macro_use]
+mod rows;
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
@@ -55,8 +63,40 @@ pub enum StoreError {
 /// # Errors
 /// When the URL is of neither kind, the database cannot be reached, or a migration fails.
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
-    let _ = url;
-    todo!("helper: open SqliteStore or PgStore")
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PgStore::connect(url).await?))
+    } else {
+        Err(StoreError::Database(format!(
+            "unsupported database URL (want sqlite://PATH, sqlite::memory: or postgres://...): {}",
+            redact(url)
+        )))
+    }
+}
+
+/// `url` without its password, for error messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Wraps a sqlx error with what was being done.
+fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{context}: {e}"))
 }
 
 /// A project: its name and repository, and the server's JSON document of its settings.

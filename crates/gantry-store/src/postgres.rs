@@ -1,0 +1,941 @@
+//! [`PgStore`]: several servers sharing one PostgreSQL database.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use crate::rows::{
+    AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
+    PROJECT_COLS, assemble, limit_offset, queued_at,
+};
+use crate::{
+    AgentRecord, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery,
+    NewJob, NewPipeline, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord, Result, Store,
+    StoreError, db,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections per server.
+const CONNECTIONS: u32 = 16;
+
+/// How many candidates one claim looks at when jobs of resource groups are being claimed at the
+/// same moment by other servers.
+const CLAIM_TRIES: usize = 32;
+
+/// The store on PostgreSQL.
+///
+/// **The queue.** A claim selects the oldest pending job it may run with
+/// `FOR UPDATE SKIP LOCKED`: a row another server's claim has locked is skipped rather than waited
+/// for, and the one that locked it marks it running before anyone else can see it pending again. A
+/// job is thus handed out once however many servers claim at the same moment, and they do not queue
+/// behind each other. When the oldest candidate has no resource group (the common case), choosing
+/// it, marking it running and bumping its pipeline's version is one statement.
+///
+/// **Resource groups across servers.** "No other job of the group is running" cannot be checked by
+/// the claim's own snapshot: two servers could each lock a different job of one group, each see no
+/// running job, and both start theirs. So a claim of a job in a group first takes a transaction-level
+/// advisory lock on `(project, group)` (`pg_try_advisory_xact_lock`, held until commit), and only
+/// then checks for a running job of the group, in a new statement whose snapshot therefore includes
+/// every claim of the group that committed before. Two claims of one group are serialized by the
+/// lock, and the second sees the first's job running. A claim that finds the lock taken skips that
+/// job (another server is claiming in that group right now) instead of waiting, like `SKIP LOCKED`.
+///
+/// **Lock order.** Every transaction locks jobs before pipelines, jobs in ascending id order, and
+/// at most the pipelines of its own jobs in ascending id order, so concurrent claims, finishes,
+/// applies and lease expiries cannot deadlock. [`Store::apply`] therefore updates its jobs first and
+/// checks and bumps the pipeline's version last (after a cheap unlocked early check).
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// A typed column read.
+fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(column)
+        .map_err(|e| StoreError::Database(format!("reading column {column}: {e}")))
+}
+
+/// A list column (`text[]`).
+fn list(row: &PgRow, column: &str) -> Result<Vec<String>> {
+    get(row, column)
+}
+
+/// A nullable list column.
+fn opt_list(row: &PgRow, column: &str) -> Result<Option<Vec<String>>> {
+    get(row, column)
+}
+
+impl PgStore {
+    /// Connects to `url` and runs the migrations (which take an advisory lock, so that servers
+    /// starting together migrate once).
+    ///
+    /// # Errors
+    /// When the database cannot be reached or a migration fails.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options: PgConnectOptions = url.parse().map_err(db("parsing the PostgreSQL URL"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(CONNECTIONS)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_with(options)
+            .await
+            .map_err(db("connecting to PostgreSQL"))?;
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(db("connecting to PostgreSQL"))?;
+        MIGRATOR
+            .run_direct(&mut *conn)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrating the PostgreSQL database: {e}")))?;
+        drop(conn);
+        Ok(Self { pool })
+    }
+
+    /// Closes the connections (waiting for those in use to come back).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Inserts `jobs` of a pipeline, in batches.
+async fn insert_jobs(
+    conn: &mut sqlx::PgConnection,
+    pipeline_id: i64,
+    project_id: i64,
+    jobs: &[NewJob],
+) -> Result<()> {
+    for batch in jobs.chunks(INSERT_BATCH) {
+        let mut q = QueryBuilder::<Postgres>::new(
+            "INSERT INTO jobs (pipeline_id, project_id, name, stage, stage_index, position, \
+             attempt, status, job_when, allow_failure, needs, tags, resource_group, interruptible, \
+             spec, created_at, queued_at) ",
+        );
+        q.push_values(batch, |mut b, job| {
+            b.push_bind(pipeline_id)
+                .push_bind(project_id)
+                .push_bind(&job.name)
+                .push_bind(&job.stage)
+                .push_bind(job.stage_index)
+                .push_bind(job.position)
+                .push_bind(job.attempt)
+                .push_bind(&job.status)
+                .push_bind(&job.when)
+                .push_bind(job.allow_failure)
+                .push_bind(&job.needs)
+                .push_bind(&job.tags)
+                .push_bind(&job.resource_group)
+                .push_bind(job.interruptible)
+                .push_bind(&job.spec)
+                .push_bind(job.created_at)
+                .push_bind(queued_at(job));
+        });
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(db("inserting jobs"))?;
+    }
+    Ok(())
+}
+
+/// The conditions on a pending job `j` that agent `$3` (tags), `$4` (takes untagged) may run now
+/// (`$1`), whose resource group has no running job as of the statement's snapshot.
+const CLAIMABLE: &str = "j.status = 'pending' \
+     AND (j.run_after IS NULL OR j.run_after <= $1) \
+     AND j.tags <@ $3::text[] AND (cardinality(j.tags) > 0 OR $4) \
+     AND (j.resource_group IS NULL OR NOT EXISTS (\
+        SELECT 1 FROM jobs r WHERE r.project_id = j.project_id \
+        AND r.resource_group = j.resource_group AND r.status = 'running'))";
+
+#[async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db("ping"))?;
+        Ok(())
+    }
+
+    async fn create_project(&self, name: &str, spec: &str, now: Millis) -> Result<ProjectRecord> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO projects (name, spec, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING RETURNING {PROJECT_COLS}"
+        ))
+        .bind(name)
+        .bind(spec)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("creating a project"))?;
+        match row {
+            Some(row) => Ok(project_record!(&row)),
+            None => Err(StoreError::Conflict(format!("project {name}"))),
+        }
+    }
+
+    async fn update_project(&self, name: &str, spec: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE projects SET spec = $1 WHERE name = $2")
+            .bind(spec)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(db("updating a project"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {PROJECT_COLS} FROM projects WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a project"))?;
+        Ok(match row {
+            Some(row) => Some(project_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn project_by_id(&self, id: i64) -> Result<Option<ProjectRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {PROJECT_COLS} FROM projects WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a project"))?;
+        Ok(match row {
+            Some(row) => Some(project_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn projects(&self) -> Result<Vec<ProjectRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PROJECT_COLS} FROM projects ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing projects"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(project_record!(row));
+        }
+        Ok(out)
+    }
+
+    async fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, bool)> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
+             received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
+        )
+        .bind(d.project_id)
+        .bind(&d.forge)
+        .bind(&d.delivery_id)
+        .bind(&d.event)
+        .bind(&d.payload)
+        .bind(&d.trace_id)
+        .bind(d.received_at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("storing a delivery"))?;
+        if let Some(id) = id {
+            return Ok((id, false));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE project_id = $1 AND forge = $2 AND delivery_id = $3",
+        )
+        .bind(d.project_id)
+        .bind(&d.forge)
+        .bind(&d.delivery_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, true))
+    }
+
+    async fn pending_deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLS}, payload FROM deliveries WHERE status = 'pending' \
+             ORDER BY id LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing pending deliveries"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(delivery_record!(row, get(row, "payload")?));
+        }
+        Ok(out)
+    }
+
+    async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE deliveries SET status = $1, reason = $2 WHERE id = $3 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db("closing a delivery"))?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>> {
+        let (limit, offset) = limit_offset(page);
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE project_id = $1")
+                .bind(project_id)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("counting deliveries"))?;
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE project_id = $1 \
+             ORDER BY id DESC LIMIT $2 OFFSET $3"
+        ))
+        .bind(project_id)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing deliveries"))?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(delivery_record!(row, Vec::new()));
+        }
+        Ok(Paged { items, total })
+    }
+
+    async fn create_pipeline(&self, p: &NewPipeline) -> Result<i64> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("beginning a transaction"))?;
+        // A concurrent creation for the same delivery waits on the unique index, then does nothing.
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO pipelines (project_id, delivery_id, git_ref, tag, sha, before_sha, source, \
+             status, trace_id, errors, spec, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+        )
+        .bind(p.project_id)
+        .bind(p.delivery_id)
+        .bind(&p.git_ref)
+        .bind(p.tag)
+        .bind(&p.sha)
+        .bind(&p.before_sha)
+        .bind(&p.source)
+        .bind(&p.status)
+        .bind(&p.trace_id)
+        .bind(&p.errors)
+        .bind(&p.spec)
+        .bind(p.created_at)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("creating a pipeline"))?;
+        let Some(id) = id else {
+            let id: i64 = sqlx::query_scalar("SELECT id FROM pipelines WHERE delivery_id = $1")
+                .bind(p.delivery_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("reading a delivery's pipeline"))?;
+            return Ok(id);
+        };
+        insert_jobs(&mut tx, id, p.project_id, &p.jobs).await?;
+        if let Some(delivery) = p.delivery_id {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'created', reason = NULL, pipeline_id = $1 \
+                 WHERE id = $2",
+            )
+            .bind(id)
+            .bind(delivery)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("marking a delivery created"))?;
+        }
+        tx.commit().await.map_err(db("committing a pipeline"))?;
+        Ok(id)
+    }
+
+    async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>> {
+        // The pipeline row (and its version) is read before the jobs: jobs read later can only be
+        // newer, so an `apply` computed from them with this version fails rather than applying over
+        // changes it did not see.
+        let row = sqlx::query(&format!(
+            "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+             WHERE p.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a pipeline"))?;
+        let Some(row) = row else { return Ok(None) };
+        let mut pipeline = pipeline_record!(&row);
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = $1 ORDER BY position, attempt, id"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading a pipeline's jobs"))?;
+        pipeline.jobs.reserve(rows.len());
+        for row in &rows {
+            pipeline.jobs.push(job_record!(row));
+        }
+        Ok(Some(pipeline))
+    }
+
+    async fn pipelines(
+        &self,
+        project_id: i64,
+        filter: &PipelineFilter,
+        page: Page,
+    ) -> Result<Paged<PipelineRecord>> {
+        let (limit, offset) = limit_offset(page);
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pipelines WHERE project_id = $1 \
+             AND ($2::text IS NULL OR git_ref = $2) AND ($3::text IS NULL OR status = $3)",
+        )
+        .bind(project_id)
+        .bind(&filter.git_ref)
+        .bind(&filter.status)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("counting pipelines"))?;
+        let rows = sqlx::query(&format!(
+            "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+             WHERE p.project_id = $1 AND ($2::text IS NULL OR p.git_ref = $2) \
+             AND ($3::text IS NULL OR p.status = $3) ORDER BY p.id DESC LIMIT $4 OFFSET $5"
+        ))
+        .bind(project_id)
+        .bind(&filter.git_ref)
+        .bind(&filter.status)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing pipelines"))?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(pipeline_record!(row));
+        }
+        Ok(Paged { items, total })
+    }
+
+    async fn active_pipelines(&self) -> Result<Vec<i64>> {
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM pipelines WHERE status NOT IN {OVER} ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing active pipelines"))
+    }
+
+    async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {
+        // Cheap early answer for a stale version, without locks.
+        let current: Option<(i64, i64)> =
+            sqlx::query_as("SELECT version, project_id FROM pipelines WHERE id = $1")
+                .bind(pipeline_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("reading a pipeline's version"))?;
+        let Some((current, project_id)) = current else {
+            return Ok(false);
+        };
+        if current != version {
+            return Ok(false);
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("beginning a transaction"))?;
+        // Jobs first, in id order; the pipeline last (see the lock order on `PgStore`).
+        let mut jobs: Vec<&crate::JobChange> = changes.jobs.iter().collect();
+        jobs.sort_by_key(|job| job.id);
+        for job in jobs {
+            sqlx::query(
+                "UPDATE jobs SET status = COALESCE($1, status), \
+                 queued_at = COALESCE($2, queued_at), finished_at = COALESCE($3, finished_at), \
+                 run_after = COALESCE($4, run_after), \
+                 failure_reason = COALESCE($5, failure_reason), \
+                 cancel_requested = COALESCE($6, cancel_requested), \
+                 retried = COALESCE($7, retried) \
+                 WHERE id = $8 AND pipeline_id = $9",
+            )
+            .bind(&job.status)
+            .bind(job.queued_at)
+            .bind(job.finished_at)
+            .bind(job.run_after)
+            .bind(&job.failure_reason)
+            .bind(job.cancel_requested)
+            .bind(job.retried)
+            .bind(job.id)
+            .bind(pipeline_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("updating a job"))?;
+        }
+        insert_jobs(&mut tx, pipeline_id, project_id, &changes.new_jobs).await?;
+        let applied = sqlx::query(
+            "UPDATE pipelines SET version = version + 1, status = COALESCE($1, status), \
+             started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at) \
+             WHERE id = $4 AND version = $5",
+        )
+        .bind(&changes.status)
+        .bind(changes.started_at)
+        .bind(changes.finished_at)
+        .bind(pipeline_id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating a pipeline"))?;
+        if applied.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Ok(false);
+        }
+        tx.commit().await.map_err(db("committing changes"))?;
+        Ok(true)
+    }
+
+    async fn claim(
+        &self,
+        agent: &AgentRecord,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Option<JobRecord>> {
+        // Fast path, one statement: lock the oldest candidate; if it has no resource group, mark it
+        // running and bump its pipeline. `candidate` is NULL when there is none; the job columns
+        // are NULL when the candidate is in a resource group (then the slow path decides).
+        let row = sqlx::query(&format!(
+            "WITH c AS (\
+                SELECT j.id AS cand_id, j.resource_group AS cand_group FROM jobs j \
+                WHERE {CLAIMABLE} \
+                ORDER BY j.queued_at, j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED), \
+             u AS (\
+                UPDATE jobs SET status = 'running', started_at = $1, lease_until = $2, \
+                agent_id = $5, agent_name = $6 \
+                FROM c WHERE jobs.id = c.cand_id AND c.cand_group IS NULL \
+                RETURNING {JOB_COLS}), \
+             p AS (\
+                UPDATE pipelines SET version = pipelines.version + 1, \
+                started_at = COALESCE(pipelines.started_at, $1), \
+                status = CASE WHEN pipelines.status IN {NOT_STARTED} THEN 'running' \
+                    ELSE pipelines.status END \
+                FROM u WHERE pipelines.id = u.pipeline_id) \
+             SELECT c.cand_id, u.* FROM c LEFT JOIN u ON TRUE"
+        ))
+        .bind(now)
+        .bind(lease_until)
+        .bind(&agent.tags)
+        .bind(agent.run_untagged)
+        .bind(agent.id)
+        .bind(&agent.name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("claiming a job"))?;
+        let Some(row) = row else { return Ok(None) };
+        let claimed: Option<i64> = get(&row, "id")?;
+        if claimed.is_some() {
+            return Ok(Some(job_record!(&row)));
+        }
+        self.claim_in_group(agent, now, lease_until).await
+    }
+
+    async fn heartbeat(&self, job_id: i64, agent_id: i64, lease_until: Millis) -> Result<bool> {
+        let cancel: Option<bool> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_until = GREATEST(lease_until, $1) \
+             WHERE id = $2 AND status = 'running' AND agent_id = $3 RETURNING cancel_requested",
+        )
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("extending a lease"))?;
+        cancel.ok_or(StoreError::LeaseLost)
+    }
+
+    async fn append_log(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        offset: i64,
+        bytes: &[u8],
+        lease_until: Millis,
+    ) -> Result<i64> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT log_size FROM jobs WHERE id = $1 AND status = 'running' AND agent_id = $2 \
+             FOR UPDATE",
+        )
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a job's log size"))?;
+        let Some(size) = size else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        };
+        if offset < 0 || offset > size {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LogGap(size));
+        }
+        let skip = usize::try_from(size - offset).unwrap_or(usize::MAX);
+        let fresh = bytes.get(skip..).unwrap_or_default();
+        let new_size = size + i64::try_from(fresh.len()).unwrap_or(i64::MAX);
+        if !fresh.is_empty() {
+            sqlx::query("INSERT INTO log_chunks (job_id, pos, bytes) VALUES ($1, $2, $3)")
+                .bind(job_id)
+                .bind(size)
+                .bind(fresh)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("appending to a log"))?;
+        }
+        sqlx::query(
+            "UPDATE jobs SET log_size = $1, lease_until = GREATEST(lease_until, $2) WHERE id = $3",
+        )
+        .bind(new_size)
+        .bind(lease_until)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating a job's log size"))?;
+        tx.commit().await.map_err(db("committing a log chunk"))?;
+        Ok(new_size)
+    }
+
+    async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>> {
+        let start = start.max(0);
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT pos, bytes FROM log_chunks WHERE job_id = $1 AND pos < $3 \
+             AND pos >= COALESCE((SELECT MAX(pos) FROM log_chunks \
+                WHERE job_id = $1 AND pos <= $2), 0) \
+             ORDER BY pos",
+        )
+        .bind(job_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading a log"))?;
+        Ok(assemble(rows, start, end))
+    }
+
+    async fn put_artifacts(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        archive: &[u8],
+        lease_until: Millis,
+    ) -> Result<()> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let leased = sqlx::query(
+            "UPDATE jobs SET has_artifacts = TRUE, lease_until = GREATEST(lease_until, $1) \
+             WHERE id = $2 AND status = 'running' AND agent_id = $3",
+        )
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("marking artifacts"))?;
+        if leased.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        }
+        sqlx::query(
+            "INSERT INTO artifacts (job_id, archive) VALUES ($1, $2) \
+             ON CONFLICT (job_id) DO UPDATE SET archive = excluded.archive",
+        )
+        .bind(job_id)
+        .bind(archive)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("storing artifacts"))?;
+        tx.commit().await.map_err(db("committing artifacts"))?;
+        Ok(())
+    }
+
+    async fn artifacts(&self, job_id: i64) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar("SELECT archive FROM artifacts WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading artifacts"))
+    }
+
+    async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64> {
+        // One statement: the job (locked first), then its pipeline.
+        let pipeline_id: Option<i64> = sqlx::query_scalar(
+            "WITH u AS (\
+                UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, coverage = $4, \
+                finished_at = $5, lease_until = NULL \
+                WHERE id = $6 AND status = 'running' AND agent_id = $7 RETURNING pipeline_id), \
+             p AS (UPDATE pipelines SET version = pipelines.version + 1 \
+                FROM u WHERE pipelines.id = u.pipeline_id) \
+             SELECT pipeline_id FROM u",
+        )
+        .bind(&result.status)
+        .bind(result.exit_code)
+        .bind(&result.failure_reason)
+        .bind(result.coverage)
+        .bind(result.finished_at)
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("finishing a job"))?;
+        pipeline_id.ok_or(StoreError::LeaseLost)
+    }
+
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("beginning a transaction"))?;
+        // Jobs locked by a concurrent finish or heartbeat are skipped: the next round sees them.
+        let mut expired: Vec<(i64, i64)> = sqlx::query_as(
+            "WITH e AS (\
+                SELECT id FROM jobs WHERE status = 'running' AND lease_until < $1 \
+                ORDER BY id FOR UPDATE SKIP LOCKED) \
+             UPDATE jobs SET status = 'failed', failure_reason = 'runner_system_failure', \
+             finished_at = $1, lease_until = NULL \
+             FROM e WHERE jobs.id = e.id RETURNING jobs.id, jobs.pipeline_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("expiring leases"))?;
+        expired.sort_unstable();
+        let mut pipelines: Vec<i64> = expired.iter().map(|&(_, p)| p).collect();
+        pipelines.sort_unstable();
+        pipelines.dedup();
+        if !pipelines.is_empty() {
+            sqlx::query(
+                "UPDATE pipelines SET version = version + 1 WHERE id IN (\
+                    SELECT id FROM pipelines WHERE id = ANY($1) ORDER BY id FOR UPDATE)",
+            )
+            .bind(&pipelines)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("bumping pipelines' versions"))?;
+        }
+        tx.commit().await.map_err(db("committing expired leases"))?;
+        Ok(expired)
+    }
+
+    async fn extend_leases(&self, until: Millis) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET lease_until = $1 \
+             WHERE status = 'running' AND (lease_until IS NULL OR lease_until < $1)",
+        )
+        .bind(until)
+        .execute(&self.pool)
+        .await
+        .map_err(db("extending leases"))?;
+        Ok(())
+    }
+
+    async fn queue_depth(&self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'pending'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db("counting pending jobs"))
+    }
+
+    async fn job(&self, id: i64) -> Result<Option<JobRecord>> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a job"))?;
+        Ok(match row {
+            Some(row) => Some(job_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn register_agent(&self, a: &NewAgent) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO agents (name, token_hash, tags, run_untagged, executor, concurrency, \
+             version, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(&a.name)
+        .bind(&a.token_hash)
+        .bind(&a.tags)
+        .bind(a.run_untagged)
+        .bind(&a.executor)
+        .bind(a.concurrency)
+        .bind(&a.version)
+        .bind(a.registered_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if e.as_database_error()
+                .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
+            {
+                StoreError::Conflict(format!("an agent with the token of {}", a.name))
+            } else {
+                db("registering an agent")(e)
+            }
+        })
+    }
+
+    async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLS} FROM agents WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading an agent"))?;
+        Ok(match row {
+            Some(row) => Some(agent_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn touch_agent(&self, id: i64, now: Millis) -> Result<()> {
+        sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("touching an agent"))?;
+        Ok(())
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentRecord>> {
+        let rows = sqlx::query(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("listing agents"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(agent_record!(row));
+        }
+        Ok(out)
+    }
+}
+
+impl PgStore {
+    /// The claim's slow path, for when the oldest candidate is in a resource group: one
+    /// transaction that walks candidates in queue order, and takes one in a group only under the
+    /// group's advisory lock and after seeing, in a statement that started after the lock was
+    /// taken, that no job of the group runs.
+    async fn claim_in_group(
+        &self,
+        agent: &AgentRecord,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Option<JobRecord>> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let mut passed: Vec<i64> = Vec::new();
+        for _ in 0..CLAIM_TRIES {
+            let candidate: Option<(i64, i64, Option<String>)> = sqlx::query_as(&format!(
+                "SELECT j.id, j.project_id, j.resource_group FROM jobs j \
+                 WHERE {CLAIMABLE} AND j.id <> ALL($2) \
+                 ORDER BY j.queued_at, j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
+            ))
+            .bind(now)
+            .bind(&passed)
+            .bind(&agent.tags)
+            .bind(agent.run_untagged)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("choosing a job"))?;
+            let Some((id, project_id, group)) = candidate else {
+                break;
+            };
+            if let Some(group) = group {
+                let locked: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_xact_lock(\
+                        hashtextextended($1::bigint::text || '/' || $2, 0))",
+                )
+                .bind(project_id)
+                .bind(&group)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("locking a resource group"))?;
+                let busy = !locked || {
+                    sqlx::query_scalar::<_, bool>(
+                        "SELECT EXISTS (SELECT 1 FROM jobs WHERE project_id = $1 \
+                         AND resource_group = $2 AND status = 'running')",
+                    )
+                    .bind(project_id)
+                    .bind(&group)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db("checking a resource group"))?
+                };
+                if busy {
+                    passed.push(id);
+                    continue;
+                }
+            }
+            let row = sqlx::query(&format!(
+                "UPDATE jobs SET status = 'running', started_at = $1, lease_until = $2, \
+                 agent_id = $3, agent_name = $4 WHERE id = $5 RETURNING {JOB_COLS}"
+            ))
+            .bind(now)
+            .bind(lease_until)
+            .bind(agent.id)
+            .bind(&agent.name)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("claiming a job"))?;
+            let job = job_record!(&row);
+            sqlx::query(&format!(
+                "UPDATE pipelines SET version = version + 1, \
+                 started_at = COALESCE(started_at, $1), \
+                 status = CASE WHEN status IN {NOT_STARTED} THEN 'running' ELSE status END \
+                 WHERE id = $2"
+            ))
+            .bind(now)
+            .bind(job.pipeline_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("starting a pipeline"))?;
+            tx.commit().await.map_err(db("committing a claim"))?;
+            return Ok(Some(job));
+        }
+        tx.rollback().await.map_err(db("rolling back"))?;
+        Ok(None)
+    }
+}

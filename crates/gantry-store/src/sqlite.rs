@@ -1,0 +1,913 @@
+//! [`SqliteStore`]: the embedded default, one file in the data dir.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
+use tokio::sync::Mutex;
+
+use crate::rows::{
+    AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
+    PROJECT_COLS, assemble, limit_offset, queued_at,
+};
+use crate::{
+    AgentRecord, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery,
+    NewJob, NewPipeline, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord, Result, Store,
+    StoreError, db,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How many connections serve reads beside the writer.
+const READERS: u32 = 4;
+
+/// The store on SQLite.
+///
+/// **One writer.** SQLite lets one transaction write at a time. Every write goes through a single
+/// connection behind a fair (FIFO) async mutex, and every transaction on it starts with
+/// `BEGIN IMMEDIATE`, which takes the database's write lock before reading. So a claim's "find the
+/// oldest pending job" and "mark it running" cannot interleave with another claim, in this process
+/// or another one on the same file (which waits on `busy_timeout`). A pool of writers with deferred
+/// transactions would instead fail with `SQLITE_BUSY` when two read-then-write transactions meet,
+/// and waiting writers would sleep in SQLite's busy handler rather than queue.
+///
+/// Reads use a small pool of other connections: in WAL mode they see the last commit and never
+/// block the writer. An in-memory database (`sqlite::memory:`) has only the writer.
+///
+/// **Durability.** WAL with `synchronous = NORMAL`: a committed write survives the process being
+/// killed (`kill -9`), because it is in the WAL file before the commit returns. Power loss or an
+/// operating system crash can lose the last commits (they are synced at checkpoints); the database
+/// stays consistent either way.
+pub struct SqliteStore {
+    writer: Mutex<SqliteConnection>,
+    readers: Option<SqlitePool>,
+}
+
+/// A typed column read.
+fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(column)
+        .map_err(|e| StoreError::Database(format!("reading column {column}: {e}")))
+}
+
+/// A list column (a JSON array).
+fn list(row: &SqliteRow, column: &str) -> Result<Vec<String>> {
+    let text: String = get(row, column)?;
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::Database(format!("reading column {column}: {e}")))
+}
+
+/// A nullable list column.
+fn opt_list(row: &SqliteRow, column: &str) -> Result<Option<Vec<String>>> {
+    let text: Option<String> = get(row, column)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Database(format!("reading column {column}: {e}")))
+    })
+    .transpose()
+}
+
+/// A list as the JSON array stored.
+fn json(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Runs `$body` with `$conn: &mut SqliteConnection` for reading: a pooled reader, or the writer of
+/// an in-memory database.
+macro_rules! read {
+    ($self:ident, $conn:ident => $body:expr) => {{
+        match &$self.readers {
+            Some(pool) => {
+                let mut pooled = pool.acquire().await.map_err(db("acquiring a connection"))?;
+                let $conn: &mut SqliteConnection = &mut pooled;
+                $body
+            }
+            None => {
+                let mut guard = $self.writer.lock().await;
+                let $conn: &mut SqliteConnection = &mut guard;
+                $body
+            }
+        }
+    }};
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory if missing) the database at `url`
+    /// (`sqlite://PATH` or `sqlite::memory:`) and runs the migrations.
+    ///
+    /// # Errors
+    /// When the file cannot be created or opened, or a migration fails.
+    pub async fn open(url: &str) -> Result<Self> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(db("parsing the SQLite URL"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        if !in_memory {
+            if let Some(dir) = options.get_filename().parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Database(format!("creating {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+        }
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(db("opening the SQLite database"))?;
+        MIGRATOR
+            .run_direct(&mut writer)
+            .await
+            .map_err(|e| StoreError::Database(format!("migrating the SQLite database: {e}")))?;
+        let readers = if in_memory {
+            None
+        } else {
+            Some(
+                SqlitePoolOptions::new()
+                    .max_connections(READERS)
+                    .min_connections(0)
+                    .idle_timeout(Some(Duration::from_secs(300)))
+                    .connect_lazy_with(options),
+            )
+        };
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers,
+        })
+    }
+}
+
+/// Inserts `jobs` of a pipeline, in batches.
+async fn insert_jobs(
+    conn: &mut SqliteConnection,
+    pipeline_id: i64,
+    project_id: i64,
+    jobs: &[NewJob],
+) -> Result<()> {
+    for batch in jobs.chunks(INSERT_BATCH) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO jobs (pipeline_id, project_id, name, stage, stage_index, position, \
+             attempt, status, job_when, allow_failure, needs, tags, resource_group, interruptible, \
+             spec, created_at, queued_at) ",
+        );
+        q.push_values(batch, |mut b, job| {
+            b.push_bind(pipeline_id)
+                .push_bind(project_id)
+                .push_bind(&job.name)
+                .push_bind(&job.stage)
+                .push_bind(job.stage_index)
+                .push_bind(job.position)
+                .push_bind(job.attempt)
+                .push_bind(&job.status)
+                .push_bind(&job.when)
+                .push_bind(job.allow_failure)
+                .push_bind(job.needs.as_deref().map(json))
+                .push_bind(json(&job.tags))
+                .push_bind(&job.resource_group)
+                .push_bind(job.interruptible)
+                .push_bind(&job.spec)
+                .push_bind(job.created_at)
+                .push_bind(queued_at(job));
+        });
+        q.build()
+            .execute(&mut *conn)
+            .await
+            .map_err(db("inserting jobs"))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        read!(self, conn => {
+            sqlx::query("SELECT 1").execute(conn).await.map_err(db("ping"))?;
+        });
+        Ok(())
+    }
+
+    async fn create_project(&self, name: &str, spec: &str, now: Millis) -> Result<ProjectRecord> {
+        let mut conn = self.writer.lock().await;
+        let row = sqlx::query(&format!(
+            "INSERT INTO projects (name, spec, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO NOTHING RETURNING {PROJECT_COLS}"
+        ))
+        .bind(name)
+        .bind(spec)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("creating a project"))?;
+        match row {
+            Some(row) => Ok(project_record!(&row)),
+            None => Err(StoreError::Conflict(format!("project {name}"))),
+        }
+    }
+
+    async fn update_project(&self, name: &str, spec: &str) -> Result<bool> {
+        let mut conn = self.writer.lock().await;
+        let done = sqlx::query("UPDATE projects SET spec = ? WHERE name = ?")
+            .bind(spec)
+            .bind(name)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("updating a project"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>> {
+        let row = read!(self, conn => {
+            sqlx::query(&format!("SELECT {PROJECT_COLS} FROM projects WHERE name = ?"))
+                .bind(name)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading a project"))?
+        });
+        Ok(match row {
+            Some(row) => Some(project_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn project_by_id(&self, id: i64) -> Result<Option<ProjectRecord>> {
+        let row = read!(self, conn => {
+            sqlx::query(&format!("SELECT {PROJECT_COLS} FROM projects WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading a project"))?
+        });
+        Ok(match row {
+            Some(row) => Some(project_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn projects(&self) -> Result<Vec<ProjectRecord>> {
+        let rows = read!(self, conn => {
+            sqlx::query(&format!("SELECT {PROJECT_COLS} FROM projects ORDER BY name"))
+                .fetch_all(conn)
+                .await
+                .map_err(db("listing projects"))?
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(project_record!(row));
+        }
+        Ok(out)
+    }
+
+    async fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, bool)> {
+        let mut conn = self.writer.lock().await;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
+             received_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
+        )
+        .bind(d.project_id)
+        .bind(&d.forge)
+        .bind(&d.delivery_id)
+        .bind(&d.event)
+        .bind(&d.payload)
+        .bind(&d.trace_id)
+        .bind(d.received_at)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("storing a delivery"))?;
+        if let Some(id) = id {
+            return Ok((id, false));
+        }
+        let id: i64 = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE project_id = ? AND forge = ? AND delivery_id = ?",
+        )
+        .bind(d.project_id)
+        .bind(&d.forge)
+        .bind(&d.delivery_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, true))
+    }
+
+    async fn pending_deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>> {
+        let rows = read!(self, conn => {
+            sqlx::query(&format!(
+                "SELECT {DELIVERY_COLS}, payload FROM deliveries WHERE status = 'pending' \
+                 ORDER BY id LIMIT ?"
+            ))
+            .bind(limit)
+            .fetch_all(conn)
+            .await
+            .map_err(db("listing pending deliveries"))?
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(delivery_record!(row, get(row, "payload")?));
+        }
+        Ok(out)
+    }
+
+    async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        sqlx::query(
+            "UPDATE deliveries SET status = ?, reason = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("closing a delivery"))?;
+        Ok(())
+    }
+
+    async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>> {
+        let (limit, offset) = limit_offset(page);
+        let (total, rows) = read!(self, conn => {
+            let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE project_id = ?")
+                .bind(project_id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db("counting deliveries"))?;
+            let rows = sqlx::query(&format!(
+                "SELECT {DELIVERY_COLS} FROM deliveries WHERE project_id = ? \
+                 ORDER BY id DESC LIMIT ? OFFSET ?"
+            ))
+            .bind(project_id)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("listing deliveries"))?;
+            (total, rows)
+        });
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(delivery_record!(row, Vec::new()));
+        }
+        Ok(Paged { items, total })
+    }
+
+    async fn create_pipeline(&self, p: &NewPipeline) -> Result<i64> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO pipelines (project_id, delivery_id, git_ref, tag, sha, before_sha, source, \
+             status, trace_id, errors, spec, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+        )
+        .bind(p.project_id)
+        .bind(p.delivery_id)
+        .bind(&p.git_ref)
+        .bind(p.tag)
+        .bind(&p.sha)
+        .bind(&p.before_sha)
+        .bind(&p.source)
+        .bind(&p.status)
+        .bind(&p.trace_id)
+        .bind(&p.errors)
+        .bind(&p.spec)
+        .bind(p.created_at)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("creating a pipeline"))?;
+        let Some(id) = id else {
+            // The delivery has its pipeline already.
+            let id: i64 = sqlx::query_scalar("SELECT id FROM pipelines WHERE delivery_id = ?")
+                .bind(p.delivery_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("reading a delivery's pipeline"))?;
+            return Ok(id);
+        };
+        insert_jobs(&mut tx, id, p.project_id, &p.jobs).await?;
+        if let Some(delivery) = p.delivery_id {
+            sqlx::query(
+                "UPDATE deliveries SET status = 'created', reason = NULL, pipeline_id = ? \
+                 WHERE id = ?",
+            )
+            .bind(id)
+            .bind(delivery)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("marking a delivery created"))?;
+        }
+        tx.commit().await.map_err(db("committing a pipeline"))?;
+        Ok(id)
+    }
+
+    async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>> {
+        read!(self, conn => {
+            // The pipeline row (and its version) is read before the jobs: jobs read later can only
+            // be newer, so an `apply` computed from them with this version fails rather than
+            // applying over changes it did not see.
+            let row = sqlx::query(&format!(
+                "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+                 WHERE p.id = ?"
+            ))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db("reading a pipeline"))?;
+            let Some(row) = row else { return Ok(None) };
+            let mut pipeline = pipeline_record!(&row);
+            let rows = sqlx::query(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = ? ORDER BY position, attempt, id"
+            ))
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("reading a pipeline's jobs"))?;
+            pipeline.jobs.reserve(rows.len());
+            for row in &rows {
+                pipeline.jobs.push(job_record!(row));
+            }
+            Ok(Some(pipeline))
+        })
+    }
+
+    async fn pipelines(
+        &self,
+        project_id: i64,
+        filter: &PipelineFilter,
+        page: Page,
+    ) -> Result<Paged<PipelineRecord>> {
+        let (limit, offset) = limit_offset(page);
+        let (total, rows) = read!(self, conn => {
+            let total: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pipelines WHERE project_id = ?1 \
+                 AND (?2 IS NULL OR git_ref = ?2) AND (?3 IS NULL OR status = ?3)",
+            )
+            .bind(project_id)
+            .bind(&filter.git_ref)
+            .bind(&filter.status)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("counting pipelines"))?;
+            let rows = sqlx::query(&format!(
+                "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+                 WHERE p.project_id = ?1 AND (?2 IS NULL OR p.git_ref = ?2) \
+                 AND (?3 IS NULL OR p.status = ?3) ORDER BY p.id DESC LIMIT ?4 OFFSET ?5"
+            ))
+            .bind(project_id)
+            .bind(&filter.git_ref)
+            .bind(&filter.status)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db("listing pipelines"))?;
+            (total, rows)
+        });
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(pipeline_record!(row));
+        }
+        Ok(Paged { items, total })
+    }
+
+    async fn active_pipelines(&self) -> Result<Vec<i64>> {
+        read!(self, conn => {
+            sqlx::query_scalar(&format!(
+                "SELECT id FROM pipelines WHERE status NOT IN {OVER} ORDER BY id"
+            ))
+            .fetch_all(conn)
+            .await
+            .map_err(db("listing active pipelines"))
+        })
+    }
+
+    async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let project_id: Option<i64> = sqlx::query_scalar(
+            "UPDATE pipelines SET version = version + 1, status = COALESCE(?, status), \
+             started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at) \
+             WHERE id = ? AND version = ? RETURNING project_id",
+        )
+        .bind(&changes.status)
+        .bind(changes.started_at)
+        .bind(changes.finished_at)
+        .bind(pipeline_id)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("updating a pipeline"))?;
+        let Some(project_id) = project_id else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Ok(false);
+        };
+        for job in &changes.jobs {
+            sqlx::query(
+                "UPDATE jobs SET status = COALESCE(?, status), queued_at = COALESCE(?, queued_at), \
+                 finished_at = COALESCE(?, finished_at), run_after = COALESCE(?, run_after), \
+                 failure_reason = COALESCE(?, failure_reason), \
+                 cancel_requested = COALESCE(?, cancel_requested), retried = COALESCE(?, retried) \
+                 WHERE id = ? AND pipeline_id = ?",
+            )
+            .bind(&job.status)
+            .bind(job.queued_at)
+            .bind(job.finished_at)
+            .bind(job.run_after)
+            .bind(&job.failure_reason)
+            .bind(job.cancel_requested)
+            .bind(job.retried)
+            .bind(job.id)
+            .bind(pipeline_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("updating a job"))?;
+        }
+        insert_jobs(&mut tx, pipeline_id, project_id, &changes.new_jobs).await?;
+        tx.commit().await.map_err(db("committing changes"))?;
+        Ok(true)
+    }
+
+    async fn claim(
+        &self,
+        agent: &AgentRecord,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Option<JobRecord>> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        // Under the write lock, the choice and the update cannot interleave with another claim.
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', started_at = ?1, lease_until = ?2, \
+             agent_id = ?3, agent_name = ?4 \
+             WHERE id = (\
+                SELECT j.id FROM jobs j \
+                WHERE j.status = 'pending' \
+                AND (j.run_after IS NULL OR j.run_after <= ?1) \
+                AND (j.tags <> '[]' OR ?5) \
+                AND NOT EXISTS (SELECT 1 FROM json_each(j.tags) t \
+                    WHERE t.value NOT IN (SELECT value FROM json_each(?6))) \
+                AND (j.resource_group IS NULL OR NOT EXISTS (\
+                    SELECT 1 FROM jobs r WHERE r.project_id = j.project_id \
+                    AND r.resource_group = j.resource_group AND r.status = 'running')) \
+                ORDER BY j.queued_at, j.id LIMIT 1) \
+             RETURNING {JOB_COLS}"
+        ))
+        .bind(now)
+        .bind(lease_until)
+        .bind(agent.id)
+        .bind(&agent.name)
+        .bind(agent.run_untagged)
+        .bind(json(&agent.tags))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("claiming a job"))?;
+        let Some(row) = row else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Ok(None);
+        };
+        let job = job_record!(&row);
+        sqlx::query(&format!(
+            "UPDATE pipelines SET version = version + 1, started_at = COALESCE(started_at, ?), \
+             status = CASE WHEN status IN {NOT_STARTED} THEN 'running' ELSE status END \
+             WHERE id = ?"
+        ))
+        .bind(now)
+        .bind(job.pipeline_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("starting a pipeline"))?;
+        tx.commit().await.map_err(db("committing a claim"))?;
+        Ok(Some(job))
+    }
+
+    async fn heartbeat(&self, job_id: i64, agent_id: i64, lease_until: Millis) -> Result<bool> {
+        let mut conn = self.writer.lock().await;
+        let cancel: Option<bool> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_until = MAX(COALESCE(lease_until, 0), ?) \
+             WHERE id = ? AND status = 'running' AND agent_id = ? RETURNING cancel_requested",
+        )
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("extending a lease"))?;
+        cancel.ok_or(StoreError::LeaseLost)
+    }
+
+    async fn append_log(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        offset: i64,
+        bytes: &[u8],
+        lease_until: Millis,
+    ) -> Result<i64> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let size: Option<i64> = sqlx::query_scalar(
+            "SELECT log_size FROM jobs WHERE id = ? AND status = 'running' AND agent_id = ?",
+        )
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a job's log size"))?;
+        let Some(size) = size else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        };
+        if offset < 0 || offset > size {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LogGap(size));
+        }
+        let skip = usize::try_from(size - offset).unwrap_or(usize::MAX);
+        let fresh = bytes.get(skip..).unwrap_or_default();
+        let new_size = size + i64::try_from(fresh.len()).unwrap_or(i64::MAX);
+        if !fresh.is_empty() {
+            sqlx::query("INSERT INTO log_chunks (job_id, pos, bytes) VALUES (?, ?, ?)")
+                .bind(job_id)
+                .bind(size)
+                .bind(fresh)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("appending to a log"))?;
+        }
+        sqlx::query(
+            "UPDATE jobs SET log_size = ?, lease_until = MAX(COALESCE(lease_until, 0), ?) \
+             WHERE id = ?",
+        )
+        .bind(new_size)
+        .bind(lease_until)
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("updating a job's log size"))?;
+        tx.commit().await.map_err(db("committing a log chunk"))?;
+        Ok(new_size)
+    }
+
+    async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>> {
+        let start = start.max(0);
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Vec<u8>)> = read!(self, conn => {
+            sqlx::query_as(
+                "SELECT pos, bytes FROM log_chunks WHERE job_id = ?1 AND pos < ?3 \
+                 AND pos >= COALESCE((SELECT MAX(pos) FROM log_chunks \
+                    WHERE job_id = ?1 AND pos <= ?2), 0) \
+                 ORDER BY pos",
+            )
+            .bind(job_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(conn)
+            .await
+            .map_err(db("reading a log"))?
+        });
+        Ok(assemble(rows, start, end))
+    }
+
+    async fn put_artifacts(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        archive: &[u8],
+        lease_until: Millis,
+    ) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let leased = sqlx::query(
+            "UPDATE jobs SET has_artifacts = 1, lease_until = MAX(COALESCE(lease_until, 0), ?) \
+             WHERE id = ? AND status = 'running' AND agent_id = ?",
+        )
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("marking artifacts"))?;
+        if leased.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        }
+        sqlx::query(
+            "INSERT INTO artifacts (job_id, archive) VALUES (?, ?) \
+             ON CONFLICT (job_id) DO UPDATE SET archive = excluded.archive",
+        )
+        .bind(job_id)
+        .bind(archive)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("storing artifacts"))?;
+        tx.commit().await.map_err(db("committing artifacts"))?;
+        Ok(())
+    }
+
+    async fn artifacts(&self, job_id: i64) -> Result<Option<Vec<u8>>> {
+        read!(self, conn => {
+            sqlx::query_scalar("SELECT archive FROM artifacts WHERE job_id = ?")
+                .bind(job_id)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading artifacts"))
+        })
+    }
+
+    async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let pipeline_id: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET status = ?, exit_code = ?, failure_reason = ?, coverage = ?, \
+             finished_at = ?, lease_until = NULL \
+             WHERE id = ? AND status = 'running' AND agent_id = ? RETURNING pipeline_id",
+        )
+        .bind(&result.status)
+        .bind(result.exit_code)
+        .bind(&result.failure_reason)
+        .bind(result.coverage)
+        .bind(result.finished_at)
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("finishing a job"))?;
+        let Some(pipeline_id) = pipeline_id else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        };
+        sqlx::query("UPDATE pipelines SET version = version + 1 WHERE id = ?")
+            .bind(pipeline_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("bumping a pipeline's version"))?;
+        tx.commit().await.map_err(db("committing a finished job"))?;
+        Ok(pipeline_id)
+    }
+
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let mut expired: Vec<(i64, i64)> = sqlx::query_as(
+            "UPDATE jobs SET status = 'failed', failure_reason = 'runner_system_failure', \
+             finished_at = ?1, lease_until = NULL \
+             WHERE status = 'running' AND lease_until < ?1 RETURNING id, pipeline_id",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("expiring leases"))?;
+        expired.sort_unstable();
+        let mut pipelines: Vec<i64> = expired.iter().map(|&(_, p)| p).collect();
+        pipelines.sort_unstable();
+        pipelines.dedup();
+        for pipeline_id in pipelines {
+            sqlx::query("UPDATE pipelines SET version = version + 1 WHERE id = ?")
+                .bind(pipeline_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("bumping a pipeline's version"))?;
+        }
+        tx.commit().await.map_err(db("committing expired leases"))?;
+        Ok(expired)
+    }
+
+    async fn extend_leases(&self, until: Millis) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        sqlx::query(
+            "UPDATE jobs SET lease_until = ?1 \
+             WHERE status = 'running' AND (lease_until IS NULL OR lease_until < ?1)",
+        )
+        .bind(until)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("extending leases"))?;
+        Ok(())
+    }
+
+    async fn queue_depth(&self) -> Result<i64> {
+        read!(self, conn => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'pending'")
+                .fetch_one(conn)
+                .await
+                .map_err(db("counting pending jobs"))
+        })
+    }
+
+    async fn job(&self, id: i64) -> Result<Option<JobRecord>> {
+        let row = read!(self, conn => {
+            sqlx::query(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading a job"))?
+        });
+        Ok(match row {
+            Some(row) => Some(job_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn register_agent(&self, a: &NewAgent) -> Result<i64> {
+        let mut conn = self.writer.lock().await;
+        sqlx::query_scalar(
+            "INSERT INTO agents (name, token_hash, tags, run_untagged, executor, concurrency, \
+             version, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&a.name)
+        .bind(&a.token_hash)
+        .bind(json(&a.tags))
+        .bind(a.run_untagged)
+        .bind(&a.executor)
+        .bind(a.concurrency)
+        .bind(&a.version)
+        .bind(a.registered_at)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| agent_error(e, &a.name))
+    }
+
+    async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentRecord>> {
+        let row = read!(self, conn => {
+            sqlx::query(&format!("SELECT {AGENT_COLS} FROM agents WHERE token_hash = ?"))
+                .bind(token_hash)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading an agent"))?
+        });
+        Ok(match row {
+            Some(row) => Some(agent_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn touch_agent(&self, id: i64, now: Millis) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        sqlx::query("UPDATE agents SET last_seen_at = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("touching an agent"))?;
+        Ok(())
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentRecord>> {
+        let rows = read!(self, conn => {
+            sqlx::query(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))
+                .fetch_all(conn)
+                .await
+                .map_err(db("listing agents"))?
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(agent_record!(row));
+        }
+        Ok(out)
+    }
+}
+
+/// A failed agent insert: a token hash used twice is a conflict.
+fn agent_error(e: sqlx::Error, name: &str) -> StoreError {
+    if e.as_database_error()
+        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
+    {
+        StoreError::Conflict(format!("an agent with the token of {name}"))
+    } else {
+        db("registering an agent")(e)
+    }
+}

@@ -1,0 +1,1215 @@
+//! The store's tests: every test runs against SQLite and against PostgreSQL (`sqlite::NAME` and
+//! `postgres::NAME`). The PostgreSQL variants need `GANTRY_TEST_POSTGRES_URL`
+//! (`eval "$(scripts/postgres.sh)"`) and fail without it.
+
+mod harness;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use gantry_store::{
+    Changes, JobChange, JobResult, Page, PipelineFilter, Store, StoreError, connect,
+};
+use harness::{Harness, agent, delivery, job, pipeline, project};
+
+/// Instantiates each named test (an `async fn(Harness)`) once per backend.
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::harness::sqlite(super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::harness::postgres(super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+store_tests!(
+    projects_create_conflict_update,
+    deliveries_are_stored_once,
+    pending_deliveries_and_close,
+    create_pipeline_once_per_delivery,
+    pipeline_lists_jobs_in_order,
+    pipelines_filter_and_paginate,
+    apply_is_optimistic,
+    claim_respects_tags,
+    claim_respects_run_after_and_order,
+    claim_starts_pipeline_and_bumps_version,
+    concurrent_claims_hand_each_job_once,
+    two_stores_hand_each_job_once,
+    resource_group_excludes_running,
+    resource_group_races_claim_once,
+    lease_calls_fail_for_other_agents,
+    expired_leases_fail_jobs,
+    extend_leases_moves_deadlines,
+    finish_records_the_result,
+    heartbeat_reports_cancel,
+    append_log_is_idempotent,
+    read_log_assembles_ranges,
+    artifacts_roundtrip,
+    agents_register_and_list,
+    queue_depth_counts_pending,
+    reopened_store_keeps_everything,
+);
+
+fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
+    assert!(
+        matches!(result, Err(StoreError::LeaseLost)),
+        "expected LeaseLost, got {result:?}"
+    );
+}
+
+fn done(status: &str, at: i64) -> JobResult {
+    JobResult {
+        status: status.to_owned(),
+        exit_code: Some(0),
+        failure_reason: None,
+        coverage: None,
+        finished_at: at,
+    }
+}
+
+async fn projects_create_conflict_update(h: Harness) {
+    let s = &*h.store;
+    s.ping().await.unwrap();
+    let a = s.create_project("alpha", "{\"a\":1}", 10).await.unwrap();
+    assert_eq!(a.name, "alpha");
+    assert_eq!(a.spec, "{\"a\":1}");
+    assert_eq!(a.created_at, 10);
+    let b = s.create_project("beta", "{}", 11).await.unwrap();
+    assert_ne!(a.id, b.id);
+    let err = s.create_project("alpha", "{}", 12).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(s.update_project("alpha", "{\"a\":2}").await.unwrap());
+    assert!(!s.update_project("gamma", "{}").await.unwrap());
+    let a2 = s.project("alpha").await.unwrap().unwrap();
+    assert_eq!(a2.spec, "{\"a\":2}");
+    assert_eq!(s.project_by_id(a.id).await.unwrap().unwrap(), a2);
+    assert!(s.project("gamma").await.unwrap().is_none());
+    assert!(s.project_by_id(9_999).await.unwrap().is_none());
+    let names: Vec<String> = s
+        .projects()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+}
+
+async fn deliveries_are_stored_once(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let q = project(s, "q").await;
+    let (first, dup) = s
+        .insert_delivery(&delivery(p.id, "d-1", 100))
+        .await
+        .unwrap();
+    assert!(!dup);
+    let (again, dup) = s
+        .insert_delivery(&delivery(p.id, "d-1", 101))
+        .await
+        .unwrap();
+    assert!(dup);
+    assert_eq!(again, first);
+    // The same id from another forge or for another project is another delivery.
+    let mut github = delivery(p.id, "d-1", 102);
+    github.forge = "github".to_owned();
+    let (other, dup) = s.insert_delivery(&github).await.unwrap();
+    assert!(!dup);
+    assert_ne!(other, first);
+    let (other_project, dup) = s
+        .insert_delivery(&delivery(q.id, "d-1", 103))
+        .await
+        .unwrap();
+    assert!(!dup);
+    assert_ne!(other_project, first);
+    let listed = s
+        .deliveries(
+            p.id,
+            Page {
+                page: 1,
+                per_page: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 2);
+    assert_eq!(listed.items.len(), 2);
+}
+
+async fn pending_deliveries_and_close(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            s.insert_delivery(&delivery(p.id, &format!("d{i}"), 100 + i))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let pending = s.pending_deliveries(3).await.unwrap();
+    assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[..3]);
+    assert_eq!(pending[0].payload, b"{\"delivery\":\"d0\"}");
+    assert_eq!(pending[0].trace_id, "trace-d0");
+    assert_eq!(pending[0].status, "pending");
+    s.close_delivery(ids[0], "skipped", "no job survived the rules")
+        .await
+        .unwrap();
+    s.close_delivery(ids[1], "failed", "no .gitlab-ci.yml")
+        .await
+        .unwrap();
+    // Closing is only for pending deliveries: this one stays skipped.
+    s.close_delivery(ids[0], "failed", "later").await.unwrap();
+    let pending = s.pending_deliveries(10).await.unwrap();
+    assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[2..]);
+    let listed = s
+        .deliveries(
+            p.id,
+            Page {
+                page: 1,
+                per_page: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.total, 5);
+    // Newest first, without payloads.
+    assert_eq!(
+        listed.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [ids[4], ids[3]]
+    );
+    assert!(listed.items.iter().all(|d| d.payload.is_empty()));
+    let last = s
+        .deliveries(
+            p.id,
+            Page {
+                page: 3,
+                per_page: 2,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(last.items.len(), 1);
+    let skipped = &last.items[0];
+    assert_eq!(skipped.id, ids[0]);
+    assert_eq!(skipped.status, "skipped");
+    assert_eq!(skipped.reason.as_deref(), Some("no job survived the rules"));
+}
+
+async fn create_pipeline_once_per_delivery(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let (d, _) = s.insert_delivery(&delivery(p.id, "d", 100)).await.unwrap();
+    let mut new = pipeline(p.id, vec![job("build", 0, 2_000), job("test", 1, 2_000)]);
+    new.delivery_id = Some(d);
+    let first = s.create_pipeline(&new).await.unwrap();
+    let second = s.create_pipeline(&new).await.unwrap();
+    assert_eq!(first, second);
+    let created = s.pipeline(first).await.unwrap().unwrap();
+    assert_eq!(created.jobs.len(), 2, "the second call created no jobs");
+    assert_eq!(
+        s.pipelines(
+            p.id,
+            &PipelineFilter::default(),
+            Page {
+                page: 1,
+                per_page: 20
+            }
+        )
+        .await
+        .unwrap()
+        .total,
+        1
+    );
+    assert!(s.pending_deliveries(10).await.unwrap().is_empty());
+    let listed = s
+        .deliveries(
+            p.id,
+            Page {
+                page: 1,
+                per_page: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.items[0].status, "created");
+    assert_eq!(listed.items[0].pipeline_id, Some(first));
+    // Pipelines without a delivery are never merged.
+    let a = s.create_pipeline(&pipeline(p.id, vec![])).await.unwrap();
+    let b = s.create_pipeline(&pipeline(p.id, vec![])).await.unwrap();
+    assert_ne!(a, b);
+}
+
+async fn pipeline_lists_jobs_in_order(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "proj").await;
+    let mut jobs = Vec::new();
+    for (i, name) in ["lint", "build", "test", "deploy"].iter().enumerate() {
+        let mut j = job(name, i as i64, 2_000);
+        j.stage_index = i as i64 / 2;
+        j.stage = format!("stage{}", i / 2);
+        j.status = "created".to_owned();
+        jobs.push(j);
+    }
+    jobs[2].needs = Some(vec!["build".to_owned()]);
+    jobs[3].tags = vec!["prod".to_owned(), "linux".to_owned()];
+    jobs[3].resource_group = Some("production".to_owned());
+    jobs[3].when = "manual".to_owned();
+    jobs[3].allow_failure = true;
+    jobs[3].interruptible = true;
+    // Stored out of plan order, listed in it.
+    jobs.swap(0, 3);
+    let mut new = pipeline(p.id, jobs.clone());
+    new.tag = true;
+    new.before_sha = Some("before".to_owned());
+    let id = s.create_pipeline(&new).await.unwrap();
+    let got = s.pipeline(id).await.unwrap().unwrap();
+    assert_eq!(got.project_name, "proj");
+    assert_eq!(got.git_ref, "main");
+    assert!(got.tag);
+    assert_eq!(got.before_sha.as_deref(), Some("before"));
+    assert_eq!(got.status, "created");
+    assert_eq!(got.version, 0);
+    let names: Vec<&str> = got.jobs.iter().map(|j| j.name.as_str()).collect();
+    assert_eq!(names, ["lint", "build", "test", "deploy"]);
+    let deploy = &got.jobs[3];
+    assert_eq!(deploy.tags, ["prod", "linux"]);
+    assert_eq!(deploy.resource_group.as_deref(), Some("production"));
+    assert_eq!(deploy.when, "manual");
+    assert!(deploy.allow_failure && deploy.interruptible);
+    assert_eq!(deploy.stage, "stage1");
+    assert_eq!(deploy.stage_index, 1);
+    assert_eq!(deploy.queued_at, None, "created jobs are not queued");
+    assert_eq!(
+        got.jobs[2].needs.as_deref(),
+        Some(&["build".to_owned()][..])
+    );
+    assert_eq!(got.jobs[0].needs, None);
+    assert_eq!(got.jobs[0].spec, "{\"name\":\"lint\"}");
+    // A retry (attempt 2, same position) is listed right after its first attempt.
+    let mut retry = job("build", 1, 3_000);
+    retry.attempt = 2;
+    let changes = Changes {
+        jobs: vec![JobChange {
+            id: got.jobs[1].id,
+            retried: Some(true),
+            ..JobChange::default()
+        }],
+        new_jobs: vec![retry],
+        ..Changes::default()
+    };
+    assert!(s.apply(id, got.version, &changes).await.unwrap());
+    let got = s.pipeline(id).await.unwrap().unwrap();
+    let order: Vec<(&str, i64)> = got
+        .jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.attempt))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("lint", 1),
+            ("build", 1),
+            ("build", 2),
+            ("test", 1),
+            ("deploy", 1)
+        ]
+    );
+    assert!(got.jobs[1].retried);
+    assert_eq!(
+        got.jobs[2].queued_at,
+        Some(3_000),
+        "a job created pending is queued"
+    );
+    assert!(s.pipeline(id + 1_000).await.unwrap().is_none());
+}
+
+async fn pipelines_filter_and_paginate(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let other = project(s, "other").await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let mut new = pipeline(p.id, vec![job("j", 0, 2_000)]);
+        new.git_ref = if i % 2 == 0 { "main" } else { "dev" }.to_owned();
+        new.status = if i < 3 { "failed" } else { "created" }.to_owned();
+        ids.push(s.create_pipeline(&new).await.unwrap());
+    }
+    s.create_pipeline(&pipeline(other.id, vec![]))
+        .await
+        .unwrap();
+    let all = s
+        .pipelines(
+            p.id,
+            &PipelineFilter::default(),
+            Page {
+                page: 1,
+                per_page: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.total, 7);
+    assert_eq!(
+        all.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [ids[6], ids[5], ids[4]]
+    );
+    assert!(
+        all.items.iter().all(|p| p.jobs.is_empty()),
+        "lists carry no jobs"
+    );
+    assert_eq!(all.items[0].project_name, "p");
+    let page3 = s
+        .pipelines(
+            p.id,
+            &PipelineFilter::default(),
+            Page {
+                page: 3,
+                per_page: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page3.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    assert_eq!(page3.total, 7);
+    let beyond = s
+        .pipelines(
+            p.id,
+            &PipelineFilter::default(),
+            Page {
+                page: 9,
+                per_page: 3,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(beyond.items.is_empty());
+    assert_eq!(beyond.total, 7);
+    let main = PipelineFilter {
+        git_ref: Some("main".to_owned()),
+        status: None,
+    };
+    let got = s
+        .pipelines(
+            p.id,
+            &main,
+            Page {
+                page: 1,
+                per_page: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.total, 4);
+    assert!(got.items.iter().all(|p| p.git_ref == "main"));
+    let failed_dev = PipelineFilter {
+        git_ref: Some("dev".to_owned()),
+        status: Some("failed".to_owned()),
+    };
+    let got = s
+        .pipelines(
+            p.id,
+            &failed_dev,
+            Page {
+                page: 1,
+                per_page: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.items.iter().map(|p| p.id).collect::<Vec<_>>(), [ids[1]]);
+    assert_eq!(got.total, 1);
+    // Active pipelines: not over, oldest first, across projects.
+    let active = s.active_pipelines().await.unwrap();
+    assert_eq!(active.len(), 5);
+    assert_eq!(active[..4], ids[3..]);
+}
+
+async fn apply_is_optimistic(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let mut created = job("a", 0, 2_000);
+    created.status = "created".to_owned();
+    let id = s
+        .create_pipeline(&pipeline(p.id, vec![created, job("b", 1, 2_000)]))
+        .await
+        .unwrap();
+    let before = s.pipeline(id).await.unwrap().unwrap();
+    let a = before.jobs[0].id;
+    let changes = Changes {
+        jobs: vec![JobChange {
+            id: a,
+            status: Some("pending".to_owned()),
+            queued_at: Some(5_000),
+            run_after: Some(6_000),
+            failure_reason: Some("reason".to_owned()),
+            cancel_requested: Some(true),
+            finished_at: Some(7_000),
+            retried: Some(true),
+        }],
+        new_jobs: vec![job("c", 2, 5_000)],
+        status: Some("running".to_owned()),
+        started_at: Some(5_000),
+        finished_at: None,
+    };
+    // A stale version changes nothing.
+    assert!(!s.apply(id, before.version + 1, &changes).await.unwrap());
+    assert_eq!(s.pipeline(id).await.unwrap().unwrap(), before);
+    assert!(!s.apply(id + 1_000, 0, &changes).await.unwrap());
+    // The current one applies everything, and bumps the version.
+    assert!(s.apply(id, before.version, &changes).await.unwrap());
+    let after = s.pipeline(id).await.unwrap().unwrap();
+    assert_eq!(after.version, before.version + 1);
+    assert_eq!(after.status, "running");
+    assert_eq!(after.started_at, Some(5_000));
+    assert_eq!(after.finished_at, None);
+    let a = &after.jobs[0];
+    assert_eq!(a.status, "pending");
+    assert_eq!(a.queued_at, Some(5_000));
+    assert_eq!(a.run_after, Some(6_000));
+    assert_eq!(a.failure_reason.as_deref(), Some("reason"));
+    assert!(a.cancel_requested && a.retried);
+    assert_eq!(a.finished_at, Some(7_000));
+    assert_eq!(
+        after.jobs[1], before.jobs[1],
+        "unchanged jobs stay as they were"
+    );
+    assert_eq!(after.jobs.len(), 3);
+    // The same version a second time is stale.
+    assert!(
+        !s.apply(id, before.version, &Changes::default())
+            .await
+            .unwrap()
+    );
+    // `None` leaves fields as they are.
+    let finish = Changes {
+        status: Some("success".to_owned()),
+        finished_at: Some(9_000),
+        ..Changes::default()
+    };
+    assert!(s.apply(id, after.version, &finish).await.unwrap());
+    let last = s.pipeline(id).await.unwrap().unwrap();
+    assert_eq!(last.started_at, Some(5_000));
+    assert_eq!(last.finished_at, Some(9_000));
+    assert!(s.active_pipelines().await.unwrap().is_empty());
+}
+
+async fn claim_respects_tags(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let mut docker = job("docker", 0, 2_000);
+    docker.tags = vec!["docker".to_owned()];
+    let mut both = job("both", 1, 2_001);
+    both.tags = vec!["docker".to_owned(), "linux".to_owned()];
+    let plain = job("plain", 2, 2_002);
+    s.create_pipeline(&pipeline(p.id, vec![docker, both, plain]))
+        .await
+        .unwrap();
+
+    let linux_only = agent(s, "linux-only", &["linux"], false).await;
+    assert!(s.claim(&linux_only, 3_000, 9_000).await.unwrap().is_none());
+
+    let docker_tagged = agent(s, "docker-tagged", &["docker"], false).await;
+    let got = s
+        .claim(&docker_tagged, 3_000, 9_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.name, "docker");
+    // "both" needs linux too; "plain" is untagged and this agent takes no untagged jobs.
+    assert!(
+        s.claim(&docker_tagged, 3_000, 9_000)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let untagged = agent(s, "untagged", &[], true).await;
+    let got = s.claim(&untagged, 3_000, 9_000).await.unwrap().unwrap();
+    assert_eq!(got.name, "plain");
+    assert!(s.claim(&untagged, 3_000, 9_000).await.unwrap().is_none());
+
+    let many = agent(s, "many", &["linux", "gpu", "docker"], true).await;
+    let got = s.claim(&many, 3_000, 9_000).await.unwrap().unwrap();
+    assert_eq!(got.name, "both");
+    assert_eq!(got.agent_id, Some(many.id));
+    assert_eq!(got.agent_name.as_deref(), Some("many"));
+    assert_eq!(got.status, "running");
+    assert_eq!(got.started_at, Some(3_000));
+    assert_eq!(got.lease_until, Some(9_000));
+    assert_eq!(s.job(got.id).await.unwrap().unwrap(), got);
+}
+
+async fn claim_respects_run_after_and_order(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let mut delayed = job("delayed", 0, 1_000);
+    delayed.status = "created".to_owned();
+    let mut manual = job("manual", 1, 1_000);
+    manual.status = "manual".to_owned();
+    let id = s
+        .create_pipeline(&pipeline(
+            p.id,
+            vec![
+                delayed,
+                manual,
+                job("late", 2, 3_000),
+                job("early", 3, 2_000),
+            ],
+        ))
+        .await
+        .unwrap();
+    let before = s.pipeline(id).await.unwrap().unwrap();
+    let changes = Changes {
+        jobs: vec![JobChange {
+            id: before.jobs[0].id,
+            status: Some("pending".to_owned()),
+            queued_at: Some(1_500),
+            run_after: Some(10_000),
+            ..JobChange::default()
+        }],
+        ..Changes::default()
+    };
+    assert!(s.apply(id, before.version, &changes).await.unwrap());
+    let a = agent(s, "a", &[], true).await;
+    // Oldest queued first; the delayed one waits for its time; manual jobs are never claimed.
+    assert_eq!(
+        s.claim(&a, 5_000, 50_000).await.unwrap().unwrap().name,
+        "early"
+    );
+    assert_eq!(
+        s.claim(&a, 5_000, 50_000).await.unwrap().unwrap().name,
+        "late"
+    );
+    assert!(s.claim(&a, 9_999, 50_000).await.unwrap().is_none());
+    assert_eq!(
+        s.claim(&a, 10_000, 50_000).await.unwrap().unwrap().name,
+        "delayed"
+    );
+    assert!(s.claim(&a, 20_000, 50_000).await.unwrap().is_none());
+}
+
+async fn claim_starts_pipeline_and_bumps_version(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let id = s
+        .create_pipeline(&pipeline(
+            p.id,
+            vec![job("a", 0, 2_000), job("b", 1, 2_000)],
+        ))
+        .await
+        .unwrap();
+    let before = s.pipeline(id).await.unwrap().unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let claimed = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    assert_eq!(claimed.pipeline_id, id);
+    let after = s.pipeline(id).await.unwrap().unwrap();
+    assert_eq!(after.version, before.version + 1);
+    assert_eq!(after.status, "running");
+    assert_eq!(after.started_at, Some(3_000));
+    // A change computed before the claim no longer applies.
+    let cancel = Changes {
+        jobs: vec![JobChange {
+            id: claimed.id,
+            status: Some("canceled".to_owned()),
+            ..JobChange::default()
+        }],
+        ..Changes::default()
+    };
+    assert!(!s.apply(id, before.version, &cancel).await.unwrap());
+    assert_eq!(s.job(claimed.id).await.unwrap().unwrap().status, "running");
+    // A second claim keeps the first start time.
+    s.claim(&a, 4_000, 9_000).await.unwrap().unwrap();
+    let later = s.pipeline(id).await.unwrap().unwrap();
+    assert_eq!(later.started_at, Some(3_000));
+    assert_eq!(later.version, after.version + 1);
+}
+
+/// Creates `pipelines` pipelines of `per_pipeline` pending jobs each.
+async fn many_jobs(s: &dyn Store, project_id: i64, pipelines: usize, per_pipeline: usize) {
+    for p in 0..pipelines {
+        let jobs = (0..per_pipeline)
+            .map(|i| job(&format!("job-{p}-{i}"), i as i64, 2_000 + i as i64))
+            .collect();
+        s.create_pipeline(&pipeline(project_id, jobs))
+            .await
+            .unwrap();
+    }
+}
+
+/// Claims (and finishes) until the queue is empty from `tasks` tasks spread over `stores`;
+/// answers every claimed job id.
+async fn drain(stores: Vec<Arc<dyn Store>>, tasks: usize) -> Vec<i64> {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let s = stores[t % stores.len()].clone();
+        handles.push(tokio::spawn(async move {
+            let a = agent(&*s, &format!("agent-{t}"), &[], true).await;
+            let mut mine = Vec::new();
+            while let Some(j) = s.claim(&a, 3_000, 90_000).await.unwrap() {
+                assert_eq!(j.agent_id, Some(a.id));
+                mine.push(j.id);
+                s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all
+}
+
+async fn concurrent_claims_hand_each_job_once(h: Harness) {
+    let s = h.store.clone();
+    let p = project(&*s, "p").await;
+    many_jobs(&*s, p.id, 5, 100).await;
+    let claimed = drain(vec![s.clone(), s.clone()], 5).await;
+    assert_eq!(claimed.len(), 500);
+    assert_eq!(
+        claimed.iter().collect::<HashSet<_>>().len(),
+        500,
+        "a job was claimed twice"
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+    // Each claim and each finish bumped its pipeline's version once.
+    for id in s.active_pipelines().await.unwrap() {
+        let pl = s.pipeline(id).await.unwrap().unwrap();
+        assert_eq!(pl.version, 200);
+        assert!(pl.jobs.iter().all(|j| j.status == "success"));
+    }
+}
+
+async fn two_stores_hand_each_job_once(h: Harness) {
+    let first = h.store.clone();
+    let second = h.open_another().await;
+    let p = project(&*first, "p").await;
+    many_jobs(&*first, p.id, 5, 100).await;
+    let claimed = drain(vec![first.clone(), second], 6).await;
+    assert_eq!(claimed.len(), 500);
+    assert_eq!(
+        claimed.iter().collect::<HashSet<_>>().len(),
+        500,
+        "a job was claimed twice"
+    );
+    assert_eq!(first.queue_depth().await.unwrap(), 0);
+}
+
+async fn resource_group_excludes_running(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let other = project(s, "other").await;
+    let grouped = |name: &str, at: i64| {
+        let mut j = job(name, 0, at);
+        j.resource_group = Some("production".to_owned());
+        j
+    };
+    s.create_pipeline(&pipeline(p.id, vec![grouped("deploy-1", 2_000)]))
+        .await
+        .unwrap();
+    s.create_pipeline(&pipeline(p.id, vec![grouped("deploy-2", 2_001)]))
+        .await
+        .unwrap();
+    s.create_pipeline(&pipeline(other.id, vec![grouped("deploy-other", 2_002)]))
+        .await
+        .unwrap();
+    s.create_pipeline(&pipeline(p.id, vec![job("free", 0, 2_003)]))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let first = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    assert_eq!(first.name, "deploy-1");
+    // deploy-2 waits for deploy-1; the other project's group of the same name is another group.
+    assert_eq!(
+        s.claim(&a, 3_000, 9_000).await.unwrap().unwrap().name,
+        "deploy-other"
+    );
+    assert_eq!(
+        s.claim(&a, 3_000, 9_000).await.unwrap().unwrap().name,
+        "free"
+    );
+    assert!(s.claim(&a, 3_000, 9_000).await.unwrap().is_none());
+    s.finish(first.id, a.id, &done("success", 4_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.claim(&a, 5_000, 9_000).await.unwrap().unwrap().name,
+        "deploy-2"
+    );
+}
+
+async fn resource_group_races_claim_once(h: Harness) {
+    let first = h.store.clone();
+    let second = h.open_another().await;
+    let p = project(&*first, "p").await;
+    for i in 0..10 {
+        let mut j = job(&format!("deploy-{i}"), 0, 2_000 + i);
+        j.resource_group = Some("production".to_owned());
+        first
+            .create_pipeline(&pipeline(p.id, vec![j]))
+            .await
+            .unwrap();
+    }
+    let mut handles = Vec::new();
+    for t in 0..8 {
+        let s = if t % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        handles.push(tokio::spawn(async move {
+            let a = agent(&*s, &format!("agent-{t}"), &[], true).await;
+            let mut got = 0;
+            for _ in 0..3 {
+                if s.claim(&a, 3_000, 9_000).await.unwrap().is_some() {
+                    got += 1;
+                }
+            }
+            got
+        }));
+    }
+    let mut total = 0;
+    for h in handles {
+        total += h.await.unwrap();
+    }
+    assert_eq!(total, 1, "one job of a resource group runs at a time");
+    assert_eq!(first.queue_depth().await.unwrap(), 9);
+}
+
+async fn lease_calls_fail_for_other_agents(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let owner = agent(s, "owner", &[], true).await;
+    let thief = agent(s, "thief", &[], true).await;
+    let j = s.claim(&owner, 3_000, 9_000).await.unwrap().unwrap();
+    lost(s.heartbeat(j.id, thief.id, 10_000).await);
+    lost(s.append_log(j.id, thief.id, 0, b"x", 10_000).await);
+    lost(s.put_artifacts(j.id, thief.id, b"zip", 10_000).await);
+    lost(s.finish(j.id, thief.id, &done("success", 4_000)).await);
+    lost(s.heartbeat(j.id + 1_000, owner.id, 10_000).await);
+    let unchanged = s.job(j.id).await.unwrap().unwrap();
+    assert_eq!(unchanged.status, "running");
+    assert_eq!(unchanged.log_size, 0);
+    assert!(!unchanged.has_artifacts);
+    assert_eq!(unchanged.lease_until, Some(9_000));
+    // The owner may; after finishing, it may no more.
+    assert!(!s.heartbeat(j.id, owner.id, 10_000).await.unwrap());
+    s.finish(j.id, owner.id, &done("success", 4_000))
+        .await
+        .unwrap();
+    lost(s.heartbeat(j.id, owner.id, 11_000).await);
+    lost(s.append_log(j.id, owner.id, 0, b"x", 11_000).await);
+    lost(s.put_artifacts(j.id, owner.id, b"zip", 11_000).await);
+    lost(s.finish(j.id, owner.id, &done("failed", 5_000)).await);
+    assert_eq!(s.job(j.id).await.unwrap().unwrap().status, "success");
+}
+
+async fn expired_leases_fail_jobs(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let id = s
+        .create_pipeline(&pipeline(
+            p.id,
+            vec![job("a", 0, 2_000), job("b", 1, 2_001)],
+        ))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let short = s.claim(&a, 3_000, 5_000).await.unwrap().unwrap();
+    let long = s.claim(&a, 3_000, 20_000).await.unwrap().unwrap();
+    s.heartbeat(short.id, a.id, 6_000).await.unwrap();
+    assert!(
+        s.expire_leases(6_000).await.unwrap().is_empty(),
+        "a lease ending now is not over"
+    );
+    let version = s.pipeline(id).await.unwrap().unwrap().version;
+    assert_eq!(s.expire_leases(6_001).await.unwrap(), [(short.id, id)]);
+    let pl = s.pipeline(id).await.unwrap().unwrap();
+    assert_eq!(pl.version, version + 1);
+    let failed = s.job(short.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, "failed");
+    assert_eq!(
+        failed.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    assert_eq!(failed.finished_at, Some(6_001));
+    assert_eq!(failed.lease_until, None);
+    assert_eq!(s.job(long.id).await.unwrap().unwrap().status, "running");
+    lost(s.heartbeat(short.id, a.id, 30_000).await);
+    lost(s.append_log(short.id, a.id, 0, b"late", 30_000).await);
+    lost(s.put_artifacts(short.id, a.id, b"zip", 30_000).await);
+    lost(s.finish(short.id, a.id, &done("success", 7_000)).await);
+    assert_eq!(s.job(short.id).await.unwrap().unwrap().status, "failed");
+    assert!(s.expire_leases(6_002).await.unwrap().is_empty());
+}
+
+async fn extend_leases_moves_deadlines(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    s.create_pipeline(&pipeline(
+        p.id,
+        vec![job("a", 0, 2_000), job("b", 1, 2_001), job("c", 2, 2_002)],
+    ))
+    .await
+    .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let early = s.claim(&a, 3_000, 5_000).await.unwrap().unwrap();
+    let late = s.claim(&a, 3_000, 50_000).await.unwrap().unwrap();
+    s.extend_leases(30_000).await.unwrap();
+    assert_eq!(
+        s.job(early.id).await.unwrap().unwrap().lease_until,
+        Some(30_000)
+    );
+    assert_eq!(
+        s.job(late.id).await.unwrap().unwrap().lease_until,
+        Some(50_000),
+        "never shortened"
+    );
+    let pending = s.pipeline(early.pipeline_id).await.unwrap().unwrap().jobs[2].clone();
+    assert_eq!(pending.lease_until, None, "only running jobs have leases");
+    assert!(s.expire_leases(29_000).await.unwrap().is_empty());
+}
+
+async fn finish_records_the_result(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let id = s
+        .create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    let version = s.pipeline(id).await.unwrap().unwrap().version;
+    let result = JobResult {
+        status: "failed".to_owned(),
+        exit_code: Some(3),
+        failure_reason: Some("script_failure".to_owned()),
+        coverage: Some(87.5),
+        finished_at: 4_000,
+    };
+    assert_eq!(s.finish(j.id, a.id, &result).await.unwrap(), id);
+    let f = s.job(j.id).await.unwrap().unwrap();
+    assert_eq!(f.status, "failed");
+    assert_eq!(f.exit_code, Some(3));
+    assert_eq!(f.failure_reason.as_deref(), Some("script_failure"));
+    assert_eq!(f.coverage, Some(87.5));
+    assert_eq!(f.finished_at, Some(4_000));
+    assert_eq!(f.lease_until, None);
+    assert_eq!(f.agent_id, Some(a.id));
+    assert_eq!(s.pipeline(id).await.unwrap().unwrap().version, version + 1);
+}
+
+async fn heartbeat_reports_cancel(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let id = s
+        .create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    assert!(!s.heartbeat(j.id, a.id, 12_000).await.unwrap());
+    assert_eq!(
+        s.job(j.id).await.unwrap().unwrap().lease_until,
+        Some(12_000)
+    );
+    // A late heartbeat never shortens the lease.
+    assert!(!s.heartbeat(j.id, a.id, 10_000).await.unwrap());
+    assert_eq!(
+        s.job(j.id).await.unwrap().unwrap().lease_until,
+        Some(12_000)
+    );
+    let version = s.pipeline(id).await.unwrap().unwrap().version;
+    let cancel = Changes {
+        jobs: vec![JobChange {
+            id: j.id,
+            cancel_requested: Some(true),
+            ..JobChange::default()
+        }],
+        ..Changes::default()
+    };
+    assert!(s.apply(id, version, &cancel).await.unwrap());
+    assert!(s.heartbeat(j.id, a.id, 15_000).await.unwrap());
+    assert_eq!(
+        s.job(j.id).await.unwrap().unwrap().lease_until,
+        Some(15_000)
+    );
+}
+
+async fn append_log_is_idempotent(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    assert_eq!(
+        s.append_log(j.id, a.id, 0, b"hello ", 9_000).await.unwrap(),
+        6
+    );
+    // Resent: not doubled.
+    assert_eq!(
+        s.append_log(j.id, a.id, 0, b"hello ", 9_000).await.unwrap(),
+        6
+    );
+    // Overlapping: only the new part.
+    assert_eq!(
+        s.append_log(j.id, a.id, 3, b"lo world", 9_000)
+            .await
+            .unwrap(),
+        11
+    );
+    // Empty and fully old chunks change nothing.
+    assert_eq!(s.append_log(j.id, a.id, 11, b"", 9_000).await.unwrap(), 11);
+    assert_eq!(
+        s.append_log(j.id, a.id, 2, b"llo", 9_000).await.unwrap(),
+        11
+    );
+    // A gap is refused with the stored size.
+    match s.append_log(j.id, a.id, 12, b"!", 9_000).await {
+        Err(StoreError::LogGap(11)) => {}
+        other => panic!("expected LogGap(11), got {other:?}"),
+    }
+    assert_eq!(s.read_log(j.id, 0, 1_000).await.unwrap(), b"hello world");
+    let job = s.job(j.id).await.unwrap().unwrap();
+    assert_eq!(job.log_size, 11);
+    // Appending extends the lease.
+    s.append_log(j.id, a.id, 11, b"\n", 20_000).await.unwrap();
+    assert_eq!(
+        s.job(j.id).await.unwrap().unwrap().lease_until,
+        Some(20_000)
+    );
+}
+
+async fn read_log_assembles_ranges(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    s.create_pipeline(&pipeline(
+        p.id,
+        vec![job("a", 0, 2_000), job("b", 1, 2_000)],
+    ))
+    .await
+    .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    let other = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    s.append_log(other.id, a.id, 0, b"OTHER JOB", 9_000)
+        .await
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..40u32 {
+        // Chunks of varying sizes, some resent with overlap.
+        let chunk: Vec<u8> = (0..(i % 7 + 1) * 5)
+            .map(|k| b'a' + ((i + k) % 26) as u8)
+            .collect();
+        let offset = expected.len() as i64;
+        s.append_log(j.id, a.id, offset, &chunk, 9_000)
+            .await
+            .unwrap();
+        expected.extend_from_slice(&chunk);
+        if i % 5 == 0 && offset > 3 {
+            let resend = expected[(offset - 3) as usize..].to_vec();
+            s.append_log(j.id, a.id, offset - 3, &resend, 9_000)
+                .await
+                .unwrap();
+        }
+    }
+    let len = expected.len() as i64;
+    assert_eq!(s.job(j.id).await.unwrap().unwrap().log_size, len);
+    assert_eq!(s.read_log(j.id, 0, len).await.unwrap(), expected);
+    for (start, end) in [
+        (0, 1),
+        (3, 17),
+        (5, 40),
+        (39, 41),
+        (100, 333),
+        (len - 7, len + 50),
+        (17, 17),
+    ] {
+        let want =
+            &expected[(start as usize).min(expected.len())..(end as usize).min(expected.len())];
+        assert_eq!(
+            s.read_log(j.id, start, end).await.unwrap(),
+            want,
+            "range {start}..{end}"
+        );
+    }
+    assert!(s.read_log(j.id, len, len + 10).await.unwrap().is_empty());
+    assert!(s.read_log(j.id, 20, 10).await.unwrap().is_empty());
+    assert_eq!(s.read_log(other.id, 0, 100).await.unwrap(), b"OTHER JOB");
+    assert!(
+        s.read_log(other.id + 1_000, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn artifacts_roundtrip(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    assert!(s.artifacts(j.id).await.unwrap().is_none());
+    let archive: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    s.put_artifacts(j.id, a.id, &archive, 12_000).await.unwrap();
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), archive);
+    let job = s.job(j.id).await.unwrap().unwrap();
+    assert!(job.has_artifacts);
+    assert_eq!(job.lease_until, Some(12_000));
+    // A second upload replaces the first.
+    s.put_artifacts(j.id, a.id, b"second", 12_000)
+        .await
+        .unwrap();
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"second");
+}
+
+async fn agents_register_and_list(h: Harness) {
+    let s = &*h.store;
+    let a = agent(s, "a", &["docker", "linux"], false).await;
+    assert_eq!(a.tags, ["docker", "linux"]);
+    assert!(!a.run_untagged);
+    assert_eq!(a.executor, "shell");
+    assert_eq!(a.concurrency, 1);
+    assert_eq!(a.version, "0.1.0");
+    assert_eq!(a.registered_at, 1_000);
+    assert_eq!(a.last_seen_at, None);
+    let b = agent(s, "b", &[], true).await;
+    assert!(s.agent_by_token("unknown").await.unwrap().is_none());
+    s.touch_agent(a.id, 5_000).await.unwrap();
+    let all = s.agents().await.unwrap();
+    assert_eq!(all.iter().map(|x| x.id).collect::<Vec<_>>(), [a.id, b.id]);
+    assert_eq!(all[0].last_seen_at, Some(5_000));
+    assert_eq!(all[1], b);
+    // A token hash belongs to one agent.
+    let err = s
+        .register_agent(&gantry_store::NewAgent {
+            name: "c".to_owned(),
+            token_hash: "hash-of-a".to_owned(),
+            tags: vec![],
+            run_untagged: true,
+            executor: "shell".to_owned(),
+            concurrency: 1,
+            version: "0.1.0".to_owned(),
+            registered_at: 1_000,
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+async fn queue_depth_counts_pending(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    assert_eq!(s.queue_depth().await.unwrap(), 0);
+    let mut manual = job("m", 3, 2_000);
+    manual.status = "manual".to_owned();
+    s.create_pipeline(&pipeline(
+        p.id,
+        vec![
+            job("a", 0, 2_000),
+            job("b", 1, 2_000),
+            job("c", 2, 2_000),
+            manual,
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), 3);
+    let a = agent(s, "a", &[], true).await;
+    s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    assert_eq!(s.queue_depth().await.unwrap(), 2);
+}
+
+async fn reopened_store_keeps_everything(h: Harness) {
+    let s = h.store.clone();
+    let p = project(&*s, "p").await;
+    let (d, _) = s.insert_delivery(&delivery(p.id, "d", 100)).await.unwrap();
+    let mut new = pipeline(p.id, vec![job("a", 0, 2_000), job("b", 1, 2_000)]);
+    new.delivery_id = Some(d);
+    let id = s.create_pipeline(&new).await.unwrap();
+    let a = agent(&*s, "a", &["x"], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    s.append_log(j.id, a.id, 0, b"line 1\nline 2\n", 9_000)
+        .await
+        .unwrap();
+    s.put_artifacts(j.id, a.id, b"archive", 9_000)
+        .await
+        .unwrap();
+    let pipeline_before = s.pipeline(id).await.unwrap().unwrap();
+    drop(s);
+    let h = h.reopen().await;
+    let s = &*h.store;
+    assert_eq!(s.project("p").await.unwrap().unwrap(), p);
+    assert_eq!(s.pipeline(id).await.unwrap().unwrap(), pipeline_before);
+    assert_eq!(s.read_log(j.id, 0, 100).await.unwrap(), b"line 1\nline 2\n");
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"archive");
+    assert_eq!(s.agent_by_token("hash-of-a").await.unwrap().unwrap(), a);
+    assert_eq!(
+        s.insert_delivery(&delivery(p.id, "d", 200)).await.unwrap(),
+        (d, true)
+    );
+    assert_eq!(s.queue_depth().await.unwrap(), 1);
+    // The reopened store goes on where the first stopped.
+    assert_eq!(
+        s.append_log(j.id, a.id, 14, b"line 3\n", 9_000)
+            .await
+            .unwrap(),
+        21
+    );
+    s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+    assert_eq!(s.claim(&a, 5_000, 9_000).await.unwrap().unwrap().name, "b");
+}
+
+#[tokio::test]
+async fn connect_rejects_other_urls() {
+    let err = connect("mysql://root:secret@localhost/db")
+        .await
+        .err()
+        .unwrap();
+    let message = err.to_string();
+    assert!(message.contains("unsupported database URL"), "{message}");
+    assert!(
+        !message.contains("secret"),
+        "the password is not shown: {message}"
+    );
+}
+
+#[tokio::test]
+async fn in_memory_sqlite_works() {
+    let s = connect("sqlite::memory:").await.unwrap();
+    let p = project(&*s, "p").await;
+    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let a = agent(&*s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    s.append_log(j.id, a.id, 0, b"in memory", 9_000)
+        .await
+        .unwrap();
+    assert_eq!(s.read_log(j.id, 3, 100).await.unwrap(), b"memory");
+}
