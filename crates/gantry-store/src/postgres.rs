@@ -18,8 +18,15 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Connections per server.
+/// A pipeline's version (see [`PIPELINE_COLS`]).
+const VERSION: &str = "p.version + COALESCE((SELECT SUM(j.bumps) FROM jobs j \
+     WHERE j.pipeline_id = p.id), 0)::bigint AS version";
+
+/// Connections per server, for everything but claims.
 const CONNECTIONS: u32 = 16;
+
+/// Connections per server for claims.
+const CLAIM_CONNECTIONS: u32 = 8;
 
 /// How many candidates one claim looks at when jobs of resource groups are being claimed at the
 /// same moment by other servers.
@@ -43,12 +50,29 @@ const CLAIM_TRIES: usize = 32;
 /// lock, and the second sees the first's job running. A claim that finds the lock taken skips that
 /// job (another server is claiming in that group right now) instead of waiting, like `SKIP LOCKED`.
 ///
-/// **Lock order.** Every transaction locks jobs before pipelines, jobs in ascending id order, and
-/// at most the pipelines of its own jobs in ascending id order, so concurrent claims, finishes,
-/// applies and lease expiries cannot deadlock. [`Store::apply`] therefore updates its jobs first and
-/// checks and bumps the pipeline's version last (after a cheap unlocked early check).
+/// **Versions without a hot row.** Claims, finishes and lease expiry bump the job's own `bumps`,
+/// not the pipeline row: a pipeline's version is `pipelines.version + SUM(jobs.bumps)`. Otherwise
+/// every agent working on one pipeline would update its row, and each would hold that row's lock
+/// until its commit is flushed to disk, which caps a pipeline at one commit per fsync. Only the
+/// first claim of a pipeline writes its row (`started_at`, `running`). [`Store::apply`] locks the
+/// jobs it changes (claims skip them, finishes wait), then the pipeline row (applies queue), then
+/// sums the jobs' bumps in a new statement, so that everything committed before it holds the locks
+/// is counted: a stale version changes nothing. A claim or finish of *another* job of the pipeline
+/// that commits after that check changes only rows the apply does not write, so the outcome is
+/// that of the apply running first.
+///
+/// **Lock order.** Every transaction locks jobs before pipelines, several jobs in ascending id
+/// order (or with `SKIP LOCKED`), and at most one pipeline, so concurrent claims, finishes,
+/// applies and lease expiries cannot deadlock.
+///
+/// **Claim plans.** Claims run on their own few connections, on which the planner may not sort
+/// or bitmap-scan: the claim must walk the `jobs_pending` index in queue order and stop at the
+/// first job it can lock. With statistics that underestimate the pending jobs (a burst of
+/// thousands queued at once, before `ANALYZE` catches up), the planner would otherwise fetch and
+/// sort every pending job on every claim.
 pub struct PgStore {
     pool: PgPool,
+    claims: PgPool,
 }
 
 /// A typed column read.
@@ -83,9 +107,19 @@ impl PgStore {
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
             .idle_timeout(Some(Duration::from_secs(300)))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(db("connecting to PostgreSQL"))?;
+        let claims = PgPoolOptions::new()
+            .max_connections(CLAIM_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(30))
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(options.options([
+                ("enable_sort", "off"),
+                ("enable_bitmapscan", "off"),
+                ("enable_seqscan", "off"),
+            ]));
         let mut conn = pool
             .acquire()
             .await
@@ -95,11 +129,12 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Database(format!("migrating the PostgreSQL database: {e}")))?;
         drop(conn);
-        Ok(Self { pool })
+        Ok(Self { pool, claims })
     }
 
     /// Closes the connections (waiting for those in use to come back).
     pub async fn close(&self) {
+        self.claims.close().await;
         self.pool.close().await;
     }
 }
@@ -378,7 +413,7 @@ impl Store for PgStore {
         // newer, so an `apply` computed from them with this version fails rather than applying over
         // changes it did not see.
         let row = sqlx::query(&format!(
-            "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+            "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.id = $1"
         ))
         .bind(id)
@@ -419,7 +454,7 @@ impl Store for PgStore {
         .await
         .map_err(db("counting pipelines"))?;
         let rows = sqlx::query(&format!(
-            "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+            "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
              WHERE p.project_id = $1 AND ($2::text IS NULL OR p.git_ref = $2) \
              AND ($3::text IS NULL OR p.status = $3) ORDER BY p.id DESC LIMIT $4 OFFSET $5"
         ))
@@ -449,16 +484,14 @@ impl Store for PgStore {
 
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {
         // Cheap early answer for a stale version, without locks.
-        let current: Option<(i64, i64)> =
-            sqlx::query_as("SELECT version, project_id FROM pipelines WHERE id = $1")
-                .bind(pipeline_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("reading a pipeline's version"))?;
-        let Some((current, project_id)) = current else {
-            return Ok(false);
-        };
-        if current != version {
+        let current: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT {VERSION} FROM pipelines p WHERE p.id = $1"
+        ))
+        .bind(pipeline_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a pipeline's version"))?;
+        if current != Some(version) {
             return Ok(false);
         }
         let mut tx = self
@@ -466,10 +499,42 @@ impl Store for PgStore {
             .begin()
             .await
             .map_err(db("beginning a transaction"))?;
-        // Jobs first, in id order; the pipeline last (see the lock order on `PgStore`).
-        let mut jobs: Vec<&crate::JobChange> = changes.jobs.iter().collect();
-        jobs.sort_by_key(|job| job.id);
-        for job in jobs {
+        // Lock order (see `PgStore`): the jobs to change, by id, then the pipeline. Once locked,
+        // the jobs to change cannot be claimed (claims skip locked rows) or finished under us.
+        let mut ids: Vec<i64> = changes.jobs.iter().map(|job| job.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if !ids.is_empty() {
+            sqlx::query("SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("locking jobs"))?;
+        }
+        let locked: Option<(i64, i64)> =
+            sqlx::query_as("SELECT version, project_id FROM pipelines WHERE id = $1 FOR UPDATE")
+                .bind(pipeline_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("locking a pipeline"))?;
+        let Some((own, project_id)) = locked else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Ok(false);
+        };
+        // A new statement, so a new snapshot: every claim or finish committed before the locks
+        // were granted counts.
+        let bumps: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(bumps), 0)::bigint FROM jobs WHERE pipeline_id = $1",
+        )
+        .bind(pipeline_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("reading a pipeline's version"))?;
+        if own + bumps != version {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Ok(false);
+        }
+        for job in &changes.jobs {
             sqlx::query(
                 "UPDATE jobs SET status = COALESCE($1, status), \
                  queued_at = COALESCE($2, queued_at), finished_at = COALESCE($3, finished_at), \
@@ -493,23 +558,18 @@ impl Store for PgStore {
             .map_err(db("updating a job"))?;
         }
         insert_jobs(&mut tx, pipeline_id, project_id, &changes.new_jobs).await?;
-        let applied = sqlx::query(
+        sqlx::query(
             "UPDATE pipelines SET version = version + 1, status = COALESCE($1, status), \
              started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at) \
-             WHERE id = $4 AND version = $5",
+             WHERE id = $4",
         )
         .bind(&changes.status)
         .bind(changes.started_at)
         .bind(changes.finished_at)
         .bind(pipeline_id)
-        .bind(version)
         .execute(&mut *tx)
         .await
         .map_err(db("updating a pipeline"))?;
-        if applied.rows_affected() == 0 {
-            tx.rollback().await.map_err(db("rolling back"))?;
-            return Ok(false);
-        }
         tx.commit().await.map_err(db("committing changes"))?;
         Ok(true)
     }
@@ -521,7 +581,8 @@ impl Store for PgStore {
         lease_until: Millis,
     ) -> Result<Option<JobRecord>> {
         // Fast path, one statement: lock the oldest candidate; if it has no resource group, mark it
-        // running and bump its pipeline. `candidate` is NULL when there is none; the job columns
+        // running (its `bumps` moves the pipeline's version) and start its pipeline if it is the
+        // first. `candidate` is NULL when there is none; the job columns
         // are NULL when the candidate is in a resource group (then the slow path decides).
         let row = sqlx::query(&format!(
             "WITH c AS (\
@@ -530,15 +591,15 @@ impl Store for PgStore {
                 ORDER BY j.queued_at, j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED), \
              u AS (\
                 UPDATE jobs SET status = 'running', started_at = $1, lease_until = $2, \
-                agent_id = $5, agent_name = $6 \
+                agent_id = $5, agent_name = $6, bumps = jobs.bumps + 1 \
                 FROM c WHERE jobs.id = c.cand_id AND c.cand_group IS NULL \
                 RETURNING {JOB_COLS}), \
              p AS (\
-                UPDATE pipelines SET version = pipelines.version + 1, \
-                started_at = COALESCE(pipelines.started_at, $1), \
+                UPDATE pipelines SET started_at = COALESCE(pipelines.started_at, $1), \
                 status = CASE WHEN pipelines.status IN {NOT_STARTED} THEN 'running' \
                     ELSE pipelines.status END \
-                FROM u WHERE pipelines.id = u.pipeline_id) \
+                FROM u WHERE pipelines.id = u.pipeline_id \
+                AND (pipelines.started_at IS NULL OR pipelines.status IN {NOT_STARTED})) \
              SELECT c.cand_id, u.* FROM c LEFT JOIN u ON TRUE"
         ))
         .bind(now)
@@ -547,7 +608,7 @@ impl Store for PgStore {
         .bind(agent.run_untagged)
         .bind(agent.id)
         .bind(&agent.name)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.claims)
         .await
         .map_err(db("claiming a job"))?;
         let Some(row) = row else { return Ok(None) };
@@ -695,15 +756,10 @@ impl Store for PgStore {
     }
 
     async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64> {
-        // One statement: the job (locked first), then its pipeline.
         let pipeline_id: Option<i64> = sqlx::query_scalar(
-            "WITH u AS (\
-                UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, coverage = $4, \
-                finished_at = $5, lease_until = NULL \
-                WHERE id = $6 AND status = 'running' AND agent_id = $7 RETURNING pipeline_id), \
-             p AS (UPDATE pipelines SET version = pipelines.version + 1 \
-                FROM u WHERE pipelines.id = u.pipeline_id) \
-             SELECT pipeline_id FROM u",
+            "UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, coverage = $4, \
+             finished_at = $5, lease_until = NULL, bumps = bumps + 1 \
+             WHERE id = $6 AND status = 'running' AND agent_id = $7 RETURNING pipeline_id",
         )
         .bind(&result.status)
         .bind(result.exit_code)
@@ -719,39 +775,20 @@ impl Store for PgStore {
     }
 
     async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("beginning a transaction"))?;
         // Jobs locked by a concurrent finish or heartbeat are skipped: the next round sees them.
         let mut expired: Vec<(i64, i64)> = sqlx::query_as(
             "WITH e AS (\
                 SELECT id FROM jobs WHERE status = 'running' AND lease_until < $1 \
                 ORDER BY id FOR UPDATE SKIP LOCKED) \
              UPDATE jobs SET status = 'failed', failure_reason = 'runner_system_failure', \
-             finished_at = $1, lease_until = NULL \
+             finished_at = $1, lease_until = NULL, bumps = jobs.bumps + 1 \
              FROM e WHERE jobs.id = e.id RETURNING jobs.id, jobs.pipeline_id",
         )
         .bind(now)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(db("expiring leases"))?;
         expired.sort_unstable();
-        let mut pipelines: Vec<i64> = expired.iter().map(|&(_, p)| p).collect();
-        pipelines.sort_unstable();
-        pipelines.dedup();
-        if !pipelines.is_empty() {
-            sqlx::query(
-                "UPDATE pipelines SET version = version + 1 WHERE id IN (\
-                    SELECT id FROM pipelines WHERE id = ANY($1) ORDER BY id FOR UPDATE)",
-            )
-            .bind(&pipelines)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("bumping pipelines' versions"))?;
-        }
-        tx.commit().await.map_err(db("committing expired leases"))?;
         Ok(expired)
     }
 
@@ -861,7 +898,7 @@ impl PgStore {
         lease_until: Millis,
     ) -> Result<Option<JobRecord>> {
         let mut tx = self
-            .pool
+            .claims
             .begin()
             .await
             .map_err(db("beginning a transaction"))?;
@@ -910,7 +947,8 @@ impl PgStore {
             }
             let row = sqlx::query(&format!(
                 "UPDATE jobs SET status = 'running', started_at = $1, lease_until = $2, \
-                 agent_id = $3, agent_name = $4 WHERE id = $5 RETURNING {JOB_COLS}"
+                 agent_id = $3, agent_name = $4, bumps = bumps + 1 WHERE id = $5 \
+                 RETURNING {JOB_COLS}"
             ))
             .bind(now)
             .bind(lease_until)
@@ -922,10 +960,9 @@ impl PgStore {
             .map_err(db("claiming a job"))?;
             let job = job_record!(&row);
             sqlx::query(&format!(
-                "UPDATE pipelines SET version = version + 1, \
-                 started_at = COALESCE(started_at, $1), \
+                "UPDATE pipelines SET started_at = COALESCE(started_at, $1), \
                  status = CASE WHEN status IN {NOT_STARTED} THEN 'running' ELSE status END \
-                 WHERE id = $2"
+                 WHERE id = $2 AND (started_at IS NULL OR status IN {NOT_STARTED})"
             ))
             .bind(now)
             .bind(job.pipeline_id)

@@ -11,10 +11,14 @@ pub(crate) const JOB_COLS: &str = "id, pipeline_id, name, stage, stage_index, po
      cancel_requested, exit_code, failure_reason, coverage, log_size, has_artifacts, retried";
 
 /// The columns of `pipelines` (aliased `p`, joined with `projects` as `pr`) that
-/// [`pipeline_record!`] reads.
+/// [`pipeline_record!`] reads, but for `version` (each backend's `VERSION`).
+///
+/// A pipeline's version is `pipelines.version` (bumped by `apply`) plus the sum of its jobs'
+/// `bumps` (bumped by claims, finishes and lease expiry), so that agents working on one pipeline
+/// never contend for its row.
 pub(crate) const PIPELINE_COLS: &str = "p.id, p.project_id, pr.name AS project_name, p.git_ref, \
      p.tag, p.sha, p.before_sha, p.source, p.status, p.trace_id, p.errors, p.spec, p.created_at, \
-     p.started_at, p.finished_at, p.version";
+     p.started_at, p.finished_at";
 
 /// The columns of `deliveries` that [`delivery_record!`] reads, without `payload`.
 pub(crate) const DELIVERY_COLS: &str = "id, project_id, forge, delivery_id, event, trace_id, \

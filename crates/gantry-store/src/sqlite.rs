@@ -23,6 +23,9 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// A pipeline's version (see [`PIPELINE_COLS`]).
+const VERSION: &str = "p.version + COALESCE((SELECT SUM(j.bumps) FROM jobs j WHERE j.pipeline_id = p.id), 0) AS version";
+
 /// How many connections serve reads beside the writer.
 const READERS: u32 = 4;
 
@@ -421,7 +424,7 @@ impl Store for SqliteStore {
             // be newer, so an `apply` computed from them with this version fails rather than
             // applying over changes it did not see.
             let row = sqlx::query(&format!(
-                "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+                "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
                  WHERE p.id = ?"
             ))
             .bind(id)
@@ -464,7 +467,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db("counting pipelines"))?;
             let rows = sqlx::query(&format!(
-                "SELECT {PIPELINE_COLS} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+                "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
                  WHERE p.project_id = ?1 AND (?2 IS NULL OR p.git_ref = ?2) \
                  AND (?3 IS NULL OR p.status = ?3) ORDER BY p.id DESC LIMIT ?4 OFFSET ?5"
             ))
@@ -502,23 +505,29 @@ impl Store for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db("beginning a transaction"))?;
-        let project_id: Option<i64> = sqlx::query_scalar(
+        let current: Option<(i64, i64)> = sqlx::query_as(&format!(
+            "SELECT {VERSION}, p.project_id FROM pipelines p WHERE p.id = ?"
+        ))
+        .bind(pipeline_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("reading a pipeline's version"))?;
+        let Some((_, project_id)) = current.filter(|&(current, _)| current == version) else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Ok(false);
+        };
+        sqlx::query(
             "UPDATE pipelines SET version = version + 1, status = COALESCE(?, status), \
              started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at) \
-             WHERE id = ? AND version = ? RETURNING project_id",
+             WHERE id = ?",
         )
         .bind(&changes.status)
         .bind(changes.started_at)
         .bind(changes.finished_at)
         .bind(pipeline_id)
-        .bind(version)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await
         .map_err(db("updating a pipeline"))?;
-        let Some(project_id) = project_id else {
-            tx.rollback().await.map_err(db("rolling back"))?;
-            return Ok(false);
-        };
         for job in &changes.jobs {
             sqlx::query(
                 "UPDATE jobs SET status = COALESCE(?, status), queued_at = COALESCE(?, queued_at), \
@@ -559,7 +568,7 @@ impl Store for SqliteStore {
         // Under the write lock, the choice and the update cannot interleave with another claim.
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', started_at = ?1, lease_until = ?2, \
-             agent_id = ?3, agent_name = ?4 \
+             agent_id = ?3, agent_name = ?4, bumps = bumps + 1 \
              WHERE id = (\
                 SELECT j.id FROM jobs j \
                 WHERE j.status = 'pending' \
@@ -587,10 +596,11 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let job = job_record!(&row);
+        // The job's `bumps` moved the pipeline's version; only its first claim writes its row.
         sqlx::query(&format!(
-            "UPDATE pipelines SET version = version + 1, started_at = COALESCE(started_at, ?), \
+            "UPDATE pipelines SET started_at = COALESCE(started_at, ?1), \
              status = CASE WHEN status IN {NOT_STARTED} THEN 'running' ELSE status END \
-             WHERE id = ?"
+             WHERE id = ?2 AND (started_at IS NULL OR status IN {NOT_STARTED})"
         ))
         .bind(now)
         .bind(job.pipeline_id)
@@ -744,13 +754,9 @@ impl Store for SqliteStore {
 
     async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64> {
         let mut conn = self.writer.lock().await;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("beginning a transaction"))?;
         let pipeline_id: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET status = ?, exit_code = ?, failure_reason = ?, coverage = ?, \
-             finished_at = ?, lease_until = NULL \
+             finished_at = ?, lease_until = NULL, bumps = bumps + 1 \
              WHERE id = ? AND status = 'running' AND agent_id = ? RETURNING pipeline_id",
         )
         .bind(&result.status)
@@ -760,49 +766,24 @@ impl Store for SqliteStore {
         .bind(result.finished_at)
         .bind(job_id)
         .bind(agent_id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db("finishing a job"))?;
-        let Some(pipeline_id) = pipeline_id else {
-            tx.rollback().await.map_err(db("rolling back"))?;
-            return Err(StoreError::LeaseLost);
-        };
-        sqlx::query("UPDATE pipelines SET version = version + 1 WHERE id = ?")
-            .bind(pipeline_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("bumping a pipeline's version"))?;
-        tx.commit().await.map_err(db("committing a finished job"))?;
-        Ok(pipeline_id)
+        pipeline_id.ok_or(StoreError::LeaseLost)
     }
 
     async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>> {
         let mut conn = self.writer.lock().await;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("beginning a transaction"))?;
         let mut expired: Vec<(i64, i64)> = sqlx::query_as(
             "UPDATE jobs SET status = 'failed', failure_reason = 'runner_system_failure', \
-             finished_at = ?1, lease_until = NULL \
+             finished_at = ?1, lease_until = NULL, bumps = bumps + 1 \
              WHERE status = 'running' AND lease_until < ?1 RETURNING id, pipeline_id",
         )
         .bind(now)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db("expiring leases"))?;
         expired.sort_unstable();
-        let mut pipelines: Vec<i64> = expired.iter().map(|&(_, p)| p).collect();
-        pipelines.sort_unstable();
-        pipelines.dedup();
-        for pipeline_id in pipelines {
-            sqlx::query("UPDATE pipelines SET version = version + 1 WHERE id = ?")
-                .bind(pipeline_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("bumping a pipeline's version"))?;
-        }
-        tx.commit().await.map_err(db("committing expired leases"))?;
         Ok(expired)
     }
 
