@@ -23,6 +23,19 @@
 //! - Calls made under a lease ([`Store::heartbeat`], [`Store::append_log`], [`Store::put_artifacts`],
 //!   [`Store::finish`]) fail with [`StoreError::LeaseLost`] once the job is no longer running on that
 //!   agent.
+//! - A call that returned `Ok` is committed: it survives the server process being killed
+//!   (`kill -9`). On SQLite (WAL, `synchronous = NORMAL`) a power loss or an operating system crash
+//!   can lose the last commits, never the database's consistency; PostgreSQL is as durable as its
+//!   configuration.
+//!
+//! # Layout
+//! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`, embedded with
+//! `sqlx::migrate!`). A job's log is a list of chunk rows `(job_id, pos, bytes)` with the size kept
+//! on the job row, so appending and reading a range never load the whole log. Artifacts are one
+//! blob per job. A pipeline's [`PipelineRecord::version`] is the pipeline row's own counter (bumped
+//! by [`Store::apply`]) plus the sum of its jobs' counters (bumped by claims, finishes and lease
+//! expiry), so that agents working on one pipeline never contend for its row. See [`SqliteStore`]
+//! and [`PgStore`] for how each one keeps the guarantees.
 
 use async_trait::async_trait;
 
@@ -507,6 +520,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Hands the oldest `pending` job that `agent` may run (tags, resource groups, `run_after`) to it:
     /// `running`, `started_at = now`, leased until `lease_until`. `None` when there is none.
+    /// Oldest first (by `queued_at`, then id). It also starts the pipeline: `started_at = now` if
+    /// unset, and status `running` if it was `created`, `pending`, `manual` or `scheduled` (the
+    /// server recomputes the status anyway), and it moves the pipeline's `version`.
     async fn claim(
         &self,
         agent: &AgentRecord,

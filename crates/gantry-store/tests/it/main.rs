@@ -47,6 +47,7 @@ store_tests!(
     claim_starts_pipeline_and_bumps_version,
     concurrent_claims_hand_each_job_once,
     two_stores_hand_each_job_once,
+    apply_racing_claims_never_overwrites_them,
     resource_group_excludes_running,
     resource_group_races_claim_once,
     lease_calls_fail_for_other_agents,
@@ -710,6 +711,75 @@ async fn two_stores_hand_each_job_once(h: Harness) {
         "a job was claimed twice"
     );
     assert_eq!(first.queue_depth().await.unwrap(), 0);
+}
+
+async fn apply_racing_claims_never_overwrites_them(h: Harness) {
+    let first = h.store.clone();
+    let second = h.open_another().await;
+    let p = project(&*first, "p").await;
+    let jobs = (0..200).map(|i| job(&format!("j{i}"), i, 2_000)).collect();
+    let id = first.create_pipeline(&pipeline(p.id, jobs)).await.unwrap();
+    let mut claimers = Vec::new();
+    for t in 0..4 {
+        let s = if t % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        claimers.push(tokio::spawn(async move {
+            let a = agent(&*s, &format!("agent-{t}"), &[], true).await;
+            let mut mine = Vec::new();
+            while let Some(j) = s.claim(&a, 3_000, 90_000).await.unwrap() {
+                mine.push(j.id);
+                tokio::task::yield_now().await;
+            }
+            mine
+        }));
+    }
+    // Meanwhile, cancel every job still pending, as the server would, from what it last read.
+    let canceler = {
+        let s = second.clone();
+        tokio::spawn(async move {
+            let mut stale = 0;
+            loop {
+                let pl = s.pipeline(id).await.unwrap().unwrap();
+                let changes = Changes {
+                    jobs: pl
+                        .jobs
+                        .iter()
+                        .filter(|j| j.status == "pending")
+                        .map(|j| JobChange {
+                            id: j.id,
+                            status: Some("canceled".to_owned()),
+                            finished_at: Some(5_000),
+                            ..JobChange::default()
+                        })
+                        .collect(),
+                    ..Changes::default()
+                };
+                if s.apply(id, pl.version, &changes).await.unwrap() {
+                    return stale;
+                }
+                stale += 1;
+            }
+        })
+    };
+    let mut claimed = HashSet::new();
+    for c in claimers {
+        for job in c.await.unwrap() {
+            assert!(claimed.insert(job), "job {job} claimed twice");
+        }
+    }
+    canceler.await.unwrap();
+    let pl = first.pipeline(id).await.unwrap().unwrap();
+    for j in &pl.jobs {
+        if claimed.contains(&j.id) {
+            assert_eq!(j.status, "running", "a claimed job was overwritten: {j:?}");
+        } else {
+            assert_eq!(j.status, "canceled", "{j:?}");
+            assert_eq!(j.agent_id, None);
+        }
+    }
 }
 
 async fn resource_group_excludes_running(h: Harness) {
