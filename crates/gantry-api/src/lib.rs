@@ -63,6 +63,10 @@ pub enum ForgeKind {
     Github,
     /// Gitea (GitHub-compatible statuses API).
     Gitea,
+    /// Not a forge: a pipeline triggered through the API (only in [`Delivery::forge`]).
+    Api,
+    /// Not a forge: a scheduled pipeline (only in [`Delivery::forge`]).
+    Schedule,
 }
 
 impl ForgeKind {
@@ -73,6 +77,8 @@ impl ForgeKind {
             ForgeKind::Gitlab => "gitlab",
             ForgeKind::Github => "github",
             ForgeKind::Gitea => "gitea",
+            ForgeKind::Api => "api",
+            ForgeKind::Schedule => "schedule",
         }
     }
 }
@@ -201,7 +207,10 @@ impl PipelineStatus {
     /// Parses [`PipelineStatus::as_str`].
     #[must_use]
     pub fn parse(s: &str) -> Option<PipelineStatus> {
-        ALL_PIPELINE_STATUSES.iter().copied().find(|st| st.as_str() == s)
+        ALL_PIPELINE_STATUSES
+            .iter()
+            .copied()
+            .find(|st| st.as_str() == s)
     }
     /// Whether the pipeline is over.
     #[must_use]
@@ -398,7 +407,7 @@ pub struct Job {
 pub struct Delivery {
     /// Gantry's id of the delivery.
     pub id: i64,
-    /// `gitlab`, `github` or `gitea`.
+    /// `gitlab`, `github` or `gitea`; `api` and `schedule` for triggers without a webhook.
     pub forge: ForgeKind,
     /// The forge's delivery id (`X-Gitlab-Event-UUID`, `X-GitHub-Delivery`, `X-Gitea-Delivery`).
     pub delivery_id: String,

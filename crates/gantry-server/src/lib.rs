@@ -1,16 +1,262 @@
 //! `gantry server`: webhooks in, pipelines compiled with `gantry-pipeline`, a durable job queue in a
 //! [`gantry_store::Store`], the REST API, the agent protocol, commit statuses out, and metrics. It never
 //! links an executor: jobs run on agents.
+//!
+//! [`serve`] starts everything on a [`Config`] and answers a [`RunningServer`] (its address and a
+//! shutdown handle); [`main`] is `gantry server`, which loads the configuration in layers (see
+//! [`config`]) and runs until SIGTERM or Ctrl-C.
+//!
+//! Modules:
+//! - `http`: the router, authentication, the trace-id and metrics middleware, JSON errors;
+//! - `projects`, `hooks`, `triggers`: projects, webhooks (signatures, events), API triggers;
+//! - `process`: deliveries → pipelines (git mirror, compile, create), the background processor;
+//! - `advance` (pure): a pipeline's next state with GitLab's semantics; `progress` applies it;
+//! - `dispatch`: the agent protocol; `read`: the read API; `statuses`: commit statuses to forges;
+//! - `schedules`: cron pipelines; `metrics`; `openapi`.
 
-/// `gantry server`'s options.
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Runs the server until it is stopped; returns the process exit code.
+use anyhow::Context as _;
+use gantry_store::{Millis, Store};
+use tokio::sync::watch;
+
+mod advance;
+pub mod config;
+mod dispatch;
+mod error;
+mod git;
+mod hooks;
+mod http;
+mod metrics;
+mod openapi;
+mod process;
+mod progress;
+mod projects;
+mod read;
+mod schedules;
+mod state;
+mod statuses;
+
+pub use config::{Args, Config, LogFormat, Secret};
+
+/// The current time in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// RFC 3339 in UTC with milliseconds (`2026-11-27T19:42:01.123Z`).
+pub(crate) fn rfc3339(ms: Millis) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        tod / 3600,
+        tod % 3600 / 60,
+        tod % 60
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A random token: 32 bytes, hex.
+pub(crate) fn random_token() -> String {
+    use rand::RngCore as _;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A random id: 16 bytes, hex (trace ids, generated delivery ids).
+pub(crate) fn random_id() -> String {
+    use rand::RngCore as _;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A server started by [`serve`].
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// `http://ADDR`.
+    #[must_use]
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests, lets running ones finish, stops the background tasks.
+    ///
+    /// # Errors
+    /// When the server failed while it ran.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("the server task panicked")?
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    ///
+    /// # Errors
+    /// When the server failed.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the server task panicked")?
+    }
+
+    /// Stops the server abruptly, as a crash would: no graceful shutdown (for tests).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Connects to the configured database and starts the server.
+///
+/// # Errors
+/// When the database cannot be reached or the address cannot be bound.
+pub async fn serve(config: Config) -> anyhow::Result<RunningServer> {
+    let store = gantry_store::connect(&config.database_url)
+        .await
+        .with_context(|| "cannot open the database")?;
+    serve_with(config, store).await
+}
+
+/// Starts the server on `store`.
+///
+/// # Errors
+/// When the address cannot be bound or the data dir cannot be created.
+pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result<RunningServer> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let state = state::State::new(config, store, shutdown_rx.clone());
+    // A restarted server gives agents a full lease to come back before their jobs are judged.
+    let lease = i64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(i64::MAX);
+    if let Err(e) = state.store.extend_leases(now_ms() + lease).await {
+        tracing::warn!(error = %e, "cannot extend the leases of running jobs");
+    }
+    let background = state::spawn_background(&state);
+    let app = http::router(state.clone());
+    let mut rx = shutdown_rx;
+    let task = tokio::spawn(async move {
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })
+        .await
+        .context("the HTTP server failed");
+        for t in background {
+            t.abort();
+        }
+        result
+    });
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+    })
+}
+
+/// Runs `gantry server` until SIGTERM or Ctrl-C; returns the process exit code.
 ///
 /// # Errors
 /// When it cannot start.
 pub fn main(args: Args) -> anyhow::Result<u8> {
-    let _ = args;
-    anyhow::bail!("gantry server is not implemented yet")
+    let (config, generated) = config::load(&args, &|k| std::env::var(k).ok())?;
+    init_logging(config.log_format);
+    if let Some(t) = &generated.admin_token {
+        eprintln!(
+            "gantry server: generated the admin token (stored in {}): {t}",
+            config.data_dir.join("admin-token").display()
+        );
+    }
+    if let Some(t) = &generated.registration_token {
+        eprintln!(
+            "gantry server: generated the registration token (stored in {}): {t}",
+            config.data_dir.join("registration-token").display()
+        );
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let server = serve(config).await?;
+        eprintln!("gantry server: listening on {}", server.url());
+        let stop = async {
+            #[cfg(unix)]
+            {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    r = tokio::signal::ctrl_c() => r?,
+                }
+            }
+            #[cfg(not(unix))]
+            tokio::signal::ctrl_c().await?;
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            r = stop => {
+                r.context("cannot wait for signals")?;
+                tracing::info!("shutting down");
+                tokio::time::timeout(Duration::from_secs(30), server.shutdown()).await.ok();
+            }
+        }
+        Ok::<u8, anyhow::Error>(0)
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::rfc3339(1_795_809_721_123),
+            "2026-11-27T20:02:01.123Z"
+        );
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
 }

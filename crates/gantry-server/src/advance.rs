@@ -1,0 +1,804 @@
+//! A pipeline's next state, with GitLab's semantics, computed from its stored record: which jobs become
+//! pending, skipped, manual, scheduled or canceled, which failures are retried (as new attempts), and
+//! the pipeline's status. Pure: no IO, the clock is passed in. `progress` applies the result with
+//! `Store::apply` and calls again until nothing changes.
+//!
+//! The rules follow the local runtime's scheduler (`gantry-runtime/src/schedule.rs`), with one
+//! difference that only a server has: a manual job that blocks (`allow_failure: false`) leaves the jobs
+//! after it `created` instead of skipping them, so that playing it later lets the pipeline go on.
+
+use std::collections::HashMap;
+
+use gantry_pipeline::plan::{AllowFailure, FailureReason, Retry, When};
+use gantry_store::{Changes, JobChange, JobRecord, Millis, NewJob, PipelineRecord};
+use serde::Deserialize;
+
+/// What a finished job means for the jobs that wait for it. Ordered: folding takes the maximum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Up {
+    Ok,
+    Failed,
+    Blocked,
+}
+
+/// The parts of a job's spec that progress needs.
+#[derive(Clone, Debug, Deserialize)]
+struct MetaDoc {
+    job: Meta,
+}
+
+/// The parts of a job's spec that progress needs.
+#[derive(Clone, Debug, Deserialize)]
+pub(crate) struct Meta {
+    pub allow_failure: AllowFailure,
+    #[serde(default)]
+    pub retry: Retry,
+    #[serde(default)]
+    pub start_in: Option<std::time::Duration>,
+}
+
+impl Meta {
+    /// Reads a job's spec; a spec that does not parse counts as the defaults.
+    pub fn of(job: &JobRecord) -> Meta {
+        serde_json::from_str::<MetaDoc>(&job.spec).map_or_else(
+            |_| Meta {
+                allow_failure: AllowFailure::Bool(job.allow_failure),
+                retry: Retry::default(),
+                start_in: None,
+            },
+            |d| d.job,
+        )
+    }
+}
+
+fn when(job: &JobRecord) -> When {
+    match job.when.as_str() {
+        "on_failure" => When::OnFailure,
+        "always" => When::Always,
+        "manual" => When::Manual,
+        "delayed" => When::Delayed,
+        _ => When::OnSuccess,
+    }
+}
+
+/// A failure reason as stored, for `retry:when`.
+pub(crate) fn reason(s: Option<&str>) -> FailureReason {
+    match s {
+        None | Some("script_failure") => FailureReason::ScriptFailure,
+        Some("job_execution_timeout") => FailureReason::JobExecutionTimeout,
+        Some("runner_system_failure") => FailureReason::RunnerSystemFailure,
+        Some("missing_dependency_failure") => FailureReason::MissingDependencyFailure,
+        Some(_) => FailureReason::UnknownFailure,
+    }
+}
+
+/// The latest attempt of each job, in position order.
+pub(crate) fn latest(p: &PipelineRecord) -> Vec<&JobRecord> {
+    let mut by_pos: std::collections::BTreeMap<i64, &JobRecord> = std::collections::BTreeMap::new();
+    for j in &p.jobs {
+        match by_pos.get(&j.position) {
+            Some(cur) if cur.attempt >= j.attempt => {}
+            _ => {
+                by_pos.insert(j.position, j);
+            }
+        }
+    }
+    by_pos.into_values().collect()
+}
+
+/// A new attempt of `job`.
+pub(crate) fn new_attempt(job: &JobRecord, now: Millis) -> NewJob {
+    NewJob {
+        name: job.name.clone(),
+        stage: job.stage.clone(),
+        stage_index: job.stage_index,
+        position: job.position,
+        attempt: job.attempt + 1,
+        status: "created".into(),
+        when: job.when.clone(),
+        allow_failure: job.allow_failure,
+        needs: job.needs.clone(),
+        tags: job.tags.clone(),
+        resource_group: job.resource_group.clone(),
+        interruptible: job.interruptible,
+        spec: job.spec.clone(),
+        created_at: now,
+    }
+}
+
+/// What [`advance`] decided.
+#[derive(Debug, Default)]
+pub(crate) struct Step {
+    /// What to write.
+    pub changes: Changes,
+    /// Some job became pending (agents should be woken).
+    pub queued: bool,
+    /// The earliest time a scheduled job comes due.
+    pub wake_at: Option<Millis>,
+    /// Jobs that ended without running, with their status (for metrics).
+    pub ended: Vec<String>,
+}
+
+impl Step {
+    fn change(&mut self, id: i64) -> &mut JobChange {
+        if let Some(i) = self.changes.jobs.iter().position(|c| c.id == id) {
+            return &mut self.changes.jobs[i];
+        }
+        self.changes.jobs.push(JobChange {
+            id,
+            ..JobChange::default()
+        });
+        self.changes.jobs.last_mut().expect("just pushed")
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.changes == Changes::default()
+    }
+}
+
+/// Computes the pipeline's next state at time `now`.
+pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
+    let mut step = Step::default();
+    if p.jobs.is_empty() {
+        return step;
+    }
+    let canceled = p.status == "canceled";
+    let jobs = latest(p);
+    let metas: Vec<Meta> = jobs.iter().map(|j| Meta::of(j)).collect();
+    let mut status: Vec<String> = jobs.iter().map(|j| j.status.clone()).collect();
+    let by_name: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.name.as_str(), i))
+        .collect();
+
+    // Failures that `retry` covers become new attempts; the new attempt is created, so the job is
+    // not done yet.
+    for (i, j) in jobs.iter().enumerate() {
+        if canceled || j.status != "failed" {
+            continue;
+        }
+        let m = &metas[i];
+        let attempts_left = u32::try_from(j.attempt).unwrap_or(u32::MAX) <= m.retry.max;
+        if attempts_left
+            && m.retry
+                .matches(reason(j.failure_reason.as_deref()), j.exit_code)
+        {
+            step.changes.new_jobs.push(new_attempt(j, now));
+            step.change(j.id).retried = Some(true);
+            status[i] = "retrying".into();
+        }
+    }
+
+    // A canceled pipeline: whatever did not start is canceled, whatever runs is asked to stop.
+    if canceled {
+        for (i, j) in jobs.iter().enumerate() {
+            match j.status.as_str() {
+                "created" | "scheduled" | "manual" | "pending" => {
+                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                }
+                "running" if !j.cancel_requested => step.change(j.id).cancel_requested = Some(true),
+                _ => {}
+            }
+        }
+    }
+
+    // Resolve each job once what it waits for is resolved.
+    let n = jobs.len();
+    let mut up: Vec<Option<Up>> = vec![None; n];
+    let deps: Vec<Vec<usize>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| match &j.needs {
+            Some(needs) => needs
+                .iter()
+                .filter_map(|name| by_name.get(name.as_str()).copied())
+                .filter(|&d| d != i)
+                .collect(),
+            None => (0..n)
+                .filter(|&d| jobs[d].stage_index < j.stage_index)
+                .collect(),
+        })
+        .collect();
+    loop {
+        let mut progressed = false;
+        for i in 0..n {
+            if up[i].is_some() || deps[i].iter().any(|&d| up[d].is_none()) {
+                continue;
+            }
+            let upstream = deps[i]
+                .iter()
+                .filter_map(|&d| up[d])
+                .max()
+                .unwrap_or(Up::Ok);
+            let j = jobs[i];
+            let m = &metas[i];
+            let manual_up = if m.allow_failure.allows(None) {
+                Up::Ok
+            } else {
+                Up::Blocked
+            };
+            let resolved = match status[i].as_str() {
+                "created" if canceled => {
+                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    Some(Up::Failed)
+                }
+                "created" => match (when(j), upstream) {
+                    (_, Up::Blocked) => Some(Up::Blocked),
+                    (When::Always, _)
+                    | (When::OnFailure, Up::Failed)
+                    | (When::OnSuccess, Up::Ok) => {
+                        queue(&mut step, &mut status, i, j.id, now);
+                        None
+                    }
+                    (When::OnFailure, Up::Ok) => {
+                        set(&mut step, &mut status, i, j.id, "skipped", now);
+                        Some(Up::Ok)
+                    }
+                    (_, Up::Failed) => {
+                        set(&mut step, &mut status, i, j.id, "skipped", now);
+                        Some(Up::Failed)
+                    }
+                    (When::Manual, Up::Ok) => {
+                        step.change(j.id).status = Some("manual".into());
+                        status[i] = "manual".into();
+                        Some(manual_up)
+                    }
+                    (When::Delayed, Up::Ok) => {
+                        let delay = m
+                            .start_in
+                            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4));
+                        let at = now + delay;
+                        let c = step.change(j.id);
+                        c.status = Some("scheduled".into());
+                        c.run_after = Some(at);
+                        status[i] = "scheduled".into();
+                        step.wake_at = Some(step.wake_at.map_or(at, |w| w.min(at)));
+                        None
+                    }
+                },
+                "scheduled" if canceled => {
+                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    Some(Up::Failed)
+                }
+                "scheduled" => {
+                    let at = j.run_after.unwrap_or(now);
+                    if at <= now {
+                        queue(&mut step, &mut status, i, j.id, now);
+                    } else {
+                        step.wake_at = Some(step.wake_at.map_or(at, |w| w.min(at)));
+                    }
+                    None
+                }
+                "manual" if canceled => {
+                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    Some(Up::Failed)
+                }
+                "manual" => Some(manual_up),
+                "pending" if canceled => {
+                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    Some(Up::Failed)
+                }
+                "running" if canceled && !j.cancel_requested => {
+                    step.change(j.id).cancel_requested = Some(true);
+                    None
+                }
+                "success" => Some(Up::Ok),
+                "failed" if m.allow_failure.allows(j.exit_code) => Some(Up::Ok),
+                "failed" | "canceled" => Some(Up::Failed),
+                "skipped" => Some(upstream.min(Up::Failed)),
+                _ => None,
+            };
+            if resolved.is_some() {
+                up[i] = resolved;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+
+    // The pipeline's status, from its jobs' new statuses.
+    let any = |s: &str| status.iter().any(|x| x == s);
+    let started = p.jobs.iter().any(|j| j.started_at.is_some())
+        || status.iter().any(|s| s == "success" || s == "failed");
+    let allowed_failure =
+        |i: usize| status[i] == "failed" && metas[i].allow_failure.allows(jobs[i].exit_code);
+    let new_status = if canceled {
+        "canceled"
+    } else if any("running") || any("retrying") {
+        "running"
+    } else if any("pending") || any("scheduled") {
+        if started { "running" } else { "pending" }
+    } else {
+        let blocking_manual = (0..n).any(|i| status[i] == "manual" && up[i] == Some(Up::Blocked));
+        let all_manual = (0..n)
+            .filter(|&i| status[i] != "skipped")
+            .all(|i| status[i] == "manual")
+            && any("manual");
+        if blocking_manual || all_manual || any("created") {
+            "manual"
+        } else if (0..n).any(|i| status[i] == "failed" && !allowed_failure(i)) {
+            "failed"
+        } else if any("canceled") {
+            "canceled"
+        } else if (0..n).all(|i| status[i] == "skipped" || status[i] == "manual") {
+            "skipped"
+        } else {
+            "success"
+        }
+    };
+    if new_status != p.status {
+        step.changes.status = Some(new_status.to_string());
+    }
+    if p.started_at.is_none() {
+        if let Some(t) = jobs.iter().filter_map(|j| j.started_at).min() {
+            step.changes.started_at = Some(t);
+        }
+    }
+    let final_status = matches!(new_status, "success" | "failed" | "canceled" | "skipped");
+    let running = any("running") || any("retrying");
+    if final_status && !running && p.finished_at.is_none() {
+        step.changes.finished_at = Some(now);
+    }
+    step
+}
+
+fn set(step: &mut Step, status: &mut [String], i: usize, id: i64, to: &str, now: Millis) {
+    let c = step.change(id);
+    c.status = Some(to.to_string());
+    c.finished_at = Some(now);
+    status[i] = to.to_string();
+    step.ended.push(to.to_string());
+}
+
+fn queue(step: &mut Step, status: &mut [String], i: usize, id: i64, now: Millis) {
+    let c = step.change(id);
+    c.status = Some("pending".into());
+    c.queued_at = Some(now);
+    status[i] = "pending".into();
+    step.queued = true;
+}
+
+/// Cancels the pipeline: jobs that did not start are canceled, running ones are asked to stop.
+pub(crate) fn cancel(p: &PipelineRecord, now: Millis) -> Step {
+    let mut canceled = p.clone();
+    canceled.status = "canceled".into();
+    let mut step = advance(&canceled, now);
+    if p.status != "canceled" {
+        step.changes.status = Some("canceled".into());
+    }
+    step
+}
+
+/// Plays the manual job `job_id`.
+pub(crate) fn play(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step, String> {
+    let jobs = latest(p);
+    let Some(j) = jobs.iter().find(|j| j.id == job_id) else {
+        return Err("this job was retried: play its latest attempt".into());
+    };
+    if j.status != "manual" {
+        return Err(format!("the job is {}, not manual", j.status));
+    }
+    if p.status == "canceled" {
+        return Err("the pipeline was canceled".into());
+    }
+    let mut step = Step::default();
+    let c = step.change(job_id);
+    c.status = Some("pending".into());
+    c.queued_at = Some(now);
+    step.queued = true;
+    if p.status != "running" {
+        step.changes.status = Some("running".into());
+    }
+    Ok(step)
+}
+
+/// Retries job `job_id` (which ended): a new attempt, and the jobs after it that were skipped or
+/// canceled because of it wait again.
+pub(crate) fn retry(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step, String> {
+    let jobs = latest(p);
+    let Some(j) = jobs.iter().find(|j| j.id == job_id) else {
+        return Err("this job was retried already: retry its latest attempt".into());
+    };
+    if !matches!(j.status.as_str(), "success" | "failed" | "canceled") {
+        return Err(format!("a {} job cannot be retried", j.status));
+    }
+    let mut step = Step::default();
+    step.changes.new_jobs.push(new_attempt(j, now));
+    step.change(j.id).retried = Some(true);
+    // Everything that waits for it, directly or not, and did not run, waits again.
+    let mut waiting = vec![j.name.clone()];
+    let mut k = 0;
+    while k < waiting.len() {
+        let name = waiting[k].clone();
+        let stage = jobs
+            .iter()
+            .find(|x| x.name == name)
+            .map_or(0, |x| x.stage_index);
+        for other in &jobs {
+            let waits = match &other.needs {
+                Some(n) => n.contains(&name),
+                None => other.stage_index > stage,
+            };
+            if waits
+                && !waiting.contains(&other.name)
+                && matches!(other.status.as_str(), "skipped" | "canceled")
+                && other.started_at.is_none()
+            {
+                step.change(other.id).status = Some("created".into());
+                waiting.push(other.name.clone());
+            }
+        }
+        k += 1;
+    }
+    step.changes.status = Some("running".into());
+    Ok(step)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: i64, name: &str, stage: i64, when: &str) -> JobRecord {
+        JobRecord {
+            id,
+            pipeline_id: 1,
+            name: name.into(),
+            stage: format!("s{stage}"),
+            stage_index: stage,
+            position: id,
+            attempt: 1,
+            status: "created".into(),
+            when: when.into(),
+            allow_failure: false,
+            needs: None,
+            tags: Vec::new(),
+            resource_group: None,
+            interruptible: false,
+            spec: r#"{"job":{"allow_failure":false,"retry":{"max":0,"when":[],"exit_codes":[]},"start_in":null}}"#.into(),
+            created_at: 0,
+            queued_at: None,
+            started_at: None,
+            finished_at: None,
+            run_after: None,
+            agent_id: None,
+            agent_name: None,
+            lease_until: None,
+            cancel_requested: false,
+            exit_code: None,
+            failure_reason: None,
+            coverage: None,
+            log_size: 0,
+            has_artifacts: false,
+            retried: false,
+        }
+    }
+
+    fn pipeline(jobs: Vec<JobRecord>) -> PipelineRecord {
+        PipelineRecord {
+            id: 1,
+            project_id: 1,
+            project_name: "p".into(),
+            git_ref: "main".into(),
+            tag: false,
+            sha: "a".repeat(40),
+            before_sha: None,
+            source: "push".into(),
+            status: "created".into(),
+            trace_id: "t".into(),
+            errors: "[]".into(),
+            spec: "{}".into(),
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            version: 1,
+            jobs,
+        }
+    }
+
+    /// Applies a step the way the store would, so that tests can run a pipeline to its end.
+    fn apply(p: &mut PipelineRecord, step: &Step) {
+        for c in &step.changes.jobs {
+            let j = p.jobs.iter_mut().find(|j| j.id == c.id).unwrap();
+            if let Some(s) = &c.status {
+                j.status = s.clone();
+            }
+            if let Some(r) = c.retried {
+                j.retried = r;
+            }
+            if let Some(t) = c.run_after {
+                j.run_after = Some(t);
+            }
+            if let Some(r) = c.cancel_requested {
+                j.cancel_requested = r;
+            }
+        }
+        for nj in &step.changes.new_jobs {
+            let id = p.jobs.iter().map(|j| j.id).max().unwrap() + 100;
+            let mut j = job(id, &nj.name, nj.stage_index, &nj.when);
+            j.position = nj.position;
+            j.attempt = nj.attempt;
+            j.spec = nj.spec.clone();
+            j.needs = nj.needs.clone();
+            p.jobs.push(j);
+        }
+        if let Some(s) = &step.changes.status {
+            p.status = s.clone();
+        }
+        if let Some(t) = step.changes.finished_at {
+            p.finished_at = Some(t);
+        }
+        if let Some(t) = step.changes.started_at {
+            p.started_at = Some(t);
+        }
+    }
+
+    /// Advances until nothing changes.
+    fn settle(p: &mut PipelineRecord) {
+        for _ in 0..20 {
+            let step = advance(p, 1000);
+            if step.is_empty() {
+                return;
+            }
+            apply(p, &step);
+        }
+        panic!("does not settle");
+    }
+
+    fn finish(p: &mut PipelineRecord, name: &str, status: &str) {
+        let j = p
+            .jobs
+            .iter_mut()
+            .filter(|j| j.name == name)
+            .max_by_key(|j| j.attempt)
+            .unwrap();
+        j.status = status.into();
+        j.started_at = Some(10);
+        if status == "failed" {
+            j.exit_code = Some(1);
+            j.failure_reason = Some("script_failure".into());
+        }
+    }
+
+    fn statuses(p: &PipelineRecord) -> Vec<(String, String)> {
+        latest(p)
+            .iter()
+            .map(|j| (j.name.clone(), j.status.clone()))
+            .collect()
+    }
+
+    fn st(p: &PipelineRecord, name: &str) -> String {
+        latest(p)
+            .iter()
+            .find(|j| j.name == name)
+            .unwrap()
+            .status
+            .clone()
+    }
+
+    #[test]
+    fn stages_in_order() {
+        let mut p = pipeline(vec![
+            job(1, "build", 0, "on_success"),
+            job(2, "test", 1, "on_success"),
+        ]);
+        settle(&mut p);
+        assert_eq!(st(&p, "build"), "pending");
+        assert_eq!(st(&p, "test"), "created");
+        assert_eq!(p.status, "pending");
+        finish(&mut p, "build", "success");
+        settle(&mut p);
+        assert_eq!(st(&p, "test"), "pending");
+        assert_eq!(p.status, "running");
+        finish(&mut p, "test", "success");
+        settle(&mut p);
+        assert_eq!(p.status, "success");
+        assert!(p.finished_at.is_some());
+    }
+
+    #[test]
+    fn failure_skips_later_and_runs_on_failure() {
+        let mut p = pipeline(vec![
+            job(1, "build", 0, "on_success"),
+            job(2, "test", 1, "on_success"),
+            job(3, "cleanup", 2, "on_failure"),
+            job(4, "report", 2, "always"),
+        ]);
+        settle(&mut p);
+        finish(&mut p, "build", "failed");
+        settle(&mut p);
+        assert_eq!(st(&p, "test"), "skipped");
+        assert_eq!(st(&p, "cleanup"), "pending");
+        assert_eq!(st(&p, "report"), "pending");
+        finish(&mut p, "cleanup", "success");
+        finish(&mut p, "report", "success");
+        settle(&mut p);
+        assert_eq!(p.status, "failed");
+    }
+
+    #[test]
+    fn allowed_failure_lets_the_pipeline_pass() {
+        let mut b = job(1, "lint", 0, "on_success");
+        b.spec = r#"{"job":{"allow_failure":true}}"#.into();
+        let mut p = pipeline(vec![b, job(2, "test", 1, "on_success")]);
+        settle(&mut p);
+        finish(&mut p, "lint", "failed");
+        settle(&mut p);
+        assert_eq!(st(&p, "test"), "pending");
+        finish(&mut p, "test", "success");
+        settle(&mut p);
+        assert_eq!(p.status, "success");
+    }
+
+    #[test]
+    fn needs_start_before_the_stage_ends() {
+        let mut c = job(3, "deploy", 2, "on_success");
+        c.needs = Some(vec!["a".into()]);
+        let mut p = pipeline(vec![
+            job(1, "a", 0, "on_success"),
+            job(2, "b", 0, "on_success"),
+            c,
+        ]);
+        settle(&mut p);
+        finish(&mut p, "a", "success");
+        settle(&mut p);
+        assert_eq!(st(&p, "deploy"), "pending");
+        assert_eq!(st(&p, "b"), "pending");
+    }
+
+    #[test]
+    fn all_manual_is_manual_and_playing_runs() {
+        let mut m = job(1, "deploy", 0, "manual");
+        m.spec = r#"{"job":{"allow_failure":true}}"#.into();
+        let mut p = pipeline(vec![m]);
+        settle(&mut p);
+        assert_eq!(st(&p, "deploy"), "manual");
+        assert_eq!(p.status, "manual");
+        let step = play(&p, 1, 5).unwrap();
+        apply(&mut p, &step);
+        settle(&mut p);
+        assert_eq!(st(&p, "deploy"), "pending");
+        assert_eq!(p.status, "pending");
+        assert!(play(&p, 1, 6).is_err(), "only manual jobs are played");
+    }
+
+    #[test]
+    fn a_blocking_manual_job_holds_the_jobs_after_it() {
+        let mut p = pipeline(vec![
+            job(1, "build", 0, "on_success"),
+            job(2, "approve", 1, "manual"),
+            job(3, "deploy", 2, "on_success"),
+        ]);
+        settle(&mut p);
+        finish(&mut p, "build", "success");
+        settle(&mut p);
+        assert_eq!(st(&p, "approve"), "manual");
+        assert_eq!(st(&p, "deploy"), "created");
+        assert_eq!(p.status, "manual");
+        let step = play(&p, 2, 5).unwrap();
+        apply(&mut p, &step);
+        finish(&mut p, "approve", "success");
+        settle(&mut p);
+        assert_eq!(st(&p, "deploy"), "pending");
+    }
+
+    #[test]
+    fn an_optional_manual_job_does_not_hold_the_pipeline() {
+        let mut m = job(2, "optional", 0, "manual");
+        m.spec = r#"{"job":{"allow_failure":true}}"#.into();
+        let mut p = pipeline(vec![job(1, "build", 0, "on_success"), m]);
+        settle(&mut p);
+        finish(&mut p, "build", "success");
+        settle(&mut p);
+        assert_eq!(p.status, "success");
+    }
+
+    #[test]
+    fn retries_make_new_attempts() {
+        let mut j = job(1, "flaky", 0, "on_success");
+        j.spec = r#"{"job":{"allow_failure":false,"retry":{"max":1,"when":["runner_system_failure"],"exit_codes":[]}}}"#.into();
+        let mut p = pipeline(vec![j]);
+        settle(&mut p);
+        {
+            let j = &mut p.jobs[0];
+            j.started_at = Some(10);
+            j.status = "failed".into();
+            j.failure_reason = Some("runner_system_failure".into());
+        }
+        settle(&mut p);
+        assert_eq!(p.jobs.len(), 2);
+        assert!(p.jobs[0].retried);
+        assert_eq!(p.jobs[1].attempt, 2);
+        assert_eq!(p.jobs[1].status, "pending");
+        assert_eq!(p.status, "running");
+        // The second failure is not retried: max 1.
+        p.jobs[1].status = "failed".into();
+        p.jobs[1].failure_reason = Some("runner_system_failure".into());
+        settle(&mut p);
+        assert_eq!(p.jobs.len(), 2);
+        assert_eq!(p.status, "failed");
+    }
+
+    #[test]
+    fn a_script_failure_is_not_retried_when_retry_names_other_reasons() {
+        let mut j = job(1, "x", 0, "on_success");
+        j.spec = r#"{"job":{"allow_failure":false,"retry":{"max":2,"when":["runner_system_failure"],"exit_codes":[]}}}"#.into();
+        let mut p = pipeline(vec![j]);
+        settle(&mut p);
+        finish(&mut p, "x", "failed");
+        settle(&mut p);
+        assert_eq!(p.jobs.len(), 1);
+        assert_eq!(p.status, "failed");
+    }
+
+    #[test]
+    fn cancel_cancels_waiting_jobs_and_asks_running_ones_to_stop() {
+        let mut p = pipeline(vec![
+            job(1, "a", 0, "on_success"),
+            job(2, "b", 0, "on_success"),
+            job(3, "c", 1, "on_success"),
+        ]);
+        settle(&mut p);
+        p.jobs[0].status = "running".into();
+        let step = cancel(&p, 50);
+        apply(&mut p, &step);
+        assert_eq!(st(&p, "b"), "canceled");
+        assert_eq!(st(&p, "c"), "canceled");
+        assert!(p.jobs[0].cancel_requested);
+        assert_eq!(p.status, "canceled");
+        assert!(p.finished_at.is_none(), "a job still runs");
+        finish(&mut p, "a", "canceled");
+        settle(&mut p);
+        assert!(p.finished_at.is_some());
+    }
+
+    #[test]
+    fn retry_reopens_the_jobs_after() {
+        let mut p = pipeline(vec![
+            job(1, "build", 0, "on_success"),
+            job(2, "test", 1, "on_success"),
+        ]);
+        settle(&mut p);
+        finish(&mut p, "build", "failed");
+        settle(&mut p);
+        assert_eq!(p.status, "failed");
+        let step = retry(&p, 1, 99).unwrap();
+        apply(&mut p, &step);
+        settle(&mut p);
+        assert_eq!(st(&p, "build"), "pending");
+        assert_eq!(st(&p, "test"), "created");
+        finish(&mut p, "build", "success");
+        settle(&mut p);
+        assert_eq!(st(&p, "test"), "pending");
+        assert!(retry(&p, 1, 100).is_err(), "an old attempt");
+    }
+
+    #[test]
+    fn delayed_jobs_wait_for_their_time() {
+        let mut d = job(1, "later", 0, "delayed");
+        d.spec = r#"{"job":{"allow_failure":false,"start_in":{"secs":60,"nanos":0}}}"#.into();
+        let mut p = pipeline(vec![d]);
+        let step = advance(&p, 1000);
+        assert_eq!(step.wake_at, Some(61_000));
+        apply(&mut p, &step);
+        assert_eq!(st(&p, "later"), "scheduled");
+        assert!(advance(&p, 2000).changes.jobs.is_empty());
+        let step = advance(&p, 61_000);
+        apply(&mut p, &step);
+        assert_eq!(st(&p, "later"), "pending");
+    }
+
+    #[test]
+    fn all_skipped_is_skipped() {
+        let mut p = pipeline(vec![job(1, "only-on-failure", 0, "on_failure")]);
+        settle(&mut p);
+        assert_eq!(
+            statuses(&p),
+            vec![("only-on-failure".into(), "skipped".into())]
+        );
+        assert_eq!(p.status, "skipped");
+    }
+}

@@ -1,0 +1,353 @@
+//! The server's configuration, in layers: defaults < `gantry.toml` < `GANTRY_*` environment variables
+//! < flags. Tokens come from the environment or from files in the data dir, generated on first start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use serde::Deserialize;
+
+/// `gantry server`'s options. Every option can also be set in the configuration file and through a
+/// `GANTRY_*` environment variable (flags win over the environment, which wins over the file).
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// The address to listen on (default `127.0.0.1:8080`; port 0 picks a free port). Env: `GANTRY_LISTEN`
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Where the server keeps its database, tokens and git mirrors (default `./gantry-data`). Env: `GANTRY_DATA_DIR`
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://...` (default: `sqlite://DATA_DIR/gantry.db`). Env: `GANTRY_DATABASE_URL`
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// How long a job stays leased to an agent without a heartbeat (default `30s`). Env: `GANTRY_LEASE_TIMEOUT`
+    #[arg(long, value_name = "DURATION")]
+    pub lease_timeout: Option<String>,
+    /// `text` (default) or `json`. Env: `GANTRY_LOG_FORMAT`
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+    /// The server's public URL, for links in commit statuses. Env: `GANTRY_EXTERNAL_URL`
+    #[arg(long, value_name = "URL")]
+    pub external_url: Option<String>,
+    /// The configuration file (default: `gantry.toml` in the current directory, when it exists). Env: `GANTRY_CONFIG`
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `gantry.toml`: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    lease_timeout: Option<String>,
+    log_format: Option<String>,
+    external_url: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_artifacts_bytes: Option<usize>,
+}
+
+/// A secret that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The resolved configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The address to listen on.
+    pub listen: String,
+    /// The data dir (database, tokens, git mirrors).
+    pub data_dir: PathBuf,
+    /// The database URL.
+    pub database_url: String,
+    /// The lease timeout.
+    pub lease_timeout: Duration,
+    /// The log format.
+    pub log_format: LogFormat,
+    /// The public URL for links (`target_url` of commit statuses).
+    pub external_url: Option<String>,
+    /// The admin API token.
+    pub admin_token: Secret,
+    /// The token agents register with.
+    pub registration_token: Secret,
+    /// The largest request body (webhooks, log chunks, JSON), in bytes.
+    pub max_body_bytes: usize,
+    /// The largest artifacts archive, in bytes.
+    pub max_artifacts_bytes: usize,
+    /// How often pending deliveries, delayed jobs and schedules are looked at.
+    pub sweep_interval: Duration,
+    /// The first pause between attempts to post a commit status (doubled each time, 5 attempts).
+    pub status_backoff: Duration,
+}
+
+impl Config {
+    /// A configuration with every default, the data dir `data_dir` (SQLite inside it) and the given
+    /// tokens; for tests and embedding.
+    #[must_use]
+    pub fn new(data_dir: &Path, admin_token: &str, registration_token: &str) -> Config {
+        Config {
+            listen: "127.0.0.1:0".into(),
+            data_dir: data_dir.to_path_buf(),
+            database_url: default_database_url(data_dir),
+            lease_timeout: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+            external_url: None,
+            admin_token: Secret(admin_token.into()),
+            registration_token: Secret(registration_token.into()),
+            max_body_bytes: 10 << 20,
+            max_artifacts_bytes: 100 << 20,
+            sweep_interval: Duration::from_secs(5),
+            status_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+fn default_database_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("gantry.db").display())
+}
+
+/// What [`load`] found besides the configuration: tokens it generated, to print once.
+#[derive(Debug, Default)]
+pub struct Generated {
+    /// The admin token, when it was generated now.
+    pub admin_token: Option<String>,
+    /// The registration token, when it was generated now.
+    pub registration_token: Option<String>,
+}
+
+/// Resolves the configuration from `args`, the environment (`env` looks a variable up) and the
+/// configuration file, creating the data dir and the token files it needs.
+///
+/// # Errors
+/// An unreadable or invalid configuration file, an invalid value, or a data dir that cannot be written.
+pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config, Generated)> {
+    let file_path = args
+        .config
+        .clone()
+        .or_else(|| env("GANTRY_CONFIG").map(PathBuf::from));
+    let file: FileConfig = match &file_path {
+        Some(p) => read_file(p)?,
+        None if Path::new("gantry.toml").exists() => read_file(Path::new("gantry.toml"))?,
+        None => FileConfig::default(),
+    };
+    let pick = |flag: &Option<String>, var: &str, file: &Option<String>| {
+        flag.clone().or_else(|| env(var)).or_else(|| file.clone())
+    };
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| env("GANTRY_DATA_DIR").map(PathBuf::from))
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("gantry-data"));
+    let listen = pick(&args.listen, "GANTRY_LISTEN", &file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let database_url = pick(
+        &args.database_url,
+        "GANTRY_DATABASE_URL",
+        &file.database_url,
+    )
+    .unwrap_or_else(|| default_database_url(&data_dir));
+    let lease_timeout = match pick(
+        &args.lease_timeout,
+        "GANTRY_LEASE_TIMEOUT",
+        &file.lease_timeout,
+    ) {
+        Some(s) => parse_duration(&s).with_context(|| format!("invalid lease timeout `{s}`"))?,
+        None => Duration::from_secs(30),
+    };
+    let log_format = match pick(&args.log_format, "GANTRY_LOG_FORMAT", &file.log_format).as_deref()
+    {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => bail!("invalid log format `{other}`: use text or json"),
+    };
+    let external_url = pick(
+        &args.external_url,
+        "GANTRY_EXTERNAL_URL",
+        &file.external_url,
+    );
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let mut generated = Generated::default();
+    let admin_token = token(
+        env("GANTRY_ADMIN_TOKEN"),
+        &data_dir.join("admin-token"),
+        &mut generated.admin_token,
+    )?;
+    let registration_token = token(
+        env("GANTRY_REGISTRATION_TOKEN"),
+        &data_dir.join("registration-token"),
+        &mut generated.registration_token,
+    )?;
+    let mut config = Config::new(&data_dir, &admin_token, &registration_token);
+    config.listen = listen;
+    config.database_url = database_url;
+    config.lease_timeout = lease_timeout;
+    config.log_format = log_format;
+    config.external_url = external_url;
+    if let Some(n) = file.max_body_bytes {
+        config.max_body_bytes = n;
+    }
+    if let Some(n) = file.max_artifacts_bytes {
+        config.max_artifacts_bytes = n;
+    }
+    Ok((config, generated))
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
+///
+/// # Errors
+/// Anything else.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num.parse().context("expected a number with a unit (30s)")?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => bail!("unknown unit `{unit}`: use ms, s, m or h"),
+    };
+    if d.is_zero() {
+        bail!("must be more than zero");
+    }
+    Ok(d)
+}
+
+/// The token from the environment, else from `path`, else a new one written to `path` (mode 0600)
+/// and reported in `generated`.
+fn token(from_env: Option<String>, path: &Path, generated: &mut Option<String>) -> Result<String> {
+    if let Some(t) = from_env.filter(|t| !t.is_empty()) {
+        return Ok(t);
+    }
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let t = crate::random_token();
+    write_private(path, &t).with_context(|| format!("cannot write {}", path.display()))?;
+    *generated = Some(t.clone());
+    Ok(t)
+}
+
+fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn layers_defaults_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:9000\"\nlease_timeout = \"20s\"\nlog_format = \"json\"\ndata_dir = \"{}\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        };
+        let env = |k: &str| match k {
+            "GANTRY_LEASE_TIMEOUT" => Some("15s".to_string()),
+            "GANTRY_LISTEN" => Some("127.0.0.1:9001".to_string()),
+            _ => None,
+        };
+        let (c, generated) = load(&args, &env).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9001", "env beats the file");
+        assert_eq!(c.lease_timeout, Duration::from_secs(15));
+        assert_eq!(c.log_format, LogFormat::Json, "the file beats the default");
+        assert!(c.database_url.ends_with("data/gantry.db"));
+        let admin = generated.admin_token.expect("generated on first start");
+        assert_eq!(c.admin_token.0, admin);
+        assert!(generated.registration_token.is_some());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(dir.path().join("data/admin-token"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Second start: the same tokens, nothing generated; flags beat the environment.
+        let args = Args {
+            config: Some(file),
+            listen: Some("127.0.0.1:9002".into()),
+            ..Args::default()
+        };
+        let (c2, generated) = load(&args, &env).unwrap();
+        assert_eq!(c2.listen, "127.0.0.1:9002");
+        assert!(generated.admin_token.is_none());
+        assert_eq!(c2.admin_token, c.admin_token);
+        assert_eq!(c2.registration_token, c.registration_token);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let args = Args {
+            config: Some(file),
+            ..Args::default()
+        };
+        let err = load(&args, &|_| None).unwrap_err();
+        assert!(format!("{err:#}").contains("lisen"), "{err:#}");
+    }
+}

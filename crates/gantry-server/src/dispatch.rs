@@ -1,0 +1,672 @@
+//! The agent protocol (see `gantry_api::agent`): registration, long-poll job requests, heartbeats, log
+//! chunks, sources, artifacts, and finishing a job.
+
+use gantry_api::{ErrorBody, Job};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gantry_api::agent::{
+    Dependency, FinishJob, Heartbeat, JobSpec, LogAck, Outcome, RegisterAgent, Registered,
+    RequestJob,
+};
+use gantry_pipeline::plan::Retry;
+use gantry_pipeline::{Plan, Variable, vars};
+use gantry_store::{AgentRecord, JobRecord, JobResult, NewAgent, PipelineRecord, StoreError};
+use serde::Deserialize;
+
+use crate::error::{AppError, AppResult};
+use crate::http::{AgentAuth, JsonBody, PathParam, QueryParams, RawBody, same, token_hash};
+use crate::process::{JobDoc, PipelineDoc};
+use crate::state::AppState;
+
+/// `POST /api/v1/agents/register`.
+#[utoipa::path(post, path = "/api/v1/agents/register", tag = "agent protocol", request_body = RegisterAgent,
+    responses((status = 201, description = "Registered", body = Registered), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RegisterAgent>,
+) -> AppResult<(StatusCode, Json<Registered>)> {
+    if !same(&body.token, &state.config.registration_token.0) {
+        return Err(AppError::unauthorized("invalid registration token"));
+    }
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(AppError::bad_request(
+            "the name must be 1 to 200 printable characters",
+        ));
+    }
+    if body.tags.iter().any(|t| t.is_empty() || t.len() > 200) || body.tags.len() > 100 {
+        return Err(AppError::bad_request(
+            "tags must be 1 to 200 characters, at most 100 of them",
+        ));
+    }
+    let token = crate::random_token();
+    let now = crate::now_ms();
+    let id = state
+        .store
+        .register_agent(&NewAgent {
+            name: name.to_string(),
+            token_hash: token_hash(&token),
+            tags: body.tags,
+            run_untagged: body.run_untagged,
+            executor: body.executor,
+            concurrency: i64::from(body.concurrency.max(1)),
+            version: body.version,
+            registered_at: now,
+        })
+        .await?;
+    state.store.touch_agent(id, now).await?;
+    tracing::info!(agent = id, name, "agent registered");
+    Ok((StatusCode::CREATED, Json(Registered { id, token })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct WaitQuery {
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+/// `POST /api/v1/agent/jobs/request?wait_ms=N`: a job, or `204` when none came within `wait_ms`.
+#[utoipa::path(post, path = "/api/v1/agent/jobs/request", tag = "agent protocol",
+    params(("wait_ms" = Option<u64>, Query, description = "How long to wait for a job (at most 60000)")),
+    request_body(content = Option<RequestJob>, description = "What the agent runs"),
+    responses((status = 200, description = "A job", body = JobSpec), (status = 204, description = "No job came in time"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn request(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    QueryParams(q): QueryParams<WaitQuery>,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
+    if !body.is_empty() {
+        serde_json::from_slice::<RequestJob>(&body)
+            .map_err(|e| AppError::bad_request(format!("invalid JSON body: {e}")))?;
+    }
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
+    let start = tokio::time::Instant::now();
+    let deadline = start + wait;
+    state.store.touch_agent(agent.id, crate::now_ms()).await?;
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        // Listen before claiming, so that a job queued between the claim and the wait is not missed.
+        let notified = state.jobs_ready.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let now = crate::now_ms();
+        if let Some(job) = state
+            .store
+            .claim(&agent, now, state.lease_until(now))
+            .await?
+        {
+            return handed_out(&state, &agent, job).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() || state.stopping() {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        // Wake on a local signal, or every second for jobs that another server queued.
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
+            _ = shutdown.changed() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> AppResult<Response> {
+    if let (Some(q), Some(s)) = (job.queued_at, job.started_at) {
+        state
+            .metrics
+            .queue_wait
+            .observe(crate::metrics::seconds(s - q));
+    }
+    let Some(p) = state.store.pipeline(job.pipeline_id).await? else {
+        return Err(AppError::internal("a claimed job has no pipeline"));
+    };
+    let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
+    let spec = job_spec(&p, &job, lease_ms).map_err(AppError::internal)?;
+    tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
+    // The pipeline becomes running; not on the agent's time.
+    let (s, id) = (state.clone(), p.id);
+    tokio::spawn(async move { crate::progress::advance(&s, id).await });
+    Ok(Json(spec).into_response())
+}
+
+fn matches_scope(scope: &str, env: Option<&str>) -> bool {
+    if scope == "*" {
+        return true;
+    }
+    let Some(env) = env else {
+        return false;
+    };
+    // `*` is the only wildcard.
+    let parts: Vec<&str> = scope.split('*').collect();
+    if parts.len() == 1 {
+        return scope == env;
+    }
+    let mut rest = env;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            let Some(r) = rest.strip_prefix(part) else {
+                return false;
+            };
+            rest = r;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            let Some(at) = rest.find(part) else {
+                return false;
+            };
+            rest = &rest[at + part.len()..];
+        }
+    }
+    true
+}
+
+/// The job as handed to an agent: its plan holds the job and the jobs it takes artifacts from, with
+/// every variable resolved into the plan's layers.
+pub(crate) fn job_spec(
+    p: &PipelineRecord,
+    job: &JobRecord,
+    lease_ms: u64,
+) -> anyhow::Result<JobSpec> {
+    let doc: PipelineDoc = serde_json::from_str(&p.spec)?;
+    let mut main = serde_json::from_str::<JobDoc>(&job.spec)?.job;
+    main.retry = Retry::default();
+    let latest = crate::advance::latest(p);
+    let by_name: HashMap<&str, &JobRecord> = latest.iter().map(|j| (j.name.as_str(), *j)).collect();
+    let names: Vec<String> = match (&main.dependencies, &main.needs) {
+        (Some(d), _) => d.clone(),
+        (None, Some(needs)) => needs
+            .iter()
+            .filter(|n| n.artifacts)
+            .map(|n| n.job.clone())
+            .collect(),
+        (None, None) => latest
+            .iter()
+            .filter(|j| j.stage_index < job.stage_index)
+            .map(|j| j.name.clone())
+            .collect(),
+    };
+    let mut dependencies = Vec::new();
+    let mut dep_jobs = Vec::new();
+    for name in names {
+        let Some(d) = by_name.get(name.as_str()) else {
+            continue;
+        };
+        dependencies.push(Dependency {
+            job_id: d.id,
+            name: d.name.clone(),
+            has_artifacts: d.has_artifacts,
+        });
+        let mut dj = serde_json::from_str::<JobDoc>(&d.spec)?.job;
+        dj.retry = Retry::default();
+        dep_jobs.push(dj);
+    }
+    let lit = |k: &str, v: String| {
+        let mut var = Variable::new(k, v);
+        var.expand = false;
+        var
+    };
+    let mut predefined = doc.predefined.clone();
+    let pipeline_url_base = predefined
+        .iter()
+        .find(|v| v.key == "CI_PROJECT_URL")
+        .map(|v| v.value.clone())
+        .unwrap_or_default();
+    for v in &mut predefined {
+        match v.key.as_str() {
+            "CI_PIPELINE_ID" | "CI_PIPELINE_IID" => v.value = p.id.to_string(),
+            "CI_PIPELINE_URL" => v.value = format!("{pipeline_url_base}/-/pipelines/{}", p.id),
+            _ => {}
+        }
+    }
+    main.predefined.extend([
+        lit("CI_JOB_ID", job.id.to_string()),
+        lit(
+            "CI_JOB_URL",
+            format!("{pipeline_url_base}/-/jobs/{}", job.id),
+        ),
+        lit("CI_PIPELINE_ID", p.id.to_string()),
+        lit("CI_PIPELINE_IID", p.id.to_string()),
+        lit("GANTRY_TRACE_ID", p.trace_id.clone()),
+    ]);
+    if job.attempt > 1 {
+        main.predefined
+            .push(lit("CI_JOB_RETRY", (job.attempt - 1).to_string()));
+    }
+    // The job's environment, expanded, picks the project variables whose scope matches.
+    let env_name = main.environment.as_ref().map(|e| {
+        let plan = Plan {
+            stages: Vec::new(),
+            jobs: vec![main.clone()],
+            predefined: predefined.clone(),
+            variables: doc.variables.clone(),
+            cli_variables: doc.cli_variables.clone(),
+        };
+        let resolved: HashMap<String, String> = vars::resolve(&plan.job_variables(0, &[], &[]))
+            .into_iter()
+            .collect();
+        vars::expand(&e.name, &|k| resolved.get(k).cloned())
+    });
+    let mut cli_variables: Vec<Variable> = doc
+        .project_variables
+        .iter()
+        .filter(|v| matches_scope(&v.environment_scope, env_name.as_deref()))
+        .map(|v| Variable {
+            key: v.key.clone(),
+            value: v.value.clone().unwrap_or_default(),
+            expand: true,
+            masked: v.masked,
+        })
+        .collect();
+    cli_variables.extend(doc.cli_variables.iter().cloned());
+    let name = main.name.clone();
+    let mut jobs = vec![main];
+    jobs.extend(dep_jobs);
+    Ok(JobSpec {
+        job_id: job.id,
+        pipeline_id: p.id,
+        project: p.project_name.clone(),
+        attempt: u32::try_from(job.attempt).unwrap_or(1),
+        trace_id: p.trace_id.clone(),
+        sha: p.sha.clone(),
+        lease_timeout_ms: lease_ms,
+        job: name,
+        plan: Plan {
+            stages: doc.stages,
+            jobs,
+            predefined,
+            variables: doc.variables,
+            cli_variables,
+        },
+        dependencies,
+    })
+}
+
+fn lease_error(e: StoreError) -> AppError {
+    match e {
+        StoreError::LeaseLost => AppError::conflict("the job is no longer leased to this agent"),
+        other => other.into(),
+    }
+}
+
+/// `POST /api/v1/agent/jobs/{id}/heartbeat`.
+#[utoipa::path(post, path = "/api/v1/agent/jobs/{id}/heartbeat", tag = "agent protocol", params(("id" = i64, Path, description = "The id")),
+    responses((status = 200, description = "The lease is extended", body = Heartbeat), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 409, description = "The lease is lost", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn heartbeat(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    PathParam(id): PathParam<i64>,
+) -> AppResult<Json<Heartbeat>> {
+    let now = crate::now_ms();
+    let cancel = state
+        .store
+        .heartbeat(id, agent.id, state.lease_until(now))
+        .await
+        .map_err(lease_error)?;
+    state.store.touch_agent(agent.id, now).await?;
+    Ok(Json(Heartbeat { cancel }))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct OffsetQuery {
+    offset: i64,
+}
+
+/// `PUT /api/v1/agent/jobs/{id}/log?offset=N`.
+#[utoipa::path(put, path = "/api/v1/agent/jobs/{id}/log", tag = "agent protocol",
+    params(("id" = i64, Path, description = "The id"), ("offset" = i64, Query, description = "Where the bytes start in the log")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "Log bytes"),
+    responses((status = 200, description = "Appended", body = LogAck), (status = 416, description = "The offset is past the stored end", body = LogAck),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 409, description = "The lease is lost", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn log(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    PathParam(id): PathParam<i64>,
+    QueryParams(q): QueryParams<OffsetQuery>,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
+    if q.offset < 0 {
+        return Err(AppError::bad_request("offset must not be negative"));
+    }
+    let now = crate::now_ms();
+    match state
+        .store
+        .append_log(id, agent.id, q.offset, &body, state.lease_until(now))
+        .await
+    {
+        Ok(size) => {
+            // Bytes past the offset that the log now holds: a resent chunk counts only once.
+            let end = q.offset + i64::try_from(body.len()).unwrap_or(i64::MAX);
+            let appended = (size.min(end) - q.offset).max(0);
+            state
+                .metrics
+                .log_bytes
+                .inc_by(u64::try_from(appended).unwrap_or(0));
+            state.logs.notify_waiters();
+            Ok(Json(LogAck { size }).into_response())
+        }
+        Err(StoreError::LogGap(size)) => {
+            Ok((StatusCode::RANGE_NOT_SATISFIABLE, Json(LogAck { size })).into_response())
+        }
+        Err(e) => Err(lease_error(e)),
+    }
+}
+
+/// The job, if it is running on `agent`; `409` otherwise.
+async fn leased(state: &AppState, agent: &AgentRecord, id: i64) -> AppResult<JobRecord> {
+    match state.store.job(id).await? {
+        Some(j) if j.agent_id == Some(agent.id) && j.status == "running" => Ok(j),
+        Some(_) => Err(AppError::conflict(
+            "the job is no longer leased to this agent",
+        )),
+        None => Err(AppError::not_found(format!("no job {id}"))),
+    }
+}
+
+/// `GET /api/v1/agent/jobs/{id}/source`: `git archive` of the commit, streamed from the mirror.
+#[utoipa::path(get, path = "/api/v1/agent/jobs/{id}/source", tag = "agent protocol", params(("id" = i64, Path, description = "The id")),
+    responses((status = 200, description = "A tar archive of the commit's tree", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The lease is lost", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn source(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    PathParam(id): PathParam<i64>,
+) -> AppResult<Response> {
+    let job = leased(&state, &agent, id).await?;
+    let Some(p) = state.store.pipeline(job.pipeline_id).await? else {
+        return Err(AppError::not_found("no such pipeline"));
+    };
+    let project = match state.store.project_by_id(p.project_id).await? {
+        Some(r) => crate::projects::LoadedProject::parse(r)?,
+        None => return Err(AppError::not_found("the project no longer exists")),
+    };
+    let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
+    {
+        // Another server may have created the pipeline: fetch the commit when this mirror lacks it.
+        let lock = state.mirror_lock(p.project_id);
+        let _guard = lock.lock().await;
+        let (m, url, sha, r) = (
+            mirror.clone(),
+            project.spec.repo_url.clone(),
+            p.sha.clone(),
+            if p.tag {
+                format!("refs/tags/{}", p.git_ref)
+            } else {
+                format!("refs/heads/{}", p.git_ref)
+            },
+        );
+        tokio::task::spawn_blocking(move || {
+            if crate::git::has_commit(&m, &sha) {
+                Ok(sha)
+            } else {
+                crate::git::fetch(&m, &url, Some(&sha), &r)
+            }
+        })
+        .await
+        .map_err(AppError::internal)?
+        .map_err(|e| AppError::internal(format!("{e:#}")))?;
+    }
+    let mut child = tokio::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&mirror)
+        .args(["archive", "--format=tar", &p.sha])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(AppError::internal)?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| AppError::internal("git archive has no stdout"))?;
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(stdout));
+    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
+}
+
+/// `GET /api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts`.
+#[utoipa::path(get, path = "/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts", tag = "agent protocol",
+    params(("id" = i64, Path, description = "The running job"), ("dep" = i64, Path, description = "The job whose artifacts it takes")),
+    responses((status = 200, description = "The artifacts, a tar archive", body = Vec<u8>, content_type = "application/x-tar"),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The lease is lost", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn dependency_artifacts(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    PathParam((id, dep)): PathParam<(i64, i64)>,
+) -> AppResult<Response> {
+    let job = leased(&state, &agent, id).await?;
+    match state.store.job(dep).await? {
+        Some(d) if d.pipeline_id == job.pipeline_id => {}
+        _ => {
+            return Err(AppError::not_found(format!(
+                "no job {dep} in this pipeline"
+            )));
+        }
+    }
+    match state.store.artifacts(dep).await? {
+        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response()),
+        None => Err(AppError::not_found(format!("job {dep} has no artifacts"))),
+    }
+}
+
+/// Checks that an artifacts archive is a tar whose entries stay inside the job's directory.
+pub(crate) fn check_archive(bytes: &[u8]) -> Result<(), String> {
+    use std::path::Component;
+    if bytes.is_empty() {
+        return Err("the archive is empty".into());
+    }
+    let mut archive = tar::Archive::new(bytes);
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("not a tar archive: {e}"))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("not a tar archive: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("an entry has an invalid name: {e}"))?
+            .into_owned();
+        let inside = |p: &std::path::Path| {
+            p.components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        };
+        if !inside(&path) {
+            return Err(format!(
+                "the entry `{}` leaves the archive's directory",
+                path.display()
+            ));
+        }
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name()
+                .map_err(|e| format!("an entry has an invalid link: {e}"))?
+                .ok_or("a link without a target")?;
+            let base = path.parent().unwrap_or(std::path::Path::new(""));
+            let mut depth: i64 = base.components().count().try_into().unwrap_or(0);
+            if kind.is_hard_link() {
+                depth = 0;
+            }
+            for c in target.components() {
+                match c {
+                    Component::Normal(_) => depth += 1,
+                    Component::ParentDir => depth -= 1,
+                    Component::CurDir => {}
+                    _ => depth = -1,
+                }
+                if depth < 0 {
+                    return Err(format!(
+                        "the link `{}` points outside the archive's directory",
+                        path.display()
+                    ));
+                }
+            }
+        } else if !(kind.is_file()
+            || kind.is_dir()
+            || kind.is_pax_global_extensions()
+            || kind.is_pax_local_extensions()
+            || kind.is_gnu_longname()
+            || kind.is_gnu_longlink())
+        {
+            return Err(format!(
+                "the entry `{}` is not a file or a directory",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `PUT /api/v1/agent/jobs/{id}/artifacts`.
+#[utoipa::path(put, path = "/api/v1/agent/jobs/{id}/artifacts", tag = "agent protocol", params(("id" = i64, Path, description = "The id")),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "A tar archive"),
+    responses((status = 201, description = "Stored; `size` is the archive's size", body = LogAck),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The lease is lost", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn upload_artifacts(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    PathParam(id): PathParam<i64>,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
+    leased(&state, &agent, id).await?;
+    let checked = body.clone();
+    tokio::task::spawn_blocking(move || check_archive(&checked))
+        .await
+        .map_err(AppError::internal)?
+        .map_err(AppError::bad_request)?;
+    let now = crate::now_ms();
+    state
+        .store
+        .put_artifacts(id, agent.id, &body, state.lease_until(now))
+        .await
+        .map_err(lease_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(LogAck {
+            size: i64::try_from(body.len()).unwrap_or(0),
+        }),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/agent/jobs/{id}/finish`.
+#[utoipa::path(post, path = "/api/v1/agent/jobs/{id}/finish", tag = "agent protocol", params(("id" = i64, Path, description = "The id")), request_body = FinishJob,
+    responses((status = 200, description = "Recorded", body = Job),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The lease is lost, or the log is incomplete", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn finish(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    PathParam(id): PathParam<i64>,
+    JsonBody(body): JsonBody<FinishJob>,
+) -> AppResult<Json<gantry_api::Job>> {
+    let job = leased(&state, &agent, id).await?;
+    if job.log_size < body.log_size {
+        return Err(AppError::conflict(format!(
+            "the server holds {} bytes of the log, not {}: send the rest first",
+            job.log_size, body.log_size
+        )));
+    }
+    let status = match body.outcome {
+        Outcome::Success => "success",
+        Outcome::Failed => "failed",
+        Outcome::Canceled => "canceled",
+    };
+    let failure_reason = match body.outcome {
+        Outcome::Failed => Some(
+            body.failure_reason
+                .clone()
+                .unwrap_or_else(|| "script_failure".into()),
+        ),
+        _ => None,
+    };
+    let now = crate::now_ms();
+    let pipeline = state
+        .store
+        .finish(
+            id,
+            agent.id,
+            &JobResult {
+                status: status.into(),
+                exit_code: body.exit_code,
+                failure_reason,
+                coverage: body.coverage.filter(|c| c.is_finite()),
+                finished_at: now,
+            },
+        )
+        .await
+        .map_err(lease_error)?;
+    state.metrics.job_ended(status);
+    if let Some(s) = job.started_at {
+        state
+            .metrics
+            .job_duration
+            .observe(crate::metrics::seconds(now - s));
+    }
+    state.logs.notify_waiters();
+    tracing::info!(job = id, pipeline, status, "job finished");
+    crate::progress::advance(&state, pipeline).await;
+    let job = crate::read::load_job(&state, id).await?;
+    Ok(Json(crate::read::job_api(&job)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(path: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(if kind.is_file() { 2 } else { 0 });
+        h.set_mode(0o644);
+        if let Some(l) = link {
+            h.set_link_name(l).unwrap();
+        }
+        // Bypass the builder's own path checks: write the raw name.
+        let name = path.as_bytes();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        let data: &[u8] = if kind.is_file() { b"hi" } else { b"" };
+        b.append(&h, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn archives_stay_inside() {
+        assert!(check_archive(&tar_with("out/a.txt", tar::EntryType::Regular, None)).is_ok());
+        assert!(check_archive(&tar_with("../evil", tar::EntryType::Regular, None)).is_err());
+        assert!(check_archive(&tar_with("/etc/passwd", tar::EntryType::Regular, None)).is_err());
+        assert!(
+            check_archive(&tar_with(
+                "out/link",
+                tar::EntryType::Symlink,
+                Some("../../x")
+            ))
+            .is_err()
+        );
+        assert!(
+            check_archive(&tar_with("out/link", tar::EntryType::Symlink, Some("/etc"))).is_err()
+        );
+        assert!(
+            check_archive(&tar_with("out/link", tar::EntryType::Symlink, Some("../a"))).is_ok()
+        );
+        assert!(check_archive(b"not a tar at all, just some bytes").is_err());
+        assert!(check_archive(b"").is_err());
+    }
+
+    #[test]
+    fn scopes() {
+        assert!(matches_scope("*", None));
+        assert!(!matches_scope("production", None));
+        assert!(matches_scope("production", Some("production")));
+        assert!(matches_scope("review/*", Some("review/feature")));
+        assert!(!matches_scope("review/*", Some("staging")));
+    }
+}

@@ -1,0 +1,283 @@
+//! The server's git: one bare mirror per project in the data dir, commits fetched into it, and
+//! [`GitSources`], the compiler's view of a commit's files through `git ls-tree` and `git cat-file`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{Context as _, Result, bail};
+
+/// A git command on `repo` with a clean, non-interactive environment.
+pub(crate) fn command(repo: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.arg("--git-dir")
+        .arg(repo)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(repo: &Path, args: &[&str]) -> Result<Vec<u8>> {
+    let out = command(repo)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run git {}", args.first().unwrap_or(&"")))?;
+    if !out.status.success() {
+        bail!(
+            "git {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
+}
+
+/// The mirror of project `id`.
+pub(crate) fn mirror_path(data_dir: &Path, id: i64) -> PathBuf {
+    data_dir.join("mirrors").join(format!("{id}.git"))
+}
+
+/// Creates the bare mirror when it does not exist.
+pub(crate) fn ensure_mirror(path: &Path) -> Result<()> {
+    if path.join("HEAD").exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let out = Command::new("git")
+        .args(["init", "--bare", "--quiet"])
+        .arg(path)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run git init")?;
+    if !out.status.success() {
+        bail!(
+            "git init failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the mirror has commit `sha`.
+pub(crate) fn has_commit(repo: &Path, sha: &str) -> bool {
+    command(repo)
+        .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Fetches `sha` (or, when that fails or there is none, `fetch_ref`) from `url` into the mirror, and
+/// answers the commit's full SHA.
+pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) -> Result<String> {
+    ensure_mirror(repo)?;
+    if let Some(sha) = sha {
+        if has_commit(repo, sha) {
+            return resolve(repo, sha);
+        }
+        let direct = command(repo)
+            .args(["fetch", "--quiet", "--no-tags", url, sha])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if direct && has_commit(repo, sha) {
+            return resolve(repo, sha);
+        }
+    }
+    // A ref: `refs/...` as is; a short name as a branch, then as a tag.
+    let candidates: Vec<String> = if fetch_ref.starts_with("refs/") {
+        vec![fetch_ref.to_string()]
+    } else {
+        vec![
+            format!("refs/heads/{fetch_ref}"),
+            format!("refs/tags/{fetch_ref}"),
+        ]
+    };
+    let mut last = None;
+    for r in &candidates {
+        let local = format!("refs/gantry/{}", r.trim_start_matches("refs/"));
+        match run(
+            repo,
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--force",
+                url,
+                &format!("+{r}:{local}"),
+            ],
+        ) {
+            Ok(_) => {
+                let head = resolve(repo, &local)?;
+                return match sha {
+                    Some(s) if has_commit(repo, s) => resolve(repo, s),
+                    Some(s) => bail!("commit {s} is not on {r} in {url}"),
+                    None => Ok(head),
+                };
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("nothing to fetch")))
+        .with_context(|| format!("cannot fetch {fetch_ref} from {url}"))
+}
+
+fn resolve(repo: &Path, rev: &str) -> Result<String> {
+    let out = run(
+        repo,
+        &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
+    )?;
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// A commit's message, committer time (ISO 8601) and author.
+pub(crate) struct CommitInfo {
+    pub message: String,
+    pub timestamp: String,
+    pub author: String,
+    pub parent: Option<String>,
+}
+
+/// Reads a commit's facts.
+pub(crate) fn commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
+    let out = run(
+        repo,
+        &["show", "-s", "--format=%P%x00%cI%x00%an <%ae>%x00%B", sha],
+    )?;
+    let text = String::from_utf8_lossy(&out);
+    let mut parts = text.splitn(4, '\0');
+    let parents = parts.next().unwrap_or_default();
+    let timestamp = parts.next().unwrap_or_default().to_string();
+    let author = parts.next().unwrap_or_default().to_string();
+    let message = parts.next().unwrap_or_default().trim_end().to_string();
+    Ok(CommitInfo {
+        message,
+        timestamp,
+        author,
+        parent: parents.split_whitespace().next().map(str::to_string),
+    })
+}
+
+/// A commit's files, for the compiler.
+pub(crate) struct GitSources {
+    repo: PathBuf,
+    sha: String,
+    files: Vec<String>,
+    /// The commit to compare with for `rules:changes` (the push's `before`, an MR's target).
+    base: Option<String>,
+    changed: OnceLock<Option<Vec<String>>>,
+}
+
+impl GitSources {
+    /// The files of `sha` in `repo`.
+    pub fn new(repo: &Path, sha: &str, base: Option<String>) -> Result<GitSources> {
+        let out = run(repo, &["ls-tree", "-r", "-z", "--name-only", sha])?;
+        let files = out
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect();
+        Ok(GitSources {
+            repo: repo.to_path_buf(),
+            sha: sha.to_string(),
+            files,
+            base,
+            changed: OnceLock::new(),
+        })
+    }
+}
+
+impl gantry_pipeline::Sources for GitSources {
+    fn read(&self, path: &str) -> Result<String, String> {
+        let path = path.trim_start_matches("./");
+        if path.split('/').any(|c| c == "..") || path.starts_with('/') {
+            return Err("the path must stay inside the project".into());
+        }
+        let out = command(&self.repo)
+            .args(["cat-file", "blob", &format!("{}:{path}", self.sha)])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err("no such file".into());
+        }
+        String::from_utf8(out.stdout).map_err(|_| "the file is not UTF-8".to_string())
+    }
+
+    fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    fn changed_files(&self) -> Option<&[String]> {
+        self.changed
+            .get_or_init(|| {
+                let base = self.base.as_deref()?;
+                if !has_commit(&self.repo, base) {
+                    return None;
+                }
+                let out = run(&self.repo, &["diff", "--name-only", "-z", base, &self.sha]).ok()?;
+                Some(
+                    out.split(|b| *b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect(),
+                )
+            })
+            .as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_pipeline::Sources as _;
+
+    fn sh(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "T")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "T")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn fetch_and_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("ci")).unwrap();
+        sh(&src, &["init", "-q", "-b", "main"]);
+        std::fs::write(src.join(".gitlab-ci.yml"), "a:\n  script: [x]\n").unwrap();
+        std::fs::write(src.join("ci/more.yml"), "b: {script: [y]}\n").unwrap();
+        sh(&src, &["add", "."]);
+        sh(&src, &["commit", "-q", "-m", "first"]);
+        let mirror = tmp.path().join("m.git");
+        let sha = fetch(&mirror, src.to_str().unwrap(), None, "main").unwrap();
+        assert_eq!(sha.len(), 40);
+        let again = fetch(
+            &mirror,
+            src.to_str().unwrap(),
+            Some(&sha),
+            "refs/heads/main",
+        )
+        .unwrap();
+        assert_eq!(again, sha);
+        let info = commit_info(&mirror, &sha).unwrap();
+        assert_eq!(info.message, "first");
+        assert_eq!(info.author, "T <t@example.com>");
+        let s = GitSources::new(&mirror, &sha, None).unwrap();
+        assert_eq!(s.files(), [".gitlab-ci.yml", "ci/more.yml"]);
+        assert!(s.read("ci/more.yml").unwrap().contains("script"));
+        assert!(s.read("../etc/passwd").is_err());
+        assert!(s.read("nope").is_err());
+        assert!(fetch(&mirror, src.to_str().unwrap(), None, "no-such-branch").is_err());
+    }
+}

@@ -1,0 +1,613 @@
+//! Webhooks (`POST /api/v1/projects/{name}/hooks/{gitlab,github,gitea}`) and API triggers
+//! (`POST /api/v1/projects/{name}/pipelines`): check, store durably, answer `202`. The processor
+//! (`process`) turns stored deliveries into pipelines afterwards, with [`parse`] to read them.
+//!
+//! Checks, in order: the project exists (`404`), the signature (`401`, constant time), the body is JSON
+//! (`400`), the event is one we run pipelines for (else `204`, the reason in `X-Gantry-Reason`: a `204`
+//! carries no body).
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gantry_api::ErrorBody;
+use gantry_api::{DeliveryAccepted, ForgeKind, KeyValue, TriggerPipeline};
+use gantry_store::NewDelivery;
+use hmac::{Hmac, Mac as _};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{AppError, AppResult};
+use crate::http::{Admin, JsonBody, PathParam, RawBody, TraceId, same};
+use crate::projects::LoadedProject;
+use crate::state::AppState;
+
+/// A merge or pull request event's facts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct MergeRequest {
+    pub iid: i64,
+    pub id: i64,
+    pub title: String,
+    pub description: String,
+    pub source_branch: String,
+    pub target_branch: String,
+    pub target_sha: Option<String>,
+    pub labels: Vec<String>,
+    pub url: String,
+}
+
+/// What an event asks for, whatever forge it came from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Event {
+    /// `CI_PIPELINE_SOURCE`.
+    pub source: String,
+    /// The branch or tag, short (`main`, `v1.0`).
+    pub git_ref: String,
+    pub tag: bool,
+    /// The commit; `None` for triggers, which run the ref's head.
+    pub sha: Option<String>,
+    pub before_sha: Option<String>,
+    /// The full ref to fetch when the commit itself cannot be fetched.
+    pub fetch_ref: String,
+    pub user_name: String,
+    pub user_email: String,
+    pub mr: Option<MergeRequest>,
+    /// Pipeline variables (triggers and schedules).
+    pub variables: Vec<KeyValue>,
+}
+
+const ZEROS: &str = "0000000000000000000000000000000000000000";
+
+fn s(v: &Value, path: &[&str]) -> Option<String> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    match cur {
+        Value::String(x) => Some(x.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn i(v: &Value, path: &[&str]) -> i64 {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(c) => cur = c,
+            None => return 0,
+        }
+    }
+    cur.as_i64().unwrap_or(0)
+}
+
+fn need(v: &Value, path: &[&str]) -> Result<String, String> {
+    s(v, path)
+        .filter(|x| !x.is_empty())
+        .ok_or_else(|| format!("the payload has no `{}`", path.join(".")))
+}
+
+fn valid_sha(sha: &str) -> Result<String, String> {
+    if (4..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(sha.to_ascii_lowercase())
+    } else {
+        Err(format!("`{sha}` is not a commit id"))
+    }
+}
+
+fn valid_ref(r: &str) -> Result<String, String> {
+    if r.is_empty()
+        || r.starts_with('-')
+        || r.contains("..")
+        || r.bytes()
+            .any(|b| b.is_ascii_control() || b" ~^:?*[\\".contains(&b))
+    {
+        Err(format!("`{r}` is not a valid ref"))
+    } else {
+        Ok(r.to_string())
+    }
+}
+
+/// A push event: the ref (full), before and after.
+fn push(forge: ForgeKind, v: &Value) -> Result<Option<Event>, String> {
+    let full = need(v, &["ref"])?;
+    let after = need(v, &["after"])?;
+    if after == ZEROS || v.get("deleted").and_then(Value::as_bool) == Some(true) {
+        return Ok(None);
+    }
+    let (git_ref, tag) = if let Some(t) = full.strip_prefix("refs/tags/") {
+        (t.to_string(), true)
+    } else if let Some(b) = full.strip_prefix("refs/heads/") {
+        (b.to_string(), false)
+    } else {
+        return Ok(None);
+    };
+    let (user_name, user_email) = match forge {
+        ForgeKind::Gitlab => (
+            s(v, &["user_name"]).unwrap_or_default(),
+            s(v, &["user_email"]).unwrap_or_default(),
+        ),
+        _ => (
+            s(v, &["pusher", "name"])
+                .or_else(|| s(v, &["pusher", "full_name"]))
+                .or_else(|| s(v, &["pusher", "login"]))
+                .unwrap_or_default(),
+            s(v, &["pusher", "email"]).unwrap_or_default(),
+        ),
+    };
+    Ok(Some(Event {
+        source: "push".into(),
+        git_ref: valid_ref(&git_ref)?,
+        tag,
+        sha: Some(valid_sha(&after)?),
+        before_sha: s(v, &["before"]).and_then(|b| valid_sha(&b).ok()),
+        fetch_ref: valid_ref(&full)?,
+        user_name,
+        user_email,
+        mr: None,
+        variables: Vec::new(),
+    }))
+}
+
+fn gitlab_mr(v: &Value) -> Result<Option<Event>, String> {
+    let a = v
+        .get("object_attributes")
+        .ok_or("the payload has no `object_attributes`")?;
+    let action = s(a, &["action"]).unwrap_or_default();
+    let runs = match action.as_str() {
+        "open" | "reopen" => true,
+        // An update without new commits (a title change) runs nothing, as on GitLab.
+        "update" => a.get("oldrev").is_some_and(|o| !o.is_null()),
+        _ => false,
+    };
+    if !runs {
+        return Ok(None);
+    }
+    let source_branch = valid_ref(&need(a, &["source_branch"])?)?;
+    let sha = valid_sha(&need(a, &["last_commit", "id"])?)?;
+    Ok(Some(Event {
+        source: "merge_request_event".into(),
+        git_ref: source_branch.clone(),
+        tag: false,
+        sha: Some(sha),
+        before_sha: None,
+        fetch_ref: format!("refs/heads/{source_branch}"),
+        user_name: s(v, &["user", "name"]).unwrap_or_default(),
+        user_email: s(v, &["user", "email"]).unwrap_or_default(),
+        mr: Some(MergeRequest {
+            iid: i(a, &["iid"]),
+            id: i(a, &["id"]),
+            title: s(a, &["title"]).unwrap_or_default(),
+            description: s(a, &["description"]).unwrap_or_default(),
+            source_branch,
+            target_branch: valid_ref(&need(a, &["target_branch"])?)?,
+            target_sha: None,
+            labels: v
+                .get("labels")
+                .and_then(Value::as_array)
+                .map(|l| l.iter().filter_map(|x| s(x, &["title"])).collect())
+                .unwrap_or_default(),
+            url: s(a, &["url"]).unwrap_or_default(),
+        }),
+        variables: Vec::new(),
+    }))
+}
+
+fn pull_request(v: &Value) -> Result<Option<Event>, String> {
+    let action = s(v, &["action"]).unwrap_or_default();
+    if !matches!(
+        action.as_str(),
+        "opened" | "reopened" | "synchronize" | "synchronized"
+    ) {
+        return Ok(None);
+    }
+    let pr = v
+        .get("pull_request")
+        .ok_or("the payload has no `pull_request`")?;
+    let number = i(pr, &["number"]).max(i(v, &["number"]));
+    let source_branch = valid_ref(&need(pr, &["head", "ref"])?)?;
+    Ok(Some(Event {
+        source: "merge_request_event".into(),
+        git_ref: source_branch.clone(),
+        tag: false,
+        sha: Some(valid_sha(&need(pr, &["head", "sha"])?)?),
+        before_sha: None,
+        fetch_ref: format!("refs/pull/{number}/head"),
+        user_name: s(v, &["sender", "full_name"])
+            .filter(|x| !x.is_empty())
+            .or_else(|| s(v, &["sender", "login"]))
+            .unwrap_or_default(),
+        user_email: s(v, &["sender", "email"]).unwrap_or_default(),
+        mr: Some(MergeRequest {
+            iid: number,
+            id: i(pr, &["id"]),
+            title: s(pr, &["title"]).unwrap_or_default(),
+            description: s(pr, &["body"]).unwrap_or_default(),
+            source_branch,
+            target_branch: valid_ref(&need(pr, &["base", "ref"])?)?,
+            target_sha: s(pr, &["base", "sha"]).and_then(|x| valid_sha(&x).ok()),
+            labels: pr
+                .get("labels")
+                .and_then(Value::as_array)
+                .map(|l| l.iter().filter_map(|x| s(x, &["name"])).collect())
+                .unwrap_or_default(),
+            url: s(pr, &["html_url"]).unwrap_or_default(),
+        }),
+        variables: Vec::new(),
+    }))
+}
+
+/// A trigger's or schedule's payload: `{ref, variables}`.
+fn trigger(source: &str, v: &Value) -> Result<Option<Event>, String> {
+    let t: TriggerPipeline =
+        serde_json::from_value(v.clone()).map_err(|e| format!("invalid trigger: {e}"))?;
+    let git_ref = valid_ref(&t.git_ref.unwrap_or_default())?;
+    Ok(Some(Event {
+        source: source.into(),
+        fetch_ref: git_ref.clone(),
+        git_ref,
+        variables: t.variables,
+        ..Event::default()
+    }))
+}
+
+/// Reads a stored delivery's event. `Ok(None)`: an event that runs no pipeline.
+pub(crate) fn parse(forge: &str, event: &str, payload: &Value) -> Result<Option<Event>, String> {
+    let kind = match forge {
+        "gitlab" => ForgeKind::Gitlab,
+        "github" => ForgeKind::Github,
+        "gitea" => ForgeKind::Gitea,
+        "api" => return trigger("api", payload),
+        "schedule" => return trigger("schedule", payload),
+        other => return Err(format!("unknown forge `{other}`")),
+    };
+    match (kind, event) {
+        (_, "push" | "tag_push") => push(kind, payload),
+        (ForgeKind::Gitlab, "merge_request") => gitlab_mr(payload),
+        (ForgeKind::Github | ForgeKind::Gitea, "pull_request") => pull_request(payload),
+        _ => Ok(None),
+    }
+}
+
+/// The event name from the forge's header, `None` for events we do not handle.
+fn event_name(forge: ForgeKind, headers: &HeaderMap) -> Option<&'static str> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match forge {
+        ForgeKind::Gitlab => match h("x-gitlab-event") {
+            "Push Hook" => Some("push"),
+            "Tag Push Hook" => Some("tag_push"),
+            "Merge Request Hook" => Some("merge_request"),
+            _ => None,
+        },
+        ForgeKind::Github | ForgeKind::Gitea => {
+            let e = if forge == ForgeKind::Gitea && !h("x-gitea-event").is_empty() {
+                h("x-gitea-event")
+            } else {
+                h("x-github-event")
+            };
+            match e {
+                "push" => Some("push"),
+                "pull_request" => Some("pull_request"),
+                _ => None,
+            }
+        }
+        ForgeKind::Api | ForgeKind::Schedule => None,
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Whether `headers` prove that the body was sent by someone who knows `secret` (constant time).
+pub(crate) fn verify(forge: ForgeKind, secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let hmac_ok = |hex_sig: &str| {
+        let Ok(sig) = hex::decode(hex_sig.trim()) else {
+            return false;
+        };
+        let Ok(mut mac) = HmacSha256::new_from_slice(secret.as_bytes()) else {
+            return false;
+        };
+        mac.update(body);
+        mac.verify_slice(&sig).is_ok()
+    };
+    match forge {
+        ForgeKind::Gitlab => h("x-gitlab-token").is_some_and(|t| same(t, secret)),
+        ForgeKind::Github => h("x-hub-signature-256")
+            .and_then(|v| v.strip_prefix("sha256="))
+            .is_some_and(hmac_ok),
+        ForgeKind::Gitea => match h("x-gitea-signature") {
+            Some(sig) => hmac_ok(sig),
+            None => h("x-hub-signature-256")
+                .and_then(|v| v.strip_prefix("sha256="))
+                .is_some_and(hmac_ok),
+        },
+        ForgeKind::Api | ForgeKind::Schedule => false,
+    }
+}
+
+fn delivery_id(forge: ForgeKind, headers: &HeaderMap, body: &[u8]) -> String {
+    let name = match forge {
+        ForgeKind::Gitlab => "x-gitlab-event-uuid",
+        ForgeKind::Github => "x-github-delivery",
+        ForgeKind::Gitea => "x-gitea-delivery",
+        ForgeKind::Api | ForgeKind::Schedule => "x-gantry-delivery",
+    };
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map_or_else(
+            // Without an id, the body's hash: a replayed body is then a duplicate.
+            || format!("sha256:{}", hex::encode(Sha256::digest(body))),
+            str::to_string,
+        )
+}
+
+fn ignored(reason: &str) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(reason) {
+        r.headers_mut().insert("x-gantry-reason", v);
+    }
+    r
+}
+
+async fn receive(
+    state: AppState,
+    forge: ForgeKind,
+    name: String,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    trace: String,
+) -> AppResult<Response> {
+    let project = crate::projects::load(&state, &name).await?;
+    let Some(secret) = project.spec.webhook_secret.as_deref() else {
+        state.metrics.delivery("unauthorized");
+        return Err(AppError::unauthorized(
+            "the project has no webhook secret: webhooks are refused",
+        ));
+    };
+    if !verify(forge, secret, &headers, &body) {
+        state.metrics.delivery("unauthorized");
+        return Err(AppError::unauthorized(
+            "the webhook signature does not match",
+        ));
+    }
+    let payload: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            state.metrics.delivery("invalid");
+            return Err(AppError::bad_request(format!("invalid JSON body: {e}")));
+        }
+    };
+    let Some(event) = event_name(forge, &headers) else {
+        state.metrics.delivery("ignored");
+        return Ok(ignored("this event runs no pipeline"));
+    };
+    match parse(forge.as_str(), event, &payload) {
+        Err(e) => {
+            state.metrics.delivery("invalid");
+            return Err(AppError::bad_request(e));
+        }
+        Ok(None) => {
+            state.metrics.delivery("ignored");
+            return Ok(ignored("this event runs no pipeline"));
+        }
+        Ok(Some(_)) => {}
+    }
+    // A tag push from GitHub or Gitea is a `push` whose ref is a tag.
+    let event = if event == "push"
+        && payload
+            .get("ref")
+            .and_then(Value::as_str)
+            .is_some_and(|r| r.starts_with("refs/tags/"))
+    {
+        "tag_push"
+    } else {
+        event
+    };
+    store(
+        &state,
+        &project,
+        forge.as_str(),
+        delivery_id(forge, &headers, &body),
+        event,
+        body.to_vec(),
+        trace,
+    )
+    .await
+}
+
+async fn store(
+    state: &AppState,
+    project: &LoadedProject,
+    forge: &str,
+    delivery_id: String,
+    event: &str,
+    payload: Vec<u8>,
+    trace: String,
+) -> AppResult<Response> {
+    let (id, duplicate) = state
+        .store
+        .insert_delivery(&NewDelivery {
+            project_id: project.record.id,
+            forge: forge.to_string(),
+            delivery_id,
+            event: event.to_string(),
+            payload,
+            trace_id: trace,
+            received_at: crate::now_ms(),
+        })
+        .await?;
+    state
+        .metrics
+        .delivery(if duplicate { "duplicate" } else { "accepted" });
+    if !duplicate {
+        state.deliveries.notify_one();
+    }
+    tracing::info!(project = %project.record.name, delivery = id, duplicate, "delivery stored");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeliveryAccepted { id, duplicate }),
+    )
+        .into_response())
+}
+
+/// `POST /api/v1/projects/{name}/hooks/gitlab`.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/hooks/gitlab", tag = "webhooks",
+    params(("name" = String, Path, description = "The project's name"), ("X-Gitlab-Token" = Option<String>, Header, description = "The webhook secret"), ("X-Gitlab-Event" = Option<String>, Header, description = "Push Hook, Tag Push Hook, Merge Request Hook"), ("X-Gitlab-Event-UUID" = Option<String>, Header, description = "The delivery id")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The forge's event payload"),
+    responses((status = 202, description = "Stored; processed afterwards", body = DeliveryAccepted),
+        (status = 204, description = "An event that runs no pipeline"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
+pub(crate) async fn gitlab(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceId>,
+    PathParam(name): PathParam<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
+    receive(state, ForgeKind::Gitlab, name, headers, body, trace.0).await
+}
+
+/// `POST /api/v1/projects/{name}/hooks/github`.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/hooks/github", tag = "webhooks",
+    params(("name" = String, Path, description = "The project's name"), ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=HMAC of the body"), ("X-GitHub-Event" = Option<String>, Header, description = "push, pull_request"), ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery id")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The forge's event payload"),
+    responses((status = 202, description = "Stored; processed afterwards", body = DeliveryAccepted),
+        (status = 204, description = "An event that runs no pipeline"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
+pub(crate) async fn github(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceId>,
+    PathParam(name): PathParam<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
+    receive(state, ForgeKind::Github, name, headers, body, trace.0).await
+}
+
+/// `POST /api/v1/projects/{name}/hooks/gitea`.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/hooks/gitea", tag = "webhooks",
+    params(("name" = String, Path, description = "The project's name"), ("X-Gitea-Signature" = Option<String>, Header, description = "Hex HMAC of the body"), ("X-Gitea-Event" = Option<String>, Header, description = "push, pull_request"), ("X-Gitea-Delivery" = Option<String>, Header, description = "The delivery id")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "The forge's event payload"),
+    responses((status = 202, description = "Stored; processed afterwards", body = DeliveryAccepted),
+        (status = 204, description = "An event that runs no pipeline"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
+pub(crate) async fn gitea(
+    State(state): State<AppState>,
+    Extension(trace): Extension<TraceId>,
+    PathParam(name): PathParam<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> AppResult<Response> {
+    receive(state, ForgeKind::Gitea, name, headers, body, trace.0).await
+}
+
+/// `POST /api/v1/projects/{name}/pipelines`: a pipeline for a ref's head, stored as a delivery of
+/// forge `api` so that it goes the same durable way as a webhook.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/pipelines", tag = "pipelines", params(("name" = String, Path, description = "The project's name")), request_body = TriggerPipeline,
+    responses((status = 202, description = "Stored; the pipeline is created afterwards (see the deliveries)", body = DeliveryAccepted), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn trigger_pipeline(
+    State(state): State<AppState>,
+    _: Admin,
+    Extension(trace): Extension<TraceId>,
+    PathParam(name): PathParam<String>,
+    JsonBody(body): JsonBody<TriggerPipeline>,
+) -> AppResult<Response> {
+    let project = crate::projects::load(&state, &name).await?;
+    let git_ref = body
+        .git_ref
+        .clone()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| project.spec.default_branch.clone());
+    valid_ref(&git_ref).map_err(AppError::bad_request)?;
+    for v in &body.variables {
+        if !crate::projects::valid_key(&v.key) {
+            return Err(AppError::bad_request(format!(
+                "variable `{}`: names are letters, digits and `_`",
+                v.key
+            )));
+        }
+    }
+    let payload = serde_json::to_vec(&TriggerPipeline {
+        git_ref: Some(git_ref),
+        variables: body.variables,
+    })
+    .map_err(AppError::internal)?;
+    store(
+        &state,
+        &project,
+        "api",
+        crate::random_id(),
+        "trigger",
+        payload,
+        trace.0,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn github_signature() {
+        let body = br#"{"zen":"hi"}"#;
+        let mut mac = HmacSha256::new_from_slice(b"s3cret").unwrap();
+        mac.update(body);
+        let sig = hex::encode(mac.finalize().into_bytes());
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-hub-signature-256",
+            HeaderValue::from_str(&format!("sha256={sig}")).unwrap(),
+        );
+        assert!(verify(ForgeKind::Github, "s3cret", &h, body));
+        assert!(!verify(ForgeKind::Github, "other", &h, body));
+        assert!(!verify(ForgeKind::Github, "s3cret", &h, b"{}"));
+        let mut h = HeaderMap::new();
+        h.insert("x-gitea-signature", HeaderValue::from_str(&sig).unwrap());
+        assert!(verify(ForgeKind::Gitea, "s3cret", &h, body));
+        assert!(!verify(
+            ForgeKind::Github,
+            "s3cret",
+            &HeaderMap::new(),
+            body
+        ));
+        let mut h = HeaderMap::new();
+        h.insert("x-gitlab-token", HeaderValue::from_static("s3cret"));
+        assert!(verify(ForgeKind::Gitlab, "s3cret", &h, body));
+        assert!(!verify(ForgeKind::Gitlab, "s3cre", &h, body));
+    }
+
+    #[test]
+    fn events() {
+        let sha = "a".repeat(40);
+        let p =
+            json!({"ref": "refs/heads/main", "before": ZEROS, "after": sha, "user_name": "Jane"});
+        let e = parse("gitlab", "push", &p).unwrap().unwrap();
+        assert_eq!(e.git_ref, "main");
+        assert!(!e.tag);
+        assert_eq!(e.source, "push");
+        assert_eq!(e.user_name, "Jane");
+        let p = json!({"ref": "refs/tags/v1", "after": sha});
+        let e = parse("github", "tag_push", &p).unwrap().unwrap();
+        assert!(e.tag);
+        assert_eq!(e.git_ref, "v1");
+        let deleted = json!({"ref": "refs/heads/x", "after": ZEROS});
+        assert_eq!(parse("gitlab", "push", &deleted).unwrap(), None);
+        assert!(parse("gitlab", "push", &json!({"after": sha})).is_err());
+        let mr = json!({"object_attributes": {"action": "open", "iid": 7, "source_branch": "feat",
+            "target_branch": "main", "last_commit": {"id": sha}, "title": "Feat"}});
+        let e = parse("gitlab", "merge_request", &mr).unwrap().unwrap();
+        assert_eq!(e.source, "merge_request_event");
+        assert_eq!(e.mr.as_ref().unwrap().iid, 7);
+        let pr = json!({"action": "opened", "number": 3, "pull_request": {"number": 3, "head": {"ref": "f", "sha": sha},
+            "base": {"ref": "main", "sha": sha}}});
+        let e = parse("github", "pull_request", &pr).unwrap().unwrap();
+        assert_eq!(e.fetch_ref, "refs/pull/3/head");
+        let closed = json!({"action": "closed", "pull_request": {}});
+        assert_eq!(parse("gitea", "pull_request", &closed).unwrap(), None);
+        let bad_ref = json!({"ref": "refs/heads/--upload-pack=x", "after": sha});
+        assert!(parse("gitlab", "push", &bad_ref).is_err());
+    }
+}

@@ -1,0 +1,388 @@
+//! The router: routes, authentication, the trace-id and metrics middleware, body limits, and JSON
+//! errors for everything axum itself would answer in plain text (404, 405, rejections, panics).
+
+use gantry_api::ErrorBody;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use gantry_store::AgentRecord;
+use serde::de::DeserializeOwned;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use tracing::Instrument as _;
+
+use crate::error::AppError;
+use crate::metrics::HttpLabels;
+use crate::state::AppState;
+
+/// The trace id of a request.
+#[derive(Clone, Debug)]
+pub(crate) struct TraceId(pub String);
+
+/// The router with every route and middleware.
+pub(crate) fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    let max_artifacts = state.config.max_artifacts_bytes;
+    let api = Router::new()
+        .route(
+            "/api/v1/projects",
+            post(crate::projects::create).get(crate::projects::list),
+        )
+        .route("/api/v1/projects/{name}", get(crate::projects::show))
+        .route(
+            "/api/v1/projects/{name}/hooks/gitlab",
+            post(crate::hooks::gitlab),
+        )
+        .route(
+            "/api/v1/projects/{name}/hooks/github",
+            post(crate::hooks::github),
+        )
+        .route(
+            "/api/v1/projects/{name}/hooks/gitea",
+            post(crate::hooks::gitea),
+        )
+        .route(
+            "/api/v1/projects/{name}/pipelines",
+            post(crate::hooks::trigger_pipeline).get(crate::read::pipelines),
+        )
+        .route(
+            "/api/v1/projects/{name}/deliveries",
+            get(crate::read::deliveries),
+        )
+        .route("/api/v1/pipelines/{id}", get(crate::read::pipeline))
+        .route(
+            "/api/v1/pipelines/{id}/cancel",
+            post(crate::progress::cancel_pipeline),
+        )
+        .route("/api/v1/jobs/{id}", get(crate::read::job))
+        .route("/api/v1/jobs/{id}/log", get(crate::read::job_log))
+        .route(
+            "/api/v1/jobs/{id}/log/stream",
+            get(crate::read::job_log_stream),
+        )
+        .route(
+            "/api/v1/jobs/{id}/artifacts",
+            get(crate::read::job_artifacts),
+        )
+        .route("/api/v1/jobs/{id}/retry", post(crate::progress::retry_job))
+        .route("/api/v1/jobs/{id}/play", post(crate::progress::play_job))
+        .route("/api/v1/agents", get(crate::read::agents))
+        .route(gantry_api::agent::REGISTER, post(crate::dispatch::register))
+        .route("/api/v1/agent/jobs/request", post(crate::dispatch::request))
+        .route(
+            "/api/v1/agent/jobs/{id}/heartbeat",
+            post(crate::dispatch::heartbeat),
+        )
+        .route("/api/v1/agent/jobs/{id}/log", put(crate::dispatch::log))
+        .route(
+            "/api/v1/agent/jobs/{id}/source",
+            get(crate::dispatch::source),
+        )
+        .route(
+            "/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts",
+            get(crate::dispatch::dependency_artifacts),
+        )
+        .route(
+            "/api/v1/agent/jobs/{id}/artifacts",
+            put(crate::dispatch::upload_artifacts).layer(DefaultBodyLimit::max(max_artifacts)),
+        )
+        .route(
+            "/api/v1/agent/jobs/{id}/finish",
+            post(crate::dispatch::finish),
+        )
+        .route("/api/v1/openapi.json", get(crate::openapi::document))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
+    api.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .with_state(state)
+}
+
+async fn not_found() -> AppError {
+    AppError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take this method",
+    )
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+}
+
+/// The trace id from `traceparent` (its trace-id field) or `X-Trace-ID`, else a new one.
+pub(crate) fn trace_id(headers: &HeaderMap) -> String {
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        if parts.len() >= 4
+            && parts[1].len() == 32
+            && parts[1].bytes().all(|b| b.is_ascii_hexdigit())
+            && parts[1].bytes().any(|b| b != b'0')
+        {
+            return parts[1].to_ascii_lowercase();
+        }
+    }
+    if let Some(t) = headers.get("x-trace-id").and_then(|v| v.to_str().ok()) {
+        let t = t.trim();
+        if !t.is_empty()
+            && t.len() <= 64
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return t.to_string();
+        }
+    }
+    crate::random_id()
+}
+
+/// Trace id in and out, a span per request, and the request duration histogram.
+async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let trace = trace_id(req.headers());
+    req.extensions_mut().insert(TraceId(trace.clone()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().to_string();
+    let span = tracing::info_span!("request", trace_id = %trace, method = %method, route = %route);
+    let start = Instant::now();
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&trace) {
+        resp.headers_mut().insert("x-trace-id", v);
+    }
+    state
+        .metrics
+        .http
+        .get_or_create(&HttpLabels {
+            route,
+            method,
+            status: resp.status().as_u16(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text")))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(depth) = state.store.queue_depth().await {
+        state.metrics.queue_depth.set(depth);
+    }
+    if let Ok(agents) = state.store.agents().await {
+        let since = crate::now_ms()
+            - i64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(i64::MAX / 2);
+        let online = agents
+            .iter()
+            .filter(|a| a.last_seen_at.is_some_and(|t| t >= since))
+            .count();
+        state
+            .metrics
+            .agents
+            .set(i64::try_from(online).unwrap_or(i64::MAX));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The body of `/healthz` and `/readyz`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// `ok`.
+    pub status: String,
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The server runs", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "The database answers", body = Health),
+    (status = 503, description = "The database does not answer", body = ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, AppError> {
+    state.store.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "the database does not answer");
+        AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database does not answer",
+        )
+    })?;
+    Ok(Json(Health {
+        status: "ok".into(),
+    }))
+}
+
+/// The token of a request: `Authorization: Bearer TOKEN` or `PRIVATE-TOKEN: TOKEN`.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(t.trim());
+        }
+    }
+    headers
+        .get("private-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// Constant-time string equality.
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// A request made with the admin token.
+pub(crate) struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, AppError> {
+        match bearer(&parts.headers) {
+            None => Err(AppError::unauthorized("a token is required")),
+            Some(t) if same(t, &state.config.admin_token.0) => Ok(Admin),
+            Some(_) => Err(AppError::unauthorized("invalid token")),
+        }
+    }
+}
+
+/// SHA-256 of a token, hex: how agent tokens are stored.
+pub(crate) fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A request made with an agent's token.
+pub(crate) struct AgentAuth(pub AgentRecord);
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = AppError;
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<AgentAuth, AppError> {
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(AppError::unauthorized("an agent token is required"));
+        };
+        let hash = token_hash(token);
+        let cached = state
+            .agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&hash)
+            .cloned();
+        let agent = match cached {
+            Some(a) => a,
+            None => {
+                let Some(a) = state.store.agent_by_token(&hash).await? else {
+                    return Err(AppError::unauthorized("invalid agent token"));
+                };
+                state
+                    .agents
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(hash, a.clone());
+                a
+            }
+        };
+        Ok(AgentAuth(agent))
+    }
+}
+
+/// A JSON body: `400` with a JSON error when it is not valid JSON of the right shape, `413` when it is
+/// over the limit. (serde_json stops at 128 levels of nesting, with an error, never a stack overflow.)
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = AppError;
+    async fn from_request(req: Request, state: &AppState) -> Result<JsonBody<T>, AppError> {
+        let bytes = Bytes::from_request(req, state).await?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| AppError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The raw body, with JSON errors (`413` over the limit).
+pub(crate) struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = AppError;
+    async fn from_request(req: Request, state: &AppState) -> Result<RawBody, AppError> {
+        Ok(RawBody(Bytes::from_request(req, state).await?))
+    }
+}
+
+/// A path parameter with a JSON `400` when it does not parse.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(AppError))]
+pub(crate) struct PathParam<T>(pub T);
+
+/// Query parameters with a JSON `400` when they do not parse.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(AppError))]
+pub(crate) struct QueryParams<T>(pub T);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        assert_eq!(trace_id(&h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let mut h = HeaderMap::new();
+        h.insert("x-trace-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(trace_id(&h), "abc-123");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-trace-id",
+            HeaderValue::from_static("bad value with spaces"),
+        );
+        let t = trace_id(&h);
+        assert_eq!(t.len(), 32);
+        assert!(t.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn tokens_from_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", HeaderValue::from_static("Bearer abc"));
+        assert_eq!(bearer(&h), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.insert("private-token", HeaderValue::from_static("xyz"));
+        assert_eq!(bearer(&h), Some("xyz"));
+        assert!(same("abc", "abc"));
+        assert!(!same("abc", "abd"));
+        assert!(!same("abc", "abcd"));
+    }
+}

@@ -1,0 +1,76 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI document, generated with utoipa from the handlers'
+//! `#[utoipa::path]` annotations and the `gantry-api` types.
+
+use axum::Json;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "private_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("PRIVATE-TOKEN"))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Gantry", description = "Gantry's server: projects, webhooks, pipelines, jobs, and the agent protocol"),
+    paths(
+        crate::projects::create,
+        crate::projects::list,
+        crate::projects::show,
+        crate::hooks::gitlab,
+        crate::hooks::github,
+        crate::hooks::gitea,
+        crate::hooks::trigger_pipeline,
+        crate::read::pipelines,
+        crate::read::deliveries,
+        crate::read::pipeline,
+        crate::read::job,
+        crate::read::job_log,
+        crate::read::job_log_stream,
+        crate::read::job_artifacts,
+        crate::read::agents,
+        crate::progress::cancel_pipeline,
+        crate::progress::retry_job,
+        crate::progress::play_job,
+        crate::dispatch::register,
+        crate::dispatch::request,
+        crate::dispatch::heartbeat,
+        crate::dispatch::log,
+        crate::dispatch::source,
+        crate::dispatch::dependency_artifacts,
+        crate::dispatch::upload_artifacts,
+        crate::dispatch::finish,
+        crate::http::healthz,
+        crate::http::readyz,
+        crate::http::metrics,
+    ),
+    components(schemas(
+        gantry_api::ErrorBody,
+        crate::read::LogChunk,
+        crate::read::LogEnd,
+    )),
+    modifiers(&Security)
+)]
+struct Doc;
+
+/// The document, built once.
+fn doc() -> &'static serde_json::Value {
+    static DOC: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    DOC.get_or_init(|| serde_json::to_value(Doc::openapi()).unwrap_or_default())
+}
+
+/// `GET /api/v1/openapi.json`.
+pub(crate) async fn document() -> Json<serde_json::Value> {
+    Json(doc().clone())
+}

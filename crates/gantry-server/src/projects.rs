@@ -1,0 +1,253 @@
+//! Projects: `POST /api/v1/projects`, `GET /api/v1/projects`, `GET /api/v1/projects/{name}`. The store
+//! keeps the project's settings as our JSON document, [`ProjectSpec`].
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use gantry_api::ErrorBody;
+use gantry_api::{ForgeKind, NewProject, Project, ProjectVariable};
+use gantry_store::ProjectRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AppError, AppResult};
+use crate::http::{Admin, JsonBody, PathParam};
+use crate::state::AppState;
+
+/// A project's settings, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ProjectSpec {
+    pub repo_url: String,
+    pub default_branch: String,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+    #[serde(default)]
+    pub variables: Vec<ProjectVariable>,
+    #[serde(default)]
+    pub forge: Option<gantry_api::Forge>,
+    #[serde(default)]
+    pub schedules: Vec<gantry_api::Schedule>,
+}
+
+/// A stored project with its parsed settings.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadedProject {
+    pub record: ProjectRecord,
+    pub spec: ProjectSpec,
+}
+
+impl LoadedProject {
+    pub fn parse(record: ProjectRecord) -> AppResult<LoadedProject> {
+        let spec = serde_json::from_str(&record.spec)
+            .map_err(|e| AppError::internal(format!("project {}: {e}", record.name)))?;
+        Ok(LoadedProject { record, spec })
+    }
+
+    /// The API's view, without secrets.
+    pub fn to_api(&self) -> Project {
+        Project {
+            id: self.record.id,
+            name: self.record.name.clone(),
+            repo_url: self.spec.repo_url.clone(),
+            default_branch: self.spec.default_branch.clone(),
+            has_webhook_secret: self.spec.webhook_secret.is_some(),
+            variables: self
+                .spec
+                .variables
+                .iter()
+                .map(|v| ProjectVariable {
+                    value: if v.masked { None } else { v.value.clone() },
+                    ..v.clone()
+                })
+                .collect(),
+            forge: self
+                .spec
+                .forge
+                .clone()
+                .map(|f| gantry_api::Forge { token: None, ..f }),
+            schedules: self.spec.schedules.clone(),
+            created_at: crate::rfc3339(self.record.created_at),
+        }
+    }
+}
+
+/// The project named `name`, or `404`.
+pub(crate) async fn load(state: &AppState, name: &str) -> AppResult<LoadedProject> {
+    match state.store.project(name).await? {
+        Some(r) => LoadedProject::parse(r),
+        None => Err(AppError::not_found(format!("no project named `{name}`"))),
+    }
+}
+
+/// Whether `name` is a valid variable name.
+pub(crate) fn valid_key(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Checks a new project and turns it into the stored settings.
+pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
+    if p.name.is_empty()
+        || p.name.len() > 100
+        || p.name == "."
+        || p.name == ".."
+        || !p
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(
+            "the name must be 1 to 100 letters, digits, `-`, `_` or `.` (and not `.` or `..`)"
+                .into(),
+        );
+    }
+    let url = p.repo_url.trim();
+    if url.is_empty() || url.starts_with('-') || url.contains(['\n', '\0']) {
+        return Err("repo_url must be a URL or path that git can fetch".into());
+    }
+    let default_branch = p
+        .default_branch
+        .clone()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "main".into());
+    if default_branch.starts_with('-') || default_branch.contains(['\n', '\0', ' ', ':']) {
+        return Err("default_branch is not a valid branch name".into());
+    }
+    if p.webhook_secret.as_deref() == Some("") {
+        return Err("webhook_secret must not be empty (leave it out instead)".into());
+    }
+    for v in &p.variables {
+        if !valid_key(&v.key) {
+            return Err(format!(
+                "variable `{}`: names are letters, digits and `_`",
+                v.key
+            ));
+        }
+        if v.masked && v.value.as_deref().is_none_or(|s| s.len() < 8) {
+            return Err(format!(
+                "variable `{}`: a masked value must have at least 8 characters",
+                v.key
+            ));
+        }
+    }
+    if let Some(f) = &p.forge {
+        if !matches!(
+            f.kind,
+            ForgeKind::Gitlab | ForgeKind::Github | ForgeKind::Gitea
+        ) {
+            return Err("forge.kind must be gitlab, github or gitea".into());
+        }
+        if !(f.api_url.starts_with("http://") || f.api_url.starts_with("https://")) {
+            return Err("forge.api_url must be an http(s) URL".into());
+        }
+        if f.kind != ForgeKind::Gitlab && f.project.split('/').count() != 2 {
+            return Err("forge.project must be `owner/repo`".into());
+        }
+    }
+    for s in &p.schedules {
+        crate::schedules::parse_cron(&s.cron).map_err(|e| format!("schedule `{}`: {e}", s.cron))?;
+    }
+    Ok(ProjectSpec {
+        repo_url: url.to_string(),
+        default_branch,
+        webhook_secret: p.webhook_secret.clone(),
+        variables: p.variables.clone(),
+        forge: p.forge.clone(),
+        schedules: p.schedules.clone(),
+    })
+}
+
+/// `POST /api/v1/projects`.
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = NewProject,
+    responses((status = 201, description = "Added", body = Project), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 409, description = "The name is taken", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    JsonBody(body): JsonBody<NewProject>,
+) -> AppResult<(StatusCode, Json<Project>)> {
+    let spec = validate(&body).map_err(AppError::bad_request)?;
+    let json = serde_json::to_string(&spec).map_err(AppError::internal)?;
+    let record = state
+        .store
+        .create_project(&body.name, &json, crate::now_ms())
+        .await?;
+    tracing::info!(project = %record.name, "project added");
+    Ok((
+        StatusCode::CREATED,
+        Json(LoadedProject { record, spec }.to_api()),
+    ))
+}
+
+/// `GET /api/v1/projects`.
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects",
+    responses((status = 200, description = "Every project", body = Vec<Project>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn list(State(state): State<AppState>, _: Admin) -> AppResult<Json<Vec<Project>>> {
+    let mut out = Vec::new();
+    for r in state.store.projects().await? {
+        out.push(LoadedProject::parse(r)?.to_api());
+    }
+    Ok(Json(out))
+}
+
+/// `GET /api/v1/projects/{name}`.
+#[utoipa::path(get, path = "/api/v1/projects/{name}", tag = "projects", params(("name" = String, Path, description = "The project's name")),
+    responses((status = 200, description = "The project", body = Project), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam(name): PathParam<String>,
+) -> AppResult<Json<Project>> {
+    Ok(Json(load(&state, &name).await?.to_api()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project(name: &str) -> NewProject {
+        NewProject {
+            name: name.into(),
+            repo_url: "/srv/repo.git".into(),
+            default_branch: None,
+            webhook_secret: None,
+            variables: Vec::new(),
+            forge: None,
+            schedules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate(&project("my-project_1.0")).is_ok());
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(101)] {
+            assert!(validate(&project(bad)).is_err(), "{bad}");
+        }
+        let mut p = project("x");
+        p.repo_url = "--upload-pack=evil".into();
+        assert!(validate(&p).is_err());
+    }
+
+    #[test]
+    fn masked_values_are_hidden() {
+        let mut p = project("x");
+        p.variables.push(ProjectVariable {
+            key: "SECRET".into(),
+            value: Some("hunter2hunter2".into()),
+            masked: true,
+            protected: false,
+            environment_scope: "*".into(),
+        });
+        let spec = validate(&p).unwrap();
+        let loaded = LoadedProject {
+            record: ProjectRecord {
+                id: 1,
+                name: "x".into(),
+                spec: String::new(),
+                created_at: 0,
+            },
+            spec,
+        };
+        let api = serde_json::to_string(&loaded.to_api()).unwrap();
+        assert!(!api.contains("hunter2"), "{api}");
+    }
+}

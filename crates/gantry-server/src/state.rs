@@ -1,0 +1,85 @@
+//! What every handler and background task shares.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+use gantry_store::{AgentRecord, Millis, Store};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::statuses::StatusQueue;
+
+/// The server's shared state.
+pub(crate) struct State {
+    pub store: Arc<dyn Store>,
+    pub config: Config,
+    /// Signalled (to every waiter) when jobs may have become pending: long polls wake up and claim.
+    pub jobs_ready: Notify,
+    /// Signalled when a delivery was stored: the processor wakes up.
+    pub deliveries: Notify,
+    /// Signalled when a log grew or a job ended: live log streams wake up.
+    pub logs: Notify,
+    pub metrics: Metrics,
+    /// Agents by token hash, so that the agent protocol does not ask the database on every call.
+    pub agents: Mutex<HashMap<String, AgentRecord>>,
+    /// One lock per project's git mirror.
+    pub mirrors: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// Delayed jobs waiting for their time: `(run_after, pipeline id)`.
+    pub delayed: Mutex<BTreeSet<(Millis, i64)>>,
+    pub statuses: StatusQueue,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// The state as handlers hold it.
+pub(crate) type AppState = Arc<State>;
+
+impl State {
+    pub fn new(config: Config, store: Arc<dyn Store>, shutdown: watch::Receiver<bool>) -> AppState {
+        Arc::new(State {
+            store,
+            config,
+            jobs_ready: Notify::new(),
+            deliveries: Notify::new(),
+            logs: Notify::new(),
+            metrics: Metrics::new(),
+            agents: Mutex::new(HashMap::new()),
+            mirrors: Mutex::new(HashMap::new()),
+            delayed: Mutex::new(BTreeSet::new()),
+            statuses: StatusQueue::new(),
+            shutdown,
+        })
+    }
+
+    /// The lock of project `id`'s mirror.
+    pub fn mirror_lock(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self
+            .mirrors
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.entry(id).or_default().clone()
+    }
+
+    /// The lease deadline of a call made now.
+    pub fn lease_until(&self, now: Millis) -> Millis {
+        now + i64::try_from(self.config.lease_timeout.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// Whether the server is shutting down.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Starts the background tasks: the delivery processor, the lease reaper, the progress sweeper (delayed
+/// jobs, pipelines left behind by a crash), the cron scheduler and the commit status poster.
+pub(crate) fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(crate::process::run(state.clone())),
+        tokio::spawn(crate::progress::reaper(state.clone())),
+        tokio::spawn(crate::progress::sweeper(state.clone())),
+        tokio::spawn(crate::schedules::run(state.clone())),
+        tokio::spawn(crate::statuses::run(state.clone())),
+    ]
+}

@@ -1,0 +1,244 @@
+//! Commit statuses to the project's forge, as its pipelines change status. One worker posts them in
+//! order, retrying with exponential backoff; a failure to post is logged and never fails a pipeline.
+//!
+//! - GitLab: `POST {api_url}/projects/{url-encoded project}/statuses/{sha}` with `state` (`pending`,
+//!   `running`, `success`, `failed`, `canceled`, `skipped`), `ref`, `name: gantry`, `description` and
+//!   `target_url`; header `PRIVATE-TOKEN`.
+//! - GitHub and Gitea: `POST {api_url}/repos/{owner}/{repo}/statuses/{sha}` with `state` (`pending`,
+//!   `success`, `failure`, `error`), `context: gantry`, `description` and `target_url`; header
+//!   `Authorization: Bearer`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gantry_api::{Forge, ForgeKind};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::state::AppState;
+
+/// One status to post.
+#[derive(Clone, Debug)]
+pub(crate) struct StatusUpdate {
+    forge: Forge,
+    url: String,
+    body: Value,
+    pipeline: i64,
+}
+
+/// The queue between the pipelines and the worker.
+pub(crate) struct StatusQueue {
+    tx: mpsc::UnboundedSender<StatusUpdate>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<StatusUpdate>>>,
+}
+
+impl StatusQueue {
+    pub fn new() -> StatusQueue {
+        let (tx, rx) = mpsc::unbounded_channel();
+        StatusQueue {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+/// The forge's state and description for a pipeline status.
+pub(crate) fn forge_state(kind: ForgeKind, status: &str) -> (&'static str, String) {
+    let description = format!("the pipeline is {status}");
+    let state = match kind {
+        ForgeKind::Gitlab => match status {
+            "running" => "running",
+            "success" => "success",
+            "failed" => "failed",
+            "canceled" => "canceled",
+            "skipped" => "skipped",
+            _ => "pending",
+        },
+        _ => match status {
+            "success" | "skipped" => "success",
+            "failed" => "failure",
+            "canceled" => "error",
+            _ => "pending",
+        },
+    };
+    (state, description)
+}
+
+/// The request for a pipeline's status.
+pub(crate) fn request(
+    forge: &Forge,
+    sha: &str,
+    git_ref: &str,
+    status: &str,
+    target_url: Option<String>,
+) -> (String, Value) {
+    let base = forge.api_url.trim_end_matches('/');
+    let (state, description) = forge_state(forge.kind, status);
+    match forge.kind {
+        ForgeKind::Gitlab => {
+            let project = percent_encoding::utf8_percent_encode(
+                &forge.project,
+                percent_encoding::NON_ALPHANUMERIC,
+            );
+            let mut body = json!({
+                "state": state,
+                "ref": git_ref,
+                "name": "gantry",
+                "description": description,
+            });
+            if let Some(t) = target_url {
+                body["target_url"] = Value::String(t);
+            }
+            (format!("{base}/projects/{project}/statuses/{sha}"), body)
+        }
+        _ => {
+            let mut body = json!({
+                "state": state,
+                "context": "gantry",
+                "description": description,
+            });
+            if let Some(t) = target_url {
+                body["target_url"] = Value::String(t);
+            }
+            (
+                format!("{base}/repos/{}/statuses/{sha}", forge.project),
+                body,
+            )
+        }
+    }
+}
+
+/// Queues the status of pipeline `id` for its project's forge, if it has one.
+pub(crate) async fn pipeline_changed(state: &AppState, id: i64) {
+    let Ok(Some(p)) = state.store.pipeline(id).await else {
+        return;
+    };
+    let Ok(Some(record)) = state.store.project_by_id(p.project_id).await else {
+        return;
+    };
+    let Ok(project) = crate::projects::LoadedProject::parse(record) else {
+        return;
+    };
+    let Some(forge) = project.spec.forge else {
+        return;
+    };
+    if forge.token.is_none() {
+        return;
+    }
+    let target = state
+        .config
+        .external_url
+        .as_ref()
+        .map(|u| format!("{}/api/v1/pipelines/{id}", u.trim_end_matches('/')));
+    let (url, body) = request(&forge, &p.sha, &p.git_ref, &p.status, target);
+    let _ = state.statuses.tx.send(StatusUpdate {
+        forge,
+        url,
+        body,
+        pipeline: id,
+    });
+}
+
+/// The worker.
+pub(crate) async fn run(state: AppState) {
+    let Some(mut rx) = state
+        .statuses
+        .rx
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+    else {
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client: no commit statuses");
+            return;
+        }
+    };
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let update = tokio::select! {
+            u = rx.recv() => match u { Some(u) => u, None => return },
+            _ = shutdown.changed() => return,
+        };
+        post(&state, &client, &update).await;
+    }
+}
+
+async fn post(state: &AppState, client: &reqwest::Client, u: &StatusUpdate) {
+    let token = u.forge.token.clone().unwrap_or_default();
+    let mut pause = state.config.status_backoff;
+    for attempt in 1..=5 {
+        let req = client.post(&u.url).json(&u.body);
+        let req = match u.forge.kind {
+            ForgeKind::Gitlab => req.header("PRIVATE-TOKEN", &token),
+            _ => req
+                .bearer_auth(&token)
+                .header("Accept", "application/vnd.github+json"),
+        };
+        match req.send().await {
+            Ok(r) if r.status().is_success() => {
+                tracing::debug!(pipeline = u.pipeline, "commit status posted");
+                return;
+            }
+            // A client error will not get better by asking again, except when rate limited.
+            Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
+                tracing::warn!(pipeline = u.pipeline, status = %r.status(), "the forge refused the commit status");
+                return;
+            }
+            Ok(r) => {
+                tracing::warn!(pipeline = u.pipeline, attempt, status = %r.status(), "cannot post the commit status");
+            }
+            Err(e) => {
+                tracing::warn!(pipeline = u.pipeline, attempt, error = %e, "cannot post the commit status");
+            }
+        }
+        if attempt < 5 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        let gl = Forge {
+            kind: ForgeKind::Gitlab,
+            api_url: "https://gitlab.example.com/api/v4/".into(),
+            token: Some("t".into()),
+            project: "group/proj".into(),
+        };
+        let (url, body) = request(&gl, "abc", "main", "running", None);
+        assert_eq!(
+            url,
+            "https://gitlab.example.com/api/v4/projects/group%2Fproj/statuses/abc"
+        );
+        assert_eq!(body["state"], "running");
+        assert_eq!(body["ref"], "main");
+        assert_eq!(body["name"], "gantry");
+        let gh = Forge {
+            kind: ForgeKind::Github,
+            api_url: "https://api.github.com".into(),
+            token: Some("t".into()),
+            project: "o/r".into(),
+        };
+        let (url, body) = request(&gh, "abc", "main", "running", Some("http://x/1".into()));
+        assert_eq!(url, "https://api.github.com/repos/o/r/statuses/abc");
+        assert_eq!(body["state"], "pending");
+        assert_eq!(body["context"], "gantry");
+        assert_eq!(body["target_url"], "http://x/1");
+        assert_eq!(forge_state(ForgeKind::Github, "canceled").0, "error");
+        assert_eq!(forge_state(ForgeKind::Gitea, "failed").0, "failure");
+        assert_eq!(forge_state(ForgeKind::Gitlab, "manual").0, "pending");
+    }
+}

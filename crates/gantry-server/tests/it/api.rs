@@ -1,0 +1,310 @@
+//! Authentication, JSON errors, limits, projects, the OpenAPI document, metrics, health.
+
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::common::{ADMIN, App, Backend, spawn, spawn_with};
+
+async fn error_body(r: reqwest::Response) -> String {
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(ct.starts_with("application/json"), "content type {ct}");
+    let v: Value = r.json().await.unwrap();
+    v["error"].as_str().expect("an `error` field").to_string()
+}
+
+async fn auth_is_required(b: Backend) {
+    let app = spawn(b).await;
+    let url = format!("{}/api/v1/projects", app.url);
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    error_body(r).await;
+    let r = app
+        .client
+        .get(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    error_body(r).await;
+    let r = app
+        .client
+        .get(&url)
+        .header("PRIVATE-TOKEN", ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(&url)
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Agent calls want an agent token, and the registration token is checked.
+    let r = app
+        .client
+        .post(format!("{}/api/v1/agent/jobs/request", app.url))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .client
+        .post(format!("{}/api/v1/agents/register", app.url))
+        .json(&json!({"token": "nope", "name": "a", "executor": "shell", "concurrency": 1, "version": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    error_body(r).await;
+}
+both!(auth_is_required);
+
+async fn errors_are_json(b: Backend) {
+    let app = spawn_with(b, |c| c.max_body_bytes = 64 * 1024).await;
+    let r = app.get("/api/v1/nope").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    error_body(r).await;
+    let r = app
+        .client
+        .delete(format!("{}/api/v1/projects", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    error_body(r).await;
+    let r = app
+        .post("/api/v1/projects")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    error_body(r).await;
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = app
+        .post("/api/v1/projects")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413, "the deep body is over the limit too");
+    let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
+    let r = app
+        .post("/api/v1/projects")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "nesting past serde_json's limit is a 400, not a crash"
+    );
+    error_body(r).await;
+    let r = app
+        .post("/api/v1/projects")
+        .body(vec![b'"', 0xff, 0xfe, b'"'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let big = "x".repeat(100 * 1024);
+    let r = app.post("/api/v1/projects").body(big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    error_body(r).await;
+    let r = app
+        .get("/api/v1/pipelines/not-a-number")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    error_body(r).await;
+    let r = app.get("/api/v1/pipelines/12345").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    error_body(r).await;
+    // Every answer carries a trace id; an incoming one is kept.
+    let r = app
+        .get("/healthz")
+        .header("X-Trace-ID", "trace-abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-trace-id"], "trace-abc");
+    let r = app
+        .get("/healthz")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["x-trace-id"],
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+}
+both!(errors_are_json);
+
+async fn projects(b: Backend) {
+    let app = spawn(b).await;
+    let p = app
+        .project(
+            "demo",
+            json!({"variables": [
+                {"key": "TOKEN", "value": "super-secret-value", "masked": true},
+                {"key": "PLAIN", "value": "visible"}
+            ], "forge": {"kind": "github", "api_url": "http://127.0.0.1:1", "token": "forge-token", "project": "o/r"}}),
+        )
+        .await;
+    assert_eq!(p["name"], "demo");
+    assert_eq!(p["default_branch"], "main");
+    assert_eq!(p["has_webhook_secret"], true);
+    let text = app
+        .get("/api/v1/projects/demo")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("super-secret-value"), "{text}");
+    assert!(!text.contains("forge-token"), "{text}");
+    assert!(!text.contains(crate::common::SECRET), "{text}");
+    assert!(text.contains("visible"));
+    let list = app.json("/api/v1/projects").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let r = app
+        .post("/api/v1/projects")
+        .json(&json!({"name": "demo", "repo_url": "/x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = app
+        .post("/api/v1/projects")
+        .json(&json!({"name": "../evil", "repo_url": "/x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app.get("/api/v1/projects/nope").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+both!(projects);
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let app = spawn(Backend::Sqlite).await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/api/v1/openapi.json", app.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/v1/projects",
+        "/api/v1/projects/{name}",
+        "/api/v1/projects/{name}/hooks/gitlab",
+        "/api/v1/projects/{name}/hooks/github",
+        "/api/v1/projects/{name}/hooks/gitea",
+        "/api/v1/projects/{name}/pipelines",
+        "/api/v1/projects/{name}/deliveries",
+        "/api/v1/pipelines/{id}",
+        "/api/v1/pipelines/{id}/cancel",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/log",
+        "/api/v1/jobs/{id}/log/stream",
+        "/api/v1/jobs/{id}/artifacts",
+        "/api/v1/jobs/{id}/retry",
+        "/api/v1/jobs/{id}/play",
+        "/api/v1/agents",
+        "/api/v1/agents/register",
+        "/api/v1/agent/jobs/request",
+        "/api/v1/agent/jobs/{id}/heartbeat",
+        "/api/v1/agent/jobs/{id}/log",
+        "/api/v1/agent/jobs/{id}/source",
+        "/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts",
+        "/api/v1/agent/jobs/{id}/artifacts",
+        "/api/v1/agent/jobs/{id}/finish",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} is missing from the OpenAPI document"
+        );
+    }
+    let get = &paths["/api/v1/projects/{name}/pipelines"]["get"];
+    let params: Vec<&str> = get["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for n in ["name", "ref", "status", "page", "per_page"] {
+        assert!(params.contains(&n), "{n} in {params:?}");
+    }
+    assert!(get["responses"]["401"].is_object());
+}
+
+#[tokio::test]
+async fn metrics_and_health() {
+    let app = spawn(Backend::Sqlite).await;
+    let _ = app.get("/api/v1/projects").send().await.unwrap();
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "gantry_http_request_duration_seconds",
+        "gantry_pipelines_total",
+        "gantry_jobs_total",
+        "gantry_job_queue_wait_seconds",
+        "gantry_job_duration_seconds",
+        "gantry_queue_depth",
+        "gantry_agents_connected",
+        "gantry_webhook_deliveries_total",
+        "gantry_log_bytes_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains("route=\"/api/v1/projects\""), "{text}");
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[allow(dead_code)]
+fn _unused(_: &App) {}

@@ -1,0 +1,352 @@
+//! The harness: a real server on 127.0.0.1:0 over a fresh store (SQLite in a temp dir, or a fresh
+//! PostgreSQL database on the server named by GANTRY_TEST_POSTGRES_URL), and real git repositories.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use gantry_server::{Config, RunningServer};
+use reqwest::{Client, RequestBuilder, Response};
+use serde_json::{Value, json};
+
+pub const ADMIN: &str = "admin-token-for-tests";
+pub const REGISTRATION: &str = "registration-token-for-tests";
+pub const SECRET: &str = "webhook-secret";
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs a test body against both stores.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::common::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+pub struct App {
+    pub server: Option<RunningServer>,
+    pub url: String,
+    pub client: Client,
+    /// Kept so that the directory lives as long as the server.
+    pub _dir: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub database_url: String,
+    pub config: Config,
+}
+
+/// A fresh PostgreSQL database on the test server.
+async fn postgres_database() -> String {
+    let base = std::env::var("GANTRY_TEST_POSTGRES_URL").expect(
+        "GANTRY_TEST_POSTGRES_URL is not set: start PostgreSQL with `eval \"$(scripts/postgres.sh)\"`",
+    );
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("cannot connect to GANTRY_TEST_POSTGRES_URL");
+    let name = format!(
+        "gantry_server_test_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("cannot create a test database");
+    // Replace the database name in the URL (postgres://user@host:port/db?params).
+    let (head, params) = match base.split_once('?') {
+        Some((h, p)) => (h.to_string(), format!("?{p}")),
+        None => (base.clone(), String::new()),
+    };
+    let scheme_end = head.find("://").map_or(0, |i| i + 3);
+    let head = match head[scheme_end..].find('/') {
+        Some(i) => head[..scheme_end + i].to_string(),
+        None => head,
+    };
+    format!("{head}/{name}{params}")
+}
+
+pub async fn spawn(backend: Backend) -> App {
+    spawn_with(backend, |_| {}).await
+}
+
+pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(&dir.path().join("data"), ADMIN, REGISTRATION);
+    config.sweep_interval = Duration::from_millis(200);
+    config.status_backoff = Duration::from_millis(20);
+    if let Backend::Postgres = backend {
+        config.database_url = postgres_database().await;
+    }
+    tweak(&mut config);
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let server = gantry_server::serve(config.clone()).await.unwrap();
+    let url = server.url();
+    App {
+        server: Some(server),
+        url,
+        client: Client::new(),
+        _dir: dir,
+        repo,
+        database_url: config.database_url.clone(),
+        config,
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Jane Doe")
+        .env("GIT_AUTHOR_EMAIL", "jane@example.com")
+        .env("GIT_COMMITTER_NAME", "Jane Doe")
+        .env("GIT_COMMITTER_EMAIL", "jane@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl App {
+    /// Commits `files` to the test repository's current branch; answers the SHA.
+    pub fn commit(&self, files: &[(&str, &str)]) -> String {
+        for (name, content) in files {
+            let p = self.repo.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        git(&self.repo, &["add", "-A"]);
+        git(
+            &self.repo,
+            &["commit", "-q", "--allow-empty", "-m", "a commit"],
+        );
+        git(&self.repo, &["rev-parse", "HEAD"])
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN)
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN)
+    }
+
+    pub async fn json(&self, path: &str) -> Value {
+        let r = self.get(path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    /// Adds project `name` on the test repository.
+    pub async fn project(&self, name: &str, extra: Value) -> Value {
+        let mut body = json!({
+            "name": name,
+            "repo_url": self.repo.to_str().unwrap(),
+            "webhook_secret": SECRET,
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        let r = self
+            .post("/api/v1/projects")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+
+    /// A GitLab push of `sha` to `branch`.
+    pub async fn push(&self, project: &str, branch: &str, sha: &str) -> Response {
+        let body = json!({
+            "object_kind": "push",
+            "ref": format!("refs/heads/{branch}"),
+            "before": "0000000000000000000000000000000000000000",
+            "after": sha,
+            "user_name": "Jane Doe",
+            "user_email": "jane@example.com",
+        });
+        self.client
+            .post(format!(
+                "{}/api/v1/projects/{project}/hooks/gitlab",
+                self.url
+            ))
+            .header("X-Gitlab-Token", SECRET)
+            .header("X-Gitlab-Event", "Push Hook")
+            .header("X-Gitlab-Event-UUID", format!("uuid-{sha}-{branch}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Pushes and waits for the delivery to be processed; answers the delivery.
+    pub async fn push_and_wait(&self, project: &str, sha: &str) -> Value {
+        let r = self.push(project, "main", sha).await;
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        let accepted: Value = r.json().await.unwrap();
+        self.delivery(project, accepted["id"].as_i64().unwrap())
+            .await
+    }
+
+    /// Waits until delivery `id` is processed.
+    pub async fn delivery(&self, project: &str, id: i64) -> Value {
+        eventually(|| async {
+            let list = self
+                .json(&format!(
+                    "/api/v1/projects/{project}/deliveries?per_page=100"
+                ))
+                .await;
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == id && d["status"] != "pending")
+                .cloned()
+        })
+        .await
+    }
+
+    pub async fn pipeline(&self, id: i64) -> Value {
+        self.json(&format!("/api/v1/pipelines/{id}")).await
+    }
+
+    /// Waits until pipeline `id` has `status`.
+    pub async fn pipeline_status(&self, id: i64, status: &str) -> Value {
+        eventually(|| async {
+            let p = self.pipeline(id).await;
+            (p["status"] == status).then_some(p)
+        })
+        .await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Polls `f` until it answers `Some`, for at most 30 s (a bound for a broken build, not a timing).
+pub async fn eventually<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..600 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the condition did not come true within 30 s");
+}
+
+/// A registered agent speaking the protocol by hand.
+pub struct Agent {
+    pub token: String,
+}
+
+impl App {
+    pub async fn register(&self, name: &str, tags: &[&str]) -> Agent {
+        let r = self
+            .client
+            .post(format!("{}/api/v1/agents/register", self.url))
+            .json(&json!({
+                "token": REGISTRATION, "name": name, "tags": tags,
+                "executor": "shell", "concurrency": 1, "version": "test",
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        Agent {
+            token: v["token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    pub fn agent_call(&self, agent: &Agent, method: reqwest::Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&agent.token)
+    }
+
+    /// Asks for a job, waiting up to `wait_ms`; `None` on 204.
+    pub async fn take(&self, agent: &Agent, wait_ms: u64) -> Option<Value> {
+        let r = self
+            .agent_call(
+                agent,
+                reqwest::Method::POST,
+                &format!("/api/v1/agent/jobs/request?wait_ms={wait_ms}"),
+            )
+            .json(&json!({"running": []}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => Some(r.json().await.unwrap()),
+            204 => None,
+            s => panic!("request answered {s}: {:?}", r.text().await),
+        }
+    }
+
+    /// Finishes job `id` with `outcome` after sending `log`.
+    pub async fn run_job(&self, agent: &Agent, id: i64, log: &str, outcome: &str) -> Value {
+        let r = self
+            .agent_call(
+                agent,
+                reqwest::Method::PUT,
+                &format!("/api/v1/agent/jobs/{id}/log?offset=0"),
+            )
+            .body(log.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = self
+            .agent_call(
+                agent,
+                reqwest::Method::POST,
+                &format!("/api/v1/agent/jobs/{id}/finish"),
+            )
+            .json(&json!({
+                "outcome": outcome,
+                "exit_code": if outcome == "success" { 0 } else { 1 },
+                "failure_reason": if outcome == "failed" { Some("script_failure") } else { None },
+                "coverage": null,
+                "log_size": log.len(),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        r.json().await.unwrap()
+    }
+}

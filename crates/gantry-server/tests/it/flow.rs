@@ -1,0 +1,726 @@
+//! Pipelines from events, the agent protocol by hand, leases, cancel / retry / play, the read API.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::both;
+use crate::common::{App, Backend, eventually, spawn, spawn_with};
+
+const TWO_STAGES: &str = "\
+stages: [build, test]
+variables:
+  GREETING: hello
+build:
+  stage: build
+  script: [echo build]
+  artifacts:
+    paths: [out/]
+test:
+  stage: test
+  script: [echo test]
+";
+
+fn statuses(p: &Value) -> Vec<(String, String)> {
+    p["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["name"].as_str().unwrap().to_string(),
+                j["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn tar_of(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, name, content).unwrap();
+    b.into_inner().unwrap()
+}
+
+async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
+    let app = spawn(b).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", TWO_STAGES)]);
+    app.project(
+        "demo",
+        json!({"variables": [{"key": "DEPLOY_TOKEN", "value": "hunter2-secret", "masked": true}]}),
+    )
+    .await;
+    let d = app.push_and_wait("demo", &sha).await;
+    assert_eq!(d["status"], "created", "{d}");
+    let pid = d["pipeline_id"].as_i64().unwrap();
+    let p = app.pipeline_status(pid, "pending").await;
+    assert_eq!(p["sha"], sha);
+    assert_eq!(p["ref"], "main");
+    assert_eq!(p["source"], "push");
+    assert_eq!(
+        statuses(&p),
+        vec![
+            ("build".into(), "pending".into()),
+            ("test".into(), "created".into())
+        ]
+    );
+
+    let agent = app.register("agent-1", &[]).await;
+    let spec = app.take(&agent, 5000).await.expect("a job");
+    assert_eq!(spec["job"], "build");
+    assert_eq!(spec["sha"], sha);
+    assert_eq!(spec["pipeline_id"], pid);
+    let job_id = spec["job_id"].as_i64().unwrap();
+    let vars: Vec<Value> = spec["plan"]["jobs"][0]["predefined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(spec["plan"]["predefined"].as_array().unwrap())
+        .cloned()
+        .collect();
+    let get = |k: &str| {
+        vars.iter()
+            .find(|v| v["key"] == k)
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(get("CI_JOB_ID"), Some(json!(job_id.to_string())));
+    assert_eq!(get("CI_PIPELINE_SOURCE"), Some(json!("push")));
+    assert_eq!(get("CI_COMMIT_BRANCH"), Some(json!("main")));
+    assert_eq!(get("GANTRY_TRACE_ID"), Some(p["trace_id"].clone()));
+    let masked = spec["plan"]["cli_variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == "DEPLOY_TOKEN")
+        .expect("the project variable is handed to the agent");
+    assert_eq!(masked["masked"], true);
+    assert_eq!(spec["plan"]["jobs"][0]["retry"]["max"], 0);
+
+    // The pipeline runs.
+    let p = app.pipeline_status(pid, "running").await;
+    assert_eq!(p["jobs"][0]["status"], "running");
+    assert_eq!(p["jobs"][0]["agent"], "agent-1");
+
+    // Source: a tar of the commit.
+    let r = app
+        .agent_call(
+            &agent,
+            Method::GET,
+            &format!("/api/v1/agent/jobs/{job_id}/source"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&".gitlab-ci.yml".to_string()), "{names:?}");
+
+    // Heartbeat.
+    let r = app
+        .agent_call(
+            &agent,
+            Method::POST,
+            &format!("/api/v1/agent/jobs/{job_id}/heartbeat"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["cancel"], false);
+
+    // Logs: appended by offset, a resent chunk is not doubled, a gap is 416.
+    let log = |offset: usize, body: &'static str| {
+        app.agent_call(
+            &agent,
+            Method::PUT,
+            &format!("/api/v1/agent/jobs/{job_id}/log?offset={offset}"),
+        )
+        .body(body)
+        .send()
+    };
+    let r = log(0, "line one\n").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["size"], 9);
+    let r = log(0, "line one\n").await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["size"],
+        9,
+        "a resent chunk is not doubled"
+    );
+    let r = log(9, "line two\n").await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["size"], 18);
+    let r = log(100, "gap\n").await.unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(r.json::<Value>().await.unwrap()["size"], 18);
+
+    // Finishing before the server holds the whole log is refused.
+    let finish = |log_size: i64| {
+        app.agent_call(&agent, Method::POST, &format!("/api/v1/agent/jobs/{job_id}/finish"))
+            .json(&json!({"outcome": "success", "exit_code": 0, "failure_reason": null, "coverage": null, "log_size": log_size}))
+            .send()
+    };
+    assert_eq!(finish(50).await.unwrap().status(), 409);
+
+    // Artifacts: a tar, checked.
+    let evil = {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        let name = b"../escape";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        b.into_inner().unwrap()
+    };
+    let r = app
+        .agent_call(
+            &agent,
+            Method::PUT,
+            &format!("/api/v1/agent/jobs/{job_id}/artifacts"),
+        )
+        .body(evil)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "zip-slip is refused");
+    let r = app
+        .agent_call(
+            &agent,
+            Method::PUT,
+            &format!("/api/v1/agent/jobs/{job_id}/artifacts"),
+        )
+        .body(tar_of("out/result.txt", b"42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let r = finish(18).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["status"], "success");
+
+    // The next stage is queued; its spec names the build job as a dependency with artifacts.
+    let spec2 = app.take(&agent, 5000).await.expect("the test job");
+    assert_eq!(spec2["job"], "test");
+    let test_id = spec2["job_id"].as_i64().unwrap();
+    let deps = spec2["dependencies"].as_array().unwrap();
+    assert_eq!(deps.len(), 1);
+    assert_eq!(deps[0]["name"], "build");
+    assert_eq!(deps[0]["has_artifacts"], true);
+    let r = app
+        .agent_call(
+            &agent,
+            Method::GET,
+            &format!("/api/v1/agent/jobs/{test_id}/dependencies/{job_id}/artifacts"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap().to_vec(),
+        tar_of("out/result.txt", b"42")
+    );
+    // The finished job's calls are refused now: its lease is over.
+    let r = log(18, "late\n").await.unwrap();
+    assert_eq!(r.status(), 409);
+
+    app.run_job(&agent, test_id, "testing\n", "success").await;
+    let p = app.pipeline_status(pid, "success").await;
+    assert!(p["finished_at"].is_string());
+
+    // The read API.
+    let j = app.json(&format!("/api/v1/jobs/{job_id}")).await;
+    for k in ["created_at", "queued_at", "started_at", "finished_at"] {
+        let t = j[k].as_str().unwrap_or_else(|| panic!("{k} in {j}"));
+        assert_eq!(t.len(), 24, "{k}: {t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[19] == b'.', "{k}: {t}");
+    }
+    assert_eq!(j["agent"], "agent-1");
+    assert_eq!(j["log_size"], 18);
+    assert_eq!(j["has_artifacts"], true);
+    let r = app
+        .get(&format!("/api/v1/jobs/{job_id}/log"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "line one\nline two\n");
+    let r = app
+        .get(&format!("/api/v1/jobs/{job_id}/log"))
+        .header("Range", "bytes=9-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 9-17/18");
+    assert_eq!(r.text().await.unwrap(), "line two\n");
+    let r = app
+        .get(&format!("/api/v1/jobs/{job_id}/log"))
+        .header("Range", "bytes=500-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = app
+        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .get(&format!("/api/v1/jobs/{test_id}/artifacts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // The live stream replays the log of a finished job, then ends.
+    let text = app
+        .get(&format!("/api/v1/jobs/{job_id}/log/stream"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("event: log"), "{text}");
+    assert!(text.contains("line one\\nline two\\n"), "{text}");
+    assert!(text.contains("event: end"), "{text}");
+
+    // The masked value appears in no answer.
+    for path in [
+        "/api/v1/projects/demo".to_string(),
+        format!("/api/v1/pipelines/{pid}"),
+        format!("/api/v1/jobs/{job_id}"),
+        "/api/v1/projects/demo/pipelines".to_string(),
+    ] {
+        let text = app.get(&path).send().await.unwrap().text().await.unwrap();
+        assert!(!text.contains("hunter2-secret"), "{path}: {text}");
+    }
+    let agents = app.json("/api/v1/agents").await;
+    assert_eq!(agents[0]["name"], "agent-1");
+    assert_eq!(agents[0]["online"], true);
+
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gantry_jobs_total{status=\"success\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gantry_pipelines_total{status=\"success\"} 1"),
+        "{metrics}"
+    );
+}
+both!(push_creates_a_pipeline_that_agents_run);
+
+async fn invalid_configuration_fails_the_pipeline(b: Backend) {
+    let app = spawn(b).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n  stage: nope\n")]);
+    app.project("demo", json!({})).await;
+    let d = app.push_and_wait("demo", &sha).await;
+    let p = app.pipeline(d["pipeline_id"].as_i64().unwrap()).await;
+    assert_eq!(p["status"], "failed");
+    let e = &p["errors"][0];
+    assert_eq!(e["file"], ".gitlab-ci.yml");
+    assert_eq!(e["line"], 3, "{p}");
+    assert!(e["column"].as_u64().unwrap() > 0);
+    assert!(e["message"].as_str().unwrap().contains("nope"), "{e}");
+    assert!(p["jobs"].as_array().unwrap().is_empty());
+
+    // Broken YAML too.
+    let sha = app.commit(&[(".gitlab-ci.yml", "job: [unclosed\n")]);
+    let d = app.push_and_wait("demo", &sha).await;
+    let p = app.pipeline(d["pipeline_id"].as_i64().unwrap()).await;
+    assert_eq!(p["status"], "failed");
+    assert!(p["errors"][0]["line"].as_u64().unwrap() >= 1);
+}
+both!(invalid_configuration_fails_the_pipeline);
+
+async fn manual_and_skipped(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    let sha = app.commit(&[(
+        ".gitlab-ci.yml",
+        "deploy:\n  script: [echo]\n  when: manual\n",
+    )]);
+    let d = app.push_and_wait("demo", &sha).await;
+    let pid = d["pipeline_id"].as_i64().unwrap();
+    let p = app.pipeline_status(pid, "manual").await;
+    assert_eq!(statuses(&p), vec![("deploy".into(), "manual".into())]);
+    // Play it.
+    let job_id = p["jobs"][0]["id"].as_i64().unwrap();
+    let r = app
+        .post(&format!("/api/v1/jobs/{job_id}/play"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "pending");
+    let r = app
+        .post(&format!("/api/v1/jobs/{job_id}/play"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "only a manual job is played");
+
+    // Nothing survives the rules: no pipeline, the delivery says why.
+    let sha = app.commit(&[(
+        ".gitlab-ci.yml",
+        "job:\n  script: [echo]\n  rules:\n    - if: $CI_COMMIT_BRANCH == \"release\"\n",
+    )]);
+    let d = app.push_and_wait("demo", &sha).await;
+    assert_eq!(d["status"], "skipped", "{d}");
+    assert!(d["pipeline_id"].is_null());
+    assert!(d["reason"].as_str().unwrap().contains("rules"), "{d}");
+    let sha = app.commit(&[(
+        ".gitlab-ci.yml",
+        "workflow:\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"schedule\"\njob:\n  script: [echo]\n",
+    )]);
+    let d = app.push_and_wait("demo", &sha).await;
+    assert_eq!(d["status"], "skipped", "{d}");
+    assert!(d["reason"].as_str().unwrap().contains("workflow"), "{d}");
+}
+both!(manual_and_skipped);
+
+async fn lease_expiry_retries_the_job(b: Backend) {
+    let app = spawn_with(b, |c| c.lease_timeout = Duration::from_millis(800)).await;
+    app.project("demo", json!({})).await;
+    let sha = app.commit(&[(
+        ".gitlab-ci.yml",
+        "job:\n  script: [echo]\n  retry:\n    max: 1\n    when: runner_system_failure\n",
+    )]);
+    let d = app.push_and_wait("demo", &sha).await;
+    let pid = d["pipeline_id"].as_i64().unwrap();
+    let agent = app.register("dies", &[]).await;
+    let spec = app.take(&agent, 5000).await.unwrap();
+    let first = spec["job_id"].as_i64().unwrap();
+    // The agent goes silent. The lease runs out: the job fails and a new attempt is queued.
+    let p = eventually(|| async {
+        let p = app.pipeline(pid).await;
+        (p["jobs"][0]["attempt"] == 2).then_some(p)
+    })
+    .await;
+    let old = app.json(&format!("/api/v1/jobs/{first}")).await;
+    assert_eq!(old["status"], "failed");
+    assert_eq!(old["failure_reason"], "runner_system_failure");
+    assert_eq!(p["jobs"][0]["status"], "pending");
+    // The dead agent's calls are refused.
+    let r = app
+        .agent_call(
+            &agent,
+            Method::POST,
+            &format!("/api/v1/agent/jobs/{first}/heartbeat"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let other = app.register("lives", &[]).await;
+    let spec = app.take(&other, 5000).await.unwrap();
+    assert_eq!(spec["attempt"], 2);
+    app.run_job(&other, spec["job_id"].as_i64().unwrap(), "ok\n", "success")
+        .await;
+    app.pipeline_status(pid, "success").await;
+}
+both!(lease_expiry_retries_the_job);
+
+async fn cancel_and_retry(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", TWO_STAGES)]);
+    let d = app.push_and_wait("demo", &sha).await;
+    let pid = d["pipeline_id"].as_i64().unwrap();
+    let agent = app.register("a", &[]).await;
+    let spec = app.take(&agent, 5000).await.unwrap();
+    let build = spec["job_id"].as_i64().unwrap();
+    app.run_job(&agent, build, "boom\n", "failed").await;
+    let p = app.pipeline_status(pid, "failed").await;
+    assert_eq!(
+        statuses(&p),
+        vec![
+            ("build".into(), "failed".into()),
+            ("test".into(), "skipped".into())
+        ]
+    );
+    // Retry the failed job: a new attempt, and the skipped job waits again.
+    let r = app
+        .post(&format!("/api/v1/jobs/{build}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let retried: Value = r.json().await.unwrap();
+    assert_eq!(retried["attempt"], 2);
+    assert_ne!(retried["id"], build);
+    let p = app.pipeline(pid).await;
+    assert_eq!(p["status"], "running", "an earlier attempt ran");
+    assert_eq!(
+        statuses(&p),
+        vec![
+            ("build".into(), "pending".into()),
+            ("test".into(), "created".into())
+        ]
+    );
+    // Cancel while the retry runs: the agent learns it from its heartbeat.
+    let spec = app.take(&agent, 5000).await.unwrap();
+    let running = spec["job_id"].as_i64().unwrap();
+    let r = app
+        .post(&format!("/api/v1/pipelines/{pid}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["status"], "canceled");
+    assert_eq!(p["jobs"][1]["status"], "canceled");
+    let r = app
+        .agent_call(
+            &agent,
+            Method::POST,
+            &format!("/api/v1/agent/jobs/{running}/heartbeat"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["cancel"], true);
+    app.run_job(&agent, running, "", "canceled").await;
+    let p = app.pipeline(pid).await;
+    assert_eq!(p["status"], "canceled");
+    assert!(p["finished_at"].is_string());
+    let r = app.post("/api/v1/jobs/999999/retry").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+both!(cancel_and_retry);
+
+async fn pagination_and_triggers(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    app.commit(&[(
+        ".gitlab-ci.yml",
+        "job:\n  script: [echo $CI_PIPELINE_SOURCE]\n",
+    )]);
+    for i in 0..3 {
+        let r = app
+            .post("/api/v1/projects/demo/pipelines")
+            .json(&json!({"ref": "main", "variables": [{"key": "N", "value": i.to_string()}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+        let d = app.delivery("demo", id).await;
+        assert_eq!(d["status"], "created", "{d}");
+        assert_eq!(d["forge"], "api");
+    }
+    let r = app
+        .get("/api/v1/projects/demo/pipelines?per_page=2&page=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-total"], "3");
+    assert_eq!(r.headers()["x-page"], "1");
+    assert_eq!(r.headers()["x-per-page"], "2");
+    assert_eq!(r.headers()["x-next-page"], "2");
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["source"], "api");
+    let r = app
+        .get("/api/v1/projects/demo/pipelines?per_page=2&page=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-next-page"], "");
+    assert_eq!(
+        r.json::<Value>().await.unwrap().as_array().unwrap().len(),
+        1
+    );
+    let r = app
+        .get("/api/v1/projects/demo/pipelines?per_page=500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app
+        .get("/api/v1/projects/demo/pipelines?status=bogus")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app
+        .get("/api/v1/projects/demo/pipelines?ref=other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-total"], "0");
+    // A trigger of a ref that does not exist: the delivery fails with the reason.
+    let r = app
+        .post("/api/v1/projects/demo/pipelines")
+        .json(&json!({"ref": "no-such-branch"}))
+        .send()
+        .await
+        .unwrap();
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let d = app.delivery("demo", id).await;
+    assert_eq!(d["status"], "failed");
+    assert!(
+        d["reason"].as_str().unwrap().contains("no-such-branch"),
+        "{d}"
+    );
+}
+both!(pagination_and_triggers);
+
+async fn a_delivery_stored_before_a_crash_is_processed_after_restart(b: Backend) {
+    let mut app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
+    app.stop().await;
+    // Store a delivery straight into the database, as if the server died right after answering 202.
+    let store = gantry_store::connect(&app.database_url).await.unwrap();
+    let project = store.project("demo").await.unwrap().unwrap();
+    let payload = json!({"ref": "refs/heads/main", "before": "0000000000000000000000000000000000000000", "after": sha});
+    let (id, _) = store
+        .insert_delivery(&gantry_store::NewDelivery {
+            project_id: project.id,
+            forge: "gitlab".into(),
+            delivery_id: "before-the-crash".into(),
+            event: "push".into(),
+            payload: serde_json::to_vec(&payload).unwrap(),
+            trace_id: "trace-before-crash".into(),
+            received_at: 0,
+        })
+        .await
+        .unwrap();
+    let server = gantry_server::serve(app.config.clone()).await.unwrap();
+    app.url = server.url();
+    app.server = Some(server);
+    let d = app.delivery("demo", id).await;
+    assert_eq!(d["status"], "created", "{d}");
+    let p = app.pipeline(d["pipeline_id"].as_i64().unwrap()).await;
+    assert_eq!(p["trace_id"], "trace-before-crash");
+}
+both!(a_delivery_stored_before_a_crash_is_processed_after_restart);
+
+/// Records the commit statuses a forge receives.
+async fn recorder() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
+) {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, Uri};
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;
+    let seen: Seen = Default::default();
+    async fn record(
+        State(seen): State<Seen>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: axum::Json<Value>,
+    ) -> axum::http::StatusCode {
+        let auth = headers
+            .get("private-token")
+            .or_else(|| headers.get("authorization"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        seen.lock()
+            .unwrap()
+            .push((uri.path().to_string(), auth, body.0));
+        axum::http::StatusCode::CREATED
+    }
+    let app = axum::Router::new()
+        .fallback(record)
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn commit_statuses(b: Backend) {
+    let (forge_url, seen) = recorder().await;
+    let app = spawn(b).await;
+    app.project(
+        "gl",
+        json!({"forge": {"kind": "gitlab", "api_url": format!("{forge_url}/api/v4"), "token": "gl-token", "project": "group/proj"}}),
+    )
+    .await;
+    app.project(
+        "gh",
+        json!({"forge": {"kind": "github", "api_url": forge_url, "token": "gh-token", "project": "owner/repo"}}),
+    )
+    .await;
+    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
+    let agent = app.register("a", &[]).await;
+    for project in ["gl", "gh"] {
+        let d = app.push_and_wait(project, &sha).await;
+        let pid = d["pipeline_id"].as_i64().unwrap();
+        let spec = app.take(&agent, 5000).await.unwrap();
+        app.run_job(&agent, spec["job_id"].as_i64().unwrap(), "ok\n", "success")
+            .await;
+        app.pipeline_status(pid, "success").await;
+    }
+    let seen = eventually(|| async {
+        let s = seen.lock().unwrap().clone();
+        let done = s.iter().filter(|(_, _, b)| b["state"] == "success").count() == 2;
+        done.then_some(s)
+    })
+    .await;
+    let gl: Vec<_> = seen
+        .iter()
+        .filter(|(p, _, _)| p.starts_with("/api/v4"))
+        .collect();
+    assert!(!gl.is_empty());
+    for (path, auth, body) in &gl {
+        assert_eq!(
+            path,
+            &format!("/api/v4/projects/group%2Fproj/statuses/{sha}")
+        );
+        assert_eq!(auth, "gl-token");
+        assert_eq!(body["ref"], "main");
+        assert_eq!(body["name"], "gantry");
+        assert!(body["description"].is_string());
+        assert!(
+            ["pending", "running", "success"].contains(&body["state"].as_str().unwrap()),
+            "{body}"
+        );
+    }
+    let gh: Vec<_> = seen
+        .iter()
+        .filter(|(p, _, _)| p.starts_with("/repos"))
+        .collect();
+    assert!(!gh.is_empty());
+    for (path, auth, body) in &gh {
+        assert_eq!(path, &format!("/repos/owner/repo/statuses/{sha}"));
+        assert_eq!(auth, "Bearer gh-token");
+        assert_eq!(body["context"], "gantry");
+        assert!(
+            ["pending", "success"].contains(&body["state"].as_str().unwrap()),
+            "{body}"
+        );
+    }
+}
+both!(commit_statuses);
+
+#[allow(dead_code)]
+fn _unused(_: &App) {}

@@ -1,0 +1,7 @@
+//! gantry-server's integration tests: the real server over real HTTP, on SQLite and on PostgreSQL.
+
+mod common;
+
+mod api;
+mod flow;
+mod hooks;
