@@ -26,6 +26,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// A pipeline's version (see [`PIPELINE_COLS`]).
 const VERSION: &str = "p.version + COALESCE((SELECT SUM(j.bumps) FROM jobs j WHERE j.pipeline_id = p.id), 0) AS version";
 
+/// The oldest pending job that an agent with tags `?3` (a JSON array), taking untagged jobs if
+/// `?2`, may run at `?1`, whose resource group has no running job.
+const CANDIDATE: &str = "SELECT j.id FROM jobs j \
+     WHERE j.status = 'pending' \
+     AND (j.run_after IS NULL OR j.run_after <= ?1) \
+     AND (j.tags <> '[]' OR ?2) \
+     AND NOT EXISTS (SELECT 1 FROM json_each(j.tags) t \
+        WHERE t.value NOT IN (SELECT value FROM json_each(?3))) \
+     AND (j.resource_group IS NULL OR NOT EXISTS (\
+        SELECT 1 FROM jobs r WHERE r.project_id = j.project_id \
+        AND r.resource_group = j.resource_group AND r.status = 'running')) \
+     ORDER BY j.queued_at, j.id LIMIT 1";
+
 /// How many connections serve reads beside the writer.
 const READERS: u32 = 4;
 
@@ -560,6 +573,22 @@ impl Store for SqliteStore {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Option<JobRecord>> {
+        let tags = json(&agent.tags);
+        // Without a candidate, answer from a reader and leave the writer to others: agents woken
+        // together mostly find nothing.
+        if let Some(pool) = &self.readers {
+            let mut reader = pool.acquire().await.map_err(db("acquiring a connection"))?;
+            let candidate: Option<i64> = sqlx::query_scalar(CANDIDATE)
+                .bind(now)
+                .bind(agent.run_untagged)
+                .bind(&tags)
+                .fetch_optional(&mut *reader)
+                .await
+                .map_err(db("looking for a job"))?;
+            if candidate.is_none() {
+                return Ok(None);
+            }
+        }
         let mut conn = self.writer.lock().await;
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
@@ -567,27 +596,16 @@ impl Store for SqliteStore {
             .map_err(db("beginning a transaction"))?;
         // Under the write lock, the choice and the update cannot interleave with another claim.
         let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', started_at = ?1, lease_until = ?2, \
-             agent_id = ?3, agent_name = ?4, bumps = bumps + 1 \
-             WHERE id = (\
-                SELECT j.id FROM jobs j \
-                WHERE j.status = 'pending' \
-                AND (j.run_after IS NULL OR j.run_after <= ?1) \
-                AND (j.tags <> '[]' OR ?5) \
-                AND NOT EXISTS (SELECT 1 FROM json_each(j.tags) t \
-                    WHERE t.value NOT IN (SELECT value FROM json_each(?6))) \
-                AND (j.resource_group IS NULL OR NOT EXISTS (\
-                    SELECT 1 FROM jobs r WHERE r.project_id = j.project_id \
-                    AND r.resource_group = j.resource_group AND r.status = 'running')) \
-                ORDER BY j.queued_at, j.id LIMIT 1) \
-             RETURNING {JOB_COLS}"
+            "UPDATE jobs SET status = 'running', started_at = ?1, lease_until = ?4, \
+             agent_id = ?5, agent_name = ?6, bumps = bumps + 1 \
+             WHERE id = ({CANDIDATE}) RETURNING {JOB_COLS}"
         ))
         .bind(now)
+        .bind(agent.run_untagged)
+        .bind(&tags)
         .bind(lease_until)
         .bind(agent.id)
         .bind(&agent.name)
-        .bind(agent.run_untagged)
-        .bind(json(&agent.tags))
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("claiming a job"))?;
