@@ -108,7 +108,7 @@ impl PageQuery {
     fn page(&self) -> AppResult<Page> {
         let page = self.page.unwrap_or(1);
         let per_page = self.per_page.unwrap_or(20);
-        if page < 1 || page > 1_000_000 {
+        if !(1..=1_000_000).contains(&page) {
             return Err(AppError::bad_request("page must be 1 or more"));
         }
         if !(1..=100).contains(&per_page) {

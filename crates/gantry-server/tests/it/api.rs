@@ -278,16 +278,19 @@ async fn metrics_and_health() {
         .unwrap();
     for name in [
         "gantry_http_request_duration_seconds",
-        "gantry_pipelines_total",
-        "gantry_jobs_total",
+        "gantry_pipelines",
+        "gantry_jobs",
         "gantry_job_queue_wait_seconds",
         "gantry_job_duration_seconds",
         "gantry_queue_depth",
         "gantry_agents_connected",
-        "gantry_webhook_deliveries_total",
-        "gantry_log_bytes_total",
+        "gantry_webhook_deliveries",
+        "gantry_log_bytes",
     ] {
-        assert!(text.contains(name), "{name} missing from /metrics:\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing from /metrics:\n{text}"
+        );
     }
     assert!(text.contains("route=\"/api/v1/projects\""), "{text}");
     let r = app

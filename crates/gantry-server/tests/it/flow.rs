@@ -418,7 +418,7 @@ async fn lease_expiry_retries_the_job(b: Backend) {
     // The agent goes silent. The lease runs out: the job fails and a new attempt is queued.
     let p = eventually(|| async {
         let p = app.pipeline(pid).await;
-        (p["jobs"][0]["attempt"] == 2).then_some(p)
+        (p["jobs"][0]["attempt"] == 2 && p["jobs"][0]["status"] == "pending").then_some(p)
     })
     .await;
     let old = app.json(&format!("/api/v1/jobs/{first}")).await;
