@@ -59,9 +59,74 @@ const READERS: u32 = 4;
 /// killed (`kill -9`), because it is in the WAL file before the commit returns. Power loss or an
 /// operating system crash can lose the last commits (they are synced at checkpoints); the database
 /// stays consistent either way.
+///
+/// **Group commit of deliveries.** Webhook deliveries arrive many at once and each must be
+/// committed before its `202`. A caller queues its delivery, then waits for the writer; whoever
+/// gets the writer stores every queued delivery in one transaction and hands each caller its
+/// answer, so one commit serves a burst.
 pub struct SqliteStore {
     writer: Mutex<SqliteConnection>,
     readers: Option<SqlitePool>,
+    deliveries: std::sync::Mutex<Vec<QueuedDelivery>>,
+}
+
+/// A delivery waiting for the next group commit, and where its answer goes.
+struct QueuedDelivery {
+    delivery: NewDelivery,
+    answer: tokio::sync::oneshot::Sender<Result<(i64, bool)>>,
+}
+
+/// How many queued deliveries one transaction stores at most.
+const DELIVERY_BATCH: usize = 256;
+
+/// Stores one delivery: `(id, duplicate)`.
+async fn store_delivery(conn: &mut SqliteConnection, d: &NewDelivery) -> Result<(i64, bool)> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
+         received_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
+    )
+    .bind(d.project_id)
+    .bind(&d.forge)
+    .bind(&d.delivery_id)
+    .bind(&d.event)
+    .bind(&d.payload)
+    .bind(&d.trace_id)
+    .bind(d.received_at)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("storing a delivery"))?;
+    if let Some(id) = id {
+        return Ok((id, false));
+    }
+    let id: i64 = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE project_id = ? AND forge = ? AND delivery_id = ?",
+    )
+    .bind(d.project_id)
+    .bind(&d.forge)
+    .bind(&d.delivery_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db("reading a duplicate delivery"))?;
+    Ok((id, true))
+}
+
+/// Stores `batch` in one transaction; answers one result per delivery, or the error that rolled
+/// the transaction back.
+async fn store_deliveries(
+    conn: &mut SqliteConnection,
+    batch: &[QueuedDelivery],
+) -> Result<Vec<(i64, bool)>> {
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(db("beginning a transaction"))?;
+    let mut out = Vec::with_capacity(batch.len());
+    for queued in batch {
+        out.push(store_delivery(&mut tx, &queued.delivery).await?);
+    }
+    tx.commit().await.map_err(db("committing deliveries"))?;
+    Ok(out)
 }
 
 /// A typed column read.
@@ -115,6 +180,13 @@ macro_rules! read {
 }
 
 impl SqliteStore {
+    /// The queue of deliveries waiting for a group commit.
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<QueuedDelivery>> {
+        self.deliveries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Opens (creating the file and its directory if missing) the database at `url`
     /// (`sqlite://PATH` or `sqlite::memory:`) and runs the migrations.
     ///
@@ -160,6 +232,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Mutex::new(writer),
             readers,
+            deliveries: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -289,35 +362,47 @@ impl Store for SqliteStore {
     }
 
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, bool)> {
-        let mut conn = self.writer.lock().await;
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
-             received_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
-        )
-        .bind(d.project_id)
-        .bind(&d.forge)
-        .bind(&d.delivery_id)
-        .bind(&d.event)
-        .bind(&d.payload)
-        .bind(&d.trace_id)
-        .bind(d.received_at)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db("storing a delivery"))?;
-        if let Some(id) = id {
-            return Ok((id, false));
+        use tokio::sync::oneshot::error::TryRecvError;
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        self.queue().push(QueuedDelivery {
+            delivery: d.clone(),
+            answer,
+        });
+        loop {
+            let mut conn = self.writer.lock().await;
+            match answered.try_recv() {
+                Ok(result) => return result,
+                Err(TryRecvError::Empty) => {}
+                // The caller that took it was canceled midway: store it alone (idempotent).
+                Err(TryRecvError::Closed) => return store_delivery(&mut conn, d).await,
+            }
+            // Ours is still queued: store the oldest queued ones, in one transaction.
+            let batch: Vec<QueuedDelivery> = {
+                let mut queue = self.queue();
+                let take = queue.len().min(DELIVERY_BATCH);
+                let rest = queue.split_off(take);
+                std::mem::replace(&mut *queue, rest)
+            };
+            match store_deliveries(&mut conn, &batch).await {
+                Ok(results) => {
+                    for (queued, result) in batch.into_iter().zip(results) {
+                        let _ = queued.answer.send(Ok(result));
+                    }
+                }
+                // One bad delivery (say, of a project deleted meanwhile) must not fail the others:
+                // store them one by one, each with its own answer.
+                Err(_) => {
+                    for queued in batch {
+                        let result = store_delivery(&mut conn, &queued.delivery).await;
+                        let _ = queued.answer.send(result);
+                    }
+                }
+            }
+            drop(conn);
+            if let Ok(result) = answered.try_recv() {
+                return result;
+            }
         }
-        let id: i64 = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE project_id = ? AND forge = ? AND delivery_id = ?",
-        )
-        .bind(d.project_id)
-        .bind(&d.forge)
-        .bind(&d.delivery_id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db("reading a duplicate delivery"))?;
-        Ok((id, true))
     }
 
     async fn pending_deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>> {

@@ -37,6 +37,7 @@ macro_rules! store_tests {
 store_tests!(
     projects_create_conflict_update,
     deliveries_are_stored_once,
+    concurrent_deliveries_get_their_own_answers,
     pending_deliveries_and_close,
     create_pipeline_once_per_delivery,
     pipeline_lists_jobs_in_order,
@@ -147,6 +148,64 @@ async fn deliveries_are_stored_once(h: Harness) {
         .unwrap();
     assert_eq!(listed.total, 2);
     assert_eq!(listed.items.len(), 2);
+}
+
+async fn concurrent_deliveries_get_their_own_answers(h: Harness) {
+    let s = h.store.clone();
+    let p = project(&*s, "p").await;
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each id twice, and now and then one for a project that does not exist.
+            let d = if i % 50 == 49 {
+                delivery(p.id + 1_000, &format!("bad-{i}"), 100)
+            } else {
+                delivery(p.id, &format!("d-{}", i % 125), 100 + i)
+            };
+            (
+                d.delivery_id.clone(),
+                d.project_id,
+                s.insert_delivery(&d).await,
+            )
+        }));
+    }
+    let mut ids: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let (mut fresh, mut duplicates, mut failed) = (0, 0, 0);
+    for t in tasks {
+        let (delivery_id, project_id, result) = t.await.unwrap();
+        match result {
+            Ok((id, duplicate)) => {
+                assert_eq!(project_id, p.id);
+                assert_eq!(
+                    *ids.entry(delivery_id).or_insert(id),
+                    id,
+                    "one id per delivery"
+                );
+                if duplicate {
+                    duplicates += 1;
+                } else {
+                    fresh += 1;
+                }
+            }
+            Err(_) => {
+                assert_ne!(project_id, p.id, "a good delivery failed");
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!((fresh, duplicates, failed), (125, 169, 6));
+    let stored = s
+        .deliveries(
+            p.id,
+            Page {
+                page: 1,
+                per_page: 1,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.total, 125);
 }
 
 async fn pending_deliveries_and_close(h: Harness) {
