@@ -13,13 +13,23 @@
 #   gantry-test/service:1  busybox httpd on port 80 (EXPOSE 80), /www/index.html says gantry-service
 # - prints `export DOCKER_HOST=unix://.../docker.sock` on standard output (all else goes to stderr).
 #
-# Stop the engine with: kill "$(cat "$GANTRY_ENGINE_DIR/dockerd.pid")"
+#   scripts/engine.sh stop           # stops it (the images stay in its data root)
 set -euo pipefail
 
 dir=${GANTRY_ENGINE_DIR:-/tmp/gantry-engine}
 sock="$dir/docker.sock"
 host="unix://$sock"
 log() { printf 'engine.sh: %s\n' "$*" >&2; }
+
+if [ "${1:-}" = stop ]; then
+  if [ -f "$dir/dockerd.pid" ]; then
+    pid=$(cat "$dir/dockerd.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    log "stopped dockerd $pid"
+  fi
+  exit 0
+fi
 
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)

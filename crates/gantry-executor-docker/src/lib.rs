@@ -195,12 +195,7 @@ impl DockerExecutor {
             Ok::<_, bollard::errors::Error>(d)
         })
         .await
-        .map_err(|_| {
-            connect_err(format!(
-                "no answer within {:?}",
-                config.connect_timeout
-            ))
-        })?
+        .map_err(|_| connect_err(format!("no answer within {:?}", config.connect_timeout)))?
         .map_err(|e| connect_err(e.to_string()))?;
         Ok(DockerExecutor {
             docker: negotiated.with_timeout(Duration::from_secs(600)),
@@ -519,12 +514,7 @@ impl DockerSession {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| {
-                    format!(
-                        "cannot create the job's network: {}",
-                        engine_message(&e)
-                    )
-                })?;
+                .map_err(|e| format!("cannot create the job's network: {}", engine_message(&e)))?;
             let services = self.job.services.clone();
             let mut started = Vec::new();
             for (i, s) in services.iter().enumerate() {
@@ -548,8 +538,8 @@ impl DockerSession {
         );
         let cpus = lower_f(self.config.cpus, var(CPUS_VARIABLE).and_then(parse_cpus));
         let user = image.docker_user.clone();
-        let mut create = q::CreateContainerOptionsBuilder::default()
-            .name(&format!("gantry-{}-job", self.nonce));
+        let mut create =
+            q::CreateContainerOptionsBuilder::default().name(&format!("gantry-{}-job", self.nonce));
         if let Some(p) = &image.docker_platform {
             create = create.platform(p);
         }
@@ -747,13 +737,7 @@ impl DockerSession {
                 .docker
                 .inspect_container(id, None::<q::InspectContainerOptions>)
                 .await
-                .map_err(|e| {
-                    format!(
-                        "service `{}` is gone: {}",
-                        s.name,
-                        engine_message(&e)
-                    )
-                })?;
+                .map_err(|e| format!("service `{}` is gone: {}", s.name, engine_message(&e)))?;
             let running = info
                 .state
                 .as_ref()
@@ -964,7 +948,8 @@ async fn run_exec(
     let host = workspace.to_string_lossy();
     let env = translate_env(&step.env, workspace, &started.dir);
     let workdir = translate_path(&step.workdir.to_string_lossy(), &host, &started.dir);
-    let detect = "if command -v bash >/dev/null 2>&1; then exec bash \"$0\"; else exec sh \"$0\"; fi";
+    let detect =
+        "if command -v bash >/dev/null 2>&1; then exec bash \"$0\"; else exec sh \"$0\"; fi";
     let exec = docker
         .create_exec(
             &started.container,
@@ -1008,7 +993,19 @@ async fn run_exec(
     let mut lines = output::Lines::new(marker.as_deref(), step.commands.clone(), sink);
     let mut reader = tokio::spawn(async move {
         let mut output = output;
-        while let Some(item) = output.next().await {
+        loop {
+            let item = if lines.waiting() {
+                match tokio::time::timeout(output::RENDEZVOUS_GRACE, output.next()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        lines.flush().await;
+                        continue;
+                    }
+                }
+            } else {
+                output.next().await
+            };
+            let Some(item) = item else { break };
             match item {
                 Ok(bollard::container::LogOutput::StdOut { message }) => {
                     lines.push(Stream::Stdout, &message).await;
@@ -1066,7 +1063,11 @@ async fn run_exec(
             (StepOutcome::Canceled, false)
         }
     };
-    if !reader_done && tokio::time::timeout(DRAIN_GRACE, &mut reader).await.is_err() {
+    if !reader_done
+        && tokio::time::timeout(DRAIN_GRACE, &mut reader)
+            .await
+            .is_err()
+    {
         reader.abort();
         let _ = reader.await;
     }

@@ -173,10 +173,7 @@ mod tests {
             pull_reference("postgres:16"),
             ("postgres".into(), "16".into())
         );
-        assert_eq!(
-            pull_reference("alpine"),
-            ("alpine".into(), "latest".into())
-        );
+        assert_eq!(pull_reference("alpine"), ("alpine".into(), "latest".into()));
         assert_eq!(
             pull_reference("localhost:5000/a/b"),
             ("localhost:5000/a/b".into(), "latest".into())

@@ -61,19 +61,36 @@ pub(crate) fn script(commands: &[String], marker: Option<&str>) -> String {
 
 /// Turns the chunks of an exec's two streams into line and echo events.
 ///
-/// The engine multiplexes both streams into one connection, in the order its copiers read them. A
-/// command's marker comes on both streams; the first copy to arrive becomes the [`StepEvent::Echo`]
-/// and the other is dropped. (The shell executor, reading two pipes, also makes the two streams meet
-/// at each marker; here a line that the other stream printed just before the marker can come after
-/// the echo.)
+/// The engine multiplexes both streams into one connection, each copied by its own reader, so a
+/// stream can lag behind the other. A command's marker comes on both streams; as in the shell
+/// executor, the two streams meet at each marker: when one stream reaches marker `i` first, its later
+/// output is held until the other stream reaches it too (or [`RENDEZVOUS_GRACE`] passes without
+/// output), then the echo is sent, then the held output. So an echo comes after all output of earlier
+/// commands and before any output of its own, on both streams.
 pub(crate) struct Lines {
     prefix: Option<Vec<u8>>,
     commands: Vec<String>,
     echoed: usize,
+    /// Markers passed, per stream (stdout, stderr).
+    seen: [usize; 2],
+    /// The stream that waits at a marker for the other one, and the marker's index.
+    blocked: Option<(Stream, usize)>,
+    /// Output of the blocked stream, held until it is unblocked.
+    held: std::collections::VecDeque<(Stream, Vec<u8>)>,
     out: Vec<u8>,
     err: Vec<u8>,
     sink: StepSink,
     open: bool,
+}
+
+/// How long a stream waits at a marker for the other one when no output comes.
+pub(crate) const RENDEZVOUS_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn slot(stream: Stream) -> usize {
+    match stream {
+        Stream::Stdout => 0,
+        Stream::Stderr => 1,
+    }
 }
 
 impl Lines {
@@ -82,6 +99,9 @@ impl Lines {
             prefix: marker.map(|m| format!("\x1e{m}").into_bytes()),
             commands,
             echoed: 0,
+            seen: [0, 0],
+            blocked: None,
+            held: std::collections::VecDeque::new(),
             out: Vec::new(),
             err: Vec::new(),
             sink,
@@ -89,8 +109,39 @@ impl Lines {
         }
     }
 
+    /// Whether a stream waits at a marker (the caller calls [`Lines::flush`] after a grace).
+    pub(crate) fn waiting(&self) -> bool {
+        self.blocked.is_some()
+    }
+
     /// Takes a chunk of `stream`.
     pub(crate) async fn push(&mut self, stream: Stream, chunk: &[u8]) {
+        if matches!(self.blocked, Some((b, _)) if b == stream) {
+            self.held.push_back((stream, chunk.to_vec()));
+            return;
+        }
+        self.process(stream, chunk).await;
+        self.replay().await;
+    }
+
+    /// Stops waiting at a marker: sends its echo and the held output.
+    pub(crate) async fn flush(&mut self) {
+        if let Some((_, i)) = self.blocked.take() {
+            self.echo(i).await;
+        }
+        self.replay().await;
+    }
+
+    async fn replay(&mut self) {
+        while self.blocked.is_none() {
+            let Some((s, c)) = self.held.pop_front() else {
+                break;
+            };
+            self.process(s, &c).await;
+        }
+    }
+
+    async fn process(&mut self, stream: Stream, chunk: &[u8]) {
         let mut buf = std::mem::take(match stream {
             Stream::Stdout => &mut self.out,
             Stream::Stderr => &mut self.err,
@@ -100,6 +151,11 @@ impl Lines {
         while let Some(pos) = buf[start..].iter().position(|&b| b == b'\n') {
             self.line(stream, &buf[start..start + pos]).await;
             start += pos + 1;
+            if self.blocked.is_some_and(|(b, _)| b == stream) {
+                // The rest waits for the other stream.
+                self.held.push_front((stream, buf[start..].to_vec()));
+                return;
+            }
         }
         while buf.len() - start >= MAX_LINE {
             self.line(stream, &buf[start..start + MAX_LINE]).await;
@@ -112,8 +168,10 @@ impl Lines {
         } = buf;
     }
 
-    /// Sends what is left of unterminated lines.
+    /// Sends what is left: held output and unterminated lines.
     pub(crate) async fn finish(&mut self) {
+        self.seen = [usize::MAX, usize::MAX];
+        self.flush().await;
         for stream in [Stream::Stdout, Stream::Stderr] {
             let rest = std::mem::take(match stream {
                 Stream::Stdout => &mut self.out,
@@ -135,19 +193,36 @@ impl Lines {
                 .ok()?;
             (index < self.commands.len()).then_some((at, index))
         });
-        match found {
-            Some((at, index)) => {
-                if at > 0 {
-                    self.send(StepEvent::Output(text(&line[..at], stream)))
-                        .await;
-                }
-                if index >= self.echoed {
-                    self.echoed = index + 1;
-                    let command = self.commands[index].clone();
-                    self.send(StepEvent::Echo(command)).await;
+        let Some((at, index)) = found else {
+            self.send(StepEvent::Output(text(line, stream))).await;
+            return;
+        };
+        if at > 0 {
+            self.send(StepEvent::Output(text(&line[..at], stream)))
+                .await;
+        }
+        let me = slot(stream);
+        self.seen[me] = self.seen[me].max(index + 1);
+        match self.blocked {
+            // The other stream waits at this marker (or an earlier one): both are here now.
+            Some((_, i)) if i <= index => {
+                self.blocked = None;
+                self.echo(i).await;
+                if index > i {
+                    self.echo(index).await;
                 }
             }
-            None => self.send(StepEvent::Output(text(line, stream))).await,
+            Some(_) => {}
+            None if self.seen[1 - me] > index || index < self.echoed => self.echo(index).await,
+            None => self.blocked = Some((stream, index)),
+        }
+    }
+
+    async fn echo(&mut self, index: usize) {
+        if index >= self.echoed {
+            self.echoed = index + 1;
+            let command = self.commands[index].clone();
+            self.send(StepEvent::Echo(command)).await;
         }
     }
 

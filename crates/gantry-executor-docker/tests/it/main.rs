@@ -95,7 +95,6 @@ async fn exit_codes_echo_and_paths_as_the_shell_executor() {
         &[
             "echo \"$CI_PROJECT_DIR $(pwd) $OUT\"",
             "echo to-stderr >&2",
-            "false | true",
             "exit 3",
             "echo not reached",
         ],
@@ -114,12 +113,14 @@ async fn exit_codes_echo_and_paths_as_the_shell_executor() {
                 line: "to-stderr".into()
             }),
             StepEvent::Echo(st.commands[2].clone()),
-            StepEvent::Echo(st.commands[3].clone()),
         ]
     );
     // A pipe fails on its first failing command where the shell has pipefail (busybox sh has).
     let st = step(ws.path(), StepKind::Script, &["false | true"], None);
-    assert_eq!(run(&mut s, &st, never.clone()).await.0, StepOutcome::Exited(1));
+    assert_eq!(
+        run(&mut s, &st, never.clone()).await.0,
+        StepOutcome::Exited(1)
+    );
     // A shell killed by a signal exits with 128 + the signal.
     let st = step(ws.path(), StepKind::Script, &["kill -9 $$"], None);
     assert_eq!(run(&mut s, &st, never).await.0, StepOutcome::Exited(137));
