@@ -341,7 +341,7 @@ pub(crate) async fn log(
         .await
     {
         Ok(size) => {
-            // Bytes past the offset that the log now holds: a resent chunk counts only once.
+            // The bytes of this chunk that the log holds (a resent chunk counts again).
             let end = q.offset + i64::try_from(body.len()).unwrap_or(i64::MAX);
             let appended = (size.min(end) - q.offset).max(0);
             state

@@ -724,3 +724,79 @@ both!(commit_statuses);
 
 #[allow(dead_code)]
 fn _unused(_: &App) {}
+
+async fn newer_push_cancels_interruptible_pipelines(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    let ci = "a:\n  stage: build\n  interruptible: true\n  script: [echo]\nb:\n  stage: test\n  script: [echo]\n";
+    let first = app.commit(&[(".gitlab-ci.yml", ci)]);
+    let d1 = app.push_and_wait("demo", &first).await;
+    let p1 = d1["pipeline_id"].as_i64().unwrap();
+    // An interruptible job runs: the older pipeline may be canceled.
+    let agent = app.register("a", &[]).await;
+    app.take(&agent, 5000).await.unwrap();
+    let second = app.commit(&[("README", "x")]);
+    let d2 = app.push_and_wait("demo", &second).await;
+    let p2 = d2["pipeline_id"].as_i64().unwrap();
+    let old = app.pipeline_status(p1, "canceled").await;
+    assert_eq!(old["jobs"][1]["status"], "canceled");
+    assert_ne!(app.pipeline(p2).await["status"], "canceled");
+}
+both!(newer_push_cancels_interruptible_pipelines);
+
+async fn merge_request_events(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    app.commit(&[("README", "base")]);
+    crate::common::git(&app.repo, &["checkout", "-q", "-b", "feature"]);
+    let sha = app.commit(&[(
+        ".gitlab-ci.yml",
+        "workflow:\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"merge_request_event\"\n\
+         mr:\n  script: [echo]\n  rules:\n    - if: $CI_MERGE_REQUEST_IID == \"7\" && $CI_COMMIT_BRANCH == null\n",
+    )]);
+    let body = json!({
+        "object_kind": "merge_request",
+        "user": {"name": "Jane", "email": "jane@example.com"},
+        "object_attributes": {
+            "iid": 7, "id": 70, "action": "open", "title": "A feature",
+            "source_branch": "feature", "target_branch": "main",
+            "last_commit": {"id": sha},
+        },
+    });
+    let r = app
+        .client
+        .post(format!("{}/api/v1/projects/demo/hooks/gitlab", app.url))
+        .header("X-Gitlab-Token", crate::common::SECRET)
+        .header("X-Gitlab-Event", "Merge Request Hook")
+        .header("X-Gitlab-Event-UUID", "mr-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let d = app.delivery("demo", id).await;
+    assert_eq!(d["status"], "created", "{d}");
+    let p = app
+        .pipeline_status(d["pipeline_id"].as_i64().unwrap(), "pending")
+        .await;
+    assert_eq!(p["source"], "merge_request_event");
+    assert_eq!(p["ref"], "feature");
+    assert_eq!(statuses(&p), vec![("mr".into(), "pending".into())]);
+    let agent = app.register("a", &[]).await;
+    let spec = app.take(&agent, 5000).await.unwrap();
+    let pre = spec["plan"]["predefined"].as_array().unwrap();
+    let get = |k: &str| {
+        pre.iter()
+            .rev()
+            .find(|v| v["key"] == k)
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(
+        get("CI_MERGE_REQUEST_TARGET_BRANCH_NAME"),
+        Some(json!("main"))
+    );
+    assert_eq!(get("CI_COMMIT_REF_NAME"), Some(json!("feature")));
+    assert_eq!(get("CI_COMMIT_BRANCH"), None);
+}
+both!(merge_request_events);
