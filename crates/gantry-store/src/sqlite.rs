@@ -68,6 +68,8 @@ pub struct SqliteStore {
     writer: Mutex<SqliteConnection>,
     readers: Option<SqlitePool>,
     deliveries: std::sync::Mutex<Vec<QueuedDelivery>>,
+    /// Dropped with the store, which stops the checkpointer.
+    _alive: std::sync::Arc<()>,
 }
 
 /// A delivery waiting for the next group commit, and where its answer goes.
@@ -201,7 +203,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
-            .pragma("temp_store", "memory");
+            .pragma("temp_store", "memory")
+            // The checkpointer below keeps the WAL short; this is only the safety net, so that
+            // the writer itself rarely stops to copy pages and sync the database file.
+            .pragma("wal_autocheckpoint", "10000");
         if !in_memory {
             if let Some(dir) = options.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
@@ -229,12 +234,34 @@ impl SqliteStore {
                     .connect_lazy_with(options),
             )
         };
+        let alive = std::sync::Arc::new(());
+        if let Some(pool) = &readers {
+            tokio::spawn(checkpoint(pool.clone(), std::sync::Arc::downgrade(&alive)));
+        }
         Ok(Self {
             writer: Mutex::new(writer),
             readers,
             deliveries: std::sync::Mutex::new(Vec::new()),
+            _alive: alive,
         })
     }
+}
+
+/// Every second, copies the WAL's committed pages into the database file from a reader
+/// connection (a passive checkpoint, which never blocks the writer), so that commits do not wait
+/// for checkpoints and their syncs. Ends when the store is dropped.
+async fn checkpoint(pool: SqlitePool, alive: std::sync::Weak<()>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if alive.upgrade().is_none() {
+            break;
+        }
+        // A failed checkpoint is retried next time; the writer's own checkpoints are the backstop.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await;
+    }
+    pool.close().await;
 }
 
 /// Inserts `jobs` of a pipeline, in batches.
