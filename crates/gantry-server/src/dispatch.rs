@@ -526,7 +526,7 @@ pub(crate) fn check_archive(bytes: &[u8]) -> Result<(), String> {
 
 /// `PUT /api/v1/agent/jobs/{id}/artifacts`.
 #[utoipa::path(put, path = "/api/v1/agent/jobs/{id}/artifacts", tag = "agent protocol", params(("id" = i64, Path, description = "The id")),
-    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "A tar archive"),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "A tar archive"),
     responses((status = 201, description = "Stored; `size` is the archive's size", body = LogAck),
         (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The lease is lost", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
 pub(crate) async fn upload_artifacts(

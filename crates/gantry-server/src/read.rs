@@ -373,6 +373,19 @@ pub(crate) async fn job_log(
     Ok(resp)
 }
 
+/// One Server-Sent Event of the live log stream.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SseMessage {
+    /// `log` or `end`.
+    pub event: Option<String>,
+    /// JSON: a `LogChunk` for `log`, a `LogEnd` for `end`.
+    pub data: Option<String>,
+    /// For `log`: the byte offset to resume from (`Last-Event-ID`).
+    pub id: Option<String>,
+    /// Reconnection time.
+    pub retry: Option<i64>,
+}
+
 /// A `log` event of the live stream.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct LogChunk {
@@ -410,7 +423,7 @@ enum Live {
 /// (`{status, size}`) when the job is over. Memory stays bounded: one chunk at a time.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/log/stream", tag = "jobs",
     params(("id" = i64, Path, description = "The id"), ("Last-Event-ID" = Option<String>, Header, description = "Resume from this byte offset")),
-    responses((status = 200, description = "Server-Sent Events: `log` events (LogChunk), then one `end` event (LogEnd)", body = String, content_type = "text/event-stream"),
+    responses((status = 200, description = "Server-Sent Events: `log` events (`data` is a LogChunk), then one `end` event (`data` is a LogEnd)", body = SseMessage, content_type = "text/event-stream"),
         (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn job_log_stream(
     State(state): State<AppState>,
