@@ -130,9 +130,11 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
     let spec = job_spec(&p, &job, lease_ms).map_err(AppError::internal)?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
-    // The pipeline becomes running; not on the agent's time.
-    let (s, id) = (state.clone(), p.id);
-    tokio::spawn(async move { crate::progress::advance(&s, id).await });
+    // The pipeline becomes running (and started); not on the agent's time.
+    if p.status != "running" || p.started_at.is_none() {
+        let (s, id) = (state.clone(), p.id);
+        tokio::spawn(async move { crate::progress::advance(&s, id).await });
+    }
     Ok(Json(spec).into_response())
 }
 

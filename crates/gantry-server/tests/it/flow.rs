@@ -800,3 +800,59 @@ async fn merge_request_events(b: Backend) {
     assert_eq!(get("CI_COMMIT_BRANCH"), None);
 }
 both!(merge_request_events);
+
+async fn protected_and_scoped_variables(b: Backend) {
+    let app = spawn(b).await;
+    app.project(
+        "demo",
+        json!({"variables": [
+            {"key": "PROD_ONLY", "value": "p", "protected": true},
+            {"key": "SCOPED", "value": "s", "environment_scope": "review/*"},
+            {"key": "EVERYWHERE", "value": "e"},
+        ]}),
+    )
+    .await;
+    let ci = "deploy:\n  script: [echo]\n  environment: review/$CI_COMMIT_REF_SLUG\nplain:\n  script: [echo]\n";
+    let agent = app.register("a", &[]).await;
+    let names = |spec: &Value| -> Vec<String> {
+        spec["plan"]["cli_variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // On the default branch: protected variables are given.
+    let sha = app.commit(&[(".gitlab-ci.yml", ci)]);
+    app.push_and_wait("demo", &sha).await;
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let spec = app.take(&agent, 5000).await.unwrap();
+        seen.insert(spec["job"].as_str().unwrap().to_string(), names(&spec));
+        app.run_job(&agent, spec["job_id"].as_i64().unwrap(), "", "success")
+            .await;
+    }
+    assert!(
+        seen["deploy"].contains(&"PROD_ONLY".to_string()),
+        "{seen:?}"
+    );
+    assert!(seen["deploy"].contains(&"SCOPED".to_string()), "{seen:?}");
+    assert!(
+        !seen["plain"].contains(&"SCOPED".to_string()),
+        "no environment: {seen:?}"
+    );
+    assert!(seen["plain"].contains(&"EVERYWHERE".to_string()));
+    // On another branch: not the protected one.
+    crate::common::git(&app.repo, &["checkout", "-q", "-b", "topic"]);
+    let sha = app.commit(&[("README", "x")]);
+    let r = app.push("demo", "topic", &sha).await;
+    assert_eq!(r.status(), 202);
+    let spec = app.take(&agent, 10_000).await.unwrap();
+    assert!(
+        !names(&spec).contains(&"PROD_ONLY".to_string()),
+        "{:?}",
+        names(&spec)
+    );
+    assert!(names(&spec).contains(&"EVERYWHERE".to_string()));
+}
+both!(protected_and_scoped_variables);
