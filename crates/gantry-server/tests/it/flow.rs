@@ -856,3 +856,56 @@ async fn protected_and_scoped_variables(b: Backend) {
     assert!(names(&spec).contains(&"EVERYWHERE".to_string()));
 }
 both!(protected_and_scoped_variables);
+
+async fn live_log_stream(b: Backend) {
+    use futures_util::StreamExt as _;
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
+    app.push_and_wait("demo", &sha).await;
+    let agent = app.register("a", &[]).await;
+    let spec = app.take(&agent, 5000).await.unwrap();
+    let id = spec["job_id"].as_i64().unwrap();
+    let put = |offset: usize, body: &'static str| {
+        app.agent_call(
+            &agent,
+            Method::PUT,
+            &format!("/api/v1/agent/jobs/{id}/log?offset={offset}"),
+        )
+        .body(body)
+        .send()
+    };
+    assert_eq!(put(0, "first\n").await.unwrap().status(), 200);
+    let mut stream = app
+        .get(&format!("/api/v1/jobs/{id}/log/stream"))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let mut seen = String::new();
+    let mut read_until = async |needle: &str, seen: &mut String| {
+        while !seen.contains(needle) {
+            let chunk = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("the stream stalled")
+                .expect("the stream ended early")
+                .unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_until("first\\n", &mut seen).await;
+    // Live: a chunk appended now arrives on the open stream.
+    assert_eq!(put(6, "second\n").await.unwrap().status(), 200);
+    read_until("second\\n", &mut seen).await;
+    assert!(!seen.contains("event: end"));
+    let r = app
+        .agent_call(&agent, Method::POST, &format!("/api/v1/agent/jobs/{id}/finish"))
+        .json(&json!({"outcome": "success", "exit_code": 0, "failure_reason": null, "coverage": null, "log_size": 13}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    read_until("event: end", &mut seen).await;
+    assert!(seen.contains("\"status\":\"success\""), "{seen}");
+}
+both!(live_log_stream);
