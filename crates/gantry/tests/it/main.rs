@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `gantry` binary runs real pipelines in temporary git repositories.
 
 mod cli;
+mod docker;
 mod keywords;
 
 use std::path::{Path, PathBuf};

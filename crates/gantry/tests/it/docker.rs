@@ -1,0 +1,380 @@
+//! `gantry run` with the container executor, against a real engine (`scripts/engine.sh`).
+//!
+//! These tests need the engine that `scripts/engine.sh` starts (or any engine at `DOCKER_HOST` with
+//! its two test images); without one they fail, saying so.
+
+use std::io::BufRead as _;
+use std::process::Command;
+
+use super::{Repo, Run, gantry_cmd};
+
+const BASE: &str = "gantry-test/base:1";
+const SERVICE: &str = "gantry-test/service:1";
+
+/// Runs the docker CLI against the test engine.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", help()));
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        help()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn help() -> &'static str {
+    "these tests need a container engine with the test images: run \
+     `eval \"$(scripts/engine.sh)\"` (it prints `export DOCKER_HOST=...`), then the tests"
+}
+
+/// Fails (never skips) when the engine or its test images are missing.
+fn engine() {
+    for image in [BASE, SERVICE] {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", image])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "no engine, or no image {image}: {}", help());
+    }
+}
+
+/// The labelled objects (containers, networks, volumes) that belong to jobs of `repo`.
+fn leftovers(repo: &Repo) -> Vec<String> {
+    let root = repo.path().to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for (kind, list) in [
+        ("container", vec!["ps", "-a"]),
+        ("network", vec!["network", "ls"]),
+        ("volume", vec!["volume", "ls"]),
+    ] {
+        let mut args = list;
+        args.extend([
+            "--filter",
+            "label=gantry.managed=true",
+            "--format",
+            "{{.Label \"gantry.workspace\"}}",
+        ]);
+        for line in docker(&args).lines() {
+            if line.starts_with(&root) {
+                found.push(format!("{kind} of {line}"));
+            }
+        }
+    }
+    found
+}
+
+fn assert_clean(repo: &Repo) {
+    let left = leftovers(repo);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn all_output(r: &Run) -> String {
+    format!("{}\n{}", r.stdout, r.stderr)
+}
+
+#[test]
+fn image_job_runs_inside_the_container() {
+    engine();
+    let repo = Repo::new(&[
+        ("hello.txt", "hello from the repository\n"),
+        (
+            ".gitlab-ci.yml",
+            "
+job:
+  image: gantry-test/base:1
+  script:
+    - grep ^ID= /etc/os-release
+    - cat hello.txt
+    - echo \"pwd=$(pwd) dir=$CI_PROJECT_DIR\"
+    - test ! -e \"$HOST_REPO\" && echo host-invisible
+    - command -v bash || echo no-bash
+    - echo made-inside > inside.txt
+",
+        ),
+    ]);
+    let host = repo.path().to_string_lossy().into_owned();
+    let r = repo.run_json(&["--variable", &format!("HOST_REPO={host}")]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    let log = r.log("job");
+    assert_eq!(log[0], "ID=gantry-test-base", "{}", r.dump());
+    assert_eq!(log[1], "hello from the repository");
+    let (pwd, dir) = log[2].split_once(' ').unwrap();
+    assert!(pwd.starts_with("pwd=/builds/"), "{}", log[2]);
+    assert_eq!(pwd["pwd=".len()..], dir["dir=".len()..], "{}", log[2]);
+    assert_eq!(log[3], "host-invisible");
+    assert_eq!(log[4], "no-bash");
+    assert_clean(&repo);
+}
+
+#[test]
+fn two_jobs_at_once_each_in_its_own_container() {
+    engine();
+    let job = |name: &str| {
+        format!(
+            "{name}:\n  image: gantry-test/base:1\n  script:\n    - touch /tmp/mine-{name}\n    \
+             - echo \"host=$(hostname)\"\n    - sleep 1\n    - ls /tmp\n"
+        )
+    };
+    let repo = Repo::new(&[(".gitlab-ci.yml", &format!("{}{}", job("a"), job("b")))]);
+    let r = repo.run_json(&["--concurrency", "2"]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(r.log("a")[1], "mine-a", "{}", r.dump());
+    assert_eq!(r.log("b")[1], "mine-b", "{}", r.dump());
+    assert_ne!(r.log("a")[0], r.log("b")[0], "same container");
+    // Both had started before either finished.
+    let started = |j: &str| r.index(|e| e["event"] == "job_started" && e["job"] == j);
+    let finished = |j: &str| r.index(|e| e["event"] == "job_finished" && e["job"] == j);
+    assert!(
+        started("a").max(started("b")) < finished("a").min(finished("b")),
+        "{}",
+        r.dump()
+    );
+    assert_clean(&repo);
+}
+
+#[test]
+fn service_is_reachable_by_alias_with_its_variables_and_command() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "
+job:
+  image: gantry-test/base:1
+  services:
+    - name: gantry-test/service:1
+      alias: web
+    - name: gantry-test/service:1
+      alias: greet
+      variables:
+        GREETING: hi-from-variables
+      command: ['sh', '-c', 'echo \"$GREETING\" > /www/index.html && exec httpd -f -p 80 -h /www']
+  script:
+    - wget -q -O- http://web/
+    - wget -q -O- http://gantry-test__service/
+    - wget -q -O- http://gantry-test-service/
+    - wget -q -O- http://greet/
+",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    let log = r.log("job");
+    assert_eq!(log[..3], ["gantry-service"; 3], "{}", r.dump());
+    assert_eq!(log[3], "hi-from-variables");
+    assert_clean(&repo);
+}
+
+#[test]
+fn a_service_that_never_listens_fails_with_its_log() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "
+job:
+  image: gantry-test/base:1
+  services:
+    - name: gantry-test/service:1
+      command: ['sh', '-c', 'echo service-is-broken; exit 3']
+  script: [echo never]
+",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.status("job"), "failed", "{}", r.dump());
+    let all = all_output(&r);
+    assert!(
+        all.contains("gantry-test/service:1") && all.contains("service-is-broken"),
+        "{all}"
+    );
+    assert!(r.log("job").is_empty());
+    assert_clean(&repo);
+}
+
+#[test]
+fn artifacts_pass_from_container_to_shell_and_back() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "
+stages: [one, two, three]
+in-container:
+  stage: one
+  image: gantry-test/base:1
+  script:
+    - mkdir -p out && grep ^ID= /etc/os-release > out/first.txt
+  artifacts: {paths: [out/]}
+in-shell:
+  stage: two
+  script:
+    - test -f /etc/gantry-no-such-file || echo shell > out/second.txt
+    - cat out/first.txt
+  artifacts: {paths: [out/]}
+in-container-again:
+  stage: three
+  image: gantry-test/base:1
+  script:
+    - cat out/first.txt out/second.txt
+",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(r.log("in-shell"), ["ID=gantry-test-base"], "{}", r.dump());
+    assert_eq!(
+        r.log("in-container-again"),
+        ["ID=gantry-test-base", "shell"],
+        "{}",
+        r.dump()
+    );
+    assert_clean(&repo);
+}
+
+#[test]
+fn timeout_removes_the_container_and_after_script_still_runs() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "
+slow:
+  image: gantry-test/base:1
+  timeout: 2s
+  script:
+    - echo started
+    - sleep 60
+  after_script:
+    - 'echo \"after: $CI_JOB_STATUS\"'
+",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.status("slow"), "failed", "{}", r.dump());
+    assert_eq!(r.log("slow"), ["started", "after: failed"], "{}", r.dump());
+    assert!(all_output(&r).contains("timed out"), "{}", r.dump());
+    assert_clean(&repo);
+}
+
+#[test]
+fn cancel_removes_the_container() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "
+long:
+  image: gantry-test/base:1
+  script:
+    - echo started
+    - sleep 300
+  after_script:
+    - 'echo \"after: $CI_JOB_STATUS\"'
+",
+    )]);
+    let mut child = gantry_cmd(repo.path())
+        .args(["run", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.contains("\"line\":\"started\"");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    assert!(
+        !leftovers(&repo).is_empty(),
+        "no container while running: {seen:?}"
+    );
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let all = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{all}");
+    assert!(all.contains("\"line\":\"after: canceled\""), "{all}");
+    assert_clean(&repo);
+}
+
+#[test]
+fn a_missing_image_fails_with_a_clear_message() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "
+pulled:
+  image: gantry-test/no-such-image:1
+  script: [echo never]
+never-pulled:
+  image:
+    name: gantry-test/no-such-image:2
+    pull_policy: never
+  script: [echo never]
+",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 1, "{}", r.dump());
+    assert_eq!(r.status("pulled"), "failed");
+    assert_eq!(r.status("never-pulled"), "failed");
+    let all = all_output(&r);
+    assert!(
+        all.contains("cannot pull image `gantry-test/no-such-image:1`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("image `gantry-test/no-such-image:2` is not present")
+            && all.contains("`never`"),
+        "{all}"
+    );
+    assert!(r.log("pulled").is_empty() && r.log("never-pulled").is_empty());
+    assert_clean(&repo);
+}
+
+#[test]
+fn nothing_is_left_behind() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "
+stages: [a, b]
+with-service:
+  stage: a
+  image: gantry-test/base:1
+  services: [gantry-test/service:1]
+  script: [wget -q -O- http://gantry-test-service/]
+failing:
+  stage: a
+  image: gantry-test/base:1
+  script: [exit 3]
+shell:
+  stage: b
+  script: [echo shell]
+",
+    )]);
+    let r = repo.run_json(&["--concurrency", "2"]);
+    assert_eq!(r.status("with-service"), "success", "{}", r.dump());
+    assert_eq!(r.status("failing"), "failed", "{}", r.dump());
+    assert_eq!(r.finished("failing")["exit_code"], 3);
+    // The shell job did not run: `failing` failed stage a.
+    assert_eq!(r.starts("shell"), 0);
+    assert_clean(&repo);
+}
+
+#[test]
+fn shell_executor_flag_keeps_image_jobs_in_the_shell() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "job:\n  image: gantry-test/base:1\n  script: [test -e /etc/gantry-x || echo in-shell]\n",
+    )]);
+    let r = repo.run_json(&["--shell-executor"]);
+    assert_eq!(r.log("job"), ["in-shell"], "{}", r.dump());
+    assert_clean(&repo);
+}
