@@ -909,3 +909,48 @@ async fn live_log_stream(b: Backend) {
     assert!(seen.contains("\"status\":\"success\""), "{seen}");
 }
 both!(live_log_stream);
+
+async fn scheduled_pipelines(b: Backend) {
+    let mut app = spawn(b).await;
+    app.commit(&[(
+        ".gitlab-ci.yml",
+        "nightly:\n  script: [echo]\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"schedule\"\n",
+    )]);
+    app.project(
+        "demo",
+        json!({"schedules": [{"cron": "* * * * *", "variables": [{"key": "FROM_SCHEDULE", "value": "yes"}]}]}),
+    )
+    .await;
+    // The scheduler looks at the current minute when it starts: restart it.
+    app.stop().await;
+    let server = gantry_server::serve(app.config.clone()).await.unwrap();
+    app.url = server.url();
+    app.server = Some(server);
+    let d = eventually(|| async {
+        let list = app.json("/api/v1/projects/demo/deliveries").await;
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["forge"] == "schedule" && d["status"] != "pending")
+            .cloned()
+    })
+    .await;
+    assert_eq!(d["status"], "created", "{d}");
+    assert!(
+        d["delivery_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("schedule-0-")
+    );
+    let p = app.pipeline(d["pipeline_id"].as_i64().unwrap()).await;
+    assert_eq!(p["source"], "schedule");
+    let agent = app.register("a", &[]).await;
+    let spec = app.take(&agent, 5000).await.unwrap();
+    assert_eq!(spec["job"], "nightly");
+    let vars = spec["plan"]["cli_variables"].as_array().unwrap();
+    assert!(
+        vars.iter()
+            .any(|v| v["key"] == "FROM_SCHEDULE" && v["value"] == "yes")
+    );
+}
+both!(scheduled_pipelines);
