@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gantry_api::agent::{FinishJob, JobSpec, Outcome};
 use gantry_pipeline::Plan;
-use gantry_pipeline::plan::{FailureReason, When};
+use gantry_pipeline::plan::{FailureReason, Variable, When};
 use gantry_runtime::{JobResult, JobStatus, RunConfig};
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -32,6 +32,8 @@ const LOST_GRACE: Duration = Duration::from_secs(10);
 pub(crate) enum Exec {
     /// `bash` on the agent's machine.
     Shell(Arc<gantry_executor_shell::ShellExecutor>),
+    /// Containers (Docker or Podman).
+    Docker(Arc<gantry_executor_docker::DockerExecutor>),
 }
 
 /// What every job of an agent shares.
@@ -270,7 +272,7 @@ async fn execute(
             return failure(FailureReason::RunnerSystemFailure);
         }
     };
-    let plan = runnable(&spec.plan, idx);
+    let plan = runnable(&spec.plan, idx, spec.job_id);
     let mut selected = vec![false; plan.jobs.len()];
     selected[idx] = true;
     let config = RunConfig {
@@ -290,6 +292,9 @@ async fn execute(
         Exec::Shell(e) => {
             gantry_runtime::run(&plan, config, e.clone(), reporter.clone(), cancel).await
         }
+        Exec::Docker(e) => {
+            gantry_runtime::run(&plan, config, e.clone(), reporter.clone(), cancel).await
+        }
     };
     match ran {
         Ok(_) => reporter.result().unwrap_or_else(|| {
@@ -305,13 +310,17 @@ async fn execute(
 
 /// The plan as the agent runs it: the server decided that the job runs, so its `when` no longer
 /// matters (no delay, no waiting to be played, no `on_failure` check against jobs that are not
-/// here), and the server retries, not the agent.
-fn runnable(plan: &Plan, idx: usize) -> Plan {
+/// here), and the server retries, not the agent. The server's `CI_JOB_ID` goes first among the
+/// global variables, which rank above the id the runtime makes up for local runs.
+fn runnable(plan: &Plan, idx: usize, job_id: i64) -> Plan {
     let mut plan = plan.clone();
     let job = &mut plan.jobs[idx];
     job.when = When::Always;
     job.start_in = None;
     job.retry.max = 0;
+    let mut id = Variable::new("CI_JOB_ID", job_id.to_string());
+    id.expand = false;
+    plan.variables.insert(0, id);
     plan
 }
 

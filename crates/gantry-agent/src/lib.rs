@@ -45,7 +45,8 @@ const IDENTITY_FILE: &str = "agent.json";
 pub enum ExecutorKind {
     /// Each job in `bash` on this machine; jobs that name an `image:` fail, as with `gantry run`.
     Shell,
-    /// Each job in a container (Docker or Podman).
+    /// Each job in a container (Docker or Podman, at `DOCKER_HOST` or the default socket); jobs
+    /// must name an `image:`.
     Docker,
 }
 
@@ -198,7 +199,10 @@ async fn agent(args: Args) -> anyhow::Result<u8> {
             allow_image: false,
         })),
         ExecutorKind::Docker => {
-            bail!("--executor docker is not available in this build yet; use --executor shell")
+            let docker =
+                gantry_executor_docker::DockerExecutor::connect(Default::default()).await?;
+            tracing::info!(host = docker.host(), "container engine ready");
+            Exec::Docker(Arc::new(docker))
         }
     };
     let work_dir = args.work_dir.clone();
