@@ -45,6 +45,9 @@ enum Command {
     Server(gantry_server::Args),
     /// Run an agent: take jobs from a server and run them.
     Agent(gantry_agent::Args),
+    /// Manage a server's projects.
+    #[command(subcommand)]
+    Project(crate::remote::ProjectCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -138,6 +141,7 @@ pub fn main() -> Result<u8> {
         Command::Lint(args) => lint(&args),
         Command::Server(args) => gantry_server::main(args),
         Command::Agent(args) => gantry_agent::main(args),
+        Command::Project(command) => crate::remote::main(command),
     }
 }
 

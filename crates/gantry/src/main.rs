@@ -3,6 +3,7 @@
 mod cli;
 mod git;
 mod output;
+mod remote;
 mod sources;
 
 use std::process::ExitCode;

