@@ -480,6 +480,7 @@ both_stores!(
     killed_server_pipeline_finishes,
     five_agents_run_many_jobs_once_each,
     readme_quick_start,
+    canceled_job_stops_and_restarted_agent_keeps_its_token,
 );
 
 /// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
@@ -838,4 +839,91 @@ fn readme_quick_start(store: Store) {
     );
     assert_eq!(mode & 0o777, 0o600);
     server.kill();
+}
+
+/// A pipeline canceled through the API: the agent hears it in a heartbeat answer, stops the job,
+/// runs its `after_script`, and finishes it as canceled. Then the agent is restarted with a wrong
+/// registration token: it uses the agent token kept in its work dir, and takes the next pipeline.
+fn canceled_job_stops_and_restarted_agent_keeps_its_token(store: Store) {
+    let s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let yaml = format!(
+        "long:\n  script:\n    - echo started >> {runs}\n    - sleep 60\n  after_script:\n    - echo cleanup after cancel\n",
+        runs = runs.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("cancel", repo.path());
+    let mut agent = s.agent("a1");
+    let id = api.trigger("cancel");
+    wait_for("the job to start", || {
+        (lines_of(&runs).len() == 1).then_some(())
+    });
+    let (status, body) = api.post(&format!("/api/v1/pipelines/{id}/cancel"), &json!({}));
+    assert!(status < 300, "{status} {body}");
+    let p = api.finished(id);
+    assert_eq!(p.status, PipelineStatus::Canceled, "{p:#?}");
+    let job = wait_for("the job to end", || {
+        let j = api.job(job_named(&p, "long").id);
+        j.status.is_final().then_some(j)
+    });
+    assert_eq!(job.status, JobStatus::Canceled, "{}", agent.output());
+    let log = wait_for("the after_script's output", || {
+        let log = api.log(job.id);
+        log.contains("cleanup after cancel\n").then_some(log)
+    });
+    assert!(
+        log.contains("started") || log.contains("$ echo started"),
+        "{log}"
+    );
+
+    agent.kill();
+    let work = s.path().join("agents").join("a1");
+    let restarted = Agent {
+        child: gantry()
+            .args([
+                "agent",
+                "--server",
+                &s.server.url,
+                "--token",
+                "not-the-token",
+                "--name",
+                "a1",
+            ])
+            .arg("--work-dir")
+            .arg(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(s.path().join("a1-again.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        log: s.path().join("a1-again.log"),
+    };
+    repo.git(&["commit", "-q", "--allow-empty", "-m", "again"]);
+    std::fs::write(&runs, "").unwrap();
+    let (status, body) = api.post(
+        "/api/v1/projects/cancel/pipelines",
+        &json!({"ref": "main", "variables": []}),
+    );
+    assert_eq!(status, 202, "{body}");
+    // The second pipeline is the newest one in the list.
+    let second = wait_for("the second pipeline", || {
+        let list = api.get_json("/api/v1/projects/cancel/pipelines");
+        list.as_array()?
+            .iter()
+            .filter_map(|p| p.get("id")?.as_i64())
+            .find(|&pid| pid != id)
+    });
+    wait_for("the second job to start", || {
+        (lines_of(&runs).len() == 1).then_some(())
+    });
+    let p = api.pipeline(second);
+    assert_eq!(job_named(&p, "long").agent.as_deref(), Some("a1"));
+    let agents = api.get_json("/api/v1/agents");
+    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
+    assert!(
+        restarted.output().contains("using the stored agent token"),
+        "{}",
+        restarted.output()
+    );
 }
