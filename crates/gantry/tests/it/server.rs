@@ -704,15 +704,13 @@ fn readme_quick_start(store: Store) {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::new(store);
     let data = dir.path().join("gantry-data");
-    // gantry server --listen 127.0.0.1:8080   (port 0 here)
+    // gantry server --listen 127.0.0.1:8080   (port 0 here; the data dir is ./gantry-data)
     let mut c = gantry();
-    c.args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data);
+    c.args(["server", "--listen", "127.0.0.1:0"]);
     if let Some(url) = &db.url {
         c.args(["--database-url", url]);
     }
-    let mut server = Server::spawn(c, &data, db.url.as_deref());
-    let _ = &server.url;
+    let mut server = Server::spawn(c, dir.path(), db.url.as_deref());
     let admin = std::fs::read_to_string(data.join("admin-token"))
         .expect("the server stores its generated admin token")
         .trim()
