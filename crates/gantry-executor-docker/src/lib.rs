@@ -822,7 +822,10 @@ impl DockerSession {
                 .build();
             let _ = self.docker.remove_container(&s.container, Some(rm)).await;
         }
-        if self.touched {
+        // A job without services that started completely has nothing but its container; anything
+        // else (services, a network, an interrupted start) is found by the session's label.
+        let only_container = self.started.is_some() && self.job.services.is_empty();
+        if self.touched && !only_container {
             // Everything else of the session, including what an interrupted start created.
             let label = format!("gantry.session={}", self.nonce);
             let _ = remove_labelled(&self.docker, &label, true).await;
