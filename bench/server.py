@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""Server and agent benchmarks (run through bench/server.sh).
+
+Measures, on the store given by --store (sqlite or postgres):
+
+  * dispatch latency: single-job pipelines triggered one after another while
+    idle agents wait; latency = job.started_at - job.queued_at, read from the
+    API's millisecond timestamps (the issue's definition: from the job becoming
+    ready to an idle agent starting it);
+  * dispatch throughput: one pipeline of N trivial jobs (`true`) through 10
+    agents; jobs/s = N / (last finished_at - first queued_at);
+  * webhook intake: wrk sends valid GitLab push deliveries (each with its own
+    X-Gitlab-Event-UUID) for a fixed time; the accepted count is compared
+    with the deliveries counted through the API afterwards;
+  * memory: RSS of an idle server and an idle agent, and of the server with
+    1,000 pipelines of history and 50 live log streams.
+
+Prints a Markdown table and writes bench/out/server-<store>.json.
+
+Usage: server.py --gantry BIN --store sqlite|postgres [--pg-url URL]
+                 [--latency-runs N] [--jobs N] [--agents N] [--wrk-seconds S]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+ADMIN = "bench-admin-token"
+REGISTRATION = "bench-registration-token"
+SECRET = "bench-webhook-secret"
+
+
+def log(msg):
+    print(f"server.py: {msg}", file=sys.stderr, flush=True)
+
+
+class Api:
+    def __init__(self, base):
+        self.base = base
+
+    def call(self, method, path, body=None, headers=None, raw=False):
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {ADMIN}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            payload = resp.read()
+            if raw:
+                return resp.status, dict(resp.headers), payload
+            return json.loads(payload) if payload else None
+
+
+def rss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def ts(s):
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+
+
+def make_repo(root, yaml_text):
+    repo = os.path.join(root, "repo")
+    os.makedirs(repo)
+    git(repo, "init", "-q", "-b", "main")
+    with open(os.path.join(repo, ".gitlab-ci.yml"), "w") as f:
+        f.write(yaml_text)
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-q", "-m", "bench")
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    return repo, sha
+
+
+class Server:
+    def __init__(self, gantry, root, database_url, lease="30s"):
+        self.data = os.path.join(root, "server-data")
+        env = dict(os.environ, GANTRY_ADMIN_TOKEN=ADMIN, GANTRY_REGISTRATION_TOKEN=REGISTRATION)
+        cmd = [gantry, "server", "--listen", "127.0.0.1:0", "--data-dir", self.data, "--lease-timeout", lease]
+        if database_url:
+            cmd += ["--database-url", database_url]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        self.url = None
+        lines = []
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+        if not self.url:
+            raise SystemExit("server did not print its address:\n" + "".join(lines))
+        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        self.api = Api(self.url)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_agents(gantry, root, url, n):
+    procs = []
+    for i in range(n):
+        work = os.path.join(root, f"agent-{i}")
+        procs.append(subprocess.Popen(
+            [gantry, "agent", "--server", url, "--token", REGISTRATION, "--work-dir", work, "--name", f"bench-{i}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def wait_agents(api, n, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(api.call("GET", "/api/v1/agents")) >= n:
+            return
+        time.sleep(0.1)
+    raise SystemExit("agents did not register")
+
+
+def wait_pipeline(api, pid, timeout=600):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        p = api.call("GET", f"/api/v1/pipelines/{pid}")
+        if p["status"] in ("success", "failed", "canceled", "skipped"):
+            return p
+        time.sleep(0.05)
+    raise SystemExit(f"pipeline {pid} did not finish")
+
+
+def pct(values, q):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def bench(args):
+    results = {"store": args.store}
+    root = tempfile.mkdtemp(prefix="gantry-bench-server-")
+    db = None if args.store == "sqlite" else args.pg_url
+    jobs_yaml = "stages: [test]\n" + "".join(f"j{i}:\n  stage: test\n  script: [\"true\"]\n" for i in range(args.jobs))
+    repo, _ = make_repo(root, "one:\n  script: [\"true\"]\n")
+    server = Server(args.gantry, root, db)
+    agents = []
+    try:
+        api = server.api
+        time.sleep(1)
+        results["idle_server_rss_kb"] = rss_kb(server.proc.pid)
+        api.call("POST", "/api/v1/projects", {"name": "one", "repo_url": repo, "webhook_secret": SECRET})
+        agents = start_agents(args.gantry, root, server.url, args.agents)
+        wait_agents(api, args.agents)
+        time.sleep(1)
+        results["idle_agent_rss_kb"] = max(rss_kb(a.pid) or 0 for a in agents)
+
+        # Dispatch latency: one job at a time, agents idle.
+        lat = []
+        for _ in range(args.latency_runs):
+            p = api.call("POST", "/api/v1/projects/one/pipelines", {"ref": "main"})
+            p = wait_pipeline(api, p["id"])
+            for j in p["jobs"]:
+                if j["queued_at"] and j["started_at"]:
+                    lat.append((ts(j["started_at"]) - ts(j["queued_at"])) * 1000)
+        results["latency_ms"] = {"n": len(lat), "p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat)}
+        log(f"latency p50 {results['latency_ms']['p50']:.1f} ms p99 {results['latency_ms']['p99']:.1f} ms")
+
+        # Throughput: N trivial jobs through the agents.
+        repo2 = os.path.join(root, "many")
+        os.makedirs(repo2)
+        r2, _ = make_repo(repo2, jobs_yaml)
+        api.call("POST", "/api/v1/projects", {"name": "many", "repo_url": r2})
+        p = api.call("POST", "/api/v1/projects/many/pipelines", {"ref": "main"})
+        p = wait_pipeline(api, p["id"], timeout=1200)
+        first = min(ts(j["queued_at"]) for j in p["jobs"])
+        last = max(ts(j["finished_at"]) for j in p["jobs"])
+        ok = sum(1 for j in p["jobs"] if j["status"] == "success")
+        results["throughput"] = {"jobs": len(p["jobs"]), "succeeded": ok, "seconds": last - first,
+                                 "jobs_per_s": len(p["jobs"]) / (last - first)}
+        log(f"throughput {results['throughput']['jobs_per_s']:.0f} jobs/s")
+
+        # Webhook intake with wrk.
+        if shutil.which("wrk"):
+            results["intake"] = intake(server, root, args)
+        else:
+            results["intake"] = "wrk not installed"
+    finally:
+        for a in agents:
+            a.send_signal(signal.SIGTERM)
+        for a in agents:
+            try:
+                a.wait(10)
+            except subprocess.TimeoutExpired:
+                a.kill()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+def intake(server, root, args):
+    api = server.api
+    before = api.call("GET", "/api/v1/projects/one/deliveries?per_page=1", raw=True)[1]
+    before_total = int(before.get("X-Total", "0"))
+    body = json.dumps({
+        "object_kind": "push", "ref": "refs/heads/main",
+        "before": "0" * 40, "after": "0" * 40, "checkout_sha": None,
+        "project": {"path_with_namespace": "bench/one"},
+        "commits": [], "total_commits_count": 0,
+    })
+    script = os.path.join(root, "hook.lua")
+    with open(script, "w") as f:
+        f.write(f"""
+wrk.method = "POST"
+wrk.body = {json.dumps(body)}
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Gitlab-Token"] = "{SECRET}"
+wrk.headers["X-Gitlab-Event"] = "Push Hook"
+local counter = 0
+local accepted = 0
+local other = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["X-Gitlab-Event-UUID"] = string.format("%d-%d-%d", math.random(1, 2147483647), os.time(), counter)
+  return wrk.format(nil, "/api/v1/projects/one/hooks/gitlab")
+end
+response = function(status, headers, body)
+  if status == 202 then accepted = accepted + 1 else other = other + 1 end
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT requests=%d p50_us=%d p99_us=%d\\n", summary.requests, latency:percentile(50), latency:percentile(99)))
+end
+""")
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{args.wrk_seconds}s", "--latency", "-s", script, server.url],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"RESULT requests=(\d+) p50_us=(\d+) p99_us=(\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sent = int(m.group(1))
+    time.sleep(2)
+    after = api.call("GET", "/api/v1/projects/one/deliveries?per_page=1", raw=True)[1]
+    stored = int(after.get("X-Total", "0")) - before_total
+    return {"sent": sent, "non_2xx": int(non2xx.group(1)) if non2xx else 0, "stored": stored,
+            "per_s": sent / args.wrk_seconds, "p50_ms": int(m.group(2)) / 1000, "p99_ms": int(m.group(3)) / 1000}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gantry", required=True)
+    ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    ap.add_argument("--pg-url")
+    ap.add_argument("--latency-runs", type=int, default=200)
+    ap.add_argument("--jobs", type=int, default=1000)
+    ap.add_argument("--agents", type=int, default=10)
+    ap.add_argument("--wrk-seconds", type=int, default=10)
+    args = ap.parse_args()
+    if args.store == "postgres" and not args.pg_url:
+        raise SystemExit("--pg-url is required for --store postgres")
+    results = bench(args)
+    os.makedirs("bench/out", exist_ok=True)
+    with open(f"bench/out/server-{args.store}.json", "w") as f:
+        json.dump(results, f, indent=2)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
