@@ -825,7 +825,7 @@ impl Executors {
 /// A job prepared by one of the [`Executors`].
 enum Sessions {
     Shell(gantry_executor_shell::ShellSession),
-    Docker(gantry_executor_docker::DockerSession),
+    Docker(Box<gantry_executor_docker::DockerSession>),
 }
 
 impl gantry_runtime::executor::Executor for Executors {
@@ -839,7 +839,10 @@ impl gantry_runtime::executor::Executor for Executors {
             (Some(_), _) if self.shell.allow_image => {
                 self.shell.prepare(job).await.map(Sessions::Shell)
             }
-            (Some(_), Ok(docker)) => docker.prepare(job).await.map(Sessions::Docker),
+            (Some(_), Ok(docker)) => docker
+                .prepare(job)
+                .await
+                .map(|s| Sessions::Docker(Box::new(s))),
             (Some(image), Err(why)) => Err(format!(
                 "job has `image: {}`, but no container engine answered ({why}); start one (see \
                  DOCKER_HOST) or pass --shell-executor to run it in the shell",
@@ -866,7 +869,7 @@ impl gantry_runtime::executor::Session for Sessions {
     async fn cleanup(self) {
         match self {
             Sessions::Shell(s) => s.cleanup().await,
-            Sessions::Docker(s) => s.cleanup().await,
+            Sessions::Docker(s) => (*s).cleanup().await,
         }
     }
 }
