@@ -3,10 +3,12 @@
 //! # Lifecycle
 //! Per job attempt, the runtime:
 //! 1. makes the workspace and restores caches and artifacts into it, then calls
-//!    [`Executor::prepare`]. It returns a [`Session`]: for the shell executor that is nothing at all;
-//!    a container executor creates its network, services and job container here. An `Err` fails the
-//!    attempt (`runner_system_failure`, the message shown to the user); no step runs, and there is no
-//!    session to clean up.
+//!    [`Executor::prepare`]. It returns a [`Session`]: for the shell executor that is nothing at all.
+//!    An `Err` fails the attempt (`runner_system_failure`, the message shown to the user); no step
+//!    runs, and there is no session to clean up. (The container executor checks the engine here, but
+//!    pulls images and creates its network, services and job container in the first step, because
+//!    only a [`Step`] carries the job's resolved variables: the project path it mounts at, and
+//!    `DOCKER_AUTH_CONFIG`. A failure there fails the step as a `SystemFailure`, with the same message.)
 //! 2. calls [`Session::run_step`] for the `before_script` + `script` step, then, if the job has one,
 //!    for the `after_script` step in a fresh shell: always, even after a failure, a timeout or a
 //!    cancel. Each call streams events to the sink as they come and returns how the step ended. A step

@@ -168,7 +168,7 @@ fn lint_treats_duplicate_keys_as_errors() {
 }
 
 #[test]
-fn image_jobs_need_the_shell_executor_flag_for_now() {
+fn image_jobs_fail_clearly_when_the_image_cannot_be_had_and_run_in_the_shell_on_request() {
     let repo = Repo::new(&[(
         ".gitlab-ci.yml",
         "job:\n  image: alpine:3\n  script: [echo in shell]\n",
