@@ -18,7 +18,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("gantry-api", &["gantry-pipeline"]),
     ("gantry-store", &["gantry-api", "gantry-pipeline"]),
-    ("gantry-server", &["gantry-api", "gantry-store", "gantry-pipeline"]),
+    (
+        "gantry-server",
+        &["gantry-api", "gantry-store", "gantry-pipeline"],
+    ),
     (
         "gantry-agent",
         &[
