@@ -202,6 +202,13 @@ async fn agent(args: Args) -> anyhow::Result<u8> {
             let docker =
                 gantry_executor_docker::DockerExecutor::connect(Default::default()).await?;
             tracing::info!(host = docker.host(), "container engine ready");
+            // A crashed agent leaves its containers, networks and volumes behind; the engine is
+            // this agent's own (one agent per engine), so everything Gantry labelled goes.
+            match docker.cleanup_leftovers().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed objects left behind by a crash"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove objects left behind"),
+            }
             Exec::Docker(Arc::new(docker))
         }
     };
