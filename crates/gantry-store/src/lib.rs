@@ -502,6 +502,44 @@ pub trait Store: Send + Sync + 'static {
     async fn create_pipeline(&self, pipeline: &NewPipeline) -> Result<i64>;
     /// A pipeline with all its jobs.
     async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>>;
+    /// The pipeline without its jobs (`jobs` is empty): what handing out one job needs, at a cost
+    /// that does not grow with the pipeline's size (but for its `version`, a sum in the database).
+    async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
+        Ok(self.pipeline(id).await?.map(|mut p| {
+            p.jobs.clear();
+            p
+        }))
+    }
+    /// Every attempt of the jobs of pipeline `pipeline_id` named in `names`, in `position`, then
+    /// `attempt` order (as in [`PipelineRecord::jobs`]).
+    async fn jobs_named(&self, pipeline_id: i64, names: &[String]) -> Result<Vec<JobRecord>> {
+        Ok(self
+            .pipeline(pipeline_id)
+            .await?
+            .map_or_else(Vec::new, |p| {
+                p.jobs
+                    .into_iter()
+                    .filter(|j| names.contains(&j.name))
+                    .collect()
+            }))
+    }
+    /// Every attempt of the jobs of pipeline `pipeline_id` whose stage comes before `stage_index`,
+    /// in `position`, then `attempt` order.
+    async fn jobs_before_stage(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+    ) -> Result<Vec<JobRecord>> {
+        Ok(self
+            .pipeline(pipeline_id)
+            .await?
+            .map_or_else(Vec::new, |p| {
+                p.jobs
+                    .into_iter()
+                    .filter(|j| j.stage_index < stage_index)
+                    .collect()
+            }))
+    }
     /// A project's pipelines, newest first, without jobs.
     async fn pipelines(
         &self,

@@ -436,6 +436,54 @@ impl Store for PgStore {
         Ok(Some(pipeline))
     }
 
+    async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+             WHERE p.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("reading a pipeline"))?;
+        Ok(match row {
+            Some(row) => Some(pipeline_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn jobs_named(&self, pipeline_id: i64, names: &[String]) -> Result<Vec<JobRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = $1 AND name = ANY($2) \
+             ORDER BY position, attempt, id"
+        ))
+        .bind(pipeline_id)
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading jobs by name"))?;
+        rows.iter().map(|row| Ok(job_record!(row))).collect()
+    }
+
+    async fn jobs_before_stage(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+    ) -> Result<Vec<JobRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = $1 AND stage_index < $2 \
+             ORDER BY position, attempt, id"
+        ))
+        .bind(pipeline_id)
+        .bind(stage_index)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("reading the jobs of earlier stages"))?;
+        rows.iter().map(|row| Ok(job_record!(row))).collect()
+    }
+
     async fn pipelines(
         &self,
         project_id: i64,

@@ -573,6 +573,60 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
+        let row = read!(self, conn => {
+            sqlx::query(&format!(
+                "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+                 WHERE p.id = ?"
+            ))
+            .bind(id)
+            .fetch_optional(conn)
+            .await
+            .map_err(db("reading a pipeline"))?
+        });
+        Ok(match row {
+            Some(row) => Some(pipeline_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn jobs_named(&self, pipeline_id: i64, names: &[String]) -> Result<Vec<JobRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = read!(self, conn => {
+            sqlx::query(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = ? \
+                 AND name IN (SELECT value FROM json_each(?)) ORDER BY position, attempt, id"
+            ))
+            .bind(pipeline_id)
+            .bind(json(names))
+            .fetch_all(conn)
+            .await
+            .map_err(db("reading jobs by name"))?
+        });
+        rows.iter().map(|row| Ok(job_record!(row))).collect()
+    }
+
+    async fn jobs_before_stage(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+    ) -> Result<Vec<JobRecord>> {
+        let rows = read!(self, conn => {
+            sqlx::query(&format!(
+                "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = ? AND stage_index < ? \
+                 ORDER BY position, attempt, id"
+            ))
+            .bind(pipeline_id)
+            .bind(stage_index)
+            .fetch_all(conn)
+            .await
+            .map_err(db("reading the jobs of earlier stages"))?
+        });
+        rows.iter().map(|row| Ok(job_record!(row))).collect()
+    }
+
     async fn pipelines(
         &self,
         project_id: i64,

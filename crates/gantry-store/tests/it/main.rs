@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use gantry_store::{
-    Changes, JobChange, JobResult, Page, PipelineFilter, Store, StoreError, connect,
+    Changes, JobChange, JobResult, Page, PipelineFilter, PipelineRecord, Store, StoreError, connect,
 };
 use harness::{Harness, agent, delivery, job, pipeline, project};
 
@@ -41,6 +41,7 @@ store_tests!(
     pending_deliveries_and_close,
     create_pipeline_once_per_delivery,
     pipeline_lists_jobs_in_order,
+    pipeline_head_and_partial_job_reads,
     pipelines_filter_and_paginate,
     apply_is_optimistic,
     claim_respects_tags,
@@ -311,6 +312,100 @@ async fn create_pipeline_once_per_delivery(h: Harness) {
     let a = s.create_pipeline(&pipeline(p.id, vec![])).await.unwrap();
     let b = s.create_pipeline(&pipeline(p.id, vec![])).await.unwrap();
     assert_ne!(a, b);
+}
+
+async fn pipeline_head_and_partial_job_reads(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "proj").await;
+    let a = agent(s, "a", &[], true).await;
+    let mut jobs = Vec::new();
+    for (i, name) in ["lint", "build", "test", "deploy"].iter().enumerate() {
+        let mut j = job(name, i as i64, 2_000);
+        j.stage_index = i as i64 / 2;
+        j.status = if i == 0 { "pending" } else { "created" }.to_owned();
+        jobs.push(j);
+    }
+    let id = s
+        .create_pipeline(&pipeline(p.id, jobs.clone()))
+        .await
+        .unwrap();
+    // Another pipeline with the same names: never part of the answers.
+    let other = s.create_pipeline(&pipeline(p.id, jobs)).await.unwrap();
+    assert!(s.pipeline_head(other).await.unwrap().is_some());
+    // A claim bumps the version; a retry adds a second attempt of `build`.
+    let claimed = s.claim(&a, 3_000, 60_000).await.unwrap().unwrap();
+    assert_eq!(claimed.pipeline_id, id);
+    let full = s.pipeline(id).await.unwrap().unwrap();
+    let build = full
+        .jobs
+        .iter()
+        .find(|j| j.name == "build")
+        .unwrap()
+        .clone();
+    let mut retry = job("build", build.position, 4_000);
+    retry.attempt = 2;
+    retry.stage_index = 0;
+    retry.status = "created".to_owned();
+    let changes = Changes {
+        new_jobs: vec![retry],
+        ..Changes::default()
+    };
+    assert!(s.apply(id, full.version, &changes).await.unwrap());
+    let full = s.pipeline(id).await.unwrap().unwrap();
+
+    let head = s.pipeline_head(id).await.unwrap().unwrap();
+    assert!(head.jobs.is_empty());
+    assert!(head.version > 0, "the claim and the apply bump it");
+    assert_eq!(
+        head,
+        PipelineRecord {
+            jobs: Vec::new(),
+            ..full.clone()
+        }
+    );
+    assert_eq!(s.pipeline_head(other + 1000).await.unwrap(), None);
+
+    let names = |jobs: &[gantry_store::JobRecord]| -> Vec<(String, i64)> {
+        jobs.iter().map(|j| (j.name.clone(), j.attempt)).collect()
+    };
+    let named = s
+        .jobs_named(
+            id,
+            &["deploy".to_owned(), "build".to_owned(), "nope".to_owned()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&named),
+        [
+            ("build".to_owned(), 1),
+            ("build".to_owned(), 2),
+            ("deploy".to_owned(), 1)
+        ]
+    );
+    assert!(named.iter().all(|j| j.pipeline_id == id));
+    // The records are whole, as `pipeline` reads them.
+    let in_full: Vec<_> = full
+        .jobs
+        .iter()
+        .filter(|j| j.name == "build" || j.name == "deploy")
+        .cloned()
+        .collect();
+    assert_eq!(named, in_full);
+    assert!(s.jobs_named(id, &[]).await.unwrap().is_empty());
+
+    let before = s.jobs_before_stage(id, 1).await.unwrap();
+    assert_eq!(
+        names(&before),
+        [
+            ("lint".to_owned(), 1),
+            ("build".to_owned(), 1),
+            ("build".to_owned(), 2)
+        ]
+    );
+    assert_eq!(before[0].status, "running");
+    assert!(s.jobs_before_stage(id, 0).await.unwrap().is_empty());
+    assert_eq!(s.jobs_before_stage(id, 2).await.unwrap().len(), 5);
 }
 
 async fn pipeline_lists_jobs_in_order(h: Harness) {
