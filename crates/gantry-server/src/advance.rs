@@ -51,6 +51,27 @@ impl Meta {
     }
 }
 
+/// The [`Meta`] of each job, decoded on first use.
+struct Metas<'a> {
+    jobs: &'a [&'a JobRecord],
+    cells: Vec<std::cell::OnceCell<Meta>>,
+}
+
+impl<'a> Metas<'a> {
+    fn new(jobs: &'a [&'a JobRecord]) -> Self {
+        Metas {
+            jobs,
+            cells: (0..jobs.len())
+                .map(|_| std::cell::OnceCell::new())
+                .collect(),
+        }
+    }
+
+    fn get(&self, i: usize) -> &Meta {
+        self.cells[i].get_or_init(|| Meta::of(self.jobs[i]))
+    }
+}
+
 fn when(job: &JobRecord) -> When {
     match job.when.as_str() {
         "on_failure" => When::OnFailure,
@@ -74,8 +95,13 @@ pub(crate) fn reason(s: Option<&str>) -> FailureReason {
 
 /// The latest attempt of each job, in position order.
 pub(crate) fn latest(p: &PipelineRecord) -> Vec<&JobRecord> {
+    latest_of(&p.jobs)
+}
+
+/// The latest attempt of each job in `jobs`, in position order.
+pub(crate) fn latest_of(jobs: &[JobRecord]) -> Vec<&JobRecord> {
     let mut by_pos: std::collections::BTreeMap<i64, &JobRecord> = std::collections::BTreeMap::new();
-    for j in &p.jobs {
+    for j in jobs {
         match by_pos.get(&j.position) {
             Some(cur) if cur.attempt >= j.attempt => {}
             _ => {
@@ -145,7 +171,9 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     }
     let canceled = p.status == "canceled";
     let jobs = latest(p);
-    let metas: Vec<Meta> = jobs.iter().map(|j| Meta::of(j)).collect();
+    // A job's spec is decoded only when its state asks for it (a failure, a manual or delayed
+    // job): not for the many jobs that are pending, running or done.
+    let metas = Metas::new(&jobs);
     let mut status: Vec<String> = jobs.iter().map(|j| j.status.clone()).collect();
     let by_name: HashMap<&str, usize> = jobs
         .iter()
@@ -159,7 +187,7 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
         if canceled || j.status != "failed" {
             continue;
         }
-        let m = &metas[i];
+        let m = metas.get(i);
         let attempts_left = u32::try_from(j.attempt).unwrap_or(u32::MAX) <= m.retry.max;
         if attempts_left
             && m.retry
@@ -213,11 +241,12 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
                 .max()
                 .unwrap_or(Up::Ok);
             let j = jobs[i];
-            let m = &metas[i];
-            let manual_up = if m.allow_failure.allows(None) {
-                Up::Ok
-            } else {
-                Up::Blocked
+            let manual_up = || {
+                if metas.get(i).allow_failure.allows(None) {
+                    Up::Ok
+                } else {
+                    Up::Blocked
+                }
             };
             let resolved = match status[i].as_str() {
                 "created" if canceled => {
@@ -243,10 +272,11 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
                     (When::Manual, Up::Ok) => {
                         step.change(j.id).status = Some("manual".into());
                         status[i] = "manual".into();
-                        Some(manual_up)
+                        Some(manual_up())
                     }
                     (When::Delayed, Up::Ok) => {
-                        let delay = m
+                        let delay = metas
+                            .get(i)
                             .start_in
                             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4));
                         let at = now + delay;
@@ -275,7 +305,7 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
                     set(&mut step, &mut status, i, j.id, "canceled", now);
                     Some(Up::Failed)
                 }
-                "manual" => Some(manual_up),
+                "manual" => Some(manual_up()),
                 "pending" if canceled => {
                     set(&mut step, &mut status, i, j.id, "canceled", now);
                     Some(Up::Failed)
@@ -285,7 +315,7 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
                     None
                 }
                 "success" => Some(Up::Ok),
-                "failed" if m.allow_failure.allows(j.exit_code) => Some(Up::Ok),
+                "failed" if metas.get(i).allow_failure.allows(j.exit_code) => Some(Up::Ok),
                 "failed" | "canceled" => Some(Up::Failed),
                 "skipped" => Some(upstream.min(Up::Failed)),
                 _ => None,
@@ -305,7 +335,7 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     let started = p.jobs.iter().any(|j| j.started_at.is_some())
         || status.iter().any(|s| s == "success" || s == "failed");
     let allowed_failure =
-        |i: usize| status[i] == "failed" && metas[i].allow_failure.allows(jobs[i].exit_code);
+        |i: usize| status[i] == "failed" && metas.get(i).allow_failure.allows(jobs[i].exit_code);
     let new_status = if canceled {
         "canceled"
     } else if any("running") || any("retrying") {

@@ -124,11 +124,20 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
             .queue_wait
             .observe(crate::metrics::seconds(s - q));
     }
-    let Some(p) = state.store.pipeline(job.pipeline_id).await? else {
+    // Only the pipeline's own row and the records of the jobs this one takes artifacts from: the
+    // cost does not grow with the pipeline's size.
+    let Some(p) = state.store.pipeline_head(job.pipeline_id).await? else {
         return Err(AppError::internal("a claimed job has no pipeline"));
     };
+    let main = serde_json::from_str::<JobDoc>(&job.spec)
+        .map_err(AppError::internal)?
+        .job;
+    let deps = match dependency_names(&main) {
+        Some(names) => state.store.jobs_named(p.id, &names).await?,
+        None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
+    };
     let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-    let spec = job_spec(&p, &job, lease_ms).map_err(AppError::internal)?;
+    let spec = job_spec(&p, &job, main, &deps, lease_ms).map_err(AppError::internal)?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
     if p.status != "running" || p.started_at.is_none() {
@@ -169,31 +178,43 @@ fn matches_scope(scope: &str, env: Option<&str>) -> bool {
     true
 }
 
+/// The names of the jobs whose artifacts `job` takes: `None` for every job of the earlier stages.
+fn dependency_names(job: &gantry_pipeline::Job) -> Option<Vec<String>> {
+    match (&job.dependencies, &job.needs) {
+        (Some(d), _) => Some(d.clone()),
+        (None, Some(needs)) => Some(
+            needs
+                .iter()
+                .filter(|n| n.artifacts)
+                .map(|n| n.job.clone())
+                .collect(),
+        ),
+        (None, None) => None,
+    }
+}
+
 /// The job as handed to an agent: its plan holds the job and the jobs it takes artifacts from, with
-/// every variable resolved into the plan's layers.
+/// every variable resolved into the plan's layers. `p` is the pipeline (its jobs are not needed),
+/// `main` the job's decoded spec, `deps` the records (any attempts) of at least the jobs named by
+/// [`dependency_names`] (every job of the earlier stages when that is `None`).
 pub(crate) fn job_spec(
     p: &PipelineRecord,
     job: &JobRecord,
+    mut main: gantry_pipeline::Job,
+    deps: &[JobRecord],
     lease_ms: u64,
 ) -> anyhow::Result<JobSpec> {
     let doc: PipelineDoc = serde_json::from_str(&p.spec)?;
-    let mut main = serde_json::from_str::<JobDoc>(&job.spec)?.job;
     main.retry = Retry::default();
-    let latest = crate::advance::latest(p);
+    let latest = crate::advance::latest_of(deps);
     let by_name: HashMap<&str, &JobRecord> = latest.iter().map(|j| (j.name.as_str(), *j)).collect();
-    let names: Vec<String> = match (&main.dependencies, &main.needs) {
-        (Some(d), _) => d.clone(),
-        (None, Some(needs)) => needs
-            .iter()
-            .filter(|n| n.artifacts)
-            .map(|n| n.job.clone())
-            .collect(),
-        (None, None) => latest
+    let names: Vec<String> = dependency_names(&main).unwrap_or_else(|| {
+        latest
             .iter()
             .filter(|j| j.stage_index < job.stage_index)
             .map(|j| j.name.clone())
-            .collect(),
-    };
+            .collect()
+    });
     let mut dependencies = Vec::new();
     let mut dep_jobs = Vec::new();
     for name in names {
@@ -381,7 +402,7 @@ pub(crate) async fn source(
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Response> {
     let job = leased(&state, &agent, id).await?;
-    let Some(p) = state.store.pipeline(job.pipeline_id).await? else {
+    let Some(p) = state.store.pipeline_head(job.pipeline_id).await? else {
         return Err(AppError::not_found("no such pipeline"));
     };
     let project = match state.store.project_by_id(p.project_id).await? {
