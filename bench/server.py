@@ -159,6 +159,18 @@ def wait_pipeline(api, pid, timeout=600):
     raise SystemExit(f"pipeline {pid} did not finish")
 
 
+def trigger(api, project, timeout=60):
+    """Triggers a pipeline on main; answers its id (the trigger answers a delivery id)."""
+    d = api.call("POST", f"/api/v1/projects/{project}/pipelines", {"ref": "main"})
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for item in api.call("GET", f"/api/v1/projects/{project}/deliveries?per_page=100"):
+            if item["id"] == d["id"] and item.get("pipeline_id"):
+                return item["pipeline_id"]
+        time.sleep(0.01)
+    raise SystemExit(f"delivery {d['id']} made no pipeline")
+
+
 def pct(values, q):
     s = sorted(values)
     return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
@@ -169,7 +181,7 @@ def bench(args):
     root = tempfile.mkdtemp(prefix="gantry-bench-server-")
     db = None if args.store == "sqlite" else args.pg_url
     jobs_yaml = "stages: [test]\n" + "".join(f"j{i}:\n  stage: test\n  script: [\"true\"]\n" for i in range(args.jobs))
-    repo, _ = make_repo(root, "one:\n  script: [\"true\"]\n")
+    repo, sha = make_repo(root, "one:\n  script: [\"true\"]\n")
     server = Server(args.gantry, root, db)
     agents = []
     try:
@@ -185,8 +197,7 @@ def bench(args):
         # Dispatch latency: one job at a time, agents idle.
         lat = []
         for _ in range(args.latency_runs):
-            p = api.call("POST", "/api/v1/projects/one/pipelines", {"ref": "main"})
-            p = wait_pipeline(api, p["id"])
+            p = wait_pipeline(api, trigger(api, "one"))
             for j in p["jobs"]:
                 if j["queued_at"] and j["started_at"]:
                     lat.append((ts(j["started_at"]) - ts(j["queued_at"])) * 1000)
@@ -198,8 +209,7 @@ def bench(args):
         os.makedirs(repo2)
         r2, _ = make_repo(repo2, jobs_yaml)
         api.call("POST", "/api/v1/projects", {"name": "many", "repo_url": r2})
-        p = api.call("POST", "/api/v1/projects/many/pipelines", {"ref": "main"})
-        p = wait_pipeline(api, p["id"], timeout=1200)
+        p = wait_pipeline(api, trigger(api, "many"), timeout=1200)
         first = min(ts(j["queued_at"]) for j in p["jobs"])
         last = max(ts(j["finished_at"]) for j in p["jobs"])
         ok = sum(1 for j in p["jobs"] if j["status"] == "success")
@@ -209,7 +219,7 @@ def bench(args):
 
         # Webhook intake with wrk.
         if shutil.which("wrk"):
-            results["intake"] = intake(server, root, args)
+            results["intake"] = intake(server, root, args, sha)
         else:
             results["intake"] = "wrk not installed"
     finally:
@@ -225,13 +235,17 @@ def bench(args):
     return results
 
 
-def intake(server, root, args):
+def total(headers):
+    return int({k.lower(): v for k, v in headers.items()}.get("x-total", "0"))
+
+
+def intake(server, root, args, sha):
     api = server.api
     before = api.call("GET", "/api/v1/projects/one/deliveries?per_page=1", raw=True)[1]
-    before_total = int(before.get("X-Total", "0"))
+    before_total = total(before)
     body = json.dumps({
         "object_kind": "push", "ref": "refs/heads/main",
-        "before": "0" * 40, "after": "0" * 40, "checkout_sha": None,
+        "before": sha, "after": sha, "checkout_sha": sha,
         "project": {"path_with_namespace": "bench/one"},
         "commits": [], "total_commits_count": 0,
     })
@@ -245,10 +259,15 @@ wrk.headers["X-Gitlab-Token"] = "{SECRET}"
 wrk.headers["X-Gitlab-Event"] = "Push Hook"
 local counter = 0
 local accepted = 0
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
 local other = 0
 request = function()
   counter = counter + 1
-  wrk.headers["X-Gitlab-Event-UUID"] = string.format("%d-%d-%d", math.random(1, 2147483647), os.time(), counter)
+  wrk.headers["X-Gitlab-Event-UUID"] = string.format("%s-%d-%d-%d", tostring(tid), math.random(1, 2147483647), os.time(), counter)
   return wrk.format(nil, "/api/v1/projects/one/hooks/gitlab")
 end
 response = function(status, headers, body)
@@ -261,11 +280,13 @@ end
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{args.wrk_seconds}s", "--latency", "-s", script, server.url],
                          capture_output=True, text=True).stdout
     m = re.search(r"RESULT requests=(\d+) p50_us=(\d+) p99_us=(\d+)", out)
+    if not m:
+        return {"error": "wrk printed no result", "output": out[-2000:]}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sent = int(m.group(1))
     time.sleep(2)
     after = api.call("GET", "/api/v1/projects/one/deliveries?per_page=1", raw=True)[1]
-    stored = int(after.get("X-Total", "0")) - before_total
+    stored = total(after) - before_total
     return {"sent": sent, "non_2xx": int(non2xx.group(1)) if non2xx else 0, "stored": stored,
             "per_s": sent / args.wrk_seconds, "p50_ms": int(m.group(2)) / 1000, "p99_ms": int(m.group(3)) / 1000}
 
