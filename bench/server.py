@@ -77,6 +77,16 @@ def rss_kb(pid):
     return None
 
 
+def cpu_s(pid):
+    """CPU seconds of a process and its waited-for children (utime, stime, cutime, cstime)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def ts(s):
     return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
@@ -209,16 +219,24 @@ def bench(args):
         os.makedirs(repo2)
         r2, _ = make_repo(repo2, jobs_yaml)
         api.call("POST", "/api/v1/projects", {"name": "many", "repo_url": r2})
+        cpu_before = (cpu_s(server.proc.pid), sum(cpu_s(a.pid) for a in agents))
         p = wait_pipeline(api, trigger(api, "many"), timeout=1200)
+        cpu_after = (cpu_s(server.proc.pid), sum(cpu_s(a.pid) for a in agents))
         first = min(ts(j["queued_at"]) for j in p["jobs"])
         last = max(ts(j["finished_at"]) for j in p["jobs"])
         ok = sum(1 for j in p["jobs"] if j["status"] == "success")
         results["throughput"] = {"jobs": len(p["jobs"]), "succeeded": ok, "seconds": last - first,
-                                 "jobs_per_s": len(p["jobs"]) / (last - first)}
-        log(f"throughput {results['throughput']['jobs_per_s']:.0f} jobs/s")
+                                 "jobs_per_s": len(p["jobs"]) / (last - first),
+                                 "server_cpu_s": cpu_after[0] - cpu_before[0],
+                                 "agents_cpu_s": cpu_after[1] - cpu_before[1]}
+        t = results["throughput"]
+        log(f"throughput {t['jobs_per_s']:.0f} jobs/s; CPU: server {t['server_cpu_s']:.1f} s, "
+            f"agents {t['agents_cpu_s']:.1f} s (with their children)")
 
         # Webhook intake with wrk.
-        if shutil.which("wrk"):
+        if args.wrk_seconds <= 0:
+            results["intake"] = "skipped (--wrk-seconds 0)"
+        elif shutil.which("wrk"):
             results["intake"] = intake(server, root, args, sha)
         else:
             results["intake"] = "wrk not installed"

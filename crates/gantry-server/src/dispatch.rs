@@ -392,7 +392,8 @@ async fn leased(state: &AppState, agent: &AgentRecord, id: i64) -> AppResult<Job
     }
 }
 
-/// `GET /api/v1/agent/jobs/{id}/source`: `git archive` of the commit, streamed from the mirror.
+/// `GET /api/v1/agent/jobs/{id}/source`: `git archive` of the commit, made once per commit from the
+/// mirror and kept in the data dir (the sweeper removes archives an hour after they were made).
 #[utoipa::path(get, path = "/api/v1/agent/jobs/{id}/source", tag = "agent protocol", params(("id" = i64, Path, description = "The id")),
     responses((status = 200, description = "A tar archive of the commit's tree", body = Vec<u8>, content_type = "application/x-tar"),
         (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The lease is lost", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
@@ -409,50 +410,61 @@ pub(crate) async fn source(
         Some(r) => crate::projects::LoadedProject::parse(r)?,
         None => return Err(AppError::not_found("the project no longer exists")),
     };
-    let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
-    {
-        // Another server may have created the pipeline: fetch the commit when this mirror lacks it.
-        let lock = state.mirror_lock(p.project_id);
-        let _guard = lock.lock().await;
-        let (m, url, sha, r) = (
-            mirror.clone(),
-            project.spec.repo_url.clone(),
-            p.sha.clone(),
-            if p.tag {
+    let Some(cached) = crate::git::archive_path(&state.config.data_dir, p.project_id, &p.sha) else {
+        return Err(AppError::internal(format!("the pipeline's commit {:?} is not a full SHA", p.sha)));
+    };
+    // The archive is written once per commit and served from the file to every job of it. A file
+    // removed by the sweeper between the check and the open is written again.
+    let mut file = None;
+    for _ in 0..2 {
+        if !cached.exists() {
+            let lock = state.mirror_lock(p.project_id);
+            let _guard = lock.lock().await;
+            let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
+            let url = project.spec.repo_url.clone();
+            let r = if p.tag {
                 format!("refs/tags/{}", p.git_ref)
             } else {
                 format!("refs/heads/{}", p.git_ref)
-            },
-        );
-        tokio::task::spawn_blocking(move || {
-            if crate::git::has_commit(&m, &sha) {
-                Ok(sha)
-            } else {
-                crate::git::fetch(&m, &url, Some(&sha), &r)
+            };
+            let (sha, dest) = (p.sha.clone(), cached.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                if dest.exists() {
+                    return Ok(());
+                }
+                // Another server may have created the pipeline: fetch the commit when this
+                // mirror lacks it.
+                if !crate::git::has_commit(&mirror, &sha) {
+                    crate::git::fetch(&mirror, &url, Some(&sha), &r)?;
+                }
+                crate::git::write_archive(&mirror, &sha, &dest)
+            })
+            .await
+            .map_err(AppError::internal)?
+            .map_err(|e| AppError::internal(format!("{e:#}")))?;
+        }
+        match tokio::fs::File::open(&cached).await {
+            Ok(f) => {
+                file = Some(f);
+                break;
             }
-        })
-        .await
-        .map_err(AppError::internal)?
-        .map_err(|e| AppError::internal(format!("{e:#}")))?;
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AppError::internal(e)),
+        }
     }
-    let mut child = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(&mirror)
-        .args(["archive", "--format=tar", &p.sha])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(AppError::internal)?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| AppError::internal("git archive has no stdout"))?;
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(stdout));
-    Ok(([(header::CONTENT_TYPE, "application/x-tar")], body).into_response())
+    let Some(file) = file else {
+        return Err(AppError::internal("the source archive keeps disappearing"));
+    };
+    let len = file.metadata().await.map_err(AppError::internal)?.len();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts`.

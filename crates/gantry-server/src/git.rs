@@ -71,6 +71,68 @@ pub(crate) fn has_commit(repo: &Path, sha: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Where the cached `git archive` of commit `sha` of project `id` lives, or `None` when `sha` is
+/// not a full hexadecimal object name (then it is never used as a file name).
+pub(crate) fn archive_path(data_dir: &Path, id: i64, sha: &str) -> Option<PathBuf> {
+    let full = matches!(sha.len(), 40 | 64) && sha.bytes().all(|b| b.is_ascii_hexdigit());
+    full.then(|| {
+        data_dir
+            .join("archives")
+            .join(id.to_string())
+            .join(format!("{sha}.tar"))
+    })
+}
+
+/// Writes `git archive` of `sha` to `dest` (through a temporary file beside it and a rename, so a
+/// reader never sees a partial archive).
+pub(crate) fn write_archive(repo: &Path, sha: &str, dest: &Path) -> Result<()> {
+    let dir = dest.parent().context("an archive path has a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let out = command(repo)
+        .args(["archive", "--format=tar", sha])
+        .stdout(tmp.reopen().context("cannot reopen the archive file")?)
+        .stderr(Stdio::piped())
+        .output()
+        .context("cannot run git archive")?;
+    if !out.status.success() {
+        bail!(
+            "git archive {sha} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    tmp.persist(dest)
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    Ok(())
+}
+
+/// Removes cached archives not written for `age` (a job that needs one again writes it again);
+/// answers how many were removed.
+pub(crate) fn prune_archives(data_dir: &Path, age: std::time::Duration) -> usize {
+    let mut removed = 0;
+    let Ok(projects) = std::fs::read_dir(data_dir.join("archives")) else {
+        return 0;
+    };
+    for project in projects.flatten() {
+        let Ok(files) = std::fs::read_dir(project.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let old = f
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e >= age);
+            if old && std::fs::remove_file(f.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 /// Fetches `sha` (or, when that fails or there is none, `fetch_ref`) from `url` into the mirror, and
 /// answers the commit's full SHA.
 pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) -> Result<String> {

@@ -1,7 +1,7 @@
 //! Applies `advance` to stored pipelines: optimistic writes with `Store::apply` (read again and retry
 //! when another writer won), then the effects: agents woken, metrics, commit statuses. Also the lease
-//! reaper, the sweeper (delayed jobs and pipelines left behind by a crash), interruptible auto-cancel,
-//! and the cancel / retry / play routes.
+//! reaper, the sweeper (delayed jobs, pipelines left behind by a crash, old source archives),
+//! interruptible auto-cancel, and the cancel / retry / play routes.
 
 use gantry_api::{ErrorBody, Job, Pipeline};
 use std::time::Duration;
@@ -118,14 +118,24 @@ pub(crate) async fn reaper(state: AppState) {
     }
 }
 
+/// How long a commit's source archive is kept after it was made.
+const ARCHIVE_AGE: Duration = Duration::from_secs(3600);
+
 /// Advances every active pipeline at start (a crash may have left one behind), delayed jobs when they
-/// come due, and every active pipeline once a minute (delayed jobs another server scheduled).
+/// come due, and every active pipeline once a minute (delayed jobs another server scheduled); once a
+/// minute, removes source archives older than [`ARCHIVE_AGE`].
+
 pub(crate) async fn sweeper(state: AppState) {
     let mut shutdown = state.shutdown.clone();
     let mut last_full = None::<std::time::Instant>;
     loop {
         if last_full.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
             last_full = Some(std::time::Instant::now());
+            let data_dir = state.config.data_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                crate::git::prune_archives(&data_dir, ARCHIVE_AGE)
+            })
+            .await;
             match state.store.active_pipelines().await {
                 Ok(ids) => {
                     for id in ids {
