@@ -156,6 +156,46 @@ pub struct Project {
     pub created_at: String,
 }
 
+/// The body of `POST /api/v1/projects/{name}/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NewProjectToken {
+    /// A name for people: 1 to 100 characters, no control characters (need not be unique).
+    pub name: String,
+    /// When the token stops working: RFC 3339 (`2027-01-31T12:00:00Z`) or a date
+    /// (`2027-01-31`, meaning its start in UTC); in the future. Never, when absent.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// A project token, as lists show it (without its secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProjectToken {
+    /// The token's id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// When it was created.
+    pub created_at: String,
+    /// When it stops working; never, when absent.
+    pub expires_at: Option<String>,
+}
+
+/// A project token just created: the only answer that carries its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CreatedProjectToken {
+    /// The token's id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// The secret (`gpt_` and 64 hex digits), for `Authorization: Bearer` or `PRIVATE-TOKEN`.
+    /// The server keeps only its SHA-256 and never shows it again.
+    pub token: String,
+    /// When it was created.
+    pub created_at: String,
+    /// When it stops working; never, when absent.
+    pub expires_at: Option<String>,
+}
+
 /// The body of `POST /api/v1/projects/{name}/pipelines`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TriggerPipeline {

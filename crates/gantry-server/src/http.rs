@@ -9,16 +9,16 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use gantry_store::AgentRecord;
+use gantry_store::{AgentRecord, ProjectTokenRecord};
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tracing::Instrument as _;
 
-use crate::error::AppError;
+use crate::error::{AppError, AppResult};
 use crate::metrics::HttpLabels;
 use crate::state::AppState;
 
@@ -36,6 +36,14 @@ pub(crate) fn router(state: AppState) -> Router {
             post(crate::projects::create).get(crate::projects::list),
         )
         .route("/api/v1/projects/{name}", get(crate::projects::show))
+        .route(
+            "/api/v1/projects/{name}/tokens",
+            post(crate::tokens::create).get(crate::tokens::list),
+        )
+        .route(
+            "/api/v1/projects/{name}/tokens/{id}",
+            delete(crate::tokens::revoke),
+        )
         .route(
             "/api/v1/projects/{name}/hooks/gitlab",
             post(crate::hooks::gitlab),
@@ -258,16 +266,109 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// A request made with the admin token.
+/// The prefix of project tokens' secrets, so that leaked ones are recognisable (as GitLab's
+/// `glpat-`), and so that other tokens never cost a database read.
+pub(crate) const PROJECT_TOKEN_PREFIX: &str = "gpt_";
+
+/// Who made an API request: the admin, or a project token, which acts on its own project only.
+///
+/// Missing, unknown, revoked and expired tokens are refused with `401`. A project token used
+/// outside its project is refused with `403` and a JSON error, whether or not the thing it names
+/// exists, so that it learns nothing about other projects.
+pub(crate) enum Caller {
+    /// The admin token: everything.
+    Admin,
+    /// A project token: its project's pipelines, deliveries, jobs, logs and artifacts.
+    Project(ProjectTokenRecord),
+}
+
+/// The `403` of a project token used outside its project.
+fn other_project() -> AppError {
+    AppError::new(
+        StatusCode::FORBIDDEN,
+        "a project token acts on its own project only",
+    )
+}
+
+impl Caller {
+    /// Allows the admin, and project tokens of project `name`.
+    pub fn project(&self, name: &str) -> AppResult<()> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Project(t) if t.project_name == name => Ok(()),
+            Caller::Project(_) => Err(other_project()),
+        }
+    }
+
+    /// Allows the admin, and project tokens of pipeline `id`'s project (one primary-key read).
+    pub async fn pipeline(&self, state: &AppState, id: i64) -> AppResult<()> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Project(t) => {
+                if state.store.pipeline_project(id).await? == Some(t.project_id) {
+                    Ok(())
+                } else {
+                    Err(other_project())
+                }
+            }
+        }
+    }
+
+    /// Allows the admin, and project tokens of job `id`'s project (one primary-key read).
+    pub async fn job(&self, state: &AppState, id: i64) -> AppResult<()> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Project(t) => {
+                if state.store.job_project(id).await? == Some(t.project_id) {
+                    Ok(())
+                } else {
+                    Err(other_project())
+                }
+            }
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Caller, AppError> {
+        let Some(token) = bearer(&parts.headers) else {
+            return Err(AppError::unauthorized("a token is required"));
+        };
+        if same(token, &state.config.admin_token.0) {
+            return Ok(Caller::Admin);
+        }
+        if !token.starts_with(PROJECT_TOKEN_PREFIX) {
+            return Err(AppError::unauthorized("invalid token"));
+        }
+        // Looked up by its hash: the comparison of secrets happens in the index, on hashes, so
+        // it tells an attacker nothing about the secret's bytes.
+        match state
+            .store
+            .project_token_by_hash(&token_hash(token))
+            .await?
+        {
+            None => Err(AppError::unauthorized("invalid token")),
+            Some(t) if t.expires_at.is_some_and(|at| at <= crate::now_ms()) => {
+                Err(AppError::unauthorized("the token has expired"))
+            }
+            Some(t) => Ok(Caller::Project(t)),
+        }
+    }
+}
+
+/// A request made with the admin token. A valid project token gets `403`.
 pub(crate) struct Admin;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Admin, AppError> {
-        match bearer(&parts.headers) {
-            None => Err(AppError::unauthorized("a token is required")),
-            Some(t) if same(t, &state.config.admin_token.0) => Ok(Admin),
-            Some(_) => Err(AppError::unauthorized("invalid token")),
+        match Caller::from_request_parts(parts, state).await? {
+            Caller::Admin => Ok(Admin),
+            Caller::Project(_) => Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "this needs the admin token; a project token cannot do it",
+            )),
         }
     }
 }

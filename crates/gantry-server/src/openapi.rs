@@ -23,11 +23,19 @@ impl utoipa::Modify for Security {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Gantry", description = "Gantry's server: projects, webhooks, pipelines, jobs, and the agent protocol"),
+    info(title = "Gantry", description = "Gantry's server: projects, webhooks, pipelines, jobs, and the agent protocol.\n\n\
+Authentication: `Authorization: Bearer TOKEN` or `PRIVATE-TOKEN: TOKEN`. The admin token may do everything. \
+A project token (`gpt_…`, made with `POST /api/v1/projects/{name}/tokens`) may trigger pipelines and read, \
+cancel, retry and play its own project's pipelines, deliveries, jobs, logs and artifacts, and read the project; \
+anything else answers `403` (also for things of other projects that do not exist). Agents use their agent \
+token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `401`."),
     paths(
         crate::projects::create,
         crate::projects::list,
         crate::projects::show,
+        crate::tokens::create,
+        crate::tokens::list,
+        crate::tokens::revoke,
         crate::hooks::gitlab,
         crate::hooks::github,
         crate::hooks::gitea,

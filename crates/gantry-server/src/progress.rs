@@ -13,7 +13,7 @@ use gantry_store::{Millis, Page, PipelineFilter, PipelineRecord};
 
 use crate::advance::{self, Step};
 use crate::error::{AppError, AppResult};
-use crate::http::{Admin, PathParam};
+use crate::http::{Caller, PathParam};
 use crate::projects::LoadedProject;
 use crate::state::AppState;
 
@@ -238,12 +238,13 @@ pub(crate) async fn auto_cancel(
 
 /// `POST /api/v1/pipelines/{id}/cancel`.
 #[utoipa::path(post, path = "/api/v1/pipelines/{id}/cancel", tag = "pipelines", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "Canceled", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline is over", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Canceled", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline is over", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn cancel_pipeline(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Pipeline>> {
+    caller.pipeline(&state, id).await?;
     let op = |p: &PipelineRecord, now| {
         if matches!(p.status.as_str(), "success" | "failed" | "skipped") {
             Err(format!("the pipeline is {} already", p.status))
@@ -257,12 +258,13 @@ pub(crate) async fn cancel_pipeline(
 
 /// `POST /api/v1/jobs/{id}/retry`: answers the new attempt.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path, description = "The id")),
-    responses((status = 201, description = "The new attempt", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job cannot be retried", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 201, description = "The new attempt", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job cannot be retried", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn retry_job(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<(StatusCode, Json<gantry_api::Job>)> {
+    caller.job(&state, id).await?;
     let job = crate::read::load_job(&state, id).await?;
     let op = move |p: &PipelineRecord, now| advance::retry(p, id, now);
     drive(&state, job.pipeline_id, Some(&op)).await?;
@@ -280,12 +282,13 @@ pub(crate) async fn retry_job(
 
 /// `POST /api/v1/jobs/{id}/play`.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/play", tag = "jobs", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "Queued", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job is not manual", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Queued", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job is not manual", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn play_job(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Job>> {
+    caller.job(&state, id).await?;
     let job = crate::read::load_job(&state, id).await?;
     let op = move |p: &PipelineRecord, now| advance::play(p, id, now);
     drive(&state, job.pipeline_id, Some(&op)).await?;

@@ -10,7 +10,7 @@ use gantry_store::ProjectRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, AppResult};
-use crate::http::{Admin, JsonBody, PathParam};
+use crate::http::{Admin, Caller, JsonBody, PathParam};
 use crate::state::AppState;
 
 /// A project's settings, as stored.
@@ -159,7 +159,7 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
 
 /// `POST /api/v1/projects`.
 #[utoipa::path(post, path = "/api/v1/projects", tag = "projects", request_body = NewProject,
-    responses((status = 201, description = "Added", body = Project), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 409, description = "The name is taken", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 201, description = "Added", body = Project), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 409, description = "The name is taken", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -180,7 +180,7 @@ pub(crate) async fn create(
 
 /// `GET /api/v1/projects`.
 #[utoipa::path(get, path = "/api/v1/projects", tag = "projects",
-    responses((status = 200, description = "Every project", body = Vec<Project>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Every project", body = Vec<Project>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn list(State(state): State<AppState>, _: Admin) -> AppResult<Json<Vec<Project>>> {
     let mut out = Vec::new();
     for r in state.store.projects().await? {
@@ -191,12 +191,13 @@ pub(crate) async fn list(State(state): State<AppState>, _: Admin) -> AppResult<J
 
 /// `GET /api/v1/projects/{name}`.
 #[utoipa::path(get, path = "/api/v1/projects/{name}", tag = "projects", params(("name" = String, Path, description = "The project's name")),
-    responses((status = 200, description = "The project", body = Project), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "The project", body = Project), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn show(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(name): PathParam<String>,
 ) -> AppResult<Json<Project>> {
+    caller.project(&name)?;
     Ok(Json(load(&state, &name).await?.to_api()))
 }
 

@@ -1,5 +1,6 @@
 //! The read API: pipelines, jobs, logs (plain, ranged, and live over Server-Sent Events), artifacts,
-//! agents and deliveries. Reads need the admin token (project tokens are not there yet).
+//! agents and deliveries. Reads of a project's things take the admin token or that project's token
+//! ([`Caller`]); the agent list takes the admin token.
 
 use gantry_api::ErrorBody;
 use std::convert::Infallible;
@@ -18,7 +19,7 @@ use gantry_store::{JobRecord, Page, PipelineFilter, PipelineRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, AppResult};
-use crate::http::{Admin, PathParam, QueryParams};
+use crate::http::{Admin, Caller, PathParam, QueryParams};
 use crate::state::AppState;
 
 #[allow(clippy::cast_precision_loss)]
@@ -166,13 +167,14 @@ pub(crate) struct PipelineQuery {
 #[utoipa::path(get, path = "/api/v1/projects/{name}/pipelines", tag = "pipelines",
     params(("name" = String, Path, description = "The project's name"), PipelineQuery),
     responses((status = 200, description = "A page of pipelines, newest first (without jobs)", body = Vec<Pipeline>,
-        headers(("X-Total" = i64), ("X-Page" = i64), ("X-Per-Page" = i64), ("X-Next-Page" = String))), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+        headers(("X-Total" = i64), ("X-Page" = i64), ("X-Per-Page" = i64), ("X-Next-Page" = String))), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn pipelines(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(name): PathParam<String>,
     QueryParams(q): QueryParams<PipelineQuery>,
 ) -> AppResult<Response> {
+    caller.project(&name)?;
     let page = PageQuery {
         page: q.page,
         per_page: q.per_page,
@@ -203,13 +205,14 @@ pub(crate) async fn pipelines(
 #[utoipa::path(get, path = "/api/v1/projects/{name}/deliveries", tag = "webhooks",
     params(("name" = String, Path, description = "The project's name"), PageQuery),
     responses((status = 200, description = "A page of deliveries, newest first", body = Vec<Delivery>,
-        headers(("X-Total" = i64), ("X-Page" = i64), ("X-Per-Page" = i64), ("X-Next-Page" = String))), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+        headers(("X-Total" = i64), ("X-Page" = i64), ("X-Per-Page" = i64), ("X-Next-Page" = String))), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn deliveries(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(name): PathParam<String>,
     QueryParams(q): QueryParams<PageQuery>,
 ) -> AppResult<Response> {
+    caller.project(&name)?;
     let page = q.page()?;
     let project = crate::projects::load(&state, &name).await?;
     let paged = state.store.deliveries(project.record.id, page).await?;
@@ -238,23 +241,25 @@ pub(crate) async fn deliveries(
 
 /// `GET /api/v1/pipelines/{id}`.
 #[utoipa::path(get, path = "/api/v1/pipelines/{id}", tag = "pipelines", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "The pipeline with the latest attempt of each job", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "The pipeline with the latest attempt of each job", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn pipeline(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<Pipeline>> {
+    caller.pipeline(&state, id).await?;
     load_pipeline(&state, id).await.map(Json)
 }
 
 /// `GET /api/v1/jobs/{id}`.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "The job", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "The job", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn job(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<Job>> {
+    caller.job(&state, id).await?;
     Ok(Json(job_api(&load_job(&state, id).await?)))
 }
 
@@ -324,13 +329,14 @@ fn log_body(state: AppState, id: i64, start: i64, end: i64) -> Body {
     params(("id" = i64, Path, description = "The id"), ("Range" = Option<String>, Header, description = "bytes=START-END")),
     responses((status = 200, description = "The log", body = String, content_type = "text/plain"),
         (status = 206, description = "Part of the log", body = String, content_type = "text/plain"),
-        (status = 416, description = "The range is past the end", body = ErrorBody), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+        (status = 416, description = "The range is past the end", body = ErrorBody), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn job_log(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
     headers: HeaderMap,
 ) -> AppResult<Response> {
+    caller.job(&state, id).await?;
     let job = load_job(&state, id).await?;
     let size = job.log_size;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
@@ -424,13 +430,14 @@ enum Live {
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/log/stream", tag = "jobs",
     params(("id" = i64, Path, description = "The id"), ("Last-Event-ID" = Option<String>, Header, description = "Resume from this byte offset")),
     responses((status = 200, description = "Server-Sent Events: `log` events (`data` is a LogChunk), then one `end` event (`data` is a LogEnd)", body = SseMessage, content_type = "text/event-stream"),
-        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn job_log_stream(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
     headers: HeaderMap,
 ) -> AppResult<Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>>> {
+    caller.job(&state, id).await?;
     load_job(&state, id).await?;
     let from = headers
         .get("last-event-id")
@@ -498,12 +505,13 @@ pub(crate) async fn job_log_stream(
 
 /// `GET /api/v1/jobs/{id}/artifacts`: the job's artifacts, a tar archive.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/artifacts", tag = "jobs", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "The artifacts, a tar archive", body = Vec<u8>, content_type = "application/x-tar"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "The artifacts, a tar archive", body = Vec<u8>, content_type = "application/x-tar"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn job_artifacts(
     State(state): State<AppState>,
-    _: Admin,
+    caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Response> {
+    caller.job(&state, id).await?;
     load_job(&state, id).await?;
     match state.store.artifacts(id).await? {
         Some(bytes) => Ok((
@@ -523,7 +531,7 @@ pub(crate) async fn job_artifacts(
 
 /// `GET /api/v1/agents`.
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
-    responses((status = 200, description = "Every agent", body = Vec<Agent>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Every agent", body = Vec<Agent>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn agents(State(state): State<AppState>, _: Admin) -> AppResult<Json<Vec<Agent>>> {
     let since = crate::now_ms()
         - i64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(i64::MAX / 2);

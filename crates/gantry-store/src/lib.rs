@@ -448,6 +448,40 @@ pub struct AgentRecord {
     pub last_seen_at: Option<Millis>,
 }
 
+/// A project token to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewProjectToken {
+    /// The project it acts on.
+    pub project_id: i64,
+    /// A name for people (not unique).
+    pub name: String,
+    /// SHA-256 of the secret, hex: the secret itself is never stored.
+    pub token_hash: String,
+    /// When it was created.
+    pub created_at: Millis,
+    /// It is refused from this time on; `None`: never expires.
+    pub expires_at: Option<Millis>,
+}
+
+/// A stored project token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectTokenRecord {
+    /// The id.
+    pub id: i64,
+    /// See [`NewProjectToken`].
+    pub project_id: i64,
+    /// The project's name.
+    pub project_name: String,
+    /// See [`NewProjectToken`].
+    pub name: String,
+    /// See [`NewProjectToken`].
+    pub token_hash: String,
+    /// See [`NewProjectToken`].
+    pub created_at: Millis,
+    /// See [`NewProjectToken`].
+    pub expires_at: Option<Millis>,
+}
+
 /// How a job ended, as [`Store::finish`] records it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobResult {
@@ -603,6 +637,10 @@ pub trait Store: Send + Sync + 'static {
     async fn queue_depth(&self) -> Result<i64>;
     /// A job by id.
     async fn job(&self, id: i64) -> Result<Option<JobRecord>>;
+    /// The project of pipeline `id` (one primary-key read, for authorization).
+    async fn pipeline_project(&self, id: i64) -> Result<Option<i64>>;
+    /// The project of job `id` (one primary-key read, for authorization).
+    async fn job_project(&self, id: i64) -> Result<Option<i64>>;
 
     // --- agents
 
@@ -614,4 +652,15 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_agent(&self, id: i64, now: Millis) -> Result<()>;
     /// All agents, by id.
     async fn agents(&self) -> Result<Vec<AgentRecord>>;
+
+    // --- project tokens
+
+    /// Stores a project token; [`StoreError::Conflict`] when its hash is taken.
+    async fn create_project_token(&self, token: &NewProjectToken) -> Result<ProjectTokenRecord>;
+    /// A project's tokens, by id.
+    async fn project_tokens(&self, project_id: i64) -> Result<Vec<ProjectTokenRecord>>;
+    /// The token whose secret hashes to `token_hash` (expired ones too: the caller judges).
+    async fn project_token_by_hash(&self, token_hash: &str) -> Result<Option<ProjectTokenRecord>>;
+    /// Deletes token `id` of project `project_id`; `false` when there is no such token.
+    async fn delete_project_token(&self, project_id: i64, id: i64) -> Result<bool>;
 }

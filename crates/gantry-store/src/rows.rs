@@ -28,6 +28,11 @@ pub(crate) const DELIVERY_COLS: &str = "id, project_id, forge, delivery_id, even
 pub(crate) const AGENT_COLS: &str = "id, name, tags, run_untagged, executor, concurrency, version, \
      registered_at, last_seen_at";
 
+/// The columns of `project_tokens` (aliased `t`, joined with `projects` as `pr`) that
+/// [`project_token_record!`] reads.
+pub(crate) const PROJECT_TOKEN_COLS: &str = "t.id, t.project_id, pr.name AS project_name, t.name, \
+     t.token_hash, t.created_at, t.expires_at";
+
 /// The columns of `projects` that [`project_record!`] reads.
 pub(crate) const PROJECT_COLS: &str = "id, name, spec, created_at";
 
@@ -147,6 +152,21 @@ macro_rules! project_record {
             name: get(row, "name")?,
             spec: get(row, "spec")?,
             created_at: get(row, "created_at")?,
+        }
+    }};
+}
+
+macro_rules! project_token_record {
+    ($row:expr) => {{
+        let row = $row;
+        crate::ProjectTokenRecord {
+            id: get(row, "id")?,
+            project_id: get(row, "project_id")?,
+            project_name: get(row, "project_name")?,
+            name: get(row, "name")?,
+            token_hash: get(row, "token_hash")?,
+            created_at: get(row, "created_at")?,
+            expires_at: get(row, "expires_at")?,
         }
     }};
 }

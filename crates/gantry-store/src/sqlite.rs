@@ -13,12 +13,12 @@ use tokio::sync::Mutex;
 
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
-    PROJECT_COLS, assemble, limit_offset, queued_at,
+    PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
 };
 use crate::{
     AgentRecord, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery,
-    NewJob, NewPipeline, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord, Result, Store,
-    StoreError, db,
+    NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
+    ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -1007,6 +1007,26 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn pipeline_project(&self, id: i64) -> Result<Option<i64>> {
+        read!(self, conn => {
+            sqlx::query_scalar("SELECT project_id FROM pipelines WHERE id = ?")
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading a pipeline's project"))
+        })
+    }
+
+    async fn job_project(&self, id: i64) -> Result<Option<i64>> {
+        read!(self, conn => {
+            sqlx::query_scalar("SELECT project_id FROM jobs WHERE id = ?")
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading a job's project"))
+        })
+    }
+
     async fn register_agent(&self, a: &NewAgent) -> Result<i64> {
         let mut conn = self.writer.lock().await;
         sqlx::query_scalar(
@@ -1063,6 +1083,88 @@ impl Store for SqliteStore {
             out.push(agent_record!(row));
         }
         Ok(out)
+    }
+
+    async fn create_project_token(&self, t: &NewProjectToken) -> Result<ProjectTokenRecord> {
+        let mut conn = self.writer.lock().await;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO project_tokens (project_id, name, token_hash, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(t.project_id)
+        .bind(&t.name)
+        .bind(&t.token_hash)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| token_error(e, &t.name))?;
+        let row = sqlx::query(&format!(
+            "SELECT {PROJECT_TOKEN_COLS} FROM project_tokens t \
+             JOIN projects pr ON pr.id = t.project_id WHERE t.id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading a project token"))?;
+        Ok(project_token_record!(&row))
+    }
+
+    async fn project_tokens(&self, project_id: i64) -> Result<Vec<ProjectTokenRecord>> {
+        let rows = read!(self, conn => {
+            sqlx::query(&format!(
+                "SELECT {PROJECT_TOKEN_COLS} FROM project_tokens t \
+                 JOIN projects pr ON pr.id = t.project_id WHERE t.project_id = ? ORDER BY t.id"
+            ))
+            .bind(project_id)
+            .fetch_all(conn)
+            .await
+            .map_err(db("listing project tokens"))?
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(project_token_record!(row));
+        }
+        Ok(out)
+    }
+
+    async fn project_token_by_hash(&self, token_hash: &str) -> Result<Option<ProjectTokenRecord>> {
+        let row = read!(self, conn => {
+            sqlx::query(&format!(
+                "SELECT {PROJECT_TOKEN_COLS} FROM project_tokens t \
+                 JOIN projects pr ON pr.id = t.project_id WHERE t.token_hash = ?"
+            ))
+            .bind(token_hash)
+            .fetch_optional(conn)
+            .await
+            .map_err(db("reading a project token"))?
+        });
+        Ok(match row {
+            Some(row) => Some(project_token_record!(&row)),
+            None => None,
+        })
+    }
+
+    async fn delete_project_token(&self, project_id: i64, id: i64) -> Result<bool> {
+        let mut conn = self.writer.lock().await;
+        let done = sqlx::query("DELETE FROM project_tokens WHERE id = ? AND project_id = ?")
+            .bind(id)
+            .bind(project_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db("deleting a project token"))?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// A failed project token insert: a token hash used twice is a conflict.
+fn token_error(e: sqlx::Error, name: &str) -> StoreError {
+    if e.as_database_error()
+        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
+    {
+        StoreError::Conflict(format!("a project token with the secret of {name}"))
+    } else {
+        db("creating a project token")(e)
     }
 }
 

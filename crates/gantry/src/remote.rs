@@ -1,11 +1,12 @@
-//! Commands that talk to a Gantry server's API: `gantry project add`.
+//! Commands that talk to a Gantry server's API: `gantry project add` and
+//! `gantry project token create|list|revoke`.
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
-use gantry_api::{ErrorBody, NewProject, ProjectVariable};
+use gantry_api::{CreatedProjectToken, ErrorBody, NewProject, NewProjectToken, ProjectVariable};
 
 /// Exit code: the server could not be reached or failed.
 const EXIT_FAILED: u8 = 1;
@@ -17,6 +18,78 @@ const EXIT_REFUSED: u8 = 2;
 pub enum ProjectCommand {
     /// Register a project with a server (`POST /api/v1/projects`) and print it as JSON.
     Add(AddArgs),
+    /// Manage a project's API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `gantry project token`'s subcommands.
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a project token and print its secret (shown this once; the server keeps a hash).
+    ///
+    /// The token may trigger pipelines and read, cancel, retry and play the project's pipelines,
+    /// jobs, logs and artifacts; nothing of other projects.
+    Create(TokenCreateArgs),
+    /// List a project's tokens as JSON (without secrets).
+    List(TokenListArgs),
+    /// Revoke a project token at once.
+    Revoke(TokenRevokeArgs),
+}
+
+/// Where the server is and the admin token.
+#[derive(Args)]
+pub struct ServerArgs {
+    /// The server's URL.
+    #[arg(long, env = "GANTRY_SERVER", value_name = "URL")]
+    server: String,
+    /// The admin API token.
+    #[arg(
+        long,
+        env = "GANTRY_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: String,
+}
+
+/// `gantry project token create`'s options.
+#[derive(Args)]
+pub struct TokenCreateArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The project.
+    #[arg(value_name = "PROJECT")]
+    project: String,
+    /// A name for the token.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// When it stops working: RFC 3339 (2027-01-31T12:00:00Z) or a date (2027-01-31).
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+}
+
+/// `gantry project token list`'s options.
+#[derive(Args)]
+pub struct TokenListArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The project.
+    #[arg(value_name = "PROJECT")]
+    project: String,
+}
+
+/// `gantry project token revoke`'s options.
+#[derive(Args)]
+pub struct TokenRevokeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The project.
+    #[arg(value_name = "PROJECT")]
+    project: String,
+    /// The token's id (from `create` or `list`).
+    #[arg(value_name = "ID")]
+    id: i64,
 }
 
 /// `gantry project add`'s options.
@@ -60,7 +133,123 @@ pub struct AddArgs {
 pub fn main(command: ProjectCommand) -> Result<u8> {
     match command {
         ProjectCommand::Add(args) => add(args),
+        ProjectCommand::Token(TokenCommand::Create(args)) => token_create(args),
+        ProjectCommand::Token(TokenCommand::List(args)) => {
+            let path = format!("/api/v1/projects/{}/tokens", args.project);
+            match call(&args.server, reqwest::Method::GET, &path, None)? {
+                Answer::Ok(bytes) => print_json(&bytes),
+                Answer::Exit(code) => Ok(code),
+            }
+        }
+        ProjectCommand::Token(TokenCommand::Revoke(args)) => {
+            let path = format!("/api/v1/projects/{}/tokens/{}", args.project, args.id);
+            match call(&args.server, reqwest::Method::DELETE, &path, None)? {
+                Answer::Ok(_) => {
+                    eprintln!("gantry: revoked token {} of {}", args.id, args.project);
+                    Ok(0)
+                }
+                Answer::Exit(code) => Ok(code),
+            }
+        }
     }
+}
+
+/// A call's outcome: the body of a success, or the exit code after the error was printed.
+enum Answer {
+    Ok(Vec<u8>),
+    Exit(u8),
+}
+
+/// Sends one request with the admin token; prints the error of a failure.
+fn call(
+    server: &ServerArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Answer> {
+    let url = format!("{}{path}", server.server.trim_end_matches('/'));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let mut req = client.request(method, &url).bearer_auth(&server.token);
+        if let Some(body) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?.to_vec();
+        anyhow::Ok((status, bytes))
+    });
+    let (status, bytes) = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("gantry: cannot reach {url}: {e:#}");
+            return Ok(Answer::Exit(EXIT_FAILED));
+        }
+    };
+    if status.is_success() {
+        return Ok(Answer::Ok(bytes));
+    }
+    Ok(Answer::Exit(refused(status, &bytes)))
+}
+
+/// Prints the server's error; answers the exit code.
+fn refused(status: reqwest::StatusCode, bytes: &[u8]) -> u8 {
+    let message = serde_json::from_slice::<ErrorBody>(bytes).map_or_else(
+        |_| String::from_utf8_lossy(bytes).trim().to_string(),
+        |b| b.error,
+    );
+    eprintln!("gantry: the server answered {status}: {message}");
+    if status.is_client_error() {
+        EXIT_REFUSED
+    } else {
+        EXIT_FAILED
+    }
+}
+
+/// Prints a JSON answer, pretty.
+fn print_json(bytes: &[u8]) -> Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) => writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?,
+        Err(_) => out.write_all(bytes)?,
+    }
+    out.flush()?;
+    Ok(0)
+}
+
+/// `gantry project token create`: the secret alone on stdout (for `$(...)`), the rest on stderr.
+fn token_create(args: TokenCreateArgs) -> Result<u8> {
+    let body = serde_json::to_vec(&NewProjectToken {
+        name: args.name,
+        expires_at: args.expires_at,
+    })?;
+    let path = format!("/api/v1/projects/{}/tokens", args.project);
+    let bytes = match call(&args.server, reqwest::Method::POST, &path, Some(body))? {
+        Answer::Ok(bytes) => bytes,
+        Answer::Exit(code) => return Ok(code),
+    };
+    let created: CreatedProjectToken =
+        serde_json::from_slice(&bytes).context("reading the server's answer")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", created.token)?;
+    out.flush()?;
+    eprintln!(
+        "gantry: created token {} ({}) of project {}, {}; its secret is shown only this once",
+        created.id,
+        created.name,
+        args.project,
+        created
+            .expires_at
+            .map_or_else(|| "never expires".to_string(), |t| format!("expires {t}"))
+    );
+    Ok(0)
 }
 
 fn variable(pair: &str, masked: bool) -> Result<ProjectVariable> {
@@ -93,51 +282,20 @@ fn add(args: AddArgs) -> Result<u8> {
         forge: None,
         schedules: Vec::new(),
     };
-    let url = format!("{}/api/v1/projects", args.server.trim_end_matches('/'));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let answer = rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        let resp = client
-            .post(&url)
-            .bearer_auth(&args.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(&body)?)
-            .send()
-            .await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        anyhow::Ok((status, bytes))
-    });
-    let (status, bytes) = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("gantry: cannot reach {url}: {e:#}");
-            return Ok(EXIT_FAILED);
-        }
+    let server = ServerArgs {
+        server: args.server,
+        token: args.token,
     };
-    if status.is_success() {
-        let mut out = std::io::stdout().lock();
-        match serde_json::from_slice::<serde_json::Value>(&bytes) {
-            Ok(v) => writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?,
-            Err(_) => out.write_all(&bytes)?,
-        }
-        out.flush()?;
-        return Ok(0);
+    let body = serde_json::to_vec(&body)?;
+    match call(
+        &server,
+        reqwest::Method::POST,
+        "/api/v1/projects",
+        Some(body),
+    )? {
+        Answer::Ok(bytes) => print_json(&bytes),
+        Answer::Exit(code) => Ok(code),
     }
-    let message = serde_json::from_slice::<ErrorBody>(&bytes).map_or_else(
-        |_| String::from_utf8_lossy(&bytes).trim().to_string(),
-        |b| b.error,
-    );
-    eprintln!("gantry: the server answered {status}: {message}");
-    Ok(if status.is_client_error() {
-        EXIT_REFUSED
-    } else {
-        EXIT_FAILED
-    })
 }
 
 #[cfg(test)]

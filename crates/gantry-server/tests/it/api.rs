@@ -220,6 +220,8 @@ async fn openapi_lists_every_route() {
     for p in [
         "/api/v1/projects",
         "/api/v1/projects/{name}",
+        "/api/v1/projects/{name}/tokens",
+        "/api/v1/projects/{name}/tokens/{id}",
         "/api/v1/projects/{name}/hooks/gitlab",
         "/api/v1/projects/{name}/hooks/github",
         "/api/v1/projects/{name}/hooks/gitea",
@@ -261,6 +263,16 @@ async fn openapi_lists_every_route() {
         assert!(params.contains(&n), "{n} in {params:?}");
     }
     assert!(get["responses"]["401"].is_object());
+    assert!(get["responses"]["403"].is_object());
+    let create = &paths["/api/v1/projects/{name}/tokens"]["post"];
+    assert!(create["responses"]["201"].is_object());
+    assert!(create["responses"]["403"].is_object());
+    assert!(create["security"].is_array());
+    assert!(paths["/api/v1/projects/{name}/tokens/{id}"]["delete"]["responses"]["204"].is_object());
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for s in ["NewProjectToken", "ProjectToken", "CreatedProjectToken"] {
+        assert!(schemas.contains_key(s), "schema {s}");
+    }
 }
 
 #[tokio::test]

@@ -5,3 +5,4 @@ mod common;
 mod api;
 mod flow;
 mod hooks;
+mod tokens;

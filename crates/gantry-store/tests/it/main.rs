@@ -8,7 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use gantry_store::{
-    Changes, JobChange, JobResult, Page, PipelineFilter, PipelineRecord, Store, StoreError, connect,
+    Changes, JobChange, JobResult, NewProjectToken, Page, PipelineFilter, PipelineRecord, Store,
+    StoreError, connect,
 };
 use harness::{Harness, agent, delivery, job, pipeline, project};
 
@@ -63,6 +64,8 @@ store_tests!(
     agents_register_and_list,
     queue_depth_counts_pending,
     reopened_store_keeps_everything,
+    project_tokens_create_list_find_delete,
+    project_of_pipelines_and_jobs,
 );
 
 fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
@@ -1344,6 +1347,114 @@ async fn agents_register_and_list(h: Harness) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+fn token(project_id: i64, name: &str, hash: &str, expires_at: Option<i64>) -> NewProjectToken {
+    NewProjectToken {
+        project_id,
+        name: name.to_owned(),
+        token_hash: hash.to_owned(),
+        created_at: 2_000,
+        expires_at,
+    }
+}
+
+async fn project_tokens_create_list_find_delete(h: Harness) {
+    let s = &*h.store;
+    let a = project(s, "alpha").await;
+    let b = project(s, "beta").await;
+    let t1 = s
+        .create_project_token(&token(a.id, "ci", "hash-1", None))
+        .await
+        .unwrap();
+    assert_eq!(t1.project_id, a.id);
+    assert_eq!(t1.project_name, "alpha");
+    assert_eq!(t1.name, "ci");
+    assert_eq!(t1.token_hash, "hash-1");
+    assert_eq!(t1.created_at, 2_000);
+    assert_eq!(t1.expires_at, None);
+    // Names need not be unique; hashes must be.
+    let t2 = s
+        .create_project_token(&token(a.id, "ci", "hash-2", Some(9_000)))
+        .await
+        .unwrap();
+    assert_ne!(t1.id, t2.id);
+    assert_eq!(t2.expires_at, Some(9_000));
+    let err = s
+        .create_project_token(&token(b.id, "other", "hash-1", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let t3 = s
+        .create_project_token(&token(b.id, "deploy", "hash-3", None))
+        .await
+        .unwrap();
+    assert_eq!(t3.project_name, "beta");
+    // Lists hold one project's tokens, by id.
+    assert_eq!(
+        s.project_tokens(a.id).await.unwrap(),
+        [t1.clone(), t2.clone()]
+    );
+    assert_eq!(
+        s.project_tokens(b.id).await.unwrap(),
+        std::slice::from_ref(&t3)
+    );
+    // Found by hash, with the project's name.
+    assert_eq!(
+        s.project_token_by_hash("hash-2").await.unwrap(),
+        Some(t2.clone())
+    );
+    assert_eq!(
+        s.project_token_by_hash("hash-3").await.unwrap(),
+        Some(t3.clone())
+    );
+    assert_eq!(s.project_token_by_hash("unknown").await.unwrap(), None);
+    // Deleting needs the right project.
+    assert!(!s.delete_project_token(b.id, t1.id).await.unwrap());
+    assert!(s.delete_project_token(a.id, t1.id).await.unwrap());
+    assert!(!s.delete_project_token(a.id, t1.id).await.unwrap());
+    assert_eq!(s.project_token_by_hash("hash-1").await.unwrap(), None);
+    assert_eq!(
+        s.project_tokens(a.id).await.unwrap(),
+        std::slice::from_ref(&t2)
+    );
+    // A deleted token's hash can be stored again (a new token with the same secret is unlikely,
+    // but nothing of the old one remains).
+    let again = s
+        .create_project_token(&token(a.id, "again", "hash-1", None))
+        .await
+        .unwrap();
+    assert_ne!(again.id, t1.id);
+    // Tokens survive a restart.
+    let h = h.reopen().await;
+    assert_eq!(h.store.project_tokens(a.id).await.unwrap(), [t2, again]);
+}
+
+async fn project_of_pipelines_and_jobs(h: Harness) {
+    let s = &*h.store;
+    let a = project(s, "alpha").await;
+    let b = project(s, "beta").await;
+    let pa = s
+        .create_pipeline(&pipeline(
+            a.id,
+            vec![job("x", 0, 2_000), job("y", 1, 2_000)],
+        ))
+        .await
+        .unwrap();
+    let pb = s
+        .create_pipeline(&pipeline(b.id, vec![job("z", 0, 2_000)]))
+        .await
+        .unwrap();
+    assert_eq!(s.pipeline_project(pa).await.unwrap(), Some(a.id));
+    assert_eq!(s.pipeline_project(pb).await.unwrap(), Some(b.id));
+    assert_eq!(s.pipeline_project(pb + 1_000).await.unwrap(), None);
+    let jobs_a = s.pipeline(pa).await.unwrap().unwrap().jobs;
+    let jobs_b = s.pipeline(pb).await.unwrap().unwrap().jobs;
+    for j in &jobs_a {
+        assert_eq!(s.job_project(j.id).await.unwrap(), Some(a.id));
+    }
+    assert_eq!(s.job_project(jobs_b[0].id).await.unwrap(), Some(b.id));
+    assert_eq!(s.job_project(jobs_b[0].id + 1_000).await.unwrap(), None);
 }
 
 async fn queue_depth_counts_pending(h: Harness) {

@@ -481,6 +481,7 @@ both_stores!(
     five_agents_run_many_jobs_once_each,
     readme_quick_start,
     canceled_job_stops_and_restarted_agent_keeps_its_token,
+    project_token_from_the_cli,
 );
 
 /// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
@@ -923,4 +924,121 @@ fn canceled_job_stops_and_restarted_agent_keeps_its_token(store: Store) {
         "{}",
         restarted.output()
     );
+}
+
+/// `gantry project token create` prints a secret that triggers and reads its project's pipelines
+/// (run by a real agent) and nothing else; `list` shows no secret; `revoke` ends it at once.
+fn project_token_from_the_cli(store: Store) {
+    let s = Setup::new(store);
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "hello:\n  script:\n    - echo hello $CI_PROJECT_NAME\n",
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("tokened", repo.path());
+    api.add_project("other", repo.path());
+    let cli = |args: &[&str]| {
+        gantry()
+            .args(["project", "token"])
+            .args(args)
+            .args(["--server", &s.server.url, "--token", ADMIN])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[
+        "create",
+        "tokened",
+        "--name",
+        "ci",
+        "--expires-at",
+        "2999-12-31",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("gpt_"), "{secret}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2999-12-31T00:00:00.000Z"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _agent = s.agent("a1");
+    let http = reqwest::blocking::Client::new();
+    let call = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", api.url))
+            .header("PRIVATE-TOKEN", &secret)
+            .json(&json!({"ref": "main"}))
+            .send()
+            .unwrap()
+    };
+    let r = call(reqwest::Method::POST, "/api/v1/projects/tokened/pipelines");
+    assert_eq!(r.status().as_u16(), 202);
+    let id = wait_for("the pipeline", || {
+        let v: Value = call(reqwest::Method::GET, "/api/v1/projects/tokened/pipelines")
+            .json()
+            .ok()?;
+        v.as_array()?.first()?.get("id")?.as_i64()
+    });
+    let p = wait_for("the pipeline to finish", || {
+        let p: Pipeline = call(reqwest::Method::GET, &format!("/api/v1/pipelines/{id}"))
+            .json()
+            .ok()?;
+        p.status.is_final().then_some(p)
+    });
+    assert_eq!(p.status, PipelineStatus::Success);
+    let log = call(
+        reqwest::Method::GET,
+        &format!("/api/v1/jobs/{}/log", p.jobs[0].id),
+    )
+    .text()
+    .unwrap();
+    assert!(log.contains("hello tokened\n"), "{log}");
+    // Not another project, not the admin's routes.
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/projects/other/pipelines"),
+        (reqwest::Method::GET, "/api/v1/projects"),
+        (reqwest::Method::GET, "/api/v1/agents"),
+    ] {
+        let r = call(method, path);
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        let e: Value = r.json().unwrap();
+        assert!(e["error"].is_string(), "{e}");
+    }
+
+    let out = cli(&["list", "tokened"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(&secret), "{text}");
+    let list: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "ci");
+    let token_id = list[0]["id"].as_i64().unwrap().to_string();
+
+    // Revoking with a project token is refused (exit 2); with the admin token it works.
+    let out = gantry()
+        .args(["project", "token", "revoke", "tokened", &token_id])
+        .args(["--server", &s.server.url, "--token", &secret])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    let out = cli(&["revoke", "tokened", &token_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = call(reqwest::Method::GET, "/api/v1/projects/tokened/pipelines");
+    assert_eq!(r.status().as_u16(), 401);
+    let out = cli(&["revoke", "tokened", &token_id]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }

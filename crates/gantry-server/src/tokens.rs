@@ -1,0 +1,126 @@
+//! Project tokens: `POST`, `GET /api/v1/projects/{name}/tokens` and
+//! `DELETE /api/v1/projects/{name}/tokens/{id}`, for the admin only.
+//!
+//! A project token acts on its own project: it triggers pipelines and reads, cancels, retries and
+//! plays the project's pipelines, deliveries, jobs, logs and artifacts ([`crate::http::Caller`]).
+//! Its secret is `gpt_` and 32 random bytes from the OS in hex; it is answered once, when the token is
+//! created, and the store keeps only its SHA-256. Revoking deletes it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use gantry_api::{CreatedProjectToken, ErrorBody, NewProjectToken, ProjectToken};
+use gantry_store::ProjectTokenRecord;
+
+use crate::error::{AppError, AppResult};
+use crate::http::{Admin, JsonBody, PROJECT_TOKEN_PREFIX, PathParam, token_hash};
+use crate::state::AppState;
+
+fn api(t: &ProjectTokenRecord) -> ProjectToken {
+    ProjectToken {
+        id: t.id,
+        name: t.name.clone(),
+        created_at: crate::rfc3339(t.created_at),
+        expires_at: t.expires_at.map(crate::rfc3339),
+    }
+}
+
+/// `POST /api/v1/projects/{name}/tokens`: answers the secret, once.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/tokens", tag = "projects",
+    params(("name" = String, Path, description = "The project's name")), request_body = NewProjectToken,
+    responses((status = 201, description = "Created; `token` is the secret, shown this once", body = CreatedProjectToken), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token cannot manage tokens", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam(name): PathParam<String>,
+    JsonBody(body): JsonBody<NewProjectToken>,
+) -> AppResult<(StatusCode, Json<CreatedProjectToken>)> {
+    let project = crate::projects::load(&state, &name).await?;
+    let token_name = body.name.trim();
+    if token_name.is_empty()
+        || token_name.chars().count() > 100
+        || token_name.chars().any(char::is_control)
+    {
+        return Err(AppError::bad_request(
+            "name: 1 to 100 characters, no control characters",
+        ));
+    }
+    let now = crate::now_ms();
+    let expires_at = match body.expires_at.as_deref() {
+        None => None,
+        Some(s) => {
+            let at = crate::parse_time(s).ok_or_else(|| {
+                AppError::bad_request(format!(
+                    "expires_at `{s}`: want RFC 3339 (2027-01-31T12:00:00Z) or a date (2027-01-31)"
+                ))
+            })?;
+            if at <= now {
+                return Err(AppError::bad_request(format!(
+                    "expires_at `{s}` is not in the future"
+                )));
+            }
+            Some(at)
+        }
+    };
+    let secret = format!("{PROJECT_TOKEN_PREFIX}{}", crate::random_token());
+    let record = state
+        .store
+        .create_project_token(&gantry_store::NewProjectToken {
+            project_id: project.record.id,
+            name: token_name.to_owned(),
+            token_hash: token_hash(&secret),
+            created_at: now,
+            expires_at,
+        })
+        .await?;
+    tracing::info!(project = %name, token = record.id, "project token created");
+    let t = api(&record);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedProjectToken {
+            id: t.id,
+            name: t.name,
+            token: secret,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+        }),
+    ))
+}
+
+/// `GET /api/v1/projects/{name}/tokens`: without secrets.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/tokens", tag = "projects",
+    params(("name" = String, Path, description = "The project's name")),
+    responses((status = 200, description = "The project's tokens (expired ones too), without their secrets", body = Vec<ProjectToken>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token cannot manage tokens", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam(name): PathParam<String>,
+) -> AppResult<Json<Vec<ProjectToken>>> {
+    let project = crate::projects::load(&state, &name).await?;
+    let tokens = state.store.project_tokens(project.record.id).await?;
+    Ok(Json(tokens.iter().map(api).collect()))
+}
+
+/// `DELETE /api/v1/projects/{name}/tokens/{id}`: revokes at once.
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/tokens/{id}", tag = "projects",
+    params(("name" = String, Path, description = "The project's name"), ("id" = i64, Path, description = "The token's id")),
+    responses((status = 204, description = "Revoked"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token cannot manage tokens", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam((name, id)): PathParam<(String, i64)>,
+) -> AppResult<StatusCode> {
+    let project = crate::projects::load(&state, &name).await?;
+    if state
+        .store
+        .delete_project_token(project.record.id, id)
+        .await?
+    {
+        tracing::info!(project = %name, token = id, "project token revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AppError::not_found(format!(
+            "project `{name}` has no token {id}"
+        )))
+    }
+}

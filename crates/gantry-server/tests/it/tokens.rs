@@ -1,0 +1,585 @@
+//! Project tokens: what a project token may do on its own project, what it is refused elsewhere,
+//! and the token lifecycle (secret shown once, stored as a hash, revocation, expiry).
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use crate::both;
+use crate::common::{App, Backend, eventually, spawn};
+
+const PIPELINE: &str = "\
+stages: [build, deploy]
+build:
+  stage: build
+  script: [echo build]
+deploy:
+  stage: deploy
+  script: [echo deploy]
+  when: manual
+";
+
+/// A request with `token` in `Authorization: Bearer`.
+fn with_bearer(app: &App, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    app.client
+        .request(method, format!("{}{path}", app.url))
+        .bearer_auth(token)
+}
+
+/// A request with `token` in `PRIVATE-TOKEN`.
+fn with_private(app: &App, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    app.client
+        .request(method, format!("{}{path}", app.url))
+        .header("PRIVATE-TOKEN", token)
+}
+
+/// Asserts `status` and a JSON error body; answers the error message.
+async fn refused(r: reqwest::Response, status: u16, what: &str) -> String {
+    assert_eq!(r.status().as_u16(), status, "{what}");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: content type {ct}"
+    );
+    let v: Value = r.json().await.unwrap();
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no `error` in {v}"))
+        .to_string()
+}
+
+/// Creates a token for `project` with the admin token; answers the whole answer.
+async fn create_token(app: &App, project: &str, body: Value) -> Value {
+    let r = app
+        .post(&format!("/api/v1/projects/{project}/tokens"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// Triggers a pipeline of `project` with `token`; waits until it exists and answers its id.
+async fn trigger(app: &App, project: &str, token: &str) -> i64 {
+    let r = with_private(
+        app,
+        Method::POST,
+        &format!("/api/v1/projects/{project}/pipelines"),
+        token,
+    )
+    .json(&json!({"ref": "main"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let accepted: Value = r.json().await.unwrap();
+    let d = app
+        .delivery(project, accepted["id"].as_i64().unwrap())
+        .await;
+    assert_eq!(d["status"], "created", "{d}");
+    d["pipeline_id"].as_i64().unwrap()
+}
+
+fn job_id(p: &Value, name: &str) -> i64 {
+    p["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == name)
+        .unwrap_or_else(|| panic!("no job {name} in {p}"))["id"]
+        .as_i64()
+        .unwrap()
+}
+
+fn tar_of(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, name, content).unwrap();
+    b.into_inner().unwrap()
+}
+
+async fn project_token_acts_on_its_project_only(b: Backend) {
+    let app = spawn(b).await;
+    app.commit(&[(".gitlab-ci.yml", PIPELINE)]);
+    app.project("alpha", json!({})).await;
+    app.project("beta", json!({})).await;
+    let created = create_token(&app, "alpha", json!({"name": "ci"})).await;
+    let token = created["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("gpt_"), "{token}");
+    assert_eq!(token.len(), 4 + 64);
+    assert_eq!(created["name"], "ci");
+    assert!(created["id"].as_i64().is_some());
+    assert!(created["created_at"].as_str().is_some());
+    assert_eq!(created["expires_at"], Value::Null);
+
+    // It triggers its project's pipelines (both headers work) ...
+    let pa = trigger(&app, "alpha", &token).await;
+    let r = with_bearer(
+        &app,
+        Method::POST,
+        "/api/v1/projects/alpha/pipelines",
+        &token,
+    )
+    .json(&json!({}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    // ... while beta's pipeline comes from the admin.
+    let r = app
+        .post("/api/v1/projects/beta/pipelines")
+        .json(&json!({"ref": "main"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let accepted: Value = r.json().await.unwrap();
+    let pb = app.delivery("beta", accepted["id"].as_i64().unwrap()).await["pipeline_id"]
+        .as_i64()
+        .unwrap();
+    let p_alpha = app.pipeline_status(pa, "pending").await;
+    let p_beta = app.pipeline_status(pb, "pending").await;
+    let (build_a, deploy_a) = (job_id(&p_alpha, "build"), job_id(&p_alpha, "deploy"));
+    let (build_b, deploy_b) = (job_id(&p_beta, "build"), job_id(&p_beta, "deploy"));
+
+    // An agent runs alpha's build, with a log and artifacts.
+    let agent = app.register("agent-1", &[]).await;
+    let spec = eventually(|| async {
+        let s = app.take(&agent, 1000).await?;
+        (s["job_id"] == build_a).then_some(s)
+    })
+    .await;
+    let r = app
+        .agent_call(
+            &agent,
+            Method::PUT,
+            &format!("/api/v1/agent/jobs/{build_a}/artifacts"),
+        )
+        .body(tar_of("files/out.txt", b"42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    app.run_job(
+        &agent,
+        spec["job_id"].as_i64().unwrap(),
+        "built alpha\n",
+        "success",
+    )
+    .await;
+
+    // Reads of its own project.
+    let ok = |path: String| {
+        let app = &app;
+        let token = &token;
+        async move {
+            let r = with_bearer(app, Method::GET, &path, token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "GET {path}: {:?}", r.text().await);
+            r
+        }
+    };
+    let p: Value = ok(format!("/api/v1/pipelines/{pa}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["project"], "alpha");
+    let list: Value = ok("/api/v1/projects/alpha/pipelines".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(list.as_array().unwrap().iter().any(|x| x["id"] == pa));
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["project"] == "alpha")
+    );
+    let list: Value = ok("/api/v1/projects/alpha/deliveries".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let project: Value = ok("/api/v1/projects/alpha".into())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(project["name"], "alpha");
+    let job: Value = ok(format!("/api/v1/jobs/{build_a}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "success");
+    let log = ok(format!("/api/v1/jobs/{build_a}/log"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(log, "built alpha\n");
+    let stream = ok(format!("/api/v1/jobs/{build_a}/log/stream"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(stream.contains("built alpha"), "{stream}");
+    assert!(stream.contains("event: end"), "{stream}");
+    let artifacts = ok(format!("/api/v1/jobs/{build_a}/artifacts"))
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        artifacts.as_ref(),
+        tar_of("files/out.txt", b"42").as_slice()
+    );
+
+    // Play, retry and cancel on its own project.
+    let r = with_bearer(
+        &app,
+        Method::POST,
+        &format!("/api/v1/jobs/{deploy_a}/play"),
+        &token,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = with_private(
+        &app,
+        Method::POST,
+        &format!("/api/v1/jobs/{build_a}/retry"),
+        &token,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let retried: Value = r.json().await.unwrap();
+    assert_eq!(retried["attempt"], 2);
+    let r = with_bearer(
+        &app,
+        Method::POST,
+        &format!("/api/v1/pipelines/{pa}/cancel"),
+        &token,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let canceled: Value = r.json().await.unwrap();
+    assert_eq!(canceled["status"], "canceled");
+
+    // Everything of beta is refused with 403 and a JSON error; so are things that do not exist,
+    // so that the token learns nothing about other projects.
+    let missing = pb + pa + 1_000;
+    let forbidden = [
+        (Method::GET, "/api/v1/projects/beta".to_string()),
+        (Method::GET, "/api/v1/projects/beta/pipelines".into()),
+        (Method::POST, "/api/v1/projects/beta/pipelines".into()),
+        (Method::GET, "/api/v1/projects/beta/deliveries".into()),
+        (Method::GET, "/api/v1/projects/nope/pipelines".into()),
+        (Method::GET, format!("/api/v1/pipelines/{pb}")),
+        (Method::POST, format!("/api/v1/pipelines/{pb}/cancel")),
+        (Method::GET, format!("/api/v1/pipelines/{missing}")),
+        (Method::GET, format!("/api/v1/jobs/{build_b}")),
+        (Method::GET, format!("/api/v1/jobs/{build_b}/log")),
+        (Method::GET, format!("/api/v1/jobs/{build_b}/log/stream")),
+        (Method::GET, format!("/api/v1/jobs/{build_b}/artifacts")),
+        (Method::POST, format!("/api/v1/jobs/{build_b}/retry")),
+        (Method::POST, format!("/api/v1/jobs/{deploy_b}/play")),
+        (Method::GET, format!("/api/v1/jobs/{missing}")),
+    ];
+    for (method, path) in forbidden {
+        let what = format!("{method} {path}");
+        let r = with_bearer(&app, method, &path, &token)
+            .json(&json!({"ref": "main"}))
+            .send()
+            .await
+            .unwrap();
+        let msg = refused(r, 403, &what).await;
+        assert!(msg.contains("own project"), "{what}: {msg}");
+    }
+    // Admin-only routes: 403 too, also on its own project's tokens.
+    let admin_only = [
+        (Method::GET, "/api/v1/projects".to_string(), json!(null)),
+        (
+            Method::POST,
+            "/api/v1/projects".into(),
+            json!({"name": "gamma", "repo_url": app.repo.to_str().unwrap()}),
+        ),
+        (Method::GET, "/api/v1/agents".into(), json!(null)),
+        (
+            Method::GET,
+            "/api/v1/projects/alpha/tokens".into(),
+            json!(null),
+        ),
+        (
+            Method::POST,
+            "/api/v1/projects/alpha/tokens".into(),
+            json!({"name": "more"}),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/projects/alpha/tokens/{}", created["id"]),
+            json!(null),
+        ),
+    ];
+    for (method, path, body) in admin_only {
+        let what = format!("{method} {path}");
+        let r = with_private(&app, method, &path, &token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let msg = refused(r, 403, &what).await;
+        assert!(msg.contains("admin token"), "{what}: {msg}");
+    }
+    // Nothing of that happened: beta's pipeline is untouched, no project was added, the token lives.
+    let p = app.pipeline(pb).await;
+    assert_eq!(p["status"], "pending");
+    assert_eq!(p["jobs"].as_array().unwrap().len(), 2);
+    let r = app.get("/api/v1/projects/gamma").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let tokens = app.json("/api/v1/projects/alpha/tokens").await;
+    assert_eq!(tokens.as_array().unwrap().len(), 1);
+    // The agent's token is no API token.
+    let r = with_bearer(
+        &app,
+        Method::GET,
+        &format!("/api/v1/pipelines/{pa}"),
+        &agent.token,
+    )
+    .send()
+    .await
+    .unwrap();
+    refused(r, 401, "agent token on the API").await;
+}
+both!(project_token_acts_on_its_project_only);
+
+async fn project_token_lifecycle(b: Backend) {
+    let app = spawn(b).await;
+    app.commit(&[(".gitlab-ci.yml", PIPELINE)]);
+    let alpha = app.project("alpha", json!({})).await;
+    let created = create_token(
+        &app,
+        "alpha",
+        json!({"name": "deploy bot", "expires_at": "2999-01-31"}),
+    )
+    .await;
+    assert_eq!(created["expires_at"], "2999-01-31T00:00:00.000Z");
+    let secret = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_i64().unwrap();
+    let second = create_token(&app, "alpha", json!({"name": "other"})).await;
+    assert_ne!(second["token"], created["token"]);
+
+    // The list has no secrets.
+    let r = app
+        .get("/api/v1/projects/alpha/tokens")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains(&secret), "{text}");
+    assert!(!text.contains("gpt_"), "{text}");
+    let list: Value = serde_json::from_str(&text).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["name"], "deploy bot");
+    assert_eq!(list[0]["expires_at"], "2999-01-31T00:00:00.000Z");
+    assert_eq!(list[0].get("token"), None);
+
+    // The store holds the SHA-256 of the secret, never the secret.
+    let store = gantry_store::connect(&app.database_url).await.unwrap();
+    let alpha_id = alpha["id"].as_i64().unwrap();
+    let stored = store.project_tokens(alpha_id).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(stored[0].token_hash, sha256_hex(&secret));
+    assert!(stored.iter().all(|t| !t.token_hash.contains(&secret[4..])));
+    assert!(
+        store
+            .project_token_by_hash(&secret)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let found = store
+        .project_token_by_hash(&sha256_hex(&secret))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, id);
+    assert_eq!(found.project_name, "alpha");
+
+    // It works until it is revoked; then 401, like any unknown token.
+    let r = with_bearer(
+        &app,
+        Method::GET,
+        "/api/v1/projects/alpha/pipelines",
+        &secret,
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .delete(format!("{}/api/v1/projects/alpha/tokens/{id}", app.url))
+        .bearer_auth(crate::common::ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for path in ["/api/v1/projects/alpha/pipelines", "/api/v1/projects/alpha"] {
+        let r = with_bearer(&app, Method::GET, path, &secret)
+            .send()
+            .await
+            .unwrap();
+        refused(r, 401, path).await;
+        let r = with_private(&app, Method::GET, path, &secret)
+            .send()
+            .await
+            .unwrap();
+        refused(r, 401, path).await;
+    }
+    let r = app
+        .client
+        .delete(format!("{}/api/v1/projects/alpha/tokens/{id}", app.url))
+        .bearer_auth(crate::common::ADMIN)
+        .send()
+        .await
+        .unwrap();
+    refused(r, 404, "revoking twice").await;
+    let list = app.json("/api/v1/projects/alpha/tokens").await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["id"], second["id"]);
+    // The other token still works.
+    let r = with_bearer(
+        &app,
+        Method::GET,
+        "/api/v1/projects/alpha/pipelines",
+        second["token"].as_str().unwrap(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // An expired token gets 401. (The API refuses to create one, so it goes into the store.)
+    let expired = "gpt_expired0000000000000000000000000000000000000000000000000000000";
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    store
+        .create_project_token(&gantry_store::NewProjectToken {
+            project_id: alpha_id,
+            name: "old".into(),
+            token_hash: sha256_hex(expired),
+            created_at: now - 10_000,
+            expires_at: Some(now - 1_000),
+        })
+        .await
+        .unwrap();
+    let r = with_bearer(
+        &app,
+        Method::GET,
+        "/api/v1/projects/alpha/pipelines",
+        expired,
+    )
+    .send()
+    .await
+    .unwrap();
+    let msg = refused(r, 401, "expired token").await;
+    assert!(msg.contains("expired"), "{msg}");
+    let r = with_bearer(
+        &app,
+        Method::GET,
+        "/api/v1/projects/alpha/pipelines",
+        "gpt_nope",
+    )
+    .send()
+    .await
+    .unwrap();
+    refused(r, 401, "unknown token").await;
+
+    // Bad requests.
+    for (body, what) in [
+        (json!({"name": ""}), "empty name"),
+        (json!({"name": "x", "expires_at": "soon"}), "bad time"),
+        (json!({"name": "x", "expires_at": "2001-01-01"}), "past"),
+        (
+            json!({"name": "x", "expires_at": "2001-02-30T00:00:00Z"}),
+            "no such day",
+        ),
+        (json!({"expires_at": "2999-01-01"}), "no name"),
+    ] {
+        let r = app
+            .post("/api/v1/projects/alpha/tokens")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        refused(r, 400, what).await;
+    }
+    let r = app
+        .post("/api/v1/projects/nope/tokens")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    refused(r, 404, "no such project").await;
+    let r = app
+        .get("/api/v1/projects/nope/tokens")
+        .send()
+        .await
+        .unwrap();
+    refused(r, 404, "no such project").await;
+    // A token of alpha cannot be revoked through another project.
+    app.project("beta", json!({})).await;
+    let r = app
+        .client
+        .delete(format!(
+            "{}/api/v1/projects/beta/tokens/{}",
+            app.url, second["id"]
+        ))
+        .bearer_auth(crate::common::ADMIN)
+        .send()
+        .await
+        .unwrap();
+    refused(r, 404, "another project's token").await;
+    assert_eq!(
+        app.json("/api/v1/projects/alpha/tokens")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2,
+        "the second token and the expired one"
+    );
+}
+both!(project_token_lifecycle);
