@@ -410,8 +410,12 @@ pub(crate) async fn source(
         Some(r) => crate::projects::LoadedProject::parse(r)?,
         None => return Err(AppError::not_found("the project no longer exists")),
     };
-    let Some(cached) = crate::git::archive_path(&state.config.data_dir, p.project_id, &p.sha) else {
-        return Err(AppError::internal(format!("the pipeline's commit {:?} is not a full SHA", p.sha)));
+    let Some(cached) = crate::git::archive_path(&state.config.data_dir, p.project_id, &p.sha)
+    else {
+        return Err(AppError::internal(format!(
+            "the pipeline's commit {:?} is not a full SHA",
+            p.sha
+        )));
     };
     // The archive is written once per commit and served from the file to every job of it. A file
     // removed by the sweeper between the check and the open is written again.
@@ -646,7 +650,17 @@ pub(crate) async fn finish(
     }
     state.logs.notify_waiters();
     tracing::info!(job = id, pipeline, status, "job finished");
-    crate::progress::advance(&state, pipeline).await;
+    // Most jobs of a wide stage end while others of it still run: then nothing else changes, and
+    // the full read that advancing takes (every job of the pipeline) is skipped.
+    let quiet = status == "success"
+        && state
+            .store
+            .success_changes_nothing(pipeline, job.stage_index, id, &job.name)
+            .await
+            .unwrap_or(false);
+    if !quiet {
+        crate::progress::advance(&state, pipeline).await;
+    }
     let job = crate::read::load_job(&state, id).await?;
     Ok(Json(crate::read::job_api(&job)))
 }

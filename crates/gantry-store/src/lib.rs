@@ -557,6 +557,19 @@ pub trait Store: Send + Sync + 'static {
                     .collect()
             }))
     }
+    /// Whether job `job_id` (named `name`, at `stage_index` of pipeline `pipeline_id`), having just
+    /// succeeded, leaves its pipeline as it is: the pipeline is `running` and started, another job
+    /// of the same stage is still `pending` or `running` (so the stage is not over and the jobs
+    /// after it keep waiting), and no job of the pipeline `needs` it. One query, without reading the
+    /// pipeline's jobs into memory; when it answers `true`, advancing the pipeline would change
+    /// nothing, so the finish of most jobs of a wide stage costs no full read.
+    async fn success_changes_nothing(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+        job_id: i64,
+        name: &str,
+    ) -> Result<bool>;
     /// Every attempt of the jobs of pipeline `pipeline_id` whose stage comes before `stage_index`,
     /// in `position`, then `attempt` order.
     async fn jobs_before_stage(

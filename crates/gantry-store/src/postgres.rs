@@ -467,6 +467,29 @@ impl Store for PgStore {
         rows.iter().map(|row| Ok(job_record!(row))).collect()
     }
 
+    async fn success_changes_nothing(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+        job_id: i64,
+        name: &str,
+    ) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pipelines WHERE id = $1 AND status = 'running' \
+                            AND started_at IS NOT NULL) \
+                AND EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = $1 AND stage_index = $2 \
+                            AND id <> $3 AND status IN ('pending', 'running')) \
+                AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = $1 AND $4 = ANY (needs))",
+        )
+        .bind(pipeline_id)
+        .bind(stage_index)
+        .bind(job_id)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("checking what a job's success changes"))
+    }
+
     async fn jobs_before_stage(
         &self,
         pipeline_id: i64,

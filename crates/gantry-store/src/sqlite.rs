@@ -608,6 +608,33 @@ impl Store for SqliteStore {
         rows.iter().map(|row| Ok(job_record!(row))).collect()
     }
 
+    async fn success_changes_nothing(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+        job_id: i64,
+        name: &str,
+    ) -> Result<bool> {
+        read!(self, conn => {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pipelines WHERE id = ?1 AND status = 'running' \
+                                AND started_at IS NOT NULL) \
+                    AND EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND stage_index = ?2 \
+                                AND id <> ?3 AND status IN ('pending', 'running')) \
+                    AND NOT EXISTS (SELECT 1 FROM jobs, json_each(jobs.needs) \
+                                    WHERE jobs.pipeline_id = ?1 AND jobs.needs IS NOT NULL \
+                                    AND json_each.value = ?4)",
+            )
+            .bind(pipeline_id)
+            .bind(stage_index)
+            .bind(job_id)
+            .bind(name)
+            .fetch_one(conn)
+            .await
+            .map_err(db("checking what a job's success changes"))
+        })
+    }
+
     async fn jobs_before_stage(
         &self,
         pipeline_id: i64,

@@ -66,6 +66,7 @@ store_tests!(
     reopened_store_keeps_everything,
     project_tokens_create_list_find_delete,
     project_of_pipelines_and_jobs,
+    success_changes_nothing_only_inside_a_busy_stage,
 );
 
 fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
@@ -1144,6 +1145,78 @@ async fn finish_records_the_result(h: Harness) {
     assert_eq!(f.lease_until, None);
     assert_eq!(f.agent_id, Some(a.id));
     assert_eq!(s.pipeline(id).await.unwrap().unwrap().version, version + 1);
+}
+
+async fn success_changes_nothing_only_inside_a_busy_stage(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    // Stage 0: a, b, c; stage 1: d (needs c), e (after the stage).
+    let mut d = job("d", 3, 2_000);
+    d.stage_index = 1;
+    d.status = "created".to_owned();
+    d.needs = Some(vec!["c".to_owned()]);
+    let mut e = job("e", 4, 2_000);
+    e.stage_index = 1;
+    e.status = "created".to_owned();
+    let id = s
+        .create_pipeline(&pipeline(
+            p.id,
+            vec![
+                job("a", 0, 2_000),
+                job("b", 1, 2_000),
+                job("c", 2, 2_000),
+                d,
+                e,
+            ],
+        ))
+        .await
+        .unwrap();
+    let quiet = |job_id: i64, name: &'static str| async move {
+        s.success_changes_nothing(id, 0, job_id, name)
+            .await
+            .unwrap()
+    };
+    let ag = agent(s, "a", &[], true).await;
+    let ja = s.claim(&ag, 3_000, 9_000).await.unwrap().unwrap();
+    let jb = s.claim(&ag, 3_000, 9_000).await.unwrap().unwrap();
+    let jc = s.claim(&ag, 3_000, 9_000).await.unwrap().unwrap();
+    assert_eq!(
+        (ja.name.as_str(), jb.name.as_str(), jc.name.as_str()),
+        ("a", "b", "c")
+    );
+    // b and c still run: a's success changes nothing.
+    s.finish(ja.id, ag.id, &done("success", 4_000))
+        .await
+        .unwrap();
+    assert!(quiet(ja.id, "a").await);
+    // d needs c: c's success can queue d, even while b runs.
+    assert!(!quiet(jc.id, "c").await);
+    // The last job of the stage: the next stage can start.
+    s.finish(jb.id, ag.id, &done("success", 4_000))
+        .await
+        .unwrap();
+    s.finish(jc.id, ag.id, &done("success", 4_000))
+        .await
+        .unwrap();
+    assert!(!quiet(jb.id, "b").await);
+    // A pipeline that is not running (here: canceled) is always advanced.
+    let id2 = s
+        .create_pipeline(&pipeline(
+            p.id,
+            vec![job("x", 0, 2_000), job("y", 1, 2_000)],
+        ))
+        .await
+        .unwrap();
+    let jx = s.claim(&ag, 5_000, 9_000).await.unwrap().unwrap();
+    s.claim(&ag, 5_000, 9_000).await.unwrap().unwrap();
+    assert!(s.success_changes_nothing(id2, 0, jx.id, "x").await.unwrap());
+    let head = s.pipeline(id2).await.unwrap().unwrap();
+    let cancel = Changes {
+        status: Some("canceled".to_owned()),
+        ..Changes::default()
+    };
+    assert!(s.apply(id2, head.version, &cancel).await.unwrap());
+    assert!(!s.success_changes_nothing(id2, 0, jx.id, "x").await.unwrap());
 }
 
 async fn heartbeat_reports_cancel(h: Harness) {
