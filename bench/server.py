@@ -12,13 +12,15 @@ Measures, on the store given by --store (sqlite or postgres):
   * webhook intake: wrk sends valid GitLab push deliveries (each with its own
     X-Gitlab-Event-UUID) for a fixed time; the accepted count is compared
     with the deliveries counted through the API afterwards;
-  * memory: RSS of an idle server and an idle agent, and of the server with
-    1,000 pipelines of history and 50 live log streams.
+  * memory: RSS of an idle server and an idle agent; with --memory, the server's
+    RSS with 1,000 pipelines of history while 50 SSE clients follow a live job's
+    log, and the server's and agents' RSS while one job prints 1 GB (--log-mb).
 
 Prints a Markdown table and writes bench/out/server-<store>.json.
 
 Usage: server.py --gantry BIN --store sqlite|postgres [--pg-url URL]
                  [--latency-runs N] [--jobs N] [--agents N] [--wrk-seconds S]
+                 [--memory [--history N] [--streams N] [--log-mb MB]]
 """
 
 import argparse
@@ -85,6 +87,29 @@ def cpu_s(pid):
     except OSError:
         return 0.0
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler:
+    """Samples the RSS of some processes every 50 ms until stopped; keeps the maximum of each."""
+
+    def __init__(self, pids):
+        self.pids = dict(pids)
+        self.max = {k: 0 for k in self.pids}
+        self.first = {k: rss_kb(p) for k, p in self.pids.items()}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            for k, p in self.pids.items():
+                self.max[k] = max(self.max[k], rss_kb(p) or 0)
+            time.sleep(0.05)
+
+    def stop(self):
+        self._stop.set()
+        self._t.join()
+        return {k: {"start_kb": self.first[k], "max_kb": self.max[k]} for k in self.pids}
 
 
 def ts(s):
@@ -159,12 +184,18 @@ def wait_agents(api, n, timeout=60):
     raise SystemExit("agents did not register")
 
 
-def wait_pipeline(api, pid, timeout=600):
+def wait_pipeline(api, pid, timeout=600, project=None):
+    """Waits for pipeline `pid` to end and answers it with its jobs. With `project`, polls the
+    project's pipeline list (no jobs), so that polling a big pipeline does not load the server."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        p = api.call("GET", f"/api/v1/pipelines/{pid}")
-        if p["status"] in ("success", "failed", "canceled", "skipped"):
-            return p
+        if project:
+            page = api.call("GET", f"/api/v1/projects/{project}/pipelines?per_page=100")
+            status = next((p["status"] for p in page if p["id"] == pid), None)
+        else:
+            status = api.call("GET", f"/api/v1/pipelines/{pid}")["status"]
+        if status in ("success", "failed", "canceled", "skipped"):
+            return api.call("GET", f"/api/v1/pipelines/{pid}")
         time.sleep(0.05)
     raise SystemExit(f"pipeline {pid} did not finish")
 
@@ -220,7 +251,7 @@ def bench(args):
         r2, _ = make_repo(repo2, jobs_yaml)
         api.call("POST", "/api/v1/projects", {"name": "many", "repo_url": r2})
         cpu_before = (cpu_s(server.proc.pid), sum(cpu_s(a.pid) for a in agents))
-        p = wait_pipeline(api, trigger(api, "many"), timeout=1200)
+        p = wait_pipeline(api, trigger(api, "many"), timeout=1200, project="many")
         cpu_after = (cpu_s(server.proc.pid), sum(cpu_s(a.pid) for a in agents))
         first = min(ts(j["queued_at"]) for j in p["jobs"])
         last = max(ts(j["finished_at"]) for j in p["jobs"])
@@ -232,6 +263,11 @@ def bench(args):
         t = results["throughput"]
         log(f"throughput {t['jobs_per_s']:.0f} jobs/s; CPU: server {t['server_cpu_s']:.1f} s, "
             f"agents {t['agents_cpu_s']:.1f} s (with their children)")
+
+        # Memory with history and live streams, then with a 1 GB log.
+        if args.memory:
+            results["streams"] = streams(server, agents, root, args)
+            results["big_log"] = big_log(server, agents, root, args)
 
         # Webhook intake with wrk.
         if args.wrk_seconds <= 0:
@@ -251,6 +287,91 @@ def bench(args):
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def streams(server, agents, root, args):
+    """1,000 pipelines of history, then 50 SSE clients following one live job's log: the server's
+    RSS before and at most while they stream."""
+    api = server.api
+    made = 0
+    while made < args.history:
+        batch = [trigger_only(api, "one") for _ in range(min(50, args.history - made))]
+        made += len(batch)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        headers = api.call("GET", "/api/v1/projects/one/pipelines?per_page=1&status=success", raw=True)[1]
+        if total(headers) >= args.history:
+            break
+        time.sleep(0.5)
+    repo = os.path.join(root, "live")
+    os.makedirs(repo)
+    r, _ = make_repo(repo, "talk:\n  script:\n    - for i in $(seq 1 400); do echo \"line $i of a live log, streamed to fifty clients\"; sleep 0.02; done\n")
+    api.call("POST", "/api/v1/projects", {"name": "live", "repo_url": r})
+    pid = trigger(api, "live")
+    job = None
+    while job is None:
+        p = api.call("GET", f"/api/v1/pipelines/{pid}")
+        job = next((j["id"] for j in p["jobs"] if j["status"] == "running"), None)
+        time.sleep(0.05)
+    before = rss_kb(server.proc.pid)
+    sampler = RssSampler({"server": server.proc.pid})
+    received = [0] * args.streams
+
+    def follow(i):
+        req = urllib.request.Request(f"{server.url}/api/v1/jobs/{job}/log/stream")
+        req.add_header("Authorization", f"Bearer {ADMIN}")
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            for line in resp:
+                if line.startswith(b"data:"):
+                    received[i] += 1
+                if line.startswith(b"event: end"):
+                    return
+
+    threads = [threading.Thread(target=follow, args=(i,), daemon=True) for i in range(args.streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    mem = sampler.stop()
+    wait_pipeline(api, pid)
+    out = {"pipelines": made, "streams": args.streams, "events_per_stream_min": min(received),
+           "server_rss_before_kb": before, "server_rss_max_kb": mem["server"]["max_kb"]}
+    log(f"history {made} pipelines + {args.streams} streams: server RSS {before} kB before, "
+        f"{mem['server']['max_kb']} kB max")
+    return out
+
+
+def trigger_only(api, project):
+    return api.call("POST", f"/api/v1/projects/{project}/pipelines", {"ref": "main"})
+
+
+def big_log(server, agents, root, args):
+    """One job prints --log-mb MB; the RSS of the server and of the agents, sampled while it runs."""
+    api = server.api
+    repo = os.path.join(root, "biglog")
+    os.makedirs(repo)
+    size = args.log_mb * 1024 * 1024
+    # 1 KiB lines: `yes` repeats one 1,023-character line.
+    r, _ = make_repo(repo, "flood:\n  script:\n    - yes \"$(printf '%01023d' 0)\" | head -c %d\n" % size)
+    api.call("POST", "/api/v1/projects", {"name": "biglog", "repo_url": r})
+    pids = {"server": server.proc.pid}
+    pids.update({f"agent-{i}": a.pid for i, a in enumerate(agents)})
+    sampler = RssSampler(pids)
+    start = time.time()
+    pid = trigger(api, "biglog")
+    p = wait_pipeline(api, pid, timeout=3600)
+    secs = time.time() - start
+    mem = sampler.stop()
+    job = p["jobs"][0]
+    stored = job.get("log_size")
+    agent_max = max(v["max_kb"] for k, v in mem.items() if k.startswith("agent"))
+    agent_start = max(v["start_kb"] or 0 for k, v in mem.items() if k.startswith("agent"))
+    out = {"mb": args.log_mb, "status": p["status"], "stored_bytes": stored, "seconds": secs,
+           "server_rss_start_kb": mem["server"]["start_kb"], "server_rss_max_kb": mem["server"]["max_kb"],
+           "agent_rss_start_kb": agent_start, "agent_rss_max_kb": agent_max}
+    log(f"{args.log_mb} MB log: {p['status']}, {stored} bytes stored in {secs:.0f} s; server RSS "
+        f"{out['server_rss_start_kb']} -> max {out['server_rss_max_kb']} kB, agent RSS {agent_start} -> max {agent_max} kB")
+    return out
 
 
 def total(headers):
@@ -318,6 +439,11 @@ def main():
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--agents", type=int, default=10)
     ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--memory", action="store_true",
+                    help="also measure RSS with history and live streams, and with a big log")
+    ap.add_argument("--history", type=int, default=1000)
+    ap.add_argument("--streams", type=int, default=50)
+    ap.add_argument("--log-mb", type=int, default=1024)
     args = ap.parse_args()
     if args.store == "postgres" and not args.pg_url:
         raise SystemExit("--pg-url is required for --store postgres")

@@ -479,7 +479,8 @@ impl Store for PgStore {
                             AND started_at IS NOT NULL) \
                 AND EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = $1 AND stage_index = $2 \
                             AND id <> $3 AND status IN ('pending', 'running')) \
-                AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = $1 AND $4 = ANY (needs))",
+                AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = $1 AND needs IS NOT NULL \
+                                AND $4 = ANY (needs))",
         )
         .bind(pipeline_id)
         .bind(stage_index)
