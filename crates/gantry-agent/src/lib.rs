@@ -202,9 +202,9 @@ async fn agent(args: Args) -> anyhow::Result<u8> {
             let docker =
                 gantry_executor_docker::DockerExecutor::connect(Default::default()).await?;
             tracing::info!(host = docker.host(), "container engine ready");
-            // A crashed agent leaves its containers, networks and volumes behind; the engine is
-            // this agent's own (one agent per engine), so everything Gantry labelled goes.
-            match docker.cleanup_leftovers().await {
+            // A crashed agent leaves its containers and networks behind: those of jobs that
+            // worked in this agent's builds directory go (not those of anyone else on the engine).
+            match docker.cleanup_under(&args.work_dir.join("builds")).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "removed objects left behind by a crash"),
                 Err(e) => tracing::warn!(error = %e, "cannot remove objects left behind"),

@@ -18,20 +18,26 @@
 //! [`StepOutcome::SystemFailure`], with a message that names the image or service.
 //!
 //! The job container mounts the job's workspace at `/builds/<project path>` (`CI_PROJECT_DIR` inside)
-//! and works there; its main process only waits. Each step is one `docker exec` of a script (bash when
-//! the image has it, else `sh`), written to a per-session directory mounted read-only at
-//! [`STEPS_DIR`]; host paths of the workspace in the step's variables and working directory are
-//! translated to the container's. Echo markers work as in the shell executor.
+//! and works there. Each step is the container's own run, as with `docker run`: its command is a
+//! small `sh` wrapper that runs the step's script ([`STEP_FILE`] in a per-session directory mounted
+//! read-only at [`STEPS_DIR`]) with bash when the image has it, else `sh`; Gantry attaches to its
+//! output, starts it and waits for it to exit. The first step creates the container with its
+//! variables and working directory; a later step (`after_script`, in a fresh shell) starts the same
+//! container again, so files outside the workspace persist, while processes a step left running end
+//! with it (as in GitLab Runner); its script exports what differs (`CI_JOB_STATUS`). Host paths of
+//! the workspace in the variables and working directory are translated to the container's. Echo
+//! markers work as in the shell executor.
 //!
 //! # Timeouts and cancellation
-//! As in the shell executor: `SIGTERM` to every process of the container but its main one, then,
-//! after [`KILL_GRACE`], the container is killed (and started again for `after_script`, which runs in
-//! a fresh exec). Exit codes are the shell's; a shell killed by a signal is `128 + signal`.
+//! As in the shell executor: `SIGTERM` to every process of the container but the wrapper (from an
+//! exec), then, after [`KILL_GRACE`], the container is killed. Exit codes are the shell's; a shell
+//! killed by a signal is `128 + signal`.
 //!
 //! # Ownership of the workspace
 //! When the workspace on the host belongs to someone else than root, everything in it is given back
-//! to its owner (`chown -R` inside the container, as root) after each step, so that files a root
-//! container created stay readable and removable by the runtime.
+//! to its owner (`chown -R`) after each step, so that files a root container created stay readable
+//! and removable by the runtime: by the wrapper itself when the container runs as root, else (or when
+//! the step had to be killed) by a short-lived root container on the same image.
 //!
 //! # Cleanup
 //! Containers and networks carry the labels `gantry.managed=true`, `gantry.pipeline`, `gantry.job`,
@@ -64,9 +70,10 @@ pub use names::{parse_cpus, parse_memory};
 /// How long a killed step's processes get between `SIGTERM` and the container's `SIGKILL`.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// How long an exec's output is still read after its shell exited, when something it left running
-/// keeps the streams open.
-pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// How long the job container's output is still read after it stopped. The engine closes the
+/// streams when the container stops (nothing a step left running survives its main process), so
+/// this only bounds an engine that would not.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
 
 /// Where the step scripts are mounted in the job container.
 pub const STEPS_DIR: &str = "/gantry-steps";
@@ -234,6 +241,60 @@ impl DockerExecutor {
     pub async fn remove_labelled(&self, label: &str) -> Result<usize, Error> {
         remove_labelled(&self.docker, label, true).await
     }
+
+    /// Removes every managed container and network whose job workspace (label `gantry.workspace`)
+    /// is `dir` or lies under it: what a crashed agent whose jobs work under `dir` left behind,
+    /// without touching the jobs of anyone else on the same engine. Returns how many objects were
+    /// removed.
+    ///
+    /// # Errors
+    /// When the engine cannot list them.
+    pub async fn cleanup_under(&self, dir: &Path) -> Result<usize, Error> {
+        let filters = HashMap::from([("label", vec![format!("{MANAGED_LABEL}=true")])]);
+        let under = |labels: Option<&HashMap<String, String>>| {
+            labels
+                .and_then(|l| l.get("gantry.workspace"))
+                .is_some_and(|w| Path::new(w).starts_with(dir))
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(
+                q::ListContainersOptionsBuilder::default()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        let rm = q::RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        let results = futures_util::future::join_all(
+            containers
+                .iter()
+                .filter(|c| under(c.labels.as_ref()))
+                .filter_map(|c| c.id.as_deref())
+                .map(|id| self.docker.remove_container(id, Some(rm.clone()))),
+        )
+        .await;
+        let mut removed = results.iter().filter(|r| r.is_ok()).count();
+        let networks = self
+            .docker
+            .list_networks(Some(
+                q::ListNetworksOptionsBuilder::default()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await?;
+        for n in networks.iter().filter(|n| under(n.labels.as_ref())) {
+            if let Some(id) = n.id.as_deref() {
+                if self.docker.remove_network(id).await.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
 }
 
 /// Removes the containers, networks and (with `volumes`) volumes that carry `label` (`key=value`).
@@ -298,7 +359,6 @@ pub struct DockerSession {
     job: JobContext,
     nonce: String,
     steps_dir: PathBuf,
-    steps: usize,
     started: Option<Started>,
     /// Why the containers could not start, once they could not.
     failed: Option<String>,
@@ -306,16 +366,31 @@ pub struct DockerSession {
     touched: bool,
 }
 
-/// The job container, once running.
+/// The job container, once created. It runs one step per start: its command is a small `sh`
+/// wrapper that runs the step script [`STEP_FILE`] (rewritten before each start) with bash when the
+/// image has it, else `sh`.
 #[derive(Debug)]
 struct Started {
     container: String,
+    /// The image, platform and labels, for the root helper container that gives the workspace back
+    /// to its owner when the job container cannot.
+    image: String,
+    platform: Option<String>,
+    labels: HashMap<String, String>,
     dir: String,
-    user: Option<String>,
+    /// The variables and working directory the container was created with (as the container sees
+    /// them); a later step that differs exports, unsets or `cd`s in its script.
+    env: Vec<(String, String)>,
+    workdir: String,
     /// The owner of the workspace on the host, when it is not root.
     owner: Option<(u32, u32)>,
-    /// The container was killed and must be started again before the next step.
-    stopped: bool,
+    /// The container runs as root, so its wrapper gives the workspace back to `owner` after each
+    /// step.
+    wrapper_chowns: bool,
+    /// The container has been started at least once.
+    ran: bool,
+    /// A root helper container was created (it removes itself, but may not have).
+    helper: bool,
 }
 
 impl Executor for DockerExecutor {
@@ -335,7 +410,6 @@ impl Executor for DockerExecutor {
                     job: job.clone(),
                     steps_dir: std::env::temp_dir().join(format!("gantry-steps-{nonce}")),
                     nonce,
-                    steps: 0,
                     started: None,
                     failed: None,
                     touched: false,
@@ -396,14 +470,12 @@ impl DockerSession {
             }
         };
         tokio::pin!(timeout);
+        if let Some(f) = &self.failed {
+            return StepOutcome::SystemFailure(format!("the job container is not available: {f}"));
+        }
         if self.started.is_none() {
-            if let Some(f) = &self.failed {
-                return StepOutcome::SystemFailure(format!(
-                    "the job container is not available: {f}"
-                ));
-            }
             self.touched = true;
-            let start = self.start(&step.env);
+            let start = self.start(&step);
             let started = tokio::select! {
                 r = start => r,
                 () = &mut timeout => return StepOutcome::TimedOut,
@@ -420,43 +492,39 @@ impl DockerSession {
         let Some(started) = self.started.as_mut() else {
             return StepOutcome::SystemFailure("the job container is not available".into());
         };
-        if started.stopped {
-            if let Err(e) = self
-                .docker
-                .start_container(&started.container, None::<q::StartContainerOptions>)
-                .await
-            {
-                return StepOutcome::SystemFailure(format!(
-                    "cannot start the job container again: {}",
-                    engine_message(&e)
-                ));
-            }
-            started.stopped = false;
-        }
-        self.steps += 1;
-        let outcome = run_exec(
+        let first = !started.ran;
+        let ran = run_container(
             &self.docker,
             started,
             &self.job.workspace,
             &self.steps_dir,
-            self.steps,
             &step,
             sink,
             &mut cancel,
             timeout,
         )
         .await;
-        if let Some((uid, gid)) = started.owner {
-            if !started.stopped {
-                let cmd = format!("chown -R {uid}:{gid} {}", output::sh_quote(&started.dir));
-                let _ = exec_quiet(&self.docker, &started.container, &cmd).await;
+        let (outcome, wrapper_done) = match ran {
+            Ok(r) => r,
+            Err(e) => {
+                if first {
+                    self.failed = Some(e.clone());
+                }
+                return StepOutcome::SystemFailure(e);
+            }
+        };
+        if let Some(owner) = started.owner {
+            if !(started.wrapper_chowns && wrapper_done) {
+                chown_as_root(&self.docker, started, &self.job.workspace, owner).await;
             }
         }
         outcome
     }
 
-    /// Pulls the images, starts the services and the job container.
-    async fn start(&mut self, env: &[(String, String)]) -> Result<Started, String> {
+    /// Pulls the images, starts the services and creates the job container, with `step`'s
+    /// variables and working directory; the container starts with the step.
+    async fn start(&mut self, step: &Step) -> Result<Started, String> {
+        let env = step.env.as_slice();
         let var = |k: &str| {
             env.iter()
                 .rev()
@@ -491,9 +559,33 @@ impl DockerSession {
         for s in &self.job.services {
             pulls.push(self.pull(s, auth.as_deref()));
         }
-        for r in futures_util::future::join_all(pulls).await {
-            r?;
+        let mut image_user = None;
+        for (i, r) in futures_util::future::join_all(pulls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let user = r?;
+            if i == 0 {
+                image_user = user;
+            }
         }
+        let owner = owner(&self.job.workspace);
+        // Whether the job container runs as root, so that it can give the workspace back itself.
+        let wrapper_chowns = owner.is_some()
+            && match &image.docker_user {
+                Some(u) => is_root(u),
+                None => match image_user {
+                    Some(u) => is_root(&u),
+                    None => self
+                        .docker
+                        .inspect_image(&image.name)
+                        .await
+                        .ok()
+                        .and_then(|i| i.config)
+                        .is_some_and(|c| is_root(c.user.as_deref().unwrap_or_default())),
+                },
+            };
 
         std::fs::create_dir_all(&self.steps_dir).map_err(|e| {
             format!(
@@ -543,17 +635,37 @@ impl DockerSession {
         if let Some(p) = &image.docker_platform {
             create = create.platform(p);
         }
+        let workdir = translate_path(&step.workdir.to_string_lossy(), &workspace, &dir);
+        // The wrapper's own standard error goes nowhere: a shell reports a child killed by a
+        // signal ("Terminated") on it, which the step's output must not show. The step's shell
+        // gets the real one back (fd 3) from a short `sh` that execs it.
+        let mut wrapper = String::from(
+            "exec 3>&2 2>/dev/null; \
+             if command -v bash >/dev/null 2>&1; then s=bash; else s=sh; fi; \
+             sh -c 'exec \"$@\" 2>&3 3>&-' sh \"$s\" \"$0\"; c=$?; ",
+        );
+        if let (Some((uid, gid)), true) = (owner, wrapper_chowns) {
+            wrapper.push_str(&format!(
+                "chown -R {uid}:{gid} {} 2>/dev/null; ",
+                output::sh_quote(&dir)
+            ));
+        }
+        wrapper.push_str("exit $c");
         let body = ContainerCreateBody {
             image: Some(image.name.clone()),
             entrypoint: image.entrypoint.clone(),
-            // The main process only waits; steps are execs. `TERM` ends it at once.
+            // The wrapper stays the main process and runs the step's shell as its child, so that
+            // `kill -TERM -1` from an exec reaches the shell (the main process ignores signals
+            // it has no handler for) and the exit code is the shell's.
             cmd: Some(vec![
                 "sh".into(),
                 "-c".into(),
-                "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done".into(),
+                wrapper,
+                format!("{STEPS_DIR}/{STEP_FILE}"),
             ]),
-            user: user.clone(),
-            working_dir: Some(dir.clone()),
+            env: Some(translated.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            user,
+            working_dir: Some(workdir.clone()),
             labels: Some(labels.clone()),
             host_config: Some(HostConfig {
                 binds: Some(vec![
@@ -582,27 +694,24 @@ impl DockerSession {
                     engine_message(&e)
                 )
             })?;
-        self.docker
-            .start_container(&created.id, None::<q::StartContainerOptions>)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot start the job container from `{}`: {}",
-                    image.name,
-                    engine_message(&e)
-                )
-            })?;
         Ok(Started {
             container: created.id,
+            image: image.name.clone(),
+            platform: image.docker_platform.clone(),
+            labels,
             dir,
-            user,
-            owner: owner(&self.job.workspace),
-            stopped: false,
+            env: translated,
+            workdir,
+            owner,
+            wrapper_chowns,
+            ran: false,
+            helper: false,
         })
     }
 
-    /// Makes `image` present by its pull policy.
-    async fn pull(&self, image: &Image, auth: Option<&str>) -> Result<(), String> {
+    /// Makes `image` present by its pull policy. Returns the image's configured user (empty when it
+    /// has none) when it inspected the image on the way.
+    async fn pull(&self, image: &Image, auth: Option<&str>) -> Result<Option<String>, String> {
         let policy = image
             .pull_policy
             .first()
@@ -611,7 +720,9 @@ impl DockerSession {
         let name = &image.name;
         if policy != PullPolicy::Always {
             match self.docker.inspect_image(name).await {
-                Ok(_) => return Ok(()),
+                Ok(i) => {
+                    return Ok(Some(i.config.and_then(|c| c.user).unwrap_or_default()));
+                }
                 Err(e) if policy == PullPolicy::Never => {
                     return Err(format!(
                         "image `{name}` is not present on the engine and its pull policy is `never`: {}",
@@ -650,7 +761,7 @@ impl DockerSession {
                 ));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Creates and starts service `i`; returns its container id and aliases.
@@ -810,12 +921,8 @@ impl DockerSession {
     }
 
     async fn clean(self) {
+        // The workspace went back to its owner after each step (see `step`).
         if let Some(s) = &self.started {
-            if let (Some((uid, gid)), false) = (s.owner, s.stopped) {
-                // Already done after each step; again in case a step was cut short.
-                let cmd = format!("chown -R {uid}:{gid} {}", output::sh_quote(&s.dir));
-                let _ = exec_quiet(&self.docker, &s.container, &cmd).await;
-            }
             let rm = q::RemoveContainerOptionsBuilder::default()
                 .force(true)
                 .v(true)
@@ -823,8 +930,10 @@ impl DockerSession {
             let _ = self.docker.remove_container(&s.container, Some(rm)).await;
         }
         // A job without services that started completely has nothing but its container; anything
-        // else (services, a network, an interrupted start) is found by the session's label.
-        let only_container = self.started.is_some() && self.job.services.is_empty();
+        // else (services, a network, an interrupted start, a root helper) is found by the
+        // session's label.
+        let only_container =
+            self.started.as_ref().is_some_and(|s| !s.helper) && self.job.services.is_empty();
         if self.touched && !only_container {
             // Everything else of the session, including what an interrupted start created.
             let label = format!("gantry.session={}", self.nonce);
@@ -929,70 +1038,112 @@ async fn exec_quiet(docker: &Docker, container: &str, cmd: &str) -> Result<i64, 
     Ok(info.exit_code.unwrap_or(-1))
 }
 
-/// Runs one step as an exec in the job container.
+/// The step script's name in [`STEPS_DIR`]: the job container's command runs it.
+pub const STEP_FILE: &str = "step.sh";
+
+/// Whether a `user` or `user:group` is root.
+fn is_root(user: &str) -> bool {
+    let name = user.split(':').next().unwrap_or_default();
+    name.is_empty() || name == "root" || name == "0"
+}
+
+/// Whether `name` can be a shell variable.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// What a step's script must do first when its variables or working directory differ from those the
+/// container was created with (an `after_script` has `CI_JOB_STATUS`): export, unset, `cd`.
+fn step_prefix(
+    created: &[(String, String)],
+    created_workdir: &str,
+    env: &[(String, String)],
+    workdir: &str,
+) -> String {
+    // The last entry of a name wins, as in the container's environment.
+    let last =
+        |list: &[(String, String)]| -> HashMap<String, String> { list.iter().cloned().collect() };
+    let (before, now) = (last(created), last(env));
+    let mut prefix = String::new();
+    let mut names: Vec<&String> = before.keys().chain(now.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names.into_iter().filter(|n| is_identifier(n)) {
+        match (before.get(name), now.get(name)) {
+            (Some(a), Some(b)) if a == b => {}
+            (_, Some(b)) => {
+                prefix.push_str(&format!("export {name}={}\n", output::sh_quote(b)));
+            }
+            (Some(_), None) => prefix.push_str(&format!("unset {name}\n")),
+            (None, None) => {}
+        }
+    }
+    if workdir != created_workdir {
+        prefix.push_str(&format!("cd {} || exit 1\n", output::sh_quote(workdir)));
+    }
+    prefix
+}
+
+/// Runs one step as the job container's own command: writes the step script, attaches to the
+/// container's output, starts it and waits for it to exit, as `docker run` does. `Err` when the
+/// container cannot be started at all. With the outcome, whether the wrapper ran to its end (it was
+/// not killed), so that it gave the workspace back to its owner when it runs as root.
 #[allow(clippy::too_many_arguments)]
-async fn run_exec(
+async fn run_container(
     docker: &Docker,
     started: &mut Started,
     workspace: &Path,
     steps_dir: &Path,
-    n: usize,
     step: &Step,
     sink: StepSink,
     cancel: &mut CancelSignal,
     timeout: impl Future<Output = ()>,
-) -> StepOutcome {
+) -> Result<(StepOutcome, bool), String> {
     let marker = step.echo.then(|| format!("gantry:{}:", output::nonce()));
-    let file = format!("step-{n}.sh");
-    let text = output::script(&step.commands, marker.as_deref());
-    if let Err(e) = std::fs::write(steps_dir.join(&file), text) {
-        return StepOutcome::SystemFailure(format!("cannot write the step script: {e}"));
-    }
     let host = workspace.to_string_lossy();
     let env = translate_env(&step.env, workspace, &started.dir);
     let workdir = translate_path(&step.workdir.to_string_lossy(), &host, &started.dir);
-    let detect =
-        "if command -v bash >/dev/null 2>&1; then exec bash \"$0\"; else exec sh \"$0\"; fi";
-    let exec = docker
-        .create_exec(
-            &started.container,
-            ExecConfig {
-                cmd: Some(vec![
-                    "sh".into(),
-                    "-c".into(),
-                    detect.into(),
-                    format!("{STEPS_DIR}/{file}"),
-                ]),
-                env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-                working_dir: Some(workdir),
-                user: started.user.clone(),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await;
-    let exec = match exec {
-        Ok(e) => e.id,
-        Err(e) => {
-            return StepOutcome::SystemFailure(format!(
-                "cannot run the step in the job container: {}",
+    let mut text = step_prefix(&started.env, &started.workdir, &env, &workdir);
+    text.push_str(&output::script(&step.commands, marker.as_deref()));
+    let file = steps_dir.join(STEP_FILE);
+    if let Err(e) = std::fs::write(&file, text) {
+        return Ok((
+            StepOutcome::SystemFailure(format!("cannot write the step script: {e}")),
+            false,
+        ));
+    }
+    let id = started.container.clone();
+    let attach = q::AttachContainerOptionsBuilder::default()
+        .stream(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let output = docker
+        .attach_container(&id, Some(attach))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot attach to the job container from `{}`: {}",
+                started.image,
                 engine_message(&e)
-            ));
-        }
-    };
-    let output = match docker.start_exec(&exec, None).await {
-        Ok(bollard::exec::StartExecResults::Attached { output, .. }) => output,
-        Ok(bollard::exec::StartExecResults::Detached) => {
-            return StepOutcome::SystemFailure("the engine detached the step".into());
-        }
-        Err(e) => {
-            return StepOutcome::SystemFailure(format!(
-                "cannot start the step in the job container: {}",
+            )
+        })?
+        .output;
+    docker
+        .start_container(&id, None::<q::StartContainerOptions>)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot start the job container from `{}`: {}",
+                started.image,
                 engine_message(&e)
-            ));
-        }
-    };
+            )
+        })?;
+    started.ran = true;
     let mut lines = output::Lines::new(marker.as_deref(), step.commands.clone(), sink);
     let mut reader = tokio::spawn(async move {
         let mut output = output;
@@ -1023,82 +1174,118 @@ async fn run_exec(
         lines.finish().await;
     });
 
-    // The step ends when its shell does: usually the stream closes then, but a background process
-    // can keep it open, so the exec is also polled.
+    // The step ends when the container's main process (the wrapper, after the step's shell) does.
     let exited = async {
-        let mut reader_done = false;
-        loop {
-            if !reader_done {
-                tokio::select! {
-                    _ = &mut reader => reader_done = true,
-                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-            } else {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            match docker.inspect_exec(&exec).await {
-                Ok(i) if i.running == Some(false) => {
-                    let outcome = match i.exit_code.and_then(|c| i32::try_from(c).ok()) {
-                        Some(code) => StepOutcome::Exited(code),
-                        None => StepOutcome::SystemFailure(
-                            "the engine did not tell the step's exit code".into(),
-                        ),
-                    };
-                    return (outcome, reader_done);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let message = format!("lost the step's exec: {}", engine_message(&e));
-                    return (StepOutcome::SystemFailure(message), reader_done);
-                }
-            }
+        match wait_exit(docker, &id).await {
+            Ok(code) => match i32::try_from(code) {
+                Ok(code) => (StepOutcome::Exited(code), true),
+                Err(_) => (
+                    StepOutcome::SystemFailure(format!("the step exited with code {code}")),
+                    true,
+                ),
+            },
+            Err(e) => (
+                StepOutcome::SystemFailure(format!("lost the job container: {e}")),
+                false,
+            ),
         }
     };
     tokio::pin!(timeout);
-    let (outcome, reader_done) = tokio::select! {
+    let (outcome, wrapper_done) = tokio::select! {
         r = exited => r,
-        () = &mut timeout => {
-            terminate(docker, started, &exec).await;
-            (StepOutcome::TimedOut, false)
-        }
-        () = canceled(cancel) => {
-            terminate(docker, started, &exec).await;
-            (StepOutcome::Canceled, false)
-        }
+        () = &mut timeout => (StepOutcome::TimedOut, terminate(docker, &id).await),
+        () = canceled(cancel) => (StepOutcome::Canceled, terminate(docker, &id).await),
     };
-    if !reader_done
-        && tokio::time::timeout(DRAIN_GRACE, &mut reader)
-            .await
-            .is_err()
+    // The container stopped, so its streams close once the output in flight is read.
+    if tokio::time::timeout(DRAIN_GRACE, &mut reader)
+        .await
+        .is_err()
     {
         reader.abort();
         let _ = reader.await;
     }
-    let _ = std::fs::remove_file(steps_dir.join(&file));
-    outcome
+    let _ = std::fs::remove_file(&file);
+    Ok((outcome, wrapper_done))
 }
 
-/// Stops a step: `SIGTERM` to every process of the container but its main one, then, if the step's
-/// shell is still running after [`KILL_GRACE`], the container is killed.
-async fn terminate(docker: &Docker, started: &mut Started, exec: &str) {
+/// Waits until the container is not running; its main process's exit code.
+async fn wait_exit(docker: &Docker, id: &str) -> Result<i64, String> {
+    let mut wait = docker.wait_container(id, None::<q::WaitContainerOptions>);
+    match wait.next().await {
+        Some(Ok(r)) => Ok(r.status_code),
+        // bollard reports a non-zero exit code as an error.
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(engine_message(&e)),
+        None => Err("the engine did not tell the exit code".into()),
+    }
+}
+
+/// Stops a step: `SIGTERM` to every process of the container but its main one (the wrapper), then,
+/// if the container still runs after [`KILL_GRACE`], it is killed. Returns whether the wrapper
+/// ended by itself.
+async fn terminate(docker: &Docker, id: &str) -> bool {
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
-        exec_quiet(docker, &started.container, "kill -TERM -1 2>/dev/null"),
+        exec_quiet(docker, id, "kill -TERM -1 2>/dev/null"),
     )
     .await;
-    let deadline = tokio::time::Instant::now() + KILL_GRACE;
-    while tokio::time::Instant::now() < deadline {
-        match docker.inspect_exec(exec).await {
-            Ok(i) if i.running == Some(true) => {}
-            _ => return,
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Ok(Ok(_)) = tokio::time::timeout(KILL_GRACE, wait_exit(docker, id)).await {
+        return true;
     }
     let opts = q::KillContainerOptionsBuilder::default()
         .signal("KILL")
         .build();
-    let _ = docker.kill_container(&started.container, Some(opts)).await;
-    started.stopped = true;
+    let _ = docker.kill_container(id, Some(opts)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), wait_exit(docker, id)).await;
+    false
+}
+
+/// Gives the workspace back to its owner from a short-lived root container on the job's image,
+/// when the job container could not (it runs as another user, or was killed).
+async fn chown_as_root(
+    docker: &Docker,
+    started: &mut Started,
+    workspace: &Path,
+    (uid, gid): (u32, u32),
+) {
+    started.helper = true;
+    let mut create = q::CreateContainerOptionsBuilder::default();
+    if let Some(p) = &started.platform {
+        create = create.platform(p);
+    }
+    let body = ContainerCreateBody {
+        image: Some(started.image.clone()),
+        entrypoint: Some(vec![
+            "chown".into(),
+            "-R".into(),
+            format!("{uid}:{gid}"),
+            started.dir.clone(),
+        ]),
+        cmd: None,
+        user: Some("0".into()),
+        labels: Some(started.labels.clone()),
+        host_config: Some(HostConfig {
+            binds: Some(vec![format!("{}:{}", workspace.display(), started.dir)]),
+            network_mode: Some("none".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let Ok(created) = docker.create_container(Some(create.build()), body).await else {
+        return;
+    };
+    if docker
+        .start_container(&created.id, None::<q::StartContainerOptions>)
+        .await
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(Duration::from_secs(60), wait_exit(docker, &created.id)).await;
+    }
+    let rm = q::RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    let _ = docker.remove_container(&created.id, Some(rm)).await;
 }
 
 #[cfg(test)]

@@ -132,9 +132,15 @@ impl Lines {
         self.replay().await;
     }
 
+    /// Processes held output of every stream that is not blocked (the other stream's may be held
+    /// behind it, and may be what the blocked stream waits for), in order per stream.
     async fn replay(&mut self) {
-        while self.blocked.is_none() {
-            let Some((s, c)) = self.held.pop_front() else {
+        loop {
+            let blocked = self.blocked.map(|(b, _)| b);
+            let Some(at) = self.held.iter().position(|(s, _)| Some(*s) != blocked) else {
+                break;
+            };
+            let Some((s, c)) = self.held.remove(at) else {
                 break;
             };
             self.process(s, &c).await;
@@ -287,6 +293,40 @@ mod tests {
                     stream: Stream::Stderr,
                     line: "err".into()
                 }),
+            ]
+        );
+    }
+
+    /// A stream that blocks at a marker while the other stream's output is held (it was blocked
+    /// first) does not wait for the grace: the held output is what it waits for.
+    #[tokio::test]
+    async fn held_output_of_the_other_stream_is_not_stuck() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let mut l = Lines::new(Some("m:"), vec!["a".into(), "b".into(), "c".into()], tx);
+        l.push(Stream::Stderr, b"\x1em:0\n\x1em:1\nto-stderr\n\x1em:2\n")
+            .await;
+        l.push(Stream::Stdout, b"\x1em:0\n/\n\x1em:1\n\x1em:2\n")
+            .await;
+        assert!(!l.waiting());
+        drop(l);
+        let mut got = Vec::new();
+        while let Some(e) = rx.recv().await {
+            got.push(e);
+        }
+        assert_eq!(
+            got,
+            [
+                StepEvent::Echo("a".into()),
+                StepEvent::Output(OutputLine {
+                    stream: Stream::Stdout,
+                    line: "/".into()
+                }),
+                StepEvent::Echo("b".into()),
+                StepEvent::Output(OutputLine {
+                    stream: Stream::Stderr,
+                    line: "to-stderr".into()
+                }),
+                StepEvent::Echo("c".into()),
             ]
         );
     }

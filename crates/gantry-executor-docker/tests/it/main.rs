@@ -181,6 +181,41 @@ async fn files_a_root_container_creates_go_back_to_the_workspace_owner() {
     }
 }
 
+/// A container that runs as another user than root cannot give the workspace back itself; a root
+/// helper does, after each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_a_non_root_container_creates_go_back_to_the_workspace_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let ws = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(ws.path(), Some(4321), Some(4322)).unwrap();
+    std::fs::set_permissions(ws.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut img = image("gantry-test/base:1");
+    img.docker_user = Some("1000:1000".into());
+    let ctx = JobContext {
+        name: "job".into(),
+        workspace: ws.path().to_path_buf(),
+        image: Some(img),
+        services: Vec::new(),
+    };
+    let mut s = executor().await.prepare(&ctx).await.unwrap();
+    let (_tx, never) = watch::channel(false);
+    let st = step(
+        ws.path(),
+        StepKind::Script,
+        &["mkdir -p made && echo x > made/file && id -u"],
+        None,
+    );
+    let (outcome, events) = run(&mut s, &st, never).await;
+    assert_eq!(outcome, StepOutcome::Exited(0), "{events:?}");
+    assert!(events.contains(&out("1000")), "runs as 1000: {events:?}");
+    // Given back after the step, before cleanup.
+    for p in ["made", "made/file"] {
+        let m = std::fs::metadata(ws.path().join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4321, 4322), "{p}");
+    }
+    s.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_leftovers_removes_labelled_objects() {
     let e = executor().await;

@@ -6,6 +6,7 @@
 use std::io::BufRead as _;
 use std::process::Command;
 
+use super::server::{self, Store};
 use super::{Repo, Run, gantry_cmd};
 
 const BASE: &str = "gantry-test/base:1";
@@ -46,7 +47,12 @@ fn engine() {
 
 /// The labelled objects (containers, networks, volumes) that belong to jobs of `repo`.
 fn leftovers(repo: &Repo) -> Vec<String> {
-    let root = repo.path().to_string_lossy().into_owned();
+    leftovers_under(repo.path())
+}
+
+/// The labelled objects (containers, networks, volumes) of jobs whose workspace is under `root`.
+fn leftovers_under(root: &std::path::Path) -> Vec<String> {
+    let root = root.to_string_lossy().into_owned();
     let mut found = Vec::new();
     for (kind, list) in [
         ("container", vec!["ps", "-a"]),
@@ -377,4 +383,94 @@ fn shell_executor_flag_keeps_image_jobs_in_the_shell() {
     let r = repo.run_json(&["--shell-executor"]);
     assert_eq!(r.log("job"), ["in-shell"], "{}", r.dump());
     assert_clean(&repo);
+}
+
+/// `gantry agent --executor docker` runs `image:` jobs of a pipeline from a server: in the
+/// container (bash-less image, so `sh`), with the log, echoes, `after_script` and exit codes back on
+/// the server, artifacts passed on to the next job, and nothing left on the engine.
+#[test]
+fn agent_runs_image_jobs_from_the_server() {
+    engine();
+    let s = server::Setup::new(Store::Sqlite);
+    let repo = Repo::new(&[
+        ("hello.txt", "hello from the repository\n"),
+        (
+            ".gitlab-ci.yml",
+            "
+stages: [build, test]
+build:
+  stage: build
+  image: gantry-test/base:1
+  script:
+    - grep ^ID= /etc/os-release
+    - cat hello.txt
+    - echo \"dir=$CI_PROJECT_DIR pwd=$(pwd)\"
+    - echo made-inside > made.txt
+  after_script:
+    - 'echo \"after: $CI_JOB_STATUS\"'
+  artifacts:
+    paths: [made.txt]
+fails:
+  stage: build
+  image: gantry-test/base:1
+  allow_failure: true
+  script:
+    - echo failing >&2
+    - exit 3
+  after_script:
+    - 'echo \"after: $CI_JOB_STATUS\"'
+test:
+  stage: test
+  image: gantry-test/base:1
+  script:
+    - cat made.txt
+",
+        ),
+    ]);
+    let api = server::Api::new(&s.server);
+    api.add_project("containers", repo.path());
+    let agent = s.agent_with("d1", &["--executor", "docker", "--concurrency", "2"]);
+    let id = api.trigger("containers");
+    let p = api.finished(id);
+    let jobs = || format!("{:#?}\nagent:\n{}", p.jobs, agent.output());
+    let build = server::job_named(&p, "build");
+    let fails = server::job_named(&p, "fails");
+    let test = server::job_named(&p, "test");
+    assert_eq!(build.status, gantry_api::JobStatus::Success, "{}", jobs());
+    assert_eq!(build.agent.as_deref(), Some("d1"));
+    assert_eq!(build.exit_code, Some(0), "{}", jobs());
+    let log = api.log(build.id);
+    assert!(
+        log.contains("$ grep ^ID= /etc/os-release\nID=gantry-test-base\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("$ cat hello.txt\nhello from the repository\n"),
+        "{log}"
+    );
+    let dir = log
+        .lines()
+        .find_map(|l| l.strip_prefix("dir="))
+        .unwrap_or_else(|| panic!("{log}"));
+    let (dir, pwd) = dir.split_once(" pwd=").unwrap();
+    assert!(dir.starts_with("/builds/") && dir == pwd, "{log}");
+    assert!(log.contains("after: success\n"), "{log}");
+
+    assert_eq!(fails.status, gantry_api::JobStatus::Failed, "{}", jobs());
+    assert_eq!(fails.exit_code, Some(3), "{}", jobs());
+    assert_eq!(fails.failure_reason.as_deref(), Some("script_failure"));
+    let log = api.log(fails.id);
+    assert!(
+        log.contains("failing\n") && log.contains("after: failed\n"),
+        "{log}"
+    );
+
+    assert_eq!(test.status, gantry_api::JobStatus::Success, "{}", jobs());
+    assert!(
+        api.log(test.id).contains("\nmade-inside\n"),
+        "{}",
+        api.log(test.id)
+    );
+    let left = leftovers_under(s.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

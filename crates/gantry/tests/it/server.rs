@@ -55,7 +55,7 @@ fn wait_within<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> Option<
 
 /// Where the server keeps its data.
 #[derive(Clone, Copy, Debug)]
-enum Store {
+pub(crate) enum Store {
     Sqlite,
     Postgres,
 }
@@ -122,7 +122,7 @@ fn psql(url: &str, sql: &str) {
 }
 
 /// A `gantry server` process.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     url: String,
     data_dir: PathBuf,
@@ -256,7 +256,7 @@ impl Drop for Server {
 }
 
 /// A `gantry agent` process.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     log: PathBuf,
 }
@@ -292,7 +292,7 @@ impl Agent {
         self.child.wait().unwrap();
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -305,13 +305,13 @@ impl Drop for Agent {
 }
 
 /// The API, as the admin.
-struct Api {
+pub(crate) struct Api {
     http: reqwest::blocking::Client,
     url: String,
 }
 
 impl Api {
-    fn new(server: &Server) -> Api {
+    pub(crate) fn new(server: &Server) -> Api {
         Api {
             http: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -349,7 +349,7 @@ impl Api {
         (status, r.json().unwrap_or(Value::Null))
     }
 
-    fn add_project(&self, name: &str, repo: &Path) {
+    pub(crate) fn add_project(&self, name: &str, repo: &Path) {
         let (status, body) = self.post(
             "/api/v1/projects",
             &json!({
@@ -362,7 +362,7 @@ impl Api {
     }
 
     /// Triggers a pipeline on `main` by API; waits for it to exist and returns its id.
-    fn trigger(&self, project: &str) -> i64 {
+    pub(crate) fn trigger(&self, project: &str) -> i64 {
         let (status, body) = self.post(
             &format!("/api/v1/projects/{project}/pipelines"),
             &json!({"ref": "main"}),
@@ -384,7 +384,7 @@ impl Api {
     }
 
     /// Waits for the pipeline to end.
-    fn finished(&self, id: i64) -> Pipeline {
+    pub(crate) fn finished(&self, id: i64) -> Pipeline {
         wait_for("the pipeline to finish", || {
             let p = self.pipeline(id);
             p.status.is_final().then_some(p)
@@ -395,14 +395,14 @@ impl Api {
         serde_json::from_value(self.get_json(&format!("/api/v1/jobs/{id}"))).unwrap()
     }
 
-    fn log(&self, job: i64) -> String {
+    pub(crate) fn log(&self, job: i64) -> String {
         let r = self.get(&format!("/api/v1/jobs/{job}/log"));
         assert!(r.status().is_success(), "log of job {job}: {}", r.status());
         r.text().unwrap()
     }
 }
 
-fn job_named<'a>(p: &'a Pipeline, name: &str) -> &'a gantry_api::Job {
+pub(crate) fn job_named<'a>(p: &'a Pipeline, name: &str) -> &'a gantry_api::Job {
     p.jobs
         .iter()
         .find(|j| j.name == name)
@@ -432,14 +432,14 @@ fn lines_of(path: &Path) -> Vec<String> {
 }
 
 /// Everything one test needs: a temp dir, a database, a server.
-struct Setup {
+pub(crate) struct Setup {
     dir: tempfile::TempDir,
     _db: Database,
-    server: Server,
+    pub(crate) server: Server,
 }
 
 impl Setup {
-    fn new(store: Store) -> Setup {
+    pub(crate) fn new(store: Store) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::new(store);
         let server = Server::start(&dir.path().join("data"), db.url.as_deref(), "127.0.0.1:0");
@@ -450,7 +450,7 @@ impl Setup {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -458,7 +458,7 @@ impl Setup {
         self.agent_with(name, &[])
     }
 
-    fn agent_with(&self, name: &str, args: &[&str]) -> Agent {
+    pub(crate) fn agent_with(&self, name: &str, args: &[&str]) -> Agent {
         Agent::start(&self.server, &self.path().join("agents"), name, args)
     }
 }
