@@ -24,6 +24,10 @@ use crate::client::{CallError, Client};
 pub(crate) const CHUNK: usize = 256 * 1024;
 /// How often the uploader looks for new lines when nobody tells it.
 const TICK: Duration = Duration::from_millis(250);
+/// How long the uploader lets new lines gather before it sends less than a [`CHUNK`]: the lines of
+/// a burst (or of a whole short job, until the log is closed) go in one request, and a live log is
+/// at most this far behind.
+const LINGER: Duration = Duration::from_millis(100);
 /// The prefix of the lines the runtime and the agent write about a job (not the job's output).
 pub(crate) const INFO: &str = "[gantry] ";
 
@@ -225,6 +229,7 @@ pub(crate) async fn upload(
 ) -> Result<u64, UploadError> {
     let mut acked: u64 = 0;
     let mut backoff = Backoff::default();
+    let mut lingered = false;
     loop {
         // Read `closed` before flushing: when it is set, the flush sees every line.
         let closed = spool.closed.load(Ordering::SeqCst);
@@ -242,6 +247,18 @@ pub(crate) async fn upload(
             }
             continue;
         }
+        if !closed && !lingered && end - acked < CHUNK as u64 {
+            lingered = true;
+            let deadline = tokio::time::Instant::now() + LINGER;
+            while !spool.closed.load(Ordering::SeqCst) {
+                tokio::select! {
+                    () = spool.wake.notified() => {}
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            continue;
+        }
+        lingered = false;
         let chunk_end = end.min(acked + CHUNK as u64);
         let bytes = spool.read(acked, chunk_end).map_err(UploadError::Spool)?;
         match client.put_log(job, acked, bytes).await {

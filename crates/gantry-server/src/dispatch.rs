@@ -16,7 +16,9 @@ use gantry_api::agent::{
 };
 use gantry_pipeline::plan::Retry;
 use gantry_pipeline::{Plan, Variable, vars};
-use gantry_store::{AgentRecord, JobRecord, JobResult, NewAgent, PipelineRecord, StoreError};
+use gantry_store::{
+    AgentRecord, JobRecord, JobResult, Millis, NewAgent, PipelineRecord, StoreError,
+};
 use serde::Deserialize;
 
 use crate::error::{AppError, AppResult};
@@ -89,7 +91,7 @@ pub(crate) async fn request(
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
     let start = tokio::time::Instant::now();
     let deadline = start + wait;
-    state.store.touch_agent(agent.id, crate::now_ms()).await?;
+    touch(&state, &agent, crate::now_ms()).await?;
     let mut shutdown = state.shutdown.clone();
     loop {
         // Listen before claiming, so that a job queued between the claim and the wait is not missed.
@@ -332,8 +334,19 @@ pub(crate) async fn heartbeat(
         .heartbeat(id, agent.id, state.lease_until(now))
         .await
         .map_err(lease_error)?;
-    state.store.touch_agent(agent.id, now).await?;
+    touch(&state, &agent, now).await?;
     Ok(Json(Heartbeat { cancel }))
+}
+
+/// Records that `agent` was seen, unless that was recorded less than a tenth of the lease timeout
+/// ago: an agent counts as online for a whole lease timeout, and an agent busy with short jobs
+/// would otherwise write its row on every request.
+async fn touch(state: &AppState, agent: &AgentRecord, now: Millis) -> AppResult<()> {
+    let fresh = i64::try_from(state.config.lease_timeout.as_millis() / 10).unwrap_or(i64::MAX);
+    if agent.last_seen_at.is_none_or(|t| now - t >= fresh) {
+        state.store.touch_agent(agent.id, now).await?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,10 +419,6 @@ pub(crate) async fn source(
     let Some(p) = state.store.pipeline_head(job.pipeline_id).await? else {
         return Err(AppError::not_found("no such pipeline"));
     };
-    let project = match state.store.project_by_id(p.project_id).await? {
-        Some(r) => crate::projects::LoadedProject::parse(r)?,
-        None => return Err(AppError::not_found("the project no longer exists")),
-    };
     let Some(cached) = crate::git::archive_path(&state.config.data_dir, p.project_id, &p.sha)
     else {
         return Err(AppError::internal(format!(
@@ -422,6 +431,10 @@ pub(crate) async fn source(
     let mut file = None;
     for _ in 0..2 {
         if !cached.exists() {
+            let project = match state.store.project_by_id(p.project_id).await? {
+                Some(r) => crate::projects::LoadedProject::parse(r)?,
+                None => return Err(AppError::not_found("the project no longer exists")),
+            };
             let lock = state.mirror_lock(p.project_id);
             let _guard = lock.lock().await;
             let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
