@@ -124,7 +124,6 @@ const ARCHIVE_AGE: Duration = Duration::from_secs(3600);
 /// Advances every active pipeline at start (a crash may have left one behind), delayed jobs when they
 /// come due, and every active pipeline once a minute (delayed jobs another server scheduled); once a
 /// minute, removes source archives older than [`ARCHIVE_AGE`].
-
 pub(crate) async fn sweeper(state: AppState) {
     let mut shutdown = state.shutdown.clone();
     let mut last_full = None::<std::time::Instant>;
