@@ -145,14 +145,41 @@ pub fn main(args: Args) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let (drain_tx, drain) = tokio::sync::watch::channel(false);
+        let run = agent(args, drain);
+        tokio::pin!(run);
+        let stop_now = || {
+            tracing::info!("stopping: jobs that run now will fail when their leases run out");
+        };
         tokio::select! {
-            r = agent(args) => r,
+            r = &mut run => return r,
             code = stopped() => {
-                tracing::info!("stopping: jobs that run now will fail when their leases run out");
+                stop_now();
+                return Ok(code);
+            }
+            () = quit() => {}
+        }
+        // SIGQUIT, as for GitLab Runner: take no new job, let the running ones end, then exit.
+        tracing::info!("SIGQUIT: finishing the running jobs and taking no new ones");
+        let _ = drain_tx.send(true);
+        tokio::select! {
+            r = &mut run => r,
+            code = stopped() => {
+                stop_now();
                 Ok(code)
             }
         }
     })
+}
+
+/// Resolves on SIGQUIT (a graceful stop).
+async fn quit() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::quit()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -190,7 +217,8 @@ fn host_name() -> String {
         .unwrap_or_else(|| "gantry-agent".to_string())
 }
 
-async fn agent(args: Args) -> anyhow::Result<u8> {
+/// Runs the agent; answers 0 once `drain` turns true and the running jobs have ended.
+async fn agent(args: Args, drain: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u8> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -275,18 +303,22 @@ async fn agent(args: Args) -> anyhow::Result<u8> {
     );
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..args.concurrency {
-        workers.spawn(worker(env.clone(), shared.clone()));
+        workers.spawn(worker(env.clone(), shared.clone(), drain.clone()));
     }
-    // Workers end only on a fatal error.
-    let e = match workers.join_next().await {
-        Some(Ok(e)) => e,
-        Some(Err(e)) => anyhow::anyhow!("a worker stopped: {e}"),
-        None => anyhow::anyhow!("no workers"),
-    };
-    Err(e.context(format!(
-        "the agent token in {} was rejected; remove the file to register again",
-        identity_path.display()
-    )))
+    // Workers end when the agent drains, or on a fatal error.
+    while let Some(ended) = workers.join_next().await {
+        let e = match ended {
+            Ok(None) => continue,
+            Ok(Some(e)) => e.context(format!(
+                "the agent token in {} was rejected; remove the file to register again",
+                identity_path.display()
+            )),
+            Err(e) => anyhow::anyhow!("a worker stopped: {e}"),
+        };
+        return Err(e);
+    }
+    tracing::info!("drained: every job ended");
+    Ok(0)
 }
 
 /// Registers, retrying while the server cannot be reached.
@@ -369,14 +401,26 @@ impl Shared {
     }
 }
 
-/// Takes jobs and runs them, one at a time, forever; returns only when the token is rejected.
-async fn worker(env: Arc<Env>, shared: Arc<Shared>) -> anyhow::Error {
+/// Takes jobs and runs them, one at a time, until `drain` turns true (then `None`, after the job
+/// it runs) or the token is rejected (the error).
+async fn worker(
+    env: Arc<Env>,
+    shared: Arc<Shared>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) -> Option<anyhow::Error> {
     let mut backoff = Backoff::default();
     loop {
+        if *drain.borrow() {
+            return None;
+        }
         let body = RequestJob {
             running: shared.running().clone(),
         };
-        match env.client.request_job(LONG_POLL, &body).await {
+        let asked = tokio::select! {
+            r = env.client.request_job(LONG_POLL, &body) => r,
+            _ = drain.wait_for(|d| *d) => return None,
+        };
+        match asked {
             Ok(None) => {
                 shared.reachable();
                 backoff.reset();
@@ -390,11 +434,14 @@ async fn worker(env: Arc<Env>, shared: Arc<Shared>) -> anyhow::Error {
                 shared.running().retain(|j| *j != id);
             }
             Err(CallError::Unauthorized(m)) => {
-                return anyhow::anyhow!("the server rejected the agent token: {m}");
+                return Some(anyhow::anyhow!("the server rejected the agent token: {m}"));
             }
             Err(e) => {
                 shared.unreachable(&e);
-                backoff.wait().await;
+                tokio::select! {
+                    () = backoff.wait() => {}
+                    _ = drain.wait_for(|d| *d) => return None,
+                }
             }
         }
     }

@@ -482,6 +482,7 @@ both_stores!(
     readme_quick_start,
     canceled_job_stops_and_restarted_agent_keeps_its_token,
     project_token_from_the_cli,
+    quit_drains_the_running_job,
 );
 
 /// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
@@ -1041,4 +1042,51 @@ fn project_token_from_the_cli(store: Store) {
     let out = cli(&["revoke", "tokened", &token_id]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+}
+
+/// SIGQUIT, as for GitLab Runner: the agent takes no new job, lets the running one end (its log and
+/// result reach the server), and exits with 0; the next job waits for another agent.
+fn quit_drains_the_running_job(store: Store) {
+    let s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let release = s.path().join("release");
+    let yaml = format!(
+        "stages: [build, test]\n\
+         slow:\n  stage: build\n  script:\n    - echo slow >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo drained\n\
+         next:\n  stage: test\n  script:\n    - echo next >> {runs}\n",
+        runs = runs.display(),
+        release = release.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("drain", repo.path());
+    let mut first = s.agent("first");
+    let id = api.trigger("drain");
+    wait_for("the job to start", || {
+        (lines_of(&runs).len() == 1).then_some(())
+    });
+    let quit = Command::new("kill")
+        .args(["-QUIT", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(quit.success());
+    wait_for("the agent to start draining", || {
+        first.output().contains("SIGQUIT").then_some(())
+    });
+    std::fs::write(&release, "").unwrap();
+    let status = wait_for("the agent to exit", || first.child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0), "{}", first.output());
+    let p = api.pipeline(id);
+    let slow = job_named(&p, "slow");
+    assert_eq!(slow.status, JobStatus::Success);
+    assert!(api.log(slow.id).contains("drained\n"));
+    let next = job_named(&p, "next");
+    assert_eq!(next.status, JobStatus::Pending, "{p:?}");
+    assert_eq!(next.agent, None);
+    assert_eq!(lines_of(&runs), ["slow"]);
+    let second = s.agent("second");
+    let p = api.finished(id);
+    assert_success(&p, &[&second]);
+    assert_eq!(job_named(&p, "next").agent.as_deref(), Some("second"));
+    assert_eq!(lines_of(&runs), ["slow", "next"]);
 }
