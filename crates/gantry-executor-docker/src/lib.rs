@@ -230,7 +230,13 @@ impl DockerExecutor {
     /// # Errors
     /// When the engine cannot list them.
     pub async fn cleanup_leftovers(&self) -> Result<usize, Error> {
-        remove_labelled(&self.docker, &format!("{MANAGED_LABEL}=true"), true).await
+        remove_labelled(
+            &self.docker,
+            &format!("{MANAGED_LABEL}=true"),
+            true,
+            &|_| true,
+        )
+        .await
     }
 
     /// Removes the containers, networks and volumes that carry `label` (`key=value`), such as
@@ -239,7 +245,7 @@ impl DockerExecutor {
     /// # Errors
     /// When the engine cannot list them.
     pub async fn remove_labelled(&self, label: &str) -> Result<usize, Error> {
-        remove_labelled(&self.docker, label, true).await
+        remove_labelled(&self.docker, label, true, &|_| true).await
     }
 
     /// Removes every managed container and network whose job workspace (label `gantry.workspace`)
@@ -250,55 +256,32 @@ impl DockerExecutor {
     /// # Errors
     /// When the engine cannot list them.
     pub async fn cleanup_under(&self, dir: &Path) -> Result<usize, Error> {
-        let filters = HashMap::from([("label", vec![format!("{MANAGED_LABEL}=true")])]);
         let under = |labels: Option<&HashMap<String, String>>| {
             labels
                 .and_then(|l| l.get("gantry.workspace"))
                 .is_some_and(|w| Path::new(w).starts_with(dir))
         };
-        let containers = self
-            .docker
-            .list_containers(Some(
-                q::ListContainersOptionsBuilder::default()
-                    .all(true)
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await?;
-        let rm = q::RemoveContainerOptionsBuilder::default()
-            .force(true)
-            .v(true)
-            .build();
-        let results = futures_util::future::join_all(
-            containers
-                .iter()
-                .filter(|c| under(c.labels.as_ref()))
-                .filter_map(|c| c.id.as_deref())
-                .map(|id| self.docker.remove_container(id, Some(rm.clone()))),
+        remove_labelled(
+            &self.docker,
+            &format!("{MANAGED_LABEL}=true"),
+            false,
+            &under,
         )
-        .await;
-        let mut removed = results.iter().filter(|r| r.is_ok()).count();
-        let networks = self
-            .docker
-            .list_networks(Some(
-                q::ListNetworksOptionsBuilder::default()
-                    .filters(&filters)
-                    .build(),
-            ))
-            .await?;
-        for n in networks.iter().filter(|n| under(n.labels.as_ref())) {
-            if let Some(id) = n.id.as_deref() {
-                if self.docker.remove_network(id).await.is_ok() {
-                    removed += 1;
-                }
-            }
-        }
-        Ok(removed)
+        .await
     }
 }
 
-/// Removes the containers, networks and (with `volumes`) volumes that carry `label` (`key=value`).
-async fn remove_labelled(docker: &Docker, label: &str, volumes: bool) -> Result<usize, Error> {
+/// Labels of an object, as the engine lists them.
+type Labels<'a> = Option<&'a HashMap<String, String>>;
+
+/// Removes the containers and networks that carry `label` (`key=value`) and whose labels `keep`
+/// accepts, and (with `volumes`) every volume that carries `label`.
+async fn remove_labelled(
+    docker: &Docker,
+    label: &str,
+    volumes: bool,
+    keep: &(dyn Fn(Labels<'_>) -> bool + Sync),
+) -> Result<usize, Error> {
     let filters = HashMap::from([("label", vec![label.to_string()])]);
     let mut removed = 0;
     let containers = docker
@@ -316,6 +299,7 @@ async fn remove_labelled(docker: &Docker, label: &str, volumes: bool) -> Result<
     let results = futures_util::future::join_all(
         containers
             .iter()
+            .filter(|c| keep(c.labels.as_ref()))
             .filter_map(|c| c.id.as_deref())
             .map(|id| docker.remove_container(id, Some(rm.clone()))),
     )
@@ -328,7 +312,11 @@ async fn remove_labelled(docker: &Docker, label: &str, volumes: bool) -> Result<
                 .build(),
         ))
         .await?;
-    for n in networks.iter().filter_map(|n| n.id.as_deref()) {
+    for n in networks
+        .iter()
+        .filter(|n| keep(n.labels.as_ref()))
+        .filter_map(|n| n.id.as_deref())
+    {
         if docker.remove_network(n).await.is_ok() {
             removed += 1;
         }
@@ -937,7 +925,7 @@ impl DockerSession {
         if self.touched && !only_container {
             // Everything else of the session, including what an interrupted start created.
             let label = format!("gantry.session={}", self.nonce);
-            let _ = remove_labelled(&self.docker, &label, true).await;
+            let _ = remove_labelled(&self.docker, &label, true, &|_| true).await;
         }
         let _ = std::fs::remove_dir_all(&self.steps_dir);
     }

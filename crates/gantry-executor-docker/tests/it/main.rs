@@ -245,3 +245,50 @@ async fn cleanup_leftovers_removes_labelled_objects() {
     assert!(e.remove_labelled(&label).await.unwrap() >= 1);
     assert!(list().await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleanup_under_removes_only_that_directorys_leftovers() {
+    let e = executor().await;
+    // Two "crashed" sessions: one whose workspace lies under `mine`, one elsewhere.
+    let mine = tempfile::tempdir().unwrap();
+    let inside = mine.path().join("builds").join("7");
+    std::fs::create_dir_all(&inside).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    for ws in [inside.as_path(), elsewhere.path()] {
+        let mut s = session(ws).await;
+        let (_tx, never) = watch::channel(false);
+        let st = step(ws, StepKind::Script, &["true"], None);
+        assert_eq!(run(&mut s, &st, never).await.0, StepOutcome::Exited(0));
+        std::mem::forget(s);
+    }
+    let count = |ws: &std::path::Path| {
+        let filters = std::collections::HashMap::from([(
+            "label",
+            vec![format!("gantry.workspace={}", ws.display())],
+        )]);
+        let client = e.client();
+        async move {
+            client
+                .list_containers(Some(
+                    bollard::query_parameters::ListContainersOptionsBuilder::default()
+                        .all(true)
+                        .filters(&filters)
+                        .build(),
+                ))
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    assert_eq!(count(&inside).await, 1);
+    assert_eq!(count(elsewhere.path()).await, 1);
+    assert!(e.cleanup_under(mine.path()).await.unwrap() >= 1);
+    assert_eq!(count(&inside).await, 0);
+    assert_eq!(
+        count(elsewhere.path()).await,
+        1,
+        "another directory's job stays"
+    );
+    let label = format!("gantry.workspace={}", elsewhere.path().display());
+    assert!(e.remove_labelled(&label).await.unwrap() >= 1);
+}
