@@ -1,9 +1,10 @@
 //! The server's git: one bare mirror per project in the data dir, commits fetched into it, and
 //! [`GitSources`], the compiler's view of a commit's files through `git ls-tree` and `git cat-file`.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -62,13 +63,79 @@ pub(crate) fn ensure_mirror(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many commits [`known`] keeps.
+const KEPT_COMMITS: usize = 64;
+/// The most file content [`known`] keeps per commit.
+const KEPT_BYTES: usize = 1 << 20;
+
+/// What the server learnt about one commit of one mirror. A commit never changes and a mirror only
+/// gains objects, so these facts stay true: repeated deliveries of a commit (a push and its merge
+/// request event, a redelivery, many pushes of one commit) run no git process.
+#[derive(Default)]
+struct Known {
+    repo: PathBuf,
+    sha: String,
+    info: Option<Arc<CommitInfo>>,
+    files: Option<Arc<Vec<String>>>,
+    blobs: HashMap<String, Arc<str>>,
+    blob_bytes: usize,
+}
+
+/// The last [`KEPT_COMMITS`] commits found in a mirror, newest last.
+static KNOWN: Mutex<VecDeque<Known>> = Mutex::new(VecDeque::new());
+
+/// Whether `sha` is a full object name (only those are remembered: an abbreviation can become
+/// ambiguous as the mirror grows).
+fn full_sha(sha: &str) -> bool {
+    matches!(sha.len(), 40 | 64)
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Runs `f` on what is known of `sha` in `repo`, if it was found there before.
+fn known<R>(repo: &Path, sha: &str, f: impl FnOnce(&mut Known) -> R) -> Option<R> {
+    let mut all = KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    all.iter_mut()
+        .rev()
+        .find(|k| k.sha == sha && k.repo == repo)
+        .map(f)
+}
+
+/// Remembers that `repo` has commit `sha`.
+fn remember(repo: &Path, sha: &str) {
+    if !full_sha(sha) || known(repo, sha, |_| ()).is_some() {
+        return;
+    }
+    let mut all = KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if all.len() >= KEPT_COMMITS {
+        all.pop_front();
+    }
+    all.push_back(Known {
+        repo: repo.to_path_buf(),
+        sha: sha.to_string(),
+        ..Known::default()
+    });
+}
+
 /// Whether the mirror has commit `sha`.
 pub(crate) fn has_commit(repo: &Path, sha: &str) -> bool {
-    command(repo)
+    if known(repo, sha, |_| ()).is_some() {
+        return true;
+    }
+    let found = command(repo)
         .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if found {
+        remember(repo, sha);
+    }
+    found
 }
 
 /// Where the cached `git archive` of commit `sha` of project `id` lives, or `None` when `sha` is
@@ -189,14 +256,20 @@ pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) 
 }
 
 fn resolve(repo: &Path, rev: &str) -> Result<String> {
+    if known(repo, rev, |_| ()).is_some() {
+        return Ok(rev.to_string());
+    }
     let out = run(
         repo,
         &["rev-parse", "--verify", &format!("{rev}^{{commit}}")],
     )?;
-    Ok(String::from_utf8_lossy(&out).trim().to_string())
+    let sha = String::from_utf8_lossy(&out).trim().to_string();
+    remember(repo, &sha);
+    Ok(sha)
 }
 
 /// A commit's message, committer time (ISO 8601) and author.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct CommitInfo {
     pub message: String,
     pub timestamp: String,
@@ -206,6 +279,15 @@ pub(crate) struct CommitInfo {
 
 /// Reads a commit's facts.
 pub(crate) fn commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
+    if let Some(Some(info)) = known(repo, sha, |k| k.info.clone()) {
+        return Ok((*info).clone());
+    }
+    let info = read_commit_info(repo, sha)?;
+    known(repo, sha, |k| k.info = Some(Arc::new(info.clone())));
+    Ok(info)
+}
+
+fn read_commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
     let out = run(
         repo,
         &["show", "-s", "--format=%P%x00%cI%x00%an <%ae>%x00%B", sha],
@@ -228,7 +310,7 @@ pub(crate) fn commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
 pub(crate) struct GitSources {
     repo: PathBuf,
     sha: String,
-    files: Vec<String>,
+    files: Arc<Vec<String>>,
     /// The commit to compare with for `rules:changes` (the push's `before`, an MR's target).
     base: Option<String>,
     changed: OnceLock<Option<Vec<String>>>,
@@ -237,12 +319,20 @@ pub(crate) struct GitSources {
 impl GitSources {
     /// The files of `sha` in `repo`.
     pub fn new(repo: &Path, sha: &str, base: Option<String>) -> Result<GitSources> {
-        let out = run(repo, &["ls-tree", "-r", "-z", "--name-only", sha])?;
-        let files = out
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
+        let files = match known(repo, sha, |k| k.files.clone()) {
+            Some(Some(files)) => files,
+            _ => {
+                let out = run(repo, &["ls-tree", "-r", "-z", "--name-only", sha])?;
+                let files: Arc<Vec<String>> = Arc::new(
+                    out.split(|b| *b == 0)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect(),
+                );
+                known(repo, sha, |k| k.files = Some(files.clone()));
+                files
+            }
+        };
         Ok(GitSources {
             repo: repo.to_path_buf(),
             sha: sha.to_string(),
@@ -259,6 +349,9 @@ impl gantry_pipeline::Sources for GitSources {
         if path.split('/').any(|c| c == "..") || path.starts_with('/') {
             return Err("the path must stay inside the project".into());
         }
+        if let Some(Some(text)) = known(&self.repo, &self.sha, |k| k.blobs.get(path).cloned()) {
+            return Ok(text.to_string());
+        }
         let out = command(&self.repo)
             .args(["cat-file", "blob", &format!("{}:{path}", self.sha)])
             .output()
@@ -266,7 +359,15 @@ impl gantry_pipeline::Sources for GitSources {
         if !out.status.success() {
             return Err("no such file".into());
         }
-        String::from_utf8(out.stdout).map_err(|_| "the file is not UTF-8".to_string())
+        let text =
+            String::from_utf8(out.stdout).map_err(|_| "the file is not UTF-8".to_string())?;
+        known(&self.repo, &self.sha, |k| {
+            if k.blob_bytes + text.len() <= KEPT_BYTES {
+                k.blob_bytes += text.len();
+                k.blobs.insert(path.to_string(), Arc::from(text.as_str()));
+            }
+        });
+        Ok(text)
     }
 
     fn files(&self) -> &[String] {
@@ -341,5 +442,34 @@ mod tests {
         assert!(s.read("../etc/passwd").is_err());
         assert!(s.read("nope").is_err());
         assert!(fetch(&mirror, src.to_str().unwrap(), None, "no-such-branch").is_err());
+    }
+
+    #[test]
+    fn a_known_commit_is_answered_without_git() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        sh(&src, &["init", "-q", "-b", "main"]);
+        std::fs::write(src.join(".gitlab-ci.yml"), "a:\n  script: [x]\n").unwrap();
+        sh(&src, &["add", "."]);
+        sh(&src, &["commit", "-q", "-m", "cached"]);
+        let mirror = tmp.path().join("m.git");
+        let sha = fetch(&mirror, src.to_str().unwrap(), None, "main").unwrap();
+        assert_eq!(commit_info(&mirror, &sha).unwrap().message, "cached");
+        let s = GitSources::new(&mirror, &sha, None).unwrap();
+        assert!(s.read(".gitlab-ci.yml").unwrap().contains("script"));
+        // Without its objects, the mirror can only answer from what was learnt.
+        std::fs::rename(mirror.join("objects"), tmp.path().join("objects")).unwrap();
+        assert!(has_commit(&mirror, &sha));
+        let again = fetch(&mirror, "/nonexistent", Some(&sha), "main").unwrap();
+        assert_eq!(again, sha);
+        assert_eq!(commit_info(&mirror, &sha).unwrap().message, "cached");
+        let s = GitSources::new(&mirror, &sha, None).unwrap();
+        assert_eq!(s.files(), [".gitlab-ci.yml"]);
+        assert!(s.read(".gitlab-ci.yml").unwrap().contains("script"));
+        // What was never read is not made up.
+        assert!(s.read("other.yml").is_err());
+        // Another mirror does not share what this one has.
+        assert!(!has_commit(&tmp.path().join("other.git"), &sha));
     }
 }
