@@ -27,6 +27,7 @@ pub mod config;
 mod dispatch;
 mod error;
 mod git;
+mod githttp;
 mod hooks;
 mod http;
 mod metrics;
