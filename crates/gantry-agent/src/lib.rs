@@ -6,8 +6,11 @@
 //!    `work_dir/agent.json` (mode 0600), which later starts reuse;
 //! 2. runs `concurrency` workers, each long-polling for a job; while the server cannot be reached
 //!    it retries with capped exponential backoff and jitter, forever, and says so once per outage;
-//! 3. runs each job as `job.rs` describes: source and dependencies' artifacts in, the runtime on the
-//!    one job in place, the log through a spool file to the server, artifacts out, `finish`.
+//! 3. runs each job as `job.rs` describes: a git checkout of the commit (`checkout.rs`) and the
+//!    dependencies' artifacts in, the runtime on the one job in place, the log through a spool file
+//!    to the server, artifacts out, `finish`;
+//! 4. on SIGQUIT drains: asks the server to end its long polls, runs a job that comes anyway, takes
+//!    no other, and exits with 0 once its jobs have ended.
 //!
 //! A job whose lease is lost (`409`) is stopped and dropped: the server has failed it already.
 //!
