@@ -486,6 +486,7 @@ both_stores!(
     jobs_get_a_git_checkout,
     git_route_serves_only_the_job_s_agent,
     quit_while_polling_strands_no_job,
+    without_git_jobs_get_the_tree,
 );
 
 /// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
@@ -1341,4 +1342,51 @@ fn quit_while_polling_strands_no_job(store: Store) {
     let mut want: Vec<String> = ids.iter().map(i64::to_string).collect();
     want.sort();
     assert_eq!(ran, want, "each job ran once");
+}
+
+/// On a machine without `git`, the agent falls back to the server's archive of the commit's tree.
+fn without_git_jobs_get_the_tree(store: Store) {
+    let s = Setup::new(store);
+    // A PATH with a shell and `cat`, and no git.
+    let bin = s.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["bash", "sh", "cat"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(!path.is_empty(), "{tool} is installed");
+        std::os::unix::fs::symlink(path, bin.join(tool)).unwrap();
+    }
+    let repo = Repo::new(&[
+        ("hello.txt", "hello from the tree\n"),
+        (
+            ".gitlab-ci.yml",
+            "job:\n  script:\n    - test ! -e .git\n    - cat hello.txt\n",
+        ),
+    ]);
+    let api = Api::new(&s.server);
+    api.add_project("nogit", repo.path());
+    let work = s.path().join("agents").join("plain");
+    std::fs::create_dir_all(&work).unwrap();
+    let log = s.path().join("plain.log");
+    let child = gantry()
+        .args(["agent", "--server", &s.server.url, "--token", REGISTRATION])
+        .args(["--name", "plain", "--work-dir"])
+        .arg(&work)
+        .env("PATH", &bin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent { child, log };
+    let id = api.trigger("nogit");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    let out = api.log(job_named(&p, "job").id);
+    assert!(out.contains("hello from the tree\n"), "{out}");
+    assert!(!out.contains("Fetching changes"), "{out}");
+    assert!(agent.output().contains("git is not installed"));
 }
