@@ -112,6 +112,16 @@ impl Client {
         }
     }
 
+    /// The URL of the git repository of job `job` (git's smart HTTP protocol).
+    pub(crate) fn git_url(&self, job: i64) -> String {
+        self.job_url(job, "/git")
+    }
+
+    /// The token the client calls with.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -180,6 +190,19 @@ impl Client {
             return Ok(None);
         }
         Self::json(&body).map(Some)
+    }
+
+    /// `POST /api/v1/agent/jobs/request/stop`: ends the long polls of `session`.
+    pub(crate) async fn stop_polling(&self, session: &str) -> Result<(), CallError> {
+        let req = self
+            .post_json(
+                self.url("/api/v1/agent/jobs/request/stop"),
+                &gantry_api::agent::StopPolling {
+                    session: session.to_string(),
+                },
+            )
+            .timeout(CALL_TIMEOUT);
+        self.send(req).await.map(|_| ())
     }
 
     /// `POST .../heartbeat`.

@@ -1,10 +1,13 @@
 //! One job handed out by the server, from its source download to its `finish` call.
 //!
-//! The job's directory `work_dir/builds/<job id>/` holds `src/` (the commit's tree, where the job
-//! runs in place), `state/` (the runtime's state dir: the dependencies' artifacts go to its artifact
+//! The job runs in place in a git checkout of its commit, `work_dir/builds/checkouts/<worker>/<project>/`
+//! (see `checkout`), kept for the next job of the project on that worker. The job's directory
+//! `work_dir/builds/<job id>/` holds `src/` (only where `git` is missing: the commit's tree from the
+//! server's archive), `state/` (the runtime's state dir: the dependencies' artifacts go to its artifact
 //! store before the run, and the job's own entry is archived from there after it), `log` (the
 //! spool) and the archives in transit. It is removed when the job is over.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +21,7 @@ use tracing::Instrument as _;
 
 use crate::archive;
 use crate::backoff::Backoff;
+use crate::checkout;
 use crate::client::{CallError, Client};
 use crate::spool::{self, LogReporter, Spool, UploadError};
 
@@ -42,6 +46,8 @@ pub(crate) struct Env {
     pub work_dir: PathBuf,
     pub name: String,
     pub exec: Exec,
+    /// Whether `git` runs here: jobs get a git checkout; else the server's archive of the tree.
+    pub git: bool,
 }
 
 /// How the job went, as far as the agent's bookkeeping goes.
@@ -57,7 +63,8 @@ pub(crate) enum Done {
 
 /// Runs `spec` to its end; never fails (what goes wrong goes to the job's log, the agent's log, or
 /// the server's view of the job).
-pub(crate) async fn run(env: Arc<Env>, spec: JobSpec) -> Done {
+/// `slot` is the worker's number: its checkouts are its own.
+pub(crate) async fn run(env: Arc<Env>, spec: JobSpec, slot: usize) -> Done {
     let span = tracing::info_span!(
         "job",
         job_id = spec.job_id,
@@ -68,7 +75,7 @@ pub(crate) async fn run(env: Arc<Env>, spec: JobSpec) -> Done {
     async move {
         tracing::info!(project = %spec.project, attempt = spec.attempt, "job started");
         let dir = env.work_dir.join("builds").join(spec.job_id.to_string());
-        let done = run_in(&env, &spec, &dir).await;
+        let done = run_in(&env, &spec, &dir, slot).await;
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         match &done {
             Done::Finished => tracing::info!("job finished"),
@@ -88,7 +95,7 @@ enum Lease {
     Lost,
 }
 
-async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path) -> Done {
+async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done {
     let prepared = {
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -130,7 +137,7 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path) -> Done {
         spec.job, spec.job_id, spec.pipeline_id, env.name, spec.trace_id
     ));
     // The lease can be lost while the job prepares or runs: stop it then.
-    let work = execute(env, spec, dir, &spool, cancel_rx);
+    let work = execute(env, spec, dir, slot, &spool, cancel_rx);
     tokio::pin!(work);
     let result = tokio::select! {
         r = &mut work => Some(r),
@@ -252,6 +259,7 @@ async fn execute(
     env: &Arc<Env>,
     spec: &JobSpec,
     dir: &Path,
+    slot: usize,
     spool: &Arc<Spool>,
     cancel: watch::Receiver<bool>,
 ) -> JobResult {
@@ -259,10 +267,16 @@ async fn execute(
         spool.info(&format!("the plan has no job `{}`", spec.job));
         return failure(FailureReason::RunnerSystemFailure);
     };
-    let src = dir.join("src");
     let state = dir.join("state");
-    let files = match fetch(env, spec, dir, &src, &state).await {
-        Ok(files) => files,
+    let (src, files) = match source(env, spec, idx, slot, dir, spool).await {
+        Ok(s) => s,
+        Err(message) => {
+            spool.info(&message);
+            return failure(FailureReason::RunnerSystemFailure);
+        }
+    };
+    match dependencies(env, spec, dir, &state).await {
+        Ok(()) => {}
         Err(Fetch::Missing(message)) => {
             spool.info(&message);
             return failure(FailureReason::MissingDependencyFailure);
@@ -285,7 +299,7 @@ async fn execute(
         play_manual: vec![spec.job.clone()],
         echo: true,
         default_timeout: DEFAULT_TIMEOUT,
-        files: Some(files),
+        files,
     };
     let reporter = Arc::new(LogReporter::new(spool.clone()));
     let ran = match &env.exec {
@@ -332,22 +346,97 @@ enum Fetch {
     System(String),
 }
 
-/// Downloads and extracts the source tree into `src` and the dependencies' artifacts into the
-/// artifact store under `state`; the source's files.
-async fn fetch(
+/// Where the job runs, and its files when the runtime must not list them: a git checkout of the
+/// commit in the worker's directory for the project (see `checkout`), or, on a machine without
+/// git, the server's archive of the commit's tree extracted into the job's directory.
+async fn source(
+    env: &Arc<Env>,
+    spec: &JobSpec,
+    idx: usize,
+    slot: usize,
+    dir: &Path,
+    spool: &Arc<Spool>,
+) -> Result<(PathBuf, Option<Vec<PathBuf>>), String> {
+    if !env.git {
+        let src = dir.join("src");
+        let tar = dir.join("source.tar");
+        match download(env, spec.job_id, "/source", &tar).await {
+            Ok(true) => {}
+            Ok(false) => return Err("the server has no source for the job".into()),
+            Err(Fetch::Missing(m) | Fetch::System(m)) => return Err(m),
+        }
+        let files = extract(tar, src.clone())
+            .await
+            .map_err(|e| format!("cannot extract the source: {e}"))?;
+        return Ok((src, Some(files)));
+    }
+    let vars: HashMap<String, String> =
+        gantry_pipeline::vars::resolve(&spec.plan.job_variables(idx, &[], &[]))
+            .into_iter()
+            .collect();
+    let opts = checkout::Options::from_vars(|k| vars.get(k).cloned())?;
+    let work = checkout_dir(&env.work_dir, slot, &spec.project);
+    let url = env.client.git_url(spec.job_id);
+    let token = env.client.token().to_string();
+    let sha = spec.sha.clone();
+    let ref_name = vars
+        .get("CI_COMMIT_REF_NAME")
+        .filter(|r| !r.is_empty())
+        .cloned();
+    let tag = vars.get("CI_COMMIT_TAG").is_some_and(|t| !t.is_empty());
+    let say = {
+        let spool = spool.clone();
+        move |line: &str| spool.info(line)
+    };
+    let dest = work.clone();
+    tokio::task::spawn_blocking(move || {
+        let src = checkout::Source {
+            url,
+            token: &token,
+            sha: &sha,
+            ref_name,
+            tag,
+        };
+        checkout::prepare(&dest, &opts, &src, &say)
+    })
+    .await
+    .map_err(|e| format!("cannot prepare the source: {e}"))??;
+    Ok((work, None))
+}
+
+/// The checkout of `project` for worker `slot`: `work_dir/builds/checkouts/<slot>/<project>`, kept
+/// across jobs (a worker runs one job at a time, so no two jobs share one).
+pub(crate) fn checkout_dir(work_dir: &Path, slot: usize, project: &str) -> PathBuf {
+    let mut name: String = project
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.trim_matches('.').is_empty() {
+        name = format!("project{name}");
+    }
+    work_dir
+        .join("builds")
+        .join(CHECKOUTS)
+        .join(slot.to_string())
+        .join(name)
+}
+
+/// The directory under `work_dir/builds` that holds the checkouts (the agent keeps it on restart).
+pub(crate) const CHECKOUTS: &str = "checkouts";
+
+/// Downloads and extracts the dependencies' artifacts into the artifact store under `state`.
+async fn dependencies(
     env: &Arc<Env>,
     spec: &JobSpec,
     dir: &Path,
-    src: &Path,
     state: &Path,
-) -> Result<Vec<PathBuf>, Fetch> {
-    let tar = dir.join("source.tar");
-    if !download(env, spec.job_id, "/source", &tar).await? {
-        return Err(Fetch::System("the server has no source for the job".into()));
-    }
-    let files = extract(tar, src.to_path_buf())
-        .await
-        .map_err(|e| Fetch::System(format!("cannot extract the source: {e}")))?;
+) -> Result<(), Fetch> {
     for dep in &spec.dependencies {
         if !dep.has_artifacts {
             continue;
@@ -368,7 +457,7 @@ async fn fetch(
             Fetch::System(format!("cannot extract the artifacts of {}: {e}", dep.name))
         })?;
     }
-    Ok(files)
+    Ok(())
 }
 
 async fn extract(tar: PathBuf, dest: PathBuf) -> Result<Vec<PathBuf>, archive::ArchiveError> {

@@ -6,8 +6,11 @@
 //!    `work_dir/agent.json` (mode 0600), which later starts reuse;
 //! 2. runs `concurrency` workers, each long-polling for a job; while the server cannot be reached
 //!    it retries with capped exponential backoff and jitter, forever, and says so once per outage;
-//! 3. runs each job as `job.rs` describes: source and dependencies' artifacts in, the runtime on the
-//!    one job in place, the log through a spool file to the server, artifacts out, `finish`.
+//! 3. runs each job as `job.rs` describes: a git checkout of the commit (`checkout.rs`) and the
+//!    dependencies' artifacts in, the runtime on the one job in place, the log through a spool file
+//!    to the server, artifacts out, `finish`;
+//! 4. on SIGQUIT drains: asks the server to end its long polls, runs a job that comes anyway, takes
+//!    no other, and exits with 0 once its jobs have ended.
 //!
 //! A job whose lease is lost (`409`) is stopped and dropped: the server has failed it already.
 //!
@@ -17,6 +20,7 @@
 
 mod archive;
 mod backoff;
+mod checkout;
 mod client;
 mod job;
 mod spool;
@@ -247,8 +251,15 @@ async fn agent(args: Args, drain: tokio::sync::watch::Receiver<bool>) -> anyhow:
         move || -> anyhow::Result<()> {
             std::fs::create_dir_all(&work_dir)
                 .with_context(|| format!("cannot create {}", work_dir.display()))?;
-            // What a killed agent left behind: those jobs' leases are gone.
-            let _ = std::fs::remove_dir_all(&builds);
+            // What a killed agent left behind: those jobs' leases are gone. The checkouts stay,
+            // for the next jobs of their projects (each job cleans its checkout first).
+            if let Ok(entries) = std::fs::read_dir(&builds) {
+                for e in entries.flatten() {
+                    if e.file_name() != job::CHECKOUTS {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
             Ok(())
         }
     })
@@ -288,11 +299,18 @@ async fn agent(args: Args, drain: tokio::sync::watch::Receiver<bool>) -> anyhow:
             id
         }
     };
+    let git = tokio::task::spawn_blocking(checkout::git_available).await?;
+    if !git {
+        tracing::warn!(
+            "git is not installed: jobs get the commit's files without a repository (.git)"
+        );
+    }
     let env = Arc::new(Env {
         client: client.with_token(identity.token.clone()),
         work_dir,
         name,
         exec,
+        git,
     });
     let shared = Arc::new(Shared::default());
     tracing::info!(
@@ -302,9 +320,35 @@ async fn agent(args: Args, drain: tokio::sync::watch::Receiver<bool>) -> anyhow:
         "waiting for jobs"
     );
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency {
-        workers.spawn(worker(env.clone(), shared.clone(), drain.clone()));
+    for slot in 0..args.concurrency {
+        let slot = usize::try_from(slot).unwrap_or(usize::MAX);
+        workers.spawn(worker(env.clone(), shared.clone(), drain.clone(), slot));
     }
+    // On SIGQUIT the workers' long polls are not dropped (a job the server hands out in that
+    // instant would wait for its lease to run out): the server is asked to end them with `204`,
+    // and a job that comes anyway runs.
+    let stopper = tokio::spawn({
+        let (env, shared, mut drain) = (env.clone(), shared.clone(), drain.clone());
+        async move {
+            if drain.wait_for(|d| *d).await.is_err() {
+                return;
+            }
+            for _ in 0..3 {
+                match env.client.stop_polling(&shared.session).await {
+                    Ok(()) => return,
+                    Err(e) if e.is_transient() => {
+                        tracing::debug!(error = %e, "cannot end the long polls; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot end the long polls; they end within {}s", LONG_POLL.as_secs());
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let _stopper = AbortOnDrop(stopper);
     // Workers end when the agent drains, or on a fatal error.
     while let Some(ended) = workers.join_next().await {
         let e = match ended {
@@ -374,13 +418,42 @@ fn write_identity(path: &Path, id: &Identity) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A new random session id for this process's long polls.
+fn new_session() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}-{nanos:x}", std::process::id())
+}
+
 /// What the workers share.
-#[derive(Default)]
 struct Shared {
+    /// This process's session (see `StopPolling`).
+    session: String,
     /// The jobs running now.
     running: Mutex<Vec<i64>>,
     /// The server cannot be reached (said once per outage).
     outage: AtomicBool,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            session: new_session(),
+            running: Mutex::default(),
+            outage: AtomicBool::default(),
+        }
+    }
 }
 
 impl Shared {
@@ -402,11 +475,16 @@ impl Shared {
 }
 
 /// Takes jobs and runs them, one at a time, until `drain` turns true (then `None`, after the job
-/// it runs) or the token is rejected (the error).
+/// it runs) or the token is rejected (the error). `slot` numbers the worker.
+///
+/// A long poll in flight when the agent drains is not dropped: the server ends it (see `agent`),
+/// and a job it brings runs. Dropping it could lose a job that the server claimed for the agent in
+/// that instant until its lease ran out.
 async fn worker(
     env: Arc<Env>,
     shared: Arc<Shared>,
     mut drain: tokio::sync::watch::Receiver<bool>,
+    slot: usize,
 ) -> Option<anyhow::Error> {
     let mut backoff = Backoff::default();
     loop {
@@ -415,11 +493,9 @@ async fn worker(
         }
         let body = RequestJob {
             running: shared.running().clone(),
+            session: Some(shared.session.clone()),
         };
-        let asked = tokio::select! {
-            r = env.client.request_job(LONG_POLL, &body) => r,
-            _ = drain.wait_for(|d| *d) => return None,
-        };
+        let asked = env.client.request_job(LONG_POLL, &body).await;
         match asked {
             Ok(None) => {
                 shared.reachable();
@@ -430,12 +506,13 @@ async fn worker(
                 backoff.reset();
                 let id = spec.job_id;
                 shared.running().push(id);
-                job::run(env.clone(), spec).await;
+                job::run(env.clone(), spec, slot).await;
                 shared.running().retain(|j| *j != id);
             }
             Err(CallError::Unauthorized(m)) => {
                 return Some(anyhow::anyhow!("the server rejected the agent token: {m}"));
             }
+            Err(_) if *drain.borrow() => return None,
             Err(e) => {
                 shared.unreachable(&e);
                 tokio::select! {

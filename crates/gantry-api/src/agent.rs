@@ -5,9 +5,11 @@
 //! |---|---|---|
 //! | `POST /api/v1/agents/register` | [`RegisterAgent`] (registration token inside) | `201` [`Registered`] |
 //! | `POST /api/v1/agent/jobs/request?wait_ms=N` | [`RequestJob`] | `200` [`JobSpec`], or `204` when no job came within `wait_ms` (long poll, at most 60 s) |
+//! | `POST /api/v1/agent/jobs/request/stop` | [`StopPolling`] | `204`: the polls of the session end with `204` (the agent drains) |
 //! | `POST /api/v1/agent/jobs/{id}/heartbeat` | none | `200` [`Heartbeat`]; `409` when the lease is lost |
 //! | `PUT /api/v1/agent/jobs/{id}/log?offset=N` | raw log bytes from byte `N` | `200` [`LogAck`]; `416` [`LogAck`] when `N` is past the stored end |
 //! | `GET /api/v1/agent/jobs/{id}/source` | none | `200` a tar archive of the commit's tree |
+//! | `GET /api/v1/agent/jobs/{id}/git/info/refs?service=git-upload-pack`, `POST .../git/git-upload-pack` | git's smart HTTP protocol | the project's repository, read-only, for `git fetch` of the job's commit; `403` when the agent does not hold the job |
 //! | `GET /api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts` | none | `200` the artifacts archive of job `dep`; `404` when it has none |
 //! | `PUT /api/v1/agent/jobs/{id}/artifacts` | a tar archive | `201` |
 //! | `POST /api/v1/agent/jobs/{id}/finish` | [`FinishJob`] | `200`; `409` when the lease is lost |
@@ -67,6 +69,19 @@ pub struct RequestJob {
     /// Jobs the agent runs right now (for the server's view of its load).
     #[serde(default)]
     pub running: Vec<i64>,
+    /// The agent process's session: a random string that [`StopPolling`] names to end this
+    /// process's long polls (an agent that restarts with the same token has a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// The body of `POST /api/v1/agent/jobs/request/stop`: the agent drains, so its long polls of
+/// `session` end with `204` now, and later ones of it at once (for two minutes); a job claimed
+/// before the call still goes to the poll, and the agent runs it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StopPolling {
+    /// The session of the polls to end ([`RequestJob::session`]).
+    pub session: String,
 }
 
 /// A job handed to an agent.

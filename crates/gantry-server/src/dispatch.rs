@@ -12,7 +12,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use gantry_api::agent::{
     Dependency, FinishJob, Heartbeat, JobSpec, LogAck, Outcome, RegisterAgent, Registered,
-    RequestJob,
+    RequestJob, StopPolling,
 };
 use gantry_pipeline::plan::Retry;
 use gantry_pipeline::{Plan, Variable, vars};
@@ -84,10 +84,13 @@ pub(crate) async fn request(
     QueryParams(q): QueryParams<WaitQuery>,
     RawBody(body): RawBody,
 ) -> AppResult<Response> {
-    if !body.is_empty() {
+    let asked = if body.is_empty() {
+        RequestJob::default()
+    } else {
         serde_json::from_slice::<RequestJob>(&body)
-            .map_err(|e| AppError::bad_request(format!("invalid JSON body: {e}")))?;
-    }
+            .map_err(|e| AppError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let session = asked.session.as_deref();
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
     let start = tokio::time::Instant::now();
     let deadline = start + wait;
@@ -98,6 +101,13 @@ pub(crate) async fn request(
         let notified = state.jobs_ready.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        // The same for a stop of this agent's session: checked after listening.
+        let stop = state.polls_stopped.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        if state.polls_stopped(agent.id, session) {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
         let now = crate::now_ms();
         if let Some(job) = state
             .store
@@ -113,10 +123,31 @@ pub(crate) async fn request(
         // Wake on a local signal, or every second for jobs that another server queued.
         tokio::select! {
             () = &mut notified => {}
+            () = &mut stop => {}
             () = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
             _ = shutdown.changed() => return Ok(StatusCode::NO_CONTENT.into_response()),
         }
     }
+}
+
+/// `POST /api/v1/agent/jobs/request/stop`: the agent drains. Its long polls of the session end with
+/// `204` (on this server: a poll held by another server ends when its wait does, and a job it
+/// claims goes to the agent, which runs it).
+#[utoipa::path(post, path = "/api/v1/agent/jobs/request/stop", tag = "agent protocol", request_body = StopPolling,
+    responses((status = 204, description = "The session's polls end"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = [])))]
+pub(crate) async fn stop_polling(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    JsonBody(body): JsonBody<StopPolling>,
+) -> AppResult<StatusCode> {
+    if body.session.is_empty() || body.session.len() > 200 {
+        return Err(AppError::bad_request(
+            "the session must be 1 to 200 characters",
+        ));
+    }
+    state.stop_polls(agent.id, &body.session);
+    tracing::info!(agent = agent.id, "the agent drains: its long polls end");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> AppResult<Response> {
@@ -395,7 +426,7 @@ pub(crate) async fn log(
 }
 
 /// The job, if it is running on `agent`; `409` otherwise.
-async fn leased(state: &AppState, agent: &AgentRecord, id: i64) -> AppResult<JobRecord> {
+pub(crate) async fn leased(state: &AppState, agent: &AgentRecord, id: i64) -> AppResult<JobRecord> {
     match state.store.job(id).await? {
         Some(j) if j.agent_id == Some(agent.id) && j.status == "running" => Ok(j),
         Some(_) => Err(AppError::conflict(
@@ -431,34 +462,14 @@ pub(crate) async fn source(
     let mut file = None;
     for _ in 0..2 {
         if !cached.exists() {
-            let project = match state.store.project_by_id(p.project_id).await? {
-                Some(r) => crate::projects::LoadedProject::parse(r)?,
-                None => return Err(AppError::not_found("the project no longer exists")),
-            };
-            let lock = state.mirror_lock(p.project_id);
-            let _guard = lock.lock().await;
-            let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
-            let url = project.spec.repo_url.clone();
-            let r = if p.tag {
-                format!("refs/tags/{}", p.git_ref)
-            } else {
-                format!("refs/heads/{}", p.git_ref)
-            };
-            let (sha, dest) = (p.sha.clone(), cached.clone());
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let dest = cached.clone();
+            with_commit(&state, &p, move |mirror, sha| {
                 if dest.exists() {
                     return Ok(());
                 }
-                // Another server may have created the pipeline: fetch the commit when this
-                // mirror lacks it.
-                if !crate::git::has_commit(&mirror, &sha) {
-                    crate::git::fetch(&mirror, &url, Some(&sha), &r)?;
-                }
-                crate::git::write_archive(&mirror, &sha, &dest)
+                crate::git::write_archive(mirror, sha, &dest)
             })
-            .await
-            .map_err(AppError::internal)?
-            .map_err(|e| AppError::internal(format!("{e:#}")))?;
+            .await?;
         }
         match tokio::fs::File::open(&cached).await {
             Ok(f) => {
@@ -482,6 +493,52 @@ pub(crate) async fn source(
         body,
     )
         .into_response())
+}
+
+/// Runs `then(mirror, sha)` (blocking) under the project's mirror lock once the mirror holds the
+/// pipeline's commit: another server may have created the pipeline, so a mirror that lacks the
+/// commit fetches it from the project's repository first.
+pub(crate) async fn with_commit(
+    state: &AppState,
+    p: &PipelineRecord,
+    then: impl FnOnce(&std::path::Path, &str) -> anyhow::Result<()> + Send + 'static,
+) -> AppResult<()> {
+    let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
+    let sha = p.sha.clone();
+    // The common case: the mirror has the commit; no lock (readers of a repository need none).
+    let present = {
+        let (mirror, sha) = (mirror.clone(), sha.clone());
+        tokio::task::spawn_blocking(move || crate::git::has_commit(&mirror, &sha))
+            .await
+            .map_err(AppError::internal)?
+    };
+    if present {
+        return tokio::task::spawn_blocking(move || then(&mirror, &sha))
+            .await
+            .map_err(AppError::internal)?
+            .map_err(|e| AppError::internal(format!("{e:#}")));
+    }
+    let project = match state.store.project_by_id(p.project_id).await? {
+        Some(r) => crate::projects::LoadedProject::parse(r)?,
+        None => return Err(AppError::not_found("the project no longer exists")),
+    };
+    let lock = state.mirror_lock(p.project_id);
+    let _guard = lock.lock().await;
+    let url = project.spec.repo_url.clone();
+    let r = if p.tag {
+        format!("refs/tags/{}", p.git_ref)
+    } else {
+        format!("refs/heads/{}", p.git_ref)
+    };
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        if !crate::git::has_commit(&mirror, &sha) {
+            crate::git::fetch(&mirror, &url, Some(&sha), &r)?;
+        }
+        then(&mirror, &sha)
+    })
+    .await
+    .map_err(AppError::internal)?
+    .map_err(|e| AppError::internal(format!("{e:#}")))
 }
 
 /// `GET /api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts`.

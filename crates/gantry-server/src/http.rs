@@ -85,6 +85,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(gantry_api::agent::REGISTER, post(crate::dispatch::register))
         .route("/api/v1/agent/jobs/request", post(crate::dispatch::request))
         .route(
+            "/api/v1/agent/jobs/request/stop",
+            post(crate::dispatch::stop_polling),
+        )
+        .route(
             "/api/v1/agent/jobs/{id}/heartbeat",
             post(crate::dispatch::heartbeat),
         )
@@ -92,6 +96,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/api/v1/agent/jobs/{id}/source",
             get(crate::dispatch::source),
+        )
+        .route(
+            "/api/v1/agent/jobs/{id}/git/info/refs",
+            get(crate::githttp::info_refs),
+        )
+        .route(
+            "/api/v1/agent/jobs/{id}/git/git-upload-pack",
+            post(crate::githttp::upload_pack),
+        )
+        .route(
+            "/api/v1/agent/jobs/{id}/git/git-receive-pack",
+            post(crate::githttp::receive_pack),
         )
         .route(
             "/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts",

@@ -11,7 +11,8 @@
 //! - `projects`, `hooks`, `triggers`: projects, webhooks (signatures, events), API triggers;
 //! - `process`: deliveries → pipelines (git mirror, compile, create), the background processor;
 //! - `advance` (pure): a pipeline's next state with GitLab's semantics; `progress` applies it;
-//! - `dispatch`: the agent protocol; `read`: the read API; `statuses`: commit statuses to forges;
+//! - `dispatch`: the agent protocol; `githttp`: the mirrors, read-only over git's smart HTTP, for
+//!   agents' checkouts; `read`: the read API; `statuses`: commit statuses to forges;
 //! - `schedules`: cron pipelines; `metrics`; `openapi`.
 
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub mod config;
 mod dispatch;
 mod error;
 mod git;
+mod githttp;
 mod hooks;
 mod http;
 mod metrics;

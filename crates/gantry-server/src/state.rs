@@ -30,7 +30,15 @@ pub(crate) struct State {
     pub delayed: Mutex<BTreeSet<(Millis, i64)>>,
     pub statuses: StatusQueue,
     pub shutdown: watch::Receiver<bool>,
+    /// Agent sessions whose long polls must end (`(agent id, session)` → when the agent asked).
+    pub stopped_polls: Mutex<HashMap<(i64, String), std::time::Instant>>,
+    /// Signalled when a session was stopped: long polls wake up and check theirs.
+    pub polls_stopped: Notify,
 }
+
+/// How long a stopped session is remembered: longer than any long poll (60 s), so that a poll
+/// that reaches the server after the stop also ends at once.
+pub(crate) const STOPPED_POLLS_KEPT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The state as handlers hold it.
 pub(crate) type AppState = Arc<State>;
@@ -49,6 +57,8 @@ impl State {
             delayed: Mutex::new(BTreeSet::new()),
             statuses: StatusQueue::new(),
             shutdown,
+            stopped_polls: Mutex::new(HashMap::new()),
+            polls_stopped: Notify::new(),
         })
     }
 
@@ -64,6 +74,30 @@ impl State {
     /// The lease deadline of a call made now.
     pub fn lease_until(&self, now: Millis) -> Millis {
         now + i64::try_from(self.config.lease_timeout.as_millis()).unwrap_or(i64::MAX / 2)
+    }
+
+    /// Whether the long polls of `session` of agent `agent` must end.
+    pub fn polls_stopped(&self, agent: i64, session: Option<&str>) -> bool {
+        let Some(session) = session else {
+            return false;
+        };
+        self.stopped_polls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&(agent, session.to_string()))
+    }
+
+    /// Ends the long polls of `session` of agent `agent`, now and for [`STOPPED_POLLS_KEPT`].
+    pub fn stop_polls(&self, agent: i64, session: &str) {
+        {
+            let mut m = self
+                .stopped_polls
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.retain(|_, at| at.elapsed() < STOPPED_POLLS_KEPT);
+            m.insert((agent, session.to_string()), std::time::Instant::now());
+        }
+        self.polls_stopped.notify_waiters();
     }
 
     /// Whether the server is shutting down.

@@ -244,6 +244,9 @@ async fn openapi_lists_every_route() {
         "/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts",
         "/api/v1/agent/jobs/{id}/artifacts",
         "/api/v1/agent/jobs/{id}/finish",
+        "/api/v1/agent/jobs/request/stop",
+        "/api/v1/agent/jobs/{id}/git/info/refs",
+        "/api/v1/agent/jobs/{id}/git/git-upload-pack",
         "/healthz",
         "/readyz",
     ] {

@@ -954,3 +954,55 @@ async fn scheduled_pipelines(b: Backend) {
     );
 }
 both!(scheduled_pipelines);
+
+/// An agent that drains ends its session's long polls: a waiting poll answers `204` at once, a
+/// later poll of the session too, even with a job pending (which stays pending for others), and
+/// the agent's other sessions (a restart) and other agents are not affected.
+async fn stop_polling_ends_the_session_s_polls(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    let agent = app.register("drains", &[]).await;
+    let poll = |session: &'static str, wait_ms: u64| {
+        app.agent_call(
+            &agent,
+            Method::POST,
+            &format!("/api/v1/agent/jobs/request?wait_ms={wait_ms}"),
+        )
+        .json(&json!({"running": [], "session": session}))
+        .send()
+    };
+    let waiting = poll("s1", 30_000);
+    let stop = async {
+        // The poll is on the server before the stop (a stop before it would end it too).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = app
+            .agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request/stop")
+            .json(&json!({"session": "s1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    };
+    let started = std::time::Instant::now();
+    let (r, ()) = tokio::join!(waiting, stop);
+    assert_eq!(r.unwrap().status(), 204);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
+    let d = app.push_and_wait("demo", &sha).await;
+    let pid = d["pipeline_id"].as_i64().unwrap();
+    app.pipeline_status(pid, "pending").await;
+    let r = poll("s1", 5_000).await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(app.pipeline(pid).await["jobs"][0]["status"], "pending");
+    // A new session of the same agent takes it.
+    let r = poll("s2", 5_000).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request/stop")
+        .json(&json!({"session": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+both!(stop_polling_ends_the_session_s_polls);

@@ -406,6 +406,7 @@ build:
     - cat hello.txt
     - echo \"dir=$CI_PROJECT_DIR pwd=$(pwd)\"
     - echo made-inside > made.txt
+    - test -f .git/HEAD && echo has-git
   after_script:
     - 'echo \"after: $CI_JOB_STATUS\"'
   artifacts:
@@ -455,6 +456,8 @@ test:
     let (dir, pwd) = dir.split_once(" pwd=").unwrap();
     assert!(dir.starts_with("/builds/") && dir == pwd, "{log}");
     assert!(log.contains("after: success\n"), "{log}");
+    // The checkout's repository is in the container's workspace.
+    assert!(log.contains("\nhas-git\n"), "{log}");
 
     assert_eq!(fails.status, gantry_api::JobStatus::Failed, "{}", jobs());
     assert_eq!(fails.exit_code, Some(3), "{}", jobs());

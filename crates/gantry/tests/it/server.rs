@@ -483,6 +483,10 @@ both_stores!(
     canceled_job_stops_and_restarted_agent_keeps_its_token,
     project_token_from_the_cli,
     quit_drains_the_running_job,
+    jobs_get_a_git_checkout,
+    git_route_serves_only_the_job_s_agent,
+    quit_while_polling_strands_no_job,
+    without_git_jobs_get_the_tree,
 );
 
 /// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
@@ -1089,4 +1093,300 @@ fn quit_drains_the_running_job(store: Store) {
     assert_success(&p, &[&second]);
     assert_eq!(job_named(&p, "next").agent.as_deref(), Some("second"));
     assert_eq!(lines_of(&runs), ["slow", "next"]);
+}
+
+/// The agent's own token, from its work dir.
+fn agent_token(s: &Setup, name: &str) -> String {
+    let path = s.path().join("agents").join(name).join("agent.json");
+    let id: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    id["token"].as_str().unwrap().to_string()
+}
+
+/// Jobs run in a git checkout of their commit, as with GitLab Runner: `HEAD` is `CI_COMMIT_SHA`,
+/// detached, `GIT_DEPTH` limits the history, `GIT_STRATEGY: none` gets no source at all, and the
+/// agent's token appears in no log.
+fn jobs_get_a_git_checkout(store: Store) {
+    let s = Setup::new(store);
+    let yaml = "stages: [first, second]\n\
+         none:\n  stage: first\n  variables:\n    GIT_STRATEGY: none\n  script:\n    - test ! -e .gitlab-ci.yml\n    - test ! -e .git\n    - echo none-ok\n\
+         depth:\n  stage: second\n  variables:\n    GIT_DEPTH: \"2\"\n  script:\n    - test \"$(git rev-parse HEAD)\" = \"$CI_COMMIT_SHA\"\n    - echo \"commits=$(git log --oneline | wc -l | tr -d ' ')\"\n    - echo \"head=$(git rev-parse --abbrev-ref HEAD)\"\n    - echo \"branch=$(git rev-parse origin/main)\"\n    - cat .gitlab-ci.yml > /dev/null\n";
+    let repo = Repo::new(&[(".gitlab-ci.yml", yaml)]);
+    for i in 1..=3 {
+        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
+        repo.git(&["add", "n.txt"]);
+        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
+    }
+    let sha = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
+    let api = Api::new(&s.server);
+    api.add_project("checkout", repo.path());
+    let agent = s.agent("a1");
+    let id = api.trigger("checkout");
+    let p = api.finished(id);
+    let token = agent_token(&s, "a1");
+    let logs: Vec<String> = p.jobs.iter().map(|j| api.log(j.id)).collect();
+    assert_success(&p, &[&agent]);
+    assert_eq!(p.sha, sha);
+    let none = api.log(job_named(&p, "none").id);
+    assert!(none.contains("Skipping Git repository setup"), "{none}");
+    assert!(none.contains("none-ok\n"), "{none}");
+    let depth = api.log(job_named(&p, "depth").id);
+    assert!(
+        depth.contains("Fetching changes with git depth set to 2..."),
+        "{depth}"
+    );
+    assert!(
+        depth.contains(&format!(
+            "Checking out {} as detached HEAD (ref is main)...",
+            &sha[..8]
+        )),
+        "{depth}"
+    );
+    assert!(depth.contains("commits=2\n"), "{depth}");
+    assert!(depth.contains("head=HEAD\n"), "{depth}");
+    assert!(depth.contains(&format!("branch={sha}\n")), "{depth}");
+    for log in &logs {
+        assert!(!log.contains(&token), "the token is in a log: {log}");
+    }
+    assert!(!agent.output().contains(&token));
+}
+
+/// The git route of a job answers only the agent that holds the job: no token `401`, another
+/// agent (holding a job of another project) `403`, a job that does not exist `404`; pushing is
+/// refused; the holder can fetch the commit by its SHA with git itself.
+fn git_route_serves_only_the_job_s_agent(store: Store) {
+    let s = Setup::new(store);
+    let api = Api::new(&s.server);
+    let one = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [echo one]\n")]);
+    let two = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [echo two]\n")]);
+    api.add_project("one", one.path());
+    api.add_project("two", two.path());
+    let p1 = api.trigger("one");
+    let p2 = api.trigger("two");
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let register = |name: &str| -> String {
+        let r: Value = http
+            .post(format!("{}/api/v1/agents/register", api.url))
+            .json(&json!({"token": REGISTRATION, "name": name, "executor": "shell", "concurrency": 1, "version": "test"}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        r["token"].as_str().unwrap().to_string()
+    };
+    let claim = |token: &str| -> Value {
+        let r = http
+            .post(format!(
+                "{}/api/v1/agent/jobs/request?wait_ms=10000",
+                api.url
+            ))
+            .bearer_auth(token)
+            .json(&json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.json().unwrap()
+    };
+    let (t1, t2) = (register("x"), register("y"));
+    let (j1, j2) = (claim(&t1), claim(&t2));
+    assert_ne!(j1["pipeline_id"], j2["pipeline_id"]);
+    assert!([p1, p2].contains(&j1["pipeline_id"].as_i64().unwrap()));
+    let (id1, id2) = (
+        j1["job_id"].as_i64().unwrap(),
+        j2["job_id"].as_i64().unwrap(),
+    );
+    let refs = |job: i64, token: Option<&str>, service: &str| -> u16 {
+        let mut r = http.get(format!(
+            "{}/api/v1/agent/jobs/{job}/git/info/refs?service={service}",
+            api.url
+        ));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!(refs(id1, None, "git-upload-pack"), 401);
+    assert_eq!(refs(id1, Some("not-a-token"), "git-upload-pack"), 401);
+    assert_eq!(refs(id1, Some(&t2), "git-upload-pack"), 403);
+    assert_eq!(refs(id2, Some(&t1), "git-upload-pack"), 403);
+    assert_eq!(refs(999_999, Some(&t1), "git-upload-pack"), 404);
+    assert_eq!(refs(id1, Some(&t1), "git-receive-pack"), 403);
+    assert_eq!(refs(id1, Some(&t1), "git-upload-pack"), 200);
+    let push = http
+        .post(format!(
+            "{}/api/v1/agent/jobs/{id1}/git/git-receive-pack",
+            api.url
+        ))
+        .bearer_auth(&t1)
+        .body("0000")
+        .send()
+        .unwrap();
+    assert_eq!(push.status().as_u16(), 403);
+    // git itself, by SHA, with the token in its environment.
+    let fetch = |job: i64, token: &str, sha: &str| -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let init = Command::new("git")
+            .args(["init", "-q"])
+            .current_dir(dir.path())
+            .status()
+            .unwrap();
+        assert!(init.success());
+        Command::new("git")
+            .args(["fetch", "-q", "--depth=1"])
+            .arg(format!("{}/api/v1/agent/jobs/{job}/git", api.url))
+            .arg(format!("+{sha}:refs/gantry/head"))
+            .current_dir(dir.path())
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Bearer {token}"),
+            )
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    let sha1 = j1["sha"].as_str().unwrap();
+    assert!(fetch(id1, &t1, sha1));
+    assert!(!fetch(id1, &t2, sha1));
+}
+
+/// SIGQUIT while a long poll waits: the server ends the poll at once (the agent does not drop it),
+/// and a job handed out in that instant runs on the draining agent; no job is left running
+/// without an agent until its lease runs out.
+fn quit_while_polling_strands_no_job(store: Store) {
+    let s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let yaml = format!(
+        "job:\n  script:\n    - echo \"$CI_PIPELINE_ID\" >> {}\n",
+        runs.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("race", repo.path());
+    let quit = |a: &Agent| {
+        let ok = Command::new("kill")
+            .args(["-QUIT", &a.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    // Idle: the long poll (30 s) ends as soon as the agent asks the server to end it.
+    let mut idle = s.agent("idle");
+    wait_for("the agent to wait for jobs", || {
+        idle.output().contains("waiting for jobs").then_some(())
+    });
+    // Give the poll time to reach the server (the test passes without, but tests less).
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    quit(&idle);
+    let status = wait_within(Duration::from_secs(10), "the idle agent to exit", || {
+        idle.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0), "{}", idle.output());
+    assert!(asked.elapsed() < Duration::from_secs(10));
+    // A pipeline created while the agent is told to drain: its job runs on that agent, or stays
+    // pending for the next one.
+    let mut pipelines = Vec::new();
+    for i in 0..3 {
+        let mut a = s.agent(&format!("r{i}"));
+        wait_for("the agent to wait for jobs", || {
+            a.output().contains("waiting for jobs").then_some(())
+        });
+        let (status, body) = api.post("/api/v1/projects/race/pipelines", &json!({"ref": "main"}));
+        assert_eq!(status, 202, "{body}");
+        quit(&a);
+        let code = wait_within(Duration::from_secs(20), "the agent to exit", || {
+            a.child.try_wait().unwrap()
+        });
+        assert_eq!(code.code(), Some(0), "{}", a.output());
+        let list = api.get_json("/api/v1/projects/race/pipelines");
+        for p in list.as_array().unwrap() {
+            let id = p["id"].as_i64().unwrap();
+            if !pipelines.contains(&id) {
+                pipelines.push(id);
+            }
+        }
+        for id in &pipelines {
+            let p = api.pipeline(*id);
+            for j in &p.jobs {
+                assert!(
+                    j.status != JobStatus::Running,
+                    "a job runs without an agent after the drain: {p:#?}"
+                );
+            }
+        }
+    }
+    let last = s.agent("last");
+    // Every pipeline the API created (one may still be processed when listed).
+    let ids = wait_for("the three pipelines", || {
+        let list = api.get_json("/api/v1/projects/race/pipelines");
+        let ids: Vec<i64> = list
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["id"].as_i64())
+            .collect();
+        (ids.len() == 3).then_some(ids)
+    });
+    for id in &ids {
+        let p = api.finished(*id);
+        assert_success(&p, &[&last]);
+    }
+    let mut ran = lines_of(&runs);
+    ran.sort();
+    let mut want: Vec<String> = ids.iter().map(i64::to_string).collect();
+    want.sort();
+    assert_eq!(ran, want, "each job ran once");
+}
+
+/// On a machine without `git`, the agent falls back to the server's archive of the commit's tree.
+fn without_git_jobs_get_the_tree(store: Store) {
+    let s = Setup::new(store);
+    // A PATH with a shell and `cat`, and no git.
+    let bin = s.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["bash", "sh", "cat"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(!path.is_empty(), "{tool} is installed");
+        std::os::unix::fs::symlink(path, bin.join(tool)).unwrap();
+    }
+    let repo = Repo::new(&[
+        ("hello.txt", "hello from the tree\n"),
+        (
+            ".gitlab-ci.yml",
+            "job:\n  script:\n    - test ! -e .git\n    - cat hello.txt\n",
+        ),
+    ]);
+    let api = Api::new(&s.server);
+    api.add_project("nogit", repo.path());
+    let work = s.path().join("agents").join("plain");
+    std::fs::create_dir_all(&work).unwrap();
+    let log = s.path().join("plain.log");
+    let child = gantry()
+        .args(["agent", "--server", &s.server.url, "--token", REGISTRATION])
+        .args(["--name", "plain", "--work-dir"])
+        .arg(&work)
+        .env("PATH", &bin)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let agent = Agent { child, log };
+    let id = api.trigger("nogit");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    let out = api.log(job_named(&p, "job").id);
+    assert!(out.contains("hello from the tree\n"), "{out}");
+    assert!(!out.contains("Fetching changes"), "{out}");
+    assert!(agent.output().contains("git is not installed"));
 }

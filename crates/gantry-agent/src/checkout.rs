@@ -1,0 +1,359 @@
+//! The job's source as a git checkout, as GitLab Runner makes it: the commit fetched from the
+//! server's mirror of the project (git's smart HTTP protocol, authenticated with the agent's token)
+//! into a repository kept per project and worker, and checked out as a detached `HEAD`, so that
+//! `git log`, `git describe` and `git rev-parse HEAD` work in jobs.
+//!
+//! GitLab's variables choose how: `GIT_STRATEGY` (`fetch`, the default: reuse the repository;
+//! `clone`: start from an empty directory; `none`: leave the directory as it is), `GIT_DEPTH`
+//! (default 20, `0` for the whole history), `GIT_CHECKOUT` (default `true`) and `GIT_CLEAN_FLAGS`
+//! (default `-ffdx`, `none` to skip `git clean`).
+//!
+//! A commit that the repository already has is not fetched again: a job of a commit that an
+//! earlier job of the same worker fetched costs a `git cat-file`, a checkout and a clean.
+//!
+//! The token travels in the environment of the agent's own `git fetch` (`GIT_CONFIG_*`), never on a
+//! command line, in the repository's configuration, or in the log.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// GitLab's default `GIT_DEPTH`.
+pub(crate) const DEFAULT_DEPTH: u32 = 20;
+
+/// `GIT_STRATEGY`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Strategy {
+    /// Reuse the repository of earlier jobs, fetch what is missing.
+    Fetch,
+    /// A fresh repository.
+    Clone,
+    /// No git at all: the directory stays as it is.
+    None,
+}
+
+/// How the job wants its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Options {
+    pub strategy: Strategy,
+    /// `0`: the whole history.
+    pub depth: u32,
+    pub checkout: bool,
+    /// The arguments of `git clean`; `None` skips it.
+    pub clean: Option<Vec<String>>,
+}
+
+impl Options {
+    /// The options from the job's variables (`get` answers a variable's value).
+    pub(crate) fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
+        let value = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let strategy = match value("GIT_STRATEGY").as_deref() {
+            None | Some("fetch") => Strategy::Fetch,
+            Some("clone") => Strategy::Clone,
+            Some("none" | "empty") => Strategy::None,
+            Some(other) => {
+                return Err(format!(
+                    "GIT_STRATEGY must be fetch, clone or none, not `{other}`"
+                ));
+            }
+        };
+        let depth = match value("GIT_DEPTH") {
+            None => DEFAULT_DEPTH,
+            Some(d) => d
+                .parse::<u32>()
+                .map_err(|_| format!("GIT_DEPTH must be a number, not `{d}`"))?,
+        };
+        let checkout = match value("GIT_CHECKOUT").as_deref() {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(format!("GIT_CHECKOUT must be true or false, not `{other}`"));
+            }
+        };
+        let clean = match value("GIT_CLEAN_FLAGS") {
+            None => Some(vec!["-ffdx".to_string()]),
+            Some(f) if f == "none" => None,
+            Some(f) => Some(f.split_whitespace().map(str::to_string).collect()),
+        };
+        Ok(Options {
+            strategy,
+            depth,
+            checkout,
+            clean,
+        })
+    }
+}
+
+/// What to check out, and from where.
+pub(crate) struct Source<'a> {
+    /// The repository's URL on the server.
+    pub url: String,
+    /// The agent's token, sent as `Authorization: Bearer`.
+    pub token: &'a str,
+    pub sha: &'a str,
+    /// The pipeline's branch or tag (`CI_COMMIT_REF_NAME`).
+    pub ref_name: Option<String>,
+    /// Whether `ref_name` is a tag.
+    pub tag: bool,
+}
+
+/// Whether `git` can be run on this machine.
+pub(crate) fn git_available() -> bool {
+    Command::new("git")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A git command in `dir`, never asking for anything, ignoring the agent's own `GIT_DIR`.
+fn git(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .env_remove("GIT_OBJECT_DIRECTORY")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `c`; its standard output, or its standard error as the error.
+fn run(c: &mut Command, what: &str) -> Result<String, String> {
+    let out = c
+        .output()
+        .map_err(|e| format!("cannot run git {what}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "git {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Makes `dir` hold the commit as `opts` say; `say` writes a line to the job's log.
+pub(crate) fn prepare(
+    dir: &Path,
+    opts: &Options,
+    src: &Source<'_>,
+    say: &dyn Fn(&str),
+) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("cannot prepare {}: {e}", dir.display());
+    if opts.strategy == Strategy::None {
+        say("Skipping Git repository setup");
+        std::fs::create_dir_all(dir).map_err(io)?;
+        return Ok(());
+    }
+    if opts.strategy == Strategy::Clone && dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+    }
+    match (opts.strategy, opts.depth) {
+        (Strategy::Clone, 0) => say("Cloning repository..."),
+        (Strategy::Clone, d) => say(&format!("Cloning repository with git depth set to {d}...")),
+        (_, 0) => say("Fetching changes..."),
+        (_, d) => say(&format!("Fetching changes with git depth set to {d}...")),
+    }
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let git_dir = dir.join(".git");
+    if !git_dir.join("HEAD").exists() {
+        // A directory left without a repository (by `none`, or a crash) starts over.
+        if std::fs::read_dir(dir).map_err(io)?.next().is_some() {
+            std::fs::remove_dir_all(dir).map_err(io)?;
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        run(git(dir).args(["init", "--quiet"]), "init")?;
+        say("Created fresh repository.");
+    }
+    let commit = format!("{}^{{commit}}", src.sha);
+    let present = git(dir)
+        .args(["cat-file", "-e", &commit])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let shallow = git_dir.join("shallow").exists();
+    if !present || (opts.depth == 0 && shallow) {
+        let mut c = git(dir);
+        // The token reaches git through its environment only.
+        c.env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Bearer {}", src.token),
+            )
+            .args([
+                "-c",
+                "gc.autoDetach=false",
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-recurse-submodules",
+            ]);
+        if opts.depth > 0 {
+            c.arg(format!("--depth={}", opts.depth));
+        } else if shallow {
+            c.arg("--unshallow");
+        }
+        c.arg(&src.url)
+            .arg(format!("+{}:refs/gantry/head", src.sha));
+        run(&mut c, "fetch")?;
+    }
+    // The pipeline's branch or tag points at the commit, as after GitLab Runner's fetch.
+    if let Some(name) = &src.ref_name {
+        let r = if src.tag {
+            format!("refs/tags/{name}")
+        } else {
+            format!("refs/remotes/origin/{name}")
+        };
+        let _ = run(git(dir).args(["update-ref", &r, src.sha]), "update-ref");
+    }
+    if !opts.checkout {
+        say("Skipping Git checkout");
+        return Ok(());
+    }
+    let short: String = src.sha.chars().take(8).collect();
+    match &src.ref_name {
+        Some(r) => say(&format!(
+            "Checking out {short} as detached HEAD (ref is {r})..."
+        )),
+        None => say(&format!("Checking out {short} as detached HEAD...")),
+    }
+    run(
+        git(dir).args([
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--force",
+            "--quiet",
+            "--detach",
+            src.sha,
+        ]),
+        "checkout",
+    )?;
+    if let Some(flags) = &opts.clean {
+        run(git(dir).arg("clean").args(flags), "clean")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn opts(pairs: &[(&str, &str)]) -> Result<Options, String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect();
+        Options::from_vars(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn gitlab_defaults_and_variables() {
+        let o = opts(&[]).unwrap();
+        assert_eq!(o.strategy, Strategy::Fetch);
+        assert_eq!(o.depth, 20);
+        assert!(o.checkout);
+        assert_eq!(o.clean, Some(vec!["-ffdx".to_string()]));
+        let o = opts(&[
+            ("GIT_STRATEGY", "clone"),
+            ("GIT_DEPTH", "0"),
+            ("GIT_CHECKOUT", "false"),
+            ("GIT_CLEAN_FLAGS", "none"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.strategy, o.depth, o.checkout, o.clean),
+            (Strategy::Clone, 0, false, None)
+        );
+        assert_eq!(
+            opts(&[("GIT_STRATEGY", "none")]).unwrap().strategy,
+            Strategy::None
+        );
+        assert_eq!(
+            opts(&[("GIT_CLEAN_FLAGS", "-ffdx -e keep/")])
+                .unwrap()
+                .clean,
+            Some(vec!["-ffdx".into(), "-e".into(), "keep/".into()])
+        );
+        assert!(opts(&[("GIT_STRATEGY", "rsync")]).is_err());
+        assert!(opts(&[("GIT_DEPTH", "deep")]).is_err());
+    }
+
+    fn sh(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Over a local path (the same code path as HTTP but for the transport): depth, reuse without
+    /// a fetch, clean, and a detached HEAD at the commit.
+    #[test]
+    fn fetches_checks_out_and_reuses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = tmp.path().join("origin");
+        std::fs::create_dir_all(&origin).unwrap();
+        sh(&origin, &["init", "-q", "-b", "main"]);
+        for i in 0..4 {
+            std::fs::write(origin.join("f"), i.to_string()).unwrap();
+            sh(&origin, &["add", "f"]);
+            sh(&origin, &["commit", "-q", "-m", &format!("c{i}")]);
+        }
+        let sha = sh(&origin, &["rev-parse", "HEAD"]);
+        let url = format!("file://{}", origin.display());
+        let dir = tmp.path().join("work");
+        let lines = std::cell::RefCell::new(Vec::new());
+        let say = |l: &str| lines.borrow_mut().push(l.to_string());
+        let src = Source {
+            url: url.clone(),
+            token: "secret-token",
+            sha: &sha,
+            ref_name: Some("main".into()),
+            tag: false,
+        };
+        let mut o = opts(&[("GIT_DEPTH", "2")]).unwrap();
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert_eq!(sh(&dir, &["rev-parse", "HEAD"]), sha);
+        assert_eq!(sh(&dir, &["log", "--oneline"]).lines().count(), 2);
+        assert_eq!(sh(&dir, &["rev-parse", "origin/main"]), sha);
+        assert!(
+            lines
+                .borrow()
+                .contains(&"Fetching changes with git depth set to 2...".to_string())
+        );
+        // The token is nowhere in the repository.
+        let config = std::fs::read_to_string(dir.join(".git/config")).unwrap();
+        assert!(!config.contains("secret-token"));
+        // Again, with junk in the directory and the origin gone: no fetch, a clean tree.
+        std::fs::write(dir.join("junk"), "x").unwrap();
+        std::fs::write(dir.join("f"), "changed").unwrap();
+        std::fs::rename(&origin, tmp.path().join("gone")).unwrap();
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert!(!dir.join("junk").exists());
+        assert_eq!(std::fs::read_to_string(dir.join("f")).unwrap(), "3");
+        // The whole history needs the origin.
+        o.depth = 0;
+        assert!(prepare(&dir, &o, &src, &say).is_err());
+        std::fs::rename(tmp.path().join("gone"), &origin).unwrap();
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert_eq!(sh(&dir, &["log", "--oneline"]).lines().count(), 4);
+        // `none` leaves the directory as it is.
+        o.strategy = Strategy::None;
+        std::fs::write(dir.join("junk"), "x").unwrap();
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert!(dir.join("junk").exists());
+    }
+}
