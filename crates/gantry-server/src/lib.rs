@@ -35,6 +35,7 @@ mod process;
 mod progress;
 mod projects;
 mod read;
+mod remote;
 mod schedules;
 mod state;
 mod statuses;

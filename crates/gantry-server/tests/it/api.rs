@@ -273,6 +273,10 @@ async fn openapi_lists_every_route() {
     for s in ["NewProjectToken", "ProjectToken", "CreatedProjectToken"] {
         assert!(schemas.contains_key(s), "schema {s}");
     }
+    let delivery = &schemas["Delivery"]["properties"];
+    for f in ["attempts", "retry_at", "last_error"] {
+        assert!(delivery[f].is_object(), "Delivery.{f} in {delivery}");
+    }
 }
 
 #[tokio::test]

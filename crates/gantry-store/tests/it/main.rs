@@ -262,7 +262,9 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
         3
     );
     assert_eq!(
-        s.fail_delivery_attempt(a, "too late", Some(1)).await.unwrap(),
+        s.fail_delivery_attempt(a, "too late", Some(1))
+            .await
+            .unwrap(),
         0
     );
     assert_eq!(ids(s.pending_deliveries(10, 99_000).await.unwrap()), [b]);
@@ -281,9 +283,14 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
     assert_eq!(closed.status, "failed");
     assert_eq!(closed.reason.as_deref(), Some("gave up after 3 attempts"));
     assert_eq!(closed.attempts, 3);
-    assert_eq!(closed.last_error.as_deref(), Some("gave up after 3 attempts"));
+    assert_eq!(
+        closed.last_error.as_deref(),
+        Some("gave up after 3 attempts")
+    );
     // Closing as skipped is not an attempt.
-    s.close_delivery(b, "skipped", "nothing to run").await.unwrap();
+    s.close_delivery(b, "skipped", "nothing to run")
+        .await
+        .unwrap();
     assert_eq!(s.fail_delivery_attempt(b, "x", None).await.unwrap(), 0);
 }
 
