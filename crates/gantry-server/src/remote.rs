@@ -300,3 +300,81 @@ async fn fetch_project(state: &AppState, spec: &str) -> Fetched {
     .await;
     read.unwrap_or_else(|e| Fetched::Permanent(format!("the fetch panicked: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Serves one canned HTTP answer per connection; answers the base URL.
+    async fn stub(status: &'static str, body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn fetch_url_classifies_failures() {
+        let ok = stub("200 OK", b"job:\n  script: [x]\n".to_vec()).await;
+        assert_eq!(
+            fetch_url(&format!("{ok}/ci.yml")).await,
+            Fetched::Content("job:\n  script: [x]\n".into())
+        );
+        let missing = stub("404 Not Found", b"no".to_vec()).await;
+        assert!(matches!(
+            fetch_url(&missing).await,
+            Fetched::Permanent(m) if m.contains("404")
+        ));
+        let down = stub("503 Service Unavailable", b"later".to_vec()).await;
+        assert!(matches!(
+            fetch_url(&down).await,
+            Fetched::Transient(m) if m.contains("503")
+        ));
+        let big = stub("200 OK", vec![b'a'; MAX_BYTES + 1]).await;
+        assert!(matches!(
+            fetch_url(&big).await,
+            Fetched::Permanent(m) if m.contains("larger than 1024 KiB")
+        ));
+        let binary = stub("200 OK", vec![0xff, 0xfe]).await;
+        assert!(matches!(fetch_url(&binary).await, Fetched::Permanent(m) if m.contains("UTF-8")));
+        assert!(matches!(
+            fetch_url("file:///etc/passwd").await,
+            Fetched::Permanent(m) if m.contains("only http and https")
+        ));
+        assert!(matches!(
+            fetch_url("not a url").await,
+            Fetched::Permanent(_)
+        ));
+        // Nobody listens: transient.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(matches!(
+            fetch_url(&format!("http://127.0.0.1:{port}/x.yml")).await,
+            Fetched::Transient(m) if m.starts_with("cannot be fetched")
+        ));
+    }
+}
