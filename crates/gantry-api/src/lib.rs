@@ -131,6 +131,11 @@ pub struct NewProject {
     /// Scheduled pipelines.
     #[serde(default)]
     pub schedules: Vec<Schedule>,
+    /// Which other projects of this server may `include:project` this project's files: names,
+    /// or patterns where `*` stands for any run of characters (`team-*`; `*` is every project).
+    /// Empty (the default): none; a project may always include its own files.
+    #[serde(default)]
+    pub include_allowed_from: Vec<String>,
 }
 
 /// A project, as the API shows it (secrets left out).
@@ -152,6 +157,9 @@ pub struct Project {
     pub forge: Option<Forge>,
     /// Scheduled pipelines.
     pub schedules: Vec<Schedule>,
+    /// Which other projects may `include:project` this project's files (names or `*`
+    /// patterns); empty: none but itself.
+    pub include_allowed_from: Vec<String>,
     /// When it was added.
     pub created_at: String,
 }

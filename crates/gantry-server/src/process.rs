@@ -241,7 +241,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             break compiled;
         }
         let mut more = (*remotes).clone();
-        for (key, fetched) in remote::fetch_all(state, missing).await {
+        for (key, fetched) in remote::fetch_all(state, &project.record.name, missing).await {
             let entry = match fetched {
                 Fetched::Content(c) => Ok(c),
                 Fetched::Permanent(why) => Err(why),

@@ -9,14 +9,18 @@
 //! - `include:remote`: an `http` or `https` URL, fetched with a 10 s timeout and at most 1 MiB.
 //! - `include:project`: a file of another project registered on this server (by its name), at the
 //!   given ref (`HEAD`: the project's default branch), read from that project's mirror after
-//!   fetching the ref into it.
+//!   fetching the ref into it. Only when that project allows it: a project may include its own
+//!   files; another's only when its `include_allowed_from` lists the including project's name or a
+//!   pattern matching it (the included project decides, as GitLab's CI/CD job token scope does).
+//!   The check is against the pipeline's project, for nested includes too.
 //! - `include:template` and `include:component` are not supported: their error says so.
 //!
 //! A failure is [`Fetched::Transient`] when another attempt may succeed (the host cannot be
 //! reached, a timeout, an answer of 5xx or 429, a repository that cannot be fetched, a store
 //! error): the delivery is retried later, and on its last attempt the error becomes the include's
 //! positioned compile error. Every other failure (a 404, a file too large, no such project or file,
-//! a URL that is not http or https) is [`Fetched::Permanent`]: the compile error at once.
+//! a project that does not allow the include, a URL that is not http or https) is
+//! [`Fetched::Permanent`]: the compile error at once.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -122,13 +126,18 @@ impl Sources for WithRemotes<'_> {
     }
 }
 
-/// Fetches every key, concurrently.
-pub(crate) async fn fetch_all(state: &AppState, keys: Vec<String>) -> Vec<(String, Fetched)> {
+/// Fetches every key for a pipeline of project `from`, concurrently.
+pub(crate) async fn fetch_all(
+    state: &AppState,
+    from: &str,
+    keys: Vec<String>,
+) -> Vec<(String, Fetched)> {
     let mut set = tokio::task::JoinSet::new();
     for (i, key) in keys.iter().enumerate() {
         let state = state.clone();
         let key = key.clone();
-        set.spawn(async move { (i, fetch(&state, &key).await) });
+        let from = from.to_string();
+        set.spawn(async move { (i, fetch(&state, &from, &key).await) });
     }
     let mut out: Vec<Option<Fetched>> = vec![None; keys.len()];
     while let Some(joined) = set.join_next().await {
@@ -146,12 +155,12 @@ pub(crate) async fn fetch_all(state: &AppState, keys: Vec<String>) -> Vec<(Strin
         .collect()
 }
 
-/// Fetches one remote include.
-pub(crate) async fn fetch(state: &AppState, key: &str) -> Fetched {
+/// Fetches one remote include for a pipeline of project `from`.
+pub(crate) async fn fetch(state: &AppState, from: &str, key: &str) -> Fetched {
     let (kind, target) = key.split_once(':').unwrap_or((key, ""));
     match kind {
         "remote" => fetch_url(target).await,
-        "project" => fetch_project(state, target).await,
+        "project" => fetch_project(state, from, target).await,
         _ => Fetched::Permanent(format!(
             "`include:{kind}` is not supported by gantry server: copy the file into the \
              repository and use `include:local`, or use `include:remote` or `include:project`"
@@ -239,8 +248,9 @@ async fn fetch_url(url: &str) -> Fetched {
     }
 }
 
-/// `include:project`: `NAME@REF:FILE` from the mirror of project `NAME` of this server.
-async fn fetch_project(state: &AppState, spec: &str) -> Fetched {
+/// `include:project`: `NAME@REF:FILE` from the mirror of project `NAME` of this server, for a
+/// pipeline of project `from`, if project `NAME` allows that.
+async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
     // Project names hold no `@`, and refs no `:`.
     let Some((name, rest)) = spec.split_once('@') else {
         return Fetched::Permanent("names no project".into());
@@ -261,6 +271,13 @@ async fn fetch_project(state: &AppState, spec: &str) -> Fetched {
         Ok(p) => p,
         Err(e) => return Fetched::Permanent(e.message),
     };
+    if !project.allows_include_from(from) {
+        return Fetched::Permanent(format!(
+            "project `{name}` does not allow project `{from}` to include its files: add `{from}` \
+             (or a pattern matching it, such as `*`) to the `include_allowed_from` setting of \
+             project `{name}`"
+        ));
+    }
     let git_ref = if git_ref == "HEAD" || git_ref.is_empty() {
         project.spec.default_branch.clone()
     } else {

@@ -503,6 +503,7 @@ both_stores!(
     unreachable_repo_fails_after_the_last_attempt,
     remote_include_over_http_runs,
     project_include_from_another_project_runs,
+    project_include_is_denied_unless_the_included_project_allows_it,
     unreachable_remote_include_fails_the_pipeline_with_its_position,
 );
 
@@ -1343,8 +1344,9 @@ fn remote_include_over_http_runs(store: Store) {
     assert_eq!(d["attempts"], 0, "{d}");
 }
 
-/// `include:project` names another project of this server: its file at the ref is read from its
-/// mirror (fetched first), and the included job runs.
+/// `include:project` names another project of this server that allows it (`gantry project add
+/// --include-allowed-from` with a pattern): its file at the ref is read from its mirror (fetched
+/// first), and the included job runs.
 fn project_include_from_another_project_runs(store: Store) {
     let s = Setup::new(store);
     let shared = Repo::new(&[(
@@ -1364,10 +1366,23 @@ fn project_include_from_another_project_runs(store: Store) {
         "include:\n  - project: shared\n    ref: v1\n    file: /templates/build.yml\nown_job:\n  script: [echo own]\n",
     )]);
     let api = Api::new(&s.server);
-    api.add_project("shared", shared.path());
-    api.add_project("app", app.path());
+    let out = gantry()
+        .args(["project", "add", "--name", "shared", "--repo-url"])
+        .arg(shared.path())
+        .args(["--include-allowed-from", "other", "--include-allowed-from"])
+        .args(["team-*", "--server", &s.server.url, "--token", ADMIN])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = api.get_json("/api/v1/projects/shared");
+    assert_eq!(shown["include_allowed_from"], json!(["other", "team-*"]));
+    api.add_project("team-app", app.path());
     let agent = s.agent("a1");
-    let id = api.trigger("app");
+    let id = api.trigger("team-app");
     let p = api.finished(id);
     assert_success(&p, &[&agent]);
     let log = api.log(job_named(&p, "shared_job").id);
@@ -1380,9 +1395,9 @@ fn project_include_from_another_project_runs(store: Store) {
     )
     .unwrap();
     app.git(&["commit", "-q", "-am", "include a project that is not here"]);
-    trigger_accepted(&api, "app");
+    trigger_accepted(&api, "team-app");
     let failed = wait_for("the second pipeline", || {
-        let list = api.get_json("/api/v1/projects/app/pipelines");
+        let list = api.get_json("/api/v1/projects/team-app/pipelines");
         let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
         (newest != id).then_some(newest)
     });
@@ -1395,6 +1410,66 @@ fn project_include_from_another_project_runs(store: Store) {
         e.message.contains("no project `nobody` is registered"),
         "{e:?}"
     );
+}
+
+/// `include:project` of a project that does not list the including one in `include_allowed_from`
+/// (empty by default): the pipeline fails at once (no retry) with the include's position and the
+/// setting to change, and nothing of the included file gets in. A project may include its own
+/// files without the setting.
+fn project_include_is_denied_unless_the_included_project_allows_it(store: Store) {
+    let s = Setup::new(store);
+    let secret = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            "include:\n  - project: secret\n    file: /templates/own.yml\nmain_job:\n  script: [echo main]\n",
+        ),
+        (
+            "templates/own.yml",
+            "own_template_job:\n  script: [echo \"private template of $CI_PROJECT_NAME\"]\n",
+        ),
+    ]);
+    let intruder = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "own_job:\n  script: [echo own]\ninclude:\n  - project: secret\n    file: /templates/own.yml\n",
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("secret", secret.path());
+    api.add_project("intruder", intruder.path());
+    assert_eq!(
+        api.get_json("/api/v1/projects/secret")["include_allowed_from"],
+        json!([])
+    );
+    let agent = s.agent("a1");
+    // Itself: allowed without the setting.
+    let own = api.trigger("secret");
+    let p = api.finished(own);
+    assert_success(&p, &[&agent]);
+    let log = api.log(job_named(&p, "own_template_job").id);
+    assert!(log.contains("private template of secret\n"), "{log}");
+    // Another project: denied, at once.
+    trigger_accepted(&api, "intruder");
+    let id = api.first_pipeline("intruder");
+    let p = api.finished(id);
+    assert_eq!(p.status, PipelineStatus::Failed);
+    assert!(p.jobs.is_empty(), "{:?}", p.jobs);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    let e = &p.errors[0];
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        (".gitlab-ci.yml", 4, 5),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.message,
+        "`include:project` `secret`: project `secret` does not allow \
+         project `intruder` to include its files: add `intruder` (or a pattern matching it, such \
+         as `*`) to the `include_allowed_from` setting of project `secret`"
+    );
+    let raw = api.get_json(&format!("/api/v1/pipelines/{id}")).to_string();
+    assert!(!raw.contains("private template"), "{raw}");
+    let d = deliveries(&api, "intruder").into_iter().next().unwrap();
+    assert_eq!(d["attempts"], 0, "{d}");
+    assert_eq!(d["status"], "created", "{d}");
 }
 
 /// `include:remote` of a host that refuses connections: transient, so the delivery is retried; on
