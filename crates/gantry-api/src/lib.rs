@@ -131,6 +131,11 @@ pub struct NewProject {
     /// Scheduled pipelines.
     #[serde(default)]
     pub schedules: Vec<Schedule>,
+    /// Which other projects of this server may `include:project` this project's files: names,
+    /// or patterns where `*` stands for any run of characters (`team-*`; `*` is every project).
+    /// Empty (the default): none; a project may always include its own files.
+    #[serde(default)]
+    pub include_allowed_from: Vec<String>,
 }
 
 /// A project, as the API shows it (secrets left out).
@@ -152,6 +157,9 @@ pub struct Project {
     pub forge: Option<Forge>,
     /// Scheduled pipelines.
     pub schedules: Vec<Schedule>,
+    /// Which other projects may `include:project` this project's files (names or `*`
+    /// patterns); empty: none but itself.
+    pub include_allowed_from: Vec<String>,
     /// When it was added.
     pub created_at: String,
 }
@@ -453,7 +461,8 @@ pub struct Delivery {
     pub delivery_id: String,
     /// The event (`push`, `tag_push`, `merge_request`, `pull_request`).
     pub event: String,
-    /// `pending` (stored, not processed yet), `created` (a pipeline was created), `skipped`, `failed`.
+    /// `pending` (stored, not processed yet, or waiting for a retry), `created` (a pipeline was
+    /// created), `skipped`, `failed`.
     pub status: String,
     /// Why it was skipped or failed.
     pub reason: Option<String>,
@@ -461,6 +470,18 @@ pub struct Delivery {
     pub pipeline_id: Option<i64>,
     /// When it arrived.
     pub received_at: String,
+    /// How many attempts to process it failed for a reason that may pass (the repository could not
+    /// be fetched, a remote include's host could not be reached, a store error). While it is
+    /// `pending` after such a failure, it is tried again at `retry_at`; after the server's
+    /// `delivery_max_attempts` it ends `failed`.
+    #[serde(default)]
+    pub attempts: i64,
+    /// While `pending` after a failed attempt: when the next attempt may start.
+    #[serde(default)]
+    pub retry_at: Option<String>,
+    /// Why the last failed attempt failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 /// The answer to an accepted webhook (`202`).

@@ -18,6 +18,12 @@ pub trait Sources {
     fn remote(&self, _key: &str) -> Option<String> {
         None
     }
+    /// Why the remote include `key` is not available, when [`Sources::remote`] answered `None` and
+    /// the implementation knows (say, the fetch failed); it becomes the include's error message.
+    /// `None` keeps the default message about the local include cache.
+    fn remote_unavailable(&self, _key: &str) -> Option<String> {
+        None
+    }
     /// Files changed, for `rules:changes` and `only:changes`; `None` means "treat every `changes` as
     /// true". Asked only when the pipeline uses `changes`, so that an implementation can compute it
     /// lazily.

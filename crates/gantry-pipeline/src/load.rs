@@ -393,10 +393,13 @@ impl Loader<'_> {
                 if let Some(content) = self.sources.remote(&key) {
                     return self.file(&key, Some(content), pos, &inputs);
                 }
-                self.diags.error(
-                    pos,
-                    format!("`include:{other}` `{target}` is not available offline: it is not in the local include cache"),
-                );
+                let message = match self.sources.remote_unavailable(&key) {
+                    Some(why) => format!("`include:{other}` `{target}`: {why}"),
+                    None => format!(
+                        "`include:{other}` `{target}` is not available offline: it is not in the local include cache"
+                    ),
+                };
+                self.diags.error(pos, message);
                 None
             }
         }

@@ -55,6 +55,9 @@ struct FileConfig {
     external_url: Option<String>,
     max_body_bytes: Option<usize>,
     max_artifacts_bytes: Option<usize>,
+    delivery_max_attempts: Option<u32>,
+    delivery_retry_backoff: Option<String>,
+    delivery_retry_max_backoff: Option<String>,
 }
 
 /// A secret that never prints itself.
@@ -92,6 +95,16 @@ pub struct Config {
     pub max_artifacts_bytes: usize,
     /// How often pending deliveries, delayed jobs and schedules are looked at.
     pub sweep_interval: Duration,
+    /// How many times a delivery is attempted when its attempts fail transiently (the repository
+    /// cannot be fetched, the store fails, a remote include's server is unreachable) before it is
+    /// closed `failed`. File: `delivery_max_attempts`; env: `GANTRY_DELIVERY_MAX_ATTEMPTS`.
+    pub delivery_max_attempts: u32,
+    /// The pause after a delivery's first transient failure, doubled after each further one.
+    /// File: `delivery_retry_backoff`; env: `GANTRY_DELIVERY_RETRY_BACKOFF`.
+    pub delivery_retry_backoff: Duration,
+    /// The longest pause between two attempts at a delivery. File: `delivery_retry_max_backoff`;
+    /// env: `GANTRY_DELIVERY_RETRY_MAX_BACKOFF`.
+    pub delivery_retry_max_backoff: Duration,
     /// The first pause between attempts to post a commit status (doubled each time, 5 attempts).
     pub status_backoff: Duration,
 }
@@ -113,6 +126,9 @@ impl Config {
             max_body_bytes: 10 << 20,
             max_artifacts_bytes: 100 << 20,
             sweep_interval: Duration::from_secs(5),
+            delivery_max_attempts: 5,
+            delivery_retry_backoff: Duration::from_secs(2),
+            delivery_retry_max_backoff: Duration::from_secs(600),
             status_backoff: Duration::from_secs(1),
         }
     }
@@ -206,6 +222,33 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
     }
     if let Some(n) = file.max_artifacts_bytes {
         config.max_artifacts_bytes = n;
+    }
+    let none = None;
+    if let Some(s) = pick(
+        &none,
+        "GANTRY_DELIVERY_MAX_ATTEMPTS",
+        &file.delivery_max_attempts.map(|n| n.to_string()),
+    ) {
+        config.delivery_max_attempts =
+            s.trim().parse().ok().filter(|n| *n > 0).with_context(|| {
+                format!("invalid delivery_max_attempts `{s}`: a number above 0")
+            })?;
+    }
+    if let Some(s) = pick(
+        &none,
+        "GANTRY_DELIVERY_RETRY_BACKOFF",
+        &file.delivery_retry_backoff,
+    ) {
+        config.delivery_retry_backoff =
+            parse_duration(&s).with_context(|| format!("invalid delivery_retry_backoff `{s}`"))?;
+    }
+    if let Some(s) = pick(
+        &none,
+        "GANTRY_DELIVERY_RETRY_MAX_BACKOFF",
+        &file.delivery_retry_max_backoff,
+    ) {
+        config.delivery_retry_max_backoff = parse_duration(&s)
+            .with_context(|| format!("invalid delivery_retry_max_backoff `{s}`"))?;
     }
     Ok((config, generated))
 }
@@ -312,6 +355,8 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9001", "env beats the file");
         assert_eq!(c.lease_timeout, Duration::from_secs(15));
         assert_eq!(c.log_format, LogFormat::Json, "the file beats the default");
+        assert_eq!(c.delivery_max_attempts, 5);
+        assert_eq!(c.delivery_retry_backoff, Duration::from_secs(2));
         assert!(c.database_url.ends_with("data/gantry.db"));
         let admin = generated.admin_token.expect("generated on first start");
         assert_eq!(c.admin_token.0, admin);
@@ -336,6 +381,39 @@ mod tests {
         assert!(generated.admin_token.is_none());
         assert_eq!(c2.admin_token, c.admin_token);
         assert_eq!(c2.registration_token, c.registration_token);
+    }
+
+    #[test]
+    fn delivery_retry_knobs_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "delivery_max_attempts = 3\ndelivery_retry_backoff = \"1s\"\ndata_dir = \"{}\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file),
+            ..Args::default()
+        };
+        let env = |k: &str| match k {
+            "GANTRY_DELIVERY_RETRY_BACKOFF" => Some("250ms".to_string()),
+            "GANTRY_DELIVERY_RETRY_MAX_BACKOFF" => Some("2s".to_string()),
+            _ => None,
+        };
+        let (c, _) = load(&args, &env).unwrap();
+        assert_eq!(c.delivery_max_attempts, 3);
+        assert_eq!(c.delivery_retry_backoff, Duration::from_millis(250));
+        assert_eq!(c.delivery_retry_max_backoff, Duration::from_secs(2));
+        let bad = |k: &str| (k == "GANTRY_DELIVERY_MAX_ATTEMPTS").then(|| "0".to_string());
+        let err = load(&args, &bad).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("delivery_max_attempts"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -306,6 +306,35 @@ fn read_commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
     })
 }
 
+/// The text of file `path` (relative to the repository's root) at commit `sha`.
+///
+/// # Errors
+/// A path that leaves the repository, no such file, or a file that is not UTF-8.
+pub(crate) fn read_file(repo: &Path, sha: &str, path: &str) -> Result<String, String> {
+    let path = path.trim_start_matches("./");
+    if path.split('/').any(|c| c == "..") || path.starts_with('/') {
+        return Err("the path must stay inside the project".into());
+    }
+    if let Some(Some(text)) = known(repo, sha, |k| k.blobs.get(path).cloned()) {
+        return Ok(text.to_string());
+    }
+    let out = command(repo)
+        .args(["cat-file", "blob", &format!("{sha}:{path}")])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err("no such file".into());
+    }
+    let text = String::from_utf8(out.stdout).map_err(|_| "the file is not UTF-8".to_string())?;
+    known(repo, sha, |k| {
+        if k.blob_bytes + text.len() <= KEPT_BYTES {
+            k.blob_bytes += text.len();
+            k.blobs.insert(path.to_string(), Arc::from(text.as_str()));
+        }
+    });
+    Ok(text)
+}
+
 /// A commit's files, for the compiler.
 pub(crate) struct GitSources {
     repo: PathBuf,
@@ -345,29 +374,7 @@ impl GitSources {
 
 impl gantry_pipeline::Sources for GitSources {
     fn read(&self, path: &str) -> Result<String, String> {
-        let path = path.trim_start_matches("./");
-        if path.split('/').any(|c| c == "..") || path.starts_with('/') {
-            return Err("the path must stay inside the project".into());
-        }
-        if let Some(Some(text)) = known(&self.repo, &self.sha, |k| k.blobs.get(path).cloned()) {
-            return Ok(text.to_string());
-        }
-        let out = command(&self.repo)
-            .args(["cat-file", "blob", &format!("{}:{path}", self.sha)])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err("no such file".into());
-        }
-        let text =
-            String::from_utf8(out.stdout).map_err(|_| "the file is not UTF-8".to_string())?;
-        known(&self.repo, &self.sha, |k| {
-            if k.blob_bytes + text.len() <= KEPT_BYTES {
-                k.blob_bytes += text.len();
-                k.blobs.insert(path.to_string(), Arc::from(text.as_str()));
-            }
-        });
-        Ok(text)
+        read_file(&self.repo, &self.sha, path)
     }
 
     fn files(&self) -> &[String] {

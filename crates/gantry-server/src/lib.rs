@@ -37,6 +37,7 @@ mod process;
 mod progress;
 mod projects;
 mod read;
+mod remote;
 mod schedules;
 mod state;
 mod statuses;

@@ -3,8 +3,18 @@
 //! processed after the restart. Creating a pipeline marks its delivery `created` in the same
 //! transaction, and a second creation for one delivery answers the first pipeline: two servers that
 //! process one delivery at once create one pipeline.
+//!
+//! A failure is [`Failure::Transient`] when another attempt later may succeed (the repository
+//! cannot be fetched, the store fails, a remote include's host cannot be reached): the delivery
+//! stays pending with one more attempt counted and a `retry_at` after a backoff that doubles
+//! (`delivery_retry_backoff`, capped by `delivery_retry_max_backoff`); the processor wakes for the
+//! earliest due retry. After `delivery_max_attempts` attempts it is closed `failed`, the reason
+//! saying how many attempts were made. Every other failure is [`Failure::Permanent`]: closed
+//! `failed` at once.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use gantry_api::{PipelineError, ProjectVariable};
 use gantry_pipeline::vars;
@@ -15,7 +25,37 @@ use serde::{Deserialize, Serialize};
 use crate::git;
 use crate::hooks::{self, Event};
 use crate::projects::LoadedProject;
+use crate::remote::{self, Fetched, Remotes, WithRemotes};
 use crate::state::AppState;
+
+/// How many times a delivery's configuration is compiled at most, fetching the remote includes
+/// each compile asked for in between (an included file may include more).
+pub(crate) const MAX_INCLUDE_ROUNDS: usize = 6;
+
+/// Why a delivery was not processed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Another attempt later may succeed.
+    Transient(String),
+    /// Another attempt would fail the same way.
+    Permanent(String),
+}
+
+impl From<gantry_store::StoreError> for Failure {
+    fn from(e: gantry_store::StoreError) -> Failure {
+        Failure::Transient(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Failure {
+        Failure::Permanent(e.to_string())
+    }
+}
+
+fn permanent(e: impl std::fmt::Display) -> Failure {
+    Failure::Permanent(e.to_string())
+}
 
 /// What every job of a pipeline shares, as stored in the pipeline's `spec`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -43,18 +83,36 @@ pub(crate) async fn run(state: AppState) {
     let mut shutdown = state.shutdown.clone();
     loop {
         process_pending(&state).await;
+        let pause = next_pause(&state).await;
         tokio::select! {
             () = state.deliveries.notified() => {}
-            () = tokio::time::sleep(state.config.sweep_interval) => {}
+            () = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return,
         }
     }
 }
 
-/// Processes every pending delivery.
+/// Until the next sweep, or the earliest retry of a delivery when that comes first.
+async fn next_pause(state: &AppState) -> Duration {
+    let sweep = state.config.sweep_interval;
+    match state.store.next_delivery_retry().await {
+        Ok(Some(at)) => {
+            let wait = u64::try_from(at - crate::now_ms()).unwrap_or(0);
+            // Not below 50 ms, so that a store that keeps failing does not spin the loop.
+            sweep.min(Duration::from_millis(wait).max(Duration::from_millis(50)))
+        }
+        Ok(None) => sweep,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the next delivery retry");
+            sweep
+        }
+    }
+}
+
+/// Processes every pending delivery that is due.
 pub(crate) async fn process_pending(state: &AppState) {
     loop {
-        let batch = match state.store.pending_deliveries(20).await {
+        let batch = match state.store.pending_deliveries(20, crate::now_ms()).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read pending deliveries");
@@ -67,18 +125,60 @@ pub(crate) async fn process_pending(state: &AppState) {
                 return;
             }
             let id = d.id;
-            if let Err(reason) = process_one(state, d).await {
-                tracing::warn!(delivery = id, %reason, "delivery failed");
-                if let Err(e) = state.store.close_delivery(id, "failed", &reason).await {
-                    tracing::warn!(error = %e, "cannot close a delivery");
-                    return;
+            let attempt = d.attempts + 1;
+            let last = attempt >= i64::from(state.config.delivery_max_attempts);
+            let result = match process_one(state, d, last).await {
+                Ok(()) => Ok(()),
+                Err(Failure::Permanent(reason)) => {
+                    tracing::warn!(delivery = id, %reason, "delivery failed");
+                    state.store.close_delivery(id, "failed", &reason).await
                 }
+                Err(Failure::Transient(error)) if last => {
+                    let reason = format!("{error} (gave up after {attempt} attempts)");
+                    tracing::warn!(delivery = id, %reason, "delivery failed");
+                    state
+                        .store
+                        .fail_delivery_attempt(id, &reason, None)
+                        .await
+                        .map(drop)
+                }
+                Err(Failure::Transient(error)) => {
+                    let pause = retry_pause(&state.config, attempt);
+                    tracing::info!(
+                        delivery = id,
+                        attempt,
+                        retry_in_ms = pause.as_millis(),
+                        %error,
+                        "delivery failed transiently; it will be retried"
+                    );
+                    let at =
+                        crate::now_ms() + i64::try_from(pause.as_millis()).unwrap_or(i64::MAX / 4);
+                    state
+                        .store
+                        .fail_delivery_attempt(id, &error, Some(at))
+                        .await
+                        .map(drop)
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "cannot record a delivery's failure");
+                return;
             }
         }
         if n < 20 {
             return;
         }
     }
+}
+
+/// The pause after failed attempt number `attempt` (1 for the first): the backoff, doubled for each
+/// further attempt, capped.
+pub(crate) fn retry_pause(config: &crate::config::Config, attempt: i64) -> Duration {
+    let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    config
+        .delivery_retry_backoff
+        .saturating_mul(1 << doublings)
+        .min(config.delivery_retry_max_backoff)
 }
 
 /// The result of compiling at a commit.
@@ -89,36 +189,74 @@ struct Compiled {
     doc: PipelineDoc,
 }
 
-/// A delivery → a pipeline (or a skipped delivery). `Err` closes it as failed with the reason.
-async fn process_one(state: &AppState, d: DeliveryRecord) -> Result<(), String> {
-    let project = match state.store.project_by_id(d.project_id).await {
-        Ok(Some(p)) => LoadedProject::parse(p).map_err(|e| e.message)?,
-        Ok(None) => return Err("the project no longer exists".into()),
-        Err(e) => return Err(e.to_string()),
+/// A delivery → a pipeline (or a skipped delivery). On `last`, the delivery's last attempt, a remote
+/// include that cannot be fetched for a transient reason becomes a compile error instead.
+async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<(), Failure> {
+    let project = match state.store.project_by_id(d.project_id).await? {
+        Some(p) => LoadedProject::parse(p).map_err(|e| permanent(e.message))?,
+        None => return Err(permanent("the project no longer exists")),
     };
-    let payload: serde_json::Value =
-        serde_json::from_slice(&d.payload).map_err(|e| format!("invalid payload: {e}"))?;
-    let event = match hooks::parse(&d.forge, &d.event, &payload)? {
+    let payload: serde_json::Value = serde_json::from_slice(&d.payload)
+        .map_err(|e| permanent(format!("invalid payload: {e}")))?;
+    let event = match hooks::parse(&d.forge, &d.event, &payload).map_err(permanent)? {
         Some(e) => e,
         None => {
-            return state
+            state
                 .store
                 .close_delivery(d.id, "skipped", "this event runs no pipeline")
-                .await
-                .map_err(|e| e.to_string());
+                .await?;
+            return Ok(());
         }
     };
     let lock = state.mirror_lock(project.record.id);
     let guard = lock.lock().await;
     let mirror = git::mirror_path(&state.config.data_dir, project.record.id);
-    let compiled = {
+    let checkout = {
         let project = project.clone();
         let event = event.clone();
-        tokio::task::spawn_blocking(move || compile_at(&mirror, &project, &event))
+        tokio::task::spawn_blocking(move || checkout(&mirror, &project, &event))
             .await
-            .map_err(|e| format!("the compiler panicked: {e}"))??
+            .map_err(|e| permanent(format!("the compiler panicked: {e}")))?
+            .map_err(Failure::Transient)?
     };
     drop(guard);
+    let checkout = Arc::new(checkout);
+    // Compile; fetch the remote includes it asked for; compile again with them.
+    let mut remotes: Arc<Remotes> = Arc::new(HashMap::new());
+    let mut round = 1;
+    let compiled = loop {
+        let last_round = round >= MAX_INCLUDE_ROUNDS;
+        let (compiled, missing) = {
+            let project = project.clone();
+            let event = event.clone();
+            let checkout = checkout.clone();
+            let remotes = remotes.clone();
+            tokio::task::spawn_blocking(move || {
+                compile_with(&checkout, &project, &event, &remotes, last_round)
+            })
+            .await
+            .map_err(|e| permanent(format!("the compiler panicked: {e}")))?
+        };
+        if missing.is_empty() || last_round {
+            break compiled;
+        }
+        let mut more = (*remotes).clone();
+        for (key, fetched) in remote::fetch_all(state, &project.record.name, missing).await {
+            let entry = match fetched {
+                Fetched::Content(c) => Ok(c),
+                Fetched::Permanent(why) => Err(why),
+                Fetched::Transient(why) if last => {
+                    Err(format!("{why} (gave up after {} attempts)", d.attempts + 1))
+                }
+                Fetched::Transient(why) => {
+                    return Err(Failure::Transient(format!("include `{key}`: {why}")));
+                }
+            };
+            more.insert(key, entry);
+        }
+        remotes = Arc::new(more);
+        round += 1;
+    };
     let trace = if d.trace_id.is_empty() {
         crate::random_id()
     } else {
@@ -152,46 +290,38 @@ async fn process_one(state: &AppState, d: DeliveryRecord) -> Result<(), String> 
     };
     if !errors.is_empty() {
         new.status = "failed".into();
-        new.errors = serde_json::to_string(&errors).map_err(|e| e.to_string())?;
-        new.spec = serde_json::to_string(&compiled.doc).map_err(|e| e.to_string())?;
-        let id = state
-            .store
-            .create_pipeline(&new)
-            .await
-            .map_err(|e| e.to_string())?;
+        new.errors = serde_json::to_string(&errors)?;
+        new.spec = serde_json::to_string(&compiled.doc)?;
+        let id = state.store.create_pipeline(&new).await?;
         tracing::info!(pipeline = id, trace_id = %trace, "invalid configuration: pipeline failed");
         state.metrics.pipeline_ended("failed");
         crate::statuses::pipeline_changed(state, id).await;
         return Ok(());
     }
     if let Some(reason) = &compiled.result.workflow_skipped {
-        return state
+        state
             .store
             .close_delivery(d.id, "skipped", &format!("workflow:rules: {reason}"))
-            .await
-            .map_err(|e| e.to_string());
+            .await?;
+        return Ok(());
     }
     let Some(plan) = compiled.result.plan else {
-        return Err("the compiler gave no plan".into());
+        return Err(permanent("the compiler gave no plan"));
     };
     if plan.jobs.is_empty() {
-        return state
+        state
             .store
             .close_delivery(
                 d.id,
                 "skipped",
                 "no job survives workflow:rules and the job rules",
             )
-            .await
-            .map_err(|e| e.to_string());
+            .await?;
+        return Ok(());
     }
-    new.jobs = new_jobs(&plan, now).map_err(|e| e.to_string())?;
-    new.spec = serde_json::to_string(&compiled.doc).map_err(|e| e.to_string())?;
-    let id = state
-        .store
-        .create_pipeline(&new)
-        .await
-        .map_err(|e| e.to_string())?;
+    new.jobs = new_jobs(&plan, now)?;
+    new.spec = serde_json::to_string(&compiled.doc)?;
+    let id = state.store.create_pipeline(&new).await?;
     tracing::info!(pipeline = id, trace_id = %trace, project = %project.record.name, "pipeline created");
     crate::progress::advance(state, id).await;
     if event.source == "push" && !event.tag {
@@ -281,12 +411,21 @@ fn mr_variables(mr: &hooks::MergeRequest, project: &LoadedProject, sha: &str) ->
     v
 }
 
-/// Fetches the event's commit into the mirror and compiles its `.gitlab-ci.yml` (blocking).
-fn compile_at(
+/// The event's commit, fetched into the mirror, with its facts and files.
+struct Checkout {
+    sha: String,
+    before_sha: Option<String>,
+    info: git::CommitInfo,
+    sources: git::GitSources,
+}
+
+/// Fetches the event's commit into the mirror and reads its facts (blocking). Every error is one
+/// that another attempt may not have: the repository or the mirror.
+fn checkout(
     mirror: &std::path::Path,
     project: &LoadedProject,
     event: &Event,
-) -> Result<Compiled, String> {
+) -> Result<Checkout, String> {
     let sha = git::fetch(
         mirror,
         &project.spec.repo_url,
@@ -312,6 +451,27 @@ fn compile_at(
         });
     }
     let sources = git::GitSources::new(mirror, &sha, base).map_err(|e| format!("{e:#}"))?;
+    Ok(Checkout {
+        sha,
+        before_sha,
+        info,
+        sources,
+    })
+}
+
+/// Compiles the checkout's `.gitlab-ci.yml` with the remote includes fetched so far (blocking);
+/// answers the result and the remote includes it asked for that are not fetched yet.
+fn compile_with(
+    checkout: &Checkout,
+    project: &LoadedProject,
+    event: &Event,
+    remotes: &Remotes,
+    last_round: bool,
+) -> (Compiled, Vec<String>) {
+    let sha = checkout.sha.clone();
+    let before_sha = checkout.before_sha.clone();
+    let info = &checkout.info;
+    let sources = WithRemotes::new(&checkout.sources, remotes, last_round);
     let protected = event.tag || event.git_ref == project.spec.default_branch && event.mr.is_none();
     let project_variables: Vec<ProjectVariable> = project
         .spec
@@ -363,9 +523,9 @@ fn compile_at(
                 Some(event.git_ref.clone())
             },
             tag: event.tag.then(|| event.git_ref.clone()),
-            message: info.message,
-            timestamp: info.timestamp,
-            author: info.author,
+            message: info.message.clone(),
+            timestamp: info.timestamp.clone(),
+            author: info.author.clone(),
             default_branch: project.spec.default_branch.clone(),
             remote_url: Some(project.spec.repo_url.clone()),
             user_name: event.user_name.clone(),
@@ -388,10 +548,30 @@ fn compile_at(
         doc.predefined = plan.predefined.clone();
         doc.variables = plan.variables.clone();
     }
-    Ok(Compiled {
-        sha,
-        before_sha,
-        result,
-        doc,
-    })
+    let missing = sources.missing();
+    (
+        Compiled {
+            sha,
+            before_sha,
+            result,
+            doc,
+        },
+        missing,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_pauses_double_and_are_capped() {
+        let mut c = crate::config::Config::new(std::path::Path::new("/tmp"), "a", "r");
+        assert_eq!(c.delivery_max_attempts, 5);
+        let pauses: Vec<u64> = (1..=6).map(|n| retry_pause(&c, n).as_secs()).collect();
+        assert_eq!(pauses, [2, 4, 8, 16, 32, 64]);
+        c.delivery_retry_max_backoff = Duration::from_secs(10);
+        assert_eq!(retry_pause(&c, 4), Duration::from_secs(10));
+        assert_eq!(retry_pause(&c, 1_000), Duration::from_secs(10));
+    }
 }

@@ -26,6 +26,9 @@ pub(crate) struct ProjectSpec {
     pub forge: Option<gantry_api::Forge>,
     #[serde(default)]
     pub schedules: Vec<gantry_api::Schedule>,
+    /// The other projects that may `include:project` this one's files (names or `*` patterns).
+    #[serde(default)]
+    pub include_allowed_from: Vec<String>,
 }
 
 /// A stored project with its parsed settings.
@@ -40,6 +43,17 @@ impl LoadedProject {
         let spec = serde_json::from_str(&record.spec)
             .map_err(|e| AppError::internal(format!("project {}: {e}", record.name)))?;
         Ok(LoadedProject { record, spec })
+    }
+
+    /// Whether a pipeline of project `other` may include this project's files: always its own;
+    /// another's when a name or pattern of `include_allowed_from` matches it.
+    pub fn allows_include_from(&self, other: &str) -> bool {
+        other == self.record.name
+            || self
+                .spec
+                .include_allowed_from
+                .iter()
+                .any(|pattern| name_matches(pattern, other))
     }
 
     /// The API's view, without secrets.
@@ -65,6 +79,7 @@ impl LoadedProject {
                 .clone()
                 .map(|f| gantry_api::Forge { token: None, ..f }),
             schedules: self.spec.schedules.clone(),
+            include_allowed_from: self.spec.include_allowed_from.clone(),
             created_at: crate::rfc3339(self.record.created_at),
         }
     }
@@ -83,6 +98,31 @@ pub(crate) fn valid_key(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters (none included)
+/// and every other character for itself.
+pub(crate) fn name_matches(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    // Greedy matching with backtracking to the last `*` (linear for names this short).
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ni));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some((sp, sn)) = star {
+            pi = sp + 1;
+            ni = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
 }
 
 /// Checks a new project and turns it into the stored settings.
@@ -147,6 +187,22 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
     for s in &p.schedules {
         crate::schedules::parse_cron(&s.cron).map_err(|e| format!("schedule `{}`: {e}", s.cron))?;
     }
+    if p.include_allowed_from.len() > 100 {
+        return Err("include_allowed_from holds at most 100 names or patterns".into());
+    }
+    for pattern in &p.include_allowed_from {
+        if pattern.is_empty()
+            || pattern.len() > 100
+            || !pattern
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.*".contains(&b))
+        {
+            return Err(format!(
+                "include_allowed_from: `{pattern}` is not a project name or a pattern of one \
+                 (letters, digits, `-`, `_`, `.`, and `*` for any run of them)"
+            ));
+        }
+    }
     Ok(ProjectSpec {
         repo_url: url.to_string(),
         default_branch,
@@ -154,6 +210,7 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
         variables: p.variables.clone(),
         forge: p.forge.clone(),
         schedules: p.schedules.clone(),
+        include_allowed_from: p.include_allowed_from.clone(),
     })
 }
 
@@ -214,6 +271,7 @@ mod tests {
             variables: Vec::new(),
             forge: None,
             schedules: Vec::new(),
+            include_allowed_from: Vec::new(),
         }
     }
 
@@ -226,6 +284,67 @@ mod tests {
         let mut p = project("x");
         p.repo_url = "--upload-pack=evil".into();
         assert!(validate(&p).is_err());
+    }
+
+    #[test]
+    fn include_patterns() {
+        for (pattern, name) in [
+            ("app", "app"),
+            ("*", "anything"),
+            ("team-*", "team-a"),
+            ("team-*", "team-"),
+            ("*-ci", "docs-ci"),
+            ("a*b*c", "aXXbYYc"),
+            ("a*b*c", "abc"),
+            ("**", "x"),
+        ] {
+            assert!(name_matches(pattern, name), "{pattern} ~ {name}");
+        }
+        for (pattern, name) in [
+            ("app", "app2"),
+            ("app", "ap"),
+            ("team-*", "team"),
+            ("team-*", "other-team-a"),
+            ("*-ci", "docs-ci2"),
+            ("a*b*c", "aXXbYY"),
+            ("", "x"),
+        ] {
+            assert!(!name_matches(pattern, name), "{pattern} !~ {name}");
+        }
+        let mut p = project("shared");
+        assert!(validate(&p).unwrap().include_allowed_from.is_empty());
+        p.include_allowed_from = vec!["app".into(), "team-*".into(), "*".into()];
+        assert!(validate(&p).is_ok());
+        for bad in ["", "a/b", "a b", "x\n"] {
+            p.include_allowed_from = vec![bad.into()];
+            let e = validate(&p).unwrap_err();
+            assert!(e.starts_with("include_allowed_from"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn includes_are_allowed_from_itself_and_the_listed_projects() {
+        let mut p = project("shared");
+        p.include_allowed_from = vec!["app".into(), "team-*".into()];
+        let loaded = LoadedProject {
+            record: ProjectRecord {
+                id: 1,
+                name: "shared".into(),
+                spec: String::new(),
+                created_at: 0,
+            },
+            spec: validate(&p).unwrap(),
+        };
+        for ok in ["shared", "app", "team-x"] {
+            assert!(loaded.allows_include_from(ok), "{ok}");
+        }
+        for denied in ["app2", "other", "team"] {
+            assert!(!loaded.allows_include_from(denied), "{denied}");
+        }
+        let mut closed = loaded.clone();
+        closed.spec.include_allowed_from.clear();
+        assert!(closed.allows_include_from("shared"));
+        assert!(!closed.allows_include_from("app"));
     }
 
     #[test]

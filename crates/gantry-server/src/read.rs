@@ -234,6 +234,12 @@ pub(crate) async fn deliveries(
             reason: d.reason.clone(),
             pipeline_id: d.pipeline_id,
             received_at: crate::rfc3339(d.received_at),
+            attempts: d.attempts,
+            retry_at: d
+                .retry_at
+                .filter(|_| d.status == "pending")
+                .map(crate::rfc3339),
+            last_error: d.last_error.clone(),
         })
         .collect();
     Ok((page_headers(page, paged.total), Json(items)).into_response())

@@ -169,6 +169,12 @@ pub struct DeliveryRecord {
     pub pipeline_id: Option<i64>,
     /// When it arrived.
     pub received_at: Millis,
+    /// How many attempts to process it failed transiently (see [`Store::fail_delivery_attempt`]).
+    pub attempts: i64,
+    /// While pending after a transient failure: when the next attempt may start.
+    pub retry_at: Option<Millis>,
+    /// Why the last transient failure happened.
+    pub last_error: Option<String>,
 }
 
 /// A pipeline to create, with its jobs.
@@ -523,10 +529,23 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a delivery durably: `(id, false)`, or `(id of the first, true)` when this delivery id
     /// was stored before for the project and forge.
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<(i64, bool)>;
-    /// Up to `limit` deliveries still `pending`, oldest first, with their payloads.
-    async fn pending_deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>>;
+    /// Up to `limit` deliveries still `pending` and due at `now` (no `retry_at`, or one not after
+    /// `now`), oldest first, with their payloads.
+    async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>>;
     /// Marks a pending delivery `skipped` or `failed`, with the reason.
     async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()>;
+    /// Records a transient failure of pending delivery `id`: one more attempt, and `error` as its
+    /// `last_error`. With `retry_at`, it stays pending and [`Store::pending_deliveries`] skips it
+    /// until then; without, it is closed `failed` with `error` as its reason. Answers the attempts
+    /// counted now, or 0 when the delivery was not pending (then nothing changes).
+    async fn fail_delivery_attempt(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Millis>,
+    ) -> Result<i64>;
+    /// The earliest `retry_at` of the pending deliveries, if any waits for a retry.
+    async fn next_delivery_retry(&self) -> Result<Option<Millis>>;
     /// A project's deliveries, newest first, without payloads.
     async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>>;
 

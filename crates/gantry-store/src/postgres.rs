@@ -302,11 +302,12 @@ impl Store for PgStore {
         Ok((id, true))
     }
 
-    async fn pending_deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>> {
+    async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {DELIVERY_COLS}, payload FROM deliveries WHERE status = 'pending' \
-             ORDER BY id LIMIT $1"
+             AND (retry_at IS NULL OR retry_at <= $1) ORDER BY id LIMIT $2"
         ))
+        .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -329,6 +330,36 @@ impl Store for PgStore {
         .await
         .map_err(db("closing a delivery"))?;
         Ok(())
+    }
+
+    async fn fail_delivery_attempt(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Millis>,
+    ) -> Result<i64> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, retry_at = $2, \
+             status = CASE WHEN $2::BIGINT IS NULL THEN 'failed' ELSE 'pending' END, \
+             reason = CASE WHEN $2::BIGINT IS NULL THEN $1 ELSE reason END \
+             WHERE id = $3 AND status = 'pending' RETURNING attempts",
+        )
+        .bind(error)
+        .bind(retry_at)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("recording a failed delivery attempt"))?;
+        Ok(attempts.unwrap_or(0))
+    }
+
+    async fn next_delivery_retry(&self) -> Result<Option<Millis>> {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT MIN(retry_at) FROM deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("reading the next delivery retry"))
     }
 
     async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>> {

@@ -22,7 +22,7 @@ pub(crate) const PIPELINE_COLS: &str = "p.id, p.project_id, pr.name AS project_n
 
 /// The columns of `deliveries` that [`delivery_record!`] reads, without `payload`.
 pub(crate) const DELIVERY_COLS: &str = "id, project_id, forge, delivery_id, event, trace_id, \
-     status, reason, pipeline_id, received_at";
+     status, reason, pipeline_id, received_at, attempts, retry_at, last_error";
 
 /// The columns of `agents` that [`agent_record!`] reads.
 pub(crate) const AGENT_COLS: &str = "id, name, tags, run_untagged, executor, concurrency, version, \
@@ -123,6 +123,9 @@ macro_rules! delivery_record {
             reason: get(row, "reason")?,
             pipeline_id: get(row, "pipeline_id")?,
             received_at: get(row, "received_at")?,
+            attempts: get(row, "attempts")?,
+            retry_at: get(row, "retry_at")?,
+            last_error: get(row, "last_error")?,
         }
     }};
 }

@@ -432,12 +432,13 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn pending_deliveries(&self, limit: i64) -> Result<Vec<DeliveryRecord>> {
+    async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>> {
         let rows = read!(self, conn => {
             sqlx::query(&format!(
                 "SELECT {DELIVERY_COLS}, payload FROM deliveries WHERE status = 'pending' \
-                 ORDER BY id LIMIT ?"
+                 AND (retry_at IS NULL OR retry_at <= ?) ORDER BY id LIMIT ?"
             ))
+            .bind(now)
             .bind(limit)
             .fetch_all(conn)
             .await
@@ -462,6 +463,39 @@ impl Store for SqliteStore {
         .await
         .map_err(db("closing a delivery"))?;
         Ok(())
+    }
+
+    async fn fail_delivery_attempt(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Millis>,
+    ) -> Result<i64> {
+        let mut conn = self.writer.lock().await;
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?1, retry_at = ?2, \
+             status = CASE WHEN ?2 IS NULL THEN 'failed' ELSE 'pending' END, \
+             reason = CASE WHEN ?2 IS NULL THEN ?1 ELSE reason END \
+             WHERE id = ?3 AND status = 'pending' RETURNING attempts",
+        )
+        .bind(error)
+        .bind(retry_at)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("recording a failed delivery attempt"))?;
+        Ok(attempts.unwrap_or(0))
+    }
+
+    async fn next_delivery_retry(&self) -> Result<Option<Millis>> {
+        Ok(read!(self, conn => {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MIN(retry_at) FROM deliveries WHERE status = 'pending'",
+            )
+            .fetch_one(conn)
+            .await
+            .map_err(db("reading the next delivery retry"))?
+        }))
     }
 
     async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>> {

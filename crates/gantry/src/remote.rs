@@ -124,6 +124,10 @@ pub struct AddArgs {
     /// A masked project variable: its value never shows in logs or answers (repeatable).
     #[arg(long = "masked-variable", value_name = "KEY=VALUE")]
     masked_variables: Vec<String>,
+    /// Another project that may `include:project` this one's files: a name, or a pattern where
+    /// `*` stands for any characters (`team-*`, `*`) (repeatable; default: none but itself).
+    #[arg(long = "include-allowed-from", value_name = "PROJECT")]
+    include_allowed_from: Vec<String>,
 }
 
 /// Runs `gantry project …`; returns the exit code.
@@ -281,6 +285,7 @@ fn add(args: AddArgs) -> Result<u8> {
         variables,
         forge: None,
         schedules: Vec::new(),
+        include_allowed_from: args.include_allowed_from,
     };
     let server = ServerArgs {
         server: args.server,

@@ -137,6 +137,35 @@ fn remote_include_from_the_cache() {
 }
 
 #[test]
+fn remote_include_unavailable_says_why() {
+    struct Failing(gantry_pipeline::MemSources);
+    impl gantry_pipeline::Sources for Failing {
+        fn read(&self, p: &str) -> Result<String, String> {
+            self.0.read(p)
+        }
+        fn files(&self) -> &[String] {
+            self.0.files()
+        }
+        fn remote_unavailable(&self, key: &str) -> Option<String> {
+            (key == "remote:https://example.com/ci.yml")
+                .then(|| "cannot be fetched: connection refused".to_string())
+        }
+    }
+    let s = Failing(gantry_pipeline::MemSources::new(vec![(
+        ".gitlab-ci.yml".into(),
+        "job:\n  script: [x]\ninclude:\n  - remote: https://example.com/ci.yml\n".into(),
+    )]));
+    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+    let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
+    assert_eq!(
+        errs,
+        [
+            ".gitlab-ci.yml:4:5: `include:remote` `https://example.com/ci.yml`: cannot be fetched: connection refused"
+        ]
+    );
+}
+
+#[test]
 fn extends_unknown_and_circular() {
     let errs = errors(
         "a:\n  extends: .missing\n  script: [x]\nb:\n  extends: c\n  script: [x]\nc:\n  extends: b\n  script: [x]\n",

@@ -200,6 +200,28 @@ async fn projects(b: Backend) {
     assert_eq!(r.status(), 400);
     let r = app.get("/api/v1/projects/nope").send().await.unwrap();
     assert_eq!(r.status(), 404);
+    // Who may include its files: none but itself by default; kept and shown when given.
+    assert_eq!(p["include_allowed_from"], json!([]));
+    let shared = app
+        .project(
+            "shared",
+            json!({"include_allowed_from": ["demo", "team-*"]}),
+        )
+        .await;
+    assert_eq!(shared["include_allowed_from"], json!(["demo", "team-*"]));
+    let shown = app.json("/api/v1/projects/shared").await;
+    assert_eq!(shown["include_allowed_from"], json!(["demo", "team-*"]));
+    let r = app
+        .post("/api/v1/projects")
+        .json(&json!({"name": "bad", "repo_url": "/x", "include_allowed_from": ["a/b"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        error_body(r).await.contains("include_allowed_from"),
+        "the error names the setting"
+    );
 }
 both!(projects);
 
@@ -275,6 +297,19 @@ async fn openapi_lists_every_route() {
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for s in ["NewProjectToken", "ProjectToken", "CreatedProjectToken"] {
         assert!(schemas.contains_key(s), "schema {s}");
+    }
+    for s in ["NewProject", "Project"] {
+        let field = &schemas[s]["properties"]["include_allowed_from"];
+        assert_eq!(field["type"], "array", "{s}.include_allowed_from: {field}");
+    }
+    let required = schemas["Project"]["required"].as_array().unwrap();
+    assert!(
+        required.contains(&json!("include_allowed_from")),
+        "{required:?}"
+    );
+    let delivery = &schemas["Delivery"]["properties"];
+    for f in ["attempts", "retry_at", "last_error"] {
+        assert!(delivery[f].is_object(), "Delivery.{f} in {delivery}");
     }
 }
 

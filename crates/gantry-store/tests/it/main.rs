@@ -40,6 +40,7 @@ store_tests!(
     deliveries_are_stored_once,
     concurrent_deliveries_get_their_own_answers,
     pending_deliveries_and_close,
+    delivery_retries_wait_count_and_survive_reopen,
     create_pipeline_once_per_delivery,
     pipeline_lists_jobs_in_order,
     pipeline_head_and_partial_job_reads,
@@ -213,6 +214,86 @@ async fn concurrent_deliveries_get_their_own_answers(h: Harness) {
     assert_eq!(stored.total, 125);
 }
 
+async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
+    let s = h.store.clone();
+    let p = project(&*s, "p").await;
+    let (a, _) = s.insert_delivery(&delivery(p.id, "a", 100)).await.unwrap();
+    let (b, _) = s.insert_delivery(&delivery(p.id, "b", 100)).await.unwrap();
+    assert_eq!(s.next_delivery_retry().await.unwrap(), None);
+    let fresh = &s.pending_deliveries(10, 1_000).await.unwrap()[0];
+    assert_eq!(
+        (fresh.attempts, fresh.retry_at, fresh.last_error.as_deref()),
+        (0, None, None)
+    );
+    // A transient failure keeps `a` pending, out of the list until its retry is due.
+    assert_eq!(
+        s.fail_delivery_attempt(a, "cannot fetch", Some(5_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(s.next_delivery_retry().await.unwrap(), Some(5_000));
+    let ids = |v: Vec<gantry_store::DeliveryRecord>| v.iter().map(|d| d.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.pending_deliveries(10, 4_999).await.unwrap()), [b]);
+    let due = s.pending_deliveries(10, 5_000).await.unwrap();
+    assert_eq!(ids(due.clone()), [a, b]);
+    assert_eq!(due[0].status, "pending");
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(due[0].retry_at, Some(5_000));
+    assert_eq!(due[0].last_error.as_deref(), Some("cannot fetch"));
+    assert_eq!(due[0].reason, None);
+    assert_eq!(
+        s.fail_delivery_attempt(a, "still cannot fetch", Some(9_000))
+            .await
+            .unwrap(),
+        2
+    );
+    // It is in the database: a restarted server sees the same.
+    drop(s);
+    let h = h.reopen().await;
+    let s = &*h.store;
+    assert_eq!(s.next_delivery_retry().await.unwrap(), Some(9_000));
+    assert_eq!(ids(s.pending_deliveries(10, 8_000).await.unwrap()), [b]);
+    // The last attempt closes it failed with the reason; later calls change nothing.
+    assert_eq!(
+        s.fail_delivery_attempt(a, "gave up after 3 attempts", None)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        s.fail_delivery_attempt(a, "too late", Some(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(ids(s.pending_deliveries(10, 99_000).await.unwrap()), [b]);
+    assert_eq!(s.next_delivery_retry().await.unwrap(), None);
+    let listed = s
+        .deliveries(
+            p.id,
+            Page {
+                page: 1,
+                per_page: 10,
+            },
+        )
+        .await
+        .unwrap();
+    let closed = listed.items.iter().find(|d| d.id == a).unwrap();
+    assert_eq!(closed.status, "failed");
+    assert_eq!(closed.reason.as_deref(), Some("gave up after 3 attempts"));
+    assert_eq!(closed.attempts, 3);
+    assert_eq!(
+        closed.last_error.as_deref(),
+        Some("gave up after 3 attempts")
+    );
+    // Closing as skipped is not an attempt.
+    s.close_delivery(b, "skipped", "nothing to run")
+        .await
+        .unwrap();
+    assert_eq!(s.fail_delivery_attempt(b, "x", None).await.unwrap(), 0);
+}
+
 async fn pending_deliveries_and_close(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
@@ -225,7 +306,7 @@ async fn pending_deliveries_and_close(h: Harness) {
                 .0,
         );
     }
-    let pending = s.pending_deliveries(3).await.unwrap();
+    let pending = s.pending_deliveries(3, 1_000).await.unwrap();
     assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[..3]);
     assert_eq!(pending[0].payload, b"{\"delivery\":\"d0\"}");
     assert_eq!(pending[0].trace_id, "trace-d0");
@@ -238,7 +319,7 @@ async fn pending_deliveries_and_close(h: Harness) {
         .unwrap();
     // Closing is only for pending deliveries: this one stays skipped.
     s.close_delivery(ids[0], "failed", "later").await.unwrap();
-    let pending = s.pending_deliveries(10).await.unwrap();
+    let pending = s.pending_deliveries(10, 1_000).await.unwrap();
     assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[2..]);
     let listed = s
         .deliveries(
@@ -299,7 +380,7 @@ async fn create_pipeline_once_per_delivery(h: Harness) {
         .total,
         1
     );
-    assert!(s.pending_deliveries(10).await.unwrap().is_empty());
+    assert!(s.pending_deliveries(10, 1_000).await.unwrap().is_empty());
     let listed = s
         .deliveries(
             p.id,

@@ -134,7 +134,13 @@ pub(crate) struct Server {
 impl Server {
     /// Starts a server on `listen` with the fixed test tokens.
     fn start(data_dir: &Path, db: Option<&str>, listen: &str) -> Server {
+        Server::start_with(data_dir, db, listen, &[])
+    }
+
+    /// [`Server::start`] with more environment variables.
+    fn start_with(data_dir: &Path, db: Option<&str>, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut c = gantry();
+        c.envs(env.iter().copied());
         c.args(["server", "--listen", listen, "--lease-timeout", LEASE])
             .arg("--data-dir")
             .arg(data_dir)
@@ -440,9 +446,19 @@ pub(crate) struct Setup {
 
 impl Setup {
     pub(crate) fn new(store: Store) -> Setup {
+        Setup::with_env(store, &[])
+    }
+
+    /// A setup whose server has more environment variables.
+    pub(crate) fn with_env(store: Store, env: &[(&str, &str)]) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::new(store);
-        let server = Server::start(&dir.path().join("data"), db.url.as_deref(), "127.0.0.1:0");
+        let server = Server::start_with(
+            &dir.path().join("data"),
+            db.url.as_deref(),
+            "127.0.0.1:0",
+            env,
+        );
         Setup {
             dir,
             _db: db,
@@ -487,6 +503,12 @@ both_stores!(
     git_route_serves_only_the_job_s_agent,
     quit_while_polling_strands_no_job,
     without_git_jobs_get_the_tree,
+    unreachable_repo_is_retried_until_it_returns,
+    unreachable_repo_fails_after_the_last_attempt,
+    remote_include_over_http_runs,
+    project_include_from_another_project_runs,
+    project_include_is_denied_unless_the_included_project_allows_it,
+    unreachable_remote_include_fails_the_pipeline_with_its_position,
 );
 
 /// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
@@ -1389,4 +1411,415 @@ fn without_git_jobs_get_the_tree(store: Store) {
     assert!(out.contains("hello from the tree\n"), "{out}");
     assert!(!out.contains("Fetching changes"), "{out}");
     assert!(agent.output().contains("git is not installed"));
+}
+
+/// The project's deliveries, newest first.
+fn deliveries(api: &Api, project: &str) -> Vec<Value> {
+    api.get_json(&format!("/api/v1/projects/{project}/deliveries"))
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Posts an API trigger on `main` and checks the `202`.
+fn trigger_accepted(api: &Api, project: &str) {
+    let (status, body) = api.post(
+        &format!("/api/v1/projects/{project}/pipelines"),
+        &json!({"ref": "main"}),
+    );
+    assert_eq!(status, 202, "{body}");
+}
+
+/// A repository path that is away while `away` holds it, for fetches that fail.
+fn move_away(repo: &Repo, to: &Path) {
+    std::fs::rename(repo.path(), to).unwrap();
+}
+
+/// A transient failure (the repository's path is missing) keeps the delivery pending with its
+/// attempts counted and a retry time; once the repository is back, a retry creates the pipeline,
+/// which runs.
+fn unreachable_repo_is_retried_until_it_returns(store: Store) {
+    let s = Setup::with_env(
+        store,
+        &[
+            ("GANTRY_DELIVERY_RETRY_BACKOFF", "200ms"),
+            ("GANTRY_DELIVERY_RETRY_MAX_BACKOFF", "500ms"),
+            ("GANTRY_DELIVERY_MAX_ATTEMPTS", "1000"),
+        ],
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", "hello:\n  script: [echo came back]\n")]);
+    let api = Api::new(&s.server);
+    api.add_project("flaky", repo.path());
+    let away = s.path().join("repo-away");
+    move_away(&repo, &away);
+    let sent = Instant::now();
+    trigger_accepted(&api, "flaky");
+    // Pending, retried more than once, with the fetch's error.
+    let d = wait_for("the delivery to be retried twice", || {
+        let d = deliveries(&api, "flaky").into_iter().next()?;
+        (d["attempts"].as_i64()? >= 3).then_some(d)
+    });
+    // The processor wakes for each due retry (200 ms, then 400 ms), not only at its 5 s sweep,
+    // which would take 10 s for the two retries.
+    assert!(
+        sent.elapsed() < Duration::from_secs(8),
+        "three attempts took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(d["status"], "pending", "{d}");
+    assert!(d["retry_at"].is_string(), "{d}");
+    assert!(
+        d["last_error"].as_str().unwrap().contains("cannot fetch"),
+        "{d}"
+    );
+    assert!(
+        api.get_json("/api/v1/projects/flaky/pipelines")
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    std::fs::rename(&away, repo.path()).unwrap();
+    let agent = s.agent("a1");
+    let id = api.first_pipeline("flaky");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    assert!(api.log(job_named(&p, "hello").id).contains("came back\n"));
+    let d = deliveries(&api, "flaky").into_iter().next().unwrap();
+    assert_eq!(d["status"], "created", "{d}");
+    assert_eq!(d["pipeline_id"], id, "{d}");
+    assert!(d["attempts"].as_i64().unwrap() >= 3, "{d}");
+    assert!(d["retry_at"].is_null(), "{d}");
+}
+
+/// A repository that never comes back: after the last attempt the delivery is `failed`, the reason
+/// saying why and after how many attempts; no pipeline is created. The attempts survive a restart.
+fn unreachable_repo_fails_after_the_last_attempt(store: Store) {
+    let mut s = Setup::with_env(
+        store,
+        &[
+            ("GANTRY_DELIVERY_RETRY_BACKOFF", "300ms"),
+            ("GANTRY_DELIVERY_MAX_ATTEMPTS", "4"),
+        ],
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", "hello:\n  script: [echo hi]\n")]);
+    let api = Api::new(&s.server);
+    api.add_project("gone", repo.path());
+    let away = s.path().join("repo-away");
+    move_away(&repo, &away);
+    trigger_accepted(&api, "gone");
+    wait_for("a first failed attempt", || {
+        let d = deliveries(&api, "gone").into_iter().next()?;
+        (d["attempts"].as_i64()? >= 1).then_some(())
+    });
+    // Restarted (with the same settings), the server goes on counting from the database.
+    s.server.kill();
+    let listen = format!("127.0.0.1:{}", s.server.port());
+    s.server = Server::start_with(
+        &s.server.data_dir.clone(),
+        s.server.db.clone().as_deref(),
+        &listen,
+        &[
+            ("GANTRY_DELIVERY_RETRY_BACKOFF", "300ms"),
+            ("GANTRY_DELIVERY_MAX_ATTEMPTS", "4"),
+        ],
+    );
+    let api = Api::new(&s.server);
+    let d = wait_for("the delivery to fail", || {
+        let d = deliveries(&api, "gone").into_iter().next()?;
+        (d["status"] == "failed").then_some(d)
+    });
+    assert_eq!(d["attempts"], 4, "{d}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.contains("cannot fetch main"), "{reason}");
+    assert!(reason.ends_with("(gave up after 4 attempts)"), "{reason}");
+    assert!(d["retry_at"].is_null(), "{d}");
+    assert!(
+        api.get_json("/api/v1/projects/gone/pipelines")
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    std::fs::rename(&away, repo.path()).unwrap();
+}
+
+/// A tiny HTTP server on 127.0.0.1: `GET PATH` answers the body of `PATH` in `files` (200), or 404.
+struct HttpStub {
+    port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HttpStub {
+    fn serve(files: Vec<(&'static str, String)>) -> HttpStub {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let req = String::from_utf8_lossy(&req);
+                let path = req.split(' ').nth(1).unwrap_or_default();
+                let (status, body) = match files.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => ("200 OK", body.as_str()),
+                    None => ("404 Not Found", "not found\n"),
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        HttpStub { port, hits }
+    }
+}
+
+/// `include:remote` over HTTP: the server fetches the file and the remote file's own remote
+/// include; the pipeline has the remote jobs, and they run.
+fn remote_include_over_http_runs(store: Store) {
+    let s = Setup::new(store);
+    let nested = HttpStub::serve(vec![(
+        "/ci/nested.yml",
+        "nested_job:\n  script: [echo from the nested remote file]\n".to_string(),
+    )]);
+    let stub = HttpStub::serve(vec![(
+        "/ci/x.yml",
+        format!(
+            "include:\n  - remote: http://127.0.0.1:{}/ci/nested.yml\nremote_job:\n  script: [echo from the remote file]\n",
+            nested.port
+        ),
+    )]);
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        &format!(
+            "include:\n  - remote: http://127.0.0.1:{}/ci/x.yml\nlocal_job:\n  script: [echo local]\n",
+            stub.port
+        ),
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("remote", repo.path());
+    let agent = s.agent("a1");
+    let id = api.trigger("remote");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    let log = api.log(job_named(&p, "remote_job").id);
+    assert!(log.contains("from the remote file\n"), "{log}");
+    let log = api.log(job_named(&p, "nested_job").id);
+    assert!(log.contains("from the nested remote file\n"), "{log}");
+    job_named(&p, "local_job");
+    assert_eq!(stub.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(nested.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A 404 is not transient: the pipeline fails at once, with the include's position.
+    std::fs::write(
+        repo.path().join(".gitlab-ci.yml"),
+        format!(
+            "include:\n  - remote: http://127.0.0.1:{}/ci/missing.yml\nlocal_job:\n  script: [echo local]\n",
+            stub.port
+        ),
+    )
+    .unwrap();
+    repo.git(&["commit", "-q", "-am", "include a missing file"]);
+    trigger_accepted(&api, "remote");
+    let second = wait_for("the second pipeline", || {
+        let list = api.get_json("/api/v1/projects/remote/pipelines");
+        let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
+        (newest != id).then_some(newest)
+    });
+    let p = api.finished(second);
+    assert_eq!(p.status, PipelineStatus::Failed);
+    let e = &p.errors[0];
+    assert_eq!((e.file.as_str(), e.line), (".gitlab-ci.yml", 2), "{e:?}");
+    assert!(e.message.contains("404 Not Found"), "{e:?}");
+    let d = deliveries(&api, "remote").into_iter().next().unwrap();
+    assert_eq!(d["attempts"], 0, "{d}");
+}
+
+/// `include:project` names another project of this server that allows it (`gantry project add
+/// --include-allowed-from` with a pattern): its file at the ref is read from its mirror (fetched
+/// first), and the included job runs.
+fn project_include_from_another_project_runs(store: Store) {
+    let s = Setup::new(store);
+    let shared = Repo::new(&[(
+        "templates/build.yml",
+        "shared_job:\n  script: [echo \"from the shared project on $CI_PROJECT_NAME\"]\n",
+    )]);
+    shared.git(&["checkout", "-q", "-b", "v1"]);
+    std::fs::write(
+        shared.path().join("templates/build.yml"),
+        "shared_job:\n  script: [echo \"v1 of the shared project\"]\n",
+    )
+    .unwrap();
+    shared.git(&["commit", "-q", "-am", "v1"]);
+    shared.git(&["checkout", "-q", "main"]);
+    let app = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "include:\n  - project: shared\n    ref: v1\n    file: /templates/build.yml\nown_job:\n  script: [echo own]\n",
+    )]);
+    let api = Api::new(&s.server);
+    let out = gantry()
+        .args(["project", "add", "--name", "shared", "--repo-url"])
+        .arg(shared.path())
+        .args(["--include-allowed-from", "other", "--include-allowed-from"])
+        .args(["team-*", "--server", &s.server.url, "--token", ADMIN])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = api.get_json("/api/v1/projects/shared");
+    assert_eq!(shown["include_allowed_from"], json!(["other", "team-*"]));
+    api.add_project("team-app", app.path());
+    let agent = s.agent("a1");
+    let id = api.trigger("team-app");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    let log = api.log(job_named(&p, "shared_job").id);
+    assert!(log.contains("v1 of the shared project\n"), "{log}");
+    job_named(&p, "own_job");
+    // A project that is not registered: the pipeline fails with the include's position.
+    std::fs::write(
+        app.path().join(".gitlab-ci.yml"),
+        "own_job:\n  script: [echo own]\ninclude:\n  - project: nobody\n    file: /x.yml\n",
+    )
+    .unwrap();
+    app.git(&["commit", "-q", "-am", "include a project that is not here"]);
+    trigger_accepted(&api, "team-app");
+    let failed = wait_for("the second pipeline", || {
+        let list = api.get_json("/api/v1/projects/team-app/pipelines");
+        let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
+        (newest != id).then_some(newest)
+    });
+    let p = api.finished(failed);
+    assert_eq!(p.status, PipelineStatus::Failed);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    let e = &p.errors[0];
+    assert_eq!((e.file.as_str(), e.line), (".gitlab-ci.yml", 4), "{e:?}");
+    assert!(
+        e.message.contains("no project `nobody` is registered"),
+        "{e:?}"
+    );
+}
+
+/// `include:project` of a project that does not list the including one in `include_allowed_from`
+/// (empty by default): the pipeline fails at once (no retry) with the include's position and the
+/// setting to change, and nothing of the included file gets in. A project may include its own
+/// files without the setting.
+fn project_include_is_denied_unless_the_included_project_allows_it(store: Store) {
+    let s = Setup::new(store);
+    let secret = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            "include:\n  - project: secret\n    file: /templates/own.yml\nmain_job:\n  script: [echo main]\n",
+        ),
+        (
+            "templates/own.yml",
+            "own_template_job:\n  script: [echo \"private template of $CI_PROJECT_NAME\"]\n",
+        ),
+    ]);
+    let intruder = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "own_job:\n  script: [echo own]\ninclude:\n  - project: secret\n    file: /templates/own.yml\n",
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("secret", secret.path());
+    api.add_project("intruder", intruder.path());
+    assert_eq!(
+        api.get_json("/api/v1/projects/secret")["include_allowed_from"],
+        json!([])
+    );
+    let agent = s.agent("a1");
+    // Itself: allowed without the setting.
+    let own = api.trigger("secret");
+    let p = api.finished(own);
+    assert_success(&p, &[&agent]);
+    let log = api.log(job_named(&p, "own_template_job").id);
+    assert!(log.contains("private template of secret\n"), "{log}");
+    // Another project: denied, at once.
+    trigger_accepted(&api, "intruder");
+    let id = api.first_pipeline("intruder");
+    let p = api.finished(id);
+    assert_eq!(p.status, PipelineStatus::Failed);
+    assert!(p.jobs.is_empty(), "{:?}", p.jobs);
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    let e = &p.errors[0];
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        (".gitlab-ci.yml", 4, 5),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.message,
+        "`include:project` `secret`: project `secret` does not allow \
+         project `intruder` to include its files: add `intruder` (or a pattern matching it, such \
+         as `*`) to the `include_allowed_from` setting of project `secret`"
+    );
+    let raw = api.get_json(&format!("/api/v1/pipelines/{id}")).to_string();
+    assert!(!raw.contains("private template"), "{raw}");
+    let d = deliveries(&api, "intruder").into_iter().next().unwrap();
+    assert_eq!(d["attempts"], 0, "{d}");
+    assert_eq!(d["status"], "created", "{d}");
+}
+
+/// `include:remote` of a host that refuses connections: transient, so the delivery is retried; on
+/// its last attempt the pipeline is created `failed` with the error at the include's position.
+fn unreachable_remote_include_fails_the_pipeline_with_its_position(store: Store) {
+    let s = Setup::with_env(
+        store,
+        &[
+            ("GANTRY_DELIVERY_RETRY_BACKOFF", "200ms"),
+            ("GANTRY_DELIVERY_MAX_ATTEMPTS", "3"),
+        ],
+    );
+    // A port nobody listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("http://127.0.0.1:{port}/x.yml");
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        &format!("job:\n  script: [echo hi]\ninclude:\n  - remote: {url}\n"),
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("offline", repo.path());
+    trigger_accepted(&api, "offline");
+    let id = api.first_pipeline("offline");
+    let p = api.finished(id);
+    assert_eq!(p.status, PipelineStatus::Failed);
+    assert!(p.jobs.is_empty());
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    let e = &p.errors[0];
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        (".gitlab-ci.yml", 4, 5),
+        "{e:?}"
+    );
+    assert!(
+        e.message
+            .starts_with(&format!("`include:remote` `{url}`: cannot be fetched")),
+        "{e:?}"
+    );
+    assert!(e.message.ends_with("(gave up after 3 attempts)"), "{e:?}");
+    let d = deliveries(&api, "offline").into_iter().next().unwrap();
+    assert_eq!(d["status"], "created", "{d}");
+    assert_eq!(d["attempts"], 2, "{d}");
+    assert!(
+        d["last_error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("include `remote:{url}`")),
+        "{d}"
+    );
 }

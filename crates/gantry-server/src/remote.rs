@@ -1,0 +1,397 @@
+//! Remote includes for the server's compiler.
+//!
+//! The compiler is synchronous and does no IO: it asks [`Sources::remote`] for an include's content
+//! by key (`remote:URL`, `project:NAME@REF:FILE`, `template:NAME`, `component:PATH`). The processor
+//! therefore compiles, collects the keys the compile asked for and did not get ([`WithRemotes`]),
+//! fetches them here, and compiles again with them, for a bounded number of rounds (an included
+//! file may include more).
+//!
+//! - `include:remote`: an `http` or `https` URL, fetched with a 10 s timeout and at most 1 MiB.
+//! - `include:project`: a file of another project registered on this server (by its name), at the
+//!   given ref (`HEAD`: the project's default branch), read from that project's mirror after
+//!   fetching the ref into it. Only when that project allows it: a project may include its own
+//!   files; another's only when its `include_allowed_from` lists the including project's name or a
+//!   pattern matching it (the included project decides, as GitLab's CI/CD job token scope does).
+//!   The check is against the pipeline's project, for nested includes too.
+//! - `include:template` and `include:component` are not supported: their error says so.
+//!
+//! A failure is [`Fetched::Transient`] when another attempt may succeed (the host cannot be
+//! reached, a timeout, an answer of 5xx or 429, a repository that cannot be fetched, a store
+//! error): the delivery is retried later, and on its last attempt the error becomes the include's
+//! positioned compile error. Every other failure (a 404, a file too large, no such project or file,
+//! a project that does not allow the include, a URL that is not http or https) is
+//! [`Fetched::Permanent`]: the compile error at once.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use gantry_pipeline::Sources;
+
+use crate::git;
+use crate::projects::LoadedProject;
+use crate::state::AppState;
+
+/// The largest remote include, in bytes.
+pub(crate) const MAX_BYTES: usize = 1 << 20;
+/// How long fetching one remote include may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the fetch of one remote include gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Fetched {
+    /// The content.
+    Content(String),
+    /// Why not, when another attempt later may succeed.
+    Transient(String),
+    /// Why not, when another attempt would fail the same way.
+    Permanent(String),
+}
+
+/// Remote includes by key: the content, or why it is not available.
+pub(crate) type Remotes = HashMap<String, Result<String, String>>;
+
+/// A commit's files plus the remote includes fetched so far; records the keys asked for that were
+/// not fetched yet.
+pub(crate) struct WithRemotes<'a> {
+    inner: &'a git::GitSources,
+    remotes: &'a Remotes,
+    /// The last round: keys not fetched yet will not be, and say why.
+    last_round: bool,
+    missing: Mutex<Vec<String>>,
+}
+
+impl<'a> WithRemotes<'a> {
+    pub(crate) fn new(
+        inner: &'a git::GitSources,
+        remotes: &'a Remotes,
+        last_round: bool,
+    ) -> WithRemotes<'a> {
+        WithRemotes {
+            inner,
+            remotes,
+            last_round,
+            missing: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The keys the compiler asked for that are not fetched yet, each once, in the order asked.
+    pub(crate) fn missing(self) -> Vec<String> {
+        self.missing
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Sources for WithRemotes<'_> {
+    fn read(&self, path: &str) -> Result<String, String> {
+        self.inner.read(path)
+    }
+
+    fn files(&self) -> &[String] {
+        self.inner.files()
+    }
+
+    fn changed_files(&self) -> Option<&[String]> {
+        self.inner.changed_files()
+    }
+
+    fn remote(&self, key: &str) -> Option<String> {
+        match self.remotes.get(key) {
+            Some(Ok(content)) => Some(content.clone()),
+            Some(Err(_)) => None,
+            None => {
+                let mut missing = self
+                    .missing
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if !missing.iter().any(|k| k == key) {
+                    missing.push(key.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    fn remote_unavailable(&self, key: &str) -> Option<String> {
+        match self.remotes.get(key) {
+            Some(Err(why)) => Some(why.clone()),
+            Some(Ok(_)) => None,
+            None if self.last_round => Some(format!(
+                "not fetched: remote includes nest more than {} levels deep",
+                crate::process::MAX_INCLUDE_ROUNDS - 1
+            )),
+            None => Some("not fetched".into()),
+        }
+    }
+}
+
+/// Fetches every key for a pipeline of project `from`, concurrently.
+pub(crate) async fn fetch_all(
+    state: &AppState,
+    from: &str,
+    keys: Vec<String>,
+) -> Vec<(String, Fetched)> {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, key) in keys.iter().enumerate() {
+        let state = state.clone();
+        let key = key.clone();
+        let from = from.to_string();
+        set.spawn(async move { (i, fetch(&state, &from, &key).await) });
+    }
+    let mut out: Vec<Option<Fetched>> = vec![None; keys.len()];
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((i, f)) => out[i] = Some(f),
+            Err(e) => tracing::warn!(error = %e, "a remote include fetch panicked"),
+        }
+    }
+    keys.into_iter()
+        .zip(out)
+        .map(|(k, f)| {
+            let f = f.unwrap_or_else(|| Fetched::Permanent("the fetch panicked".into()));
+            (k, f)
+        })
+        .collect()
+}
+
+/// Fetches one remote include for a pipeline of project `from`.
+pub(crate) async fn fetch(state: &AppState, from: &str, key: &str) -> Fetched {
+    let (kind, target) = key.split_once(':').unwrap_or((key, ""));
+    match kind {
+        "remote" => fetch_url(target).await,
+        "project" => fetch_project(state, from, target).await,
+        _ => Fetched::Permanent(format!(
+            "`include:{kind}` is not supported by gantry server: copy the file into the \
+             repository and use `include:local`, or use `include:remote` or `include:project`"
+        )),
+    }
+}
+
+fn client() -> Result<&'static reqwest::Client, String> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let c = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .connect_timeout(TIMEOUT)
+        .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    Ok(CLIENT.get_or_init(|| c))
+}
+
+/// An error with its causes, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
+/// `include:remote`: GET the URL.
+async fn fetch_url(url: &str) -> Fetched {
+    let parsed = match reqwest::Url::parse(url) {
+        Ok(u) => u,
+        Err(e) => return Fetched::Permanent(format!("not a valid URL: {e}")),
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Fetched::Permanent("only http and https URLs can be included".into());
+    }
+    let client = match client() {
+        Ok(c) => c,
+        Err(e) => return Fetched::Transient(e),
+    };
+    let mut resp = match client.get(parsed).send().await {
+        Ok(r) => r,
+        Err(e) => return Fetched::Transient(format!("cannot be fetched: {}", chain(&e))),
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        let why = format!("cannot be fetched: the server answered {status}");
+        return if status.is_server_error() || status.as_u16() == 429 {
+            Fetched::Transient(why)
+        } else {
+            Fetched::Permanent(why)
+        };
+    }
+    let too_big = || Fetched::Permanent(format!("is larger than {} KiB", MAX_BYTES >> 10));
+    if resp.content_length().is_some_and(|n| n > MAX_BYTES as u64) {
+        return too_big();
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BYTES {
+                    return too_big();
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Fetched::Transient(format!("cannot be fetched: {}", chain(&e)));
+            }
+        }
+    }
+    match String::from_utf8(body) {
+        Ok(s) => Fetched::Content(s),
+        Err(_) => Fetched::Permanent("is not UTF-8 text".into()),
+    }
+}
+
+/// `include:project`: `NAME@REF:FILE` from the mirror of project `NAME` of this server, for a
+/// pipeline of project `from`, if project `NAME` allows that.
+async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
+    // Project names hold no `@`, and refs no `:`.
+    let Some((name, rest)) = spec.split_once('@') else {
+        return Fetched::Permanent("names no project".into());
+    };
+    let (git_ref, file) = rest.split_once(':').unwrap_or((rest, ""));
+    let file = file.trim_start_matches('/').to_string();
+    if file.is_empty() {
+        return Fetched::Permanent("names no `file`".into());
+    }
+    let record = match state.store.project(name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return Fetched::Permanent(format!("no project `{name}` is registered on this server"));
+        }
+        Err(e) => return Fetched::Transient(format!("cannot read project `{name}`: {e}")),
+    };
+    let project = match LoadedProject::parse(record) {
+        Ok(p) => p,
+        Err(e) => return Fetched::Permanent(e.message),
+    };
+    if !project.allows_include_from(from) {
+        return Fetched::Permanent(format!(
+            "project `{name}` does not allow project `{from}` to include its files: add `{from}` \
+             (or a pattern matching it, such as `*`) to the `include_allowed_from` setting of \
+             project `{name}`"
+        ));
+    }
+    let git_ref = if git_ref == "HEAD" || git_ref.is_empty() {
+        project.spec.default_branch.clone()
+    } else {
+        git_ref.to_string()
+    };
+    let lock = state.mirror_lock(project.record.id);
+    let _guard = lock.lock().await;
+    let mirror = git::mirror_path(&state.config.data_dir, project.record.id);
+    let url = project.spec.repo_url.clone();
+    let name = name.to_string();
+    let read = tokio::task::spawn_blocking(move || {
+        let full_sha =
+            matches!(git_ref.len(), 40 | 64) && git_ref.bytes().all(|b| b.is_ascii_hexdigit());
+        let sha = match git::fetch(&mirror, &url, full_sha.then_some(&*git_ref), &git_ref) {
+            Ok(sha) => sha,
+            Err(e) => {
+                let e = format!("{e:#}");
+                let why = format!("cannot fetch `{git_ref}` of project `{name}`: {e}");
+                // The repository answered, and has no such ref: another attempt will not help.
+                return if e.contains("couldn't find remote ref") || e.contains(" is not on ") {
+                    Fetched::Permanent(why)
+                } else {
+                    Fetched::Transient(why)
+                };
+            }
+        };
+        match git::read_file(&mirror, &sha, &file) {
+            Ok(content) if content.len() > MAX_BYTES => {
+                Fetched::Permanent(format!("is larger than {} KiB", MAX_BYTES >> 10))
+            }
+            Ok(content) => Fetched::Content(content),
+            Err(e) => Fetched::Permanent(format!(
+                "project `{name}` has no readable `{file}` at `{git_ref}`: {e}"
+            )),
+        }
+    })
+    .await;
+    read.unwrap_or_else(|e| Fetched::Permanent(format!("the fetch panicked: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// Serves one canned HTTP answer per connection; answers the base URL.
+    async fn stub(status: &'static str, body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let _ = conn.write_all(&body).await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn fetch_url_classifies_failures() {
+        let ok = stub("200 OK", b"job:\n  script: [x]\n".to_vec()).await;
+        assert_eq!(
+            fetch_url(&format!("{ok}/ci.yml")).await,
+            Fetched::Content("job:\n  script: [x]\n".into())
+        );
+        let missing = stub("404 Not Found", b"no".to_vec()).await;
+        assert!(matches!(
+            fetch_url(&missing).await,
+            Fetched::Permanent(m) if m.contains("404")
+        ));
+        let down = stub("503 Service Unavailable", b"later".to_vec()).await;
+        assert!(matches!(
+            fetch_url(&down).await,
+            Fetched::Transient(m) if m.contains("503")
+        ));
+        let big = stub("200 OK", vec![b'a'; MAX_BYTES + 1]).await;
+        assert!(matches!(
+            fetch_url(&big).await,
+            Fetched::Permanent(m) if m.contains("larger than 1024 KiB")
+        ));
+        let binary = stub("200 OK", vec![0xff, 0xfe]).await;
+        assert!(matches!(fetch_url(&binary).await, Fetched::Permanent(m) if m.contains("UTF-8")));
+        assert!(matches!(
+            fetch_url("file:///etc/passwd").await,
+            Fetched::Permanent(m) if m.contains("only http and https")
+        ));
+        assert!(matches!(
+            fetch_url("not a url").await,
+            Fetched::Permanent(_)
+        ));
+        // Nobody listens: transient.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(matches!(
+            fetch_url(&format!("http://127.0.0.1:{port}/x.yml")).await,
+            Fetched::Transient(m) if m.starts_with("cannot be fetched")
+        ));
+    }
+}
