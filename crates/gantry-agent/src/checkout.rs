@@ -139,6 +139,39 @@ fn run(c: &mut Command, what: &str) -> Result<String, String> {
     }
 }
 
+/// Fetches `src.sha` from the server into the repository in `dir`.
+fn fetch(dir: &Path, opts: &Options, src: &Source<'_>, shallow: bool) -> Result<(), String> {
+    let mut c = git(dir);
+    // The token reaches git through its environment only.
+    c.env("GIT_CONFIG_COUNT", "1")
+        .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+        .env(
+            "GIT_CONFIG_VALUE_0",
+            format!("Authorization: Bearer {}", src.token),
+        )
+        .args([
+            "-c",
+            "gc.autoDetach=false",
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-recurse-submodules",
+        ]);
+    if opts.depth > 0 {
+        c.arg(format!("--depth={}", opts.depth));
+    } else if shallow {
+        c.arg("--unshallow");
+    }
+    c.arg(&src.url)
+        .arg(format!("+{}:refs/gantry/head", src.sha));
+    run(&mut c, "fetch").map(drop)
+}
+
+/// Whether the loose ref `name` of the repository in `git_dir` already names `sha`.
+fn ref_is(git_dir: &Path, name: &str, sha: &str) -> bool {
+    std::fs::read_to_string(git_dir.join(name)).is_ok_and(|v| v.trim() == sha)
+}
+
 /// Makes `dir` hold the commit as `opts` say; `say` writes a line to the job's log.
 pub(crate) fn prepare(
     dir: &Path,
@@ -172,38 +205,44 @@ pub(crate) fn prepare(
         run(git(dir).args(["init", "--quiet"]), "init")?;
         say("Created fresh repository.");
     }
-    let commit = format!("{}^{{commit}}", src.sha);
-    let present = git(dir)
-        .args(["cat-file", "-e", &commit])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    // A commit already fetched into this repository is checked out at once; only a missing one (or a
+    // full history asked of a shallow repository) is fetched. The checkout itself says whether the
+    // commit is there, so a job of a known commit runs two git processes: checkout and clean.
     let shallow = git_dir.join("shallow").exists();
-    if !present || (opts.depth == 0 && shallow) {
-        let mut c = git(dir);
-        // The token reaches git through its environment only.
-        c.env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env(
-                "GIT_CONFIG_VALUE_0",
-                format!("Authorization: Bearer {}", src.token),
-            )
-            .args([
-                "-c",
-                "gc.autoDetach=false",
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-recurse-submodules",
-            ]);
-        if opts.depth > 0 {
-            c.arg(format!("--depth={}", opts.depth));
-        } else if shallow {
-            c.arg("--unshallow");
+    let mut fetched = false;
+    if opts.depth == 0 && shallow || !opts.checkout && !has_commit(dir, src.sha) {
+        fetch(dir, opts, src, shallow)?;
+        fetched = true;
+    }
+    if opts.checkout {
+        let short: String = src.sha.chars().take(8).collect();
+        match &src.ref_name {
+            Some(r) => say(&format!(
+                "Checking out {short} as detached HEAD (ref is {r})..."
+            )),
+            None => say(&format!("Checking out {short} as detached HEAD...")),
         }
-        c.arg(&src.url)
-            .arg(format!("+{}:refs/gantry/head", src.sha));
-        run(&mut c, "fetch")?;
+        let checkout = || {
+            run(
+                git(dir).args([
+                    "-c",
+                    "advice.detachedHead=false",
+                    "checkout",
+                    "--force",
+                    "--quiet",
+                    "--detach",
+                    src.sha,
+                ]),
+                "checkout",
+            )
+        };
+        if let Err(e) = checkout() {
+            if fetched {
+                return Err(e);
+            }
+            fetch(dir, opts, src, shallow)?;
+            checkout()?;
+        }
     }
     // The pipeline's branch or tag points at the commit, as after GitLab Runner's fetch.
     if let Some(name) = &src.ref_name {
@@ -212,35 +251,27 @@ pub(crate) fn prepare(
         } else {
             format!("refs/remotes/origin/{name}")
         };
-        let _ = run(git(dir).args(["update-ref", &r, src.sha]), "update-ref");
+        if !ref_is(&git_dir, &r, src.sha) {
+            let _ = run(git(dir).args(["update-ref", &r, src.sha]), "update-ref");
+        }
     }
     if !opts.checkout {
         say("Skipping Git checkout");
         return Ok(());
     }
-    let short: String = src.sha.chars().take(8).collect();
-    match &src.ref_name {
-        Some(r) => say(&format!(
-            "Checking out {short} as detached HEAD (ref is {r})..."
-        )),
-        None => say(&format!("Checking out {short} as detached HEAD...")),
-    }
-    run(
-        git(dir).args([
-            "-c",
-            "advice.detachedHead=false",
-            "checkout",
-            "--force",
-            "--quiet",
-            "--detach",
-            src.sha,
-        ]),
-        "checkout",
-    )?;
     if let Some(flags) = &opts.clean {
         run(git(dir).arg("clean").args(flags), "clean")?;
     }
     Ok(())
+}
+
+/// Whether the repository in `dir` has commit `sha`.
+fn has_commit(dir: &Path, sha: &str) -> bool {
+    git(dir)
+        .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]

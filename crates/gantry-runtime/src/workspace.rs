@@ -46,6 +46,9 @@ pub(crate) struct Snapshot {
     dirs: Vec<PathBuf>,
     /// The listed paths, built on first use (for `untracked`).
     listed: OnceLock<HashSet<PathBuf>>,
+    /// Running in place in a git checkout: nothing was listed up front, and [`Snapshot::listed`] asks
+    /// git for the tracked files (the project dir and the state dir).
+    tracked_by_git: Option<(PathBuf, PathBuf)>,
 }
 
 impl Snapshot {
@@ -57,6 +60,18 @@ impl Snapshot {
         in_place: bool,
         given: Option<Vec<PathBuf>>,
     ) -> io::Result<Snapshot> {
+        if in_place && given.is_none() && project_dir.join(".git").exists() {
+            // In place in a checkout (an agent's): nothing is copied, and the listing only serves
+            // `untracked`, which GitLab defines as the files git does not track. Git is asked when a
+            // job wants them, not for every job.
+            return Ok(Snapshot {
+                root: project_dir.to_path_buf(),
+                entries: Vec::new(),
+                dirs: Vec::new(),
+                listed: OnceLock::new(),
+                tracked_by_git: Some((project_dir.to_path_buf(), state_dir.to_path_buf())),
+            });
+        }
         let listing = list(project_dir, state_dir, given)?;
         let mut entries = Vec::with_capacity(listing.len());
         for rel in listing {
@@ -96,6 +111,7 @@ impl Snapshot {
             entries,
             dirs,
             listed: OnceLock::new(),
+            tracked_by_git: None,
         };
         if !in_place {
             fs::create_dir_all(dest)?;
@@ -135,27 +151,59 @@ impl Snapshot {
 
     /// The paths listed at the start of the pipeline; files outside it are "untracked".
     pub(crate) fn listed(&self) -> &HashSet<PathBuf> {
-        self.listed
-            .get_or_init(|| self.entries.iter().map(|(p, _)| p.clone()).collect())
+        self.listed.get_or_init(|| match &self.tracked_by_git {
+            Some((project_dir, state_dir)) => tracked(project_dir, state_dir)
+                .or_else(|_| list(project_dir, state_dir, None))
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            None => self.entries.iter().map(|(p, _)| p.clone()).collect(),
+        })
     }
 }
 
 /// Lists the project's files relative to `project_dir`: `given` when the caller listed them, else with
 /// git when it is a repository, else by walking.
+/// Whether a listed path belongs to the project (not git's, Gantry's or the state dir's).
+fn keeper(project_dir: &Path, state_dir: &Path) -> impl Fn(&Path) -> bool {
+    let state_rel = state_dir
+        .strip_prefix(project_dir)
+        .ok()
+        .map(Path::to_path_buf);
+    move |p: &Path| {
+        !p.starts_with(".gantry")
+            && !p.starts_with(".git")
+            && state_rel.as_ref().is_none_or(|s| !p.starts_with(s))
+    }
+}
+
+/// The files git tracks in `project_dir`.
+fn tracked(project_dir: &Path, state_dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let keep = keeper(project_dir, state_dir);
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "--cached"])
+        .current_dir(project_dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other("git ls-files failed"));
+    }
+    Ok(out
+        .stdout
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| PathBuf::from(OsStr::from_bytes(s)))
+        .filter(|p| keep(p))
+        .collect())
+}
+
 fn list(
     project_dir: &Path,
     state_dir: &Path,
     given: Option<Vec<PathBuf>>,
 ) -> io::Result<Vec<PathBuf>> {
-    let state_rel = state_dir
-        .strip_prefix(project_dir)
-        .ok()
-        .map(Path::to_path_buf);
-    let keep = |p: &Path| {
-        !p.starts_with(".gantry")
-            && !p.starts_with(".git")
-            && state_rel.as_ref().is_none_or(|s| !p.starts_with(s))
-    };
+    let keep = keeper(project_dir, state_dir);
     if let Some(mut paths) = given {
         paths.retain(|p| keep(p));
         paths.sort_unstable();

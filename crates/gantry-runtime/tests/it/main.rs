@@ -718,6 +718,33 @@ async fn artifacts_when_and_untracked() {
     );
 }
 
+/// In place in a checkout (as agents run), `untracked` asks git what it tracks: a tracked file the
+/// job changed is not untracked, a file the job made is.
+#[tokio::test]
+async fn in_place_untracked_is_what_git_does_not_track() {
+    let r = repo(&[("tracked.txt", "t"), ("src/lib.txt", "l")]);
+    let mut make = job(
+        "make",
+        1,
+        &[
+            "echo changed > tracked.txt",
+            "mkdir -p gen && echo g > gen/x",
+        ],
+    );
+    make.artifacts = artifacts(&[]);
+    make.artifacts.as_mut().unwrap().untracked = true;
+    let run = run_with(&plan(vec![make]), r.path(), |c| c.in_place = true).await;
+    assert_eq!(run.status("make"), JobStatus::Success);
+    let stored = r.path().join(".gantry/artifacts/make/files");
+    assert_eq!(
+        std::fs::read_to_string(stored.join("gen/x")).unwrap(),
+        "g\n"
+    );
+    assert!(!stored.join("tracked.txt").exists());
+    assert!(!stored.join("src/lib.txt").exists());
+    assert!(!stored.join(".git").exists());
+}
+
 #[tokio::test]
 async fn dotenv_reports_become_variables() {
     let r = repo(&[]);
