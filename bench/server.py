@@ -14,13 +14,16 @@ Measures, on the store given by --store (sqlite or postgres):
     with the deliveries counted through the API afterwards;
   * memory: RSS of an idle server and an idle agent; with --memory, the server's
     RSS with 1,000 pipelines of history while 50 SSE clients follow a live job's
-    log, and the server's and agents' RSS while one job prints 1 GB (--log-mb).
+    log, the server's and agents' RSS while one job prints 1 GB (--log-mb), and
+    the peak RSS of a fresh agent that uploads and then downloads a 512 MB
+    artifact (--artifact-mb; 0 skips it).
 
 Prints a Markdown table and writes bench/out/server-<store>.json.
 
 Usage: server.py --gantry BIN --store sqlite|postgres [--pg-url URL]
                  [--latency-runs N] [--jobs N] [--agents N] [--wrk-seconds S]
-                 [--memory [--history N] [--streams N] [--log-mb MB]]
+                 [--memory [--history N] [--streams N] [--log-mb MB]
+                           [--artifact-mb MB]]
 """
 
 import argparse
@@ -133,10 +136,15 @@ def make_repo(root, yaml_text):
 
 
 class Server:
-    def __init__(self, gantry, root, database_url, lease="30s"):
+    def __init__(self, gantry, root, database_url, lease="30s", max_artifacts=None):
         self.data = os.path.join(root, "server-data")
         env = dict(os.environ, GANTRY_ADMIN_TOKEN=ADMIN, GANTRY_REGISTRATION_TOKEN=REGISTRATION)
         cmd = [gantry, "server", "--listen", "127.0.0.1:0", "--data-dir", self.data, "--lease-timeout", lease]
+        if max_artifacts:
+            config = os.path.join(root, "gantry.toml")
+            with open(config, "w") as f:
+                f.write(f"max_artifacts_bytes = {max_artifacts}\n")
+            cmd += ["--config", config]
         if database_url:
             cmd += ["--database-url", database_url]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -223,7 +231,7 @@ def bench(args):
     db = None if args.store == "sqlite" else args.pg_url
     jobs_yaml = "stages: [test]\n" + "".join(f"j{i}:\n  stage: test\n  script: [\"true\"]\n" for i in range(args.jobs))
     repo, sha = make_repo(root, "one:\n  script: [\"true\"]\n")
-    server = Server(args.gantry, root, db)
+    server = Server(args.gantry, root, db, max_artifacts=(args.artifact_mb + 64) << 20 if args.memory else None)
     agents = []
     try:
         api = server.api
@@ -268,6 +276,8 @@ def bench(args):
         if args.memory:
             results["streams"] = streams(server, agents, root, args)
             results["big_log"] = big_log(server, agents, root, args)
+            if args.artifact_mb > 0:
+                results["big_artifact"] = big_artifact(server, root, args)
 
         # Webhook intake with wrk.
         if args.wrk_seconds <= 0:
@@ -375,6 +385,72 @@ def big_log(server, agents, root, args):
     return out
 
 
+def vm_hwm_kb(pid):
+    """The peak RSS of a process so far (VmHWM), in kB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def big_artifact(server, root, args):
+    """A fresh agent runs a job that stores an --artifact-mb MB artifact, then the next stage's job
+    that takes it: the agent's peak RSS (VmHWM) while idle, after the upload and after the
+    download, and the server's peak RSS. (The server is started with max_artifacts_bytes above
+    the archive's size: see bench.)"""
+    api = server.api
+    repo = os.path.join(root, "bigartifact")
+    os.makedirs(repo)
+    size = args.artifact_mb * 1024 * 1024
+    r, _ = make_repo(repo, "stages: [build, test]\n"
+                     "make:\n  stage: build\n  tags: [bench-artifact]\n  script:\n    - head -c " + str(size) + " /dev/urandom > big.bin\n"
+                     "  artifacts:\n    paths: [big.bin]\n"
+                     "take:\n  stage: test\n  tags: [bench-artifact]\n  script:\n    - ls -l big.bin\n")
+    api.call("POST", "/api/v1/projects", {"name": "bigartifact", "repo_url": r})
+    before = len(api.call("GET", "/api/v1/agents"))
+    # Its own agent (the only one with the tag), so that its peak RSS is this pipeline's.
+    agent = subprocess.Popen(
+        [args.gantry, "agent", "--server", server.url, "--token", REGISTRATION, "--work-dir",
+         os.path.join(root, "artifact-agent"), "--name", "bench-artifact", "--tags", "bench-artifact"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_agents(api, before + 1)
+        time.sleep(1)
+        idle = vm_hwm_kb(agent.pid)
+        start = time.time()
+        pid = trigger(api, "bigartifact")
+        uploaded = None
+        deadline = time.time() + 3600
+        while time.time() < deadline:
+            p = api.call("GET", f"/api/v1/pipelines/{pid}")
+            if p["status"] in ("success", "failed", "canceled", "skipped"):
+                break
+            # VmHWM once the first job is over: the peak of packing and uploading.
+            if uploaded is None and any(j["name"] == "make" and j["status"] not in ("created", "pending", "running")
+                                        for j in p["jobs"]):
+                uploaded = vm_hwm_kb(agent.pid)
+            time.sleep(0.05)
+        secs = time.time() - start
+        total_hwm = vm_hwm_kb(agent.pid)
+        server_hwm = vm_hwm_kb(server.proc.pid)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(10)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+    out = {"mb": args.artifact_mb, "status": p["status"], "seconds": secs, "agent_hwm_idle_kb": idle,
+           "agent_hwm_after_upload_kb": uploaded, "agent_hwm_after_download_kb": total_hwm,
+           "server_hwm_kb": server_hwm}
+    log(f"{args.artifact_mb} MB artifact: {p['status']} in {secs:.0f} s; agent peak RSS {idle} kB idle, "
+        f"{uploaded} kB after the upload, {total_hwm} kB after the download; server peak RSS {server_hwm} kB")
+    return out
+
+
 def total(headers):
     return int({k.lower(): v for k, v in headers.items()}.get("x-total", "0"))
 
@@ -445,6 +521,8 @@ def main():
     ap.add_argument("--history", type=int, default=1000)
     ap.add_argument("--streams", type=int, default=50)
     ap.add_argument("--log-mb", type=int, default=1024)
+    ap.add_argument("--artifact-mb", type=int, default=512,
+                    help="with --memory, the size of the artifact whose upload and download are measured (0: skip)")
     args = ap.parse_args()
     if args.store == "postgres" and not args.pg_url:
         raise SystemExit("--pg-url is required for --store postgres")

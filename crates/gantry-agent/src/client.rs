@@ -15,6 +15,8 @@ use tokio::io::AsyncWriteExt as _;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a transfer (source, artifacts) may take.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How many bytes of a file an upload reads at a time.
+const UPLOAD_CHUNK: usize = 256 << 10;
 
 /// Why a call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,9 @@ pub(crate) enum CallError {
         /// The error message of its body (or the body).
         message: String,
     },
+    /// A local file could not be read or written. Retrying does not help.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl CallError {
@@ -44,7 +49,7 @@ impl CallError {
         match self {
             CallError::Unreachable(_) => true,
             CallError::Status { status, .. } => *status >= 500 || *status == 429,
-            CallError::LeaseLost | CallError::Unauthorized(_) => false,
+            CallError::LeaseLost | CallError::Unauthorized(_) | CallError::Io(_) => false,
         }
     }
 }
@@ -261,10 +266,7 @@ impl Client {
                 message: String::new(),
             }));
         }
-        let io = |e: std::io::Error| CallError::Status {
-            status,
-            message: format!("cannot write {}: {e}", dest.display()),
-        };
+        let io = |e: std::io::Error| CallError::Io(format!("cannot write {}: {e}", dest.display()));
         let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
         while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(&e))? {
             file.write_all(&chunk).await.map_err(io)?;
@@ -273,13 +275,21 @@ impl Client {
         Ok(true)
     }
 
-    /// `PUT .../artifacts`.
-    pub(crate) async fn put_artifacts(&self, job: i64, archive: Vec<u8>) -> Result<(), CallError> {
+    /// `PUT .../artifacts`: the tar archive at `archive`, streamed from the file (never held in
+    /// memory whole) with its size as `Content-Length`. Each call opens the file anew, so a retry
+    /// sends it from the start.
+    pub(crate) async fn put_artifacts(&self, job: i64, archive: &Path) -> Result<(), CallError> {
+        let io =
+            |e: std::io::Error| CallError::Io(format!("cannot read {}: {e}", archive.display()));
+        let file = tokio::fs::File::open(archive).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, UPLOAD_CHUNK);
         let req = self
             .http
             .put(self.job_url(job, "/artifacts"))
             .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
-            .body(archive)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream))
             .timeout(TRANSFER_TIMEOUT);
         self.send(req).await.map(|_| ())
     }

@@ -499,28 +499,35 @@ async fn upload_artifacts(env: &Arc<Env>, spec: &JobSpec, dir: &Path) -> Result<
         return Ok(());
     }
     let tar = dir.join("artifacts.tar");
-    let packed = tokio::task::spawn_blocking(move || {
-        archive::pack(&entry, &tar)?;
-        std::fs::read(&tar)
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|r| r);
-    let bytes = match packed {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot archive the artifacts");
-            return Ok(());
-        }
+    let packed = {
+        let tar = tar.clone();
+        tokio::task::spawn_blocking(move || archive::pack(&entry, &tar))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
     };
+    if let Err(e) = packed {
+        tracing::error!(error = %e, "cannot archive the artifacts");
+        return Ok(());
+    }
+    send_artifacts(&env.client, spec.job_id, &tar).await
+}
+
+/// Sends the artifacts archive at `tar`, from its file (so it never sits in memory whole), again
+/// from its start after a network or server error, until the server takes or refuses it.
+async fn send_artifacts(client: &Client, job: i64, tar: &Path) -> Result<(), Done> {
     let mut backoff = Backoff::default();
     loop {
-        match env.client.put_artifacts(spec.job_id, bytes.clone()).await {
+        match client.put_artifacts(job, tar).await {
             Ok(()) => return Ok(()),
             Err(CallError::LeaseLost) => return Err(Done::LeaseLost),
             Err(e) if e.is_transient() => {
                 tracing::debug!(error = %e, "artifacts upload failed; retrying");
                 backoff.wait().await;
+            }
+            Err(e @ CallError::Io(_)) => {
+                tracing::error!(error = %e, "cannot upload the artifacts");
+                return Ok(());
             }
             Err(e) => {
                 tracing::error!(error = %e, "the server refused the artifacts");
@@ -566,6 +573,121 @@ async fn finish(env: &Env, spec: &JobSpec, r: &JobResult, log_size: u64) -> Done
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::put;
+    use std::sync::Mutex;
+
+    /// One artifacts upload as the server saw it.
+    #[derive(Debug)]
+    struct Put {
+        content_length: Option<String>,
+        chunked: bool,
+        body: Vec<u8>,
+    }
+
+    /// The uploads received, and how many to answer with `503` first.
+    #[derive(Default)]
+    struct Uploads {
+        puts: Vec<Put>,
+        fail: usize,
+    }
+
+    async fn put_artifacts(
+        State(rec): State<Arc<Mutex<Uploads>>>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> (StatusCode, &'static str) {
+        let mut r = rec.lock().unwrap();
+        r.puts.push(Put {
+            content_length: headers
+                .get("content-length")
+                .map(|v| v.to_str().unwrap().to_string()),
+            chunked: headers.contains_key("transfer-encoding"),
+            body: body.to_vec(),
+        });
+        if r.fail > 0 {
+            r.fail -= 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "{\"error\":\"busy\"}");
+        }
+        (StatusCode::CREATED, "{\"size\":0}")
+    }
+
+    async fn artifacts_server(rec: Arc<Mutex<Uploads>>) -> Client {
+        let app = Router::new()
+            .route("/api/v1/agent/jobs/{id}/artifacts", put(put_artifacts))
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(rec);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Client::new(&format!("http://{addr}"), "t".into()).unwrap()
+    }
+
+    /// Bytes that differ from chunk to chunk, so a repeated or dropped chunk shows.
+    fn archive_bytes(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| u8::try_from((i * 31 + i / 997) % 251).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn artifacts_stream_from_the_file_with_their_length() {
+        let rec = Arc::new(Mutex::new(Uploads::default()));
+        let client = artifacts_server(rec.clone()).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let tar = tmp.path().join("artifacts.tar");
+        // Several read chunks, and not a multiple of one.
+        let want = archive_bytes(3 * (256 << 10) + 12_345);
+        std::fs::write(&tar, &want).unwrap();
+        assert!(send_artifacts(&client, 5, &tar).await.is_ok());
+        let r = rec.lock().unwrap();
+        assert_eq!(r.puts.len(), 1);
+        let put = &r.puts[0];
+        assert_eq!(
+            put.content_length.as_deref(),
+            Some(want.len().to_string().as_str())
+        );
+        assert!(!put.chunked, "sent chunked instead of with a length");
+        assert!(put.body == want, "the body differs from the file");
+    }
+
+    #[tokio::test]
+    async fn an_artifacts_retry_sends_the_whole_file_again() {
+        let rec = Arc::new(Mutex::new(Uploads {
+            fail: 2,
+            ..Uploads::default()
+        }));
+        let client = artifacts_server(rec.clone()).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let tar = tmp.path().join("artifacts.tar");
+        let want = archive_bytes(700_001);
+        std::fs::write(&tar, &want).unwrap();
+        assert!(send_artifacts(&client, 5, &tar).await.is_ok());
+        let r = rec.lock().unwrap();
+        assert_eq!(r.puts.len(), 3, "two refused uploads, then one taken");
+        for put in &r.puts {
+            assert_eq!(
+                put.content_length.as_deref(),
+                Some(want.len().to_string().as_str())
+            );
+            assert!(put.body == want, "a retry sent other bytes than the file");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_archive_is_not_retried() {
+        let rec = Arc::new(Mutex::new(Uploads::default()));
+        let client = artifacts_server(rec.clone()).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("gone.tar");
+        let err = client.put_artifacts(5, &missing).await.unwrap_err();
+        assert!(matches!(err, CallError::Io(_)), "{err:?}");
+        assert!(!err.is_transient());
+        assert!(send_artifacts(&client, 5, &missing).await.is_ok());
+        assert!(rec.lock().unwrap().puts.is_empty());
+    }
 
     #[test]
     fn summaries() {

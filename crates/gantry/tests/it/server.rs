@@ -509,6 +509,7 @@ both_stores!(
     project_include_from_another_project_runs,
     project_include_is_denied_unless_the_included_project_allows_it,
     unreachable_remote_include_fails_the_pipeline_with_its_position,
+    big_artifact_passes_intact,
 );
 
 /// (a) A push webhook creates a two-stage pipeline that runs on an agent; artifacts pass from the
@@ -1822,4 +1823,38 @@ fn unreachable_remote_include_fails_the_pipeline_with_its_position(store: Store)
             .contains(&format!("include `remote:{url}`")),
         "{d}"
     );
+}
+
+/// The `sha256sum` of `big.bin` printed in a job's log.
+fn big_bin_sha(log: &str) -> &str {
+    log.lines()
+        .filter_map(|l| l.strip_suffix("  big.bin"))
+        .find(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no sha256sum of big.bin in {log}"))
+}
+
+/// A 64 MiB artifact (sent from the agent's disk, not its memory) reaches the next stage's job
+/// byte for byte.
+fn big_artifact_passes_intact(store: Store) {
+    let s = Setup::new(store);
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "stages: [build, test]\n\
+         make:\n  stage: build\n  script:\n    - head -c 67108864 /dev/urandom > big.bin\n    - sha256sum big.bin\n  artifacts:\n    paths: [big.bin]\n\
+         take:\n  stage: test\n  script:\n    - sha256sum big.bin\n    - echo \"size $(wc -c < big.bin)\"\n",
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("big", repo.path());
+    let agent = s.agent("a1");
+    let id = api.trigger("big");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    let made = api.log(job_named(&p, "make").id);
+    let taken = api.log(job_named(&p, "take").id);
+    assert_eq!(
+        big_bin_sha(&taken),
+        big_bin_sha(&made),
+        "{made}\n---\n{taken}"
+    );
+    assert!(taken.contains("size 67108864\n"), "{taken}");
 }
