@@ -271,6 +271,10 @@ def bench(args):
         t = results["throughput"]
         log(f"throughput {t['jobs_per_s']:.0f} jobs/s; CPU: server {t['server_cpu_s']:.1f} s, "
             f"agents {t['agents_cpu_s']:.1f} s (with their children)")
+        results["ceiling"] = ceiling(root, args.jobs, args.agents)
+        c = results["ceiling"]
+        log(f"ceiling: {c['bash_per_s']:.0f} bash starts/s, {c['checkout_bash_per_s']:.0f}/s with "
+            f"a git checkout and clean each, {args.agents} at a time")
 
         # Memory with history and live streams, then with a 1 GB log.
         if args.memory:
@@ -297,6 +301,35 @@ def bench(args):
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def ceiling(root, n, parallel):
+    """What this machine allows with no CI system at all: `n` trivial job processes started
+    `parallel` at a time (xargs), first `bash -c true` alone (a job's shell), then with the source
+    step an agent runs for a commit it already has (`git checkout` and `git clean` in a one-file
+    repository, one repository per worker as the agents keep them)."""
+    repo = os.path.join(root, "ceiling")
+    os.makedirs(repo)
+    git(repo, "init", "-q")
+    with open(os.path.join(repo, "f"), "w") as f:
+        f.write("x\n")
+    git(repo, "add", "f")
+    git(repo, "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-q", "-m", "c")
+    for i in range(parallel):
+        subprocess.run(["git", "clone", "-q", repo, os.path.join(root, f"ceiling-{i}")], check=True)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                         text=True).stdout.strip()
+
+    def rate(*cmd):
+        script = "\n".join(str(i % parallel) for i in range(n)) + "\n"
+        t0 = time.time()
+        subprocess.run(["xargs", "-P", str(parallel), "-I{}", *cmd], input=script, text=True, check=True)
+        return n / (time.time() - t0)
+
+    bash = rate("bash", "-c", "true")
+    checkout = rate("sh", "-c", f"cd {root}/ceiling-{{}} && git -c advice.detachedHead=false checkout -q -f --detach {sha}"
+                    " && git clean -q -ffdx && exec bash -c true")
+    return {"jobs": n, "parallel": parallel, "bash_per_s": bash, "checkout_bash_per_s": checkout}
 
 
 def streams(server, agents, root, args):

@@ -361,7 +361,7 @@ async fn receive(
     body: bytes::Bytes,
     trace: String,
 ) -> AppResult<Response> {
-    let project = crate::projects::load(&state, &name).await?;
+    let project = crate::projects::for_hook(&state, &name).await?;
     let Some(secret) = project.spec.webhook_secret.as_deref() else {
         state.metrics.delivery("unauthorized");
         return Err(AppError::unauthorized(

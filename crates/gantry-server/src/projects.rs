@@ -1,6 +1,8 @@
 //! Projects: `POST /api/v1/projects`, `GET /api/v1/projects`, `GET /api/v1/projects/{name}`. The store
 //! keeps the project's settings as our JSON document, [`ProjectSpec`].
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -83,6 +85,43 @@ impl LoadedProject {
             created_at: crate::rfc3339(self.record.created_at),
         }
     }
+}
+
+/// How long a webhook may use a project it read before: a burst of deliveries reads it once.
+/// Projects have no update or delete route; the bound keeps a change made in the database (or by a
+/// later route, on any server) from being missed for longer than this.
+const HOOK_PROJECT_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most projects webhooks keep.
+const HOOK_PROJECTS_KEPT: usize = 10_000;
+
+/// The project named `name` for a webhook: as [`load`], read at most [`HOOK_PROJECT_TTL`] ago.
+pub(crate) async fn for_hook(state: &AppState, name: &str) -> AppResult<Arc<LoadedProject>> {
+    let now = std::time::Instant::now();
+    {
+        let cache = state
+            .hook_projects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, p)) = cache.get(name) {
+            if now.duration_since(*at) < HOOK_PROJECT_TTL {
+                return Ok(p.clone());
+            }
+        }
+    }
+    let project = Arc::new(load(state, name).await?);
+    let mut cache = state
+        .hook_projects
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() >= HOOK_PROJECTS_KEPT {
+        cache.retain(|_, (at, _)| now.duration_since(*at) < HOOK_PROJECT_TTL);
+        if cache.len() >= HOOK_PROJECTS_KEPT {
+            cache.clear();
+        }
+    }
+    cache.insert(name.to_string(), (now, project.clone()));
+    Ok(project)
 }
 
 /// The project named `name`, or `404`.

@@ -34,6 +34,9 @@ pub(crate) struct State {
     pub stopped_polls: Mutex<HashMap<(i64, String), std::time::Instant>>,
     /// Signalled when a session was stopped: long polls wake up and check theirs.
     pub polls_stopped: Notify,
+    /// Projects as webhooks see them, by name, with when they were read (see `projects::for_hook`).
+    pub hook_projects:
+        Mutex<HashMap<String, (std::time::Instant, Arc<crate::projects::LoadedProject>)>>,
 }
 
 /// How long a stopped session is remembered: longer than any long poll (60 s), so that a poll
@@ -56,6 +59,7 @@ impl State {
             mirrors: Mutex::new(HashMap::new()),
             delayed: Mutex::new(BTreeSet::new()),
             statuses: StatusQueue::new(),
+            hook_projects: Mutex::new(HashMap::new()),
             shutdown,
             stopped_polls: Mutex::new(HashMap::new()),
             polls_stopped: Notify::new(),
