@@ -250,6 +250,15 @@ async fn fetch_url(url: &str) -> Fetched {
 
 /// `include:project`: `NAME@REF:FILE` from the mirror of project `NAME` of this server, for a
 /// pipeline of project `from`, if project `NAME` allows that.
+/// Why project `from` cannot include the files of project `name` (absent or not allowing it).
+fn not_allowed(name: &str, from: &str) -> String {
+    format!(
+        "project `{name}` does not exist or does not allow project `{from}` to include its files: \
+         add `{from}` (or a pattern matching it, such as `*`) to the `include_allowed_from` \
+         setting of project `{name}`"
+    )
+}
+
 async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
     // Project names hold no `@`, and refs no `:`.
     let Some((name, rest)) = spec.split_once('@') else {
@@ -262,9 +271,9 @@ async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
     }
     let record = match state.store.project(name).await {
         Ok(Some(r)) => r,
-        Ok(None) => {
-            return Fetched::Permanent(format!("no project `{name}` is registered on this server"));
-        }
+        // The same answer as a denial, as GitLab's "not found or access denied": a pipeline must not
+        // learn which project names exist.
+        Ok(None) => return Fetched::Permanent(not_allowed(name, from)),
         Err(e) => return Fetched::Transient(format!("cannot read project `{name}`: {e}")),
     };
     let project = match LoadedProject::parse(record) {
@@ -272,11 +281,7 @@ async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
         Err(e) => return Fetched::Permanent(e.message),
     };
     if !project.allows_include_from(from) {
-        return Fetched::Permanent(format!(
-            "project `{name}` does not allow project `{from}` to include its files: add `{from}` \
-             (or a pattern matching it, such as `*`) to the `include_allowed_from` setting of \
-             project `{name}`"
-        ));
+        return Fetched::Permanent(not_allowed(name, from));
     }
     let git_ref = if git_ref == "HEAD" || git_ref.is_empty() {
         project.spec.default_branch.clone()

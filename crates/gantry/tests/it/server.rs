@@ -1708,7 +1708,9 @@ fn project_include_from_another_project_runs(store: Store) {
     let e = &p.errors[0];
     assert_eq!((e.file.as_str(), e.line), (".gitlab-ci.yml", 4), "{e:?}");
     assert!(
-        e.message.contains("no project `nobody` is registered"),
+        e.message.contains(
+            "project `nobody` does not exist or does not allow project `team-app` to include"
+        ),
         "{e:?}"
     );
 }
@@ -1762,7 +1764,7 @@ fn project_include_is_denied_unless_the_included_project_allows_it(store: Store)
     );
     assert_eq!(
         e.message,
-        "`include:project` `secret`: project `secret` does not allow \
+        "`include:project` `secret`: project `secret` does not exist or does not allow \
          project `intruder` to include its files: add `intruder` (or a pattern matching it, such \
          as `*`) to the `include_allowed_from` setting of project `secret`"
     );
