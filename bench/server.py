@@ -8,7 +8,9 @@ Measures, on the store given by --store (sqlite or postgres):
     API's millisecond timestamps (the issue's definition: from the job becoming
     ready to an idle agent starting it);
   * dispatch throughput: one pipeline of N trivial jobs (`true`) through 10
-    agents; jobs/s = N / (last finished_at - first queued_at);
+    agents; jobs/s = N / (last finished_at - first queued_at); beside it, the
+    machine's ceiling: as many bare job processes (bash; then git checkout +
+    clean + bash) started 10 at a time with no CI system;
   * webhook intake: wrk sends valid GitLab push deliveries (each with its own
     X-Gitlab-Event-UUID) for a fixed time; the accepted count is compared
     with the deliveries counted through the API afterwards;
@@ -229,7 +231,8 @@ def bench(args):
     results = {"store": args.store}
     root = tempfile.mkdtemp(prefix="gantry-bench-server-")
     db = None if args.store == "sqlite" else args.pg_url
-    jobs_yaml = "stages: [test]\n" + "".join(f"j{i}:\n  stage: test\n  script: [\"true\"]\n" for i in range(args.jobs))
+    strategy = "" if args.git_strategy == "fetch" else f"variables:\n  GIT_STRATEGY: {args.git_strategy}\n"
+    jobs_yaml = "stages: [test]\n" + strategy + "".join(f"j{i}:\n  stage: test\n  script: [\"true\"]\n" for i in range(args.jobs))
     repo, sha = make_repo(root, "one:\n  script: [\"true\"]\n")
     server = Server(args.gantry, root, db, max_artifacts=(args.artifact_mb + 64) << 20 if args.memory else None)
     agents = []
@@ -549,6 +552,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--agents", type=int, default=10)
     ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--git-strategy", choices=["fetch", "none"], default="fetch",
+                    help="GIT_STRATEGY of the throughput jobs (fetch: a checkout per job, as GitLab Runner)")
     ap.add_argument("--memory", action="store_true",
                     help="also measure RSS with history and live streams, and with a big log")
     ap.add_argument("--history", type=int, default=1000)
