@@ -10,6 +10,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use gantry_api::agent::{
     Dependency, FinishJob, Heartbeat, JobSpec, LogAck, Outcome, RegisterAgent, Registered,
     RequestJob, StopPolling,
@@ -17,7 +18,8 @@ use gantry_api::agent::{
 use gantry_pipeline::plan::Retry;
 use gantry_pipeline::{Plan, Variable, vars};
 use gantry_store::{
-    AgentRecord, JobRecord, JobResult, Millis, NewAgent, PipelineRecord, StoreError,
+    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, JobRecord, JobResult, Millis, NewAgent,
+    PipelineRecord, StoreError,
 };
 use serde::Deserialize;
 
@@ -560,19 +562,77 @@ pub(crate) async fn dependency_artifacts(
             )));
         }
     }
-    match state.store.artifacts(dep).await? {
-        Some(bytes) => Ok(([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response()),
+    match state.store.artifacts_info(dep).await? {
+        Some(info) => Ok((
+            [
+                (header::CONTENT_TYPE, "application/x-tar".to_string()),
+                (header::CONTENT_LENGTH, info.size.to_string()),
+            ],
+            artifacts_body(&state, dep, info),
+        )
+            .into_response()),
         None => Err(AppError::not_found(format!("job {dep} has no artifacts"))),
     }
 }
 
+/// A committed artifacts archive as a response body, read from the store one chunk at a time. If a
+/// re-upload replaces it while it is being sent, the body fails (the client sees a short
+/// response) rather than mixing two archives.
+pub(crate) fn artifacts_body(state: &AppState, job: i64, info: ArtifactsInfo) -> Body {
+    let store = state.store.clone();
+    let chunks = futures_util::stream::try_unfold(0i64, move |seq| {
+        let store = store.clone();
+        async move {
+            if seq >= info.chunks {
+                return Ok(None);
+            }
+            match store.artifact_chunk(job, info.upload_id, seq).await {
+                Ok(Some(data)) => Ok(Some((Bytes::from(data), seq + 1))),
+                Ok(None) => Err(std::io::Error::other(format!(
+                    "the artifacts of job {job} were replaced while being sent"
+                ))),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            }
+        }
+    });
+    Body::from_stream(chunks)
+}
+
+/// Reads a tar archive from the frames a channel delivers (a blocking [`Read`](std::io::Read) for
+/// [`check_archive_from`] while the upload streams in).
+struct ChannelReader {
+    frames: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.frames.blocking_recv() {
+                Some(frame) => self.current = frame,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
 /// Checks that an artifacts archive is a tar whose entries stay inside the job's directory.
+#[cfg(test)]
 pub(crate) fn check_archive(bytes: &[u8]) -> Result<(), String> {
-    use std::path::Component;
     if bytes.is_empty() {
         return Err("the archive is empty".into());
     }
-    let mut archive = tar::Archive::new(bytes);
+    check_archive_from(bytes)
+}
+
+/// Checks that the tar archive `reader` yields keeps its entries inside the job's directory,
+/// reading it once from start to end (so that it can check an upload as it streams in).
+pub(crate) fn check_archive_from(reader: impl std::io::Read) -> Result<(), String> {
+    use std::path::Component;
+    let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
         .map_err(|e| format!("not a tar archive: {e}"))?;
@@ -642,27 +702,135 @@ pub(crate) async fn upload_artifacts(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
     PathParam(id): PathParam<i64>,
-    RawBody(body): RawBody,
+    headers: axum::http::HeaderMap,
+    body: Body,
 ) -> AppResult<Response> {
     leased(&state, &agent, id).await?;
-    let checked = body.clone();
-    tokio::task::spawn_blocking(move || check_archive(&checked))
-        .await
-        .map_err(AppError::internal)?
-        .map_err(AppError::bad_request)?;
-    let now = crate::now_ms();
-    state
+    let max = state.config.max_artifacts_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let upload = state
         .store
-        .put_artifacts(id, agent.id, &body, state.lease_until(now))
+        .begin_artifacts(id, agent.id, state.lease_until(crate::now_ms()))
         .await
         .map_err(lease_error)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(LogAck {
-            size: i64::try_from(body.len()).unwrap_or(0),
-        }),
+    let (chunks, size) = match receive_artifacts(&state, id, upload, body, max).await {
+        Ok(received) => received,
+        Err(e) => {
+            if let Err(abort) = state.store.abort_artifacts(id, upload).await {
+                tracing::warn!(job = id, error = %abort, "dropping an unfinished artifacts upload");
+            }
+            return Err(e);
+        }
+    };
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    state
+        .store
+        .commit_artifacts(
+            id,
+            agent.id,
+            upload,
+            chunks,
+            size,
+            state.lease_until(crate::now_ms()),
+        )
+        .await
+        .map_err(lease_error)?;
+    Ok((StatusCode::CREATED, Json(LogAck { size })).into_response())
+}
+
+/// `413`: an artifacts upload over `max_artifacts_bytes`.
+fn too_large() -> AppError {
+    AppError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the body is over the size limit",
     )
-        .into_response())
+}
+
+/// Streams an upload's body into the store in [`ARTIFACT_CHUNK`]-sized chunks of `upload` while a
+/// blocking task checks it as a tar archive; answers the number of chunks and bytes. Holds at most
+/// a chunk and a few frames in memory.
+async fn receive_artifacts(
+    state: &AppState,
+    id: i64,
+    upload: i64,
+    body: Body,
+    max: usize,
+) -> AppResult<(i64, usize)> {
+    use futures_util::StreamExt;
+    let (frames, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let mut check = Some(tokio::task::spawn_blocking(move || {
+        check_archive_from(ChannelReader {
+            frames: rx,
+            current: Bytes::new(),
+        })
+    }));
+    let mut frames = Some(frames);
+    let mut verdict: Option<Result<(), String>> = None;
+    let mut stream = body.into_data_stream();
+    let mut chunk: Vec<u8> = Vec::with_capacity(ARTIFACT_CHUNK);
+    let mut seq = 0i64;
+    let mut size = 0usize;
+    while let Some(frame) = stream.next().await {
+        let frame =
+            frame.map_err(|e| AppError::bad_request(format!("reading the archive: {e}")))?;
+        size += frame.len();
+        if size > max {
+            return Err(too_large());
+        }
+        if let Some(tx) = &frames {
+            if tx.send(frame.clone()).await.is_err() {
+                // The check is over: the archive ended (what follows is padding) or is refused.
+                frames = None;
+                if let Some(task) = check.take() {
+                    let v = task.await.map_err(AppError::internal)?;
+                    if let Err(e) = &v {
+                        return Err(AppError::bad_request(e.clone()));
+                    }
+                    verdict = Some(v);
+                }
+            }
+        }
+        let mut rest = &frame[..];
+        while !rest.is_empty() {
+            let take = rest.len().min(ARTIFACT_CHUNK - chunk.len());
+            chunk.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if chunk.len() == ARTIFACT_CHUNK {
+                state
+                    .store
+                    .put_artifact_chunk(id, upload, seq, &chunk)
+                    .await
+                    .map_err(lease_error)?;
+                seq += 1;
+                chunk.clear();
+            }
+        }
+    }
+    if size == 0 {
+        return Err(AppError::bad_request("the archive is empty"));
+    }
+    if !chunk.is_empty() {
+        state
+            .store
+            .put_artifact_chunk(id, upload, seq, &chunk)
+            .await
+            .map_err(lease_error)?;
+        seq += 1;
+    }
+    drop(frames);
+    let verdict = match (verdict, check) {
+        (Some(v), _) => v,
+        (None, Some(task)) => task.await.map_err(AppError::internal)?,
+        (None, None) => Ok(()),
+    };
+    verdict.map_err(AppError::bad_request)?;
+    Ok((seq, size))
 }
 
 /// `POST /api/v1/agent/jobs/{id}/finish`.

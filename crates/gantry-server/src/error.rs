@@ -63,7 +63,7 @@ impl From<StoreError> for AppError {
     fn from(e: StoreError) -> AppError {
         match e {
             StoreError::Conflict(what) => AppError::conflict(format!("{what} already exists")),
-            StoreError::LeaseLost => AppError::conflict(e.to_string()),
+            StoreError::LeaseLost | StoreError::UploadGone => AppError::conflict(e.to_string()),
             StoreError::LogGap(_) => {
                 AppError::new(StatusCode::RANGE_NOT_SATISFIABLE, e.to_string())
             }

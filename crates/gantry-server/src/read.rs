@@ -519,16 +519,17 @@ pub(crate) async fn job_artifacts(
 ) -> AppResult<Response> {
     caller.job(&state, id).await?;
     load_job(&state, id).await?;
-    match state.store.artifacts(id).await? {
-        Some(bytes) => Ok((
+    match state.store.artifacts_info(id).await? {
+        Some(info) => Ok((
             [
                 (header::CONTENT_TYPE, "application/x-tar".to_string()),
+                (header::CONTENT_LENGTH, info.size.to_string()),
                 (
                     header::CONTENT_DISPOSITION,
                     format!("attachment; filename=\"artifacts-{id}.tar\""),
                 ),
             ],
-            bytes,
+            crate::dispatch::artifacts_body(&state, id, info),
         )
             .into_response()),
         None => Err(AppError::not_found(format!("job {id} has no artifacts"))),

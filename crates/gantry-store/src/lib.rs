@@ -20,9 +20,11 @@
 //! - A delivery id is stored once per project and forge: the second [`Store::insert_delivery`] answers
 //!   `duplicate`.
 //! - [`Store::append_log`] appends only the bytes past the stored end: a resent chunk is never doubled.
-//! - Calls made under a lease ([`Store::heartbeat`], [`Store::append_log`], [`Store::put_artifacts`],
-//!   [`Store::finish`]) fail with [`StoreError::LeaseLost`] once the job is no longer running on that
+//! - Calls made under a lease ([`Store::heartbeat`], [`Store::append_log`],
+//!   [`Store::begin_artifacts`], [`Store::commit_artifacts`], [`Store::finish`]) fail with [`StoreError::LeaseLost`] once the job is no longer running on that
 //!   agent.
+//! - A job's artifacts are served only once an upload is committed, and a new upload replaces the
+//!   old one in one statement: readers see the old archive or the new one, never a mix or a part.
 //! - A call that returned `Ok` is committed: it survives the server process being killed
 //!   (`kill -9`). On SQLite (WAL, `synchronous = NORMAL`) a power loss or an operating system crash
 //!   can lose the last commits, never the database's consistency; PostgreSQL is as durable as its
@@ -31,8 +33,11 @@
 //! # Layout
 //! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`, embedded with
 //! `sqlx::migrate!`). A job's log is a list of chunk rows `(job_id, pos, bytes)` with the size kept
-//! on the job row, so appending and reading a range never load the whole log. Artifacts are one
-//! blob per job. A pipeline's [`PipelineRecord::version`] is the pipeline row's own counter (bumped
+//! on the job row, so appending and reading a range never load the whole log. Artifacts are chunk
+//! rows `(job_id, upload_id, seq, data)` of at most [`ARTIFACT_CHUNK`] bytes each, written under a
+//! fresh upload id and made current by [`Store::commit_artifacts`] (the `artifacts` row names the
+//! current upload, its size and its chunk count), so that neither storing nor serving an archive
+//! holds more than a chunk in memory. A pipeline's [`PipelineRecord::version`] is the pipeline row's own counter (bumped
 //! by [`Store::apply`]) plus the sum of its jobs' counters (bumped by claims, finishes and lease
 //! expiry), so that agents working on one pipeline never contend for its row. See [`SqliteStore`]
 //! and [`PgStore`] for how each one keeps the guarantees.
@@ -50,6 +55,21 @@ pub use sqlite::SqliteStore;
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
+/// The size of an artifacts chunk row that [`Store::put_artifacts`] writes (the server writes the
+/// same). Chunks of other sizes (up to the database's limits) are read as well.
+pub const ARTIFACT_CHUNK: usize = 1 << 20;
+
+/// A job's current (committed) artifacts archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactsInfo {
+    /// The upload whose chunks hold it.
+    pub upload_id: i64,
+    /// Its size in bytes.
+    pub size: i64,
+    /// How many chunks (`seq` `0..chunks`) hold it.
+    pub chunks: i64,
+}
+
 /// The result of a store call.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -65,6 +85,10 @@ pub enum StoreError {
     /// A log chunk starts past the stored end, which holds this many bytes.
     #[error("the log holds {0} bytes; a chunk must start at or before that")]
     LogGap(i64),
+    /// An artifacts upload is gone (a later upload of the job dropped it) or does not hold the
+    /// chunks it should.
+    #[error("the artifacts upload is gone or incomplete")]
+    UploadGone,
     /// The database failed.
     #[error("database: {0}")]
     Database(String),
@@ -647,16 +671,79 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<i64>;
     /// Bytes `start..end` of a job's log (fewer at the end of the log).
     async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>>;
-    /// Stores the job's artifacts archive (replacing an earlier one) and extends the lease.
+    /// Starts an upload of a job's artifacts under the lease (extending it); answers the upload's
+    /// id. Unfinished earlier uploads of the job are dropped (their commit then fails).
+    async fn begin_artifacts(&self, job_id: i64, agent_id: i64, lease_until: Millis)
+    -> Result<i64>;
+    /// Stores chunk `seq` (counting from 0) of an upload; storing the same chunk again replaces
+    /// it.
+    async fn put_artifact_chunk(
+        &self,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+        data: &[u8],
+    ) -> Result<()>;
+    /// Makes an upload of `chunks` chunks and `size` bytes the job's artifacts (replacing an
+    /// earlier archive, whose chunks are deleted), marks the job as having artifacts and extends
+    /// the lease. Fails with [`StoreError::LeaseLost`] if the job is not running on that agent, and
+    /// with [`StoreError::UploadGone`] if the upload is not there with exactly that many chunks.
+    async fn commit_artifacts(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        upload_id: i64,
+        chunks: i64,
+        size: i64,
+        lease_until: Millis,
+    ) -> Result<()>;
+    /// Drops an unfinished upload and its chunks (a committed one stays).
+    async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()>;
+    /// A job's committed artifacts archive, if it has one.
+    async fn artifacts_info(&self, job_id: i64) -> Result<Option<ArtifactsInfo>>;
+    /// Chunk `seq` of an upload; `None` once the upload is gone (replaced by a newer one).
+    async fn artifact_chunk(
+        &self,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+    ) -> Result<Option<Vec<u8>>>;
+
+    /// Stores a whole archive in [`ARTIFACT_CHUNK`]-sized chunks and commits it (for callers that
+    /// hold it in memory anyway; the server streams instead).
     async fn put_artifacts(
         &self,
         job_id: i64,
         agent_id: i64,
         archive: &[u8],
         lease_until: Millis,
-    ) -> Result<()>;
-    /// A job's artifacts archive.
-    async fn artifacts(&self, job_id: i64) -> Result<Option<Vec<u8>>>;
+    ) -> Result<()> {
+        let upload = self.begin_artifacts(job_id, agent_id, lease_until).await?;
+        let mut chunks = 0;
+        for (seq, data) in archive.chunks(ARTIFACT_CHUNK).enumerate() {
+            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+            self.put_artifact_chunk(job_id, upload, seq, data).await?;
+            chunks = seq + 1;
+        }
+        let size = i64::try_from(archive.len()).unwrap_or(i64::MAX);
+        self.commit_artifacts(job_id, agent_id, upload, chunks, size, lease_until)
+            .await
+    }
+    /// A job's whole artifacts archive in memory (for tests and small archives; the server
+    /// streams chunks instead).
+    async fn artifacts(&self, job_id: i64) -> Result<Option<Vec<u8>>> {
+        let Some(info) = self.artifacts_info(job_id).await? else {
+            return Ok(None);
+        };
+        let mut archive = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+        for seq in 0..info.chunks {
+            match self.artifact_chunk(job_id, info.upload_id, seq).await? {
+                Some(data) => archive.extend_from_slice(&data),
+                None => return Err(StoreError::UploadGone),
+            }
+        }
+        Ok(Some(archive))
+    }
     /// Records how a running job ended and releases its lease; answers its pipeline's id.
     async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64>;
     /// Fails every running job whose lease ran out before `now` (`runner_system_failure`); answers

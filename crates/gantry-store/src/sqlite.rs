@@ -16,8 +16,8 @@ use crate::rows::{
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
 };
 use crate::{
-    AgentRecord, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery,
-    NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
+    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
+    NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
     ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db,
 };
 
@@ -948,11 +948,88 @@ impl Store for SqliteStore {
         Ok(assemble(rows, start, end))
     }
 
-    async fn put_artifacts(
+    async fn begin_artifacts(
         &self,
         job_id: i64,
         agent_id: i64,
-        archive: &[u8],
+        lease_until: Millis,
+    ) -> Result<i64> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let leased = sqlx::query(
+            "UPDATE jobs SET lease_until = MAX(COALESCE(lease_until, 0), ?1) WHERE id = ?2 AND status = 'running' AND agent_id = ?3",
+        )
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(agent_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("extending a lease"))?;
+        if leased.rows_affected() == 0 {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        }
+        // Unfinished earlier uploads of the job (a retried or abandoned request) go.
+        sqlx::query(
+            "DELETE FROM artifact_chunks WHERE upload_id IN (SELECT id FROM artifact_uploads u WHERE u.job_id = ?1 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?1 AND a.upload_id = u.id))",
+        )
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("dropping unfinished uploads"))?;
+        sqlx::query(
+            "DELETE FROM artifact_uploads WHERE job_id = ?1 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?1 AND a.upload_id = artifact_uploads.id)",
+        )
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("dropping unfinished uploads"))?;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO artifact_uploads (job_id) VALUES (?1) RETURNING id")
+                .bind(job_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("starting an upload"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing an upload's start"))?;
+        Ok(id)
+    }
+
+    async fn put_artifact_chunk(
+        &self,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+        data: &[u8],
+    ) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        let stored = sqlx::query(
+            "INSERT INTO artifact_chunks (upload_id, seq, data) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?4) ON CONFLICT (upload_id, seq) DO UPDATE SET data = excluded.data",
+        )
+        .bind(upload_id)
+        .bind(seq)
+        .bind(data)
+        .bind(job_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("storing an artifacts chunk"))?;
+        if stored.rows_affected() == 0 {
+            return Err(StoreError::UploadGone);
+        }
+        Ok(())
+    }
+
+    async fn commit_artifacts(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        upload_id: i64,
+        chunks: i64,
+        size: i64,
         lease_until: Millis,
     ) -> Result<()> {
         let mut conn = self.writer.lock().await;
@@ -961,8 +1038,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db("beginning a transaction"))?;
         let leased = sqlx::query(
-            "UPDATE jobs SET has_artifacts = 1, lease_until = MAX(COALESCE(lease_until, 0), ?) \
-             WHERE id = ? AND status = 'running' AND agent_id = ?",
+            "UPDATE jobs SET has_artifacts = 1, lease_until = MAX(COALESCE(lease_until, 0), ?1) WHERE id = ?2 AND status = 'running' AND agent_id = ?3",
         )
         .bind(lease_until)
         .bind(job_id)
@@ -974,26 +1050,124 @@ impl Store for SqliteStore {
             tx.rollback().await.map_err(db("rolling back"))?;
             return Err(StoreError::LeaseLost);
         }
+        let (count, first, last, bytes): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(c.seq), COALESCE(MIN(c.seq), 0), COALESCE(MAX(c.seq), -1), CAST(COALESCE(SUM(length(c.data)), 0) AS BIGINT) FROM artifact_uploads u LEFT JOIN artifact_chunks c ON c.upload_id = u.id WHERE u.id = ?1 AND u.job_id = ?2",
+        )
+        .bind(upload_id)
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("checking an upload"))?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?2)",
+        )
+        .bind(upload_id)
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("checking an upload"))?;
+        if !exists || count != chunks || first != 0 || last != chunks - 1 || bytes != size {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::UploadGone);
+        }
+        let old: Option<i64> =
+            sqlx::query_scalar("SELECT upload_id FROM artifacts WHERE job_id = ?1")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("reading artifacts"))?;
         sqlx::query(
-            "INSERT INTO artifacts (job_id, archive) VALUES (?, ?) \
-             ON CONFLICT (job_id) DO UPDATE SET archive = excluded.archive",
+            "INSERT INTO artifacts (job_id, upload_id, size, chunks) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job_id) DO UPDATE SET upload_id = excluded.upload_id, size = excluded.size, chunks = excluded.chunks",
         )
         .bind(job_id)
-        .bind(archive)
+        .bind(upload_id)
+        .bind(size)
+        .bind(chunks)
         .execute(&mut *tx)
         .await
         .map_err(db("storing artifacts"))?;
+        if let Some(old) = old.filter(|old| *old != upload_id) {
+            sqlx::query("DELETE FROM artifact_chunks WHERE upload_id = ?1")
+                .bind(old)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("dropping replaced artifacts"))?;
+            sqlx::query("DELETE FROM artifact_uploads WHERE id = ?1")
+                .bind(old)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("dropping replaced artifacts"))?;
+        }
         tx.commit().await.map_err(db("committing artifacts"))?;
         Ok(())
     }
 
-    async fn artifacts(&self, job_id: i64) -> Result<Option<Vec<u8>>> {
-        read!(self, conn => {
-            sqlx::query_scalar("SELECT archive FROM artifacts WHERE job_id = ?")
+    async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let current: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM artifacts WHERE job_id = ?1 AND upload_id = ?2)",
+        )
+        .bind(job_id)
+        .bind(upload_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("reading artifacts"))?;
+        if !current {
+            sqlx::query(
+                "DELETE FROM artifact_chunks WHERE upload_id = ?1 AND EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?2)",
+            )
+            .bind(upload_id)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("dropping an upload"))?;
+            sqlx::query("DELETE FROM artifact_uploads WHERE id = ?1 AND job_id = ?2")
+                .bind(upload_id)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("dropping an upload"))?;
+        }
+        tx.commit().await.map_err(db("committing"))?;
+        Ok(())
+    }
+
+    async fn artifacts_info(&self, job_id: i64) -> Result<Option<ArtifactsInfo>> {
+        let row: Option<(i64, i64, i64)> = read!(self, conn => {
+            sqlx::query_as("SELECT upload_id, size, chunks FROM artifacts WHERE job_id = ?")
                 .bind(job_id)
                 .fetch_optional(conn)
                 .await
-                .map_err(db("reading artifacts"))
+                .map_err(db("reading artifacts"))?
+        });
+        Ok(row.map(|(upload_id, size, chunks)| ArtifactsInfo {
+            upload_id,
+            size,
+            chunks,
+        }))
+    }
+
+    async fn artifact_chunk(
+        &self,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+    ) -> Result<Option<Vec<u8>>> {
+        read!(self, conn => {
+            sqlx::query_scalar(
+                "SELECT c.data FROM artifact_chunks c JOIN artifact_uploads u ON u.id = c.upload_id \
+                 WHERE c.upload_id = ? AND c.seq = ? AND u.job_id = ?",
+            )
+            .bind(upload_id)
+            .bind(seq)
+            .bind(job_id)
+            .fetch_optional(conn)
+            .await
+            .map_err(db("reading an artifacts chunk"))
         })
     }
 

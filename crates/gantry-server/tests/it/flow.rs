@@ -1006,3 +1006,108 @@ async fn stop_polling_ends_the_session_s_polls(b: Backend) {
     assert_eq!(r.status(), 400);
 }
 both!(stop_polling_ends_the_session_s_polls);
+
+/// A tar of `entries` (name, content), names written raw (so that they may leave the directory).
+fn tar_raw(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, content) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, *content).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// `bytes` as a streamed (chunked, no `Content-Length`) request body, in 64 KiB pieces.
+fn streamed(bytes: Vec<u8>) -> reqwest::Body {
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(64 << 10).map(|c| Ok(c.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+}
+
+async fn big_artifacts_stream_through_in_chunks(b: Backend) {
+    let app = spawn_with(b, |c| c.max_artifacts_bytes = 4 << 20).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", TWO_STAGES)]);
+    app.project("demo", json!({})).await;
+    let d = app.push_and_wait("demo", &sha).await;
+    let pid = d["pipeline_id"].as_i64().unwrap();
+    let agent = app.register("agent-1", &[]).await;
+    let spec = app.take(&agent, 5000).await.expect("a job");
+    let job_id = spec["job_id"].as_i64().unwrap();
+    let path = format!("/api/v1/agent/jobs/{job_id}/artifacts");
+    let put = |body: reqwest::Body| app.agent_call(&agent, Method::PUT, &path).body(body).send();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 241) as u8).collect();
+
+    // Zip-slip past the first chunks (the check runs while the upload streams in) is refused, and
+    // nothing is served.
+    let evil = tar_raw(&[("out/big.bin", &big), ("../escape", b"x")]);
+    let r = put(streamed(evil)).await.unwrap();
+    assert_eq!(r.status(), 400, "zip-slip after 3 MB is refused");
+    let r = app
+        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a refused upload is not served");
+
+    // A 3 MB archive, streamed without a length, is stored in chunks and comes back whole.
+    let good = tar_raw(&[("out/big.bin", &big)]);
+    let r = put(streamed(good.clone())).await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["size"], json!(good.len()));
+
+    // Over the limit: refused up front from Content-Length, and while streaming without one.
+    let huge = tar_raw(&[("out/huge.bin", &vec![7u8; 5 << 20])]);
+    let r = put(huge.clone().into()).await.unwrap();
+    assert_eq!(r.status(), 413);
+    if let Ok(r) = put(streamed(huge)).await {
+        // The server may answer before the client has sent it all, or close the connection.
+        assert_eq!(r.status(), 413);
+    }
+    // An empty body and a body that is not a tar are refused.
+    assert_eq!(put(Vec::new().into()).await.unwrap().status(), 400);
+    assert_eq!(
+        put(b"not a tar archive at all".to_vec().into())
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+
+    // The refused uploads left the stored archive alone.
+    let r = app
+        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], good.len().to_string());
+    assert_eq!(r.bytes().await.unwrap().to_vec(), good);
+
+    // A re-upload replaces it.
+    let second = tar_raw(&[("out/big.bin", &big[..1_500_000]), ("out/more", b"more")]);
+    assert_eq!(put(second.clone().into()).await.unwrap().status(), 201);
+    app.run_job(&agent, job_id, "built\n", "success").await;
+
+    // The next stage downloads it, with its length.
+    let spec = app.take(&agent, 5000).await.expect("the test job");
+    let test_id = spec["job_id"].as_i64().unwrap();
+    let r = app
+        .agent_call(
+            &agent,
+            Method::GET,
+            &format!("/api/v1/agent/jobs/{test_id}/dependencies/{job_id}/artifacts"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], second.len().to_string());
+    assert_eq!(r.bytes().await.unwrap().to_vec(), second);
+    app.run_job(&agent, test_id, "tested\n", "success").await;
+    app.pipeline_status(pid, "success").await;
+}
+both!(big_artifacts_stream_through_in_chunks);

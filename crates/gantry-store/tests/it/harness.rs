@@ -26,6 +26,59 @@ impl Harness {
             .expect("opening the same database again")
     }
 
+    /// Puts the database back to before migration 0006 (artifacts as one `archive` blob per job)
+    /// holding `archives` (job id, archive), so that the next [`Harness::reopen`] migrates them.
+    pub async fn rewind_to_single_row_artifacts(&self, archives: &[(i64, Vec<u8>)]) {
+        let sqlite = self.url.starts_with("sqlite:");
+        let blob = if sqlite { "BLOB" } else { "BYTEA" };
+        let statements = [
+            "DROP TABLE artifacts".to_string(),
+            "DROP TABLE artifact_chunks".to_string(),
+            "DROP TABLE artifact_uploads".to_string(),
+            format!(
+                "CREATE TABLE artifacts (job_id BIGINT PRIMARY KEY REFERENCES jobs (id), \
+                 archive {blob} NOT NULL)"
+            ),
+            "DELETE FROM _sqlx_migrations WHERE version = 6".to_string(),
+        ];
+        let insert = if sqlite {
+            "INSERT INTO artifacts (job_id, archive) VALUES (?, ?)"
+        } else {
+            "INSERT INTO artifacts (job_id, archive) VALUES ($1, $2)"
+        };
+        if sqlite {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connecting to SQLite");
+            for sql in &statements {
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+            for (job, archive) in archives {
+                sqlx::query(insert)
+                    .bind(job)
+                    .bind(archive)
+                    .execute(&mut conn)
+                    .await
+                    .expect("storing an old archive");
+            }
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connecting to PostgreSQL");
+            for sql in &statements {
+                sqlx::query(sql).execute(&mut conn).await.expect(sql);
+            }
+            for (job, archive) in archives {
+                sqlx::query(insert)
+                    .bind(job)
+                    .bind(archive)
+                    .execute(&mut conn)
+                    .await
+                    .expect("storing an old archive");
+            }
+        }
+    }
+
     /// Drops the store (as a stopped server would) and opens a new one on the same database.
     pub async fn reopen(self) -> Harness {
         let Harness { store, url, _dir } = self;

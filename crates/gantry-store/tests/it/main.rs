@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use gantry_store::{
-    Changes, JobChange, JobResult, NewProjectToken, Page, PipelineFilter, PipelineRecord, Store,
-    StoreError, connect,
+    ARTIFACT_CHUNK, Changes, JobChange, JobResult, NewProjectToken, Page, PipelineFilter,
+    PipelineRecord, Store, StoreError, connect,
 };
 use harness::{Harness, agent, delivery, job, pipeline, project};
 
@@ -62,6 +62,11 @@ store_tests!(
     append_log_is_idempotent,
     read_log_assembles_ranges,
     artifacts_roundtrip,
+    artifact_chunks_roundtrip,
+    artifact_reupload_replaces_atomically,
+    unfinished_artifact_upload_is_not_served,
+    artifact_commit_checks_lease_and_chunks,
+    single_row_artifacts_survive_migration,
     agents_register_and_list,
     queue_depth_counts_pending,
     reopened_store_keeps_everything,
@@ -1456,9 +1461,21 @@ async fn artifacts_roundtrip(h: Harness) {
     let a = agent(s, "a", &[], true).await;
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     assert!(s.artifacts(j.id).await.unwrap().is_none());
-    let archive: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    assert!(s.artifacts_info(j.id).await.unwrap().is_none());
+    // Over two chunks: three chunk rows.
+    let archive: Vec<u8> = (0..2 * ARTIFACT_CHUNK as u32 + 200_000)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     s.put_artifacts(j.id, a.id, &archive, 12_000).await.unwrap();
     assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), archive);
+    let info = s.artifacts_info(j.id).await.unwrap().unwrap();
+    assert_eq!((info.size, info.chunks), (archive.len() as i64, 3));
+    let last = s
+        .artifact_chunk(j.id, info.upload_id, 2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last, archive[2 * ARTIFACT_CHUNK..]);
     let job = s.job(j.id).await.unwrap().unwrap();
     assert!(job.has_artifacts);
     assert_eq!(job.lease_until, Some(12_000));
@@ -1467,6 +1484,200 @@ async fn artifacts_roundtrip(h: Harness) {
         .await
         .unwrap();
     assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"second");
+}
+
+/// A running job `a` of a new pipeline and the agent running it.
+async fn running_job(s: &dyn Store) -> (gantry_store::JobRecord, gantry_store::AgentRecord) {
+    let p = project(s, "p").await;
+    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    (j, a)
+}
+
+async fn artifact_chunks_roundtrip(h: Harness) {
+    let s = &*h.store;
+    let (j, a) = running_job(s).await;
+    let upload = s.begin_artifacts(j.id, a.id, 10_000).await.unwrap();
+    assert_eq!(
+        s.job(j.id).await.unwrap().unwrap().lease_until,
+        Some(10_000)
+    );
+    // Chunks of any size, written out of order, and one written twice (a retried write).
+    s.put_artifact_chunk(j.id, upload, 1, b"world")
+        .await
+        .unwrap();
+    s.put_artifact_chunk(j.id, upload, 0, b"hullo ")
+        .await
+        .unwrap();
+    s.put_artifact_chunk(j.id, upload, 0, b"hello ")
+        .await
+        .unwrap();
+    s.put_artifact_chunk(j.id, upload, 2, b"!").await.unwrap();
+    s.commit_artifacts(j.id, a.id, upload, 3, 12, 11_000)
+        .await
+        .unwrap();
+    let info = s.artifacts_info(j.id).await.unwrap().unwrap();
+    assert_eq!((info.upload_id, info.size, info.chunks), (upload, 12, 3));
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"hello world!");
+    assert_eq!(
+        s.artifact_chunk(j.id, upload, 1).await.unwrap().unwrap(),
+        b"world"
+    );
+    assert!(s.artifact_chunk(j.id, upload, 3).await.unwrap().is_none());
+    // Another job's id does not reach these chunks.
+    assert!(
+        s.artifact_chunk(j.id + 1, upload, 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let job = s.job(j.id).await.unwrap().unwrap();
+    assert!(job.has_artifacts);
+    assert_eq!(job.lease_until, Some(11_000));
+    // Committing the same upload again (a retried commit) changes nothing.
+    s.commit_artifacts(j.id, a.id, upload, 3, 12, 11_000)
+        .await
+        .unwrap();
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"hello world!");
+}
+
+async fn artifact_reupload_replaces_atomically(h: Harness) {
+    let s = &*h.store;
+    let (j, a) = running_job(s).await;
+    s.put_artifacts(j.id, a.id, b"first archive", 10_000)
+        .await
+        .unwrap();
+    let first = s.artifacts_info(j.id).await.unwrap().unwrap();
+    let second = s.begin_artifacts(j.id, a.id, 10_000).await.unwrap();
+    assert_ne!(second, first.upload_id);
+    s.put_artifact_chunk(j.id, second, 0, b"second ")
+        .await
+        .unwrap();
+    // While the new upload is being written, readers get the old archive whole.
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"first archive");
+    s.put_artifact_chunk(j.id, second, 1, b"archive")
+        .await
+        .unwrap();
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"first archive");
+    s.commit_artifacts(j.id, a.id, second, 2, 14, 10_000)
+        .await
+        .unwrap();
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"second archive");
+    // The replaced upload's chunks are gone: a reader still on it notices instead of mixing.
+    assert!(
+        s.artifact_chunk(j.id, first.upload_id, 0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Aborting the committed upload keeps it.
+    s.abort_artifacts(j.id, second).await.unwrap();
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"second archive");
+}
+
+async fn unfinished_artifact_upload_is_not_served(h: Harness) {
+    let s = &*h.store;
+    let (j, a) = running_job(s).await;
+    let upload = s.begin_artifacts(j.id, a.id, 10_000).await.unwrap();
+    s.put_artifact_chunk(j.id, upload, 0, b"half of it")
+        .await
+        .unwrap();
+    assert!(s.artifacts_info(j.id).await.unwrap().is_none());
+    assert!(s.artifacts(j.id).await.unwrap().is_none());
+    assert!(!s.job(j.id).await.unwrap().unwrap().has_artifacts);
+    // A retry starts over; the abandoned upload is dropped and can no longer be committed.
+    let retry = s.begin_artifacts(j.id, a.id, 10_000).await.unwrap();
+    assert!(s.artifact_chunk(j.id, upload, 0).await.unwrap().is_none());
+    assert!(matches!(
+        s.put_artifact_chunk(j.id, upload, 1, b"rest").await,
+        Err(StoreError::UploadGone)
+    ));
+    assert!(matches!(
+        s.commit_artifacts(j.id, a.id, upload, 1, 10, 10_000).await,
+        Err(StoreError::UploadGone)
+    ));
+    assert!(s.artifacts_info(j.id).await.unwrap().is_none());
+    // An aborted upload is gone too.
+    s.put_artifact_chunk(j.id, retry, 0, b"aborted")
+        .await
+        .unwrap();
+    s.abort_artifacts(j.id, retry).await.unwrap();
+    assert!(s.artifact_chunk(j.id, retry, 0).await.unwrap().is_none());
+    assert!(matches!(
+        s.commit_artifacts(j.id, a.id, retry, 1, 7, 10_000).await,
+        Err(StoreError::UploadGone)
+    ));
+    assert!(s.artifacts(j.id).await.unwrap().is_none());
+}
+
+async fn artifact_commit_checks_lease_and_chunks(h: Harness) {
+    let s = &*h.store;
+    let (j, a) = running_job(s).await;
+    let thief = agent(s, "thief", &[], true).await;
+    lost(s.begin_artifacts(j.id, thief.id, 10_000).await);
+    let upload = s.begin_artifacts(j.id, a.id, 10_000).await.unwrap();
+    s.put_artifact_chunk(j.id, upload, 0, b"abc").await.unwrap();
+    s.put_artifact_chunk(j.id, upload, 2, b"ghi").await.unwrap();
+    lost(
+        s.commit_artifacts(j.id, thief.id, upload, 3, 9, 10_000)
+            .await,
+    );
+    // A missing chunk, a wrong count or a wrong size is refused.
+    for (chunks, size) in [(3, 9), (2, 6), (3, 6)] {
+        assert!(
+            matches!(
+                s.commit_artifacts(j.id, a.id, upload, chunks, size, 10_000)
+                    .await,
+                Err(StoreError::UploadGone)
+            ),
+            "{chunks} chunks, {size} bytes"
+        );
+    }
+    s.put_artifact_chunk(j.id, upload, 1, b"def").await.unwrap();
+    assert!(matches!(
+        s.commit_artifacts(j.id, a.id, upload, 3, 8, 10_000).await,
+        Err(StoreError::UploadGone)
+    ));
+    assert!(s.artifacts_info(j.id).await.unwrap().is_none());
+    // Once the job is finished, the upload cannot be committed.
+    s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+    lost(s.commit_artifacts(j.id, a.id, upload, 3, 9, 10_000).await);
+    lost(s.begin_artifacts(j.id, a.id, 10_000).await);
+    assert!(s.artifacts(j.id).await.unwrap().is_none());
+    assert!(!s.job(j.id).await.unwrap().unwrap().has_artifacts);
+}
+
+async fn single_row_artifacts_survive_migration(h: Harness) {
+    let s = &*h.store;
+    let (j, a) = running_job(s).await;
+    let p = s.project("p").await.unwrap().unwrap();
+    s.create_pipeline(&pipeline(p.id, vec![job("b", 0, 2_000)]))
+        .await
+        .unwrap();
+    let other = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    let big: Vec<u8> = (0..ARTIFACT_CHUNK as u32 * 2 + 5)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    h.rewind_to_single_row_artifacts(&[(j.id, big.clone()), (other.id, b"small".to_vec())])
+        .await;
+    let h = h.reopen().await;
+    let s = &*h.store;
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), big);
+    let info = s.artifacts_info(j.id).await.unwrap().unwrap();
+    assert_eq!((info.size, info.chunks), (big.len() as i64, 3));
+    assert_eq!(s.artifacts(other.id).await.unwrap().unwrap(), b"small");
+    // New uploads get ids of their own and replace the migrated archives.
+    s.put_artifacts(j.id, a.id, b"new", 10_000).await.unwrap();
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"new");
+    assert_eq!(s.artifacts(other.id).await.unwrap().unwrap(), b"small");
+    s.put_artifacts(other.id, a.id, b"newer", 10_000)
+        .await
+        .unwrap();
+    assert_eq!(s.artifacts(other.id).await.unwrap().unwrap(), b"newer");
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"new");
 }
 
 async fn agents_register_and_list(h: Harness) {
