@@ -135,6 +135,11 @@ pub(crate) async fn sweeper(state: AppState) {
                 crate::git::prune_archives(&data_dir, ARCHIVE_AGE)
             })
             .await;
+            match state.store.drop_stale_artifact_uploads().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(uploads = n, "dropped unfinished artifact uploads"),
+                Err(e) => tracing::warn!(error = %e, "cannot drop unfinished artifact uploads"),
+            }
             match state.store.active_pipelines().await {
                 Ok(ids) => {
                     for id in ids {

@@ -699,6 +699,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Drops an unfinished upload and its chunks (a committed one stays).
     async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()>;
+    /// Drops the uploads that can never be committed (their job is no longer running) and are not
+    /// their job's current archive, with their chunks: what an upload cut off by a crash left.
+    /// Answers how many uploads were dropped.
+    async fn drop_stale_artifact_uploads(&self) -> Result<u64>;
     /// A job's committed artifacts archive, if it has one.
     async fn artifacts_info(&self, job_id: i64) -> Result<Option<ArtifactsInfo>>;
     /// Chunk `seq` of an upload; `None` once the upload is gone (replaced by a newer one).

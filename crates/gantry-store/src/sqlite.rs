@@ -1102,6 +1102,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn drop_stale_artifact_uploads(&self) -> Result<u64> {
+        let mut conn = self.writer.lock().await;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db("beginning a transaction"))?;
+        sqlx::query(
+            "DELETE FROM artifact_chunks WHERE upload_id IN (SELECT u.id FROM artifact_uploads u JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'running' AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.upload_id = u.id))",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("dropping stale artifact chunks"))?;
+        let dropped = sqlx::query(
+            "DELETE FROM artifact_uploads WHERE id IN (SELECT u.id FROM artifact_uploads u JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'running' AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.upload_id = u.id))",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db("dropping stale artifact uploads"))?
+        .rows_affected();
+        tx.commit().await.map_err(db("committing"))?;
+        Ok(dropped)
+    }
+
     async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn

@@ -66,6 +66,7 @@ store_tests!(
     artifact_reupload_replaces_atomically,
     unfinished_artifact_upload_is_not_served,
     artifact_commit_checks_lease_and_chunks,
+    stale_artifact_uploads_are_dropped,
     single_row_artifacts_survive_migration,
     agents_register_and_list,
     queue_depth_counts_pending,
@@ -1611,6 +1612,32 @@ async fn unfinished_artifact_upload_is_not_served(h: Harness) {
         Err(StoreError::UploadGone)
     ));
     assert!(s.artifacts(j.id).await.unwrap().is_none());
+}
+
+/// An upload cut off by a crash (its job then ended) is dropped with its chunks; the job's current
+/// archive and a running job's upload in progress stay.
+async fn stale_artifact_uploads_are_dropped(h: Harness) {
+    let s = &*h.store;
+    let (j, a) = running_job(s).await;
+    let committed = s.begin_artifacts(j.id, a.id, 10_000).await.unwrap();
+    s.put_artifact_chunk(j.id, committed, 0, b"kept")
+        .await
+        .unwrap();
+    s.commit_artifacts(j.id, a.id, committed, 1, 4, 10_000)
+        .await
+        .unwrap();
+    let cut = s.begin_artifacts(j.id, a.id, 10_000).await.unwrap();
+    s.put_artifact_chunk(j.id, cut, 0, b"cut off")
+        .await
+        .unwrap();
+    // While the job runs, its upload may still be committed: nothing is dropped.
+    assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 0);
+    assert!(s.artifact_chunk(j.id, cut, 0).await.unwrap().is_some());
+    s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+    assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 1);
+    assert!(s.artifact_chunk(j.id, cut, 0).await.unwrap().is_none());
+    assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"kept");
+    assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 0);
 }
 
 async fn artifact_commit_checks_lease_and_chunks(h: Harness) {
