@@ -241,6 +241,11 @@ def bench(args):
         time.sleep(1)
         results["idle_server_rss_kb"] = rss_kb(server.proc.pid)
         api.call("POST", "/api/v1/projects", {"name": "one", "repo_url": repo, "webhook_secret": SECRET})
+        if args.intake_only:
+            # The server alone: no agents, so only the intake and the delivery processor share the
+            # cores with wrk.
+            results["intake"] = intake(server, root, args, sha)
+            return results
         agents = start_agents(args.gantry, root, server.url, args.agents)
         wait_agents(api, args.agents)
         time.sleep(1)
@@ -552,6 +557,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--agents", type=int, default=10)
     ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--intake-only", action="store_true",
+                    help="measure only webhook intake, with no agents running")
     ap.add_argument("--git-strategy", choices=["fetch", "none"], default="fetch",
                     help="GIT_STRATEGY of the throughput jobs (fetch: a checkout per job, as GitLab Runner)")
     ap.add_argument("--memory", action="store_true",
