@@ -974,13 +974,6 @@ impl Store for SqliteStore {
         }
         // Unfinished earlier uploads of the job (a retried or abandoned request) go.
         sqlx::query(
-            "DELETE FROM artifact_chunks WHERE upload_id IN (SELECT id FROM artifact_uploads u WHERE u.job_id = ?1 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?1 AND a.upload_id = u.id))",
-        )
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("dropping unfinished uploads"))?;
-        sqlx::query(
             "DELETE FROM artifact_uploads WHERE job_id = ?1 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?1 AND a.upload_id = artifact_uploads.id)",
         )
         .bind(job_id)
@@ -1087,11 +1080,6 @@ impl Store for SqliteStore {
         .await
         .map_err(db("storing artifacts"))?;
         if let Some(old) = old.filter(|old| *old != upload_id) {
-            sqlx::query("DELETE FROM artifact_chunks WHERE upload_id = ?1")
-                .bind(old)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("dropping replaced artifacts"))?;
             sqlx::query("DELETE FROM artifact_uploads WHERE id = ?1")
                 .bind(old)
                 .execute(&mut *tx)
@@ -1103,59 +1091,29 @@ impl Store for SqliteStore {
     }
 
     async fn drop_stale_artifact_uploads(&self) -> Result<u64> {
+        // Chunks go with their upload (`ON DELETE CASCADE`).
         let mut conn = self.writer.lock().await;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("beginning a transaction"))?;
-        sqlx::query(
-            "DELETE FROM artifact_chunks WHERE upload_id IN (SELECT u.id FROM artifact_uploads u JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'running' AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.upload_id = u.id))",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(db("dropping stale artifact chunks"))?;
         let dropped = sqlx::query(
             "DELETE FROM artifact_uploads WHERE id IN (SELECT u.id FROM artifact_uploads u JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'running' AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.upload_id = u.id))",
         )
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db("dropping stale artifact uploads"))?
         .rows_affected();
-        tx.commit().await.map_err(db("committing"))?;
         Ok(dropped)
     }
 
     async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()> {
+        // The committed upload stays; chunks go with their upload (`ON DELETE CASCADE`).
         let mut conn = self.writer.lock().await;
-        let mut tx = conn
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db("beginning a transaction"))?;
-        let current: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM artifacts WHERE job_id = ?1 AND upload_id = ?2)",
+        sqlx::query(
+            "DELETE FROM artifact_uploads WHERE id = ?1 AND job_id = ?2 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?2 AND a.upload_id = ?1)",
         )
-        .bind(job_id)
         .bind(upload_id)
-        .fetch_one(&mut *tx)
+        .bind(job_id)
+        .execute(&mut *conn)
         .await
-        .map_err(db("reading artifacts"))?;
-        if !current {
-            sqlx::query(
-                "DELETE FROM artifact_chunks WHERE upload_id = ?1 AND EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?2)",
-            )
-            .bind(upload_id)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("dropping an upload"))?;
-            sqlx::query("DELETE FROM artifact_uploads WHERE id = ?1 AND job_id = ?2")
-                .bind(upload_id)
-                .bind(job_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("dropping an upload"))?;
-        }
-        tx.commit().await.map_err(db("committing"))?;
+        .map_err(db("dropping an upload"))?;
         Ok(())
     }
 

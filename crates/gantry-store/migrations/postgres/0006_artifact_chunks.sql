@@ -1,8 +1,8 @@
 -- Artifacts move from one blob per job to chunk rows, so that neither storing nor serving an
 -- archive holds more than a chunk in memory. An upload writes its chunks under a fresh id from
 -- `artifact_uploads`; committing it points the job's `artifacts` row at it (with its size and chunk
--- count) in one statement and deletes the chunks of the upload it replaces, so a reader never sees
--- a half-written or mixed archive.
+-- count) in one statement and deletes the upload it replaces (its chunks go with it, `ON DELETE
+-- CASCADE`), so a reader never sees a half-written or mixed archive.
 CREATE TABLE artifact_uploads (
     id      BIGSERIAL PRIMARY KEY,
     job_id  BIGINT  NOT NULL REFERENCES jobs (id)
@@ -10,7 +10,7 @@ CREATE TABLE artifact_uploads (
 CREATE INDEX artifact_uploads_job ON artifact_uploads (job_id);
 
 CREATE TABLE artifact_chunks (
-    upload_id  BIGINT  NOT NULL REFERENCES artifact_uploads (id),
+    upload_id  BIGINT  NOT NULL REFERENCES artifact_uploads (id) ON DELETE CASCADE,
     seq        BIGINT  NOT NULL,
     data       BYTEA   NOT NULL,
     PRIMARY KEY (upload_id, seq)

@@ -26,6 +26,28 @@ impl Harness {
             .expect("opening the same database again")
     }
 
+    /// How many chunk rows the artifacts table holds, whatever upload they belong to (orphans too).
+    pub async fn artifact_chunk_rows(&self) -> i64 {
+        let sql = "SELECT COUNT(*) FROM artifact_chunks";
+        if self.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connecting to SQLite");
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect(sql)
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connecting to PostgreSQL");
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut conn)
+                .await
+                .expect(sql)
+        }
+    }
+
     /// Puts the database back to before migration 0006 (artifacts as one `archive` blob per job)
     /// holding `archives` (job id, archive), so that the next [`Harness::reopen`] migrates them.
     pub async fn rewind_to_single_row_artifacts(&self, archives: &[(i64, Vec<u8>)]) {

@@ -1607,6 +1607,11 @@ async fn unfinished_artifact_upload_is_not_served(h: Harness) {
         .unwrap();
     s.abort_artifacts(j.id, retry).await.unwrap();
     assert!(s.artifact_chunk(j.id, retry, 0).await.unwrap().is_none());
+    assert_eq!(
+        h.artifact_chunk_rows().await,
+        0,
+        "chunks go with their upload"
+    );
     assert!(matches!(
         s.commit_artifacts(j.id, a.id, retry, 1, 7, 10_000).await,
         Err(StoreError::UploadGone)
@@ -1633,9 +1638,12 @@ async fn stale_artifact_uploads_are_dropped(h: Harness) {
     // While the job runs, its upload may still be committed: nothing is dropped.
     assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 0);
     assert!(s.artifact_chunk(j.id, cut, 0).await.unwrap().is_some());
+    assert_eq!(h.artifact_chunk_rows().await, 2);
     s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
     assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 1);
     assert!(s.artifact_chunk(j.id, cut, 0).await.unwrap().is_none());
+    // No chunk is left behind without its upload.
+    assert_eq!(h.artifact_chunk_rows().await, 1);
     assert_eq!(s.artifacts(j.id).await.unwrap().unwrap(), b"kept");
     assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 0);
 }
