@@ -54,7 +54,7 @@ post("/api/v1/projects/fuzz/pipelines", {"ref": "main"})
 PY
 
 status=0
-"$venv/bin/schemathesis" run "$url/api/v1/openapi.json" \
+SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py "$venv/bin/schemathesis" run "$url/api/v1/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --header "Authorization: Bearer fuzz-admin" \
     --max-examples "$examples" --seed 1 --workers 1 --request-timeout 10 \
