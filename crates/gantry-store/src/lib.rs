@@ -44,6 +44,7 @@
 
 use async_trait::async_trait;
 
+mod group;
 #[macro_use]
 mod rows;
 mod postgres;

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
+use crate::group::{DeliveryQueue, DeliveryWriter};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -24,6 +25,10 @@ const VERSION: &str = "p.version + COALESCE((SELECT SUM(j.bumps) FROM jobs j \
 
 /// Connections per server, for everything but claims.
 const CONNECTIONS: u32 = 16;
+
+/// How many delivery batches one server commits at once: while one waits for its commit to be
+/// flushed, the next one fills.
+const DELIVERY_WRITERS: usize = 2;
 
 /// Connections per server for claims.
 const CLAIM_CONNECTIONS: u32 = 8;
@@ -70,9 +75,118 @@ const CLAIM_TRIES: usize = 32;
 /// first job it can lock. With statistics that underestimate the pending jobs (a burst of
 /// thousands queued at once, before `ANALYZE` catches up), the planner would otherwise fetch and
 /// sort every pending job on every claim.
+///
+/// **Group commit of deliveries** (see [`crate::group`]): one batch at a time per server, on a
+/// pooled connection, so that a burst of webhooks costs one commit (one WAL flush) per batch
+/// rather than one per delivery. Several servers each commit their own batches.
 pub struct PgStore {
     pool: PgPool,
     claims: PgPool,
+    deliveries: DeliveryQueue,
+    /// The delivery writers' turns.
+    delivery_turns: tokio::sync::Semaphore,
+}
+
+/// A pooled connection during the delivery writer's turn.
+struct DeliveryTurn<'a> {
+    conn: sqlx::pool::PoolConnection<Postgres>,
+    _turn: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl std::ops::Deref for DeliveryTurn<'_> {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &sqlx::PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for DeliveryTurn<'_> {
+    fn deref_mut(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+}
+
+/// Stores one delivery: `(id, duplicate)`.
+async fn store_delivery(conn: &mut sqlx::PgConnection, d: &NewDelivery) -> Result<(i64, bool)> {
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
+         received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
+    )
+    .bind(d.project_id)
+    .bind(&d.forge)
+    .bind(&d.delivery_id)
+    .bind(&d.event)
+    .bind(&d.payload)
+    .bind(&d.trace_id)
+    .bind(d.received_at)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("storing a delivery"))?;
+    if let Some(id) = id {
+        return Ok((id, false));
+    }
+    let id: i64 = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE project_id = $1 AND forge = $2 AND delivery_id = $3",
+    )
+    .bind(d.project_id)
+    .bind(&d.forge)
+    .bind(&d.delivery_id)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db("reading a duplicate delivery"))?;
+    Ok((id, true))
+}
+
+#[async_trait]
+impl DeliveryWriter for sqlx::PgConnection {
+    async fn store_one(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
+        store_delivery(self, delivery).await
+    }
+
+    async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>> {
+        // One statement, atomic on its own: one round trip and one commit for the batch.
+        let mut q = QueryBuilder::<Postgres>::new(
+            "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
+             received_at) ",
+        );
+        q.push_values(batch, |mut b, d| {
+            b.push_bind(d.project_id)
+                .push_bind(&d.forge)
+                .push_bind(&d.delivery_id)
+                .push_bind(&d.event)
+                .push_bind(&d.payload)
+                .push_bind(&d.trace_id)
+                .push_bind(d.received_at);
+        });
+        q.push(
+            " ON CONFLICT (project_id, forge, delivery_id) DO NOTHING \
+             RETURNING id, project_id, forge, delivery_id",
+        );
+        let rows = q
+            .build()
+            .fetch_all(&mut *self)
+            .await
+            .map_err(db("storing deliveries"))?;
+        let mut ids = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: (i64, String, String) = (
+                get(row, "project_id")?,
+                get(row, "forge")?,
+                get(row, "delivery_id")?,
+            );
+            ids.insert(key, get::<i64>(row, "id")?);
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            // Not inserted: stored before, or earlier in this batch (whose entry was taken).
+            match ids.remove(&(d.project_id, d.forge.clone(), d.delivery_id.clone())) {
+                Some(id) => out.push((id, false)),
+                None => out.push(store_delivery(self, d).await?),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A typed column read.
@@ -129,7 +243,12 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Database(format!("migrating the PostgreSQL database: {e}")))?;
         drop(conn);
-        Ok(Self { pool, claims })
+        Ok(Self {
+            pool,
+            claims,
+            deliveries: DeliveryQueue::default(),
+            delivery_turns: tokio::sync::Semaphore::new(DELIVERY_WRITERS),
+        })
     }
 
     /// Closes the connections (waiting for those in use to come back).
@@ -272,34 +391,21 @@ impl Store for PgStore {
     }
 
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, bool)> {
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
-             received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-             ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
-        )
-        .bind(d.project_id)
-        .bind(&d.forge)
-        .bind(&d.delivery_id)
-        .bind(&d.event)
-        .bind(&d.payload)
-        .bind(&d.trace_id)
-        .bind(d.received_at)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("storing a delivery"))?;
-        if let Some(id) = id {
-            return Ok((id, false));
-        }
-        let id: i64 = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE project_id = $1 AND forge = $2 AND delivery_id = $3",
-        )
-        .bind(d.project_id)
-        .bind(&d.forge)
-        .bind(&d.delivery_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("reading a duplicate delivery"))?;
-        Ok((id, true))
+        self.deliveries
+            .store(d, || async {
+                let turn = self
+                    .delivery_turns
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::Database("the store is closed".into()))?;
+                let conn = self
+                    .pool
+                    .acquire()
+                    .await
+                    .map_err(db("acquiring a connection"))?;
+                Ok(DeliveryTurn { conn, _turn: turn })
+            })
+            .await
     }
 
     async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>> {

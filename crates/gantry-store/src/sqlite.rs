@@ -11,6 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
+use crate::group::{DeliveryQueue, DeliveryWriter};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -60,26 +61,15 @@ const READERS: u32 = 4;
 /// operating system crash can lose the last commits (they are synced at checkpoints); the database
 /// stays consistent either way.
 ///
-/// **Group commit of deliveries.** Webhook deliveries arrive many at once and each must be
-/// committed before its `202`. A caller queues its delivery, then waits for the writer; whoever
-/// gets the writer stores every queued delivery in one transaction and hands each caller its
-/// answer, so one commit serves a burst.
+/// **Group commit of deliveries** (see [`crate::group`]): the delivery writer is the writer.
+///
+/// **Checkpoints** (see [`checkpoint`]): a background task keeps the WAL short, so that the writer
+/// never stops for a large sync.
 pub struct SqliteStore {
-    writer: Mutex<SqliteConnection>,
+    writer: std::sync::Arc<Mutex<SqliteConnection>>,
     readers: Option<SqlitePool>,
-    deliveries: std::sync::Mutex<Vec<QueuedDelivery>>,
-    /// Dropped with the store, which stops the checkpointer.
-    _alive: std::sync::Arc<()>,
+    deliveries: DeliveryQueue,
 }
-
-/// A delivery waiting for the next group commit, and where its answer goes.
-struct QueuedDelivery {
-    delivery: NewDelivery,
-    answer: tokio::sync::oneshot::Sender<Result<(i64, bool)>>,
-}
-
-/// How many queued deliveries one transaction stores at most.
-const DELIVERY_BATCH: usize = 256;
 
 /// Stores one delivery: `(id, duplicate)`.
 async fn store_delivery(conn: &mut SqliteConnection, d: &NewDelivery) -> Result<(i64, bool)> {
@@ -113,22 +103,56 @@ async fn store_delivery(conn: &mut SqliteConnection, d: &NewDelivery) -> Result<
     Ok((id, true))
 }
 
-/// Stores `batch` in one transaction; answers one result per delivery, or the error that rolled
-/// the transaction back.
-async fn store_deliveries(
-    conn: &mut SqliteConnection,
-    batch: &[QueuedDelivery],
-) -> Result<Vec<(i64, bool)>> {
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(db("beginning a transaction"))?;
-    let mut out = Vec::with_capacity(batch.len());
-    for queued in batch {
-        out.push(store_delivery(&mut tx, &queued.delivery).await?);
+#[async_trait]
+impl DeliveryWriter for SqliteConnection {
+    async fn store_one(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
+        store_delivery(self, delivery).await
     }
-    tx.commit().await.map_err(db("committing deliveries"))?;
-    Ok(out)
+
+    async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>> {
+        // One statement, atomic on its own: each statement is a round trip to the connection's
+        // thread, and each transaction a commit.
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
+         received_at) ",
+        );
+        q.push_values(batch, |mut b, d| {
+            b.push_bind(d.project_id)
+                .push_bind(&d.forge)
+                .push_bind(&d.delivery_id)
+                .push_bind(&d.event)
+                .push_bind(&d.payload)
+                .push_bind(&d.trace_id)
+                .push_bind(d.received_at);
+        });
+        q.push(
+            " ON CONFLICT (project_id, forge, delivery_id) DO NOTHING \
+         RETURNING id, project_id, forge, delivery_id",
+        );
+        let rows = q
+            .build()
+            .fetch_all(&mut *self)
+            .await
+            .map_err(db("storing deliveries"))?;
+        let mut ids = std::collections::HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let key: (i64, String, String) = (
+                get(row, "project_id")?,
+                get(row, "forge")?,
+                get(row, "delivery_id")?,
+            );
+            ids.insert(key, get::<i64>(row, "id")?);
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            // Not inserted: stored before, or earlier in this batch (whose entry was taken).
+            match ids.remove(&(d.project_id, d.forge.clone(), d.delivery_id.clone())) {
+                Some(id) => out.push((id, false)),
+                None => out.push(store_delivery(self, d).await?),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A typed column read.
@@ -182,13 +206,6 @@ macro_rules! read {
 }
 
 impl SqliteStore {
-    /// The queue of deliveries waiting for a group commit.
-    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<QueuedDelivery>> {
-        self.deliveries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Opens (creating the file and its directory if missing) the database at `url`
     /// (`sqlite://PATH` or `sqlite::memory:`) and runs the migrations.
     ///
@@ -234,32 +251,53 @@ impl SqliteStore {
                     .connect_lazy_with(options),
             )
         };
-        let alive = std::sync::Arc::new(());
+        let writer = std::sync::Arc::new(Mutex::new(writer));
         if let Some(pool) = &readers {
-            tokio::spawn(checkpoint(pool.clone(), std::sync::Arc::downgrade(&alive)));
+            tokio::spawn(checkpoint(pool.clone(), std::sync::Arc::downgrade(&writer)));
         }
         Ok(Self {
-            writer: Mutex::new(writer),
+            writer,
             readers,
-            deliveries: std::sync::Mutex::new(Vec::new()),
-            _alive: alive,
+            deliveries: DeliveryQueue::default(),
         })
     }
 }
 
-/// Every second, copies the WAL's committed pages into the database file from a reader
-/// connection (a passive checkpoint, which never blocks the writer), so that commits do not wait
-/// for checkpoints and their syncs. Ends when the store is dropped.
-async fn checkpoint(pool: SqlitePool, alive: std::sync::Weak<()>) {
+/// How often the checkpointer runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// WAL frames (pages) from which the checkpointer makes the WAL start over.
+const WAL_RESTART_FRAMES: i64 = 100;
+
+/// Keeps the WAL short without the writer ever waiting for a large sync.
+///
+/// Every [`CHECKPOINT_EVERY`], a passive checkpoint from a reader connection copies the committed
+/// pages into the database file and syncs both files; it never blocks the writer. Under a steady
+/// stream of commits it never quite catches up, though, and SQLite starts the WAL over only once
+/// every frame is copied, so the WAL would grow until the writer's own automatic checkpoint, which
+/// syncs tens of megabytes while every write waits (100 ms and more on a virtual disk). So once
+/// the WAL holds [`WAL_RESTART_FRAMES`], the checkpointer copies the few frames committed since its
+/// passive pass while holding the writer (a short sync), and the next write starts the WAL over.
+/// Ends when the store is dropped.
+async fn checkpoint(pool: SqlitePool, writer: std::sync::Weak<Mutex<SqliteConnection>>) {
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        if alive.upgrade().is_none() {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let Some(writer) = writer.upgrade() else {
             break;
-        }
+        };
         // A failed checkpoint is retried next time; the writer's own checkpoints are the backstop.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await;
+        let passive: std::result::Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&pool)
+                .await;
+        if let Ok((_, log, _)) = passive {
+            if log >= WAL_RESTART_FRAMES {
+                let mut conn = writer.lock().await;
+                let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut *conn)
+                    .await;
+            }
+        }
     }
     pool.close().await;
 }
@@ -389,47 +427,9 @@ impl Store for SqliteStore {
     }
 
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, bool)> {
-        use tokio::sync::oneshot::error::TryRecvError;
-        let (answer, mut answered) = tokio::sync::oneshot::channel();
-        self.queue().push(QueuedDelivery {
-            delivery: d.clone(),
-            answer,
-        });
-        loop {
-            let mut conn = self.writer.lock().await;
-            match answered.try_recv() {
-                Ok(result) => return result,
-                Err(TryRecvError::Empty) => {}
-                // The caller that took it was canceled midway: store it alone (idempotent).
-                Err(TryRecvError::Closed) => return store_delivery(&mut conn, d).await,
-            }
-            // Ours is still queued: store the oldest queued ones, in one transaction.
-            let batch: Vec<QueuedDelivery> = {
-                let mut queue = self.queue();
-                let take = queue.len().min(DELIVERY_BATCH);
-                let rest = queue.split_off(take);
-                std::mem::replace(&mut *queue, rest)
-            };
-            match store_deliveries(&mut conn, &batch).await {
-                Ok(results) => {
-                    for (queued, result) in batch.into_iter().zip(results) {
-                        let _ = queued.answer.send(Ok(result));
-                    }
-                }
-                // One bad delivery (say, of a project deleted meanwhile) must not fail the others:
-                // store them one by one, each with its own answer.
-                Err(_) => {
-                    for queued in batch {
-                        let result = store_delivery(&mut conn, &queued.delivery).await;
-                        let _ = queued.answer.send(result);
-                    }
-                }
-            }
-            drop(conn);
-            if let Ok(result) = answered.try_recv() {
-                return result;
-            }
-        }
+        self.deliveries
+            .store(d, || async { Ok(self.writer.lock().await) })
+            .await
     }
 
     async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>> {

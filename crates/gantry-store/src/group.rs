@@ -1,0 +1,117 @@
+//! Group commit of webhook deliveries, for both stores.
+//!
+//! Deliveries arrive many at once and each must be committed before its `202`. A caller queues
+//! its delivery, then waits for its turn at the store's delivery writer; whoever gets the turn
+//! stores every queued delivery (up to [`DELIVERY_BATCH`]) in one transaction with one statement,
+//! and hands each caller its answer. One commit, and one sync, then serves a burst.
+
+use std::ops::DerefMut;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+use tokio::sync::oneshot::error::TryRecvError;
+
+use crate::{NewDelivery, Result};
+
+/// How many queued deliveries one transaction stores at most.
+pub(crate) const DELIVERY_BATCH: usize = 256;
+
+/// What a store's connection does for a group commit.
+#[async_trait]
+pub(crate) trait DeliveryWriter: Send {
+    /// Stores `batch` with one statement: one `(id, duplicate)` per delivery, in order, or an
+    /// error. The statement is atomic; should reading a duplicate's id fail after it, the batch is
+    /// stored again one by one, which finds every delivery stored (their ids are right, but the
+    /// new ones of the batch are then answered as duplicates: the processor's sweep still finds
+    /// them, since they are pending).
+    async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>>;
+
+    /// Stores one delivery on its own.
+    async fn store_one(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)>;
+}
+
+/// A delivery waiting for the next group commit, and where its answer goes.
+struct Queued {
+    delivery: NewDelivery,
+    answer: oneshot::Sender<Result<(i64, bool)>>,
+}
+
+/// The deliveries waiting for a group commit.
+#[derive(Default)]
+pub(crate) struct DeliveryQueue {
+    queue: std::sync::Mutex<Vec<Queued>>,
+}
+
+impl DeliveryQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Queued>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Stores `delivery`, in a batch with the others queued meanwhile: `(id, duplicate)`.
+    /// `writer` waits for the delivery writer's turn (it is called once per batch this caller
+    /// stores or waits behind).
+    pub(crate) async fn store<W, F, Fut>(
+        &self,
+        delivery: &NewDelivery,
+        writer: F,
+    ) -> Result<(i64, bool)>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<W>>,
+        W: DerefMut,
+        W::Target: DeliveryWriter,
+    {
+        let (answer, mut answered) = oneshot::channel();
+        self.lock().push(Queued {
+            delivery: delivery.clone(),
+            answer,
+        });
+        loop {
+            let mut conn = writer().await?;
+            match answered.try_recv() {
+                Ok(result) => return result,
+                Err(TryRecvError::Empty) => {}
+                // The caller that took it was canceled midway: store it alone (idempotent).
+                Err(TryRecvError::Closed) => return conn.store_one(delivery).await,
+            }
+            // Ours is still queued: store the oldest queued ones, in one transaction.
+            let batch: Vec<Queued> = {
+                let mut queue = self.lock();
+                let take = queue.len().min(DELIVERY_BATCH);
+                let rest = queue.split_off(take);
+                std::mem::replace(&mut *queue, rest)
+            };
+            if batch.is_empty() {
+                // Another writer (PostgreSQL has several) took ours and is storing it.
+                drop(conn);
+                match (&mut answered).await {
+                    Ok(result) => return result,
+                    // That caller was canceled midway: the next round stores it alone.
+                    Err(_) => continue,
+                }
+            }
+            let deliveries: Vec<&NewDelivery> = batch.iter().map(|q| &q.delivery).collect();
+            match conn.store_batch(&deliveries).await {
+                Ok(results) => {
+                    for (queued, result) in batch.into_iter().zip(results) {
+                        let _ = queued.answer.send(Ok(result));
+                    }
+                }
+                // One bad delivery (say, of a project deleted meanwhile) must not fail the others:
+                // store them one by one, each with its own answer.
+                Err(_) => {
+                    for queued in batch {
+                        let result = conn.store_one(&queued.delivery).await;
+                        let _ = queued.answer.send(result);
+                    }
+                }
+            }
+            drop(conn);
+            if let Ok(result) = answered.try_recv() {
+                return result;
+            }
+        }
+    }
+}
