@@ -361,6 +361,7 @@ async fn receive(
     body: bytes::Bytes,
     trace: String,
 ) -> AppResult<Response> {
+    state.intake.arrived();
     let project = crate::projects::for_hook(&state, &name).await?;
     let Some(secret) = project.spec.webhook_secret.as_deref() else {
         state.metrics.delivery("unauthorized");
@@ -514,6 +515,7 @@ pub(crate) async fn trigger_pipeline(
     JsonBody(body): JsonBody<TriggerPipeline>,
 ) -> AppResult<Response> {
     caller.project(&name)?;
+    state.intake.arrived();
     let project = crate::projects::load(&state, &name).await?;
     let git_ref = body
         .git_ref

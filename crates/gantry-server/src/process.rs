@@ -11,6 +11,12 @@
 //! earliest due retry. After `delivery_max_attempts` attempts it is closed `failed`, the reason
 //! saying how many attempts were made. Every other failure is [`Failure::Permanent`]: closed
 //! `failed` at once.
+//!
+//! **Intake first.** A forge waits for the `202` (GitLab and GitHub give up after 10 s and count a
+//! failure), while a pipeline may start a little later. So while deliveries are arriving
+//! ([`Intake::busy`]), the processor pauses after each delivery for [`YIELD_FACTOR`] times as long
+//! as that delivery took: it keeps working through a burst, at a fifth of the cores' time, and
+//! takes all of it back as soon as the burst ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +84,32 @@ pub(crate) struct JobDoc {
     pub job: gantry_pipeline::Job,
 }
 
+/// How many times as long as a delivery took the processor pauses after it while deliveries are
+/// arriving.
+pub(crate) const YIELD_FACTOR: u32 = 4;
+
+/// For how long after a delivery arrived the intake counts as busy.
+const INTAKE_BUSY_MS: i64 = 50;
+
+/// When the last delivery (webhook or trigger) arrived.
+#[derive(Debug, Default)]
+pub(crate) struct Intake {
+    last_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Intake {
+    /// Records a delivery arriving now.
+    pub fn arrived(&self) {
+        self.last_ms
+            .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a delivery arrived in the last [`INTAKE_BUSY_MS`].
+    pub fn busy(&self) -> bool {
+        crate::now_ms() - self.last_ms.load(std::sync::atomic::Ordering::Relaxed) < INTAKE_BUSY_MS
+    }
+}
+
 /// The processor loop.
 pub(crate) async fn run(state: AppState) {
     let mut shutdown = state.shutdown.clone();
@@ -127,7 +159,12 @@ pub(crate) async fn process_pending(state: &AppState) {
             let id = d.id;
             let attempt = d.attempts + 1;
             let last = attempt >= i64::from(state.config.delivery_max_attempts);
-            let result = match process_one(state, d, last).await {
+            let started = std::time::Instant::now();
+            let outcome = process_one(state, d, last).await;
+            if state.intake.busy() {
+                tokio::time::sleep(started.elapsed() * YIELD_FACTOR).await;
+            }
+            let result = match outcome {
                 Ok(()) => Ok(()),
                 Err(Failure::Permanent(reason)) => {
                     tracing::warn!(delivery = id, %reason, "delivery failed");

@@ -19,6 +19,8 @@ pub(crate) struct State {
     pub jobs_ready: Notify,
     /// Signalled when a delivery was stored: the processor wakes up.
     pub deliveries: Notify,
+    /// When the last webhook or trigger arrived (see `process::Intake`).
+    pub intake: crate::process::Intake,
     /// Signalled when a log grew or a job ended: live log streams wake up.
     pub logs: Notify,
     pub metrics: Metrics,
@@ -53,6 +55,7 @@ impl State {
             config,
             jobs_ready: Notify::new(),
             deliveries: Notify::new(),
+            intake: crate::process::Intake::default(),
             logs: Notify::new(),
             metrics: Metrics::new(),
             agents: Mutex::new(HashMap::new()),
