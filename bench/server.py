@@ -12,18 +12,21 @@ Measures, on the store given by --store (sqlite or postgres):
     machine's ceiling: as many bare job processes (bash; then git checkout +
     clean + bash) started 10 at a time with no CI system;
   * webhook intake: wrk sends valid GitLab push deliveries (each with its own
-    X-Gitlab-Event-UUID) for a fixed time; the accepted count is compared
-    with the deliveries counted through the API afterwards;
+    X-Gitlab-Event-UUID) for a fixed time, twice: as fast as 32 connections go
+    (saturation), then paced at --intake-rate/s (5,000, the target) on 64
+    connections; each time the accepted count is compared with the deliveries
+    counted through the API afterwards;
   * memory: RSS of an idle server and an idle agent; with --memory, the server's
     RSS with 1,000 pipelines of history while 50 SSE clients follow a live job's
     log, the server's and agents' RSS while one job prints 1 GB (--log-mb), and
     the peak RSS of a fresh agent that uploads and then downloads a 512 MB
     artifact (--artifact-mb; 0 skips it).
 
-Prints a Markdown table and writes bench/out/server-<store>.json.
+Prints the results as JSON (progress lines on stderr) and writes bench/out/server-<store>.json.
 
 Usage: server.py --gantry BIN --store sqlite|postgres [--pg-url URL]
                  [--latency-runs N] [--jobs N] [--agents N] [--wrk-seconds S]
+                 [--wrk-connections N] [--intake-rate N] [--intake-only]
                  [--memory [--history N] [--streams N] [--log-mb MB]
                            [--artifact-mb MB]]
 """
@@ -497,6 +500,17 @@ def total(headers):
 
 
 def intake(server, root, args, sha):
+    """Two wrk passes of valid signed GitLab push deliveries, each with its own delivery id:
+    as fast as --wrk-connections closed-loop connections go (saturation), then paced at
+    --intake-rate deliveries/s (open loop, on 64 connections). Every delivery answered 202 must be
+    in the database afterwards."""
+    out = {"saturation": wrk_hooks(server, root, args, sha, 0, args.wrk_connections)}
+    if args.intake_rate:
+        out["paced"] = wrk_hooks(server, root, args, sha, args.intake_rate, 64)
+    return out
+
+
+def wrk_hooks(server, root, args, sha, rate, connections):
     api = server.api
     before = api.call("GET", "/api/v1/projects/one/deliveries?per_page=1", raw=True)[1]
     before_total = total(before)
@@ -506,7 +520,31 @@ def intake(server, root, args, sha):
         "project": {"path_with_namespace": "bench/one"},
         "commits": [], "total_commits_count": 0,
     })
-    script = os.path.join(root, "hook.lua")
+    threads = 2
+    # Paced: each wrk thread sends on its own schedule of rate/threads requests a second, from a
+    # monotonic clock (LuaJIT's FFI); a request that falls behind schedule goes at once, so a
+    # stall is followed by a catch-up burst, as a forge's retries would be. wrk's delay() takes
+    # whole milliseconds; the schedule keeps the average exact.
+    pacing = "" if not rate else f"""
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct {{ long tv_sec; long tv_nsec; }} bench_ts; int clock_gettime(int, bench_ts*); ]]
+local clock = ffi.new("bench_ts")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local interval = 1000 / ({rate} / {threads})
+local next_at = nil
+delay = function()
+  local now = now_ms()
+  if next_at == nil then next_at = now end
+  local wait = next_at - now
+  next_at = next_at + interval
+  if wait < 0 then return 0 end
+  return wait
+end
+"""
+    script = os.path.join(root, f"hook-{rate}.lua")
     with open(script, "w") as f:
         f.write(f"""
 wrk.method = "POST"
@@ -515,26 +553,22 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Gitlab-Token"] = "{SECRET}"
 wrk.headers["X-Gitlab-Event"] = "Push Hook"
 local counter = 0
-local accepted = 0
 local threads = 0
 setup = function(thread)
   threads = threads + 1
   thread:set("tid", threads)
 end
-local other = 0
 request = function()
   counter = counter + 1
-  wrk.headers["X-Gitlab-Event-UUID"] = string.format("%s-%d-%d-%d", tostring(tid), math.random(1, 2147483647), os.time(), counter)
+  wrk.headers["X-Gitlab-Event-UUID"] = string.format("%s-%s-%d-%d-%d", "{rate}", tostring(tid), math.random(1, 2147483647), os.time(), counter)
   return wrk.format(nil, "/api/v1/projects/one/hooks/gitlab")
 end
-response = function(status, headers, body)
-  if status == 202 then accepted = accepted + 1 else other = other + 1 end
-end
+{pacing}
 done = function(summary, latency, requests)
   io.write(string.format("RESULT requests=%d p50_us=%d p99_us=%d\\n", summary.requests, latency:percentile(50), latency:percentile(99)))
 end
 """)
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{args.wrk_seconds}s", "--latency", "-s", script, server.url],
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{args.wrk_seconds}s", "--latency", "-s", script, server.url],
                          capture_output=True, text=True).stdout
     m = re.search(r"RESULT requests=(\d+) p50_us=(\d+) p99_us=(\d+)", out)
     if not m:
@@ -544,8 +578,15 @@ end
     time.sleep(2)
     after = api.call("GET", "/api/v1/projects/one/deliveries?per_page=1", raw=True)[1]
     stored = total(after) - before_total
-    return {"sent": sent, "non_2xx": int(non2xx.group(1)) if non2xx else 0, "stored": stored,
-            "per_s": sent / args.wrk_seconds, "p50_ms": int(m.group(2)) / 1000, "p99_ms": int(m.group(3)) / 1000}
+    result = {"connections": connections, "sent": sent, "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+              "stored": stored, "per_s": sent / args.wrk_seconds,
+              "p50_ms": int(m.group(2)) / 1000, "p99_ms": int(m.group(3)) / 1000}
+    if rate:
+        result["rate"] = rate
+    log(f"intake ({'paced at %d/s' % rate if rate else 'saturation'}, {connections} connections): "
+        f"{result['per_s']:.0f}/s p50 {result['p50_ms']} ms p99 {result['p99_ms']} ms; "
+        f"{sent} answered, {stored} stored")
+    return result
 
 
 def main():
@@ -557,6 +598,10 @@ def main():
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--agents", type=int, default=10)
     ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--wrk-connections", type=int, default=32,
+                    help="wrk connections for the intake")
+    ap.add_argument("--intake-rate", type=int, default=5000,
+                    help="deliveries/s of the paced intake pass (0 skips it)")
     ap.add_argument("--intake-only", action="store_true",
                     help="measure only webhook intake, with no agents running")
     ap.add_argument("--git-strategy", choices=["fetch", "none"], default="fetch",
