@@ -58,6 +58,7 @@ struct FileConfig {
     delivery_max_attempts: Option<u32>,
     delivery_retry_backoff: Option<String>,
     delivery_retry_max_backoff: Option<String>,
+    allow_local_includes: Option<bool>,
 }
 
 /// A secret that never prints itself.
@@ -107,6 +108,11 @@ pub struct Config {
     pub delivery_retry_max_backoff: Duration,
     /// The first pause between attempts to post a commit status (doubled each time, 5 attempts).
     pub status_backoff: Duration,
+    /// Whether `include:remote` may reach loopback, private, link-local and other non-public
+    /// addresses (off by default, as GitLab's "Allow requests to the local network" outbound
+    /// setting): a repository's author must not be able to make the server read its own network.
+    /// File: `allow_local_includes`; env: `GANTRY_ALLOW_LOCAL_INCLUDES` (`true` or `false`).
+    pub allow_local_includes: bool,
 }
 
 impl Config {
@@ -130,6 +136,7 @@ impl Config {
             delivery_retry_backoff: Duration::from_secs(2),
             delivery_retry_max_backoff: Duration::from_secs(600),
             status_backoff: Duration::from_secs(1),
+            allow_local_includes: false,
         }
     }
 }
@@ -249,6 +256,17 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
     ) {
         config.delivery_retry_max_backoff = parse_duration(&s)
             .with_context(|| format!("invalid delivery_retry_max_backoff `{s}`"))?;
+    }
+    if let Some(s) = pick(
+        &none,
+        "GANTRY_ALLOW_LOCAL_INCLUDES",
+        &file.allow_local_includes.map(|b| b.to_string()),
+    ) {
+        config.allow_local_includes = match s.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => anyhow::bail!("invalid allow_local_includes `{s}`: true or false"),
+        };
     }
     Ok((config, generated))
 }
@@ -412,6 +430,42 @@ mod tests {
         let err = load(&args, &bad).unwrap_err();
         assert!(
             format!("{err:#}").contains("delivery_max_attempts"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn local_includes_are_refused_unless_the_file_or_env_allows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        let data = dir.path().join("data");
+        std::fs::write(&file, format!("data_dir = \"{}\"\n", data.display())).unwrap();
+        let args = Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        };
+        let (c, _) = load(&args, &|_: &str| None).unwrap();
+        assert!(!c.allow_local_includes);
+        std::fs::write(
+            &file,
+            format!(
+                "allow_local_includes = true\ndata_dir = \"{}\"\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let (c, _) = load(&args, &|_: &str| None).unwrap();
+        assert!(c.allow_local_includes);
+        let off = |k: &str| (k == "GANTRY_ALLOW_LOCAL_INCLUDES").then(|| "false".to_string());
+        let (c, _) = load(&args, &off).unwrap();
+        assert!(
+            !c.allow_local_includes,
+            "the environment wins over the file"
+        );
+        let bad = |k: &str| (k == "GANTRY_ALLOW_LOCAL_INCLUDES").then(|| "yes".to_string());
+        let err = load(&args, &bad).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("allow_local_includes"),
             "{err:#}"
         );
     }

@@ -7,6 +7,14 @@
 //! file may include more).
 //!
 //! - `include:remote`: an `http` or `https` URL, fetched with a 10 s timeout and at most 1 MiB.
+//!   Only from public addresses unless `allow_local_includes` is set, as GitLab's outbound
+//!   requests: the URL comes from a repository, and whoever can push must not make the server
+//!   read its own network (`http://127.0.0.1:8080/…`, a cloud metadata address, an internal host).
+//!   The URL's host is resolved and refused when any of its addresses is not public (a permanent
+//!   failure, naming the address); the HTTP client itself resolves through [`PublicOnly`], which
+//!   drops non-public addresses, so a name that changes its answer between the two lookups or a
+//!   redirect to an internal name gets nowhere; a redirect to a non-public IP literal is refused
+//!   by the redirect policy.
 //! - `include:project`: a file of another project registered on this server (by its name), at the
 //!   given ref (`HEAD`: the project's default branch), read from that project's mirror after
 //!   fetching the ref into it. Only when that project allows it: a project may include its own
@@ -23,6 +31,7 @@
 //! [`Fetched::Permanent`]: the compile error at once.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -159,7 +168,7 @@ pub(crate) async fn fetch_all(
 pub(crate) async fn fetch(state: &AppState, from: &str, key: &str) -> Fetched {
     let (kind, target) = key.split_once(':').unwrap_or((key, ""));
     match kind {
-        "remote" => fetch_url(target).await,
+        "remote" => fetch_url(target, state.config.allow_local_includes).await,
         "project" => fetch_project(state, from, target).await,
         _ => Fetched::Permanent(format!(
             "`include:{kind}` is not supported by gantry server: copy the file into the \
@@ -168,18 +177,119 @@ pub(crate) async fn fetch(state: &AppState, from: &str, key: &str) -> Fetched {
     }
 }
 
-fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
+/// The HTTP client for remote includes: `local` may reach any address, otherwise only public
+/// ones (see the module docs).
+fn client(local: bool) -> Result<&'static reqwest::Client, String> {
+    static ANY: OnceLock<reqwest::Client> = OnceLock::new();
+    static PUBLIC: OnceLock<reqwest::Client> = OnceLock::new();
+    let cell = if local { &ANY } else { &PUBLIC };
+    if let Some(c) = cell.get() {
         return Ok(c);
     }
-    let c = reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
-        .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")));
+    if !local {
+        builder = builder
+            .dns_resolver(std::sync::Arc::new(PublicOnly))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if let Some(ip) = ip_literal(attempt.url()).filter(|ip| !is_public(*ip)) {
+                    let why = format!("redirected to {ip}, which is not a public address");
+                    attempt.error(why)
+                } else if attempt.previous().len() >= 10 {
+                    attempt.error("more than 10 redirects")
+                } else {
+                    attempt.follow()
+                }
+            }));
+    }
+    let c = builder
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    Ok(CLIENT.get_or_init(|| c))
+    Ok(cell.get_or_init(|| c))
+}
+
+/// Whether `ip` is a public unicast address: not loopback, private, link-local, shared (CGNAT),
+/// unspecified, broadcast, multicast, documentation, benchmarking or reserved; IPv6 not unique
+/// local or link-local either, and an IPv4-mapped address as its IPv4 address.
+pub(crate) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || v6.is_unique_local()
+                || v6.is_unicast_link_local()
+                || first == 0x2001 && v6.segments()[1] == 0x0db8
+                || first == 0x0064 && v6.segments()[1] == 0xff9b)
+        }
+    }
+}
+
+/// The URL's host when it is an IP address (`[…]` for IPv6).
+fn ip_literal(url: &reqwest::Url) -> Option<IpAddr> {
+    let host = url.host_str()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
+
+/// A resolver that keeps a name's public addresses only; a name with none fails to resolve.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = all.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{host} has no public address"),
+                );
+                return Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Why `url` may not be fetched without `allow_local_includes`: its host is, or resolves to, an
+/// address that is not public. `Err` when the name does not resolve (transient).
+async fn local_address(url: &reqwest::Url) -> Result<Option<IpAddr>, String> {
+    let port = url.port_or_known_default().unwrap_or(80);
+    if let Some(ip) = ip_literal(url) {
+        return Ok((!is_public(ip)).then_some(ip));
+    }
+    let Some(name) = url.host_str() else {
+        return Ok(None);
+    };
+    match tokio::net::lookup_host((name, port)).await {
+        Ok(addrs) => Ok(addrs.map(|a| a.ip()).find(|ip| !is_public(*ip))),
+        Err(e) => Err(format!("cannot be fetched: cannot resolve {name}: {e}")),
+    }
 }
 
 /// An error with its causes, `a: b: c`.
@@ -197,8 +307,8 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// `include:remote`: GET the URL.
-async fn fetch_url(url: &str) -> Fetched {
+/// `include:remote`: GET the URL; `local`: also from addresses that are not public.
+async fn fetch_url(url: &str, local: bool) -> Fetched {
     let parsed = match reqwest::Url::parse(url) {
         Ok(u) => u,
         Err(e) => return Fetched::Permanent(format!("not a valid URL: {e}")),
@@ -206,7 +316,20 @@ async fn fetch_url(url: &str) -> Fetched {
     if !matches!(parsed.scheme(), "http" | "https") {
         return Fetched::Permanent("only http and https URLs can be included".into());
     }
-    let client = match client() {
+    if !local {
+        match local_address(&parsed).await {
+            Ok(None) => {}
+            Ok(Some(ip)) => {
+                return Fetched::Permanent(format!(
+                    "is refused: {} is not a public address ({ip}); remote includes may only \
+                     reach public addresses unless the server sets `allow_local_includes`",
+                    parsed.host_str().unwrap_or_default()
+                ));
+            }
+            Err(e) => return Fetched::Transient(e),
+        }
+    }
+    let client = match client(local) {
         Ok(c) => c,
         Err(e) => return Fetched::Transient(e),
     };
@@ -360,32 +483,34 @@ mod tests {
     async fn fetch_url_classifies_failures() {
         let ok = stub("200 OK", b"job:\n  script: [x]\n".to_vec()).await;
         assert_eq!(
-            fetch_url(&format!("{ok}/ci.yml")).await,
+            fetch_url(&format!("{ok}/ci.yml"), true).await,
             Fetched::Content("job:\n  script: [x]\n".into())
         );
         let missing = stub("404 Not Found", b"no".to_vec()).await;
         assert!(matches!(
-            fetch_url(&missing).await,
+            fetch_url(&missing, true).await,
             Fetched::Permanent(m) if m.contains("404")
         ));
         let down = stub("503 Service Unavailable", b"later".to_vec()).await;
         assert!(matches!(
-            fetch_url(&down).await,
+            fetch_url(&down, true).await,
             Fetched::Transient(m) if m.contains("503")
         ));
         let big = stub("200 OK", vec![b'a'; MAX_BYTES + 1]).await;
         assert!(matches!(
-            fetch_url(&big).await,
+            fetch_url(&big, true).await,
             Fetched::Permanent(m) if m.contains("larger than 1024 KiB")
         ));
         let binary = stub("200 OK", vec![0xff, 0xfe]).await;
-        assert!(matches!(fetch_url(&binary).await, Fetched::Permanent(m) if m.contains("UTF-8")));
+        assert!(
+            matches!(fetch_url(&binary, true).await, Fetched::Permanent(m) if m.contains("UTF-8"))
+        );
         assert!(matches!(
-            fetch_url("file:///etc/passwd").await,
+            fetch_url("file:///etc/passwd", true).await,
             Fetched::Permanent(m) if m.contains("only http and https")
         ));
         assert!(matches!(
-            fetch_url("not a url").await,
+            fetch_url("not a url", true).await,
             Fetched::Permanent(_)
         ));
         // Nobody listens: transient.
@@ -395,8 +520,73 @@ mod tests {
             .unwrap()
             .port();
         assert!(matches!(
-            fetch_url(&format!("http://127.0.0.1:{port}/x.yml")).await,
+            fetch_url(&format!("http://127.0.0.1:{port}/x.yml"), true).await,
             Fetched::Transient(m) if m.starts_with("cannot be fetched")
         ));
+    }
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+            "64:ff9b::7f00:1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} is not public");
+        }
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+    }
+
+    #[tokio::test]
+    async fn local_addresses_are_refused_unless_allowed() {
+        let ok = stub("200 OK", b"job:\n  script: [x]\n".to_vec()).await;
+        let port = ok.rsplit(':').next().unwrap();
+        for url in [
+            format!("{ok}/ci.yml"),
+            format!("http://localhost:{port}/ci.yml"),
+            format!("http://[::1]:{port}/ci.yml"),
+        ] {
+            match fetch_url(&url, false).await {
+                Fetched::Permanent(m) => assert!(m.contains("is not a public address"), "{m}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            fetch_url(&format!("{ok}/ci.yml"), true).await,
+            Fetched::Content(_)
+        ));
+        // The client's own resolver keeps public addresses only, whatever was checked before.
+        use reqwest::dns::Resolve as _;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let err = PublicOnly.resolve(name).await.err().unwrap();
+        assert!(err.to_string().contains("has no public address"), "{err}");
     }
 }

@@ -506,6 +506,7 @@ both_stores!(
     unreachable_repo_is_retried_until_it_returns,
     unreachable_repo_fails_after_the_last_attempt,
     remote_include_over_http_runs,
+    remote_include_of_a_local_address_is_refused,
     project_include_from_another_project_runs,
     project_include_is_denied_unless_the_included_project_allows_it,
     unreachable_remote_include_fails_the_pipeline_with_its_position,
@@ -1588,7 +1589,7 @@ impl HttpStub {
 /// `include:remote` over HTTP: the server fetches the file and the remote file's own remote
 /// include; the pipeline has the remote jobs, and they run.
 fn remote_include_over_http_runs(store: Store) {
-    let s = Setup::new(store);
+    let s = Setup::with_env(store, &[("GANTRY_ALLOW_LOCAL_INCLUDES", "true")]);
     let nested = HttpStub::serve(vec![(
         "/ci/nested.yml",
         "nested_job:\n  script: [echo from the nested remote file]\n".to_string(),
@@ -1643,6 +1644,44 @@ fn remote_include_over_http_runs(store: Store) {
     assert!(e.message.contains("404 Not Found"), "{e:?}");
     let d = deliveries(&api, "remote").into_iter().next().unwrap();
     assert_eq!(d["attempts"], 0, "{d}");
+}
+
+/// By default `include:remote` reaches public addresses only: an include of the server's own
+/// network fails the pipeline at once (not retried) at the include's position, and the address is
+/// never contacted, whether named by IP or by a name that resolves to it.
+fn remote_include_of_a_local_address_is_refused(store: Store) {
+    let s = Setup::new(store);
+    let stub = HttpStub::serve(vec![(
+        "/ci/x.yml",
+        "remote_job:\n  script: [echo should not run]\n".to_string(),
+    )]);
+    let api = Api::new(&s.server);
+    for (name, host) in [("by-ip", "127.0.0.1"), ("by-name", "localhost")] {
+        let url = format!("http://{host}:{}/ci/x.yml", stub.port);
+        let repo = Repo::new(&[(
+            ".gitlab-ci.yml",
+            &format!("job:\n  script: [echo hi]\ninclude:\n  - remote: {url}\n"),
+        )]);
+        api.add_project(name, repo.path());
+        trigger_accepted(&api, name);
+        let p = api.finished(api.first_pipeline(name));
+        assert_eq!(p.status, PipelineStatus::Failed);
+        assert!(p.jobs.is_empty());
+        let e = &p.errors[0];
+        assert_eq!(
+            (e.file.as_str(), e.line, e.column),
+            (".gitlab-ci.yml", 4, 5),
+            "{e:?}"
+        );
+        assert!(
+            e.message.contains("is not a public address")
+                && e.message.contains("allow_local_includes"),
+            "{e:?}"
+        );
+        let d = deliveries(&api, name).into_iter().next().unwrap();
+        assert_eq!(d["attempts"], 0, "not retried: {d}");
+    }
+    assert_eq!(stub.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 /// `include:project` names another project of this server that allows it (`gantry project add
@@ -1783,6 +1822,7 @@ fn unreachable_remote_include_fails_the_pipeline_with_its_position(store: Store)
         &[
             ("GANTRY_DELIVERY_RETRY_BACKOFF", "200ms"),
             ("GANTRY_DELIVERY_MAX_ATTEMPTS", "3"),
+            ("GANTRY_ALLOW_LOCAL_INCLUDES", "true"),
         ],
     );
     // A port nobody listens on.
