@@ -133,10 +133,18 @@ pub(crate) async fn run<E: Executor>(
             }
         })
         .collect();
+    // Masked values of every layer: a server's job carries some among its predefined variables
+    // (`CI_JOB_TOKEN`).
     let masker = Masker::new(
-        plan.variables
+        plan.predefined
             .iter()
+            .chain(&plan.variables)
             .chain(&plan.cli_variables)
+            .chain(
+                plan.jobs
+                    .iter()
+                    .flat_map(|j| j.predefined.iter().chain(&j.variables)),
+            )
             .filter(|v| v.masked)
             .map(|v| v.value.as_str()),
     );
