@@ -13,6 +13,11 @@
 //!
 //! The token travels in the environment of the agent's own `git fetch` (`GIT_CONFIG_*`), never on a
 //! command line, in the repository's configuration, or in the log.
+//!
+//! The repository's `origin` is the project's repository on the server for jobs
+//! (`/api/v1/projects/NAME/git`), which a job reads with its own `CI_JOB_TOKEN` while it runs
+//! (the agent gives the job the header for that URL only, see `job::runnable`), so that
+//! `git fetch origin` works in jobs.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -89,8 +94,10 @@ impl Options {
 
 /// What to check out, and from where.
 pub(crate) struct Source<'a> {
-    /// The repository's URL on the server.
+    /// The repository's URL on the server, for the agent.
     pub url: String,
+    /// The repository's URL for jobs: the `origin` remote.
+    pub origin: String,
     /// The agent's token, sent as `Authorization: Bearer`.
     pub token: &'a str,
     pub sha: &'a str,
@@ -205,6 +212,7 @@ pub(crate) fn prepare(
         run(git(dir).args(["init", "--quiet"]), "init")?;
         say("Created fresh repository.");
     }
+    set_origin(dir, &src.origin)?;
     // A commit already fetched into this repository is checked out at once; only a missing one (or a
     // full history asked of a shallow repository) is fetched. The checkout itself says whether the
     // commit is there, so a job of a known commit runs two git processes: checkout and clean.
@@ -261,6 +269,23 @@ pub(crate) fn prepare(
     }
     if let Some(flags) = &opts.clean {
         run(git(dir).arg("clean").args(flags), "clean")?;
+    }
+    Ok(())
+}
+
+/// Makes `url` the `origin` remote of the repository in `dir`, unless it already is (a file read).
+fn set_origin(dir: &Path, url: &str) -> Result<(), String> {
+    let config = std::fs::read_to_string(dir.join(".git/config")).unwrap_or_default();
+    if !config.contains("[remote \"origin\"]") {
+        run(
+            git(dir).args(["remote", "add", "origin", url]),
+            "remote add",
+        )?;
+    } else if !config.lines().any(|l| l.trim() == format!("url = {url}")) {
+        run(
+            git(dir).args(["remote", "set-url", "origin", url]),
+            "remote set-url",
+        )?;
     }
     Ok(())
 }
@@ -348,8 +373,9 @@ mod tests {
         let dir = tmp.path().join("work");
         let lines = std::cell::RefCell::new(Vec::new());
         let say = |l: &str| lines.borrow_mut().push(l.to_string());
-        let src = Source {
+        let mut src = Source {
             url: url.clone(),
+            origin: url.clone(),
             token: "secret-token",
             sha: &sha,
             ref_name: Some("main".into()),
@@ -365,9 +391,18 @@ mod tests {
                 .borrow()
                 .contains(&"Fetching changes with git depth set to 2...".to_string())
         );
-        // The token is nowhere in the repository.
+        // The token is nowhere in the repository; `origin` is the URL for jobs, and fetching from
+        // it works as in any clone.
         let config = std::fs::read_to_string(dir.join(".git/config")).unwrap();
         assert!(!config.contains("secret-token"));
+        assert_eq!(sh(&dir, &["remote", "get-url", "origin"]), url);
+        sh(&dir, &["fetch", "-q", "origin"]);
+        assert_eq!(sh(&dir, &["rev-parse", "origin/main"]), sha);
+        // A new URL for jobs (the agent now talks to another address) replaces the old one.
+        src.origin = format!("{url}/");
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert_eq!(sh(&dir, &["remote", "get-url", "origin"]), src.origin);
+        src.origin = url.clone();
         // Again, with junk in the directory and the origin gone: no fetch, a clean tree.
         std::fs::write(dir.join("junk"), "x").unwrap();
         std::fs::write(dir.join("f"), "changed").unwrap();

@@ -122,6 +122,12 @@ impl Client {
         self.job_url(job, "/git")
     }
 
+    /// Project `project`'s repository for its jobs, read with a job's `CI_JOB_TOKEN`: the
+    /// `origin` of checkouts.
+    pub(crate) fn project_git_url(&self, project: &str) -> String {
+        self.url(&format!("/api/v1/projects/{project}/git"))
+    }
+
     /// The token the client calls with.
     pub(crate) fn token(&self) -> &str {
         &self.token

@@ -286,7 +286,8 @@ async fn execute(
             return failure(FailureReason::RunnerSystemFailure);
         }
     };
-    let plan = runnable(&spec.plan, idx, spec.job_id);
+    let origin = env.client.project_git_url(&spec.project);
+    let plan = runnable(&spec.plan, idx, spec.job_id, &origin);
     let mut selected = vec![false; plan.jobs.len()];
     selected[idx] = true;
     let config = RunConfig {
@@ -326,15 +327,45 @@ async fn execute(
 /// matters (no delay, no waiting to be played, no `on_failure` check against jobs that are not
 /// here), and the server retries, not the agent. The server's `CI_JOB_ID` goes first among the
 /// global variables, which rank above the id the runtime makes up for local runs.
-fn runnable(plan: &Plan, idx: usize, job_id: i64) -> Plan {
+///
+/// With the job's `CI_JOB_TOKEN` (from the server, masked), the job can read its project's
+/// repository at `origin` (the checkout's `origin` remote): `CI_REPOSITORY_URL` is that URL with
+/// the token as the password of user `gitlab-ci-token`, as on GitLab, and git in the job sends the
+/// token to that URL only (`http.<origin>.extraHeader` through `GIT_CONFIG_*`, nothing written to
+/// disk). Variables of the job's own override these.
+fn runnable(plan: &Plan, idx: usize, job_id: i64, origin: &str) -> Plan {
     let mut plan = plan.clone();
+    let token = plan.jobs[idx]
+        .predefined
+        .iter()
+        .find(|v| v.key == "CI_JOB_TOKEN")
+        .map(|v| v.value.clone());
     let job = &mut plan.jobs[idx];
     job.when = When::Always;
     job.start_in = None;
     job.retry.max = 0;
-    let mut id = Variable::new("CI_JOB_ID", job_id.to_string());
-    id.expand = false;
-    plan.variables.insert(0, id);
+    let literal = |k: &str, v: String| {
+        let mut var = Variable::new(k, v);
+        var.expand = false;
+        var
+    };
+    let mut first = vec![literal("CI_JOB_ID", job_id.to_string())];
+    if let Some(token) = token {
+        let with_token = match origin.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://gitlab-ci-token:{token}@{rest}"),
+            None => origin.to_string(),
+        };
+        first.extend([
+            literal("CI_REPOSITORY_URL", with_token),
+            literal("GIT_CONFIG_COUNT", "1".into()),
+            literal("GIT_CONFIG_KEY_0", format!("http.{origin}.extraHeader")),
+            literal(
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Bearer {token}"),
+            ),
+        ]);
+    }
+    plan.variables.splice(0..0, first);
     plan
 }
 
@@ -377,6 +408,7 @@ async fn source(
     let opts = checkout::Options::from_vars(|k| vars.get(k).cloned())?;
     let work = checkout_dir(&env.work_dir, slot, &spec.project);
     let url = env.client.git_url(spec.job_id);
+    let origin = env.client.project_git_url(&spec.project);
     let token = env.client.token().to_string();
     let sha = spec.sha.clone();
     let ref_name = vars
@@ -392,6 +424,7 @@ async fn source(
     tokio::task::spawn_blocking(move || {
         let src = checkout::Source {
             url,
+            origin,
             token: &token,
             sha: &sha,
             ref_name,

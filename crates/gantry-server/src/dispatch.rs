@@ -172,7 +172,8 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };
     let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-    let spec = job_spec(&p, &job, main, &deps, lease_ms).map_err(AppError::internal)?;
+    let token = crate::jobtoken::mint(&state.config.admin_token.0, &job);
+    let spec = job_spec(&p, &job, main, &deps, lease_ms, token).map_err(AppError::internal)?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
     if p.status != "running" || p.started_at.is_none() {
@@ -238,6 +239,7 @@ pub(crate) fn job_spec(
     mut main: gantry_pipeline::Job,
     deps: &[JobRecord],
     lease_ms: u64,
+    job_token: Option<String>,
 ) -> anyhow::Result<JobSpec> {
     let doc: PipelineDoc = serde_json::from_str(&p.spec)?;
     main.retry = Retry::default();
@@ -296,6 +298,11 @@ pub(crate) fn job_spec(
     if job.attempt > 1 {
         main.predefined
             .push(lit("CI_JOB_RETRY", (job.attempt - 1).to_string()));
+    }
+    if let Some(token) = job_token {
+        let mut var = lit("CI_JOB_TOKEN", token);
+        var.masked = true;
+        main.predefined.push(var);
     }
     // The job's environment, expanded, picks the project variables whose scope matches.
     let env_name = main.environment.as_ref().map(|e| {

@@ -9,6 +9,10 @@
 //! when there is no such job). The backend may hand out any commit of the mirror by its SHA
 //! (`uploadpack.allowAnySHA1InWant`), because the mirror holds commits fetched by SHA without a ref.
 //!
+//! Jobs read the same mirror at `/api/v1/projects/{name}/git` with their `CI_JOB_TOKEN` (see
+//! [`crate::jobtoken`]): it is the `origin` of the job's checkout, so `git fetch origin` works in
+//! a job while it runs, and only for its own project.
+//!
 //! The request body streams into the CGI's standard input and its standard output streams back:
 //! a pack never sits in memory.
 
@@ -64,24 +68,40 @@ pub(crate) async fn info_refs(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> AppResult<Response> {
+    let query = fetch_only(query)?;
+    let p = held(&state, &agent, id).await?;
+    advertise(&state, &p, &query, &headers).await
+}
+
+/// The query of a ref advertisement, when it asks for a fetch (`git-upload-pack`); `403` else.
+fn fetch_only(query: Option<String>) -> AppResult<String> {
     let query = query.unwrap_or_default();
-    if query != "service=git-upload-pack" {
-        return Err(AppError::new(
+    if query == "service=git-upload-pack" {
+        Ok(query)
+    } else {
+        Err(AppError::new(
             StatusCode::FORBIDDEN,
             "only git-upload-pack (fetch and clone) is served",
-        ));
+        ))
     }
-    let p = held(&state, &agent, id).await?;
-    // The fetch starts here: make sure the mirror has the commit (another server may have made
-    // the pipeline).
-    crate::dispatch::with_commit(&state, &p, |_, _| Ok(())).await?;
+}
+
+/// The ref advertisement of pipeline `p`'s mirror. The fetch starts here: make sure the mirror has
+/// the commit (another server may have made the pipeline).
+async fn advertise(
+    state: &AppState,
+    p: &gantry_store::PipelineRecord,
+    query: &str,
+    headers: &HeaderMap,
+) -> AppResult<Response> {
+    crate::dispatch::with_commit(state, p, |_, _| Ok(())).await?;
     cgi(
-        &state,
+        state,
         p.project_id,
         "info/refs",
         "GET",
-        &query,
-        &headers,
+        query,
+        headers,
         None,
     )
     .await
@@ -101,16 +121,64 @@ pub(crate) async fn upload_pack(
     body: Body,
 ) -> AppResult<Response> {
     let p = held(&state, &agent, id).await?;
+    upload(&state, &p, &headers, body).await
+}
+
+/// A fetch's pack from pipeline `p`'s mirror.
+async fn upload(
+    state: &AppState,
+    p: &gantry_store::PipelineRecord,
+    headers: &HeaderMap,
+    body: Body,
+) -> AppResult<Response> {
     cgi(
-        &state,
+        state,
         p.project_id,
         "git-upload-pack",
         "POST",
         "",
-        &headers,
+        headers,
         Some(body),
     )
     .await
+}
+
+/// `GET /api/v1/projects/{name}/git/info/refs?service=git-upload-pack`, with a job token.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/git/info/refs", tag = "jobs",
+    params(("name" = String, Path, description = "The project of the job whose token is given"), ("service" = String, Query, description = "`git-upload-pack` (anything else is refused)")),
+    responses((status = 200, description = "git's ref advertisement (smart HTTP)", body = Vec<u8>, content_type = "application/x-git-upload-pack-advertisement"),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "No job token, or not one of a running job (with a Basic challenge)", body = ErrorBody), (status = 403, description = "Not a fetch, or a job of another project", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("job_token" = [])))]
+pub(crate) async fn project_info_refs(
+    State(state): State<AppState>,
+    PathParam(name): PathParam<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> AppResult<Response> {
+    let query = fetch_only(query)?;
+    let p = match crate::jobtoken::job_of(&state, &headers, &name).await {
+        Ok((_, p)) => p,
+        Err(answer) => return Ok(answer),
+    };
+    advertise(&state, &p, &query, &headers).await
+}
+
+/// `POST /api/v1/projects/{name}/git/git-upload-pack`, with a job token.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/git/git-upload-pack", tag = "jobs",
+    params(("name" = String, Path, description = "The project of the job whose token is given")),
+    request_body(content = Vec<u8>, content_type = "application/x-git-upload-pack-request", description = "git's upload-pack request"),
+    responses((status = 200, description = "git's upload-pack answer (a pack)", body = Vec<u8>, content_type = "application/x-git-upload-pack-result"),
+        (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "No job token, or not one of a running job (with a Basic challenge)", body = ErrorBody), (status = 403, description = "A job of another project", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("job_token" = [])))]
+pub(crate) async fn project_upload_pack(
+    State(state): State<AppState>,
+    PathParam(name): PathParam<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<Response> {
+    let p = match crate::jobtoken::job_of(&state, &headers, &name).await {
+        Ok((_, p)) => p,
+        Err(answer) => return Ok(answer),
+    };
+    upload(&state, &p, &headers, body).await
 }
 
 /// `POST /api/v1/agent/jobs/{id}/git/git-receive-pack`: refused, the mirror is read-only.
@@ -119,6 +187,14 @@ pub(crate) async fn upload_pack(
     responses((status = 403, description = "Always: the repository is read-only", body = ErrorBody)))]
 pub(crate) async fn receive_pack() -> AppError {
     AppError::new(StatusCode::FORBIDDEN, "the repository is read-only")
+}
+
+/// `POST /api/v1/projects/{name}/git/git-receive-pack`: refused, the mirror is read-only.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/git/git-receive-pack", tag = "jobs",
+    params(("name" = String, Path, description = "A project")),
+    responses((status = 403, description = "Always: the repository is read-only", body = ErrorBody)))]
+pub(crate) async fn project_receive_pack() -> AppError {
+    receive_pack().await
 }
 
 /// Runs `git http-backend` for `rest` of project `project`'s mirror and streams its answer.

@@ -110,6 +110,18 @@ pub(crate) fn router(state: AppState) -> Router {
             post(crate::githttp::receive_pack),
         )
         .route(
+            "/api/v1/projects/{name}/git/info/refs",
+            get(crate::githttp::project_info_refs),
+        )
+        .route(
+            "/api/v1/projects/{name}/git/git-upload-pack",
+            post(crate::githttp::project_upload_pack),
+        )
+        .route(
+            "/api/v1/projects/{name}/git/git-receive-pack",
+            post(crate::githttp::project_receive_pack),
+        )
+        .route(
             "/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts",
             get(crate::dispatch::dependency_artifacts),
         )

@@ -31,6 +31,7 @@ mod git;
 mod githttp;
 mod hooks;
 mod http;
+mod jobtoken;
 mod metrics;
 mod openapi;
 mod process;

@@ -15,6 +15,10 @@ impl utoipa::Modify for Security {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         components.add_security_scheme(
+            "job_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
+        components.add_security_scheme(
             "private_token",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("PRIVATE-TOKEN"))),
         );
@@ -63,6 +67,9 @@ token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `40
         crate::githttp::info_refs,
         crate::githttp::upload_pack,
         crate::githttp::receive_pack,
+        crate::githttp::project_info_refs,
+        crate::githttp::project_upload_pack,
+        crate::githttp::project_receive_pack,
         crate::http::healthz,
         crate::http::readyz,
         crate::http::metrics,

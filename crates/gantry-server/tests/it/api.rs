@@ -269,6 +269,8 @@ async fn openapi_lists_every_route() {
         "/api/v1/agent/jobs/request/stop",
         "/api/v1/agent/jobs/{id}/git/info/refs",
         "/api/v1/agent/jobs/{id}/git/git-upload-pack",
+        "/api/v1/projects/{name}/git/info/refs",
+        "/api/v1/projects/{name}/git/git-upload-pack",
         "/healthz",
         "/readyz",
     ] {

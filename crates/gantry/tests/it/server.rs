@@ -500,6 +500,7 @@ both_stores!(
     project_token_from_the_cli,
     quit_drains_the_running_job,
     jobs_get_a_git_checkout,
+    jobs_fetch_origin_with_their_job_token,
     git_route_serves_only_the_job_s_agent,
     quit_while_polling_strands_no_job,
     without_git_jobs_get_the_tree,
@@ -1172,6 +1173,64 @@ fn jobs_get_a_git_checkout(store: Store) {
         assert!(!log.contains(&token), "the token is in a log: {log}");
     }
     assert!(!agent.output().contains(&token));
+}
+
+/// A job's checkout has `origin`, which the job reads with its own `CI_JOB_TOKEN` while it runs:
+/// `git fetch --unshallow origin` brings the whole history, `CI_REPOSITORY_URL` (the token as the
+/// Basic password, as on GitLab) works for `git ls-remote`, another project's repository is
+/// refused, the token is masked in the log, and once the job has ended the token is refused with a
+/// Basic challenge.
+fn jobs_fetch_origin_with_their_job_token(store: Store) {
+    let s = Setup::new(store);
+    let kept = s.dir.path().join("job-token");
+    let yaml = format!(
+        "fetch:\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n\
+         \x20   - echo \"before=$(git log --oneline | wc -l | tr -d ' ')\"\n\
+         \x20   - git fetch -q --unshallow origin \"$CI_COMMIT_SHA\"\n\
+         \x20   - echo \"after=$(git log --oneline | wc -l | tr -d ' ')\"\n\
+         \x20   - git ls-remote \"$CI_REPOSITORY_URL\" > /dev/null && echo url-ok\n\
+         \x20   - 'other=\"${{CI_REPOSITORY_URL%/projects/*}}/projects/other/git\"'\n\
+         \x20   - if git ls-remote \"$other\" > /dev/null 2>&1; then echo other-readable; else echo other-refused; fi\n\
+         \x20   - echo \"token=$CI_JOB_TOKEN\"\n\
+         \x20   - printf %s \"$CI_JOB_TOKEN\" > {}\n",
+        kept.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    for i in 1..=3 {
+        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
+        repo.git(&["add", "n.txt"]);
+        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
+    }
+    let api = Api::new(&s.server);
+    api.add_project("tok", repo.path());
+    let agent = s.agent("a1");
+    let p = api.finished(api.trigger("tok"));
+    assert_success(&p, &[&agent]);
+    let log = api.log(job_named(&p, "fetch").id);
+    assert!(log.contains("before=1\n"), "{log}");
+    assert!(log.contains("after=4\n"), "{log}");
+    assert!(log.contains("url-ok\n"), "{log}");
+    assert!(log.contains("other-refused\n"), "{log}");
+    let token = std::fs::read_to_string(&kept).unwrap();
+    assert!(
+        token.starts_with(&format!("{}_", job_named(&p, "fetch").id)),
+        "{token}"
+    );
+    assert!(!log.contains(&token), "the job token is masked: {log}");
+    assert!(log.contains("token=[MASKED]"), "{log}");
+    let http = reqwest::blocking::Client::new();
+    let refs = format!(
+        "{}/api/v1/projects/tok/git/info/refs?service=git-upload-pack",
+        api.url
+    );
+    let stale = http.get(&refs).bearer_auth(&token).send().unwrap();
+    assert_eq!(stale.status(), 401);
+    assert_eq!(
+        stale.headers()["www-authenticate"],
+        "Basic realm=\"gantry\""
+    );
+    let none = http.get(&refs).send().unwrap();
+    assert_eq!(none.status(), 401);
 }
 
 /// The git route of a job answers only the agent that holds the job: no token `401`, another
