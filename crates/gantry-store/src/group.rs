@@ -16,6 +16,56 @@ use crate::{NewDelivery, Result};
 /// How many queued deliveries one transaction stores at most.
 pub(crate) const DELIVERY_BATCH: usize = 256;
 
+/// The batch's `INSERT`, one row per delivery; it skips the ones stored before and returns
+/// `id, project_id, forge, delivery_id` of those it stored (see [`answers`]).
+pub(crate) fn insert_batch<'a, DB>(batch: &'a [&NewDelivery]) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::new(
+        "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
+         received_at) ",
+    );
+    q.push_values(batch, |mut b, d| {
+        b.push_bind(d.project_id)
+            .push_bind(d.forge.as_str())
+            .push_bind(d.delivery_id.as_str())
+            .push_bind(d.event.as_str())
+            .push_bind(d.payload.as_slice())
+            .push_bind(d.trace_id.as_str())
+            .push_bind(d.received_at);
+    });
+    q.push(
+        " ON CONFLICT (project_id, forge, delivery_id) DO NOTHING \
+         RETURNING id, project_id, forge, delivery_id",
+    );
+    q
+}
+
+/// The answers to `batch`, in order, from the rows its [`insert_batch`] returned: `Ok` for a
+/// delivery it stored, `Err(delivery)` for one it did not (stored before, or earlier in the batch,
+/// whose row was taken), whose id the store reads.
+pub(crate) fn answers<'a>(
+    batch: &[&'a NewDelivery],
+    rows: Vec<(i64, i64, String, String)>,
+) -> Vec<std::result::Result<(i64, bool), &'a NewDelivery>> {
+    let mut ids: std::collections::HashMap<(i64, String, String), i64> = rows
+        .into_iter()
+        .map(|(id, project, forge, delivery)| ((project, forge, delivery), id))
+        .collect();
+    batch
+        .iter()
+        .map(|d| {
+            ids.remove(&(d.project_id, d.forge.clone(), d.delivery_id.clone()))
+                .map(|id| (id, false))
+                .ok_or(*d)
+        })
+        .collect()
+}
+
 /// What a store's connection does for a group commit.
 #[async_trait]
 pub(crate) trait DeliveryWriter: Send {

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
-use crate::group::{DeliveryQueue, DeliveryWriter};
+use crate::group::{DeliveryQueue, DeliveryWriter, answers, insert_batch};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -110,46 +110,18 @@ impl DeliveryWriter for SqliteConnection {
     }
 
     async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>> {
-        // One statement, atomic on its own: each statement is a round trip to the connection's
-        // thread, and each transaction a commit.
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
-         received_at) ",
-        );
-        q.push_values(batch, |mut b, d| {
-            b.push_bind(d.project_id)
-                .push_bind(&d.forge)
-                .push_bind(&d.delivery_id)
-                .push_bind(&d.event)
-                .push_bind(&d.payload)
-                .push_bind(&d.trace_id)
-                .push_bind(d.received_at);
-        });
-        q.push(
-            " ON CONFLICT (project_id, forge, delivery_id) DO NOTHING \
-         RETURNING id, project_id, forge, delivery_id",
-        );
-        let rows = q
-            .build()
+        // One statement, atomic on its own: one round trip and one commit for the batch.
+        let rows: Vec<(i64, i64, String, String)> = insert_batch::<Sqlite>(batch)
+            .build_query_as()
             .fetch_all(&mut *self)
             .await
             .map_err(db("storing deliveries"))?;
-        let mut ids = std::collections::HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let key: (i64, String, String) = (
-                get(row, "project_id")?,
-                get(row, "forge")?,
-                get(row, "delivery_id")?,
-            );
-            ids.insert(key, get::<i64>(row, "id")?);
-        }
         let mut out = Vec::with_capacity(batch.len());
-        for d in batch {
-            // Not inserted: stored before, or earlier in this batch (whose entry was taken).
-            match ids.remove(&(d.project_id, d.forge.clone(), d.delivery_id.clone())) {
-                Some(id) => out.push((id, false)),
-                None => out.push(store_delivery(self, d).await?),
-            }
+        for answer in answers(batch, rows) {
+            out.push(match answer {
+                Ok(stored) => stored,
+                Err(d) => store_delivery(self, d).await?,
+            });
         }
         Ok(out)
     }
