@@ -162,6 +162,28 @@ impl DeliveryWriter for sqlx::PgConnection {
     }
 }
 
+/// Extends the lease of job `job_id` held by agent `agent_id` inside an artifacts transaction, and
+/// with `mark`, records that the job has artifacts. `false`: the agent does not hold the job.
+async fn lease_for_artifacts(
+    conn: &mut sqlx::PgConnection,
+    job_id: i64,
+    agent_id: i64,
+    lease_until: Millis,
+    mark: bool,
+) -> Result<bool> {
+    let leased = sqlx::query(
+        "UPDATE jobs SET has_artifacts = (has_artifacts OR $4), lease_until = GREATEST(lease_until, $1) WHERE id = $2 AND status = 'running' AND agent_id = $3",
+    )
+    .bind(lease_until)
+    .bind(job_id)
+    .bind(agent_id)
+    .bind(mark)
+    .execute(&mut *conn)
+    .await
+    .map_err(db("extending a lease"))?;
+    Ok(leased.rows_affected() > 0)
+}
+
 /// A typed column read.
 fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T>
 where
@@ -901,16 +923,7 @@ impl Store for PgStore {
             .begin()
             .await
             .map_err(db("beginning a transaction"))?;
-        let leased = sqlx::query(
-            "UPDATE jobs SET lease_until = GREATEST(lease_until, $1) WHERE id = $2 AND status = 'running' AND agent_id = $3",
-        )
-        .bind(lease_until)
-        .bind(job_id)
-        .bind(agent_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("extending a lease"))?;
-        if leased.rows_affected() == 0 {
+        if !lease_for_artifacts(&mut tx, job_id, agent_id, lease_until, false).await? {
             tx.rollback().await.map_err(db("rolling back"))?;
             return Err(StoreError::LeaseLost);
         }
@@ -971,16 +984,7 @@ impl Store for PgStore {
             .begin()
             .await
             .map_err(db("beginning a transaction"))?;
-        let leased = sqlx::query(
-            "UPDATE jobs SET has_artifacts = TRUE, lease_until = GREATEST(lease_until, $1) WHERE id = $2 AND status = 'running' AND agent_id = $3",
-        )
-        .bind(lease_until)
-        .bind(job_id)
-        .bind(agent_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("marking artifacts"))?;
-        if leased.rows_affected() == 0 {
+        if !lease_for_artifacts(&mut tx, job_id, agent_id, lease_until, true).await? {
             tx.rollback().await.map_err(db("rolling back"))?;
             return Err(StoreError::LeaseLost);
         }
