@@ -100,8 +100,8 @@ impl DeliveryQueue {
     }
 
     /// Stores `delivery`, in a batch with the others queued meanwhile: `(id, duplicate)`.
-    /// `writer` waits for the delivery writer's turn (it is called once per batch this caller
-    /// stores or waits behind).
+    /// `writer` waits for a turn at the delivery writer; a caller whose delivery another caller's
+    /// batch stores meanwhile gives up its wait.
     pub(crate) async fn store<W, F, Fut>(
         &self,
         delivery: &NewDelivery,
@@ -119,11 +119,21 @@ impl DeliveryQueue {
             answer,
         });
         loop {
-            let mut conn = writer().await?;
+            // Whoever stores our delivery answers it: wait for that or for a turn at the writer,
+            // whichever comes first, so that a delivery stored by another caller's batch costs no
+            // turn (and, on PostgreSQL, no connection).
+            let mut conn = tokio::select! {
+                biased;
+                answer = &mut answered => match answer {
+                    Ok(result) => return result,
+                    // The caller that took it was canceled midway: store it alone (idempotent).
+                    Err(_) => return writer().await?.store_one(delivery).await,
+                },
+                conn = writer() => conn?,
+            };
             match answered.try_recv() {
                 Ok(result) => return result,
                 Err(TryRecvError::Empty) => {}
-                // The caller that took it was canceled midway: store it alone (idempotent).
                 Err(TryRecvError::Closed) => return conn.store_one(delivery).await,
             }
             // Ours is still queued: store the oldest queued ones, in one transaction.
@@ -135,12 +145,7 @@ impl DeliveryQueue {
             };
             if batch.is_empty() {
                 // Another writer (PostgreSQL has several) took ours and is storing it.
-                drop(conn);
-                match (&mut answered).await {
-                    Ok(result) => return result,
-                    // That caller was canceled midway: the next round stores it alone.
-                    Err(_) => continue,
-                }
+                continue;
             }
             let deliveries: Vec<&NewDelivery> = batch.iter().map(|q| &q.delivery).collect();
             match conn.store_batch(&deliveries).await {
