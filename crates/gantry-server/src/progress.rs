@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use gantry_store::{Millis, Page, PipelineFilter, PipelineRecord};
+use gantry_store::{Millis, PipelineRecord};
 
 use crate::advance::{self, Step};
 use crate::error::{AppError, AppResult};
@@ -195,46 +195,34 @@ pub(crate) async fn auto_cancel(
     git_ref: &str,
     newer: i64,
 ) {
-    for status in ["created", "pending", "running", "manual"] {
-        let filter = PipelineFilter {
-            git_ref: Some(git_ref.to_string()),
-            status: Some(status.to_string()),
-        };
-        let Ok(page) = state
-            .store
-            .pipelines(
-                project.record.id,
-                &filter,
-                Page {
-                    page: 1,
-                    per_page: 100,
-                },
-            )
-            .await
-        else {
+    let older = match state
+        .store
+        .unfinished_push_pipelines(project.record.id, git_ref, newer)
+        .await
+    {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(newer, error = %e, "cannot list the pipelines a push makes redundant");
+            return;
+        }
+    };
+    for old in older {
+        let Ok(Some(full)) = state.store.pipeline(old).await else {
             continue;
         };
-        for old in page.items {
-            if old.id >= newer || old.source != "push" {
-                continue;
-            }
-            let Ok(Some(full)) = state.store.pipeline(old.id).await else {
-                continue;
-            };
-            let interruptible = advance::latest(&full)
-                .iter()
-                .filter(|j| j.started_at.is_some())
-                .all(|j| j.interruptible);
-            if interruptible {
-                tracing::info!(
-                    pipeline = old.id,
-                    newer,
-                    "auto-canceled: a newer pipeline runs the same ref"
-                );
-                let op = |p: &PipelineRecord, now| Ok(advance::cancel(p, now));
-                if let Err(e) = drive(state, old.id, Some(&op)).await {
-                    tracing::warn!(pipeline = old.id, error = %e.message, "cannot auto-cancel");
-                }
+        let interruptible = advance::latest(&full)
+            .iter()
+            .filter(|j| j.started_at.is_some())
+            .all(|j| j.interruptible);
+        if interruptible {
+            tracing::info!(
+                pipeline = old,
+                newer,
+                "auto-canceled: a newer pipeline runs the same ref"
+            );
+            let op = |p: &PipelineRecord, now| Ok(advance::cancel(p, now));
+            if let Err(e) = drive(state, old, Some(&op)).await {
+                tracing::warn!(pipeline = old, error = %e.message, "cannot auto-cancel");
             }
         }
     }

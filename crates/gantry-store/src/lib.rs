@@ -641,6 +641,14 @@ pub trait Store: Send + Sync + 'static {
     /// The ids of pipelines that are not over (not `success`, `failed`, `canceled`, `skipped`), oldest
     /// first: the server advances them after a restart and when delayed jobs come due.
     async fn active_pipelines(&self) -> Result<Vec<i64>>;
+    /// The ids of `project_id`'s pipelines of `git_ref` that a push started, older than pipeline
+    /// `below`, and not over: those a newer push may make redundant. Oldest first.
+    async fn unfinished_push_pipelines(
+        &self,
+        project_id: i64,
+        git_ref: &str,
+        below: i64,
+    ) -> Result<Vec<i64>>;
     /// Applies `changes` if the pipeline's version is still `version` (then bumps it, answers `true`);
     /// otherwise changes nothing and answers `false`.
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool>;

@@ -203,6 +203,31 @@ fn opt_list(row: &PgRow, column: &str) -> Result<Option<Vec<String>>> {
     get(row, column)
 }
 
+/// A connection idle for longer than this is pinged before it is handed out.
+const PING_IF_IDLE: Duration = Duration::from_secs(1);
+
+/// The options of both pools. sqlx pings a connection before handing it out by default: a round
+/// trip to the server before every statement outside a transaction, which under load is as much as
+/// the statement itself. A connection in steady use is known to work (a broken one fails its
+/// statement and is closed, since sqlx pings it when it comes back), so only one that has been idle
+/// for [`PING_IF_IDLE`] is pinged first, as HikariCP does: one the server dropped meanwhile (a
+/// restart, an idle timeout) is replaced before it fails a statement.
+fn pool_options(max: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(30))
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 impl PgStore {
     /// Connects to `url` and runs the migrations (which take an advisory lock, so that servers
     /// starting together migrate once).
@@ -211,19 +236,13 @@ impl PgStore {
     /// When the database cannot be reached or a migration fails.
     pub async fn connect(url: &str) -> Result<Self> {
         let options: PgConnectOptions = url.parse().map_err(db("parsing the PostgreSQL URL"))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(CONNECTIONS)
+        let pool = pool_options(CONNECTIONS)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .idle_timeout(Some(Duration::from_secs(300)))
             .connect_with(options.clone())
             .await
             .map_err(db("connecting to PostgreSQL"))?;
-        let claims = PgPoolOptions::new()
-            .max_connections(CLAIM_CONNECTIONS)
+        let claims = pool_options(CLAIM_CONNECTIONS)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(30))
-            .idle_timeout(Some(Duration::from_secs(300)))
             .connect_lazy_with(options.options([
                 ("enable_sort", "off"),
                 ("enable_bitmapscan", "off"),
@@ -684,6 +703,24 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db("listing active pipelines"))
+    }
+
+    async fn unfinished_push_pipelines(
+        &self,
+        project_id: i64,
+        git_ref: &str,
+        below: i64,
+    ) -> Result<Vec<i64>> {
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM pipelines WHERE status NOT IN {OVER} AND project_id = $1 \
+             AND git_ref = $2 AND source = 'push' AND id < $3 ORDER BY id"
+        ))
+        .bind(project_id)
+        .bind(git_ref)
+        .bind(below)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("listing the pipelines of a ref"))
     }
 
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {

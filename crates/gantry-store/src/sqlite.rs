@@ -733,6 +733,26 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn unfinished_push_pipelines(
+        &self,
+        project_id: i64,
+        git_ref: &str,
+        below: i64,
+    ) -> Result<Vec<i64>> {
+        read!(self, conn => {
+            sqlx::query_scalar(&format!(
+                "SELECT id FROM pipelines WHERE status NOT IN {OVER} AND project_id = $1 \
+                 AND git_ref = $2 AND source = 'push' AND id < $3 ORDER BY id"
+            ))
+            .bind(project_id)
+            .bind(git_ref)
+            .bind(below)
+            .fetch_all(conn)
+            .await
+            .map_err(db("listing the pipelines of a ref"))
+        })
+    }
+
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {
         let mut conn = self.writer.lock().await;
         let mut tx = conn

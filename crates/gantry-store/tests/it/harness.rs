@@ -26,6 +26,11 @@ impl Harness {
             .expect("opening the same database again")
     }
 
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// How many chunk rows the artifacts table holds, whatever upload they belong to (orphans too).
     pub async fn artifact_chunk_rows(&self) -> i64 {
         let sql = "SELECT COUNT(*) FROM artifact_chunks";

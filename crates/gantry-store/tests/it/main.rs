@@ -697,6 +697,29 @@ async fn pipelines_filter_and_paginate(h: Harness) {
     let active = s.active_pipelines().await.unwrap();
     assert_eq!(active.len(), 5);
     assert_eq!(active[..4], ids[3..]);
+    // Those a newer push may make redundant: of the project and the ref, started by a push, older
+    // than the newer one, not over.
+    let mut scheduled = pipeline(p.id, vec![]);
+    scheduled.source = "schedule".to_owned();
+    let scheduled = s.create_pipeline(&scheduled).await.unwrap();
+    assert_eq!(
+        s.unfinished_push_pipelines(p.id, "main", ids[6])
+            .await
+            .unwrap(),
+        [ids[4]]
+    );
+    assert_eq!(
+        s.unfinished_push_pipelines(p.id, "main", scheduled + 1)
+            .await
+            .unwrap(),
+        [ids[4], ids[6]]
+    );
+    assert_eq!(
+        s.unfinished_push_pipelines(p.id, "dev", scheduled + 1)
+            .await
+            .unwrap(),
+        [ids[3], ids[5]]
+    );
 }
 
 async fn apply_is_optimistic(h: Harness) {
@@ -1930,6 +1953,36 @@ async fn reopened_store_keeps_everything(h: Harness) {
     );
     s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
     assert_eq!(s.claim(&a, 5_000, 9_000).await.unwrap().unwrap().name, "b");
+}
+
+/// Pooled connections are not pinged while in steady use, only after an idle second: connections
+/// the server dropped meanwhile (a restart, an administrator's `pg_terminate_backend`) are replaced
+/// before they fail a statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replaces_connections_the_server_dropped() {
+    harness::postgres(|h: Harness| async move {
+        let s = &*h.store;
+        let p = project(s, "p").await;
+        for _ in 0..4 {
+            assert_eq!(s.project(&p.name).await.unwrap().unwrap().id, p.id);
+        }
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(h.url())
+            .await
+            .unwrap();
+        let dropped: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(!dropped.is_empty(), "the store holds connections");
+        tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+        for _ in 0..4 {
+            assert_eq!(s.project(&p.name).await.unwrap().unwrap().id, p.id);
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
