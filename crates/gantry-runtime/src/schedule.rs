@@ -87,6 +87,16 @@ pub(crate) async fn run<E: Executor>(
     let artifacts_dir = state_dir.join("artifacts");
     let (project_dir, in_place) = (config.project_dir.clone(), config.in_place);
     let given_files = config.files.clone();
+    // `untracked` artifacts and caches are defined by the files listed before the jobs ran.
+    let untracked = plan
+        .jobs
+        .iter()
+        .zip(&config.selected)
+        .any(|(job, &selected)| {
+            selected
+                && (job.artifacts.as_ref().is_some_and(|a| a.untracked)
+                    || job.cache.iter().any(|c| c.untracked))
+        });
     let (snapshot, on_disk) = {
         let (state_dir, builds_dir, artifacts_dir) =
             (state_dir.clone(), builds_dir.clone(), artifacts_dir.clone());
@@ -104,6 +114,7 @@ pub(crate) async fn run<E: Executor>(
                     &builds_dir.join(".snapshot"),
                     in_place,
                     given_files,
+                    untracked,
                 )
                 .map_err(io_error(&project_dir))?;
                 let on_disk = std::fs::read_dir(&artifacts_dir)

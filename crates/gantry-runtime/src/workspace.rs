@@ -52,24 +52,29 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Lists the project and, unless `in_place`, copies it to `dest`.
+    /// Lists the project and, unless `in_place`, copies it to `dest`. `untracked`: a job will ask
+    /// for [`Snapshot::listed`].
     pub(crate) fn build(
         project_dir: &Path,
         state_dir: &Path,
         dest: &Path,
         in_place: bool,
         given: Option<Vec<PathBuf>>,
+        untracked: bool,
     ) -> io::Result<Snapshot> {
-        if in_place && given.is_none() && project_dir.join(".git").exists() {
-            // In place in a checkout (an agent's): nothing is copied, and the listing only serves
-            // `untracked`, which GitLab defines as the files git does not track. Git is asked when a
-            // job wants them, not for every job.
+        let checkout = project_dir.join(".git").exists();
+        if in_place && given.is_none() && (checkout || !untracked) {
+            // In place, nothing is copied, and the listing only serves `untracked`. In a checkout
+            // (an agent's), GitLab defines those as the files git does not track, so git is asked
+            // when a job wants them, not for every job; elsewhere (`GIT_STRATEGY: none`) no job
+            // of this run wants them.
             return Ok(Snapshot {
                 root: project_dir.to_path_buf(),
                 entries: Vec::new(),
                 dirs: Vec::new(),
                 listed: OnceLock::new(),
-                tracked_by_git: Some((project_dir.to_path_buf(), state_dir.to_path_buf())),
+                tracked_by_git: checkout
+                    .then(|| (project_dir.to_path_buf(), state_dir.to_path_buf())),
             });
         }
         let listing = list(project_dir, state_dir, given)?;

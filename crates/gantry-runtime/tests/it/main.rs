@@ -745,6 +745,25 @@ async fn in_place_untracked_is_what_git_does_not_track() {
     assert!(!stored.join(".git").exists());
 }
 
+/// In place in a directory that is not a checkout (an agent's `GIT_STRATEGY: none`), `untracked`
+/// is every file the job made: the files there before it ran are listed first.
+#[tokio::test]
+async fn in_place_untracked_without_git_is_what_the_job_made() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("before.txt"), "b\n").unwrap();
+    let mut make = job("make", 1, &["echo m > made.txt", "echo c > before.txt"]);
+    make.artifacts = artifacts(&[]);
+    make.artifacts.as_mut().unwrap().untracked = true;
+    let run = run_with(&plan(vec![make]), dir.path(), |c| c.in_place = true).await;
+    assert_eq!(run.status("make"), JobStatus::Success);
+    let stored = dir.path().join(".gantry/artifacts/make/files");
+    assert_eq!(
+        std::fs::read_to_string(stored.join("made.txt")).unwrap(),
+        "m\n"
+    );
+    assert!(!stored.join("before.txt").exists());
+}
+
 #[tokio::test]
 async fn dotenv_reports_become_variables() {
     let r = repo(&[]);
