@@ -217,12 +217,7 @@ impl SqliteStore {
             .pragma("temp_store", "memory")
             // The checkpointer below keeps the WAL short; this is only the safety net, so that
             // the writer itself rarely stops to copy pages and sync the database file.
-            .pragma("wal_autocheckpoint", "10000")
-            // Pages are read from the mapped file rather than copied in by `pread`: in WAL mode
-            // every commit empties the other connections' page caches, so readers re-read the
-            // pages of the hot tables after each write. The map is address space, not memory:
-            // only the pages in use are resident, shared with the kernel's page cache.
-            .pragma("mmap_size", "268435456");
+            .pragma("wal_autocheckpoint", "10000");
         if !in_memory {
             if let Some(dir) = options.get_filename().parent() {
                 if !dir.as_os_str().is_empty() {
