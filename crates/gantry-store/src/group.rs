@@ -17,7 +17,7 @@ use crate::{NewDelivery, Result};
 pub(crate) const DELIVERY_BATCH: usize = 256;
 
 /// The batch's `INSERT`, one row per delivery; it skips the ones stored before and returns
-/// `id, project_id, forge, delivery_id` of those it stored (see [`answers`]).
+/// `id, project_id, forge, delivery_id` of those it stored.
 pub(crate) fn insert_batch<'a, DB>(batch: &'a [&NewDelivery]) -> sqlx::QueryBuilder<'a, DB>
 where
     DB: sqlx::Database,
@@ -45,39 +45,62 @@ where
     q
 }
 
-/// The answers to `batch`, in order, from the rows its [`insert_batch`] returned: `Ok` for a
-/// delivery it stored, `Err(delivery)` for one it did not (stored before, or earlier in the batch,
-/// whose row was taken), whose id the store reads.
-pub(crate) fn answers<'a>(
-    batch: &[&'a NewDelivery],
-    rows: Vec<(i64, i64, String, String)>,
-) -> Vec<std::result::Result<(i64, bool), &'a NewDelivery>> {
-    let mut ids: std::collections::HashMap<(i64, String, String), i64> = rows
-        .into_iter()
-        .map(|(id, project, forge, delivery)| ((project, forge, delivery), id))
-        .collect();
-    batch
-        .iter()
-        .map(|d| {
-            ids.remove(&(d.project_id, d.forge.clone(), d.delivery_id.clone()))
-                .map(|id| (id, false))
-                .ok_or(*d)
-        })
-        .collect()
+/// The `SELECT` of the id of delivery `d`, stored before.
+pub(crate) fn select_id<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::new("SELECT id FROM deliveries WHERE project_id = ");
+    q.push_bind(d.project_id)
+        .push(" AND forge = ")
+        .push_bind(d.forge.as_str())
+        .push(" AND delivery_id = ")
+        .push_bind(d.delivery_id.as_str());
+    q
 }
 
 /// What a store's connection does for a group commit.
 #[async_trait]
 pub(crate) trait DeliveryWriter: Send {
-    /// Stores `batch` with one statement: one `(id, duplicate)` per delivery, in order, or an
-    /// error. The statement is atomic; should reading a duplicate's id fail after it, the batch is
-    /// stored again one by one, which finds every delivery stored (their ids are right, but the
-    /// new ones of the batch are then answered as duplicates: the processor's sweep still finds
-    /// them, since they are pending).
-    async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>>;
+    /// Runs [`insert_batch`]: the rows it returns.
+    async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>>;
+
+    /// Runs [`select_id`].
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64>;
+
+    /// Stores `batch` with one statement (atomic on its own: one round trip and one commit), then
+    /// reads the id of each delivery it did not store (stored before, or earlier in the batch):
+    /// one `(id, duplicate)` per delivery, in order, or an error. Should reading a duplicate's id
+    /// fail after the statement, the batch is stored again one by one, which finds every delivery
+    /// stored (their ids are right, but the new ones of the batch are then answered as
+    /// duplicates: the processor's sweep still finds them, since they are pending).
+    async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>> {
+        let mut ids: std::collections::HashMap<(i64, String, String), i64> = self
+            .insert(batch)
+            .await?
+            .into_iter()
+            .map(|(id, project, forge, delivery)| ((project, forge, delivery), id))
+            .collect();
+        let mut out = Vec::with_capacity(batch.len());
+        for d in batch {
+            let key = (d.project_id, d.forge.clone(), d.delivery_id.clone());
+            out.push(match ids.remove(&key) {
+                Some(id) => (id, false),
+                None => (self.stored_id(d).await?, true),
+            });
+        }
+        Ok(out)
+    }
 
     /// Stores one delivery on its own.
-    async fn store_one(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)>;
+    async fn store_one(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
+        let mut answer = self.store_batch(&[delivery]).await?;
+        answer.pop().ok_or_else(|| {
+            crate::StoreError::Database("storing a delivery answered nothing".into())
+        })
+    }
 }
 
 /// A delivery waiting for the next group commit, and where its answer goes.

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use crate::group::{DeliveryQueue, DeliveryWriter, answers, insert_batch};
+use crate::group::{DeliveryQueue, DeliveryWriter, insert_batch, select_id};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -106,59 +106,22 @@ impl std::ops::DerefMut for DeliveryTurn<'_> {
     }
 }
 
-/// Stores one delivery: `(id, duplicate)`.
-async fn store_delivery(conn: &mut sqlx::PgConnection, d: &NewDelivery) -> Result<(i64, bool)> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
-         received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-         ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
-    )
-    .bind(d.project_id)
-    .bind(&d.forge)
-    .bind(&d.delivery_id)
-    .bind(&d.event)
-    .bind(&d.payload)
-    .bind(&d.trace_id)
-    .bind(d.received_at)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db("storing a delivery"))?;
-    if let Some(id) = id {
-        return Ok((id, false));
-    }
-    let id: i64 = sqlx::query_scalar(
-        "SELECT id FROM deliveries WHERE project_id = $1 AND forge = $2 AND delivery_id = $3",
-    )
-    .bind(d.project_id)
-    .bind(&d.forge)
-    .bind(&d.delivery_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db("reading a duplicate delivery"))?;
-    Ok((id, true))
-}
-
 #[async_trait]
 impl DeliveryWriter for sqlx::PgConnection {
-    async fn store_one(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
-        store_delivery(self, delivery).await
+    async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>> {
+        insert_batch::<Postgres>(batch)
+            .build_query_as()
+            .fetch_all(self)
+            .await
+            .map_err(db("storing deliveries"))
     }
 
-    async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>> {
-        // One statement, atomic on its own: one round trip and one commit for the batch.
-        let rows: Vec<(i64, i64, String, String)> = insert_batch::<Postgres>(batch)
-            .build_query_as()
-            .fetch_all(&mut *self)
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64> {
+        select_id::<Postgres>(delivery)
+            .build_query_scalar()
+            .fetch_one(self)
             .await
-            .map_err(db("storing deliveries"))?;
-        let mut out = Vec::with_capacity(batch.len());
-        for answer in answers(batch, rows) {
-            out.push(match answer {
-                Ok(stored) => stored,
-                Err(d) => store_delivery(self, d).await?,
-            });
-        }
-        Ok(out)
+            .map_err(db("reading a duplicate delivery"))
     }
 }
 

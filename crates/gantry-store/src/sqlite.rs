@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
-use crate::group::{DeliveryQueue, DeliveryWriter, answers, insert_batch};
+use crate::group::{DeliveryQueue, DeliveryWriter, insert_batch, select_id};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -71,59 +71,22 @@ pub struct SqliteStore {
     deliveries: DeliveryQueue,
 }
 
-/// Stores one delivery: `(id, duplicate)`.
-async fn store_delivery(conn: &mut SqliteConnection, d: &NewDelivery) -> Result<(i64, bool)> {
-    let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
-         received_at) VALUES (?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (project_id, forge, delivery_id) DO NOTHING RETURNING id",
-    )
-    .bind(d.project_id)
-    .bind(&d.forge)
-    .bind(&d.delivery_id)
-    .bind(&d.event)
-    .bind(&d.payload)
-    .bind(&d.trace_id)
-    .bind(d.received_at)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db("storing a delivery"))?;
-    if let Some(id) = id {
-        return Ok((id, false));
-    }
-    let id: i64 = sqlx::query_scalar(
-        "SELECT id FROM deliveries WHERE project_id = ? AND forge = ? AND delivery_id = ?",
-    )
-    .bind(d.project_id)
-    .bind(&d.forge)
-    .bind(&d.delivery_id)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db("reading a duplicate delivery"))?;
-    Ok((id, true))
-}
-
 #[async_trait]
 impl DeliveryWriter for SqliteConnection {
-    async fn store_one(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
-        store_delivery(self, delivery).await
+    async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>> {
+        insert_batch::<Sqlite>(batch)
+            .build_query_as()
+            .fetch_all(self)
+            .await
+            .map_err(db("storing deliveries"))
     }
 
-    async fn store_batch(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, bool)>> {
-        // One statement, atomic on its own: one round trip and one commit for the batch.
-        let rows: Vec<(i64, i64, String, String)> = insert_batch::<Sqlite>(batch)
-            .build_query_as()
-            .fetch_all(&mut *self)
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64> {
+        select_id::<Sqlite>(delivery)
+            .build_query_scalar()
+            .fetch_one(self)
             .await
-            .map_err(db("storing deliveries"))?;
-        let mut out = Vec::with_capacity(batch.len());
-        for answer in answers(batch, rows) {
-            out.push(match answer {
-                Ok(stored) => stored,
-                Err(d) => store_delivery(self, d).await?,
-            });
-        }
-        Ok(out)
+            .map_err(db("reading a duplicate delivery"))
     }
 }
 
