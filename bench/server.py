@@ -26,7 +26,7 @@ Prints the results as JSON (progress lines on stderr) and writes bench/out/serve
 
 Usage: server.py --gantry BIN --store sqlite|postgres [--pg-url URL]
                  [--latency-runs N] [--jobs N] [--agents N] [--wrk-seconds S]
-                 [--wrk-connections N] [--intake-rate N] [--intake-only]
+                 [--wrk-connections N] [--intake-rate N] [--intake-only] [--server-log FILE]
                  [--memory [--history N] [--streams N] [--log-mb MB]
                            [--artifact-mb MB]]
 """
@@ -141,7 +141,7 @@ def make_repo(root, yaml_text):
 
 
 class Server:
-    def __init__(self, gantry, root, database_url, lease="30s", max_artifacts=None):
+    def __init__(self, gantry, root, database_url, lease="30s", max_artifacts=None, log=None):
         self.data = os.path.join(root, "server-data")
         env = dict(os.environ, GANTRY_ADMIN_TOKEN=ADMIN, GANTRY_REGISTRATION_TOKEN=REGISTRATION)
         cmd = [gantry, "server", "--listen", "127.0.0.1:0", "--data-dir", self.data, "--lease-timeout", lease]
@@ -167,7 +167,10 @@ class Server:
                 break
         if not self.url:
             raise SystemExit("server did not print its address:\n" + "".join(lines))
-        threading.Thread(target=lambda: [None for _ in self.proc.stderr], daemon=True).start()
+        # The rest of the server's log is read and dropped, or kept in --server-log.
+        sink = open(log, "w") if log else None
+        threading.Thread(target=lambda: [sink.write(l) if sink else None for l in self.proc.stderr],
+                         daemon=True).start()
         self.api = Api(self.url)
 
     def stop(self):
@@ -237,7 +240,8 @@ def bench(args):
     strategy = "" if args.git_strategy == "fetch" else f"variables:\n  GIT_STRATEGY: {args.git_strategy}\n"
     jobs_yaml = "stages: [test]\n" + strategy + "".join(f"j{i}:\n  stage: test\n  script: [\"true\"]\n" for i in range(args.jobs))
     repo, sha = make_repo(root, "one:\n  script: [\"true\"]\n")
-    server = Server(args.gantry, root, db, max_artifacts=(args.artifact_mb + 64) << 20 if args.memory else None)
+    server = Server(args.gantry, root, db, max_artifacts=(args.artifact_mb + 64) << 20 if args.memory else None,
+                    log=args.server_log)
     agents = []
     try:
         api = server.api
@@ -606,6 +610,8 @@ def main():
                     help="measure only webhook intake, with no agents running")
     ap.add_argument("--git-strategy", choices=["fetch", "none"], default="fetch",
                     help="GIT_STRATEGY of the throughput jobs (fetch: a checkout per job, as GitLab Runner)")
+    ap.add_argument("--server-log", help="keep the server's log in this file (with GANTRY_LOG="
+                    "info,sqlx::query=debug: every statement with its elapsed time)")
     ap.add_argument("--memory", action="store_true",
                     help="also measure RSS with history and live streams, and with a big log")
     ap.add_argument("--history", type=int, default=1000)
