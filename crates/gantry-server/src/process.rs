@@ -611,4 +611,18 @@ mod tests {
         assert_eq!(retry_pause(&c, 4), Duration::from_secs(10));
         assert_eq!(retry_pause(&c, 1_000), Duration::from_secs(10));
     }
+
+    #[test]
+    fn intake_is_busy_for_a_while_after_a_delivery() {
+        let intake = Intake::default();
+        assert!(!intake.busy(), "no delivery has arrived");
+        intake.arrived();
+        assert!(intake.busy());
+        std::thread::sleep(Duration::from_millis(
+            u64::try_from(INTAKE_BUSY_MS).unwrap() + 20,
+        ));
+        assert!(!intake.busy(), "the burst is over");
+        intake.arrived();
+        assert!(intake.busy());
+    }
 }
