@@ -26,6 +26,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 /// A pipeline's version (see [`PIPELINE_COLS`]).
 const VERSION: &str = "p.version + COALESCE((SELECT SUM(j.bumps) FROM jobs j WHERE j.pipeline_id = p.id), 0) AS version";
+/// See [`Store::success_changes_nothing`]. The partial indexes are named: without statistics,
+/// SQLite's planner takes `jobs_by_stage` as soon as it exists (same columns, no `WHERE`), and
+/// finding a pending job of the stage then walks every job of the stage that has already ended
+/// (0.8 ms per finished job in a stage of 1,000).
+const SUCCESS_CHANGES_NOTHING: &str = "SELECT \
+    EXISTS (SELECT 1 FROM pipelines WHERE id = ?1 AND status = 'running' AND started_at IS NOT NULL) \
+    AND EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_active_by_stage \
+                WHERE pipeline_id = ?1 AND stage_index = ?2 AND id <> ?3 \
+                AND status IN ('pending', 'running')) \
+    AND NOT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_with_needs, json_each(jobs.needs) \
+                    WHERE jobs.pipeline_id = ?1 AND jobs.needs IS NOT NULL AND json_each.value = ?4)";
+
 
 /// The oldest pending job that an agent with tags `?3` (a JSON array), taking untagged jobs if
 /// `?2`, may run at `?1`, whose resource group has no running job.
@@ -610,15 +622,7 @@ impl Store for SqliteStore {
         name: &str,
     ) -> Result<bool> {
         read!(self, conn => {
-            sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pipelines WHERE id = ?1 AND status = 'running' \
-                                AND started_at IS NOT NULL) \
-                    AND EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = ?1 AND stage_index = ?2 \
-                                AND id <> ?3 AND status IN ('pending', 'running')) \
-                    AND NOT EXISTS (SELECT 1 FROM jobs, json_each(jobs.needs) \
-                                    WHERE jobs.pipeline_id = ?1 AND jobs.needs IS NOT NULL \
-                                    AND json_each.value = ?4)",
-            )
+            sqlx::query_scalar(SUCCESS_CHANGES_NOTHING)
             .bind(pipeline_id)
             .bind(stage_index)
             .bind(job_id)
@@ -1354,5 +1358,36 @@ fn agent_error(e: sqlx::Error, name: &str) -> StoreError {
         StoreError::Conflict(format!("an agent with the token of {name}"))
     } else {
         db("registering an agent")(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan of `statement`, one line per step.
+    async fn plan(store: &SqliteStore, statement: &str, params: usize) -> String {
+        let sql = format!("EXPLAIN QUERY PLAN {statement}");
+        let mut q = sqlx::query(&sql);
+        for _ in 0..params {
+            q = q.bind(1_i64);
+        }
+        let mut conn = store.writer.lock().await;
+        let rows = q.fetch_all(&mut *conn).await.unwrap();
+        rows.iter()
+            .map(|r| r.get::<String, _>("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_is_checked_through_the_partial_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let plan = plan(&store, SUCCESS_CHANGES_NOTHING, 4).await;
+        assert!(plan.contains("jobs_active_by_stage"), "{plan}");
+        assert!(plan.contains("jobs_with_needs"), "{plan}");
+        assert!(!plan.contains("jobs_by_stage "), "{plan}");
     }
 }
