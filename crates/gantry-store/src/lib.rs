@@ -366,7 +366,8 @@ pub struct PipelineRecord {
     /// When it ended.
     pub finished_at: Option<Millis>,
     /// Bumped by every [`Store::apply`], [`Store::finish`], [`Store::claim`] of one of its jobs, and
-    /// lease expiry: the optimistic lock.
+    /// lease expiry: the optimistic lock. Only [`Store::pipeline`] reads it (a sum over the jobs);
+    /// heads and lists carry 0, with which an `apply` fails rather than writes blind.
     pub version: i64,
     /// The jobs; empty in lists.
     pub jobs: Vec<JobRecord>,
@@ -580,11 +581,12 @@ pub trait Store: Send + Sync + 'static {
     async fn create_pipeline(&self, pipeline: &NewPipeline) -> Result<i64>;
     /// A pipeline with all its jobs.
     async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>>;
-    /// The pipeline without its jobs (`jobs` is empty): what handing out one job needs, at a cost
-    /// that does not grow with the pipeline's size (but for its `version`, a sum in the database).
+    /// The pipeline without its jobs (`jobs` is empty) or its `version` (0): what handing out one
+    /// job needs, at a cost that does not grow with the pipeline's size.
     async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
         Ok(self.pipeline(id).await?.map(|mut p| {
             p.jobs.clear();
+            p.version = 0;
             p
         }))
     }
@@ -631,7 +633,7 @@ pub trait Store: Send + Sync + 'static {
                     .collect()
             }))
     }
-    /// A project's pipelines, newest first, without jobs.
+    /// A project's pipelines, newest first, without jobs or `version` (0).
     async fn pipelines(
         &self,
         project_id: i64,

@@ -38,6 +38,9 @@ const SUCCESS_CHANGES_NOTHING: &str = "SELECT \
     AND NOT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_with_needs, json_each(jobs.needs) \
                     WHERE jobs.pipeline_id = ?1 AND jobs.needs IS NOT NULL AND json_each.value = ?4)";
 
+/// In place of [`VERSION`] where the record is only read (heads and lists): the sum walks every
+/// job of the pipeline, and nothing that only reads uses it.
+const NO_VERSION: &str = "0 AS version";
 
 /// The oldest pending job that an agent with tags `?3` (a JSON array), taking untagged jobs if
 /// `?2`, may run at `?1`, whose resource group has no running job.
@@ -582,7 +585,7 @@ impl Store for SqliteStore {
     async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
         let row = read!(self, conn => {
             sqlx::query(&format!(
-                "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+                "SELECT {PIPELINE_COLS}, {NO_VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
                  WHERE p.id = ?"
             ))
             .bind(id)
@@ -671,7 +674,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db("counting pipelines"))?;
             let rows = sqlx::query(&format!(
-                "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
+                "SELECT {PIPELINE_COLS}, {NO_VERSION} FROM pipelines p JOIN projects pr ON pr.id = p.project_id \
                  WHERE p.project_id = ?1 AND (?2 IS NULL OR p.git_ref = ?2) \
                  AND (?3 IS NULL OR p.status = ?3) ORDER BY p.id DESC LIMIT ?4 OFFSET ?5"
             ))
