@@ -9,7 +9,7 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::group::{DeliveryQueue, DeliveryWriter, insert_batch, select_id};
 use crate::rows::{
@@ -81,7 +81,7 @@ const READERS: u32 = 4;
 /// **Checkpoints** (see [`checkpoint`]): a background task keeps the WAL short, so that the writer
 /// never stops for a large sync.
 pub struct SqliteStore {
-    writer: std::sync::Arc<Mutex<SqliteConnection>>,
+    writer: std::sync::Arc<Writer>,
     readers: Option<SqlitePool>,
     deliveries: DeliveryQueue,
 }
@@ -226,9 +226,18 @@ impl SqliteStore {
                     .connect_lazy_with(options),
             )
         };
-        let writer = std::sync::Arc::new(Mutex::new(writer));
+        let writer = std::sync::Arc::new(Writer {
+            conn: Mutex::new(writer),
+            wrote: std::sync::Arc::new(Notify::new()),
+            #[cfg(test)]
+            passes: std::sync::atomic::AtomicU64::new(0),
+        });
         if let Some(pool) = &readers {
-            tokio::spawn(checkpoint(pool.clone(), std::sync::Arc::downgrade(&writer)));
+            tokio::spawn(checkpoint(
+                pool.clone(),
+                std::sync::Arc::downgrade(&writer),
+                writer.wrote.clone(),
+            ));
         }
         Ok(Self {
             writer,
@@ -238,7 +247,58 @@ impl SqliteStore {
     }
 }
 
-/// How often the checkpointer runs.
+/// The one connection that writes. Each release of it wakes the checkpointer, which otherwise
+/// sleeps: an idle server does not wake to find nothing to copy.
+struct Writer {
+    conn: Mutex<SqliteConnection>,
+    wrote: std::sync::Arc<Notify>,
+    /// Checkpointer passes, for the tests.
+    #[cfg(test)]
+    passes: std::sync::atomic::AtomicU64,
+}
+
+impl Writer {
+    async fn lock(&self) -> WriterGuard<'_> {
+        WriterGuard {
+            conn: self.conn.lock().await,
+            wrote: &self.wrote,
+        }
+    }
+}
+
+/// The writer, held; its release wakes the checkpointer.
+struct WriterGuard<'a> {
+    conn: MutexGuard<'a, SqliteConnection>,
+    wrote: &'a Notify,
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.wrote.notify_one();
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // The checkpointer wakes, finds the store gone and ends.
+        self.writer.wrote.notify_one();
+    }
+}
+
+/// How often, at most, the checkpointer runs (while there are writes).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
 /// WAL frames (pages) from which the checkpointer makes the WAL start over.
@@ -253,13 +313,22 @@ const WAL_RESTART_FRAMES: i64 = 100;
 /// syncs tens of megabytes while every write waits (100 ms and more on a virtual disk). So once
 /// the WAL holds [`WAL_RESTART_FRAMES`], the checkpointer copies the few frames committed since its
 /// passive pass while holding the writer (a short sync), and the next write starts the WAL over.
-/// Ends when the store is dropped.
-async fn checkpoint(pool: SqlitePool, writer: std::sync::Weak<Mutex<SqliteConnection>>) {
+/// Between writes it sleeps. Ends when the store is dropped.
+async fn checkpoint(
+    pool: SqlitePool,
+    writer: std::sync::Weak<Writer>,
+    wrote: std::sync::Arc<Notify>,
+) {
     loop {
+        wrote.notified().await;
         tokio::time::sleep(CHECKPOINT_EVERY).await;
         let Some(writer) = writer.upgrade() else {
             break;
         };
+        #[cfg(test)]
+        writer
+            .passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A failed checkpoint is retried next time; the writer's own checkpoints are the backstop.
         let passive: std::result::Result<(i64, i64, i64), _> =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
@@ -1381,6 +1450,38 @@ mod tests {
             .map(|r| r.get::<String, _>("detail"))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_runs_after_writes_and_sleeps_while_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let passes = || {
+            store
+                .writer
+                .passes
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let settle = || tokio::time::sleep(CHECKPOINT_EVERY * 6);
+        settle().await;
+        let idle = passes();
+        settle().await;
+        assert_eq!(passes(), idle, "no pass without a write");
+        store.create_project("p", "{}", 1).await.unwrap();
+        settle().await;
+        let after = passes();
+        assert!(after > idle, "a write is followed by a pass");
+        settle().await;
+        assert_eq!(passes(), after, "idle again");
+        // A dropped store ends its checkpointer (which holds the readers' pool).
+        let pool = store.readers.clone().unwrap();
+        drop(store);
+        settle().await;
+        assert!(
+            pool.is_closed(),
+            "the checkpointer closed the pool on its way out"
+        );
     }
 
     #[tokio::test]
