@@ -48,6 +48,8 @@ pub(crate) struct Env {
     pub exec: Exec,
     /// Whether `git` runs here: jobs get a git checkout; else the server's archive of the tree.
     pub git: bool,
+    /// Turns true when the agent aborts (SIGTERM): running jobs stop and are reported failed.
+    pub abort: watch::Receiver<bool>,
 }
 
 /// How the job went, as far as the agent's bookkeeping goes.
@@ -139,9 +141,20 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
     // The lease can be lost while the job prepares or runs: stop it then.
     let work = execute(env, spec, dir, slot, &spool, cancel_rx);
     tokio::pin!(work);
+    let mut abort = env.abort.clone();
+    let mut was_aborted = false;
     let result = tokio::select! {
         r = &mut work => Some(r),
         () = lost(&mut lease_rx) => None,
+        () = aborted(&mut abort) => {
+            was_aborted = true;
+            // The agent is stopping: stop the job, then report it as a system failure (the
+            // server retries it where `retry:when` allows) rather than leave its lease to run out.
+            let _ = cancel_tx.send(true);
+            let _ = tokio::time::timeout(LOST_GRACE, &mut work).await;
+            spool.info("ERROR: the agent is stopping (SIGTERM): the job was aborted");
+            Some(failure(FailureReason::RunnerSystemFailure))
+        }
     };
     let Some(result) = result else {
         // Cancel the job and give the runtime a moment to kill its processes; then drop it.
@@ -169,12 +182,25 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
             return Done::Refused;
         }
     };
-    let done = match upload_artifacts(env, spec, dir).await {
+    // An aborted job's artifacts stay behind: the agent is on its way out.
+    let uploaded = if was_aborted {
+        Ok(())
+    } else {
+        upload_artifacts(env, spec, dir).await
+    };
+    let done = match uploaded {
         Ok(()) => finish(env, spec, &result, log_size).await,
         Err(d) => d,
     };
     heartbeat.abort();
     done
+}
+
+/// Resolves when `rx` turns true (never if its sender goes without).
+async fn aborted(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|a| *a).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Resolves when the lease is lost (never when the monitor ends without losing it).

@@ -10,7 +10,12 @@
 //!    dependencies' artifacts in, the runtime on the one job in place, the log through a spool file
 //!    to the server, artifacts out, `finish`;
 //! 4. on SIGQUIT drains: asks the server to end its long polls, runs a job that comes anyway, takes
-//!    no other, and exits with 0 once its jobs have ended.
+//!    no other, and exits with 0 once its jobs have ended;
+//! 5. on SIGTERM or Ctrl-C aborts, as GitLab Runner's forceful shutdown does: takes no new job,
+//!    stops the running ones (and one that a poll brings in that instant), reports each as failed
+//!    with `runner_system_failure` and a line in its log, so that the server retries it where
+//!    `retry:when` allows without waiting for its lease to run out, and exits (130 or 143). A second
+//!    signal, or [`ABORT_GRACE`] without an answer from the server, exits at once.
 //!
 //! A job whose lease is lost (`409`) is stopped and dropped: the server has failed it already.
 //!
@@ -43,6 +48,8 @@ use crate::job::{Env, Exec};
 const LONG_POLL: Duration = Duration::from_secs(30);
 /// The file in the work dir that holds the agent's identity.
 const IDENTITY_FILE: &str = "agent.json";
+/// How long an abort (SIGTERM) may take to report the running jobs before the agent exits anyway.
+pub const ABORT_GRACE: Duration = Duration::from_secs(15);
 
 /// Which executor runs jobs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -150,29 +157,36 @@ pub fn main(args: Args) -> anyhow::Result<u8> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let (drain_tx, drain) = tokio::sync::watch::channel(false);
-        let run = agent(args, drain);
+        let (abort_tx, abort) = tokio::sync::watch::channel(false);
+        let run = agent(args, drain, abort);
         tokio::pin!(run);
-        let stop_now = || {
-            tracing::info!("stopping: jobs that run now will fail when their leases run out");
-        };
-        tokio::select! {
+        let code = tokio::select! {
             r = &mut run => return r,
-            code = stopped() => {
-                stop_now();
-                return Ok(code);
+            code = stopped() => code,
+            () = quit() => {
+                // SIGQUIT, as for GitLab Runner: take no new job, let the running ones end, exit.
+                tracing::info!("SIGQUIT: finishing the running jobs and taking no new ones");
+                let _ = drain_tx.send(true);
+                tokio::select! {
+                    r = &mut run => return r,
+                    code = stopped() => code,
+                }
             }
-            () = quit() => {}
-        }
-        // SIGQUIT, as for GitLab Runner: take no new job, let the running ones end, then exit.
-        tracing::info!("SIGQUIT: finishing the running jobs and taking no new ones");
+        };
+        tracing::info!(
+            "stopping: the running jobs are aborted and reported failed (runner_system_failure)"
+        );
         let _ = drain_tx.send(true);
+        let _ = abort_tx.send(true);
         tokio::select! {
-            r = &mut run => r,
-            code = stopped() => {
-                stop_now();
-                Ok(code)
-            }
+            _ = &mut run => {}
+            _ = stopped() => tracing::warn!("stopping at once: jobs not reported yet fail when their leases run out"),
+            () = tokio::time::sleep(ABORT_GRACE) => tracing::warn!(
+                "the jobs could not be reported within {}s; those not reported fail when their leases run out",
+                ABORT_GRACE.as_secs()
+            ),
         }
+        Ok(code)
     })
 }
 
@@ -221,8 +235,13 @@ fn host_name() -> String {
         .unwrap_or_else(|| "gantry-agent".to_string())
 }
 
-/// Runs the agent; answers 0 once `drain` turns true and the running jobs have ended.
-async fn agent(args: Args, drain: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<u8> {
+/// Runs the agent; answers 0 once `drain` turns true and the running jobs have ended (stopped
+/// and reported failed, once `abort` turns true).
+async fn agent(
+    args: Args,
+    drain: tokio::sync::watch::Receiver<bool>,
+    abort: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<u8> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
@@ -311,6 +330,7 @@ async fn agent(args: Args, drain: tokio::sync::watch::Receiver<bool>) -> anyhow:
         name,
         exec,
         git,
+        abort,
     });
     let shared = Arc::new(Shared::default());
     tracing::info!(

@@ -499,6 +499,7 @@ both_stores!(
     canceled_job_stops_and_restarted_agent_keeps_its_token,
     project_token_from_the_cli,
     quit_drains_the_running_job,
+    term_aborts_and_reports_the_running_job,
     jobs_get_a_git_checkout,
     jobs_fetch_origin_with_their_job_token,
     git_route_serves_only_the_job_s_agent,
@@ -1118,6 +1119,57 @@ fn quit_drains_the_running_job(store: Store) {
     assert_success(&p, &[&second]);
     assert_eq!(job_named(&p, "next").agent.as_deref(), Some("second"));
     assert_eq!(lines_of(&runs), ["slow", "next"]);
+}
+
+/// SIGTERM, as GitLab Runner's forceful shutdown: the agent stops the running job and reports it
+/// failed with `runner_system_failure` before it exits (not when the lease runs out), with a line in
+/// the job's log; the job's retry runs on another agent; the agent exits with 143.
+fn term_aborts_and_reports_the_running_job(store: Store) {
+    let s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let release = s.path().join("release");
+    let yaml = format!(
+        "slow:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo released\n",
+        runs = runs.display(),
+        release = release.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("term", repo.path());
+    let mut first = s.agent("first");
+    let id = api.trigger("term");
+    wait_for("the job to start", || {
+        (lines_of(&runs).len() == 1).then_some(())
+    });
+    let first_job = job_named(&api.pipeline(id), "slow").id;
+    let term = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = wait_for("the agent to exit", || first.child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(143), "{}", first.output());
+    assert!(first.output().contains("aborted"), "{}", first.output());
+    // Reported by the agent on its way out: final already, and said so in the log.
+    let failed = api.job(first_job);
+    assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
+    assert_eq!(
+        failed.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    let log = api.log(first_job);
+    assert!(log.contains("the agent is stopping"), "{log}");
+    assert!(!log.contains("released"), "{log}");
+    std::fs::write(&release, "").unwrap();
+    let second = s.agent("second");
+    let p = api.finished(id);
+    assert_success(&p, &[&second]);
+    let slow = job_named(&p, "slow");
+    assert_eq!(slow.attempt, 2);
+    assert_eq!(
+        lines_of(&runs),
+        [format!("run {first_job}"), format!("run {}", slow.id)]
+    );
 }
 
 /// The agent's own token, from its work dir.
