@@ -385,6 +385,18 @@ async fn touch(state: &AppState, agent: &AgentRecord, now: Millis) -> AppResult<
     let fresh = i64::try_from(state.config.lease_timeout.as_millis() / 10).unwrap_or(i64::MAX);
     if agent.last_seen_at.is_none_or(|t| now - t >= fresh) {
         state.store.touch_agent(agent.id, now).await?;
+        // The agent's requests are authenticated from the cache: without this, the record there
+        // kept its first `last_seen_at`, and every request after the first tenth wrote the row.
+        for cached in state
+            .agents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values_mut()
+        {
+            if cached.id == agent.id {
+                cached.last_seen_at = Some(now);
+            }
+        }
     }
     Ok(())
 }

@@ -1009,6 +1009,48 @@ async fn stop_polling_ends_the_session_s_polls(b: Backend) {
 }
 both!(stop_polling_ends_the_session_s_polls);
 
+/// An agent's row is written at most once per tenth of the lease timeout, however many requests the
+/// agent makes: `last_seen_at` moves in steps.
+async fn agent_seen_is_written_once_per_tenth_of_the_lease(b: Backend) {
+    let app = spawn_with(b, |c| c.lease_timeout = Duration::from_secs(10)).await;
+    let agent = app.register("seen", &[]).await;
+    let seen = || async {
+        let agents = app.json("/api/v1/agents").await;
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == "seen")
+            .unwrap()["last_seen_at"]
+            .clone()
+    };
+    let poll = || async {
+        let r = app
+            .agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request?wait_ms=0")
+            .json(&json!({"running": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    };
+    let registered = seen().await;
+    // A tenth of the lease (1 s) later, a request records the agent as seen.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    poll().await;
+    let first = seen().await;
+    assert_ne!(first, registered);
+    // Requests within the next tenth do not write again.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        poll().await;
+    }
+    assert_eq!(seen().await, first);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    poll().await;
+    assert_ne!(seen().await, first);
+}
+both!(agent_seen_is_written_once_per_tenth_of_the_lease);
+
 /// A tar of `entries` (name, content), names written raw (so that they may leave the directory).
 fn tar_raw(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
