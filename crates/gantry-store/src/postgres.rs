@@ -848,51 +848,35 @@ impl Store for PgStore {
         bytes: &[u8],
         lease_until: Millis,
     ) -> Result<i64> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db("beginning a transaction"))?;
-        let size: Option<i64> = sqlx::query_scalar(
-            "SELECT log_size FROM jobs WHERE id = $1 AND status = 'running' AND agent_id = $2 \
-             FOR UPDATE",
+        // One statement (one round trip, its own transaction): lock the job's row, append the
+        // bytes past what the log holds, and move the size and the lease. No row: the lease is
+        // gone; no `after`: the chunk starts past the end (or before 0), a gap.
+        let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "WITH j AS (SELECT log_size FROM jobs \
+                        WHERE id = $1 AND status = 'running' AND agent_id = $2 FOR UPDATE), \
+                  fresh AS (SELECT j.log_size AS pos, \
+                                   substring($3::bytea FROM (j.log_size - $4 + 1)::int) AS bytes \
+                            FROM j WHERE $4 >= 0 AND $4 <= j.log_size), \
+                  ins AS (INSERT INTO log_chunks (job_id, pos, bytes) \
+                          SELECT $1, pos, bytes FROM fresh WHERE length(bytes) > 0), \
+                  upd AS (UPDATE jobs SET log_size = fresh.pos + length(fresh.bytes), \
+                                          lease_until = GREATEST(lease_until, $5) \
+                          FROM fresh WHERE jobs.id = $1 RETURNING jobs.log_size) \
+             SELECT j.log_size, (SELECT log_size FROM upd) FROM j",
         )
         .bind(job_id)
         .bind(agent_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db("reading a job's log size"))?;
-        let Some(size) = size else {
-            tx.rollback().await.map_err(db("rolling back"))?;
-            return Err(StoreError::LeaseLost);
-        };
-        if offset < 0 || offset > size {
-            tx.rollback().await.map_err(db("rolling back"))?;
-            return Err(StoreError::LogGap(size));
-        }
-        let skip = usize::try_from(size - offset).unwrap_or(usize::MAX);
-        let fresh = bytes.get(skip..).unwrap_or_default();
-        let new_size = size + i64::try_from(fresh.len()).unwrap_or(i64::MAX);
-        if !fresh.is_empty() {
-            sqlx::query("INSERT INTO log_chunks (job_id, pos, bytes) VALUES ($1, $2, $3)")
-                .bind(job_id)
-                .bind(size)
-                .bind(fresh)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("appending to a log"))?;
-        }
-        sqlx::query(
-            "UPDATE jobs SET log_size = $1, lease_until = GREATEST(lease_until, $2) WHERE id = $3",
-        )
-        .bind(new_size)
+        .bind(bytes)
+        .bind(offset)
         .bind(lease_until)
-        .bind(job_id)
-        .execute(&mut *tx)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(db("updating a job's log size"))?;
-        tx.commit().await.map_err(db("committing a log chunk"))?;
-        Ok(new_size)
+        .map_err(db("appending to a log"))?;
+        match row {
+            None => Err(StoreError::LeaseLost),
+            Some((size, None)) => Err(StoreError::LogGap(size)),
+            Some((_, Some(after))) => Ok(after),
+        }
     }
 
     async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>> {

@@ -1425,11 +1425,28 @@ async fn append_log_is_idempotent(h: Harness) {
     assert_eq!(s.read_log(j.id, 0, 1_000).await.unwrap(), b"hello world");
     let job = s.job(j.id).await.unwrap().unwrap();
     assert_eq!(job.log_size, 11);
+    match s.append_log(j.id, a.id, -1, b"x", 9_000).await {
+        Err(StoreError::LogGap(11)) => {}
+        other => panic!("expected LogGap(11), got {other:?}"),
+    }
     // Appending extends the lease.
     s.append_log(j.id, a.id, 11, b"\n", 20_000).await.unwrap();
     assert_eq!(
         s.job(j.id).await.unwrap().unwrap().lease_until,
         Some(20_000)
+    );
+    // The same chunk sent eight times at once (a retry racing its original) is stored once.
+    let mut sends = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let store = h.store.clone();
+        sends.spawn(async move { store.append_log(j.id, a.id, 12, b"again\n", 20_000).await });
+    }
+    while let Some(r) = sends.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), 18);
+    }
+    assert_eq!(
+        s.read_log(j.id, 0, 1_000).await.unwrap(),
+        b"hello world\nagain\n"
     );
 }
 
