@@ -169,6 +169,8 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         .job;
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
+        // The first stage has no earlier one: no query.
+        None if job.stage_index == 0 => Vec::new(),
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };
     let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
