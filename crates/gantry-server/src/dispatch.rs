@@ -169,7 +169,7 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         .job;
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
-        // The first stage has no earlier one: no query.
+        // The first stage that has jobs is 0 (see `process::new_jobs`): no earlier jobs to read.
         None if job.stage_index == 0 => Vec::new(),
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };

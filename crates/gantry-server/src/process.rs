@@ -367,8 +367,12 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     Ok(())
 }
 
-/// The plan's jobs as stored jobs.
+/// The plan's jobs as stored jobs. Their stages are numbered among those that have jobs, from 0:
+/// the order is the plan's, and a job of the first stage is known to have no earlier one (its
+/// hand-out reads no earlier jobs).
 fn new_jobs(plan: &Plan, now: i64) -> serde_json::Result<Vec<NewJob>> {
+    let used: std::collections::BTreeSet<usize> = plan.jobs.iter().map(|j| j.stage_index).collect();
+    let dense: HashMap<usize, i64> = used.into_iter().zip(0..).collect();
     let mut out = Vec::with_capacity(plan.jobs.len());
     for (i, job) in plan.jobs.iter().enumerate() {
         let resource_group = job.resource_group.as_ref().map(|rg| {
@@ -380,7 +384,7 @@ fn new_jobs(plan: &Plan, now: i64) -> serde_json::Result<Vec<NewJob>> {
         out.push(NewJob {
             name: job.name.clone(),
             stage: job.stage.clone(),
-            stage_index: i64::try_from(job.stage_index).unwrap_or(0),
+            stage_index: dense.get(&job.stage_index).copied().unwrap_or(0),
             position: i64::try_from(i).unwrap_or(0),
             attempt: 1,
             status: "created".into(),
@@ -610,6 +614,28 @@ mod tests {
         c.delivery_retry_max_backoff = Duration::from_secs(10);
         assert_eq!(retry_pause(&c, 4), Duration::from_secs(10));
         assert_eq!(retry_pause(&c, 1_000), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn stored_stages_count_from_the_first_that_has_jobs() {
+        let yaml = "stages: [build, test, deploy]\n\
+                    t1:\n  stage: test\n  script: [x]\n\
+                    d1:\n  stage: deploy\n  script: [x]\n\
+                    t2:\n  stage: test\n  script: [x]\n\
+                    last:\n  stage: .post\n  script: [x]\n";
+        let sources = gantry_pipeline::MemSources::new(vec![(
+            ".gitlab-ci.yml".to_string(),
+            yaml.to_string(),
+        )]);
+        let plan = gantry_pipeline::compile(&sources, &Context::default())
+            .plan
+            .unwrap();
+        let stored = new_jobs(&plan, 0).unwrap();
+        let stages: Vec<(&str, i64)> = stored
+            .iter()
+            .map(|j| (j.name.as_str(), j.stage_index))
+            .collect();
+        assert_eq!(stages, [("t1", 0), ("t2", 0), ("d1", 1), ("last", 2)]);
     }
 
     #[test]

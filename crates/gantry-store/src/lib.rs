@@ -241,7 +241,8 @@ pub struct NewJob {
     pub name: String,
     /// The stage.
     pub stage: String,
-    /// The stage's index.
+    /// The stage's index: its order among the pipeline's stages. Only compared (the server numbers
+    /// the stages that have jobs from 0, so a job at 0 has no earlier stage).
     pub stage_index: i64,
     /// Position in plan order (jobs are listed by it).
     pub position: i64,
