@@ -855,7 +855,8 @@ impl Store for PgStore {
             "WITH j AS (SELECT log_size FROM jobs \
                         WHERE id = $1 AND status = 'running' AND agent_id = $2 FOR UPDATE), \
                   fresh AS (SELECT j.log_size AS pos, \
-                                   substring($3::bytea FROM (j.log_size - $4 + 1)::int) AS bytes \
+                                   substring($3::bytea FROM LEAST(j.log_size - $4, length($3::bytea)) \
+                                                         ::int + 1) AS bytes \
                             FROM j WHERE $4 >= 0 AND $4 <= j.log_size), \
                   ins AS (INSERT INTO log_chunks (job_id, pos, bytes) \
                           SELECT $1, pos, bytes FROM fresh WHERE length(bytes) > 0), \

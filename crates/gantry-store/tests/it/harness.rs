@@ -31,6 +31,21 @@ impl Harness {
         &self.url
     }
 
+    /// Runs `sql` on a connection of its own, beside the store: for states no store call makes.
+    pub async fn exec(&self, sql: &str) {
+        if self.url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                .await
+                .expect("connecting to SQLite");
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        } else {
+            let mut conn = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connecting to PostgreSQL");
+            sqlx::query(sql).execute(&mut conn).await.expect(sql);
+        }
+    }
+
     /// How many chunk rows the artifacts table holds, whatever upload they belong to (orphans too).
     pub async fn artifact_chunk_rows(&self) -> i64 {
         let sql = "SELECT COUNT(*) FROM artifact_chunks";

@@ -60,6 +60,7 @@ store_tests!(
     finish_records_the_result,
     heartbeat_reports_cancel,
     append_log_is_idempotent,
+    append_log_past_2_gib,
     read_log_assembles_ranges,
     artifacts_roundtrip,
     artifact_chunks_roundtrip,
@@ -1448,6 +1449,36 @@ async fn append_log_is_idempotent(h: Harness) {
         s.read_log(j.id, 0, 1_000).await.unwrap(),
         b"hello world\nagain\n"
     );
+}
+
+/// A resent chunk far behind the end of a log over 2 GiB changes nothing (offsets are 64-bit all
+/// the way); the next chunk goes on at the end.
+async fn append_log_past_2_gib(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
+        .await
+        .unwrap();
+    let a = agent(s, "a", &[], true).await;
+    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    s.append_log(j.id, a.id, 0, b"abc", 9_000).await.unwrap();
+    let huge: i64 = 3_000_000_000;
+    h.exec(&format!(
+        "UPDATE jobs SET log_size = {huge} WHERE id = {}",
+        j.id
+    ))
+    .await;
+    assert_eq!(
+        s.append_log(j.id, a.id, 0, b"abc", 9_000).await.unwrap(),
+        huge
+    );
+    assert_eq!(
+        s.append_log(j.id, a.id, huge - 1, b"xy", 9_000)
+            .await
+            .unwrap(),
+        huge + 1
+    );
+    assert_eq!(s.read_log(j.id, huge, huge + 1).await.unwrap(), b"y");
 }
 
 async fn read_log_assembles_ranges(h: Harness) {
