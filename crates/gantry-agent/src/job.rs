@@ -152,7 +152,7 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
             // server retries it where `retry:when` allows) rather than leave its lease to run out.
             let _ = cancel_tx.send(true);
             let _ = tokio::time::timeout(LOST_GRACE, &mut work).await;
-            spool.info("ERROR: the agent is stopping (SIGTERM): the job was aborted");
+            spool.info("ERROR: the agent is stopping (SIGTERM or Ctrl-C): the job was aborted");
             Some(failure(FailureReason::RunnerSystemFailure))
         }
     };
