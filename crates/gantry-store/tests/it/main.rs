@@ -1390,12 +1390,7 @@ async fn heartbeat_reports_cancel(h: Harness) {
 
 async fn append_log_is_idempotent(h: Harness) {
     let s = &*h.store;
-    let p = project(s, "p").await;
-    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
-    let a = agent(s, "a", &[], true).await;
-    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    let (j, a) = running_job(s).await;
     assert_eq!(
         s.append_log(j.id, a.id, 0, b"hello ", 9_000).await.unwrap(),
         6
@@ -1455,12 +1450,7 @@ async fn append_log_is_idempotent(h: Harness) {
 /// the way); the next chunk goes on at the end.
 async fn append_log_past_2_gib(h: Harness) {
     let s = &*h.store;
-    let p = project(s, "p").await;
-    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
-    let a = agent(s, "a", &[], true).await;
-    let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
+    let (j, a) = running_job(s).await;
     s.append_log(j.id, a.id, 0, b"abc", 9_000).await.unwrap();
     let huge: i64 = 3_000_000_000;
     h.exec(&format!(
