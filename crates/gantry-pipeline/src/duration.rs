@@ -57,7 +57,8 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if !any {
         return Err(format!("`{s}` is not a duration"));
     }
-    Ok(Duration::from_secs_f64(total))
+    // A number too large for a `Duration` (or NaN) is an error, not a panic.
+    Duration::try_from_secs_f64(total).map_err(|_| format!("`{s}` is too long a duration"))
 }
 
 #[cfg(test)]
@@ -77,5 +78,12 @@ mod tests {
         );
         assert!(parse("soon").is_err());
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn too_long_is_an_error_not_a_panic() {
+        let huge = format!("4 minutes{}", "2".repeat(400));
+        let err = parse(&huge).unwrap_err();
+        assert!(err.contains("too long"), "{err}");
     }
 }
