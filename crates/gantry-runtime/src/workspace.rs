@@ -278,14 +278,22 @@ pub(crate) fn discard_old_builds(state_dir: &Path) {
         .map_or(0, |d| d.as_nanos());
     let trash = state_dir.join(format!("builds.trash-{nanos}-{}", std::process::id()));
     let _ = fs::rename(&builds, &trash);
-    let state_dir = state_dir.to_path_buf();
+    // Only a thread when there is something to delete: an agent runs this for every job.
+    let trash: Vec<PathBuf> = fs::read_dir(state_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("builds.trash-"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    if trash.is_empty() {
+        return;
+    }
     std::thread::spawn(move || {
-        if let Ok(entries) = fs::read_dir(&state_dir) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with("builds.trash-") {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
+        for t in trash {
+            let _ = fs::remove_dir_all(t);
         }
     });
 }
