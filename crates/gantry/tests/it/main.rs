@@ -3,6 +3,7 @@
 mod cli;
 mod docker;
 mod keywords;
+mod proxy;
 mod server;
 
 use std::path::{Path, PathBuf};

@@ -17,6 +17,7 @@ use gantry_api::{JobStatus, Pipeline, PipelineStatus};
 use serde_json::{Value, json};
 
 use crate::Repo;
+use crate::proxy::HoldingProxy;
 
 const ADMIN: &str = "admin-secret-token";
 const REGISTRATION: &str = "registration-secret-token";
@@ -268,7 +269,7 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    fn start(server: &Server, dir: &Path, name: &str, args: &[&str]) -> Agent {
+    fn start(server_url: &str, dir: &Path, name: &str, args: &[&str]) -> Agent {
         let work = dir.join(name);
         std::fs::create_dir_all(&work).unwrap();
         let log = dir.join(format!("{name}.log"));
@@ -276,7 +277,7 @@ impl Agent {
             .args([
                 "agent",
                 "--server",
-                &server.url,
+                server_url,
                 "--token",
                 REGISTRATION,
                 "--name",
@@ -475,7 +476,12 @@ impl Setup {
     }
 
     pub(crate) fn agent_with(&self, name: &str, args: &[&str]) -> Agent {
-        Agent::start(&self.server, &self.path().join("agents"), name, args)
+        Agent::start(&self.server.url, &self.path().join("agents"), name, args)
+    }
+
+    /// An agent that talks to the server through `proxy`.
+    fn agent_through(&self, name: &str, proxy: &HoldingProxy) -> Agent {
+        Agent::start(&proxy.url, &self.path().join("agents"), name, &[])
     }
 }
 
@@ -500,6 +506,7 @@ both_stores!(
     project_token_from_the_cli,
     quit_drains_the_running_job,
     term_aborts_and_reports_the_running_job,
+    term_aborts_a_job_that_a_poll_brings_during_the_abort,
     jobs_get_a_git_checkout,
     jobs_fetch_origin_with_their_job_token,
     git_route_serves_only_the_job_s_agent,
@@ -1170,6 +1177,53 @@ fn term_aborts_and_reports_the_running_job(store: Store) {
         lines_of(&runs),
         [format!("run {first_job}"), format!("run {}", slow.id)]
     );
+}
+
+/// A job that the server hands to a long poll in the instant the agent aborts (SIGTERM) is not
+/// left to its lease: the agent reports it failed (`runner_system_failure`) without running it, and
+/// the retry runs elsewhere. A proxy holds back the answer that brings the job until the agent has
+/// taken the signal.
+fn term_aborts_a_job_that_a_poll_brings_during_the_abort(store: Store) {
+    let s = Setup::new(store);
+    let runs = s.path().join("runs");
+    let yaml = format!(
+        "job:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {}\n",
+        runs.display()
+    );
+    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let api = Api::new(&s.server);
+    api.add_project("held", repo.path());
+    let proxy = HoldingProxy::start(&s.server.url);
+    let mut first = s.agent_through("first", &proxy);
+    let id = api.trigger("held");
+    proxy.wait_holding();
+    let first_job = job_named(&api.pipeline(id), "job").id;
+    assert_eq!(api.job(first_job).status, JobStatus::Running);
+    let term = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // The agent is aborting once it asks the server to end its polls.
+    proxy.wait_stop_polling();
+    proxy.release();
+    let status = wait_for("the agent to exit", || first.child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(143), "{}", first.output());
+    let failed = api.job(first_job);
+    assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
+    assert_eq!(
+        failed.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    let log = api.log(first_job);
+    assert!(log.contains("the agent is stopping"), "{log}");
+    assert!(!runs.exists(), "the aborted job ran: {:?}", lines_of(&runs));
+    let second = s.agent("second");
+    let p = api.finished(id);
+    assert_success(&p, &[&second]);
+    let job = job_named(&p, "job");
+    assert_eq!(job.attempt, 2);
+    assert_eq!(lines_of(&runs), [format!("run {}", job.id)]);
 }
 
 /// The agent's own token, from its work dir.
