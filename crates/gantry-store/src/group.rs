@@ -17,7 +17,8 @@ use crate::{NewDelivery, Result};
 pub(crate) const DELIVERY_BATCH: usize = 256;
 
 /// The batch's `INSERT`, one row per delivery; it skips the ones stored before and returns
-/// `id, project_id, forge, delivery_id` of those it stored.
+/// `id, project_id, forge, delivery_id` of those it stored. SQLite's; PostgreSQL binds the batch as
+/// arrays instead (`postgres::INSERT_DELIVERIES`), one statement for every batch size.
 pub(crate) fn insert_batch<'a, DB>(batch: &'a [&NewDelivery]) -> sqlx::QueryBuilder<'a, DB>
 where
     DB: sqlx::Database,
