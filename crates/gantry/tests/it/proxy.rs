@@ -102,37 +102,35 @@ impl HoldingProxy {
 }
 
 /// Agent to server.
-fn requests(mut from: TcpStream, mut to: TcpStream, shared: &Shared, polling: &AtomicBool) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if buf[..n].starts_with(POLL) {
+fn requests(from: TcpStream, to: TcpStream, shared: &Shared, polling: &AtomicBool) {
+    pump(from, to, |read| {
+        if read.starts_with(POLL) {
             polling.store(true, Ordering::SeqCst);
-        } else if buf[..n].starts_with(STOP) {
+        } else if read.starts_with(STOP) {
             shared.update(|s| s.stop_seen = true);
         }
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Write);
+    });
 }
 
 /// Server to agent.
-fn answers(mut from: TcpStream, mut to: TcpStream, shared: &Shared, polling: &AtomicBool) {
+fn answers(from: TcpStream, to: TcpStream, shared: &Shared, polling: &AtomicBool) {
+    pump(from, to, |read| {
+        if polling.swap(false, Ordering::SeqCst) && read.starts_with(b"HTTP/1.1 200") {
+            shared.update(|s| s.holding = true);
+            shared.wait("the test to release the job", |s| s.released);
+        }
+    });
+}
+
+/// Copies `from` to `to` until either side closes, showing each read to `look` before it goes on.
+fn pump(mut from: TcpStream, mut to: TcpStream, mut look: impl FnMut(&[u8])) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if polling.swap(false, Ordering::SeqCst) && buf[..n].starts_with(b"HTTP/1.1 200") {
-            shared.update(|s| s.holding = true);
-            shared.wait("the test to release the job", |s| s.released);
-        }
+        look(&buf[..n]);
         if to.write_all(&buf[..n]).is_err() {
             break;
         }

@@ -302,6 +302,27 @@ impl Agent {
     pub(crate) fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends SIGTERM (the agent aborts its jobs).
+    fn send_term(&self) {
+        let term = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+    }
+
+    /// Waits until the agent exits as SIGTERM makes it (143).
+    fn wait_aborted(&mut self) {
+        let status = wait_for("the agent to exit", || self.child.try_wait().unwrap());
+        assert_eq!(status.code(), Some(143), "{}", self.output());
+    }
+
+    /// Sends SIGTERM and waits until the agent exits with 143.
+    fn terminate(&mut self) {
+        self.send_term();
+        self.wait_aborted();
+    }
 }
 
 impl Drop for Agent {
@@ -1149,23 +1170,10 @@ fn term_aborts_and_reports_the_running_job(store: Store) {
         (lines_of(&runs).len() == 1).then_some(())
     });
     let first_job = job_named(&api.pipeline(id), "slow").id;
-    let term = Command::new("kill")
-        .args(["-TERM", &first.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    let status = wait_for("the agent to exit", || first.child.try_wait().unwrap());
-    assert_eq!(status.code(), Some(143), "{}", first.output());
+    first.terminate();
     assert!(first.output().contains("aborted"), "{}", first.output());
     // Reported by the agent on its way out: final already, and said so in the log.
-    let failed = api.job(first_job);
-    assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
-    assert_eq!(
-        failed.failure_reason.as_deref(),
-        Some("runner_system_failure")
-    );
-    let log = api.log(first_job);
-    assert!(log.contains("the agent is stopping"), "{log}");
+    let log = assert_aborted(&api, first_job);
     assert!(!log.contains("released"), "{log}");
     std::fs::write(&release, "").unwrap();
     let second = s.agent("second");
@@ -1199,24 +1207,12 @@ fn term_aborts_a_job_that_a_poll_brings_during_the_abort(store: Store) {
     proxy.wait_holding();
     let first_job = job_named(&api.pipeline(id), "job").id;
     assert_eq!(api.job(first_job).status, JobStatus::Running);
-    let term = Command::new("kill")
-        .args(["-TERM", &first.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    first.send_term();
     // The agent is aborting once it asks the server to end its polls.
     proxy.wait_stop_polling();
     proxy.release();
-    let status = wait_for("the agent to exit", || first.child.try_wait().unwrap());
-    assert_eq!(status.code(), Some(143), "{}", first.output());
-    let failed = api.job(first_job);
-    assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
-    assert_eq!(
-        failed.failure_reason.as_deref(),
-        Some("runner_system_failure")
-    );
-    let log = api.log(first_job);
-    assert!(log.contains("the agent is stopping"), "{log}");
+    first.wait_aborted();
+    assert_aborted(&api, first_job);
     assert!(!runs.exists(), "the aborted job ran: {:?}", lines_of(&runs));
     let second = s.agent("second");
     let p = api.finished(id);
@@ -1224,6 +1220,20 @@ fn term_aborts_a_job_that_a_poll_brings_during_the_abort(store: Store) {
     let job = job_named(&p, "job");
     assert_eq!(job.attempt, 2);
     assert_eq!(lines_of(&runs), [format!("run {}", job.id)]);
+}
+
+/// Checks that job `id` was reported failed by an aborting agent (`runner_system_failure`, and the
+/// abort's line in its log); its log.
+fn assert_aborted(api: &Api, id: i64) -> String {
+    let failed = api.job(id);
+    assert_eq!(failed.status, JobStatus::Failed, "{failed:?}");
+    assert_eq!(
+        failed.failure_reason.as_deref(),
+        Some("runner_system_failure")
+    );
+    let log = api.log(id);
+    assert!(log.contains("the agent is stopping"), "{log}");
+    log
 }
 
 /// The agent's own token, from its work dir.
