@@ -6,7 +6,7 @@
 //! the server's archive), `state/` (the runtime's state dir: the dependencies' artifacts go to its
 //! artifact store before the run, and the job's own entry is archived from there after it), `log`
 //! (the spool) and the archives in transit. It is emptied before and after each job (see
-//! [`empty_job_dir`]), and kept: creating and deleting a directory tree per job was a third of an
+//! [`empty_job_dir`] and [`prepare_job_dir`]), and kept: creating and deleting a directory tree per job was a third of an
 //! agent's CPU for trivial jobs, in the filesystem's inode allocation.
 
 use std::collections::HashMap;
@@ -106,8 +106,7 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
     let prepared = {
         let dir = dir.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            empty_job_dir(&dir)?;
-            std::fs::create_dir_all(&dir)?;
+            prepare_job_dir(&dir)?;
             Spool::create(&dir.join(LOG))
         })
         .await
@@ -547,6 +546,23 @@ pub(crate) fn empty_job_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes `dir` an empty job directory: emptied in place or, where that fails (something of the
+/// last job the agent cannot delete), moved aside, so that one leftover cannot fail every later
+/// job of the worker. What is moved aside is deleted as far as it can be, and on the next start.
+pub(crate) fn prepare_job_dir(dir: &Path) -> std::io::Result<()> {
+    if let Err(e) = empty_job_dir(dir) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let aside = dir.with_extension(format!("stale-{nanos}"));
+        tracing::warn!(error = %e, dir = %dir.display(), aside = %aside.display(),
+            "cannot empty the job directory; moving it aside");
+        std::fs::rename(dir, &aside)?;
+        let _ = std::fs::symlink_metadata(&aside).and_then(|m| remove(&aside, m.file_type()));
+    }
+    std::fs::create_dir_all(dir)
+}
+
 fn remove(path: &Path, kind: std::fs::FileType) -> std::io::Result<()> {
     if kind.is_dir() {
         std::fs::remove_dir_all(path)
@@ -757,6 +773,28 @@ mod tests {
         empty_job_dir(&dir).unwrap();
         assert_eq!(names(&dir), ["state"]);
         assert!(names(&dir.join("state")).is_empty());
+    }
+
+    #[test]
+    fn a_job_dir_that_cannot_be_emptied_is_moved_aside() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = job_dir(t.path(), 0);
+        // A fresh worker: the directory is made.
+        prepare_job_dir(&dir).unwrap();
+        assert!(dir.is_dir());
+        // Something that is not a directory cannot be emptied (reading it fails): it goes aside,
+        // and the worker gets an empty directory anyway.
+        std::fs::remove_dir(&dir).unwrap();
+        std::fs::write(&dir, "not a directory").unwrap();
+        assert!(empty_job_dir(&dir).is_err());
+        prepare_job_dir(&dir).unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["0"], "the leftover was deleted once aside");
     }
 
     /// One artifacts upload as the server saw it.
