@@ -296,11 +296,7 @@ long:
         !leftovers(&repo).is_empty(),
         "no container while running: {seen:?}"
     );
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    crate::signal(&child, "INT");
     seen.extend(lines.map_while(Result::ok));
     let status = child.wait().unwrap();
     let all = seen.join("\n");

@@ -519,11 +519,7 @@ long:
             break;
         }
     }
-    let ok = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    crate::signal(&child, "INT");
     seen.extend(lines.map_while(Result::ok));
     let status = child.wait().unwrap();
     let all = seen.join("\n");

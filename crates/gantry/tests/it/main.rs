@@ -178,6 +178,15 @@ impl Run {
     }
 }
 
+/// Sends signal `name` (`INT`, `TERM`, `QUIT`) to `child`.
+pub fn signal(child: &std::process::Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{name} failed");
+}
+
 /// A scratch path outside any repository, for files that jobs share on purpose.
 pub fn scratch() -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();

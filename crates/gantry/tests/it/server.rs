@@ -303,13 +303,9 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends SIGTERM (the agent aborts its jobs).
-    fn send_term(&self) {
-        let term = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(term.success());
+    /// Sends signal `name`: `TERM` aborts the agent's jobs, `QUIT` drains it.
+    fn signal(&self, name: &str) {
+        crate::signal(&self.child, name);
     }
 
     /// Waits until the agent exits as SIGTERM makes it (143).
@@ -320,7 +316,7 @@ impl Agent {
 
     /// Sends SIGTERM and waits until the agent exits with 143.
     fn terminate(&mut self) {
-        self.send_term();
+        self.signal("TERM");
         self.wait_aborted();
     }
 }
@@ -1123,11 +1119,7 @@ fn quit_drains_the_running_job(store: Store) {
     wait_for("the job to start", || {
         (lines_of(&runs).len() == 1).then_some(())
     });
-    let quit = Command::new("kill")
-        .args(["-QUIT", &first.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(quit.success());
+    first.signal("QUIT");
     wait_for("the agent to start draining", || {
         first.output().contains("SIGQUIT").then_some(())
     });
@@ -1207,7 +1199,7 @@ fn term_aborts_a_job_that_a_poll_brings_during_the_abort(store: Store) {
     proxy.wait_holding();
     let first_job = job_named(&api.pipeline(id), "job").id;
     assert_eq!(api.job(first_job).status, JobStatus::Running);
-    first.send_term();
+    first.signal("TERM");
     // The agent is aborting once it asks the server to end its polls.
     proxy.wait_stop_polling();
     proxy.release();
@@ -1467,14 +1459,6 @@ fn quit_while_polling_strands_no_job(store: Store) {
     let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
     let api = Api::new(&s.server);
     api.add_project("race", repo.path());
-    let quit = |a: &Agent| {
-        let ok = Command::new("kill")
-            .args(["-QUIT", &a.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    };
     // Idle: the long poll (30 s) ends as soon as the agent asks the server to end it.
     let mut idle = s.agent("idle");
     wait_for("the agent to wait for jobs", || {
@@ -1483,7 +1467,7 @@ fn quit_while_polling_strands_no_job(store: Store) {
     // Give the poll time to reach the server (the test passes without, but tests less).
     std::thread::sleep(Duration::from_millis(300));
     let asked = Instant::now();
-    quit(&idle);
+    idle.signal("QUIT");
     let status = wait_within(Duration::from_secs(10), "the idle agent to exit", || {
         idle.child.try_wait().unwrap()
     });
@@ -1499,7 +1483,7 @@ fn quit_while_polling_strands_no_job(store: Store) {
         });
         let (status, body) = api.post("/api/v1/projects/race/pipelines", &json!({"ref": "main"}));
         assert_eq!(status, 202, "{body}");
-        quit(&a);
+        a.signal("QUIT");
         let code = wait_within(Duration::from_secs(20), "the agent to exit", || {
             a.child.try_wait().unwrap()
         });
