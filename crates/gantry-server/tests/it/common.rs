@@ -45,10 +45,44 @@ pub struct App {
     pub repo: PathBuf,
     pub database_url: String,
     pub config: Config,
+    /// Drops the PostgreSQL database when the test ends, passed or failed.
+    _database: Option<TestDatabase>,
 }
 
-/// A fresh PostgreSQL database on the test server.
-async fn postgres_database() -> String {
+/// A test's own PostgreSQL database, dropped with this guard: a test run leaves no databases
+/// behind in the cluster it shares with later runs (hundreds of them slowed that cluster down).
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime, which cannot block on a future: a thread of its own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                use sqlx::Connection as _;
+                let mut conn = sqlx::PgConnection::connect(&admin_url).await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) && !std::thread::panicking() {
+            panic!("cannot drop the test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// A fresh PostgreSQL database on the test server: its URL and the guard that drops it.
+async fn postgres_database() -> (String, TestDatabase) {
     let base = std::env::var("GANTRY_TEST_POSTGRES_URL").expect(
         "GANTRY_TEST_POSTGRES_URL is not set: start PostgreSQL with `eval \"$(scripts/postgres.sh)\"`",
     );
@@ -77,7 +111,14 @@ async fn postgres_database() -> String {
         Some(i) => head[..scheme_end + i].to_string(),
         None => head,
     };
-    format!("{head}/{name}{params}")
+    let url = format!("{head}/{name}{params}");
+    (
+        url,
+        TestDatabase {
+            admin_url: base,
+            name,
+        },
+    )
 }
 
 pub async fn spawn(backend: Backend) -> App {
@@ -89,8 +130,11 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Ap
     let mut config = Config::new(&dir.path().join("data"), ADMIN, REGISTRATION);
     config.sweep_interval = Duration::from_millis(200);
     config.status_backoff = Duration::from_millis(20);
+    let mut database = None;
     if let Backend::Postgres = backend {
-        config.database_url = postgres_database().await;
+        let (url, guard) = postgres_database().await;
+        config.database_url = url;
+        database = Some(guard);
     }
     tweak(&mut config);
     let repo = dir.path().join("repo");
@@ -106,6 +150,7 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Ap
         repo,
         database_url: config.database_url.clone(),
         config,
+        _database: database,
     }
 }
 
