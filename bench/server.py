@@ -336,13 +336,16 @@ def ceiling(root, n, parallel):
                          text=True).stdout.strip()
 
     def rate(*cmd):
-        script = "\n".join(str(i % parallel) for i in range(n)) + "\n"
+        # One line per job; xargs numbers its running slots (SLOT), so that no two jobs share a
+        # repository at once (job i and job i + parallel can overlap when job i is slow).
+        script = "x\n" * n
         t0 = time.time()
-        subprocess.run(["xargs", "-P", str(parallel), "-I{}", *cmd], input=script, text=True, check=True)
+        subprocess.run(["xargs", "-P", str(parallel), "--process-slot-var=SLOT", "-n1", *cmd],
+                       input=script, text=True, check=True)
         return n / (time.time() - t0)
 
     bash = rate("bash", "-c", "true")
-    checkout = rate("sh", "-c", f"cd {root}/ceiling-{{}} && git -c advice.detachedHead=false checkout -q -f --detach {sha}"
+    checkout = rate("sh", "-c", f"cd {root}/ceiling-$SLOT && git -c advice.detachedHead=false checkout -q -f --detach {sha}"
                     " && git clean -q -ffdx && exec bash -c true")
     return {"jobs": n, "parallel": parallel, "bash_per_s": bash, "checkout_bash_per_s": checkout}
 

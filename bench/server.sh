@@ -6,6 +6,10 @@
 #
 # Installs wrk (Debian) if missing, builds the release binary, starts PostgreSQL with
 # scripts/postgres.sh for the postgres run. Results: bench/out/server-<store>.json.
+#
+# The PostgreSQL run has a cluster of its own (target/bench-postgres, port 55442; override with
+# GANTRY_BENCH_PG_DIR and GANTRY_BENCH_PG_PORT), not the tests' one: databases that test runs leave
+# behind keep autovacuum busy and would be measured too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 which=${1:-both}
@@ -17,7 +21,8 @@ if [ "$which" = sqlite ] || [ "$which" = both ]; then
     python3 bench/server.py --gantry "$gantry" --store sqlite "$@"
 fi
 if [ "$which" = postgres ] || [ "$which" = both ]; then
-    eval "$(bash scripts/postgres.sh)"
+    eval "$(GANTRY_PG_DIR=${GANTRY_BENCH_PG_DIR:-$PWD/target/bench-postgres} \
+        GANTRY_PG_PORT=${GANTRY_BENCH_PG_PORT:-55442} bash scripts/postgres.sh)"
     db="gantry_bench_$(date +%s)"
     psql "$GANTRY_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db" >&2
     url="${GANTRY_TEST_POSTGRES_URL%/*}/$db"
