@@ -25,10 +25,9 @@
 //!   agent.
 //! - A job's artifacts are served only once an upload is committed, and a new upload replaces the
 //!   old one in one statement: readers see the old archive or the new one, never a mix or a part.
-//! - A call that returned `Ok` is committed: it survives the server process being killed
-//!   (`kill -9`). On SQLite (WAL, `synchronous = NORMAL`) a power loss or an operating system crash
-//!   can lose the last commits, never the database's consistency; PostgreSQL is as durable as its
-//!   configuration.
+//! - A call that returned `Ok` is committed and synced to disk: it survives the server process
+//!   being killed (`kill -9`) and the machine dying. SQLite runs WAL with `synchronous = FULL`;
+//!   PostgreSQL is as durable as its configuration (`synchronous_commit = on` by default).
 //!
 //! # Layout
 //! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`, embedded with

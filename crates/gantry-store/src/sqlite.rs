@@ -71,10 +71,11 @@ const READERS: u32 = 4;
 /// Reads use a small pool of other connections: in WAL mode they see the last commit and never
 /// block the writer. An in-memory database (`sqlite::memory:`) has only the writer.
 ///
-/// **Durability.** WAL with `synchronous = NORMAL`: a committed write survives the process being
-/// killed (`kill -9`), because it is in the WAL file before the commit returns. Power loss or an
-/// operating system crash can lose the last commits (they are synced at checkpoints); the database
-/// stays consistent either way.
+/// **Durability.** WAL with `synchronous = FULL`: a commit returns once the WAL is synced to disk,
+/// so what the server acknowledged (a delivery's `202`, a job handed out, a log chunk, a finish)
+/// survives the machine dying, as on PostgreSQL with its default `synchronous_commit = on`. With
+/// `NORMAL` (the WAL synced only at checkpoints) it survived `kill -9` but not a power loss or an
+/// operating system crash, which could lose acknowledged deliveries and hand a job out twice.
 ///
 /// **Group commit of deliveries** (see [`crate::group`]): the delivery writer is the writer.
 ///
@@ -189,7 +190,7 @@ impl SqliteStore {
             .map_err(db("parsing the SQLite URL"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .pragma("temp_store", "memory")
@@ -1482,6 +1483,28 @@ mod tests {
             pool.is_closed(),
             "the checkpointer closed the pool on its way out"
         );
+    }
+
+    #[tokio::test]
+    async fn every_connection_syncs_its_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        // 2 is FULL: each commit syncs the WAL before it returns (1, NORMAL, syncs at checkpoints).
+        let writer: i64 = {
+            let mut conn = store.writer.lock().await;
+            sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+        };
+        assert_eq!(writer, 2, "the writer");
+        let mut reader = store.readers.as_ref().unwrap().acquire().await.unwrap();
+        let read: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *reader)
+            .await
+            .unwrap();
+        assert_eq!(read, 2, "a reader (the checkpointer's passes run on one)");
     }
 
     #[tokio::test]
