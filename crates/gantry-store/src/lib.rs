@@ -26,8 +26,9 @@
 //! - A job's artifacts are served only once an upload is committed, and a new upload replaces the
 //!   old one in one statement: readers see the old archive or the new one, never a mix or a part.
 //! - A call that returned `Ok` is committed and synced to disk: it survives the server process
-//!   being killed (`kill -9`) and the machine dying. SQLite runs WAL with `synchronous = FULL`;
-//!   PostgreSQL is as durable as its configuration (`synchronous_commit = on` by default).
+//!   being killed (`kill -9`) and the machine dying. On SQLite a write returns after a sync of the
+//!   WAL that began after its commit (group commit, `sqlite::WalSync`); PostgreSQL is as durable
+//!   as its configuration (`synchronous_commit = on` by default).
 //!
 //! # Layout
 //! Each backend has its own migrations (`migrations/sqlite`, `migrations/postgres`, embedded with
