@@ -278,8 +278,21 @@ impl Writer {
     /// Runs `write` (which takes the writer), then returns its result once what it committed is
     /// on disk.
     async fn durably<T>(&self, write: impl Future<Output = Result<T>>) -> Result<T> {
+        self.durably_if(write, |_| true).await
+    }
+
+    /// [`Writer::durably`] for a write that often changes nothing (a claim without a job, a sweep
+    /// that finds nothing): waits for a sync only when `changed` says that it did, so that an idle
+    /// server does not flush the disk on every poll and sweep.
+    async fn durably_if<T>(
+        &self,
+        write: impl Future<Output = Result<T>>,
+        changed: impl FnOnce(&T) -> bool,
+    ) -> Result<T> {
         let out = write.await?;
-        self.sync.after_commit().await?;
+        if changed(&out) {
+            self.sync.after_commit().await?;
+        }
         Ok(out)
     }
 
@@ -978,62 +991,66 @@ impl Store for SqliteStore {
         lease_until: Millis,
     ) -> Result<Option<JobRecord>> {
         self.writer
-            .durably(async {
-                let tags = json(&agent.tags);
-                // Without a candidate, answer from a reader and leave the writer to others: agents woken
-                // together mostly find nothing.
-                if let Some(pool) = &self.readers {
-                    let mut reader = pool.acquire().await.map_err(db("acquiring a connection"))?;
-                    let candidate: Option<i64> = sqlx::query_scalar(CANDIDATE)
-                        .bind(now)
-                        .bind(agent.run_untagged)
-                        .bind(&tags)
-                        .fetch_optional(&mut *reader)
-                        .await
-                        .map_err(db("looking for a job"))?;
-                    if candidate.is_none() {
-                        return Ok(None);
+            .durably_if(
+                async {
+                    let tags = json(&agent.tags);
+                    // Without a candidate, answer from a reader and leave the writer to others: agents woken
+                    // together mostly find nothing.
+                    if let Some(pool) = &self.readers {
+                        let mut reader =
+                            pool.acquire().await.map_err(db("acquiring a connection"))?;
+                        let candidate: Option<i64> = sqlx::query_scalar(CANDIDATE)
+                            .bind(now)
+                            .bind(agent.run_untagged)
+                            .bind(&tags)
+                            .fetch_optional(&mut *reader)
+                            .await
+                            .map_err(db("looking for a job"))?;
+                        if candidate.is_none() {
+                            return Ok(None);
+                        }
                     }
-                }
-                let mut conn = self.writer.lock().await;
-                let mut tx = conn
-                    .begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(db("beginning a transaction"))?;
-                // Under the write lock, the choice and the update cannot interleave with another claim.
-                let row = sqlx::query(&format!(
-                    "UPDATE jobs SET status = 'running', started_at = ?1, lease_until = ?4, \
+                    let mut conn = self.writer.lock().await;
+                    let mut tx = conn
+                        .begin_with("BEGIN IMMEDIATE")
+                        .await
+                        .map_err(db("beginning a transaction"))?;
+                    // Under the write lock, the choice and the update cannot interleave with another claim.
+                    let row = sqlx::query(&format!(
+                        "UPDATE jobs SET status = 'running', started_at = ?1, lease_until = ?4, \
                  agent_id = ?5, agent_name = ?6, bumps = bumps + 1 \
                  WHERE id = ({CANDIDATE}) RETURNING {JOB_COLS}"
-                ))
-                .bind(now)
-                .bind(agent.run_untagged)
-                .bind(&tags)
-                .bind(lease_until)
-                .bind(agent.id)
-                .bind(&agent.name)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("claiming a job"))?;
-                let Some(row) = row else {
-                    tx.rollback().await.map_err(db("rolling back"))?;
-                    return Ok(None);
-                };
-                let job = job_record!(&row);
-                // The job's `bumps` moved the pipeline's version; only its first claim writes its row.
-                sqlx::query(&format!(
-                    "UPDATE pipelines SET started_at = COALESCE(started_at, ?1), \
+                    ))
+                    .bind(now)
+                    .bind(agent.run_untagged)
+                    .bind(&tags)
+                    .bind(lease_until)
+                    .bind(agent.id)
+                    .bind(&agent.name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("claiming a job"))?;
+                    let Some(row) = row else {
+                        tx.rollback().await.map_err(db("rolling back"))?;
+                        return Ok(None);
+                    };
+                    let job = job_record!(&row);
+                    // The job's `bumps` moved the pipeline's version; only its first claim writes its row.
+                    sqlx::query(&format!(
+                        "UPDATE pipelines SET started_at = COALESCE(started_at, ?1), \
                  status = CASE WHEN status IN {NOT_STARTED} THEN 'running' ELSE status END \
                  WHERE id = ?2 AND (started_at IS NULL OR status IN {NOT_STARTED})"
-                ))
-                .bind(now)
-                .bind(job.pipeline_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("starting a pipeline"))?;
-                tx.commit().await.map_err(db("committing a claim"))?;
-                Ok(Some(job))
-            })
+                    ))
+                    .bind(now)
+                    .bind(job.pipeline_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("starting a pipeline"))?;
+                    tx.commit().await.map_err(db("committing a claim"))?;
+                    Ok(Some(job))
+                },
+                Option::is_some,
+            )
             .await
     }
 
@@ -1274,19 +1291,21 @@ impl Store for SqliteStore {
     }
 
     async fn drop_stale_artifact_uploads(&self) -> Result<u64> {
+        // Chunks go with their upload (`ON DELETE CASCADE`).
+        const STALE: &str = "DELETE FROM artifact_uploads WHERE id IN (SELECT u.id FROM artifact_uploads u JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'running' AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.upload_id = u.id))";
         self.writer
-            .durably(async {
-            // Chunks go with their upload (`ON DELETE CASCADE`).
-            let mut conn = self.writer.lock().await;
-            let dropped = sqlx::query(
-                "DELETE FROM artifact_uploads WHERE id IN (SELECT u.id FROM artifact_uploads u JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'running' AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.upload_id = u.id))",
+            .durably_if(
+                async {
+                    let mut conn = self.writer.lock().await;
+                    let dropped = sqlx::query(STALE)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(db("dropping stale artifact uploads"))?
+                        .rows_affected();
+                    Ok(dropped)
+                },
+                |dropped| *dropped > 0,
             )
-            .execute(&mut *conn)
-            .await
-            .map_err(db("dropping stale artifact uploads"))?
-            .rows_affected();
-            Ok(dropped)
-            })
             .await
     }
 
@@ -1369,9 +1388,10 @@ impl Store for SqliteStore {
 
     async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>> {
         self.writer
-            .durably(async {
-                let mut conn = self.writer.lock().await;
-                let mut expired: Vec<(i64, i64)> = sqlx::query_as(
+            .durably_if(
+                async {
+                    let mut conn = self.writer.lock().await;
+                    let mut expired: Vec<(i64, i64)> = sqlx::query_as(
                     "UPDATE jobs SET status = 'failed', failure_reason = 'runner_system_failure', \
                  finished_at = ?1, lease_until = NULL, bumps = bumps + 1 \
                  WHERE status = 'running' AND lease_until < ?1 RETURNING id, pipeline_id",
@@ -1380,9 +1400,11 @@ impl Store for SqliteStore {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(db("expiring leases"))?;
-                expired.sort_unstable();
-                Ok(expired)
-            })
+                    expired.sort_unstable();
+                    Ok(expired)
+                },
+                |expired| !expired.is_empty(),
+            )
             .await
     }
 
@@ -1692,7 +1714,7 @@ mod tests {
             w.await.unwrap().unwrap();
         }
         let syncs = sync.syncs.load(SeqCst) - 1;
-        assert!(syncs >= 1 && syncs < 64, "{syncs} syncs for 64 writes");
+        assert!((1..64).contains(&syncs), "{syncs} syncs for 64 writes");
         assert_eq!(
             sync.synced.load(SeqCst),
             sync.tickets.load(SeqCst),
@@ -1702,6 +1724,35 @@ mod tests {
         let taken = store.create_project("alone", "{}", 1).await;
         assert!(taken.is_err());
         assert_eq!(sync.syncs.load(SeqCst) - 1, syncs);
+    }
+
+    #[tokio::test]
+    async fn polls_and_sweeps_that_change_nothing_do_not_sync() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("g.db").display());
+        let store = SqliteStore::open(&url).await.unwrap();
+        let id = store
+            .register_agent(&NewAgent {
+                name: "a".into(),
+                token_hash: "h".into(),
+                tags: Vec::new(),
+                run_untagged: true,
+                executor: "shell".into(),
+                concurrency: 1,
+                version: "0".into(),
+                registered_at: 1,
+            })
+            .await
+            .unwrap();
+        let agent = store.agent_by_token("h").await.unwrap().unwrap();
+        assert_eq!(agent.id, id);
+        let syncs = store.writer.sync.syncs.load(SeqCst);
+        assert_eq!(syncs, 1, "the registration synced");
+        assert!(store.claim(&agent, 2, 3).await.unwrap().is_none());
+        assert!(store.expire_leases(4).await.unwrap().is_empty());
+        assert_eq!(store.drop_stale_artifact_uploads().await.unwrap(), 0);
+        assert_eq!(store.writer.sync.syncs.load(SeqCst), syncs);
     }
 
     #[tokio::test]
