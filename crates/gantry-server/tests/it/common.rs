@@ -50,7 +50,7 @@ pub struct App {
 }
 
 /// A test's own PostgreSQL database, dropped with this guard: a test run leaves no databases
-/// behind in the cluster it shares with later runs (hundreds of them slowed that cluster down).
+/// behind in the cluster it shares with later runs (over 400 had piled up in a local one).
 struct TestDatabase {
     admin_url: String,
     name: String,
