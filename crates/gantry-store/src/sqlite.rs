@@ -216,16 +216,22 @@ impl SqliteStore {
             .run_direct(&mut writer)
             .await
             .map_err(|e| StoreError::Database(format!("migrating the SQLite database: {e}")))?;
-        // The WAL beside the database file, by an absolute path (the server may change its
-        // working directory later); it exists from the migrations' writes on.
+        // The WAL beside the database file, opened once for the syncs (SQLite keeps that file
+        // while a connection is open, and the writer always is). It exists from the migrations'
+        // writes on; if it does not, SQLite is not in WAL mode and nothing could be synced.
         let wal = if in_memory {
             None
         } else {
-            let mut path = std::fs::canonicalize(&db_path)
-                .map_err(|e| StoreError::Database(format!("finding {}: {e}", db_path.display())))?
-                .into_os_string();
+            let mut path = db_path.into_os_string();
             path.push("-wal");
-            Some(std::path::PathBuf::from(path))
+            let path = std::path::PathBuf::from(path);
+            let file = std::fs::File::open(&path).map_err(|e| {
+                StoreError::Database(format!(
+                    "opening the SQLite WAL {} (is the database in WAL mode?): {e}",
+                    path.display()
+                ))
+            })?;
+            Some(std::sync::Arc::new(file))
         };
         let readers = if in_memory {
             None
@@ -308,8 +314,8 @@ impl Writer {
 /// not synced), and a write returns only after an `fdatasync` of the WAL file that began after its
 /// commit. Writes that commit while one sync runs share the next one, so a burst of commits pays
 /// for a few syncs rather than one each, as PostgreSQL's WAL flush is shared. (`synchronous =
-/// FULL` syncs inside every commit, on the one writer: it cost a quarter to a third of the
-/// intake's rate.)
+/// FULL` syncs inside every commit, on the one writer: it cost about a sixth of the jobs/s without
+/// a checkout, which this gives back.)
 ///
 /// Why it is durable: every page of a commit is in the WAL file when the commit returns (WAL
 /// mode writes the frames, then the commit frame), and the sync flushes that file whichever file
@@ -317,8 +323,8 @@ impl Writer {
 /// `NORMAL`, SQLite syncs the WAL before a checkpoint and the database file after it, and only then
 /// lets a later write start the WAL over.
 struct WalSync {
-    /// The WAL file; `None` for an in-memory database, which has nothing to sync.
-    wal: Option<std::path::PathBuf>,
+    /// The WAL file, open; `None` for an in-memory database, which has nothing to sync.
+    wal: Option<std::sync::Arc<std::fs::File>>,
     /// Tickets handed out, one per write that asked for a sync after its commit.
     tickets: std::sync::atomic::AtomicU64,
     /// Every ticket up to this one is covered by a sync that has finished.
@@ -331,7 +337,7 @@ struct WalSync {
 }
 
 impl WalSync {
-    fn new(wal: Option<std::path::PathBuf>) -> Self {
+    fn new(wal: Option<std::sync::Arc<std::fs::File>>) -> Self {
         Self {
             wal,
             tickets: std::sync::atomic::AtomicU64::new(0),
@@ -360,7 +366,7 @@ impl WalSync {
         }
         let covers = self.tickets.load(SeqCst);
         let wal = wal.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(&wal)?.sync_data())
+        tokio::task::spawn_blocking(move || wal.sync_data())
             .await
             .map_err(std::io::Error::other)
             .and_then(|r| r)
@@ -698,55 +704,55 @@ impl Store for SqliteStore {
     async fn create_pipeline(&self, p: &NewPipeline) -> Result<i64> {
         self.writer
             .durably(async {
-            let mut conn = self.writer.lock().await;
-            let mut tx = conn
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db("beginning a transaction"))?;
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO pipelines (project_id, delivery_id, git_ref, tag, sha, before_sha, source, \
-                 status, trace_id, errors, spec, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
-            )
-            .bind(p.project_id)
-            .bind(p.delivery_id)
-            .bind(&p.git_ref)
-            .bind(p.tag)
-            .bind(&p.sha)
-            .bind(&p.before_sha)
-            .bind(&p.source)
-            .bind(&p.status)
-            .bind(&p.trace_id)
-            .bind(&p.errors)
-            .bind(&p.spec)
-            .bind(p.created_at)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("creating a pipeline"))?;
-            let Some(id) = id else {
-                // The delivery has its pipeline already.
-                let id: i64 = sqlx::query_scalar("SELECT id FROM pipelines WHERE delivery_id = ?")
-                    .bind(p.delivery_id)
-                    .fetch_one(&mut *tx)
+                let mut conn = self.writer.lock().await;
+                let mut tx = conn
+                    .begin_with("BEGIN IMMEDIATE")
                     .await
-                    .map_err(db("reading a delivery's pipeline"))?;
-                return Ok(id);
-            };
-            insert_jobs(&mut tx, id, p.project_id, &p.jobs).await?;
-            if let Some(delivery) = p.delivery_id {
-                sqlx::query(
-                    "UPDATE deliveries SET status = 'created', reason = NULL, pipeline_id = ? \
-                     WHERE id = ?",
+                    .map_err(db("beginning a transaction"))?;
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO pipelines (project_id, delivery_id, git_ref, tag, sha, before_sha, source, \
+                     status, trace_id, errors, spec, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
                 )
-                .bind(id)
-                .bind(delivery)
-                .execute(&mut *tx)
+                .bind(p.project_id)
+                .bind(p.delivery_id)
+                .bind(&p.git_ref)
+                .bind(p.tag)
+                .bind(&p.sha)
+                .bind(&p.before_sha)
+                .bind(&p.source)
+                .bind(&p.status)
+                .bind(&p.trace_id)
+                .bind(&p.errors)
+                .bind(&p.spec)
+                .bind(p.created_at)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db("marking a delivery created"))?;
-            }
-            tx.commit().await.map_err(db("committing a pipeline"))?;
-            Ok(id)
+                .map_err(db("creating a pipeline"))?;
+                let Some(id) = id else {
+                    // The delivery has its pipeline already.
+                    let id: i64 = sqlx::query_scalar("SELECT id FROM pipelines WHERE delivery_id = ?")
+                        .bind(p.delivery_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db("reading a delivery's pipeline"))?;
+                    return Ok(id);
+                };
+                insert_jobs(&mut tx, id, p.project_id, &p.jobs).await?;
+                if let Some(delivery) = p.delivery_id {
+                    sqlx::query(
+                        "UPDATE deliveries SET status = 'created', reason = NULL, pipeline_id = ? \
+                         WHERE id = ?",
+                    )
+                    .bind(id)
+                    .bind(delivery)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("marking a delivery created"))?;
+                }
+                tx.commit().await.map_err(db("committing a pipeline"))?;
+                Ok(id)
             })
             .await
     }
@@ -928,58 +934,58 @@ impl Store for SqliteStore {
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {
         self.writer
             .durably(async {
-            let mut conn = self.writer.lock().await;
-            let mut tx = conn
-                .begin_with("BEGIN IMMEDIATE")
+                let mut conn = self.writer.lock().await;
+                let mut tx = conn
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(db("beginning a transaction"))?;
+                let current: Option<(i64, i64)> = sqlx::query_as(&format!(
+                    "SELECT {VERSION}, p.project_id FROM pipelines p WHERE p.id = ?"
+                ))
+                .bind(pipeline_id)
+                .fetch_optional(&mut *tx)
                 .await
-                .map_err(db("beginning a transaction"))?;
-            let current: Option<(i64, i64)> = sqlx::query_as(&format!(
-                "SELECT {VERSION}, p.project_id FROM pipelines p WHERE p.id = ?"
-            ))
-            .bind(pipeline_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("reading a pipeline's version"))?;
-            let Some((_, project_id)) = current.filter(|&(current, _)| current == version) else {
-                tx.rollback().await.map_err(db("rolling back"))?;
-                return Ok(false);
-            };
-            sqlx::query(
-                "UPDATE pipelines SET version = version + 1, status = COALESCE(?, status), \
-                 started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at) \
-                 WHERE id = ?",
-            )
-            .bind(&changes.status)
-            .bind(changes.started_at)
-            .bind(changes.finished_at)
-            .bind(pipeline_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("updating a pipeline"))?;
-            for job in &changes.jobs {
+                .map_err(db("reading a pipeline's version"))?;
+                let Some((_, project_id)) = current.filter(|&(current, _)| current == version) else {
+                    tx.rollback().await.map_err(db("rolling back"))?;
+                    return Ok(false);
+                };
                 sqlx::query(
-                    "UPDATE jobs SET status = COALESCE(?, status), queued_at = COALESCE(?, queued_at), \
-                     finished_at = COALESCE(?, finished_at), run_after = COALESCE(?, run_after), \
-                     failure_reason = COALESCE(?, failure_reason), \
-                     cancel_requested = COALESCE(?, cancel_requested), retried = COALESCE(?, retried) \
-                     WHERE id = ? AND pipeline_id = ?",
+                    "UPDATE pipelines SET version = version + 1, status = COALESCE(?, status), \
+                     started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at) \
+                     WHERE id = ?",
                 )
-                .bind(&job.status)
-                .bind(job.queued_at)
-                .bind(job.finished_at)
-                .bind(job.run_after)
-                .bind(&job.failure_reason)
-                .bind(job.cancel_requested)
-                .bind(job.retried)
-                .bind(job.id)
+                .bind(&changes.status)
+                .bind(changes.started_at)
+                .bind(changes.finished_at)
                 .bind(pipeline_id)
                 .execute(&mut *tx)
                 .await
-                .map_err(db("updating a job"))?;
-            }
-            insert_jobs(&mut tx, pipeline_id, project_id, &changes.new_jobs).await?;
-            tx.commit().await.map_err(db("committing changes"))?;
-            Ok(true)
+                .map_err(db("updating a pipeline"))?;
+                for job in &changes.jobs {
+                    sqlx::query(
+                        "UPDATE jobs SET status = COALESCE(?, status), queued_at = COALESCE(?, queued_at), \
+                         finished_at = COALESCE(?, finished_at), run_after = COALESCE(?, run_after), \
+                         failure_reason = COALESCE(?, failure_reason), \
+                         cancel_requested = COALESCE(?, cancel_requested), retried = COALESCE(?, retried) \
+                         WHERE id = ? AND pipeline_id = ?",
+                    )
+                    .bind(&job.status)
+                    .bind(job.queued_at)
+                    .bind(job.finished_at)
+                    .bind(job.run_after)
+                    .bind(&job.failure_reason)
+                    .bind(job.cancel_requested)
+                    .bind(job.retried)
+                    .bind(job.id)
+                    .bind(pipeline_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("updating a job"))?;
+                }
+                insert_jobs(&mut tx, pipeline_id, project_id, &changes.new_jobs).await?;
+                tx.commit().await.map_err(db("committing changes"))?;
+                Ok(true)
             })
             .await
     }
@@ -1162,33 +1168,33 @@ impl Store for SqliteStore {
     ) -> Result<i64> {
         self.writer
             .durably(async {
-            let mut conn = self.writer.lock().await;
-            let mut tx = conn
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db("beginning a transaction"))?;
-            if !lease_for_artifacts(&mut tx, job_id, agent_id, lease_until, false).await? {
-                tx.rollback().await.map_err(db("rolling back"))?;
-                return Err(StoreError::LeaseLost);
-            }
-            // Unfinished earlier uploads of the job (a retried or abandoned request) go.
-            sqlx::query(
-                "DELETE FROM artifact_uploads WHERE job_id = ?1 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?1 AND a.upload_id = artifact_uploads.id)",
-            )
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("dropping unfinished uploads"))?;
-            let id: i64 =
-                sqlx::query_scalar("INSERT INTO artifact_uploads (job_id) VALUES (?1) RETURNING id")
-                    .bind(job_id)
-                    .fetch_one(&mut *tx)
+                let mut conn = self.writer.lock().await;
+                let mut tx = conn
+                    .begin_with("BEGIN IMMEDIATE")
                     .await
-                    .map_err(db("starting an upload"))?;
-            tx.commit()
+                    .map_err(db("beginning a transaction"))?;
+                if !lease_for_artifacts(&mut tx, job_id, agent_id, lease_until, false).await? {
+                    tx.rollback().await.map_err(db("rolling back"))?;
+                    return Err(StoreError::LeaseLost);
+                }
+                // Unfinished earlier uploads of the job (a retried or abandoned request) go.
+                sqlx::query(
+                    "DELETE FROM artifact_uploads WHERE job_id = ?1 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?1 AND a.upload_id = artifact_uploads.id)",
+                )
+                .bind(job_id)
+                .execute(&mut *tx)
                 .await
-                .map_err(db("committing an upload's start"))?;
-            Ok(id)
+                .map_err(db("dropping unfinished uploads"))?;
+                let id: i64 =
+                    sqlx::query_scalar("INSERT INTO artifact_uploads (job_id) VALUES (?1) RETURNING id")
+                        .bind(job_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db("starting an upload"))?;
+                tx.commit()
+                    .await
+                    .map_err(db("committing an upload's start"))?;
+                Ok(id)
             })
             .await
     }
@@ -1202,21 +1208,21 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         self.writer
             .durably(async {
-            let mut conn = self.writer.lock().await;
-            let stored = sqlx::query(
-                "INSERT INTO artifact_chunks (upload_id, seq, data) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?4) ON CONFLICT (upload_id, seq) DO UPDATE SET data = excluded.data",
-            )
-            .bind(upload_id)
-            .bind(seq)
-            .bind(data)
-            .bind(job_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("storing an artifacts chunk"))?;
-            if stored.rows_affected() == 0 {
-                return Err(StoreError::UploadGone);
-            }
-            Ok(())
+                let mut conn = self.writer.lock().await;
+                let stored = sqlx::query(
+                    "INSERT INTO artifact_chunks (upload_id, seq, data) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?4) ON CONFLICT (upload_id, seq) DO UPDATE SET data = excluded.data",
+                )
+                .bind(upload_id)
+                .bind(seq)
+                .bind(data)
+                .bind(job_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(db("storing an artifacts chunk"))?;
+                if stored.rows_affected() == 0 {
+                    return Err(StoreError::UploadGone);
+                }
+                Ok(())
             })
             .await
     }
@@ -1232,60 +1238,60 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         self.writer
             .durably(async {
-            let mut conn = self.writer.lock().await;
-            let mut tx = conn
-                .begin_with("BEGIN IMMEDIATE")
+                let mut conn = self.writer.lock().await;
+                let mut tx = conn
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(db("beginning a transaction"))?;
+                if !lease_for_artifacts(&mut tx, job_id, agent_id, lease_until, true).await? {
+                    tx.rollback().await.map_err(db("rolling back"))?;
+                    return Err(StoreError::LeaseLost);
+                }
+                let (count, first, last, bytes): (i64, i64, i64, i64) = sqlx::query_as(
+                    "SELECT COUNT(c.seq), COALESCE(MIN(c.seq), 0), COALESCE(MAX(c.seq), -1), CAST(COALESCE(SUM(length(c.data)), 0) AS BIGINT) FROM artifact_uploads u LEFT JOIN artifact_chunks c ON c.upload_id = u.id WHERE u.id = ?1 AND u.job_id = ?2",
+                )
+                .bind(upload_id)
+                .bind(job_id)
+                .fetch_one(&mut *tx)
                 .await
-                .map_err(db("beginning a transaction"))?;
-            if !lease_for_artifacts(&mut tx, job_id, agent_id, lease_until, true).await? {
-                tx.rollback().await.map_err(db("rolling back"))?;
-                return Err(StoreError::LeaseLost);
-            }
-            let (count, first, last, bytes): (i64, i64, i64, i64) = sqlx::query_as(
-                "SELECT COUNT(c.seq), COALESCE(MIN(c.seq), 0), COALESCE(MAX(c.seq), -1), CAST(COALESCE(SUM(length(c.data)), 0) AS BIGINT) FROM artifact_uploads u LEFT JOIN artifact_chunks c ON c.upload_id = u.id WHERE u.id = ?1 AND u.job_id = ?2",
-            )
-            .bind(upload_id)
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("checking an upload"))?;
-            let exists: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?2)",
-            )
-            .bind(upload_id)
-            .bind(job_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db("checking an upload"))?;
-            if !exists || count != chunks || first != 0 || last != chunks - 1 || bytes != size {
-                tx.rollback().await.map_err(db("rolling back"))?;
-                return Err(StoreError::UploadGone);
-            }
-            let old: Option<i64> =
-                sqlx::query_scalar("SELECT upload_id FROM artifacts WHERE job_id = ?1")
-                    .bind(job_id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db("reading artifacts"))?;
-            sqlx::query(
-                "INSERT INTO artifacts (job_id, upload_id, size, chunks) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job_id) DO UPDATE SET upload_id = excluded.upload_id, size = excluded.size, chunks = excluded.chunks",
-            )
-            .bind(job_id)
-            .bind(upload_id)
-            .bind(size)
-            .bind(chunks)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("storing artifacts"))?;
-            if let Some(old) = old.filter(|old| *old != upload_id) {
-                sqlx::query("DELETE FROM artifact_uploads WHERE id = ?1")
-                    .bind(old)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("dropping replaced artifacts"))?;
-            }
-            tx.commit().await.map_err(db("committing artifacts"))?;
-            Ok(())
+                .map_err(db("checking an upload"))?;
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM artifact_uploads WHERE id = ?1 AND job_id = ?2)",
+                )
+                .bind(upload_id)
+                .bind(job_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("checking an upload"))?;
+                if !exists || count != chunks || first != 0 || last != chunks - 1 || bytes != size {
+                    tx.rollback().await.map_err(db("rolling back"))?;
+                    return Err(StoreError::UploadGone);
+                }
+                let old: Option<i64> =
+                    sqlx::query_scalar("SELECT upload_id FROM artifacts WHERE job_id = ?1")
+                        .bind(job_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db("reading artifacts"))?;
+                sqlx::query(
+                    "INSERT INTO artifacts (job_id, upload_id, size, chunks) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (job_id) DO UPDATE SET upload_id = excluded.upload_id, size = excluded.size, chunks = excluded.chunks",
+                )
+                .bind(job_id)
+                .bind(upload_id)
+                .bind(size)
+                .bind(chunks)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("storing artifacts"))?;
+                if let Some(old) = old.filter(|old| *old != upload_id) {
+                    sqlx::query("DELETE FROM artifact_uploads WHERE id = ?1")
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("dropping replaced artifacts"))?;
+                }
+                tx.commit().await.map_err(db("committing artifacts"))?;
+                Ok(())
             })
             .await
     }
@@ -1312,17 +1318,17 @@ impl Store for SqliteStore {
     async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()> {
         self.writer
             .durably(async {
-            // The committed upload stays; chunks go with their upload (`ON DELETE CASCADE`).
-            let mut conn = self.writer.lock().await;
-            sqlx::query(
-                "DELETE FROM artifact_uploads WHERE id = ?1 AND job_id = ?2 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?2 AND a.upload_id = ?1)",
-            )
-            .bind(upload_id)
-            .bind(job_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db("dropping an upload"))?;
-            Ok(())
+                // The committed upload stays; chunks go with their upload (`ON DELETE CASCADE`).
+                let mut conn = self.writer.lock().await;
+                sqlx::query(
+                    "DELETE FROM artifact_uploads WHERE id = ?1 AND job_id = ?2 AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.job_id = ?2 AND a.upload_id = ?1)",
+                )
+                .bind(upload_id)
+                .bind(job_id)
+                .execute(&mut *conn)
+                .await
+                .map_err(db("dropping an upload"))?;
+                Ok(())
             })
             .await
     }
@@ -1695,7 +1701,15 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("g.db").display());
         let store = std::sync::Arc::new(SqliteStore::open(&url).await.unwrap());
         let sync = &store.writer.sync;
-        assert!(sync.wal.as_ref().unwrap().ends_with("g.db-wal"));
+        {
+            // The file synced is the database's WAL.
+            use std::os::unix::fs::MetadataExt as _;
+            let synced = sync.wal.as_ref().unwrap().metadata().unwrap().ino();
+            let wal = std::fs::metadata(dir.path().join("g.db-wal"))
+                .unwrap()
+                .ino();
+            assert_eq!(synced, wal);
+        }
         let before = sync.syncs.load(SeqCst);
         assert_eq!(
             before, 0,
