@@ -519,6 +519,54 @@ mod tests {
     }
 
     #[test]
+    fn a_tag_object_is_peeled_and_a_missing_ref_is_told_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        sh(&src, &["init", "-q", "-b", "main"]);
+        sh(&src, &["commit", "-q", "--allow-empty", "-m", "tagged"]);
+        sh(&src, &["tag", "-a", "v1", "-m", "the tag's message"]);
+        sh(&src, &["tag", "light"]);
+        let url = src.to_str().unwrap();
+        let mirror = tmp.path().join("m.git");
+        let commit = fetch(&mirror, url, None, "main").unwrap();
+        let out = Command::new("git")
+            .args(["rev-parse", "v1"])
+            .current_dir(&src)
+            .output()
+            .unwrap();
+        let tag = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_ne!(tag, commit);
+        assert_eq!(
+            fetch(&mirror, url, Some(&tag), "refs/tags/v1").unwrap(),
+            commit
+        );
+        // Asked again, from what was remembered: still the commit.
+        assert_eq!(
+            fetch(&mirror, url, Some(&tag), "refs/tags/v1").unwrap(),
+            commit
+        );
+        assert_eq!(
+            tag_message(&mirror, url, "v1").unwrap(),
+            "the tag's message"
+        );
+        assert_eq!(tag_message(&mirror, url, "light").unwrap(), "");
+        let missing = fetch(&mirror, url, None, "refs/heads/gone").unwrap_err();
+        assert!(
+            missing
+                .chain()
+                .any(|c| c.downcast_ref::<NoSuchRef>().is_some()),
+            "{missing:#}"
+        );
+        let unreachable = tmp.path().join("nowhere");
+        let e = fetch(&mirror, unreachable.to_str().unwrap(), None, "main").unwrap_err();
+        assert!(
+            !e.chain().any(|c| c.downcast_ref::<NoSuchRef>().is_some()),
+            "{e:#}"
+        );
+    }
+
+    #[test]
     fn a_known_commit_is_answered_without_git() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
