@@ -122,20 +122,47 @@ fn remember(repo: &Path, sha: &str) {
     });
 }
 
-/// Whether the mirror has commit `sha`.
+/// Whether the mirror has commit `sha` (or a tag object that points at a commit it has). Only the
+/// commit is remembered: a tag object's name is never answered as a commit's.
 pub(crate) fn has_commit(repo: &Path, sha: &str) -> bool {
     if known(repo, sha, |_| ()).is_some() {
         return true;
     }
-    let found = command(repo)
-        .args(["cat-file", "-e", &format!("{sha}^{{commit}}")])
+    let out = command(repo)
+        .args([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{sha}^{{commit}}"),
+        ])
         .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        remember(repo, sha);
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            remember(repo, String::from_utf8_lossy(&o.stdout).trim());
+            true
+        }
+        _ => false,
     }
-    found
+}
+
+/// The remote has no such ref: another attempt fails the same way (unlike a remote that cannot be
+/// reached). Found in [`fetch`]'s error chain with `downcast_ref`.
+#[derive(Debug)]
+pub(crate) struct NoSuchRef(pub String);
+
+impl std::fmt::Display for NoSuchRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the remote has no ref `{}`", self.0)
+    }
+}
+
+impl std::error::Error for NoSuchRef {}
+
+/// Whether git's message says that the remote answered but has no such ref (`git fetch` exits 128
+/// both for that and for a remote it cannot reach; only the message tells them apart).
+fn missing_ref_message(stderr: &str) -> bool {
+    stderr.contains("couldn't find remote ref")
 }
 
 /// Where the cached `git archive` of commit `sha` of project `id` lives, or `None` when `sha` is
@@ -227,32 +254,75 @@ pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) 
         ]
     };
     let mut last = None;
+    let mut missing = 0;
     for r in &candidates {
         let local = format!("refs/gantry/{}", r.trim_start_matches("refs/"));
-        match run(
-            repo,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--force",
-                url,
-                &format!("+{r}:{local}"),
-            ],
-        ) {
-            Ok(_) => {
-                let head = resolve(repo, &local)?;
-                return match sha {
-                    Some(s) if has_commit(repo, s) => resolve(repo, s),
-                    Some(s) => bail!("commit {s} is not on {r} in {url}"),
-                    None => Ok(head),
-                };
-            }
-            Err(e) => last = Some(e),
+        let out = command(repo)
+            .args(["fetch", "--quiet", "--no-tags", "--force", url])
+            .arg(format!("+{r}:{local}"))
+            .output()
+            .context("cannot run git fetch")?;
+        if out.status.success() {
+            let head = resolve(repo, &local)?;
+            return match sha {
+                Some(s) if has_commit(repo, s) => resolve(repo, s),
+                Some(s) => bail!("commit {s} is not on {r} in {url}"),
+                None => Ok(head),
+            };
         }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if missing_ref_message(&stderr) {
+            missing += 1;
+        }
+        last = Some(anyhow::anyhow!("git fetch {r} failed: {stderr}"));
     }
-    Err(last.unwrap_or_else(|| anyhow::anyhow!("nothing to fetch")))
-        .with_context(|| format!("cannot fetch {fetch_ref} from {url}"))
+    let err = last.unwrap_or_else(|| anyhow::anyhow!("nothing to fetch"));
+    if missing == candidates.len() {
+        return Err(anyhow::Error::new(NoSuchRef(fetch_ref.to_string()))
+            .context(format!("cannot fetch {fetch_ref} from {url}")));
+    }
+    Err(err).with_context(|| format!("cannot fetch {fetch_ref} from {url}"))
+}
+
+/// The best common ancestor of `a` and `b`, when the mirror has both and they have one.
+pub(crate) fn merge_base(repo: &Path, a: &str, b: &str) -> Option<String> {
+    let out = run(repo, &["merge-base", a, b]).ok()?;
+    let sha = String::from_utf8_lossy(&out).trim().to_string();
+    (!sha.is_empty()).then_some(sha)
+}
+
+/// The message of tag `tag` on `url` (fetched into the mirror): `Some("")` for a lightweight tag,
+/// which has none; the signature of a signed tag is left out.
+pub(crate) fn tag_message(repo: &Path, url: &str, tag: &str) -> Result<String> {
+    let local = format!("refs/gantry/tags/{tag}");
+    run(
+        repo,
+        &[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--force",
+            url,
+            &format!("+refs/tags/{tag}:{local}"),
+        ],
+    )?;
+    let out = run(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(objecttype)%00%(contents)",
+            &local,
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&out);
+    let (kind, contents) = text.split_once('\0').unwrap_or((text.trim(), ""));
+    if kind != "tag" {
+        return Ok(String::new());
+    }
+    let message = contents
+        .find("-----BEGIN ")
+        .map_or(contents, |i| &contents[..i]);
+    Ok(message.trim_end().to_string())
 }
 
 fn resolve(repo: &Path, rev: &str) -> Result<String> {
@@ -274,7 +344,6 @@ pub(crate) struct CommitInfo {
     pub message: String,
     pub timestamp: String,
     pub author: String,
-    pub parent: Option<String>,
 }
 
 /// Reads a commit's facts.
@@ -290,11 +359,10 @@ pub(crate) fn commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
 fn read_commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
     let out = run(
         repo,
-        &["show", "-s", "--format=%P%x00%cI%x00%an <%ae>%x00%B", sha],
+        &["show", "-s", "--format=%cI%x00%an <%ae>%x00%B", sha],
     )?;
     let text = String::from_utf8_lossy(&out);
-    let mut parts = text.splitn(4, '\0');
-    let parents = parts.next().unwrap_or_default();
+    let mut parts = text.splitn(3, '\0');
     let timestamp = parts.next().unwrap_or_default().to_string();
     let author = parts.next().unwrap_or_default().to_string();
     let message = parts.next().unwrap_or_default().trim_end().to_string();
@@ -302,7 +370,6 @@ fn read_commit_info(repo: &Path, sha: &str) -> Result<CommitInfo> {
         message,
         timestamp,
         author,
-        parent: parents.split_whitespace().next().map(str::to_string),
     })
 }
 
@@ -449,6 +516,54 @@ mod tests {
         assert!(s.read("../etc/passwd").is_err());
         assert!(s.read("nope").is_err());
         assert!(fetch(&mirror, src.to_str().unwrap(), None, "no-such-branch").is_err());
+    }
+
+    #[test]
+    fn a_tag_object_is_peeled_and_a_missing_ref_is_told_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        sh(&src, &["init", "-q", "-b", "main"]);
+        sh(&src, &["commit", "-q", "--allow-empty", "-m", "tagged"]);
+        sh(&src, &["tag", "-a", "v1", "-m", "the tag's message"]);
+        sh(&src, &["tag", "light"]);
+        let url = src.to_str().unwrap();
+        let mirror = tmp.path().join("m.git");
+        let commit = fetch(&mirror, url, None, "main").unwrap();
+        let out = Command::new("git")
+            .args(["rev-parse", "v1"])
+            .current_dir(&src)
+            .output()
+            .unwrap();
+        let tag = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_ne!(tag, commit);
+        assert_eq!(
+            fetch(&mirror, url, Some(&tag), "refs/tags/v1").unwrap(),
+            commit
+        );
+        // Asked again, from what was remembered: still the commit.
+        assert_eq!(
+            fetch(&mirror, url, Some(&tag), "refs/tags/v1").unwrap(),
+            commit
+        );
+        assert_eq!(
+            tag_message(&mirror, url, "v1").unwrap(),
+            "the tag's message"
+        );
+        assert_eq!(tag_message(&mirror, url, "light").unwrap(), "");
+        let missing = fetch(&mirror, url, None, "refs/heads/gone").unwrap_err();
+        assert!(
+            missing
+                .chain()
+                .any(|c| c.downcast_ref::<NoSuchRef>().is_some()),
+            "{missing:#}"
+        );
+        let unreachable = tmp.path().join("nowhere");
+        let e = fetch(&mirror, unreachable.to_str().unwrap(), None, "main").unwrap_err();
+        assert!(
+            !e.chain().any(|c| c.downcast_ref::<NoSuchRef>().is_some()),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -32,8 +32,25 @@ pub(crate) struct MergeRequest {
     pub description: String,
     pub source_branch: String,
     pub target_branch: String,
+    /// The target branch's head as the payload gives it (GitHub's and Gitea's `base.sha`): fetched
+    /// to compute the merge base; not `CI_MERGE_REQUEST_TARGET_BRANCH_SHA`, which only merged-results
+    /// pipelines have.
     pub target_sha: Option<String>,
+    /// The merge base when the payload gives it (Gitea's `merge_base`).
+    pub diff_base_sha: Option<String>,
     pub labels: Vec<String>,
+    pub assignees: Vec<String>,
+    pub milestone: Option<String>,
+    /// `refs/merge-requests/<iid>/head` (GitLab), `refs/pull/<n>/head` (GitHub, Gitea).
+    pub ref_path: String,
+    /// The target project's path, URL and id, when the payload names them.
+    pub project_path: Option<String>,
+    pub project_url: Option<String>,
+    pub project_id: Option<String>,
+    /// The source project's, likewise (a fork's).
+    pub source_project_path: Option<String>,
+    pub source_project_url: Option<String>,
+    pub source_project_id: Option<String>,
     pub url: String,
 }
 
@@ -45,13 +62,21 @@ pub(crate) struct Event {
     /// The branch or tag, short (`main`, `v1.0`).
     pub git_ref: String,
     pub tag: bool,
-    /// The commit; `None` for triggers, which run the ref's head.
+    /// The commit (for a tag, the commit it points at, GitLab's `checkout_sha`); `None` for
+    /// triggers, which run the ref's head.
     pub sha: Option<String>,
     pub before_sha: Option<String>,
     /// The full ref to fetch when the commit itself cannot be fetched.
     pub fetch_ref: String,
     pub user_name: String,
     pub user_email: String,
+    /// `GITLAB_USER_ID` and `GITLAB_USER_LOGIN`, when the payload names the user.
+    pub user_id: Option<String>,
+    pub user_login: String,
+    /// The tag's message as the payload gives it (GitLab's `message`); git's answer comes first.
+    pub tag_message: Option<String>,
+    /// `git push -o ci.skip` (GitLab's `push_options`): no pipeline.
+    pub push_skip: bool,
     pub mr: Option<MergeRequest>,
     /// Pipeline variables (triggers and schedules).
     pub variables: Vec<KeyValue>,
@@ -71,6 +96,11 @@ fn s(v: &Value, path: &[&str]) -> Option<String> {
     }
 }
 
+/// A non-empty string at `path`.
+fn ne(v: &Value, path: &[&str]) -> Option<String> {
+    s(v, path).filter(|x| !x.is_empty())
+}
+
 fn i(v: &Value, path: &[&str]) -> i64 {
     let mut cur = v;
     for p in path {
@@ -80,6 +110,24 @@ fn i(v: &Value, path: &[&str]) -> i64 {
         }
     }
     cur.as_i64().unwrap_or(0)
+}
+
+/// The strings at `field` of each element of the array at `path`.
+fn names(v: &Value, path: &[&str], fields: &[&str]) -> Vec<String> {
+    let mut cur = v;
+    for p in path {
+        match cur.get(p) {
+            Some(c) => cur = c,
+            None => return Vec::new(),
+        }
+    }
+    cur.as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|x| fields.iter().find_map(|f| ne(x, &[f])))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn need(v: &Value, path: &[&str]) -> Result<String, String> {
@@ -109,6 +157,18 @@ fn valid_ref(r: &str) -> Result<String, String> {
     }
 }
 
+/// Whether GitLab's `push_options` ask to skip CI: `{"ci": {"skip": true}}`, or the list of raw
+/// options (`["ci.skip"]`) that GitLab 11.7 sent.
+fn push_skip(v: &Value) -> bool {
+    match v.get("push_options") {
+        Some(Value::Object(_)) => v
+            .pointer("/push_options/ci/skip")
+            .is_some_and(|x| x.as_bool() == Some(true) || x.as_str().is_some_and(|s| s == "true")),
+        Some(Value::Array(a)) => a.iter().any(|x| x.as_str() == Some("ci.skip")),
+        _ => false,
+    }
+}
+
 /// A push event: the ref (full), before and after.
 fn push(forge: ForgeKind, v: &Value) -> Result<Option<Event>, String> {
     let full = need(v, &["ref"])?;
@@ -123,28 +183,49 @@ fn push(forge: ForgeKind, v: &Value) -> Result<Option<Event>, String> {
     } else {
         return Ok(None);
     };
-    let (user_name, user_email) = match forge {
+    // An annotated tag's `after` is the tag object; the commit is GitLab's `checkout_sha`, or
+    // GitHub's and Gitea's `head_commit.id`.
+    let commit = if tag {
+        ne(v, &["checkout_sha"])
+            .or_else(|| ne(v, &["head_commit", "id"]))
+            .filter(|c| c != ZEROS)
+            .unwrap_or_else(|| after.clone())
+    } else {
+        after.clone()
+    };
+    let (user_name, user_email, user_id, user_login) = match forge {
         ForgeKind::Gitlab => (
             s(v, &["user_name"]).unwrap_or_default(),
             s(v, &["user_email"]).unwrap_or_default(),
+            ne(v, &["user_id"]),
+            ne(v, &["user_username"]).unwrap_or_default(),
         ),
         _ => (
-            s(v, &["pusher", "name"])
-                .or_else(|| s(v, &["pusher", "full_name"]))
-                .or_else(|| s(v, &["pusher", "login"]))
+            ne(v, &["pusher", "full_name"])
+                .or_else(|| ne(v, &["pusher", "name"]))
+                .or_else(|| ne(v, &["pusher", "login"]))
                 .unwrap_or_default(),
             s(v, &["pusher", "email"]).unwrap_or_default(),
+            ne(v, &["pusher", "id"]).or_else(|| ne(v, &["sender", "id"])),
+            ne(v, &["pusher", "login"])
+                .or_else(|| ne(v, &["pusher", "username"]))
+                .or_else(|| ne(v, &["sender", "login"]))
+                .unwrap_or_default(),
         ),
     };
     Ok(Some(Event {
         source: "push".into(),
         git_ref: valid_ref(&git_ref)?,
         tag,
-        sha: Some(valid_sha(&after)?),
+        sha: Some(valid_sha(&commit)?),
         before_sha: s(v, &["before"]).and_then(|b| valid_sha(&b).ok()),
         fetch_ref: valid_ref(&full)?,
         user_name,
         user_email,
+        user_id,
+        user_login,
+        tag_message: if tag { s(v, &["message"]) } else { None },
+        push_skip: push_skip(v),
         mr: None,
         variables: Vec::new(),
     }))
@@ -166,6 +247,7 @@ fn gitlab_mr(v: &Value) -> Result<Option<Event>, String> {
     }
     let source_branch = valid_ref(&need(a, &["source_branch"])?)?;
     let sha = valid_sha(&need(a, &["last_commit", "id"])?)?;
+    let iid = i(a, &["iid"]);
     Ok(Some(Event {
         source: "merge_request_event".into(),
         git_ref: source_branch.clone(),
@@ -175,25 +257,44 @@ fn gitlab_mr(v: &Value) -> Result<Option<Event>, String> {
         fetch_ref: format!("refs/heads/{source_branch}"),
         user_name: s(v, &["user", "name"]).unwrap_or_default(),
         user_email: s(v, &["user", "email"]).unwrap_or_default(),
+        user_id: ne(v, &["user", "id"]),
+        user_login: s(v, &["user", "username"]).unwrap_or_default(),
+        tag_message: None,
+        push_skip: false,
         mr: Some(MergeRequest {
-            iid: i(a, &["iid"]),
+            iid,
             id: i(a, &["id"]),
             title: s(a, &["title"]).unwrap_or_default(),
             description: s(a, &["description"]).unwrap_or_default(),
             source_branch,
             target_branch: valid_ref(&need(a, &["target_branch"])?)?,
             target_sha: None,
-            labels: v
-                .get("labels")
-                .and_then(Value::as_array)
-                .map(|l| l.iter().filter_map(|x| s(x, &["title"])).collect())
-                .unwrap_or_default(),
+            diff_base_sha: None,
+            labels: {
+                let l = names(v, &["labels"], &["title"]);
+                if l.is_empty() {
+                    names(a, &["labels"], &["title"])
+                } else {
+                    l
+                }
+            },
+            assignees: names(v, &["assignees"], &["username"]),
+            milestone: None,
+            ref_path: format!("refs/merge-requests/{iid}/head"),
+            project_path: ne(a, &["target", "path_with_namespace"])
+                .or_else(|| ne(v, &["project", "path_with_namespace"])),
+            project_url: ne(a, &["target", "web_url"]).or_else(|| ne(v, &["project", "web_url"])),
+            project_id: ne(a, &["target_project_id"]).or_else(|| ne(v, &["project", "id"])),
+            source_project_path: ne(a, &["source", "path_with_namespace"]),
+            source_project_url: ne(a, &["source", "web_url"]),
+            source_project_id: ne(a, &["source_project_id"]),
             url: s(a, &["url"]).unwrap_or_default(),
         }),
         variables: Vec::new(),
     }))
 }
 
+/// A GitHub or Gitea pull request: a `merge_request_event` pipeline, so that the same `rules` work.
 fn pull_request(v: &Value) -> Result<Option<Event>, String> {
     let action = s(v, &["action"]).unwrap_or_default();
     if !matches!(
@@ -214,11 +315,16 @@ fn pull_request(v: &Value) -> Result<Option<Event>, String> {
         sha: Some(valid_sha(&need(pr, &["head", "sha"])?)?),
         before_sha: None,
         fetch_ref: format!("refs/pull/{number}/head"),
-        user_name: s(v, &["sender", "full_name"])
-            .filter(|x| !x.is_empty())
-            .or_else(|| s(v, &["sender", "login"]))
+        user_name: ne(v, &["sender", "full_name"])
+            .or_else(|| ne(v, &["sender", "login"]))
             .unwrap_or_default(),
         user_email: s(v, &["sender", "email"]).unwrap_or_default(),
+        user_id: ne(v, &["sender", "id"]),
+        user_login: ne(v, &["sender", "login"])
+            .or_else(|| ne(v, &["sender", "username"]))
+            .unwrap_or_default(),
+        tag_message: None,
+        push_skip: false,
         mr: Some(MergeRequest {
             iid: number,
             id: i(pr, &["id"]),
@@ -227,11 +333,19 @@ fn pull_request(v: &Value) -> Result<Option<Event>, String> {
             source_branch,
             target_branch: valid_ref(&need(pr, &["base", "ref"])?)?,
             target_sha: s(pr, &["base", "sha"]).and_then(|x| valid_sha(&x).ok()),
-            labels: pr
-                .get("labels")
-                .and_then(Value::as_array)
-                .map(|l| l.iter().filter_map(|x| s(x, &["name"])).collect())
-                .unwrap_or_default(),
+            diff_base_sha: s(pr, &["merge_base"]).and_then(|x| valid_sha(&x).ok()),
+            labels: names(pr, &["labels"], &["name"]),
+            assignees: names(pr, &["assignees"], &["login", "username"]),
+            milestone: ne(pr, &["milestone", "title"]),
+            ref_path: format!("refs/pull/{number}/head"),
+            project_path: ne(pr, &["base", "repo", "full_name"])
+                .or_else(|| ne(v, &["repository", "full_name"])),
+            project_url: ne(pr, &["base", "repo", "html_url"])
+                .or_else(|| ne(v, &["repository", "html_url"])),
+            project_id: ne(pr, &["base", "repo", "id"]).or_else(|| ne(v, &["repository", "id"])),
+            source_project_path: ne(pr, &["head", "repo", "full_name"]),
+            source_project_url: ne(pr, &["head", "repo", "html_url"]),
+            source_project_id: ne(pr, &["head", "repo", "id"]),
             url: s(pr, &["html_url"]).unwrap_or_default(),
         }),
         variables: Vec::new(),
@@ -616,6 +730,26 @@ mod tests {
         assert_eq!(e.fetch_ref, "refs/pull/3/head");
         let closed = json!({"action": "closed", "pull_request": {}});
         assert_eq!(parse("gitea", "pull_request", &closed).unwrap(), None);
+        // Push options: GitLab's object, and the list GitLab 11.7 sent.
+        let skip =
+            json!({"ref": "refs/heads/main", "after": sha, "push_options": {"ci": {"skip": true}}});
+        assert!(parse("gitlab", "push", &skip).unwrap().unwrap().push_skip);
+        let skip = json!({"ref": "refs/heads/main", "after": sha, "push_options": ["ci.skip"]});
+        assert!(parse("gitlab", "push", &skip).unwrap().unwrap().push_skip);
+        let no = json!({"ref": "refs/heads/main", "after": sha, "push_options": {}});
+        assert!(!parse("gitlab", "push", &no).unwrap().unwrap().push_skip);
+        // An annotated tag: the commit, not the tag object.
+        let commit = "b".repeat(40);
+        let t = json!({"ref": "refs/tags/v1", "after": sha, "checkout_sha": commit});
+        assert_eq!(
+            parse("gitlab", "tag_push", &t).unwrap().unwrap().sha,
+            Some(commit.clone())
+        );
+        let t = json!({"ref": "refs/tags/v1", "after": sha, "head_commit": {"id": commit}});
+        assert_eq!(
+            parse("github", "tag_push", &t).unwrap().unwrap().sha,
+            Some(commit)
+        );
         let bad_ref = json!({"ref": "refs/heads/--upload-pack=x", "after": sha});
         assert!(parse("gitlab", "push", &bad_ref).is_err());
     }

@@ -34,6 +34,8 @@ use crate::projects::LoadedProject;
 use crate::remote::{self, Fetched, Remotes, WithRemotes};
 use crate::state::AppState;
 
+const ZEROS: &str = "0000000000000000000000000000000000000000";
+
 /// How many times a delivery's configuration is compiled at most, fetching the remote includes
 /// each compile asked for in between (an included file may include more).
 pub(crate) const MAX_INCLUDE_ROUNDS: usize = 6;
@@ -245,6 +247,13 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             return Ok(());
         }
     };
+    if event.push_skip {
+        state
+            .store
+            .close_delivery(d.id, "skipped", "the push option `ci.skip`")
+            .await?;
+        return Ok(());
+    }
     let lock = state.mirror_lock(project.record.id);
     let guard = lock.lock().await;
     let mirror = git::mirror_path(&state.config.data_dir, project.record.id);
@@ -253,10 +262,21 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         let event = event.clone();
         tokio::task::spawn_blocking(move || checkout(&mirror, &project, &event))
             .await
-            .map_err(|e| permanent(format!("the compiler panicked: {e}")))?
-            .map_err(Failure::Transient)?
+            .map_err(|e| permanent(format!("the compiler panicked: {e}")))??
     };
     drop(guard);
+    if matches!(event.source.as_str(), "push" | "merge_request_event")
+        && skips_ci(&checkout.info.message)
+    {
+        state
+            .store
+            .close_delivery(d.id, "skipped", "`[ci skip]` in the commit message")
+            .await?;
+        return Ok(());
+    }
+    // The pipeline's creation time, as `CI_PIPELINE_CREATED_AT` says it.
+    let now = crate::now_ms();
+    let created_at = created_at(now);
     let checkout = Arc::new(checkout);
     // Compile; fetch the remote includes it asked for; compile again with them.
     let mut remotes: Arc<Remotes> = Arc::new(HashMap::new());
@@ -268,8 +288,16 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             let event = event.clone();
             let checkout = checkout.clone();
             let remotes = remotes.clone();
+            let created_at = created_at.clone();
             tokio::task::spawn_blocking(move || {
-                compile_with(&checkout, &project, &event, &remotes, last_round)
+                compile_with(
+                    &checkout,
+                    &project,
+                    &event,
+                    &remotes,
+                    last_round,
+                    &created_at,
+                )
             })
             .await
             .map_err(|e| permanent(format!("the compiler panicked: {e}")))?
@@ -309,7 +337,6 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             message: e.message.clone(),
         })
         .collect();
-    let now = crate::now_ms();
     let mut new = NewPipeline {
         project_id: project.record.id,
         delivery_id: Some(d.id),
@@ -410,44 +437,95 @@ fn var(key: &str, value: impl Into<String>) -> Variable {
     v
 }
 
-/// The merge request's predefined variables.
-fn mr_variables(mr: &hooks::MergeRequest, project: &LoadedProject, sha: &str) -> Vec<Variable> {
+/// Whether a commit message asks to skip CI: `[ci skip]` or `[skip ci]`, in any case, with a space,
+/// `-` or `_` between the words (GitLab's pattern).
+pub(crate) fn skips_ci(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["ci", "skip"].iter().zip(["skip", "ci"]).any(|(a, b)| {
+        [' ', '-', '_']
+            .iter()
+            .any(|sep| m.contains(&format!("[{a}{sep}{b}]")))
+    })
+}
+
+/// `CI_PIPELINE_CREATED_AT`: ISO 8601 in UTC to the second (`2022-01-31T16:47:55Z`), as GitLab's.
+fn created_at(ms: i64) -> String {
+    let full = crate::rfc3339(ms);
+    format!("{}Z", full.get(..19).unwrap_or(&full))
+}
+
+/// GitLab's limit on `CI_MERGE_REQUEST_DESCRIPTION`, in characters.
+const MR_DESCRIPTION_LIMIT: usize = 2700;
+
+/// The merge request's predefined variables (GitLab's, for a merge request pipeline that is not a
+/// merged-results one: the source and target branch SHAs are empty).
+fn mr_variables(
+    mr: &hooks::MergeRequest,
+    project: &LoadedProject,
+    diff_base: Option<&str>,
+) -> Vec<Variable> {
+    let path = mr
+        .project_path
+        .clone()
+        .unwrap_or_else(|| project.record.name.clone());
+    let url = mr
+        .project_url
+        .clone()
+        .unwrap_or_else(|| project.spec.repo_url.clone());
+    let truncated = mr.description.chars().count() > MR_DESCRIPTION_LIMIT;
+    let description: String = mr.description.chars().take(MR_DESCRIPTION_LIMIT).collect();
     let mut v = vec![
         var("CI_MERGE_REQUEST_IID", mr.iid.to_string()),
         var("CI_MERGE_REQUEST_ID", mr.id.to_string()),
         var("CI_MERGE_REQUEST_TITLE", mr.title.clone()),
-        var("CI_MERGE_REQUEST_DESCRIPTION", mr.description.clone()),
+        var("CI_MERGE_REQUEST_DESCRIPTION", description),
         var(
             "CI_MERGE_REQUEST_SOURCE_BRANCH_NAME",
             mr.source_branch.clone(),
         ),
-        var("CI_MERGE_REQUEST_SOURCE_BRANCH_SHA", sha),
+        var("CI_MERGE_REQUEST_SOURCE_BRANCH_SHA", ""),
         var(
             "CI_MERGE_REQUEST_TARGET_BRANCH_NAME",
             mr.target_branch.clone(),
         ),
+        var("CI_MERGE_REQUEST_TARGET_BRANCH_SHA", ""),
         var("CI_MERGE_REQUEST_EVENT_TYPE", "detached"),
-        var("CI_MERGE_REQUEST_PROJECT_PATH", project.record.name.clone()),
+        var("CI_MERGE_REQUEST_REF_PATH", mr.ref_path.clone()),
         var(
             "CI_MERGE_REQUEST_SOURCE_PROJECT_PATH",
-            project.record.name.clone(),
+            mr.source_project_path
+                .clone()
+                .unwrap_or_else(|| path.clone()),
         ),
-        var("CI_MERGE_REQUEST_LABELS", mr.labels.join(",")),
         var(
-            "CI_MERGE_REQUEST_PROJECT_URL",
-            project.spec.repo_url.clone(),
+            "CI_MERGE_REQUEST_SOURCE_PROJECT_URL",
+            mr.source_project_url.clone().unwrap_or_else(|| url.clone()),
         ),
+        var("CI_MERGE_REQUEST_PROJECT_PATH", path),
+        var("CI_MERGE_REQUEST_PROJECT_URL", url),
+        var("CI_MERGE_REQUEST_LABELS", mr.labels.join(",")),
         var(
             "CI_MERGE_REQUEST_TARGET_BRANCH_PROTECTED",
             (mr.target_branch == project.spec.default_branch).to_string(),
         ),
     ];
-    if let Some(t) = &mr.target_sha {
-        v.push(var("CI_MERGE_REQUEST_TARGET_BRANCH_SHA", t.clone()));
-        v.push(var("CI_MERGE_REQUEST_DIFF_BASE_SHA", t.clone()));
+    if truncated {
+        v.push(var("CI_MERGE_REQUEST_DESCRIPTION_IS_TRUNCATED", "true"));
     }
-    if !mr.url.is_empty() {
-        v.push(var("CI_MERGE_REQUEST_REF_PATH", mr.url.clone()));
+    if let Some(id) = &mr.project_id {
+        v.push(var("CI_MERGE_REQUEST_PROJECT_ID", id.clone()));
+    }
+    if let Some(id) = mr.source_project_id.as_ref().or(mr.project_id.as_ref()) {
+        v.push(var("CI_MERGE_REQUEST_SOURCE_PROJECT_ID", id.clone()));
+    }
+    if !mr.assignees.is_empty() {
+        v.push(var("CI_MERGE_REQUEST_ASSIGNEES", mr.assignees.join(",")));
+    }
+    if let Some(m) = &mr.milestone {
+        v.push(var("CI_MERGE_REQUEST_MILESTONE", m.clone()));
+    }
+    if let Some(base) = diff_base {
+        v.push(var("CI_MERGE_REQUEST_DIFF_BASE_SHA", base));
     }
     v
 }
@@ -458,45 +536,78 @@ struct Checkout {
     before_sha: Option<String>,
     info: git::CommitInfo,
     sources: git::GitSources,
+    /// A merge request's diff base (`CI_MERGE_REQUEST_DIFF_BASE_SHA`).
+    diff_base: Option<String>,
+    /// A tag pipeline's `CI_COMMIT_TAG_MESSAGE`.
+    tag_message: Option<String>,
 }
 
-/// Fetches the event's commit into the mirror and reads its facts (blocking). Every error is one
-/// that another attempt may not have: the repository or the mirror.
+/// A fetch's failure: permanent when the remote has no such ref, transient otherwise (the remote
+/// cannot be reached, the mirror fails).
+fn fetch_failure(e: &anyhow::Error) -> Failure {
+    let text = format!("{e:#}");
+    if e.chain()
+        .any(|c| c.downcast_ref::<git::NoSuchRef>().is_some())
+    {
+        Failure::Permanent(text)
+    } else {
+        Failure::Transient(text)
+    }
+}
+
+/// Fetches the event's commit into the mirror and reads its facts (blocking).
 fn checkout(
     mirror: &std::path::Path,
     project: &LoadedProject,
     event: &Event,
-) -> Result<Checkout, String> {
-    let sha = git::fetch(
-        mirror,
-        &project.spec.repo_url,
-        event.sha.as_deref(),
-        &event.fetch_ref,
-    )
-    .map_err(|e| format!("{e:#}"))?;
-    let info = git::commit_info(mirror, &sha).map_err(|e| format!("{e:#}"))?;
-    let before_sha = event.before_sha.clone().or_else(|| info.parent.clone());
+) -> Result<Checkout, Failure> {
+    let url = &project.spec.repo_url;
+    let sha = git::fetch(mirror, url, event.sha.as_deref(), &event.fetch_ref)
+        .map_err(|e| fetch_failure(&e))?;
+    let transient = |e: anyhow::Error| Failure::Transient(format!("{e:#}"));
+    let info = git::commit_info(mirror, &sha).map_err(transient)?;
+    // GitLab: the push's `before`; all zeros for merge requests, triggers and schedules.
+    let before_sha = Some(event.before_sha.clone().unwrap_or_else(|| ZEROS.into()));
     let mut base = event
         .before_sha
         .clone()
         .filter(|b| !b.bytes().all(|c| c == b'0'));
+    let mut diff_base = None;
     if let Some(mr) = &event.mr {
-        base = mr.target_sha.clone().or_else(|| {
-            git::fetch(
-                mirror,
-                &project.spec.repo_url,
-                None,
-                &format!("refs/heads/{}", mr.target_branch),
-            )
-            .ok()
-        });
+        let target_head = git::fetch(
+            mirror,
+            url,
+            mr.target_sha.as_deref(),
+            &format!("refs/heads/{}", mr.target_branch),
+        )
+        .ok();
+        diff_base = mr
+            .diff_base_sha
+            .clone()
+            .filter(|b| git::has_commit(mirror, b))
+            .or_else(|| {
+                target_head
+                    .as_deref()
+                    .and_then(|t| git::merge_base(mirror, t, &sha))
+            })
+            .or_else(|| mr.diff_base_sha.clone());
+        base = diff_base.clone().or(target_head);
     }
-    let sources = git::GitSources::new(mirror, &sha, base).map_err(|e| format!("{e:#}"))?;
+    let tag_message = if event.tag {
+        git::tag_message(mirror, url, &event.git_ref)
+            .ok()
+            .or_else(|| event.tag_message.clone())
+    } else {
+        None
+    };
+    let sources = git::GitSources::new(mirror, &sha, base).map_err(transient)?;
     Ok(Checkout {
         sha,
         before_sha,
         info,
         sources,
+        diff_base,
+        tag_message,
     })
 }
 
@@ -508,6 +619,7 @@ fn compile_with(
     event: &Event,
     remotes: &Remotes,
     last_round: bool,
+    created_at: &str,
 ) -> (Compiled, Vec<String>) {
     let sha = checkout.sha.clone();
     let before_sha = checkout.before_sha.clone();
@@ -523,9 +635,21 @@ fn compile_with(
         .collect();
     // Variables the compiler must see for rules, in precedence order; the predefined ones of merge
     // requests are moved back below the YAML variables afterwards.
-    let mut predefined_extra = Vec::new();
+    let mut predefined_extra = vec![var("CI_PIPELINE_CREATED_AT", created_at)];
+    if let Some(id) = &event.user_id {
+        predefined_extra.push(var("GITLAB_USER_ID", id.clone()));
+    }
+    if !event.user_login.is_empty() {
+        predefined_extra.push(var("GITLAB_USER_LOGIN", event.user_login.clone()));
+    }
+    if event.tag {
+        predefined_extra.push(var(
+            "CI_COMMIT_TAG_MESSAGE",
+            checkout.tag_message.clone().unwrap_or_default(),
+        ));
+    }
     if let Some(mr) = &event.mr {
-        predefined_extra.extend(mr_variables(mr, project, &sha));
+        predefined_extra.extend(mr_variables(mr, project, checkout.diff_base.as_deref()));
         // A merge request pipeline has a ref name but no CI_COMMIT_BRANCH, as on GitLab.
         predefined_extra.push(var("CI_COMMIT_REF_NAME", event.git_ref.clone()));
         predefined_extra.push(var("CI_COMMIT_REF_SLUG", vars::slug(&event.git_ref)));
@@ -557,7 +681,7 @@ fn compile_with(
         project_dir_name: project.record.name.clone(),
         git: GitFacts {
             sha: sha.clone(),
-            before_sha: before_sha.clone().unwrap_or_else(|| "0".repeat(40)),
+            before_sha: before_sha.clone().unwrap_or_else(|| ZEROS.into()),
             branch: if event.tag || event.mr.is_some() {
                 None
             } else {
@@ -583,7 +707,13 @@ fn compile_with(
         ..PipelineDoc::default()
     };
     if let Some(plan) = &mut result.plan {
-        plan.predefined.extend(predefined_extra);
+        // The server's facts replace the compiler's defaults in place (one value per key).
+        for v in predefined_extra {
+            match plan.predefined.iter_mut().find(|p| p.key == v.key) {
+                Some(p) => *p = v,
+                None => plan.predefined.push(v),
+            }
+        }
         plan.cli_variables = trigger_vars;
         doc.stages = plan.stages.clone();
         doc.predefined = plan.predefined.clone();
@@ -614,6 +744,27 @@ mod tests {
         c.delivery_retry_max_backoff = Duration::from_secs(10);
         assert_eq!(retry_pause(&c, 4), Duration::from_secs(10));
         assert_eq!(retry_pause(&c, 1_000), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn skip_ci_in_the_commit_message() {
+        for m in [
+            "[ci skip]",
+            "docs [skip ci]",
+            "[CI-SKIP] x",
+            "[Skip_CI]",
+            "a\n\n[ci skip]",
+        ] {
+            assert!(skips_ci(m), "{m}");
+        }
+        for m in ["ci skip", "[ci  skip]", "[skipci]", "(skip ci)", ""] {
+            assert!(!skips_ci(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn pipeline_creation_time_is_utc_to_the_second() {
+        assert_eq!(created_at(1_643_647_675_123), "2022-01-31T16:47:55Z");
     }
 
     #[test]

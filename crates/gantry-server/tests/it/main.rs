@@ -4,5 +4,6 @@ mod common;
 
 mod api;
 mod flow;
+mod forges;
 mod hooks;
 mod tokens;
