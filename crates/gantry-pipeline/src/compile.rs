@@ -656,7 +656,49 @@ impl Compiler<'_> {
                         self.diags
                             .error(n.pos, format!("`{job}`: `rules` can't be blank"));
                     }
+                    for r in flatten_seq(n) {
+                        if let Some(rm) = r.as_map() {
+                            self.rule_types(rm, job);
+                        }
+                    }
                 }
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks the types of one rule's keywords.
+    fn rule_types(&mut self, rule: &Map, job: &str) {
+        for x in &rule.entries {
+            let key = format!("rules:{}", x.key);
+            match x.key.as_str() {
+                "if" | "when" => {
+                    self.shape(&x.value, Shape::Str, job, &key);
+                }
+                "allow_failure" | "interruptible" => {
+                    self.shape(&x.value, Shape::Bool, job, &key);
+                }
+                "start_in" => {
+                    self.shape(&x.value, Shape::StrOrInt, job, &key);
+                }
+                "variables" => {
+                    self.shape(&x.value, Shape::Map, job, &key);
+                }
+                "changes" | "exists" => match x.value.as_map() {
+                    Some(m) => {
+                        if let Some(paths) = m.get("paths") {
+                            self.shape(paths, Shape::StrList, job, &format!("{key}:paths"));
+                        }
+                        for k in ["compare_to", "project", "ref"] {
+                            if let Some(v) = m.get(k) {
+                                self.shape(v, Shape::Str, job, &format!("{key}:{k}"));
+                            }
+                        }
+                    }
+                    None => {
+                        self.shape(&x.value, Shape::StrList, job, &key);
+                    }
+                },
                 _ => {}
             }
         }
@@ -1132,12 +1174,14 @@ impl Compiler<'_> {
         resolver: &vars::Resolver<'_>,
         workflow: bool,
     ) -> Option<RuleOutcome> {
-        let Some(list) = rules.as_seq() else {
+        if rules.as_seq().is_none() {
             self.diags.error(rules.pos, "`rules` must be an array");
             return None;
-        };
+        }
         let lookup = |n: &str| resolver.get(n);
-        for r in list {
+        // Nested arrays (an anchor of a list of rules spliced into a list) are flattened, as GitLab
+        // accepts rules nested up to 10 levels.
+        for r in flatten_seq(rules) {
             let Some(rm) = r.as_map() else {
                 self.diags.error(r.pos, "each rule must be a mapping");
                 continue;
@@ -1175,7 +1219,10 @@ impl Compiler<'_> {
             let mut why = Vec::new();
             if let Some(cond) = rm.get("if") {
                 let Some(text) = cond.as_str() else {
-                    self.diags.error(cond.pos, "`if` must be a string");
+                    // A job's rules are checked by `rule_types`.
+                    if workflow {
+                        self.diags.error(cond.pos, "`if` must be a string");
+                    }
                     continue;
                 };
                 let parsed = self

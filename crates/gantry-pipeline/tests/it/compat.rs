@@ -534,6 +534,50 @@ fn wrong_scalar_types_are_refused_where_they_are_written() {
 }
 
 #[test]
+fn rules_flatten_a_nested_array_from_an_anchor() {
+    let c = compile_one(
+        ".r: &r [{if: $NOPE, when: never}, {if: $CI_COMMIT_BRANCH == \"main\", when: manual}]\njob:\n  script: [x]\n  rules: [*r, {when: on_success}]\nworkflow:\n  rules: [[{if: $NOPE, when: never}], {when: always}]\n",
+    );
+    let errs = errors(&c);
+    let plan = c.plan.unwrap_or_else(|| panic!("no plan: {errs:#?}"));
+    assert_eq!(plan.jobs.len(), 1);
+    assert_eq!(plan.jobs[0].when.as_str(), "manual");
+}
+
+#[test]
+fn rule_keywords_have_gitlabs_types() {
+    for (rule, want) in [
+        (
+            "{if: [a]}",
+            "3:16: `job`: `rules:if` must be a string, not an array",
+        ),
+        (
+            "{when: 1}",
+            "3:18: `job`: `rules:when` must be a string, not a number",
+        ),
+        (
+            "{allow_failure: 'yes'}",
+            "3:27: `job`: `rules:allow_failure` must be a boolean value, not a string",
+        ),
+        (
+            "{changes: Dockerfile}",
+            "3:21: `job`: `rules:changes` must be an array of strings, not a string",
+        ),
+        (
+            "{exists: {paths: go.mod}}",
+            "3:28: `job`: `rules:exists:paths` must be an array of strings, not a string",
+        ),
+        (
+            "{variables: [A]}",
+            "3:23: `job`: `rules:variables` must be a mapping, not an array",
+        ),
+    ] {
+        let c = compile_one(&format!("job:\n  script: [x]\n  rules: [{rule}]\n"));
+        assert_error(&c, &format!(".gitlab-ci.yml:{want}"));
+    }
+}
+
+#[test]
 fn needs_entry_flags_must_be_booleans() {
     let c = compile_one(
         "build: {stage: build, script: [x]}\njob:\n  script: [x]\n  needs: [{job: build, optional: 'yes'}]\n",
