@@ -153,6 +153,25 @@ fn list_leaves_out_jobs_that_only_default_keeps_out_of_merge_request_pipelines()
 }
 
 #[test]
+fn needs_flag_follows_optional_needs_present_and_skips_those_rules_removed() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "gone:\n  stage: build\n  script: [x]\n  rules: [{when: never}]\nhere:\n  stage: build\n  script: [x]\nother:\n  stage: build\n  script: [x]\ntest:\n  script: [x]\n  needs:\n    - {job: gone, optional: true}\n    - {job: here, optional: true}\n",
+    )]);
+    let out = repo.gantry(&["run", "test", "--needs", "--list-json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(&out)));
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["here", "test"]);
+    assert_eq!(v[1]["needs"], serde_json::json!(["here"]));
+}
+
+#[test]
 fn preview_prints_expanded_yaml() {
     let repo = Repo::new(&[
         (
