@@ -450,6 +450,26 @@ impl Compiler<'_> {
                     .error(e.key_pos, format!("`{job}`: `script` can't be blank"));
             }
         }
+        if job.chars().count() > 255 {
+            self.diags.error(
+                m.entries.first().map_or(Pos::default(), |e| e.key_pos),
+                format!("`{job}`: a job name is at most 255 characters long"),
+            );
+        }
+        if let Some(e) = m.entry("start_in") {
+            // GitLab: `start_in` belongs to `when: delayed`, and in a rule when the job has rules.
+            if m.contains("rules") {
+                self.diags.error(
+                    e.key_pos,
+                    format!("`{job}`: `start_in` may not be used with `rules`; set it in the rule"),
+                );
+            } else if m.get("when").and_then(Node::as_str) != Some("delayed") {
+                self.diags.error(
+                    e.key_pos,
+                    format!("`{job}`: `start_in` is only for `when: delayed`"),
+                );
+            }
+        }
         self.check_types(job, m);
     }
 

@@ -578,6 +578,40 @@ fn rule_keywords_have_gitlabs_types() {
 }
 
 #[test]
+fn start_in_belongs_to_delayed_jobs_and_to_rules() {
+    assert_error(
+        &compile_one("job:\n  script: [x]\n  start_in: 5 minutes\n"),
+        ".gitlab-ci.yml:3:3: `job`: `start_in` is only for `when: delayed`",
+    );
+    assert_error(
+        &compile_one(
+            "job:\n  script: [x]\n  when: delayed\n  start_in: 5 minutes\n  rules: [{when: delayed, start_in: 1 minute}]\n",
+        ),
+        ".gitlab-ci.yml:4:3: `job`: `start_in` may not be used with `rules`; set it in the rule",
+    );
+    let ok = compile_one("job:\n  script: [x]\n  when: delayed\n  start_in: 5 minutes\n");
+    assert_eq!(jobs(&ok), ["job"]);
+}
+
+#[test]
+fn a_job_name_is_at_most_255_characters() {
+    let name = "j".repeat(256);
+    let c = compile_one(&format!("{name}:\n  script: [x]\n"));
+    assert_error(
+        &c,
+        &format!(".gitlab-ci.yml:2:3: `{name}`: a job name is at most 255 characters long"),
+    );
+    assert_eq!(
+        jobs(&compile_one(&format!(
+            "{}:\n  script: [x]\n",
+            "j".repeat(255)
+        )))
+        .len(),
+        1
+    );
+}
+
+#[test]
 fn needs_entry_flags_must_be_booleans() {
     let c = compile_one(
         "build: {stage: build, script: [x]}\njob:\n  script: [x]\n  needs: [{job: build, optional: 'yes'}]\n",
