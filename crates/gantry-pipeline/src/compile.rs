@@ -104,7 +104,9 @@ pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
         diags,
         predefined: predefined_variables(ctx),
         exprs: HashMap::new(),
+        workflow_rules: false,
     };
+    drop_null_keys(&mut root);
     c.apply_defaults(&mut root);
     let (plan, workflow_skipped) = c.plan(&root);
     let plan = if c.diags.has_errors() {
@@ -130,6 +132,8 @@ struct Compiler<'a> {
     diags: Diags,
     predefined: Vec<Variable>,
     exprs: HashMap<String, std::rc::Rc<Result<expr::Expr, expr::ExprError>>>,
+    /// Whether the pipeline has `workflow:rules`, which drop `only`'s default (`branches`, `tags`).
+    workflow_rules: bool,
 }
 
 /// A job before `parallel` expansion and rules, with its parsed keywords.
@@ -163,6 +167,22 @@ struct RuleOutcome {
 
 fn is_hidden(name: &str) -> bool {
     name.starts_with('.')
+}
+
+/// A job key set to `null` is a key not set, as in GitLab (an unspecified entry): `null` drops what
+/// `extends` brought in, and `default` then applies as if the key were absent. `script: null` stays,
+/// to be reported as a blank script.
+fn drop_null_keys(root: &mut Node) {
+    let Some(map) = root.as_map_mut() else { return };
+    for e in &mut map.entries {
+        if is_hidden(&e.key) || GLOBAL_KEYWORDS.contains(&e.key.as_str()) {
+            continue;
+        }
+        if let Some(job) = e.value.as_map_mut() {
+            job.entries
+                .retain(|x| !x.value.is_null() || x.key == "script");
+        }
+    }
 }
 
 impl Compiler<'_> {
@@ -247,6 +267,10 @@ impl Compiler<'_> {
 
         // workflow:rules
         let mut skipped = None;
+        self.workflow_rules = map
+            .get("workflow")
+            .and_then(Node::as_map)
+            .is_some_and(|w| w.contains("rules"));
         if let Some(wf) = map.get("workflow") {
             match wf.as_map() {
                 Some(wm) => {
@@ -259,6 +283,10 @@ impl Compiler<'_> {
                         }
                     }
                     if let Some(rules) = wm.get("rules") {
+                        if rules.as_seq().is_some_and(<[Node]>::is_empty) {
+                            self.diags
+                                .error(rules.pos, "`workflow:rules` can't be blank");
+                        }
                         let base: Vec<Variable> = self
                             .predefined
                             .iter()
@@ -319,11 +347,16 @@ impl Compiler<'_> {
         };
         let mut excluded: HashSet<String> = HashSet::new();
         let mut all_names: HashMap<String, Vec<String>> = HashMap::new();
+        // Each instance's `parallel:matrix` values, for `needs:parallel:matrix`.
+        let mut matrix_of: HashMap<String, Vec<Variable>> = HashMap::new();
         for d in &drafts {
             let instances = self.parallel(d);
             let names: Vec<String> = instances.iter().map(|(n, _, _)| n.clone()).collect();
             all_names.insert(d.name.clone(), names);
             for (name, matrix_vars, node) in instances {
+                if !matrix_vars.is_empty() {
+                    matrix_of.insert(name.clone(), matrix_vars.clone());
+                }
                 match self.job(d, &name, matrix_vars, node, &plan, &index) {
                     Some((job, needs_node)) => jobs.push((job, needs_node, d.node.pos)),
                     None => {
@@ -365,21 +398,10 @@ impl Compiler<'_> {
             .iter()
             .map(|(j, _, _)| (j.name.clone(), j.stage_index))
             .collect();
-        let instance_vars: HashMap<String, Vec<Variable>> = jobs
-            .iter()
-            .map(|(j, _, _)| (j.name.clone(), j.variables.clone()))
-            .collect();
         for (job, needs_node, pos) in &mut jobs {
             if let Some(n) = needs_node.take() {
-                job.needs = Some(self.needs(
-                    root,
-                    job,
-                    &n,
-                    &all_names,
-                    &excluded,
-                    &stage_of,
-                    &instance_vars,
-                ));
+                job.needs =
+                    Some(self.needs(root, job, &n, &all_names, &excluded, &stage_of, &matrix_of));
             }
             self.dependencies(root, job, &all_names, &stage_of, *pos);
         }
@@ -416,6 +438,360 @@ impl Compiler<'_> {
                 format!("`{job}`: a job needs `script` (or `trigger`)"),
             );
         }
+        if let Some(e) = m.entry("script") {
+            let blank = match &e.value.value {
+                Value::Null => true,
+                Value::Str(s) => s.trim().is_empty(),
+                Value::Seq(items) => items.is_empty(),
+                _ => false,
+            };
+            if blank {
+                self.diags
+                    .error(e.key_pos, format!("`{job}`: `script` can't be blank"));
+            }
+        }
+        if job.chars().count() > 255 {
+            self.diags.error(
+                m.entries.first().map_or(Pos::default(), |e| e.key_pos),
+                format!("`{job}`: a job name is at most 255 characters long"),
+            );
+        }
+        if let Some(e) = m.entry("start_in") {
+            // GitLab: `start_in` belongs to `when: delayed`, and in a rule when the job has rules.
+            if m.contains("rules") {
+                self.diags.error(
+                    e.key_pos,
+                    format!("`{job}`: `start_in` may not be used with `rules`; set it in the rule"),
+                );
+            } else if m.get("when").and_then(Node::as_str) != Some("delayed") {
+                self.diags.error(
+                    e.key_pos,
+                    format!("`{job}`: `start_in` is only for `when: delayed`"),
+                );
+            }
+        }
+        self.check_types(job, m);
+    }
+
+    /// GitLab's type checks of job keywords that the rest of the compiler reads leniently: each
+    /// keyword's value must have the type GitLab's CI YAML reference gives it.
+    // The checks inside the arms report as they go; as match guards they would hide that.
+    #[allow(clippy::too_many_lines, clippy::collapsible_match)]
+    fn check_types(&mut self, job: &str, m: &Map) {
+        use Shape::{
+            Bool, BoolOrStrList, Int, IntOrIntList, Map as MapS, Str, StrList, StrOrInt,
+            StrOrStrList,
+        };
+        for e in &m.entries {
+            let n = &e.value;
+            match e.key.as_str() {
+                "stage" | "resource_group" | "coverage" | "manual_confirmation" | "description" => {
+                    self.shape(n, Str, job, &e.key);
+                }
+                "when" => {
+                    if self.shape(n, Str, job, "when") {
+                        let s = n.as_str().unwrap_or_default();
+                        if s == "never" {
+                            self.diags.error(
+                                n.pos,
+                                format!("`{job}`: `when: never` is only allowed in `rules` and `workflow:rules`; a job's `when` should be one of: on_success, on_failure, always, manual, delayed"),
+                            );
+                        } else if parse_when(s).is_none() {
+                            self.diags
+                                .error(n.pos, format!("`{job}`: unknown `when` value `{s}`"));
+                        }
+                    }
+                }
+                "interruptible" => {
+                    self.shape(n, Bool, job, "interruptible");
+                }
+                "tags" => {
+                    if self.shape(n, StrList, job, "tags")
+                        && n.as_seq().is_some_and(|t| t.len() >= 50)
+                    {
+                        self.diags
+                            .error(n.pos, format!("`{job}`: `tags` must be fewer than 50"));
+                    }
+                }
+                "dependencies" => {
+                    self.shape(n, StrList, job, "dependencies");
+                }
+                "timeout" | "start_in" => {
+                    self.shape(n, StrOrInt, job, &e.key);
+                }
+                "allow_failure" => {
+                    if let Some(am) = n.as_map() {
+                        for x in &am.entries {
+                            if x.key == "exit_codes" {
+                                self.shape(&x.value, IntOrIntList, job, "allow_failure:exit_codes");
+                            } else {
+                                self.diags.error(
+                                    x.key_pos,
+                                    format!("`{job}`: unknown `allow_failure` keyword `{}`", x.key),
+                                );
+                            }
+                        }
+                    }
+                }
+                "retry" => {
+                    if let Some(rm) = n.as_map() {
+                        for x in &rm.entries {
+                            match x.key.as_str() {
+                                "max" => {
+                                    self.shape(&x.value, Int, job, "retry:max");
+                                }
+                                "when" => {
+                                    self.shape(&x.value, StrOrStrList, job, "retry:when");
+                                }
+                                "exit_codes" => {
+                                    self.shape(&x.value, IntOrIntList, job, "retry:exit_codes");
+                                }
+                                other => self.diags.error(
+                                    x.key_pos,
+                                    format!("`{job}`: unknown `retry` keyword `{other}`"),
+                                ),
+                            }
+                        }
+                    }
+                }
+                "artifacts" => {
+                    if self.shape(n, MapS, job, "artifacts") {
+                        for x in n.as_map().map(|a| a.entries.as_slice()).unwrap_or_default() {
+                            let key = format!("artifacts:{}", x.key);
+                            match x.key.as_str() {
+                                "paths" | "exclude" => {
+                                    self.shape(&x.value, StrList, job, &key);
+                                }
+                                "untracked" | "public" => {
+                                    self.shape(&x.value, Bool, job, &key);
+                                }
+                                "name" | "expire_in" | "expose_as" | "when" | "access" => {
+                                    self.shape(&x.value, Str, job, &key);
+                                }
+                                "reports" => {
+                                    self.shape(&x.value, MapS, job, &key);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                "cache" => {
+                    for c in flatten_seq(n) {
+                        let Some(cm) = c.as_map() else { continue };
+                        for x in &cm.entries {
+                            let key = format!("cache:{}", x.key);
+                            match x.key.as_str() {
+                                "paths" | "fallback_keys" => {
+                                    self.shape(&x.value, StrList, job, &key);
+                                }
+                                "untracked" | "unprotect" => {
+                                    self.shape(&x.value, Bool, job, &key);
+                                }
+                                "policy" | "when" => {
+                                    self.shape(&x.value, Str, job, &key);
+                                }
+                                "key" if x.value.as_map().is_none() => {
+                                    self.shape(&x.value, StrOrInt, job, &key);
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                "environment" => match &n.value {
+                    Value::Str(_) => {}
+                    Value::Map(em) => {
+                        for x in &em.entries {
+                            if [
+                                "name",
+                                "url",
+                                "action",
+                                "on_stop",
+                                "auto_stop_in",
+                                "deployment_tier",
+                            ]
+                            .contains(&x.key.as_str())
+                            {
+                                self.shape(&x.value, Str, job, &format!("environment:{}", x.key));
+                            }
+                        }
+                    }
+                    // `environment()` reports the other types.
+                    _ => {}
+                },
+                "image" => {
+                    if let Some(im) = n.as_map() {
+                        self.image_keys(im, job, "image");
+                    }
+                }
+                "services" => {
+                    for svc in n.as_seq().unwrap_or_default() {
+                        if let Some(sm) = svc.as_map() {
+                            self.image_keys(sm, job, "services");
+                        }
+                    }
+                }
+                "inherit" => {
+                    if self.shape(n, MapS, job, "inherit") {
+                        for x in n.as_map().map(|a| a.entries.as_slice()).unwrap_or_default() {
+                            if ["default", "variables"].contains(&x.key.as_str()) {
+                                self.shape(
+                                    &x.value,
+                                    BoolOrStrList,
+                                    job,
+                                    &format!("inherit:{}", x.key),
+                                );
+                            } else {
+                                self.diags.error(
+                                    x.key_pos,
+                                    format!("`{job}`: unknown `inherit` keyword `{}`", x.key),
+                                );
+                            }
+                        }
+                    }
+                }
+                "only" | "except" => match &n.value {
+                    Value::Seq(_) => {
+                        self.shape(n, StrList, job, &e.key);
+                    }
+                    Value::Map(pm) => {
+                        for x in &pm.entries {
+                            if ["refs", "variables", "changes"].contains(&x.key.as_str()) {
+                                self.shape(&x.value, StrList, job, &format!("{}:{}", e.key, x.key));
+                            }
+                        }
+                    }
+                    _ => self.diags.error(
+                        n.pos,
+                        format!(
+                            "`{job}`: `{}` must be an array of conditions or a mapping, not {}",
+                            e.key,
+                            a_kind(n)
+                        ),
+                    ),
+                },
+                "rules" => {
+                    if n.as_seq().is_some_and(<[Node]>::is_empty) {
+                        self.diags
+                            .error(n.pos, format!("`{job}`: `rules` can't be blank"));
+                    }
+                    for r in flatten_seq(n) {
+                        if let Some(rm) = r.as_map() {
+                            self.rule_types(rm, job);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks the types of one rule's keywords.
+    fn rule_types(&mut self, rule: &Map, job: &str) {
+        for x in &rule.entries {
+            let key = format!("rules:{}", x.key);
+            match x.key.as_str() {
+                "if" | "when" => {
+                    self.shape(&x.value, Shape::Str, job, &key);
+                }
+                "allow_failure" | "interruptible" => {
+                    self.shape(&x.value, Shape::Bool, job, &key);
+                }
+                "start_in" => {
+                    self.shape(&x.value, Shape::StrOrInt, job, &key);
+                }
+                "variables" => {
+                    self.shape(&x.value, Shape::Map, job, &key);
+                }
+                "changes" | "exists" => match x.value.as_map() {
+                    Some(m) => {
+                        if let Some(paths) = m.get("paths") {
+                            self.shape(paths, Shape::StrList, job, &format!("{key}:paths"));
+                        }
+                        for k in ["compare_to", "project", "ref"] {
+                            if let Some(v) = m.get(k) {
+                                self.shape(v, Shape::Str, job, &format!("{key}:{k}"));
+                            }
+                        }
+                    }
+                    None => {
+                        self.shape(&x.value, Shape::StrList, job, &key);
+                    }
+                },
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks the type of the keywords of an image or a service written as a mapping.
+    fn image_keys(&mut self, m: &Map, job: &str, what: &str) {
+        for x in &m.entries {
+            let key = format!("{what}:{}", x.key);
+            match x.key.as_str() {
+                "name" | "alias" => {
+                    self.shape(&x.value, Shape::Str, job, &key);
+                }
+                "entrypoint" | "command" => {
+                    self.shape(&x.value, Shape::StrList, job, &key);
+                }
+                "pull_policy" => {
+                    self.shape(&x.value, Shape::StrOrStrList, job, &key);
+                }
+                "docker" | "kubernetes" | "variables" => {
+                    self.shape(&x.value, Shape::Map, job, &key);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether `n` has `shape`; reports it at `n` when not.
+    fn shape(&mut self, n: &Node, shape: Shape, job: &str, key: &str) -> bool {
+        fn is_str(x: &Node) -> bool {
+            matches!(x.value, Value::Str(_))
+        }
+        fn is_int(x: &Node) -> bool {
+            matches!(x.value, Value::Int(_))
+        }
+        fn is_bool(x: &Node) -> bool {
+            matches!(x.value, Value::Bool(_))
+        }
+        // (the value is right, what it must be, what the items of a list must be)
+        type ItemCheck = Option<fn(&Node) -> bool>;
+        let (ok, what, item): (bool, &str, ItemCheck) = match shape {
+            Shape::Str => (is_str(n), "a string", None),
+            Shape::Bool => (is_bool(n), "a boolean value", None),
+            Shape::Int => (is_int(n), "an integer", None),
+            Shape::Map => (n.as_map().is_some(), "a mapping", None),
+            Shape::StrList => (false, "an array of strings", Some(is_str)),
+            Shape::StrOrStrList => (is_str(n), "a string or an array of strings", Some(is_str)),
+            Shape::StrOrInt => (is_str(n) || is_int(n), "a string", None),
+            Shape::IntOrIntList => (
+                is_int(n),
+                "an integer or an array of integers",
+                Some(is_int),
+            ),
+            Shape::BoolOrStrList => (
+                is_bool(n),
+                "a boolean value or an array of strings",
+                Some(is_str),
+            ),
+        };
+        let bad_item = match (item, n.as_seq()) {
+            (Some(f), Some(items)) => items.iter().find(|x| !f(x)),
+            _ => None,
+        };
+        let ok = ok || (item.is_some() && n.as_seq().is_some() && bad_item.is_none());
+        if !ok {
+            let not = match bad_item {
+                Some(x) => format!("an array holding {}", a_kind(x)),
+                None => a_kind(n).to_string(),
+            };
+            self.diags
+                .error(n.pos, format!("`{job}`: `{key}` must be {what}, not {not}"));
+        }
+        ok
     }
 
     fn stages(&mut self, map: &Map) -> Vec<String> {
@@ -706,25 +1082,8 @@ impl Compiler<'_> {
         job.predefined = job_predefined(&job);
 
         // when / allow_failure / start_in from the job itself
-        let job_when = match m.get("when") {
-            Some(w) => match w.as_str() {
-                Some("never") => return None,
-                Some(s) => match parse_when(s) {
-                    Some(x) => Some(x),
-                    None => {
-                        self.diags
-                            .error(w.pos, format!("`{base}`: unknown `when` value `{s}`"));
-                        None
-                    }
-                },
-                None => {
-                    self.diags
-                        .error(w.pos, format!("`{base}`: `when` must be a string"));
-                    None
-                }
-            },
-            None => None,
-        };
+        // `check_types` reported a `when` that is not a string or not a job's `when`.
+        let job_when = m.get("when").and_then(Node::as_str).and_then(parse_when);
         let job_allow = m
             .get("allow_failure")
             .and_then(|a| self.allow_failure(a, base));
@@ -793,7 +1152,10 @@ impl Compiler<'_> {
     }
 
     fn script(&mut self, n: Option<&Node>, job: &str, key: &str) -> Vec<String> {
-        let Some(n) = n else { return Vec::new() };
+        // A `null` script is reported as blank by `check_keywords`.
+        let Some(n) = n.filter(|n| !n.is_null()) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         self.flatten_script(n, job, key, 0, &mut out);
         out
@@ -813,15 +1175,13 @@ impl Compiler<'_> {
                     self.flatten_script(i, job, key, depth + 1, out);
                 }
             }
-            Value::Str(_) | Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
-                out.push(n.scalar_string().unwrap_or_default())
-            }
-            Value::Null if depth > 0 => {}
+            Value::Str(s) => out.push(s.clone()),
+            // GitLab takes strings only: `script: 5` is refused, not run as `5`.
             _ => self.diags.error(
                 n.pos,
                 format!(
-                    "`{job}`: `{key}` must be a string or an array of strings, not {}",
-                    n.kind()
+                    "`{job}`: `{key}` must be a string or a nested array of strings up to 10 levels deep, not {}",
+                    a_kind(n)
                 ),
             ),
         }
@@ -834,12 +1194,14 @@ impl Compiler<'_> {
         resolver: &vars::Resolver<'_>,
         workflow: bool,
     ) -> Option<RuleOutcome> {
-        let Some(list) = rules.as_seq() else {
+        if rules.as_seq().is_none() {
             self.diags.error(rules.pos, "`rules` must be an array");
             return None;
-        };
+        }
         let lookup = |n: &str| resolver.get(n);
-        for r in list {
+        // Nested arrays (an anchor of a list of rules spliced into a list) are flattened, as GitLab
+        // accepts rules nested up to 10 levels.
+        for r in flatten_seq(rules) {
             let Some(rm) = r.as_map() else {
                 self.diags.error(r.pos, "each rule must be a mapping");
                 continue;
@@ -877,7 +1239,10 @@ impl Compiler<'_> {
             let mut why = Vec::new();
             if let Some(cond) = rm.get("if") {
                 let Some(text) = cond.as_str() else {
-                    self.diags.error(cond.pos, "`if` must be a string");
+                    // A job's rules are checked by `rule_types`.
+                    if workflow {
+                        self.diags.error(cond.pos, "`if` must be a string");
+                    }
                     continue;
                 };
                 let parsed = self
@@ -941,7 +1306,8 @@ impl Compiler<'_> {
                     .get("variables")
                     .map(|v| self.variables(v, "rules:variables"))
                     .unwrap_or_default(),
-                rule_needs: rm.get("needs").cloned(),
+                // `needs: null` in a rule leaves the job's `needs` as they are.
+                rule_needs: rm.get("needs").filter(|x| !x.is_null()).cloned(),
                 start_in: rm
                     .get("start_in")
                     .and_then(|t| self.duration(t, "rule", "start_in")),
@@ -966,25 +1332,31 @@ impl Compiler<'_> {
     }
 
     /// `only` / `except`: whether the job is in the pipeline.
+    ///
+    /// As in GitLab, `only` defaults to `[branches, tags]` (so a job without `rules`, `only` and
+    /// `except` is not in a merge request pipeline), unless the pipeline has `workflow:rules`; and
+    /// an `only` without `refs` gets that default's `refs`.
     fn only_except(&mut self, m: &Map, job: &str, resolved: &vars::Resolver<'_>) -> bool {
         let only = m.get("only");
         let except = m.get("except");
-        if only.is_none() && except.is_none() {
+        if only.is_none() && except.is_none() && self.workflow_rules {
             return true;
         }
         let inc = match only {
-            Some(o) => self.ref_policy(o, job, resolved),
-            None => true,
+            Some(o) => self.ref_policy(o, job, resolved, true),
+            None if self.workflow_rules => true,
+            None => refs_match(&["branches".to_string(), "tags".to_string()], resolved),
         };
         let exc = match except {
-            Some(e) => self.ref_policy(e, job, resolved),
+            Some(e) => self.ref_policy(e, job, resolved, false),
             None => false,
         };
         inc && !exc
     }
 
-    /// Whether an `only`/`except` clause matches.
-    fn ref_policy(&mut self, n: &Node, job: &str, vars: &vars::Resolver<'_>) -> bool {
+    /// Whether an `only`/`except` clause matches. `only` is the clause of `only`, whose `refs`
+    /// default to `[branches, tags]`.
+    fn ref_policy(&mut self, n: &Node, job: &str, vars: &vars::Resolver<'_>, only: bool) -> bool {
         let lookup = |k: &str| vars.get(k);
         let (refs, variables, changes) = match &n.value {
             Value::Seq(_) | Value::Str(_) => (Some(string_list(n)), None, None),
@@ -1012,42 +1384,13 @@ impl Compiler<'_> {
                 return false;
             }
         };
+        let refs = match refs {
+            None if only => Some(vec!["branches".to_string(), "tags".to_string()]),
+            r => r,
+        };
         let mut ok = true;
         if let Some(refs) = refs {
-            let source = lookup("CI_PIPELINE_SOURCE").unwrap_or_default();
-            let branch = lookup("CI_COMMIT_BRANCH");
-            let tag = lookup("CI_COMMIT_TAG");
-            let ref_name = lookup("CI_COMMIT_REF_NAME").unwrap_or_default();
-            ok &= refs.iter().any(|r| match r.as_str() {
-                "branches" => branch.is_some(),
-                "tags" => tag.is_some(),
-                "merge_requests" => source == "merge_request_event",
-                "api" | "chat" | "external" | "pipelines" | "pushes" | "schedules" | "triggers"
-                | "web" => {
-                    let want = match r.as_str() {
-                        "pushes" => "push",
-                        "schedules" => "schedule",
-                        "triggers" => "trigger",
-                        "pipelines" => "pipeline",
-                        other => other,
-                    };
-                    source == want
-                }
-                "external_pull_requests" => source == "external_pull_request_event",
-                pat if pat.len() > 1 && pat.starts_with('/') => {
-                    let body = pat.trim_start_matches('/');
-                    let (re, flags) = body.rsplit_once('/').unwrap_or((body, ""));
-                    let re = if flags.contains('i') {
-                        format!("(?i){re}")
-                    } else {
-                        re.to_string()
-                    };
-                    regex::Regex::new(&re).is_ok_and(|r| r.is_match(&ref_name))
-                }
-                name => {
-                    name == ref_name || name.split_once('@').is_some_and(|(n, _)| n == ref_name)
-                }
-            });
+            ok &= refs_match(&refs, vars);
         }
         if let Some(exprs) = variables {
             ok &= exprs.iter().any(|e| match expr::parse(e) {
@@ -1133,25 +1476,57 @@ impl Compiler<'_> {
             self.diags
                 .error(n.pos, format!("`{job}`: `retry` must be 0, 1 or 2"));
         }
+        // GitLab's list: the failure types of its CI YAML reference (including the finer
+        // `runner_*` and `stuck_*`/`no_updates_*`/`server_timeout_*` ones), and the other failure
+        // reasons of its jobs, which its validation accepts as well.
         const REASONS: &[&str] = &[
             "always",
             "unknown_failure",
             "script_failure",
             "api_failure",
             "stuck_or_timeout_failure",
+            "stuck_pending_with_matching_runners",
+            "stuck_pending_no_matching_runners",
+            "no_updates_running",
+            "no_updates_canceling",
             "runner_system_failure",
+            "runner_configuration_error",
+            "runner_external_dependency_failure",
+            "runner_interrupted",
             "runner_unsupported",
             "stale_schedule",
             "job_execution_timeout",
+            "server_timeout_running",
+            "server_timeout_canceling",
             "archived_failure",
             "unmet_prerequisites",
             "scheduler_failure",
             "data_integrity_failure",
+            "missing_dependency_failure",
+            "forward_deployment_failure",
+            "user_blocked",
+            "project_deleted",
+            "ci_quota_exceeded",
+            "pipeline_loop_detected",
+            "no_matching_runner",
+            "trace_size_exceeded",
+            "builds_disabled",
+            "environment_creation_failure",
+            "deployment_rejected",
+            "failed_outdated_deployment_job",
+            "protected_environment_failure",
+            "secrets_provider_not_found",
+            "ip_restriction_failure",
         ];
-        for w in &r.when {
-            if !REASONS.contains(&w.as_str()) {
-                self.diags
-                    .error(n.pos, format!("`{job}`: unknown `retry:when` value `{w}`"));
+        let when_node = n.as_map().and_then(|m| m.get("when"));
+        for w in when_node.map(flatten_seq).unwrap_or_default() {
+            let Some(w_str) = w.as_str() else { continue };
+            if !REASONS.contains(&w_str) {
+                let hint = hint(w_str, REASONS);
+                self.diags.error(
+                    w.pos,
+                    format!("`{job}`: unknown `retry:when` value `{w_str}`{hint}"),
+                );
             }
         }
         r
@@ -1205,7 +1580,8 @@ impl Compiler<'_> {
 
     fn cache(&mut self, n: &Node, job: &str) -> Vec<Cache> {
         let items: Vec<&Node> = match &n.value {
-            Value::Seq(s) => s.iter().collect(),
+            // Nested arrays (an anchor of a list of caches spliced into a list) are flattened.
+            Value::Seq(_) => flatten_seq(n),
             Value::Map(_) => vec![n],
             Value::Null => return Vec::new(),
             _ => {
@@ -1440,7 +1816,7 @@ impl Compiler<'_> {
     }
 
     /// Resolves `needs` to concrete job names.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::too_many_lines)]
     fn needs(
         &mut self,
         root: &Node,
@@ -1449,10 +1825,13 @@ impl Compiler<'_> {
         all: &HashMap<String, Vec<String>>,
         excluded: &HashSet<String>,
         stage_of: &HashMap<String, usize>,
-        instance_vars: &HashMap<String, Vec<Variable>>,
+        matrix_of: &HashMap<String, Vec<Variable>>,
     ) -> Vec<Need> {
-        let items = match &n.value {
-            Value::Seq(s) => s.as_slice(),
+        // GitLab flattens nested arrays (an anchor of a list spliced into a list), and takes a
+        // mapping as one need.
+        let items: Vec<&Node> = match &n.value {
+            Value::Seq(_) => flatten_seq(n),
+            Value::Map(_) => vec![n],
             _ => {
                 self.diags.error(
                     n.pos,
@@ -1467,8 +1846,36 @@ impl Compiler<'_> {
                 format!("`{}`: at most 50 `needs` are allowed", job.base_name),
             );
         }
+        // `$[[ matrix.X ]]` means "the value of X in this job's own matrix", anywhere in the entry.
+        let own: HashMap<&str, &str> = matrix_of
+            .get(&job.name)
+            .map(|vs| {
+                vs.iter()
+                    .map(|v| (v.key.as_str(), v.value.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut out: Vec<Need> = Vec::new();
-        for item in items {
+        for original in items {
+            let interpolated;
+            let item = if has_matrix_expression(original) {
+                let mut copy = original.clone();
+                let mut missing = Vec::new();
+                interpolate_matrix(&mut copy, &own, &mut missing);
+                for (pos, key) in missing {
+                    self.diags.error(
+                        pos,
+                        format!(
+                            "`{}`: `{key}` does not exist in the job's matrix configuration (`$[[ matrix.{key} ]]`)",
+                            job.base_name
+                        ),
+                    );
+                }
+                interpolated = copy;
+                &interpolated
+            } else {
+                original
+            };
             let (name, artifacts, optional, matrix) = match &item.value {
                 Value::Str(s) => (s.clone(), true, false, None),
                 Value::Map(m) => {
@@ -1476,28 +1883,34 @@ impl Compiler<'_> {
                         self.diags.warning(item.pos, format!("`{}`: cross-pipeline and cross-project `needs` are ignored locally", job.base_name));
                         continue;
                     }
-                    let Some(name) = m.get("job").and_then(Node::scalar_string) else {
+                    let Some(name) = m.get("job").and_then(Node::as_str).map(str::to_string) else {
                         self.diags.error(
                             item.pos,
-                            format!("`{}`: a `needs` entry needs `job`", job.base_name),
+                            format!(
+                                "`{}`: a `needs` entry needs `job`, the name of a job",
+                                job.base_name
+                            ),
                         );
                         continue;
                     };
-                    let flag = |k: &str, d: bool| match m.get(k).map(|x| &x.value) {
-                        Some(Value::Bool(b)) => *b,
-                        _ => d,
+                    let mut flag = |k: &str, d: bool| match m.get(k) {
+                        Some(x) => {
+                            self.shape(x, Shape::Bool, &job.base_name, &format!("needs:{k}"));
+                            match x.value {
+                                Value::Bool(b) => b,
+                                _ => d,
+                            }
+                        }
+                        None => d,
                     };
+                    let artifacts = flag("artifacts", true);
+                    let optional = flag("optional", false);
                     let matrix = m
                         .get("parallel")
                         .and_then(Node::as_map)
                         .and_then(|p| p.get("matrix"))
                         .and_then(Node::as_seq);
-                    (
-                        name,
-                        flag("artifacts", true),
-                        flag("optional", false),
-                        matrix,
-                    )
+                    (name, artifacts, optional, matrix)
                 }
                 _ => {
                     self.diags.error(
@@ -1511,59 +1924,40 @@ impl Compiler<'_> {
                     continue;
                 }
             };
-            let Some(instances) = all.get(&name) else {
-                if optional {
+            let single;
+            let instances: &Vec<String> = match all.get(&name) {
+                Some(i) => i,
+                // One instance of a `parallel` job, by its full name (`build: [arm64]`, `test 1/2`).
+                None if all.values().any(|v| v.contains(&name)) => {
+                    single = vec![name.clone()];
+                    &single
+                }
+                None => {
+                    if optional {
+                        continue;
+                    }
+                    let names: Vec<&str> = all.keys().map(String::as_str).collect();
+                    let hint = hint(&name, &names);
+                    self.diags.error(
+                        item.pos,
+                        format!(
+                            "`{}` needs `{name}`, which is not a job of this pipeline{hint}",
+                            job.base_name
+                        ),
+                    );
                     continue;
                 }
-                let names: Vec<&str> = all.keys().map(String::as_str).collect();
-                let hint = hint(&name, &names);
-                self.diags.error(
-                    item.pos,
-                    format!(
-                        "`{}` needs `{name}`, which is not a job of this pipeline{hint}",
-                        job.base_name
-                    ),
-                );
-                continue;
             };
             let mut chosen: Vec<&String> = instances.iter().collect();
             if let Some(matrix) = matrix {
-                // `$[[ matrix.X ]]` means "the value of X in this job's own matrix".
-                let own: HashMap<&str, &str> = job
-                    .variables
-                    .iter()
-                    .map(|v| (v.key.as_str(), v.value.as_str()))
-                    .collect();
-                let mut wanted: Vec<Vec<(String, String)>> = Vec::new();
-                for combo in self.matrix(&job.base_name, matrix) {
-                    let mut c = Vec::new();
-                    for v in combo {
-                        let val = if let Some(inner) = v
-                            .value
-                            .trim()
-                            .strip_prefix("$[[")
-                            .and_then(|x| x.strip_suffix("]]"))
-                        {
-                            let key = inner.trim().strip_prefix("matrix.").unwrap_or(inner.trim());
-                            match own.get(key) {
-                                Some(x) => (*x).to_string(),
-                                None => {
-                                    self.diags.error(item.pos, format!("`{}`: `$[[ matrix.{key} ]]` is not a matrix variable of this job", job.base_name));
-                                    continue;
-                                }
-                            }
-                        } else {
-                            v.value
-                        };
-                        c.push((v.key, val));
-                    }
-                    wanted.push(c);
-                }
+                let wanted: Vec<Vec<Variable>> = self.matrix(&job.base_name, matrix);
                 chosen.retain(|inst| {
-                    let iv = instance_vars.get(*inst).cloned().unwrap_or_default();
+                    let iv = matrix_of.get(*inst).map(Vec::as_slice).unwrap_or_default();
                     wanted.iter().any(|w| {
-                        w.iter()
-                            .all(|(k, v)| iv.iter().any(|x| &x.key == k && &x.value == v))
+                        w.iter().all(|want| {
+                            iv.iter()
+                                .any(|x| x.key == want.key && x.value == want.value)
+                        })
                     })
                 });
                 if chosen.is_empty() && !optional {
@@ -1727,6 +2121,112 @@ impl Compiler<'_> {
     }
 }
 
+/// The kind of a node with its article, for messages: `a string`, `an array`, `null`.
+fn a_kind(n: &Node) -> &'static str {
+    match &n.value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Int(_) | Value::Float(_) => "a number",
+        Value::Str(_) => "a string",
+        Value::Seq(_) => "an array",
+        Value::Map(_) => "a mapping",
+    }
+}
+
+/// The type a keyword's value must have (see `Compiler::shape`).
+#[derive(Clone, Copy)]
+enum Shape {
+    Str,
+    Bool,
+    Int,
+    Map,
+    StrList,
+    StrOrStrList,
+    /// A string, or an integer (a number of seconds, or a cache key).
+    StrOrInt,
+    IntOrIntList,
+    BoolOrStrList,
+}
+
+/// The items of a sequence with nested sequences flattened (anchors of lists spliced into lists, as
+/// GitLab flattens `needs` and `cache`), or the node itself when it is not a sequence.
+fn flatten_seq(n: &Node) -> Vec<&Node> {
+    fn walk<'n>(n: &'n Node, depth: usize, out: &mut Vec<&'n Node>) {
+        match &n.value {
+            Value::Seq(items) if depth < 10 => {
+                for i in items {
+                    walk(i, depth + 1, out);
+                }
+            }
+            _ => out.push(n),
+        }
+    }
+    let mut out = Vec::new();
+    match &n.value {
+        Value::Seq(_) => walk(n, 0, &mut out),
+        Value::Null => {}
+        _ => out.push(n),
+    }
+    out
+}
+
+/// `$[[ matrix.IDENTIFIER ]]`, with any blanks inside the brackets, as GitLab matches it.
+fn matrix_expression() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(r"\$\[\[\s*matrix\.([a-zA-Z0-9_-]+)\s*\]\]").expect("valid regex")
+    })
+}
+
+/// Whether a string anywhere in `n` holds a matrix expression.
+fn has_matrix_expression(n: &Node) -> bool {
+    match &n.value {
+        Value::Str(s) => s.contains("$[[") && matrix_expression().is_match(s),
+        Value::Seq(items) => items.iter().any(has_matrix_expression),
+        Value::Map(m) => m.entries.iter().any(|e| has_matrix_expression(&e.value)),
+        _ => false,
+    }
+}
+
+/// Replaces every `$[[ matrix.X ]]` in the strings of `n` with X's value in `own` (a job's own
+/// matrix values), as GitLab does in a `needs` entry: several expressions in one string, literals
+/// around them. An identifier that `own` lacks is left as written and recorded in `missing`.
+fn interpolate_matrix(n: &mut Node, own: &HashMap<&str, &str>, missing: &mut Vec<(Pos, String)>) {
+    match &mut n.value {
+        Value::Str(s) => {
+            let re = matrix_expression();
+            if !re.is_match(s) {
+                return;
+            }
+            let pos = n.pos;
+            let replaced: String = re
+                .replace_all(s, |c: &regex::Captures<'_>| {
+                    let key = &c[1];
+                    match own.get(key) {
+                        Some(v) => (*v).to_string(),
+                        None => {
+                            missing.push((pos, key.to_string()));
+                            c[0].to_string()
+                        }
+                    }
+                })
+                .into_owned();
+            *s = replaced;
+        }
+        Value::Seq(items) => {
+            for i in items {
+                interpolate_matrix(i, own, missing);
+            }
+        }
+        Value::Map(m) => {
+            for e in &mut m.entries {
+                interpolate_matrix(&mut e.value, own, missing);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// The paths of `rules:changes` / `rules:exists` (a list, or `{paths: [...]}`), expanded.
 fn rule_paths(n: &Node, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
     let paths = n.as_map().and_then(|m| m.get("paths")).unwrap_or(n);
@@ -1743,6 +2243,70 @@ fn glob_matcher(p: &str) -> Option<globset::GlobMatcher> {
         .build()
         .ok()
         .map(|g| g.compile_matcher())
+}
+
+/// Whether any of `only`/`except`'s `refs` matches the pipeline, as GitLab's refs policy decides:
+/// `branches` and `tags` (never in a merge request pipeline), the pipeline source (`pushes`,
+/// `merge_requests`, `schedules`, `web`, ...), else a ref name or a `/regex/` (branch and tag
+/// pipelines only). `PATTERN@group/project` also needs the project's path (`CI_PROJECT_PATH`).
+fn refs_match(refs: &[String], vars: &vars::Resolver<'_>) -> bool {
+    let source = vars.get("CI_PIPELINE_SOURCE").unwrap_or_default();
+    let merge_request = source == "merge_request_event";
+    let tag = !merge_request && vars.get("CI_COMMIT_TAG").is_some();
+    // As GitLab's `Pipeline#branch?`: neither a tag nor a merge request (a detached HEAD too).
+    let branch = !merge_request && !tag;
+    let ref_name = vars.get("CI_COMMIT_REF_NAME").unwrap_or_default();
+    let project = vars.get("CI_PROJECT_PATH").unwrap_or_default();
+    let source_name = source.strip_suffix("_event").unwrap_or(&source);
+    refs.iter().any(|r| {
+        let (pattern, path) = match r.split_once('@') {
+            Some((p, path)) => (p, Some(path)),
+            None => (r.as_str(), None),
+        };
+        if path.is_some_and(|p| p != project) {
+            return false;
+        }
+        if (pattern == "tags" && tag) || (pattern == "branches" && branch) {
+            return true;
+        }
+        if !source_name.is_empty() && (pattern == source_name || pattern == plural(source_name)) {
+            return true;
+        }
+        if !(branch || tag) {
+            return false;
+        }
+        match ruby_regex(pattern) {
+            Some(re) => re.is_some_and(|re| re.is_match(&ref_name)),
+            None => pattern == ref_name,
+        }
+    })
+}
+
+/// `/body/flags` as a regex: `None` when `pattern` is not written as one, `Some(None)` when it is
+/// but does not compile.
+fn ruby_regex(pattern: &str) -> Option<Option<regex::Regex>> {
+    let body = pattern.strip_prefix('/')?;
+    let (re, flags) = body.rsplit_once('/')?;
+    if re.is_empty() || !flags.chars().all(|c| "imsxU".contains(c)) {
+        return None;
+    }
+    let re = if flags.contains('i') {
+        format!("(?i){re}")
+    } else {
+        re.to_string()
+    };
+    Some(regex::Regex::new(&re).ok())
+}
+
+/// The English plural of a pipeline source, as GitLab compares it (`push` → `pushes`).
+fn plural(word: &str) -> String {
+    if ["s", "x", "sh", "ch"].iter().any(|e| word.ends_with(e)) {
+        format!("{word}es")
+    } else if word.ends_with('y') && !word.ends_with("ay") && !word.ends_with("ey") {
+        format!("{}ies", &word[..word.len() - 1])
+    } else {
+        format!("{word}s")
+    }
 }
 
 fn parse_when(s: &str) -> Option<When> {

@@ -32,7 +32,6 @@ pub const GLOBAL_KEYWORDS: &[&str] = &[
     "before_script",
     "after_script",
     "spec",
-    "pages",
 ];
 
 /// Loads `ctx.file` and everything it includes, then resolves `extends` and `!reference`.

@@ -402,6 +402,11 @@ fn run_prepared(args: &RunArgs, prepared: &Prepared) -> Result<u8> {
     };
     if let Some(reason) = &prepared.compiled.workflow_skipped {
         eprintln!("gantry: no pipeline: {reason}");
+        if args.list_json {
+            // No pipeline: no jobs, which is still a JSON array.
+            let _ = writeln!(std::io::stdout().lock(), "[]");
+            return Ok(EXIT_OK);
+        }
         if output == Output::Json {
             Json::new().write(
                 &json!({"event": "pipeline_finished", "status": "success", "duration_ms": 0}),

@@ -176,7 +176,7 @@ fn rules_changes_false_when_nothing_matching_changed() {
     let c = compile_changed(
         &[(
             ".gitlab-ci.yml",
-            "docs:\n  script: [make docs]\n  rules:\n    - changes: [docs/**/*]\nalways:\n  script: [true]\n",
+            "docs:\n  script: [make docs]\n  rules:\n    - changes: [docs/**/*]\nalways:\n  script: [\"true\"]\n",
         )],
         Some(&["src/main.go"]),
         |_| {},
@@ -301,7 +301,8 @@ job:
 
 #[test]
 fn workflow_rules_can_stop_the_pipeline() {
-    let c = compile_one("workflow:\n  rules:\n    - if: $CI_COMMIT_TAG\njob:\n  script: [true]\n");
+    let c =
+        compile_one("workflow:\n  rules:\n    - if: $CI_COMMIT_TAG\njob:\n  script: [\"true\"]\n");
     assert!(c.errors().next().is_none());
     assert_eq!(
         c.workflow_skipped.as_deref(),

@@ -11,9 +11,9 @@ fn text(out: &std::process::Output) -> (String, String) {
 
 #[test]
 fn exit_codes_follow_the_pipeline() {
-    let ok = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [true]\n")]);
+    let ok = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [\"true\"]\n")]);
     assert_eq!(ok.gantry(&["run"]).status.code(), Some(0));
-    let bad = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [false]\n")]);
+    let bad = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [\"false\"]\n")]);
     assert_eq!(bad.gantry(&["run"]).status.code(), Some(1));
 }
 
@@ -21,7 +21,7 @@ fn exit_codes_follow_the_pipeline() {
 fn configuration_errors_exit_2_and_run_nothing() {
     let repo = Repo::new(&[(
         ".gitlab-ci.yml",
-        "a:\n  script: [touch ran]\nb:\n  needs: [missing]\n  script: [true]\n",
+        "a:\n  script: [touch ran]\nb:\n  needs: [missing]\n  script: [\"true\"]\n",
     )]);
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 2, "{}", r.dump());
@@ -49,7 +49,7 @@ fn configuration_errors_exit_2_and_run_nothing() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [true]\n")]);
+    let repo = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [\"true\"]\n")]);
     let r = repo.run_json(&["--variable", "NOEQUALS"]);
     assert_eq!(r.code, 2);
     assert_eq!(
@@ -113,6 +113,65 @@ fn list_json_and_table() {
 }
 
 #[test]
+fn list_json_of_a_pipeline_that_workflow_rules_do_not_create_is_empty() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "workflow:\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"schedule\"\njob:\n  script: [\"true\"]\n",
+    )]);
+    let out = repo.gantry(&["run", "--list-json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(&out)));
+    assert_eq!(v, serde_json::json!([]));
+}
+
+#[test]
+fn list_leaves_out_jobs_that_only_default_keeps_out_of_merge_request_pipelines() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "plain:\n  script: [\"true\"]\nmr:\n  script: [\"true\"]\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"merge_request_event\"\n",
+    )]);
+    let out = repo.gantry(&[
+        "run",
+        "--list-json",
+        "--pipeline-source",
+        "merge_request_event",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(&out)));
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mr"]);
+    let (table, _) =
+        text(&repo.gantry(&["run", "--list", "--pipeline-source", "merge_request_event"]));
+    assert!(!table.lines().any(|l| l.starts_with("plain")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("mr")), "{table}");
+}
+
+#[test]
+fn needs_flag_follows_optional_needs_present_and_skips_those_rules_removed() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "gone:\n  stage: build\n  script: [x]\n  rules: [{when: never}]\nhere:\n  stage: build\n  script: [x]\nother:\n  stage: build\n  script: [x]\ntest:\n  script: [x]\n  needs:\n    - {job: gone, optional: true}\n    - {job: here, optional: true}\n",
+    )]);
+    let out = repo.gantry(&["run", "test", "--needs", "--list-json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(&out)));
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["here", "test"]);
+    assert_eq!(v[1]["needs"], serde_json::json!(["here"]));
+}
+
+#[test]
 fn preview_prints_expanded_yaml() {
     let repo = Repo::new(&[
         (
@@ -131,7 +190,7 @@ fn preview_prints_expanded_yaml() {
 fn lint_reports_positions_and_exit_codes() {
     let repo = Repo::new(&[(
         ".gitlab-ci.yml",
-        "stages: [build]\njob:\n  stage: test\n  script: [true]\n  scritp: [x]\n",
+        "stages: [build]\njob:\n  stage: test\n  script: [\"true\"]\n  scritp: [x]\n",
     )]);
     let out = repo.gantry(&["lint"]);
     let (stdout, _) = text(&out);
@@ -150,7 +209,7 @@ fn lint_reports_positions_and_exit_codes() {
         v["diagnostics"][1],
         serde_json::json!({"file": ".gitlab-ci.yml", "line": 5, "column": 3, "severity": "error", "message": "`job`: unknown keyword `scritp`; did you mean `script`?"})
     );
-    let good = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [true]\n")]);
+    let good = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [\"true\"]\n")]);
     let out = good.gantry(&["lint"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out).0, ".gitlab-ci.yml: valid (1 jobs)\n");

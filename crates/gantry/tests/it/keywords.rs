@@ -246,7 +246,7 @@ tidy:
     assert_eq!(r.log("tidy"), ["tidied"]);
     let ok = Repo::new(&[(
         ".gitlab-ci.yml",
-        "a:\n  script: [true]\nnotify:\n  stage: deploy\n  when: on_failure\n  script: [echo x]\n",
+        "a:\n  script: [\"true\"]\nnotify:\n  stage: deploy\n  when: on_failure\n  script: [echo x]\n",
     )]);
     let r = ok.run_json(&[]);
     assert_eq!(r.status("notify"), "skipped", "{}", r.dump());
