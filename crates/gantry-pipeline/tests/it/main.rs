@@ -2,6 +2,8 @@
 //! exact position and wording of diagnostics.
 
 mod diagnostics;
+mod includes;
+mod inputs;
 mod plans;
 
 use gantry_pipeline::{Compiled, Context, GitFacts, MemSources, compile};
