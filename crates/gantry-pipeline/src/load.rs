@@ -10,14 +10,16 @@ use crate::plan::Variable;
 use crate::vars;
 use crate::yaml::{self, Map, Node, Pos, Value};
 
-/// The most files one pipeline may include, as in GitLab.
+/// The most files one pipeline may include, nested ones and repeats counted, as in GitLab.
 const MAX_INCLUDES: usize = 150;
-/// How deep includes may nest.
-const MAX_INCLUDE_DEPTH: usize = 100;
-/// How many levels `extends` may have, as in GitLab.
+/// How many `extends` may have, as in GitLab.
 const MAX_EXTENDS_DEPTH: usize = 11;
 /// How many `!reference` hops may chain, as in GitLab.
 const MAX_REFERENCE_DEPTH: usize = 10;
+/// How many functions one interpolation block may chain, as in GitLab.
+const MAX_FUNCTIONS: usize = 3;
+/// How many `options` one input may list, as in GitLab.
+const MAX_OPTIONS: usize = 50;
 
 /// Top-level keys that are not jobs.
 pub const GLOBAL_KEYWORDS: &[&str] = &[
@@ -42,9 +44,11 @@ pub fn load(sources: &dyn Sources, ctx: &Context, diags: &mut Diags) -> Node {
         ctx,
         diags,
         count: 0,
+        over_limit: false,
         stack: Vec::new(),
+        predefined: crate::context::predefined_variables(ctx),
     };
-    let root = loader.file(&ctx.file, None, Pos::default(), &[]);
+    let root = loader.file(&ctx.file, None, Pos::default(), &Given(None));
     let mut root = root.unwrap_or_else(|| Node::new(Value::Map(Map::default()), Pos::default()));
     if root.is_null() {
         root = Node::new(Value::Map(Map::default()), root.pos);
@@ -67,12 +71,21 @@ pub fn load(sources: &dyn Sources, ctx: &Context, diags: &mut Diags) -> Node {
     root
 }
 
+/// The `inputs` an `include` gives the file it includes (`None`: the include has no `inputs`).
+struct Given<'a>(Option<&'a Node>);
+
 struct Loader<'a> {
     sources: &'a dyn Sources,
     ctx: &'a Context,
     diags: &'a mut Diags,
+    /// Files included so far, nested ones and repeats counted; the pipeline file is not.
     count: usize,
-    stack: Vec<String>,
+    /// Set once the include limit is reported: nothing more is included.
+    over_limit: bool,
+    /// The files whose includes are being resolved, outermost first, with their inputs.
+    stack: Vec<(String, String)>,
+    /// The predefined variables (those of the pipeline, not of a job).
+    predefined: Vec<Variable>,
 }
 
 impl Loader<'_> {
@@ -82,36 +95,44 @@ impl Loader<'_> {
         name: &str,
         content: Option<String>,
         at: Pos,
-        inputs: &[(String, Node, Pos)],
+        inputs: &Given<'_>,
     ) -> Option<Node> {
-        if self.stack.len() >= MAX_INCLUDE_DEPTH {
-            self.diags.error(
-                at,
-                format!("includes nest deeper than {MAX_INCLUDE_DEPTH} levels"),
-            );
-            return None;
-        }
-        if self.stack.iter().any(|s| s == name) {
-            self.diags
-                .error(at, format!("include `{name}` includes itself"));
-            return None;
-        }
-        self.count += 1;
-        if self.count > MAX_INCLUDES {
-            self.diags
-                .error(at, format!("more than {MAX_INCLUDES} includes"));
-            return None;
+        let included = !self.stack.is_empty();
+        if included {
+            if self.over_limit {
+                return None;
+            }
+            // The same file with the same inputs inside itself: GitLab includes it again and
+            // again until the limit stops it. Say so now, and why.
+            let key = inputs.0.map(node_text).unwrap_or_default();
+            if let Some(i) = self.stack.iter().rposition(|(n, k)| n == name && *k == key) {
+                let chain: Vec<&str> = self.stack[i..]
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .chain([name])
+                    .collect();
+                self.limit_reached(
+                    at,
+                    &format!("`{name}` includes itself: {}", chain.join(" -> ")),
+                );
+                return None;
+            }
+            self.count += 1;
+            if self.count > MAX_INCLUDES {
+                self.limit_reached(at, "");
+                return None;
+            }
         }
         let src = match content {
             Some(c) => c,
             None => match self.sources.read(name) {
                 Ok(c) => c,
                 Err(e) => {
-                    if self.stack.is_empty() {
-                        self.diags.error(at, format!("cannot read `{name}`: {e}"));
-                    } else {
+                    if included {
                         self.diags
                             .error(at, format!("local include `{name}` not found: {e}"));
+                    } else {
+                        self.diags.error(at, format!("cannot read `{name}`: {e}"));
                     }
                     return None;
                 }
@@ -133,23 +154,25 @@ impl Loader<'_> {
             );
         }
         let mut docs = docs.docs;
+        let start = Pos {
+            file,
+            line: 1,
+            col: 1,
+        };
+        let empty = |pos| Node::new(Value::Map(Map::default()), pos);
         // A file with a `spec` header: the first document is the header, the second the content.
+        let is_header = |n: &Node| n.as_map().is_some_and(|m| m.contains("spec"));
         let (header, mut body) = match docs.len() {
-            0 => (
-                None,
-                Node::new(
-                    Value::Map(Map::default()),
-                    Pos {
-                        file,
-                        line: 1,
-                        col: 1,
-                    },
-                ),
-            ),
+            0 => (None, empty(start)),
+            1 if docs[0].as_map().is_some_and(|m| m.entries.len() == 1) && is_header(&docs[0]) => {
+                let h = docs.remove(0);
+                let pos = h.pos;
+                (Some(h), empty(pos))
+            }
             1 => (None, docs.remove(0)),
             _ => {
                 let first = docs.remove(0);
-                if first.as_map().is_some_and(|m| m.contains("spec")) {
+                if is_header(&first) {
                     (Some(first), docs.remove(0))
                 } else {
                     (None, first)
@@ -157,17 +180,35 @@ impl Loader<'_> {
             }
         };
         if body.is_null() {
-            body = Node::new(Value::Map(Map::default()), body.pos);
+            body = empty(body.pos);
         }
-        let values = self.inputs(header.as_ref(), inputs, at);
-        if header.is_some()
-            || !inputs.is_empty()
-            || (src.contains("$[[") && contains_interpolation(&body))
-        {
-            interpolate(&mut body, &values, self.diags);
+        match &header {
+            Some(h) => {
+                if let Some(values) = self.inputs(name, h, inputs.0, included.then_some(at)) {
+                    let lookup = |n: &str| self.variable(n);
+                    let mut i = Interpolation {
+                        file: name,
+                        values: &values,
+                        lookup: &lookup,
+                        errors: Vec::new(),
+                    };
+                    i.node(&mut body);
+                    for (pos, message) in i.errors {
+                        self.diags.error(pos, message);
+                    }
+                }
+            }
+            None => {
+                if let Some(given) = inputs.0 {
+                    self.diags.error(
+                        given.pos,
+                        format!("`{name}`: given inputs not defined in the `spec` section of the included configuration file"),
+                    );
+                }
+            }
         }
         let Some(map) = body.as_map_mut() else {
-            if self.stack.is_empty() {
+            if !included {
                 return Some(body);
             }
             self.diags.error(
@@ -180,7 +221,8 @@ impl Loader<'_> {
         let Some(include) = include else {
             return Some(body);
         };
-        self.stack.push(name.to_string());
+        let key = inputs.0.map(node_text).unwrap_or_default();
+        self.stack.push((name.to_string(), key));
         let mut merged = Node::new(Value::Map(Map::default()), body.pos);
         for inc in include_items(&include) {
             if let Some(node) = self.include(inc) {
@@ -192,87 +234,146 @@ impl Loader<'_> {
         Some(merged)
     }
 
-    /// The values of a file's inputs: its `spec:inputs` defaults overridden by the include's `inputs`.
+    fn limit_reached(&mut self, at: Pos, why: &str) {
+        self.over_limit = true;
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {why}")
+        };
+        self.diags.error(
+            at,
+            format!("maximum of {MAX_INCLUDES} nested includes are allowed{why}"),
+        );
+    }
+
+    /// Checks `spec:inputs` of file `name` and the `given` values against each other; returns
+    /// the value of every input, or `None` when something is wrong (each problem is reported).
+    /// `at` is the include (`None` for the pipeline file, whose missing inputs are reported at
+    /// their declaration).
     fn inputs(
         &mut self,
-        header: Option<&Node>,
-        given: &[(String, Node, Pos)],
-        at: Pos,
-    ) -> HashMap<String, Node> {
-        let mut values = HashMap::new();
-        let spec = header
-            .and_then(|h| h.as_map())
-            .and_then(|m| m.get("spec"))
-            .and_then(Node::as_map);
-        let declared = spec.and_then(|s| s.get("inputs")).and_then(Node::as_map);
-        if let Some(decl) = declared {
-            for e in &decl.entries {
-                let d = e.value.as_map();
-                if let Some(def) = d.and_then(|d| d.get("default")) {
-                    values.insert(e.key.clone(), def.clone());
-                }
-            }
-        }
-        for (k, v, pos) in given {
-            if declared.is_some_and(|d| !d.contains(k)) || declared.is_none() {
-                self.diags.error(*pos, format!("unknown input `{k}`"));
-                continue;
-            }
-            values.insert(k.clone(), v.clone());
-        }
-        if let Some(decl) = declared {
-            for e in &decl.entries {
-                if !values.contains_key(&e.key) {
-                    self.diags
-                        .error(at, format!("required input `{}` has no value", e.key));
-                    continue;
-                }
-                let d = e.value.as_map();
-                let ty = d
-                    .and_then(|d| d.get("type"))
-                    .and_then(Node::as_str)
-                    .unwrap_or("string");
-                let v = &values[&e.key];
-                let ok = match ty {
-                    "string" => matches!(v.value, Value::Str(_)),
-                    "number" => matches!(v.value, Value::Int(_) | Value::Float(_)),
-                    "boolean" => matches!(v.value, Value::Bool(_)),
-                    "array" => matches!(v.value, Value::Seq(_)),
-                    _ => true,
-                };
-                if !ok {
-                    self.diags.error(
-                        v.pos,
-                        format!("input `{}` must be a {ty}, not {}", e.key, v.kind()),
-                    );
-                }
-                if let (Some(opts), Some(s)) = (
-                    d.and_then(|d| d.get("options")).and_then(Node::as_seq),
-                    v.scalar_string(),
-                ) {
-                    if !opts
-                        .iter()
-                        .any(|o| o.scalar_string().as_deref() == Some(&s))
-                    {
-                        self.diags.error(
-                            v.pos,
-                            format!("input `{}`: `{s}` is not one of the allowed options", e.key),
+        name: &str,
+        header: &Node,
+        given: Option<&Node>,
+        at: Option<Pos>,
+    ) -> Option<HashMap<String, Node>> {
+        let mut ok = true;
+        let mut error = |diags: &mut Diags, pos: Pos, msg: String| {
+            diags.error(pos, format!("`{name}`: {msg}"));
+            ok = false;
+        };
+        let spec = header.as_map().and_then(|m| m.get("spec"));
+        let empty = Map::default();
+        let declared: &Map = match spec.map(|s| &s.value) {
+            Some(Value::Map(s)) => {
+                for e in &s.entries {
+                    if !["inputs", "include", "component"].contains(&e.key.as_str()) {
+                        let hint = crate::diag::hint(&e.key, &["inputs", "include", "component"]);
+                        error(
+                            self.diags,
+                            e.key_pos,
+                            format!("unknown keyword `spec:{}`{hint}", e.key),
                         );
                     }
                 }
-                if let (Some(re), Some(s)) = (
-                    d.and_then(|d| d.get("regex")).and_then(Node::as_str),
-                    v.as_str(),
-                ) {
-                    let pat = re.trim_start_matches('/').trim_end_matches('/');
-                    if regex::Regex::new(pat).is_ok_and(|r| !r.is_match(s)) {
-                        self.diags
-                            .error(v.pos, format!("input `{}` does not match {re}", e.key));
+                match s.get("inputs").map(|i| &i.value) {
+                    Some(Value::Map(m)) => m,
+                    None | Some(Value::Null) => &empty,
+                    Some(_) => {
+                        let pos = s.get("inputs").map_or(header.pos, |i| i.pos);
+                        error(self.diags, pos, "`spec:inputs` must be a mapping".into());
+                        &empty
                     }
                 }
             }
+            Some(Value::Null) | None => &empty,
+            Some(_) => {
+                error(
+                    self.diags,
+                    spec.map_or(header.pos, |s| s.pos),
+                    "`spec` must be a mapping".into(),
+                );
+                &empty
+            }
+        };
+        let given_map: Option<&Map> = match given {
+            None => None,
+            Some(g) => match &g.value {
+                Value::Map(m) => Some(m),
+                Value::Null => None,
+                _ => {
+                    error(
+                        self.diags,
+                        g.pos,
+                        "`include:inputs` must be a mapping".into(),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(g) = given_map {
+            let names: Vec<&str> = declared.entries.iter().map(|e| e.key.as_str()).collect();
+            for e in &g.entries {
+                if !declared.contains(&e.key) {
+                    let list = if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    };
+                    error(
+                        self.diags,
+                        e.key_pos,
+                        format!(
+                            "unknown input arguments: `{}` (the file declares: {list})",
+                            e.key
+                        ),
+                    );
+                }
+            }
         }
-        values
+        let mut values = HashMap::new();
+        for e in &declared.entries {
+            let spec = match InputSpec::parse(&e.key, &e.value) {
+                Ok(s) => s,
+                Err(problems) => {
+                    for (pos, msg) in problems {
+                        error(self.diags, pos, msg);
+                    }
+                    continue;
+                }
+            };
+            let mut problems = spec.problems();
+            let provided = given_map
+                .and_then(|g| g.get(&e.key))
+                .filter(|v| !v.is_null());
+            let value = match (provided, &spec.default) {
+                (Some(v), _) => {
+                    if let Some(d) = &spec.default {
+                        problems.extend(spec.check(d, "default"));
+                    }
+                    problems.extend(spec.check(v, "provided"));
+                    v.clone()
+                }
+                (None, Some(d)) => {
+                    problems.extend(spec.check(d, "default"));
+                    d.clone()
+                }
+                (None, None) if spec.optional => Node::new(Value::Null, e.key_pos),
+                (None, None) => {
+                    problems.push((
+                        at.unwrap_or(e.key_pos),
+                        "required value has not been provided".into(),
+                    ));
+                    Node::new(Value::Null, e.key_pos)
+                }
+            };
+            for (pos, msg) in problems {
+                error(self.diags, pos, format!("`{}` input: {msg}", e.key));
+            }
+            values.insert(e.key.clone(), spec.normalize(value));
+        }
+        ok.then_some(values)
     }
 
     fn include(&mut self, inc: &Node) -> Option<Node> {
@@ -311,20 +412,11 @@ impl Loader<'_> {
             }
         };
         if let Some(rules) = map.and_then(|m| m.get("rules")) {
-            if !self.include_rules_match(rules) {
+            if !self.include_rules(rules) {
                 return None;
             }
         }
-        let inputs: Vec<(String, Node, Pos)> = map
-            .and_then(|m| m.get("inputs"))
-            .and_then(Node::as_map)
-            .map(|m| {
-                m.entries
-                    .iter()
-                    .map(|e| (e.key.clone(), e.value.clone(), e.key_pos))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let inputs = Given(map.and_then(|m| m.get("inputs")));
         let target = vars::expand(&target, &|n| self.lookup(n));
         match kind {
             "local" => {
@@ -338,34 +430,31 @@ impl Loader<'_> {
                 }
                 let path = target.trim_start_matches('/').to_string();
                 if path.contains('*') {
-                    let glob = match globset::GlobBuilder::new(&path)
-                        .literal_separator(true)
-                        .build()
-                    {
-                        Ok(g) => g.compile_matcher(),
-                        Err(e) => {
-                            self.diags
-                                .error(pos, format!("invalid include glob `{path}`: {e}"));
-                            return None;
-                        }
-                    };
+                    let re = wildcard(&path);
                     let mut files: Vec<String> = self
                         .sources
                         .files()
                         .iter()
-                        .filter(|f| glob.is_match(f))
+                        .filter(|f| re.is_match(f))
                         .cloned()
                         .collect();
                     files.sort();
                     let mut merged = Node::new(Value::Map(Map::default()), pos);
                     for f in files {
+                        if !is_yaml(&f) {
+                            self.diags.error(
+                                pos,
+                                format!("local include `{f}` (matched by `{path}`) must be a .yml or .yaml file"),
+                            );
+                            continue;
+                        }
                         if let Some(n) = self.file(&f, None, pos, &inputs) {
                             deep_merge(&mut merged, n);
                         }
                     }
                     return Some(merged);
                 }
-                if !(path.ends_with(".yml") || path.ends_with(".yaml")) {
+                if !is_yaml(&path) {
                     self.diags.error(
                         pos,
                         format!("local include `{path}` must be a .yml or .yaml file"),
@@ -404,58 +493,184 @@ impl Loader<'_> {
         }
     }
 
-    fn include_rules_match(&mut self, rules: &Node) -> bool {
-        let Some(rules) = rules.as_seq() else {
-            return true;
+    /// Whether an include with these `rules` is included: the first rule that matches decides
+    /// (`when: never` leaves it out); no match leaves it out. Invalid rules are errors.
+    fn include_rules(&mut self, rules: &Node) -> bool {
+        let Some(list) = rules.as_seq() else {
+            self.diags
+                .error(rules.pos, "`include:rules` must be an array of rules");
+            return false;
         };
-        for r in rules {
-            let Some(m) = r.as_map() else { continue };
-            let mut ok = true;
-            if let Some(cond) = m.get("if").and_then(Node::as_str) {
-                match expr::parse(cond) {
-                    Ok(e) => ok &= e.eval(&|n| self.lookup(n)),
-                    Err(e) => {
+        if list.is_empty() {
+            self.diags
+                .error(rules.pos, "`include:rules` can't be blank");
+            return false;
+        }
+        const KEYS: &[&str] = &["if", "exists", "changes", "when"];
+        let mut valid = true;
+        for r in list {
+            let Some(m) = r.as_map() else {
+                self.diags
+                    .error(r.pos, "`include:rules`: each rule must be a mapping");
+                valid = false;
+                continue;
+            };
+            for e in &m.entries {
+                if !KEYS.contains(&e.key.as_str()) {
+                    self.diags.error(
+                        e.key_pos,
+                        format!(
+                            "`include:rules`: unknown keyword `{}` (allowed: if, exists, changes, when)",
+                            e.key
+                        ),
+                    );
+                    valid = false;
+                }
+            }
+            if let Some(w) = m.get("when") {
+                if !matches!(w.as_str(), Some("never" | "always")) {
+                    let what = w.scalar_string().unwrap_or_else(|| w.kind().to_string());
+                    self.diags.error(
+                        w.pos,
+                        format!(
+                            "`include:rules`: `when` must be `never` or `always`, not `{what}`"
+                        ),
+                    );
+                    valid = false;
+                }
+            }
+            if let Some(cond) = m.get("if") {
+                match cond.as_str() {
+                    None => {
                         self.diags
-                            .error(r.pos, format!("invalid `if` expression: {e}"));
-                        return false;
+                            .error(cond.pos, "`include:rules`: `if` must be a string");
+                        valid = false;
+                    }
+                    Some(text) => {
+                        if let Err(e) = expr::parse(text) {
+                            let mut p = cond.pos;
+                            p.col += u32::try_from(e.offset).unwrap_or(0);
+                            self.diags.error(
+                                p,
+                                format!(
+                                    "invalid `include:rules:if` expression `{text}`: {}",
+                                    e.message
+                                ),
+                            );
+                            valid = false;
+                        }
                     }
                 }
             }
-            if let Some(ex) = m.get("exists") {
-                let pats: Vec<String> =
-                    string_list(ex.as_map().and_then(|m| m.get("paths")).unwrap_or(ex));
-                ok &= pats.iter().any(|p| {
-                    globset::Glob::new(p).is_ok_and(|g| {
-                        let g = g.compile_matcher();
-                        self.sources.files().iter().any(|f| g.is_match(f))
-                    })
-                });
+        }
+        if !valid {
+            return false;
+        }
+        for m in list.iter().filter_map(Node::as_map) {
+            let mut matched = true;
+            if let Some(text) = m.get("if").and_then(Node::as_str) {
+                matched &= expr::parse(text).is_ok_and(|e| e.eval(&|n| self.lookup(n)));
             }
-            if ok {
+            if let Some(ch) = m.get("changes") {
+                matched = matched && self.include_changes(ch);
+            }
+            if let Some(ex) = m.get("exists") {
+                matched = matched && self.include_exists(ex);
+            }
+            if matched {
                 return m.get("when").and_then(Node::as_str) != Some("never");
             }
         }
         false
     }
 
-    fn lookup(&self, name: &str) -> Option<String> {
+    /// `include:rules:changes`: a list of paths, or `{paths, compare_to}`.
+    fn include_changes(&self, n: &Node) -> bool {
+        let paths = n.as_map().and_then(|m| m.get("paths")).unwrap_or(n);
+        let pats: Vec<String> = string_list(paths)
+            .iter()
+            .map(|p| vars::expand(p, &|v| self.lookup(v)))
+            .collect();
+        let Some(changed) = self.sources.changed_files() else {
+            return true;
+        };
+        pats.iter()
+            .any(|p| rule_glob(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
+    }
+
+    /// `include:rules:exists`: a list of paths, or `{paths, project, ref}`. Another project's files
+    /// cannot be seen from here: such a rule does not match, with a warning.
+    fn include_exists(&mut self, n: &Node) -> bool {
+        let (paths, project) = match n.as_map() {
+            Some(m) => (
+                m.get("paths"),
+                m.get("project")
+                    .and_then(Node::scalar_string)
+                    .map(|p| vars::expand(&p, &|v| self.lookup(v))),
+            ),
+            None => (Some(n), None),
+        };
+        if let Some(p) = project {
+            if Some(p.as_str()) != self.lookup("CI_PROJECT_PATH").as_deref() {
+                self.diags.warning(
+                    n.pos,
+                    format!("`rules:exists` in project `{p}` cannot be checked offline: the rule does not match"),
+                );
+                return false;
+            }
+        }
+        let pats: Vec<String> = paths
+            .map(string_list)
+            .unwrap_or_default()
+            .iter()
+            .map(|p| vars::expand(p, &|v| self.lookup(v)))
+            .collect();
+        pats.iter().any(|p| {
+            rule_glob(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f)))
+        })
+    }
+
+    /// A variable that `include` may use: the caller's (`--variable`), else a predefined one.
+    fn variable(&self, name: &str) -> Option<(String, bool)> {
         self.ctx
             .cli_variables
             .iter()
             .rev()
             .find(|v| v.key == name)
-            .map(|v| v.value.clone())
-            .or_else(|| {
-                predefined(self.ctx)
-                    .iter()
-                    .find(|v| v.key == name)
-                    .map(|v| v.value.clone())
-            })
+            .or_else(|| self.predefined.iter().find(|v| v.key == name))
+            .map(|v| (v.value.clone(), v.masked))
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        self.variable(name).map(|(v, _)| v)
     }
 }
 
-fn predefined(ctx: &Context) -> Vec<Variable> {
-    crate::context::predefined_variables(ctx)
+/// The files an `include:local` wildcard names, as GitLab matches them: `**` is anything (slashes
+/// too), `*` is anything but a slash, every other character stands for itself.
+fn wildcard(path: &str) -> regex::Regex {
+    let re = regex::escape(path)
+        .replace(r"\*\*", ".*?")
+        .replace(r"\*", "[^/]*?");
+    regex::Regex::new(&format!("^{re}$")).expect("an escaped path is a valid expression")
+}
+
+/// Whether `path` names a YAML file (`.yml` or `.yaml`, in any case), as `include` requires.
+fn is_yaml(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    [".yml", ".yaml"]
+        .iter()
+        .any(|ext| base.len() > ext.len() && base.ends_with(ext))
+}
+
+/// A `rules:exists` / `rules:changes` pattern, matched as job rules match it.
+fn rule_glob(p: &str) -> Option<globset::GlobMatcher> {
+    let p = p.trim_start_matches("./").trim_start_matches('/');
+    globset::GlobBuilder::new(p)
+        .literal_separator(true)
+        .build()
+        .ok()
+        .map(|g| g.compile_matcher())
 }
 
 fn include_items(n: &Node) -> Vec<&Node> {
@@ -494,131 +709,518 @@ pub fn deep_merge(base: &mut Node, over: Node) {
     }
 }
 
-fn contains_interpolation(n: &Node) -> bool {
-    match &n.value {
-        Value::Str(s) => s.contains("$[["),
-        Value::Seq(items) => items.iter().any(contains_interpolation),
-        Value::Map(m) => m
-            .entries
-            .iter()
-            .any(|e| e.key.contains("$[[") || contains_interpolation(&e.value)),
-        _ => false,
+// --- spec:inputs --------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InputType {
+    String,
+    Number,
+    Boolean,
+    Array,
+}
+
+impl InputType {
+    fn name(self) -> &'static str {
+        match self {
+            InputType::String => "string",
+            InputType::Number => "number",
+            InputType::Boolean => "boolean",
+            InputType::Array => "array",
+        }
     }
 }
 
-/// Replaces `$[[ inputs.NAME ]]` (optionally with `| function` suffixes) in keys and values. A value that
-/// is exactly one interpolation takes the input's type (so an array input can become a list).
-fn interpolate(n: &mut Node, values: &HashMap<String, Node>, diags: &mut Diags) {
-    match &mut n.value {
-        Value::Str(s) if s.contains("$[[") => {
-            let trimmed = s.trim();
-            if let Some(name) = single_placeholder(trimmed) {
-                if let Some(v) = input_value(&name, values) {
-                    if !matches!(v.value, Value::Str(_)) {
-                        n.value = v.value.clone();
-                        return;
-                    }
+/// One input of `spec:inputs`.
+struct InputSpec<'a> {
+    ty: InputType,
+    /// The default, unless there is none or it is `null`.
+    default: Option<Node>,
+    /// Whether the input may be left out: it has a `default` (`null` too) or rules that give one.
+    optional: bool,
+    /// `options` and the position of its key.
+    options: Option<(&'a [Node], Pos)>,
+    /// `regex`: the expression, its compiled form, and the positions of its key and value.
+    regex: Option<(&'a str, Option<regex::Regex>, Pos, Pos)>,
+}
+
+impl<'a> InputSpec<'a> {
+    const KEYS: &'static [&'static str] = &[
+        "default",
+        "description",
+        "options",
+        "regex",
+        "type",
+        "rules",
+    ];
+
+    /// Reads the specification of input `name`; every problem is a positioned message.
+    fn parse(name: &str, n: &'a Node) -> Result<InputSpec<'a>, Vec<(Pos, String)>> {
+        let mut spec = InputSpec {
+            ty: InputType::String,
+            default: None,
+            optional: false,
+            options: None,
+            regex: None,
+        };
+        let m = match &n.value {
+            Value::Null => return Ok(spec),
+            Value::Map(m) => m,
+            _ => {
+                return Err(vec![(
+                    n.pos,
+                    format!(
+                        "`{name}` input: the specification must be a mapping, not {}",
+                        n.kind()
+                    ),
+                )]);
+            }
+        };
+        let mut errs = Vec::new();
+        for e in &m.entries {
+            if !Self::KEYS.contains(&e.key.as_str()) {
+                let hint = crate::diag::hint(&e.key, Self::KEYS);
+                errs.push((
+                    e.key_pos,
+                    format!("`{name}` input: unknown keyword `{}`{hint}", e.key),
+                ));
+            }
+        }
+        if let Some(t) = m.get("type") {
+            spec.ty = match t.as_str() {
+                Some("string") => InputType::String,
+                Some("number") => InputType::Number,
+                Some("boolean") => InputType::Boolean,
+                Some("array") => InputType::Array,
+                _ => {
+                    errs.push((
+                        t.pos,
+                        format!("unknown input specification for `{name}` (valid types: array, boolean, number, string)"),
+                    ));
+                    InputType::String
+                }
+            };
+        }
+        if let Some(d) = m.get("description") {
+            if !matches!(d.value, Value::Str(_)) {
+                errs.push((
+                    d.pos,
+                    format!("`{name}` input: `description` must be a string"),
+                ));
+            }
+        }
+        if let Some(d) = m.get("default") {
+            spec.optional = true;
+            spec.default = (!d.is_null()).then(|| d.clone());
+        }
+        if let Some(rules) = m.get("rules").and_then(Node::as_seq) {
+            // A rule with a `default`, or a last rule without `if`, gives the input a value.
+            spec.optional |= rules
+                .iter()
+                .filter_map(Node::as_map)
+                .any(|r| r.contains("default") || !r.contains("if"));
+        }
+        if let Some(e) = m.entry("options") {
+            match e.value.as_seq() {
+                Some(opts) if opts.len() > MAX_OPTIONS => errs.push((
+                    e.value.pos,
+                    format!("`{name}` input: at most {MAX_OPTIONS} options are allowed"),
+                )),
+                Some(opts) => spec.options = Some((opts, e.key_pos)),
+                None => errs.push((
+                    e.value.pos,
+                    format!("`{name}` input: `options` must be an array"),
+                )),
+            }
+        }
+        if let Some(e) = m.entry("regex") {
+            match e.value.as_str() {
+                Some(re) => {
+                    spec.regex = Some((re, regex::Regex::new(re).ok(), e.key_pos, e.value.pos));
+                }
+                None => errs.push((
+                    e.value.pos,
+                    format!("`{name}` input: `regex` must be a string"),
+                )),
+            }
+        }
+        if errs.is_empty() { Ok(spec) } else { Err(errs) }
+    }
+
+    /// Problems of the specification itself, whatever the value.
+    fn problems(&self) -> Vec<(Pos, String)> {
+        let mut out = Vec::new();
+        if let Some((_, key)) = self.options {
+            if !matches!(self.ty, InputType::String | InputType::Number) {
+                out.push((
+                    key,
+                    "options can only be used with string and number inputs".to_string(),
+                ));
+            }
+        }
+        if let Some((re, compiled, key, value)) = &self.regex {
+            if self.ty != InputType::String {
+                out.push((
+                    *key,
+                    "RegEx validation can only be used with string inputs".to_string(),
+                ));
+            } else if compiled.is_none() {
+                out.push((*value, format!("invalid regular expression `{re}`")));
+            }
+        }
+        out
+    }
+
+    /// Checks a `default` or `provided` value against the type, `options` and `regex`.
+    fn check(&self, v: &Node, which: &str) -> Vec<(Pos, String)> {
+        let ok = match self.ty {
+            InputType::String => !matches!(v.value, Value::Seq(_) | Value::Map(_)),
+            InputType::Number => matches!(v.value, Value::Int(_) | Value::Float(_)),
+            InputType::Boolean => matches!(v.value, Value::Bool(_)),
+            InputType::Array => matches!(v.value, Value::Seq(_)),
+        };
+        if !ok {
+            let article = if self.ty == InputType::Array {
+                "an"
+            } else {
+                "a"
+            };
+            return vec![(
+                v.pos,
+                format!("{which} value is not {article} {}", self.ty.name()),
+            )];
+        }
+        let mut out = Vec::new();
+        let text = to_text(&v.value);
+        if let Some((opts, _)) = self.options {
+            let allowed = match self.ty {
+                InputType::String => opts
+                    .iter()
+                    .any(|o| o.scalar_string().is_some_and(|s| s == text)),
+                InputType::Number => opts.iter().any(|o| number(o) == number(v)),
+                _ => true,
+            };
+            if !allowed {
+                let list: Vec<String> = opts.iter().map(|o| to_text(&o.value)).collect();
+                out.push((
+                    v.pos,
+                    format!(
+                        "`{text}` cannot be used because it is not in the list of allowed options ({})",
+                        list.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some((re, Some(compiled), _, _)) = &self.regex {
+            if self.ty == InputType::String && !compiled.is_match(&text) {
+                out.push((
+                    v.pos,
+                    format!("{which} value does not match required RegEx pattern `{re}`"),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The value as interpolated: a string input is always a string (`null` is empty).
+    fn normalize(&self, v: Node) -> Node {
+        match (&self.ty, &v.value) {
+            (InputType::String, Value::Str(_)) | (_, Value::Seq(_) | Value::Map(_)) => v,
+            (InputType::String, other) => Node {
+                value: Value::Str(to_text(other)),
+                ..v
+            },
+            _ => v,
+        }
+    }
+}
+
+fn number(n: &Node) -> Option<f64> {
+    match n.value {
+        #[allow(clippy::cast_precision_loss)]
+        Value::Int(i) => Some(i as f64),
+        Value::Float(f) => Some(f),
+        _ => None,
+    }
+}
+
+// --- interpolation ------------------------------------------------------------------------------
+
+/// `$[[ inputs.NAME | function | ... ]]` blocks, as GitLab finds them.
+static BLOCK: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"\$\[\[\s*(\S.*?\S)\s*\]\]").expect("a valid expression")
+});
+
+/// What `truncate(offset,length)` looks like.
+static TRUNCATE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r"^truncate\(\s*(\d+)\s*,\s*(\d+)\s*\)?$").expect("a valid expression")
+});
+
+/// Replaces the `$[[ inputs.NAME ]]` blocks of one file's content with the inputs' values. A
+/// string that is exactly one block takes the value with its type (an array input becomes a
+/// list); inside a longer string a value is rendered as text. Other blocks (`$[[ matrix.X ]]`)
+/// are left for whoever knows them.
+struct Interpolation<'a> {
+    file: &'a str,
+    values: &'a HashMap<String, Node>,
+    /// A variable's value and whether it is masked, for `expand_vars`.
+    lookup: &'a dyn Fn(&str) -> Option<(String, bool)>,
+    errors: Vec<(Pos, String)>,
+}
+
+enum Rendered {
+    Whole(Value),
+    Text(String),
+}
+
+enum Function {
+    ExpandVars,
+    Truncate(usize, usize),
+    PosixEscape,
+}
+
+impl Interpolation<'_> {
+    fn node(&mut self, n: &mut Node) {
+        match &mut n.value {
+            Value::Str(s) if s.contains("$[[") => match self.string(s) {
+                Ok(Rendered::Whole(v)) => n.value = v,
+                Ok(Rendered::Text(t)) => *s = t,
+                Err(msg) => self.errors.push((n.pos, format!("`{}`: {msg}", self.file))),
+            },
+            Value::Seq(items) => {
+                for i in items {
+                    self.node(i);
                 }
             }
-            match interpolate_str(s, values) {
-                Ok(out) => *s = out,
-                Err(msg) => diags.error(n.pos, msg),
+            Value::Map(m) => {
+                for e in &mut m.entries {
+                    if e.key.contains("$[[") {
+                        match self.string(&e.key) {
+                            Ok(Rendered::Whole(v)) => e.key = to_text(&v),
+                            Ok(Rendered::Text(t)) => e.key = t,
+                            Err(msg) => self
+                                .errors
+                                .push((e.key_pos, format!("`{}`: {msg}", self.file))),
+                        }
+                    }
+                    self.node(&mut e.value);
+                }
             }
+            _ => {}
+        }
+    }
+
+    fn string(&self, s: &str) -> Result<Rendered, String> {
+        let blocks: Vec<(std::ops::Range<usize>, &str)> = BLOCK
+            .captures_iter(s)
+            .filter_map(|c| Some((c.get(0)?.range(), c.get(1)?.as_str())))
+            .collect();
+        if let [(range, data)] = &blocks[..] {
+            if range.start == 0 && range.end == s.len() {
+                return Ok(match self.block(data)? {
+                    Some(v) => Rendered::Whole(v),
+                    None => Rendered::Text(s.to_string()),
+                });
+            }
+        }
+        let mut out = String::with_capacity(s.len());
+        let mut last = 0;
+        for (range, data) in blocks {
+            out.push_str(&s[last..range.start]);
+            match self.block(data)? {
+                Some(v) => out.push_str(&to_text(&v)),
+                None => out.push_str(&s[range.clone()]),
+            }
+            last = range.end;
+        }
+        out.push_str(&s[last..]);
+        Ok(Rendered::Text(out))
+    }
+
+    /// The value of one block; `None` for a block that is not about inputs.
+    fn block(&self, data: &str) -> Result<Option<Value>, String> {
+        let mut parts = data.split('|').map(str::trim);
+        let access = parts.next().unwrap_or_default();
+        let functions: Vec<&str> = parts.collect();
+        let Some(name) = access.strip_prefix("inputs.") else {
+            return Ok(None);
+        };
+        let Some(v) = self.values.get(name) else {
+            return Err(format!("unknown interpolation key: `{name}`"));
+        };
+        if functions.len() > MAX_FUNCTIONS {
+            return Err(format!(
+                "too many functions in interpolation block (at most {MAX_FUNCTIONS})"
+            ));
+        }
+        let stack = functions
+            .iter()
+            .map(|f| {
+                Function::parse(f).ok_or_else(|| {
+                    format!("no function matching `{f}`: check that the function name, arguments, and types are correct")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut value = v.value.clone();
+        for f in stack {
+            value = f.apply(value, self.lookup)?;
+        }
+        Ok(Some(value))
+    }
+}
+
+impl Function {
+    fn parse(f: &str) -> Option<Function> {
+        match f {
+            "expand_vars" => Some(Function::ExpandVars),
+            "posix_escape" => Some(Function::PosixEscape),
+            _ => {
+                let c = TRUNCATE.captures(f)?;
+                Some(Function::Truncate(c[1].parse().ok()?, c[2].parse().ok()?))
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Function::ExpandVars => "expand_vars",
+            Function::Truncate(..) => "truncate",
+            Function::PosixEscape => "posix_escape",
+        }
+    }
+
+    fn apply(
+        &self,
+        v: Value,
+        lookup: &dyn Fn(&str) -> Option<(String, bool)>,
+    ) -> Result<Value, String> {
+        let name = self.name();
+        let Value::Str(s) = v else {
+            return Err(format!(
+                "error in `{name}` function: invalid input type: {name} can only be used with string inputs"
+            ));
+        };
+        Ok(Value::Str(match self {
+            Function::ExpandVars => expand_existing(&s, lookup).map_err(|var| {
+                format!("error in `{name}` function: variable expansion error: masked variable `{var}` cannot be expanded")
+            })?,
+            Function::Truncate(offset, len) => s.chars().skip(*offset).take(*len).collect(),
+            Function::PosixEscape => posix_escape(&s),
+        }))
+    }
+}
+
+/// Expands `$NAME` and `${NAME}` where `NAME` is a variable, one level deep; a reference to an
+/// unknown variable stays as it is. A masked variable is an error (its name is returned).
+fn expand_existing(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<(String, bool)>,
+) -> Result<String, String> {
+    static VAR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\$([A-Za-z_][A-Za-z0-9_]*)|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+            .expect("a valid expression")
+    });
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for c in VAR.captures_iter(s) {
+        let all = c.get(0).expect("the whole match");
+        let name = c.get(1).or_else(|| c.get(2)).expect("one group").as_str();
+        out.push_str(&s[last..all.start()]);
+        match lookup(name) {
+            Some((_, true)) => return Err(name.to_string()),
+            Some((value, false)) => out.push_str(&value),
+            None => out.push_str(all.as_str()),
+        }
+        last = all.end();
+    }
+    out.push_str(&s[last..]);
+    Ok(out)
+}
+
+/// Escapes the characters a POSIX shell treats specially with a backslash (a newline is quoted,
+/// the empty string becomes `''`), as Ruby's `Shellwords.shellescape` does.
+fn posix_escape(s: &str) -> String {
+    if s.is_empty() {
+        return "''".to_string();
+    }
+    let mut out = String::with_capacity(s.len() * 2);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("'\n'"),
+            c if c.is_ascii_alphanumeric() || "_-.,:+/@".contains(c) => out.push(c),
+            c => {
+                out.push('\\');
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// A value inside a string: scalars as themselves, `null` as nothing, lists and mappings as GitLab
+/// prints them (`["a", 1, true]`).
+fn to_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => float_text(*f),
+        Value::Str(s) => s.clone(),
+        Value::Seq(_) | Value::Map(_) => inspect(v),
+    }
+}
+
+fn float_text(f: f64) -> String {
+    if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16 {
+        format!("{f:.1}")
+    } else {
+        f.to_string()
+    }
+}
+
+/// A value as Ruby's `inspect` writes it, which is how GitLab renders a list inside a string.
+fn inspect(v: &Value) -> String {
+    match v {
+        Value::Null => "nil".to_string(),
+        Value::Str(s) => {
+            let mut out = String::from("\"");
+            for c in s.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\t' => out.push_str("\\t"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
         }
         Value::Seq(items) => {
-            for i in items.iter_mut() {
-                interpolate(i, values, diags);
-            }
+            let parts: Vec<String> = items.iter().map(|i| inspect(&i.value)).collect();
+            format!("[{}]", parts.join(", "))
         }
         Value::Map(m) => {
-            for e in &mut m.entries {
-                if e.key.contains("$[[") {
-                    match interpolate_str(&e.key, values) {
-                        Ok(k) => e.key = k,
-                        Err(msg) => diags.error(e.key_pos, msg),
-                    }
-                }
-                interpolate(&mut e.value, values, diags);
-            }
+            let parts: Vec<String> = m
+                .entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} => {}",
+                        inspect(&Value::Str(e.key.clone())),
+                        inspect(&e.value.value)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", parts.join(", "))
         }
-        _ => {}
+        scalar => to_text(scalar),
     }
 }
 
-fn single_placeholder(s: &str) -> Option<String> {
-    let inner = s.strip_prefix("$[[")?.strip_suffix("]]")?;
-    if inner.contains("$[[") || inner.contains('|') {
-        return None;
-    }
-    Some(inner.trim().to_string())
-}
-
-fn input_value<'a>(name: &str, values: &'a HashMap<String, Node>) -> Option<&'a Node> {
-    values.get(name.strip_prefix("inputs.")?)
-}
-
-fn interpolate_str(s: &str, values: &HashMap<String, Node>) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("$[[") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 3..];
-        let Some(end) = after.find("]]") else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let inner = after[..end].trim();
-        let mut parts = inner.split('|').map(str::trim);
-        let name = parts.next().unwrap_or_default();
-        if let Some(input) = name.strip_prefix("inputs.") {
-            let Some(v) = values.get(input) else {
-                return Err(format!("unknown interpolation key `{input}`"));
-            };
-            let mut text = match &v.value {
-                Value::Seq(items) => {
-                    let strs: Vec<String> = items
-                        .iter()
-                        .filter_map(Node::scalar_string)
-                        .map(|x| format!("\"{x}\""))
-                        .collect();
-                    format!("[{}]", strs.join(", "))
-                }
-                _ => v.scalar_string().unwrap_or_default(),
-            };
-            for f in parts {
-                if let Some(args) = f
-                    .strip_prefix("truncate(")
-                    .and_then(|a| a.strip_suffix(')'))
-                {
-                    let nums: Vec<usize> = args
-                        .split(',')
-                        .filter_map(|x| x.trim().parse().ok())
-                        .collect();
-                    if let [off, len] = nums[..] {
-                        text = text.chars().skip(off).take(len).collect();
-                    }
-                } else if f == "posix_escape" {
-                    text = text
-                        .chars()
-                        .flat_map(|c| {
-                            if c.is_alphanumeric() {
-                                vec![c]
-                            } else {
-                                vec!['\\', c]
-                            }
-                        })
-                        .collect();
-                }
-            }
-            out.push_str(&text);
-        } else {
-            // `$[[ matrix.X ]]` and others are resolved later, by whoever knows them.
-            out.push_str(&rest[start..start + 3 + end + 2]);
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
+/// A node as text that tells apart different values (for telling apart includes by inputs).
+fn node_text(n: &Node) -> String {
+    inspect(&n.value)
 }
 
 fn resolve_extends(root: &mut Node, diags: &mut Diags) {

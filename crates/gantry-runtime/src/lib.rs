@@ -30,9 +30,10 @@
 //!   jobs that were not played count as successes for their dependants, except that a job skipped
 //!   because of a failure makes its `on_success` dependants skipped too (and triggers `on_failure`
 //!   ones), as in GitLab.
-//! - A manual job with `allow_failure: false` that is not played *blocks* its dependants: they end as
-//!   [`JobStatus::Skipped`] whatever their `when`, and the pipeline still ends as
-//!   [`PipelineStatus::Success`] (GitLab would show it as "blocked").
+//! - A manual job that is not played holds nothing up, even with `allow_failure: false` (where
+//!   GitLab would block the pipeline until someone plays it): a local run has nobody to play it
+//!   later, and gitlab-ci-local, whose `run` flags Gantry follows, does the same. The CLI refuses
+//!   to run a job that `needs` an unplayed manual job.
 //! - On cancel, running jobs are killed (their `after_script` still runs) and every job that had not
 //!   started ends as [`JobStatus::Canceled`].
 
@@ -162,7 +163,7 @@ pub enum JobStatus {
     Failed,
     /// The pipeline was canceled before or while it ran.
     Canceled,
-    /// It did not run: `when` said so, or an earlier failure or blocking manual job prevented it.
+    /// It did not run: `when` said so, or an earlier failure prevented it.
     Skipped,
     /// A manual job that was not played.
     Manual,

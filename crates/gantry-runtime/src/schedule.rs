@@ -30,8 +30,6 @@ enum Upstream {
     Ok,
     /// Failed, or was skipped because something before it failed.
     Failed,
-    /// A manual job with `allow_failure: false` that was not played, or something after one.
-    Blocked,
 }
 
 fn io_error(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RuntimeError + '_ {
@@ -206,21 +204,13 @@ pub(crate) async fn run<E: Executor>(
                 continue;
             }
             let decision = match (job.when, up) {
-                (_, Upstream::Blocked) => Err((Upstream::Blocked, JobStatus::Skipped)),
                 (When::Always, _) | (When::OnFailure, Upstream::Failed) => Ok(()),
                 (When::OnFailure, _) => Err((Upstream::Ok, JobStatus::Skipped)),
                 (_, Upstream::Failed) => Err((Upstream::Failed, JobStatus::Skipped)),
-                (When::Manual, _) if !played => {
-                    let blocks = !job.allow_failure.allows(None);
-                    Err((
-                        if blocks {
-                            Upstream::Blocked
-                        } else {
-                            Upstream::Ok
-                        },
-                        JobStatus::Manual,
-                    ))
-                }
+                // A manual job that is not played holds nothing up: a local run has nobody to
+                // play it later (gitlab-ci-local does the same; GitLab would block the pipeline
+                // at a manual job with `allow_failure: false`).
+                (When::Manual, _) if !played => Err((Upstream::Ok, JobStatus::Manual)),
                 _ => Ok(()),
             };
             match decision {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gantry_pipeline::plan::Variable;
+use gantry_pipeline::plan::{Variable, WaitFor, When};
 use gantry_pipeline::{Compiled, Context, Plan, Severity};
 use serde_json::json;
 
@@ -414,13 +414,28 @@ fn run_prepared(args: &RunArgs, prepared: &Prepared) -> Result<u8> {
         }
         return Ok(EXIT_OK);
     }
-    let selected = match select(plan, args) {
+    for m in &args.manual {
+        if matching(plan, m).is_empty() {
+            return Ok(config_error(output, &format!("--manual {m}: no such job")));
+        }
+    }
+    // A manual job runs when it is played with `--manual` or named on the command line.
+    let played: HashSet<usize> = args
+        .manual
+        .iter()
+        .chain(&args.jobs)
+        .flat_map(|m| matching(plan, m))
+        .collect();
+    let selected = match select(plan, args, &played) {
         Ok(s) => s,
         Err(e) => return Ok(config_error(output, &e)),
     };
     if args.list || args.list_json {
         list(plan, &selected, args.list_json);
         return Ok(EXIT_OK);
+    }
+    if let Err(e) = check_needed_manual_jobs(plan, args, &selected, &played) {
+        return Ok(config_error(output, &e));
     }
     for (i, job) in plan.jobs.iter().enumerate() {
         if selected[i] && job.trigger {
@@ -433,25 +448,7 @@ fn run_prepared(args: &RunArgs, prepared: &Prepared) -> Result<u8> {
             ));
         }
     }
-    let mut play: Vec<String> = args
-        .manual
-        .iter()
-        .flat_map(|m| matching(plan, m))
-        .map(|i| plan.jobs[i].name.clone())
-        .collect();
-    for m in &args.manual {
-        if matching(plan, m).is_empty() {
-            return Ok(config_error(output, &format!("--manual {m}: no such job")));
-        }
-    }
-    // A job named on the command line is played even when it is manual.
-    for j in &args.jobs {
-        play.extend(
-            matching(plan, j)
-                .into_iter()
-                .map(|i| plan.jobs[i].name.clone()),
-        );
-    }
+    let play = played.iter().map(|&i| plan.jobs[i].name.clone()).collect();
     execute(args, prepared, plan, selected, play)
 }
 
@@ -599,7 +596,10 @@ fn matching(plan: &Plan, name: &str) -> Vec<usize> {
         .collect()
 }
 
-fn select(plan: &Plan, args: &RunArgs) -> Result<Vec<bool>, String> {
+/// The jobs to run. With `--needs`, what the named jobs need comes too: their `needs`, and for a
+/// job without `needs` the jobs of the earlier stages, except manual jobs that are not `played`
+/// (as in gitlab-ci-local, nobody waits for those).
+fn select(plan: &Plan, args: &RunArgs, played: &HashSet<usize>) -> Result<Vec<bool>, String> {
     let n = plan.jobs.len();
     if let Some(stage) = &args.stage {
         if !plan.stages.contains(stage) {
@@ -641,12 +641,14 @@ fn select(plan: &Plan, args: &RunArgs) -> Result<Vec<bool>, String> {
         while let Some(i) = stack.pop() {
             // A job without `needs` needs every job of the earlier stages.
             let preds: Vec<usize> = match &waits[i] {
-                gantry_pipeline::plan::WaitFor::Jobs(j) => j.clone(),
-                gantry_pipeline::plan::WaitFor::StagesBefore(k) => plan
+                WaitFor::Jobs(j) => j.clone(),
+                WaitFor::StagesBefore(k) => plan
                     .jobs
                     .iter()
                     .enumerate()
-                    .filter(|(_, j)| j.stage_index < *k)
+                    .filter(|(x, j)| {
+                        j.stage_index < *k && (j.when != When::Manual || played.contains(x))
+                    })
                     .map(|(x, _)| x)
                     .collect(),
             };
@@ -670,6 +672,32 @@ fn select(plan: &Plan, args: &RunArgs) -> Result<Vec<bool>, String> {
         }
     }
     Ok(selected)
+}
+
+/// A job that runs cannot wait for a manual job that nobody plays: as gitlab-ci-local does, that is
+/// an error that names the job to play. (Manual jobs reached only through stage order are left
+/// out instead; see [`select`].)
+fn check_needed_manual_jobs(
+    plan: &Plan,
+    args: &RunArgs,
+    selected: &[bool],
+    played: &HashSet<usize>,
+) -> Result<(), String> {
+    let runs = |i: usize| plan.jobs[i].when != When::Manual || played.contains(&i);
+    let named: HashSet<usize> = args.jobs.iter().flat_map(|j| matching(plan, j)).collect();
+    for (i, wait) in plan.waits().iter().enumerate() {
+        if !((selected[i] && runs(i)) || named.contains(&i)) {
+            continue;
+        }
+        let WaitFor::Jobs(needs) = wait else { continue };
+        if let Some(&m) = needs.iter().find(|&&m| m != i && selected[m] && !runs(m)) {
+            let (job, manual) = (&plan.jobs[i].name, &plan.jobs[m].name);
+            return Err(format!(
+                "`{job}` needs `{manual}`, a manual job that is not played: add `--manual {manual}` to run it first"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn list(plan: &Plan, selected: &[bool], as_json: bool) {

@@ -3,6 +3,8 @@
 
 mod compat;
 mod diagnostics;
+mod includes;
+mod inputs;
 mod plans;
 
 use gantry_pipeline::{Compiled, Context, GitFacts, MemSources, compile};

@@ -376,3 +376,110 @@ fn on_a_terminal_a_status_line_is_shown_and_never_mixed_into_output() {
     assert!(lines.iter().any(|l| l == "a $ echo one"), "{lines:?}");
     assert!(lines.iter().any(|l| l == "b > three"), "{lines:?}");
 }
+
+/// Manual jobs and job selection, as gitlab-ci-local (whose `run` flags Gantry follows) does it:
+/// a manual job runs when it is named or played with `--manual`; one that is not played holds
+/// nothing up, but a job that `needs` it cannot run, which is an error that says what to play.
+const MANUAL_PIPELINE: &str = "
+setup:
+  stage: .pre
+  when: manual
+  script: [echo setup]
+compile:
+  stage: build
+  rules:
+    - when: manual
+  script: [echo compile]
+unit:
+  stage: test
+  needs: [setup]
+  script: [echo unit]
+lint:
+  stage: test
+  script: [echo lint]
+publish:
+  stage: deploy
+  script: [echo publish]
+";
+
+fn ran(r: &crate::Run) -> Vec<&'static str> {
+    ["setup", "compile", "unit", "lint", "publish"]
+        .into_iter()
+        .filter(|j| r.starts(j) > 0)
+        .collect()
+}
+
+fn error_message(r: &crate::Run) -> String {
+    r.events
+        .iter()
+        .find(|e| e["event"] == "error")
+        .and_then(|e| e["message"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_needed_manual_job_that_is_not_played_is_an_error() {
+    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    for args in [&[][..], &["--needs", "unit"], &["--only-needs", "unit"]] {
+        let r = repo.run_json(args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.dump());
+        assert!(ran(&r).is_empty(), "{args:?}: {}", r.dump());
+        let msg = error_message(&r);
+        assert!(
+            msg.contains("`unit` needs `setup`, a manual job") && msg.contains("--manual setup"),
+            "{args:?}: {msg}"
+        );
+    }
+    // Listing is not running: it still works.
+    let list = repo.gantry(&["run", "--list-json"]);
+    assert!(list.status.success(), "{list:?}");
+}
+
+#[test]
+fn played_manual_jobs_run_and_unplayed_ones_hold_nothing_up() {
+    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    let r = repo.run_json(&["--manual", "setup"]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(
+        ran(&r),
+        ["setup", "unit", "lint", "publish"],
+        "{}",
+        r.dump()
+    );
+    assert_eq!(r.status("compile"), "manual");
+    let r = repo.run_json(&["--manual", "setup", "--manual", "compile"]);
+    assert_eq!(
+        ran(&r),
+        ["setup", "compile", "unit", "lint", "publish"],
+        "{}",
+        r.dump()
+    );
+}
+
+#[test]
+fn a_named_manual_job_runs() {
+    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    let r = repo.run_json(&["compile"]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(ran(&r), ["compile"]);
+    // Without `--needs`, what a named job needs is not run, manual or not.
+    let r = repo.run_json(&["unit"]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(ran(&r), ["unit"]);
+}
+
+#[test]
+fn needs_runs_played_manual_jobs_and_leaves_unplayed_earlier_stages_out() {
+    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    let r = repo.run_json(&["--needs", "unit", "--manual", "setup"]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(ran(&r), ["setup", "unit"]);
+    // `lint` has no `needs`: it waits for the earlier stages, whose manual jobs are not played.
+    let r = repo.run_json(&["--needs", "lint"]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(ran(&r), ["lint"]);
+    let r = repo.run_json(&["--needs", "publish", "--manual", "setup"]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(ran(&r), ["setup", "unit", "lint", "publish"]);
+}
