@@ -101,7 +101,8 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or_default();
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
                 out.push(v);
                 i += 3;
                 continue;
