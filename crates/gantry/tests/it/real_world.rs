@@ -443,6 +443,14 @@ cases! {
     gromacs_merge_request: Case { dir: "gromacs__gromacs", branch: "topic", source: "merge_request_event",
         vars: &[("CI_PROJECT_NAMESPACE", "gromacs"), ("CI_PROJECT_PATH", "gromacs/gromacs"),
                 ("CI_MERGE_REQUEST_IID", "1"), ("CI_MERGE_REQUEST_TARGET_BRANCH_NAME", "main")], ..BASE };
+    // `only: [branches@libssh/libssh-mirror]` matches in that project; MR-only jobs and the
+    // Coverity job (its variables are unset) are left out; `fedora/coverage` is a 3-entry matrix.
+    libssh_master: Case { dir: "libssh__libssh-mirror", branch: "master",
+        vars: &[("CI_DEFAULT_BRANCH", "master"), ("CI_PROJECT_PATH", "libssh/libssh-mirror")],
+        expect: &["freebsd/openssl_1.1.1/x86_64", "macos-m1", "fedora/coverage: [mbedtls]",
+                  "fedora/coverage_merge", "visualstudio/x86"],
+        absent: &["review", "header-standalone", "fedora/abidiff", "coverity", "clusterfuzzlite"],
+        jobs: Some(41), ..BASE };
     // `make-rpm-all` runs only in merge requests. (`pages` has `only: {refs: [main], changes}`;
     // Gantry compares `changes` with `main` itself here, so it is not asserted either way.)
     lvm2: Case { dir: "lvmteam__lvm2", vars: &[("CI_PROJECT_PATH", "lvmteam/lvm2")],
