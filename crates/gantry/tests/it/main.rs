@@ -4,6 +4,7 @@ mod cli;
 mod docker;
 mod keywords;
 mod proxy;
+mod real_world;
 mod server;
 
 use std::path::{Path, PathBuf};
