@@ -888,8 +888,10 @@ impl Executors {
     /// Asks the engine (briefly) only when a job needs it.
     fn new(force_shell: bool, wants_docker: bool, rt: &tokio::runtime::Runtime) -> Executors {
         let docker = if wants_docker {
+            // An absent engine fails at once; a present one may be slow to answer: Podman's
+            // service takes seconds for its version on a busy machine.
             let config = gantry_executor_docker::Config {
-                connect_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(10),
                 ..gantry_executor_docker::Config::default()
             };
             rt.block_on(gantry_executor_docker::DockerExecutor::connect(config))
