@@ -125,12 +125,13 @@ pub fn to_gitlab(root: &Node, diags: &mut Diags) -> Node {
 
     let last = phases.len().saturating_sub(1);
     for (i, p) in phases.into_iter().enumerate() {
-        let mut job = p.job;
+        let mut job = Map::default();
         job.insert(
             "stage".into(),
             p.key_pos,
             Node::str(p.name.clone(), p.key_pos),
         );
+        job.entries.extend(p.job.entries);
         if i < last {
             // The phases of a build share one file system: what a phase leaves passes on.
             let mut pass = Map::default();
