@@ -188,6 +188,8 @@ impl Reporter for LogReporter {
                 duration,
                 coverage,
                 reason,
+                // Already in the log, through the runtime's info line.
+                error: _,
             } => {
                 *self.finished.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(gantry_runtime::JobResult {

@@ -3,6 +3,7 @@
 //! This crate does no IO. Files are read through the [`Sources`] trait, the git facts and CLI variables
 //! come in a [`Context`], and the result is plain data. That keeps it fast to test and safe to fuzz.
 
+pub mod buildyml;
 pub mod expr;
 pub mod plan;
 pub mod vars;

@@ -154,6 +154,15 @@ impl Loader<'_> {
             );
         }
         let mut docs = docs.docs;
+        // The pipeline file itself may be a Yunxiao / CodeBuild `build.yml`: translated, it is a
+        // `.gitlab-ci.yml` tree like any other (no includes, inputs or extends of its own).
+        if self.stack.is_empty()
+            && docs
+                .first()
+                .is_some_and(|d| crate::buildyml::is_buildyml(name, d))
+        {
+            return Some(crate::buildyml::to_gitlab(&docs[0], self.diags));
+        }
         let start = Pos {
             file,
             line: 1,

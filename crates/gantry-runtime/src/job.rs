@@ -65,6 +65,8 @@ pub(crate) struct Outcome {
     pub duration: Duration,
     pub coverage: Option<f64>,
     pub reason: Option<FailureReason>,
+    /// Why it failed without its script's exit code (masked), as in [`Event::JobFinished`].
+    pub error: Option<String>,
 }
 
 /// How one attempt ended.
@@ -73,15 +75,20 @@ struct Attempt {
     exit_code: Option<i32>,
     reason: Option<FailureReason>,
     coverage: Option<f64>,
+    /// Why it failed without an exit code of its script (already masked).
+    error: Option<String>,
 }
 
 impl Attempt {
-    fn failed(reason: FailureReason) -> Attempt {
+    /// A failure without an exit code: `message` says why, in the job's log and in its result.
+    fn failed<E>(ctx: &Ctx<E>, job: &str, reason: FailureReason, message: &str) -> Attempt {
+        ctx.info(job, message);
         Attempt {
             status: JobStatus::Failed,
             exit_code: None,
             reason: Some(reason),
             coverage: None,
+            error: Some(ctx.masker.mask(message).into_owned()),
         }
     }
 }
@@ -189,13 +196,17 @@ impl<E> Ctx<E> {
         workspace: &Path,
         dotenv: &[Variable],
     ) -> Vec<(String, String)> {
-        let runtime = [
+        let mut runtime = vec![
             Variable::new("CI_JOB_ID", job_id.to_string()),
             Variable::new("CI_PIPELINE_ID", self.config.pipeline_id.to_string()),
             Variable::new("CI_PROJECT_DIR", workspace.to_string_lossy()),
             Variable::new("CI_BUILDS_DIR", self.builds_root().to_string_lossy()),
             Variable::new("CI_JOB_STARTED_AT", rfc3339(SystemTime::now())),
         ];
+        // As GitLab Runner sets it, whatever the executor: the job's image, its variables expanded.
+        if let Some(image) = &self.plan.jobs[idx].image {
+            runtime.push(Variable::new("CI_JOB_IMAGE", image.name.clone()));
+        }
         vars::resolve(&self.plan.job_variables(idx, &runtime, dotenv))
     }
 }
@@ -299,6 +310,7 @@ pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option
         duration: started.elapsed(),
         coverage: result.coverage,
         reason: result.reason,
+        error: result.error,
     };
     // Reported here, before the slot and the resource group are released, so that no job that was
     // waiting for them is reported as started before this one is reported as finished.
@@ -311,6 +323,7 @@ pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option
         duration: outcome.duration,
         coverage: outcome.coverage,
         reason: outcome.reason,
+        error: outcome.error.as_deref(),
     });
     Some(outcome)
 }
@@ -344,26 +357,34 @@ async fn attempt<E: Executor>(
     let cache_keys = match prepared {
         Ok(Ok(keys)) => keys,
         Ok(Err((reason, message))) => {
-            ctx.info(name, &message);
-            return Attempt::failed(reason);
+            return Attempt::failed(ctx, name, reason, &message);
         }
         Err(e) => {
-            ctx.info(name, &format!("preparing the workspace failed: {e}"));
-            return Attempt::failed(FailureReason::RunnerSystemFailure);
+            return Attempt::failed(
+                ctx,
+                name,
+                FailureReason::RunnerSystemFailure,
+                &format!("preparing the workspace failed: {e}"),
+            );
         }
     };
 
+    // Image and service names take the job's variables (`image: golang:$GO_VERSION`).
+    let look = lookup(&env);
+    let expand_name = |i: &gantry_pipeline::plan::Image| gantry_pipeline::plan::Image {
+        name: vars::expand(&i.name, &|n| look.get(n).map(|v| (*v).to_string())),
+        ..i.clone()
+    };
     let context = JobContext {
         name: job.name.clone(),
         workspace: workspace.clone(),
-        image: job.image.clone(),
-        services: job.services.clone(),
+        image: job.image.as_ref().map(expand_name),
+        services: job.services.iter().map(expand_name).collect(),
     };
     let mut session = match ctx.executor.prepare(&context).await {
         Ok(s) => s,
         Err(message) => {
-            ctx.info(name, &message);
-            return Attempt::failed(FailureReason::RunnerSystemFailure);
+            return Attempt::failed(ctx, name, FailureReason::RunnerSystemFailure, &message);
         }
     };
 
@@ -397,32 +418,33 @@ async fn attempt<E: Executor>(
             exit_code: Some(0),
             reason: None,
             coverage: None,
+            error: None,
         },
         StepOutcome::Exited(code) => Attempt {
             status: JobStatus::Failed,
             exit_code: Some(code),
             reason: Some(FailureReason::ScriptFailure),
             coverage: None,
+            error: None,
         },
-        StepOutcome::TimedOut => {
-            ctx.info(
-                name,
-                &format!(
-                    "timed out after {}",
-                    human(step.timeout.unwrap_or_default())
-                ),
-            );
-            Attempt::failed(FailureReason::JobExecutionTimeout)
-        }
+        StepOutcome::TimedOut => Attempt::failed(
+            ctx,
+            name,
+            FailureReason::JobExecutionTimeout,
+            &format!(
+                "timed out after {}",
+                human(step.timeout.unwrap_or_default())
+            ),
+        ),
         StepOutcome::Canceled => Attempt {
             status: JobStatus::Canceled,
             exit_code: None,
             reason: None,
             coverage: None,
+            error: None,
         },
         StepOutcome::SystemFailure(message) => {
-            ctx.info(name, &message);
-            Attempt::failed(FailureReason::RunnerSystemFailure)
+            Attempt::failed(ctx, name, FailureReason::RunnerSystemFailure, &message)
         }
     };
 

@@ -144,6 +144,10 @@ pub enum Event<'a> {
         coverage: Option<f64>,
         /// Why it failed.
         reason: Option<FailureReason>,
+        /// Why it failed without an exit code of its script, in words: it could not start (the
+        /// image cannot be pulled, the workspace cannot be made, no executor takes it), the runner
+        /// failed, or it timed out. `None` otherwise. Masked.
+        error: Option<&'a str>,
     },
     /// The pipeline is done.
     PipelineFinished {

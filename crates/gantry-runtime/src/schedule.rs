@@ -251,6 +251,7 @@ pub(crate) async fn run<E: Executor>(
                         duration: Duration::ZERO,
                         coverage: None,
                         reason: Some(gantry_pipeline::plan::FailureReason::UnknownFailure),
+                        error: None,
                     })),
                 };
                 let Some(j) = task_jobs.remove(&id) else { continue };
@@ -463,6 +464,7 @@ impl<'a, E> Scheduler<'a, E> {
                 duration: result.duration,
                 coverage: result.coverage,
                 reason: result.reason,
+                error: None,
             });
         }
         self.results[j] = Some(result);

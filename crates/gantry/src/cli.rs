@@ -41,6 +41,8 @@ enum Command {
     Run(RunArgs),
     /// Check the pipeline file without running it.
     Lint(LintArgs),
+    /// Print the `.gitlab-ci.yml` equivalent to a `build.yml` (Yunxiao, CodeBuild-style).
+    Convert(ConvertArgs),
     /// Run the server: webhooks, pipelines, the job queue, the API.
     Server(gantry_server::Args),
     /// Run an agent: take jobs from a server and run them.
@@ -61,9 +63,10 @@ struct Common {
     /// The project directory (default: the current directory).
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
-    /// The pipeline file, relative to the project directory.
-    #[arg(long, value_name = "PATH", default_value = ".gitlab-ci.yml")]
-    file: String,
+    /// The pipeline file, relative to the project directory (default: `.gitlab-ci.yml`, else
+    /// `build.yml`).
+    #[arg(long, value_name = "PATH")]
+    file: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
@@ -127,6 +130,13 @@ struct LintArgs {
     common: Common,
 }
 
+#[derive(Args)]
+struct ConvertArgs {
+    /// The `build.yml` to convert.
+    #[arg(value_name = "FILE", default_value = "build.yml")]
+    file: PathBuf,
+}
+
 /// Parses the command line and runs the command; returns the process exit code.
 pub fn main() -> Result<u8> {
     let cli = match Cli::try_parse() {
@@ -139,6 +149,7 @@ pub fn main() -> Result<u8> {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Lint(args) => lint(&args),
+        Command::Convert(args) => Ok(convert(&args)),
         Command::Server(args) => gantry_server::main(args),
         Command::Agent(args) => gantry_agent::main(args),
         Command::Project(command) => crate::remote::main(command),
@@ -172,6 +183,8 @@ fn project_dir(common: &Common) -> Result<PathBuf> {
 /// Everything compiled for one invocation.
 struct Prepared {
     dir: PathBuf,
+    /// The pipeline file, relative to `dir`.
+    file: String,
     state_dir: PathBuf,
     compiled: Compiled,
     /// The project's files, listed once and shared by the compiler and the runtime.
@@ -185,6 +198,7 @@ fn prepare(
     pipeline_id: Option<u64>,
 ) -> Result<Prepared> {
     let dir = project_dir(common)?;
+    let file = pipeline_file(common.file.as_deref(), &dir)?;
     let state_dir = dir.join(".gantry");
     let repo = crate::git::read(&dir);
     let pipeline_id = match pipeline_id {
@@ -192,7 +206,7 @@ fn prepare(
         None => next_pipeline_id(&state_dir)?,
     };
     let ctx = Context {
-        file: common.file.trim_start_matches("./").to_string(),
+        file,
         project_dir: dir.to_string_lossy().into_owned(),
         project_dir_name: dir
             .file_name()
@@ -214,10 +228,80 @@ fn prepare(
     let files = sources.into_files();
     Ok(Prepared {
         dir,
+        file: ctx.file,
         state_dir,
         compiled,
         files,
     })
+}
+
+/// The pipeline file to read, relative to the project directory `dir`: `--file`, else
+/// `.gitlab-ci.yml`, else a `build.yml`. A missing one is an error that says where it was looked
+/// for and what to do.
+fn pipeline_file(given: Option<&str>, dir: &Path) -> Result<String> {
+    const DEFAULT: &str = ".gitlab-ci.yml";
+    const BUILD_YML: &str = "build.yml";
+    let name = match given {
+        Some(f) => f.trim_start_matches("./").to_string(),
+        None if !dir.join(DEFAULT).exists() && dir.join(BUILD_YML).is_file() => {
+            BUILD_YML.to_string()
+        }
+        None => DEFAULT.to_string(),
+    };
+    if dir.join(&name).exists() {
+        return Ok(name);
+    }
+    let mut message = format!("no `{name}` in {}: ", dir.display());
+    let other = [DEFAULT, BUILD_YML]
+        .into_iter()
+        .find(|f| *f != name && dir.join(f).is_file());
+    match (given, other) {
+        (_, Some(other)) => message.push_str(&format!(
+            "this directory has `{other}`; pass `--file {other}` to use it"
+        )),
+        (None, None) => message.push_str(&format!(
+            "create a `{DEFAULT}` (or a `{BUILD_YML}`), pass `--file PATH` to use another file, \
+             or `--cwd DIR` to run in another directory"
+        )),
+        (Some(_), None) => {
+            message.push_str("pass `--file` a path relative to the project directory (see `--cwd`)")
+        }
+    }
+    anyhow::bail!(message)
+}
+
+/// `gantry convert`: prints the `.gitlab-ci.yml` equivalent to a `build.yml`; exit 2 with the
+/// problems (`FILE:LINE:COLUMN: message`) when it has any.
+fn convert(args: &ConvertArgs) -> u8 {
+    let name = args.file.to_string_lossy();
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => return config_error(Output::Human, &format!("cannot read `{name}`: {e}")),
+    };
+    match gantry_pipeline::buildyml::convert(&text, &name) {
+        Ok(yaml) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(
+                out,
+                "# Converted from {name} by `gantry convert`: each phase is a job in a stage of its \
+                 own,\n# and the files a phase leaves pass to the next ones as artifacts."
+            );
+            let _ = out.write_all(yaml.as_bytes());
+            let _ = out.flush();
+            EXIT_OK
+        }
+        Err(diagnostics) => {
+            for d in &diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "gantry: `{name}` has {} error{}; nothing converted",
+                diagnostics.len(),
+                if diagnostics.len() == 1 { "" } else { "s" }
+            );
+            EXIT_CONFIG
+        }
+    }
 }
 
 /// Creates `.gantry/` (ignored by git through its own `.gitignore`) and returns the next pipeline id.
@@ -817,7 +901,7 @@ fn lint(args: &LintArgs) -> Result<u8> {
             }
             if !failed {
                 let jobs = prepared.compiled.plan.as_ref().map_or(0, |p| p.jobs.len());
-                let _ = writeln!(out, "{}: valid ({jobs} jobs)", common.file);
+                let _ = writeln!(out, "{}: valid ({jobs} jobs)", prepared.file);
             }
         }
     }
@@ -837,8 +921,10 @@ impl Executors {
     /// Asks the engine (briefly) only when a job needs it.
     fn new(force_shell: bool, wants_docker: bool, rt: &tokio::runtime::Runtime) -> Executors {
         let docker = if wants_docker {
+            // An absent engine fails at once; a present one may be slow to answer: Podman's
+            // service takes seconds for its version on a busy machine.
             let config = gantry_executor_docker::Config {
-                connect_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(10),
                 ..gantry_executor_docker::Config::default()
             };
             rt.block_on(gantry_executor_docker::DockerExecutor::connect(config))

@@ -68,6 +68,8 @@ struct Finished {
     exit_code: Option<i32>,
     duration: Duration,
     coverage: Option<f64>,
+    /// Why it failed without an exit code of its script.
+    error: Option<String>,
     tail: Vec<String>,
 }
 
@@ -162,9 +164,10 @@ impl Human {
                 line.push_str(&format!("  coverage {c:.2}%"));
             }
             if f.status == JobStatus::Failed {
-                match f.exit_code {
-                    Some(c) => line.push_str(&format!("  exit code {c}")),
-                    None => line.push_str("  (no exit code)"),
+                match (f.exit_code, &f.error) {
+                    (Some(c), _) => line.push_str(&format!("  exit code {c}")),
+                    (None, Some(e)) => line.push_str(&format!("  {e}")),
+                    (None, None) => line.push_str("  (no exit code)"),
                 }
             }
             s.out.line(&line);
@@ -276,6 +279,7 @@ impl Reporter for Human {
                 exit_code,
                 duration,
                 coverage,
+                error,
                 ..
             } => {
                 let ran = matches!(
@@ -310,6 +314,7 @@ impl Reporter for Human {
                     exit_code,
                     duration,
                     coverage,
+                    error: error.map(str::to_string),
                     tail,
                 });
             }
@@ -367,6 +372,7 @@ enum JsonEvent<'a> {
         exit_code: Option<i32>,
         duration_ms: u64,
         coverage: Option<f64>,
+        error: Option<&'a str>,
     },
     PipelineFinished {
         status: &'static str,
@@ -393,6 +399,7 @@ impl Reporter for Json {
                 exit_code,
                 duration,
                 coverage,
+                error,
                 ..
             } => (
                 JsonEvent::JobFinished {
@@ -402,6 +409,7 @@ impl Reporter for Json {
                     exit_code,
                     duration_ms: millis(duration),
                     coverage,
+                    error,
                 },
                 true,
             ),

@@ -8,7 +8,10 @@ fn respond(path: &str) -> (u16, String) {
     match path.split_once('?') {
         _ if path == "/healthz" => (200, "ok".to_string()),
         Some(("/hello", query)) => {
-            let name = query.split('&').find_map(|kv| kv.strip_prefix("name=")).unwrap_or("world");
+            let name = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("name="))
+                .unwrap_or("world");
             (200, format!("hello, {name}"))
         }
         None if path == "/hello" => (200, "hello, world".to_string()),
@@ -21,7 +24,11 @@ fn main() -> std::io::Result<()> {
     if args.get(1).map(String::as_str) == Some("--self-check") {
         let (code, body) = respond("/hello?name=gantry");
         println!("self-check: {code} {body}");
-        return if code == 200 { Ok(()) } else { Err(std::io::Error::other("self-check failed")) };
+        return if code == 200 {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("self-check failed"))
+        };
     }
     let addr = std::env::var("LISTEN").unwrap_or_else(|_| "127.0.0.1:8081".to_string());
     let listener = TcpListener::bind(&addr)?;
@@ -32,7 +39,11 @@ fn main() -> std::io::Result<()> {
         BufReader::new(&stream).read_line(&mut line)?;
         let path = line.split_whitespace().nth(1).unwrap_or("/");
         let (code, body) = respond(path);
-        write!(stream, "HTTP/1.1 {code} OK\r\ncontent-length: {}\r\n\r\n{body}", body.len())?;
+        write!(
+            stream,
+            "HTTP/1.1 {code} OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Integration tests of the compiler: plans rendered as text and compared with snapshots, and the
 //! exact position and wording of diagnostics.
 
+mod buildyml;
 mod compat;
 mod diagnostics;
 mod includes;

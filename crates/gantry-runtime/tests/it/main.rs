@@ -134,6 +134,7 @@ enum Rec {
     Finished {
         job: String,
         at: Instant,
+        error: Option<String>,
     },
     Pipeline,
 }
@@ -162,9 +163,10 @@ impl Reporter for Recorder {
                 job: job.into(),
                 message: message.into(),
             },
-            Event::JobFinished { job, .. } => Rec::Finished {
+            Event::JobFinished { job, error, .. } => Rec::Finished {
                 job: job.into(),
                 at: now,
+                error: error.map(str::to_string),
             },
             Event::PipelineFinished { .. } => Rec::Pipeline,
         };
@@ -216,11 +218,21 @@ impl Recorder {
             .unwrap_or_else(|| panic!("{job} never started"))
             .1
     }
+    /// The `error` of `job`'s finish event.
+    fn finished_error(&self, job: &str) -> Option<String> {
+        self.all()
+            .into_iter()
+            .find_map(|r| match r {
+                Rec::Finished { job: j, error, .. } if j == job => Some(error),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{job} never finished"))
+    }
     fn finished_at(&self, job: &str) -> Instant {
         self.all()
             .into_iter()
             .find_map(|r| match r {
-                Rec::Finished { job: j, at } if j == job => Some(at),
+                Rec::Finished { job: j, at, .. } if j == job => Some(at),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("{job} never finished"))
@@ -1098,6 +1110,68 @@ async fn images_fail_without_the_container_executor() {
         Some(FailureReason::RunnerSystemFailure)
     );
     assert!(run.rec.has_info("imaged", "container executor"));
+    // The reason is in the finish event too, not only in the log.
+    let error = run.rec.finished_error("imaged").expect("an error");
+    assert!(error.contains("container executor"), "{error}");
+}
+
+#[tokio::test]
+async fn a_script_failure_or_success_has_no_error_and_a_timeout_has_one() {
+    let r = repo(&[]);
+    let mut slow = job("slow", 1, &["sleep 5"]);
+    slow.timeout = Some(Duration::from_millis(200));
+    let run = run(
+        &plan(vec![
+            job("ok", 1, &["true"]),
+            job("bad", 1, &["exit 3"]),
+            slow,
+        ]),
+        r.path(),
+    )
+    .await;
+    assert_eq!(run.rec.finished_error("ok"), None);
+    assert_eq!(run.rec.finished_error("bad"), None);
+    let error = run.rec.finished_error("slow").expect("an error");
+    assert!(error.starts_with("timed out after"), "{error}");
+}
+
+#[tokio::test]
+async fn ci_job_image_is_the_expanded_image_and_a_job_variable_wins() {
+    let r = repo(&[]);
+    let image = |name: &str| gantry_pipeline::plan::Image {
+        name: name.into(),
+        entrypoint: None,
+        alias: None,
+        command: None,
+        pull_policy: Vec::new(),
+        variables: Vec::new(),
+        docker_user: None,
+        docker_platform: None,
+    };
+    let mut imaged = job("imaged", 1, &["echo image=$CI_JOB_IMAGE"]);
+    imaged.image = Some(image("alpine:$ALPINE_VERSION"));
+    imaged.variables = vec![Variable::new("ALPINE_VERSION", "3.20")];
+    let mut own = job("own", 1, &["echo image=$CI_JOB_IMAGE"]);
+    own.image = Some(image("alpine"));
+    own.variables = vec![Variable::new("CI_JOB_IMAGE", "mine")];
+    let plain = job("plain", 1, &["echo image=${CI_JOB_IMAGE-unset}"]);
+    let p = plan(vec![imaged, own, plain]);
+    let rec = Arc::new(Recorder::default());
+    let (_tx, rx) = watch::channel(false);
+    // The shell executor runs image jobs when asked to (`--shell-executor`); GitLab Runner sets
+    // `CI_JOB_IMAGE` whatever the executor.
+    gantry_runtime::run(
+        &p,
+        config(r.path(), &p),
+        Arc::new(ShellExecutor { allow_image: true }),
+        rec.clone(),
+        rx,
+    )
+    .await
+    .expect("pipeline runs");
+    assert_eq!(rec.logs("imaged"), ["image=alpine:3.20"]);
+    assert_eq!(rec.logs("own"), ["image=mine"]);
+    assert_eq!(rec.logs("plain"), ["image=unset"]);
 }
 
 #[tokio::test]

@@ -119,6 +119,19 @@ job:
 }
 
 #[test]
+fn ci_job_image_is_the_expanded_image() {
+    engine();
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "variables:\n  TAG: '1'\njob:\n  image: gantry-test/base:$TAG\n  script: [echo \"image=$CI_JOB_IMAGE\"]\n",
+    )]);
+    let r = repo.run_json(&[]);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(r.log("job"), ["image=gantry-test/base:1"]);
+    assert_clean(&repo);
+}
+
+#[test]
 fn two_jobs_at_once_each_in_its_own_container() {
     engine();
     let job = |name: &str| {
@@ -329,6 +342,21 @@ never-pulled:
     assert!(
         all.contains("cannot pull image `gantry-test/no-such-image:1`"),
         "{all}"
+    );
+    // The reason is in the event stream, on the job's `job_finished`.
+    let error = r.finished("pulled")["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("cannot pull image `gantry-test/no-such-image:1`"),
+        "{}",
+        r.dump()
+    );
+    let error = r.finished("never-pulled")["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("image `gantry-test/no-such-image:2` is not present"),
+        "{}",
+        r.dump()
     );
     assert!(
         all.contains("image `gantry-test/no-such-image:2` is not present")

@@ -1,8 +1,11 @@
 //! End-to-end tests: the real `gantry` binary runs real pipelines in temporary git repositories.
 
+mod buildyml;
 mod cli;
 mod docker;
+mod firstrun;
 mod keywords;
+mod podman;
 mod proxy;
 mod real_world;
 mod server;
@@ -102,7 +105,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn parse(out: Output) -> Run {
+    /// Parses the output of `gantry run --output json`.
+    pub fn parse(out: Output) -> Run {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let events = stdout
             .lines()
