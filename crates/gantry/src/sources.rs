@@ -5,11 +5,14 @@ use std::sync::OnceLock;
 
 use gantry_pipeline::Sources;
 
-/// The project's files on disk, with the listing taken once from git.
+use crate::includes::Includes;
+
+/// The project's files on disk, with the listing taken once from git, and the remote includes.
 pub struct FsSources {
     root: PathBuf,
     files: Vec<String>,
-    include_cache: PathBuf,
+    /// Remote includes: the cache, and what to fetch.
+    pub includes: Includes,
     /// For `changes`: computed on first use only, since it costs git processes.
     changed: OnceLock<Option<Vec<String>>>,
     default_branch: String,
@@ -20,7 +23,7 @@ impl FsSources {
     /// Files under `root`, as listed in `files`.
     pub fn new(
         root: &Path,
-        state_dir: &Path,
+        includes: Includes,
         files: Vec<String>,
         default_branch: &str,
         is_repo: bool,
@@ -28,7 +31,7 @@ impl FsSources {
         FsSources {
             root: root.to_path_buf(),
             files,
-            include_cache: state_dir.join("include-cache"),
+            includes,
             changed: OnceLock::new(),
             default_branch: default_branch.to_string(),
             is_repo,
@@ -59,20 +62,13 @@ impl Sources for FsSources {
         &self.files
     }
 
-    /// Remote includes are looked up in `.gantry/include-cache/`, under the key with every character
-    /// outside `[A-Za-z0-9._-]` replaced by `_`.
+    /// Remote includes: see [`crate::includes`].
     fn remote(&self, key: &str) -> Option<String> {
-        let name: String = key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        std::fs::read_to_string(self.include_cache.join(name)).ok()
+        self.includes.get(key)
+    }
+
+    fn remote_unavailable(&self, key: &str) -> Option<String> {
+        self.includes.unavailable(key)
     }
 
     fn changed_files(&self) -> Option<&[String]> {

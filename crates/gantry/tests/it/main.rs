@@ -2,6 +2,7 @@
 
 mod cli;
 mod docker;
+mod includes;
 mod keywords;
 mod proxy;
 mod server;
