@@ -449,6 +449,36 @@ mod tests {
     }
 
     #[test]
+    fn templates_url_from_the_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &file,
+            format!(
+                "templates_url = \"https://gitlab.example.com/\"\ndata_dir = \"{}\"\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        };
+        let (c, _) = load(&args, &|_: &str| None).unwrap();
+        assert_eq!(
+            c.templates_url.as_deref(),
+            Some("https://gitlab.example.com")
+        );
+        let env = |k: &str| (k == "GANTRY_TEMPLATES_URL").then(|| "http://127.0.0.1:1".to_string());
+        let (c, _) = load(&args, &env).unwrap();
+        assert_eq!(c.templates_url.as_deref(), Some("http://127.0.0.1:1"));
+        let bad = |k: &str| (k == "GANTRY_TEMPLATES_URL").then(|| "gitlab.com".to_string());
+        let err = load(&args, &bad).unwrap_err();
+        assert!(format!("{err:#}").contains("templates_url"), "{err:#}");
+    }
+
+    #[test]
     fn local_includes_are_refused_unless_the_file_or_env_allows_them() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gantry.toml");

@@ -228,6 +228,14 @@ fn prepare(
         &ctx.git.default_branch,
         repo.is_repo,
     );
+    let predefined = gantry_pipeline::context::predefined_variables(&ctx);
+    let var = |k: &str| {
+        predefined
+            .iter()
+            .find(|v| v.key == k)
+            .map_or("", |v| v.value.as_str())
+    };
+    sources.own_components(var("CI_SERVER_FQDN"), var("CI_PROJECT_PATH"), &ctx.git.sha);
     // Compile; fetch the remote includes it asked for; compile again with them.
     let mut round = 1;
     let compiled = loop {

@@ -17,6 +17,9 @@ pub struct FsSources {
     changed: OnceLock<Option<Vec<String>>>,
     default_branch: String,
     is_repo: bool,
+    /// This project as a component source: `host/path/` and the `HEAD` commit (see
+    /// [`FsSources::own_components`]).
+    own: Option<(String, String)>,
 }
 
 impl FsSources {
@@ -35,6 +38,17 @@ impl FsSources {
             changed: OnceLock::new(),
             default_branch: default_branch.to_string(),
             is_repo,
+            own: None,
+        }
+    }
+
+    /// Components of this very project at its `HEAD` commit (`host/path/NAME@SHA`, as in
+    /// `$CI_SERVER_FQDN/$CI_PROJECT_PATH/NAME@$CI_COMMIT_SHA`, the way GitLab's documentation has a
+    /// component project test its components) are read from the working tree, since that commit
+    /// may not be pushed yet.
+    pub fn own_components(&mut self, host: &str, project_path: &str, sha: &str) {
+        if !sha.is_empty() {
+            self.own = Some((format!("{host}/{project_path}/"), sha.to_string()));
         }
     }
 
@@ -64,6 +78,21 @@ impl Sources for FsSources {
 
     /// Remote includes: see [`crate::includes`].
     fn remote(&self, key: &str) -> Option<String> {
+        if let (Some((prefix, sha)), Some(address)) = (&self.own, key.strip_prefix("component:")) {
+            if let Some((name, version)) = address
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.rsplit_once('@'))
+            {
+                if version == sha && !name.contains('/') {
+                    let found = gantry_pipeline::component::files(name)
+                        .iter()
+                        .find_map(|f| self.read(f).ok());
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+            }
+        }
         self.includes.get(key)
     }
 

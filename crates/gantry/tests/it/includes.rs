@@ -921,3 +921,32 @@ fn the_project_include_cache_still_works_with_a_file_list() {
     );
     assert_eq!(stdout(&out).trim(), ".gitlab-ci.yml: valid (2 jobs)");
 }
+
+#[test]
+fn a_component_of_this_project_at_head_is_read_from_the_working_tree() {
+    let repo = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            "include:\n  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/deploy@$CI_COMMIT_SHA\n    inputs:\n      stage: test\n",
+        ),
+        (
+            "templates/deploy/template.yml",
+            "spec:\n  inputs:\n    stage:\n---\ndeploy-$[[ inputs.stage ]]:\n  stage: $[[ inputs.stage ]]\n  script: [echo deploy]\n",
+        ),
+    ]);
+    repo.git(&[
+        "remote",
+        "add",
+        "origin",
+        "git@gitlab.example.com:group/comps.git",
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = gantry(
+        &repo,
+        cache.path(),
+        "http://127.0.0.1:9",
+        &["run", "--list-json", "--offline"],
+        &[],
+    );
+    assert_eq!(jobs(&out), ["deploy-test"]);
+}
