@@ -174,11 +174,24 @@ impl Options {
         })
     }
 
-    /// `(token used)` or `(no token sent …)`, for messages.
-    fn token_note(&self) -> String {
-        match &self.token {
-            Some(t) => format!("with the token from {}", t.from),
-            None => "no token sent; set GITLAB_TOKEN or CI_JOB_TOKEN for a private project".into(),
+    /// The token for `url`: only the instance gets it, never another host.
+    fn token_for(&self, url: &Url) -> Option<&Token> {
+        let same =
+            url.scheme() == self.instance.scheme() && host_port(url) == host_port(&self.instance);
+        self.token.as_ref().filter(|_| same)
+    }
+
+    /// Whether a token went to `url`, for messages.
+    fn token_note(&self, url: &Url) -> String {
+        match (self.token_for(url), &self.token) {
+            (Some(t), _) => format!("with the token from {}", t.from),
+            (None, Some(t)) => format!(
+                "no token sent: {} is only sent to the GitLab instance",
+                t.from
+            ),
+            (None, None) => {
+                "no token sent; set GITLAB_TOKEN or CI_JOB_TOKEN for a private project".into()
+            }
         }
     }
 }
@@ -789,7 +802,7 @@ impl Fetcher {
     async fn get(&self, url: &Url, token: bool) -> Result<(StatusCode, String), String> {
         let mut req = self.client.get(url.clone());
         if token {
-            if let Some(t) = &self.opts.token {
+            if let Some(t) = self.opts.token_for(url) {
                 req = req.header(t.header, &t.value);
             }
         }
@@ -885,7 +898,10 @@ impl Fetcher {
         if status.is_success() {
             return Ok(body);
         }
-        let why = format!("GET {url} answered {status} ({})", self.opts.token_note());
+        let why = format!(
+            "GET {url} answered {status} ({})",
+            self.opts.token_note(url)
+        );
         if status == StatusCode::NOT_FOUND {
             // GitLab says which: `{"message":"404 File Not Found"}` or `404 Project Not Found`.
             if body.contains("File Not Found") {
@@ -922,12 +938,18 @@ impl Fetcher {
             }
             api => {
                 let why = match api {
-                    Ok((s, _)) => format!("GET {url} answered {s} ({})", self.opts.token_note()),
+                    Ok((s, _)) => {
+                        format!("GET {url} answered {s} ({})", self.opts.token_note(&url))
+                    }
                     Err(e) => e,
                 };
                 let repo = repo_url(base, project);
                 let out = self
-                    .run_git(None, &["ls-remote", "--tags", "--refs", repo.as_str()])
+                    .run_git(
+                        None,
+                        self.opts.token_for(base),
+                        &["ls-remote", "--tags", "--refs", repo.as_str()],
+                    )
                     .await
                     .map_err(|g| format!("{why}; then {g}"))?;
                 out.lines()
@@ -943,10 +965,10 @@ impl Fetcher {
     }
 
     /// The environment of git processes: no prompt, the token in an HTTP header (never in argv).
-    fn git_env(&self) -> Vec<(String, String)> {
+    fn git_env(token: Option<&Token>) -> Vec<(String, String)> {
         use base64::Engine as _;
         let mut env = vec![("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())];
-        if let Some(t) = &self.opts.token {
+        if let Some(t) = token {
             let basic = base64::engine::general_purpose::STANDARD
                 .encode(format!("{}:{}", t.git_user, t.value));
             env.push(("GIT_CONFIG_COUNT".into(), "1".into()));
@@ -959,13 +981,18 @@ impl Fetcher {
         env
     }
 
-    async fn run_git(&self, dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+    async fn run_git(
+        &self,
+        dir: Option<&Path>,
+        token: Option<&Token>,
+        args: &[&str],
+    ) -> Result<String, String> {
         let mut cmd = tokio::process::Command::new("git");
         if let Some(d) = dir {
             cmd.arg("-C").arg(d);
         }
         cmd.args(args)
-            .envs(self.git_env())
+            .envs(Self::git_env(token))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -993,7 +1020,8 @@ impl Fetcher {
         candidates: &[String],
     ) -> Result<Fetched, String> {
         let repo = repo_url(base, project);
-        let token = match &self.opts.token {
+        let auth = self.opts.token_for(base);
+        let token = match auth {
             Some(t) => format!("with the token from {}", t.from),
             None => "no token sent".into(),
         };
@@ -1005,7 +1033,7 @@ impl Fetcher {
             Some(r) if is_sha(r) => (r.to_string(), true),
             Some(r) => {
                 let out = self
-                    .run_git(None, &["ls-remote", repo.as_str(), r])
+                    .run_git(None, auth, &["ls-remote", repo.as_str(), r])
                     .await
                     .map_err(|e| format!("git at {repo} ({token}): {e}"))?;
                 let tag_ref = format!("refs/tags/{r}");
@@ -1028,10 +1056,11 @@ impl Fetcher {
             &["config", "remote.origin.partialclonefilter", "blob:none"],
         ];
         for args in setup {
-            self.run_git(d, args).await?;
+            self.run_git(d, None, args).await?;
         }
         self.run_git(
             d,
+            auth,
             &[
                 "fetch",
                 "-q",
@@ -1047,7 +1076,7 @@ impl Fetcher {
         .map_err(|e| format!("git at {repo} ({token}): {e}"))?;
         for (i, file) in candidates.iter().enumerate() {
             let object = format!("FETCH_HEAD:{file}");
-            let Ok(size) = self.run_git(d, &["cat-file", "-s", &object]).await else {
+            let Ok(size) = self.run_git(d, auth, &["cat-file", "-s", &object]).await else {
                 continue;
             };
             if size.trim().parse::<usize>().unwrap_or(usize::MAX) > MAX_BYTES {
@@ -1056,7 +1085,9 @@ impl Fetcher {
                     MAX_BYTES >> 10
                 ));
             }
-            let content = self.run_git(d, &["cat-file", "blob", &object]).await?;
+            let content = self
+                .run_git(d, auth, &["cat-file", "blob", &object])
+                .await?;
             return Ok(Fetched {
                 content,
                 candidate: i,
@@ -1098,6 +1129,39 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_goes_to_the_instance_only() {
+        let env = |k: &str| match k {
+            "GITLAB_TOKEN" => Some("secret".to_string()),
+            "HOME" => Some("/home/u".to_string()),
+            _ => None,
+        };
+        let ctx = Context::default();
+        let o = Options::new(Some("https://gitlab.example.com"), false, &[], &ctx, &env).unwrap();
+        let at = |u: &str| o.token_for(&Url::parse(u).unwrap()).map(|t| t.header);
+        assert_eq!(
+            at("https://gitlab.example.com/api/v4/x"),
+            Some("PRIVATE-TOKEN")
+        );
+        assert_eq!(at("https://other.example.com/api/v4/x"), None);
+        assert_eq!(at("http://gitlab.example.com/api/v4/x"), None);
+        assert_eq!(at("https://gitlab.example.com:8443/x"), None);
+        assert_eq!(
+            o.cache_dir.as_deref(),
+            Some(Path::new("/home/u/.cache/gantry/includes"))
+        );
+        // CI_SERVER_URL, from a variable, wins over the flag.
+        let vars = [Variable {
+            key: "CI_SERVER_URL".into(),
+            value: "http://127.0.0.1:1234".into(),
+            expand: false,
+            masked: false,
+        }];
+        let o = Options::new(Some("https://gitlab.example.com"), false, &vars, &ctx, &env).unwrap();
+        assert_eq!(o.instance.as_str(), "http://127.0.0.1:1234/");
+        assert!(Options::new(Some("ftp://x"), false, &[], &ctx, &env).is_err());
+    }
 
     #[test]
     fn remote_urls_map_to_cache_paths() {
