@@ -740,9 +740,20 @@ enum ApiMiss {
     TryGit(String),
 }
 
+/// A shallow fetch of one ref of one repository, shared by the files read from it.
+struct Checkout {
+    dir: tempfile::TempDir,
+    sha: String,
+    tag: bool,
+}
+
+type CheckoutCell = Arc<tokio::sync::OnceCell<Result<Checkout, String>>>;
+
 struct Fetcher {
     opts: Options,
     client: reqwest::Client,
+    /// The git fallback's fetches, by repository and ref: files of one ref cost one fetch.
+    checkouts: Mutex<HashMap<String, CheckoutCell>>,
 }
 
 impl Fetcher {
@@ -753,7 +764,11 @@ impl Fetcher {
             .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Fetcher { opts, client })
+        Ok(Fetcher {
+            opts,
+            client,
+            checkouts: Mutex::new(HashMap::new()),
+        })
     }
 
     async fn fetch(&self, spec: &Spec) -> Result<Fetched, String> {
@@ -1021,61 +1036,23 @@ impl Fetcher {
     ) -> Result<Fetched, String> {
         let repo = repo_url(base, project);
         let auth = self.opts.token_for(base);
-        let token = match auth {
-            Some(t) => format!("with the token from {}", t.from),
-            None => "no token sent".into(),
+        let cell = {
+            let mut m = self
+                .checkouts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            m.entry(format!("{repo}\n{}", git_ref.unwrap_or("HEAD")))
+                .or_default()
+                .clone()
         };
-        let tmp =
-            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-        let dir = tmp.path();
-        let (want, tag) = match git_ref {
-            None => ("HEAD".to_string(), false),
-            Some(r) if is_sha(r) => (r.to_string(), true),
-            Some(r) => {
-                let out = self
-                    .run_git(None, auth, &["ls-remote", repo.as_str(), r])
-                    .await
-                    .map_err(|e| format!("git at {repo} ({token}): {e}"))?;
-                let tag_ref = format!("refs/tags/{r}");
-                let head_ref = format!("refs/heads/{r}");
-                let refs: Vec<&str> = out.lines().filter_map(|l| l.split('\t').nth(1)).collect();
-                if refs.contains(&tag_ref.as_str()) {
-                    (tag_ref, true)
-                } else if refs.contains(&head_ref.as_str()) {
-                    (head_ref, false)
-                } else {
-                    return Err(format!("git at {repo} ({token}): no branch or tag `{r}`"));
-                }
-            }
-        };
-        let d = Some(dir);
-        let setup: [&[&str]; 4] = [
-            &["init", "-q", "--bare"],
-            &["remote", "add", "origin", repo.as_str()],
-            &["config", "remote.origin.promisor", "true"],
-            &["config", "remote.origin.partialclonefilter", "blob:none"],
-        ];
-        for args in setup {
-            self.run_git(d, None, args).await?;
-        }
-        self.run_git(
-            d,
-            auth,
-            &[
-                "fetch",
-                "-q",
-                "--no-tags",
-                "--depth",
-                "1",
-                "--filter=blob:none",
-                "origin",
-                &want,
-            ],
-        )
-        .await
-        .map_err(|e| format!("git at {repo} ({token}): {e}"))?;
+        let co = cell
+            .get_or_init(|| self.shallow(&repo, auth, git_ref))
+            .await
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let (d, tag) = (Some(co.dir.path()), co.tag);
         for (i, file) in candidates.iter().enumerate() {
-            let object = format!("FETCH_HEAD:{file}");
+            let object = format!("{}:{file}", co.sha);
             let Ok(size) = self.run_git(d, auth, &["cat-file", "-s", &object]).await else {
                 continue;
             };
@@ -1104,6 +1081,74 @@ impl Fetcher {
                 .join(" or "),
             git_ref.unwrap_or("HEAD")
         ))
+    }
+
+    /// A shallow fetch of `git_ref` (`None`: `HEAD`) of `repo` into a scratch repository, blobs on
+    /// demand where the server can filter them; whether the ref is a tag comes from `git ls-remote`.
+    async fn shallow(
+        &self,
+        repo: &str,
+        auth: Option<&Token>,
+        git_ref: Option<&str>,
+    ) -> Result<Checkout, String> {
+        let token = match auth {
+            Some(t) => format!("with the token from {}", t.from),
+            None => "no token sent".into(),
+        };
+        let (want, tag) = match git_ref {
+            None => ("HEAD".to_string(), false),
+            Some(r) if is_sha(r) => (r.to_string(), true),
+            Some(r) => {
+                let out = self
+                    .run_git(None, auth, &["ls-remote", repo, r])
+                    .await
+                    .map_err(|e| format!("git at {repo} ({token}): {e}"))?;
+                let tag_ref = format!("refs/tags/{r}");
+                let head_ref = format!("refs/heads/{r}");
+                let refs: Vec<&str> = out.lines().filter_map(|l| l.split('\t').nth(1)).collect();
+                if refs.contains(&tag_ref.as_str()) {
+                    (tag_ref, true)
+                } else if refs.contains(&head_ref.as_str()) {
+                    (head_ref, false)
+                } else {
+                    return Err(format!("git at {repo} ({token}): no branch or tag `{r}`"));
+                }
+            }
+        };
+        let dir =
+            tempfile::tempdir().map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let d = Some(dir.path());
+        let setup: [&[&str]; 4] = [
+            &["init", "-q", "--bare"],
+            &["remote", "add", "origin", repo],
+            &["config", "remote.origin.promisor", "true"],
+            &["config", "remote.origin.partialclonefilter", "blob:none"],
+        ];
+        for args in setup {
+            self.run_git(d, None, args).await?;
+        }
+        self.run_git(
+            d,
+            auth,
+            &[
+                "fetch",
+                "-q",
+                "--no-tags",
+                "--depth",
+                "1",
+                "--filter=blob:none",
+                "origin",
+                &want,
+            ],
+        )
+        .await
+        .map_err(|e| format!("git at {repo} ({token}): {e}"))?;
+        let sha = self
+            .run_git(d, None, &["rev-parse", "FETCH_HEAD^{commit}"])
+            .await?
+            .trim()
+            .to_string();
+        Ok(Checkout { dir, sha, tag })
     }
 }
 

@@ -538,12 +538,15 @@ fn include_project_falls_back_to_git_when_the_api_does_not_know_the_project() {
     forge.project(
         "group/mirror",
         "trunk",
-        &[("ci.yml", "from-git:\n  script: [echo git]\n")],
+        &[
+            ("ci.yml", "from-git:\n  script: [echo git]\n"),
+            ("more.yml", "more:\n  script: [echo more]\n"),
+        ],
         false,
     );
     let repo = Repo::new(&[(
         ".gitlab-ci.yml",
-        "include:\n  - project: group/mirror\n    file: ci.yml\n  - project: group/mirror\n    ref: trunk\n    file: ci.yml\n",
+        "include:\n  - project: group/mirror\n    file: ci.yml\n  - project: group/mirror\n    ref: trunk\n    file: [ci.yml, more.yml]\n",
     )]);
     let cache = tempfile::tempdir().unwrap();
     let out = gantry(
@@ -553,8 +556,15 @@ fn include_project_falls_back_to_git_when_the_api_does_not_know_the_project() {
         &["run", "--list-json"],
         &[],
     );
-    assert_eq!(jobs(&out), ["from-git"]);
-    assert!(forge.count("/group/mirror.git/") > 0);
+    assert_eq!(jobs(&out), ["from-git", "more"]);
+    // One fetch per ref (`HEAD`; `trunk`, after an `ls-remote` that says it is a branch), shared by
+    // the files read at it.
+    assert_eq!(
+        forge.count("/group/mirror.git/info/refs"),
+        3,
+        "{:#?}",
+        forge.requests()
+    );
     let dir = cache.path().join(format!(
         "gantry/includes/project/{}/group/mirror/-",
         forge.host()
