@@ -11,6 +11,7 @@ pub mod yaml;
 
 pub use plan::{Job, Plan, Variable, When};
 pub mod compile;
+pub mod component;
 pub mod context;
 pub mod diag;
 pub mod duration;

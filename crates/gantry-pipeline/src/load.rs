@@ -473,31 +473,62 @@ impl Loader<'_> {
                 self.file(&path, None, pos, &inputs)
             }
             other => {
-                let key = match (other, map) {
+                // `include:project` with `file` as a list is one include per file.
+                let items: Vec<(String, String, Pos)> = match (other, map) {
                     ("project", Some(m)) => {
-                        let file = m
-                            .get("file")
-                            .and_then(Node::scalar_string)
-                            .unwrap_or_default();
-                        let r = m
-                            .get("ref")
-                            .and_then(Node::scalar_string)
-                            .unwrap_or_else(|| "HEAD".into());
-                        format!("project:{target}@{r}:{file}")
+                        let r = m.get("ref").and_then(Node::scalar_string).map_or_else(
+                            || "HEAD".into(),
+                            |r| vars::expand(&r, &|n| self.lookup(n)),
+                        );
+                        let Some(f) = m.get("file") else {
+                            self.diags.error(pos, "`include:project` needs a `file`");
+                            return None;
+                        };
+                        let files: Option<Vec<(String, Pos)>> = match &f.value {
+                            Value::Seq(list) => list
+                                .iter()
+                                .map(|i| i.scalar_string().map(|s| (s, i.pos)))
+                                .collect(),
+                            _ => f.scalar_string().map(|s| vec![(s, pos)]),
+                        };
+                        let Some(files) = files else {
+                            self.diags.error(
+                                f.pos,
+                                "`include:file` must be a string or a list of strings",
+                            );
+                            return None;
+                        };
+                        files
+                            .into_iter()
+                            .map(|(f, at)| {
+                                let f = vars::expand(&f, &|n| self.lookup(n));
+                                (
+                                    format!("project:{target}@{r}:{f}"),
+                                    format!(" file `{f}`"),
+                                    at,
+                                )
+                            })
+                            .collect()
                     }
-                    _ => format!("{other}:{target}"),
+                    _ => vec![(format!("{other}:{target}"), String::new(), pos)],
                 };
-                if let Some(content) = self.sources.remote(&key) {
-                    return self.file(&key, Some(content), pos, &inputs);
+                let mut merged = Node::new(Value::Map(Map::default()), pos);
+                for (key, what, at) in items {
+                    if let Some(content) = self.sources.remote(&key) {
+                        if let Some(n) = self.file(&key, Some(content), at, &inputs) {
+                            deep_merge(&mut merged, n);
+                        }
+                        continue;
+                    }
+                    let message = match self.sources.remote_unavailable(&key) {
+                        Some(why) => format!("`include:{other}` `{target}`{what}: {why}"),
+                        None => format!(
+                            "`include:{other}` `{target}`{what} is not available offline: it is not in the local include cache"
+                        ),
+                    };
+                    self.diags.error(at, message);
                 }
-                let message = match self.sources.remote_unavailable(&key) {
-                    Some(why) => format!("`include:{other}` `{target}`: {why}"),
-                    None => format!(
-                        "`include:{other}` `{target}` is not available offline: it is not in the local include cache"
-                    ),
-                };
-                self.diags.error(pos, message);
-                None
+                Some(merged)
             }
         }
     }

@@ -59,6 +59,7 @@ struct FileConfig {
     delivery_retry_backoff: Option<String>,
     delivery_retry_max_backoff: Option<String>,
     allow_local_includes: Option<bool>,
+    templates_url: Option<String>,
 }
 
 /// A secret that never prints itself.
@@ -113,6 +114,10 @@ pub struct Config {
     /// setting): a repository's author must not be able to make the server read its own network.
     /// File: `allow_local_includes`; env: `GANTRY_ALLOW_LOCAL_INCLUDES` (`true` or `false`).
     pub allow_local_includes: bool,
+    /// The GitLab instance whose `gitlab-org/gitlab` project serves `include:template`
+    /// (`https://gitlab.com`, say); `None`: `include:template` is an error that says to set it.
+    /// File: `templates_url`; env: `GANTRY_TEMPLATES_URL`.
+    pub templates_url: Option<String>,
 }
 
 impl Config {
@@ -137,6 +142,7 @@ impl Config {
             delivery_retry_max_backoff: Duration::from_secs(600),
             status_backoff: Duration::from_secs(1),
             allow_local_includes: false,
+            templates_url: None,
         }
     }
 }
@@ -267,6 +273,14 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
             "false" | "0" => false,
             _ => anyhow::bail!("invalid allow_local_includes `{s}`: true or false"),
         };
+    }
+    config.templates_url = pick(&none, "GANTRY_TEMPLATES_URL", &file.templates_url)
+        .map(|u| u.trim().trim_end_matches('/').to_string())
+        .filter(|u| !u.is_empty());
+    if let Some(u) = &config.templates_url {
+        if !(u.starts_with("https://") || u.starts_with("http://")) {
+            bail!("invalid templates_url `{u}`: an http or https URL");
+        }
     }
     Ok((config, generated))
 }
@@ -432,6 +446,36 @@ mod tests {
             format!("{err:#}").contains("delivery_max_attempts"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn templates_url_from_the_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        let data = dir.path().join("data");
+        std::fs::write(
+            &file,
+            format!(
+                "templates_url = \"https://gitlab.example.com/\"\ndata_dir = \"{}\"\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        };
+        let (c, _) = load(&args, &|_: &str| None).unwrap();
+        assert_eq!(
+            c.templates_url.as_deref(),
+            Some("https://gitlab.example.com")
+        );
+        let env = |k: &str| (k == "GANTRY_TEMPLATES_URL").then(|| "http://127.0.0.1:1".to_string());
+        let (c, _) = load(&args, &env).unwrap();
+        assert_eq!(c.templates_url.as_deref(), Some("http://127.0.0.1:1"));
+        let bad = |k: &str| (k == "GANTRY_TEMPLATES_URL").then(|| "gitlab.com".to_string());
+        let err = load(&args, &bad).unwrap_err();
+        assert!(format!("{err:#}").contains("templates_url"), "{err:#}");
     }
 
     #[test]

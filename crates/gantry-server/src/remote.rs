@@ -21,7 +21,18 @@
 //!   files; another's only when its `include_allowed_from` lists the including project's name or a
 //!   pattern matching it (the included project decides, as GitLab's CI/CD job token scope does).
 //!   The check is against the pipeline's project, for nested includes too.
-//! - `include:template` and `include:component` are not supported: their error says so.
+//! - `include:component`: `HOST/NAME/COMPONENT@VERSION`, where `HOST` is this server's own (the host and
+//!   port of `external_url`, or the listen address) and `NAME` a project registered here: the
+//!   file `templates/COMPONENT.yml`, else `templates/COMPONENT/template.yml`, read from that project
+//!   as for `include:project` (the same `include_allowed_from` check). `VERSION` is a commit SHA, a
+//!   tag or a branch; `~latest`, `1` or `1.2` select the highest semantic version tag of the project's
+//!   repository that matches (pre-releases excluded; the server has no releases, so every such tag
+//!   counts as released). A component of another host is refused: the server cannot ask another
+//!   instance for its projects.
+//! - `include:template`: `lib/gitlab/ci/templates/NAME` of project `gitlab-org/gitlab` at `master`,
+//!   through the repository files API of the GitLab instance set as `templates_url`, fetched as an
+//!   `include:remote` (the same limits and address checks). Without `templates_url`, the error says
+//!   to set it.
 //!
 //! A failure is [`Fetched::Transient`] when another attempt may succeed (the host cannot be
 //! reached, a timeout, an answer of 5xx or 429, a repository that cannot be fetched, a store
@@ -170,11 +181,139 @@ pub(crate) async fn fetch(state: &AppState, from: &str, key: &str) -> Fetched {
     match kind {
         "remote" => fetch_url(target, state.config.allow_local_includes).await,
         "project" => fetch_project(state, from, target).await,
+        "component" => fetch_component(state, from, target).await,
+        "template" => fetch_template(state, target).await,
         _ => Fetched::Permanent(format!(
-            "`include:{kind}` is not supported by gantry server: copy the file into the \
-             repository and use `include:local`, or use `include:remote` or `include:project`"
+            "`include:{kind}` is not supported by gantry server"
         )),
     }
+}
+
+/// `include:template`: from the `gitlab-org/gitlab` project of the instance at `templates_url`.
+async fn fetch_template(state: &AppState, name: &str) -> Fetched {
+    let Some(base) = &state.config.templates_url else {
+        return Fetched::Permanent(
+            "gantry server needs the setting `templates_url` (a GitLab instance, such as \
+             https://gitlab.com) to include templates; or copy the template into the repository \
+             and use `include:local`"
+                .into(),
+        );
+    };
+    if name
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Fetched::Permanent(format!("`{name}` is not a template name"));
+    }
+    // Everything but unreserved characters escaped, `/` too, as GitLab's API wants a file path.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let file =
+        percent_encoding::utf8_percent_encode(&format!("lib/gitlab/ci/templates/{name}"), SEGMENT)
+            .to_string();
+    let url = format!(
+        "{base}/api/v4/projects/gitlab-org%2Fgitlab/repository/files/{file}/raw?ref=master"
+    );
+    match fetch_url(&url, state.config.allow_local_includes).await {
+        Fetched::Content(c) => Fetched::Content(c),
+        Fetched::Transient(why) => Fetched::Transient(format!("{url} {why}")),
+        Fetched::Permanent(why) => Fetched::Permanent(format!("{url} {why}")),
+    }
+}
+
+/// This server's own hosts, as `host[:port]`: that of `external_url`, and the listen address.
+fn own_hosts(state: &AppState) -> Vec<String> {
+    let mut hosts = vec![state.config.listen.clone()];
+    if let Some(u) = state
+        .config
+        .external_url
+        .as_deref()
+        .and_then(|u| reqwest::Url::parse(u).ok())
+    {
+        if let Some(h) = u.host_str() {
+            hosts.push(match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            });
+        }
+    }
+    hosts
+}
+
+/// `include:component`: a component of a project registered on this server.
+async fn fetch_component(state: &AppState, from: &str, address: &str) -> Fetched {
+    let c = match gantry_pipeline::component::Address::parse(address, 1) {
+        Ok(c) => c,
+        Err(e) => return Fetched::Permanent(e),
+    };
+    let hosts = own_hosts(state);
+    if c.project.contains('/') || !hosts.iter().any(|h| h.eq_ignore_ascii_case(&c.fqdn)) {
+        return Fetched::Permanent(format!(
+            "gantry server includes components of its own projects only: `{}/PROJECT/{}@{}`, \
+             where PROJECT is a project of this server and the host is this server's (`{}`; set \
+             `external_url` to name it)",
+            hosts.last().map_or("", String::as_str),
+            c.name,
+            c.version,
+            hosts.last().map_or("", String::as_str),
+        ));
+    }
+    let version = if gantry_pipeline::component::is_selector(&c.version) {
+        match latest_tag(state, from, &c.project, &c.version).await {
+            Ok(v) => v,
+            Err(f) => return f,
+        }
+    } else {
+        c.version.clone()
+    };
+    read_from_project(state, from, &c.project, &version, c.files()).await
+}
+
+/// The highest semantic version tag of project `name` that `selector` selects.
+async fn latest_tag(
+    state: &AppState,
+    from: &str,
+    name: &str,
+    selector: &str,
+) -> Result<String, Fetched> {
+    let project = match allowed_project(state, from, name).await {
+        Ok(p) => p,
+        Err(f) => return Err(f),
+    };
+    let url = project.spec.repo_url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("git")
+            .args(["ls-remote", "--tags", "--refs", "--", &url])
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(std::process::Stdio::null())
+            .output()
+    })
+    .await;
+    let out = match out {
+        Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(Ok(o)) => {
+            return Err(Fetched::Transient(format!(
+                "cannot list the tags of project `{name}`: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )));
+        }
+        Ok(Err(e)) => return Err(Fetched::Transient(format!("cannot run git: {e}"))),
+        Err(e) => return Err(Fetched::Permanent(format!("the fetch panicked: {e}"))),
+    };
+    let tags: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once("refs/tags/").map(|(_, t)| t))
+        .collect();
+    gantry_pipeline::component::select_version(selector, tags.into_iter())
+        .map(String::from)
+        .ok_or_else(|| {
+            Fetched::Permanent(format!(
+                "project `{name}` has no tag that `{selector}` selects (a semantic version such as 1.2.0)"
+            ))
+        })
 }
 
 /// The HTTP client for remote includes: `local` may reach any address, otherwise only public
@@ -392,20 +531,46 @@ async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
     if file.is_empty() {
         return Fetched::Permanent("names no `file`".into());
     }
+    read_from_project(state, from, name, git_ref, vec![file]).await
+}
+
+/// Project `name` of this server, when project `from` may include its files.
+async fn allowed_project(
+    state: &AppState,
+    from: &str,
+    name: &str,
+) -> Result<LoadedProject, Fetched> {
     let record = match state.store.project(name).await {
         Ok(Some(r)) => r,
         // The same answer as a denial, as GitLab's "not found or access denied": a pipeline must not
         // learn which project names exist.
-        Ok(None) => return Fetched::Permanent(not_allowed(name, from)),
-        Err(e) => return Fetched::Transient(format!("cannot read project `{name}`: {e}")),
+        Ok(None) => return Err(Fetched::Permanent(not_allowed(name, from))),
+        Err(e) => {
+            return Err(Fetched::Transient(format!(
+                "cannot read project `{name}`: {e}"
+            )));
+        }
     };
-    let project = match LoadedProject::parse(record) {
-        Ok(p) => p,
-        Err(e) => return Fetched::Permanent(e.message),
-    };
+    let project = LoadedProject::parse(record).map_err(|e| Fetched::Permanent(e.message))?;
     if !project.allows_include_from(from) {
-        return Fetched::Permanent(not_allowed(name, from));
+        return Err(Fetched::Permanent(not_allowed(name, from)));
     }
+    Ok(project)
+}
+
+/// The first of `files` that project `name` has at `git_ref` (`HEAD`: its default branch), read
+/// from its mirror after fetching the ref into it, if project `from` may include its files.
+async fn read_from_project(
+    state: &AppState,
+    from: &str,
+    name: &str,
+    git_ref: &str,
+    files: Vec<String>,
+) -> Fetched {
+    let project = match allowed_project(state, from, name).await {
+        Ok(p) => p,
+        Err(f) => return f,
+    };
     let git_ref = if git_ref == "HEAD" || git_ref.is_empty() {
         project.spec.default_branch.clone()
     } else {
@@ -417,8 +582,7 @@ async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
     let url = project.spec.repo_url.clone();
     let name = name.to_string();
     let read = tokio::task::spawn_blocking(move || {
-        let full_sha =
-            matches!(git_ref.len(), 40 | 64) && git_ref.bytes().all(|b| b.is_ascii_hexdigit());
+        let full_sha = gantry_pipeline::component::is_sha(&git_ref);
         let sha = match git::fetch(&mirror, &url, full_sha.then_some(&*git_ref), &git_ref) {
             Ok(sha) => sha,
             Err(e) => {
@@ -432,15 +596,21 @@ async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
                 };
             }
         };
-        match git::read_file(&mirror, &sha, &file) {
-            Ok(content) if content.len() > MAX_BYTES => {
-                Fetched::Permanent(format!("is larger than {} KiB", MAX_BYTES >> 10))
+        let mut last = String::new();
+        for file in &files {
+            match git::read_file(&mirror, &sha, file) {
+                Ok(content) if content.len() > MAX_BYTES => {
+                    return Fetched::Permanent(format!("is larger than {} KiB", MAX_BYTES >> 10));
+                }
+                Ok(content) => return Fetched::Content(content),
+                Err(e) => last = e,
             }
-            Ok(content) => Fetched::Content(content),
-            Err(e) => Fetched::Permanent(format!(
-                "project `{name}` has no readable `{file}` at `{git_ref}`: {e}"
-            )),
         }
+        let names: Vec<String> = files.iter().map(|f| format!("`{f}`")).collect();
+        Fetched::Permanent(format!(
+            "project `{name}` has no readable {} at `{git_ref}`: {last}",
+            names.join(" or ")
+        ))
     })
     .await;
     read.unwrap_or_else(|e| Fetched::Permanent(format!("the fetch panicked: {e}")))

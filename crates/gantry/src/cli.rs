@@ -70,6 +70,13 @@ struct Common {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
+    /// The GitLab instance for `include:project`, `include:template` and `include:component`
+    /// (default: `CI_SERVER_URL`, else the host of the `origin` remote).
+    #[arg(long, value_name = "URL", env = "GANTRY_GITLAB_URL")]
+    gitlab_url: Option<String>,
+    /// Fetch no include: use the include cache only.
+    #[arg(long)]
+    offline: bool,
 }
 
 #[derive(Args)]
@@ -217,14 +224,43 @@ fn prepare(
         pipeline_id,
         cli_variables: cli_vars,
     };
-    let sources = FsSources::new(
+    let opts = match crate::includes::Options::new(
+        common.gitlab_url.as_deref(),
+        common.offline,
+        &ctx.cli_variables,
+        &ctx,
+        &|k| std::env::var(k).ok(),
+    ) {
+        Ok(o) => o,
+        Err(e) => anyhow::bail!(e),
+    };
+    let includes = crate::includes::Includes::new(opts, state_dir.join("include-cache"));
+    let mut sources = FsSources::new(
         &dir,
-        &state_dir,
+        includes,
         repo.files,
         &ctx.git.default_branch,
         repo.is_repo,
     );
-    let compiled = gantry_pipeline::compile(&sources, &ctx);
+    let predefined = gantry_pipeline::context::predefined_variables(&ctx);
+    let var = |k: &str| {
+        predefined
+            .iter()
+            .find(|v| v.key == k)
+            .map_or("", |v| v.value.as_str())
+    };
+    sources.own_components(var("CI_SERVER_FQDN"), var("CI_PROJECT_PATH"), &ctx.git.sha);
+    // Compile; fetch the remote includes it asked for; compile again with them.
+    let mut round = 1;
+    let compiled = loop {
+        let compiled = gantry_pipeline::compile(&sources, &ctx);
+        let missing = sources.includes.take_missing();
+        if missing.is_empty() || round >= crate::includes::MAX_ROUNDS {
+            break compiled;
+        }
+        sources.includes.fetch(missing);
+        round += 1;
+    };
     let files = sources.into_files();
     Ok(Prepared {
         dir,

@@ -2,6 +2,7 @@
 
 mod cli;
 mod git;
+mod includes;
 mod output;
 mod remote;
 mod sources;

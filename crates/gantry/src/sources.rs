@@ -5,22 +5,28 @@ use std::sync::OnceLock;
 
 use gantry_pipeline::Sources;
 
-/// The project's files on disk, with the listing taken once from git.
+use crate::includes::Includes;
+
+/// The project's files on disk, with the listing taken once from git, and the remote includes.
 pub struct FsSources {
     root: PathBuf,
     files: Vec<String>,
-    include_cache: PathBuf,
+    /// Remote includes: the cache, and what to fetch.
+    pub includes: Includes,
     /// For `changes`: computed on first use only, since it costs git processes.
     changed: OnceLock<Option<Vec<String>>>,
     default_branch: String,
     is_repo: bool,
+    /// This project as a component source: `host/path/` and the `HEAD` commit (see
+    /// [`FsSources::own_components`]).
+    own: Option<(String, String)>,
 }
 
 impl FsSources {
     /// Files under `root`, as listed in `files`.
     pub fn new(
         root: &Path,
-        state_dir: &Path,
+        includes: Includes,
         files: Vec<String>,
         default_branch: &str,
         is_repo: bool,
@@ -28,10 +34,21 @@ impl FsSources {
         FsSources {
             root: root.to_path_buf(),
             files,
-            include_cache: state_dir.join("include-cache"),
+            includes,
             changed: OnceLock::new(),
             default_branch: default_branch.to_string(),
             is_repo,
+            own: None,
+        }
+    }
+
+    /// Components of this very project at its `HEAD` commit (`host/path/NAME@SHA`, as in
+    /// `$CI_SERVER_FQDN/$CI_PROJECT_PATH/NAME@$CI_COMMIT_SHA`, the way GitLab's documentation has a
+    /// component project test its components) are read from the working tree, since that commit
+    /// may not be pushed yet.
+    pub fn own_components(&mut self, host: &str, project_path: &str, sha: &str) {
+        if !sha.is_empty() {
+            self.own = Some((format!("{host}/{project_path}/"), sha.to_string()));
         }
     }
 
@@ -59,20 +76,28 @@ impl Sources for FsSources {
         &self.files
     }
 
-    /// Remote includes are looked up in `.gantry/include-cache/`, under the key with every character
-    /// outside `[A-Za-z0-9._-]` replaced by `_`.
+    /// Remote includes: see [`crate::includes`].
     fn remote(&self, key: &str) -> Option<String> {
-        let name: String = key
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
+        if let (Some((prefix, sha)), Some(address)) = (&self.own, key.strip_prefix("component:")) {
+            if let Some((name, version)) = address
+                .strip_prefix(prefix.as_str())
+                .and_then(|rest| rest.rsplit_once('@'))
+            {
+                if version == sha && !name.contains('/') {
+                    let found = gantry_pipeline::component::files(name)
+                        .iter()
+                        .find_map(|f| self.read(f).ok());
+                    if found.is_some() {
+                        return found;
+                    }
                 }
-            })
-            .collect();
-        std::fs::read_to_string(self.include_cache.join(name)).ok()
+            }
+        }
+        self.includes.get(key)
+    }
+
+    fn remote_unavailable(&self, key: &str) -> Option<String> {
+        self.includes.unavailable(key)
     }
 
     fn changed_files(&self) -> Option<&[String]> {

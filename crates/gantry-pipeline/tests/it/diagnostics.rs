@@ -108,7 +108,8 @@ fn remote_include_is_not_available_offline() {
     );
     assert!(
         errs.iter()
-            .any(|e| e.contains("`include:project` `group/p` is not available offline")),
+            .any(|e| e
+                .contains("`include:project` `group/p` file `ci.yml` is not available offline")),
         "{errs:#?}"
     );
 }
@@ -134,6 +135,93 @@ fn remote_include_from_the_cache() {
     )]));
     let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
     assert_eq!(c.plan.unwrap().jobs[0].name, "remote-job");
+}
+
+/// A `Sources` whose remote includes are `(key, content)` pairs; the keys asked for are recorded.
+struct Remotes {
+    inner: gantry_pipeline::MemSources,
+    remotes: Vec<(&'static str, &'static str)>,
+    asked: std::cell::RefCell<Vec<String>>,
+}
+
+impl gantry_pipeline::Sources for Remotes {
+    fn read(&self, p: &str) -> Result<String, String> {
+        self.inner.read(p)
+    }
+    fn files(&self) -> &[String] {
+        self.inner.files()
+    }
+    fn remote(&self, key: &str) -> Option<String> {
+        self.asked.borrow_mut().push(key.to_string());
+        self.remotes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| (*c).to_string())
+    }
+}
+
+#[test]
+fn include_project_with_a_list_of_files_includes_each() {
+    let s = Remotes {
+        inner: gantry_pipeline::MemSources::new(vec![(
+            ".gitlab-ci.yml".into(),
+            "include:\n  - project: group/p\n    ref: v1\n    file: [/a.yml, b.yml]\njob:\n  extends: .b\n".into(),
+        )]),
+        remotes: vec![
+            ("project:group/p@v1:/a.yml", "a:\n  script: [echo a]\n"),
+            ("project:group/p@v1:b.yml", ".b:\n  script: [echo b]\n"),
+        ],
+        asked: std::cell::RefCell::default(),
+    };
+    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+    let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
+    assert!(errs.is_empty(), "{errs:#?}");
+    let names: Vec<String> = c
+        .plan
+        .unwrap()
+        .jobs
+        .iter()
+        .map(|j| j.name.clone())
+        .collect();
+    assert_eq!(names, ["a", "job"]);
+    assert_eq!(
+        *s.asked.borrow(),
+        ["project:group/p@v1:/a.yml", "project:group/p@v1:b.yml"]
+    );
+}
+
+#[test]
+fn include_project_with_a_missing_file_in_a_list_is_one_error() {
+    let s = Remotes {
+        inner: gantry_pipeline::MemSources::new(vec![(
+            ".gitlab-ci.yml".into(),
+            "include:\n  - project: group/p\n    file:\n      - a.yml\n      - b.yml\njob:\n  extends: .a\n".into(),
+        )]),
+        remotes: vec![("project:group/p@HEAD:a.yml", ".a:\n  script: [echo a]\n")],
+        asked: std::cell::RefCell::default(),
+    };
+    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+    let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
+    assert_eq!(
+        errs,
+        [
+            ".gitlab-ci.yml:5:9: `include:project` `group/p` file `b.yml` is not available offline: it is not in the local include cache"
+        ]
+    );
+}
+
+#[test]
+fn include_project_file_must_be_a_string_or_a_list_of_strings() {
+    let errs = errors("include:\n  - project: group/p\n    file: {a: 1}\njob:\n  script: [x]\n");
+    assert_eq!(
+        errs,
+        [".gitlab-ci.yml:3:11: `include:file` must be a string or a list of strings"]
+    );
+    let errs = errors("include:\n  - project: group/p\njob:\n  script: [x]\n");
+    assert_eq!(
+        errs,
+        [".gitlab-ci.yml:2:5: `include:project` needs a `file`"]
+    );
 }
 
 #[test]

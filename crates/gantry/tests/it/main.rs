@@ -4,6 +4,7 @@ mod buildyml;
 mod cli;
 mod docker;
 mod firstrun;
+mod includes;
 mod keywords;
 mod podman;
 mod proxy;

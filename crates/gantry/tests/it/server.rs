@@ -535,6 +535,7 @@ both_stores!(
     remote_include_of_a_local_address_is_refused,
     project_include_from_another_project_runs,
     project_include_is_denied_unless_the_included_project_allows_it,
+    component_and_template_includes_resolve,
     unreachable_remote_include_fails_the_pipeline_with_its_position,
     big_artifact_passes_intact,
 );
@@ -1962,7 +1963,7 @@ fn project_include_is_denied_unless_the_included_project_allows_it(store: Store)
     );
     assert_eq!(
         e.message,
-        "`include:project` `secret`: project `secret` does not exist or does not allow \
+        "`include:project` `secret` file `/templates/own.yml`: project `secret` does not exist or does not allow \
          project `intruder` to include its files: add `intruder` (or a pattern matching it, such \
          as `*`) to the `include_allowed_from` setting of project `secret`"
     );
@@ -1971,6 +1972,87 @@ fn project_include_is_denied_unless_the_included_project_allows_it(store: Store)
     let d = deliveries(&api, "intruder").into_iter().next().unwrap();
     assert_eq!(d["attempts"], 0, "{d}");
     assert_eq!(d["status"], "created", "{d}");
+}
+
+/// `include:component` of a project of this server (the host is the server's `external_url`):
+/// `~latest` picks the highest semantic version tag, and the `templates/NAME/template.yml` layout
+/// is found; `include:template` comes from the instance set as `templates_url`. A component of
+/// another host is refused at once.
+fn component_and_template_includes_resolve(store: Store) {
+    let template = HttpStub::serve(vec![(
+        "/api/v4/projects/gitlab-org%2Fgitlab/repository/files/lib%2Fgitlab%2Fci%2Ftemplates%2FHello.gitlab-ci.yml/raw?ref=master",
+        "template_job:\n  script: [echo from the template]\n".to_string(),
+    )]);
+    let s = Setup::with_env(
+        store,
+        &[
+            ("GANTRY_EXTERNAL_URL", "http://gantry.test:8080"),
+            (
+                "GANTRY_TEMPLATES_URL",
+                &format!("http://127.0.0.1:{}", template.port),
+            ),
+            ("GANTRY_ALLOW_LOCAL_INCLUDES", "true"),
+        ],
+    );
+    let comps = Repo::new(&[(
+        "templates/build/template.yml",
+        "spec:\n  inputs:\n    word:\n---\nbuild_$[[ inputs.word ]]:\n  script: [echo 1.0]\n",
+    )]);
+    comps.git(&["tag", "1.0.0"]);
+    std::fs::write(
+        comps.path().join("templates/build/template.yml"),
+        "spec:\n  inputs:\n    word:\n---\nbuild_$[[ inputs.word ]]:\n  script: [echo \"component 1.1\"]\n",
+    )
+    .unwrap();
+    comps.git(&["commit", "-q", "-am", "1.1"]);
+    comps.git(&["tag", "1.1.0"]);
+    comps.git(&["tag", "2.0.0-rc1"]);
+    let app = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "include:\n  - component: gantry.test:8080/comps/build@~latest\n    inputs:\n      word: latest\n  - template: Hello.gitlab-ci.yml\n",
+    )]);
+    let api = Api::new(&s.server);
+    let (status, body) = api.post(
+        "/api/v1/projects",
+        &json!({"name": "comps", "repo_url": comps.path().to_str().unwrap(),
+                "webhook_secret": WEBHOOK, "include_allowed_from": ["app"]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    api.add_project("app", app.path());
+    let agent = s.agent("a1");
+    let id = api.trigger("app");
+    let p = api.finished(id);
+    assert_success(&p, &[&agent]);
+    let log = api.log(job_named(&p, "build_latest").id);
+    assert!(log.contains("component 1.1\n"), "{log}");
+    let log = api.log(job_named(&p, "template_job").id);
+    assert!(log.contains("from the template\n"), "{log}");
+    // Another host: refused at once, with the include's position.
+    std::fs::write(
+        app.path().join(".gitlab-ci.yml"),
+        "job:\n  script: [x]\ninclude:\n  - component: gitlab.com/group/comps/build@1.0.0\n",
+    )
+    .unwrap();
+    app.git(&["commit", "-q", "-am", "a component of another host"]);
+    trigger_accepted(&api, "app");
+    let failed = wait_for("the second pipeline", || {
+        let list = api.get_json("/api/v1/projects/app/pipelines");
+        let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
+        (newest != id).then_some(newest)
+    });
+    let p = api.finished(failed);
+    assert_eq!(p.status, PipelineStatus::Failed);
+    let e = &p.errors[0];
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        (".gitlab-ci.yml", 4, 5),
+        "{e:?}"
+    );
+    assert!(
+        e.message
+            .contains("gantry server includes components of its own projects only"),
+        "{e:?}"
+    );
 }
 
 /// `include:remote` of a host that refuses connections: transient, so the delivery is retried; on
