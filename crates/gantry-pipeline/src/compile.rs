@@ -1355,7 +1355,8 @@ impl Compiler<'_> {
     }
 
     /// Whether an `only`/`except` clause matches. `only` is the clause of `only`, whose `refs`
-    /// default to `[branches, tags]`.
+    /// default to `[branches, tags]`. As GitLab documents, an `only` clause matches when all of its
+    /// keys match, an `except` clause when any of them does.
     fn ref_policy(&mut self, n: &Node, job: &str, vars: &vars::Resolver<'_>, only: bool) -> bool {
         let lookup = |k: &str| vars.get(k);
         let (refs, variables, changes) = match &n.value {
@@ -1388,12 +1389,13 @@ impl Compiler<'_> {
             None if only => Some(vec!["branches".to_string(), "tags".to_string()]),
             r => r,
         };
-        let mut ok = true;
+        // `only` matches when every key present matches; `except` when any of them does.
+        let mut matched = Vec::new();
         if let Some(refs) = refs {
-            ok &= refs_match(&refs, vars);
+            matched.push(refs_match(&refs, vars));
         }
         if let Some(exprs) = variables {
-            ok &= exprs.iter().any(|e| match expr::parse(e) {
+            matched.push(exprs.iter().any(|e| match expr::parse(e) {
                 Ok(x) => x.eval(&lookup),
                 Err(err) => {
                     self.diags.error(
@@ -1402,12 +1404,16 @@ impl Compiler<'_> {
                     );
                     false
                 }
-            });
+            }));
         }
         if let Some(ch) = changes {
-            ok &= self.changes(&ch);
+            matched.push(self.changes(&ch));
         }
-        ok
+        if only {
+            matched.iter().all(|m| *m)
+        } else {
+            matched.iter().any(|m| *m)
+        }
     }
 
     fn allow_failure(&mut self, n: &Node, job: &str) -> Option<AllowFailure> {

@@ -654,3 +654,15 @@ fn refs_by_pipeline_source() {
     let web = with_source(src, |ctx| ctx.pipeline_source = "web".into());
     assert_eq!(jobs(&web), ["web", "not-schedules"]);
 }
+
+#[test]
+fn except_with_several_keys_excludes_when_any_key_matches() {
+    // GitLab: `only` includes the job when all its keys match; `except` excludes it when any does.
+    let src = r#"
+any: {script: [x], except: {refs: [tags], variables: ['$CI_COMMIT_BRANCH == "main"']}}
+none: {script: [x], except: {refs: [tags], variables: ['$CI_COMMIT_BRANCH == "dev"']}}
+all-only: {script: [x], only: {refs: [tags], variables: ['$CI_COMMIT_BRANCH == "main"']}}
+"#;
+    let c = with_source(src, |_| {});
+    assert_eq!(jobs(&c), ["none"]);
+}
