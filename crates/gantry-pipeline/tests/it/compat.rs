@@ -666,3 +666,20 @@ all-only: {script: [x], only: {refs: [tags], variables: ['$CI_COMMIT_BRANCH == "
     let c = with_source(src, |_| {});
     assert_eq!(jobs(&c), ["none"]);
 }
+
+#[test]
+fn a_nested_array_in_rules_from_an_anchor_is_flattened() {
+    // components/opentofu: `rules: [{if: $SKIP, when: never}, *r]`.
+    let src = r"
+.r: &r [{if: $CI_COMMIT_TAG}, {when: on_success}]
+skipped:
+  variables: {SKIP: 'yes'}
+  script: [x]
+  rules: [{if: $SKIP, when: never}, *r]
+runs:
+  script: [x]
+  rules: [{if: $SKIP, when: never}, *r]
+";
+    let c = with_source(src, |_| {});
+    assert_eq!(jobs(&c), ["runs"]);
+}
