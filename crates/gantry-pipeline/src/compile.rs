@@ -1322,12 +1322,12 @@ impl Compiler<'_> {
             return true;
         };
         pats.iter()
-            .any(|p| glob_matcher(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
+            .any(|p| load::rule_glob(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
     }
 
     fn exists(&self, pats: &[String]) -> bool {
         pats.iter().any(|p| {
-            glob_matcher(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f)))
+            load::rule_glob(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f)))
         })
     }
 
@@ -2240,15 +2240,6 @@ fn rule_paths(n: &Node, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> 
         .iter()
         .map(|p| vars::expand(p, lookup))
         .collect()
-}
-
-fn glob_matcher(p: &str) -> Option<globset::GlobMatcher> {
-    let p = p.trim_start_matches("./").trim_start_matches('/');
-    globset::GlobBuilder::new(p)
-        .literal_separator(true)
-        .build()
-        .ok()
-        .map(|g| g.compile_matcher())
 }
 
 /// Whether any of `only`/`except`'s `refs` matches the pipeline, as GitLab's refs policy decides:

@@ -663,8 +663,9 @@ fn is_yaml(path: &str) -> bool {
         .any(|ext| base.len() > ext.len() && base.ends_with(ext))
 }
 
-/// A `rules:exists` / `rules:changes` pattern, matched as job rules match it.
-fn rule_glob(p: &str) -> Option<globset::GlobMatcher> {
+/// A `rules:exists` / `rules:changes` pattern, relative to the project root (a leading `./` or `/`
+/// is dropped), where `*` stays within one path segment. Job rules and include rules share it.
+pub(crate) fn rule_glob(p: &str) -> Option<globset::GlobMatcher> {
     let p = p.trim_start_matches("./").trim_start_matches('/');
     globset::GlobBuilder::new(p)
         .literal_separator(true)
