@@ -790,10 +790,8 @@ fn lint(args: &LintArgs) -> Result<u8> {
         Err(e) => return Ok(config_error(common.output, &format!("{e:#}"))),
     };
     let diags = &prepared.compiled.diagnostics;
-    // Lint is stricter than run: a repeated key is an error, because one of the values is silently lost.
-    let is_error = |d: &gantry_pipeline::Diagnostic| {
-        d.severity == Severity::Error || d.message.starts_with("duplicate key")
-    };
+    // A repeated key is a warning, as GitLab accepts it (the last value wins).
+    let is_error = |d: &gantry_pipeline::Diagnostic| d.severity == Severity::Error;
     let failed = diags.iter().any(is_error);
     let mut out = std::io::stdout().lock();
     match common.output {

@@ -216,14 +216,20 @@ fn lint_reports_positions_and_exit_codes() {
 }
 
 #[test]
-fn lint_treats_duplicate_keys_as_errors() {
+fn lint_warns_of_duplicate_keys_and_accepts_them_as_gitlab_does() {
     let repo = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [a]\n  script: [b]\n")]);
     let out = repo.gantry(&["lint"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         text(&out).0,
-        ".gitlab-ci.yml:3:3: duplicate key `script`: the last value wins\n"
+        ".gitlab-ci.yml:3:3: warning: duplicate key `script`: the last value wins\n\
+         .gitlab-ci.yml: valid (1 jobs)\n"
     );
+    let json = repo.gantry(&["lint", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["diagnostics"][0]["severity"], "warning");
+    assert_eq!(v["diagnostics"][0]["line"], 3);
 }
 
 #[test]

@@ -334,21 +334,10 @@ fn check(case: &Case) {
                 String::from_utf8_lossy(&out.stderr)
             )
         });
-        // GitLab accepts a repeated key (the last one wins); `gantry lint` reports it as an error
-        // on purpose. Any other error is a file that GitLab runs and Gantry refuses.
+        // Any error is a file that GitLab runs and Gantry refuses.
         let errors: Vec<&Value> = report["diagnostics"]
             .as_array()
-            .map(|d| {
-                d.iter()
-                    .filter(|d| {
-                        d["severity"] == "error"
-                            && !d["message"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .starts_with("duplicate key")
-                    })
-                    .collect()
-            })
+            .map(|d| d.iter().filter(|d| d["severity"] == "error").collect())
             .unwrap_or_default();
         assert!(errors.is_empty(), "lint: {stdout}");
     }
