@@ -233,6 +233,37 @@ fn lint_warns_of_duplicate_keys_and_accepts_them_as_gitlab_does() {
 }
 
 #[test]
+fn lint_takes_the_variables_and_pipeline_source_that_run_takes() {
+    let repo = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            "include:\n  - local: extra.yml\n    rules: [{if: $EXTRA == \"1\"}]\n\
+             a: {script: [x], rules: [{if: $X == \"1\"}]}\n\
+             b: {script: [x], rules: [{if: $CI_PIPELINE_SOURCE == \"schedule\"}]}\n\
+             c: {script: [x]}\n",
+        ),
+        ("extra.yml", "extra: {script: [x]}\n"),
+        ("vars.yml", "EXTRA: '1'\n"),
+    ]);
+    let out = repo.gantry(&["lint"]);
+    assert_eq!(text(&out).0, ".gitlab-ci.yml: valid (1 jobs)\n");
+    let out = repo.gantry(&[
+        "lint",
+        "--variable",
+        "X=1",
+        "--variables-file",
+        "vars.yml",
+        "--pipeline-source",
+        "schedule",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(text(&out).0, ".gitlab-ci.yml: valid (4 jobs)\n");
+    let bad = repo.gantry(&["lint", "--variable", "X"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(text(&bad).1, "gantry: --variable `X` must be KEY=VALUE\n");
+}
+
+#[test]
 fn image_jobs_fail_clearly_when_the_image_cannot_be_had_and_run_in_the_shell_on_request() {
     let repo = Repo::new(&[(
         ".gitlab-ci.yml",
