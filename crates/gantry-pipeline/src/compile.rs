@@ -381,7 +381,7 @@ impl Compiler<'_> {
                         &plan.stages.iter().map(String::as_str).collect::<Vec<_>>(),
                     );
                     let at = job_key_pos(root, &job.base_name, "stage").unwrap_or(*pos);
-                    self.diags.error(
+                    self.diags.follow_on(
                         at,
                         format!(
                             "`{}`: stage `{}` is not defined in `stages` ({}){hint}",
@@ -433,7 +433,7 @@ impl Compiler<'_> {
             }
         }
         if !m.contains("script") && !m.contains("trigger") && !m.contains("run") {
-            self.diags.error(
+            self.diags.follow_on(
                 m.entries.first().map_or(Pos::default(), |e| e.key_pos),
                 format!("`{job}`: a job needs `script` (or `trigger`)"),
             );
@@ -1944,7 +1944,7 @@ impl Compiler<'_> {
                     }
                     let names: Vec<&str> = all.keys().map(String::as_str).collect();
                     let hint = hint(&name, &names);
-                    self.diags.error(
+                    self.diags.follow_on(
                         item.pos,
                         format!(
                             "`{}` needs `{name}`, which is not a job of this pipeline{hint}",
@@ -2024,7 +2024,7 @@ impl Compiler<'_> {
                 Some(i) => i.iter().collect(),
                 None if stage_of.contains_key(d) => vec![d],
                 None => {
-                    self.diags.error(
+                    self.diags.follow_on(
                         at,
                         format!(
                             "`{}`: dependency `{d}` is not a job of this pipeline",

@@ -129,6 +129,7 @@ impl Loader<'_> {
                 Ok(c) => c,
                 Err(e) => {
                     if included {
+                        self.diags.incomplete = true;
                         self.diags
                             .error(at, format!("local include `{name}` not found: {e}"));
                     } else {
@@ -142,6 +143,7 @@ impl Loader<'_> {
         let docs = match yaml::parse(&src, file) {
             Ok(d) => d,
             Err(e) => {
+                self.diags.incomplete |= included;
                 self.diags
                     .error(e.pos, format!("invalid YAML: {}", e.message));
                 return None;
@@ -236,6 +238,7 @@ impl Loader<'_> {
 
     fn limit_reached(&mut self, at: Pos, why: &str) {
         self.over_limit = true;
+        self.diags.incomplete = true;
         let why = if why.is_empty() {
             String::new()
         } else {
@@ -487,6 +490,7 @@ impl Loader<'_> {
                         "`include:{other}` `{target}` is not available offline: it is not in the local include cache"
                     ),
                 };
+                self.diags.incomplete = true;
                 self.diags.error(pos, message);
                 None
             }
@@ -1305,7 +1309,7 @@ fn extend_one(
                     .map(|e| e.key.as_str())
                     .collect::<Vec<_>>(),
             );
-            diags.error(
+            diags.follow_on(
                 ext.pos,
                 format!("`{name}`: unknown key `{p}` in `extends`{hint}"),
             );
@@ -1451,7 +1455,7 @@ impl Refs<'_> {
                 Some(next) => cur = next,
                 None => {
                     if !self.lenient {
-                        diags.error(
+                        diags.follow_on(
                             n.pos,
                             format!("`!reference [{}]`: `{key}` not found", path.join(", ")),
                         );

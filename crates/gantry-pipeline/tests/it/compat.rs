@@ -683,3 +683,46 @@ runs:
     let c = with_source(src, |_| {});
     assert_eq!(jobs(&c), ["runs"]);
 }
+
+#[test]
+fn a_missing_include_is_the_only_error_for_what_it_would_have_defined() {
+    // The job completes a template job of the missing include, extends and references its hidden
+    // jobs, runs in its stage and needs its jobs: only the include itself is reported.
+    let src = r"
+include:
+  - template: Jobs/Code-Quality.gitlab-ci.yml
+  - local: ci/missing.yml
+code_quality:
+  variables: {REPORT_FORMAT: html}
+build:
+  extends: .tpl
+  stage: scan
+  needs: [tpl-job]
+  dependencies: [tpl-job]
+test:
+  script: [!reference [.tpl, script]]
+";
+    let c = with_source(src, |_| {});
+    assert_eq!(
+        errors(&c),
+        [
+            ".gitlab-ci.yml:3:5: `include:template` `Jobs/Code-Quality.gitlab-ci.yml` is not available offline: it is not in the local include cache",
+            ".gitlab-ci.yml:4:5: local include `ci/missing.yml` not found: no such file",
+        ]
+    );
+}
+
+#[test]
+fn without_a_missing_include_the_same_jobs_are_errors() {
+    let src = "code_quality:\n  variables: {REPORT_FORMAT: html}\nbuild:\n  extends: .tpl\n";
+    let c = with_source(src, |_| {});
+    let errs = errors(&c);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`code_quality`: a job needs `script`"))
+            && errs
+                .iter()
+                .any(|e| e.contains("unknown key `.tpl` in `extends`")),
+        "{errs:#?}"
+    );
+}
