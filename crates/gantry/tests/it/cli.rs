@@ -263,6 +263,42 @@ fn lint_takes_the_variables_and_pipeline_source_that_run_takes() {
     assert_eq!(text(&bad).1, "gantry: --variable `X` must be KEY=VALUE\n");
 }
 
+/// The names of the jobs `gantry run --list-json ARGS` lists.
+fn listed(repo: &Repo, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["run", "--list-json"];
+    all.extend_from_slice(args);
+    let out = repo.gantry(&all);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_tagged_branch_head_is_a_branch_pipeline_and_a_detached_tag_a_tag_pipeline() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "on-tags: {script: [x], only: [tags]}\n\
+         on-branches: {script: [x], only: [branches]}\n\
+         branch-var: {script: [x], rules: [{if: $CI_COMMIT_BRANCH}]}\n\
+         tag-v1: {script: [x], rules: [{if: $CI_COMMIT_REF_NAME == \"v1.0\"}]}\n",
+    )]);
+    repo.git(&["tag", "v1.0"]);
+    // A push of `main` is a branch pipeline, whatever tags point at its commit.
+    assert_eq!(listed(&repo, &[]), ["on-branches", "branch-var"]);
+    // A tag pipeline: the user names the tag...
+    assert_eq!(
+        listed(&repo, &["--variable", "CI_COMMIT_TAG=v1.0"]),
+        ["on-tags", "tag-v1"]
+    );
+    // ... or checks it out (a detached HEAD at the tag).
+    repo.git(&["checkout", "-q", "--detach", "v1.0"]);
+    assert_eq!(listed(&repo, &[]), ["on-tags", "tag-v1"]);
+}
+
 #[test]
 fn image_jobs_fail_clearly_when_the_image_cannot_be_had_and_run_in_the_shell_on_request() {
     let repo = Repo::new(&[(
