@@ -232,6 +232,122 @@ const MAX_NODES: usize = 2_000_000;
 /// Malformed YAML, an unknown alias, a merge key whose value is not a mapping, or input that is too deep
 /// or expands to too many nodes.
 pub fn parse(src: &str, file: u32) -> Result<Documents, YamlError> {
+    match parse_exact(src, file) {
+        Err(e) if e.message.contains("indentation") => parse_reindented(src, file, e),
+        r => r,
+    }
+}
+
+/// The most lines re-indented in one file before giving up.
+const MAX_REINDENTED: usize = 1_000;
+
+/// GitLab's parser (libyaml) does not check indentation inside a flow collection, so a `]` or an
+/// entry written left of its key is accepted there; `saphyr-parser` follows the YAML spec and refuses
+/// it. So, and only after such an error, each refused line that is inside a flow collection is
+/// indented to that collection's opening bracket, which changes no value (leading white space of
+/// flow lines is not content), and positions on it are shifted back to the file as written. An
+/// indentation error outside flow collections is reported as it is.
+fn parse_reindented(src: &str, file: u32, first: YamlError) -> Result<Documents, YamlError> {
+    let mut lines: Vec<String> = src.split('\n').map(str::to_string).collect();
+    // Spaces added at the start of each line (by 0-based line index).
+    let mut added = vec![0u32; lines.len()];
+    let mut err = first;
+    for _ in 0..MAX_REINDENTED {
+        let line = err.pos.line as usize;
+        if line == 0 || line > lines.len() || !err.message.contains("indentation") {
+            break;
+        }
+        let prefix = lines[..line - 1].iter().fold(String::new(), |mut p, l| {
+            p.push_str(l);
+            p.push('\n');
+            p
+        });
+        let Some(col) = open_flow_column(&prefix) else {
+            break;
+        };
+        // The refused line itself, or for a quoted scalar (refused where it starts) the first of
+        // its continuation lines that is left of the bracket.
+        let indent = |l: &str| l.chars().take_while(|c| matches!(c, ' ' | '\t')).count();
+        let quoted = err.message.contains("quoted scalar");
+        let Some(i) = (line - 1..lines.len())
+            .take_while(|&i| i == line - 1 || quoted)
+            .find(|&i| !lines[i].trim().is_empty() && indent(&lines[i]) < col)
+        else {
+            break;
+        };
+        let pad = col - indent(&lines[i]);
+        lines[i].insert_str(0, &" ".repeat(pad));
+        added[i] += to_u32(pad);
+        match parse_exact(&lines.join("\n"), file) {
+            Ok(mut docs) => {
+                for d in &mut docs.docs {
+                    unshift(d, &added);
+                }
+                for d in &mut docs.duplicates {
+                    d.pos = shifted(d.pos, &added);
+                }
+                return Ok(docs);
+            }
+            Err(e) => err = e,
+        }
+    }
+    err.pos = shifted(err.pos, &added);
+    Err(err)
+}
+
+/// The 0-based column of the outermost flow collection still open at the end of `prefix`.
+fn open_flow_column(prefix: &str) -> Option<usize> {
+    let chars: Vec<Vec<char>> = prefix.split('\n').map(|l| l.chars().collect()).collect();
+    let at = |m: &saphyr_parser::Marker| {
+        chars
+            .get(m.line().saturating_sub(1))
+            .and_then(|l| l.get(m.col()))
+            .copied()
+    };
+    // Each open collection: the column of its flow bracket, or `None` for a block collection.
+    let mut open: Vec<Option<usize>> = Vec::new();
+    for ev in Parser::new_from_str(prefix) {
+        let Ok((ev, span)) = ev else { break };
+        match ev {
+            Event::SequenceStart(..) => {
+                open.push((at(&span.start) == Some('[')).then(|| span.start.col()));
+            }
+            Event::MappingStart(..) => {
+                open.push((at(&span.start) == Some('{')).then(|| span.start.col()));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    open.into_iter().flatten().next()
+}
+
+fn shifted(mut pos: Pos, added: &[u32]) -> Pos {
+    let pad = added
+        .get((pos.line as usize).wrapping_sub(1))
+        .copied()
+        .unwrap_or(0);
+    pos.col = pos.col.saturating_sub(pad).max(1);
+    pos
+}
+
+fn unshift(n: &mut Node, added: &[u32]) {
+    n.pos = shifted(n.pos, added);
+    match &mut n.value {
+        Value::Seq(items) => items.iter_mut().for_each(|i| unshift(i, added)),
+        Value::Map(m) => {
+            for e in &mut m.entries {
+                e.key_pos = shifted(e.key_pos, added);
+                unshift(&mut e.value, added);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parse_exact(src: &str, file: u32) -> Result<Documents, YamlError> {
     let mut b = Builder {
         file,
         anchors: Vec::new(),
@@ -644,6 +760,59 @@ mod tests {
     fn malformed_yaml_is_an_error_with_a_position() {
         let e = parse("a: [1, 2\nb: 3\n", 0).unwrap_err();
         assert!(e.pos.line >= 1, "{e:?}");
+    }
+
+    /// mbroz/cryptsetup: a flow sequence closed left of its key, which libyaml (GitLab) accepts.
+    const FLOW_CLOSED_LEFT: &str = "job:\n  script: [echo $A]\n  parallel:\n    matrix:\n      - A: [\n          \"x\",\n          \"y\"\n      ]\n    other: 1\n";
+
+    #[test]
+    fn a_flow_collection_closed_at_a_lower_indentation_is_read_as_libyaml_reads_it() {
+        let n = doc(FLOW_CLOSED_LEFT);
+        let job = n.as_map().unwrap().get("job").unwrap().as_map().unwrap();
+        let parallel = job.get("parallel").unwrap().as_map().unwrap();
+        let entry = &parallel.get("matrix").unwrap().as_seq().unwrap()[0];
+        let a = entry.as_map().unwrap().get("A").unwrap();
+        let items: Vec<(&str, u32, u32)> = a
+            .as_seq()
+            .unwrap()
+            .iter()
+            .map(|i| (i.as_str().unwrap(), i.pos.line, i.pos.col))
+            .collect();
+        // Positions stay those of the file as written.
+        assert_eq!(items, [("x", 6, 11), ("y", 7, 11)]);
+        assert_eq!((a.pos.line, a.pos.col), (5, 12));
+        let other = parallel.entry("other").unwrap();
+        assert_eq!((other.key_pos.line, other.key_pos.col), (9, 5));
+    }
+
+    #[test]
+    fn flow_continuation_lines_left_of_their_key_are_read_and_keep_their_columns() {
+        // Entries, a quoted scalar's continuation and the closing bracket all left of the key.
+        let src = "a:\n  b: {k: [1,\n 2], q: \"one\n two\",\n  z: 3\n }\n  c: 4\n";
+        let n = doc(src);
+        let b = n.as_map().unwrap().get("a").unwrap().as_map().unwrap();
+        let inner = b.get("b").unwrap().as_map().unwrap();
+        let k = inner.get("k").unwrap().as_seq().unwrap();
+        assert_eq!(
+            (k[1].value.clone(), k[1].pos.line, k[1].pos.col),
+            (Value::Int(2), 3, 2)
+        );
+        assert_eq!(inner.get("q").unwrap().as_str(), Some("one two"));
+        let z = inner.entry("z").unwrap();
+        assert_eq!((z.key_pos.line, z.key_pos.col), (5, 3));
+        assert_eq!(b.get("c").unwrap().value, Value::Int(4));
+    }
+
+    #[test]
+    fn bad_indentation_outside_flow_collections_is_still_an_error_at_its_position() {
+        for (src, line, col) in [
+            ("a:\n  - [1,\n    2]\n - 3\n", 4, 2),
+            ("x: [1,\n 2]\na:\n  - [1,\n    2]\n - 3\n", 6, 2),
+            ("a: [1,\n 2]\n b: 3\n", 3, 2),
+        ] {
+            let e = parse(src, 0).unwrap_err();
+            assert_eq!((e.pos.line, e.pos.col), (line, col), "{src:?}: {e:?}");
+        }
     }
 
     #[test]

@@ -726,3 +726,11 @@ fn without_a_missing_include_the_same_jobs_are_errors() {
         "{errs:#?}"
     );
 }
+
+#[test]
+fn a_flow_sequence_closed_left_of_its_key_is_read_as_gitlab_reads_it() {
+    // mbroz/cryptsetup; GitLab's parser (libyaml) does not check indentation in flow collections.
+    let src = "job:\n  script: [echo $A]\n  parallel:\n    matrix:\n      - A: [\n          \"x\",\n          \"y\"\n      ]\n";
+    let c = with_source(src, |_| {});
+    assert_eq!(jobs(&c), ["job: [x]", "job: [y]"]);
+}

@@ -446,7 +446,14 @@ cases! {
         expect: &["job_docker_push_major", "job_documentation_push", "job_demo_deploy"],
         absent: &["job_docker_push_minor", "job_docker_nightly", "job_docker_testing"],
         jobs: Some(12), ..BASE };
-    cryptsetup: Case { dir: "mbroz__cryptsetup", ..BASE };
+    // Matrix values in flow sequences closed left of their key (`]` under `- DISABLE_FLAGS: [`),
+    // which GitLab's parser accepts; every job is for `cryptsetup/cryptsetup` only, and valgrind's
+    // include only when `TEST_VALGRIND` is set.
+    cryptsetup: Case { dir: "mbroz__cryptsetup",
+        vars: &[("CI_PROJECT_PATH", "cryptsetup/cryptsetup")],
+        expect: &["test-gcc-disable-compiles: [hw-opal]", "test-gcc-disable-compiles: [keyring]",
+                  "test-main-commit-job-rawhide: [--disable-kernel_crypto]", "test-rawhide-ctT500"],
+        absent: &["test-commit-job-valgrind"], ..BASE };
     // `pages` has `only` twice; the last, `master@openconnect/openconnect`, wins.
     openconnect: Case { dir: "openconnect__openconnect", branch: "master",
         vars: &[("CI_DEFAULT_BRANCH", "master"), ("CI_PROJECT_PATH", "openconnect/openconnect")],
