@@ -241,12 +241,13 @@ pub fn parse(src: &str, file: u32) -> Result<Documents, YamlError> {
 /// The most lines re-indented in one file before giving up.
 const MAX_REINDENTED: usize = 1_000;
 
-/// GitLab's parser (libyaml) does not check indentation inside a flow collection, so a `]` or an
-/// entry written left of its key is accepted there; `saphyr-parser` follows the YAML spec and refuses
-/// it. So, and only after such an error, each refused line that is inside a flow collection is
-/// indented to that collection's opening bracket, which changes no value (leading white space of
-/// flow lines is not content), and positions on it are shifted back to the file as written. An
-/// indentation error outside flow collections is reported as it is.
+/// GitLab's parser (libyaml) does not check indentation inside a flow collection or a quoted scalar,
+/// so a `]` or an entry written left of its key, or a quoted scalar continued left of where it
+/// starts, is accepted there; `saphyr-parser` follows the YAML spec and refuses them. So, and only
+/// after such an error, the refused lines are indented: a line inside a flow collection to the
+/// collection's opening bracket, a quoted scalar's continuation lines to its opening quote. That
+/// changes no value (leading white space of such lines is not content), and positions on those
+/// lines are shifted back to the file as written. Other indentation errors are reported as they are.
 fn parse_reindented(src: &str, file: u32, first: YamlError) -> Result<Documents, YamlError> {
     let mut lines: Vec<String> = src.split('\n').map(str::to_string).collect();
     // Spaces added at the start of each line (by 0-based line index).
@@ -257,27 +258,39 @@ fn parse_reindented(src: &str, file: u32, first: YamlError) -> Result<Documents,
         if line == 0 || line > lines.len() || !err.message.contains("indentation") {
             break;
         }
-        let prefix = lines[..line - 1].iter().fold(String::new(), |mut p, l| {
-            p.push_str(l);
-            p.push('\n');
-            p
-        });
-        let Some(col) = open_flow_column(&prefix) else {
-            break;
+        let l = line - 1;
+        let (range, col) = if err.message.contains("quoted scalar") {
+            // Refused where the scalar starts: indent its continuation lines.
+            let col = (err.pos.col as usize).saturating_sub(1);
+            let Some(end) = quoted_end_line(&lines, l, col) else {
+                break;
+            };
+            (l + 1..=end, col)
+        } else {
+            let prefix = lines[..l].iter().fold(String::new(), |mut p, x| {
+                p.push_str(x);
+                p.push('\n');
+                p
+            });
+            let Some(col) = open_flow_column(&prefix) else {
+                break;
+            };
+            (l..=l, col)
         };
-        // The refused line itself, or for a quoted scalar (refused where it starts) the first of
-        // its continuation lines that is left of the bracket.
-        let indent = |l: &str| l.chars().take_while(|c| matches!(c, ' ' | '\t')).count();
-        let quoted = err.message.contains("quoted scalar");
-        let Some(i) = (line - 1..lines.len())
-            .take_while(|&i| i == line - 1 || quoted)
-            .find(|&i| !lines[i].trim().is_empty() && indent(&lines[i]) < col)
-        else {
+        let mut changed = false;
+        for i in range {
+            let text = &mut lines[i];
+            let indent = text.chars().take_while(|c| matches!(c, ' ' | '\t')).count();
+            if text.trim().is_empty() || indent >= col {
+                continue;
+            }
+            text.insert_str(0, &" ".repeat(col - indent));
+            added[i] += to_u32(col - indent);
+            changed = true;
+        }
+        if !changed {
             break;
-        };
-        let pad = col - indent(&lines[i]);
-        lines[i].insert_str(0, &" ".repeat(pad));
-        added[i] += to_u32(pad);
+        }
         match parse_exact(&lines.join("\n"), file) {
             Ok(mut docs) => {
                 for d in &mut docs.docs {
@@ -295,26 +308,42 @@ fn parse_reindented(src: &str, file: u32, first: YamlError) -> Result<Documents,
     Err(err)
 }
 
+/// The 0-based index of the line where the quoted scalar that starts at `line`, `col` ends.
+fn quoted_end_line(lines: &[String], line: usize, col: usize) -> Option<usize> {
+    let mut chars: Vec<char> = lines.get(line)?.chars().collect();
+    let quote = *chars.get(col).filter(|c| matches!(c, '\'' | '"'))?;
+    let (mut i, mut j) = (line, col + 1);
+    loop {
+        while j < chars.len() {
+            match chars[j] {
+                '\\' if quote == '"' => j += 2,
+                '\'' if quote == '\'' && chars.get(j + 1) == Some(&'\'') => j += 2,
+                c if c == quote => return Some(i),
+                _ => j += 1,
+            }
+        }
+        i += 1;
+        j = 0;
+        chars = lines.get(i)?.chars().collect();
+    }
+}
+
 /// The 0-based column of the outermost flow collection still open at the end of `prefix`.
 fn open_flow_column(prefix: &str) -> Option<usize> {
     let chars: Vec<Vec<char>> = prefix.split('\n').map(|l| l.chars().collect()).collect();
-    let at = |m: &saphyr_parser::Marker| {
-        chars
-            .get(m.line().saturating_sub(1))
-            .and_then(|l| l.get(m.col()))
-            .copied()
+    // A flow collection's start event spans its anchor and tag, and ends after its bracket.
+    let bracket = |span: &Span, b: char| {
+        let col = span.end.col().checked_sub(1)?;
+        let line = chars.get(span.end.line().checked_sub(1)?)?;
+        (line.get(col) == Some(&b)).then_some(col)
     };
     // Each open collection: the column of its flow bracket, or `None` for a block collection.
     let mut open: Vec<Option<usize>> = Vec::new();
     for ev in Parser::new_from_str(prefix) {
         let Ok((ev, span)) = ev else { break };
         match ev {
-            Event::SequenceStart(..) => {
-                open.push((at(&span.start) == Some('[')).then(|| span.start.col()));
-            }
-            Event::MappingStart(..) => {
-                open.push((at(&span.start) == Some('{')).then(|| span.start.col()));
-            }
+            Event::SequenceStart(..) => open.push(bracket(&span, '[')),
+            Event::MappingStart(..) => open.push(bracket(&span, '{')),
             Event::SequenceEnd | Event::MappingEnd => {
                 open.pop();
             }
@@ -801,6 +830,39 @@ mod tests {
         let z = inner.entry("z").unwrap();
         assert_eq!((z.key_pos.line, z.key_pos.col), (5, 3));
         assert_eq!(b.get("c").unwrap().value, Value::Int(4));
+    }
+
+    #[test]
+    fn a_flow_collection_with_an_anchor_and_a_tag_is_read_when_closed_left() {
+        let n = doc("x: &a !t [\n1]\ny: *a\n");
+        let y = n.as_map().unwrap().get("y").unwrap();
+        assert_eq!(y.as_seq().unwrap()[0].value, Value::Int(1));
+        assert_eq!(
+            (
+                y.as_seq().unwrap()[0].pos.line,
+                y.as_seq().unwrap()[0].pos.col
+            ),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn a_quoted_scalar_continued_left_of_where_it_starts_is_read_as_libyaml_reads_it() {
+        let src =
+            "job:\n  script:\n    - 'echo ''a''\n  b'\n    - \"echo \\\"c\\\"\n\n  d\"\n  x: 1\n";
+        let n = doc(src);
+        let job = n.as_map().unwrap().get("job").unwrap().as_map().unwrap();
+        let script: Vec<&str> = job
+            .get("script")
+            .unwrap()
+            .as_seq()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(script, ["echo 'a' b", "echo \"c\"\nd"]);
+        let x = job.entry("x").unwrap();
+        assert_eq!((x.key_pos.line, x.key_pos.col), (8, 3));
     }
 
     #[test]
