@@ -734,3 +734,16 @@ fn a_flow_sequence_closed_left_of_its_key_is_read_as_gitlab_reads_it() {
     let c = with_source(src, |_| {});
     assert_eq!(jobs(&c), ["job: [x]", "job: [y]"]);
 }
+
+#[test]
+fn a_nested_workflow_rules_array_from_an_anchor_is_flattened() {
+    // GitLab's `workflow:rules` is the same `Rules` entry as a job's, which flattens nested arrays.
+    let src = r"
+.never: &never [{if: $NOPE, when: never}]
+.always: &always [{when: always}]
+workflow:
+  rules: [*never, *always]
+job: {script: [x]}
+";
+    assert_eq!(jobs(&with_source(src, |_| {})), ["job"]);
+}
