@@ -381,7 +381,7 @@ impl Compiler<'_> {
                         &plan.stages.iter().map(String::as_str).collect::<Vec<_>>(),
                     );
                     let at = job_key_pos(root, &job.base_name, "stage").unwrap_or(*pos);
-                    self.diags.error(
+                    self.diags.follow_on(
                         at,
                         format!(
                             "`{}`: stage `{}` is not defined in `stages` ({}){hint}",
@@ -433,7 +433,7 @@ impl Compiler<'_> {
             }
         }
         if !m.contains("script") && !m.contains("trigger") && !m.contains("run") {
-            self.diags.error(
+            self.diags.follow_on(
                 m.entries.first().map_or(Pos::default(), |e| e.key_pos),
                 format!("`{job}`: a job needs `script` (or `trigger`)"),
             );
@@ -1322,12 +1322,12 @@ impl Compiler<'_> {
             return true;
         };
         pats.iter()
-            .any(|p| glob_matcher(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
+            .any(|p| load::rule_glob(p).is_some_and(|g| changed.iter().any(|f| g.is_match(f))))
     }
 
     fn exists(&self, pats: &[String]) -> bool {
         pats.iter().any(|p| {
-            glob_matcher(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f)))
+            load::rule_glob(p).is_some_and(|g| self.sources.files().iter().any(|f| g.is_match(f)))
         })
     }
 
@@ -1355,7 +1355,8 @@ impl Compiler<'_> {
     }
 
     /// Whether an `only`/`except` clause matches. `only` is the clause of `only`, whose `refs`
-    /// default to `[branches, tags]`.
+    /// default to `[branches, tags]`. As GitLab documents, an `only` clause matches when all of its
+    /// keys match, an `except` clause when any of them does.
     fn ref_policy(&mut self, n: &Node, job: &str, vars: &vars::Resolver<'_>, only: bool) -> bool {
         let lookup = |k: &str| vars.get(k);
         let (refs, variables, changes) = match &n.value {
@@ -1388,12 +1389,13 @@ impl Compiler<'_> {
             None if only => Some(vec!["branches".to_string(), "tags".to_string()]),
             r => r,
         };
-        let mut ok = true;
+        // `only` matches when every key present matches; `except` when any of them does.
+        let mut matched = Vec::new();
         if let Some(refs) = refs {
-            ok &= refs_match(&refs, vars);
+            matched.push(refs_match(&refs, vars));
         }
         if let Some(exprs) = variables {
-            ok &= exprs.iter().any(|e| match expr::parse(e) {
+            matched.push(exprs.iter().any(|e| match expr::parse(e) {
                 Ok(x) => x.eval(&lookup),
                 Err(err) => {
                     self.diags.error(
@@ -1402,12 +1404,16 @@ impl Compiler<'_> {
                     );
                     false
                 }
-            });
+            }));
         }
         if let Some(ch) = changes {
-            ok &= self.changes(&ch);
+            matched.push(self.changes(&ch));
         }
-        ok
+        if only {
+            matched.iter().all(|m| *m)
+        } else {
+            matched.iter().any(|m| *m)
+        }
     }
 
     fn allow_failure(&mut self, n: &Node, job: &str) -> Option<AllowFailure> {
@@ -1938,7 +1944,7 @@ impl Compiler<'_> {
                     }
                     let names: Vec<&str> = all.keys().map(String::as_str).collect();
                     let hint = hint(&name, &names);
-                    self.diags.error(
+                    self.diags.follow_on(
                         item.pos,
                         format!(
                             "`{}` needs `{name}`, which is not a job of this pipeline{hint}",
@@ -2018,7 +2024,7 @@ impl Compiler<'_> {
                 Some(i) => i.iter().collect(),
                 None if stage_of.contains_key(d) => vec![d],
                 None => {
-                    self.diags.error(
+                    self.diags.follow_on(
                         at,
                         format!(
                             "`{}`: dependency `{d}` is not a job of this pipeline",
@@ -2234,15 +2240,6 @@ fn rule_paths(n: &Node, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<String> 
         .iter()
         .map(|p| vars::expand(p, lookup))
         .collect()
-}
-
-fn glob_matcher(p: &str) -> Option<globset::GlobMatcher> {
-    let p = p.trim_start_matches("./").trim_start_matches('/');
-    globset::GlobBuilder::new(p)
-        .literal_separator(true)
-        .build()
-        .ok()
-        .map(|g| g.compile_matcher())
 }
 
 /// Whether any of `only`/`except`'s `refs` matches the pipeline, as GitLab's refs policy decides:

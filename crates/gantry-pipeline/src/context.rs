@@ -80,7 +80,8 @@ pub struct GitFacts {
     pub before_sha: String,
     /// The current branch, unless detached.
     pub branch: Option<String>,
-    /// The tag pointing at `HEAD`, if any.
+    /// The tag of a tag pipeline: set when `HEAD` is detached at a tag (a branch checked out is a
+    /// branch pipeline, as a push of it to GitLab is, whatever tags point at its commit).
     pub tag: Option<String>,
     /// The full commit message.
     pub message: String,
@@ -183,8 +184,16 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
     let g = &ctx.git;
     let loc = project_location(ctx);
     let project_path = format!("{}/{}", loc.namespace, loc.name);
-    let ref_name = g
-        .tag
+    // A `CI_COMMIT_TAG` the caller sets makes a tag pipeline, as a checked-out tag does.
+    let tag = ctx
+        .cli_variables
+        .iter()
+        .rev()
+        .find(|v| v.key == "CI_COMMIT_TAG")
+        .map(|v| v.value.clone())
+        .filter(|t| !t.is_empty())
+        .or_else(|| g.tag.clone());
+    let ref_name = tag
         .clone()
         .or_else(|| g.branch.clone())
         .unwrap_or_else(|| g.sha.clone());
@@ -280,11 +289,11 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
         ("CI_JOB_MANUAL", String::new()),
     ];
     if let Some(b) = &g.branch {
-        if g.tag.is_none() {
+        if tag.is_none() {
             v.push(("CI_COMMIT_BRANCH", b.clone()));
         }
     }
-    if let Some(t) = &g.tag {
+    if let Some(t) = &tag {
         v.push(("CI_COMMIT_TAG", t.clone()));
         v.push(("CI_COMMIT_TAG_MESSAGE", g.message.clone()));
     }

@@ -56,6 +56,10 @@ pub struct Diags {
     pub files: Vec<String>,
     /// What has been found so far.
     pub list: Vec<Diagnostic>,
+    /// An include could not be read: errors that its content could have prevented (a job without
+    /// `script`, an unknown `extends` or `!reference` target, stage or needed job) are not reported,
+    /// as they would only repeat the include's own error.
+    pub incomplete: bool,
 }
 
 impl Diags {
@@ -88,6 +92,13 @@ impl Diags {
         let d = self.make(pos, Severity::Error, message.into());
         if !self.list.contains(&d) {
             self.list.push(d);
+        }
+    }
+
+    /// Records an error that a missing include could explain: dropped when one is missing.
+    pub fn follow_on(&mut self, pos: Pos, message: impl Into<String>) {
+        if !self.incomplete {
+            self.error(pos, message);
         }
     }
 

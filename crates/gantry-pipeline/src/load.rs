@@ -129,6 +129,7 @@ impl Loader<'_> {
                 Ok(c) => c,
                 Err(e) => {
                     if included {
+                        self.diags.incomplete = true;
                         self.diags
                             .error(at, format!("local include `{name}` not found: {e}"));
                     } else {
@@ -142,6 +143,7 @@ impl Loader<'_> {
         let docs = match yaml::parse(&src, file) {
             Ok(d) => d,
             Err(e) => {
+                self.diags.incomplete |= included;
                 self.diags
                     .error(e.pos, format!("invalid YAML: {}", e.message));
                 return None;
@@ -245,6 +247,7 @@ impl Loader<'_> {
 
     fn limit_reached(&mut self, at: Pos, why: &str) {
         self.over_limit = true;
+        self.diags.incomplete = true;
         let why = if why.is_empty() {
             String::new()
         } else {
@@ -526,6 +529,7 @@ impl Loader<'_> {
                             "`include:{other}` `{target}`{what} is not available offline: it is not in the local include cache"
                         ),
                     };
+                    self.diags.incomplete = true;
                     self.diags.error(at, message);
                 }
                 Some(merged)
@@ -703,8 +707,9 @@ fn is_yaml(path: &str) -> bool {
         .any(|ext| base.len() > ext.len() && base.ends_with(ext))
 }
 
-/// A `rules:exists` / `rules:changes` pattern, matched as job rules match it.
-fn rule_glob(p: &str) -> Option<globset::GlobMatcher> {
+/// A `rules:exists` / `rules:changes` pattern, relative to the project root (a leading `./` or `/`
+/// is dropped), where `*` stays within one path segment. Job rules and include rules share it.
+pub(crate) fn rule_glob(p: &str) -> Option<globset::GlobMatcher> {
     let p = p.trim_start_matches("./").trim_start_matches('/');
     globset::GlobBuilder::new(p)
         .literal_separator(true)
@@ -1344,7 +1349,7 @@ fn extend_one(
                     .map(|e| e.key.as_str())
                     .collect::<Vec<_>>(),
             );
-            diags.error(
+            diags.follow_on(
                 ext.pos,
                 format!("`{name}`: unknown key `{p}` in `extends`{hint}"),
             );
@@ -1490,7 +1495,7 @@ impl Refs<'_> {
                 Some(next) => cur = next,
                 None => {
                     if !self.lenient {
-                        diags.error(
+                        diags.follow_on(
                             n.pos,
                             format!("`!reference [{}]`: `{key}` not found", path.join(", ")),
                         );

@@ -232,6 +232,151 @@ const MAX_NODES: usize = 2_000_000;
 /// Malformed YAML, an unknown alias, a merge key whose value is not a mapping, or input that is too deep
 /// or expands to too many nodes.
 pub fn parse(src: &str, file: u32) -> Result<Documents, YamlError> {
+    match parse_exact(src, file) {
+        Err(e) if e.message.contains("indentation") => parse_reindented(src, file, e),
+        r => r,
+    }
+}
+
+/// The most lines re-indented in one file before giving up.
+const MAX_REINDENTED: usize = 1_000;
+
+/// GitLab's parser (libyaml) does not check indentation inside a flow collection or a quoted scalar,
+/// so a `]` or an entry written left of its key, or a quoted scalar continued left of where it
+/// starts, is accepted there; `saphyr-parser` follows the YAML spec and refuses them. So, and only
+/// after such an error, the refused lines are indented: a line inside a flow collection to the
+/// collection's opening bracket, a quoted scalar's continuation lines to its opening quote. That
+/// changes no value (leading white space of such lines is not content), and positions on those
+/// lines are shifted back to the file as written. Other indentation errors are reported as they are.
+fn parse_reindented(src: &str, file: u32, first: YamlError) -> Result<Documents, YamlError> {
+    let mut lines: Vec<String> = src.split('\n').map(str::to_string).collect();
+    // Spaces added at the start of each line (by 0-based line index).
+    let mut added = vec![0u32; lines.len()];
+    let mut err = first;
+    for _ in 0..MAX_REINDENTED {
+        let line = err.pos.line as usize;
+        if line == 0 || line > lines.len() || !err.message.contains("indentation") {
+            break;
+        }
+        let l = line - 1;
+        let (range, col) = if err.message.contains("quoted scalar") {
+            // Refused where the scalar starts: indent its continuation lines.
+            let col = (err.pos.col as usize).saturating_sub(1);
+            let Some(end) = quoted_end_line(&lines, l, col) else {
+                break;
+            };
+            (l + 1..=end, col)
+        } else {
+            let prefix = lines[..l].iter().fold(String::new(), |mut p, x| {
+                p.push_str(x);
+                p.push('\n');
+                p
+            });
+            let Some(col) = open_flow_column(&prefix) else {
+                break;
+            };
+            (l..=l, col)
+        };
+        let mut changed = false;
+        for i in range {
+            let text = &mut lines[i];
+            let indent = text.chars().take_while(|c| matches!(c, ' ' | '\t')).count();
+            if text.trim().is_empty() || indent >= col {
+                continue;
+            }
+            text.insert_str(0, &" ".repeat(col - indent));
+            added[i] += to_u32(col - indent);
+            changed = true;
+        }
+        if !changed {
+            break;
+        }
+        match parse_exact(&lines.join("\n"), file) {
+            Ok(mut docs) => {
+                for d in &mut docs.docs {
+                    unshift(d, &added);
+                }
+                for d in &mut docs.duplicates {
+                    d.pos = shifted(d.pos, &added);
+                }
+                return Ok(docs);
+            }
+            Err(e) => err = e,
+        }
+    }
+    err.pos = shifted(err.pos, &added);
+    Err(err)
+}
+
+/// The 0-based index of the line where the quoted scalar that starts at `line`, `col` ends.
+fn quoted_end_line(lines: &[String], line: usize, col: usize) -> Option<usize> {
+    let mut chars: Vec<char> = lines.get(line)?.chars().collect();
+    let quote = *chars.get(col).filter(|c| matches!(c, '\'' | '"'))?;
+    let (mut i, mut j) = (line, col + 1);
+    loop {
+        while j < chars.len() {
+            match chars[j] {
+                '\\' if quote == '"' => j += 2,
+                '\'' if quote == '\'' && chars.get(j + 1) == Some(&'\'') => j += 2,
+                c if c == quote => return Some(i),
+                _ => j += 1,
+            }
+        }
+        i += 1;
+        j = 0;
+        chars = lines.get(i)?.chars().collect();
+    }
+}
+
+/// The 0-based column of the outermost flow collection still open at the end of `prefix`.
+fn open_flow_column(prefix: &str) -> Option<usize> {
+    let chars: Vec<Vec<char>> = prefix.split('\n').map(|l| l.chars().collect()).collect();
+    // A flow collection's start event spans its anchor and tag, and ends after its bracket.
+    let bracket = |span: &Span, b: char| {
+        let col = span.end.col().checked_sub(1)?;
+        let line = chars.get(span.end.line().checked_sub(1)?)?;
+        (line.get(col) == Some(&b)).then_some(col)
+    };
+    // Each open collection: the column of its flow bracket, or `None` for a block collection.
+    let mut open: Vec<Option<usize>> = Vec::new();
+    for ev in Parser::new_from_str(prefix) {
+        let Ok((ev, span)) = ev else { break };
+        match ev {
+            Event::SequenceStart(..) => open.push(bracket(&span, '[')),
+            Event::MappingStart(..) => open.push(bracket(&span, '{')),
+            Event::SequenceEnd | Event::MappingEnd => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    open.into_iter().flatten().next()
+}
+
+fn shifted(mut pos: Pos, added: &[u32]) -> Pos {
+    let pad = added
+        .get((pos.line as usize).wrapping_sub(1))
+        .copied()
+        .unwrap_or(0);
+    pos.col = pos.col.saturating_sub(pad).max(1);
+    pos
+}
+
+fn unshift(n: &mut Node, added: &[u32]) {
+    n.pos = shifted(n.pos, added);
+    match &mut n.value {
+        Value::Seq(items) => items.iter_mut().for_each(|i| unshift(i, added)),
+        Value::Map(m) => {
+            for e in &mut m.entries {
+                e.key_pos = shifted(e.key_pos, added);
+                unshift(&mut e.value, added);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn parse_exact(src: &str, file: u32) -> Result<Documents, YamlError> {
     let mut b = Builder {
         file,
         anchors: Vec::new(),
@@ -644,6 +789,92 @@ mod tests {
     fn malformed_yaml_is_an_error_with_a_position() {
         let e = parse("a: [1, 2\nb: 3\n", 0).unwrap_err();
         assert!(e.pos.line >= 1, "{e:?}");
+    }
+
+    /// mbroz/cryptsetup: a flow sequence closed left of its key, which libyaml (GitLab) accepts.
+    const FLOW_CLOSED_LEFT: &str = "job:\n  script: [echo $A]\n  parallel:\n    matrix:\n      - A: [\n          \"x\",\n          \"y\"\n      ]\n    other: 1\n";
+
+    #[test]
+    fn a_flow_collection_closed_at_a_lower_indentation_is_read_as_libyaml_reads_it() {
+        let n = doc(FLOW_CLOSED_LEFT);
+        let job = n.as_map().unwrap().get("job").unwrap().as_map().unwrap();
+        let parallel = job.get("parallel").unwrap().as_map().unwrap();
+        let entry = &parallel.get("matrix").unwrap().as_seq().unwrap()[0];
+        let a = entry.as_map().unwrap().get("A").unwrap();
+        let items: Vec<(&str, u32, u32)> = a
+            .as_seq()
+            .unwrap()
+            .iter()
+            .map(|i| (i.as_str().unwrap(), i.pos.line, i.pos.col))
+            .collect();
+        // Positions stay those of the file as written.
+        assert_eq!(items, [("x", 6, 11), ("y", 7, 11)]);
+        assert_eq!((a.pos.line, a.pos.col), (5, 12));
+        let other = parallel.entry("other").unwrap();
+        assert_eq!((other.key_pos.line, other.key_pos.col), (9, 5));
+    }
+
+    #[test]
+    fn flow_continuation_lines_left_of_their_key_are_read_and_keep_their_columns() {
+        // Entries, a quoted scalar's continuation and the closing bracket all left of the key.
+        let src = "a:\n  b: {k: [1,\n 2], q: \"one\n two\",\n  z: 3\n }\n  c: 4\n";
+        let n = doc(src);
+        let b = n.as_map().unwrap().get("a").unwrap().as_map().unwrap();
+        let inner = b.get("b").unwrap().as_map().unwrap();
+        let k = inner.get("k").unwrap().as_seq().unwrap();
+        assert_eq!(
+            (k[1].value.clone(), k[1].pos.line, k[1].pos.col),
+            (Value::Int(2), 3, 2)
+        );
+        assert_eq!(inner.get("q").unwrap().as_str(), Some("one two"));
+        let z = inner.entry("z").unwrap();
+        assert_eq!((z.key_pos.line, z.key_pos.col), (5, 3));
+        assert_eq!(b.get("c").unwrap().value, Value::Int(4));
+    }
+
+    #[test]
+    fn a_flow_collection_with_an_anchor_and_a_tag_is_read_when_closed_left() {
+        let n = doc("x: &a !t [\n1]\ny: *a\n");
+        let y = n.as_map().unwrap().get("y").unwrap();
+        assert_eq!(y.as_seq().unwrap()[0].value, Value::Int(1));
+        assert_eq!(
+            (
+                y.as_seq().unwrap()[0].pos.line,
+                y.as_seq().unwrap()[0].pos.col
+            ),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn a_quoted_scalar_continued_left_of_where_it_starts_is_read_as_libyaml_reads_it() {
+        let src =
+            "job:\n  script:\n    - 'echo ''a''\n  b'\n    - \"echo \\\"c\\\"\n\n  d\"\n  x: 1\n";
+        let n = doc(src);
+        let job = n.as_map().unwrap().get("job").unwrap().as_map().unwrap();
+        let script: Vec<&str> = job
+            .get("script")
+            .unwrap()
+            .as_seq()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(script, ["echo 'a' b", "echo \"c\"\nd"]);
+        let x = job.entry("x").unwrap();
+        assert_eq!((x.key_pos.line, x.key_pos.col), (8, 3));
+    }
+
+    #[test]
+    fn bad_indentation_outside_flow_collections_is_still_an_error_at_its_position() {
+        for (src, line, col) in [
+            ("a:\n  - [1,\n    2]\n - 3\n", 4, 2),
+            ("x: [1,\n 2]\na:\n  - [1,\n    2]\n - 3\n", 6, 2),
+            ("a: [1,\n 2]\n b: 3\n", 3, 2),
+        ] {
+            let e = parse(src, 0).unwrap_err();
+            assert_eq!((e.pos.line, e.pos.col), (line, col), "{src:?}: {e:?}");
+        }
     }
 
     #[test]

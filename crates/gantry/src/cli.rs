@@ -79,17 +79,27 @@ struct Common {
     offline: bool,
 }
 
+/// What the pipeline is compiled for: `run` and `lint` share these.
 #[derive(Args)]
-#[allow(clippy::struct_excessive_bools)]
-struct RunArgs {
-    #[command(flatten)]
-    common: Common,
+struct PipelineArgs {
     /// Set a variable; it wins over every other definition.
     #[arg(long = "variable", value_name = "KEY=VALUE")]
     variables: Vec<String>,
     /// Read variables from a YAML file: `KEY: value` or `KEY: {value: ..., masked: true}`.
     #[arg(long, value_name = "PATH")]
     variables_file: Option<PathBuf>,
+    /// `CI_PIPELINE_SOURCE` (push, web, schedule, merge_request_event, ...).
+    #[arg(long, value_name = "SOURCE", default_value = "push")]
+    pipeline_source: String,
+}
+
+#[derive(Args)]
+#[allow(clippy::struct_excessive_bools)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     /// Mask the value of variable KEY in all output (repeatable).
     #[arg(long, value_name = "KEY")]
     mask: Vec<String>,
@@ -123,9 +133,6 @@ struct RunArgs {
     /// Run jobs in the working tree itself instead of per-job workspaces.
     #[arg(long)]
     in_place: bool,
-    /// `CI_PIPELINE_SOURCE` (push, web, schedule, merge_request_event, ...).
-    #[arg(long, value_name = "SOURCE", default_value = "push")]
-    pipeline_source: String,
     /// Jobs to run (default: the whole pipeline).
     #[arg(value_name = "JOB")]
     jobs: Vec<String>,
@@ -135,6 +142,8 @@ struct RunArgs {
 struct LintArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
 }
 
 #[derive(Args)]
@@ -365,7 +374,8 @@ fn ensure_state_dir(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cli_variables(args: &RunArgs) -> Result<Vec<Variable>, String> {
+/// The variables of `--variables-file` and `--variable`, with `mask`'s keys masked.
+fn cli_variables(args: &PipelineArgs, mask: &[String]) -> Result<Vec<Variable>, String> {
     let mut vars = Vec::new();
     if let Some(path) = &args.variables_file {
         let text = std::fs::read_to_string(path)
@@ -388,7 +398,7 @@ fn cli_variables(args: &RunArgs) -> Result<Vec<Variable>, String> {
             masked: false,
         });
     }
-    for m in &args.mask {
+    for m in mask {
         let mut found = false;
         for v in vars.iter_mut().filter(|v| &v.key == m) {
             v.masked = true;
@@ -484,7 +494,7 @@ fn print_diagnostics(compiled: &Compiled, output: Output) -> Option<u8> {
 
 fn run(args: &RunArgs) -> Result<u8> {
     let output = args.common.output;
-    let cli_vars = match cli_variables(args) {
+    let cli_vars = match cli_variables(&args.pipeline, &args.mask) {
         Ok(v) => v,
         Err(e) => return Ok(config_error(output, &e)),
     };
@@ -492,7 +502,7 @@ fn run(args: &RunArgs) -> Result<u8> {
     let prepared = match prepare(
         &args.common,
         cli_vars,
-        &args.pipeline_source,
+        &args.pipeline.pipeline_source,
         dry.then_some(0),
     ) {
         Ok(p) => p,
@@ -905,15 +915,17 @@ fn list(plan: &Plan, selected: &[bool], as_json: bool) {
 
 fn lint(args: &LintArgs) -> Result<u8> {
     let common = &args.common;
-    let prepared = match prepare(common, Vec::new(), "push", Some(0)) {
+    let cli_vars = match cli_variables(&args.pipeline, &[]) {
+        Ok(v) => v,
+        Err(e) => return Ok(config_error(common.output, &e)),
+    };
+    let prepared = match prepare(common, cli_vars, &args.pipeline.pipeline_source, Some(0)) {
         Ok(p) => p,
         Err(e) => return Ok(config_error(common.output, &format!("{e:#}"))),
     };
     let diags = &prepared.compiled.diagnostics;
-    // Lint is stricter than run: a repeated key is an error, because one of the values is silently lost.
-    let is_error = |d: &gantry_pipeline::Diagnostic| {
-        d.severity == Severity::Error || d.message.starts_with("duplicate key")
-    };
+    // A repeated key is a warning, as GitLab accepts it (the last value wins).
+    let is_error = |d: &gantry_pipeline::Diagnostic| d.severity == Severity::Error;
     let failed = diags.iter().any(is_error);
     let mut out = std::io::stdout().lock();
     match common.output {

@@ -111,6 +111,11 @@ pub fn read(dir: &Path) -> RepoInfo {
             tag.get_or_insert_with(|| t.to_string());
         }
     }
+    // As a push to GitLab: HEAD on a branch is a branch pipeline even when tags point at the
+    // commit; only a detached HEAD at a tag is a tag pipeline.
+    if branch.is_some() {
+        tag = None;
+    }
     if branch.is_none() && sha.is_empty() {
         // No commits yet: HEAD still names the unborn branch.
         branch = line(dir, &["symbolic-ref", "--quiet", "--short", "HEAD"]);

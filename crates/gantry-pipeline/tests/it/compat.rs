@@ -654,3 +654,96 @@ fn refs_by_pipeline_source() {
     let web = with_source(src, |ctx| ctx.pipeline_source = "web".into());
     assert_eq!(jobs(&web), ["web", "not-schedules"]);
 }
+
+#[test]
+fn except_with_several_keys_excludes_when_any_key_matches() {
+    // GitLab: `only` includes the job when all its keys match; `except` excludes it when any does.
+    let src = r#"
+any: {script: [x], except: {refs: [tags], variables: ['$CI_COMMIT_BRANCH == "main"']}}
+none: {script: [x], except: {refs: [tags], variables: ['$CI_COMMIT_BRANCH == "dev"']}}
+all-only: {script: [x], only: {refs: [tags], variables: ['$CI_COMMIT_BRANCH == "main"']}}
+"#;
+    let c = with_source(src, |_| {});
+    assert_eq!(jobs(&c), ["none"]);
+}
+
+#[test]
+fn a_nested_array_in_rules_from_an_anchor_is_flattened() {
+    // components/opentofu: `rules: [{if: $SKIP, when: never}, *r]`.
+    let src = r"
+.r: &r [{if: $CI_COMMIT_TAG}, {when: on_success}]
+skipped:
+  variables: {SKIP: 'yes'}
+  script: [x]
+  rules: [{if: $SKIP, when: never}, *r]
+runs:
+  script: [x]
+  rules: [{if: $SKIP, when: never}, *r]
+";
+    let c = with_source(src, |_| {});
+    assert_eq!(jobs(&c), ["runs"]);
+}
+
+#[test]
+fn a_missing_include_is_the_only_error_for_what_it_would_have_defined() {
+    // The job completes a template job of the missing include, extends and references its hidden
+    // jobs, runs in its stage and needs its jobs: only the include itself is reported.
+    let src = r"
+include:
+  - template: Jobs/Code-Quality.gitlab-ci.yml
+  - local: ci/missing.yml
+code_quality:
+  variables: {REPORT_FORMAT: html}
+build:
+  extends: .tpl
+  stage: scan
+  needs: [tpl-job]
+  dependencies: [tpl-job]
+test:
+  script: [!reference [.tpl, script]]
+";
+    let c = with_source(src, |_| {});
+    assert_eq!(
+        errors(&c),
+        [
+            ".gitlab-ci.yml:3:5: `include:template` `Jobs/Code-Quality.gitlab-ci.yml` is not available offline: it is not in the local include cache",
+            ".gitlab-ci.yml:4:5: local include `ci/missing.yml` not found: no such file",
+        ]
+    );
+}
+
+#[test]
+fn without_a_missing_include_the_same_jobs_are_errors() {
+    let src = "code_quality:\n  variables: {REPORT_FORMAT: html}\nbuild:\n  extends: .tpl\n";
+    let c = with_source(src, |_| {});
+    let errs = errors(&c);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`code_quality`: a job needs `script`"))
+            && errs
+                .iter()
+                .any(|e| e.contains("unknown key `.tpl` in `extends`")),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_flow_sequence_closed_left_of_its_key_is_read_as_gitlab_reads_it() {
+    // mbroz/cryptsetup; GitLab's parser (libyaml) does not check indentation in flow collections.
+    let src = "job:\n  script: [echo $A]\n  parallel:\n    matrix:\n      - A: [\n          \"x\",\n          \"y\"\n      ]\n";
+    let c = with_source(src, |_| {});
+    assert_eq!(jobs(&c), ["job: [x]", "job: [y]"]);
+}
+
+#[test]
+fn a_nested_workflow_rules_array_from_an_anchor_is_flattened() {
+    // GitLab's `workflow:rules` is the same `Rules` entry as a job's, which flattens nested arrays.
+    let src = r"
+.never: &never [{if: $NOPE, when: never}]
+.always: &always [{when: always}]
+workflow:
+  rules: [*never, *always]
+job: {script: [x]}
+";
+    assert_eq!(jobs(&with_source(src, |_| {})), ["job"]);
+}

@@ -216,14 +216,87 @@ fn lint_reports_positions_and_exit_codes() {
 }
 
 #[test]
-fn lint_treats_duplicate_keys_as_errors() {
+fn lint_warns_of_duplicate_keys_and_accepts_them_as_gitlab_does() {
     let repo = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [a]\n  script: [b]\n")]);
     let out = repo.gantry(&["lint"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         text(&out).0,
-        ".gitlab-ci.yml:3:3: duplicate key `script`: the last value wins\n"
+        ".gitlab-ci.yml:3:3: warning: duplicate key `script`: the last value wins\n\
+         .gitlab-ci.yml: valid (1 jobs)\n"
     );
+    let json = repo.gantry(&["lint", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["diagnostics"][0]["severity"], "warning");
+    assert_eq!(v["diagnostics"][0]["line"], 3);
+}
+
+#[test]
+fn lint_takes_the_variables_and_pipeline_source_that_run_takes() {
+    let repo = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            "include:\n  - local: extra.yml\n    rules: [{if: $EXTRA == \"1\"}]\n\
+             a: {script: [x], rules: [{if: $X == \"1\"}]}\n\
+             b: {script: [x], rules: [{if: $CI_PIPELINE_SOURCE == \"schedule\"}]}\n\
+             c: {script: [x]}\n",
+        ),
+        ("extra.yml", "extra: {script: [x]}\n"),
+        ("vars.yml", "EXTRA: '1'\n"),
+    ]);
+    let out = repo.gantry(&["lint"]);
+    assert_eq!(text(&out).0, ".gitlab-ci.yml: valid (1 jobs)\n");
+    let out = repo.gantry(&[
+        "lint",
+        "--variable",
+        "X=1",
+        "--variables-file",
+        "vars.yml",
+        "--pipeline-source",
+        "schedule",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(text(&out).0, ".gitlab-ci.yml: valid (4 jobs)\n");
+    let bad = repo.gantry(&["lint", "--variable", "X"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(text(&bad).1, "gantry: --variable `X` must be KEY=VALUE\n");
+}
+
+/// The names of the jobs `gantry run --list-json ARGS` lists.
+fn listed(repo: &Repo, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["run", "--list-json"];
+    all.extend_from_slice(args);
+    let out = repo.gantry(&all);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_tagged_branch_head_is_a_branch_pipeline_and_a_detached_tag_a_tag_pipeline() {
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "on-tags: {script: [x], only: [tags]}\n\
+         on-branches: {script: [x], only: [branches]}\n\
+         branch-var: {script: [x], rules: [{if: $CI_COMMIT_BRANCH}]}\n\
+         tag-v1: {script: [x], rules: [{if: $CI_COMMIT_REF_NAME == \"v1.0\"}]}\n",
+    )]);
+    repo.git(&["tag", "v1.0"]);
+    // A push of `main` is a branch pipeline, whatever tags point at its commit.
+    assert_eq!(listed(&repo, &[]), ["on-branches", "branch-var"]);
+    // A tag pipeline: the user names the tag...
+    assert_eq!(
+        listed(&repo, &["--variable", "CI_COMMIT_TAG=v1.0"]),
+        ["on-tags", "tag-v1"]
+    );
+    // ... or checks it out (a detached HEAD at the tag).
+    repo.git(&["checkout", "-q", "--detach", "v1.0"]);
+    assert_eq!(listed(&repo, &[]), ["on-tags", "tag-v1"]);
 }
 
 #[test]

@@ -30,8 +30,6 @@ struct Case {
     vars: &'static [(&'static str, &'static str)],
     /// The pipeline includes files from elsewhere (`remote`, `project`, `template`, `component`).
     fetch: bool,
-    /// Check it with `gantry lint` too (which takes no variables).
-    lint: bool,
     /// Jobs that must be in the list.
     expect: &'static [&'static str],
     /// Jobs that must not be in the list.
@@ -47,7 +45,6 @@ const BASE: Case = Case {
     source: "push",
     vars: &[],
     fetch: false,
-    lint: true,
     expect: &[],
     absent: &[],
     jobs: None,
@@ -264,20 +261,22 @@ fn check(case: &Case) {
     let cache = tempfile::tempdir().expect("cache dir");
     let url = format!("http://127.0.0.1:{}", server.port);
 
-    let mut args: Vec<String> = ["run", "--list-json", "--file", case.file]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    args.extend(["--pipeline-source".into(), case.source.into()]);
+    // What the pipeline is compiled for, the same for `run` and `lint`.
+    let mut pipeline: Vec<String> = vec!["--pipeline-source".into(), case.source.into()];
     for (k, v) in case.vars {
         let v = v
             .replace("{port}", &server.port.to_string())
             .replace("{sha}", &sha);
-        args.extend(["--variable".into(), format!("{k}={v}")]);
+        pipeline.extend(["--variable".into(), format!("{k}={v}")]);
     }
     if case.fetch {
-        args.extend(["--gitlab-url".into(), url.clone()]);
+        pipeline.extend(["--gitlab-url".into(), url.clone()]);
     }
+    let mut args: Vec<String> = ["run", "--list-json", "--file", case.file]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.extend(pipeline.iter().cloned());
     let out = gantry_cmd(repo.path())
         .args(&args)
         .env("XDG_CACHE_HOME", cache.path())
@@ -314,44 +313,29 @@ fn check(case: &Case) {
         assert_eq!(names.len(), n, "job count: {names:#?}");
     }
 
-    if case.lint {
-        let mut lint: Vec<String> = ["lint", "--output", "json", "--file", case.file]
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        if case.fetch {
-            lint.extend(["--gitlab-url".into(), url]);
-        }
-        let out = gantry_cmd(repo.path())
-            .args(&lint)
-            .env("XDG_CACHE_HOME", cache.path())
-            .output()
-            .expect("gantry lint runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "lint: {e}: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        // GitLab accepts a repeated key (the last one wins); `gantry lint` reports it as an error
-        // on purpose. Any other error is a file that GitLab runs and Gantry refuses.
-        let errors: Vec<&Value> = report["diagnostics"]
-            .as_array()
-            .map(|d| {
-                d.iter()
-                    .filter(|d| {
-                        d["severity"] == "error"
-                            && !d["message"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .starts_with("duplicate key")
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        assert!(errors.is_empty(), "lint: {stdout}");
-    }
+    let mut lint: Vec<String> = ["lint", "--output", "json", "--file", case.file]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    lint.extend(pipeline);
+    let out = gantry_cmd(repo.path())
+        .args(&lint)
+        .env("XDG_CACHE_HOME", cache.path())
+        .output()
+        .expect("gantry lint runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "lint: {e}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // Any error is a file that GitLab runs and Gantry refuses.
+    let errors: Vec<&Value> = report["diagnostics"]
+        .as_array()
+        .map(|d| d.iter().filter(|d| d["severity"] == "error").collect())
+        .unwrap_or_default();
+    assert!(errors.is_empty(), "lint: {stdout}");
 }
 
 macro_rules! cases {
@@ -462,7 +446,14 @@ cases! {
         expect: &["job_docker_push_major", "job_documentation_push", "job_demo_deploy"],
         absent: &["job_docker_push_minor", "job_docker_nightly", "job_docker_testing"],
         jobs: Some(12), ..BASE };
-    cryptsetup: Case { dir: "mbroz__cryptsetup", ..BASE };
+    // Matrix values in flow sequences closed left of their key (`]` under `- DISABLE_FLAGS: [`),
+    // which GitLab's parser accepts; every job is for `cryptsetup/cryptsetup` only, and valgrind's
+    // include only when `TEST_VALGRIND` is set.
+    cryptsetup: Case { dir: "mbroz__cryptsetup",
+        vars: &[("CI_PROJECT_PATH", "cryptsetup/cryptsetup")],
+        expect: &["test-gcc-disable-compiles: [hw-opal]", "test-gcc-disable-compiles: [keyring]",
+                  "test-main-commit-job-rawhide: [--disable-kernel_crypto]", "test-rawhide-ctT500"],
+        absent: &["test-commit-job-valgrind"], ..BASE };
     // `pages` has `only` twice; the last, `master@openconnect/openconnect`, wins.
     openconnect: Case { dir: "openconnect__openconnect", branch: "master",
         vars: &[("CI_DEFAULT_BRANCH", "master"), ("CI_PROJECT_PATH", "openconnect/openconnect")],
@@ -477,7 +468,7 @@ cases! {
     // `include` with `rules`: the audit schedule includes only the security file, so the template
     // and project includes (under `$SECURITY_AUDIT != "1"`) are not fetched.
     database_lab_engine_security_audit: Case { dir: "postgres-ai__database-lab-engine", branch: "master",
-        source: "schedule", lint: false,
+        source: "schedule",
         vars: &[("CI_DEFAULT_BRANCH", "master"), ("SECURITY_AUDIT", "1")],
         expect: &["cve-govulncheck", "cve-pnpm-audit", "cve-trivy-image", "cve-summary"],
         absent: &["empty-job"], jobs: Some(4), ..BASE };
@@ -511,7 +502,7 @@ cases! {
         absent: &["atomic-reprotest: [aslr]"], ..BASE };
     fetch_opentofu_component_at_commit: Case { dir: "Kngfisher__OpenTofu",
         file: "tests/integration-tests/Defaults.gitlab-ci.yml", source: "parent_pipeline",
-        fetch: true, lint: false,
+        fetch: true,
         vars: &[("CI_PROJECT_PATH", "components/opentofu"), ("CI_SERVER_FQDN", "127.0.0.1:{port}"),
                 ("GITLAB_OPENTOFU_IMAGE_BASE", "registry.gitlab.com/components/opentofu"),
                 ("GITLAB_OPENTOFU_BASE_IMAGE_OS", "alpine"), ("OPENTOFU_VERSION", "1.9.0"),
@@ -523,7 +514,7 @@ cases! {
         expect: &["build-with-libc++", "test:unit", "test:static:asan"],
         absent: &["lint:commit", "renovate"], ..BASE };
     fetch_mendertesting_components: Case { dir: "mendersoftware__mendertesting", branch: "master",
-        fetch: true, lint: false,
+        fetch: true,
         vars: &[("CI_DEFAULT_BRANCH", "master"), ("CI_PROJECT_PATH", "Northern.tech/Mender/mendertesting")],
         ..BASE };
     // Only the pipeline file is in the corpus, so the build jobs' `rules:exists` (meson.build,
