@@ -114,7 +114,7 @@ fn a_job_that_cannot_start_says_why_in_its_finish_event_and_summary() {
 
     let ok = Repo::new(&[(
         ".gitlab-ci.yml",
-        "a:\n  script: ["true"]\nb:\n  script: [exit 4]\n",
+        "a:\n  script: [\"true\"]\nb:\n  script: [exit 4]\n",
     )]);
     let r = ok.run_json(&[]);
     assert_eq!(r.finished("a")["error"], serde_json::Value::Null);
