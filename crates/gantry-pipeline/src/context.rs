@@ -24,11 +24,52 @@ pub trait Sources {
     fn remote_unavailable(&self, _key: &str) -> Option<String> {
         None
     }
+    /// Where a local include (`path`, without its leading `/`) inside the remote include `parent`
+    /// (a key as for [`Sources::remote`]) is read: GitLab keeps the project and the commit of the
+    /// file that includes it. `Ok(None)`: in this project ([`Sources::read`]); `Ok(Some(key))`: the
+    /// remote include `key`; `Err`: nowhere, and why. See [`nested_local_key`] for the default.
+    ///
+    /// # Errors
+    /// `parent` has no project (a remote file or a template).
+    fn nested_local(&self, parent: &str, path: &str) -> Result<Option<String>, String> {
+        nested_local_key(parent, path, None).map(Some)
+    }
     /// Files changed, for `rules:changes` and `only:changes`; `None` means "treat every `changes` as
     /// true". Asked only when the pipeline uses `changes`, so that an implementation can compute it
     /// lazily.
     fn changed_files(&self) -> Option<&[String]> {
         None
+    }
+}
+
+/// The key of local include `path` inside the remote include `parent`, as GitLab resolves it
+/// (gitlab-foss MR 24356): in a `project:PROJECT@REF:FILE` file it is `project:PROJECT@REF:PATH`; in
+/// a `component:FQDN/PROJECT/NAME@VERSION` file it is `project:PROJECT@VERSION:PATH`, with
+/// `version` (what a `~latest` or partial version resolved to) in place of `VERSION` when given. A
+/// remote file or a template has no project: an error, as in GitLab ("does not have project").
+///
+/// # Errors
+/// `parent` has no project, or is not a remote include key.
+pub fn nested_local_key(parent: &str, path: &str, version: Option<&str>) -> Result<String, String> {
+    let (kind, target) = parent.split_once(':').unwrap_or((parent, ""));
+    match kind {
+        "project" => {
+            // Project paths hold no `@`, and refs no `:`.
+            let (project, rest) = target.split_once('@').unwrap_or((target, "HEAD"));
+            let git_ref = rest.split_once(':').map_or(rest, |(r, _)| r);
+            Ok(format!("project:{project}@{git_ref}:{path}"))
+        }
+        "component" => {
+            let c = crate::component::Address::parse(target, 1)?;
+            let version = version.unwrap_or(&c.version);
+            Ok(format!("project:{}@{version}:{path}", c.project))
+        }
+        "remote" | "template" => Err(format!(
+            "a local include is read in the project of the file that includes it, and an \
+             `include:{kind}` file has no project; include it with `include:project` or \
+             `include:{kind}` instead"
+        )),
+        _ => Err(format!("`{parent}` is not a remote include")),
     }
 }
 
@@ -116,6 +157,9 @@ pub struct Context {
     pub pipeline_id: u64,
     /// The caller's variables (`--variable`, variables files), highest precedence.
     pub cli_variables: Vec<Variable>,
+    /// The GitLab instance's URL (`--gitlab-url`), for `CI_SERVER_URL` and the variables derived
+    /// from it; `None`: `https://` and the host of the remote.
+    pub server_url: Option<String>,
 }
 
 impl Default for Context {
@@ -128,6 +172,7 @@ impl Default for Context {
             pipeline_source: "push".into(),
             pipeline_id: 1,
             cli_variables: Vec::new(),
+            server_url: None,
         }
     }
 }
@@ -178,6 +223,41 @@ fn project_location(ctx: &Context) -> ProjectLocation {
     }
 }
 
+/// The GitLab instance as its `CI_SERVER_*` variables describe it.
+struct Server {
+    url: String,
+    host: String,
+    protocol: String,
+    port: String,
+    /// The host, with the port when the URL names one (GitLab: `gitlab.example.com:8080`).
+    fqdn: String,
+}
+
+impl Server {
+    /// `SCHEME://HOST[:PORT][/PATH]`; `None` when `url` is not such a URL.
+    fn parse(url: &str) -> Option<Server> {
+        let url = url.trim_end_matches('/');
+        let (protocol, rest) = url.split_once("://")?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, Some(p)),
+            _ => (authority, None),
+        };
+        if host.is_empty() || protocol.is_empty() {
+            return None;
+        }
+        let default_port = if protocol == "http" { "80" } else { "443" };
+        Some(Server {
+            url: url.to_string(),
+            host: host.to_string(),
+            protocol: protocol.to_string(),
+            port: port.unwrap_or(default_port).to_string(),
+            fqdn: authority.to_string(),
+        })
+    }
+}
+
 /// The predefined pipeline variables GitLab documents that can be derived locally.
 #[must_use]
 pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
@@ -210,18 +290,29 @@ pub fn predefined_variables(ctx: &Context) -> Vec<Variable> {
         .next()
         .unwrap_or_default()
         .to_string();
-    let project_url = format!("{}/{}", loc.server_url, project_path);
+    let server = ctx
+        .server_url
+        .as_deref()
+        .and_then(Server::parse)
+        .unwrap_or_else(|| Server {
+            url: loc.server_url.clone(),
+            host: loc.server_host.clone(),
+            protocol: "https".into(),
+            port: "443".into(),
+            fqdn: loc.server_host.clone(),
+        });
+    let project_url = format!("{}/{}", server.url, project_path);
     let mut v = vec![
         ("CI", "true".to_string()),
         ("GITLAB_CI", "true".to_string()),
         ("CI_SERVER", "yes".to_string()),
         ("CI_SERVER_NAME", "GitLab".to_string()),
-        ("CI_SERVER_URL", loc.server_url.clone()),
-        ("CI_SERVER_HOST", loc.server_host.clone()),
-        ("CI_SERVER_PROTOCOL", "https".to_string()),
-        ("CI_SERVER_PORT", "443".to_string()),
-        ("CI_SERVER_FQDN", loc.server_host.clone()),
-        ("CI_API_V4_URL", format!("{}/api/v4", loc.server_url)),
+        ("CI_SERVER_URL", server.url.clone()),
+        ("CI_SERVER_HOST", server.host.clone()),
+        ("CI_SERVER_PROTOCOL", server.protocol),
+        ("CI_SERVER_PORT", server.port),
+        ("CI_SERVER_FQDN", server.fqdn),
+        ("CI_API_V4_URL", format!("{}/api/v4", server.url)),
         ("CI_REGISTRY", format!("registry.{}", loc.server_host)),
         (
             "CI_REGISTRY_IMAGE",
@@ -336,6 +427,58 @@ mod tests {
             .into_iter()
             .map(|v| (v.key, v.value))
             .collect()
+    }
+
+    #[test]
+    fn the_instance_url_sets_the_server_variables() {
+        let with = |server: &str| {
+            let ctx = Context {
+                server_url: Some(server.into()),
+                git: GitFacts {
+                    remote_url: Some("git@gitlab.example.com:g/p.git".into()),
+                    ..GitFacts::default()
+                },
+                ..Context::default()
+            };
+            let v: std::collections::HashMap<String, String> = predefined_variables(&ctx)
+                .into_iter()
+                .map(|v| (v.key, v.value))
+                .collect();
+            [
+                "CI_SERVER_URL",
+                "CI_SERVER_HOST",
+                "CI_SERVER_PORT",
+                "CI_SERVER_PROTOCOL",
+                "CI_SERVER_FQDN",
+                "CI_API_V4_URL",
+                "CI_PROJECT_URL",
+            ]
+            .map(|k| v[k].clone())
+        };
+        assert_eq!(
+            with("http://127.0.0.1:8080/gitlab/"),
+            [
+                "http://127.0.0.1:8080/gitlab",
+                "127.0.0.1",
+                "8080",
+                "http",
+                "127.0.0.1:8080",
+                "http://127.0.0.1:8080/gitlab/api/v4",
+                "http://127.0.0.1:8080/gitlab/g/p",
+            ]
+        );
+        assert_eq!(
+            with("https://git.example.org"),
+            [
+                "https://git.example.org",
+                "git.example.org",
+                "443",
+                "https",
+                "git.example.org",
+                "https://git.example.org/api/v4",
+                "https://git.example.org/g/p",
+            ]
+        );
     }
 
     #[test]

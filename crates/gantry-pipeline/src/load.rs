@@ -71,6 +71,25 @@ pub fn load(sources: &dyn Sources, ctx: &Context, diags: &mut Diags) -> Node {
     root
 }
 
+/// Whether a file name of the loader is a remote include's key rather than a path of this project.
+fn is_remote_key(name: &str) -> bool {
+    ["remote:", "project:", "template:", "component:"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// A remote include's key as the include says it: `include:project` `group/p` file `ci.yml`.
+fn describe_key(key: &str) -> String {
+    let (kind, target) = key.split_once(':').unwrap_or((key, ""));
+    match (kind, target.split_once('@')) {
+        ("project", Some((project, rest))) => {
+            let (git_ref, file) = rest.split_once(':').unwrap_or((rest, ""));
+            format!("include:project` `{project}` ref `{git_ref}` file `{file}")
+        }
+        _ => format!("include:{kind}` `{target}"),
+    }
+}
+
 /// The `inputs` an `include` gives the file it includes (`None`: the include has no `inputs`).
 struct Given<'a>(Option<&'a Node>);
 
@@ -441,6 +460,48 @@ impl Loader<'_> {
                     return None;
                 }
                 let path = target.trim_start_matches('/').to_string();
+                // Inside a remote include, a local include is read where that file came from.
+                let parent = self
+                    .stack
+                    .last()
+                    .map(|(n, _)| n.clone())
+                    .filter(|n| is_remote_key(n));
+                if let Some(parent) = parent {
+                    match self.sources.nested_local(&parent, &path) {
+                        Ok(None) => {}
+                        Err(why) => {
+                            self.diags.error(
+                                pos,
+                                format!(
+                                    "local include `{target}` in `{}`: {why}",
+                                    describe_key(&parent)
+                                ),
+                            );
+                            return None;
+                        }
+                        Ok(Some(_)) if path.contains('*') => {
+                            self.diags.error(
+                                pos,
+                                format!("local include `{target}` in `{}`: a wildcard cannot be listed in another project; name the files", describe_key(&parent)),
+                            );
+                            return None;
+                        }
+                        Ok(Some(key)) => {
+                            if !is_yaml(&path) {
+                                self.diags.error(
+                                    pos,
+                                    format!("local include `{path}` must be a .yml or .yaml file"),
+                                );
+                                return None;
+                            }
+                            let what =
+                                format!("local include `{target}` in `{}`", describe_key(&parent));
+                            let mut merged = Node::new(Value::Map(Map::default()), pos);
+                            self.remote_file(&key, &what, pos, &inputs, &mut merged);
+                            return Some(merged);
+                        }
+                    }
+                }
                 if path.contains('*') {
                     let re = wildcard(&path);
                     let mut files: Vec<String> = self
@@ -517,24 +578,38 @@ impl Loader<'_> {
                 };
                 let mut merged = Node::new(Value::Map(Map::default()), pos);
                 for (key, what, at) in items {
-                    if let Some(content) = self.sources.remote(&key) {
-                        if let Some(n) = self.file(&key, Some(content), at, &inputs) {
-                            deep_merge(&mut merged, n);
-                        }
-                        continue;
-                    }
-                    let message = match self.sources.remote_unavailable(&key) {
-                        Some(why) => format!("`include:{other}` `{target}`{what}: {why}"),
-                        None => format!(
-                            "`include:{other}` `{target}`{what} is not available offline: it is not in the local include cache"
-                        ),
-                    };
-                    self.diags.incomplete = true;
-                    self.diags.error(at, message);
+                    let what = format!("`include:{other}` `{target}`{what}");
+                    self.remote_file(&key, &what, at, &inputs, &mut merged);
                 }
                 Some(merged)
             }
         }
+    }
+
+    /// Merges the remote include `key` (`what` names it in errors) into `merged`, or says why it
+    /// is not available.
+    fn remote_file(
+        &mut self,
+        key: &str,
+        what: &str,
+        at: Pos,
+        inputs: &Given<'_>,
+        merged: &mut Node,
+    ) {
+        if let Some(content) = self.sources.remote(key) {
+            if let Some(n) = self.file(key, Some(content), at, inputs) {
+                deep_merge(merged, n);
+            }
+            return;
+        }
+        let message = match self.sources.remote_unavailable(key) {
+            Some(why) => format!("{what}: {why}"),
+            None => {
+                format!("{what} is not available offline: it is not in the local include cache")
+            }
+        };
+        self.diags.incomplete = true;
+        self.diags.error(at, message);
     }
 
     /// Whether an include with these `rules` is included: the first rule that matches decides
@@ -1312,7 +1387,8 @@ fn extend_one(
     let Some(m) = node.as_map() else {
         return Some(0);
     };
-    let Some(ext) = m.get("extends") else {
+    // `extends: null` extends nothing, as in GitLab (the opentofu component has one).
+    let Some(ext) = m.get("extends").filter(|e| !e.is_null()) else {
         return Some(0);
     };
     if chain.iter().any(|c| c == name) {

@@ -699,6 +699,7 @@ fn compile_with(
         pipeline_source: event.source.clone(),
         pipeline_id: 0,
         cli_variables: compile_vars,
+        server_url: None,
     };
     let mut result = gantry_pipeline::compile(&sources, &ctx);
     let mut doc = PipelineDoc {

@@ -28,7 +28,9 @@
 //!   tag or a branch; `~latest`, `1` or `1.2` select the highest semantic version tag of the project's
 //!   repository that matches (pre-releases excluded; the server has no releases, so every such tag
 //!   counts as released). A component of another host is refused: the server cannot ask another
-//!   instance for its projects.
+//!   instance for its projects. A local include inside a component (or inside an `include:project`
+//!   file) is a file of that project at that version, asked for as `project:NAME@VERSION:FILE`;
+//!   for `~latest`, `1` or `1.2` that is the tag the version selects.
 //! - `include:template`: `lib/gitlab/ci/templates/NAME` of project `gitlab-org/gitlab` at `master`,
 //!   through the repository files API of the GitLab instance set as `templates_url`, fetched as an
 //!   `include:remote` (the same limits and address checks). Without `templates_url`, the error says
@@ -530,6 +532,21 @@ async fn fetch_project(state: &AppState, from: &str, spec: &str) -> Fetched {
     let file = file.trim_start_matches('/').to_string();
     if file.is_empty() {
         return Fetched::Permanent("names no `file`".into());
+    }
+    // A local include inside a component whose version is `~latest`, `1` or `1.2` is asked for at
+    // that version (see `gantry_pipeline::context::nested_local_key`): the tag it selects. `~latest`
+    // is no ref name; a ref such as `1` is tried as written first.
+    if gantry_pipeline::component::is_selector(git_ref) {
+        if git_ref != "~latest" {
+            let read = read_from_project(state, from, name, git_ref, vec![file.clone()]).await;
+            if !matches!(read, Fetched::Permanent(_)) {
+                return read;
+            }
+        }
+        return match latest_tag(state, from, name, git_ref).await {
+            Ok(tag) => read_from_project(state, from, name, &tag, vec![file]).await,
+            Err(f) => f,
+        };
     }
     read_from_project(state, from, name, git_ref, vec![file]).await
 }

@@ -221,7 +221,7 @@ fn prepare(
         Some(id) => id,
         None => next_pipeline_id(&state_dir)?,
     };
-    let ctx = Context {
+    let mut ctx = Context {
         file,
         project_dir: dir.to_string_lossy().into_owned(),
         project_dir_name: dir
@@ -232,6 +232,7 @@ fn prepare(
         pipeline_source: source.to_string(),
         pipeline_id,
         cli_variables: cli_vars,
+        server_url: None,
     };
     let opts = match crate::includes::Options::new(
         common.gitlab_url.as_deref(),
@@ -243,6 +244,8 @@ fn prepare(
         Ok(o) => o,
         Err(e) => anyhow::bail!(e),
     };
+    // The instance includes come from is the one the pipeline sees in `CI_SERVER_*`.
+    ctx.server_url = Some(opts.instance.as_str().trim_end_matches('/').to_string());
     let includes = crate::includes::Includes::new(opts, state_dir.join("include-cache"));
     let mut sources = FsSources::new(
         &dir,

@@ -21,6 +21,10 @@
 //!   `https://FQDN`. `~latest`, `1` and `1.2` select the highest release (by semantic version, no
 //!   pre-releases) that matches, from the releases API, else from the repository's tags.
 //!
+//! - A local include inside a project file or a component is a file of that project at that ref
+//!   ([`Includes::nested_local`]): a `project:` key (a component's at the version it resolved to),
+//!   or, for a component of another host, that host's `/-/raw/` URL.
+//!
 //! Every fetch has a timeout ([`DEFAULT_TIMEOUT`], `GANTRY_INCLUDE_TIMEOUT`) and a size limit
 //! ([`MAX_BYTES`]).
 //!
@@ -255,6 +259,8 @@ pub struct Includes {
     opts: Options,
     legacy: PathBuf,
     fetched: HashMap<String, Result<String, String>>,
+    /// What the `~latest` or partial versions of components fetched in this run resolved to.
+    versions: HashMap<String, String>,
     missing: Mutex<Vec<String>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -267,6 +273,7 @@ impl Includes {
             opts,
             legacy,
             fetched: HashMap::new(),
+            versions: HashMap::new(),
             missing: Mutex::new(Vec::new()),
             runtime: None,
         }
@@ -321,6 +328,80 @@ impl Includes {
             "not fetched: remote includes nest more than {} levels deep",
             MAX_ROUNDS - 1
         ))
+    }
+
+    /// Where local include `path` inside the remote include `parent` is read (see
+    /// [`gantry_pipeline::Sources::nested_local`]): in a component, the component's project at
+    /// the version it resolved to, from the instance as `project:` key, or from another host as
+    /// that host's raw file URL.
+    ///
+    /// # Errors
+    /// `parent` has no project.
+    pub fn nested_local(&self, parent: &str, path: &str) -> Result<String, String> {
+        let Some(target) = parent.strip_prefix("component:") else {
+            return gantry_pipeline::context::nested_local_key(parent, path, None);
+        };
+        let c = component::Address::parse(target, 2)?;
+        let spec = self.spec(parent)?;
+        let version = match &spec {
+            Spec::Latest { .. } => self
+                .resolved(parent, &spec)
+                .ok_or_else(|| format!("the version that `{}` selects is not known", c.version))?,
+            _ => c.version.clone(),
+        };
+        match &spec {
+            Spec::File { base, .. } | Spec::Latest { base, .. } if *base != self.opts.instance => {
+                Ok(format!(
+                    "remote:{}/{}/-/raw/{}/{}",
+                    base.as_str().trim_end_matches('/'),
+                    c.project,
+                    version,
+                    path
+                ))
+            }
+            _ => gantry_pipeline::context::nested_local_key(parent, path, Some(&version)),
+        }
+    }
+
+    /// The version that the `~latest` or partial version of component `key` resolved to: in this
+    /// run, else in the cache (offline: the highest cached version that matches).
+    fn resolved(&self, key: &str, spec: &Spec) -> Option<String> {
+        if let Some(v) = self.versions.get(key) {
+            return Some(v.clone());
+        }
+        let Spec::Latest {
+            base,
+            project,
+            name,
+            selector,
+        } = spec
+        else {
+            return None;
+        };
+        if let Some(v) = self
+            .paths(spec)
+            .first()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            return Some(v.trim().to_string());
+        }
+        let cache = self.opts.cache_dir.as_deref()?;
+        let dir = Self::ref_dir(cache, base, project, None);
+        let names: Vec<String> = std::fs::read_dir(dir.parent()?)
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+        while let Some(v) = select_version(selector, names.iter().copied()) {
+            if self
+                .cached_spec(&component_spec(base, project, name, v.to_string()))
+                .is_some()
+            {
+                return Some(v.to_string());
+            }
+            names.retain(|n| *n != v);
+        }
+        None
     }
 
     /// The keys asked for and not available, each once; clears the list.
@@ -593,6 +674,9 @@ impl Includes {
         for (key, spec, result) in results {
             let answer = match result {
                 Ok(f) => {
+                    if let (Spec::Latest { .. }, Some(v)) = (&spec, &f.version) {
+                        self.versions.insert(key.clone(), v.clone());
+                    }
                     self.store(&spec, &f);
                     Ok(f.content)
                 }

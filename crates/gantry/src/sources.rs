@@ -52,6 +52,22 @@ impl FsSources {
         }
     }
 
+    /// The content of component `key` when it is one of this project's at `HEAD` (see
+    /// [`FsSources::own_components`]) and the working tree has it.
+    fn own_component(&self, key: &str) -> Option<String> {
+        let (prefix, sha) = self.own.as_ref()?;
+        let (name, version) = key
+            .strip_prefix("component:")?
+            .strip_prefix(prefix.as_str())?
+            .rsplit_once('@')?;
+        if version != sha || name.contains('/') {
+            return None;
+        }
+        gantry_pipeline::component::files(name)
+            .iter()
+            .find_map(|f| self.read(f).ok())
+    }
+
     /// The listed files.
     pub fn into_files(self) -> Vec<String> {
         self.files
@@ -78,22 +94,15 @@ impl Sources for FsSources {
 
     /// Remote includes: see [`crate::includes`].
     fn remote(&self, key: &str) -> Option<String> {
-        if let (Some((prefix, sha)), Some(address)) = (&self.own, key.strip_prefix("component:")) {
-            if let Some((name, version)) = address
-                .strip_prefix(prefix.as_str())
-                .and_then(|rest| rest.rsplit_once('@'))
-            {
-                if version == sha && !name.contains('/') {
-                    let found = gantry_pipeline::component::files(name)
-                        .iter()
-                        .find_map(|f| self.read(f).ok());
-                    if found.is_some() {
-                        return found;
-                    }
-                }
-            }
+        self.own_component(key).or_else(|| self.includes.get(key))
+    }
+
+    /// A local include in a component of this project at `HEAD` is read from the working tree too.
+    fn nested_local(&self, parent: &str, path: &str) -> Result<Option<String>, String> {
+        if self.own_component(parent).is_some() {
+            return Ok(None);
         }
-        self.includes.get(key)
+        self.includes.nested_local(parent, path).map(Some)
     }
 
     fn remote_unavailable(&self, key: &str) -> Option<String> {

@@ -354,3 +354,142 @@ fn invalid_include_rules_are_errors() {
         "{errs:#?}"
     );
 }
+
+/// Sources whose remote includes are `remotes` by key; records every key asked for.
+struct Remote {
+    local: gantry_pipeline::MemSources,
+    remotes: Vec<(&'static str, &'static str)>,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl gantry_pipeline::Sources for Remote {
+    fn read(&self, p: &str) -> Result<String, String> {
+        self.local.read(p)
+    }
+    fn files(&self) -> &[String] {
+        self.local.files()
+    }
+    fn remote(&self, key: &str) -> Option<String> {
+        self.asked.lock().unwrap().push(key.to_string());
+        self.remotes
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| (*c).to_string())
+    }
+}
+
+fn compile_remote(
+    pipeline: &str,
+    local: &[(&str, &str)],
+    remotes: Vec<(&'static str, &'static str)>,
+) -> (Compiled, Vec<String>) {
+    let mut files = vec![(".gitlab-ci.yml".to_string(), pipeline.to_string())];
+    files.extend(
+        local
+            .iter()
+            .map(|(n, c)| ((*n).to_string(), (*c).to_string())),
+    );
+    let sources = Remote {
+        local: gantry_pipeline::MemSources::new(files),
+        remotes,
+        asked: std::sync::Mutex::new(Vec::new()),
+    };
+    let c = gantry_pipeline::compile(&sources, &gantry_pipeline::Context::default());
+    (c, sources.asked.into_inner().unwrap())
+}
+
+// GitLab (gitlab-foss MR 24356): a local include keeps the context of the file that includes it.
+// Inside an `include:project` file that is that project at that ref.
+#[test]
+fn a_local_include_in_a_project_file_is_read_in_that_project_at_that_ref() {
+    let (c, asked) = compile_remote(
+        "include:\n  - project: group/lib\n    ref: v1\n    file: /ci/main.yml\n",
+        &[("ci/jobs.yml", "ours:\n  script: [echo wrong]\n")],
+        vec![
+            (
+                "project:group/lib@v1:/ci/main.yml",
+                "include:\n  - local: /ci/jobs.yml\n  - /ci/more.yml\n  - project: group/other\n    file: o.yml\n",
+            ),
+            (
+                "project:group/lib@v1:ci/jobs.yml",
+                "include: ci/deeper.yml\nlib-job:\n  script: [echo lib]\n",
+            ),
+            (
+                "project:group/lib@v1:ci/deeper.yml",
+                "deeper:\n  script: [x]\n",
+            ),
+            ("project:group/lib@v1:ci/more.yml", "more:\n  script: [x]\n"),
+            ("project:group/other@HEAD:o.yml", "other:\n  script: [x]\n"),
+        ],
+    );
+    assert_eq!(
+        jobs(&c),
+        ["deeper", "lib-job", "more", "other"],
+        "{asked:#?}"
+    );
+}
+
+// A component's files are its project's at the component's version.
+#[test]
+fn a_local_include_in_a_component_is_read_in_the_component_project_at_its_version() {
+    let (c, asked) = compile_remote(
+        "include:\n  - component: gitlab.example.com/components/opentofu/full-pipeline@2.0.0\n",
+        &[("templates/fmt.yml", "ours:\n  script: [echo wrong]\n")],
+        vec![
+            (
+                "component:gitlab.example.com/components/opentofu/full-pipeline@2.0.0",
+                "include:\n  - local: /templates/fmt.yml\nplan:\n  script: [x]\n",
+            ),
+            (
+                "project:components/opentofu@2.0.0:templates/fmt.yml",
+                "fmt:\n  script: [x]\n",
+            ),
+        ],
+    );
+    assert_eq!(jobs(&c), ["fmt", "plan"], "{asked:#?}");
+}
+
+// A remote file and a template have no project: GitLab refuses a local include in them
+// ("Local file ... does not have project!").
+#[test]
+fn a_local_include_in_a_remote_file_or_a_template_is_an_error() {
+    for (include, key) in [
+        (
+            "remote: https://example.com/ci.yml",
+            "remote:https://example.com/ci.yml",
+        ),
+        (
+            "template: Jobs/Build.gitlab-ci.yml",
+            "template:Jobs/Build.gitlab-ci.yml",
+        ),
+    ] {
+        let pipeline: &'static str =
+            Box::leak(format!("include:\n  - {include}\njob:\n  script: [x]\n").into_boxed_str());
+        let (c, asked) = compile_remote(
+            pipeline,
+            &[("ci/jobs.yml", "ours:\n  script: [x]\n")],
+            vec![(key, "include:\n  - local: /ci/jobs.yml\n")],
+        );
+        let errs = errors(&c);
+        assert_eq!(errs.len(), 1, "{errs:#?}");
+        assert!(
+            errs[0].contains("local include `/ci/jobs.yml`") && errs[0].contains("has no project"),
+            "{errs:#?}"
+        );
+        assert!(errs[0].starts_with(&format!("{key}:2:5: ")), "{errs:#?}");
+        assert_eq!(asked, [key], "nothing else is asked for");
+    }
+}
+
+// `extends: null` extends nothing (the opentofu component's `plan.yml` has one).
+#[test]
+fn extends_null_extends_nothing() {
+    let c = compile_files(
+        &[(
+            ".gitlab-ci.yml",
+            ".base:\n  extends: null\n  variables: {A: a}\njob:\n  extends: .base\n  script: [x]\n",
+        )],
+        |_| {},
+    );
+    assert_eq!(jobs(&c), ["job"]);
+}

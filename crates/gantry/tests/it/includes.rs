@@ -941,8 +941,10 @@ fn a_component_of_this_project_at_head_is_read_from_the_working_tree() {
         ),
         (
             "templates/deploy/template.yml",
-            "spec:\n  inputs:\n    stage:\n---\ndeploy-$[[ inputs.stage ]]:\n  stage: $[[ inputs.stage ]]\n  script: [echo deploy]\n",
+            "spec:\n  inputs:\n    stage:\n---\ninclude: /templates/common.yml\ndeploy-$[[ inputs.stage ]]:\n  stage: $[[ inputs.stage ]]\n  script: [echo deploy]\n",
         ),
+        // A local include of the component is this project's, from the working tree too.
+        ("templates/common.yml", "common:\n  script: [echo common]\n"),
     ]);
     repo.git(&[
         "remote",
@@ -958,5 +960,191 @@ fn a_component_of_this_project_at_head_is_read_from_the_working_tree() {
         &["run", "--list-json", "--offline"],
         &[],
     );
-    assert_eq!(jobs(&out), ["deploy-test"]);
+    assert_eq!(jobs(&out), ["common", "deploy-test"]);
+}
+
+// GitLab (gitlab-foss MR 24356): a local include inside an `include:project` file is read in that
+// project at that ref, and so are its own local includes; its project includes work as usual.
+#[test]
+fn a_local_include_in_a_project_file_is_read_in_that_project_at_that_ref() {
+    let forge = Forge::start();
+    forge.project(
+        "group/lib",
+        "main",
+        &[
+            (
+                "ci/main.yml",
+                "include:\n  - local: /ci/jobs.yml\n  - project: group/other\n    file: o.yml\n",
+            ),
+            (
+                "ci/jobs.yml",
+                "include: ci/deeper.yml\nlib-v1:\n  script: [echo v1]\n",
+            ),
+            ("ci/deeper.yml", "deeper-v1:\n  script: [echo v1]\n"),
+        ],
+        true,
+    );
+    forge.tag("group/lib", "v1");
+    forge.commit(
+        "group/lib",
+        &[
+            ("ci/jobs.yml", "lib-main:\n  script: [echo main]\n"),
+            ("ci/deeper.yml", "deeper-main:\n  script: [echo main]\n"),
+        ],
+    );
+    // Over git only: the nested file of a project the API does not know comes the same way.
+    forge.project(
+        "group/other",
+        "main",
+        &[("o.yml", "other:\n  script: [x]\n")],
+        false,
+    );
+    let repo = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            "include:\n  - project: group/lib\n    ref: v1\n    file: /ci/main.yml\n",
+        ),
+        ("ci/jobs.yml", "ours:\n  script: [echo wrong]\n"),
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = gantry(
+        &repo,
+        cache.path(),
+        &forge.url(),
+        &["run", "--list-json"],
+        &[],
+    );
+    assert_eq!(jobs(&out), ["deeper-v1", "lib-v1", "other"]);
+    let cached = cache.path().join(format!(
+        "gantry/includes/project/{}/group/lib/-/v1/ci/deeper.yml",
+        forge.host()
+    ));
+    assert!(cached.exists(), "{}", cached.display());
+}
+
+// A local include inside a component is a file of the component's project at the version the
+// component resolved to (the opentofu component's `full-pipeline.yml` includes `/templates/fmt.yml`).
+#[test]
+fn a_local_include_in_a_component_is_read_in_its_project_at_the_resolved_version() {
+    let forge = Forge::start();
+    let full = "include:\n  - local: /templates/fmt.yml\nplan:\n  script: [x]\n";
+    forge.project(
+        "group/tofu",
+        "main",
+        &[
+            ("templates/full-pipeline.yml", full),
+            ("templates/fmt.yml", "fmt-1:\n  script: [x]\n"),
+        ],
+        true,
+    );
+    forge.tag("group/tofu", "1.0.0");
+    forge.commit(
+        "group/tofu",
+        &[("templates/fmt.yml", "fmt-main:\n  script: [x]\n")],
+    );
+    forge
+        .state
+        .lock()
+        .unwrap()
+        .releases
+        .insert("group/tofu".into(), vec!["1.0.0".into()]);
+    let host = forge.host();
+    for version in ["~latest", "1.0.0"] {
+        let repo = Repo::new(&[
+            (
+                ".gitlab-ci.yml",
+                &format!(
+                    "include:\n  - component: $CI_SERVER_FQDN/group/tofu/full-pipeline@{version}\n"
+                ),
+            ),
+            ("templates/fmt.yml", "ours:\n  script: [echo wrong]\n"),
+        ]);
+        let cache = tempfile::tempdir().unwrap();
+        let out = gantry(
+            &repo,
+            cache.path(),
+            &forge.url(),
+            &["run", "--list-json"],
+            &[],
+        );
+        assert_eq!(jobs(&out), ["fmt-1", "plan"], "{version}");
+        let cached = cache.path().join(format!(
+            "gantry/includes/project/{host}/group/tofu/-/1.0.0/templates/fmt.yml"
+        ));
+        assert!(cached.exists(), "{version}: {}", cached.display());
+        // From the cache, offline, the same.
+        let out = gantry(
+            &repo,
+            cache.path(),
+            &forge.url(),
+            &["run", "--list-json", "--offline"],
+            &[],
+        );
+        assert_eq!(jobs(&out), ["fmt-1", "plan"], "{version} offline");
+    }
+}
+
+// A remote file has no project (GitLab: "Local file ... does not have project!").
+#[test]
+fn a_local_include_in_a_remote_file_is_an_error() {
+    let forge = Forge::start();
+    forge.file("/ci/remote.yml", 200, b"include: /ci/jobs.yml\n");
+    let url = format!("{}/ci/remote.yml", forge.url());
+    let repo = Repo::new(&[
+        (
+            ".gitlab-ci.yml",
+            &format!("include: {url}\njob:\n  script: [x]\n"),
+        ),
+        ("ci/jobs.yml", "ours:\n  script: [x]\n"),
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = gantry(&repo, cache.path(), &forge.url(), &["lint"], &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains(&format!(
+            "remote:{url}:1:10: local include `/ci/jobs.yml` in `include:remote` `{url}`"
+        )),
+        "{text}"
+    );
+}
+
+// `--gitlab-url` (here `GANTRY_GITLAB_URL`) is the instance the pipeline sees in `CI_SERVER_*`.
+#[test]
+fn the_gitlab_url_sets_the_ci_server_variables() {
+    let url = "http://127.0.0.1:9/gitlab";
+    let cond = [
+        "$CI_SERVER_URL == \"http://127.0.0.1:9/gitlab\"",
+        "$CI_SERVER_HOST == \"127.0.0.1\"",
+        "$CI_SERVER_PORT == \"9\"",
+        "$CI_SERVER_PROTOCOL == \"http\"",
+        "$CI_SERVER_FQDN == \"127.0.0.1:9\"",
+        "$CI_API_V4_URL == \"http://127.0.0.1:9/gitlab/api/v4\"",
+    ]
+    .join(" && ");
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        &format!("job:\n  rules:\n    - if: '{cond}'\n  script: [x]\nother:\n  script: [x]\n"),
+    )]);
+    let cache = tempfile::tempdir().unwrap();
+    let out = gantry(&repo, cache.path(), url, &["run", "--list-json"], &[]);
+    assert_eq!(jobs(&out), ["job", "other"]);
+    // The origin remote's host when nothing else names the instance.
+    repo.git(&[
+        "remote",
+        "add",
+        "origin",
+        "git@gitlab.example.com:group/p.git",
+    ]);
+    let out = gantry(&repo, cache.path(), "", &["run", "--list-json"], &[]);
+    assert_eq!(jobs(&out), ["other"]);
+    // What the user sets wins.
+    let out = gantry(
+        &repo,
+        cache.path(),
+        url,
+        &["run", "--list-json", "--variable", "CI_SERVER_PORT=1"],
+        &[],
+    );
+    assert_eq!(jobs(&out), ["other"]);
 }

@@ -503,7 +503,7 @@ cases! {
     fetch_opentofu_component_at_commit: Case { dir: "Kngfisher__OpenTofu",
         file: "tests/integration-tests/Defaults.gitlab-ci.yml", source: "parent_pipeline",
         fetch: true,
-        vars: &[("CI_PROJECT_PATH", "components/opentofu"), ("CI_SERVER_FQDN", "127.0.0.1:{port}"),
+        vars: &[("CI_PROJECT_PATH", "components/opentofu"),
                 ("GITLAB_OPENTOFU_IMAGE_BASE", "registry.gitlab.com/components/opentofu"),
                 ("GITLAB_OPENTOFU_BASE_IMAGE_OS", "alpine"), ("OPENTOFU_VERSION", "1.9.0"),
                 ("TEST_GITLAB_TOFU_ROOT_DIR", "tests/iac"),

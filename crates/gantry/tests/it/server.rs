@@ -1994,19 +1994,37 @@ fn component_and_template_includes_resolve(store: Store) {
             ("GANTRY_ALLOW_LOCAL_INCLUDES", "true"),
         ],
     );
-    let comps = Repo::new(&[(
-        "templates/build/template.yml",
-        "spec:\n  inputs:\n    word:\n---\nbuild_$[[ inputs.word ]]:\n  script: [echo 1.0]\n",
-    )]);
+    let comps = Repo::new(&[
+        (
+            "templates/build/template.yml",
+            "spec:\n  inputs:\n    word:\n---\nbuild_$[[ inputs.word ]]:\n  script: [echo 1.0]\n",
+        ),
+        (
+            "templates/common.yml",
+            "common:\n  script: [echo common 1.0]\n",
+        ),
+    ]);
     comps.git(&["tag", "1.0.0"]);
+    // A local include of the component is the component project's file at the selected version.
     std::fs::write(
         comps.path().join("templates/build/template.yml"),
-        "spec:\n  inputs:\n    word:\n---\nbuild_$[[ inputs.word ]]:\n  script: [echo \"component 1.1\"]\n",
+        "spec:\n  inputs:\n    word:\n---\ninclude: /templates/common.yml\nbuild_$[[ inputs.word ]]:\n  script: [echo \"component 1.1\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        comps.path().join("templates/common.yml"),
+        "common:\n  script: [echo \"common 1.1\"]\n",
     )
     .unwrap();
     comps.git(&["commit", "-q", "-am", "1.1"]);
     comps.git(&["tag", "1.1.0"]);
     comps.git(&["tag", "2.0.0-rc1"]);
+    std::fs::write(
+        comps.path().join("templates/common.yml"),
+        "common:\n  script: [echo \"common main\"]\n",
+    )
+    .unwrap();
+    comps.git(&["commit", "-q", "-am", "after 1.1"]);
     let app = Repo::new(&[(
         ".gitlab-ci.yml",
         "include:\n  - component: gantry.test:8080/comps/build@~latest\n    inputs:\n      word: latest\n  - template: Hello.gitlab-ci.yml\n",
@@ -2025,6 +2043,8 @@ fn component_and_template_includes_resolve(store: Store) {
     assert_success(&p, &[&agent]);
     let log = api.log(job_named(&p, "build_latest").id);
     assert!(log.contains("component 1.1\n"), "{log}");
+    let log = api.log(job_named(&p, "common").id);
+    assert!(log.contains("common 1.1\n"), "{log}");
     let log = api.log(job_named(&p, "template_job").id);
     assert!(log.contains("from the template\n"), "{log}");
     // Another host: refused at once, with the include's position.
