@@ -92,6 +92,15 @@ def fx_workspace_10k(root):
     return pipeline(["test"], [job(f"job{i}", "test", script) for i in (1, 2, 3)])
 
 
+def fx_workspace_40k(root):
+    """A repository the size of a large real project (u-boot has about 38,600
+    files): 40,000 files, and two one-line jobs in two stages (bench/big-repo.py)."""
+    write_tree(root, 40_000, fanout=20)
+    check = "test -f src/d19/e19/f39999.txt"
+    return pipeline(["build", "test"], [job("build", "build", [check]),
+                                        job("test", "test", [check])])
+
+
 FIXTURES = {
     "three-stages": fx_three_stages,
     "fifty-jobs": fx_fifty_jobs,
@@ -100,6 +109,7 @@ FIXTURES = {
     "log-200k": fx_log_200k,
     "log-2m": fx_log_2m,
     "workspace-10k": fx_workspace_10k,
+    "workspace-40k": fx_workspace_40k,
 }
 
 

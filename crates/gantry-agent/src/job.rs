@@ -341,6 +341,7 @@ async fn execute(
         echo: true,
         default_timeout: DEFAULT_TIMEOUT,
         files,
+        overlay: false,
     };
     let reporter = Arc::new(LogReporter::new(spool.clone()));
     let ran = match &env.exec {

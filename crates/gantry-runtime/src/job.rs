@@ -15,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::executor::{Executor, JobContext, Session, Step, StepEvent, StepKind, StepOutcome};
 use crate::mask::Masker;
-use crate::workspace::Snapshot;
+use crate::workspace::{Snapshot, View};
 use crate::{Event, JobStatus, Reporter, RunConfig, artifacts, cache, files};
 
 /// How long `after_script` may run.
@@ -354,8 +354,9 @@ async fn attempt<E: Executor>(
         tokio::task::spawn_blocking(move || prepare_files(&ctx, idx, n, &workspace, &env, &sources))
             .await
     };
-    let cache_keys = match prepared {
-        Ok(Ok(keys)) => keys,
+    // Held until the attempt is over: dropping it detaches an overlay workspace.
+    let (cache_keys, _view) = match prepared {
+        Ok(Ok(prepared)) => prepared,
         Ok(Err((reason, message))) => {
             return Attempt::failed(ctx, name, reason, &message);
         }
@@ -582,8 +583,8 @@ impl Coverage {
     }
 }
 
-/// Workspace, cache restore and artifact restore of an attempt. Returns the cache keys, or why the
-/// attempt fails.
+/// Workspace, cache restore and artifact restore of an attempt. Returns the cache keys and the
+/// workspace's view, or why the attempt fails.
 fn prepare_files<E>(
     ctx: &Ctx<E>,
     idx: usize,
@@ -591,7 +592,7 @@ fn prepare_files<E>(
     workspace: &Path,
     env: &[(String, String)],
     sources: &[usize],
-) -> Result<Vec<String>, (FailureReason, String)> {
+) -> Result<(Vec<String>, Option<View>), (FailureReason, String)> {
     let job = &ctx.plan.jobs[idx];
     let name = job.name.as_str();
     let system = |what: &str, e: std::io::Error| {
@@ -603,11 +604,15 @@ fn prepare_files<E>(
             .map_err(|e| system("cannot remove old artifacts", e))?;
         ctx.stored()[idx] = Stored::Nothing;
     }
-    if !ctx.config.in_place {
-        ctx.snapshot
-            .populate(workspace)
-            .map_err(|e| system(&format!("cannot create {}", workspace.display()), e))?;
-    }
+    let view = if ctx.config.in_place {
+        None
+    } else {
+        Some(
+            ctx.snapshot
+                .populate(workspace)
+                .map_err(|e| system(&format!("cannot create {}", workspace.display()), e))?,
+        )
+    };
     let map = lookup(env);
     let look = |n: &str| map.get(n).map(|v| (*v).to_string());
 
@@ -668,7 +673,7 @@ fn prepare_files<E>(
             ),
         }
     }
-    Ok(keys)
+    Ok((keys, view))
 }
 
 fn when_matches(when: ArtifactsWhen, status: JobStatus) -> bool {

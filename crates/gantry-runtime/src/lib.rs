@@ -19,6 +19,7 @@
 //!     echo: true,
 //!     default_timeout: Duration::from_secs(3600),
 //!     files: None,
+//!     overlay: true,
 //! };
 //! let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
 //! let result = gantry_runtime::run(&plan, config, Arc::new(executor), reporter, cancel).await?;
@@ -81,6 +82,17 @@ pub struct RunConfig {
     /// The project's files (tracked, plus untracked and not ignored), relative to `project_dir`, when
     /// the caller has listed them already; `None` makes the runtime list them itself.
     pub files: Option<Vec<PathBuf>>,
+    /// Give each job an overlay (copy-on-write) view of the project snapshot where the system allows
+    /// it (root, with a kernel and file system that take overlayfs); `false`, or where it does not,
+    /// a tree of hard links to the snapshot. See `ARCHITECTURE.md`, Workspaces.
+    pub overlay: bool,
+}
+
+/// Detaches every job workspace overlay this process still has mounted. For a process about to exit
+/// without letting [`run`] finish (a second Ctrl-C); [`run`] detaches each when its job ends, and a
+/// later run detaches what a killed one left.
+pub fn unmount_workspaces() {
+    workspace::unmount_all();
 }
 
 /// Receives everything that happens, as it happens. Called from many tasks at once; it should be quick

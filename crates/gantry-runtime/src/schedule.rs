@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::executor::Executor;
 use crate::job::{Ctx, Outcome, Stored, canceled, run_job};
 use crate::mask::Masker;
-use crate::workspace::{self, Snapshot};
+use crate::workspace::{self, Setup, Snapshot};
 use crate::{
     Event, JobResult, JobStatus, PipelineResult, PipelineStatus, Reporter, RunConfig, RuntimeError,
 };
@@ -83,7 +83,8 @@ pub(crate) async fn run<E: Executor>(
         .join("builds")
         .join(config.pipeline_id.to_string());
     let artifacts_dir = state_dir.join("artifacts");
-    let (project_dir, in_place) = (config.project_dir.clone(), config.in_place);
+    let (project_dir, in_place, overlay) =
+        (config.project_dir.clone(), config.in_place, config.overlay);
     let given_files = config.files.clone();
     // `untracked` artifacts and caches are defined by the files listed before the jobs ran.
     let untracked = plan
@@ -106,14 +107,15 @@ pub(crate) async fn run<E: Executor>(
                     std::fs::write(&ignore, "*\n").map_err(io_error(&ignore))?;
                 }
                 workspace::discard_old_builds(&state_dir);
-                let snapshot = Snapshot::build(
-                    &project_dir,
-                    &state_dir,
-                    &builds_dir.join(".snapshot"),
+                let snapshot = Snapshot::build(Setup {
+                    project_dir: &project_dir,
+                    state_dir: &state_dir,
+                    builds_dir: &builds_dir,
                     in_place,
-                    given_files,
+                    given: given_files,
                     untracked,
-                )
+                    overlay,
+                })
                 .map_err(io_error(&project_dir))?;
                 let on_disk = std::fs::read_dir(&artifacts_dir)
                     .map(|d| {

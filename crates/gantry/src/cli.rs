@@ -619,6 +619,7 @@ fn execute(
         echo: true,
         default_timeout: Duration::from_secs(3600),
         files: Some(prepared.files.iter().map(PathBuf::from).collect()),
+        overlay: true,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(concurrency.clamp(1, 4))
@@ -651,6 +652,7 @@ fn execute(
                 );
                 let _ = cancel_tx.send(true);
                 if tokio::signal::ctrl_c().await.is_ok() {
+                    gantry_runtime::unmount_workspaces();
                     std::process::exit(i32::from(EXIT_INTERRUPTED));
                 }
             }

@@ -1,7 +1,7 @@
 //! Integration tests of the runtime: hand-built plans, run with the real shell executor in temporary
 //! git repositories.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use gantry_runtime::{
     Event, JobStatus, PipelineResult, PipelineStatus, Reporter, RunConfig, Stream,
 };
 use tokio::sync::watch;
+
+mod workspace;
 
 // ---------------------------------------------------------------------------------------------------
 // Helpers
@@ -251,6 +253,7 @@ fn config(project: &Path, plan: &Plan) -> RunConfig {
         echo: true,
         default_timeout: Duration::from_secs(60),
         files: None,
+        overlay: true,
     }
 }
 
@@ -873,52 +876,6 @@ async fn caches_push_and_pull() {
     let run = self::run(&plan(vec![bad]), r.path()).await;
     assert_eq!(run.status("bad"), JobStatus::Failed);
     assert!(run.rec.has_info("bad", "must not contain `/`"));
-}
-
-#[tokio::test]
-async fn workspaces_are_isolated_snapshots() {
-    let r = repo(&[
-        ("tracked.txt", "committed\n"),
-        (".gitignore", "ignored.txt\n"),
-        ("link-target", "t\n"),
-    ]);
-    std::os::unix::fs::symlink("link-target", r.path().join("link")).unwrap();
-    std::fs::write(r.path().join("tracked.txt"), "uncommitted\n").unwrap();
-    std::fs::write(r.path().join("untracked.txt"), "new\n").unwrap();
-    std::fs::write(r.path().join("ignored.txt"), "secret").unwrap();
-    std::fs::write(r.path().join("script.sh"), "#!/bin/sh\necho exec-ok\n").unwrap();
-    std::fs::set_permissions(
-        r.path().join("script.sh"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let a = job(
-        "a",
-        1,
-        &[
-            "cat tracked.txt untracked.txt",
-            "test ! -e ignored.txt",
-            "test -L link && cat link",
-            "./script.sh",
-            "echo created > created.txt",
-            "rm untracked.txt",
-            "echo $CI_PROJECT_DIR",
-        ],
-    );
-    let b = job("b", 2, &["test ! -e created.txt", "cat untracked.txt"]);
-    let run = run(&plan(vec![a, b]), r.path()).await;
-    assert_eq!(
-        run.result.status,
-        PipelineStatus::Success,
-        "{:?}",
-        run.rec.all()
-    );
-    let logs = run.logs("a");
-    assert_eq!(&logs[..4], ["uncommitted", "new", "t", "exec-ok"]);
-    assert_eq!(PathBuf::from(&logs[4]), r.path().join(".gantry/builds/1/a"));
-    assert_eq!(run.logs("b"), ["new"]);
-    assert!(!r.path().join("created.txt").exists());
-    assert!(r.path().join("untracked.txt").exists());
 }
 
 #[tokio::test]
