@@ -266,32 +266,20 @@ fn phases(map: &Map, root: Pos, diags: &mut Diags) -> Vec<Phase> {
 
 /// A list of commands: a sequence of strings, kept as the script's nodes.
 fn commands(n: &Node, path: &str, diags: &mut Diags) -> Option<Node> {
-    let Some(items) = n.as_seq() else {
-        diags.error(
-            n.pos,
-            format!("`{path}` must be a list of commands, not {}", n.kind()),
-        );
-        return None;
-    };
-    let mut ok = true;
-    for i in items {
-        if i.as_str().is_none() {
-            diags.error(
-                i.pos,
-                format!("each of `{path}` must be a string, not {}", i.kind()),
-            );
-            ok = false;
-        }
-    }
-    ok.then(|| n.clone())
+    strings(n, path, "commands", diags)
 }
 
 /// A list of paths: a sequence of strings.
 fn paths(n: &Node, path: &str, diags: &mut Diags) -> Option<Node> {
+    strings(n, path, "paths", diags)
+}
+
+/// A sequence of strings (`what` names them in the error), kept as it is.
+fn strings(n: &Node, path: &str, what: &str, diags: &mut Diags) -> Option<Node> {
     let Some(items) = n.as_seq() else {
         diags.error(
             n.pos,
-            format!("`{path}` must be a list of paths, not {}", n.kind()),
+            format!("`{path}` must be a list of {what}, not {}", n.kind()),
         );
         return None;
     };

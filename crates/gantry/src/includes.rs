@@ -983,11 +983,7 @@ impl Fetcher {
         let at = git_ref.unwrap_or("its default branch");
         Err(format!(
             "project `{project}` has no file {} at `{at}` ({})",
-            candidates
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(" or "),
+            either(candidates),
             no_file.join("; ")
         ))
     }
@@ -1158,11 +1154,7 @@ impl Fetcher {
         }
         Err(format!(
             "project `{project}` has no file {} at `{}` (git at {repo})",
-            candidates
-                .iter()
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(" or "),
+            either(candidates),
             git_ref.unwrap_or("HEAD")
         ))
     }
@@ -1238,6 +1230,15 @@ impl Fetcher {
 
 fn repo_url(base: &Url, project: &str) -> String {
     format!("{}/{project}.git", base.as_str().trim_end_matches('/'))
+}
+
+/// The candidate files of an include, `` `a` or `b` ``.
+fn either(candidates: &[String]) -> String {
+    candidates
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 /// An error with its causes, `a: b: c`.
