@@ -1347,7 +1347,7 @@ fn jobs_fetch_origin_with_their_job_token(store: Store) {
 /// next git commands to run: hooks (also under a `core.hooksPath` of its own), `core.fsmonitor`,
 /// an `include.path` that sets them again, `core.sshCommand`, `credential.helper`, a filter and
 /// `gc.auto` (for `pre-auto-gc`). Each planted program appends its environment to `mark`.
-pub(crate) fn plant_script(mark: &Path) -> String {
+fn plant_script(mark: &Path) -> String {
     let mark = mark.display();
     let hooks = [
         "post-checkout",
