@@ -504,7 +504,8 @@ test:
 
 /// Issue 16, finding 3, with the container executor: an `image:` job plants hooks,
 /// `core.fsmonitor`, `core.sshCommand` and an `include.path` in the checkout's `.git` (which the
-/// container sees through its workspace); the next job on the same worker needs a fetch, a checkout
+/// container sees through its workspace) and asks for its untracked files (which the agent lists
+/// with git on the host); the next job on the same worker needs a fetch, a checkout
 /// and a clean by the agent on the host, and none of the planted code runs there.
 #[test]
 fn planted_git_hooks_from_a_container_never_run_on_the_host() {
@@ -525,7 +526,7 @@ fn planted_git_hooks_from_a_container_never_run_on_the_host() {
          echo planted\n"
     );
     let yaml = "stages: [first, second]\n\
-         plant:\n  stage: first\n  image: gantry-test/base:1\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n    - sh plant.sh\n\
+         plant:\n  stage: first\n  image: gantry-test/base:1\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n    - sh plant.sh\n  artifacts:\n    untracked: true\n\
          next:\n  stage: second\n  image: gantry-test/base:1\n  variables:\n    GIT_DEPTH: \"0\"\n  script:\n    - echo next-ok\n";
     let repo = Repo::new(&[(".gitlab-ci.yml", yaml), ("plant.sh", &plant)]);
     for i in 1..=2 {

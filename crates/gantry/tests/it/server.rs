@@ -1381,14 +1381,15 @@ fn plant_script(mark: &Path) -> String {
 }
 
 /// Finding 3 of issue 16: a job plants hooks, `core.fsmonitor` and configuration in its kept
-/// checkout; the next job on the same worker needs a fetch (the whole history of a shallow
+/// checkout (and asks for its untracked files as artifacts, which the agent lists with git right
+/// after the script); the next job on the same worker needs a fetch (the whole history of a shallow
 /// checkout), a checkout and a clean by the agent, and none of the planted code runs (the marker
 /// stays absent), so the agent's token reaches none of it.
 fn planted_git_hooks_and_config_never_run_in_the_agent(store: Store) {
     let s = Setup::new(store);
     let mark = s.dir.path().join("planted-ran");
     let yaml = "stages: [first, second]\n\
-         plant:\n  stage: first\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n    - sh plant.sh\n\
+         plant:\n  stage: first\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n    - sh plant.sh\n  artifacts:\n    untracked: true\n\
          next:\n  stage: second\n  variables:\n    GIT_DEPTH: \"0\"\n  script:\n    - test \"$(git rev-parse HEAD)\" = \"$CI_COMMIT_SHA\"\n    - echo \"commits=$(git log --oneline | wc -l | tr -d ' ')\"\n";
     let repo = Repo::new(&[(".gitlab-ci.yml", yaml), ("plant.sh", &plant_script(&mark))]);
     for i in 1..=2 {
