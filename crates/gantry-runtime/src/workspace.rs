@@ -339,18 +339,17 @@ fn keeper(project_dir: &Path, state_dir: &Path) -> impl Fn(&Path) -> bool {
 }
 
 /// `git`, running no code that the repository names: a job may have written the checkout's `.git`
-/// (hooks, `core.fsmonitor`, an `include.path`) before its files are listed.
+/// (hooks, `core.fsmonitor`, also through an `include.path`) before its files are listed. The
+/// command line wins over every configuration file; the user's own configuration (such as
+/// `core.excludesFile` for `gantry run`) still counts.
 fn git() -> Command {
     let mut c = Command::new("git");
-    c.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_ATTR_NOSYSTEM", "1")
-        .args([
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.fsmonitor=false",
-        ]);
+    c.args([
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+    ]);
     c
 }
 
