@@ -14,6 +14,12 @@
 //! The token travels in the environment of the agent's own `git fetch` (`GIT_CONFIG_*`), never on a
 //! command line, in the repository's configuration, or in the log.
 //!
+//! A job can write its checkout's `.git`. So the agent's git never runs code that the repository
+//! names (`git` sets no hooks, no `core.fsmonitor`, no system or user configuration) and, before
+//! each job, the agent rewrites the repository's configuration and removes hooks, attributes and
+//! alternates (`reset_control`), so neither the token nor the agent's machine is reached from a
+//! job's planted hooks, filters or helpers.
+//!
 //! The repository's `origin` is the project's repository on the server for jobs
 //! (`/api/v1/projects/NAME/git`), which a job reads with its own `CI_JOB_TOKEN` while it runs
 //! (the agent gives the job the header for that URL only, see `job::runnable`), so that
@@ -118,15 +124,44 @@ pub(crate) fn git_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A git command in `dir`, never asking for anything, ignoring the agent's own `GIT_DIR`.
+/// A git command in `dir`, never asking for anything, ignoring the agent's own `GIT_DIR`, and
+/// never running code that the repository (that is, an earlier job) controls: no hooks, no
+/// `core.fsmonitor`, no system or user configuration (the repository's own configuration is the
+/// agent's, rewritten before each job by `reset_control`).
 fn git(dir: &Path) -> Command {
     let mut c = Command::new("git");
     c.current_dir(dir)
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ATTR_NOSYSTEM", "1")
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .env_remove("GIT_INDEX_FILE")
         .env_remove("GIT_OBJECT_DIRECTORY")
+        .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
+        .env_remove("GIT_CONFIG")
+        .env_remove("GIT_CONFIG_PARAMETERS")
+        .env_remove("GIT_CONFIG_COUNT")
+        .env_remove("GIT_SSH")
+        .env_remove("GIT_SSH_COMMAND")
+        .env_remove("GIT_ASKPASS")
+        .env_remove("GIT_EXTERNAL_DIFF")
+        .env_remove("GIT_TEMPLATE_DIR")
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+            "-c",
+            "core.sshCommand=false",
+            "-c",
+            "credential.helper=",
+            "-c",
+            "gc.auto=0",
+            "-c",
+            "maintenance.auto=false",
+        ])
         .stdin(Stdio::null());
     c
 }
@@ -156,14 +191,7 @@ fn fetch(dir: &Path, opts: &Options, src: &Source<'_>, shallow: bool) -> Result<
             "GIT_CONFIG_VALUE_0",
             format!("Authorization: Bearer {}", src.token),
         )
-        .args([
-            "-c",
-            "gc.autoDetach=false",
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            "--no-recurse-submodules",
-        ]);
+        .args(["fetch", "--quiet", "--no-tags", "--no-recurse-submodules"]);
     if opts.depth > 0 {
         c.arg(format!("--depth={}", opts.depth));
     } else if shallow {
@@ -203,6 +231,13 @@ pub(crate) fn prepare(
     }
     std::fs::create_dir_all(dir).map_err(io)?;
     let git_dir = dir.join(".git");
+    // A `.git` that a job replaced by a file or a link (to a repository of its own), or whose
+    // control files cannot be reset, is not the agent's: start over.
+    let real = std::fs::symlink_metadata(&git_dir).is_ok_and(|m| m.is_dir());
+    if !real || reset_control(&git_dir, &src.origin).is_err() {
+        std::fs::remove_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
     if !git_dir.join("HEAD").exists() {
         // A directory left without a repository (by `none`, or a crash) starts over.
         if std::fs::read_dir(dir).map_err(io)?.next().is_some() {
@@ -210,9 +245,9 @@ pub(crate) fn prepare(
             std::fs::create_dir_all(dir).map_err(io)?;
         }
         run(git(dir).args(["init", "--quiet"]), "init")?;
+        reset_control(&git_dir, &src.origin).map_err(io)?;
         say("Created fresh repository.");
     }
-    set_origin(dir, &src.origin)?;
     // A commit already fetched into this repository is checked out at once; only a missing one (or a
     // full history asked of a shallow repository) is fetched. The checkout itself says whether the
     // commit is there, so a job of a known commit runs two git processes: checkout and clean.
@@ -273,19 +308,50 @@ pub(crate) fn prepare(
     Ok(())
 }
 
-/// Makes `url` the `origin` remote of the repository in `dir`, unless it already is (a file read).
-fn set_origin(dir: &Path, url: &str) -> Result<(), String> {
-    let config = std::fs::read_to_string(dir.join(".git/config")).unwrap_or_default();
-    if !config.contains("[remote \"origin\"]") {
-        run(
-            git(dir).args(["remote", "add", "origin", url]),
-            "remote add",
-        )?;
-    } else if !config.lines().any(|l| l.trim() == format!("url = {url}")) {
-        run(
-            git(dir).args(["remote", "set-url", "origin", url]),
-            "remote set-url",
-        )?;
+/// The files of the repository in `git_dir` through which a job could make git run its code (or
+/// read another repository's) are the agent's again: the configuration is rewritten whole (only
+/// `core` and the `origin` remote at `url`: no `include.path`, filters, helpers or commands), and
+/// hooks, attributes, alternates and links to other repositories are removed. Objects, refs, the
+/// index and `shallow` stay, so a kept checkout stays fast.
+fn reset_control(git_dir: &Path, url: &str) -> std::io::Result<()> {
+    let quoted = url.replace('\\', "\\\\").replace('"', "\\\"");
+    // Removed first and created anew, so that a link planted as `config` is not followed.
+    let config = git_dir.join("config");
+    match std::fs::remove_file(&config) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::io::Write::write_all(
+        &mut std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&config)?,
+        format!(
+            "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\
+             \tlogallrefupdates = true\n[remote \"origin\"]\n\turl = \"{quoted}\"\n\
+             \tfetch = +refs/heads/*:refs/remotes/origin/*\n"
+        )
+        .as_bytes(),
+    )?;
+    for dir in ["hooks", "worktrees"] {
+        match std::fs::remove_dir_all(git_dir.join(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    // An empty one, as `git init` leaves it for tools that install hooks for the job's own git.
+    std::fs::create_dir(git_dir.join("hooks"))?;
+    for file in [
+        "info/attributes",
+        "objects/info/alternates",
+        "objects/info/http-alternates",
+        "commondir",
+        "config.worktree",
+    ] {
+        match std::fs::remove_file(git_dir.join(file)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
     }
     Ok(())
 }
@@ -421,5 +487,115 @@ mod tests {
         std::fs::write(dir.join("junk"), "x").unwrap();
         prepare(&dir, &o, &src, &say).unwrap();
         assert!(dir.join("junk").exists());
+    }
+
+    /// Code that a job plants in its kept checkout (hooks, also under a `core.hooksPath` of its
+    /// own, `core.fsmonitor`, an `include.path`, a filter, `gc.auto` for `pre-auto-gc`, a link as
+    /// `config`) never runs in the agent's next fetch, checkout and clean, and the token stays out of
+    /// the planted programs' reach.
+    #[test]
+    fn planted_code_never_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let origin = tmp.path().join("origin");
+        std::fs::create_dir_all(&origin).unwrap();
+        sh(&origin, &["init", "-q", "-b", "main"]);
+        for i in 0..3 {
+            std::fs::write(origin.join("f"), i.to_string()).unwrap();
+            sh(&origin, &["add", "f"]);
+            sh(&origin, &["commit", "-q", "-m", &format!("c{i}")]);
+        }
+        let sha = sh(&origin, &["rev-parse", "HEAD"]);
+        let url = format!("file://{}", origin.display());
+        let dir = tmp.path().join("work");
+        let src = Source {
+            url: url.clone(),
+            origin: url.clone(),
+            token: "secret-token",
+            sha: &sha,
+            ref_name: Some("main".into()),
+            tag: false,
+        };
+        let say = |_: &str| {};
+        let mut o = opts(&[("GIT_DEPTH", "1")]).unwrap();
+        prepare(&dir, &o, &src, &say).unwrap();
+        // The job plants.
+        let mark = tmp.path().join("ran");
+        let evil = tmp.path().join("evil");
+        std::fs::create_dir_all(evil.join("hooks")).unwrap();
+        let run = evil.join("run");
+        std::fs::write(&run, format!("#!/bin/sh\nenv >> {}\n", mark.display())).unwrap();
+        let exec = |p: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        exec(&run);
+        let git_dir = dir.join(".git");
+        std::fs::create_dir_all(git_dir.join("hooks")).unwrap();
+        for h in [
+            "post-checkout",
+            "reference-transaction",
+            "pre-auto-gc",
+            "post-merge",
+        ] {
+            std::fs::copy(&run, git_dir.join("hooks").join(h)).unwrap();
+            exec(&git_dir.join("hooks").join(h));
+            std::fs::copy(&run, evil.join("hooks").join(h)).unwrap();
+            exec(&evil.join("hooks").join(h));
+        }
+        let r = run.display();
+        std::fs::write(
+            evil.join("config"),
+            format!(
+                "[core]\n\thooksPath = {}\n\tfsmonitor = {r}\n",
+                evil.join("hooks").display()
+            ),
+        )
+        .unwrap();
+        let config = std::fs::read_to_string(git_dir.join("config")).unwrap();
+        std::fs::write(
+            git_dir.join("config"),
+            format!(
+                "{config}[core]\n\tfsmonitor = {r}\n\tsshCommand = {r}\n[gc]\n\tauto = 1\n\
+                 [credential]\n\thelper = !{r}\n[filter \"evil\"]\n\tclean = {r}\n\tsmudge = {r}\n\
+                 [include]\n\tpath = {}\n",
+                evil.join("config").display()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(git_dir.join("info")).unwrap();
+        std::fs::write(git_dir.join("info/attributes"), "* filter=evil\n").unwrap();
+        std::fs::write(dir.join("junk"), "x").unwrap();
+        // The next job: a fetch of the whole history, a checkout and a clean.
+        o.depth = 0;
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert!(
+            !mark.exists(),
+            "planted code ran: {}",
+            std::fs::read_to_string(&mark).unwrap_or_default()
+        );
+        assert_eq!(sh(&dir, &["log", "--oneline"]).lines().count(), 3);
+        assert!(!dir.join("junk").exists());
+        let config = std::fs::read_to_string(git_dir.join("config")).unwrap();
+        assert!(
+            !config.contains("evil") && !config.contains("include"),
+            "{config}"
+        );
+        // A link planted as `config` is replaced, not written through.
+        let outside = tmp.path().join("outside");
+        std::fs::write(&outside, "keep").unwrap();
+        std::fs::remove_file(git_dir.join("config")).unwrap();
+        std::os::unix::fs::symlink(&outside, git_dir.join("config")).unwrap();
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep");
+        // A `.git` replaced by a link to another repository is started over.
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        sh(&other, &["init", "-q"]);
+        std::fs::remove_dir_all(&git_dir).unwrap();
+        std::os::unix::fs::symlink(other.join(".git"), &git_dir).unwrap();
+        prepare(&dir, &o, &src, &say).unwrap();
+        assert!(std::fs::symlink_metadata(&git_dir).unwrap().is_dir());
+        assert_eq!(sh(&dir, &["rev-parse", "HEAD"]), sha);
+        assert!(!mark.exists());
     }
 }

@@ -338,10 +338,25 @@ fn keeper(project_dir: &Path, state_dir: &Path) -> impl Fn(&Path) -> bool {
     }
 }
 
+/// `git`, running no code that the repository names: a job may have written the checkout's `.git`
+/// (hooks, `core.fsmonitor`, also through an `include.path`) before its files are listed. The
+/// command line wins over every configuration file; the user's own configuration (such as
+/// `core.excludesFile` for `gantry run`) still counts.
+fn git() -> Command {
+    let mut c = Command::new("git");
+    c.args([
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+    ]);
+    c
+}
+
 /// The files git tracks in `project_dir`.
 fn tracked(project_dir: &Path, state_dir: &Path) -> io::Result<Vec<PathBuf>> {
     let keep = keeper(project_dir, state_dir);
-    let out = Command::new("git")
+    let out = git()
         .args(["ls-files", "-z", "--cached"])
         .current_dir(project_dir)
         .stdin(Stdio::null())
@@ -373,7 +388,7 @@ fn list(
         paths.dedup();
         return Ok(paths);
     }
-    let output = Command::new("git")
+    let output = git()
         .args([
             "ls-files",
             "-z",

@@ -501,3 +501,60 @@ test:
     let left = leftovers_under(s.path());
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Issue 16, finding 3, with the container executor: an `image:` job plants hooks,
+/// `core.fsmonitor`, `core.sshCommand` and an `include.path` in the checkout's `.git` (which the
+/// container sees through its workspace) and asks for its untracked files (which the agent lists
+/// with git on the host); the next job on the same worker needs a fetch, a checkout
+/// and a clean by the agent on the host, and none of the planted code runs there.
+#[test]
+fn planted_git_hooks_from_a_container_never_run_on_the_host() {
+    engine();
+    let s = server::Setup::new(Store::Sqlite);
+    let mark = s.path().join("planted-ran");
+    // The agent's own path of the checkout: planted commands name it as the host sees it.
+    let host = s.path().join("agents/d1/builds/checkouts/0/plant/.git");
+    let (mark, host) = (mark.display(), host.display());
+    let plant = format!(
+        "set -e\n\
+         printf '#!/bin/sh\\necho \"ran $0\" >> {mark}\\nenv >> {mark}\\n' > .git/run\n\
+         chmod +x .git/run\n\
+         mkdir -p .git/hooks\n\
+         for h in post-checkout reference-transaction pre-auto-gc post-merge; do cp .git/run .git/hooks/$h; done\n\
+         printf '[core]\\n\\tfsmonitor = {host}/run\\n\\tsshCommand = {host}/run\\n[gc]\\n\\tauto = 1\\n[include]\\n\\tpath = evil.cfg\\n' >> .git/config\n\
+         printf '[core]\\n\\thooksPath = {host}/hooks\\n\\tfsmonitor = {host}/run\\n' > .git/evil.cfg\n\
+         echo planted\n"
+    );
+    let yaml = "stages: [first, second]\n\
+         plant:\n  stage: first\n  image: gantry-test/base:1\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n    - sh plant.sh\n  artifacts:\n    untracked: true\n\
+         next:\n  stage: second\n  image: gantry-test/base:1\n  variables:\n    GIT_DEPTH: \"0\"\n  script:\n    - echo next-ok\n";
+    let repo = Repo::new(&[(".gitlab-ci.yml", yaml), ("plant.sh", &plant)]);
+    for i in 1..=2 {
+        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
+        repo.git(&["add", "n.txt"]);
+        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
+    }
+    let api = server::Api::new(&s.server);
+    api.add_project("plant", repo.path());
+    let agent = s.agent_with("d1", &["--executor", "docker"]);
+    let p = api.finished(api.trigger("plant"));
+    let plant = api.log(server::job_named(&p, "plant").id);
+    assert!(plant.contains("\nplanted\n"), "{plant}");
+    let mark = s.path().join("planted-ran");
+    assert!(
+        !mark.exists(),
+        "planted code ran on the host: {}",
+        std::fs::read_to_string(&mark).unwrap_or_default()
+    );
+    let next = server::job_named(&p, "next");
+    assert_eq!(
+        next.status,
+        gantry_api::JobStatus::Success,
+        "{}\nagent:\n{}",
+        api.log(next.id),
+        agent.output()
+    );
+    assert!(api.log(next.id).contains("\nnext-ok\n"));
+    let left = leftovers_under(s.path());
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

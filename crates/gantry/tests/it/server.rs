@@ -526,6 +526,7 @@ both_stores!(
     term_aborts_a_job_that_a_poll_brings_during_the_abort,
     jobs_get_a_git_checkout,
     jobs_fetch_origin_with_their_job_token,
+    planted_git_hooks_and_config_never_run_in_the_agent,
     git_route_serves_only_the_job_s_agent,
     quit_while_polling_strands_no_job,
     without_git_jobs_get_the_tree,
@@ -1340,6 +1341,78 @@ fn jobs_fetch_origin_with_their_job_token(store: Store) {
     );
     let none = http.get(&refs).send().unwrap();
     assert_eq!(none.status(), 401);
+}
+
+/// A script, committed as `plant.sh`, that plants code in its checkout's `.git` for the agent's
+/// next git commands to run: hooks (also under a `core.hooksPath` of its own), `core.fsmonitor`,
+/// an `include.path` that sets them again, `core.sshCommand`, `credential.helper`, a filter and
+/// `gc.auto` (for `pre-auto-gc`). Each planted program appends its environment to `mark`.
+fn plant_script(mark: &Path) -> String {
+    let mark = mark.display();
+    let hooks = [
+        "post-checkout",
+        "reference-transaction",
+        "pre-auto-gc",
+        "post-merge",
+        "post-rewrite",
+        "fsmonitor-watchman",
+        "push-to-checkout",
+    ];
+    format!(
+        "set -e\n\
+         evil=\"$PWD/.git/evil\"\n\
+         mkdir -p \"$evil/hooks\"\n\
+         printf '#!/bin/sh\\necho \"ran $0\" >> {mark}\\nenv >> {mark}\\n' > \"$evil/run\"\n\
+         chmod +x \"$evil/run\"\n\
+         for h in {hooks}; do cp \"$evil/run\" .git/hooks/$h; cp \"$evil/run\" \"$evil/hooks/$h\"; done\n\
+         git config core.fsmonitor \"$evil/run\"\n\
+         git config core.sshCommand \"$evil/run\"\n\
+         git config credential.helper \"!$evil/run\"\n\
+         git config filter.evil.smudge \"$evil/run\"\n\
+         git config filter.evil.clean \"$evil/run\"\n\
+         git config gc.auto 1\n\
+         git config gc.autoDetach false\n\
+         printf '[core]\\n\\thooksPath = %s/hooks\\n\\tfsmonitor = %s/run\\n' \"$evil\" \"$evil\" > \"$evil/config\"\n\
+         git config include.path \"$evil/config\"\n\
+         echo '* filter=evil' > .git/info/attributes\n\
+         echo planted\n",
+        hooks = hooks.join(" "),
+    )
+}
+
+/// Finding 3 of issue 16: a job plants hooks, `core.fsmonitor` and configuration in its kept
+/// checkout (and asks for its untracked files as artifacts, which the agent lists with git right
+/// after the script); the next job on the same worker needs a fetch (the whole history of a shallow
+/// checkout), a checkout and a clean by the agent, and none of the planted code runs (the marker
+/// stays absent), so the agent's token reaches none of it.
+fn planted_git_hooks_and_config_never_run_in_the_agent(store: Store) {
+    let s = Setup::new(store);
+    let mark = s.dir.path().join("planted-ran");
+    let yaml = "stages: [first, second]\n\
+         plant:\n  stage: first\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n    - sh plant.sh\n  artifacts:\n    untracked: true\n\
+         next:\n  stage: second\n  variables:\n    GIT_DEPTH: \"0\"\n  script:\n    - test \"$(git rev-parse HEAD)\" = \"$CI_COMMIT_SHA\"\n    - echo \"commits=$(git log --oneline | wc -l | tr -d ' ')\"\n";
+    let repo = Repo::new(&[(".gitlab-ci.yml", yaml), ("plant.sh", &plant_script(&mark))]);
+    for i in 1..=2 {
+        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
+        repo.git(&["add", "n.txt"]);
+        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
+    }
+    let api = Api::new(&s.server);
+    api.add_project("plant", repo.path());
+    let agent = s.agent("a1");
+    let p = api.finished(api.trigger("plant"));
+    let token = agent_token(&s, "a1");
+    let plant = api.log(job_named(&p, "plant").id);
+    assert!(plant.contains("planted\n"), "{plant}");
+    let next = api.log(job_named(&p, "next").id);
+    let ran = std::fs::read_to_string(&mark).unwrap_or_default();
+    assert!(
+        !mark.exists(),
+        "planted code ran (token exposed: {}): {ran}",
+        ran.contains(&token)
+    );
+    assert_success(&p, &[&agent]);
+    assert!(next.contains("commits=3\n"), "{next}");
 }
 
 /// The git route of a job answers only the agent that holds the job: no token `401`, another
