@@ -289,9 +289,16 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Constant-time string equality.
+/// Constant-time string equality that does not leak the length of either side: both are hashed
+/// to fixed-size SHA-256 digests, which are compared in constant time (no early return on a
+/// length mismatch).
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    bool::from(token_digest(a).ct_eq(&token_digest(b)))
+}
+
+/// The fixed-size digest that [`same`] compares.
+fn token_digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
 }
 
 /// The prefix of project tokens' secrets, so that leaked ones are recognisable (as GitLab's
@@ -480,6 +487,26 @@ pub(crate) struct QueryParams<T>(pub T);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_comparison_sees_fixed_size_digests_whatever_the_lengths() {
+        // The bytes compared are SHA-256 digests, so neither the comparison nor an early
+        // return can tell how long the expected token is.
+        for (a, b) in [
+            ("short", "a much longer token"),
+            ("", "x"),
+            ("same", "same"),
+        ] {
+            let (x, y) = (token_digest(a), token_digest(b));
+            assert_eq!(x.len(), 32);
+            assert_eq!(y.len(), 32);
+        }
+        assert!(same("gpt_secret", "gpt_secret"));
+        assert!(!same("gpt_secret", "gpt_secreT"));
+        assert!(!same("gpt_secret", "gpt_secret_and_more"));
+        assert!(!same("", "x"));
+        assert!(same("", ""));
+    }
 
     #[test]
     fn trace_ids() {
