@@ -515,6 +515,45 @@ async fn cancel_and_retry(b: Backend) {
 }
 both!(cancel_and_retry);
 
+async fn projects_are_paginated(b: Backend) {
+    let app = spawn(b).await;
+    for name in ["a", "b", "c"] {
+        app.project(name, json!({})).await;
+    }
+    let r = app
+        .get("/api/v1/projects?per_page=2&page=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-total"], "3");
+    assert_eq!(r.headers()["x-next-page"], "2");
+    let list: Value = r.json().await.unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let r = app
+        .get("/api/v1/projects?per_page=2&page=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-next-page"], "");
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "c");
+    let r = app
+        .get("/api/v1/projects?per_page=500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+both!(projects_are_paginated);
+
 async fn pagination_and_triggers(b: Backend) {
     let app = spawn(b).await;
     app.project("demo", json!({})).await;
