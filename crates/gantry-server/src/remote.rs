@@ -622,8 +622,12 @@ async fn read_from_project(
             Err(e) => {
                 let e = format!("{e:#}");
                 let why = format!("cannot fetch `{git_ref}` of project `{name}`: {e}");
-                // The repository answered, and has no such ref: another attempt will not help.
-                return if e.contains("couldn't find remote ref") || e.contains(" is not on ") {
+                // The repository answered, and has no such ref, or the ref is a pattern or a
+                // refspec (refused before any fetch): another attempt will not help.
+                return if e.contains("couldn't find remote ref")
+                    || e.contains(" is not on ")
+                    || e.contains(" is not a single ref")
+                {
                     Fetched::Permanent(why)
                 } else {
                     Fetched::Transient(why)
