@@ -211,7 +211,7 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
         "GANTRY_EXTERNAL_URL",
         &file.external_url,
     );
-    std::fs::create_dir_all(&data_dir)
+    crate::secure_data_dir(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     let mut generated = Generated::default();
     let admin_token = token(

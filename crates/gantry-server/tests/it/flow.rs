@@ -515,6 +515,43 @@ async fn cancel_and_retry(b: Backend) {
 }
 both!(cancel_and_retry);
 
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+async fn data_dir_and_database_files_are_private(b: Backend) {
+    use std::os::unix::fs::PermissionsExt as _;
+    // What an older server left: a world-readable data dir, token file and database file.
+    let app = spawn_with(b, |c| {
+        std::fs::create_dir_all(&c.data_dir).unwrap();
+        let open = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&c.data_dir, open.clone()).unwrap();
+        for f in ["admin-token", "registration-token"] {
+            std::fs::write(c.data_dir.join(f), "old\n").unwrap();
+            std::fs::set_permissions(c.data_dir.join(f), open.clone()).unwrap();
+        }
+    })
+    .await;
+    app.project("demo", json!({"webhook_secret": "s3cret"}))
+        .await;
+    let dir = &app.config.data_dir;
+    assert_eq!(mode(dir), 0o700, "the data dir");
+    for f in ["admin-token", "registration-token"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    if app.database_url.starts_with("sqlite") {
+        for f in ["gantry.db", "gantry.db-wal", "gantry.db-shm"] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+    }
+}
+both!(data_dir_and_database_files_are_private);
+
 async fn projects_are_paginated(b: Backend) {
     let app = spawn(b).await;
     for name in ["a", "b", "c"] {
