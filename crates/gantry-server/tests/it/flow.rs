@@ -100,7 +100,19 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
         .find(|v| v["key"] == "DEPLOY_TOKEN")
         .expect("the project variable is handed to the agent");
     assert_eq!(masked["masked"], true);
+    assert_eq!(
+        masked["value"], "hunter2-secret",
+        "the job still gets the value"
+    );
     assert_eq!(spec["plan"]["jobs"][0]["retry"]["max"], 0);
+    // The pipeline's stored row holds no plaintext copy of the masked value (issue 16, finding 8).
+    let store = gantry_store::connect(&app.database_url).await.unwrap();
+    let row = store.pipeline(pid).await.unwrap().unwrap();
+    assert!(!row.spec.contains("hunter2-secret"), "{}", row.spec);
+    assert!(row.spec.contains("DEPLOY_TOKEN"), "{}", row.spec);
+    for j in &row.jobs {
+        assert!(!j.spec.contains("hunter2-secret"), "{}", j.spec);
+    }
 
     // The pipeline runs.
     let p = app.pipeline_status(pid, "running").await;
