@@ -213,8 +213,13 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     resp
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text")))]
-async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text"), (status = 401, description = "`metrics_token` is set, and the request does not carry it", body = ErrorBody)))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(want) = &state.config.metrics_token {
+        if !bearer(&headers).is_some_and(|t| same(t, &want.0)) {
+            return AppError::unauthorized("/metrics needs the metrics token").into_response();
+        }
+    }
     if let Ok(depth) = state.store.queue_depth().await {
         state.metrics.queue_depth.set(depth);
     }
