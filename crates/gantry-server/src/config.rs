@@ -60,6 +60,7 @@ struct FileConfig {
     delivery_retry_max_backoff: Option<String>,
     allow_local_includes: Option<bool>,
     templates_url: Option<String>,
+    metrics_token: Option<String>,
 }
 
 /// A secret that never prints itself.
@@ -118,6 +119,10 @@ pub struct Config {
     /// (`https://gitlab.com`, say); `None`: `include:template` is an error that says to set it.
     /// File: `templates_url`; env: `GANTRY_TEMPLATES_URL`.
     pub templates_url: Option<String>,
+    /// When set, `GET /metrics` needs it as a bearer token (`Authorization: Bearer TOKEN`);
+    /// `None` (the default): `/metrics` is open, as a Prometheus scrape target usually is.
+    /// File: `metrics_token`; env: `GANTRY_METRICS_TOKEN`.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Config {
@@ -143,6 +148,7 @@ impl Config {
             status_backoff: Duration::from_secs(1),
             allow_local_includes: false,
             templates_url: None,
+            metrics_token: None,
         }
     }
 }
@@ -211,7 +217,7 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
         "GANTRY_EXTERNAL_URL",
         &file.external_url,
     );
-    std::fs::create_dir_all(&data_dir)
+    crate::secure_data_dir(&data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
     let mut generated = Generated::default();
     let admin_token = token(
@@ -274,6 +280,10 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
             _ => anyhow::bail!("invalid allow_local_includes `{s}`: true or false"),
         };
     }
+    config.metrics_token = pick(&none, "GANTRY_METRICS_TOKEN", &file.metrics_token)
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .map(Secret);
     config.templates_url = pick(&none, "GANTRY_TEMPLATES_URL", &file.templates_url)
         .map(|u| u.trim().trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty());

@@ -1,7 +1,7 @@
 //! The agent protocol (see `gantry_api::agent`): registration, long-poll job requests, heartbeats, log
 //! chunks, sources, artifacts, and finishing a job.
 
-use gantry_api::{ErrorBody, Job};
+use gantry_api::{ErrorBody, Job, ProjectVariable};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -175,7 +175,23 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     };
     let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
     let token = crate::jobtoken::mint(&state.config.admin_token.0, &job);
-    let spec = job_spec(&p, &job, main, &deps, lease_ms, token).map_err(AppError::internal)?;
+    let doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(AppError::internal)?;
+    // Masked project variables are stored without their value; the project's current one is
+    // handed out, read only when the pipeline has such a variable.
+    let secrets = if doc
+        .project_variables
+        .iter()
+        .any(|v| v.masked && v.value.is_none())
+    {
+        crate::projects::load(state, &p.project_name)
+            .await?
+            .spec
+            .variables
+    } else {
+        Vec::new()
+    };
+    let spec = job_spec(&p, doc, &secrets, &job, main, &deps, lease_ms, token)
+        .map_err(AppError::internal)?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
     if p.status != "running" || p.started_at.is_none() {
@@ -233,17 +249,21 @@ fn dependency_names(job: &gantry_pipeline::Job) -> Option<Vec<String>> {
 
 /// The job as handed to an agent: its plan holds the job and the jobs it takes artifacts from, with
 /// every variable resolved into the plan's layers. `p` is the pipeline (its jobs are not needed),
-/// `main` the job's decoded spec, `deps` the records (any attempts) of at least the jobs named by
+/// `doc` its decoded spec, `secrets` the project's variables, where the values of the masked ones
+/// that `doc` names without a value are read (empty when it names none), `main` the job's decoded
+/// spec, `deps` the records (any attempts) of at least the jobs named by
 /// [`dependency_names`] (every job of the earlier stages when that is `None`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn job_spec(
     p: &PipelineRecord,
+    doc: PipelineDoc,
+    secrets: &[ProjectVariable],
     job: &JobRecord,
     mut main: gantry_pipeline::Job,
     deps: &[JobRecord],
     lease_ms: u64,
     job_token: Option<String>,
 ) -> anyhow::Result<JobSpec> {
-    let doc: PipelineDoc = serde_json::from_str(&p.spec)?;
     main.retry = Retry::default();
     let latest = crate::advance::latest_of(deps);
     let by_name: HashMap<&str, &JobRecord> = latest.iter().map(|j| (j.name.as_str(), *j)).collect();
@@ -326,7 +346,16 @@ pub(crate) fn job_spec(
         .filter(|v| matches_scope(&v.environment_scope, env_name.as_deref()))
         .map(|v| Variable {
             key: v.key.clone(),
-            value: v.value.clone().unwrap_or_default(),
+            value: v
+                .value
+                .clone()
+                .or_else(|| {
+                    secrets
+                        .iter()
+                        .find(|s| s.key == v.key && s.environment_scope == v.environment_scope)
+                        .and_then(|s| s.value.clone())
+                })
+                .unwrap_or_default(),
             expand: true,
             masked: v.masked,
         })

@@ -227,9 +227,45 @@ pub(crate) fn prune_archives(data_dir: &Path, age: std::time::Duration) -> usize
     removed
 }
 
+/// A ref that [`fetch`] refuses: a pattern (`refs/heads/*`), a refspec (`a:b`, `+a`, `^a`), a
+/// revision expression (`a~1`, `a@{1}`) or anything else that is not one valid ref name, so that
+/// a pipeline's `include:project` ref fetches one ref and nothing else.
+#[derive(Debug)]
+pub(crate) struct NotARef(pub String);
+
+impl std::fmt::Display for NotARef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` is not a single ref", self.0)
+    }
+}
+
+impl std::error::Error for NotARef {}
+
+/// Whether `r` is one ref name as `git check-ref-format` allows it (a short name included), and
+/// none of git's pattern, refspec or revision characters.
+fn single_ref(r: &str) -> bool {
+    !r.is_empty()
+        && !r.starts_with(['-', '/', '+', '^', '.'])
+        && !r.ends_with(['/', '.'])
+        && !r.ends_with(".lock")
+        && !r.contains("..")
+        && !r.contains("//")
+        && !r.contains("@{")
+        && r != "@"
+        && !r
+            .split('/')
+            .any(|c| c.starts_with('.') || c.ends_with(".lock"))
+        && !r.chars().any(|c| {
+            c.is_ascii_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+        })
+}
+
 /// Fetches `sha` (or, when that fails or there is none, `fetch_ref`) from `url` into the mirror, and
 /// answers the commit's full SHA.
 pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) -> Result<String> {
+    if !single_ref(fetch_ref) {
+        return Err(anyhow::Error::new(NotARef(fetch_ref.to_string())));
+    }
     ensure_mirror(repo)?;
     if let Some(sha) = sha {
         if has_commit(repo, sha) {
@@ -516,6 +552,51 @@ mod tests {
         assert!(s.read("../etc/passwd").is_err());
         assert!(s.read("nope").is_err());
         assert!(fetch(&mirror, src.to_str().unwrap(), None, "no-such-branch").is_err());
+    }
+
+    #[test]
+    fn a_pattern_or_refspec_is_refused_and_fetches_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        sh(&src, &["init", "-q", "-b", "main"]);
+        sh(&src, &["commit", "-q", "--allow-empty", "-m", "one"]);
+        sh(&src, &["branch", "secret"]);
+        let url = src.to_str().unwrap();
+        let mirror = tmp.path().join("m.git");
+        for bad in [
+            "refs/heads/*",
+            "refs/heads/se?ret",
+            "refs/heads/[s]ecret",
+            "*",
+            "secret:refs/heads/x",
+            "refs/heads/main:refs/gantry/heads/secret",
+            "+refs/heads/secret",
+            "^refs/heads/secret",
+            "-refs/heads/main",
+            "refs/heads/../heads/secret",
+            "main@{1}",
+            "main~1",
+            "main secret",
+            "",
+        ] {
+            let e = fetch(&mirror, url, None, bad).unwrap_err();
+            assert!(
+                e.chain().any(|c| c.downcast_ref::<NotARef>().is_some()),
+                "{bad}: {e:#}"
+            );
+        }
+        let out = command(&mirror)
+            .args(["for-each-ref", "--format=%(refname)"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "",
+            "nothing was fetched"
+        );
+        assert!(fetch(&mirror, url, None, "refs/heads/secret").is_ok());
+        assert!(fetch(&mirror, url, None, "main").is_ok());
     }
 
     #[test]

@@ -213,8 +213,13 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     resp
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text")))]
-async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text"), (status = 401, description = "`metrics_token` is set, and the request does not carry it", body = ErrorBody)))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(want) = &state.config.metrics_token {
+        if !bearer(&headers).is_some_and(|t| same(t, &want.0)) {
+            return AppError::unauthorized("/metrics needs the metrics token").into_response();
+        }
+    }
     if let Ok(depth) = state.store.queue_depth().await {
         state.metrics.queue_depth.set(depth);
     }
@@ -289,9 +294,16 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Constant-time string equality.
+/// Constant-time string equality that does not leak the length of either side: both are hashed
+/// to fixed-size SHA-256 digests, which are compared in constant time (no early return on a
+/// length mismatch).
 pub(crate) fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+    bool::from(token_digest(a).ct_eq(&token_digest(b)))
+}
+
+/// The fixed-size digest that [`same`] compares.
+fn token_digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
 }
 
 /// The prefix of project tokens' secrets, so that leaked ones are recognisable (as GitLab's
@@ -480,6 +492,26 @@ pub(crate) struct QueryParams<T>(pub T);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_comparison_sees_fixed_size_digests_whatever_the_lengths() {
+        // The bytes compared are SHA-256 digests, so neither the comparison nor an early
+        // return can tell how long the expected token is.
+        for (a, b) in [
+            ("short", "a much longer token"),
+            ("", "x"),
+            ("same", "same"),
+        ] {
+            let (x, y) = (token_digest(a), token_digest(b));
+            assert_eq!(x.len(), 32);
+            assert_eq!(y.len(), 32);
+        }
+        assert!(same("gpt_secret", "gpt_secret"));
+        assert!(!same("gpt_secret", "gpt_secreT"));
+        assert!(!same("gpt_secret", "gpt_secret_and_more"));
+        assert!(!same("", "x"));
+        assert!(same("", ""));
+    }
 
     #[test]
     fn trace_ids() {

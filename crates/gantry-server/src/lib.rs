@@ -235,6 +235,8 @@ impl RunningServer {
 /// # Errors
 /// When the database cannot be reached or the address cannot be bound.
 pub async fn serve(config: Config) -> anyhow::Result<RunningServer> {
+    // Before the database is opened, since a SQLite database is usually in the data dir.
+    secure_data_dir(&config.data_dir)?;
     let store = gantry_store::connect(&config.database_url)
         .await
         .with_context(|| "cannot open the database")?;
@@ -246,8 +248,7 @@ pub async fn serve(config: Config) -> anyhow::Result<RunningServer> {
 /// # Errors
 /// When the address cannot be bound or the data dir cannot be created.
 pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result<RunningServer> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    secure_data_dir(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -282,6 +283,46 @@ pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result
         shutdown,
         task,
     })
+}
+
+/// Creates the data dir when missing, and makes it and the secrets in it private to the server's
+/// user (issue 16, finding 8): the dir `0700`, the token files and a SQLite database with its
+/// `-wal` and `-shm` files `0600`. Also fixes what an older server left readable.
+///
+/// # Errors
+/// When the dir cannot be created, or a mode cannot be set.
+pub(crate) fn secure_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let private = |path: &std::path::Path, mode: u32| -> anyhow::Result<()> {
+            match std::fs::metadata(path) {
+                Ok(m) if m.permissions().mode() & 0o777 != mode => {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                        .with_context(|| format!("cannot make {} private", path.display()))
+                }
+                _ => Ok(()),
+            }
+        };
+        private(dir, 0o700)?;
+        for f in [
+            "admin-token",
+            "registration-token",
+            "gantry.db",
+            "gantry.db-wal",
+            "gantry.db-shm",
+        ] {
+            private(&dir.join(f), 0o600)?;
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(())
 }
 
 /// Runs `gantry server` until SIGTERM or Ctrl-C; returns the process exit code.

@@ -76,7 +76,8 @@ pub(crate) struct PipelineDoc {
     /// Trigger and schedule variables: the highest precedence.
     pub cli_variables: Vec<Variable>,
     /// Project variables this pipeline may see (protected ones only on protected refs); environment
-    /// scopes are matched per job when it is handed out.
+    /// scopes are matched per job when it is handed out. Masked ones carry no value (`None`): it is
+    /// read from the project's variables at dispatch, so that no row keeps a plaintext copy.
     pub project_variables: Vec<ProjectVariable>,
 }
 
@@ -703,7 +704,18 @@ fn compile_with(
     };
     let mut result = gantry_pipeline::compile(&sources, &ctx);
     let mut doc = PipelineDoc {
-        project_variables,
+        // Masked values stay out of the pipeline's row: a reference (key and scope) is stored,
+        // and the value is read from the project when a job is handed out (see
+        // `dispatch::handed_out`).
+        project_variables: project_variables
+            .into_iter()
+            .map(|mut v| {
+                if v.masked {
+                    v.value = None;
+                }
+                v
+            })
+            .collect(),
         cli_variables: trigger_vars.clone(),
         ..PipelineDoc::default()
     };

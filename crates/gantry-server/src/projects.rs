@@ -12,8 +12,10 @@ use gantry_store::ProjectRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, AppResult};
-use crate::http::{Admin, Caller, JsonBody, PathParam};
+use crate::http::{Admin, Caller, JsonBody, PathParam, QueryParams};
+use crate::read::{PageQuery, page_headers};
 use crate::state::AppState;
+use axum::response::{IntoResponse as _, Response};
 
 /// A project's settings, as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -274,15 +276,26 @@ pub(crate) async fn create(
     ))
 }
 
-/// `GET /api/v1/projects`.
-#[utoipa::path(get, path = "/api/v1/projects", tag = "projects",
-    responses((status = 200, description = "Every project", body = Vec<Project>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
-pub(crate) async fn list(State(state): State<AppState>, _: Admin) -> AppResult<Json<Vec<Project>>> {
+/// `GET /api/v1/projects`: a page of projects by name, with the same `page`/`per_page`
+/// parameters and `X-Total`/`X-Next-Page` headers as the other lists.
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", params(PageQuery),
+    responses((status = 200, description = "A page of projects, by name", body = Vec<Project>,
+        headers(("X-Total" = i64), ("X-Page" = i64), ("X-Per-Page" = i64), ("X-Next-Page" = String))), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    _: Admin,
+    QueryParams(q): QueryParams<PageQuery>,
+) -> AppResult<Response> {
+    let page = q.page()?;
+    let all = state.store.projects().await?;
+    let total = i64::try_from(all.len()).unwrap_or(i64::MAX);
+    let skip = usize::try_from((page.page - 1) * page.per_page).unwrap_or(usize::MAX);
+    let take = usize::try_from(page.per_page).unwrap_or(0);
     let mut out = Vec::new();
-    for r in state.store.projects().await? {
+    for r in all.into_iter().skip(skip).take(take) {
         out.push(LoadedProject::parse(r)?.to_api());
     }
-    Ok(Json(out))
+    Ok((page_headers(page, total), Json(out)).into_response())
 }
 
 /// `GET /api/v1/projects/{name}`.

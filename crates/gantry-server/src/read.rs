@@ -106,7 +106,7 @@ pub(crate) struct PageQuery {
 }
 
 impl PageQuery {
-    fn page(&self) -> AppResult<Page> {
+    pub(crate) fn page(&self) -> AppResult<Page> {
         let page = self.page.unwrap_or(1);
         let per_page = self.per_page.unwrap_or(20);
         if !(1..=1_000_000).contains(&page) {
@@ -119,7 +119,7 @@ impl PageQuery {
     }
 }
 
-fn page_headers(page: Page, total: i64) -> HeaderMap {
+pub(crate) fn page_headers(page: Page, total: i64) -> HeaderMap {
     let mut h = HeaderMap::new();
     let pages = (total + page.per_page - 1) / page.per_page;
     let num =

@@ -353,7 +353,11 @@ fn client(local: bool) -> Result<&'static reqwest::Client, String> {
 
 /// Whether `ip` is a public unicast address: not loopback, private, link-local, shared (CGNAT),
 /// unspecified, broadcast, multicast, documentation, benchmarking or reserved; IPv6 not unique
-/// local or link-local either, and an IPv4-mapped address as its IPv4 address.
+/// local or link-local either. An IPv6 address that carries an IPv4 address is judged by it:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated (`::ffff:0:a.b.c.d`) and 6to4
+/// (`2002:AABB:CCDD::/48`). IPv4-compatible (`::a.b.c.d`, deprecated), NAT64 (`64:ff9b::/96`,
+/// `64:ff9b:1::/48`) and Teredo (`2001::/32`, whose IPv4 address is obscured) are never public,
+/// since a gateway on the way may turn them into any IPv4 address, the server's own included.
 pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -372,17 +376,30 @@ pub(crate) fn is_public(ip: IpAddr) -> bool {
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                std::net::Ipv4Addr::new(a, b, c, d)
+            };
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
+            // IPv4-translated, ::ffff:0:0:0/96.
+            if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+                return is_public(IpAddr::V4(embedded(s[6], s[7])));
+            }
+            // 6to4, 2002::/16: the IPv4 address is in the next 32 bits.
+            if s[0] == 0x2002 {
+                return is_public(IpAddr::V4(embedded(s[1], s[2])));
+            }
+            !(s[..6] == [0; 6]
                 || v6.is_multicast()
                 || v6.is_unique_local()
                 || v6.is_unicast_link_local()
-                || first == 0x2001 && v6.segments()[1] == 0x0db8
-                || first == 0x0064 && v6.segments()[1] == 0xff9b)
+                || s[0] == 0x2001 && s[1] == 0x0db8
+                || s[0] == 0x2001 && s[1] == 0
+                || s[0] == 0x0064 && s[1] == 0xff9b && (s[2..6] == [0; 4] || s[2] == 1))
         }
     }
 }
@@ -605,8 +622,12 @@ async fn read_from_project(
             Err(e) => {
                 let e = format!("{e:#}");
                 let why = format!("cannot fetch `{git_ref}` of project `{name}`: {e}");
-                // The repository answered, and has no such ref: another attempt will not help.
-                return if e.contains("couldn't find remote ref") || e.contains(" is not on ") {
+                // The repository answered, and has no such ref, or the ref is a pattern or a
+                // refspec (refused before any fetch): another attempt will not help.
+                return if e.contains("couldn't find remote ref")
+                    || e.contains(" is not on ")
+                    || e.contains(" is not a single ref")
+                {
                     Fetched::Permanent(why)
                 } else {
                     Fetched::Transient(why)
@@ -737,6 +758,16 @@ mod tests {
             "::ffff:10.0.0.1",
             "2001:db8::1",
             "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "2002:c0a8:101::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip} is not public");
         }
@@ -747,6 +778,8 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "::ffff:0:808:808",
+            "2002:808:808::1",
         ] {
             assert!(is_public(ip.parse().unwrap()), "{ip} is public");
         }

@@ -180,6 +180,35 @@ macro_rules! read {
     }};
 }
 
+/// Creates the database file `0600` when missing, and makes it and its `-wal` and `-shm`
+/// files `0600` when they exist with another mode.
+#[cfg(unix)]
+fn private_files(db_path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let fail = |p: &std::path::Path, e: std::io::Error| {
+        StoreError::Database(format!("making {} private: {e}", p.display()))
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db_path)
+        .map_err(|e| fail(db_path, e))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db_path.as_os_str().to_owned();
+        p.push(suffix);
+        let p = std::path::PathBuf::from(p);
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.permissions().mode() & 0o777 != 0o600 {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| fail(&p, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating the file and its directory if missing) the database at `url`
     /// (`sqlite://PATH` or `sqlite::memory:`) and runs the migrations.
@@ -208,6 +237,13 @@ impl SqliteStore {
                     })?;
                 }
             }
+        }
+        // The database holds webhook secrets and forge tokens: only the server's user may read
+        // it. SQLite gives the `-wal` and `-shm` files the database file's mode; files that an
+        // older version left readable are fixed here.
+        #[cfg(unix)]
+        if !in_memory {
+            private_files(&db_path)?;
         }
         let mut writer = SqliteConnection::connect_with(&options)
             .await

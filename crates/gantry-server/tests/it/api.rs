@@ -325,6 +325,50 @@ async fn openapi_lists_every_route() {
 }
 
 #[tokio::test]
+async fn metrics_can_need_a_token() {
+    let app = spawn_with(Backend::Sqlite, |c| {
+        c.metrics_token = Some(gantry_server::config::Secret("scrape-me".into()));
+    })
+    .await;
+    let url = format!("{}/metrics", app.url);
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .client
+        .get(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app
+        .client
+        .get(&url)
+        .bearer_auth("scrape-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("# EOF"));
+    // Without the setting, /metrics stays open (as before), and /healthz is always open.
+    let open = spawn(Backend::Sqlite).await;
+    let r = open
+        .client
+        .get(format!("{}/metrics", open.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .client
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
 async fn metrics_and_health() {
     let app = spawn(Backend::Sqlite).await;
     let _ = app.get("/api/v1/projects").send().await.unwrap();

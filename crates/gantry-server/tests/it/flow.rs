@@ -100,7 +100,19 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
         .find(|v| v["key"] == "DEPLOY_TOKEN")
         .expect("the project variable is handed to the agent");
     assert_eq!(masked["masked"], true);
+    assert_eq!(
+        masked["value"], "hunter2-secret",
+        "the job still gets the value"
+    );
     assert_eq!(spec["plan"]["jobs"][0]["retry"]["max"], 0);
+    // The pipeline's stored row holds no plaintext copy of the masked value (issue 16, finding 8).
+    let store = gantry_store::connect(&app.database_url).await.unwrap();
+    let row = store.pipeline(pid).await.unwrap().unwrap();
+    assert!(!row.spec.contains("hunter2-secret"), "{}", row.spec);
+    assert!(row.spec.contains("DEPLOY_TOKEN"), "{}", row.spec);
+    for j in &row.jobs {
+        assert!(!j.spec.contains("hunter2-secret"), "{}", j.spec);
+    }
 
     // The pipeline runs.
     let p = app.pipeline_status(pid, "running").await;
@@ -514,6 +526,82 @@ async fn cancel_and_retry(b: Backend) {
     assert_eq!(r.status(), 404);
 }
 both!(cancel_and_retry);
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+async fn data_dir_and_database_files_are_private(b: Backend) {
+    use std::os::unix::fs::PermissionsExt as _;
+    // What an older server left: a world-readable data dir, token file and database file.
+    let app = spawn_with(b, |c| {
+        std::fs::create_dir_all(&c.data_dir).unwrap();
+        let open = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&c.data_dir, open.clone()).unwrap();
+        for f in ["admin-token", "registration-token"] {
+            std::fs::write(c.data_dir.join(f), "old\n").unwrap();
+            std::fs::set_permissions(c.data_dir.join(f), open.clone()).unwrap();
+        }
+    })
+    .await;
+    app.project("demo", json!({"webhook_secret": "s3cret"}))
+        .await;
+    let dir = &app.config.data_dir;
+    assert_eq!(mode(dir), 0o700, "the data dir");
+    for f in ["admin-token", "registration-token"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+    if app.database_url.starts_with("sqlite") {
+        for f in ["gantry.db", "gantry.db-wal", "gantry.db-shm"] {
+            assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+        }
+    }
+}
+both!(data_dir_and_database_files_are_private);
+
+async fn projects_are_paginated(b: Backend) {
+    let app = spawn(b).await;
+    for name in ["a", "b", "c"] {
+        app.project(name, json!({})).await;
+    }
+    let r = app
+        .get("/api/v1/projects?per_page=2&page=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-total"], "3");
+    assert_eq!(r.headers()["x-next-page"], "2");
+    let list: Value = r.json().await.unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let r = app
+        .get("/api/v1/projects?per_page=2&page=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-next-page"], "");
+    let list: Value = r.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["name"], "c");
+    let r = app
+        .get("/api/v1/projects?per_page=500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+both!(projects_are_paginated);
 
 async fn pagination_and_triggers(b: Backend) {
     let app = spawn(b).await;
