@@ -410,6 +410,20 @@ mod tests {
         assert!(opts(&[("GIT_DEPTH", "deep")]).is_err());
     }
 
+    /// A repository `origin` under `tmp` with `n` commits of one file: its head and `file://` URL.
+    fn origin_with_commits(tmp: &Path, n: usize) -> (String, String) {
+        let origin = tmp.join("origin");
+        std::fs::create_dir_all(&origin).unwrap();
+        sh(&origin, &["init", "-q", "-b", "main"]);
+        for i in 0..n {
+            std::fs::write(origin.join("f"), i.to_string()).unwrap();
+            sh(&origin, &["add", "f"]);
+            sh(&origin, &["commit", "-q", "-m", &format!("c{i}")]);
+        }
+        let sha = sh(&origin, &["rev-parse", "HEAD"]);
+        (sha, format!("file://{}", origin.display()))
+    }
+
     fn sh(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")
             .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
@@ -426,16 +440,8 @@ mod tests {
     #[test]
     fn fetches_checks_out_and_reuses() {
         let tmp = tempfile::tempdir().unwrap();
+        let (sha, url) = origin_with_commits(tmp.path(), 4);
         let origin = tmp.path().join("origin");
-        std::fs::create_dir_all(&origin).unwrap();
-        sh(&origin, &["init", "-q", "-b", "main"]);
-        for i in 0..4 {
-            std::fs::write(origin.join("f"), i.to_string()).unwrap();
-            sh(&origin, &["add", "f"]);
-            sh(&origin, &["commit", "-q", "-m", &format!("c{i}")]);
-        }
-        let sha = sh(&origin, &["rev-parse", "HEAD"]);
-        let url = format!("file://{}", origin.display());
         let dir = tmp.path().join("work");
         let lines = std::cell::RefCell::new(Vec::new());
         let say = |l: &str| lines.borrow_mut().push(l.to_string());
@@ -496,16 +502,7 @@ mod tests {
     #[test]
     fn planted_code_never_runs() {
         let tmp = tempfile::tempdir().unwrap();
-        let origin = tmp.path().join("origin");
-        std::fs::create_dir_all(&origin).unwrap();
-        sh(&origin, &["init", "-q", "-b", "main"]);
-        for i in 0..3 {
-            std::fs::write(origin.join("f"), i.to_string()).unwrap();
-            sh(&origin, &["add", "f"]);
-            sh(&origin, &["commit", "-q", "-m", &format!("c{i}")]);
-        }
-        let sha = sh(&origin, &["rev-parse", "HEAD"]);
-        let url = format!("file://{}", origin.display());
+        let (sha, url) = origin_with_commits(tmp.path(), 3);
         let dir = tmp.path().join("work");
         let src = Source {
             url: url.clone(),
