@@ -19,13 +19,11 @@ async fn error_body(r: reqwest::Response) -> String {
 
 async fn auth_is_required(b: Backend) {
     let app = spawn(b).await;
-    let url = format!("{}/api/v1/projects", app.url);
-    let r = app.client.get(&url).send().await.unwrap();
+    let r = app.anon("/api/v1/projects").send().await.unwrap();
     assert_eq!(r.status(), 401);
     error_body(r).await;
     let r = app
-        .client
-        .get(&url)
+        .anon("/api/v1/projects")
         .bearer_auth("wrong")
         .send()
         .await
@@ -33,16 +31,14 @@ async fn auth_is_required(b: Backend) {
     assert_eq!(r.status(), 401);
     error_body(r).await;
     let r = app
-        .client
-        .get(&url)
+        .anon("/api/v1/projects")
         .header("PRIVATE-TOKEN", ADMIN)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let r = app
-        .client
-        .get(&url)
+        .anon("/api/v1/projects")
         .bearer_auth(ADMIN)
         .send()
         .await
@@ -238,8 +234,7 @@ both!(projects);
 async fn openapi_lists_every_route() {
     let app = spawn(Backend::Sqlite).await;
     let doc: Value = app
-        .client
-        .get(format!("{}/api/v1/openapi.json", app.url))
+        .anon("/api/v1/openapi.json")
         .send()
         .await
         .unwrap()
@@ -330,20 +325,17 @@ async fn metrics_can_need_a_token() {
         c.metrics_token = Some(gantry_server::config::Secret("scrape-me".into()));
     })
     .await;
-    let url = format!("{}/metrics", app.url);
-    let r = app.client.get(&url).send().await.unwrap();
+    let r = app.anon("/metrics").send().await.unwrap();
     assert_eq!(r.status(), 401);
     let r = app
-        .client
-        .get(&url)
+        .anon("/metrics")
         .bearer_auth("wrong")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
     let r = app
-        .client
-        .get(&url)
+        .anon("/metrics")
         .bearer_auth("scrape-me")
         .send()
         .await
@@ -352,19 +344,9 @@ async fn metrics_can_need_a_token() {
     assert!(r.text().await.unwrap().contains("# EOF"));
     // Without the setting, /metrics stays open (as before), and /healthz is always open.
     let open = spawn(Backend::Sqlite).await;
-    let r = open
-        .client
-        .get(format!("{}/metrics", open.url))
-        .send()
-        .await
-        .unwrap();
+    let r = open.anon("/metrics").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = app
-        .client
-        .get(format!("{}/healthz", app.url))
-        .send()
-        .await
-        .unwrap();
+    let r = app.anon("/healthz").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -373,8 +355,7 @@ async fn metrics_and_health() {
     let app = spawn(Backend::Sqlite).await;
     let _ = app.get("/api/v1/projects").send().await.unwrap();
     let text = app
-        .client
-        .get(format!("{}/metrics", app.url))
+        .anon("/metrics")
         .send()
         .await
         .unwrap()
@@ -398,19 +379,9 @@ async fn metrics_and_health() {
         );
     }
     assert!(text.contains("route=\"/api/v1/projects\""), "{text}");
-    let r = app
-        .client
-        .get(format!("{}/healthz", app.url))
-        .send()
-        .await
-        .unwrap();
+    let r = app.anon("/healthz").send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
+    let r = app.anon("/readyz").send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
 

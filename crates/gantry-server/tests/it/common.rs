@@ -194,6 +194,11 @@ impl App {
             .bearer_auth(ADMIN)
     }
 
+    /// A GET that carries no credentials of its own (health, metrics, what an outsider sends).
+    pub fn anon(&self, path: &str) -> RequestBuilder {
+        self.client.get(format!("{}{path}", self.url))
+    }
+
     pub fn post(&self, path: &str) -> RequestBuilder {
         self.client
             .post(format!("{}{path}", self.url))
