@@ -1,4 +1,10 @@
 //! The compiler proper: the expanded configuration tree → a [`Plan`].
+//!
+//! - A job key set to `null` is unset before `default` applies, as in GitLab.
+//! - `only` defaults to `[branches, tags]` unless there are `workflow:rules`; refs may name a project
+//!   (`REF@group/project`); `only` needs all of its keys, `except` any of them.
+//! - `needs` is flattened (anchors give nested lists) and matrix-filtered (`$[[ matrix.X ]]`),
+//!   names matrix instances by full name, and may be optional.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

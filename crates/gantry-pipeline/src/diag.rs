@@ -1,4 +1,8 @@
 //! Diagnostics: every problem the compiler finds, with the file, line and column it points at.
+//!
+//! Once an include could not be read, errors its content could have prevented (`Diags::follow_on`: a
+//! job without `script`, an unknown `extends`/`!reference` target, stage or needed job) are dropped,
+//! so that the include's own error is the one reported.
 
 use std::fmt;
 

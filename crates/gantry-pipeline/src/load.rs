@@ -1,5 +1,16 @@
 //! From files to one expanded configuration tree: documents and `spec:inputs`, `include`, `extends`
 //! and `!reference`, in GitLab's order (includes, then extends, then references).
+//!
+//! - `spec:inputs`: types, `options`, `regex`, defaults; `$[[ inputs.x | function ]]` interpolation
+//!   with GitLab's functions, typed as a whole value, text inside a string; only in files with a
+//!   `spec` header.
+//! - `include`: local with GitLab's wildcards (`**` crosses directories, `*` does not); `rules` with
+//!   the variables `include` may use; at most 150 files, nested ones and repeats counted;
+//!   remote/project/template/component asked of `Sources::remote` by key, `project` with a list of
+//!   files as one include per file. A local include inside a project or component file is that
+//!   project's file at that ref or version (`Sources::nested_local`), and an error inside a remote
+//!   file or a template, as in GitLab.
+//! - `extends`: deep merge, several parents, 11 levels; `!reference`: spliced into lists, 10 levels.
 
 use std::collections::{HashMap, HashSet};
 

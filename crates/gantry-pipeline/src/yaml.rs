@@ -4,6 +4,12 @@
 //! GitLab's YAML dialect is handled exactly: aliases are expanded, `<<` merge keys are applied (explicit
 //! keys win), a repeated key keeps its last value (and is reported), and local tags such as
 //! `!reference` are kept on the node for the compiler to resolve.
+//!
+//! Aliases are expanded within a node budget, against alias bombs. Where libyaml (GitLab's parser)
+//! is laxer than the YAML spec that `saphyr-parser` follows (a line of a flow collection left of its
+//! key, such as a `]` under `- KEY: [`; a quoted scalar continued left of its quote), the refused
+//! lines are re-indented and the file parsed again, only after such an error; positions are shifted
+//! back, so they stay those of the file.
 
 use std::fmt;
 
