@@ -61,6 +61,7 @@ struct FileConfig {
     allow_local_includes: Option<bool>,
     templates_url: Option<String>,
     metrics_token: Option<String>,
+    secret_key_file: Option<PathBuf>,
 }
 
 /// A secret that never prints itself.
@@ -123,6 +124,13 @@ pub struct Config {
     /// `None` (the default): `/metrics` is open, as a Prometheus scrape target usually is.
     /// File: `metrics_token`; env: `GANTRY_METRICS_TOKEN`.
     pub metrics_token: Option<Secret>,
+    /// The key that encrypts the secrets stored in the database (webhook secrets, variable
+    /// values, forge tokens; see `secrets.rs`): 32 bytes as 64 hex digits or base64. Env:
+    /// `GANTRY_SECRET_KEY` (never the file: a key does not belong in a configuration file).
+    pub secret_key: Option<Secret>,
+    /// The file holding that key, when `secret_key` is not set. File: `secret_key_file`; env:
+    /// `GANTRY_SECRET_KEY_FILE`. Neither set: `DATA_DIR/secret-key`, generated on the first start.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -149,6 +157,8 @@ impl Config {
             allow_local_includes: false,
             templates_url: None,
             metrics_token: None,
+            secret_key: None,
+            secret_key_file: None,
         }
     }
 }
@@ -284,6 +294,16 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
         .map(Secret);
+    config.secret_key = env("GANTRY_SECRET_KEY")
+        .filter(|k| !k.trim().is_empty())
+        .map(Secret);
+    if let Some(k) = &config.secret_key {
+        crate::secrets::parse_key(&k.0).context("invalid GANTRY_SECRET_KEY")?;
+    }
+    config.secret_key_file = env("GANTRY_SECRET_KEY_FILE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or(file.secret_key_file);
     config.templates_url = pick(&none, "GANTRY_TEMPLATES_URL", &file.templates_url)
         .map(|u| u.trim().trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty());
