@@ -11,6 +11,10 @@
 //! The key: `GANTRY_SECRET_KEY` (32 bytes as 64 hex digits or base64), else the file named by
 //! `secret_key_file` (the same text), else `DATA_DIR/secret-key`, generated (mode 0600) on the first
 //! start. Every server sharing a database needs the same key.
+//!
+//! Rotation: a server given the previous key as well (`GANTRY_SECRET_KEY_PREVIOUS` or
+//! `secret_key_previous_file`) opens with it what the current key does not open, and
+//! [`check_and_upgrade`] seals it again under the current key at startup.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +37,8 @@ pub(crate) const KEY_FILE: &str = "secret-key";
 /// The server's secret key, ready to seal and open values.
 pub(crate) struct Secrets {
     cipher: XChaCha20Poly1305,
+    /// The key before a rotation: it only opens.
+    previous: Option<XChaCha20Poly1305>,
     /// Where the key came from, for error messages (never the key).
     source: String,
 }
@@ -55,8 +61,18 @@ impl Secrets {
     pub fn new(key: &[u8; 32], source: impl Into<String>) -> Secrets {
         Secrets {
             cipher: XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(key)),
+            previous: None,
             source: source.into(),
         }
+    }
+
+    /// These secrets, also opening what `key` sealed.
+    #[must_use]
+    pub fn with_previous(mut self, key: &[u8; 32]) -> Secrets {
+        self.previous = Some(XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(
+            key,
+        )));
+        self
     }
 
     /// The key of `config`: `secret_key`, else the file `secret_key_file`, else the data dir's
@@ -66,6 +82,21 @@ impl Secrets {
     /// # Errors
     /// A key that is not 32 bytes of hex or base64, or a key file that cannot be read or written.
     pub fn load(config: &Config) -> anyhow::Result<(Secrets, Option<PathBuf>)> {
+        let previous = if let Some(text) = &config.secret_key_previous {
+            Some(parse_key(&text.0).context("invalid GANTRY_SECRET_KEY_PREVIOUS")?)
+        } else if let Some(path) = &config.secret_key_previous_file {
+            Some(read_key_file(path)?)
+        } else {
+            None
+        };
+        let (secrets, generated) = Secrets::current(config)?;
+        Ok(match previous {
+            Some(key) => (secrets.with_previous(&key), generated),
+            None => (secrets, generated),
+        })
+    }
+
+    fn current(config: &Config) -> anyhow::Result<(Secrets, Option<PathBuf>)> {
         if let Some(text) = &config.secret_key {
             let key = parse_key(&text.0).context("invalid GANTRY_SECRET_KEY")?;
             return Ok((Secrets::new(&key, "the key from GANTRY_SECRET_KEY"), None));
@@ -109,8 +140,9 @@ impl Secrets {
         )
     }
 
-    /// The plain value of a sealed `stored`; `None` when it does not open under this key and `aad`.
-    fn open(&self, aad: &[u8], stored: &str) -> Option<String> {
+    /// The plain value of a sealed `stored`, and whether it took the previous key; `None` when it
+    /// opens under neither key with `aad`.
+    fn open(&self, aad: &[u8], stored: &str) -> Option<(String, bool)> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(stored.strip_prefix(PREFIX)?)
             .ok()?;
@@ -118,11 +150,16 @@ impl Secrets {
             return None;
         }
         let (nonce, sealed) = raw.split_at(NONCE_LEN);
-        let plain = self
-            .cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-            .ok()?;
-        String::from_utf8(plain).ok()
+        let open = |cipher: &XChaCha20Poly1305| {
+            cipher
+                .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+                .ok()
+        };
+        let (plain, previous) = match open(&self.cipher) {
+            Some(plain) => (plain, false),
+            None => (open(self.previous.as_ref()?)?, true),
+        };
+        Some((String::from_utf8(plain).ok()?, previous))
     }
 
     /// The stored form of project `name`'s settings: every secret field sealed.
@@ -135,22 +172,25 @@ impl Secrets {
     }
 
     /// Opens the sealed fields of project `name`'s stored settings in place; answers whether some
-    /// secret was stored in plaintext (by a server older than encryption at rest).
+    /// secret must be sealed again: stored in plaintext (by a server older than encryption at rest)
+    /// or under the previous key.
     ///
     /// # Errors
     /// The first field that does not open.
     pub fn open_spec(&self, name: &str, spec: &mut ProjectSpec) -> Result<bool, OpenError> {
-        let mut plaintext = false;
+        let mut stale = false;
         for (field, value) in secret_fields(spec) {
             if value.starts_with(PREFIX) {
-                *value = self
+                let (plain, previous) = self
                     .open(&aad(name, &field), value)
                     .ok_or(OpenError { field })?;
+                *value = plain;
+                stale |= previous;
             } else {
-                plaintext = true;
+                stale = true;
             }
         }
-        Ok(plaintext)
+        Ok(stale)
     }
 }
 
@@ -258,8 +298,9 @@ fn generate_key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
 }
 
 /// At startup: opens every project's secrets, so that a wrong key stops the server with an error
-/// that says so rather than failing webhooks and jobs later, and seals the secrets a server older
-/// than encryption at rest stored in plaintext. Answers how many projects were sealed.
+/// that says so rather than failing webhooks and jobs later, and seals under the current key the
+/// secrets a server older than encryption at rest stored in plaintext and those sealed under the
+/// previous key. Answers how many projects were sealed again.
 ///
 /// # Errors
 /// A secret that does not open (the wrong key), or a store that fails.
@@ -271,17 +312,17 @@ pub(crate) async fn check_and_upgrade(
     for record in store.projects().await.context("cannot read the projects")? {
         let mut spec: ProjectSpec = serde_json::from_str(&record.spec)
             .with_context(|| format!("project {}: invalid stored settings", record.name))?;
-        let plaintext = secrets.open_spec(&record.name, &mut spec).map_err(|e| {
+        let stale = secrets.open_spec(&record.name, &mut spec).map_err(|e| {
             anyhow::anyhow!(
                 "cannot decrypt {} of project `{}` with {}: the secret key is not the one \
                  the secrets were encrypted with (set GANTRY_SECRET_KEY or secret_key_file to \
-                 that key)",
+                 that key, or GANTRY_SECRET_KEY_PREVIOUS to re-encrypt them under a new one)",
                 e.field,
                 record.name,
                 secrets.source
             )
         })?;
-        if plaintext {
+        if stale {
             let sealed = serde_json::to_string(&secrets.seal_spec(&record.name, &spec))?;
             store
                 .update_project(&record.name, &sealed)
@@ -366,6 +407,21 @@ mod tests {
                 .unwrap_err()
                 .field,
             "webhook_secret"
+        );
+    }
+
+    #[test]
+    fn the_previous_key_opens_and_asks_for_sealing_again() {
+        let sealed = secrets(7).seal_spec("demo", &spec());
+        let rotated = secrets(8).with_previous(&[7; 32]);
+        let mut opened = sealed.clone();
+        assert!(rotated.open_spec("demo", &mut opened).unwrap(), "stale");
+        assert_eq!(opened.webhook_secret.as_deref(), Some("the-webhook-secret"));
+        let mut resealed = rotated.seal_spec("demo", &opened);
+        assert!(!secrets(8).open_spec("demo", &mut resealed).unwrap());
+        assert_eq!(
+            resealed.webhook_secret.as_deref(),
+            Some("the-webhook-secret")
         );
     }
 

@@ -248,3 +248,42 @@ async fn the_key_comes_from_the_environment_or_a_file(b: Backend) {
     );
 }
 both!(the_key_comes_from_the_environment_or_a_file);
+
+async fn the_key_is_rotated_with_the_previous_one(b: Backend) {
+    let (old, new) = ("0a".repeat(32), "0b".repeat(32));
+    let mut app = spawn_with(b, |c| {
+        c.secret_key = Some(gantry_server::Secret(old.clone()));
+    })
+    .await;
+    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
+    app.project("demo", settings()).await;
+    app.stop().await;
+
+    // The new key alone does not open what the old one encrypted.
+    let mut config = app.config.clone();
+    config.secret_key = Some(gantry_server::Secret(new.clone()));
+    assert!(gantry_server::serve(config.clone()).await.is_err());
+    // With the previous key as well, the server starts and encrypts everything again.
+    config.secret_key_previous = Some(gantry_server::Secret(old.clone()));
+    let server = gantry_server::serve(config.clone()).await.unwrap();
+    app.url = server.url();
+    app.server = Some(server);
+    assert_eq!(job_variable(&app, &sha, "rotating").await, given());
+    app.stop().await;
+
+    // Now the new key alone reads them, and the old one no longer does.
+    config.secret_key_previous = None;
+    let server = gantry_server::serve(config.clone()).await.unwrap();
+    app.url = server.url();
+    app.server = Some(server);
+    let sha = app.commit(&[("README", "rotated\n")]);
+    assert_eq!(job_variable(&app, &sha, "rotated").await, given());
+    app.stop().await;
+    config.secret_key = Some(gantry_server::Secret(old));
+    let err = match gantry_server::serve(config).await {
+        Ok(_) => panic!("the old key still opens the secrets"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("cannot decrypt"), "{err}");
+}
+both!(the_key_is_rotated_with_the_previous_one);
