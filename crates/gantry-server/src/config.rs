@@ -61,6 +61,8 @@ struct FileConfig {
     allow_local_includes: Option<bool>,
     templates_url: Option<String>,
     metrics_token: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    secret_key_previous_file: Option<PathBuf>,
 }
 
 /// A secret that never prints itself.
@@ -123,6 +125,19 @@ pub struct Config {
     /// `None` (the default): `/metrics` is open, as a Prometheus scrape target usually is.
     /// File: `metrics_token`; env: `GANTRY_METRICS_TOKEN`.
     pub metrics_token: Option<Secret>,
+    /// The key that encrypts the secrets stored in the database (webhook secrets, variable
+    /// values, forge tokens; see `secrets.rs`): 32 bytes as 64 hex digits or base64. Env:
+    /// `GANTRY_SECRET_KEY` (never the file: a key does not belong in a configuration file).
+    pub secret_key: Option<Secret>,
+    /// The file holding that key, when `secret_key` is not set. File: `secret_key_file`; env:
+    /// `GANTRY_SECRET_KEY_FILE`. Neither set: `DATA_DIR/secret-key`, generated on the first start.
+    pub secret_key_file: Option<PathBuf>,
+    /// The key before a rotation: what it encrypted is read and encrypted again under the current
+    /// key at startup. Env: `GANTRY_SECRET_KEY_PREVIOUS`.
+    pub secret_key_previous: Option<Secret>,
+    /// The file holding the previous key. File: `secret_key_previous_file`; env:
+    /// `GANTRY_SECRET_KEY_PREVIOUS_FILE`.
+    pub secret_key_previous_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -149,6 +164,10 @@ impl Config {
             allow_local_includes: false,
             templates_url: None,
             metrics_token: None,
+            secret_key: None,
+            secret_key_file: None,
+            secret_key_previous: None,
+            secret_key_previous_file: None,
         }
     }
 }
@@ -284,6 +303,26 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
         .map(Secret);
+    config.secret_key = env("GANTRY_SECRET_KEY")
+        .filter(|k| !k.trim().is_empty())
+        .map(Secret);
+    if let Some(k) = &config.secret_key {
+        crate::secrets::parse_key(&k.0).context("invalid GANTRY_SECRET_KEY")?;
+    }
+    config.secret_key_file = env("GANTRY_SECRET_KEY_FILE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or(file.secret_key_file);
+    config.secret_key_previous = env("GANTRY_SECRET_KEY_PREVIOUS")
+        .filter(|k| !k.trim().is_empty())
+        .map(Secret);
+    if let Some(k) = &config.secret_key_previous {
+        crate::secrets::parse_key(&k.0).context("invalid GANTRY_SECRET_KEY_PREVIOUS")?;
+    }
+    config.secret_key_previous_file = env("GANTRY_SECRET_KEY_PREVIOUS_FILE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or(file.secret_key_previous_file);
     config.templates_url = pick(&none, "GANTRY_TEMPLATES_URL", &file.templates_url)
         .map(|u| u.trim().trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty());
@@ -522,6 +561,33 @@ mod tests {
             format!("{err:#}").contains("allow_local_includes"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn secret_keys_from_the_environment_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = Args {
+            data_dir: Some(dir.path().join("data")),
+            ..Args::default()
+        };
+        let key = "cd".repeat(32);
+        let env = |k: &str| (k == "GANTRY_SECRET_KEY").then(|| key.clone());
+        let (c, _) = load(&args, &env).unwrap();
+        assert_eq!(c.secret_key, Some(Secret(key.clone())));
+        assert!(c.secret_key_file.is_none());
+        for var in ["GANTRY_SECRET_KEY", "GANTRY_SECRET_KEY_PREVIOUS"] {
+            let bad = |k: &str| (k == var).then(|| "sixteen-byte-key".to_string());
+            let err = format!("{:#}", load(&args, &bad).unwrap_err());
+            assert!(err.contains(&format!("invalid {var}")), "{err}");
+            assert!(err.contains("must be 32 bytes"), "{err}");
+            assert!(
+                !err.contains("sixteen-byte-key"),
+                "the key is not echoed: {err}"
+            );
+        }
+        let file = |k: &str| (k == "GANTRY_SECRET_KEY_FILE").then(|| "/etc/gantry/key".to_string());
+        let (c, _) = load(&args, &file).unwrap();
+        assert_eq!(c.secret_key_file, Some(PathBuf::from("/etc/gantry/key")));
     }
 
     #[test]

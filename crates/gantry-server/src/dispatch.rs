@@ -176,12 +176,12 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
     let token = crate::jobtoken::mint(&state.config.admin_token.0, &job);
     let doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(AppError::internal)?;
-    // Masked project variables are stored without their value; the project's current one is
-    // handed out, read only when the pipeline has such a variable.
+    // Masked and protected project variables are stored without their value; the project's
+    // current one is handed out, read only when the pipeline has such a variable.
     let secrets = if doc
         .project_variables
         .iter()
-        .any(|v| v.masked && v.value.is_none())
+        .any(|v| (v.masked || v.protected) && v.value.is_none())
     {
         crate::projects::load(state, &p.project_name)
             .await?
@@ -571,7 +571,7 @@ pub(crate) async fn with_commit(
             .map_err(|e| AppError::internal(format!("{e:#}")));
     }
     let project = match state.store.project_by_id(p.project_id).await? {
-        Some(r) => crate::projects::LoadedProject::parse(r)?,
+        Some(r) => crate::projects::LoadedProject::parse(r, &state.secrets)?,
         None => return Err(AppError::not_found("the project no longer exists")),
     };
     let lock = state.mirror_lock(p.project_id);

@@ -40,6 +40,7 @@ mod projects;
 mod read;
 mod remote;
 mod schedules;
+mod secrets;
 mod state;
 mod statuses;
 mod tokens;
@@ -246,15 +247,30 @@ pub async fn serve(config: Config) -> anyhow::Result<RunningServer> {
 /// Starts the server on `store`.
 ///
 /// # Errors
-/// When the address cannot be bound or the data dir cannot be created.
+/// When the address cannot be bound, the data dir cannot be created, or the secret key is invalid
+/// or not the one the stored secrets were encrypted with.
 pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result<RunningServer> {
     secure_data_dir(&config.data_dir)?;
+    let (secrets, generated) = secrets::Secrets::load(&config)?;
+    if let Some(path) = generated {
+        tracing::warn!(
+            path = %path.display(),
+            "generated the key that encrypts stored secrets; back it up apart from the database: without it they cannot be read"
+        );
+    }
+    let upgraded = secrets::check_and_upgrade(store.as_ref(), &secrets).await?;
+    if upgraded > 0 {
+        tracing::info!(
+            projects = upgraded,
+            "encrypted the secrets of projects stored in plaintext"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let state = state::State::new(config, store, shutdown_rx.clone());
+    let state = state::State::new(config, secrets, store, shutdown_rx.clone());
     // A restarted server gives agents a full lease to come back before their jobs are judged.
     let lease = i64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(i64::MAX);
     if let Err(e) = state.store.extend_leases(now_ms() + lease).await {
@@ -313,6 +329,7 @@ pub(crate) fn secure_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         for f in [
             "admin-token",
             "registration-token",
+            secrets::KEY_FILE,
             "gantry.db",
             "gantry.db-wal",
             "gantry.db-shm",

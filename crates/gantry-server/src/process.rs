@@ -233,7 +233,7 @@ struct Compiled {
 /// include that cannot be fetched for a transient reason becomes a compile error instead.
 async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<(), Failure> {
     let project = match state.store.project_by_id(d.project_id).await? {
-        Some(p) => LoadedProject::parse(p).map_err(|e| permanent(e.message))?,
+        Some(p) => LoadedProject::parse(p, &state.secrets).map_err(|e| permanent(e.message))?,
         None => return Err(permanent("the project no longer exists")),
     };
     let payload: serde_json::Value = serde_json::from_slice(&d.payload)
@@ -704,13 +704,13 @@ fn compile_with(
     };
     let mut result = gantry_pipeline::compile(&sources, &ctx);
     let mut doc = PipelineDoc {
-        // Masked values stay out of the pipeline's row: a reference (key and scope) is stored,
-        // and the value is read from the project when a job is handed out (see
-        // `dispatch::handed_out`).
+        // Masked and protected values stay out of the pipeline's row: a reference (key and
+        // scope) is stored, and the value is read from the project (where it is encrypted, see
+        // `secrets.rs`) when a job is handed out (see `dispatch::handed_out`).
         project_variables: project_variables
             .into_iter()
             .map(|mut v| {
-                if v.masked {
+                if v.masked || v.protected {
                     v.value = None;
                 }
                 v

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{AppError, AppResult};
 use crate::http::{Admin, Caller, JsonBody, PathParam, QueryParams};
 use crate::read::{PageQuery, page_headers};
+use crate::secrets::Secrets;
 use crate::state::AppState;
 use axum::response::{IntoResponse as _, Response};
 
@@ -43,9 +44,16 @@ pub(crate) struct LoadedProject {
 }
 
 impl LoadedProject {
-    pub fn parse(record: ProjectRecord) -> AppResult<LoadedProject> {
-        let spec = serde_json::from_str(&record.spec)
+    /// The stored project with its secrets decrypted (see `secrets.rs`).
+    pub fn parse(record: ProjectRecord, secrets: &Secrets) -> AppResult<LoadedProject> {
+        let mut spec: ProjectSpec = serde_json::from_str(&record.spec)
             .map_err(|e| AppError::internal(format!("project {}: {e}", record.name)))?;
+        secrets.open_spec(&record.name, &mut spec).map_err(|e| {
+            AppError::internal(format!(
+                "project {}: {} does not decrypt with the server's secret key",
+                record.name, e.field
+            ))
+        })?;
         Ok(LoadedProject { record, spec })
     }
 
@@ -129,7 +137,7 @@ pub(crate) async fn for_hook(state: &AppState, name: &str) -> AppResult<Arc<Load
 /// The project named `name`, or `404`.
 pub(crate) async fn load(state: &AppState, name: &str) -> AppResult<LoadedProject> {
     match state.store.project(name).await? {
-        Some(r) => LoadedProject::parse(r),
+        Some(r) => LoadedProject::parse(r, &state.secrets),
         None => Err(AppError::not_found(format!("no project named `{name}`"))),
     }
 }
@@ -264,7 +272,8 @@ pub(crate) async fn create(
     JsonBody(body): JsonBody<NewProject>,
 ) -> AppResult<(StatusCode, Json<Project>)> {
     let spec = validate(&body).map_err(AppError::bad_request)?;
-    let json = serde_json::to_string(&spec).map_err(AppError::internal)?;
+    let json = serde_json::to_string(&state.secrets.seal_spec(&body.name, &spec))
+        .map_err(AppError::internal)?;
     let record = state
         .store
         .create_project(&body.name, &json, crate::now_ms())
@@ -293,7 +302,7 @@ pub(crate) async fn list(
     let take = usize::try_from(page.per_page).unwrap_or(0);
     let mut out = Vec::new();
     for r in all.into_iter().skip(skip).take(take) {
-        out.push(LoadedProject::parse(r)?.to_api());
+        out.push(LoadedProject::parse(r, &state.secrets)?.to_api());
     }
     Ok((page_headers(page, total), Json(out)).into_response())
 }

@@ -585,7 +585,8 @@ async fn allowed_project(
             )));
         }
     };
-    let project = LoadedProject::parse(record).map_err(|e| Fetched::Permanent(e.message))?;
+    let project =
+        LoadedProject::parse(record, &state.secrets).map_err(|e| Fetched::Permanent(e.message))?;
     if !project.allows_include_from(from) {
         return Err(Fetched::Permanent(not_allowed(name, from)));
     }

@@ -147,7 +147,7 @@ pub(crate) async fn tick(state: &AppState, minute: i64) {
     };
     let mut any = false;
     for record in projects {
-        let Ok(project) = crate::projects::LoadedProject::parse(record) else {
+        let Ok(project) = crate::projects::LoadedProject::parse(record, &state.secrets) else {
             continue;
         };
         for (i, s) in project.spec.schedules.iter().enumerate() {

@@ -15,6 +15,8 @@ use crate::statuses::StatusQueue;
 pub(crate) struct State {
     pub store: Arc<dyn Store>,
     pub config: Config,
+    /// The key of the secrets stored in projects' settings (see `secrets.rs`).
+    pub secrets: crate::secrets::Secrets,
     /// Signalled (to every waiter) when jobs may have become pending: long polls wake up and claim.
     pub jobs_ready: Notify,
     /// Signalled when a delivery was stored: the processor wakes up.
@@ -49,10 +51,16 @@ pub(crate) const STOPPED_POLLS_KEPT: std::time::Duration = std::time::Duration::
 pub(crate) type AppState = Arc<State>;
 
 impl State {
-    pub fn new(config: Config, store: Arc<dyn Store>, shutdown: watch::Receiver<bool>) -> AppState {
+    pub fn new(
+        config: Config,
+        secrets: crate::secrets::Secrets,
+        store: Arc<dyn Store>,
+        shutdown: watch::Receiver<bool>,
+    ) -> AppState {
         Arc::new(State {
             store,
             config,
+            secrets,
             jobs_ready: Notify::new(),
             deliveries: Notify::new(),
             intake: crate::process::Intake::default(),

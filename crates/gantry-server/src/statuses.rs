@@ -116,7 +116,7 @@ pub(crate) async fn pipeline_changed(state: &AppState, id: i64) {
     let Ok(Some(record)) = state.store.project_by_id(p.project_id).await else {
         return;
     };
-    let Ok(project) = crate::projects::LoadedProject::parse(record) else {
+    let Ok(project) = crate::projects::LoadedProject::parse(record, &state.secrets) else {
         return;
     };
     let Some(forge) = project.spec.forge else {

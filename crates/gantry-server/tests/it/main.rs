@@ -6,4 +6,5 @@ mod api;
 mod flow;
 mod forges;
 mod hooks;
+mod secrets;
 mod tokens;
