@@ -576,7 +576,7 @@ pub(crate) async fn with_commit(
     };
     let lock = state.mirror_lock(p.project_id);
     let _guard = lock.lock().await;
-    let url = project.spec.repo_url.clone();
+    let remote = crate::git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
     let r = if p.tag {
         format!("refs/tags/{}", p.git_ref)
     } else {
@@ -584,7 +584,7 @@ pub(crate) async fn with_commit(
     };
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         if !crate::git::has_commit(&mirror, &sha) {
-            crate::git::fetch(&mirror, &url, Some(&sha), &r)?;
+            crate::git::fetch(&mirror, &remote, Some(&sha), &r)?;
         }
         then(&mirror, &sha)
     })
