@@ -489,6 +489,44 @@ mod tests {
     }
 
     #[test]
+    fn git_timeout_and_delivery_concurrency_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "git_timeout = \"90s\"\ndelivery_concurrency = 2\ndata_dir = \"{}\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file),
+            ..Args::default()
+        };
+        let (c, _) = load(&args, &|_| None).unwrap();
+        assert_eq!(c.git_timeout, Duration::from_secs(90));
+        assert_eq!(c.delivery_concurrency, 2);
+        let env = |k: &str| (k == "GANTRY_GIT_TIMEOUT").then(|| "5m".to_string());
+        assert_eq!(
+            load(&args, &env).unwrap().0.git_timeout,
+            Duration::from_secs(300)
+        );
+        for (key, value) in [
+            ("GANTRY_GIT_TIMEOUT", "0s"),
+            ("GANTRY_DELIVERY_CONCURRENCY", "0"),
+        ] {
+            let bad = |k: &str| (k == key).then(|| value.to_string());
+            let err = load(&args, &bad).unwrap_err();
+            let name = key.trim_start_matches("GANTRY_").to_ascii_lowercase();
+            assert!(format!("{err:#}").contains(&name), "{err:#}");
+        }
+        let defaults = Config::new(dir.path(), "a", "r");
+        assert_eq!(defaults.git_timeout, Duration::from_secs(600));
+        assert_eq!(defaults.delivery_concurrency, 4);
+    }
+
+    #[test]
     fn templates_url_from_the_file_or_env() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gantry.toml");
