@@ -108,24 +108,24 @@ pub(crate) fn output(
             after: timeout,
         })
     };
-    // Most commands end within a millisecond or two: look often at first, then less.
-    let mut pause = Duration::from_micros(200);
-    let status = loop {
-        if let Some(status) = child.try_wait().context("cannot wait for git")? {
-            break status;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(timed_out(&mut child));
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(50));
-    };
-    // A helper that outlives git keeps its output open: it is stopped at the deadline too.
+    // Both pipes close when git and every helper holding them have ended: no polling for the
+    // common case. A helper that outlives git keeps them open, and is stopped at the deadline too.
     let left = || deadline.saturating_duration_since(Instant::now());
     let (Ok(stdout), Ok(stderr)) = (stdout.recv_timeout(left()), stderr.recv_timeout(left()))
     else {
         return Err(timed_out(&mut child));
+    };
+    // Git closed its output; it ends in a moment.
+    let mut pause = Duration::from_micros(100);
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for git")? {
+            break status;
+        }
+        if left().is_zero() {
+            return Err(timed_out(&mut child));
+        }
+        std::thread::sleep(pause.min(left()));
+        pause = (pause * 2).min(Duration::from_millis(50));
     };
     Ok(Output {
         status,
@@ -778,6 +778,51 @@ mod tests {
             .unwrap()
             .success();
         assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn a_command_past_its_time_is_stopped_with_its_whole_group() {
+        // A child that starts a helper of its own and waits for it, as git waits for its ssh or
+        // http helper.
+        let marker = format!("{}.{}", std::process::id(), 7);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("sleep 3{marker} & wait")]);
+        let e = output(&mut cmd, None, Duration::from_millis(300), "fetch").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "git fetch did not finish within 0.3s and was stopped"
+        );
+        assert!(e.is::<TimedOut>());
+        // The helper was sent SIGKILL; it is gone as soon as the kernel has torn it down.
+        let left = || -> Vec<String> {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(&format!("sleep 3{marker}")))
+                .collect()
+        };
+        for _ in 0..250 {
+            if left().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(left().is_empty(), "{:?}", left());
+        // A quick one answers its output.
+        let out = output(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            None,
+            Duration::from_secs(30),
+            "x",
+        )
+        .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            (&out.stdout[..], &out.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
     }
 
     #[test]
