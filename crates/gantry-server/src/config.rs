@@ -58,6 +58,8 @@ struct FileConfig {
     delivery_max_attempts: Option<u32>,
     delivery_retry_backoff: Option<String>,
     delivery_retry_max_backoff: Option<String>,
+    delivery_concurrency: Option<usize>,
+    git_timeout: Option<String>,
     allow_local_includes: Option<bool>,
     templates_url: Option<String>,
     metrics_token: Option<String>,
@@ -110,6 +112,14 @@ pub struct Config {
     /// The longest pause between two attempts at a delivery. File: `delivery_retry_max_backoff`;
     /// env: `GANTRY_DELIVERY_RETRY_MAX_BACKOFF`.
     pub delivery_retry_max_backoff: Duration,
+    /// How many projects' deliveries are processed at once (each project's one after the other).
+    /// File: `delivery_concurrency`; env: `GANTRY_DELIVERY_CONCURRENCY`.
+    pub delivery_concurrency: usize,
+    /// How long a git command that reaches a project's repository (a fetch, a tag listing) may
+    /// run; then it is stopped with every process it started, and the delivery is retried later.
+    /// Git commands on the server's own mirrors have a shorter limit of their own
+    /// (`git::LOCAL_TIMEOUT`). File: `git_timeout`; env: `GANTRY_GIT_TIMEOUT`.
+    pub git_timeout: Duration,
     /// The first pause between attempts to post a commit status (doubled each time, 5 attempts).
     pub status_backoff: Duration,
     /// Whether `include:remote` may reach loopback, private, link-local and other non-public
@@ -160,6 +170,8 @@ impl Config {
             delivery_max_attempts: 5,
             delivery_retry_backoff: Duration::from_secs(2),
             delivery_retry_max_backoff: Duration::from_secs(600),
+            delivery_concurrency: 4,
+            git_timeout: Duration::from_secs(600),
             status_backoff: Duration::from_secs(1),
             allow_local_includes: false,
             templates_url: None,
@@ -287,6 +299,24 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
     ) {
         config.delivery_retry_max_backoff = parse_duration(&s)
             .with_context(|| format!("invalid delivery_retry_max_backoff `{s}`"))?;
+    }
+    if let Some(s) = pick(
+        &none,
+        "GANTRY_DELIVERY_CONCURRENCY",
+        &file.delivery_concurrency.map(|n| n.to_string()),
+    ) {
+        config.delivery_concurrency = s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("invalid delivery_concurrency `{s}`: a number above 0"))?;
+    }
+    if let Some(s) = pick(&none, "GANTRY_GIT_TIMEOUT", &file.git_timeout) {
+        config.git_timeout = parse_duration(&s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("invalid git_timeout `{s}`: a duration above 0"))?;
     }
     if let Some(s) = pick(
         &none,
@@ -495,6 +525,44 @@ mod tests {
             format!("{err:#}").contains("delivery_max_attempts"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn git_timeout_and_delivery_concurrency_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "git_timeout = \"90s\"\ndelivery_concurrency = 2\ndata_dir = \"{}\"\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file),
+            ..Args::default()
+        };
+        let (c, _) = load(&args, &|_| None).unwrap();
+        assert_eq!(c.git_timeout, Duration::from_secs(90));
+        assert_eq!(c.delivery_concurrency, 2);
+        let env = |k: &str| (k == "GANTRY_GIT_TIMEOUT").then(|| "5m".to_string());
+        assert_eq!(
+            load(&args, &env).unwrap().0.git_timeout,
+            Duration::from_secs(300)
+        );
+        for (key, value) in [
+            ("GANTRY_GIT_TIMEOUT", "0s"),
+            ("GANTRY_DELIVERY_CONCURRENCY", "0"),
+        ] {
+            let bad = |k: &str| (k == key).then(|| value.to_string());
+            let err = load(&args, &bad).unwrap_err();
+            let name = key.trim_start_matches("GANTRY_").to_ascii_lowercase();
+            assert!(format!("{err:#}").contains(&name), "{err:#}");
+        }
+        let defaults = Config::new(dir.path(), "a", "r");
+        assert_eq!(defaults.git_timeout, Duration::from_secs(600));
+        assert_eq!(defaults.delivery_concurrency, 4);
     }
 
     #[test]

@@ -576,7 +576,7 @@ pub(crate) async fn with_commit(
     };
     let lock = state.mirror_lock(p.project_id);
     let _guard = lock.lock().await;
-    let url = project.spec.repo_url.clone();
+    let remote = crate::git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
     let r = if p.tag {
         format!("refs/tags/{}", p.git_ref)
     } else {
@@ -584,7 +584,7 @@ pub(crate) async fn with_commit(
     };
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         if !crate::git::has_commit(&mirror, &sha) {
-            crate::git::fetch(&mirror, &url, Some(&sha), &r)?;
+            crate::git::fetch(&mirror, &remote, Some(&sha), &r)?;
         }
         then(&mirror, &sha)
     })
@@ -678,11 +678,144 @@ pub(crate) fn check_archive(bytes: &[u8]) -> Result<(), String> {
     check_archive_from(bytes)
 }
 
-/// Checks that the tar archive `reader` yields keeps its entries inside the job's directory,
-/// reading it once from start to end (so that it can check an upload as it streams in).
+/// What an extractor has made of a path so far (see [`ArchiveTree`]).
+#[derive(Clone, Debug, PartialEq)]
+enum Made {
+    Dir,
+    File,
+    Symlink(std::path::PathBuf),
+}
+
+/// The tree an extractor builds from an archive, entry by entry, so that each entry's path is
+/// resolved as the extractor's `open` would resolve it: through the links made before it. Keys are
+/// resolved paths (no link in them), relative to the archive's directory.
+///
+/// Two rules keep what it answers true after the extraction too, when later entries have changed
+/// the tree: a path that is a link or a directory is never made into anything else, and a link's
+/// target may go up (`..`) only out of a directory that exists when the link is made. Then a link
+/// that resolves inside when it is made resolves inside for ever.
+#[derive(Default)]
+struct ArchiveTree {
+    made: std::collections::HashMap<std::path::PathBuf, Made>,
+}
+
+/// How many links one path may pass through (Linux's limit).
+const MAX_LINK_HOPS: u32 = 40;
+
+impl ArchiveTree {
+    /// Walks `components` from `start` (a resolved path) through the tree, following every link;
+    /// the resolved path, or why it leaves the archive's directory.
+    fn walk(
+        &self,
+        start: std::path::PathBuf,
+        components: std::path::Components<'_>,
+        hops: &mut u32,
+    ) -> Result<std::path::PathBuf, &'static str> {
+        use std::path::Component;
+        let mut cur = start;
+        for c in components {
+            match c {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    let is_dir =
+                        cur.as_os_str().is_empty() || self.made.get(&cur) == Some(&Made::Dir);
+                    if !is_dir {
+                        return Err("goes up out of something that is not a directory yet");
+                    }
+                    if !cur.pop() {
+                        return Err("leaves the archive's directory");
+                    }
+                }
+                Component::Normal(name) => {
+                    cur.push(name);
+                    if let Some(Made::Symlink(target)) = self.made.get(&cur) {
+                        *hops += 1;
+                        if *hops > MAX_LINK_HOPS {
+                            return Err("passes through too many links");
+                        }
+                        let target = target.clone();
+                        cur.pop();
+                        cur = self.walk(cur, target.components(), hops)?;
+                    }
+                }
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err("leaves the archive's directory");
+                }
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Records entry `path` of kind `kind` (`link`: a link's target), or answers why an extractor
+    /// would write outside the archive's directory (or could later).
+    fn add(
+        &mut self,
+        path: &std::path::Path,
+        kind: tar::EntryType,
+        link: Option<&std::path::Path>,
+    ) -> Result<(), String> {
+        let shown = path.display();
+        let name = path.file_name();
+        let parent = path.parent().unwrap_or(std::path::Path::new(""));
+        let mut hops = 0;
+        let dir = self
+            .walk(std::path::PathBuf::new(), parent.components(), &mut hops)
+            .map_err(|why| format!("the entry `{shown}` {why} through a link"))?;
+        // The directories an extractor makes on the way.
+        let mut made = std::path::PathBuf::new();
+        for c in dir.components() {
+            made.push(c);
+            self.made.entry(made.clone()).or_insert(Made::Dir);
+        }
+        let Some(name) = name else {
+            // `.` or an empty name: the archive's directory itself.
+            return if kind.is_dir() {
+                Ok(())
+            } else {
+                Err(format!("the entry `{shown}` is not a directory"))
+            };
+        };
+        let full = dir.join(name);
+        let new = if kind.is_symlink() {
+            let target = link.ok_or("a link without a target")?;
+            let mut hops = 0;
+            self.walk(dir.clone(), target.components(), &mut hops)
+                .map_err(|why| format!("the link `{shown}` {why}"))?;
+            Made::Symlink(target.to_path_buf())
+        } else if kind.is_hard_link() {
+            let target = link.ok_or("a link without a target")?;
+            let mut hops = 0;
+            self.walk(std::path::PathBuf::new(), target.components(), &mut hops)
+                .map_err(|why| format!("the link `{shown}` {why}"))?;
+            Made::File
+        } else if kind.is_dir() {
+            Made::Dir
+        } else {
+            Made::File
+        };
+        match (self.made.get(&full), &new) {
+            (Some(Made::Symlink(_)), _) => Err(format!(
+                "the entry `{shown}` replaces a link made earlier in the archive"
+            )),
+            (Some(Made::Dir), Made::Dir) | (None, _) | (Some(Made::File), _) => {
+                self.made.insert(full, new);
+                Ok(())
+            }
+            (Some(Made::Dir), _) => Err(format!(
+                "the entry `{shown}` replaces a directory made earlier in the archive"
+            )),
+        }
+    }
+}
+
+/// Checks that the tar archive `reader` yields keeps its entries inside the job's directory as an
+/// extractor would make them (paths resolved through the links made before them), and that
+/// nothing but zeros follows its end; reads it once from start to end (so that it can check an
+/// upload as it streams in).
 pub(crate) fn check_archive_from(reader: impl std::io::Read) -> Result<(), String> {
     use std::path::Component;
     let mut archive = tar::Archive::new(reader);
+    let mut tree = ArchiveTree::default();
     let entries = archive
         .entries()
         .map_err(|e| format!("not a tar archive: {e}"))?;
@@ -708,28 +841,10 @@ pub(crate) fn check_archive_from(reader: impl std::io::Read) -> Result<(), Strin
                 .link_name()
                 .map_err(|e| format!("an entry has an invalid link: {e}"))?
                 .ok_or("a link without a target")?;
-            let base = path.parent().unwrap_or(std::path::Path::new(""));
-            let mut depth: i64 = base.components().count().try_into().unwrap_or(0);
-            if kind.is_hard_link() {
-                depth = 0;
-            }
-            for c in target.components() {
-                match c {
-                    Component::Normal(_) => depth += 1,
-                    Component::ParentDir => depth -= 1,
-                    Component::CurDir => {}
-                    _ => depth = -1,
-                }
-                if depth < 0 {
-                    return Err(format!(
-                        "the link `{}` points outside the archive's directory",
-                        path.display()
-                    ));
-                }
-            }
-        } else if !(kind.is_file()
-            || kind.is_dir()
-            || kind.is_pax_global_extensions()
+            tree.add(&path, kind, Some(&target))?;
+        } else if kind.is_file() || kind.is_dir() {
+            tree.add(&path, kind, None)?;
+        } else if !(kind.is_pax_global_extensions()
             || kind.is_pax_local_extensions()
             || kind.is_gnu_longname()
             || kind.is_gnu_longlink())
@@ -740,7 +855,18 @@ pub(crate) fn check_archive_from(reader: impl std::io::Read) -> Result<(), Strin
             ));
         }
     }
-    Ok(())
+    // After the end-of-archive block: zeros only (the second block and the record's padding).
+    let mut rest = archive.into_inner();
+    let mut buf = [0u8; 8192];
+    loop {
+        match rest.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) if buf[..n].iter().all(|b| *b == 0) => {}
+            Ok(_) => return Err("data follows the end of the archive".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("not a tar archive: {e}")),
+        }
+    }
 }
 
 /// `PUT /api/v1/agent/jobs/{id}/artifacts`.
@@ -835,7 +961,7 @@ async fn receive_artifacts(
         }
         if let Some(tx) = &frames {
             if tx.send(frame.clone()).await.is_err() {
-                // The check is over: the archive ended (what follows is padding) or is refused.
+                // The check is over: the archive is refused (a valid one is read to its end).
                 frames = None;
                 if let Some(task) = check.take() {
                     let v = task.await.map_err(AppError::internal)?;
@@ -996,6 +1122,124 @@ mod tests {
         );
         assert!(check_archive(b"not a tar at all, just some bytes").is_err());
         assert!(check_archive(b"").is_err());
+    }
+
+    /// An archive of `entries` (name, kind, link target) as written, with no checks of the
+    /// builder's, ended by the two zero blocks.
+    fn tar_of(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (path, kind, link) in entries {
+            let one = tar_with(path, *kind, *link);
+            // Without the builder's end-of-archive blocks.
+            out.extend_from_slice(&one[..one.len() - 1024]);
+        }
+        out.extend_from_slice(&[0; 1024]);
+        out
+    }
+
+    use tar::EntryType::{Directory as D, Link as H, Regular as F, Symlink as L};
+
+    #[test]
+    fn a_link_made_through_a_link_cannot_climb_out() {
+        // `d/a` is the archive's directory, so `d/a/b` is a link in it that points at its parent.
+        let chain = tar_of(&[
+            ("d", D, None),
+            ("d/a", L, Some("..")),
+            ("d/a/b", L, Some("..")),
+            ("d/a/b/x", F, None),
+        ]);
+        let e = check_archive(&chain).unwrap_err();
+        assert_eq!(e, "the link `d/a/b` leaves the archive's directory", "{e}");
+    }
+
+    #[test]
+    fn an_entry_through_a_link_that_leads_outside_is_refused() {
+        // `l` climbs out through `d/a`, which is the archive's directory.
+        let through = tar_of(&[
+            ("d/a", L, Some("..")),
+            ("l", L, Some("d/a/..")),
+            ("l/x", F, None),
+        ]);
+        let e = check_archive(&through).unwrap_err();
+        assert_eq!(e, "the link `l` leaves the archive's directory");
+        // A hard link whose target climbs out through a link.
+        let hard = tar_of(&[("d/a", L, Some("..")), ("h", H, Some("d/a/../x"))]);
+        let e = check_archive(&hard).unwrap_err();
+        assert_eq!(e, "the link `h` leaves the archive's directory");
+        // `d/p` is inside when made, but would climb out once `d/q` points at the top: going up out
+        // of a path that is not a directory yet is refused.
+        let later = tar_of(&[
+            ("d/p", L, Some("q/../..")),
+            ("d/q", L, Some("..")),
+            ("d/p/x", F, None),
+        ]);
+        let e = check_archive(&later).unwrap_err();
+        assert_eq!(
+            e,
+            "the link `d/p` goes up out of something that is not a directory yet"
+        );
+        // A link that is replaced, or a directory made a link, could change where earlier links
+        // lead.
+        let replaced = tar_of(&[("d/a", L, Some("b")), ("d/a", L, Some(".."))]);
+        let e = check_archive(&replaced).unwrap_err();
+        assert_eq!(
+            e,
+            "the entry `d/a` replaces a link made earlier in the archive"
+        );
+        let dir = tar_of(&[("d/a", D, None), ("d/a", L, Some(".."))]);
+        let e = check_archive(&dir).unwrap_err();
+        assert_eq!(
+            e,
+            "the entry `d/a` replaces a directory made earlier in the archive"
+        );
+        let looped = tar_of(&[("x", L, Some("x")), ("x/f", F, None)]);
+        let e = check_archive(&looped).unwrap_err();
+        assert_eq!(
+            e,
+            "the entry `x/f` passes through too many links through a link"
+        );
+    }
+
+    #[test]
+    fn data_after_the_end_of_the_archive_is_refused() {
+        let mut garbage = tar_with("a.txt", F, None);
+        garbage.extend_from_slice(b"hidden");
+        assert_eq!(
+            check_archive(&garbage).unwrap_err(),
+            "data follows the end of the archive"
+        );
+        // A second archive after the first's end: an extractor told to ignore zero blocks
+        // (`tar -i`) would make `../evil`.
+        let mut second = tar_with("a.txt", F, None);
+        second.extend_from_slice(&tar_with("../evil", F, None));
+        assert_eq!(
+            check_archive(&second).unwrap_err(),
+            "data follows the end of the archive"
+        );
+    }
+
+    #[test]
+    fn valid_archives_with_links_inside_are_accepted() {
+        let mut padded = tar_of(&[
+            ("out", D, None),
+            ("out/a.txt", F, None),
+            ("out/a.txt", F, None),
+            ("out/link", L, Some("../a")),
+            ("out/sub/up", L, Some("../../out/./a.txt")),
+            ("lib/libfoo.so", L, Some("libfoo.so.1")),
+            ("lib/libfoo.so.1", F, None),
+            ("v1/bin", D, None),
+            ("current", L, Some("v1")),
+            ("current/bin/tool", F, None),
+            ("current/bin/up", L, Some("../../lib/libfoo.so")),
+            ("hard", H, Some("current/bin/tool")),
+            ("./dot", F, None),
+        ]);
+        // GNU tar pads the archive to a 10 KiB record.
+        padded.resize(10240, 0);
+        assert_eq!(check_archive(&padded), Ok(()));
+        // The builder's own archive, read as an upload streams in.
+        assert_eq!(check_archive_from(&padded[..]), Ok(()));
     }
 
     #[test]

@@ -1,31 +1,233 @@
 //! The server's git: one bare mirror per project in the data dir, commits fetched into it, and
 //! [`GitSources`], the compiler's view of a commit's files through `git ls-tree` and `git cat-file`.
+//!
+//! Every git process runs in a process group of its own under a time limit ([`output`]): a
+//! repository that accepts a connection and never answers costs one delivery attempt, and no git,
+//! ssh or http helper is left behind. A repository's credentials (`https://user:token@host/...`)
+//! reach git in its environment only ([`Remote`]), never in its arguments or in a message.
 
 use std::collections::{HashMap, VecDeque};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+/// How long a git command on a mirror of the server's own (reading a commit, its files, an
+/// archive) may run.
+pub(crate) const LOCAL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// A git command on `repo` with a clean, non-interactive environment.
 pub(crate) fn command(repo: &Path) -> Command {
+    let mut c = bare_command();
+    c.arg("--git-dir").arg(repo);
+    c
+}
+
+/// A git command with a clean, non-interactive environment and no repository.
+fn bare_command() -> Command {
     let mut c = Command::new("git");
-    c.arg("--git-dir")
-        .arg(repo)
-        .env("GIT_TERMINAL_PROMPT", "0")
+    c.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_COUNT", "0")
+        .env_remove("GIT_CONFIG_PARAMETERS")
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
         .stdin(Stdio::null());
     c
 }
 
+/// A git command that did not finish in time; it was stopped with every process of its group.
+#[derive(Debug)]
+pub(crate) struct TimedOut {
+    what: String,
+    after: Duration,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "git {} did not finish within {}s and was stopped",
+            self.what,
+            self.after.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// Reads `r` to its end on a thread of its own; the bytes arrive on the answered channel.
+fn drain(r: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    match r {
+        Some(mut r) => {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = r.read_to_end(&mut bytes);
+                let _ = tx.send(bytes);
+            });
+        }
+        None => {
+            let _ = tx.send(Vec::new());
+        }
+    }
+    rx
+}
+
+/// Runs `cmd` (`what` names it in errors) in a process group of its own and collects its output
+/// (its standard output goes to `sink` when given); when it has not ended and closed its output
+/// after `timeout`, kills the whole group (git with its ssh or http helper) and fails with
+/// [`TimedOut`].
+pub(crate) fn output(
+    cmd: &mut Command,
+    sink: Option<std::fs::File>,
+    timeout: Duration,
+    what: &str,
+) -> Result<Output> {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0).stderr(Stdio::piped());
+    match sink {
+        Some(f) => cmd.stdout(f),
+        None => cmd.stdout(Stdio::piped()),
+    };
+    let deadline = Instant::now() + timeout;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run git {what}"))?;
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let timed_out = |child: &mut std::process::Child| {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait();
+        anyhow::Error::new(TimedOut {
+            what: what.to_string(),
+            after: timeout,
+        })
+    };
+    // Both pipes close when git and every helper holding them have ended: no polling for the
+    // common case. A helper that outlives git keeps them open, and is stopped at the deadline too.
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let (Ok(stdout), Ok(stderr)) = (stdout.recv_timeout(left()), stderr.recv_timeout(left()))
+    else {
+        return Err(timed_out(&mut child));
+    };
+    // Git closed its output; it ends in a moment.
+    let mut pause = Duration::from_micros(100);
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for git")? {
+            break status;
+        }
+        if left().is_zero() {
+            return Err(timed_out(&mut child));
+        }
+        std::thread::sleep(pause.min(left()));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    };
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// A project's repository as git reaches it. Credentials in an http(s) URL
+/// (`https://user:token@host/repo.git`) are taken out of it and given to git as an
+/// `Authorization` header for that URL only, in its environment (`GIT_CONFIG_KEY_0`/`VALUE_0`);
+/// a password in any other URL is dropped. So no git argument, and no message that names the
+/// URL, holds them.
+#[derive(Clone)]
+pub(crate) struct Remote {
+    url: String,
+    authorization: Option<String>,
+    /// How long a git command that reaches the repository may run.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Remote {
+    /// The repository of `repo_url`, reached within `timeout` per command.
+    pub fn new(repo_url: &str, timeout: Duration) -> Remote {
+        let (url, authorization) = split_credentials(repo_url);
+        Remote {
+            url,
+            authorization,
+            timeout,
+        }
+    }
+
+    /// The URL without its credentials: what git is given, and what messages show.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A git command on `repo` (or on no repository) that reaches this repository.
+    fn command(&self, repo: Option<&Path>) -> Command {
+        let mut c = match repo {
+            Some(repo) => command(repo),
+            None => bare_command(),
+        };
+        if let Some(a) = &self.authorization {
+            c.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", format!("http.{}.extraHeader", self.url))
+                .env("GIT_CONFIG_VALUE_0", format!("Authorization: {a}"));
+        }
+        c
+    }
+}
+
+/// `url` without the credentials in it, and the `Authorization` value that carries them (http and
+/// https only); an URL that does not parse (a path, `host:path`) is kept as it is.
+fn split_credentials(url: &str) -> (String, Option<String>) {
+    use base64::Engine as _;
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return (url.to_string(), None);
+    };
+    if parsed.username().is_empty() && parsed.password().is_none() {
+        return (url.to_string(), None);
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let user = decode(parsed.username());
+    let password = parsed.password().map(decode);
+    if !matches!(parsed.scheme(), "http" | "https") {
+        // ssh and others: the user name is part of the address; a password git would not use.
+        if password.is_some() {
+            let _ = parsed.set_password(None);
+            return (parsed.to_string(), None);
+        }
+        return (url.to_string(), None);
+    }
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{user}:{}", password.unwrap_or_default()));
+    (parsed.to_string(), Some(format!("Basic {basic}")))
+}
+
+/// `url` as it may be shown (in the API, a log or an error): without a password, and without the
+/// user name of an http(s) URL (often a token itself).
+pub(crate) fn redact_url(url: &str) -> String {
+    split_credentials(url).0
+}
+
 fn run(repo: &Path, args: &[&str]) -> Result<Vec<u8>> {
-    let out = command(repo)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run git {}", args.first().unwrap_or(&"")))?;
+    let what = args.first().copied().unwrap_or_default();
+    let out = output(command(repo).args(args), None, LOCAL_TIMEOUT, what)?;
     if !out.status.success() {
         bail!(
             "git {} failed: {}",
@@ -47,13 +249,16 @@ pub(crate) fn ensure_mirror(path: &Path) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let out = Command::new("git")
-        .args(["init", "--bare", "--quiet"])
-        .arg(path)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run git init")?;
+    let out = output(
+        Command::new("git")
+            .args(["init", "--bare", "--quiet"])
+            .arg(path)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .stdin(Stdio::null()),
+        None,
+        LOCAL_TIMEOUT,
+        "init",
+    )?;
     if !out.status.success() {
         bail!(
             "git init failed: {}",
@@ -128,15 +333,17 @@ pub(crate) fn has_commit(repo: &Path, sha: &str) -> bool {
     if known(repo, sha, |_| ()).is_some() {
         return true;
     }
-    let out = command(repo)
-        .args([
+    let out = output(
+        command(repo).args([
             "rev-parse",
             "--verify",
             "--quiet",
             &format!("{sha}^{{commit}}"),
-        ])
-        .stderr(Stdio::null())
-        .output();
+        ]),
+        None,
+        LOCAL_TIMEOUT,
+        "rev-parse",
+    );
     match out {
         Ok(o) if o.status.success() => {
             remember(repo, String::from_utf8_lossy(&o.stdout).trim());
@@ -184,12 +391,12 @@ pub(crate) fn write_archive(repo: &Path, sha: &str, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    let out = command(repo)
-        .args(["archive", "--format=tar", sha])
-        .stdout(tmp.reopen().context("cannot reopen the archive file")?)
-        .stderr(Stdio::piped())
-        .output()
-        .context("cannot run git archive")?;
+    let out = output(
+        command(repo).args(["archive", "--format=tar", sha]),
+        Some(tmp.reopen().context("cannot reopen the archive file")?),
+        LOCAL_TIMEOUT,
+        "archive",
+    )?;
     if !out.status.success() {
         bail!(
             "git archive {sha} failed: {}",
@@ -260,9 +467,16 @@ fn single_ref(r: &str) -> bool {
         })
 }
 
-/// Fetches `sha` (or, when that fails or there is none, `fetch_ref`) from `url` into the mirror, and
-/// answers the commit's full SHA.
-pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) -> Result<String> {
+/// Fetches `sha` (or, when that fails or there is none, `fetch_ref`) from `remote` into the
+/// mirror, and answers the commit's full SHA. A fetch that does not finish within the remote's
+/// timeout fails with [`TimedOut`] in its chain, without trying further.
+pub(crate) fn fetch(
+    repo: &Path,
+    remote: &Remote,
+    sha: Option<&str>,
+    fetch_ref: &str,
+) -> Result<String> {
+    let url = remote.url();
     if !single_ref(fetch_ref) {
         return Err(anyhow::Error::new(NotARef(fetch_ref.to_string())));
     }
@@ -271,11 +485,20 @@ pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) 
         if has_commit(repo, sha) {
             return resolve(repo, sha);
         }
-        let direct = command(repo)
-            .args(["fetch", "--quiet", "--no-tags", url, sha])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+        let direct = match output(
+            remote
+                .command(Some(repo))
+                .args(["fetch", "--quiet", "--no-tags", "--", url, sha]),
+            None,
+            remote.timeout,
+            "fetch",
+        ) {
+            Ok(out) => out.status.success(),
+            Err(e) if e.is::<TimedOut>() => {
+                return Err(e.context(format!("cannot fetch {fetch_ref} from {url}")));
+            }
+            Err(_) => false,
+        };
         if direct && has_commit(repo, sha) {
             return resolve(repo, sha);
         }
@@ -293,11 +516,16 @@ pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) 
     let mut missing = 0;
     for r in &candidates {
         let local = format!("refs/gantry/{}", r.trim_start_matches("refs/"));
-        let out = command(repo)
-            .args(["fetch", "--quiet", "--no-tags", "--force", url])
-            .arg(format!("+{r}:{local}"))
-            .output()
-            .context("cannot run git fetch")?;
+        let out = output(
+            remote
+                .command(Some(repo))
+                .args(["fetch", "--quiet", "--no-tags", "--force", "--", url])
+                .arg(format!("+{r}:{local}")),
+            None,
+            remote.timeout,
+            "fetch",
+        )
+        .with_context(|| format!("cannot fetch {fetch_ref} from {url}"))?;
         if out.status.success() {
             let head = resolve(repo, &local)?;
             return match sha {
@@ -320,6 +548,19 @@ pub(crate) fn fetch(repo: &Path, url: &str, sha: Option<&str>, fetch_ref: &str) 
     Err(err).with_context(|| format!("cannot fetch {fetch_ref} from {url}"))
 }
 
+/// The tags of `remote`, as `git ls-remote --tags --refs` lists them (`SHA\trefs/tags/NAME`).
+pub(crate) fn ls_remote_tags(remote: &Remote) -> Result<String> {
+    // No repository: none is looked for above the root directory.
+    let mut cmd = remote.command(None);
+    cmd.current_dir("/")
+        .args(["ls-remote", "--tags", "--refs", "--", remote.url()]);
+    let out = output(&mut cmd, None, remote.timeout, "ls-remote")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The best common ancestor of `a` and `b`, when the mirror has both and they have one.
 pub(crate) fn merge_base(repo: &Path, a: &str, b: &str) -> Option<String> {
     let out = run(repo, &["merge-base", a, b]).ok()?;
@@ -327,21 +568,30 @@ pub(crate) fn merge_base(repo: &Path, a: &str, b: &str) -> Option<String> {
     (!sha.is_empty()).then_some(sha)
 }
 
-/// The message of tag `tag` on `url` (fetched into the mirror): `Some("")` for a lightweight tag,
-/// which has none; the signature of a signed tag is left out.
-pub(crate) fn tag_message(repo: &Path, url: &str, tag: &str) -> Result<String> {
+/// The message of tag `tag` on `remote` (fetched into the mirror): `Some("")` for a lightweight
+/// tag, which has none; the signature of a signed tag is left out.
+pub(crate) fn tag_message(repo: &Path, remote: &Remote, tag: &str) -> Result<String> {
     let local = format!("refs/gantry/tags/{tag}");
-    run(
-        repo,
-        &[
+    let out = output(
+        remote.command(Some(repo)).args([
             "fetch",
             "--quiet",
             "--no-tags",
             "--force",
-            url,
+            "--",
+            remote.url(),
             &format!("+refs/tags/{tag}:{local}"),
-        ],
+        ]),
+        None,
+        remote.timeout,
+        "fetch",
     )?;
+    if !out.status.success() {
+        bail!(
+            "git fetch of tag {tag} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     let out = run(
         repo,
         &[
@@ -421,10 +671,13 @@ pub(crate) fn read_file(repo: &Path, sha: &str, path: &str) -> Result<String, St
     if let Some(Some(text)) = known(repo, sha, |k| k.blobs.get(path).cloned()) {
         return Ok(text.to_string());
     }
-    let out = command(repo)
-        .args(["cat-file", "blob", &format!("{sha}:{path}")])
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out = output(
+        command(repo).args(["cat-file", "blob", &format!("{sha}:{path}")]),
+        None,
+        LOCAL_TIMEOUT,
+        "cat-file",
+    )
+    .map_err(|e| format!("{e:#}"))?;
     if !out.status.success() {
         return Err("no such file".into());
     }
@@ -508,6 +761,11 @@ mod tests {
     use super::*;
     use gantry_pipeline::Sources as _;
 
+    /// A repository reached without credentials, within the local timeout.
+    fn at(url: &str) -> Remote {
+        Remote::new(url, LOCAL_TIMEOUT)
+    }
+
     fn sh(dir: &Path, args: &[&str]) {
         let ok = Command::new("git")
             .args(args)
@@ -523,6 +781,100 @@ mod tests {
     }
 
     #[test]
+    fn a_command_past_its_time_is_stopped_with_its_whole_group() {
+        // A child that starts a helper of its own and waits for it, as git waits for its ssh or
+        // http helper.
+        let marker = format!("{}.{}", std::process::id(), 7);
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("sleep 3{marker} & wait")]);
+        let e = output(&mut cmd, None, Duration::from_millis(300), "fetch").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "git fetch did not finish within 0.3s and was stopped"
+        );
+        assert!(e.is::<TimedOut>());
+        // The helper was sent SIGKILL; it is gone as soon as the kernel has torn it down.
+        let left = || -> Vec<String> {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|p| std::fs::read(p.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(&format!("sleep 3{marker}")))
+                .collect()
+        };
+        for _ in 0..250 {
+            if left().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(left().is_empty(), "{:?}", left());
+        // A quick one answers its output.
+        let out = output(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            None,
+            Duration::from_secs(30),
+            "x",
+        )
+        .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            (&out.stdout[..], &out.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+    }
+
+    #[test]
+    fn credentials_leave_the_url_for_an_authorization_header() {
+        let r = Remote::new(
+            "https://ci-bot:s3cr%40t@git.example.com/a/b.git",
+            LOCAL_TIMEOUT,
+        );
+        assert_eq!(r.url(), "https://git.example.com/a/b.git");
+        // base64("ci-bot:s3cr@t")
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some("Basic Y2ktYm90OnMzY3JAdA==")
+        );
+        assert!(!format!("{r:?}").contains("s3cr"));
+        let token = Remote::new("http://glpat-token@127.0.0.1:8080/r.git", LOCAL_TIMEOUT);
+        assert_eq!(token.url(), "http://127.0.0.1:8080/r.git");
+        assert_eq!(
+            token.authorization.as_deref(),
+            Some("Basic Z2xwYXQtdG9rZW46")
+        );
+        for plain in [
+            "https://git.example.com/a/b.git",
+            "/srv/git/a.git",
+            "git@git.example.com:a/b.git",
+            "ssh://git@git.example.com/a/b.git",
+        ] {
+            let r = Remote::new(plain, LOCAL_TIMEOUT);
+            assert_eq!((r.url(), r.authorization.as_deref()), (plain, None));
+        }
+        assert_eq!(
+            redact_url("ssh://git:hunter2@git.example.com/a/b.git"),
+            "ssh://git@git.example.com/a/b.git"
+        );
+        // The header goes to git in its environment, for that URL only.
+        let cmd = r.command(Some(Path::new("m.git")));
+        let env: HashMap<String, String> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.into(), v?.to_str()?.into())))
+            .collect();
+        assert_eq!(env["GIT_CONFIG_COUNT"], "1");
+        assert_eq!(
+            env["GIT_CONFIG_KEY_0"],
+            "http.https://git.example.com/a/b.git.extraHeader"
+        );
+        assert_eq!(
+            env["GIT_CONFIG_VALUE_0"],
+            "Authorization: Basic Y2ktYm90OnMzY3JAdA=="
+        );
+    }
+
+    #[test]
     fn fetch_and_read() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
@@ -533,11 +885,11 @@ mod tests {
         sh(&src, &["add", "."]);
         sh(&src, &["commit", "-q", "-m", "first"]);
         let mirror = tmp.path().join("m.git");
-        let sha = fetch(&mirror, src.to_str().unwrap(), None, "main").unwrap();
+        let sha = fetch(&mirror, &at(src.to_str().unwrap()), None, "main").unwrap();
         assert_eq!(sha.len(), 40);
         let again = fetch(
             &mirror,
-            src.to_str().unwrap(),
+            &at(src.to_str().unwrap()),
             Some(&sha),
             "refs/heads/main",
         )
@@ -551,7 +903,7 @@ mod tests {
         assert!(s.read("ci/more.yml").unwrap().contains("script"));
         assert!(s.read("../etc/passwd").is_err());
         assert!(s.read("nope").is_err());
-        assert!(fetch(&mirror, src.to_str().unwrap(), None, "no-such-branch").is_err());
+        assert!(fetch(&mirror, &at(src.to_str().unwrap()), None, "no-such-branch").is_err());
     }
 
     #[test]
@@ -580,7 +932,7 @@ mod tests {
             "main secret",
             "",
         ] {
-            let e = fetch(&mirror, url, None, bad).unwrap_err();
+            let e = fetch(&mirror, &at(url), None, bad).unwrap_err();
             assert!(
                 e.chain().any(|c| c.downcast_ref::<NotARef>().is_some()),
                 "{bad}: {e:#}"
@@ -595,8 +947,8 @@ mod tests {
             "",
             "nothing was fetched"
         );
-        assert!(fetch(&mirror, url, None, "refs/heads/secret").is_ok());
-        assert!(fetch(&mirror, url, None, "main").is_ok());
+        assert!(fetch(&mirror, &at(url), None, "refs/heads/secret").is_ok());
+        assert!(fetch(&mirror, &at(url), None, "main").is_ok());
     }
 
     #[test]
@@ -610,7 +962,7 @@ mod tests {
         sh(&src, &["tag", "light"]);
         let url = src.to_str().unwrap();
         let mirror = tmp.path().join("m.git");
-        let commit = fetch(&mirror, url, None, "main").unwrap();
+        let commit = fetch(&mirror, &at(url), None, "main").unwrap();
         let out = Command::new("git")
             .args(["rev-parse", "v1"])
             .current_dir(&src)
@@ -619,20 +971,20 @@ mod tests {
         let tag = String::from_utf8_lossy(&out.stdout).trim().to_string();
         assert_ne!(tag, commit);
         assert_eq!(
-            fetch(&mirror, url, Some(&tag), "refs/tags/v1").unwrap(),
+            fetch(&mirror, &at(url), Some(&tag), "refs/tags/v1").unwrap(),
             commit
         );
         // Asked again, from what was remembered: still the commit.
         assert_eq!(
-            fetch(&mirror, url, Some(&tag), "refs/tags/v1").unwrap(),
+            fetch(&mirror, &at(url), Some(&tag), "refs/tags/v1").unwrap(),
             commit
         );
         assert_eq!(
-            tag_message(&mirror, url, "v1").unwrap(),
+            tag_message(&mirror, &at(url), "v1").unwrap(),
             "the tag's message"
         );
-        assert_eq!(tag_message(&mirror, url, "light").unwrap(), "");
-        let missing = fetch(&mirror, url, None, "refs/heads/gone").unwrap_err();
+        assert_eq!(tag_message(&mirror, &at(url), "light").unwrap(), "");
+        let missing = fetch(&mirror, &at(url), None, "refs/heads/gone").unwrap_err();
         assert!(
             missing
                 .chain()
@@ -640,7 +992,7 @@ mod tests {
             "{missing:#}"
         );
         let unreachable = tmp.path().join("nowhere");
-        let e = fetch(&mirror, unreachable.to_str().unwrap(), None, "main").unwrap_err();
+        let e = fetch(&mirror, &at(unreachable.to_str().unwrap()), None, "main").unwrap_err();
         assert!(
             !e.chain().any(|c| c.downcast_ref::<NoSuchRef>().is_some()),
             "{e:#}"
@@ -657,14 +1009,14 @@ mod tests {
         sh(&src, &["add", "."]);
         sh(&src, &["commit", "-q", "-m", "cached"]);
         let mirror = tmp.path().join("m.git");
-        let sha = fetch(&mirror, src.to_str().unwrap(), None, "main").unwrap();
+        let sha = fetch(&mirror, &at(src.to_str().unwrap()), None, "main").unwrap();
         assert_eq!(commit_info(&mirror, &sha).unwrap().message, "cached");
         let s = GitSources::new(&mirror, &sha, None).unwrap();
         assert!(s.read(".gitlab-ci.yml").unwrap().contains("script"));
         // Without its objects, the mirror can only answer from what was learnt.
         std::fs::rename(mirror.join("objects"), tmp.path().join("objects")).unwrap();
         assert!(has_commit(&mirror, &sha));
-        let again = fetch(&mirror, "/nonexistent", Some(&sha), "main").unwrap();
+        let again = fetch(&mirror, &at("/nonexistent"), Some(&sha), "main").unwrap();
         assert_eq!(again, sha);
         assert_eq!(commit_info(&mirror, &sha).unwrap().message, "cached");
         let s = GitSources::new(&mirror, &sha, None).unwrap();

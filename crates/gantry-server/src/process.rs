@@ -12,6 +12,10 @@
 //! saying how many attempts were made. Every other failure is [`Failure::Permanent`]: closed
 //! `failed` at once.
 //!
+//! **Projects apart.** Each project's due deliveries are processed by a task of its own, in order,
+//! and at most `delivery_concurrency` projects' at once: a project whose repository hangs (until
+//! `git_timeout` stops its fetch) holds up only its own deliveries.
+//!
 //! **Intake first.** A forge waits for the `202` (GitLab and GitHub give up after 10 s and count a
 //! failure), while a pipeline may start a little later. So while deliveries are arriving
 //! ([`Intake::busy`]), the processor pauses after each delivery for [`YIELD_FACTOR`] times as long
@@ -113,11 +117,29 @@ impl Intake {
     }
 }
 
-/// The processor loop.
+/// The projects whose deliveries are being processed, each by a task of its own.
+#[derive(Clone, Default)]
+struct Busy(Arc<std::sync::Mutex<std::collections::HashSet<i64>>>);
+
+impl Busy {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The processor loop: hands each project's due deliveries to a task of its own, one project's
+/// after the other's in order, at most `delivery_concurrency` projects at once, so that a project
+/// whose repository hangs holds up no other project.
 pub(crate) async fn run(state: AppState) {
     let mut shutdown = state.shutdown.clone();
+    let busy = Busy::default();
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        state.config.delivery_concurrency.max(1),
+    ));
     loop {
-        process_pending(&state).await;
+        start_pending(&state, &busy, &slots).await;
         let pause = next_pause(&state).await;
         tokio::select! {
             () = state.deliveries.notified() => {}
@@ -144,71 +166,96 @@ async fn next_pause(state: &AppState) -> Duration {
     }
 }
 
-/// Processes every pending delivery that is due.
-pub(crate) async fn process_pending(state: &AppState) {
-    loop {
-        let batch = match state.store.pending_deliveries(20, crate::now_ms()).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read pending deliveries");
-                return;
-            }
-        };
-        let n = batch.len();
-        for d in batch {
-            if state.stopping() {
-                return;
-            }
-            let id = d.id;
-            let attempt = d.attempts + 1;
-            let last = attempt >= i64::from(state.config.delivery_max_attempts);
-            let started = std::time::Instant::now();
-            let outcome = process_one(state, d, last).await;
-            if state.intake.busy() {
-                tokio::time::sleep(started.elapsed() * YIELD_FACTOR).await;
-            }
-            let result = match outcome {
-                Ok(()) => Ok(()),
-                Err(Failure::Permanent(reason)) => {
-                    tracing::warn!(delivery = id, %reason, "delivery failed");
-                    state.store.close_delivery(id, "failed", &reason).await
-                }
-                Err(Failure::Transient(error)) if last => {
-                    let reason = format!("{error} (gave up after {attempt} attempts)");
-                    tracing::warn!(delivery = id, %reason, "delivery failed");
-                    state
-                        .store
-                        .fail_delivery_attempt(id, &reason, None)
-                        .await
-                        .map(drop)
-                }
-                Err(Failure::Transient(error)) => {
-                    let pause = retry_pause(&state.config, attempt);
-                    tracing::info!(
-                        delivery = id,
-                        attempt,
-                        retry_in_ms = pause.as_millis(),
-                        %error,
-                        "delivery failed transiently; it will be retried"
-                    );
-                    let at =
-                        crate::now_ms() + i64::try_from(pause.as_millis()).unwrap_or(i64::MAX / 4);
-                    state
-                        .store
-                        .fail_delivery_attempt(id, &error, Some(at))
-                        .await
-                        .map(drop)
-                }
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "cannot record a delivery's failure");
-                return;
-            }
-        }
-        if n < 20 {
+/// Starts a task for each project that has due deliveries and none being processed; the task
+/// processes them in order, then wakes the loop for what arrived meanwhile.
+async fn start_pending(state: &AppState, busy: &Busy, slots: &Arc<tokio::sync::Semaphore>) {
+    let skip: Vec<i64> = busy.lock().iter().copied().collect();
+    let batch = match state
+        .store
+        .pending_deliveries(20, crate::now_ms(), &skip)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read pending deliveries");
             return;
         }
+    };
+    let mut by_project: Vec<(i64, Vec<DeliveryRecord>)> = Vec::new();
+    for d in batch {
+        match by_project.iter_mut().find(|(p, _)| *p == d.project_id) {
+            Some((_, list)) => list.push(d),
+            None => by_project.push((d.project_id, vec![d])),
+        }
     }
+    for (project, deliveries) in by_project {
+        if !busy.lock().insert(project) {
+            continue;
+        }
+        let (state, busy, slots) = (state.clone(), busy.clone(), slots.clone());
+        tokio::spawn(async move {
+            if let Ok(_slot) = slots.acquire_owned().await {
+                process_deliveries(&state, deliveries).await;
+            }
+            busy.lock().remove(&project);
+            state.deliveries.notify_one();
+        });
+    }
+}
+
+/// Processes `batch` in order; `false` when it stopped early (the server is stopping, or a
+/// failure cannot be recorded).
+async fn process_deliveries(state: &AppState, batch: Vec<DeliveryRecord>) -> bool {
+    for d in batch {
+        if state.stopping() {
+            return false;
+        }
+        let id = d.id;
+        let attempt = d.attempts + 1;
+        let last = attempt >= i64::from(state.config.delivery_max_attempts);
+        let started = std::time::Instant::now();
+        let outcome = process_one(state, d, last).await;
+        if state.intake.busy() {
+            tokio::time::sleep(started.elapsed() * YIELD_FACTOR).await;
+        }
+        let result = match outcome {
+            Ok(()) => Ok(()),
+            Err(Failure::Permanent(reason)) => {
+                tracing::warn!(delivery = id, %reason, "delivery failed");
+                state.store.close_delivery(id, "failed", &reason).await
+            }
+            Err(Failure::Transient(error)) if last => {
+                let reason = format!("{error} (gave up after {attempt} attempts)");
+                tracing::warn!(delivery = id, %reason, "delivery failed");
+                state
+                    .store
+                    .fail_delivery_attempt(id, &reason, None)
+                    .await
+                    .map(drop)
+            }
+            Err(Failure::Transient(error)) => {
+                let pause = retry_pause(&state.config, attempt);
+                tracing::info!(
+                    delivery = id,
+                    attempt,
+                    retry_in_ms = pause.as_millis(),
+                    %error,
+                    "delivery failed transiently; it will be retried"
+                );
+                let at = crate::now_ms() + i64::try_from(pause.as_millis()).unwrap_or(i64::MAX / 4);
+                state
+                    .store
+                    .fail_delivery_attempt(id, &error, Some(at))
+                    .await
+                    .map(drop)
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot record a delivery's failure");
+            return false;
+        }
+    }
+    true
 }
 
 /// The pause after failed attempt number `attempt` (1 for the first): the backoff, doubled for each
@@ -261,7 +308,8 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     let checkout = {
         let project = project.clone();
         let event = event.clone();
-        tokio::task::spawn_blocking(move || checkout(&mirror, &project, &event))
+        let remote = git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
+        tokio::task::spawn_blocking(move || checkout(&mirror, &remote, &event))
             .await
             .map_err(|e| permanent(format!("the compiler panicked: {e}")))??
     };
@@ -472,7 +520,7 @@ fn mr_variables(
     let url = mr
         .project_url
         .clone()
-        .unwrap_or_else(|| project.spec.repo_url.clone());
+        .unwrap_or_else(|| git::redact_url(&project.spec.repo_url));
     let truncated = mr.description.chars().count() > MR_DESCRIPTION_LIMIT;
     let description: String = mr.description.chars().take(MR_DESCRIPTION_LIMIT).collect();
     let mut v = vec![
@@ -559,11 +607,10 @@ fn fetch_failure(e: &anyhow::Error) -> Failure {
 /// Fetches the event's commit into the mirror and reads its facts (blocking).
 fn checkout(
     mirror: &std::path::Path,
-    project: &LoadedProject,
+    remote: &git::Remote,
     event: &Event,
 ) -> Result<Checkout, Failure> {
-    let url = &project.spec.repo_url;
-    let sha = git::fetch(mirror, url, event.sha.as_deref(), &event.fetch_ref)
+    let sha = git::fetch(mirror, remote, event.sha.as_deref(), &event.fetch_ref)
         .map_err(|e| fetch_failure(&e))?;
     let transient = |e: anyhow::Error| Failure::Transient(format!("{e:#}"));
     let info = git::commit_info(mirror, &sha).map_err(transient)?;
@@ -577,7 +624,7 @@ fn checkout(
     if let Some(mr) = &event.mr {
         let target_head = git::fetch(
             mirror,
-            url,
+            remote,
             mr.target_sha.as_deref(),
             &format!("refs/heads/{}", mr.target_branch),
         )
@@ -595,7 +642,7 @@ fn checkout(
         base = diff_base.clone().or(target_head);
     }
     let tag_message = if event.tag {
-        git::tag_message(mirror, url, &event.git_ref)
+        git::tag_message(mirror, remote, &event.git_ref)
             .ok()
             .or_else(|| event.tag_message.clone())
     } else {

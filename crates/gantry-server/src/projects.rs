@@ -73,7 +73,8 @@ impl LoadedProject {
         Project {
             id: self.record.id,
             name: self.record.name.clone(),
-            repo_url: self.spec.repo_url.clone(),
+            // Credentials in the URL are given to git only, never shown.
+            repo_url: crate::git::redact_url(&self.spec.repo_url),
             default_branch: self.spec.default_branch.clone(),
             has_webhook_secret: self.spec.webhook_secret.is_some(),
             variables: self

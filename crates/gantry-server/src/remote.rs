@@ -285,24 +285,15 @@ async fn latest_tag(
         Ok(p) => p,
         Err(f) => return Err(f),
     };
-    let url = project.spec.repo_url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("git")
-            .args(["ls-remote", "--tags", "--refs", "--", &url])
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .stdin(std::process::Stdio::null())
-            .output()
-    })
-    .await;
+    let remote = git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
+    let out = tokio::task::spawn_blocking(move || git::ls_remote_tags(&remote)).await;
     let out = match out {
-        Ok(Ok(o)) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Ok(Ok(o)) => {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
             return Err(Fetched::Transient(format!(
-                "cannot list the tags of project `{name}`: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
+                "cannot list the tags of project `{name}`: {e:#}"
             )));
         }
-        Ok(Err(e)) => return Err(Fetched::Transient(format!("cannot run git: {e}"))),
         Err(e) => return Err(Fetched::Permanent(format!("the fetch panicked: {e}"))),
     };
     let tags: Vec<&str> = out
@@ -614,11 +605,11 @@ async fn read_from_project(
     let lock = state.mirror_lock(project.record.id);
     let _guard = lock.lock().await;
     let mirror = git::mirror_path(&state.config.data_dir, project.record.id);
-    let url = project.spec.repo_url.clone();
+    let remote = git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
     let name = name.to_string();
     let read = tokio::task::spawn_blocking(move || {
         let full_sha = gantry_pipeline::component::is_sha(&git_ref);
-        let sha = match git::fetch(&mirror, &url, full_sha.then_some(&*git_ref), &git_ref) {
+        let sha = match git::fetch(&mirror, &remote, full_sha.then_some(&*git_ref), &git_ref) {
             Ok(sha) => sha,
             Err(e) => {
                 let e = format!("{e:#}");

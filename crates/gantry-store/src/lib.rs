@@ -132,6 +132,16 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// The condition that leaves out the deliveries of projects `skip` (ids are numbers: nothing of a
+/// caller's text goes into the statement).
+fn skip_projects(skip: &[i64]) -> String {
+    if skip.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = skip.iter().map(i64::to_string).collect();
+    format!(" AND project_id NOT IN ({})", ids.join(", "))
+}
+
 /// Wraps a sqlx error with what was being done.
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |e| StoreError::Database(format!("{context}: {e}"))
@@ -557,8 +567,14 @@ pub trait Store: Send + Sync + 'static {
     /// was stored before for the project and forge.
     async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<(i64, bool)>;
     /// Up to `limit` deliveries still `pending` and due at `now` (no `retry_at`, or one not after
-    /// `now`), oldest first, with their payloads.
-    async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>>;
+    /// `now`), oldest first, with their payloads; none of the projects in `skip` (those whose
+    /// deliveries are being processed already).
+    async fn pending_deliveries(
+        &self,
+        limit: i64,
+        now: Millis,
+        skip: &[i64],
+    ) -> Result<Vec<DeliveryRecord>>;
     /// Marks a pending delivery `skipped` or `failed`, with the reason.
     async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()>;
     /// Records a transient failure of pending delivery `id`: one more attempt, and `error` as its

@@ -14,7 +14,7 @@ use crate::rows::{
 use crate::{
     AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
     NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
-    ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db,
+    ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db, skip_projects,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -411,10 +411,16 @@ impl Store for PgStore {
             .await
     }
 
-    async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>> {
+    async fn pending_deliveries(
+        &self,
+        limit: i64,
+        now: Millis,
+        skip: &[i64],
+    ) -> Result<Vec<DeliveryRecord>> {
+        let skip = skip_projects(skip);
         let rows = sqlx::query(&format!(
             "SELECT {DELIVERY_COLS}, payload FROM deliveries WHERE status = 'pending' \
-             AND (retry_at IS NULL OR retry_at <= $1) ORDER BY id LIMIT $2"
+             AND (retry_at IS NULL OR retry_at <= $1){skip} ORDER BY id LIMIT $2"
         ))
         .bind(now)
         .bind(limit)

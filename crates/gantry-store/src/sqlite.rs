@@ -19,7 +19,7 @@ use crate::rows::{
 use crate::{
     AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
     NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
-    ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db,
+    ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db, skip_projects,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -636,11 +636,17 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn pending_deliveries(&self, limit: i64, now: Millis) -> Result<Vec<DeliveryRecord>> {
+    async fn pending_deliveries(
+        &self,
+        limit: i64,
+        now: Millis,
+        skip: &[i64],
+    ) -> Result<Vec<DeliveryRecord>> {
+        let skip = skip_projects(skip);
         let rows = read!(self, conn => {
             sqlx::query(&format!(
                 "SELECT {DELIVERY_COLS}, payload FROM deliveries WHERE status = 'pending' \
-                 AND (retry_at IS NULL OR retry_at <= ?) ORDER BY id LIMIT ?"
+                 AND (retry_at IS NULL OR retry_at <= ?){skip} ORDER BY id LIMIT ?"
             ))
             .bind(now)
             .bind(limit)

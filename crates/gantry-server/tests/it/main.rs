@@ -5,6 +5,7 @@ mod common;
 mod api;
 mod flow;
 mod forges;
+mod gitsafety;
 mod hooks;
 mod secrets;
 mod tokens;

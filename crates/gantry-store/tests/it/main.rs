@@ -220,7 +220,7 @@ async fn concurrent_deliveries_get_their_own_answers(h: Harness) {
         .unwrap();
     assert_eq!(stored.total, 125);
     // Stored in batches, each delivery still has its own fields under the id it was answered.
-    let pending = s.pending_deliveries(1_000, 10_000).await.unwrap();
+    let pending = s.pending_deliveries(1_000, 10_000, &[]).await.unwrap();
     assert_eq!(pending.len(), 125);
     for d in pending {
         assert_eq!(ids.get(&d.delivery_id), Some(&d.id));
@@ -239,7 +239,7 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
     let (a, _) = s.insert_delivery(&delivery(p.id, "a", 100)).await.unwrap();
     let (b, _) = s.insert_delivery(&delivery(p.id, "b", 100)).await.unwrap();
     assert_eq!(s.next_delivery_retry().await.unwrap(), None);
-    let fresh = &s.pending_deliveries(10, 1_000).await.unwrap()[0];
+    let fresh = &s.pending_deliveries(10, 1_000, &[]).await.unwrap()[0];
     assert_eq!(
         (fresh.attempts, fresh.retry_at, fresh.last_error.as_deref()),
         (0, None, None)
@@ -253,8 +253,11 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
     );
     assert_eq!(s.next_delivery_retry().await.unwrap(), Some(5_000));
     let ids = |v: Vec<gantry_store::DeliveryRecord>| v.iter().map(|d| d.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.pending_deliveries(10, 4_999).await.unwrap()), [b]);
-    let due = s.pending_deliveries(10, 5_000).await.unwrap();
+    assert_eq!(
+        ids(s.pending_deliveries(10, 4_999, &[]).await.unwrap()),
+        [b]
+    );
+    let due = s.pending_deliveries(10, 5_000, &[]).await.unwrap();
     assert_eq!(ids(due.clone()), [a, b]);
     assert_eq!(due[0].status, "pending");
     assert_eq!(due[0].attempts, 1);
@@ -272,7 +275,10 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
     let h = h.reopen().await;
     let s = &*h.store;
     assert_eq!(s.next_delivery_retry().await.unwrap(), Some(9_000));
-    assert_eq!(ids(s.pending_deliveries(10, 8_000).await.unwrap()), [b]);
+    assert_eq!(
+        ids(s.pending_deliveries(10, 8_000, &[]).await.unwrap()),
+        [b]
+    );
     // The last attempt closes it failed with the reason; later calls change nothing.
     assert_eq!(
         s.fail_delivery_attempt(a, "gave up after 3 attempts", None)
@@ -286,7 +292,10 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
             .unwrap(),
         0
     );
-    assert_eq!(ids(s.pending_deliveries(10, 99_000).await.unwrap()), [b]);
+    assert_eq!(
+        ids(s.pending_deliveries(10, 99_000, &[]).await.unwrap()),
+        [b]
+    );
     assert_eq!(s.next_delivery_retry().await.unwrap(), None);
     let listed = s
         .deliveries(
@@ -325,7 +334,7 @@ async fn pending_deliveries_and_close(h: Harness) {
                 .0,
         );
     }
-    let pending = s.pending_deliveries(3, 1_000).await.unwrap();
+    let pending = s.pending_deliveries(3, 1_000, &[]).await.unwrap();
     assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[..3]);
     assert_eq!(pending[0].payload, b"{\"delivery\":\"d0\"}");
     assert_eq!(pending[0].trace_id, "trace-d0");
@@ -338,8 +347,23 @@ async fn pending_deliveries_and_close(h: Harness) {
         .unwrap();
     // Closing is only for pending deliveries: this one stays skipped.
     s.close_delivery(ids[0], "failed", "later").await.unwrap();
-    let pending = s.pending_deliveries(10, 1_000).await.unwrap();
+    let pending = s.pending_deliveries(10, 1_000, &[]).await.unwrap();
     assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[2..]);
+    // The deliveries of a project being processed are left out, the others' are not.
+    let q = project(s, "q").await;
+    let other = s
+        .insert_delivery(&delivery(q.id, "q0", 200))
+        .await
+        .unwrap()
+        .0;
+    let rest = s.pending_deliveries(10, 1_000, &[p.id]).await.unwrap();
+    assert_eq!(rest.iter().map(|d| d.id).collect::<Vec<_>>(), [other]);
+    let rest = s
+        .pending_deliveries(10, 1_000, &[p.id, q.id])
+        .await
+        .unwrap();
+    assert!(rest.is_empty());
+    s.close_delivery(other, "skipped", "x").await.unwrap();
     let listed = s
         .deliveries(
             p.id,
@@ -399,7 +423,12 @@ async fn create_pipeline_once_per_delivery(h: Harness) {
         .total,
         1
     );
-    assert!(s.pending_deliveries(10, 1_000).await.unwrap().is_empty());
+    assert!(
+        s.pending_deliveries(10, 1_000, &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let listed = s
         .deliveries(
             p.id,
