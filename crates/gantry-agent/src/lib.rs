@@ -20,7 +20,7 @@
 //! A job whose lease is lost (`409`) is stopped and dropped: the server has failed it already.
 //!
 //! ```text
-//! gantry agent --server http://127.0.0.1:8080 --token REGISTRATION_TOKEN --concurrency 2
+//! gantry agent --server http://127.0.0.1:8080 --token-file /etc/gantry/registration-token --concurrency 2
 //! ```
 
 mod archive;
@@ -85,14 +85,27 @@ pub struct Args {
     /// The server's URL.
     #[arg(long, env = "GANTRY_SERVER", value_name = "URL")]
     pub server: String,
-    /// The server's registration token (needed on the first start only).
+    /// The server's registration token (needed on the first start only). Discouraged: a
+    /// command line shows in `ps` to every user of the machine; prefer `--token-file` or
+    /// `GANTRY_AGENT_TOKEN`.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// A file holding the server's registration token (needed on the first start only).
+    #[arg(long, env = "GANTRY_AGENT_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Register for these projects only: the agent takes no job of another project (GitLab's
+    /// project runners). Given at registration.
     #[arg(
         long,
-        env = "GANTRY_AGENT_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
+        value_name = "A,B",
+        env = "GANTRY_AGENT_PROJECTS",
+        value_delimiter = ','
     )]
-    pub token: Option<String>,
+    pub projects: Vec<String>,
+    /// Register for protected refs only: the agent takes only jobs of pipelines whose ref is
+    /// protected (GitLab's protected runners). Given at registration.
+    #[arg(long, env = "GANTRY_AGENT_PROTECTED_ONLY")]
+    pub protected_only: bool,
     /// What runs the jobs.
     #[arg(long, value_enum, env = "GANTRY_EXECUTOR", default_value = "shell")]
     pub executor: ExecutorKind,
@@ -132,6 +145,32 @@ pub struct Args {
     /// The format of the agent's own log.
     #[arg(long, value_enum, env = "GANTRY_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// The registration token: from `--token-file`, else `--token` (with a warning: the command line
+/// shows in `ps`), else `GANTRY_AGENT_TOKEN`. Jobs never see it: the executors give a job a
+/// clean environment, and the agent keeps the token in no file of a job's directory.
+fn registration_token(args: &Args) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the token file {}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        return Ok(Some(token.to_string()));
+    }
+    if let Some(token) = &args.token {
+        tracing::warn!(
+            "--token shows the registration token to every user of this machine (ps); \
+             use --token-file or GANTRY_AGENT_TOKEN"
+        );
+        return Ok(Some(token.clone()));
+    }
+    Ok(std::env::var("GANTRY_AGENT_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }
 
 /// The agent's identity, kept in the work dir.
@@ -292,9 +331,9 @@ async fn agent(
             id
         }
         None => {
-            let Some(token) = args.token.clone() else {
+            let Some(token) = registration_token(&args)? else {
                 bail!(
-                    "no agent token in {}: give the server's registration token with --token to register",
+                    "no agent token in {}: give the server's registration token with --token-file or GANTRY_AGENT_TOKEN to register",
                     identity_path.display()
                 );
             };
@@ -306,6 +345,13 @@ async fn agent(
                 executor: args.executor.as_str().to_string(),
                 concurrency: args.concurrency,
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                projects: args
+                    .projects
+                    .iter()
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+                protected_only: args.protected_only,
             };
             let registered = register(&client, &body).await?;
             let id = Identity {

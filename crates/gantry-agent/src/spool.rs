@@ -222,8 +222,9 @@ pub(crate) enum UploadError {
 }
 
 /// Sends the spool to the server as it grows, continuing from the size the server acknowledges,
-/// until the spool is closed and the server holds all of it; returns the log's size. Network
-/// errors and server errors are retried with backoff.
+/// until the spool is closed and the server holds all of it (or said `truncated`: the log reached
+/// its limit, and nothing more is sent); returns the log's size. Network errors and server errors
+/// are retried with backoff.
 pub(crate) async fn upload(
     client: Client,
     job: i64,
@@ -232,12 +233,17 @@ pub(crate) async fn upload(
     let mut acked: u64 = 0;
     let mut backoff = Backoff::default();
     let mut lingered = false;
+    // The server cut the log at its limit: nothing more is sent, the job goes on.
+    let mut truncated = false;
     loop {
         // Read `closed` before flushing: when it is set, the flush sees every line.
         let closed = spool.closed.load(Ordering::SeqCst);
         let end = spool.flush();
         if let Some(e) = spool.writer().error.take() {
             return Err(UploadError::Spool(e));
+        }
+        if truncated {
+            acked = end;
         }
         if acked >= end {
             if closed {
@@ -266,6 +272,14 @@ pub(crate) async fn upload(
         match client.put_log(job, acked, bytes).await {
             Ok(ack) => {
                 backoff.reset();
+                if ack.truncated && !truncated {
+                    tracing::warn!(
+                        job,
+                        size = ack.size,
+                        "the server cut the job's log at its limit: the rest is not sent"
+                    );
+                    truncated = true;
+                }
                 // The server holds `ack.size` bytes: from there on (also when it says it holds fewer
                 // than we sent, as after a `416`).
                 acked = u64::try_from(ack.size).unwrap_or(0).min(end);
@@ -296,6 +310,8 @@ mod tests {
         offsets: Vec<u64>,
         /// Fail this many requests with `503` first (after storing the chunk, as a lost answer).
         fail_after_store: usize,
+        /// Keep this many bytes, then answer `truncated` (as the server at `max_job_log`).
+        limit: Option<usize>,
     }
 
     type Shared = Arc<Mutex<Recorder>>;
@@ -321,6 +337,20 @@ mod tests {
             );
         }
         let skip = usize::try_from(size - q.offset).unwrap();
+        if let Some(limit) = r.limit {
+            let end = q.offset as usize + body.len();
+            if end > limit {
+                let keep = limit
+                    .saturating_sub(size as usize)
+                    .min(body.len() - skip.min(body.len()));
+                let from = skip.min(body.len());
+                r.log.extend_from_slice(&body[from..from + keep]);
+                return (
+                    StatusCode::OK,
+                    format!("{{\"size\":{end},\"truncated\":true}}"),
+                );
+            }
+        }
         if skip < body.len() {
             r.log.extend_from_slice(&body[skip..]);
         }
@@ -401,6 +431,20 @@ mod tests {
             "{:?}",
             r.offsets
         );
+    }
+
+    #[tokio::test]
+    async fn stops_sending_once_the_server_says_the_log_is_truncated() {
+        let rec = Shared::default();
+        rec.lock().unwrap().limit = Some(100_000);
+        let (size, log) = run_upload(rec.clone(), 5000).await;
+        let want = expected_text(5000);
+        // The uploader reports the whole spool, and the server kept only its limit.
+        assert_eq!(size, want.len() as u64);
+        assert_eq!(log, want[..100_000]);
+        let r = rec.lock().unwrap();
+        // The chunk that passed the limit was the last one sent: none starts past it.
+        assert!(r.offsets.iter().all(|o| *o < 100_000), "{:?}", r.offsets);
     }
 
     #[tokio::test]

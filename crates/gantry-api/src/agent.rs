@@ -7,7 +7,7 @@
 //! | `POST /api/v1/agent/jobs/request?wait_ms=N` | [`RequestJob`] | `200` [`JobSpec`], or `204` when no job came within `wait_ms` (long poll, at most 60 s) |
 //! | `POST /api/v1/agent/jobs/request/stop` | [`StopPolling`] | `204`: the polls of the session end with `204` (the agent drains) |
 //! | `POST /api/v1/agent/jobs/{id}/heartbeat` | none | `200` [`Heartbeat`]; `409` when the lease is lost |
-//! | `PUT /api/v1/agent/jobs/{id}/log?offset=N` | raw log bytes from byte `N` | `200` [`LogAck`]; `416` [`LogAck`] when `N` is past the stored end |
+//! | `PUT /api/v1/agent/jobs/{id}/log?offset=N` | raw log bytes from byte `N` | `200` [`LogAck`] (`truncated` once the log is at the server's limit); `416` [`LogAck`] when `N` is past the stored end |
 //! | `GET /api/v1/agent/jobs/{id}/source` | none | `200` a tar archive of the commit's tree |
 //! | `GET /api/v1/agent/jobs/{id}/git/info/refs?service=git-upload-pack`, `POST .../git/git-upload-pack` | git's smart HTTP protocol | the project's repository, read-only, for `git fetch` of the job's commit; `403` when the agent does not hold the job |
 //! | `GET /api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts` | none | `200` the artifacts archive of job `dep`; `404` when it has none |
@@ -21,7 +21,14 @@
 //!
 //! **Logs.** The log is a byte stream; chunks say where they start. The server appends only the bytes
 //! past its stored end, so a chunk sent twice (after a lost answer) is never doubled, and answers with
-//! the stored size, from which the agent continues.
+//! the stored size, from which the agent continues. A log is kept up to the server's `max_job_log`:
+//! the chunk that passes it is cut there and a line saying so is appended, and that answer and every
+//! later one say `truncated` (the bytes are taken and dropped), so that the agent stops sending and
+//! the job goes on. Finishing a truncated log needs no `log_size` match.
+//!
+//! **Revocation.** `DELETE /api/v1/agents/{id}` (admin) removes an agent: its next call gets `401`,
+//! on every server, and its running jobs fail as a lost agent's. `POST
+//! /api/v1/agents/registration-token` (admin) replaces the registration token.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -48,6 +55,12 @@ pub struct RegisterAgent {
     pub concurrency: u32,
     /// Its version.
     pub version: String,
+    /// The projects whose jobs it may take (GitLab's project runners); empty: any project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
+    /// It takes only jobs of pipelines on protected refs (GitLab's protected runners).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected_only: bool,
 }
 
 fn yes() -> bool {
@@ -133,8 +146,20 @@ pub struct Heartbeat {
 /// The answer to a log chunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogAck {
-    /// How many bytes of the log the server holds.
+    /// How many bytes of the log the server holds; once `truncated`, how many it took (the end
+    /// of the chunk), though it keeps no more.
     pub size: i64,
+    /// The log reached the server's limit: it ends with a line saying so, and the server drops
+    /// whatever comes after; the agent stops sending the log (the job goes on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// The answer to `POST /api/v1/agents/registration-token`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegistrationToken {
+    /// The new registration token, shown only this once; the previous one no longer registers.
+    pub token: String,
 }
 
 /// How a job ended, as the agent saw it.

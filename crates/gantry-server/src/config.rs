@@ -55,6 +55,7 @@ struct FileConfig {
     external_url: Option<String>,
     max_body_bytes: Option<usize>,
     max_artifacts_bytes: Option<usize>,
+    max_job_log: Option<i64>,
     delivery_max_attempts: Option<u32>,
     delivery_retry_backoff: Option<String>,
     delivery_retry_max_backoff: Option<String>,
@@ -100,6 +101,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The largest artifacts archive, in bytes.
     pub max_artifacts_bytes: usize,
+    /// The most log a job keeps, in bytes (GitLab Runner's `output_limit`): past it the server
+    /// stores a line saying that the log was truncated and drops the rest, and the job goes on.
+    /// File: `max_job_log`; env: `GANTRY_MAX_JOB_LOG`.
+    pub max_job_log: i64,
     /// How often pending deliveries, delayed jobs and schedules are looked at.
     pub sweep_interval: Duration,
     /// How many times a delivery is attempted when its attempts fail transiently (the repository
@@ -166,6 +171,7 @@ impl Config {
             registration_token: Secret(registration_token.into()),
             max_body_bytes: 10 << 20,
             max_artifacts_bytes: 100 << 20,
+            max_job_log: DEFAULT_MAX_JOB_LOG,
             sweep_interval: Duration::from_secs(5),
             delivery_max_attempts: 5,
             delivery_retry_backoff: Duration::from_secs(2),
@@ -183,6 +189,12 @@ impl Config {
         }
     }
 }
+
+/// The default [`Config::max_job_log`]: 16 MiB. GitLab Runner's `output_limit` defaults to 4 MiB,
+/// which verbose builds (compilers, test suites with logs) often pass, so runners raise it; four
+/// times that keeps such builds whole while a runaway job still costs a bounded, small share of
+/// the database.
+pub const DEFAULT_MAX_JOB_LOG: i64 = 16 << 20;
 
 fn default_database_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("gantry.db").display())
@@ -274,6 +286,18 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
         config.max_artifacts_bytes = n;
     }
     let none = None;
+    if let Some(s) = pick(
+        &none,
+        "GANTRY_MAX_JOB_LOG",
+        &file.max_job_log.map(|n| n.to_string()),
+    ) {
+        config.max_job_log = s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("invalid max_job_log `{s}`: a number of bytes above 0"))?;
+    }
     if let Some(s) = pick(
         &none,
         "GANTRY_DELIVERY_MAX_ATTEMPTS",

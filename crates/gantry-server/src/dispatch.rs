@@ -35,7 +35,7 @@ pub(crate) async fn register(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RegisterAgent>,
 ) -> AppResult<(StatusCode, Json<Registered>)> {
-    if !same(&body.token, &state.config.registration_token.0) {
+    if !registration_token_valid(&state, &body.token).await? {
         return Err(AppError::unauthorized("invalid registration token"));
     }
     let name = body.name.trim();
@@ -48,6 +48,19 @@ pub(crate) async fn register(
         return Err(AppError::bad_request(
             "tags must be 1 to 200 characters, at most 100 of them",
         ));
+    }
+    if body.projects.len() > 1000 {
+        return Err(AppError::bad_request("at most 1000 projects"));
+    }
+    // Project names become ids: a project deleted and created again under its name is another.
+    let mut projects = Vec::new();
+    for name in &body.projects {
+        let Some(p) = state.store.project(name).await? else {
+            return Err(AppError::bad_request(format!(
+                "projects: no project `{name}`"
+            )));
+        };
+        projects.push(p.id);
     }
     let token = crate::random_token();
     let now = crate::now_ms();
@@ -62,11 +75,27 @@ pub(crate) async fn register(
             concurrency: i64::from(body.concurrency.max(1)),
             version: body.version,
             registered_at: now,
+            projects: (!projects.is_empty()).then_some(projects),
+            protected_only: body.protected_only,
         })
         .await?;
     state.store.touch_agent(id, now).await?;
-    tracing::info!(agent = id, name, "agent registered");
+    tracing::info!(agent = id, name, projects = ?body.projects, protected_only = body.protected_only, "agent registered");
     Ok((StatusCode::CREATED, Json(Registered { id, token })))
+}
+
+/// The setting that holds the SHA-256 of the registration token once it was rotated.
+pub(crate) const REGISTRATION_TOKEN_SETTING: &str = "registration_token_sha256";
+
+/// Whether `token` is the current registration token: the rotated one in the store, else the
+/// configured one. Read from the store on every registration, so every server agrees at once.
+async fn registration_token_valid(state: &AppState, token: &str) -> AppResult<bool> {
+    Ok(
+        match state.store.setting(REGISTRATION_TOKEN_SETTING).await? {
+            Some(hash) => same(&token_hash(token), &hash),
+            None => same(token, &state.config.registration_token.0),
+        },
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -416,18 +445,6 @@ async fn touch(state: &AppState, agent: &AgentRecord, now: Millis) -> AppResult<
     let fresh = i64::try_from(state.config.lease_timeout.as_millis() / 10).unwrap_or(i64::MAX);
     if agent.last_seen_at.is_none_or(|t| now - t >= fresh) {
         state.store.touch_agent(agent.id, now).await?;
-        // The agent's requests are authenticated from the cache: without this, the record there
-        // kept its first `last_seen_at`, and every request after the first tenth wrote the row.
-        for cached in state
-            .agents
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values_mut()
-        {
-            if cached.id == agent.id {
-                cached.last_seen_at = Some(now);
-            }
-        }
     }
     Ok(())
 }
@@ -454,6 +471,13 @@ pub(crate) async fn log(
         return Err(AppError::bad_request("offset must not be negative"));
     }
     let now = crate::now_ms();
+    let end = q
+        .offset
+        .saturating_add(i64::try_from(body.len()).unwrap_or(i64::MAX));
+    let limit = state.config.max_job_log;
+    if end > limit {
+        return log_past_limit(&state, &agent, id, q.offset, &body, end).await;
+    }
     match state
         .store
         .append_log(id, agent.id, q.offset, &body, state.lease_until(now))
@@ -461,18 +485,110 @@ pub(crate) async fn log(
     {
         Ok(size) => {
             // The bytes of this chunk that the log holds (a resent chunk counts again).
-            let end = q.offset + i64::try_from(body.len()).unwrap_or(i64::MAX);
             let appended = (size.min(end) - q.offset).max(0);
             state
                 .metrics
                 .log_bytes
                 .inc_by(u64::try_from(appended).unwrap_or(0));
             state.logs.notify_waiters();
-            Ok(Json(LogAck { size }).into_response())
+            Ok(Json(LogAck {
+                size,
+                truncated: false,
+            })
+            .into_response())
         }
-        Err(StoreError::LogGap(size)) => {
-            Ok((StatusCode::RANGE_NOT_SATISFIABLE, Json(LogAck { size })).into_response())
+        Err(StoreError::LogGap(size)) => Ok((
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Json(LogAck {
+                size,
+                truncated: false,
+            }),
+        )
+            .into_response()),
+        Err(e) => Err(lease_error(e)),
+    }
+}
+
+/// The line that ends a log cut at `limit` bytes.
+pub(crate) fn truncated_line(limit: i64) -> String {
+    format!(
+        "\n[gantry] log truncated at {limit} bytes: the job's log reached the server's max_job_log; \
+         the job goes on, and its further output is not kept\n"
+    )
+}
+
+/// Whether a log of `size` bytes was cut at `limit`: only the truncation line takes a log past it.
+fn log_truncated(size: i64, limit: i64) -> bool {
+    size > limit
+}
+
+/// A log chunk that ends past `max_job_log`: the bytes up to the limit are stored, then the
+/// truncation line, once; the rest, and every later chunk, is taken and dropped (`truncated`), so
+/// that storage stays bounded and the agent carries on with the job.
+async fn log_past_limit(
+    state: &AppState,
+    agent: &AgentRecord,
+    id: i64,
+    offset: i64,
+    body: &[u8],
+    end: i64,
+) -> AppResult<Response> {
+    let limit = state.config.max_job_log;
+    let job = leased(state, agent, id).await?;
+    let now = crate::now_ms();
+    if log_truncated(job.log_size, limit) {
+        // Already cut: only the lease moves (as any log chunk moves it).
+        state
+            .store
+            .heartbeat(id, agent.id, state.lease_until(now))
+            .await
+            .map_err(lease_error)?;
+        return Ok(Json(LogAck {
+            size: end,
+            truncated: true,
+        })
+        .into_response());
+    }
+    if offset > job.log_size {
+        return Ok((
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Json(LogAck {
+                size: job.log_size,
+                truncated: false,
+            }),
+        )
+            .into_response());
+    }
+    // Here `offset <= log_size <= limit < end`: the chunk's bytes up to the limit, then the line.
+    let keep = usize::try_from(limit - offset).unwrap_or(0).min(body.len());
+    let mut bytes = body[..keep].to_vec();
+    bytes.extend_from_slice(truncated_line(limit).as_bytes());
+    match state
+        .store
+        .append_log(id, agent.id, offset, &bytes, state.lease_until(now))
+        .await
+    {
+        Ok(size) => {
+            state
+                .metrics
+                .log_bytes
+                .inc_by(u64::try_from(size - job.log_size).unwrap_or(0));
+            state.logs.notify_waiters();
+            tracing::warn!(job = id, limit, "job log truncated at max_job_log");
+            Ok(Json(LogAck {
+                size: end,
+                truncated: true,
+            })
+            .into_response())
         }
+        Err(StoreError::LogGap(size)) => Ok((
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Json(LogAck {
+                size,
+                truncated: false,
+            }),
+        )
+            .into_response()),
         Err(e) => Err(lease_error(e)),
     }
 }
@@ -917,7 +1033,14 @@ pub(crate) async fn upload_artifacts(
         )
         .await
         .map_err(lease_error)?;
-    Ok((StatusCode::CREATED, Json(LogAck { size })).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(LogAck {
+            size,
+            truncated: false,
+        }),
+    )
+        .into_response())
 }
 
 /// `413`: an artifacts upload over `max_artifacts_bytes`.
@@ -1020,7 +1143,8 @@ pub(crate) async fn finish(
     JsonBody(body): JsonBody<FinishJob>,
 ) -> AppResult<Json<gantry_api::Job>> {
     let job = leased(&state, &agent, id).await?;
-    if job.log_size < body.log_size {
+    // A truncated log holds less than the agent wrote, and all that it will.
+    if job.log_size < body.log_size && !log_truncated(job.log_size, state.config.max_job_log) {
         return Err(AppError::conflict(format!(
             "the server holds {} bytes of the log, not {}: send the rest first",
             job.log_size, body.log_size

@@ -82,6 +82,11 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/jobs/{id}/retry", post(crate::progress::retry_job))
         .route("/api/v1/jobs/{id}/play", post(crate::progress::play_job))
         .route("/api/v1/agents", get(crate::read::agents))
+        .route("/api/v1/agents/{id}", delete(crate::tokens::revoke_agent))
+        .route(
+            "/api/v1/agents/registration-token",
+            post(crate::tokens::rotate_registration_token),
+        )
         .route(gantry_api::agent::REGISTER, post(crate::dispatch::register))
         .route("/api/v1/agent/jobs/request", post(crate::dispatch::request))
         .route(
@@ -418,7 +423,7 @@ pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// A request made with an agent's token.
+/// A request made with an agent's token (its row read from the store on every request).
 pub(crate) struct AgentAuth(pub AgentRecord);
 
 impl FromRequestParts<AppState> for AgentAuth {
@@ -430,26 +435,10 @@ impl FromRequestParts<AppState> for AgentAuth {
         let Some(token) = bearer(&parts.headers) else {
             return Err(AppError::unauthorized("an agent token is required"));
         };
-        let hash = token_hash(token);
-        let cached = state
-            .agents
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&hash)
-            .cloned();
-        let agent = match cached {
-            Some(a) => a,
-            None => {
-                let Some(a) = state.store.agent_by_token(&hash).await? else {
-                    return Err(AppError::unauthorized("invalid agent token"));
-                };
-                state
-                    .agents
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(hash, a.clone());
-                a
-            }
+        // Looked up on every request, nothing cached: a revoked agent (its row deleted) gets
+        // `401` at once on every server sharing the store.
+        let Some(agent) = state.store.agent_by_token(&token_hash(token)).await? else {
+            return Err(AppError::unauthorized("invalid agent token"));
         };
         Ok(AgentAuth(agent))
     }

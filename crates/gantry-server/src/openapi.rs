@@ -52,6 +52,8 @@ token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `40
         crate::read::job_log_stream,
         crate::read::job_artifacts,
         crate::read::agents,
+        crate::tokens::revoke_agent,
+        crate::tokens::rotate_registration_token,
         crate::progress::cancel_pipeline,
         crate::progress::retry_job,
         crate::progress::play_job,

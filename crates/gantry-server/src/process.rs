@@ -391,6 +391,12 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         delivery_id: Some(d.id),
         git_ref: event.git_ref.clone(),
         tag: event.tag,
+        // What `compile_with` decided; a protected-only agent takes jobs of such pipelines only.
+        protected: compiled
+            .doc
+            .predefined
+            .iter()
+            .any(|v| v.key == "CI_COMMIT_REF_PROTECTED" && v.value == "true"),
         sha: compiled.sha.clone(),
         before_sha: compiled.before_sha.clone(),
         source: event.source.clone(),

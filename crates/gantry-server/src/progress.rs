@@ -97,24 +97,30 @@ pub(crate) async fn reaper(state: AppState) {
             () = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
-        match state.store.expire_leases(crate::now_ms()).await {
-            Ok(expired) => {
-                let mut pipelines: Vec<i64> = expired.iter().map(|(_, p)| *p).collect();
-                pipelines.sort_unstable();
-                pipelines.dedup();
-                for (job, pipeline) in &expired {
-                    tracing::warn!(job, pipeline, "lease expired: runner_system_failure");
-                    state.metrics.job_ended("failed");
-                }
-                if !expired.is_empty() {
-                    state.logs.notify_waiters();
-                }
-                for p in pipelines {
-                    advance(&state, p).await;
-                }
+        expire(&state).await;
+    }
+}
+
+/// Fails the running jobs whose lease ran out (`runner_system_failure`) and advances their
+/// pipelines: the lost-agent path, also taken at once for a revoked agent's jobs.
+pub(crate) async fn expire(state: &AppState) {
+    match state.store.expire_leases(crate::now_ms()).await {
+        Ok(expired) => {
+            let mut pipelines: Vec<i64> = expired.iter().map(|(_, p)| *p).collect();
+            pipelines.sort_unstable();
+            pipelines.dedup();
+            for (job, pipeline) in &expired {
+                tracing::warn!(job, pipeline, "lease expired: runner_system_failure");
+                state.metrics.job_ended("failed");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot expire leases"),
+            if !expired.is_empty() {
+                state.logs.notify_waiters();
+            }
+            for p in pipelines {
+                advance(state, p).await;
+            }
         }
+        Err(e) => tracing::warn!(error = %e, "cannot expire leases"),
     }
 }
 

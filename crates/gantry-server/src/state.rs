@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use gantry_store::{AgentRecord, Millis, Store};
+use gantry_store::{Millis, Store};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
@@ -26,8 +26,6 @@ pub(crate) struct State {
     /// Signalled when a log grew or a job ended: live log streams wake up.
     pub logs: Notify,
     pub metrics: Metrics,
-    /// Agents by token hash, so that the agent protocol does not ask the database on every call.
-    pub agents: Mutex<HashMap<String, AgentRecord>>,
     /// One lock per project's git mirror.
     pub mirrors: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// Delayed jobs waiting for their time: `(run_after, pipeline id)`.
@@ -66,7 +64,6 @@ impl State {
             intake: crate::process::Intake::default(),
             logs: Notify::new(),
             metrics: Metrics::new(),
-            agents: Mutex::new(HashMap::new()),
             mirrors: Mutex::new(HashMap::new()),
             delayed: Mutex::new(BTreeSet::new()),
             statuses: StatusQueue::new(),

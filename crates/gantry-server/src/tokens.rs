@@ -5,10 +5,14 @@
 //! plays the project's pipelines, deliveries, jobs, logs and artifacts ([`crate::http::Caller`]).
 //! Its secret is `gpt_` and 32 random bytes from the OS in hex; it is answered once, when the token is
 //! created, and the store keeps only its SHA-256. Revoking deletes it.
+//!
+//! Also the agents' credentials, for the admin: revoking an agent and rotating the registration
+//! token.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use gantry_api::agent::RegistrationToken;
 use gantry_api::{CreatedProjectToken, ErrorBody, NewProjectToken, ProjectToken};
 use gantry_store::ProjectTokenRecord;
 
@@ -123,4 +127,44 @@ pub(crate) async fn revoke(
             "project `{name}` has no token {id}"
         )))
     }
+}
+
+/// `DELETE /api/v1/agents/{id}`: revokes an agent at once. Its token is gone from the store, which
+/// every server reads on every agent request, so its next call gets `401` everywhere; its running
+/// jobs fail now as a lost agent's (`runner_system_failure`, retried where `retry:when` allows).
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
+    params(("id" = i64, Path, description = "The agent's id")),
+    responses((status = 204, description = "Revoked"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token cannot revoke agents", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn revoke_agent(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam(id): PathParam<i64>,
+) -> AppResult<StatusCode> {
+    if !state.store.revoke_agent(id).await? {
+        return Err(AppError::not_found(format!("no agent {id}")));
+    }
+    tracing::info!(agent = id, "agent revoked");
+    crate::progress::expire(&state).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/agents/registration-token`: a new registration token, answered once; its SHA-256
+/// replaces the previous token in the store, for every server. Agents already registered keep
+/// working (they use their own tokens).
+#[utoipa::path(post, path = "/api/v1/agents/registration-token", tag = "agents",
+    responses((status = 201, description = "The new registration token, shown this once", body = RegistrationToken), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token cannot do this", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn rotate_registration_token(
+    State(state): State<AppState>,
+    _: Admin,
+) -> AppResult<(StatusCode, Json<RegistrationToken>)> {
+    let token = crate::random_token();
+    state
+        .store
+        .set_setting(
+            crate::dispatch::REGISTRATION_TOKEN_SETTING,
+            &token_hash(&token),
+        )
+        .await?;
+    tracing::info!("registration token rotated");
+    Ok((StatusCode::CREATED, Json(RegistrationToken { token })))
 }

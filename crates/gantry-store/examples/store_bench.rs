@@ -117,6 +117,7 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                 delivery_id: None,
                 git_ref: "main".to_owned(),
                 tag: false,
+                protected: false,
                 sha: format!("{p:040}"),
                 before_sha: None,
                 source: "push".to_owned(),
@@ -147,6 +148,8 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                     concurrency: 1,
                     version: "bench".to_owned(),
                     registered_at: now(),
+                    projects: None,
+                    protected_only: false,
                 })
                 .await
                 .expect("agent");

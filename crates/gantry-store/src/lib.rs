@@ -224,6 +224,9 @@ pub struct NewPipeline {
     pub git_ref: String,
     /// Whether `git_ref` is a tag.
     pub tag: bool,
+    /// Whether `git_ref` is protected: only agents scoped to protected refs see this, when they
+    /// claim (see [`AgentRecord::protected_only`]).
+    pub protected: bool,
     /// The commit.
     pub sha: String,
     /// The commit before the push.
@@ -466,6 +469,10 @@ pub struct NewAgent {
     pub version: String,
     /// When.
     pub registered_at: Millis,
+    /// The projects (ids) whose jobs it may take; `None`: any project.
+    pub projects: Option<Vec<i64>>,
+    /// It takes only jobs of pipelines whose ref is protected.
+    pub protected_only: bool,
 }
 
 /// A registered agent.
@@ -489,6 +496,37 @@ pub struct AgentRecord {
     pub registered_at: Millis,
     /// When it was last heard from.
     pub last_seen_at: Option<Millis>,
+    /// See [`NewAgent`].
+    pub projects: Option<Vec<i64>>,
+    /// See [`NewAgent`].
+    pub protected_only: bool,
+}
+
+impl AgentRecord {
+    /// The SQL conditions (after `AND`, on a job aliased `j`) that the agent puts on the jobs it
+    /// may claim: that it still exists (a long poll holds the record it authenticated with, and a
+    /// revoked agent must not claim from it), then its scope. Only ids and a flag go into the text.
+    pub(crate) fn scope_sql(&self, protected_true: &str) -> String {
+        let mut sql = format!(
+            " AND EXISTS (SELECT 1 FROM agents sa WHERE sa.id = {})",
+            self.id
+        );
+        if let Some(projects) = &self.projects {
+            let ids: Vec<String> = projects.iter().map(i64::to_string).collect();
+            if ids.is_empty() {
+                sql.push_str(" AND FALSE");
+            } else {
+                sql.push_str(&format!(" AND j.project_id IN ({})", ids.join(", ")));
+            }
+        }
+        if self.protected_only {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM pipelines sp WHERE sp.id = j.pipeline_id \
+                 AND sp.protected = {protected_true})"
+            ));
+        }
+        sql
+    }
 }
 
 /// A project token to store.
@@ -803,6 +841,14 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_agent(&self, id: i64, now: Millis) -> Result<()>;
     /// All agents, by id.
     async fn agents(&self) -> Result<Vec<AgentRecord>>;
+    /// Revokes an agent: its row (and so its token) is gone, and the leases of its running jobs
+    /// end now, so that the next [`Store::expire_leases`] fails them as a lost agent's. Answers
+    /// whether there was such an agent.
+    async fn revoke_agent(&self, id: i64) -> Result<bool>;
+    /// A setting that every server shares (`None` when it was never set).
+    async fn setting(&self, name: &str) -> Result<Option<String>>;
+    /// Sets a setting.
+    async fn set_setting(&self, name: &str, value: &str) -> Result<()>;
 
     // --- project tokens
 

@@ -192,6 +192,11 @@ fn opt_list(row: &PgRow, column: &str) -> Result<Option<Vec<String>>> {
     get(row, column)
 }
 
+/// A nullable list of ids (`bigint[]`).
+fn opt_ids(row: &PgRow, column: &str) -> Result<Option<Vec<i64>>> {
+    get(row, column)
+}
+
 /// A connection idle for longer than this is pinged before it is handed out.
 const PING_IF_IDLE: Duration = Duration::from_secs(1);
 
@@ -511,8 +516,8 @@ impl Store for PgStore {
         // A concurrent creation for the same delivery waits on the unique index, then does nothing.
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO pipelines (project_id, delivery_id, git_ref, tag, sha, before_sha, source, \
-             status, trace_id, errors, spec, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             status, trace_id, errors, spec, created_at, protected) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
         )
         .bind(p.project_id)
@@ -527,6 +532,7 @@ impl Store for PgStore {
         .bind(&p.errors)
         .bind(&p.spec)
         .bind(p.created_at)
+        .bind(p.protected)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db("creating a pipeline"))?;
@@ -816,6 +822,7 @@ impl Store for PgStore {
         now: Millis,
         lease_until: Millis,
     ) -> Result<Option<JobRecord>> {
+        let scope = agent.scope_sql("TRUE");
         // Fast path, one statement: lock the oldest candidate; if it has no resource group, mark it
         // running (its `bumps` moves the pipeline's version) and start its pipeline if it is the
         // first. `candidate` is NULL when there is none; the job columns
@@ -823,7 +830,7 @@ impl Store for PgStore {
         let row = sqlx::query(&format!(
             "WITH c AS (\
                 SELECT j.id AS cand_id, j.resource_group AS cand_group FROM jobs j \
-                WHERE {CLAIMABLE} \
+                WHERE {CLAIMABLE}{scope} \
                 ORDER BY j.queued_at, j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED), \
              u AS (\
                 UPDATE jobs SET status = 'running', started_at = $1, lease_until = $2, \
@@ -1196,7 +1203,8 @@ impl Store for PgStore {
     async fn register_agent(&self, a: &NewAgent) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO agents (name, token_hash, tags, run_untagged, executor, concurrency, \
-             version, registered_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+             version, registered_at, projects, protected_only) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
         )
         .bind(&a.name)
         .bind(&a.token_hash)
@@ -1206,6 +1214,8 @@ impl Store for PgStore {
         .bind(a.concurrency)
         .bind(&a.version)
         .bind(a.registered_at)
+        .bind(&a.projects)
+        .bind(a.protected_only)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {
@@ -1253,6 +1263,43 @@ impl Store for PgStore {
             out.push(agent_record!(row));
         }
         Ok(out)
+    }
+
+    async fn revoke_agent(&self, id: i64) -> Result<bool> {
+        // One statement: the agent's row goes, and its running jobs' leases end now (a
+        // data-modifying `WITH` runs whether or not the query reads it).
+        let (gone,): (bool,) = sqlx::query_as(
+            "WITH a AS (DELETE FROM agents WHERE id = $1 RETURNING id), \
+                  j AS (UPDATE jobs SET lease_until = 0 \
+                        WHERE agent_id = $1 AND status = 'running' RETURNING id) \
+             SELECT EXISTS (SELECT 1 FROM a)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("revoking an agent"))?;
+        Ok(gone)
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("reading a setting"))
+    }
+
+    async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(db("writing a setting"))?;
+        Ok(())
     }
 
     async fn create_project_token(&self, t: &NewProjectToken) -> Result<ProjectTokenRecord> {
@@ -1338,11 +1385,12 @@ impl PgStore {
             .begin()
             .await
             .map_err(db("beginning a transaction"))?;
+        let scope = agent.scope_sql("TRUE");
         let mut passed: Vec<i64> = Vec::new();
         for _ in 0..CLAIM_TRIES {
             let candidate: Option<(i64, i64, Option<String>)> = sqlx::query_as(&format!(
                 "SELECT j.id, j.project_id, j.resource_group FROM jobs j \
-                 WHERE {CLAIMABLE} AND j.id <> ALL($2) \
+                 WHERE {CLAIMABLE}{scope} AND j.id <> ALL($2) \
                  ORDER BY j.queued_at, j.id LIMIT 1 FOR UPDATE OF j SKIP LOCKED"
             ))
             .bind(now)

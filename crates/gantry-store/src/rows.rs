@@ -1,8 +1,8 @@
 //! Column lists and row-to-record mapping shared by both backends.
 //!
 //! The macros expand in the backend's module and call its `get(row, column)` (a typed column read)
-//! and `list(row, column)` / `opt_list(row, column)` (how that backend stores a list of strings:
-//! a JSON array on SQLite, `text[]` on PostgreSQL).
+//! and `list(row, column)` / `opt_list(row, column)` / `opt_ids(row, column)` (how that backend
+//! stores a list of strings or ids: a JSON array on SQLite, `text[]` / `bigint[]` on PostgreSQL).
 
 /// The columns of `jobs` that [`job_record!`] reads.
 pub(crate) const JOB_COLS: &str = "id, pipeline_id, name, stage, stage_index, position, attempt, \
@@ -26,7 +26,7 @@ pub(crate) const DELIVERY_COLS: &str = "id, project_id, forge, delivery_id, even
 
 /// The columns of `agents` that [`agent_record!`] reads.
 pub(crate) const AGENT_COLS: &str = "id, name, tags, run_untagged, executor, concurrency, version, \
-     registered_at, last_seen_at";
+     registered_at, last_seen_at, projects, protected_only";
 
 /// The columns of `project_tokens` (aliased `t`, joined with `projects` as `pr`) that
 /// [`project_token_record!`] reads.
@@ -143,6 +143,8 @@ macro_rules! agent_record {
             version: get(row, "version")?,
             registered_at: get(row, "registered_at")?,
             last_seen_at: get(row, "last_seen_at")?,
+            projects: opt_ids(row, "projects")?,
+            protected_only: get(row, "protected_only")?,
         }
     }};
 }

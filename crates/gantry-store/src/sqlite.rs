@@ -52,8 +52,15 @@ const CANDIDATE: &str = "SELECT j.id FROM jobs j \
         WHERE t.value NOT IN (SELECT value FROM json_each(?3))) \
      AND (j.resource_group IS NULL OR NOT EXISTS (\
         SELECT 1 FROM jobs r WHERE r.project_id = j.project_id \
-        AND r.resource_group = j.resource_group AND r.status = 'running')) \
-     ORDER BY j.queued_at, j.id LIMIT 1";
+        AND r.resource_group = j.resource_group AND r.status = 'running'))";
+
+/// [`CANDIDATE`] for `agent`: with its scope's conditions, the oldest first.
+fn candidate(agent: &AgentRecord) -> String {
+    format!(
+        "{CANDIDATE}{} ORDER BY j.queued_at, j.id LIMIT 1",
+        agent.scope_sql("1")
+    )
+}
 
 /// How many connections serve reads beside the writer.
 const READERS: u32 = 4;
@@ -148,6 +155,16 @@ fn list(row: &SqliteRow, column: &str) -> Result<Vec<String>> {
 
 /// A nullable list column.
 fn opt_list(row: &SqliteRow, column: &str) -> Result<Option<Vec<String>>> {
+    let text: Option<String> = get(row, column)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Database(format!("reading column {column}: {e}")))
+    })
+    .transpose()
+}
+
+/// A nullable list of ids (a JSON array).
+fn opt_ids(row: &SqliteRow, column: &str) -> Result<Option<Vec<i64>>> {
     let text: Option<String> = get(row, column)?;
     text.map(|text| {
         serde_json::from_str(&text)
@@ -753,8 +770,8 @@ impl Store for SqliteStore {
                     .map_err(db("beginning a transaction"))?;
                 let id: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO pipelines (project_id, delivery_id, git_ref, tag, sha, before_sha, source, \
-                     status, trace_id, errors, spec, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     status, trace_id, errors, spec, created_at, protected) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                      ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
                 )
                 .bind(p.project_id)
@@ -769,6 +786,7 @@ impl Store for SqliteStore {
                 .bind(&p.errors)
                 .bind(&p.spec)
                 .bind(p.created_at)
+                .bind(p.protected)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db("creating a pipeline"))?;
@@ -1042,12 +1060,13 @@ impl Store for SqliteStore {
             .durably_if(
                 async {
                     let tags = json(&agent.tags);
+                    let candidate_sql = candidate(agent);
                     // Without a candidate, answer from a reader and leave the writer to others: agents woken
                     // together mostly find nothing.
                     if let Some(pool) = &self.readers {
                         let mut reader =
                             pool.acquire().await.map_err(db("acquiring a connection"))?;
-                        let candidate: Option<i64> = sqlx::query_scalar(CANDIDATE)
+                        let candidate: Option<i64> = sqlx::query_scalar(&candidate_sql)
                             .bind(now)
                             .bind(agent.run_untagged)
                             .bind(&tags)
@@ -1067,7 +1086,7 @@ impl Store for SqliteStore {
                     let row = sqlx::query(&format!(
                         "UPDATE jobs SET status = 'running', started_at = ?1, lease_until = ?4, \
                  agent_id = ?5, agent_name = ?6, bumps = bumps + 1 \
-                 WHERE id = ({CANDIDATE}) RETURNING {JOB_COLS}"
+                 WHERE id = ({candidate_sql}) RETURNING {JOB_COLS}"
                     ))
                     .bind(now)
                     .bind(agent.run_untagged)
@@ -1522,7 +1541,8 @@ impl Store for SqliteStore {
                 let mut conn = self.writer.lock().await;
                 sqlx::query_scalar(
                 "INSERT INTO agents (name, token_hash, tags, run_untagged, executor, concurrency, \
-                 version, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                 version, registered_at, projects, protected_only) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(&a.name)
             .bind(&a.token_hash)
@@ -1532,6 +1552,12 @@ impl Store for SqliteStore {
             .bind(a.concurrency)
             .bind(&a.version)
             .bind(a.registered_at)
+            .bind(
+                a.projects
+                    .as_ref()
+                    .map(|p| serde_json::to_string(p).unwrap_or_else(|_| "[]".to_owned())),
+            )
+            .bind(a.protected_only)
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| agent_error(e, &a.name))
@@ -1580,6 +1606,62 @@ impl Store for SqliteStore {
             out.push(agent_record!(row));
         }
         Ok(out)
+    }
+
+    async fn revoke_agent(&self, id: i64) -> Result<bool> {
+        self.writer
+            .durably(async {
+                let mut conn = self.writer.lock().await;
+                let mut tx = conn
+                    .begin_with("BEGIN IMMEDIATE")
+                    .await
+                    .map_err(db("beginning a transaction"))?;
+                let gone = sqlx::query("DELETE FROM agents WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("revoking an agent"))?
+                    .rows_affected()
+                    > 0;
+                sqlx::query(
+                    "UPDATE jobs SET lease_until = 0 WHERE agent_id = ? AND status = 'running'",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("ending a revoked agent's leases"))?;
+                tx.commit().await.map_err(db("committing a revocation"))?;
+                Ok(gone)
+            })
+            .await
+    }
+
+    async fn setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(read!(self, conn => {
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+                .bind(name)
+                .fetch_optional(conn)
+                .await
+                .map_err(db("reading a setting"))?
+        }))
+    }
+
+    async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        self.writer
+            .durably(async {
+                let mut conn = self.writer.lock().await;
+                sqlx::query(
+                    "INSERT INTO settings (name, value) VALUES (?, ?) \
+                     ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                )
+                .bind(name)
+                .bind(value)
+                .execute(&mut *conn)
+                .await
+                .map_err(db("writing a setting"))?;
+                Ok(())
+            })
+            .await
     }
 
     async fn create_project_token(&self, t: &NewProjectToken) -> Result<ProjectTokenRecord> {
@@ -1798,6 +1880,8 @@ mod tests {
                 concurrency: 1,
                 version: "0".into(),
                 registered_at: 1,
+                projects: None,
+                protected_only: false,
             })
             .await
             .unwrap();

@@ -45,11 +45,22 @@ enum Command {
     Convert(ConvertArgs),
     /// Run the server: webhooks, pipelines, the job queue, the API.
     Server(gantry_server::Args),
-    /// Run an agent: take jobs from a server and run them.
-    Agent(gantry_agent::Args),
+    /// Run an agent: take jobs from a server and run them (or revoke an agent, or rotate the
+    /// registration token).
+    Agent(AgentCli),
     /// Manage a server's projects.
     #[command(subcommand)]
     Project(crate::remote::ProjectCommand),
+}
+
+/// `gantry agent`: runs an agent, unless a subcommand is given.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct AgentCli {
+    #[command(subcommand)]
+    command: Option<crate::remote::AgentCommand>,
+    #[command(flatten)]
+    run: Option<gantry_agent::Args>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -167,7 +178,18 @@ pub fn main() -> Result<u8> {
         Command::Lint(args) => lint(&args),
         Command::Convert(args) => Ok(convert(&args)),
         Command::Server(args) => gantry_server::main(args),
-        Command::Agent(args) => gantry_agent::main(args),
+        Command::Agent(AgentCli {
+            command: Some(c), ..
+        }) => crate::remote::agent_main(c),
+        Command::Agent(AgentCli {
+            run: Some(args), ..
+        }) => gantry_agent::main(args),
+        Command::Agent(_) => {
+            eprintln!(
+                "gantry: agent: --server URL is required (or a subcommand: revoke, rotate-registration-token)"
+            );
+            Ok(EXIT_CONFIG)
+        }
         Command::Project(command) => crate::remote::main(command),
     }
 }

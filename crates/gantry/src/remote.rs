@@ -1,5 +1,6 @@
-//! Commands that talk to a Gantry server's API: `gantry project add` and
-//! `gantry project token create|list|revoke`.
+//! Commands that talk to a Gantry server's API: `gantry project add`,
+//! `gantry project token create|list|revoke`, `gantry agent revoke` and
+//! `gantry agent rotate-registration-token`.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -35,6 +36,63 @@ pub enum TokenCommand {
     List(TokenListArgs),
     /// Revoke a project token at once.
     Revoke(TokenRevokeArgs),
+}
+
+/// `gantry agent`'s subcommands (without one, `gantry agent` runs an agent).
+#[derive(Subcommand)]
+pub enum AgentCommand {
+    /// Revoke an agent at once (`DELETE /api/v1/agents/{id}`): its next request gets 401 on every
+    /// server, and its running jobs fail as a lost agent's.
+    Revoke(AgentRevokeArgs),
+    /// Replace the registration token and print the new one (shown this once): the old one no
+    /// longer registers agents; registered agents keep working.
+    RotateRegistrationToken(ServerArgs),
+}
+
+/// `gantry agent revoke`'s options.
+#[derive(Args)]
+pub struct AgentRevokeArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The agent's id (`GET /api/v1/agents`).
+    #[arg(value_name = "ID")]
+    id: i64,
+}
+
+/// Runs `gantry agent revoke|rotate-registration-token`; answers the exit code.
+///
+/// # Errors
+/// When the request cannot be made.
+pub fn agent_main(command: AgentCommand) -> Result<u8> {
+    match command {
+        AgentCommand::Revoke(args) => {
+            let path = format!("/api/v1/agents/{}", args.id);
+            match call(&args.server, reqwest::Method::DELETE, &path, None)? {
+                Answer::Ok(_) => {
+                    eprintln!("gantry: revoked agent {}", args.id);
+                    Ok(0)
+                }
+                Answer::Exit(code) => Ok(code),
+            }
+        }
+        AgentCommand::RotateRegistrationToken(server) => {
+            let path = "/api/v1/agents/registration-token";
+            match call(&server, reqwest::Method::POST, path, None)? {
+                Answer::Ok(bytes) => {
+                    let t: gantry_api::agent::RegistrationToken = serde_json::from_slice(&bytes)
+                        .context("the server's answer is not a registration token")?;
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{}", t.token)?;
+                    out.flush()?;
+                    eprintln!(
+                        "gantry: new registration token (shown only this once); the old one no longer registers agents"
+                    );
+                    Ok(0)
+                }
+                Answer::Exit(code) => Ok(code),
+            }
+        }
+    }
 }
 
 /// Where the server is and the admin token.

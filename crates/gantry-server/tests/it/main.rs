@@ -2,6 +2,7 @@
 
 mod common;
 
+mod agents;
 mod api;
 mod flow;
 mod forges;

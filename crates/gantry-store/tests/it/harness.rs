@@ -252,6 +252,8 @@ pub async fn agent(store: &dyn Store, name: &str, tags: &[&str], untagged: bool)
             concurrency: 1,
             version: "0.1.0".to_owned(),
             registered_at: 1_000,
+            projects: None,
+            protected_only: false,
         })
         .await
         .expect("registering an agent");
@@ -289,6 +291,7 @@ pub fn pipeline(project_id: i64, jobs: Vec<NewJob>) -> NewPipeline {
         delivery_id: None,
         git_ref: "main".to_owned(),
         tag: false,
+        protected: false,
         sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
         before_sha: None,
         source: "push".to_owned(),

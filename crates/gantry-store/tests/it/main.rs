@@ -1854,6 +1854,8 @@ async fn agents_register_and_list(h: Harness) {
             concurrency: 1,
             version: "0.1.0".to_owned(),
             registered_at: 1_000,
+            projects: None,
+            protected_only: false,
         })
         .await
         .unwrap_err();

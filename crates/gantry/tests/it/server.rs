@@ -835,13 +835,14 @@ fn readme_quick_start(store: Store) {
         String::from_utf8_lossy(&rejected.stderr)
     );
 
-    // gantry agent --server URL --token REGISTRATION_TOKEN
+    // gantry agent --server URL --token-file gantry-data/registration-token
     let work = dir.path().join("agent");
     std::fs::create_dir_all(&work).unwrap();
     let agent_log = dir.path().join("agent.log");
     let agent = Agent {
         child: gantry()
-            .args(["agent", "--server", &server.url, "--token", &registration])
+            .args(["agent", "--server", &server.url, "--token-file"])
+            .arg(data.join("registration-token"))
             .current_dir(&work)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -2233,4 +2234,96 @@ fn big_artifact_passes_intact(store: Store) {
         "{made}\n---\n{taken}"
     );
     assert!(taken.contains("size 67108864\n"), "{taken}");
+}
+
+/// Agents' credentials from the command line (issue 16, finding 9): with `--token-file`, neither
+/// the registration token nor the agent's own token is in a job's environment or in any command
+/// line a job can list; `gantry agent rotate-registration-token` makes the old token stop
+/// registering; `gantry agent revoke` makes the server refuse the agent, which exits with 2.
+#[test]
+fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
+    let s = Setup::new(Store::Sqlite);
+    let repo = Repo::new(&[(
+        ".gitlab-ci.yml",
+        "job:\n  script:\n    - env\n    - for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < \"$f\" 2>/dev/null; echo; done\n",
+    )]);
+    let api = Api::new(&s.server);
+    api.add_project("env", repo.path());
+    let token_file = s.path().join("registration-token");
+    std::fs::write(&token_file, format!("{REGISTRATION}\n")).unwrap();
+    let work = s.path().join("agents").join("quiet");
+    std::fs::create_dir_all(&work).unwrap();
+    let log = s.path().join("quiet.log");
+    let child = gantry()
+        .args(["agent", "--server", &s.server.url, "--token-file"])
+        .arg(&token_file)
+        .args(["--name", "quiet", "--work-dir"])
+        .arg(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent { child, log };
+    let p = api.finished(api.trigger("env"));
+    assert_success(&p, &[&agent]);
+    let out = api.log(job_named(&p, "job").id);
+    let identity: Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("agent.json")).unwrap()).unwrap();
+    let own = identity["token"].as_str().unwrap();
+    // The job saw its environment and the agent's command line.
+    assert!(out.contains("CI_JOB_ID="), "{out}");
+    assert!(out.contains("--token-file"), "{out}");
+    assert!(!out.contains(REGISTRATION), "{out}");
+    assert!(!out.contains(own), "{out}");
+
+    let rotated = gantry()
+        .args([
+            "agent",
+            "rotate-registration-token",
+            "--server",
+            &s.server.url,
+        ])
+        .args(["--token", ADMIN])
+        .output()
+        .unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let new = String::from_utf8(rotated.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!new.is_empty() && new != REGISTRATION);
+    let late = gantry()
+        .args(["agent", "--server", &s.server.url, "--token-file"])
+        .arg(&token_file)
+        .arg("--work-dir")
+        .arg(s.path().join("late"))
+        .output()
+        .unwrap();
+    assert_eq!(late.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&late.stderr).contains("rejected the registration token"),
+        "{}",
+        String::from_utf8_lossy(&late.stderr)
+    );
+
+    let id = identity["id"].as_i64().unwrap().to_string();
+    let revoked = gantry()
+        .args(["agent", "revoke", &id, "--server", &s.server.url])
+        .args(["--token", ADMIN])
+        .output()
+        .unwrap();
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let status = wait_for("the revoked agent to exit", || {
+        agent.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(2), "{}", agent.output());
 }
