@@ -408,6 +408,8 @@ pub struct Changes {
     pub started_at: Option<Millis>,
     /// When it ended.
     pub finished_at: Option<Millis>,
+    /// The pipeline's new `spec` (a fork pipeline's approval).
+    pub spec: Option<String>,
 }
 
 /// Which pipelines to list.

@@ -790,12 +790,13 @@ impl Store for PgStore {
         insert_jobs(&mut tx, pipeline_id, project_id, &changes.new_jobs).await?;
         sqlx::query(
             "UPDATE pipelines SET version = version + 1, status = COALESCE($1, status), \
-             started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at) \
-             WHERE id = $4",
+             started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at), \
+             spec = COALESCE($4, spec) WHERE id = $5",
         )
         .bind(&changes.status)
         .bind(changes.started_at)
         .bind(changes.finished_at)
+        .bind(&changes.spec)
         .bind(pipeline_id)
         .execute(&mut *tx)
         .await

@@ -988,12 +988,13 @@ impl Store for SqliteStore {
                 };
                 sqlx::query(
                     "UPDATE pipelines SET version = version + 1, status = COALESCE(?, status), \
-                     started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at) \
-                     WHERE id = ?",
+                     started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at), \
+                     spec = COALESCE(?, spec) WHERE id = ?",
                 )
                 .bind(&changes.status)
                 .bind(changes.started_at)
                 .bind(changes.finished_at)
+                .bind(&changes.spec)
                 .bind(pipeline_id)
                 .execute(&mut *tx)
                 .await

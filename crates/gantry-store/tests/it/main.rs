@@ -758,6 +758,7 @@ async fn apply_is_optimistic(h: Harness) {
         status: Some("running".to_owned()),
         started_at: Some(5_000),
         finished_at: None,
+        spec: Some("{\"approved\":true}".to_owned()),
     };
     // A stale version changes nothing.
     assert!(!s.apply(id, before.version + 1, &changes).await.unwrap());
@@ -770,6 +771,7 @@ async fn apply_is_optimistic(h: Harness) {
     assert_eq!(after.status, "running");
     assert_eq!(after.started_at, Some(5_000));
     assert_eq!(after.finished_at, None);
+    assert_eq!(after.spec, "{\"approved\":true}");
     let a = &after.jobs[0];
     assert_eq!(a.status, "pending");
     assert_eq!(a.queued_at, Some(5_000));
@@ -798,6 +800,7 @@ async fn apply_is_optimistic(h: Harness) {
     let last = s.pipeline(id).await.unwrap().unwrap();
     assert_eq!(last.started_at, Some(5_000));
     assert_eq!(last.finished_at, Some(9_000));
+    assert_eq!(last.spec, after.spec);
     assert!(s.active_pipelines().await.unwrap().is_empty());
 }
 
