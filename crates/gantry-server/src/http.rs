@@ -69,6 +69,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/pipelines/{id}/cancel",
             post(crate::progress::cancel_pipeline),
         )
+        .route(
+            "/api/v1/pipelines/{id}/approve",
+            post(crate::progress::approve_pipeline),
+        )
         .route("/api/v1/jobs/{id}", get(crate::read::job))
         .route("/api/v1/jobs/{id}/log", get(crate::read::job_log))
         .route(

@@ -53,6 +53,7 @@ token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `40
         crate::read::job_artifacts,
         crate::read::agents,
         crate::progress::cancel_pipeline,
+        crate::progress::approve_pipeline,
         crate::progress::retry_job,
         crate::progress::play_job,
         crate::dispatch::register,

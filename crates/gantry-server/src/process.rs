@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_api::{PipelineError, ProjectVariable};
+use gantry_api::{ForkPipelines, PipelineError, PipelineFork, ProjectVariable};
 use gantry_pipeline::vars;
 use gantry_pipeline::{Context, GitFacts, Plan, Variable};
 use gantry_store::{DeliveryRecord, NewJob, NewPipeline};
@@ -79,6 +79,79 @@ pub(crate) struct PipelineDoc {
     /// scopes are matched per job when it is handed out. Masked ones carry no value (`None`): it is
     /// read from the project's variables at dispatch, so that no row keeps a plaintext copy.
     pub project_variables: Vec<ProjectVariable>,
+    /// Set for a pipeline of a merge request from a fork: it has no project variables and its jobs
+    /// get no `CI_JOB_TOKEN` until it is approved (`approve`), which writes both in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkDoc>,
+}
+
+/// A fork pipeline's mode and approval, as stored in its [`PipelineDoc`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ForkDoc {
+    /// The project's `fork_pipelines` when the pipeline was created.
+    pub mode: ForkPipelines,
+    /// Who approved it (`approve`): `admin`, or `token <id>`.
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    /// When.
+    #[serde(default)]
+    pub approved_at: Option<i64>,
+}
+
+/// What a pipeline waits for until a fork pipeline of mode `approve` is approved.
+pub(crate) const WAITING_FOR_APPROVAL: &str = "a merge request from a fork: it runs, with the \
+    project's variables, once the admin or a project token approves it \
+    (POST /api/v1/pipelines/{id}/approve)";
+
+impl ForkDoc {
+    /// Whether its jobs get the project's variables and `CI_JOB_TOKEN`: only once approved.
+    pub fn secrets(&self) -> bool {
+        self.mode == ForkPipelines::Approve && self.approved_at.is_some()
+    }
+
+    /// Whether it waits for an approval.
+    pub fn waiting(&self) -> bool {
+        self.mode == ForkPipelines::Approve && self.approved_at.is_none()
+    }
+
+    /// The API's view.
+    pub fn to_api(&self) -> PipelineFork {
+        PipelineFork {
+            mode: self.mode,
+            secrets: self.secrets(),
+            waiting: self.waiting().then(|| WAITING_FOR_APPROVAL.to_string()),
+            approved_by: self.approved_by.clone(),
+            approved_at: self.approved_at.map(crate::rfc3339),
+        }
+    }
+}
+
+/// The fork part of a stored pipeline spec, read without decoding the rest: pipelines that are not
+/// fork pipelines have no `fork` key, and cost a substring search.
+pub(crate) fn fork_of(spec: &str) -> Option<ForkDoc> {
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        fork: Option<ForkDoc>,
+    }
+    if !spec.contains("\"fork\"") {
+        return None;
+    }
+    serde_json::from_str::<Only>(spec).ok()?.fork
+}
+
+/// The project variables a pipeline gets at creation: the protected ones only on a protected ref,
+/// masked ones without their value (read from the project at dispatch).
+pub(crate) fn pipeline_variables(
+    project: &crate::projects::ProjectSpec,
+    protected: bool,
+) -> Vec<ProjectVariable> {
+    project
+        .variables
+        .iter()
+        .filter(|v| protected || !v.protected)
+        .cloned()
+        .collect()
 }
 
 /// A job as stored in the job's `spec`.
@@ -248,6 +321,13 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             return Ok(());
         }
     };
+    if event.mr.as_ref().is_some_and(|m| m.fork) && !hooks::forks_run(&project) {
+        state
+            .store
+            .close_delivery(d.id, "skipped", hooks::FORKS_OFF)
+            .await?;
+        return Ok(());
+    }
     if event.push_skip {
         state
             .store
@@ -386,6 +466,10 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     }
     new.jobs = new_jobs(&plan, now)?;
     new.spec = serde_json::to_string(&compiled.doc)?;
+    if compiled.doc.fork.as_ref().is_some_and(ForkDoc::waiting) {
+        // The whole pipeline waits for an approval (`advance` keeps it so).
+        new.status = "manual".into();
+    }
     let id = state.store.create_pipeline(&new).await?;
     tracing::info!(pipeline = id, trace_id = %trace, project = %project.record.name, "pipeline created");
     crate::progress::advance(state, id).await;
@@ -507,7 +591,10 @@ fn mr_variables(
         var("CI_MERGE_REQUEST_LABELS", mr.labels.join(",")),
         var(
             "CI_MERGE_REQUEST_TARGET_BRANCH_PROTECTED",
-            (mr.target_branch == project.spec.default_branch).to_string(),
+            project
+                .spec
+                .is_protected(&mr.target_branch, false)
+                .to_string(),
         ),
     ];
     if truncated {
@@ -626,14 +713,16 @@ fn compile_with(
     let before_sha = checkout.before_sha.clone();
     let info = &checkout.info;
     let sources = WithRemotes::new(&checkout.sources, remotes, last_round);
-    let protected = event.tag || event.git_ref == project.spec.default_branch && event.mr.is_none();
-    let project_variables: Vec<ProjectVariable> = project
-        .spec
-        .variables
-        .iter()
-        .filter(|v| protected || !v.protected)
-        .cloned()
-        .collect();
+    // Merge request pipelines are never protected (GitLab's), whatever their branch.
+    let protected = event.mr.is_none() && project.spec.is_protected(&event.git_ref, event.tag);
+    // A fork's merge request gets no project variable, not even for its rules or includes
+    // (`include:remote` of `https://…/$SECRET` would send it away at compile time).
+    let fork = event.mr.as_ref().is_some_and(|m| m.fork);
+    let project_variables: Vec<ProjectVariable> = if fork {
+        Vec::new()
+    } else {
+        pipeline_variables(&project.spec, protected)
+    };
     // Variables the compiler must see for rules, in precedence order; the predefined ones of merge
     // requests are moved back below the YAML variables afterwards.
     let mut predefined_extra = vec![var("CI_PIPELINE_CREATED_AT", created_at)];
@@ -717,6 +806,11 @@ fn compile_with(
             })
             .collect(),
         cli_variables: trigger_vars.clone(),
+        fork: fork.then_some(ForkDoc {
+            mode: project.spec.fork_pipelines,
+            approved_by: None,
+            approved_at: None,
+        }),
         ..PipelineDoc::default()
     };
     if let Some(plan) = &mut result.plan {

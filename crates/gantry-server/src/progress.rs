@@ -287,3 +287,54 @@ pub(crate) async fn play_job(
     let job = crate::read::load_job(&state, id).await?;
     Ok(Json(crate::read::job_api(&job)))
 }
+
+/// `POST /api/v1/pipelines/{id}/approve`: a fork pipeline of mode `approve` that waits gets the
+/// project's (unprotected) variables and `CI_JOB_TOKEN`, and runs. The admin token or a project
+/// token of the pipeline's project; a job's `CI_JOB_TOKEN` is no API token and cannot.
+#[utoipa::path(post, path = "/api/v1/pipelines/{id}/approve", tag = "pipelines", params(("id" = i64, Path, description = "The id")),
+    responses((status = 200, description = "Approved: it runs with the project's variables", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline does not wait for an approval", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn approve_pipeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<i64>,
+) -> AppResult<Json<gantry_api::Pipeline>> {
+    caller.pipeline(&state, id).await?;
+    let by = match &caller {
+        Caller::Admin => "admin".to_string(),
+        Caller::Project(t) => format!("token {}", t.id),
+    };
+    let Some(head) = state.store.pipeline_head(id).await? else {
+        return Err(AppError::not_found(format!("no pipeline {id}")));
+    };
+    let project = crate::projects::load(&state, &head.project_name).await?;
+    // A merge request pipeline is not protected: the unprotected variables, as a pipeline of a
+    // branch of the project itself gets them.
+    let variables = crate::process::pipeline_variables(&project.spec, false);
+    let op = move |p: &PipelineRecord, now: Millis| {
+        let mut doc: crate::process::PipelineDoc =
+            serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
+        match &mut doc.fork {
+            Some(f) if f.waiting() && p.status == "manual" => {
+                f.approved_by = Some(by.clone());
+                f.approved_at = Some(now);
+            }
+            _ => return Err("the pipeline does not wait for an approval".to_string()),
+        }
+        doc.project_variables = variables
+            .iter()
+            .cloned()
+            .map(|mut v| {
+                if v.masked {
+                    v.value = None;
+                }
+                v
+            })
+            .collect();
+        let mut step = Step::default();
+        step.changes.spec = Some(serde_json::to_string(&doc).map_err(|e| e.to_string())?);
+        Ok(step)
+    };
+    drive(&state, id, Some(&op)).await?;
+    tracing::info!(pipeline = id, trace_id = %head.trace_id, "fork pipeline approved");
+    crate::read::load_pipeline(&state, id).await.map(Json)
+}

@@ -286,6 +286,9 @@ fn add(args: AddArgs) -> Result<u8> {
         forge: None,
         schedules: Vec::new(),
         include_allowed_from: args.include_allowed_from,
+        fork_pipelines: None,
+        protected_branches: None,
+        protected_tags: Vec::new(),
     };
     let server = ServerArgs {
         server: args.server,

@@ -5,5 +5,6 @@ mod common;
 mod api;
 mod flow;
 mod forges;
+mod forks;
 mod hooks;
 mod tokens;
