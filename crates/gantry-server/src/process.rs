@@ -553,10 +553,12 @@ fn mr_variables(
         .project_path
         .clone()
         .unwrap_or_else(|| project.record.name.clone());
+    // Without the payload's URL, the repository's, without the credentials it may carry: a
+    // fork's jobs see these variables.
     let url = mr
         .project_url
         .clone()
-        .unwrap_or_else(|| project.spec.repo_url.clone());
+        .unwrap_or_else(|| without_credentials(&project.spec.repo_url));
     let truncated = mr.description.chars().count() > MR_DESCRIPTION_LIMIT;
     let description: String = mr.description.chars().take(MR_DESCRIPTION_LIMIT).collect();
     let mut v = vec![
@@ -616,6 +618,18 @@ fn mr_variables(
         v.push(var("CI_MERGE_REQUEST_DIFF_BASE_SHA", base));
     }
     v
+}
+
+/// `url` without the `user:password@` of a `SCHEME://` URL.
+fn without_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 /// The event's commit, fetched into the mirror, with its facts and files.
@@ -866,6 +880,27 @@ mod tests {
         }
         for m in ["ci skip", "[ci  skip]", "[skipci]", "(skip ci)", ""] {
             assert!(!skips_ci(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn project_urls_lose_their_credentials() {
+        for (url, shown) in [
+            (
+                "https://u:p@git.example.com/g/p.git",
+                "https://git.example.com/g/p.git",
+            ),
+            (
+                "https://tok@git.example.com/a@b",
+                "https://git.example.com/a@b",
+            ),
+            (
+                "https://git.example.com/g/p.git",
+                "https://git.example.com/g/p.git",
+            ),
+            ("/srv/repo.git", "/srv/repo.git"),
+        ] {
+            assert_eq!(without_credentials(url), shown, "{url}");
         }
     }
 
