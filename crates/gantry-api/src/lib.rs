@@ -206,6 +206,10 @@ pub struct NewProjectToken {
     /// (`2027-01-31`, meaning its start in UTC); in the future. Never, when absent.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// A token that only reads: it cannot trigger, cancel, retry or play pipelines and jobs, nor
+    /// approve a fork's pipeline (`false` when absent).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A project token, as lists show it (without its secret).
@@ -219,6 +223,8 @@ pub struct ProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
+    /// Whether it only reads.
+    pub read_only: bool,
 }
 
 /// A project token just created: the only answer that carries its secret.
@@ -235,6 +241,8 @@ pub struct CreatedProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
+    /// Whether it only reads.
+    pub read_only: bool,
 }
 
 /// The body of `POST /api/v1/projects/{name}/pipelines`.

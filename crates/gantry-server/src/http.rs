@@ -344,6 +344,17 @@ impl Caller {
         }
     }
 
+    /// Refuses a read-only project token (`403`): for routes that change something.
+    pub fn writes(&self) -> AppResult<()> {
+        match self {
+            Caller::Project(t) if t.read_only => Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "a read-only project token cannot change anything",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Allows the admin, and project tokens of pipeline `id`'s project (one primary-key read).
     pub async fn pipeline(&self, state: &AppState, id: i64) -> AppResult<()> {
         match self {

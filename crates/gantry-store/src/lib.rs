@@ -496,6 +496,8 @@ pub struct NewProjectToken {
     pub created_at: Millis,
     /// It is refused from this time on; `None`: never expires.
     pub expires_at: Option<Millis>,
+    /// It reads and changes nothing.
+    pub read_only: bool,
 }
 
 /// A stored project token.
@@ -515,6 +517,8 @@ pub struct ProjectTokenRecord {
     pub created_at: Millis,
     /// See [`NewProjectToken`].
     pub expires_at: Option<Millis>,
+    /// See [`NewProjectToken`].
+    pub read_only: bool,
 }
 
 /// How a job ended, as [`Store::finish`] records it.

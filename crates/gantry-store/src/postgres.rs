@@ -1253,7 +1253,7 @@ impl Store for PgStore {
     async fn create_project_token(&self, t: &NewProjectToken) -> Result<ProjectTokenRecord> {
         let row = sqlx::query(&format!(
             "WITH t AS (INSERT INTO project_tokens (project_id, name, token_hash, created_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING *) \
+             expires_at, read_only) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *) \
              SELECT {PROJECT_TOKEN_COLS} FROM t JOIN projects pr ON pr.id = t.project_id"
         ))
         .bind(t.project_id)
@@ -1261,6 +1261,7 @@ impl Store for PgStore {
         .bind(&t.token_hash)
         .bind(t.created_at)
         .bind(t.expires_at)
+        .bind(t.read_only)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {

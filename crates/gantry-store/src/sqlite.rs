@@ -1582,14 +1582,15 @@ impl Store for SqliteStore {
             .durably(async {
                 let mut conn = self.writer.lock().await;
                 let id: i64 = sqlx::query_scalar(
-                "INSERT INTO project_tokens (project_id, name, token_hash, created_at, expires_at) \
-                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO project_tokens (project_id, name, token_hash, created_at, expires_at, \
+                 read_only) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(t.project_id)
             .bind(&t.name)
             .bind(&t.token_hash)
             .bind(t.created_at)
             .bind(t.expires_at)
+            .bind(t.read_only)
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| token_error(e, &t.name))?;

@@ -233,6 +233,7 @@ fn token_create(args: TokenCreateArgs) -> Result<u8> {
     let body = serde_json::to_vec(&NewProjectToken {
         name: args.name,
         expires_at: args.expires_at,
+        read_only: false,
     })?;
     let path = format!("/api/v1/projects/{}/tokens", args.project);
     let bytes = match call(&args.server, reqwest::Method::POST, &path, Some(body))? {

@@ -344,10 +344,10 @@ async fn approve(app: &App, id: i64, token: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn create_token(app: &App, project: &str) -> String {
+async fn create_token(app: &App, project: &str, read_only: bool) -> String {
     let r = app
         .post(&format!("/api/v1/projects/{project}/tokens"))
-        .json(&json!({"name": "ci"}))
+        .json(&json!({"name": "ci", "read_only": read_only}))
         .send()
         .await
         .unwrap();
@@ -410,8 +410,38 @@ async fn approved_fork_pipelines_run_with_secrets(b: Backend) {
         .await;
     take_all(&app, &agent).await;
     // Nor a project token of another project.
-    let other = create_token(&app, "other").await;
+    let other = create_token(&app, "other", false).await;
     assert_eq!(approve(&app, id, &other).await.0, 403);
+    // Nor a read-only token of the project, which reads the pipeline but changes nothing.
+    let reader = create_token(&app, "demo", true).await;
+    let (status, body) = approve(&app, id, &reader).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("read-only"),
+        "{body}"
+    );
+    let r = app
+        .client
+        .get(format!("{}/api/v1/pipelines/{id}", app.url))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for path in [
+        format!("/api/v1/pipelines/{id}/cancel"),
+        "/api/v1/projects/demo/pipelines".to_string(),
+    ] {
+        let r = app
+            .client
+            .post(format!("{}{path}", app.url))
+            .bearer_auth(&reader)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
     assert_eq!(app.pipeline(id).await["status"], "manual");
     assert_eq!(app.take(&agent, 300).await, None);
 
@@ -444,7 +474,7 @@ async fn approved_fork_pipelines_run_with_secrets(b: Backend) {
     .await;
     let id = p["id"].as_i64().unwrap();
     app.pipeline_status(id, "manual").await;
-    let token = create_token(&app, "demo").await;
+    let token = create_token(&app, "demo", false).await;
     let (status, approved) = approve(&app, id, &token).await;
     assert_eq!(status, 200, "{approved}");
     assert!(

@@ -1841,6 +1841,7 @@ fn token(project_id: i64, name: &str, hash: &str, expires_at: Option<i64>) -> Ne
         token_hash: hash.to_owned(),
         created_at: 2_000,
         expires_at,
+        read_only: name.starts_with("read"),
     }
 }
 
@@ -1875,6 +1876,15 @@ async fn project_tokens_create_list_find_delete(h: Harness) {
         .await
         .unwrap();
     assert_eq!(t3.project_name, "beta");
+    assert!(!t3.read_only);
+    let reader = s
+        .create_project_token(&token(b.id, "reader", "hash-4", None))
+        .await
+        .unwrap();
+    assert!(reader.read_only);
+    let found = s.project_token_by_hash("hash-4").await.unwrap().unwrap();
+    assert!(found.read_only);
+    s.delete_project_token(b.id, reader.id).await.unwrap();
     // Lists hold one project's tokens, by id.
     assert_eq!(
         s.project_tokens(a.id).await.unwrap(),
