@@ -576,6 +576,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_fork_pipeline_waiting_for_approval_holds_every_job() {
+        let mut p = pipeline(vec![job(1, "a", 0, "on_success"), job(2, "b", 1, "always")]);
+        p.spec = r#"{"stages":[],"fork":{"mode":"approve"}}"#.into();
+        settle(&mut p);
+        assert_eq!(p.status, "manual");
+        assert!(p.jobs.iter().all(|j| j.status == "created"));
+        // Approved: it runs.
+        p.spec = r#"{"fork":{"mode":"approve","approved_by":"admin","approved_at":5}}"#.into();
+        settle(&mut p);
+        assert_eq!(p.status, "pending");
+        assert_eq!(p.jobs[0].status, "pending");
+        // Canceled while waiting: its jobs are canceled.
+        let mut waiting = pipeline(vec![job(1, "a", 0, "on_success")]);
+        waiting.spec = r#"{"fork":{"mode":"approve"}}"#.into();
+        settle(&mut waiting);
+        let step = cancel(&waiting, 1000);
+        apply(&mut waiting, &step);
+        assert_eq!(waiting.status, "canceled");
+        assert_eq!(waiting.jobs[0].status, "canceled");
+        // A fork pipeline without secrets runs at once.
+        let mut plain = pipeline(vec![job(1, "a", 0, "on_success")]);
+        plain.spec = r#"{"fork":{"mode":"no_secrets"}}"#.into();
+        settle(&mut plain);
+        assert_eq!(plain.jobs[0].status, "pending");
+    }
+
     /// Advances until nothing changes.
     fn settle(p: &mut PipelineRecord) {
         for _ in 0..20 {
