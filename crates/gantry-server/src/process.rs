@@ -387,6 +387,25 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             break compiled;
         }
         let mut more = (*remotes).clone();
+        // A fork's pipeline without secrets reads no other project's files: those projects trust
+        // this project's members (`include_allowed_from`), not whoever forked it. (With
+        // `approve`, the files reach a job only once someone approved it.)
+        let missing = if compiled
+            .doc
+            .fork
+            .as_ref()
+            .is_some_and(|f| f.mode == ForkPipelines::NoSecrets)
+        {
+            let (denied, allowed): (Vec<String>, Vec<String>) = missing
+                .into_iter()
+                .partition(|k| included_project(k).is_some_and(|n| n != project.record.name));
+            for key in denied {
+                more.insert(key, Err(FORK_INCLUDE.to_string()));
+            }
+            allowed
+        } else {
+            missing
+        };
         for (key, fetched) in remote::fetch_all(state, &project.record.name, missing).await {
             let entry = match fetched {
                 Fetched::Content(c) => Ok(c),
@@ -477,6 +496,21 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         crate::progress::auto_cancel(state, &project, &event.git_ref, id).await;
     }
     Ok(())
+}
+
+/// Why a fork's pipeline cannot include another project's files.
+const FORK_INCLUDE: &str = "a merge request from a fork cannot include another project's files \
+    (fork_pipelines is `no_secrets`; with `approve` it can, once approved)";
+
+/// The project of this server that include key `key` reads (`project:NAME@REF:FILE`,
+/// `component:HOST/NAME/COMPONENT@VERSION`); `None` for other keys.
+fn included_project(key: &str) -> Option<&str> {
+    let (kind, rest) = key.split_once(':')?;
+    match kind {
+        "project" => rest.split_once('@').map(|(name, _)| name),
+        "component" => rest.split('/').nth(1),
+        _ => None,
+    }
 }
 
 /// The plan's jobs as stored jobs. Their stages are numbered among those that have jobs, from 0:
@@ -881,6 +915,17 @@ mod tests {
         for m in ["ci skip", "[ci  skip]", "[skipci]", "(skip ci)", ""] {
             assert!(!skips_ci(m), "{m}");
         }
+    }
+
+    #[test]
+    fn included_projects() {
+        assert_eq!(included_project("project:shared@v1:/a.yml"), Some("shared"));
+        assert_eq!(
+            included_project("component:gantry.example:8080/shared/build@1.0"),
+            Some("shared")
+        );
+        assert_eq!(included_project("remote:https://x.example/a.yml"), None);
+        assert_eq!(included_project("template:Go.gitlab-ci.yml"), None);
     }
 
     #[test]

@@ -648,3 +648,55 @@ async fn only_protected_refs_get_protected_variables(b: Backend) {
     assert!(!doc["paths"]["/api/v1/pipelines/{id}/approve"]["post"].is_null());
 }
 both!(only_protected_refs_get_protected_variables);
+
+async fn fork_pipelines_include_no_other_project(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    app.project("shared", json!({"include_allowed_from": ["demo"]}))
+        .await;
+    let agent = app.register("a", &[]).await;
+    std::fs::create_dir_all(app.repo.join("templates")).unwrap();
+    std::fs::write(
+        app.repo.join("templates/build.yml"),
+        "shared_job:\n  script: [echo private]\n  rules:\n    - when: always\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.repo.join(".gitlab-ci.yml"),
+        "include:\n  - project: shared\n    ref: main\n    file: /templates/build.yml\n",
+    )
+    .unwrap();
+    git(&app.repo, &["add", "-A"]);
+    let main = commit(&app.repo, "base");
+    git(&app.repo, &["checkout", "-q", "-b", "changes"]);
+    let head = commit(&app.repo, "the change");
+    git(&app.repo, &["checkout", "-q", "main"]);
+
+    let p = pipeline_of(
+        &app,
+        "demo",
+        "github",
+        "pull_request",
+        &github_pr(&main, &head, true),
+        "fork",
+    )
+    .await;
+    assert_eq!(p["status"], "failed", "{p}");
+    let errors = p["errors"].to_string();
+    assert!(errors.contains("fork"), "{errors}");
+    assert_eq!(p["errors"][0]["file"], ".gitlab-ci.yml", "{p}");
+    assert_eq!(app.take(&agent, 300).await, None);
+
+    // The project's own merge request includes the file.
+    let p = pipeline_of(
+        &app,
+        "demo",
+        "github",
+        "pull_request",
+        &github_pr(&main, &head, false),
+        "same",
+    )
+    .await;
+    assert_eq!(job_names(&p), ["shared_job"], "{p}");
+}
+both!(fork_pipelines_include_no_other_project);
