@@ -41,7 +41,8 @@ pub struct ProjectVariable {
     /// Whether its value is replaced by `[MASKED]` in logs, and never shown by the API.
     #[serde(default)]
     pub masked: bool,
-    /// Whether it is given only to pipelines of the default branch and of tags.
+    /// Whether it is given only to pipelines of protected refs (see `protected_branches` and
+    /// `protected_tags` of the project).
     #[serde(default)]
     pub protected: bool,
     /// Which environments it applies to (`*`, `production`, `review/*`).
@@ -109,6 +110,21 @@ pub struct Schedule {
     pub variables: Vec<KeyValue>,
 }
 
+/// What pipelines of merge requests from forks get (a GitHub or Gitea pull request from another
+/// repository, a GitLab merge request from another project).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkPipelines {
+    /// No pipeline at all.
+    None,
+    /// A pipeline without the project's variables and without `CI_JOB_TOKEN` (the default).
+    #[default]
+    NoSecrets,
+    /// A pipeline that waits, `manual`, until the admin or a project token approves it
+    /// (`POST /api/v1/pipelines/{id}/approve`); then it runs with the project's variables.
+    Approve,
+}
+
 /// The body of `POST /api/v1/projects`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewProject {
@@ -136,6 +152,17 @@ pub struct NewProject {
     /// Empty (the default): none; a project may always include its own files.
     #[serde(default)]
     pub include_allowed_from: Vec<String>,
+    /// What pipelines of merge requests from forks get (`no_secrets` when absent).
+    #[serde(default)]
+    pub fork_pipelines: Option<ForkPipelines>,
+    /// The protected branches: names, or patterns where `*` stands for any run of characters
+    /// (`release/*`). Only pipelines of protected refs get protected variables and
+    /// `CI_COMMIT_REF_PROTECTED`. Absent: the default branch only.
+    #[serde(default)]
+    pub protected_branches: Option<Vec<String>>,
+    /// The protected tags, names or patterns as for branches (`v*`). Empty (the default): none.
+    #[serde(default)]
+    pub protected_tags: Vec<String>,
 }
 
 /// A project, as the API shows it (secrets left out).
@@ -160,6 +187,12 @@ pub struct Project {
     /// Which other projects may `include:project` this project's files (names or `*`
     /// patterns); empty: none but itself.
     pub include_allowed_from: Vec<String>,
+    /// What pipelines of merge requests from forks get.
+    pub fork_pipelines: ForkPipelines,
+    /// The protected branches (names or `*` patterns).
+    pub protected_branches: Vec<String>,
+    /// The protected tags (names or `*` patterns).
+    pub protected_tags: Vec<String>,
     /// When it was added.
     pub created_at: String,
 }
@@ -173,6 +206,10 @@ pub struct NewProjectToken {
     /// (`2027-01-31`, meaning its start in UTC); in the future. Never, when absent.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// A token that only reads: it cannot trigger, cancel, retry or play pipelines and jobs, nor
+    /// approve a fork's pipeline (`false` when absent).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// A project token, as lists show it (without its secret).
@@ -186,6 +223,8 @@ pub struct ProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
+    /// Whether it only reads.
+    pub read_only: bool,
 }
 
 /// A project token just created: the only answer that carries its secret.
@@ -202,6 +241,8 @@ pub struct CreatedProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
+    /// Whether it only reads.
+    pub read_only: bool,
 }
 
 /// The body of `POST /api/v1/projects/{name}/pipelines`.
@@ -398,9 +439,27 @@ pub struct Pipeline {
     pub finished_at: Option<String>,
     /// Seconds from start to end.
     pub duration: Option<f64>,
+    /// Set for a pipeline of a merge request from a fork: what it gets, and its approval.
+    #[serde(default)]
+    pub fork: Option<PipelineFork>,
     /// Its jobs, in plan order (the latest attempt of each job).
     #[serde(default)]
     pub jobs: Vec<Job>,
+}
+
+/// What a pipeline of a merge request from a fork gets (see [`ForkPipelines`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PipelineFork {
+    /// The project's setting when the pipeline was created: `no_secrets` or `approve`.
+    pub mode: ForkPipelines,
+    /// Whether its jobs get the project's variables and `CI_JOB_TOKEN` (only once approved).
+    pub secrets: bool,
+    /// Why it waits (`manual`), while it waits for an approval.
+    pub waiting: Option<String>,
+    /// Who approved it: `admin`, or `token <id>` for a project token.
+    pub approved_by: Option<String>,
+    /// When it was approved.
+    pub approved_at: Option<String>,
 }
 
 /// A job.

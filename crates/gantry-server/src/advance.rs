@@ -169,6 +169,16 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     if p.jobs.is_empty() {
         return step;
     }
+    // A fork pipeline that waits for its approval holds every job (`process::ForkDoc`); canceling
+    // it still cancels them.
+    if matches!(p.status.as_str(), "created" | "manual")
+        && crate::process::fork_of(&p.spec).is_some_and(|f| f.waiting())
+    {
+        if p.status != "manual" {
+            step.changes.status = Some("manual".into());
+        }
+        return step;
+    }
     let canceled = p.status == "canceled";
     let jobs = latest(p);
     // A job's spec is decoded only when its state asks for it (a failure, a manual or delayed
@@ -564,6 +574,33 @@ mod tests {
         if let Some(t) = step.changes.started_at {
             p.started_at = Some(t);
         }
+    }
+
+    #[test]
+    fn a_fork_pipeline_waiting_for_approval_holds_every_job() {
+        let mut p = pipeline(vec![job(1, "a", 0, "on_success"), job(2, "b", 1, "always")]);
+        p.spec = r#"{"stages":[],"fork":{"mode":"approve"}}"#.into();
+        settle(&mut p);
+        assert_eq!(p.status, "manual");
+        assert!(p.jobs.iter().all(|j| j.status == "created"));
+        // Approved: it runs.
+        p.spec = r#"{"fork":{"mode":"approve","approved_by":"admin","approved_at":5}}"#.into();
+        settle(&mut p);
+        assert_eq!(p.status, "pending");
+        assert_eq!(p.jobs[0].status, "pending");
+        // Canceled while waiting: its jobs are canceled.
+        let mut waiting = pipeline(vec![job(1, "a", 0, "on_success")]);
+        waiting.spec = r#"{"fork":{"mode":"approve"}}"#.into();
+        settle(&mut waiting);
+        let step = cancel(&waiting, 1000);
+        apply(&mut waiting, &step);
+        assert_eq!(waiting.status, "canceled");
+        assert_eq!(waiting.jobs[0].status, "canceled");
+        // A fork pipeline without secrets runs at once.
+        let mut plain = pipeline(vec![job(1, "a", 0, "on_success")]);
+        plain.spec = r#"{"fork":{"mode":"no_secrets"}}"#.into();
+        settle(&mut plain);
+        assert_eq!(plain.jobs[0].status, "pending");
     }
 
     /// Advances until nothing changes.

@@ -203,8 +203,15 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };
     let lease_ms = u64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-    let token = crate::jobtoken::mint(&state.config.admin_token.0, &job);
-    let doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(AppError::internal)?;
+    let mut doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(AppError::internal)?;
+    // A fork pipeline's jobs get no credential beyond what the fork could read anyway: no
+    // `CI_JOB_TOKEN` (the project's mirror) and no project variable, until it is approved.
+    let token = if doc.fork.as_ref().is_some_and(|f| !f.secrets()) {
+        doc.project_variables.clear();
+        None
+    } else {
+        crate::jobtoken::mint(&state.config.admin_token.0, &job)
+    };
     // Masked and protected project variables are stored without their value; the project's
     // current one is handed out, read only when the pipeline has such a variable.
     let secrets = if doc

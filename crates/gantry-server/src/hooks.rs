@@ -51,7 +51,27 @@ pub(crate) struct MergeRequest {
     pub source_project_path: Option<String>,
     pub source_project_url: Option<String>,
     pub source_project_id: Option<String>,
+    /// Whether the source is a fork: another repository (GitHub, Gitea) or project (GitLab) than
+    /// the target, or one the payload does not name. Its pipeline gets no secrets (see
+    /// `ForkPipelines`).
+    pub fork: bool,
     pub url: String,
+}
+
+/// Whether a merge request's source is another repository than its target: their ids differ, or
+/// (without both ids) their paths do. A payload that names neither counts as a fork: what cannot be
+/// shown to be the project itself gets no secrets.
+fn is_fork(
+    source_id: Option<&str>,
+    target_id: Option<&str>,
+    source_path: Option<&str>,
+    target_path: Option<&str>,
+) -> bool {
+    match ((source_id, target_id), (source_path, target_path)) {
+        ((Some(s), Some(t)), _) => s != t,
+        (_, (Some(s), Some(t))) => !s.eq_ignore_ascii_case(t),
+        _ => true,
+    }
 }
 
 /// What an event asks for, whatever forge it came from.
@@ -83,6 +103,15 @@ pub(crate) struct Event {
 }
 
 const ZEROS: &str = "0000000000000000000000000000000000000000";
+
+/// Why a merge request from a fork runs no pipeline.
+pub(crate) const FORKS_OFF: &str =
+    "fork_pipelines is `none`: merge requests from forks run no pipeline";
+
+/// Whether merge requests from forks run pipelines in `project` (`fork_pipelines` is not `none`).
+pub(crate) fn forks_run(project: &LoadedProject) -> bool {
+    project.spec.fork_pipelines != gantry_api::ForkPipelines::None
+}
 
 fn s(v: &Value, path: &[&str]) -> Option<String> {
     let mut cur = v;
@@ -288,6 +317,12 @@ fn gitlab_mr(v: &Value) -> Result<Option<Event>, String> {
             source_project_path: ne(a, &["source", "path_with_namespace"]),
             source_project_url: ne(a, &["source", "web_url"]),
             source_project_id: ne(a, &["source_project_id"]),
+            fork: is_fork(
+                ne(a, &["source_project_id"]).as_deref(),
+                ne(a, &["target_project_id"]).as_deref(),
+                ne(a, &["source", "path_with_namespace"]).as_deref(),
+                ne(a, &["target", "path_with_namespace"]).as_deref(),
+            ),
             url: s(a, &["url"]).unwrap_or_default(),
         }),
         variables: Vec::new(),
@@ -346,6 +381,18 @@ fn pull_request(v: &Value) -> Result<Option<Event>, String> {
             source_project_path: ne(pr, &["head", "repo", "full_name"]),
             source_project_url: ne(pr, &["head", "repo", "html_url"]),
             source_project_id: ne(pr, &["head", "repo", "id"]),
+            // `head.repo` is null once the fork is deleted: a fork. A head repository that says
+            // it is a fork while the ids are the same is the target (a fork's own branches).
+            fork: is_fork(
+                ne(pr, &["head", "repo", "id"]).as_deref(),
+                ne(pr, &["base", "repo", "id"])
+                    .or_else(|| ne(v, &["repository", "id"]))
+                    .as_deref(),
+                ne(pr, &["head", "repo", "full_name"]).as_deref(),
+                ne(pr, &["base", "repo", "full_name"])
+                    .or_else(|| ne(v, &["repository", "full_name"]))
+                    .as_deref(),
+            ),
             url: s(pr, &["html_url"]).unwrap_or_default(),
         }),
         variables: Vec::new(),
@@ -509,6 +556,10 @@ async fn receive(
             state.metrics.delivery("ignored");
             return Ok(ignored("this event runs no pipeline"));
         }
+        Ok(Some(e)) if e.mr.as_ref().is_some_and(|m| m.fork) && !forks_run(&project) => {
+            state.metrics.delivery("ignored");
+            return Ok(ignored(FORKS_OFF));
+        }
         Ok(Some(_)) => {}
     }
     // A tag push from GitHub or Gitea is a `push` whose ref is a tag.
@@ -626,7 +677,7 @@ pub(crate) async fn gitea(
 /// `POST /api/v1/projects/{name}/pipelines`: a pipeline for a ref's head, stored as a delivery of
 /// forge `api` so that it goes the same durable way as a webhook.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/pipelines", tag = "pipelines", params(("name" = String, Path, description = "The project's name")), request_body = TriggerPipeline,
-    responses((status = 202, description = "Stored; the pipeline is created afterwards (see the deliveries)", body = DeliveryAccepted), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 202, description = "Stored; the pipeline is created afterwards (see the deliveries)", body = DeliveryAccepted), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn trigger_pipeline(
     State(state): State<AppState>,
     caller: Caller,
@@ -635,6 +686,7 @@ pub(crate) async fn trigger_pipeline(
     JsonBody(body): JsonBody<TriggerPipeline>,
 ) -> AppResult<Response> {
     caller.project(&name)?;
+    caller.writes()?;
     state.intake.arrived();
     let project = crate::projects::load(&state, &name).await?;
     let git_ref = body
@@ -729,6 +781,40 @@ mod tests {
         let e = parse("github", "pull_request", &pr).unwrap().unwrap();
         assert_eq!(e.fetch_ref, "refs/pull/3/head");
         let closed = json!({"action": "closed", "pull_request": {}});
+        // Forks: another repository's id or name, or none named.
+        let fork = |head: Value| {
+            let pr = json!({"action": "opened", "number": 3, "pull_request": {"number": 3,
+                "head": {"ref": "f", "sha": sha, "repo": head},
+                "base": {"ref": "main", "sha": sha, "repo": {"id": 1, "full_name": "o/r", "fork": false}}}});
+            parse("github", "pull_request", &pr)
+                .unwrap()
+                .unwrap()
+                .mr
+                .unwrap()
+                .fork
+        };
+        assert!(!fork(json!({"id": 1, "full_name": "o/r", "fork": false})));
+        assert!(
+            !fork(json!({"id": 1, "full_name": "o/r", "fork": true})),
+            "the target's own branch"
+        );
+        assert!(fork(json!({"id": 2, "full_name": "evil/r", "fork": true})));
+        assert!(fork(json!({"id": 2, "full_name": "o/r"})), "the ids decide");
+        assert!(fork(json!({"full_name": "evil/r"})));
+        assert!(fork(Value::Null), "a deleted fork");
+        let gitlab = |source: i64, target: i64| {
+            let mr = json!({"object_attributes": {"action": "open", "iid": 7, "source_branch": "feat",
+                "target_branch": "main", "last_commit": {"id": sha},
+                "source_project_id": source, "target_project_id": target}});
+            parse("gitlab", "merge_request", &mr)
+                .unwrap()
+                .unwrap()
+                .mr
+                .unwrap()
+                .fork
+        };
+        assert!(!gitlab(14, 14));
+        assert!(gitlab(15, 14));
         assert_eq!(parse("gitea", "pull_request", &closed).unwrap(), None);
         // Push options: GitLab's object, and the list GitLab 11.7 sent.
         let skip =

@@ -69,6 +69,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/pipelines/{id}/cancel",
             post(crate::progress::cancel_pipeline),
         )
+        .route(
+            "/api/v1/pipelines/{id}/approve",
+            post(crate::progress::approve_pipeline),
+        )
         .route("/api/v1/jobs/{id}", get(crate::read::job))
         .route("/api/v1/jobs/{id}/log", get(crate::read::job_log))
         .route(
@@ -342,6 +346,17 @@ impl Caller {
             Caller::Admin => Ok(()),
             Caller::Project(t) if t.project_name == name => Ok(()),
             Caller::Project(_) => Err(other_project()),
+        }
+    }
+
+    /// Refuses a read-only project token (`403`): for routes that change something.
+    pub fn writes(&self) -> AppResult<()> {
+        match self {
+            Caller::Project(t) if t.read_only => Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "a read-only project token cannot change anything",
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -55,6 +55,7 @@ token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `40
         crate::tokens::revoke_agent,
         crate::tokens::rotate_registration_token,
         crate::progress::cancel_pipeline,
+        crate::progress::approve_pipeline,
         crate::progress::retry_job,
         crate::progress::play_job,
         crate::dispatch::register,

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_api::{PipelineError, ProjectVariable};
+use gantry_api::{ForkPipelines, PipelineError, PipelineFork, ProjectVariable};
 use gantry_pipeline::vars;
 use gantry_pipeline::{Context, GitFacts, Plan, Variable};
 use gantry_store::{DeliveryRecord, NewJob, NewPipeline};
@@ -83,6 +83,79 @@ pub(crate) struct PipelineDoc {
     /// scopes are matched per job when it is handed out. Masked ones carry no value (`None`): it is
     /// read from the project's variables at dispatch, so that no row keeps a plaintext copy.
     pub project_variables: Vec<ProjectVariable>,
+    /// Set for a pipeline of a merge request from a fork: it has no project variables and its jobs
+    /// get no `CI_JOB_TOKEN` until it is approved (`approve`), which writes both in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fork: Option<ForkDoc>,
+}
+
+/// A fork pipeline's mode and approval, as stored in its [`PipelineDoc`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ForkDoc {
+    /// The project's `fork_pipelines` when the pipeline was created.
+    pub mode: ForkPipelines,
+    /// Who approved it (`approve`): `admin`, or `token <id>`.
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    /// When.
+    #[serde(default)]
+    pub approved_at: Option<i64>,
+}
+
+/// What a pipeline waits for until a fork pipeline of mode `approve` is approved.
+pub(crate) const WAITING_FOR_APPROVAL: &str = "a merge request from a fork: it runs, with the \
+    project's variables, once the admin or a project token approves it \
+    (POST /api/v1/pipelines/{id}/approve)";
+
+impl ForkDoc {
+    /// Whether its jobs get the project's variables and `CI_JOB_TOKEN`: only once approved.
+    pub fn secrets(&self) -> bool {
+        self.mode == ForkPipelines::Approve && self.approved_at.is_some()
+    }
+
+    /// Whether it waits for an approval.
+    pub fn waiting(&self) -> bool {
+        self.mode == ForkPipelines::Approve && self.approved_at.is_none()
+    }
+
+    /// The API's view.
+    pub fn to_api(&self) -> PipelineFork {
+        PipelineFork {
+            mode: self.mode,
+            secrets: self.secrets(),
+            waiting: self.waiting().then(|| WAITING_FOR_APPROVAL.to_string()),
+            approved_by: self.approved_by.clone(),
+            approved_at: self.approved_at.map(crate::rfc3339),
+        }
+    }
+}
+
+/// The fork part of a stored pipeline spec, read without decoding the rest: pipelines that are not
+/// fork pipelines have no `fork` key, and cost a substring search.
+pub(crate) fn fork_of(spec: &str) -> Option<ForkDoc> {
+    #[derive(Deserialize)]
+    struct Only {
+        #[serde(default)]
+        fork: Option<ForkDoc>,
+    }
+    if !spec.contains("\"fork\"") {
+        return None;
+    }
+    serde_json::from_str::<Only>(spec).ok()?.fork
+}
+
+/// The project variables a pipeline gets at creation: the protected ones only on a protected ref,
+/// masked ones without their value (read from the project at dispatch).
+pub(crate) fn pipeline_variables(
+    project: &crate::projects::ProjectSpec,
+    protected: bool,
+) -> Vec<ProjectVariable> {
+    project
+        .variables
+        .iter()
+        .filter(|v| protected || !v.protected)
+        .cloned()
+        .collect()
 }
 
 /// A job as stored in the job's `spec`.
@@ -295,6 +368,13 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             return Ok(());
         }
     };
+    if event.mr.as_ref().is_some_and(|m| m.fork) && !hooks::forks_run(&project) {
+        state
+            .store
+            .close_delivery(d.id, "skipped", hooks::FORKS_OFF)
+            .await?;
+        return Ok(());
+    }
     if event.push_skip {
         state
             .store
@@ -355,6 +435,25 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             break compiled;
         }
         let mut more = (*remotes).clone();
+        // A fork's pipeline without secrets reads no other project's files: those projects trust
+        // this project's members (`include_allowed_from`), not whoever forked it. (With
+        // `approve`, the files reach a job only once someone approved it.)
+        let missing = if compiled
+            .doc
+            .fork
+            .as_ref()
+            .is_some_and(|f| f.mode == ForkPipelines::NoSecrets)
+        {
+            let (denied, allowed): (Vec<String>, Vec<String>) = missing
+                .into_iter()
+                .partition(|k| included_project(k).is_some_and(|n| n != project.record.name));
+            for key in denied {
+                more.insert(key, Err(FORK_INCLUDE.to_string()));
+            }
+            allowed
+        } else {
+            missing
+        };
         for (key, fetched) in remote::fetch_all(state, &project.record.name, missing).await {
             let entry = match fetched {
                 Fetched::Content(c) => Ok(c),
@@ -440,6 +539,10 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     }
     new.jobs = new_jobs(&plan, now)?;
     new.spec = serde_json::to_string(&compiled.doc)?;
+    if compiled.doc.fork.as_ref().is_some_and(ForkDoc::waiting) {
+        // The whole pipeline waits for an approval (`advance` keeps it so).
+        new.status = "manual".into();
+    }
     let id = state.store.create_pipeline(&new).await?;
     tracing::info!(pipeline = id, trace_id = %trace, project = %project.record.name, "pipeline created");
     crate::progress::advance(state, id).await;
@@ -447,6 +550,21 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         crate::progress::auto_cancel(state, &project, &event.git_ref, id).await;
     }
     Ok(())
+}
+
+/// Why a fork's pipeline cannot include another project's files.
+const FORK_INCLUDE: &str = "a merge request from a fork cannot include another project's files \
+    (fork_pipelines is `no_secrets`; with `approve` it can, once approved)";
+
+/// The project of this server that include key `key` reads (`project:NAME@REF:FILE`,
+/// `component:HOST/NAME/COMPONENT@VERSION`); `None` for other keys.
+fn included_project(key: &str) -> Option<&str> {
+    let (kind, rest) = key.split_once(':')?;
+    match kind {
+        "project" => rest.split_once('@').map(|(name, _)| name),
+        "component" => rest.split('/').nth(1),
+        _ => None,
+    }
 }
 
 /// The plan's jobs as stored jobs. Their stages are numbered among those that have jobs, from 0:
@@ -523,6 +641,8 @@ fn mr_variables(
         .project_path
         .clone()
         .unwrap_or_else(|| project.record.name.clone());
+    // Without the payload's URL, the repository's, without the credentials it may carry: a
+    // fork's jobs see these variables.
     let url = mr
         .project_url
         .clone()
@@ -561,7 +681,10 @@ fn mr_variables(
         var("CI_MERGE_REQUEST_LABELS", mr.labels.join(",")),
         var(
             "CI_MERGE_REQUEST_TARGET_BRANCH_PROTECTED",
-            (mr.target_branch == project.spec.default_branch).to_string(),
+            project
+                .spec
+                .is_protected(&mr.target_branch, false)
+                .to_string(),
         ),
     ];
     if truncated {
@@ -679,14 +802,16 @@ fn compile_with(
     let before_sha = checkout.before_sha.clone();
     let info = &checkout.info;
     let sources = WithRemotes::new(&checkout.sources, remotes, last_round);
-    let protected = event.tag || event.git_ref == project.spec.default_branch && event.mr.is_none();
-    let project_variables: Vec<ProjectVariable> = project
-        .spec
-        .variables
-        .iter()
-        .filter(|v| protected || !v.protected)
-        .cloned()
-        .collect();
+    // Merge request pipelines are never protected (GitLab's), whatever their branch.
+    let protected = event.mr.is_none() && project.spec.is_protected(&event.git_ref, event.tag);
+    // A fork's merge request gets no project variable, not even for its rules or includes
+    // (`include:remote` of `https://…/$SECRET` would send it away at compile time).
+    let fork = event.mr.as_ref().is_some_and(|m| m.fork);
+    let project_variables: Vec<ProjectVariable> = if fork {
+        Vec::new()
+    } else {
+        pipeline_variables(&project.spec, protected)
+    };
     // Variables the compiler must see for rules, in precedence order; the predefined ones of merge
     // requests are moved back below the YAML variables afterwards.
     let mut predefined_extra = vec![var("CI_PIPELINE_CREATED_AT", created_at)];
@@ -770,6 +895,11 @@ fn compile_with(
             })
             .collect(),
         cli_variables: trigger_vars.clone(),
+        fork: fork.then_some(ForkDoc {
+            mode: project.spec.fork_pipelines,
+            approved_by: None,
+            approved_at: None,
+        }),
         ..PipelineDoc::default()
     };
     if let Some(plan) = &mut result.plan {
@@ -825,6 +955,38 @@ mod tests {
         }
         for m in ["ci skip", "[ci  skip]", "[skipci]", "(skip ci)", ""] {
             assert!(!skips_ci(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn included_projects() {
+        assert_eq!(included_project("project:shared@v1:/a.yml"), Some("shared"));
+        assert_eq!(
+            included_project("component:gantry.example:8080/shared/build@1.0"),
+            Some("shared")
+        );
+        assert_eq!(included_project("remote:https://x.example/a.yml"), None);
+        assert_eq!(included_project("template:Go.gitlab-ci.yml"), None);
+    }
+
+    #[test]
+    fn project_urls_lose_their_credentials() {
+        for (url, shown) in [
+            (
+                "https://u:p@git.example.com/g/p.git",
+                "https://git.example.com/g/p.git",
+            ),
+            (
+                "https://tok@git.example.com/a@b",
+                "https://git.example.com/a@b",
+            ),
+            (
+                "https://git.example.com/g/p.git",
+                "https://git.example.com/g/p.git",
+            ),
+            ("/srv/repo.git", "/srv/repo.git"),
+        ] {
+            assert_eq!(git::redact_url(url), shown, "{url}");
         }
     }
 

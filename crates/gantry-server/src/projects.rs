@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_api::ErrorBody;
-use gantry_api::{ForgeKind, NewProject, Project, ProjectVariable};
+use gantry_api::{ForgeKind, ForkPipelines, NewProject, Project, ProjectVariable};
 use gantry_store::ProjectRecord;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,38 @@ pub(crate) struct ProjectSpec {
     /// The other projects that may `include:project` this one's files (names or `*` patterns).
     #[serde(default)]
     pub include_allowed_from: Vec<String>,
+    /// What pipelines of merge requests from forks get.
+    #[serde(default)]
+    pub fork_pipelines: ForkPipelines,
+    /// The protected branches (names or `*` patterns); `None`: the default branch only.
+    #[serde(default)]
+    pub protected_branches: Option<Vec<String>>,
+    /// The protected tags (names or `*` patterns); none by default, as on GitLab.
+    #[serde(default)]
+    pub protected_tags: Vec<String>,
+}
+
+impl ProjectSpec {
+    /// The protected branches: the setting, or the default branch alone.
+    pub fn protected_branches(&self) -> Vec<String> {
+        self.protected_branches
+            .clone()
+            .unwrap_or_else(|| vec![self.default_branch.clone()])
+    }
+
+    /// Whether branch (or, with `tag`, tag) `name` is protected: a name or pattern of
+    /// `protected_branches` (the default branch when unset) or `protected_tags` matches it, where
+    /// `*` stands for any run of characters, `/` included (GitLab's wildcards).
+    pub fn is_protected(&self, name: &str, tag: bool) -> bool {
+        if tag {
+            self.protected_tags.iter().any(|p| name_matches(p, name))
+        } else {
+            match &self.protected_branches {
+                Some(list) => list.iter().any(|p| name_matches(p, name)),
+                None => name == self.default_branch,
+            }
+        }
+    }
 }
 
 /// A stored project with its parsed settings.
@@ -93,6 +125,9 @@ impl LoadedProject {
                 .map(|f| gantry_api::Forge { token: None, ..f }),
             schedules: self.spec.schedules.clone(),
             include_allowed_from: self.spec.include_allowed_from.clone(),
+            fork_pipelines: self.spec.fork_pipelines,
+            protected_branches: self.spec.protected_branches(),
+            protected_tags: self.spec.protected_tags.clone(),
             created_at: crate::rfc3339(self.record.created_at),
         }
     }
@@ -253,6 +288,10 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
             ));
         }
     }
+    if let Some(list) = &p.protected_branches {
+        valid_ref_patterns("protected_branches", list)?;
+    }
+    valid_ref_patterns("protected_tags", &p.protected_tags)?;
     Ok(ProjectSpec {
         repo_url: url.to_string(),
         default_branch,
@@ -261,7 +300,36 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
         forge: p.forge.clone(),
         schedules: p.schedules.clone(),
         include_allowed_from: p.include_allowed_from.clone(),
+        fork_pipelines: p.fork_pipelines.unwrap_or_default(),
+        protected_branches: p.protected_branches.clone(),
+        protected_tags: p.protected_tags.clone(),
     })
+}
+
+/// Checks the branch or tag names and patterns of setting `what`: at most 100, each a short ref
+/// name where `*` is the one wildcard.
+fn valid_ref_patterns(what: &str, list: &[String]) -> Result<(), String> {
+    if list.len() > 100 {
+        return Err(format!("{what} holds at most 100 names or patterns"));
+    }
+    for pattern in list {
+        let bad = pattern.is_empty()
+            || pattern.len() > 255
+            || pattern.starts_with(['-', '/'])
+            || pattern.ends_with('/')
+            || pattern.contains("..")
+            || pattern.contains("//")
+            || pattern
+                .bytes()
+                .any(|b| b.is_ascii_control() || b" ~^:?[\\".contains(&b));
+        if bad {
+            return Err(format!(
+                "{what}: `{pattern}` is not a branch or tag name or a pattern of one \
+                 (`*` stands for any run of characters)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /api/v1/projects`.
@@ -334,6 +402,9 @@ mod tests {
             forge: None,
             schedules: Vec::new(),
             include_allowed_from: Vec::new(),
+            fork_pipelines: None,
+            protected_branches: None,
+            protected_tags: Vec::new(),
         }
     }
 
@@ -407,6 +478,48 @@ mod tests {
         closed.spec.include_allowed_from.clear();
         assert!(closed.allows_include_from("shared"));
         assert!(!closed.allows_include_from("app"));
+    }
+
+    #[test]
+    fn protected_refs() {
+        let mut p = project("x");
+        let spec = validate(&p).unwrap();
+        assert!(spec.is_protected("main", false), "the default branch");
+        assert!(!spec.is_protected("dev", false));
+        assert!(
+            !spec.is_protected("main", true),
+            "no tag is protected by default"
+        );
+        assert!(!spec.is_protected("v1.0", true));
+        p.protected_branches = Some(vec!["main".into(), "release/*".into()]);
+        p.protected_tags = vec!["v*".into()];
+        let spec = validate(&p).unwrap();
+        for (name, tag) in [
+            ("main", false),
+            ("release/1.0", false),
+            ("release/a/b", false),
+            ("v1.0", true),
+            ("v-evil", true),
+        ] {
+            assert!(spec.is_protected(name, tag), "{name}");
+        }
+        for (name, tag) in [
+            ("release", false),
+            ("v1.0", false),
+            ("main", true),
+            ("x-v1", true),
+        ] {
+            assert!(!spec.is_protected(name, tag), "{name}");
+        }
+        p.protected_tags = vec!["v[0-9]".into()];
+        let e = validate(&p).unwrap_err();
+        assert!(e.starts_with("protected_tags: `v[0-9]`"), "{e}");
+        p.protected_tags = Vec::new();
+        p.protected_branches = Some(vec![String::new()]);
+        assert!(validate(&p).unwrap_err().starts_with("protected_branches"));
+        // An explicit list replaces the default branch.
+        p.protected_branches = Some(vec!["release/*".into()]);
+        assert!(!validate(&p).unwrap().is_protected("main", false));
     }
 
     #[test]

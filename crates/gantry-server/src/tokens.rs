@@ -26,6 +26,7 @@ fn api(t: &ProjectTokenRecord) -> ProjectToken {
         name: t.name.clone(),
         created_at: crate::rfc3339(t.created_at),
         expires_at: t.expires_at.map(crate::rfc3339),
+        read_only: t.read_only,
     }
 }
 
@@ -75,6 +76,7 @@ pub(crate) async fn create(
             token_hash: token_hash(&secret),
             created_at: now,
             expires_at,
+            read_only: body.read_only,
         })
         .await?;
     tracing::info!(project = %name, token = record.id, "project token created");
@@ -87,6 +89,7 @@ pub(crate) async fn create(
             token: secret,
             created_at: t.created_at,
             expires_at: t.expires_at,
+            read_only: t.read_only,
         }),
     ))
 }

@@ -421,6 +421,8 @@ pub struct Changes {
     pub started_at: Option<Millis>,
     /// When it ended.
     pub finished_at: Option<Millis>,
+    /// The pipeline's new `spec` (a fork pipeline's approval).
+    pub spec: Option<String>,
 }
 
 /// Which pipelines to list.
@@ -542,6 +544,8 @@ pub struct NewProjectToken {
     pub created_at: Millis,
     /// It is refused from this time on; `None`: never expires.
     pub expires_at: Option<Millis>,
+    /// It reads and changes nothing.
+    pub read_only: bool,
 }
 
 /// A stored project token.
@@ -561,6 +565,8 @@ pub struct ProjectTokenRecord {
     pub created_at: Millis,
     /// See [`NewProjectToken`].
     pub expires_at: Option<Millis>,
+    /// See [`NewProjectToken`].
+    pub read_only: bool,
 }
 
 /// How a job ended, as [`Store::finish`] records it.

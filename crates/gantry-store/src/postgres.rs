@@ -802,12 +802,13 @@ impl Store for PgStore {
         insert_jobs(&mut tx, pipeline_id, project_id, &changes.new_jobs).await?;
         sqlx::query(
             "UPDATE pipelines SET version = version + 1, status = COALESCE($1, status), \
-             started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at) \
-             WHERE id = $4",
+             started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at), \
+             spec = COALESCE($4, spec) WHERE id = $5",
         )
         .bind(&changes.status)
         .bind(changes.started_at)
         .bind(changes.finished_at)
+        .bind(&changes.spec)
         .bind(pipeline_id)
         .execute(&mut *tx)
         .await
@@ -1305,7 +1306,7 @@ impl Store for PgStore {
     async fn create_project_token(&self, t: &NewProjectToken) -> Result<ProjectTokenRecord> {
         let row = sqlx::query(&format!(
             "WITH t AS (INSERT INTO project_tokens (project_id, name, token_hash, created_at, \
-             expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING *) \
+             expires_at, read_only) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *) \
              SELECT {PROJECT_TOKEN_COLS} FROM t JOIN projects pr ON pr.id = t.project_id"
         ))
         .bind(t.project_id)
@@ -1313,6 +1314,7 @@ impl Store for PgStore {
         .bind(&t.token_hash)
         .bind(t.created_at)
         .bind(t.expires_at)
+        .bind(t.read_only)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {

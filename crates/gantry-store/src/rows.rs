@@ -31,7 +31,7 @@ pub(crate) const AGENT_COLS: &str = "id, name, tags, run_untagged, executor, con
 /// The columns of `project_tokens` (aliased `t`, joined with `projects` as `pr`) that
 /// [`project_token_record!`] reads.
 pub(crate) const PROJECT_TOKEN_COLS: &str = "t.id, t.project_id, pr.name AS project_name, t.name, \
-     t.token_hash, t.created_at, t.expires_at";
+     t.token_hash, t.created_at, t.expires_at, t.read_only";
 
 /// The columns of `projects` that [`project_record!`] reads.
 pub(crate) const PROJECT_COLS: &str = "id, name, spec, created_at";
@@ -172,6 +172,7 @@ macro_rules! project_token_record {
             token_hash: get(row, "token_hash")?,
             created_at: get(row, "created_at")?,
             expires_at: get(row, "expires_at")?,
+            read_only: get(row, "read_only")?,
         }
     }};
 }

@@ -1012,12 +1012,13 @@ impl Store for SqliteStore {
                 };
                 sqlx::query(
                     "UPDATE pipelines SET version = version + 1, status = COALESCE(?, status), \
-                     started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at) \
-                     WHERE id = ?",
+                     started_at = COALESCE(?, started_at), finished_at = COALESCE(?, finished_at), \
+                     spec = COALESCE(?, spec) WHERE id = ?",
                 )
                 .bind(&changes.status)
                 .bind(changes.started_at)
                 .bind(changes.finished_at)
+                .bind(&changes.spec)
                 .bind(pipeline_id)
                 .execute(&mut *tx)
                 .await
@@ -1669,14 +1670,15 @@ impl Store for SqliteStore {
             .durably(async {
                 let mut conn = self.writer.lock().await;
                 let id: i64 = sqlx::query_scalar(
-                "INSERT INTO project_tokens (project_id, name, token_hash, created_at, expires_at) \
-                 VALUES (?, ?, ?, ?, ?) RETURNING id",
+                "INSERT INTO project_tokens (project_id, name, token_hash, created_at, expires_at, \
+                 read_only) VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             )
             .bind(t.project_id)
             .bind(&t.name)
             .bind(&t.token_hash)
             .bind(t.created_at)
             .bind(t.expires_at)
+            .bind(t.read_only)
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| token_error(e, &t.name))?;

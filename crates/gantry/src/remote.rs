@@ -125,6 +125,9 @@ pub struct TokenCreateArgs {
     /// When it stops working: RFC 3339 (2027-01-31T12:00:00Z) or a date (2027-01-31).
     #[arg(long, value_name = "TIME")]
     expires_at: Option<String>,
+    /// A token that only reads: it cannot trigger, cancel, retry, play or approve.
+    #[arg(long)]
+    read_only: bool,
 }
 
 /// `gantry project token list`'s options.
@@ -186,6 +189,18 @@ pub struct AddArgs {
     /// `*` stands for any characters (`team-*`, `*`) (repeatable; default: none but itself).
     #[arg(long = "include-allowed-from", value_name = "PROJECT")]
     include_allowed_from: Vec<String>,
+    /// What merge requests from forks get: `no_secrets` (the default: a pipeline without the
+    /// project's variables and `CI_JOB_TOKEN`), `none` (no pipeline) or `approve` (a pipeline that
+    /// waits until approved, then runs with them).
+    #[arg(long, value_name = "MODE", value_parser = ["none", "no_secrets", "approve"])]
+    fork_pipelines: Option<String>,
+    /// A protected branch: a name or a pattern where `*` stands for any characters (`release/*`)
+    /// (repeatable; default: the default branch).
+    #[arg(long = "protected-branch", value_name = "PATTERN")]
+    protected_branches: Vec<String>,
+    /// A protected tag, a name or pattern as for branches (`v*`) (repeatable; default: none).
+    #[arg(long = "protected-tag", value_name = "PATTERN")]
+    protected_tags: Vec<String>,
 }
 
 /// Runs `gantry project …`; returns the exit code.
@@ -291,6 +306,7 @@ fn token_create(args: TokenCreateArgs) -> Result<u8> {
     let body = serde_json::to_vec(&NewProjectToken {
         name: args.name,
         expires_at: args.expires_at,
+        read_only: args.read_only,
     })?;
     let path = format!("/api/v1/projects/{}/tokens", args.project);
     let bytes = match call(&args.server, reqwest::Method::POST, &path, Some(body))? {
@@ -344,6 +360,13 @@ fn add(args: AddArgs) -> Result<u8> {
         forge: None,
         schedules: Vec::new(),
         include_allowed_from: args.include_allowed_from,
+        fork_pipelines: args
+            .fork_pipelines
+            .map(|m| serde_json::from_value(serde_json::Value::String(m)))
+            .transpose()?,
+        protected_branches: (!args.protected_branches.is_empty())
+            .then_some(args.protected_branches),
+        protected_tags: args.protected_tags,
     };
     let server = ServerArgs {
         server: args.server,

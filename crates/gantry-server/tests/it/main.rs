@@ -6,6 +6,7 @@ mod agents;
 mod api;
 mod flow;
 mod forges;
+mod forks;
 mod gitsafety;
 mod hooks;
 mod secrets;

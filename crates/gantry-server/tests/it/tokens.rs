@@ -502,6 +502,7 @@ async fn project_token_lifecycle(b: Backend) {
             token_hash: sha256_hex(expired),
             created_at: now - 10_000,
             expires_at: Some(now - 1_000),
+            read_only: false,
         })
         .await
         .unwrap();

@@ -787,6 +787,7 @@ async fn apply_is_optimistic(h: Harness) {
         status: Some("running".to_owned()),
         started_at: Some(5_000),
         finished_at: None,
+        spec: Some("{\"approved\":true}".to_owned()),
     };
     // A stale version changes nothing.
     assert!(!s.apply(id, before.version + 1, &changes).await.unwrap());
@@ -799,6 +800,7 @@ async fn apply_is_optimistic(h: Harness) {
     assert_eq!(after.status, "running");
     assert_eq!(after.started_at, Some(5_000));
     assert_eq!(after.finished_at, None);
+    assert_eq!(after.spec, "{\"approved\":true}");
     let a = &after.jobs[0];
     assert_eq!(a.status, "pending");
     assert_eq!(a.queued_at, Some(5_000));
@@ -827,6 +829,7 @@ async fn apply_is_optimistic(h: Harness) {
     let last = s.pipeline(id).await.unwrap().unwrap();
     assert_eq!(last.started_at, Some(5_000));
     assert_eq!(last.finished_at, Some(9_000));
+    assert_eq!(last.spec, after.spec);
     assert!(s.active_pipelines().await.unwrap().is_empty());
 }
 
@@ -1869,6 +1872,7 @@ fn token(project_id: i64, name: &str, hash: &str, expires_at: Option<i64>) -> Ne
         token_hash: hash.to_owned(),
         created_at: 2_000,
         expires_at,
+        read_only: name.starts_with("read"),
     }
 }
 
@@ -1903,6 +1907,15 @@ async fn project_tokens_create_list_find_delete(h: Harness) {
         .await
         .unwrap();
     assert_eq!(t3.project_name, "beta");
+    assert!(!t3.read_only);
+    let reader = s
+        .create_project_token(&token(b.id, "reader", "hash-4", None))
+        .await
+        .unwrap();
+    assert!(reader.read_only);
+    let found = s.project_token_by_hash("hash-4").await.unwrap().unwrap();
+    assert!(found.read_only);
+    s.delete_project_token(b.id, reader.id).await.unwrap();
     // Lists hold one project's tokens, by id.
     assert_eq!(
         s.project_tokens(a.id).await.unwrap(),

@@ -1099,6 +1099,27 @@ fn project_token_from_the_cli(store: Store) {
     let out = cli(&["revoke", "tokened", &token_id]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+
+    // A read-only token reads, and triggers nothing.
+    let out = cli(&["create", "tokened", "--name", "reader", "--read-only"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let with_reader = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("{}{path}", api.url))
+            .header("PRIVATE-TOKEN", &reader)
+            .json(&json!({"ref": "main"}))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let pipelines = "/api/v1/projects/tokened/pipelines";
+    assert_eq!(with_reader(reqwest::Method::GET, pipelines), 200);
+    assert_eq!(with_reader(reqwest::Method::POST, pipelines), 403);
 }
 
 /// SIGQUIT, as for GitLab Runner: the agent takes no new job, lets the running one end (its log and
@@ -1945,6 +1966,8 @@ fn project_include_from_another_project_runs(store: Store) {
         .arg(shared.path())
         .args(["--include-allowed-from", "other", "--include-allowed-from"])
         .args(["team-*", "--server", &s.server.url, "--token", ADMIN])
+        .args(["--fork-pipelines", "approve", "--protected-branch", "main"])
+        .args(["--protected-branch", "release/*", "--protected-tag", "v*"])
         .output()
         .unwrap();
     assert!(
@@ -1954,6 +1977,9 @@ fn project_include_from_another_project_runs(store: Store) {
     );
     let shown = api.get_json("/api/v1/projects/shared");
     assert_eq!(shown["include_allowed_from"], json!(["other", "team-*"]));
+    assert_eq!(shown["fork_pipelines"], "approve");
+    assert_eq!(shown["protected_branches"], json!(["main", "release/*"]));
+    assert_eq!(shown["protected_tags"], json!(["v*"]));
     api.add_project("team-app", app.path());
     let agent = s.agent("a1");
     let id = api.trigger("team-app");
