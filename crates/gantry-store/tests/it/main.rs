@@ -964,16 +964,25 @@ async fn claim_starts_pipeline_and_bumps_version(h: Harness) {
     assert_eq!(later.version, after.version + 1);
 }
 
-/// Creates `pipelines` pipelines of `per_pipeline` pending jobs each.
-async fn many_jobs(s: &dyn Store, project_id: i64, pipelines: usize, per_pipeline: usize) {
+/// Creates `pipelines` pipelines of `per_pipeline` pending jobs each; answers their ids.
+async fn many_jobs(
+    s: &dyn Store,
+    project_id: i64,
+    pipelines: usize,
+    per_pipeline: usize,
+) -> Vec<i64> {
+    let mut ids = Vec::new();
     for p in 0..pipelines {
         let jobs = (0..per_pipeline)
             .map(|i| job(&format!("job-{p}-{i}"), i as i64, 2_000 + i as i64))
             .collect();
-        s.create_pipeline(&pipeline(project_id, jobs))
-            .await
-            .unwrap();
+        ids.push(
+            s.create_pipeline(&pipeline(project_id, jobs))
+                .await
+                .unwrap(),
+        );
     }
+    ids
 }
 
 /// Claims (and finishes) until the queue is empty from `tasks` tasks spread over `stores`;
@@ -1003,7 +1012,7 @@ async fn drain(stores: Vec<Arc<dyn Store>>, tasks: usize) -> Vec<i64> {
 async fn concurrent_claims_hand_each_job_once(h: Harness) {
     let s = h.store.clone();
     let p = project(&*s, "p").await;
-    many_jobs(&*s, p.id, 5, 100).await;
+    let ids = many_jobs(&*s, p.id, 5, 100).await;
     let claimed = drain(vec![s.clone(), s.clone()], 5).await;
     assert_eq!(claimed.len(), 500);
     assert_eq!(
@@ -1012,8 +1021,11 @@ async fn concurrent_claims_hand_each_job_once(h: Harness) {
         "a job was claimed twice"
     );
     assert_eq!(s.queue_depth().await.unwrap(), 0);
-    // Each claim and each finish bumped its pipeline's version once.
-    for id in s.active_pipelines().await.unwrap() {
+    // Each claim and each finish bumped its pipeline's version once. (The store does not advance
+    // pipelines, so all five are still active.)
+    let active = s.active_pipelines().await.unwrap();
+    assert_eq!(active, ids, "the five pipelines, oldest first");
+    for id in active {
         let pl = s.pipeline(id).await.unwrap().unwrap();
         assert_eq!(pl.version, 200);
         assert!(pl.jobs.iter().all(|j| j.status == "success"));
