@@ -44,7 +44,7 @@ mod state;
 mod statuses;
 mod tokens;
 
-pub use config::{Args, Config, LogFormat, Secret};
+pub use config::{Args, Config, LogFormat, Secret, WebhookBodyLimits};
 
 /// The current time in milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> Millis {

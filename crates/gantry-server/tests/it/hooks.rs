@@ -40,7 +40,7 @@ async fn hook(
 }
 
 async fn signatures(b: Backend) {
-    let app = spawn_with(b, |c| c.max_body_bytes = 64 * 1024).await;
+    let app = spawn_with(b, |c| c.webhook_body_limits.github = 64 * 1024).await;
     let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo hi]\n")]);
     app.project("demo", json!({})).await;
     let body = push_body(&sha);

@@ -6,4 +6,5 @@ mod api;
 mod flow;
 mod forges;
 mod hooks;
+mod intake;
 mod tokens;

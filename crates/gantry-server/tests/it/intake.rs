@@ -1,0 +1,122 @@
+//! Webhook intake against hostile clients (issue 16, findings 2, 4 and 12): what needs no body is
+//! checked before the body is read; slow and idle connections are cut; replayed pushes run nothing.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::both;
+use crate::common::{App, Backend, SECRET, spawn_with};
+
+/// The server's `host:port`.
+fn addr(app: &App) -> String {
+    app.url.trim_start_matches("http://").to_string()
+}
+
+/// Sends a request head (and no body, whatever `Content-Length` says) and reads the status line.
+/// The timeout only keeps a broken server from hanging the test.
+async fn status_without_body(app: &App, head: &str) -> String {
+    let mut s = TcpStream::connect(addr(app)).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut buf))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn post_head(path: &str, headers: &[&str], length: u64) -> String {
+    let mut h = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n"
+    );
+    for x in headers {
+        h.push_str(x);
+        h.push_str("\r\n");
+    }
+    h.push_str("\r\n");
+    h
+}
+
+async fn checks_before_the_body(b: Backend) {
+    let app = spawn_with(b, |c| c.webhook_body_limits.gitea = 1000).await;
+    app.project("demo", json!({})).await;
+    let huge = 5_000_000_000;
+    // An unknown project: 404, though the body never comes.
+    for forge in ["gitlab", "github", "gitea"] {
+        let head = post_head(
+            &format!("/api/v1/projects/nope/hooks/{forge}"),
+            &["x-hub-signature-256: sha256=00", "x-gitlab-token: x"],
+            huge,
+        );
+        assert_eq!(
+            status_without_body(&app, &head).await,
+            "HTTP/1.1 404",
+            "{forge}"
+        );
+    }
+    // No signature header: 401, the body not awaited.
+    for forge in ["github", "gitea"] {
+        let head = post_head(
+            &format!("/api/v1/projects/demo/hooks/{forge}"),
+            &["x-github-event: push"],
+            huge,
+        );
+        assert_eq!(
+            status_without_body(&app, &head).await,
+            "HTTP/1.1 401",
+            "{forge}"
+        );
+    }
+    // GitLab's token does not depend on the body: a wrong one is refused before it.
+    let head = post_head(
+        "/api/v1/projects/demo/hooks/gitlab",
+        &["x-gitlab-token: wrong", "x-gitlab-event: Push Hook"],
+        huge,
+    );
+    assert_eq!(status_without_body(&app, &head).await, "HTTP/1.1 401");
+    let head = post_head("/api/v1/projects/demo/hooks/gitlab", &[], huge);
+    assert_eq!(status_without_body(&app, &head).await, "HTTP/1.1 401");
+    // Signed, but declared over the forge's limit: 413 before the body.
+    let head = post_head(
+        "/api/v1/projects/demo/hooks/github",
+        &["x-hub-signature-256: sha256=00"],
+        huge,
+    );
+    assert_eq!(status_without_body(&app, &head).await, "HTTP/1.1 413");
+    let head = post_head(
+        "/api/v1/projects/demo/hooks/gitea",
+        &["x-gitea-signature: 00"],
+        1001,
+    );
+    assert_eq!(status_without_body(&app, &head).await, "HTTP/1.1 413");
+    // A chunked body that grows over the limit: 413 too.
+    let chunks = futures_util::stream::iter(
+        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 500]))),
+    );
+    let r = app
+        .client
+        .post(format!("{}/api/v1/projects/demo/hooks/gitea", app.url))
+        .header("x-gitea-signature", "00")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        // The server may also close the connection before the client has sent it all.
+        assert_eq!(r.status(), 413);
+    }
+    // The GitLab limit is its own: a body under it gets as far as the JSON check.
+    let r = app
+        .client
+        .post(format!("{}/api/v1/projects/demo/hooks/gitlab", app.url))
+        .header("x-gitlab-token", SECRET)
+        .header("x-gitlab-event", "Push Hook")
+        .body(vec![b'{'; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+both!(checks_before_the_body);
