@@ -120,3 +120,70 @@ async fn checks_before_the_body(b: Backend) {
     assert_eq!(r.status(), 400);
 }
 both!(checks_before_the_body);
+
+/// Reads until the server closes the connection (end of stream or reset), within a guard that
+/// only keeps a broken server from hanging the test.
+async fn closed_by_server(s: &mut TcpStream) {
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut sink))
+        .await
+        .expect("the server closes the connection");
+}
+
+/// Sends a whole `GET /healthz` on `s` and reads its answer.
+async fn healthz_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("\"ok\"}") {
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+// The store plays no part: SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_and_health_answers_meanwhile() {
+    let app = spawn_with(Backend::Sqlite, |c| {
+        c.header_read_timeout = Duration::from_secs(2);
+        c.idle_timeout = Duration::from_secs(3600);
+    })
+    .await;
+    let mut slow = Vec::new();
+    for _ in 0..500 {
+        let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let r = app.anon("/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200, "the server answers while 500 heads dawdle");
+    // Each partial head is cut by the server.
+    for s in &mut slow {
+        closed_by_server(s).await;
+    }
+    // A kept-alive connection may stay idle longer than the header timeout.
+    let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed() {
+    let app = spawn_with(Backend::Sqlite, |c| {
+        c.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut s = TcpStream::connect(addr(&app)).await.unwrap();
+    assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    closed_by_server(&mut s).await;
+}
