@@ -561,39 +561,40 @@ async fn receive(
     } else {
         event
     };
+    // A push's identity: a signed body replayed under a new delivery id is a duplicate of the
+    // first within the window (issue 16, finding 12).
+    let push_key = matches!(event, "push" | "tag_push").then(|| {
+        let f = |k: &str| s(&payload, &[k]).unwrap_or_default();
+        format!("{} {} {}", f("ref"), f("before"), f("after"))
+    });
     store(
         &state,
         &project,
-        forge.as_str(),
-        delivery_id(forge, &headers, &body),
-        event,
-        body.to_vec(),
-        trace,
+        NewDelivery {
+            project_id: project.record.id,
+            forge: forge.as_str().to_string(),
+            delivery_id: delivery_id(forge, &headers, &body),
+            event: event.to_string(),
+            payload: body.to_vec(),
+            trace_id: trace,
+            received_at: 0,
+            push_key,
+            push_key_since: 0,
+        },
     )
     .await
 }
 
+/// Stores `delivery`, received now, with the push dedupe window's start.
 async fn store(
     state: &AppState,
     project: &LoadedProject,
-    forge: &str,
-    delivery_id: String,
-    event: &str,
-    payload: Vec<u8>,
-    trace: String,
+    mut delivery: NewDelivery,
 ) -> AppResult<Response> {
-    let (id, duplicate) = state
-        .store
-        .insert_delivery(&NewDelivery {
-            project_id: project.record.id,
-            forge: forge.to_string(),
-            delivery_id,
-            event: event.to_string(),
-            payload,
-            trace_id: trace,
-            received_at: crate::now_ms(),
-        })
-        .await?;
+    delivery.received_at = crate::now_ms();
+    let window = i64::try_from(state.config.push_dedupe_window.as_millis()).unwrap_or(i64::MAX);
+    delivery.push_key_since = delivery.received_at.saturating_sub(window);
+    let (id, duplicate) = state.store.insert_delivery(&delivery).await?;
     state
         .metrics
         .delivery(if duplicate { "duplicate" } else { "accepted" });
@@ -607,11 +608,20 @@ async fn store(
     } else {
         tracing::debug!(project = %project.record.name, delivery = id, "delivery stored");
     }
-    Ok((
+    let mut r = (
         StatusCode::ACCEPTED,
         Json(DeliveryAccepted { id, duplicate }),
     )
-        .into_response())
+        .into_response();
+    if duplicate {
+        // The same delivery id, or the same push (ref, before and after) within the window.
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "a duplicate of delivery {id}: the same delivery id, or the same push within the dedupe window"
+        )) {
+            r.headers_mut().insert("x-gantry-reason", v);
+        }
+    }
+    Ok(r)
 }
 
 /// An error answered before the body was read (or while it was) ends the connection
@@ -709,11 +719,17 @@ pub(crate) async fn trigger_pipeline(
     store(
         &state,
         &project,
-        "api",
-        crate::random_id(),
-        "trigger",
-        payload,
-        trace.0,
+        NewDelivery {
+            project_id: project.record.id,
+            forge: "api".into(),
+            delivery_id: crate::random_id(),
+            event: "trigger".into(),
+            payload,
+            trace_id: trace.0,
+            received_at: 0,
+            push_key: None,
+            push_key_since: 0,
+        },
     )
     .await
 }

@@ -25,10 +25,11 @@ where
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
     let mut q = sqlx::QueryBuilder::new(
         "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
-         received_at) ",
+         received_at, push_key) ",
     );
     q.push_values(batch, |mut b, d| {
         b.push_bind(d.project_id)
@@ -37,12 +38,10 @@ where
             .push_bind(d.event.as_str())
             .push_bind(d.payload.as_slice())
             .push_bind(d.trace_id.as_str())
-            .push_bind(d.received_at);
+            .push_bind(d.received_at)
+            .push_bind(d.push_key.as_deref());
     });
-    q.push(
-        " ON CONFLICT (project_id, forge, delivery_id) DO NOTHING \
-         RETURNING id, project_id, forge, delivery_id",
-    );
+    q.push(" ON CONFLICT DO NOTHING RETURNING id, project_id, forge, delivery_id");
     q
 }
 
@@ -62,13 +61,39 @@ where
     q
 }
 
+/// The `SELECT` of the id of the delivery whose push key `d` repeats (none without a key).
+pub(crate) fn select_push_id<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::new("SELECT id FROM deliveries WHERE project_id = ");
+    q.push_bind(d.project_id)
+        .push(" AND push_key = ")
+        .push_bind(d.push_key.as_deref());
+    q
+}
+
+/// The start of the oldest dedupe window among `batch`'s pushes, `None` when it has none: push
+/// keys received before it are cleared before the batch is stored.
+pub(crate) fn push_keys_since(batch: &[&NewDelivery]) -> Option<crate::Millis> {
+    batch
+        .iter()
+        .filter(|d| d.push_key.is_some())
+        .map(|d| d.push_key_since)
+        .min()
+}
+
 /// What a store's connection does for a group commit.
 #[async_trait]
 pub(crate) trait DeliveryWriter: Send {
-    /// Runs [`insert_batch`]: the rows it returns.
+    /// Clears the push keys received before [`push_keys_since`] (idempotent: an expired key is
+    /// expired whoever clears it), then runs [`insert_batch`], which skips a delivery whose id
+    /// or push key is stored: the rows it returns.
     async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>>;
 
-    /// Runs [`select_id`].
+    /// Runs [`select_id`], else [`select_push_id`]: the delivery that `delivery` repeats.
     async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64>;
 
     /// Stores `batch` with one statement (atomic on its own: one round trip and one commit), then

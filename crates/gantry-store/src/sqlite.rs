@@ -11,7 +11,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
-use crate::group::{DeliveryQueue, DeliveryWriter, insert_batch, select_id};
+use crate::group::{
+    DeliveryQueue, DeliveryWriter, insert_batch, push_keys_since, select_id, select_push_id,
+};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -92,6 +94,16 @@ pub struct SqliteStore {
 #[async_trait]
 impl DeliveryWriter for SqliteConnection {
     async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>> {
+        if let Some(since) = push_keys_since(batch) {
+            sqlx::query(
+                "UPDATE deliveries SET push_key = NULL \
+                 WHERE push_key IS NOT NULL AND received_at < ?",
+            )
+            .bind(since)
+            .execute(&mut *self)
+            .await
+            .map_err(db("expiring push keys"))?;
+        }
         insert_batch::<Sqlite>(batch)
             .build_query_as()
             .fetch_all(self)
@@ -100,11 +112,19 @@ impl DeliveryWriter for SqliteConnection {
     }
 
     async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64> {
-        select_id::<Sqlite>(delivery)
+        let by_id: Option<i64> = select_id::<Sqlite>(delivery)
             .build_query_scalar()
-            .fetch_one(self)
+            .fetch_optional(&mut *self)
             .await
-            .map_err(db("reading a duplicate delivery"))
+            .map_err(db("reading a duplicate delivery"))?;
+        match by_id {
+            Some(id) => Ok(id),
+            None => select_push_id::<Sqlite>(delivery)
+                .build_query_scalar()
+                .fetch_one(self)
+                .await
+                .map_err(db("reading a duplicate delivery")),
+        }
     }
 }
 

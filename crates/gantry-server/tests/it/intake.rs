@@ -187,3 +187,76 @@ async fn idle_connections_are_closed() {
     assert!(healthz_on(&mut s).await.starts_with("HTTP/1.1 200"));
     closed_by_server(&mut s).await;
 }
+
+/// A signed GitHub push of `body` under delivery id `id`.
+async fn github_push(app: &App, body: &[u8], id: &str) -> reqwest::Response {
+    use hmac::{Hmac, Mac as _};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let sig = hex::encode(mac.finalize().into_bytes());
+    app.client
+        .post(format!("{}/api/v1/projects/demo/hooks/github", app.url))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", format!("sha256={sig}"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", id)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn deliveries(app: &App) -> Vec<serde_json::Value> {
+    app.json("/api/v1/projects/demo/deliveries?per_page=100")
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn replayed_pushes_run_nothing(b: Backend) {
+    let app = spawn_with(b, |c| c.push_dedupe_window = Duration::from_secs(2)).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo hi]\n")]);
+    app.project("demo", json!({})).await;
+    let push = |after: &str| {
+        serde_json::to_vec(&json!({
+            "ref": "refs/heads/main",
+            "before": "1111111111111111111111111111111111111111",
+            "after": after,
+            "pusher": {"name": "Jane"},
+        }))
+        .unwrap()
+    };
+    let body = push(&sha);
+    let r = github_push(&app, &body, "real").await;
+    assert_eq!(r.status(), 202);
+    let first: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+    // The same signed body under new delivery ids: duplicates of the first, stored nowhere.
+    for id in ["replay-1", "replay-2"] {
+        let r = github_push(&app, &body, id).await;
+        assert_eq!(r.status(), 202);
+        let reason = r.headers()["x-gantry-reason"].to_str().unwrap().to_string();
+        assert!(reason.contains(&first["id"].to_string()), "{reason}");
+        let again: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(again["duplicate"], true, "{id}");
+        assert_eq!(again["id"], first["id"], "{id} names the original");
+    }
+    assert_eq!(deliveries(&app).await.len(), 1);
+    // Another push of the same ref is a delivery of its own.
+    let other = app.commit(&[("x", "y")]);
+    let r = github_push(&app, &push(&other), "next").await;
+    let next: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(next["duplicate"], false);
+    assert_eq!(deliveries(&app).await.len(), 2);
+    // One pipeline for the first push, whatever the replays did.
+    let d = app.delivery("demo", first["id"].as_i64().unwrap()).await;
+    assert_eq!(d["status"], "created", "{d}");
+    // After the window, the same push is a new delivery again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = github_push(&app, &body, "much-later").await;
+    let late: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(late["duplicate"], false);
+    assert_ne!(late["id"], first["id"]);
+}
+both!(replayed_pushes_run_nothing);
