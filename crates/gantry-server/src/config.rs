@@ -664,6 +664,38 @@ mod tests {
     }
 
     #[test]
+    fn intake_and_connection_knobs_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "data_dir = \"{}\"\nwebhook_body_budget_bytes = 1000\nheader_read_timeout = \"3s\"\n\
+                 max_connections = 50\npush_dedupe_window = \"1h\"\n\
+                 [webhook_max_body_bytes]\ngithub = 2048\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file),
+            ..Args::default()
+        };
+        let env = |k: &str| (k == "GANTRY_IDLE_TIMEOUT").then(|| "5m".to_string());
+        let (c, _) = load(&args, &env).unwrap();
+        assert_eq!(c.webhook_body_limits.github, 2048);
+        assert_eq!(c.webhook_body_limits.gitlab, 10 << 20, "the default stays");
+        assert_eq!(c.webhook_body_budget_bytes, 1000);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.max_connections, 50);
+        assert_eq!(c.push_dedupe_window, Duration::from_secs(3600));
+        let bad = |k: &str| (k == "GANTRY_MAX_CONNECTIONS").then(|| "0".to_string());
+        let err = load(&args, &bad).unwrap_err();
+        assert!(format!("{err:#}").contains("max_connections"), "{err:#}");
+    }
+
+    #[test]
     fn unknown_keys_in_the_file_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gantry.toml");
