@@ -256,7 +256,8 @@ def bench(args):
         if args.intake_only:
             # The server alone: no agents, so only the intake and the delivery processor share the
             # cores with wrk.
-            results["intake"] = intake(server, root, args, sha)
+            if args.wrk_seconds > 0:
+                results["intake"] = intake(server, root, args, sha)
             if args.held > 0:
                 results["held_bodies"] = held_bodies(server, args)
             return results
