@@ -186,9 +186,10 @@ pub struct Config {
     /// the first byte of a request on a kept-alive connection (default `10s`); then the server
     /// closes the connection. File: `header_read_timeout`; env: `GANTRY_HEADER_READ_TIMEOUT`.
     pub header_read_timeout: Duration,
-    /// How long a kept-alive connection may stay idle between requests (default `90s`, longer
-    /// than agents' 60 s long polls, which are requests, not idle time). File: `idle_timeout`;
-    /// env: `GANTRY_IDLE_TIMEOUT`.
+    /// How long a kept-alive connection may stay idle between requests (default `120s`: longer
+    /// than the 90 s for which reqwest, the agents' client, keeps an idle connection, so that the
+    /// client, not the server, closes it, and no request races a close; long polls are requests,
+    /// not idle time). File: `idle_timeout`; env: `GANTRY_IDLE_TIMEOUT`.
     pub idle_timeout: Duration,
     /// How many connections the server holds at once (default 10000); further clients wait in
     /// the listen backlog until one closes. Keep it below the open-file limit (`ulimit -n`), so
@@ -234,7 +235,7 @@ impl Config {
             webhook_body_budget_bytes: 64 << 20,
             webhook_body_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(120),
             max_connections: 10_000,
             push_dedupe_window: Duration::from_secs(24 * 3600),
         }
