@@ -61,40 +61,54 @@ where
     q
 }
 
-/// The `SELECT` of the id of the delivery whose push key `d` repeats (none without a key).
+/// The `SELECT` of the id and arrival of the delivery whose push key `d` repeats (none without
+/// a key).
 pub(crate) fn select_push_id<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
 where
     DB: sqlx::Database,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
-    let mut q = sqlx::QueryBuilder::new("SELECT id FROM deliveries WHERE project_id = ");
+    let mut q =
+        sqlx::QueryBuilder::new("SELECT id, received_at FROM deliveries WHERE project_id = ");
     q.push_bind(d.project_id)
         .push(" AND push_key = ")
         .push_bind(d.push_key.as_deref());
     q
 }
 
-/// The start of the oldest dedupe window among `batch`'s pushes, `None` when it has none: push
-/// keys received before it are cleared before the batch is stored.
-pub(crate) fn push_keys_since(batch: &[&NewDelivery]) -> Option<crate::Millis> {
-    batch
-        .iter()
-        .filter(|d| d.push_key.is_some())
-        .map(|d| d.push_key_since)
-        .min()
+/// The `UPDATE` that clears `d`'s push key on a delivery received before `d`'s window: the
+/// same push may then be stored again. Idempotent (an expired key is expired whoever clears it),
+/// so it needs no transaction with the insert that follows.
+pub(crate) fn expire_push_key<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q =
+        sqlx::QueryBuilder::new("UPDATE deliveries SET push_key = NULL WHERE project_id = ");
+    q.push_bind(d.project_id)
+        .push(" AND push_key = ")
+        .push_bind(d.push_key.as_deref())
+        .push(" AND received_at < ")
+        .push_bind(d.push_key_since);
+    q
 }
 
 /// What a store's connection does for a group commit.
 #[async_trait]
 pub(crate) trait DeliveryWriter: Send {
-    /// Clears the push keys received before [`push_keys_since`] (idempotent: an expired key is
-    /// expired whoever clears it), then runs [`insert_batch`], which skips a delivery whose id
-    /// or push key is stored: the rows it returns.
+    /// Runs [`insert_batch`], which skips a delivery whose id or push key is stored: the rows it
+    /// returns.
     async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>>;
 
-    /// Runs [`select_id`], else [`select_push_id`]: the delivery that `delivery` repeats.
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64>;
+    /// Runs [`select_id`], else [`select_push_id`]: the delivery that `delivery` repeats, and
+    /// whether that one is a push received before `delivery`'s window (then it does not count).
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)>;
+
+    /// Runs [`expire_push_key`].
+    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()>;
 
     /// Stores `batch` with one statement (atomic on its own: one round trip and one commit), then
     /// reads the id of each delivery it did not store (stored before, or earlier in the batch):
@@ -114,7 +128,19 @@ pub(crate) trait DeliveryWriter: Send {
             let key = (d.project_id, d.forge.clone(), d.delivery_id.clone());
             out.push(match ids.remove(&key) {
                 Some(id) => (id, false),
-                None => (self.stored_id(d).await?, true),
+                None => match self.stored_id(d).await? {
+                    // The same push, but before the window: clear its key and store this one.
+                    // Keys are cleared only here, when one is met, so a batch costs no extra
+                    // statement otherwise.
+                    (_, true) => {
+                        self.expire(d).await?;
+                        match self.insert(&[d]).await?.first() {
+                            Some(row) => (row.0, false),
+                            None => (self.stored_id(d).await?.0, true),
+                        }
+                    }
+                    (id, false) => (id, true),
+                },
             });
         }
         Ok(out)

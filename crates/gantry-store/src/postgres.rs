@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use crate::group::{DeliveryQueue, DeliveryWriter, push_keys_since, select_id, select_push_id};
+use crate::group::{DeliveryQueue, DeliveryWriter, expire_push_key, select_id, select_push_id};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -123,16 +123,6 @@ const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (project_id, forge, deli
 #[async_trait]
 impl DeliveryWriter for sqlx::PgConnection {
     async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>> {
-        if let Some(since) = push_keys_since(batch) {
-            sqlx::query(
-                "UPDATE deliveries SET push_key = NULL \
-                 WHERE push_key IS NOT NULL AND received_at < $1",
-            )
-            .bind(since)
-            .execute(&mut *self)
-            .await
-            .map_err(db("expiring push keys"))?;
-        }
         let column = |f: fn(&NewDelivery) -> &str| batch.iter().map(|d| f(d)).collect::<Vec<_>>();
         sqlx::query_as(INSERT_DELIVERIES)
             .bind(batch.iter().map(|d| d.project_id).collect::<Vec<_>>())
@@ -158,20 +148,30 @@ impl DeliveryWriter for sqlx::PgConnection {
             .map_err(db("storing deliveries"))
     }
 
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64> {
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
         let by_id: Option<i64> = select_id::<Postgres>(delivery)
             .build_query_scalar()
             .fetch_optional(&mut *self)
             .await
             .map_err(db("reading a duplicate delivery"))?;
-        match by_id {
-            Some(id) => Ok(id),
-            None => select_push_id::<Postgres>(delivery)
-                .build_query_scalar()
-                .fetch_one(self)
-                .await
-                .map_err(db("reading a duplicate delivery")),
+        if let Some(id) = by_id {
+            return Ok((id, false));
         }
+        let (id, at): (i64, i64) = select_push_id::<Postgres>(delivery)
+            .build_query_as()
+            .fetch_one(self)
+            .await
+            .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, at < delivery.push_key_since))
+    }
+
+    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
+        expire_push_key::<Postgres>(delivery)
+            .build()
+            .execute(self)
+            .await
+            .map_err(db("expiring a push key"))?;
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::group::{
-    DeliveryQueue, DeliveryWriter, insert_batch, push_keys_since, select_id, select_push_id,
+    DeliveryQueue, DeliveryWriter, expire_push_key, insert_batch, select_id, select_push_id,
 };
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
@@ -94,16 +94,6 @@ pub struct SqliteStore {
 #[async_trait]
 impl DeliveryWriter for SqliteConnection {
     async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>> {
-        if let Some(since) = push_keys_since(batch) {
-            sqlx::query(
-                "UPDATE deliveries SET push_key = NULL \
-                 WHERE push_key IS NOT NULL AND received_at < ?",
-            )
-            .bind(since)
-            .execute(&mut *self)
-            .await
-            .map_err(db("expiring push keys"))?;
-        }
         insert_batch::<Sqlite>(batch)
             .build_query_as()
             .fetch_all(self)
@@ -111,20 +101,30 @@ impl DeliveryWriter for SqliteConnection {
             .map_err(db("storing deliveries"))
     }
 
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64> {
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
         let by_id: Option<i64> = select_id::<Sqlite>(delivery)
             .build_query_scalar()
             .fetch_optional(&mut *self)
             .await
             .map_err(db("reading a duplicate delivery"))?;
-        match by_id {
-            Some(id) => Ok(id),
-            None => select_push_id::<Sqlite>(delivery)
-                .build_query_scalar()
-                .fetch_one(self)
-                .await
-                .map_err(db("reading a duplicate delivery")),
+        if let Some(id) = by_id {
+            return Ok((id, false));
         }
+        let (id, at): (i64, i64) = select_push_id::<Sqlite>(delivery)
+            .build_query_as()
+            .fetch_one(self)
+            .await
+            .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, at < delivery.push_key_since))
+    }
+
+    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
+        expire_push_key::<Sqlite>(delivery)
+            .build()
+            .execute(self)
+            .await
+            .map_err(db("expiring a push key"))?;
+        Ok(())
     }
 }
 
