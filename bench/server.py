@@ -15,7 +15,11 @@ Measures, on the store given by --store (sqlite or postgres):
     X-Gitlab-Event-UUID) for a fixed time, twice: as fast as 32 connections go
     (saturation), then paced at --intake-rate/s (5,000, the target) on 64
     connections; each time the accepted count is compared with the deliveries
-    counted through the API afterwards;
+    counted through the API afterwards; each delivery is a push of its own (its
+    own `before`), since a push replayed under a new id is a duplicate;
+  * held webhook bodies (with --intake-only, --held N): the server's RSS while N
+    connections each send a 10 MiB body but its last byte, for an unknown
+    project and for a known one with a signature header;
   * memory: RSS of an idle server and an idle agent; with --memory, the server's
     RSS with 1,000 pipelines of history while 50 SSE clients follow a live job's
     log, the server's and agents' RSS while one job prints 1 GB (--log-mb), and
@@ -26,7 +30,7 @@ Prints the results as JSON (progress lines on stderr) and writes bench/out/serve
 
 Usage: server.py --gantry BIN --store sqlite|postgres [--pg-url URL]
                  [--latency-runs N] [--jobs N] [--agents N] [--wrk-seconds S]
-                 [--wrk-connections N] [--intake-rate N] [--intake-only] [--server-log FILE]
+                 [--wrk-connections N] [--intake-rate N] [--intake-only [--held N]] [--server-log FILE]
                  [--memory [--history N] [--streams N] [--log-mb MB]
                            [--artifact-mb MB]]
 """
@@ -38,6 +42,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -251,7 +256,10 @@ def bench(args):
         if args.intake_only:
             # The server alone: no agents, so only the intake and the delivery processor share the
             # cores with wrk.
-            results["intake"] = intake(server, root, args, sha)
+            if args.wrk_seconds > 0:
+                results["intake"] = intake(server, root, args, sha)
+            if args.held > 0:
+                results["held_bodies"] = held_bodies(server, args)
             return results
         agents = start_agents(args.gantry, root, server.url, args.agents)
         wait_agents(api, args.agents)
@@ -521,12 +529,16 @@ def wrk_hooks(server, root, args, sha, rate, connections):
     api = server.api
     before = api.call("GET", "/api/v1/projects/one/deliveries?per_page=1", raw=True)[1]
     before_total = total(before)
+    # Each delivery is a push of its own (its own `before`): the server stores one push once,
+    # whatever the delivery id (a replay is a duplicate), so one body for all would measure
+    # duplicates.
     body = json.dumps({
         "object_kind": "push", "ref": "refs/heads/main",
-        "before": sha, "after": sha, "checkout_sha": sha,
+        "before": "BEFORE", "after": sha, "checkout_sha": sha,
         "project": {"path_with_namespace": "bench/one"},
         "commits": [], "total_commits_count": 0,
     })
+    body_pre, body_post = body.split("BEFORE")
     threads = 2
     # Paced: each wrk thread sends on its own schedule of rate/threads requests a second, from a
     # monotonic clock (LuaJIT's FFI); a request that falls behind schedule goes at once, so a
@@ -555,7 +567,7 @@ end
     with open(script, "w") as f:
         f.write(f"""
 wrk.method = "POST"
-wrk.body = {json.dumps(body)}
+local body_pre, body_post = {json.dumps(body_pre)}, {json.dumps(body_post)}
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Gitlab-Token"] = "{SECRET}"
 wrk.headers["X-Gitlab-Event"] = "Push Hook"
@@ -568,7 +580,8 @@ end
 request = function()
   counter = counter + 1
   wrk.headers["X-Gitlab-Event-UUID"] = string.format("%s-%s-%d-%d-%d", "{rate}", tostring(tid), math.random(1, 2147483647), os.time(), counter)
-  return wrk.format(nil, "/api/v1/projects/one/hooks/gitlab")
+  local before = string.format("%08x%08x%08x%016x", tid, counter, math.random(0, 2147483647), os.time())
+  return wrk.format(nil, "/api/v1/projects/one/hooks/gitlab", nil, body_pre .. before .. body_post)
 end
 {pacing}
 done = function(summary, latency, requests)
@@ -596,6 +609,58 @@ end
     return result
 
 
+def held_bodies(server, args):
+    """--held N connections, each declaring a --held-mib MiB webhook body and sending all of it
+    but the last byte, as fast as the server takes it (issue 16, finding 2): once for an unknown
+    project (answered 404 before the body) and once for a known one with a signature header (read
+    under the server's webhook body budget). The server's RSS before, while they are held, and
+    after they are closed."""
+    host, port = server.url.rsplit("/", 1)[1].split(":")
+    pid = server.proc.pid
+    out = {}
+    for case, project, extra in [("unknown_project", "nope", ""),
+                                 ("signed_header", "one", "X-Hub-Signature-256: sha256=00\r\n")]:
+        length = args.held_mib << 20
+        head = (f"POST /api/v1/projects/{project}/hooks/github HTTP/1.1\r\nHost: x\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {length}\r\n{extra}\r\n").encode()
+        before = rss_kb(pid)
+        socks = []
+        for _ in range(args.held):
+            s = socket.create_connection((host, int(port)))
+            s.sendall(head)
+            s.setblocking(False)
+            socks.append([s, length - 1])
+        chunk = b" " * (1 << 16)
+        deadline = time.time() + args.held_seconds
+        while time.time() < deadline and any(left > 0 for _, left in socks):
+            progressed = False
+            for entry in socks:
+                s, left = entry
+                if left <= 0:
+                    continue
+                try:
+                    n = s.send(chunk[:min(left, len(chunk))])
+                    entry[1] -= n
+                    progressed = True
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    entry[1] = 0  # closed by the server
+            if not progressed:
+                time.sleep(0.05)
+        held = rss_kb(pid)
+        sent = sum(length - 1 - max(left, 0) for _, left in socks)
+        for s, _ in socks:
+            s.close()
+        time.sleep(2)
+        after = rss_kb(pid)
+        out[case] = {"connections": args.held, "declared_mib": args.held_mib, "sent_mib": sent >> 20,
+                     "rss_before_kb": before, "rss_held_kb": held, "rss_after_kb": after}
+        log(f"held bodies ({case}): {args.held} x {args.held_mib} MiB declared, {sent >> 20} MiB sent; "
+            f"RSS {before} kB before, {held} kB held, {after} kB after")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gantry", required=True)
@@ -609,6 +674,10 @@ def main():
                     help="wrk connections for the intake")
     ap.add_argument("--intake-rate", type=int, default=5000,
                     help="deliveries/s of the paced intake pass (0 skips it)")
+    ap.add_argument("--held", type=int, default=200,
+                    help="with --intake-only, connections that hold webhook bodies back (0 skips it)")
+    ap.add_argument("--held-mib", type=int, default=10, help="the body each --held connection declares")
+    ap.add_argument("--held-seconds", type=int, default=10, help="how long --held connections send")
     ap.add_argument("--intake-only", action="store_true",
                     help="measure only webhook intake, with no agents running")
     ap.add_argument("--git-strategy", choices=["fetch", "none"], default="fetch",

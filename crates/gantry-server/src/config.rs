@@ -66,6 +66,53 @@ struct FileConfig {
     metrics_token: Option<String>,
     secret_key_file: Option<PathBuf>,
     secret_key_previous_file: Option<PathBuf>,
+    webhook_max_body_bytes: Option<FileBodyLimits>,
+    webhook_body_budget_bytes: Option<usize>,
+    webhook_body_timeout: Option<String>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    push_dedupe_window: Option<String>,
+}
+
+/// `[webhook_max_body_bytes]` in `gantry.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBodyLimits {
+    gitlab: Option<usize>,
+    github: Option<usize>,
+    gitea: Option<usize>,
+}
+
+/// The largest webhook body each forge may send, in bytes (`[webhook_max_body_bytes]` in
+/// `gantry.toml`: `gitlab`, `github`, `gitea`). A body over it is answered `413`, before it is
+/// read when `Content-Length` says so. The defaults follow what each forge sends: GitHub
+/// documents that it caps payloads at 25 MB and drops events above (`github`: 25 MiB); GitLab
+/// lists at most 20 commits in a push event and sends no files (`gitlab`: 10 MiB, the limit every
+/// webhook had before); Gitea lists a push's commits up to its own payload commit limit
+/// (`gitea`: 10 MiB).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebhookBodyLimits {
+    /// GitLab's webhooks.
+    pub gitlab: usize,
+    /// GitHub's webhooks.
+    pub github: usize,
+    /// Gitea's (and Forgejo's) webhooks.
+    pub gitea: usize,
+}
+
+impl WebhookBodyLimits {
+    /// The limit of `forge`'s webhooks.
+    pub(crate) fn of(&self, forge: gantry_api::ForgeKind) -> usize {
+        match forge {
+            gantry_api::ForgeKind::Gitlab => self.gitlab,
+            gantry_api::ForgeKind::Github => self.github,
+            gantry_api::ForgeKind::Gitea => self.gitea,
+            gantry_api::ForgeKind::Api | gantry_api::ForgeKind::Schedule => {
+                self.gitlab.min(self.github).min(self.gitea)
+            }
+        }
+    }
 }
 
 /// A secret that never prints itself.
@@ -153,6 +200,37 @@ pub struct Config {
     /// The file holding the previous key. File: `secret_key_previous_file`; env:
     /// `GANTRY_SECRET_KEY_PREVIOUS_FILE`.
     pub secret_key_previous_file: Option<PathBuf>,
+    /// The largest webhook body per forge; see [`WebhookBodyLimits`].
+    pub webhook_body_limits: WebhookBodyLimits,
+    /// How many bytes the webhook bodies being read at once may hold together (default 64 MiB):
+    /// each body takes its `Content-Length` (its forge's limit when chunked) from this budget
+    /// before it is read, and gives it back when its request ends; one body larger than the
+    /// budget is read alone. Connections that hold bodies back thus cost bounded memory.
+    /// File: `webhook_body_budget_bytes`.
+    pub webhook_body_budget_bytes: usize,
+    /// How long a webhook may wait for room in the budget (else `503`), and then how long its
+    /// body may take to arrive (else `408`); default `30s`. File: `webhook_body_timeout`; env:
+    /// `GANTRY_WEBHOOK_BODY_TIMEOUT`.
+    pub webhook_body_timeout: Duration,
+    /// How long a client has to send a request's headers, from the connection's start or from
+    /// the first byte of a request on a kept-alive connection (default `10s`); then the server
+    /// closes the connection. File: `header_read_timeout`; env: `GANTRY_HEADER_READ_TIMEOUT`.
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may stay idle between requests (default `120s`: longer
+    /// than the 90 s for which reqwest, the agents' client, keeps an idle connection, so that the
+    /// client, not the server, closes it, and no request races a close; long polls are requests,
+    /// not idle time). File: `idle_timeout`; env: `GANTRY_IDLE_TIMEOUT`.
+    pub idle_timeout: Duration,
+    /// How many connections the server holds at once (default 10000); further clients wait in
+    /// the listen backlog until one closes. Keep it below the open-file limit (`ulimit -n`), so
+    /// that the database and git always get a file descriptor. File: `max_connections`; env:
+    /// `GANTRY_MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// How long a push is remembered to refuse its replays (issue 16, finding 12; default `24h`):
+    /// a push webhook with the project, ref, `before` and `after` of one received within this
+    /// window is answered as a duplicate of it and runs nothing. File: `push_dedupe_window`; env:
+    /// `GANTRY_PUSH_DEDUPE_WINDOW`.
+    pub push_dedupe_window: Duration,
 }
 
 impl Config {
@@ -186,6 +264,17 @@ impl Config {
             secret_key_file: None,
             secret_key_previous: None,
             secret_key_previous_file: None,
+            webhook_body_limits: WebhookBodyLimits {
+                gitlab: 10 << 20,
+                github: 25 << 20,
+                gitea: 10 << 20,
+            },
+            webhook_body_budget_bytes: 64 << 20,
+            webhook_body_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
+            push_dedupe_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -377,6 +466,57 @@ pub fn load(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<(Config
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .or(file.secret_key_previous_file);
+    if let Some(l) = &file.webhook_max_body_bytes {
+        let w = &mut config.webhook_body_limits;
+        w.gitlab = l.gitlab.unwrap_or(w.gitlab);
+        w.github = l.github.unwrap_or(w.github);
+        w.gitea = l.gitea.unwrap_or(w.gitea);
+    }
+    if let Some(n) = file.webhook_body_budget_bytes {
+        config.webhook_body_budget_bytes = n;
+    }
+    for (var, key, from_file, slot) in [
+        (
+            "GANTRY_WEBHOOK_BODY_TIMEOUT",
+            "webhook_body_timeout",
+            &file.webhook_body_timeout,
+            &mut config.webhook_body_timeout,
+        ),
+        (
+            "GANTRY_HEADER_READ_TIMEOUT",
+            "header_read_timeout",
+            &file.header_read_timeout,
+            &mut config.header_read_timeout,
+        ),
+        (
+            "GANTRY_IDLE_TIMEOUT",
+            "idle_timeout",
+            &file.idle_timeout,
+            &mut config.idle_timeout,
+        ),
+        (
+            "GANTRY_PUSH_DEDUPE_WINDOW",
+            "push_dedupe_window",
+            &file.push_dedupe_window,
+            &mut config.push_dedupe_window,
+        ),
+    ] {
+        if let Some(s) = pick(&none, var, from_file) {
+            *slot = parse_duration(&s).with_context(|| format!("invalid {key} `{s}`"))?;
+        }
+    }
+    if let Some(s) = pick(
+        &none,
+        "GANTRY_MAX_CONNECTIONS",
+        &file.max_connections.map(|n| n.to_string()),
+    ) {
+        config.max_connections = s
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("invalid max_connections `{s}`: a number above 0"))?;
+    }
     config.templates_url = pick(&none, "GANTRY_TEMPLATES_URL", &file.templates_url)
         .map(|u| u.trim().trim_end_matches('/').to_string())
         .filter(|u| !u.is_empty());
@@ -680,6 +820,38 @@ mod tests {
         let file = |k: &str| (k == "GANTRY_SECRET_KEY_FILE").then(|| "/etc/gantry/key".to_string());
         let (c, _) = load(&args, &file).unwrap();
         assert_eq!(c.secret_key_file, Some(PathBuf::from("/etc/gantry/key")));
+    }
+
+    #[test]
+    fn intake_and_connection_knobs_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gantry.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "data_dir = \"{}\"\nwebhook_body_budget_bytes = 1000\nheader_read_timeout = \"3s\"\n\
+                 max_connections = 50\npush_dedupe_window = \"1h\"\n\
+                 [webhook_max_body_bytes]\ngithub = 2048\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let args = Args {
+            config: Some(file),
+            ..Args::default()
+        };
+        let env = |k: &str| (k == "GANTRY_IDLE_TIMEOUT").then(|| "5m".to_string());
+        let (c, _) = load(&args, &env).unwrap();
+        assert_eq!(c.webhook_body_limits.github, 2048);
+        assert_eq!(c.webhook_body_limits.gitlab, 10 << 20, "the default stays");
+        assert_eq!(c.webhook_body_budget_bytes, 1000);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.max_connections, 50);
+        assert_eq!(c.push_dedupe_window, Duration::from_secs(3600));
+        let bad = |k: &str| (k == "GANTRY_MAX_CONNECTIONS").then(|| "0".to_string());
+        let err = load(&args, &bad).unwrap_err();
+        assert!(format!("{err:#}").contains("max_connections"), "{err:#}");
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! (`POST /api/v1/projects/{name}/pipelines`): check, store durably, answer `202`. The processor
 //! (`process`) turns stored deliveries into pipelines afterwards, with [`parse`] to read them.
 //!
-//! Checks, in order: the project exists (`404`), the signature (`401`, constant time), the body is JSON
+//! Checks, in order: the project exists (`404`), the credential header is there (GitLab's token is
+//! checked whole) (`401`), all before the body is read; the body's size (`413`, per forge, see
+//! `Config::webhook_body_limits`), read under a shared memory budget (`503` when it stays
+//! full), the signature (`401`, constant time), the body is JSON
 //! (`400`), the event is one we run pipelines for (else `204`, the reason in `X-Gantry-Reason`: a `204`
 //! carries no body).
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gantry_api::ErrorBody;
@@ -19,7 +22,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{AppError, AppResult};
-use crate::http::{Caller, JsonBody, PathParam, RawBody, TraceId, same};
+use crate::http::{Caller, JsonBody, PathParam, TraceId, same};
 use crate::projects::LoadedProject;
 use crate::state::AppState;
 
@@ -487,6 +490,28 @@ pub(crate) fn verify(forge: ForgeKind, secret: &str, headers: &HeaderMap, body: 
     }
 }
 
+/// What can be checked of a webhook's credential before its body is read: GitLab's token whole
+/// (it does not depend on the body), GitHub's and Gitea's signature header's presence (the HMAC
+/// covers the body, so it is checked once the body is read).
+fn credential_before_body(forge: ForgeKind, secret: &str, headers: &HeaderMap) -> AppResult<()> {
+    let has = |n: &str| headers.get(n).is_some_and(|v| !v.is_empty());
+    let ok = match forge {
+        ForgeKind::Gitlab => verify(forge, secret, headers, b""),
+        ForgeKind::Github => has("x-hub-signature-256"),
+        ForgeKind::Gitea => has("x-gitea-signature") || has("x-hub-signature-256"),
+        ForgeKind::Api | ForgeKind::Schedule => false,
+    };
+    if ok {
+        Ok(())
+    } else if forge == ForgeKind::Gitlab {
+        Err(AppError::unauthorized("the webhook token does not match"))
+    } else {
+        Err(AppError::unauthorized(
+            "the webhook has no signature header",
+        ))
+    }
+}
+
 fn delivery_id(forge: ForgeKind, headers: &HeaderMap, body: &[u8]) -> String {
     let name = match forge {
         ForgeKind::Gitlab => "x-gitlab-event-uuid",
@@ -518,11 +543,12 @@ async fn receive(
     state: AppState,
     forge: ForgeKind,
     name: String,
-    headers: HeaderMap,
-    body: bytes::Bytes,
+    req: Request,
     trace: String,
 ) -> AppResult<Response> {
     state.intake.arrived();
+    // Everything that needs no body is checked before a byte of it is read (issue 16, finding 2):
+    // a stranger gets `404` or `401` at once, and costs no memory.
     let project = crate::projects::for_hook(&state, &name).await?;
     let Some(secret) = project.spec.webhook_secret.as_deref() else {
         state.metrics.delivery("unauthorized");
@@ -530,6 +556,19 @@ async fn receive(
             "the project has no webhook secret: webhooks are refused",
         ));
     };
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    if let Err(e) = credential_before_body(forge, secret, &headers) {
+        state.metrics.delivery("unauthorized");
+        return Err(e);
+    }
+    let (body, _reading) = crate::http::read_webhook_body(
+        &state,
+        state.config.webhook_body_limits.of(forge),
+        &headers,
+        body,
+    )
+    .await?;
     if !verify(forge, secret, &headers, &body) {
         state.metrics.delivery("unauthorized");
         return Err(AppError::unauthorized(
@@ -573,39 +612,40 @@ async fn receive(
     } else {
         event
     };
+    // A push's identity: a signed body replayed under a new delivery id is a duplicate of the
+    // first within the window (issue 16, finding 12).
+    let push_key = matches!(event, "push" | "tag_push").then(|| {
+        let f = |k: &str| s(&payload, &[k]).unwrap_or_default();
+        format!("{} {} {}", f("ref"), f("before"), f("after"))
+    });
     store(
         &state,
         &project,
-        forge.as_str(),
-        delivery_id(forge, &headers, &body),
-        event,
-        body.to_vec(),
-        trace,
+        NewDelivery {
+            project_id: project.record.id,
+            forge: forge.as_str().to_string(),
+            delivery_id: delivery_id(forge, &headers, &body),
+            event: event.to_string(),
+            payload: body.to_vec(),
+            trace_id: trace,
+            received_at: 0,
+            push_key,
+            push_key_since: 0,
+        },
     )
     .await
 }
 
+/// Stores `delivery`, received now, with the push dedupe window's start.
 async fn store(
     state: &AppState,
     project: &LoadedProject,
-    forge: &str,
-    delivery_id: String,
-    event: &str,
-    payload: Vec<u8>,
-    trace: String,
+    mut delivery: NewDelivery,
 ) -> AppResult<Response> {
-    let (id, duplicate) = state
-        .store
-        .insert_delivery(&NewDelivery {
-            project_id: project.record.id,
-            forge: forge.to_string(),
-            delivery_id,
-            event: event.to_string(),
-            payload,
-            trace_id: trace,
-            received_at: crate::now_ms(),
-        })
-        .await?;
+    delivery.received_at = crate::now_ms();
+    let window = i64::try_from(state.config.push_dedupe_window.as_millis()).unwrap_or(i64::MAX);
+    delivery.push_key_since = delivery.received_at.saturating_sub(window);
+    let (id, duplicate) = state.store.insert_delivery(&delivery).await?;
     state
         .metrics
         .delivery(if duplicate { "duplicate" } else { "accepted" });
@@ -619,11 +659,34 @@ async fn store(
     } else {
         tracing::debug!(project = %project.record.name, delivery = id, "delivery stored");
     }
-    Ok((
+    let mut r = (
         StatusCode::ACCEPTED,
         Json(DeliveryAccepted { id, duplicate }),
     )
-        .into_response())
+        .into_response();
+    if duplicate {
+        // The same delivery id, or the same push (ref, before and after) within the window.
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "a duplicate of delivery {id}: the same delivery id, or the same push within the dedupe window"
+        )) {
+            r.headers_mut().insert("x-gantry-reason", v);
+        }
+    }
+    Ok(r)
+}
+
+/// An error answered before the body was read (or while it was) ends the connection
+/// (`Connection: close`): the rest of the body would otherwise be read as the next request, and
+/// a client that keeps the connection for its next request would see it closed under it.
+fn close_on_error(r: AppResult<Response>) -> AppResult<Response> {
+    r.or_else(|e| {
+        let mut r = e.into_response();
+        r.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+        Ok(r)
+    })
 }
 
 /// `POST /api/v1/projects/{name}/hooks/gitlab`.
@@ -636,10 +699,9 @@ pub(crate) async fn gitlab(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceId>,
     PathParam(name): PathParam<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    req: Request,
 ) -> AppResult<Response> {
-    receive(state, ForgeKind::Gitlab, name, headers, body, trace.0).await
+    close_on_error(receive(state, ForgeKind::Gitlab, name, req, trace.0).await)
 }
 
 /// `POST /api/v1/projects/{name}/hooks/github`.
@@ -652,10 +714,9 @@ pub(crate) async fn github(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceId>,
     PathParam(name): PathParam<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    req: Request,
 ) -> AppResult<Response> {
-    receive(state, ForgeKind::Github, name, headers, body, trace.0).await
+    close_on_error(receive(state, ForgeKind::Github, name, req, trace.0).await)
 }
 
 /// `POST /api/v1/projects/{name}/hooks/gitea`.
@@ -668,10 +729,9 @@ pub(crate) async fn gitea(
     State(state): State<AppState>,
     Extension(trace): Extension<TraceId>,
     PathParam(name): PathParam<String>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    req: Request,
 ) -> AppResult<Response> {
-    receive(state, ForgeKind::Gitea, name, headers, body, trace.0).await
+    close_on_error(receive(state, ForgeKind::Gitea, name, req, trace.0).await)
 }
 
 /// `POST /api/v1/projects/{name}/pipelines`: a pipeline for a ref's head, stored as a delivery of
@@ -711,11 +771,17 @@ pub(crate) async fn trigger_pipeline(
     store(
         &state,
         &project,
-        "api",
-        crate::random_id(),
-        "trigger",
-        payload,
-        trace.0,
+        NewDelivery {
+            project_id: project.record.id,
+            forge: "api".into(),
+            delivery_id: crate::random_id(),
+            event: "trigger".into(),
+            payload,
+            trace_id: trace.0,
+            received_at: 0,
+            push_key: None,
+            push_key_since: 0,
+        },
     )
     .await
 }

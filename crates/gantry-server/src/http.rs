@@ -483,6 +483,64 @@ impl FromRequest<AppState> for RawBody {
     }
 }
 
+/// Reads a webhook's body (issue 16, finding 2), after the handler has checked everything that
+/// needs no body: `413` at once when `Content-Length` is over `limit`, or as soon as the body
+/// grows over it; `503` when the bodies being read hold the whole `webhook_body_budget_bytes` for
+/// longer than `webhook_body_timeout`; `408` when the body takes longer than that to arrive. The
+/// budget is a semaphore of bytes: a body holds its declared length (or `limit`, when chunked)
+/// until the returned permit is dropped, so held connections cost bounded memory.
+pub(crate) async fn read_webhook_body<'a>(
+    state: &'a AppState,
+    limit: usize,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> AppResult<(Bytes, tokio::sync::SemaphorePermit<'a>)> {
+    use http_body_util::BodyExt as _;
+    let too_large = || {
+        AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let wanted = declared
+        .map_or(limit, |n| usize::try_from(n).unwrap_or(limit))
+        .clamp(1, state.config.webhook_body_budget_bytes.max(1));
+    let wait = state.config.webhook_body_timeout;
+    let permit = match tokio::time::timeout(
+        wait,
+        state
+            .hook_bodies
+            .acquire_many(u32::try_from(wanted).unwrap_or(u32::MAX)),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => return Err(AppError::internal("the webhook body budget is closed")),
+        Err(_) => {
+            return Err(AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many webhook bodies are being read: retry later",
+            ));
+        }
+    };
+    match tokio::time::timeout(wait, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => Ok((c.to_bytes(), permit)),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(AppError::bad_request(format!("cannot read the body: {e}"))),
+        Err(_) => Err(AppError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time",
+        )),
+    }
+}
+
 /// A path parameter with a JSON `400` when it does not parse.
 #[derive(axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(AppError))]

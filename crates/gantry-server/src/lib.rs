@@ -7,6 +7,7 @@
 //! [`config`]) and runs until SIGTERM or Ctrl-C.
 //!
 //! Modules:
+//! - `conn`: the accept loop, with header-read and idle timeouts and a connection cap;
 //! - `http`: the router, authentication, the trace-id and metrics middleware, JSON errors;
 //! - `projects`, `hooks`, `triggers`: projects, webhooks (signatures, events), API triggers;
 //! - `process`: deliveries → pipelines (git mirror, compile, create), the background processor;
@@ -25,6 +26,7 @@ use tokio::sync::watch;
 
 mod advance;
 pub mod config;
+mod conn;
 mod dispatch;
 mod error;
 mod git;
@@ -45,7 +47,7 @@ mod state;
 mod statuses;
 mod tokens;
 
-pub use config::{Args, Config, LogFormat, Secret};
+pub use config::{Args, Config, LogFormat, Secret, WebhookBodyLimits};
 
 /// The current time in milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> Millis {
@@ -278,21 +280,18 @@ pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result
     }
     let background = state::spawn_background(&state);
     let app = http::router(state.clone());
-    let mut rx = shutdown_rx;
+    let rx = shutdown_rx;
+    let limits = conn::Limits {
+        header_read: state.config.header_read_timeout,
+        idle: state.config.idle_timeout,
+        max_connections: state.config.max_connections,
+    };
     let task = tokio::spawn(async move {
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        })
-        .await
-        .context("the HTTP server failed");
+        conn::serve(listener, app, limits, rx).await;
         for t in background {
             t.abort();
         }
-        result
+        Ok(())
     });
     Ok(RunningServer {
         addr,

@@ -176,6 +176,8 @@ pub(crate) async fn tick(state: &AppState, minute: i64) {
                 payload,
                 trace_id: crate::random_id(),
                 received_at: crate::now_ms(),
+                push_key: None,
+                push_key_since: 0,
             };
             match state.store.insert_delivery(&delivery).await {
                 Ok((_, false)) => any = true,

@@ -39,6 +39,8 @@ pub(crate) struct State {
     /// Projects as webhooks see them, by name, with when they were read (see `projects::for_hook`).
     pub hook_projects:
         Mutex<HashMap<String, (std::time::Instant, Arc<crate::projects::LoadedProject>)>>,
+    /// The bytes that webhook bodies being read may hold (`Config::webhook_body_budget_bytes`).
+    pub hook_bodies: tokio::sync::Semaphore,
 }
 
 /// How long a stopped session is remembered: longer than any long poll (60 s), so that a poll
@@ -55,7 +57,13 @@ impl State {
         store: Arc<dyn Store>,
         shutdown: watch::Receiver<bool>,
     ) -> AppState {
+        let hook_bodies = tokio::sync::Semaphore::new(
+            config
+                .webhook_body_budget_bytes
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        );
         Arc::new(State {
+            hook_bodies,
             store,
             config,
             secrets,

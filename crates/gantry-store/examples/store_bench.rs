@@ -67,6 +67,8 @@ async fn intake(store: &Arc<dyn Store>, project_id: i64) {
                     payload: payload.clone(),
                     trace_id: format!("trace-{i}"),
                     received_at: now(),
+                    push_key: None,
+                    push_key_since: 0,
                 };
                 let began = Instant::now();
                 store.insert_delivery(&delivery).await.expect("delivery");

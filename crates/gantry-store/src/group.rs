@@ -25,10 +25,11 @@ where
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     &'a [u8]: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
     let mut q = sqlx::QueryBuilder::new(
         "INSERT INTO deliveries (project_id, forge, delivery_id, event, payload, trace_id, \
-         received_at) ",
+         received_at, push_key) ",
     );
     q.push_values(batch, |mut b, d| {
         b.push_bind(d.project_id)
@@ -37,12 +38,10 @@ where
             .push_bind(d.event.as_str())
             .push_bind(d.payload.as_slice())
             .push_bind(d.trace_id.as_str())
-            .push_bind(d.received_at);
+            .push_bind(d.received_at)
+            .push_bind(d.push_key.as_deref());
     });
-    q.push(
-        " ON CONFLICT (project_id, forge, delivery_id) DO NOTHING \
-         RETURNING id, project_id, forge, delivery_id",
-    );
+    q.push(" ON CONFLICT DO NOTHING RETURNING id, project_id, forge, delivery_id");
     q
 }
 
@@ -62,14 +61,54 @@ where
     q
 }
 
+/// The `SELECT` of the id and arrival of the delivery whose push key `d` repeats (none without
+/// a key).
+pub(crate) fn select_push_id<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q =
+        sqlx::QueryBuilder::new("SELECT id, received_at FROM deliveries WHERE project_id = ");
+    q.push_bind(d.project_id)
+        .push(" AND push_key = ")
+        .push_bind(d.push_key.as_deref());
+    q
+}
+
+/// The `UPDATE` that clears `d`'s push key on a delivery received before `d`'s window: the
+/// same push may then be stored again. Idempotent (an expired key is expired whoever clears it),
+/// so it needs no transaction with the insert that follows.
+pub(crate) fn expire_push_key<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q =
+        sqlx::QueryBuilder::new("UPDATE deliveries SET push_key = NULL WHERE project_id = ");
+    q.push_bind(d.project_id)
+        .push(" AND push_key = ")
+        .push_bind(d.push_key.as_deref())
+        .push(" AND received_at < ")
+        .push_bind(d.push_key_since);
+    q
+}
+
 /// What a store's connection does for a group commit.
 #[async_trait]
 pub(crate) trait DeliveryWriter: Send {
-    /// Runs [`insert_batch`]: the rows it returns.
+    /// Runs [`insert_batch`], which skips a delivery whose id or push key is stored: the rows it
+    /// returns.
     async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>>;
 
-    /// Runs [`select_id`].
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64>;
+    /// Runs [`select_id`], else [`select_push_id`]: the delivery that `delivery` repeats, and
+    /// whether that one is a push received before `delivery`'s window (then it does not count).
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)>;
+
+    /// Runs [`expire_push_key`].
+    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()>;
 
     /// Stores `batch` with one statement (atomic on its own: one round trip and one commit), then
     /// reads the id of each delivery it did not store (stored before, or earlier in the batch):
@@ -89,7 +128,19 @@ pub(crate) trait DeliveryWriter: Send {
             let key = (d.project_id, d.forge.clone(), d.delivery_id.clone());
             out.push(match ids.remove(&key) {
                 Some(id) => (id, false),
-                None => (self.stored_id(d).await?, true),
+                None => match self.stored_id(d).await? {
+                    // The same push, but before the window: clear its key and store this one.
+                    // Keys are cleared only here, when one is met, so a batch costs no extra
+                    // statement otherwise.
+                    (_, true) => {
+                        self.expire(d).await?;
+                        match self.insert(&[d]).await?.first() {
+                            Some(row) => (row.0, false),
+                            None => (self.stored_id(d).await?.0, true),
+                        }
+                    }
+                    (id, false) => (id, true),
+                },
             });
         }
         Ok(out)

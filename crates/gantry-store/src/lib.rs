@@ -17,6 +17,8 @@
 //!   claim at once (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: one writer).
 //! - A job in a `resource_group` is not handed out while another job of the same group (in any
 //!   pipeline of the project) is running.
+//! - A push is stored once per project and [`NewDelivery::push_key`] within its window, whatever
+//!   its delivery id: a replay is answered as a duplicate of the first, as a repeated id is.
 //! - A delivery id is stored once per project and forge: the second [`Store::insert_delivery`] answers
 //!   `duplicate`.
 //! - [`Store::append_log`] appends only the bytes past the stored end: a resent chunk is never doubled.
@@ -177,6 +179,13 @@ pub struct NewDelivery {
     pub trace_id: String,
     /// When it arrived.
     pub received_at: Millis,
+    /// For pushes: the push's identity (its ref, `before` and `after`). A delivery of the same
+    /// project with the same key, received at or after [`NewDelivery::push_key_since`], makes this
+    /// one a duplicate of it, whatever its delivery id: a signed body replayed under a new id runs
+    /// nothing (issue 16, finding 12). `None` for other events.
+    pub push_key: Option<String>,
+    /// Keys of deliveries received before this no longer count (the dedupe window's start).
+    pub push_key_since: Millis,
 }
 
 /// A stored delivery.

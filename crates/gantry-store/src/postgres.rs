@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 
-use crate::group::{DeliveryQueue, DeliveryWriter, select_id};
+use crate::group::{DeliveryQueue, DeliveryWriter, expire_push_key, select_id, select_push_id};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -114,10 +114,10 @@ impl std::ops::DerefMut for DeliveryTurn<'_> {
 /// batch size, each parsed and planned again: `base_yyparse` and the planner were on the profile
 /// of PostgreSQL's backends during intake.) Same rows and answer as `group::insert_batch`.
 const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (project_id, forge, delivery_id, event, \
-     payload, trace_id, received_at) \
+     payload, trace_id, received_at, push_key) \
      SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
-     $6::text[], $7::bigint[]) \
-     ON CONFLICT (project_id, forge, delivery_id) DO NOTHING \
+     $6::text[], $7::bigint[], $8::text[]) \
+     ON CONFLICT DO NOTHING \
      RETURNING id, project_id, forge, delivery_id";
 
 #[async_trait]
@@ -137,17 +137,41 @@ impl DeliveryWriter for sqlx::PgConnection {
             )
             .bind(column(|d| &d.trace_id))
             .bind(batch.iter().map(|d| d.received_at).collect::<Vec<_>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|d| d.push_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(self)
             .await
             .map_err(db("storing deliveries"))
     }
 
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64> {
-        select_id::<Postgres>(delivery)
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
+        let by_id: Option<i64> = select_id::<Postgres>(delivery)
             .build_query_scalar()
+            .fetch_optional(&mut *self)
+            .await
+            .map_err(db("reading a duplicate delivery"))?;
+        if let Some(id) = by_id {
+            return Ok((id, false));
+        }
+        let (id, at): (i64, i64) = select_push_id::<Postgres>(delivery)
+            .build_query_as()
             .fetch_one(self)
             .await
-            .map_err(db("reading a duplicate delivery"))
+            .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, at < delivery.push_key_since))
+    }
+
+    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
+        expire_push_key::<Postgres>(delivery)
+            .build()
+            .execute(self)
+            .await
+            .map_err(db("expiring a push key"))?;
+        Ok(())
     }
 }
 

@@ -11,7 +11,9 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
-use crate::group::{DeliveryQueue, DeliveryWriter, insert_batch, select_id};
+use crate::group::{
+    DeliveryQueue, DeliveryWriter, expire_push_key, insert_batch, select_id, select_push_id,
+};
 use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
@@ -106,12 +108,30 @@ impl DeliveryWriter for SqliteConnection {
             .map_err(db("storing deliveries"))
     }
 
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<i64> {
-        select_id::<Sqlite>(delivery)
+    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
+        let by_id: Option<i64> = select_id::<Sqlite>(delivery)
             .build_query_scalar()
+            .fetch_optional(&mut *self)
+            .await
+            .map_err(db("reading a duplicate delivery"))?;
+        if let Some(id) = by_id {
+            return Ok((id, false));
+        }
+        let (id, at): (i64, i64) = select_push_id::<Sqlite>(delivery)
+            .build_query_as()
             .fetch_one(self)
             .await
-            .map_err(db("reading a duplicate delivery"))
+            .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, at < delivery.push_key_since))
+    }
+
+    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
+        expire_push_key::<Sqlite>(delivery)
+            .build()
+            .execute(self)
+            .await
+            .map_err(db("expiring a push key"))?;
+        Ok(())
     }
 }
 

@@ -699,6 +699,8 @@ async fn a_delivery_stored_before_a_crash_is_processed_after_restart(b: Backend)
             payload: serde_json::to_vec(&payload).unwrap(),
             trace_id: "trace-before-crash".into(),
             received_at: 0,
+            push_key: None,
+            push_key_since: 0,
         })
         .await
         .unwrap();

@@ -264,13 +264,15 @@ async fn ci_skip_creates_no_pipeline(b: Backend) {
         assert_eq!(d["status"], "skipped", "{message}: {d}");
         assert!(d["reason"].as_str().unwrap().contains("ci skip"), "{d}");
     }
-    // Without either, the same push creates a pipeline.
+    // Without either, the same commit creates a pipeline (pushed anew: the same push again
+    // would be a replay, a duplicate of the first).
     let d = deliver(
         &app,
         "gitlab",
         "Push Hook",
         &{
             let mut p = fixture("gitlab-push.json");
+            set(&mut p, "/before", json!("2".repeat(40)));
             set(&mut p, "/ref", json!("refs/heads/main"));
             set(&mut p, "/after", json!(sha));
             set(&mut p, "/checkout_sha", json!(sha));

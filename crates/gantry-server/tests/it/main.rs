@@ -9,5 +9,6 @@ mod forges;
 mod forks;
 mod gitsafety;
 mod hooks;
+mod intake;
 mod secrets;
 mod tokens;

@@ -314,5 +314,7 @@ pub fn delivery(project_id: i64, delivery_id: &str, received_at: i64) -> NewDeli
         payload: format!("{{\"delivery\":\"{delivery_id}\"}}").into_bytes(),
         trace_id: format!("trace-{delivery_id}"),
         received_at,
+        push_key: None,
+        push_key_since: 0,
     }
 }

@@ -38,6 +38,7 @@ macro_rules! store_tests {
 store_tests!(
     projects_create_conflict_update,
     deliveries_are_stored_once,
+    pushes_are_stored_once_within_their_window,
     concurrent_deliveries_get_their_own_answers,
     pending_deliveries_and_close,
     delivery_retries_wait_count_and_survive_reopen,
@@ -120,6 +121,50 @@ async fn projects_create_conflict_update(h: Harness) {
         .map(|p| p.name)
         .collect();
     assert_eq!(names, ["alpha", "beta"]);
+}
+
+/// A push replayed under new delivery ids (issue 16, finding 12): one delivery while its key is
+/// within the window, also when the replays race each other; a new one after the window.
+async fn pushes_are_stored_once_within_their_window(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let push = |id: &str, at: i64| {
+        let mut d = delivery(p.id, id, at);
+        d.push_key = Some("refs/heads/main aaa bbb".to_owned());
+        d.push_key_since = at - 1000;
+        d
+    };
+    let mut racing = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (store, d) = (h.store.clone(), push(&format!("d-{i}"), 100));
+        racing.spawn(async move { store.insert_delivery(&d).await.unwrap() });
+    }
+    let answers: Vec<(i64, bool)> = racing.join_all().await;
+    assert_eq!(
+        answers.iter().filter(|(_, dup)| !dup).count(),
+        1,
+        "{answers:?}"
+    );
+    let first = answers.iter().find(|(_, dup)| !dup).unwrap().0;
+    assert!(answers.iter().all(|(id, _)| *id == first), "{answers:?}");
+    // Another push of the ref, and a delivery without a key, are deliveries of their own.
+    let mut other = push("other", 200);
+    other.push_key = Some("refs/heads/main bbb ccc".to_owned());
+    assert!(!s.insert_delivery(&other).await.unwrap().1);
+    assert!(
+        !s.insert_delivery(&delivery(p.id, "keyless", 200))
+            .await
+            .unwrap()
+            .1
+    );
+    // Within the window: still a duplicate; after it: a new delivery.
+    assert_eq!(
+        s.insert_delivery(&push("late", 1100)).await.unwrap(),
+        (first, true)
+    );
+    let (again, dup) = s.insert_delivery(&push("later", 1101)).await.unwrap();
+    assert!(!dup);
+    assert_ne!(again, first);
 }
 
 async fn deliveries_are_stored_once(h: Harness) {
