@@ -149,6 +149,8 @@ class Server:
     def __init__(self, gantry, root, database_url, lease="30s", max_artifacts=None, log=None):
         self.data = os.path.join(root, "server-data")
         env = dict(os.environ, GANTRY_ADMIN_TOKEN=ADMIN, GANTRY_REGISTRATION_TOKEN=REGISTRATION)
+        # The big-log case streams --log-mb past the default max_job_log: keep all of it.
+        env.setdefault("GANTRY_MAX_JOB_LOG", str(4 << 30))
         cmd = [gantry, "server", "--listen", "127.0.0.1:0", "--data-dir", self.data, "--lease-timeout", lease]
         if max_artifacts:
             config = os.path.join(root, "gantry.toml")
