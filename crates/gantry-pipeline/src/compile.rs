@@ -1683,6 +1683,11 @@ impl Compiler<'_> {
                 policy,
                 when,
                 fallback_keys: m.get("fallback_keys").map(string_list).unwrap_or_default(),
+                unprotect: matches!(
+                    m.get("unprotect").map(|x| &x.value),
+                    Some(Value::Bool(true))
+                ),
+                key_suffix: String::new(),
             });
         }
         out

@@ -245,6 +245,15 @@ pub struct Cache {
     pub when: ArtifactsWhen,
     /// Keys tried in order when the key has no cache yet.
     pub fallback_keys: Vec<String>,
+    /// `cache:unprotect`: the cache is shared with unprotected refs (GitLab keeps the caches of
+    /// protected and unprotected refs apart unless this is set).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unprotect: bool,
+    /// Appended to the key and every fallback key. The server sets GitLab's `-protected` or
+    /// `-non_protected`, so that a pipeline of an unprotected ref (a fork's, say) never writes a
+    /// cache that a protected one restores; empty in a local run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_suffix: String,
 }
 
 /// `environment`.

@@ -55,7 +55,7 @@ pub(crate) fn key(
         key
     };
     check(&key)?;
-    Ok(key)
+    Ok(format!("{key}{}", cache.key_suffix))
 }
 
 /// Rejects keys that cannot name a directory, as GitLab rejects them.
@@ -90,6 +90,8 @@ mod tests {
             policy: gantry_pipeline::plan::CachePolicy::PullPush,
             when: gantry_pipeline::plan::ArtifactsWhen::OnSuccess,
             fallback_keys: Vec::new(),
+            unprotect: false,
+            key_suffix: String::new(),
         }
     }
 

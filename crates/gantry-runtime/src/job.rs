@@ -625,7 +625,8 @@ fn prepare_files<E>(
                 .fallback_keys
                 .iter()
                 .map(|k| vars::expand(k, &look))
-                .filter(|k| cache::check(k).is_ok());
+                .filter(|k| cache::check(k).is_ok())
+                .map(|k| format!("{k}{}", c.key_suffix));
             let found = std::iter::once(key.clone())
                 .chain(fallbacks)
                 .find(|k| ctx.cache_dir.join(k).is_dir());

@@ -362,6 +362,19 @@ pub(crate) fn job_spec(
         var.masked = true;
         main.predefined.push(var);
     }
+    // Caches of protected and unprotected refs are kept apart, as on GitLab: a pipeline of an
+    // unprotected ref (a fork's merge request, say) must not write what a protected one restores.
+    let protected = predefined
+        .iter()
+        .any(|v| v.key == "CI_COMMIT_REF_PROTECTED" && v.value == "true");
+    for c in &mut main.cache {
+        c.key_suffix = if protected && !c.unprotect {
+            "-protected"
+        } else {
+            "-non_protected"
+        }
+        .into();
+    }
     // The job's environment, expanded, picks the project variables whose scope matches.
     let env_name = main.environment.as_ref().map(|e| {
         let plan = Plan {

@@ -100,6 +100,8 @@ fn cache(key: &str, paths: &[&str], policy: CachePolicy) -> Cache {
         policy,
         when: ArtifactsWhen::OnSuccess,
         fallback_keys: Vec::new(),
+        unprotect: false,
+        key_suffix: String::new(),
     }
 }
 
@@ -876,6 +878,54 @@ async fn caches_push_and_pull() {
     let run = self::run(&plan(vec![bad]), r.path()).await;
     assert_eq!(run.status("bad"), JobStatus::Failed);
     assert!(run.rec.has_info("bad", "must not contain `/`"));
+}
+
+#[tokio::test]
+async fn a_key_suffix_keeps_caches_apart() {
+    let r = repo(&[]);
+    let suffixed = |key: &str, suffix: &str, policy: CachePolicy| Cache {
+        key_suffix: suffix.into(),
+        ..cache(key, &["vendor/"], policy)
+    };
+    let mut fill = job("fill", 1, &["mkdir -p vendor", "echo v1 > vendor/lib"]);
+    fill.cache = vec![suffixed("deps", "-protected", CachePolicy::PullPush)];
+    let run = self::run(&plan(vec![fill]), r.path()).await;
+    assert!(
+        run.rec
+            .has_info("fill", "cache saved under key deps-protected (1 files)"),
+        "{:?}",
+        run.rec.infos("fill")
+    );
+
+    let mut other = job("other", 1, &["test ! -e vendor/lib"]);
+    other.cache = vec![suffixed("deps", "-non_protected", CachePolicy::Pull)];
+    let mut same = job("same", 1, &["cat vendor/lib"]);
+    same.cache = vec![suffixed("deps", "-protected", CachePolicy::Pull)];
+    let mut fallback = job("fallback", 1, &["cat vendor/lib"]);
+    fallback.cache = vec![Cache {
+        fallback_keys: vec!["deps".into()],
+        ..suffixed("new", "-protected", CachePolicy::Pull)
+    }];
+    let mut no_fallback = job("no_fallback", 1, &["test ! -e vendor/lib"]);
+    no_fallback.cache = vec![Cache {
+        fallback_keys: vec!["deps".into()],
+        ..suffixed("new", "-non_protected", CachePolicy::Pull)
+    }];
+    let run = self::run(
+        &plan(vec![other, same, fallback, no_fallback]),
+        r.path(),
+    )
+    .await;
+    assert_eq!(
+        run.result.status,
+        PipelineStatus::Success,
+        "{:?}",
+        run.rec.all()
+    );
+    assert!(run.rec.has_info("other", "no cache for key deps-non_protected"));
+    assert_eq!(run.logs("same"), ["v1"]);
+    assert_eq!(run.logs("fallback"), ["v1"]);
+    assert!(run.rec.has_info("fallback", "cache restored from key deps-protected"));
 }
 
 #[tokio::test]

@@ -700,3 +700,35 @@ async fn fork_pipelines_include_no_other_project(b: Backend) {
     assert_eq!(job_names(&p), ["shared_job"], "{p}");
 }
 both!(fork_pipelines_include_no_other_project);
+
+/// As on GitLab, the caches of protected and unprotected refs are kept apart: the server gives
+/// every cache key (and fallback key) the suffix `-protected` or `-non_protected`, so a pipeline
+/// of an unprotected ref (a fork's merge request, a pushed tag) never writes a cache that a
+/// protected pipeline restores; `cache:unprotect: true` shares the `-non_protected` one.
+async fn caches_of_protected_and_unprotected_refs_are_apart(b: Backend) {
+    let app = spawn(b).await;
+    app.project("demo", json!({})).await;
+    let agent = app.register("a", &[]).await;
+    std::fs::write(
+        app.repo.join(".gitlab-ci.yml"),
+        "job:\n  script: [echo]\n  cache:\n    - key: deps\n      paths: [v/]\n      \
+         fallback_keys: [old]\n    - key: shared\n      paths: [s/]\n      unprotect: true\n",
+    )
+    .unwrap();
+    git(&app.repo, &["add", "-A"]);
+    let sha = commit(&app.repo, "base");
+    git(&app.repo, &["branch", "dev"]);
+    let suffixes = |specs: &[Value]| -> Vec<String> {
+        specs[0]["plan"]["jobs"][0]["cache"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["key_suffix"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let main = push(&app, &agent, "demo", "refs/heads/main", &sha).await;
+    assert_eq!(suffixes(&main), ["-protected", "-non_protected"]);
+    let dev = push(&app, &agent, "demo", "refs/heads/dev", &sha).await;
+    assert_eq!(suffixes(&dev), ["-non_protected", "-non_protected"]);
+}
+both!(caches_of_protected_and_unprotected_refs_are_apart);
