@@ -394,6 +394,7 @@ deploy:
     - key: $CI_COMMIT_REF_SLUG
       paths: [node_modules/]
       when: always
+      unprotect: true
   retry:
     max: 2
     when: [script_failure, runner_system_failure]

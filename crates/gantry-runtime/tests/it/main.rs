@@ -911,21 +911,23 @@ async fn a_key_suffix_keeps_caches_apart() {
         fallback_keys: vec!["deps".into()],
         ..suffixed("new", "-non_protected", CachePolicy::Pull)
     }];
-    let run = self::run(
-        &plan(vec![other, same, fallback, no_fallback]),
-        r.path(),
-    )
-    .await;
+    let run = self::run(&plan(vec![other, same, fallback, no_fallback]), r.path()).await;
     assert_eq!(
         run.result.status,
         PipelineStatus::Success,
         "{:?}",
         run.rec.all()
     );
-    assert!(run.rec.has_info("other", "no cache for key deps-non_protected"));
+    assert!(
+        run.rec
+            .has_info("other", "no cache for key deps-non_protected")
+    );
     assert_eq!(run.logs("same"), ["v1"]);
     assert_eq!(run.logs("fallback"), ["v1"]);
-    assert!(run.rec.has_info("fallback", "cache restored from key deps-protected"));
+    assert!(
+        run.rec
+            .has_info("fallback", "cache restored from key deps-protected")
+    );
 }
 
 #[tokio::test]
