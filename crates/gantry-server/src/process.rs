@@ -190,17 +190,26 @@ impl Intake {
     }
 }
 
-/// The projects whose deliveries are being processed, each by a task of its own.
+/// The projects whose deliveries are being processed, each by a task of its own, and the signal
+/// a task gives when it ends.
 #[derive(Clone, Default)]
-struct Busy(Arc<std::sync::Mutex<std::collections::HashSet<i64>>>);
+struct Busy {
+    projects: Arc<std::sync::Mutex<std::collections::HashSet<i64>>>,
+    done: Arc<tokio::sync::Notify>,
+}
 
 impl Busy {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
-        self.0
+        self.projects
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
+
+/// While only projects that are being processed have pending deliveries, how long a delivery of
+/// another project may wait before the processor looks again. Looking on every arrival would
+/// read every pending delivery of the busy projects once per webhook.
+const BUSY_RESCAN: Duration = Duration::from_millis(100);
 
 /// The processor loop: hands each project's due deliveries to a task of its own, one project's
 /// after the other's in order, at most `delivery_concurrency` projects at once, so that a project
@@ -212,12 +221,23 @@ pub(crate) async fn run(state: AppState) {
         state.config.delivery_concurrency.max(1),
     ));
     loop {
-        start_pending(&state, &busy, &slots).await;
+        let found = start_pending(&state, &busy, &slots).await;
         let pause = next_pause(&state).await;
-        tokio::select! {
-            () = state.deliveries.notified() => {}
-            () = tokio::time::sleep(pause) => {}
-            _ = shutdown.changed() => return,
+        if !found && !busy.lock().is_empty() {
+            // Only busy projects have due deliveries (or none has): nothing new can start before
+            // a task ends, except another project's delivery, which waits at most BUSY_RESCAN.
+            tokio::select! {
+                () = busy.done.notified() => {}
+                () = tokio::time::sleep(pause.min(BUSY_RESCAN)) => {}
+                _ = shutdown.changed() => return,
+            }
+        } else {
+            tokio::select! {
+                () = state.deliveries.notified() => {}
+                () = busy.done.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }
@@ -240,8 +260,9 @@ async fn next_pause(state: &AppState) -> Duration {
 }
 
 /// Starts a task for each project that has due deliveries and none being processed; the task
-/// processes them in order, then wakes the loop for what arrived meanwhile.
-async fn start_pending(state: &AppState, busy: &Busy, slots: &Arc<tokio::sync::Semaphore>) {
+/// processes them in order, then wakes the loop for what arrived meanwhile. Answers whether it
+/// found any due delivery of a project that is not busy.
+async fn start_pending(state: &AppState, busy: &Busy, slots: &Arc<tokio::sync::Semaphore>) -> bool {
     let skip: Vec<i64> = busy.lock().iter().copied().collect();
     let batch = match state
         .store
@@ -251,9 +272,10 @@ async fn start_pending(state: &AppState, busy: &Busy, slots: &Arc<tokio::sync::S
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read pending deliveries");
-            return;
+            return false;
         }
     };
+    let found = !batch.is_empty();
     let mut by_project: Vec<(i64, Vec<DeliveryRecord>)> = Vec::new();
     for d in batch {
         match by_project.iter_mut().find(|(p, _)| *p == d.project_id) {
@@ -271,9 +293,10 @@ async fn start_pending(state: &AppState, busy: &Busy, slots: &Arc<tokio::sync::S
                 process_deliveries(&state, deliveries).await;
             }
             busy.lock().remove(&project);
-            state.deliveries.notify_one();
+            busy.done.notify_one();
         });
     }
+    found
 }
 
 /// Processes `batch` in order; `false` when it stopped early (the server is stopping, or a

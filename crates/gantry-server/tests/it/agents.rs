@@ -44,7 +44,16 @@ impl App {
             .delivery(project, accepted["id"].as_i64().unwrap())
             .await;
         assert_eq!(d["status"], "created", "{d}");
-        d["pipeline_id"].as_i64().unwrap()
+        let id = d["pipeline_id"].as_i64().unwrap();
+        // Its first job is queued once the pipeline has advanced, which may come just after.
+        for _ in 0..500 {
+            let p = self.json(&format!("/api/v1/pipelines/{id}")).await;
+            if p["jobs"][0]["status"] != "created" {
+                return id;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("pipeline {id} never queued its job")
     }
 
     async fn agent_status(&self, agent: &Agent, method: Method, path: &str) -> u16 {
