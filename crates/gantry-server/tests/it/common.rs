@@ -6,8 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use gantry_server::{Config, RunningServer};
+use hmac::{Hmac, Mac as _};
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
+use sha2::Sha256;
 
 pub const ADMIN: &str = "admin-token-for-tests";
 pub const REGISTRATION: &str = "registration-token-for-tests";
@@ -399,4 +401,59 @@ impl App {
         assert_eq!(r.status(), 200, "{:?}", r.text().await);
         r.json().await.unwrap()
     }
+}
+
+/// A forge payload from `tests/it/forges/`.
+pub fn fixture(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/it/forges")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+/// Sets the field at JSON pointer `at` (it must exist in the fixture: a typo fails the test).
+pub fn set(v: &mut Value, at: &str, to: Value) {
+    *v.pointer_mut(at)
+        .unwrap_or_else(|| panic!("the fixture has no {at}")) = to;
+}
+
+/// The hex HMAC-SHA256 of `body` under the webhook secret, as GitHub and Gitea sign.
+pub fn hmac_hex(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Sends `payload` to project `project` as forge `forge`'s event `event`, signed.
+pub async fn send_hook(
+    app: &App,
+    project: &str,
+    forge: &str,
+    event: &str,
+    payload: &Value,
+    id: &str,
+) -> reqwest::Response {
+    let body = serde_json::to_vec(payload).unwrap();
+    let mut r = app
+        .client
+        .post(format!(
+            "{}/api/v1/projects/{project}/hooks/{forge}",
+            app.url
+        ))
+        .header("content-type", "application/json");
+    r = match forge {
+        "gitlab" => r
+            .header("X-Gitlab-Token", SECRET)
+            .header("X-Gitlab-Event", event)
+            .header("X-Gitlab-Event-UUID", id),
+        "github" => r
+            .header("X-Hub-Signature-256", format!("sha256={}", hmac_hex(&body)))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", id),
+        _ => r
+            .header("X-Gitea-Signature", hmac_hex(&body))
+            .header("X-Gitea-Event", event)
+            .header("X-Gitea-Delivery", id),
+    };
+    r.body(body).send().await.unwrap()
 }

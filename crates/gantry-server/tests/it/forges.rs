@@ -8,60 +8,21 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac as _};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use crate::both;
-use crate::common::{Agent, App, Backend, SECRET, eventually, git, spawn, spawn_with};
+use crate::common::{
+    Agent, App, Backend, eventually, fixture, git, send_hook, set, spawn, spawn_with,
+};
 
 const ZEROS: &str = "0000000000000000000000000000000000000000";
 
 /// One job that runs in every pipeline, merge request pipelines included.
 const CI: &str = "job:\n  script: [echo]\n  rules:\n    - when: always\n";
 
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/it/forges")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-/// Sets the field at JSON pointer `at` (it must exist in the fixture: a typo fails the test).
-fn set(v: &mut Value, at: &str, to: Value) {
-    *v.pointer_mut(at)
-        .unwrap_or_else(|| panic!("the fixture has no {at}")) = to;
-}
-
-fn hmac_hex(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// Sends `payload` as forge `forge`'s event `event` (its header's value), signed as that forge
-/// signs.
+/// Sends `payload` to project `demo` as forge `forge`'s event `event`, signed.
 async fn send(app: &App, forge: &str, event: &str, payload: &Value, id: &str) -> reqwest::Response {
-    let body = serde_json::to_vec(payload).unwrap();
-    let mut r = app
-        .client
-        .post(format!("{}/api/v1/projects/demo/hooks/{forge}", app.url))
-        .header("content-type", "application/json");
-    r = match forge {
-        "gitlab" => r
-            .header("X-Gitlab-Token", SECRET)
-            .header("X-Gitlab-Event", event)
-            .header("X-Gitlab-Event-UUID", id),
-        "github" => r
-            .header("X-Hub-Signature-256", format!("sha256={}", hmac_hex(&body)))
-            .header("X-GitHub-Event", event)
-            .header("X-GitHub-Delivery", id),
-        _ => r
-            .header("X-Gitea-Signature", hmac_hex(&body))
-            .header("X-Gitea-Event", event)
-            .header("X-Gitea-Delivery", id),
-    };
-    r.body(body).send().await.unwrap()
+    send_hook(app, "demo", forge, event, payload, id).await
 }
 
 /// Sends and waits until the delivery is processed; answers the delivery.

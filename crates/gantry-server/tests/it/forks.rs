@@ -4,12 +4,10 @@
 
 use std::path::Path;
 
-use hmac::{Hmac, Mac as _};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 use crate::both;
-use crate::common::{Agent, App, Backend, SECRET, git, spawn};
+use crate::common::{Agent, App, Backend, fixture, git, send_hook as send, set, spawn};
 
 /// Values that no fork job may see.
 const PLAIN: &str = "plain-value-1";
@@ -26,58 +24,6 @@ fn variables() -> Value {
         {"key": "MASKED_VAR", "value": MASKED, "masked": true},
         {"key": "PROTECTED_VAR", "value": PROTECTED, "protected": true},
     ])
-}
-
-fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/it/forges")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
-
-fn set(v: &mut Value, at: &str, to: Value) {
-    *v.pointer_mut(at)
-        .unwrap_or_else(|| panic!("the fixture has no {at}")) = to;
-}
-
-fn hmac_hex(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// Sends `payload` to project `project` as forge `forge`'s event `event`, signed.
-async fn send(
-    app: &App,
-    project: &str,
-    forge: &str,
-    event: &str,
-    payload: &Value,
-    id: &str,
-) -> reqwest::Response {
-    let body = serde_json::to_vec(payload).unwrap();
-    let mut r = app
-        .client
-        .post(format!(
-            "{}/api/v1/projects/{project}/hooks/{forge}",
-            app.url
-        ))
-        .header("content-type", "application/json");
-    r = match forge {
-        "gitlab" => r
-            .header("X-Gitlab-Token", SECRET)
-            .header("X-Gitlab-Event", event)
-            .header("X-Gitlab-Event-UUID", id),
-        "github" => r
-            .header("X-Hub-Signature-256", format!("sha256={}", hmac_hex(&body)))
-            .header("X-GitHub-Event", event)
-            .header("X-GitHub-Delivery", id),
-        _ => r
-            .header("X-Gitea-Signature", hmac_hex(&body))
-            .header("X-Gitea-Event", event)
-            .header("X-Gitea-Delivery", id),
-    };
-    r.body(body).send().await.unwrap()
 }
 
 /// Sends and waits until the delivery is processed; answers its pipeline.
