@@ -698,7 +698,8 @@ def main():
         raise SystemExit("--pg-url is required for --store postgres")
     results = bench(args)
     os.makedirs("bench/out", exist_ok=True)
-    with open(f"bench/out/server-{args.store}.json", "w") as f:
+    tag = os.environ.get("GANTRY_BENCH_TAG")
+    with open(f"bench/out/server-{args.store}{'-' + tag if tag else ''}.json", "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps(results, indent=2))
 

@@ -7,6 +7,10 @@
 # Installs wrk (Debian) if missing, builds the release binary, starts PostgreSQL with
 # scripts/postgres.sh for the postgres run. Results: bench/out/server-<store>.json.
 #
+# GANTRY_BIN=PATH measures another build instead (no cargo build), e.g. a release binary of an
+# earlier commit for a before/after comparison; GANTRY_BENCH_TAG=before names its results
+# bench/out/server-<store>-before.json.
+#
 # The PostgreSQL run has a cluster of its own (target/bench-postgres, port 55442; override with
 # GANTRY_BENCH_PG_DIR and GANTRY_BENCH_PG_PORT), not the tests' one: databases that test runs leave
 # behind keep autovacuum busy and would be measured too.
@@ -15,8 +19,10 @@ cd "$(dirname "$0")/.."
 which=${1:-both}
 shift || true
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
-cargo build --release -p gantry >&2
-gantry=target/release/gantry
+if [ -z "${GANTRY_BIN:-}" ]; then
+    cargo build --release -p gantry >&2
+fi
+gantry=${GANTRY_BIN:-target/release/gantry}
 if [ "$which" = sqlite ] || [ "$which" = both ]; then
     python3 bench/server.py --gantry "$gantry" --store sqlite "$@"
 fi
