@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::error::{AppError, AppResult};
 use crate::http::{AgentAuth, JsonBody, PathParam, QueryParams, RawBody, same, token_hash};
-use crate::process::{JobDoc, PipelineDoc};
+use crate::intake::{JobDoc, PipelineDoc};
 use crate::state::AppState;
 
 /// `POST /api/v1/agents/register`.
@@ -198,7 +198,7 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         .job;
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
-        // The first stage that has jobs is 0 (see `process::new_jobs`): no earlier jobs to read.
+        // The first stage that has jobs is 0 (see `intake::new_jobs`): no earlier jobs to read.
         None if job.stage_index == 0 => Vec::new(),
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };

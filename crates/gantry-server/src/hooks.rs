@@ -1,6 +1,6 @@
 //! Webhooks (`POST /api/v1/projects/{name}/hooks/{gitlab,github,gitea}`) and API triggers
 //! (`POST /api/v1/projects/{name}/pipelines`): check, store durably, answer `202`. The processor
-//! (`process`) turns stored deliveries into pipelines afterwards, with [`parse`] to read them.
+//! (`intake`) turns stored deliveries into pipelines afterwards, with [`parse`] to read them.
 //!
 //! Checks, in order: the project exists (`404`), the credential header is there (GitLab's token is
 //! checked whole) (`401`), all before the body is read; the body's size (`413`, per forge, see

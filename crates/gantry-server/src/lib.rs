@@ -10,7 +10,7 @@
 //! - `conn`: the accept loop, with header-read and idle timeouts and a connection cap;
 //! - `http`: the router, authentication, the trace-id and metrics middleware, JSON errors;
 //! - `projects`, `hooks`, `triggers`: projects, webhooks (signatures, events), API triggers;
-//! - `process`: deliveries → pipelines (git mirror, compile, create), the background processor;
+//! - `intake`: deliveries → pipelines (git mirror, compile, create), the background processor;
 //! - `advance` (pure): a pipeline's next state with GitLab's semantics; `progress` applies it;
 //! - `dispatch`: the agent protocol; `githttp`: the mirrors, read-only over git's smart HTTP, for
 //!   agents' checkouts; `read`: the read API; `statuses`: commit statuses to forges;
@@ -33,10 +33,10 @@ mod git;
 mod githttp;
 mod hooks;
 mod http;
+mod intake;
 mod jobtoken;
 mod metrics;
 mod openapi;
-mod process;
 mod progress;
 mod projects;
 mod read;

@@ -319,9 +319,9 @@ pub(crate) async fn approve_pipeline(
     let project = crate::projects::load(&state, &head.project_name).await?;
     // A merge request pipeline is not protected: the unprotected variables, as a pipeline of a
     // branch of the project itself gets them.
-    let variables = crate::process::pipeline_variables(&project.spec, false);
+    let variables = crate::intake::pipeline_variables(&project.spec, false);
     let op = move |p: &PipelineRecord, now: Millis| {
-        let mut doc: crate::process::PipelineDoc =
+        let mut doc: crate::intake::PipelineDoc =
             serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
         match &mut doc.fork {
             Some(f) if f.waiting() && p.status == "manual" => {

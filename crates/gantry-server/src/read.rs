@@ -74,7 +74,7 @@ pub(crate) fn pipeline_api(p: &PipelineRecord) -> Pipeline {
         started_at: p.started_at.map(crate::rfc3339),
         finished_at: p.finished_at.map(crate::rfc3339),
         duration: duration(p.started_at, p.finished_at),
-        fork: crate::process::fork_of(&p.spec).map(|f| f.to_api()),
+        fork: crate::intake::fork_of(&p.spec).map(|f| f.to_api()),
         jobs: crate::advance::latest(p).into_iter().map(job_api).collect(),
     }
 }

@@ -141,7 +141,7 @@ impl Sources for WithRemotes<'_> {
             Some(Ok(_)) => None,
             None if self.last_round => Some(format!(
                 "not fetched: remote includes nest more than {} levels deep",
-                crate::process::MAX_INCLUDE_ROUNDS - 1
+                crate::intake::MAX_INCLUDE_ROUNDS - 1
             )),
             None => Some("not fetched".into()),
         }

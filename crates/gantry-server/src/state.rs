@@ -21,8 +21,8 @@ pub(crate) struct State {
     pub jobs_ready: Notify,
     /// Signalled when a delivery was stored: the processor wakes up.
     pub deliveries: Notify,
-    /// When the last webhook or trigger arrived (see `process::Intake`).
-    pub intake: crate::process::Intake,
+    /// When the last webhook or trigger arrived (see `intake::Intake`).
+    pub intake: crate::intake::Intake,
     /// Signalled when a log grew or a job ended: live log streams wake up.
     pub logs: Notify,
     pub metrics: Metrics,
@@ -69,7 +69,7 @@ impl State {
             secrets,
             jobs_ready: Notify::new(),
             deliveries: Notify::new(),
-            intake: crate::process::Intake::default(),
+            intake: crate::intake::Intake::default(),
             logs: Notify::new(),
             metrics: Metrics::new(),
             mirrors: Mutex::new(HashMap::new()),
@@ -130,7 +130,7 @@ impl State {
 /// jobs, pipelines left behind by a crash), the cron scheduler and the commit status poster.
 pub(crate) fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
     vec![
-        tokio::spawn(crate::process::run(state.clone())),
+        tokio::spawn(crate::intake::run(state.clone())),
         tokio::spawn(crate::progress::reaper(state.clone())),
         tokio::spawn(crate::progress::sweeper(state.clone())),
         tokio::spawn(crate::schedules::run(state.clone())),
