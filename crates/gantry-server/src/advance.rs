@@ -169,10 +169,10 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     if p.jobs.is_empty() {
         return step;
     }
-    // A fork pipeline that waits for its approval holds every job (`intake::ForkDoc`); canceling
+    // A fork pipeline that waits for its approval holds every job (`spec::ForkDoc`); canceling
     // it still cancels them.
     if matches!(p.status.as_str(), "created" | "manual")
-        && crate::intake::fork_of(&p.spec).is_some_and(|f| f.waiting())
+        && crate::spec::fork_of(&p.spec).is_some_and(|f| f.waiting())
     {
         if p.status != "manual" {
             step.changes.status = Some("manual".into());

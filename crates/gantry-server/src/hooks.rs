@@ -549,7 +549,7 @@ async fn receive(
     state.intake.arrived();
     // Everything that needs no body is checked before a byte of it is read (issue 16, finding 2):
     // a stranger gets `404` or `401` at once, and costs no memory.
-    let project = crate::projects::for_hook(&state, &name).await?;
+    let project = state.project_for_hook(&name).await?;
     let Some(secret) = project.spec.webhook_secret.as_deref() else {
         state.metrics.delivery("unauthorized");
         return Err(AppError::unauthorized(
@@ -748,7 +748,7 @@ pub(crate) async fn trigger_pipeline(
     caller.project(&name)?;
     caller.writes()?;
     state.intake.arrived();
-    let project = crate::projects::load(&state, &name).await?;
+    let project = state.project(&name).await?;
     let git_ref = body
         .git_ref
         .clone()

@@ -54,6 +54,10 @@ use crate::git;
 use crate::projects::LoadedProject;
 use crate::state::AppState;
 
+/// How many times a delivery's configuration is compiled at most, fetching the remote includes
+/// each compile asked for in between (an included file may include more).
+pub(crate) const MAX_INCLUDE_ROUNDS: usize = 6;
+
 /// The largest remote include, in bytes.
 pub(crate) const MAX_BYTES: usize = 1 << 20;
 /// How long fetching one remote include may take.
@@ -141,7 +145,7 @@ impl Sources for WithRemotes<'_> {
             Some(Ok(_)) => None,
             None if self.last_round => Some(format!(
                 "not fetched: remote includes nest more than {} levels deep",
-                crate::intake::MAX_INCLUDE_ROUNDS - 1
+                MAX_INCLUDE_ROUNDS - 1
             )),
             None => Some("not fetched".into()),
         }
