@@ -33,8 +33,8 @@ use gantry_store::{DeliveryRecord, NewJob, NewPipeline};
 
 use crate::git;
 use crate::hooks::{self, Event};
+use crate::includes::{self, Fetched, Remotes, WithRemotes};
 use crate::projects::LoadedProject;
-use crate::remote::{self, Fetched, Remotes, WithRemotes};
 use crate::spec::{ForkDoc, JobDoc, PipelineDoc, pipeline_variables};
 use crate::state::AppState;
 
@@ -313,7 +313,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     let mut remotes: Arc<Remotes> = Arc::new(HashMap::new());
     let mut round = 1;
     let compiled = loop {
-        let last_round = round >= remote::MAX_INCLUDE_ROUNDS;
+        let last_round = round >= includes::MAX_INCLUDE_ROUNDS;
         let (compiled, missing) = {
             let project = project.clone();
             let event = event.clone();
@@ -356,7 +356,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         } else {
             missing
         };
-        for (key, fetched) in remote::fetch_all(state, &project.record.name, missing).await {
+        for (key, fetched) in includes::fetch_all(state, &project.record.name, missing).await {
             let entry = match fetched {
                 Fetched::Content(c) => Ok(c),
                 Fetched::Permanent(why) => Err(why),

@@ -1,4 +1,5 @@
-//! Remote includes for the server's compiler.
+//! The includes the server's compiler fetches from elsewhere than the pipeline's commit (`remote`,
+//! `project`, `component`, `template`), for the processor in `intake`.
 //!
 //! The compiler is synchronous and does no IO: it asks [`Sources::remote`] for an include's content
 //! by key (`remote:URL`, `project:NAME@REF:FILE`, `template:NAME`, `component:PATH`). The processor
