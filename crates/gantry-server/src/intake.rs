@@ -31,8 +31,8 @@ use gantry_pipeline::vars;
 use gantry_pipeline::{Context, GitFacts, Plan, Variable};
 use gantry_store::{DeliveryRecord, NewJob, NewPipeline};
 
+use crate::events::{self, Event};
 use crate::git;
-use crate::hooks::{self, Event};
 use crate::includes::{self, Fetched, Remotes, WithRemotes};
 use crate::projects::LoadedProject;
 use crate::spec::{ForkDoc, JobDoc, PipelineDoc, pipeline_variables};
@@ -260,7 +260,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     };
     let payload: serde_json::Value = serde_json::from_slice(&d.payload)
         .map_err(|e| permanent(format!("invalid payload: {e}")))?;
-    let event = match hooks::parse(&d.forge, &d.event, &payload).map_err(permanent)? {
+    let event = match events::parse(&d.forge, &d.event, &payload).map_err(permanent)? {
         Some(e) => e,
         None => {
             state
@@ -270,10 +270,10 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             return Ok(());
         }
     };
-    if event.mr.as_ref().is_some_and(|m| m.fork) && !hooks::forks_run(&project) {
+    if event.mr.as_ref().is_some_and(|m| m.fork) && !events::forks_run(&project) {
         state
             .store
-            .close_delivery(d.id, "skipped", hooks::FORKS_OFF)
+            .close_delivery(d.id, "skipped", events::FORKS_OFF)
             .await?;
         return Ok(());
     }
@@ -535,7 +535,7 @@ const MR_DESCRIPTION_LIMIT: usize = 2700;
 /// The merge request's predefined variables (GitLab's, for a merge request pipeline that is not a
 /// merged-results one: the source and target branch SHAs are empty).
 fn mr_variables(
-    mr: &hooks::MergeRequest,
+    mr: &events::MergeRequest,
     project: &LoadedProject,
     diff_base: Option<&str>,
 ) -> Vec<Variable> {

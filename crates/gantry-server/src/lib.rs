@@ -33,6 +33,7 @@ mod conn;
 mod data_dir;
 mod dispatch;
 mod error;
+mod events;
 mod git;
 mod githttp;
 mod health;
