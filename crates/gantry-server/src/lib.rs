@@ -6,15 +6,19 @@
 //! shutdown handle); [`main`] is `gantry server`, which loads the configuration in layers (see
 //! [`config`]) and runs until SIGTERM or Ctrl-C.
 //!
-//! Modules:
-//! - `conn`: the accept loop, with header-read and idle timeouts and a connection cap;
-//! - `http`: the router, authentication, the trace-id and metrics middleware, JSON errors;
-//! - `projects`, `hooks`, `triggers`: projects, webhooks (signatures, events), API triggers;
-//! - `intake`: deliveries → pipelines (git mirror, compile, create), the background processor;
-//! - `advance` (pure): a pipeline's next state with GitLab's semantics; `progress` applies it;
-//! - `dispatch`: the agent protocol; `githttp`: the mirrors, read-only over git's smart HTTP, for
-//!   agents' checkouts; `read`: the read API; `statuses`: commit statuses to forges;
-//! - `schedules`: cron pipelines; `metrics`; `openapi`.
+//! Modules, in floors: imports point down (`cargo xtask imports gantry-server` prints them).
+//! - the top: this file (`serve`, the background tasks); `router`, the only module that names
+//!   handlers, with `openapi`; `conn`: the accept loop, with header-read and idle timeouts and a
+//!   connection cap;
+//! - the handlers, one module per area, never importing each other: `admin` (projects), `tokens`,
+//!   `hooks` (webhooks, API triggers), `actions` (cancel, retry, play, approve), `read` (the read
+//!   API), `dispatch` (the agent protocol), `githttp` (the mirrors over git's smart HTTP), `health`;
+//! - what handlers share: `intake` (deliveries → pipelines, the background processor, with `events`
+//!   to read a delivery and `includes` to fetch what the compiler includes); `advance` (pure: a
+//!   pipeline's next state with GitLab's semantics), which `progress` applies; `spec` (the stored
+//!   JSON documents), `projects`, `secrets`, `git`, `mirror`, `jobtoken`, `statuses`, `schedules`;
+//!   `http` (extractors, auth, middleware), `views`, `state`, `error`, `metrics`, `config`,
+//!   `data_dir`, `clock`, `ids`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
