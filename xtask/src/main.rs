@@ -2,6 +2,7 @@
 //! the same check runs as a test, so `cargo nextest run` enforces it.
 
 mod arch;
+mod cycles;
 mod manifest;
 mod source;
 
@@ -86,8 +87,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("imports") => {
+            let Some(name) = std::env::args().nth(2) else {
+                eprintln!("usage: cargo xtask imports CRATE");
+                return ExitCode::from(2);
+            };
+            let src = root().join("crates").join(&name).join("src");
+            let files: Vec<(PathBuf, String)> = rust_files(&src)
+                .into_iter()
+                .filter_map(|(p, t)| Some((p.strip_prefix(&src).ok()?.to_path_buf(), t)))
+                .collect();
+            if files.is_empty() {
+                eprintln!("imports: no sources under crates/{name}/src");
+                return ExitCode::FAILURE;
+            }
+            let out = cycles::graph(&files).render();
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+            ExitCode::SUCCESS
+        }
         _ => {
-            eprintln!("usage: cargo xtask tidy");
+            eprintln!("usage: cargo xtask tidy | cargo xtask imports CRATE");
             ExitCode::from(2)
         }
     }
@@ -143,6 +162,8 @@ fn tidy(root: &Path) -> Result<(), Vec<String>> {
                 ));
             }
         }
+        let src = entry.path().join("src");
+        problems.extend(cycles::problems(&name, &src, &rust_files(&src)));
         if let Some((_, banned)) = NO_IO.iter().find(|(n, _)| *n == name) {
             for (file, text) in rust_files(&entry.path().join("src")) {
                 let file = file.strip_prefix(root).unwrap_or(&file);

@@ -196,7 +196,56 @@ struct Import {
 
 /// Every path `src` names, expanded through the file's imports.
 pub(crate) fn named_paths(src: &str) -> Vec<NamedPath> {
+    paths_in(&tokens(src))
+}
+
+/// Every path `src` names outside its inline test modules (`#[cfg(test)] mod tests { .. }`): what
+/// the code itself depends on.
+pub(crate) fn named_paths_outside_tests(src: &str) -> Vec<NamedPath> {
     let toks = tokens(src);
+    let is = |i: usize, t: &Tok| toks.get(i).is_some_and(|(x, _)| x == t);
+    let ident = |s: &str| Tok::Ident(s.to_owned());
+    let mut kept = Vec::with_capacity(toks.len());
+    let mut i = 0;
+    while i < toks.len() {
+        // `# [ cfg ( test ) ] mod NAME {`, then up to its matching brace.
+        let head = [
+            Tok::Punct('#'),
+            Tok::Punct('['),
+            ident("cfg"),
+            Tok::Punct('('),
+            ident("test"),
+            Tok::Punct(')'),
+            Tok::Punct(']'),
+            ident("mod"),
+        ];
+        if head.iter().enumerate().all(|(k, t)| is(i + k, t))
+            && matches!(toks.get(i + 8), Some((Tok::Ident(_), _)))
+            && is(i + 9, &Tok::Punct('{'))
+        {
+            let mut depth = 0;
+            i += 9;
+            while i < toks.len() {
+                match toks[i].0 {
+                    Tok::Punct('{') => depth += 1,
+                    Tok::Punct('}') => depth -= 1,
+                    _ => {}
+                }
+                i += 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            continue;
+        }
+        kept.push(toks[i].clone());
+        i += 1;
+    }
+    paths_in(&kept)
+}
+
+/// Every path the tokens name, expanded through their imports.
+fn paths_in(toks: &[(Tok, usize)]) -> Vec<NamedPath> {
     let mut imports = Vec::new();
     let mut code = Vec::new();
     let mut i = 0;
@@ -204,7 +253,7 @@ pub(crate) fn named_paths(src: &str) -> Vec<NamedPath> {
         let prev = i.checked_sub(1).map(|p| &toks[p].0);
         match &toks[i].0 {
             Tok::Ident(k) if k == "use" => {
-                i = use_tree(&toks, i + 1, &[], true, &mut imports);
+                i = use_tree(toks, i + 1, &[], true, &mut imports);
             }
             Tok::Ident(k)
                 if k == "extern"
@@ -231,7 +280,7 @@ pub(crate) fn named_paths(src: &str) -> Vec<NamedPath> {
             // A path in code: not a field or a method (after `.`), not the rest of a path whose
             // generic arguments came first (`Vec::<u8>::new`).
             Tok::Ident(_) if !matches!(prev, Some(Tok::Punct('.') | Tok::PathSep)) => {
-                let (segments, next) = path_at(&toks, i);
+                let (segments, next) = path_at(toks, i);
                 code.push(NamedPath {
                     segments,
                     glob: false,
@@ -244,7 +293,7 @@ pub(crate) fn named_paths(src: &str) -> Vec<NamedPath> {
                 if !matches!(prev, Some(Tok::Ident(_) | Tok::Punct('>')))
                     && matches!(toks.get(i + 1), Some((Tok::Ident(_), _))) =>
             {
-                let (segments, next) = path_at(&toks, i + 1);
+                let (segments, next) = path_at(toks, i + 1);
                 code.push(NamedPath {
                     segments,
                     glob: false,
@@ -469,6 +518,18 @@ mod tests {
             "{p:?}"
         );
         assert!(!p.contains(&"new".to_owned()), "{p:?}");
+    }
+
+    #[test]
+    fn inline_test_modules_can_be_left_out() {
+        let src = "use a::b;\n#[cfg(test)]\nmod tests {\n    use super::*;\n    use c::d;\n    \
+                   fn f() { let s = \"}\"; { e::f(); } }\n}\nfn g() { x::y(); }\n";
+        let p: Vec<String> = named_paths_outside_tests(src)
+            .iter()
+            .map(NamedPath::display)
+            .collect();
+        assert_eq!(p, ["a::b", "x::y"]);
+        assert!(paths(src).contains(&"c::d".to_owned()));
     }
 
     #[test]

@@ -169,10 +169,10 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     if p.jobs.is_empty() {
         return step;
     }
-    // A fork pipeline that waits for its approval holds every job (`process::ForkDoc`); canceling
+    // A fork pipeline that waits for its approval holds every job (`spec::ForkDoc`); canceling
     // it still cancels them.
     if matches!(p.status.as_str(), "created" | "manual")
-        && crate::process::fork_of(&p.spec).is_some_and(|f| f.waiting())
+        && crate::spec::fork_of(&p.spec).is_some_and(|f| f.waiting())
     {
         if p.status != "manual" {
             step.changes.status = Some("manual".into());
@@ -185,16 +185,28 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     // job): not for the many jobs that are pending, running or done.
     let metas = Metas::new(&jobs);
     let mut status: Vec<String> = jobs.iter().map(|j| j.status.clone()).collect();
-    let by_name: HashMap<&str, usize> = jobs
-        .iter()
-        .enumerate()
-        .map(|(i, j)| (j.name.as_str(), i))
-        .collect();
 
-    // Failures that `retry` covers become new attempts; the new attempt is created, so the job is
-    // not done yet.
+    if canceled {
+        cancel_unstarted(&mut step, &jobs, &mut status, now);
+    } else {
+        retry_failures(&mut step, &jobs, &metas, &mut status, now);
+    }
+    let up = resolve(&mut step, &jobs, &metas, &mut status, canceled, now);
+    pipeline_status(&mut step, p, &jobs, &metas, &status, &up, now);
+    step
+}
+
+/// Failures that `retry` covers become new attempts; the new attempt is created, so the job is
+/// not done yet (`retrying`).
+fn retry_failures(
+    step: &mut Step,
+    jobs: &[&JobRecord],
+    metas: &Metas<'_>,
+    status: &mut [String],
+    now: Millis,
+) {
     for (i, j) in jobs.iter().enumerate() {
-        if canceled || j.status != "failed" {
+        if j.status != "failed" {
             continue;
         }
         let m = metas.get(i);
@@ -208,21 +220,36 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
             status[i] = "retrying".into();
         }
     }
+}
 
-    // A canceled pipeline: whatever did not start is canceled, whatever runs is asked to stop.
-    if canceled {
-        for (i, j) in jobs.iter().enumerate() {
-            match j.status.as_str() {
-                "created" | "scheduled" | "manual" | "pending" => {
-                    set(&mut step, &mut status, i, j.id, "canceled", now);
-                }
-                "running" if !j.cancel_requested => step.change(j.id).cancel_requested = Some(true),
-                _ => {}
+/// A canceled pipeline: whatever did not start is canceled, whatever runs is asked to stop.
+fn cancel_unstarted(step: &mut Step, jobs: &[&JobRecord], status: &mut [String], now: Millis) {
+    for (i, j) in jobs.iter().enumerate() {
+        match j.status.as_str() {
+            "created" | "scheduled" | "manual" | "pending" => {
+                set(step, status, i, j.id, "canceled", now);
             }
+            "running" if !j.cancel_requested => step.change(j.id).cancel_requested = Some(true),
+            _ => {}
         }
     }
+}
 
-    // Resolve each job once what it waits for is resolved.
+/// Resolves each job once what it waits for is resolved (its `needs`, or the earlier stages):
+/// queues, skips, holds or schedules it; answers how each job stands for the jobs after it.
+fn resolve(
+    step: &mut Step,
+    jobs: &[&JobRecord],
+    metas: &Metas<'_>,
+    status: &mut [String],
+    canceled: bool,
+    now: Millis,
+) -> Vec<Option<Up>> {
+    let by_name: HashMap<&str, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.name.as_str(), i))
+        .collect();
     let n = jobs.len();
     let mut up: Vec<Option<Up>> = vec![None; n];
     let deps: Vec<Vec<usize>> = jobs
@@ -260,7 +287,7 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
             };
             let resolved = match status[i].as_str() {
                 "created" if canceled => {
-                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    set(step, status, i, j.id, "canceled", now);
                     Some(Up::Failed)
                 }
                 "created" => match (when(j), upstream) {
@@ -268,15 +295,15 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
                     (When::Always, _)
                     | (When::OnFailure, Up::Failed)
                     | (When::OnSuccess, Up::Ok) => {
-                        queue(&mut step, &mut status, i, j.id, now);
+                        queue(step, status, i, j.id, now);
                         None
                     }
                     (When::OnFailure, Up::Ok) => {
-                        set(&mut step, &mut status, i, j.id, "skipped", now);
+                        set(step, status, i, j.id, "skipped", now);
                         Some(Up::Ok)
                     }
                     (_, Up::Failed) => {
-                        set(&mut step, &mut status, i, j.id, "skipped", now);
+                        set(step, status, i, j.id, "skipped", now);
                         Some(Up::Failed)
                     }
                     (When::Manual, Up::Ok) => {
@@ -299,25 +326,25 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
                     }
                 },
                 "scheduled" if canceled => {
-                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    set(step, status, i, j.id, "canceled", now);
                     Some(Up::Failed)
                 }
                 "scheduled" => {
                     let at = j.run_after.unwrap_or(now);
                     if at <= now {
-                        queue(&mut step, &mut status, i, j.id, now);
+                        queue(step, status, i, j.id, now);
                     } else {
                         step.wake_at = Some(step.wake_at.map_or(at, |w| w.min(at)));
                     }
                     None
                 }
                 "manual" if canceled => {
-                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    set(step, status, i, j.id, "canceled", now);
                     Some(Up::Failed)
                 }
                 "manual" => Some(manual_up()),
                 "pending" if canceled => {
-                    set(&mut step, &mut status, i, j.id, "canceled", now);
+                    set(step, status, i, j.id, "canceled", now);
                     Some(Up::Failed)
                 }
                 "running" if canceled && !j.cancel_requested => {
@@ -339,8 +366,21 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
             break;
         }
     }
+    up
+}
 
-    // The pipeline's status, from its jobs' new statuses.
+/// The pipeline's status, from its jobs' new statuses, with its start and end times.
+fn pipeline_status(
+    step: &mut Step,
+    p: &PipelineRecord,
+    jobs: &[&JobRecord],
+    metas: &Metas<'_>,
+    status: &[String],
+    up: &[Option<Up>],
+    now: Millis,
+) {
+    let canceled = p.status == "canceled";
+    let n = jobs.len();
     let any = |s: &str| status.iter().any(|x| x == s);
     let started = p.jobs.iter().any(|j| j.started_at.is_some())
         || status.iter().any(|s| s == "success" || s == "failed");
@@ -383,7 +423,6 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     if final_status && !running && p.finished_at.is_none() {
         step.changes.finished_at = Some(now);
     }
-    step
 }
 
 fn set(step: &mut Step, status: &mut [String], i: usize, id: i64, to: &str, now: Millis) {

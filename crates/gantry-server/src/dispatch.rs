@@ -18,15 +18,15 @@ use gantry_api::agent::{
 use gantry_pipeline::plan::Retry;
 use gantry_pipeline::{Plan, Variable, vars};
 use gantry_store::{
-    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, JobRecord, JobResult, Millis, NewAgent,
-    PipelineRecord, StoreError,
+    ARTIFACT_CHUNK, AgentRecord, JobRecord, JobResult, Millis, NewAgent, PipelineRecord, StoreError,
 };
 use serde::Deserialize;
 
 use crate::error::{AppError, AppResult};
 use crate::http::{AgentAuth, JsonBody, PathParam, QueryParams, RawBody, same, token_hash};
-use crate::process::{JobDoc, PipelineDoc};
+use crate::spec::{JobDoc, PipelineDoc};
 use crate::state::AppState;
+use crate::views::artifacts_body;
 
 /// `POST /api/v1/agents/register`.
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agent protocol", request_body = RegisterAgent,
@@ -84,14 +84,15 @@ pub(crate) async fn register(
     Ok((StatusCode::CREATED, Json(Registered { id, token })))
 }
 
-/// The setting that holds the SHA-256 of the registration token once it was rotated.
-pub(crate) const REGISTRATION_TOKEN_SETTING: &str = "registration_token_sha256";
-
 /// Whether `token` is the current registration token: the rotated one in the store, else the
 /// configured one. Read from the store on every registration, so every server agrees at once.
 async fn registration_token_valid(state: &AppState, token: &str) -> AppResult<bool> {
     Ok(
-        match state.store.setting(REGISTRATION_TOKEN_SETTING).await? {
+        match state
+            .store
+            .setting(crate::http::REGISTRATION_TOKEN_SETTING)
+            .await?
+        {
             Some(hash) => same(&token_hash(token), &hash),
             None => same(token, &state.config.registration_token.0),
         },
@@ -198,7 +199,7 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         .job;
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
-        // The first stage that has jobs is 0 (see `process::new_jobs`): no earlier jobs to read.
+        // The first stage that has jobs is 0 (see `intake::new_jobs`): no earlier jobs to read.
         None if job.stage_index == 0 => Vec::new(),
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };
@@ -219,10 +220,7 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         .iter()
         .any(|v| (v.masked || v.protected) && v.value.is_none())
     {
-        crate::projects::load(state, &p.project_name)
-            .await?
-            .spec
-            .variables
+        state.project(&p.project_name).await?.spec.variables
     } else {
         Vec::new()
     };
@@ -651,7 +649,7 @@ pub(crate) async fn source(
     for _ in 0..2 {
         if !cached.exists() {
             let dest = cached.clone();
-            with_commit(&state, &p, move |mirror, sha| {
+            crate::mirror::with_commit(&state, &p, move |mirror, sha| {
                 if dest.exists() {
                     return Ok(());
                 }
@@ -681,52 +679,6 @@ pub(crate) async fn source(
         body,
     )
         .into_response())
-}
-
-/// Runs `then(mirror, sha)` (blocking) under the project's mirror lock once the mirror holds the
-/// pipeline's commit: another server may have created the pipeline, so a mirror that lacks the
-/// commit fetches it from the project's repository first.
-pub(crate) async fn with_commit(
-    state: &AppState,
-    p: &PipelineRecord,
-    then: impl FnOnce(&std::path::Path, &str) -> anyhow::Result<()> + Send + 'static,
-) -> AppResult<()> {
-    let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
-    let sha = p.sha.clone();
-    // The common case: the mirror has the commit; no lock (readers of a repository need none).
-    let present = {
-        let (mirror, sha) = (mirror.clone(), sha.clone());
-        tokio::task::spawn_blocking(move || crate::git::has_commit(&mirror, &sha))
-            .await
-            .map_err(AppError::internal)?
-    };
-    if present {
-        return tokio::task::spawn_blocking(move || then(&mirror, &sha))
-            .await
-            .map_err(AppError::internal)?
-            .map_err(|e| AppError::internal(format!("{e:#}")));
-    }
-    let project = match state.store.project_by_id(p.project_id).await? {
-        Some(r) => crate::projects::LoadedProject::parse(r, &state.secrets)?,
-        None => return Err(AppError::not_found("the project no longer exists")),
-    };
-    let lock = state.mirror_lock(p.project_id);
-    let _guard = lock.lock().await;
-    let remote = crate::git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
-    let r = if p.tag {
-        format!("refs/tags/{}", p.git_ref)
-    } else {
-        format!("refs/heads/{}", p.git_ref)
-    };
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        if !crate::git::has_commit(&mirror, &sha) {
-            crate::git::fetch(&mirror, &remote, Some(&sha), &r)?;
-        }
-        then(&mirror, &sha)
-    })
-    .await
-    .map_err(AppError::internal)?
-    .map_err(|e| AppError::internal(format!("{e:#}")))
 }
 
 /// `GET /api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts`.
@@ -759,29 +711,6 @@ pub(crate) async fn dependency_artifacts(
             .into_response()),
         None => Err(AppError::not_found(format!("job {dep} has no artifacts"))),
     }
-}
-
-/// A committed artifacts archive as a response body, read from the store one chunk at a time. If a
-/// re-upload replaces it while it is being sent, the body fails (the client sees a short
-/// response) rather than mixing two archives.
-pub(crate) fn artifacts_body(state: &AppState, job: i64, info: ArtifactsInfo) -> Body {
-    let store = state.store.clone();
-    let chunks = futures_util::stream::try_unfold(0i64, move |seq| {
-        let store = store.clone();
-        async move {
-            if seq >= info.chunks {
-                return Ok(None);
-            }
-            match store.artifact_chunk(job, info.upload_id, seq).await {
-                Ok(Some(data)) => Ok(Some((Bytes::from(data), seq + 1))),
-                Ok(None) => Err(std::io::Error::other(format!(
-                    "the artifacts of job {job} were replaced while being sent"
-                ))),
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            }
-        }
-    });
-    Body::from_stream(chunks)
 }
 
 /// Reads a tar archive from the frames a channel delivers (a blocking [`Read`](std::io::Read) for
@@ -1219,8 +1148,8 @@ pub(crate) async fn finish(
     if !quiet {
         crate::progress::advance(&state, pipeline).await;
     }
-    let job = crate::read::load_job(&state, id).await?;
-    Ok(Json(crate::read::job_api(&job)))
+    let job = crate::views::load_job(&state, id).await?;
+    Ok(Json(crate::views::job_api(&job)))
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ async fn advertise(
     query: &str,
     headers: &HeaderMap,
 ) -> AppResult<Response> {
-    crate::dispatch::with_commit(state, p, |_, _| Ok(())).await?;
+    crate::mirror::with_commit(state, p, |_, _| Ok(())).await?;
     cgi(
         state,
         p.project_id,

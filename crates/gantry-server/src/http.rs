@@ -1,16 +1,14 @@
-//! The router: routes, authentication, the trace-id and metrics middleware, body limits, and JSON
-//! errors for everything axum itself would answer in plain text (404, 405, rejections, panics).
+//! What every handler uses to read a request: authentication (`Caller`, `Admin`, `AgentAuth`,
+//! token hashes), extractors whose rejections are JSON errors (`JsonBody`, `RawBody`, `PathParam`,
+//! `QueryParams`), webhook bodies under their limits, and the trace-id and metrics middleware.
 
-use gantry_api::ErrorBody;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::middleware::Next;
+use axum::response::Response;
 use bytes::Bytes;
 use gantry_store::{AgentRecord, ProjectTokenRecord};
 use serde::de::DeserializeOwned;
@@ -25,150 +23,6 @@ use crate::state::AppState;
 /// The trace id of a request.
 #[derive(Clone, Debug)]
 pub(crate) struct TraceId(pub String);
-
-/// The router with every route and middleware.
-pub(crate) fn router(state: AppState) -> Router {
-    let max_body = state.config.max_body_bytes;
-    let max_artifacts = state.config.max_artifacts_bytes;
-    let api = Router::new()
-        .route(
-            "/api/v1/projects",
-            post(crate::projects::create).get(crate::projects::list),
-        )
-        .route("/api/v1/projects/{name}", get(crate::projects::show))
-        .route(
-            "/api/v1/projects/{name}/tokens",
-            post(crate::tokens::create).get(crate::tokens::list),
-        )
-        .route(
-            "/api/v1/projects/{name}/tokens/{id}",
-            delete(crate::tokens::revoke),
-        )
-        .route(
-            "/api/v1/projects/{name}/hooks/gitlab",
-            post(crate::hooks::gitlab),
-        )
-        .route(
-            "/api/v1/projects/{name}/hooks/github",
-            post(crate::hooks::github),
-        )
-        .route(
-            "/api/v1/projects/{name}/hooks/gitea",
-            post(crate::hooks::gitea),
-        )
-        .route(
-            "/api/v1/projects/{name}/pipelines",
-            post(crate::hooks::trigger_pipeline).get(crate::read::pipelines),
-        )
-        .route(
-            "/api/v1/projects/{name}/deliveries",
-            get(crate::read::deliveries),
-        )
-        .route("/api/v1/pipelines/{id}", get(crate::read::pipeline))
-        .route(
-            "/api/v1/pipelines/{id}/cancel",
-            post(crate::progress::cancel_pipeline),
-        )
-        .route(
-            "/api/v1/pipelines/{id}/approve",
-            post(crate::progress::approve_pipeline),
-        )
-        .route("/api/v1/jobs/{id}", get(crate::read::job))
-        .route("/api/v1/jobs/{id}/log", get(crate::read::job_log))
-        .route(
-            "/api/v1/jobs/{id}/log/stream",
-            get(crate::read::job_log_stream),
-        )
-        .route(
-            "/api/v1/jobs/{id}/artifacts",
-            get(crate::read::job_artifacts),
-        )
-        .route("/api/v1/jobs/{id}/retry", post(crate::progress::retry_job))
-        .route("/api/v1/jobs/{id}/play", post(crate::progress::play_job))
-        .route("/api/v1/agents", get(crate::read::agents))
-        .route("/api/v1/agents/{id}", delete(crate::tokens::revoke_agent))
-        .route(
-            "/api/v1/agents/registration-token",
-            post(crate::tokens::rotate_registration_token),
-        )
-        .route(gantry_api::agent::REGISTER, post(crate::dispatch::register))
-        .route("/api/v1/agent/jobs/request", post(crate::dispatch::request))
-        .route(
-            "/api/v1/agent/jobs/request/stop",
-            post(crate::dispatch::stop_polling),
-        )
-        .route(
-            "/api/v1/agent/jobs/{id}/heartbeat",
-            post(crate::dispatch::heartbeat),
-        )
-        .route("/api/v1/agent/jobs/{id}/log", put(crate::dispatch::log))
-        .route(
-            "/api/v1/agent/jobs/{id}/source",
-            get(crate::dispatch::source),
-        )
-        .route(
-            "/api/v1/agent/jobs/{id}/git/info/refs",
-            get(crate::githttp::info_refs),
-        )
-        .route(
-            "/api/v1/agent/jobs/{id}/git/git-upload-pack",
-            post(crate::githttp::upload_pack),
-        )
-        .route(
-            "/api/v1/agent/jobs/{id}/git/git-receive-pack",
-            post(crate::githttp::receive_pack),
-        )
-        .route(
-            "/api/v1/projects/{name}/git/info/refs",
-            get(crate::githttp::project_info_refs),
-        )
-        .route(
-            "/api/v1/projects/{name}/git/git-upload-pack",
-            post(crate::githttp::project_upload_pack),
-        )
-        .route(
-            "/api/v1/projects/{name}/git/git-receive-pack",
-            post(crate::githttp::project_receive_pack),
-        )
-        .route(
-            "/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts",
-            get(crate::dispatch::dependency_artifacts),
-        )
-        .route(
-            "/api/v1/agent/jobs/{id}/artifacts",
-            put(crate::dispatch::upload_artifacts).layer(DefaultBodyLimit::max(max_artifacts)),
-        )
-        .route(
-            "/api/v1/agent/jobs/{id}/finish",
-            post(crate::dispatch::finish),
-        )
-        .route("/api/v1/openapi.json", get(crate::openapi::document))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
-    api.fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(state.clone(), observe))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-        .with_state(state)
-}
-
-async fn not_found() -> AppError {
-    AppError::not_found("no such route")
-}
-
-async fn method_not_allowed() -> AppError {
-    AppError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "this route does not take this method",
-    )
-}
-
-fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
-}
 
 /// The trace id from `traceparent` (its trace-id field) or `X-Trace-ID`, else a new one.
 pub(crate) fn trace_id(headers: &HeaderMap) -> String {
@@ -196,7 +50,11 @@ pub(crate) fn trace_id(headers: &HeaderMap) -> String {
 }
 
 /// Trace id in and out, a span per request, and the request duration histogram.
-async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn observe(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let trace = trace_id(req.headers());
     req.extensions_mut().insert(TraceId(trace.clone()));
     let route = req
@@ -222,66 +80,8 @@ async fn observe(State(state): State<AppState>, mut req: Request, next: Next) ->
     resp
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text"), (status = 401, description = "`metrics_token` is set, and the request does not carry it", body = ErrorBody)))]
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Some(want) = &state.config.metrics_token {
-        if !bearer(&headers).is_some_and(|t| same(t, &want.0)) {
-            return AppError::unauthorized("/metrics needs the metrics token").into_response();
-        }
-    }
-    if let Ok(depth) = state.store.queue_depth().await {
-        state.metrics.queue_depth.set(depth);
-    }
-    if let Ok(agents) = state.store.agents().await {
-        let since = crate::now_ms()
-            - i64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(i64::MAX / 2);
-        let online = agents
-            .iter()
-            .filter(|a| a.last_seen_at.is_some_and(|t| t >= since))
-            .count();
-        state
-            .metrics
-            .agents
-            .set(i64::try_from(online).unwrap_or(i64::MAX));
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
-}
-
-/// The body of `/healthz` and `/readyz`.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub(crate) struct Health {
-    /// `ok`.
-    pub status: String,
-}
-
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The server runs", body = Health)))]
-async fn healthz() -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-    })
-}
-
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "The database answers", body = Health),
-    (status = 503, description = "The database does not answer", body = ErrorBody)))]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, AppError> {
-    state.store.ping().await.map_err(|e| {
-        tracing::warn!(error = %e, "the database does not answer");
-        AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database does not answer",
-        )
-    })?;
-    Ok(Json(Health {
-        status: "ok".into(),
-    }))
-}
+/// The setting that holds the SHA-256 of the registration token once it was rotated.
+pub(crate) const REGISTRATION_TOKEN_SETTING: &str = "registration_token_sha256";
 
 /// The token of a request: `Authorization: Bearer TOKEN` or `PRIVATE-TOKEN: TOKEN`.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {

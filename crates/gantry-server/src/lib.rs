@@ -6,194 +6,67 @@
 //! shutdown handle); [`main`] is `gantry server`, which loads the configuration in layers (see
 //! [`config`]) and runs until SIGTERM or Ctrl-C.
 //!
-//! Modules:
-//! - `conn`: the accept loop, with header-read and idle timeouts and a connection cap;
-//! - `http`: the router, authentication, the trace-id and metrics middleware, JSON errors;
-//! - `projects`, `hooks`, `triggers`: projects, webhooks (signatures, events), API triggers;
-//! - `process`: deliveries → pipelines (git mirror, compile, create), the background processor;
-//! - `advance` (pure): a pipeline's next state with GitLab's semantics; `progress` applies it;
-//! - `dispatch`: the agent protocol; `githttp`: the mirrors, read-only over git's smart HTTP, for
-//!   agents' checkouts; `read`: the read API; `statuses`: commit statuses to forges;
-//! - `schedules`: cron pipelines; `metrics`; `openapi`.
+//! Modules, in floors: imports point down (`cargo xtask imports gantry-server` prints them).
+//! - the top: this file (`serve`, the background tasks); `router`, the only module that names
+//!   handlers, with `openapi`; `conn`: the accept loop, with header-read and idle timeouts and a
+//!   connection cap;
+//! - the handlers, one module per area, never importing each other: `admin` (projects), `tokens`,
+//!   `hooks` (webhooks, API triggers), `actions` (cancel, retry, play, approve), `read` (the read
+//!   API), `dispatch` (the agent protocol), `githttp` (the mirrors over git's smart HTTP), `health`;
+//! - what handlers share: `intake` (deliveries → pipelines, the background processor, with `events`
+//!   to read a delivery and `includes` to fetch what the compiler includes); `advance` (pure: a
+//!   pipeline's next state with GitLab's semantics), which `progress` applies; `spec` (the stored
+//!   JSON documents), `projects`, `secrets`, `git`, `mirror`, `jobtoken`, `statuses`, `schedules`;
+//!   `http` (extractors, auth, middleware), `views`, `state`, `error`, `metrics`, `config`,
+//!   `data_dir`, `clock`, `ids`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use gantry_store::{Millis, Store};
+use gantry_store::Store;
 use tokio::sync::watch;
 
+mod actions;
+mod admin;
 mod advance;
+mod clock;
 pub mod config;
 mod conn;
+mod data_dir;
 mod dispatch;
 mod error;
+mod events;
 mod git;
 mod githttp;
+mod health;
 mod hooks;
 mod http;
+mod ids;
+mod includes;
+mod intake;
 mod jobtoken;
 mod metrics;
+mod mirror;
 mod openapi;
-mod process;
 mod progress;
 mod projects;
 mod read;
-mod remote;
+mod router;
 mod schedules;
 mod secrets;
+mod spec;
 mod state;
 mod statuses;
 mod tokens;
+mod views;
 
 pub use config::{Args, Config, LogFormat, Secret, WebhookBodyLimits};
 
-/// The current time in milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// RFC 3339 in UTC with milliseconds (`2026-11-27T19:42:01.123Z`).
-pub(crate) fn rfc3339(ms: Millis) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// A civil date to days since 1970-01-01 (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Parses an RFC 3339 time (`2027-01-31T12:00:00Z`, `…T12:00:00.5+02:00`) or a date (`2027-01-31`,
-/// its start in UTC) into milliseconds since the epoch; `None` when it is neither.
-pub(crate) fn parse_time(s: &str) -> Option<Millis> {
-    fn num(s: &str) -> Option<i64> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    }
-    let s = s.trim();
-    let (date, time) = match s.find(['T', 't', ' ']) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    };
-    let mut parts = date.split('-');
-    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return None;
-    }
-    let (y, m, d) = (
-        num(y)?,
-        u32::try_from(num(m)?).ok()?,
-        u32::try_from(num(d)?).ok()?,
-    );
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let days_in_month = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if d == 0 || d > days_in_month {
-        return None;
-    }
-    let day_ms = days_from_civil(y, m, d) * 86_400_000;
-    let Some(time) = time else {
-        return Some(day_ms);
-    };
-    // HH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)
-    let (clock, offset_ms) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
-        (c, 0)
-    } else {
-        let i = time.rfind(['+', '-'])?;
-        let (c, off) = (&time[..i], &time[i..]);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = off[1..].split_once(':')?;
-        if oh.len() != 2 || om.len() != 2 {
-            return None;
-        }
-        let (oh, om) = (num(oh)?, num(om)?);
-        if oh > 23 || om > 59 {
-            return None;
-        }
-        (c, sign * (oh * 60 + om) * 60_000)
-    };
-    let (hms, frac) = match clock.split_once('.') {
-        Some((hms, frac)) => (hms, Some(frac)),
-        None => (clock, None),
-    };
-    let mut hms = hms.split(':');
-    let (h, mi, sec) = (hms.next()?, hms.next()?, hms.next()?);
-    if hms.next().is_some() || h.len() != 2 || mi.len() != 2 || sec.len() != 2 {
-        return None;
-    }
-    let (h, mi, sec) = (num(h)?, num(mi)?, num(sec)?);
-    if h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let millis = match frac {
-        Some(f) => {
-            if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let f = format!("{f:0<3}");
-            num(&f[..3])?
-        }
-        None => 0,
-    };
-    Some(day_ms + ((h * 60 + mi) * 60 + sec) * 1000 + millis - offset_ms)
-}
-
-/// A random token: 32 bytes, hex.
-pub(crate) fn random_token() -> String {
-    use rand::RngCore as _;
-    let mut b = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
-}
-
-/// A random id: 16 bytes, hex (trace ids, generated delivery ids).
-pub(crate) fn random_id() -> String {
-    use rand::RngCore as _;
-    let mut b = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    hex::encode(b)
-}
+pub(crate) use clock::{civil_from_days, now_ms, parse_time, rfc3339};
+pub(crate) use data_dir::secure_data_dir;
+pub(crate) use ids::{random_id, random_token};
 
 /// A server started by [`serve`].
 pub struct RunningServer {
@@ -278,8 +151,8 @@ pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result
     if let Err(e) = state.store.extend_leases(now_ms() + lease).await {
         tracing::warn!(error = %e, "cannot extend the leases of running jobs");
     }
-    let background = state::spawn_background(&state);
-    let app = http::router(state.clone());
+    let background = spawn_background(&state);
+    let app = router::router(state.clone());
     let rx = shutdown_rx;
     let limits = conn::Limits {
         header_read: state.config.header_read_timeout,
@@ -300,45 +173,16 @@ pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result
     })
 }
 
-/// Creates the data dir when missing, and makes it and the secrets in it private to the server's
-/// user (issue 16, finding 8): the dir `0700`, the token files and a SQLite database with its
-/// `-wal` and `-shm` files `0600`. Also fixes what an older server left readable.
-///
-/// # Errors
-/// When the dir cannot be created, or a mode cannot be set.
-pub(crate) fn secure_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let private = |path: &std::path::Path, mode: u32| -> anyhow::Result<()> {
-            match std::fs::metadata(path) {
-                Ok(m) if m.permissions().mode() & 0o777 != mode => {
-                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-                        .with_context(|| format!("cannot make {} private", path.display()))
-                }
-                _ => Ok(()),
-            }
-        };
-        private(dir, 0o700)?;
-        for f in [
-            "admin-token",
-            "registration-token",
-            secrets::KEY_FILE,
-            "gantry.db",
-            "gantry.db-wal",
-            "gantry.db-shm",
-        ] {
-            private(&dir.join(f), 0o600)?;
-        }
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(())
+/// Starts the background tasks: the delivery processor, the lease reaper, the progress sweeper (delayed
+/// jobs, pipelines left behind by a crash), the cron scheduler and the commit status poster.
+fn spawn_background(state: &state::AppState) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(crate::intake::run(state.clone())),
+        tokio::spawn(crate::progress::reaper(state.clone())),
+        tokio::spawn(crate::progress::sweeper(state.clone())),
+        tokio::spawn(crate::schedules::run(state.clone())),
+        tokio::spawn(crate::statuses::run(state.clone())),
+    ]
 }
 
 /// Runs `gantry server` until SIGTERM or Ctrl-C; returns the process exit code.
@@ -403,52 +247,4 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn timestamps() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::rfc3339(1_795_809_721_123),
-            "2026-11-27T20:02:01.123Z"
-        );
-        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
-    }
-
-    #[test]
-    fn times_parse() {
-        use super::parse_time;
-        for ms in [0, 951_782_400_000, 1_795_809_721_123, 4_102_444_800_000] {
-            assert_eq!(parse_time(&super::rfc3339(ms)), Some(ms));
-        }
-        assert_eq!(parse_time("2000-02-29"), Some(951_782_400_000));
-        assert_eq!(
-            parse_time("2000-02-29T02:00:00+02:00"),
-            Some(951_782_400_000)
-        );
-        assert_eq!(
-            parse_time("2000-02-28T23:30:00-00:30"),
-            Some(951_782_400_000)
-        );
-        assert_eq!(parse_time("1970-01-01T00:00:00.5Z"), Some(500));
-        for bad in [
-            "",
-            "2000-02-30",
-            "2001-02-29",
-            "2000-13-01",
-            "2000-1-01",
-            "2000-01-01T25:00:00Z",
-            "2000-01-01T00:00:00",
-            "2000-01-01T00:00Z",
-            "tomorrow",
-            "2000-01-01T00:00:00+0200",
-            "+200-01-01",
-            "2000-01-01T00:00:00.Z",
-            "2000-01-01T00:00:00.1x2Z",
-        ] {
-            assert_eq!(parse_time(bad), None, "{bad}");
-        }
-    }
 }

@@ -12,141 +12,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use gantry_api::{
-    Agent, Delivery, ForgeKind, Job, JobStatus, Pipeline, PipelineError, PipelineStatus,
-};
-use gantry_store::{JobRecord, Page, PipelineFilter, PipelineRecord};
+use gantry_api::{Agent, Delivery, ForgeKind, Job, JobStatus, Pipeline, PipelineStatus};
+use gantry_store::PipelineFilter;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, AppResult};
 use crate::http::{Admin, Caller, PathParam, QueryParams};
 use crate::state::AppState;
-
-#[allow(clippy::cast_precision_loss)]
-fn duration(start: Option<i64>, end: Option<i64>) -> Option<f64> {
-    match (start, end) {
-        (Some(s), Some(e)) => Some((e - s).max(0) as f64 / 1000.0),
-        _ => None,
-    }
-}
-
-/// A stored job as the API shows it.
-pub(crate) fn job_api(j: &JobRecord) -> Job {
-    Job {
-        id: j.id,
-        pipeline_id: j.pipeline_id,
-        name: j.name.clone(),
-        stage: j.stage.clone(),
-        status: JobStatus::parse(&j.status).unwrap_or(JobStatus::Created),
-        when: j.when.clone(),
-        allow_failure: j.allow_failure,
-        needs: j.needs.clone(),
-        tags: j.tags.clone(),
-        attempt: u32::try_from(j.attempt).unwrap_or(1),
-        created_at: crate::rfc3339(j.created_at),
-        queued_at: j.queued_at.map(crate::rfc3339),
-        started_at: j.started_at.map(crate::rfc3339),
-        finished_at: j.finished_at.map(crate::rfc3339),
-        duration: duration(j.started_at, j.finished_at),
-        agent: j.agent_name.clone(),
-        exit_code: j.exit_code,
-        failure_reason: j.failure_reason.clone(),
-        coverage: j.coverage,
-        log_size: j.log_size,
-        has_artifacts: j.has_artifacts,
-    }
-}
-
-/// A stored pipeline as the API shows it; `jobs` holds the latest attempt of each job.
-pub(crate) fn pipeline_api(p: &PipelineRecord) -> Pipeline {
-    Pipeline {
-        id: p.id,
-        project: p.project_name.clone(),
-        git_ref: p.git_ref.clone(),
-        tag: p.tag,
-        sha: p.sha.clone(),
-        before_sha: p.before_sha.clone(),
-        source: p.source.clone(),
-        status: PipelineStatus::parse(&p.status).unwrap_or(PipelineStatus::Created),
-        trace_id: p.trace_id.clone(),
-        errors: serde_json::from_str::<Vec<PipelineError>>(&p.errors).unwrap_or_default(),
-        created_at: crate::rfc3339(p.created_at),
-        started_at: p.started_at.map(crate::rfc3339),
-        finished_at: p.finished_at.map(crate::rfc3339),
-        duration: duration(p.started_at, p.finished_at),
-        fork: crate::process::fork_of(&p.spec).map(|f| f.to_api()),
-        jobs: crate::advance::latest(p).into_iter().map(job_api).collect(),
-    }
-}
-
-/// Pipeline `id` with its jobs, or `404`.
-pub(crate) async fn load_pipeline(state: &AppState, id: i64) -> AppResult<Pipeline> {
-    match state.store.pipeline(id).await? {
-        Some(p) => Ok(pipeline_api(&p)),
-        None => Err(AppError::not_found(format!("no pipeline {id}"))),
-    }
-}
-
-/// Job `id`, or `404`.
-pub(crate) async fn load_job(state: &AppState, id: i64) -> AppResult<JobRecord> {
-    state
-        .store
-        .job(id)
-        .await?
-        .ok_or_else(|| AppError::not_found(format!("no job {id}")))
-}
-
-/// `page` and `per_page`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct PageQuery {
-    /// The page, from 1.
-    pub page: Option<i64>,
-    /// Rows per page: 20 by default, at most 100.
-    pub per_page: Option<i64>,
-}
-
-impl PageQuery {
-    pub(crate) fn page(&self) -> AppResult<Page> {
-        let page = self.page.unwrap_or(1);
-        let per_page = self.per_page.unwrap_or(20);
-        if !(1..=1_000_000).contains(&page) {
-            return Err(AppError::bad_request("page must be 1 or more"));
-        }
-        if !(1..=100).contains(&per_page) {
-            return Err(AppError::bad_request("per_page must be from 1 to 100"));
-        }
-        Ok(Page { page, per_page })
-    }
-}
-
-pub(crate) fn page_headers(page: Page, total: i64) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    let pages = (total + page.per_page - 1) / page.per_page;
-    let num =
-        |n: i64| HeaderValue::from_str(&n.to_string()).unwrap_or(HeaderValue::from_static("0"));
-    h.insert("x-total", num(total));
-    h.insert("x-total-pages", num(pages));
-    h.insert("x-page", num(page.page));
-    h.insert("x-per-page", num(page.per_page));
-    h.insert(
-        "x-next-page",
-        if page.page < pages {
-            num(page.page + 1)
-        } else {
-            HeaderValue::from_static("")
-        },
-    );
-    h.insert(
-        "x-prev-page",
-        if page.page > 1 {
-            num(page.page - 1)
-        } else {
-            HeaderValue::from_static("")
-        },
-    );
-    h
-}
+use crate::views::{
+    PageQuery, artifacts_body, job_api, load_job, load_pipeline, page_headers, pipeline_api,
+};
 
 /// The filters of the pipeline list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -186,7 +61,7 @@ pub(crate) async fn pipelines(
             return Err(AppError::bad_request(format!("unknown status `{s}`")));
         }
     }
-    let project = crate::projects::load(&state, &name).await?;
+    let project = state.project(&name).await?;
     let paged = state
         .store
         .pipelines(
@@ -215,7 +90,7 @@ pub(crate) async fn deliveries(
 ) -> AppResult<Response> {
     caller.project(&name)?;
     let page = q.page()?;
-    let project = crate::projects::load(&state, &name).await?;
+    let project = state.project(&name).await?;
     let paged = state.store.deliveries(project.record.id, page).await?;
     let items: Vec<Delivery> = paged
         .items
@@ -530,7 +405,7 @@ pub(crate) async fn job_artifacts(
                     format!("attachment; filename=\"artifacts-{id}.tar\""),
                 ),
             ],
-            crate::dispatch::artifacts_body(&state, id, info),
+            artifacts_body(&state, id, info),
         )
             .into_response()),
         None => Err(AppError::not_found(format!("job {id} has no artifacts"))),

@@ -25,7 +25,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use gantry_store::Store;
 
 use crate::config::Config;
-use crate::projects::ProjectSpec;
+use crate::spec::ProjectSpec;
 
 /// The mark of a sealed value, with the format's version.
 const PREFIX: &str = "enc:v1:";

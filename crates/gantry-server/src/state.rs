@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex};
 
 use gantry_store::{Millis, Store};
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::error::{AppError, AppResult};
 use crate::metrics::Metrics;
+use crate::projects::LoadedProject;
 use crate::statuses::StatusQueue;
 
 /// The server's shared state.
@@ -21,8 +22,8 @@ pub(crate) struct State {
     pub jobs_ready: Notify,
     /// Signalled when a delivery was stored: the processor wakes up.
     pub deliveries: Notify,
-    /// When the last webhook or trigger arrived (see `process::Intake`).
-    pub intake: crate::process::Intake,
+    /// When the last webhook or trigger arrived (see [`Intake`]).
+    pub intake: Intake,
     /// Signalled when a log grew or a job ended: live log streams wake up.
     pub logs: Notify,
     pub metrics: Metrics,
@@ -36,9 +37,8 @@ pub(crate) struct State {
     pub stopped_polls: Mutex<HashMap<(i64, String), std::time::Instant>>,
     /// Signalled when a session was stopped: long polls wake up and check theirs.
     pub polls_stopped: Notify,
-    /// Projects as webhooks see them, by name, with when they were read (see `projects::for_hook`).
-    pub hook_projects:
-        Mutex<HashMap<String, (std::time::Instant, Arc<crate::projects::LoadedProject>)>>,
+    /// Projects as webhooks see them, by name, with when they were read (see [`State::project_for_hook`]).
+    pub hook_projects: Mutex<HashMap<String, (std::time::Instant, Arc<LoadedProject>)>>,
     /// The bytes that webhook bodies being read may hold (`Config::webhook_body_budget_bytes`).
     pub hook_bodies: tokio::sync::Semaphore,
 }
@@ -69,7 +69,7 @@ impl State {
             secrets,
             jobs_ready: Notify::new(),
             deliveries: Notify::new(),
-            intake: crate::process::Intake::default(),
+            intake: Intake::default(),
             logs: Notify::new(),
             metrics: Metrics::new(),
             mirrors: Mutex::new(HashMap::new()),
@@ -124,16 +124,103 @@ impl State {
     pub fn stopping(&self) -> bool {
         *self.shutdown.borrow()
     }
+
+    /// The project named `name`, or `404`.
+    pub async fn project(&self, name: &str) -> AppResult<LoadedProject> {
+        project(self, name).await
+    }
+
+    /// The project named `name` for a webhook: as [`State::project`], read at most
+    /// [`HOOK_PROJECT_TTL`] ago.
+    pub async fn project_for_hook(&self, name: &str) -> AppResult<Arc<LoadedProject>> {
+        project_for_hook(self, name).await
+    }
 }
 
-/// Starts the background tasks: the delivery processor, the lease reaper, the progress sweeper (delayed
-/// jobs, pipelines left behind by a crash), the cron scheduler and the commit status poster.
-pub(crate) fn spawn_background(state: &AppState) -> Vec<JoinHandle<()>> {
-    vec![
-        tokio::spawn(crate::process::run(state.clone())),
-        tokio::spawn(crate::progress::reaper(state.clone())),
-        tokio::spawn(crate::progress::sweeper(state.clone())),
-        tokio::spawn(crate::schedules::run(state.clone())),
-        tokio::spawn(crate::statuses::run(state.clone())),
-    ]
+/// For how long after a delivery arrived the intake counts as busy.
+const INTAKE_BUSY_MS: i64 = 50;
+
+/// When the last delivery (webhook or trigger) arrived.
+#[derive(Debug, Default)]
+pub(crate) struct Intake {
+    last_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Intake {
+    /// Records a delivery arriving now.
+    pub fn arrived(&self) {
+        self.last_ms
+            .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a delivery arrived in the last [`INTAKE_BUSY_MS`].
+    pub fn busy(&self) -> bool {
+        crate::now_ms() - self.last_ms.load(std::sync::atomic::Ordering::Relaxed) < INTAKE_BUSY_MS
+    }
+}
+
+/// How long a webhook may use a project it read before: a burst of deliveries reads it once.
+/// Projects have no update or delete route; the bound keeps a change made in the database (or by a
+/// later route, on any server) from being missed for longer than this.
+const HOOK_PROJECT_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The most projects webhooks keep.
+const HOOK_PROJECTS_KEPT: usize = 10_000;
+
+/// The project named `name` for a webhook: as [`State::project`], read at most
+/// [`HOOK_PROJECT_TTL`] ago.
+async fn project_for_hook(state: &State, name: &str) -> AppResult<Arc<LoadedProject>> {
+    let now = std::time::Instant::now();
+    {
+        let cache = state
+            .hook_projects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, p)) = cache.get(name) {
+            if now.duration_since(*at) < HOOK_PROJECT_TTL {
+                return Ok(p.clone());
+            }
+        }
+    }
+    let project = Arc::new(project(state, name).await?);
+    let mut cache = state
+        .hook_projects
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() >= HOOK_PROJECTS_KEPT {
+        cache.retain(|_, (at, _)| now.duration_since(*at) < HOOK_PROJECT_TTL);
+        if cache.len() >= HOOK_PROJECTS_KEPT {
+            cache.clear();
+        }
+    }
+    cache.insert(name.to_string(), (now, project.clone()));
+    Ok(project)
+}
+
+/// The project named `name`, or `404`.
+async fn project(state: &State, name: &str) -> AppResult<LoadedProject> {
+    match state.store.project(name).await? {
+        Some(r) => LoadedProject::parse(r, &state.secrets),
+        None => Err(AppError::not_found(format!("no project named `{name}`"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn intake_is_busy_for_a_while_after_a_delivery() {
+        let intake = Intake::default();
+        assert!(!intake.busy(), "no delivery has arrived");
+        intake.arrived();
+        assert!(intake.busy());
+        std::thread::sleep(Duration::from_millis(
+            u64::try_from(INTAKE_BUSY_MS).unwrap() + 20,
+        ));
+        assert!(!intake.busy(), "the burst is over");
+        intake.arrived();
+        assert!(intake.busy());
+    }
 }

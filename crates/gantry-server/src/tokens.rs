@@ -40,7 +40,7 @@ pub(crate) async fn create(
     PathParam(name): PathParam<String>,
     JsonBody(body): JsonBody<NewProjectToken>,
 ) -> AppResult<(StatusCode, Json<CreatedProjectToken>)> {
-    let project = crate::projects::load(&state, &name).await?;
+    let project = state.project(&name).await?;
     let token_name = body.name.trim();
     if token_name.is_empty()
         || token_name.chars().count() > 100
@@ -103,7 +103,7 @@ pub(crate) async fn list(
     _: Admin,
     PathParam(name): PathParam<String>,
 ) -> AppResult<Json<Vec<ProjectToken>>> {
-    let project = crate::projects::load(&state, &name).await?;
+    let project = state.project(&name).await?;
     let tokens = state.store.project_tokens(project.record.id).await?;
     Ok(Json(tokens.iter().map(api).collect()))
 }
@@ -117,7 +117,7 @@ pub(crate) async fn revoke(
     _: Admin,
     PathParam((name, id)): PathParam<(String, i64)>,
 ) -> AppResult<StatusCode> {
-    let project = crate::projects::load(&state, &name).await?;
+    let project = state.project(&name).await?;
     if state
         .store
         .delete_project_token(project.record.id, id)
@@ -163,10 +163,7 @@ pub(crate) async fn rotate_registration_token(
     let token = crate::random_token();
     state
         .store
-        .set_setting(
-            crate::dispatch::REGISTRATION_TOKEN_SETTING,
-            &token_hash(&token),
-        )
+        .set_setting(crate::http::REGISTRATION_TOKEN_SETTING, &token_hash(&token))
         .await?;
     tracing::info!("registration token rotated");
     Ok((StatusCode::CREATED, Json(RegistrationToken { token })))

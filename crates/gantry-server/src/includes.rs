@@ -1,4 +1,5 @@
-//! Remote includes for the server's compiler.
+//! The includes the server's compiler fetches from elsewhere than the pipeline's commit (`remote`,
+//! `project`, `component`, `template`), for the processor in `intake`.
 //!
 //! The compiler is synchronous and does no IO: it asks [`Sources::remote`] for an include's content
 //! by key (`remote:URL`, `project:NAME@REF:FILE`, `template:NAME`, `component:PATH`). The processor
@@ -53,6 +54,10 @@ use gantry_pipeline::Sources;
 use crate::git;
 use crate::projects::LoadedProject;
 use crate::state::AppState;
+
+/// How many times a delivery's configuration is compiled at most, fetching the remote includes
+/// each compile asked for in between (an included file may include more).
+pub(crate) const MAX_INCLUDE_ROUNDS: usize = 6;
 
 /// The largest remote include, in bytes.
 pub(crate) const MAX_BYTES: usize = 1 << 20;
@@ -141,7 +146,7 @@ impl Sources for WithRemotes<'_> {
             Some(Ok(_)) => None,
             None if self.last_round => Some(format!(
                 "not fetched: remote includes nest more than {} levels deep",
-                crate::process::MAX_INCLUDE_ROUNDS - 1
+                MAX_INCLUDE_ROUNDS - 1
             )),
             None => Some("not fetched".into()),
         }

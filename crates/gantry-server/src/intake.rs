@@ -18,7 +18,7 @@
 //!
 //! **Intake first.** A forge waits for the `202` (GitLab and GitHub give up after 10 s and count a
 //! failure), while a pipeline may start a little later. So while deliveries are arriving
-//! ([`Intake::busy`]), the processor pauses after each delivery for [`YIELD_FACTOR`] times as long
+//! (`state::Intake::busy`), the processor pauses after each delivery for [`YIELD_FACTOR`] times as long
 //! as that delivery took: it keeps working through a burst, at a fifth of the cores' time, and
 //! takes all of it back as soon as the burst ends.
 
@@ -26,23 +26,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_api::{ForkPipelines, PipelineError, PipelineFork, ProjectVariable};
+use gantry_api::{ForkPipelines, PipelineError, ProjectVariable};
 use gantry_pipeline::vars;
 use gantry_pipeline::{Context, GitFacts, Plan, Variable};
 use gantry_store::{DeliveryRecord, NewJob, NewPipeline};
-use serde::{Deserialize, Serialize};
 
+use crate::events::{self, Event};
 use crate::git;
-use crate::hooks::{self, Event};
+use crate::includes::{self, Fetched, Remotes, WithRemotes};
 use crate::projects::LoadedProject;
-use crate::remote::{self, Fetched, Remotes, WithRemotes};
+use crate::spec::{ForkDoc, JobDoc, PipelineDoc, pipeline_variables};
 use crate::state::AppState;
 
 const ZEROS: &str = "0000000000000000000000000000000000000000";
-
-/// How many times a delivery's configuration is compiled at most, fetching the remote includes
-/// each compile asked for in between (an included file may include more).
-pub(crate) const MAX_INCLUDE_ROUNDS: usize = 6;
 
 /// Why a delivery was not processed.
 #[derive(Debug)]
@@ -69,126 +65,9 @@ fn permanent(e: impl std::fmt::Display) -> Failure {
     Failure::Permanent(e.to_string())
 }
 
-/// What every job of a pipeline shares, as stored in the pipeline's `spec`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct PipelineDoc {
-    pub stages: Vec<String>,
-    /// Predefined pipeline variables (with the merge request's).
-    pub predefined: Vec<Variable>,
-    /// Global and `workflow:rules` variables.
-    pub variables: Vec<Variable>,
-    /// Trigger and schedule variables: the highest precedence.
-    pub cli_variables: Vec<Variable>,
-    /// Project variables this pipeline may see (protected ones only on protected refs); environment
-    /// scopes are matched per job when it is handed out. Masked ones carry no value (`None`): it is
-    /// read from the project's variables at dispatch, so that no row keeps a plaintext copy.
-    pub project_variables: Vec<ProjectVariable>,
-    /// Set for a pipeline of a merge request from a fork: it has no project variables and its jobs
-    /// get no `CI_JOB_TOKEN` until it is approved (`approve`), which writes both in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fork: Option<ForkDoc>,
-}
-
-/// A fork pipeline's mode and approval, as stored in its [`PipelineDoc`].
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct ForkDoc {
-    /// The project's `fork_pipelines` when the pipeline was created.
-    pub mode: ForkPipelines,
-    /// Who approved it (`approve`): `admin`, or `token <id>`.
-    #[serde(default)]
-    pub approved_by: Option<String>,
-    /// When.
-    #[serde(default)]
-    pub approved_at: Option<i64>,
-}
-
-/// What a pipeline waits for until a fork pipeline of mode `approve` is approved.
-pub(crate) const WAITING_FOR_APPROVAL: &str = "a merge request from a fork: it runs, with the \
-    project's variables, once the admin or a project token approves it \
-    (POST /api/v1/pipelines/{id}/approve)";
-
-impl ForkDoc {
-    /// Whether its jobs get the project's variables and `CI_JOB_TOKEN`: only once approved.
-    pub fn secrets(&self) -> bool {
-        self.mode == ForkPipelines::Approve && self.approved_at.is_some()
-    }
-
-    /// Whether it waits for an approval.
-    pub fn waiting(&self) -> bool {
-        self.mode == ForkPipelines::Approve && self.approved_at.is_none()
-    }
-
-    /// The API's view.
-    pub fn to_api(&self) -> PipelineFork {
-        PipelineFork {
-            mode: self.mode,
-            secrets: self.secrets(),
-            waiting: self.waiting().then(|| WAITING_FOR_APPROVAL.to_string()),
-            approved_by: self.approved_by.clone(),
-            approved_at: self.approved_at.map(crate::rfc3339),
-        }
-    }
-}
-
-/// The fork part of a stored pipeline spec, read without decoding the rest: pipelines that are not
-/// fork pipelines have no `fork` key, and cost a substring search.
-pub(crate) fn fork_of(spec: &str) -> Option<ForkDoc> {
-    #[derive(Deserialize)]
-    struct Only {
-        #[serde(default)]
-        fork: Option<ForkDoc>,
-    }
-    if !spec.contains("\"fork\"") {
-        return None;
-    }
-    serde_json::from_str::<Only>(spec).ok()?.fork
-}
-
-/// The project variables a pipeline gets at creation: the protected ones only on a protected ref,
-/// masked ones without their value (read from the project at dispatch).
-pub(crate) fn pipeline_variables(
-    project: &crate::projects::ProjectSpec,
-    protected: bool,
-) -> Vec<ProjectVariable> {
-    project
-        .variables
-        .iter()
-        .filter(|v| protected || !v.protected)
-        .cloned()
-        .collect()
-}
-
-/// A job as stored in the job's `spec`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct JobDoc {
-    pub job: gantry_pipeline::Job,
-}
-
 /// How many times as long as a delivery took the processor pauses after it while deliveries are
 /// arriving.
 pub(crate) const YIELD_FACTOR: u32 = 4;
-
-/// For how long after a delivery arrived the intake counts as busy.
-const INTAKE_BUSY_MS: i64 = 50;
-
-/// When the last delivery (webhook or trigger) arrived.
-#[derive(Debug, Default)]
-pub(crate) struct Intake {
-    last_ms: std::sync::atomic::AtomicI64,
-}
-
-impl Intake {
-    /// Records a delivery arriving now.
-    pub fn arrived(&self) {
-        self.last_ms
-            .store(crate::now_ms(), std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Whether a delivery arrived in the last [`INTAKE_BUSY_MS`].
-    pub fn busy(&self) -> bool {
-        crate::now_ms() - self.last_ms.load(std::sync::atomic::Ordering::Relaxed) < INTAKE_BUSY_MS
-    }
-}
 
 /// The projects whose deliveries are being processed, each by a task of its own, and the signal
 /// a task gives when it ends.
@@ -381,7 +260,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     };
     let payload: serde_json::Value = serde_json::from_slice(&d.payload)
         .map_err(|e| permanent(format!("invalid payload: {e}")))?;
-    let event = match hooks::parse(&d.forge, &d.event, &payload).map_err(permanent)? {
+    let event = match events::parse(&d.forge, &d.event, &payload).map_err(permanent)? {
         Some(e) => e,
         None => {
             state
@@ -391,10 +270,10 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             return Ok(());
         }
     };
-    if event.mr.as_ref().is_some_and(|m| m.fork) && !hooks::forks_run(&project) {
+    if event.mr.as_ref().is_some_and(|m| m.fork) && !events::forks_run(&project) {
         state
             .store
-            .close_delivery(d.id, "skipped", hooks::FORKS_OFF)
+            .close_delivery(d.id, "skipped", events::FORKS_OFF)
             .await?;
         return Ok(());
     }
@@ -434,7 +313,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     let mut remotes: Arc<Remotes> = Arc::new(HashMap::new());
     let mut round = 1;
     let compiled = loop {
-        let last_round = round >= MAX_INCLUDE_ROUNDS;
+        let last_round = round >= includes::MAX_INCLUDE_ROUNDS;
         let (compiled, missing) = {
             let project = project.clone();
             let event = event.clone();
@@ -477,7 +356,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         } else {
             missing
         };
-        for (key, fetched) in remote::fetch_all(state, &project.record.name, missing).await {
+        for (key, fetched) in includes::fetch_all(state, &project.record.name, missing).await {
             let entry = match fetched {
                 Fetched::Content(c) => Ok(c),
                 Fetched::Permanent(why) => Err(why),
@@ -656,7 +535,7 @@ const MR_DESCRIPTION_LIMIT: usize = 2700;
 /// The merge request's predefined variables (GitLab's, for a merge request pipeline that is not a
 /// merged-results one: the source and target branch SHAs are empty).
 fn mr_variables(
-    mr: &hooks::MergeRequest,
+    mr: &events::MergeRequest,
     project: &LoadedProject,
     diff_base: Option<&str>,
 ) -> Vec<Variable> {
@@ -1038,19 +917,5 @@ mod tests {
             .map(|j| (j.name.as_str(), j.stage_index))
             .collect();
         assert_eq!(stages, [("t1", 0), ("t2", 0), ("d1", 1), ("last", 2)]);
-    }
-
-    #[test]
-    fn intake_is_busy_for_a_while_after_a_delivery() {
-        let intake = Intake::default();
-        assert!(!intake.busy(), "no delivery has arrived");
-        intake.arrived();
-        assert!(intake.busy());
-        std::thread::sleep(Duration::from_millis(
-            u64::try_from(INTAKE_BUSY_MS).unwrap() + 20,
-        ));
-        assert!(!intake.busy(), "the burst is over");
-        intake.arrived();
-        assert!(intake.busy());
     }
 }
