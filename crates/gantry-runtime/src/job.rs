@@ -453,7 +453,13 @@ async fn attempt<E: Executor>(
         let status = match result.status {
             JobStatus::Success => "success",
             JobStatus::Canceled => "canceled",
-            _ => "failed",
+            JobStatus::Failed => "failed",
+            JobStatus::Skipped
+            | JobStatus::Manual
+            | JobStatus::Created
+            | JobStatus::Pending
+            | JobStatus::Running
+            | JobStatus::Scheduled => unreachable!("an attempt ends success, failed or canceled"),
         };
         let mut env = step.env.clone();
         env.push(("CI_JOB_STATUS".to_string(), status.to_string()));

@@ -265,7 +265,16 @@ pub(crate) async fn run<E: Executor>(
                         let up = match o.status {
                             JobStatus::Failed if !o.allow_failure => Upstream::Failed,
                             JobStatus::Canceled => Upstream::Failed,
-                            _ => Upstream::Ok,
+                            JobStatus::Success
+                            | JobStatus::Failed
+                            | JobStatus::Skipped
+                            | JobStatus::Manual => Upstream::Ok,
+                            JobStatus::Created
+                            | JobStatus::Pending
+                            | JobStatus::Running
+                            | JobStatus::Scheduled => {
+                                unreachable!("a job's task ends it success, failed or canceled")
+                            }
                         };
                         (up, JobResult {
                             name: job.name.clone(),
