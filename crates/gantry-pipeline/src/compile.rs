@@ -991,28 +991,51 @@ impl Compiler<'_> {
         plan: &Plan,
         index: &PlanIndex<'_>,
     ) -> Option<(Job, Option<Node>)> {
+        let mut job = self.job_keywords(d, name, matrix_vars, node_index);
+        // `inherit:variables`
+        if let Some(inherit) = d
+            .map
+            .get("inherit")
+            .and_then(Node::as_map)
+            .and_then(|i| i.get("variables"))
+        {
+            let mut vs = not_inherited(&inherit.value, plan, &job.variables);
+            vs.append(&mut job.variables);
+            job.variables = vs;
+        }
+        if let Some(env) = &mut job.environment {
+            expand_environment(env, plan, &job.name, &job.stage, job.node, &job.variables);
+        }
+        job.predefined = job_predefined(&job);
+        let needs_node = self.job_when(d, &mut job, index)?;
+        self.job_dependencies(d, &mut job);
+        Some((job, needs_node))
+    }
+
+    /// A job with what its keywords say, before `inherit`, `rules` and `only`/`except`: its
+    /// variables are its own and the matrix's; `when` is `on_success`, no failure is allowed.
+    fn job_keywords(
+        &mut self,
+        d: &Draft<'_>,
+        name: &str,
+        matrix_vars: Vec<Variable>,
+        node_index: Option<(u32, u32)>,
+    ) -> Job {
         let m = d.map;
         let base = &d.name;
         let mut variables = m
             .get("variables")
             .map(|v| self.variables(v, &format!("{base}: variables")))
             .unwrap_or_default();
-        // `inherit:variables`
-        let inherit_vars = m
-            .get("inherit")
-            .and_then(Node::as_map)
-            .and_then(|i| i.get("variables"))
-            .map(|n| n.value.clone());
-        variables.extend(matrix_vars.iter().cloned());
+        variables.extend(matrix_vars);
         let stage = m
             .get("stage")
             .and_then(Node::scalar_string)
             .unwrap_or_else(|| "test".into());
-
-        let mut job = Job {
+        Job {
             name: name.to_string(),
             base_name: base.clone(),
-            stage: stage.clone(),
+            stage,
             stage_index: 0,
             before_script: self.script(m.get("before_script"), base, "before_script"),
             script: self.script(m.get("script"), base, "script"),
@@ -1049,45 +1072,20 @@ impl Compiler<'_> {
             services: self.services(m.get("services"), base),
             trigger: m.contains("trigger"),
             reason: String::new(),
-        };
-        if let Some(inh) = &inherit_vars {
-            // Global variables this job does not inherit are blanked out at job level.
-            let keep = |k: &str| match inh {
-                Value::Bool(b) => *b,
-                Value::Seq(list) => list.iter().any(|x| x.as_str() == Some(k)),
-                _ => true,
-            };
-            let blocked: Vec<Variable> = plan
-                .variables
-                .iter()
-                .filter(|v| !keep(&v.key) && !job.variables.iter().any(|j| j.key == v.key))
-                .map(|v| Variable::new(v.key.clone(), ""))
-                .collect();
-            let mut vs = blocked;
-            vs.append(&mut job.variables);
-            job.variables = vs;
         }
-        if let Some(env) = &mut job.environment {
-            // GitLab expands environment names and URLs when it creates the pipeline.
-            let visible: Vec<Variable> = plan
-                .predefined
-                .iter()
-                .chain(&job_predefined(&job_shell(name, &stage, node_index)))
-                .chain(&plan.variables)
-                .chain(&job.variables)
-                .chain(&plan.cli_variables)
-                .cloned()
-                .collect();
-            let resolved: HashMap<String, String> = vars::resolve(&visible).into_iter().collect();
-            env.name = vars::expand(&env.name, &|k| resolved.get(k).cloned());
-            env.url = env
-                .url
-                .as_ref()
-                .map(|u| vars::expand(u, &|k| resolved.get(k).cloned()));
-        }
-        job.predefined = job_predefined(&job);
+    }
 
-        // when / allow_failure / start_in from the job itself
+    /// Sets `when`, `allow_failure`, `start_in` and the reason of `job` from its keywords and its
+    /// `rules` (which may add variables and replace `needs`), or its `only`/`except`. `None` when
+    /// they exclude it; else the `needs` to use.
+    fn job_when(
+        &mut self,
+        d: &Draft<'_>,
+        job: &mut Job,
+        index: &PlanIndex<'_>,
+    ) -> Option<Option<Node>> {
+        let m = d.map;
+        let base = &d.name;
         // `check_types` reported a `when` that is not a string or not a job's `when`.
         let job_when = m.get("when").and_then(Node::as_str).and_then(parse_when);
         let job_allow = m
@@ -1144,17 +1142,22 @@ impl Compiler<'_> {
                 format!("`{base}`: `when: delayed` needs `start_in`"),
             );
         }
-        if let Some(deps) = m.get("dependencies") {
-            match deps.as_seq() {
-                Some(_) => job.dependencies = Some(string_list(deps)),
-                None if deps.is_null() => job.dependencies = Some(Vec::new()),
-                None => self.diags.error(
-                    deps.pos,
-                    format!("`{base}`: `dependencies` must be an array of job names"),
-                ),
-            }
+        Some(needs_node)
+    }
+
+    /// The job's `dependencies`: a list of job names, or `null` for none.
+    fn job_dependencies(&mut self, d: &Draft<'_>, job: &mut Job) {
+        let Some(deps) = d.map.get("dependencies") else {
+            return;
+        };
+        match deps.as_seq() {
+            Some(_) => job.dependencies = Some(string_list(deps)),
+            None if deps.is_null() => job.dependencies = Some(Vec::new()),
+            None => self.diags.error(
+                deps.pos,
+                format!("`{}`: `dependencies` must be an array of job names", d.name),
+            ),
         }
-        Some((job, needs_node))
     }
 
     fn script(&mut self, n: Option<&Node>, job: &str, key: &str) -> Vec<String> {
@@ -2337,6 +2340,48 @@ fn int_list(n: &Node) -> Vec<i32> {
         Value::Seq(items) => items.iter().filter_map(one).collect(),
         _ => one(n).into_iter().collect(),
     }
+}
+
+/// What `inherit:variables` (`false`, or the names to keep) takes from a job: the global variables
+/// it does not keep and the job does not set itself, each blanked out at job level.
+fn not_inherited(inherit: &Value, plan: &Plan, own: &[Variable]) -> Vec<Variable> {
+    let keep = |k: &str| match inherit {
+        Value::Bool(b) => *b,
+        Value::Seq(list) => list.iter().any(|x| x.as_str() == Some(k)),
+        _ => true,
+    };
+    plan.variables
+        .iter()
+        .filter(|v| !keep(&v.key) && !own.iter().any(|j| j.key == v.key))
+        .map(|v| Variable::new(v.key.clone(), ""))
+        .collect()
+}
+
+/// Expands the name and URL of a job's environment with the variables it sees, as GitLab does when
+/// it creates the pipeline.
+fn expand_environment(
+    env: &mut Environment,
+    plan: &Plan,
+    name: &str,
+    stage: &str,
+    node: Option<(u32, u32)>,
+    variables: &[Variable],
+) {
+    let visible: Vec<Variable> = plan
+        .predefined
+        .iter()
+        .chain(&job_predefined(&job_shell(name, stage, node)))
+        .chain(&plan.variables)
+        .chain(variables)
+        .chain(&plan.cli_variables)
+        .cloned()
+        .collect();
+    let resolved: HashMap<String, String> = vars::resolve(&visible).into_iter().collect();
+    env.name = vars::expand(&env.name, &|k| resolved.get(k).cloned());
+    env.url = env
+        .url
+        .as_ref()
+        .map(|u| vars::expand(u, &|k| resolved.get(k).cloned()));
 }
 
 /// Predefined variables that depend on the job.
