@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::executor::Executor;
-use crate::job::{Ctx, Outcome, Stored, canceled, run_job};
+use crate::job::{Ctx, Stored, canceled, run_job};
 use crate::mask::Masker;
 use crate::workspace::{self, Setup, Snapshot};
 use crate::{
@@ -229,7 +229,7 @@ async fn drive<E: Executor>(
     cancel: &mut watch::Receiver<bool>,
 ) -> (Vec<JobResult>, bool) {
     let mut s = Scheduler::new(ctx);
-    let mut tasks: JoinSet<Option<Outcome>> = JoinSet::new();
+    let mut tasks: JoinSet<Option<JobResult>> = JoinSet::new();
     let mut task_jobs: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut is_canceled = false;
     s.advance();
@@ -278,14 +278,22 @@ async fn drive<E: Executor>(
             Some(joined) = tasks.join_next_with_id() => {
                 // A task that ran its job reported it finished; one that panicked did not.
                 let reported = matches!(&joined, Ok((_, Some(_))));
-                let (id, outcome) = match joined {
-                    Ok((id, o)) => (id, o),
-                    Err(e) => (e.id(), Some(panicked())),
+                let (id, ran) = match joined {
+                    Ok((id, ran)) => (id, Ok(ran)),
+                    Err(e) => (e.id(), Err(e)),
                 };
                 let Some(j) = task_jobs.remove(&id) else { continue };
                 s.running[j] = false;
-                let (up, result) = ended(ctx, j, outcome);
-                s.finish_reported(j, up, result, reported);
+                let result = match ran {
+                    Ok(Some(result)) => result,
+                    // Canceled before it started.
+                    Ok(None) => skipped(ctx, j, JobStatus::Canceled),
+                    Err(_panicked) => JobResult {
+                        reason: Some(gantry_pipeline::plan::FailureReason::UnknownFailure),
+                        ..skipped(ctx, j, JobStatus::Failed)
+                    },
+                };
+                s.finish_reported(j, passes_on(&result), result, reported);
             }
             () = canceled(cancel), if !is_canceled => {
                 is_canceled = true;
@@ -315,27 +323,10 @@ fn not_run(when: When, up: Upstream, played: bool) -> Option<(Upstream, JobStatu
     }
 }
 
-/// The outcome of a job whose task panicked.
-fn panicked() -> Outcome {
-    Outcome {
-        status: JobStatus::Failed,
-        allow_failure: false,
-        exit_code: None,
-        duration: Duration::ZERO,
-        coverage: None,
-        reason: Some(gantry_pipeline::plan::FailureReason::UnknownFailure),
-        error: None,
-    }
-}
-
-/// What job `j`'s task ended with (`None`: canceled before it started) means for its dependants,
-/// and its result.
-fn ended<E>(ctx: &Ctx<E>, j: usize, outcome: Option<Outcome>) -> (Upstream, JobResult) {
-    let Some(o) = outcome else {
-        return (Upstream::Failed, skipped(ctx, j, JobStatus::Canceled));
-    };
-    let up = match o.status {
-        JobStatus::Failed if !o.allow_failure => Upstream::Failed,
+/// What a job that ran (or was canceled while it waited) means for the jobs that wait for it.
+fn passes_on(result: &JobResult) -> Upstream {
+    match result.status {
+        JobStatus::Failed if !result.allow_failure => Upstream::Failed,
         JobStatus::Canceled => Upstream::Failed,
         JobStatus::Success | JobStatus::Failed | JobStatus::Skipped | JobStatus::Manual => {
             Upstream::Ok
@@ -343,19 +334,7 @@ fn ended<E>(ctx: &Ctx<E>, j: usize, outcome: Option<Outcome>) -> (Upstream, JobR
         JobStatus::Created | JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled => {
             unreachable!("a job's task ends it success, failed or canceled")
         }
-    };
-    let job = &ctx.plan.jobs[j];
-    let result = JobResult {
-        name: job.name.clone(),
-        stage: job.stage.clone(),
-        status: o.status,
-        allow_failure: o.allow_failure,
-        exit_code: o.exit_code,
-        duration: o.duration,
-        coverage: o.coverage,
-        reason: o.reason,
-    };
-    (up, result)
+    }
 }
 
 /// The result of a job that did not run.
