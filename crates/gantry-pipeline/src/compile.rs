@@ -561,71 +561,53 @@ impl Compiler<'_> {
                     }
                 }
                 "artifacts" => {
-                    if self.shape(n, MapS, job, "artifacts") {
-                        for x in n.as_map().map(|a| a.entries.as_slice()).unwrap_or_default() {
-                            let key = format!("artifacts:{}", x.key);
-                            match x.key.as_str() {
-                                "paths" | "exclude" => {
-                                    self.shape(&x.value, StrList, job, &key);
-                                }
-                                "untracked" | "public" => {
-                                    self.shape(&x.value, Bool, job, &key);
-                                }
-                                "name" | "expire_in" | "expose_as" | "when" | "access" => {
-                                    self.shape(&x.value, Str, job, &key);
-                                }
-                                "reports" => {
-                                    self.shape(&x.value, MapS, job, &key);
-                                }
-                                _ => {}
-                            }
-                        }
+                    let is_map = self.shape(n, MapS, job, "artifacts");
+                    if let Some(am) = n.as_map().filter(|_| is_map) {
+                        self.key_shapes(
+                            am,
+                            job,
+                            "artifacts",
+                            &[
+                                (&["paths", "exclude"], StrList),
+                                (&["untracked", "public"], Bool),
+                                (&["name", "expire_in", "expose_as", "when", "access"], Str),
+                                (&["reports"], MapS),
+                            ],
+                        );
                     }
                 }
                 "cache" => {
                     for c in flatten_seq(n) {
                         let Some(cm) = c.as_map() else { continue };
-                        for x in &cm.entries {
-                            let key = format!("cache:{}", x.key);
-                            match x.key.as_str() {
-                                "paths" | "fallback_keys" => {
-                                    self.shape(&x.value, StrList, job, &key);
-                                }
-                                "untracked" | "unprotect" => {
-                                    self.shape(&x.value, Bool, job, &key);
-                                }
-                                "policy" | "when" => {
-                                    self.shape(&x.value, Str, job, &key);
-                                }
-                                "key" if x.value.as_map().is_none() => {
-                                    self.shape(&x.value, StrOrInt, job, &key);
-                                }
-                                _ => {}
-                            }
+                        self.key_shapes(
+                            cm,
+                            job,
+                            "cache",
+                            &[
+                                (&["paths", "fallback_keys"], StrList),
+                                (&["untracked", "unprotect"], Bool),
+                                (&["policy", "when"], Str),
+                            ],
+                        );
+                        if let Some(key) = cm.get("key").filter(|k| k.as_map().is_none()) {
+                            self.shape(key, StrOrInt, job, "cache:key");
                         }
                     }
                 }
-                "environment" => match &n.value {
-                    Value::Str(_) => {}
-                    Value::Map(em) => {
-                        for x in &em.entries {
-                            if [
-                                "name",
-                                "url",
-                                "action",
-                                "on_stop",
-                                "auto_stop_in",
-                                "deployment_tier",
-                            ]
-                            .contains(&x.key.as_str())
-                            {
-                                self.shape(&x.value, Str, job, &format!("environment:{}", x.key));
-                            }
-                        }
+                "environment" => {
+                    // `environment()` reports the types other than a string or a mapping.
+                    if let Some(em) = n.as_map() {
+                        let keys = [
+                            "name",
+                            "url",
+                            "action",
+                            "on_stop",
+                            "auto_stop_in",
+                            "deployment_tier",
+                        ];
+                        self.key_shapes(em, job, "environment", &[(&keys, Str)]);
                     }
-                    // `environment()` reports the other types.
-                    _ => {}
-                },
+                }
                 "image" => {
                     if let Some(im) = n.as_map() {
                         self.image_keys(im, job, "image");
@@ -662,11 +644,8 @@ impl Compiler<'_> {
                         self.shape(n, StrList, job, &e.key);
                     }
                     Value::Map(pm) => {
-                        for x in &pm.entries {
-                            if ["refs", "variables", "changes"].contains(&x.key.as_str()) {
-                                self.shape(&x.value, StrList, job, &format!("{}:{}", e.key, x.key));
-                            }
-                        }
+                        let keys: &[&str] = &["refs", "variables", "changes"];
+                        self.key_shapes(pm, job, &e.key, &[(keys, StrList)]);
                     }
                     _ => self.diags.error(
                         n.pos,
@@ -695,60 +674,65 @@ impl Compiler<'_> {
 
     /// Checks the types of one rule's keywords.
     fn rule_types(&mut self, rule: &Map, job: &str) {
+        self.key_shapes(
+            rule,
+            job,
+            "rules",
+            &[
+                (&["if", "when"], Shape::Str),
+                (&["allow_failure", "interruptible"], Shape::Bool),
+                (&["start_in"], Shape::StrOrInt),
+                (&["variables"], Shape::Map),
+            ],
+        );
         for x in &rule.entries {
+            if !["changes", "exists"].contains(&x.key.as_str()) {
+                continue;
+            }
             let key = format!("rules:{}", x.key);
-            match x.key.as_str() {
-                "if" | "when" => {
-                    self.shape(&x.value, Shape::Str, job, &key);
+            match x.value.as_map() {
+                Some(m) => self.key_shapes(
+                    m,
+                    job,
+                    &key,
+                    &[
+                        (&["paths"], Shape::StrList),
+                        (&["compare_to", "project", "ref"], Shape::Str),
+                    ],
+                ),
+                None => {
+                    self.shape(&x.value, Shape::StrList, job, &key);
                 }
-                "allow_failure" | "interruptible" => {
-                    self.shape(&x.value, Shape::Bool, job, &key);
-                }
-                "start_in" => {
-                    self.shape(&x.value, Shape::StrOrInt, job, &key);
-                }
-                "variables" => {
-                    self.shape(&x.value, Shape::Map, job, &key);
-                }
-                "changes" | "exists" => match x.value.as_map() {
-                    Some(m) => {
-                        if let Some(paths) = m.get("paths") {
-                            self.shape(paths, Shape::StrList, job, &format!("{key}:paths"));
-                        }
-                        for k in ["compare_to", "project", "ref"] {
-                            if let Some(v) = m.get(k) {
-                                self.shape(v, Shape::Str, job, &format!("{key}:{k}"));
-                            }
-                        }
-                    }
-                    None => {
-                        self.shape(&x.value, Shape::StrList, job, &key);
-                    }
-                },
-                _ => {}
             }
         }
     }
 
     /// Checks the type of the keywords of an image or a service written as a mapping.
     fn image_keys(&mut self, m: &Map, job: &str, what: &str) {
+        self.key_shapes(
+            m,
+            job,
+            what,
+            &[
+                (&["name", "alias"], Shape::Str),
+                (&["entrypoint", "command"], Shape::StrList),
+                (&["pull_policy"], Shape::StrOrStrList),
+                (&["docker", "kubernetes", "variables"], Shape::Map),
+            ],
+        );
+    }
+
+    /// Checks the keywords of `m` that `shapes` names (keywords, and the shape of their values),
+    /// reporting them as `what:keyword`; the other keywords are left alone.
+    fn key_shapes(&mut self, m: &Map, job: &str, what: &str, shapes: &[(&[&str], Shape)]) {
         for x in &m.entries {
-            let key = format!("{what}:{}", x.key);
-            match x.key.as_str() {
-                "name" | "alias" => {
-                    self.shape(&x.value, Shape::Str, job, &key);
-                }
-                "entrypoint" | "command" => {
-                    self.shape(&x.value, Shape::StrList, job, &key);
-                }
-                "pull_policy" => {
-                    self.shape(&x.value, Shape::StrOrStrList, job, &key);
-                }
-                "docker" | "kubernetes" | "variables" => {
-                    self.shape(&x.value, Shape::Map, job, &key);
-                }
-                _ => {}
-            }
+            let Some((_, shape)) = shapes
+                .iter()
+                .find(|(keys, _)| keys.contains(&x.key.as_str()))
+            else {
+                continue;
+            };
+            self.shape(&x.value, *shape, job, &format!("{what}:{}", x.key));
         }
     }
 
