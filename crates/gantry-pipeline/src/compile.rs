@@ -563,32 +563,13 @@ impl Compiler<'_> {
                 "artifacts" => {
                     let is_map = self.shape(n, MapS, job, "artifacts");
                     if let Some(am) = n.as_map().filter(|_| is_map) {
-                        self.key_shapes(
-                            am,
-                            job,
-                            "artifacts",
-                            &[
-                                (&["paths", "exclude"], StrList),
-                                (&["untracked", "public"], Bool),
-                                (&["name", "expire_in", "expose_as", "when", "access"], Str),
-                                (&["reports"], MapS),
-                            ],
-                        );
+                        self.key_shapes(am, job, "artifacts", ARTIFACTS_SHAPES);
                     }
                 }
                 "cache" => {
                     for c in flatten_seq(n) {
                         let Some(cm) = c.as_map() else { continue };
-                        self.key_shapes(
-                            cm,
-                            job,
-                            "cache",
-                            &[
-                                (&["paths", "fallback_keys"], StrList),
-                                (&["untracked", "unprotect"], Bool),
-                                (&["policy", "when"], Str),
-                            ],
-                        );
+                        self.key_shapes(cm, job, "cache", CACHE_SHAPES);
                         if let Some(key) = cm.get("key").filter(|k| k.as_map().is_none()) {
                             self.shape(key, StrOrInt, job, "cache:key");
                         }
@@ -597,15 +578,7 @@ impl Compiler<'_> {
                 "environment" => {
                     // `environment()` reports the types other than a string or a mapping.
                     if let Some(em) = n.as_map() {
-                        let keys = [
-                            "name",
-                            "url",
-                            "action",
-                            "on_stop",
-                            "auto_stop_in",
-                            "deployment_tier",
-                        ];
-                        self.key_shapes(em, job, "environment", &[(&keys, Str)]);
+                        self.key_shapes(em, job, "environment", ENVIRONMENT_SHAPES);
                     }
                 }
                 "image" => {
@@ -644,8 +617,7 @@ impl Compiler<'_> {
                         self.shape(n, StrList, job, &e.key);
                     }
                     Value::Map(pm) => {
-                        let keys: &[&str] = &["refs", "variables", "changes"];
-                        self.key_shapes(pm, job, &e.key, &[(keys, StrList)]);
+                        self.key_shapes(pm, job, &e.key, ONLY_SHAPES);
                     }
                     _ => self.diags.error(
                         n.pos,
@@ -674,32 +646,14 @@ impl Compiler<'_> {
 
     /// Checks the types of one rule's keywords.
     fn rule_types(&mut self, rule: &Map, job: &str) {
-        self.key_shapes(
-            rule,
-            job,
-            "rules",
-            &[
-                (&["if", "when"], Shape::Str),
-                (&["allow_failure", "interruptible"], Shape::Bool),
-                (&["start_in"], Shape::StrOrInt),
-                (&["variables"], Shape::Map),
-            ],
-        );
+        self.key_shapes(rule, job, "rules", RULE_SHAPES);
         for x in &rule.entries {
             if !["changes", "exists"].contains(&x.key.as_str()) {
                 continue;
             }
             let key = format!("rules:{}", x.key);
             match x.value.as_map() {
-                Some(m) => self.key_shapes(
-                    m,
-                    job,
-                    &key,
-                    &[
-                        (&["paths"], Shape::StrList),
-                        (&["compare_to", "project", "ref"], Shape::Str),
-                    ],
-                ),
+                Some(m) => self.key_shapes(m, job, &key, RULE_PATHS_SHAPES),
                 None => {
                     self.shape(&x.value, Shape::StrList, job, &key);
                 }
@@ -709,17 +663,7 @@ impl Compiler<'_> {
 
     /// Checks the type of the keywords of an image or a service written as a mapping.
     fn image_keys(&mut self, m: &Map, job: &str, what: &str) {
-        self.key_shapes(
-            m,
-            job,
-            what,
-            &[
-                (&["name", "alias"], Shape::Str),
-                (&["entrypoint", "command"], Shape::StrList),
-                (&["pull_policy"], Shape::StrOrStrList),
-                (&["docker", "kubernetes", "variables"], Shape::Map),
-            ],
-        );
+        self.key_shapes(m, job, what, IMAGE_SHAPES);
     }
 
     /// Checks the keywords of `m` that `shapes` names (keywords, and the shape of their values),
@@ -2136,6 +2080,53 @@ fn a_kind(n: &Node) -> &'static str {
         Value::Map(_) => "a mapping",
     }
 }
+
+/// Keywords and the types of their values (see `Compiler::key_shapes`): of `artifacts`, of a cache,
+/// of an `environment` mapping, of an `only`/`except` mapping, of a rule, of a rule's
+/// `changes`/`exists` mapping, and of an image or a service written as a mapping. A `cache:key`
+/// mapping is checked where it is read.
+const ARTIFACTS_SHAPES: &[(&[&str], Shape)] = &[
+    (&["paths", "exclude"], Shape::StrList),
+    (&["untracked", "public"], Shape::Bool),
+    (
+        &["name", "expire_in", "expose_as", "when", "access"],
+        Shape::Str,
+    ),
+    (&["reports"], Shape::Map),
+];
+const CACHE_SHAPES: &[(&[&str], Shape)] = &[
+    (&["paths", "fallback_keys"], Shape::StrList),
+    (&["untracked", "unprotect"], Shape::Bool),
+    (&["policy", "when"], Shape::Str),
+];
+const ENVIRONMENT_SHAPES: &[(&[&str], Shape)] = &[(
+    &[
+        "name",
+        "url",
+        "action",
+        "on_stop",
+        "auto_stop_in",
+        "deployment_tier",
+    ],
+    Shape::Str,
+)];
+const ONLY_SHAPES: &[(&[&str], Shape)] = &[(&["refs", "variables", "changes"], Shape::StrList)];
+const RULE_SHAPES: &[(&[&str], Shape)] = &[
+    (&["if", "when"], Shape::Str),
+    (&["allow_failure", "interruptible"], Shape::Bool),
+    (&["start_in"], Shape::StrOrInt),
+    (&["variables"], Shape::Map),
+];
+const RULE_PATHS_SHAPES: &[(&[&str], Shape)] = &[
+    (&["paths"], Shape::StrList),
+    (&["compare_to", "project", "ref"], Shape::Str),
+];
+const IMAGE_SHAPES: &[(&[&str], Shape)] = &[
+    (&["name", "alias"], Shape::Str),
+    (&["entrypoint", "command"], Shape::StrList),
+    (&["pull_policy"], Shape::StrOrStrList),
+    (&["docker", "kubernetes", "variables"], Shape::Map),
+];
 
 /// The type a keyword's value must have (see `Compiler::shape`).
 #[derive(Clone, Copy)]
