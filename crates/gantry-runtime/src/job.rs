@@ -302,18 +302,24 @@ pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option
     };
     // Reported here, before the slot and the resource group are released, so that no job that was
     // waiting for them is reported as started before this one is reported as finished.
-    ctx.reporter.event(Event::JobFinished {
-        job: &job.name,
-        stage: &job.stage,
-        status: outcome.status,
-        allow_failure: outcome.allow_failure,
-        exit_code: outcome.exit_code,
-        duration: outcome.duration,
-        coverage: outcome.coverage,
-        reason: outcome.reason,
-        error: result.error.as_deref(),
-    });
+    ctx.reporter
+        .event(finished_event(&outcome, result.error.as_deref()));
     Some(outcome)
+}
+
+/// The [`Event::JobFinished`] of `result`, with `error` (why it failed without an exit code).
+pub(crate) fn finished_event<'a>(result: &'a JobResult, error: Option<&'a str>) -> Event<'a> {
+    Event::JobFinished {
+        job: &result.name,
+        stage: &result.stage,
+        status: result.status,
+        allow_failure: result.allow_failure,
+        exit_code: result.exit_code,
+        duration: result.duration,
+        coverage: result.coverage,
+        reason: result.reason,
+        error,
+    }
 }
 
 /// One attempt of job `idx`.

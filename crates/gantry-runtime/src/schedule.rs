@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::executor::Executor;
-use crate::job::{Ctx, Stored, canceled, run_job};
+use crate::job::{Ctx, Stored, canceled, finished_event, run_job};
 use crate::mask::Masker;
 use crate::workspace::{self, Setup, Snapshot};
 use crate::{
@@ -484,17 +484,7 @@ impl<'a, E> Scheduler<'a, E> {
         self.stage_left[stage] -= 1;
         self.stage_up[stage] = self.stage_up[stage].max(up);
         if !already {
-            self.ctx.reporter.event(Event::JobFinished {
-                job: &result.name,
-                stage: &result.stage,
-                status: result.status,
-                allow_failure: result.allow_failure,
-                exit_code: result.exit_code,
-                duration: result.duration,
-                coverage: result.coverage,
-                reason: result.reason,
-                error: None,
-            });
+            self.ctx.reporter.event(finished_event(&result, None));
         }
         self.results[j] = Some(result);
         for d in std::mem::take(&mut self.dependents[j]) {
