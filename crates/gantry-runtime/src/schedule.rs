@@ -276,22 +276,21 @@ async fn drive<E: Executor>(
         }
         tokio::select! {
             Some(joined) = tasks.join_next_with_id() => {
-                // A task that ran its job reported it finished; one that panicked did not.
-                let reported = matches!(&joined, Ok((_, Some(_))));
                 let (id, ran) = match joined {
-                    Ok((id, ran)) => (id, Ok(ran)),
-                    Err(e) => (e.id(), Err(e)),
+                    Ok((id, ran)) => (id, Some(ran)),
+                    Err(panicked) => (panicked.id(), None),
                 };
                 let Some(j) = task_jobs.remove(&id) else { continue };
                 s.running[j] = false;
-                let result = match ran {
-                    Ok(Some(result)) => result,
-                    // Canceled before it started.
-                    Ok(None) => skipped(ctx, j, JobStatus::Canceled),
-                    Err(_panicked) => JobResult {
-                        reason: Some(gantry_pipeline::plan::FailureReason::UnknownFailure),
-                        ..skipped(ctx, j, JobStatus::Failed)
-                    },
+                // A task that ran its job reported it finished; one that was canceled before it
+                // started, or panicked, did not.
+                let (result, reported) = match ran {
+                    Some(Some(result)) => (result, true),
+                    Some(None) => (skipped(ctx, j, JobStatus::Canceled), false),
+                    None => {
+                        let reason = Some(gantry_pipeline::plan::FailureReason::UnknownFailure);
+                        (JobResult { reason, ..skipped(ctx, j, JobStatus::Failed) }, false)
+                    }
                 };
                 s.finish_reported(j, passes_on(&result), result, reported);
             }
