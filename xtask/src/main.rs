@@ -14,7 +14,7 @@ use manifest::Manifest;
 /// Which workspace crates each crate may depend on (normal dependencies). Dev-dependencies are free.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("gantry-pipeline", &[]),
-    ("gantry-runtime", &["gantry-pipeline"]),
+    ("gantry-runtime", &["gantry-pipeline", "gantry-api"]),
     (
         "gantry-executor-shell",
         &["gantry-runtime", "gantry-pipeline"],

@@ -686,6 +686,9 @@ async fn finish(env: &Env, spec: &JobSpec, r: &JobResult, log_size: u64) -> Done
             JobStatus::Success => Outcome::Success,
             JobStatus::Canceled => Outcome::Canceled,
             JobStatus::Failed | JobStatus::Skipped | JobStatus::Manual => Outcome::Failed,
+            JobStatus::Created | JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled => {
+                unreachable!("a run ends a job success, failed, canceled, skipped or manual")
+            }
         },
         exit_code: r.exit_code,
         failure_reason: r.reason.map(reason_str).or_else(|| {

@@ -561,71 +561,26 @@ impl Compiler<'_> {
                     }
                 }
                 "artifacts" => {
-                    if self.shape(n, MapS, job, "artifacts") {
-                        for x in n.as_map().map(|a| a.entries.as_slice()).unwrap_or_default() {
-                            let key = format!("artifacts:{}", x.key);
-                            match x.key.as_str() {
-                                "paths" | "exclude" => {
-                                    self.shape(&x.value, StrList, job, &key);
-                                }
-                                "untracked" | "public" => {
-                                    self.shape(&x.value, Bool, job, &key);
-                                }
-                                "name" | "expire_in" | "expose_as" | "when" | "access" => {
-                                    self.shape(&x.value, Str, job, &key);
-                                }
-                                "reports" => {
-                                    self.shape(&x.value, MapS, job, &key);
-                                }
-                                _ => {}
-                            }
-                        }
+                    let is_map = self.shape(n, MapS, job, "artifacts");
+                    if let Some(am) = n.as_map().filter(|_| is_map) {
+                        self.key_shapes(am, job, "artifacts", ARTIFACTS_SHAPES);
                     }
                 }
                 "cache" => {
                     for c in flatten_seq(n) {
                         let Some(cm) = c.as_map() else { continue };
-                        for x in &cm.entries {
-                            let key = format!("cache:{}", x.key);
-                            match x.key.as_str() {
-                                "paths" | "fallback_keys" => {
-                                    self.shape(&x.value, StrList, job, &key);
-                                }
-                                "untracked" | "unprotect" => {
-                                    self.shape(&x.value, Bool, job, &key);
-                                }
-                                "policy" | "when" => {
-                                    self.shape(&x.value, Str, job, &key);
-                                }
-                                "key" if x.value.as_map().is_none() => {
-                                    self.shape(&x.value, StrOrInt, job, &key);
-                                }
-                                _ => {}
-                            }
+                        self.key_shapes(cm, job, "cache", CACHE_SHAPES);
+                        if let Some(key) = cm.get("key").filter(|k| k.as_map().is_none()) {
+                            self.shape(key, StrOrInt, job, "cache:key");
                         }
                     }
                 }
-                "environment" => match &n.value {
-                    Value::Str(_) => {}
-                    Value::Map(em) => {
-                        for x in &em.entries {
-                            if [
-                                "name",
-                                "url",
-                                "action",
-                                "on_stop",
-                                "auto_stop_in",
-                                "deployment_tier",
-                            ]
-                            .contains(&x.key.as_str())
-                            {
-                                self.shape(&x.value, Str, job, &format!("environment:{}", x.key));
-                            }
-                        }
+                "environment" => {
+                    // `environment()` reports the types other than a string or a mapping.
+                    if let Some(em) = n.as_map() {
+                        self.key_shapes(em, job, "environment", ENVIRONMENT_SHAPES);
                     }
-                    // `environment()` reports the other types.
-                    _ => {}
-                },
+                }
                 "image" => {
                     if let Some(im) = n.as_map() {
                         self.image_keys(im, job, "image");
@@ -662,11 +617,7 @@ impl Compiler<'_> {
                         self.shape(n, StrList, job, &e.key);
                     }
                     Value::Map(pm) => {
-                        for x in &pm.entries {
-                            if ["refs", "variables", "changes"].contains(&x.key.as_str()) {
-                                self.shape(&x.value, StrList, job, &format!("{}:{}", e.key, x.key));
-                            }
-                        }
+                        self.key_shapes(pm, job, &e.key, ONLY_SHAPES);
                     }
                     _ => self.diags.error(
                         n.pos,
@@ -695,60 +646,37 @@ impl Compiler<'_> {
 
     /// Checks the types of one rule's keywords.
     fn rule_types(&mut self, rule: &Map, job: &str) {
+        self.key_shapes(rule, job, "rules", RULE_SHAPES);
         for x in &rule.entries {
+            if !["changes", "exists"].contains(&x.key.as_str()) {
+                continue;
+            }
             let key = format!("rules:{}", x.key);
-            match x.key.as_str() {
-                "if" | "when" => {
-                    self.shape(&x.value, Shape::Str, job, &key);
+            match x.value.as_map() {
+                Some(m) => self.key_shapes(m, job, &key, RULE_PATHS_SHAPES),
+                None => {
+                    self.shape(&x.value, Shape::StrList, job, &key);
                 }
-                "allow_failure" | "interruptible" => {
-                    self.shape(&x.value, Shape::Bool, job, &key);
-                }
-                "start_in" => {
-                    self.shape(&x.value, Shape::StrOrInt, job, &key);
-                }
-                "variables" => {
-                    self.shape(&x.value, Shape::Map, job, &key);
-                }
-                "changes" | "exists" => match x.value.as_map() {
-                    Some(m) => {
-                        if let Some(paths) = m.get("paths") {
-                            self.shape(paths, Shape::StrList, job, &format!("{key}:paths"));
-                        }
-                        for k in ["compare_to", "project", "ref"] {
-                            if let Some(v) = m.get(k) {
-                                self.shape(v, Shape::Str, job, &format!("{key}:{k}"));
-                            }
-                        }
-                    }
-                    None => {
-                        self.shape(&x.value, Shape::StrList, job, &key);
-                    }
-                },
-                _ => {}
             }
         }
     }
 
     /// Checks the type of the keywords of an image or a service written as a mapping.
     fn image_keys(&mut self, m: &Map, job: &str, what: &str) {
+        self.key_shapes(m, job, what, IMAGE_SHAPES);
+    }
+
+    /// Checks the keywords of `m` that `shapes` names (keywords, and the shape of their values),
+    /// reporting them as `what:keyword`; the other keywords are left alone.
+    fn key_shapes(&mut self, m: &Map, job: &str, what: &str, shapes: &[(&[&str], Shape)]) {
         for x in &m.entries {
-            let key = format!("{what}:{}", x.key);
-            match x.key.as_str() {
-                "name" | "alias" => {
-                    self.shape(&x.value, Shape::Str, job, &key);
-                }
-                "entrypoint" | "command" => {
-                    self.shape(&x.value, Shape::StrList, job, &key);
-                }
-                "pull_policy" => {
-                    self.shape(&x.value, Shape::StrOrStrList, job, &key);
-                }
-                "docker" | "kubernetes" | "variables" => {
-                    self.shape(&x.value, Shape::Map, job, &key);
-                }
-                _ => {}
-            }
+            let Some((_, shape)) = shapes
+                .iter()
+                .find(|(keys, _)| keys.contains(&x.key.as_str()))
+            else {
+                continue;
+            };
+            self.shape(&x.value, *shape, job, &format!("{what}:{}", x.key));
         }
     }
 
@@ -991,28 +919,51 @@ impl Compiler<'_> {
         plan: &Plan,
         index: &PlanIndex<'_>,
     ) -> Option<(Job, Option<Node>)> {
+        let mut job = self.job_keywords(d, name, matrix_vars, node_index);
+        // `inherit:variables`
+        if let Some(inherit) = d
+            .map
+            .get("inherit")
+            .and_then(Node::as_map)
+            .and_then(|i| i.get("variables"))
+        {
+            let mut vs = not_inherited(&inherit.value, plan, &job.variables);
+            vs.append(&mut job.variables);
+            job.variables = vs;
+        }
+        if let Some(env) = &mut job.environment {
+            expand_environment(env, plan, &job.name, &job.stage, job.node, &job.variables);
+        }
+        job.predefined = job_predefined(&job);
+        let needs_node = self.job_when(d, &mut job, index)?;
+        self.job_dependencies(d, &mut job);
+        Some((job, needs_node))
+    }
+
+    /// A job with what its keywords say, before `inherit`, `rules` and `only`/`except`: its
+    /// variables are its own and the matrix's; `when` is `on_success`, no failure is allowed.
+    fn job_keywords(
+        &mut self,
+        d: &Draft<'_>,
+        name: &str,
+        matrix_vars: Vec<Variable>,
+        node_index: Option<(u32, u32)>,
+    ) -> Job {
         let m = d.map;
         let base = &d.name;
         let mut variables = m
             .get("variables")
             .map(|v| self.variables(v, &format!("{base}: variables")))
             .unwrap_or_default();
-        // `inherit:variables`
-        let inherit_vars = m
-            .get("inherit")
-            .and_then(Node::as_map)
-            .and_then(|i| i.get("variables"))
-            .map(|n| n.value.clone());
-        variables.extend(matrix_vars.iter().cloned());
+        variables.extend(matrix_vars);
         let stage = m
             .get("stage")
             .and_then(Node::scalar_string)
             .unwrap_or_else(|| "test".into());
-
-        let mut job = Job {
+        Job {
             name: name.to_string(),
             base_name: base.clone(),
-            stage: stage.clone(),
+            stage,
             stage_index: 0,
             before_script: self.script(m.get("before_script"), base, "before_script"),
             script: self.script(m.get("script"), base, "script"),
@@ -1049,45 +1000,20 @@ impl Compiler<'_> {
             services: self.services(m.get("services"), base),
             trigger: m.contains("trigger"),
             reason: String::new(),
-        };
-        if let Some(inh) = &inherit_vars {
-            // Global variables this job does not inherit are blanked out at job level.
-            let keep = |k: &str| match inh {
-                Value::Bool(b) => *b,
-                Value::Seq(list) => list.iter().any(|x| x.as_str() == Some(k)),
-                _ => true,
-            };
-            let blocked: Vec<Variable> = plan
-                .variables
-                .iter()
-                .filter(|v| !keep(&v.key) && !job.variables.iter().any(|j| j.key == v.key))
-                .map(|v| Variable::new(v.key.clone(), ""))
-                .collect();
-            let mut vs = blocked;
-            vs.append(&mut job.variables);
-            job.variables = vs;
         }
-        if let Some(env) = &mut job.environment {
-            // GitLab expands environment names and URLs when it creates the pipeline.
-            let visible: Vec<Variable> = plan
-                .predefined
-                .iter()
-                .chain(&job_predefined(&job_shell(name, &stage, node_index)))
-                .chain(&plan.variables)
-                .chain(&job.variables)
-                .chain(&plan.cli_variables)
-                .cloned()
-                .collect();
-            let resolved: HashMap<String, String> = vars::resolve(&visible).into_iter().collect();
-            env.name = vars::expand(&env.name, &|k| resolved.get(k).cloned());
-            env.url = env
-                .url
-                .as_ref()
-                .map(|u| vars::expand(u, &|k| resolved.get(k).cloned()));
-        }
-        job.predefined = job_predefined(&job);
+    }
 
-        // when / allow_failure / start_in from the job itself
+    /// Sets `when`, `allow_failure`, `start_in` and the reason of `job` from its keywords and its
+    /// `rules` (which may add variables and replace `needs`), or its `only`/`except`. `None` when
+    /// they exclude it; else the `needs` to use.
+    fn job_when(
+        &mut self,
+        d: &Draft<'_>,
+        job: &mut Job,
+        index: &PlanIndex<'_>,
+    ) -> Option<Option<Node>> {
+        let m = d.map;
+        let base = &d.name;
         // `check_types` reported a `when` that is not a string or not a job's `when`.
         let job_when = m.get("when").and_then(Node::as_str).and_then(parse_when);
         let job_allow = m
@@ -1144,17 +1070,22 @@ impl Compiler<'_> {
                 format!("`{base}`: `when: delayed` needs `start_in`"),
             );
         }
-        if let Some(deps) = m.get("dependencies") {
-            match deps.as_seq() {
-                Some(_) => job.dependencies = Some(string_list(deps)),
-                None if deps.is_null() => job.dependencies = Some(Vec::new()),
-                None => self.diags.error(
-                    deps.pos,
-                    format!("`{base}`: `dependencies` must be an array of job names"),
-                ),
-            }
+        Some(needs_node)
+    }
+
+    /// The job's `dependencies`: a list of job names, or `null` for none.
+    fn job_dependencies(&mut self, d: &Draft<'_>, job: &mut Job) {
+        let Some(deps) = d.map.get("dependencies") else {
+            return;
+        };
+        match deps.as_seq() {
+            Some(_) => job.dependencies = Some(string_list(deps)),
+            None if deps.is_null() => job.dependencies = Some(Vec::new()),
+            None => self.diags.error(
+                deps.pos,
+                format!("`{}`: `dependencies` must be an array of job names", d.name),
+            ),
         }
-        Some((job, needs_node))
     }
 
     fn script(&mut self, n: Option<&Node>, job: &str, key: &str) -> Vec<String> {
@@ -2150,6 +2081,53 @@ fn a_kind(n: &Node) -> &'static str {
     }
 }
 
+/// Keywords and the types of their values (see `Compiler::key_shapes`): of `artifacts`, of a cache,
+/// of an `environment` mapping, of an `only`/`except` mapping, of a rule, of a rule's
+/// `changes`/`exists` mapping, and of an image or a service written as a mapping. A `cache:key`
+/// mapping is checked where it is read.
+const ARTIFACTS_SHAPES: &[(&[&str], Shape)] = &[
+    (&["paths", "exclude"], Shape::StrList),
+    (&["untracked", "public"], Shape::Bool),
+    (
+        &["name", "expire_in", "expose_as", "when", "access"],
+        Shape::Str,
+    ),
+    (&["reports"], Shape::Map),
+];
+const CACHE_SHAPES: &[(&[&str], Shape)] = &[
+    (&["paths", "fallback_keys"], Shape::StrList),
+    (&["untracked", "unprotect"], Shape::Bool),
+    (&["policy", "when"], Shape::Str),
+];
+const ENVIRONMENT_SHAPES: &[(&[&str], Shape)] = &[(
+    &[
+        "name",
+        "url",
+        "action",
+        "on_stop",
+        "auto_stop_in",
+        "deployment_tier",
+    ],
+    Shape::Str,
+)];
+const ONLY_SHAPES: &[(&[&str], Shape)] = &[(&["refs", "variables", "changes"], Shape::StrList)];
+const RULE_SHAPES: &[(&[&str], Shape)] = &[
+    (&["if", "when"], Shape::Str),
+    (&["allow_failure", "interruptible"], Shape::Bool),
+    (&["start_in"], Shape::StrOrInt),
+    (&["variables"], Shape::Map),
+];
+const RULE_PATHS_SHAPES: &[(&[&str], Shape)] = &[
+    (&["paths"], Shape::StrList),
+    (&["compare_to", "project", "ref"], Shape::Str),
+];
+const IMAGE_SHAPES: &[(&[&str], Shape)] = &[
+    (&["name", "alias"], Shape::Str),
+    (&["entrypoint", "command"], Shape::StrList),
+    (&["pull_policy"], Shape::StrOrStrList),
+    (&["docker", "kubernetes", "variables"], Shape::Map),
+];
+
 /// The type a keyword's value must have (see `Compiler::shape`).
 #[derive(Clone, Copy)]
 enum Shape {
@@ -2337,6 +2315,48 @@ fn int_list(n: &Node) -> Vec<i32> {
         Value::Seq(items) => items.iter().filter_map(one).collect(),
         _ => one(n).into_iter().collect(),
     }
+}
+
+/// What `inherit:variables` (`false`, or the names to keep) takes from a job: the global variables
+/// it does not keep and the job does not set itself, each blanked out at job level.
+fn not_inherited(inherit: &Value, plan: &Plan, own: &[Variable]) -> Vec<Variable> {
+    let keep = |k: &str| match inherit {
+        Value::Bool(b) => *b,
+        Value::Seq(list) => list.iter().any(|x| x.as_str() == Some(k)),
+        _ => true,
+    };
+    plan.variables
+        .iter()
+        .filter(|v| !keep(&v.key) && !own.iter().any(|j| j.key == v.key))
+        .map(|v| Variable::new(v.key.clone(), ""))
+        .collect()
+}
+
+/// Expands the name and URL of a job's environment with the variables it sees, as GitLab does when
+/// it creates the pipeline.
+fn expand_environment(
+    env: &mut Environment,
+    plan: &Plan,
+    name: &str,
+    stage: &str,
+    node: Option<(u32, u32)>,
+    variables: &[Variable],
+) {
+    let visible: Vec<Variable> = plan
+        .predefined
+        .iter()
+        .chain(&job_predefined(&job_shell(name, stage, node)))
+        .chain(&plan.variables)
+        .chain(variables)
+        .chain(&plan.cli_variables)
+        .cloned()
+        .collect();
+    let resolved: HashMap<String, String> = vars::resolve(&visible).into_iter().collect();
+    env.name = vars::expand(&env.name, &|k| resolved.get(k).cloned());
+    env.url = env
+        .url
+        .as_ref()
+        .map(|u| vars::expand(u, &|k| resolved.get(k).cloned()));
 }
 
 /// Predefined variables that depend on the job.

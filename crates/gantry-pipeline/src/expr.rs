@@ -564,26 +564,28 @@ impl Parser<'_> {
     }
 
     fn parse_or(&mut self) -> Result<Node, ExprError> {
-        let mut items = vec![self.parse_and()?];
-        while self.eat_op(Op::Or) {
-            items.push(self.parse_and()?);
-        }
-        Ok(if items.len() == 1 {
-            items.swap_remove(0)
-        } else {
-            Node::Or(items)
-        })
+        self.parse_chain(Op::Or, Self::parse_and, Node::Or)
     }
 
     fn parse_and(&mut self) -> Result<Node, ExprError> {
-        let mut items = vec![self.parse_primary()?];
-        while self.eat_op(Op::And) {
-            items.push(self.parse_primary()?);
+        self.parse_chain(Op::And, Self::parse_primary, Node::And)
+    }
+
+    /// `operand (op operand)*`: the operand alone, or `node` of them all.
+    fn parse_chain(
+        &mut self,
+        op: Op,
+        operand: fn(&mut Self) -> Result<Node, ExprError>,
+        node: fn(Vec<Node>) -> Node,
+    ) -> Result<Node, ExprError> {
+        let mut items = vec![operand(self)?];
+        while self.eat_op(op) {
+            items.push(operand(self)?);
         }
         Ok(if items.len() == 1 {
             items.swap_remove(0)
         } else {
-            Node::And(items)
+            node(items)
         })
     }
 

@@ -1312,21 +1312,7 @@ fn float_text(f: f64) -> String {
 fn inspect(v: &Value) -> String {
     match v {
         Value::Null => "nil".to_string(),
-        Value::Str(s) => {
-            let mut out = String::from("\"");
-            for c in s.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    '\t' => out.push_str("\\t"),
-                    '\r' => out.push_str("\\r"),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        }
+        Value::Str(s) => crate::yaml::double_quoted(s, String::push),
         Value::Seq(items) => {
             let parts: Vec<String> = items.iter().map(|i| inspect(&i.value)).collect();
             format!("[{}]", parts.join(", "))

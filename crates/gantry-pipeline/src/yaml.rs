@@ -232,6 +232,25 @@ const MAX_DEPTH: usize = 256;
 /// The most nodes that alias expansion may produce; guards against "billion laughs".
 const MAX_NODES: usize = 2_000_000;
 
+/// `s` in double quotes, with `"`, `\`, newline, tab and carriage return escaped as YAML and
+/// Ruby's `inspect` both write them; `other` writes every other character.
+pub(crate) fn double_quoted(s: &str, mut other: impl FnMut(&mut String, char)) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c => other(&mut out, c),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// Reads every document of `src`. `file` is the file's index, stored in every [`Pos`].
 ///
 /// # Errors

@@ -83,6 +83,19 @@ fn glob(pattern: &str) -> Result<globset::Glob, String> {
         .map_err(|e| format!("invalid pattern `{pattern}`: {e}"))
 }
 
+/// Adds the glob `pattern` and `pattern/**` (what is under the directories it matches) to `set`; an
+/// invalid pattern becomes a warning.
+fn add_with_contents(set: &mut GlobSetBuilder, pattern: &str, warnings: &mut Vec<String>) {
+    for p in [pattern.to_string(), format!("{pattern}/**")] {
+        match glob(&p) {
+            Ok(g) => {
+                set.add(g);
+            }
+            Err(w) => warnings.push(w),
+        }
+    }
+}
+
 /// Selects files under a root with GitLab's `paths`/`exclude`/`untracked` rules: a pattern that names a
 /// directory (or ends with `/`) takes everything under it, `**` crosses directories, `*` does not, and
 /// `exclude` patterns match files.
@@ -107,14 +120,7 @@ pub(crate) fn select(
         let Some(n) = normalize(e, root) else {
             continue;
         };
-        for p in [n.clone(), format!("{n}/**")] {
-            match glob(&p) {
-                Ok(g) => {
-                    excl.add(g);
-                }
-                Err(w) => warnings.push(w),
-            }
-        }
+        add_with_contents(&mut excl, &n, &mut warnings);
     }
     let excl = excl.build().unwrap_or_else(|_| GlobSet::empty());
     let mut files = BTreeSet::new();
@@ -141,14 +147,7 @@ pub(crate) fn select(
             }
         } else {
             let mut set = GlobSetBuilder::new();
-            for p in [n.clone(), format!("{n}/**")] {
-                match glob(&p) {
-                    Ok(g) => {
-                        set.add(g);
-                    }
-                    Err(w) => warnings.push(w),
-                }
-            }
+            add_with_contents(&mut set, &n, &mut warnings);
             let set = set.build().unwrap_or_else(|_| GlobSet::empty());
             // Walk only below the pattern's literal prefix.
             let prefix: PathBuf = n.split('/').take_while(|c| !is_glob(c)).collect();

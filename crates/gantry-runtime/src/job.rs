@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::executor::{Executor, JobContext, Session, Step, StepEvent, StepKind, StepOutcome};
 use crate::mask::Masker;
 use crate::workspace::{Snapshot, View};
-use crate::{Event, JobStatus, Reporter, RunConfig, artifacts, cache, files};
+use crate::{Event, JobResult, JobStatus, Reporter, RunConfig, artifacts, cache, files};
 
 /// How long `after_script` may run.
 pub(crate) const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -54,19 +54,6 @@ pub(crate) struct Ctx<E> {
     pub stored: Mutex<Vec<Stored>>,
     pub job_ids: AtomicU64,
     pub cancel: watch::Receiver<bool>,
-}
-
-/// How a job that was handed to [`run_job`] ended.
-#[derive(Debug)]
-pub(crate) struct Outcome {
-    pub status: JobStatus,
-    pub allow_failure: bool,
-    pub exit_code: Option<i32>,
-    pub duration: Duration,
-    pub coverage: Option<f64>,
-    pub reason: Option<FailureReason>,
-    /// Why it failed without its script's exit code (masked), as in [`Event::JobFinished`].
-    pub error: Option<String>,
 }
 
 /// How one attempt ended.
@@ -229,7 +216,7 @@ fn lookup(env: &[(String, String)]) -> HashMap<&str, &str> {
 
 /// Runs job `idx`, whose `when` says it runs, through all its attempts, and reports it finished.
 /// `None` (and nothing reported) if the pipeline was canceled before the job started.
-pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option<Outcome> {
+pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option<JobResult> {
     let job = &ctx.plan.jobs[idx];
     let mut cancel = ctx.cancel.clone();
     let (sources, missing) = ctx.sources(idx);
@@ -302,7 +289,9 @@ pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option
         }
         break a;
     };
-    let outcome = Outcome {
+    let outcome = JobResult {
+        name: job.name.clone(),
+        stage: job.stage.clone(),
         allow_failure: result.status == JobStatus::Failed
             && job.allow_failure.allows(result.exit_code),
         status: result.status,
@@ -310,22 +299,27 @@ pub(crate) async fn run_job<E: Executor>(ctx: Arc<Ctx<E>>, idx: usize) -> Option
         duration: started.elapsed(),
         coverage: result.coverage,
         reason: result.reason,
-        error: result.error,
     };
     // Reported here, before the slot and the resource group are released, so that no job that was
     // waiting for them is reported as started before this one is reported as finished.
-    ctx.reporter.event(Event::JobFinished {
-        job: &job.name,
-        stage: &job.stage,
-        status: outcome.status,
-        allow_failure: outcome.allow_failure,
-        exit_code: outcome.exit_code,
-        duration: outcome.duration,
-        coverage: outcome.coverage,
-        reason: outcome.reason,
-        error: outcome.error.as_deref(),
-    });
+    ctx.reporter
+        .event(finished_event(&outcome, result.error.as_deref()));
     Some(outcome)
+}
+
+/// The [`Event::JobFinished`] of `result`, with `error` (why it failed without an exit code).
+pub(crate) fn finished_event<'a>(result: &'a JobResult, error: Option<&'a str>) -> Event<'a> {
+    Event::JobFinished {
+        job: &result.name,
+        stage: &result.stage,
+        status: result.status,
+        allow_failure: result.allow_failure,
+        exit_code: result.exit_code,
+        duration: result.duration,
+        coverage: result.coverage,
+        reason: result.reason,
+        error,
+    }
 }
 
 /// One attempt of job `idx`.
@@ -453,7 +447,13 @@ async fn attempt<E: Executor>(
         let status = match result.status {
             JobStatus::Success => "success",
             JobStatus::Canceled => "canceled",
-            _ => "failed",
+            JobStatus::Failed => "failed",
+            JobStatus::Skipped
+            | JobStatus::Manual
+            | JobStatus::Created
+            | JobStatus::Pending
+            | JobStatus::Running
+            | JobStatus::Scheduled => unreachable!("an attempt ends success, failed or canceled"),
         };
         let mut env = step.env.clone();
         env.push(("CI_JOB_STATUS".to_string(), status.to_string()));

@@ -53,6 +53,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use executor::Stream;
+// The API's statuses: a run ends a job `success`, `failed`, `canceled`, `skipped` or `manual`, and a
+// pipeline `success`, `failed` or `canceled`; the others are the server's.
+pub use gantry_api::{JobStatus, PipelineStatus};
 use gantry_pipeline::Plan;
 pub use gantry_pipeline::plan::FailureReason;
 pub use mask::MASK;
@@ -144,7 +147,7 @@ pub enum Event<'a> {
         job: &'a str,
         /// Its stage.
         stage: &'a str,
-        /// How it ended.
+        /// How it ended: success, failed, canceled, skipped or manual.
         status: JobStatus,
         /// Whether its failure is allowed (only ever true when `status` is [`JobStatus::Failed`]).
         allow_failure: bool,
@@ -163,63 +166,11 @@ pub enum Event<'a> {
     },
     /// The pipeline is done.
     PipelineFinished {
-        /// How it ended.
+        /// How it ended: success, failed or canceled.
         status: PipelineStatus,
         /// How long it took.
         duration: Duration,
     },
-}
-
-/// How a job ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum JobStatus {
-    /// The script succeeded.
-    Success,
-    /// The script failed, timed out, or could not run.
-    Failed,
-    /// The pipeline was canceled before or while it ran.
-    Canceled,
-    /// It did not run: `when` said so, or an earlier failure prevented it.
-    Skipped,
-    /// A manual job that was not played.
-    Manual,
-}
-
-impl JobStatus {
-    /// The status as GitLab spells it.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Success => "success",
-            JobStatus::Failed => "failed",
-            JobStatus::Canceled => "canceled",
-            JobStatus::Skipped => "skipped",
-            JobStatus::Manual => "manual",
-        }
-    }
-}
-
-/// How a pipeline ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PipelineStatus {
-    /// No job failed, or only with an allowed failure.
-    Success,
-    /// Some job failed without an allowed failure.
-    Failed,
-    /// The pipeline was canceled.
-    Canceled,
-}
-
-impl PipelineStatus {
-    /// The status as GitLab spells it.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PipelineStatus::Success => "success",
-            PipelineStatus::Failed => "failed",
-            PipelineStatus::Canceled => "canceled",
-        }
-    }
 }
 
 /// How one job ended (the content of its [`Event::JobFinished`]).
@@ -229,7 +180,7 @@ pub struct JobResult {
     pub name: String,
     /// Its stage.
     pub stage: String,
-    /// How it ended.
+    /// How it ended: success, failed, canceled, skipped or manual.
     pub status: JobStatus,
     /// Whether its failure is allowed.
     pub allow_failure: bool,
@@ -246,7 +197,7 @@ pub struct JobResult {
 /// How a pipeline ended.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineResult {
-    /// The pipeline's status.
+    /// The pipeline's status: success, failed or canceled.
     pub status: PipelineStatus,
     /// One entry per selected job, in plan order.
     pub jobs: Vec<JobResult>,

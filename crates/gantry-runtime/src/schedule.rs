@@ -5,6 +5,7 @@
 //! on a stage barrier (per-stage counters of unfinished jobs), never on one edge per earlier job.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::executor::Executor;
-use crate::job::{Ctx, Outcome, Stored, canceled, run_job};
+use crate::job::{Ctx, Stored, canceled, finished_event, run_job};
 use crate::mask::Masker;
 use crate::workspace::{self, Setup, Snapshot};
 use crate::{
@@ -76,223 +77,8 @@ pub(crate) async fn run<E: Executor>(
             jobs: plan.jobs.len(),
         });
     }
-
-    // State directory, snapshot, stored artifacts: all blocking IO, in one go.
-    let state_dir = config.state_dir.clone();
-    let builds_dir = state_dir
-        .join("builds")
-        .join(config.pipeline_id.to_string());
-    let artifacts_dir = state_dir.join("artifacts");
-    let (project_dir, in_place, overlay) =
-        (config.project_dir.clone(), config.in_place, config.overlay);
-    let given_files = config.files.clone();
-    // `untracked` artifacts and caches are defined by the files listed before the jobs ran.
-    let untracked = plan
-        .jobs
-        .iter()
-        .zip(&config.selected)
-        .any(|(job, &selected)| {
-            selected
-                && (job.artifacts.as_ref().is_some_and(|a| a.untracked)
-                    || job.cache.iter().any(|c| c.untracked))
-        });
-    let (snapshot, on_disk) = {
-        let (state_dir, builds_dir, artifacts_dir) =
-            (state_dir.clone(), builds_dir.clone(), artifacts_dir.clone());
-        tokio::task::spawn_blocking(
-            move || -> Result<(Snapshot, HashSet<String>), RuntimeError> {
-                std::fs::create_dir_all(&state_dir).map_err(io_error(&state_dir))?;
-                let ignore = state_dir.join(".gitignore");
-                if !ignore.exists() {
-                    std::fs::write(&ignore, "*\n").map_err(io_error(&ignore))?;
-                }
-                workspace::discard_old_builds(&state_dir);
-                let snapshot = Snapshot::build(Setup {
-                    project_dir: &project_dir,
-                    state_dir: &state_dir,
-                    builds_dir: &builds_dir,
-                    in_place,
-                    given: given_files,
-                    untracked,
-                    overlay,
-                })
-                .map_err(io_error(&project_dir))?;
-                let on_disk = std::fs::read_dir(&artifacts_dir)
-                    .map(|d| {
-                        d.flatten()
-                            .map(|e| e.file_name().to_string_lossy().into_owned())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                Ok((snapshot, on_disk))
-            },
-        )
-        .await
-        .map_err(|e| RuntimeError::Io {
-            path: config.project_dir.clone(),
-            source: std::io::Error::other(e),
-        })??
-    };
-
-    let slugs = slugs(plan);
-    let stored = (0..plan.jobs.len())
-        .map(|i| {
-            if !config.selected[i] && on_disk.contains(&slugs[i]) {
-                Stored::OnDisk
-            } else {
-                Stored::Nothing
-            }
-        })
-        .collect();
-    // Masked values of every layer: a server's job carries some among its predefined variables
-    // (`CI_JOB_TOKEN`).
-    let masker = Masker::new(
-        plan.predefined
-            .iter()
-            .chain(&plan.variables)
-            .chain(&plan.cli_variables)
-            .chain(
-                plan.jobs
-                    .iter()
-                    .flat_map(|j| j.predefined.iter().chain(&j.variables)),
-            )
-            .filter(|v| v.masked)
-            .map(|v| v.value.as_str()),
-    );
-    let ctx = Arc::new(Ctx {
-        plan: plan.clone(),
-        slots: Semaphore::new(config.concurrency.max(1)),
-        cache_dir: state_dir.join("cache"),
-        config,
-        executor,
-        reporter,
-        masker,
-        snapshot,
-        by_name: plan
-            .jobs
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (j.name.clone(), i))
-            .collect(),
-        slugs,
-        builds_dir,
-        artifacts_dir,
-        groups: Mutex::new(HashMap::new()),
-        stored: Mutex::new(stored),
-        job_ids: AtomicU64::new(0),
-        cancel: cancel.clone(),
-    });
-
-    let mut s = Scheduler::new(&ctx);
-    let mut tasks: JoinSet<Option<Outcome>> = JoinSet::new();
-    let mut task_jobs: HashMap<tokio::task::Id, usize> = HashMap::new();
-    let mut is_canceled = false;
-    s.advance();
-    loop {
-        while let Some(j) = s.ready.pop_front() {
-            if s.finished[j] {
-                continue;
-            }
-            if is_canceled {
-                s.finish(j, Upstream::Failed, skipped(&ctx, j, JobStatus::Canceled));
-                continue;
-            }
-            let job = &ctx.plan.jobs[j];
-            let up = s.upstream(j);
-            let played = ctx.config.play_manual.contains(&job.name);
-            if job.trigger {
-                ctx.info(&job.name, "trigger jobs are not supported yet; skipped");
-                s.finish(j, Upstream::Ok, skipped(&ctx, j, JobStatus::Skipped));
-                continue;
-            }
-            let decision = match (job.when, up) {
-                (When::Always, _) | (When::OnFailure, Upstream::Failed) => Ok(()),
-                (When::OnFailure, _) => Err((Upstream::Ok, JobStatus::Skipped)),
-                (_, Upstream::Failed) => Err((Upstream::Failed, JobStatus::Skipped)),
-                // A manual job that is not played holds nothing up: a local run has nobody to
-                // play it later (gitlab-ci-local does the same; GitLab would block the pipeline
-                // at a manual job with `allow_failure: false`).
-                (When::Manual, _) if !played => Err((Upstream::Ok, JobStatus::Manual)),
-                _ => Ok(()),
-            };
-            match decision {
-                Ok(()) => {
-                    let handle = tasks.spawn(run_job(ctx.clone(), j));
-                    task_jobs.insert(handle.id(), j);
-                    s.running[j] = true;
-                }
-                Err((up, status)) => s.finish(j, up, skipped(&ctx, j, status)),
-            }
-        }
-        if s.done == s.selected {
-            break;
-        }
-        if tasks.is_empty() {
-            // Only a cycle in `needs` can get here: nothing runs and nothing can start.
-            for j in 0..ctx.plan.jobs.len() {
-                if ctx.config.selected[j] && !s.finished[j] {
-                    ctx.info(
-                        &ctx.plan.jobs[j].name,
-                        "waits for a job that waits for it; skipped",
-                    );
-                    s.finish(j, Upstream::Failed, skipped(&ctx, j, JobStatus::Skipped));
-                }
-            }
-            continue;
-        }
-        tokio::select! {
-            Some(joined) = tasks.join_next_with_id() => {
-                // A task that ran its job reported it finished; one that panicked did not.
-                let reported = matches!(&joined, Ok((_, Some(_))));
-                let (id, outcome) = match joined {
-                    Ok((id, o)) => (id, o),
-                    Err(e) => (e.id(), Some(Outcome {
-                        status: JobStatus::Failed,
-                        allow_failure: false,
-                        exit_code: None,
-                        duration: Duration::ZERO,
-                        coverage: None,
-                        reason: Some(gantry_pipeline::plan::FailureReason::UnknownFailure),
-                        error: None,
-                    })),
-                };
-                let Some(j) = task_jobs.remove(&id) else { continue };
-                s.running[j] = false;
-                let job = &ctx.plan.jobs[j];
-                let (up, result) = match outcome {
-                    None => (Upstream::Failed, skipped(&ctx, j, JobStatus::Canceled)),
-                    Some(o) => {
-                        let up = match o.status {
-                            JobStatus::Failed if !o.allow_failure => Upstream::Failed,
-                            JobStatus::Canceled => Upstream::Failed,
-                            _ => Upstream::Ok,
-                        };
-                        (up, JobResult {
-                            name: job.name.clone(),
-                            stage: job.stage.clone(),
-                            status: o.status,
-                            allow_failure: o.allow_failure,
-                            exit_code: o.exit_code,
-                            duration: o.duration,
-                            coverage: o.coverage,
-                            reason: o.reason,
-                        })
-                    }
-                };
-                s.finish_reported(j, up, result, reported);
-            }
-            () = canceled(&mut cancel), if !is_canceled => {
-                is_canceled = true;
-                for j in 0..ctx.plan.jobs.len() {
-                    if ctx.config.selected[j] && !s.finished[j] && !s.running[j] {
-                        s.finish(j, Upstream::Failed, skipped(&ctx, j, JobStatus::Canceled));
-                    }
-                }
-            }
-        }
-    }
-
-    let jobs: Vec<JobResult> = s.results.into_iter().flatten().collect();
+    let ctx = Arc::new(prepare(plan, config, executor, reporter, cancel.clone()).await?);
+    let (jobs, is_canceled) = drive(&ctx, &mut cancel).await;
     let status = if is_canceled || *ctx.cancel.borrow() {
         PipelineStatus::Canceled
     } else if jobs
@@ -308,6 +94,246 @@ pub(crate) async fn run<E: Executor>(
         duration: started.elapsed(),
     });
     Ok(PipelineResult { status, jobs })
+}
+
+/// The state the jobs share, before the first one starts: the state directory, the project
+/// snapshot, what the artifact store holds from earlier runs, the masker.
+async fn prepare<E: Executor>(
+    plan: &Plan,
+    config: RunConfig,
+    executor: Arc<E>,
+    reporter: Arc<dyn Reporter>,
+    cancel: watch::Receiver<bool>,
+) -> Result<Ctx<E>, RuntimeError> {
+    let builds_dir = config
+        .state_dir
+        .join("builds")
+        .join(config.pipeline_id.to_string());
+    let artifacts_dir = config.state_dir.join("artifacts");
+    let (snapshot, on_disk) =
+        prepare_disk(plan, &config, builds_dir.clone(), artifacts_dir.clone()).await?;
+    let slugs = slugs(plan);
+    let stored = (0..plan.jobs.len())
+        .map(|i| {
+            if !config.selected[i] && on_disk.contains(&slugs[i]) {
+                Stored::OnDisk
+            } else {
+                Stored::Nothing
+            }
+        })
+        .collect();
+    Ok(Ctx {
+        plan: plan.clone(),
+        slots: Semaphore::new(config.concurrency.max(1)),
+        cache_dir: config.state_dir.join("cache"),
+        config,
+        executor,
+        reporter,
+        masker: masker(plan),
+        snapshot,
+        by_name: plan
+            .jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (j.name.clone(), i))
+            .collect(),
+        slugs,
+        builds_dir,
+        artifacts_dir,
+        groups: Mutex::new(HashMap::new()),
+        stored: Mutex::new(stored),
+        job_ids: AtomicU64::new(0),
+        cancel,
+    })
+}
+
+/// The state directory, the project snapshot and the names of the stored artifact entries: all
+/// blocking IO, in one go.
+async fn prepare_disk(
+    plan: &Plan,
+    config: &RunConfig,
+    builds_dir: PathBuf,
+    artifacts_dir: PathBuf,
+) -> Result<(Snapshot, HashSet<String>), RuntimeError> {
+    let state_dir = config.state_dir.clone();
+    let (project_dir, in_place, overlay) =
+        (config.project_dir.clone(), config.in_place, config.overlay);
+    let given_files = config.files.clone();
+    // `untracked` artifacts and caches are defined by the files listed before the jobs ran.
+    let untracked = plan
+        .jobs
+        .iter()
+        .zip(&config.selected)
+        .any(|(job, &selected)| {
+            selected
+                && (job.artifacts.as_ref().is_some_and(|a| a.untracked)
+                    || job.cache.iter().any(|c| c.untracked))
+        });
+    tokio::task::spawn_blocking(
+        move || -> Result<(Snapshot, HashSet<String>), RuntimeError> {
+            std::fs::create_dir_all(&state_dir).map_err(io_error(&state_dir))?;
+            let ignore = state_dir.join(".gitignore");
+            if !ignore.exists() {
+                std::fs::write(&ignore, "*\n").map_err(io_error(&ignore))?;
+            }
+            workspace::discard_old_builds(&state_dir);
+            let snapshot = Snapshot::build(Setup {
+                project_dir: &project_dir,
+                state_dir: &state_dir,
+                builds_dir: &builds_dir,
+                in_place,
+                given: given_files,
+                untracked,
+                overlay,
+            })
+            .map_err(io_error(&project_dir))?;
+            let on_disk = std::fs::read_dir(&artifacts_dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok((snapshot, on_disk))
+        },
+    )
+    .await
+    .map_err(|e| RuntimeError::Io {
+        path: config.project_dir.clone(),
+        source: std::io::Error::other(e),
+    })?
+}
+
+/// Masked values of every layer: a server's job carries some among its predefined variables
+/// (`CI_JOB_TOKEN`).
+fn masker(plan: &Plan) -> Masker {
+    Masker::new(
+        plan.predefined
+            .iter()
+            .chain(&plan.variables)
+            .chain(&plan.cli_variables)
+            .chain(
+                plan.jobs
+                    .iter()
+                    .flat_map(|j| j.predefined.iter().chain(&j.variables)),
+            )
+            .filter(|v| v.masked)
+            .map(|v| v.value.as_str()),
+    )
+}
+
+/// The loop: starts each job once what it waits for has finished, until every selected job has
+/// finished. Returns their results in plan order, and whether the pipeline was canceled.
+async fn drive<E: Executor>(
+    ctx: &Arc<Ctx<E>>,
+    cancel: &mut watch::Receiver<bool>,
+) -> (Vec<JobResult>, bool) {
+    let mut s = Scheduler::new(ctx);
+    let mut tasks: JoinSet<Option<JobResult>> = JoinSet::new();
+    let mut task_jobs: HashMap<tokio::task::Id, usize> = HashMap::new();
+    let mut is_canceled = false;
+    s.advance();
+    loop {
+        while let Some(j) = s.ready.pop_front() {
+            if s.finished[j] {
+                continue;
+            }
+            if is_canceled {
+                s.finish(j, Upstream::Failed, skipped(ctx, j, JobStatus::Canceled));
+                continue;
+            }
+            let job = &ctx.plan.jobs[j];
+            if job.trigger {
+                ctx.info(&job.name, "trigger jobs are not supported yet; skipped");
+                s.finish(j, Upstream::Ok, skipped(ctx, j, JobStatus::Skipped));
+                continue;
+            }
+            let played = ctx.config.play_manual.contains(&job.name);
+            match not_run(job.when, s.upstream(j), played) {
+                None => {
+                    let handle = tasks.spawn(run_job(ctx.clone(), j));
+                    task_jobs.insert(handle.id(), j);
+                    s.running[j] = true;
+                }
+                Some((up, status)) => s.finish(j, up, skipped(ctx, j, status)),
+            }
+        }
+        if s.done == s.selected {
+            break;
+        }
+        if tasks.is_empty() {
+            // Only a cycle in `needs` can get here: nothing runs and nothing can start.
+            for j in 0..ctx.plan.jobs.len() {
+                if ctx.config.selected[j] && !s.finished[j] {
+                    ctx.info(
+                        &ctx.plan.jobs[j].name,
+                        "waits for a job that waits for it; skipped",
+                    );
+                    s.finish(j, Upstream::Failed, skipped(ctx, j, JobStatus::Skipped));
+                }
+            }
+            continue;
+        }
+        tokio::select! {
+            Some(joined) = tasks.join_next_with_id() => {
+                let (id, ran) = match joined {
+                    Ok((id, ran)) => (id, Some(ran)),
+                    Err(panicked) => (panicked.id(), None),
+                };
+                let Some(j) = task_jobs.remove(&id) else { continue };
+                s.running[j] = false;
+                // A task that ran its job reported it finished; one that was canceled before it
+                // started, or panicked, did not.
+                let (result, reported) = match ran {
+                    Some(Some(result)) => (result, true),
+                    Some(None) => (skipped(ctx, j, JobStatus::Canceled), false),
+                    None => {
+                        let reason = Some(gantry_pipeline::plan::FailureReason::UnknownFailure);
+                        (JobResult { reason, ..skipped(ctx, j, JobStatus::Failed) }, false)
+                    }
+                };
+                s.finish_reported(j, passes_on(&result), result, reported);
+            }
+            () = canceled(cancel), if !is_canceled => {
+                is_canceled = true;
+                for j in 0..ctx.plan.jobs.len() {
+                    if ctx.config.selected[j] && !s.finished[j] && !s.running[j] {
+                        s.finish(j, Upstream::Failed, skipped(ctx, j, JobStatus::Canceled));
+                    }
+                }
+            }
+        }
+    }
+    (s.results.into_iter().flatten().collect(), is_canceled)
+}
+
+/// Why a job whose turn has come does not run (what it passes on, and its status), from its `when`,
+/// what it inherits and whether it is a played manual job; `None` when it runs.
+fn not_run(when: When, up: Upstream, played: bool) -> Option<(Upstream, JobStatus)> {
+    match (when, up) {
+        (When::Always, _) | (When::OnFailure, Upstream::Failed) => None,
+        (When::OnFailure, _) => Some((Upstream::Ok, JobStatus::Skipped)),
+        (_, Upstream::Failed) => Some((Upstream::Failed, JobStatus::Skipped)),
+        // A manual job that is not played holds nothing up: a local run has nobody to play it
+        // later (gitlab-ci-local does the same; GitLab would block the pipeline at a manual job
+        // with `allow_failure: false`).
+        (When::Manual, _) if !played => Some((Upstream::Ok, JobStatus::Manual)),
+        _ => None,
+    }
+}
+
+/// What a job that ran (or was canceled while it waited) means for the jobs that wait for it.
+fn passes_on(result: &JobResult) -> Upstream {
+    match result.status {
+        JobStatus::Failed if !result.allow_failure => Upstream::Failed,
+        JobStatus::Canceled => Upstream::Failed,
+        JobStatus::Success | JobStatus::Failed | JobStatus::Skipped | JobStatus::Manual => {
+            Upstream::Ok
+        }
+        JobStatus::Created | JobStatus::Pending | JobStatus::Running | JobStatus::Scheduled => {
+            unreachable!("a job's task ends it success, failed or canceled")
+        }
+    }
 }
 
 /// The result of a job that did not run.
@@ -457,17 +483,7 @@ impl<'a, E> Scheduler<'a, E> {
         self.stage_left[stage] -= 1;
         self.stage_up[stage] = self.stage_up[stage].max(up);
         if !already {
-            self.ctx.reporter.event(Event::JobFinished {
-                job: &result.name,
-                stage: &result.stage,
-                status: result.status,
-                allow_failure: result.allow_failure,
-                exit_code: result.exit_code,
-                duration: result.duration,
-                coverage: result.coverage,
-                reason: result.reason,
-                error: None,
-            });
+            self.ctx.reporter.event(finished_event(&result, None));
         }
         self.results[j] = Some(result);
         for d in std::mem::take(&mut self.dependents[j]) {

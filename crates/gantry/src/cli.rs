@@ -715,6 +715,13 @@ fn execute(
         gantry_runtime::PipelineStatus::Success => EXIT_OK,
         gantry_runtime::PipelineStatus::Failed => EXIT_FAILED,
         gantry_runtime::PipelineStatus::Canceled => EXIT_INTERRUPTED,
+        status @ (gantry_runtime::PipelineStatus::Created
+        | gantry_runtime::PipelineStatus::Pending
+        | gantry_runtime::PipelineStatus::Running
+        | gantry_runtime::PipelineStatus::Skipped
+        | gantry_runtime::PipelineStatus::Manual) => {
+            unreachable!("a run does not end a pipeline {status:?}")
+        }
     })
 }
 

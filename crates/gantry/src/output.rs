@@ -151,6 +151,10 @@ impl Human {
                 JobStatus::Canceled => ("CANCELED", "31"),
                 JobStatus::Skipped => ("SKIP", "90"),
                 JobStatus::Manual => ("MANUAL", "90"),
+                JobStatus::Created
+                | JobStatus::Pending
+                | JobStatus::Running
+                | JobStatus::Scheduled => unreachable!("a run does not end a job {:?}", f.status),
             };
             let label = s.paint(code, &format!("{label:<8}"));
             let mut line = format!("{label} {:<width$}", f.name);
@@ -183,6 +187,13 @@ impl Human {
                 PipelineStatus::Success => ("pipeline passed", "32"),
                 PipelineStatus::Failed => ("pipeline failed", "31"),
                 PipelineStatus::Canceled => ("pipeline canceled", "31"),
+                PipelineStatus::Created
+                | PipelineStatus::Pending
+                | PipelineStatus::Running
+                | PipelineStatus::Skipped
+                | PipelineStatus::Manual => {
+                    unreachable!("a run does not end a pipeline {status:?}")
+                }
             };
             let text = s.paint(code, word);
             s.out.line(&format!("{text} in {}", fmt_duration(d)));
@@ -282,21 +293,23 @@ impl Reporter for Human {
                 error,
                 ..
             } => {
-                let ran = matches!(
-                    status,
-                    JobStatus::Success | JobStatus::Failed | JobStatus::Canceled
-                );
-                if ran {
+                let ran = match status {
+                    JobStatus::Success => Some(("passed".to_string(), "32")),
+                    JobStatus::Failed if allow_failure => {
+                        Some(("failed (allowed to fail)".to_string(), "33"))
+                    }
+                    JobStatus::Failed => Some(("failed".to_string(), "31")),
+                    JobStatus::Canceled => Some(("canceled".to_string(), "31")),
+                    JobStatus::Skipped
+                    | JobStatus::Manual
+                    | JobStatus::Created
+                    | JobStatus::Pending
+                    | JobStatus::Running
+                    | JobStatus::Scheduled => None,
+                };
+                if let Some((word, code)) = ran {
                     s.running = s.running.saturating_sub(1);
                     let p = s.prefix(job, '>');
-                    let (word, code) = match status {
-                        JobStatus::Success => ("passed".to_string(), "32"),
-                        JobStatus::Failed if allow_failure => {
-                            ("failed (allowed to fail)".to_string(), "33")
-                        }
-                        JobStatus::Failed => ("failed".to_string(), "31"),
-                        _ => ("canceled".to_string(), "31"),
-                    };
                     let word = match exit_code {
                         Some(c) if c != 0 => format!("{word}, exit code {c}"),
                         _ => word,

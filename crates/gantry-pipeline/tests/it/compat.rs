@@ -490,6 +490,10 @@ fn wrong_scalar_types_are_refused_where_they_are_written() {
             "3:34: `job`: `cache:untracked` must be a boolean value, not a number",
         ),
         (
+            "cache: {key: [a], paths: [a]}",
+            "3:16: `job`: `cache:key` must be a string, not an array",
+        ),
+        (
             "environment: {name: [prod]}",
             "3:23: `job`: `environment:name` must be a string, not an array",
         ),
@@ -566,6 +570,10 @@ fn rule_keywords_have_gitlabs_types() {
         (
             "{exists: {paths: go.mod}}",
             "3:28: `job`: `rules:exists:paths` must be an array of strings, not a string",
+        ),
+        (
+            "{changes: {paths: [a], compare_to: [main]}}",
+            "3:46: `job`: `rules:changes:compare_to` must be a string, not an array",
         ),
         (
             "{variables: [A]}",
