@@ -141,12 +141,13 @@ impl Server {
     /// [`Server::start`] with more environment variables.
     fn start_with(data_dir: &Path, db: Option<&str>, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut c = gantry();
-        c.envs(env.iter().copied());
         c.args(["server", "--listen", listen, "--lease-timeout", LEASE])
             .arg("--data-dir")
             .arg(data_dir)
             .env("GANTRY_ADMIN_TOKEN", ADMIN)
             .env("GANTRY_REGISTRATION_TOKEN", REGISTRATION);
+        // After the defaults, so that a test can replace them.
+        c.envs(env.iter().copied());
         if let Some(db) = db {
             c.args(["--database-url", db]);
         }
@@ -2268,7 +2269,13 @@ fn big_artifact_passes_intact(store: Store) {
 /// registering; `gantry agent revoke` makes the server refuse the agent, which exits with 2.
 #[test]
 fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
-    let s = Setup::new(Store::Sqlite);
+    // A registration token of its own: other tests' agents, running meanwhile, carry the shared one
+    // on their command lines, which this job lists.
+    let registration = format!("quiet-registration-{}", std::process::id());
+    let s = Setup::with_env(
+        Store::Sqlite,
+        &[("GANTRY_REGISTRATION_TOKEN", registration.as_str())],
+    );
     let repo = Repo::new(&[(
         ".gitlab-ci.yml",
         "job:\n  script:\n    - env\n    - for f in /proc/[0-9]*/cmdline; do { tr '\\0' ' ' < \"$f\"; } 2>/dev/null || true; echo; done\n",
@@ -2276,7 +2283,7 @@ fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
     let api = Api::new(&s.server);
     api.add_project("env", repo.path());
     let token_file = s.path().join("registration-token");
-    std::fs::write(&token_file, format!("{REGISTRATION}\n")).unwrap();
+    std::fs::write(&token_file, format!("{registration}\n")).unwrap();
     let work = s.path().join("agents").join("quiet");
     std::fs::create_dir_all(&work).unwrap();
     let log = s.path().join("quiet.log");
@@ -2300,7 +2307,7 @@ fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
     // The job saw its environment and the agent's command line.
     assert!(out.contains("CI_JOB_ID="), "{out}");
     assert!(out.contains("--token-file"), "{out}");
-    assert!(!out.contains(REGISTRATION), "{out}");
+    assert!(!out.contains(&registration), "{out}");
     assert!(!out.contains(own), "{out}");
 
     let rotated = gantry()
@@ -2322,7 +2329,7 @@ fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
         .unwrap()
         .trim()
         .to_string();
-    assert!(!new.is_empty() && new != REGISTRATION);
+    assert!(!new.is_empty() && new != registration);
     let late = gantry()
         .args(["agent", "--server", &s.server.url, "--token-file"])
         .arg(&token_file)
