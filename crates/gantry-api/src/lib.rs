@@ -100,8 +100,11 @@ pub struct Forge {
 /// A scheduled pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Schedule {
-    /// A cron expression with five fields, in UTC (`0 3 * * *`).
+    /// A cron expression with five fields (`0 3 * * *`), read in `cron_timezone`.
     pub cron: String,
+    /// The IANA time zone of `cron` (`Europe/Berlin`), as GitLab's `cron_timezone`; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_timezone: Option<String>,
     /// The branch or tag to run; the project's default branch when absent.
     #[serde(default, rename = "ref")]
     pub git_ref: Option<String>,
