@@ -9,11 +9,16 @@
 //!
 //! Timestamps are RFC 3339 strings in UTC with millisecond precision (`2026-11-27T19:42:01.123Z`).
 //! Statuses are spelled as GitLab spells them.
+//!
+//! Besides the types, two helpers that both the server and the agent need: [`backoff`] and
+//! [`paths`] (where a tar entry may go).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub mod agent;
+pub mod backoff;
+pub mod paths;
 
 /// The body of every error answer (4xx and 5xx).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
