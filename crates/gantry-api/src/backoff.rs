@@ -2,7 +2,7 @@
 //! back), the server's delivery processor (retries of failed deliveries) and commit statuses (posts
 //! to a forge). Only delays: the callers sleep.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Delays that start at `first` and double up to `cap`; with [`Backoff::with_jitter`], each one has
 /// up to a quarter added at random, so that many clients do not knock on a restarted server at the
@@ -61,18 +61,13 @@ impl Backoff {
     }
 }
 
-/// A number in `[0, 1)` that differs between calls and processes (no need for a good generator).
+/// A number in `[0, 1)` that differs between calls and processes (no need for a good generator):
+/// each `RandomState` has new keys, drawn at random once per thread and then counted up.
 fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    use std::hash::BuildHasher;
+    let h = std::collections::hash_map::RandomState::new().hash_one(0u8);
     #[allow(clippy::cast_precision_loss)]
-    let x = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    let x = (h >> 11) as f64 / (1u64 << 53) as f64;
     x
 }
 
@@ -92,6 +87,8 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= (250 + 63) * MS);
+        let draws: std::collections::HashSet<u64> = (0..8).map(|_| jitter().to_bits()).collect();
+        assert!(draws.len() > 1, "the jitter changes between calls");
     }
 
     #[test]
