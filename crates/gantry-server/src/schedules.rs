@@ -186,6 +186,16 @@ mod tests {
         assert!(c.fires(at("2026-12-05T03:45:00Z")));
         assert!(!c.fires(at("2026-12-05T02:45:00Z")));
         assert!(!c.fires(at("2026-12-05T03:00:00Z")));
+        // A restricted day of the month (`*/2` is not `*`) or a day of the week: either is enough.
+        let c = parse_cron("0 0 */2 * mon", None).unwrap();
+        assert!(c.fires(at("2026-11-30T00:00:00Z")), "Monday the 30th");
+        assert!(c.fires(at("2026-11-27T00:00:00Z")), "the 27th");
+        assert!(!c.fires(at("2026-11-28T00:00:00Z")));
+        let c = parse_cron("0 0 * * Mon/2", None).unwrap();
+        assert!(c.fires(at("2026-11-25T00:00:00Z")), "Wednesday");
+        assert!(!c.fires(at("2026-11-26T00:00:00Z")), "Thursday");
+        let c = parse_cron("0 0 * * 0-7", None).unwrap();
+        assert!(c.fires(at("2026-11-26T00:00:00Z")));
         assert!(parse_cron("61 * * * *", None).is_err());
         assert!(parse_cron("* * *", None).is_err());
         assert!(parse_cron("0 * * * * *", None).is_err(), "no seconds field");
