@@ -3,7 +3,9 @@
 
 use std::fs;
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
+
+use gantry_api::paths::inside as safe_relative;
 
 /// Why an archive could not be extracted.
 #[derive(Debug, thiserror::Error)]
@@ -14,20 +16,6 @@ pub(crate) enum ArchiveError {
     /// Reading the archive or writing a file failed.
     #[error("{0}")]
     Io(#[from] io::Error),
-}
-
-/// `path` as a relative path without `.` components, or `None` when it is absolute or climbs with
-/// `..`.
-fn safe_relative(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => out.push(p),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
 }
 
 /// Extracts the tar archive at `archive` into `dest` (created if missing). Returns the files and

@@ -9,11 +9,16 @@
 //!
 //! Timestamps are RFC 3339 strings in UTC with millisecond precision (`2026-11-27T19:42:01.123Z`).
 //! Statuses are spelled as GitLab spells them.
+//!
+//! Besides the types, two helpers that both the server and the agent need: [`backoff`] and
+//! [`paths`] (where a tar entry may go).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 pub mod agent;
+pub mod backoff;
+pub mod paths;
 
 /// The body of every error answer (4xx and 5xx).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -100,8 +105,11 @@ pub struct Forge {
 /// A scheduled pipeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Schedule {
-    /// A cron expression with five fields, in UTC (`0 3 * * *`).
+    /// A cron expression with five fields (`0 3 * * *`), read in `cron_timezone`.
     pub cron: String,
+    /// The IANA time zone of `cron` (`Europe/Berlin`), as GitLab's `cron_timezone`; UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron_timezone: Option<String>,
     /// The branch or tag to run; the project's default branch when absent.
     #[serde(default, rename = "ref")]
     pub git_ref: Option<String>,

@@ -75,7 +75,7 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
         }
     }
     for s in &p.schedules {
-        crate::schedules::parse_cron(&s.cron).map_err(|e| format!("schedule `{}`: {e}", s.cron))?;
+        crate::schedules::parse(s).map_err(|e| format!("schedule `{}`: {e}", s.cron))?;
     }
     if p.include_allowed_from.len() > 100 {
         return Err("include_allowed_from holds at most 100 names or patterns".into());

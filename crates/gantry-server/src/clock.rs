@@ -14,125 +14,35 @@ pub(crate) fn now_ms() -> Millis {
 
 /// RFC 3339 in UTC with milliseconds (`2026-11-27T19:42:01.123Z`).
 pub(crate) fn rfc3339(ms: Millis) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let tod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        tod / 3600,
-        tod % 3600 / 60,
-        tod % 60
-    )
-}
-
-/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
-    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// A civil date to days since 1970-01-01 (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let t = jiff::Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    jiff::fmt::temporal::DateTimePrinter::new()
+        .precision(Some(3))
+        .timestamp_to_string(&t)
 }
 
 /// Parses an RFC 3339 time (`2027-01-31T12:00:00Z`, `…T12:00:00.5+02:00`) or a date (`2027-01-31`,
 /// its start in UTC) into milliseconds since the epoch; `None` when it is neither.
 pub(crate) fn parse_time(s: &str) -> Option<Millis> {
-    fn num(s: &str) -> Option<i64> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse().ok()
-    }
     let s = s.trim();
-    let (date, time) = match s.find(['T', 't', ' ']) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    };
-    let mut parts = date.split('-');
-    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || y.len() != 4 || m.len() != 2 || d.len() != 2 {
+    if s.len() == 10 {
+        let date: jiff::civil::Date = s.parse().ok()?;
+        let t = date.to_zoned(jiff::tz::TimeZone::UTC).ok()?;
+        return Some(t.timestamp().as_millisecond());
+    }
+    // jiff reads the wider ISO 8601 forms too; RFC 3339 wants the seconds and a `Z` or `±HH:MM`.
+    let b = s.as_bytes();
+    let zulu = s.ends_with(['Z', 'z']);
+    let colon_offset =
+        b.len() > 6 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':';
+    if b.len() < 20 || b[4] != b'-' || b[13] != b':' || b[16] != b':' || !(zulu || colon_offset) {
         return None;
     }
-    let (y, m, d) = (
-        num(y)?,
-        u32::try_from(num(m)?).ok()?,
-        u32::try_from(num(d)?).ok()?,
-    );
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let days_in_month = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return None,
-    };
-    if d == 0 || d > days_in_month {
-        return None;
-    }
-    let day_ms = days_from_civil(y, m, d) * 86_400_000;
-    let Some(time) = time else {
-        return Some(day_ms);
-    };
-    // HH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)
-    let (clock, offset_ms) = if let Some(c) = time.strip_suffix(['Z', 'z']) {
-        (c, 0)
-    } else {
-        let i = time.rfind(['+', '-'])?;
-        let (c, off) = (&time[..i], &time[i..]);
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let (oh, om) = off[1..].split_once(':')?;
-        if oh.len() != 2 || om.len() != 2 {
-            return None;
-        }
-        let (oh, om) = (num(oh)?, num(om)?);
-        if oh > 23 || om > 59 {
-            return None;
-        }
-        (c, sign * (oh * 60 + om) * 60_000)
-    };
-    let (hms, frac) = match clock.split_once('.') {
-        Some((hms, frac)) => (hms, Some(frac)),
-        None => (clock, None),
-    };
-    let mut hms = hms.split(':');
-    let (h, mi, sec) = (hms.next()?, hms.next()?, hms.next()?);
-    if hms.next().is_some() || h.len() != 2 || mi.len() != 2 || sec.len() != 2 {
-        return None;
-    }
-    let (h, mi, sec) = (num(h)?, num(mi)?, num(sec)?);
-    if h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let millis = match frac {
-        Some(f) => {
-            if f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let f = format!("{f:0<3}");
-            num(&f[..3])?
-        }
-        None => 0,
-    };
-    Some(day_ms + ((h * 60 + mi) * 60 + sec) * 1000 + millis - offset_ms)
+    let t: jiff::Timestamp = s.parse().ok()?;
+    Some(t.as_millisecond())
 }
 
 #[cfg(test)]

@@ -534,22 +534,20 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, or a plain number of seconds.
+/// Parses `30s`, `500ms`, `2m`, `1h` (jiff's friendly durations, so also `1h 30m` or `90 seconds`),
+/// or a plain number of seconds.
 ///
 /// # Errors
-/// Anything else.
+/// Anything else, or not more than zero.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = num.parse().context("expected a number with a unit (30s)")?;
-    let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => bail!("unknown unit `{unit}`: use ms, s, m or h"),
+    let d = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(s.parse().context("too many seconds")?)
+    } else {
+        let d: jiff::SignedDuration = s
+            .parse()
+            .map_err(|_| anyhow::anyhow!("expected a number with a unit: ms, s, m or h (30s)"))?;
+        Duration::try_from(d).context("must be more than zero")?
     };
     if d.is_zero() {
         bail!("must be more than zero");
@@ -600,7 +598,12 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_duration(" 1h ").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-5s").is_err());
+        assert!(parse_duration("5x").is_err());
         assert!(parse_duration("10 parsecs").is_err());
         assert!(parse_duration("").is_err());
     }

@@ -878,7 +878,6 @@ impl ArchiveTree {
 /// nothing but zeros follows its end; reads it once from start to end (so that it can check an
 /// upload as it streams in).
 pub(crate) fn check_archive_from(reader: impl std::io::Read) -> Result<(), String> {
-    use std::path::Component;
     let mut archive = tar::Archive::new(reader);
     let mut tree = ArchiveTree::default();
     let entries = archive
@@ -890,11 +889,7 @@ pub(crate) fn check_archive_from(reader: impl std::io::Read) -> Result<(), Strin
             .path()
             .map_err(|e| format!("an entry has an invalid name: {e}"))?
             .into_owned();
-        let inside = |p: &std::path::Path| {
-            p.components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-        };
-        if !inside(&path) {
+        if gantry_api::paths::inside(&path).is_none() {
             return Err(format!(
                 "the entry `{}` leaves the archive's directory",
                 path.display()

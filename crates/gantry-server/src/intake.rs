@@ -236,11 +236,11 @@ async fn process_deliveries(state: &AppState, batch: Vec<DeliveryRecord>) -> boo
 /// The pause after failed attempt number `attempt` (1 for the first): the backoff, doubled for each
 /// further attempt, capped.
 pub(crate) fn retry_pause(config: &crate::config::Config, attempt: i64) -> Duration {
-    let doublings = u32::try_from(attempt.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
-    config
-        .delivery_retry_backoff
-        .saturating_mul(1 << doublings)
-        .min(config.delivery_retry_max_backoff)
+    gantry_api::backoff::Backoff::new(
+        config.delivery_retry_backoff,
+        config.delivery_retry_max_backoff,
+    )
+    .after_attempt(u32::try_from(attempt.clamp(1, 31)).unwrap_or(1))
 }
 
 /// The result of compiling at a commit.

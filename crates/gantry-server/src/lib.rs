@@ -64,7 +64,7 @@ mod views;
 
 pub use config::{Args, Config, LogFormat, Secret, WebhookBodyLimits};
 
-pub(crate) use clock::{civil_from_days, now_ms, parse_time, rfc3339};
+pub(crate) use clock::{now_ms, parse_time, rfc3339};
 pub(crate) use data_dir::secure_data_dir;
 pub(crate) use ids::{random_id, random_token};
 

@@ -1,122 +1,85 @@
-//! Scheduled pipelines: five-field cron expressions in UTC, from the projects' `schedules`. Each minute
-//! that matches becomes a delivery of forge `schedule` whose id is made of the schedule and the minute,
-//! so that several servers sharing a database start one pipeline, not one each.
+//! Scheduled pipelines: five-field cron expressions from the projects' `schedules`, read by `croner`
+//! in the schedule's `cron_timezone` (an IANA name; UTC when absent). As in standard cron, when both
+//! the day of the month and the day of the week are restricted, either one matching is enough.
+//! Across daylight saving changes a schedule fires as `croner` documents: a fixed time that the
+//! clocks skip fires at the first minute after the gap, a fixed time that occurs twice fires at the
+//! first one only, and minutes given by `*` or steps fire at each wall-clock minute that exists.
+//! Each minute that fires becomes a delivery of forge `schedule` whose id is made of the schedule and
+//! the minute, so that several servers sharing a database start one pipeline, not one each.
 
 use std::time::Duration;
 
-use gantry_api::TriggerPipeline;
+use gantry_api::{Schedule, TriggerPipeline};
 use gantry_store::NewDelivery;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan as _};
 
 use crate::state::AppState;
 
-/// A parsed cron expression: the allowed values of each field.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed schedule: its cron expression and time zone.
+#[derive(Clone, Debug)]
 pub(crate) struct Cron {
-    minutes: u64,
-    hours: u64,
-    days: u64,
-    months: u64,
-    weekdays: u64,
-    any_day: bool,
-    any_weekday: bool,
+    cron: croner::Cron,
+    zone: TimeZone,
 }
 
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-];
-const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
-
-fn value(s: &str, min: u32, max: u32, names: &[&str], name_base: u32) -> Result<u32, String> {
-    let lower = s.to_ascii_lowercase();
-    if let Some(i) = names.iter().position(|n| *n == lower) {
-        return Ok(u32::try_from(i).unwrap_or(0) + name_base);
-    }
-    let v: u32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if v < min || v > max {
-        return Err(format!("{v} is out of range {min}-{max}"));
-    }
-    Ok(v)
-}
-
-fn field(s: &str, min: u32, max: u32, names: &[&str], name_base: u32) -> Result<u64, String> {
-    let mut bits = 0u64;
-    for part in s.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((r, st)) => {
-                let st: u32 = st.parse().map_err(|_| format!("`{st}` is not a step"))?;
-                if st == 0 {
-                    return Err("a step must be more than 0".into());
-                }
-                (r, st)
-            }
-            None => (part, 1),
-        };
-        let (lo, hi) = if range == "*" {
-            (min, max)
-        } else if let Some((a, b)) = range.split_once('-') {
-            (
-                value(a, min, max, names, name_base)?,
-                value(b, min, max, names, name_base)?,
-            )
-        } else {
-            let v = value(range, min, max, names, name_base)?;
-            (v, if part.contains('/') { max } else { v })
-        };
-        if lo > hi {
-            return Err(format!("the range {lo}-{hi} is backwards"));
-        }
-        let mut v = lo;
-        while v <= hi {
-            bits |= 1 << v;
-            v += step;
-        }
-    }
-    Ok(bits)
-}
-
-/// Parses `MIN HOUR DAY MONTH WEEKDAY`.
+/// Parses a schedule's `MIN HOUR DAY MONTH WEEKDAY` and its time zone.
 ///
 /// # Errors
-/// Not five fields, or a field that does not parse.
-pub(crate) fn parse_cron(s: &str) -> Result<Cron, String> {
-    let f: Vec<&str> = s.split_whitespace().collect();
-    if f.len() != 5 {
+/// Not five fields, a field that does not parse, or a time zone that is not known.
+pub(crate) fn parse(schedule: &Schedule) -> Result<Cron, String> {
+    parse_cron(&schedule.cron, schedule.cron_timezone.as_deref())
+}
+
+fn parse_cron(s: &str, zone: Option<&str>) -> Result<Cron, String> {
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    if fields.len() != 5 {
         return Err("a cron expression has five fields: minute hour day month weekday".into());
     }
-    let mut weekdays = field(f[4], 0, 7, &DAYS, 0)?;
-    if weekdays & (1 << 7) != 0 {
-        weekdays |= 1;
-    }
-    Ok(Cron {
-        minutes: field(f[0], 0, 59, &[], 0)?,
-        hours: field(f[1], 0, 23, &[], 0)?,
-        days: field(f[2], 1, 31, &[], 0)?,
-        months: field(f[3], 1, 12, &MONTHS, 1)?,
-        weekdays,
-        any_day: f[2] == "*",
-        any_weekday: f[4] == "*",
-    })
+    // `5/20` means from 5 to the field's end in steps of 20, as in GitLab's fugit; croner wants
+    // the range written out.
+    let last = ["59", "23", "31", "12", "7"];
+    let fields: Vec<String> = fields
+        .iter()
+        .zip(last)
+        .map(|(field, last)| {
+            let parts = field.split(',').map(|part| match part.split_once('/') {
+                Some((from, step)) if from != "*" && !from.contains('-') => {
+                    format!("{from}-{last}/{step}")
+                }
+                _ => part.to_string(),
+            });
+            parts.collect::<Vec<_>>().join(",")
+        })
+        .collect();
+    let cron = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .build()
+        .parse(&fields.join(" "))
+        .map_err(|e| e.to_string())?;
+    let zone = match zone {
+        None => TimeZone::UTC,
+        Some(name) => TimeZone::get(name)
+            .map_err(|_| format!("cron_timezone `{name}` is not a known IANA time zone"))?,
+    };
+    Ok(Cron { cron, zone })
 }
 
 impl Cron {
-    /// Whether the minute `minute` (minutes since the Unix epoch, UTC) matches.
-    pub fn matches(&self, minute: i64) -> bool {
-        let days = minute.div_euclid(1440);
-        let in_day = minute.rem_euclid(1440);
-        let (_, month, day) = crate::civil_from_days(days);
-        let weekday = (days + 4).rem_euclid(7); // 1970-01-01 was a Thursday.
-        let bit = |set: u64, v: i64| set & (1u64 << v) != 0;
-        let day_ok = match (self.any_day, self.any_weekday) {
-            (true, true) => true,
-            (false, true) => bit(self.days, i64::from(day)),
-            (true, false) => bit(self.weekdays, weekday),
-            // Both restricted: either matches, as in cron.
-            (false, false) => bit(self.days, i64::from(day)) || bit(self.weekdays, weekday),
+    /// Whether the schedule fires in the minute that starts `minute` minutes after the Unix epoch.
+    pub(crate) fn fires(&self, minute: i64) -> bool {
+        let Some(start) = minute
+            .checked_mul(60)
+            .and_then(|s| Timestamp::from_second(s).ok())
+        else {
+            return false;
         };
-        bit(self.minutes, in_day % 60)
-            && bit(self.hours, in_day / 60)
-            && bit(self.months, i64::from(month))
-            && day_ok
+        let Ok(before) = start.checked_sub(1.second()) else {
+            return false;
+        };
+        self.cron
+            .find_next_occurrence(&before.to_zoned(self.zone.clone()), false)
+            .is_ok_and(|next| next.timestamp() == start)
     }
 }
 
@@ -151,10 +114,10 @@ pub(crate) async fn tick(state: &AppState, minute: i64) {
             continue;
         };
         for (i, s) in project.spec.schedules.iter().enumerate() {
-            let Ok(cron) = parse_cron(&s.cron) else {
+            let Ok(cron) = parse(s) else {
                 continue;
             };
-            if !cron.matches(minute) {
+            if !cron.fires(minute) {
                 continue;
             }
             let payload = TriggerPipeline {
@@ -195,28 +158,85 @@ pub(crate) async fn tick(state: &AppState, minute: i64) {
 mod tests {
     use super::*;
 
-    /// Minutes since the epoch of a UTC date and time.
-    fn at(days: i64, h: i64, m: i64) -> i64 {
-        days * 1440 + h * 60 + m
+    /// The minute (since the epoch) of a time in RFC 3339.
+    fn at(s: &str) -> i64 {
+        crate::parse_time(s).unwrap() / 60_000
     }
 
     #[test]
     fn cron_fields() {
-        // 2026-11-27 is day 20784 since the epoch, a Friday.
-        let fri = 20_784;
-        assert_eq!(crate::civil_from_days(fri), (2026, 11, 27));
-        let c = parse_cron("0 3 * * *").unwrap();
-        assert!(c.matches(at(fri, 3, 0)));
-        assert!(!c.matches(at(fri, 3, 1)));
-        let c = parse_cron("*/15 9-17 * * mon-fri").unwrap();
-        assert!(c.matches(at(fri, 9, 45)));
-        assert!(!c.matches(at(fri + 1, 9, 45)), "Saturday");
-        let c = parse_cron("30 12 1 jan,jul *").unwrap();
-        assert!(!c.matches(at(fri, 12, 30)));
-        let c = parse_cron("0 0 27 * 0").unwrap();
-        assert!(c.matches(at(fri, 0, 0)), "day 27 or Sunday");
-        assert!(parse_cron("61 * * * *").is_err());
-        assert!(parse_cron("* * *").is_err());
-        assert!(parse_cron("*/0 * * * *").is_err());
+        // 2026-11-27 is a Friday.
+        let c = parse_cron("0 3 * * *", None).unwrap();
+        assert!(c.fires(at("2026-11-27T03:00:00Z")));
+        assert!(!c.fires(at("2026-11-27T03:01:00Z")));
+        let c = parse_cron("*/15 9-17 * * mon-fri", None).unwrap();
+        assert!(c.fires(at("2026-11-27T09:45:00Z")));
+        assert!(!c.fires(at("2026-11-27T09:40:00Z")));
+        assert!(!c.fires(at("2026-11-28T09:45:00Z")), "Saturday");
+        let c = parse_cron("30 12 1 jan,jul *", None).unwrap();
+        assert!(!c.fires(at("2026-11-27T12:30:00Z")));
+        assert!(c.fires(at("2026-07-01T12:30:00Z")));
+        let c = parse_cron("0 0 27 * 0", None).unwrap();
+        assert!(c.fires(at("2026-11-27T00:00:00Z")), "day 27 or Sunday");
+        assert!(c.fires(at("2026-11-29T00:00:00Z")), "day 27 or Sunday");
+        assert!(!c.fires(at("2026-11-28T00:00:00Z")));
+        let c = parse_cron("0 0 * * 7", None).unwrap();
+        assert!(c.fires(at("2026-11-29T00:00:00Z")), "7 is Sunday");
+        let c = parse_cron("5/20 1-3/2 * JAN-MAR,Dec SUN,Sat", None).unwrap();
+        assert!(c.fires(at("2026-12-05T03:45:00Z")));
+        assert!(!c.fires(at("2026-12-05T02:45:00Z")));
+        assert!(!c.fires(at("2026-12-05T03:00:00Z")));
+        // A restricted day of the month (`*/2` is not `*`) or a day of the week: either is enough.
+        let c = parse_cron("0 0 */2 * mon", None).unwrap();
+        assert!(c.fires(at("2026-11-30T00:00:00Z")), "Monday the 30th");
+        assert!(c.fires(at("2026-11-27T00:00:00Z")), "the 27th");
+        assert!(!c.fires(at("2026-11-28T00:00:00Z")));
+        let c = parse_cron("0 0 * * Mon/2", None).unwrap();
+        assert!(c.fires(at("2026-11-25T00:00:00Z")), "Wednesday");
+        assert!(!c.fires(at("2026-11-26T00:00:00Z")), "Thursday");
+        let c = parse_cron("0 0 * * 0-7", None).unwrap();
+        assert!(c.fires(at("2026-11-26T00:00:00Z")));
+        assert!(parse_cron("61 * * * *", None).is_err());
+        assert!(parse_cron("* * *", None).is_err());
+        assert!(parse_cron("0 * * * * *", None).is_err(), "no seconds field");
+        assert!(parse_cron("*/0 * * * *", None).is_err());
+        assert!(parse_cron("5-1 * * * *", None).is_err());
+        assert!(parse_cron("x * * * *", None).is_err());
+    }
+
+    #[test]
+    fn time_zones() {
+        let err = parse_cron("0 9 * * *", Some("Mars/Olympus")).unwrap_err();
+        assert!(err.contains("Mars/Olympus"), "{err}");
+        let c = parse_cron("0 9 * * 1-5", Some("Europe/Berlin")).unwrap();
+        // Friday before the spring change: 09:00 CET is 08:00 UTC.
+        assert!(c.fires(at("2026-03-27T08:00:00Z")));
+        assert!(!c.fires(at("2026-03-27T07:00:00Z")));
+        // Monday after it: 09:00 CEST is 07:00 UTC.
+        assert!(c.fires(at("2026-03-30T07:00:00Z")));
+        assert!(!c.fires(at("2026-03-30T08:00:00Z")));
+        // Friday before the autumn change (CEST), and Monday after it (CET).
+        assert!(c.fires(at("2026-10-23T07:00:00Z")));
+        assert!(c.fires(at("2026-10-26T08:00:00Z")));
+        assert!(!c.fires(at("2026-10-26T07:00:00Z")));
+        assert!(!c.fires(at("2026-10-24T07:00:00Z")), "Saturday");
+    }
+
+    #[test]
+    fn skipped_and_repeated_local_times() {
+        let c = parse_cron("30 2 * * *", Some("Europe/Berlin")).unwrap();
+        // The day before: 02:30 CET.
+        assert!(c.fires(at("2026-03-28T01:30:00Z")));
+        // 2026-03-29 02:30 does not exist in Berlin: the first minute after the gap, 03:00 CEST.
+        assert!(c.fires(at("2026-03-29T01:00:00Z")));
+        assert!(!c.fires(at("2026-03-29T00:30:00Z")));
+        assert!(!c.fires(at("2026-03-29T01:30:00Z")));
+        // 2026-10-25 02:30 occurs twice (CEST, then CET): only the first fires.
+        assert!(c.fires(at("2026-10-25T00:30:00Z")));
+        assert!(!c.fires(at("2026-10-25T01:30:00Z")));
+        // A wildcard minute fires at each minute the wall clock shows, in both passes.
+        let c = parse_cron("*/30 2 * * *", Some("Europe/Berlin")).unwrap();
+        assert!(c.fires(at("2026-10-25T00:30:00Z")));
+        assert!(c.fires(at("2026-10-25T01:30:00Z")));
     }
 }

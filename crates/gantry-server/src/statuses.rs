@@ -173,7 +173,7 @@ pub(crate) async fn run(state: AppState) {
 
 async fn post(state: &AppState, client: &reqwest::Client, u: &StatusUpdate) {
     let token = u.forge.token.clone().unwrap_or_default();
-    let mut pause = state.config.status_backoff;
+    let mut backoff = gantry_api::backoff::Backoff::new(state.config.status_backoff, Duration::MAX);
     for attempt in 1..=5 {
         let req = client.post(&u.url).json(&u.body);
         let req = match u.forge.kind {
@@ -200,8 +200,7 @@ async fn post(state: &AppState, client: &reqwest::Client, u: &StatusUpdate) {
             }
         }
         if attempt < 5 {
-            tokio::time::sleep(pause).await;
-            pause *= 2;
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 }

@@ -1008,11 +1008,33 @@ async fn scheduled_pipelines(b: Backend) {
         ".gitlab-ci.yml",
         "nightly:\n  script: [echo]\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"schedule\"\n",
     )]);
-    app.project(
-        "demo",
-        json!({"schedules": [{"cron": "* * * * *", "variables": [{"key": "FROM_SCHEDULE", "value": "yes"}]}]}),
-    )
-    .await;
+    // An unknown time zone is refused, naming the schedule and the zone.
+    let r = app
+        .post("/api/v1/projects")
+        .json(
+            &json!({"name": "bad", "repo_url": app.repo.to_str().unwrap(),
+            "schedules": [{"cron": "0 9 * * 1-5", "cron_timezone": "Mars/Olympus"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("schedule `0 9 * * 1-5`") && text.contains("Mars/Olympus"),
+        "{text}"
+    );
+    let project = app
+        .project(
+            "demo",
+            json!({"schedules": [{"cron": "* * * * *", "cron_timezone": "Europe/Berlin",
+                "variables": [{"key": "FROM_SCHEDULE", "value": "yes"}]}]}),
+        )
+        .await;
+    assert_eq!(
+        project["schedules"][0]["cron_timezone"], "Europe/Berlin",
+        "{project}"
+    );
     // The scheduler looks at the current minute when it starts: restart it.
     app.stop().await;
     let server = gantry_server::serve(app.config.clone()).await.unwrap();
