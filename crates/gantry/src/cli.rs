@@ -44,7 +44,7 @@ enum Command {
     /// Print the `.gitlab-ci.yml` equivalent to a `build.yml` (Yunxiao, CodeBuild-style).
     Convert(ConvertArgs),
     /// Run the server: webhooks, pipelines, the job queue, the API.
-    Server(gantry_server::Args),
+    Server(crate::server_cmd::Args),
     /// Run an agent: take jobs from a server and run them (or revoke an agent, or rotate the
     /// registration token).
     Agent(AgentCli),
@@ -60,7 +60,7 @@ struct AgentCli {
     #[command(subcommand)]
     command: Option<crate::remote::AgentCommand>,
     #[command(flatten)]
-    run: Option<gantry_agent::Args>,
+    run: Option<crate::agent_cmd::Args>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,13 +177,13 @@ pub fn main() -> Result<u8> {
         Command::Run(args) => run(&args),
         Command::Lint(args) => lint(&args),
         Command::Convert(args) => Ok(convert(&args)),
-        Command::Server(args) => gantry_server::main(args),
+        Command::Server(args) => crate::server_cmd::main(args),
         Command::Agent(AgentCli {
             command: Some(c), ..
         }) => crate::remote::agent_main(c),
         Command::Agent(AgentCli {
             run: Some(args), ..
-        }) => gantry_agent::main(args),
+        }) => crate::agent_cmd::main(args),
         Command::Agent(_) => {
             eprintln!(
                 "gantry: agent: --server URL is required (or a subcommand: revoke, rotate-registration-token)"
