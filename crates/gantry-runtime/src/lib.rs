@@ -39,6 +39,7 @@
 //!   started ends as [`JobStatus::Canceled`].
 
 pub mod executor;
+pub mod script;
 
 mod artifacts;
 mod cache;
