@@ -30,6 +30,7 @@ mod archive;
 mod backoff;
 mod checkout;
 mod client;
+pub mod executors;
 mod job;
 mod spool;
 
@@ -45,7 +46,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::client::{CallError, Client};
-use crate::job::{Env, Exec};
+use crate::executors::Executors;
+use crate::job::Env;
 
 /// How long one job request waits on the server for a job.
 const LONG_POLL: Duration = Duration::from_secs(30);
@@ -221,24 +223,7 @@ async fn agent(
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let exec = match args.executor {
-        ExecutorKind::Shell => Exec::Shell(Arc::new(gantry_executor_shell::ShellExecutor {
-            allow_image: false,
-        })),
-        ExecutorKind::Docker => {
-            let docker =
-                gantry_executor_docker::DockerExecutor::connect(Default::default()).await?;
-            tracing::info!(host = docker.host(), "container engine ready");
-            // A crashed agent leaves its containers and networks behind: those of jobs that
-            // worked in this agent's builds directory go (not those of anyone else on the engine).
-            match docker.cleanup_under(&args.work_dir.join("builds")).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "removed objects left behind by a crash"),
-                Err(e) => tracing::warn!(error = %e, "cannot remove objects left behind"),
-            }
-            Exec::Docker(Arc::new(docker))
-        }
-    };
+    let exec = Arc::new(Executors::for_agent(args.executor, &args.work_dir.join("builds")).await?);
     let work_dir = args.work_dir.clone();
     let builds = work_dir.join("builds");
     tokio::task::spawn_blocking({
