@@ -12,7 +12,6 @@
 //! Echo markers are not needed: with `echo` on, each command is sent as a
 //! [`StepEvent::Echo`] before its output.
 
-use std::future::Future;
 use std::time::Duration;
 
 use crate::executor::{
@@ -31,27 +30,17 @@ pub struct FakeSession;
 impl Executor for FakeExecutor {
     type Session = FakeSession;
 
-    fn prepare(
-        &self,
-        _job: &JobContext,
-    ) -> impl Future<Output = Result<FakeSession, String>> + Send {
-        std::future::ready(Ok(FakeSession))
+    async fn prepare(&self, _job: &JobContext) -> Result<FakeSession, String> {
+        Ok(FakeSession)
     }
 }
 
 impl Session for FakeSession {
-    fn run_step(
-        &mut self,
-        step: &Step,
-        sink: StepSink,
-        cancel: CancelSignal,
-    ) -> impl Future<Output = StepOutcome> + Send {
-        run_step(step.clone(), sink, cancel)
+    async fn run_step(&mut self, step: &Step, sink: StepSink, cancel: CancelSignal) -> StepOutcome {
+        run_step(step.clone(), sink, cancel).await
     }
 
-    fn cleanup(self) -> impl Future<Output = ()> + Send {
-        std::future::ready(())
-    }
+    async fn cleanup(self) {}
 }
 
 /// What one directive does.
