@@ -81,7 +81,7 @@ impl ExecutorKind {
 pub struct Config {
     /// The server's URL.
     pub server: String,
-    /// The server's registration token, from the command line (see [`registration_token`]).
+    /// The server's registration token, from the command line (discouraged: it shows in `ps`).
     pub token: Option<String>,
     /// A file holding the server's registration token.
     pub token_file: Option<PathBuf>,

@@ -7,7 +7,8 @@
 //! standard input. The script starts with `set -eo pipefail` and runs each command through `eval` of a
 //! single-quoted string, so a multi-line command (a YAML block scalar) is one command and a syntax
 //! error in one command cannot swallow the next. The step stops at the first command that fails, and
-//! its exit code is the step's exit code, as with GitLab Runner.
+//! its exit code is the step's exit code, as with GitLab Runner. The script and its markers are
+//! `gantry_runtime::script`'s, shared with the container executor.
 //!
 //! When the step asks for echo, a marker line (an ASCII record separator, `gantry:`, a per-step nonce
 //! and the command's index) is printed on both standard output and standard error before each
