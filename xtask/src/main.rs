@@ -44,8 +44,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &[
             "gantry-pipeline",
             "gantry-runtime",
-            "gantry-executor-shell",
-            "gantry-executor-docker",
             "gantry-api",
             "gantry-store",
             "gantry-server",

@@ -25,6 +25,7 @@ use crate::archive;
 use crate::backoff::Backoff;
 use crate::checkout;
 use crate::client::{CallError, Client};
+use crate::executors::Executors;
 use crate::spool::{self, LogReporter, Spool, UploadError};
 
 /// The timeout of jobs whose plan sets none (the server's plan normally sets one).
@@ -33,21 +34,13 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a job whose lease is lost gets to stop before it is dropped.
 const LOST_GRACE: Duration = Duration::from_secs(10);
 
-/// What runs the job's steps.
-#[derive(Clone)]
-pub(crate) enum Exec {
-    /// `bash` on the agent's machine.
-    Shell(Arc<gantry_executor_shell::ShellExecutor>),
-    /// Containers (Docker or Podman).
-    Docker(Arc<gantry_executor_docker::DockerExecutor>),
-}
-
 /// What every job of an agent shares.
 pub(crate) struct Env {
     pub client: Client,
     pub work_dir: PathBuf,
     pub name: String,
-    pub exec: Exec,
+    /// What runs the job's steps.
+    pub exec: Arc<Executors>,
     /// Whether `git` runs here: jobs get a git checkout; else the server's archive of the tree.
     pub git: bool,
     /// Turns true when the agent aborts (SIGTERM): running jobs stop and are reported failed.
@@ -344,14 +337,7 @@ async fn execute(
         overlay: false,
     };
     let reporter = Arc::new(LogReporter::new(spool.clone()));
-    let ran = match &env.exec {
-        Exec::Shell(e) => {
-            gantry_runtime::run(&plan, config, e.clone(), reporter.clone(), cancel).await
-        }
-        Exec::Docker(e) => {
-            gantry_runtime::run(&plan, config, e.clone(), reporter.clone(), cancel).await
-        }
-    };
+    let ran = gantry_runtime::run(&plan, config, env.exec.clone(), reporter.clone(), cancel).await;
     match ran {
         Ok(_) => reporter.result().unwrap_or_else(|| {
             spool.info("the runtime did not report the job");

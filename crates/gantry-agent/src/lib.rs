@@ -19,6 +19,9 @@
 //!
 //! A job whose lease is lost (`409`) is stopped and dropped: the server has failed it already.
 //!
+//! [`run_agent`] runs an agent on a [`Config`]; the `gantry` binary owns the command line, logging
+//! and the async runtime:
+//!
 //! ```text
 //! gantry agent --server http://127.0.0.1:8080 --token-file /etc/gantry/registration-token --concurrency 2
 //! ```
@@ -27,6 +30,7 @@ mod archive;
 mod backoff;
 mod checkout;
 mod client;
+pub mod executors;
 mod job;
 mod spool;
 
@@ -42,7 +46,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 use crate::client::{CallError, Client};
-use crate::job::{Env, Exec};
+use crate::executors::Executors;
+use crate::job::Env;
 
 /// How long one job request waits on the server for a job.
 const LONG_POLL: Duration = Duration::from_secs(30);
@@ -52,7 +57,7 @@ const IDENTITY_FILE: &str = "agent.json";
 pub const ABORT_GRACE: Duration = Duration::from_secs(15);
 
 /// Which executor runs jobs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExecutorKind {
     /// Each job in `bash` on this machine; jobs that name an `image:` fail, as with `gantry run`.
     Shell,
@@ -70,87 +75,38 @@ impl ExecutorKind {
     }
 }
 
-/// The format of the agent's own log (on standard error).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// `gantry agent`'s options.
-#[derive(Debug, clap::Args)]
-pub struct Args {
+/// What an agent runs with: `gantry agent`'s options (the `gantry` binary parses them; see its
+/// help for each).
+#[derive(Clone, Debug)]
+pub struct Config {
     /// The server's URL.
-    #[arg(long, env = "GANTRY_SERVER", value_name = "URL")]
     pub server: String,
-    /// The server's registration token (needed on the first start only). Discouraged: a
-    /// command line shows in `ps` to every user of the machine; prefer `--token-file` or
-    /// `GANTRY_AGENT_TOKEN`.
-    #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+    /// The server's registration token, from the command line (discouraged: it shows in `ps`).
     pub token: Option<String>,
-    /// A file holding the server's registration token (needed on the first start only).
-    #[arg(long, env = "GANTRY_AGENT_TOKEN_FILE", value_name = "PATH")]
+    /// A file holding the server's registration token.
     pub token_file: Option<PathBuf>,
-    /// Register for these projects only: the agent takes no job of another project (GitLab's
-    /// project runners). Given at registration.
-    #[arg(
-        long,
-        value_name = "A,B",
-        env = "GANTRY_AGENT_PROJECTS",
-        value_delimiter = ','
-    )]
+    /// Register for these projects only.
     pub projects: Vec<String>,
-    /// Register for protected refs only: the agent takes only jobs of pipelines whose ref is
-    /// protected (GitLab's protected runners). Given at registration.
-    #[arg(long, env = "GANTRY_AGENT_PROTECTED_ONLY")]
+    /// Register for protected refs only.
     pub protected_only: bool,
     /// What runs the jobs.
-    #[arg(long, value_enum, env = "GANTRY_EXECUTOR", default_value = "shell")]
     pub executor: ExecutorKind,
-    /// How many jobs run at once.
-    #[arg(
-        long,
-        value_name = "N",
-        env = "GANTRY_CONCURRENCY",
-        default_value_t = 1
-    )]
+    /// How many jobs run at once (at least 1).
     pub concurrency: u32,
-    /// Tags: the agent takes jobs whose tags are all among these.
-    #[arg(long, value_name = "A,B", env = "GANTRY_TAGS", value_delimiter = ',')]
+    /// The agent takes jobs whose tags are all among these.
     pub tags: Vec<String>,
     /// Whether the agent takes jobs without tags.
-    #[arg(
-        long,
-        value_name = "BOOL",
-        env = "GANTRY_RUN_UNTAGGED",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true"
-    )]
     pub run_untagged: bool,
     /// Where the agent keeps its token and the jobs' directories.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "GANTRY_WORK_DIR",
-        default_value = "gantry-agent"
-    )]
     pub work_dir: PathBuf,
     /// The agent's name (default: the host name).
-    #[arg(long, env = "GANTRY_AGENT_NAME")]
     pub name: Option<String>,
-    /// The format of the agent's own log.
-    #[arg(long, value_enum, env = "GANTRY_LOG_FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
 }
 
 /// The registration token: from `--token-file`, else `--token` (with a warning: the command line
 /// shows in `ps`), else `GANTRY_AGENT_TOKEN`. Jobs never see it: the executors give a job a
 /// clean environment, and the agent keeps the token in no file of a job's directory.
-fn registration_token(args: &Args) -> anyhow::Result<Option<String>> {
+fn registration_token(args: &Config) -> anyhow::Result<Option<String>> {
     if let Some(path) = &args.token_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the token file {}", path.display()))?;
@@ -184,49 +140,43 @@ struct Identity {
     token: String,
 }
 
-/// Runs the agent until it is stopped; returns the process exit code.
+/// Runs the agent until it is stopped (SIGQUIT drains, SIGTERM or Ctrl-C aborts; see the crate
+/// docs); answers the process exit code. Runs on the caller's async runtime.
 ///
 /// # Errors
 /// When it cannot start, or the server rejects its token (the binary exits with 2 then).
-pub fn main(args: Args) -> anyhow::Result<u8> {
-    init_tracing(args.log_format);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let (drain_tx, drain) = tokio::sync::watch::channel(false);
-        let (abort_tx, abort) = tokio::sync::watch::channel(false);
-        let run = agent(args, drain, abort);
-        tokio::pin!(run);
-        let code = tokio::select! {
-            r = &mut run => return r,
-            code = stopped() => code,
-            () = quit() => {
-                // SIGQUIT, as for GitLab Runner: take no new job, let the running ones end, exit.
-                tracing::info!("SIGQUIT: finishing the running jobs and taking no new ones");
-                let _ = drain_tx.send(true);
-                tokio::select! {
-                    r = &mut run => return r,
-                    code = stopped() => code,
-                }
+pub async fn run_agent(config: Config) -> anyhow::Result<u8> {
+    let (drain_tx, drain) = tokio::sync::watch::channel(false);
+    let (abort_tx, abort) = tokio::sync::watch::channel(false);
+    let run = agent(config, drain, abort);
+    tokio::pin!(run);
+    let code = tokio::select! {
+        r = &mut run => return r,
+        code = stopped() => code,
+        () = quit() => {
+            // SIGQUIT, as for GitLab Runner: take no new job, let the running ones end, exit.
+            tracing::info!("SIGQUIT: finishing the running jobs and taking no new ones");
+            let _ = drain_tx.send(true);
+            tokio::select! {
+                r = &mut run => return r,
+                code = stopped() => code,
             }
-        };
-        tracing::info!(
-            "stopping: the running jobs are aborted and reported failed (runner_system_failure)"
-        );
-        let _ = drain_tx.send(true);
-        let _ = abort_tx.send(true);
-        tokio::select! {
-            _ = &mut run => {}
-            _ = stopped() => tracing::warn!("stopping at once: jobs not reported yet fail when their leases run out"),
-            () = tokio::time::sleep(ABORT_GRACE) => tracing::warn!(
-                "the jobs could not be reported within {}s; those not reported fail when their leases run out",
-                ABORT_GRACE.as_secs()
-            ),
         }
-        Ok(code)
-    })
+    };
+    tracing::info!(
+        "stopping: the running jobs are aborted and reported failed (runner_system_failure)"
+    );
+    let _ = drain_tx.send(true);
+    let _ = abort_tx.send(true);
+    tokio::select! {
+        _ = &mut run => {}
+        _ = stopped() => tracing::warn!("stopping at once: jobs not reported yet fail when their leases run out"),
+        () = tokio::time::sleep(ABORT_GRACE) => tracing::warn!(
+            "the jobs could not be reported within {}s; those not reported fail when their leases run out",
+            ABORT_GRACE.as_secs()
+        ),
+    }
+    Ok(code)
 }
 
 /// Resolves on SIGQUIT (a graceful stop).
@@ -237,17 +187,6 @@ async fn quit() {
         }
         Err(_) => std::future::pending().await,
     }
-}
-
-fn init_tracing(format: LogFormat) {
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Resolves with the exit code when the process is asked to stop (Ctrl-C or SIGTERM).
@@ -277,31 +216,14 @@ fn host_name() -> String {
 /// Runs the agent; answers 0 once `drain` turns true and the running jobs have ended (stopped
 /// and reported failed, once `abort` turns true).
 async fn agent(
-    args: Args,
+    args: Config,
     drain: tokio::sync::watch::Receiver<bool>,
     abort: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<u8> {
     if args.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let exec = match args.executor {
-        ExecutorKind::Shell => Exec::Shell(Arc::new(gantry_executor_shell::ShellExecutor {
-            allow_image: false,
-        })),
-        ExecutorKind::Docker => {
-            let docker =
-                gantry_executor_docker::DockerExecutor::connect(Default::default()).await?;
-            tracing::info!(host = docker.host(), "container engine ready");
-            // A crashed agent leaves its containers and networks behind: those of jobs that
-            // worked in this agent's builds directory go (not those of anyone else on the engine).
-            match docker.cleanup_under(&args.work_dir.join("builds")).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "removed objects left behind by a crash"),
-                Err(e) => tracing::warn!(error = %e, "cannot remove objects left behind"),
-            }
-            Exec::Docker(Arc::new(docker))
-        }
-    };
+    let exec = Arc::new(Executors::for_agent(args.executor, &args.work_dir.join("builds")).await?);
     let work_dir = args.work_dir.clone();
     let builds = work_dir.join("builds");
     tokio::task::spawn_blocking({

@@ -62,8 +62,9 @@ use bollard::query_parameters as q;
 use futures_util::StreamExt;
 use gantry_pipeline::plan::Image;
 use gantry_runtime::executor::{
-    CancelSignal, Executor, JobContext, Session, Step, StepOutcome, StepSink, Stream,
+    CancelSignal, Executor, JobContext, Session, Step, StepOutcome, StepSink, Stream, canceled,
 };
+use gantry_runtime::script::{self, sh_quote};
 
 pub use names::{parse_cpus, parse_memory};
 
@@ -391,7 +392,7 @@ impl Executor for DockerExecutor {
         let result = match &job.image {
             None => Err("the container executor runs only jobs with an `image`".to_string()),
             Some(_) => {
-                let nonce = output::nonce();
+                let nonce = script::nonce();
                 Ok(DockerSession {
                     docker: self.docker.clone(),
                     config: self.config.clone(),
@@ -420,18 +421,6 @@ impl Session for DockerSession {
 
     fn cleanup(self) -> impl Future<Output = ()> + Send {
         self.clean()
-    }
-}
-
-/// Resolves when the cancel signal is `true`; never when its sender is gone without canceling.
-async fn canceled(cancel: &mut CancelSignal) {
-    loop {
-        if *cancel.borrow_and_update() {
-            return;
-        }
-        if cancel.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
 
@@ -635,7 +624,7 @@ impl DockerSession {
         if let (Some((uid, gid)), true) = (owner, wrapper_chowns) {
             wrapper.push_str(&format!(
                 "chown -R {uid}:{gid} {} 2>/dev/null; ",
-                output::sh_quote(&dir)
+                sh_quote(&dir)
             ));
         }
         wrapper.push_str("exit $c");
@@ -1064,14 +1053,14 @@ fn step_prefix(
         match (before.get(name), now.get(name)) {
             (Some(a), Some(b)) if a == b => {}
             (_, Some(b)) => {
-                prefix.push_str(&format!("export {name}={}\n", output::sh_quote(b)));
+                prefix.push_str(&format!("export {name}={}\n", sh_quote(b)));
             }
             (Some(_), None) => prefix.push_str(&format!("unset {name}\n")),
             (None, None) => {}
         }
     }
     if workdir != created_workdir {
-        prefix.push_str(&format!("cd {} || exit 1\n", output::sh_quote(workdir)));
+        prefix.push_str(&format!("cd {} || exit 1\n", sh_quote(workdir)));
     }
     prefix
 }
@@ -1091,12 +1080,16 @@ async fn run_container(
     cancel: &mut CancelSignal,
     timeout: impl Future<Output = ()>,
 ) -> Result<(StepOutcome, bool), String> {
-    let marker = step.echo.then(|| format!("gantry:{}:", output::nonce()));
+    let marker = step.echo.then(script::new_marker);
     let host = workspace.to_string_lossy();
     let env = translate_env(&step.env, workspace, &started.dir);
     let workdir = translate_path(&step.workdir.to_string_lossy(), &host, &started.dir);
     let mut text = step_prefix(&started.env, &started.workdir, &env, &workdir);
-    text.push_str(&output::script(&step.commands, marker.as_deref()));
+    text.push_str(&script::step_script(
+        &step.commands,
+        marker.as_deref(),
+        script::Shell::Detect,
+    ));
     let file = steps_dir.join(STEP_FILE);
     if let Err(e) = std::fs::write(&file, text) {
         return Ok((

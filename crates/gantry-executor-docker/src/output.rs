@@ -1,63 +1,7 @@
-//! Step scripts and the output of an exec: lines, and the echo markers in them.
+//! The output of an exec: lines, and the echo markers in them (see `gantry_runtime::script`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use gantry_runtime::executor::{OutputLine, StepEvent, StepSink, Stream};
-
-/// Lines longer than this are split into several lines of at most this many bytes (as in the shell
-/// executor).
-pub(crate) const MAX_LINE: usize = 1 << 20;
-
-/// A unique string, so that job output cannot forge echo markers by accident, and so that the
-/// objects of one session have names of their own.
-pub(crate) fn nonce() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:x}{n:x}", t & 0xffff_ffff_ffff, std::process::id())
-}
-
-/// Quotes `s` for a POSIX shell.
-pub(crate) fn sh_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// The script of a step, for whichever shell runs it (bash or a POSIX `sh`): `set -e`, `pipefail`
-/// where the shell has it, and each command through `eval` of a single-quoted string, preceded by
-/// its echo marker on both streams when `marker` is given. The same script as the shell executor's.
-pub(crate) fn script(commands: &[String], marker: Option<&str>) -> String {
-    let mut s = String::with_capacity(128 + commands.iter().map(|c| c.len() + 48).sum::<usize>());
-    s.push_str("set -e\n");
-    s.push_str(
-        "if [ -n \"${BASH_VERSION:-}\" ]; then set -o pipefail; set +o noclobber; \
-         else (set -o pipefail) 2>/dev/null && set -o pipefail; fi\n",
-    );
-    for (i, c) in commands.iter().enumerate() {
-        if let Some(m) = marker {
-            let printf = format!("command printf '\\036{m}{i}\\n'");
-            s.push_str(&printf);
-            s.push('\n');
-            s.push_str(&printf);
-            s.push_str(" >&2\n");
-        }
-        s.push_str("eval ");
-        s.push_str(&sh_quote(c));
-        s.push('\n');
-    }
-    s
-}
+use gantry_runtime::executor::{StepEvent, StepSink, Stream};
+use gantry_runtime::script::{MAX_LINE, marker_prefix, output_line as text, parse_marker};
 
 /// Turns the chunks of an exec's two streams into line and echo events.
 ///
@@ -96,7 +40,7 @@ fn slot(stream: Stream) -> usize {
 impl Lines {
     pub(crate) fn new(marker: Option<&str>, commands: Vec<String>, sink: StepSink) -> Lines {
         Lines {
-            prefix: marker.map(|m| format!("\x1e{m}").into_bytes()),
+            prefix: marker.map(marker_prefix),
             commands,
             echoed: 0,
             seen: [0, 0],
@@ -191,14 +135,10 @@ impl Lines {
 
     async fn line(&mut self, stream: Stream, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let found = self.prefix.as_deref().and_then(|p| {
-            let at = find_marker(line, p)?;
-            let index = std::str::from_utf8(&line[at + p.len()..])
-                .ok()?
-                .parse::<usize>()
-                .ok()?;
-            (index < self.commands.len()).then_some((at, index))
-        });
+        let found = self
+            .prefix
+            .as_deref()
+            .and_then(|p| parse_marker(line, p, self.commands.len()));
         let Some((at, index)) = found else {
             self.send(StepEvent::Output(text(line, stream))).await;
             return;
@@ -239,28 +179,10 @@ impl Lines {
     }
 }
 
-fn find_marker(line: &[u8], prefix: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(p) = line[from..].iter().position(|&b| b == 0x1e) {
-        let at = from + p;
-        if line[at..].starts_with(prefix) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
-}
-
-fn text(line: &[u8], stream: Stream) -> OutputLine {
-    OutputLine {
-        stream,
-        line: String::from_utf8_lossy(line).into_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_runtime::executor::OutputLine;
 
     #[tokio::test]
     async fn lines_and_markers() {
@@ -329,12 +251,5 @@ mod tests {
                 StepEvent::Echo("c".into()),
             ]
         );
-    }
-
-    #[test]
-    fn script_runs_in_any_shell() {
-        let s = script(&["echo 'hi'".into()], Some("m:"));
-        assert!(s.contains("eval 'echo '\\''hi'\\'''"));
-        assert!(s.starts_with("set -e\n"));
     }
 }

@@ -7,7 +7,8 @@
 //! standard input. The script starts with `set -eo pipefail` and runs each command through `eval` of a
 //! single-quoted string, so a multi-line command (a YAML block scalar) is one command and a syntax
 //! error in one command cannot swallow the next. The step stops at the first command that fails, and
-//! its exit code is the step's exit code, as with GitLab Runner.
+//! its exit code is the step's exit code, as with GitLab Runner. The script and its markers are
+//! `gantry_runtime::script`'s, shared with the container executor.
 //!
 //! When the step asks for echo, a marker line (an ASCII record separator, `gantry:`, a per-step nonce
 //! and the command's index) is printed on both standard output and standard error before each
@@ -29,12 +30,14 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gantry_runtime::executor::{
-    CancelSignal, Executor, JobContext, OutputLine, Session, Step, StepEvent, StepOutcome,
-    StepSink, Stream,
+    CancelSignal, Executor, JobContext, Session, Step, StepEvent, StepOutcome, StepSink, Stream,
+    canceled,
+};
+use gantry_runtime::script::{
+    Shell, marker_prefix, new_marker, output_line, parse_marker, step_script,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -53,7 +56,7 @@ pub const DRAIN_GRACE: Duration = Duration::from_millis(500);
 pub const REAP_GRACE: Duration = Duration::from_millis(500);
 
 /// Lines longer than this are split into several lines of at most this many bytes.
-pub const MAX_LINE: usize = 1 << 20;
+pub use gantry_runtime::script::MAX_LINE;
 
 /// Variables passed through from gantry's own environment (the step's variables override them).
 pub const INHERITED_ENV: [&str; 7] = ["PATH", "HOME", "USER", "SHELL", "LANG", "TERM", "TMPDIR"];
@@ -162,67 +165,13 @@ fn shell() -> &'static (PathBuf, bool) {
 /// Reads the script from standard input (as fd 3), gives the commands `/dev/null` instead, and runs it.
 const BOOTSTRAP: &str = "exec 3<&0 0</dev/null; . /dev/fd/3";
 
-/// A unique string per step, so that job output cannot forge echo markers by accident.
-fn nonce() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:x}{n:x}", t & 0xffff_ffff_ffff, std::process::id())
-}
-
-/// Quotes `s` for a POSIX shell: inside single quotes nothing is special but the quote itself.
-fn sh_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// The script for a step; `marker` is the echo marker prefix (without the index) when echoing.
+/// The script for a step; `marker` is the echo marker when echoing. It first closes the bootstrap's
+/// copy of the script (fd 3).
 fn script(commands: &[String], marker: Option<&str>, bash: bool) -> String {
-    let mut s = String::with_capacity(64 + commands.iter().map(|c| c.len() + 48).sum::<usize>());
-    s.push_str("exec 3<&-\nset -e\n");
-    if bash {
-        s.push_str("set -o pipefail\nset +o noclobber\n");
-    } else {
-        s.push_str("(set -o pipefail) 2>/dev/null && set -o pipefail\n");
-    }
-    for (i, c) in commands.iter().enumerate() {
-        if let Some(m) = marker {
-            // `\036` is the record separator that starts the marker; `command` skips shell functions.
-            // The marker goes to both streams, so that each reader knows where the command starts.
-            let printf = format!("command printf '\\036{m}{i}\\n'");
-            s.push_str(&printf);
-            s.push('\n');
-            s.push_str(&printf);
-            s.push_str(" >&2\n");
-        }
-        s.push_str("eval ");
-        s.push_str(&sh_quote(c));
-        s.push('\n');
-    }
+    let shell = if bash { Shell::Bash } else { Shell::Posix };
+    let mut s = String::from("exec 3<&-\n");
+    s.push_str(&step_script(commands, marker, shell));
     s
-}
-
-/// Resolves when the cancel signal is `true`; never when its sender is gone without canceling.
-async fn canceled(cancel: &mut CancelSignal) {
-    loop {
-        if *cancel.borrow_and_update() {
-            return;
-        }
-        if cancel.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 async fn run_step(step: Step, sink: StepSink, mut cancel: CancelSignal) -> StepOutcome {
@@ -230,7 +179,7 @@ async fn run_step(step: Step, sink: StepSink, mut cancel: CancelSignal) -> StepO
         return StepOutcome::Canceled;
     }
     let (shell, is_bash) = shell();
-    let marker = step.echo.then(|| format!("gantry:{}:", nonce()));
+    let marker = step.echo.then(new_marker);
     let script = script(&step.commands, marker.as_deref(), *is_bash);
 
     let mut cmd = Command::new(shell);
@@ -274,7 +223,7 @@ async fn run_step(step: Step, sink: StepSink, mut cancel: CancelSignal) -> StepO
     });
     let marker = marker.map(|m| {
         std::sync::Arc::new(Marker {
-            prefix: format!("\x1e{m}").into_bytes(),
+            prefix: marker_prefix(&m),
             commands: step.commands.clone().into(),
             stderr_at: watch::Sender::new(0),
             echoed: watch::Sender::new(0),
@@ -438,23 +387,20 @@ impl Reader<'_> {
     async fn emit(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let found = self.marker.and_then(|m| {
-            let at = find_marker(line, &m.prefix)?;
-            let index = std::str::from_utf8(&line[at + m.prefix.len()..])
-                .ok()?
-                .parse::<usize>()
-                .ok()?;
-            (index < m.commands.len()).then_some((m, at, index))
+            let (at, index) = parse_marker(line, &m.prefix, m.commands.len())?;
+            Some((m, at, index))
         });
         if let Some((m, at, index)) = found {
             if at > 0 {
                 // Output of the previous command that did not end with a newline.
-                self.send(StepEvent::Output(text(&line[..at], self.stream)))
+                self.send(StepEvent::Output(output_line(&line[..at], self.stream)))
                     .await;
             }
             self.marker_seen(m, index).await;
             return;
         }
-        self.send(StepEvent::Output(text(line, self.stream))).await;
+        self.send(StepEvent::Output(output_line(line, self.stream)))
+            .await;
     }
 
     async fn marker_seen(&mut self, m: &Marker, index: usize) {
@@ -492,24 +438,5 @@ impl Reader<'_> {
         if self.open && self.sink.send(event).await.is_err() {
             self.open = false;
         }
-    }
-}
-
-fn find_marker(line: &[u8], prefix: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(p) = line[from..].iter().position(|&b| b == 0x1e) {
-        let at = from + p;
-        if line[at..].starts_with(prefix) {
-            return Some(at);
-        }
-        from = at + 1;
-    }
-    None
-}
-
-fn text(line: &[u8], stream: Stream) -> OutputLine {
-    OutputLine {
-        stream,
-        line: String::from_utf8_lossy(line).into_owned(),
     }
 }

@@ -136,3 +136,15 @@ pub trait Session: Send + 'static {
     /// Releases everything the session holds (step 3 of the lifecycle).
     fn cleanup(self) -> impl Future<Output = ()> + Send;
 }
+
+/// Resolves when the cancel signal is `true`; never when its sender is gone without canceling.
+pub async fn canceled(cancel: &mut CancelSignal) {
+    loop {
+        if *cancel.borrow_and_update() {
+            return;
+        }
+        if cancel.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -39,6 +39,9 @@
 //!   started ends as [`JobStatus::Canceled`].
 
 pub mod executor;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod script;
 
 mod artifacts;
 mod cache;

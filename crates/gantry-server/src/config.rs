@@ -7,30 +7,24 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use serde::Deserialize;
 
-/// `gantry server`'s options. Every option can also be set in the configuration file and through a
-/// `GANTRY_*` environment variable (flags win over the environment, which wins over the file).
-#[derive(Debug, Default, clap::Args)]
+/// `gantry server`'s options, as given on its command line (the `gantry` binary parses them). Every
+/// option can also be set in the configuration file and through a `GANTRY_*` environment variable
+/// (flags win over the environment, which wins over the file).
+#[derive(Debug, Default)]
 pub struct Args {
     /// The address to listen on (default `127.0.0.1:8080`; port 0 picks a free port). Env: `GANTRY_LISTEN`
-    #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Where the server keeps its database, tokens and git mirrors (default `./gantry-data`). Env: `GANTRY_DATA_DIR`
-    #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// `sqlite://PATH` or `postgres://...` (default: `sqlite://DATA_DIR/gantry.db`). Env: `GANTRY_DATABASE_URL`
-    #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
     /// How long a job stays leased to an agent without a heartbeat (default `30s`). Env: `GANTRY_LEASE_TIMEOUT`
-    #[arg(long, value_name = "DURATION")]
     pub lease_timeout: Option<String>,
     /// `text` (default) or `json`. Env: `GANTRY_LOG_FORMAT`
-    #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
     /// The server's public URL, for links in commit statuses. Env: `GANTRY_EXTERNAL_URL`
-    #[arg(long, value_name = "URL")]
     pub external_url: Option<String>,
     /// The configuration file (default: `gantry.toml` in the current directory, when it exists). Env: `GANTRY_CONFIG`
-    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 

@@ -3,8 +3,8 @@
 //! links an executor: jobs run on agents.
 //!
 //! [`serve`] starts everything on a [`Config`] and answers a [`RunningServer`] (its address and a
-//! shutdown handle); [`main`] is `gantry server`, which loads the configuration in layers (see
-//! [`config`]) and runs until SIGTERM or Ctrl-C.
+//! shutdown handle); [`config::load`] resolves a `Config` in layers. The `gantry` binary owns the
+//! command line, logging, the async runtime and the signals.
 //!
 //! Modules, in floors: imports point down (`cargo xtask imports gantry-server` prints them).
 //! - the top: this file (`serve`, the background tasks); `router`, the only module that names
@@ -22,7 +22,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use gantry_store::Store;
@@ -183,68 +182,4 @@ fn spawn_background(state: &state::AppState) -> Vec<tokio::task::JoinHandle<()>>
         tokio::spawn(crate::schedules::run(state.clone())),
         tokio::spawn(crate::statuses::run(state.clone())),
     ]
-}
-
-/// Runs `gantry server` until SIGTERM or Ctrl-C; returns the process exit code.
-///
-/// # Errors
-/// When it cannot start.
-pub fn main(args: Args) -> anyhow::Result<u8> {
-    let (config, generated) = config::load(&args, &|k| std::env::var(k).ok())?;
-    init_logging(config.log_format);
-    if let Some(t) = &generated.admin_token {
-        eprintln!(
-            "gantry server: generated the admin token (stored in {}): {t}",
-            config.data_dir.join("admin-token").display()
-        );
-    }
-    if let Some(t) = &generated.registration_token {
-        eprintln!(
-            "gantry server: generated the registration token (stored in {}): {t}",
-            config.data_dir.join("registration-token").display()
-        );
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let server = serve(config).await?;
-        eprintln!("gantry server: listening on {}", server.url());
-        let stop = async {
-            #[cfg(unix)]
-            {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-                tokio::select! {
-                    _ = term.recv() => {}
-                    r = tokio::signal::ctrl_c() => r?,
-                }
-            }
-            #[cfg(not(unix))]
-            tokio::signal::ctrl_c().await?;
-            Ok::<(), std::io::Error>(())
-        };
-        tokio::select! {
-            r = stop => {
-                r.context("cannot wait for signals")?;
-                tracing::info!("shutting down");
-                tokio::time::timeout(Duration::from_secs(30), server.shutdown()).await.ok();
-            }
-        }
-        Ok::<u8, anyhow::Error>(0)
-    })
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("GANTRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gantry_agent::executors::Executors;
 use gantry_pipeline::plan::{Variable, WaitFor, When};
 use gantry_pipeline::{Compiled, Context, Plan, Severity};
 use serde_json::json;
@@ -44,7 +45,7 @@ enum Command {
     /// Print the `.gitlab-ci.yml` equivalent to a `build.yml` (Yunxiao, CodeBuild-style).
     Convert(ConvertArgs),
     /// Run the server: webhooks, pipelines, the job queue, the API.
-    Server(gantry_server::Args),
+    Server(crate::server_cmd::Args),
     /// Run an agent: take jobs from a server and run them (or revoke an agent, or rotate the
     /// registration token).
     Agent(AgentCli),
@@ -60,7 +61,7 @@ struct AgentCli {
     #[command(subcommand)]
     command: Option<crate::remote::AgentCommand>,
     #[command(flatten)]
-    run: Option<gantry_agent::Args>,
+    run: Option<crate::agent_cmd::Args>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -177,13 +178,13 @@ pub fn main() -> Result<u8> {
         Command::Run(args) => run(&args),
         Command::Lint(args) => lint(&args),
         Command::Convert(args) => Ok(convert(&args)),
-        Command::Server(args) => gantry_server::main(args),
+        Command::Server(args) => crate::server_cmd::main(args),
         Command::Agent(AgentCli {
             command: Some(c), ..
         }) => crate::remote::agent_main(c),
         Command::Agent(AgentCli {
             run: Some(args), ..
-        }) => gantry_agent::main(args),
+        }) => crate::agent_cmd::main(args),
         Command::Agent(_) => {
             eprintln!(
                 "gantry: agent: --server URL is required (or a subcommand: revoke, rotate-registration-token)"
@@ -654,7 +655,7 @@ fn execute(
             .iter()
             .zip(&config.selected)
             .any(|(j, s)| *s && j.image.is_some());
-    let executor = Arc::new(Executors::new(args.shell_executor, wants_docker, &rt));
+    let executor = Arc::new(rt.block_on(Executors::for_run(args.shell_executor, wants_docker)));
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let human = (args.common.output == Output::Human).then(|| Arc::new(Human::new(&names)));
     let json = (args.common.output == Output::Json).then(|| Arc::new(Json::new()));
@@ -988,89 +989,4 @@ fn lint(args: &LintArgs) -> Result<u8> {
         }
     }
     Ok(if failed { EXIT_FAILED } else { EXIT_OK })
-}
-
-/// The executors of `gantry run`: jobs with an `image` run in containers when a container engine
-/// answers (`DOCKER_HOST`, else the default socket), everything else in the shell. `--shell-executor`
-/// runs every job in the shell.
-struct Executors {
-    shell: gantry_executor_shell::ShellExecutor,
-    /// The container executor, or why there is none.
-    docker: Result<gantry_executor_docker::DockerExecutor, String>,
-}
-
-impl Executors {
-    /// Asks the engine (briefly) only when a job needs it.
-    fn new(force_shell: bool, wants_docker: bool, rt: &tokio::runtime::Runtime) -> Executors {
-        let docker = if wants_docker {
-            // An absent engine fails at once; a present one may be slow to answer: Podman's
-            // service takes seconds for its version on a busy machine.
-            let config = gantry_executor_docker::Config {
-                connect_timeout: Duration::from_secs(10),
-                ..gantry_executor_docker::Config::default()
-            };
-            rt.block_on(gantry_executor_docker::DockerExecutor::connect(config))
-                .map_err(|e| e.to_string())
-        } else {
-            Err("not needed".to_string())
-        };
-        Executors {
-            shell: gantry_executor_shell::ShellExecutor {
-                allow_image: force_shell,
-            },
-            docker,
-        }
-    }
-}
-
-/// A job prepared by one of the [`Executors`].
-enum Sessions {
-    Shell(gantry_executor_shell::ShellSession),
-    Docker(Box<gantry_executor_docker::DockerSession>),
-}
-
-impl gantry_runtime::executor::Executor for Executors {
-    type Session = Sessions;
-
-    async fn prepare(
-        &self,
-        job: &gantry_runtime::executor::JobContext,
-    ) -> std::result::Result<Sessions, String> {
-        match (&job.image, &self.docker) {
-            (Some(_), _) if self.shell.allow_image => {
-                self.shell.prepare(job).await.map(Sessions::Shell)
-            }
-            (Some(_), Ok(docker)) => docker
-                .prepare(job)
-                .await
-                .map(|s| Sessions::Docker(Box::new(s))),
-            (Some(image), Err(why)) => Err(format!(
-                "job has `image: {}`, but no container engine answered ({why}); start one (see \
-                 DOCKER_HOST) or pass --shell-executor to run it in the shell",
-                image.name
-            )),
-            (None, _) => self.shell.prepare(job).await.map(Sessions::Shell),
-        }
-    }
-}
-
-impl gantry_runtime::executor::Session for Sessions {
-    async fn run_step(
-        &mut self,
-        step: &gantry_runtime::executor::Step,
-        sink: gantry_runtime::executor::StepSink,
-        cancel: gantry_runtime::executor::CancelSignal,
-    ) -> gantry_runtime::executor::StepOutcome {
-        match self {
-            Sessions::Shell(s) => s.run_step(step, sink, cancel).await,
-            Sessions::Docker(s) => s.run_step(step, sink, cancel).await,
-        }
-    }
-
-    async fn cleanup(self) {
-        match self {
-            Sessions::Shell(s) => s.cleanup().await,
-            Sessions::Docker(s) => (*s).cleanup().await,
-        }
-    }
 }

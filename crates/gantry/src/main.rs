@@ -1,10 +1,12 @@
 //! The `gantry` binary: thin glue over the library crates. `main` calls `run`, which returns the exit code.
 
+mod agent_cmd;
 mod cli;
 mod git;
 mod includes;
 mod output;
 mod remote;
+mod server_cmd;
 mod sources;
 
 use std::process::ExitCode;

@@ -1,5 +1,6 @@
-//! Integration tests of the runtime: hand-built plans, run with the real shell executor in temporary
-//! git repositories.
+//! Integration tests of the runtime: hand-built plans, run in temporary git repositories with the
+//! real shell executor, or with the fake one (`gantry_runtime::fake`, no process) where a test is
+//! about scheduling only.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,6 +12,8 @@ use gantry_pipeline::plan::{
     AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, FailureReason, Job, Need,
     Plan, Retry, Variable, When,
 };
+use gantry_runtime::executor::Executor;
+use gantry_runtime::fake::FakeExecutor;
 use gantry_runtime::{
     Event, JobStatus, PipelineResult, PipelineStatus, Reporter, RunConfig, Stream,
 };
@@ -281,16 +284,19 @@ impl Run {
 }
 
 async fn run_cfg(plan: &Plan, cfg: RunConfig, cancel: watch::Receiver<bool>) -> Run {
+    run_on(plan, cfg, cancel, ShellExecutor::default()).await
+}
+
+async fn run_on(
+    plan: &Plan,
+    cfg: RunConfig,
+    cancel: watch::Receiver<bool>,
+    executor: impl Executor,
+) -> Run {
     let rec = Arc::new(Recorder::default());
-    let result = gantry_runtime::run(
-        plan,
-        cfg,
-        Arc::new(ShellExecutor::default()),
-        rec.clone(),
-        cancel,
-    )
-    .await
-    .expect("pipeline runs");
+    let result = gantry_runtime::run(plan, cfg, Arc::new(executor), rec.clone(), cancel)
+        .await
+        .expect("pipeline runs");
     let pipeline = rec
         .all()
         .into_iter()
@@ -313,6 +319,21 @@ async fn run(plan: &Plan, project: &Path) -> Run {
     run_with(plan, project, |_| {}).await
 }
 
+/// Runs `plan` with the fake executor, `tweak`ed.
+async fn fake_with(plan: &Plan, project: &Path, tweak: impl FnOnce(&mut RunConfig)) -> Run {
+    let mut cfg = config(project, plan);
+    tweak(&mut cfg);
+    let (tx, rx) = watch::channel(false);
+    let run = run_on(plan, cfg, rx, FakeExecutor).await;
+    drop(tx);
+    run
+}
+
+/// Runs `plan` with the fake executor.
+async fn fake(plan: &Plan, project: &Path) -> Run {
+    fake_with(plan, project, |_| {}).await
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Scheduling
 
@@ -328,7 +349,7 @@ async fn needs_start_early_and_stages_wait() {
         job("barrier", 2, &["true"]),
         job("last", 3, &["true"]),
     ]);
-    let run = run(&p, r.path()).await;
+    let run = fake(&p, r.path()).await;
     assert_eq!(run.result.status, PipelineStatus::Success);
     let rec = &run.rec;
     assert!(
@@ -359,7 +380,7 @@ async fn concurrency_limits_running_jobs() {
         job("a", 1, &["sleep 0.3"]),
         job("b", 1, &["sleep 0.3"]),
     ]);
-    let run = run_with(&p, r.path(), |c| c.concurrency = 1).await;
+    let run = fake_with(&p, r.path(), |c| c.concurrency = 1).await;
     let (first, second) = if run.rec.first_start("a") < run.rec.first_start("b") {
         ("a", "b")
     } else {
@@ -389,7 +410,7 @@ async fn when_on_failure_always_and_skips() {
         late_failure,
         after_needs,
     ]);
-    let run = run(&p, r.path()).await;
+    let run = fake(&p, r.path()).await;
     assert_eq!(run.result.status, PipelineStatus::Failed);
     assert_eq!(run.status("ok"), JobStatus::Success);
     assert_eq!(run.status("broken"), JobStatus::Failed);
@@ -411,7 +432,7 @@ async fn when_on_failure_always_and_skips() {
     let mut on_failure = job("on_failure", 1, &["true"]);
     on_failure.when = When::OnFailure;
     let p = plan(vec![on_failure, job("next", 2, &["true"])]);
-    let run = self::run(&p, r.path()).await;
+    let run = fake(&p, r.path()).await;
     assert_eq!(run.result.status, PipelineStatus::Success);
     assert_eq!(run.status("on_failure"), JobStatus::Skipped);
     assert_eq!(run.status("next"), JobStatus::Success);
@@ -420,7 +441,7 @@ async fn when_on_failure_always_and_skips() {
 #[tokio::test]
 async fn manual_jobs() {
     let r = repo(&[]);
-    let mut optional = job("optional", 1, &["touch /nonexistent/never"]);
+    let mut optional = job("optional", 1, &["exit 1"]);
     optional.when = When::Manual;
     optional.allow_failure = AllowFailure::Bool(true);
     let mut played = job("played", 1, &["echo played"]);
@@ -435,7 +456,7 @@ async fn manual_jobs() {
         gate,
         job("after_gate", 3, &["true"]),
     ]);
-    let run = run_with(&p, r.path(), |c| c.play_manual = vec!["played".into()]).await;
+    let run = fake_with(&p, r.path(), |c| c.play_manual = vec!["played".into()]).await;
     assert_eq!(run.status("optional"), JobStatus::Manual);
     assert!(run.rec.started("optional").is_empty());
     assert_eq!(run.status("played"), JobStatus::Success);
@@ -525,7 +546,7 @@ async fn allow_failure_exit_codes() {
     let mut allowed = job("allowed", 1, &["exit 3"]);
     allowed.allow_failure = AllowFailure::ExitCodes(vec![3]);
     let p = plan(vec![allowed.clone(), job("next", 2, &["true"])]);
-    let run = run(&p, r.path()).await;
+    let run = fake(&p, r.path()).await;
     assert_eq!(run.status("allowed"), JobStatus::Failed);
     assert!(run.job("allowed").allow_failure);
     assert_eq!(run.status("next"), JobStatus::Success);
@@ -533,7 +554,7 @@ async fn allow_failure_exit_codes() {
 
     allowed.script = vec!["exit 4".into()];
     let p = plan(vec![allowed, job("next", 2, &["true"])]);
-    let run = self::run(&p, r.path()).await;
+    let run = fake(&p, r.path()).await;
     assert!(!run.job("allowed").allow_failure);
     assert_eq!(run.status("next"), JobStatus::Skipped);
     assert_eq!(run.result.status, PipelineStatus::Failed);
@@ -545,7 +566,7 @@ async fn timeout_fails_the_job() {
     let mut slow = job("slow", 1, &["sleep 30"]);
     slow.timeout = Some(Duration::from_millis(300));
     let t0 = Instant::now();
-    let run = run(&plan(vec![slow]), r.path()).await;
+    let run = fake(&plan(vec![slow]), r.path()).await;
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(run.status("slow"), JobStatus::Failed);
     assert_eq!(
@@ -1084,7 +1105,7 @@ async fn cancel_stops_the_pipeline() {
         tokio::time::sleep(Duration::from_secs(60)).await;
     });
     let t0 = Instant::now();
-    let run = run_cfg(&p, config(r.path(), &p), rx).await;
+    let run = run_on(&p, config(r.path(), &p), rx, FakeExecutor).await;
     assert!(
         t0.elapsed() < Duration::from_secs(5),
         "took {:?}",
