@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::{Repo, gantry_cmd};
+use crate::{Repo, gantry_cmd, git};
 
 /// One request the forge answered.
 #[derive(Clone, Debug)]
@@ -37,22 +37,6 @@ struct Forge {
     port: u16,
     root: tempfile::TempDir,
     state: Arc<Mutex<State>>,
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn decode(s: &str) -> String {
@@ -395,12 +379,7 @@ fn stderr(o: &Output) -> String {
 /// The job names of a `--list-json` run.
 fn jobs(o: &Output) -> Vec<String> {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(o), stderr(o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(o)).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["name"].as_str().unwrap().to_string())
-        .collect()
+    crate::job_names(&o.stdout)
 }
 
 #[test]
@@ -474,10 +453,9 @@ fn include_project_with_a_file_list_uses_the_files_api_with_the_token() {
         ],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "include:\n  - project: group/lib\n    ref: main\n    file:\n      - /ci/a.yml\n      - ci/b.yml\njob:\n  extends: .b\n",
-    )]);
+    );
     let cache = tempfile::tempdir().unwrap();
     let out = gantry(
         &repo,
@@ -544,10 +522,9 @@ fn include_project_falls_back_to_git_when_the_api_does_not_know_the_project() {
         ],
         false,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "include:\n  - project: group/mirror\n    file: ci.yml\n  - project: group/mirror\n    ref: trunk\n    file: [ci.yml, more.yml]\n",
-    )]);
+    );
     let cache = tempfile::tempdir().unwrap();
     let out = gantry(
         &repo,
@@ -662,10 +639,7 @@ fn include_template_comes_from_gitlab_org_gitlab() {
         )],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "include:\n  - template: Jobs/Hello.gitlab-ci.yml\n",
-    )]);
+    let repo = Repo::ci("include:\n  - template: Jobs/Hello.gitlab-ci.yml\n");
     let cache = tempfile::tempdir().unwrap();
     let out = gantry(
         &repo,
@@ -690,10 +664,7 @@ fn offline_uses_only_the_cache_and_says_what_is_missing() {
         &[("a.yml", "a:\n  script: [echo a]\n")],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "include:\n  - project: group/lib\n    file: a.yml\n",
-    )]);
+    let repo = Repo::ci("include:\n  - project: group/lib\n    file: a.yml\n");
     let cache = tempfile::tempdir().unwrap();
     let out = gantry(
         &repo,
@@ -735,10 +706,9 @@ fn tags_are_reused_and_branches_refreshed_after_the_ttl() {
         true,
     );
     forge.tag("group/lib", "v1");
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "include:\n  - project: group/lib\n    ref: v1\n    file: a.yml\n  - project: group/lib\n    ref: main\n    file: a.yml\n",
-    )]);
+    );
     let cache = tempfile::tempdir().unwrap();
     let out = gantry(
         &repo,
@@ -851,10 +821,7 @@ fn failures_say_the_url_the_status_and_the_token() {
         &[("a.yml", "a:\n  script: [x]\n")],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "include:\n  - project: group/lib\n    file: nope.yml\n",
-    )]);
+    let repo = Repo::ci("include:\n  - project: group/lib\n    file: nope.yml\n");
     let out = gantry(&repo, cache.path(), &forge.url(), &["lint"], &[]);
     assert_eq!(
         stdout(&out).trim(),

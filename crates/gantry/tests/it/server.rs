@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use gantry_api::{JobStatus, Pipeline, PipelineStatus};
 use serde_json::{Value, json};
 
-use crate::Repo;
 use crate::proxy::HoldingProxy;
+use crate::{Repo, run_ok};
 
 const ADMIN: &str = "admin-secret-token";
 const REGISTRATION: &str = "registration-secret-token";
@@ -111,14 +111,10 @@ impl Drop for Database {
 }
 
 fn psql(url: &str, sql: &str) {
-    let out = Command::new("psql")
-        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql runs (PostgreSQL's client is needed for the PostgreSQL tests)");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let what = format!("psql {sql} (PostgreSQL's client is needed for the PostgreSQL tests)");
+    run_ok(
+        Command::new("psql").args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+        &what,
     );
 }
 
@@ -618,7 +614,7 @@ fn killed_agent_job_is_retried_elsewhere(store: Store) {
         runs = runs.display(),
         release = release.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("retry", repo.path());
     let mut first = s.agent("first");
@@ -668,7 +664,7 @@ fn killed_server_pipeline_finishes(store: Store) {
         runs = runs.display(),
         release = release.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("crash", repo.path());
     let agent = s.agent("a1");
@@ -719,7 +715,7 @@ fn five_agents_run_many_jobs_once_each(store: Store) {
             runs.display()
         ));
     }
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("many", repo.path());
     let agents: Vec<Agent> = (0..5)
@@ -778,10 +774,9 @@ fn readme_quick_start(store: Store) {
         .to_string();
     assert!(!admin.is_empty() && !registration.is_empty());
 
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "hello:\n  script:\n    - echo \"hello from $CI_PROJECT_NAME on $CI_COMMIT_REF_NAME\"\n",
-    )]);
+    );
     // gantry project add --server URL --token ADMIN --name hello --repo-url PATH
     let out = gantry()
         .args(["project", "add", "--server", &server.url, "--token", &admin])
@@ -907,7 +902,7 @@ fn canceled_job_stops_and_restarted_agent_keeps_its_token(store: Store) {
         "long:\n  script:\n    - echo started >> {runs}\n    - sleep 60\n  after_script:\n    - echo cleanup after cancel\n",
         runs = runs.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("cancel", repo.path());
     let mut agent = s.agent("a1");
@@ -988,10 +983,7 @@ fn canceled_job_stops_and_restarted_agent_keeps_its_token(store: Store) {
 /// (run by a real agent) and nothing else; `list` shows no secret; `revoke` ends it at once.
 fn project_token_from_the_cli(store: Store) {
     let s = Setup::new(store);
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "hello:\n  script:\n    - echo hello $CI_PROJECT_NAME\n",
-    )]);
+    let repo = Repo::ci("hello:\n  script:\n    - echo hello $CI_PROJECT_NAME\n");
     let api = Api::new(&s.server);
     api.add_project("tokened", repo.path());
     api.add_project("other", repo.path());
@@ -1135,7 +1127,7 @@ fn quit_drains_the_running_job(store: Store) {
         runs = runs.display(),
         release = release.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("drain", repo.path());
     let mut first = s.agent("first");
@@ -1177,7 +1169,7 @@ fn term_aborts_and_reports_the_running_job(store: Store) {
         runs = runs.display(),
         release = release.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("term", repo.path());
     let mut first = s.agent("first");
@@ -1214,7 +1206,7 @@ fn term_aborts_a_job_that_a_poll_brings_during_the_abort(store: Store) {
         "job:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {}\n",
         runs.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("held", repo.path());
     let proxy = HoldingProxy::start(&s.server.url);
@@ -1267,7 +1259,7 @@ fn jobs_get_a_git_checkout(store: Store) {
     let yaml = "stages: [first, second]\n\
          none:\n  stage: first\n  variables:\n    GIT_STRATEGY: none\n  script:\n    - test ! -e .gitlab-ci.yml\n    - test ! -e .git\n    - echo none-ok\n\
          depth:\n  stage: second\n  variables:\n    GIT_DEPTH: \"2\"\n  script:\n    - test \"$(git rev-parse HEAD)\" = \"$CI_COMMIT_SHA\"\n    - echo \"commits=$(git log --oneline | wc -l | tr -d ' ')\"\n    - echo \"head=$(git rev-parse --abbrev-ref HEAD)\"\n    - echo \"branch=$(git rev-parse origin/main)\"\n    - cat .gitlab-ci.yml > /dev/null\n";
-    let repo = Repo::new(&[(".gitlab-ci.yml", yaml)]);
+    let repo = Repo::ci(yaml);
     for i in 1..=3 {
         std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
         repo.git(&["add", "n.txt"]);
@@ -1327,7 +1319,7 @@ fn jobs_fetch_origin_with_their_job_token(store: Store) {
          \x20   - printf %s \"$CI_JOB_TOKEN\" > {}\n",
         kept.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     for i in 1..=3 {
         std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
         repo.git(&["add", "n.txt"]);
@@ -1443,8 +1435,8 @@ fn planted_git_hooks_and_config_never_run_in_the_agent(store: Store) {
 fn git_route_serves_only_the_job_s_agent(store: Store) {
     let s = Setup::new(store);
     let api = Api::new(&s.server);
-    let one = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [echo one]\n")]);
-    let two = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [echo two]\n")]);
+    let one = Repo::ci("job:\n  script: [echo one]\n");
+    let two = Repo::ci("job:\n  script: [echo two]\n");
     api.add_project("one", one.path());
     api.add_project("two", two.path());
     let p1 = api.trigger("one");
@@ -1552,7 +1544,7 @@ fn quit_while_polling_strands_no_job(store: Store) {
         "job:\n  script:\n    - echo \"$CI_PIPELINE_ID\" >> {}\n",
         runs.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
+    let repo = Repo::ci(&yaml);
     let api = Api::new(&s.server);
     api.add_project("race", repo.path());
     // Idle: the long poll (30 s) ends as soon as the agent asks the server to end it.
@@ -1704,7 +1696,7 @@ fn unreachable_repo_is_retried_until_it_returns(store: Store) {
             ("GANTRY_DELIVERY_MAX_ATTEMPTS", "1000"),
         ],
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", "hello:\n  script: [echo came back]\n")]);
+    let repo = Repo::ci("hello:\n  script: [echo came back]\n");
     let api = Api::new(&s.server);
     api.add_project("flaky", repo.path());
     let away = s.path().join("repo-away");
@@ -1758,7 +1750,7 @@ fn unreachable_repo_fails_after_the_last_attempt(store: Store) {
             ("GANTRY_DELIVERY_MAX_ATTEMPTS", "4"),
         ],
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", "hello:\n  script: [echo hi]\n")]);
+    let repo = Repo::ci("hello:\n  script: [echo hi]\n");
     let api = Api::new(&s.server);
     api.add_project("gone", repo.path());
     let away = s.path().join("repo-away");
@@ -1956,10 +1948,9 @@ fn project_include_from_another_project_runs(store: Store) {
     .unwrap();
     shared.git(&["commit", "-q", "-am", "v1"]);
     shared.git(&["checkout", "-q", "main"]);
-    let app = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let app = Repo::ci(
         "include:\n  - project: shared\n    ref: v1\n    file: /templates/build.yml\nown_job:\n  script: [echo own]\n",
-    )]);
+    );
     let api = Api::new(&s.server);
     let out = gantry()
         .args(["project", "add", "--name", "shared", "--repo-url"])
@@ -2030,10 +2021,9 @@ fn project_include_is_denied_unless_the_included_project_allows_it(store: Store)
             "own_template_job:\n  script: [echo \"private template of $CI_PROJECT_NAME\"]\n",
         ),
     ]);
-    let intruder = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let intruder = Repo::ci(
         "own_job:\n  script: [echo own]\ninclude:\n  - project: secret\n    file: /templates/own.yml\n",
-    )]);
+    );
     let api = Api::new(&s.server);
     api.add_project("secret", secret.path());
     api.add_project("intruder", intruder.path());
@@ -2125,10 +2115,9 @@ fn component_and_template_includes_resolve(store: Store) {
     )
     .unwrap();
     comps.git(&["commit", "-q", "-am", "after 1.1"]);
-    let app = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let app = Repo::ci(
         "include:\n  - component: gantry.test:8080/comps/build@~latest\n    inputs:\n      word: latest\n  - template: Hello.gitlab-ci.yml\n",
-    )]);
+    );
     let api = Api::new(&s.server);
     let (status, body) = api.post(
         "/api/v1/projects",
@@ -2269,10 +2258,9 @@ fn big_artifact_passes_intact(store: Store) {
 #[test]
 fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
     let s = Setup::new(Store::Sqlite);
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "job:\n  script:\n    - env\n    - for f in /proc/[0-9]*/cmdline; do { tr '\\0' ' ' < \"$f\"; } 2>/dev/null || true; echo; done\n",
-    )]);
+    );
     let api = Api::new(&s.server);
     api.add_project("env", repo.path());
     let token_file = s.path().join("registration-token");
