@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::{ADMIN, App, Backend, json_error, send, spawn, spawn_with, text_of};
+use crate::common::{ADMIN, App, Backend, json_error, send, send_why, spawn, spawn_with, text_of};
 
 async fn error_body(r: reqwest::Response) -> String {
     json_error(r, "the answer").await
@@ -46,26 +46,21 @@ async fn errors_are_json(b: Backend) {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     // The server answers 413 without reading the body and closes the connection: the client must
     // not put it back in its pool, or the next request may be written into the closed socket.
-    let r = app
-        .post("/api/v1/projects")
-        .header("connection", "close")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413, "the deep body is over the limit too");
+    send_why(
+        app.post("/api/v1/projects")
+            .header("connection", "close")
+            .body(deep),
+        413,
+        "the deep body is over the limit too",
+    )
+    .await;
     let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
-    let r = app
-        .post("/api/v1/projects")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
+    let r = send_why(
+        app.post("/api/v1/projects").body(deep),
         400,
-        "nesting past serde_json's limit is a 400, not a crash"
-    );
+        "nesting past serde_json's limit is a 400, not a crash",
+    )
+    .await;
     error_body(r).await;
     send(
         app.post("/api/v1/projects")

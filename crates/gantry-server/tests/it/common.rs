@@ -312,10 +312,15 @@ impl App {
 /// Sends `req` and checks that it answers `status` (a mismatch fails with the body); answers the
 /// response.
 pub async fn send(req: RequestBuilder, status: u16) -> Response {
+    send_why(req, status, "the request").await
+}
+
+/// Like [`send`], with `why` the status is expected in a failure.
+pub async fn send_why(req: RequestBuilder, status: u16, why: &str) -> Response {
     let r = req.send().await.unwrap();
     if r.status() != status {
         let got = r.status();
-        panic!("answered {got}, not {status}: {:?}", r.text().await);
+        panic!("{why}: answered {got}, not {status}: {:?}", r.text().await);
     }
     r
 }
@@ -416,6 +421,12 @@ impl App {
             204 => None,
             s => panic!("request answered {s}: {:?}", r.text().await),
         }
+    }
+
+    /// Uploads `tar` as the artifacts of job `id` (checked to answer 201).
+    pub async fn upload_artifacts(&self, agent: &Agent, id: i64, tar: Vec<u8>) {
+        let path = format!("/api/v1/agent/jobs/{id}/artifacts");
+        send(self.agent_call(agent, Method::PUT, &path).body(tar), 201).await;
     }
 
     /// Finishes job `id` with `outcome` after sending `log`.

@@ -8,7 +8,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::{Agent, App, Backend, eventually, send, spawn, spawn_with, tar_of, text_of};
+use crate::common::{
+    Agent, App, Backend, eventually, send, send_why, spawn, spawn_with, tar_of, text_of,
+};
 
 const TWO_STAGES: &str = "\
 stages: [build, test]
@@ -185,27 +187,19 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
         b.append(&h, &b"x"[..]).unwrap();
         b.into_inner().unwrap()
     };
-    let r = app
-        .agent_call(
-            &agent,
-            Method::PUT,
-            &format!("/api/v1/agent/jobs/{job_id}/artifacts"),
-        )
-        .body(evil)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400, "zip-slip is refused");
-    send(
+    send_why(
         app.agent_call(
             &agent,
             Method::PUT,
             &format!("/api/v1/agent/jobs/{job_id}/artifacts"),
         )
-        .body(tar_of("out/result.txt", b"42")),
-        201,
+        .body(evil),
+        400,
+        "zip-slip is refused",
     )
     .await;
+    app.upload_artifacts(&agent, job_id, tar_of("out/result.txt", b"42"))
+        .await;
 
     let r = finish(18).await.unwrap();
     assert_eq!(r.status(), 200);
@@ -332,12 +326,12 @@ async fn manual_and_skipped(b: Backend) {
     let job_id = p["jobs"][0]["id"].as_i64().unwrap();
     let r = send(app.post(&format!("/api/v1/jobs/{job_id}/play")), 200).await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "pending");
-    let r = app
-        .post(&format!("/api/v1/jobs/{job_id}/play"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409, "only a manual job is played");
+    send_why(
+        app.post(&format!("/api/v1/jobs/{job_id}/play")),
+        409,
+        "only a manual job is played",
+    )
+    .await;
 
     // Nothing survives the rules: no pipeline, the delivery says why.
     let sha = app.commit(&[(
@@ -1089,12 +1083,12 @@ async fn big_artifacts_stream_through_in_chunks(b: Backend) {
         Some(reqwest::StatusCode::BAD_REQUEST),
         "zip-slip after 3 MB is refused"
     );
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "a refused upload is not served");
+    send_why(
+        app.get(&format!("/api/v1/jobs/{job_id}/artifacts")),
+        404,
+        "a refused upload is not served",
+    )
+    .await;
 
     // A 3 MB archive, streamed without a length, is stored in chunks and comes back whole.
     let good = tar_raw(&[("out/big.bin", &big)]);

@@ -133,16 +133,8 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
         (s["job_id"] == build_a).then_some(s)
     })
     .await;
-    send(
-        app.agent_call(
-            &agent,
-            Method::PUT,
-            &format!("/api/v1/agent/jobs/{build_a}/artifacts"),
-        )
-        .body(tar_of("files/out.txt", b"42")),
-        201,
-    )
-    .await;
+    app.upload_artifacts(&agent, build_a, tar_of("files/out.txt", b"42"))
+        .await;
     app.run_job(
         &agent,
         spec["job_id"].as_i64().unwrap(),
