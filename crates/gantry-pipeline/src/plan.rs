@@ -270,7 +270,7 @@ pub struct Environment {
 }
 
 /// An `image` or a service, kept for the container executor.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     /// The image name.
     pub name: String,

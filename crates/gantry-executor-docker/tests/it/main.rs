@@ -24,13 +24,7 @@ async fn executor() -> DockerExecutor {
 fn image(name: &str) -> Image {
     Image {
         name: name.into(),
-        entrypoint: None,
-        alias: None,
-        command: None,
-        pull_policy: Vec::new(),
-        variables: Vec::new(),
-        docker_user: None,
-        docker_platform: None,
+        ..Image::default()
     }
 }
 
@@ -75,6 +69,16 @@ async fn run(
     };
     let (outcome, events) = tokio::join!(s.run_step(step, tx, cancel), collect);
     (outcome, events)
+}
+
+/// Runs the script `commands` in `ws`, with no timeout and no cancel.
+async fn run_script(
+    s: &mut DockerSession,
+    ws: &Path,
+    commands: &[&str],
+) -> (StepOutcome, Vec<StepEvent>) {
+    let (_tx, never) = watch::channel(false);
+    run(s, &step(ws, StepKind::Script, commands, None), never).await
 }
 
 fn out(line: &str) -> StepEvent {
@@ -164,14 +168,12 @@ async fn files_a_root_container_creates_go_back_to_the_workspace_owner() {
     let ws = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(ws.path(), Some(4321), Some(4322)).unwrap();
     let mut s = session(ws.path()).await;
-    let (_tx, never) = watch::channel(false);
-    let st = step(
+    let (outcome, events) = run_script(
+        &mut s,
         ws.path(),
-        StepKind::Script,
         &["mkdir -p made/deep && echo x > made/deep/file && id -u"],
-        None,
-    );
-    let (outcome, events) = run(&mut s, &st, never).await;
+    )
+    .await;
     assert_eq!(outcome, StepOutcome::Exited(0), "{events:?}");
     assert!(events.contains(&out("0")), "runs as root: {events:?}");
     s.cleanup().await;
@@ -198,14 +200,12 @@ async fn files_a_non_root_container_creates_go_back_to_the_workspace_owner() {
         services: Vec::new(),
     };
     let mut s = executor().await.prepare(&ctx).await.unwrap();
-    let (_tx, never) = watch::channel(false);
-    let st = step(
+    let (outcome, events) = run_script(
+        &mut s,
         ws.path(),
-        StepKind::Script,
         &["mkdir -p made && echo x > made/file && id -u"],
-        None,
-    );
-    let (outcome, events) = run(&mut s, &st, never).await;
+    )
+    .await;
     assert_eq!(outcome, StepOutcome::Exited(0), "{events:?}");
     assert!(events.contains(&out("1000")), "runs as 1000: {events:?}");
     // Given back after the step, before cleanup.

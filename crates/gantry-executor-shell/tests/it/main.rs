@@ -457,13 +457,7 @@ async fn images_need_the_container_executor() {
     let mut ctx = context(dir.path());
     ctx.image = Some(gantry_pipeline::plan::Image {
         name: "alpine:3".into(),
-        entrypoint: None,
-        alias: None,
-        command: None,
-        pull_policy: Vec::new(),
-        variables: Vec::new(),
-        docker_user: None,
-        docker_platform: None,
+        ..gantry_pipeline::plan::Image::default()
     });
     let err = ShellExecutor::default().prepare(&ctx).await.unwrap_err();
     assert!(

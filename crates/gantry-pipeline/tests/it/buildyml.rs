@@ -10,19 +10,8 @@ fn compile_build(src: &str) -> gantry_pipeline::Compiled {
     compile_files(&[("build.yml", src)], |_| {})
 }
 
-fn errors(src: &str) -> Vec<String> {
-    compile_build(src)
-        .errors()
-        .map(ToString::to_string)
-        .collect()
-}
-
 fn assert_error(src: &str, expected: &str) {
-    let errs = errors(src);
-    assert!(
-        errs.iter().any(|e| e == expected),
-        "expected `{expected}` in {errs:#?}"
-    );
+    crate::assert_error(&compile_build(src), expected);
 }
 
 /// The example of issue 15, as Yunxiao documents it.

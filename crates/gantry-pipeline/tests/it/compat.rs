@@ -3,11 +3,7 @@
 
 use gantry_pipeline::{Compiled, Context, Variable};
 
-use crate::{compile_files, compile_one};
-
-fn errors(c: &Compiled) -> Vec<String> {
-    c.errors().map(ToString::to_string).collect()
-}
+use crate::{assert_error, compile_files, compile_one, errors};
 
 /// The plan's job names, in plan order; panics (with the errors) when there is no plan.
 fn jobs(c: &Compiled) -> Vec<String> {
@@ -37,14 +33,6 @@ fn needs_of(c: &Compiled, job: &str) -> Option<Vec<String>> {
 
 fn with_source(src: &str, tweak: impl FnOnce(&mut Context)) -> Compiled {
     compile_files(&[(".gitlab-ci.yml", src)], tweak)
-}
-
-fn assert_error(c: &Compiled, expected: &str) {
-    let errs = errors(c);
-    assert!(
-        errs.iter().any(|e| e == expected),
-        "expected `{expected}` in {errs:#?}"
-    );
 }
 
 // Section 1: bugs found on real files.

@@ -1,18 +1,14 @@
 //! Every error names the file, line and column of the offending key, and says what is wrong.
 
-use crate::{compile_files, compile_one};
+use crate::{Remotes, compile_files, compile_one};
 
 /// The errors of compiling `src`, as `FILE:LINE:COLUMN: message`.
 fn errors(src: &str) -> Vec<String> {
-    compile_one(src).errors().map(ToString::to_string).collect()
+    crate::errors(&compile_one(src))
 }
 
 fn assert_error(src: &str, expected: &str) {
-    let errs = errors(src);
-    assert!(
-        errs.iter().any(|e| e == expected),
-        "expected `{expected}` in {errs:#?}"
-    );
+    crate::assert_error(&compile_one(src), expected);
 }
 
 #[test]
@@ -116,64 +112,23 @@ fn remote_include_is_not_available_offline() {
 
 #[test]
 fn remote_include_from_the_cache() {
-    struct Cached(gantry_pipeline::MemSources);
-    impl gantry_pipeline::Sources for Cached {
-        fn read(&self, p: &str) -> Result<String, String> {
-            self.0.read(p)
-        }
-        fn files(&self) -> &[String] {
-            self.0.files()
-        }
-        fn remote(&self, key: &str) -> Option<String> {
-            (key == "remote:https://example.com/ci.yml")
-                .then(|| "remote-job:\n  script: [echo remote]\n".to_string())
-        }
-    }
-    let s = Cached(gantry_pipeline::MemSources::new(vec![(
-        ".gitlab-ci.yml".into(),
-        "include: https://example.com/ci.yml\n".into(),
-    )]));
-    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+    let (c, _) = Remotes::new(
+        &[(".gitlab-ci.yml", "include: https://example.com/ci.yml\n")],
+        vec![(
+            "remote:https://example.com/ci.yml",
+            "remote-job:\n  script: [echo remote]\n",
+        )],
+    )
+    .compile();
     assert_eq!(c.plan.unwrap().jobs[0].name, "remote-job");
-}
-
-/// A `Sources` whose remote includes are `(key, content)` pairs; the keys asked for are recorded.
-struct Remotes {
-    inner: gantry_pipeline::MemSources,
-    remotes: Vec<(&'static str, &'static str)>,
-    asked: std::cell::RefCell<Vec<String>>,
-}
-
-impl gantry_pipeline::Sources for Remotes {
-    fn read(&self, p: &str) -> Result<String, String> {
-        self.inner.read(p)
-    }
-    fn files(&self) -> &[String] {
-        self.inner.files()
-    }
-    fn remote(&self, key: &str) -> Option<String> {
-        self.asked.borrow_mut().push(key.to_string());
-        self.remotes
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, c)| (*c).to_string())
-    }
 }
 
 #[test]
 fn include_project_with_a_list_of_files_includes_each() {
-    let s = Remotes {
-        inner: gantry_pipeline::MemSources::new(vec![(
-            ".gitlab-ci.yml".into(),
-            "include:\n  - project: group/p\n    ref: v1\n    file: [/a.yml, b.yml]\njob:\n  extends: .b\n".into(),
-        )]),
-        remotes: vec![
+    let (c, asked) = Remotes::new(&[(".gitlab-ci.yml", "include:\n  - project: group/p\n    ref: v1\n    file: [/a.yml, b.yml]\njob:\n  extends: .b\n")], vec![
             ("project:group/p@v1:/a.yml", "a:\n  script: [echo a]\n"),
             ("project:group/p@v1:b.yml", ".b:\n  script: [echo b]\n"),
-        ],
-        asked: std::cell::RefCell::default(),
-    };
-    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+        ]).compile();
     let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
     assert!(errs.is_empty(), "{errs:#?}");
     let names: Vec<String> = c
@@ -185,22 +140,14 @@ fn include_project_with_a_list_of_files_includes_each() {
         .collect();
     assert_eq!(names, ["a", "job"]);
     assert_eq!(
-        *s.asked.borrow(),
+        asked,
         ["project:group/p@v1:/a.yml", "project:group/p@v1:b.yml"]
     );
 }
 
 #[test]
 fn include_project_with_a_missing_file_in_a_list_is_one_error() {
-    let s = Remotes {
-        inner: gantry_pipeline::MemSources::new(vec![(
-            ".gitlab-ci.yml".into(),
-            "include:\n  - project: group/p\n    file:\n      - a.yml\n      - b.yml\njob:\n  extends: .a\n".into(),
-        )]),
-        remotes: vec![("project:group/p@HEAD:a.yml", ".a:\n  script: [echo a]\n")],
-        asked: std::cell::RefCell::default(),
-    };
-    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+    let (c, _) = Remotes::new(&[(".gitlab-ci.yml", "include:\n  - project: group/p\n    file:\n      - a.yml\n      - b.yml\njob:\n  extends: .a\n")], vec![("project:group/p@HEAD:a.yml", ".a:\n  script: [echo a]\n")]).compile();
     let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
     assert_eq!(
         errs,
@@ -226,24 +173,18 @@ fn include_project_file_must_be_a_string_or_a_list_of_strings() {
 
 #[test]
 fn remote_include_unavailable_says_why() {
-    struct Failing(gantry_pipeline::MemSources);
-    impl gantry_pipeline::Sources for Failing {
-        fn read(&self, p: &str) -> Result<String, String> {
-            self.0.read(p)
-        }
-        fn files(&self) -> &[String] {
-            self.0.files()
-        }
-        fn remote_unavailable(&self, key: &str) -> Option<String> {
-            (key == "remote:https://example.com/ci.yml")
-                .then(|| "cannot be fetched: connection refused".to_string())
-        }
-    }
-    let s = Failing(gantry_pipeline::MemSources::new(vec![(
-        ".gitlab-ci.yml".into(),
-        "job:\n  script: [x]\ninclude:\n  - remote: https://example.com/ci.yml\n".into(),
-    )]));
-    let c = gantry_pipeline::compile(&s, &gantry_pipeline::Context::default());
+    let mut s = Remotes::new(
+        &[(
+            ".gitlab-ci.yml",
+            "job:\n  script: [x]\ninclude:\n  - remote: https://example.com/ci.yml\n",
+        )],
+        Vec::new(),
+    );
+    s.unavailable = vec![(
+        "remote:https://example.com/ci.yml",
+        "cannot be fetched: connection refused",
+    )];
+    let (c, _) = s.compile();
     let errs: Vec<String> = c.errors().map(ToString::to_string).collect();
     assert_eq!(
         errs,

@@ -4,11 +4,7 @@
 use gantry_pipeline::Compiled;
 use gantry_pipeline::plan::Variable;
 
-use crate::{compile_changed, compile_files};
-
-fn errors(c: &Compiled) -> Vec<String> {
-    c.errors().map(ToString::to_string).collect()
-}
+use crate::{Remotes, compile_changed, compile_files, errors};
 
 /// The job names of a pipeline that compiled without errors.
 fn jobs(c: &Compiled) -> Vec<String> {
@@ -355,47 +351,14 @@ fn invalid_include_rules_are_errors() {
     );
 }
 
-/// Sources whose remote includes are `remotes` by key; records every key asked for.
-struct Remote {
-    local: gantry_pipeline::MemSources,
-    remotes: Vec<(&'static str, &'static str)>,
-    asked: std::sync::Mutex<Vec<String>>,
-}
-
-impl gantry_pipeline::Sources for Remote {
-    fn read(&self, p: &str) -> Result<String, String> {
-        self.local.read(p)
-    }
-    fn files(&self) -> &[String] {
-        self.local.files()
-    }
-    fn remote(&self, key: &str) -> Option<String> {
-        self.asked.lock().unwrap().push(key.to_string());
-        self.remotes
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, c)| (*c).to_string())
-    }
-}
-
 fn compile_remote(
     pipeline: &str,
     local: &[(&str, &str)],
     remotes: Vec<(&'static str, &'static str)>,
 ) -> (Compiled, Vec<String>) {
-    let mut files = vec![(".gitlab-ci.yml".to_string(), pipeline.to_string())];
-    files.extend(
-        local
-            .iter()
-            .map(|(n, c)| ((*n).to_string(), (*c).to_string())),
-    );
-    let sources = Remote {
-        local: gantry_pipeline::MemSources::new(files),
-        remotes,
-        asked: std::sync::Mutex::new(Vec::new()),
-    };
-    let c = gantry_pipeline::compile(&sources, &gantry_pipeline::Context::default());
-    (c, sources.asked.into_inner().unwrap())
+    let mut files = vec![(".gitlab-ci.yml", pipeline)];
+    files.extend_from_slice(local);
+    Remotes::new(&files, remotes).compile()
 }
 
 // GitLab (gitlab-foss MR 24356): a local include keeps the context of the file that includes it.

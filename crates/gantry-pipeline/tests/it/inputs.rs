@@ -5,7 +5,7 @@
 use gantry_pipeline::Compiled;
 use gantry_pipeline::plan::Variable;
 
-use crate::compile_files;
+use crate::{assert_error, compile_files, errors};
 
 /// Compiles a `.gitlab-ci.yml` that includes `t.yml` (the `template`) with the given `inputs`
 /// lines (already indented by six spaces; empty for none).
@@ -26,14 +26,9 @@ fn include_with(
     compile_files(&[(".gitlab-ci.yml", &main), ("t.yml", template)], tweak)
 }
 
-fn errors(c: &Compiled) -> Vec<String> {
-    c.errors().map(ToString::to_string).collect()
-}
-
 fn assert_errors(c: &Compiled, expected: &[&str]) {
-    let errs = errors(c);
     for e in expected {
-        assert!(errs.iter().any(|x| x == e), "expected `{e}` in {errs:#?}");
+        assert_error(c, e);
     }
 }
 

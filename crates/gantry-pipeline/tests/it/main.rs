@@ -8,7 +8,9 @@ mod includes;
 mod inputs;
 mod plans;
 
-use gantry_pipeline::{Compiled, Context, GitFacts, MemSources, compile};
+use std::sync::Mutex;
+
+use gantry_pipeline::{Compiled, Context, GitFacts, MemSources, Sources, compile};
 
 /// Compiles `files` (the first is the pipeline file) with a fixed git context on branch `main`.
 pub fn compile_files(files: &[(&str, &str)], tweak: impl FnOnce(&mut Context)) -> Compiled {
@@ -45,6 +47,70 @@ pub fn compile_changed(
     };
     tweak(&mut ctx);
     compile(&sources, &ctx)
+}
+
+/// In-memory files whose remote includes are `remotes` by key, and whose `unavailable` remote
+/// includes say why; records every key asked for.
+pub struct Remotes {
+    local: MemSources,
+    remotes: Vec<(&'static str, &'static str)>,
+    /// Remote includes that cannot be had: (key, why).
+    pub unavailable: Vec<(&'static str, &'static str)>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl Remotes {
+    /// `files` (the first is the pipeline file) and the remote includes `remotes`.
+    pub fn new(files: &[(&str, &str)], remotes: Vec<(&'static str, &'static str)>) -> Remotes {
+        let files = files
+            .iter()
+            .map(|(n, c)| ((*n).to_string(), (*c).to_string()))
+            .collect();
+        Remotes {
+            local: MemSources::new(files),
+            remotes,
+            unavailable: Vec::new(),
+            asked: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Compiles with the default context; answers the result and the remote keys asked for.
+    pub fn compile(self) -> (Compiled, Vec<String>) {
+        let c = compile(&self, &Context::default());
+        (c, self.asked.into_inner().unwrap())
+    }
+}
+
+impl Sources for Remotes {
+    fn read(&self, p: &str) -> Result<String, String> {
+        self.local.read(p)
+    }
+    fn files(&self) -> &[String] {
+        self.local.files()
+    }
+    fn remote(&self, key: &str) -> Option<String> {
+        self.asked.lock().unwrap().push(key.to_string());
+        let found = self.remotes.iter().find(|(k, _)| *k == key);
+        found.map(|(_, c)| (*c).to_string())
+    }
+    fn remote_unavailable(&self, key: &str) -> Option<String> {
+        let found = self.unavailable.iter().find(|(k, _)| *k == key);
+        found.map(|(_, why)| (*why).to_string())
+    }
+}
+
+/// The errors of `c`, as `FILE:LINE:COLUMN: message`.
+pub fn errors(c: &Compiled) -> Vec<String> {
+    c.errors().map(ToString::to_string).collect()
+}
+
+/// Asserts that `c` has the error `expected` (among others).
+pub fn assert_error(c: &Compiled, expected: &str) {
+    let errs = errors(c);
+    assert!(
+        errs.iter().any(|e| e == expected),
+        "expected `{expected}` in {errs:#?}"
+    );
 }
 
 /// Compiles one pipeline file.

@@ -1125,13 +1125,7 @@ async fn images_fail_without_the_container_executor() {
     let mut j = job("imaged", 1, &["true"]);
     j.image = Some(gantry_pipeline::plan::Image {
         name: "alpine".into(),
-        entrypoint: None,
-        alias: None,
-        command: None,
-        pull_policy: Vec::new(),
-        variables: Vec::new(),
-        docker_user: None,
-        docker_platform: None,
+        ..gantry_pipeline::plan::Image::default()
     });
     let run = run(&plan(vec![j]), r.path()).await;
     assert_eq!(run.status("imaged"), JobStatus::Failed);
@@ -1170,13 +1164,7 @@ async fn ci_job_image_is_the_expanded_image_and_a_job_variable_wins() {
     let r = repo(&[]);
     let image = |name: &str| gantry_pipeline::plan::Image {
         name: name.into(),
-        entrypoint: None,
-        alias: None,
-        command: None,
-        pull_policy: Vec::new(),
-        variables: Vec::new(),
-        docker_user: None,
-        docker_platform: None,
+        ..gantry_pipeline::plan::Image::default()
     };
     let mut imaged = job("imaged", 1, &["echo image=$CI_JOB_IMAGE"]);
     imaged.image = Some(image("alpine:$ALPINE_VERSION"));

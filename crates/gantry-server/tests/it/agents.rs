@@ -5,7 +5,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::{ADMIN, Agent, App, Backend, REGISTRATION, git, spawn, spawn_with};
+use crate::common::{
+    ADMIN, Agent, App, Backend, REGISTRATION, git, send, spawn, spawn_with, text_of,
+};
 
 const CI: &str = "build:\n  script: [echo hi]\n";
 
@@ -122,29 +124,23 @@ async fn revoked_agent_is_refused_everywhere(b: Backend) {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     // No token cannot revoke; the admin can.
-    let r = app
-        .client
-        .delete(format!("{}/api/v1/agents/{id}", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .client
-        .delete(format!("{}/api/v1/agents/{id}", app.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204, "{:?}", r.text().await);
-    let r = app
-        .client
-        .delete(format!("{}/api/v1/agents/{id}", app.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    send(
+        app.request(Method::DELETE, &format!("/api/v1/agents/{id}")),
+        401,
+    )
+    .await;
+    send(
+        app.request(Method::DELETE, &format!("/api/v1/agents/{id}"))
+            .bearer_auth(ADMIN),
+        204,
+    )
+    .await;
+    send(
+        app.request(Method::DELETE, &format!("/api/v1/agents/{id}"))
+            .bearer_auth(ADMIN),
+        404,
+    )
+    .await;
 
     // A job queued now wakes the held poll, which must not take it.
     let second = app.pipeline_of_push("demo", "second", &sha2).await;
@@ -211,19 +207,12 @@ async fn registration_token_rotates(b: Backend) {
     let app = spawn(b).await;
     let other = gantry_server::serve(app.config.clone()).await.unwrap();
     let before = app.register("before", &[]).await;
-    let r = app
-        .client
-        .post(format!("{}/api/v1/agents/registration-token", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .post("/api/v1/agents/registration-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    send(
+        app.request(Method::POST, "/api/v1/agents/registration-token"),
+        401,
+    )
+    .await;
+    let r = send(app.post("/api/v1/agents/registration-token"), 201).await;
     let new: Value = r.json().await.unwrap();
     let new = new["token"].as_str().unwrap().to_string();
     assert_ne!(new, REGISTRATION);
@@ -332,20 +321,13 @@ async fn log_is_cut_at_the_limit(b: Backend) {
         let ack: Value = r.json().await.unwrap();
         assert_eq!(ack["truncated"], true, "{ack}");
     }
-    let log = app
-        .get(&format!("/api/v1/jobs/{id}/log"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = text_of(app.get(&format!("/api/v1/jobs/{id}/log"))).await;
     let line = "\n[gantry] log truncated at 1000 bytes: the job's log reached the server's \
                 max_job_log; the job goes on, and its further output is not kept\n";
     assert_eq!(log, format!("{}{}{line}", "a".repeat(600), "b".repeat(400)));
     // The job finishes with the size the agent wrote.
-    let r = app
-        .agent_call(
+    send(
+        app.agent_call(
             &agent,
             Method::POST,
             &format!("/api/v1/agent/jobs/{id}/finish"),
@@ -353,11 +335,10 @@ async fn log_is_cut_at_the_limit(b: Backend) {
         .json(
             &json!({"outcome": "success", "exit_code": 0, "failure_reason": null,
             "coverage": null, "log_size": 106_200}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        ),
+        200,
+    )
+    .await;
     let p = app.pipeline_status(pipeline, "success").await;
     assert_eq!(p["jobs"][0]["status"], "success");
 }

@@ -1,141 +1,85 @@
 //! Authentication, JSON errors, limits, projects, the OpenAPI document, metrics, health.
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::{ADMIN, App, Backend, spawn, spawn_with};
+use crate::common::{ADMIN, App, Backend, json_error, send, send_why, spawn, spawn_with, text_of};
 
 async fn error_body(r: reqwest::Response) -> String {
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    assert!(ct.starts_with("application/json"), "content type {ct}");
-    let v: Value = r.json().await.unwrap();
-    v["error"].as_str().expect("an `error` field").to_string()
+    json_error(r, "the answer").await
 }
 
 async fn auth_is_required(b: Backend) {
     let app = spawn(b).await;
-    let r = app.anon("/api/v1/projects").send().await.unwrap();
-    assert_eq!(r.status(), 401);
+    let r = send(app.anon("/api/v1/projects"), 401).await;
     error_body(r).await;
-    let r = app
-        .anon("/api/v1/projects")
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let r = send(app.anon("/api/v1/projects").bearer_auth("wrong"), 401).await;
     error_body(r).await;
-    let r = app
-        .anon("/api/v1/projects")
-        .header("PRIVATE-TOKEN", ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = app
-        .anon("/api/v1/projects")
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    send(
+        app.anon("/api/v1/projects").header("PRIVATE-TOKEN", ADMIN),
+        200,
+    )
+    .await;
+    send(app.anon("/api/v1/projects").bearer_auth(ADMIN), 200).await;
     // Agent calls want an agent token, and the registration token is checked.
-    let r = app
-        .client
-        .post(format!("{}/api/v1/agent/jobs/request", app.url))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .client
-        .post(format!("{}/api/v1/agents/register", app.url))
-        .json(&json!({"token": "nope", "name": "a", "executor": "shell", "concurrency": 1, "version": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    send(
+        app.request(Method::POST, "/api/v1/agent/jobs/request")
+            .bearer_auth(ADMIN),
+        401,
+    )
+    .await;
+    let r = send(app.request(Method::POST, "/api/v1/agents/register")
+        .json(&json!({"token": "nope", "name": "a", "executor": "shell", "concurrency": 1, "version": "x"})), 401).await;
     error_body(r).await;
 }
 both!(auth_is_required);
 
 async fn errors_are_json(b: Backend) {
     let app = spawn_with(b, |c| c.max_body_bytes = 64 * 1024).await;
-    let r = app.get("/api/v1/nope").send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    let r = send(app.get("/api/v1/nope"), 404).await;
     error_body(r).await;
-    let r = app
-        .client
-        .delete(format!("{}/api/v1/projects", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 405);
+    let r = send(app.request(Method::DELETE, "/api/v1/projects"), 405).await;
     error_body(r).await;
-    let r = app
-        .post("/api/v1/projects")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let r = send(app.post("/api/v1/projects").body("{not json"), 400).await;
     error_body(r).await;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     // The server answers 413 without reading the body and closes the connection: the client must
     // not put it back in its pool, or the next request may be written into the closed socket.
-    let r = app
-        .post("/api/v1/projects")
-        .header("connection", "close")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413, "the deep body is over the limit too");
+    send_why(
+        app.post("/api/v1/projects")
+            .header("connection", "close")
+            .body(deep),
+        413,
+        "the deep body is over the limit too",
+    )
+    .await;
     let deep = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
-    let r = app
-        .post("/api/v1/projects")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
+    let r = send_why(
+        app.post("/api/v1/projects").body(deep),
         400,
-        "nesting past serde_json's limit is a 400, not a crash"
-    );
+        "nesting past serde_json's limit is a 400, not a crash",
+    )
+    .await;
     error_body(r).await;
-    let r = app
-        .post("/api/v1/projects")
-        .body(vec![b'"', 0xff, 0xfe, b'"'])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    send(
+        app.post("/api/v1/projects")
+            .body(vec![b'"', 0xff, 0xfe, b'"']),
+        400,
+    )
+    .await;
     let big = "x".repeat(100 * 1024);
-    let r = app
-        .post("/api/v1/projects")
-        .header("connection", "close")
-        .body(big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+    let r = send(
+        app.post("/api/v1/projects")
+            .header("connection", "close")
+            .body(big),
+        413,
+    )
+    .await;
     error_body(r).await;
-    let r = app
-        .get("/api/v1/pipelines/not-a-number")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let r = send(app.get("/api/v1/pipelines/not-a-number"), 400).await;
     error_body(r).await;
-    let r = app.get("/api/v1/pipelines/12345").send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    let r = send(app.get("/api/v1/pipelines/12345"), 404).await;
     error_body(r).await;
     // Every answer carries a trace id; an incoming one is kept.
     let r = app
@@ -175,36 +119,26 @@ async fn projects(b: Backend) {
     assert_eq!(p["name"], "demo");
     assert_eq!(p["default_branch"], "main");
     assert_eq!(p["has_webhook_secret"], true);
-    let text = app
-        .get("/api/v1/projects/demo")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(app.get("/api/v1/projects/demo")).await;
     assert!(!text.contains("super-secret-value"), "{text}");
     assert!(!text.contains("forge-token"), "{text}");
     assert!(!text.contains(crate::common::SECRET), "{text}");
     assert!(text.contains("visible"));
     let list = app.json("/api/v1/projects").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
-    let r = app
-        .post("/api/v1/projects")
-        .json(&json!({"name": "demo", "repo_url": "/x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let r = app
-        .post("/api/v1/projects")
-        .json(&json!({"name": "../evil", "repo_url": "/x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = app.get("/api/v1/projects/nope").send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    send(
+        app.post("/api/v1/projects")
+            .json(&json!({"name": "demo", "repo_url": "/x"})),
+        409,
+    )
+    .await;
+    send(
+        app.post("/api/v1/projects")
+            .json(&json!({"name": "../evil", "repo_url": "/x"})),
+        400,
+    )
+    .await;
+    send(app.get("/api/v1/projects/nope"), 404).await;
     // Who may include its files: none but itself by default; kept and shown when given.
     assert_eq!(p["include_allowed_from"], json!([]));
     let shared = app
@@ -216,13 +150,12 @@ async fn projects(b: Backend) {
     assert_eq!(shared["include_allowed_from"], json!(["demo", "team-*"]));
     let shown = app.json("/api/v1/projects/shared").await;
     assert_eq!(shown["include_allowed_from"], json!(["demo", "team-*"]));
-    let r = app
-        .post("/api/v1/projects")
-        .json(&json!({"name": "bad", "repo_url": "/x", "include_allowed_from": ["a/b"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let r = send(
+        app.post("/api/v1/projects")
+            .json(&json!({"name": "bad", "repo_url": "/x", "include_allowed_from": ["a/b"]})),
+        400,
+    )
+    .await;
     assert!(
         error_body(r).await.contains("include_allowed_from"),
         "the error names the setting"
@@ -325,43 +258,21 @@ async fn metrics_can_need_a_token() {
         c.metrics_token = Some(gantry_server::config::Secret("scrape-me".into()));
     })
     .await;
-    let r = app.anon("/metrics").send().await.unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .anon("/metrics")
-        .bearer_auth("wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = app
-        .anon("/metrics")
-        .bearer_auth("scrape-me")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    send(app.anon("/metrics"), 401).await;
+    send(app.anon("/metrics").bearer_auth("wrong"), 401).await;
+    let r = send(app.anon("/metrics").bearer_auth("scrape-me"), 200).await;
     assert!(r.text().await.unwrap().contains("# EOF"));
     // Without the setting, /metrics stays open (as before), and /healthz is always open.
     let open = spawn(Backend::Sqlite).await;
-    let r = open.anon("/metrics").send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let r = app.anon("/healthz").send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    send(open.anon("/metrics"), 200).await;
+    send(app.anon("/healthz"), 200).await;
 }
 
 #[tokio::test]
 async fn metrics_and_health() {
     let app = spawn(Backend::Sqlite).await;
     let _ = app.get("/api/v1/projects").send().await.unwrap();
-    let text = app
-        .anon("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(app.anon("/metrics")).await;
     for name in [
         "gantry_http_request_duration_seconds",
         "gantry_pipelines",
@@ -379,10 +290,8 @@ async fn metrics_and_health() {
         );
     }
     assert!(text.contains("route=\"/api/v1/projects\""), "{text}");
-    let r = app.anon("/healthz").send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let r = app.anon("/readyz").send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    send(app.anon("/healthz"), 200).await;
+    send(app.anon("/readyz"), 200).await;
 }
 
 #[allow(dead_code)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gantry_server::{Config, RunningServer};
 use hmac::{Hmac, Mac as _};
-use reqwest::{Client, RequestBuilder, Response};
+use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
@@ -156,16 +156,19 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Ap
     }
 }
 
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
+/// `git` in `dir`, as Jane Doe.
+pub fn git_command(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
         .env("GIT_AUTHOR_NAME", "Jane Doe")
         .env("GIT_AUTHOR_EMAIL", "jane@example.com")
         .env("GIT_COMMITTER_NAME", "Jane Doe")
-        .env("GIT_COMMITTER_EMAIL", "jane@example.com")
-        .output()
-        .unwrap();
+        .env("GIT_COMMITTER_EMAIL", "jane@example.com");
+    c
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = git_command(dir).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "git {args:?}: {}",
@@ -191,20 +194,21 @@ impl App {
     }
 
     pub fn get(&self, path: &str) -> RequestBuilder {
-        self.client
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(ADMIN)
+        self.request(Method::GET, path).bearer_auth(ADMIN)
     }
 
     /// A GET that carries no credentials of its own (health, metrics, what an outsider sends).
     pub fn anon(&self, path: &str) -> RequestBuilder {
-        self.client.get(format!("{}{path}", self.url))
+        self.request(Method::GET, path)
+    }
+
+    /// A request that carries no credentials of its own: the test adds the ones it checks.
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.url))
     }
 
     pub fn post(&self, path: &str) -> RequestBuilder {
-        self.client
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(ADMIN)
+        self.request(Method::POST, path).bearer_auth(ADMIN)
     }
 
     pub async fn json(&self, path: &str) -> Value {
@@ -225,13 +229,7 @@ impl App {
                 b.insert(k.clone(), v.clone());
             }
         }
-        let r = self
-            .post("/api/v1/projects")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        let r = send(self.post("/api/v1/projects").json(&body), 201).await;
         r.json().await.unwrap()
     }
 
@@ -245,18 +243,17 @@ impl App {
             "user_name": "Jane Doe",
             "user_email": "jane@example.com",
         });
-        self.client
-            .post(format!(
-                "{}/api/v1/projects/{project}/hooks/gitlab",
-                self.url
-            ))
-            .header("X-Gitlab-Token", SECRET)
-            .header("X-Gitlab-Event", "Push Hook")
-            .header("X-Gitlab-Event-UUID", format!("uuid-{sha}-{branch}"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.request(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/hooks/gitlab"),
+        )
+        .header("X-Gitlab-Token", SECRET)
+        .header("X-Gitlab-Event", "Push Hook")
+        .header("X-Gitlab-Event-UUID", format!("uuid-{sha}-{branch}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
     }
 
     /// Pushes and waits for the delivery to be processed; answers the delivery.
@@ -266,6 +263,13 @@ impl App {
         let accepted: Value = r.json().await.unwrap();
         self.delivery(project, accepted["id"].as_i64().unwrap())
             .await
+    }
+
+    /// Commits `ci` as `.gitlab-ci.yml` and pushes it to project `demo`; answers the pipeline's id.
+    pub async fn push_ci(&self, ci: &str) -> i64 {
+        let sha = self.commit(&[(".gitlab-ci.yml", ci)]);
+        let d = self.push_and_wait("demo", &sha).await;
+        d["pipeline_id"].as_i64().unwrap()
     }
 
     /// Waits until delivery `id` is processed.
@@ -305,6 +309,58 @@ impl App {
     }
 }
 
+/// Sends `req` and checks that it answers `status` (a mismatch fails with the body); answers the
+/// response.
+pub async fn send(req: RequestBuilder, status: u16) -> Response {
+    send_why(req, status, "the request").await
+}
+
+/// Like [`send`], with `why` the status is expected in a failure.
+pub async fn send_why(req: RequestBuilder, status: u16, why: &str) -> Response {
+    let r = req.send().await.unwrap();
+    if r.status() != status {
+        let got = r.status();
+        panic!("{why}: answered {got}, not {status}: {:?}", r.text().await);
+    }
+    r
+}
+
+/// The message of the JSON error `r` (its content type is JSON, with an `error` field); `what`
+/// names the call in a failure.
+pub async fn json_error(r: Response, what: &str) -> String {
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: content type {ct}"
+    );
+    let v: Value = r.json().await.unwrap();
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no `error` in {v}"))
+        .to_string()
+}
+
+/// Sends `req` and answers the body of its response as text.
+pub async fn text_of(req: RequestBuilder) -> String {
+    req.send().await.unwrap().text().await.unwrap()
+}
+
+/// A tar of one file `name` holding `content`.
+pub fn tar_of(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(content.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, name, content).unwrap();
+    b.into_inner().unwrap()
+}
+
 /// Polls `f` until it answers `Some`, for at most 30 s (a bound for a broken build, not a timing).
 pub async fn eventually<T, F, Fut>(mut f: F) -> T
 where
@@ -327,17 +383,15 @@ pub struct Agent {
 
 impl App {
     pub async fn register(&self, name: &str, tags: &[&str]) -> Agent {
-        let r = self
-            .client
-            .post(format!("{}/api/v1/agents/register", self.url))
-            .json(&json!({
-                "token": REGISTRATION, "name": name, "tags": tags,
-                "executor": "shell", "concurrency": 1, "version": "test",
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        let r = send(
+            self.request(Method::POST, "/api/v1/agents/register")
+                .json(&json!({
+                    "token": REGISTRATION, "name": name, "tags": tags,
+                    "executor": "shell", "concurrency": 1, "version": "test",
+                })),
+            201,
+        )
+        .await;
         let v: Value = r.json().await.unwrap();
         Agent {
             token: v["token"].as_str().unwrap().to_string(),
@@ -369,21 +423,26 @@ impl App {
         }
     }
 
+    /// Uploads `tar` as the artifacts of job `id` (checked to answer 201).
+    pub async fn upload_artifacts(&self, agent: &Agent, id: i64, tar: Vec<u8>) {
+        let path = format!("/api/v1/agent/jobs/{id}/artifacts");
+        send(self.agent_call(agent, Method::PUT, &path).body(tar), 201).await;
+    }
+
     /// Finishes job `id` with `outcome` after sending `log`.
     pub async fn run_job(&self, agent: &Agent, id: i64, log: &str, outcome: &str) -> Value {
-        let r = self
-            .agent_call(
+        send(
+            self.agent_call(
                 agent,
                 reqwest::Method::PUT,
                 &format!("/api/v1/agent/jobs/{id}/log?offset=0"),
             )
-            .body(log.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let r = self
-            .agent_call(
+            .body(log.to_string()),
+            200,
+        )
+        .await;
+        let r = send(
+            self.agent_call(
                 agent,
                 reqwest::Method::POST,
                 &format!("/api/v1/agent/jobs/{id}/finish"),
@@ -394,11 +453,10 @@ impl App {
                 "failure_reason": if outcome == "failed" { Some("script_failure") } else { None },
                 "coverage": null,
                 "log_size": log.len(),
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+            })),
+            200,
+        )
+        .await;
         r.json().await.unwrap()
     }
 }
@@ -435,11 +493,10 @@ pub async fn send_hook(
 ) -> reqwest::Response {
     let body = serde_json::to_vec(payload).unwrap();
     let mut r = app
-        .client
-        .post(format!(
-            "{}/api/v1/projects/{project}/hooks/{forge}",
-            app.url
-        ))
+        .request(
+            Method::POST,
+            &format!("/api/v1/projects/{project}/hooks/{forge}"),
+        )
         .header("content-type", "application/json");
     r = match forge {
         "gitlab" => r

@@ -8,7 +8,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::{App, Backend, eventually, spawn, spawn_with};
+use crate::common::{
+    Agent, App, Backend, eventually, send, send_why, spawn, spawn_with, tar_of, text_of,
+};
 
 const TWO_STAGES: &str = "\
 stages: [build, test]
@@ -36,16 +38,6 @@ fn statuses(p: &Value) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-fn tar_of(name: &str, content: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, name, content).unwrap();
-    b.into_inner().unwrap()
 }
 
 async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
@@ -120,16 +112,15 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
     assert_eq!(p["jobs"][0]["agent"], "agent-1");
 
     // Source: a tar of the commit.
-    let r = app
-        .agent_call(
+    let r = send(
+        app.agent_call(
             &agent,
             Method::GET,
             &format!("/api/v1/agent/jobs/{job_id}/source"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        ),
+        200,
+    )
+    .await;
     let bytes = r.bytes().await.unwrap();
     let mut archive = tar::Archive::new(&bytes[..]);
     let names: Vec<String> = archive
@@ -140,16 +131,15 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
     assert!(names.contains(&".gitlab-ci.yml".to_string()), "{names:?}");
 
     // Heartbeat.
-    let r = app
-        .agent_call(
+    let r = send(
+        app.agent_call(
             &agent,
             Method::POST,
             &format!("/api/v1/agent/jobs/{job_id}/heartbeat"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        ),
+        200,
+    )
+    .await;
     assert_eq!(r.json::<Value>().await.unwrap()["cancel"], false);
 
     // Logs: appended by offset, a resent chunk is not doubled, a gap is 416.
@@ -197,28 +187,19 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
         b.append(&h, &b"x"[..]).unwrap();
         b.into_inner().unwrap()
     };
-    let r = app
-        .agent_call(
+    send_why(
+        app.agent_call(
             &agent,
             Method::PUT,
             &format!("/api/v1/agent/jobs/{job_id}/artifacts"),
         )
-        .body(evil)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400, "zip-slip is refused");
-    let r = app
-        .agent_call(
-            &agent,
-            Method::PUT,
-            &format!("/api/v1/agent/jobs/{job_id}/artifacts"),
-        )
-        .body(tar_of("out/result.txt", b"42"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+        .body(evil),
+        400,
+        "zip-slip is refused",
+    )
+    .await;
+    app.upload_artifacts(&agent, job_id, tar_of("out/result.txt", b"42"))
+        .await;
 
     let r = finish(18).await.unwrap();
     assert_eq!(r.status(), 200);
@@ -233,16 +214,7 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
     assert_eq!(deps.len(), 1);
     assert_eq!(deps[0]["name"], "build");
     assert_eq!(deps[0]["has_artifacts"], true);
-    let r = app
-        .agent_call(
-            &agent,
-            Method::GET,
-            &format!("/api/v1/agent/jobs/{test_id}/dependencies/{job_id}/artifacts"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = dependency_artifacts(&app, &agent, test_id, job_id).await;
     assert_eq!(
         r.bytes().await.unwrap().to_vec(),
         tar_of("out/result.txt", b"42")
@@ -265,51 +237,27 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
     assert_eq!(j["agent"], "agent-1");
     assert_eq!(j["log_size"], 18);
     assert_eq!(j["has_artifacts"], true);
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/log"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(app.get(&format!("/api/v1/jobs/{job_id}/log")), 200).await;
     assert_eq!(r.text().await.unwrap(), "line one\nline two\n");
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/log"))
-        .header("Range", "bytes=9-")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 206);
+    let r = send(
+        app.get(&format!("/api/v1/jobs/{job_id}/log"))
+            .header("Range", "bytes=9-"),
+        206,
+    )
+    .await;
     assert_eq!(r.headers()["content-range"], "bytes 9-17/18");
     assert_eq!(r.text().await.unwrap(), "line two\n");
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/log"))
-        .header("Range", "bytes=500-")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 416);
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = app
-        .get(&format!("/api/v1/jobs/{test_id}/artifacts"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    send(
+        app.get(&format!("/api/v1/jobs/{job_id}/log"))
+            .header("Range", "bytes=500-"),
+        416,
+    )
+    .await;
+    send(app.get(&format!("/api/v1/jobs/{job_id}/artifacts")), 200).await;
+    send(app.get(&format!("/api/v1/jobs/{test_id}/artifacts")), 404).await;
 
     // The live stream replays the log of a finished job, then ends.
-    let text = app
-        .get(&format!("/api/v1/jobs/{job_id}/log/stream"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(app.get(&format!("/api/v1/jobs/{job_id}/log/stream"))).await;
     assert!(text.contains("event: log"), "{text}");
     assert!(text.contains("line one\\nline two\\n"), "{text}");
     assert!(text.contains("event: end"), "{text}");
@@ -321,22 +269,14 @@ async fn push_creates_a_pipeline_that_agents_run(b: Backend) {
         format!("/api/v1/jobs/{job_id}"),
         "/api/v1/projects/demo/pipelines".to_string(),
     ] {
-        let text = app.get(&path).send().await.unwrap().text().await.unwrap();
+        let text = text_of(app.get(&path)).await;
         assert!(!text.contains("hunter2-secret"), "{path}: {text}");
     }
     let agents = app.json("/api/v1/agents").await;
     assert_eq!(agents[0]["name"], "agent-1");
     assert_eq!(agents[0]["online"], true);
 
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text_of(app.request(Method::GET, "/metrics")).await;
     assert!(
         metrics.contains("gantry_jobs_total{status=\"success\"} 2"),
         "{metrics}"
@@ -384,19 +324,14 @@ async fn manual_and_skipped(b: Backend) {
     assert_eq!(statuses(&p), vec![("deploy".into(), "manual".into())]);
     // Play it.
     let job_id = p["jobs"][0]["id"].as_i64().unwrap();
-    let r = app
-        .post(&format!("/api/v1/jobs/{job_id}/play"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(app.post(&format!("/api/v1/jobs/{job_id}/play")), 200).await;
     assert_eq!(r.json::<Value>().await.unwrap()["status"], "pending");
-    let r = app
-        .post(&format!("/api/v1/jobs/{job_id}/play"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409, "only a manual job is played");
+    send_why(
+        app.post(&format!("/api/v1/jobs/{job_id}/play")),
+        409,
+        "only a manual job is played",
+    )
+    .await;
 
     // Nothing survives the rules: no pipeline, the delivery says why.
     let sha = app.commit(&[(
@@ -420,12 +355,9 @@ both!(manual_and_skipped);
 async fn lease_expiry_retries_the_job(b: Backend) {
     let app = spawn_with(b, |c| c.lease_timeout = Duration::from_millis(800)).await;
     app.project("demo", json!({})).await;
-    let sha = app.commit(&[(
-        ".gitlab-ci.yml",
-        "job:\n  script: [echo]\n  retry:\n    max: 1\n    when: runner_system_failure\n",
-    )]);
-    let d = app.push_and_wait("demo", &sha).await;
-    let pid = d["pipeline_id"].as_i64().unwrap();
+    let pid = app
+        .push_ci("job:\n  script: [echo]\n  retry:\n    max: 1\n    when: runner_system_failure\n")
+        .await;
     let agent = app.register("dies", &[]).await;
     let spec = app.take(&agent, 5000).await.unwrap();
     let first = spec["job_id"].as_i64().unwrap();
@@ -440,16 +372,15 @@ async fn lease_expiry_retries_the_job(b: Backend) {
     assert_eq!(old["failure_reason"], "runner_system_failure");
     assert_eq!(p["jobs"][0]["status"], "pending");
     // The dead agent's calls are refused.
-    let r = app
-        .agent_call(
+    send(
+        app.agent_call(
             &agent,
             Method::POST,
             &format!("/api/v1/agent/jobs/{first}/heartbeat"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
+        ),
+        409,
+    )
+    .await;
     let other = app.register("lives", &[]).await;
     let spec = app.take(&other, 5000).await.unwrap();
     assert_eq!(spec["attempt"], 2);
@@ -462,9 +393,7 @@ both!(lease_expiry_retries_the_job);
 async fn cancel_and_retry(b: Backend) {
     let app = spawn(b).await;
     app.project("demo", json!({})).await;
-    let sha = app.commit(&[(".gitlab-ci.yml", TWO_STAGES)]);
-    let d = app.push_and_wait("demo", &sha).await;
-    let pid = d["pipeline_id"].as_i64().unwrap();
+    let pid = app.push_ci(TWO_STAGES).await;
     let agent = app.register("a", &[]).await;
     let spec = app.take(&agent, 5000).await.unwrap();
     let build = spec["job_id"].as_i64().unwrap();
@@ -478,12 +407,7 @@ async fn cancel_and_retry(b: Backend) {
         ]
     );
     // Retry the failed job: a new attempt, and the skipped job waits again.
-    let r = app
-        .post(&format!("/api/v1/jobs/{build}/retry"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let r = send(app.post(&format!("/api/v1/jobs/{build}/retry")), 201).await;
     let retried: Value = r.json().await.unwrap();
     assert_eq!(retried["attempt"], 2);
     assert_ne!(retried["id"], build);
@@ -499,12 +423,7 @@ async fn cancel_and_retry(b: Backend) {
     // Cancel while the retry runs: the agent learns it from its heartbeat.
     let spec = app.take(&agent, 5000).await.unwrap();
     let running = spec["job_id"].as_i64().unwrap();
-    let r = app
-        .post(&format!("/api/v1/pipelines/{pid}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(app.post(&format!("/api/v1/pipelines/{pid}/cancel")), 200).await;
     let p: Value = r.json().await.unwrap();
     assert_eq!(p["status"], "canceled");
     assert_eq!(p["jobs"][1]["status"], "canceled");
@@ -522,8 +441,7 @@ async fn cancel_and_retry(b: Backend) {
     let p = app.pipeline(pid).await;
     assert_eq!(p["status"], "canceled");
     assert!(p["finished_at"].is_string());
-    let r = app.post("/api/v1/jobs/999999/retry").send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    send(app.post("/api/v1/jobs/999999/retry"), 404).await;
 }
 both!(cancel_and_retry);
 
@@ -569,12 +487,7 @@ async fn projects_are_paginated(b: Backend) {
     for name in ["a", "b", "c"] {
         app.project(name, json!({})).await;
     }
-    let r = app
-        .get("/api/v1/projects?per_page=2&page=1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(app.get("/api/v1/projects?per_page=2&page=1"), 200).await;
     assert_eq!(r.headers()["x-total"], "3");
     assert_eq!(r.headers()["x-next-page"], "2");
     let list: Value = r.json().await.unwrap();
@@ -594,12 +507,7 @@ async fn projects_are_paginated(b: Backend) {
     let list: Value = r.json().await.unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["name"], "c");
-    let r = app
-        .get("/api/v1/projects?per_page=500")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    send(app.get("/api/v1/projects?per_page=500"), 400).await;
 }
 both!(projects_are_paginated);
 
@@ -611,24 +519,22 @@ async fn pagination_and_triggers(b: Backend) {
         "job:\n  script: [echo $CI_PIPELINE_SOURCE]\n",
     )]);
     for i in 0..3 {
-        let r = app
-            .post("/api/v1/projects/demo/pipelines")
-            .json(&json!({"ref": "main", "variables": [{"key": "N", "value": i.to_string()}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        let r = send(
+            app.post("/api/v1/projects/demo/pipelines")
+                .json(&json!({"ref": "main", "variables": [{"key": "N", "value": i.to_string()}]})),
+            202,
+        )
+        .await;
         let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
         let d = app.delivery("demo", id).await;
         assert_eq!(d["status"], "created", "{d}");
         assert_eq!(d["forge"], "api");
     }
-    let r = app
-        .get("/api/v1/projects/demo/pipelines?per_page=2&page=1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(
+        app.get("/api/v1/projects/demo/pipelines?per_page=2&page=1"),
+        200,
+    )
+    .await;
     assert_eq!(r.headers()["x-total"], "3");
     assert_eq!(r.headers()["x-page"], "1");
     assert_eq!(r.headers()["x-per-page"], "2");
@@ -646,18 +552,8 @@ async fn pagination_and_triggers(b: Backend) {
         r.json::<Value>().await.unwrap().as_array().unwrap().len(),
         1
     );
-    let r = app
-        .get("/api/v1/projects/demo/pipelines?per_page=500")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = app
-        .get("/api/v1/projects/demo/pipelines?status=bogus")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    send(app.get("/api/v1/projects/demo/pipelines?per_page=500"), 400).await;
+    send(app.get("/api/v1/projects/demo/pipelines?status=bogus"), 400).await;
     let r = app
         .get("/api/v1/projects/demo/pipelines?ref=other")
         .send()
@@ -855,17 +751,15 @@ async fn merge_request_events(b: Backend) {
             "last_commit": {"id": sha},
         },
     });
-    let r = app
-        .client
-        .post(format!("{}/api/v1/projects/demo/hooks/gitlab", app.url))
-        .header("X-Gitlab-Token", crate::common::SECRET)
-        .header("X-Gitlab-Event", "Merge Request Hook")
-        .header("X-Gitlab-Event-UUID", "mr-1")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let r = send(
+        app.request(Method::POST, "/api/v1/projects/demo/hooks/gitlab")
+            .header("X-Gitlab-Token", crate::common::SECRET)
+            .header("X-Gitlab-Event", "Merge Request Hook")
+            .header("X-Gitlab-Event-UUID", "mr-1")
+            .json(&body),
+        202,
+    )
+    .await;
     let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
     let d = app.delivery("demo", id).await;
     assert_eq!(d["status"], "created", "{d}");
@@ -990,13 +884,9 @@ async fn live_log_stream(b: Backend) {
     assert_eq!(put(6, "second\n").await.unwrap().status(), 200);
     read_until("second\\n", &mut seen).await;
     assert!(!seen.contains("event: end"));
-    let r = app
+    send(app
         .agent_call(&agent, Method::POST, &format!("/api/v1/agent/jobs/{id}/finish"))
-        .json(&json!({"outcome": "success", "exit_code": 0, "failure_reason": null, "coverage": null, "log_size": 13}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+        .json(&json!({"outcome": "success", "exit_code": 0, "failure_reason": null, "coverage": null, "log_size": 13})), 200).await;
     read_until("event: end", &mut seen).await;
     assert!(seen.contains("\"status\":\"success\""), "{seen}");
 }
@@ -1089,21 +979,18 @@ async fn stop_polling_ends_the_session_s_polls(b: Backend) {
     let stop = async {
         // The poll is on the server before the stop (a stop before it would end it too).
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let r = app
-            .agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request/stop")
-            .json(&json!({"session": "s1"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
+        send(
+            app.agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request/stop")
+                .json(&json!({"session": "s1"})),
+            204,
+        )
+        .await;
     };
     let started = std::time::Instant::now();
     let (r, ()) = tokio::join!(waiting, stop);
     assert_eq!(r.unwrap().status(), 204);
     assert!(started.elapsed() < Duration::from_secs(10));
-    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
-    let d = app.push_and_wait("demo", &sha).await;
-    let pid = d["pipeline_id"].as_i64().unwrap();
+    let pid = app.push_ci("job:\n  script: [echo]\n").await;
     app.pipeline_status(pid, "pending").await;
     let r = poll("s1", 5_000).await.unwrap();
     assert_eq!(r.status(), 204);
@@ -1111,13 +998,12 @@ async fn stop_polling_ends_the_session_s_polls(b: Backend) {
     // A new session of the same agent takes it.
     let r = poll("s2", 5_000).await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = app
-        .agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request/stop")
-        .json(&json!({"session": ""}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    send(
+        app.agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request/stop")
+            .json(&json!({"session": ""})),
+        400,
+    )
+    .await;
 }
 both!(stop_polling_ends_the_session_s_polls);
 
@@ -1137,13 +1023,12 @@ async fn agent_seen_is_written_once_per_tenth_of_the_lease(b: Backend) {
             .clone()
     };
     let poll = || async {
-        let r = app
-            .agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request?wait_ms=0")
-            .json(&json!({"running": []}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 204);
+        send(
+            app.agent_call(&agent, Method::POST, "/api/v1/agent/jobs/request?wait_ms=0")
+                .json(&json!({"running": []})),
+            204,
+        )
+        .await;
     };
     let registered = seen().await;
     // A tenth of the lease (1 s) later, a request records the agent as seen.
@@ -1162,6 +1047,12 @@ async fn agent_seen_is_written_once_per_tenth_of_the_lease(b: Backend) {
     assert_ne!(seen().await, first);
 }
 both!(agent_seen_is_written_once_per_tenth_of_the_lease);
+
+/// What job `id` downloads of its dependency `dep`'s artifacts (checked to answer 200).
+async fn dependency_artifacts(app: &App, agent: &Agent, id: i64, dep: i64) -> reqwest::Response {
+    let path = format!("/api/v1/agent/jobs/{id}/dependencies/{dep}/artifacts");
+    send(app.agent_call(agent, Method::GET, &path), 200).await
+}
 
 /// A tar of `entries` (name, content), names written raw (so that they may leave the directory).
 fn tar_raw(entries: &[(&str, &[u8])]) -> Vec<u8> {
@@ -1214,12 +1105,12 @@ async fn big_artifacts_stream_through_in_chunks(b: Backend) {
         Some(reqwest::StatusCode::BAD_REQUEST),
         "zip-slip after 3 MB is refused"
     );
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404, "a refused upload is not served");
+    send_why(
+        app.get(&format!("/api/v1/jobs/{job_id}/artifacts")),
+        404,
+        "a refused upload is not served",
+    )
+    .await;
 
     // A 3 MB archive, streamed without a length, is stored in chunks and comes back whole.
     let good = tar_raw(&[("out/big.bin", &big)]);
@@ -1282,12 +1173,7 @@ async fn big_artifacts_stream_through_in_chunks(b: Backend) {
         "a streamed upload over the limit is refused"
     );
     // Nothing of it was stored: the archive served is still the last good one.
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(app.get(&format!("/api/v1/jobs/{job_id}/artifacts")), 200).await;
     assert_eq!(r.bytes().await.unwrap().to_vec(), good);
     // An empty body and a body that is not a tar are refused.
     assert_eq!(put(Vec::new().into()).await.unwrap().status(), 400);
@@ -1300,12 +1186,7 @@ async fn big_artifacts_stream_through_in_chunks(b: Backend) {
     );
 
     // The refused uploads left the stored archive alone.
-    let r = app
-        .get(&format!("/api/v1/jobs/{job_id}/artifacts"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(app.get(&format!("/api/v1/jobs/{job_id}/artifacts")), 200).await;
     assert_eq!(r.headers()["content-length"], good.len().to_string());
     assert_eq!(r.bytes().await.unwrap().to_vec(), good);
 
@@ -1317,16 +1198,7 @@ async fn big_artifacts_stream_through_in_chunks(b: Backend) {
     // The next stage downloads it, with its length.
     let spec = app.take(&agent, 5000).await.expect("the test job");
     let test_id = spec["job_id"].as_i64().unwrap();
-    let r = app
-        .agent_call(
-            &agent,
-            Method::GET,
-            &format!("/api/v1/agent/jobs/{test_id}/dependencies/{job_id}/artifacts"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = dependency_artifacts(&app, &agent, test_id, job_id).await;
     assert_eq!(r.headers()["content-length"], second.len().to_string());
     assert_eq!(r.bytes().await.unwrap().to_vec(), second);
     app.run_job(&agent, test_id, "tested\n", "success").await;

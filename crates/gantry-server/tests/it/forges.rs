@@ -5,14 +5,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::both;
 use crate::common::{
-    Agent, App, Backend, eventually, fixture, git, send_hook, set, spawn, spawn_with,
+    Agent, App, Backend, eventually, fixture, git, git_command, send_hook, set, spawn, spawn_with,
 };
 
 const ZEROS: &str = "0000000000000000000000000000000000000000";
@@ -61,13 +60,8 @@ fn commit(repo: &Path, files: &[(&str, &str)], message: &str) -> String {
         std::fs::write(repo.join(name), content).unwrap();
     }
     git(repo, &["add", "-A"]);
-    let ok = Command::new("git")
+    let ok = git_command(repo)
         .args(["commit", "-q", "--allow-empty", "-m", message])
-        .current_dir(repo)
-        .env("GIT_AUTHOR_NAME", "Jane Doe")
-        .env("GIT_AUTHOR_EMAIL", "jane@example.com")
-        .env("GIT_COMMITTER_NAME", "Jane Doe")
-        .env("GIT_COMMITTER_EMAIL", "jane@example.com")
         .env("GIT_AUTHOR_DATE", "2011-12-12T14:27:31+02:00")
         .env("GIT_COMMITTER_DATE", "2011-12-12T14:27:31+02:00")
         .status()

@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::{Agent, App, Backend, fixture, git, send_hook as send, set, spawn};
+use crate::common::{Agent, App, Backend, fixture, git, send, send_hook, set, spawn};
 
 /// Values that no fork job may see.
 const PLAIN: &str = "plain-value-1";
@@ -35,12 +36,20 @@ async fn pipeline_of(
     payload: &Value,
     id: &str,
 ) -> Value {
-    let r = send(app, project, forge, event, payload, id).await;
+    let r = send_hook(app, project, forge, event, payload, id).await;
     assert_eq!(r.status(), 202, "{id}: {:?}", r.text().await);
     let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
     let d = app.delivery(project, id).await;
     assert_eq!(d["status"], "created", "{d}");
     app.pipeline(d["pipeline_id"].as_i64().unwrap()).await
+}
+
+/// The pipeline of a GitHub pull request from `head` into `main` (`commits`) of project `demo`,
+/// from a fork or not; `id` is the delivery's id.
+async fn pr_pipeline(app: &App, commits: (&str, &str), fork: bool, id: &str) -> Value {
+    let (main, head) = commits;
+    let payload = github_pr(main, head, fork);
+    pipeline_of(app, "demo", "github", "pull_request", &payload, id).await
 }
 
 /// Takes every job the agent is offered, finishing each; answers their specs.
@@ -123,16 +132,7 @@ fn branches(repo: &Path) -> (String, String) {
 }
 
 fn commit(repo: &Path, message: &str) -> String {
-    let out = std::process::Command::new("git")
-        .args(["commit", "-q", "--allow-empty", "-m", message])
-        .current_dir(repo)
-        .env("GIT_AUTHOR_NAME", "Jane Doe")
-        .env("GIT_AUTHOR_EMAIL", "jane@example.com")
-        .env("GIT_COMMITTER_NAME", "Jane Doe")
-        .env("GIT_COMMITTER_EMAIL", "jane@example.com")
-        .status()
-        .unwrap();
-    assert!(out.success());
+    git(repo, &["commit", "-q", "--allow-empty", "-m", message]);
     git(repo, &["rev-parse", "HEAD"])
 }
 
@@ -245,7 +245,7 @@ async fn fork_pipelines_none_creates_no_pipeline(b: Backend) {
         ("gitea", "pull_request", gitea_pr(&main, &head, true)),
         ("gitlab", "Merge Request Hook", gitlab_mr(&head, true)),
     ] {
-        let r = send(
+        let r = send_hook(
             &app,
             "demo",
             forge,
@@ -265,15 +265,7 @@ async fn fork_pipelines_none_creates_no_pipeline(b: Backend) {
         "none"
     );
     // The project's own merge requests still run.
-    let p = pipeline_of(
-        &app,
-        "demo",
-        "github",
-        "pull_request",
-        &github_pr(&main, &head, false),
-        "same",
-    )
-    .await;
+    let p = pr_pipeline(&app, (&main, &head), false, "same").await;
     assert!(p["fork"].is_null(), "{p}");
 }
 both!(fork_pipelines_none_creates_no_pipeline);
@@ -281,8 +273,7 @@ both!(fork_pipelines_none_creates_no_pipeline);
 /// `POST /api/v1/pipelines/{id}/approve` with `token`; answers the status and the body.
 async fn approve(app: &App, id: i64, token: &str) -> (u16, Value) {
     let r = app
-        .client
-        .post(format!("{}/api/v1/pipelines/{id}/approve", app.url))
+        .request(Method::POST, &format!("/api/v1/pipelines/{id}/approve"))
         .bearer_auth(token)
         .send()
         .await
@@ -291,13 +282,12 @@ async fn approve(app: &App, id: i64, token: &str) -> (u16, Value) {
 }
 
 async fn create_token(app: &App, project: &str, read_only: bool) -> String {
-    let r = app
-        .post(&format!("/api/v1/projects/{project}/tokens"))
-        .json(&json!({"name": "ci", "read_only": read_only}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let r = send(
+        app.post(&format!("/api/v1/projects/{project}/tokens"))
+            .json(&json!({"name": "ci", "read_only": read_only})),
+        201,
+    )
+    .await;
     r.json::<Value>().await.unwrap()["token"]
         .as_str()
         .unwrap()
@@ -315,15 +305,7 @@ async fn approved_fork_pipelines_run_with_secrets(b: Backend) {
     let agent = app.register("a", &[]).await;
     let (main, head) = branches(&app.repo);
 
-    let p = pipeline_of(
-        &app,
-        "demo",
-        "github",
-        "pull_request",
-        &github_pr(&main, &head, true),
-        "fork-1",
-    )
-    .await;
+    let p = pr_pipeline(&app, (&main, &head), true, "fork-1").await;
     let id = p["id"].as_i64().unwrap();
     let p = app.pipeline_status(id, "manual").await;
     assert_eq!(p["fork"]["mode"], "approve", "{p}");
@@ -339,15 +321,7 @@ async fn approved_fork_pipelines_run_with_secrets(b: Backend) {
     assert_eq!(app.take(&agent, 300).await, None);
 
     // A job's CI_JOB_TOKEN (of a pipeline of the project's own merge request) cannot approve.
-    let own = pipeline_of(
-        &app,
-        "demo",
-        "github",
-        "pull_request",
-        &github_pr(&main, &head, false),
-        "same",
-    )
-    .await;
+    let own = pr_pipeline(&app, (&main, &head), false, "same").await;
     assert!(own["fork"].is_null(), "{own}");
     let spec = app.take(&agent, 5000).await.expect("the project's own job");
     let job_token = var(&spec, "CI_JOB_TOKEN").expect("a job token");
@@ -366,21 +340,18 @@ async fn approved_fork_pipelines_run_with_secrets(b: Backend) {
         body["error"].as_str().unwrap().contains("read-only"),
         "{body}"
     );
-    let r = app
-        .client
-        .get(format!("{}/api/v1/pipelines/{id}", app.url))
-        .bearer_auth(&reader)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    send(
+        app.request(Method::GET, &format!("/api/v1/pipelines/{id}"))
+            .bearer_auth(&reader),
+        200,
+    )
+    .await;
     for path in [
         format!("/api/v1/pipelines/{id}/cancel"),
         "/api/v1/projects/demo/pipelines".to_string(),
     ] {
         let r = app
-            .client
-            .post(format!("{}{path}", app.url))
+            .request(Method::POST, &path)
             .bearer_auth(&reader)
             .json(&json!({}))
             .send()
@@ -444,12 +415,7 @@ async fn approved_fork_pipelines_run_with_secrets(b: Backend) {
     .await;
     let id = p["id"].as_i64().unwrap();
     app.pipeline_status(id, "manual").await;
-    let r = app
-        .post(&format!("/api/v1/pipelines/{id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    send(app.post(&format!("/api/v1/pipelines/{id}/cancel")), 200).await;
     let p = app.pipeline_status(id, "canceled").await;
     assert!(
         p["jobs"]
@@ -573,13 +539,12 @@ async fn only_protected_refs_get_protected_variables(b: Backend) {
         json!(["v*"])
     );
     // A pattern that is not a ref name is refused, with the setting named.
-    let r = app
-        .post("/api/v1/projects")
-        .json(&json!({"name": "bad", "repo_url": "/x", "protected_tags": ["v[0-9]*"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let r = send(
+        app.post("/api/v1/projects")
+            .json(&json!({"name": "bad", "repo_url": "/x", "protected_tags": ["v[0-9]*"]})),
+        400,
+    )
+    .await;
     let e = r.json::<Value>().await.unwrap();
     assert!(
         e["error"].as_str().unwrap().starts_with("protected_tags"),
@@ -618,15 +583,7 @@ async fn fork_pipelines_include_no_other_project(b: Backend) {
     let head = commit(&app.repo, "the change");
     git(&app.repo, &["checkout", "-q", "main"]);
 
-    let p = pipeline_of(
-        &app,
-        "demo",
-        "github",
-        "pull_request",
-        &github_pr(&main, &head, true),
-        "fork",
-    )
-    .await;
+    let p = pr_pipeline(&app, (&main, &head), true, "fork").await;
     assert_eq!(p["status"], "failed", "{p}");
     let errors = p["errors"].to_string();
     assert!(errors.contains("fork"), "{errors}");
@@ -634,15 +591,7 @@ async fn fork_pipelines_include_no_other_project(b: Backend) {
     assert_eq!(app.take(&agent, 300).await, None);
 
     // The project's own merge request includes the file.
-    let p = pipeline_of(
-        &app,
-        "demo",
-        "github",
-        "pull_request",
-        &github_pr(&main, &head, false),
-        "same",
-    )
-    .await;
+    let p = pr_pipeline(&app, (&main, &head), false, "same").await;
     assert_eq!(job_names(&p), ["shared_job"], "{p}");
 }
 both!(fork_pipelines_include_no_other_project);

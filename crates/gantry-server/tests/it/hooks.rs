@@ -1,11 +1,12 @@
 //! Webhooks: signatures per forge, malformed and oversized bodies, ignored events, duplicates.
 
 use hmac::{Hmac, Mac as _};
+use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::both;
-use crate::common::{App, Backend, SECRET, spawn_with};
+use crate::common::{App, Backend, SECRET, send, spawn_with};
 
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -30,8 +31,10 @@ async fn hook(
     body: Vec<u8>,
 ) -> reqwest::Response {
     let mut r = app
-        .client
-        .post(format!("{}/api/v1/projects/demo/hooks/{forge}", app.url))
+        .request(
+            Method::POST,
+            &format!("/api/v1/projects/demo/hooks/{forge}"),
+        )
         .header("content-type", "application/json");
     for (k, v) in headers {
         r = r.header(*k, v);
@@ -147,22 +150,18 @@ async fn signatures(b: Backend) {
     assert_eq!(r.status(), 202);
 
     // An unknown project: 404; an unknown forge: 404.
-    let r = app
-        .client
-        .post(format!("{}/api/v1/projects/nope/hooks/gitlab", app.url))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = app
-        .client
-        .post(format!("{}/api/v1/projects/demo/hooks/bitbucket", app.url))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    send(
+        app.request(Method::POST, "/api/v1/projects/nope/hooks/gitlab")
+            .body("{}"),
+        404,
+    )
+    .await;
+    send(
+        app.request(Method::POST, "/api/v1/projects/demo/hooks/bitbucket")
+            .body("{}"),
+        404,
+    )
+    .await;
 
     // Three accepted deliveries of one push (the same ref, before and after): the first is
     // stored, the others are replays of it (issue 16, finding 12), as is the repeated id.

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::both;
-use crate::common::{App, Backend, SECRET, spawn_with};
+use crate::common::{App, Backend, SECRET, send_why, spawn_with};
 
 /// The server's `host:port`.
 fn addr(app: &App) -> String {
@@ -97,8 +98,7 @@ async fn checks_before_the_body(b: Backend) {
         (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 500]))),
     );
     let r = app
-        .client
-        .post(format!("{}/api/v1/projects/demo/hooks/gitea", app.url))
+        .request(Method::POST, "/api/v1/projects/demo/hooks/gitea")
         .header("x-gitea-signature", "00")
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
@@ -109,8 +109,7 @@ async fn checks_before_the_body(b: Backend) {
     }
     // The GitLab limit is its own: a body under it gets as far as the JSON check.
     let r = app
-        .client
-        .post(format!("{}/api/v1/projects/demo/hooks/gitlab", app.url))
+        .request(Method::POST, "/api/v1/projects/demo/hooks/gitlab")
         .header("x-gitlab-token", SECRET)
         .header("x-gitlab-event", "Push Hook")
         .body(vec![b'{'; 2000])
@@ -164,8 +163,12 @@ async fn slow_headers_are_cut_and_health_answers_meanwhile() {
             .unwrap();
         slow.push(s);
     }
-    let r = app.anon("/healthz").send().await.unwrap();
-    assert_eq!(r.status(), 200, "the server answers while 500 heads dawdle");
+    send_why(
+        app.anon("/healthz"),
+        200,
+        "the server answers while 500 heads dawdle",
+    )
+    .await;
     // Each partial head is cut by the server.
     for s in &mut slow {
         closed_by_server(s).await;
@@ -194,8 +197,7 @@ async fn github_push(app: &App, body: &[u8], id: &str) -> reqwest::Response {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(body);
     let sig = hex::encode(mac.finalize().into_bytes());
-    app.client
-        .post(format!("{}/api/v1/projects/demo/hooks/github", app.url))
+    app.request(Method::POST, "/api/v1/projects/demo/hooks/github")
         .header("content-type", "application/json")
         .header("x-hub-signature-256", format!("sha256={sig}"))
         .header("x-github-event", "push")

@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 
+use reqwest::Method;
 use reqwest::Response;
 use serde_json::{Value, json};
 
@@ -36,8 +37,7 @@ fn settings() -> Value {
 
 /// A GitLab push of `sha` to `main`, signed with `token`.
 async fn push(app: &App, sha: &str, token: &str, uuid: &str) -> Response {
-    app.client
-        .post(format!("{}/api/v1/projects/demo/hooks/gitlab", app.url))
+    app.request(Method::POST, "/api/v1/projects/demo/hooks/gitlab")
         .header("X-Gitlab-Token", token)
         .header("X-Gitlab-Event", "Push Hook")
         .header("X-Gitlab-Event-UUID", uuid)
@@ -209,15 +209,22 @@ async fn plaintext_secrets_of_an_older_server_are_read_and_encrypted(b: Backend)
 }
 both!(plaintext_secrets_of_an_older_server_are_read_and_encrypted);
 
-async fn the_key_comes_from_the_environment_or_a_file(b: Backend) {
-    let hex_key = "ab".repeat(32);
+/// A server with secret key `key`, a commit and project `demo` (with its secrets), then stopped;
+/// answers the server and the commit.
+async fn stopped_with_key(b: Backend, key: &str) -> (App, String) {
     let mut app = spawn_with(b, |c| {
-        c.secret_key = Some(gantry_server::Secret(hex_key.clone()));
+        c.secret_key = Some(gantry_server::Secret(key.to_string()));
     })
     .await;
     let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
     app.project("demo", settings()).await;
     app.stop().await;
+    (app, sha)
+}
+
+async fn the_key_comes_from_the_environment_or_a_file(b: Backend) {
+    let hex_key = "ab".repeat(32);
+    let (mut app, sha) = stopped_with_key(b, &hex_key).await;
     assert!(
         !app.config.data_dir.join("secret-key").exists(),
         "no key is generated when one is given"
@@ -251,13 +258,7 @@ both!(the_key_comes_from_the_environment_or_a_file);
 
 async fn the_key_is_rotated_with_the_previous_one(b: Backend) {
     let (old, new) = ("0a".repeat(32), "0b".repeat(32));
-    let mut app = spawn_with(b, |c| {
-        c.secret_key = Some(gantry_server::Secret(old.clone()));
-    })
-    .await;
-    let sha = app.commit(&[(".gitlab-ci.yml", "job:\n  script: [echo]\n")]);
-    app.project("demo", settings()).await;
-    app.stop().await;
+    let (mut app, sha) = stopped_with_key(b, &old).await;
 
     // The new key alone does not open what the old one encrypted.
     let mut config = app.config.clone();

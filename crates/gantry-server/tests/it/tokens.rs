@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::both;
-use crate::common::{App, Backend, eventually, spawn};
+use crate::common::{App, Backend, eventually, json_error, send, spawn, tar_of};
 
 const PIPELINE: &str = "\
 stages: [build, deploy]
@@ -21,47 +21,29 @@ deploy:
 
 /// A request with `token` in `Authorization: Bearer`.
 fn with_bearer(app: &App, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-    app.client
-        .request(method, format!("{}{path}", app.url))
-        .bearer_auth(token)
+    app.request(method, path).bearer_auth(token)
 }
 
 /// A request with `token` in `PRIVATE-TOKEN`.
 fn with_private(app: &App, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-    app.client
-        .request(method, format!("{}{path}", app.url))
-        .header("PRIVATE-TOKEN", token)
+    app.request(method, path).header("PRIVATE-TOKEN", token)
 }
 
-/// Asserts `status` and a JSON error body; answers the error message.
-async fn refused(r: reqwest::Response, status: u16, what: &str) -> String {
+/// Sends `req`, asserts `status` and a JSON error body; answers the error message.
+async fn refused(req: reqwest::RequestBuilder, status: u16, what: &str) -> String {
+    let r = req.send().await.unwrap();
     assert_eq!(r.status().as_u16(), status, "{what}");
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        ct.starts_with("application/json"),
-        "{what}: content type {ct}"
-    );
-    let v: Value = r.json().await.unwrap();
-    v["error"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{what}: no `error` in {v}"))
-        .to_string()
+    json_error(r, what).await
 }
 
 /// Creates a token for `project` with the admin token; answers the whole answer.
 async fn create_token(app: &App, project: &str, body: Value) -> Value {
-    let r = app
-        .post(&format!("/api/v1/projects/{project}/tokens"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let r = send(
+        app.post(&format!("/api/v1/projects/{project}/tokens"))
+            .json(&body),
+        201,
+    )
+    .await;
     r.json().await.unwrap()
 }
 
@@ -71,17 +53,17 @@ fn sha256_hex(s: &str) -> String {
 
 /// Triggers a pipeline of `project` with `token`; waits until it exists and answers its id.
 async fn trigger(app: &App, project: &str, token: &str) -> i64 {
-    let r = with_private(
-        app,
-        Method::POST,
-        &format!("/api/v1/projects/{project}/pipelines"),
-        token,
+    let r = send(
+        with_private(
+            app,
+            Method::POST,
+            &format!("/api/v1/projects/{project}/pipelines"),
+            token,
+        )
+        .json(&json!({"ref": "main"})),
+        202,
     )
-    .json(&json!({"ref": "main"}))
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    .await;
     let accepted: Value = r.json().await.unwrap();
     let d = app
         .delivery(project, accepted["id"].as_i64().unwrap())
@@ -101,16 +83,6 @@ fn job_id(p: &Value, name: &str) -> i64 {
         .unwrap()
 }
 
-fn tar_of(name: &str, content: &[u8]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(0o644);
-    h.set_cksum();
-    b.append_data(&mut h, name, content).unwrap();
-    b.into_inner().unwrap()
-}
-
 async fn project_token_acts_on_its_project_only(b: Backend) {
     let app = spawn(b).await;
     app.commit(&[(".gitlab-ci.yml", PIPELINE)]);
@@ -127,25 +99,24 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
 
     // It triggers its project's pipelines (both headers work) ...
     let pa = trigger(&app, "alpha", &token).await;
-    let r = with_bearer(
-        &app,
-        Method::POST,
-        "/api/v1/projects/alpha/pipelines",
-        &token,
+    send(
+        with_bearer(
+            &app,
+            Method::POST,
+            "/api/v1/projects/alpha/pipelines",
+            &token,
+        )
+        .json(&json!({})),
+        202,
     )
-    .json(&json!({}))
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 202);
+    .await;
     // ... while beta's pipeline comes from the admin.
-    let r = app
-        .post("/api/v1/projects/beta/pipelines")
-        .json(&json!({"ref": "main"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    let r = send(
+        app.post("/api/v1/projects/beta/pipelines")
+            .json(&json!({"ref": "main"})),
+        202,
+    )
+    .await;
     let accepted: Value = r.json().await.unwrap();
     let pb = app.delivery("beta", accepted["id"].as_i64().unwrap()).await["pipeline_id"]
         .as_i64()
@@ -162,17 +133,8 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
         (s["job_id"] == build_a).then_some(s)
     })
     .await;
-    let r = app
-        .agent_call(
-            &agent,
-            Method::PUT,
-            &format!("/api/v1/agent/jobs/{build_a}/artifacts"),
-        )
-        .body(tar_of("files/out.txt", b"42"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    app.upload_artifacts(&agent, build_a, tar_of("files/out.txt", b"42"))
+        .await;
     app.run_job(
         &agent,
         spec["job_id"].as_i64().unwrap(),
@@ -254,38 +216,38 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
     );
 
     // Play, retry and cancel on its own project.
-    let r = with_bearer(
-        &app,
-        Method::POST,
-        &format!("/api/v1/jobs/{deploy_a}/play"),
-        &token,
+    send(
+        with_bearer(
+            &app,
+            Method::POST,
+            &format!("/api/v1/jobs/{deploy_a}/play"),
+            &token,
+        ),
+        200,
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    let r = with_private(
-        &app,
-        Method::POST,
-        &format!("/api/v1/jobs/{build_a}/retry"),
-        &token,
+    .await;
+    let r = send(
+        with_private(
+            &app,
+            Method::POST,
+            &format!("/api/v1/jobs/{build_a}/retry"),
+            &token,
+        ),
+        201,
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    .await;
     let retried: Value = r.json().await.unwrap();
     assert_eq!(retried["attempt"], 2);
-    let r = with_bearer(
-        &app,
-        Method::POST,
-        &format!("/api/v1/pipelines/{pa}/cancel"),
-        &token,
+    let r = send(
+        with_bearer(
+            &app,
+            Method::POST,
+            &format!("/api/v1/pipelines/{pa}/cancel"),
+            &token,
+        ),
+        200,
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    .await;
     let canceled: Value = r.json().await.unwrap();
     assert_eq!(canceled["status"], "canceled");
 
@@ -311,12 +273,12 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
     ];
     for (method, path) in forbidden {
         let what = format!("{method} {path}");
-        let r = with_bearer(&app, method, &path, &token)
-            .json(&json!({"ref": "main"}))
-            .send()
-            .await
-            .unwrap();
-        let msg = refused(r, 403, &what).await;
+        let msg = refused(
+            with_bearer(&app, method, &path, &token).json(&json!({"ref": "main"})),
+            403,
+            &what,
+        )
+        .await;
         assert!(msg.contains("own project"), "{what}: {msg}");
     }
     // Admin-only routes: 403 too, also on its own project's tokens.
@@ -346,33 +308,33 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
     ];
     for (method, path, body) in admin_only {
         let what = format!("{method} {path}");
-        let r = with_private(&app, method, &path, &token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let msg = refused(r, 403, &what).await;
+        let msg = refused(
+            with_private(&app, method, &path, &token).json(&body),
+            403,
+            &what,
+        )
+        .await;
         assert!(msg.contains("admin token"), "{what}: {msg}");
     }
     // Nothing of that happened: beta's pipeline is untouched, no project was added, the token lives.
     let p = app.pipeline(pb).await;
     assert_eq!(p["status"], "pending");
     assert_eq!(p["jobs"].as_array().unwrap().len(), 2);
-    let r = app.get("/api/v1/projects/gamma").send().await.unwrap();
-    assert_eq!(r.status(), 404);
+    send(app.get("/api/v1/projects/gamma"), 404).await;
     let tokens = app.json("/api/v1/projects/alpha/tokens").await;
     assert_eq!(tokens.as_array().unwrap().len(), 1);
     // The agent's token is no API token.
-    let r = with_bearer(
-        &app,
-        Method::GET,
-        &format!("/api/v1/pipelines/{pa}"),
-        &agent.token,
+    refused(
+        with_bearer(
+            &app,
+            Method::GET,
+            &format!("/api/v1/pipelines/{pa}"),
+            &agent.token,
+        ),
+        401,
+        "agent token on the API",
     )
-    .send()
-    .await
-    .unwrap();
-    refused(r, 401, "agent token on the API").await;
+    .await;
 }
 both!(project_token_acts_on_its_project_only);
 
@@ -393,12 +355,7 @@ async fn project_token_lifecycle(b: Backend) {
     assert_ne!(second["token"], created["token"]);
 
     // The list has no secrets.
-    let r = app
-        .get("/api/v1/projects/alpha/tokens")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = send(app.get("/api/v1/projects/alpha/tokens"), 200).await;
     let text = r.text().await.unwrap();
     assert!(!text.contains(&secret), "{text}");
     assert!(!text.contains("gpt_"), "{text}");
@@ -433,58 +390,54 @@ async fn project_token_lifecycle(b: Backend) {
     assert_eq!(found.project_name, "alpha");
 
     // It works until it is revoked; then 401, like any unknown token.
-    let r = with_bearer(
-        &app,
-        Method::GET,
-        "/api/v1/projects/alpha/pipelines",
-        &secret,
+    send(
+        with_bearer(
+            &app,
+            Method::GET,
+            "/api/v1/projects/alpha/pipelines",
+            &secret,
+        ),
+        200,
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
+    .await;
     let r = app
-        .client
-        .delete(format!("{}/api/v1/projects/alpha/tokens/{id}", app.url))
+        .request(
+            Method::DELETE,
+            &format!("/api/v1/projects/alpha/tokens/{id}"),
+        )
         .bearer_auth(crate::common::ADMIN)
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     for path in ["/api/v1/projects/alpha/pipelines", "/api/v1/projects/alpha"] {
-        let r = with_bearer(&app, Method::GET, path, &secret)
-            .send()
-            .await
-            .unwrap();
-        refused(r, 401, path).await;
-        let r = with_private(&app, Method::GET, path, &secret)
-            .send()
-            .await
-            .unwrap();
-        refused(r, 401, path).await;
+        refused(with_bearer(&app, Method::GET, path, &secret), 401, path).await;
+        refused(with_private(&app, Method::GET, path, &secret), 401, path).await;
     }
-    let r = app
-        .client
-        .delete(format!("{}/api/v1/projects/alpha/tokens/{id}", app.url))
-        .bearer_auth(crate::common::ADMIN)
-        .send()
-        .await
-        .unwrap();
-    refused(r, 404, "revoking twice").await;
+    refused(
+        app.request(
+            Method::DELETE,
+            &format!("/api/v1/projects/alpha/tokens/{id}"),
+        )
+        .bearer_auth(crate::common::ADMIN),
+        404,
+        "revoking twice",
+    )
+    .await;
     let list = app.json("/api/v1/projects/alpha/tokens").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], second["id"]);
     // The other token still works.
-    let r = with_bearer(
-        &app,
-        Method::GET,
-        "/api/v1/projects/alpha/pipelines",
-        second["token"].as_str().unwrap(),
+    send(
+        with_bearer(
+            &app,
+            Method::GET,
+            "/api/v1/projects/alpha/pipelines",
+            second["token"].as_str().unwrap(),
+        ),
+        200,
     )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
+    .await;
 
     // An expired token gets 401. (The API refuses to create one, so it goes into the store.)
     let expired = "gpt_expired0000000000000000000000000000000000000000000000000000000";
@@ -506,27 +459,29 @@ async fn project_token_lifecycle(b: Backend) {
         })
         .await
         .unwrap();
-    let r = with_bearer(
-        &app,
-        Method::GET,
-        "/api/v1/projects/alpha/pipelines",
-        expired,
+    let msg = refused(
+        with_bearer(
+            &app,
+            Method::GET,
+            "/api/v1/projects/alpha/pipelines",
+            expired,
+        ),
+        401,
+        "expired token",
     )
-    .send()
-    .await
-    .unwrap();
-    let msg = refused(r, 401, "expired token").await;
+    .await;
     assert!(msg.contains("expired"), "{msg}");
-    let r = with_bearer(
-        &app,
-        Method::GET,
-        "/api/v1/projects/alpha/pipelines",
-        "gpt_nope",
+    refused(
+        with_bearer(
+            &app,
+            Method::GET,
+            "/api/v1/projects/alpha/pipelines",
+            "gpt_nope",
+        ),
+        401,
+        "unknown token",
     )
-    .send()
-    .await
-    .unwrap();
-    refused(r, 401, "unknown token").await;
+    .await;
 
     // Bad requests.
     for (body, what) in [
@@ -539,40 +494,39 @@ async fn project_token_lifecycle(b: Backend) {
         ),
         (json!({"expires_at": "2999-01-01"}), "no name"),
     ] {
-        let r = app
-            .post("/api/v1/projects/alpha/tokens")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        refused(r, 400, what).await;
+        refused(
+            app.post("/api/v1/projects/alpha/tokens").json(&body),
+            400,
+            what,
+        )
+        .await;
     }
-    let r = app
-        .post("/api/v1/projects/nope/tokens")
-        .json(&json!({"name": "x"}))
-        .send()
-        .await
-        .unwrap();
-    refused(r, 404, "no such project").await;
-    let r = app
-        .get("/api/v1/projects/nope/tokens")
-        .send()
-        .await
-        .unwrap();
-    refused(r, 404, "no such project").await;
+    refused(
+        app.post("/api/v1/projects/nope/tokens")
+            .json(&json!({"name": "x"})),
+        404,
+        "no such project",
+    )
+    .await;
+    refused(
+        app.get("/api/v1/projects/nope/tokens"),
+        404,
+        "no such project",
+    )
+    .await;
     // A token of alpha cannot be revoked through another project.
     app.project("beta", json!({})).await;
-    let r = app
-        .client
-        .delete(format!(
-            "{}/api/v1/projects/beta/tokens/{}",
-            app.url, second["id"]
-        ))
-        .bearer_auth(crate::common::ADMIN)
-        .send()
-        .await
-        .unwrap();
-    refused(r, 404, "another project's token").await;
+    refused(
+        app.client
+            .delete(format!(
+                "{}/api/v1/projects/beta/tokens/{}",
+                app.url, second["id"]
+            ))
+            .bearer_auth(crate::common::ADMIN),
+        404,
+        "another project's token",
+    )
+    .await;
     assert_eq!(
         app.json("/api/v1/projects/alpha/tokens")
             .await

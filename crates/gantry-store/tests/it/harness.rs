@@ -5,9 +5,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_store::{
-    AgentRecord, NewAgent, NewDelivery, NewJob, NewPipeline, ProjectRecord, Store, connect,
+    AgentRecord, NewAgent, NewDelivery, NewJob, NewPipeline, Page, ProjectRecord, Store, connect,
 };
 use sqlx::Connection;
+
+/// Runs `$body` with `$conn` a new connection to the database at `$url`, SQLite or PostgreSQL.
+macro_rules! with_conn {
+    ($url:expr, |$conn:ident| $body:expr) => {
+        if $url.starts_with("sqlite:") {
+            let mut $conn = sqlx::SqliteConnection::connect($url)
+                .await
+                .expect("connecting to SQLite");
+            $body
+        } else {
+            let mut $conn = sqlx::PgConnection::connect($url)
+                .await
+                .expect("connecting to PostgreSQL");
+            $body
+        }
+    };
+}
 
 /// What a test gets: a store on an empty database, and the means to open another one on it.
 pub struct Harness {
@@ -33,39 +50,18 @@ impl Harness {
 
     /// Runs `sql` on a connection of its own, beside the store: for states no store call makes.
     pub async fn exec(&self, sql: &str) {
-        if self.url.starts_with("sqlite:") {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                .await
-                .expect("connecting to SQLite");
+        with_conn!(&self.url, |conn| {
             sqlx::query(sql).execute(&mut conn).await.expect(sql);
-        } else {
-            let mut conn = sqlx::PgConnection::connect(&self.url)
-                .await
-                .expect("connecting to PostgreSQL");
-            sqlx::query(sql).execute(&mut conn).await.expect(sql);
-        }
+        });
     }
 
     /// How many chunk rows the artifacts table holds, whatever upload they belong to (orphans too).
     pub async fn artifact_chunk_rows(&self) -> i64 {
         let sql = "SELECT COUNT(*) FROM artifact_chunks";
-        if self.url.starts_with("sqlite:") {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                .await
-                .expect("connecting to SQLite");
-            sqlx::query_scalar(sql)
-                .fetch_one(&mut conn)
-                .await
-                .expect(sql)
-        } else {
-            let mut conn = sqlx::PgConnection::connect(&self.url)
-                .await
-                .expect("connecting to PostgreSQL");
-            sqlx::query_scalar(sql)
-                .fetch_one(&mut conn)
-                .await
-                .expect(sql)
-        }
+        with_conn!(&self.url, |conn| sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect(sql))
     }
 
     /// Puts the database back to before migration 0006 (artifacts as one `archive` blob per job)
@@ -88,10 +84,7 @@ impl Harness {
         } else {
             "INSERT INTO artifacts (job_id, archive) VALUES ($1, $2)"
         };
-        if sqlite {
-            let mut conn = sqlx::SqliteConnection::connect(&self.url)
-                .await
-                .expect("connecting to SQLite");
+        with_conn!(&self.url, |conn| {
             for sql in &statements {
                 sqlx::query(sql).execute(&mut conn).await.expect(sql);
             }
@@ -103,22 +96,7 @@ impl Harness {
                     .await
                     .expect("storing an old archive");
             }
-        } else {
-            let mut conn = sqlx::PgConnection::connect(&self.url)
-                .await
-                .expect("connecting to PostgreSQL");
-            for sql in &statements {
-                sqlx::query(sql).execute(&mut conn).await.expect(sql);
-            }
-            for (job, archive) in archives {
-                sqlx::query(insert)
-                    .bind(job)
-                    .bind(archive)
-                    .execute(&mut conn)
-                    .await
-                    .expect("storing an old archive");
-            }
-        }
+        });
     }
 
     /// Drops the store (as a stopped server would) and opens a new one on the same database.
@@ -244,16 +222,9 @@ pub async fn agent(store: &dyn Store, name: &str, tags: &[&str], untagged: bool)
     let token_hash = format!("hash-of-{name}");
     store
         .register_agent(&NewAgent {
-            name: name.to_owned(),
-            token_hash: token_hash.clone(),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             run_untagged: untagged,
-            executor: "shell".to_owned(),
-            concurrency: 1,
-            version: "0.1.0".to_owned(),
-            registered_at: 1_000,
-            projects: None,
-            protected_only: false,
+            ..new_agent(name, &token_hash)
         })
         .await
         .expect("registering an agent");
@@ -262,6 +233,35 @@ pub async fn agent(store: &dyn Store, name: &str, tags: &[&str], untagged: bool)
         .await
         .expect("reading an agent")
         .expect("the agent just registered")
+}
+
+/// A shell agent `name` of token hash `token_hash`, untagged and taking untagged jobs.
+pub fn new_agent(name: &str, token_hash: &str) -> NewAgent {
+    NewAgent {
+        name: name.to_owned(),
+        token_hash: token_hash.to_owned(),
+        tags: Vec::new(),
+        run_untagged: true,
+        executor: "shell".to_owned(),
+        concurrency: 1,
+        version: "0.1.0".to_owned(),
+        registered_at: 1_000,
+        projects: None,
+        protected_only: false,
+    }
+}
+
+/// Page `page` of `per_page` items.
+pub fn page(page: i64, per_page: i64) -> Page {
+    Page { page, per_page }
+}
+
+/// Creates a pipeline of `jobs` for project `project_id`; answers its id.
+pub async fn create(store: &dyn Store, project_id: i64, jobs: Vec<NewJob>) -> i64 {
+    store
+        .create_pipeline(&pipeline(project_id, jobs))
+        .await
+        .expect("creating a pipeline")
 }
 
 /// A pending job named `name` at `position`, queued at `created_at`.

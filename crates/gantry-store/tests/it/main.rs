@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use gantry_store::{
-    ARTIFACT_CHUNK, Changes, JobChange, JobResult, NewProjectToken, Page, PipelineFilter,
-    PipelineRecord, Store, StoreError, connect,
+    ARTIFACT_CHUNK, Changes, JobChange, JobResult, NewProjectToken, PipelineFilter, PipelineRecord,
+    Store, StoreError, connect,
 };
-use harness::{Harness, agent, delivery, job, pipeline, project};
+use harness::{Harness, agent, create, delivery, job, new_agent, page, pipeline, project};
 
 /// Instantiates each named test (an `async fn(Harness)`) once per backend.
 macro_rules! store_tests {
@@ -194,16 +194,7 @@ async fn deliveries_are_stored_once(h: Harness) {
         .unwrap();
     assert!(!dup);
     assert_ne!(other_project, first);
-    let listed = s
-        .deliveries(
-            p.id,
-            Page {
-                page: 1,
-                per_page: 10,
-            },
-        )
-        .await
-        .unwrap();
+    let listed = s.deliveries(p.id, page(1, 10)).await.unwrap();
     assert_eq!(listed.total, 2);
     assert_eq!(listed.items.len(), 2);
 }
@@ -253,16 +244,7 @@ async fn concurrent_deliveries_get_their_own_answers(h: Harness) {
         }
     }
     assert_eq!((fresh, duplicates, failed), (125, 169, 6));
-    let stored = s
-        .deliveries(
-            p.id,
-            Page {
-                page: 1,
-                per_page: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let stored = s.deliveries(p.id, page(1, 1)).await.unwrap();
     assert_eq!(stored.total, 125);
     // Stored in batches, each delivery still has its own fields under the id it was answered.
     let pending = s.pending_deliveries(1_000, 10_000, &[]).await.unwrap();
@@ -342,16 +324,7 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
         [b]
     );
     assert_eq!(s.next_delivery_retry().await.unwrap(), None);
-    let listed = s
-        .deliveries(
-            p.id,
-            Page {
-                page: 1,
-                per_page: 10,
-            },
-        )
-        .await
-        .unwrap();
+    let listed = s.deliveries(p.id, page(1, 10)).await.unwrap();
     let closed = listed.items.iter().find(|d| d.id == a).unwrap();
     assert_eq!(closed.status, "failed");
     assert_eq!(closed.reason.as_deref(), Some("gave up after 3 attempts"));
@@ -409,16 +382,7 @@ async fn pending_deliveries_and_close(h: Harness) {
         .unwrap();
     assert!(rest.is_empty());
     s.close_delivery(other, "skipped", "x").await.unwrap();
-    let listed = s
-        .deliveries(
-            p.id,
-            Page {
-                page: 1,
-                per_page: 2,
-            },
-        )
-        .await
-        .unwrap();
+    let listed = s.deliveries(p.id, page(1, 2)).await.unwrap();
     assert_eq!(listed.total, 5);
     // Newest first, without payloads.
     assert_eq!(
@@ -426,16 +390,7 @@ async fn pending_deliveries_and_close(h: Harness) {
         [ids[4], ids[3]]
     );
     assert!(listed.items.iter().all(|d| d.payload.is_empty()));
-    let last = s
-        .deliveries(
-            p.id,
-            Page {
-                page: 3,
-                per_page: 2,
-            },
-        )
-        .await
-        .unwrap();
+    let last = s.deliveries(p.id, page(3, 2)).await.unwrap();
     assert_eq!(last.items.len(), 1);
     let skipped = &last.items[0];
     assert_eq!(skipped.id, ids[0]);
@@ -455,17 +410,10 @@ async fn create_pipeline_once_per_delivery(h: Harness) {
     let created = s.pipeline(first).await.unwrap().unwrap();
     assert_eq!(created.jobs.len(), 2, "the second call created no jobs");
     assert_eq!(
-        s.pipelines(
-            p.id,
-            &PipelineFilter::default(),
-            Page {
-                page: 1,
-                per_page: 20
-            }
-        )
-        .await
-        .unwrap()
-        .total,
+        s.pipelines(p.id, &PipelineFilter::default(), page(1, 20))
+            .await
+            .unwrap()
+            .total,
         1
     );
     assert!(
@@ -474,21 +422,12 @@ async fn create_pipeline_once_per_delivery(h: Harness) {
             .unwrap()
             .is_empty()
     );
-    let listed = s
-        .deliveries(
-            p.id,
-            Page {
-                page: 1,
-                per_page: 20,
-            },
-        )
-        .await
-        .unwrap();
+    let listed = s.deliveries(p.id, page(1, 20)).await.unwrap();
     assert_eq!(listed.items[0].status, "created");
     assert_eq!(listed.items[0].pipeline_id, Some(first));
     // Pipelines without a delivery are never merged.
-    let a = s.create_pipeline(&pipeline(p.id, vec![])).await.unwrap();
-    let b = s.create_pipeline(&pipeline(p.id, vec![])).await.unwrap();
+    let a = create(s, p.id, vec![]).await;
+    let b = create(s, p.id, vec![]).await;
     assert_ne!(a, b);
 }
 
@@ -503,12 +442,9 @@ async fn pipeline_head_and_partial_job_reads(h: Harness) {
         j.status = if i == 0 { "pending" } else { "created" }.to_owned();
         jobs.push(j);
     }
-    let id = s
-        .create_pipeline(&pipeline(p.id, jobs.clone()))
-        .await
-        .unwrap();
+    let id = create(s, p.id, jobs.clone()).await;
     // Another pipeline with the same names: never part of the answers.
-    let other = s.create_pipeline(&pipeline(p.id, jobs)).await.unwrap();
+    let other = create(s, p.id, jobs).await;
     assert!(s.pipeline_head(other).await.unwrap().is_some());
     // A claim bumps the version; a retry adds a second attempt of `build`.
     let claimed = s.claim(&a, 3_000, 60_000).await.unwrap().unwrap();
@@ -690,18 +626,9 @@ async fn pipelines_filter_and_paginate(h: Harness) {
         new.status = if i < 3 { "failed" } else { "created" }.to_owned();
         ids.push(s.create_pipeline(&new).await.unwrap());
     }
-    s.create_pipeline(&pipeline(other.id, vec![]))
-        .await
-        .unwrap();
+    create(s, other.id, vec![]).await;
     let all = s
-        .pipelines(
-            p.id,
-            &PipelineFilter::default(),
-            Page {
-                page: 1,
-                per_page: 3,
-            },
-        )
+        .pipelines(p.id, &PipelineFilter::default(), page(1, 3))
         .await
         .unwrap();
     assert_eq!(all.total, 7);
@@ -715,14 +642,7 @@ async fn pipelines_filter_and_paginate(h: Harness) {
     );
     assert_eq!(all.items[0].project_name, "p");
     let page3 = s
-        .pipelines(
-            p.id,
-            &PipelineFilter::default(),
-            Page {
-                page: 3,
-                per_page: 3,
-            },
-        )
+        .pipelines(p.id, &PipelineFilter::default(), page(3, 3))
         .await
         .unwrap();
     assert_eq!(
@@ -731,14 +651,7 @@ async fn pipelines_filter_and_paginate(h: Harness) {
     );
     assert_eq!(page3.total, 7);
     let beyond = s
-        .pipelines(
-            p.id,
-            &PipelineFilter::default(),
-            Page {
-                page: 9,
-                per_page: 3,
-            },
-        )
+        .pipelines(p.id, &PipelineFilter::default(), page(9, 3))
         .await
         .unwrap();
     assert!(beyond.items.is_empty());
@@ -747,34 +660,14 @@ async fn pipelines_filter_and_paginate(h: Harness) {
         git_ref: Some("main".to_owned()),
         status: None,
     };
-    let got = s
-        .pipelines(
-            p.id,
-            &main,
-            Page {
-                page: 1,
-                per_page: 20,
-            },
-        )
-        .await
-        .unwrap();
+    let got = s.pipelines(p.id, &main, page(1, 20)).await.unwrap();
     assert_eq!(got.total, 4);
     assert!(got.items.iter().all(|p| p.git_ref == "main"));
     let failed_dev = PipelineFilter {
         git_ref: Some("dev".to_owned()),
         status: Some("failed".to_owned()),
     };
-    let got = s
-        .pipelines(
-            p.id,
-            &failed_dev,
-            Page {
-                page: 1,
-                per_page: 20,
-            },
-        )
-        .await
-        .unwrap();
+    let got = s.pipelines(p.id, &failed_dev, page(1, 20)).await.unwrap();
     assert_eq!(got.items.iter().map(|p| p.id).collect::<Vec<_>>(), [ids[1]]);
     assert_eq!(got.total, 1);
     // Active pipelines: not over, oldest first, across projects.
@@ -811,10 +704,7 @@ async fn apply_is_optimistic(h: Harness) {
     let p = project(s, "p").await;
     let mut created = job("a", 0, 2_000);
     created.status = "created".to_owned();
-    let id = s
-        .create_pipeline(&pipeline(p.id, vec![created, job("b", 1, 2_000)]))
-        .await
-        .unwrap();
+    let id = create(s, p.id, vec![created, job("b", 1, 2_000)]).await;
     let before = s.pipeline(id).await.unwrap().unwrap();
     let a = before.jobs[0].id;
     let changes = Changes {
@@ -886,9 +776,7 @@ async fn claim_respects_tags(h: Harness) {
     let mut both = job("both", 1, 2_001);
     both.tags = vec!["docker".to_owned(), "linux".to_owned()];
     let plain = job("plain", 2, 2_002);
-    s.create_pipeline(&pipeline(p.id, vec![docker, both, plain]))
-        .await
-        .unwrap();
+    create(s, p.id, vec![docker, both, plain]).await;
 
     let linux_only = agent(s, "linux-only", &["linux"], false).await;
     assert!(s.claim(&linux_only, 3_000, 9_000).await.unwrap().is_none());
@@ -931,18 +819,17 @@ async fn claim_respects_run_after_and_order(h: Harness) {
     delayed.status = "created".to_owned();
     let mut manual = job("manual", 1, 1_000);
     manual.status = "manual".to_owned();
-    let id = s
-        .create_pipeline(&pipeline(
-            p.id,
-            vec![
-                delayed,
-                manual,
-                job("late", 2, 3_000),
-                job("early", 3, 2_000),
-            ],
-        ))
-        .await
-        .unwrap();
+    let id = create(
+        s,
+        p.id,
+        vec![
+            delayed,
+            manual,
+            job("late", 2, 3_000),
+            job("early", 3, 2_000),
+        ],
+    )
+    .await;
     let before = s.pipeline(id).await.unwrap().unwrap();
     let changes = Changes {
         jobs: vec![JobChange {
@@ -976,13 +863,7 @@ async fn claim_respects_run_after_and_order(h: Harness) {
 async fn claim_starts_pipeline_and_bumps_version(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    let id = s
-        .create_pipeline(&pipeline(
-            p.id,
-            vec![job("a", 0, 2_000), job("b", 1, 2_000)],
-        ))
-        .await
-        .unwrap();
+    let id = create(s, p.id, vec![job("a", 0, 2_000), job("b", 1, 2_000)]).await;
     let before = s.pipeline(id).await.unwrap().unwrap();
     let a = agent(s, "a", &[], true).await;
     let claimed = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
@@ -1021,11 +902,7 @@ async fn many_jobs(
         let jobs = (0..per_pipeline)
             .map(|i| job(&format!("job-{p}-{i}"), i as i64, 2_000 + i as i64))
             .collect();
-        ids.push(
-            s.create_pipeline(&pipeline(project_id, jobs))
-                .await
-                .unwrap(),
-        );
+        ids.push(create(s, project_id, jobs).await);
     }
     ids
 }
@@ -1170,18 +1047,10 @@ async fn resource_group_excludes_running(h: Harness) {
         j.resource_group = Some("production".to_owned());
         j
     };
-    s.create_pipeline(&pipeline(p.id, vec![grouped("deploy-1", 2_000)]))
-        .await
-        .unwrap();
-    s.create_pipeline(&pipeline(p.id, vec![grouped("deploy-2", 2_001)]))
-        .await
-        .unwrap();
-    s.create_pipeline(&pipeline(other.id, vec![grouped("deploy-other", 2_002)]))
-        .await
-        .unwrap();
-    s.create_pipeline(&pipeline(p.id, vec![job("free", 0, 2_003)]))
-        .await
-        .unwrap();
+    create(s, p.id, vec![grouped("deploy-1", 2_000)]).await;
+    create(s, p.id, vec![grouped("deploy-2", 2_001)]).await;
+    create(s, other.id, vec![grouped("deploy-other", 2_002)]).await;
+    create(s, p.id, vec![job("free", 0, 2_003)]).await;
     let a = agent(s, "a", &[], true).await;
     let first = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     assert_eq!(first.name, "deploy-1");
@@ -1245,9 +1114,7 @@ async fn resource_group_races_claim_once(h: Harness) {
 async fn lease_calls_fail_for_other_agents(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
+    create(s, p.id, vec![job("a", 0, 2_000)]).await;
     let owner = agent(s, "owner", &[], true).await;
     let thief = agent(s, "thief", &[], true).await;
     let j = s.claim(&owner, 3_000, 9_000).await.unwrap().unwrap();
@@ -1276,13 +1143,7 @@ async fn lease_calls_fail_for_other_agents(h: Harness) {
 async fn expired_leases_fail_jobs(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    let id = s
-        .create_pipeline(&pipeline(
-            p.id,
-            vec![job("a", 0, 2_000), job("b", 1, 2_001)],
-        ))
-        .await
-        .unwrap();
+    let id = create(s, p.id, vec![job("a", 0, 2_000), job("b", 1, 2_001)]).await;
     let a = agent(s, "a", &[], true).await;
     let short = s.claim(&a, 3_000, 5_000).await.unwrap().unwrap();
     let long = s.claim(&a, 3_000, 20_000).await.unwrap().unwrap();
@@ -1315,12 +1176,12 @@ async fn expired_leases_fail_jobs(h: Harness) {
 async fn extend_leases_moves_deadlines(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    s.create_pipeline(&pipeline(
+    create(
+        s,
         p.id,
         vec![job("a", 0, 2_000), job("b", 1, 2_001), job("c", 2, 2_002)],
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     let a = agent(s, "a", &[], true).await;
     let early = s.claim(&a, 3_000, 5_000).await.unwrap().unwrap();
     let late = s.claim(&a, 3_000, 50_000).await.unwrap().unwrap();
@@ -1342,10 +1203,7 @@ async fn extend_leases_moves_deadlines(h: Harness) {
 async fn finish_records_the_result(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    let id = s
-        .create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
+    let id = create(s, p.id, vec![job("a", 0, 2_000)]).await;
     let a = agent(s, "a", &[], true).await;
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     let version = s.pipeline(id).await.unwrap().unwrap().version;
@@ -1379,19 +1237,18 @@ async fn success_changes_nothing_only_inside_a_busy_stage(h: Harness) {
     let mut e = job("e", 4, 2_000);
     e.stage_index = 1;
     e.status = "created".to_owned();
-    let id = s
-        .create_pipeline(&pipeline(
-            p.id,
-            vec![
-                job("a", 0, 2_000),
-                job("b", 1, 2_000),
-                job("c", 2, 2_000),
-                d,
-                e,
-            ],
-        ))
-        .await
-        .unwrap();
+    let id = create(
+        s,
+        p.id,
+        vec![
+            job("a", 0, 2_000),
+            job("b", 1, 2_000),
+            job("c", 2, 2_000),
+            d,
+            e,
+        ],
+    )
+    .await;
     let quiet = |job_id: i64, name: &'static str| async move {
         s.success_changes_nothing(id, 0, job_id, name)
             .await
@@ -1421,13 +1278,7 @@ async fn success_changes_nothing_only_inside_a_busy_stage(h: Harness) {
         .unwrap();
     assert!(!quiet(jb.id, "b").await);
     // A pipeline that is not running (here: canceled) is always advanced.
-    let id2 = s
-        .create_pipeline(&pipeline(
-            p.id,
-            vec![job("x", 0, 2_000), job("y", 1, 2_000)],
-        ))
-        .await
-        .unwrap();
+    let id2 = create(s, p.id, vec![job("x", 0, 2_000), job("y", 1, 2_000)]).await;
     let jx = s.claim(&ag, 5_000, 9_000).await.unwrap().unwrap();
     s.claim(&ag, 5_000, 9_000).await.unwrap().unwrap();
     assert!(s.success_changes_nothing(id2, 0, jx.id, "x").await.unwrap());
@@ -1443,10 +1294,7 @@ async fn success_changes_nothing_only_inside_a_busy_stage(h: Harness) {
 async fn heartbeat_reports_cancel(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    let id = s
-        .create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
+    let id = create(s, p.id, vec![job("a", 0, 2_000)]).await;
     let a = agent(s, "a", &[], true).await;
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     assert!(!s.heartbeat(j.id, a.id, 12_000).await.unwrap());
@@ -1563,12 +1411,7 @@ async fn append_log_past_2_gib(h: Harness) {
 async fn read_log_assembles_ranges(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    s.create_pipeline(&pipeline(
-        p.id,
-        vec![job("a", 0, 2_000), job("b", 1, 2_000)],
-    ))
-    .await
-    .unwrap();
+    create(s, p.id, vec![job("a", 0, 2_000), job("b", 1, 2_000)]).await;
     let a = agent(s, "a", &[], true).await;
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     let other = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
@@ -1627,9 +1470,7 @@ async fn read_log_assembles_ranges(h: Harness) {
 async fn artifacts_roundtrip(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
-    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
+    create(s, p.id, vec![job("a", 0, 2_000)]).await;
     let a = agent(s, "a", &[], true).await;
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     assert!(s.artifacts(j.id).await.unwrap().is_none());
@@ -1661,9 +1502,7 @@ async fn artifacts_roundtrip(h: Harness) {
 /// A running job `a` of a new pipeline and the agent running it.
 async fn running_job(s: &dyn Store) -> (gantry_store::JobRecord, gantry_store::AgentRecord) {
     let p = project(s, "p").await;
-    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
+    create(s, p.id, vec![job("a", 0, 2_000)]).await;
     let a = agent(s, "a", &[], true).await;
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     (j, a)
@@ -1860,9 +1699,7 @@ async fn single_row_artifacts_survive_migration(h: Harness) {
     let s = &*h.store;
     let (j, a) = running_job(s).await;
     let p = s.project("p").await.unwrap().unwrap();
-    s.create_pipeline(&pipeline(p.id, vec![job("b", 0, 2_000)]))
-        .await
-        .unwrap();
+    create(s, p.id, vec![job("b", 0, 2_000)]).await;
     let other = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     let big: Vec<u8> = (0..ARTIFACT_CHUNK as u32 * 2 + 5)
         .map(|i| (i % 253) as u8)
@@ -1905,18 +1742,7 @@ async fn agents_register_and_list(h: Harness) {
     assert_eq!(all[1], b);
     // A token hash belongs to one agent.
     let err = s
-        .register_agent(&gantry_store::NewAgent {
-            name: "c".to_owned(),
-            token_hash: "hash-of-a".to_owned(),
-            tags: vec![],
-            run_untagged: true,
-            executor: "shell".to_owned(),
-            concurrency: 1,
-            version: "0.1.0".to_owned(),
-            registered_at: 1_000,
-            projects: None,
-            protected_only: false,
-        })
+        .register_agent(&new_agent("c", "hash-of-a"))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
@@ -2017,17 +1843,8 @@ async fn project_of_pipelines_and_jobs(h: Harness) {
     let s = &*h.store;
     let a = project(s, "alpha").await;
     let b = project(s, "beta").await;
-    let pa = s
-        .create_pipeline(&pipeline(
-            a.id,
-            vec![job("x", 0, 2_000), job("y", 1, 2_000)],
-        ))
-        .await
-        .unwrap();
-    let pb = s
-        .create_pipeline(&pipeline(b.id, vec![job("z", 0, 2_000)]))
-        .await
-        .unwrap();
+    let pa = create(s, a.id, vec![job("x", 0, 2_000), job("y", 1, 2_000)]).await;
+    let pb = create(s, b.id, vec![job("z", 0, 2_000)]).await;
     assert_eq!(s.pipeline_project(pa).await.unwrap(), Some(a.id));
     assert_eq!(s.pipeline_project(pb).await.unwrap(), Some(b.id));
     assert_eq!(s.pipeline_project(pb + 1_000).await.unwrap(), None);
@@ -2046,7 +1863,8 @@ async fn queue_depth_counts_pending(h: Harness) {
     assert_eq!(s.queue_depth().await.unwrap(), 0);
     let mut manual = job("m", 3, 2_000);
     manual.status = "manual".to_owned();
-    s.create_pipeline(&pipeline(
+    create(
+        s,
         p.id,
         vec![
             job("a", 0, 2_000),
@@ -2054,9 +1872,8 @@ async fn queue_depth_counts_pending(h: Harness) {
             job("c", 2, 2_000),
             manual,
         ],
-    ))
-    .await
-    .unwrap();
+    )
+    .await;
     assert_eq!(s.queue_depth().await.unwrap(), 3);
     let a = agent(s, "a", &[], true).await;
     s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
@@ -2151,9 +1968,7 @@ async fn connect_rejects_other_urls() {
 async fn in_memory_sqlite_works() {
     let s = connect("sqlite::memory:").await.unwrap();
     let p = project(&*s, "p").await;
-    s.create_pipeline(&pipeline(p.id, vec![job("a", 0, 2_000)]))
-        .await
-        .unwrap();
+    create(&*s, p.id, vec![job("a", 0, 2_000)]).await;
     let a = agent(&*s, "a", &[], true).await;
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     s.append_log(j.id, a.id, 0, b"in memory", 9_000)
@@ -2195,16 +2010,7 @@ async fn sqlite_wal_stays_short_under_steady_writes() {
     for t in tasks {
         t.await.unwrap();
     }
-    let stored = s
-        .deliveries(
-            p.id,
-            Page {
-                page: 1,
-                per_page: 1,
-            },
-        )
-        .await
-        .unwrap();
+    let stored = s.deliveries(p.id, page(1, 1)).await.unwrap();
     assert_eq!(stored.total, 12_000);
     assert!(
         largest < 20 << 20,

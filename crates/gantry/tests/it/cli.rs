@@ -11,18 +11,16 @@ fn text(out: &std::process::Output) -> (String, String) {
 
 #[test]
 fn exit_codes_follow_the_pipeline() {
-    let ok = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [\"true\"]\n")]);
+    let ok = Repo::ci("a:\n  script: [\"true\"]\n");
     assert_eq!(ok.gantry(&["run"]).status.code(), Some(0));
-    let bad = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [\"false\"]\n")]);
+    let bad = Repo::ci("a:\n  script: [\"false\"]\n");
     assert_eq!(bad.gantry(&["run"]).status.code(), Some(1));
 }
 
 #[test]
 fn configuration_errors_exit_2_and_run_nothing() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "a:\n  script: [touch ran]\nb:\n  needs: [missing]\n  script: [\"true\"]\n",
-    )]);
+    let repo =
+        Repo::ci("a:\n  script: [touch ran]\nb:\n  needs: [missing]\n  script: [\"true\"]\n");
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 2, "{}", r.dump());
     assert_eq!(r.events.len(), 1, "{}", r.dump());
@@ -49,7 +47,7 @@ fn configuration_errors_exit_2_and_run_nothing() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [\"true\"]\n")]);
+    let repo = Repo::ci("a:\n  script: [\"true\"]\n");
     let r = repo.run_json(&["--variable", "NOEQUALS"]);
     assert_eq!(r.code, 2);
     assert_eq!(
@@ -67,25 +65,17 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn malformed_yaml_is_a_configuration_error() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", "a:\n  script: [true\n")]);
+    let repo = Repo::ci("a:\n  script: [true\n");
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 2);
-    assert!(
-        r.events[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid YAML"),
-        "{}",
-        r.dump()
-    );
+    r.assert_message_has("invalid YAML");
 }
 
 #[test]
 fn list_json_and_table() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "build:\n  stage: build\n  script: [make]\ntest:\n  needs: [build]\n  script: [make test]\ndeploy:\n  stage: deploy\n  when: manual\n  environment: production\n  script: [./deploy]\n",
-    )]);
+    );
     let out = repo.gantry(&["run", "--list-json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -114,10 +104,9 @@ fn list_json_and_table() {
 
 #[test]
 fn list_json_of_a_pipeline_that_workflow_rules_do_not_create_is_empty() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "workflow:\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"schedule\"\njob:\n  script: [\"true\"]\n",
-    )]);
+    );
     let out = repo.gantry(&["run", "--list-json"]);
     assert_eq!(out.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -127,10 +116,9 @@ fn list_json_of_a_pipeline_that_workflow_rules_do_not_create_is_empty() {
 
 #[test]
 fn list_leaves_out_jobs_that_only_default_keeps_out_of_merge_request_pipelines() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "plain:\n  script: [\"true\"]\nmr:\n  script: [\"true\"]\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"merge_request_event\"\n",
-    )]);
+    );
     let out = repo.gantry(&[
         "run",
         "--list-json",
@@ -154,10 +142,9 @@ fn list_leaves_out_jobs_that_only_default_keeps_out_of_merge_request_pipelines()
 
 #[test]
 fn needs_flag_follows_optional_needs_present_and_skips_those_rules_removed() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "gone:\n  stage: build\n  script: [x]\n  rules: [{when: never}]\nhere:\n  stage: build\n  script: [x]\nother:\n  stage: build\n  script: [x]\ntest:\n  script: [x]\n  needs:\n    - {job: gone, optional: true}\n    - {job: here, optional: true}\n",
-    )]);
+    );
     let out = repo.gantry(&["run", "test", "--needs", "--list-json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(&out)));
@@ -188,10 +175,8 @@ fn preview_prints_expanded_yaml() {
 
 #[test]
 fn lint_reports_positions_and_exit_codes() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "stages: [build]\njob:\n  stage: test\n  script: [\"true\"]\n  scritp: [x]\n",
-    )]);
+    let repo =
+        Repo::ci("stages: [build]\njob:\n  stage: test\n  script: [\"true\"]\n  scritp: [x]\n");
     let out = repo.gantry(&["lint"]);
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1));
@@ -209,7 +194,7 @@ fn lint_reports_positions_and_exit_codes() {
         v["diagnostics"][1],
         serde_json::json!({"file": ".gitlab-ci.yml", "line": 5, "column": 3, "severity": "error", "message": "`job`: unknown keyword `scritp`; did you mean `script`?"})
     );
-    let good = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [\"true\"]\n")]);
+    let good = Repo::ci("job:\n  script: [\"true\"]\n");
     let out = good.gantry(&["lint"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out).0, ".gitlab-ci.yml: valid (1 jobs)\n");
@@ -217,7 +202,7 @@ fn lint_reports_positions_and_exit_codes() {
 
 #[test]
 fn lint_warns_of_duplicate_keys_and_accepts_them_as_gitlab_does() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [a]\n  script: [b]\n")]);
+    let repo = Repo::ci("job:\n  script: [a]\n  script: [b]\n");
     let out = repo.gantry(&["lint"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
@@ -269,12 +254,7 @@ fn listed(repo: &Repo, args: &[&str]) -> Vec<String> {
     all.extend_from_slice(args);
     let out = repo.gantry(&all);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["name"].as_str().unwrap().to_string())
-        .collect()
+    crate::job_names(&out.stdout)
 }
 
 #[test]
@@ -301,10 +281,7 @@ fn a_tagged_branch_head_is_a_branch_pipeline_and_a_detached_tag_a_tag_pipeline()
 
 #[test]
 fn image_jobs_fail_clearly_when_the_image_cannot_be_had_and_run_in_the_shell_on_request() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "job:\n  image: alpine:3\n  script: [echo in shell]\n",
-    )]);
+    let repo = Repo::ci("job:\n  image: alpine:3\n  script: [echo in shell]\n");
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 1, "{}", r.dump());
     assert_eq!(r.status("job"), "failed");
@@ -319,36 +296,18 @@ fn image_jobs_fail_clearly_when_the_image_cannot_be_had_and_run_in_the_shell_on_
 
 #[test]
 fn trigger_jobs_are_refused_clearly() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "child:\n  trigger:\n    include: child.yml\n",
-    )]);
+    let repo = Repo::ci("child:\n  trigger:\n    include: child.yml\n");
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 2);
-    assert!(
-        r.events[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("`trigger`"),
-        "{}",
-        r.dump()
-    );
-    assert!(
-        r.events[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not supported yet"),
-        "{}",
-        r.dump()
-    );
+    r.assert_message_has("`trigger`");
+    r.assert_message_has("not supported yet");
 }
 
 #[test]
 fn human_output_has_prefixes_echo_and_a_summary() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "build-job:\n  stage: build\n  script: [echo hello]\nt:\n  script: [echo bye, exit 3]\n",
-    )]);
+    );
     let out = repo.gantry(&["run"]);
     let (stdout, _) = text(&out);
     assert_eq!(out.status.code(), Some(1));
@@ -384,10 +343,9 @@ fn human_output_has_prefixes_echo_and_a_summary() {
 
 #[test]
 fn named_jobs_and_needs_selection() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "a:\n  stage: build\n  script: [echo a]\nb:\n  stage: test\n  needs: [a]\n  script: [echo b]\nc:\n  stage: deploy\n  needs: [b]\n  script: [echo c]\n",
-    )]);
+    );
     let only = repo.run_json(&["c"]);
     assert_eq!(
         (only.starts("a"), only.starts("b"), only.starts("c")),
@@ -418,10 +376,9 @@ fn named_jobs_and_needs_selection() {
 
 #[test]
 fn on_a_terminal_a_status_line_is_shown_and_never_mixed_into_output() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "a:\n  script: [echo one, echo two]\nb:\n  stage: deploy\n  script: [echo three]\n",
-    )]);
+    );
     // `script` (util-linux) gives gantry a pseudo-terminal for stdout.
     let cmd = format!("{} run", env!("CARGO_BIN_EXE_gantry"));
     let out = std::process::Command::new("script")
@@ -493,7 +450,7 @@ fn error_message(r: &crate::Run) -> String {
 
 #[test]
 fn a_needed_manual_job_that_is_not_played_is_an_error() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    let repo = Repo::ci(MANUAL_PIPELINE);
     for args in [&[][..], &["--needs", "unit"], &["--only-needs", "unit"]] {
         let r = repo.run_json(args);
         assert_eq!(r.code, 2, "{args:?}: {}", r.dump());
@@ -511,7 +468,7 @@ fn a_needed_manual_job_that_is_not_played_is_an_error() {
 
 #[test]
 fn played_manual_jobs_run_and_unplayed_ones_hold_nothing_up() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    let repo = Repo::ci(MANUAL_PIPELINE);
     let r = repo.run_json(&["--manual", "setup"]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(
@@ -532,7 +489,7 @@ fn played_manual_jobs_run_and_unplayed_ones_hold_nothing_up() {
 
 #[test]
 fn a_named_manual_job_runs() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    let repo = Repo::ci(MANUAL_PIPELINE);
     let r = repo.run_json(&["compile"]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(ran(&r), ["compile"]);
@@ -544,7 +501,7 @@ fn a_named_manual_job_runs() {
 
 #[test]
 fn needs_runs_played_manual_jobs_and_leaves_unplayed_earlier_stages_out() {
-    let repo = Repo::new(&[(".gitlab-ci.yml", MANUAL_PIPELINE)]);
+    let repo = Repo::ci(MANUAL_PIPELINE);
     let r = repo.run_json(&["--needs", "unit", "--manual", "setup"]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(ran(&r), ["setup", "unit"]);

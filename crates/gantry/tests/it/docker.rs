@@ -3,28 +3,20 @@
 //! These tests need the engine that `scripts/engine.sh` starts (or any engine at `DOCKER_HOST` with
 //! its two test images); without one they fail, saying so.
 
-use std::io::BufRead as _;
 use std::process::Command;
 
 use super::server::{self, Store};
-use super::{Repo, Run, gantry_cmd};
+use super::{Repo, Run, run_ok};
 
 const BASE: &str = "gantry-test/base:1";
 const SERVICE: &str = "gantry-test/service:1";
 
 /// Runs the docker CLI against the test engine.
 fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", help()));
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        help()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(
+        Command::new("docker").args(args),
+        &format!("docker {args:?} ({})", help()),
+    )
 }
 
 fn help() -> &'static str {
@@ -121,10 +113,9 @@ job:
 #[test]
 fn ci_job_image_is_the_expanded_image() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "variables:\n  TAG: '1'\njob:\n  image: gantry-test/base:$TAG\n  script: [echo \"image=$CI_JOB_IMAGE\"]\n",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(r.log("job"), ["image=gantry-test/base:1"]);
@@ -160,8 +151,7 @@ fn two_jobs_at_once_each_in_its_own_container() {
 #[test]
 fn service_is_reachable_by_alias_with_its_variables_and_command() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 job:
   image: gantry-test/base:1
@@ -179,7 +169,7 @@ job:
     - wget -q -O- http://gantry-test-service/
     - wget -q -O- http://greet/
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 0, "{}", r.dump());
     let log = r.log("job");
@@ -191,8 +181,7 @@ job:
 #[test]
 fn a_service_that_never_listens_fails_with_its_log() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 job:
   image: gantry-test/base:1
@@ -201,7 +190,7 @@ job:
       command: ['sh', '-c', 'echo service-is-broken; exit 3']
   script: [echo never]
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.status("job"), "failed", "{}", r.dump());
     let all = all_output(&r);
@@ -216,8 +205,7 @@ job:
 #[test]
 fn artifacts_pass_from_container_to_shell_and_back() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 stages: [one, two, three]
 in-container:
@@ -238,7 +226,7 @@ in-container-again:
   script:
     - cat out/first.txt out/second.txt
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(r.log("in-shell"), ["ID=gantry-test-base"], "{}", r.dump());
@@ -254,8 +242,7 @@ in-container-again:
 #[test]
 fn timeout_removes_the_container_and_after_script_still_runs() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 slow:
   image: gantry-test/base:1
@@ -266,7 +253,7 @@ slow:
   after_script:
     - 'echo \"after: $CI_JOB_STATUS\"'
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.status("slow"), "failed", "{}", r.dump());
     assert_eq!(r.log("slow"), ["started", "after: failed"], "{}", r.dump());
@@ -277,8 +264,7 @@ slow:
 #[test]
 fn cancel_removes_the_container() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 long:
   image: gantry-test/base:1
@@ -288,31 +274,14 @@ long:
   after_script:
     - 'echo \"after: $CI_JOB_STATUS\"'
 ",
-    )]);
-    let mut child = gantry_cmd(repo.path())
-        .args(["run", "--output", "json"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let started = line.contains("\"line\":\"started\"");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
+    );
+    let run = crate::start_run(repo.path(), &[]);
     assert!(
         !leftovers(&repo).is_empty(),
-        "no container while running: {seen:?}"
+        "no container while running: {:?}",
+        run.seen
     );
-    crate::signal(&child, "INT");
-    seen.extend(lines.map_while(Result::ok));
-    let status = child.wait().unwrap();
-    let all = seen.join("\n");
+    let (status, all) = run.interrupt();
     assert_eq!(status.code(), Some(130), "{all}");
     assert!(all.contains("\"line\":\"after: canceled\""), "{all}");
     assert_clean(&repo);
@@ -321,8 +290,7 @@ long:
 #[test]
 fn a_missing_image_fails_with_a_clear_message() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 pulled:
   image: gantry-test/no-such-image:1
@@ -333,7 +301,7 @@ never-pulled:
     pull_policy: never
   script: [echo never]
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 1, "{}", r.dump());
     assert_eq!(r.status("pulled"), "failed");
@@ -370,8 +338,7 @@ never-pulled:
 #[test]
 fn nothing_is_left_behind() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 stages: [a, b]
 with-service:
@@ -387,7 +354,7 @@ shell:
   stage: b
   script: [echo shell]
 ",
-    )]);
+    );
     let r = repo.run_json(&["--concurrency", "2"]);
     assert_eq!(r.status("with-service"), "success", "{}", r.dump());
     assert_eq!(r.status("failing"), "failed", "{}", r.dump());
@@ -400,10 +367,9 @@ shell:
 #[test]
 fn shell_executor_flag_keeps_image_jobs_in_the_shell() {
     engine();
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "job:\n  image: gantry-test/base:1\n  script: [test -e /etc/gantry-x || echo in-shell]\n",
-    )]);
+    );
     let r = repo.run_json(&["--shell-executor"]);
     assert_eq!(r.log("job"), ["in-shell"], "{}", r.dump());
     assert_clean(&repo);

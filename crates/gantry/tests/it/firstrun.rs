@@ -89,10 +89,7 @@ fn the_example_passes_its_own_format_check_and_says_so_truthfully() {
 
 #[test]
 fn a_job_that_cannot_start_says_why_in_its_finish_event_and_summary() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "job:\n  image: gantry-test/never-there:1\n  script: [echo hi]\n",
-    )]);
+    let repo = Repo::ci("job:\n  image: gantry-test/never-there:1\n  script: [echo hi]\n");
     // No engine at this address: the job cannot start.
     let out = crate::gantry_cmd(repo.path())
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
@@ -112,10 +109,7 @@ fn a_job_that_cannot_start_says_why_in_its_finish_event_and_summary() {
         "{error}"
     );
 
-    let ok = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "a:\n  script: [\"true\"]\nb:\n  script: [exit 4]\n",
-    )]);
+    let ok = Repo::ci("a:\n  script: [\"true\"]\nb:\n  script: [exit 4]\n");
     let r = ok.run_json(&[]);
     assert_eq!(r.finished("a")["error"], serde_json::Value::Null);
     assert_eq!(r.finished("b")["error"], serde_json::Value::Null);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 
-use crate::{Repo, gantry_cmd};
+use crate::{Repo, gantry_cmd, git};
 
 /// One request the forge answered.
 #[derive(Clone, Debug)]
@@ -39,22 +39,6 @@ struct Forge {
     state: Arc<Mutex<State>>,
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
         .decode_utf8_lossy()
@@ -62,6 +46,11 @@ fn decode(s: &str) -> String {
 }
 
 impl Forge {
+    /// Runs `gantry ARGS` in `repo` against this forge, with `cache` as the cache home.
+    fn gantry(&self, repo: &Repo, cache: &Path, args: &[&str]) -> Output {
+        gantry(repo, cache, &self.url(), args, &[])
+    }
+
     fn start() -> Forge {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -384,6 +373,11 @@ fn gantry(
     c.output().expect("gantry runs")
 }
 
+/// Runs `gantry ARGS` in `repo` with `cache` as the cache home and no forge to reach.
+fn no_forge(repo: &Repo, cache: &Path, args: &[&str]) -> Output {
+    gantry(repo, cache, "http://127.0.0.1:9", args, &[])
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -395,12 +389,7 @@ fn stderr(o: &Output) -> String {
 /// The job names of a `--list-json` run.
 fn jobs(o: &Output) -> Vec<String> {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(o), stderr(o));
-    let v: serde_json::Value = serde_json::from_str(&stdout(o)).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["name"].as_str().unwrap().to_string())
-        .collect()
+    crate::job_names(&o.stdout)
 }
 
 #[test]
@@ -417,13 +406,7 @@ fn remote_include_is_fetched_then_served_from_the_cache() {
         &format!("include:\n  - remote: {url}\nlocal-job:\n  script: [echo local]\n"),
     )]);
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["remote-job", "local-job"]);
     let cached = cache.path().join(format!(
         "gantry/includes/remote/http/{}/ci/remote.yml",
@@ -435,7 +418,7 @@ fn remote_include_is_fetched_then_served_from_the_cache() {
     );
     assert_eq!(forge.count("/ci/remote.yml"), 1);
     // Fresh in the cache: not fetched again, by `run` or `lint`.
-    let out = gantry(&repo, cache.path(), &forge.url(), &["lint"], &[]);
+    let out = forge.gantry(&repo, cache.path(), &["lint"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -474,10 +457,9 @@ fn include_project_with_a_file_list_uses_the_files_api_with_the_token() {
         ],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "include:\n  - project: group/lib\n    ref: main\n    file:\n      - /ci/a.yml\n      - ci/b.yml\njob:\n  extends: .b\n",
-    )]);
+    );
     let cache = tempfile::tempdir().unwrap();
     let out = gantry(
         &repo,
@@ -544,18 +526,11 @@ fn include_project_falls_back_to_git_when_the_api_does_not_know_the_project() {
         ],
         false,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "include:\n  - project: group/mirror\n    file: ci.yml\n  - project: group/mirror\n    ref: trunk\n    file: [ci.yml, more.yml]\n",
-    )]);
-    let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
     );
+    let cache = tempfile::tempdir().unwrap();
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["from-git", "more"]);
     // One fetch per ref (`HEAD`; `trunk`, after an `ls-remote` that says it is a branch), shared by
     // the files read at it.
@@ -613,13 +588,7 @@ fn include_component_resolves_latest_and_both_layouts_with_inputs() {
         ),
     )]);
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["deploy-1.2-prod", "deploy-1.0-dev", "lint-2"]);
     let base = cache
         .path()
@@ -640,13 +609,7 @@ fn include_component_resolves_latest_and_both_layouts_with_inputs() {
         ".gitlab-ci.yml",
         &format!("include:\n  - component: {host}/group/comps/deploy@1\n"),
     )]);
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["deploy-1.2-dev"]);
 }
 
@@ -662,18 +625,9 @@ fn include_template_comes_from_gitlab_org_gitlab() {
         )],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "include:\n  - template: Jobs/Hello.gitlab-ci.yml\n",
-    )]);
+    let repo = Repo::ci("include:\n  - template: Jobs/Hello.gitlab-ci.yml\n");
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["hello"]);
     assert_eq!(
         forge.count("/api/v4/projects/gitlab-org%2Fgitlab/repository/files/lib%2Fgitlab%2Fci%2Ftemplates%2FJobs%2FHello.gitlab-ci.yml/raw?ref=master"),
@@ -690,18 +644,9 @@ fn offline_uses_only_the_cache_and_says_what_is_missing() {
         &[("a.yml", "a:\n  script: [echo a]\n")],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "include:\n  - project: group/lib\n    file: a.yml\n",
-    )]);
+    let repo = Repo::ci("include:\n  - project: group/lib\n    file: a.yml\n");
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["lint", "--offline"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["lint", "--offline"]);
     assert_eq!(out.status.code(), Some(1));
     let expected = format!(
         ".gitlab-ci.yml:2:5: `include:project` `group/lib` file `a.yml`: not in the include cache, and --offline fetches nothing (looked for {}/gantry/includes/project/{}/group/lib/-/HEAD/a.yml)",
@@ -710,7 +655,7 @@ fn offline_uses_only_the_cache_and_says_what_is_missing() {
     );
     assert_eq!(stdout(&out).trim(), expected);
     assert!(forge.requests().is_empty());
-    let out = gantry(&repo, cache.path(), &forge.url(), &["lint"], &[]);
+    let out = forge.gantry(&repo, cache.path(), &["lint"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     // Offline, a cached file of any age is used; the forge is not asked.
     let before = forge.requests().len();
@@ -735,28 +680,15 @@ fn tags_are_reused_and_branches_refreshed_after_the_ttl() {
         true,
     );
     forge.tag("group/lib", "v1");
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "include:\n  - project: group/lib\n    ref: v1\n    file: a.yml\n  - project: group/lib\n    ref: main\n    file: a.yml\n",
-    )]);
-    let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
     );
+    let cache = tempfile::tempdir().unwrap();
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["old"]);
     forge.commit("group/lib", &[("a.yml", "new:\n  script: [echo a]\n")]);
     // Within the TTL, neither is fetched again.
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["old"]);
     assert_eq!(forge.count("raw?ref=main"), 1);
     // Past it, the branch is fetched again; the tag is not.
@@ -779,13 +711,7 @@ fn a_stale_copy_stands_in_when_the_refresh_fails() {
     let url = format!("{}/ci.yml", forge.url());
     let repo = Repo::new(&[(".gitlab-ci.yml", &format!("include: {url}\n"))]);
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["remote"]);
     forge.file("/ci.yml", 503, b"down");
     let out = gantry(
@@ -851,11 +777,8 @@ fn failures_say_the_url_the_status_and_the_token() {
         &[("a.yml", "a:\n  script: [x]\n")],
         true,
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "include:\n  - project: group/lib\n    file: nope.yml\n",
-    )]);
-    let out = gantry(&repo, cache.path(), &forge.url(), &["lint"], &[]);
+    let repo = Repo::ci("include:\n  - project: group/lib\n    file: nope.yml\n");
+    let out = forge.gantry(&repo, cache.path(), &["lint"]);
     assert_eq!(
         stdout(&out).trim(),
         format!(
@@ -914,21 +837,9 @@ fn the_project_include_cache_still_works_with_a_file_list() {
         ),
     ]);
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        "http://127.0.0.1:9",
-        &["run", "--list-json", "--offline"],
-        &[],
-    );
+    let out = no_forge(&repo, cache.path(), &["run", "--list-json", "--offline"]);
     assert_eq!(jobs(&out), ["a", "job"]);
-    let out = gantry(
-        &repo,
-        cache.path(),
-        "http://127.0.0.1:9",
-        &["lint", "--offline"],
-        &[],
-    );
+    let out = no_forge(&repo, cache.path(), &["lint", "--offline"]);
     assert_eq!(stdout(&out).trim(), ".gitlab-ci.yml: valid (2 jobs)");
 }
 
@@ -953,13 +864,7 @@ fn a_component_of_this_project_at_head_is_read_from_the_working_tree() {
         "git@gitlab.example.com:group/comps.git",
     ]);
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        "http://127.0.0.1:9",
-        &["run", "--list-json", "--offline"],
-        &[],
-    );
+    let out = no_forge(&repo, cache.path(), &["run", "--list-json", "--offline"]);
     assert_eq!(jobs(&out), ["common", "deploy-test"]);
 }
 
@@ -1007,13 +912,7 @@ fn a_local_include_in_a_project_file_is_read_in_that_project_at_that_ref() {
         ("ci/jobs.yml", "ours:\n  script: [echo wrong]\n"),
     ]);
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(
-        &repo,
-        cache.path(),
-        &forge.url(),
-        &["run", "--list-json"],
-        &[],
-    );
+    let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
     assert_eq!(jobs(&out), ["deeper-v1", "lib-v1", "other"]);
     let cached = cache.path().join(format!(
         "gantry/includes/project/{}/group/lib/-/v1/ci/deeper.yml",
@@ -1060,26 +959,14 @@ fn a_local_include_in_a_component_is_read_in_its_project_at_the_resolved_version
             ("templates/fmt.yml", "ours:\n  script: [echo wrong]\n"),
         ]);
         let cache = tempfile::tempdir().unwrap();
-        let out = gantry(
-            &repo,
-            cache.path(),
-            &forge.url(),
-            &["run", "--list-json"],
-            &[],
-        );
+        let out = forge.gantry(&repo, cache.path(), &["run", "--list-json"]);
         assert_eq!(jobs(&out), ["fmt-1", "plan"], "{version}");
         let cached = cache.path().join(format!(
             "gantry/includes/project/{host}/group/tofu/-/1.0.0/templates/fmt.yml"
         ));
         assert!(cached.exists(), "{version}: {}", cached.display());
         // From the cache, offline, the same.
-        let out = gantry(
-            &repo,
-            cache.path(),
-            &forge.url(),
-            &["run", "--list-json", "--offline"],
-            &[],
-        );
+        let out = forge.gantry(&repo, cache.path(), &["run", "--list-json", "--offline"]);
         assert_eq!(jobs(&out), ["fmt-1", "plan"], "{version} offline");
     }
 }
@@ -1098,7 +985,7 @@ fn a_local_include_in_a_remote_file_is_an_error() {
         ("ci/jobs.yml", "ours:\n  script: [x]\n"),
     ]);
     let cache = tempfile::tempdir().unwrap();
-    let out = gantry(&repo, cache.path(), &forge.url(), &["lint"], &[]);
+    let out = forge.gantry(&repo, cache.path(), &["lint"]);
     assert_ne!(out.status.code(), Some(0));
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(

@@ -1,14 +1,12 @@
 //! Every runtime keyword, through real pipelines.
 
-use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use crate::{Repo, gantry_cmd, scratch};
+use crate::{Repo, scratch};
 
 #[test]
 fn artifacts_pass_between_jobs_with_exclude_and_dependencies() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         r#"
 produce:
   stage: build
@@ -28,7 +26,7 @@ isolated:
   script:
     - test ! -e out && echo "nothing restored"
 "#,
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(r.log("consume"), ["one", "two", "no map"]);
@@ -65,7 +63,7 @@ second:
     );
     assert!(!repo.path().join("leftover.txt").exists());
     // Uncommitted files are part of the workspace.
-    let repo2 = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [cat uncommitted.txt]\n")]);
+    let repo2 = Repo::ci("job:\n  script: [cat uncommitted.txt]\n");
     std::fs::write(repo2.path().join("uncommitted.txt"), "dirty\n").unwrap();
     let r = repo2.run_json(&[]);
     assert_eq!(r.log("job"), ["dirty"], "{}", r.dump());
@@ -73,8 +71,7 @@ second:
 
 #[test]
 fn cache_is_restored_on_the_next_run_and_policy_pull_never_saves() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         r#"
 warm:
   cache:
@@ -92,7 +89,7 @@ readonly:
     - test -f ro/marker && echo "ro hit" || echo "ro miss"
     - mkdir -p ro && echo x > ro/marker
 "#,
-    )]);
+    );
     let first = repo.run_json(&[]);
     assert_eq!(first.log("warm"), ["cache miss"], "{}", first.dump());
     assert_eq!(first.log("readonly"), ["ro miss"]);
@@ -105,8 +102,7 @@ readonly:
 fn retry_reruns_until_it_passes() {
     let (_keep, dir) = scratch();
     let counter = dir.join("count");
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 flaky:
   retry: 2
@@ -120,7 +116,7 @@ never-retried:
   script: [exit 1]
   allow_failure: true
 ",
-    )]);
+    );
     let r = repo.run_json(&["--variable", &format!("COUNTER={}", counter.display())]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(r.starts("flaky"), 3);
@@ -132,8 +128,7 @@ never-retried:
 fn timeout_kills_the_whole_process_group() {
     let (_keep, dir) = scratch();
     let pidfile = dir.join("pid");
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 slow:
   timeout: 1s
@@ -141,7 +136,7 @@ slow:
     - sleep 300 & echo $! > \"$PIDFILE\"
     - sleep 300
 ",
-    )]);
+    );
     let started = Instant::now();
     let r = repo.run_json(&["--variable", &format!("PIDFILE={}", pidfile.display())]);
     assert!(
@@ -151,21 +146,12 @@ slow:
     assert_eq!(r.code, 1, "{}", r.dump());
     assert_eq!(r.status("slow"), "failed");
     assert!(r.finished("slow")["exit_code"].is_null());
-    let pid = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .to_string();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "background child {pid} survived the timeout"
-    );
+    assert_gone(&pidfile, "the background child, after the timeout");
 }
 
 #[test]
 fn allow_failure_with_exit_codes() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 allowed:
   script: [exit 3]
@@ -174,7 +160,7 @@ not-allowed:
   script: [exit 4]
   allow_failure: {exit_codes: [3]}
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 1, "{}", r.dump());
     assert_eq!(r.finished("allowed")["allow_failure"], true);
@@ -188,8 +174,7 @@ not-allowed:
 
 #[test]
 fn after_script_runs_after_a_failure_and_cannot_change_the_status() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 job:
   before_script: [export FROM_BEFORE=yes]
@@ -204,7 +189,7 @@ passing:
   script: [echo ok]
   after_script: ['echo \"after: $CI_JOB_STATUS\"', exit 1]
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(
         r.log("job"),
@@ -219,8 +204,7 @@ passing:
 
 #[test]
 fn on_failure_and_always_jobs() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 stages: [build, test, cleanup]
 broken:
@@ -238,16 +222,15 @@ tidy:
   when: always
   script: [echo tidied]
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 1);
     assert_eq!(r.status("skipped"), "skipped");
     assert_eq!(r.log("notify"), ["notified"]);
     assert_eq!(r.log("tidy"), ["tidied"]);
-    let ok = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let ok = Repo::ci(
         "a:\n  script: [\"true\"]\nnotify:\n  stage: deploy\n  when: on_failure\n  script: [echo x]\n",
-    )]);
+    );
     let r = ok.run_json(&[]);
     assert_eq!(r.status("notify"), "skipped", "{}", r.dump());
     assert_eq!(r.starts("notify"), 0);
@@ -255,10 +238,9 @@ tidy:
 
 #[test]
 fn manual_jobs_run_only_when_played() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "build:\n  script: [echo built]\ndeploy:\n  when: manual\n  script: [echo deployed]\n",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.code, 0, "{}", r.dump());
     assert_eq!(r.status("deploy"), "manual");
@@ -269,10 +251,7 @@ fn manual_jobs_run_only_when_played() {
 
 #[test]
 fn delayed_jobs_wait_for_start_in() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
-        "later:\n  when: delayed\n  start_in: 2 seconds\n  script: [echo late]\n",
-    )]);
+    let repo = Repo::ci("later:\n  when: delayed\n  start_in: 2 seconds\n  script: [echo late]\n");
     let t = Instant::now();
     let r = repo.run_json(&[]);
     assert_eq!(r.log("later"), ["late"], "{}", r.dump());
@@ -286,8 +265,7 @@ fn delayed_jobs_wait_for_start_in() {
 fn needs_start_jobs_without_waiting_for_unrelated_stages() {
     let (_keep, dir) = scratch();
     let marker = dir.join("fast-done");
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 slow:
   stage: build
@@ -299,7 +277,7 @@ fast:
   needs: []
   script: [touch \"$MARKER\"]
 ",
-    )]);
+    );
     let r = repo.run_json(&[
         "--variable",
         &format!("MARKER={}", marker.display()),
@@ -312,8 +290,7 @@ fast:
 
 #[test]
 fn matrix_jobs_get_names_and_variables() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 build:
   parallel:
@@ -325,7 +302,7 @@ shard:
   parallel: 2
   script: [echo \"shard $CI_NODE_INDEX of $CI_NODE_TOTAL\"]
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(
         r.log("build: [linux, amd64]"),
@@ -350,7 +327,7 @@ fn resource_group_runs_one_job_at_a_time() {
         )
     };
     let yml = format!("{}{}{}", job("a"), job("b"), job("c"));
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yml)]);
+    let repo = Repo::ci(&yml);
     let r = repo.run_json(&[
         "--variable",
         &format!("LOG={}", log.display()),
@@ -368,10 +345,9 @@ fn resource_group_runs_one_job_at_a_time() {
 
 #[test]
 fn masked_variables_never_appear_in_output() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "job:\n  script:\n    - echo \"token is $TOKEN\"\n    - echo \"file secret $FILE_SECRET\" >&2\n    - echo \"$TOKEN\"\n",
-    )]);
+    );
     std::fs::write(
         repo.path().join("vars.yml"),
         "FILE_SECRET:\n  value: s3cr3t-value\n  masked: true\n",
@@ -416,8 +392,7 @@ fn masked_variables_never_appear_in_output() {
 
 #[test]
 fn dotenv_reports_pass_variables_to_later_jobs() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 build:
   stage: build
@@ -429,25 +404,23 @@ deploy:
   stage: deploy
   script: [echo \"deploying $VERSION\"]
 ",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.log("deploy"), ["deploying 1.2.3"], "{}", r.dump());
 }
 
 #[test]
 fn coverage_is_read_from_the_log() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "test:\n  script: [\"echo 'Coverage: 10%'\", \"echo 'Coverage: 87.5%'\"]\n  coverage: '/Coverage: (\\d+\\.?\\d*)%/'\n",
-    )]);
+    );
     let r = repo.run_json(&[]);
     assert_eq!(r.finished("test")["coverage"], 87.5, "{}", r.dump());
 }
 
 #[test]
 fn predefined_and_precedence_of_variables() {
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 variables:
   WHO: global
@@ -465,7 +438,7 @@ job:
     - echo \"$CI_ENVIRONMENT_NAME $CI_ENVIRONMENT_SLUG $CI_ENVIRONMENT_URL $CI_ENVIRONMENT_TIER\"
     - test \"$CI_PROJECT_DIR\" = \"$(pwd)\" && echo \"in project dir\"
 ",
-    )]);
+    );
     let sha = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
     let r = repo.run_json(&["--variable", "WHO=cli", "--variable", "CLI_ONLY=yes"]);
     assert_eq!(
@@ -485,8 +458,7 @@ job:
 fn ctrl_c_cancels_runs_after_script_and_exits_130() {
     let (_keep, dir) = scratch();
     let pidfile = dir.join("pid");
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "
 long:
   script:
@@ -496,46 +468,25 @@ long:
   after_script:
     - 'echo \"after: $CI_JOB_STATUS\"'
 ",
-    )]);
-    let mut child = gantry_cmd(repo.path())
-        .args([
-            "run",
-            "--output",
-            "json",
-            "--variable",
-            &format!("PIDFILE={}", pidfile.display()),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        let started = line.contains("\"line\":\"started\"");
-        seen.push(line);
-        if started {
-            break;
-        }
-    }
-    crate::signal(&child, "INT");
-    seen.extend(lines.map_while(Result::ok));
-    let status = child.wait().unwrap();
-    let all = seen.join("\n");
+    );
+    let pidvar = format!("PIDFILE={}", pidfile.display());
+    let (status, all) = crate::start_run(repo.path(), &["--variable", &pidvar]).interrupt();
     assert_eq!(status.code(), Some(130), "{all}");
     assert!(all.contains("\"line\":\"after: canceled\""), "{all}");
     assert!(
         all.contains("{\"event\":\"pipeline_finished\",\"status\":\"canceled\""),
         "{all}"
     );
-    let pid = std::fs::read_to_string(&pidfile)
-        .unwrap()
-        .trim()
-        .to_string();
+    assert_gone(&pidfile, "the child, after Ctrl-C");
+}
+
+/// Asserts that the process whose id `pidfile` holds is gone, after a moment to be reaped; `what`
+/// names it in the failure.
+fn assert_gone(pidfile: &std::path::Path, what: &str) {
+    let pid = std::fs::read_to_string(pidfile).unwrap().trim().to_string();
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "child {pid} survived Ctrl-C"
+        "{what}: process {pid} survived"
     );
 }

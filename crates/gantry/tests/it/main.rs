@@ -37,26 +37,14 @@ impl Repo {
         repo
     }
 
+    /// A repository holding only `.gitlab-ci.yml` with `ci`, committed on branch `main`.
+    pub fn ci(ci: &str) -> Repo {
+        Repo::new(&[(".gitlab-ci.yml", ci)])
+    }
+
     /// Runs git in the repository.
     pub fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .arg("-C")
-            .arg(self.path())
-            .args([
-                "-c",
-                "user.name=Test User",
-                "-c",
-                "user.email=test@example.com",
-            ])
-            .args(args)
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        git(self.path(), args)
     }
 
     /// The repository's directory.
@@ -79,6 +67,30 @@ impl Repo {
         let out = self.gantry(&all);
         Run::parse(out)
     }
+}
+
+/// Runs git in `dir`, as Test User; answers its standard output.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new("git");
+    cmd.arg("-C").arg(dir).args([
+        "-c",
+        "user.name=Test User",
+        "-c",
+        "user.email=test@example.com",
+    ]);
+    run_ok(cmd.args(args), &format!("git {args:?}"))
+}
+
+/// Runs `cmd`, which must succeed (`what` and its standard error are in the failure); answers its
+/// standard output.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `gantry` command, with a clean environment, in `dir`.
@@ -175,6 +187,12 @@ impl Run {
         self.events.iter().position(pred).unwrap_or(usize::MAX)
     }
 
+    /// Asserts that the first event's message (an error's) holds `part`.
+    pub fn assert_message_has(&self, part: &str) {
+        let message = self.events[0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(part), "{}", self.dump());
+    }
+
     /// A readable dump for failure messages.
     pub fn dump(&self) -> String {
         format!(
@@ -191,6 +209,57 @@ pub fn signal(child: &std::process::Child, name: &str) {
         .status()
         .unwrap();
     assert!(sent.success(), "kill -{name} failed");
+}
+
+/// A `gantry run --output json ARGS` in the background, read up to the first job's start.
+pub struct Started {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// The lines read so far.
+    pub seen: Vec<String>,
+}
+
+/// Starts `gantry run --output json ARGS` in `dir` and reads until a job has started.
+pub fn start_run(dir: &Path, args: &[&str]) -> Started {
+    use std::io::BufRead as _;
+    let mut child = gantry_cmd(dir)
+        .args(["run", "--output", "json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let started = line.contains("\"line\":\"started\"");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    Started { child, lines, seen }
+}
+
+impl Started {
+    /// Sends Ctrl-C (SIGINT) and reads to the end; answers the exit status and every line.
+    pub fn interrupt(mut self) -> (std::process::ExitStatus, String) {
+        signal(&self.child, "INT");
+        self.seen.extend(self.lines.map_while(Result::ok));
+        let status = self.child.wait().unwrap();
+        (status, self.seen.join("\n"))
+    }
+}
+
+/// The job names of `gantry run --list-json`'s output.
+pub fn job_names(list_json: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(list_json).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// A scratch path outside any repository, for files that jobs share on purpose.

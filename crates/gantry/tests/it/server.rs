@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use gantry_api::{JobStatus, Pipeline, PipelineStatus};
 use serde_json::{Value, json};
 
-use crate::Repo;
 use crate::proxy::HoldingProxy;
+use crate::{Repo, run_ok};
 
 const ADMIN: &str = "admin-secret-token";
 const REGISTRATION: &str = "registration-secret-token";
@@ -111,14 +111,10 @@ impl Drop for Database {
 }
 
 fn psql(url: &str, sql: &str) {
-    let out = Command::new("psql")
-        .args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .expect("psql runs (PostgreSQL's client is needed for the PostgreSQL tests)");
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let what = format!("psql {sql} (PostgreSQL's client is needed for the PostgreSQL tests)");
+    run_ok(
+        Command::new("psql").args([url, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]),
+        &what,
     );
 }
 
@@ -489,6 +485,31 @@ impl Setup {
         self.dir.path()
     }
 
+    /// The files `runs` and `release` in the setup's directory, and `template` with `{runs}` and
+    /// `{release}` replaced by their paths.
+    fn runs_and_release(&self, template: &str) -> (PathBuf, PathBuf, String) {
+        let runs = self.path().join("runs");
+        let release = self.path().join("release");
+        let yaml = template
+            .replace("{runs}", &runs.display().to_string())
+            .replace("{release}", &release.display().to_string());
+        (runs, release, yaml)
+    }
+
+    /// Adds project `name` on a new repository holding `.gitlab-ci.yml` = `ci`.
+    fn project(&self, name: &str, ci: &str) -> (Repo, Api) {
+        let repo = Repo::ci(ci);
+        let api = self.add(name, &repo);
+        (repo, api)
+    }
+
+    /// Adds project `name` on `repo`.
+    fn add(&self, name: &str, repo: &Repo) -> Api {
+        let api = Api::new(&self.server);
+        api.add_project(name, repo.path());
+        api
+    }
+
     fn agent(&self, name: &str) -> Agent {
         self.agent_with(name, &[])
     }
@@ -552,8 +573,7 @@ fn webhook_pipeline_runs_on_an_agent(store: Store) {
          build:\n  stage: build\n  script:\n    - echo \"built by job $CI_JOB_ID\" > out.txt\n    - echo \"TRACE=$GANTRY_TRACE_ID\"\n  artifacts:\n    paths: [out.txt]\n\
          test:\n  stage: test\n  script:\n    - cat out.txt\n    - echo \"test in $CI_PIPELINE_ID\"\n",
     )]);
-    let api = Api::new(&s.server);
-    api.add_project("web", repo.path());
+    let api = s.add("web", &repo);
     let agent = s.agent("a1");
 
     let sha = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
@@ -611,22 +631,12 @@ fn webhook_pipeline_runs_on_an_agent(store: Store) {
 /// succeeds.
 fn killed_agent_job_is_retried_elsewhere(store: Store) {
     let s = Setup::new(store);
-    let runs = s.path().join("runs");
-    let release = s.path().join("release");
-    let yaml = format!(
-        "slow:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo released\n\
-         after:\n  stage: test\n  script:\n    - echo after\n",
-        runs = runs.display(),
-        release = release.display()
-    );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("retry", repo.path());
+    let (runs, release, yaml) = s.runs_and_release("slow:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo released\n\
+         after:\n  stage: test\n  script:\n    - echo after\n");
+    let (_repo, api) = s.project("retry", &yaml);
     let mut first = s.agent("first");
     let id = api.trigger("retry");
-    wait_for("the job to start on the first agent", || {
-        (lines_of(&runs).len() == 1).then_some(())
-    });
+    wait_lines(&runs, 1, "the job to start on the first agent");
     let first_job = job_named(&api.pipeline(id), "slow").id;
     first.kill();
     // The orphaned script may go on; let it end once the retry has started.
@@ -640,9 +650,7 @@ fn killed_agent_job_is_retried_elsewhere(store: Store) {
         failed.failure_reason.as_deref(),
         Some("runner_system_failure")
     );
-    wait_for("the retry to start", || {
-        (lines_of(&runs).len() == 2).then_some(())
-    });
+    wait_lines(&runs, 2, "the retry to start");
     std::fs::write(&release, "").unwrap();
     let p = api.finished(id);
     assert_success(&p, &[&second]);
@@ -661,17 +669,9 @@ fn killed_agent_job_is_retried_elsewhere(store: Store) {
 /// pipeline finishes, no job runs twice, and every log line sent before the kill is there once.
 fn killed_server_pipeline_finishes(store: Store) {
     let mut s = Setup::new(store);
-    let runs = s.path().join("runs");
-    let release = s.path().join("release");
-    let yaml = format!(
-        "one:\n  stage: build\n  script:\n    - echo one >> {runs}\n    - for i in $(seq 1 20); do echo before-$i; done\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - for i in $(seq 1 20); do echo after-$i; done\n\
-         two:\n  stage: test\n  script:\n    - echo two >> {runs}\n    - echo second stage\n",
-        runs = runs.display(),
-        release = release.display()
-    );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("crash", repo.path());
+    let (runs, release, yaml) = s.runs_and_release("one:\n  stage: build\n  script:\n    - echo one >> {runs}\n    - for i in $(seq 1 20); do echo before-$i; done\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - for i in $(seq 1 20); do echo after-$i; done\n\
+         two:\n  stage: test\n  script:\n    - echo two >> {runs}\n    - echo second stage\n");
+    let (_repo, api) = s.project("crash", &yaml);
     let agent = s.agent("a1");
     let id = api.trigger("crash");
     let one = wait_for("job one to start", || {
@@ -720,9 +720,7 @@ fn five_agents_run_many_jobs_once_each(store: Store) {
             runs.display()
         ));
     }
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("many", repo.path());
+    let (_repo, api) = s.project("many", &yaml);
     let agents: Vec<Agent> = (0..5)
         .map(|i| s.agent_with(&format!("agent{i}"), &["--concurrency", "4"]))
         .collect();
@@ -779,10 +777,9 @@ fn readme_quick_start(store: Store) {
         .to_string();
     assert!(!admin.is_empty() && !registration.is_empty());
 
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "hello:\n  script:\n    - echo \"hello from $CI_PROJECT_NAME on $CI_COMMIT_REF_NAME\"\n",
-    )]);
+    );
     // gantry project add --server URL --token ADMIN --name hello --repo-url PATH
     let out = gantry()
         .args(["project", "add", "--server", &server.url, "--token", &admin])
@@ -819,8 +816,7 @@ fn readme_quick_start(store: Store) {
         ])
         .output()
         .unwrap();
-    assert_eq!(refused.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    assert_failed_with(&refused, 2, "401");
 
     // A wrong registration token is a clear error and exit code 2.
     let rejected = gantry()
@@ -829,12 +825,7 @@ fn readme_quick_start(store: Store) {
         .arg(dir.path().join("rejected"))
         .output()
         .unwrap();
-    assert_eq!(rejected.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&rejected.stderr).contains("rejected the registration token"),
-        "{}",
-        String::from_utf8_lossy(&rejected.stderr)
-    );
+    assert_failed_with(&rejected, 2, "rejected the registration token");
 
     // gantry agent --server URL --token-file gantry-data/registration-token
     let work = dir.path().join("agent");
@@ -903,19 +894,11 @@ fn readme_quick_start(store: Store) {
 /// registration token: it uses the agent token kept in its work dir, and takes the next pipeline.
 fn canceled_job_stops_and_restarted_agent_keeps_its_token(store: Store) {
     let s = Setup::new(store);
-    let runs = s.path().join("runs");
-    let yaml = format!(
-        "long:\n  script:\n    - echo started >> {runs}\n    - sleep 60\n  after_script:\n    - echo cleanup after cancel\n",
-        runs = runs.display()
-    );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("cancel", repo.path());
+    let (runs, _, yaml) = s.runs_and_release("long:\n  script:\n    - echo started >> {runs}\n    - sleep 60\n  after_script:\n    - echo cleanup after cancel\n");
+    let (repo, api) = s.project("cancel", &yaml);
     let mut agent = s.agent("a1");
     let id = api.trigger("cancel");
-    wait_for("the job to start", || {
-        (lines_of(&runs).len() == 1).then_some(())
-    });
+    wait_lines(&runs, 1, "the job to start");
     let (status, body) = api.post(&format!("/api/v1/pipelines/{id}/cancel"), &json!({}));
     assert!(status < 300, "{status} {body}");
     let p = api.finished(id);
@@ -971,9 +954,7 @@ fn canceled_job_stops_and_restarted_agent_keeps_its_token(store: Store) {
             .filter_map(|p| p.get("id")?.as_i64())
             .find(|&pid| pid != id)
     });
-    wait_for("the second job to start", || {
-        (lines_of(&runs).len() == 1).then_some(())
-    });
+    wait_lines(&runs, 1, "the second job to start");
     let p = api.pipeline(second);
     assert_eq!(job_named(&p, "long").agent.as_deref(), Some("a1"));
     let agents = api.get_json("/api/v1/agents");
@@ -989,12 +970,10 @@ fn canceled_job_stops_and_restarted_agent_keeps_its_token(store: Store) {
 /// (run by a real agent) and nothing else; `list` shows no secret; `revoke` ends it at once.
 fn project_token_from_the_cli(store: Store) {
     let s = Setup::new(store);
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let (repo, api) = s.project(
+        "tokened",
         "hello:\n  script:\n    - echo hello $CI_PROJECT_NAME\n",
-    )]);
-    let api = Api::new(&s.server);
-    api.add_project("tokened", repo.path());
+    );
     api.add_project("other", repo.path());
     let cli = |args: &[&str]| {
         gantry()
@@ -1087,8 +1066,7 @@ fn project_token_from_the_cli(store: Store) {
         .args(["--server", &s.server.url, "--token", &secret])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    assert_failed_with(&out, 2, "403");
     let out = cli(&["revoke", "tokened", &token_id]);
     assert!(
         out.status.success(),
@@ -1098,8 +1076,7 @@ fn project_token_from_the_cli(store: Store) {
     let r = call(reqwest::Method::GET, "/api/v1/projects/tokened/pipelines");
     assert_eq!(r.status().as_u16(), 401);
     let out = cli(&["revoke", "tokened", &token_id]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    assert_failed_with(&out, 2, "404");
 
     // A read-only token reads, and triggers nothing.
     let out = cli(&["create", "tokened", "--name", "reader", "--read-only"]);
@@ -1127,23 +1104,13 @@ fn project_token_from_the_cli(store: Store) {
 /// result reach the server), and exits with 0; the next job waits for another agent.
 fn quit_drains_the_running_job(store: Store) {
     let s = Setup::new(store);
-    let runs = s.path().join("runs");
-    let release = s.path().join("release");
-    let yaml = format!(
-        "stages: [build, test]\n\
+    let (runs, release, yaml) = s.runs_and_release("stages: [build, test]\n\
          slow:\n  stage: build\n  script:\n    - echo slow >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo drained\n\
-         next:\n  stage: test\n  script:\n    - echo next >> {runs}\n",
-        runs = runs.display(),
-        release = release.display()
-    );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("drain", repo.path());
+         next:\n  stage: test\n  script:\n    - echo next >> {runs}\n");
+    let (_repo, api) = s.project("drain", &yaml);
     let mut first = s.agent("first");
     let id = api.trigger("drain");
-    wait_for("the job to start", || {
-        (lines_of(&runs).len() == 1).then_some(())
-    });
+    wait_lines(&runs, 1, "the job to start");
     first.signal("QUIT");
     wait_for("the agent to start draining", || {
         first.output().contains("SIGQUIT").then_some(())
@@ -1171,21 +1138,11 @@ fn quit_drains_the_running_job(store: Store) {
 /// the job's log; the job's retry runs on another agent; the agent exits with 143.
 fn term_aborts_and_reports_the_running_job(store: Store) {
     let s = Setup::new(store);
-    let runs = s.path().join("runs");
-    let release = s.path().join("release");
-    let yaml = format!(
-        "slow:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo released\n",
-        runs = runs.display(),
-        release = release.display()
-    );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("term", repo.path());
+    let (runs, release, yaml) = s.runs_and_release("slow:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {runs}\n    - while [ ! -f {release} ]; do sleep 0.05; done\n    - echo released\n");
+    let (_repo, api) = s.project("term", &yaml);
     let mut first = s.agent("first");
     let id = api.trigger("term");
-    wait_for("the job to start", || {
-        (lines_of(&runs).len() == 1).then_some(())
-    });
+    wait_lines(&runs, 1, "the job to start");
     let first_job = job_named(&api.pipeline(id), "slow").id;
     first.terminate();
     assert!(first.output().contains("aborted"), "{}", first.output());
@@ -1210,14 +1167,8 @@ fn term_aborts_and_reports_the_running_job(store: Store) {
 /// taken the signal.
 fn term_aborts_a_job_that_a_poll_brings_during_the_abort(store: Store) {
     let s = Setup::new(store);
-    let runs = s.path().join("runs");
-    let yaml = format!(
-        "job:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {}\n",
-        runs.display()
-    );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("held", repo.path());
+    let (runs, _, yaml) = s.runs_and_release("job:\n  retry:\n    max: 1\n    when: runner_system_failure\n  script:\n    - echo \"run $CI_JOB_ID\" >> {runs}\n");
+    let (_repo, api) = s.project("held", &yaml);
     let proxy = HoldingProxy::start(&s.server.url);
     let mut first = s.agent_through("first", &proxy);
     let id = api.trigger("held");
@@ -1268,15 +1219,10 @@ fn jobs_get_a_git_checkout(store: Store) {
     let yaml = "stages: [first, second]\n\
          none:\n  stage: first\n  variables:\n    GIT_STRATEGY: none\n  script:\n    - test ! -e .gitlab-ci.yml\n    - test ! -e .git\n    - echo none-ok\n\
          depth:\n  stage: second\n  variables:\n    GIT_DEPTH: \"2\"\n  script:\n    - test \"$(git rev-parse HEAD)\" = \"$CI_COMMIT_SHA\"\n    - echo \"commits=$(git log --oneline | wc -l | tr -d ' ')\"\n    - echo \"head=$(git rev-parse --abbrev-ref HEAD)\"\n    - echo \"branch=$(git rev-parse origin/main)\"\n    - cat .gitlab-ci.yml > /dev/null\n";
-    let repo = Repo::new(&[(".gitlab-ci.yml", yaml)]);
-    for i in 1..=3 {
-        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
-        repo.git(&["add", "n.txt"]);
-        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
-    }
+    let repo = Repo::ci(yaml);
+    add_commits(&repo, 3);
     let sha = repo.git(&["rev-parse", "HEAD"]).trim().to_string();
-    let api = Api::new(&s.server);
-    api.add_project("checkout", repo.path());
+    let api = s.add("checkout", &repo);
     let agent = s.agent("a1");
     let id = api.trigger("checkout");
     let p = api.finished(id);
@@ -1328,14 +1274,9 @@ fn jobs_fetch_origin_with_their_job_token(store: Store) {
          \x20   - printf %s \"$CI_JOB_TOKEN\" > {}\n",
         kept.display()
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    for i in 1..=3 {
-        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
-        repo.git(&["add", "n.txt"]);
-        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
-    }
-    let api = Api::new(&s.server);
-    api.add_project("tok", repo.path());
+    let repo = Repo::ci(&yaml);
+    add_commits(&repo, 3);
+    let api = s.add("tok", &repo);
     let agent = s.agent("a1");
     let p = api.finished(api.trigger("tok"));
     assert_success(&p, &[&agent]);
@@ -1415,13 +1356,8 @@ fn planted_git_hooks_and_config_never_run_in_the_agent(store: Store) {
          plant:\n  stage: first\n  variables:\n    GIT_DEPTH: \"1\"\n  script:\n    - sh plant.sh\n  artifacts:\n    untracked: true\n\
          next:\n  stage: second\n  variables:\n    GIT_DEPTH: \"0\"\n  script:\n    - test \"$(git rev-parse HEAD)\" = \"$CI_COMMIT_SHA\"\n    - echo \"commits=$(git log --oneline | wc -l | tr -d ' ')\"\n";
     let repo = Repo::new(&[(".gitlab-ci.yml", yaml), ("plant.sh", &plant_script(&mark))]);
-    for i in 1..=2 {
-        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
-        repo.git(&["add", "n.txt"]);
-        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
-    }
-    let api = Api::new(&s.server);
-    api.add_project("plant", repo.path());
+    add_commits(&repo, 2);
+    let api = s.add("plant", &repo);
     let agent = s.agent("a1");
     let p = api.finished(api.trigger("plant"));
     let token = agent_token(&s, "a1");
@@ -1444,8 +1380,8 @@ fn planted_git_hooks_and_config_never_run_in_the_agent(store: Store) {
 fn git_route_serves_only_the_job_s_agent(store: Store) {
     let s = Setup::new(store);
     let api = Api::new(&s.server);
-    let one = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [echo one]\n")]);
-    let two = Repo::new(&[(".gitlab-ci.yml", "job:\n  script: [echo two]\n")]);
+    let one = Repo::ci("job:\n  script: [echo one]\n");
+    let two = Repo::ci("job:\n  script: [echo two]\n");
     api.add_project("one", one.path());
     api.add_project("two", two.path());
     let p1 = api.trigger("one");
@@ -1548,14 +1484,9 @@ fn git_route_serves_only_the_job_s_agent(store: Store) {
 /// without an agent until its lease runs out.
 fn quit_while_polling_strands_no_job(store: Store) {
     let s = Setup::new(store);
-    let runs = s.path().join("runs");
-    let yaml = format!(
-        "job:\n  script:\n    - echo \"$CI_PIPELINE_ID\" >> {}\n",
-        runs.display()
-    );
-    let repo = Repo::new(&[(".gitlab-ci.yml", &yaml)]);
-    let api = Api::new(&s.server);
-    api.add_project("race", repo.path());
+    let (runs, _, yaml) =
+        s.runs_and_release("job:\n  script:\n    - echo \"$CI_PIPELINE_ID\" >> {runs}\n");
+    let (_repo, api) = s.project("race", &yaml);
     // Idle: the long poll (30 s) ends as soon as the agent asks the server to end it.
     let mut idle = s.agent("idle");
     wait_for("the agent to wait for jobs", || {
@@ -1646,8 +1577,7 @@ fn without_git_jobs_get_the_tree(store: Store) {
             "job:\n  script:\n    - test ! -e .git\n    - cat hello.txt\n",
         ),
     ]);
-    let api = Api::new(&s.server);
-    api.add_project("nogit", repo.path());
+    let api = s.add("nogit", &repo);
     let work = s.path().join("agents").join("plain");
     std::fs::create_dir_all(&work).unwrap();
     let log = s.path().join("plain.log");
@@ -1688,6 +1618,50 @@ fn trigger_accepted(api: &Api, project: &str) {
     assert_eq!(status, 202, "{body}");
 }
 
+/// Waits, as `what`, until the file `runs` has `n` lines.
+fn wait_lines(runs: &Path, n: usize, what: &str) {
+    wait_for(what, || (lines_of(runs).len() == n).then_some(()));
+}
+
+/// Asserts that `out` exited with `code` and said `says` on standard error.
+fn assert_failed_with(out: &std::process::Output, code: i32, says: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{stderr}");
+    assert!(stderr.contains(says), "{stderr}");
+}
+
+/// Adds `n` commits to `repo`, each writing its number to `n.txt`.
+fn add_commits(repo: &Repo, n: usize) {
+    for i in 1..=n {
+        std::fs::write(repo.path().join("n.txt"), i.to_string()).unwrap();
+        repo.git(&["add", "n.txt"]);
+        repo.git(&["commit", "-q", "-m", &format!("commit {i}")]);
+    }
+}
+
+/// Asserts that the log of job `job` of `p` holds `text`.
+fn assert_log_has(api: &Api, p: &Pipeline, job: &str, text: &str) {
+    let log = api.log(job_named(p, job).id);
+    assert!(log.contains(text), "{log}");
+}
+
+/// Commits `ci` as the repository's `.gitlab-ci.yml`, with `message`.
+fn commit_ci(repo: &Repo, ci: &str, message: &str) {
+    std::fs::write(repo.path().join(".gitlab-ci.yml"), ci).unwrap();
+    repo.git(&["commit", "-q", "-am", message]);
+}
+
+/// Triggers a pipeline of `project` on `main`; answers its id once it is the newest, after `first`.
+fn retrigger(api: &Api, project: &str, first: i64) -> i64 {
+    trigger_accepted(api, project);
+    let path = format!("/api/v1/projects/{project}/pipelines");
+    wait_for("the second pipeline", || {
+        let list = api.get_json(&path);
+        let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
+        (newest != first).then_some(newest)
+    })
+}
+
 /// A repository path that is away while `away` holds it, for fetches that fail.
 fn move_away(repo: &Repo, to: &Path) {
     std::fs::rename(repo.path(), to).unwrap();
@@ -1705,9 +1679,7 @@ fn unreachable_repo_is_retried_until_it_returns(store: Store) {
             ("GANTRY_DELIVERY_MAX_ATTEMPTS", "1000"),
         ],
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", "hello:\n  script: [echo came back]\n")]);
-    let api = Api::new(&s.server);
-    api.add_project("flaky", repo.path());
+    let (repo, api) = s.project("flaky", "hello:\n  script: [echo came back]\n");
     let away = s.path().join("repo-away");
     move_away(&repo, &away);
     let sent = Instant::now();
@@ -1759,9 +1731,7 @@ fn unreachable_repo_fails_after_the_last_attempt(store: Store) {
             ("GANTRY_DELIVERY_MAX_ATTEMPTS", "4"),
         ],
     );
-    let repo = Repo::new(&[(".gitlab-ci.yml", "hello:\n  script: [echo hi]\n")]);
-    let api = Api::new(&s.server);
-    api.add_project("gone", repo.path());
+    let (repo, api) = s.project("gone", "hello:\n  script: [echo hi]\n");
     let away = s.path().join("repo-away");
     move_away(&repo, &away);
     trigger_accepted(&api, "gone");
@@ -1864,35 +1834,26 @@ fn remote_include_over_http_runs(store: Store) {
             stub.port
         ),
     )]);
-    let api = Api::new(&s.server);
-    api.add_project("remote", repo.path());
+    let api = s.add("remote", &repo);
     let agent = s.agent("a1");
     let id = api.trigger("remote");
     let p = api.finished(id);
     assert_success(&p, &[&agent]);
-    let log = api.log(job_named(&p, "remote_job").id);
-    assert!(log.contains("from the remote file\n"), "{log}");
-    let log = api.log(job_named(&p, "nested_job").id);
-    assert!(log.contains("from the nested remote file\n"), "{log}");
+    assert_log_has(&api, &p, "remote_job", "from the remote file\n");
+    assert_log_has(&api, &p, "nested_job", "from the nested remote file\n");
     job_named(&p, "local_job");
     assert_eq!(stub.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(nested.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     // A 404 is not transient: the pipeline fails at once, with the include's position.
-    std::fs::write(
-        repo.path().join(".gitlab-ci.yml"),
-        format!(
+    commit_ci(
+        &repo,
+        &format!(
             "include:\n  - remote: http://127.0.0.1:{}/ci/missing.yml\nlocal_job:\n  script: [echo local]\n",
             stub.port
         ),
-    )
-    .unwrap();
-    repo.git(&["commit", "-q", "-am", "include a missing file"]);
-    trigger_accepted(&api, "remote");
-    let second = wait_for("the second pipeline", || {
-        let list = api.get_json("/api/v1/projects/remote/pipelines");
-        let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
-        (newest != id).then_some(newest)
-    });
+        "include a missing file",
+    );
+    let second = retrigger(&api, "remote", id);
     let p = api.finished(second);
     assert_eq!(p.status, PipelineStatus::Failed);
     let e = &p.errors[0];
@@ -1957,10 +1918,9 @@ fn project_include_from_another_project_runs(store: Store) {
     .unwrap();
     shared.git(&["commit", "-q", "-am", "v1"]);
     shared.git(&["checkout", "-q", "main"]);
-    let app = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let app = Repo::ci(
         "include:\n  - project: shared\n    ref: v1\n    file: /templates/build.yml\nown_job:\n  script: [echo own]\n",
-    )]);
+    );
     let api = Api::new(&s.server);
     let out = gantry()
         .args(["project", "add", "--name", "shared", "--repo-url"])
@@ -1986,22 +1946,15 @@ fn project_include_from_another_project_runs(store: Store) {
     let id = api.trigger("team-app");
     let p = api.finished(id);
     assert_success(&p, &[&agent]);
-    let log = api.log(job_named(&p, "shared_job").id);
-    assert!(log.contains("v1 of the shared project\n"), "{log}");
+    assert_log_has(&api, &p, "shared_job", "v1 of the shared project\n");
     job_named(&p, "own_job");
     // A project that is not registered: the pipeline fails with the include's position.
-    std::fs::write(
-        app.path().join(".gitlab-ci.yml"),
+    commit_ci(
+        &app,
         "own_job:\n  script: [echo own]\ninclude:\n  - project: nobody\n    file: /x.yml\n",
-    )
-    .unwrap();
-    app.git(&["commit", "-q", "-am", "include a project that is not here"]);
-    trigger_accepted(&api, "team-app");
-    let failed = wait_for("the second pipeline", || {
-        let list = api.get_json("/api/v1/projects/team-app/pipelines");
-        let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
-        (newest != id).then_some(newest)
-    });
+        "include a project that is not here",
+    );
+    let failed = retrigger(&api, "team-app", id);
     let p = api.finished(failed);
     assert_eq!(p.status, PipelineStatus::Failed);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
@@ -2031,12 +1984,10 @@ fn project_include_is_denied_unless_the_included_project_allows_it(store: Store)
             "own_template_job:\n  script: [echo \"private template of $CI_PROJECT_NAME\"]\n",
         ),
     ]);
-    let intruder = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let intruder = Repo::ci(
         "own_job:\n  script: [echo own]\ninclude:\n  - project: secret\n    file: /templates/own.yml\n",
-    )]);
-    let api = Api::new(&s.server);
-    api.add_project("secret", secret.path());
+    );
+    let api = s.add("secret", &secret);
     api.add_project("intruder", intruder.path());
     assert_eq!(
         api.get_json("/api/v1/projects/secret")["include_allowed_from"],
@@ -2047,8 +1998,7 @@ fn project_include_is_denied_unless_the_included_project_allows_it(store: Store)
     let own = api.trigger("secret");
     let p = api.finished(own);
     assert_success(&p, &[&agent]);
-    let log = api.log(job_named(&p, "own_template_job").id);
-    assert!(log.contains("private template of secret\n"), "{log}");
+    assert_log_has(&api, &p, "own_template_job", "private template of secret\n");
     // Another project: denied, at once.
     trigger_accepted(&api, "intruder");
     let id = api.first_pipeline("intruder");
@@ -2126,10 +2076,9 @@ fn component_and_template_includes_resolve(store: Store) {
     )
     .unwrap();
     comps.git(&["commit", "-q", "-am", "after 1.1"]);
-    let app = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let app = Repo::ci(
         "include:\n  - component: gantry.test:8080/comps/build@~latest\n    inputs:\n      word: latest\n  - template: Hello.gitlab-ci.yml\n",
-    )]);
+    );
     let api = Api::new(&s.server);
     let (status, body) = api.post(
         "/api/v1/projects",
@@ -2142,25 +2091,16 @@ fn component_and_template_includes_resolve(store: Store) {
     let id = api.trigger("app");
     let p = api.finished(id);
     assert_success(&p, &[&agent]);
-    let log = api.log(job_named(&p, "build_latest").id);
-    assert!(log.contains("component 1.1\n"), "{log}");
-    let log = api.log(job_named(&p, "common").id);
-    assert!(log.contains("common 1.1\n"), "{log}");
-    let log = api.log(job_named(&p, "template_job").id);
-    assert!(log.contains("from the template\n"), "{log}");
+    assert_log_has(&api, &p, "build_latest", "component 1.1\n");
+    assert_log_has(&api, &p, "common", "common 1.1\n");
+    assert_log_has(&api, &p, "template_job", "from the template\n");
     // Another host: refused at once, with the include's position.
-    std::fs::write(
-        app.path().join(".gitlab-ci.yml"),
+    commit_ci(
+        &app,
         "job:\n  script: [x]\ninclude:\n  - component: gitlab.com/group/comps/build@1.0.0\n",
-    )
-    .unwrap();
-    app.git(&["commit", "-q", "-am", "a component of another host"]);
-    trigger_accepted(&api, "app");
-    let failed = wait_for("the second pipeline", || {
-        let list = api.get_json("/api/v1/projects/app/pipelines");
-        let newest = list.as_array()?.first()?.get("id")?.as_i64()?;
-        (newest != id).then_some(newest)
-    });
+        "a component of another host",
+    );
+    let failed = retrigger(&api, "app", id);
     let p = api.finished(failed);
     assert_eq!(p.status, PipelineStatus::Failed);
     let e = &p.errors[0];
@@ -2197,8 +2137,7 @@ fn unreachable_remote_include_fails_the_pipeline_with_its_position(store: Store)
         ".gitlab-ci.yml",
         &format!("job:\n  script: [echo hi]\ninclude:\n  - remote: {url}\n"),
     )]);
-    let api = Api::new(&s.server);
-    api.add_project("offline", repo.path());
+    let api = s.add("offline", &repo);
     trigger_accepted(&api, "offline");
     let id = api.first_pipeline("offline");
     let p = api.finished(id);
@@ -2247,8 +2186,7 @@ fn big_artifact_passes_intact(store: Store) {
          make:\n  stage: build\n  script:\n    - head -c 67108864 /dev/urandom > big.bin\n    - sha256sum big.bin\n  artifacts:\n    paths: [big.bin]\n\
          take:\n  stage: test\n  script:\n    - sha256sum big.bin\n    - echo \"size $(wc -c < big.bin)\"\n",
     )]);
-    let api = Api::new(&s.server);
-    api.add_project("big", repo.path());
+    let api = s.add("big", &repo);
     let agent = s.agent("a1");
     let id = api.trigger("big");
     let p = api.finished(id);
@@ -2276,12 +2214,10 @@ fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
         Store::Sqlite,
         &[("GANTRY_REGISTRATION_TOKEN", registration.as_str())],
     );
-    let repo = Repo::new(&[(
-        ".gitlab-ci.yml",
+    let repo = Repo::ci(
         "job:\n  script:\n    - env\n    - for f in /proc/[0-9]*/cmdline; do { tr '\\0' ' ' < \"$f\"; } 2>/dev/null || true; echo; done\n",
-    )]);
-    let api = Api::new(&s.server);
-    api.add_project("env", repo.path());
+    );
+    let api = s.add("env", &repo);
     let token_file = s.path().join("registration-token");
     std::fs::write(&token_file, format!("{registration}\n")).unwrap();
     let work = s.path().join("agents").join("quiet");
@@ -2337,12 +2273,7 @@ fn agent_credentials_stay_out_of_jobs_and_can_be_revoked() {
         .arg(s.path().join("late"))
         .output()
         .unwrap();
-    assert_eq!(late.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&late.stderr).contains("rejected the registration token"),
-        "{}",
-        String::from_utf8_lossy(&late.stderr)
-    );
+    assert_failed_with(&late, 2, "rejected the registration token");
 
     let id = identity["id"].as_i64().unwrap().to_string();
     let revoked = gantry()
