@@ -234,6 +234,12 @@ async fn drive<E: Executor>(
     let mut is_canceled = false;
     s.advance();
     loop {
+        // A job that ends because of the cancel can be joined before the cancel itself is seen:
+        // the jobs it releases are canceled, not skipped.
+        if !is_canceled && *cancel.borrow() {
+            is_canceled = true;
+            cancel_waiting(ctx, &mut s);
+        }
         while let Some(j) = s.ready.pop_front() {
             if s.finished[j] {
                 continue;
@@ -296,15 +302,20 @@ async fn drive<E: Executor>(
             }
             () = canceled(cancel), if !is_canceled => {
                 is_canceled = true;
-                for j in 0..ctx.plan.jobs.len() {
-                    if ctx.config.selected[j] && !s.finished[j] && !s.running[j] {
-                        s.finish(j, Upstream::Failed, skipped(ctx, j, JobStatus::Canceled));
-                    }
-                }
+                cancel_waiting(ctx, &mut s);
             }
         }
     }
     (s.results.into_iter().flatten().collect(), is_canceled)
+}
+
+/// Marks every selected job that neither runs nor has finished canceled.
+fn cancel_waiting<E>(ctx: &Ctx<E>, s: &mut Scheduler<'_, E>) {
+    for j in 0..ctx.plan.jobs.len() {
+        if ctx.config.selected[j] && !s.finished[j] && !s.running[j] {
+            s.finish(j, Upstream::Failed, skipped(ctx, j, JobStatus::Canceled));
+        }
+    }
 }
 
 /// Why a job whose turn has come does not run (what it passes on, and its status), from its `when`,
