@@ -4,16 +4,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult, PgRow};
-use sqlx::{Connection, Postgres};
+use sqlx::{Connection, PgConnection, Postgres};
 
-use crate::group::{DeliveryQueue, DeliveryWriter, expire_push_key, select_id, select_push_id};
+use crate::group::{DeliveryQueue, DeliveryWriter};
 use crate::query::{Sql, VERSION};
 use crate::rows::{JOB_COLS, NOT_STARTED};
-use crate::{
-    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
-    NewDelivery, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
-    ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db,
-};
+use crate::{AgentRecord, Changes, JobRecord, Millis, NewDelivery, Result, StoreError, db};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -53,7 +49,7 @@ const CLAIM_TRIES: usize = 32;
 /// not the pipeline row: a pipeline's version is `pipelines.version + SUM(jobs.bumps)`. Otherwise
 /// every agent working on one pipeline would update its row, and each would hold that row's lock
 /// until its commit is flushed to disk, which caps a pipeline at one commit per fsync. Only the
-/// first claim of a pipeline writes its row (`started_at`, `running`). [`Store::apply`] locks the
+/// first claim of a pipeline writes its row (`started_at`, `running`). [`crate::Store::apply`] locks the
 /// jobs it changes (claims skip them, finishes wait), then the pipeline row (applies queue), then
 /// sums the jobs' bumps in a new statement, so that everything committed before it holds the locks
 /// is counted: a stale version changes nothing. A claim or finish of *another* job of the pipeline
@@ -140,29 +136,11 @@ impl DeliveryWriter for sqlx::PgConnection {
     }
 
     async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
-        let by_id: Option<i64> = select_id::<Postgres>(delivery)
-            .build_query_scalar()
-            .fetch_optional(&mut *self)
-            .await
-            .map_err(db("reading a duplicate delivery"))?;
-        if let Some(id) = by_id {
-            return Ok((id, false));
-        }
-        let (id, at): (i64, i64) = select_push_id::<Postgres>(delivery)
-            .build_query_as()
-            .fetch_one(self)
-            .await
-            .map_err(db("reading a duplicate delivery"))?;
-        Ok((id, at < delivery.push_key_since))
+        Postgres::stored_delivery(self, delivery).await
     }
 
     async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
-        expire_push_key::<Postgres>(delivery)
-            .build()
-            .execute(self)
-            .await
-            .map_err(db("expiring a push key"))?;
-        Ok(())
+        Postgres::expire_push_key(self, delivery).await
     }
 }
 
@@ -293,36 +271,31 @@ const CLAIMABLE: &str = "j.status = 'pending' \
         SELECT 1 FROM jobs r WHERE r.project_id = j.project_id \
         AND r.resource_group = j.resource_group AND r.status = 'running'))";
 
-#[async_trait]
-impl Store for PgStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
+/// Runs `$body` with `$conn: &mut PgConnection`, a pooled connection (for reads and writes
+/// alike: each statement is durable once it returns; `sweeping!` is the same).
+macro_rules! read {
+    ($self:ident, $conn:ident => $body:expr) => {{
+        let mut pooled = $self.conn().await?;
+        let $conn: &mut PgConnection = &mut pooled;
+        $body
+    }};
+}
 
-    async fn ping(&self) -> Result<()> {
-        Postgres::ping(&mut *self.conn().await?).await
-    }
+macro_rules! writing {
+    ($self:ident, $conn:ident => $body:expr) => {
+        read!($self, $conn => $body)
+    };
+}
 
-    async fn create_project(&self, name: &str, spec: &str, now: Millis) -> Result<ProjectRecord> {
-        Postgres::create_project(&mut *self.conn().await?, name, spec, now).await
-    }
+macro_rules! sweeping {
+    ($self:ident, $conn:ident => $body:expr, $changed:expr) => {
+        read!($self, $conn => $body)
+    };
+}
 
-    async fn update_project(&self, name: &str, spec: &str) -> Result<bool> {
-        Postgres::update_project(&mut *self.conn().await?, name, spec).await
-    }
-
-    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>> {
-        Postgres::project(&mut *self.conn().await?, name).await
-    }
-
-    async fn project_by_id(&self, id: i64) -> Result<Option<ProjectRecord>> {
-        Postgres::project_by_id(&mut *self.conn().await?, id).await
-    }
-
-    async fn projects(&self) -> Result<Vec<ProjectRecord>> {
-        Postgres::projects(&mut *self.conn().await?).await
-    }
-
+/// What PostgreSQL does its own way; [`crate::query::store!`] writes the rest of the
+/// [`crate::Store`] impl.
+impl PgStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, bool)> {
         self.deliveries
             .store(d, || async {
@@ -334,94 +307,6 @@ impl Store for PgStore {
                 Ok(DeliveryTurn { conn, _turn: turn })
             })
             .await
-    }
-
-    async fn pending_deliveries(
-        &self,
-        limit: i64,
-        now: Millis,
-        skip: &[i64],
-    ) -> Result<Vec<DeliveryRecord>> {
-        Postgres::pending_deliveries(&mut *self.conn().await?, limit, now, skip).await
-    }
-
-    async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()> {
-        Postgres::close_delivery(&mut *self.conn().await?, id, status, reason).await
-    }
-
-    async fn fail_delivery_attempt(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Millis>,
-    ) -> Result<i64> {
-        Postgres::fail_delivery_attempt(&mut *self.conn().await?, id, error, retry_at).await
-    }
-
-    async fn next_delivery_retry(&self) -> Result<Option<Millis>> {
-        Postgres::next_delivery_retry(&mut *self.conn().await?).await
-    }
-
-    async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>> {
-        Postgres::deliveries(&mut *self.conn().await?, project_id, page).await
-    }
-
-    async fn create_pipeline(&self, p: &NewPipeline) -> Result<i64> {
-        Postgres::create_pipeline(&mut *self.conn().await?, p).await
-    }
-
-    async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>> {
-        Postgres::pipeline(&mut *self.conn().await?, id).await
-    }
-
-    async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
-        Postgres::pipeline_head(&mut *self.conn().await?, id).await
-    }
-
-    async fn jobs_named(&self, pipeline_id: i64, names: &[String]) -> Result<Vec<JobRecord>> {
-        Postgres::jobs_named(&mut *self.conn().await?, pipeline_id, names).await
-    }
-
-    async fn success_changes_nothing(
-        &self,
-        pipeline_id: i64,
-        stage_index: i64,
-        job_id: i64,
-        name: &str,
-    ) -> Result<bool> {
-        let mut conn = self.conn().await?;
-        Postgres::success_changes_nothing(&mut conn, pipeline_id, stage_index, job_id, name).await
-    }
-
-    async fn jobs_before_stage(
-        &self,
-        pipeline_id: i64,
-        stage_index: i64,
-    ) -> Result<Vec<JobRecord>> {
-        Postgres::jobs_before_stage(&mut *self.conn().await?, pipeline_id, stage_index).await
-    }
-
-    async fn pipelines(
-        &self,
-        project_id: i64,
-        filter: &PipelineFilter,
-        page: Page,
-    ) -> Result<Paged<PipelineRecord>> {
-        Postgres::pipelines(&mut *self.conn().await?, project_id, filter, page).await
-    }
-
-    async fn active_pipelines(&self) -> Result<Vec<i64>> {
-        Postgres::active_pipelines(&mut *self.conn().await?).await
-    }
-
-    async fn unfinished_push_pipelines(
-        &self,
-        project_id: i64,
-        git_ref: &str,
-        below: i64,
-    ) -> Result<Vec<i64>> {
-        let mut conn = self.conn().await?;
-        Postgres::unfinished_push_pipelines(&mut conn, project_id, git_ref, below).await
     }
 
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {
@@ -524,10 +409,6 @@ impl Store for PgStore {
         self.claim_in_group(agent, now, lease_until).await
     }
 
-    async fn heartbeat(&self, job_id: i64, agent_id: i64, lease_until: Millis) -> Result<bool> {
-        Postgres::heartbeat(&mut *self.conn().await?, job_id, agent_id, lease_until).await
-    }
-
     async fn append_log(
         &self,
         job_id: i64,
@@ -568,73 +449,6 @@ impl Store for PgStore {
         }
     }
 
-    async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>> {
-        Postgres::read_log(&mut *self.conn().await?, job_id, start, end).await
-    }
-
-    async fn begin_artifacts(
-        &self,
-        job_id: i64,
-        agent_id: i64,
-        lease_until: Millis,
-    ) -> Result<i64> {
-        Postgres::begin_artifacts(&mut *self.conn().await?, job_id, agent_id, lease_until).await
-    }
-
-    async fn put_artifact_chunk(
-        &self,
-        job_id: i64,
-        upload_id: i64,
-        seq: i64,
-        data: &[u8],
-    ) -> Result<()> {
-        let mut conn = self.conn().await?;
-        Postgres::put_artifact_chunk(&mut conn, job_id, upload_id, seq, data).await
-    }
-
-    async fn commit_artifacts(
-        &self,
-        job_id: i64,
-        agent_id: i64,
-        upload_id: i64,
-        chunks: i64,
-        size: i64,
-        lease_until: Millis,
-    ) -> Result<()> {
-        let upload = ArtifactsInfo {
-            upload_id,
-            size,
-            chunks,
-        };
-        let mut conn = self.conn().await?;
-        Postgres::commit_artifacts(&mut conn, job_id, agent_id, upload, lease_until).await
-    }
-
-    async fn drop_stale_artifact_uploads(&self) -> Result<u64> {
-        Postgres::drop_stale_artifact_uploads(&mut *self.conn().await?).await
-    }
-
-    async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()> {
-        Postgres::abort_artifacts(&mut *self.conn().await?, job_id, upload_id).await
-    }
-
-    async fn artifacts_info(&self, job_id: i64) -> Result<Option<ArtifactsInfo>> {
-        Postgres::artifacts_info(&mut *self.conn().await?, job_id).await
-    }
-
-    async fn artifact_chunk(
-        &self,
-        job_id: i64,
-        upload_id: i64,
-        seq: i64,
-    ) -> Result<Option<Vec<u8>>> {
-        Postgres::artifact_chunk(&mut *self.conn().await?, job_id, upload_id, seq).await
-    }
-
-    async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64> {
-        Postgres::finish(&mut *self.conn().await?, job_id, agent_id, result).await
-    }
-
     async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>> {
         // Jobs locked by a concurrent finish or heartbeat are skipped: the next round sees them.
         let mut expired: Vec<(i64, i64)> = sqlx::query_as(
@@ -652,71 +466,9 @@ impl Store for PgStore {
         expired.sort_unstable();
         Ok(expired)
     }
-
-    async fn extend_leases(&self, until: Millis) -> Result<()> {
-        Postgres::extend_leases(&mut *self.conn().await?, until).await
-    }
-
-    async fn queue_depth(&self) -> Result<i64> {
-        Postgres::queue_depth(&mut *self.conn().await?).await
-    }
-
-    async fn job(&self, id: i64) -> Result<Option<JobRecord>> {
-        Postgres::job(&mut *self.conn().await?, id).await
-    }
-
-    async fn pipeline_project(&self, id: i64) -> Result<Option<i64>> {
-        Postgres::pipeline_project(&mut *self.conn().await?, id).await
-    }
-
-    async fn job_project(&self, id: i64) -> Result<Option<i64>> {
-        Postgres::job_project(&mut *self.conn().await?, id).await
-    }
-
-    async fn register_agent(&self, a: &NewAgent) -> Result<i64> {
-        Postgres::register_agent(&mut *self.conn().await?, a).await
-    }
-
-    async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentRecord>> {
-        Postgres::agent_by_token(&mut *self.conn().await?, token_hash).await
-    }
-
-    async fn touch_agent(&self, id: i64, now: Millis) -> Result<()> {
-        Postgres::touch_agent(&mut *self.conn().await?, id, now).await
-    }
-
-    async fn agents(&self) -> Result<Vec<AgentRecord>> {
-        Postgres::agents(&mut *self.conn().await?).await
-    }
-
-    async fn revoke_agent(&self, id: i64) -> Result<bool> {
-        Postgres::revoke_agent(&mut *self.conn().await?, id).await
-    }
-
-    async fn setting(&self, name: &str) -> Result<Option<String>> {
-        Postgres::setting(&mut *self.conn().await?, name).await
-    }
-
-    async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
-        Postgres::set_setting(&mut *self.conn().await?, name, value).await
-    }
-
-    async fn create_project_token(&self, t: &NewProjectToken) -> Result<ProjectTokenRecord> {
-        Postgres::create_project_token(&mut *self.conn().await?, t).await
-    }
-
-    async fn project_tokens(&self, project_id: i64) -> Result<Vec<ProjectTokenRecord>> {
-        Postgres::project_tokens(&mut *self.conn().await?, project_id).await
-    }
-
-    async fn project_token_by_hash(&self, token_hash: &str) -> Result<Option<ProjectTokenRecord>> {
-        Postgres::project_token_by_hash(&mut *self.conn().await?, token_hash).await
-    }
-
-    async fn delete_project_token(&self, project_id: i64, id: i64) -> Result<bool> {
-        Postgres::delete_project_token(&mut *self.conn().await?, project_id, id).await
-    }
 }
+
+crate::query::store!(PgStore, Postgres, "postgres");
 
 impl PgStore {
     /// The claim's slow path, for when the oldest candidate is in a resource group: one

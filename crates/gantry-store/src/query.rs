@@ -22,7 +22,7 @@ use crate::rows::{
 };
 use crate::{
     AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
-    NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
+    NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
     ProjectRecord, ProjectTokenRecord, Result, StoreError, db, skip_projects,
 };
 
@@ -419,6 +419,48 @@ where
         })
         .await?;
         Ok(Paged { items, total })
+    }
+
+    /// The delivery that `d` repeats (its delivery id, else its push key), and whether that one is
+    /// a push received before `d`'s window (then it does not count): see
+    /// [`crate::group::DeliveryWriter::stored_id`].
+    async fn stored_delivery(conn: &mut Self::Connection, d: &NewDelivery) -> Result<(i64, bool)> {
+        let by_id = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE project_id = $1 AND forge = $2 AND delivery_id = $3",
+        )
+        .bind(d.project_id)
+        .bind(d.forge.as_str())
+        .bind(d.delivery_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("reading a duplicate delivery"))?;
+        if let Some(id) = by_id {
+            return Ok((id, false));
+        }
+        let (id, at): (i64, i64) = sqlx::query_as(
+            "SELECT id, received_at FROM deliveries WHERE project_id = $1 AND push_key = $2",
+        )
+        .bind(d.project_id)
+        .bind(d.push_key.as_deref())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, at < d.push_key_since))
+    }
+
+    /// Clears `d`'s push key on a delivery received before `d`'s window: the same push may then
+    /// be stored again. Idempotent (an expired key is expired whoever clears it), so it needs no
+    /// transaction with the insert that follows.
+    async fn expire_push_key(conn: &mut Self::Connection, d: &NewDelivery) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE deliveries SET push_key = NULL \
+             WHERE project_id = $1 AND push_key = $2 AND received_at < $3",
+        )
+        .bind(d.project_id)
+        .bind(d.push_key.as_deref())
+        .bind(d.push_key_since);
+        Self::run(conn, q, "expiring a push key").await?;
+        Ok(())
     }
 
     // --- pipelines
@@ -1273,3 +1315,347 @@ fn conflict(e: sqlx::Error, context: &'static str, what: impl FnOnce() -> String
         db(context)(e)
     }
 }
+
+/// The [`crate::Store`] impl of a backend, written once, for `$store` on database `$db`. Each
+/// call runs [`Sql`]'s statements on a connection that the backend's own macros hand out, in the
+/// module where this expands: `read!(self, conn => body)` (for reading), `writing!(self, conn =>
+/// body)` (a write: it returns once durable) and `sweeping!(self, conn => body, changed)` (a write
+/// that mostly changes nothing: durable when `changed(&answer)`). What a backend does its own way
+/// are its inherent methods of the same names: `insert_delivery`, `apply`, `claim`, `append_log`
+/// and `expire_leases`.
+macro_rules! store {
+    ($store:ident, $db:ident, $kind:literal) => {
+        #[async_trait::async_trait]
+        impl crate::Store for $store {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            async fn ping(&self) -> crate::Result<()> {
+                read!(self, conn => $db::ping(conn).await)
+            }
+
+            async fn create_project(
+                &self,
+                name: &str,
+                spec: &str,
+                now: crate::Millis,
+            ) -> crate::Result<crate::ProjectRecord> {
+                writing!(self, conn => $db::create_project(conn, name, spec, now).await)
+            }
+
+            async fn update_project(&self, name: &str, spec: &str) -> crate::Result<bool> {
+                writing!(self, conn => $db::update_project(conn, name, spec).await)
+            }
+
+            async fn project(&self, name: &str) -> crate::Result<Option<crate::ProjectRecord>> {
+                read!(self, conn => $db::project(conn, name).await)
+            }
+
+            async fn project_by_id(&self, id: i64) -> crate::Result<Option<crate::ProjectRecord>> {
+                read!(self, conn => $db::project_by_id(conn, id).await)
+            }
+
+            async fn projects(&self) -> crate::Result<Vec<crate::ProjectRecord>> {
+                read!(self, conn => $db::projects(conn).await)
+            }
+
+            async fn insert_delivery(&self, d: &crate::NewDelivery) -> crate::Result<(i64, bool)> {
+                $store::insert_delivery(self, d).await
+            }
+
+            async fn pending_deliveries(
+                &self,
+                limit: i64,
+                now: crate::Millis,
+                skip: &[i64],
+            ) -> crate::Result<Vec<crate::DeliveryRecord>> {
+                read!(self, conn => $db::pending_deliveries(conn, limit, now, skip).await)
+            }
+
+            async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> crate::Result<()> {
+                writing!(self, conn => $db::close_delivery(conn, id, status, reason).await)
+            }
+
+            async fn fail_delivery_attempt(
+                &self,
+                id: i64,
+                error: &str,
+                retry_at: Option<crate::Millis>,
+            ) -> crate::Result<i64> {
+                writing!(self, conn => $db::fail_delivery_attempt(conn, id, error, retry_at).await)
+            }
+
+            async fn next_delivery_retry(&self) -> crate::Result<Option<crate::Millis>> {
+                read!(self, conn => $db::next_delivery_retry(conn).await)
+            }
+
+            async fn deliveries(
+                &self,
+                project_id: i64,
+                page: crate::Page,
+            ) -> crate::Result<crate::Paged<crate::DeliveryRecord>> {
+                read!(self, conn => $db::deliveries(conn, project_id, page).await)
+            }
+
+            async fn create_pipeline(&self, p: &crate::NewPipeline) -> crate::Result<i64> {
+                writing!(self, conn => $db::create_pipeline(conn, p).await)
+            }
+
+            async fn pipeline(&self, id: i64) -> crate::Result<Option<crate::PipelineRecord>> {
+                read!(self, conn => $db::pipeline(conn, id).await)
+            }
+
+            async fn pipeline_head(&self, id: i64) -> crate::Result<Option<crate::PipelineRecord>> {
+                read!(self, conn => $db::pipeline_head(conn, id).await)
+            }
+
+            async fn jobs_named(
+                &self,
+                pipeline_id: i64,
+                names: &[String],
+            ) -> crate::Result<Vec<crate::JobRecord>> {
+                read!(self, conn => $db::jobs_named(conn, pipeline_id, names).await)
+            }
+
+            async fn success_changes_nothing(
+                &self,
+                pipeline_id: i64,
+                stage_index: i64,
+                job_id: i64,
+                name: &str,
+            ) -> crate::Result<bool> {
+                read!(self, conn => {
+                    $db::success_changes_nothing(conn, pipeline_id, stage_index, job_id, name).await
+                })
+            }
+
+            async fn jobs_before_stage(
+                &self,
+                pipeline_id: i64,
+                stage_index: i64,
+            ) -> crate::Result<Vec<crate::JobRecord>> {
+                read!(self, conn => $db::jobs_before_stage(conn, pipeline_id, stage_index).await)
+            }
+
+            async fn pipelines(
+                &self,
+                project_id: i64,
+                filter: &crate::PipelineFilter,
+                page: crate::Page,
+            ) -> crate::Result<crate::Paged<crate::PipelineRecord>> {
+                read!(self, conn => $db::pipelines(conn, project_id, filter, page).await)
+            }
+
+            async fn active_pipelines(&self) -> crate::Result<Vec<i64>> {
+                read!(self, conn => $db::active_pipelines(conn).await)
+            }
+
+            async fn unfinished_push_pipelines(
+                &self,
+                project_id: i64,
+                git_ref: &str,
+                below: i64,
+            ) -> crate::Result<Vec<i64>> {
+                read!(self, conn => {
+                    $db::unfinished_push_pipelines(conn, project_id, git_ref, below).await
+                })
+            }
+
+            async fn apply(
+                &self,
+                pipeline_id: i64,
+                version: i64,
+                changes: &crate::Changes,
+            ) -> crate::Result<bool> {
+                $store::apply(self, pipeline_id, version, changes).await
+            }
+
+            async fn claim(
+                &self,
+                agent: &crate::AgentRecord,
+                now: crate::Millis,
+                lease_until: crate::Millis,
+            ) -> crate::Result<Option<crate::JobRecord>> {
+                $store::claim(self, agent, now, lease_until).await
+            }
+
+            async fn heartbeat(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                lease_until: crate::Millis,
+            ) -> crate::Result<bool> {
+                writing!(self, conn => $db::heartbeat(conn, job_id, agent_id, lease_until).await)
+            }
+
+            async fn append_log(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                offset: i64,
+                bytes: &[u8],
+                lease_until: crate::Millis,
+            ) -> crate::Result<i64> {
+                $store::append_log(self, job_id, agent_id, offset, bytes, lease_until).await
+            }
+
+            async fn read_log(&self, job_id: i64, start: i64, end: i64) -> crate::Result<Vec<u8>> {
+                read!(self, conn => $db::read_log(conn, job_id, start, end).await)
+            }
+
+            async fn begin_artifacts(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                lease_until: crate::Millis,
+            ) -> crate::Result<i64> {
+                writing!(self, conn => $db::begin_artifacts(conn, job_id, agent_id, lease_until).await)
+            }
+
+            async fn put_artifact_chunk(
+                &self,
+                job_id: i64,
+                upload_id: i64,
+                seq: i64,
+                data: &[u8],
+            ) -> crate::Result<()> {
+                writing!(self, conn => $db::put_artifact_chunk(conn, job_id, upload_id, seq, data).await)
+            }
+
+            async fn commit_artifacts(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                upload_id: i64,
+                chunks: i64,
+                size: i64,
+                lease_until: crate::Millis,
+            ) -> crate::Result<()> {
+                let upload = crate::ArtifactsInfo {
+                    upload_id,
+                    size,
+                    chunks,
+                };
+                writing!(self, conn => {
+                    $db::commit_artifacts(conn, job_id, agent_id, upload, lease_until).await
+                })
+            }
+
+            async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> crate::Result<()> {
+                writing!(self, conn => $db::abort_artifacts(conn, job_id, upload_id).await)
+            }
+
+            async fn drop_stale_artifact_uploads(&self) -> crate::Result<u64> {
+                sweeping!(self, conn => $db::drop_stale_artifact_uploads(conn).await, |n| *n > 0)
+            }
+
+            async fn artifacts_info(
+                &self,
+                job_id: i64,
+            ) -> crate::Result<Option<crate::ArtifactsInfo>> {
+                read!(self, conn => $db::artifacts_info(conn, job_id).await)
+            }
+
+            async fn artifact_chunk(
+                &self,
+                job_id: i64,
+                upload_id: i64,
+                seq: i64,
+            ) -> crate::Result<Option<Vec<u8>>> {
+                read!(self, conn => $db::artifact_chunk(conn, job_id, upload_id, seq).await)
+            }
+
+            async fn finish(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                result: &crate::JobResult,
+            ) -> crate::Result<i64> {
+                writing!(self, conn => $db::finish(conn, job_id, agent_id, result).await)
+            }
+
+            async fn expire_leases(&self, now: crate::Millis) -> crate::Result<Vec<(i64, i64)>> {
+                $store::expire_leases(self, now).await
+            }
+
+            async fn extend_leases(&self, until: crate::Millis) -> crate::Result<()> {
+                writing!(self, conn => $db::extend_leases(conn, until).await)
+            }
+
+            async fn queue_depth(&self) -> crate::Result<i64> {
+                read!(self, conn => $db::queue_depth(conn).await)
+            }
+
+            async fn job(&self, id: i64) -> crate::Result<Option<crate::JobRecord>> {
+                read!(self, conn => $db::job(conn, id).await)
+            }
+
+            async fn pipeline_project(&self, id: i64) -> crate::Result<Option<i64>> {
+                read!(self, conn => $db::pipeline_project(conn, id).await)
+            }
+
+            async fn job_project(&self, id: i64) -> crate::Result<Option<i64>> {
+                read!(self, conn => $db::job_project(conn, id).await)
+            }
+
+            async fn register_agent(&self, a: &crate::NewAgent) -> crate::Result<i64> {
+                writing!(self, conn => $db::register_agent(conn, a).await)
+            }
+
+            async fn agent_by_token(
+                &self,
+                token_hash: &str,
+            ) -> crate::Result<Option<crate::AgentRecord>> {
+                read!(self, conn => $db::agent_by_token(conn, token_hash).await)
+            }
+
+            async fn touch_agent(&self, id: i64, now: crate::Millis) -> crate::Result<()> {
+                writing!(self, conn => $db::touch_agent(conn, id, now).await)
+            }
+
+            async fn agents(&self) -> crate::Result<Vec<crate::AgentRecord>> {
+                read!(self, conn => $db::agents(conn).await)
+            }
+
+            async fn revoke_agent(&self, id: i64) -> crate::Result<bool> {
+                writing!(self, conn => $db::revoke_agent(conn, id).await)
+            }
+
+            async fn setting(&self, name: &str) -> crate::Result<Option<String>> {
+                read!(self, conn => $db::setting(conn, name).await)
+            }
+
+            async fn set_setting(&self, name: &str, value: &str) -> crate::Result<()> {
+                writing!(self, conn => $db::set_setting(conn, name, value).await)
+            }
+
+            async fn create_project_token(
+                &self,
+                t: &crate::NewProjectToken,
+            ) -> crate::Result<crate::ProjectTokenRecord> {
+                writing!(self, conn => $db::create_project_token(conn, t).await)
+            }
+
+            async fn project_tokens(
+                &self,
+                project_id: i64,
+            ) -> crate::Result<Vec<crate::ProjectTokenRecord>> {
+                read!(self, conn => $db::project_tokens(conn, project_id).await)
+            }
+
+            async fn project_token_by_hash(
+                &self,
+                token_hash: &str,
+            ) -> crate::Result<Option<crate::ProjectTokenRecord>> {
+                read!(self, conn => $db::project_token_by_hash(conn, token_hash).await)
+            }
+
+            async fn delete_project_token(&self, project_id: i64, id: i64) -> crate::Result<bool> {
+                writing!(self, conn => $db::delete_project_token(conn, project_id, id).await)
+            }
+        }
+    };
+}
+
+pub(crate) use store;

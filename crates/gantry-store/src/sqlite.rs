@@ -11,20 +11,14 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
-use crate::group::{
-    DeliveryQueue, DeliveryWriter, expire_push_key, insert_batch, select_id, select_push_id,
-};
+use crate::group::{DeliveryQueue, DeliveryWriter, insert_batch};
 use crate::query::{Sql, VERSION};
 use crate::rows::JOB_COLS;
-use crate::{
-    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
-    NewDelivery, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
-    ProjectRecord, ProjectTokenRecord, Result, Store, StoreError, db,
-};
+use crate::{AgentRecord, Changes, JobRecord, Millis, NewDelivery, Result, StoreError, db};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// See [`Store::success_changes_nothing`]. The partial indexes are named: without statistics,
+/// See [`crate::Store::success_changes_nothing`]. The partial indexes are named: without statistics,
 /// SQLite's planner takes `jobs_by_stage` as soon as it exists (same columns, no `WHERE`), and
 /// finding a pending job of the stage then walks every job of the stage that has already ended
 /// (0.8 ms per finished job in a stage of 1,000).
@@ -101,29 +95,11 @@ impl DeliveryWriter for SqliteConnection {
     }
 
     async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
-        let by_id: Option<i64> = select_id::<Sqlite>(delivery)
-            .build_query_scalar()
-            .fetch_optional(&mut *self)
-            .await
-            .map_err(db("reading a duplicate delivery"))?;
-        if let Some(id) = by_id {
-            return Ok((id, false));
-        }
-        let (id, at): (i64, i64) = select_push_id::<Sqlite>(delivery)
-            .build_query_as()
-            .fetch_one(self)
-            .await
-            .map_err(db("reading a duplicate delivery"))?;
-        Ok((id, at < delivery.push_key_since))
+        Sqlite::stored_delivery(self, delivery).await
     }
 
     async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
-        expire_push_key::<Sqlite>(delivery)
-            .build()
-            .execute(self)
-            .await
-            .map_err(db("expiring a push key"))?;
-        Ok(())
+        Sqlite::expire_push_key(self, delivery).await
     }
 }
 
@@ -203,6 +179,24 @@ macro_rules! writing {
                 let $conn: &mut SqliteConnection = &mut guard;
                 $body
             })
+            .await
+    }};
+}
+
+/// Runs `$body` with `$conn: &mut SqliteConnection`, the writer, and returns once what it
+/// committed is on disk if `$changed(&answer)` ([`Writer::durably_if`]).
+macro_rules! sweeping {
+    ($self:ident, $conn:ident => $body:expr, $changed:expr) => {{
+        $self
+            .writer
+            .durably_if(
+                async {
+                    let mut guard = $self.writer.lock().await;
+                    let $conn: &mut SqliteConnection = &mut guard;
+                    $body
+                },
+                $changed,
+            )
             .await
     }};
 }
@@ -521,36 +515,9 @@ async fn checkpoint(
     pool.close().await;
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn ping(&self) -> Result<()> {
-        read!(self, conn => Sqlite::ping(conn).await)
-    }
-
-    async fn create_project(&self, name: &str, spec: &str, now: Millis) -> Result<ProjectRecord> {
-        writing!(self, conn => Sqlite::create_project(conn, name, spec, now).await)
-    }
-
-    async fn update_project(&self, name: &str, spec: &str) -> Result<bool> {
-        writing!(self, conn => Sqlite::update_project(conn, name, spec).await)
-    }
-
-    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>> {
-        read!(self, conn => Sqlite::project(conn, name).await)
-    }
-
-    async fn project_by_id(&self, id: i64) -> Result<Option<ProjectRecord>> {
-        read!(self, conn => Sqlite::project_by_id(conn, id).await)
-    }
-
-    async fn projects(&self) -> Result<Vec<ProjectRecord>> {
-        read!(self, conn => Sqlite::projects(conn).await)
-    }
-
+/// What SQLite does its own way; [`crate::query::store!`] writes the rest of the
+/// [`crate::Store`] impl.
+impl SqliteStore {
     async fn insert_delivery(&self, d: &NewDelivery) -> Result<(i64, bool)> {
         self.writer
             .durably(async {
@@ -559,96 +526,6 @@ impl Store for SqliteStore {
                     .await
             })
             .await
-    }
-
-    async fn pending_deliveries(
-        &self,
-        limit: i64,
-        now: Millis,
-        skip: &[i64],
-    ) -> Result<Vec<DeliveryRecord>> {
-        read!(self, conn => Sqlite::pending_deliveries(conn, limit, now, skip).await)
-    }
-
-    async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()> {
-        writing!(self, conn => Sqlite::close_delivery(conn, id, status, reason).await)
-    }
-
-    async fn fail_delivery_attempt(
-        &self,
-        id: i64,
-        error: &str,
-        retry_at: Option<Millis>,
-    ) -> Result<i64> {
-        writing!(self, conn => Sqlite::fail_delivery_attempt(conn, id, error, retry_at).await)
-    }
-
-    async fn next_delivery_retry(&self) -> Result<Option<Millis>> {
-        read!(self, conn => Sqlite::next_delivery_retry(conn).await)
-    }
-
-    async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>> {
-        read!(self, conn => Sqlite::deliveries(conn, project_id, page).await)
-    }
-
-    async fn create_pipeline(&self, p: &NewPipeline) -> Result<i64> {
-        writing!(self, conn => Sqlite::create_pipeline(conn, p).await)
-    }
-
-    async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>> {
-        read!(self, conn => Sqlite::pipeline(conn, id).await)
-    }
-
-    async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
-        read!(self, conn => Sqlite::pipeline_head(conn, id).await)
-    }
-
-    async fn jobs_named(&self, pipeline_id: i64, names: &[String]) -> Result<Vec<JobRecord>> {
-        read!(self, conn => Sqlite::jobs_named(conn, pipeline_id, names).await)
-    }
-
-    async fn success_changes_nothing(
-        &self,
-        pipeline_id: i64,
-        stage_index: i64,
-        job_id: i64,
-        name: &str,
-    ) -> Result<bool> {
-        read!(self, conn => {
-            Sqlite::success_changes_nothing(conn, pipeline_id, stage_index, job_id, name).await
-        })
-    }
-
-    async fn jobs_before_stage(
-        &self,
-        pipeline_id: i64,
-        stage_index: i64,
-    ) -> Result<Vec<JobRecord>> {
-        read!(self, conn => Sqlite::jobs_before_stage(conn, pipeline_id, stage_index).await)
-    }
-
-    async fn pipelines(
-        &self,
-        project_id: i64,
-        filter: &PipelineFilter,
-        page: Page,
-    ) -> Result<Paged<PipelineRecord>> {
-        read!(self, conn => Sqlite::pipelines(conn, project_id, filter, page).await)
-    }
-
-    async fn active_pipelines(&self) -> Result<Vec<i64>> {
-        read!(self, conn => Sqlite::active_pipelines(conn).await)
-    }
-
-    async fn unfinished_push_pipelines(
-        &self,
-        project_id: i64,
-        git_ref: &str,
-        below: i64,
-    ) -> Result<Vec<i64>> {
-        read!(self, conn => {
-            Sqlite::unfinished_push_pipelines(conn, project_id, git_ref, below).await
-        })
     }
 
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool> {
@@ -737,10 +614,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn heartbeat(&self, job_id: i64, agent_id: i64, lease_until: Millis) -> Result<bool> {
-        writing!(self, conn => Sqlite::heartbeat(conn, job_id, agent_id, lease_until).await)
-    }
-
     async fn append_log(
         &self,
         job_id: i64,
@@ -797,81 +670,6 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>> {
-        read!(self, conn => Sqlite::read_log(conn, job_id, start, end).await)
-    }
-
-    async fn begin_artifacts(
-        &self,
-        job_id: i64,
-        agent_id: i64,
-        lease_until: Millis,
-    ) -> Result<i64> {
-        writing!(self, conn => Sqlite::begin_artifacts(conn, job_id, agent_id, lease_until).await)
-    }
-
-    async fn put_artifact_chunk(
-        &self,
-        job_id: i64,
-        upload_id: i64,
-        seq: i64,
-        data: &[u8],
-    ) -> Result<()> {
-        writing!(self, conn => Sqlite::put_artifact_chunk(conn, job_id, upload_id, seq, data).await)
-    }
-
-    async fn commit_artifacts(
-        &self,
-        job_id: i64,
-        agent_id: i64,
-        upload_id: i64,
-        chunks: i64,
-        size: i64,
-        lease_until: Millis,
-    ) -> Result<()> {
-        let upload = ArtifactsInfo {
-            upload_id,
-            size,
-            chunks,
-        };
-        writing!(self, conn => {
-            Sqlite::commit_artifacts(conn, job_id, agent_id, upload, lease_until).await
-        })
-    }
-
-    async fn drop_stale_artifact_uploads(&self) -> Result<u64> {
-        self.writer
-            .durably_if(
-                async {
-                    let mut conn = self.writer.lock().await;
-                    Sqlite::drop_stale_artifact_uploads(&mut conn).await
-                },
-                |dropped| *dropped > 0,
-            )
-            .await
-    }
-
-    async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()> {
-        writing!(self, conn => Sqlite::abort_artifacts(conn, job_id, upload_id).await)
-    }
-
-    async fn artifacts_info(&self, job_id: i64) -> Result<Option<ArtifactsInfo>> {
-        read!(self, conn => Sqlite::artifacts_info(conn, job_id).await)
-    }
-
-    async fn artifact_chunk(
-        &self,
-        job_id: i64,
-        upload_id: i64,
-        seq: i64,
-    ) -> Result<Option<Vec<u8>>> {
-        read!(self, conn => Sqlite::artifact_chunk(conn, job_id, upload_id, seq).await)
-    }
-
-    async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64> {
-        writing!(self, conn => Sqlite::finish(conn, job_id, agent_id, result).await)
-    }
-
     async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>> {
         self.writer
             .durably_if(
@@ -894,77 +692,16 @@ impl Store for SqliteStore {
             )
             .await
     }
-
-    async fn extend_leases(&self, until: Millis) -> Result<()> {
-        writing!(self, conn => Sqlite::extend_leases(conn, until).await)
-    }
-
-    async fn queue_depth(&self) -> Result<i64> {
-        read!(self, conn => Sqlite::queue_depth(conn).await)
-    }
-
-    async fn job(&self, id: i64) -> Result<Option<JobRecord>> {
-        read!(self, conn => Sqlite::job(conn, id).await)
-    }
-
-    async fn pipeline_project(&self, id: i64) -> Result<Option<i64>> {
-        read!(self, conn => Sqlite::pipeline_project(conn, id).await)
-    }
-
-    async fn job_project(&self, id: i64) -> Result<Option<i64>> {
-        read!(self, conn => Sqlite::job_project(conn, id).await)
-    }
-
-    async fn register_agent(&self, a: &NewAgent) -> Result<i64> {
-        writing!(self, conn => Sqlite::register_agent(conn, a).await)
-    }
-
-    async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentRecord>> {
-        read!(self, conn => Sqlite::agent_by_token(conn, token_hash).await)
-    }
-
-    async fn touch_agent(&self, id: i64, now: Millis) -> Result<()> {
-        writing!(self, conn => Sqlite::touch_agent(conn, id, now).await)
-    }
-
-    async fn agents(&self) -> Result<Vec<AgentRecord>> {
-        read!(self, conn => Sqlite::agents(conn).await)
-    }
-
-    async fn revoke_agent(&self, id: i64) -> Result<bool> {
-        writing!(self, conn => Sqlite::revoke_agent(conn, id).await)
-    }
-
-    async fn setting(&self, name: &str) -> Result<Option<String>> {
-        read!(self, conn => Sqlite::setting(conn, name).await)
-    }
-
-    async fn set_setting(&self, name: &str, value: &str) -> Result<()> {
-        writing!(self, conn => Sqlite::set_setting(conn, name, value).await)
-    }
-
-    async fn create_project_token(&self, t: &NewProjectToken) -> Result<ProjectTokenRecord> {
-        writing!(self, conn => Sqlite::create_project_token(conn, t).await)
-    }
-
-    async fn project_tokens(&self, project_id: i64) -> Result<Vec<ProjectTokenRecord>> {
-        read!(self, conn => Sqlite::project_tokens(conn, project_id).await)
-    }
-
-    async fn project_token_by_hash(&self, token_hash: &str) -> Result<Option<ProjectTokenRecord>> {
-        read!(self, conn => Sqlite::project_token_by_hash(conn, token_hash).await)
-    }
-
-    async fn delete_project_token(&self, project_id: i64, id: i64) -> Result<bool> {
-        writing!(self, conn => Sqlite::delete_project_token(conn, project_id, id).await)
-    }
 }
+
+crate::query::store!(SqliteStore, Sqlite, "sqlite");
 
 #[cfg(test)]
 mod tests {
     use sqlx::Row as _;
 
     use super::*;
+    use crate::{NewAgent, Store};
 
     /// The plan of `statement`, one line per step.
     async fn plan(store: &SqliteStore, statement: &str, params: usize) -> String {
