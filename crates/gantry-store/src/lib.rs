@@ -41,8 +41,9 @@
 //! current upload, its size and its chunk count), so that neither storing nor serving an archive
 //! holds more than a chunk in memory. A pipeline's [`PipelineRecord::version`] is the pipeline row's own counter (bumped
 //! by [`Store::apply`]) plus the sum of its jobs' counters (bumped by claims, finishes and lease
-//! expiry), so that agents working on one pipeline never contend for its row. See [`SqliteStore`]
-//! and [`PgStore`] for how each one keeps the guarantees.
+//! expiry), so that agents working on one pipeline never contend for its row. The statements both
+//! databases share, and the [`Store`] impl, are written once (`query.rs`); see [`SqliteStore`] and
+//! [`PgStore`] for how each one keeps the guarantees.
 
 use async_trait::async_trait;
 

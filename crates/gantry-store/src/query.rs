@@ -1,5 +1,8 @@
 //! The statements both stores share, written once: [`Sql`], implemented for `sqlx::Sqlite` (in
-//! `sqlite.rs`) and `sqlx::Postgres` (in `postgres.rs`).
+//! `sqlite.rs`) and `sqlx::Postgres` (in `postgres.rs`), and the [`crate::Store`] impl that runs
+//! them ([`store!`], expanded once in each backend). The statements are default methods of a trait
+//! rather than free generic functions because a trait's bounds (every type a statement binds or
+//! reads) hold inside its own methods, and are proven once, where each database implements it.
 //!
 //! Each default method of [`Sql`] runs its statements on a connection the backend hands it (a
 //! pooled reader, SQLite's writer, a PostgreSQL pool connection, or a transaction on one); how a
