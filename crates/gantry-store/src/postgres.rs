@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{Connection, PgConnection, Postgres};
 
-use crate::group::{DeliveryQueue, DeliveryWriter};
+use crate::group::DeliveryQueue;
 use crate::query::{Sql, VERSION};
 use crate::rows::{JOB_COLS, NOT_STARTED};
 use crate::{AgentRecord, Changes, JobRecord, Millis, NewDelivery, Result, StoreError, db};
@@ -107,41 +106,34 @@ const INSERT_DELIVERIES: &str = "INSERT INTO deliveries (project_id, forge, deli
      ON CONFLICT DO NOTHING \
      RETURNING id, project_id, forge, delivery_id";
 
-#[async_trait]
-impl DeliveryWriter for sqlx::PgConnection {
-    async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>> {
-        let column = |f: fn(&NewDelivery) -> &str| batch.iter().map(|d| f(d)).collect::<Vec<_>>();
-        sqlx::query_as(INSERT_DELIVERIES)
-            .bind(batch.iter().map(|d| d.project_id).collect::<Vec<_>>())
-            .bind(column(|d| &d.forge))
-            .bind(column(|d| &d.delivery_id))
-            .bind(column(|d| &d.event))
-            .bind(
-                batch
-                    .iter()
-                    .map(|d| d.payload.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(column(|d| &d.trace_id))
-            .bind(batch.iter().map(|d| d.received_at).collect::<Vec<_>>())
-            .bind(
-                batch
-                    .iter()
-                    .map(|d| d.push_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(self)
-            .await
-            .map_err(db("storing deliveries"))
-    }
-
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
-        Postgres::stored_delivery(self, delivery).await
-    }
-
-    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
-        Postgres::expire_push_key(self, delivery).await
-    }
+/// Stores a group commit's batch of deliveries with one statement (see [`crate::group`]).
+async fn insert_deliveries(
+    conn: &mut PgConnection,
+    batch: &[&NewDelivery],
+) -> Result<Vec<(i64, i64, String, String)>> {
+    let column = |f: fn(&NewDelivery) -> &str| batch.iter().map(|d| f(d)).collect::<Vec<_>>();
+    sqlx::query_as(INSERT_DELIVERIES)
+        .bind(batch.iter().map(|d| d.project_id).collect::<Vec<_>>())
+        .bind(column(|d| &d.forge))
+        .bind(column(|d| &d.delivery_id))
+        .bind(column(|d| &d.event))
+        .bind(
+            batch
+                .iter()
+                .map(|d| d.payload.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|d| &d.trace_id))
+        .bind(batch.iter().map(|d| d.received_at).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|d| d.push_key.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(conn)
+        .await
+        .map_err(db("storing deliveries"))
 }
 
 /// What PostgreSQL spells its own way (see [`crate::query`]): lists are arrays.
@@ -468,7 +460,7 @@ impl PgStore {
     }
 }
 
-crate::query::store!(PgStore, Postgres, "postgres");
+crate::query::store!(PgStore, Postgres, PgConnection, "postgres");
 
 impl PgStore {
     /// The claim's slow path, for when the oldest candidate is in a resource group: one

@@ -1319,15 +1319,34 @@ fn conflict(e: sqlx::Error, context: &'static str, what: impl FnOnce() -> String
     }
 }
 
-/// The [`crate::Store`] impl of a backend, written once, for `$store` on database `$db`. Each
+/// The [`crate::Store`] impl of a backend, written once, for `$store` on database `$db` (whose
+/// connections are `$conn`), and its connections' [`crate::group::DeliveryWriter`]. Each
 /// call runs [`Sql`]'s statements on a connection that the backend's own macros hand out, in the
 /// module where this expands: `read!(self, conn => body)` (for reading), `writing!(self, conn =>
 /// body)` (a write: it returns once durable) and `sweeping!(self, conn => body, changed)` (a write
 /// that mostly changes nothing: durable when `changed(&answer)`). What a backend does its own way
 /// are its inherent methods of the same names: `insert_delivery`, `apply`, `claim`, `append_log`
-/// and `expire_leases`.
+/// and `expire_leases`, and its function `insert_deliveries` (a group commit's one statement).
 macro_rules! store {
-    ($store:ident, $db:ident, $kind:literal) => {
+    ($store:ident, $db:ident, $conn:ty, $kind:literal) => {
+        #[async_trait::async_trait]
+        impl crate::group::DeliveryWriter for $conn {
+            async fn insert(
+                &mut self,
+                batch: &[&crate::NewDelivery],
+            ) -> crate::Result<Vec<(i64, i64, String, String)>> {
+                insert_deliveries(self, batch).await
+            }
+
+            async fn stored_id(&mut self, delivery: &crate::NewDelivery) -> crate::Result<(i64, bool)> {
+                $db::stored_delivery(self, delivery).await
+            }
+
+            async fn expire(&mut self, delivery: &crate::NewDelivery) -> crate::Result<()> {
+                $db::expire_push_key(self, delivery).await
+            }
+        }
+
         #[async_trait::async_trait]
         impl crate::Store for $store {
             fn kind(&self) -> &'static str {

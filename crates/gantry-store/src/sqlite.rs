@@ -3,7 +3,6 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteQueryResult, SqliteRow, SqliteSynchronous,
@@ -11,7 +10,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Sqlite};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
-use crate::group::{DeliveryQueue, DeliveryWriter, insert_batch};
+use crate::group::{DeliveryQueue, insert_batch};
 use crate::query::{Sql, VERSION};
 use crate::rows::JOB_COLS;
 use crate::{AgentRecord, Changes, JobRecord, Millis, NewDelivery, Result, StoreError, db};
@@ -84,23 +83,16 @@ pub struct SqliteStore {
     deliveries: DeliveryQueue,
 }
 
-#[async_trait]
-impl DeliveryWriter for SqliteConnection {
-    async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>> {
-        insert_batch::<Sqlite>(batch)
-            .build_query_as()
-            .fetch_all(self)
-            .await
-            .map_err(db("storing deliveries"))
-    }
-
-    async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)> {
-        Sqlite::stored_delivery(self, delivery).await
-    }
-
-    async fn expire(&mut self, delivery: &NewDelivery) -> Result<()> {
-        Sqlite::expire_push_key(self, delivery).await
-    }
+/// Stores a group commit's batch of deliveries with one statement (see [`crate::group`]).
+async fn insert_deliveries(
+    conn: &mut SqliteConnection,
+    batch: &[&NewDelivery],
+) -> Result<Vec<(i64, i64, String, String)>> {
+    insert_batch::<Sqlite>(batch)
+        .build_query_as()
+        .fetch_all(conn)
+        .await
+        .map_err(db("storing deliveries"))
 }
 
 /// What SQLite spells its own way (see [`crate::query`]): lists are JSON arrays.
@@ -694,7 +686,7 @@ impl SqliteStore {
     }
 }
 
-crate::query::store!(SqliteStore, Sqlite, "sqlite");
+crate::query::store!(SqliteStore, Sqlite, SqliteConnection, "sqlite");
 
 #[cfg(test)]
 mod tests {
