@@ -12,8 +12,7 @@ use quick_xml::events::{BytesStart, Event};
 use crate::coverage::{Coverage, relative};
 use crate::error::{Error, Position};
 use crate::input::LimitGuard;
-use crate::options::Options;
-use crate::options::push_capped;
+use crate::options::{Options, push_capped};
 use crate::xml;
 
 /// Reads a Cobertura XML report.
@@ -23,6 +22,14 @@ use crate::xml;
 /// entity, a truncated document, or more than `options.max_bytes` bytes.
 pub fn parse<R: Read>(reader: R, options: &Options) -> Result<Coverage, Error> {
     let (mut reader, guard) = xml::reader(reader, options.max_bytes);
+    read(&mut reader, &guard, options).map_err(|e| xml::locate(e, &reader))
+}
+
+fn read<R: Read>(
+    reader: &mut xml::XmlReader<R>,
+    guard: &LimitGuard,
+    options: &Options,
+) -> Result<Coverage, Error> {
     let prefix = options.strip_prefix.as_deref();
     let mut buf = Vec::with_capacity(4096);
     let mut cov = Coverage::default();
@@ -36,7 +43,7 @@ pub fn parse<R: Read>(reader: R, options: &Options) -> Result<Coverage, Error> {
         let at = reader.buffer_position();
         let event = reader
             .read_event_into(&mut buf)
-            .map_err(|e| xml::error(&e, reader.error_position(), &guard))?;
+            .map_err(|e| xml::error(&e, reader.error_position(), guard))?;
         match &event {
             Event::Start(s) | Event::Empty(s) => {
                 let empty = matches!(event, Event::Empty(_));
@@ -54,7 +61,7 @@ pub fn parse<R: Read>(reader: R, options: &Options) -> Result<Coverage, Error> {
                 match name.as_ref() {
                     b"source" if !empty => source_text = Some(String::new()),
                     b"class" => {
-                        let name = xml::attr(s, b"filename", at, &guard)?.ok_or_else(|| {
+                        let name = xml::attr(s, b"filename", at, guard)?.ok_or_else(|| {
                             Error::invalid(
                                 Some(Position::Byte(at)),
                                 "<class> without a filename attribute",
@@ -67,7 +74,7 @@ pub fn parse<R: Read>(reader: R, options: &Options) -> Result<Coverage, Error> {
                     b"methods" if !empty => in_methods += 1,
                     b"line" if in_methods == 0 => {
                         if let Some(f) = &file {
-                            line(s, at, &guard, cov.file_mut(f.clone()))?;
+                            line(s, at, guard, cov.file_mut(f.clone()))?;
                         }
                     }
                     _ => {}
@@ -91,7 +98,7 @@ pub fn parse<R: Read>(reader: R, options: &Options) -> Result<Coverage, Error> {
             }
             Event::Text(t) => {
                 if let Some(out) = source_text.as_mut() {
-                    let t = t.decode().map_err(|e| xml::error(&e.into(), at, &guard))?;
+                    let t = t.decode().map_err(|e| xml::error(&e.into(), at, guard))?;
                     push_capped(out, &t);
                 }
             }

@@ -11,6 +11,66 @@ pub(crate) struct Limited<R> {
     inner: R,
     left: u64,
     hit: Rc<Cell<bool>>,
+    lines: Option<LineTrack>,
+}
+
+/// Where lines start in the last two chunks read, so that a byte offset of an error near the
+/// read position becomes a line and column without keeping the report.
+#[derive(Default)]
+pub(crate) struct LineTrack {
+    read: u64,
+    newlines: u64,
+    last_newline: Option<u64>,
+    chunks: [Chunk; 2],
+}
+
+#[derive(Default)]
+struct Chunk {
+    start: u64,
+    newlines_before: u64,
+    last_newline_before: Option<u64>,
+    data: Vec<u8>,
+}
+
+impl LineTrack {
+    fn record(&mut self, bytes: &[u8]) {
+        self.chunks.swap(0, 1);
+        let c = &mut self.chunks[1];
+        c.start = self.read;
+        c.newlines_before = self.newlines;
+        c.last_newline_before = self.last_newline;
+        c.data.clear();
+        c.data.extend_from_slice(bytes);
+        let count = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        if let Some(i) = bytes.iter().rposition(|&b| b == b'\n') {
+            self.last_newline = Some(self.read + i as u64);
+        }
+        self.newlines += count;
+        self.read += bytes.len() as u64;
+    }
+
+    /// The line and column (from 1, the column in bytes) of byte `at`, when it is in the last
+    /// two chunks.
+    pub(crate) fn locate(&self, at: u64) -> Option<(u64, u64)> {
+        let c = self
+            .chunks
+            .iter()
+            .find(|c| c.start <= at && at <= c.start + c.data.len() as u64 && !c.data.is_empty())?;
+        let upto = &c.data[..usize::try_from(at - c.start).ok()?];
+        let line = c.newlines_before + upto.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line_start = match upto.iter().rposition(|&b| b == b'\n') {
+            Some(i) => c.start + i as u64 + 1,
+            None => c.last_newline_before.map_or(0, |n| n + 1),
+        };
+        Some((line, at - line_start + 1))
+    }
+}
+
+impl<R> Limited<R> {
+    /// The line tracker, for readers made with [`input_with_lines`].
+    pub(crate) fn lines(&self) -> Option<&LineTrack> {
+        self.lines.as_ref()
+    }
 }
 
 impl<R: Read> Read for Limited<R> {
@@ -34,6 +94,9 @@ impl<R: Read> Read for Limited<R> {
             .min(usize::try_from(self.left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         self.left -= n as u64;
+        if let Some(lines) = self.lines.as_mut() {
+            lines.record(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -67,6 +130,15 @@ impl LimitGuard {
 }
 
 pub(crate) fn input<R: Read>(inner: R, limit: u64) -> Input<R> {
+    make(inner, limit, None)
+}
+
+/// An input that also tracks lines (for the XML parsers, whose reader counts bytes only).
+pub(crate) fn input_with_lines<R: Read>(inner: R, limit: u64) -> Input<R> {
+    make(inner, limit, Some(LineTrack::default()))
+}
+
+fn make<R: Read>(inner: R, limit: u64, lines: Option<LineTrack>) -> Input<R> {
     let hit = Rc::new(Cell::new(false));
     Input {
         reader: BufReader::with_capacity(
@@ -75,6 +147,7 @@ pub(crate) fn input<R: Read>(inner: R, limit: u64) -> Input<R> {
                 inner,
                 left: limit,
                 hit: hit.clone(),
+                lines,
             },
         ),
         guard: LimitGuard { hit, limit },
@@ -126,6 +199,24 @@ impl<R: Read> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_located_across_chunks() {
+        let mut t = LineTrack::default();
+        t.record(b"ab\ncd");
+        t.record(b"ef\ng");
+        assert_eq!(t.locate(0), Some((1, 1)));
+        assert_eq!(t.locate(4), Some((2, 2)));
+        assert_eq!(
+            t.locate(7),
+            Some((2, 5)),
+            "the line started in the chunk before"
+        );
+        assert_eq!(t.locate(8), Some((3, 1)));
+        t.record(b"hi");
+        assert_eq!(t.locate(1), None, "older chunks are forgotten");
+        assert_eq!(t.locate(10), Some((3, 3)));
+    }
 
     #[test]
     fn the_limit_is_inclusive() {

@@ -11,8 +11,8 @@ use std::io::Read;
 use quick_xml::events::{BytesStart, Event};
 
 use crate::error::Error;
-use crate::options::push_capped;
-use crate::options::{Options, cap_message};
+use crate::input::LimitGuard;
+use crate::options::{Options, cap_message, push_capped};
 use crate::tests::{FailedTest, FailureKind, TestReport};
 use crate::xml;
 
@@ -35,6 +35,10 @@ enum Outcome {
 /// truncated document, or more than `options.max_bytes` bytes.
 pub fn parse<R: Read>(reader: R, options: &Options) -> Result<TestReport, Error> {
     let (mut reader, guard) = xml::reader(reader, options.max_bytes);
+    read(&mut reader, &guard).map_err(|e| xml::locate(e, &reader))
+}
+
+fn read<R: Read>(reader: &mut xml::XmlReader<R>, guard: &LimitGuard) -> Result<TestReport, Error> {
     let mut buf = Vec::with_capacity(4096);
     let mut report = TestReport::default();
     let mut suites: Vec<String> = Vec::new();
@@ -47,7 +51,7 @@ pub fn parse<R: Read>(reader: R, options: &Options) -> Result<TestReport, Error>
         let at = reader.buffer_position();
         let event = reader
             .read_event_into(&mut buf)
-            .map_err(|e| xml::error(&e, reader.error_position(), &guard))?;
+            .map_err(|e| xml::error(&e, reader.error_position(), guard))?;
         let (start, empty) = match &event {
             Event::Start(s) => (Some(s), false),
             Event::Empty(s) => (Some(s), true),
@@ -68,7 +72,7 @@ pub fn parse<R: Read>(reader: R, options: &Options) -> Result<TestReport, Error>
                 s,
                 empty,
                 at,
-                &guard,
+                guard,
                 &mut suites,
                 &mut case,
                 &mut text,
@@ -114,13 +118,13 @@ pub fn parse<R: Read>(reader: R, options: &Options) -> Result<TestReport, Error>
             }
             Event::Text(t) => {
                 if let Some(out) = text.as_mut() {
-                    let t = t.decode().map_err(|e| xml::error(&e.into(), at, &guard))?;
+                    let t = t.decode().map_err(|e| xml::error(&e.into(), at, guard))?;
                     push_capped(out, &t);
                 }
             }
             Event::CData(t) => {
                 if let Some(out) = text.as_mut() {
-                    let t = t.decode().map_err(|e| xml::error(&e.into(), at, &guard))?;
+                    let t = t.decode().map_err(|e| xml::error(&e.into(), at, guard))?;
                     push_capped(out, &t);
                 }
             }
@@ -159,7 +163,7 @@ fn open(
     s: &BytesStart<'_>,
     empty: bool,
     at: u64,
-    guard: &crate::input::LimitGuard,
+    guard: &LimitGuard,
     suites: &mut Vec<String>,
     case: &mut Option<Case>,
     text: &mut Option<String>,

@@ -12,15 +12,43 @@ use quick_xml::escape::{EscapeError, resolve_predefined_entity};
 use quick_xml::events::{BytesRef, BytesStart};
 
 use crate::error::{Error, Position};
-use crate::input::{LimitGuard, Limited, input};
+use crate::input::{LimitGuard, Limited, input_with_lines};
 
 pub(crate) type XmlReader<R> = quick_xml::Reader<BufReader<Limited<R>>>;
 
 pub(crate) fn reader<R: Read>(inner: R, limit: u64) -> (XmlReader<R>, LimitGuard) {
-    let input = input(inner, limit);
+    let input = input_with_lines(inner, limit);
     let mut reader = quick_xml::Reader::from_reader(input.reader);
     reader.config_mut().check_end_names = true;
     (reader, input.guard)
+}
+
+/// `e` with its byte offset turned into a line and column, where the reader still knows them.
+pub(crate) fn locate<R>(e: Error, reader: &XmlReader<R>) -> Error {
+    match e {
+        Error::Invalid {
+            position: Some(Position::Byte(at)),
+            message,
+        } => {
+            let position = match reader
+                .get_ref()
+                .get_ref()
+                .lines()
+                .and_then(|l| l.locate(at))
+            {
+                Some((line, column)) => Position::Line {
+                    line,
+                    column: Some(column),
+                },
+                None => Position::Byte(at),
+            };
+            Error::Invalid {
+                position: Some(position),
+                message,
+            }
+        }
+        other => other,
+    }
 }
 
 /// The error for a failed XML read at byte `at`.

@@ -79,7 +79,7 @@ fn junit_rejects_other_roots_truncation_and_garbage() {
     let e = junit::parse(&b"<coverage/>"[..], &Options::default()).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "byte 0: expected <testsuites> or <testsuite> as the root element, found <coverage>"
+        "1:1: expected <testsuites> or <testsuite> as the root element, found <coverage>"
     );
     let e = junit::parse(
         &b"<testsuite name=\"s\"><testcase name=\"a\">"[..],
@@ -97,6 +97,16 @@ fn junit_rejects_other_roots_truncation_and_garbage() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("malformed XML"), "{e}");
+    let e = junit::parse(
+        &b"<testsuite>\n  <testcase name=\"a\">\n  </testsuit>\n"[..],
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.with_file("junit.xml")
+            .starts_with("junit.xml:3:3: malformed XML"),
+        "{e}"
+    );
     let e = junit::parse(&b""[..], &Options::default()).unwrap_err();
     assert!(e.to_string().contains("no root element"), "{e}");
     assert_eq!(
