@@ -58,7 +58,8 @@ impl<'f, T, F> Each<'f, T, F> {
 impl<'de, T: Deserialize<'de>, F: FnMut(T)> DeserializeSeed<'de> for Each<'_, T, F> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
+        // `any` so that `null` (SARIF's "the tool did not run") reads as no elements.
+        d.deserialize_any(self)
     }
 }
 
@@ -71,6 +72,9 @@ impl<'de, T: Deserialize<'de>, F: FnMut(T)> Visitor<'de> for Each<'_, T, F> {
         while let Some(x) = seq.next_element::<T>()? {
             (self.f)(x);
         }
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
         Ok(())
     }
 }

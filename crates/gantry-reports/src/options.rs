@@ -14,9 +14,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 50 * 1024 * 1024;
 pub struct Options {
     /// A report larger than this many bytes is an error.
     pub max_bytes: u64,
-    /// Coverage reports only: a prefix removed from file names so that they are relative to the
-    /// project directory (the project directory for Cobertura and lcov, the module path from
-    /// `go.mod` for Go cover profiles). A trailing `/` is optional.
+    /// Coverage reports and SARIF: a prefix removed from file names so that they are relative to
+    /// the project directory (the project directory for Cobertura, lcov and SARIF, the module path
+    /// from `go.mod` for Go cover profiles). A trailing `/` is optional.
     pub strip_prefix: Option<String>,
 }
 

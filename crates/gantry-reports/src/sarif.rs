@@ -318,7 +318,8 @@ struct Runs<'f> {
 impl<'de> DeserializeSeed<'de> for Runs<'_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
+        // `any` so that `"runs": null` (the tool did not start) reads as no runs.
+        d.deserialize_any(self)
     }
 }
 
@@ -334,6 +335,9 @@ impl<'de> Visitor<'de> for Runs<'_> {
             })?
             .is_some()
         {}
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! What the XML parsers share: the reader, errors with a byte position, attributes and text.
 //!
-//! *Closed to entity expansion and external entities.* quick-xml never reads or interprets a
-//! DTD: a `<!DOCTYPE …>` arrives as one event that we skip, so its `<!ENTITY …>` declarations
+//! *Closed to entity expansion and external entities.* quick-xml never interprets a DTD or
+//! fetches anything: a `<!DOCTYPE …>` arrives as one event that we skip, so its `<!ENTITY …>` declarations
 //! (billion laughs, `SYSTEM "file:///etc/passwd"`) are never expanded and never fetched. A
 //! reference to any entity other than XML's five predefined ones and character references is an
 //! error that names it, in text and in attributes alike.

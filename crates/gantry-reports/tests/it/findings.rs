@@ -53,6 +53,19 @@ fn sarif_rejects_other_documents_with_position() {
     assert!(e.to_string().contains("trailing characters"), "{e}");
     let e = sarif::parse(&b"[1,2]"[..], &Options::default()).unwrap_err();
     assert!(e.to_string().contains("a SARIF log"), "{e}");
+    let e = sarif::parse(&br#"{"runs": [{"results": 3}]}"#[..], &Options::default()).unwrap_err();
+    assert!(e.to_string().contains("an array of results"), "{e}");
+    // `null` runs or results: the tool did not run; nothing to count.
+    let r = sarif::parse(&br#"{"runs": null}"#[..], &Options::default()).unwrap();
+    assert_eq!(r, SarifReport::default());
+    let r = sarif::parse(
+        &br#"{"runs": [{"results": null}]}"#[..],
+        &Options::default(),
+    )
+    .unwrap();
+    assert_eq!(r, SarifReport::default());
+    let e = sarif::parse(&b"[1,2]"[..], &Options::default()).unwrap_err();
+    assert!(e.to_string().contains("a SARIF log"), "{e}");
 }
 
 #[test]
