@@ -5,6 +5,7 @@
 
 pub mod buildyml;
 pub mod expr;
+pub mod gate;
 pub mod plan;
 pub mod vars;
 pub mod yaml;
