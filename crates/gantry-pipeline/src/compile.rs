@@ -1481,20 +1481,26 @@ impl Compiler<'_> {
         r
     }
 
-    fn artifacts(&mut self, n: &Node, job: &str) -> Option<Artifacts> {
-        let m = n.as_map()?;
-        let when = match m.get("when").and_then(Node::as_str) {
+    /// `artifacts:when` or `cache:when` (`keyword`) of the mapping `m` at `pos`: on success when
+    /// absent, and after an error when unknown.
+    fn when_kept(&mut self, m: &Map, pos: Pos, job: &str, keyword: &str) -> ArtifactsWhen {
+        match m.get("when").and_then(Node::as_str) {
             None | Some("on_success") => ArtifactsWhen::OnSuccess,
             Some("on_failure") => ArtifactsWhen::OnFailure,
             Some("always") => ArtifactsWhen::Always,
             Some(other) => {
                 self.diags.error(
-                    n.pos,
-                    format!("`{job}`: unknown `artifacts:when` value `{other}`"),
+                    pos,
+                    format!("`{job}`: unknown `{keyword}:when` value `{other}`"),
                 );
                 ArtifactsWhen::OnSuccess
             }
-        };
+        }
+    }
+
+    fn artifacts(&mut self, n: &Node, job: &str) -> Option<Artifacts> {
+        let m = n.as_map()?;
+        let when = self.when_kept(m, n.pos, job, "artifacts");
         let reports = m
             .get("reports")
             .and_then(Node::as_map)
@@ -1598,18 +1604,7 @@ impl Compiler<'_> {
                     CachePolicy::PullPush
                 }
             };
-            let when = match m.get("when").and_then(Node::as_str) {
-                None | Some("on_success") => ArtifactsWhen::OnSuccess,
-                Some("on_failure") => ArtifactsWhen::OnFailure,
-                Some("always") => ArtifactsWhen::Always,
-                Some(other) => {
-                    self.diags.error(
-                        c.pos,
-                        format!("`{job}`: unknown `cache:when` value `{other}`"),
-                    );
-                    ArtifactsWhen::OnSuccess
-                }
-            };
+            let when = self.when_kept(m, c.pos, job, "cache");
             out.push(Cache {
                 key,
                 paths: m.get("paths").map(string_list).unwrap_or_default(),

@@ -258,6 +258,20 @@ fn bad_values() {
 }
 
 #[test]
+fn unknown_artifacts_and_cache_when_values() {
+    let errs = errors(
+        "job:\n  script: [x]\n  artifacts:\n    paths: [a]\n    when: sometimes\n  cache:\n    key: k\n    when: later\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            ".gitlab-ci.yml:4:5: `job`: unknown `artifacts:when` value `sometimes`",
+            ".gitlab-ci.yml:7:5: `job`: unknown `cache:when` value `later`",
+        ]
+    );
+}
+
+#[test]
 fn needs_entries_must_be_names_or_mappings() {
     let errs = errors(
         "a:\n  script: [x]\nb:\n  needs:\n    - ~\n  script: [x]\nc:\n  needs: a\n  script: [x]\n",
