@@ -11,6 +11,12 @@ fn assert_error(src: &str, expected: &str) {
     crate::assert_error(&compile_one(src), expected);
 }
 
+/// Asserts that `src` has an error that starts with `at` and contains `part`.
+#[track_caller]
+fn assert_error_at(src: &str, at: &str, part: &str) {
+    assert_any(&errors(src), |e| e.starts_with(at) && e.contains(part));
+}
+
 /// Asserts that one of `errs` passes `test`; a failure lists them all.
 #[track_caller]
 fn assert_any(errs: &[String], test: impl Fn(&str) -> bool) {
@@ -46,10 +52,11 @@ fn needs_cycle() {
 
 #[test]
 fn bad_regex_in_rules_if() {
-    let errs = errors("job:\n  script: [x]\n  rules:\n    - if: $A =~ /[unclosed/\n");
-    assert_any(&errs, |e| {
-        e.starts_with(".gitlab-ci.yml:4:") && e.contains("invalid `rules:if` expression")
-    });
+    assert_error_at(
+        "job:\n  script: [x]\n  rules:\n    - if: $A =~ /[unclosed/\n",
+        ".gitlab-ci.yml:4:",
+        "invalid `rules:if` expression",
+    );
 }
 
 #[test]
@@ -215,10 +222,11 @@ fn extends_deeper_than_eleven_levels() {
 
 #[test]
 fn reference_to_itself() {
-    let errs = errors("job:\n  script:\n    - !reference [job, script]\n");
-    assert_any(&errs, |e| {
-        e.starts_with(".gitlab-ci.yml:3:7:") && e.contains("refers to itself")
-    });
+    assert_error_at(
+        "job:\n  script:\n    - !reference [job, script]\n",
+        ".gitlab-ci.yml:3:7:",
+        "refers to itself",
+    );
 }
 
 #[test]
