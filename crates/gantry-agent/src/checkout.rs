@@ -435,6 +435,18 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// `main` of the repository at `url`, at `sha`, fetched with the token `secret-token`.
+    fn main_source<'a>(url: &str, sha: &'a str) -> Source<'a> {
+        Source {
+            url: url.to_string(),
+            origin: url.to_string(),
+            token: "secret-token",
+            sha,
+            ref_name: Some("main".into()),
+            tag: false,
+        }
+    }
+
     /// Over a local path (the same code path as HTTP but for the transport): depth, reuse without
     /// a fetch, clean, and a detached HEAD at the commit.
     #[test]
@@ -445,14 +457,7 @@ mod tests {
         let dir = tmp.path().join("work");
         let lines = std::cell::RefCell::new(Vec::new());
         let say = |l: &str| lines.borrow_mut().push(l.to_string());
-        let mut src = Source {
-            url: url.clone(),
-            origin: url.clone(),
-            token: "secret-token",
-            sha: &sha,
-            ref_name: Some("main".into()),
-            tag: false,
-        };
+        let mut src = main_source(&url, &sha);
         let mut o = opts(&[("GIT_DEPTH", "2")]).unwrap();
         prepare(&dir, &o, &src, &say).unwrap();
         assert_eq!(sh(&dir, &["rev-parse", "HEAD"]), sha);
@@ -504,14 +509,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (sha, url) = origin_with_commits(tmp.path(), 3);
         let dir = tmp.path().join("work");
-        let src = Source {
-            url: url.clone(),
-            origin: url.clone(),
-            token: "secret-token",
-            sha: &sha,
-            ref_name: Some("main".into()),
-            tag: false,
-        };
+        let src = main_source(&url, &sha);
         let say = |_: &str| {};
         let mut o = opts(&[("GIT_DEPTH", "1")]).unwrap();
         prepare(&dir, &o, &src, &say).unwrap();

@@ -160,6 +160,15 @@ impl Client {
         Ok((status, body))
     }
 
+    /// Sends `req` and reads its answer as JSON.
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, CallError> {
+        let (_, body) = self.send(req).await?;
+        Self::json(&body)
+    }
+
     fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, CallError> {
         serde_json::from_slice(body).map_err(|e| CallError::Status {
             status: 200,
@@ -179,8 +188,7 @@ impl Client {
         let req = self
             .post_json(self.url(gantry_api::agent::REGISTER), body)
             .timeout(CALL_TIMEOUT);
-        let (_, body) = self.send(req).await?;
-        Self::json(&body)
+        self.send_json(req).await
     }
 
     /// `POST /api/v1/agent/jobs/request?wait_ms=N`: a job, or `None` when none came in time.
@@ -222,8 +230,7 @@ impl Client {
             .http
             .post(self.job_url(job, "/heartbeat"))
             .timeout(CALL_TIMEOUT);
-        let (_, body) = self.send(req).await?;
-        Self::json(&body)
+        self.send_json(req).await
     }
 
     /// `PUT .../log?offset=N`: how many bytes the server holds (also when it answers `416`).

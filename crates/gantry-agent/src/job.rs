@@ -840,16 +840,23 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn artifacts_stream_from_the_file_with_their_length() {
-        let rec = Arc::new(Mutex::new(Uploads::default()));
+    /// Sends an archive of `len` bytes for job 5 to a server that records into `rec`, and checks
+    /// that the upload succeeds; returns the archive's bytes.
+    async fn upload_archive(rec: &Arc<Mutex<Uploads>>, len: usize) -> Vec<u8> {
         let client = artifacts_server(rec.clone()).await;
         let tmp = tempfile::tempdir().unwrap();
         let tar = tmp.path().join("artifacts.tar");
-        // Several read chunks, and not a multiple of one.
-        let want = archive_bytes(3 * (256 << 10) + 12_345);
+        let want = archive_bytes(len);
         std::fs::write(&tar, &want).unwrap();
         assert!(send_artifacts(&client, 5, &tar).await.is_ok());
+        want
+    }
+
+    #[tokio::test]
+    async fn artifacts_stream_from_the_file_with_their_length() {
+        let rec = Arc::new(Mutex::new(Uploads::default()));
+        // Several read chunks, and not a multiple of one.
+        let want = upload_archive(&rec, 3 * (256 << 10) + 12_345).await;
         let r = rec.lock().unwrap();
         assert_eq!(r.puts.len(), 1);
         let put = &r.puts[0];
@@ -867,12 +874,7 @@ mod tests {
             fail: 2,
             ..Uploads::default()
         }));
-        let client = artifacts_server(rec.clone()).await;
-        let tmp = tempfile::tempdir().unwrap();
-        let tar = tmp.path().join("artifacts.tar");
-        let want = archive_bytes(700_001);
-        std::fs::write(&tar, &want).unwrap();
-        assert!(send_artifacts(&client, 5, &tar).await.is_ok());
+        let want = upload_archive(&rec, 700_001).await;
         let r = rec.lock().unwrap();
         assert_eq!(r.puts.len(), 3, "two refused uploads, then one taken");
         for put in &r.puts {

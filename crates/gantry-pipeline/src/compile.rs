@@ -16,7 +16,7 @@ use crate::plan::{
     AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, Environment, Image, Job,
     Need, Plan, Retry, Variable, When,
 };
-use crate::yaml::{Map, Node, Pos, Value};
+use crate::yaml::{Entry, Map, Node, Pos, Value};
 use crate::{duration, expr, vars};
 
 /// Job keywords GitLab knows.
@@ -212,12 +212,9 @@ impl Compiler<'_> {
             match d.as_map() {
                 Some(dm) => {
                     for e in &dm.entries {
-                        if !DEFAULT_KEYWORDS.contains(&e.key.as_str()) {
-                            let hint = hint(&e.key, DEFAULT_KEYWORDS);
-                            self.diags.error(
-                                e.key_pos,
-                                format!("unknown keyword `{}` in `default`{hint}", e.key),
-                            );
+                        if !self.known_key(e, DEFAULT_KEYWORDS, |k, hint| {
+                            format!("unknown keyword `{k}` in `default`{hint}")
+                        }) {
                             continue;
                         }
                         defaults.insert(e.key.clone(), e.key_pos, e.value.clone());
@@ -428,15 +425,26 @@ impl Compiler<'_> {
         }
     }
 
+    /// Whether `e`'s key is one of `known`; if not, the error `unknown(key, hint)` at the key.
+    fn known_key(
+        &mut self,
+        e: &Entry,
+        known: &[&str],
+        unknown: impl FnOnce(&str, &str) -> String,
+    ) -> bool {
+        if known.contains(&e.key.as_str()) {
+            return true;
+        }
+        let hint = hint(&e.key, known);
+        self.diags.error(e.key_pos, unknown(&e.key, &hint));
+        false
+    }
+
     fn check_keywords(&mut self, job: &str, m: &Map) {
         for e in &m.entries {
-            if !JOB_KEYWORDS.contains(&e.key.as_str()) {
-                let hint = hint(&e.key, JOB_KEYWORDS);
-                self.diags.error(
-                    e.key_pos,
-                    format!("`{job}`: unknown keyword `{}`{hint}", e.key),
-                );
-            }
+            self.known_key(e, JOB_KEYWORDS, |k, hint| {
+                format!("`{job}`: unknown keyword `{k}`{hint}")
+            });
         }
         if !m.contains("script") && !m.contains("trigger") && !m.contains("run") {
             self.diags.follow_on(
@@ -1166,11 +1174,9 @@ impl Compiler<'_> {
                 ]
             };
             for e in &rm.entries {
-                if !allowed.contains(&e.key.as_str()) {
-                    let hint = hint(&e.key, allowed);
-                    self.diags
-                        .error(e.key_pos, format!("unknown rule keyword `{}`{hint}", e.key));
-                }
+                self.known_key(e, allowed, |k, hint| {
+                    format!("unknown rule keyword `{k}`{hint}")
+                });
             }
             let mut matched = true;
             let mut why = Vec::new();
@@ -1475,20 +1481,26 @@ impl Compiler<'_> {
         r
     }
 
-    fn artifacts(&mut self, n: &Node, job: &str) -> Option<Artifacts> {
-        let m = n.as_map()?;
-        let when = match m.get("when").and_then(Node::as_str) {
+    /// `artifacts:when` or `cache:when` (`keyword`) of the mapping `m` at `pos`: on success when
+    /// absent, and after an error when unknown.
+    fn when_kept(&mut self, m: &Map, pos: Pos, job: &str, keyword: &str) -> ArtifactsWhen {
+        match m.get("when").and_then(Node::as_str) {
             None | Some("on_success") => ArtifactsWhen::OnSuccess,
             Some("on_failure") => ArtifactsWhen::OnFailure,
             Some("always") => ArtifactsWhen::Always,
             Some(other) => {
                 self.diags.error(
-                    n.pos,
-                    format!("`{job}`: unknown `artifacts:when` value `{other}`"),
+                    pos,
+                    format!("`{job}`: unknown `{keyword}:when` value `{other}`"),
                 );
                 ArtifactsWhen::OnSuccess
             }
-        };
+        }
+    }
+
+    fn artifacts(&mut self, n: &Node, job: &str) -> Option<Artifacts> {
+        let m = n.as_map()?;
+        let when = self.when_kept(m, n.pos, job, "artifacts");
         let reports = m
             .get("reports")
             .and_then(Node::as_map)
@@ -1592,18 +1604,7 @@ impl Compiler<'_> {
                     CachePolicy::PullPush
                 }
             };
-            let when = match m.get("when").and_then(Node::as_str) {
-                None | Some("on_success") => ArtifactsWhen::OnSuccess,
-                Some("on_failure") => ArtifactsWhen::OnFailure,
-                Some("always") => ArtifactsWhen::Always,
-                Some(other) => {
-                    self.diags.error(
-                        c.pos,
-                        format!("`{job}`: unknown `cache:when` value `{other}`"),
-                    );
-                    ArtifactsWhen::OnSuccess
-                }
-            };
+            let when = self.when_kept(m, c.pos, job, "cache");
             out.push(Cache {
                 key,
                 paths: m.get("paths").map(string_list).unwrap_or_default(),
@@ -1624,6 +1625,15 @@ impl Compiler<'_> {
         out
     }
 
+    /// The `name` of the mapping `m` (the value of `n`); without one, the error `message()`.
+    fn name_of(&mut self, n: &Node, m: &Map, message: impl FnOnce() -> String) -> Option<String> {
+        let name = m.get("name").and_then(Node::scalar_string);
+        if name.is_none() {
+            self.diags.error(n.pos, message());
+        }
+        name
+    }
+
     fn environment(&mut self, n: &Node, job: &str) -> Option<Environment> {
         match &n.value {
             Value::Str(s) => Some(Environment {
@@ -1633,11 +1643,8 @@ impl Compiler<'_> {
                 deployment_tier: None,
             }),
             Value::Map(m) => {
-                let Some(name) = m.get("name").and_then(Node::scalar_string) else {
-                    self.diags
-                        .error(n.pos, format!("`{job}`: `environment` needs a `name`"));
-                    return None;
-                };
+                let name =
+                    self.name_of(n, m, || format!("`{job}`: `environment` needs a `name`"))?;
                 let action = m
                     .get("action")
                     .and_then(Node::scalar_string)
@@ -1706,11 +1713,7 @@ impl Compiler<'_> {
                 docker_platform: None,
             }),
             Value::Map(m) => {
-                let Some(name) = m.get("name").and_then(Node::scalar_string) else {
-                    self.diags
-                        .error(n.pos, format!("`{job}`: an image needs a `name`"));
-                    return None;
-                };
+                let name = self.name_of(n, m, || format!("`{job}`: an image needs a `name`"))?;
                 let docker_map = m.get("docker").and_then(Node::as_map);
                 let docker = |k: &str| {
                     docker_map

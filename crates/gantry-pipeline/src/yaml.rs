@@ -498,26 +498,15 @@ impl Builder {
                 self.push(node, 0)?;
             }
             Event::SequenceStart(anchor, tag) => {
-                self.depth_check(pos)?;
                 let tag = tag.and_then(|t| local_tag(&t.handle, &t.suffix));
-                self.stack.push(Frame::Seq {
-                    node: Node {
-                        value: Value::Seq(Vec::new()),
-                        pos,
-                        tag,
-                    },
-                    anchor,
-                });
+                let node = self.open(Value::Seq(Vec::new()), pos, tag)?;
+                self.stack.push(Frame::Seq { node, anchor });
             }
             Event::MappingStart(anchor, tag) => {
-                self.depth_check(pos)?;
                 let tag = tag.and_then(|t| local_tag(&t.handle, &t.suffix));
+                let node = self.open(Value::Map(Map::default()), pos, tag)?;
                 self.stack.push(Frame::Map {
-                    node: Node {
-                        value: Value::Map(Map::default()),
-                        pos,
-                        tag,
-                    },
+                    node,
                     anchor,
                     key: None,
                     merges: Vec::new(),
@@ -548,6 +537,12 @@ impl Builder {
             | Event::Nothing => {}
         }
         Ok(())
+    }
+
+    /// The node a sequence or mapping starts as: `value`, still empty, unless it nests too deep.
+    fn open(&self, value: Value, pos: Pos, tag: Option<Box<str>>) -> Result<Node, YamlError> {
+        self.depth_check(pos)?;
+        Ok(Node { value, pos, tag })
     }
 
     fn depth_check(&self, pos: Pos) -> Result<(), YamlError> {

@@ -362,14 +362,7 @@ fn convert(args: &ConvertArgs) -> u8 {
             EXIT_OK
         }
         Err(diagnostics) => {
-            for d in &diagnostics {
-                eprintln!("{d}");
-            }
-            eprintln!(
-                "gantry: `{name}` has {} error{}; nothing converted",
-                diagnostics.len(),
-                if diagnostics.len() == 1 { "" } else { "s" }
-            );
+            print_errors(&diagnostics, &format!("`{name}`"), "nothing converted");
             EXIT_CONFIG
         }
     }
@@ -504,18 +497,21 @@ fn print_diagnostics(compiled: &Compiled, output: Output) -> Option<u8> {
                 config_error(Output::Json, e);
             }
         }
-        Output::Human => {
-            for e in &errors {
-                eprintln!("{e}");
-            }
-            eprintln!(
-                "gantry: the pipeline has {} error{}; nothing ran",
-                errors.len(),
-                if errors.len() == 1 { "" } else { "s" }
-            );
-        }
+        Output::Human => print_errors(&errors, "the pipeline", "nothing ran"),
     }
     Some(EXIT_CONFIG)
+}
+
+/// Prints each error on a line of its own, then `gantry: WHAT has N error(s); OUTCOME`.
+fn print_errors(errors: &[impl std::fmt::Display], what: &str, outcome: &str) {
+    for e in errors {
+        eprintln!("{e}");
+    }
+    eprintln!(
+        "gantry: {what} has {} error{}; {outcome}",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
 }
 
 fn run(args: &RunArgs) -> Result<u8> {

@@ -156,17 +156,8 @@ pub struct TokenRevokeArgs {
 /// `gantry project add`'s options.
 #[derive(Args)]
 pub struct AddArgs {
-    /// The server's URL.
-    #[arg(long, env = "GANTRY_SERVER", value_name = "URL")]
-    server: String,
-    /// The admin API token.
-    #[arg(
-        long,
-        env = "GANTRY_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    token: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The project's name (letters, digits, `-`, `_`, `.`).
     #[arg(long, value_name = "NAME")]
     name: String,
@@ -368,13 +359,9 @@ fn add(args: AddArgs) -> Result<u8> {
             .then_some(args.protected_branches),
         protected_tags: args.protected_tags,
     };
-    let server = ServerArgs {
-        server: args.server,
-        token: args.token,
-    };
     let body = serde_json::to_vec(&body)?;
     match call(
-        &server,
+        &args.server,
         reqwest::Method::POST,
         "/api/v1/projects",
         Some(body),

@@ -216,34 +216,41 @@ async fn files_a_non_root_container_creates_go_back_to_the_workspace_owner() {
     s.cleanup().await;
 }
 
+/// How many containers, running or not, the engine holds for the workspace `ws`.
+async fn containers_of(e: &DockerExecutor, ws: &Path) -> usize {
+    let filters = std::collections::HashMap::from([(
+        "label",
+        vec![format!("gantry.workspace={}", ws.display())],
+    )]);
+    e.client()
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cleanup_leftovers_removes_labelled_objects() {
     let e = executor().await;
     // Leftovers of a "crashed" session: a labelled container and network that nobody cleans up.
     let ws = tempfile::tempdir().unwrap();
     let mut s = session(ws.path()).await;
-    let (_tx, never) = watch::channel(false);
-    let st = step(ws.path(), StepKind::Script, &["true"], None);
-    assert_eq!(run(&mut s, &st, never).await.0, StepOutcome::Exited(0));
-    let filters = std::collections::HashMap::from([(
-        "label",
-        vec![format!("gantry.workspace={}", ws.path().display())],
-    )]);
-    let list = || {
-        e.client().list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
-    };
-    assert_eq!(list().await.unwrap().len(), 1);
+    assert_eq!(
+        run_script(&mut s, ws.path(), &["true"]).await.0,
+        StepOutcome::Exited(0)
+    );
+    assert_eq!(containers_of(&e, ws.path()).await, 1);
     std::mem::forget(s);
     // Other tests may be running jobs on the same engine: this removes only this workspace's
     // objects, as cleanup_leftovers removes all managed ones.
     let label = format!("gantry.workspace={}", ws.path().display());
     assert!(e.remove_labelled(&label).await.unwrap() >= 1);
-    assert!(list().await.unwrap().is_empty());
+    assert_eq!(containers_of(&e, ws.path()).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,36 +263,18 @@ async fn cleanup_under_removes_only_that_directorys_leftovers() {
     let elsewhere = tempfile::tempdir().unwrap();
     for ws in [inside.as_path(), elsewhere.path()] {
         let mut s = session(ws).await;
-        let (_tx, never) = watch::channel(false);
-        let st = step(ws, StepKind::Script, &["true"], None);
-        assert_eq!(run(&mut s, &st, never).await.0, StepOutcome::Exited(0));
+        assert_eq!(
+            run_script(&mut s, ws, &["true"]).await.0,
+            StepOutcome::Exited(0)
+        );
         std::mem::forget(s);
     }
-    let count = |ws: &std::path::Path| {
-        let filters = std::collections::HashMap::from([(
-            "label",
-            vec![format!("gantry.workspace={}", ws.display())],
-        )]);
-        let client = e.client();
-        async move {
-            client
-                .list_containers(Some(
-                    bollard::query_parameters::ListContainersOptionsBuilder::default()
-                        .all(true)
-                        .filters(&filters)
-                        .build(),
-                ))
-                .await
-                .unwrap()
-                .len()
-        }
-    };
-    assert_eq!(count(&inside).await, 1);
-    assert_eq!(count(elsewhere.path()).await, 1);
+    assert_eq!(containers_of(&e, &inside).await, 1);
+    assert_eq!(containers_of(&e, elsewhere.path()).await, 1);
     assert!(e.cleanup_under(mine.path()).await.unwrap() >= 1);
-    assert_eq!(count(&inside).await, 0);
+    assert_eq!(containers_of(&e, &inside).await, 0);
     assert_eq!(
-        count(elsewhere.path()).await,
+        containers_of(&e, elsewhere.path()).await,
         1,
         "another directory's job stays"
     );

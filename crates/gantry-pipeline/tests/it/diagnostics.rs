@@ -11,6 +11,18 @@ fn assert_error(src: &str, expected: &str) {
     crate::assert_error(&compile_one(src), expected);
 }
 
+/// Asserts that `src` has an error that starts with `at` and contains `part`.
+#[track_caller]
+fn assert_error_at(src: &str, at: &str, part: &str) {
+    assert_any(&errors(src), |e| e.starts_with(at) && e.contains(part));
+}
+
+/// Asserts that one of `errs` passes `test`; a failure lists them all.
+#[track_caller]
+fn assert_any(errs: &[String], test: impl Fn(&str) -> bool) {
+    assert!(errs.iter().any(|e| test(e)), "{errs:#?}");
+}
+
 #[test]
 fn unknown_keyword_with_did_you_mean() {
     assert_error(
@@ -30,28 +42,20 @@ fn needs_naming_a_missing_job() {
 #[test]
 fn needs_cycle() {
     let errs = errors("a:\n  needs: [b]\n  script: [x]\nb:\n  needs: [a]\n  script: [x]\n");
-    assert!(
-        errs.iter().any(
-            |e| e.contains("`needs` cycle: ") && e.contains("a -> b -> a")
-                || e.contains("b -> a -> b")
-        ),
-        "{errs:#?}"
-    );
-    assert!(
-        errs.iter()
-            .any(|e| e.starts_with(".gitlab-ci.yml:") && e.contains("cycle")),
-        "{errs:#?}"
-    );
+    assert_any(&errs, |e| {
+        e.contains("`needs` cycle: ") && e.contains("a -> b -> a") || e.contains("b -> a -> b")
+    });
+    assert_any(&errs, |e| {
+        e.starts_with(".gitlab-ci.yml:") && e.contains("cycle")
+    });
 }
 
 #[test]
 fn bad_regex_in_rules_if() {
-    let errs = errors("job:\n  script: [x]\n  rules:\n    - if: $A =~ /[unclosed/\n");
-    assert!(
-        errs.iter()
-            .any(|e| e.starts_with(".gitlab-ci.yml:4:")
-                && e.contains("invalid `rules:if` expression")),
-        "{errs:#?}"
+    assert_error_at(
+        "job:\n  script: [x]\n  rules:\n    - if: $A =~ /[unclosed/\n",
+        ".gitlab-ci.yml:4:",
+        "invalid `rules:if` expression",
     );
 }
 
@@ -97,17 +101,12 @@ fn remote_include_is_not_available_offline() {
     let errs = errors(
         "include:\n  - remote: https://example.com/ci.yml\n  - project: group/p\n    file: ci.yml\njob:\n  script: [x]\n",
     );
-    assert!(
-        errs.iter().any(|e| e
-            .contains("`include:remote` `https://example.com/ci.yml` is not available offline")),
-        "{errs:#?}"
-    );
-    assert!(
-        errs.iter()
-            .any(|e| e
-                .contains("`include:project` `group/p` file `ci.yml` is not available offline")),
-        "{errs:#?}"
-    );
+    assert_any(&errs, |e| {
+        e.contains("`include:remote` `https://example.com/ci.yml` is not available offline")
+    });
+    assert_any(&errs, |e| {
+        e.contains("`include:project` `group/p` file `ci.yml` is not available offline")
+    });
 }
 
 #[test]
@@ -199,16 +198,12 @@ fn extends_unknown_and_circular() {
     let errs = errors(
         "a:\n  extends: .missing\n  script: [x]\nb:\n  extends: c\n  script: [x]\nc:\n  extends: b\n  script: [x]\n",
     );
-    assert!(
-        errs.iter()
-            .any(|e| e == ".gitlab-ci.yml:2:12: `a`: unknown key `.missing` in `extends`"),
-        "{errs:#?}"
-    );
-    assert!(
-        errs.iter()
-            .any(|e| e.contains("circular dependency detected in `extends`")),
-        "{errs:#?}"
-    );
+    assert_any(&errs, |e| {
+        e == ".gitlab-ci.yml:2:12: `a`: unknown key `.missing` in `extends`"
+    });
+    assert_any(&errs, |e| {
+        e.contains("circular dependency detected in `extends`")
+    });
 }
 
 #[test]
@@ -227,11 +222,10 @@ fn extends_deeper_than_eleven_levels() {
 
 #[test]
 fn reference_to_itself() {
-    let errs = errors("job:\n  script:\n    - !reference [job, script]\n");
-    assert!(
-        errs.iter()
-            .any(|e| e.starts_with(".gitlab-ci.yml:3:7:") && e.contains("refers to itself")),
-        "{errs:#?}"
+    assert_error_at(
+        "job:\n  script:\n    - !reference [job, script]\n",
+        ".gitlab-ci.yml:3:7:",
+        "refers to itself",
     );
 }
 
@@ -272,35 +266,37 @@ fn bad_values() {
 }
 
 #[test]
+fn unknown_artifacts_and_cache_when_values() {
+    let errs = errors(
+        "job:\n  script: [x]\n  artifacts:\n    paths: [a]\n    when: sometimes\n  cache:\n    key: k\n    when: later\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            ".gitlab-ci.yml:4:5: `job`: unknown `artifacts:when` value `sometimes`",
+            ".gitlab-ci.yml:7:5: `job`: unknown `cache:when` value `later`",
+        ]
+    );
+}
+
+#[test]
 fn needs_entries_must_be_names_or_mappings() {
     let errs = errors(
         "a:\n  script: [x]\nb:\n  needs:\n    - ~\n  script: [x]\nc:\n  needs: a\n  script: [x]\n",
     );
-    assert!(
-        errs.iter()
-            .any(|e| e.starts_with(".gitlab-ci.yml:5:7:") && e.contains("not null")),
-        "{errs:#?}"
-    );
-    assert!(
-        errs.iter().any(
-            |e| e.starts_with(".gitlab-ci.yml:8:10:") && e.contains("`needs` must be an array")
-        ),
-        "{errs:#?}"
-    );
+    assert_any(&errs, |e| {
+        e.starts_with(".gitlab-ci.yml:5:7:") && e.contains("not null")
+    });
+    assert_any(&errs, |e| {
+        e.starts_with(".gitlab-ci.yml:8:10:") && e.contains("`needs` must be an array")
+    });
 }
 
 #[test]
 fn a_job_must_be_a_mapping_with_a_script() {
     let errs = errors("stagse: [a]\nempty:\n  stage: test\n");
-    assert!(
-        errs.iter().any(
-            |e| e.contains("`stagse` is not a keyword") && e.contains("did you mean `stages`?")
-        ),
-        "{errs:#?}"
-    );
-    assert!(
-        errs.iter()
-            .any(|e| e.contains("`empty`: a job needs `script`")),
-        "{errs:#?}"
-    );
+    assert_any(&errs, |e| {
+        e.contains("`stagse` is not a keyword") && e.contains("did you mean `stages`?")
+    });
+    assert_any(&errs, |e| e.contains("`empty`: a job needs `script`"));
 }

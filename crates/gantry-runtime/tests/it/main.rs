@@ -185,39 +185,34 @@ impl Recorder {
     fn all(&self) -> Vec<Rec> {
         self.0.lock().unwrap().clone()
     }
+    /// What `pick` takes from each record, in order.
+    fn picked<T>(&self, pick: impl FnMut(Rec) -> Option<T>) -> Vec<T> {
+        self.all().into_iter().filter_map(pick).collect()
+    }
     fn logs(&self, job: &str) -> Vec<String> {
-        self.all()
-            .into_iter()
-            .filter_map(|r| match r {
-                Rec::Log { job: j, line, .. } if j == job => Some(line),
-                _ => None,
-            })
-            .collect()
+        self.picked(|r| match r {
+            Rec::Log { job: j, line, .. } if j == job => Some(line),
+            _ => None,
+        })
     }
     fn infos(&self, job: &str) -> Vec<String> {
-        self.all()
-            .into_iter()
-            .filter_map(|r| match r {
-                Rec::Info { job: j, message } if j == job => Some(message),
-                _ => None,
-            })
-            .collect()
+        self.picked(|r| match r {
+            Rec::Info { job: j, message } if j == job => Some(message),
+            _ => None,
+        })
     }
     fn has_info(&self, job: &str, part: &str) -> bool {
         self.infos(job).iter().any(|m| m.contains(part))
     }
     fn started(&self, job: &str) -> Vec<(u32, Instant)> {
-        self.all()
-            .into_iter()
-            .filter_map(|r| match r {
-                Rec::Started {
-                    job: j,
-                    attempt,
-                    at,
-                } if j == job => Some((attempt, at)),
-                _ => None,
-            })
-            .collect()
+        self.picked(|r| match r {
+            Rec::Started {
+                job: j,
+                attempt,
+                at,
+            } if j == job => Some((attempt, at)),
+            _ => None,
+        })
     }
     fn first_start(&self, job: &str) -> Instant {
         self.started(job)
@@ -227,19 +222,23 @@ impl Recorder {
     }
     /// The `error` of `job`'s finish event.
     fn finished_error(&self, job: &str) -> Option<String> {
-        self.all()
-            .into_iter()
-            .find_map(|r| match r {
-                Rec::Finished { job: j, error, .. } if j == job => Some(error),
-                _ => None,
-            })
-            .unwrap_or_else(|| panic!("{job} never finished"))
+        self.finished(job, |r| match r {
+            Rec::Finished { error, .. } => Some(error),
+            _ => None,
+        })
     }
     fn finished_at(&self, job: &str) -> Instant {
+        self.finished(job, |r| match r {
+            Rec::Finished { at, .. } => Some(at),
+            _ => None,
+        })
+    }
+    /// What `pick` takes from `job`'s first finish event.
+    fn finished<T>(&self, job: &str, pick: impl Fn(Rec) -> Option<T>) -> T {
         self.all()
             .into_iter()
             .find_map(|r| match r {
-                Rec::Finished { job: j, at, .. } if j == job => Some(at),
+                Rec::Finished { job: ref j, .. } if j == job => pick(r),
                 _ => None,
             })
             .unwrap_or_else(|| panic!("{job} never finished"))
@@ -756,12 +755,22 @@ async fn artifacts_when_and_untracked() {
     );
 }
 
+/// Runs `make` in place in `dir`, keeping its untracked files as artifacts, and checks that it
+/// passed; answers where its files are stored.
+async fn untracked_in_place(mut make: Job, dir: &Path) -> std::path::PathBuf {
+    make.artifacts = artifacts(&[]);
+    make.artifacts.as_mut().unwrap().untracked = true;
+    let run = run_with(&plan(vec![make]), dir, |c| c.in_place = true).await;
+    assert_eq!(run.status("make"), JobStatus::Success);
+    dir.join(".gantry/artifacts/make/files")
+}
+
 /// In place in a checkout (as agents run), `untracked` asks git what it tracks: a tracked file the
 /// job changed is not untracked, a file the job made is.
 #[tokio::test]
 async fn in_place_untracked_is_what_git_does_not_track() {
     let r = repo(&[("tracked.txt", "t"), ("src/lib.txt", "l")]);
-    let mut make = job(
+    let make = job(
         "make",
         1,
         &[
@@ -769,11 +778,7 @@ async fn in_place_untracked_is_what_git_does_not_track() {
             "mkdir -p gen && echo g > gen/x",
         ],
     );
-    make.artifacts = artifacts(&[]);
-    make.artifacts.as_mut().unwrap().untracked = true;
-    let run = run_with(&plan(vec![make]), r.path(), |c| c.in_place = true).await;
-    assert_eq!(run.status("make"), JobStatus::Success);
-    let stored = r.path().join(".gantry/artifacts/make/files");
+    let stored = untracked_in_place(make, r.path()).await;
     assert_eq!(
         std::fs::read_to_string(stored.join("gen/x")).unwrap(),
         "g\n"
@@ -789,12 +794,8 @@ async fn in_place_untracked_is_what_git_does_not_track() {
 async fn in_place_untracked_without_git_is_what_the_job_made() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("before.txt"), "b\n").unwrap();
-    let mut make = job("make", 1, &["echo m > made.txt", "echo c > before.txt"]);
-    make.artifacts = artifacts(&[]);
-    make.artifacts.as_mut().unwrap().untracked = true;
-    let run = run_with(&plan(vec![make]), dir.path(), |c| c.in_place = true).await;
-    assert_eq!(run.status("make"), JobStatus::Success);
-    let stored = dir.path().join(".gantry/artifacts/make/files");
+    let make = job("make", 1, &["echo m > made.txt", "echo c > before.txt"]);
+    let stored = untracked_in_place(make, dir.path()).await;
     assert_eq!(
         std::fs::read_to_string(stored.join("made.txt")).unwrap(),
         "m\n"

@@ -9,6 +9,26 @@ fn text(out: &std::process::Output) -> (String, String) {
     )
 }
 
+/// `gantry run --list-json`'s answer, and its job names.
+fn list_json(out: &std::process::Output) -> (serde_json::Value, Vec<String>) {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(out)));
+    let names = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap().to_string())
+        .collect();
+    (v, names)
+}
+
+/// `gantry run --output json` of the pipeline `ci`, which must end in a configuration error.
+fn refused(ci: &str) -> crate::Run {
+    let r = Repo::ci(ci).run_json(&[]);
+    assert_eq!(r.code, 2);
+    r
+}
+
 #[test]
 fn exit_codes_follow_the_pipeline() {
     let ok = Repo::ci("a:\n  script: [\"true\"]\n");
@@ -65,10 +85,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn malformed_yaml_is_a_configuration_error() {
-    let repo = Repo::ci("a:\n  script: [true\n");
-    let r = repo.run_json(&[]);
-    assert_eq!(r.code, 2);
-    r.assert_message_has("invalid YAML");
+    refused("a:\n  script: [true\n").assert_message_has("invalid YAML");
 }
 
 #[test]
@@ -125,15 +142,7 @@ fn list_leaves_out_jobs_that_only_default_keeps_out_of_merge_request_pipelines()
         "--pipeline-source",
         "merge_request_event",
     ]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(&out)));
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["mr"]);
+    assert_eq!(list_json(&out).1, ["mr"]);
     let (table, _) =
         text(&repo.gantry(&["run", "--list", "--pipeline-source", "merge_request_event"]));
     assert!(!table.lines().any(|l| l.starts_with("plain")), "{table}");
@@ -146,14 +155,7 @@ fn needs_flag_follows_optional_needs_present_and_skips_those_rules_removed() {
         "gone:\n  stage: build\n  script: [x]\n  rules: [{when: never}]\nhere:\n  stage: build\n  script: [x]\nother:\n  stage: build\n  script: [x]\ntest:\n  script: [x]\n  needs:\n    - {job: gone, optional: true}\n    - {job: here, optional: true}\n",
     );
     let out = repo.gantry(&["run", "test", "--needs", "--list-json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON: {e}: {:?}", text(&out)));
-    let names: Vec<&str> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["name"].as_str().unwrap())
-        .collect();
+    let (v, names) = list_json(&out);
     assert_eq!(names, ["here", "test"]);
     assert_eq!(v[1]["needs"], serde_json::json!(["here"]));
 }
@@ -296,9 +298,7 @@ fn image_jobs_fail_clearly_when_the_image_cannot_be_had_and_run_in_the_shell_on_
 
 #[test]
 fn trigger_jobs_are_refused_clearly() {
-    let repo = Repo::ci("child:\n  trigger:\n    include: child.yml\n");
-    let r = repo.run_json(&[]);
-    assert_eq!(r.code, 2);
+    let r = refused("child:\n  trigger:\n    include: child.yml\n");
     r.assert_message_has("`trigger`");
     r.assert_message_has("not supported yet");
 }

@@ -277,11 +277,14 @@ fn check(case: &Case) {
         .map(ToString::to_string)
         .collect();
     args.extend(pipeline.iter().cloned());
-    let out = gantry_cmd(repo.path())
-        .args(&args)
-        .env("XDG_CACHE_HOME", cache.path())
-        .output()
-        .expect("gantry runs");
+    // Gantry in the checkout, with its own include cache.
+    let gantry = |args: &[String]| {
+        gantry_cmd(repo.path())
+            .args(args)
+            .env("XDG_CACHE_HOME", cache.path())
+            .output()
+    };
+    let out = gantry(&args).expect("gantry runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let requests = server.log.lock().unwrap().join("\n");
@@ -318,11 +321,7 @@ fn check(case: &Case) {
         .map(ToString::to_string)
         .collect();
     lint.extend(pipeline);
-    let out = gantry_cmd(repo.path())
-        .args(&lint)
-        .env("XDG_CACHE_HOME", cache.path())
-        .output()
-        .expect("gantry lint runs");
+    let out = gantry(&lint).expect("gantry lint runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
         panic!(

@@ -1651,6 +1651,22 @@ fn commit_ci(repo: &Repo, ci: &str, message: &str) {
     repo.git(&["commit", "-q", "-am", message]);
 }
 
+/// Commits `ci` to `repo` as `message`, triggers `project` again (after the pipeline `first`),
+/// and checks that the new pipeline failed; answers it.
+fn fails_after_commit(
+    repo: &Repo,
+    api: &Api,
+    project: &str,
+    first: i64,
+    ci: &str,
+    message: &str,
+) -> Pipeline {
+    commit_ci(repo, ci, message);
+    let p = api.finished(retrigger(api, project, first));
+    assert_eq!(p.status, PipelineStatus::Failed);
+    p
+}
+
 /// Triggers a pipeline of `project` on `main`; answers its id once it is the newest, after `first`.
 fn retrigger(api: &Api, project: &str, first: i64) -> i64 {
     trigger_accepted(api, project);
@@ -1845,22 +1861,34 @@ fn remote_include_over_http_runs(store: Store) {
     assert_eq!(stub.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(nested.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     // A 404 is not transient: the pipeline fails at once, with the include's position.
-    commit_ci(
+    let p = fails_after_commit(
         &repo,
+        &api,
+        "remote",
+        id,
         &format!(
             "include:\n  - remote: http://127.0.0.1:{}/ci/missing.yml\nlocal_job:\n  script: [echo local]\n",
             stub.port
         ),
         "include a missing file",
     );
-    let second = retrigger(&api, "remote", id);
-    let p = api.finished(second);
-    assert_eq!(p.status, PipelineStatus::Failed);
     let e = &p.errors[0];
     assert_eq!((e.file.as_str(), e.line), (".gitlab-ci.yml", 2), "{e:?}");
     assert!(e.message.contains("404 Not Found"), "{e:?}");
     let d = deliveries(&api, "remote").into_iter().next().unwrap();
     assert_eq!(d["attempts"], 0, "{d}");
+}
+
+/// The first error of `p`, checked to stand at the include on line 4, column 5 of
+/// `.gitlab-ci.yml`.
+fn include_error(p: &Pipeline) -> &gantry_api::PipelineError {
+    let e = &p.errors[0];
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        (".gitlab-ci.yml", 4, 5),
+        "{e:?}"
+    );
+    e
 }
 
 /// By default `include:remote` reaches public addresses only: an include of the server's own
@@ -1884,12 +1912,7 @@ fn remote_include_of_a_local_address_is_refused(store: Store) {
         let p = api.finished(api.first_pipeline(name));
         assert_eq!(p.status, PipelineStatus::Failed);
         assert!(p.jobs.is_empty());
-        let e = &p.errors[0];
-        assert_eq!(
-            (e.file.as_str(), e.line, e.column),
-            (".gitlab-ci.yml", 4, 5),
-            "{e:?}"
-        );
+        let e = include_error(&p);
         assert!(
             e.message.contains("is not a public address")
                 && e.message.contains("allow_local_includes"),
@@ -1949,14 +1972,14 @@ fn project_include_from_another_project_runs(store: Store) {
     assert_log_has(&api, &p, "shared_job", "v1 of the shared project\n");
     job_named(&p, "own_job");
     // A project that is not registered: the pipeline fails with the include's position.
-    commit_ci(
+    let p = fails_after_commit(
         &app,
+        &api,
+        "team-app",
+        id,
         "own_job:\n  script: [echo own]\ninclude:\n  - project: nobody\n    file: /x.yml\n",
         "include a project that is not here",
     );
-    let failed = retrigger(&api, "team-app", id);
-    let p = api.finished(failed);
-    assert_eq!(p.status, PipelineStatus::Failed);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
     let e = &p.errors[0];
     assert_eq!((e.file.as_str(), e.line), (".gitlab-ci.yml", 4), "{e:?}");
@@ -2006,12 +2029,7 @@ fn project_include_is_denied_unless_the_included_project_allows_it(store: Store)
     assert_eq!(p.status, PipelineStatus::Failed);
     assert!(p.jobs.is_empty(), "{:?}", p.jobs);
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
-    let e = &p.errors[0];
-    assert_eq!(
-        (e.file.as_str(), e.line, e.column),
-        (".gitlab-ci.yml", 4, 5),
-        "{e:?}"
-    );
+    let e = include_error(&p);
     assert_eq!(
         e.message,
         "`include:project` `secret` file `/templates/own.yml`: project `secret` does not exist or does not allow \
@@ -2095,20 +2113,15 @@ fn component_and_template_includes_resolve(store: Store) {
     assert_log_has(&api, &p, "common", "common 1.1\n");
     assert_log_has(&api, &p, "template_job", "from the template\n");
     // Another host: refused at once, with the include's position.
-    commit_ci(
+    let p = fails_after_commit(
         &app,
+        &api,
+        "app",
+        id,
         "job:\n  script: [x]\ninclude:\n  - component: gitlab.com/group/comps/build@1.0.0\n",
         "a component of another host",
     );
-    let failed = retrigger(&api, "app", id);
-    let p = api.finished(failed);
-    assert_eq!(p.status, PipelineStatus::Failed);
-    let e = &p.errors[0];
-    assert_eq!(
-        (e.file.as_str(), e.line, e.column),
-        (".gitlab-ci.yml", 4, 5),
-        "{e:?}"
-    );
+    let e = include_error(&p);
     assert!(
         e.message
             .contains("gantry server includes components of its own projects only"),
@@ -2144,12 +2157,7 @@ fn unreachable_remote_include_fails_the_pipeline_with_its_position(store: Store)
     assert_eq!(p.status, PipelineStatus::Failed);
     assert!(p.jobs.is_empty());
     assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
-    let e = &p.errors[0];
-    assert_eq!(
-        (e.file.as_str(), e.line, e.column),
-        (".gitlab-ci.yml", 4, 5),
-        "{e:?}"
-    );
+    let e = include_error(&p);
     assert!(
         e.message
             .starts_with(&format!("`include:remote` `{url}`: cannot be fetched")),
