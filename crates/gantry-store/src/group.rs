@@ -45,57 +45,6 @@ where
     q
 }
 
-/// The `SELECT` of the id of delivery `d`, stored before.
-pub(crate) fn select_id<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut q = sqlx::QueryBuilder::new("SELECT id FROM deliveries WHERE project_id = ");
-    q.push_bind(d.project_id)
-        .push(" AND forge = ")
-        .push_bind(d.forge.as_str())
-        .push(" AND delivery_id = ")
-        .push_bind(d.delivery_id.as_str());
-    q
-}
-
-/// The `SELECT` of the id and arrival of the delivery whose push key `d` repeats (none without
-/// a key).
-pub(crate) fn select_push_id<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut q =
-        sqlx::QueryBuilder::new("SELECT id, received_at FROM deliveries WHERE project_id = ");
-    q.push_bind(d.project_id)
-        .push(" AND push_key = ")
-        .push_bind(d.push_key.as_deref());
-    q
-}
-
-/// The `UPDATE` that clears `d`'s push key on a delivery received before `d`'s window: the
-/// same push may then be stored again. Idempotent (an expired key is expired whoever clears it),
-/// so it needs no transaction with the insert that follows.
-pub(crate) fn expire_push_key<'a, DB>(d: &'a NewDelivery) -> sqlx::QueryBuilder<'a, DB>
-where
-    DB: sqlx::Database,
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-    Option<&'a str>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut q =
-        sqlx::QueryBuilder::new("UPDATE deliveries SET push_key = NULL WHERE project_id = ");
-    q.push_bind(d.project_id)
-        .push(" AND push_key = ")
-        .push_bind(d.push_key.as_deref())
-        .push(" AND received_at < ")
-        .push_bind(d.push_key_since);
-    q
-}
-
 /// What a store's connection does for a group commit.
 #[async_trait]
 pub(crate) trait DeliveryWriter: Send {
@@ -103,11 +52,11 @@ pub(crate) trait DeliveryWriter: Send {
     /// returns.
     async fn insert(&mut self, batch: &[&NewDelivery]) -> Result<Vec<(i64, i64, String, String)>>;
 
-    /// Runs [`select_id`], else [`select_push_id`]: the delivery that `delivery` repeats, and
-    /// whether that one is a push received before `delivery`'s window (then it does not count).
+    /// The delivery that `delivery` repeats, and whether that one is a push received before
+    /// `delivery`'s window (then it does not count): `Sql::stored_delivery`.
     async fn stored_id(&mut self, delivery: &NewDelivery) -> Result<(i64, bool)>;
 
-    /// Runs [`expire_push_key`].
+    /// Clears the push key that `delivery` repeats: `Sql::expire_push_key`.
     async fn expire(&mut self, delivery: &NewDelivery) -> Result<()>;
 
     /// Stores `batch` with one statement (atomic on its own: one round trip and one commit), then

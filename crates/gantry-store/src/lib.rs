@@ -41,15 +41,16 @@
 //! current upload, its size and its chunk count), so that neither storing nor serving an archive
 //! holds more than a chunk in memory. A pipeline's [`PipelineRecord::version`] is the pipeline row's own counter (bumped
 //! by [`Store::apply`]) plus the sum of its jobs' counters (bumped by claims, finishes and lease
-//! expiry), so that agents working on one pipeline never contend for its row. See [`SqliteStore`]
-//! and [`PgStore`] for how each one keeps the guarantees.
+//! expiry), so that agents working on one pipeline never contend for its row. The statements both
+//! databases share, and the [`Store`] impl, are written once (`query.rs`); see [`SqliteStore`] and
+//! [`PgStore`] for how each one keeps the guarantees.
 
 use async_trait::async_trait;
 
 mod group;
-#[macro_use]
-mod rows;
 mod postgres;
+mod query;
+mod rows;
 mod sqlite;
 
 pub use postgres::PgStore;
@@ -77,24 +78,81 @@ pub struct ArtifactsInfo {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What can go wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum StoreError {
     /// Something with this key exists already (a project name).
-    #[error("{0} already exists")]
     Conflict(String),
     /// The job is no longer running on this agent: its lease ran out, or it was finished or canceled.
-    #[error("the job is no longer leased to this agent")]
     LeaseLost,
     /// A log chunk starts past the stored end, which holds this many bytes.
-    #[error("the log holds {0} bytes; a chunk must start at or before that")]
     LogGap(i64),
     /// An artifacts upload is gone (a later upload of the job dropped it) or does not hold the
     /// chunks it should.
-    #[error("the artifacts upload is gone or incomplete")]
     UploadGone,
-    /// The database failed.
-    #[error("database: {0}")]
-    Database(String),
+    /// The database failed: what was being done, and the database's error as the `source`.
+    Database(DatabaseError),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Conflict(what) => write!(f, "{what} already exists"),
+            Self::LeaseLost => f.write_str("the job is no longer leased to this agent"),
+            Self::LogGap(size) => write!(
+                f,
+                "the log holds {size} bytes; a chunk must start at or before that"
+            ),
+            Self::UploadGone => f.write_str("the artifacts upload is gone or incomplete"),
+            Self::Database(e) => write!(f, "database: {e}"),
+        }
+    }
+}
+
+impl StoreError {
+    /// A database error without the database's own (a file, a migration).
+    fn database(message: String) -> Self {
+        Self::Database(message.into())
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Database(DatabaseError {
+                source: Some(e), ..
+            }) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What [`StoreError::Database`] carries: what failed, and the database's own error (which
+/// [`std::error::Error::source`] of the [`StoreError`] answers), if it came from the database.
+#[derive(Debug)]
+pub struct DatabaseError {
+    message: String,
+    source: Option<sqlx::Error>,
+}
+
+impl std::fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<&str> for DatabaseError {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl From<String> for DatabaseError {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            source: None,
+        }
+    }
 }
 
 /// Connects to `url` (`sqlite://PATH` (created if missing), `sqlite::memory:`, or `postgres://…`)
@@ -108,10 +166,13 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(PgStore::connect(url).await?))
     } else {
-        Err(StoreError::Database(format!(
-            "unsupported database URL (want sqlite://PATH, sqlite::memory: or postgres://...): {}",
-            redact(url)
-        )))
+        Err(StoreError::Database(
+            format!(
+                "unsupported database URL (want sqlite://PATH, sqlite::memory: or postgres://...): {}",
+                redact(url)
+            )
+            .into(),
+        ))
     }
 }
 
@@ -146,7 +207,12 @@ fn skip_projects(skip: &[i64]) -> String {
 
 /// Wraps a sqlx error with what was being done.
 fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |e| StoreError::Database(format!("{context}: {e}"))
+    move |e| {
+        StoreError::Database(DatabaseError {
+            message: format!("{context}: {e}"),
+            source: Some(e),
+        })
+    }
 }
 
 /// A project: its name and repository, and the server's JSON document of its settings.
@@ -875,4 +941,27 @@ pub trait Store: Send + Sync + 'static {
     async fn project_token_by_hash(&self, token_hash: &str) -> Result<Option<ProjectTokenRecord>>;
     /// Deletes token `id` of project `project_id`; `false` when there is no such token.
     async fn delete_project_token(&self, project_id: i64, id: i64) -> Result<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_is_the_source_of_a_store_error() {
+        let e = db("reading a project")(sqlx::Error::RowNotFound);
+        assert_eq!(
+            e.to_string(),
+            format!("database: reading a project: {}", sqlx::Error::RowNotFound)
+        );
+        let source = std::error::Error::source(&e).expect("a source");
+        assert!(
+            matches!(
+                source.downcast_ref::<sqlx::Error>(),
+                Some(sqlx::Error::RowNotFound)
+            ),
+            "{source:?}"
+        );
+        assert!(std::error::Error::source(&StoreError::LeaseLost).is_none());
+    }
 }

@@ -1,0 +1,1683 @@
+//! The statements both stores share, written once: [`Sql`], implemented for `sqlx::Sqlite` (in
+//! `sqlite.rs`) and `sqlx::Postgres` (in `postgres.rs`), and the [`crate::Store`] impl that runs
+//! them ([`store!`], expanded once in each backend). The statements are default methods of a trait
+//! rather than free generic functions because a trait's bounds (every type a statement binds or
+//! reads) hold inside its own methods, and are proven once, where each database implements it.
+//!
+//! Each default method of [`Sql`] runs its statements on a connection the backend hands it (a
+//! pooled reader, SQLite's writer, a PostgreSQL pool connection, or a transaction on one); how a
+//! backend gets that connection, and what it does around it (SQLite's single writer and group
+//! commit), stays in the backend. The SQL text uses `$N` placeholders: sqlx's SQLite driver binds a
+//! parameter named `$N` to the Nth argument, as PostgreSQL does, so one text serves both, and each
+//! connection prepares it once and caches it by that text.
+//!
+//! What the databases spell differently is an item of the impl: how a list of strings or ids is
+//! bound and read (a JSON array on SQLite, `text[]` / `bigint[]` on PostgreSQL), a few fragments
+//! ([`Sql::LATER_LEASE`], [`Sql::BEGIN`], [`Sql::NAME_IN_LIST`]), and one statement that differs
+//! ([`Sql::SUCCESS_CHANGES_NOTHING`]); what only one database does (claims,
+//! [`crate::Store::apply`], appending a log, expiring leases) stays in its backend.
+
+use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Row, Type};
+
+use crate::rows::{
+    AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
+    PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
+};
+use crate::{
+    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
+    NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
+    ProjectRecord, ProjectTokenRecord, Result, StoreError, db, skip_projects,
+};
+
+/// A pipeline's version (see [`PIPELINE_COLS`]).
+pub(crate) const VERSION: &str = "CAST(p.version + COALESCE((SELECT SUM(j.bumps) FROM jobs j \
+     WHERE j.pipeline_id = p.id), 0) AS BIGINT) AS version";
+
+/// In place of [`VERSION`] where the record is only read (heads and lists): the sum walks every
+/// job of the pipeline, and nothing that only reads uses it.
+const NO_VERSION: &str = "CAST(0 AS BIGINT) AS version";
+
+/// A statement's text with its parameters bound, ready to run.
+type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
+
+/// The statements of both stores, over one database's connection (see the module docs).
+pub(crate) trait Sql: sqlx::Database
+where
+    for<'q> <Self as sqlx::Database>::Arguments<'q>: IntoArguments<'q, Self>,
+    for<'c> &'c mut <Self as sqlx::Database>::Connection: Executor<'c, Database = Self>,
+    for<'a> &'a str: ColumnIndex<<Self as sqlx::Database>::Row>,
+    usize: ColumnIndex<<Self as sqlx::Database>::Row>,
+    for<'q> i64: Encode<'q, Self> + Decode<'q, Self> + Type<Self>,
+    for<'q> i32: Encode<'q, Self> + Decode<'q, Self> + Type<Self>,
+    for<'q> f64: Encode<'q, Self> + Decode<'q, Self> + Type<Self>,
+    for<'q> bool: Encode<'q, Self> + Decode<'q, Self> + Type<Self>,
+    for<'q> String: Decode<'q, Self> + Type<Self>,
+    for<'q> &'q str: Encode<'q, Self> + Type<Self>,
+    for<'q> Vec<u8>: Decode<'q, Self> + Type<Self>,
+    for<'q> &'q [u8]: Encode<'q, Self> + Type<Self>,
+    for<'q> Option<i64>: Encode<'q, Self>,
+    for<'q> Option<i32>: Encode<'q, Self>,
+    for<'q> Option<f64>: Encode<'q, Self>,
+    for<'q> Option<bool>: Encode<'q, Self>,
+    for<'q> Option<&'q str>: Encode<'q, Self>,
+{
+    /// A list of strings (or `NULL`) as bound.
+    type List<'a>: Encode<'a, Self> + Type<Self> + Send + 'a;
+    /// A list of ids (or `NULL`) as bound.
+    type Ids<'a>: Encode<'a, Self> + Type<Self> + Send + 'a;
+
+    /// `list` as bound.
+    fn list_param(list: Option<&[String]>) -> Self::List<'_>;
+    /// `ids` as bound.
+    fn ids_param(ids: Option<&[i64]>) -> Self::Ids<'_>;
+    /// A list column.
+    fn read_list(row: &Self::Row, column: &str) -> Result<Vec<String>>;
+    /// A nullable list column.
+    fn read_opt_list(row: &Self::Row, column: &str) -> Result<Option<Vec<String>>>;
+    /// A nullable list of ids.
+    fn read_opt_ids(row: &Self::Row, column: &str) -> Result<Option<Vec<i64>>>;
+    /// How many rows a statement changed.
+    fn affected(done: &Self::QueryResult) -> u64;
+
+    /// What begins a write transaction.
+    const BEGIN: &'static str;
+    /// The later of a job's `lease_until` and `$1`.
+    const LATER_LEASE: &'static str;
+    /// The condition that a job's `name` is in the list `$2`.
+    const NAME_IN_LIST: &'static str;
+    /// See [`crate::Store::success_changes_nothing`]: pipeline `$1`, stage `$2`, job `$3`, name `$4`.
+    const SUCCESS_CHANGES_NOTHING: &'static str;
+
+    // --- reading rows
+
+    /// A typed column read.
+    fn get<'r, T>(row: &'r Self::Row, column: &str) -> Result<T>
+    where
+        T: Decode<'r, Self> + Type<Self>,
+    {
+        row.try_get(column)
+            .map_err(|e| StoreError::Database(format!("reading column {column}: {e}").into()))
+    }
+
+    /// A row of [`JOB_COLS`].
+    fn job_row(row: &Self::Row) -> Result<JobRecord> {
+        Ok(JobRecord {
+            id: Self::get(row, "id")?,
+            pipeline_id: Self::get(row, "pipeline_id")?,
+            name: Self::get(row, "name")?,
+            stage: Self::get(row, "stage")?,
+            stage_index: Self::get(row, "stage_index")?,
+            position: Self::get(row, "position")?,
+            attempt: Self::get(row, "attempt")?,
+            status: Self::get(row, "status")?,
+            when: Self::get(row, "job_when")?,
+            allow_failure: Self::get(row, "allow_failure")?,
+            needs: Self::read_opt_list(row, "needs")?,
+            tags: Self::read_list(row, "tags")?,
+            resource_group: Self::get(row, "resource_group")?,
+            interruptible: Self::get(row, "interruptible")?,
+            spec: Self::get(row, "spec")?,
+            created_at: Self::get(row, "created_at")?,
+            queued_at: Self::get(row, "queued_at")?,
+            started_at: Self::get(row, "started_at")?,
+            finished_at: Self::get(row, "finished_at")?,
+            run_after: Self::get(row, "run_after")?,
+            agent_id: Self::get(row, "agent_id")?,
+            agent_name: Self::get(row, "agent_name")?,
+            lease_until: Self::get(row, "lease_until")?,
+            cancel_requested: Self::get(row, "cancel_requested")?,
+            exit_code: Self::get(row, "exit_code")?,
+            failure_reason: Self::get(row, "failure_reason")?,
+            coverage: Self::get(row, "coverage")?,
+            log_size: Self::get(row, "log_size")?,
+            has_artifacts: Self::get(row, "has_artifacts")?,
+            retried: Self::get(row, "retried")?,
+        })
+    }
+
+    /// A row of [`PIPELINE_COLS`] and a `version`.
+    fn pipeline_row(row: &Self::Row) -> Result<PipelineRecord> {
+        Ok(PipelineRecord {
+            id: Self::get(row, "id")?,
+            project_id: Self::get(row, "project_id")?,
+            project_name: Self::get(row, "project_name")?,
+            git_ref: Self::get(row, "git_ref")?,
+            tag: Self::get(row, "tag")?,
+            sha: Self::get(row, "sha")?,
+            before_sha: Self::get(row, "before_sha")?,
+            source: Self::get(row, "source")?,
+            status: Self::get(row, "status")?,
+            trace_id: Self::get(row, "trace_id")?,
+            errors: Self::get(row, "errors")?,
+            spec: Self::get(row, "spec")?,
+            created_at: Self::get(row, "created_at")?,
+            started_at: Self::get(row, "started_at")?,
+            finished_at: Self::get(row, "finished_at")?,
+            version: Self::get(row, "version")?,
+            jobs: Vec::new(),
+        })
+    }
+
+    /// A row of [`DELIVERY_COLS`], and `payload` if `with_payload`.
+    fn delivery_row(row: &Self::Row, with_payload: bool) -> Result<DeliveryRecord> {
+        Ok(DeliveryRecord {
+            id: Self::get(row, "id")?,
+            project_id: Self::get(row, "project_id")?,
+            forge: Self::get(row, "forge")?,
+            delivery_id: Self::get(row, "delivery_id")?,
+            event: Self::get(row, "event")?,
+            payload: if with_payload {
+                Self::get(row, "payload")?
+            } else {
+                Vec::new()
+            },
+            trace_id: Self::get(row, "trace_id")?,
+            status: Self::get(row, "status")?,
+            reason: Self::get(row, "reason")?,
+            pipeline_id: Self::get(row, "pipeline_id")?,
+            received_at: Self::get(row, "received_at")?,
+            attempts: Self::get(row, "attempts")?,
+            retry_at: Self::get(row, "retry_at")?,
+            last_error: Self::get(row, "last_error")?,
+        })
+    }
+
+    /// A row of [`AGENT_COLS`].
+    fn agent_row(row: &Self::Row) -> Result<AgentRecord> {
+        Ok(AgentRecord {
+            id: Self::get(row, "id")?,
+            name: Self::get(row, "name")?,
+            tags: Self::read_list(row, "tags")?,
+            run_untagged: Self::get(row, "run_untagged")?,
+            executor: Self::get(row, "executor")?,
+            concurrency: Self::get(row, "concurrency")?,
+            version: Self::get(row, "version")?,
+            registered_at: Self::get(row, "registered_at")?,
+            last_seen_at: Self::get(row, "last_seen_at")?,
+            projects: Self::read_opt_ids(row, "projects")?,
+            protected_only: Self::get(row, "protected_only")?,
+        })
+    }
+
+    /// A row of [`PROJECT_COLS`].
+    fn project_row(row: &Self::Row) -> Result<ProjectRecord> {
+        Ok(ProjectRecord {
+            id: Self::get(row, "id")?,
+            name: Self::get(row, "name")?,
+            spec: Self::get(row, "spec")?,
+            created_at: Self::get(row, "created_at")?,
+        })
+    }
+
+    /// A row of [`PROJECT_TOKEN_COLS`].
+    fn project_token_row(row: &Self::Row) -> Result<ProjectTokenRecord> {
+        Ok(ProjectTokenRecord {
+            id: Self::get(row, "id")?,
+            project_id: Self::get(row, "project_id")?,
+            project_name: Self::get(row, "project_name")?,
+            name: Self::get(row, "name")?,
+            token_hash: Self::get(row, "token_hash")?,
+            created_at: Self::get(row, "created_at")?,
+            expires_at: Self::get(row, "expires_at")?,
+            read_only: Self::get(row, "read_only")?,
+        })
+    }
+
+    /// Every row of `query`, each read with `read`.
+    async fn rows<'q, T>(
+        conn: &mut Self::Connection,
+        query: Query<'q, Self>,
+        context: &'static str,
+        read: fn(&Self::Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let rows = query.fetch_all(&mut *conn).await.map_err(db(context))?;
+        rows.iter().map(read).collect()
+    }
+
+    /// The row of `query`, if any, read with `read`.
+    async fn row<'q, T>(
+        conn: &mut Self::Connection,
+        query: Query<'q, Self>,
+        context: &'static str,
+        read: fn(&Self::Row) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let row = query
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db(context))?;
+        row.as_ref().map(read).transpose()
+    }
+
+    /// Runs `query`: how many rows it changed.
+    async fn run<'q>(
+        conn: &mut Self::Connection,
+        query: Query<'q, Self>,
+        context: &'static str,
+    ) -> Result<u64> {
+        let done = query.execute(&mut *conn).await.map_err(db(context))?;
+        Ok(Self::affected(&done))
+    }
+
+    /// The one `i64` (or `NULL`) that `sql` answers, with `id` bound as `$1`.
+    async fn id_of(
+        conn: &mut Self::Connection,
+        sql: &'static str,
+        id: i64,
+        context: &'static str,
+    ) -> Result<Option<i64>> {
+        sqlx::query_scalar(sql)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db(context))
+    }
+
+    // --- projects
+
+    /// See [`crate::Store::ping`].
+    async fn ping(conn: &mut Self::Connection) -> Result<()> {
+        Self::run(conn, sqlx::query("SELECT 1"), "ping").await?;
+        Ok(())
+    }
+
+    /// See [`crate::Store::create_project`].
+    async fn create_project(
+        conn: &mut Self::Connection,
+        name: &str,
+        spec: &str,
+        now: Millis,
+    ) -> Result<ProjectRecord> {
+        let sql = format!(
+            "INSERT INTO projects (name, spec, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING RETURNING {PROJECT_COLS}"
+        );
+        let q = sqlx::query(&sql).bind(name).bind(spec).bind(now);
+        Self::row(conn, q, "creating a project", Self::project_row)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("project {name}")))
+    }
+
+    /// See [`crate::Store::update_project`].
+    async fn update_project(conn: &mut Self::Connection, name: &str, spec: &str) -> Result<bool> {
+        let q = sqlx::query("UPDATE projects SET spec = $1 WHERE name = $2")
+            .bind(spec)
+            .bind(name);
+        Ok(Self::run(conn, q, "updating a project").await? > 0)
+    }
+
+    /// See [`crate::Store::project`].
+    async fn project(conn: &mut Self::Connection, name: &str) -> Result<Option<ProjectRecord>> {
+        let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE name = $1");
+        let q = sqlx::query(&sql).bind(name);
+        Self::row(conn, q, "reading a project", Self::project_row).await
+    }
+
+    /// See [`crate::Store::project_by_id`].
+    async fn project_by_id(conn: &mut Self::Connection, id: i64) -> Result<Option<ProjectRecord>> {
+        let sql = format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1");
+        let q = sqlx::query(&sql).bind(id);
+        Self::row(conn, q, "reading a project", Self::project_row).await
+    }
+
+    /// See [`crate::Store::projects`].
+    async fn projects(conn: &mut Self::Connection) -> Result<Vec<ProjectRecord>> {
+        let sql = format!("SELECT {PROJECT_COLS} FROM projects ORDER BY name");
+        Self::rows(
+            conn,
+            sqlx::query(&sql),
+            "listing projects",
+            Self::project_row,
+        )
+        .await
+    }
+
+    // --- deliveries
+
+    /// See [`crate::Store::pending_deliveries`].
+    async fn pending_deliveries(
+        conn: &mut Self::Connection,
+        limit: i64,
+        now: Millis,
+        skip: &[i64],
+    ) -> Result<Vec<DeliveryRecord>> {
+        let skip = skip_projects(skip);
+        let sql = format!(
+            "SELECT {DELIVERY_COLS}, payload FROM deliveries WHERE status = 'pending' \
+             AND (retry_at IS NULL OR retry_at <= $1){skip} ORDER BY id LIMIT $2"
+        );
+        let q = sqlx::query(&sql).bind(now).bind(limit);
+        Self::rows(conn, q, "listing pending deliveries", |row| {
+            Self::delivery_row(row, true)
+        })
+        .await
+    }
+
+    /// See [`crate::Store::close_delivery`].
+    async fn close_delivery(
+        conn: &mut Self::Connection,
+        id: i64,
+        status: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE deliveries SET status = $1, reason = $2 WHERE id = $3 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(reason)
+        .bind(id);
+        Self::run(conn, q, "closing a delivery").await?;
+        Ok(())
+    }
+
+    /// See [`crate::Store::fail_delivery_attempt`].
+    async fn fail_delivery_attempt(
+        conn: &mut Self::Connection,
+        id: i64,
+        error: &str,
+        retry_at: Option<Millis>,
+    ) -> Result<i64> {
+        let attempts: Option<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = $1, retry_at = $2, \
+             status = CASE WHEN CAST($2 AS BIGINT) IS NULL THEN 'failed' ELSE 'pending' END, \
+             reason = CASE WHEN CAST($2 AS BIGINT) IS NULL THEN $1 ELSE reason END \
+             WHERE id = $3 AND status = 'pending' RETURNING attempts",
+        )
+        .bind(error)
+        .bind(retry_at)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("recording a failed delivery attempt"))?;
+        Ok(attempts.unwrap_or(0))
+    }
+
+    /// See [`crate::Store::next_delivery_retry`].
+    async fn next_delivery_retry(conn: &mut Self::Connection) -> Result<Option<Millis>> {
+        sqlx::query_scalar("SELECT MIN(retry_at) FROM deliveries WHERE status = 'pending'")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("reading the next delivery retry"))
+    }
+
+    /// See [`crate::Store::deliveries`].
+    async fn deliveries(
+        conn: &mut Self::Connection,
+        project_id: i64,
+        page: Page,
+    ) -> Result<Paged<DeliveryRecord>> {
+        let (limit, offset) = limit_offset(page);
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE project_id = $1")
+                .bind(project_id)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db("counting deliveries"))?;
+        let sql = format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE project_id = $1 \
+             ORDER BY id DESC LIMIT $2 OFFSET $3"
+        );
+        let q = sqlx::query(&sql).bind(project_id).bind(limit).bind(offset);
+        let items = Self::rows(conn, q, "listing deliveries", |row| {
+            Self::delivery_row(row, false)
+        })
+        .await?;
+        Ok(Paged { items, total })
+    }
+
+    /// The delivery that `d` repeats (its delivery id, else its push key), and whether that one is
+    /// a push received before `d`'s window (then it does not count): see
+    /// [`crate::group::DeliveryWriter::stored_id`].
+    async fn stored_delivery(conn: &mut Self::Connection, d: &NewDelivery) -> Result<(i64, bool)> {
+        let by_id = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE project_id = $1 AND forge = $2 AND delivery_id = $3",
+        )
+        .bind(d.project_id)
+        .bind(d.forge.as_str())
+        .bind(d.delivery_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("reading a duplicate delivery"))?;
+        if let Some(id) = by_id {
+            return Ok((id, false));
+        }
+        let (id, at): (i64, i64) = sqlx::query_as(
+            "SELECT id, received_at FROM deliveries WHERE project_id = $1 AND push_key = $2",
+        )
+        .bind(d.project_id)
+        .bind(d.push_key.as_deref())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading a duplicate delivery"))?;
+        Ok((id, at < d.push_key_since))
+    }
+
+    /// Clears `d`'s push key on a delivery received before `d`'s window: the same push may then
+    /// be stored again. Idempotent (an expired key is expired whoever clears it), so it needs no
+    /// transaction with the insert that follows.
+    async fn expire_push_key(conn: &mut Self::Connection, d: &NewDelivery) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE deliveries SET push_key = NULL \
+             WHERE project_id = $1 AND push_key = $2 AND received_at < $3",
+        )
+        .bind(d.project_id)
+        .bind(d.push_key.as_deref())
+        .bind(d.push_key_since);
+        Self::run(conn, q, "expiring a push key").await?;
+        Ok(())
+    }
+
+    // --- pipelines
+
+    /// Inserts `jobs` of a pipeline, in batches.
+    async fn insert_jobs(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+        project_id: i64,
+        jobs: &[NewJob],
+    ) -> Result<()> {
+        for batch in jobs.chunks(INSERT_BATCH) {
+            let sql = insert_jobs_sql(batch.len());
+            let mut q = sqlx::query(&sql);
+            for job in batch {
+                q = q
+                    .bind(pipeline_id)
+                    .bind(project_id)
+                    .bind(job.name.as_str())
+                    .bind(job.stage.as_str())
+                    .bind(job.stage_index)
+                    .bind(job.position)
+                    .bind(job.attempt)
+                    .bind(job.status.as_str())
+                    .bind(job.when.as_str())
+                    .bind(job.allow_failure)
+                    .bind(Self::list_param(job.needs.as_deref()))
+                    .bind(Self::list_param(Some(&job.tags)))
+                    .bind(job.resource_group.as_deref())
+                    .bind(job.interruptible)
+                    .bind(job.spec.as_str())
+                    .bind(job.created_at)
+                    .bind(queued_at(job));
+            }
+            Self::run(conn, q, "inserting jobs").await?;
+        }
+        Ok(())
+    }
+
+    /// See [`crate::Store::create_pipeline`].
+    async fn create_pipeline(conn: &mut Self::Connection, p: &NewPipeline) -> Result<i64> {
+        let mut tx = conn
+            .begin_with(Self::BEGIN)
+            .await
+            .map_err(db("beginning a transaction"))?;
+        // A concurrent creation for the same delivery (PostgreSQL) waits on the unique index,
+        // then does nothing.
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO pipelines (project_id, delivery_id, git_ref, tag, sha, before_sha, \
+             source, status, trace_id, errors, spec, created_at, protected) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (delivery_id) DO NOTHING RETURNING id",
+        )
+        .bind(p.project_id)
+        .bind(p.delivery_id)
+        .bind(p.git_ref.as_str())
+        .bind(p.tag)
+        .bind(p.sha.as_str())
+        .bind(p.before_sha.as_deref())
+        .bind(p.source.as_str())
+        .bind(p.status.as_str())
+        .bind(p.trace_id.as_str())
+        .bind(p.errors.as_str())
+        .bind(p.spec.as_str())
+        .bind(p.created_at)
+        .bind(p.protected)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db("creating a pipeline"))?;
+        let Some(id) = id else {
+            // The delivery has its pipeline already.
+            let id: i64 = sqlx::query_scalar("SELECT id FROM pipelines WHERE delivery_id = $1")
+                .bind(p.delivery_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("reading a delivery's pipeline"))?;
+            return Ok(id);
+        };
+        Self::insert_jobs(&mut *tx, id, p.project_id, &p.jobs).await?;
+        if let Some(delivery) = p.delivery_id {
+            let q = sqlx::query(
+                "UPDATE deliveries SET status = 'created', reason = NULL, pipeline_id = $1 \
+                 WHERE id = $2",
+            )
+            .bind(id)
+            .bind(delivery);
+            Self::run(&mut *tx, q, "marking a delivery created").await?;
+        }
+        tx.commit().await.map_err(db("committing a pipeline"))?;
+        Ok(id)
+    }
+
+    /// See [`crate::Store::pipeline`].
+    async fn pipeline(conn: &mut Self::Connection, id: i64) -> Result<Option<PipelineRecord>> {
+        // The pipeline row (and its version) is read before the jobs: jobs read later can only
+        // be newer, so an `apply` computed from them with this version fails rather than
+        // applying over changes it did not see.
+        let sql = format!(
+            "SELECT {PIPELINE_COLS}, {VERSION} FROM pipelines p \
+             JOIN projects pr ON pr.id = p.project_id WHERE p.id = $1"
+        );
+        let q = sqlx::query(&sql).bind(id);
+        let Some(mut pipeline) =
+            Self::row(conn, q, "reading a pipeline", Self::pipeline_row).await?
+        else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = $1 ORDER BY position, attempt, id"
+        );
+        let q = sqlx::query(&sql).bind(id);
+        pipeline.jobs = Self::rows(conn, q, "reading a pipeline's jobs", Self::job_row).await?;
+        Ok(Some(pipeline))
+    }
+
+    /// See [`crate::Store::pipeline_head`].
+    async fn pipeline_head(conn: &mut Self::Connection, id: i64) -> Result<Option<PipelineRecord>> {
+        let sql = format!(
+            "SELECT {PIPELINE_COLS}, {NO_VERSION} FROM pipelines p \
+             JOIN projects pr ON pr.id = p.project_id WHERE p.id = $1"
+        );
+        let q = sqlx::query(&sql).bind(id);
+        Self::row(conn, q, "reading a pipeline", Self::pipeline_row).await
+    }
+
+    /// See [`crate::Store::jobs_named`].
+    async fn jobs_named(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+        names: &[String],
+    ) -> Result<Vec<JobRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = $1 AND {} \
+             ORDER BY position, attempt, id",
+            Self::NAME_IN_LIST
+        );
+        let q = sqlx::query(&sql)
+            .bind(pipeline_id)
+            .bind(Self::list_param(Some(names)));
+        Self::rows(conn, q, "reading jobs by name", Self::job_row).await
+    }
+
+    /// See [`crate::Store::success_changes_nothing`].
+    async fn success_changes_nothing(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+        stage_index: i64,
+        job_id: i64,
+        name: &str,
+    ) -> Result<bool> {
+        sqlx::query_scalar(Self::SUCCESS_CHANGES_NOTHING)
+            .bind(pipeline_id)
+            .bind(stage_index)
+            .bind(job_id)
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("checking what a job's success changes"))
+    }
+
+    /// See [`crate::Store::jobs_before_stage`].
+    async fn jobs_before_stage(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+        stage_index: i64,
+    ) -> Result<Vec<JobRecord>> {
+        let sql = format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE pipeline_id = $1 AND stage_index < $2 \
+             ORDER BY position, attempt, id"
+        );
+        let q = sqlx::query(&sql).bind(pipeline_id).bind(stage_index);
+        Self::rows(conn, q, "reading the jobs of earlier stages", Self::job_row).await
+    }
+
+    /// See [`crate::Store::pipelines`].
+    async fn pipelines(
+        conn: &mut Self::Connection,
+        project_id: i64,
+        filter: &PipelineFilter,
+        page: Page,
+    ) -> Result<Paged<PipelineRecord>> {
+        let (limit, offset) = limit_offset(page);
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pipelines WHERE project_id = $1 \
+             AND (CAST($2 AS TEXT) IS NULL OR git_ref = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR status = $3)",
+        )
+        .bind(project_id)
+        .bind(filter.git_ref.as_deref())
+        .bind(filter.status.as_deref())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("counting pipelines"))?;
+        let sql = format!(
+            "SELECT {PIPELINE_COLS}, {NO_VERSION} FROM pipelines p \
+             JOIN projects pr ON pr.id = p.project_id \
+             WHERE p.project_id = $1 AND (CAST($2 AS TEXT) IS NULL OR p.git_ref = $2) \
+             AND (CAST($3 AS TEXT) IS NULL OR p.status = $3) ORDER BY p.id DESC LIMIT $4 OFFSET $5"
+        );
+        let q = sqlx::query(&sql)
+            .bind(project_id)
+            .bind(filter.git_ref.as_deref())
+            .bind(filter.status.as_deref())
+            .bind(limit)
+            .bind(offset);
+        let items = Self::rows(conn, q, "listing pipelines", Self::pipeline_row).await?;
+        Ok(Paged { items, total })
+    }
+
+    /// See [`crate::Store::active_pipelines`].
+    async fn active_pipelines(conn: &mut Self::Connection) -> Result<Vec<i64>> {
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM pipelines WHERE status NOT IN {OVER} ORDER BY id"
+        ))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("listing active pipelines"))
+    }
+
+    /// See [`crate::Store::unfinished_push_pipelines`].
+    async fn unfinished_push_pipelines(
+        conn: &mut Self::Connection,
+        project_id: i64,
+        git_ref: &str,
+        below: i64,
+    ) -> Result<Vec<i64>> {
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM pipelines WHERE status NOT IN {OVER} AND project_id = $1 \
+             AND git_ref = $2 AND source = 'push' AND id < $3 ORDER BY id"
+        ))
+        .bind(project_id)
+        .bind(git_ref)
+        .bind(below)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("listing the pipelines of a ref"))
+    }
+
+    /// What [`crate::Store::apply`] writes once it holds the pipeline: the jobs' changes, the new
+    /// jobs, then the pipeline's row (bumping its version).
+    async fn write_changes(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+        project_id: i64,
+        changes: &Changes,
+    ) -> Result<()> {
+        for job in &changes.jobs {
+            let q = sqlx::query(
+                "UPDATE jobs SET status = COALESCE($1, status), \
+                 queued_at = COALESCE($2, queued_at), finished_at = COALESCE($3, finished_at), \
+                 run_after = COALESCE($4, run_after), \
+                 failure_reason = COALESCE($5, failure_reason), \
+                 cancel_requested = COALESCE($6, cancel_requested), \
+                 retried = COALESCE($7, retried) \
+                 WHERE id = $8 AND pipeline_id = $9",
+            )
+            .bind(job.status.as_deref())
+            .bind(job.queued_at)
+            .bind(job.finished_at)
+            .bind(job.run_after)
+            .bind(job.failure_reason.as_deref())
+            .bind(job.cancel_requested)
+            .bind(job.retried)
+            .bind(job.id)
+            .bind(pipeline_id);
+            Self::run(conn, q, "updating a job").await?;
+        }
+        Self::insert_jobs(conn, pipeline_id, project_id, &changes.new_jobs).await?;
+        let q = sqlx::query(
+            "UPDATE pipelines SET version = version + 1, status = COALESCE($1, status), \
+             started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at), \
+             spec = COALESCE($4, spec) WHERE id = $5",
+        )
+        .bind(changes.status.as_deref())
+        .bind(changes.started_at)
+        .bind(changes.finished_at)
+        .bind(changes.spec.as_deref())
+        .bind(pipeline_id);
+        Self::run(conn, q, "updating a pipeline").await?;
+        Ok(())
+    }
+
+    // --- the queue
+
+    /// Marks claimed job `id` running on `agent`: its record.
+    async fn mark_claimed(
+        conn: &mut Self::Connection,
+        id: i64,
+        agent: &AgentRecord,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<JobRecord> {
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', started_at = $1, lease_until = $2, \
+             agent_id = $3, agent_name = $4, bumps = bumps + 1 WHERE id = $5 \
+             RETURNING {JOB_COLS}"
+        );
+        let q = sqlx::query(&sql)
+            .bind(now)
+            .bind(lease_until)
+            .bind(agent.id)
+            .bind(agent.name.as_str())
+            .bind(id);
+        Self::row(conn, q, "claiming a job", Self::job_row)
+            .await?
+            .ok_or_else(|| StoreError::Database("a claimed job is gone".to_owned().into()))
+    }
+
+    /// Starts the pipeline of a job just claimed, if it is its first: the job's `bumps` moved
+    /// the pipeline's version, so only this first claim writes the pipeline's row.
+    async fn start_pipeline(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+        now: Millis,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE pipelines SET started_at = COALESCE(started_at, $1), \
+             status = CASE WHEN status IN {NOT_STARTED} THEN 'running' ELSE status END \
+             WHERE id = $2 AND (started_at IS NULL OR status IN {NOT_STARTED})"
+        );
+        let q = sqlx::query(&sql).bind(now).bind(pipeline_id);
+        Self::run(conn, q, "starting a pipeline").await?;
+        Ok(())
+    }
+
+    /// See [`crate::Store::heartbeat`].
+    async fn heartbeat(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        agent_id: i64,
+        lease_until: Millis,
+    ) -> Result<bool> {
+        let later = Self::LATER_LEASE;
+        let cancel: Option<bool> = sqlx::query_scalar(&format!(
+            "UPDATE jobs SET lease_until = {later} \
+             WHERE id = $2 AND status = 'running' AND agent_id = $3 RETURNING cancel_requested"
+        ))
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("extending a lease"))?;
+        cancel.ok_or(StoreError::LeaseLost)
+    }
+
+    /// See [`crate::Store::read_log`].
+    async fn read_log(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<u8>> {
+        let start = start.max(0);
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT pos, bytes FROM log_chunks WHERE job_id = $1 AND pos < $3 \
+             AND pos >= COALESCE((SELECT MAX(pos) FROM log_chunks \
+                WHERE job_id = $1 AND pos <= $2), 0) \
+             ORDER BY pos",
+        )
+        .bind(job_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("reading a log"))?;
+        Ok(assemble(rows, start, end))
+    }
+
+    /// Extends the lease of job `job_id` held by agent `agent_id` inside an artifacts
+    /// transaction, and with `mark`, records that the job has artifacts. `false`: the agent does
+    /// not hold the job.
+    async fn lease_for_artifacts(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        agent_id: i64,
+        lease_until: Millis,
+        mark: bool,
+    ) -> Result<bool> {
+        let later = Self::LATER_LEASE;
+        let sql = format!(
+            "UPDATE jobs SET has_artifacts = (has_artifacts OR $4), lease_until = {later} \
+             WHERE id = $2 AND status = 'running' AND agent_id = $3"
+        );
+        let q = sqlx::query(&sql)
+            .bind(lease_until)
+            .bind(job_id)
+            .bind(agent_id)
+            .bind(mark);
+        Ok(Self::run(conn, q, "extending a lease").await? > 0)
+    }
+
+    /// See [`crate::Store::begin_artifacts`].
+    async fn begin_artifacts(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        agent_id: i64,
+        lease_until: Millis,
+    ) -> Result<i64> {
+        let mut tx = conn
+            .begin_with(Self::BEGIN)
+            .await
+            .map_err(db("beginning a transaction"))?;
+        if !Self::lease_for_artifacts(&mut *tx, job_id, agent_id, lease_until, false).await? {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        }
+        // Unfinished earlier uploads of the job (a retried or abandoned request) go.
+        let q = sqlx::query(
+            "DELETE FROM artifact_uploads WHERE job_id = $1 AND NOT EXISTS (SELECT 1 FROM \
+             artifacts a WHERE a.job_id = $1 AND a.upload_id = artifact_uploads.id)",
+        )
+        .bind(job_id);
+        Self::run(&mut *tx, q, "dropping unfinished uploads").await?;
+        let id: i64 =
+            sqlx::query_scalar("INSERT INTO artifact_uploads (job_id) VALUES ($1) RETURNING id")
+                .bind(job_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db("starting an upload"))?;
+        tx.commit()
+            .await
+            .map_err(db("committing an upload's start"))?;
+        Ok(id)
+    }
+
+    /// See [`crate::Store::put_artifact_chunk`].
+    async fn put_artifact_chunk(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+        data: &[u8],
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "INSERT INTO artifact_chunks (upload_id, seq, data) SELECT $1, $2, $3 WHERE EXISTS \
+             (SELECT 1 FROM artifact_uploads WHERE id = $1 AND job_id = $4) \
+             ON CONFLICT (upload_id, seq) DO UPDATE SET data = excluded.data",
+        )
+        .bind(upload_id)
+        .bind(seq)
+        .bind(data)
+        .bind(job_id);
+        if Self::run(conn, q, "storing an artifacts chunk").await? == 0 {
+            return Err(StoreError::UploadGone);
+        }
+        Ok(())
+    }
+
+    /// See [`crate::Store::commit_artifacts`].
+    async fn commit_artifacts(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        agent_id: i64,
+        upload: ArtifactsInfo,
+        lease_until: Millis,
+    ) -> Result<()> {
+        let ArtifactsInfo {
+            upload_id,
+            size,
+            chunks,
+        } = upload;
+        let mut tx = conn
+            .begin_with(Self::BEGIN)
+            .await
+            .map_err(db("beginning a transaction"))?;
+        if !Self::lease_for_artifacts(&mut *tx, job_id, agent_id, lease_until, true).await? {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::LeaseLost);
+        }
+        let (count, first, last, bytes): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(c.seq), COALESCE(MIN(c.seq), 0), COALESCE(MAX(c.seq), -1), \
+             CAST(COALESCE(SUM(length(c.data)), 0) AS BIGINT) FROM artifact_uploads u \
+             LEFT JOIN artifact_chunks c ON c.upload_id = u.id WHERE u.id = $1 AND u.job_id = $2",
+        )
+        .bind(upload_id)
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("checking an upload"))?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM artifact_uploads WHERE id = $1 AND job_id = $2)",
+        )
+        .bind(upload_id)
+        .bind(job_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db("checking an upload"))?;
+        if !exists || count != chunks || first != 0 || last != chunks - 1 || bytes != size {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Err(StoreError::UploadGone);
+        }
+        let old = Self::id_of(
+            &mut *tx,
+            "SELECT upload_id FROM artifacts WHERE job_id = $1",
+            job_id,
+            "reading artifacts",
+        )
+        .await?;
+        let q = sqlx::query(
+            "INSERT INTO artifacts (job_id, upload_id, size, chunks) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (job_id) DO UPDATE SET upload_id = excluded.upload_id, \
+             size = excluded.size, chunks = excluded.chunks",
+        )
+        .bind(job_id)
+        .bind(upload_id)
+        .bind(size)
+        .bind(chunks);
+        Self::run(&mut *tx, q, "storing artifacts").await?;
+        if let Some(old) = old.filter(|old| *old != upload_id) {
+            let q = sqlx::query("DELETE FROM artifact_uploads WHERE id = $1").bind(old);
+            Self::run(&mut *tx, q, "dropping replaced artifacts").await?;
+        }
+        tx.commit().await.map_err(db("committing artifacts"))?;
+        Ok(())
+    }
+
+    /// See [`crate::Store::drop_stale_artifact_uploads`].
+    async fn drop_stale_artifact_uploads(conn: &mut Self::Connection) -> Result<u64> {
+        // Chunks go with their upload (`ON DELETE CASCADE`).
+        let q = sqlx::query(
+            "DELETE FROM artifact_uploads WHERE id IN (SELECT u.id FROM artifact_uploads u \
+             JOIN jobs j ON j.id = u.job_id WHERE j.status <> 'running' \
+             AND NOT EXISTS (SELECT 1 FROM artifacts a WHERE a.upload_id = u.id))",
+        );
+        Self::run(conn, q, "dropping stale artifact uploads").await
+    }
+
+    /// See [`crate::Store::abort_artifacts`].
+    async fn abort_artifacts(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        upload_id: i64,
+    ) -> Result<()> {
+        // The committed upload stays; chunks go with their upload (`ON DELETE CASCADE`).
+        let q = sqlx::query(
+            "DELETE FROM artifact_uploads WHERE id = $1 AND job_id = $2 AND NOT EXISTS \
+             (SELECT 1 FROM artifacts a WHERE a.job_id = $2 AND a.upload_id = $1)",
+        )
+        .bind(upload_id)
+        .bind(job_id);
+        Self::run(conn, q, "dropping an upload").await?;
+        Ok(())
+    }
+
+    /// See [`crate::Store::artifacts_info`].
+    async fn artifacts_info(
+        conn: &mut Self::Connection,
+        job_id: i64,
+    ) -> Result<Option<ArtifactsInfo>> {
+        let row: Option<(i64, i64, i64)> =
+            sqlx::query_as("SELECT upload_id, size, chunks FROM artifacts WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db("reading artifacts"))?;
+        Ok(row.map(|(upload_id, size, chunks)| ArtifactsInfo {
+            upload_id,
+            size,
+            chunks,
+        }))
+    }
+
+    /// See [`crate::Store::artifact_chunk`].
+    async fn artifact_chunk(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+    ) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar(
+            "SELECT c.data FROM artifact_chunks c JOIN artifact_uploads u ON u.id = c.upload_id \
+             WHERE c.upload_id = $1 AND c.seq = $2 AND u.job_id = $3",
+        )
+        .bind(upload_id)
+        .bind(seq)
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("reading an artifacts chunk"))
+    }
+
+    /// See [`crate::Store::finish`].
+    async fn finish(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        agent_id: i64,
+        result: &JobResult,
+    ) -> Result<i64> {
+        let pipeline_id: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET status = $1, exit_code = $2, failure_reason = $3, coverage = $4, \
+             finished_at = $5, lease_until = NULL, bumps = bumps + 1 \
+             WHERE id = $6 AND status = 'running' AND agent_id = $7 RETURNING pipeline_id",
+        )
+        .bind(result.status.as_str())
+        .bind(result.exit_code)
+        .bind(result.failure_reason.as_deref())
+        .bind(result.coverage)
+        .bind(result.finished_at)
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("finishing a job"))?;
+        pipeline_id.ok_or(StoreError::LeaseLost)
+    }
+
+    /// See [`crate::Store::extend_leases`].
+    async fn extend_leases(conn: &mut Self::Connection, until: Millis) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE jobs SET lease_until = $1 \
+             WHERE status = 'running' AND (lease_until IS NULL OR lease_until < $1)",
+        )
+        .bind(until);
+        Self::run(conn, q, "extending leases").await?;
+        Ok(())
+    }
+
+    /// See [`crate::Store::queue_depth`].
+    async fn queue_depth(conn: &mut Self::Connection) -> Result<i64> {
+        sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = 'pending'")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("counting pending jobs"))
+    }
+
+    /// See [`crate::Store::job`].
+    async fn job(conn: &mut Self::Connection, id: i64) -> Result<Option<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLS} FROM jobs WHERE id = $1");
+        Self::row(
+            conn,
+            sqlx::query(&sql).bind(id),
+            "reading a job",
+            Self::job_row,
+        )
+        .await
+    }
+
+    /// See [`crate::Store::pipeline_project`].
+    async fn pipeline_project(conn: &mut Self::Connection, id: i64) -> Result<Option<i64>> {
+        let sql = "SELECT project_id FROM pipelines WHERE id = $1";
+        Self::id_of(conn, sql, id, "reading a pipeline's project").await
+    }
+
+    /// See [`crate::Store::job_project`].
+    async fn job_project(conn: &mut Self::Connection, id: i64) -> Result<Option<i64>> {
+        let sql = "SELECT project_id FROM jobs WHERE id = $1";
+        Self::id_of(conn, sql, id, "reading a job's project").await
+    }
+
+    // --- agents
+
+    /// See [`crate::Store::register_agent`].
+    async fn register_agent(conn: &mut Self::Connection, a: &NewAgent) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO agents (name, token_hash, tags, run_untagged, executor, concurrency, \
+             version, registered_at, projects, protected_only) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(a.name.as_str())
+        .bind(a.token_hash.as_str())
+        .bind(Self::list_param(Some(&a.tags)))
+        .bind(a.run_untagged)
+        .bind(a.executor.as_str())
+        .bind(a.concurrency)
+        .bind(a.version.as_str())
+        .bind(a.registered_at)
+        .bind(Self::ids_param(a.projects.as_deref()))
+        .bind(a.protected_only)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| {
+            conflict(e, "registering an agent", || {
+                format!("an agent with the token of {}", a.name)
+            })
+        })
+    }
+
+    /// See [`crate::Store::agent_by_token`].
+    async fn agent_by_token(
+        conn: &mut Self::Connection,
+        token_hash: &str,
+    ) -> Result<Option<AgentRecord>> {
+        let sql = format!("SELECT {AGENT_COLS} FROM agents WHERE token_hash = $1");
+        let q = sqlx::query(&sql).bind(token_hash);
+        Self::row(conn, q, "reading an agent", Self::agent_row).await
+    }
+
+    /// See [`crate::Store::touch_agent`].
+    async fn touch_agent(conn: &mut Self::Connection, id: i64, now: Millis) -> Result<()> {
+        let q = sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id);
+        Self::run(conn, q, "touching an agent").await?;
+        Ok(())
+    }
+
+    /// See [`crate::Store::agents`].
+    async fn agents(conn: &mut Self::Connection) -> Result<Vec<AgentRecord>> {
+        let sql = format!("SELECT {AGENT_COLS} FROM agents ORDER BY id");
+        Self::rows(conn, sqlx::query(&sql), "listing agents", Self::agent_row).await
+    }
+
+    /// See [`crate::Store::revoke_agent`]: in one transaction, the agent's row goes and its
+    /// running jobs' leases end now.
+    async fn revoke_agent(conn: &mut Self::Connection, id: i64) -> Result<bool> {
+        let mut tx = conn
+            .begin_with(Self::BEGIN)
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let q = sqlx::query("DELETE FROM agents WHERE id = $1").bind(id);
+        let gone = Self::run(&mut *tx, q, "revoking an agent").await? > 0;
+        let q = sqlx::query(
+            "UPDATE jobs SET lease_until = 0 WHERE agent_id = $1 AND status = 'running'",
+        )
+        .bind(id);
+        Self::run(&mut *tx, q, "ending a revoked agent's leases").await?;
+        tx.commit().await.map_err(db("committing a revocation"))?;
+        Ok(gone)
+    }
+
+    /// See [`crate::Store::setting`].
+    async fn setting(conn: &mut Self::Connection, name: &str) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db("reading a setting"))
+    }
+
+    /// See [`crate::Store::set_setting`].
+    async fn set_setting(conn: &mut Self::Connection, name: &str, value: &str) -> Result<()> {
+        let q = sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(value);
+        Self::run(conn, q, "writing a setting").await?;
+        Ok(())
+    }
+
+    // --- project tokens
+
+    /// See [`crate::Store::create_project_token`].
+    async fn create_project_token(
+        conn: &mut Self::Connection,
+        t: &NewProjectToken,
+    ) -> Result<ProjectTokenRecord> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO project_tokens (project_id, name, token_hash, created_at, expires_at, \
+             read_only) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(t.project_id)
+        .bind(t.name.as_str())
+        .bind(t.token_hash.as_str())
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.read_only)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| {
+            conflict(e, "creating a project token", || {
+                format!("a project token with the secret of {}", t.name)
+            })
+        })?;
+        let sql = format!(
+            "SELECT {PROJECT_TOKEN_COLS} FROM project_tokens t \
+             JOIN projects pr ON pr.id = t.project_id WHERE t.id = $1"
+        );
+        let q = sqlx::query(&sql).bind(id);
+        Self::row(conn, q, "reading a project token", Self::project_token_row)
+            .await?
+            .ok_or_else(|| StoreError::Database("a new project token is gone".to_owned().into()))
+    }
+
+    /// See [`crate::Store::project_tokens`].
+    async fn project_tokens(
+        conn: &mut Self::Connection,
+        project_id: i64,
+    ) -> Result<Vec<ProjectTokenRecord>> {
+        let sql = format!(
+            "SELECT {PROJECT_TOKEN_COLS} FROM project_tokens t \
+             JOIN projects pr ON pr.id = t.project_id WHERE t.project_id = $1 ORDER BY t.id"
+        );
+        let q = sqlx::query(&sql).bind(project_id);
+        Self::rows(conn, q, "listing project tokens", Self::project_token_row).await
+    }
+
+    /// See [`crate::Store::project_token_by_hash`].
+    async fn project_token_by_hash(
+        conn: &mut Self::Connection,
+        token_hash: &str,
+    ) -> Result<Option<ProjectTokenRecord>> {
+        let sql = format!(
+            "SELECT {PROJECT_TOKEN_COLS} FROM project_tokens t \
+             JOIN projects pr ON pr.id = t.project_id WHERE t.token_hash = $1"
+        );
+        let q = sqlx::query(&sql).bind(token_hash);
+        Self::row(conn, q, "reading a project token", Self::project_token_row).await
+    }
+
+    /// See [`crate::Store::delete_project_token`].
+    async fn delete_project_token(
+        conn: &mut Self::Connection,
+        project_id: i64,
+        id: i64,
+    ) -> Result<bool> {
+        let q = sqlx::query("DELETE FROM project_tokens WHERE id = $1 AND project_id = $2")
+            .bind(id)
+            .bind(project_id);
+        Ok(Self::run(conn, q, "deleting a project token").await? > 0)
+    }
+}
+
+/// The `INSERT` of `rows` jobs ([`Sql::insert_jobs`] binds 17 values a job).
+fn insert_jobs_sql(rows: usize) -> String {
+    const COLUMNS: usize = 17;
+    let mut sql = String::from(
+        "INSERT INTO jobs (pipeline_id, project_id, name, stage, stage_index, position, attempt, \
+         status, job_when, allow_failure, needs, tags, resource_group, interruptible, spec, \
+         created_at, queued_at) VALUES ",
+    );
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * COLUMNS + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// A failed insert: a unique key used twice is a [`StoreError::Conflict`] (`what`), anything else
+/// a database error while `context`.
+fn conflict(e: sqlx::Error, context: &'static str, what: impl FnOnce() -> String) -> StoreError {
+    if e.as_database_error()
+        .is_some_and(sqlx::error::DatabaseError::is_unique_violation)
+    {
+        StoreError::Conflict(what())
+    } else {
+        db(context)(e)
+    }
+}
+
+/// The [`crate::Store`] impl of a backend, written once, for `$store` on database `$db` (whose
+/// connections are `$conn`), and its connections' [`crate::group::DeliveryWriter`]. Each
+/// call runs [`Sql`]'s statements on a connection that the backend's own macros hand out, in the
+/// module where this expands: `read!(self, conn => body)` (for reading), `writing!(self, conn =>
+/// body)` (a write: it returns once durable) and `sweeping!(self, conn => body, changed)` (a write
+/// that mostly changes nothing: durable when `changed(&answer)`). What a backend does its own way
+/// are its inherent methods of the same names: `insert_delivery`, `apply`, `claim`, `append_log`
+/// and `expire_leases`, and its function `insert_deliveries` (a group commit's one statement).
+macro_rules! store {
+    ($store:ident, $db:ident, $conn:ty, $kind:literal) => {
+        #[async_trait::async_trait]
+        impl crate::group::DeliveryWriter for $conn {
+            async fn insert(
+                &mut self,
+                batch: &[&crate::NewDelivery],
+            ) -> crate::Result<Vec<(i64, i64, String, String)>> {
+                insert_deliveries(self, batch).await
+            }
+
+            async fn stored_id(&mut self, delivery: &crate::NewDelivery) -> crate::Result<(i64, bool)> {
+                $db::stored_delivery(self, delivery).await
+            }
+
+            async fn expire(&mut self, delivery: &crate::NewDelivery) -> crate::Result<()> {
+                $db::expire_push_key(self, delivery).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl crate::Store for $store {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            async fn ping(&self) -> crate::Result<()> {
+                read!(self, conn => $db::ping(conn).await)
+            }
+
+            async fn create_project(
+                &self,
+                name: &str,
+                spec: &str,
+                now: crate::Millis,
+            ) -> crate::Result<crate::ProjectRecord> {
+                writing!(self, conn => $db::create_project(conn, name, spec, now).await)
+            }
+
+            async fn update_project(&self, name: &str, spec: &str) -> crate::Result<bool> {
+                writing!(self, conn => $db::update_project(conn, name, spec).await)
+            }
+
+            async fn project(&self, name: &str) -> crate::Result<Option<crate::ProjectRecord>> {
+                read!(self, conn => $db::project(conn, name).await)
+            }
+
+            async fn project_by_id(&self, id: i64) -> crate::Result<Option<crate::ProjectRecord>> {
+                read!(self, conn => $db::project_by_id(conn, id).await)
+            }
+
+            async fn projects(&self) -> crate::Result<Vec<crate::ProjectRecord>> {
+                read!(self, conn => $db::projects(conn).await)
+            }
+
+            async fn insert_delivery(&self, d: &crate::NewDelivery) -> crate::Result<(i64, bool)> {
+                $store::insert_delivery(self, d).await
+            }
+
+            async fn pending_deliveries(
+                &self,
+                limit: i64,
+                now: crate::Millis,
+                skip: &[i64],
+            ) -> crate::Result<Vec<crate::DeliveryRecord>> {
+                read!(self, conn => $db::pending_deliveries(conn, limit, now, skip).await)
+            }
+
+            async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> crate::Result<()> {
+                writing!(self, conn => $db::close_delivery(conn, id, status, reason).await)
+            }
+
+            async fn fail_delivery_attempt(
+                &self,
+                id: i64,
+                error: &str,
+                retry_at: Option<crate::Millis>,
+            ) -> crate::Result<i64> {
+                writing!(self, conn => $db::fail_delivery_attempt(conn, id, error, retry_at).await)
+            }
+
+            async fn next_delivery_retry(&self) -> crate::Result<Option<crate::Millis>> {
+                read!(self, conn => $db::next_delivery_retry(conn).await)
+            }
+
+            async fn deliveries(
+                &self,
+                project_id: i64,
+                page: crate::Page,
+            ) -> crate::Result<crate::Paged<crate::DeliveryRecord>> {
+                read!(self, conn => $db::deliveries(conn, project_id, page).await)
+            }
+
+            async fn create_pipeline(&self, p: &crate::NewPipeline) -> crate::Result<i64> {
+                writing!(self, conn => $db::create_pipeline(conn, p).await)
+            }
+
+            async fn pipeline(&self, id: i64) -> crate::Result<Option<crate::PipelineRecord>> {
+                read!(self, conn => $db::pipeline(conn, id).await)
+            }
+
+            async fn pipeline_head(&self, id: i64) -> crate::Result<Option<crate::PipelineRecord>> {
+                read!(self, conn => $db::pipeline_head(conn, id).await)
+            }
+
+            async fn jobs_named(
+                &self,
+                pipeline_id: i64,
+                names: &[String],
+            ) -> crate::Result<Vec<crate::JobRecord>> {
+                read!(self, conn => $db::jobs_named(conn, pipeline_id, names).await)
+            }
+
+            async fn success_changes_nothing(
+                &self,
+                pipeline_id: i64,
+                stage_index: i64,
+                job_id: i64,
+                name: &str,
+            ) -> crate::Result<bool> {
+                read!(self, conn => {
+                    $db::success_changes_nothing(conn, pipeline_id, stage_index, job_id, name).await
+                })
+            }
+
+            async fn jobs_before_stage(
+                &self,
+                pipeline_id: i64,
+                stage_index: i64,
+            ) -> crate::Result<Vec<crate::JobRecord>> {
+                read!(self, conn => $db::jobs_before_stage(conn, pipeline_id, stage_index).await)
+            }
+
+            async fn pipelines(
+                &self,
+                project_id: i64,
+                filter: &crate::PipelineFilter,
+                page: crate::Page,
+            ) -> crate::Result<crate::Paged<crate::PipelineRecord>> {
+                read!(self, conn => $db::pipelines(conn, project_id, filter, page).await)
+            }
+
+            async fn active_pipelines(&self) -> crate::Result<Vec<i64>> {
+                read!(self, conn => $db::active_pipelines(conn).await)
+            }
+
+            async fn unfinished_push_pipelines(
+                &self,
+                project_id: i64,
+                git_ref: &str,
+                below: i64,
+            ) -> crate::Result<Vec<i64>> {
+                read!(self, conn => {
+                    $db::unfinished_push_pipelines(conn, project_id, git_ref, below).await
+                })
+            }
+
+            async fn apply(
+                &self,
+                pipeline_id: i64,
+                version: i64,
+                changes: &crate::Changes,
+            ) -> crate::Result<bool> {
+                $store::apply(self, pipeline_id, version, changes).await
+            }
+
+            async fn claim(
+                &self,
+                agent: &crate::AgentRecord,
+                now: crate::Millis,
+                lease_until: crate::Millis,
+            ) -> crate::Result<Option<crate::JobRecord>> {
+                $store::claim(self, agent, now, lease_until).await
+            }
+
+            async fn heartbeat(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                lease_until: crate::Millis,
+            ) -> crate::Result<bool> {
+                writing!(self, conn => $db::heartbeat(conn, job_id, agent_id, lease_until).await)
+            }
+
+            async fn append_log(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                offset: i64,
+                bytes: &[u8],
+                lease_until: crate::Millis,
+            ) -> crate::Result<i64> {
+                $store::append_log(self, job_id, agent_id, offset, bytes, lease_until).await
+            }
+
+            async fn read_log(&self, job_id: i64, start: i64, end: i64) -> crate::Result<Vec<u8>> {
+                read!(self, conn => $db::read_log(conn, job_id, start, end).await)
+            }
+
+            async fn begin_artifacts(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                lease_until: crate::Millis,
+            ) -> crate::Result<i64> {
+                writing!(self, conn => $db::begin_artifacts(conn, job_id, agent_id, lease_until).await)
+            }
+
+            async fn put_artifact_chunk(
+                &self,
+                job_id: i64,
+                upload_id: i64,
+                seq: i64,
+                data: &[u8],
+            ) -> crate::Result<()> {
+                writing!(self, conn => $db::put_artifact_chunk(conn, job_id, upload_id, seq, data).await)
+            }
+
+            async fn commit_artifacts(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                upload_id: i64,
+                chunks: i64,
+                size: i64,
+                lease_until: crate::Millis,
+            ) -> crate::Result<()> {
+                let upload = crate::ArtifactsInfo {
+                    upload_id,
+                    size,
+                    chunks,
+                };
+                writing!(self, conn => {
+                    $db::commit_artifacts(conn, job_id, agent_id, upload, lease_until).await
+                })
+            }
+
+            async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> crate::Result<()> {
+                writing!(self, conn => $db::abort_artifacts(conn, job_id, upload_id).await)
+            }
+
+            async fn drop_stale_artifact_uploads(&self) -> crate::Result<u64> {
+                sweeping!(self, conn => $db::drop_stale_artifact_uploads(conn).await, |n| *n > 0)
+            }
+
+            async fn artifacts_info(
+                &self,
+                job_id: i64,
+            ) -> crate::Result<Option<crate::ArtifactsInfo>> {
+                read!(self, conn => $db::artifacts_info(conn, job_id).await)
+            }
+
+            async fn artifact_chunk(
+                &self,
+                job_id: i64,
+                upload_id: i64,
+                seq: i64,
+            ) -> crate::Result<Option<Vec<u8>>> {
+                read!(self, conn => $db::artifact_chunk(conn, job_id, upload_id, seq).await)
+            }
+
+            async fn finish(
+                &self,
+                job_id: i64,
+                agent_id: i64,
+                result: &crate::JobResult,
+            ) -> crate::Result<i64> {
+                writing!(self, conn => $db::finish(conn, job_id, agent_id, result).await)
+            }
+
+            async fn expire_leases(&self, now: crate::Millis) -> crate::Result<Vec<(i64, i64)>> {
+                $store::expire_leases(self, now).await
+            }
+
+            async fn extend_leases(&self, until: crate::Millis) -> crate::Result<()> {
+                writing!(self, conn => $db::extend_leases(conn, until).await)
+            }
+
+            async fn queue_depth(&self) -> crate::Result<i64> {
+                read!(self, conn => $db::queue_depth(conn).await)
+            }
+
+            async fn job(&self, id: i64) -> crate::Result<Option<crate::JobRecord>> {
+                read!(self, conn => $db::job(conn, id).await)
+            }
+
+            async fn pipeline_project(&self, id: i64) -> crate::Result<Option<i64>> {
+                read!(self, conn => $db::pipeline_project(conn, id).await)
+            }
+
+            async fn job_project(&self, id: i64) -> crate::Result<Option<i64>> {
+                read!(self, conn => $db::job_project(conn, id).await)
+            }
+
+            async fn register_agent(&self, a: &crate::NewAgent) -> crate::Result<i64> {
+                writing!(self, conn => $db::register_agent(conn, a).await)
+            }
+
+            async fn agent_by_token(
+                &self,
+                token_hash: &str,
+            ) -> crate::Result<Option<crate::AgentRecord>> {
+                read!(self, conn => $db::agent_by_token(conn, token_hash).await)
+            }
+
+            async fn touch_agent(&self, id: i64, now: crate::Millis) -> crate::Result<()> {
+                writing!(self, conn => $db::touch_agent(conn, id, now).await)
+            }
+
+            async fn agents(&self) -> crate::Result<Vec<crate::AgentRecord>> {
+                read!(self, conn => $db::agents(conn).await)
+            }
+
+            async fn revoke_agent(&self, id: i64) -> crate::Result<bool> {
+                writing!(self, conn => $db::revoke_agent(conn, id).await)
+            }
+
+            async fn setting(&self, name: &str) -> crate::Result<Option<String>> {
+                read!(self, conn => $db::setting(conn, name).await)
+            }
+
+            async fn set_setting(&self, name: &str, value: &str) -> crate::Result<()> {
+                writing!(self, conn => $db::set_setting(conn, name, value).await)
+            }
+
+            async fn create_project_token(
+                &self,
+                t: &crate::NewProjectToken,
+            ) -> crate::Result<crate::ProjectTokenRecord> {
+                writing!(self, conn => $db::create_project_token(conn, t).await)
+            }
+
+            async fn project_tokens(
+                &self,
+                project_id: i64,
+            ) -> crate::Result<Vec<crate::ProjectTokenRecord>> {
+                read!(self, conn => $db::project_tokens(conn, project_id).await)
+            }
+
+            async fn project_token_by_hash(
+                &self,
+                token_hash: &str,
+            ) -> crate::Result<Option<crate::ProjectTokenRecord>> {
+                read!(self, conn => $db::project_token_by_hash(conn, token_hash).await)
+            }
+
+            async fn delete_project_token(&self, project_id: i64, id: i64) -> crate::Result<bool> {
+                writing!(self, conn => $db::delete_project_token(conn, project_id, id).await)
+            }
+        }
+    };
+}
+
+pub(crate) use store;
