@@ -517,6 +517,49 @@ pub struct Job {
     pub has_artifacts: bool,
 }
 
+/// A delivery's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Stored, not processed yet, or waiting for a retry.
+    Pending,
+    /// A pipeline was created.
+    Created,
+    /// Nothing to run (see its `reason`).
+    Skipped,
+    /// It could not be processed (see its `reason`).
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The status as stored and answered.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Created => "created",
+            DeliveryStatus::Skipped => "skipped",
+            DeliveryStatus::Failed => "failed",
+        }
+    }
+    /// Parses [`DeliveryStatus::as_str`].
+    #[must_use]
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        ALL_DELIVERY_STATUSES
+            .iter()
+            .copied()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// Every delivery status.
+pub const ALL_DELIVERY_STATUSES: [DeliveryStatus; 4] = [
+    DeliveryStatus::Pending,
+    DeliveryStatus::Created,
+    DeliveryStatus::Skipped,
+    DeliveryStatus::Failed,
+];
+
 /// A webhook delivery.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Delivery {
@@ -530,7 +573,7 @@ pub struct Delivery {
     pub event: String,
     /// `pending` (stored, not processed yet, or waiting for a retry), `created` (a pipeline was
     /// created), `skipped`, `failed`.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// Why it was skipped or failed.
     pub reason: Option<String>,
     /// The pipeline it created.
