@@ -286,6 +286,12 @@ pub enum PipelineStatus {
     Manual,
 }
 
+impl std::fmt::Display for PipelineStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl PipelineStatus {
     /// The status as GitLab spells it.
     #[must_use]
@@ -356,6 +362,12 @@ pub enum JobStatus {
     Manual,
     /// A delayed job waiting for its `start_in`.
     Scheduled,
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl JobStatus {
@@ -529,6 +541,12 @@ pub enum DeliveryStatus {
     Skipped,
     /// It could not be processed (see its `reason`).
     Failed,
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl DeliveryStatus {

@@ -26,7 +26,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_api::{ForkPipelines, PipelineError, ProjectVariable};
+use gantry_api::{
+    DeliveryStatus, ForkPipelines, JobStatus, PipelineError, PipelineStatus, ProjectVariable,
+};
 use gantry_pipeline::vars;
 use gantry_pipeline::{Context, GitFacts, Plan, Variable};
 use gantry_store::{DeliveryRecord, NewJob, NewPipeline};
@@ -197,7 +199,10 @@ async fn process_deliveries(state: &AppState, batch: Vec<DeliveryRecord>) -> boo
             Ok(()) => Ok(()),
             Err(Failure::Permanent(reason)) => {
                 tracing::warn!(delivery = id, %reason, "delivery failed");
-                state.store.close_delivery(id, "failed", &reason).await
+                state
+                    .store
+                    .close_delivery(id, DeliveryStatus::Failed, &reason)
+                    .await
             }
             Err(Failure::Transient(error)) if last => {
                 let reason = format!("{error} (gave up after {attempt} attempts)");
@@ -265,7 +270,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         None => {
             state
                 .store
-                .close_delivery(d.id, "skipped", "this event runs no pipeline")
+                .close_delivery(d.id, DeliveryStatus::Skipped, "this event runs no pipeline")
                 .await?;
             return Ok(());
         }
@@ -273,14 +278,14 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     if event.mr.as_ref().is_some_and(|m| m.fork) && !events::forks_run(&project) {
         state
             .store
-            .close_delivery(d.id, "skipped", events::FORKS_OFF)
+            .close_delivery(d.id, DeliveryStatus::Skipped, events::FORKS_OFF)
             .await?;
         return Ok(());
     }
     if event.push_skip {
         state
             .store
-            .close_delivery(d.id, "skipped", "the push option `ci.skip`")
+            .close_delivery(d.id, DeliveryStatus::Skipped, "the push option `ci.skip`")
             .await?;
         return Ok(());
     }
@@ -301,7 +306,11 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     {
         state
             .store
-            .close_delivery(d.id, "skipped", "`[ci skip]` in the commit message")
+            .close_delivery(
+                d.id,
+                DeliveryStatus::Skipped,
+                "`[ci skip]` in the commit message",
+            )
             .await?;
         return Ok(());
     }
@@ -401,7 +410,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         sha: compiled.sha.clone(),
         before_sha: compiled.before_sha.clone(),
         source: event.source.clone(),
-        status: "created".into(),
+        status: PipelineStatus::Created,
         trace_id: trace.clone(),
         errors: "[]".into(),
         spec: String::new(),
@@ -409,19 +418,23 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         jobs: Vec::new(),
     };
     if !errors.is_empty() {
-        new.status = "failed".into();
+        new.status = PipelineStatus::Failed;
         new.errors = serde_json::to_string(&errors)?;
         new.spec = serde_json::to_string(&compiled.doc)?;
         let id = state.store.create_pipeline(&new).await?;
         tracing::info!(pipeline = id, trace_id = %trace, "invalid configuration: pipeline failed");
-        state.metrics.pipeline_ended("failed");
+        state.metrics.pipeline_ended(PipelineStatus::Failed);
         crate::statuses::pipeline_changed(state, id).await;
         return Ok(());
     }
     if let Some(reason) = &compiled.result.workflow_skipped {
         state
             .store
-            .close_delivery(d.id, "skipped", &format!("workflow:rules: {reason}"))
+            .close_delivery(
+                d.id,
+                DeliveryStatus::Skipped,
+                &format!("workflow:rules: {reason}"),
+            )
             .await?;
         return Ok(());
     }
@@ -433,7 +446,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
             .store
             .close_delivery(
                 d.id,
-                "skipped",
+                DeliveryStatus::Skipped,
                 "no job survives workflow:rules and the job rules",
             )
             .await?;
@@ -443,7 +456,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     new.spec = serde_json::to_string(&compiled.doc)?;
     if compiled.doc.fork.as_ref().is_some_and(ForkDoc::waiting) {
         // The whole pipeline waits for an approval (`advance` keeps it so).
-        new.status = "manual".into();
+        new.status = PipelineStatus::Manual;
     }
     let id = state.store.create_pipeline(&new).await?;
     tracing::info!(pipeline = id, trace_id = %trace, project = %project.record.name, "pipeline created");
@@ -489,7 +502,7 @@ fn new_jobs(plan: &Plan, now: i64) -> serde_json::Result<Vec<NewJob>> {
             stage_index: dense.get(&job.stage_index).copied().unwrap_or(0),
             position: i64::try_from(i).unwrap_or(0),
             attempt: 1,
-            status: "created".into(),
+            status: JobStatus::Created,
             when: job.when.as_str().into(),
             allow_failure: job.allow_failure.is_allowed(),
             needs: job
