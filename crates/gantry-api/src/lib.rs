@@ -264,6 +264,33 @@ pub struct TriggerPipeline {
     pub variables: Vec<KeyValue>,
 }
 
+/// A status enum's spelling, from its variants and their words (`$doc` says whose words they
+/// are): `as_str`, `parse` (through `$all`, every variant) and `Display`.
+macro_rules! status_spelling {
+    ($ty:ident, $all:ident, $doc:literal; $($variant:ident => $word:literal),+ $(,)?) => {
+        impl $ty {
+            #[doc = concat!("The status, ", $doc, ".")]
+            #[must_use]
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word,)+
+                }
+            }
+            #[doc = concat!("Parses [`", stringify!($ty), "::as_str`].")]
+            #[must_use]
+            pub fn parse(s: &str) -> Option<$ty> {
+                $all.iter().copied().find(|st| st.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// A pipeline's status, as GitLab spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -286,35 +313,7 @@ pub enum PipelineStatus {
     Manual,
 }
 
-impl std::fmt::Display for PipelineStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl PipelineStatus {
-    /// The status as GitLab spells it.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PipelineStatus::Created => "created",
-            PipelineStatus::Pending => "pending",
-            PipelineStatus::Running => "running",
-            PipelineStatus::Success => "success",
-            PipelineStatus::Failed => "failed",
-            PipelineStatus::Canceled => "canceled",
-            PipelineStatus::Skipped => "skipped",
-            PipelineStatus::Manual => "manual",
-        }
-    }
-    /// Parses [`PipelineStatus::as_str`].
-    #[must_use]
-    pub fn parse(s: &str) -> Option<PipelineStatus> {
-        ALL_PIPELINE_STATUSES
-            .iter()
-            .copied()
-            .find(|st| st.as_str() == s)
-    }
     /// Whether the pipeline is over.
     #[must_use]
     pub fn is_final(self) -> bool {
@@ -326,6 +325,18 @@ impl PipelineStatus {
                 | PipelineStatus::Skipped
         )
     }
+}
+
+status_spelling! {
+    PipelineStatus, ALL_PIPELINE_STATUSES, "as GitLab spells it";
+    Created => "created",
+    Pending => "pending",
+    Running => "running",
+    Success => "success",
+    Failed => "failed",
+    Canceled => "canceled",
+    Skipped => "skipped",
+    Manual => "manual",
 }
 
 /// Every pipeline status.
@@ -364,33 +375,7 @@ pub enum JobStatus {
     Scheduled,
 }
 
-impl std::fmt::Display for JobStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl JobStatus {
-    /// The status as GitLab spells it.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Created => "created",
-            JobStatus::Pending => "pending",
-            JobStatus::Running => "running",
-            JobStatus::Success => "success",
-            JobStatus::Failed => "failed",
-            JobStatus::Canceled => "canceled",
-            JobStatus::Skipped => "skipped",
-            JobStatus::Manual => "manual",
-            JobStatus::Scheduled => "scheduled",
-        }
-    }
-    /// Parses [`JobStatus::as_str`].
-    #[must_use]
-    pub fn parse(s: &str) -> Option<JobStatus> {
-        ALL_JOB_STATUSES.iter().copied().find(|st| st.as_str() == s)
-    }
     /// Whether the job is over (it will not run again unless retried, which makes a new job).
     #[must_use]
     pub fn is_final(self) -> bool {
@@ -399,6 +384,19 @@ impl JobStatus {
             JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped
         )
     }
+}
+
+status_spelling! {
+    JobStatus, ALL_JOB_STATUSES, "as GitLab spells it";
+    Created => "created",
+    Pending => "pending",
+    Running => "running",
+    Success => "success",
+    Failed => "failed",
+    Canceled => "canceled",
+    Skipped => "skipped",
+    Manual => "manual",
+    Scheduled => "scheduled",
 }
 
 /// Every job status.
@@ -543,31 +541,12 @@ pub enum DeliveryStatus {
     Failed,
 }
 
-impl std::fmt::Display for DeliveryStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl DeliveryStatus {
-    /// The status as stored and answered.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Created => "created",
-            DeliveryStatus::Skipped => "skipped",
-            DeliveryStatus::Failed => "failed",
-        }
-    }
-    /// Parses [`DeliveryStatus::as_str`].
-    #[must_use]
-    pub fn parse(s: &str) -> Option<DeliveryStatus> {
-        ALL_DELIVERY_STATUSES
-            .iter()
-            .copied()
-            .find(|st| st.as_str() == s)
-    }
+status_spelling! {
+    DeliveryStatus, ALL_DELIVERY_STATUSES, "as stored and answered";
+    Pending => "pending",
+    Created => "created",
+    Skipped => "skipped",
+    Failed => "failed",
 }
 
 /// Every delivery status.
@@ -644,4 +623,28 @@ pub struct Agent {
     pub last_seen_at: Option<String>,
     /// Whether it was heard from within the lease timeout.
     pub online: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_parse_their_own_spelling_and_display_it() {
+        for st in ALL_PIPELINE_STATUSES {
+            assert_eq!(PipelineStatus::parse(st.as_str()), Some(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        for st in ALL_JOB_STATUSES {
+            assert_eq!(JobStatus::parse(st.as_str()), Some(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        for st in ALL_DELIVERY_STATUSES {
+            assert_eq!(DeliveryStatus::parse(st.as_str()), Some(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        assert_eq!(JobStatus::Scheduled.as_str(), "scheduled");
+        assert_eq!(DeliveryStatus::Created.as_str(), "created");
+        assert_eq!(PipelineStatus::parse("retrying"), None);
+    }
 }
