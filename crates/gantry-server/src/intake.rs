@@ -258,6 +258,14 @@ struct Compiled {
 
 /// A delivery → a pipeline (or a skipped delivery). On `last`, the delivery's last attempt, a remote
 /// include that cannot be fetched for a transient reason becomes a compile error instead.
+/// Closes delivery `id` as skipped, for `reason`.
+async fn skip(state: &AppState, id: i64, reason: &str) -> gantry_store::Result<()> {
+    state
+        .store
+        .close_delivery(id, DeliveryStatus::Skipped, reason)
+        .await
+}
+
 async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<(), Failure> {
     let project = match state.store.project_by_id(d.project_id).await? {
         Some(p) => LoadedProject::parse(p, &state.secrets).map_err(|e| permanent(e.message))?,
@@ -268,25 +276,16 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     let event = match events::parse(&d.forge, &d.event, &payload).map_err(permanent)? {
         Some(e) => e,
         None => {
-            state
-                .store
-                .close_delivery(d.id, DeliveryStatus::Skipped, "this event runs no pipeline")
-                .await?;
+            skip(state, d.id, "this event runs no pipeline").await?;
             return Ok(());
         }
     };
     if event.mr.as_ref().is_some_and(|m| m.fork) && !events::forks_run(&project) {
-        state
-            .store
-            .close_delivery(d.id, DeliveryStatus::Skipped, events::FORKS_OFF)
-            .await?;
+        skip(state, d.id, events::FORKS_OFF).await?;
         return Ok(());
     }
     if event.push_skip {
-        state
-            .store
-            .close_delivery(d.id, DeliveryStatus::Skipped, "the push option `ci.skip`")
-            .await?;
+        skip(state, d.id, "the push option `ci.skip`").await?;
         return Ok(());
     }
     let lock = state.mirror_lock(project.record.id);
@@ -304,14 +303,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     if matches!(event.source.as_str(), "push" | "merge_request_event")
         && skips_ci(&checkout.info.message)
     {
-        state
-            .store
-            .close_delivery(
-                d.id,
-                DeliveryStatus::Skipped,
-                "`[ci skip]` in the commit message",
-            )
-            .await?;
+        skip(state, d.id, "`[ci skip]` in the commit message").await?;
         return Ok(());
     }
     // The pipeline's creation time, as `CI_PIPELINE_CREATED_AT` says it.
@@ -428,28 +420,19 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         return Ok(());
     }
     if let Some(reason) = &compiled.result.workflow_skipped {
-        state
-            .store
-            .close_delivery(
-                d.id,
-                DeliveryStatus::Skipped,
-                &format!("workflow:rules: {reason}"),
-            )
-            .await?;
+        skip(state, d.id, &format!("workflow:rules: {reason}")).await?;
         return Ok(());
     }
     let Some(plan) = compiled.result.plan else {
         return Err(permanent("the compiler gave no plan"));
     };
     if plan.jobs.is_empty() {
-        state
-            .store
-            .close_delivery(
-                d.id,
-                DeliveryStatus::Skipped,
-                "no job survives workflow:rules and the job rules",
-            )
-            .await?;
+        skip(
+            state,
+            d.id,
+            "no job survives workflow:rules and the job rules",
+        )
+        .await?;
         return Ok(());
     }
     new.jobs = new_jobs(&plan, now)?;
