@@ -264,6 +264,33 @@ pub struct TriggerPipeline {
     pub variables: Vec<KeyValue>,
 }
 
+/// A status enum's spelling, from its variants and their words (`$doc` says whose words they
+/// are): `as_str`, `parse` (through `$all`, every variant) and `Display`.
+macro_rules! status_spelling {
+    ($ty:ident, $all:ident, $doc:literal; $($variant:ident => $word:literal),+ $(,)?) => {
+        impl $ty {
+            #[doc = concat!("The status, ", $doc, ".")]
+            #[must_use]
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word,)+
+                }
+            }
+            #[doc = concat!("Parses [`", stringify!($ty), "::as_str`].")]
+            #[must_use]
+            pub fn parse(s: &str) -> Option<$ty> {
+                $all.iter().copied().find(|st| st.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// A pipeline's status, as GitLab spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -287,28 +314,6 @@ pub enum PipelineStatus {
 }
 
 impl PipelineStatus {
-    /// The status as GitLab spells it.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PipelineStatus::Created => "created",
-            PipelineStatus::Pending => "pending",
-            PipelineStatus::Running => "running",
-            PipelineStatus::Success => "success",
-            PipelineStatus::Failed => "failed",
-            PipelineStatus::Canceled => "canceled",
-            PipelineStatus::Skipped => "skipped",
-            PipelineStatus::Manual => "manual",
-        }
-    }
-    /// Parses [`PipelineStatus::as_str`].
-    #[must_use]
-    pub fn parse(s: &str) -> Option<PipelineStatus> {
-        ALL_PIPELINE_STATUSES
-            .iter()
-            .copied()
-            .find(|st| st.as_str() == s)
-    }
     /// Whether the pipeline is over.
     #[must_use]
     pub fn is_final(self) -> bool {
@@ -320,6 +325,18 @@ impl PipelineStatus {
                 | PipelineStatus::Skipped
         )
     }
+}
+
+status_spelling! {
+    PipelineStatus, ALL_PIPELINE_STATUSES, "as GitLab spells it";
+    Created => "created",
+    Pending => "pending",
+    Running => "running",
+    Success => "success",
+    Failed => "failed",
+    Canceled => "canceled",
+    Skipped => "skipped",
+    Manual => "manual",
 }
 
 /// Every pipeline status.
@@ -359,26 +376,6 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
-    /// The status as GitLab spells it.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Created => "created",
-            JobStatus::Pending => "pending",
-            JobStatus::Running => "running",
-            JobStatus::Success => "success",
-            JobStatus::Failed => "failed",
-            JobStatus::Canceled => "canceled",
-            JobStatus::Skipped => "skipped",
-            JobStatus::Manual => "manual",
-            JobStatus::Scheduled => "scheduled",
-        }
-    }
-    /// Parses [`JobStatus::as_str`].
-    #[must_use]
-    pub fn parse(s: &str) -> Option<JobStatus> {
-        ALL_JOB_STATUSES.iter().copied().find(|st| st.as_str() == s)
-    }
     /// Whether the job is over (it will not run again unless retried, which makes a new job).
     #[must_use]
     pub fn is_final(self) -> bool {
@@ -387,6 +384,19 @@ impl JobStatus {
             JobStatus::Success | JobStatus::Failed | JobStatus::Canceled | JobStatus::Skipped
         )
     }
+}
+
+status_spelling! {
+    JobStatus, ALL_JOB_STATUSES, "as GitLab spells it";
+    Created => "created",
+    Pending => "pending",
+    Running => "running",
+    Success => "success",
+    Failed => "failed",
+    Canceled => "canceled",
+    Skipped => "skipped",
+    Manual => "manual",
+    Scheduled => "scheduled",
 }
 
 /// Every job status.
@@ -517,6 +527,36 @@ pub struct Job {
     pub has_artifacts: bool,
 }
 
+/// A delivery's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Stored, not processed yet, or waiting for a retry.
+    Pending,
+    /// A pipeline was created.
+    Created,
+    /// Nothing to run (see its `reason`).
+    Skipped,
+    /// It could not be processed (see its `reason`).
+    Failed,
+}
+
+status_spelling! {
+    DeliveryStatus, ALL_DELIVERY_STATUSES, "as stored and answered";
+    Pending => "pending",
+    Created => "created",
+    Skipped => "skipped",
+    Failed => "failed",
+}
+
+/// Every delivery status.
+pub const ALL_DELIVERY_STATUSES: [DeliveryStatus; 4] = [
+    DeliveryStatus::Pending,
+    DeliveryStatus::Created,
+    DeliveryStatus::Skipped,
+    DeliveryStatus::Failed,
+];
+
 /// A webhook delivery.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Delivery {
@@ -530,7 +570,7 @@ pub struct Delivery {
     pub event: String,
     /// `pending` (stored, not processed yet, or waiting for a retry), `created` (a pipeline was
     /// created), `skipped`, `failed`.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// Why it was skipped or failed.
     pub reason: Option<String>,
     /// The pipeline it created.
@@ -583,4 +623,28 @@ pub struct Agent {
     pub last_seen_at: Option<String>,
     /// Whether it was heard from within the lease timeout.
     pub online: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_parse_their_own_spelling_and_display_it() {
+        for st in ALL_PIPELINE_STATUSES {
+            assert_eq!(PipelineStatus::parse(st.as_str()), Some(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        for st in ALL_JOB_STATUSES {
+            assert_eq!(JobStatus::parse(st.as_str()), Some(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        for st in ALL_DELIVERY_STATUSES {
+            assert_eq!(DeliveryStatus::parse(st.as_str()), Some(st));
+            assert_eq!(st.to_string(), st.as_str());
+        }
+        assert_eq!(JobStatus::Scheduled.as_str(), "scheduled");
+        assert_eq!(DeliveryStatus::Created.as_str(), "created");
+        assert_eq!(PipelineStatus::parse("retrying"), None);
+    }
 }

@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use gantry_api::{ErrorBody, Job, Pipeline};
+use gantry_api::{ErrorBody, Job, Pipeline, PipelineStatus};
 use gantry_store::{Millis, PipelineRecord};
 
 use crate::advance::{self, Step};
@@ -24,7 +24,10 @@ pub(crate) async fn cancel_pipeline(
     caller.pipeline(&state, id).await?;
     caller.writes()?;
     let op = |p: &PipelineRecord, now| {
-        if matches!(p.status.as_str(), "success" | "failed" | "skipped") {
+        if matches!(
+            p.status,
+            PipelineStatus::Success | PipelineStatus::Failed | PipelineStatus::Skipped
+        ) {
             Err(format!("the pipeline is {} already", p.status))
         } else {
             Ok(advance::cancel(p, now))
@@ -103,7 +106,7 @@ pub(crate) async fn approve_pipeline(
         let mut doc: crate::spec::PipelineDoc =
             serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
         match &mut doc.fork {
-            Some(f) if f.waiting() && p.status == "manual" => {
+            Some(f) if f.waiting() && p.status == PipelineStatus::Manual => {
                 f.approved_by = Some(by.clone());
                 f.approved_at = Some(now);
             }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use gantry_api::{JobStatus, PipelineStatus};
 use gantry_pipeline::plan::{AllowFailure, FailureReason, Retry, When};
 use gantry_store::{Changes, JobChange, JobRecord, Millis, NewJob, PipelineRecord};
 use serde::Deserialize;
@@ -120,7 +121,7 @@ pub(crate) fn new_attempt(job: &JobRecord, now: Millis) -> NewJob {
         stage_index: job.stage_index,
         position: job.position,
         attempt: job.attempt + 1,
-        status: "created".into(),
+        status: JobStatus::Created,
         when: job.when.clone(),
         allow_failure: job.allow_failure,
         needs: job.needs.clone(),
@@ -142,7 +143,7 @@ pub(crate) struct Step {
     /// The earliest time a scheduled job comes due.
     pub wake_at: Option<Millis>,
     /// Jobs that ended without running, with their status (for metrics).
-    pub ended: Vec<String>,
+    pub ended: Vec<JobStatus>,
 }
 
 impl Step {
@@ -171,20 +172,22 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
     }
     // A fork pipeline that waits for its approval holds every job (`spec::ForkDoc`); canceling
     // it still cancels them.
-    if matches!(p.status.as_str(), "created" | "manual")
+    if matches!(p.status, PipelineStatus::Created | PipelineStatus::Manual)
         && crate::spec::fork_of(&p.spec).is_some_and(|f| f.waiting())
     {
-        if p.status != "manual" {
-            step.changes.status = Some("manual".into());
+        if p.status != PipelineStatus::Manual {
+            step.changes.status = Some(PipelineStatus::Manual);
         }
         return step;
     }
-    let canceled = p.status == "canceled";
+    let canceled = p.status == PipelineStatus::Canceled;
     let jobs = latest(p);
     // A job's spec is decoded only when its state asks for it (a failure, a manual or delayed
     // job): not for the many jobs that are pending, running or done.
     let metas = Metas::new(&jobs);
-    let mut status: Vec<String> = jobs.iter().map(|j| j.status.clone()).collect();
+    // Each job's status as this step leaves it; `None` once a new attempt of it is created (it is
+    // retrying: not done yet).
+    let mut status: Vec<Option<JobStatus>> = jobs.iter().map(|j| Some(j.status)).collect();
 
     if canceled {
         cancel_unstarted(&mut step, &jobs, &mut status, now);
@@ -202,11 +205,11 @@ fn retry_failures(
     step: &mut Step,
     jobs: &[&JobRecord],
     metas: &Metas<'_>,
-    status: &mut [String],
+    status: &mut [Option<JobStatus>],
     now: Millis,
 ) {
     for (i, j) in jobs.iter().enumerate() {
-        if j.status != "failed" {
+        if j.status != JobStatus::Failed {
             continue;
         }
         let m = metas.get(i);
@@ -217,19 +220,26 @@ fn retry_failures(
         {
             step.changes.new_jobs.push(new_attempt(j, now));
             step.change(j.id).retried = Some(true);
-            status[i] = "retrying".into();
+            status[i] = None;
         }
     }
 }
 
 /// A canceled pipeline: whatever did not start is canceled, whatever runs is asked to stop.
-fn cancel_unstarted(step: &mut Step, jobs: &[&JobRecord], status: &mut [String], now: Millis) {
+fn cancel_unstarted(
+    step: &mut Step,
+    jobs: &[&JobRecord],
+    status: &mut [Option<JobStatus>],
+    now: Millis,
+) {
     for (i, j) in jobs.iter().enumerate() {
-        match j.status.as_str() {
-            "created" | "scheduled" | "manual" | "pending" => {
-                set(step, status, i, j.id, "canceled", now);
+        match j.status {
+            JobStatus::Created | JobStatus::Scheduled | JobStatus::Manual | JobStatus::Pending => {
+                set(step, status, i, j.id, JobStatus::Canceled, now);
             }
-            "running" if !j.cancel_requested => step.change(j.id).cancel_requested = Some(true),
+            JobStatus::Running if !j.cancel_requested => {
+                step.change(j.id).cancel_requested = Some(true);
+            }
             _ => {}
         }
     }
@@ -241,7 +251,7 @@ fn resolve(
     step: &mut Step,
     jobs: &[&JobRecord],
     metas: &Metas<'_>,
-    status: &mut [String],
+    status: &mut [Option<JobStatus>],
     canceled: bool,
     now: Millis,
 ) -> Vec<Option<Up>> {
@@ -285,12 +295,12 @@ fn resolve(
                     Up::Blocked
                 }
             };
-            let resolved = match status[i].as_str() {
-                "created" if canceled => {
-                    set(step, status, i, j.id, "canceled", now);
+            let resolved = match status[i] {
+                Some(JobStatus::Created) if canceled => {
+                    set(step, status, i, j.id, JobStatus::Canceled, now);
                     Some(Up::Failed)
                 }
-                "created" => match (when(j), upstream) {
+                Some(JobStatus::Created) => match (when(j), upstream) {
                     (_, Up::Blocked) => Some(Up::Blocked),
                     (When::Always, _)
                     | (When::OnFailure, Up::Failed)
@@ -299,16 +309,16 @@ fn resolve(
                         None
                     }
                     (When::OnFailure, Up::Ok) => {
-                        set(step, status, i, j.id, "skipped", now);
+                        set(step, status, i, j.id, JobStatus::Skipped, now);
                         Some(Up::Ok)
                     }
                     (_, Up::Failed) => {
-                        set(step, status, i, j.id, "skipped", now);
+                        set(step, status, i, j.id, JobStatus::Skipped, now);
                         Some(Up::Failed)
                     }
                     (When::Manual, Up::Ok) => {
-                        step.change(j.id).status = Some("manual".into());
-                        status[i] = "manual".into();
+                        step.change(j.id).status = Some(JobStatus::Manual);
+                        status[i] = Some(JobStatus::Manual);
                         Some(manual_up())
                     }
                     (When::Delayed, Up::Ok) => {
@@ -318,18 +328,18 @@ fn resolve(
                             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4));
                         let at = now + delay;
                         let c = step.change(j.id);
-                        c.status = Some("scheduled".into());
+                        c.status = Some(JobStatus::Scheduled);
                         c.run_after = Some(at);
-                        status[i] = "scheduled".into();
+                        status[i] = Some(JobStatus::Scheduled);
                         step.wake_at = Some(step.wake_at.map_or(at, |w| w.min(at)));
                         None
                     }
                 },
-                "scheduled" if canceled => {
-                    set(step, status, i, j.id, "canceled", now);
+                Some(JobStatus::Scheduled) if canceled => {
+                    set(step, status, i, j.id, JobStatus::Canceled, now);
                     Some(Up::Failed)
                 }
-                "scheduled" => {
+                Some(JobStatus::Scheduled) => {
                     let at = j.run_after.unwrap_or(now);
                     if at <= now {
                         queue(step, status, i, j.id, now);
@@ -338,23 +348,25 @@ fn resolve(
                     }
                     None
                 }
-                "manual" if canceled => {
-                    set(step, status, i, j.id, "canceled", now);
+                Some(JobStatus::Manual) if canceled => {
+                    set(step, status, i, j.id, JobStatus::Canceled, now);
                     Some(Up::Failed)
                 }
-                "manual" => Some(manual_up()),
-                "pending" if canceled => {
-                    set(step, status, i, j.id, "canceled", now);
+                Some(JobStatus::Manual) => Some(manual_up()),
+                Some(JobStatus::Pending) if canceled => {
+                    set(step, status, i, j.id, JobStatus::Canceled, now);
                     Some(Up::Failed)
                 }
-                "running" if canceled && !j.cancel_requested => {
+                Some(JobStatus::Running) if canceled && !j.cancel_requested => {
                     step.change(j.id).cancel_requested = Some(true);
                     None
                 }
-                "success" => Some(Up::Ok),
-                "failed" if metas.get(i).allow_failure.allows(j.exit_code) => Some(Up::Ok),
-                "failed" | "canceled" => Some(Up::Failed),
-                "skipped" => Some(upstream.min(Up::Failed)),
+                Some(JobStatus::Success) => Some(Up::Ok),
+                Some(JobStatus::Failed) if metas.get(i).allow_failure.allows(j.exit_code) => {
+                    Some(Up::Ok)
+                }
+                Some(JobStatus::Failed | JobStatus::Canceled) => Some(Up::Failed),
+                Some(JobStatus::Skipped) => Some(upstream.min(Up::Failed)),
                 _ => None,
             };
             if resolved.is_some() {
@@ -375,79 +387,93 @@ fn pipeline_status(
     p: &PipelineRecord,
     jobs: &[&JobRecord],
     metas: &Metas<'_>,
-    status: &[String],
+    status: &[Option<JobStatus>],
     up: &[Option<Up>],
     now: Millis,
 ) {
-    let canceled = p.status == "canceled";
+    let canceled = p.status == PipelineStatus::Canceled;
     let n = jobs.len();
-    let any = |s: &str| status.iter().any(|x| x == s);
+    let is = |i: usize, s: JobStatus| status[i] == Some(s);
+    let any = |s: JobStatus| status.contains(&Some(s));
+    let retrying = status.contains(&None);
     let started = p.jobs.iter().any(|j| j.started_at.is_some())
-        || status.iter().any(|s| s == "success" || s == "failed");
+        || any(JobStatus::Success)
+        || any(JobStatus::Failed);
     let allowed_failure =
-        |i: usize| status[i] == "failed" && metas.get(i).allow_failure.allows(jobs[i].exit_code);
+        |i: usize| is(i, JobStatus::Failed) && metas.get(i).allow_failure.allows(jobs[i].exit_code);
     let new_status = if canceled {
-        "canceled"
-    } else if any("running") || any("retrying") {
-        "running"
-    } else if any("pending") || any("scheduled") {
-        if started { "running" } else { "pending" }
-    } else {
-        let blocking_manual = (0..n).any(|i| status[i] == "manual" && up[i] == Some(Up::Blocked));
-        let all_manual = (0..n)
-            .filter(|&i| status[i] != "skipped")
-            .all(|i| status[i] == "manual")
-            && any("manual");
-        if blocking_manual || all_manual || any("created") {
-            "manual"
-        } else if (0..n).any(|i| status[i] == "failed" && !allowed_failure(i)) {
-            "failed"
-        } else if any("canceled") {
-            "canceled"
-        } else if (0..n).all(|i| status[i] == "skipped" || status[i] == "manual") {
-            "skipped"
+        PipelineStatus::Canceled
+    } else if any(JobStatus::Running) || retrying {
+        PipelineStatus::Running
+    } else if any(JobStatus::Pending) || any(JobStatus::Scheduled) {
+        if started {
+            PipelineStatus::Running
         } else {
-            "success"
+            PipelineStatus::Pending
+        }
+    } else {
+        let blocking_manual =
+            (0..n).any(|i| is(i, JobStatus::Manual) && up[i] == Some(Up::Blocked));
+        let all_manual = (0..n)
+            .filter(|&i| !is(i, JobStatus::Skipped))
+            .all(|i| is(i, JobStatus::Manual))
+            && any(JobStatus::Manual);
+        if blocking_manual || all_manual || any(JobStatus::Created) {
+            PipelineStatus::Manual
+        } else if (0..n).any(|i| is(i, JobStatus::Failed) && !allowed_failure(i)) {
+            PipelineStatus::Failed
+        } else if any(JobStatus::Canceled) {
+            PipelineStatus::Canceled
+        } else if (0..n).all(|i| is(i, JobStatus::Skipped) || is(i, JobStatus::Manual)) {
+            PipelineStatus::Skipped
+        } else {
+            PipelineStatus::Success
         }
     };
     if new_status != p.status {
-        step.changes.status = Some(new_status.to_string());
+        step.changes.status = Some(new_status);
     }
     if p.started_at.is_none() {
         if let Some(t) = jobs.iter().filter_map(|j| j.started_at).min() {
             step.changes.started_at = Some(t);
         }
     }
-    let final_status = matches!(new_status, "success" | "failed" | "canceled" | "skipped");
-    let running = any("running") || any("retrying");
-    if final_status && !running && p.finished_at.is_none() {
+    let running = any(JobStatus::Running) || retrying;
+    if new_status.is_final() && !running && p.finished_at.is_none() {
         step.changes.finished_at = Some(now);
     }
 }
 
-fn set(step: &mut Step, status: &mut [String], i: usize, id: i64, to: &str, now: Millis) {
+fn set(
+    step: &mut Step,
+    status: &mut [Option<JobStatus>],
+    i: usize,
+    id: i64,
+    to: JobStatus,
+    now: Millis,
+) {
     let c = step.change(id);
-    c.status = Some(to.to_string());
+    c.status = Some(to);
     c.finished_at = Some(now);
-    status[i] = to.to_string();
-    step.ended.push(to.to_string());
+    status[i] = Some(to);
+    step.ended.push(to);
 }
 
-fn queue(step: &mut Step, status: &mut [String], i: usize, id: i64, now: Millis) {
+fn queue(step: &mut Step, status: &mut [Option<JobStatus>], i: usize, id: i64, now: Millis) {
     let c = step.change(id);
-    c.status = Some("pending".into());
+    c.status = Some(JobStatus::Pending);
     c.queued_at = Some(now);
-    status[i] = "pending".into();
+    status[i] = Some(JobStatus::Pending);
     step.queued = true;
 }
 
 /// Cancels the pipeline: jobs that did not start are canceled, running ones are asked to stop.
 pub(crate) fn cancel(p: &PipelineRecord, now: Millis) -> Step {
     let mut canceled = p.clone();
-    canceled.status = "canceled".into();
+    canceled.status = PipelineStatus::Canceled;
     let mut step = advance(&canceled, now);
-    if p.status != "canceled" {
-        step.changes.status = Some("canceled".into());
+    if p.status != PipelineStatus::Canceled {
+        step.changes.status = Some(PipelineStatus::Canceled);
     }
     step
 }
@@ -458,19 +484,19 @@ pub(crate) fn play(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step,
     let Some(j) = jobs.iter().find(|j| j.id == job_id) else {
         return Err("this job was retried: play its latest attempt".into());
     };
-    if j.status != "manual" {
+    if j.status != JobStatus::Manual {
         return Err(format!("the job is {}, not manual", j.status));
     }
-    if p.status == "canceled" {
+    if p.status == PipelineStatus::Canceled {
         return Err("the pipeline was canceled".into());
     }
     let mut step = Step::default();
     let c = step.change(job_id);
-    c.status = Some("pending".into());
+    c.status = Some(JobStatus::Pending);
     c.queued_at = Some(now);
     step.queued = true;
-    if p.status != "running" {
-        step.changes.status = Some("running".into());
+    if p.status != PipelineStatus::Running {
+        step.changes.status = Some(PipelineStatus::Running);
     }
     Ok(step)
 }
@@ -482,7 +508,10 @@ pub(crate) fn retry(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step
     let Some(j) = jobs.iter().find(|j| j.id == job_id) else {
         return Err("this job was retried already: retry its latest attempt".into());
     };
-    if !matches!(j.status.as_str(), "success" | "failed" | "canceled") {
+    if !matches!(
+        j.status,
+        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled
+    ) {
         return Err(format!("a {} job cannot be retried", j.status));
     }
     let mut step = Step::default();
@@ -504,16 +533,16 @@ pub(crate) fn retry(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step
             };
             if waits
                 && !waiting.contains(&other.name)
-                && matches!(other.status.as_str(), "skipped" | "canceled")
+                && matches!(other.status, JobStatus::Skipped | JobStatus::Canceled)
                 && other.started_at.is_none()
             {
-                step.change(other.id).status = Some("created".into());
+                step.change(other.id).status = Some(JobStatus::Created);
                 waiting.push(other.name.clone());
             }
         }
         k += 1;
     }
-    step.changes.status = Some("running".into());
+    step.changes.status = Some(PipelineStatus::Running);
     Ok(step)
 }
 
@@ -530,7 +559,7 @@ mod tests {
             stage_index: stage,
             position: id,
             attempt: 1,
-            status: "created".into(),
+            status: JobStatus::Created,
             when: when.into(),
             allow_failure: false,
             needs: None,
@@ -566,7 +595,7 @@ mod tests {
             sha: "a".repeat(40),
             before_sha: None,
             source: "push".into(),
-            status: "created".into(),
+            status: PipelineStatus::Created,
             trace_id: "t".into(),
             errors: "[]".into(),
             spec: "{}".into(),
@@ -582,8 +611,8 @@ mod tests {
     fn apply(p: &mut PipelineRecord, step: &Step) {
         for c in &step.changes.jobs {
             let j = p.jobs.iter_mut().find(|j| j.id == c.id).unwrap();
-            if let Some(s) = &c.status {
-                j.status = s.clone();
+            if let Some(s) = c.status {
+                j.status = s;
             }
             if let Some(r) = c.retried {
                 j.retried = r;
@@ -604,8 +633,8 @@ mod tests {
             j.needs = nj.needs.clone();
             p.jobs.push(j);
         }
-        if let Some(s) = &step.changes.status {
-            p.status = s.clone();
+        if let Some(s) = step.changes.status {
+            p.status = s;
         }
         if let Some(t) = step.changes.finished_at {
             p.finished_at = Some(t);
@@ -620,26 +649,26 @@ mod tests {
         let mut p = pipeline(vec![job(1, "a", 0, "on_success"), job(2, "b", 1, "always")]);
         p.spec = r#"{"stages":[],"fork":{"mode":"approve"}}"#.into();
         settle(&mut p);
-        assert_eq!(p.status, "manual");
-        assert!(p.jobs.iter().all(|j| j.status == "created"));
+        assert_eq!(p.status, PipelineStatus::Manual);
+        assert!(p.jobs.iter().all(|j| j.status == JobStatus::Created));
         // Approved: it runs.
         p.spec = r#"{"fork":{"mode":"approve","approved_by":"admin","approved_at":5}}"#.into();
         settle(&mut p);
-        assert_eq!(p.status, "pending");
-        assert_eq!(p.jobs[0].status, "pending");
+        assert_eq!(p.status, PipelineStatus::Pending);
+        assert_eq!(p.jobs[0].status, JobStatus::Pending);
         // Canceled while waiting: its jobs are canceled.
         let mut waiting = pipeline(vec![job(1, "a", 0, "on_success")]);
         waiting.spec = r#"{"fork":{"mode":"approve"}}"#.into();
         settle(&mut waiting);
         let step = cancel(&waiting, 1000);
         apply(&mut waiting, &step);
-        assert_eq!(waiting.status, "canceled");
-        assert_eq!(waiting.jobs[0].status, "canceled");
+        assert_eq!(waiting.status, PipelineStatus::Canceled);
+        assert_eq!(waiting.jobs[0].status, JobStatus::Canceled);
         // A fork pipeline without secrets runs at once.
         let mut plain = pipeline(vec![job(1, "a", 0, "on_success")]);
         plain.spec = r#"{"fork":{"mode":"no_secrets"}}"#.into();
         settle(&mut plain);
-        assert_eq!(plain.jobs[0].status, "pending");
+        assert_eq!(plain.jobs[0].status, JobStatus::Pending);
     }
 
     /// Advances until nothing changes.
@@ -661,7 +690,7 @@ mod tests {
             .filter(|j| j.name == name)
             .max_by_key(|j| j.attempt)
             .unwrap();
-        j.status = status.into();
+        j.status = JobStatus::parse(status).unwrap();
         j.started_at = Some(10);
         if status == "failed" {
             j.exit_code = Some(1);
@@ -672,7 +701,7 @@ mod tests {
     fn statuses(p: &PipelineRecord) -> Vec<(String, String)> {
         latest(p)
             .iter()
-            .map(|j| (j.name.clone(), j.status.clone()))
+            .map(|j| (j.name.clone(), j.status.as_str().to_owned()))
             .collect()
     }
 
@@ -682,7 +711,8 @@ mod tests {
             .find(|j| j.name == name)
             .unwrap()
             .status
-            .clone()
+            .as_str()
+            .to_owned()
     }
 
     #[test]
@@ -694,14 +724,14 @@ mod tests {
         settle(&mut p);
         assert_eq!(st(&p, "build"), "pending");
         assert_eq!(st(&p, "test"), "created");
-        assert_eq!(p.status, "pending");
+        assert_eq!(p.status, PipelineStatus::Pending);
         finish(&mut p, "build", "success");
         settle(&mut p);
         assert_eq!(st(&p, "test"), "pending");
-        assert_eq!(p.status, "running");
+        assert_eq!(p.status, PipelineStatus::Running);
         finish(&mut p, "test", "success");
         settle(&mut p);
-        assert_eq!(p.status, "success");
+        assert_eq!(p.status, PipelineStatus::Success);
         assert!(p.finished_at.is_some());
     }
 
@@ -722,7 +752,7 @@ mod tests {
         finish(&mut p, "cleanup", "success");
         finish(&mut p, "report", "success");
         settle(&mut p);
-        assert_eq!(p.status, "failed");
+        assert_eq!(p.status, PipelineStatus::Failed);
     }
 
     #[test]
@@ -736,7 +766,7 @@ mod tests {
         assert_eq!(st(&p, "test"), "pending");
         finish(&mut p, "test", "success");
         settle(&mut p);
-        assert_eq!(p.status, "success");
+        assert_eq!(p.status, PipelineStatus::Success);
     }
 
     #[test]
@@ -762,12 +792,12 @@ mod tests {
         let mut p = pipeline(vec![m]);
         settle(&mut p);
         assert_eq!(st(&p, "deploy"), "manual");
-        assert_eq!(p.status, "manual");
+        assert_eq!(p.status, PipelineStatus::Manual);
         let step = play(&p, 1, 5).unwrap();
         apply(&mut p, &step);
         settle(&mut p);
         assert_eq!(st(&p, "deploy"), "pending");
-        assert_eq!(p.status, "pending");
+        assert_eq!(p.status, PipelineStatus::Pending);
         assert!(play(&p, 1, 6).is_err(), "only manual jobs are played");
     }
 
@@ -783,7 +813,7 @@ mod tests {
         settle(&mut p);
         assert_eq!(st(&p, "approve"), "manual");
         assert_eq!(st(&p, "deploy"), "created");
-        assert_eq!(p.status, "manual");
+        assert_eq!(p.status, PipelineStatus::Manual);
         let step = play(&p, 2, 5).unwrap();
         apply(&mut p, &step);
         finish(&mut p, "approve", "success");
@@ -799,7 +829,7 @@ mod tests {
         settle(&mut p);
         finish(&mut p, "build", "success");
         settle(&mut p);
-        assert_eq!(p.status, "success");
+        assert_eq!(p.status, PipelineStatus::Success);
     }
 
     #[test]
@@ -811,21 +841,21 @@ mod tests {
         {
             let j = &mut p.jobs[0];
             j.started_at = Some(10);
-            j.status = "failed".into();
+            j.status = JobStatus::Failed;
             j.failure_reason = Some("runner_system_failure".into());
         }
         settle(&mut p);
         assert_eq!(p.jobs.len(), 2);
         assert!(p.jobs[0].retried);
         assert_eq!(p.jobs[1].attempt, 2);
-        assert_eq!(p.jobs[1].status, "pending");
-        assert_eq!(p.status, "running");
+        assert_eq!(p.jobs[1].status, JobStatus::Pending);
+        assert_eq!(p.status, PipelineStatus::Running);
         // The second failure is not retried: max 1.
-        p.jobs[1].status = "failed".into();
+        p.jobs[1].status = JobStatus::Failed;
         p.jobs[1].failure_reason = Some("runner_system_failure".into());
         settle(&mut p);
         assert_eq!(p.jobs.len(), 2);
-        assert_eq!(p.status, "failed");
+        assert_eq!(p.status, PipelineStatus::Failed);
     }
 
     #[test]
@@ -837,7 +867,7 @@ mod tests {
         finish(&mut p, "x", "failed");
         settle(&mut p);
         assert_eq!(p.jobs.len(), 1);
-        assert_eq!(p.status, "failed");
+        assert_eq!(p.status, PipelineStatus::Failed);
     }
 
     #[test]
@@ -848,13 +878,13 @@ mod tests {
             job(3, "c", 1, "on_success"),
         ]);
         settle(&mut p);
-        p.jobs[0].status = "running".into();
+        p.jobs[0].status = JobStatus::Running;
         let step = cancel(&p, 50);
         apply(&mut p, &step);
         assert_eq!(st(&p, "b"), "canceled");
         assert_eq!(st(&p, "c"), "canceled");
         assert!(p.jobs[0].cancel_requested);
-        assert_eq!(p.status, "canceled");
+        assert_eq!(p.status, PipelineStatus::Canceled);
         assert!(p.finished_at.is_none(), "a job still runs");
         finish(&mut p, "a", "canceled");
         settle(&mut p);
@@ -870,7 +900,7 @@ mod tests {
         settle(&mut p);
         finish(&mut p, "build", "failed");
         settle(&mut p);
-        assert_eq!(p.status, "failed");
+        assert_eq!(p.status, PipelineStatus::Failed);
         let step = retry(&p, 1, 99).unwrap();
         apply(&mut p, &step);
         settle(&mut p);
@@ -905,6 +935,6 @@ mod tests {
             statuses(&p),
             vec![("only-on-failure".into(), "skipped".into())]
         );
-        assert_eq!(p.status, "skipped");
+        assert_eq!(p.status, PipelineStatus::Skipped);
     }
 }

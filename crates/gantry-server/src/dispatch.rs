@@ -1,7 +1,7 @@
 //! The agent protocol (see `gantry_api::agent`): registration, long-poll job requests, heartbeats, log
 //! chunks, sources, artifacts, and finishing a job.
 
-use gantry_api::{ErrorBody, Job, ProjectVariable};
+use gantry_api::{ErrorBody, Job, JobStatus, PipelineStatus, ProjectVariable};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -228,7 +228,7 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         .map_err(AppError::internal)?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
-    if p.status != "running" || p.started_at.is_none() {
+    if p.status != PipelineStatus::Running || p.started_at.is_none() {
         let (s, id) = (state.clone(), p.id);
         tokio::spawn(async move { crate::progress::advance(&s, id).await });
     }
@@ -614,7 +614,7 @@ async fn log_past_limit(
 /// The job, if it is running on `agent`; `409` otherwise.
 pub(crate) async fn leased(state: &AppState, agent: &AgentRecord, id: i64) -> AppResult<JobRecord> {
     match state.store.job(id).await? {
-        Some(j) if j.agent_id == Some(agent.id) && j.status == "running" => Ok(j),
+        Some(j) if j.agent_id == Some(agent.id) && j.status == JobStatus::Running => Ok(j),
         Some(_) => Err(AppError::conflict(
             "the job is no longer leased to this agent",
         )),
@@ -1095,9 +1095,9 @@ pub(crate) async fn finish(
         )));
     }
     let status = match body.outcome {
-        Outcome::Success => "success",
-        Outcome::Failed => "failed",
-        Outcome::Canceled => "canceled",
+        Outcome::Success => JobStatus::Success,
+        Outcome::Failed => JobStatus::Failed,
+        Outcome::Canceled => JobStatus::Canceled,
     };
     let failure_reason = match body.outcome {
         Outcome::Failed => Some(
@@ -1114,7 +1114,7 @@ pub(crate) async fn finish(
             id,
             agent.id,
             &JobResult {
-                status: status.into(),
+                status,
                 exit_code: body.exit_code,
                 failure_reason,
                 coverage: body.coverage.filter(|c| c.is_finite()),
@@ -1131,10 +1131,10 @@ pub(crate) async fn finish(
             .observe(crate::metrics::seconds(now - s));
     }
     state.logs.notify_waiters();
-    tracing::info!(job = id, pipeline, status, "job finished");
+    tracing::info!(job = id, pipeline, status = status.as_str(), "job finished");
     // Most jobs of a wide stage end while others of it still run: then nothing else changes, and
     // the full read that advancing takes (every job of the pipeline) is skipped.
-    let quiet = status == "success"
+    let quiet = status == JobStatus::Success
         && state
             .store
             .success_changes_nothing(pipeline, job.stage_index, id, &job.name)

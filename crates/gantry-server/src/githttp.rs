@@ -23,7 +23,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use futures_util::StreamExt as _;
-use gantry_api::ErrorBody;
+use gantry_api::{ErrorBody, JobStatus};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 
 use crate::error::{AppError, AppResult};
@@ -40,7 +40,7 @@ async fn held(
     id: i64,
 ) -> AppResult<gantry_store::PipelineRecord> {
     let job = match state.store.job(id).await? {
-        Some(j) if j.agent_id == Some(agent.id) && j.status == "running" => j,
+        Some(j) if j.agent_id == Some(agent.id) && j.status == JobStatus::Running => j,
         Some(_) => {
             return Err(AppError::new(
                 StatusCode::FORBIDDEN,

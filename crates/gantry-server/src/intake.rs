@@ -26,7 +26,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_api::{ForkPipelines, PipelineError, ProjectVariable};
+use gantry_api::{
+    DeliveryStatus, ForkPipelines, JobStatus, PipelineError, PipelineStatus, ProjectVariable,
+};
 use gantry_pipeline::vars;
 use gantry_pipeline::{Context, GitFacts, Plan, Variable};
 use gantry_store::{DeliveryRecord, NewJob, NewPipeline};
@@ -197,7 +199,10 @@ async fn process_deliveries(state: &AppState, batch: Vec<DeliveryRecord>) -> boo
             Ok(()) => Ok(()),
             Err(Failure::Permanent(reason)) => {
                 tracing::warn!(delivery = id, %reason, "delivery failed");
-                state.store.close_delivery(id, "failed", &reason).await
+                state
+                    .store
+                    .close_delivery(id, DeliveryStatus::Failed, &reason)
+                    .await
             }
             Err(Failure::Transient(error)) if last => {
                 let reason = format!("{error} (gave up after {attempt} attempts)");
@@ -253,6 +258,14 @@ struct Compiled {
 
 /// A delivery → a pipeline (or a skipped delivery). On `last`, the delivery's last attempt, a remote
 /// include that cannot be fetched for a transient reason becomes a compile error instead.
+/// Closes delivery `id` as skipped, for `reason`.
+async fn skip(state: &AppState, id: i64, reason: &str) -> gantry_store::Result<()> {
+    state
+        .store
+        .close_delivery(id, DeliveryStatus::Skipped, reason)
+        .await
+}
+
 async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<(), Failure> {
     let project = match state.store.project_by_id(d.project_id).await? {
         Some(p) => LoadedProject::parse(p, &state.secrets).map_err(|e| permanent(e.message))?,
@@ -263,25 +276,16 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     let event = match events::parse(&d.forge, &d.event, &payload).map_err(permanent)? {
         Some(e) => e,
         None => {
-            state
-                .store
-                .close_delivery(d.id, "skipped", "this event runs no pipeline")
-                .await?;
+            skip(state, d.id, "this event runs no pipeline").await?;
             return Ok(());
         }
     };
     if event.mr.as_ref().is_some_and(|m| m.fork) && !events::forks_run(&project) {
-        state
-            .store
-            .close_delivery(d.id, "skipped", events::FORKS_OFF)
-            .await?;
+        skip(state, d.id, events::FORKS_OFF).await?;
         return Ok(());
     }
     if event.push_skip {
-        state
-            .store
-            .close_delivery(d.id, "skipped", "the push option `ci.skip`")
-            .await?;
+        skip(state, d.id, "the push option `ci.skip`").await?;
         return Ok(());
     }
     let lock = state.mirror_lock(project.record.id);
@@ -299,10 +303,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     if matches!(event.source.as_str(), "push" | "merge_request_event")
         && skips_ci(&checkout.info.message)
     {
-        state
-            .store
-            .close_delivery(d.id, "skipped", "`[ci skip]` in the commit message")
-            .await?;
+        skip(state, d.id, "`[ci skip]` in the commit message").await?;
         return Ok(());
     }
     // The pipeline's creation time, as `CI_PIPELINE_CREATED_AT` says it.
@@ -401,7 +402,7 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         sha: compiled.sha.clone(),
         before_sha: compiled.before_sha.clone(),
         source: event.source.clone(),
-        status: "created".into(),
+        status: PipelineStatus::Created,
         trace_id: trace.clone(),
         errors: "[]".into(),
         spec: String::new(),
@@ -409,41 +410,36 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         jobs: Vec::new(),
     };
     if !errors.is_empty() {
-        new.status = "failed".into();
+        new.status = PipelineStatus::Failed;
         new.errors = serde_json::to_string(&errors)?;
         new.spec = serde_json::to_string(&compiled.doc)?;
         let id = state.store.create_pipeline(&new).await?;
         tracing::info!(pipeline = id, trace_id = %trace, "invalid configuration: pipeline failed");
-        state.metrics.pipeline_ended("failed");
+        state.metrics.pipeline_ended(PipelineStatus::Failed);
         crate::statuses::pipeline_changed(state, id).await;
         return Ok(());
     }
     if let Some(reason) = &compiled.result.workflow_skipped {
-        state
-            .store
-            .close_delivery(d.id, "skipped", &format!("workflow:rules: {reason}"))
-            .await?;
+        skip(state, d.id, &format!("workflow:rules: {reason}")).await?;
         return Ok(());
     }
     let Some(plan) = compiled.result.plan else {
         return Err(permanent("the compiler gave no plan"));
     };
     if plan.jobs.is_empty() {
-        state
-            .store
-            .close_delivery(
-                d.id,
-                "skipped",
-                "no job survives workflow:rules and the job rules",
-            )
-            .await?;
+        skip(
+            state,
+            d.id,
+            "no job survives workflow:rules and the job rules",
+        )
+        .await?;
         return Ok(());
     }
     new.jobs = new_jobs(&plan, now)?;
     new.spec = serde_json::to_string(&compiled.doc)?;
     if compiled.doc.fork.as_ref().is_some_and(ForkDoc::waiting) {
         // The whole pipeline waits for an approval (`advance` keeps it so).
-        new.status = "manual".into();
+        new.status = PipelineStatus::Manual;
     }
     let id = state.store.create_pipeline(&new).await?;
     tracing::info!(pipeline = id, trace_id = %trace, project = %project.record.name, "pipeline created");
@@ -489,7 +485,7 @@ fn new_jobs(plan: &Plan, now: i64) -> serde_json::Result<Vec<NewJob>> {
             stage_index: dense.get(&job.stage_index).copied().unwrap_or(0),
             position: i64::try_from(i).unwrap_or(0),
             attempt: 1,
-            status: "created".into(),
+            status: JobStatus::Created,
             when: job.when.as_str().into(),
             allow_failure: job.allow_failure.is_allowed(),
             needs: job

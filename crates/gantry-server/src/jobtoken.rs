@@ -15,6 +15,7 @@
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
+use gantry_api::JobStatus;
 use gantry_store::{JobRecord, PipelineRecord};
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -85,7 +86,7 @@ pub(crate) async fn job_of(
         return Err(stale());
     };
     let job = match state.store.job(id).await {
-        Ok(Some(job)) if job.status == "running" => job,
+        Ok(Some(job)) if job.status == JobStatus::Running => job,
         Ok(_) => return Err(stale()),
         Err(e) => return Err(crate::error::AppError::from(e).into_response()),
     };

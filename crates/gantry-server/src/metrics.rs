@@ -1,5 +1,6 @@
 //! Prometheus metrics (`GET /metrics`), with prometheus-client.
 
+use gantry_api::{JobStatus, PipelineStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -125,19 +126,19 @@ impl Metrics {
     }
 
     /// Counts a job that ended.
-    pub fn job_ended(&self, status: &str) {
+    pub fn job_ended(&self, status: JobStatus) {
         self.jobs
             .get_or_create(&StatusLabel {
-                status: status.to_string(),
+                status: status.as_str().to_owned(),
             })
             .inc();
     }
 
     /// Counts a pipeline that ended.
-    pub fn pipeline_ended(&self, status: &str) {
+    pub fn pipeline_ended(&self, status: PipelineStatus) {
         self.pipelines
             .get_or_create(&StatusLabel {
-                status: status.to_string(),
+                status: status.as_str().to_owned(),
             })
             .inc();
     }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use gantry_api::JobStatus;
 use gantry_store::{Millis, PipelineRecord};
 
 use crate::advance::{self, Step};
@@ -61,14 +62,14 @@ async fn effects(state: &AppState, before: &PipelineRecord, step: &Step) {
     if let Some(at) = step.wake_at {
         remember(state, at, before.id);
     }
-    for s in &step.ended {
+    for &s in &step.ended {
         state.metrics.job_ended(s);
     }
     if !step.ended.is_empty() {
         state.logs.notify_waiters();
     }
-    if let Some(s) = &step.changes.status {
-        if matches!(s.as_str(), "success" | "failed" | "canceled" | "skipped") {
+    if let Some(s) = step.changes.status {
+        if s.is_final() {
             state.metrics.pipeline_ended(s);
         }
         tracing::info!(pipeline = before.id, trace_id = %before.trace_id, status = %s, "pipeline status");
@@ -107,7 +108,7 @@ pub(crate) async fn expire(state: &AppState) {
             pipelines.dedup();
             for (job, pipeline) in &expired {
                 tracing::warn!(job, pipeline, "lease expired: runner_system_failure");
-                state.metrics.job_ended("failed");
+                state.metrics.job_ended(JobStatus::Failed);
             }
             if !expired.is_empty() {
                 state.logs.notify_waiters();

@@ -12,7 +12,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use gantry_api::{Agent, Delivery, ForgeKind, Job, JobStatus, Pipeline, PipelineStatus};
+use gantry_api::{
+    Agent, Delivery, DeliveryStatus, ForgeKind, Job, JobStatus, Pipeline, PipelineStatus,
+};
 use gantry_store::PipelineFilter;
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +58,13 @@ pub(crate) async fn pipelines(
         per_page: q.per_page,
     }
     .page()?;
-    if let Some(s) = &q.status {
-        if PipelineStatus::parse(s).is_none() {
-            return Err(AppError::bad_request(format!("unknown status `{s}`")));
-        }
-    }
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            PipelineStatus::parse(s)
+                .ok_or_else(|| AppError::bad_request(format!("unknown status `{s}`")))?,
+        ),
+    };
     let project = state.project(&name).await?;
     let paged = state
         .store
@@ -68,7 +72,7 @@ pub(crate) async fn pipelines(
             project.record.id,
             &PipelineFilter {
                 git_ref: q.git_ref.filter(|r| !r.is_empty()),
-                status: q.status,
+                status,
             },
             page,
         )
@@ -106,14 +110,14 @@ pub(crate) async fn deliveries(
             },
             delivery_id: d.delivery_id.clone(),
             event: d.event.clone(),
-            status: d.status.clone(),
+            status: d.status,
             reason: d.reason.clone(),
             pipeline_id: d.pipeline_id,
             received_at: crate::rfc3339(d.received_at),
             attempts: d.attempts,
             retry_at: d
                 .retry_at
-                .filter(|_| d.status == "pending")
+                .filter(|_| d.status == DeliveryStatus::Pending)
                 .map(crate::rfc3339),
             last_error: d.last_error.clone(),
         })
@@ -287,7 +291,7 @@ pub(crate) struct LogChunk {
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct LogEnd {
     /// The job's final status.
-    pub status: String,
+    pub status: JobStatus,
     /// The log's size in bytes.
     pub size: i64,
 }
@@ -360,13 +364,13 @@ pub(crate) async fn job_log_stream(
                         return Some((Ok(ev), Live::Reading(next)));
                     }
                 }
-                let over = JobStatus::parse(&job.status).is_some_and(JobStatus::is_final)
-                    || (job.status == "manual" && job.started_at.is_none());
+                let over = job.status.is_final()
+                    || (job.status == JobStatus::Manual && job.started_at.is_none());
                 if over && at >= job.log_size {
                     let ev = SseEvent::default()
                         .event("end")
                         .json_data(LogEnd {
-                            status: job.status.clone(),
+                            status: job.status,
                             size: job.log_size,
                         })
                         .unwrap_or_default();

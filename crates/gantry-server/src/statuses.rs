@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gantry_api::{Forge, ForgeKind};
+use gantry_api::{Forge, ForgeKind, PipelineStatus};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -43,22 +43,20 @@ impl StatusQueue {
 }
 
 /// The forge's state and description for a pipeline status.
-pub(crate) fn forge_state(kind: ForgeKind, status: &str) -> (&'static str, String) {
+pub(crate) fn forge_state(kind: ForgeKind, status: PipelineStatus) -> (&'static str, String) {
+    use PipelineStatus as P;
     let description = format!("the pipeline is {status}");
+    // The states are the forge's words: GitLab's spell ours, for the statuses it has.
     let state = match kind {
         ForgeKind::Gitlab => match status {
-            "running" => "running",
-            "success" => "success",
-            "failed" => "failed",
-            "canceled" => "canceled",
-            "skipped" => "skipped",
-            _ => "pending",
+            P::Running | P::Success | P::Failed | P::Canceled | P::Skipped => status.as_str(),
+            P::Created | P::Pending | P::Manual => "pending",
         },
         _ => match status {
-            "success" | "skipped" => "success",
-            "failed" => "failure",
-            "canceled" => "error",
-            _ => "pending",
+            P::Success | P::Skipped => "success",
+            P::Failed => "failure",
+            P::Canceled => "error",
+            P::Created | P::Pending | P::Running | P::Manual => "pending",
         },
     };
     (state, description)
@@ -69,7 +67,7 @@ pub(crate) fn request(
     forge: &Forge,
     sha: &str,
     git_ref: &str,
-    status: &str,
+    status: PipelineStatus,
     target_url: Option<String>,
 ) -> (String, Value) {
     let base = forge.api_url.trim_end_matches('/');
@@ -130,7 +128,7 @@ pub(crate) async fn pipeline_changed(state: &AppState, id: i64) {
         .external_url
         .as_ref()
         .map(|u| format!("{}/api/v1/pipelines/{id}", u.trim_end_matches('/')));
-    let (url, body) = request(&forge, &p.sha, &p.git_ref, &p.status, target);
+    let (url, body) = request(&forge, &p.sha, &p.git_ref, p.status, target);
     let _ = state.statuses.tx.send(StatusUpdate {
         forge,
         url,
@@ -217,7 +215,7 @@ mod tests {
             token: Some("t".into()),
             project: "group/proj".into(),
         };
-        let (url, body) = request(&gl, "abc", "main", "running", None);
+        let (url, body) = request(&gl, "abc", "main", PipelineStatus::Running, None);
         assert_eq!(
             url,
             "https://gitlab.example.com/api/v4/projects/group%2Fproj/statuses/abc"
@@ -231,13 +229,28 @@ mod tests {
             token: Some("t".into()),
             project: "o/r".into(),
         };
-        let (url, body) = request(&gh, "abc", "main", "running", Some("http://x/1".into()));
+        let (url, body) = request(
+            &gh,
+            "abc",
+            "main",
+            PipelineStatus::Running,
+            Some("http://x/1".into()),
+        );
         assert_eq!(url, "https://api.github.com/repos/o/r/statuses/abc");
         assert_eq!(body["state"], "pending");
         assert_eq!(body["context"], "gantry");
         assert_eq!(body["target_url"], "http://x/1");
-        assert_eq!(forge_state(ForgeKind::Github, "canceled").0, "error");
-        assert_eq!(forge_state(ForgeKind::Gitea, "failed").0, "failure");
-        assert_eq!(forge_state(ForgeKind::Gitlab, "manual").0, "pending");
+        assert_eq!(
+            forge_state(ForgeKind::Github, PipelineStatus::Canceled).0,
+            "error"
+        );
+        assert_eq!(
+            forge_state(ForgeKind::Gitea, PipelineStatus::Failed).0,
+            "failure"
+        );
+        assert_eq!(
+            forge_state(ForgeKind::Gitlab, PipelineStatus::Manual).0,
+            "pending"
+        );
     }
 }

@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
-use gantry_api::{Job, JobStatus, Pipeline, PipelineError, PipelineStatus};
+use gantry_api::{Job, Pipeline, PipelineError};
 use gantry_store::{ArtifactsInfo, JobRecord, Page, PipelineRecord};
 use serde::Deserialize;
 
@@ -27,7 +27,7 @@ pub(crate) fn job_api(j: &JobRecord) -> Job {
         pipeline_id: j.pipeline_id,
         name: j.name.clone(),
         stage: j.stage.clone(),
-        status: JobStatus::parse(&j.status).unwrap_or(JobStatus::Created),
+        status: j.status,
         when: j.when.clone(),
         allow_failure: j.allow_failure,
         needs: j.needs.clone(),
@@ -57,7 +57,7 @@ pub(crate) fn pipeline_api(p: &PipelineRecord) -> Pipeline {
         sha: p.sha.clone(),
         before_sha: p.before_sha.clone(),
         source: p.source.clone(),
-        status: PipelineStatus::parse(&p.status).unwrap_or(PipelineStatus::Created),
+        status: p.status,
         trace_id: p.trace_id.clone(),
         errors: serde_json::from_str::<Vec<PipelineError>>(&p.errors).unwrap_or_default(),
         created_at: crate::rfc3339(p.created_at),

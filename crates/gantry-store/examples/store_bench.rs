@@ -15,7 +15,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_store::{JobResult, NewAgent, NewDelivery, NewJob, NewPipeline, Store, connect};
+use gantry_store::{
+    JobResult, JobStatus, NewAgent, NewDelivery, NewJob, NewPipeline, PipelineStatus, Store,
+    connect,
+};
 
 const DELIVERIES: usize = 20_000;
 const INTAKE_TASKS: usize = 64;
@@ -102,7 +105,7 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                 stage_index: 0,
                 position: i as i64,
                 attempt: 1,
-                status: "pending".to_owned(),
+                status: JobStatus::Pending,
                 when: "on_success".to_owned(),
                 allow_failure: false,
                 needs: None,
@@ -123,7 +126,7 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                 sha: format!("{p:040}"),
                 before_sha: None,
                 source: "push".to_owned(),
-                status: "created".to_owned(),
+                status: PipelineStatus::Created,
                 trace_id: String::new(),
                 errors: "[]".to_owned(),
                 spec: "{}".to_owned(),
@@ -168,7 +171,7 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                     break;
                 };
                 let result = JobResult {
-                    status: "success".to_owned(),
+                    status: JobStatus::Success,
                     exit_code: Some(0),
                     failure_reason: None,
                     coverage: None,

@@ -10,7 +10,9 @@
 //! servers never both advance one pipeline.
 //!
 //! Times are milliseconds since the Unix epoch ([`Millis`]), always passed in by the caller, so that
-//! tests control the clock.
+//! tests control the clock. Statuses are `gantry-api`'s enums ([`JobStatus`], [`PipelineStatus`],
+//! [`DeliveryStatus`]), stored as the strings they spell; a row holding a status no enum knows
+//! reads as a [`StoreError::Database`] that names the column and the value.
 //!
 //! # Guarantees (each one tested against both implementations)
 //! - A job is handed out by [`Store::claim`] to exactly one agent, however many agents and servers
@@ -53,6 +55,7 @@ mod query;
 mod rows;
 mod sqlite;
 
+pub use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -271,8 +274,8 @@ pub struct DeliveryRecord {
     pub payload: Vec<u8>,
     /// See [`NewDelivery::trace_id`].
     pub trace_id: String,
-    /// `pending`, `created`, `skipped` or `failed`.
-    pub status: String,
+    /// The status.
+    pub status: DeliveryStatus,
     /// Why it was skipped or failed.
     pub reason: Option<String>,
     /// The pipeline it created.
@@ -309,7 +312,7 @@ pub struct NewPipeline {
     /// `CI_PIPELINE_SOURCE`.
     pub source: String,
     /// The first status (`created`, or `failed` for an invalid file).
-    pub status: String,
+    pub status: PipelineStatus,
     /// The trace id.
     pub trace_id: String,
     /// The configuration errors as the server's JSON (`[]` when none).
@@ -337,7 +340,7 @@ pub struct NewJob {
     /// The attempt (1, or more for a retry).
     pub attempt: i64,
     /// The first status (`created`, `manual`, `pending`, ...).
-    pub status: String,
+    pub status: JobStatus,
     /// `when`.
     pub when: String,
     /// Whether a failure is allowed (for listings; the exact rule lives in `spec`).
@@ -373,8 +376,8 @@ pub struct JobRecord {
     pub position: i64,
     /// See [`NewJob`].
     pub attempt: i64,
-    /// `created`, `pending`, `running`, `success`, `failed`, `canceled`, `skipped`, `manual`, `scheduled`.
-    pub status: String,
+    /// The status.
+    pub status: JobStatus,
     /// See [`NewJob`].
     pub when: String,
     /// See [`NewJob`].
@@ -440,8 +443,8 @@ pub struct PipelineRecord {
     pub before_sha: Option<String>,
     /// See [`NewPipeline`].
     pub source: String,
-    /// The status (see [`JobRecord::status`] for the spelling; plus `running`).
-    pub status: String,
+    /// The status.
+    pub status: PipelineStatus,
     /// See [`NewPipeline`].
     pub trace_id: String,
     /// See [`NewPipeline`].
@@ -468,7 +471,7 @@ pub struct JobChange {
     /// The job.
     pub id: i64,
     /// The new status.
-    pub status: Option<String>,
+    pub status: Option<JobStatus>,
     /// When it became pending.
     pub queued_at: Option<Millis>,
     /// When it ended (for jobs that end without running: skipped, canceled).
@@ -491,7 +494,7 @@ pub struct Changes {
     /// New jobs (retries, which carry `attempt` > 1, and the same `position`).
     pub new_jobs: Vec<NewJob>,
     /// The pipeline's new status.
-    pub status: Option<String>,
+    pub status: Option<PipelineStatus>,
     /// When it started.
     pub started_at: Option<Millis>,
     /// When it ended.
@@ -506,7 +509,7 @@ pub struct PipelineFilter {
     /// Only this ref.
     pub git_ref: Option<String>,
     /// Only this status.
-    pub status: Option<String>,
+    pub status: Option<PipelineStatus>,
 }
 
 /// A page of a list: 1-based `page`, `per_page` rows.
@@ -648,7 +651,7 @@ pub struct ProjectTokenRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobResult {
     /// `success`, `failed` or `canceled`.
-    pub status: String,
+    pub status: JobStatus,
     /// The exit code.
     pub exit_code: Option<i32>,
     /// Why it failed.
@@ -695,7 +698,7 @@ pub trait Store: Send + Sync + 'static {
         skip: &[i64],
     ) -> Result<Vec<DeliveryRecord>>;
     /// Marks a pending delivery `skipped` or `failed`, with the reason.
-    async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> Result<()>;
+    async fn close_delivery(&self, id: i64, status: DeliveryStatus, reason: &str) -> Result<()>;
     /// Records a transient failure of pending delivery `id`: one more attempt, and `error` as its
     /// `last_error`. With `retry_at`, it stays pending and [`Store::pending_deliveries`] skips it
     /// until then; without, it is closed `failed` with `error` as its reason. Answers the attempts

@@ -24,9 +24,10 @@ use crate::rows::{
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
 };
 use crate::{
-    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
-    NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
-    ProjectRecord, ProjectTokenRecord, Result, StoreError, db, skip_projects,
+    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, DeliveryStatus, JobRecord, JobResult,
+    JobStatus, Millis, NewAgent, NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged,
+    PipelineFilter, PipelineRecord, PipelineStatus, ProjectRecord, ProjectTokenRecord, Result,
+    StoreError, db, skip_projects,
 };
 
 /// A pipeline's version (see [`PIPELINE_COLS`]).
@@ -99,6 +100,17 @@ where
             .map_err(|e| StoreError::Database(format!("reading column {column}: {e}").into()))
     }
 
+    /// The `status` column of a row, as `parse` reads it; `table_column` names it in the error
+    /// that a value `parse` does not know makes.
+    fn status<T>(row: &Self::Row, table_column: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+        let value: String = Self::get(row, "status")?;
+        parse(&value).ok_or_else(|| {
+            StoreError::database(format!(
+                "column {table_column} holds an unknown status `{value}`"
+            ))
+        })
+    }
+
     /// A row of [`JOB_COLS`].
     fn job_row(row: &Self::Row) -> Result<JobRecord> {
         Ok(JobRecord {
@@ -109,7 +121,7 @@ where
             stage_index: Self::get(row, "stage_index")?,
             position: Self::get(row, "position")?,
             attempt: Self::get(row, "attempt")?,
-            status: Self::get(row, "status")?,
+            status: Self::status(row, "jobs.status", JobStatus::parse)?,
             when: Self::get(row, "job_when")?,
             allow_failure: Self::get(row, "allow_failure")?,
             needs: Self::read_opt_list(row, "needs")?,
@@ -146,7 +158,7 @@ where
             sha: Self::get(row, "sha")?,
             before_sha: Self::get(row, "before_sha")?,
             source: Self::get(row, "source")?,
-            status: Self::get(row, "status")?,
+            status: Self::status(row, "pipelines.status", PipelineStatus::parse)?,
             trace_id: Self::get(row, "trace_id")?,
             errors: Self::get(row, "errors")?,
             spec: Self::get(row, "spec")?,
@@ -172,7 +184,7 @@ where
                 Vec::new()
             },
             trace_id: Self::get(row, "trace_id")?,
-            status: Self::get(row, "status")?,
+            status: Self::status(row, "deliveries.status", DeliveryStatus::parse)?,
             reason: Self::get(row, "reason")?,
             pipeline_id: Self::get(row, "pipeline_id")?,
             received_at: Self::get(row, "received_at")?,
@@ -356,13 +368,13 @@ where
     async fn close_delivery(
         conn: &mut Self::Connection,
         id: i64,
-        status: &str,
+        status: DeliveryStatus,
         reason: &str,
     ) -> Result<()> {
         let q = sqlx::query(
             "UPDATE deliveries SET status = $1, reason = $2 WHERE id = $3 AND status = 'pending'",
         )
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .bind(id);
         Self::run(conn, q, "closing a delivery").await?;
@@ -656,7 +668,7 @@ where
         )
         .bind(project_id)
         .bind(filter.git_ref.as_deref())
-        .bind(filter.status.as_deref())
+        .bind(filter.status.map(PipelineStatus::as_str))
         .fetch_one(&mut *conn)
         .await
         .map_err(db("counting pipelines"))?;
@@ -669,7 +681,7 @@ where
         let q = sqlx::query(&sql)
             .bind(project_id)
             .bind(filter.git_ref.as_deref())
-            .bind(filter.status.as_deref())
+            .bind(filter.status.map(PipelineStatus::as_str))
             .bind(limit)
             .bind(offset);
         let items = Self::rows(conn, q, "listing pipelines", Self::pipeline_row).await?;
@@ -723,7 +735,7 @@ where
                  retried = COALESCE($7, retried) \
                  WHERE id = $8 AND pipeline_id = $9",
             )
-            .bind(job.status.as_deref())
+            .bind(job.status.map(JobStatus::as_str))
             .bind(job.queued_at)
             .bind(job.finished_at)
             .bind(job.run_after)
@@ -740,7 +752,7 @@ where
              started_at = COALESCE($2, started_at), finished_at = COALESCE($3, finished_at), \
              spec = COALESCE($4, spec) WHERE id = $5",
         )
-        .bind(changes.status.as_deref())
+        .bind(changes.status.map(PipelineStatus::as_str))
         .bind(changes.started_at)
         .bind(changes.finished_at)
         .bind(changes.spec.as_deref())
@@ -1395,7 +1407,12 @@ macro_rules! store {
                 read!(self, conn => $db::pending_deliveries(conn, limit, now, skip).await)
             }
 
-            async fn close_delivery(&self, id: i64, status: &str, reason: &str) -> crate::Result<()> {
+            async fn close_delivery(
+                &self,
+                id: i64,
+                status: crate::DeliveryStatus,
+                reason: &str,
+            ) -> crate::Result<()> {
                 writing!(self, conn => $db::close_delivery(conn, id, status, reason).await)
             }
 

@@ -43,7 +43,7 @@ pub(crate) const INSERT_BATCH: usize = 500;
 
 /// When a new job is queued: a job created `pending` is queued at its creation.
 pub(crate) fn queued_at(job: &crate::NewJob) -> Option<crate::Millis> {
-    (job.status == "pending").then_some(job.created_at)
+    (job.status == crate::JobStatus::Pending).then_some(job.created_at)
 }
 
 /// `page` as `(LIMIT, OFFSET)`; pages start at 1 and hold at least one row.

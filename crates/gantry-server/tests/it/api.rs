@@ -250,6 +250,32 @@ async fn openapi_lists_every_route() {
     for f in ["attempts", "retry_at", "last_error"] {
         assert!(delivery[f].is_object(), "Delivery.{f} in {delivery}");
     }
+    // Every reference names a schema of the document (the status enums among them).
+    let mut refs = Vec::new();
+    refs_in(&doc, &mut refs);
+    for r in &refs {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+        assert!(schemas.contains_key(name), "{r} names no schema");
+    }
+    for s in ["JobStatus", "PipelineStatus", "DeliveryStatus"] {
+        assert!(refs.iter().any(|r| r.ends_with(&format!("/{s}"))), "{s}");
+    }
+}
+
+/// Every `$ref` in `v`.
+fn refs_in(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                match (k.as_str(), x.as_str()) {
+                    ("$ref", Some(r)) => out.push(r.to_owned()),
+                    _ => refs_in(x, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|x| refs_in(x, out)),
+        _ => {}
+    }
 }
 
 #[tokio::test]

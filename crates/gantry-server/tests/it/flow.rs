@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::both;
 use crate::common::{
-    Agent, App, Backend, eventually, send, send_why, spawn, spawn_with, tar_of, text_of,
+    Agent, App, Backend, eventually, json_error, send, send_why, spawn, spawn_with, tar_of, text_of,
 };
 
 const TWO_STAGES: &str = "\
@@ -553,7 +553,19 @@ async fn pagination_and_triggers(b: Backend) {
         1
     );
     send(app.get("/api/v1/projects/demo/pipelines?per_page=500"), 400).await;
-    send(app.get("/api/v1/projects/demo/pipelines?status=bogus"), 400).await;
+    let r = send(app.get("/api/v1/projects/demo/pipelines?status=bogus"), 400).await;
+    assert_eq!(
+        json_error(r, "?status=bogus").await,
+        "unknown status `bogus`"
+    );
+    for (status, total) in [("pending", "3"), ("success", "0")] {
+        let r = send(
+            app.get(&format!("/api/v1/projects/demo/pipelines?status={status}")),
+            200,
+        )
+        .await;
+        assert_eq!(r.headers()["x-total"], total, "?status={status}");
+    }
     let r = app
         .get("/api/v1/projects/demo/pipelines?ref=other")
         .send()

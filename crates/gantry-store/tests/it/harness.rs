@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_store::{
-    AgentRecord, NewAgent, NewDelivery, NewJob, NewPipeline, Page, ProjectRecord, Store, connect,
+    AgentRecord, JobStatus, NewAgent, NewDelivery, NewJob, NewPipeline, Page, PipelineStatus,
+    ProjectRecord, Store, connect,
 };
 use sqlx::Connection;
 
@@ -272,7 +273,7 @@ pub fn job(name: &str, position: i64, created_at: i64) -> NewJob {
         stage_index: 0,
         position,
         attempt: 1,
-        status: "pending".to_owned(),
+        status: JobStatus::Pending,
         when: "on_success".to_owned(),
         allow_failure: false,
         needs: None,
@@ -295,7 +296,7 @@ pub fn pipeline(project_id: i64, jobs: Vec<NewJob>) -> NewPipeline {
         sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
         before_sha: None,
         source: "push".to_owned(),
-        status: "created".to_owned(),
+        status: PipelineStatus::Created,
         trace_id: "trace".to_owned(),
         errors: "[]".to_owned(),
         spec: "{}".to_owned(),

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use gantry_store::{
-    ARTIFACT_CHUNK, Changes, JobChange, JobResult, NewProjectToken, PipelineFilter, PipelineRecord,
-    Store, StoreError, connect,
+    ARTIFACT_CHUNK, Changes, DeliveryStatus, JobChange, JobResult, JobStatus, NewProjectToken,
+    PipelineFilter, PipelineRecord, PipelineStatus, Store, StoreError, connect,
 };
 use harness::{Harness, agent, create, delivery, job, new_agent, page, pipeline, project};
 
@@ -76,6 +76,7 @@ store_tests!(
     project_tokens_create_list_find_delete,
     project_of_pipelines_and_jobs,
     success_changes_nothing_only_inside_a_busy_stage,
+    an_unknown_status_in_the_database_is_an_error,
 );
 
 fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
@@ -85,9 +86,9 @@ fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
     );
 }
 
-fn done(status: &str, at: i64) -> JobResult {
+fn done(status: JobStatus, at: i64) -> JobResult {
     JobResult {
-        status: status.to_owned(),
+        status,
         exit_code: Some(0),
         failure_reason: None,
         coverage: None,
@@ -286,7 +287,7 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
     );
     let due = s.pending_deliveries(10, 5_000, &[]).await.unwrap();
     assert_eq!(ids(due.clone()), [a, b]);
-    assert_eq!(due[0].status, "pending");
+    assert_eq!(due[0].status, DeliveryStatus::Pending);
     assert_eq!(due[0].attempts, 1);
     assert_eq!(due[0].retry_at, Some(5_000));
     assert_eq!(due[0].last_error.as_deref(), Some("cannot fetch"));
@@ -326,7 +327,7 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
     assert_eq!(s.next_delivery_retry().await.unwrap(), None);
     let listed = s.deliveries(p.id, page(1, 10)).await.unwrap();
     let closed = listed.items.iter().find(|d| d.id == a).unwrap();
-    assert_eq!(closed.status, "failed");
+    assert_eq!(closed.status, DeliveryStatus::Failed);
     assert_eq!(closed.reason.as_deref(), Some("gave up after 3 attempts"));
     assert_eq!(closed.attempts, 3);
     assert_eq!(
@@ -334,7 +335,7 @@ async fn delivery_retries_wait_count_and_survive_reopen(h: Harness) {
         Some("gave up after 3 attempts")
     );
     // Closing as skipped is not an attempt.
-    s.close_delivery(b, "skipped", "nothing to run")
+    s.close_delivery(b, DeliveryStatus::Skipped, "nothing to run")
         .await
         .unwrap();
     assert_eq!(s.fail_delivery_attempt(b, "x", None).await.unwrap(), 0);
@@ -356,15 +357,17 @@ async fn pending_deliveries_and_close(h: Harness) {
     assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[..3]);
     assert_eq!(pending[0].payload, b"{\"delivery\":\"d0\"}");
     assert_eq!(pending[0].trace_id, "trace-d0");
-    assert_eq!(pending[0].status, "pending");
-    s.close_delivery(ids[0], "skipped", "no job survived the rules")
+    assert_eq!(pending[0].status, DeliveryStatus::Pending);
+    s.close_delivery(ids[0], DeliveryStatus::Skipped, "no job survived the rules")
         .await
         .unwrap();
-    s.close_delivery(ids[1], "failed", "no .gitlab-ci.yml")
+    s.close_delivery(ids[1], DeliveryStatus::Failed, "no .gitlab-ci.yml")
         .await
         .unwrap();
     // Closing is only for pending deliveries: this one stays skipped.
-    s.close_delivery(ids[0], "failed", "later").await.unwrap();
+    s.close_delivery(ids[0], DeliveryStatus::Failed, "later")
+        .await
+        .unwrap();
     let pending = s.pending_deliveries(10, 1_000, &[]).await.unwrap();
     assert_eq!(pending.iter().map(|d| d.id).collect::<Vec<_>>(), ids[2..]);
     // The deliveries of a project being processed are left out, the others' are not.
@@ -381,7 +384,9 @@ async fn pending_deliveries_and_close(h: Harness) {
         .await
         .unwrap();
     assert!(rest.is_empty());
-    s.close_delivery(other, "skipped", "x").await.unwrap();
+    s.close_delivery(other, DeliveryStatus::Skipped, "x")
+        .await
+        .unwrap();
     let listed = s.deliveries(p.id, page(1, 2)).await.unwrap();
     assert_eq!(listed.total, 5);
     // Newest first, without payloads.
@@ -394,8 +399,38 @@ async fn pending_deliveries_and_close(h: Harness) {
     assert_eq!(last.items.len(), 1);
     let skipped = &last.items[0];
     assert_eq!(skipped.id, ids[0]);
-    assert_eq!(skipped.status, "skipped");
+    assert_eq!(skipped.status, DeliveryStatus::Skipped);
     assert_eq!(skipped.reason.as_deref(), Some("no job survived the rules"));
+}
+
+/// Asserts that `result` is the error that names `column` and the unknown value `bogus`.
+fn unknown_status<T: std::fmt::Debug>(result: Result<T, StoreError>, column: &str) {
+    let err = result.expect_err("an unknown status was read");
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("database: column {column} holds an unknown status `bogus`")
+    );
+}
+
+async fn an_unknown_status_in_the_database_is_an_error(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    s.insert_delivery(&delivery(p.id, "d", 100)).await.unwrap();
+    let id = create(s, p.id, vec![job("build", 0, 2_000)]).await;
+    let job_id = s.pipeline(id).await.unwrap().unwrap().jobs[0].id;
+    h.exec("UPDATE jobs SET status = 'bogus'").await;
+    unknown_status(s.job(job_id).await, "jobs.status");
+    h.exec("UPDATE jobs SET status = 'pending'").await;
+    h.exec("UPDATE pipelines SET status = 'bogus'").await;
+    unknown_status(s.pipeline(id).await, "pipelines.status");
+    unknown_status(
+        s.pipelines(p.id, &PipelineFilter::default(), page(1, 20))
+            .await,
+        "pipelines.status",
+    );
+    h.exec("UPDATE deliveries SET status = 'bogus'").await;
+    unknown_status(s.deliveries(p.id, page(1, 20)).await, "deliveries.status");
 }
 
 async fn create_pipeline_once_per_delivery(h: Harness) {
@@ -423,7 +458,7 @@ async fn create_pipeline_once_per_delivery(h: Harness) {
             .is_empty()
     );
     let listed = s.deliveries(p.id, page(1, 20)).await.unwrap();
-    assert_eq!(listed.items[0].status, "created");
+    assert_eq!(listed.items[0].status, DeliveryStatus::Created);
     assert_eq!(listed.items[0].pipeline_id, Some(first));
     // Pipelines without a delivery are never merged.
     let a = create(s, p.id, vec![]).await;
@@ -439,7 +474,11 @@ async fn pipeline_head_and_partial_job_reads(h: Harness) {
     for (i, name) in ["lint", "build", "test", "deploy"].iter().enumerate() {
         let mut j = job(name, i as i64, 2_000);
         j.stage_index = i as i64 / 2;
-        j.status = if i == 0 { "pending" } else { "created" }.to_owned();
+        j.status = if i == 0 {
+            JobStatus::Pending
+        } else {
+            JobStatus::Created
+        };
         jobs.push(j);
     }
     let id = create(s, p.id, jobs.clone()).await;
@@ -459,7 +498,7 @@ async fn pipeline_head_and_partial_job_reads(h: Harness) {
     let mut retry = job("build", build.position, 4_000);
     retry.attempt = 2;
     retry.stage_index = 0;
-    retry.status = "created".to_owned();
+    retry.status = JobStatus::Created;
     let changes = Changes {
         new_jobs: vec![retry],
         ..Changes::default()
@@ -526,7 +565,7 @@ async fn pipeline_head_and_partial_job_reads(h: Harness) {
             ("build".to_owned(), 2)
         ]
     );
-    assert_eq!(before[0].status, "running");
+    assert_eq!(before[0].status, JobStatus::Running);
     assert!(s.jobs_before_stage(id, 0).await.unwrap().is_empty());
     assert_eq!(s.jobs_before_stage(id, 2).await.unwrap().len(), 5);
 }
@@ -539,7 +578,7 @@ async fn pipeline_lists_jobs_in_order(h: Harness) {
         let mut j = job(name, i as i64, 2_000);
         j.stage_index = i as i64 / 2;
         j.stage = format!("stage{}", i / 2);
-        j.status = "created".to_owned();
+        j.status = JobStatus::Created;
         jobs.push(j);
     }
     jobs[2].needs = Some(vec!["build".to_owned()]);
@@ -559,7 +598,7 @@ async fn pipeline_lists_jobs_in_order(h: Harness) {
     assert_eq!(got.git_ref, "main");
     assert!(got.tag);
     assert_eq!(got.before_sha.as_deref(), Some("before"));
-    assert_eq!(got.status, "created");
+    assert_eq!(got.status, PipelineStatus::Created);
     assert_eq!(got.version, 0);
     let names: Vec<&str> = got.jobs.iter().map(|j| j.name.as_str()).collect();
     assert_eq!(names, ["lint", "build", "test", "deploy"]);
@@ -623,7 +662,11 @@ async fn pipelines_filter_and_paginate(h: Harness) {
     for i in 0..7 {
         let mut new = pipeline(p.id, vec![job("j", 0, 2_000)]);
         new.git_ref = if i % 2 == 0 { "main" } else { "dev" }.to_owned();
-        new.status = if i < 3 { "failed" } else { "created" }.to_owned();
+        new.status = if i < 3 {
+            PipelineStatus::Failed
+        } else {
+            PipelineStatus::Created
+        };
         ids.push(s.create_pipeline(&new).await.unwrap());
     }
     create(s, other.id, vec![]).await;
@@ -665,7 +708,7 @@ async fn pipelines_filter_and_paginate(h: Harness) {
     assert!(got.items.iter().all(|p| p.git_ref == "main"));
     let failed_dev = PipelineFilter {
         git_ref: Some("dev".to_owned()),
-        status: Some("failed".to_owned()),
+        status: Some(PipelineStatus::Failed),
     };
     let got = s.pipelines(p.id, &failed_dev, page(1, 20)).await.unwrap();
     assert_eq!(got.items.iter().map(|p| p.id).collect::<Vec<_>>(), [ids[1]]);
@@ -703,14 +746,14 @@ async fn apply_is_optimistic(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
     let mut created = job("a", 0, 2_000);
-    created.status = "created".to_owned();
+    created.status = JobStatus::Created;
     let id = create(s, p.id, vec![created, job("b", 1, 2_000)]).await;
     let before = s.pipeline(id).await.unwrap().unwrap();
     let a = before.jobs[0].id;
     let changes = Changes {
         jobs: vec![JobChange {
             id: a,
-            status: Some("pending".to_owned()),
+            status: Some(JobStatus::Pending),
             queued_at: Some(5_000),
             run_after: Some(6_000),
             failure_reason: Some("reason".to_owned()),
@@ -719,7 +762,7 @@ async fn apply_is_optimistic(h: Harness) {
             retried: Some(true),
         }],
         new_jobs: vec![job("c", 2, 5_000)],
-        status: Some("running".to_owned()),
+        status: Some(PipelineStatus::Running),
         started_at: Some(5_000),
         finished_at: None,
         spec: Some("{\"approved\":true}".to_owned()),
@@ -732,12 +775,12 @@ async fn apply_is_optimistic(h: Harness) {
     assert!(s.apply(id, before.version, &changes).await.unwrap());
     let after = s.pipeline(id).await.unwrap().unwrap();
     assert_eq!(after.version, before.version + 1);
-    assert_eq!(after.status, "running");
+    assert_eq!(after.status, PipelineStatus::Running);
     assert_eq!(after.started_at, Some(5_000));
     assert_eq!(after.finished_at, None);
     assert_eq!(after.spec, "{\"approved\":true}");
     let a = &after.jobs[0];
-    assert_eq!(a.status, "pending");
+    assert_eq!(a.status, JobStatus::Pending);
     assert_eq!(a.queued_at, Some(5_000));
     assert_eq!(a.run_after, Some(6_000));
     assert_eq!(a.failure_reason.as_deref(), Some("reason"));
@@ -756,7 +799,7 @@ async fn apply_is_optimistic(h: Harness) {
     );
     // `None` leaves fields as they are.
     let finish = Changes {
-        status: Some("success".to_owned()),
+        status: Some(PipelineStatus::Success),
         finished_at: Some(9_000),
         ..Changes::default()
     };
@@ -806,7 +849,7 @@ async fn claim_respects_tags(h: Harness) {
     assert_eq!(got.name, "both");
     assert_eq!(got.agent_id, Some(many.id));
     assert_eq!(got.agent_name.as_deref(), Some("many"));
-    assert_eq!(got.status, "running");
+    assert_eq!(got.status, JobStatus::Running);
     assert_eq!(got.started_at, Some(3_000));
     assert_eq!(got.lease_until, Some(9_000));
     assert_eq!(s.job(got.id).await.unwrap().unwrap(), got);
@@ -816,9 +859,9 @@ async fn claim_respects_run_after_and_order(h: Harness) {
     let s = &*h.store;
     let p = project(s, "p").await;
     let mut delayed = job("delayed", 0, 1_000);
-    delayed.status = "created".to_owned();
+    delayed.status = JobStatus::Created;
     let mut manual = job("manual", 1, 1_000);
-    manual.status = "manual".to_owned();
+    manual.status = JobStatus::Manual;
     let id = create(
         s,
         p.id,
@@ -834,7 +877,7 @@ async fn claim_respects_run_after_and_order(h: Harness) {
     let changes = Changes {
         jobs: vec![JobChange {
             id: before.jobs[0].id,
-            status: Some("pending".to_owned()),
+            status: Some(JobStatus::Pending),
             queued_at: Some(1_500),
             run_after: Some(10_000),
             ..JobChange::default()
@@ -870,19 +913,22 @@ async fn claim_starts_pipeline_and_bumps_version(h: Harness) {
     assert_eq!(claimed.pipeline_id, id);
     let after = s.pipeline(id).await.unwrap().unwrap();
     assert_eq!(after.version, before.version + 1);
-    assert_eq!(after.status, "running");
+    assert_eq!(after.status, PipelineStatus::Running);
     assert_eq!(after.started_at, Some(3_000));
     // A change computed before the claim no longer applies.
     let cancel = Changes {
         jobs: vec![JobChange {
             id: claimed.id,
-            status: Some("canceled".to_owned()),
+            status: Some(JobStatus::Canceled),
             ..JobChange::default()
         }],
         ..Changes::default()
     };
     assert!(!s.apply(id, before.version, &cancel).await.unwrap());
-    assert_eq!(s.job(claimed.id).await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        s.job(claimed.id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
     // A second claim keeps the first start time.
     s.claim(&a, 4_000, 9_000).await.unwrap().unwrap();
     let later = s.pipeline(id).await.unwrap().unwrap();
@@ -919,7 +965,9 @@ async fn drain(stores: Vec<Arc<dyn Store>>, tasks: usize) -> Vec<i64> {
             while let Some(j) = s.claim(&a, 3_000, 90_000).await.unwrap() {
                 assert_eq!(j.agent_id, Some(a.id));
                 mine.push(j.id);
-                s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+                s.finish(j.id, a.id, &done(JobStatus::Success, 4_000))
+                    .await
+                    .unwrap();
             }
             mine
         }));
@@ -950,7 +998,7 @@ async fn concurrent_claims_hand_each_job_once(h: Harness) {
     for id in active {
         let pl = s.pipeline(id).await.unwrap().unwrap();
         assert_eq!(pl.version, 200);
-        assert!(pl.jobs.iter().all(|j| j.status == "success"));
+        assert!(pl.jobs.iter().all(|j| j.status == JobStatus::Success));
     }
 }
 
@@ -1003,10 +1051,10 @@ async fn apply_racing_claims_never_overwrites_them(h: Harness) {
                     jobs: pl
                         .jobs
                         .iter()
-                        .filter(|j| j.status == "pending")
+                        .filter(|j| j.status == JobStatus::Pending)
                         .map(|j| JobChange {
                             id: j.id,
-                            status: Some("canceled".to_owned()),
+                            status: Some(JobStatus::Canceled),
                             finished_at: Some(5_000),
                             ..JobChange::default()
                         })
@@ -1030,9 +1078,13 @@ async fn apply_racing_claims_never_overwrites_them(h: Harness) {
     let pl = first.pipeline(id).await.unwrap().unwrap();
     for j in &pl.jobs {
         if claimed.contains(&j.id) {
-            assert_eq!(j.status, "running", "a claimed job was overwritten: {j:?}");
+            assert_eq!(
+                j.status,
+                JobStatus::Running,
+                "a claimed job was overwritten: {j:?}"
+            );
         } else {
-            assert_eq!(j.status, "canceled", "{j:?}");
+            assert_eq!(j.status, JobStatus::Canceled, "{j:?}");
             assert_eq!(j.agent_id, None);
         }
     }
@@ -1064,7 +1116,7 @@ async fn resource_group_excludes_running(h: Harness) {
         "free"
     );
     assert!(s.claim(&a, 3_000, 9_000).await.unwrap().is_none());
-    s.finish(first.id, a.id, &done("success", 4_000))
+    s.finish(first.id, a.id, &done(JobStatus::Success, 4_000))
         .await
         .unwrap();
     assert_eq!(
@@ -1121,23 +1173,32 @@ async fn lease_calls_fail_for_other_agents(h: Harness) {
     lost(s.heartbeat(j.id, thief.id, 10_000).await);
     lost(s.append_log(j.id, thief.id, 0, b"x", 10_000).await);
     lost(s.put_artifacts(j.id, thief.id, b"zip", 10_000).await);
-    lost(s.finish(j.id, thief.id, &done("success", 4_000)).await);
+    lost(
+        s.finish(j.id, thief.id, &done(JobStatus::Success, 4_000))
+            .await,
+    );
     lost(s.heartbeat(j.id + 1_000, owner.id, 10_000).await);
     let unchanged = s.job(j.id).await.unwrap().unwrap();
-    assert_eq!(unchanged.status, "running");
+    assert_eq!(unchanged.status, JobStatus::Running);
     assert_eq!(unchanged.log_size, 0);
     assert!(!unchanged.has_artifacts);
     assert_eq!(unchanged.lease_until, Some(9_000));
     // The owner may; after finishing, it may no more.
     assert!(!s.heartbeat(j.id, owner.id, 10_000).await.unwrap());
-    s.finish(j.id, owner.id, &done("success", 4_000))
+    s.finish(j.id, owner.id, &done(JobStatus::Success, 4_000))
         .await
         .unwrap();
     lost(s.heartbeat(j.id, owner.id, 11_000).await);
     lost(s.append_log(j.id, owner.id, 0, b"x", 11_000).await);
     lost(s.put_artifacts(j.id, owner.id, b"zip", 11_000).await);
-    lost(s.finish(j.id, owner.id, &done("failed", 5_000)).await);
-    assert_eq!(s.job(j.id).await.unwrap().unwrap().status, "success");
+    lost(
+        s.finish(j.id, owner.id, &done(JobStatus::Failed, 5_000))
+            .await,
+    );
+    assert_eq!(
+        s.job(j.id).await.unwrap().unwrap().status,
+        JobStatus::Success
+    );
 }
 
 async fn expired_leases_fail_jobs(h: Harness) {
@@ -1157,19 +1218,28 @@ async fn expired_leases_fail_jobs(h: Harness) {
     let pl = s.pipeline(id).await.unwrap().unwrap();
     assert_eq!(pl.version, version + 1);
     let failed = s.job(short.id).await.unwrap().unwrap();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status, JobStatus::Failed);
     assert_eq!(
         failed.failure_reason.as_deref(),
         Some("runner_system_failure")
     );
     assert_eq!(failed.finished_at, Some(6_001));
     assert_eq!(failed.lease_until, None);
-    assert_eq!(s.job(long.id).await.unwrap().unwrap().status, "running");
+    assert_eq!(
+        s.job(long.id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
     lost(s.heartbeat(short.id, a.id, 30_000).await);
     lost(s.append_log(short.id, a.id, 0, b"late", 30_000).await);
     lost(s.put_artifacts(short.id, a.id, b"zip", 30_000).await);
-    lost(s.finish(short.id, a.id, &done("success", 7_000)).await);
-    assert_eq!(s.job(short.id).await.unwrap().unwrap().status, "failed");
+    lost(
+        s.finish(short.id, a.id, &done(JobStatus::Success, 7_000))
+            .await,
+    );
+    assert_eq!(
+        s.job(short.id).await.unwrap().unwrap().status,
+        JobStatus::Failed
+    );
     assert!(s.expire_leases(6_002).await.unwrap().is_empty());
 }
 
@@ -1208,7 +1278,7 @@ async fn finish_records_the_result(h: Harness) {
     let j = s.claim(&a, 3_000, 9_000).await.unwrap().unwrap();
     let version = s.pipeline(id).await.unwrap().unwrap().version;
     let result = JobResult {
-        status: "failed".to_owned(),
+        status: JobStatus::Failed,
         exit_code: Some(3),
         failure_reason: Some("script_failure".to_owned()),
         coverage: Some(87.5),
@@ -1216,7 +1286,7 @@ async fn finish_records_the_result(h: Harness) {
     };
     assert_eq!(s.finish(j.id, a.id, &result).await.unwrap(), id);
     let f = s.job(j.id).await.unwrap().unwrap();
-    assert_eq!(f.status, "failed");
+    assert_eq!(f.status, JobStatus::Failed);
     assert_eq!(f.exit_code, Some(3));
     assert_eq!(f.failure_reason.as_deref(), Some("script_failure"));
     assert_eq!(f.coverage, Some(87.5));
@@ -1232,11 +1302,11 @@ async fn success_changes_nothing_only_inside_a_busy_stage(h: Harness) {
     // Stage 0: a, b, c; stage 1: d (needs c), e (after the stage).
     let mut d = job("d", 3, 2_000);
     d.stage_index = 1;
-    d.status = "created".to_owned();
+    d.status = JobStatus::Created;
     d.needs = Some(vec!["c".to_owned()]);
     let mut e = job("e", 4, 2_000);
     e.stage_index = 1;
-    e.status = "created".to_owned();
+    e.status = JobStatus::Created;
     let id = create(
         s,
         p.id,
@@ -1263,17 +1333,17 @@ async fn success_changes_nothing_only_inside_a_busy_stage(h: Harness) {
         ("a", "b", "c")
     );
     // b and c still run: a's success changes nothing.
-    s.finish(ja.id, ag.id, &done("success", 4_000))
+    s.finish(ja.id, ag.id, &done(JobStatus::Success, 4_000))
         .await
         .unwrap();
     assert!(quiet(ja.id, "a").await);
     // d needs c: c's success can queue d, even while b runs.
     assert!(!quiet(jc.id, "c").await);
     // The last job of the stage: the next stage can start.
-    s.finish(jb.id, ag.id, &done("success", 4_000))
+    s.finish(jb.id, ag.id, &done(JobStatus::Success, 4_000))
         .await
         .unwrap();
-    s.finish(jc.id, ag.id, &done("success", 4_000))
+    s.finish(jc.id, ag.id, &done(JobStatus::Success, 4_000))
         .await
         .unwrap();
     assert!(!quiet(jb.id, "b").await);
@@ -1284,7 +1354,7 @@ async fn success_changes_nothing_only_inside_a_busy_stage(h: Harness) {
     assert!(s.success_changes_nothing(id2, 0, jx.id, "x").await.unwrap());
     let head = s.pipeline(id2).await.unwrap().unwrap();
     let cancel = Changes {
-        status: Some("canceled".to_owned()),
+        status: Some(PipelineStatus::Canceled),
         ..Changes::default()
     };
     assert!(s.apply(id2, head.version, &cancel).await.unwrap());
@@ -1649,7 +1719,9 @@ async fn stale_artifact_uploads_are_dropped(h: Harness) {
     assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 0);
     assert!(s.artifact_chunk(j.id, cut, 0).await.unwrap().is_some());
     assert_eq!(h.artifact_chunk_rows().await, 2);
-    s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+    s.finish(j.id, a.id, &done(JobStatus::Success, 4_000))
+        .await
+        .unwrap();
     assert_eq!(s.drop_stale_artifact_uploads().await.unwrap(), 1);
     assert!(s.artifact_chunk(j.id, cut, 0).await.unwrap().is_none());
     // No chunk is left behind without its upload.
@@ -1688,7 +1760,9 @@ async fn artifact_commit_checks_lease_and_chunks(h: Harness) {
     ));
     assert!(s.artifacts_info(j.id).await.unwrap().is_none());
     // Once the job is finished, the upload cannot be committed.
-    s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+    s.finish(j.id, a.id, &done(JobStatus::Success, 4_000))
+        .await
+        .unwrap();
     lost(s.commit_artifacts(j.id, a.id, upload, 3, 9, 10_000).await);
     lost(s.begin_artifacts(j.id, a.id, 10_000).await);
     assert!(s.artifacts(j.id).await.unwrap().is_none());
@@ -1862,7 +1936,7 @@ async fn queue_depth_counts_pending(h: Harness) {
     let p = project(s, "p").await;
     assert_eq!(s.queue_depth().await.unwrap(), 0);
     let mut manual = job("m", 3, 2_000);
-    manual.status = "manual".to_owned();
+    manual.status = JobStatus::Manual;
     create(
         s,
         p.id,
@@ -1916,7 +1990,9 @@ async fn reopened_store_keeps_everything(h: Harness) {
             .unwrap(),
         21
     );
-    s.finish(j.id, a.id, &done("success", 4_000)).await.unwrap();
+    s.finish(j.id, a.id, &done(JobStatus::Success, 4_000))
+        .await
+        .unwrap();
     assert_eq!(s.claim(&a, 5_000, 9_000).await.unwrap().unwrap().name, "b");
 }
 
