@@ -245,7 +245,7 @@ async fn store(
     if !duplicate {
         state.deliveries.notify_one();
     }
-    // One line per delivery at `info` cost a sixth of the intake on PostgreSQL; the delivery's row
+    // One line per delivery at `info` cost a large share of the intake; the delivery's row
     // (`GET …/deliveries`) and the processor's "pipeline created" line carry its trace id.
     if duplicate {
         tracing::info!(project = %project.record.name, delivery = id, "duplicate delivery: not processed again");

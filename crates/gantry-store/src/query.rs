@@ -23,11 +23,13 @@ use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
 };
-use crate::{
-    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, DeliveryStatus, JobRecord, JobResult,
-    JobStatus, Millis, NewAgent, NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged,
-    PipelineFilter, PipelineRecord, PipelineStatus, ProjectRecord, ProjectTokenRecord, Result,
-    StoreError, db, skip_projects,
+use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
+
+use crate::error::{Result, StoreError, db};
+use crate::records::{
+    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
+    NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
+    ProjectRecord, ProjectTokenRecord,
 };
 
 /// A pipeline's version (see [`PIPELINE_COLS`]).
@@ -1345,27 +1347,27 @@ macro_rules! store {
         impl crate::group::DeliveryWriter for $conn {
             async fn insert(
                 &mut self,
-                batch: &[&crate::NewDelivery],
-            ) -> crate::Result<Vec<(i64, i64, String, String)>> {
+                batch: &[&crate::records::NewDelivery],
+            ) -> crate::error::Result<Vec<(i64, i64, String, String)>> {
                 insert_deliveries(self, batch).await
             }
 
-            async fn stored_id(&mut self, delivery: &crate::NewDelivery) -> crate::Result<(i64, bool)> {
+            async fn stored_id(&mut self, delivery: &crate::records::NewDelivery) -> crate::error::Result<(i64, bool)> {
                 $db::stored_delivery(self, delivery).await
             }
 
-            async fn expire(&mut self, delivery: &crate::NewDelivery) -> crate::Result<()> {
+            async fn expire(&mut self, delivery: &crate::records::NewDelivery) -> crate::error::Result<()> {
                 $db::expire_push_key(self, delivery).await
             }
         }
 
         #[async_trait::async_trait]
-        impl crate::Store for $store {
+        impl crate::store::Store for $store {
             fn kind(&self) -> &'static str {
                 $kind
             }
 
-            async fn ping(&self) -> crate::Result<()> {
+            async fn ping(&self) -> crate::error::Result<()> {
                 read!(self, conn => $db::ping(conn).await)
             }
 
@@ -1373,46 +1375,46 @@ macro_rules! store {
                 &self,
                 name: &str,
                 spec: &str,
-                now: crate::Millis,
-            ) -> crate::Result<crate::ProjectRecord> {
+                now: crate::records::Millis,
+            ) -> crate::error::Result<crate::records::ProjectRecord> {
                 writing!(self, conn => $db::create_project(conn, name, spec, now).await)
             }
 
-            async fn update_project(&self, name: &str, spec: &str) -> crate::Result<bool> {
+            async fn update_project(&self, name: &str, spec: &str) -> crate::error::Result<bool> {
                 writing!(self, conn => $db::update_project(conn, name, spec).await)
             }
 
-            async fn project(&self, name: &str) -> crate::Result<Option<crate::ProjectRecord>> {
+            async fn project(&self, name: &str) -> crate::error::Result<Option<crate::records::ProjectRecord>> {
                 read!(self, conn => $db::project(conn, name).await)
             }
 
-            async fn project_by_id(&self, id: i64) -> crate::Result<Option<crate::ProjectRecord>> {
+            async fn project_by_id(&self, id: i64) -> crate::error::Result<Option<crate::records::ProjectRecord>> {
                 read!(self, conn => $db::project_by_id(conn, id).await)
             }
 
-            async fn projects(&self) -> crate::Result<Vec<crate::ProjectRecord>> {
+            async fn projects(&self) -> crate::error::Result<Vec<crate::records::ProjectRecord>> {
                 read!(self, conn => $db::projects(conn).await)
             }
 
-            async fn insert_delivery(&self, d: &crate::NewDelivery) -> crate::Result<(i64, bool)> {
+            async fn insert_delivery(&self, d: &crate::records::NewDelivery) -> crate::error::Result<(i64, bool)> {
                 $store::insert_delivery(self, d).await
             }
 
             async fn pending_deliveries(
                 &self,
                 limit: i64,
-                now: crate::Millis,
+                now: crate::records::Millis,
                 skip: &[i64],
-            ) -> crate::Result<Vec<crate::DeliveryRecord>> {
+            ) -> crate::error::Result<Vec<crate::records::DeliveryRecord>> {
                 read!(self, conn => $db::pending_deliveries(conn, limit, now, skip).await)
             }
 
             async fn close_delivery(
                 &self,
                 id: i64,
-                status: crate::DeliveryStatus,
+                status: gantry_api::DeliveryStatus,
                 reason: &str,
-            ) -> crate::Result<()> {
+            ) -> crate::error::Result<()> {
                 writing!(self, conn => $db::close_delivery(conn, id, status, reason).await)
             }
 
@@ -1420,32 +1422,32 @@ macro_rules! store {
                 &self,
                 id: i64,
                 error: &str,
-                retry_at: Option<crate::Millis>,
-            ) -> crate::Result<i64> {
+                retry_at: Option<crate::records::Millis>,
+            ) -> crate::error::Result<i64> {
                 writing!(self, conn => $db::fail_delivery_attempt(conn, id, error, retry_at).await)
             }
 
-            async fn next_delivery_retry(&self) -> crate::Result<Option<crate::Millis>> {
+            async fn next_delivery_retry(&self) -> crate::error::Result<Option<crate::records::Millis>> {
                 read!(self, conn => $db::next_delivery_retry(conn).await)
             }
 
             async fn deliveries(
                 &self,
                 project_id: i64,
-                page: crate::Page,
-            ) -> crate::Result<crate::Paged<crate::DeliveryRecord>> {
+                page: crate::records::Page,
+            ) -> crate::error::Result<crate::records::Paged<crate::records::DeliveryRecord>> {
                 read!(self, conn => $db::deliveries(conn, project_id, page).await)
             }
 
-            async fn create_pipeline(&self, p: &crate::NewPipeline) -> crate::Result<i64> {
+            async fn create_pipeline(&self, p: &crate::records::NewPipeline) -> crate::error::Result<i64> {
                 writing!(self, conn => $db::create_pipeline(conn, p).await)
             }
 
-            async fn pipeline(&self, id: i64) -> crate::Result<Option<crate::PipelineRecord>> {
+            async fn pipeline(&self, id: i64) -> crate::error::Result<Option<crate::records::PipelineRecord>> {
                 read!(self, conn => $db::pipeline(conn, id).await)
             }
 
-            async fn pipeline_head(&self, id: i64) -> crate::Result<Option<crate::PipelineRecord>> {
+            async fn pipeline_head(&self, id: i64) -> crate::error::Result<Option<crate::records::PipelineRecord>> {
                 read!(self, conn => $db::pipeline_head(conn, id).await)
             }
 
@@ -1453,7 +1455,7 @@ macro_rules! store {
                 &self,
                 pipeline_id: i64,
                 names: &[String],
-            ) -> crate::Result<Vec<crate::JobRecord>> {
+            ) -> crate::error::Result<Vec<crate::records::JobRecord>> {
                 read!(self, conn => $db::jobs_named(conn, pipeline_id, names).await)
             }
 
@@ -1463,7 +1465,7 @@ macro_rules! store {
                 stage_index: i64,
                 job_id: i64,
                 name: &str,
-            ) -> crate::Result<bool> {
+            ) -> crate::error::Result<bool> {
                 read!(self, conn => {
                     $db::success_changes_nothing(conn, pipeline_id, stage_index, job_id, name).await
                 })
@@ -1473,20 +1475,20 @@ macro_rules! store {
                 &self,
                 pipeline_id: i64,
                 stage_index: i64,
-            ) -> crate::Result<Vec<crate::JobRecord>> {
+            ) -> crate::error::Result<Vec<crate::records::JobRecord>> {
                 read!(self, conn => $db::jobs_before_stage(conn, pipeline_id, stage_index).await)
             }
 
             async fn pipelines(
                 &self,
                 project_id: i64,
-                filter: &crate::PipelineFilter,
-                page: crate::Page,
-            ) -> crate::Result<crate::Paged<crate::PipelineRecord>> {
+                filter: &crate::records::PipelineFilter,
+                page: crate::records::Page,
+            ) -> crate::error::Result<crate::records::Paged<crate::records::PipelineRecord>> {
                 read!(self, conn => $db::pipelines(conn, project_id, filter, page).await)
             }
 
-            async fn active_pipelines(&self) -> crate::Result<Vec<i64>> {
+            async fn active_pipelines(&self) -> crate::error::Result<Vec<i64>> {
                 read!(self, conn => $db::active_pipelines(conn).await)
             }
 
@@ -1495,7 +1497,7 @@ macro_rules! store {
                 project_id: i64,
                 git_ref: &str,
                 below: i64,
-            ) -> crate::Result<Vec<i64>> {
+            ) -> crate::error::Result<Vec<i64>> {
                 read!(self, conn => {
                     $db::unfinished_push_pipelines(conn, project_id, git_ref, below).await
                 })
@@ -1505,17 +1507,17 @@ macro_rules! store {
                 &self,
                 pipeline_id: i64,
                 version: i64,
-                changes: &crate::Changes,
-            ) -> crate::Result<bool> {
+                changes: &crate::records::Changes,
+            ) -> crate::error::Result<bool> {
                 $store::apply(self, pipeline_id, version, changes).await
             }
 
             async fn claim(
                 &self,
-                agent: &crate::AgentRecord,
-                now: crate::Millis,
-                lease_until: crate::Millis,
-            ) -> crate::Result<Option<crate::JobRecord>> {
+                agent: &crate::records::AgentRecord,
+                now: crate::records::Millis,
+                lease_until: crate::records::Millis,
+            ) -> crate::error::Result<Option<crate::records::JobRecord>> {
                 $store::claim(self, agent, now, lease_until).await
             }
 
@@ -1523,8 +1525,8 @@ macro_rules! store {
                 &self,
                 job_id: i64,
                 agent_id: i64,
-                lease_until: crate::Millis,
-            ) -> crate::Result<bool> {
+                lease_until: crate::records::Millis,
+            ) -> crate::error::Result<bool> {
                 writing!(self, conn => $db::heartbeat(conn, job_id, agent_id, lease_until).await)
             }
 
@@ -1534,12 +1536,12 @@ macro_rules! store {
                 agent_id: i64,
                 offset: i64,
                 bytes: &[u8],
-                lease_until: crate::Millis,
-            ) -> crate::Result<i64> {
+                lease_until: crate::records::Millis,
+            ) -> crate::error::Result<i64> {
                 $store::append_log(self, job_id, agent_id, offset, bytes, lease_until).await
             }
 
-            async fn read_log(&self, job_id: i64, start: i64, end: i64) -> crate::Result<Vec<u8>> {
+            async fn read_log(&self, job_id: i64, start: i64, end: i64) -> crate::error::Result<Vec<u8>> {
                 read!(self, conn => $db::read_log(conn, job_id, start, end).await)
             }
 
@@ -1547,8 +1549,8 @@ macro_rules! store {
                 &self,
                 job_id: i64,
                 agent_id: i64,
-                lease_until: crate::Millis,
-            ) -> crate::Result<i64> {
+                lease_until: crate::records::Millis,
+            ) -> crate::error::Result<i64> {
                 writing!(self, conn => $db::begin_artifacts(conn, job_id, agent_id, lease_until).await)
             }
 
@@ -1558,7 +1560,7 @@ macro_rules! store {
                 upload_id: i64,
                 seq: i64,
                 data: &[u8],
-            ) -> crate::Result<()> {
+            ) -> crate::error::Result<()> {
                 writing!(self, conn => $db::put_artifact_chunk(conn, job_id, upload_id, seq, data).await)
             }
 
@@ -1569,9 +1571,9 @@ macro_rules! store {
                 upload_id: i64,
                 chunks: i64,
                 size: i64,
-                lease_until: crate::Millis,
-            ) -> crate::Result<()> {
-                let upload = crate::ArtifactsInfo {
+                lease_until: crate::records::Millis,
+            ) -> crate::error::Result<()> {
+                let upload = crate::records::ArtifactsInfo {
                     upload_id,
                     size,
                     chunks,
@@ -1581,18 +1583,18 @@ macro_rules! store {
                 })
             }
 
-            async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> crate::Result<()> {
+            async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> crate::error::Result<()> {
                 writing!(self, conn => $db::abort_artifacts(conn, job_id, upload_id).await)
             }
 
-            async fn drop_stale_artifact_uploads(&self) -> crate::Result<u64> {
+            async fn drop_stale_artifact_uploads(&self) -> crate::error::Result<u64> {
                 sweeping!(self, conn => $db::drop_stale_artifact_uploads(conn).await, |n| *n > 0)
             }
 
             async fn artifacts_info(
                 &self,
                 job_id: i64,
-            ) -> crate::Result<Option<crate::ArtifactsInfo>> {
+            ) -> crate::error::Result<Option<crate::records::ArtifactsInfo>> {
                 read!(self, conn => $db::artifacts_info(conn, job_id).await)
             }
 
@@ -1601,7 +1603,7 @@ macro_rules! store {
                 job_id: i64,
                 upload_id: i64,
                 seq: i64,
-            ) -> crate::Result<Option<Vec<u8>>> {
+            ) -> crate::error::Result<Option<Vec<u8>>> {
                 read!(self, conn => $db::artifact_chunk(conn, job_id, upload_id, seq).await)
             }
 
@@ -1609,88 +1611,88 @@ macro_rules! store {
                 &self,
                 job_id: i64,
                 agent_id: i64,
-                result: &crate::JobResult,
-            ) -> crate::Result<i64> {
+                result: &crate::records::JobResult,
+            ) -> crate::error::Result<i64> {
                 writing!(self, conn => $db::finish(conn, job_id, agent_id, result).await)
             }
 
-            async fn expire_leases(&self, now: crate::Millis) -> crate::Result<Vec<(i64, i64)>> {
+            async fn expire_leases(&self, now: crate::records::Millis) -> crate::error::Result<Vec<(i64, i64)>> {
                 $store::expire_leases(self, now).await
             }
 
-            async fn extend_leases(&self, until: crate::Millis) -> crate::Result<()> {
+            async fn extend_leases(&self, until: crate::records::Millis) -> crate::error::Result<()> {
                 writing!(self, conn => $db::extend_leases(conn, until).await)
             }
 
-            async fn queue_depth(&self) -> crate::Result<i64> {
+            async fn queue_depth(&self) -> crate::error::Result<i64> {
                 read!(self, conn => $db::queue_depth(conn).await)
             }
 
-            async fn job(&self, id: i64) -> crate::Result<Option<crate::JobRecord>> {
+            async fn job(&self, id: i64) -> crate::error::Result<Option<crate::records::JobRecord>> {
                 read!(self, conn => $db::job(conn, id).await)
             }
 
-            async fn pipeline_project(&self, id: i64) -> crate::Result<Option<i64>> {
+            async fn pipeline_project(&self, id: i64) -> crate::error::Result<Option<i64>> {
                 read!(self, conn => $db::pipeline_project(conn, id).await)
             }
 
-            async fn job_project(&self, id: i64) -> crate::Result<Option<i64>> {
+            async fn job_project(&self, id: i64) -> crate::error::Result<Option<i64>> {
                 read!(self, conn => $db::job_project(conn, id).await)
             }
 
-            async fn register_agent(&self, a: &crate::NewAgent) -> crate::Result<i64> {
+            async fn register_agent(&self, a: &crate::records::NewAgent) -> crate::error::Result<i64> {
                 writing!(self, conn => $db::register_agent(conn, a).await)
             }
 
             async fn agent_by_token(
                 &self,
                 token_hash: &str,
-            ) -> crate::Result<Option<crate::AgentRecord>> {
+            ) -> crate::error::Result<Option<crate::records::AgentRecord>> {
                 read!(self, conn => $db::agent_by_token(conn, token_hash).await)
             }
 
-            async fn touch_agent(&self, id: i64, now: crate::Millis) -> crate::Result<()> {
+            async fn touch_agent(&self, id: i64, now: crate::records::Millis) -> crate::error::Result<()> {
                 writing!(self, conn => $db::touch_agent(conn, id, now).await)
             }
 
-            async fn agents(&self) -> crate::Result<Vec<crate::AgentRecord>> {
+            async fn agents(&self) -> crate::error::Result<Vec<crate::records::AgentRecord>> {
                 read!(self, conn => $db::agents(conn).await)
             }
 
-            async fn revoke_agent(&self, id: i64) -> crate::Result<bool> {
+            async fn revoke_agent(&self, id: i64) -> crate::error::Result<bool> {
                 writing!(self, conn => $db::revoke_agent(conn, id).await)
             }
 
-            async fn setting(&self, name: &str) -> crate::Result<Option<String>> {
+            async fn setting(&self, name: &str) -> crate::error::Result<Option<String>> {
                 read!(self, conn => $db::setting(conn, name).await)
             }
 
-            async fn set_setting(&self, name: &str, value: &str) -> crate::Result<()> {
+            async fn set_setting(&self, name: &str, value: &str) -> crate::error::Result<()> {
                 writing!(self, conn => $db::set_setting(conn, name, value).await)
             }
 
             async fn create_project_token(
                 &self,
-                t: &crate::NewProjectToken,
-            ) -> crate::Result<crate::ProjectTokenRecord> {
+                t: &crate::records::NewProjectToken,
+            ) -> crate::error::Result<crate::records::ProjectTokenRecord> {
                 writing!(self, conn => $db::create_project_token(conn, t).await)
             }
 
             async fn project_tokens(
                 &self,
                 project_id: i64,
-            ) -> crate::Result<Vec<crate::ProjectTokenRecord>> {
+            ) -> crate::error::Result<Vec<crate::records::ProjectTokenRecord>> {
                 read!(self, conn => $db::project_tokens(conn, project_id).await)
             }
 
             async fn project_token_by_hash(
                 &self,
                 token_hash: &str,
-            ) -> crate::Result<Option<crate::ProjectTokenRecord>> {
+            ) -> crate::error::Result<Option<crate::records::ProjectTokenRecord>> {
                 read!(self, conn => $db::project_token_by_hash(conn, token_hash).await)
             }
 
-            async fn delete_project_token(&self, project_id: i64, id: i64) -> crate::Result<bool> {
+            async fn delete_project_token(&self, project_id: i64, id: i64) -> crate::error::Result<bool> {
                 writing!(self, conn => $db::delete_project_token(conn, project_id, id).await)
             }
         }
@@ -1698,3 +1700,13 @@ macro_rules! store {
 }
 
 pub(crate) use store;
+
+/// The condition that leaves out the deliveries of projects `skip` (ids are numbers: nothing of a
+/// caller's text goes into the statement).
+fn skip_projects(skip: &[i64]) -> String {
+    if skip.is_empty() {
+        return String::new();
+    }
+    let ids: Vec<String> = skip.iter().map(i64::to_string).collect();
+    format!(" AND project_id NOT IN ({})", ids.join(", "))
+}

@@ -42,12 +42,12 @@ pub(crate) const NOT_STARTED: &str = "('created', 'pending', 'manual', 'schedule
 pub(crate) const INSERT_BATCH: usize = 500;
 
 /// When a new job is queued: a job created `pending` is queued at its creation.
-pub(crate) fn queued_at(job: &crate::NewJob) -> Option<crate::Millis> {
-    (job.status == crate::JobStatus::Pending).then_some(job.created_at)
+pub(crate) fn queued_at(job: &crate::records::NewJob) -> Option<crate::records::Millis> {
+    (job.status == gantry_api::JobStatus::Pending).then_some(job.created_at)
 }
 
 /// `page` as `(LIMIT, OFFSET)`; pages start at 1 and hold at least one row.
-pub(crate) fn limit_offset(page: crate::Page) -> (i64, i64) {
+pub(crate) fn limit_offset(page: crate::records::Page) -> (i64, i64) {
     let per_page = page.per_page.max(1);
     let page = page.page.max(1);
     (per_page, (page - 1).saturating_mul(per_page))

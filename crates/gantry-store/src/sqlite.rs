@@ -19,8 +19,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 /// See [`crate::Store::success_changes_nothing`]. The partial indexes are named: without statistics,
 /// SQLite's planner takes `jobs_by_stage` as soon as it exists (same columns, no `WHERE`), and
-/// finding a pending job of the stage then walks every job of the stage that has already ended
-/// (0.8 ms per finished job in a stage of 1,000).
+/// finding a pending job of the stage then walks every job of the stage that has already ended, a
+/// cost that grows with the stage.
 const SUCCESS_CHANGES_NOTHING: &str = "SELECT \
     EXISTS (SELECT 1 FROM pipelines WHERE id = ?1 AND status = 'running' AND started_at IS NOT NULL) \
     AND EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_active_by_stage \
@@ -363,7 +363,7 @@ impl Writer {
 /// not synced), and a write returns only after an `fdatasync` of the WAL file that began after its
 /// commit. Writes that commit while one sync runs share the next one, so a burst of commits pays
 /// for a few syncs rather than one each, as PostgreSQL's WAL flush is shared. (`synchronous =
-/// FULL` syncs inside every commit, on the one writer: it cost about a sixth of the jobs/s without
+/// FULL` syncs inside every commit, on the one writer: it cost a large share of the jobs/s without
 /// a checkout, which this gives back.)
 ///
 /// Why it is durable: every page of a commit is in the WAL file when the commit returns (WAL
@@ -471,7 +471,7 @@ const WAL_RESTART_FRAMES: i64 = 100;
 /// pages into the database file and syncs both files; it never blocks the writer. Under a steady
 /// stream of commits it never quite catches up, though, and SQLite starts the WAL over only once
 /// every frame is copied, so the WAL would grow until the writer's own automatic checkpoint, which
-/// syncs tens of megabytes while every write waits (100 ms and more on a virtual disk). So once
+/// syncs tens of megabytes while every write waits. So once
 /// the WAL holds [`WAL_RESTART_FRAMES`], the checkpointer copies the few frames committed since its
 /// passive pass while holding the writer (a short sync), and the next write starts the WAL over.
 /// Between writes it sleeps. Ends when the store is dropped.

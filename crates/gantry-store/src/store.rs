@@ -1,0 +1,296 @@
+//! The [`Store`] trait: the server's durable state, each guarantee tested on both databases.
+
+use async_trait::async_trait;
+
+use gantry_api::DeliveryStatus;
+
+use crate::error::{Result, StoreError};
+use crate::records::{
+    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult,
+    Millis, NewAgent, NewDelivery, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter,
+    PipelineRecord, ProjectRecord, ProjectTokenRecord,
+};
+
+/// The server's durable state. See the crate docs for the guarantees.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn kind(&self) -> &'static str;
+    /// Checks that the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+
+    // --- projects
+
+    /// Adds a project; [`StoreError::Conflict`] when the name is taken.
+    async fn create_project(&self, name: &str, spec: &str, now: Millis) -> Result<ProjectRecord>;
+    /// Replaces a project's settings; `false` when there is no such project.
+    async fn update_project(&self, name: &str, spec: &str) -> Result<bool>;
+    /// The project named `name`.
+    async fn project(&self, name: &str) -> Result<Option<ProjectRecord>>;
+    /// The project with id `id`.
+    async fn project_by_id(&self, id: i64) -> Result<Option<ProjectRecord>>;
+    /// All projects, by name.
+    async fn projects(&self) -> Result<Vec<ProjectRecord>>;
+
+    // --- deliveries
+
+    /// Stores a delivery durably: `(id, false)`, or `(id of the first, true)` when this delivery id
+    /// was stored before for the project and forge.
+    async fn insert_delivery(&self, delivery: &NewDelivery) -> Result<(i64, bool)>;
+    /// Up to `limit` deliveries still `pending` and due at `now` (no `retry_at`, or one not after
+    /// `now`), oldest first, with their payloads; none of the projects in `skip` (those whose
+    /// deliveries are being processed already).
+    async fn pending_deliveries(
+        &self,
+        limit: i64,
+        now: Millis,
+        skip: &[i64],
+    ) -> Result<Vec<DeliveryRecord>>;
+    /// Marks a pending delivery `skipped` or `failed`, with the reason.
+    async fn close_delivery(&self, id: i64, status: DeliveryStatus, reason: &str) -> Result<()>;
+    /// Records a transient failure of pending delivery `id`: one more attempt, and `error` as its
+    /// `last_error`. With `retry_at`, it stays pending and [`Store::pending_deliveries`] skips it
+    /// until then; without, it is closed `failed` with `error` as its reason. Answers the attempts
+    /// counted now, or 0 when the delivery was not pending (then nothing changes).
+    async fn fail_delivery_attempt(
+        &self,
+        id: i64,
+        error: &str,
+        retry_at: Option<Millis>,
+    ) -> Result<i64>;
+    /// The earliest `retry_at` of the pending deliveries, if any waits for a retry.
+    async fn next_delivery_retry(&self) -> Result<Option<Millis>>;
+    /// A project's deliveries, newest first, without payloads.
+    async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>>;
+
+    // --- pipelines
+
+    /// Creates a pipeline and its jobs in one transaction (see [`NewPipeline::delivery_id`]).
+    async fn create_pipeline(&self, pipeline: &NewPipeline) -> Result<i64>;
+    /// A pipeline with all its jobs.
+    async fn pipeline(&self, id: i64) -> Result<Option<PipelineRecord>>;
+    /// The pipeline without its jobs (`jobs` is empty) or its `version` (0): what handing out one
+    /// job needs, at a cost that does not grow with the pipeline's size.
+    async fn pipeline_head(&self, id: i64) -> Result<Option<PipelineRecord>> {
+        Ok(self.pipeline(id).await?.map(|mut p| {
+            p.jobs.clear();
+            p.version = 0;
+            p
+        }))
+    }
+    /// Every attempt of the jobs of pipeline `pipeline_id` named in `names`, in `position`, then
+    /// `attempt` order (as in [`PipelineRecord::jobs`]).
+    async fn jobs_named(&self, pipeline_id: i64, names: &[String]) -> Result<Vec<JobRecord>> {
+        Ok(self
+            .pipeline(pipeline_id)
+            .await?
+            .map_or_else(Vec::new, |p| {
+                p.jobs
+                    .into_iter()
+                    .filter(|j| names.contains(&j.name))
+                    .collect()
+            }))
+    }
+    /// Whether job `job_id` (named `name`, at `stage_index` of pipeline `pipeline_id`), having just
+    /// succeeded, leaves its pipeline as it is: the pipeline is `running` and started, another job
+    /// of the same stage is still `pending` or `running` (so the stage is not over and the jobs
+    /// after it keep waiting), and no job of the pipeline `needs` it. One query, without reading the
+    /// pipeline's jobs into memory; when it answers `true`, advancing the pipeline would change
+    /// nothing, so the finish of most jobs of a wide stage costs no full read.
+    async fn success_changes_nothing(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+        job_id: i64,
+        name: &str,
+    ) -> Result<bool>;
+    /// Every attempt of the jobs of pipeline `pipeline_id` whose stage comes before `stage_index`,
+    /// in `position`, then `attempt` order.
+    async fn jobs_before_stage(
+        &self,
+        pipeline_id: i64,
+        stage_index: i64,
+    ) -> Result<Vec<JobRecord>> {
+        Ok(self
+            .pipeline(pipeline_id)
+            .await?
+            .map_or_else(Vec::new, |p| {
+                p.jobs
+                    .into_iter()
+                    .filter(|j| j.stage_index < stage_index)
+                    .collect()
+            }))
+    }
+    /// A project's pipelines, newest first, without jobs or `version` (0).
+    async fn pipelines(
+        &self,
+        project_id: i64,
+        filter: &PipelineFilter,
+        page: Page,
+    ) -> Result<Paged<PipelineRecord>>;
+    /// The ids of pipelines that are not over (not `success`, `failed`, `canceled`, `skipped`), oldest
+    /// first: the server advances them after a restart and when delayed jobs come due.
+    async fn active_pipelines(&self) -> Result<Vec<i64>>;
+    /// The ids of `project_id`'s pipelines of `git_ref` that a push started, older than pipeline
+    /// `below`, and not over: those a newer push may make redundant. Oldest first.
+    async fn unfinished_push_pipelines(
+        &self,
+        project_id: i64,
+        git_ref: &str,
+        below: i64,
+    ) -> Result<Vec<i64>>;
+    /// Applies `changes` if the pipeline's version is still `version` (then bumps it, answers `true`);
+    /// otherwise changes nothing and answers `false`.
+    async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool>;
+
+    // --- the queue
+
+    /// Hands the oldest `pending` job that `agent` may run (tags, resource groups, `run_after`) to it:
+    /// `running`, `started_at = now`, leased until `lease_until`. `None` when there is none.
+    /// Oldest first (by `queued_at`, then id). It also starts the pipeline: `started_at = now` if
+    /// unset, and status `running` if it was `created`, `pending`, `manual` or `scheduled` (the
+    /// server recomputes the status anyway), and it moves the pipeline's `version`.
+    async fn claim(
+        &self,
+        agent: &AgentRecord,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Option<JobRecord>>;
+    /// Extends the lease; answers whether cancel was requested.
+    async fn heartbeat(&self, job_id: i64, agent_id: i64, lease_until: Millis) -> Result<bool>;
+    /// Appends the part of `bytes` (which start at byte `offset` of the log) past the stored end, and
+    /// extends the lease; answers the log's new size.
+    async fn append_log(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        offset: i64,
+        bytes: &[u8],
+        lease_until: Millis,
+    ) -> Result<i64>;
+    /// Bytes `start..end` of a job's log (fewer at the end of the log).
+    async fn read_log(&self, job_id: i64, start: i64, end: i64) -> Result<Vec<u8>>;
+    /// Starts an upload of a job's artifacts under the lease (extending it); answers the upload's
+    /// id. Unfinished earlier uploads of the job are dropped (their commit then fails).
+    async fn begin_artifacts(&self, job_id: i64, agent_id: i64, lease_until: Millis)
+    -> Result<i64>;
+    /// Stores chunk `seq` (counting from 0) of an upload; storing the same chunk again replaces
+    /// it.
+    async fn put_artifact_chunk(
+        &self,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+        data: &[u8],
+    ) -> Result<()>;
+    /// Makes an upload of `chunks` chunks and `size` bytes the job's artifacts (replacing an
+    /// earlier archive, whose chunks are deleted), marks the job as having artifacts and extends
+    /// the lease. Fails with [`StoreError::LeaseLost`] if the job is not running on that agent, and
+    /// with [`StoreError::UploadGone`] if the upload is not there with exactly that many chunks.
+    async fn commit_artifacts(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        upload_id: i64,
+        chunks: i64,
+        size: i64,
+        lease_until: Millis,
+    ) -> Result<()>;
+    /// Drops an unfinished upload and its chunks (a committed one stays).
+    async fn abort_artifacts(&self, job_id: i64, upload_id: i64) -> Result<()>;
+    /// Drops the uploads that can never be committed (their job is no longer running) and are not
+    /// their job's current archive, with their chunks: what an upload cut off by a crash left.
+    /// Answers how many uploads were dropped.
+    async fn drop_stale_artifact_uploads(&self) -> Result<u64>;
+    /// A job's committed artifacts archive, if it has one.
+    async fn artifacts_info(&self, job_id: i64) -> Result<Option<ArtifactsInfo>>;
+    /// Chunk `seq` of an upload; `None` once the upload is gone (replaced by a newer one).
+    async fn artifact_chunk(
+        &self,
+        job_id: i64,
+        upload_id: i64,
+        seq: i64,
+    ) -> Result<Option<Vec<u8>>>;
+
+    /// Stores a whole archive in [`ARTIFACT_CHUNK`]-sized chunks and commits it (for callers that
+    /// hold it in memory anyway; the server streams instead).
+    async fn put_artifacts(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+        archive: &[u8],
+        lease_until: Millis,
+    ) -> Result<()> {
+        let upload = self.begin_artifacts(job_id, agent_id, lease_until).await?;
+        let mut chunks = 0;
+        for (seq, data) in archive.chunks(ARTIFACT_CHUNK).enumerate() {
+            let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+            self.put_artifact_chunk(job_id, upload, seq, data).await?;
+            chunks = seq + 1;
+        }
+        let size = i64::try_from(archive.len()).unwrap_or(i64::MAX);
+        self.commit_artifacts(job_id, agent_id, upload, chunks, size, lease_until)
+            .await
+    }
+    /// A job's whole artifacts archive in memory (for tests and small archives; the server
+    /// streams chunks instead).
+    async fn artifacts(&self, job_id: i64) -> Result<Option<Vec<u8>>> {
+        let Some(info) = self.artifacts_info(job_id).await? else {
+            return Ok(None);
+        };
+        let mut archive = Vec::with_capacity(usize::try_from(info.size).unwrap_or(0));
+        for seq in 0..info.chunks {
+            match self.artifact_chunk(job_id, info.upload_id, seq).await? {
+                Some(data) => archive.extend_from_slice(&data),
+                None => return Err(StoreError::UploadGone),
+            }
+        }
+        Ok(Some(archive))
+    }
+    /// Records how a running job ended and releases its lease; answers its pipeline's id.
+    async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64>;
+    /// Fails every running job whose lease ran out before `now` (`runner_system_failure`); answers
+    /// `(job id, pipeline id)` of each.
+    async fn expire_leases(&self, now: Millis) -> Result<Vec<(i64, i64)>>;
+    /// Moves every running job's lease to at least `until` (a restarted server gives agents time to
+    /// reconnect before their leases are judged).
+    async fn extend_leases(&self, until: Millis) -> Result<()>;
+    /// How many jobs are `pending`.
+    async fn queue_depth(&self) -> Result<i64>;
+    /// A job by id.
+    async fn job(&self, id: i64) -> Result<Option<JobRecord>>;
+    /// The project of pipeline `id` (one primary-key read, for authorization).
+    async fn pipeline_project(&self, id: i64) -> Result<Option<i64>>;
+    /// The project of job `id` (one primary-key read, for authorization).
+    async fn job_project(&self, id: i64) -> Result<Option<i64>>;
+
+    // --- agents
+
+    /// Registers an agent; answers its id.
+    async fn register_agent(&self, agent: &NewAgent) -> Result<i64>;
+    /// The agent whose token hashes to `token_hash`.
+    async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentRecord>>;
+    /// Records that the agent was heard from.
+    async fn touch_agent(&self, id: i64, now: Millis) -> Result<()>;
+    /// All agents, by id.
+    async fn agents(&self) -> Result<Vec<AgentRecord>>;
+    /// Revokes an agent: its row (and so its token) is gone, and the leases of its running jobs
+    /// end now, so that the next [`Store::expire_leases`] fails them as a lost agent's. Answers
+    /// whether there was such an agent.
+    async fn revoke_agent(&self, id: i64) -> Result<bool>;
+    /// A setting that every server shares (`None` when it was never set).
+    async fn setting(&self, name: &str) -> Result<Option<String>>;
+    /// Sets a setting.
+    async fn set_setting(&self, name: &str, value: &str) -> Result<()>;
+
+    // --- project tokens
+
+    /// Stores a project token; [`StoreError::Conflict`] when its hash is taken.
+    async fn create_project_token(&self, token: &NewProjectToken) -> Result<ProjectTokenRecord>;
+    /// A project's tokens, by id.
+    async fn project_tokens(&self, project_id: i64) -> Result<Vec<ProjectTokenRecord>>;
+    /// The token whose secret hashes to `token_hash` (expired ones too: the caller judges).
+    async fn project_token_by_hash(&self, token_hash: &str) -> Result<Option<ProjectTokenRecord>>;
+    /// Deletes token `id` of project `project_id`; `false` when there is no such token.
+    async fn delete_project_token(&self, project_id: i64, id: i64) -> Result<bool>;
+}
