@@ -211,12 +211,12 @@ fn a_failing_test_fails_an_always_gate_that_prints_its_table_after_the_summary()
         "{summary}"
     );
     assert!(
-        summary.ends_with("")
-            && summary
-                .lines()
-                .last()
-                .unwrap()
-                .starts_with("pipeline failed")
+        summary
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("pipeline failed"),
+        "the verdict comes last: {summary}"
     );
 }
 
