@@ -284,8 +284,9 @@ impl HumanState {
                     || "no coverable lines".to_owned(),
                     |p| format!("{}%", gate::format_number(p)),
                 );
-                self.out
-                    .line(&format!("  {job:<width$}  {pct} ({covered}/{total} lines)"));
+                self.out.line(&format!(
+                    "  {job:<width$}  {pct} ({covered} of {total} covered)"
+                ));
             }
         }
         for (job, outcome) in std::mem::take(&mut self.gates) {

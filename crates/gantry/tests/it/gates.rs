@@ -1,6 +1,8 @@
 //! Reports and quality gates end to end (issue 18): the test jobs write real JUnit XML, Go cover
 //! profiles and SARIF, and `gantry run` gates on them.
 
+use std::path::Path;
+
 use serde_json::Value;
 
 use crate::Repo;
@@ -188,7 +190,7 @@ fn a_failing_test_fails_an_always_gate_that_prints_its_table_after_the_summary()
         "{summary}"
     );
     assert!(
-        summary.contains("coverage:\n  unit  100% (4/4 lines)"),
+        summary.contains("coverage:\n  unit  100% (4 of 4 covered)"),
         "{summary}"
     );
     assert!(
@@ -318,4 +320,118 @@ fn lint_rejects_an_unknown_metric_and_a_malformed_condition_with_positions() {
         all.contains(".gitlab-ci.yml:4:19: `quality`: malformed gate condition `0` for tests_failed: no operator"),
         "{all}"
     );
+}
+
+/// examples/go-service, copied into a repository of its own on branch `main`.
+fn go_service() -> Repo {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/go-service");
+    let read = |p: &str| std::fs::read_to_string(example.join(p)).unwrap();
+    let files: Vec<(&str, String)> = [
+        ".gitlab-ci.yml",
+        ".gitignore",
+        "go.mod",
+        "main.go",
+        "main_test.go",
+        "tools/sarifscan/main.go",
+    ]
+    .into_iter()
+    .map(|p| (p, read(p)))
+    .collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    Repo::new(&refs)
+}
+
+/// Commits `edit` applied to `file` on a new branch `branch` from `main`.
+fn change(repo: &Repo, branch: &str, file: &str, edit: impl FnOnce(String) -> String) {
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["checkout", "-q", "-b", branch]);
+    let path = repo.path().join(file);
+    let text = edit(std::fs::read_to_string(&path).unwrap());
+    std::fs::write(&path, text).unwrap();
+    repo.git(&["commit", "-q", "-am", branch]);
+}
+
+/// The gate's verdict on each condition: (metric, passed).
+fn verdicts(r: &crate::Run) -> Vec<(String, bool)> {
+    gate_event(r)["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["metric"].as_str().unwrap().to_owned(),
+                c["passed"] == true,
+            )
+        })
+        .collect()
+}
+
+fn failed_metrics(r: &crate::Run) -> Vec<String> {
+    verdicts(r)
+        .into_iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(m, _)| m)
+        .collect()
+}
+
+/// Needs Go (`scripts/go.sh` installs Debian's `golang-go`; `scripts/test` runs it).
+#[test]
+fn the_go_example_gates_its_deploy_on_tests_coverage_and_new_code() {
+    let repo = go_service();
+    // One Go build cache for all the runs, outside the repository (a `--variable` wins over the
+    // pipeline's), so that only the first run compiles from scratch.
+    let go_cache = tempfile::tempdir().unwrap();
+    let cache_var = format!("GOCACHE={}", go_cache.path().join("go-build").display());
+    let run = |repo: &Repo| repo.run_json(&["--variable", &cache_var]);
+
+    // As it is, everything passes and deploy runs.
+    let r = run(&repo);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(r.status("deploy"), "success");
+    assert_eq!(condition(&r, "coverage")["actual"], 80.0);
+    assert_eq!(condition(&r, "tests_total")["actual"], 5.0);
+
+    // Three untested statements: coverage 16/23 drops under 75%, and deploy does not run.
+    change(&repo, "drop", "main.go", |s| {
+        s + "\n// Clamp keeps n within [lo, hi].\nfunc Clamp(n, lo, hi int) int {\n\tif n < lo {\n\t\treturn lo\n\t}\n\treturn min2(n, hi)\n}\n\nfunc min2(a, b int) int {\n\tif a < b {\n\t\treturn a\n\t}\n\treturn b\n}\n"
+    });
+    let r = run(&repo);
+    assert_eq!(r.status("quality-gate"), "failed", "{}", r.dump());
+    assert_eq!(r.status("deploy"), "skipped");
+    assert!(
+        failed_metrics(&r).contains(&"coverage".to_owned()),
+        "{:?}",
+        verdicts(&r)
+    );
+
+    // One untested statement: total coverage (16/21) still passes, new code (0%) does not.
+    change(&repo, "untested", "main.go", |s| {
+        s + "\n// Double doubles n.\nfunc Double(n int) int {\n\treturn 2 * n\n}\n"
+    });
+    let r = run(&repo);
+    assert_eq!(r.status("quality-gate"), "failed", "{}", r.dump());
+    assert_eq!(failed_metrics(&r), ["new_coverage"]);
+    assert_eq!(r.status("deploy"), "skipped");
+    let uncovered = &gate_event(&r)["offenders"]["uncovered_new_lines"][0];
+    assert_eq!(uncovered["file"], "main.go");
+
+    // A failing test fails the test job and the gate, which still reports (`when: always`).
+    change(&repo, "broken", "main_test.go", |s| {
+        s.replace("Sum(2, 3); got != 5", "Sum(2, 3); got != 6")
+    });
+    let r = run(&repo);
+    assert_eq!(r.status("unit-tests"), "failed", "{}", r.dump());
+    assert_eq!(r.status("quality-gate"), "failed");
+    assert_eq!(failed_metrics(&r), ["tests_failed"]);
+    let failed = gate_event(&r)["offenders"]["failed_tests"][0]
+        .as_str()
+        .unwrap();
+    assert!(failed.contains("TestSum"), "{failed}");
+    assert_eq!(r.status("deploy"), "skipped");
+
+    // Back on main, the gate passes again.
+    repo.git(&["checkout", "-q", "main"]);
+    let r = run(&repo);
+    assert_eq!(r.code, 0, "{}", r.dump());
+    assert_eq!(r.status("deploy"), "success");
 }
