@@ -812,6 +812,7 @@ fn read_reports<E>(
         summaries::read(workspace, &kinds, ctx.config.max_report_bytes);
     errors.extend(read_errors);
     reports.job_coverage = coverage.into_iter().collect();
+    summaries::mask(&ctx.masker, &mut reports);
     if let Err(e) = summaries::keep(&ctx.reports_dir, &ctx.slugs[idx], &job.name, &reports) {
         ctx.info(&job.name, &format!("cannot keep the report summaries: {e}"));
     }

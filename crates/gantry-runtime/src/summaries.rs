@@ -220,6 +220,38 @@ fn go_module(workspace: &Path, report: &Path) -> Option<(String, String)> {
     }
 }
 
+/// Masks the free text of `r` (failed tests' names and messages, findings' messages) with
+/// `masker`, as every other text the runtime reports.
+pub(crate) fn mask(masker: &crate::mask::Masker, r: &mut Reports) {
+    let m = |s: &mut String| {
+        let masked = match masker.mask(s) {
+            std::borrow::Cow::Owned(o) => Some(o),
+            std::borrow::Cow::Borrowed(_) => None,
+        };
+        if let Some(o) = masked {
+            *s = o;
+        }
+    };
+    for f in r.tests.iter_mut().flat_map(|t| &mut t.failures) {
+        m(&mut f.suite);
+        m(&mut f.name);
+        m(&mut f.message);
+    }
+    for x in r.sarif.iter_mut().flat_map(|s| &mut s.results) {
+        m(&mut x.message);
+    }
+    for v in r
+        .vulnerabilities
+        .iter_mut()
+        .flat_map(|v| &mut v.vulnerabilities)
+    {
+        m(&mut v.name);
+    }
+    for i in r.codequality.iter_mut().flat_map(|q| &mut q.issues) {
+        m(&mut i.description);
+    }
+}
+
 /// One job's summaries as kept on disk.
 #[derive(Serialize, Deserialize)]
 struct Kept {

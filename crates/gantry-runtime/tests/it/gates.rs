@@ -307,3 +307,33 @@ async fn new_coverage_counts_the_changed_lines() {
         Some("quality gate failed: new_coverage: no data")
     );
 }
+
+#[tokio::test]
+async fn masked_values_never_reach_summaries() {
+    let r = repo(&[]);
+    let report = "<testsuite><testcase name=\"login\"><failure message=\"token $TOKEN refused\"/></testcase></testsuite>";
+    let mut unit = job(
+        "unit",
+        1,
+        &[&format!(
+            "printf '%s' \"{}\" > report.xml",
+            report.replace('"', "\\\"")
+        )],
+    );
+    let mut a = artifacts(&[]).unwrap();
+    a.reports = vec![("junit".to_owned(), vec!["report.xml".to_owned()])];
+    unit.artifacts = Some(a);
+    let mut p = plan(vec![unit]);
+    p.variables.push(gantry_pipeline::plan::Variable {
+        key: "TOKEN".into(),
+        value: "s3cr3t-t0ken".into(),
+        expand: true,
+        masked: true,
+    });
+    let run = run(&p, r.path()).await;
+    let got = reports(&run, "unit");
+    let failure = &got[0].1.tests.as_ref().unwrap().failures[0];
+    assert_eq!(failure.message, "token [MASKED] refused");
+    let kept = std::fs::read_to_string(r.path().join(".gantry/reports/unit.json")).unwrap();
+    assert!(!kept.contains("s3cr3t"), "{kept}");
+}
