@@ -14,7 +14,10 @@ use manifest::Manifest;
 /// Which workspace crates each crate may depend on (normal dependencies). Dev-dependencies are free.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("gantry-pipeline", &[]),
-    ("gantry-runtime", &["gantry-pipeline", "gantry-api"]),
+    (
+        "gantry-runtime",
+        &["gantry-pipeline", "gantry-api", "gantry-reports"],
+    ),
     (
         "gantry-executor-shell",
         &["gantry-runtime", "gantry-pipeline"],

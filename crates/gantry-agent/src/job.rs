@@ -335,6 +335,8 @@ async fn execute(
         default_timeout: DEFAULT_TIMEOUT,
         files,
         overlay: false,
+        changes: None,
+        max_report_bytes: gantry_runtime::gantry_reports::DEFAULT_MAX_BYTES,
     };
     let reporter = Arc::new(LogReporter::new(spool.clone()));
     let ran = gantry_runtime::run(&plan, config, env.exec.clone(), reporter.clone(), cancel).await;

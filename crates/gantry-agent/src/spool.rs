@@ -158,7 +158,12 @@ impl LogReporter {
 impl Reporter for LogReporter {
     fn event(&self, event: Event<'_>) {
         match event {
-            Event::JobStarted { .. } | Event::PipelineFinished { .. } => {}
+            Event::JobStarted { .. } | Event::PipelineFinished { .. } | Event::Report { .. } => {}
+            // The gate's table goes into the job's log, where the server shows it.
+            Event::Gate { outcome, .. } => {
+                self.spool
+                    .write(&gantry_runtime::gantry_reports::gate::render(outcome));
+            }
             Event::JobEcho { command, .. } => {
                 let mut text = String::with_capacity(command.len() + 3);
                 for (i, line) in command.lines().enumerate() {

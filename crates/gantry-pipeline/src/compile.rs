@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::context::{Context, Sources, predefined_variables};
 use crate::diag::{Diagnostic, Diags, Severity, hint};
+use crate::gate::{Condition, Metric};
 use crate::load::{self, GLOBAL_KEYWORDS, string_list};
 use crate::plan::{
     AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, Environment, Image, Job,
@@ -32,6 +33,7 @@ pub const JOB_KEYWORDS: &[&str] = &[
     "environment",
     "except",
     "extends",
+    "gate",
     "hooks",
     "id_tokens",
     "identity",
@@ -446,10 +448,14 @@ impl Compiler<'_> {
                 format!("`{job}`: unknown keyword `{k}`{hint}")
             });
         }
-        if !m.contains("script") && !m.contains("trigger") && !m.contains("run") {
+        if !m.contains("script")
+            && !m.contains("trigger")
+            && !m.contains("run")
+            && !m.contains("gate")
+        {
             self.diags.follow_on(
                 m.entries.first().map_or(Pos::default(), |e| e.key_pos),
-                format!("`{job}`: a job needs `script` (or `trigger`)"),
+                format!("`{job}`: a job needs `script` (or `trigger`, or `gate`)"),
             );
         }
         if let Some(e) = m.entry("script") {
@@ -1008,6 +1014,10 @@ impl Compiler<'_> {
             services: self.services(m.get("services"), base),
             trigger: m.contains("trigger"),
             reason: String::new(),
+            gate: m
+                .get("gate")
+                .map(|g| self.gate(g, base))
+                .unwrap_or_default(),
         }
     }
 
@@ -1501,16 +1511,20 @@ impl Compiler<'_> {
     fn artifacts(&mut self, n: &Node, job: &str) -> Option<Artifacts> {
         let m = n.as_map()?;
         let when = self.when_kept(m, n.pos, job, "artifacts");
-        let reports = m
+        let mut reports = Vec::new();
+        for e in m
             .get("reports")
             .and_then(Node::as_map)
-            .map(|r| {
-                r.entries
-                    .iter()
-                    .map(|e| (e.key.clone(), string_list(&e.value)))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .map_or(&[][..], |r| &r.entries)
+        {
+            if e.key == "coverage_report" {
+                if let Some(r) = self.coverage_report(&e.value, job) {
+                    reports.push(r);
+                }
+            } else {
+                reports.push((e.key.clone(), string_list(&e.value)));
+            }
+        }
         if let Some(p) = m.get("paths") {
             if p.as_seq().is_none() && !p.is_null() {
                 self.diags.error(
@@ -1531,6 +1545,73 @@ impl Compiler<'_> {
             expire_in: m.get("expire_in").and_then(Node::scalar_string),
             reports,
         })
+    }
+
+    /// `artifacts:reports:coverage_report`: `{coverage_format: cobertura | jacoco, path: PATH}`,
+    /// both required, as GitLab says. A Cobertura report becomes `("coverage_report", [PATH])`;
+    /// Gantry does not read JaCoCo, so a JaCoCo one is kept as `("jacoco", [PATH])` with a warning.
+    fn coverage_report(&mut self, n: &Node, job: &str) -> Option<(String, Vec<String>)> {
+        let Some(m) = n.as_map() else {
+            self.diags.error(
+                n.pos,
+                format!("`{job}`: `artifacts:reports:coverage_report` must be a mapping with `coverage_format` and `path`, not {}", a_kind(n)),
+            );
+            return None;
+        };
+        for e in &m.entries {
+            if e.key != "coverage_format" && e.key != "path" {
+                let hint = hint(&e.key, &["coverage_format", "path"]);
+                self.diags.error(
+                    e.key_pos,
+                    format!(
+                        "`{job}`: unknown `artifacts:reports:coverage_report` keyword `{}`{hint}",
+                        e.key
+                    ),
+                );
+            }
+        }
+        let mut missing = |key: &str| {
+            self.diags.error(
+                n.pos,
+                format!("`{job}`: `artifacts:reports:coverage_report` needs `{key}`"),
+            );
+        };
+        let format = m.get("coverage_format");
+        let path = m.get("path");
+        if format.is_none() {
+            missing("coverage_format");
+        }
+        if path.is_none() {
+            missing("path");
+        }
+        let (format, path) = (format?, path?);
+        let Some(path_s) = path.as_str() else {
+            self.diags.error(
+                path.pos,
+                format!(
+                    "`{job}`: `artifacts:reports:coverage_report:path` must be a string, not {}",
+                    a_kind(path)
+                ),
+            );
+            return None;
+        };
+        match format.as_str() {
+            Some("cobertura") => Some(("coverage_report".to_owned(), vec![path_s.to_owned()])),
+            Some("jacoco") => {
+                self.diags.warning(
+                    format.pos,
+                    format!("`{job}`: Gantry does not read JaCoCo coverage reports; the file is kept as an artifact, and gates see no coverage from it"),
+                );
+                Some(("jacoco".to_owned(), vec![path_s.to_owned()]))
+            }
+            _ => {
+                self.diags.error(
+                    format.pos,
+                    format!("`{job}`: `artifacts:reports:coverage_report:coverage_format` must be `cobertura` or `jacoco`"),
+                );
+                None
+            }
+        }
     }
 
     fn cache(&mut self, n: &Node, job: &str) -> Vec<Cache> {
@@ -1679,6 +1760,58 @@ impl Compiler<'_> {
                 None
             }
         }
+    }
+
+    /// `gate`: a mapping of metric to `"OPERATOR NUMBER"`. An unknown metric is reported at its
+    /// key, a malformed condition at its value.
+    fn gate(&mut self, n: &Node, job: &str) -> Vec<Condition> {
+        let Some(m) = n.as_map() else {
+            self.diags.error(
+                n.pos,
+                format!(
+                    "`{job}`: `gate` must be a mapping of metric to condition (for example `coverage: \">= 80\"`), not {}",
+                    a_kind(n)
+                ),
+            );
+            return Vec::new();
+        };
+        if m.entries.is_empty() {
+            self.diags.error(
+                n.pos,
+                format!("`{job}`: `gate` needs at least one condition"),
+            );
+        }
+        let mut out = Vec::new();
+        for e in &m.entries {
+            if Metric::from_key(&e.key).is_none() {
+                let keys: Vec<&str> = Metric::ALL.iter().map(|m| m.key()).collect();
+                let mut why = hint(&e.key, &keys);
+                if why.is_empty() {
+                    why = format!("; known metrics: {}", keys.join(", "));
+                }
+                self.diags.error(
+                    e.key_pos,
+                    format!("`{job}`: unknown gate metric `{}`{why}", e.key),
+                );
+                continue;
+            }
+            let Some(text) = e.value.as_str() else {
+                self.diags.error(
+                    e.value.pos,
+                    format!(
+                        "`{job}`: gate condition `{}` must be a string such as \">= 80\", not {}",
+                        e.key,
+                        a_kind(&e.value)
+                    ),
+                );
+                continue;
+            };
+            match Condition::parse(&e.key, text) {
+                Ok(c) => out.push(c),
+                Err(msg) => self.diags.error(e.value.pos, format!("`{job}`: {msg}")),
+            }
+        }
+        out
     }
 
     fn coverage(&mut self, n: &Node, job: &str) -> Option<String> {

@@ -200,7 +200,10 @@ pub struct Artifacts {
     pub when: ArtifactsWhen,
     /// `expire_in`, as written.
     pub expire_in: Option<String>,
-    /// `reports`: report type → paths. Stored for later use; `dotenv` is applied by the runtime.
+    /// `reports`: report type → paths. `dotenv` is applied by the runtime; `junit`,
+    /// `coverage_report` (Cobertura; its `path`), `codequality`, `sast`, `dependency_scanning`,
+    /// `container_scanning` and Gantry's `lcov`, `gotest`, `gocover` and `sarif` are read into
+    /// summaries for gates. Other types are only kept.
     pub reports: Vec<(String, Vec<String>)>,
 }
 
@@ -351,6 +354,10 @@ pub struct Job {
     pub trigger: bool,
     /// Why the job is in the plan: the rule or `only`/`except` clause that selected it.
     pub reason: String,
+    /// `gate`: the quality gate's conditions, evaluated by the runtime after the script (if any)
+    /// on the reports of the jobs this one depends on (issue 18). Empty for other jobs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gate: Vec<crate::gate::Condition>,
 }
 
 impl Job {
@@ -387,6 +394,7 @@ impl Job {
             services: Vec::new(),
             trigger: false,
             reason: String::new(),
+            gate: Vec::new(),
         }
     }
 }

@@ -71,11 +71,13 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::TooLarge { limit } => write!(
-                f,
-                "the report is larger than the limit of {} ({limit} bytes)",
-                human_bytes(*limit)
-            ),
+            Error::TooLarge { limit } => {
+                write!(
+                    f,
+                    "the report is larger than the limit of {}",
+                    human_bytes(*limit)
+                )
+            }
             Error::Invalid { position, message } => match position {
                 Some(Position::Line {
                     line,
@@ -102,7 +104,7 @@ impl std::error::Error for Error {
 fn human_bytes(n: u64) -> String {
     const MB: u64 = 1024 * 1024;
     if n >= MB && n % MB == 0 {
-        format!("{} MB", n / MB)
+        format!("{} MB ({n} bytes)", n / MB)
     } else {
         format!("{n} bytes")
     }

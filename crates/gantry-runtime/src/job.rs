@@ -15,8 +15,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::executor::{Executor, JobContext, Session, Step, StepEvent, StepKind, StepOutcome};
 use crate::mask::Masker;
+use crate::summaries::{self, ReportKind};
 use crate::workspace::{Snapshot, View};
 use crate::{Event, JobResult, JobStatus, Reporter, RunConfig, artifacts, cache, files};
+use gantry_reports::Reports;
 
 /// How long `after_script` may run.
 pub(crate) const AFTER_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -52,6 +54,10 @@ pub(crate) struct Ctx<E> {
     pub slots: Semaphore,
     pub groups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub stored: Mutex<Vec<Stored>>,
+    /// `state_dir/reports`: each job's summaries, kept across runs.
+    pub reports_dir: PathBuf,
+    /// Per job: its summaries from this run, once it has run.
+    pub summaries: Mutex<Vec<Option<Arc<Reports>>>>,
     pub job_ids: AtomicU64,
     pub cancel: watch::Receiver<bool>,
 }
@@ -85,6 +91,44 @@ impl<E> Ctx<E> {
         self.stored
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn summaries(&self) -> std::sync::MutexGuard<'_, Vec<Option<Arc<Reports>>>> {
+        self.summaries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The jobs whose summaries the gate of job `idx` is evaluated on: its `needs` (whether or not
+    /// they pass artifacts), else every job of the earlier stages.
+    fn gate_sources(&self, idx: usize) -> Vec<usize> {
+        let job = &self.plan.jobs[idx];
+        match &job.needs {
+            Some(needs) => needs
+                .iter()
+                .filter_map(|n| self.by_name.get(&n.job).copied())
+                .collect(),
+            None => (0..self.plan.jobs.len())
+                .filter(|&j| self.plan.jobs[j].stage_index < job.stage_index)
+                .collect(),
+        }
+    }
+
+    /// The merged summaries of [`Ctx::gate_sources`]: from this run for the jobs it selects (none
+    /// for one that did not run), else as an earlier run kept them.
+    fn gate_reports(&self, idx: usize) -> Reports {
+        let mut all = Reports::default();
+        for s in self.gate_sources(idx) {
+            let r = if self.config.selected[s] {
+                self.summaries()[s].clone()
+            } else {
+                summaries::kept(&self.reports_dir, &self.slugs[s]).map(Arc::new)
+            };
+            if let Some(r) = r {
+                all.merge(&r);
+            }
+        }
+        all
     }
 
     pub(crate) fn info(&self, job: &str, message: &str) {
@@ -443,6 +487,24 @@ async fn attempt<E: Executor>(
         }
     };
 
+    if !job.gate.is_empty() && result.status == JobStatus::Success {
+        let ctx2 = ctx.clone();
+        let reports = tokio::task::spawn_blocking(move || ctx2.gate_reports(idx))
+            .await
+            .unwrap_or_default();
+        let outcome = gantry_reports::evaluate(&job.gate, &reports, ctx.config.changes.as_deref());
+        ctx.reporter.event(Event::Gate {
+            job: name,
+            outcome: &outcome,
+        });
+        if outcome.passed {
+            ctx.info(name, "quality gate passed");
+        } else {
+            let message = summaries::gate_failure(&outcome);
+            result = Attempt::failed(ctx, name, FailureReason::ScriptFailure, &message);
+        }
+    }
+
     if !job.after_script.is_empty() {
         let status = match result.status {
             JobStatus::Success => "success",
@@ -488,6 +550,42 @@ async fn attempt<E: Executor>(
         }
     }
     result.coverage = coverage.value;
+
+    if result.status != JobStatus::Canceled {
+        let (ctx2, workspace2, env2, cov) = (
+            ctx.clone(),
+            workspace.clone(),
+            step.env.clone(),
+            result.coverage,
+        );
+        let read =
+            tokio::task::spawn_blocking(move || read_reports(&ctx2, idx, &workspace2, &env2, cov))
+                .await;
+        let (reports, errors) = read.unwrap_or_else(|e| {
+            (
+                Reports::default(),
+                vec![format!("reading the reports failed: {e}")],
+            )
+        });
+        for kind in ReportKind::present(&reports) {
+            ctx.reporter.event(Event::Report {
+                job: name,
+                kind,
+                reports: &reports,
+            });
+        }
+        ctx.summaries()[idx] = Some(Arc::new(reports));
+        if !errors.is_empty() {
+            let message = errors.join("\n");
+            if result.status == JobStatus::Success {
+                let cov = result.coverage;
+                result = Attempt::failed(ctx, name, FailureReason::ScriptFailure, &message);
+                result.coverage = cov;
+            } else {
+                ctx.info(name, &message);
+            }
+        }
+    }
 
     if result.status != JobStatus::Canceled {
         let (ctx2, workspace2, status, env) =
@@ -675,6 +773,50 @@ fn prepare_files<E>(
         }
     }
     Ok((keys, view))
+}
+
+/// Reads job `idx`'s reports (whatever its status, as GitLab collects reports) into summaries
+/// with `coverage` (its `coverage:` regex's value), and keeps them under `state_dir/reports/`.
+/// Returns the summaries and why some reports could not be read.
+fn read_reports<E>(
+    ctx: &Ctx<E>,
+    idx: usize,
+    workspace: &Path,
+    env: &[(String, String)],
+    coverage: Option<f64>,
+) -> (Reports, Vec<String>) {
+    let job = &ctx.plan.jobs[idx];
+    let map = lookup(env);
+    let look = |n: &str| map.get(n).map(|v| (*v).to_string());
+    let mut kinds = Vec::new();
+    let mut errors = Vec::new();
+    for (kind, paths) in job.artifacts.iter().flat_map(|a| &a.reports) {
+        if !summaries::is_read(kind) {
+            continue;
+        }
+        let paths: Vec<String> = paths.iter().map(|p| vars::expand(p, &look)).collect();
+        match files::select(workspace, &paths, &[], None) {
+            Ok(sel) => {
+                if sel.files.is_empty() {
+                    ctx.info(
+                        &job.name,
+                        &format!("no {kind} report matches {}", paths.join(", ")),
+                    );
+                }
+                kinds.push((kind.clone(), sel.files));
+            }
+            Err(e) => errors.push(format!("cannot collect the {kind} report: {e}")),
+        }
+    }
+    let (mut reports, read_errors) =
+        summaries::read(workspace, &kinds, ctx.config.max_report_bytes);
+    errors.extend(read_errors);
+    reports.job_coverage = coverage.into_iter().collect();
+    summaries::mask(&ctx.masker, &mut reports);
+    if let Err(e) = summaries::keep(&ctx.reports_dir, &ctx.slugs[idx], &job.name, &reports) {
+        ctx.info(&job.name, &format!("cannot keep the report summaries: {e}"));
+    }
+    (reports, errors)
 }
 
 fn when_matches(when: ArtifactsWhen, status: JobStatus) -> bool {

@@ -20,6 +20,8 @@
 //!     default_timeout: Duration::from_secs(3600),
 //!     files: None,
 //!     overlay: true,
+//!     changes: None,
+//!     max_report_bytes: gantry_runtime::gantry_reports::DEFAULT_MAX_BYTES,
 //! };
 //! let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
 //! let result = gantry_runtime::run(&plan, config, Arc::new(executor), reporter, cancel).await?;
@@ -35,6 +37,12 @@
 //!   GitLab would block the pipeline until someone plays it): a local run has nobody to play it
 //!   later, and gitlab-ci-local, whose `run` flags Gantry follows, does the same. The CLI refuses
 //!   to run a job that `needs` an unplayed manual job.
+//! - After each attempt (passed or failed, not canceled), the job's `artifacts:reports` are read
+//!   into summaries (`summaries.rs`), reported as [`Event::Report`] and kept under
+//!   `state_dir/reports/`; a report that cannot be read fails the job. A job with `gate:` runs
+//!   its script, then evaluates the gate on the summaries of the jobs it depends on (its `needs`,
+//!   else every job of earlier stages) from this run, or for jobs this run does not select, from
+//!   `state_dir/reports/`; [`Event::Gate`] carries the verdict, and a failed gate fails the job.
 //! - On cancel, running jobs are killed (their `after_script` still runs) and every job that had not
 //!   started ends as [`JobStatus::Canceled`].
 
@@ -49,6 +57,7 @@ mod files;
 mod job;
 mod mask;
 mod schedule;
+mod summaries;
 mod workspace;
 
 use std::path::PathBuf;
@@ -61,7 +70,9 @@ pub use executor::Stream;
 pub use gantry_api::{JobStatus, PipelineStatus};
 use gantry_pipeline::Plan;
 pub use gantry_pipeline::plan::FailureReason;
+pub use gantry_reports;
 pub use mask::MASK;
+pub use summaries::ReportKind;
 
 /// How to run a pipeline.
 #[derive(Clone, Debug)]
@@ -92,6 +103,11 @@ pub struct RunConfig {
     /// it (root, with a kernel and file system that take overlayfs); `false`, or where it does not,
     /// a tree of hard links to the snapshot. See `ARCHITECTURE.md`, Workspaces.
     pub overlay: bool,
+    /// The lines the change added or modified against its base, for gates' `new_coverage`
+    /// (`None`: no base known, and `new_coverage` has no data).
+    pub changes: Option<Arc<gantry_reports::ChangedLines>>,
+    /// A report file larger than this fails its job ([`gantry_reports::DEFAULT_MAX_BYTES`]).
+    pub max_report_bytes: u64,
 }
 
 /// Detaches every job workspace overlay this process still has mounted. For a process about to exit
@@ -166,6 +182,24 @@ pub enum Event<'a> {
         /// image cannot be pulled, the workspace cannot be made, no executor takes it), the runner
         /// failed, or it timed out. `None` otherwise. Masked.
         error: Option<&'a str>,
+    },
+    /// A job's reports of one kind, read after an attempt (passed or failed). Sent before its
+    /// [`Event::JobFinished`], once per kind that the job's reports have data of.
+    Report {
+        /// The job.
+        job: &'a str,
+        /// Which summary of `reports` this event is about.
+        kind: ReportKind,
+        /// All of the job's summaries.
+        reports: &'a gantry_reports::Reports,
+    },
+    /// A gate job's gate was evaluated (after its script succeeded), before its
+    /// [`Event::JobFinished`].
+    Gate {
+        /// The job.
+        job: &'a str,
+        /// The verdict, each condition and the worst offenders.
+        outcome: &'a gantry_reports::GateOutcome,
     },
     /// The pipeline is done.
     PipelineFinished {

@@ -126,6 +126,7 @@ async fn prepare<E: Executor>(
         plan: plan.clone(),
         slots: Semaphore::new(config.concurrency.max(1)),
         cache_dir: config.state_dir.join("cache"),
+        reports_dir: config.state_dir.join("reports"),
         config,
         executor,
         reporter,
@@ -142,6 +143,7 @@ async fn prepare<E: Executor>(
         artifacts_dir,
         groups: Mutex::new(HashMap::new()),
         stored: Mutex::new(stored),
+        summaries: Mutex::new(vec![None; plan.jobs.len()]),
         job_ids: AtomicU64::new(0),
         cancel,
     })

@@ -145,6 +145,13 @@ struct RunArgs {
     /// Run jobs in the working tree itself instead of per-job workspaces.
     #[arg(long)]
     in_place: bool,
+    /// The base that gates' `new_coverage` compares with (default: `CI_MERGE_REQUEST_DIFF_BASE_SHA`
+    /// when set, else the merge base with the default branch).
+    #[arg(long, value_name = "REV")]
+    diff_base: Option<String>,
+    /// A report (`artifacts:reports`) larger than this many megabytes fails its job.
+    #[arg(long, value_name = "MB", default_value_t = 50)]
+    max_report_mb: u64,
     /// Jobs to run (default: the whole pipeline).
     #[arg(value_name = "JOB")]
     jobs: Vec<String>,
@@ -604,6 +611,54 @@ fn run_prepared(args: &RunArgs, prepared: &Prepared) -> Result<u8> {
     execute(args, prepared, plan, selected, play)
 }
 
+/// The change's lines for `new_coverage`, read only when a selected gate tests it. The base:
+/// `--diff-base`, else `CI_MERGE_REQUEST_DIFF_BASE_SHA` (a `--variable`, or the environment), else
+/// the merge base with the default branch (without one, `new_coverage` has no data).
+fn changes(
+    args: &RunArgs,
+    prepared: &Prepared,
+    plan: &Plan,
+    selected: &[bool],
+) -> Result<Option<Arc<gantry_runtime::gantry_reports::ChangedLines>>> {
+    let wanted = plan.jobs.iter().zip(selected).any(|(j, s)| {
+        *s && j
+            .gate
+            .iter()
+            .any(|c| c.metric == gantry_pipeline::gate::Metric::NewCoverage)
+    });
+    if !wanted {
+        return Ok(None);
+    }
+    const MR_BASE: &str = "CI_MERGE_REQUEST_DIFF_BASE_SHA";
+    let base = args
+        .diff_base
+        .clone()
+        .or_else(|| {
+            plan.cli_variables
+                .iter()
+                .rev()
+                .find(|v| v.key == MR_BASE)
+                .map(|v| v.value.clone())
+        })
+        .or_else(|| std::env::var(MR_BASE).ok())
+        .filter(|b| !b.is_empty());
+    let default_branch = plan
+        .predefined
+        .iter()
+        .find(|v| v.key == "CI_DEFAULT_BRANCH")
+        .map_or("main", |v| v.value.as_str());
+    match crate::git::changed_lines(&prepared.dir, base.as_deref(), default_branch) {
+        Ok(Some(c)) => Ok(Some(Arc::new(c))),
+        Ok(None) => {
+            eprintln!(
+                "gantry: no base for new_coverage (no merge base with {default_branch}); pass --diff-base REV"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(anyhow::anyhow!(e)),
+    }
+}
+
 fn execute(
     args: &RunArgs,
     prepared: &Prepared,
@@ -633,12 +688,14 @@ fn execute(
             .unwrap_or(1),
         concurrency,
         in_place: args.in_place,
-        selected,
+        selected: selected.clone(),
         play_manual: play,
         echo: true,
         default_timeout: Duration::from_secs(3600),
         files: Some(prepared.files.iter().map(PathBuf::from).collect()),
         overlay: true,
+        changes: changes(args, prepared, plan, &selected)?,
+        max_report_bytes: args.max_report_mb.saturating_mul(1024 * 1024),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(concurrency.clamp(1, 4))

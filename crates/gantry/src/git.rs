@@ -204,3 +204,48 @@ pub fn changed_files(dir: &Path, default_branch: &str) -> Option<Vec<String>> {
     files.dedup();
     Some(files)
 }
+
+/// The lines the change added or modified, for gates' `new_coverage`: `git diff --unified=0` of
+/// the working tree against `base`, or when `base` is `None` against the merge base of `HEAD`
+/// with the default branch (`origin/BRANCH`, else `BRANCH`); `Ok(None)` when there is no such
+/// merge base.
+///
+/// # Errors
+/// `base` is not a revision of the repository, or git's diff cannot be read.
+pub fn changed_lines(
+    dir: &Path,
+    base: Option<&str>,
+    default_branch: &str,
+) -> Result<Option<gantry_runtime::gantry_reports::ChangedLines>, String> {
+    let base = match base {
+        Some(b) => {
+            let rev = format!("{b}^{{commit}}");
+            line(dir, &["rev-parse", "--verify", "--quiet", &rev])
+                .ok_or_else(|| format!("--diff-base: `{b}` is not a commit of this repository"))?
+        }
+        None => {
+            let remote = format!("origin/{default_branch}");
+            let found = line(dir, &["merge-base", "HEAD", &remote])
+                .or_else(|| line(dir, &["merge-base", "HEAD", default_branch]));
+            match found {
+                Some(b) => b,
+                None => return Ok(None),
+            }
+        }
+    };
+    let diff = git(
+        dir,
+        &[
+            "diff",
+            "--unified=0",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-renames",
+            "--src-prefix=a/",
+            "--dst-prefix=b/",
+            &base,
+        ],
+    )
+    .ok_or_else(|| format!("cannot diff the working tree against {base}"))?;
+    gantry_runtime::gantry_reports::ChangedLines::parse(&diff).map(Some)
+}

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gantry_runtime::executor::Stream;
-use gantry_runtime::{Event, JobStatus, PipelineStatus, Reporter};
+use gantry_runtime::gantry_reports::{GateOutcome, Reports, gate};
+use gantry_runtime::{Event, JobStatus, PipelineStatus, ReportKind, Reporter};
 
 /// How many of a failed job's last lines the summary shows.
 const TAIL_LINES: usize = 12;
@@ -86,6 +87,10 @@ struct HumanState {
     total: usize,
     tails: HashMap<String, VecDeque<String>>,
     finished: Vec<Finished>,
+    /// Each job's latest summaries, in the order jobs first reported.
+    reports: Vec<(String, Reports)>,
+    /// Each gate's latest verdict, in the order gates first reported.
+    gates: Vec<(String, GateOutcome)>,
     pipeline: Option<(PipelineStatus, Duration)>,
 }
 
@@ -119,6 +124,8 @@ impl Human {
                 total: jobs.len(),
                 tails: HashMap::new(),
                 finished: Vec::new(),
+                reports: Vec::new(),
+                gates: Vec::new(),
                 pipeline: None,
             }),
         }
@@ -182,6 +189,7 @@ impl Human {
                 }
             }
         }
+        s.reports_summary();
         if let Some((status, d)) = s.pipeline {
             let (word, code) = match status {
                 PipelineStatus::Success => ("pipeline passed", "32"),
@@ -202,7 +210,100 @@ impl Human {
     }
 }
 
+/// How many failed tests the test summary lists.
+const FAILED_TESTS_SHOWN: usize = 20;
+
 impl HumanState {
+    /// After the jobs: the test summary (passed, failed, skipped, the failed tests), coverage per
+    /// job, then each gate's table.
+    fn reports_summary(&mut self) {
+        let reports = std::mem::take(&mut self.reports);
+        let with_tests: Vec<_> = reports
+            .iter()
+            .filter_map(|(j, r)| Some((j, r.tests.as_ref()?)))
+            .collect();
+        if !with_tests.is_empty() {
+            self.out.line("");
+            self.out.line("tests:");
+            let width = with_tests
+                .iter()
+                .map(|(j, _)| j.chars().count())
+                .max()
+                .unwrap_or(0);
+            let mut failures = Vec::new();
+            for (job, t) in &with_tests {
+                let failed = t.failed_or_errored();
+                let text = format!(
+                    "  {job:<width$}  {} passed, {failed} failed, {} skipped",
+                    t.passed, t.skipped
+                );
+                let text = if failed > 0 {
+                    self.paint("31", &text)
+                } else {
+                    text
+                };
+                self.out.line(&text);
+                failures.extend(t.failures.iter().map(|f| (job, f)));
+            }
+            for (job, f) in failures.iter().take(FAILED_TESTS_SHOWN) {
+                let first = f
+                    .message
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                let line = format!("  FAILED {job}: {}", f.display_name());
+                let line = self.paint("31", &line);
+                if first.is_empty() {
+                    self.out.line(&line);
+                } else {
+                    self.out.line(&format!("{line}: {}", first.trim()));
+                }
+            }
+            if failures.len() > FAILED_TESTS_SHOWN {
+                self.out.line(&format!(
+                    "  … and {} more failed tests",
+                    failures.len() - FAILED_TESTS_SHOWN
+                ));
+            }
+        }
+        let with_coverage: Vec<_> = reports
+            .iter()
+            .filter_map(|(j, r)| Some((j, r.coverage.as_ref()?)))
+            .collect();
+        if !with_coverage.is_empty() {
+            self.out.line("");
+            self.out.line("coverage:");
+            let width = with_coverage
+                .iter()
+                .map(|(j, _)| j.chars().count())
+                .max()
+                .unwrap_or(0);
+            for (job, c) in with_coverage {
+                let (covered, total) = c.counts();
+                let pct = c.percent().map_or_else(
+                    || "no coverable lines".to_owned(),
+                    |p| format!("{}%", gate::format_number(p)),
+                );
+                self.out.line(&format!(
+                    "  {job:<width$}  {pct} ({covered} of {total} covered)"
+                ));
+            }
+        }
+        for (job, outcome) in std::mem::take(&mut self.gates) {
+            self.out.line("");
+            let table = gate::render(&outcome);
+            let mut lines = table.lines();
+            if let Some(first) = lines.next() {
+                let code = if outcome.passed { "32" } else { "31" };
+                let head = self.paint(code, first);
+                self.out.line(&format!("{job}: {head}"));
+            }
+            for l in lines {
+                self.out.line(l);
+            }
+        }
+    }
+
     fn paint(&self, code: &str, text: &str) -> String {
         if self.color {
             format!("\x1b[{code}m{text}\x1b[0m")
@@ -334,6 +435,16 @@ impl Reporter for Human {
             Event::PipelineFinished { status, duration } => {
                 s.pipeline = Some((status, duration));
             }
+            Event::Report { job, reports, .. } => {
+                match s.reports.iter_mut().find(|(j, _)| j == job) {
+                    Some((_, r)) => *r = reports.clone(),
+                    None => s.reports.push((job.to_owned(), reports.clone())),
+                }
+            }
+            Event::Gate { job, outcome } => match s.gates.iter_mut().find(|(j, _)| j == job) {
+                Some((_, o)) => *o = outcome.clone(),
+                None => s.gates.push((job.to_owned(), outcome.clone())),
+            },
         }
         s.draw_status();
     }
@@ -391,6 +502,41 @@ enum JsonEvent<'a> {
         status: &'static str,
         duration_ms: u64,
     },
+    Report {
+        job: &'a str,
+        kind: &'static str,
+        summary: serde_json::Value,
+    },
+    Gate {
+        job: &'a str,
+        passed: bool,
+        conditions: &'a [gate::ConditionResult],
+        offenders: &'a gate::Offenders,
+    },
+}
+
+/// The `summary` of a `report` event: the kind's summary as `gantry-reports` keeps it, except
+/// coverage, whose per-line data would be as large as the report: its totals only.
+fn report_summary(kind: ReportKind, r: &Reports) -> serde_json::Value {
+    let v = match kind {
+        ReportKind::Junit => serde_json::to_value(&r.tests),
+        ReportKind::Coverage => {
+            return r.coverage.as_ref().map_or(serde_json::Value::Null, |c| {
+                let (covered, total) = c.counts();
+                serde_json::json!({
+                    "percent": c.percent(),
+                    "lines_covered": covered,
+                    "lines_total": total,
+                    "branch_percent": c.branch_percent(),
+                    "files": c.files.len(),
+                })
+            });
+        }
+        ReportKind::Sarif => serde_json::to_value(&r.sarif),
+        ReportKind::Vulnerabilities => serde_json::to_value(&r.vulnerabilities),
+        ReportKind::Codequality => serde_json::to_value(&r.codequality),
+    };
+    v.unwrap_or(serde_json::Value::Null)
 }
 
 impl Reporter for Json {
@@ -438,6 +584,23 @@ impl Reporter for Json {
                 eprintln!("gantry: {job}: {message}");
                 return;
             }
+            Event::Report { job, kind, reports } => (
+                JsonEvent::Report {
+                    job,
+                    kind: kind.as_str(),
+                    summary: report_summary(kind, reports),
+                },
+                false,
+            ),
+            Event::Gate { job, outcome } => (
+                JsonEvent::Gate {
+                    job,
+                    passed: outcome.passed,
+                    conditions: &outcome.conditions,
+                    offenders: &outcome.offenders,
+                },
+                true,
+            ),
             Event::JobEcho { .. } => return,
         };
         let Ok(mut o) = self.out.lock() else { return };

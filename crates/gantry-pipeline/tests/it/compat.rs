@@ -743,3 +743,25 @@ job: {script: [x]}
 ";
     assert_eq!(jobs(&with_source(src, |_| {})), ["job"]);
 }
+
+#[test]
+fn a_jacoco_coverage_report_is_kept_with_a_warning() {
+    let c = compile_one(
+        "t:\n  script: [x]\n  artifacts:\n    reports:\n      coverage_report:\n        coverage_format: jacoco\n        path: target/site/jacoco/jacoco.xml\n",
+    );
+    assert!(errors(&c).is_empty(), "{:#?}", errors(&c));
+    let warnings: Vec<String> = c.diagnostics.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.contains(&".gitlab-ci.yml:6:26: warning: `t`: Gantry does not read JaCoCo coverage reports; the file is kept as an artifact, and gates see no coverage from it".to_owned()),
+        "{warnings:#?}"
+    );
+    let plan = c.plan.unwrap();
+    let reports = &plan.jobs[0].artifacts.as_ref().unwrap().reports;
+    assert_eq!(
+        reports,
+        &[(
+            "jacoco".to_owned(),
+            vec!["target/site/jacoco/jacoco.xml".to_owned()]
+        )]
+    );
+}

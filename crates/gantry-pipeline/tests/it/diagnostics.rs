@@ -300,3 +300,76 @@ fn a_job_must_be_a_mapping_with_a_script() {
     });
     assert_any(&errs, |e| e.contains("`empty`: a job needs `script`"));
 }
+
+#[test]
+fn gate_unknown_metric_at_its_key() {
+    assert_error(
+        "gate:\n  gate:\n    coverge: \">= 75\"\n",
+        ".gitlab-ci.yml:3:5: `gate`: unknown gate metric `coverge`; did you mean `coverage`?",
+    );
+    assert_error_at(
+        "gate:\n  gate:\n    speed: \"> 1\"\n",
+        ".gitlab-ci.yml:3:5: `gate`: unknown gate metric `speed`; known metrics: coverage, new_coverage,",
+        "codequality_info",
+    );
+}
+
+#[test]
+fn gate_malformed_condition_at_its_value() {
+    assert_error_at(
+        "gate:\n  gate:\n    coverage: \"75\"\n",
+        ".gitlab-ci.yml:3:15: `gate`: malformed gate condition `75` for coverage: no operator;",
+        "expected `OPERATOR NUMBER`",
+    );
+    assert_error_at(
+        "gate:\n  gate:\n    tests_failed: \"== none\"\n",
+        ".gitlab-ci.yml:3:19: `gate`: malformed gate condition `== none`",
+        "`none` is not a number",
+    );
+    assert_error(
+        "gate:\n  gate:\n    tests_failed: 0\n",
+        ".gitlab-ci.yml:3:19: `gate`: gate condition `tests_failed` must be a string such as \">= 80\", not a number",
+    );
+}
+
+#[test]
+fn gate_must_be_a_non_empty_mapping() {
+    assert_error(
+        "gate:\n  gate: [coverage]\n",
+        ".gitlab-ci.yml:2:9: `gate`: `gate` must be a mapping of metric to condition (for example `coverage: \">= 80\"`), not an array",
+    );
+    assert_error(
+        "gate:\n  gate: {}\n",
+        ".gitlab-ci.yml:2:9: `gate`: `gate` needs at least one condition",
+    );
+}
+
+#[test]
+fn a_gate_job_needs_no_script_but_an_empty_job_still_does() {
+    assert!(errors("gate:\n  gate:\n    tests_failed: \"== 0\"\n").is_empty());
+    let errs = errors("gate:\n  stage: test\n");
+    assert_any(&errs, |e| e.contains("`gate`: a job needs `script`"));
+}
+
+#[test]
+fn coverage_report_needs_a_known_format_and_a_path() {
+    let job = |body: &str| {
+        format!("t:\n  script: [x]\n  artifacts:\n    reports:\n      coverage_report:\n{body}")
+    };
+    assert_error(
+        &job("        coverage_format: clover\n        path: c.xml\n"),
+        ".gitlab-ci.yml:6:26: `t`: `artifacts:reports:coverage_report:coverage_format` must be `cobertura` or `jacoco`",
+    );
+    assert_error(
+        &job("        coverage_format: cobertura\n"),
+        ".gitlab-ci.yml:6:9: `t`: `artifacts:reports:coverage_report` needs `path`",
+    );
+    assert_error(
+        &job("        coverage_format: cobertura\n        path: c.xml\n        paths: [x]\n"),
+        ".gitlab-ci.yml:8:9: `t`: unknown `artifacts:reports:coverage_report` keyword `paths`; did you mean `path`?",
+    );
+    assert_error(
+        "t:\n  script: [x]\n  artifacts:\n    reports:\n      coverage_report: c.xml\n",
+        ".gitlab-ci.yml:5:24: `t`: `artifacts:reports:coverage_report` must be a mapping with `coverage_format` and `path`, not a string",
+    );
+}

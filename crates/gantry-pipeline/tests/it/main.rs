@@ -254,6 +254,10 @@ pub fn render(c: &Compiled) -> String {
         if j.trigger {
             let _ = writeln!(out, "  trigger");
         }
+        if !j.gate.is_empty() {
+            let cs: Vec<String> = j.gate.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "  gate: {}", cs.join(", "));
+        }
         let _ = writeln!(out, "  why: {}", j.reason);
     }
     out

@@ -483,3 +483,53 @@ fn environment_slugs_match_gitlab() {
     );
     assert_eq!(environment_slug("production"), "production");
 }
+
+#[test]
+fn gate_jobs_and_report_types() {
+    assert_snapshot!(render(&compile_one(
+        r#"
+stages: [test, scan, gate]
+unit:
+  stage: test
+  script: [go test -json -coverprofile=cover.out ./... > test.json]
+  artifacts:
+    reports:
+      junit: [report.xml, "junit/*.xml"]
+      coverage_report:
+        coverage_format: cobertura
+        path: coverage/cobertura.xml
+      lcov: lcov.info
+      gotest: test.json
+      gocover: cover.out
+scan:
+  stage: scan
+  script: [./scan]
+  artifacts:
+    reports:
+      sarif: scan.sarif
+      sast: gl-sast-report.json
+      dependency_scanning: gl-dependency-scanning-report.json
+      container_scanning: gl-container-scanning-report.json
+      codequality: gl-code-quality-report.json
+quality-gate:
+  stage: gate
+  needs: [unit, scan]
+  when: always
+  gate:
+    coverage: ">= 75"
+    new_coverage: ">=80"
+    tests_failed: "== 0"
+    tests_total: "> 0"
+    sarif_errors: "== 0"
+    sarif_warnings: "<= 10"
+    vulnerabilities_critical: "== 0"
+    vulnerabilities_high: "<= 2"
+    codequality_major: "== 0"
+gate-with-script:
+  stage: gate
+  script: [echo before the gate]
+  gate:
+    tests_failed: "!= 1.5"
+"#
+    )));
+}

@@ -19,6 +19,7 @@ use gantry_runtime::{
 };
 use tokio::sync::watch;
 
+mod gates;
 mod workspace;
 
 // ---------------------------------------------------------------------------------------------------
@@ -143,6 +144,15 @@ enum Rec {
         at: Instant,
         error: Option<String>,
     },
+    Report {
+        job: String,
+        kind: &'static str,
+        reports: gantry_runtime::gantry_reports::Reports,
+    },
+    Gate {
+        job: String,
+        outcome: gantry_runtime::gantry_reports::GateOutcome,
+    },
     Pipeline,
 }
 
@@ -174,6 +184,15 @@ impl Reporter for Recorder {
                 job: job.into(),
                 at: now,
                 error: error.map(str::to_string),
+            },
+            Event::Report { job, kind, reports } => Rec::Report {
+                job: job.into(),
+                kind: kind.as_str(),
+                reports: reports.clone(),
+            },
+            Event::Gate { job, outcome } => Rec::Gate {
+                job: job.into(),
+                outcome: outcome.clone(),
             },
             Event::PipelineFinished { .. } => Rec::Pipeline,
         };
@@ -258,6 +277,8 @@ fn config(project: &Path, plan: &Plan) -> RunConfig {
         default_timeout: Duration::from_secs(60),
         files: None,
         overlay: true,
+        changes: None,
+        max_report_bytes: gantry_runtime::gantry_reports::DEFAULT_MAX_BYTES,
     }
 }
 

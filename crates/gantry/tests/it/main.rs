@@ -4,6 +4,7 @@ mod buildyml;
 mod cli;
 mod docker;
 mod firstrun;
+mod gates;
 mod includes;
 mod keywords;
 mod podman;
