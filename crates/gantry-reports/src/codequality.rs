@@ -92,44 +92,42 @@ pub struct Issue {
 impl CodeQualityReport {
     /// The count of `severity`.
     pub fn count(&self, severity: Severity) -> u64 {
-        match severity {
-            Severity::Blocker => self.blocker,
-            Severity::Critical => self.critical,
-            Severity::Major => self.major,
-            Severity::Minor => self.minor,
-            Severity::Info => self.info,
-            Severity::Unknown => self.unknown,
-        }
+        self.counts()[severity as usize]
+    }
+
+    /// The counts, in [`Severity`]'s order.
+    fn counts(&self) -> [u64; 6] {
+        [
+            self.blocker,
+            self.critical,
+            self.major,
+            self.minor,
+            self.info,
+            self.unknown,
+        ]
+    }
+
+    fn counts_mut(&mut self) -> [&mut u64; 6] {
+        [
+            &mut self.blocker,
+            &mut self.critical,
+            &mut self.major,
+            &mut self.minor,
+            &mut self.info,
+            &mut self.unknown,
+        ]
     }
 
     fn add(&mut self, severity: Severity) {
-        match severity {
-            Severity::Blocker => self.blocker += 1,
-            Severity::Critical => self.critical += 1,
-            Severity::Major => self.major += 1,
-            Severity::Minor => self.minor += 1,
-            Severity::Info => self.info += 1,
-            Severity::Unknown => self.unknown += 1,
-        }
+        *self.counts_mut()[severity as usize] += 1;
     }
 
     /// Adds another report's issues.
     pub fn merge(&mut self, other: &CodeQualityReport) {
-        self.blocker += other.blocker;
-        self.critical += other.critical;
-        self.major += other.major;
-        self.minor += other.minor;
-        self.info += other.info;
-        self.unknown += other.unknown;
-        let mut kept = Kept([0; 6]);
-        for i in &self.issues {
-            kept.0[i.severity as usize] += 1;
+        for (severity, n) in other.counts().into_iter().enumerate() {
+            *self.counts_mut()[severity] += n;
         }
-        for i in &other.issues {
-            if kept.take(i.severity as usize) {
-                self.issues.push(i.clone());
-            }
-        }
+        crate::json::merge_kept::<_, 6>(&mut self.issues, &other.issues, |i| i.severity as usize);
     }
 }
 

@@ -137,3 +137,21 @@ impl<const N: usize> Kept<N> {
         }
     }
 }
+
+/// Appends `other`'s items to `mine`, keeping at most [`crate::options::MAX_ITEMS`] of each level
+/// (`level` gives an item's index among `N`).
+pub(crate) fn merge_kept<T: Clone, const N: usize>(
+    mine: &mut Vec<T>,
+    other: &[T],
+    level: impl Fn(&T) -> usize,
+) {
+    let mut kept = Kept([0; N]);
+    for item in mine.iter() {
+        kept.0[level(item)] += 1;
+    }
+    for item in other {
+        if kept.take(level(item)) {
+            mine.push(item.clone());
+        }
+    }
+}

@@ -109,15 +109,7 @@ impl SarifReport {
         self.warnings += other.warnings;
         self.notes += other.notes;
         self.none += other.none;
-        let mut kept = Kept([0; 4]);
-        for r in &self.results {
-            kept.0[r.level.index()] += 1;
-        }
-        for r in &other.results {
-            if kept.take(r.level.index()) {
-                self.results.push(r.clone());
-            }
-        }
+        crate::json::merge_kept::<_, 4>(&mut self.results, &other.results, |r| r.level.index());
     }
 }
 

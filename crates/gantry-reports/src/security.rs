@@ -114,44 +114,44 @@ impl Vulnerability {
 impl VulnerabilityReport {
     /// The count of `severity`.
     pub fn count(&self, severity: Severity) -> u64 {
-        match severity {
-            Severity::Critical => self.critical,
-            Severity::High => self.high,
-            Severity::Medium => self.medium,
-            Severity::Low => self.low,
-            Severity::Info => self.info,
-            Severity::Unknown => self.unknown,
-        }
+        self.counts()[severity as usize]
+    }
+
+    /// The counts, in [`Severity`]'s order.
+    fn counts(&self) -> [u64; 6] {
+        [
+            self.critical,
+            self.high,
+            self.medium,
+            self.low,
+            self.info,
+            self.unknown,
+        ]
+    }
+
+    fn counts_mut(&mut self) -> [&mut u64; 6] {
+        [
+            &mut self.critical,
+            &mut self.high,
+            &mut self.medium,
+            &mut self.low,
+            &mut self.info,
+            &mut self.unknown,
+        ]
     }
 
     fn add(&mut self, severity: Severity) {
-        match severity {
-            Severity::Critical => self.critical += 1,
-            Severity::High => self.high += 1,
-            Severity::Medium => self.medium += 1,
-            Severity::Low => self.low += 1,
-            Severity::Info => self.info += 1,
-            Severity::Unknown => self.unknown += 1,
-        }
+        *self.counts_mut()[severity as usize] += 1;
     }
 
     /// Adds another report's vulnerabilities.
     pub fn merge(&mut self, other: &VulnerabilityReport) {
-        self.critical += other.critical;
-        self.high += other.high;
-        self.medium += other.medium;
-        self.low += other.low;
-        self.info += other.info;
-        self.unknown += other.unknown;
-        let mut kept = Kept([0; 6]);
-        for v in &self.vulnerabilities {
-            kept.0[v.severity as usize] += 1;
+        for (severity, n) in other.counts().into_iter().enumerate() {
+            *self.counts_mut()[severity] += n;
         }
-        for v in &other.vulnerabilities {
-            if kept.take(v.severity as usize) {
-                self.vulnerabilities.push(v.clone());
-            }
-        }
+        crate::json::merge_kept::<_, 6>(&mut self.vulnerabilities, &other.vulnerabilities, |i| {
+            i.severity as usize
+        });
     }
 }
 
