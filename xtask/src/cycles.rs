@@ -234,20 +234,12 @@ impl Graph {
     }
 }
 
-/// Crates allowed a larger circle for now, with its size: the store's backends and its root
-/// import each other until its query layer is one module (issue 17).
-const LARGER_CIRCLES: &[(&str, usize)] = &[];
-
 /// The circles of more than [`MAX_CIRCLE`] modules in crate `name`, whose sources are under `src`.
 pub(crate) fn problems(
     name: &str,
     src: &Path,
     files: &[(std::path::PathBuf, String)],
 ) -> Vec<String> {
-    let max = LARGER_CIRCLES
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map_or(MAX_CIRCLE, |(_, m)| *m);
     let rel: Vec<(std::path::PathBuf, String)> = files
         .iter()
         .filter_map(|(p, t)| Some((p.strip_prefix(src).ok()?.to_path_buf(), t.clone())))
@@ -255,10 +247,10 @@ pub(crate) fn problems(
     graph(&rel)
         .circles()
         .into_iter()
-        .filter(|c| c.len() > max)
+        .filter(|c| c.len() > MAX_CIRCLE)
         .map(|c| {
             format!(
-                "crates/{name}: {} modules import each other in a circle ({}); at most {max} may (`cargo xtask imports {name}` prints the graph)",
+                "crates/{name}: {} modules import each other in a circle ({}); at most {MAX_CIRCLE} may (`cargo xtask imports {name}` prints the graph)",
                 c.len(),
                 c.join(", ")
             )
