@@ -165,6 +165,7 @@ impl Sql for Postgres {
         done.rows_affected()
     }
 
+    const NUMBERED_BATCH: bool = true;
     const BEGIN: &'static str = "BEGIN";
     const LATER_LEASE: &'static str = "GREATEST(lease_until, $1)";
     const NAME_IN_LIST: &'static str = "name = ANY($2)";

@@ -130,6 +130,7 @@ impl Sql for Sqlite {
     }
 
     /// Takes the database's write lock before reading (see [`SqliteStore`]).
+    const NUMBERED_BATCH: bool = false;
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const LATER_LEASE: &'static str = "MAX(COALESCE(lease_until, 0), $1)";
     const NAME_IN_LIST: &'static str = "name IN (SELECT value FROM json_each($2))";
