@@ -26,12 +26,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "gantry-executor-docker",
         &["gantry-runtime", "gantry-pipeline"],
     ),
-    ("gantry-api", &["gantry-pipeline"]),
+    ("gantry-api", &["gantry-pipeline", "gantry-reports"]),
     ("gantry-reports", &["gantry-pipeline"]),
     ("gantry-store", &["gantry-api", "gantry-pipeline"]),
     (
         "gantry-server",
-        &["gantry-api", "gantry-store", "gantry-pipeline"],
+        &[
+            "gantry-api",
+            "gantry-store",
+            "gantry-pipeline",
+            "gantry-reports",
+        ],
     ),
     (
         "gantry-agent",

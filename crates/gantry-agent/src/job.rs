@@ -685,6 +685,8 @@ async fn finish(env: &Env, spec: &JobSpec, r: &JobResult, log_size: u64) -> Done
         }),
         coverage: r.coverage,
         log_size: i64::try_from(log_size).unwrap_or(i64::MAX),
+        reports: None,
+        gate: None,
     };
     let mut backoff = Backoff::default();
     loop {

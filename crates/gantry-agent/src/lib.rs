@@ -267,6 +267,7 @@ async fn agent(
                 executor: args.executor.as_str().to_string(),
                 concurrency: args.concurrency,
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                protocol: gantry_api::agent::PROTOCOL,
                 projects: args
                     .projects
                     .iter()

@@ -36,6 +36,11 @@ use utoipa::ToSchema;
 /// The path of the registration call.
 pub const REGISTER: &str = "/api/v1/agents/register";
 
+/// The protocol version this crate speaks. Version 2 added the reports of a job's finish
+/// ([`FinishJob::reports`], [`FinishJob::gate`]) and a gate job's inputs ([`JobSpec::gate_reports`],
+/// [`JobSpec::changes`]); an agent that registers without [`RegisterAgent::protocol`] speaks 1.
+pub const PROTOCOL: u32 = 2;
+
 /// The body of the registration call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RegisterAgent {
@@ -61,10 +66,17 @@ pub struct RegisterAgent {
     /// It takes only jobs of pipelines on protected refs (GitLab's protected runners).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub protected_only: bool,
+    /// The protocol version it speaks ([`PROTOCOL`]); 1 when absent.
+    #[serde(default = "one")]
+    pub protocol: u32,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The answer to the registration call.
@@ -123,6 +135,16 @@ pub struct JobSpec {
     pub plan: gantry_pipeline::Plan,
     /// The jobs whose artifacts the job takes, to download before it runs.
     pub dependencies: Vec<Dependency>,
+    /// For a job with `gate:`: the merged summaries of the jobs its gate is evaluated on (its
+    /// `needs`, else every job of the earlier stages) that reported any (protocol 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub gate_reports: Option<gantry_reports::Reports>,
+    /// For a gate testing `new_coverage`: the lines the change added or modified against its
+    /// base (protocol 2); absent when there is no base, and the condition then has no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub changes: Option<gantry_reports::ChangedLines>,
 }
 
 /// A job whose artifacts a job takes.
@@ -187,4 +209,13 @@ pub struct FinishJob {
     pub coverage: Option<f64>,
     /// The log's final size in bytes: the server refuses to finish (`409`) until it holds all of it.
     pub log_size: i64,
+    /// The summaries of the job's `artifacts:reports`, read after its script whether it passed or
+    /// failed (protocol 2); absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub reports: Option<gantry_reports::Reports>,
+    /// A gate job's verdict, every condition with its actual value (protocol 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub gate: Option<gantry_reports::GateOutcome>,
 }

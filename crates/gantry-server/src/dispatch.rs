@@ -428,6 +428,8 @@ pub(crate) fn job_spec(
             cli_variables,
         },
         dependencies,
+        gate_reports: None,
+        changes: None,
     })
 }
 

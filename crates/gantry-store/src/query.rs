@@ -1727,7 +1727,10 @@ mod tests {
     #[test]
     fn a_job_batch_numbers_its_placeholders_only_where_asked() {
         let numbered = insert_jobs_sql(2, true);
-        assert!(numbered.contains("($1, $2,") && numbered.ends_with("$33, $34)"), "{numbered}");
+        assert!(
+            numbered.contains("($1, $2,") && numbered.ends_with("$33, $34)"),
+            "{numbered}"
+        );
         let plain = insert_jobs_sql(2, false);
         assert!(!plain.contains('$'), "{plain}");
         assert_eq!(plain.matches('?').count(), 34, "{plain}");
