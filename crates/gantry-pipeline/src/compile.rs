@@ -2212,7 +2212,7 @@ impl Compiler<'_> {
 }
 
 /// The kind of a node with its article, for messages: `a string`, `an array`, `null`.
-pub(crate) fn a_kind(n: &Node) -> &'static str {
+fn a_kind(n: &Node) -> &'static str {
     match &n.value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::compile::a_kind;
 use crate::diag::{Diags, hint};
 use crate::duration;
 use crate::yaml::{Map, Node, Value};
@@ -664,12 +663,21 @@ impl Reader<'_> {
     }
 }
 
+/// The kind of a node with its article, for messages: `a string`, `an array`, `null`.
+fn a_kind(n: &Node) -> String {
+    match n.kind() {
+        "null" => "null".into(),
+        "array" => "an array".into(),
+        k => format!("a {k}"),
+    }
+}
+
 /// A value for a message: a string in backquotes, else its kind.
 fn shown(n: &Node) -> String {
     match &n.value {
         Value::Str(s) => format!("`{s}`"),
         Value::Int(i) => format!("`{i}`"),
         Value::Float(f) => format!("`{f}`"),
-        _ => a_kind(n).to_string(),
+        _ => a_kind(n),
     }
 }
