@@ -321,3 +321,17 @@ fn bad_limits_scores_and_on_failure() {
         ".gitlab-ci.yml:4:17: `a`: `verify:on_failure: rollback` needs an `environment` to roll back",
     );
 }
+
+#[test]
+fn a_job_with_verify_round_trips_through_json() {
+    // Agents receive their job as JSON: the block must survive it.
+    let c = compile_one(&format!(
+        "{DEPLOY}  rollback_script: [helm rollback r]\n  verify:\n    steps: [50, 100]\n    prometheus:\n      address: http://p:9090\n      queries: [{{name: a, query: \"up{{$SELECTOR}}\", min: 1, compare: {{canary: x, baseline: y}}}}]\n"
+    ));
+    let job = &c.plan.unwrap().jobs[0];
+    let json = serde_json::to_string(job).unwrap();
+    let back: gantry_pipeline::Job = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.verify, job.verify);
+    assert!(back.verify.is_some());
+    assert_eq!(back.rollback_script, ["helm rollback r"]);
+}
