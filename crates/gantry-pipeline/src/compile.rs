@@ -48,6 +48,7 @@ pub const JOB_KEYWORDS: &[&str] = &[
     "release",
     "resource_group",
     "retry",
+    "rollback_script",
     "rules",
     "run",
     "script",
@@ -59,6 +60,7 @@ pub const JOB_KEYWORDS: &[&str] = &[
     "timeout",
     "trigger",
     "variables",
+    "verify",
     "when",
     "description",
 ];
@@ -1018,6 +1020,10 @@ impl Compiler<'_> {
                 .get("gate")
                 .map(|g| self.gate(g, base))
                 .unwrap_or_default(),
+            verify: m.get("verify").and_then(|v| {
+                crate::verify::compile(v, base, m.contains("environment"), &mut self.diags)
+            }),
+            rollback_script: self.script(m.get("rollback_script"), base, "rollback_script"),
         }
     }
 

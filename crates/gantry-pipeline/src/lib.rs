@@ -8,6 +8,7 @@ pub mod expr;
 pub mod gate;
 pub mod plan;
 pub mod vars;
+pub mod verify;
 pub mod yaml;
 
 pub use plan::{Job, Plan, Variable, When};

@@ -358,6 +358,12 @@ pub struct Job {
     /// on the reports of the jobs this one depends on (issue 18). Empty for other jobs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gate: Vec<crate::gate::Condition>,
+    /// `verify`: what to measure after the script succeeds (issue 19); `None` for other jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<crate::verify::Verify>,
+    /// `rollback_script`: run in place of a re-deploy when the job's deployment is rolled back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback_script: Vec<String>,
 }
 
 impl Job {
@@ -395,6 +401,8 @@ impl Job {
             trigger: false,
             reason: String::new(),
             gate: Vec::new(),
+            verify: None,
+            rollback_script: Vec::new(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod diagnostics;
 mod includes;
 mod inputs;
 mod plans;
+mod verify;
 
 use std::sync::Mutex;
 
