@@ -337,6 +337,7 @@ async fn execute(
         overlay: false,
         changes: None,
         max_report_bytes: gantry_runtime::gantry_reports::DEFAULT_MAX_BYTES,
+        gate_reports: None,
     };
     let reporter = Arc::new(LogReporter::new(spool.clone()));
     let ran = gantry_runtime::run(&plan, config, env.exec.clone(), reporter.clone(), cancel).await;
