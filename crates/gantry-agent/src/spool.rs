@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gantry_runtime::{Event, Reporter, Stream};
+use gantry_runtime::gantry_reports::{GateOutcome, Reports};
+use gantry_runtime::{Event, ReportKind, Reporter, Stream};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
@@ -131,10 +132,20 @@ impl Spool {
     }
 }
 
-/// Formats the runtime's events as log text into a [`Spool`].
+/// Formats the runtime's events as log text into a [`Spool`], and keeps what the `finish` call
+/// carries: the job's result, its report summaries and its gate's verdict.
 pub(crate) struct LogReporter {
-    spool: Arc<Spool>,
+    pub spool: Arc<Spool>,
     finished: Mutex<Option<gantry_runtime::JobResult>>,
+    summaries: Mutex<Summaries>,
+}
+
+/// A job's report summaries (as the runtime keeps them: masked, merged over its reports) and
+/// its gate's verdict.
+#[derive(Debug, Default)]
+pub(crate) struct Summaries {
+    pub reports: Option<Reports>,
+    pub gate: Option<GateOutcome>,
 }
 
 impl LogReporter {
@@ -143,7 +154,29 @@ impl LogReporter {
         LogReporter {
             spool,
             finished: Mutex::new(None),
+            summaries: Mutex::new(Summaries::default()),
         }
+    }
+
+    /// The job's summaries and gate verdict, taken. A job whose only summary is its `coverage:`
+    /// regex's value (no [`Event::Report`]) gets it as [`Reports::job_coverage`], as the runtime
+    /// keeps it for a local gate.
+    pub(crate) fn take_summaries(&self) -> Summaries {
+        let mut s = std::mem::take(&mut *self.summaries());
+        if s.reports.is_none() {
+            let coverage = self.result().and_then(|r| r.coverage);
+            s.reports = coverage.map(|c| Reports {
+                job_coverage: vec![c],
+                ..Reports::default()
+            });
+        }
+        s
+    }
+
+    fn summaries(&self) -> std::sync::MutexGuard<'_, Summaries> {
+        self.summaries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The result of the job, once the runtime reported it finished.
@@ -158,11 +191,18 @@ impl LogReporter {
 impl Reporter for LogReporter {
     fn event(&self, event: Event<'_>) {
         match event {
-            Event::JobStarted { .. } | Event::PipelineFinished { .. } | Event::Report { .. } => {}
+            Event::JobStarted { .. } | Event::PipelineFinished { .. } => {}
+            // Each carries all of the attempt's summaries: kept once, at its first kind.
+            Event::Report { kind, reports, .. } => {
+                if ReportKind::present(reports).first() == Some(&kind) {
+                    self.summaries().reports = Some(reports.clone());
+                }
+            }
             // The gate's table goes into the job's log, where the server shows it.
             Event::Gate { outcome, .. } => {
                 self.spool
                     .write(&gantry_runtime::gantry_reports::gate::render(outcome));
+                self.summaries().gate = Some(outcome.clone());
             }
             Event::JobEcho { command, .. } => {
                 let mut text = String::with_capacity(command.len() + 3);
