@@ -28,6 +28,8 @@ struct Server {
     finishes: Vec<String>,
     /// A finish body longer than this is refused with `413`.
     body_limit: Option<usize>,
+    /// How many times the commit's tree was asked for.
+    sources: usize,
 }
 
 type Shared = Arc<Mutex<Server>>;
@@ -77,7 +79,10 @@ async fn serve(state: Shared) -> Client {
         .route("/api/v1/agent/jobs/{id}/log", put(put_log))
         .route(
             "/api/v1/agent/jobs/{id}/source",
-            get(|| async { source_tar() }),
+            get(|State(s): State<Shared>| async move {
+                s.lock().unwrap().sources += 1;
+                source_tar()
+            }),
         )
         .route(
             "/api/v1/agent/jobs/{id}/artifacts",
@@ -96,6 +101,7 @@ struct Ran {
     raw: Vec<String>,
     finish: FinishJob,
     log: String,
+    sources: usize,
 }
 
 /// Runs `job` of `plan` (the job the spec names) as an agent with the shell executor does, with
@@ -143,6 +149,7 @@ async fn run(
         raw,
         finish,
         log: String::from_utf8_lossy(&s.log).into_owned(),
+        sources: s.sources,
     }
 }
 
@@ -212,6 +219,7 @@ async fn a_jobs_junit_summary_goes_in_its_finish_masked() {
     assert_eq!(tests.failures[0].name, "svc.Test0");
     assert_eq!(tests.failures[0].message, "token [MASKED] refused");
     assert!(ran.finish.gate.is_none());
+    assert_eq!(ran.sources, 1);
     assert!(
         !ran.raw[0].contains("s3cr3t"),
         "the masked value reached the finish: {}",
@@ -284,6 +292,7 @@ async fn a_gate_job_decides_on_the_spec_s_summaries_and_sends_its_verdict() {
             "a default script ran: {}",
             ran.log
         );
+        assert_eq!(ran.sources, 0, "a gate without a script fetched the commit");
     }
 }
 

@@ -320,14 +320,31 @@ async fn execute(
         return failure(FailureReason::RunnerSystemFailure);
     };
     let state = dir.join(STATE);
-    let (src, files) = match source(env, spec, idx, slot, dir, spool).await {
+    // A gate without a script reads no file and runs no process (the runtime evaluates it alone):
+    // it needs neither the commit nor the artifacts of its dependencies.
+    let job = &spec.plan.jobs[idx];
+    let gate_only = job.script.is_empty() && !job.gate.is_empty();
+    let fetched = if gate_only {
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src)
+            .map(|()| (src, Some(Vec::new())))
+            .map_err(|e| format!("cannot create the job's directory: {e}"))
+    } else {
+        source(env, spec, idx, slot, dir, spool).await
+    };
+    let (src, files) = match fetched {
         Ok(s) => s,
         Err(message) => {
             spool.info(&message);
             return failure(FailureReason::RunnerSystemFailure);
         }
     };
-    match dependencies(env, spec, dir, &state).await {
+    let deps = if gate_only {
+        Ok(())
+    } else {
+        dependencies(env, spec, dir, &state).await
+    };
+    match deps {
         Ok(()) => {}
         Err(Fetch::Missing(message)) => {
             spool.info(&message);

@@ -164,6 +164,36 @@ mod tests {
     }
 
     #[test]
+    fn long_messages_go_before_the_counts() {
+        let long = "x".repeat(2000);
+        let cases: String = (0..50)
+            .map(|i| format!("<testcase name=\"t{i}\"><failure message=\"{long}\"/></testcase>"))
+            .collect();
+        let xml = format!("<testsuite name=\"s\">{cases}</testsuite>");
+        let tests =
+            gantry_runtime::gantry_reports::junit::parse(xml.as_bytes(), &Options::default())
+                .unwrap();
+        let r = Reports {
+            tests: Some(tests),
+            ..coverage(1, 10)
+        };
+        let (sent, note) = fit(r.clone(), 20_000);
+        let sent = sent.expect("counts and names fit");
+        assert!(note.unwrap().contains("messages of failed tests"));
+        let (got, was) = (sent.tests.as_ref().unwrap(), r.tests.as_ref().unwrap());
+        assert_eq!((got.total, got.failed), (was.total, was.failed));
+        assert_eq!(got.failures.len(), 50);
+        assert_eq!(got.failures[7].name, was.failures[7].name);
+        assert!(got.failures.iter().all(|f| f.message.is_empty()));
+        assert_eq!(sent.coverage.unwrap().percent(), was_percent(&r.coverage));
+    }
+
+    fn was_percent(c: &Option<gantry_runtime::gantry_reports::Coverage>) -> Option<f64> {
+        c.as_ref()
+            .and_then(gantry_runtime::gantry_reports::Coverage::percent)
+    }
+
+    #[test]
     fn what_cannot_fit_is_left_out_and_said() {
         let r = coverage(40, 3000);
         let (sent, note) = fit(r, 100);
