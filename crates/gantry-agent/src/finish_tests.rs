@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
 use gantry_api::agent::{FinishJob, JobSpec, Outcome};
@@ -18,12 +18,11 @@ use crate::ExecutorKind;
 use crate::client::Client;
 use crate::executors::Executors;
 use crate::job::{self, Done, Env};
+use crate::spool;
 
-/// What the stand-in server holds.
+/// What the stand-in server holds (the log aside).
 #[derive(Default)]
 struct Server {
-    /// The job's log.
-    log: Vec<u8>,
     /// The bodies of the finish calls, as sent.
     finishes: Vec<String>,
     /// A finish body longer than this is refused with `413`.
@@ -33,22 +32,6 @@ struct Server {
 }
 
 type Shared = Arc<Mutex<Server>>;
-
-#[derive(serde::Deserialize)]
-struct Offset {
-    offset: usize,
-}
-
-async fn put_log(
-    State(s): State<Shared>,
-    Query(q): Query<Offset>,
-    body: axum::body::Bytes,
-) -> String {
-    let mut s = s.lock().unwrap();
-    let skip = s.log.len().saturating_sub(q.offset).min(body.len());
-    s.log.extend_from_slice(&body[skip..]);
-    format!("{{\"size\":{}}}", s.log.len())
-}
 
 async fn finish(State(s): State<Shared>, body: String) -> StatusCode {
     let mut s = s.lock().unwrap();
@@ -70,13 +53,12 @@ fn source_tar() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-async fn serve(state: Shared) -> Client {
+async fn serve(state: Shared, log: spool::LogServer) -> Client {
     let app = Router::new()
         .route(
             "/api/v1/agent/jobs/{id}/heartbeat",
             post(|| async { "{\"cancel\":false}" }),
         )
-        .route("/api/v1/agent/jobs/{id}/log", put(put_log))
         .route(
             "/api/v1/agent/jobs/{id}/source",
             get(|State(s): State<Shared>| async move {
@@ -89,7 +71,8 @@ async fn serve(state: Shared) -> Client {
             put(|| async { StatusCode::CREATED }),
         )
         .route("/api/v1/agent/jobs/{id}/finish", post(finish))
-        .with_state(state);
+        .with_state(state)
+        .merge(spool::log_route(log));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -113,7 +96,8 @@ async fn run(
     server: Server,
 ) -> Ran {
     let state = Arc::new(Mutex::new(server));
-    let client = serve(state.clone()).await;
+    let log = spool::LogServer::default();
+    let client = serve(state.clone(), log.clone()).await;
     let work = tempfile::tempdir().unwrap();
     let exec = Executors::for_agent(ExecutorKind::Shell, &work.path().join("builds"))
         .await
@@ -148,7 +132,7 @@ async fn run(
     Ran {
         raw,
         finish,
-        log: String::from_utf8_lossy(&s.log).into_owned(),
+        log: String::from_utf8_lossy(&log.lock().unwrap().log).into_owned(),
         sources: s.sources,
     }
 }
@@ -312,14 +296,17 @@ async fn a_gate_job_tests_new_coverage_on_the_spec_s_changes() {
         .unwrap()
     };
 
+    let gate_on = |changes: Option<&str>| {
+        run(
+            p.clone(),
+            Some(coverage.clone()),
+            changes.map(diff),
+            Server::default(),
+        )
+    };
+
     // Lines 3 and 4 changed: half of them run.
-    let ran = run(
-        p.clone(),
-        Some(coverage.clone()),
-        Some(diff("3,2")),
-        Server::default(),
-    )
-    .await;
+    let ran = gate_on(Some("3,2")).await;
     assert_eq!(ran.finish.outcome, Outcome::Failed);
     let gate = ran.finish.gate.unwrap();
     assert!(gate.conditions[0].passed, "total coverage 75 passes");
@@ -327,18 +314,12 @@ async fn a_gate_job_tests_new_coverage_on_the_spec_s_changes() {
     assert_eq!(gate.offenders.uncovered_new_lines[0].lines, [4]);
 
     // Lines 2 and 3 changed: all run.
-    let ran = run(
-        p.clone(),
-        Some(coverage.clone()),
-        Some(diff("2,2")),
-        Server::default(),
-    )
-    .await;
+    let ran = gate_on(Some("2,2")).await;
     assert_eq!(ran.finish.outcome, Outcome::Success);
     assert_eq!(ran.finish.gate.unwrap().conditions[1].actual, Some(100.0));
 
     // No changes in the spec: no data, which fails.
-    let ran = run(p, Some(coverage), None, Server::default()).await;
+    let ran = gate_on(None).await;
     assert_eq!(ran.finish.outcome, Outcome::Failed);
     let gate = ran.finish.gate.unwrap();
     assert_eq!(gate.conditions[1].verdict, Verdict::NoData);

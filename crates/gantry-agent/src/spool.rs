@@ -339,6 +339,10 @@ pub(crate) async fn upload(
     }
 }
 
+/// The log route of a stand-in server, for other modules' tests.
+#[cfg(test)]
+pub(crate) use tests::{Shared as LogServer, log_route};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,8 +353,8 @@ mod tests {
 
     /// What the recording server holds, and how it misbehaves.
     #[derive(Default)]
-    struct Recorder {
-        log: Vec<u8>,
+    pub(crate) struct Recorder {
+        pub log: Vec<u8>,
         /// Offsets of the chunks received, in order.
         offsets: Vec<u64>,
         /// Fail this many requests with `503` first (after storing the chunk, as a lost answer).
@@ -359,7 +363,7 @@ mod tests {
         limit: Option<usize>,
     }
 
-    type Shared = Arc<Mutex<Recorder>>;
+    pub(crate) type Shared = Arc<Mutex<Recorder>>;
 
     #[derive(serde::Deserialize)]
     struct Offset {
@@ -409,10 +413,15 @@ mod tests {
         (StatusCode::OK, format!("{{\"size\":{}}}", r.log.len()))
     }
 
-    async fn recorder(rec: Shared) -> String {
-        let app = Router::new()
+    /// A server's log route, appending to `rec`'s log as the server does.
+    pub(crate) fn log_route(rec: Shared) -> Router {
+        Router::new()
             .route("/api/v1/agent/jobs/{id}/log", put(put_log))
-            .with_state(rec);
+            .with_state(rec)
+    }
+
+    async fn recorder(rec: Shared) -> String {
+        let app = log_route(rec);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
