@@ -160,11 +160,14 @@ impl LogReporter {
 
     /// The job's summaries and gate verdict, taken. A job whose only summary is its `coverage:`
     /// regex's value (no [`Event::Report`]) gets it as [`Reports::job_coverage`], as the runtime
-    /// keeps it for a local gate.
+    /// keeps it for a local gate (unless it was canceled: the runtime keeps nothing then).
     pub(crate) fn take_summaries(&self) -> Summaries {
         let mut s = std::mem::take(&mut *self.summaries());
         if s.reports.is_none() {
-            let coverage = self.result().and_then(|r| r.coverage);
+            let coverage = self
+                .result()
+                .filter(|r| r.status != gantry_runtime::JobStatus::Canceled)
+                .and_then(|r| r.coverage);
             s.reports = coverage.map(|c| Reports {
                 job_coverage: vec![c],
                 ..Reports::default()
@@ -509,6 +512,40 @@ mod tests {
         let ack = client.put_log(1, 10, b"late".to_vec()).await.unwrap();
         assert_eq!(ack.size, 0);
         assert!(rec.lock().unwrap().log.is_empty());
+    }
+
+    /// The [`Event::JobFinished`] of job `j` with `status` and `coverage`.
+    fn finished(status: gantry_runtime::JobStatus, coverage: Option<f64>) -> Event<'static> {
+        Event::JobFinished {
+            job: "j",
+            stage: "test",
+            status,
+            allow_failure: false,
+            exit_code: None,
+            duration: Duration::ZERO,
+            coverage,
+            reason: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_coverage_regex_alone_is_a_summary_unless_canceled() {
+        use gantry_runtime::JobStatus;
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&tmp.path().join("log")).unwrap());
+        let r = LogReporter::new(spool.clone());
+        r.event(finished(JobStatus::Success, Some(81.5)));
+        let s = r.take_summaries();
+        assert_eq!(s.reports.unwrap().job_coverage, [81.5]);
+        assert!(s.gate.is_none());
+
+        let r = LogReporter::new(spool.clone());
+        r.event(finished(JobStatus::Canceled, Some(81.5)));
+        assert_eq!(r.take_summaries().reports, None);
+        let r = LogReporter::new(spool);
+        r.event(finished(JobStatus::Success, None));
+        assert_eq!(r.take_summaries().reports, None);
     }
 
     #[test]
