@@ -164,7 +164,13 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
         stop(uploader).await;
         return Done::LeaseLost;
     };
-    let summaries = sendable(&reporter, &spool);
+    // Measuring large summaries (per-line coverage) takes a while: not on the event loop.
+    let summaries = {
+        let (reporter, spool) = (reporter.clone(), spool.clone());
+        tokio::task::spawn_blocking(move || sendable(&reporter, &spool))
+            .await
+            .unwrap_or_default()
+    };
     spool.info(&summary(&result));
     spool.close();
     let log = tokio::select! {
