@@ -26,7 +26,8 @@ use crate::backoff::Backoff;
 use crate::checkout;
 use crate::client::{CallError, Client};
 use crate::executors::Executors;
-use crate::spool::{self, LogReporter, Spool, UploadError};
+use crate::reports;
+use crate::spool::{self, LogReporter, Spool, Summaries, UploadError};
 
 /// The timeout of jobs whose plan sets none (the server's plan normally sets one).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -111,7 +112,8 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
         Err(e) => {
             tracing::error!(error = %e, "cannot prepare the job's directory");
             // Nothing can be logged: say so in the finish call.
-            return finish(env, spec, &failure(FailureReason::RunnerSystemFailure), 0).await;
+            let failed = failure(FailureReason::RunnerSystemFailure);
+            return finish(env, spec, &failed, 0, Summaries::default()).await;
         }
     };
     let (cancel_tx, cancel_rx) = watch::channel(false);
@@ -136,7 +138,8 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
         spec.job, spec.job_id, spec.pipeline_id, env.name, spec.trace_id
     ));
     // The lease can be lost while the job prepares or runs: stop it then.
-    let work = execute(env, spec, dir, slot, &spool, cancel_rx);
+    let reporter = Arc::new(LogReporter::new(spool.clone()));
+    let work = execute(env, spec, dir, slot, &reporter, cancel_rx);
     tokio::pin!(work);
     let mut abort = env.abort.clone();
     let mut was_aborted = false;
@@ -160,6 +163,13 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
         heartbeat.abort();
         stop(uploader).await;
         return Done::LeaseLost;
+    };
+    // Measuring large summaries (per-line coverage) takes a while: not on the event loop.
+    let summaries = {
+        let (reporter, spool) = (reporter.clone(), spool.clone());
+        tokio::task::spawn_blocking(move || sendable(&reporter, &spool))
+            .await
+            .unwrap_or_default()
     };
     spool.info(&summary(&result));
     spool.close();
@@ -189,7 +199,7 @@ async fn run_in(env: &Arc<Env>, spec: &JobSpec, dir: &Path, slot: usize) -> Done
         upload_artifacts(env, spec, dir).await
     };
     let done = match uploaded {
-        Ok(()) => finish(env, spec, &result, log_size).await,
+        Ok(()) => finish(env, spec, &result, log_size, summaries).await,
         Err(d) => d,
     };
     heartbeat.abort();
@@ -286,29 +296,61 @@ fn summary(r: &JobResult) -> String {
     }
 }
 
-/// Downloads what the job needs and runs it; its result (failures to prepare are failed results,
-/// reported in the log).
+/// The job's summaries and gate verdict as the finish call carries them: summaries too large
+/// for it lose what [`reports::fit`] takes out, which the job's log says.
+fn sendable(reporter: &LogReporter, spool: &Spool) -> Summaries {
+    let mut s = reporter.take_summaries();
+    if let Some(r) = s.reports.take() {
+        let (fits, note) = reports::fit(r, reports::MAX_JSON);
+        if let Some(note) = note {
+            spool.info(&note);
+        }
+        s.reports = fits;
+    }
+    s
+}
+
+/// Downloads what the job needs and runs it with `reporter`; its result (failures to prepare are
+/// failed results, reported in the log).
 async fn execute(
     env: &Arc<Env>,
     spec: &JobSpec,
     dir: &Path,
     slot: usize,
-    spool: &Arc<Spool>,
+    reporter: &Arc<LogReporter>,
     cancel: watch::Receiver<bool>,
 ) -> JobResult {
+    let spool = &reporter.spool;
     let Some(idx) = spec.plan.jobs.iter().position(|j| j.name == spec.job) else {
         spool.info(&format!("the plan has no job `{}`", spec.job));
         return failure(FailureReason::RunnerSystemFailure);
     };
     let state = dir.join(STATE);
-    let (src, files) = match source(env, spec, idx, slot, dir, spool).await {
+    // A gate without a script reads no file and runs no process (the runtime evaluates it alone):
+    // it needs neither the commit nor the artifacts of its dependencies.
+    let job = &spec.plan.jobs[idx];
+    let gate_only = job.script.is_empty() && !job.gate.is_empty();
+    let fetched = if gate_only {
+        let src = dir.join("src");
+        std::fs::create_dir_all(&src)
+            .map(|()| (src, Some(Vec::new())))
+            .map_err(|e| format!("cannot create the job's directory: {e}"))
+    } else {
+        source(env, spec, idx, slot, dir, spool).await
+    };
+    let (src, files) = match fetched {
         Ok(s) => s,
         Err(message) => {
             spool.info(&message);
             return failure(FailureReason::RunnerSystemFailure);
         }
     };
-    match dependencies(env, spec, dir, &state).await {
+    let deps = if gate_only {
+        Ok(())
+    } else {
+        dependencies(env, spec, dir, &state).await
+    };
+    match deps {
         Ok(()) => {}
         Err(Fetch::Missing(message)) => {
             spool.info(&message);
@@ -335,10 +377,12 @@ async fn execute(
         default_timeout: DEFAULT_TIMEOUT,
         files,
         overlay: false,
-        changes: None,
+        // A gate's inputs, from the server: the summaries of the jobs it is evaluated on, and the
+        // change's lines.
+        changes: spec.changes.clone().map(Arc::new),
         max_report_bytes: gantry_runtime::gantry_reports::DEFAULT_MAX_BYTES,
+        gate_reports: spec.gate_reports.clone().map(Arc::new),
     };
-    let reporter = Arc::new(LogReporter::new(spool.clone()));
     let ran = gantry_runtime::run(&plan, config, env.exec.clone(), reporter.clone(), cancel).await;
     match ran {
         Ok(_) => reporter.result().unwrap_or_else(|| {
@@ -667,9 +711,17 @@ async fn send_artifacts(client: &Client, job: i64, tar: &Path) -> Result<(), Don
     }
 }
 
-/// The `finish` call, retried until the server answers.
-async fn finish(env: &Env, spec: &JobSpec, r: &JobResult, log_size: u64) -> Done {
-    let body = FinishJob {
+/// The `finish` call, retried until the server answers. A server whose body limit is lower than
+/// [`reports::MAX_JSON`] allows (`413`) gets it again without the summaries, then without the gate's
+/// verdict too.
+async fn finish(
+    env: &Env,
+    spec: &JobSpec,
+    r: &JobResult,
+    log_size: u64,
+    summaries: Summaries,
+) -> Done {
+    let mut body = FinishJob {
         outcome: match r.status {
             JobStatus::Success => Outcome::Success,
             JobStatus::Canceled => Outcome::Canceled,
@@ -685,8 +737,8 @@ async fn finish(env: &Env, spec: &JobSpec, r: &JobResult, log_size: u64) -> Done
         }),
         coverage: r.coverage,
         log_size: i64::try_from(log_size).unwrap_or(i64::MAX),
-        reports: None,
-        gate: None,
+        reports: summaries.reports,
+        gate: summaries.gate,
     };
     let mut backoff = Backoff::default();
     loop {
@@ -696,6 +748,19 @@ async fn finish(env: &Env, spec: &JobSpec, r: &JobResult, log_size: u64) -> Done
             Err(e) if e.is_transient() => {
                 tracing::debug!(error = %e, "finish failed; retrying");
                 backoff.wait().await;
+            }
+            Err(CallError::Status { status: 413, .. })
+                if body.reports.is_some() || body.gate.is_some() =>
+            {
+                let what = if body.reports.take().is_some() {
+                    "report summaries"
+                } else {
+                    body.gate = None;
+                    "gate verdict"
+                };
+                tracing::warn!(
+                    "the server refused the finish as too large; sending it without the {what}"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "the server refused to finish the job");

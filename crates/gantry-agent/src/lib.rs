@@ -31,7 +31,10 @@ mod backoff;
 mod checkout;
 mod client;
 pub mod executors;
+#[cfg(test)]
+mod finish_tests;
 mod job;
+mod reports;
 mod spool;
 
 use std::io::Write as _;

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use gantry_runtime::{Event, Reporter, Stream};
+use gantry_runtime::gantry_reports::{GateOutcome, Reports};
+use gantry_runtime::{Event, ReportKind, Reporter, Stream};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
@@ -131,10 +132,20 @@ impl Spool {
     }
 }
 
-/// Formats the runtime's events as log text into a [`Spool`].
+/// Formats the runtime's events as log text into a [`Spool`], and keeps what the `finish` call
+/// carries: the job's result, its report summaries and its gate's verdict.
 pub(crate) struct LogReporter {
-    spool: Arc<Spool>,
+    pub spool: Arc<Spool>,
     finished: Mutex<Option<gantry_runtime::JobResult>>,
+    summaries: Mutex<Summaries>,
+}
+
+/// A job's report summaries (as the runtime keeps them: masked, merged over its reports) and
+/// its gate's verdict.
+#[derive(Debug, Default)]
+pub(crate) struct Summaries {
+    pub reports: Option<Reports>,
+    pub gate: Option<GateOutcome>,
 }
 
 impl LogReporter {
@@ -143,7 +154,32 @@ impl LogReporter {
         LogReporter {
             spool,
             finished: Mutex::new(None),
+            summaries: Mutex::new(Summaries::default()),
         }
+    }
+
+    /// The job's summaries and gate verdict, taken. A job whose only summary is its `coverage:`
+    /// regex's value (no [`Event::Report`]) gets it as [`Reports::job_coverage`], as the runtime
+    /// keeps it for a local gate (unless it was canceled: the runtime keeps nothing then).
+    pub(crate) fn take_summaries(&self) -> Summaries {
+        let mut s = std::mem::take(&mut *self.summaries());
+        if s.reports.is_none() {
+            let coverage = self
+                .result()
+                .filter(|r| r.status != gantry_runtime::JobStatus::Canceled)
+                .and_then(|r| r.coverage);
+            s.reports = coverage.map(|c| Reports {
+                job_coverage: vec![c],
+                ..Reports::default()
+            });
+        }
+        s
+    }
+
+    fn summaries(&self) -> std::sync::MutexGuard<'_, Summaries> {
+        self.summaries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The result of the job, once the runtime reported it finished.
@@ -158,11 +194,18 @@ impl LogReporter {
 impl Reporter for LogReporter {
     fn event(&self, event: Event<'_>) {
         match event {
-            Event::JobStarted { .. } | Event::PipelineFinished { .. } | Event::Report { .. } => {}
+            Event::JobStarted { .. } | Event::PipelineFinished { .. } => {}
+            // Each carries all of the attempt's summaries: kept once, at its first kind.
+            Event::Report { kind, reports, .. } => {
+                if ReportKind::present(reports).first() == Some(&kind) {
+                    self.summaries().reports = Some(reports.clone());
+                }
+            }
             // The gate's table goes into the job's log, where the server shows it.
             Event::Gate { outcome, .. } => {
                 self.spool
                     .write(&gantry_runtime::gantry_reports::gate::render(outcome));
+                self.summaries().gate = Some(outcome.clone());
             }
             Event::JobEcho { command, .. } => {
                 let mut text = String::with_capacity(command.len() + 3);
@@ -299,6 +342,10 @@ pub(crate) async fn upload(
     }
 }
 
+/// The log route of a stand-in server, for other modules' tests.
+#[cfg(test)]
+pub(crate) use tests::{Shared as LogServer, log_route};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,8 +356,8 @@ mod tests {
 
     /// What the recording server holds, and how it misbehaves.
     #[derive(Default)]
-    struct Recorder {
-        log: Vec<u8>,
+    pub(crate) struct Recorder {
+        pub log: Vec<u8>,
         /// Offsets of the chunks received, in order.
         offsets: Vec<u64>,
         /// Fail this many requests with `503` first (after storing the chunk, as a lost answer).
@@ -319,7 +366,7 @@ mod tests {
         limit: Option<usize>,
     }
 
-    type Shared = Arc<Mutex<Recorder>>;
+    pub(crate) type Shared = Arc<Mutex<Recorder>>;
 
     #[derive(serde::Deserialize)]
     struct Offset {
@@ -369,10 +416,15 @@ mod tests {
         (StatusCode::OK, format!("{{\"size\":{}}}", r.log.len()))
     }
 
-    async fn recorder(rec: Shared) -> String {
-        let app = Router::new()
+    /// A server's log route, appending to `rec`'s log as the server does.
+    pub(crate) fn log_route(rec: Shared) -> Router {
+        Router::new()
             .route("/api/v1/agent/jobs/{id}/log", put(put_log))
-            .with_state(rec);
+            .with_state(rec)
+    }
+
+    async fn recorder(rec: Shared) -> String {
+        let app = log_route(rec);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -460,6 +512,40 @@ mod tests {
         let ack = client.put_log(1, 10, b"late".to_vec()).await.unwrap();
         assert_eq!(ack.size, 0);
         assert!(rec.lock().unwrap().log.is_empty());
+    }
+
+    /// The [`Event::JobFinished`] of job `j` with `status` and `coverage`.
+    fn finished(status: gantry_runtime::JobStatus, coverage: Option<f64>) -> Event<'static> {
+        Event::JobFinished {
+            job: "j",
+            stage: "test",
+            status,
+            allow_failure: false,
+            exit_code: None,
+            duration: Duration::ZERO,
+            coverage,
+            reason: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_coverage_regex_alone_is_a_summary_unless_canceled() {
+        use gantry_runtime::JobStatus;
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::create(&tmp.path().join("log")).unwrap());
+        let r = LogReporter::new(spool.clone());
+        r.event(finished(JobStatus::Success, Some(81.5)));
+        let s = r.take_summaries();
+        assert_eq!(s.reports.unwrap().job_coverage, [81.5]);
+        assert!(s.gate.is_none());
+
+        let r = LogReporter::new(spool.clone());
+        r.event(finished(JobStatus::Canceled, Some(81.5)));
+        assert_eq!(r.take_summaries().reports, None);
+        let r = LogReporter::new(spool);
+        r.event(finished(JobStatus::Success, None));
+        assert_eq!(r.take_summaries().reports, None);
     }
 
     #[test]

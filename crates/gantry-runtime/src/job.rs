@@ -115,8 +115,12 @@ impl<E> Ctx<E> {
     }
 
     /// The merged summaries of [`Ctx::gate_sources`]: from this run for the jobs it selects (none
-    /// for one that did not run), else as an earlier run kept them.
-    fn gate_reports(&self, idx: usize) -> Reports {
+    /// for one that did not run), else as an earlier run kept them; or exactly
+    /// [`RunConfig::gate_reports`] when the caller gave them.
+    fn gate_reports(&self, idx: usize) -> Arc<Reports> {
+        if let Some(given) = &self.config.gate_reports {
+            return given.clone();
+        }
         let mut all = Reports::default();
         for s in self.gate_sources(idx) {
             let r = if self.config.selected[s] {
@@ -128,7 +132,7 @@ impl<E> Ctx<E> {
                 all.merge(&r);
             }
         }
-        all
+        Arc::new(all)
     }
 
     pub(crate) fn info(&self, job: &str, message: &str) {
@@ -366,6 +370,72 @@ pub(crate) fn finished_event<'a>(result: &'a JobResult, error: Option<&'a str>) 
     }
 }
 
+/// Evaluates the gate of job `idx` and reports it; the failed attempt when it does not pass.
+async fn gate<E: Executor>(ctx: &Arc<Ctx<E>>, idx: usize) -> Option<Attempt> {
+    let job = &ctx.plan.jobs[idx];
+    let name = job.name.as_str();
+    let ctx2 = ctx.clone();
+    let reports = tokio::task::spawn_blocking(move || ctx2.gate_reports(idx))
+        .await
+        .unwrap_or_default();
+    let outcome = gantry_reports::evaluate(&job.gate, &reports, ctx.config.changes.as_deref());
+    ctx.reporter.event(Event::Gate {
+        job: name,
+        outcome: &outcome,
+    });
+    if outcome.passed {
+        ctx.info(name, "quality gate passed");
+        None
+    } else {
+        let message = summaries::gate_failure(&outcome);
+        Some(Attempt::failed(
+            ctx,
+            name,
+            FailureReason::ScriptFailure,
+            &message,
+        ))
+    }
+}
+
+/// An attempt of a gate job without `script`: the gate alone. No workspace, cache or artifacts,
+/// and no executor (no shell, no container), so no `before_script` or `after_script` either, not
+/// even those it inherits from `default:`: they wrap a script in its shell, and there is none.
+/// GitLab's other jobs without `script`, trigger jobs, likewise never reach a runner and run none
+/// of the scripts they inherit.
+async fn gate_only<E: Executor>(ctx: &Arc<Ctx<E>>, idx: usize, n: u32) -> Attempt {
+    let name = ctx.plan.jobs[idx].name.as_str();
+    if n == 1 {
+        // As any job's first attempt: this run replaces what an earlier one kept for the job.
+        let ctx2 = ctx.clone();
+        let cleared = tokio::task::spawn_blocking(move || {
+            ctx2.stored()[idx] = Stored::Nothing;
+            let job = &ctx2.plan.jobs[idx].name;
+            summaries::keep(
+                &ctx2.reports_dir,
+                &ctx2.slugs[idx],
+                job,
+                &Reports::default(),
+            )?;
+            files::remove(&ctx2.artifact_dir(idx))
+        })
+        .await;
+        if let Ok(Err(e)) = cleared {
+            ctx.info(
+                name,
+                &format!("cannot remove what an earlier run kept: {e}"),
+            );
+        }
+    }
+    ctx.summaries()[idx] = Some(Arc::default());
+    gate(ctx, idx).await.unwrap_or(Attempt {
+        status: JobStatus::Success,
+        exit_code: None,
+        reason: None,
+        coverage: None,
+        error: None,
+    })
+}
+
 /// One attempt of job `idx`.
 async fn attempt<E: Executor>(
     ctx: &Arc<Ctx<E>>,
@@ -376,6 +446,9 @@ async fn attempt<E: Executor>(
 ) -> Attempt {
     let job = &ctx.plan.jobs[idx];
     let name = job.name.as_str();
+    if job.script.is_empty() && !job.gate.is_empty() {
+        return gate_only(ctx, idx, n).await;
+    }
     let job_id = ctx.config.pipeline_id.saturating_mul(100_000)
         + ctx.job_ids.fetch_add(1, Ordering::Relaxed)
         + 1;
@@ -488,20 +561,8 @@ async fn attempt<E: Executor>(
     };
 
     if !job.gate.is_empty() && result.status == JobStatus::Success {
-        let ctx2 = ctx.clone();
-        let reports = tokio::task::spawn_blocking(move || ctx2.gate_reports(idx))
-            .await
-            .unwrap_or_default();
-        let outcome = gantry_reports::evaluate(&job.gate, &reports, ctx.config.changes.as_deref());
-        ctx.reporter.event(Event::Gate {
-            job: name,
-            outcome: &outcome,
-        });
-        if outcome.passed {
-            ctx.info(name, "quality gate passed");
-        } else {
-            let message = summaries::gate_failure(&outcome);
-            result = Attempt::failed(ctx, name, FailureReason::ScriptFailure, &message);
+        if let Some(failed) = gate(ctx, idx).await {
+            result = failed;
         }
     }
 

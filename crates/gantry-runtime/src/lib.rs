@@ -22,6 +22,7 @@
 //!     overlay: true,
 //!     changes: None,
 //!     max_report_bytes: gantry_runtime::gantry_reports::DEFAULT_MAX_BYTES,
+//!     gate_reports: None,
 //! };
 //! let (_cancel_tx, cancel) = tokio::sync::watch::channel(false);
 //! let result = gantry_runtime::run(&plan, config, Arc::new(executor), reporter, cancel).await?;
@@ -42,7 +43,8 @@
 //!   `state_dir/reports/`; a report that cannot be read fails the job. A job with `gate:` runs
 //!   its script, then evaluates the gate on the summaries of the jobs it depends on (its `needs`,
 //!   else every job of earlier stages) from this run, or for jobs this run does not select, from
-//!   `state_dir/reports/`; [`Event::Gate`] carries the verdict, and a failed gate fails the job.
+//!   `state_dir/reports/` (or on exactly [`RunConfig::gate_reports`] when given);
+//!   [`Event::Gate`] carries the verdict, and a failed gate fails the job.
 //! - On cancel, running jobs are killed (their `after_script` still runs) and every job that had not
 //!   started ends as [`JobStatus::Canceled`].
 
@@ -108,6 +110,9 @@ pub struct RunConfig {
     pub changes: Option<Arc<gantry_reports::ChangedLines>>,
     /// A report file larger than this fails its job ([`gantry_reports::DEFAULT_MAX_BYTES`]).
     pub max_report_bytes: u64,
+    /// The summaries a gate is evaluated on, when the caller has them (an agent, from the job's
+    /// spec): exactly these, instead of this run's and `state_dir/reports/`. `None`: those.
+    pub gate_reports: Option<Arc<gantry_reports::Reports>>,
 }
 
 /// Detaches every job workspace overlay this process still has mounted. For a process about to exit

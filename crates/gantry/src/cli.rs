@@ -696,6 +696,7 @@ fn execute(
         overlay: true,
         changes: changes(args, prepared, plan, &selected)?,
         max_report_bytes: args.max_report_mb.saturating_mul(1024 * 1024),
+        gate_reports: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(concurrency.clamp(1, 4))

@@ -2,13 +2,17 @@
 //! report files.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gantry_pipeline::gate::Condition;
 use gantry_pipeline::plan::{AllowFailure, Job, When};
 use gantry_runtime::JobStatus;
-use gantry_runtime::gantry_reports::{ChangedLines, GateOutcome, Reports};
+use gantry_runtime::executor::{Executor, JobContext};
+use gantry_runtime::fake::{FakeExecutor, FakeSession};
+use gantry_runtime::gantry_reports::{ChangedLines, GateOutcome, Options, Reports};
+use tokio::sync::watch;
 
-use crate::{Rec, Run, artifacts, job, needs, plan, repo, run, run_with};
+use crate::{Rec, Run, artifacts, config, job, needs, plan, repo, run, run_on, run_with};
 
 const GO_MOD: &str = "module example.com/svc\n\ngo 1.22\n";
 
@@ -336,4 +340,114 @@ async fn masked_values_never_reach_summaries() {
     assert_eq!(failure.message, "token [MASKED] refused");
     let kept = std::fs::read_to_string(r.path().join(".gantry/reports/unit.json")).unwrap();
     assert!(!kept.contains("s3cr3t"), "{kept}");
+}
+
+/// The summaries of a JUnit report with `failed` failing cases out of three.
+fn test_reports(failed: usize) -> Arc<Reports> {
+    let tests =
+        gantry_runtime::gantry_reports::junit::parse(junit(failed).as_bytes(), &Options::default())
+            .unwrap();
+    Arc::new(Reports {
+        tests: Some(tests),
+        ..Reports::default()
+    })
+}
+
+#[tokio::test]
+async fn given_gate_reports_are_all_the_gate_sees() {
+    // `unit` passes its tests here, but the caller's summaries (an agent's, from the server) say
+    // two failed: the gate goes by those alone.
+    let r = repo(&[]);
+    let p = plan(vec![
+        writer(
+            "unit",
+            1,
+            &[("report.xml", junit(0))],
+            &[("junit", "report.xml")],
+        ),
+        gate("quality", 2, &[("tests_failed", "== 0")]),
+    ]);
+    let run = run_with(&p, r.path(), |c| c.gate_reports = Some(test_reports(2))).await;
+    assert_eq!(run.status("unit"), JobStatus::Success);
+    assert_eq!(
+        run.rec.finished_error("quality").as_deref(),
+        Some("quality gate failed: tests_failed 2 != 0")
+    );
+
+    // The gate alone, with nothing kept here: given passing summaries, it passes.
+    let r = repo(&[]);
+    let run = run_with(&p, r.path(), |c| {
+        c.selected = vec![false, true];
+        c.gate_reports = Some(test_reports(0));
+    })
+    .await;
+    assert_eq!(run.status("quality"), JobStatus::Success);
+    assert_eq!(gates(&run)[0].1.conditions[0].actual, Some(0.0));
+    // And without them, it has no data.
+    let run = run_with(&p, r.path(), |c| c.selected = vec![false, true]).await;
+    assert_eq!(
+        run.rec.finished_error("quality").as_deref(),
+        Some("quality gate failed: tests_failed: no data")
+    );
+}
+
+/// The fake executor, counting the jobs it prepares.
+#[derive(Clone, Default)]
+struct Counting(Arc<AtomicUsize>);
+
+impl Executor for Counting {
+    type Session = FakeSession;
+
+    async fn prepare(&self, job: &JobContext) -> Result<FakeSession, String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        FakeExecutor.prepare(job).await
+    }
+}
+
+#[tokio::test]
+async fn a_gate_without_a_script_never_starts_the_executor_nor_default_scripts() {
+    let r = repo(&[]);
+    let with_defaults = |mut j: Job| {
+        // As `default: before_script/after_script` leave them in every job.
+        j.before_script = vec!["echo before".into()];
+        j.after_script = vec!["echo after".into()];
+        j
+    };
+    let p = plan(vec![
+        with_defaults(job("unit", 1, &["echo unit"])),
+        with_defaults(gate("quality", 2, &[("tests_failed", "== 0")])),
+    ]);
+    let counting = Counting::default();
+    let run_gate = |reports: Arc<Reports>| {
+        let mut cfg = config(r.path(), &p);
+        cfg.selected = vec![false, true];
+        cfg.gate_reports = Some(reports);
+        let (_tx, rx) = watch::channel(false);
+        run_on(&p, cfg, rx, counting.clone())
+    };
+    let run = run_gate(test_reports(0)).await;
+    assert_eq!(run.status("quality"), JobStatus::Success);
+    let run2 = run_gate(test_reports(1)).await;
+    assert_eq!(run2.status("quality"), JobStatus::Failed);
+    assert_eq!(
+        run2.rec.finished_error("quality").as_deref(),
+        Some("quality gate failed: tests_failed 1 != 0")
+    );
+    assert_eq!(
+        counting.0.load(Ordering::SeqCst),
+        0,
+        "the executor was called"
+    );
+    for run in [&run, &run2] {
+        assert!(run.logs("quality").is_empty(), "{:?}", run.logs("quality"));
+        assert_eq!(gates(run).len(), 1);
+    }
+
+    // A job with a script is prepared, which is what the count sees.
+    let mut cfg = config(r.path(), &p);
+    cfg.selected = vec![true, false];
+    let (_tx, rx) = watch::channel(false);
+    let run = run_on(&p, cfg, rx, counting.clone()).await;
+    assert_eq!(run.logs("unit"), ["before", "unit", "after"]);
+    assert_eq!(counting.0.load(Ordering::SeqCst), 1);
 }

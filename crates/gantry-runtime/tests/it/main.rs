@@ -279,6 +279,7 @@ fn config(project: &Path, plan: &Plan) -> RunConfig {
         overlay: true,
         changes: None,
         max_report_bytes: gantry_runtime::gantry_reports::DEFAULT_MAX_BYTES,
+        gate_reports: None,
     }
 }
 
