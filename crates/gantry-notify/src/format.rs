@@ -12,7 +12,7 @@ use reqwest::Url;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::{Event, EventKind, Target, TargetKind};
+use crate::{Commit, Error, Event, EventKind, Pipeline, Rollback, Target, TargetKind};
 
 /// An HTTP POST ready to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,17 +29,22 @@ pub struct Request {
 const LISTED_JOBS: usize = 20;
 
 /// The request `target` (its URL and secret already expanded) wants for `event`, signed with
-/// `now` where its service signs. An error says what is wrong with the target, never its URL
-/// (which holds the hook's token).
-pub fn request(target: &Target, event: &Event, now: SystemTime) -> Result<Request, String> {
-    let kind = target.kind.as_str();
+/// `now` where its service signs.
+///
+/// # Errors
+/// When the URL is empty (an unset variable), not a URL, or neither http nor https. The error
+/// never shows the URL, which holds the hook's token.
+pub fn request(target: &Target, event: &Event, now: SystemTime) -> Result<Request, Error> {
+    let kind = target.kind;
     if target.url.trim().is_empty() {
-        return Err(format!("the {kind} url is empty (is its variable set?)"));
+        return Err(Error::EmptyUrl(kind));
     }
-    let mut url = Url::parse(target.url.trim())
-        .map_err(|e| format!("the {kind} url is not a valid URL: {e}"))?;
+    let mut url = Url::parse(target.url.trim()).map_err(|e| Error::BadUrl {
+        kind,
+        reason: e.to_string(),
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("the {kind} url must be http or https"));
+        return Err(Error::Scheme(kind));
     }
     let secret = target.secret.as_deref().filter(|s| !s.is_empty());
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -67,9 +72,9 @@ pub fn request(target: &Target, event: &Event, now: SystemTime) -> Result<Reques
             }
             body
         }
-        TargetKind::Webhook => webhook(event),
+        TargetKind::Webhook => serde_json::to_value(Payload::new(event)).unwrap_or_default(),
     };
-    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&body).unwrap_or_default();
     if target.kind == TargetKind::Webhook {
         headers.push(("X-Gantry-Event", event.kind.as_str().to_string()));
         if let Some(secret) = secret {
@@ -94,8 +99,8 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
 /// DingTalk's signature of a signed custom robot, before URL encoding: base64 of the HMAC-SHA256,
 /// keyed with the secret, of `timestamp + "\n" + secret` (timestamp in milliseconds).
 ///
-/// Documented in DingTalk's custom robot security settings ("加签"):
-/// <https://open.dingtalk.com/document/orgapp/customize-robot-security-settings>.
+/// Documented in DingTalk's custom robot guide, security settings ("加签"):
+/// <https://open.dingtalk.com/document/robots/custom-robot-access>.
 #[must_use]
 pub fn dingtalk_sign(timestamp: &str, secret: &str) -> String {
     let msg = format!("{timestamp}\n{secret}");
@@ -240,7 +245,7 @@ fn markdown_lines(e: &Event, bullet: &str) -> Vec<String> {
 
 /// WeCom group robot: `msgtype: markdown` with `markdown.content`, at most 4,096 bytes of UTF-8.
 ///
-/// Documented in "群机器人配置说明": <https://developer.work.weixin.qq.com/document/path/91770>.
+/// Documented in "群机器人配置说明": <https://work.weixin.qq.com/api/doc/90000/90136/91770>.
 fn wecom(e: &Event) -> Value {
     let content = format!("**{}**\n{}", title(e), markdown_lines(e, "> ").join("\n"));
     json!({"msgtype": "markdown", "markdown": {"content": clip_bytes(&content, 4096)}})
@@ -249,8 +254,9 @@ fn wecom(e: &Event) -> Value {
 /// DingTalk custom robot: `msgtype: markdown` with `markdown.title` (shown in the conversation
 /// list) and `markdown.text`.
 ///
-/// Documented in "自定义机器人发送群消息" and its message types:
-/// <https://open.dingtalk.com/document/orgapp/custom-bot-send-message-type>.
+/// Documented in DingTalk's custom robot guide and its message types:
+/// <https://open.dingtalk.com/document/robots/custom-robot-access>,
+/// <https://open.dingtalk.com/document/orgapp/message-type>.
 fn dingtalk(e: &Event) -> Value {
     let title = title(e);
     let text = format!("### {title}\n\n{}", markdown_lines(e, "- ").join("\n"));
@@ -282,26 +288,45 @@ fn feishu(e: &Event) -> Value {
     })
 }
 
-/// The generic webhook's payload, version 1: the event as data, plus its title.
+/// The generic webhook's payload, version 1: the event as data, plus its title. A change that
+/// removes or retypes a field makes a version 2.
 ///
 /// ```json
-/// {"version": 1, "event": "rollback", "title": "...", "project": "...", "ref": "...",
-///  "commit": {"sha", "title"}, "pipeline": {"id", "url"}, "failed_jobs": [...],
-///  "environment": "...", "rollback": {"from", "to"}}
+/// {"version": 1, "event": "rollback", "title": "Rollback of production: acme/shop",
+///  "project": "acme/shop", "ref": "main", "commit": {"sha": "…", "title": "…"},
+///  "pipeline": {"id": 42, "url": "…"}, "failed_jobs": ["deploy"], "environment": "production",
+///  "rollback": {"from": "17", "to": "16"}}
 /// ```
-fn webhook(e: &Event) -> Value {
-    json!({
-        "version": 1,
-        "event": e.kind,
-        "title": title(e),
-        "project": e.project,
-        "ref": e.git_ref,
-        "commit": e.commit,
-        "pipeline": e.pipeline,
-        "failed_jobs": e.failed_jobs,
-        "environment": e.environment,
-        "rollback": e.rollback,
-    })
+#[derive(serde::Serialize)]
+struct Payload<'a> {
+    version: u32,
+    event: EventKind,
+    title: String,
+    project: &'a str,
+    #[serde(rename = "ref")]
+    git_ref: &'a str,
+    commit: &'a Commit,
+    pipeline: &'a Pipeline,
+    failed_jobs: &'a [String],
+    environment: Option<&'a str>,
+    rollback: Option<&'a Rollback>,
+}
+
+impl Payload<'_> {
+    fn new(e: &Event) -> Payload<'_> {
+        Payload {
+            version: 1,
+            event: e.kind,
+            title: title(e),
+            project: &e.project,
+            git_ref: &e.git_ref,
+            commit: &e.commit,
+            pipeline: &e.pipeline,
+            failed_jobs: &e.failed_jobs,
+            environment: e.environment.as_deref(),
+            rollback: e.rollback.as_ref(),
+        }
+    }
 }
 
 /// `s` cut to at most `max` characters.

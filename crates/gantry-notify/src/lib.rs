@@ -33,6 +33,29 @@ pub use format::{Request, dingtalk_sign, feishu_sign, request, webhook_signature
 pub use gantry_pipeline::notify::{EventKind, Rule, Target, TargetKind};
 pub use send::{Delivery, Policy, Sender};
 
+/// Why a notification could not be made or sent. Never shows a URL (it holds the hook's token).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The target's URL is empty, most likely because its variable is not set.
+    #[error("the {} url is empty (is its variable set?)", .0.as_str())]
+    EmptyUrl(TargetKind),
+    /// The target's URL does not parse.
+    #[error("the {} url is not a valid URL: {reason}", kind.as_str())]
+    BadUrl {
+        /// The target.
+        kind: TargetKind,
+        /// Why.
+        reason: String,
+    },
+    /// The target's URL is neither http nor https.
+    #[error("the {} url must be http or https", .0.as_str())]
+    Scheme(TargetKind),
+    /// The HTTP client cannot be built.
+    #[error("cannot build the notifications' HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
 /// What happened, with what every message shows about it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

@@ -12,7 +12,7 @@ use gantry_pipeline::vars;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::format::request;
-use crate::{Event, Rule, Target, TargetKind};
+use crate::{Error, Event, Rule, Target, TargetKind};
 
 /// How hard to try.
 #[derive(Clone, Debug)]
@@ -77,14 +77,14 @@ impl Sender {
     ///
     /// # Errors
     /// When the HTTP client cannot be built (no TLS roots).
-    pub fn new(policy: Policy) -> Result<Sender, String> {
+    pub fn new(policy: Policy) -> Result<Sender, Error> {
         let client = reqwest::Client::builder()
             .timeout(policy.timeout)
             .connect_timeout(policy.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("cannot build the notifications' HTTP client: {e}"))?;
+            .map_err(Error::Client)?;
         Ok(Sender {
             client,
             policy: Arc::new(policy),
@@ -165,7 +165,7 @@ impl Sender {
             let req = match request(target, event, SystemTime::now()) {
                 Ok(r) => r,
                 Err(e) => {
-                    delivery.error = Some(e);
+                    delivery.error = Some(e.to_string());
                     return delivery;
                 }
             };

@@ -310,6 +310,7 @@ async fn webhook_gets_versioned_json_signed_over_its_body() {
     let v = got.json();
     assert_eq!(v["version"], 1);
     assert_eq!(v["event"], "rollback");
+    assert_eq!(v["title"], "Rollback of production: acme/shop");
     assert_eq!(v["project"], "acme/shop");
     assert_eq!(v["ref"], "main");
     assert_eq!(
@@ -431,19 +432,30 @@ async fn an_unreachable_target_fails_without_showing_its_token() {
 }
 
 #[tokio::test]
-async fn an_unset_url_variable_is_an_error_without_a_request() {
-    let d = Sender::new(fast())
-        .unwrap()
-        .deliver(
-            &target(TargetKind::Slack, String::new(), None),
-            &rollback_event(),
-        )
-        .await;
-    assert_eq!(d.attempts, 0);
-    assert_eq!(
-        d.error.as_deref(),
-        Some("the slack url is empty (is its variable set?)")
-    );
+async fn a_bad_url_is_an_error_without_a_request() {
+    let sender = Sender::new(fast()).unwrap();
+    for (kind, url, error) in [
+        (
+            TargetKind::Slack,
+            "",
+            "the slack url is empty (is its variable set?)",
+        ),
+        (
+            TargetKind::Wecom,
+            "ftp://host/x?key=K",
+            "the wecom url must be http or https",
+        ),
+        (
+            TargetKind::Feishu,
+            "hooks/K",
+            "the feishu url is not a valid URL: relative URL without a base",
+        ),
+    ] {
+        let d = sender
+            .deliver(&target(kind, url.into(), None), &rollback_event())
+            .await;
+        assert_eq!((d.attempts, d.error.as_deref()), (0, Some(error)));
+    }
 }
 
 #[tokio::test]
