@@ -32,8 +32,9 @@ const LISTED_JOBS: usize = 20;
 /// `now` where its service signs.
 ///
 /// # Errors
-/// When the URL is empty (an unset variable), not a URL, or neither http nor https. The error
-/// never shows the URL, which holds the hook's token.
+/// When the URL is empty (an unset variable), not a URL, or neither http nor https, or when a
+/// secret is empty: sending unsigned would fail or, to a webhook, skip its check. The error never
+/// shows the URL, which holds the hook's token.
 pub fn request(target: &Target, event: &Event, now: SystemTime) -> Result<Request, Error> {
     let kind = target.kind;
     if target.url.trim().is_empty() {
@@ -46,7 +47,10 @@ pub fn request(target: &Target, event: &Event, now: SystemTime) -> Result<Reques
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Error::Scheme(kind));
     }
-    let secret = target.secret.as_deref().filter(|s| !s.is_empty());
+    let secret = target.secret.as_deref();
+    if secret.is_some_and(|s| s.trim().is_empty()) {
+        return Err(Error::EmptySecret(kind));
+    }
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let mut headers = Vec::new();
     let body = match target.kind {

@@ -48,6 +48,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The target has a secret that is empty, most likely because its variable is not set.
+    #[error("the {} secret is empty (is its variable set?)", .0.as_str())]
+    EmptySecret(TargetKind),
     /// The target's URL is neither http nor https.
     #[error("the {} url must be http or https", .0.as_str())]
     Scheme(TargetKind),

@@ -432,7 +432,7 @@ async fn an_unreachable_target_fails_without_showing_its_token() {
 }
 
 #[tokio::test]
-async fn a_bad_url_is_an_error_without_a_request() {
+async fn a_bad_url_or_an_empty_secret_is_an_error_without_a_request() {
     let sender = Sender::new(fast()).unwrap();
     for (kind, url, error) in [
         (
@@ -450,9 +450,15 @@ async fn a_bad_url_is_an_error_without_a_request() {
             "hooks/K",
             "the feishu url is not a valid URL: relative URL without a base",
         ),
+        (
+            TargetKind::Webhook,
+            "http://127.0.0.1:9/h",
+            "the webhook secret is empty (is its variable set?)",
+        ),
     ] {
+        let secret = (kind == TargetKind::Webhook).then_some(" ");
         let d = sender
-            .deliver(&target(kind, url.into(), None), &rollback_event())
+            .deliver(&target(kind, url.into(), secret), &rollback_event())
             .await;
         assert_eq!((d.attempts, d.error.as_deref()), (0, Some(error)));
     }
