@@ -92,6 +92,8 @@ pub struct Compiled {
     pub diagnostics: Vec<Diagnostic>,
     /// Set when `workflow:rules` decided that no pipeline runs; holds the reason.
     pub workflow_skipped: Option<String>,
+    /// The top-level `notify:` rules (a Gantry extension), values unexpanded.
+    pub notify: Vec<crate::notify::Rule>,
 }
 
 impl Compiled {
@@ -119,6 +121,11 @@ pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
     drop_null_keys(&mut root);
     c.apply_defaults(&mut root);
     let (plan, workflow_skipped) = c.plan(&root);
+    let notify = root
+        .as_map()
+        .and_then(|m| m.get("notify"))
+        .map(|n| crate::notify::compile(n, &mut c.diags))
+        .unwrap_or_default();
     let plan = if c.diags.has_errors() {
         None
     } else {
@@ -133,6 +140,7 @@ pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
         expanded: root,
         diagnostics,
         workflow_skipped,
+        notify,
     }
 }
 
@@ -2212,7 +2220,7 @@ impl Compiler<'_> {
 }
 
 /// The kind of a node with its article, for messages: `a string`, `an array`, `null`.
-fn a_kind(n: &Node) -> &'static str {
+pub(crate) fn a_kind(n: &Node) -> &'static str {
     match &n.value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -6,6 +6,7 @@
 pub mod buildyml;
 pub mod expr;
 pub mod gate;
+pub mod notify;
 pub mod plan;
 pub mod vars;
 pub mod verify;

@@ -45,6 +45,7 @@ pub const GLOBAL_KEYWORDS: &[&str] = &[
     "before_script",
     "after_script",
     "spec",
+    "notify",
 ];
 
 /// Loads `ctx.file` and everything it includes, then resolves `extends` and `!reference`.

@@ -6,6 +6,7 @@ mod compat;
 mod diagnostics;
 mod includes;
 mod inputs;
+mod notify;
 mod plans;
 mod verify;
 
