@@ -52,6 +52,7 @@ use std::time::{Duration, SystemTime};
 
 use gantry_pipeline::Context;
 use gantry_pipeline::component::{self, is_selector, is_sha, select_version};
+use gantry_pipeline::context::{MissingRemotes, error_chain};
 use gantry_pipeline::plan::Variable;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{StatusCode, Url};
@@ -261,7 +262,7 @@ pub struct Includes {
     fetched: HashMap<String, Result<String, String>>,
     /// What the `~latest` or partial versions of components fetched in this run resolved to.
     versions: HashMap<String, String>,
-    missing: Mutex<Vec<String>>,
+    missing: MissingRemotes,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -274,7 +275,7 @@ impl Includes {
             legacy,
             fetched: HashMap::new(),
             versions: HashMap::new(),
-            missing: Mutex::new(Vec::new()),
+            missing: MissingRemotes::default(),
             runtime: None,
         }
     }
@@ -296,13 +297,7 @@ impl Includes {
             }
         }
         if !self.opts.offline {
-            let mut m = self
-                .missing
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !m.iter().any(|k| k == key) {
-                m.push(key.to_string());
-            }
+            self.missing.add(key);
         }
         None
     }
@@ -406,12 +401,7 @@ impl Includes {
 
     /// The keys asked for and not available, each once; clears the list.
     pub fn take_missing(&self) -> Vec<String> {
-        std::mem::take(
-            &mut *self
-                .missing
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        self.missing.take()
     }
 
     fn legacy(&self, key: &str) -> Option<String> {
@@ -908,7 +898,7 @@ impl Fetcher {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| format!("GET {url} failed: {}", chain(&e)))?;
+            .map_err(|e| format!("GET {url} failed: {}", error_chain(&e)))?;
         let status = resp.status();
         let too_big = || format!("GET {url}: the file is larger than {} KiB", MAX_BYTES >> 10);
         if resp.content_length().is_some_and(|n| n > MAX_BYTES as u64) {
@@ -918,7 +908,7 @@ impl Fetcher {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("GET {url} failed: {}", chain(&e)))?
+            .map_err(|e| format!("GET {url} failed: {}", error_chain(&e)))?
         {
             if body.len() + chunk.len() > MAX_BYTES {
                 return Err(too_big());
@@ -1239,21 +1229,6 @@ fn either(candidates: &[String]) -> String {
         .map(|c| format!("`{c}`"))
         .collect::<Vec<_>>()
         .join(" or ")
-}
-
-/// An error with its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]
