@@ -42,6 +42,51 @@ pub trait Sources {
     }
 }
 
+/// The remote includes that a [`Sources`] was asked for and could not answer yet, each once, in
+/// the order asked: what its caller fetches before it compiles again.
+#[derive(Debug, Default)]
+pub struct MissingRemotes(std::sync::Mutex<Vec<String>>);
+
+impl MissingRemotes {
+    /// Records `key`, unless it is recorded already.
+    pub fn add(&self, key: &str) {
+        let mut keys = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !keys.iter().any(|k| k == key) {
+            keys.push(key.to_string());
+        }
+    }
+
+    /// The keys recorded, in the order first asked; clears the list.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// An error with its causes, `a: b: c` (a cause whose text the message holds already is left
+/// out): how a failed fetch of a remote include says why, in [`Sources::remote_unavailable`].
+#[must_use]
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s
+}
+
 /// The key of local include `path` inside the remote include `parent`, as GitLab resolves it
 /// (gitlab-foss MR 24356): in a `project:PROJECT@REF:FILE` file it is `project:PROJECT@REF:PATH`; in
 /// a `component:FQDN/PROJECT/NAME@VERSION` file it is `project:PROJECT@VERSION:PATH`, with

@@ -9,7 +9,7 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::json::{Each, Kept, stream};
+use crate::json::{Each, Findings, findings, stream};
 use crate::options::{Options, cap_message};
 
 /// A Code Quality issue's severity.
@@ -107,6 +107,22 @@ impl CodeQualityReport {
         ]
     }
 
+    /// Adds another report's issues.
+    pub fn merge(&mut self, other: &CodeQualityReport) {
+        for (severity, n) in other.counts().into_iter().enumerate() {
+            *self.counts_mut()[severity] += n;
+        }
+        crate::json::merge_kept::<_, 6>(&mut self.issues, &other.issues, |i| i.severity as usize);
+    }
+}
+
+impl Findings for CodeQualityReport {
+    type Raw = Raw;
+
+    fn level(raw: &Raw) -> usize {
+        Severity::parse(raw.severity.as_deref()) as usize
+    }
+
     fn counts_mut(&mut self) -> [&mut u64; 6] {
         [
             &mut self.blocker,
@@ -118,21 +134,29 @@ impl CodeQualityReport {
         ]
     }
 
-    fn add(&mut self, severity: Severity) {
-        *self.counts_mut()[severity as usize] += 1;
-    }
-
-    /// Adds another report's issues.
-    pub fn merge(&mut self, other: &CodeQualityReport) {
-        for (severity, n) in other.counts().into_iter().enumerate() {
-            *self.counts_mut()[severity] += n;
-        }
-        crate::json::merge_kept::<_, 6>(&mut self.issues, &other.issues, |i| i.severity as usize);
+    fn keep(&mut self, raw: Raw) {
+        let severity = Severity::parse(raw.severity.as_deref());
+        let (path, line) = match raw.location {
+            Some(l) => (
+                l.path,
+                l.lines
+                    .and_then(|x| x.begin)
+                    .or_else(|| l.positions.and_then(|p| p.begin).and_then(|b| b.line)),
+            ),
+            None => (None, None),
+        };
+        self.issues.push(Issue {
+            severity,
+            check_name: raw.check_name.unwrap_or_default(),
+            description: cap_message(raw.description.unwrap_or_default()),
+            path,
+            line,
+        });
     }
 }
 
 #[derive(Deserialize)]
-struct Raw {
+pub(crate) struct Raw {
     #[serde(default)]
     check_name: Option<String>,
     #[serde(default)]
@@ -178,34 +202,10 @@ struct Position {
 /// `options.max_bytes` bytes.
 pub fn parse<R: Read>(reader: R, options: &Options) -> Result<CodeQualityReport, Error> {
     let mut report = CodeQualityReport::default();
-    let mut kept = Kept([0; 6]);
-    let mut each = |raw: Raw| {
-        let severity = Severity::parse(raw.severity.as_deref());
-        report.add(severity);
-        if !kept.take(severity as usize) {
-            return;
-        }
-        let (path, line) = match raw.location {
-            Some(l) => (
-                l.path,
-                l.lines
-                    .and_then(|x| x.begin)
-                    .or_else(|| l.positions.and_then(|p| p.begin).and_then(|b| b.line)),
-            ),
-            None => (None, None),
-        };
-        report.issues.push(Issue {
-            severity,
-            check_name: raw.check_name.unwrap_or_default(),
-            description: cap_message(raw.description.unwrap_or_default()),
-            path,
-            line,
-        });
-    };
     stream(
         reader,
         options.max_bytes,
-        Each::new("Code Climate issues", &mut each),
+        Each::new("Code Climate issues", &mut findings(&mut report)),
     )?;
     Ok(report)
 }

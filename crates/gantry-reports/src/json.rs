@@ -138,6 +138,31 @@ impl<const N: usize> Kept<N> {
     }
 }
 
+/// A report of findings in six severities, read one finding at a time (see [`findings`]).
+pub(crate) trait Findings {
+    /// A finding as read.
+    type Raw;
+    /// The index of `raw`'s severity among the report's counts.
+    fn level(raw: &Self::Raw) -> usize;
+    /// The report's count of each severity.
+    fn counts_mut(&mut self) -> [&mut u64; 6];
+    /// Keeps finding `raw`.
+    fn keep(&mut self, raw: Self::Raw);
+}
+
+/// What reads each finding into `report`: it counts the finding's severity, and keeps the finding
+/// while fewer than [`crate::options::MAX_ITEMS`] of that severity are kept.
+pub(crate) fn findings<F: Findings>(report: &mut F) -> impl FnMut(F::Raw) + '_ {
+    let mut kept = Kept([0; 6]);
+    move |raw| {
+        let level = F::level(&raw);
+        *report.counts_mut()[level] += 1;
+        if kept.take(level) {
+            report.keep(raw);
+        }
+    }
+}
+
 /// Appends `other`'s items to `mine`, keeping at most [`crate::options::MAX_ITEMS`] of each level
 /// (`level` gives an item's index among `N`).
 pub(crate) fn merge_kept<T: Clone, const N: usize>(

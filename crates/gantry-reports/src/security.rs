@@ -12,7 +12,7 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::json::{Each, Field, Kept, stream};
+use crate::json::{Each, Field, Findings, findings, stream};
 use crate::options::{Options, cap_message};
 
 /// A vulnerability's severity.
@@ -129,21 +129,6 @@ impl VulnerabilityReport {
         ]
     }
 
-    fn counts_mut(&mut self) -> [&mut u64; 6] {
-        [
-            &mut self.critical,
-            &mut self.high,
-            &mut self.medium,
-            &mut self.low,
-            &mut self.info,
-            &mut self.unknown,
-        ]
-    }
-
-    fn add(&mut self, severity: Severity) {
-        *self.counts_mut()[severity as usize] += 1;
-    }
-
     /// Adds another report's vulnerabilities.
     pub fn merge(&mut self, other: &VulnerabilityReport) {
         for (severity, n) in other.counts().into_iter().enumerate() {
@@ -155,8 +140,67 @@ impl VulnerabilityReport {
     }
 }
 
+impl Findings for VulnerabilityReport {
+    type Raw = Raw;
+
+    fn level(raw: &Raw) -> usize {
+        Severity::parse(raw.severity.as_deref()) as usize
+    }
+
+    fn counts_mut(&mut self) -> [&mut u64; 6] {
+        [
+            &mut self.critical,
+            &mut self.high,
+            &mut self.medium,
+            &mut self.low,
+            &mut self.info,
+            &mut self.unknown,
+        ]
+    }
+
+    fn keep(&mut self, raw: Raw) {
+        let severity = Severity::parse(raw.severity.as_deref());
+        let values: Vec<String> = raw
+            .identifiers
+            .iter()
+            .filter_map(|i| i.value.clone().or_else(|| i.name.clone()))
+            .take(10)
+            .collect();
+        let cve = raw.identifiers.iter().find(|i| {
+            i.kind
+                .as_deref()
+                .is_some_and(|k| k.eq_ignore_ascii_case("cve"))
+        });
+        let id = cve
+            .and_then(|i| i.value.clone())
+            .or_else(|| values.first().cloned())
+            .or(raw.id)
+            .unwrap_or_else(|| "(no id)".to_owned());
+        let (file, line, package, version) = match raw.location {
+            Some(l) => {
+                let (p, v) = match l.dependency {
+                    Some(d) => (d.package.and_then(|p| p.name), d.version),
+                    None => (None, None),
+                };
+                (l.file, l.start_line, p, v)
+            }
+            None => (None, None, None, None),
+        };
+        self.vulnerabilities.push(Vulnerability {
+            severity,
+            id,
+            name: cap_message(raw.name.or(raw.message).unwrap_or_default()),
+            package,
+            version,
+            file,
+            line,
+            identifiers: values,
+        });
+    }
+}
+
 #[derive(Deserialize)]
-struct Raw {
+pub(crate) struct Raw {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
@@ -212,57 +256,13 @@ struct Package {
 /// `options.max_bytes` bytes.
 pub fn parse<R: Read>(reader: R, options: &Options) -> Result<VulnerabilityReport, Error> {
     let mut report = VulnerabilityReport::default();
-    let mut kept = Kept([0; 6]);
-    let mut each = |raw: Raw| {
-        let severity = Severity::parse(raw.severity.as_deref());
-        report.add(severity);
-        if !kept.take(severity as usize) {
-            return;
-        }
-        let values: Vec<String> = raw
-            .identifiers
-            .iter()
-            .filter_map(|i| i.value.clone().or_else(|| i.name.clone()))
-            .take(10)
-            .collect();
-        let cve = raw.identifiers.iter().find(|i| {
-            i.kind
-                .as_deref()
-                .is_some_and(|k| k.eq_ignore_ascii_case("cve"))
-        });
-        let id = cve
-            .and_then(|i| i.value.clone())
-            .or_else(|| values.first().cloned())
-            .or(raw.id)
-            .unwrap_or_else(|| "(no id)".to_owned());
-        let (file, line, package, version) = match raw.location {
-            Some(l) => {
-                let (p, v) = match l.dependency {
-                    Some(d) => (d.package.and_then(|p| p.name), d.version),
-                    None => (None, None),
-                };
-                (l.file, l.start_line, p, v)
-            }
-            None => (None, None, None, None),
-        };
-        report.vulnerabilities.push(Vulnerability {
-            severity,
-            id,
-            name: cap_message(raw.name.or(raw.message).unwrap_or_default()),
-            package,
-            version,
-            file,
-            line,
-            identifiers: values,
-        });
-    };
     let found = stream(
         reader,
         options.max_bytes,
         Field {
             name: "vulnerabilities",
             what: "a security report (an object with `vulnerabilities`)",
-            seed: Each::new("vulnerabilities", &mut each),
+            seed: Each::new("vulnerabilities", &mut findings(&mut report)),
         },
     )?;
     if !found {

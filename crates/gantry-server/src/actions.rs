@@ -21,8 +21,7 @@ pub(crate) async fn cancel_pipeline(
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Pipeline>> {
-    caller.pipeline(&state, id).await?;
-    caller.writes()?;
+    caller.changes_pipeline(&state, id).await?;
     let op = |p: &PipelineRecord, now| {
         if matches!(
             p.status,
@@ -45,8 +44,7 @@ pub(crate) async fn retry_job(
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<(StatusCode, Json<gantry_api::Job>)> {
-    caller.job(&state, id).await?;
-    caller.writes()?;
+    caller.changes_job(&state, id).await?;
     let job = crate::views::load_job(&state, id).await?;
     let op = move |p: &PipelineRecord, now| advance::retry(p, id, now);
     drive(&state, job.pipeline_id, Some(&op)).await?;
@@ -70,8 +68,7 @@ pub(crate) async fn play_job(
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Job>> {
-    caller.job(&state, id).await?;
-    caller.writes()?;
+    caller.changes_job(&state, id).await?;
     let job = crate::views::load_job(&state, id).await?;
     let op = move |p: &PipelineRecord, now| advance::play(p, id, now);
     drive(&state, job.pipeline_id, Some(&op)).await?;
@@ -89,8 +86,7 @@ pub(crate) async fn approve_pipeline(
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Pipeline>> {
-    caller.pipeline(&state, id).await?;
-    caller.writes()?;
+    caller.changes_pipeline(&state, id).await?;
     let by = match &caller {
         Caller::Admin => "admin".to_string(),
         Caller::Project(t) => format!("token {}", t.id),

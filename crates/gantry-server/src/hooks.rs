@@ -282,50 +282,46 @@ fn close_on_error(r: AppResult<Response>) -> AppResult<Response> {
     })
 }
 
-/// `POST /api/v1/projects/{name}/hooks/gitlab`.
-#[utoipa::path(post, path = "/api/v1/projects/{name}/hooks/gitlab", tag = "webhooks",
-    params(("name" = String, Path, description = "The project's name"), ("X-Gitlab-Token" = Option<String>, Header, description = "The webhook secret"), ("X-Gitlab-Event" = Option<String>, Header, description = "Push Hook, Tag Push Hook, Merge Request Hook"), ("X-Gitlab-Event-UUID" = Option<String>, Header, description = "The delivery id")),
-    request_body(content = serde_json::Value, content_type = "application/json", description = "The forge's event payload"),
-    responses((status = 202, description = "Stored; processed afterwards", body = DeliveryAccepted),
-        (status = 204, description = "An event that runs no pipeline"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
-pub(crate) async fn gitlab(
-    State(state): State<AppState>,
-    Extension(trace): Extension<TraceId>,
-    PathParam(name): PathParam<String>,
-    req: Request,
-) -> AppResult<Response> {
-    close_on_error(receive(state, ForgeKind::Gitlab, name, req, trace.0).await)
+/// The webhook handler `$name` of forge `$kind`, at `$path`: its OpenAPI entry (the forge's own
+/// headers in `$headers`, the rest shared) and the call, which closes the connection on an error
+/// (see [`close_on_error`]).
+macro_rules! webhook {
+    ($(#[doc = $doc:literal])* $name:ident, $kind:ident, $path:literal, $($header:tt),+) => {
+        $(#[doc = $doc])*
+        #[utoipa::path(post, path = $path, tag = "webhooks",
+            params(("name" = String, Path, description = "The project's name"), $($header),+),
+            request_body(content = serde_json::Value, content_type = "application/json", description = "The forge's event payload"),
+            responses((status = 202, description = "Stored; processed afterwards", body = DeliveryAccepted),
+                (status = 204, description = "An event that runs no pipeline"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
+        pub(crate) async fn $name(
+            State(state): State<AppState>,
+            Extension(trace): Extension<TraceId>,
+            PathParam(name): PathParam<String>,
+            req: Request,
+        ) -> AppResult<Response> {
+            close_on_error(receive(state, ForgeKind::$kind, name, req, trace.0).await)
+        }
+    };
 }
 
-/// `POST /api/v1/projects/{name}/hooks/github`.
-#[utoipa::path(post, path = "/api/v1/projects/{name}/hooks/github", tag = "webhooks",
-    params(("name" = String, Path, description = "The project's name"), ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=HMAC of the body"), ("X-GitHub-Event" = Option<String>, Header, description = "push, pull_request"), ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery id")),
-    request_body(content = serde_json::Value, content_type = "application/json", description = "The forge's event payload"),
-    responses((status = 202, description = "Stored; processed afterwards", body = DeliveryAccepted),
-        (status = 204, description = "An event that runs no pipeline"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
-pub(crate) async fn github(
-    State(state): State<AppState>,
-    Extension(trace): Extension<TraceId>,
-    PathParam(name): PathParam<String>,
-    req: Request,
-) -> AppResult<Response> {
-    close_on_error(receive(state, ForgeKind::Github, name, req, trace.0).await)
-}
-
-/// `POST /api/v1/projects/{name}/hooks/gitea`.
-#[utoipa::path(post, path = "/api/v1/projects/{name}/hooks/gitea", tag = "webhooks",
-    params(("name" = String, Path, description = "The project's name"), ("X-Gitea-Signature" = Option<String>, Header, description = "Hex HMAC of the body"), ("X-Gitea-Event" = Option<String>, Header, description = "push, pull_request"), ("X-Gitea-Delivery" = Option<String>, Header, description = "The delivery id")),
-    request_body(content = serde_json::Value, content_type = "application/json", description = "The forge's event payload"),
-    responses((status = 202, description = "Stored; processed afterwards", body = DeliveryAccepted),
-        (status = 204, description = "An event that runs no pipeline"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)))]
-pub(crate) async fn gitea(
-    State(state): State<AppState>,
-    Extension(trace): Extension<TraceId>,
-    PathParam(name): PathParam<String>,
-    req: Request,
-) -> AppResult<Response> {
-    close_on_error(receive(state, ForgeKind::Gitea, name, req, trace.0).await)
-}
+webhook!(
+    /// `POST /api/v1/projects/{name}/hooks/gitlab`.
+    gitlab, Gitlab, "/api/v1/projects/{name}/hooks/gitlab",
+    ("X-Gitlab-Token" = Option<String>, Header, description = "The webhook secret"),
+    ("X-Gitlab-Event" = Option<String>, Header, description = "Push Hook, Tag Push Hook, Merge Request Hook"),
+    ("X-Gitlab-Event-UUID" = Option<String>, Header, description = "The delivery id"));
+webhook!(
+    /// `POST /api/v1/projects/{name}/hooks/github`.
+    github, Github, "/api/v1/projects/{name}/hooks/github",
+    ("X-Hub-Signature-256" = Option<String>, Header, description = "sha256=HMAC of the body"),
+    ("X-GitHub-Event" = Option<String>, Header, description = "push, pull_request"),
+    ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery id"));
+webhook!(
+    /// `POST /api/v1/projects/{name}/hooks/gitea`.
+    gitea, Gitea, "/api/v1/projects/{name}/hooks/gitea",
+    ("X-Gitea-Signature" = Option<String>, Header, description = "Hex HMAC of the body"),
+    ("X-Gitea-Event" = Option<String>, Header, description = "push, pull_request"),
+    ("X-Gitea-Delivery" = Option<String>, Header, description = "The delivery id"));
 
 /// `POST /api/v1/projects/{name}/pipelines`: a pipeline for a ref's head, stored as a delivery of
 /// forge `api` so that it goes the same durable way as a webhook.

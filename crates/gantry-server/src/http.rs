@@ -187,6 +187,18 @@ impl Caller {
             }
         }
     }
+
+    /// [`Caller::pipeline`], then [`Caller::writes`]: for routes that change pipeline `id`.
+    pub async fn changes_pipeline(&self, state: &AppState, id: i64) -> AppResult<()> {
+        self.pipeline(state, id).await?;
+        self.writes()
+    }
+
+    /// [`Caller::job`], then [`Caller::writes`]: for routes that change job `id`.
+    pub async fn changes_job(&self, state: &AppState, id: i64) -> AppResult<()> {
+        self.job(state, id).await?;
+        self.writes()
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

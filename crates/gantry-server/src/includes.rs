@@ -46,10 +46,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use gantry_pipeline::Sources;
+use gantry_pipeline::context::{MissingRemotes, error_chain};
 
 use crate::git;
 use crate::projects::LoadedProject;
@@ -85,7 +86,7 @@ pub(crate) struct WithRemotes<'a> {
     remotes: &'a Remotes,
     /// The last round: keys not fetched yet will not be, and say why.
     last_round: bool,
-    missing: Mutex<Vec<String>>,
+    missing: MissingRemotes,
 }
 
 impl<'a> WithRemotes<'a> {
@@ -98,15 +99,13 @@ impl<'a> WithRemotes<'a> {
             inner,
             remotes,
             last_round,
-            missing: Mutex::new(Vec::new()),
+            missing: MissingRemotes::default(),
         }
     }
 
     /// The keys the compiler asked for that are not fetched yet, each once, in the order asked.
     pub(crate) fn missing(self) -> Vec<String> {
-        self.missing
-            .into_inner()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.missing.take()
     }
 }
 
@@ -128,13 +127,7 @@ impl Sources for WithRemotes<'_> {
             Some(Ok(content)) => Some(content.clone()),
             Some(Err(_)) => None,
             None => {
-                let mut missing = self
-                    .missing
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if !missing.iter().any(|k| k == key) {
-                    missing.push(key.to_string());
-                }
+                self.missing.add(key);
                 None
             }
         }
@@ -446,21 +439,6 @@ async fn local_address(url: &reqwest::Url) -> Result<Option<IpAddr>, String> {
     }
 }
 
-/// An error with its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
-}
-
 /// `include:remote`: GET the URL; `local`: also from addresses that are not public.
 async fn fetch_url(url: &str, local: bool) -> Fetched {
     let parsed = match reqwest::Url::parse(url) {
@@ -489,7 +467,7 @@ async fn fetch_url(url: &str, local: bool) -> Fetched {
     };
     let mut resp = match client.get(parsed).send().await {
         Ok(r) => r,
-        Err(e) => return Fetched::Transient(format!("cannot be fetched: {}", chain(&e))),
+        Err(e) => return Fetched::Transient(format!("cannot be fetched: {}", error_chain(&e))),
     };
     let status = resp.status();
     if !status.is_success() {
@@ -515,7 +493,7 @@ async fn fetch_url(url: &str, local: bool) -> Fetched {
             }
             Ok(None) => break,
             Err(e) => {
-                return Fetched::Transient(format!("cannot be fetched: {}", chain(&e)));
+                return Fetched::Transient(format!("cannot be fetched: {}", error_chain(&e)));
             }
         }
     }

@@ -12,12 +12,14 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/it/records.rs"]
+mod records;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gantry_store::{
-    JobResult, JobStatus, NewAgent, NewDelivery, NewJob, NewPipeline, PipelineStatus, Store,
-    connect,
+    JobResult, JobStatus, NewAgent, NewDelivery, NewJob, NewPipeline, Store, connect,
 };
 
 const DELIVERIES: usize = 20_000;
@@ -100,38 +102,16 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
         let created_at = now();
         let jobs = (0..JOBS_PER_PIPELINE)
             .map(|i| NewJob {
-                name: format!("job-{i}"),
-                stage: "test".to_owned(),
-                stage_index: 0,
-                position: i as i64,
-                attempt: 1,
-                status: JobStatus::Pending,
-                when: "on_success".to_owned(),
-                allow_failure: false,
-                needs: None,
-                tags: Vec::new(),
-                resource_group: None,
-                interruptible: false,
                 spec: "{\"script\":[\"true\"]}".to_owned(),
-                created_at,
+                ..records::job(&format!("job-{i}"), i as i64, created_at)
             })
             .collect();
         store
             .create_pipeline(&NewPipeline {
-                project_id,
-                delivery_id: None,
-                git_ref: "main".to_owned(),
-                tag: false,
-                protected: false,
                 sha: format!("{p:040}"),
-                before_sha: None,
-                source: "push".to_owned(),
-                status: PipelineStatus::Created,
                 trace_id: String::new(),
-                errors: "[]".to_owned(),
-                spec: "{}".to_owned(),
                 created_at,
-                jobs,
+                ..records::pipeline(project_id, jobs)
             })
             .await
             .expect("pipeline");

@@ -6,7 +6,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgQueryResult, PgR
 use sqlx::{Connection, PgConnection, Postgres};
 
 use crate::group::DeliveryQueue;
-use crate::query::{Sql, VERSION};
+use crate::query::{LogAppend, Sql, VERSION};
 use crate::rows::{JOB_COLS, NOT_STARTED};
 use crate::{AgentRecord, Changes, JobRecord, Millis, NewDelivery, Result, StoreError, db};
 
@@ -335,25 +335,19 @@ impl PgStore {
                 .await
                 .map_err(db("locking a pipeline"))?;
         let Some((own, project_id)) = locked else {
-            tx.rollback().await.map_err(db("rolling back"))?;
-            return Ok(false);
+            return Postgres::apply_at(tx, pipeline_id, version, None, changes).await;
         };
         // A new statement, so a new snapshot: every claim or finish committed before the locks
         // were granted counts.
-        let bumps: i64 = sqlx::query_scalar(
+        let bumps = Postgres::id_of(
+            &mut *tx,
             "SELECT COALESCE(SUM(bumps), 0)::bigint FROM jobs WHERE pipeline_id = $1",
+            pipeline_id,
+            "reading a pipeline's version",
         )
-        .bind(pipeline_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db("reading a pipeline's version"))?;
-        if own + bumps != version {
-            tx.rollback().await.map_err(db("rolling back"))?;
-            return Ok(false);
-        }
-        Postgres::write_changes(&mut *tx, pipeline_id, project_id, changes).await?;
-        tx.commit().await.map_err(db("committing changes"))?;
-        Ok(true)
+        .await?;
+        let current = Some((own + bumps.unwrap_or(0), project_id));
+        Postgres::apply_at(tx, pipeline_id, version, current, changes).await
     }
 
     async fn claim(
@@ -402,14 +396,7 @@ impl PgStore {
         self.claim_in_group(agent, now, lease_until).await
     }
 
-    async fn append_log(
-        &self,
-        job_id: i64,
-        agent_id: i64,
-        offset: i64,
-        bytes: &[u8],
-        lease_until: Millis,
-    ) -> Result<i64> {
+    async fn append_log(&self, chunk: LogAppend<'_>) -> Result<i64> {
         // One statement (one round trip, its own transaction): lock the job's row, append the
         // bytes past what the log holds, and move the size and the lease. No row: the lease is
         // gone; no `after`: the chunk starts past the end (or before 0), a gap.
@@ -427,11 +414,11 @@ impl PgStore {
                           FROM fresh WHERE jobs.id = $1 RETURNING jobs.log_size) \
              SELECT j.log_size, (SELECT log_size FROM upd) FROM j",
         )
-        .bind(job_id)
-        .bind(agent_id)
-        .bind(bytes)
-        .bind(offset)
-        .bind(lease_until)
+        .bind(chunk.job_id)
+        .bind(chunk.agent_id)
+        .bind(chunk.bytes)
+        .bind(chunk.offset)
+        .bind(chunk.lease_until)
         .fetch_optional(&self.pool)
         .await
         .map_err(db("appending to a log"))?;

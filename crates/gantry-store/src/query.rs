@@ -767,6 +767,25 @@ where
         Ok(())
     }
 
+    /// Ends [`crate::Store::apply`]'s transaction `tx`, which holds the pipeline: when `current`
+    /// (the pipeline's version and project; `None` when it is gone) is at `version`, writes
+    /// `changes` and commits; else rolls back. Whether it wrote.
+    async fn apply_at(
+        mut tx: sqlx::Transaction<'_, Self>,
+        pipeline_id: i64,
+        version: i64,
+        current: Option<(i64, i64)>,
+        changes: &Changes,
+    ) -> Result<bool> {
+        let Some((_, project_id)) = current.filter(|&(current, _)| current == version) else {
+            tx.rollback().await.map_err(db("rolling back"))?;
+            return Ok(false);
+        };
+        Self::write_changes(&mut *tx, pipeline_id, project_id, changes).await?;
+        tx.commit().await.map_err(db("committing changes"))?;
+        Ok(true)
+    }
+
     // --- the queue
 
     /// Marks claimed job `id` running on `agent`: its record.
@@ -1342,6 +1361,17 @@ fn conflict(e: sqlx::Error, context: &'static str, what: impl FnOnce() -> String
     }
 }
 
+/// The arguments of [`crate::Store::append_log`], as the macro [`store!`] hands them to a
+/// backend's own `append_log`.
+pub(crate) struct LogAppend<'a> {
+    pub(crate) job_id: i64,
+    pub(crate) agent_id: i64,
+    /// Where `bytes` start in the log.
+    pub(crate) offset: i64,
+    pub(crate) bytes: &'a [u8],
+    pub(crate) lease_until: Millis,
+}
+
 /// The [`crate::Store`] impl of a backend, written once, for `$store` on database `$db` (whose
 /// connections are `$conn`), and its connections' [`crate::group::DeliveryWriter`]. Each
 /// call runs [`Sql`]'s statements on a connection that the backend's own macros hand out, in the
@@ -1547,7 +1577,14 @@ macro_rules! store {
                 bytes: &[u8],
                 lease_until: crate::records::Millis,
             ) -> crate::error::Result<i64> {
-                $store::append_log(self, job_id, agent_id, offset, bytes, lease_until).await
+                let chunk = crate::query::LogAppend {
+                    job_id,
+                    agent_id,
+                    offset,
+                    bytes,
+                    lease_until,
+                };
+                $store::append_log(self, chunk).await
             }
 
             async fn read_log(&self, job_id: i64, start: i64, end: i64) -> crate::error::Result<Vec<u8>> {

@@ -11,7 +11,7 @@ use sqlx::{Connection, Sqlite};
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::group::{DeliveryQueue, insert_batch};
-use crate::query::{Sql, VERSION};
+use crate::query::{LogAppend, Sql, VERSION};
 use crate::rows::JOB_COLS;
 use crate::{AgentRecord, Changes, JobRecord, Millis, NewDelivery, Result, StoreError, db};
 
@@ -535,13 +535,7 @@ impl SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db("reading a pipeline's version"))?;
-            let Some((_, project_id)) = current.filter(|&(current, _)| current == version) else {
-                tx.rollback().await.map_err(db("rolling back"))?;
-                return Ok(false);
-            };
-            Sqlite::write_changes(&mut *tx, pipeline_id, project_id, changes).await?;
-            tx.commit().await.map_err(db("committing changes"))?;
-            Ok(true)
+            Sqlite::apply_at(tx, pipeline_id, version, current, changes).await
         })
     }
 
@@ -607,27 +601,28 @@ impl SqliteStore {
             .await
     }
 
-    async fn append_log(
-        &self,
-        job_id: i64,
-        agent_id: i64,
-        offset: i64,
-        bytes: &[u8],
-        lease_until: Millis,
-    ) -> Result<i64> {
+    async fn append_log(&self, chunk: LogAppend<'_>) -> Result<i64> {
+        let LogAppend {
+            job_id,
+            agent_id,
+            offset,
+            bytes,
+            lease_until,
+        } = chunk;
         writing!(self, conn => {
             let mut tx = conn
                 .begin_with(Sqlite::BEGIN)
                 .await
                 .map_err(db("beginning a transaction"))?;
-            let size: Option<i64> = sqlx::query_scalar(
+            let q = sqlx::query(
                 "SELECT log_size FROM jobs WHERE id = ? AND status = 'running' AND agent_id = ?",
             )
             .bind(job_id)
-            .bind(agent_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("reading a job's log size"))?;
+            .bind(agent_id);
+            let size: Option<i64> = Sqlite::row(&mut *tx, q, "reading a job's log size", |row| {
+                Sqlite::get(row, "log_size")
+            })
+            .await?;
             let Some(size) = size else {
                 tx.rollback().await.map_err(db("rolling back"))?;
                 return Err(StoreError::LeaseLost);
@@ -640,24 +635,20 @@ impl SqliteStore {
             let fresh = bytes.get(skip..).unwrap_or_default();
             let new_size = size + i64::try_from(fresh.len()).unwrap_or(i64::MAX);
             if !fresh.is_empty() {
-                sqlx::query("INSERT INTO log_chunks (job_id, pos, bytes) VALUES (?, ?, ?)")
+                let q = sqlx::query("INSERT INTO log_chunks (job_id, pos, bytes) VALUES (?, ?, ?)")
                     .bind(job_id)
                     .bind(size)
-                    .bind(fresh)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("appending to a log"))?;
+                    .bind(fresh);
+                Sqlite::run(&mut *tx, q, "appending to a log").await?;
             }
-            sqlx::query(
+            let q = sqlx::query(
                 "UPDATE jobs SET log_size = ?, lease_until = MAX(COALESCE(lease_until, 0), ?) \
                  WHERE id = ?",
             )
             .bind(new_size)
             .bind(lease_until)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("updating a job's log size"))?;
+            .bind(job_id);
+            Sqlite::run(&mut *tx, q, "updating a job's log size").await?;
             tx.commit().await.map_err(db("committing a log chunk"))?;
             Ok(new_size)
         })

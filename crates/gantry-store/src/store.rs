@@ -81,15 +81,7 @@ pub trait Store: Send + Sync + 'static {
     /// Every attempt of the jobs of pipeline `pipeline_id` named in `names`, in `position`, then
     /// `attempt` order (as in [`PipelineRecord::jobs`]).
     async fn jobs_named(&self, pipeline_id: i64, names: &[String]) -> Result<Vec<JobRecord>> {
-        Ok(self
-            .pipeline(pipeline_id)
-            .await?
-            .map_or_else(Vec::new, |p| {
-                p.jobs
-                    .into_iter()
-                    .filter(|j| names.contains(&j.name))
-                    .collect()
-            }))
+        jobs_where(self, pipeline_id, |j| names.contains(&j.name)).await
     }
     /// Whether job `job_id` (named `name`, at `stage_index` of pipeline `pipeline_id`), having just
     /// succeeded, leaves its pipeline as it is: the pipeline is `running` and started, another job
@@ -111,15 +103,7 @@ pub trait Store: Send + Sync + 'static {
         pipeline_id: i64,
         stage_index: i64,
     ) -> Result<Vec<JobRecord>> {
-        Ok(self
-            .pipeline(pipeline_id)
-            .await?
-            .map_or_else(Vec::new, |p| {
-                p.jobs
-                    .into_iter()
-                    .filter(|j| j.stage_index < stage_index)
-                    .collect()
-            }))
+        jobs_where(self, pipeline_id, |j| j.stage_index < stage_index).await
     }
     /// A project's pipelines, newest first, without jobs or `version` (0).
     async fn pipelines(
@@ -293,4 +277,19 @@ pub trait Store: Send + Sync + 'static {
     async fn project_token_by_hash(&self, token_hash: &str) -> Result<Option<ProjectTokenRecord>>;
     /// Deletes token `id` of project `project_id`; `false` when there is no such token.
     async fn delete_project_token(&self, project_id: i64, id: i64) -> Result<bool>;
+}
+
+/// The jobs of pipeline `pipeline_id` that `keep` keeps, in `position`, then `attempt` order (as
+/// in [`PipelineRecord::jobs`]); none when there is no such pipeline.
+async fn jobs_where<S: Store + ?Sized>(
+    store: &S,
+    pipeline_id: i64,
+    keep: impl Fn(&JobRecord) -> bool + Send,
+) -> Result<Vec<JobRecord>> {
+    Ok(store
+        .pipeline(pipeline_id)
+        .await?
+        .map_or_else(Vec::new, |p| {
+            p.jobs.into_iter().filter(|j| keep(j)).collect()
+        }))
 }

@@ -52,6 +52,7 @@ use std::time::{Duration, SystemTime};
 
 use gantry_pipeline::Context;
 use gantry_pipeline::component::{self, is_selector, is_sha, select_version};
+use gantry_pipeline::context::{MissingRemotes, error_chain};
 use gantry_pipeline::plan::Variable;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{StatusCode, Url};
@@ -205,20 +206,42 @@ impl Options {
 enum Spec {
     /// `include:remote`.
     Remote(Url),
-    /// The first of `candidates` that exists in `project` at `git_ref` (`None`: the default branch).
-    File {
-        base: Url,
-        project: String,
-        git_ref: Option<String>,
-        candidates: Vec<String>,
-    },
+    /// A project's file (`include:project`, `include:template`, a component at a version).
+    File(ProjectFile),
     /// A component whose version is `~latest` or a partial semantic version: resolved first.
-    Latest {
-        base: Url,
-        project: String,
-        name: String,
-        selector: String,
-    },
+    Latest(LatestComponent),
+}
+
+/// The first of `candidates` that exists in `project` at `git_ref` (`None`: the default branch),
+/// on the instance at `base`.
+#[derive(Clone, Debug)]
+struct ProjectFile {
+    base: Url,
+    project: String,
+    git_ref: Option<String>,
+    candidates: Vec<String>,
+}
+
+/// Component `name` of `project` (on the instance at `base`) at the newest version that
+/// `selector` (`~latest` or a partial semantic version) selects.
+#[derive(Clone, Debug)]
+struct LatestComponent {
+    base: Url,
+    project: String,
+    name: String,
+    selector: String,
+}
+
+impl ProjectFile {
+    /// Its instance, project, ref and candidates, as borrowed.
+    fn parts(&self) -> (&Url, &str, Option<&str>, &[String]) {
+        (
+            &self.base,
+            &self.project,
+            self.git_ref.as_deref(),
+            &self.candidates,
+        )
+    }
 }
 
 /// `host` or `host:port` of a URL.
@@ -261,7 +284,7 @@ pub struct Includes {
     fetched: HashMap<String, Result<String, String>>,
     /// What the `~latest` or partial versions of components fetched in this run resolved to.
     versions: HashMap<String, String>,
-    missing: Mutex<Vec<String>>,
+    missing: MissingRemotes,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -274,7 +297,7 @@ impl Includes {
             legacy,
             fetched: HashMap::new(),
             versions: HashMap::new(),
-            missing: Mutex::new(Vec::new()),
+            missing: MissingRemotes::default(),
             runtime: None,
         }
     }
@@ -296,13 +319,7 @@ impl Includes {
             }
         }
         if !self.opts.offline {
-            let mut m = self
-                .missing
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !m.iter().any(|k| k == key) {
-                m.push(key.to_string());
-            }
+            self.missing.add(key);
         }
         None
     }
@@ -344,13 +361,15 @@ impl Includes {
         let c = component::Address::parse(target, 2)?;
         let spec = self.spec(parent)?;
         let version = match &spec {
-            Spec::Latest { .. } => self
+            Spec::Latest(_) => self
                 .resolved(parent, &spec)
                 .ok_or_else(|| format!("the version that `{}` selects is not known", c.version))?,
             _ => c.version.clone(),
         };
         match &spec {
-            Spec::File { base, .. } | Spec::Latest { base, .. } if *base != self.opts.instance => {
+            Spec::File(ProjectFile { base, .. }) | Spec::Latest(LatestComponent { base, .. })
+                if *base != self.opts.instance =>
+            {
                 Ok(format!(
                     "remote:{}/{}/-/raw/{}/{}",
                     base.as_str().trim_end_matches('/'),
@@ -369,12 +388,12 @@ impl Includes {
         if let Some(v) = self.versions.get(key) {
             return Some(v.clone());
         }
-        let Spec::Latest {
+        let Spec::Latest(LatestComponent {
             base,
             project,
             name,
             selector,
-        } = spec
+        }) = spec
         else {
             return None;
         };
@@ -394,7 +413,12 @@ impl Includes {
         let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
         while let Some(v) = select_version(selector, names.iter().copied()) {
             if self
-                .cached_spec(&component_spec(base, project, name, v.to_string()))
+                .cached_spec(&Spec::File(component_file(
+                    base,
+                    project,
+                    name,
+                    v.to_string(),
+                )))
                 .is_some()
             {
                 return Some(v.to_string());
@@ -406,12 +430,7 @@ impl Includes {
 
     /// The keys asked for and not available, each once; clears the list.
     pub fn take_missing(&self) -> Vec<String> {
-        std::mem::take(
-            &mut *self
-                .missing
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        self.missing.take()
     }
 
     fn legacy(&self, key: &str) -> Option<String> {
@@ -451,24 +470,24 @@ impl Includes {
                     .join("/");
                 rel_segments(project)
                     .ok_or_else(|| format!("`{project}` is not a project path"))?;
-                Ok(Spec::File {
+                Ok(Spec::File(ProjectFile {
                     base: instance.clone(),
                     project: project.trim_matches('/').to_string(),
                     git_ref: (git_ref != "HEAD" && !git_ref.is_empty())
                         .then(|| git_ref.to_string()),
                     candidates: vec![file],
-                })
+                }))
             }
             "template" => {
                 let name = rel_segments(target)
                     .ok_or_else(|| format!("`{target}` is not a template name"))?
                     .join("/");
-                Ok(Spec::File {
+                Ok(Spec::File(ProjectFile {
                     base: instance.clone(),
                     project: "gitlab-org/gitlab".into(),
                     git_ref: Some("master".into()),
                     candidates: vec![format!("lib/gitlab/ci/templates/{name}")],
-                })
+                }))
             }
             "component" => {
                 let c = component::Address::parse(target, 2)?;
@@ -479,14 +498,16 @@ impl Includes {
                         .map_err(|e| format!("`{}` is not a host: {e}", c.fqdn))?
                 };
                 if is_selector(&c.version) {
-                    return Ok(Spec::Latest {
+                    return Ok(Spec::Latest(LatestComponent {
                         base,
                         project: c.project,
                         name: c.name,
                         selector: c.version,
-                    });
+                    }));
                 }
-                Ok(component_spec(&base, &c.project, &c.name, c.version))
+                Ok(Spec::File(component_file(
+                    &base, &c.project, &c.name, c.version,
+                )))
             }
             _ => Err(format!("`include:{kind}` is not supported")),
         }
@@ -513,24 +534,14 @@ impl Includes {
         };
         match spec {
             Spec::Remote(url) => vec![remote_path(cache, url)],
-            Spec::File {
-                base,
-                project,
-                git_ref,
-                candidates,
-            } => {
-                let dir = Self::ref_dir(cache, base, project, git_ref.as_deref());
-                candidates
+            Spec::File(f) => {
+                let dir = Self::ref_dir(cache, &f.base, &f.project, f.git_ref.as_deref());
+                f.candidates
                     .iter()
                     .map(|c| join_segments(dir.clone(), &rel_segments(c).unwrap_or_default()))
                     .collect()
             }
-            Spec::Latest {
-                base,
-                project,
-                selector,
-                ..
-            } => vec![Self::latest_file(cache, base, project, selector)],
+            Spec::Latest(l) => vec![Self::latest_file(cache, &l.base, &l.project, &l.selector)],
         }
     }
 
@@ -561,28 +572,25 @@ impl Includes {
                     age,
                 })
             }
-            Spec::File {
-                base,
-                project,
-                git_ref,
-                ..
-            } => {
+            Spec::File(f) => {
                 let (content, age) = self.paths(spec).iter().find_map(|p| read(p))?;
-                let dir = Self::ref_dir(cache, base, project, git_ref.as_deref());
-                let immutable = git_ref.as_deref().is_some_and(is_sha) || dir.join(".tag").exists();
+                let dir = Self::ref_dir(cache, &f.base, &f.project, f.git_ref.as_deref());
+                let immutable =
+                    f.git_ref.as_deref().is_some_and(is_sha) || dir.join(".tag").exists();
                 Some(Cached {
                     content,
                     fresh: immutable || age < ttl,
                     age,
                 })
             }
-            Spec::Latest {
+            Spec::Latest(LatestComponent {
                 base,
                 project,
                 name,
                 selector,
-            } => {
-                let file_spec = |version: String| component_spec(base, project, name, version);
+            }) => {
+                let file_spec =
+                    |version: String| Spec::File(component_file(base, project, name, version));
                 if let Some((version, age)) = read(&self.paths(spec)[0]) {
                     let file = self.cached_spec(&file_spec(version.trim().to_string()))?;
                     return Some(Cached {
@@ -674,7 +682,7 @@ impl Includes {
         for (key, spec, result) in results {
             let answer = match result {
                 Ok(f) => {
-                    if let (Spec::Latest { .. }, Some(v)) = (&spec, &f.version) {
+                    if let (Spec::Latest(_), Some(v)) = (&spec, &f.version) {
                         self.versions.insert(key.clone(), v.clone());
                     }
                     self.store(&spec, &f);
@@ -705,41 +713,28 @@ impl Includes {
                 write_atomic(&self.paths(spec)[0], &f.content);
                 return;
             }
-            Spec::File { .. } => spec.clone(),
-            Spec::Latest {
-                base,
-                project,
-                name,
-                ..
-            } => {
+            Spec::File(_) => spec.clone(),
+            Spec::Latest(l) => {
                 let version = f.version.clone().unwrap_or_default();
                 write_atomic(&self.paths(spec)[0], &version);
-                component_spec(base, project, name, version)
+                Spec::File(component_file(&l.base, &l.project, &l.name, version))
             }
         };
         if let Some(p) = self.paths(&file_spec).get(f.candidate) {
             write_atomic(p, &f.content);
         }
-        if let Spec::File {
-            base,
-            project,
-            git_ref: Some(r),
-            ..
-        } = &file_spec
-        {
-            if f.tag && !is_sha(r) {
-                write_atomic(
-                    &Self::ref_dir(cache, base, project, Some(r)).join(".tag"),
-                    "",
-                );
+        if let Spec::File(file) = &file_spec {
+            if let Some(r) = file.git_ref.as_deref().filter(|r| f.tag && !is_sha(r)) {
+                let dir = Self::ref_dir(cache, &file.base, &file.project, Some(r));
+                write_atomic(&dir.join(".tag"), "");
             }
         }
     }
 }
 
 /// The files of component `name` of `project` at `version`.
-fn component_spec(base: &Url, project: &str, name: &str, version: String) -> Spec {
-    Spec::File {
+fn component_file(base: &Url, project: &str, name: &str, version: String) -> ProjectFile {
+    ProjectFile {
         base: base.clone(),
         project: project.to_string(),
         git_ref: Some(version),
@@ -871,26 +866,11 @@ impl Fetcher {
                     version: None,
                 })
             }
-            Spec::File {
-                base,
-                project,
-                git_ref,
-                candidates,
-            } => {
-                self.file(base, project, git_ref.as_deref(), candidates)
-                    .await
-            }
-            Spec::Latest {
-                base,
-                project,
-                name,
-                selector,
-            } => {
-                let version = self.resolve(base, project, selector).await?;
-                let candidates = component::files(name);
-                let mut f = self
-                    .file(base, project, Some(&version), &candidates)
-                    .await?;
+            Spec::File(f) => self.file(f).await,
+            Spec::Latest(l) => {
+                let version = self.resolve(&l.base, &l.project, &l.selector).await?;
+                let file = component_file(&l.base, &l.project, &l.name, version.clone());
+                let mut f = self.file(&file).await?;
                 f.version = Some(version);
                 Ok(f)
             }
@@ -908,7 +888,7 @@ impl Fetcher {
         let mut resp = req
             .send()
             .await
-            .map_err(|e| format!("GET {url} failed: {}", chain(&e)))?;
+            .map_err(|e| format!("GET {url} failed: {}", error_chain(&e)))?;
         let status = resp.status();
         let too_big = || format!("GET {url}: the file is larger than {} KiB", MAX_BYTES >> 10);
         if resp.content_length().is_some_and(|n| n > MAX_BYTES as u64) {
@@ -918,7 +898,7 @@ impl Fetcher {
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| format!("GET {url} failed: {}", chain(&e)))?
+            .map_err(|e| format!("GET {url} failed: {}", error_chain(&e)))?
         {
             if body.len() + chunk.len() > MAX_BYTES {
                 return Err(too_big());
@@ -936,14 +916,9 @@ impl Fetcher {
         Url::parse(&s).unwrap_or_else(|_| base.clone())
     }
 
-    /// The first of `candidates` in `project` at `git_ref`: the files API, else git.
-    async fn file(
-        &self,
-        base: &Url,
-        project: &str,
-        git_ref: Option<&str>,
-        candidates: &[String],
-    ) -> Result<Fetched, String> {
+    /// The first of `f`'s candidates in its project at its ref: the files API, else git.
+    async fn file(&self, f: &ProjectFile) -> Result<Fetched, String> {
+        let (base, project, git_ref, candidates) = f.parts();
         let enc = utf8_percent_encode(project, SEGMENT).to_string();
         let mut no_file = Vec::new();
         for (i, file) in candidates.iter().enumerate() {
@@ -973,10 +948,7 @@ impl Fetcher {
                 }
                 Err(ApiMiss::NoFile(why)) => no_file.push(why),
                 Err(ApiMiss::TryGit(why)) => {
-                    return self
-                        .git(base, project, git_ref, candidates)
-                        .await
-                        .map_err(|g| format!("{why}; then {g}"));
+                    return self.git(f).await.map_err(|g| format!("{why}; then {g}"));
                 }
             }
         }
@@ -1107,13 +1079,8 @@ impl Fetcher {
 
     /// The git fallback: a shallow fetch of the ref (blobs on demand where the server can), then the
     /// file.
-    async fn git(
-        &self,
-        base: &Url,
-        project: &str,
-        git_ref: Option<&str>,
-        candidates: &[String],
-    ) -> Result<Fetched, String> {
+    async fn git(&self, f: &ProjectFile) -> Result<Fetched, String> {
+        let (base, project, git_ref, candidates) = f.parts();
         let repo = repo_url(base, project);
         let auth = self.opts.token_for(base);
         let cell = {
@@ -1239,21 +1206,6 @@ fn either(candidates: &[String]) -> String {
         .map(|c| format!("`{c}`"))
         .collect::<Vec<_>>()
         .join(" or ")
-}
-
-/// An error with its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

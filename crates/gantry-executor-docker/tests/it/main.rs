@@ -77,8 +77,13 @@ async fn run_script(
     ws: &Path,
     commands: &[&str],
 ) -> (StepOutcome, Vec<StepEvent>) {
+    run_step(s, &step(ws, StepKind::Script, commands, None)).await
+}
+
+/// Runs `step` in `s`, with no cancel.
+async fn run_step(s: &mut DockerSession, step: &Step) -> (StepOutcome, Vec<StepEvent>) {
     let (_tx, never) = watch::channel(false);
-    run(s, &step(ws, StepKind::Script, commands, None), never).await
+    run(s, step, never).await
 }
 
 fn out(line: &str) -> StepEvent {
@@ -92,7 +97,6 @@ fn out(line: &str) -> StepEvent {
 async fn exit_codes_echo_and_paths_as_the_shell_executor() {
     let ws = tempfile::tempdir().unwrap();
     let mut s = session(ws.path()).await;
-    let (_tx, never) = watch::channel(false);
     let st = step(
         ws.path(),
         StepKind::Script,
@@ -104,7 +108,7 @@ async fn exit_codes_echo_and_paths_as_the_shell_executor() {
         ],
         None,
     );
-    let (outcome, events) = run(&mut s, &st, never.clone()).await;
+    let (outcome, events) = run_step(&mut s, &st).await;
     assert_eq!(outcome, StepOutcome::Exited(3));
     assert_eq!(
         events,
@@ -121,13 +125,10 @@ async fn exit_codes_echo_and_paths_as_the_shell_executor() {
     );
     // A pipe fails on its first failing command where the shell has pipefail (busybox sh has).
     let st = step(ws.path(), StepKind::Script, &["false | true"], None);
-    assert_eq!(
-        run(&mut s, &st, never.clone()).await.0,
-        StepOutcome::Exited(1)
-    );
+    assert_eq!(run_step(&mut s, &st).await.0, StepOutcome::Exited(1));
     // A shell killed by a signal exits with 128 + the signal.
     let st = step(ws.path(), StepKind::Script, &["kill -9 $$"], None);
-    assert_eq!(run(&mut s, &st, never).await.0, StepOutcome::Exited(137));
+    assert_eq!(run_step(&mut s, &st).await.0, StepOutcome::Exited(137));
     s.cleanup().await;
 }
 
@@ -135,19 +136,18 @@ async fn exit_codes_echo_and_paths_as_the_shell_executor() {
 async fn timeout_and_cancel_kill_the_step_and_after_script_runs_fresh() {
     let ws = tempfile::tempdir().unwrap();
     let mut s = session(ws.path()).await;
-    let (_tx, never) = watch::channel(false);
     let st = step(
         ws.path(),
         StepKind::Script,
         &["trap '' TERM; echo started; sleep 100"],
         Some(Duration::from_secs(2)),
     );
-    let (outcome, events) = run(&mut s, &st, never.clone()).await;
+    let (outcome, events) = run_step(&mut s, &st).await;
     assert_eq!(outcome, StepOutcome::TimedOut);
     assert!(events.contains(&out("started")), "{events:?}");
 
     let after = step(ws.path(), StepKind::AfterScript, &["echo after"], None);
-    let (outcome, events) = run(&mut s, &after, never.clone()).await;
+    let (outcome, events) = run_step(&mut s, &after).await;
     assert_eq!(outcome, StepOutcome::Exited(0));
     assert!(events.contains(&out("after")), "{events:?}");
 

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gantry_store::{
-    AgentRecord, JobStatus, NewAgent, NewDelivery, NewJob, NewPipeline, Page, PipelineStatus,
-    ProjectRecord, Store, connect,
+    AgentRecord, NewAgent, NewDelivery, NewJob, Page, ProjectRecord, Store, connect,
 };
 use sqlx::Connection;
+
+use crate::records::pipeline;
 
 /// Runs `$body` with `$conn` a new connection to the database at `$url`, SQLite or PostgreSQL.
 macro_rules! with_conn {
@@ -263,46 +264,6 @@ pub async fn create(store: &dyn Store, project_id: i64, jobs: Vec<NewJob>) -> i6
         .create_pipeline(&pipeline(project_id, jobs))
         .await
         .expect("creating a pipeline")
-}
-
-/// A pending job named `name` at `position`, queued at `created_at`.
-pub fn job(name: &str, position: i64, created_at: i64) -> NewJob {
-    NewJob {
-        name: name.to_owned(),
-        stage: "test".to_owned(),
-        stage_index: 0,
-        position,
-        attempt: 1,
-        status: JobStatus::Pending,
-        when: "on_success".to_owned(),
-        allow_failure: false,
-        needs: None,
-        tags: Vec::new(),
-        resource_group: None,
-        interruptible: false,
-        spec: format!("{{\"name\":\"{name}\"}}"),
-        created_at,
-    }
-}
-
-/// A pipeline of `project_id` with `jobs`.
-pub fn pipeline(project_id: i64, jobs: Vec<NewJob>) -> NewPipeline {
-    NewPipeline {
-        project_id,
-        delivery_id: None,
-        git_ref: "main".to_owned(),
-        tag: false,
-        protected: false,
-        sha: "0123456789abcdef0123456789abcdef01234567".to_owned(),
-        before_sha: None,
-        source: "push".to_owned(),
-        status: PipelineStatus::Created,
-        trace_id: "trace".to_owned(),
-        errors: "[]".to_owned(),
-        spec: "{}".to_owned(),
-        created_at: 2_000,
-        jobs,
-    }
 }
 
 /// A delivery of `project_id` with id `delivery_id`.

@@ -3,6 +3,7 @@
 //! (`eval "$(scripts/postgres.sh)"`) and fail without it.
 
 mod harness;
+mod records;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +12,8 @@ use gantry_store::{
     ARTIFACT_CHUNK, Changes, DeliveryStatus, JobChange, JobResult, JobStatus, NewProjectToken,
     PipelineFilter, PipelineRecord, PipelineStatus, Store, StoreError, connect,
 };
-use harness::{Harness, agent, create, delivery, job, new_agent, page, pipeline, project};
+use harness::{Harness, agent, create, delivery, new_agent, page, project};
+use records::{job, pipeline};
 
 /// Instantiates each named test (an `async fn(Harness)`) once per backend.
 macro_rules! store_tests {
