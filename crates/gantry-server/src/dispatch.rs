@@ -1121,6 +1121,7 @@ pub(crate) async fn finish(
                 failure_reason,
                 coverage: body.coverage.filter(|c| c.is_finite()),
                 finished_at: now,
+                reports: None,
             },
         )
         .await
