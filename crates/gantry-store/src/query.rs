@@ -1251,6 +1251,36 @@ where
         Self::rows(conn, q, "reading a pipeline's reports", Self::reports_row).await
     }
 
+    /// See [`crate::Store::pipeline_gates`].
+    async fn pipeline_gates(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+    ) -> Result<Vec<ReportsRecord>> {
+        let sql = format!(
+            "SELECT j.id, j.name, j.stage, j.stage_index, j.status, j.coverage AS job_coverage, \
+             r.gate, r.gate_passed FROM jobs j JOIN job_reports r ON r.job_id = j.id \
+             WHERE j.pipeline_id = $1 AND r.gate IS NOT NULL AND {LATEST_ATTEMPT} \
+             ORDER BY j.position"
+        );
+        let q = sqlx::query(&sql).bind(pipeline_id);
+        Self::rows(conn, q, "reading a pipeline's gates", |row| {
+            Ok(ReportsRecord {
+                job_id: Self::get(row, "id")?,
+                name: Self::get(row, "name")?,
+                stage: Self::get(row, "stage")?,
+                stage_index: Self::get(row, "stage_index")?,
+                status: Self::status(row, "jobs.status", JobStatus::parse)?,
+                job_coverage: Self::get(row, "job_coverage")?,
+                stored: Some(NewReports {
+                    gate: Self::get(row, "gate")?,
+                    gate_passed: Self::get(row, "gate_passed")?,
+                    ..NewReports::default()
+                }),
+            })
+        })
+        .await
+    }
+
     /// See [`crate::Store::coverage_trend`].
     async fn coverage_trend(
         conn: &mut Self::Connection,
@@ -1824,6 +1854,13 @@ macro_rules! store {
                 pipeline_id: i64,
             ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
                 read!(self, conn => $db::pipeline_reports(conn, pipeline_id).await)
+            }
+
+            async fn pipeline_gates(
+                &self,
+                pipeline_id: i64,
+            ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
+                read!(self, conn => $db::pipeline_gates(conn, pipeline_id).await)
             }
 
             async fn coverage_trend(

@@ -2146,6 +2146,18 @@ async fn reports_are_stored_with_the_finish_once(h: Harness) {
     );
     let got = s.job_reports(ja.id).await.unwrap().unwrap();
     assert_eq!(got.stored.as_ref(), Some(&first));
+    let gates = s.pipeline_gates(id).await.unwrap();
+    assert_eq!(gates.len(), 1);
+    let gate = gates[0].stored.as_ref().unwrap();
+    assert_eq!(
+        (gates[0].job_id, gate.reports.as_ref()),
+        (ja.id, None),
+        "only the gate"
+    );
+    assert_eq!(
+        (gate.gate.as_ref(), gate.gate_passed),
+        (first.gate.as_ref(), Some(false))
+    );
     assert_eq!((got.name.as_str(), got.status), ("a", JobStatus::Success));
     // The retried finish is refused (the job is over), and what it stored stays.
     lost(
@@ -2160,6 +2172,10 @@ async fn reports_are_stored_with_the_finish_once(h: Harness) {
     assert!(s.save_reports(ja.id, &first).await.unwrap());
     let second = reports(Some(90.0), 13, 0);
     assert!(s.save_reports(ja.id, &second).await.unwrap());
+    assert!(
+        s.pipeline_gates(id).await.unwrap().is_empty(),
+        "no gate any more"
+    );
     let all = s.pipeline_reports(id).await.unwrap();
     assert_eq!(all.len(), 1, "one row per job: {all:?}");
     assert_eq!(all[0].stored.as_ref(), Some(&second));
