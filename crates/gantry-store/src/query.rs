@@ -45,6 +45,11 @@ const REPORTS_COLS: &str = "j.id, j.name, j.stage, j.stage_index, j.status, \
      j.coverage AS job_coverage, r.job_id AS stored, r.reports, r.gate, r.coverage, \
      r.tests_total, r.tests_failed, r.gate_passed";
 
+/// [`REPORTS_COLS`] without the summaries (a typed `NULL`).
+const GATE_COLS: &str = "j.id, j.name, j.stage, j.stage_index, j.status, \
+     j.coverage AS job_coverage, r.job_id AS stored, CASE WHEN 1 = 0 THEN r.reports END AS reports, \
+     r.gate, r.coverage, r.tests_total, r.tests_failed, r.gate_passed";
+
 /// The condition that job `j` is its position's latest attempt.
 const LATEST_ATTEMPT: &str = "NOT EXISTS (SELECT 1 FROM jobs n WHERE n.pipeline_id = j.pipeline_id \
      AND n.position = j.position AND n.attempt > j.attempt)";
@@ -1237,48 +1242,27 @@ where
         Self::row(conn, q, "reading a job's reports", Self::reports_row).await
     }
 
-    /// See [`crate::Store::pipeline_reports`].
+    /// See [`crate::Store::pipeline_reports`] and, with `gates_only`,
+    /// [`crate::Store::pipeline_gates`].
     async fn pipeline_reports(
         conn: &mut Self::Connection,
         pipeline_id: i64,
+        gates_only: bool,
     ) -> Result<Vec<ReportsRecord>> {
+        let (cols, which) = if gates_only {
+            (GATE_COLS, "r.gate IS NOT NULL")
+        } else {
+            (
+                REPORTS_COLS,
+                "(r.job_id IS NOT NULL OR j.coverage IS NOT NULL)",
+            )
+        };
         let sql = format!(
-            "SELECT {REPORTS_COLS} FROM jobs j LEFT JOIN job_reports r ON r.job_id = j.id \
-             WHERE j.pipeline_id = $1 AND (r.job_id IS NOT NULL OR j.coverage IS NOT NULL) \
-             AND {LATEST_ATTEMPT} ORDER BY j.position"
+            "SELECT {cols} FROM jobs j LEFT JOIN job_reports r ON r.job_id = j.id \
+             WHERE j.pipeline_id = $1 AND {which} AND {LATEST_ATTEMPT} ORDER BY j.position"
         );
         let q = sqlx::query(&sql).bind(pipeline_id);
         Self::rows(conn, q, "reading a pipeline's reports", Self::reports_row).await
-    }
-
-    /// See [`crate::Store::pipeline_gates`].
-    async fn pipeline_gates(
-        conn: &mut Self::Connection,
-        pipeline_id: i64,
-    ) -> Result<Vec<ReportsRecord>> {
-        let sql = format!(
-            "SELECT j.id, j.name, j.stage, j.stage_index, j.status, j.coverage AS job_coverage, \
-             r.gate, r.gate_passed FROM jobs j JOIN job_reports r ON r.job_id = j.id \
-             WHERE j.pipeline_id = $1 AND r.gate IS NOT NULL AND {LATEST_ATTEMPT} \
-             ORDER BY j.position"
-        );
-        let q = sqlx::query(&sql).bind(pipeline_id);
-        Self::rows(conn, q, "reading a pipeline's gates", |row| {
-            Ok(ReportsRecord {
-                job_id: Self::get(row, "id")?,
-                name: Self::get(row, "name")?,
-                stage: Self::get(row, "stage")?,
-                stage_index: Self::get(row, "stage_index")?,
-                status: Self::status(row, "jobs.status", JobStatus::parse)?,
-                job_coverage: Self::get(row, "job_coverage")?,
-                stored: Some(NewReports {
-                    gate: Self::get(row, "gate")?,
-                    gate_passed: Self::get(row, "gate_passed")?,
-                    ..NewReports::default()
-                }),
-            })
-        })
-        .await
     }
 
     /// See [`crate::Store::coverage_trend`].
@@ -1853,14 +1837,14 @@ macro_rules! store {
                 &self,
                 pipeline_id: i64,
             ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
-                read!(self, conn => $db::pipeline_reports(conn, pipeline_id).await)
+                read!(self, conn => $db::pipeline_reports(conn, pipeline_id, false).await)
             }
 
             async fn pipeline_gates(
                 &self,
                 pipeline_id: i64,
             ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
-                read!(self, conn => $db::pipeline_gates(conn, pipeline_id).await)
+                read!(self, conn => $db::pipeline_reports(conn, pipeline_id, true).await)
             }
 
             async fn coverage_trend(

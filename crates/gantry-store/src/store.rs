@@ -276,7 +276,7 @@ pub trait Store: Send + Sync + 'static {
     /// `coverage:` value, in `position` order.
     async fn pipeline_reports(&self, pipeline_id: i64) -> Result<Vec<ReportsRecord>>;
     /// The latest attempt of each job of pipeline `pipeline_id` that stored a gate verdict, in
-    /// `position` order, with only its gate (`reports` is `None`): what a commit status names.
+    /// `position` order, without its summaries (`reports` is `None`): what a commit status names.
     async fn pipeline_gates(&self, pipeline_id: i64) -> Result<Vec<ReportsRecord>>;
     /// The coverage of `project_id`'s pipelines of `git_ref` that have one (see
     /// [`CoveragePoint`]), newest first.

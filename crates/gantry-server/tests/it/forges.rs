@@ -455,14 +455,10 @@ async fn commit_statuses_name_the_gate(b: Backend) {
         let pipeline = crate::reports::push_after(&app, "demo", "main", &parent, &sha).await;
         parent = sha.clone();
         let unit = crate::reports::take_in(&app, &agent, pipeline, "unit").await;
-        let body = json!({"outcome": "success", "exit_code": 0, "coverage": cov, "log_size": 0});
-        let path = format!("/api/v1/agent/jobs/{}/finish", unit["job_id"]);
-        crate::common::send(
-            app.agent_call(&agent, reqwest::Method::POST, &path)
-                .json(&body),
-            200,
-        )
-        .await;
+        let body = json!({"outcome": "success", "exit_code": 0, "coverage": cov});
+        let unit = unit["job_id"].as_i64().unwrap();
+        let r = crate::reports::finish_with(&app, &agent, unit, "x\n", body).await;
+        assert_eq!(r.status(), 200);
         // The fake agent evaluates the gate on the inputs its spec carries, as the runtime does.
         let gate = crate::reports::take_in(&app, &agent, pipeline, "quality").await;
         let inputs: gantry_reports::Reports =
@@ -471,15 +467,11 @@ async fn commit_statuses_name_the_gate(b: Backend) {
         let outcome = gantry_reports::evaluate(&conditions, &inputs, None);
         let body = json!({
             "outcome": if outcome.passed { "success" } else { "failed" },
-            "exit_code": 0, "log_size": 0, "gate": outcome,
+            "exit_code": 0, "gate": outcome,
         });
-        let path = format!("/api/v1/agent/jobs/{}/finish", gate["job_id"]);
-        crate::common::send(
-            app.agent_call(&agent, reqwest::Method::POST, &path)
-                .json(&body),
-            200,
-        )
-        .await;
+        let gate = gate["job_id"].as_i64().unwrap();
+        let r = crate::reports::finish_with(&app, &agent, gate, "x\n", body).await;
+        assert_eq!(r.status(), 200);
         let posted = eventually(|| async {
             let s = seen.lock().unwrap().clone();
             s.into_iter()

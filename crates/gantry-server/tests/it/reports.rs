@@ -9,7 +9,7 @@ use crate::both;
 use crate::common::*;
 
 /// Sends `log` and finishes job `id` with `body` (plus the log's size); answers the response.
-async fn finish_with(
+pub(crate) async fn finish_with(
     app: &App,
     agent: &Agent,
     id: i64,
