@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 pub mod agent;
 pub mod backoff;
 pub mod paths;
+pub mod reports;
 
 /// The body of every error answer (4xx and 5xx).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -325,6 +325,40 @@ fn add_offenders(
     }
 }
 
+/// The failed conditions in one line, as a failed gate's error and a commit status name them:
+/// `coverage 71.2 < 75; tests_failed: no data` (with the operator that holds, so that the line
+/// says what is). Empty when every condition passed.
+pub fn failures(outcome: &GateOutcome) -> String {
+    let failed: Vec<String> = outcome
+        .conditions
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| match (c.verdict, c.actual) {
+            (Verdict::NoData, _) | (_, None) => format!("{}: no data", c.metric),
+            (_, Some(a)) => format!(
+                "{} {} {} {}",
+                c.metric,
+                format_number(a),
+                negated(c.operator),
+                format_number(c.threshold)
+            ),
+        })
+        .collect();
+    failed.join("; ")
+}
+
+/// The operator that holds where `op` does not (`>=` → `<`).
+fn negated(op: Op) -> &'static str {
+    match op {
+        Op::Eq => "!=",
+        Op::Ne => "==",
+        Op::Lt => ">=",
+        Op::Le => ">",
+        Op::Gt => "<=",
+        Op::Ge => "<",
+    }
+}
+
 /// A number as the table shows it: integers without decimals, others with up to two.
 pub fn format_number(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {

@@ -138,7 +138,9 @@ pub struct Config {
     pub admin_token: Secret,
     /// The token agents register with.
     pub registration_token: Secret,
-    /// The largest request body (webhooks, log chunks, JSON), in bytes.
+    /// The largest request body (webhooks, log chunks, JSON), in bytes; an agent's finish, which
+    /// carries the job's report summaries, may take up to `reports::FINISH_MIN_LIMIT` when this
+    /// is smaller.
     pub max_body_bytes: usize,
     /// The largest artifacts archive, in bytes.
     pub max_artifacts_bytes: usize,

@@ -224,8 +224,26 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     } else {
         Vec::new()
     };
-    let spec = job_spec(&p, doc, &secrets, &job, main, &deps, lease_ms, token)
+    // A gate job's inputs: read only for gate jobs (decoding summaries takes milliseconds).
+    let gate = (!main.gate.is_empty()).then(|| {
+        let mr_base = doc
+            .predefined
+            .iter()
+            .find(|v| v.key == "CI_MERGE_REQUEST_DIFF_BASE_SHA")
+            .map(|v| v.value.clone());
+        (
+            crate::reports::gate_source_names(&main),
+            crate::reports::needs_changes(&main).then_some(mr_base),
+        )
+    });
+    let mut spec = job_spec(&p, doc, &secrets, &job, main, &deps, lease_ms, token)
         .map_err(AppError::internal)?;
+    if let Some((names, changes)) = gate {
+        spec.gate_reports = Some(gate_reports(state, &p, &job, names).await?);
+        if let Some(mr_base) = changes {
+            spec.changes = gate_changes(state, &p, mr_base).await;
+        }
+    }
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
     if p.status != PipelineStatus::Running || p.started_at.is_none() {
@@ -233,6 +251,94 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         tokio::spawn(async move { crate::progress::advance(&s, id).await });
     }
     Ok(Json(spec).into_response())
+}
+
+/// The merged summaries of gate job `job`'s sources (`names`, else every job of the earlier
+/// stages), as the runtime merges them locally.
+async fn gate_reports(
+    state: &AppState,
+    p: &PipelineRecord,
+    job: &JobRecord,
+    names: Option<Vec<String>>,
+) -> AppResult<gantry_reports::Reports> {
+    let sources = match names {
+        Some(names) => state.store.jobs_named(p.id, &names).await?,
+        None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
+    };
+    let stored = state.store.pipeline_reports(p.id).await?;
+    tokio::task::spawn_blocking(move || crate::reports::gate_inputs(&sources, &stored))
+        .await
+        .map_err(AppError::internal)?
+}
+
+/// The lines pipeline `p`'s change added or modified, for `new_coverage`: against the merge
+/// request's diff base (`mr_base`), else the push's `before`, else the merge base with the
+/// default branch (fetched now: the mirror may not hold its head). `None` (the condition then has
+/// no data) when there is no base or git fails.
+async fn gate_changes(
+    state: &AppState,
+    p: &PipelineRecord,
+    mr_base: Option<String>,
+) -> Option<gantry_reports::ChangedLines> {
+    let warn = |e: &dyn std::fmt::Display| {
+        tracing::warn!(pipeline = p.id, error = %e, "cannot read the change of a gate");
+    };
+    let bases: Vec<String> = mr_base.into_iter().chain(p.before_sha.clone()).collect();
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let out = slot.clone();
+    // The pipeline's commit in the mirror, and the lines against a base the mirror holds.
+    let known = crate::mirror::with_commit(state, p, move |mirror, sha| {
+        let lines = crate::reports::known_base(mirror, &bases)
+            .map(|base| crate::reports::changes(mirror, &base, sha))
+            .transpose()?;
+        *out.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lines);
+        Ok(())
+    })
+    .await;
+    if let Err(e) = known {
+        warn(&e.message);
+        return None;
+    }
+    let found = slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .flatten();
+    if found.is_some() {
+        return found;
+    }
+    let project = match state.project(&p.project_name).await {
+        Ok(project) => project,
+        Err(e) => {
+            warn(&e.message);
+            return None;
+        }
+    };
+    let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
+    let remote = crate::git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
+    let head = format!("refs/heads/{}", project.spec.default_branch);
+    let sha = p.sha.clone();
+    let lock = state.mirror_lock(p.project_id);
+    let _guard = lock.lock().await;
+    let read = tokio::task::spawn_blocking(move || {
+        let head = crate::git::fetch(&mirror, &remote, None, &head)?;
+        crate::git::merge_base(&mirror, &head, &sha)
+            .map(|base| crate::reports::changes(&mirror, &base, &sha))
+            .transpose()
+    })
+    .await;
+    match read {
+        Ok(Ok(lines)) => lines,
+        Ok(Err(e)) => {
+            warn(&format!("{e:#}"));
+            None
+        }
+        Err(e) => {
+            warn(&e);
+            None
+        }
+    }
 }
 
 fn matches_scope(scope: &str, env: Option<&str>) -> bool {
@@ -1086,8 +1192,10 @@ pub(crate) async fn finish(
     State(state): State<AppState>,
     AgentAuth(agent): AgentAuth,
     PathParam(id): PathParam<i64>,
-    JsonBody(body): JsonBody<FinishJob>,
+    RawBody(bytes): RawBody,
 ) -> AppResult<Json<gantry_api::Job>> {
+    let body = crate::reports::finish_body(&bytes)?;
+    drop(bytes);
     let job = leased(&state, &agent, id).await?;
     // A truncated log holds less than the agent wrote, and all that it will.
     if job.log_size < body.log_size && !log_truncated(job.log_size, state.config.max_job_log) {
@@ -1121,6 +1229,7 @@ pub(crate) async fn finish(
                 failure_reason,
                 coverage: body.coverage.filter(|c| c.is_finite()),
                 finished_at: now,
+                reports: crate::reports::to_store(&body),
             },
         )
         .await

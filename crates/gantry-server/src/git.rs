@@ -568,6 +568,26 @@ pub(crate) fn merge_base(repo: &Path, a: &str, b: &str) -> Option<String> {
     (!sha.is_empty()).then_some(sha)
 }
 
+/// `git diff --unified=0` of `base...sha` (from their merge base to `sha`), as `gantry run` reads
+/// a change's lines: no color, no external diff, no renames, `a/` and `b/` prefixes.
+pub(crate) fn diff_unified0(repo: &Path, base: &str, sha: &str) -> Result<String> {
+    let range = format!("{base}...{sha}");
+    let out = run(
+        repo,
+        &[
+            "diff",
+            "--unified=0",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-renames",
+            "--src-prefix=a/",
+            "--dst-prefix=b/",
+            &range,
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// The message of tag `tag` on `remote` (fetched into the mirror): `Some("")` for a lightweight
 /// tag, which has none; the signature of a signed tag is left out.
 pub(crate) fn tag_message(repo: &Path, remote: &Remote, tag: &str) -> Result<String> {

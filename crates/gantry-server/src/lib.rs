@@ -52,6 +52,7 @@ mod openapi;
 mod progress;
 mod projects;
 mod read;
+mod reports;
 mod router;
 mod schedules;
 mod secrets;

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use gantry_api::reports::{CoverageTrendPoint, ReportsSummary};
 use gantry_api::{
     Agent, Delivery, DeliveryStatus, ForgeKind, Job, JobStatus, Pipeline, PipelineStatus,
 };
@@ -147,6 +148,92 @@ pub(crate) async fn job(
 ) -> AppResult<Json<Job>> {
     caller.job(&state, id).await?;
     Ok(Json(job_api(&load_job(&state, id).await?)))
+}
+
+/// `GET /api/v1/pipelines/{id}/reports`.
+#[utoipa::path(get, path = "/api/v1/pipelines/{id}/reports", tag = "reports", params(("id" = i64, Path, description = "The id")),
+    responses((status = 200, description = "The reports of the pipeline's jobs (the latest attempt of each), merged: tests with the failed cases, coverage overall, per job and per file, SARIF results by level, vulnerabilities and Code Quality issues by severity, and the gate jobs' verdicts", body = ReportsSummary), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn pipeline_reports(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<i64>,
+) -> AppResult<Json<ReportsSummary>> {
+    caller.pipeline(&state, id).await?;
+    if state.store.pipeline_project(id).await?.is_none() {
+        return Err(AppError::not_found(format!("no pipeline {id}")));
+    }
+    let records = state.store.pipeline_reports(id).await?;
+    let view = tokio::task::spawn_blocking(move || crate::reports::view(&records))
+        .await
+        .map_err(AppError::internal)??;
+    Ok(Json(view))
+}
+
+/// `GET /api/v1/jobs/{id}/reports`.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/reports", tag = "reports", params(("id" = i64, Path, description = "The id")),
+    responses((status = 200, description = "The job's reports, as a pipeline's show them", body = ReportsSummary), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn job_reports(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(id): PathParam<i64>,
+) -> AppResult<Json<ReportsSummary>> {
+    caller.job(&state, id).await?;
+    let Some(record) = state.store.job_reports(id).await? else {
+        return Err(AppError::not_found(format!("no job {id}")));
+    };
+    let view = tokio::task::spawn_blocking(move || crate::reports::view(&[record]))
+        .await
+        .map_err(AppError::internal)??;
+    Ok(Json(view))
+}
+
+/// The query of the coverage trend.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct CoverageQuery {
+    /// The branch or tag.
+    #[serde(rename = "ref")]
+    #[param(rename = "ref")]
+    pub git_ref: String,
+    /// The page, from 1.
+    pub page: Option<i64>,
+    /// Rows per page: 20 by default, at most 100.
+    pub per_page: Option<i64>,
+}
+
+/// `GET /api/v1/projects/{name}/coverage?ref=REF`.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/coverage", tag = "reports",
+    params(("name" = String, Path, description = "The project's name"), CoverageQuery),
+    responses((status = 200, description = "The coverage of the ref's pipelines that have one, newest first", body = Vec<CoverageTrendPoint>,
+        headers(("X-Total" = i64), ("X-Page" = i64), ("X-Per-Page" = i64), ("X-Next-Page" = String))), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn coverage_trend(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParam(name): PathParam<String>,
+    QueryParams(q): QueryParams<CoverageQuery>,
+) -> AppResult<Response> {
+    caller.project(&name)?;
+    let page = PageQuery {
+        page: q.page,
+        per_page: q.per_page,
+    }
+    .page()?;
+    let project = state.project(&name).await?;
+    let paged = state
+        .store
+        .coverage_trend(project.record.id, &q.git_ref, page)
+        .await?;
+    let items: Vec<CoverageTrendPoint> = paged
+        .items
+        .into_iter()
+        .map(|c| CoverageTrendPoint {
+            pipeline_id: c.pipeline_id,
+            sha: c.sha,
+            created_at: crate::rfc3339(c.created_at),
+            coverage: (c.coverage * 100.0).round() / 100.0,
+        })
+        .collect();
+    Ok((page_headers(page, paged.total), Json(items)).into_response())
 }
 
 /// Parses `bytes=A-B`, `bytes=A-` or `bytes=-N` against a log of `size` bytes: `start..end`.

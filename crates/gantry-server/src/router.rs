@@ -16,6 +16,7 @@ use crate::state::AppState;
 pub(crate) fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let max_artifacts = state.config.max_artifacts_bytes;
+    let max_finish = max_body.max(crate::reports::FINISH_MIN_LIMIT);
     let api = Router::new()
         .route(
             "/api/v1/projects",
@@ -50,7 +51,15 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/projects/{name}/deliveries",
             get(crate::read::deliveries),
         )
+        .route(
+            "/api/v1/projects/{name}/coverage",
+            get(crate::read::coverage_trend),
+        )
         .route("/api/v1/pipelines/{id}", get(crate::read::pipeline))
+        .route(
+            "/api/v1/pipelines/{id}/reports",
+            get(crate::read::pipeline_reports),
+        )
         .route(
             "/api/v1/pipelines/{id}/cancel",
             post(crate::actions::cancel_pipeline),
@@ -60,6 +69,7 @@ pub(crate) fn router(state: AppState) -> Router {
             post(crate::actions::approve_pipeline),
         )
         .route("/api/v1/jobs/{id}", get(crate::read::job))
+        .route("/api/v1/jobs/{id}/reports", get(crate::read::job_reports))
         .route("/api/v1/jobs/{id}/log", get(crate::read::job_log))
         .route(
             "/api/v1/jobs/{id}/log/stream",
@@ -126,7 +136,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route(
             "/api/v1/agent/jobs/{id}/finish",
-            post(crate::dispatch::finish),
+            post(crate::dispatch::finish).layer(DefaultBodyLimit::max(max_finish)),
         )
         .route("/api/v1/openapi.json", get(crate::openapi::document))
         .route("/metrics", get(crate::health::metrics))

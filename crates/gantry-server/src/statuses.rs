@@ -62,16 +62,46 @@ pub(crate) fn forge_state(kind: ForgeKind, status: PipelineStatus) -> (&'static 
     (state, description)
 }
 
-/// The request for a pipeline's status.
+/// The most a description holds (GitHub refuses longer ones).
+const MAX_DESCRIPTION: usize = 140;
+
+/// What a status says of a pipeline's gates, from their verdicts (`gate_jobs`, as
+/// [`gantry_store::Store::pipeline_gates`] reads them): `gate failed: coverage 71.2 < 75` for
+/// the first gate that failed, `gate passed` when every one passed; `None` without gates.
+pub(crate) fn gate_description(gate_jobs: &[gantry_store::ReportsRecord]) -> Option<String> {
+    let outcomes: Vec<gantry_reports::GateOutcome> = gate_jobs
+        .iter()
+        .filter_map(|r| r.stored.as_ref()?.gate.as_deref())
+        .filter_map(|g| serde_json::from_slice(g).ok())
+        .collect();
+    if outcomes.is_empty() {
+        return None;
+    }
+    let text = match outcomes.iter().find(|o| !o.passed) {
+        Some(o) => format!("gate failed: {}", gantry_reports::gate::failures(o)),
+        None => "gate passed".to_owned(),
+    };
+    Some(if text.chars().count() > MAX_DESCRIPTION {
+        let cut: String = text.chars().take(MAX_DESCRIPTION - 1).collect();
+        format!("{cut}…")
+    } else {
+        text
+    })
+}
+
+/// The request for a pipeline's status; `gate` (see [`gate_description`]) replaces the
+/// description when the pipeline has a gate verdict.
 pub(crate) fn request(
     forge: &Forge,
     sha: &str,
     git_ref: &str,
     status: PipelineStatus,
     target_url: Option<String>,
+    gate: Option<String>,
 ) -> (String, Value) {
     let base = forge.api_url.trim_end_matches('/');
     let (state, description) = forge_state(forge.kind, status);
+    let description = gate.unwrap_or(description);
     match forge.kind {
         ForgeKind::Gitlab => {
             let project = percent_encoding::utf8_percent_encode(
@@ -128,7 +158,15 @@ pub(crate) async fn pipeline_changed(state: &AppState, id: i64) {
         .external_url
         .as_ref()
         .map(|u| format!("{}/api/v1/pipelines/{id}", u.trim_end_matches('/')));
-    let (url, body) = request(&forge, &p.sha, &p.git_ref, p.status, target);
+    let gates = state.store.pipeline_gates(id).await.unwrap_or_default();
+    let (url, body) = request(
+        &forge,
+        &p.sha,
+        &p.git_ref,
+        p.status,
+        target,
+        gate_description(&gates),
+    );
     let _ = state.statuses.tx.send(StatusUpdate {
         forge,
         url,
@@ -215,7 +253,7 @@ mod tests {
             token: Some("t".into()),
             project: "group/proj".into(),
         };
-        let (url, body) = request(&gl, "abc", "main", PipelineStatus::Running, None);
+        let (url, body) = request(&gl, "abc", "main", PipelineStatus::Running, None, None);
         assert_eq!(
             url,
             "https://gitlab.example.com/api/v4/projects/group%2Fproj/statuses/abc"
@@ -235,11 +273,13 @@ mod tests {
             "main",
             PipelineStatus::Running,
             Some("http://x/1".into()),
+            Some("gate passed".into()),
         );
         assert_eq!(url, "https://api.github.com/repos/o/r/statuses/abc");
         assert_eq!(body["state"], "pending");
         assert_eq!(body["context"], "gantry");
         assert_eq!(body["target_url"], "http://x/1");
+        assert_eq!(body["description"], "gate passed");
         assert_eq!(
             forge_state(ForgeKind::Github, PipelineStatus::Canceled).0,
             "error"
@@ -252,5 +292,49 @@ mod tests {
             forge_state(ForgeKind::Gitlab, PipelineStatus::Manual).0,
             "pending"
         );
+    }
+
+    #[test]
+    fn gate_descriptions_name_the_first_failed_gate_within_the_forges_limit() {
+        use gantry_pipeline::gate::Condition;
+        let record = |conditions: &[Condition], coverage: f64| {
+            let reports = gantry_reports::Reports {
+                job_coverage: vec![coverage],
+                ..Default::default()
+            };
+            let outcome = gantry_reports::evaluate(conditions, &reports, None);
+            gantry_store::ReportsRecord {
+                job_id: 1,
+                name: "gate".into(),
+                stage: "gate".into(),
+                stage_index: 1,
+                status: gantry_api::JobStatus::Failed,
+                job_coverage: None,
+                stored: Some(gantry_store::NewReports {
+                    gate: Some(serde_json::to_vec(&outcome).unwrap()),
+                    ..Default::default()
+                }),
+            }
+        };
+        let ge75 = [Condition::parse("coverage", ">= 75").unwrap()];
+        assert_eq!(gate_description(&[]), None);
+        assert_eq!(
+            gate_description(&[record(&ge75, 80.0)]).as_deref(),
+            Some("gate passed")
+        );
+        assert_eq!(
+            gate_description(&[record(&ge75, 80.0), record(&ge75, 71.2)]).as_deref(),
+            Some("gate failed: coverage 71.2 < 75")
+        );
+        let many: Vec<Condition> = (0..20)
+            .map(|i| Condition::parse("coverage", &format!(">= {}", 90 + i)).unwrap())
+            .collect();
+        let long = gate_description(&[record(&many, 71.2)]).unwrap();
+        assert_eq!(long.chars().count(), MAX_DESCRIPTION);
+        assert!(
+            long.starts_with("gate failed: coverage 71.2 < 90; "),
+            "{long}"
+        );
+        assert!(long.ends_with('…'), "{long}");
     }
 }

@@ -156,6 +156,7 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                     failure_reason: None,
                     coverage: None,
                     finished_at: now(),
+                    reports: None,
                 };
                 store
                     .finish(job.id, agent.id, &result)

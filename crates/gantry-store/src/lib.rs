@@ -27,6 +27,8 @@
 //! - Calls made under a lease ([`Store::heartbeat`], [`Store::append_log`],
 //!   [`Store::begin_artifacts`], [`Store::commit_artifacts`], [`Store::finish`]) fail with [`StoreError::LeaseLost`] once the job is no longer running on that
 //!   agent.
+//! - A job's reports ([`JobResult::reports`]) are stored in the transaction of its finish: a
+//!   refused finish stores none, and [`Store::save_reports`] again replaces them, never doubles.
 //! - A job's artifacts are served only once an upload is committed, and a new upload replaces the
 //!   old one in one statement: readers see the old archive or the new one, never a mix or a part.
 //! - A call that returned `Ok` is committed and synced to disk: it survives the server process
@@ -60,9 +62,10 @@ pub use error::{DatabaseError, Result, StoreError};
 pub use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 pub use postgres::PgStore;
 pub use records::{
-    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobChange, JobRecord,
-    JobResult, Millis, NewAgent, NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged,
-    PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord,
+    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobChange,
+    JobRecord, JobResult, Millis, NewAgent, NewDelivery, NewJob, NewPipeline, NewProjectToken,
+    NewReports, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord,
+    ReportsRecord,
 };
 pub use sqlite::SqliteStore;
 pub use store::Store;

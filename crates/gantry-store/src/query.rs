@@ -27,9 +27,9 @@ use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 
 use crate::error::{Result, StoreError, db};
 use crate::records::{
-    AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult, Millis, NewAgent,
-    NewDelivery, NewJob, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter, PipelineRecord,
-    ProjectRecord, ProjectTokenRecord,
+    AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobRecord, JobResult,
+    Millis, NewAgent, NewDelivery, NewJob, NewPipeline, NewProjectToken, NewReports, Page, Paged,
+    PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
 };
 
 /// A pipeline's version (see [`PIPELINE_COLS`]).
@@ -39,6 +39,20 @@ pub(crate) const VERSION: &str = "CAST(p.version + COALESCE((SELECT SUM(j.bumps)
 /// In place of [`VERSION`] where the record is only read (heads and lists): the sum walks every
 /// job of the pipeline, and nothing that only reads uses it.
 const NO_VERSION: &str = "CAST(0 AS BIGINT) AS version";
+
+/// The columns [`Sql::reports_row`] reads, from `jobs j LEFT JOIN job_reports r`.
+const REPORTS_COLS: &str = "j.id, j.name, j.stage, j.stage_index, j.status, \
+     j.coverage AS job_coverage, r.job_id AS stored, r.reports, r.gate, r.coverage, \
+     r.tests_total, r.tests_failed, r.gate_passed";
+
+/// [`REPORTS_COLS`] without the summaries (a typed `NULL`).
+const GATE_COLS: &str = "j.id, j.name, j.stage, j.stage_index, j.status, \
+     j.coverage AS job_coverage, r.job_id AS stored, CASE WHEN 1 = 0 THEN r.reports END AS reports, \
+     r.gate, r.coverage, r.tests_total, r.tests_failed, r.gate_passed";
+
+/// The condition that job `j` is its position's latest attempt.
+const LATEST_ATTEMPT: &str = "NOT EXISTS (SELECT 1 FROM jobs n WHERE n.pipeline_id = j.pipeline_id \
+     AND n.position = j.position AND n.attempt > j.attempt)";
 
 /// A statement's text with its parameters bound, ready to run.
 type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
@@ -63,6 +77,7 @@ where
     for<'q> Option<f64>: Encode<'q, Self>,
     for<'q> Option<bool>: Encode<'q, Self>,
     for<'q> Option<&'q str>: Encode<'q, Self>,
+    for<'q> Option<&'q [u8]>: Encode<'q, Self>,
 {
     /// A list of strings (or `NULL`) as bound.
     type List<'a>: Encode<'a, Self> + Type<Self> + Send + 'a;
@@ -1089,8 +1104,34 @@ where
         .map_err(db("reading an artifacts chunk"))
     }
 
-    /// See [`crate::Store::finish`].
+    /// See [`crate::Store::finish`]: one statement, or a transaction with the job's reports.
     async fn finish(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        agent_id: i64,
+        result: &JobResult,
+    ) -> Result<i64> {
+        let Some(reports) = &result.reports else {
+            return Self::finish_job(conn, job_id, agent_id, result).await;
+        };
+        let mut tx = conn
+            .begin_with(Self::BEGIN)
+            .await
+            .map_err(db("beginning a transaction"))?;
+        let pipeline_id = match Self::finish_job(&mut *tx, job_id, agent_id, result).await {
+            Ok(id) => id,
+            Err(e) => {
+                tx.rollback().await.map_err(db("rolling back"))?;
+                return Err(e);
+            }
+        };
+        Self::save_reports(&mut *tx, job_id, reports).await?;
+        tx.commit().await.map_err(db("committing a finish"))?;
+        Ok(pipeline_id)
+    }
+
+    /// The job's row of [`Sql::finish`].
+    async fn finish_job(
         conn: &mut Self::Connection,
         job_id: i64,
         agent_id: i64,
@@ -1155,6 +1196,134 @@ where
     async fn job_project(conn: &mut Self::Connection, id: i64) -> Result<Option<i64>> {
         let sql = "SELECT project_id FROM jobs WHERE id = $1";
         Self::id_of(conn, sql, id, "reading a job's project").await
+    }
+
+    // --- reports
+
+    /// A row of [`REPORTS_COLS`].
+    fn reports_row(row: &Self::Row) -> Result<ReportsRecord> {
+        let stored: Option<i64> = Self::get(row, "stored")?;
+        Ok(ReportsRecord {
+            job_id: Self::get(row, "id")?,
+            name: Self::get(row, "name")?,
+            stage: Self::get(row, "stage")?,
+            stage_index: Self::get(row, "stage_index")?,
+            status: Self::status(row, "jobs.status", JobStatus::parse)?,
+            job_coverage: Self::get(row, "job_coverage")?,
+            stored: match stored {
+                Some(_) => Some(NewReports {
+                    reports: Self::get(row, "reports")?,
+                    gate: Self::get(row, "gate")?,
+                    coverage: Self::get(row, "coverage")?,
+                    tests_total: Self::get(row, "tests_total")?,
+                    tests_failed: Self::get(row, "tests_failed")?,
+                    gate_passed: Self::get(row, "gate_passed")?,
+                }),
+                None => None,
+            },
+        })
+    }
+
+    /// See [`crate::Store::save_reports`].
+    async fn save_reports(
+        conn: &mut Self::Connection,
+        job_id: i64,
+        r: &NewReports,
+    ) -> Result<bool> {
+        let q = sqlx::query(
+            "INSERT INTO job_reports (job_id, pipeline_id, reports, gate, coverage, tests_total, \
+             tests_failed, gate_passed) SELECT id, pipeline_id, $2, $3, $4, $5, $6, $7 FROM jobs \
+             WHERE id = $1 ON CONFLICT (job_id) DO UPDATE SET reports = excluded.reports, \
+             gate = excluded.gate, coverage = excluded.coverage, \
+             tests_total = excluded.tests_total, tests_failed = excluded.tests_failed, \
+             gate_passed = excluded.gate_passed",
+        )
+        .bind(job_id)
+        .bind(r.reports.as_deref())
+        .bind(r.gate.as_deref())
+        .bind(r.coverage)
+        .bind(r.tests_total)
+        .bind(r.tests_failed)
+        .bind(r.gate_passed);
+        Ok(Self::run(conn, q, "storing a job's reports").await? > 0)
+    }
+
+    /// See [`crate::Store::job_reports`].
+    async fn job_reports(
+        conn: &mut Self::Connection,
+        job_id: i64,
+    ) -> Result<Option<ReportsRecord>> {
+        let sql = format!(
+            "SELECT {REPORTS_COLS} FROM jobs j LEFT JOIN job_reports r ON r.job_id = j.id \
+             WHERE j.id = $1"
+        );
+        let q = sqlx::query(&sql).bind(job_id);
+        Self::row(conn, q, "reading a job's reports", Self::reports_row).await
+    }
+
+    /// See [`crate::Store::pipeline_reports`] and, with `gates_only`,
+    /// [`crate::Store::pipeline_gates`].
+    async fn pipeline_reports(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+        gates_only: bool,
+    ) -> Result<Vec<ReportsRecord>> {
+        let (cols, which) = if gates_only {
+            (GATE_COLS, "r.gate IS NOT NULL")
+        } else {
+            (
+                REPORTS_COLS,
+                "(r.job_id IS NOT NULL OR j.coverage IS NOT NULL)",
+            )
+        };
+        let sql = format!(
+            "SELECT {cols} FROM jobs j LEFT JOIN job_reports r ON r.job_id = j.id \
+             WHERE j.pipeline_id = $1 AND {which} AND {LATEST_ATTEMPT} ORDER BY j.position"
+        );
+        let q = sqlx::query(&sql).bind(pipeline_id);
+        Self::rows(conn, q, "reading a pipeline's reports", Self::reports_row).await
+    }
+
+    /// See [`crate::Store::coverage_trend`].
+    async fn coverage_trend(
+        conn: &mut Self::Connection,
+        project_id: i64,
+        git_ref: &str,
+        page: Page,
+    ) -> Result<Paged<CoveragePoint>> {
+        let (limit, offset) = limit_offset(page);
+        let covered = format!(
+            "FROM pipelines p JOIN jobs j ON j.pipeline_id = p.id \
+             LEFT JOIN job_reports r ON r.job_id = j.id \
+             WHERE p.project_id = $1 AND p.git_ref = $2 \
+             AND COALESCE(r.coverage, j.coverage) IS NOT NULL AND {LATEST_ATTEMPT}"
+        );
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(DISTINCT p.id) {covered}"))
+            .bind(project_id)
+            .bind(git_ref)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db("counting a ref's pipelines with coverage"))?;
+        let sql = format!(
+            "SELECT p.id, p.sha, p.created_at, \
+             CAST(AVG(COALESCE(r.coverage, j.coverage)) AS DOUBLE PRECISION) AS coverage \
+             {covered} GROUP BY p.id, p.sha, p.created_at ORDER BY p.id DESC LIMIT $3 OFFSET $4"
+        );
+        let q = sqlx::query(&sql)
+            .bind(project_id)
+            .bind(git_ref)
+            .bind(limit)
+            .bind(offset);
+        let items = Self::rows(conn, q, "reading a coverage trend", |row| {
+            Ok(CoveragePoint {
+                pipeline_id: Self::get(row, "id")?,
+                sha: Self::get(row, "sha")?,
+                created_at: Self::get(row, "created_at")?,
+                coverage: Self::get(row, "coverage")?,
+            })
+        })
+        .await?;
+        Ok(Paged { items, total })
     }
 
     // --- agents
@@ -1684,6 +1853,44 @@ macro_rules! store {
 
             async fn job_project(&self, id: i64) -> crate::error::Result<Option<i64>> {
                 read!(self, conn => $db::job_project(conn, id).await)
+            }
+
+            async fn save_reports(
+                &self,
+                job_id: i64,
+                reports: &crate::records::NewReports,
+            ) -> crate::error::Result<bool> {
+                writing!(self, conn => $db::save_reports(conn, job_id, reports).await)
+            }
+
+            async fn job_reports(
+                &self,
+                job_id: i64,
+            ) -> crate::error::Result<Option<crate::records::ReportsRecord>> {
+                read!(self, conn => $db::job_reports(conn, job_id).await)
+            }
+
+            async fn pipeline_reports(
+                &self,
+                pipeline_id: i64,
+            ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
+                read!(self, conn => $db::pipeline_reports(conn, pipeline_id, false).await)
+            }
+
+            async fn pipeline_gates(
+                &self,
+                pipeline_id: i64,
+            ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
+                read!(self, conn => $db::pipeline_reports(conn, pipeline_id, true).await)
+            }
+
+            async fn coverage_trend(
+                &self,
+                project_id: i64,
+                git_ref: &str,
+                page: crate::records::Page,
+            ) -> crate::error::Result<crate::records::Paged<crate::records::CoveragePoint>> {
+                read!(self, conn => $db::coverage_trend(conn, project_id, git_ref, page).await)
             }
 
             async fn register_agent(&self, a: &crate::records::NewAgent) -> crate::error::Result<i64> {

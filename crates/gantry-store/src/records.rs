@@ -463,4 +463,58 @@ pub struct JobResult {
     pub coverage: Option<f64>,
     /// When.
     pub finished_at: Millis,
+    /// The job's report summaries, stored in the same transaction as the result.
+    pub reports: Option<NewReports>,
+}
+
+/// A job's report summaries to store (see [`Store::save_reports`](crate::Store::save_reports)):
+/// the JSON kept opaque, and the plain numbers that lists and the coverage trend read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewReports {
+    /// The summaries (`gantry_reports::Reports` as JSON), if the job sent any.
+    pub reports: Option<Vec<u8>>,
+    /// A gate job's verdict (`gantry_reports::GateOutcome` as JSON).
+    pub gate: Option<Vec<u8>>,
+    /// The job's coverage percent: its coverage reports', else its `coverage:` regex's.
+    pub coverage: Option<f64>,
+    /// How many tests its reports hold.
+    pub tests_total: Option<i64>,
+    /// How many of them failed or errored.
+    pub tests_failed: Option<i64>,
+    /// Whether its gate passed.
+    pub gate_passed: Option<bool>,
+}
+
+/// A job (its latest attempt) with what it reported: [`NewReports`]' fields as stored (all `None`
+/// for a job that stored none), and its `coverage:` regex's value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportsRecord {
+    /// The job.
+    pub job_id: i64,
+    /// Its name.
+    pub name: String,
+    /// Its stage.
+    pub stage: String,
+    /// Its stage's index.
+    pub stage_index: i64,
+    /// Its status.
+    pub status: JobStatus,
+    /// Its `coverage:` regex's value ([`JobRecord::coverage`]).
+    pub job_coverage: Option<f64>,
+    /// What it stored, if anything.
+    pub stored: Option<NewReports>,
+}
+
+/// A pipeline's coverage, as the trend of a ref lists it: the mean of its jobs' coverage
+/// (their latest attempts', each [`NewReports::coverage`], else its `coverage:` regex's value).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CoveragePoint {
+    /// The pipeline.
+    pub pipeline_id: i64,
+    /// Its commit.
+    pub sha: String,
+    /// When it was created.
+    pub created_at: Millis,
+    /// The mean coverage of its jobs, in percent.
+    pub coverage: f64,
 }

@@ -6,9 +6,9 @@ use gantry_api::DeliveryStatus;
 
 use crate::error::{Result, StoreError};
 use crate::records::{
-    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, DeliveryRecord, JobRecord, JobResult,
-    Millis, NewAgent, NewDelivery, NewPipeline, NewProjectToken, Page, Paged, PipelineFilter,
-    PipelineRecord, ProjectRecord, ProjectTokenRecord,
+    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobRecord,
+    JobResult, Millis, NewAgent, NewDelivery, NewPipeline, NewProjectToken, NewReports, Page,
+    Paged, PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
 };
 
 /// The server's durable state. See the crate docs for the guarantees.
@@ -231,7 +231,8 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(Some(archive))
     }
-    /// Records how a running job ended and releases its lease; answers its pipeline's id.
+    /// Records how a running job ended and releases its lease, with its reports (if
+    /// [`JobResult::reports`]) in the same transaction; answers its pipeline's id.
     async fn finish(&self, job_id: i64, agent_id: i64, result: &JobResult) -> Result<i64>;
     /// Fails every running job whose lease ran out before `now` (`runner_system_failure`); answers
     /// `(job id, pipeline id)` of each.
@@ -247,6 +248,28 @@ pub trait Store: Send + Sync + 'static {
     async fn pipeline_project(&self, id: i64) -> Result<Option<i64>>;
     /// The project of job `id` (one primary-key read, for authorization).
     async fn job_project(&self, id: i64) -> Result<Option<i64>>;
+
+    // --- reports
+
+    /// Stores job `job_id`'s report summaries, replacing what it stored before (saving them again
+    /// changes nothing and does not fail); `false` when there is no such job.
+    async fn save_reports(&self, job_id: i64, reports: &NewReports) -> Result<bool>;
+    /// Job `job_id` with what it stored; `None` when there is no such job.
+    async fn job_reports(&self, job_id: i64) -> Result<Option<ReportsRecord>>;
+    /// The latest attempt of each job of pipeline `pipeline_id` that stored reports or has a
+    /// `coverage:` value, in `position` order.
+    async fn pipeline_reports(&self, pipeline_id: i64) -> Result<Vec<ReportsRecord>>;
+    /// The latest attempt of each job of pipeline `pipeline_id` that stored a gate verdict, in
+    /// `position` order, without its summaries (`reports` is `None`): what a commit status names.
+    async fn pipeline_gates(&self, pipeline_id: i64) -> Result<Vec<ReportsRecord>>;
+    /// The coverage of `project_id`'s pipelines of `git_ref` that have one (see
+    /// [`CoveragePoint`]), newest first.
+    async fn coverage_trend(
+        &self,
+        project_id: i64,
+        git_ref: &str,
+        page: Page,
+    ) -> Result<Paged<CoveragePoint>>;
 
     // --- agents
 

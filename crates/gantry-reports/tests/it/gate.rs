@@ -304,3 +304,24 @@ diff --git \"a/sp ace\\tx.go\" \"b/sp ace\\tx.go\"
     let e = ChangedLines::parse("--- a/x\n+++ b/x\n@@ -1 +a,b @@\n").unwrap_err();
     assert_eq!(e, "diff line 3: malformed hunk header `@@ -1 +a,b @@`");
 }
+
+#[test]
+fn failures_name_each_failed_condition_with_what_holds() {
+    let r = Reports {
+        job_coverage: vec![71.2],
+        ..Reports::default()
+    };
+    let gate = [
+        cond("coverage", ">= 75"),
+        cond("tests_failed", "== 0"),
+        cond("coverage", "< 90"),
+        cond("coverage", "!= 71.2"),
+    ];
+    let out = evaluate(&gate, &r, None);
+    assert_eq!(
+        gantry_reports::gate::failures(&out),
+        "coverage 71.2 < 75; tests_failed: no data; coverage 71.2 == 71.2"
+    );
+    let passed = evaluate(&gate[2..3], &r, None);
+    assert_eq!(gantry_reports::gate::failures(&passed), "");
+}

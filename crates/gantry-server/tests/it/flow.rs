@@ -623,7 +623,7 @@ async fn a_delivery_stored_before_a_crash_is_processed_after_restart(b: Backend)
 both!(a_delivery_stored_before_a_crash_is_processed_after_restart);
 
 /// Records the commit statuses a forge receives.
-async fn recorder() -> (
+pub(crate) async fn recorder() -> (
     String,
     std::sync::Arc<std::sync::Mutex<Vec<(String, String, Value)>>>,
 ) {

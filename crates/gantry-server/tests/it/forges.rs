@@ -429,3 +429,56 @@ async fn an_unreachable_repository_is_retried(b: Backend) {
     assert_eq!(d["status"], "created", "{d}");
 }
 both!(an_unreachable_repository_is_retried);
+
+/// The commit status names the gate's outcome: `gate failed: coverage 71.2 < 75` when it failed,
+/// `gate passed` when it passed.
+async fn commit_statuses_name_the_gate(b: Backend) {
+    let (forge_url, seen) = crate::flow::recorder().await;
+    let app = spawn(b).await;
+    app.project(
+        "demo",
+        json!({"forge": {"kind": "github", "api_url": forge_url, "token": "gh-token", "project": "owner/repo"}}),
+    )
+    .await;
+    let agent = app.register("a", &[]).await;
+    let ci = "stages: [test, gate]\nunit:\n  stage: test\n  script: [make]\n  coverage: '/(\\d+)%/'\n\
+              quality:\n  stage: gate\n  gate:\n    coverage: '>= 75'\n";
+    let mut parent = ZEROS.to_owned();
+    for (i, (cov, state, description)) in [
+        (71.2, "failure", "gate failed: coverage 71.2 < 75"),
+        (80.0, "success", "gate passed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sha = app.commit(&[(".gitlab-ci.yml", &format!("# {i}\n{ci}"))]);
+        let pipeline = crate::reports::push_after(&app, "demo", "main", &parent, &sha).await;
+        parent = sha.clone();
+        let unit = crate::reports::take_in(&app, &agent, pipeline, "unit").await;
+        let body = json!({"outcome": "success", "exit_code": 0, "coverage": cov});
+        let unit = unit["job_id"].as_i64().unwrap();
+        let r = crate::reports::finish_with(&app, &agent, unit, "x\n", body).await;
+        assert_eq!(r.status(), 200);
+        // The fake agent evaluates the gate on the inputs its spec carries, as the runtime does.
+        let gate = crate::reports::take_in(&app, &agent, pipeline, "quality").await;
+        let inputs: gantry_reports::Reports =
+            serde_json::from_value(gate["gate_reports"].clone()).unwrap();
+        let conditions = [gantry_pipeline::gate::Condition::parse("coverage", ">= 75").unwrap()];
+        let outcome = gantry_reports::evaluate(&conditions, &inputs, None);
+        let body = json!({
+            "outcome": if outcome.passed { "success" } else { "failed" },
+            "exit_code": 0, "gate": outcome,
+        });
+        let gate = gate["job_id"].as_i64().unwrap();
+        let r = crate::reports::finish_with(&app, &agent, gate, "x\n", body).await;
+        assert_eq!(r.status(), 200);
+        let posted = eventually(|| async {
+            let s = seen.lock().unwrap().clone();
+            s.into_iter()
+                .find(|(p, _, b)| p.ends_with(&sha) && b["state"] == state)
+        })
+        .await;
+        assert_eq!(posted.2["description"], description, "{}", posted.2);
+    }
+}
+both!(commit_statuses_name_the_gate);

@@ -10,5 +10,6 @@ mod forks;
 mod gitsafety;
 mod hooks;
 mod intake;
+mod reports;
 mod secrets;
 mod tokens;

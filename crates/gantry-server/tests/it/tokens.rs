@@ -214,6 +214,13 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
         artifacts.as_ref(),
         tar_of("files/out.txt", b"42").as_slice()
     );
+    for path in [
+        format!("/api/v1/pipelines/{pa}/reports"),
+        format!("/api/v1/jobs/{build_a}/reports"),
+        "/api/v1/projects/alpha/coverage?ref=main".into(),
+    ] {
+        ok(path).await;
+    }
 
     // Play, retry and cancel on its own project.
     send(
@@ -270,6 +277,13 @@ async fn project_token_acts_on_its_project_only(b: Backend) {
         (Method::POST, format!("/api/v1/jobs/{build_b}/retry")),
         (Method::POST, format!("/api/v1/jobs/{deploy_b}/play")),
         (Method::GET, format!("/api/v1/jobs/{missing}")),
+        (Method::GET, format!("/api/v1/pipelines/{pb}/reports")),
+        (Method::GET, format!("/api/v1/pipelines/{missing}/reports")),
+        (Method::GET, format!("/api/v1/jobs/{build_b}/reports")),
+        (
+            Method::GET,
+            "/api/v1/projects/beta/coverage?ref=main".into(),
+        ),
     ];
     for (method, path) in forbidden {
         let what = format!("{method} {path}");

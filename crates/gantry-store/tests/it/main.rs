@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use gantry_store::{
     ARTIFACT_CHUNK, Changes, DeliveryStatus, JobChange, JobResult, JobStatus, NewProjectToken,
-    PipelineFilter, PipelineRecord, PipelineStatus, Store, StoreError, connect,
+    NewReports, PipelineFilter, PipelineRecord, PipelineStatus, Store, StoreError, connect,
 };
 use harness::{Harness, agent, create, delivery, new_agent, page, project};
 use records::{job, pipeline};
@@ -79,6 +79,9 @@ store_tests!(
     project_of_pipelines_and_jobs,
     success_changes_nothing_only_inside_a_busy_stage,
     an_unknown_status_in_the_database_is_an_error,
+    reports_are_stored_with_the_finish_once,
+    pipeline_reports_read_latest_attempts,
+    coverage_trend_of_a_ref,
 );
 
 fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
@@ -95,6 +98,7 @@ fn done(status: JobStatus, at: i64) -> JobResult {
         failure_reason: None,
         coverage: None,
         finished_at: at,
+        reports: None,
     }
 }
 
@@ -1285,6 +1289,7 @@ async fn finish_records_the_result(h: Harness) {
         failure_reason: Some("script_failure".to_owned()),
         coverage: Some(87.5),
         finished_at: 4_000,
+        reports: None,
     };
     assert_eq!(s.finish(j.id, a.id, &result).await.unwrap(), id);
     let f = s.job(j.id).await.unwrap().unwrap();
@@ -2094,4 +2099,235 @@ async fn sqlite_wal_stays_short_under_steady_writes() {
         largest < 20 << 20,
         "the WAL grew to {largest} bytes while 12,000 deliveries were stored"
     );
+}
+
+/// Reports of `coverage` percent and `total` tests, `failed` of them failing.
+fn reports(coverage: Option<f64>, total: i64, failed: i64) -> NewReports {
+    NewReports {
+        reports: Some(format!("{{\"tests\":{{\"total\":{total}}}}}").into_bytes()),
+        gate: None,
+        coverage,
+        tests_total: Some(total),
+        tests_failed: Some(failed),
+        gate_passed: None,
+    }
+}
+
+/// A finish with reports stores them in its transaction: a finish refused for a lost lease
+/// stores nothing, and saving again replaces (never duplicates, never fails).
+async fn reports_are_stored_with_the_finish_once(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let id = create(s, p.id, vec![job("a", 0, 2_000), job("b", 1, 2_000)]).await;
+    let owner = agent(s, "owner", &[], true).await;
+    let thief = agent(s, "thief", &[], true).await;
+    let ja = s.claim(&owner, 3_000, 60_000).await.unwrap().unwrap();
+    let with_reports = |r: NewReports| JobResult {
+        reports: Some(r),
+        ..done(JobStatus::Success, 4_000)
+    };
+    lost(
+        s.finish(ja.id, thief.id, &with_reports(reports(Some(10.0), 1, 0)))
+            .await,
+    );
+    let unfinished = s.job_reports(ja.id).await.unwrap().unwrap();
+    assert_eq!(
+        unfinished.stored, None,
+        "a refused finish stores no reports"
+    );
+    assert_eq!(unfinished.status, JobStatus::Running);
+
+    let mut first = reports(Some(81.5), 12, 2);
+    first.gate = Some(b"{\"passed\":false}".to_vec());
+    first.gate_passed = Some(false);
+    assert_eq!(
+        s.finish(ja.id, owner.id, &with_reports(first.clone()))
+            .await
+            .unwrap(),
+        id
+    );
+    let got = s.job_reports(ja.id).await.unwrap().unwrap();
+    assert_eq!(got.stored.as_ref(), Some(&first));
+    let gates = s.pipeline_gates(id).await.unwrap();
+    assert_eq!(gates.len(), 1);
+    let gate = gates[0].stored.as_ref().unwrap();
+    assert_eq!(
+        (gates[0].job_id, gate.reports.as_ref()),
+        (ja.id, None),
+        "only the gate"
+    );
+    assert_eq!(
+        (gate.gate.as_ref(), gate.gate_passed),
+        (first.gate.as_ref(), Some(false))
+    );
+    assert_eq!((got.name.as_str(), got.status), ("a", JobStatus::Success));
+    // The retried finish is refused (the job is over), and what it stored stays.
+    lost(
+        s.finish(ja.id, owner.id, &with_reports(first.clone()))
+            .await,
+    );
+    assert_eq!(
+        s.job_reports(ja.id).await.unwrap().unwrap().stored,
+        Some(first.clone())
+    );
+
+    assert!(s.save_reports(ja.id, &first).await.unwrap());
+    let second = reports(Some(90.0), 13, 0);
+    assert!(s.save_reports(ja.id, &second).await.unwrap());
+    assert!(
+        s.pipeline_gates(id).await.unwrap().is_empty(),
+        "no gate any more"
+    );
+    let all = s.pipeline_reports(id).await.unwrap();
+    assert_eq!(all.len(), 1, "one row per job: {all:?}");
+    assert_eq!(all[0].stored.as_ref(), Some(&second));
+    assert!(!s.save_reports(9_999, &second).await.unwrap());
+    assert!(s.job_reports(9_999).await.unwrap().is_none());
+
+    // A finish without reports stores none; the job still reads, without them.
+    let jb = s.claim(&owner, 5_000, 60_000).await.unwrap().unwrap();
+    s.finish(jb.id, owner.id, &done(JobStatus::Failed, 6_000))
+        .await
+        .unwrap();
+    let b = s.job_reports(jb.id).await.unwrap().unwrap();
+    assert_eq!((b.stored, b.status), (None, JobStatus::Failed));
+    let reopened = h.reopen().await;
+    let again = reopened.store.job_reports(ja.id).await.unwrap().unwrap();
+    assert_eq!(again.stored, Some(second));
+}
+
+/// A pipeline's reports are those of each job's latest attempt that stored reports or has a
+/// `coverage:` value, in position order.
+async fn pipeline_reports_read_latest_attempts(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let jobs = vec![job("a", 0, 2_000), job("b", 1, 2_000), job("c", 2, 2_000)];
+    let id = create(s, p.id, jobs).await;
+    let ag = agent(s, "a", &[], true).await;
+    let mut ids = Vec::new();
+    for (i, cov) in [(0, None), (1, Some(50.0)), (2, None)] {
+        let j = s.claim(&ag, 3_000, 60_000).await.unwrap().unwrap();
+        let r = JobResult {
+            coverage: cov,
+            reports: (i == 0).then(|| reports(Some(70.0), 3, 1)),
+            ..done(JobStatus::Failed, 4_000)
+        };
+        s.finish(j.id, ag.id, &r).await.unwrap();
+        ids.push(j.id);
+    }
+    let got = s.pipeline_reports(id).await.unwrap();
+    let names: Vec<_> = got
+        .iter()
+        .map(|r| (r.name.as_str(), r.job_coverage))
+        .collect();
+    assert_eq!(names, [("a", None), ("b", Some(50.0))], "c has neither");
+    assert_eq!(got[0].stored, Some(reports(Some(70.0), 3, 1)));
+    assert_eq!(got[1].stored, None);
+
+    // A retry of `a` (attempt 2) hides attempt 1's reports until it stores its own.
+    let full = s.pipeline(id).await.unwrap().unwrap();
+    let mut retry = job("a", 0, 5_000);
+    retry.attempt = 2;
+    let changes = Changes {
+        new_jobs: vec![retry],
+        ..Changes::default()
+    };
+    assert!(s.apply(id, full.version, &changes).await.unwrap());
+    let got = s.pipeline_reports(id).await.unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["b"]
+    );
+    let j = s.claim(&ag, 6_000, 60_000).await.unwrap().unwrap();
+    assert_eq!((j.name.as_str(), j.attempt), ("a", 2));
+    let r = JobResult {
+        reports: Some(reports(Some(75.0), 3, 0)),
+        ..done(JobStatus::Success, 7_000)
+    };
+    s.finish(j.id, ag.id, &r).await.unwrap();
+    let got = s.pipeline_reports(id).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(
+        (got[0].job_id, got[0].stored.as_ref()),
+        (j.id, Some(&reports(Some(75.0), 3, 0)))
+    );
+    // The first attempt's reports are still its own.
+    let first = s.job_reports(ids[0]).await.unwrap().unwrap();
+    assert_eq!(first.stored, Some(reports(Some(70.0), 3, 1)));
+}
+
+/// The coverage trend of a ref: its pipelines with coverage, newest first, each the mean of its
+/// jobs' latest attempts (stored coverage, else the regex's), paginated.
+async fn coverage_trend_of_a_ref(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let other = project(s, "other").await;
+    let ag = agent(s, "a", &[], true).await;
+    // (ref, [(stored coverage, regex coverage)] per job)
+    type Jobs<'a> = &'a [(Option<f64>, Option<f64>)];
+    let runs: [(&str, Jobs); 5] = [
+        ("main", &[(Some(60.0), Some(99.0)), (None, Some(80.0))]),
+        ("dev", &[(Some(10.0), None)]),
+        ("main", &[(None, None)]),
+        (
+            "main",
+            &[(Some(90.0), None), (None, None), (Some(70.0), None)],
+        ),
+        ("main", &[(None, Some(55.5))]),
+    ];
+    let mut ids = Vec::new();
+    for (git_ref, jobs) in runs {
+        let mut new = harness::pipeline(
+            p.id,
+            (0..jobs.len())
+                .map(|i| job(&format!("j{i}"), i as i64, 2_000))
+                .collect(),
+        );
+        new.git_ref = git_ref.to_owned();
+        let id = s.create_pipeline(&new).await.unwrap();
+        for (stored, regex) in jobs {
+            let j = s.claim(&ag, 3_000, 60_000).await.unwrap().unwrap();
+            let r = JobResult {
+                coverage: *regex,
+                reports: Some(NewReports {
+                    coverage: *stored,
+                    ..NewReports::default()
+                }),
+                ..done(JobStatus::Success, 4_000)
+            };
+            s.finish(j.id, ag.id, &r).await.unwrap();
+        }
+        ids.push(id);
+    }
+    let mut new = harness::pipeline(other.id, vec![job("x", 0, 2_000)]);
+    new.git_ref = "main".to_owned();
+    s.create_pipeline(&new).await.unwrap();
+    let trend = s.coverage_trend(p.id, "main", page(1, 2)).await.unwrap();
+    assert_eq!(trend.total, 3, "pipelines without coverage are left out");
+    let points: Vec<_> = trend
+        .items
+        .iter()
+        .map(|c| (c.pipeline_id, c.coverage))
+        .collect();
+    assert_eq!(points, [(ids[4], 55.5), (ids[3], 80.0)]);
+    assert_eq!(
+        trend.items[0].sha,
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(trend.items[0].created_at, 2_000);
+    let rest = s.coverage_trend(p.id, "main", page(2, 2)).await.unwrap();
+    let points: Vec<_> = rest
+        .items
+        .iter()
+        .map(|c| (c.pipeline_id, c.coverage))
+        .collect();
+    assert_eq!(
+        points,
+        [(ids[0], 70.0)],
+        "stored coverage wins over the regex's"
+    );
+    let dev = s.coverage_trend(p.id, "dev", page(1, 20)).await.unwrap();
+    assert_eq!(dev.items.len(), 1);
+    let none = s.coverage_trend(p.id, "nope", page(1, 20)).await.unwrap();
+    assert_eq!((none.total, none.items.len()), (0, 0));
 }
