@@ -2277,7 +2277,7 @@ async fn coverage_trend_of_a_ref(h: Harness) {
     ];
     let mut ids = Vec::new();
     for (git_ref, jobs) in runs {
-        let mut new = harness::pipeline(
+        let mut new = pipeline(
             p.id,
             (0..jobs.len())
                 .map(|i| job(&format!("j{i}"), i as i64, 2_000))
@@ -2299,7 +2299,7 @@ async fn coverage_trend_of_a_ref(h: Harness) {
         }
         ids.push(id);
     }
-    let mut new = harness::pipeline(other.id, vec![job("x", 0, 2_000)]);
+    let mut new = pipeline(other.id, vec![job("x", 0, 2_000)]);
     new.git_ref = "main".to_owned();
     s.create_pipeline(&new).await.unwrap();
     let trend = s.coverage_trend(p.id, "main", page(1, 2)).await.unwrap();
