@@ -323,7 +323,7 @@ fn lint_rejects_an_unknown_metric_and_a_malformed_condition_with_positions() {
 }
 
 /// examples/go-service, copied into a repository of its own on branch `main`.
-fn go_service() -> Repo {
+pub(crate) fn go_service() -> Repo {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/go-service");
     let read = |p: &str| std::fs::read_to_string(example.join(p)).unwrap();
     let files: Vec<(&str, String)> = [
@@ -342,13 +342,25 @@ fn go_service() -> Repo {
 }
 
 /// Commits `edit` applied to `file` on a new branch `branch` from `main`.
-fn change(repo: &Repo, branch: &str, file: &str, edit: impl FnOnce(String) -> String) {
+pub(crate) fn change(repo: &Repo, branch: &str, file: &str, edit: impl FnOnce(String) -> String) {
     repo.git(&["checkout", "-q", "main"]);
     repo.git(&["checkout", "-q", "-b", branch]);
     let path = repo.path().join(file);
     let text = edit(std::fs::read_to_string(&path).unwrap());
     std::fs::write(&path, text).unwrap();
     repo.git(&["commit", "-q", "-am", branch]);
+}
+
+/// Three untested statements for `main.go`: coverage 16/23, under 75%.
+pub(crate) const UNTESTED_CLAMP: &str = "\n// Clamp keeps n within [lo, hi].\nfunc Clamp(n, lo, hi int) int {\n\tif n < lo {\n\t\treturn lo\n\t}\n\treturn min2(n, hi)\n}\n\nfunc min2(a, b int) int {\n\tif a < b {\n\t\treturn a\n\t}\n\treturn b\n}\n";
+
+/// One untested statement for `main.go`: total coverage 16/21 passes, new code (0%) does not.
+pub(crate) const UNTESTED_DOUBLE: &str =
+    "\n// Double doubles n.\nfunc Double(n int) int {\n\treturn 2 * n\n}\n";
+
+/// `main_test.go` with a failing test.
+pub(crate) fn break_a_test(test_go: String) -> String {
+    test_go.replace("Sum(2, 3); got != 5", "Sum(2, 3); got != 6")
 }
 
 /// The gate's verdict on each condition: (metric, passed).
@@ -392,9 +404,7 @@ fn the_go_example_gates_its_deploy_on_tests_coverage_and_new_code() {
     assert_eq!(condition(&r, "tests_total")["actual"], 5.0);
 
     // Three untested statements: coverage 16/23 drops under 75%, and deploy does not run.
-    change(&repo, "drop", "main.go", |s| {
-        s + "\n// Clamp keeps n within [lo, hi].\nfunc Clamp(n, lo, hi int) int {\n\tif n < lo {\n\t\treturn lo\n\t}\n\treturn min2(n, hi)\n}\n\nfunc min2(a, b int) int {\n\tif a < b {\n\t\treturn a\n\t}\n\treturn b\n}\n"
-    });
+    change(&repo, "drop", "main.go", |s| s + UNTESTED_CLAMP);
     let r = run(&repo);
     assert_eq!(r.status("quality-gate"), "failed", "{}", r.dump());
     assert_eq!(r.status("deploy"), "skipped");
@@ -405,9 +415,7 @@ fn the_go_example_gates_its_deploy_on_tests_coverage_and_new_code() {
     );
 
     // One untested statement: total coverage (16/21) still passes, new code (0%) does not.
-    change(&repo, "untested", "main.go", |s| {
-        s + "\n// Double doubles n.\nfunc Double(n int) int {\n\treturn 2 * n\n}\n"
-    });
+    change(&repo, "untested", "main.go", |s| s + UNTESTED_DOUBLE);
     let r = run(&repo);
     assert_eq!(r.status("quality-gate"), "failed", "{}", r.dump());
     assert_eq!(failed_metrics(&r), ["new_coverage"]);
@@ -416,9 +424,7 @@ fn the_go_example_gates_its_deploy_on_tests_coverage_and_new_code() {
     assert_eq!(uncovered["file"], "main.go");
 
     // A failing test fails the test job and the gate, which still reports (`when: always`).
-    change(&repo, "broken", "main_test.go", |s| {
-        s.replace("Sum(2, 3); got != 5", "Sum(2, 3); got != 6")
-    });
+    change(&repo, "broken", "main_test.go", break_a_test);
     let r = run(&repo);
     assert_eq!(r.status("unit-tests"), "failed", "{}", r.dump());
     assert_eq!(r.status("quality-gate"), "failed");

@@ -536,6 +536,7 @@ macro_rules! both_stores {
 }
 
 both_stores!(
+    the_go_example_gates_through_the_server,
     webhook_pipeline_runs_on_an_agent,
     killed_agent_job_is_retried_elsewhere,
     killed_server_pipeline_finishes,
@@ -624,6 +625,122 @@ fn webhook_pipeline_runs_on_an_agent(store: Store) {
     assert_eq!(test.log_size, i64::try_from(test_log.len()).unwrap());
     // The agent logs with the trace id too.
     assert!(agent.output().contains(trace), "{}", agent.output());
+}
+
+/// Issue 18 through a server and an agent: examples/go-service's gate job is given the summaries
+/// its `needs` reported with their finish, and for `new_coverage` the lines a branch changed
+/// against the default branch (from the server's mirror); the reports API and the coverage trend
+/// show the results.
+fn the_go_example_gates_through_the_server(store: Store) {
+    use crate::gates::{UNTESTED_CLAMP, UNTESTED_DOUBLE, break_a_test, change, go_service};
+    let s = Setup::new(store);
+    let repo = go_service();
+    let api = s.add("svc", &repo);
+    let _agent = s.agent("a1");
+    // One Go build cache for every job (a pipeline variable wins over the pipeline's own).
+    let go_cache = s.path().join("go-build");
+    let go_cache = go_cache.display().to_string();
+    let run = |git_ref: &str| -> (Pipeline, Value) {
+        let list = |api: &Api| api.get_json("/api/v1/projects/svc/pipelines");
+        let before = list(&api).as_array().unwrap().len();
+        let (status, body) = api.post(
+            "/api/v1/projects/svc/pipelines",
+            &json!({"ref": git_ref, "variables": [{"key": "GOCACHE", "value": go_cache}]}),
+        );
+        assert_eq!(status, 202, "{body}");
+        let id = wait_for("the pipeline to be created", || {
+            let l = list(&api);
+            let l = l.as_array()?;
+            (l.len() > before).then(|| l[0]["id"].as_i64())?
+        });
+        let p = api.finished(id);
+        let reports = api.get_json(&format!("/api/v1/pipelines/{id}/reports"));
+        (p, reports)
+    };
+    let status = |p: &Pipeline, job: &str| job_named(p, job).status;
+    let failed = |r: &Value| -> Vec<String> {
+        let gates = r["gates"].as_array().unwrap();
+        assert_eq!(gates.len(), 1, "{r}");
+        assert_eq!(gates[0]["job"], "quality-gate");
+        gates[0]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["passed"] != true)
+            .map(|c| c["metric"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let actual = |r: &Value, metric: &str| -> Value {
+        r["gates"][0]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {metric}: {r}"))["actual"]
+            .clone()
+    };
+
+    // As it is, everything passes and deploy runs.
+    let (main1, r) = run("main");
+    assert_eq!(main1.status, PipelineStatus::Success, "{r}");
+    assert_eq!(status(&main1, "deploy"), JobStatus::Success);
+    assert!(failed(&r).is_empty(), "{r}");
+    assert_eq!(actual(&r, "coverage"), 80.0, "{r}");
+    assert_eq!(
+        actual(&r, "new_coverage"),
+        Value::Null,
+        "no change on main: {r}"
+    );
+    assert_eq!(r["tests"]["total"], 5, "{r}");
+    assert_eq!(r["coverage"]["percent"], 80.0, "{r}");
+
+    // Untested code drops coverage under 75%: the gate fails and deploy does not run.
+    change(&repo, "drop", "main.go", |s| s + UNTESTED_CLAMP);
+    let (p, r) = run("drop");
+    assert_eq!(status(&p, "quality-gate"), JobStatus::Failed, "{r}");
+    assert_eq!(status(&p, "deploy"), JobStatus::Skipped);
+    assert!(failed(&r).contains(&"coverage".to_owned()), "{r}");
+
+    // One untested statement: total coverage passes, the change's own lines (0%) do not.
+    change(&repo, "untested", "main.go", |s| s + UNTESTED_DOUBLE);
+    let (p, r) = run("untested");
+    assert_eq!(status(&p, "quality-gate"), JobStatus::Failed, "{r}");
+    assert_eq!(failed(&r), ["new_coverage"], "{r}");
+    assert_eq!(actual(&r, "new_coverage"), 0.0, "{r}");
+    assert_eq!(
+        r["gates"][0]["offenders"]["uncovered_new_lines"][0]["file"], "main.go",
+        "{r}"
+    );
+    assert_eq!(status(&p, "deploy"), JobStatus::Skipped);
+
+    // A failing test fails the test job and the gate, which still runs (`when: always`).
+    change(&repo, "broken", "main_test.go", break_a_test);
+    let (p, r) = run("broken");
+    assert_eq!(status(&p, "unit-tests"), JobStatus::Failed, "{r}");
+    assert_eq!(status(&p, "quality-gate"), JobStatus::Failed);
+    assert_eq!(failed(&r), ["tests_failed"], "{r}");
+    assert!(
+        r["tests"]["failures"].to_string().contains("TestSum"),
+        "{r}"
+    );
+    assert_eq!(status(&p, "deploy"), JobStatus::Skipped);
+
+    // Back on main the gate passes again, and main's coverage trend holds both pipelines.
+    let (main2, _) = run("main");
+    assert_eq!(main2.status, PipelineStatus::Success);
+    let trend = api.get_json("/api/v1/projects/svc/coverage?ref=main");
+    let points: Vec<(i64, f64)> = trend
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["pipeline_id"].as_i64().unwrap(),
+                c["coverage"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(points, [(main2.id, 80.0), (main1.id, 80.0)], "{trend}");
 }
 
 /// (b) An agent killed with SIGKILL in the middle of a job: the job fails with
