@@ -386,7 +386,7 @@ fn failed_metrics(r: &crate::Run) -> Vec<String> {
         .collect()
 }
 
-/// Needs Go (`scripts/go.sh` installs Debian's `golang-go`; `scripts/test` runs it).
+/// Needs Go (`scripts/need.sh go golang-go` installs it; `scripts/test` runs it).
 #[test]
 fn the_go_example_gates_its_deploy_on_tests_coverage_and_new_code() {
     let repo = go_service();
