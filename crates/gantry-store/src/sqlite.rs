@@ -498,7 +498,9 @@ async fn checkpoint(
                 .await;
         if let Ok((_, log, _)) = passive {
             if log >= WAL_RESTART_FRAMES {
-                let mut conn = writer.lock().await;
+                // The writer's connection itself, not a `WriterGuard`: this is no write, and a
+                // guard's release would wake the checkpointer again, every pass, while idle.
+                let mut conn = writer.conn.lock().await;
                 let _ = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                     .execute(&mut *conn)
                     .await;
