@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::context::{Context, Sources, predefined_variables};
 use crate::diag::{Diagnostic, Diags, Severity, hint};
 use crate::gate::{Condition, Metric};
-use crate::load::{self, GLOBAL_KEYWORDS, string_list};
+use crate::load::{self, GLOBAL_KEYWORDS, is_global, string_list};
 use crate::plan::{
     AllowFailure, Artifacts, ArtifactsWhen, Cache, CacheKey, CachePolicy, Environment, Image, Job,
     Need, Plan, Retry, Variable, When,
@@ -124,6 +124,7 @@ pub fn compile(sources: &dyn Sources, ctx: &Context) -> Compiled {
     let notify = root
         .as_map()
         .and_then(|m| m.get("notify"))
+        .filter(|n| n.as_map().is_none())
         .map(|n| crate::notify::compile(n, &mut c.diags))
         .unwrap_or_default();
     let plan = if c.diags.has_errors() {
@@ -193,7 +194,7 @@ fn is_hidden(name: &str) -> bool {
 fn drop_null_keys(root: &mut Node) {
     let Some(map) = root.as_map_mut() else { return };
     for e in &mut map.entries {
-        if is_hidden(&e.key) || GLOBAL_KEYWORDS.contains(&e.key.as_str()) {
+        if is_hidden(&e.key) || is_global(&e.key, &e.value) {
             continue;
         }
         if let Some(job) = e.value.as_map_mut() {
@@ -240,7 +241,7 @@ impl Compiler<'_> {
             return;
         }
         for e in &mut map.entries {
-            if is_hidden(&e.key) || GLOBAL_KEYWORDS.contains(&e.key.as_str()) {
+            if is_hidden(&e.key) || is_global(&e.key, &e.value) {
                 continue;
             }
             let Some(job) = e.value.as_map_mut() else {
@@ -329,7 +330,7 @@ impl Compiler<'_> {
         // Jobs
         let mut drafts = Vec::new();
         for e in &map.entries {
-            if GLOBAL_KEYWORDS.contains(&e.key.as_str()) || is_hidden(&e.key) {
+            if is_global(&e.key, &e.value) || is_hidden(&e.key) {
                 if !is_hidden(&e.key) {
                     self.check_global(e.key.as_str(), &e.value);
                 }

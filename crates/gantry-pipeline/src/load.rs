@@ -45,8 +45,15 @@ pub const GLOBAL_KEYWORDS: &[&str] = &[
     "before_script",
     "after_script",
     "spec",
-    "notify",
 ];
+
+/// Whether the top-level key `key` holding `value` is a keyword rather than a job: one of
+/// [`GLOBAL_KEYWORDS`], or Gantry's `notify:` section, which is a list; a mapping under `notify`
+/// is a job of that name, as in GitLab, where `notify` is no keyword.
+#[must_use]
+pub fn is_global(key: &str, value: &crate::yaml::Node) -> bool {
+    GLOBAL_KEYWORDS.contains(&key) || (key == "notify" && value.as_map().is_none())
+}
 
 /// Loads `ctx.file` and everything it includes, then resolves `extends` and `!reference`.
 /// Problems are recorded in `diags`; the returned tree is as complete as the input allows.

@@ -187,11 +187,30 @@ fn secrets_only_where_the_target_signs() {
 #[test]
 fn notify_must_be_an_array() {
     assert_error(
-        &compile_one("job:\n  script: [x]\nnotify: {slack: {url: $U}}\n"),
-        ".gitlab-ci.yml:3:9: `notify` must be an array of rules such as `{on: [pipeline_failed], slack: {url: $SLACK_WEBHOOK_URL}}`, not a mapping",
+        &compile_one("job:\n  script: [x]\nnotify: slack\n"),
+        ".gitlab-ci.yml:3:9: `notify` must be an array of rules such as `{on: [pipeline_failed], slack: {url: $SLACK_WEBHOOK_URL}}`, not a string",
     );
     assert_error(
         &compile_one(&with_notify("  - slack\n")),
         ".gitlab-ci.yml:4:5: `notify`: a rule must be a mapping with `on` and one target, not a string",
     );
+}
+
+/// GitLab has no `notify` keyword, so pipelines name jobs `notify`: a mapping there stays a job
+/// (with `default:` applied), and only a list is the section.
+#[test]
+fn a_job_named_notify_stays_a_job() {
+    let c = compile_one(
+        "default:\n  before_script: [echo hi]\nstages: [build, cleanup]\nbuild:\n  stage: build\n  script: [exit 1]\nnotify:\n  stage: cleanup\n  when: on_failure\n  script: [echo notified]\n",
+    );
+    assert_eq!(errors(&c), Vec::<String>::new());
+    let plan = c.plan.as_ref().expect("a plan");
+    let notify = plan
+        .jobs
+        .iter()
+        .find(|j| j.name == "notify")
+        .expect("`notify` is a job");
+    assert_eq!(notify.stage, "cleanup");
+    assert_eq!(notify.before_script, ["echo hi"]);
+    assert!(c.notify.is_empty());
 }
