@@ -283,36 +283,10 @@ pub(crate) fn kept(dir: &Path, slug: &str) -> Option<Reports> {
 /// The one line a failed gate leaves as the job's error: `quality gate failed: coverage 71.2 < 75;
 /// tests_failed: no data`.
 pub(crate) fn gate_failure(outcome: &gantry_reports::GateOutcome) -> String {
-    use gantry_reports::gate::{Verdict, format_number};
-    let failed: Vec<String> = outcome
-        .conditions
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| match (c.verdict, c.actual) {
-            (Verdict::NoData, _) | (_, None) => format!("{}: no data", c.metric),
-            (_, Some(a)) => format!(
-                "{} {} {} {}",
-                c.metric,
-                format_number(a),
-                negate(c.operator),
-                format_number(c.threshold)
-            ),
-        })
-        .collect();
-    format!("quality gate failed: {}", failed.join("; "))
-}
-
-/// The operator that holds where `op` does not (`>=` → `<`), for "coverage 71.2 < 75".
-fn negate(op: gantry_pipeline::gate::Op) -> &'static str {
-    use gantry_pipeline::gate::Op;
-    match op {
-        Op::Eq => "!=",
-        Op::Ne => "==",
-        Op::Lt => ">=",
-        Op::Le => ">",
-        Op::Gt => "<=",
-        Op::Ge => "<",
-    }
+    format!(
+        "quality gate failed: {}",
+        gantry_reports::gate::failures(outcome)
+    )
 }
 
 #[cfg(test)]
