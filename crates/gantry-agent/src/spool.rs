@@ -227,6 +227,14 @@ impl Reporter for LogReporter {
                 self.spool.write(&text);
             }
             Event::JobInfo { message, .. } => self.spool.info(message),
+            // Each measurement of a verification goes into the job's log, as `gantry run` shows it.
+            Event::Verify {
+                weight,
+                measurement,
+                ..
+            } => self
+                .spool
+                .info(&gantry_runtime::measurement_line(measurement, weight)),
             Event::JobFinished {
                 job,
                 stage,
