@@ -1,47 +1,15 @@
 //! `verify:` end to end: `gantry run --output json` of a progressive deploy verified by an HTTP
-//! check against a health endpoint the test serves.
-
-use std::io::{Read, Write};
-use std::net::TcpListener;
+//! check against a health endpoint the test serves (healthy at weight 50 only: 404 at 100).
 
 use serde_json::{Value, json};
 
 use crate::Repo;
-
-/// Serves `/healthz/<weight>` on 127.0.0.1, answering 503 for weight 100 and 200 otherwise; its
-/// address.
-fn health() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&head).into_owned();
-            let status = if head.starts_with("GET /healthz/100 ") {
-                503
-            } else {
-                200
-            };
-            let _ = write!(
-                conn,
-                "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            );
-        }
-    });
-    addr
-}
+use crate::server::HttpStub;
 
 #[test]
 fn a_progressive_deploy_reports_each_measurement_and_fails_at_the_bad_step() {
-    let addr = health();
+    let health = HttpStub::serve(vec![("/healthz/50", String::new())]);
+    let addr = format!("127.0.0.1:{}", health.port);
     let repo = Repo::ci(&format!(
         r#"
 deploy:
@@ -79,7 +47,7 @@ deploy:
             &json!({"event": "verify", "job": "deploy", "check": url(50), "value": 200.0,
                     "threshold": "status 200", "passed": true, "weight": 50, "kind": "http",
                     "phase": "pass"}),
-            &json!({"event": "verify", "job": "deploy", "check": url(100), "value": 503.0,
+            &json!({"event": "verify", "job": "deploy", "check": url(100), "value": 404.0,
                     "threshold": "status 200", "passed": false, "weight": 100, "kind": "http",
                     "phase": "fail"}),
         ]
@@ -93,7 +61,7 @@ deploy:
     assert_eq!(
         finished["error"],
         format!(
-            "verification failed at weight 100: {} = 503 against status 200 (1 consecutive bad \
+            "verification failed at weight 100: {} = 404 against status 200 (1 consecutive bad \
              answers (consecutive_failures: 1))",
             url(100)
         )
