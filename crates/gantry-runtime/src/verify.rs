@@ -249,6 +249,18 @@ mod tests {
     }
 
     #[test]
+    fn verifications_share_one_verifier_while_one_is_in_use() {
+        let a = shared().unwrap();
+        let b = shared().unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        assert!(
+            SHARED.lock().unwrap().upgrade().is_none(),
+            "dropped with its last user"
+        );
+    }
+
+    #[test]
     fn urls_are_expanded_and_queries_are_not() {
         let mut spec = Verify {
             prometheus: Some(gantry_pipeline::verify::Prometheus {
