@@ -66,4 +66,20 @@ deploy:
             url(100)
         )
     );
+    // The human output shows each measurement, its value against its threshold, as it is taken.
+    let human = repo.gantry(&["run"]);
+    let stdout = String::from_utf8_lossy(&human.stdout);
+    let shown: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("deploy > verify at weight "))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            format!("50: {} = 200 against status 200: pass", url(50)),
+            format!("50: {} = 200 against status 200: pass", url(50)),
+            format!("100: {} = 404 against status 200: FAIL", url(100)),
+        ],
+        "{stdout}"
+    );
 }
