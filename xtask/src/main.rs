@@ -16,7 +16,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gantry-pipeline", &[]),
     (
         "gantry-runtime",
-        &["gantry-pipeline", "gantry-api", "gantry-reports"],
+        &[
+            "gantry-pipeline",
+            "gantry-api",
+            "gantry-reports",
+            "gantry-release",
+        ],
     ),
     (
         "gantry-executor-shell",

@@ -227,6 +227,14 @@ impl Reporter for LogReporter {
                 self.spool.write(&text);
             }
             Event::JobInfo { message, .. } => self.spool.info(message),
+            // Each measurement of a verification goes into the job's log, as `gantry run` shows it.
+            Event::Verify {
+                weight,
+                measurement,
+                ..
+            } => self
+                .spool
+                .info(&gantry_runtime::measurement_line(measurement, weight)),
             Event::JobFinished {
                 job,
                 stage,
@@ -567,7 +575,23 @@ mod tests {
             job: "j",
             message: "artifacts: 1 file",
         });
-        let want = "$ echo a\n  echo b\na\n[gantry] artifacts: 1 file\n";
+        let m = gantry_runtime::gantry_release::Measurement {
+            kind: gantry_runtime::gantry_release::Kind::Http,
+            check: "http://127.0.0.1:8080/healthz".into(),
+            value: Some(503.0),
+            threshold: "status 200".into(),
+            passed: false,
+            phase: gantry_runtime::gantry_release::Phase::Fail,
+            detail: None,
+            elapsed_ms: 100,
+        };
+        r.event(Event::Verify {
+            job: "j",
+            weight: Some(10),
+            measurement: &m,
+        });
+        let want = "$ echo a\n  echo b\na\n[gantry] artifacts: 1 file\n\
+            [gantry] verify at weight 10: http://127.0.0.1:8080/healthz = 503 against status 200: FAIL\n";
         assert_eq!(spool.flush(), want.len() as u64);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
     }

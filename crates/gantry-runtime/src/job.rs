@@ -1,5 +1,6 @@
 //! The job lifecycle, per attempt: workspace → cache restore → artifact restore → `prepare` → script
-//! → `after_script` → cache save → artifacts and dotenv → `cleanup`.
+//! (with `verify:`, then its verification and further progressive steps: `verify.rs`) → gate →
+//! `after_script` → cache save → artifacts and dotenv → `cleanup`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,8 @@ use crate::executor::{Executor, JobContext, Session, Step, StepEvent, StepKind, 
 use crate::mask::Masker;
 use crate::summaries::{self, ReportKind};
 use crate::workspace::{Snapshot, View};
-use crate::{Event, JobResult, JobStatus, Reporter, RunConfig, artifacts, cache, files};
+use crate::{Event, JobResult, JobStatus, Reporter, RunConfig, artifacts, cache, files, verify};
+use gantry_release::Verifier;
 use gantry_reports::Reports;
 
 /// How long `after_script` may run.
@@ -60,6 +62,8 @@ pub(crate) struct Ctx<E> {
     pub summaries: Mutex<Vec<Option<Arc<Reports>>>>,
     pub job_ids: AtomicU64,
     pub cancel: watch::Receiver<bool>,
+    /// The verifier of `verify:` jobs, once one needed it (see `verify.rs`).
+    pub verifier: OnceLock<Arc<Verifier>>,
 }
 
 /// How one attempt ended.
@@ -87,6 +91,15 @@ impl Attempt {
 }
 
 impl<E> Ctx<E> {
+    /// The run's verifier, the process's shared one (made by the first verifying job).
+    pub(crate) fn verifier(&self) -> Result<Arc<Verifier>, String> {
+        if let Some(v) = self.verifier.get() {
+            return Ok(v.clone());
+        }
+        let v = verify::shared()?;
+        Ok(self.verifier.get_or_init(|| v).clone())
+    }
+
     fn stored(&self) -> std::sync::MutexGuard<'_, Vec<Stored>> {
         self.stored
             .lock()
@@ -507,14 +520,20 @@ async fn attempt<E: Executor>(
         .chain(&job.script)
         .cloned()
         .collect();
-    let step = Step {
+    let mut env = env;
+    if let Some(first) = job.verify.as_ref().and_then(|v| v.steps.first()) {
+        verify::set_weight(&mut env, *first);
+    }
+    let timeout = job.timeout.unwrap_or(ctx.config.default_timeout);
+    let mut step = Step {
         kind: StepKind::Script,
         commands,
         env,
         workdir: workspace.clone(),
-        timeout: Some(job.timeout.unwrap_or(ctx.config.default_timeout)),
+        timeout: Some(timeout),
         echo: ctx.config.echo,
     };
+    let started = tokio::time::Instant::now();
     let outcome = run_step(
         ctx,
         &mut session,
@@ -524,41 +543,20 @@ async fn attempt<E: Executor>(
         &mut coverage,
     )
     .await;
-    let mut result = match outcome {
-        StepOutcome::Exited(0) => Attempt {
-            status: JobStatus::Success,
-            exit_code: Some(0),
-            reason: None,
-            coverage: None,
-            error: None,
-        },
-        StepOutcome::Exited(code) => Attempt {
-            status: JobStatus::Failed,
-            exit_code: Some(code),
-            reason: Some(FailureReason::ScriptFailure),
-            coverage: None,
-            error: None,
-        },
-        StepOutcome::TimedOut => Attempt::failed(
-            ctx,
+    let mut result = script_attempt(ctx, name, outcome, timeout);
+
+    if let (Some(spec), JobStatus::Success) = (&job.verify, result.status) {
+        let deploy = Deploy {
             name,
-            FailureReason::JobExecutionTimeout,
-            &format!(
-                "timed out after {}",
-                human(step.timeout.unwrap_or_default())
-            ),
-        ),
-        StepOutcome::Canceled => Attempt {
-            status: JobStatus::Canceled,
-            exit_code: None,
-            reason: None,
-            coverage: None,
-            error: None,
-        },
-        StepOutcome::SystemFailure(message) => {
-            Attempt::failed(ctx, name, FailureReason::RunnerSystemFailure, &message)
+            spec,
+            deadline: started + timeout,
+            timeout,
+        };
+        let verified = verified_steps(ctx, &mut session, &mut step, &deploy, &mut coverage).await;
+        if let Some(failed) = verified {
+            result = failed;
         }
-    };
+    }
 
     if !job.gate.is_empty() && result.status == JobStatus::Success {
         if let Some(failed) = gate(ctx, idx).await {
@@ -660,6 +658,147 @@ async fn attempt<E: Executor>(
     }
     session.cleanup().await;
     result
+}
+
+/// A verified job's attempt, for [`verified_steps`].
+struct Deploy<'a> {
+    name: &'a str,
+    spec: &'a gantry_pipeline::verify::Verify,
+    /// When the job's timeout ends (counted from its script's start).
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+}
+
+/// Verifies the first progressive step (whose script `step` just succeeded), then runs the script
+/// of each further step (with its `GANTRY_DEPLOY_WEIGHT`) and verifies it. `None` when every step
+/// passed; else how the attempt ends: failed at the first failing step, canceled, or timed out.
+async fn verified_steps<E: Executor>(
+    ctx: &Arc<Ctx<E>>,
+    session: &mut E::Session,
+    step: &mut Step,
+    deploy: &Deploy<'_>,
+    coverage: &mut Coverage,
+) -> Option<Attempt> {
+    let name = deploy.name;
+    let verifier = match ctx.verifier() {
+        Ok(v) => v,
+        Err(m) => {
+            return Some(Attempt::failed(
+                ctx,
+                name,
+                FailureReason::RunnerSystemFailure,
+                &m,
+            ));
+        }
+    };
+    let steps = &deploy.spec.steps;
+    // Measurements carry a weight only when the job has steps of its own.
+    let progressive = steps.as_slice() != [100];
+    for (i, &weight) in steps.iter().enumerate() {
+        if i > 0 {
+            verify::set_weight(&mut step.env, weight);
+            step.timeout = Some(
+                deploy
+                    .deadline
+                    .saturating_duration_since(tokio::time::Instant::now()),
+            );
+            let of = steps.len();
+            ctx.info(
+                name,
+                &format!("progressive step {} of {of}: weight {weight}", i + 1),
+            );
+            let outcome = run_step(ctx, session, step, ctx.cancel.clone(), name, coverage).await;
+            let result = script_attempt(ctx, name, outcome, deploy.timeout);
+            if result.status != JobStatus::Success {
+                return Some(result);
+            }
+        }
+        let at = if progressive {
+            format!(" at weight {weight}")
+        } else {
+            String::new()
+        };
+        let spec = verify::expanded(deploy.spec, &step.env);
+        if let Err(m) = verify::check_urls(&spec) {
+            return Some(Attempt::failed(ctx, name, FailureReason::ScriptFailure, &m));
+        }
+        ctx.info(name, &verify::starting(&spec, &at, human));
+        let weight = progressive.then_some(weight);
+        let report = |m: &gantry_release::Measurement| {
+            let measurement = verify::masked(&ctx.masker, m);
+            ctx.reporter.event(Event::Verify {
+                job: name,
+                weight,
+                measurement: &measurement,
+            });
+        };
+        let ended = verify::verify(
+            &verifier,
+            &spec,
+            report,
+            ctx.cancel.clone(),
+            deploy.deadline,
+        )
+        .await;
+        let Some(outcome) = ended else {
+            let message = format!("timed out after {} (verifying)", human(deploy.timeout));
+            return Some(Attempt::failed(
+                ctx,
+                name,
+                FailureReason::JobExecutionTimeout,
+                &message,
+            ));
+        };
+        if outcome.status == gantry_release::Status::Canceled {
+            return Some(script_attempt(
+                ctx,
+                name,
+                StepOutcome::Canceled,
+                deploy.timeout,
+            ));
+        }
+        match verify::judged(&outcome, &spec, &at) {
+            Ok(line) => ctx.info(name, &line),
+            Err(m) => return Some(Attempt::failed(ctx, name, FailureReason::ScriptFailure, &m)),
+        }
+    }
+    None
+}
+
+/// How a script step's `outcome` ends the attempt of job `name`, whose timeout is `timeout`.
+fn script_attempt<E>(ctx: &Ctx<E>, name: &str, outcome: StepOutcome, timeout: Duration) -> Attempt {
+    match outcome {
+        StepOutcome::Exited(0) => Attempt {
+            status: JobStatus::Success,
+            exit_code: Some(0),
+            reason: None,
+            coverage: None,
+            error: None,
+        },
+        StepOutcome::Exited(code) => Attempt {
+            status: JobStatus::Failed,
+            exit_code: Some(code),
+            reason: Some(FailureReason::ScriptFailure),
+            coverage: None,
+            error: None,
+        },
+        StepOutcome::TimedOut => Attempt::failed(
+            ctx,
+            name,
+            FailureReason::JobExecutionTimeout,
+            &format!("timed out after {}", human(timeout)),
+        ),
+        StepOutcome::Canceled => Attempt {
+            status: JobStatus::Canceled,
+            exit_code: None,
+            reason: None,
+            coverage: None,
+            error: None,
+        },
+        StepOutcome::SystemFailure(message) => {
+            Attempt::failed(ctx, name, FailureReason::RunnerSystemFailure, &message)
+        }
+    }
 }
 
 /// Runs one step, forwarding its events (masked) to the reporter.

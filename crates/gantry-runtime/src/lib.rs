@@ -45,6 +45,11 @@
 //!   else every job of earlier stages) from this run, or for jobs this run does not select, from
 //!   `state_dir/reports/` (or on exactly [`RunConfig::gate_reports`] when given);
 //!   [`Event::Gate`] carries the verdict, and a failed gate fails the job.
+//! - A job with `verify:` (a deploy job) runs its script once per progressive step, with
+//!   `GANTRY_DEPLOY_WEIGHT` set to the step's weight, and after each successful run verifies the
+//!   deployment with `gantry-release` (`verify.rs`), reporting each measurement as
+//!   [`Event::Verify`]; a failed verification fails the job and stops the progression, a marginal
+//!   one goes on with a warning. Its gate, if any, and `after_script` come after.
 //! - On cancel, running jobs are killed (their `after_script` still runs) and every job that had not
 //!   started ends as [`JobStatus::Canceled`].
 
@@ -60,6 +65,7 @@ mod job;
 mod mask;
 mod schedule;
 mod summaries;
+mod verify;
 mod workspace;
 
 use std::path::PathBuf;
@@ -72,9 +78,11 @@ pub use executor::Stream;
 pub use gantry_api::{JobStatus, PipelineStatus};
 use gantry_pipeline::Plan;
 pub use gantry_pipeline::plan::FailureReason;
+pub use gantry_release;
 pub use gantry_reports;
 pub use mask::MASK;
 pub use summaries::ReportKind;
+pub use verify::measurement_line;
 
 /// How to run a pipeline.
 #[derive(Clone, Debug)]
@@ -205,6 +213,16 @@ pub enum Event<'a> {
         job: &'a str,
         /// The verdict, each condition and the worst offenders.
         outcome: &'a gantry_reports::GateOutcome,
+    },
+    /// A measurement of a job's verification (`verify:`), as it is taken, before the job's
+    /// [`Event::JobFinished`].
+    Verify {
+        /// The job.
+        job: &'a str,
+        /// The progressive step's weight, when the job's `verify:steps` are its own (not `[100]`).
+        weight: Option<u8>,
+        /// The measurement; its text is masked.
+        measurement: &'a gantry_release::Measurement,
     },
     /// The pipeline is done.
     PipelineFinished {

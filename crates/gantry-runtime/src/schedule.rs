@@ -146,6 +146,7 @@ async fn prepare<E: Executor>(
         summaries: Mutex::new(vec![None; plan.jobs.len()]),
         job_ids: AtomicU64::new(0),
         cancel,
+        verifier: std::sync::OnceLock::new(),
     })
 }
 

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use gantry_runtime::executor::Stream;
+use gantry_runtime::gantry_release::{Kind, Phase};
 use gantry_runtime::gantry_reports::{GateOutcome, Reports, gate};
 use gantry_runtime::{Event, JobStatus, PipelineStatus, ReportKind, Reporter};
 
@@ -445,6 +446,16 @@ impl Reporter for Human {
                 Some((_, o)) => *o = outcome.clone(),
                 None => s.gates.push((job.to_owned(), outcome.clone())),
             },
+            Event::Verify {
+                job,
+                weight,
+                measurement,
+            } => {
+                let p = s.prefix(job, '>');
+                let code = if measurement.passed { "32" } else { "31" };
+                let text = s.paint(code, &gantry_runtime::measurement_line(measurement, weight));
+                s.out.line(&format!("{p} {text}"));
+            }
         }
         s.draw_status();
     }
@@ -512,6 +523,19 @@ enum JsonEvent<'a> {
         passed: bool,
         conditions: &'a [gate::ConditionResult],
         offenders: &'a gate::Offenders,
+    },
+    Verify {
+        job: &'a str,
+        check: &'a str,
+        value: Option<f64>,
+        threshold: &'a str,
+        passed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        weight: Option<u8>,
+        kind: Kind,
+        phase: Phase,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<&'a str>,
     },
 }
 
@@ -598,6 +622,24 @@ impl Reporter for Json {
                     passed: outcome.passed,
                     conditions: &outcome.conditions,
                     offenders: &outcome.offenders,
+                },
+                true,
+            ),
+            Event::Verify {
+                job,
+                weight,
+                measurement: m,
+            } => (
+                JsonEvent::Verify {
+                    job,
+                    check: &m.check,
+                    value: m.value,
+                    threshold: &m.threshold,
+                    passed: m.passed,
+                    weight,
+                    kind: m.kind,
+                    phase: m.phase,
+                    detail: m.detail.as_deref(),
                 },
                 true,
             ),

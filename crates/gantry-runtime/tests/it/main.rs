@@ -20,6 +20,7 @@ use gantry_runtime::{
 use tokio::sync::watch;
 
 mod gates;
+mod verify;
 mod workspace;
 
 // ---------------------------------------------------------------------------------------------------
@@ -153,6 +154,11 @@ enum Rec {
         job: String,
         outcome: gantry_runtime::gantry_reports::GateOutcome,
     },
+    Verify {
+        job: String,
+        weight: Option<u8>,
+        measurement: gantry_runtime::gantry_release::Measurement,
+    },
     Pipeline,
 }
 
@@ -193,6 +199,15 @@ impl Reporter for Recorder {
             Event::Gate { job, outcome } => Rec::Gate {
                 job: job.into(),
                 outcome: outcome.clone(),
+            },
+            Event::Verify {
+                job,
+                weight,
+                measurement,
+            } => Rec::Verify {
+                job: job.into(),
+                weight,
+                measurement: measurement.clone(),
             },
             Event::PipelineFinished { .. } => Rec::Pipeline,
         };

@@ -11,6 +11,7 @@ mod podman;
 mod proxy;
 mod real_world;
 mod server;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1904,13 +1904,13 @@ fn unreachable_repo_fails_after_the_last_attempt(store: Store) {
 }
 
 /// A tiny HTTP server on 127.0.0.1: `GET PATH` answers the body of `PATH` in `files` (200), or 404.
-struct HttpStub {
-    port: u16,
+pub(crate) struct HttpStub {
+    pub(crate) port: u16,
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl HttpStub {
-    fn serve(files: Vec<(&'static str, String)>) -> HttpStub {
+    pub(crate) fn serve(files: Vec<(&'static str, String)>) -> HttpStub {
         use std::io::{Read as _, Write as _};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
