@@ -38,6 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gantry-store",
             "gantry-pipeline",
             "gantry-reports",
+            "gantry-notify",
         ],
     ),
     (
@@ -59,6 +60,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gantry-store",
             "gantry-server",
             "gantry-agent",
+            "gantry-notify",
         ],
     ),
 ];
