@@ -25,6 +25,9 @@ use crate::state::AppState;
 const AAD: &[u8] = b"notification target";
 /// How many due notifications are sent at once.
 const BATCH: i64 = 16;
+/// How long a claimed notification is left to its sender before it is due again (longer than an
+/// attempt: `Policy::timeout`).
+const CLAIM: i64 = 60_000;
 /// The longest the sender sleeps without looking at the store.
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -211,7 +214,12 @@ pub(crate) async fn run(state: AppState) {
 
 /// Sends the notifications due now, at most [`BATCH`] at once.
 async fn send_due(state: &AppState, sender: &Sender) {
-    let due = match state.store.due_notifications(now_ms(), BATCH).await {
+    let now = now_ms();
+    let due = match state
+        .store
+        .claim_notifications(now, now + CLAIM, BATCH)
+        .await
+    {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the due notifications");

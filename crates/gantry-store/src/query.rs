@@ -494,10 +494,12 @@ where
         .map_err(db("storing a notification"))
     }
 
-    /// See [`crate::Store::due_notifications`].
-    async fn due_notifications(
+    /// See [`crate::Store::claim_notifications`]. The outer condition is checked again on each
+    /// row as it is locked (PostgreSQL): of two servers claiming at once, one gets it.
+    async fn claim_notifications(
         conn: &mut Self::Connection,
         now: Millis,
+        until: Millis,
         limit: i64,
     ) -> Result<Vec<NotificationRecord>> {
         let sql = format!(
@@ -505,7 +507,21 @@ where
              AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2"
         );
         let q = sqlx::query(&sql).bind(now).bind(limit);
-        Self::rows(conn, q, "listing due notifications", Self::notification_row).await
+        let due = Self::rows(conn, q, "listing due notifications", Self::notification_row).await?;
+        let mut claimed = Vec::with_capacity(due.len());
+        for n in due {
+            let q = sqlx::query(
+                "UPDATE notifications SET next_attempt_at = $1 \
+                 WHERE id = $2 AND status = 'pending' AND next_attempt_at <= $3",
+            )
+            .bind(until)
+            .bind(n.id)
+            .bind(now);
+            if Self::run(conn, q, "claiming a notification").await? > 0 {
+                claimed.push(n);
+            }
+        }
+        Ok(claimed)
     }
 
     /// See [`crate::Store::notification_attempt`].
@@ -1776,12 +1792,13 @@ macro_rules! store {
                 writing!(self, conn => $db::insert_notification(conn, n).await)
             }
 
-            async fn due_notifications(
+            async fn claim_notifications(
                 &self,
                 now: crate::records::Millis,
+                until: crate::records::Millis,
                 limit: i64,
             ) -> crate::error::Result<Vec<crate::records::NotificationRecord>> {
-                read!(self, conn => $db::due_notifications(conn, now, limit).await)
+                writing!(self, conn => $db::claim_notifications(conn, now, until, limit).await)
             }
 
             async fn notification_attempt(

@@ -68,8 +68,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a notification, pending and due at once; answers its id.
     async fn insert_notification(&self, notification: &NewNotification) -> Result<i64>;
-    /// Up to `limit` pending notifications due at `now`, oldest first.
-    async fn due_notifications(&self, now: Millis, limit: i64) -> Result<Vec<NotificationRecord>>;
+    /// Claims up to `limit` pending notifications due at `now`, oldest first: each is due again
+    /// only at `until` (so that another server, or this one after a crash, sends it then) unless
+    /// [`Store::notification_attempt`] records its attempt first. Answers them as they were.
+    async fn claim_notifications(
+        &self,
+        now: Millis,
+        until: Millis,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>>;
     /// Records an attempt of pending notification `id`: `sent` without `error`; with one, it
     /// stays pending until `retry_at`, or is `failed` for good without `retry_at`. Answers
     /// whether it was pending.

@@ -83,6 +83,7 @@ store_tests!(
     pipeline_reports_read_latest_attempts,
     coverage_trend_of_a_ref,
     notifications_wait_retry_and_survive_reopen,
+    two_stores_claim_each_notification_once,
     previous_finished_status_of_a_ref,
 );
 
@@ -2347,12 +2348,22 @@ async fn notifications_wait_retry_and_survive_reopen(h: Harness) {
     let c = s.insert_notification(&new(8, "c")).await.unwrap();
     assert_eq!(s.next_notification_at().await.unwrap(), Some(1_000));
     let ids = |v: Vec<gantry_store::NotificationRecord>| v.iter().map(|n| n.id).collect::<Vec<_>>();
-    assert!(s.due_notifications(999, 10).await.unwrap().is_empty());
-    assert_eq!(
-        ids(s.due_notifications(1_000, 10).await.unwrap()),
-        [a, b, c]
+    assert!(
+        s.claim_notifications(999, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
-    assert_eq!(ids(s.due_notifications(1_000, 2).await.unwrap()), [a, b]);
+    assert_eq!(
+        ids(s.claim_notifications(1_000, 60_000, 2).await.unwrap()),
+        [a, b]
+    );
+    // Claimed ones are not due again before the claim ends; `c` still is.
+    assert_eq!(
+        ids(s.claim_notifications(1_000, 60_000, 10).await.unwrap()),
+        [c]
+    );
+    assert_eq!(s.next_notification_at().await.unwrap(), Some(60_000));
     // A failed attempt with a retry keeps `a` pending, out of the list until it is due.
     assert!(
         s.notification_attempt(a, Some("cannot connect"), Some(5_000))
@@ -2367,12 +2378,17 @@ async fn notifications_wait_retry_and_survive_reopen(h: Harness) {
     );
     // Neither a sent nor a failed one changes again.
     assert!(!s.notification_attempt(b, Some("late"), None).await.unwrap());
-    assert!(s.due_notifications(4_999, 10).await.unwrap().is_empty());
+    assert!(
+        s.claim_notifications(4_999, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.next_notification_at().await.unwrap(), Some(5_000));
     drop(s);
     let h = h.reopen().await;
     let s = &*h.store;
-    let due = s.due_notifications(5_000, 10).await.unwrap();
+    let due = s.claim_notifications(5_000, 9_000, 10).await.unwrap();
     assert_eq!(ids(due.clone()), [a]);
     let n = &due[0];
     assert_eq!(
@@ -2389,6 +2405,17 @@ async fn notifications_wait_retry_and_survive_reopen(h: Harness) {
         (1, Some("cannot connect"))
     );
     assert_eq!((n.next_attempt_at, n.created_at), (5_000, 1_000));
+    // A sender that died with it claimed: it is due again when the claim ends.
+    assert!(
+        s.claim_notifications(8_999, 9_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(s.claim_notifications(9_000, 20_000, 10).await.unwrap()),
+        [a]
+    );
     let of_7 = s.notifications(7).await.unwrap();
     let states: Vec<(&str, i64)> = of_7
         .iter()
@@ -2432,4 +2459,35 @@ async fn previous_finished_status_of_a_ref(h: Harness) {
             .unwrap(),
         Some(PipelineStatus::Success)
     );
+}
+
+async fn two_stores_claim_each_notification_once(h: Harness) {
+    let (one, two) = (h.store.clone(), h.open_another().await);
+    let mut all = Vec::new();
+    for i in 0..40 {
+        let n = gantry_store::NewNotification {
+            pipeline_id: 1,
+            target: "t".into(),
+            event: format!("e{i}"),
+            created_at: 1_000,
+        };
+        all.push(one.insert_notification(&n).await.unwrap());
+    }
+    let claim = |s: Arc<dyn Store>| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s.claim_notifications(1_000, 60_000, 3).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.iter().map(|n| n.id));
+            }
+        })
+    };
+    let (a, b) = (claim(one), claim(two));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut both: Vec<i64> = a.iter().chain(&b).copied().collect();
+    both.sort_unstable();
+    assert_eq!(both, all, "each claimed once: {a:?} {b:?}");
 }
