@@ -124,7 +124,7 @@ async fn enqueue(state: &AppState, id: i64, status: PipelineStatus) -> Result<us
     let event = serde_json::to_string(&event).map_err(|e| e.to_string())?;
     let now = now_ms();
     for rule in &rules {
-        let target = expand(&rule.target, &values);
+        let target = gantry_notify::expand(&rule.target, &values);
         let target = serde_json::to_string(&target).map_err(|e| e.to_string())?;
         let n = NewNotification {
             pipeline_id: id,
@@ -167,16 +167,6 @@ fn variables(doc: &PipelineDoc, secrets: &[gantry_api::ProjectVariable]) -> Vec<
         .chain(project)
         .chain(doc.cli_variables.iter().cloned())
         .collect()
-}
-
-/// `target` with `$VARIABLES` in its URL and secret expanded from `values`.
-fn expand(target: &Target, values: &HashMap<String, String>) -> Target {
-    let get = |k: &str| values.get(k).cloned();
-    Target {
-        kind: target.kind,
-        url: vars::expand(&target.url, &get),
-        secret: target.secret.as_ref().map(|s| vars::expand(s, &get)),
-    }
 }
 
 /// The sender: sends the due notifications, then sleeps until the next is due or one is stored.
@@ -293,25 +283,18 @@ async fn record(
                 "notification sent"
             );
         }
-        (Some(e), Some(_)) => {
+        (Some(e), retry_at) => {
+            if retry_at.is_none() {
+                state.metrics.notification("failed");
+            }
             tracing::warn!(
                 notification = n.id,
                 pipeline = n.pipeline_id,
                 host,
                 attempts,
                 error = e,
-                "notification not sent; retrying later"
-            );
-        }
-        (Some(e), None) => {
-            state.metrics.notification("failed");
-            tracing::warn!(
-                notification = n.id,
-                pipeline = n.pipeline_id,
-                host,
-                attempts,
-                error = e,
-                "notification failed"
+                retrying = retry_at.is_some(),
+                "notification not sent"
             );
         }
     }
