@@ -43,6 +43,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gantry-store",
             "gantry-pipeline",
             "gantry-reports",
+            "gantry-notify",
         ],
     ),
     (
@@ -64,6 +65,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gantry-store",
             "gantry-server",
             "gantry-agent",
+            "gantry-notify",
         ],
     ),
 ];

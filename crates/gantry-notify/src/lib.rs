@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use format::{Request, dingtalk_sign, feishu_sign, request, webhook_signature};
 pub use gantry_pipeline::notify::{EventKind, Rule, Target, TargetKind};
-pub use send::{Delivery, Policy, Sender};
+pub use send::{Delivery, Policy, Sender, expand};
 
 /// Why a notification could not be made or sent. Never shows a URL (it holds the hook's token).
 #[derive(Debug, thiserror::Error)]

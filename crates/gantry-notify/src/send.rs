@@ -295,8 +295,10 @@ fn service_error(kind: TargetKind, body: &[u8]) -> Option<String> {
     ))
 }
 
-/// `target` with `$VARIABLES` in its URL and secret expanded from `values`.
-fn expand(target: &Target, values: &HashMap<String, String>) -> Target {
+/// `target` with `$VARIABLES` in its URL and secret expanded from `values` (resolved variables),
+/// as [`Sender::notify`] sends it; for a caller that stores it to send later.
+#[must_use]
+pub fn expand(target: &Target, values: &HashMap<String, String>) -> Target {
     let get = |k: &str| values.get(k).cloned();
     Target {
         kind: target.kind,

@@ -170,6 +170,13 @@ pub struct Config {
     pub git_timeout: Duration,
     /// The first pause between attempts to post a commit status (doubled each time, 5 attempts).
     pub status_backoff: Duration,
+    /// The first pause before a failed notification is sent again (doubled each time, up to
+    /// `notify_max_backoff`).
+    pub notify_backoff: Duration,
+    /// The longest pause between attempts of a notification.
+    pub notify_max_backoff: Duration,
+    /// Attempts of a notification, the first included, before it is failed for good.
+    pub notify_max_attempts: u32,
     /// Whether `include:remote` may reach loopback, private, link-local and other non-public
     /// addresses (off by default, as GitLab's "Allow requests to the local network" outbound
     /// setting): a repository's author must not be able to make the server read its own network.
@@ -253,6 +260,9 @@ impl Config {
             delivery_concurrency: 4,
             git_timeout: Duration::from_secs(600),
             status_backoff: Duration::from_secs(1),
+            notify_backoff: Duration::from_secs(5),
+            notify_max_backoff: Duration::from_secs(600),
+            notify_max_attempts: 10,
             allow_local_includes: false,
             templates_url: None,
             metrics_token: None,

@@ -798,6 +798,7 @@ fn compile_with(
             approved_by: None,
             approved_at: None,
         }),
+        notify: result.notify.clone(),
         ..PipelineDoc::default()
     };
     if let Some(plan) = &mut result.plan {

@@ -48,6 +48,7 @@ mod intake;
 mod jobtoken;
 mod metrics;
 mod mirror;
+mod notify;
 mod openapi;
 mod progress;
 mod projects;
@@ -174,7 +175,8 @@ pub async fn serve_with(config: Config, store: Arc<dyn Store>) -> anyhow::Result
 }
 
 /// Starts the background tasks: the delivery processor, the lease reaper, the progress sweeper (delayed
-/// jobs, pipelines left behind by a crash), the cron scheduler and the commit status poster.
+/// jobs, pipelines left behind by a crash), the cron scheduler, the commit status poster and the
+/// notification sender.
 fn spawn_background(state: &state::AppState) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(crate::intake::run(state.clone())),
@@ -182,5 +184,6 @@ fn spawn_background(state: &state::AppState) -> Vec<tokio::task::JoinHandle<()>>
         tokio::spawn(crate::progress::sweeper(state.clone())),
         tokio::spawn(crate::schedules::run(state.clone())),
         tokio::spawn(crate::statuses::run(state.clone())),
+        tokio::spawn(crate::notify::run(state.clone())),
     ]
 }

@@ -43,6 +43,7 @@ pub(crate) struct Metrics {
     pub agents: Gauge,
     pub deliveries: Family<ResultLabel, Counter>,
     pub log_bytes: Counter,
+    pub notifications: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -102,6 +103,12 @@ impl Metrics {
             "Log bytes appended by agents",
             log_bytes.clone(),
         );
+        let notifications = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "gantry_notifications",
+            "Notifications of notify: rules by result (sent, failed for good)",
+            notifications.clone(),
+        );
         Metrics {
             registry,
             http,
@@ -113,12 +120,22 @@ impl Metrics {
             agents,
             deliveries,
             log_bytes,
+            notifications,
         }
     }
 
     /// Counts a webhook delivery's result.
     pub fn delivery(&self, result: &str) {
         self.deliveries
+            .get_or_create(&ResultLabel {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a notification sent, or failed for good.
+    pub fn notification(&self, result: &str) {
+        self.notifications
             .get_or_create(&ResultLabel {
                 result: result.to_string(),
             })

@@ -140,6 +140,11 @@ impl Secrets {
         )
     }
 
+    /// The plain value of a sealed `stored` (see [`Secrets::seal`]), if it opens with `aad`.
+    pub fn open_text(&self, aad: &[u8], stored: &str) -> Option<String> {
+        self.open(aad, stored).map(|(plain, _)| plain)
+    }
+
     /// The plain value of a sealed `stored`, and whether it took the previous key; `None` when it
     /// opens under neither key with `aad`.
     fn open(&self, aad: &[u8], stored: &str) -> Option<(String, bool)> {

@@ -99,6 +99,9 @@ pub(crate) struct PipelineDoc {
     /// get no `CI_JOB_TOKEN` until it is approved (`approve`), which writes both in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fork: Option<ForkDoc>,
+    /// The pipeline's `notify:` rules, unexpanded (see `notify.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<gantry_notify::Rule>,
 }
 
 /// A fork pipeline's mode and approval, as stored in its [`PipelineDoc`].

@@ -22,6 +22,8 @@ pub(crate) struct State {
     pub jobs_ready: Notify,
     /// Signalled when a delivery was stored: the processor wakes up.
     pub deliveries: Notify,
+    /// Signalled when a notification was stored: the sender wakes up (see `notify.rs`).
+    pub notifications: Notify,
     /// When the last webhook or trigger arrived (see [`Intake`]).
     pub intake: Intake,
     /// Signalled when a log grew or a job ended: live log streams wake up.
@@ -69,6 +71,7 @@ impl State {
             secrets,
             jobs_ready: Notify::new(),
             deliveries: Notify::new(),
+            notifications: Notify::new(),
             intake: Intake::default(),
             logs: Notify::new(),
             metrics: Metrics::new(),

@@ -63,9 +63,9 @@ pub use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 pub use postgres::PgStore;
 pub use records::{
     ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobChange,
-    JobRecord, JobResult, Millis, NewAgent, NewDelivery, NewJob, NewPipeline, NewProjectToken,
-    NewReports, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord,
-    ReportsRecord,
+    JobRecord, JobResult, Millis, NewAgent, NewDelivery, NewJob, NewNotification, NewPipeline,
+    NewProjectToken, NewReports, NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord,
+    ProjectRecord, ProjectTokenRecord, ReportsRecord,
 };
 pub use sqlite::SqliteStore;
 pub use store::Store;

@@ -28,8 +28,9 @@ use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 use crate::error::{Result, StoreError, db};
 use crate::records::{
     AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobRecord, JobResult,
-    Millis, NewAgent, NewDelivery, NewJob, NewPipeline, NewProjectToken, NewReports, Page, Paged,
-    PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
+    Millis, NewAgent, NewDelivery, NewJob, NewNotification, NewPipeline, NewProjectToken,
+    NewReports, NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
+    ProjectTokenRecord, ReportsRecord,
 };
 
 /// A pipeline's version (see [`PIPELINE_COLS`]).
@@ -49,6 +50,10 @@ const REPORTS_COLS: &str = "j.id, j.name, j.stage, j.stage_index, j.status, \
 const GATE_COLS: &str = "j.id, j.name, j.stage, j.stage_index, j.status, \
      j.coverage AS job_coverage, r.job_id AS stored, CASE WHEN 1 = 0 THEN r.reports END AS reports, \
      r.gate, r.coverage, r.tests_total, r.tests_failed, r.gate_passed";
+
+/// The columns [`Sql::notification_row`] reads.
+const NOTIFICATION_COLS: &str = "id, pipeline_id, target, event, status, attempts, last_error, \
+     next_attempt_at, created_at";
 
 /// The condition that job `j` is its position's latest attempt.
 const LATEST_ATTEMPT: &str = "NOT EXISTS (SELECT 1 FROM jobs n WHERE n.pipeline_id = j.pipeline_id \
@@ -455,6 +460,139 @@ where
         })
         .await?;
         Ok(Paged { items, total })
+    }
+
+    // --- notifications
+
+    /// A row of [`NOTIFICATION_COLS`].
+    fn notification_row(row: &Self::Row) -> Result<NotificationRecord> {
+        Ok(NotificationRecord {
+            id: Self::get(row, "id")?,
+            pipeline_id: Self::get(row, "pipeline_id")?,
+            target: Self::get(row, "target")?,
+            event: Self::get(row, "event")?,
+            status: Self::get(row, "status")?,
+            attempts: Self::get(row, "attempts")?,
+            last_error: Self::get(row, "last_error")?,
+            next_attempt_at: Self::get(row, "next_attempt_at")?,
+            created_at: Self::get(row, "created_at")?,
+        })
+    }
+
+    /// See [`crate::Store::insert_notification`].
+    async fn insert_notification(conn: &mut Self::Connection, n: &NewNotification) -> Result<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO notifications (pipeline_id, target, event, next_attempt_at, created_at) \
+             VALUES ($1, $2, $3, $4, $4) RETURNING id",
+        )
+        .bind(n.pipeline_id)
+        .bind(n.target.as_str())
+        .bind(n.event.as_str())
+        .bind(n.created_at)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("storing a notification"))
+    }
+
+    /// See [`crate::Store::claim_notifications`]. The outer condition is checked again on each
+    /// row as it is locked (PostgreSQL): of two servers claiming at once, one gets it.
+    async fn claim_notifications(
+        conn: &mut Self::Connection,
+        now: Millis,
+        until: Millis,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>> {
+        let sql = format!(
+            "SELECT {NOTIFICATION_COLS} FROM notifications WHERE status = 'pending' \
+             AND next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT $2"
+        );
+        let q = sqlx::query(&sql).bind(now).bind(limit);
+        let due = Self::rows(conn, q, "listing due notifications", Self::notification_row).await?;
+        let mut claimed = Vec::with_capacity(due.len());
+        for n in due {
+            let q = sqlx::query(
+                "UPDATE notifications SET next_attempt_at = $1 \
+                 WHERE id = $2 AND status = 'pending' AND next_attempt_at <= $3",
+            )
+            .bind(until)
+            .bind(n.id)
+            .bind(now);
+            if Self::run(conn, q, "claiming a notification").await? > 0 {
+                claimed.push(n);
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// See [`crate::Store::notification_attempt`].
+    async fn notification_attempt(
+        conn: &mut Self::Connection,
+        id: i64,
+        error: Option<&str>,
+        retry_at: Option<Millis>,
+    ) -> Result<bool> {
+        let status = match (error, retry_at) {
+            (None, _) => "sent",
+            (Some(_), Some(_)) => "pending",
+            (Some(_), None) => "failed",
+        };
+        let q = sqlx::query(
+            "UPDATE notifications SET attempts = attempts + 1, status = $1, last_error = $2, \
+             next_attempt_at = COALESCE($3, next_attempt_at) WHERE id = $4 AND status = 'pending'",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(retry_at)
+        .bind(id);
+        Ok(Self::run(conn, q, "recording a notification attempt").await? > 0)
+    }
+
+    /// See [`crate::Store::next_notification_at`].
+    async fn next_notification_at(conn: &mut Self::Connection) -> Result<Option<Millis>> {
+        sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM notifications WHERE status = 'pending'",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading the next notification"))
+    }
+
+    /// See [`crate::Store::notifications`].
+    async fn notifications(
+        conn: &mut Self::Connection,
+        pipeline_id: i64,
+    ) -> Result<Vec<NotificationRecord>> {
+        let sql = format!(
+            "SELECT {NOTIFICATION_COLS} FROM notifications WHERE pipeline_id = $1 ORDER BY id"
+        );
+        let q = sqlx::query(&sql).bind(pipeline_id);
+        Self::rows(
+            conn,
+            q,
+            "listing a pipeline's notifications",
+            Self::notification_row,
+        )
+        .await
+    }
+
+    /// See [`crate::Store::previous_finished_status`].
+    async fn previous_finished_status(
+        conn: &mut Self::Connection,
+        project_id: i64,
+        git_ref: &str,
+        below: i64,
+    ) -> Result<Option<PipelineStatus>> {
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM pipelines WHERE project_id = $1 AND git_ref = $2 AND id < $3 \
+             AND status IN ('success', 'failed', 'canceled') ORDER BY id DESC LIMIT 1",
+        )
+        .bind(project_id)
+        .bind(git_ref)
+        .bind(below)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("reading the previous pipeline of a ref"))?;
+        Ok(status.as_deref().and_then(PipelineStatus::parse))
     }
 
     /// The delivery that `d` repeats (its delivery id, else its push key), and whether that one is
@@ -1645,6 +1783,53 @@ macro_rules! store {
                 page: crate::records::Page,
             ) -> crate::error::Result<crate::records::Paged<crate::records::DeliveryRecord>> {
                 read!(self, conn => $db::deliveries(conn, project_id, page).await)
+            }
+
+            async fn insert_notification(
+                &self,
+                n: &crate::records::NewNotification,
+            ) -> crate::error::Result<i64> {
+                writing!(self, conn => $db::insert_notification(conn, n).await)
+            }
+
+            async fn claim_notifications(
+                &self,
+                now: crate::records::Millis,
+                until: crate::records::Millis,
+                limit: i64,
+            ) -> crate::error::Result<Vec<crate::records::NotificationRecord>> {
+                writing!(self, conn => $db::claim_notifications(conn, now, until, limit).await)
+            }
+
+            async fn notification_attempt(
+                &self,
+                id: i64,
+                error: Option<&str>,
+                retry_at: Option<crate::records::Millis>,
+            ) -> crate::error::Result<bool> {
+                writing!(self, conn => $db::notification_attempt(conn, id, error, retry_at).await)
+            }
+
+            async fn next_notification_at(&self) -> crate::error::Result<Option<crate::records::Millis>> {
+                read!(self, conn => $db::next_notification_at(conn).await)
+            }
+
+            async fn notifications(
+                &self,
+                pipeline_id: i64,
+            ) -> crate::error::Result<Vec<crate::records::NotificationRecord>> {
+                read!(self, conn => $db::notifications(conn, pipeline_id).await)
+            }
+
+            async fn previous_finished_status(
+                &self,
+                project_id: i64,
+                git_ref: &str,
+                below: i64,
+            ) -> crate::error::Result<Option<gantry_api::PipelineStatus>> {
+                read!(self, conn => {
+                    $db::previous_finished_status(conn, project_id, git_ref, below).await
+                })
             }
 
             async fn create_pipeline(&self, p: &crate::records::NewPipeline) -> crate::error::Result<i64> {

@@ -518,3 +518,39 @@ pub struct CoveragePoint {
     /// The mean coverage of its jobs, in percent.
     pub coverage: f64,
 }
+
+/// A notification to store: see [`Store::insert_notification`](crate::Store::insert_notification).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewNotification {
+    /// The pipeline it is about.
+    pub pipeline_id: i64,
+    /// Where it goes: opaque to the store (the server seals it: it holds the hook's token).
+    pub target: String,
+    /// What it says: opaque to the store (the event's JSON).
+    pub event: String,
+    /// When it was made; its first attempt is due then.
+    pub created_at: Millis,
+}
+
+/// A stored notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotificationRecord {
+    /// Its id.
+    pub id: i64,
+    /// See [`NewNotification::pipeline_id`].
+    pub pipeline_id: i64,
+    /// See [`NewNotification::target`].
+    pub target: String,
+    /// See [`NewNotification::event`].
+    pub event: String,
+    /// `pending`, `sent` or `failed`.
+    pub status: String,
+    /// The attempts made.
+    pub attempts: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// While pending: when the next attempt is due.
+    pub next_attempt_at: Millis,
+    /// See [`NewNotification::created_at`].
+    pub created_at: Millis,
+}

@@ -7,8 +7,9 @@ use gantry_api::DeliveryStatus;
 use crate::error::{Result, StoreError};
 use crate::records::{
     ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobRecord,
-    JobResult, Millis, NewAgent, NewDelivery, NewPipeline, NewProjectToken, NewReports, Page,
-    Paged, PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
+    JobResult, Millis, NewAgent, NewDelivery, NewNotification, NewPipeline, NewProjectToken,
+    NewReports, NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
+    ProjectTokenRecord, ReportsRecord,
 };
 
 /// The server's durable state. See the crate docs for the guarantees.
@@ -62,6 +63,41 @@ pub trait Store: Send + Sync + 'static {
     async fn next_delivery_retry(&self) -> Result<Option<Millis>>;
     /// A project's deliveries, newest first, without payloads.
     async fn deliveries(&self, project_id: i64, page: Page) -> Result<Paged<DeliveryRecord>>;
+
+    // --- notifications
+
+    /// Stores a notification, pending and due at once; answers its id.
+    async fn insert_notification(&self, notification: &NewNotification) -> Result<i64>;
+    /// Claims up to `limit` pending notifications due at `now`, oldest first: each is due again
+    /// only at `until` (so that another server, or this one after a crash, sends it then) unless
+    /// [`Store::notification_attempt`] records its attempt first. Answers them as they were.
+    async fn claim_notifications(
+        &self,
+        now: Millis,
+        until: Millis,
+        limit: i64,
+    ) -> Result<Vec<NotificationRecord>>;
+    /// Records an attempt of pending notification `id`: `sent` without `error`; with one, it
+    /// stays pending until `retry_at`, or is `failed` for good without `retry_at`. Answers
+    /// whether it was pending.
+    async fn notification_attempt(
+        &self,
+        id: i64,
+        error: Option<&str>,
+        retry_at: Option<Millis>,
+    ) -> Result<bool>;
+    /// When the earliest pending notification is due, if any is pending.
+    async fn next_notification_at(&self) -> Result<Option<Millis>>;
+    /// A pipeline's notifications, in the order they were made.
+    async fn notifications(&self, pipeline_id: i64) -> Result<Vec<NotificationRecord>>;
+    /// The status of the newest finished (`success`, `failed` or `canceled`) pipeline of
+    /// `git_ref` in project `project_id` before pipeline `below`, if any.
+    async fn previous_finished_status(
+        &self,
+        project_id: i64,
+        git_ref: &str,
+        below: i64,
+    ) -> Result<Option<gantry_api::PipelineStatus>>;
 
     // --- pipelines
 

@@ -762,6 +762,17 @@ fn execute(
         j.flush();
     }
     let result = result.context("the pipeline could not run")?;
+    if !interrupted {
+        crate::notify::send(
+            &rt,
+            &prepared.compiled.notify,
+            plan,
+            &result,
+            &prepared.state_dir,
+            &prepared.dir,
+            json.as_deref(),
+        );
+    }
     rt.shutdown_timeout(Duration::from_millis(100));
     if interrupted {
         return Ok(EXIT_INTERRUPTED);

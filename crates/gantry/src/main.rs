@@ -4,6 +4,7 @@ mod agent_cmd;
 mod cli;
 mod git;
 mod includes;
+mod notify;
 mod output;
 mod remote;
 mod server_cmd;

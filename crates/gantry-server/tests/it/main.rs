@@ -10,6 +10,7 @@ mod forks;
 mod gitsafety;
 mod hooks;
 mod intake;
+mod notify;
 mod reports;
 mod secrets;
 mod tokens;

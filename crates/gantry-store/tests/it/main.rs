@@ -82,6 +82,9 @@ store_tests!(
     reports_are_stored_with_the_finish_once,
     pipeline_reports_read_latest_attempts,
     coverage_trend_of_a_ref,
+    notifications_wait_retry_and_survive_reopen,
+    two_stores_claim_each_notification_once,
+    previous_finished_status_of_a_ref,
 );
 
 fn lost<T: std::fmt::Debug>(result: Result<T, StoreError>) {
@@ -2330,4 +2333,161 @@ async fn coverage_trend_of_a_ref(h: Harness) {
     assert_eq!(dev.items.len(), 1);
     let none = s.coverage_trend(p.id, "nope", page(1, 20)).await.unwrap();
     assert_eq!((none.total, none.items.len()), (0, 0));
+}
+
+async fn notifications_wait_retry_and_survive_reopen(h: Harness) {
+    let s = h.store.clone();
+    let new = |pipeline_id, event: &str| gantry_store::NewNotification {
+        pipeline_id,
+        target: "sealed target".into(),
+        event: event.into(),
+        created_at: 1_000,
+    };
+    let a = s.insert_notification(&new(7, "a")).await.unwrap();
+    let b = s.insert_notification(&new(7, "b")).await.unwrap();
+    let c = s.insert_notification(&new(8, "c")).await.unwrap();
+    assert_eq!(s.next_notification_at().await.unwrap(), Some(1_000));
+    let ids = |v: Vec<gantry_store::NotificationRecord>| v.iter().map(|n| n.id).collect::<Vec<_>>();
+    assert!(
+        s.claim_notifications(999, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(s.claim_notifications(1_000, 60_000, 2).await.unwrap()),
+        [a, b]
+    );
+    // Claimed ones are not due again before the claim ends; `c` still is.
+    assert_eq!(
+        ids(s.claim_notifications(1_000, 60_000, 10).await.unwrap()),
+        [c]
+    );
+    assert_eq!(s.next_notification_at().await.unwrap(), Some(60_000));
+    // A failed attempt with a retry keeps `a` pending, out of the list until it is due.
+    assert!(
+        s.notification_attempt(a, Some("cannot connect"), Some(5_000))
+            .await
+            .unwrap()
+    );
+    assert!(s.notification_attempt(b, None, None).await.unwrap());
+    assert!(
+        s.notification_attempt(c, Some("HTTP 404"), None)
+            .await
+            .unwrap()
+    );
+    // Neither a sent nor a failed one changes again.
+    assert!(!s.notification_attempt(b, Some("late"), None).await.unwrap());
+    assert!(
+        s.claim_notifications(4_999, 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.next_notification_at().await.unwrap(), Some(5_000));
+    drop(s);
+    let h = h.reopen().await;
+    let s = &*h.store;
+    let due = s.claim_notifications(5_000, 9_000, 10).await.unwrap();
+    assert_eq!(ids(due.clone()), [a]);
+    let n = &due[0];
+    assert_eq!(
+        (
+            n.pipeline_id,
+            n.target.as_str(),
+            n.event.as_str(),
+            n.status.as_str()
+        ),
+        (7, "sealed target", "a", "pending")
+    );
+    assert_eq!(
+        (n.attempts, n.last_error.as_deref()),
+        (1, Some("cannot connect"))
+    );
+    assert_eq!((n.next_attempt_at, n.created_at), (5_000, 1_000));
+    // A sender that died with it claimed: it is due again when the claim ends.
+    assert!(
+        s.claim_notifications(8_999, 9_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(s.claim_notifications(9_000, 20_000, 10).await.unwrap()),
+        [a]
+    );
+    let of_7 = s.notifications(7).await.unwrap();
+    let states: Vec<(&str, i64)> = of_7
+        .iter()
+        .map(|n| (n.status.as_str(), n.attempts))
+        .collect();
+    assert_eq!(states, [("pending", 1), ("sent", 1)]);
+    let of_8 = s.notifications(8).await.unwrap();
+    assert_eq!(
+        (of_8[0].status.as_str(), of_8[0].last_error.as_deref()),
+        ("failed", Some("HTTP 404"))
+    );
+    assert!(s.notification_attempt(a, None, None).await.unwrap());
+    assert_eq!(s.next_notification_at().await.unwrap(), None);
+}
+
+async fn previous_finished_status_of_a_ref(h: Harness) {
+    let s = h.store.clone();
+    let p = project(&*s, "p").await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(create(&*s, p.id, vec![job("a", 0, 0)]).await);
+    }
+    let set = |id: i64, git_ref: &str, status: &str| {
+        format!("UPDATE pipelines SET git_ref = '{git_ref}', status = '{status}' WHERE id = {id}")
+    };
+    h.exec(&set(ids[0], "main", "failed")).await;
+    h.exec(&set(ids[1], "main", "running")).await;
+    h.exec(&set(ids[2], "other", "success")).await;
+    h.exec(&set(ids[3], "main", "success")).await;
+    let prev = |below| s.previous_finished_status(p.id, "main", below);
+    assert_eq!(prev(ids[0]).await.unwrap(), None);
+    // The running one and the other ref's are passed over.
+    assert_eq!(prev(ids[3]).await.unwrap(), Some(PipelineStatus::Failed));
+    assert_eq!(
+        prev(ids[3] + 1).await.unwrap(),
+        Some(PipelineStatus::Success)
+    );
+    assert_eq!(
+        s.previous_finished_status(p.id, "other", ids[3])
+            .await
+            .unwrap(),
+        Some(PipelineStatus::Success)
+    );
+}
+
+async fn two_stores_claim_each_notification_once(h: Harness) {
+    let (one, two) = (h.store.clone(), h.open_another().await);
+    let mut all = Vec::new();
+    for i in 0..40 {
+        let n = gantry_store::NewNotification {
+            pipeline_id: 1,
+            target: "t".into(),
+            event: format!("e{i}"),
+            created_at: 1_000,
+        };
+        all.push(one.insert_notification(&n).await.unwrap());
+    }
+    let claim = |s: Arc<dyn Store>| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = s.claim_notifications(1_000, 60_000, 3).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.iter().map(|n| n.id));
+            }
+        })
+    };
+    let (a, b) = (claim(one), claim(two));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let mut both: Vec<i64> = a.iter().chain(&b).copied().collect();
+    both.sort_unstable();
+    assert_eq!(both, all, "each claimed once: {a:?} {b:?}");
 }

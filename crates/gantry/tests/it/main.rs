@@ -7,6 +7,7 @@ mod firstrun;
 mod gates;
 mod includes;
 mod keywords;
+mod notify;
 mod podman;
 mod proxy;
 mod real_world;

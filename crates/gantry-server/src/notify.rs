@@ -1,0 +1,301 @@
+//! Notifications of the pipelines' `notify:` rules (issue 19). When a pipeline ends
+//! ([`pipeline_finished`], from `progress.rs`), the messages its rules want (`pipeline_failed`, or
+//! `pipeline_fixed` when the previous finished pipeline of its ref failed) are STORED first, one
+//! row per rule, with the target's URL and secret expanded from the pipeline's variables (project
+//! variables included) and sealed under the server's key (they hold the hook's token). The
+//! background task [`run`] sends the due ones with [`gantry_notify::Sender::deliver`], one attempt
+//! at a time, and records each attempt: a failed one is retried with backoff
+//! (`Config::notify_backoff`, doubling) until `Config::notify_max_attempts`, across restarts since
+//! the row holds the count. Sent and failed-for-good ones are counted in `/metrics`
+//! (`gantry_notifications_total{result}`). Nothing here fails a pipeline.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gantry_api::PipelineStatus;
+use gantry_notify::{Commit, Event, EventKind, Pipeline, Policy, Sender, Target};
+use gantry_pipeline::{Variable, vars};
+use gantry_store::{NewNotification, NotificationRecord};
+
+use crate::clock::now_ms;
+use crate::spec::PipelineDoc;
+use crate::state::AppState;
+
+/// The associated data a stored target is sealed with.
+const AAD: &[u8] = b"notification target";
+/// How many due notifications are sent at once.
+const BATCH: i64 = 16;
+/// How long a claimed notification is left to its sender before it is due again (longer than an
+/// attempt: `Policy::timeout`).
+const CLAIM: i64 = 60_000;
+/// The longest the sender sleeps without looking at the store.
+const IDLE: Duration = Duration::from_secs(60);
+
+/// Stores the notifications that pipeline `id`, which just ended with `status`, calls for, and
+/// wakes the sender. Failures are logged.
+pub(crate) async fn pipeline_finished(state: &AppState, id: i64, status: PipelineStatus) {
+    match enqueue(state, id, status).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(pipeline = id, notifications = n, "notifications stored");
+            state.notifications.notify_one();
+        }
+        Err(e) => tracing::warn!(pipeline = id, error = %e, "cannot store the notifications"),
+    }
+}
+
+/// Stores the notifications; answers how many.
+async fn enqueue(state: &AppState, id: i64, status: PipelineStatus) -> Result<usize, String> {
+    if !matches!(status, PipelineStatus::Failed | PipelineStatus::Success) {
+        return Ok(0);
+    }
+    let Some(p) = state.store.pipeline(id).await.map_err(|e| e.to_string())? else {
+        return Ok(0);
+    };
+    let mut doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
+    if doc.notify.is_empty() {
+        return Ok(0);
+    }
+    let kind = if status == PipelineStatus::Failed {
+        EventKind::PipelineFailed
+    } else {
+        let previous = state
+            .store
+            .previous_finished_status(p.project_id, &p.git_ref, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if previous != Some(PipelineStatus::Failed) {
+            return Ok(0);
+        }
+        EventKind::PipelineFixed
+    };
+    let rules: Vec<_> = doc
+        .notify
+        .iter()
+        .filter(|r| r.wants(kind))
+        .cloned()
+        .collect();
+    if rules.is_empty() {
+        return Ok(0);
+    }
+    // A fork pipeline that is not approved sees no project variable, here as in its jobs.
+    if doc.fork.as_ref().is_some_and(|f| !f.secrets()) {
+        doc.project_variables.clear();
+    }
+    let secrets = if doc.project_variables.iter().any(|v| v.value.is_none()) {
+        state
+            .project(&p.project_name)
+            .await
+            .map_err(|e| e.message)?
+            .spec
+            .variables
+    } else {
+        Vec::new()
+    };
+    let values: HashMap<String, String> = vars::resolve(&variables(&doc, &secrets))
+        .into_iter()
+        .collect();
+    let get = |k: &str| values.get(k).cloned().unwrap_or_default();
+    let event = Event {
+        kind,
+        project: p.project_name.clone(),
+        git_ref: p.git_ref.clone(),
+        commit: Commit {
+            sha: p.sha.clone(),
+            title: get("CI_COMMIT_TITLE"),
+        },
+        pipeline: Pipeline {
+            id: u64::try_from(id).unwrap_or_default(),
+            url: state
+                .config
+                .external_url
+                .as_ref()
+                .map(|u| format!("{}/api/v1/pipelines/{id}", u.trim_end_matches('/'))),
+        },
+        failed_jobs: p
+            .jobs
+            .iter()
+            .filter(|j| j.status == gantry_api::JobStatus::Failed && !j.allow_failure && !j.retried)
+            .map(|j| j.name.clone())
+            .collect(),
+        environment: None,
+        rollback: None,
+    };
+    let event = serde_json::to_string(&event).map_err(|e| e.to_string())?;
+    let now = now_ms();
+    for rule in &rules {
+        let target = gantry_notify::expand(&rule.target, &values);
+        let target = serde_json::to_string(&target).map_err(|e| e.to_string())?;
+        let n = NewNotification {
+            pipeline_id: id,
+            target: state.secrets.seal(AAD, &target),
+            event: event.clone(),
+            created_at: now,
+        };
+        state
+            .store
+            .insert_notification(&n)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(rules.len())
+}
+
+/// The pipeline's variables in precedence order (later ones win): predefined, global, the
+/// project's (unscoped: a notification has no environment; masked values from `secrets`), then
+/// trigger and schedule variables.
+fn variables(doc: &PipelineDoc, secrets: &[gantry_api::ProjectVariable]) -> Vec<Variable> {
+    let project = doc
+        .project_variables
+        .iter()
+        .filter(|v| v.environment_scope == "*")
+        .map(|v| {
+            let value = v.value.clone().or_else(|| {
+                secrets
+                    .iter()
+                    .find(|s| s.key == v.key && s.environment_scope == v.environment_scope)
+                    .and_then(|s| s.value.clone())
+            });
+            let mut var = Variable::new(v.key.clone(), value.unwrap_or_default());
+            var.masked = v.masked;
+            var
+        });
+    doc.predefined
+        .iter()
+        .chain(&doc.variables)
+        .cloned()
+        .chain(project)
+        .chain(doc.cli_variables.iter().cloned())
+        .collect()
+}
+
+/// The sender: sends the due notifications, then sleeps until the next is due or one is stored.
+pub(crate) async fn run(state: AppState) {
+    let policy = Policy {
+        attempts: 1,
+        timeout: Duration::from_secs(10),
+        ..Policy::default()
+    };
+    let sender = match Sender::new(policy) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client: no notifications");
+            return;
+        }
+    };
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        send_due(&state, &sender).await;
+        let wait = match state.store.next_notification_at().await {
+            Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)),
+            Ok(None) => IDLE,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the next notification");
+                Duration::from_secs(5)
+            }
+        };
+        tokio::select! {
+            () = state.notifications.notified() => {}
+            () = tokio::time::sleep(wait.clamp(Duration::from_millis(50), IDLE)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Sends the notifications due now, at most [`BATCH`] at once.
+async fn send_due(state: &AppState, sender: &Sender) {
+    let now = now_ms();
+    let due = match state
+        .store
+        .claim_notifications(now, now + CLAIM, BATCH)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the due notifications");
+            return;
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in due {
+        let (state, sender) = (state.clone(), sender.clone());
+        tasks.spawn(async move { send(&state, &sender, n).await });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One attempt of notification `n`, recorded.
+async fn send(state: &AppState, sender: &Sender, n: NotificationRecord) {
+    let target: Option<Target> = state
+        .secrets
+        .open_text(AAD, &n.target)
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let event: Option<Event> = serde_json::from_str(&n.event).ok();
+    let (error, host) = match (target, event) {
+        (Some(target), Some(event)) => {
+            let d = sender.deliver(&target, &event).await;
+            (d.error, d.host)
+        }
+        // Not a transient failure: another attempt would read the same row.
+        _ => {
+            let error = "cannot read the stored notification (was the secret key changed?)";
+            record(state, &n, Some(error), false, "").await;
+            return;
+        }
+    };
+    record(state, &n, error.as_deref(), true, &host).await;
+}
+
+/// Records an attempt of `n`: sent without `error`; else retried (when `retry` and attempts
+/// remain) or failed for good.
+async fn record(
+    state: &AppState,
+    n: &NotificationRecord,
+    error: Option<&str>,
+    retry: bool,
+    host: &str,
+) {
+    let attempts = u32::try_from(n.attempts + 1).unwrap_or(u32::MAX);
+    let retry_at =
+        (error.is_some() && retry && attempts < state.config.notify_max_attempts).then(|| {
+            let pause = gantry_api::backoff::Backoff::new(
+                state.config.notify_backoff,
+                state.config.notify_max_backoff,
+            )
+            .after_attempt(attempts);
+            now_ms() + i64::try_from(pause.as_millis()).unwrap_or(i64::MAX / 2)
+        });
+    if let Err(e) = state
+        .store
+        .notification_attempt(n.id, error, retry_at)
+        .await
+    {
+        tracing::warn!(notification = n.id, error = %e, "cannot record a notification attempt");
+        return;
+    }
+    match (error, retry_at) {
+        (None, _) => {
+            state.metrics.notification("sent");
+            tracing::info!(
+                notification = n.id,
+                pipeline = n.pipeline_id,
+                host,
+                "notification sent"
+            );
+        }
+        (Some(e), retry_at) => {
+            if retry_at.is_none() {
+                state.metrics.notification("failed");
+            }
+            tracing::warn!(
+                notification = n.id,
+                pipeline = n.pipeline_id,
+                host,
+                attempts,
+                error = e,
+                retrying = retry_at.is_some(),
+                "notification not sent"
+            );
+        }
+    }
+}
