@@ -62,14 +62,9 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
     let history = History::new(&dir.join(".gantry"));
-    let mut out = std::io::stdout().lock();
-    match command {
+    let (json, header, rows): (serde_json::Value, &[&str], Vec<Vec<String>>) = match command {
         EnvCommand::List(_) => {
             let envs = history.environments()?;
-            if common.output == Output::Json {
-                writeln!(out, "{}", serde_json::to_value(&envs)?)?;
-                return Ok(0);
-            }
             let rows = envs
                 .iter()
                 .map(|e| {
@@ -83,9 +78,9 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
                         d.finished_at.clone().unwrap_or(d.spec.started_at.clone()),
                     ]
                 })
-                .collect::<Vec<_>>();
-            let header = ["ENVIRONMENT", "LAST", "STATUS", "COMMIT", "REF", "WHEN"];
-            table(&mut out, &header, &rows)?;
+                .collect();
+            let header = &["ENVIRONMENT", "LAST", "STATUS", "COMMIT", "REF", "WHEN"];
+            (serde_json::to_value(&envs)?, header, rows)
         }
         EnvCommand::History(a) => {
             let all = match history.history(&a.environment) {
@@ -95,10 +90,6 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if common.output == Output::Json {
-                writeln!(out, "{}", serde_json::to_value(&all)?)?;
-                return Ok(0);
-            }
             let rows = all
                 .iter()
                 .map(|d| {
@@ -114,12 +105,18 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
                         d.finished_at.clone().unwrap_or_default(),
                     ]
                 })
-                .collect::<Vec<_>>();
-            let header = [
+                .collect();
+            let header = &[
                 "ID", "STATUS", "JOB", "PIPELINE", "COMMIT", "REF", "BY", "STARTED", "FINISHED",
             ];
-            table(&mut out, &header, &rows)?;
+            (serde_json::to_value(&all)?, header, rows)
         }
+    };
+    let mut out = std::io::stdout().lock();
+    if common.output == Output::Json {
+        writeln!(out, "{json}")?;
+    } else {
+        table(&mut out, header, &rows)?;
     }
     out.flush()?;
     Ok(0)
