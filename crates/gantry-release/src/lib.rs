@@ -15,10 +15,14 @@
 //! # }
 //! ```
 //!
+//! `history` records deployments under a state directory (`deployments/`, one JSON file per
+//! environment, written atomically under a lock): the only module here that touches files.
+//!
 //! What this crate does not do: expand variables (the caller hands it a `Verify` whose URLs are
-//! expanded), run scripts, record deployments or roll back.
+//! expanded), run scripts or roll back.
 
 pub mod analysis;
+pub mod history;
 pub mod http;
 pub mod judge;
 pub mod prometheus;

@@ -52,6 +52,9 @@ enum Command {
     /// Manage a server's projects.
     #[command(subcommand)]
     Project(crate::remote::ProjectCommand),
+    /// Show the environments of this project directory and their deployments (`gantry run`'s).
+    #[command(subcommand)]
+    Env(crate::deploys::EnvCommand),
 }
 
 /// `gantry agent`: runs an agent, unless a subcommand is given.
@@ -65,7 +68,7 @@ struct AgentCli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Output {
+pub(crate) enum Output {
     Human,
     Json,
 }
@@ -199,11 +202,12 @@ pub fn main() -> Result<u8> {
             Ok(EXIT_CONFIG)
         }
         Command::Project(command) => crate::remote::main(command),
+        Command::Env(command) => crate::deploys::main(&command),
     }
 }
 
 /// A configuration or usage error: reported as text or as a JSON `error` event, then exit 2.
-fn config_error(output: Output, message: &str) -> u8 {
+pub(crate) fn config_error(output: Output, message: &str) -> u8 {
     match output {
         Output::Json => {
             let line = json!({"event": "error", "message": message}).to_string();
@@ -718,6 +722,8 @@ fn execute(
         (_, Some(j)) => j.clone(),
         _ => unreachable!("one output is always chosen"),
     };
+    let reporter =
+        crate::deploys::Recorder::wrap(reporter, plan, &config.selected, &prepared.state_dir);
     let result = rt.block_on(async {
         let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = interrupted.clone();

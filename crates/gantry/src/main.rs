@@ -2,6 +2,7 @@
 
 mod agent_cmd;
 mod cli;
+mod deploys;
 mod git;
 mod includes;
 mod notify;

@@ -1,0 +1,604 @@
+//! Deployment records and their file store: what `gantry run` records when a job deploys to an
+//! environment (`environment:action: start`), and what `gantry env` and a rollback read.
+//!
+//! Layout, under a state directory (`.gantry/` for `gantry run`):
+//! - `deployments/<environment>.json`: that environment's [`Deployment`]s, oldest first (the
+//!   name is encoded so that `review/x` is one file name);
+//! - `deployments/last-id`: the last id given, so ids increase per project directory;
+//! - `deployments/.lock`: held while one writer reads and rewrites a file.
+//!
+//! Every write replaces its file atomically (write a temporary file, then rename), under an
+//! exclusive lock on `.lock`, so two `gantry run` in one directory never lose a record.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::Measurement;
+
+/// The directory, under a state directory, that holds the records.
+pub const DIR: &str = "deployments";
+
+/// How a deployment stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    /// Its job is running (or was killed without a word).
+    Running,
+    /// Its job succeeded, verification included.
+    Success,
+    /// Its job failed.
+    Failed,
+    /// Its job was canceled.
+    Canceled,
+    /// A rollback replaced it.
+    RolledBack,
+}
+
+impl DeploymentStatus {
+    /// The status as written in records and tables: `running`, `rolled_back`, ...
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Running => "running",
+            DeploymentStatus::Success => "success",
+            DeploymentStatus::Failed => "failed",
+            DeploymentStatus::Canceled => "canceled",
+            DeploymentStatus::RolledBack => "rolled_back",
+        }
+    }
+}
+
+/// A variable in force for a deployment; a masked one's value is [`REDACTED`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedVariable {
+    /// The name.
+    pub key: String,
+    /// The value, expanded; [`REDACTED`] when `masked`.
+    pub value: String,
+    /// Whether the variable is masked.
+    #[serde(default)]
+    pub masked: bool,
+}
+
+/// What stands for a masked variable's value in a record.
+pub const REDACTED: &str = "[MASKED]";
+
+/// One verification measurement of a deployment, with its progressive step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepMeasurement {
+    /// The step's weight, when the job has progressive steps of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u8>,
+    /// The measurement.
+    #[serde(flatten)]
+    pub measurement: Measurement,
+}
+
+/// What a deployment is, before the store gives it an id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewDeployment {
+    /// The environment's name (expanded).
+    pub environment: String,
+    /// The environment's URL (expanded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `deployment_tier`, when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// The job that deploys.
+    pub job: String,
+    /// The pipeline's id.
+    pub pipeline_id: u64,
+    /// The commit deployed.
+    pub sha: String,
+    /// The branch or tag.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Who or what triggered it (the git user, else `$USER`).
+    pub triggered_by: String,
+    /// The variables in force (not the predefined ones), masked ones redacted.
+    pub variables: Vec<RecordedVariable>,
+    /// The jobs whose artifacts it used.
+    pub artifacts: Vec<String>,
+    /// When it started, RFC 3339 in UTC.
+    pub started_at: String,
+}
+
+/// A recorded deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Its id: increasing per state directory, from 1.
+    pub id: u64,
+    /// How it stands.
+    pub status: DeploymentStatus,
+    /// What it is.
+    #[serde(flatten)]
+    pub spec: NewDeployment,
+    /// When it finished, RFC 3339 in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Its verification's measurements, in the order they were taken.
+    #[serde(default)]
+    pub measurements: Vec<StepMeasurement>,
+}
+
+/// An environment and its last deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentSummary {
+    /// The environment's name.
+    pub name: String,
+    /// Its newest deployment.
+    pub last: Deployment,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No deployment was ever recorded to this environment.
+    #[error("no environment `{0}`: no deployment was recorded to it")]
+    UnknownEnvironment(String),
+    /// No deployment with this id in this environment.
+    #[error("environment `{environment}` has no deployment {id}")]
+    UnknownDeployment {
+        /// The environment.
+        environment: String,
+        /// The id.
+        id: u64,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A file does not hold records.
+    #[error("{}: not a deployment record: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// The deployment records under one state directory.
+#[derive(Clone, Debug)]
+pub struct History {
+    dir: PathBuf,
+}
+
+impl History {
+    /// The records under `state_dir` (nothing is read or created yet).
+    #[must_use]
+    pub fn new(state_dir: &Path) -> History {
+        History {
+            dir: state_dir.join(DIR),
+        }
+    }
+
+    /// Records a deployment that starts now: it gets the next id and the status `running`.
+    ///
+    /// # Errors
+    /// When the records cannot be read or written.
+    pub fn start(&self, spec: NewDeployment) -> Result<Deployment, Error> {
+        let _lock = self.lock()?;
+        let id_path = self.dir.join("last-id");
+        let last: u64 = match std::fs::read_to_string(&id_path) {
+            Ok(s) => s.trim().parse().unwrap_or(0),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => return Err(io(&id_path, source)),
+        };
+        // A lost `last-id` must not reuse an id that a record holds.
+        let id = last.max(self.max_id()?) + 1;
+        let deployment = Deployment {
+            id,
+            status: DeploymentStatus::Running,
+            spec,
+            finished_at: None,
+            measurements: Vec::new(),
+        };
+        let mut all = self.read(&deployment.spec.environment)?;
+        all.push(deployment.clone());
+        self.write(&deployment.spec.environment, &all)?;
+        write_atomic(&id_path, id.to_string().as_bytes())?;
+        Ok(deployment)
+    }
+
+    /// Changes deployment `id` of `environment` with `change`, and returns it as written. A
+    /// rollback uses this to mark the deployment it replaces [`DeploymentStatus::RolledBack`].
+    ///
+    /// # Errors
+    /// When there is no such deployment, or the records cannot be read or written.
+    pub fn update(
+        &self,
+        environment: &str,
+        id: u64,
+        change: impl FnOnce(&mut Deployment),
+    ) -> Result<Deployment, Error> {
+        let _lock = self.lock()?;
+        let mut all = self.read(environment)?;
+        let Some(d) = all.iter_mut().find(|d| d.id == id) else {
+            return Err(Error::UnknownDeployment {
+                environment: environment.to_string(),
+                id,
+            });
+        };
+        change(d);
+        let out = d.clone();
+        self.write(environment, &all)?;
+        Ok(out)
+    }
+
+    /// Ends deployment `id` of `environment`: its status, its end time and its measurements.
+    ///
+    /// # Errors
+    /// As [`History::update`].
+    pub fn finish(
+        &self,
+        environment: &str,
+        id: u64,
+        status: DeploymentStatus,
+        finished_at: String,
+        measurements: Vec<StepMeasurement>,
+    ) -> Result<Deployment, Error> {
+        self.update(environment, id, |d| {
+            d.status = status;
+            d.finished_at = Some(finished_at);
+            d.measurements = measurements;
+        })
+    }
+
+    /// The deployments to `environment`, newest first.
+    ///
+    /// # Errors
+    /// [`Error::UnknownEnvironment`] when none was ever recorded; or when the records cannot be
+    /// read.
+    pub fn history(&self, environment: &str) -> Result<Vec<Deployment>, Error> {
+        let mut all = self.read(environment)?;
+        if all.is_empty() {
+            return Err(Error::UnknownEnvironment(environment.to_string()));
+        }
+        all.sort_by_key(|d| std::cmp::Reverse(d.id));
+        Ok(all)
+    }
+
+    /// Every environment with a deployment, by name, each with its newest deployment.
+    ///
+    /// # Errors
+    /// When the records cannot be read.
+    pub fn environments(&self) -> Result<Vec<EnvironmentSummary>, Error> {
+        let mut out = Vec::new();
+        for path in self.files()? {
+            let all = read_file(&path)?;
+            if let Some(last) = all.into_iter().max_by_key(|d| d.id) {
+                out.push(EnvironmentSummary {
+                    name: last.spec.environment.clone(),
+                    last,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>, Error> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(io(&self.dir, source)),
+        };
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|source| io(&self.dir, source))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".json") && !name.starts_with('.') {
+                files.push(path);
+            }
+        }
+        Ok(files)
+    }
+
+    fn max_id(&self) -> Result<u64, Error> {
+        let mut max = 0;
+        for path in self.files()? {
+            max = read_file(&path)?.iter().map(|d| d.id).fold(max, u64::max);
+        }
+        Ok(max)
+    }
+
+    fn path(&self, environment: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", file_name(environment)))
+    }
+
+    fn read(&self, environment: &str) -> Result<Vec<Deployment>, Error> {
+        read_file(&self.path(environment))
+    }
+
+    fn write(&self, environment: &str, all: &[Deployment]) -> Result<(), Error> {
+        let path = self.path(environment);
+        let mut text = serde_json::to_vec_pretty(all).map_err(|source| Error::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        text.push(b'\n');
+        write_atomic(&path, &text)
+    }
+
+    /// Creates the directory and holds its lock until the file is dropped.
+    fn lock(&self) -> Result<Flock<File>, Error> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| io(&self.dir, source))?;
+        let path = self.dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| io(&path, source))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(&path, std::io::Error::from(e)))
+    }
+}
+
+/// The deployment a rollback from `from` goes back to: the newest deployment before it that
+/// succeeded. `history` is one environment's, in any order.
+#[must_use]
+pub fn previous_success(history: &[Deployment], from: u64) -> Option<&Deployment> {
+    history
+        .iter()
+        .filter(|d| d.id < from && d.status == DeploymentStatus::Success)
+        .max_by_key(|d| d.id)
+}
+
+/// The current time, RFC 3339 in UTC, to the second.
+#[must_use]
+pub fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::MAX)
+        .to_string()
+}
+
+/// An environment name as one file name: ASCII letters, digits, `-` and `.` stay, every other
+/// byte is `_` and two hex digits (`review/x` is `review_2fx`).
+fn file_name(environment: &str) -> String {
+    let mut out = String::with_capacity(environment.len());
+    for b in environment.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || (b == b'.' && !out.is_empty()) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
+fn read_file(path: &Path) -> Result<Vec<Deployment>, Error> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(io(path, source)),
+    }
+}
+
+/// Writes `path` whole or not at all: a temporary file beside it, synced, then renamed.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut file = File::create(&tmp).map_err(|source| io(&tmp, source))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| io(&tmp, source))?;
+    std::fs::rename(&tmp, path).map_err(|source| io(path, source))
+}
+
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Kind, Phase};
+
+    fn spec(environment: &str, job: &str) -> NewDeployment {
+        NewDeployment {
+            environment: environment.into(),
+            url: None,
+            tier: None,
+            job: job.into(),
+            pipeline_id: 7,
+            sha: "abc".into(),
+            git_ref: "main".into(),
+            triggered_by: "ada".into(),
+            variables: vec![RecordedVariable {
+                key: "TOKEN".into(),
+                value: REDACTED.into(),
+                masked: true,
+            }],
+            artifacts: vec!["build".into()],
+            started_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn measurement() -> StepMeasurement {
+        StepMeasurement {
+            weight: Some(10),
+            measurement: Measurement::new(
+                Kind::Prometheus,
+                "error-rate",
+                Some(0.01),
+                "<= 0.05".into(),
+                Phase::Pass,
+                None,
+            ),
+        }
+    }
+
+    #[test]
+    fn records_start_and_finish_and_lists_newest_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::new(tmp.path());
+        let first = h.start(spec("production", "deploy")).unwrap();
+        assert_eq!((first.id, first.status), (1, DeploymentStatus::Running));
+        h.finish(
+            "production",
+            1,
+            DeploymentStatus::Success,
+            "2026-01-01T00:01:00Z".into(),
+            vec![measurement()],
+        )
+        .unwrap();
+        let review = h.start(spec("review/x", "review")).unwrap();
+        let second = h.start(spec("production", "deploy")).unwrap();
+        assert_eq!((review.id, second.id), (2, 3));
+        h.finish(
+            "production",
+            3,
+            DeploymentStatus::Failed,
+            "2026-01-01T00:02:00Z".into(),
+            Vec::new(),
+        )
+        .unwrap();
+
+        // A second store over the same directory reads what the first wrote.
+        let h = History::new(tmp.path());
+        let prod = h.history("production").unwrap();
+        let rows: Vec<_> = prod.iter().map(|d| (d.id, d.status)).collect();
+        assert_eq!(
+            rows,
+            [
+                (3, DeploymentStatus::Failed),
+                (1, DeploymentStatus::Success)
+            ]
+        );
+        assert_eq!(prod[1].measurements, [measurement()]);
+        assert_eq!(prod[1].finished_at.as_deref(), Some("2026-01-01T00:01:00Z"));
+
+        let envs = h.environments().unwrap();
+        let names: Vec<_> = envs.iter().map(|e| (e.name.as_str(), e.last.id)).collect();
+        assert_eq!(names, [("production", 3), ("review/x", 2)]);
+        assert_eq!(h.history("review/x").unwrap()[0].spec.job, "review");
+    }
+
+    #[test]
+    fn record_json_names_its_fields_and_round_trips() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::new(tmp.path());
+        let d = h.start(spec("production", "deploy")).unwrap();
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(json["ref"], "main");
+        assert_eq!(json["status"], "running");
+        assert_eq!(json["variables"][0]["value"], REDACTED);
+        let back: Deployment = serde_json::from_value(json).unwrap();
+        assert_eq!(back, d);
+        let rolled = h
+            .update("production", d.id, |d| {
+                d.status = DeploymentStatus::RolledBack
+            })
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&rolled).unwrap()["status"],
+            "rolled_back"
+        );
+    }
+
+    #[test]
+    fn unknown_environment_and_deployment_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::new(tmp.path());
+        assert!(h.environments().unwrap().is_empty());
+        let e = h.history("staging").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no environment `staging`: no deployment was recorded to it"
+        );
+        h.start(spec("staging", "deploy")).unwrap();
+        assert!(matches!(
+            h.update("staging", 9, |_| {}),
+            Err(Error::UnknownDeployment { id: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn ids_never_repeat_when_last_id_is_lost() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::new(tmp.path());
+        h.start(spec("a", "j")).unwrap();
+        h.start(spec("b", "j")).unwrap();
+        std::fs::remove_file(tmp.path().join(DIR).join("last-id")).unwrap();
+        assert_eq!(h.start(spec("a", "j")).unwrap().id, 3);
+    }
+
+    #[test]
+    fn concurrent_writers_lose_no_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let h = History::new(tmp.path());
+                std::thread::spawn(move || {
+                    for _ in 0..5 {
+                        let d = h.start(spec("production", "deploy")).unwrap();
+                        h.finish(
+                            "production",
+                            d.id,
+                            DeploymentStatus::Success,
+                            now(),
+                            Vec::new(),
+                        )
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let all = History::new(tmp.path()).history("production").unwrap();
+        let mut ids: Vec<u64> = all.iter().map(|d| d.id).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (1..=40).collect::<Vec<_>>());
+        assert!(all.iter().all(|d| d.status == DeploymentStatus::Success));
+    }
+
+    #[test]
+    fn rollback_target_is_the_newest_earlier_success() {
+        let d = |id, status| Deployment {
+            id,
+            status,
+            spec: spec("p", "j"),
+            finished_at: None,
+            measurements: Vec::new(),
+        };
+        let h = [
+            d(1, DeploymentStatus::Success),
+            d(2, DeploymentStatus::Success),
+            d(3, DeploymentStatus::Failed),
+            d(4, DeploymentStatus::Running),
+        ];
+        assert_eq!(previous_success(&h, 4).map(|d| d.id), Some(2));
+        assert_eq!(previous_success(&h, 2).map(|d| d.id), Some(1));
+        assert_eq!(previous_success(&h, 1), None);
+    }
+
+    #[test]
+    fn environment_names_make_distinct_file_names() {
+        assert_eq!(file_name("production"), "production");
+        assert_eq!(file_name("review/x"), "review_2fx");
+        assert_ne!(file_name("review/x"), file_name("review_x"));
+        assert_eq!(file_name(".."), "_2e.");
+    }
+}
