@@ -144,6 +144,7 @@ fn plan(job: Job) -> Plan {
         predefined: vec![Variable::new("CI", "true")],
         variables: Vec::new(),
         cli_variables: Vec::new(),
+        scoped_variables: Vec::new(),
     }
 }
 

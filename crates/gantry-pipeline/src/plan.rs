@@ -21,6 +21,55 @@ pub struct Plan {
     pub variables: Vec<Variable>,
     /// The caller's variables (`--variable`, variables files): the highest precedence.
     pub cli_variables: Vec<Variable>,
+    /// The caller's variables scoped to environments (variables files): per key, the most
+    /// specific scope that matches a job's environment gives it its value, just below
+    /// `cli_variables`. See [`scope_rank`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scoped_variables: Vec<ScopedVariable>,
+}
+
+/// A variable that applies only to jobs whose environment matches `environment_scope`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopedVariable {
+    /// The variable.
+    pub variable: Variable,
+    /// An environment name, a pattern with `*` wildcards, or `*` for every job.
+    pub environment_scope: String,
+}
+
+/// How well GitLab's `environment_scope` `scope` matches the environment `env` (expanded; `None`
+/// for a job without one): `None` when it does not apply, else a rank where a higher one is more
+/// specific: `*` (every job, even one without an environment) ranks 0, a pattern ranks 1, the
+/// exact name ranks 2. `*` in a pattern matches any text, `/` included (`review/*` matches
+/// `review/a/b`).
+#[must_use]
+pub fn scope_rank(scope: &str, env: Option<&str>) -> Option<u8> {
+    if scope == "*" {
+        return Some(0);
+    }
+    let env = env?;
+    let parts: Vec<&str> = scope.split('*').collect();
+    if parts.len() == 1 {
+        return (scope == env).then_some(2);
+    }
+    let mut rest = env;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            rest = rest.strip_prefix(part)?;
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part).then_some(1);
+        } else {
+            let at = rest.find(part)?;
+            rest = &rest[at + part.len()..];
+        }
+    }
+    None
+}
+
+/// Whether the `environment_scope` `scope` applies to the environment `env`.
+#[must_use]
+pub fn matches_scope(scope: &str, env: Option<&str>) -> bool {
+    scope_rank(scope, env).is_some()
 }
 
 /// A variable with its value and flags.
@@ -439,8 +488,37 @@ impl Plan {
         v.extend_from_slice(&self.variables);
         v.extend_from_slice(&job.variables);
         v.extend_from_slice(dotenv);
+        if !self.scoped_variables.is_empty() {
+            let scoped = self.scoped_for(job, &v);
+            v.extend(scoped);
+        }
         v.extend_from_slice(&self.cli_variables);
         v
+    }
+
+    /// Per key, the scoped variable whose scope matches `job`'s environment most specifically (the
+    /// later one on a tie). The environment's name is expanded with `below`, the job's other
+    /// variables, and the caller's.
+    fn scoped_for(&self, job: &Job, below: &[Variable]) -> Vec<Variable> {
+        let env = job.environment.as_ref().map(|e| {
+            let mut all = below.to_vec();
+            all.extend_from_slice(&self.cli_variables);
+            let resolved: std::collections::HashMap<String, String> =
+                crate::vars::resolve(&all).into_iter().collect();
+            crate::vars::expand(&e.name, &|k| resolved.get(k).cloned())
+        });
+        let mut best: Vec<(u8, &Variable)> = Vec::new();
+        for s in &self.scoped_variables {
+            let Some(rank) = scope_rank(&s.environment_scope, env.as_deref()) else {
+                continue;
+            };
+            match best.iter_mut().find(|(_, v)| v.key == s.variable.key) {
+                Some(b) if b.0 <= rank => *b = (rank, &s.variable),
+                Some(_) => {}
+                None => best.push((rank, &s.variable)),
+            }
+        }
+        best.into_iter().map(|(_, v)| v.clone()).collect()
     }
 
     /// What each job waits for. Jobs with `needs` wait for those jobs; the others wait for every job of
@@ -475,4 +553,89 @@ pub enum WaitFor {
     Jobs(Vec<usize>),
     /// Every job whose stage index is lower than this.
     StagesBefore(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_match_as_gitlab_documents() {
+        assert_eq!(scope_rank("*", None), Some(0));
+        assert_eq!(scope_rank("*", Some("production")), Some(0));
+        assert_eq!(scope_rank("production", None), None);
+        assert_eq!(scope_rank("production", Some("production")), Some(2));
+        assert_eq!(scope_rank("production", Some("production/eu")), None);
+        assert_eq!(scope_rank("review/*", Some("review/feature")), Some(1));
+        assert_eq!(scope_rank("review/*", Some("review/a/b")), Some(1));
+        assert_eq!(scope_rank("review/*", Some("staging")), None);
+        assert_eq!(scope_rank("review/*", None), None);
+        assert_eq!(scope_rank("*/eu", Some("production/eu")), Some(1));
+        assert_eq!(scope_rank("a*b*c", Some("a-b-c")), Some(1));
+        assert_eq!(scope_rank("a*b*c", Some("a-c")), None);
+        assert!(matches_scope("review/*", Some("review/x")));
+        assert!(!matches_scope("staging", Some("production")));
+    }
+
+    fn env_job(name: &str, env: Option<&str>) -> Job {
+        let mut j = Job::new(name, "deploy", 0);
+        j.environment = env.map(|e| Environment {
+            name: e.into(),
+            url: None,
+            action: "start".into(),
+            deployment_tier: None,
+        });
+        j
+    }
+
+    fn scoped(value: &str, scope: &str) -> ScopedVariable {
+        ScopedVariable {
+            variable: Variable::new("DB_HOST", value),
+            environment_scope: scope.into(),
+        }
+    }
+
+    fn db_host(plan: &Plan, i: usize) -> Option<String> {
+        crate::vars::resolve(&plan.job_variables(i, &[], &[]))
+            .into_iter()
+            .find(|(k, _)| k == "DB_HOST")
+            .map(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_most_specific_scope_wins_per_job() {
+        let mut prod = env_job("prod", Some("$TARGET"));
+        prod.variables = vec![Variable::new("TARGET", "production")];
+        let plan = Plan {
+            jobs: vec![
+                prod,
+                env_job("review", Some("review/a/b")),
+                env_job("none", None),
+                env_job("staging", Some("staging")),
+            ],
+            // The exact name beats the pattern, which beats `*`, whatever their order.
+            scoped_variables: vec![
+                scoped("db.default", "*"),
+                scoped("db.prod", "production"),
+                scoped("db.review", "review/*"),
+                scoped("db.pattern", "prod*"),
+            ],
+            ..Plan::default()
+        };
+        assert_eq!(db_host(&plan, 0).as_deref(), Some("db.prod"));
+        assert_eq!(db_host(&plan, 1).as_deref(), Some("db.review"));
+        assert_eq!(db_host(&plan, 2).as_deref(), Some("db.default"));
+        assert_eq!(db_host(&plan, 3).as_deref(), Some("db.default"));
+        let only_prod = Plan {
+            scoped_variables: vec![scoped("db.prod", "production")],
+            ..plan.clone()
+        };
+        assert_eq!(db_host(&only_prod, 2), None);
+        // `--variable` still wins over a scoped entry.
+        let cli = Plan {
+            cli_variables: vec![Variable::new("DB_HOST", "db.cli")],
+            ..plan
+        };
+        assert_eq!(db_host(&cli, 0).as_deref(), Some("db.cli"));
+    }
 }

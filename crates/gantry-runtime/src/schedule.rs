@@ -215,6 +215,7 @@ fn masker(plan: &Plan) -> Masker {
             .iter()
             .chain(&plan.variables)
             .chain(&plan.cli_variables)
+            .chain(plan.scoped_variables.iter().map(|s| &s.variable))
             .chain(
                 plan.jobs
                     .iter()

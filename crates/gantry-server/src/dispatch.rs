@@ -341,37 +341,6 @@ async fn gate_changes(
     }
 }
 
-fn matches_scope(scope: &str, env: Option<&str>) -> bool {
-    if scope == "*" {
-        return true;
-    }
-    let Some(env) = env else {
-        return false;
-    };
-    // `*` is the only wildcard.
-    let parts: Vec<&str> = scope.split('*').collect();
-    if parts.len() == 1 {
-        return scope == env;
-    }
-    let mut rest = env;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            let Some(r) = rest.strip_prefix(part) else {
-                return false;
-            };
-            rest = r;
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            let Some(at) = rest.find(part) else {
-                return false;
-            };
-            rest = &rest[at + part.len()..];
-        }
-    }
-    true
-}
-
 /// The names of the jobs whose artifacts `job` takes: `None` for every job of the earlier stages.
 fn dependency_names(job: &gantry_pipeline::Job) -> Option<Vec<String>> {
     match (&job.dependencies, &job.needs) {
@@ -487,6 +456,7 @@ pub(crate) fn job_spec(
             predefined: predefined.clone(),
             variables: doc.variables.clone(),
             cli_variables: doc.cli_variables.clone(),
+            scoped_variables: Vec::new(),
         };
         let resolved: HashMap<String, String> = vars::resolve(&plan.job_variables(0, &[], &[]))
             .into_iter()
@@ -496,7 +466,7 @@ pub(crate) fn job_spec(
     let mut cli_variables: Vec<Variable> = doc
         .project_variables
         .iter()
-        .filter(|v| matches_scope(&v.environment_scope, env_name.as_deref()))
+        .filter(|v| gantry_pipeline::plan::matches_scope(&v.environment_scope, env_name.as_deref()))
         .map(|v| Variable {
             key: v.key.clone(),
             value: v
@@ -532,6 +502,7 @@ pub(crate) fn job_spec(
             predefined,
             variables: doc.variables,
             cli_variables,
+            scoped_variables: Vec::new(),
         },
         dependencies,
         gate_reports: None,
@@ -1419,14 +1390,5 @@ mod tests {
         assert_eq!(check_archive(&padded), Ok(()));
         // The builder's own archive, read as an upload streams in.
         assert_eq!(check_archive_from(&padded[..]), Ok(()));
-    }
-
-    #[test]
-    fn scopes() {
-        assert!(matches_scope("*", None));
-        assert!(!matches_scope("production", None));
-        assert!(matches_scope("production", Some("production")));
-        assert!(matches_scope("review/*", Some("review/feature")));
-        assert!(!matches_scope("review/*", Some("staging")));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use gantry_agent::executors::Executors;
-use gantry_pipeline::plan::{Variable, WaitFor, When};
+use gantry_pipeline::plan::{ScopedVariable, Variable, WaitFor, When};
 use gantry_pipeline::{Compiled, Context, Plan, Severity};
 use serde_json::json;
 
@@ -404,13 +404,21 @@ fn ensure_state_dir(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The variables of `--variables-file` and `--variable`, with `mask`'s keys masked.
-fn cli_variables(args: &PipelineArgs, mask: &[String]) -> Result<Vec<Variable>, String> {
+/// The variables of `--variables-file` and `--variable`, with `mask`'s keys masked; then the
+/// variables file's entries scoped to environments.
+fn cli_variables(
+    args: &PipelineArgs,
+    mask: &[String],
+) -> Result<(Vec<Variable>, Vec<ScopedVariable>), String> {
     let mut vars = Vec::new();
+    let mut scoped = Vec::new();
     if let Some(path) = &args.variables_file {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read variables file {}: {e}", path.display()))?;
-        vars.extend(parse_variables_file(&text).map_err(|e| format!("{}:{e}", path.display()))?);
+        let (plain, s) =
+            parse_variables_file(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+        vars.extend(plain);
+        scoped = s;
     }
     for v in &args.variables {
         let Some((k, val)) = v.split_once('=') else {
@@ -430,7 +438,12 @@ fn cli_variables(args: &PipelineArgs, mask: &[String]) -> Result<Vec<Variable>, 
     }
     for m in mask {
         let mut found = false;
-        for v in vars.iter_mut().filter(|v| &v.key == m) {
+        let all = vars.iter_mut().chain(
+            scoped
+                .iter_mut()
+                .map(|s: &mut ScopedVariable| &mut s.variable),
+        );
+        for v in all.filter(|v| &v.key == m) {
             v.masked = true;
             found = true;
         }
@@ -440,54 +453,109 @@ fn cli_variables(args: &PipelineArgs, mask: &[String]) -> Result<Vec<Variable>, 
             ));
         }
     }
-    Ok(vars)
+    Ok((vars, scoped))
 }
 
-/// A variables file: a YAML mapping of `KEY: value` or `KEY: {value: ..., masked: bool, expand: bool}`.
-fn parse_variables_file(text: &str) -> Result<Vec<Variable>, String> {
+/// A variables file: a YAML mapping of `KEY: value`, `KEY: {value: ..., masked: bool, expand: bool,
+/// environment_scope: ...}`, or `KEY: [{value: ..., environment_scope: ...}, ...]`. Returns the
+/// plain variables, then those scoped to environments (a list's entries, and any entry with an
+/// `environment_scope`, which defaults to `*`).
+fn parse_variables_file(text: &str) -> Result<(Vec<Variable>, Vec<ScopedVariable>), String> {
     use gantry_pipeline::yaml::{self, Value};
     let docs = yaml::parse(text, 0).map_err(|e| e.to_string())?;
     let Some(root) = docs.docs.first() else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let Some(map) = root.as_map() else {
         return Err("1:1: a variables file must be a mapping".into());
     };
-    let mut out = Vec::new();
+    let mut plain = Vec::new();
+    let mut scoped = Vec::new();
     for e in &map.entries {
-        let at = format!("{}:{}", e.key_pos.line, e.key_pos.col);
-        let v = match &e.value.value {
-            Value::Map(m) => {
-                let flag = |k: &str, d: bool| match m.get(k).map(|n| &n.value) {
-                    Some(Value::Bool(b)) => *b,
-                    _ => d,
-                };
-                let Some(value) = m.get("value").and_then(yaml::Node::scalar_string) else {
-                    return Err(format!("{at}: variable `{}` needs a `value`", e.key));
-                };
-                Variable {
-                    key: e.key.clone(),
-                    value,
-                    expand: flag("expand", false),
-                    masked: flag("masked", false),
+        match &e.value.value {
+            Value::Map(_) => match variable_entry(&e.key, &e.value)? {
+                (v, None) => plain.push(v),
+                (variable, Some(environment_scope)) => scoped.push(ScopedVariable {
+                    variable,
+                    environment_scope,
+                }),
+            },
+            Value::Seq(items) => {
+                for item in items {
+                    let (variable, scope) = variable_entry(&e.key, item)?;
+                    scoped.push(ScopedVariable {
+                        variable,
+                        environment_scope: scope.unwrap_or_else(|| "*".into()),
+                    });
                 }
             }
-            Value::Seq(_) => {
-                return Err(format!(
-                    "{at}: variable `{}` must be a string or a mapping",
-                    e.key
-                ));
-            }
-            _ => Variable {
+            _ => plain.push(Variable {
                 key: e.key.clone(),
                 value: e.value.scalar_string().unwrap_or_default(),
                 expand: false,
                 masked: false,
-            },
-        };
-        out.push(v);
+            }),
+        }
     }
-    Ok(out)
+    Ok((plain, scoped))
+}
+
+/// One `{value, masked, expand, description, environment_scope}` entry of variable `key`, and its
+/// scope if it gives one.
+fn variable_entry(
+    key: &str,
+    node: &gantry_pipeline::yaml::Node,
+) -> Result<(Variable, Option<String>), String> {
+    use gantry_pipeline::yaml::{Node, Value};
+    let at = |n: &Node| format!("{}:{}", n.pos.line, n.pos.col);
+    let Some(m) = node.as_map() else {
+        return Err(format!(
+            "{}: an entry of variable `{key}` must be a mapping with a `value`",
+            at(node)
+        ));
+    };
+    const KEYS: [&str; 5] = [
+        "value",
+        "masked",
+        "expand",
+        "description",
+        "environment_scope",
+    ];
+    if let Some(unknown) = m.entries.iter().find(|k| !KEYS.contains(&k.key.as_str())) {
+        return Err(format!(
+            "{}:{}: variable `{key}`: unknown key `{}` (expected one of {})",
+            unknown.key_pos.line,
+            unknown.key_pos.col,
+            unknown.key,
+            KEYS.join(", ")
+        ));
+    }
+    let flag = |k: &str, d: bool| match m.get(k).map(|n| &n.value) {
+        Some(Value::Bool(b)) => *b,
+        _ => d,
+    };
+    let Some(value) = m.get("value").and_then(Node::scalar_string) else {
+        return Err(format!("{}: variable `{key}` needs a `value`", at(node)));
+    };
+    let scope = match m.get("environment_scope") {
+        None => None,
+        Some(n) => match n.scalar_string().filter(|s| !s.is_empty()) {
+            Some(s) => Some(s),
+            None => {
+                return Err(format!(
+                    "{}: variable `{key}`: `environment_scope` must be an environment name or pattern",
+                    at(n)
+                ));
+            }
+        },
+    };
+    let variable = Variable {
+        key: key.to_string(),
+        value,
+        expand: flag("expand", false),
+        masked: flag("masked", false),
+    };
+    Ok((variable, scope))
 }
 
 fn print_diagnostics(compiled: &Compiled, output: Output) -> Option<u8> {
@@ -527,12 +595,12 @@ fn print_errors(errors: &[impl std::fmt::Display], what: &str, outcome: &str) {
 
 fn run(args: &RunArgs) -> Result<u8> {
     let output = args.common.output;
-    let cli_vars = match cli_variables(&args.pipeline, &args.mask) {
+    let (cli_vars, scoped) = match cli_variables(&args.pipeline, &args.mask) {
         Ok(v) => v,
         Err(e) => return Ok(config_error(output, &e)),
     };
     let dry = args.list || args.list_json || args.preview;
-    let prepared = match prepare(
+    let mut prepared = match prepare(
         &args.common,
         cli_vars,
         &args.pipeline.pipeline_source,
@@ -541,6 +609,10 @@ fn run(args: &RunArgs) -> Result<u8> {
         Ok(p) => p,
         Err(e) => return Ok(config_error(output, &format!("{e:#}"))),
     };
+    // Each job picks its scoped values by its environment when its variables are built.
+    if let Some(plan) = prepared.compiled.plan.as_mut() {
+        plan.scoped_variables = scoped;
+    }
     let code = run_prepared(args, &prepared);
     // The process is about to exit: freeing a large plan node by node would only cost time.
     std::mem::forget(prepared);
@@ -1022,7 +1094,7 @@ fn list(plan: &Plan, selected: &[bool], as_json: bool) {
 fn lint(args: &LintArgs) -> Result<u8> {
     let common = &args.common;
     let cli_vars = match cli_variables(&args.pipeline, &[]) {
-        Ok(v) => v,
+        Ok((v, _)) => v,
         Err(e) => return Ok(config_error(common.output, &e)),
     };
     let prepared = match prepare(common, cli_vars, &args.pipeline.pipeline_source, Some(0)) {

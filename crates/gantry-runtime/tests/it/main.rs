@@ -117,6 +117,7 @@ fn plan(jobs: Vec<Job>) -> Plan {
         predefined: vec![Variable::new("CI", "true")],
         variables: Vec::new(),
         cli_variables: Vec::new(),
+        scoped_variables: Vec::new(),
     }
 }
 

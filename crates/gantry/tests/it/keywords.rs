@@ -490,3 +490,68 @@ fn assert_gone(pidfile: &std::path::Path, what: &str) {
         "{what}: process {pid} survived"
     );
 }
+
+#[test]
+fn variables_file_entries_apply_by_environment_scope() {
+    let repo = Repo::ci(
+        "
+prod:
+  script: [echo \"prod DB_HOST=$DB_HOST\"]
+  environment: {name: production}
+review:
+  variables: {SLUG: x}
+  script: [echo \"review DB_HOST=$DB_HOST\"]
+  environment: {name: review/$SLUG}
+plain:
+  script: [echo \"plain DB_HOST=$DB_HOST\"]
+",
+    );
+    std::fs::write(
+        repo.path().join("vars.yml"),
+        "DB_HOST:\n  - {value: db-default.internal}\n  - {value: db-prod.internal, environment_scope: production}\n  - {value: db-review.internal, environment_scope: \"review/*\"}\n",
+    )
+    .unwrap();
+    let out = repo.gantry(&["run", "--variables-file", "vars.yml"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for want in [
+        "prod DB_HOST=db-prod.internal",
+        "review DB_HOST=db-review.internal",
+        "plain DB_HOST=db-default.internal",
+    ] {
+        assert!(text.contains(want), "no `{want}` in {text}");
+    }
+    // `--mask` reaches scoped values.
+    let out = repo.gantry(&["run", "--variables-file", "vars.yml", "--mask", "DB_HOST"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains(".internal"), "{text}");
+    assert!(text.contains("prod DB_HOST=[MASKED]"), "{text}");
+}
+
+#[test]
+fn bad_variables_file_entries_name_the_file_and_line() {
+    let repo = Repo::ci("job: {script: [true]}\n");
+    for (file, want) in [
+        (
+            "A: plain\nDB_HOST:\n  - {environment_scope: production}\n",
+            "gantry: vars.yml:3:5: variable `DB_HOST` needs a `value`\n",
+        ),
+        (
+            "DB_HOST:\n  - value: db\n    scope: production\n",
+            "gantry: vars.yml:3:5: variable `DB_HOST`: unknown key `scope` (expected one of value, masked, expand, description, environment_scope)\n",
+        ),
+    ] {
+        std::fs::write(repo.path().join("vars.yml"), file).unwrap();
+        let out = repo.gantry(&["run", "--variables-file", "vars.yml"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), want);
+    }
+}
