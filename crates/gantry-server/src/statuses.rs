@@ -81,16 +81,22 @@ pub(crate) fn gate_description(gate_jobs: &[gantry_store::ReportsRecord]) -> Opt
         Some(o) => format!("gate failed: {}", gantry_reports::gate::failures(o)),
         None => "gate passed".to_owned(),
     };
-    Some(if text.chars().count() > MAX_DESCRIPTION {
+    Some(cap(text))
+}
+
+/// `text` within [`MAX_DESCRIPTION`], cut with `…`.
+fn cap(text: String) -> String {
+    if text.chars().count() > MAX_DESCRIPTION {
         let cut: String = text.chars().take(MAX_DESCRIPTION - 1).collect();
         format!("{cut}…")
     } else {
         text
-    })
+    }
 }
 
-/// The request for a pipeline's status; `gate` (see [`gate_description`]) replaces the
-/// description when the pipeline has a gate verdict.
+/// The request for a pipeline's status; a final status's description ends with `gate` (see
+/// [`gate_description`]) when the pipeline has a gate verdict: `the pipeline is failed; gate
+/// failed: coverage 71.2 < 75`.
 pub(crate) fn request(
     forge: &Forge,
     sha: &str,
@@ -101,7 +107,10 @@ pub(crate) fn request(
 ) -> (String, Value) {
     let base = forge.api_url.trim_end_matches('/');
     let (state, description) = forge_state(forge.kind, status);
-    let description = gate.unwrap_or(description);
+    let description = match gate {
+        Some(g) if status.is_final() => cap(format!("{description}; {g}")),
+        _ => description,
+    };
     match forge.kind {
         ForgeKind::Gitlab => {
             let project = percent_encoding::utf8_percent_encode(
@@ -158,7 +167,12 @@ pub(crate) async fn pipeline_changed(state: &AppState, id: i64) {
         .external_url
         .as_ref()
         .map(|u| format!("{}/api/v1/pipelines/{id}", u.trim_end_matches('/')));
-    let gates = state.store.pipeline_gates(id).await.unwrap_or_default();
+    // Only a final status names the gate: a running pipeline's gate may not have run yet.
+    let gates = if p.status.is_final() {
+        state.store.pipeline_gates(id).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let (url, body) = request(
         &forge,
         &p.sha,
@@ -279,7 +293,19 @@ mod tests {
         assert_eq!(body["state"], "pending");
         assert_eq!(body["context"], "gantry");
         assert_eq!(body["target_url"], "http://x/1");
-        assert_eq!(body["description"], "gate passed");
+        assert_eq!(
+            body["description"], "the pipeline is running",
+            "not final: no gate"
+        );
+        let (_, body) = request(
+            &gh,
+            "abc",
+            "main",
+            PipelineStatus::Failed,
+            None,
+            Some("gate passed".into()),
+        );
+        assert_eq!(body["description"], "the pipeline is failed; gate passed");
         assert_eq!(
             forge_state(ForgeKind::Github, PipelineStatus::Canceled).0,
             "error"

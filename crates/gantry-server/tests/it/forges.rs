@@ -430,8 +430,8 @@ async fn an_unreachable_repository_is_retried(b: Backend) {
 }
 both!(an_unreachable_repository_is_retried);
 
-/// The commit status names the gate's outcome: `gate failed: coverage 71.2 < 75` when it failed,
-/// `gate passed` when it passed.
+/// A final commit status names the gate's outcome: `...; gate failed: coverage 71.2 < 75` when it
+/// failed, `...; gate passed` when it passed.
 async fn commit_statuses_name_the_gate(b: Backend) {
     let (forge_url, seen) = crate::flow::recorder().await;
     let app = spawn(b).await;
@@ -445,8 +445,12 @@ async fn commit_statuses_name_the_gate(b: Backend) {
               quality:\n  stage: gate\n  gate:\n    coverage: '>= 75'\n";
     let mut parent = ZEROS.to_owned();
     for (i, (cov, state, description)) in [
-        (71.2, "failure", "gate failed: coverage 71.2 < 75"),
-        (80.0, "success", "gate passed"),
+        (
+            71.2,
+            "failure",
+            "the pipeline is failed; gate failed: coverage 71.2 < 75",
+        ),
+        (80.0, "success", "the pipeline is success; gate passed"),
     ]
     .into_iter()
     .enumerate()
