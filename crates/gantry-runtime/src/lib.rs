@@ -80,7 +80,7 @@ use gantry_pipeline::Plan;
 pub use gantry_pipeline::plan::FailureReason;
 pub use gantry_release;
 pub use gantry_reports;
-pub use mask::MASK;
+pub use mask::{MASK, Masker};
 pub use summaries::ReportKind;
 pub use verify::measurement_line;
 

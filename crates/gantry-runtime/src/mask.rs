@@ -9,7 +9,7 @@ pub const MASK: &str = "[MASKED]";
 
 /// Replaces masked values; built once per pipeline.
 #[derive(Debug, Default)]
-pub(crate) struct Masker {
+pub struct Masker {
     /// One alternation of every value, longest first, so that the longest value wins where several
     /// overlap. `None` when nothing is masked: then masking costs nothing.
     re: Option<Regex>,
@@ -19,7 +19,8 @@ pub(crate) struct Masker {
 
 impl Masker {
     /// A masker for these values (empty values are ignored).
-    pub(crate) fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
+    #[must_use]
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
         let mut values: Vec<&str> = values.into_iter().filter(|v| !v.is_empty()).collect();
         if values.is_empty() {
             return Masker::default();
@@ -47,7 +48,8 @@ impl Masker {
     }
 
     /// `s` with every masked value replaced.
-    pub(crate) fn mask<'a>(&self, s: &'a str) -> Cow<'a, str> {
+    #[must_use]
+    pub fn mask<'a>(&self, s: &'a str) -> Cow<'a, str> {
         if let Some(re) = &self.re {
             return re.replace_all(s, MASK);
         }

@@ -273,6 +273,12 @@ fn spec(plan: &Plan, selected: &[bool], index: usize) -> Option<NewDeployment> {
         .filter(|v| v.masked)
         .map(|v| v.key.as_str())
         .collect();
+    // A value that holds a masked one (`https://u:$PASSWORD@host`) is masked as the job's log is.
+    let masker = gantry_runtime::Masker::new(
+        masked
+            .iter()
+            .filter_map(|k| resolved.get(*k).map(String::as_str)),
+    );
     // The variables the pipeline defines (the predefined ones follow from the rest of the record).
     let mut keys: Vec<&str> = Vec::new();
     for v in plan
@@ -292,7 +298,7 @@ fn spec(plan: &Plan, selected: &[bool], index: usize) -> Option<NewDeployment> {
             value: if masked.contains(k) {
                 REDACTED.to_string()
             } else {
-                get(k)
+                masker.mask(&get(k)).into_owned()
             },
             masked: masked.contains(k),
         })

@@ -37,6 +37,7 @@ deploy:
   environment: {{name: production, url: "http://127.0.0.1:{port}"}}
   variables:
     REPLICAS: "3"
+    DEPLOY_URL: https://deployer:$TOKEN@deploy.invalid
   script:
     - test "$FAIL" != 1
   verify:
@@ -106,6 +107,11 @@ stop:
         serde_json::json!({"key": "TOKEN", "value": "[MASKED]", "masked": true})
     );
     assert_eq!(var(ok, "REPLICAS")["value"], "3");
+    // A value holding a masked one is masked where it holds it, as in the job's log.
+    assert_eq!(
+        var(ok, "DEPLOY_URL")["value"],
+        "https://deployer:[MASKED]@deploy.invalid"
+    );
     assert_eq!(var(&history[0], "FAIL")["value"], "1");
     assert!(!history.to_string().contains(SECRET));
     let checks = ok["measurements"].as_array().unwrap();
