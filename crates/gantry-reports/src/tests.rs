@@ -59,7 +59,7 @@ impl FailedTest {
 impl TestReport {
     /// Failures plus errors.
     pub fn failed_or_errored(&self) -> u64 {
-        self.failed + self.errors
+        self.failed.saturating_add(self.errors)
     }
 
     pub(crate) fn record_failure(&mut self, case: FailedTest) {
@@ -75,11 +75,12 @@ impl TestReport {
 
     /// Adds another report's tests to these.
     pub fn merge(&mut self, other: &TestReport) {
-        self.total += other.total;
-        self.passed += other.passed;
-        self.failed += other.failed;
-        self.errors += other.errors;
-        self.skipped += other.skipped;
+        // Counts may come from an agent: they saturate rather than wrap or panic.
+        self.total = self.total.saturating_add(other.total);
+        self.passed = self.passed.saturating_add(other.passed);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.skipped = self.skipped.saturating_add(other.skipped);
         let room = MAX_ITEMS.saturating_sub(self.failures.len());
         self.failures
             .extend(other.failures.iter().take(room).cloned());

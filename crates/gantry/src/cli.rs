@@ -753,6 +753,8 @@ fn execute(
         .filter(|(_, s)| **s)
         .map(|(j, _)| j.name.clone())
         .collect();
+    // Only a run of the whole pipeline says how the ref stands, for `pipeline_fixed`.
+    let whole_pipeline = selected.iter().all(|&s| s);
     let config = gantry_runtime::RunConfig {
         project_dir: prepared.dir.clone(),
         state_dir: prepared.state_dir.clone(),
@@ -840,7 +842,7 @@ fn execute(
         j.flush();
     }
     let result = result.context("the pipeline could not run")?;
-    if !interrupted {
+    if !interrupted && whole_pipeline {
         crate::notify::send(
             &rt,
             &prepared.compiled.notify,

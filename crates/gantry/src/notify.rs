@@ -168,7 +168,8 @@ fn record(state_dir: &Path, git_ref: &str, failed: bool) -> Option<bool> {
     let status = if failed { "failed" } else { "success" };
     let previous = statuses.insert(git_ref.to_string(), status.to_string());
     if let Ok(text) = serde_json::to_vec_pretty(&statuses) {
-        let tmp = state_dir.join(format!("{REF_STATUS}.tmp"));
+        // Two runs at once each write their own file; the last rename wins.
+        let tmp = state_dir.join(format!("{REF_STATUS}.tmp-{}", std::process::id()));
         if std::fs::write(&tmp, text).is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }

@@ -170,3 +170,18 @@ fn corrupt_input_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// Test counts merged from what agents send saturate instead of overflowing.
+#[test]
+fn huge_test_counts_saturate_when_merged() {
+    let huge = gantry_reports::TestReport {
+        total: u64::MAX,
+        failed: u64::MAX,
+        errors: 1,
+        ..Default::default()
+    };
+    let mut all = huge.clone();
+    all.merge(&huge);
+    assert_eq!((all.total, all.failed), (u64::MAX, u64::MAX));
+    assert_eq!(all.failed_or_errored(), u64::MAX);
+}
