@@ -33,7 +33,23 @@ const IDLE: Duration = Duration::from_secs(60);
 
 /// Stores the notifications that pipeline `id`, which just ended with `status`, calls for, and
 /// wakes the sender. Failures are logged.
-pub(crate) async fn pipeline_finished(state: &AppState, id: i64, status: PipelineStatus) {
+pub(crate) async fn pipeline_finished(
+    state: &AppState,
+    before: &gantry_store::PipelineRecord,
+    status: PipelineStatus,
+) {
+    // Most pipelines have no rules: find out from the spec in hand, without reading the store.
+    #[derive(serde::Deserialize)]
+    struct Rules {
+        #[serde(default)]
+        notify: Vec<serde::de::IgnoredAny>,
+    }
+    let has_rules =
+        serde_json::from_str::<Rules>(&before.spec).map_or(true, |r| !r.notify.is_empty());
+    if !has_rules {
+        return;
+    }
+    let id = before.id;
     match enqueue(state, id, status).await {
         Ok(0) => {}
         Ok(n) => {

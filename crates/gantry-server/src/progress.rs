@@ -71,7 +71,7 @@ async fn effects(state: &AppState, before: &PipelineRecord, step: &Step) {
     if let Some(s) = step.changes.status {
         if s.is_final() {
             state.metrics.pipeline_ended(s);
-            crate::notify::pipeline_finished(state, before.id, s).await;
+            crate::notify::pipeline_finished(state, before, s).await;
         }
         tracing::info!(pipeline = before.id, trace_id = %before.trace_id, status = %s, "pipeline status");
         crate::statuses::pipeline_changed(state, before.id).await;
