@@ -1165,8 +1165,19 @@ pub(crate) async fn finish(
     PathParam(id): PathParam<i64>,
     RawBody(bytes): RawBody,
 ) -> AppResult<Json<gantry_api::Job>> {
-    let body = crate::reports::finish_body(&bytes)?;
-    drop(bytes);
+    // A finish carrying summaries can be megabytes of JSON: read it off the async workers.
+    let read = |bytes: &[u8]| -> AppResult<_> {
+        let body = crate::reports::finish_body(bytes)?;
+        let reports = crate::reports::to_store(&body);
+        Ok((body, reports))
+    };
+    let (body, reports) = if bytes.len() <= crate::reports::INLINE_FINISH {
+        read(&bytes)?
+    } else {
+        tokio::task::spawn_blocking(move || read(&bytes))
+            .await
+            .map_err(AppError::internal)??
+    };
     let job = leased(&state, &agent, id).await?;
     // A truncated log holds less than the agent wrote, and all that it will.
     if job.log_size < body.log_size && !log_truncated(job.log_size, state.config.max_job_log) {
@@ -1200,7 +1211,7 @@ pub(crate) async fn finish(
                 failure_reason,
                 coverage: body.coverage.filter(|c| c.is_finite()),
                 finished_at: now,
-                reports: crate::reports::to_store(&body),
+                reports,
             },
         )
         .await

@@ -20,6 +20,10 @@ use crate::error::AppError;
 /// the job's summaries, whose per-line coverage of a few thousand files takes megabytes.
 pub(crate) const FINISH_MIN_LIMIT: usize = 64 << 20;
 
+/// A finish body up to this size is read on the request's task; a larger one (summaries) on a
+/// blocking thread.
+pub(crate) const INLINE_FINISH: usize = 64 << 10;
+
 /// Reads a finish's body. A body that does not parse is a `400` that names the part at fault
 /// (`reports` or `gate` when theirs is the error), and changes nothing.
 pub(crate) fn finish_body(bytes: &[u8]) -> Result<FinishJob, AppError> {
