@@ -279,10 +279,7 @@ fn failure(reason: FailureReason) -> JobResult {
 }
 
 fn reason_str(r: FailureReason) -> String {
-    serde_json::to_value(r)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "unknown_failure".to_string())
+    r.as_str().to_string()
 }
 
 /// The last line of the log.
@@ -739,6 +736,7 @@ async fn finish(
         log_size: i64::try_from(log_size).unwrap_or(i64::MAX),
         reports: summaries.reports,
         gate: summaries.gate,
+        measurements: Vec::new(),
     };
     let mut backoff = Backoff::default();
     loop {

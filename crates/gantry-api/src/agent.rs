@@ -39,7 +39,8 @@ pub const REGISTER: &str = "/api/v1/agents/register";
 /// The protocol version this crate speaks. Version 2 added the reports of a job's finish
 /// ([`FinishJob::reports`], [`FinishJob::gate`]) and a gate job's inputs ([`JobSpec::gate_reports`],
 /// [`JobSpec::changes`]); an agent that registers without [`RegisterAgent::protocol`] speaks 1.
-pub const PROTOCOL: u32 = 2;
+/// Version 3 added a deploy job's verification measurements ([`FinishJob::measurements`]).
+pub const PROTOCOL: u32 = 3;
 
 /// The body of the registration call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -218,4 +219,8 @@ pub struct FinishJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub gate: Option<gantry_reports::GateOutcome>,
+    /// A deploy job's verification measurements, every step's, in order (protocol 3); empty when
+    /// it verified nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<crate::deployments::Measurement>,
 }

@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 pub mod agent;
 pub mod backoff;
+pub mod deployments;
 pub mod paths;
 pub mod reports;
 

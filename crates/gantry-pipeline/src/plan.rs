@@ -168,6 +168,25 @@ pub enum FailureReason {
     MissingDependencyFailure,
     /// Something else.
     UnknownFailure,
+    /// The script succeeded but the deployment's `verify:` failed (a Gantry reason). Never
+    /// retried, not even by `retry:when: always`: a retry would deploy the faulty version again;
+    /// `verify:on_failure: rollback` is what answers it.
+    VerificationFailure,
+}
+
+impl FailureReason {
+    /// The reason as GitLab spells it (`script_failure`, ...), as the API and the store keep it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::ScriptFailure => "script_failure",
+            FailureReason::JobExecutionTimeout => "job_execution_timeout",
+            FailureReason::RunnerSystemFailure => "runner_system_failure",
+            FailureReason::MissingDependencyFailure => "missing_dependency_failure",
+            FailureReason::UnknownFailure => "unknown_failure",
+            FailureReason::VerificationFailure => "verification_failure",
+        }
+    }
 }
 
 /// `retry`.
@@ -185,22 +204,14 @@ impl Retry {
     /// Whether a failure with this reason and exit code should be retried (attempt counting is the caller's).
     #[must_use]
     pub fn matches(&self, reason: FailureReason, exit_code: Option<i32>) -> bool {
-        if self.max == 0 {
+        if self.max == 0 || reason == FailureReason::VerificationFailure {
             return false;
         }
         let when_ok = self.when.is_empty()
-            || self.when.iter().any(|w| {
-                w == "always"
-                    || match reason {
-                        FailureReason::ScriptFailure => w == "script_failure",
-                        FailureReason::JobExecutionTimeout => w == "job_execution_timeout",
-                        FailureReason::RunnerSystemFailure => w == "runner_system_failure",
-                        FailureReason::MissingDependencyFailure => {
-                            w == "missing_dependency_failure"
-                        }
-                        FailureReason::UnknownFailure => w == "unknown_failure",
-                    }
-            });
+            || self
+                .when
+                .iter()
+                .any(|w| w == "always" || w == reason.as_str());
         let code_ok =
             self.exit_codes.is_empty() || exit_code.is_some_and(|c| self.exit_codes.contains(&c));
         if self.when.is_empty() || self.exit_codes.is_empty() {

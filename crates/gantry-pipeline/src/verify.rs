@@ -124,6 +124,50 @@ pub struct HttpCheck {
     pub timeout: Duration,
 }
 
+/// `GANTRY_ROLLBACK`: `true` in a job that rolls a deployment back.
+pub const ROLLBACK: &str = "GANTRY_ROLLBACK";
+/// `GANTRY_ROLLBACK_FROM`: the id of the deployment being rolled back.
+pub const ROLLBACK_FROM: &str = "GANTRY_ROLLBACK_FROM";
+/// `GANTRY_ROLLBACK_TO`: the id of the deployment re-deployed.
+pub const ROLLBACK_TO: &str = "GANTRY_ROLLBACK_TO";
+/// `GANTRY_DEPLOY_WEIGHT`: a progressive step's weight while a verified job's script runs.
+pub const DEPLOY_WEIGHT: &str = "GANTRY_DEPLOY_WEIGHT";
+
+/// Turns `job`, the deploy job of deployment `to` (as that deployment ran it: its commit's
+/// definition), into the job that rolls deployment `from` back to it, as GitLab's re-deploy:
+/// - its script is `rollback_script` (the rolled-back job's, when that has one) or its own;
+/// - it runs whole at once, unverified (`to` was verified when it was deployed): no `verify`,
+///   `GANTRY_DEPLOY_WEIGHT=100`, and a rollback never starts another rollback;
+/// - it sees `GANTRY_ROLLBACK=true`, `GANTRY_ROLLBACK_FROM` and `GANTRY_ROLLBACK_TO`;
+/// - it runs even if the job was manual or delayed.
+pub fn into_rollback(
+    job: &mut crate::plan::Job,
+    from: &str,
+    to: &str,
+    rollback_script: Option<&[String]>,
+) {
+    use crate::plan::{Variable, When};
+    if let Some(script) = rollback_script.filter(|s| !s.is_empty()) {
+        job.script = script.to_vec();
+    }
+    job.verify = None;
+    job.rollback_script = Vec::new();
+    job.when = When::OnSuccess;
+    job.start_in = None;
+    let set = [
+        (ROLLBACK, "true"),
+        (ROLLBACK_FROM, from),
+        (ROLLBACK_TO, to),
+        (DEPLOY_WEIGHT, "100"),
+    ];
+    job.variables
+        .retain(|v| !set.iter().any(|(k, _)| *k == v.key));
+    job.variables.extend(set.into_iter().map(|(k, v)| Variable {
+        expand: false,
+        ..Variable::new(k, v)
+    }));
+}
+
 /// `verify:on_failure`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

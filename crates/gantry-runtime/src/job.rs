@@ -757,9 +757,12 @@ async fn verified_steps<E: Executor>(
                 deploy.timeout,
             ));
         }
-        match verify::judged(&outcome, &spec, &at) {
+        match verify::judged(&outcome, &at) {
             Ok(line) => ctx.info(name, &line),
-            Err(m) => return Some(Attempt::failed(ctx, name, FailureReason::ScriptFailure, &m)),
+            Err(m) => {
+                let reason = FailureReason::VerificationFailure;
+                return Some(Attempt::failed(ctx, name, reason, &m));
+            }
         }
     }
     None

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use gantry_pipeline::vars;
-use gantry_pipeline::verify::{OnFailure, Verify};
+use gantry_pipeline::verify::Verify;
 use gantry_release::{Measurement, Outcome, Status, Verifier};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
@@ -18,7 +18,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::mask::Masker;
 
 /// The variable holding the progressive step's weight while a verified job's script runs.
-pub(crate) const WEIGHT: &str = "GANTRY_DEPLOY_WEIGHT";
+pub(crate) const WEIGHT: &str = gantry_pipeline::verify::DEPLOY_WEIGHT;
 
 /// The verifier of every run of this process that verifies, made by the first that needs it.
 static SHARED: Mutex<Weak<Verifier>> = Mutex::new(Weak::new());
@@ -65,7 +65,7 @@ pub(crate) fn starting(spec: &Verify, at: &str, human: impl Fn(Duration) -> Stri
 
 /// What an ended verification (not canceled) means for the job: `Ok` with the line that says it
 /// passed (or was marginal, and goes on), `Err` with the job's error line.
-pub(crate) fn judged(outcome: &Outcome, spec: &Verify, at: &str) -> Result<String, String> {
+pub(crate) fn judged(outcome: &Outcome, at: &str) -> Result<String, String> {
     match outcome.status {
         Status::Passed | Status::Canceled => Ok(format!(
             "verification passed{at} ({} measurements)",
@@ -75,13 +75,7 @@ pub(crate) fn judged(outcome: &Outcome, spec: &Verify, at: &str) -> Result<Strin
             "warning: verification marginal{at}: {}; going on",
             outcome.reason.as_deref().unwrap_or("no reason given")
         )),
-        Status::Failed => {
-            let mut message = failure(outcome, at);
-            if spec.on_failure == OnFailure::Rollback {
-                message.push_str("; on_failure: rollback is not done yet, the job only fails");
-            }
-            Err(message)
-        }
+        Status::Failed => Err(failure(outcome, at)),
     }
 }
 

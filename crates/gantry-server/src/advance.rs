@@ -90,6 +90,7 @@ pub(crate) fn reason(s: Option<&str>) -> FailureReason {
         Some("job_execution_timeout") => FailureReason::JobExecutionTimeout,
         Some("runner_system_failure") => FailureReason::RunnerSystemFailure,
         Some("missing_dependency_failure") => FailureReason::MissingDependencyFailure,
+        Some("verification_failure") => FailureReason::VerificationFailure,
         Some(_) => FailureReason::UnknownFailure,
     }
 }

@@ -335,3 +335,36 @@ fn a_job_with_verify_round_trips_through_json() {
     assert!(back.verify.is_some());
     assert_eq!(back.rollback_script, ["helm rollback r"]);
 }
+
+#[test]
+fn a_rollback_job_runs_whole_unverified_with_the_rollback_variables() {
+    let c = compile_one(&format!(
+        "{DEPLOY}  when: manual\n  variables: {{GANTRY_ROLLBACK: \"no\"}}\n  rollback_script: helm rollback r\n  verify:\n    steps: [10, 100]\n    http: [{{url: http://h/}}]\n"
+    ));
+    let job = c.plan.unwrap().jobs[0].clone();
+    let vars = |j: &gantry_pipeline::Job| -> Vec<(String, String)> {
+        j.variables
+            .iter()
+            .map(|v| (v.key.clone(), v.value.clone()))
+            .collect()
+    };
+    let mut redeploy = job.clone();
+    gantry_pipeline::verify::into_rollback(&mut redeploy, "7", "5", None);
+    assert_eq!(redeploy.script, ["./deploy.sh"]);
+    assert!(redeploy.verify.is_none() && redeploy.rollback_script.is_empty());
+    assert_eq!(redeploy.when, gantry_pipeline::plan::When::OnSuccess);
+    assert_eq!(
+        vars(&redeploy),
+        [
+            ("GANTRY_ROLLBACK", "true"),
+            ("GANTRY_ROLLBACK_FROM", "7"),
+            ("GANTRY_ROLLBACK_TO", "5"),
+            ("GANTRY_DEPLOY_WEIGHT", "100"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    let mut scripted = job.clone();
+    let script = job.rollback_script.clone();
+    gantry_pipeline::verify::into_rollback(&mut scripted, "7", "5", Some(&script));
+    assert_eq!(scripted.script, ["helm rollback r"]);
+}

@@ -159,13 +159,16 @@ async fn a_health_check_that_turns_bad_fails_the_job_naming_the_check() {
     j.verify.as_mut().unwrap().on_failure = OnFailure::Rollback;
     let r = run(&plan(vec![j]), dir.path()).await;
     assert_eq!(r.status("deploy"), JobStatus::Failed);
-    assert_eq!(r.job("deploy").reason, Some(FailureReason::ScriptFailure));
+    assert_eq!(
+        r.job("deploy").reason,
+        Some(FailureReason::VerificationFailure)
+    );
     let error = r.rec.finished_error("deploy").expect("an error line");
     assert_eq!(
         error,
         format!(
             "verification failed: {}/healthz = 503 against status 200 (2 consecutive bad answers \
-             (consecutive_failures: 2)); on_failure: rollback is not done yet, the job only fails",
+             (consecutive_failures: 2))",
             health.url
         )
     );
