@@ -463,10 +463,14 @@ pub(crate) fn job_spec(
             .collect();
         vars::expand(&e.name, &|k| resolved.get(k).cloned())
     });
-    let mut cli_variables: Vec<Variable> = doc
-        .project_variables
-        .iter()
-        .filter(|v| gantry_pipeline::plan::matches_scope(&v.environment_scope, env_name.as_deref()))
+    // Per key, the most specific scope wins (GitLab's rule), as in `--variables-file`.
+    let scoped = gantry_pipeline::plan::most_specific(
+        &doc.project_variables,
+        |v| (&v.key, &v.environment_scope),
+        env_name.as_deref(),
+    );
+    let mut cli_variables: Vec<Variable> = scoped
+        .into_iter()
         .map(|v| Variable {
             key: v.key.clone(),
             value: v
