@@ -956,11 +956,26 @@ impl Compiler<'_> {
             vs.append(&mut job.variables);
             job.variables = vs;
         }
+        let written = job.environment.clone();
         if let Some(env) = &mut job.environment {
             expand_environment(env, plan, &job.name, &job.stage, job.node, &job.variables);
         }
         job.predefined = job_predefined(&job);
+        let before_rules = job.variables.len();
         let needs_node = self.job_when(d, &mut job, index)?;
+        // `rules:variables` are job variables too: the environment's name and URL see them.
+        if let Some(mut env) = written.filter(|_| job.variables.len() > before_rules) {
+            expand_environment(
+                &mut env,
+                plan,
+                &job.name,
+                &job.stage,
+                job.node,
+                &job.variables,
+            );
+            job.environment = Some(env);
+            job.predefined = job_predefined(&job);
+        }
         self.job_dependencies(d, &mut job);
         Some((job, needs_node))
     }

@@ -2,7 +2,7 @@
 
 use insta::assert_snapshot;
 
-use crate::{compile_changed, compile_files, compile_one, render};
+use crate::{compile_changed, compile_files, compile_one, errors, render};
 
 #[test]
 fn stages_default_and_implicit_pre_post() {
@@ -532,4 +532,24 @@ gate-with-script:
     tests_failed: "!= 1.5"
 "#
     )));
+}
+
+#[test]
+fn an_environment_name_sees_rules_variables() {
+    // A team maps branches to environments with `rules:variables`, then names the environment
+    // after the variable (GitLab expands the name when it creates the job).
+    let c = compile_one(
+        "deploy:\n  script: ./deploy\n  environment: {name: $TARGET, url: \"https://$TARGET.example\"}\n  rules:\n    - if: $CI_COMMIT_BRANCH == \"main\"\n      variables: {TARGET: production}\n    - variables: {TARGET: staging}\n",
+    );
+    let errs = errors(&c);
+    assert!(errs.is_empty(), "{errs:?}");
+    let job = &c.plan.unwrap().jobs[0];
+    let env = job.environment.as_ref().unwrap();
+    assert_eq!(env.name, "production");
+    assert_eq!(env.url.as_deref(), Some("https://production.example"));
+    let name = job
+        .predefined
+        .iter()
+        .find(|v| v.key == "CI_ENVIRONMENT_NAME");
+    assert_eq!(name.map(|v| v.value.as_str()), Some("production"));
 }
