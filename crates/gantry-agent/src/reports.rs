@@ -1,5 +1,5 @@
 //! A job's report summaries on their way into its `finish` call ([`FinishJob::reports`]), which
-//! the server takes under its request body limit (`max_body_bytes`): summaries whose JSON is larger
+//! the server takes up to `gantry_api::agent::MAX_FINISH_BYTES`: summaries whose JSON is larger
 //! than [`MAX_JSON`] lose per-line coverage (totals and per-file percentages stay), then the
 //! messages of failed tests and findings (counts, names and places stay), then everything, rather
 //! than fail the finish. The job's log says what was left out.
@@ -11,9 +11,9 @@ use std::io;
 use gantry_runtime::gantry_reports::Reports;
 use gantry_runtime::gantry_reports::coverage::{Block, FileCoverage};
 
-/// The largest JSON of a job's summaries that a finish call carries: under the server's default
-/// body limit, with room for the rest of the body (the gate's verdict above all).
-pub(crate) const MAX_JSON: u64 = 8 << 20;
+/// The largest JSON of a job's summaries that a finish call carries: half of what a server reads
+/// of a finish, leaving room for the rest of the body (the gate's verdict above all).
+pub(crate) const MAX_JSON: u64 = (gantry_api::agent::MAX_FINISH_BYTES / 2) as u64;
 
 /// What of `reports` fits in `limit` bytes of JSON, and what was left out (for the job's log).
 pub(crate) fn fit(mut reports: Reports, limit: u64) -> (Option<Reports>, Option<String>) {

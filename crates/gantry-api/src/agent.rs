@@ -36,6 +36,11 @@ use utoipa::ToSchema;
 /// The path of the registration call.
 pub const REGISTER: &str = "/api/v1/agents/register";
 
+/// The largest finish body ([`FinishJob`]) a server reads, whatever its `max_body_bytes`: a finish
+/// carries the job's report summaries, whose per-line coverage of a few thousand files takes
+/// megabytes. An agent fits the summaries into half of it, leaving room for the rest.
+pub const MAX_FINISH_BYTES: usize = 64 << 20;
+
 /// The protocol version this crate speaks. Version 2 added the reports of a job's finish
 /// ([`FinishJob::reports`], [`FinishJob::gate`]) and a gate job's inputs ([`JobSpec::gate_reports`],
 /// [`JobSpec::changes`]); an agent that registers without [`RegisterAgent::protocol`] speaks 1.

@@ -16,9 +16,9 @@ use gantry_store::{JobRecord, NewReports, ReportsRecord};
 
 use crate::error::AppError;
 
-/// The largest finish body the server reads, however small `max_body_bytes` is: a finish carries
-/// the job's summaries, whose per-line coverage of a few thousand files takes megabytes.
-pub(crate) const FINISH_MIN_LIMIT: usize = 64 << 20;
+/// The largest finish body the server reads, however small `max_body_bytes` is (the agent
+/// protocol's limit, which agents fit their summaries under).
+pub(crate) const FINISH_MIN_LIMIT: usize = gantry_api::agent::MAX_FINISH_BYTES;
 
 /// A finish body up to this size is read on the request's task; a larger one (summaries) on a
 /// blocking thread.
