@@ -727,22 +727,19 @@ mod tests {
         assert_eq!(previous_success(&h, 1), None);
     }
 
+    /// A deployment to production that ended `status`, with `snapshot` as its artifacts.
+    fn ended(h: &History, status: DeploymentStatus, snapshot: &[PathBuf]) -> Deployment {
+        let d = h.start(spec("production", "deploy")).unwrap();
+        h.snapshot(d.id, snapshot).unwrap();
+        h.finish("production", d.id, status, now(), Vec::new())
+            .unwrap()
+    }
+
     #[test]
     fn a_rollback_marks_what_it_replaced_and_finds_its_target() {
         let tmp = tempfile::tempdir().unwrap();
         let h = History::new(tmp.path());
-        let ok = |h: &History| {
-            let d = h.start(spec("production", "deploy")).unwrap();
-            h.finish(
-                "production",
-                d.id,
-                DeploymentStatus::Success,
-                now(),
-                Vec::new(),
-            )
-            .unwrap()
-        };
-        let v1 = ok(&h);
+        let v1 = ended(&h, DeploymentStatus::Success, &[]);
         let v2 = h.start(spec("production", "deploy")).unwrap();
         assert_eq!(
             h.target("production", v2.id).unwrap().map(|d| d.id),
@@ -777,31 +774,11 @@ mod tests {
         std::fs::create_dir_all(store.join("files")).unwrap();
         std::fs::write(store.join("files").join("app.bin"), "v1").unwrap();
         let h = History::new(tmp.path());
-        let mut ids = Vec::new();
-        for _ in 0..=KEEP_SNAPSHOTS {
-            let d = h.start(spec("production", "deploy")).unwrap();
-            h.snapshot(d.id, &[store.clone(), tmp.path().join("absent")])
-                .unwrap();
-            h.finish(
-                "production",
-                d.id,
-                DeploymentStatus::Success,
-                now(),
-                Vec::new(),
-            )
-            .unwrap();
-            ids.push(d.id);
-        }
-        let failed = h.start(spec("production", "deploy")).unwrap();
-        h.snapshot(failed.id, std::slice::from_ref(&store)).unwrap();
-        h.finish(
-            "production",
-            failed.id,
-            DeploymentStatus::Failed,
-            now(),
-            Vec::new(),
-        )
-        .unwrap();
+        let entries = [store.clone(), tmp.path().join("absent")];
+        let ids: Vec<u64> = (0..=KEEP_SNAPSHOTS)
+            .map(|_| ended(&h, DeploymentStatus::Success, &entries).id)
+            .collect();
+        let failed = ended(&h, DeploymentStatus::Failed, &entries);
         // A newer run replaces the store's entry: the snapshot keeps what the deployment used.
         std::fs::remove_file(store.join("files").join("app.bin")).unwrap();
         std::fs::write(store.join("files").join("app.bin"), "v2").unwrap();

@@ -403,7 +403,9 @@ fn stage(ctx: &Context, from: &Deployment, to: &Deployment, id: u64) -> Result<S
         dir: dir.clone(),
     };
     let sha = &to.spec.sha;
-    let prefix = git(&ctx.project_dir, &["rev-parse", "--show-prefix"])?;
+    let prefix = git(&ctx.project_dir, &["rev-parse", "--show-prefix"]).context(
+        "a rollback checks out the target's commit: the project must be a git repository",
+    )?;
     let worktree = dir.join("src");
     let path = worktree.to_string_lossy();
     git(

@@ -66,7 +66,7 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(healthy: &[&'static str], extra_v1: &str) -> Setup {
+    fn new(healthy: &[&'static str]) -> Setup {
         let health = HttpStub::serve(
             healthy
                 .iter()
@@ -79,12 +79,22 @@ impl Setup {
         );
         let port = health.port;
         Setup {
-            repo: Repo::ci(&pipeline("v1", port, extra_v1)),
+            repo: Repo::ci(&pipeline("v1", port, "")),
             port,
             hook: Recorder::start(),
             out: tempfile::tempdir().unwrap(),
             _health: health,
         }
+    }
+
+    /// A project where v1 deployed (healthy, `REPLICAS=3`), then v2 is committed with `extra` in
+    /// its deploy job, and fails its verification.
+    fn v1_deployed_then_v2(extra: &str) -> Setup {
+        let s = Setup::new(&["v1"]);
+        let first = s.run("3");
+        assert_eq!(first.code, 0, "{}", first.dump());
+        s.commit("v2", extra);
+        s
     }
 
     /// Commits the pipeline of `version` with `extra` in its deploy job.
@@ -174,7 +184,7 @@ fn rollback_dirs(repo: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn a_failed_verification_rolls_back_to_the_previous_deployment_with_its_variables_and_artifacts() {
-    let s = Setup::new(&["v1"], "");
+    let s = Setup::new(&["v1"]);
     let first = s.run("3");
     assert_eq!(first.code, 0, "{}", first.dump());
     assert!(rollback_events(&first).is_empty(), "{}", first.dump());
@@ -257,10 +267,7 @@ fn a_failed_verification_rolls_back_to_the_previous_deployment_with_its_variable
 
 #[test]
 fn a_rollback_script_runs_instead_and_human_output_names_the_rollback() {
-    let s = Setup::new(&["v1"], "");
-    assert_eq!(s.run("3").code, 0);
-    s.commit(
-        "v2",
+    let s = Setup::v1_deployed_then_v2(
         "  rollback_script:\n    - echo \"script from=$GANTRY_ROLLBACK_FROM to=$GANTRY_ROLLBACK_TO weight=$GANTRY_DEPLOY_WEIGHT $VERSION\" > \"$OUT/deployed.txt\"\n",
     );
     let args = s.args("5");
@@ -290,9 +297,7 @@ fn a_rollback_script_runs_instead_and_human_output_names_the_rollback() {
 
 #[test]
 fn a_failing_rollback_is_reported_and_never_loops() {
-    let s = Setup::new(&["v1"], "");
-    assert_eq!(s.run("3").code, 0);
-    s.commit("v2", "  rollback_script: [\"exit 7\"]\n");
+    let s = Setup::v1_deployed_then_v2("  rollback_script: [\"exit 7\"]\n");
     let second = s.run("5");
     assert_eq!(second.code, 1, "{}", second.dump());
     assert_eq!(
@@ -323,7 +328,7 @@ fn a_failing_rollback_is_reported_and_never_loops() {
 
 #[test]
 fn without_an_earlier_success_there_is_nothing_to_roll_back_to() {
-    let s = Setup::new(&[], "");
+    let s = Setup::new(&[]);
     let run = s.run("3");
     assert_eq!(run.code, 1, "{}", run.dump());
     assert!(rollback_events(&run).is_empty(), "{}", run.dump());
@@ -339,13 +344,15 @@ fn without_an_earlier_success_there_is_nothing_to_roll_back_to() {
 
 #[test]
 fn gantry_rollback_goes_back_to_the_previous_success_or_to_the_one_named() {
-    let s = Setup::new(&["v1", "v2"], "");
+    let s = Setup::new(&["v1", "v2"]);
     let out = s.rollback(&[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("no environment `production`"),
         "{out:?}"
     );
+    // An untracked file makes the working tree dirty: the records say so.
+    std::fs::write(s.repo.path().join("notes.txt"), "not committed").unwrap();
     assert_eq!(s.run("3").code, 0);
     let out = s.rollback(&["--output", "json"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -370,11 +377,24 @@ fn gantry_rollback_goes_back_to_the_previous_success_or_to_the_one_named() {
         "{}",
         run.dump()
     );
+    assert!(
+        run.stderr.contains(
+            "deployment 1 of production was made from a working tree with uncommitted changes"
+        ),
+        "{}",
+        run.dump()
+    );
     assert_eq!(rollback_events(&run).len(), 2, "{}", run.dump());
     assert_eq!(run.pipeline(), "none", "a rollback is not a pipeline");
+    let (history, all) = s.history();
     assert_eq!(
-        s.history().0,
+        history,
         rows(&[(3, "success"), (2, "rolled_back"), (1, "success")])
+    );
+    assert_eq!(all[2]["dirty"], true);
+    assert_eq!(
+        all[0]["dirty"], false,
+        "a rollback deploys a commit as committed"
     );
 
     let error = |args: &[&str], part: &str| {
@@ -421,4 +441,26 @@ fn gantry_rollback_goes_back_to_the_previous_success_or_to_the_one_named() {
     last["status"] = json!("running");
     std::fs::write(&file, records.to_string()).unwrap();
     error(&[], "deployment 4 of production is still running");
+}
+
+#[test]
+fn ctrl_c_cancels_a_running_rollback() {
+    let s = Setup::v1_deployed_then_v2("  rollback_script: [\"echo started\", \"sleep 60\"]\n");
+    let args = s.args("5");
+    let started = crate::start_run(
+        s.repo.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let (status, output) = started.interrupt();
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(
+        output.contains(
+            r#""event":"rollback","environment":"production","from":2,"to":1,"status":"failed""#
+        ),
+        "{output}"
+    );
+    assert_eq!(
+        s.history().0,
+        rows(&[(3, "canceled"), (2, "failed"), (1, "success")])
+    );
 }
