@@ -841,6 +841,7 @@ fn execute(
     };
     let pending = Arc::new(crate::rollback::Pending::default());
     let hooks = Arc::new(crate::rollback::Context {
+        runtime: rt.handle().clone(),
         project_dir: prepared.dir.clone(),
         state_dir: prepared.state_dir.clone(),
         file: prepared.file.clone(),

@@ -147,6 +147,8 @@ pub struct Context {
     pub scoped: Vec<ScopedVariable>,
     /// The pipeline id a rollback runs and is recorded under.
     pub pipeline_id: u64,
+    /// The runtime rollbacks and notifications run on (a reporter may be called off it).
+    pub runtime: tokio::runtime::Handle,
     /// The executors.
     pub executor: Arc<Executors>,
     /// The output.
@@ -164,7 +166,7 @@ impl Context {
     /// waits for it through [`Context::pending`]).
     pub fn spawn(self: &Arc<Context>, environment: String, from: u64) {
         let ctx = self.clone();
-        let task = tokio::spawn(async move {
+        let task = self.runtime.spawn(async move {
             roll_back(&ctx, &environment, from, None).await == Outcome::Succeeded
         });
         self.pending.push(task);
@@ -178,6 +180,7 @@ impl Context {
         } else {
             (EventKind::DeploymentFailed, vec![job.to_string()])
         };
+        let _on = self.runtime.enter();
         let task = n.spawn(kind, Some(environment.to_string()), None, failed);
         self.pending.notification(task);
     }
@@ -614,6 +617,7 @@ pub fn main(args: &RollbackArgs) -> Result<u8> {
     let (outcome, interrupted) = rt.block_on(async {
         let executor = Arc::new(Executors::for_run(false, true).await);
         let ctx = Arc::new(Context {
+            runtime: tokio::runtime::Handle::current(),
             project_dir: dir.clone(),
             state_dir,
             file,
