@@ -532,6 +532,8 @@ enum JsonEvent<'a> {
         exit_code: Option<i32>,
         duration_ms: u64,
         coverage: Option<f64>,
+        /// Why it failed, as GitLab names it (`script_failure`, ...; `verification_failure`).
+        reason: Option<&'static str>,
         error: Option<&'a str>,
     },
     PipelineFinished {
@@ -607,6 +609,7 @@ impl Reporter for Json {
                 exit_code,
                 duration,
                 coverage,
+                reason,
                 error,
                 ..
             } => (
@@ -617,6 +620,7 @@ impl Reporter for Json {
                     exit_code,
                     duration_ms: millis(duration),
                     coverage,
+                    reason: reason.map(gantry_pipeline::plan::FailureReason::as_str),
                     error,
                 },
                 true,

@@ -58,6 +58,7 @@ deploy:
         .find(|e| e["event"] == "job_finished")
         .expect("job_finished");
     assert_eq!(finished["status"], "failed");
+    assert_eq!(finished["reason"], "verification_failure");
     assert_eq!(
         finished["error"],
         format!(
