@@ -194,9 +194,10 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     let Some(p) = state.store.pipeline_head(job.pipeline_id).await? else {
         return Err(AppError::internal("a claimed job has no pipeline"));
     };
+    // A rollback's attempt runs its job turned into the rollback (`JobDoc::runnable`).
     let main = serde_json::from_str::<JobDoc>(&job.spec)
         .map_err(AppError::internal)?
-        .job;
+        .runnable();
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
         // The first stage that has jobs is 0 (see `intake::new_jobs`): no earlier jobs to read.
