@@ -547,9 +547,10 @@ pub(crate) fn retry(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step
     Ok(step)
 }
 
-/// Re-deploys job `job_id` (which ended) as `rollback`: a new attempt of it, queued at once, that
-/// runs the job turned into its rollback (`spec::JobDoc::rollback`), as GitLab's re-deploy retries
-/// the old job. Unlike [`retry`], no other job waits again, and a manual or delayed job runs now.
+/// Re-deploys the job of attempt `job_id` as `rollback`: a new attempt after its latest one (which
+/// must have ended), queued at once, that runs the job turned into its rollback
+/// (`spec::JobDoc::rollback`), as GitLab's re-deploy retries the old job. Unlike [`retry`], no
+/// other job waits again, and a manual or delayed job runs now.
 pub(crate) fn redeploy(
     p: &PipelineRecord,
     job_id: i64,
@@ -557,8 +558,11 @@ pub(crate) fn redeploy(
     now: Millis,
 ) -> Result<Step, String> {
     let jobs = latest(p);
-    let Some(j) = jobs.iter().find(|j| j.id == job_id) else {
-        return Err("the deployment's job was retried since: its newer attempt runs".into());
+    let Some(position) = p.jobs.iter().find(|j| j.id == job_id).map(|j| j.position) else {
+        return Err(format!("pipeline {} has no job {job_id}", p.id));
+    };
+    let Some(j) = jobs.iter().find(|j| j.position == position) else {
+        return Err(format!("pipeline {} has no job {job_id}", p.id));
     };
     if !matches!(
         j.status,
@@ -1022,23 +1026,27 @@ mod tests {
         assert_eq!(st(&p, "deploy"), "pending");
         assert_eq!(st(&p, "after"), "skipped");
         assert_eq!(p.status, PipelineStatus::Running);
-        // While it runs, it cannot be re-deployed again; an old attempt never.
-        assert!(redeploy(&p, 2, &r, 60).is_err(), "an old attempt");
+        // While its latest attempt runs, it cannot be re-deployed again.
         let new_id = latest(&p)[1].id;
         assert!(redeploy(&p, new_id, &r, 60).is_err(), "not ended");
+        assert!(redeploy(&p, 2, &r, 60).is_err(), "not ended");
         finish(&mut p, "deploy", "success");
         settle(&mut p);
         assert_eq!(p.status, PipelineStatus::Success);
-        // A re-deploy of the rollback replaces its rollback, not stacks it.
+        // A re-deploy through an older attempt follows the latest; it replaces the rollback the
+        // latest performed, not stacks it.
         let again = crate::spec::RollbackDoc {
             from: 10,
             to: 4,
             rollback_script: None,
         };
-        let step = redeploy(&p, new_id, &again, 70).unwrap();
+        let step = redeploy(&p, 2, &again, 70).unwrap();
+        assert_eq!(step.changes.new_jobs[0].attempt, 3);
+        assert_eq!(step.changes.jobs[0].id, new_id);
         let doc: crate::spec::JobDoc =
             serde_json::from_str(&step.changes.new_jobs[0].spec).unwrap();
         assert_eq!(doc.rollback, Some(again));
+        assert!(redeploy(&p, 77, &r, 80).is_err(), "no such job");
     }
 
     #[test]
