@@ -1213,6 +1213,7 @@ pub(crate) async fn finish(
                 coverage: body.coverage.filter(|c| c.is_finite()),
                 finished_at: now,
                 reports,
+                measurements: None,
             },
         )
         .await
