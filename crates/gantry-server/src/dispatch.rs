@@ -1238,6 +1238,9 @@ pub(crate) async fn finish(
     if !quiet {
         crate::progress::advance(&state, pipeline).await;
     }
+    // A deployment's end: its notifications, a rollback's outcome, an automatic rollback.
+    let reason = body.failure_reason.as_deref().unwrap_or("script_failure");
+    crate::rollback::job_finished(&state, &job, status, Some(reason)).await;
     let job = crate::views::load_job(&state, id).await?;
     Ok(Json(crate::views::job_api(&job)))
 }
