@@ -208,7 +208,14 @@ async fn a_failed_rollback_is_reported_and_never_loops(b: Backend) {
     // Without a rollback_script, the rollback re-runs version 1's own script.
     assert_eq!(rb["plan"]["jobs"][0]["script"], json!(["./deploy.sh"]));
     // Even a failure reported as a verification's (a rollback has none) starts nothing more.
-    finish(&app, &agent, id(&rb), "failed", Some("verification_failure")).await;
+    finish(
+        &app,
+        &agent,
+        id(&rb),
+        "failed",
+        Some("verification_failure"),
+    )
+    .await;
     assert!(
         app.take(&agent, 300).await.is_none(),
         "a failed rollback starts nothing"
