@@ -414,3 +414,17 @@ deploy:
     assert_eq!(s.notifications(p).await.unwrap().len(), 2);
 }
 crate::both!(project_settings_rules_notify_with_the_files);
+
+#[tokio::test]
+async fn the_rollback_route_is_in_the_openapi_document() {
+    let app = spawn(Backend::Sqlite).await;
+    let doc = app.json("/api/v1/openapi.json").await;
+    let route = &doc["paths"]["/api/v1/projects/{name}/environments/{env}/rollback"]["post"];
+    let answers = route["responses"].as_object().expect("the route");
+    for status in ["201", "403", "404", "409"] {
+        assert!(answers.contains_key(status), "{status}: {route}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["Rollback"].is_object(), "{schemas}");
+    assert!(schemas["RollbackRequest"].is_object(), "{schemas}");
+}
