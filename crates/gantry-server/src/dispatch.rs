@@ -194,9 +194,10 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     let Some(p) = state.store.pipeline_head(job.pipeline_id).await? else {
         return Err(AppError::internal("a claimed job has no pipeline"));
     };
+    // A rollback's attempt runs its job turned into the rollback (`JobDoc::runnable`).
     let main = serde_json::from_str::<JobDoc>(&job.spec)
         .map_err(AppError::internal)?
-        .job;
+        .runnable();
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
         // The first stage that has jobs is 0 (see `intake::new_jobs`): no earlier jobs to read.
@@ -244,6 +245,7 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
             spec.changes = gate_changes(state, &p, mr_base).await;
         }
     }
+    crate::deployments::record(&*state.store, &p, &job, &spec).await?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
     if p.status != PipelineStatus::Running || p.started_at.is_none() {
@@ -1216,6 +1218,7 @@ pub(crate) async fn finish(
                 coverage: body.coverage.filter(|c| c.is_finite()),
                 finished_at: now,
                 reports,
+                measurements: crate::deployments::measurements(&body),
             },
         )
         .await
@@ -1240,6 +1243,9 @@ pub(crate) async fn finish(
     if !quiet {
         crate::progress::advance(&state, pipeline).await;
     }
+    // A deployment's end: its notifications, a rollback's outcome, an automatic rollback.
+    let reason = body.failure_reason.as_deref().unwrap_or("script_failure");
+    crate::rollback::job_finished(&state, &job, status, Some(reason)).await;
     let job = crate::views::load_job(&state, id).await?;
     Ok(Json(crate::views::job_api(&job)))
 }

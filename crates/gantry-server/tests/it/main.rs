@@ -4,6 +4,7 @@ mod common;
 
 mod agents;
 mod api;
+mod deployments;
 mod flow;
 mod forges;
 mod forks;
@@ -12,5 +13,6 @@ mod hooks;
 mod intake;
 mod notify;
 mod reports;
+mod rollback;
 mod secrets;
 mod tokens;
