@@ -52,7 +52,16 @@ enum Command {
     /// Manage a server's projects.
     #[command(subcommand)]
     Project(crate::remote::ProjectCommand),
-    /// Show the environments of this project directory and their deployments (`gantry run`'s).
+    /// Check a server's token and save it with the server's URL for the other commands.
+    Login(crate::client::LoginArgs),
+    /// A server's pipelines: list, show, cancel, retry.
+    #[command(subcommand)]
+    Pipeline(crate::cmd_pipeline::PipelineCommand),
+    /// A server's jobs: log (live with --follow), play, retry.
+    #[command(subcommand)]
+    Job(crate::cmd_pipeline::JobCommand),
+    /// Show the environments of this project directory and their deployments (`gantry run`'s),
+    /// or a server project's with `--project`.
     #[command(subcommand)]
     Env(crate::deploys::EnvCommand),
 }
@@ -202,6 +211,9 @@ pub fn main() -> Result<u8> {
             Ok(EXIT_CONFIG)
         }
         Command::Project(command) => crate::remote::main(command),
+        Command::Login(args) => crate::client::login(&args),
+        Command::Pipeline(command) => crate::cmd_pipeline::pipeline_main(&command),
+        Command::Job(command) => crate::cmd_pipeline::job_main(&command),
         Command::Env(command) => crate::deploys::main(&command),
     }
 }

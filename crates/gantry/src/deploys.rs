@@ -39,6 +39,9 @@ pub struct EnvArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
+    /// A project of a server: its environments, not this directory's (`crate::cmd_env`).
+    #[command(flatten)]
+    server: crate::cmd_env::EnvServer,
 }
 
 /// `gantry env history ENV`.
@@ -57,6 +60,13 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
         EnvCommand::List(a) => a,
         EnvCommand::History(a) => &a.common,
     };
+    if common.server.wanted() {
+        let environment = match command {
+            EnvCommand::List(_) => None,
+            EnvCommand::History(a) => Some(a.environment.as_str()),
+        };
+        return crate::cmd_env::main(&common.server, common.output, environment);
+    }
     let dir = match &common.cwd {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
@@ -127,7 +137,11 @@ fn short(sha: &str) -> String {
 }
 
 /// Writes a table: left-aligned columns two spaces apart, no trailing spaces.
-fn table(out: &mut impl std::io::Write, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
+pub(crate) fn table(
+    out: &mut impl std::io::Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
