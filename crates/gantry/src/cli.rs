@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use gantry_agent::executors::Executors;
 use gantry_pipeline::plan::{ScopedVariable, Variable, WaitFor, When};
 use gantry_pipeline::{Compiled, Context, Plan, Severity};
@@ -76,11 +76,7 @@ struct AgentCli {
     run: Option<crate::agent_cmd::Args>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Output {
-    Human,
-    Json,
-}
+pub(crate) use crate::output::Output;
 
 #[derive(Args)]
 struct Common {

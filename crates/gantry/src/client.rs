@@ -17,7 +17,7 @@ use gantry_api::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Output;
+use crate::output::Output;
 
 /// Exit code: the server could not be reached or failed.
 pub(crate) const EXIT_FAILED: u8 = 1;
@@ -374,6 +374,34 @@ pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).context("the server's answer is not what this gantry expects")
 }
 
+/// Writes a table: left-aligned columns two spaces apart, no trailing spaces.
+pub(crate) fn table(
+    out: &mut impl std::io::Write,
+    header: &[&str],
+    rows: &[Vec<String>],
+) -> Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(&mut header.iter().copied()))?;
+    for r in rows {
+        writeln!(out, "{}", line(&mut r.iter().map(String::as_str)))?;
+    }
+    Ok(())
+}
+
 /// Prints one line on stdout.
 pub(crate) fn say(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
@@ -405,7 +433,7 @@ pub(crate) fn print<T: DeserializeOwned>(
     }
     let rows = rows(parse(bytes)?);
     let mut out = std::io::stdout().lock();
-    crate::deploys::table(&mut out, header, &rows)?;
+    crate::client::table(&mut out, header, &rows)?;
     out.flush()?;
     Ok(())
 }

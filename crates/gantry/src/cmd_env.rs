@@ -6,9 +6,9 @@ use anyhow::Result;
 use clap::Args;
 use gantry_api::deployments::{Deployment, Environment};
 
-use crate::cli::Output;
 use crate::client::{self, Client, EXIT_REFUSED, ServerArgs, exit_code, print};
 use crate::cmd_pipeline::{encode, short};
+use crate::output::Output;
 
 /// The options that make `gantry env` read a server's project.
 #[derive(Args)]

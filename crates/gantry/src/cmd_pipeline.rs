@@ -8,8 +8,8 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use gantry_api::{Job, JobStatus, Pipeline};
 
-use crate::cli::Output;
 use crate::client::{self, Client, EXIT_FAILED, Remote, exit_code, parse, print, print_json};
+use crate::output::Output;
 
 /// `gantry pipeline`'s subcommands.
 #[derive(Subcommand)]

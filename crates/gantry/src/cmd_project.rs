@@ -5,9 +5,9 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 use gantry_api::{KeyValue, Project, ProjectVariable, Schedule};
 
-use crate::cli::Output;
 use crate::client::{Client, Remote, parse, print, print_json};
 use crate::cmd_pipeline::encode;
+use crate::output::Output;
 
 /// `gantry project variable`'s subcommands.
 #[derive(Subcommand)]
@@ -153,7 +153,7 @@ pub(crate) fn show(a: &ProjectArgs) -> Result<()> {
         .map(|(k, v)| vec![format!("{k}:"), v])
         .collect();
     let mut out = std::io::stdout().lock();
-    crate::deploys::table(&mut out, &["PROJECT", ""], &rows)?;
+    crate::client::table(&mut out, &["PROJECT", ""], &rows)?;
     Ok(())
 }
 

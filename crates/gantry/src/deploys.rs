@@ -126,7 +126,7 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
     if common.output == Output::Json {
         writeln!(out, "{json}")?;
     } else {
-        table(&mut out, header, &rows)?;
+        crate::client::table(&mut out, header, &rows)?;
     }
     out.flush()?;
     Ok(0)
@@ -134,34 +134,6 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
 
 fn short(sha: &str) -> String {
     sha.chars().take(8).collect()
-}
-
-/// Writes a table: left-aligned columns two spaces apart, no trailing spaces.
-pub(crate) fn table(
-    out: &mut impl std::io::Write,
-    header: &[&str],
-    rows: &[Vec<String>],
-) -> Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    writeln!(out, "{}", line(&mut header.iter().copied()))?;
-    for r in rows {
-        writeln!(out, "{}", line(&mut r.iter().map(String::as_str)))?;
-    }
-    Ok(())
 }
 
 /// A deployment in progress: its id and environment, and the measurements so far.
