@@ -227,12 +227,11 @@ pub(crate) fn variable(command: &VariableCommand) -> Result<()> {
                 path = format!("{path}?environment_scope={}", encode(scope));
             }
             client.delete(&path)?;
-            if p.remote.output == Output::Json {
-                crate::client::say(&format!("{}", serde_json::json!({"deleted": a.key})))?;
-            } else {
-                crate::client::say(&format!("deleted {} of {}", a.key, p.project))?;
-            }
-            Ok(())
+            deleted(
+                p.remote.output,
+                &serde_json::json!({"deleted": a.key}),
+                &format!("deleted {} of {}", a.key, p.project),
+            )
         }
     }
 }
@@ -276,12 +275,11 @@ pub(crate) fn schedule(command: &ScheduleCommand) -> Result<()> {
                 a.number
             );
             client.delete(&path)?;
-            if p.remote.output == Output::Json {
-                crate::client::say(&format!("{}", serde_json::json!({"deleted": a.number})))?;
-            } else {
-                crate::client::say(&format!("deleted schedule {} of {}", a.number, p.project))?;
-            }
-            Ok(())
+            deleted(
+                p.remote.output,
+                &serde_json::json!({"deleted": a.number}),
+                &format!("deleted schedule {} of {}", a.number, p.project),
+            )
         }
     }
 }
@@ -311,6 +309,14 @@ fn print_schedules(output: Output, list: &[Schedule]) -> Result<()> {
                 .collect()
         },
     )
+}
+
+/// Says what a delete did: `json`, or `text`.
+fn deleted(output: Output, json: &serde_json::Value, text: &str) -> Result<()> {
+    match output {
+        Output::Json => crate::client::say(&json.to_string()),
+        Output::Human => crate::client::say(text),
+    }
 }
 
 fn yes(b: bool) -> String {

@@ -150,6 +150,17 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
         "has no variable `SECRET`",
     );
 
+    // A project token reads the project's variables, and may not change them.
+    let token = ok(&mut g(&["project", "token", "create", "cli", "--name", "ci"]));
+    let token = token.trim();
+    let list = json(&mut g(&["project", "variable", "list", "cli", "--token", token]));
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    fails(
+        &mut g(&["project", "variable", "set", "cli", "X", "y", "--token", token]),
+        2,
+        "403",
+    );
+
     // Schedules: add, list, delete; a bad one is refused with the server's message.
     let text = ok(&mut g(&[
         "project",
