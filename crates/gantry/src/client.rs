@@ -185,19 +185,29 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Vec<u8>> {
+        Ok(self.send_with_headers(method, path, body)?.1)
+    }
+
+    /// [`Client::send`], with the answer's headers.
+    fn send_with_headers(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(reqwest::header::HeaderMap, Vec<u8>)> {
         match self.raw(method, path, body)? {
-            (status, bytes) if status.is_success() => Ok(bytes),
-            (status, bytes) => Err(refused(status, &bytes)),
+            (status, headers, bytes) if status.is_success() => Ok((headers, bytes)),
+            (status, _, bytes) => Err(refused(status, &bytes)),
         }
     }
 
-    /// Sends one request; answers its status and body, or fails when there is no answer.
+    /// Sends one request; answers its status, headers and body, or fails when there is no answer.
     fn raw(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
+    ) -> Result<(reqwest::StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
         let url = self.url(path);
         let answer = self.rt.block_on(async {
             let mut req = self
@@ -212,10 +222,29 @@ impl Client {
             }
             let resp = req.send().await?;
             let status = resp.status();
+            let headers = resp.headers().clone();
             let bytes = resp.bytes().await?.to_vec();
-            anyhow::Ok((status, bytes))
+            anyhow::Ok((status, headers, bytes))
         });
         answer.map_err(|e| fail(EXIT_FAILED, &format!("cannot reach {url}: {e:#}")))
+    }
+
+    /// `GET path` of a paginated list; says on stderr, in `Output::Human`, when there is a next
+    /// page (`X-Next-Page`) and of how many (`X-Total-Pages`).
+    pub(crate) fn get_page(&self, path: &str, output: Output) -> Result<Vec<u8>> {
+        let (headers, bytes) = self.send_with_headers(reqwest::Method::GET, path, None)?;
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        if let (Output::Human, Some(next)) = (output, header("x-next-page")) {
+            let of = header("x-total-pages").unwrap_or_else(|| "?".into());
+            eprintln!("gantry: more on page {next} of {of} (--page {next})");
+        }
+        Ok(bytes)
     }
 
     /// `GET path`.
@@ -456,9 +485,9 @@ pub fn login(args: &LoginArgs) -> Result<u8> {
         // The admin token reads this route, a project token is refused with 403 (it is known),
         // an unknown one gets 401.
         let admin = match client.raw(reqwest::Method::GET, "/api/v1/projects", None)? {
-            (status, _) if status.is_success() => true,
-            (reqwest::StatusCode::FORBIDDEN, _) => false,
-            (status, bytes) => return Err(refused(status, &bytes)),
+            (status, _, _) if status.is_success() => true,
+            (reqwest::StatusCode::FORBIDDEN, _, _) => false,
+            (status, _, bytes) => return Err(refused(status, &bytes)),
         };
         let path = login_file().context("no config directory: set HOME or XDG_CONFIG_HOME")?;
         save(

@@ -113,7 +113,7 @@ fn list(a: &ListArgs) -> Result<()> {
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
-    let bytes = client.get(&path)?;
+    let bytes = client.get_page(&path, a.remote.output)?;
     print(
         a.remote.output,
         &bytes,

@@ -31,6 +31,16 @@ pub enum ScheduleCommand {
     Delete(ScheduleDeleteArgs),
 }
 
+/// `gantry project list`'s options.
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// The page, from 1 (100 projects a page).
+    #[arg(long, value_name = "N")]
+    pub page: Option<u32>,
+}
+
 /// The options of a command on one project.
 #[derive(Args)]
 pub struct ProjectArgs {
@@ -105,10 +115,13 @@ pub struct ScheduleDeleteArgs {
     number: usize,
 }
 
-/// `gantry project list`.
-pub(crate) fn list(remote: &Remote) -> Result<()> {
+/// `gantry project list [--page N]` (100 projects a page).
+pub(crate) fn list(remote: &Remote, page: Option<u32>) -> Result<()> {
     let client = Client::new(&remote.server)?;
-    let bytes = client.get("/api/v1/projects?per_page=100")?;
+    let bytes = client.get_page(
+        &format!("/api/v1/projects?per_page=100&page={}", page.unwrap_or(1)),
+        remote.output,
+    )?;
     print(
         remote.output,
         &bytes,

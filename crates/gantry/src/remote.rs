@@ -18,7 +18,7 @@ pub enum ProjectCommand {
     /// Register a project with a server (`POST /api/v1/projects`) and print it as JSON.
     Add(AddArgs),
     /// The server's projects (admin token).
-    List(Remote),
+    List(crate::cmd_project::ListArgs),
     /// A project's settings.
     Show(ProjectArgs),
     /// Manage a project's API tokens.
@@ -219,7 +219,7 @@ pub struct AddArgs {
 pub fn main(command: ProjectCommand) -> Result<u8> {
     exit_code(match command {
         ProjectCommand::Add(args) => add(args),
-        ProjectCommand::List(remote) => crate::cmd_project::list(&remote),
+        ProjectCommand::List(args) => crate::cmd_project::list(&args.remote, args.page),
         ProjectCommand::Show(args) => crate::cmd_project::show(&args),
         ProjectCommand::Variable(c) => crate::cmd_project::variable(&c),
         ProjectCommand::Schedule(c) => crate::cmd_project::schedule(&c),

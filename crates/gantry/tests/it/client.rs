@@ -151,12 +151,18 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     );
 
     // A project token reads the project's variables, and may not change them.
-    let token = ok(&mut g(&["project", "token", "create", "cli", "--name", "ci"]));
+    let token = ok(&mut g(&[
+        "project", "token", "create", "cli", "--name", "ci",
+    ]));
     let token = token.trim();
-    let list = json(&mut g(&["project", "variable", "list", "cli", "--token", token]));
+    let list = json(&mut g(&[
+        "project", "variable", "list", "cli", "--token", token,
+    ]));
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     fails(
-        &mut g(&["project", "variable", "set", "cli", "X", "y", "--token", token]),
+        &mut g(&[
+            "project", "variable", "set", "cli", "X", "y", "--token", token,
+        ]),
         2,
         "403",
     );
@@ -458,5 +464,45 @@ fn env_with_a_server_names_the_project() {
         ),
         2,
         "404",
+    );
+}
+
+#[test]
+fn pipeline_list_says_where_the_next_page_is() {
+    let s = Setup::new(Store::Sqlite);
+    let home = s.path().join("home");
+    let (_repo, _api) = s.project("many", "job:\n  script: [echo hi]\n");
+    let url = s.server.url.clone();
+    let g = |args: &[&str]| {
+        let mut c = cli(&home, args);
+        c.args(["--server", &url, "--token", ADMIN]);
+        c
+    };
+    let http = reqwest::blocking::Client::new();
+    for _ in 0..21 {
+        let r = http
+            .post(format!("{url}/api/v1/projects/many/pipelines"))
+            .bearer_auth(ADMIN)
+            .json(&serde_json::json!({"ref": "main"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+    }
+    wait_for("21 pipelines", || {
+        let page = json(&mut g(&["pipeline", "list", "many", "--page", "2"]));
+        (page.as_array()?.len() == 1).then_some(())
+    });
+    let out = g(&["pipeline", "list", "many"]).output().unwrap();
+    assert_eq!(stdout(&out).lines().count(), 21, "a header and 20 rows");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more on page 2 of 2 (--page 2)"), "{err}");
+    let out = g(&["pipeline", "list", "many", "--page", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out).lines().count(), 2);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
