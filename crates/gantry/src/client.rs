@@ -68,15 +68,25 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
-/// Runs a command: its exit code is 0, or the [`Exit`] it ended with.
+/// Runs a command: its exit code is 0, or the [`Exit`] it ended with. A closed stdout
+/// (`gantry job log 7 --follow | head`) ends it quietly, as ripgrep does.
 pub(crate) fn exit_code(result: Result<()>) -> Result<u8> {
     match result {
         Ok(()) => Ok(0),
         Err(e) => match e.downcast_ref::<Exit>() {
             Some(Exit(code)) => Ok(*code),
+            None if broken_pipe(&e) => Ok(0),
             None => Err(e),
         },
     }
+}
+
+/// Whether `e` is a write to a stdout whose reader went away.
+pub(crate) fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Prints `gantry: MESSAGE` and ends the command with `code`.

@@ -321,8 +321,11 @@ fn log(a: &LogArgs) -> Result<u8> {
             Ok(ended.is_none())
         })
     })();
+    if !a.follow || result.as_ref().is_err_and(|e| client::broken_pipe(e)) {
+        return exit_code(result);
+    }
     let code = exit_code(result)?;
-    if code != 0 || !a.follow {
+    if code != 0 {
         return Ok(code);
     }
     match ended {
@@ -334,10 +337,10 @@ fn log(a: &LogArgs) -> Result<u8> {
                 EXIT_FAILED
             })
         }
-        None => Err(client::fail(
+        None => exit_code(Err(client::fail(
             EXIT_FAILED,
             &format!("the log of job {id} ended before the job"),
-        )),
+        ))),
     }
 }
 

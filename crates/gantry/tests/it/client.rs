@@ -435,6 +435,21 @@ fn job_log_follows_a_running_job_and_pipelines_cancel() {
         String::from_utf8_lossy(&out.stderr)
     );
     fails(&mut g(&["job", "log", "99999"]), 2, "404");
+
+    // A reader that went away (`| head`) ends the command quietly.
+    let mut child = g(&["job", "log", &job.to_string(), "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
