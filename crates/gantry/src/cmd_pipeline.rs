@@ -321,7 +321,7 @@ fn log(a: &LogArgs) -> Result<u8> {
             Ok(ended.is_none())
         })
     })();
-    if !a.follow || result.as_ref().is_err_and(|e| client::broken_pipe(e)) {
+    if !a.follow || result.as_ref().is_err_and(client::broken_pipe) {
         return exit_code(result);
     }
     let code = exit_code(result)?;
