@@ -148,7 +148,10 @@ impl Client {
         if server.is_none() || token.is_none() {
             if let Some(saved) = saved_login()? {
                 // A saved token goes only to the server it was saved for.
-                if server.is_none() || server.as_deref() == Some(saved.server.as_str()) {
+                let same = server
+                    .as_deref()
+                    .is_none_or(|s| s.trim_end_matches('/') == saved.server);
+                if same {
                     server.get_or_insert(saved.server);
                     token.get_or_insert(saved.token);
                 }

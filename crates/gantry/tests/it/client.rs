@@ -305,6 +305,13 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
         2,
         "no server",
     );
+    // The saved token goes to its own server only (a trailing `/` is the same server).
+    fails(
+        &mut g(&["pipeline", "list", "cli", "--server", "http://127.0.0.1:9"]),
+        2,
+        "no token",
+    );
+    ok(&mut g(&["pipeline", "list", "cli", "--server", &format!("{url}/")]));
     // GANTRY_SERVER and GANTRY_TOKEN work without a login.
     let text = ok(gantry()
         .env("HOME", &home)
