@@ -161,12 +161,9 @@ pub(crate) fn show(a: &ProjectArgs) -> Result<()> {
         ("schedules", p.schedules.len().to_string()),
         ("created", p.created_at),
     ];
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|(k, v)| vec![format!("{k}:"), v])
-        .collect();
-    let mut out = std::io::stdout().lock();
-    crate::client::table(&mut out, &["PROJECT", ""], &rows)?;
+    for (k, v) in rows {
+        crate::client::say(format!("{:<20}{v}", format!("{k}:")).trim_end())?;
+    }
     Ok(())
 }
 

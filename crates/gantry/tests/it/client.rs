@@ -208,7 +208,8 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     assert_eq!(row[..2], ["cli", "main"], "{text}");
     assert_eq!(json(&mut g(&["project", "list"]))[0]["name"], "cli");
     let text = ok(&mut g(&["project", "show", "cli"]));
-    assert!(text.contains("default branch:"), "{text}");
+    assert!(text.starts_with("name:               cli\n"), "{text}");
+    assert!(text.contains("\ndefault branch:     main\n"), "{text}");
     assert_eq!(
         json(&mut g(&["project", "show", "cli"]))["variables"][0]["key"],
         "GREETING"
@@ -311,7 +312,13 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
         2,
         "no token",
     );
-    ok(&mut g(&["pipeline", "list", "cli", "--server", &format!("{url}/")]));
+    ok(&mut g(&[
+        "pipeline",
+        "list",
+        "cli",
+        "--server",
+        &format!("{url}/"),
+    ]));
     // GANTRY_SERVER and GANTRY_TOKEN work without a login.
     let text = ok(gantry()
         .env("HOME", &home)
