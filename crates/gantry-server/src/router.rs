@@ -71,6 +71,14 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/projects/{name}/coverage",
             get(crate::read::coverage_trend),
         )
+        .route(
+            "/api/v1/projects/{name}/environments",
+            get(crate::deployments::environments),
+        )
+        .route(
+            "/api/v1/projects/{name}/environments/{env}/deployments",
+            get(crate::deployments::deployments),
+        )
         .route("/api/v1/pipelines/{id}", get(crate::read::pipeline))
         .route(
             "/api/v1/pipelines/{id}/reports",
