@@ -19,6 +19,9 @@ pub struct EnvServer {
     project: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
+    /// With a server, the page of `history`, from 1 (20 deployments a page).
+    #[arg(long, value_name = "N")]
+    page: Option<u32>,
 }
 
 impl EnvServer {
@@ -77,7 +80,14 @@ pub(crate) fn main(args: &EnvServer, output: Output, environment: Option<&str>) 
             ),
             Some(env) => print(
                 output,
-                &client.get(&format!("{base}/{}/deployments", encode(env)))?,
+                &client.get_page(
+                    &format!(
+                        "{base}/{}/deployments?page={}",
+                        encode(env),
+                        args.page.unwrap_or(1)
+                    ),
+                    output,
+                )?,
                 &[
                     "ID", "STATUS", "JOB", "PIPELINE", "COMMIT", "REF", "BY", "STARTED", "FINISHED",
                 ],

@@ -467,32 +467,86 @@ fn job_log_follows_a_running_job_and_pipelines_cancel() {
 }
 
 #[test]
-fn env_with_a_server_names_the_project() {
+fn env_lists_a_server_project_s_environments_and_history() {
     let s = Setup::new(Store::Sqlite);
     let home = s.path().join("home");
     let url = s.server.url.clone();
-    fails(
-        &mut cli(&home, &["env", "list", "--server", &url, "--token", ADMIN]),
-        2,
-        "--project NAME",
+    let (_repo, api) = s.project(
+        "shop",
+        "deploy:\n  script: [echo deploying]\n  environment:\n    name: review/app\n",
     );
+    let g = |args: &[&str]| {
+        let mut c = cli(&home, args);
+        c.args(["--server", &url, "--token", ADMIN]);
+        c
+    };
+    fails(&mut g(&["env", "list"]), 2, "--project NAME");
     fails(
-        &mut cli(
-            &home,
-            &[
-                "env",
-                "history",
-                "production",
-                "--project",
-                "nope",
-                "--server",
-                &url,
-                "--token",
-                ADMIN,
-            ],
-        ),
+        &mut g(&["env", "history", "review/app", "--project", "shop"]),
         2,
-        "404",
+        "404 Not Found: project shop has no environment `review/app`",
+    );
+    fails(&mut g(&["env", "list", "--project", "nope"]), 2, "404");
+
+    let _agent = s.agent("a1");
+    let first = api.trigger("shop");
+    api.finished(first);
+    let second = retrigger(&api, "shop", first);
+    api.finished(second);
+
+    let text = ok(&mut g(&["env", "list", "--project", "shop"]));
+    assert!(text.starts_with("ENVIRONMENT  CURRENT"), "{text}");
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "review/app", "{text}");
+    assert_eq!(row[1], row[3], "the newest is the current one: {text}");
+    assert_eq!(row[4..6], ["success", "main"], "{text}");
+    let envs = json(&mut g(&["env", "list", "--project", "shop"]));
+    assert_eq!(envs[0]["deployments"], 2, "{envs}");
+    assert_eq!(envs[0]["current"]["pipeline_id"], second, "{envs}");
+
+    // The slash in the name reaches the server encoded; newest first.
+    let text = ok(&mut g(&[
+        "env",
+        "history",
+        "review/app",
+        "--project",
+        "shop",
+    ]));
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(
+        rows[0][1..4],
+        ["success", "deploy", &second.to_string()],
+        "{text}"
+    );
+    assert_eq!(rows[1][3], first.to_string(), "{text}");
+    let list = json(&mut g(&[
+        "env",
+        "history",
+        "review/app",
+        "--project",
+        "shop",
+    ]));
+    assert_eq!(list[1]["pipeline_id"], first, "{list}");
+    let list = json(&mut g(&[
+        "env",
+        "history",
+        "review/app",
+        "--project",
+        "shop",
+        "--page",
+        "2",
+    ]));
+    assert_eq!(list, Value::Array(vec![]));
+    // Without --project and --server, `env` still reads this directory's `gantry run` records.
+    fails(
+        cli(&home, &["env", "history", "review/app", "--cwd"]).arg(s.path()),
+        2,
+        "review/app",
     );
 }
 
