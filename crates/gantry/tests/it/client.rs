@@ -524,23 +524,10 @@ fn env_lists_a_server_project_s_environments_and_history() {
         "{text}"
     );
     assert_eq!(rows[1][3], first.to_string(), "{text}");
-    let list = json(&mut g(&[
-        "env",
-        "history",
-        "review/app",
-        "--project",
-        "shop",
-    ]));
+    let history = ["env", "history", "review/app", "--project", "shop"];
+    let list = json(&mut g(&history));
     assert_eq!(list[1]["pipeline_id"], first, "{list}");
-    let list = json(&mut g(&[
-        "env",
-        "history",
-        "review/app",
-        "--project",
-        "shop",
-        "--page",
-        "2",
-    ]));
+    let list = json(g(&history).args(["--page", "2"]));
     assert_eq!(list, Value::Array(vec![]));
     // Without --project and --server, `env` still reads this directory's `gantry run` records.
     fails(
