@@ -46,7 +46,7 @@ enum Command {
     Convert(ConvertArgs),
     /// Run the server: webhooks, pipelines, the job queue, the API.
     Server(crate::server_cmd::Args),
-    /// Run an agent: take jobs from a server and run them (or revoke an agent, or rotate the
+    /// Run an agent: take jobs from a server and run them (or list or revoke agents, or rotate the
     /// registration token).
     Agent(AgentCli),
     /// Manage a server's projects.
@@ -202,7 +202,7 @@ pub fn main() -> Result<u8> {
         }) => crate::agent_cmd::main(args),
         Command::Agent(_) => {
             eprintln!(
-                "gantry: agent: --server URL is required (or a subcommand: revoke, rotate-registration-token)"
+                "gantry: agent: --server URL is required (or a subcommand: list, revoke, rotate-registration-token)"
             );
             Ok(EXIT_CONFIG)
         }
