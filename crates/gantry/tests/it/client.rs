@@ -135,7 +135,8 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
         2,
         "at least 8 characters",
     );
-    ok(&mut g(&["project", "variable", "delete", "cli", "SECRET"]));
+    let gone = json(&mut g(&["project", "variable", "delete", "cli", "SECRET"]));
+    assert_eq!(gone, serde_json::json!({"deleted": "SECRET"}));
     let list = json(&mut g(&["project", "variable", "list", "cli"]));
     let keys: Vec<&str> = list
         .as_array()
@@ -191,7 +192,8 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     );
     let list = json(&mut g(&["project", "schedule", "list", "cli"]));
     assert_eq!(list[0]["cron_timezone"], "Europe/Berlin", "{list}");
-    ok(&mut g(&["project", "schedule", "delete", "cli", "1"]));
+    let text = ok(&mut g(&["project", "schedule", "delete", "cli", "1"]));
+    assert_eq!(text, "deleted schedule 1 of cli\n");
     assert_eq!(
         json(&mut g(&["project", "schedule", "list", "cli"])),
         Value::Array(vec![])
@@ -268,6 +270,10 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     assert_eq!(job_named(&p, "flaky").attempt, 2);
     let text = ok(&mut g(&["pipeline", "retry", &ids]));
     assert!(text.contains("nothing retried"), "{text}");
+    assert_eq!(
+        json(&mut g(&["pipeline", "retry", &ids])),
+        Value::Array(vec![])
+    );
 
     // Play the manual job; retry a job.
     let text = ok(&mut g(&["job", "play", &deploy.to_string()]));
