@@ -1,12 +1,16 @@
-//! Projects: `POST /api/v1/projects`, `GET /api/v1/projects`, `GET /api/v1/projects/{name}`. The store
-//! keeps the project's settings as our JSON document, [`ProjectSpec`], checked by [`validate`].
+//! Projects: `POST /api/v1/projects`, `GET /api/v1/projects`, `GET /api/v1/projects/{name}`, and
+//! the settings that change afterwards: variables (`POST .../variables`, `DELETE
+//! .../variables/{key}`) and schedules (`POST .../schedules`, `DELETE .../schedules/{n}`). The
+//! store keeps the project's settings as our JSON document, [`ProjectSpec`], checked by
+//! [`validate`].
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse as _, Response};
 use gantry_api::ErrorBody;
-use gantry_api::{ForgeKind, NewProject, Project};
+use gantry_api::{ForgeKind, NewProject, Project, ProjectVariable, Schedule};
+use serde::Deserialize;
 
 use crate::error::{AppError, AppResult};
 use crate::http::{Admin, Caller, JsonBody, PathParam, QueryParams};
@@ -47,18 +51,7 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
         return Err("webhook_secret must not be empty (leave it out instead)".into());
     }
     for v in &p.variables {
-        if !valid_key(&v.key) {
-            return Err(format!(
-                "variable `{}`: names are letters, digits and `_`",
-                v.key
-            ));
-        }
-        if v.masked && v.value.as_deref().is_none_or(|s| s.len() < 8) {
-            return Err(format!(
-                "variable `{}`: a masked value must have at least 8 characters",
-                v.key
-            ));
-        }
+        validate_variable(v)?;
     }
     if let Some(f) = &p.forge {
         if !matches!(
@@ -129,6 +122,29 @@ fn notify_rules(rules: &[serde_json::Value]) -> Result<Vec<gantry_notify::Rule>,
             .first()
             .map_or_else(|| "notify: invalid rules".into(), ToString::to_string)
     })
+}
+
+/// Checks a project variable.
+fn validate_variable(v: &ProjectVariable) -> Result<(), String> {
+    if !valid_key(&v.key) {
+        return Err(format!(
+            "variable `{}`: names are letters, digits and `_`",
+            v.key
+        ));
+    }
+    if v.masked && v.value.as_deref().is_none_or(|s| s.len() < 8) {
+        return Err(format!(
+            "variable `{}`: a masked value must have at least 8 characters",
+            v.key
+        ));
+    }
+    if v.environment_scope.is_empty() || v.environment_scope.contains(['\n', '\0']) {
+        return Err(format!(
+            "variable `{}`: environment_scope must be `*`, a name or a pattern",
+            v.key
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the branch or tag names and patterns of setting `what`: at most 100, each a short ref
@@ -211,6 +227,145 @@ pub(crate) async fn show(
 ) -> AppResult<Json<Project>> {
     caller.project(&name)?;
     Ok(Json(state.project(&name).await?.to_api()))
+}
+
+/// Changes project `name`'s settings with `change` and stores them (sealed); the webhooks' cached
+/// copy is dropped. A read, then a write: concurrent changes of one project may lose one.
+async fn change_spec(
+    state: &AppState,
+    name: &str,
+    change: impl FnOnce(&mut ProjectSpec) -> AppResult<()>,
+) -> AppResult<LoadedProject> {
+    let mut project = state.project(name).await?;
+    change(&mut project.spec)?;
+    let json = serde_json::to_string(&state.secrets.seal_spec(name, &project.spec))
+        .map_err(AppError::internal)?;
+    if !state.store.update_project(name, &json).await? {
+        return Err(AppError::not_found(format!("no project `{name}`")));
+    }
+    state
+        .hook_projects
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .remove(name);
+    Ok(project)
+}
+
+/// `POST /api/v1/projects/{name}/variables`: adds a variable, or replaces the one with the same
+/// key and environment scope (GitLab keeps one per key and scope).
+#[utoipa::path(post, path = "/api/v1/projects/{name}/variables", tag = "projects", request_body = ProjectVariable,
+    params(("name" = String, Path, description = "The project's name")),
+    responses((status = 200, description = "Set (a masked one without its value)", body = ProjectVariable), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn set_variable(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam(name): PathParam<String>,
+    JsonBody(v): JsonBody<ProjectVariable>,
+) -> AppResult<Json<ProjectVariable>> {
+    validate_variable(&v).map_err(AppError::bad_request)?;
+    let stored = v.clone();
+    change_spec(&state, &name, move |spec| {
+        match spec
+            .variables
+            .iter_mut()
+            .find(|x| x.key == stored.key && x.environment_scope == stored.environment_scope)
+        {
+            Some(x) => *x = stored,
+            None => spec.variables.push(stored),
+        }
+        Ok(())
+    })
+    .await?;
+    tracing::info!(project = %name, key = %v.key, "project variable set");
+    Ok(Json(ProjectVariable {
+        value: if v.masked { None } else { v.value.clone() },
+        ..v
+    }))
+}
+
+/// Which variables of a key `DELETE .../variables/{key}` deletes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ScopeQuery {
+    /// Only the one of this environment scope (default: every scope).
+    pub environment_scope: Option<String>,
+}
+
+/// `DELETE /api/v1/projects/{name}/variables/{key}`.
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/variables/{key}", tag = "projects",
+    params(("name" = String, Path, description = "The project's name"), ("key" = String, Path, description = "The variable's name"), ScopeQuery),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn delete_variable(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam((name, key)): PathParam<(String, String)>,
+    QueryParams(q): QueryParams<ScopeQuery>,
+) -> AppResult<StatusCode> {
+    change_spec(&state, &name, |spec| {
+        let before = spec.variables.len();
+        spec.variables.retain(|v| {
+            v.key != key
+                || q.environment_scope
+                    .as_ref()
+                    .is_some_and(|s| *s != v.environment_scope)
+        });
+        if spec.variables.len() == before {
+            return Err(AppError::not_found(format!(
+                "project `{name}` has no variable `{key}`{}",
+                q.environment_scope
+                    .as_ref()
+                    .map(|s| format!(" of scope `{s}`"))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/projects/{name}/schedules`: adds a schedule; answers them all, the new one last
+/// (a schedule is known by its number in this list, from 1).
+#[utoipa::path(post, path = "/api/v1/projects/{name}/schedules", tag = "projects", request_body = Schedule,
+    params(("name" = String, Path, description = "The project's name")),
+    responses((status = 201, description = "Added: every schedule of the project", body = Vec<Schedule>), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn add_schedule(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam(name): PathParam<String>,
+    JsonBody(schedule): JsonBody<Schedule>,
+) -> AppResult<(StatusCode, Json<Vec<Schedule>>)> {
+    crate::schedules::parse(&schedule)
+        .map_err(|e| AppError::bad_request(format!("schedule `{}`: {e}", schedule.cron)))?;
+    let project = change_spec(&state, &name, |spec| {
+        spec.schedules.push(schedule);
+        Ok(())
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(project.spec.schedules)))
+}
+
+/// `DELETE /api/v1/projects/{name}/schedules/{n}`: deletes the `n`th schedule (from 1); the later
+/// ones move up.
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/schedules/{n}", tag = "projects",
+    params(("name" = String, Path, description = "The project's name"), ("n" = usize, Path, description = "The schedule's number, from 1")),
+    responses((status = 204, description = "Deleted"), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token: this needs the admin token", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+pub(crate) async fn delete_schedule(
+    State(state): State<AppState>,
+    _: Admin,
+    PathParam((name, n)): PathParam<(String, usize)>,
+) -> AppResult<StatusCode> {
+    change_spec(&state, &name, |spec| {
+        if n == 0 || n > spec.schedules.len() {
+            return Err(AppError::not_found(format!(
+                "project `{name}` has no schedule {n}"
+            )));
+        }
+        spec.schedules.remove(n - 1);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

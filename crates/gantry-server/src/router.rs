@@ -24,6 +24,22 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/api/v1/projects/{name}", get(crate::admin::show))
         .route(
+            "/api/v1/projects/{name}/variables",
+            post(crate::admin::set_variable),
+        )
+        .route(
+            "/api/v1/projects/{name}/variables/{key}",
+            delete(crate::admin::delete_variable),
+        )
+        .route(
+            "/api/v1/projects/{name}/schedules",
+            post(crate::admin::add_schedule),
+        )
+        .route(
+            "/api/v1/projects/{name}/schedules/{n}",
+            delete(crate::admin::delete_schedule),
+        )
+        .route(
             "/api/v1/projects/{name}/tokens",
             post(crate::tokens::create).get(crate::tokens::list),
         )

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use gantry_agent::executors::Executors;
 use gantry_pipeline::plan::{ScopedVariable, Variable, WaitFor, When};
 use gantry_pipeline::{Compiled, Context, Plan, Severity};
@@ -46,13 +46,22 @@ enum Command {
     Convert(ConvertArgs),
     /// Run the server: webhooks, pipelines, the job queue, the API.
     Server(crate::server_cmd::Args),
-    /// Run an agent: take jobs from a server and run them (or revoke an agent, or rotate the
+    /// Run an agent: take jobs from a server and run them (or list or revoke agents, or rotate the
     /// registration token).
     Agent(AgentCli),
     /// Manage a server's projects.
     #[command(subcommand)]
     Project(crate::remote::ProjectCommand),
-    /// Show the environments of this project directory and their deployments (`gantry run`'s).
+    /// Check a server's token and save it with the server's URL for the other commands.
+    Login(crate::client::LoginArgs),
+    /// A server's pipelines: list, show, cancel, retry.
+    #[command(subcommand)]
+    Pipeline(crate::cmd_pipeline::PipelineCommand),
+    /// A server's jobs: log (live with --follow), play, retry.
+    #[command(subcommand)]
+    Job(crate::cmd_pipeline::JobCommand),
+    /// Show the environments of this project directory and their deployments (`gantry run`'s),
+    /// or a server project's with `--project`.
     #[command(subcommand)]
     Env(crate::deploys::EnvCommand),
     /// Roll an environment of this project directory back: re-deploy an earlier deployment.
@@ -69,11 +78,7 @@ struct AgentCli {
     run: Option<crate::agent_cmd::Args>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Output {
-    Human,
-    Json,
-}
+pub(crate) use crate::output::Output;
 
 #[derive(Args)]
 struct Common {
@@ -199,11 +204,14 @@ pub fn main() -> Result<u8> {
         }) => crate::agent_cmd::main(args),
         Command::Agent(_) => {
             eprintln!(
-                "gantry: agent: --server URL is required (or a subcommand: revoke, rotate-registration-token)"
+                "gantry: agent: --server URL is required (or a subcommand: list, revoke, rotate-registration-token)"
             );
             Ok(EXIT_CONFIG)
         }
         Command::Project(command) => crate::remote::main(command),
+        Command::Login(args) => crate::client::login(&args),
+        Command::Pipeline(command) => crate::cmd_pipeline::pipeline_main(&command),
+        Command::Job(command) => crate::cmd_pipeline::job_main(&command),
         Command::Env(command) => crate::deploys::main(&command),
         Command::Rollback(args) => crate::rollback::main(&args),
     }

@@ -43,6 +43,9 @@ pub struct EnvArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     output: Output,
+    /// A project of a server: its environments, not this directory's (`crate::cmd_env`).
+    #[command(flatten)]
+    server: crate::cmd_env::EnvServer,
 }
 
 /// `gantry env history ENV`.
@@ -61,6 +64,13 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
         EnvCommand::List(a) => a,
         EnvCommand::History(a) => &a.common,
     };
+    if common.server.wanted() {
+        let environment = match command {
+            EnvCommand::List(_) => None,
+            EnvCommand::History(a) => Some(a.environment.as_str()),
+        };
+        return crate::cmd_env::main(&common.server, common.output, environment);
+    }
     let dir = match &common.cwd {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
@@ -120,7 +130,7 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
     if common.output == Output::Json {
         writeln!(out, "{json}")?;
     } else {
-        table(&mut out, header, &rows)?;
+        crate::client::table(&mut out, header, &rows)?;
     }
     out.flush()?;
     Ok(0)
@@ -128,30 +138,6 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
 
 fn short(sha: &str) -> String {
     sha.chars().take(8).collect()
-}
-
-/// Writes a table: left-aligned columns two spaces apart, no trailing spaces.
-fn table(out: &mut impl std::io::Write, header: &[&str], rows: &[Vec<String>]) -> Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    writeln!(out, "{}", line(&mut header.iter().copied()))?;
-    for r in rows {
-        writeln!(out, "{}", line(&mut r.iter().map(String::as_str)))?;
-    }
-    Ok(())
 }
 
 /// A deployment in progress: its id and environment, and the measurements so far.

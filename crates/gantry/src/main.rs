@@ -2,6 +2,10 @@
 
 mod agent_cmd;
 mod cli;
+mod client;
+mod cmd_env;
+mod cmd_pipeline;
+mod cmd_project;
 mod deploys;
 mod git;
 mod includes;

@@ -13,6 +13,13 @@ use gantry_runtime::{Event, JobStatus, PipelineStatus, ReportKind, Reporter};
 
 /// How many of a failed job's last lines the summary shows.
 const TAIL_LINES: usize = 12;
+/// `--output`: a human's text, or JSON.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Output {
+    Human,
+    Json,
+}
+
 /// Output is flushed at least this often while lines stream.
 const FLUSH_EVERY: Duration = Duration::from_millis(40);
 

@@ -1,27 +1,35 @@
-//! Commands that talk to a Gantry server's API: `gantry project add`,
-//! `gantry project token create|list|revoke`, `gantry agent revoke` and
-//! `gantry agent rotate-registration-token`.
+//! The `gantry project` and `gantry agent` commands that manage a server: `project add|list|show`,
+//! `project token create|list|revoke`, `project variable …` and `project schedule …`
+//! (`cmd_project`), `agent list|revoke|rotate-registration-token`. Requests go through
+//! [`crate::client`].
 
 use std::io::Write as _;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
-use gantry_api::{CreatedProjectToken, ErrorBody, NewProject, NewProjectToken, ProjectVariable};
+use gantry_api::{CreatedProjectToken, NewProject, NewProjectToken, ProjectVariable};
 
-/// Exit code: the server could not be reached or failed.
-const EXIT_FAILED: u8 = 1;
-/// Exit code: the server refused the request (bad token, bad input, name taken).
-const EXIT_REFUSED: u8 = 2;
+use crate::client::{Client, Remote, ServerArgs, exit_code, print, print_json};
+use crate::cmd_project::{ProjectArgs, ScheduleCommand, VariableCommand};
 
 /// `gantry project`'s subcommands.
 #[derive(Subcommand)]
 pub enum ProjectCommand {
     /// Register a project with a server (`POST /api/v1/projects`) and print it as JSON.
     Add(AddArgs),
+    /// The server's projects (admin token).
+    List(crate::cmd_project::ListArgs),
+    /// A project's settings.
+    Show(ProjectArgs),
     /// Manage a project's API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage a project's variables (admin token).
+    #[command(subcommand)]
+    Variable(VariableCommand),
+    /// Manage a project's scheduled pipelines (admin token).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
 }
 
 /// `gantry project token`'s subcommands.
@@ -41,6 +49,8 @@ pub enum TokenCommand {
 /// `gantry agent`'s subcommands (without one, `gantry agent` runs an agent).
 #[derive(Subcommand)]
 pub enum AgentCommand {
+    /// Every agent: name, tags, whether it is online, last contact (`GET /api/v1/agents`).
+    List(Remote),
     /// Revoke an agent at once (`DELETE /api/v1/agents/{id}`): its next request gets 401 on every
     /// server, and its running jobs fail as a lost agent's.
     Revoke(AgentRevokeArgs),
@@ -64,51 +74,59 @@ pub struct AgentRevokeArgs {
 /// # Errors
 /// When the request cannot be made.
 pub fn agent_main(command: AgentCommand) -> Result<u8> {
-    match command {
-        AgentCommand::Revoke(args) => {
-            let path = format!("/api/v1/agents/{}", args.id);
-            match call(&args.server, reqwest::Method::DELETE, &path, None)? {
-                Answer::Ok(_) => {
-                    eprintln!("gantry: revoked agent {}", args.id);
-                    Ok(0)
-                }
-                Answer::Exit(code) => Ok(code),
-            }
-        }
-        AgentCommand::RotateRegistrationToken(server) => {
-            let path = "/api/v1/agents/registration-token";
-            match call(&server, reqwest::Method::POST, path, None)? {
-                Answer::Ok(bytes) => {
-                    let t: gantry_api::agent::RegistrationToken = serde_json::from_slice(&bytes)
-                        .context("the server's answer is not a registration token")?;
-                    let mut out = std::io::stdout().lock();
-                    writeln!(out, "{}", t.token)?;
-                    out.flush()?;
-                    eprintln!(
-                        "gantry: new registration token (shown only this once); the old one no longer registers agents"
-                    );
-                    Ok(0)
-                }
-                Answer::Exit(code) => Ok(code),
-            }
-        }
-    }
+    exit_code(match command {
+        AgentCommand::List(remote) => agents(&remote),
+        AgentCommand::Revoke(args) => Client::new(&args.server).and_then(|c| {
+            c.delete(&format!("/api/v1/agents/{}", args.id))?;
+            eprintln!("gantry: revoked agent {}", args.id);
+            Ok(())
+        }),
+        AgentCommand::RotateRegistrationToken(server) => Client::new(&server).and_then(|c| {
+            let bytes = c.post("/api/v1/agents/registration-token", None::<&()>)?;
+            let t: gantry_api::agent::RegistrationToken = serde_json::from_slice(&bytes)
+                .context("the server's answer is not a registration token")?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", t.token)?;
+            out.flush()?;
+            eprintln!(
+                "gantry: new registration token (shown only this once); the old one no longer registers agents"
+            );
+            Ok(())
+        }),
+    })
 }
 
-/// Where the server is and the admin token.
-#[derive(Args)]
-pub struct ServerArgs {
-    /// The server's URL.
-    #[arg(long, env = "GANTRY_SERVER", value_name = "URL")]
-    server: String,
-    /// The admin API token.
-    #[arg(
-        long,
-        env = "GANTRY_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    token: String,
+/// `gantry agent list`.
+fn agents(remote: &Remote) -> Result<()> {
+    let bytes = Client::new(&remote.server)?.get("/api/v1/agents")?;
+    print(
+        remote.output,
+        &bytes,
+        &[
+            "ID",
+            "NAME",
+            "STATUS",
+            "TAGS",
+            "EXECUTOR",
+            "VERSION",
+            "LAST SEEN",
+        ],
+        |list: Vec<gantry_api::Agent>| {
+            list.into_iter()
+                .map(|a| {
+                    vec![
+                        a.id.to_string(),
+                        a.name,
+                        if a.online { "online" } else { "offline" }.into(),
+                        a.tags.join(","),
+                        a.executor,
+                        a.version,
+                        a.last_seen_at.unwrap_or_default(),
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 /// `gantry project token create`'s options.
@@ -199,111 +217,40 @@ pub struct AddArgs {
 /// # Errors
 /// When the request cannot be built (a variable without `=`).
 pub fn main(command: ProjectCommand) -> Result<u8> {
-    match command {
+    exit_code(match command {
         ProjectCommand::Add(args) => add(args),
+        ProjectCommand::List(args) => crate::cmd_project::list(&args.remote, args.page),
+        ProjectCommand::Show(args) => crate::cmd_project::show(&args),
+        ProjectCommand::Variable(c) => crate::cmd_project::variable(&c),
+        ProjectCommand::Schedule(c) => crate::cmd_project::schedule(&c),
         ProjectCommand::Token(TokenCommand::Create(args)) => token_create(args),
         ProjectCommand::Token(TokenCommand::List(args)) => {
-            let path = format!("/api/v1/projects/{}/tokens", args.project);
-            match call(&args.server, reqwest::Method::GET, &path, None)? {
-                Answer::Ok(bytes) => print_json(&bytes),
-                Answer::Exit(code) => Ok(code),
-            }
+            Client::new(&args.server).and_then(|c| {
+                print_json(&c.get(&format!("/api/v1/projects/{}/tokens", args.project))?)
+            })
         }
         ProjectCommand::Token(TokenCommand::Revoke(args)) => {
-            let path = format!("/api/v1/projects/{}/tokens/{}", args.project, args.id);
-            match call(&args.server, reqwest::Method::DELETE, &path, None)? {
-                Answer::Ok(_) => {
-                    eprintln!("gantry: revoked token {} of {}", args.id, args.project);
-                    Ok(0)
-                }
-                Answer::Exit(code) => Ok(code),
-            }
+            Client::new(&args.server).and_then(|c| {
+                c.delete(&format!(
+                    "/api/v1/projects/{}/tokens/{}",
+                    args.project, args.id
+                ))?;
+                eprintln!("gantry: revoked token {} of {}", args.id, args.project);
+                Ok(())
+            })
         }
-    }
-}
-
-/// A call's outcome: the body of a success, or the exit code after the error was printed.
-enum Answer {
-    Ok(Vec<u8>),
-    Exit(u8),
-}
-
-/// Sends one request with the admin token; prints the error of a failure.
-fn call(
-    server: &ServerArgs,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<Answer> {
-    let url = format!("{}{path}", server.server.trim_end_matches('/'));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let answer = rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()?;
-        let mut req = client.request(method, &url).bearer_auth(&server.token);
-        if let Some(body) = body {
-            req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?.to_vec();
-        anyhow::Ok((status, bytes))
-    });
-    let (status, bytes) = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("gantry: cannot reach {url}: {e:#}");
-            return Ok(Answer::Exit(EXIT_FAILED));
-        }
-    };
-    if status.is_success() {
-        return Ok(Answer::Ok(bytes));
-    }
-    Ok(Answer::Exit(refused(status, &bytes)))
-}
-
-/// Prints the server's error; answers the exit code.
-fn refused(status: reqwest::StatusCode, bytes: &[u8]) -> u8 {
-    let message = serde_json::from_slice::<ErrorBody>(bytes).map_or_else(
-        |_| String::from_utf8_lossy(bytes).trim().to_string(),
-        |b| b.error,
-    );
-    eprintln!("gantry: the server answered {status}: {message}");
-    if status.is_client_error() {
-        EXIT_REFUSED
-    } else {
-        EXIT_FAILED
-    }
-}
-
-/// Prints a JSON answer, pretty.
-fn print_json(bytes: &[u8]) -> Result<u8> {
-    let mut out = std::io::stdout().lock();
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) => writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?,
-        Err(_) => out.write_all(bytes)?,
-    }
-    out.flush()?;
-    Ok(0)
+    })
 }
 
 /// `gantry project token create`: the secret alone on stdout (for `$(...)`), the rest on stderr.
-fn token_create(args: TokenCreateArgs) -> Result<u8> {
+fn token_create(args: TokenCreateArgs) -> Result<()> {
     let body = serde_json::to_vec(&NewProjectToken {
         name: args.name,
         expires_at: args.expires_at,
         read_only: args.read_only,
     })?;
     let path = format!("/api/v1/projects/{}/tokens", args.project);
-    let bytes = match call(&args.server, reqwest::Method::POST, &path, Some(body))? {
-        Answer::Ok(bytes) => bytes,
-        Answer::Exit(code) => return Ok(code),
-    };
+    let bytes = Client::new(&args.server)?.send(reqwest::Method::POST, &path, Some(body))?;
     let created: CreatedProjectToken =
         serde_json::from_slice(&bytes).context("reading the server's answer")?;
     let mut out = std::io::stdout().lock();
@@ -318,7 +265,7 @@ fn token_create(args: TokenCreateArgs) -> Result<u8> {
             .expires_at
             .map_or_else(|| "never expires".to_string(), |t| format!("expires {t}"))
     );
-    Ok(0)
+    Ok(())
 }
 
 fn variable(pair: &str, masked: bool) -> Result<ProjectVariable> {
@@ -334,7 +281,7 @@ fn variable(pair: &str, masked: bool) -> Result<ProjectVariable> {
     })
 }
 
-fn add(args: AddArgs) -> Result<u8> {
+fn add(args: AddArgs) -> Result<()> {
     let mut variables = Vec::new();
     for v in &args.variables {
         variables.push(variable(v, false)?);
@@ -360,16 +307,7 @@ fn add(args: AddArgs) -> Result<u8> {
         protected_tags: args.protected_tags,
         notify: Vec::new(),
     };
-    let body = serde_json::to_vec(&body)?;
-    match call(
-        &args.server,
-        reqwest::Method::POST,
-        "/api/v1/projects",
-        Some(body),
-    )? {
-        Answer::Ok(bytes) => print_json(&bytes),
-        Answer::Exit(code) => Ok(code),
-    }
+    print_json(&Client::new(&args.server)?.post("/api/v1/projects", Some(&body))?)
 }
 
 #[cfg(test)]

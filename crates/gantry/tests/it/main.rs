@@ -2,6 +2,7 @@
 
 mod buildyml;
 mod cli;
+mod client;
 mod deployments;
 mod docker;
 mod firstrun;

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::proxy::HoldingProxy;
 use crate::{Repo, run_ok};
 
-const ADMIN: &str = "admin-secret-token";
+pub(crate) const ADMIN: &str = "admin-secret-token";
 const REGISTRATION: &str = "registration-secret-token";
 const WEBHOOK: &str = "webhook-secret";
 /// The lease of every test server: short, so that a dead agent's job fails quickly.
@@ -27,7 +27,7 @@ const LEASE: &str = "3s";
 /// How long any one wait may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(45);
 
-fn gantry() -> Command {
+pub(crate) fn gantry() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gantry"));
     for (k, _) in std::env::vars() {
         if k.starts_with("GANTRY_") {
@@ -38,7 +38,7 @@ fn gantry() -> Command {
 }
 
 /// Polls `f` until it gives a value, or fails the test with `what` after [`DEADLINE`].
-fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     wait_within(DEADLINE, what, f)
 }
 
@@ -121,7 +121,7 @@ fn psql(url: &str, sql: &str) {
 /// A `gantry server` process.
 pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     data_dir: PathBuf,
     db: Option<String>,
     /// Its standard error, line by line.
@@ -400,7 +400,7 @@ impl Api {
         })
     }
 
-    fn pipeline(&self, id: i64) -> Pipeline {
+    pub(crate) fn pipeline(&self, id: i64) -> Pipeline {
         serde_json::from_value(self.get_json(&format!("/api/v1/pipelines/{id}"))).unwrap()
     }
 
@@ -412,7 +412,7 @@ impl Api {
         })
     }
 
-    fn job(&self, id: i64) -> gantry_api::Job {
+    pub(crate) fn job(&self, id: i64) -> gantry_api::Job {
         serde_json::from_value(self.get_json(&format!("/api/v1/jobs/{id}"))).unwrap()
     }
 
@@ -497,7 +497,7 @@ impl Setup {
     }
 
     /// Adds project `name` on a new repository holding `.gitlab-ci.yml` = `ci`.
-    fn project(&self, name: &str, ci: &str) -> (Repo, Api) {
+    pub(crate) fn project(&self, name: &str, ci: &str) -> (Repo, Api) {
         let repo = Repo::ci(ci);
         let api = self.add(name, &repo);
         (repo, api)
@@ -510,7 +510,7 @@ impl Setup {
         api
     }
 
-    fn agent(&self, name: &str) -> Agent {
+    pub(crate) fn agent(&self, name: &str) -> Agent {
         self.agent_with(name, &[])
     }
 
@@ -1785,7 +1785,7 @@ fn fails_after_commit(
 }
 
 /// Triggers a pipeline of `project` on `main`; answers its id once it is the newest, after `first`.
-fn retrigger(api: &Api, project: &str, first: i64) -> i64 {
+pub(crate) fn retrigger(api: &Api, project: &str, first: i64) -> i64 {
     trigger_accepted(api, project);
     let path = format!("/api/v1/projects/{project}/pipelines");
     wait_for("the second pipeline", || {
