@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use gantry_api::deployments::{Deployment, Environment};
+use gantry_api::deployments::{Deployment, Environment, Rollback, RollbackRequest};
 
 use crate::client::{self, Client, EXIT_REFUSED, ServerArgs, exit_code, print};
 use crate::cmd_pipeline::{encode, short};
@@ -29,6 +29,41 @@ impl EnvServer {
     pub(crate) fn wanted(&self) -> bool {
         self.project.is_some() || self.server.has_server()
     }
+}
+
+/// Runs `gantry rollback ENV [--to ID]` against the server:
+/// `POST /api/v1/projects/{name}/environments/{env}/rollback`. The server starts the rollback's job
+/// and answers at once; `gantry job log JOB --follow` follows it.
+pub(crate) fn rollback(
+    args: &EnvServer,
+    output: Output,
+    environment: &str,
+    to: Option<u64>,
+) -> Result<u8> {
+    exit_code((|| {
+        let Some(project) = &args.project else {
+            return Err(client::fail(
+                EXIT_REFUSED,
+                "rollback: with a server, name the project: --project NAME",
+            ));
+        };
+        let client = Client::new(&args.server)?;
+        let path = format!(
+            "/api/v1/projects/{}/environments/{}/rollback",
+            encode(project),
+            encode(environment)
+        );
+        let to = to.map(|t| i64::try_from(t).unwrap_or(i64::MAX));
+        let body = client.post(&path, Some(&RollbackRequest { to }))?;
+        if output == Output::Json {
+            return client::print_json(&body);
+        }
+        let r: Rollback = client::parse(&body)?;
+        client::say(&format!(
+            "rollback of {}: deployment {} → {}, job {} (gantry job log {} --follow)",
+            r.environment, r.from, r.to, r.job_id, r.job_id
+        ))
+    })())
 }
 
 /// Runs `gantry env list` (no `environment`) or `gantry env history ENV` against the server.

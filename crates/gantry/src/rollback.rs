@@ -52,6 +52,10 @@ pub struct RollbackArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "human")]
     pub output: Output,
+    /// A server's project instead of this directory (`--project NAME` with `--server`/`--token`,
+    /// `GANTRY_SERVER`/`GANTRY_TOKEN` or `gantry login`).
+    #[command(flatten)]
+    pub server: crate::cmd_env::EnvServer,
 }
 
 /// Where a rollback's lines and events go: the run's own output.
@@ -550,6 +554,9 @@ impl Reporter for Quiet {
 /// target, 2 on a usage error.
 pub fn main(args: &RollbackArgs) -> Result<u8> {
     let output = args.output;
+    if args.server.wanted() {
+        return crate::cmd_env::rollback(&args.server, output, &args.environment, args.to);
+    }
     let dir = match &args.cwd {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,

@@ -535,12 +535,35 @@ fn env_lists_a_server_project_s_environments_and_history() {
     assert_eq!(list[1]["pipeline_id"], first, "{list}");
     let list = json(g(&history).args(["--page", "2"]));
     assert_eq!(list, Value::Array(vec![]));
+    // `gantry rollback` against the server re-deploys the first deployment.
+    let rollback = ["rollback", "review/app", "--project", "shop"];
+    let to = list_id(&json(&mut g(&history)), 1);
+    let from = list_id(&json(&mut g(&history)), 0);
+    let text = ok(&mut g(&rollback));
+    assert!(
+        text.starts_with(&format!(
+            "rollback of review/app: deployment {from} → {to}, job "
+        )),
+        "{text}"
+    );
+    api.finished(first);
+    let list = json(&mut g(&history));
+    assert_eq!(list[0]["rollback_of"], from, "{list}");
+    assert_eq!(list[0]["status"], "success", "{list}");
+    assert_eq!(list[1]["status"], "rolled_back", "{list}");
+    // Nothing earlier than the first deployment succeeded: the server's 409 and its message.
+    fails(g(&rollback).args(["--to", "999999"]), 2, "409");
     // Without --project and --server, `env` still reads this directory's `gantry run` records.
     fails(
         cli(&home, &["env", "history", "review/app", "--cwd"]).arg(s.path()),
         2,
         "review/app",
     );
+}
+
+/// The id of the deployment at `index` of a JSON list.
+fn list_id(list: &Value, index: usize) -> i64 {
+    list[index]["id"].as_i64().expect("a deployment id")
 }
 
 #[test]
