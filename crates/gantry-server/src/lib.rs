@@ -61,6 +61,7 @@ mod spec;
 mod state;
 mod statuses;
 mod tokens;
+mod ui;
 mod views;
 
 pub use config::{Args, Config, LogFormat, Secret, WebhookBodyLimits};
