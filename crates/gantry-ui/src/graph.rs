@@ -6,8 +6,8 @@ use gantry_api::Job;
 
 /// A job's box.
 pub(crate) const BOX_W: u32 = 220;
-/// A job's box: room for the name, the status line and one button.
-pub(crate) const BOX_H: u32 = 84;
+/// A job's box: room for the name, the status line, the marks line and one button.
+pub(crate) const BOX_H: u32 = 100;
 const COL_GAP: u32 = 72;
 const ROW_GAP: u32 = 14;
 /// Room for the stage names above the columns.

@@ -188,7 +188,7 @@ pub fn pipelines(viewer: &Viewer, list: &PipelineList) -> Markup {
 /// The manual or delayed state, and allowed failure, of a job, in words.
 fn job_marks(j: &Job) -> Markup {
     html! {
-        @if j.allow_failure { span.mark title="Allowed to fail" { "allowed to fail" } }
+        @if j.allow_failure { span.mark { "allowed to fail" } }
         @if j.when == "manual" { span.mark { "manual" } }
         @if j.when == "delayed" { span.mark { "delayed" } }
     }
@@ -239,7 +239,8 @@ pub fn pipeline(viewer: &Viewer, p: &Pipeline, title: Option<&str>) -> Markup {
                         div class={ "job st-" (j.job.status) } data-job=(j.job.name)
                             style={ "left:" (j.x) "px;top:" (j.y) "px;width:" (BOX_W) "px;height:" (BOX_H) "px" } {
                             a.jname href={ "/jobs/" (j.job.id) } { (j.job.name) }
-                            div.jline { (job_badge(j.job.status)) " " span.dur { (duration(j.job.duration)) } " " (job_marks(j.job)) }
+                            div.jline { (job_badge(j.job.status)) " " span.dur { (duration(j.job.duration)) } }
+                            div.jmarks { (job_marks(j.job)) }
                             @if viewer.can_write {
                                 @if j.job.status == JobStatus::Manual {
                                     (action(viewer, &format!("/jobs/{}/play", j.job.id), "Play", &format!("Play {}", j.job.name)))

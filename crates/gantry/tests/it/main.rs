@@ -13,6 +13,7 @@ mod podman;
 mod proxy;
 mod real_world;
 mod server;
+mod ui;
 mod verify;
 
 use std::path::{Path, PathBuf};

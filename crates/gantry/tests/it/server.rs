@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::proxy::HoldingProxy;
 use crate::{Repo, run_ok};
 
-const ADMIN: &str = "admin-secret-token";
+pub(crate) const ADMIN: &str = "admin-secret-token";
 const REGISTRATION: &str = "registration-secret-token";
 const WEBHOOK: &str = "webhook-secret";
 /// The lease of every test server: short, so that a dead agent's job fails quickly.
@@ -38,7 +38,7 @@ fn gantry() -> Command {
 }
 
 /// Polls `f` until it gives a value, or fails the test with `what` after [`DEADLINE`].
-fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     wait_within(DEADLINE, what, f)
 }
 
@@ -121,7 +121,7 @@ fn psql(url: &str, sql: &str) {
 /// A `gantry server` process.
 pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     data_dir: PathBuf,
     db: Option<String>,
     /// Its standard error, line by line.
@@ -350,7 +350,7 @@ impl Api {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    fn get_json(&self, path: &str) -> Value {
+    pub(crate) fn get_json(&self, path: &str) -> Value {
         let r = self.get(path);
         let status = r.status();
         let text = r.text().unwrap();
@@ -358,7 +358,7 @@ impl Api {
         serde_json::from_str(&text).unwrap()
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
@@ -400,7 +400,7 @@ impl Api {
         })
     }
 
-    fn pipeline(&self, id: i64) -> Pipeline {
+    pub(crate) fn pipeline(&self, id: i64) -> Pipeline {
         serde_json::from_value(self.get_json(&format!("/api/v1/pipelines/{id}"))).unwrap()
     }
 
@@ -487,7 +487,7 @@ impl Setup {
 
     /// The files `runs` and `release` in the setup's directory, and `template` with `{runs}` and
     /// `{release}` replaced by their paths.
-    fn runs_and_release(&self, template: &str) -> (PathBuf, PathBuf, String) {
+    pub(crate) fn runs_and_release(&self, template: &str) -> (PathBuf, PathBuf, String) {
         let runs = self.path().join("runs");
         let release = self.path().join("release");
         let yaml = template
@@ -497,7 +497,7 @@ impl Setup {
     }
 
     /// Adds project `name` on a new repository holding `.gitlab-ci.yml` = `ci`.
-    fn project(&self, name: &str, ci: &str) -> (Repo, Api) {
+    pub(crate) fn project(&self, name: &str, ci: &str) -> (Repo, Api) {
         let repo = Repo::ci(ci);
         let api = self.add(name, &repo);
         (repo, api)
@@ -510,7 +510,7 @@ impl Setup {
         api
     }
 
-    fn agent(&self, name: &str) -> Agent {
+    pub(crate) fn agent(&self, name: &str) -> Agent {
         self.agent_with(name, &[])
     }
 
@@ -1736,7 +1736,7 @@ fn trigger_accepted(api: &Api, project: &str) {
 }
 
 /// Waits, as `what`, until the file `runs` has `n` lines.
-fn wait_lines(runs: &Path, n: usize, what: &str) {
+pub(crate) fn wait_lines(runs: &Path, n: usize, what: &str) {
     wait_for(what, || (lines_of(runs).len() == n).then_some(()));
 }
 
