@@ -47,9 +47,17 @@ pub fn render(bytes: &[u8], first_line: u64, flush: bool) -> LogChunk {
 
 /// A section marker: its kind, name and whether it starts collapsed, and the text after it.
 fn marker(text: &str) -> Option<(&'static str, &str, bool, &str)> {
+    // A marker starts its line, after escape sequences only (`\e[0K`): a command that prints one
+    // (`$ printf 'section_start:…'`) is no marker.
+    let mut text = text;
+    while let Some(csi) = text.strip_prefix("\x1b[") {
+        let end = csi.find(|c: char| ('@'..='~').contains(&c))?;
+        text = &csi[end + 1..];
+    }
     for kind in ["section_start:", "section_end:"] {
-        let Some(i) = text.find(kind) else { continue };
-        let rest = &text[i + kind.len()..];
+        let Some(rest) = text.strip_prefix(kind) else {
+            continue;
+        };
         let (_, rest) = rest.split_once(':')?;
         let name_end = rest
             .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
@@ -352,6 +360,13 @@ mod tests {
         // A marker whose name holds markup is no marker: it is shown, escaped.
         let c = one("section_start:1:<b>\r\x1b[0Kx");
         assert!(!c.contains("data-s") && !c.contains("<b>"), "{c}");
+        // After an erase sequence it is one; inside a command's echo it is not.
+        assert!(one("\x1b[0Ksection_start:1:a\r\x1b[0KA").contains("data-s=\"a\""));
+        let c = one("$ printf 'section_start:1:a\\r'");
+        assert!(
+            !c.contains("data-s") && c.contains("section_start:1:a"),
+            "{c}"
+        );
     }
 
     #[test]

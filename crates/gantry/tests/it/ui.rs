@@ -199,12 +199,14 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
     let s = Setup::new(Store::Sqlite);
-    let ci = format!(
-        "build:\n  stage: build\n  script:\n    - printf '%s\\n' '{XSS_LINE}'\n\
+    let (_, release, ci) = s.runs_and_release(&format!(
+        "build:\n  stage: build\n  script:\n    - printf '%s\\n' '{XSS_LINE}'\n    \
+         - printf 'section_start:1:notes[collapsed=true]\\r\\033[0KRelease notes\\nfolded line\\nsection_end:1:notes\\r\\033[0K\\n'\n\
          test:\n  stage: test\n  needs: [build]\n  script: [echo tested]\n\
          lint:\n  stage: test\n  script: [echo linted]\n\
-         deploy:\n  stage: deploy\n  needs: [test, lint]\n  when: manual\n  script: [echo deployed]\n"
-    );
+         deploy:\n  stage: deploy\n  needs: [test, lint]\n  when: manual\n  script:\n    \
+         - echo started >> {{runs}}\n    - while [ ! -f {{release}} ]; do sleep 0.1; done\n"
+    ));
     let (repo, api) = s.project("web", &ci);
     repo.git(&["commit", "-q", "--amend", "-m", XSS_TITLE]);
     let _agent = s.agent("a1");
@@ -323,7 +325,8 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         // The log: the payload is text, nothing ran.
         b.open(&format!("/jobs/{build}")).await;
         until("the log's payload line", || async move {
-            b.text("#log").await.contains(XSS_LINE).then_some(())
+            let log = b.text("#log").await;
+            (log.contains(XSS_LINE) && log.contains("Release notes")).then_some(())
         })
         .await;
         assert_eq!(b.count("#log script, #log img").await, 0);
@@ -339,7 +342,32 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         );
         assert_eq!(b.forge_post(&format!("/jobs/{deploy}/play"), "").await, 403);
 
-        // Play the manual job.
+        // A section folded as its marker asks, unfolded by its header.
+        let folded = "return getComputedStyle([...document.querySelectorAll('#log .l')]\
+             .find(l => l.querySelector('.t').textContent === 'folded line')).display === 'none'";
+        assert_eq!(b.js(folded).await, json!(true));
+        let tog = b
+            .client
+            .find(Locator::Css("#log [data-s=notes] .tog"))
+            .await
+            .unwrap();
+        assert_eq!(
+            tog.attr("aria-expanded").await.unwrap().as_deref(),
+            Some("false")
+        );
+        assert!(tog.text().await.unwrap().contains("Release notes"));
+        tog.click().await.unwrap();
+        assert_eq!(b.js(folded).await, json!(false));
+
+        // The other pages.
+        b.open("/agents").await;
+        assert!(b.text("main table").await.contains("a1"));
+        b.open("/projects/web/deliveries").await;
+        assert!(b.text("main table").await.contains(&format!("#{id}")));
+        b.open(&format!("/pipelines/{id}/reports")).await;
+        assert_eq!(b.text("h2#tests").await, "Tests");
+
+        // Play the manual job; the page follows it without a reload.
         b.open(&format!("/pipelines/{id}")).await;
         b.client
             .find(Locator::Css("button[aria-label='Play deploy']"))
@@ -348,12 +376,20 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
             .click()
             .await
             .unwrap();
-        b.reload_until(
-            &format!("/pipelines/{id}"),
-            "[data-job=deploy] .stext",
-            "success",
-        )
+        until("the pipeline page again", || async move {
+            (b.text("[data-job=deploy] .stext").await == "running").then_some(())
+        })
         .await;
+        b.js("window.__same_page = true; return null").await;
+        std::fs::write(&release, "go").unwrap();
+        until("the played job's success, live", || async move {
+            (b.text("[data-job=deploy] .stext").await == "success").then_some(())
+        })
+        .await;
+        assert_eq!(
+            b.js("return window.__same_page === true").await,
+            json!(true)
+        );
 
         // A read-only token: no buttons, and its forged POST (with a valid CSRF token) refused.
         b.client
