@@ -160,8 +160,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/jobs/{id}/log.html", get(crate::ui::log_chunk))
         .route("/jobs/{id}/log/stream", get(crate::ui::log_stream))
         .route("/jobs/{id}/raw", get(crate::ui::log_raw))
-        .route("/jobs/{id}/retry", post(crate::ui::retry))
-        .route("/jobs/{id}/play", post(crate::ui::play));
+        .route("/jobs/{id}/{action}", post(crate::ui::job_action));
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

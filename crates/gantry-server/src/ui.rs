@@ -11,6 +11,8 @@
 //! (`Caller::writes`). Pages are sent with a Content-Security-Policy that allows only the UI's own
 //! script.
 
+use std::future::Future;
+
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -604,53 +606,56 @@ pub(crate) async fn log_raw(
     }
 }
 
-/// `POST /pipelines/{id}/cancel`, then back to the pipeline.
+/// A form's action: the CSRF token checked, then `act` (an API handler, which checks the token may
+/// change things), then `303` to the pipeline page it answers.
+async fn act<F>(s: &Session, body: &[u8], act: F) -> Response
+where
+    F: Future<Output = AppResult<i64>>,
+{
+    let r = async {
+        check_csrf(s, body)?;
+        let pipeline = act.await?;
+        Ok(see_other(&format!("/pipelines/{pipeline}")))
+    };
+    answer(s, r.await)
+}
+
+/// `POST /pipelines/{id}/cancel`.
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     s: Session,
     PathParam(id): PathParam<i64>,
     RawBody(body): RawBody,
 ) -> Response {
-    let r = async {
-        check_csrf(&s, &body)?;
-        let _ =
-            crate::actions::cancel_pipeline(State(state), Caller::of_session(&s), PathParam(id))
-                .await?;
-        Ok(see_other(&format!("/pipelines/{id}")))
-    };
-    answer(&s, r.await)
+    let caller = Caller::of_session(&s);
+    act(&s, &body, async move {
+        crate::actions::cancel_pipeline(State(state), caller, PathParam(id))
+            .await
+            .map(|p| p.id)
+    })
+    .await
 }
 
-/// `POST /jobs/{id}/retry`, then back to the pipeline.
-pub(crate) async fn retry(
+/// `POST /jobs/{id}/retry` and `POST /jobs/{id}/play`.
+pub(crate) async fn job_action(
     State(state): State<AppState>,
     s: Session,
-    PathParam(id): PathParam<i64>,
+    PathParam((id, action)): PathParam<(i64, String)>,
     RawBody(body): RawBody,
 ) -> Response {
-    let r = async {
-        check_csrf(&s, &body)?;
-        let (_, job) =
-            crate::actions::retry_job(State(state), Caller::of_session(&s), PathParam(id)).await?;
-        Ok(see_other(&format!("/pipelines/{}", job.pipeline_id)))
-    };
-    answer(&s, r.await)
-}
-
-/// `POST /jobs/{id}/play`, then back to the pipeline.
-pub(crate) async fn play(
-    State(state): State<AppState>,
-    s: Session,
-    PathParam(id): PathParam<i64>,
-    RawBody(body): RawBody,
-) -> Response {
-    let r = async {
-        check_csrf(&s, &body)?;
-        let job =
-            crate::actions::play_job(State(state), Caller::of_session(&s), PathParam(id)).await?;
-        Ok(see_other(&format!("/pipelines/{}", job.pipeline_id)))
-    };
-    answer(&s, r.await)
+    let caller = Caller::of_session(&s);
+    act(&s, &body, async move {
+        match action.as_str() {
+            "retry" => crate::actions::retry_job(State(state), caller, PathParam(id))
+                .await
+                .map(|(_, j)| j.pipeline_id),
+            "play" => crate::actions::play_job(State(state), caller, PathParam(id))
+                .await
+                .map(|j| j.pipeline_id),
+            _ => Err(AppError::not_found("no such action")),
+        }
+    })
+    .await
 }
 
 impl Caller {

@@ -99,17 +99,6 @@ pub struct PipelineList {
     pub pages: i64,
 }
 
-const PIPELINE_STATUSES: [PipelineStatus; 8] = [
-    PipelineStatus::Created,
-    PipelineStatus::Pending,
-    PipelineStatus::Running,
-    PipelineStatus::Success,
-    PipelineStatus::Failed,
-    PipelineStatus::Canceled,
-    PipelineStatus::Skipped,
-    PipelineStatus::Manual,
-];
-
 fn short(sha: &str) -> &str {
     sha.get(..8).unwrap_or(sha)
 }
@@ -150,7 +139,7 @@ pub fn pipelines(viewer: &Viewer, list: &PipelineList) -> Markup {
                 label for="status" { "Status" }
                 select #status name="status" {
                     option value="" { "any" }
-                    @for s in PIPELINE_STATUSES {
+                    @for s in gantry_api::ALL_PIPELINE_STATUSES {
                         option value=(s) selected[list.status == Some(s)] { (s) }
                     }
                 }

@@ -10,6 +10,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use gantry_api::{JobStatus, PipelineStatus};
 use serde_json::{Value, json};
@@ -112,6 +113,16 @@ impl Browser {
             .unwrap_or_else(|e| panic!("open {path}: {e}"));
     }
 
+    async fn click(&self, css: &str) {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
+            .click()
+            .await
+            .unwrap();
+    }
+
     async fn text(&self, css: &str) -> String {
         match self.client.find(Locator::Css(css)).await {
             Ok(e) => e.text().await.unwrap_or_default(),
@@ -148,13 +159,7 @@ impl Browser {
         self.open("/signin").await;
         let field = self.client.find(Locator::Css("#token")).await.unwrap();
         field.send_keys(token).await.unwrap();
-        self.client
-            .find(Locator::Css("form.signin button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        self.click("form.signin button").await;
     }
 
     /// Reloads until `css`'s text is `want`.
@@ -251,13 +256,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         b.screenshot("projects").await;
 
         // The project's pipelines: the title shown as text.
-        b.client
-            .find(Locator::LinkText("web"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("a[href='/projects/web']").await;
         until("the pipelines page", || async move {
             (b.text("h1").await == "web").then_some(())
         })
@@ -268,13 +267,8 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         b.screenshot("pipelines").await;
 
         // The pipeline: stages as columns, `needs` as edges.
-        b.client
-            .find(Locator::LinkText(&format!("#{id}")))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click(&format!("table.pipelines a[href='/pipelines/{id}']"))
+            .await;
         until("the pipeline page", || async move {
             b.text("h1")
                 .await
@@ -320,6 +314,12 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         assert_eq!(b.text("[data-job=deploy] .stext").await, "manual");
         assert_eq!(b.text(".facts .title").await, XSS_TITLE);
         b.assert_no_script_ran().await;
+        // A 1280×720 window holds the page without sideways scrolling.
+        assert_eq!(
+            b.js("return document.documentElement.scrollWidth <= window.innerWidth")
+                .await,
+            json!(true)
+        );
         b.screenshot("pipeline").await;
 
         // The log: the payload is text, nothing ran.
@@ -356,7 +356,8 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
             Some("false")
         );
         assert!(tog.text().await.unwrap().contains("Release notes"));
-        tog.click().await.unwrap();
+        // By keyboard: the header is a button.
+        tog.send_keys(&Key::Enter.to_string()).await.unwrap();
         assert_eq!(b.js(folded).await, json!(false));
 
         // The other pages.
@@ -369,13 +370,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
 
         // Play the manual job; the page follows it without a reload.
         b.open(&format!("/pipelines/{id}")).await;
-        b.client
-            .find(Locator::Css("button[aria-label='Play deploy']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("button[aria-label='Play deploy']").await;
         until("the pipeline page again", || async move {
             (b.text("[data-job=deploy] .stext").await == "running").then_some(())
         })
@@ -392,13 +387,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         );
 
         // A read-only token: no buttons, and its forged POST (with a valid CSRF token) refused.
-        b.client
-            .find(Locator::Css("form[action='/signout'] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("form[action='/signout'] button").await;
         until("the sign-in page", || async move {
             (b.client.current_url().await.ok()?.path() == "/signin").then_some(())
         })
@@ -477,13 +466,7 @@ fn follows_a_running_log_live_and_cancels() {
         b.screenshot("live-log").await;
 
         b.open(&format!("/pipelines/{id}")).await;
-        b.client
-            .find(Locator::Css("button[aria-label='Cancel pipeline']"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click("button[aria-label='Cancel pipeline']").await;
         b.reload_until(&format!("/pipelines/{id}"), "h1 .stext", "canceled")
             .await;
     });
