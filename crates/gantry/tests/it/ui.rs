@@ -233,9 +233,11 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
     );
     assert_eq!(status, 201, "{body}");
     let viewer = body["token"].as_str().unwrap().to_string();
+    let viewer_id = body["id"].as_i64().unwrap();
 
-    runtime().block_on(async {
-        let owned = browser(&s.server.url).await;
+    let rt = runtime();
+    let owned = rt.block_on(browser(&s.server.url));
+    rt.block_on(async {
         let b = &owned;
 
         // A wrong token is refused; the admin token signs in.
@@ -418,6 +420,20 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
                 .await,
             403
         );
+    });
+    // Revoking the token ends its session at once.
+    let r = reqwest::blocking::Client::new()
+        .delete(format!(
+            "{}/api/v1/projects/web/tokens/{viewer_id}",
+            s.server.url.trim_end_matches('/')
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    rt.block_on(async {
+        owned.open(&format!("/pipelines/{id}")).await;
+        assert_eq!(owned.client.current_url().await.unwrap().path(), "/signin");
     });
     let p = api.pipeline(id);
     assert_eq!(job_named(&p, "build").attempt, 1, "{p:#?}");
