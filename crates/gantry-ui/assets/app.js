@@ -101,7 +101,18 @@
     function follow() {
       source = new EventSource("/jobs/" + id + "/log/stream?from=" + from);
       source.addEventListener("log", pull);
-      source.addEventListener("end", function () { pull(); });
+      source.addEventListener("end", function (ev) {
+        // The job is over: its status in the heading, as the server would render it.
+        try {
+          const status = JSON.parse(ev.data).status;
+          const badge = document.querySelector("h1 .badge");
+          if (badge && status) {
+            badge.className = "badge st-" + status;
+            badge.querySelector(".stext").textContent = status;
+          }
+        } catch (e) { /* keep the heading */ }
+        pull();
+      });
     }
 
     box.addEventListener("click", function (ev) {

@@ -539,6 +539,56 @@ mod tests {
     }
 
     #[test]
+    fn reports_show_failures_gates_and_findings_escaped() {
+        use gantry_api::reports::{
+            FailedCase, GateConditionResult, GateResult, TestsSummary, VulnerabilitiesSummary,
+        };
+        let r = ReportsSummary {
+            tests: Some(TestsSummary {
+                total: 3,
+                passed: 2,
+                failed: 1,
+                failures: vec![FailedCase {
+                    job: "unit".into(),
+                    suite: "s".into(),
+                    name: "<b>case</b>".into(),
+                    kind: "failure".into(),
+                    message: "expected <1>".into(),
+                }],
+                ..TestsSummary::default()
+            }),
+            vulnerabilities: Some(VulnerabilitiesSummary {
+                critical: 2,
+                ..VulnerabilitiesSummary::default()
+            }),
+            gates: vec![GateResult {
+                job_id: 1,
+                job: "gate".into(),
+                passed: false,
+                conditions: vec![GateConditionResult {
+                    metric: "coverage".into(),
+                    operator: ">=".into(),
+                    threshold: 80.0,
+                    actual: Some(71.5),
+                    passed: false,
+                    verdict: "71.5 < 80".into(),
+                }],
+                offenders: gantry_api::reports::GateOffenders::default(),
+            }],
+            ..ReportsSummary::default()
+        };
+        let html = reports(&viewer(true), &pipe(vec![]), &r).into_string();
+        assert!(html.contains("3 tests: 2 passed, 1 failed, 0 errors, 0 skipped"));
+        assert!(html.contains("&lt;b&gt;case&lt;/b&gt;") && html.contains("expected &lt;1&gt;"));
+        assert!(
+            html.contains("<td>coverage &gt;= 80</td><td>71.5</td>"),
+            "{html}"
+        );
+        assert!(html.contains("2 critical, 0 high"));
+        assert!(html.contains("No SARIF report."));
+    }
+
+    #[test]
     fn the_graph_draws_needs() {
         let mut test = job(2, "test", "test");
         test.needs = Some(vec!["build".into()]);
