@@ -589,6 +589,35 @@ mod tests {
     }
 
     #[test]
+    fn pipeline_pages_keep_their_filters() {
+        let mut p = pipe(vec![]);
+        p.status = PipelineStatus::Failed;
+        let list = PipelineList {
+            project: "web".into(),
+            rows: vec![PipelineRow {
+                pipeline: p,
+                title: Some("Fix <it>".into()),
+            }],
+            git_ref: Some("feature/a&b".into()),
+            status: Some(PipelineStatus::Failed),
+            page: 2,
+            pages: 3,
+        };
+        let html = pipelines(&viewer(true), &list).into_string();
+        assert!(
+            html.contains("href=\"?page=1&amp;ref=feature%2Fa%26b&amp;status=failed\""),
+            "{html}"
+        );
+        assert!(html.contains("href=\"?page=3&amp;ref=feature%2Fa%26b&amp;status=failed\""));
+        assert!(html.contains("Page 2 of 3"));
+        assert!(html.contains("<option value=\"failed\" selected>failed</option>"));
+        assert!(html.contains("value=\"feature/a&amp;b\""));
+        assert!(html.contains("<code>01234567</code> <span class=\"title\">Fix &lt;it&gt;</span>"));
+        // Nothing runs: no live refresh.
+        assert!(!html.contains("data-live"));
+    }
+
+    #[test]
     fn the_graph_draws_needs() {
         let mut test = job(2, "test", "test");
         test.needs = Some(vec!["build".into()]);
