@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,12 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Chromium runs in chromedriver's process group: the whole group goes, even when a failed
+    /// test never closed its session.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
         let _ = self.driver.wait();
     }
 }
@@ -49,6 +54,7 @@ async fn browser(server_url: &str) -> Browser {
         .port();
     let driver = Command::new("chromedriver")
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -58,7 +64,7 @@ async fn browser(server_url: &str) -> Browser {
         "args": [
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--window-size=1280,720",
+            "--window-size=1280,720", "--disable-crash-reporter",
         ]
     });
     if std::path::Path::new("/usr/bin/chromium").exists() {
@@ -434,6 +440,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
     rt.block_on(async {
         owned.open(&format!("/pipelines/{id}")).await;
         assert_eq!(owned.client.current_url().await.unwrap().path(), "/signin");
+        owned.client.clone().close().await.unwrap();
     });
     let p = api.pipeline(id);
     assert_eq!(job_named(&p, "build").attempt, 1, "{p:#?}");
@@ -485,6 +492,7 @@ fn follows_a_running_log_live_and_cancels() {
         b.click("button[aria-label='Cancel pipeline']").await;
         b.reload_until(&format!("/pipelines/{id}"), "h1 .stext", "canceled")
             .await;
+        owned.client.clone().close().await.unwrap();
     });
     assert_eq!(api.pipeline(id).status, PipelineStatus::Canceled);
 }
