@@ -488,10 +488,18 @@ fn follows_a_running_log_live_and_cancels() {
         );
         b.screenshot("live-log").await;
 
+        // While it runs, the pipeline list asks the script to refresh it.
+        b.open("/projects/live").await;
+        assert_eq!(b.text("table.pipelines .stext").await, "running");
+        assert_eq!(b.count("main[data-live]").await, 1);
+
         b.open(&format!("/pipelines/{id}")).await;
         b.click("button[aria-label='Cancel pipeline']").await;
         b.reload_until(&format!("/pipelines/{id}"), "h1 .stext", "canceled")
             .await;
+        b.open("/projects/live").await;
+        assert_eq!(b.text("table.pipelines .stext").await, "canceled");
+        assert_eq!(b.count("main[data-live]").await, 0);
         owned.client.clone().close().await.unwrap();
     });
     assert_eq!(api.pipeline(id).status, PipelineStatus::Canceled);
