@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian's package PACKAGE when COMMAND is missing, for the tests that need a tool:
-# `go` (golang-go) for examples/go-service, `prometheus` for gantry-release's verification tests.
+# `go` (golang-go) for examples/go-service, `prometheus` for gantry-release's verification tests,
+# `chromium` and `chromedriver` (chromium-driver) for the web UI's browser tests.
 # A no-op when COMMAND is on PATH. Progress goes to stderr.
 #   scripts/need.sh COMMAND PACKAGE
 set -euo pipefail

@@ -36,6 +36,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("gantry-release", &["gantry-pipeline"]),
     ("gantry-notify", &["gantry-pipeline", "gantry-api"]),
     ("gantry-store", &["gantry-api", "gantry-pipeline"]),
+    ("gantry-ui", &["gantry-api"]),
     (
         "gantry-server",
         &[
@@ -44,6 +45,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "gantry-pipeline",
             "gantry-reports",
             "gantry-notify",
+            "gantry-ui",
         ],
     ),
     (
@@ -75,6 +77,7 @@ const NO_IO: &[(&str, &[&str])] = &[
     ("gantry-pipeline", BANNED_IO),
     ("gantry-api", BANNED_IO),
     ("gantry-reports", BANNED_IO),
+    ("gantry-ui", BANNED_IO),
 ];
 
 /// What a crate that does no IO may not name: a path counts when it starts with one of these

@@ -207,6 +207,14 @@ impl FromRequestParts<AppState> for Caller {
         let Some(token) = bearer(&parts.headers) else {
             return Err(AppError::unauthorized("a token is required"));
         };
+        Caller::of_token(state, token).await
+    }
+}
+
+impl Caller {
+    /// The caller a token makes, read from the store on every call (revocation is immediate):
+    /// for the API's headers, and for the web UI's session cookie.
+    pub(crate) async fn of_token(state: &AppState, token: &str) -> AppResult<Caller> {
         if same(token, &state.config.admin_token.0) {
             return Ok(Caller::Admin);
         }

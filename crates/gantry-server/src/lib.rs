@@ -9,7 +9,7 @@
 //! Modules, in floors: imports point down (`cargo xtask imports gantry-server` prints them).
 //! - the top: this file (`serve`, the background tasks); `router`, the only module that names
 //!   handlers, with `openapi`; `conn`: the accept loop, with header-read and idle timeouts and a
-//!   connection cap;
+//!   connection cap; `ui`, the web UI, which calls the handlers' functions with a session's caller;
 //! - the handlers, one module per area, never importing each other: `admin` (projects), `tokens`,
 //!   `hooks` (webhooks, API triggers), `actions` (cancel, retry, play, approve), `read` (the read
 //!   API), `dispatch` (the agent protocol), `githttp` (the mirrors over git's smart HTTP), `health`;
@@ -63,6 +63,7 @@ mod spec;
 mod state;
 mod statuses;
 mod tokens;
+mod ui;
 mod views;
 
 pub use config::{Args, Config, LogFormat, Secret, WebhookBodyLimits};

@@ -13,9 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use gantry_api::reports::{CoverageTrendPoint, ReportsSummary};
-use gantry_api::{
-    Agent, Delivery, DeliveryStatus, ForgeKind, Job, JobStatus, Pipeline, PipelineStatus,
-};
+use gantry_api::{Agent, Delivery, Job, JobStatus, Pipeline, PipelineStatus};
 use gantry_store::PipelineFilter;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +21,8 @@ use crate::error::{AppError, AppResult};
 use crate::http::{Admin, Caller, PathParam, QueryParams};
 use crate::state::AppState;
 use crate::views::{
-    PageQuery, artifacts_body, job_api, load_job, load_pipeline, page_headers, pipeline_api,
+    PageQuery, artifacts_body, delivery_api, job_api, load_job, load_pipeline, page_headers,
+    pipeline_api,
 };
 
 /// The filters of the pipeline list.
@@ -97,32 +96,7 @@ pub(crate) async fn deliveries(
     let page = q.page()?;
     let project = state.project(&name).await?;
     let paged = state.store.deliveries(project.record.id, page).await?;
-    let items: Vec<Delivery> = paged
-        .items
-        .iter()
-        .map(|d| Delivery {
-            id: d.id,
-            forge: match d.forge.as_str() {
-                "gitlab" => ForgeKind::Gitlab,
-                "github" => ForgeKind::Github,
-                "gitea" => ForgeKind::Gitea,
-                "schedule" => ForgeKind::Schedule,
-                _ => ForgeKind::Api,
-            },
-            delivery_id: d.delivery_id.clone(),
-            event: d.event.clone(),
-            status: d.status,
-            reason: d.reason.clone(),
-            pipeline_id: d.pipeline_id,
-            received_at: crate::rfc3339(d.received_at),
-            attempts: d.attempts,
-            retry_at: d
-                .retry_at
-                .filter(|_| d.status == DeliveryStatus::Pending)
-                .map(crate::rfc3339),
-            last_error: d.last_error.clone(),
-        })
-        .collect();
+    let items: Vec<Delivery> = paged.items.iter().map(delivery_api).collect();
     Ok((page_headers(page, paged.total), Json(items)).into_response())
 }
 

@@ -1,4 +1,4 @@
-//! The router: every route with its handler, body limits, the middleware, and JSON errors for
+//! The router: every route with its handler (the API's, and the web UI's pages in `ui`), body limits, the middleware, and JSON errors for
 //! everything axum itself would answer in plain text (404, 405, panics). The only module, with
 //! `openapi`, that names handlers: handlers sit below it, and what they share below them.
 
@@ -169,7 +169,26 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/openapi.json", get(crate::openapi::document))
         .route("/metrics", get(crate::health::metrics))
         .route("/healthz", get(crate::health::healthz))
-        .route("/readyz", get(crate::health::readyz));
+        .route("/readyz", get(crate::health::readyz))
+        .route("/", get(crate::ui::projects))
+        .route(
+            "/signin",
+            get(crate::ui::signin_page).post(crate::ui::signin),
+        )
+        .route("/signout", post(crate::ui::signout))
+        .route("/assets/style.css", get(crate::ui::style))
+        .route("/assets/app.js", get(crate::ui::script))
+        .route("/agents", get(crate::ui::agents))
+        .route("/projects/{name}", get(crate::ui::pipelines))
+        .route("/projects/{name}/deliveries", get(crate::ui::deliveries))
+        .route("/pipelines/{id}", get(crate::ui::pipeline))
+        .route("/pipelines/{id}/reports", get(crate::ui::reports))
+        .route("/pipelines/{id}/cancel", post(crate::ui::cancel))
+        .route("/jobs/{id}", get(crate::ui::job))
+        .route("/jobs/{id}/log.html", get(crate::ui::log_chunk))
+        .route("/jobs/{id}/log/stream", get(crate::ui::log_stream))
+        .route("/jobs/{id}/raw", get(crate::ui::log_raw))
+        .route("/jobs/{id}/{action}", post(crate::ui::job_action));
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -5,8 +5,8 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue};
 use bytes::Bytes;
-use gantry_api::{Job, Pipeline, PipelineError};
-use gantry_store::{ArtifactsInfo, JobRecord, Page, PipelineRecord};
+use gantry_api::{Delivery, DeliveryStatus, ForgeKind, Job, Pipeline, PipelineError};
+use gantry_store::{ArtifactsInfo, DeliveryRecord, JobRecord, Page, PipelineRecord};
 use serde::Deserialize;
 
 use crate::error::{AppError, AppResult};
@@ -66,6 +66,32 @@ pub(crate) fn pipeline_api(p: &PipelineRecord) -> Pipeline {
         duration: duration(p.started_at, p.finished_at),
         fork: crate::spec::fork_of(&p.spec).map(|f| f.to_api()),
         jobs: crate::advance::latest(p).into_iter().map(job_api).collect(),
+    }
+}
+
+/// A stored delivery as the API shows it.
+pub(crate) fn delivery_api(d: &DeliveryRecord) -> Delivery {
+    Delivery {
+        id: d.id,
+        forge: match d.forge.as_str() {
+            "gitlab" => ForgeKind::Gitlab,
+            "github" => ForgeKind::Github,
+            "gitea" => ForgeKind::Gitea,
+            "schedule" => ForgeKind::Schedule,
+            _ => ForgeKind::Api,
+        },
+        delivery_id: d.delivery_id.clone(),
+        event: d.event.clone(),
+        status: d.status,
+        reason: d.reason.clone(),
+        pipeline_id: d.pipeline_id,
+        received_at: crate::rfc3339(d.received_at),
+        attempts: d.attempts,
+        retry_at: d
+            .retry_at
+            .filter(|_| d.status == DeliveryStatus::Pending)
+            .map(crate::rfc3339),
+        last_error: d.last_error.clone(),
     }
 }
 

@@ -15,6 +15,7 @@ mod proxy;
 mod real_world;
 mod rollback;
 mod server;
+mod ui;
 mod verify;
 
 use std::path::{Path, PathBuf};

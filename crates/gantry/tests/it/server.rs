@@ -350,7 +350,7 @@ impl Api {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    fn get_json(&self, path: &str) -> Value {
+    pub(crate) fn get_json(&self, path: &str) -> Value {
         let r = self.get(path);
         let status = r.status();
         let text = r.text().unwrap();
@@ -358,7 +358,7 @@ impl Api {
         serde_json::from_str(&text).unwrap()
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
@@ -487,7 +487,7 @@ impl Setup {
 
     /// The files `runs` and `release` in the setup's directory, and `template` with `{runs}` and
     /// `{release}` replaced by their paths.
-    fn runs_and_release(&self, template: &str) -> (PathBuf, PathBuf, String) {
+    pub(crate) fn runs_and_release(&self, template: &str) -> (PathBuf, PathBuf, String) {
         let runs = self.path().join("runs");
         let release = self.path().join("release");
         let yaml = template
@@ -1736,7 +1736,7 @@ fn trigger_accepted(api: &Api, project: &str) {
 }
 
 /// Waits, as `what`, until the file `runs` has `n` lines.
-fn wait_lines(runs: &Path, n: usize, what: &str) {
+pub(crate) fn wait_lines(runs: &Path, n: usize, what: &str) {
     wait_for(what, || (lines_of(runs).len() == n).then_some(()));
 }
 

@@ -1,0 +1,692 @@
+//! The web UI at `/`: the same data and operations as the API, as pages that `gantry-ui` renders.
+//!
+//! It sits beside the router, above the handlers: a request's session cookie becomes the API's
+//! [`Caller`] (the token is looked up on every request, as a header's is, so revocation is
+//! immediate), and the pages call the handlers' own functions (`read`, `actions`) or the shared
+//! `views`, so a page can see and do exactly what its token can through the API.
+//!
+//! *Must hold:* the session cookie is `HttpOnly`, `SameSite=Strict` and `Secure` over https; every
+//! `POST` but sign-in carries `csrf`, an HMAC of the session's token under the admin token, checked
+//! before anything happens; a read-only token's `POST` is refused by the handler it reaches
+//! (`Caller::writes`). Pages are sent with a Content-Security-Policy that allows only the UI's own
+//! script.
+
+use std::future::Future;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gantry_store::{Page, PipelineFilter};
+use gantry_ui::Markup;
+use gantry_ui::Viewer;
+use hmac::{Hmac, Mac as _};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::error::{AppError, AppResult};
+use crate::http::{Admin, Caller, PathParam, QueryParams, RawBody, same};
+use crate::state::AppState;
+use crate::views::{delivery_api, job_api, load_job, pipeline_api};
+
+/// The session cookie: the token itself, percent-encoded.
+const COOKIE: &str = "gantry_session";
+
+/// How much of a log one chunk of the log view renders, in bytes.
+const LOG_CHUNK: i64 = 256 * 1024;
+
+/// A signed-in request: its caller and what the pages show of it.
+pub(crate) struct Session {
+    caller: Caller,
+    viewer: Viewer,
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, Response> {
+        let Some(token) = cookie(&parts.headers) else {
+            return Err(see_other("/signin"));
+        };
+        match Caller::of_token(state, &token).await {
+            Ok(caller) => {
+                let viewer = Viewer {
+                    who: match &caller {
+                        Caller::Admin => "admin".to_string(),
+                        Caller::Project(t) => format!("{} ({})", t.name, t.project_name),
+                    },
+                    csrf: csrf(state, &token),
+                    can_write: caller.writes().is_ok(),
+                    admin: matches!(caller, Caller::Admin),
+                };
+                Ok(Session { caller, viewer })
+            }
+            // Revoked or expired: the cookie goes, and the user signs in again.
+            Err(e) if e.status == StatusCode::UNAUTHORIZED => {
+                let mut resp = see_other("/signin");
+                set_cookie(&mut resp, &format!("{COOKIE}=; Path=/; Max-Age=0"));
+                Err(resp)
+            }
+            Err(e) => Err(fail(None, e)),
+        }
+    }
+}
+
+/// The session token from the `Cookie` header.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+}
+
+/// The CSRF token of a session: HMAC-SHA256 of its token under the admin token, hex.
+fn csrf(state: &AppState, token: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(state.config.admin_token.0.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(b"gantry-ui-csrf\n");
+    mac.update(token.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Field `name` of a URL-encoded form body.
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    let body = std::str::from_utf8(body).ok()?;
+    body.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// `403` unless the form carries the session's CSRF token.
+fn check_csrf(s: &Session, body: &[u8]) -> AppResult<()> {
+    match form_field(body, "csrf") {
+        Some(t) if !s.viewer.csrf.is_empty() && same(&t, &s.viewer.csrf) => Ok(()),
+        _ => Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "the form is out of date or not from this site: reload the page and try again",
+        )),
+    }
+}
+
+/// A page, with the headers every page gets.
+fn html(status: StatusCode, m: &Markup) -> Response {
+    let mut resp = (status, m.0.clone()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// An error as a page.
+fn fail(viewer: Option<&Viewer>, e: AppError) -> Response {
+    html(
+        e.status,
+        &gantry_ui::error(viewer, e.status.as_u16(), &e.message),
+    )
+}
+
+/// `303 See Other` to `to`.
+fn see_other(to: &str) -> Response {
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+fn set_cookie(resp: &mut Response, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// A page of the signed-in user, or its error as a page.
+fn answer(s: &Session, r: AppResult<Response>) -> Response {
+    r.unwrap_or_else(|e| fail(Some(&s.viewer), e))
+}
+
+/// `GET /assets/style.css`.
+pub(crate) async fn style() -> Response {
+    asset("text/css; charset=utf-8", gantry_ui::STYLE)
+}
+
+/// `GET /assets/app.js`.
+pub(crate) async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", gantry_ui::SCRIPT)
+}
+
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// `GET /signin`.
+pub(crate) async fn signin_page() -> Response {
+    html(StatusCode::OK, &gantry_ui::signin(None))
+}
+
+/// `POST /signin`: a known token becomes the session cookie.
+pub(crate) async fn signin(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    let token = form_field(&body, "token").unwrap_or_default();
+    let token = token.trim();
+    match Caller::of_token(&state, token).await {
+        Ok(_) => {
+            let https = state
+                .config
+                .external_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https:"))
+                || headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+            let mut resp = see_other("/");
+            set_cookie(
+                &mut resp,
+                &format!(
+                    "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}",
+                    gantry_ui::enc(token),
+                    if https { "; Secure" } else { "" }
+                ),
+            );
+            resp
+        }
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => html(
+            StatusCode::UNAUTHORIZED,
+            &gantry_ui::signin(Some("This token is not known to the server")),
+        ),
+        Err(e) => fail(None, e),
+    }
+}
+
+/// `POST /signout`.
+pub(crate) async fn signout(s: Session, RawBody(body): RawBody) -> Response {
+    if let Err(e) = check_csrf(&s, &body) {
+        return fail(Some(&s.viewer), e);
+    }
+    let mut resp = see_other("/signin");
+    set_cookie(
+        &mut resp,
+        &format!("{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"),
+    );
+    resp
+}
+
+/// `GET /`: the projects the session sees, each with the last pipeline of its default branch.
+pub(crate) async fn projects(State(state): State<AppState>, s: Session) -> Response {
+    let r = async {
+        let mut rows = Vec::new();
+        for p in state.store.projects().await? {
+            if s.caller.project(&p.name).is_err() {
+                continue;
+            }
+            let default_branch = serde_json::from_str::<crate::spec::ProjectSpec>(&p.spec)
+                .map(|spec| spec.default_branch)
+                .unwrap_or_default();
+            let last = state
+                .store
+                .pipelines(
+                    p.id,
+                    &PipelineFilter {
+                        git_ref: Some(default_branch.clone()),
+                        status: None,
+                    },
+                    Page {
+                        page: 1,
+                        per_page: 1,
+                    },
+                )
+                .await?
+                .items
+                .first()
+                .map(pipeline_api);
+            rows.push(gantry_ui::ProjectRow {
+                name: p.name,
+                default_branch,
+                last,
+            });
+        }
+        Ok(html(StatusCode::OK, &gantry_ui::projects(&s.viewer, &rows)))
+    };
+    answer(&s, r.await)
+}
+
+/// The commit title a pipeline's predefined variables hold.
+fn commit_title(spec: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        predefined: Vec<gantry_pipeline::Variable>,
+    }
+    serde_json::from_str::<Doc>(spec)
+        .ok()?
+        .predefined
+        .into_iter()
+        .find(|v| v.key == "CI_COMMIT_TITLE")
+        .map(|v| v.value)
+        .filter(|t| !t.is_empty())
+}
+
+/// The pipeline list's query.
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    status: Option<String>,
+    page: Option<i64>,
+}
+
+const PER_PAGE: i64 = 20;
+
+fn page_of(n: Option<i64>) -> Page {
+    Page {
+        page: n.unwrap_or(1).clamp(1, 1_000_000),
+        per_page: PER_PAGE,
+    }
+}
+
+fn pages(total: i64) -> i64 {
+    (total + PER_PAGE - 1) / PER_PAGE
+}
+
+/// `GET /projects/{name}`: its pipelines, filtered by ref and status, a page at a time.
+pub(crate) async fn pipelines(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(name): PathParam<String>,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Response {
+    let r = async {
+        s.caller.project(&name)?;
+        let status = match q.status.as_deref().filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(
+                gantry_api::PipelineStatus::parse(v)
+                    .ok_or_else(|| AppError::bad_request(format!("unknown status `{v}`")))?,
+            ),
+        };
+        let git_ref = q.git_ref.filter(|r| !r.is_empty());
+        let project = state.project(&name).await?;
+        let page = page_of(q.page);
+        let paged = state
+            .store
+            .pipelines(
+                project.record.id,
+                &PipelineFilter {
+                    git_ref: git_ref.clone(),
+                    status,
+                },
+                page,
+            )
+            .await?;
+        let list = gantry_ui::PipelineList {
+            project: name,
+            rows: paged
+                .items
+                .iter()
+                .map(|p| gantry_ui::PipelineRow {
+                    pipeline: pipeline_api(p),
+                    title: commit_title(&p.spec),
+                })
+                .collect(),
+            git_ref,
+            status,
+            page: page.page,
+            pages: pages(paged.total),
+        };
+        Ok(html(
+            StatusCode::OK,
+            &gantry_ui::pipelines(&s.viewer, &list),
+        ))
+    };
+    answer(&s, r.await)
+}
+
+/// The deliveries page's query.
+#[derive(Deserialize)]
+pub(crate) struct PageOnly {
+    page: Option<i64>,
+}
+
+/// `GET /projects/{name}/deliveries`.
+pub(crate) async fn deliveries(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(name): PathParam<String>,
+    QueryParams(q): QueryParams<PageOnly>,
+) -> Response {
+    let r = async {
+        s.caller.project(&name)?;
+        let project = state.project(&name).await?;
+        let page = page_of(q.page);
+        let paged = state.store.deliveries(project.record.id, page).await?;
+        let list: Vec<_> = paged.items.iter().map(delivery_api).collect();
+        Ok(html(
+            StatusCode::OK,
+            &gantry_ui::deliveries(&s.viewer, &name, &list, page.page, pages(paged.total)),
+        ))
+    };
+    answer(&s, r.await)
+}
+
+/// `GET /pipelines/{id}`.
+pub(crate) async fn pipeline(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(id): PathParam<i64>,
+) -> Response {
+    let r = async {
+        s.caller.pipeline(&state, id).await?;
+        let Some(p) = state.store.pipeline(id).await? else {
+            return Err(AppError::not_found(format!("no pipeline {id}")));
+        };
+        let title = commit_title(&p.spec);
+        let page = gantry_ui::pipeline(&s.viewer, &pipeline_api(&p), title.as_deref());
+        Ok(html(StatusCode::OK, &page))
+    };
+    answer(&s, r.await)
+}
+
+/// `GET /pipelines/{id}/reports`.
+pub(crate) async fn reports(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(id): PathParam<i64>,
+) -> Response {
+    let r = async {
+        let caller = Caller::of_session(&s);
+        let reports = crate::read::pipeline_reports(State(state.clone()), caller, PathParam(id))
+            .await?
+            .0;
+        let p = crate::views::load_pipeline(&state, id).await?;
+        Ok(html(
+            StatusCode::OK,
+            &gantry_ui::reports(&s.viewer, &p, &reports),
+        ))
+    };
+    answer(&s, r.await)
+}
+
+/// `GET /agents`: for the admin.
+pub(crate) async fn agents(State(state): State<AppState>, s: Session) -> Response {
+    let r = async {
+        if !s.viewer.admin {
+            return Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "the agents are shown to the admin only",
+            ));
+        }
+        let list = crate::read::agents(State(state), Admin).await?.0;
+        Ok(html(StatusCode::OK, &gantry_ui::agents(&s.viewer, &list)))
+    };
+    answer(&s, r.await)
+}
+
+/// `GET /jobs/{id}`.
+pub(crate) async fn job(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(id): PathParam<i64>,
+) -> Response {
+    let r = async {
+        s.caller.job(&state, id).await?;
+        let job = job_api(&load_job(&state, id).await?);
+        let project = state
+            .store
+            .pipeline_head(job.pipeline_id)
+            .await?
+            .map(|p| p.project_name)
+            .unwrap_or_default();
+        Ok(html(
+            StatusCode::OK,
+            &gantry_ui::job(&s.viewer, &project, &job),
+        ))
+    };
+    answer(&s, r.await)
+}
+
+/// Where the log view is: a byte offset at a line's start, and that line's number.
+#[derive(Deserialize)]
+pub(crate) struct LogQuery {
+    #[serde(default)]
+    from: i64,
+    #[serde(default = "first_line")]
+    line: u64,
+}
+
+fn first_line() -> u64 {
+    1
+}
+
+/// `GET /jobs/{id}/log.html?from=OFFSET&line=N`: the whole lines of up to `LOG_CHUNK` bytes of the
+/// log from `from`, rendered; `X-Next-From` and `X-Next-Line` say where the next chunk starts, and
+/// `X-Done: 1` that the job is over and its log all shown.
+pub(crate) async fn log_chunk(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(id): PathParam<i64>,
+    QueryParams(q): QueryParams<LogQuery>,
+) -> Response {
+    let r = async {
+        s.caller.job(&state, id).await?;
+        let job = load_job(&state, id).await?;
+        let from = q.from.clamp(0, job.log_size);
+        let end = (from + LOG_CHUNK).min(job.log_size);
+        let bytes = if end > from {
+            state.store.read_log(id, from, end).await?
+        } else {
+            Vec::new()
+        };
+        let over = job.status.is_final();
+        let all = end == job.log_size;
+        let mut chunk = gantry_ui::log::render(&bytes, q.line, over && all);
+        if chunk.consumed == 0 && i64::try_from(bytes.len()).unwrap_or(0) == LOG_CHUNK {
+            // One line longer than a chunk: shown in pieces.
+            chunk = gantry_ui::log::render(&bytes, q.line, true);
+        }
+        let next = from + i64::try_from(chunk.consumed).unwrap_or(0);
+        let mut resp = (StatusCode::OK, chunk.html).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        for (k, v) in [
+            ("x-next-from", next.to_string()),
+            ("x-next-line", chunk.next_line.to_string()),
+            (
+                "x-done",
+                if over && next == job.log_size {
+                    "1"
+                } else {
+                    "0"
+                }
+                .to_string(),
+            ),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(k, v);
+            }
+        }
+        Ok(resp)
+    };
+    answer(&s, r.await)
+}
+
+/// Where the live log resumes.
+#[derive(Deserialize)]
+pub(crate) struct StreamQuery {
+    #[serde(default)]
+    from: i64,
+}
+
+/// `GET /jobs/{id}/log/stream?from=OFFSET`: the API's live log stream, resuming at `from`.
+pub(crate) async fn log_stream(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(id): PathParam<i64>,
+    QueryParams(q): QueryParams<StreamQuery>,
+    mut headers: HeaderMap,
+) -> Response {
+    if !headers.contains_key("last-event-id") {
+        if let Ok(v) = HeaderValue::from_str(&q.from.max(0).to_string()) {
+            headers.insert("last-event-id", v);
+        }
+    }
+    let caller = Caller::of_session(&s);
+    match crate::read::job_log_stream(State(state), caller, PathParam(id), headers).await {
+        Ok(sse) => sse.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /jobs/{id}/raw`: the API's plain log, as a download.
+pub(crate) async fn log_raw(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(id): PathParam<i64>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = Caller::of_session(&s);
+    match crate::read::job_log(State(state), caller, PathParam(id), headers).await {
+        Ok(mut resp) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"job-{id}.log\""))
+            {
+                resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+            }
+            resp
+        }
+        Err(e) => fail(Some(&s.viewer), e),
+    }
+}
+
+/// A form's action: the CSRF token checked, then `act` (an API handler, which checks the token may
+/// change things), then `303` to the pipeline page it answers.
+async fn act<F>(s: &Session, body: &[u8], act: F) -> Response
+where
+    F: Future<Output = AppResult<i64>>,
+{
+    let r = async {
+        check_csrf(s, body)?;
+        let pipeline = act.await?;
+        Ok(see_other(&format!("/pipelines/{pipeline}")))
+    };
+    answer(s, r.await)
+}
+
+/// `POST /pipelines/{id}/cancel`.
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(id): PathParam<i64>,
+    RawBody(body): RawBody,
+) -> Response {
+    let caller = Caller::of_session(&s);
+    act(&s, &body, async move {
+        crate::actions::cancel_pipeline(State(state), caller, PathParam(id))
+            .await
+            .map(|p| p.id)
+    })
+    .await
+}
+
+/// `POST /jobs/{id}/retry` and `POST /jobs/{id}/play`.
+pub(crate) async fn job_action(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam((id, action)): PathParam<(i64, String)>,
+    RawBody(body): RawBody,
+) -> Response {
+    let caller = Caller::of_session(&s);
+    act(&s, &body, async move {
+        match action.as_str() {
+            "retry" => crate::actions::retry_job(State(state), caller, PathParam(id))
+                .await
+                .map(|(_, j)| j.pipeline_id),
+            "play" => crate::actions::play_job(State(state), caller, PathParam(id))
+                .await
+                .map(|j| j.pipeline_id),
+            _ => Err(AppError::not_found("no such action")),
+        }
+    })
+    .await
+}
+
+impl Caller {
+    /// The session's caller, for a handler that takes one by value.
+    fn of_session(s: &Session) -> Caller {
+        match &s.caller {
+            Caller::Admin => Caller::Admin,
+            Caller::Project(t) => Caller::Project(t.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_and_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; gantry_session=gpt_x%3By; b=2"),
+        );
+        assert_eq!(cookie(&h).as_deref(), Some("gpt_x;y"));
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("gantry_session="));
+        assert_eq!(cookie(&h), None);
+        assert_eq!(
+            form_field(b"token=a%2Bb+c&csrf=z", "token").as_deref(),
+            Some("a+b c")
+        );
+        assert_eq!(form_field(b"token=a", "csrf"), None);
+    }
+}
