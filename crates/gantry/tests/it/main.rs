@@ -4,6 +4,7 @@ mod buildyml;
 mod cli;
 mod deployments;
 mod docker;
+mod drill;
 mod firstrun;
 mod gates;
 mod includes;

@@ -10,13 +10,13 @@ use serde_json::{Value, json};
 use crate::{Repo, Run};
 
 /// A local HTTP server that answers `200` to every request and keeps the bodies of the requests.
-struct Recorder {
+pub(crate) struct Recorder {
     port: u16,
     bodies: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Recorder {
-    fn start() -> Recorder {
+    pub(crate) fn start() -> Recorder {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -50,11 +50,11 @@ impl Recorder {
         Recorder { port, bodies }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook/TOKEN", self.port)
     }
 
-    fn bodies(&self) -> Vec<Value> {
+    pub(crate) fn bodies(&self) -> Vec<Value> {
         self.bodies.lock().unwrap().clone()
     }
 }

@@ -38,7 +38,7 @@ fn gantry() -> Command {
 }
 
 /// Polls `f` until it gives a value, or fails the test with `what` after [`DEADLINE`].
-fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
     wait_within(DEADLINE, what, f)
 }
 
@@ -350,7 +350,7 @@ impl Api {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
-    fn get_json(&self, path: &str) -> Value {
+    pub(crate) fn get_json(&self, path: &str) -> Value {
         let r = self.get(path);
         let status = r.status();
         let text = r.text().unwrap();
@@ -358,7 +358,7 @@ impl Api {
         serde_json::from_str(&text).unwrap()
     }
 
-    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let r = self
             .http
             .post(format!("{}{path}", self.url))
@@ -504,7 +504,7 @@ impl Setup {
     }
 
     /// Adds project `name` on `repo`.
-    fn add(&self, name: &str, repo: &Repo) -> Api {
+    pub(crate) fn add(&self, name: &str, repo: &Repo) -> Api {
         let api = Api::new(&self.server);
         api.add_project(name, repo.path());
         api
