@@ -5,7 +5,10 @@
 //! - `deployments/<environment>.json`: that environment's [`Deployment`]s, oldest first (the
 //!   name is encoded so that `review/x` is one file name);
 //! - `deployments/last-id`: the last id given, so ids increase per project directory;
-//! - `deployments/.lock`: held while one writer reads and rewrites a file.
+//! - `deployments/.lock`: held while one writer reads and rewrites a file;
+//! - `deployments/snapshots/<id>/<job-slug>/`: the artifact store entries deployment `id` used
+//!   (hard links where possible), so that a rollback to it re-deploys exactly those; kept for the
+//!   last [`KEEP_SNAPSHOTS`] successful deployments of each environment.
 //!
 //! Every write replaces its file atomically (write a temporary file, then rename), under an
 //! exclusive lock on `.lock`, so two `gantry run` in one directory never lose a record.
@@ -21,6 +24,9 @@ use crate::Measurement;
 
 /// The directory, under a state directory, that holds the records.
 pub const DIR: &str = "deployments";
+
+/// How many successful deployments of one environment keep their artifact snapshot.
+pub const KEEP_SNAPSHOTS: usize = 10;
 
 /// How a deployment stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +112,17 @@ pub struct NewDeployment {
     pub artifacts: Vec<String>,
     /// When it started, RFC 3339 in UTC.
     pub started_at: String,
+    /// The deployment this one rolls back, when it is a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+    /// Whether the working tree had uncommitted changes when it deployed (a rollback to it
+    /// re-deploys its commit as committed).
+    #[serde(default)]
+    pub dirty: bool,
+    /// The job's `rollback_script`, run in place of a re-deploy when this deployment is rolled
+    /// back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollback_script: Vec<String>,
 }
 
 /// A recorded deployment.
@@ -124,6 +141,9 @@ pub struct Deployment {
     /// Its verification's measurements, in the order they were taken.
     #[serde(default)]
     pub measurements: Vec<StepMeasurement>,
+    /// The rollback that replaced it, once it is [`DeploymentStatus::RolledBack`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_by: Option<u64>,
 }
 
 /// An environment and its last deployment.
@@ -203,6 +223,7 @@ impl History {
             spec,
             finished_at: None,
             measurements: Vec::new(),
+            rolled_back_by: None,
         };
         let mut all = self.read(&deployment.spec.environment)?;
         all.push(deployment.clone());
@@ -253,6 +274,94 @@ impl History {
             d.finished_at = Some(finished_at);
             d.measurements = measurements;
         })
+    }
+
+    /// Marks deployment `id` of `environment` rolled back by deployment `by`, in one atomic write.
+    ///
+    /// # Errors
+    /// As [`History::update`].
+    pub fn mark_rolled_back(
+        &self,
+        environment: &str,
+        id: u64,
+        by: u64,
+    ) -> Result<Deployment, Error> {
+        self.update(environment, id, |d| {
+            d.status = DeploymentStatus::RolledBack;
+            d.rolled_back_by = Some(by);
+        })
+    }
+
+    /// Deployment `id` of `environment`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownDeployment`] when there is none; or when the records cannot be read.
+    pub fn get(&self, environment: &str, id: u64) -> Result<Deployment, Error> {
+        self.read(environment)?
+            .into_iter()
+            .find(|d| d.id == id)
+            .ok_or_else(|| Error::UnknownDeployment {
+                environment: environment.to_string(),
+                id,
+            })
+    }
+
+    /// The deployment a rollback of deployment `from` of `environment` goes back to by default:
+    /// the newest earlier one that succeeded ([`previous_success`]); `None` when there is none.
+    ///
+    /// # Errors
+    /// When the records cannot be read.
+    pub fn target(&self, environment: &str, from: u64) -> Result<Option<Deployment>, Error> {
+        Ok(previous_success(&self.read(environment)?, from).cloned())
+    }
+
+    /// Where deployment `id`'s artifact snapshot is: one artifact store entry per job slug.
+    #[must_use]
+    pub fn snapshot_dir(&self, id: u64) -> PathBuf {
+        self.dir.join("snapshots").join(id.to_string())
+    }
+
+    /// Snapshots the artifact store entries `entries` (directories, each kept under its own file
+    /// name) for deployment `id`: hard links where possible, else copies. Entries that do not
+    /// exist are left out.
+    ///
+    /// # Errors
+    /// When a file cannot be linked or copied.
+    pub fn snapshot(&self, id: u64, entries: &[PathBuf]) -> Result<(), Error> {
+        let dir = self.snapshot_dir(id);
+        for entry in entries.iter().filter(|e| e.is_dir()) {
+            let Some(name) = entry.file_name() else {
+                continue;
+            };
+            link_tree(entry, &dir.join(name))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the artifact snapshots of `environment`'s deployments except those of the
+    /// [`KEEP_SNAPSHOTS`] newest successful ones and of the running ones.
+    ///
+    /// # Errors
+    /// When the records cannot be read or a snapshot cannot be removed.
+    pub fn prune_snapshots(&self, environment: &str) -> Result<(), Error> {
+        let mut all = self.read(environment)?;
+        all.sort_by_key(|d| std::cmp::Reverse(d.id));
+        let mut kept = 0;
+        for d in &all {
+            let keep = match d.status {
+                DeploymentStatus::Running => true,
+                DeploymentStatus::Success => {
+                    kept += 1;
+                    kept <= KEEP_SNAPSHOTS
+                }
+                _ => false,
+            };
+            let dir = self.snapshot_dir(d.id);
+            if !keep && dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|source| io(&dir, source))?;
+            }
+        }
+        Ok(())
     }
 
     /// The deployments to `environment`, newest first.
@@ -381,6 +490,26 @@ fn file_name(environment: &str) -> String {
     out
 }
 
+/// Makes `to` a copy of the tree `from`: directories made, files hard-linked (copied where a
+/// link cannot be made), symbolic links made again.
+pub fn link_tree(from: &Path, to: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(to).map_err(|source| io(to, source))?;
+    for entry in std::fs::read_dir(from).map_err(|source| io(from, source))? {
+        let entry = entry.map_err(|source| io(from, source))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(|source| io(&src, source))?;
+        if kind.is_dir() {
+            link_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|source| io(&src, source))?;
+            std::os::unix::fs::symlink(target, &dst).map_err(|source| io(&dst, source))?;
+        } else if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst).map_err(|source| io(&dst, source))?;
+        }
+    }
+    Ok(())
+}
+
 fn read_file(path: &Path) -> Result<Vec<Deployment>, Error> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
@@ -431,6 +560,9 @@ mod tests {
             }],
             artifacts: vec!["build".into()],
             started_at: "2026-01-01T00:00:00Z".into(),
+            rollback_of: None,
+            dirty: false,
+            rollback_script: Vec::new(),
         }
     }
 
@@ -582,6 +714,7 @@ mod tests {
             spec: spec("p", "j"),
             finished_at: None,
             measurements: Vec::new(),
+            rolled_back_by: None,
         };
         let h = [
             d(1, DeploymentStatus::Success),
@@ -592,6 +725,80 @@ mod tests {
         assert_eq!(previous_success(&h, 4).map(|d| d.id), Some(2));
         assert_eq!(previous_success(&h, 2).map(|d| d.id), Some(1));
         assert_eq!(previous_success(&h, 1), None);
+    }
+
+    /// A deployment to production that ended `status`, with `snapshot` as its artifacts.
+    fn ended(h: &History, status: DeploymentStatus, snapshot: &[PathBuf]) -> Deployment {
+        let d = h.start(spec("production", "deploy")).unwrap();
+        h.snapshot(d.id, snapshot).unwrap();
+        h.finish("production", d.id, status, now(), Vec::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_rollback_marks_what_it_replaced_and_finds_its_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::new(tmp.path());
+        let v1 = ended(&h, DeploymentStatus::Success, &[]);
+        let v2 = h.start(spec("production", "deploy")).unwrap();
+        assert_eq!(
+            h.target("production", v2.id).unwrap().map(|d| d.id),
+            Some(v1.id)
+        );
+        assert_eq!(h.target("production", v1.id).unwrap(), None);
+        let rollback = h
+            .start(NewDeployment {
+                rollback_of: Some(v2.id),
+                ..spec("production", "deploy")
+            })
+            .unwrap();
+        let marked = h
+            .mark_rolled_back("production", v2.id, rollback.id)
+            .unwrap();
+        assert_eq!(marked.status, DeploymentStatus::RolledBack);
+        let again = h.get("production", v2.id).unwrap();
+        assert_eq!(again.rolled_back_by, Some(rollback.id));
+        let json = serde_json::to_value(h.get("production", rollback.id).unwrap()).unwrap();
+        assert_eq!(json["rollback_of"], v2.id);
+        assert_eq!(json["dirty"], false);
+        assert!(matches!(
+            h.get("production", 99),
+            Err(Error::UnknownDeployment { id: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn snapshots_link_the_entries_and_only_recent_successes_keep_theirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("artifacts").join("build");
+        std::fs::create_dir_all(store.join("files")).unwrap();
+        std::fs::write(store.join("files").join("app.bin"), "v1").unwrap();
+        let h = History::new(tmp.path());
+        let entries = [store.clone(), tmp.path().join("absent")];
+        let ids: Vec<u64> = (0..=KEEP_SNAPSHOTS)
+            .map(|_| ended(&h, DeploymentStatus::Success, &entries).id)
+            .collect();
+        let failed = ended(&h, DeploymentStatus::Failed, &entries);
+        // A newer run replaces the store's entry: the snapshot keeps what the deployment used.
+        std::fs::remove_file(store.join("files").join("app.bin")).unwrap();
+        std::fs::write(store.join("files").join("app.bin"), "v2").unwrap();
+        let first = h
+            .snapshot_dir(ids[1])
+            .join("build")
+            .join("files")
+            .join("app.bin");
+        assert_eq!(std::fs::read_to_string(first).unwrap(), "v1");
+        assert!(!h.snapshot_dir(ids[1]).join("absent").exists());
+        h.prune_snapshots("production").unwrap();
+        assert!(
+            !h.snapshot_dir(ids[0]).exists(),
+            "the 11th newest success is pruned"
+        );
+        assert!(
+            !h.snapshot_dir(failed.id).exists(),
+            "a failed deployment's is pruned"
+        );
+        assert!(ids[1..].iter().all(|&id| h.snapshot_dir(id).exists()));
     }
 
     #[test]

@@ -55,6 +55,8 @@ enum Command {
     /// Show the environments of this project directory and their deployments (`gantry run`'s).
     #[command(subcommand)]
     Env(crate::deploys::EnvCommand),
+    /// Roll an environment of this project directory back: re-deploy an earlier deployment.
+    Rollback(crate::rollback::RollbackArgs),
 }
 
 /// `gantry agent`: runs an agent, unless a subcommand is given.
@@ -203,6 +205,7 @@ pub fn main() -> Result<u8> {
         }
         Command::Project(command) => crate::remote::main(command),
         Command::Env(command) => crate::deploys::main(&command),
+        Command::Rollback(args) => crate::rollback::main(&args),
     }
 }
 
@@ -231,14 +234,28 @@ fn project_dir(common: &Common) -> Result<PathBuf> {
 }
 
 /// Everything compiled for one invocation.
-struct Prepared {
-    dir: PathBuf,
+pub(crate) struct Prepared {
+    pub(crate) dir: PathBuf,
     /// The pipeline file, relative to `dir`.
-    file: String,
-    state_dir: PathBuf,
-    compiled: Compiled,
+    pub(crate) file: String,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) compiled: Compiled,
     /// The project's files, listed once and shared by the compiler and the runtime.
-    files: Vec<String>,
+    pub(crate) files: Vec<String>,
+}
+
+/// What a pipeline is compiled from: a project directory, its pipeline file and git facts, the
+/// state directory (for the include cache), and the invocation's settings.
+pub(crate) struct Source {
+    pub(crate) dir: PathBuf,
+    pub(crate) file: String,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) repo: crate::git::RepoInfo,
+    pub(crate) gitlab_url: Option<String>,
+    pub(crate) offline: bool,
+    pub(crate) pipeline_source: String,
+    pub(crate) pipeline_id: u64,
+    pub(crate) cli_variables: Vec<Variable>,
 }
 
 fn prepare(
@@ -255,6 +272,32 @@ fn prepare(
         Some(id) => id,
         None => next_pipeline_id(&state_dir)?,
     };
+    compile_source(Source {
+        dir,
+        file,
+        state_dir,
+        repo,
+        gitlab_url: common.gitlab_url.clone(),
+        offline: common.offline,
+        pipeline_source: source.to_string(),
+        pipeline_id,
+        cli_variables: cli_vars,
+    })
+}
+
+/// Compiles the pipeline of `src`, fetching the remote includes it asks for.
+pub(crate) fn compile_source(src: Source) -> Result<Prepared> {
+    let Source {
+        dir,
+        file,
+        state_dir,
+        repo,
+        gitlab_url,
+        offline,
+        pipeline_source,
+        pipeline_id,
+        cli_variables,
+    } = src;
     let mut ctx = Context {
         file,
         project_dir: dir.to_string_lossy().into_owned(),
@@ -263,14 +306,14 @@ fn prepare(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         git: repo.facts,
-        pipeline_source: source.to_string(),
+        pipeline_source,
         pipeline_id,
-        cli_variables: cli_vars,
+        cli_variables,
         server_url: None,
     };
     let opts = match crate::includes::Options::new(
-        common.gitlab_url.as_deref(),
-        common.offline,
+        gitlab_url.as_deref(),
+        offline,
         &ctx.cli_variables,
         &ctx,
         &|k| std::env::var(k).ok(),
@@ -320,7 +363,7 @@ fn prepare(
 /// The pipeline file to read, relative to the project directory `dir`: `--file`, else
 /// `.gitlab-ci.yml`, else a `build.yml`. A missing one is an error that says where it was looked
 /// for and what to do.
-fn pipeline_file(given: Option<&str>, dir: &Path) -> Result<String> {
+pub(crate) fn pipeline_file(given: Option<&str>, dir: &Path) -> Result<String> {
     const DEFAULT: &str = ".gitlab-ci.yml";
     const BUILD_YML: &str = "build.yml";
     let name = match given {
@@ -380,7 +423,7 @@ fn convert(args: &ConvertArgs) -> u8 {
 }
 
 /// Creates `.gantry/` (ignored by git through its own `.gitignore`) and returns the next pipeline id.
-fn next_pipeline_id(state_dir: &Path) -> Result<u64> {
+pub(crate) fn next_pipeline_id(state_dir: &Path) -> Result<u64> {
     ensure_state_dir(state_dir)?;
     let path = state_dir.join("pipeline-id");
     let last: u64 = std::fs::read_to_string(&path)
@@ -796,8 +839,39 @@ fn execute(
         (_, Some(j)) => j.clone(),
         _ => unreachable!("one output is always chosen"),
     };
-    let reporter =
-        crate::deploys::Recorder::wrap(reporter, plan, &config.selected, &prepared.state_dir);
+    let pending = Arc::new(crate::rollback::Pending::default());
+    let hooks = Arc::new(crate::rollback::Context {
+        runtime: rt.handle().clone(),
+        project_dir: prepared.dir.clone(),
+        state_dir: prepared.state_dir.clone(),
+        file: prepared.file.clone(),
+        gitlab_url: args.common.gitlab_url.clone(),
+        offline: args.common.offline,
+        variables: plan.cli_variables.clone(),
+        scoped: plan.scoped_variables.clone(),
+        pipeline_id: config.pipeline_id,
+        executor: executor.clone(),
+        face: match (&human, &json) {
+            (Some(h), _) => crate::rollback::Face::Human(h.clone()),
+            (_, Some(j)) => crate::rollback::Face::Json(j.clone()),
+            _ => unreachable!("one output is always chosen"),
+        },
+        cancel: cancel_rx.clone(),
+        pending: pending.clone(),
+        notifier: Some(crate::notify::Notifier::new(
+            &prepared.compiled.notify,
+            plan,
+            &prepared.dir,
+            json.clone(),
+        )),
+    });
+    let reporter = crate::deploys::Recorder::wrap(
+        reporter,
+        plan,
+        &config.selected,
+        &prepared.state_dir,
+        Some(hooks),
+    );
     let result = rt.block_on(async {
         let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = interrupted.clone();
@@ -831,10 +905,16 @@ fn execute(
             })
         };
         let r = gantry_runtime::run(plan, config, executor, reporter, cancel_rx).await;
+        // Rollbacks started by failed verifications, and deployment notifications.
+        let rollbacks_ok = pending.wait().await;
         flusher.abort();
-        (r, interrupted.load(std::sync::atomic::Ordering::SeqCst))
+        (
+            r,
+            interrupted.load(std::sync::atomic::Ordering::SeqCst),
+            rollbacks_ok,
+        )
     });
-    let (result, interrupted) = result;
+    let (result, interrupted, rollbacks_ok) = result;
     if let Some(h) = &human {
         h.summary();
     }
@@ -850,7 +930,7 @@ fn execute(
             &result,
             &prepared.state_dir,
             &prepared.dir,
-            json.as_deref(),
+            json.clone(),
         );
     }
     rt.shutdown_timeout(Duration::from_millis(100));
@@ -858,6 +938,8 @@ fn execute(
         return Ok(EXIT_INTERRUPTED);
     }
     Ok(match result.status {
+        // A failed rollback fails the command even when its deploy job was allowed to fail.
+        gantry_runtime::PipelineStatus::Success if !rollbacks_ok => EXIT_FAILED,
         gantry_runtime::PipelineStatus::Success => EXIT_OK,
         gantry_runtime::PipelineStatus::Failed => EXIT_FAILED,
         gantry_runtime::PipelineStatus::Canceled => EXIT_INTERRUPTED,

@@ -5,6 +5,10 @@
 //! (`gantry_release::history`); it collects the job's `verify` measurements; when the job
 //! finishes it records the status. As in GitLab, `stop`, `prepare`, `verify` and `access` record
 //! no deployment. A record that cannot be written is a warning: it never fails the pipeline.
+//! When a deployment starts, the artifact store entries it uses are snapshot for a later
+//! rollback; when it ends, `deployment_succeeded` or `deployment_failed` is notified, and a
+//! verification that failed with `on_failure: rollback` starts the rollback at once
+//! ([`crate::rollback`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
@@ -17,7 +21,7 @@ use gantry_pipeline::Plan;
 use gantry_runtime::gantry_release::history::{
     self, DeploymentStatus, History, NewDeployment, REDACTED, RecordedVariable, StepMeasurement,
 };
-use gantry_runtime::{Event, JobStatus, Reporter};
+use gantry_runtime::{Event, FailureReason, JobStatus, Reporter};
 
 use crate::cli::Output;
 
@@ -163,28 +167,52 @@ pub struct Recorder {
     history: History,
     /// What each deploying job would record, by job name (`started_at` is set when it starts).
     specs: HashMap<String, NewDeployment>,
+    /// The artifact store entries each deploying job uses, by job name.
+    entries: HashMap<String, Vec<PathBuf>>,
+    /// The deploying jobs whose failed verification rolls back.
+    rolls_back: HashSet<String>,
+    /// Rollbacks and notifications, when the run has them.
+    hooks: Option<Arc<crate::rollback::Context>>,
     running: Mutex<HashMap<String, Running>>,
 }
 
 impl Recorder {
     /// Wraps `inner` when a selected job of `plan` deploys; returns `inner` itself otherwise.
+    /// With `hooks`, a deployment's end is notified, and a failed verification with
+    /// `on_failure: rollback` starts a rollback on the hooks' runtime.
     pub fn wrap(
         inner: Arc<dyn Reporter>,
         plan: &Plan,
         selected: &[bool],
         state_dir: &Path,
+        hooks: Option<Arc<crate::rollback::Context>>,
     ) -> Arc<dyn Reporter> {
-        let specs: HashMap<String, NewDeployment> = (0..plan.jobs.len())
+        let mut specs: HashMap<String, NewDeployment> = (0..plan.jobs.len())
             .filter(|&i| selected[i])
             .filter_map(|i| spec(plan, selected, i).map(|s| (plan.jobs[i].name.clone(), s)))
             .collect();
         if specs.is_empty() {
             return inner;
         }
+        let dirty = state_dir.parent().is_some_and(is_dirty);
+        let mut entries = HashMap::new();
+        for (job, spec) in &mut specs {
+            spec.dirty = dirty;
+            let dirs = spec
+                .artifacts
+                .iter()
+                .filter_map(|a| plan.jobs.iter().position(|j| &j.name == a))
+                .map(|i| gantry_runtime::artifact_dir(plan, state_dir, i))
+                .collect();
+            entries.insert(job.clone(), dirs);
+        }
         Arc::new(Recorder {
             inner,
             history: History::new(state_dir),
             specs,
+            entries,
+            rolls_back: crate::rollback::rolling_back_jobs(plan),
+            hooks,
             running: Mutex::new(HashMap::new()),
         })
     }
@@ -205,6 +233,13 @@ impl Recorder {
                 };
                 match self.history.start(spec) {
                     Ok(d) => {
+                        let entries = self.entries.get(job).map_or(&[][..], Vec::as_slice);
+                        if let Err(e) = self.history.snapshot(d.id, entries) {
+                            eprintln!(
+                                "gantry: warning: the artifacts of deployment {} are not kept for a rollback: {e}",
+                                d.id
+                            );
+                        }
                         running.insert(
                             job.to_string(),
                             Running {
@@ -229,23 +264,37 @@ impl Recorder {
                     });
                 }
             }
-            Event::JobFinished { job, status, .. } => {
+            Event::JobFinished {
+                job,
+                status,
+                reason,
+                ..
+            } => {
                 let Some(r) = running.remove(job) else {
                     return;
                 };
+                let rolls_back = status == JobStatus::Failed
+                    && reason == Some(FailureReason::VerificationFailure)
+                    && self.rolls_back.contains(job);
                 let status = match status {
                     JobStatus::Success => DeploymentStatus::Success,
                     JobStatus::Canceled => DeploymentStatus::Canceled,
                     _ => DeploymentStatus::Failed,
                 };
-                if let Err(e) = self.history.finish(
-                    &r.environment,
-                    r.id,
-                    status,
-                    history::now(),
-                    r.measurements,
-                ) {
+                if let Err(e) = self
+                    .history
+                    .finish(&r.environment, r.id, status, history::now(), r.measurements)
+                    .and_then(|_| self.history.prune_snapshots(&r.environment))
+                {
                     eprintln!("gantry: warning: deployment of `{job}` not recorded: {e}");
+                }
+                let Some(hooks) = &self.hooks else { return };
+                if status != DeploymentStatus::Canceled {
+                    let ok = status == DeploymentStatus::Success;
+                    hooks.notify_deployment(&r.environment, job, ok);
+                }
+                if rolls_back {
+                    hooks.spawn(r.environment, r.id);
                 }
             }
             _ => {}
@@ -320,7 +369,23 @@ fn spec(plan: &Plan, selected: &[bool], index: usize) -> Option<NewDeployment> {
         variables,
         artifacts: artifacts(plan, selected, index),
         started_at: String::new(),
+        rollback_of: None,
+        dirty: false,
+        rollback_script: job.rollback_script.clone(),
     })
+}
+
+/// Whether the work tree at `dir` has uncommitted changes (untracked files included: a local run
+/// uses them); `false` when git cannot tell.
+fn is_dirty(dir: &Path) -> bool {
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["status", "--porcelain"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
 }
 
 /// The jobs whose artifacts job `index` gets: its `dependencies`, else its `needs` with

@@ -8,6 +8,7 @@ mod includes;
 mod notify;
 mod output;
 mod remote;
+mod rollback;
 mod server_cmd;
 mod sources;
 

@@ -1,5 +1,7 @@
 //! `gantry run`'s notifications: when the pipeline ends, its `notify:` rules hear about it
-//! (`pipeline_failed`, or `pipeline_fixed` when the previous local run of the same ref failed).
+//! (`pipeline_failed`, or `pipeline_fixed` when the previous local run of the same ref failed);
+//! when a deployment ends (`deployment_succeeded`, `deployment_failed`) and when a rollback ends
+//! (`rollback`, with its from and to), through a [`Notifier`], while the run goes on.
 //!
 //! The last status of each ref is kept in `.gantry/ref-status.json`. Deliveries run on the run's
 //! async runtime while nothing else is left to do, and `gantry run` waits for them at most
@@ -8,10 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_notify::{Commit, Delivery, Event, EventKind, Pipeline, Policy, Sender};
-use gantry_pipeline::Plan;
+use gantry_notify::{Commit, Delivery, Event, EventKind, Pipeline, Policy, Rollback, Sender};
+use gantry_pipeline::{Plan, Variable};
 use gantry_runtime::{JobStatus, PipelineResult, PipelineStatus};
 use serde_json::json;
 
@@ -32,25 +35,15 @@ pub fn send(
     result: &PipelineResult,
     state_dir: &Path,
     project_dir: &Path,
-    json: Option<&Json>,
+    json: Option<Arc<Json>>,
 ) {
     let failed = match result.status {
         PipelineStatus::Success => false,
         PipelineStatus::Failed => true,
         _ => return,
     };
-    let var = |k: &str| {
-        plan.cli_variables
-            .iter()
-            .chain(&plan.variables)
-            .chain(&plan.predefined)
-            .rev()
-            .find(|v| v.key == k)
-            .map(|v| v.value.clone())
-            .unwrap_or_default()
-    };
-    let git_ref = var("CI_COMMIT_REF_NAME");
-    let previous = record(state_dir, &git_ref, failed);
+    let notifier = Notifier::new(rules, plan, project_dir, json);
+    let previous = record(state_dir, &notifier.base.git_ref, failed);
     let kind = if failed {
         EventKind::PipelineFailed
     } else if previous == Some(true) {
@@ -58,70 +51,136 @@ pub fn send(
     } else {
         return;
     };
-    if !rules.iter().any(|r| r.wants(kind)) {
-        return;
-    }
-    let project = Some(var("CI_PROJECT_NAME"))
-        .filter(|p| !p.is_empty())
-        .or_else(|| {
-            project_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_default();
-    let event = Event {
-        kind,
-        project,
-        git_ref,
-        commit: Commit {
-            sha: var("CI_COMMIT_SHA"),
-            title: var("CI_COMMIT_TITLE"),
-        },
-        pipeline: Pipeline {
-            id: var("CI_PIPELINE_ID").parse().unwrap_or(0),
-            url: None,
-        },
-        failed_jobs: result
-            .jobs
-            .iter()
-            .filter(|j| j.status == JobStatus::Failed && !j.allow_failure)
-            .map(|j| j.name.clone())
-            .collect(),
-        environment: None,
-        rollback: None,
-    };
-    // Later variables win: predefined, then global, then the command line's.
-    let variables: Vec<_> = plan
-        .predefined
+    let failed_jobs = result
+        .jobs
         .iter()
-        .chain(&plan.variables)
-        .chain(&plan.cli_variables)
-        .cloned()
+        .filter(|j| j.status == JobStatus::Failed && !j.allow_failure)
+        .map(|j| j.name.clone())
         .collect();
-    let policy = Policy {
-        attempts: 3,
-        timeout: Duration::from_secs(5),
-        first_delay: Duration::from_millis(500),
-        max_delay: Duration::from_secs(2),
-    };
-    let sender = match Sender::new(policy) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gantry: warning: no notification sent: {e}");
-            return;
+    let _guard = rt.enter();
+    if let Some(task) = notifier.spawn(kind, None, None, failed_jobs) {
+        let _ = rt.block_on(task);
+    }
+}
+
+/// What a run's notifications need: its `notify:` rules, what every message of it shows (project,
+/// ref, commit, pipeline), the variables that expand the rules' URLs and secrets, and where a
+/// delivery is reported.
+#[derive(Clone)]
+pub struct Notifier {
+    rules: Vec<gantry_notify::Rule>,
+    base: Event,
+    variables: Vec<Variable>,
+    json: Option<Arc<Json>>,
+}
+
+impl Notifier {
+    /// The notifier of a run of `plan` in `project_dir`.
+    pub fn new(
+        rules: &[gantry_notify::Rule],
+        plan: &Plan,
+        project_dir: &Path,
+        json: Option<Arc<Json>>,
+    ) -> Notifier {
+        // Later variables win: predefined, then global, then the command line's.
+        let variables: Vec<Variable> = plan
+            .predefined
+            .iter()
+            .chain(&plan.variables)
+            .chain(&plan.cli_variables)
+            .cloned()
+            .collect();
+        let var = |k: &str| {
+            variables
+                .iter()
+                .rev()
+                .find(|v| v.key == k)
+                .map(|v| v.value.clone())
+                .unwrap_or_default()
+        };
+        let project = Some(var("CI_PROJECT_NAME"))
+            .filter(|p| !p.is_empty())
+            .or_else(|| {
+                project_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+            })
+            .unwrap_or_default();
+        let base = Event {
+            kind: EventKind::PipelineFailed,
+            project,
+            git_ref: var("CI_COMMIT_REF_NAME"),
+            commit: Commit {
+                sha: var("CI_COMMIT_SHA"),
+                title: var("CI_COMMIT_TITLE"),
+            },
+            pipeline: Pipeline {
+                id: var("CI_PIPELINE_ID").parse().unwrap_or(0),
+                url: None,
+            },
+            failed_jobs: Vec::new(),
+            environment: None,
+            rollback: None,
+        };
+        Notifier {
+            rules: rules.to_vec(),
+            base,
+            variables,
+            json,
         }
-    };
-    let rules = rules.to_vec();
-    let sent = rt.block_on(async move {
-        tokio::time::timeout(WAIT, sender.spawn(rules, variables, event)).await
-    });
-    match sent {
-        Ok(Ok(deliveries)) => report(&deliveries, json),
-        Ok(Err(_)) => eprintln!("gantry: warning: the notifications stopped before they were sent"),
-        Err(_) => eprintln!(
-            "gantry: warning: notifications not all sent after {}s; giving up",
-            WAIT.as_secs()
-        ),
+    }
+
+    /// Sends the `kind` event to the rules that want it, on its own task of the current runtime
+    /// (`None` when no rule wants it). The task reports each delivery and gives up after
+    /// [`WAIT`]; it never fails.
+    pub fn spawn(
+        &self,
+        kind: EventKind,
+        environment: Option<String>,
+        rollback: Option<Rollback>,
+        failed_jobs: Vec<String>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.rules.iter().any(|r| r.wants(kind)) {
+            return None;
+        }
+        let event = Event {
+            kind,
+            failed_jobs,
+            environment,
+            rollback,
+            ..self.base.clone()
+        };
+        let policy = Policy {
+            attempts: 3,
+            timeout: Duration::from_secs(5),
+            first_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(2),
+        };
+        let sender = match Sender::new(policy) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("gantry: warning: no notification sent: {e}");
+                return None;
+            }
+        };
+        let (rules, variables, json) = (
+            self.rules.clone(),
+            self.variables.clone(),
+            self.json.clone(),
+        );
+        Some(tokio::spawn(async move {
+            let sent = tokio::time::timeout(WAIT, sender.spawn(rules, variables, event)).await;
+            match sent {
+                Ok(Ok(deliveries)) => report(&deliveries, json.as_deref()),
+                Ok(Err(_)) => {
+                    eprintln!("gantry: warning: the notifications stopped before they were sent");
+                }
+                Err(_) => eprintln!(
+                    "gantry: warning: notifications not all sent after {}s; giving up",
+                    WAIT.as_secs()
+                ),
+            }
+        }))
     }
 }
 

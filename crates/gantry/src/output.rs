@@ -139,6 +139,22 @@ impl Human {
         }
     }
 
+    /// A rollback's line: `rollback of ENV: deployment FROM → TO` when it starts (`running`), then
+    /// the same with `succeeded` or `FAILED`.
+    pub fn rollback(&self, environment: &str, from: u64, to: u64, status: &str) {
+        let Ok(mut s) = self.state.lock() else { return };
+        s.clear_status();
+        let text = format!("rollback of {environment}: deployment {from} → {to}");
+        let line = match status {
+            "running" => s.paint("1", &text),
+            "success" => s.paint("32", &format!("{text} succeeded")),
+            _ => s.paint("31", &format!("{text} FAILED")),
+        };
+        s.out.line(&line);
+        s.out.flush();
+        s.draw_status();
+    }
+
     /// Prints the summary: every job with its result and duration, and the last lines of failed jobs.
     pub fn summary(&self) {
         let Ok(mut s) = self.state.lock() else { return };
@@ -484,6 +500,15 @@ impl Json {
         if let Ok(mut o) = self.out.lock() {
             o.line(&v.to_string());
         }
+    }
+
+    /// The `rollback` event: `status` is `running` when it starts, then `success` or `failed`.
+    pub fn rollback(&self, environment: &str, from: u64, to: u64, status: &str) {
+        self.write(&serde_json::json!({
+            "event": "rollback", "environment": environment, "from": from, "to": to,
+            "status": status,
+        }));
+        self.flush();
     }
 }
 

@@ -13,6 +13,7 @@ mod notify;
 mod podman;
 mod proxy;
 mod real_world;
+mod rollback;
 mod server;
 mod verify;
 
