@@ -173,6 +173,12 @@ pub struct NewProject {
     /// The protected tags, names or patterns as for branches (`v*`). Empty (the default): none.
     #[serde(default)]
     pub protected_tags: Vec<String>,
+    /// `notify:` rules, written as in a pipeline file's top-level `notify:`
+    /// (`[{"on": ["rollback"], "slack": {"url": "$SLACK_WEBHOOK_URL"}}]`); they apply to every
+    /// pipeline of the project, with the file's own.
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub notify: Vec<serde_json::Value>,
 }
 
 /// A project, as the API shows it (secrets left out).

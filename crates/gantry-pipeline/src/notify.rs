@@ -179,6 +179,31 @@ pub(crate) fn compile(node: &Node, diags: &mut Diags) -> Vec<Rule> {
     items.iter().filter_map(|item| rule(item, diags)).collect()
 }
 
+/// Checks `notify` rules given apart from a pipeline file, as text (YAML, or JSON, which YAML
+/// reads): a server project's settings. `file` names the text in the diagnostics.
+///
+/// # Errors
+/// Every problem, positioned in `src`, as in a pipeline file's `notify:`.
+pub fn rules_from_text(src: &str, file: &str) -> Result<Vec<Rule>, Vec<crate::Diagnostic>> {
+    let mut diags = Diags::default();
+    let index = diags.add_file(file);
+    let rules = match crate::yaml::parse(src, index) {
+        Ok(d) => match d.docs.first() {
+            Some(node) => compile(node, &mut diags),
+            None => Vec::new(),
+        },
+        Err(e) => {
+            diags.error(e.pos, e.message);
+            Vec::new()
+        }
+    };
+    if diags.list.is_empty() {
+        Ok(rules)
+    } else {
+        Err(diags.list)
+    }
+}
+
 fn rule(item: &Node, diags: &mut Diags) -> Option<Rule> {
     let Some(m) = item.as_map() else {
         diags.error(

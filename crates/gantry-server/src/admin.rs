@@ -97,6 +97,7 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
         valid_ref_patterns("protected_branches", list)?;
     }
     valid_ref_patterns("protected_tags", &p.protected_tags)?;
+    let notify = notify_rules(&p.notify)?;
     Ok(ProjectSpec {
         repo_url: url.to_string(),
         default_branch,
@@ -108,6 +109,25 @@ pub(crate) fn validate(p: &NewProject) -> Result<ProjectSpec, String> {
         fork_pipelines: p.fork_pipelines.unwrap_or_default(),
         protected_branches: p.protected_branches.clone(),
         protected_tags: p.protected_tags.clone(),
+        notify,
+    })
+}
+
+/// Checks the project's `notify` rules as a pipeline file's are checked (`gantry_pipeline::notify`):
+/// the JSON is read as the YAML it also is, and the first problem is reported at its place in it
+/// (`notify:LINE:COLUMN`, lines of the rules as pretty-printed JSON).
+fn notify_rules(rules: &[serde_json::Value]) -> Result<Vec<gantry_notify::Rule>, String> {
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    if rules.len() > 100 {
+        return Err("notify holds at most 100 rules".into());
+    }
+    let text = serde_json::to_string_pretty(rules).map_err(|e| e.to_string())?;
+    gantry_pipeline::notify::rules_from_text(&text, "notify").map_err(|diags| {
+        diags
+            .first()
+            .map_or_else(|| "notify: invalid rules".into(), ToString::to_string)
     })
 }
 
@@ -213,7 +233,34 @@ mod tests {
             fork_pipelines: None,
             protected_branches: None,
             protected_tags: Vec::new(),
+            notify: Vec::new(),
         }
+    }
+
+    #[test]
+    fn notify_rules_are_checked_as_the_file_checks_them() {
+        let mut p = project("x");
+        p.notify = vec![serde_json::json!({"on": ["rollback", "deployment_failed"],
+            "slack": {"url": "$SLACK_URL"}})];
+        let spec = validate(&p).unwrap();
+        assert_eq!(spec.notify.len(), 1);
+        assert!(spec.notify[0].wants(gantry_notify::EventKind::Rollback));
+        assert_eq!(spec.notify[0].target.url, "$SLACK_URL");
+        p.notify = vec![serde_json::json!({"on": ["deploy_failed"], "slack": {"url": "$U"}})];
+        let e = validate(&p).unwrap_err();
+        assert!(
+            e.starts_with("notify:4:7: `notify`: unknown event `deploy_failed`"),
+            "{e}"
+        );
+        p.notify = vec![serde_json::json!({"on": ["all"], "slack": {"url": "ftp://x"}})];
+        let e = validate(&p).unwrap_err();
+        assert!(e.contains("must start with https:// or http://"), "{e}");
+        p.notify = vec![serde_json::json!({"on": ["all"]})];
+        assert!(
+            validate(&p)
+                .unwrap_err()
+                .contains("a rule needs one target")
+        );
     }
 
     #[test]

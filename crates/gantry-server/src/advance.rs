@@ -547,6 +547,52 @@ pub(crate) fn retry(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step
     Ok(step)
 }
 
+/// Re-deploys the job of attempt `job_id` as `rollback`: a new attempt after its latest one (which
+/// must have ended), queued at once, that runs the job turned into its rollback
+/// (`spec::JobDoc::rollback`), as GitLab's re-deploy retries the old job. Unlike [`retry`], no
+/// other job waits again, and a manual or delayed job runs now.
+pub(crate) fn redeploy(
+    p: &PipelineRecord,
+    job_id: i64,
+    rollback: &crate::spec::RollbackDoc,
+    now: Millis,
+) -> Result<Step, String> {
+    let jobs = latest(p);
+    let Some(position) = p.jobs.iter().find(|j| j.id == job_id).map(|j| j.position) else {
+        return Err(format!("pipeline {} has no job {job_id}", p.id));
+    };
+    let Some(j) = jobs.iter().find(|j| j.position == position) else {
+        return Err(format!("pipeline {} has no job {job_id}", p.id));
+    };
+    if !matches!(
+        j.status,
+        JobStatus::Success | JobStatus::Failed | JobStatus::Canceled
+    ) {
+        return Err(format!(
+            "the deployment's job is {}: it cannot be re-deployed until it ends",
+            j.status
+        ));
+    }
+    if p.status == PipelineStatus::Canceled {
+        return Err("the deployment's pipeline was canceled".into());
+    }
+    let mut doc: crate::spec::JobDoc =
+        serde_json::from_str(&j.spec).map_err(|e| format!("the job's spec: {e}"))?;
+    doc.rollback = Some(rollback.clone());
+    let mut attempt = new_attempt(j, now);
+    attempt.spec = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
+    attempt.status = JobStatus::Pending;
+    attempt.when = "on_success".into();
+    let mut step = Step::default();
+    step.changes.new_jobs.push(attempt);
+    step.change(j.id).retried = Some(true);
+    step.queued = true;
+    if p.status != PipelineStatus::Running {
+        step.changes.status = Some(PipelineStatus::Running);
+    }
+    Ok(step)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,6 +972,81 @@ mod tests {
         let step = advance(&p, 61_000);
         apply(&mut p, &step);
         assert_eq!(st(&p, "later"), "pending");
+    }
+
+    fn deploy_job(id: i64, name: &str, stage: i64) -> JobRecord {
+        let mut j = job(id, name, stage, "manual");
+        let mut plan =
+            gantry_pipeline::Job::new(name, &format!("s{stage}"), usize::try_from(stage).unwrap());
+        plan.script = vec!["./deploy.sh".into()];
+        j.spec = serde_json::to_string(&crate::spec::JobDoc {
+            job: plan,
+            rollback: None,
+        })
+        .unwrap();
+        j
+    }
+
+    #[test]
+    fn redeploy_queues_a_new_attempt_and_reopens_nothing() {
+        let mut p = pipeline(vec![
+            job(1, "build", 0, "on_success"),
+            deploy_job(2, "deploy", 1),
+            job(3, "after", 2, "on_failure"),
+        ]);
+        settle(&mut p);
+        finish(&mut p, "build", "success");
+        settle(&mut p);
+        let step = play(&p, 2, 5).unwrap();
+        apply(&mut p, &step);
+        finish(&mut p, "deploy", "success");
+        settle(&mut p);
+        assert_eq!(st(&p, "after"), "skipped");
+        assert_eq!(p.status, PipelineStatus::Success);
+        let r = crate::spec::RollbackDoc {
+            from: 9,
+            to: 4,
+            rollback_script: Some(vec!["helm rollback app".into()]),
+        };
+        let step = redeploy(&p, 2, &r, 50).unwrap();
+        assert!(step.queued, "agents are woken");
+        assert_eq!(step.changes.new_jobs.len(), 1);
+        let nj = &step.changes.new_jobs[0];
+        assert_eq!(
+            (nj.attempt, nj.status, nj.when.as_str()),
+            (2, JobStatus::Pending, "on_success"),
+            "queued at once, manual or not"
+        );
+        let doc: crate::spec::JobDoc = serde_json::from_str(&nj.spec).unwrap();
+        assert_eq!(doc.rollback, Some(r.clone()));
+        // Only the deploy job changes: the job after it stays skipped.
+        assert_eq!(step.changes.jobs.len(), 1);
+        apply(&mut p, &step);
+        settle(&mut p);
+        assert_eq!(st(&p, "deploy"), "pending");
+        assert_eq!(st(&p, "after"), "skipped");
+        assert_eq!(p.status, PipelineStatus::Running);
+        // While its latest attempt runs, it cannot be re-deployed again.
+        let new_id = latest(&p)[1].id;
+        assert!(redeploy(&p, new_id, &r, 60).is_err(), "not ended");
+        assert!(redeploy(&p, 2, &r, 60).is_err(), "not ended");
+        finish(&mut p, "deploy", "success");
+        settle(&mut p);
+        assert_eq!(p.status, PipelineStatus::Success);
+        // A re-deploy through an older attempt follows the latest; it replaces the rollback the
+        // latest performed, not stacks it.
+        let again = crate::spec::RollbackDoc {
+            from: 10,
+            to: 4,
+            rollback_script: None,
+        };
+        let step = redeploy(&p, 2, &again, 70).unwrap();
+        assert_eq!(step.changes.new_jobs[0].attempt, 3);
+        assert_eq!(step.changes.jobs[0].id, new_id);
+        let doc: crate::spec::JobDoc =
+            serde_json::from_str(&step.changes.new_jobs[0].spec).unwrap();
+        assert_eq!(doc.rollback, Some(again));
+        assert!(redeploy(&p, 77, &r, 80).is_err(), "no such job");
     }
 
     #[test]

@@ -194,9 +194,10 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     let Some(p) = state.store.pipeline_head(job.pipeline_id).await? else {
         return Err(AppError::internal("a claimed job has no pipeline"));
     };
+    // A rollback's attempt runs its job turned into the rollback (`JobDoc::runnable`).
     let main = serde_json::from_str::<JobDoc>(&job.spec)
         .map_err(AppError::internal)?
-        .job;
+        .runnable();
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
         // The first stage that has jobs is 0 (see `intake::new_jobs`): no earlier jobs to read.
@@ -1212,6 +1213,7 @@ pub(crate) async fn finish(
                 coverage: body.coverage.filter(|c| c.is_finite()),
                 finished_at: now,
                 reports,
+                measurements: None,
             },
         )
         .await
@@ -1236,6 +1238,9 @@ pub(crate) async fn finish(
     if !quiet {
         crate::progress::advance(&state, pipeline).await;
     }
+    // A deployment's end: its notifications, a rollback's outcome, an automatic rollback.
+    let reason = body.failure_reason.as_deref().unwrap_or("script_failure");
+    crate::rollback::job_finished(&state, &job, status, Some(reason)).await;
     let job = crate::views::load_job(&state, id).await?;
     Ok(Json(crate::views::job_api(&job)))
 }

@@ -495,7 +495,10 @@ fn new_jobs(plan: &Plan, now: i64) -> serde_json::Result<Vec<NewJob>> {
             tags: job.tags.clone(),
             resource_group: resource_group.filter(|g| !g.is_empty()),
             interruptible: job.interruptible,
-            spec: serde_json::to_string(&JobDoc { job: job.clone() })?,
+            spec: serde_json::to_string(&JobDoc {
+                job: job.clone(),
+                rollback: None,
+            })?,
             created_at: now,
         });
     }

@@ -54,6 +54,7 @@ mod progress;
 mod projects;
 mod read;
 mod reports;
+mod rollback;
 mod router;
 mod schedules;
 mod secrets;

@@ -1,8 +1,11 @@
-//! Notifications of the pipelines' `notify:` rules (issue 19). When a pipeline ends
-//! ([`pipeline_finished`], from `progress.rs`), the messages its rules want (`pipeline_failed`, or
-//! `pipeline_fixed` when the previous finished pipeline of its ref failed) are STORED first, one
-//! row per rule, with the target's URL and secret expanded from the pipeline's variables (project
-//! variables included) and sealed under the server's key (they hold the hook's token). The
+//! Notifications of `notify:` rules (issue 19): the pipeline file's and the project settings'
+//! (both apply; a target both name gets one message). When a pipeline ends ([`pipeline_finished`],
+//! from `progress.rs`), the messages its rules want (`pipeline_failed`, or `pipeline_fixed` when the
+//! previous finished pipeline of its ref failed), and when a deployment or a rollback ends
+//! ([`deployment`], from `rollback.rs`: `deployment_succeeded`, `deployment_failed`, `rollback`)
+//! are STORED first, one row per rule, with the target's URL and secret expanded from the
+//! pipeline's variables (project variables included, scoped ones by the deployment's environment)
+//! and sealed under the server's key (they hold the hook's token). The
 //! background task [`run`] sends the due ones with [`gantry_notify::Sender::deliver`], one attempt
 //! at a time, and records each attempt: a failed one is retried with backoff
 //! (`Config::notify_backoff`, doubling) until `Config::notify_max_attempts`, across restarts since
@@ -18,6 +21,7 @@ use gantry_pipeline::{Variable, vars};
 use gantry_store::{NewNotification, NotificationRecord};
 
 use crate::clock::now_ms;
+use crate::projects::LoadedProject;
 use crate::spec::PipelineDoc;
 use crate::state::AppState;
 
@@ -31,47 +35,108 @@ const CLAIM: i64 = 60_000;
 /// The longest the sender sleeps without looking at the store.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// Stores the notifications that pipeline `id`, which just ended with `status`, calls for, and
-/// wakes the sender. Failures are logged.
+/// Stores the notifications that pipeline `before`, which just ended with `status`, calls for,
+/// and wakes the sender. Failures are logged.
 pub(crate) async fn pipeline_finished(
     state: &AppState,
     before: &gantry_store::PipelineRecord,
     status: PipelineStatus,
 ) {
-    // Most pipelines have no rules: find out from the spec in hand, without reading the store.
+    if !matches!(status, PipelineStatus::Failed | PipelineStatus::Success) {
+        return;
+    }
+    let stored = pipeline_event(state, before, status).await;
+    stored_now(state, before.id, stored);
+}
+
+/// What a deployment's notification says beyond its pipeline: the event, its environment, the
+/// failed job (a failed deployment or rollback) and a rollback's from and to.
+#[derive(Clone, Debug)]
+pub(crate) struct Notice {
+    pub kind: EventKind,
+    pub environment: String,
+    pub failed_jobs: Vec<String>,
+    pub rollback: Option<gantry_notify::Rollback>,
+}
+
+/// Stores the notifications of a deployment's (or a rollback's) end, whose job is of pipeline
+/// `pipeline`, and wakes the sender. Failures are logged.
+pub(crate) async fn deployment(state: &AppState, pipeline: i64, notice: Notice) {
+    let stored = async {
+        let p = state
+            .store
+            .pipeline_head(pipeline)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no such pipeline")?;
+        let project = state
+            .project_for_hook(&p.project_name)
+            .await
+            .map_err(|e| e.message)?;
+        enqueue(state, &p, &project, &Wanted::from(notice)).await
+    }
+    .await;
+    stored_now(state, pipeline, stored);
+}
+
+/// Logs what was stored and wakes the sender.
+fn stored_now(state: &AppState, pipeline: i64, stored: Result<usize, String>) {
+    match stored {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(pipeline, notifications = n, "notifications stored");
+            state.notifications.notify_one();
+        }
+        Err(e) => tracing::warn!(pipeline, error = %e, "cannot store the notifications"),
+    }
+}
+
+/// The event a notification is for, without what its pipeline says.
+struct Wanted {
+    kind: EventKind,
+    environment: Option<String>,
+    failed_jobs: Vec<String>,
+    rollback: Option<gantry_notify::Rollback>,
+}
+
+impl From<Notice> for Wanted {
+    fn from(n: Notice) -> Wanted {
+        Wanted {
+            kind: n.kind,
+            environment: Some(n.environment),
+            failed_jobs: n.failed_jobs,
+            rollback: n.rollback,
+        }
+    }
+}
+
+/// Stores a pipeline's end's notifications (`pipeline_failed`, or `pipeline_fixed` when the
+/// previous finished pipeline of its ref failed); answers how many.
+async fn pipeline_event(
+    state: &AppState,
+    before: &gantry_store::PipelineRecord,
+    status: PipelineStatus,
+) -> Result<usize, String> {
+    // Most pipelines have no rules: find out from the spec in hand and the cached project,
+    // without reading the store.
     #[derive(serde::Deserialize)]
     struct Rules {
         #[serde(default)]
         notify: Vec<serde::de::IgnoredAny>,
     }
-    let has_rules =
+    let in_file =
         serde_json::from_str::<Rules>(&before.spec).map_or(true, |r| !r.notify.is_empty());
-    if !has_rules {
-        return;
-    }
-    let id = before.id;
-    match enqueue(state, id, status).await {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::info!(pipeline = id, notifications = n, "notifications stored");
-            state.notifications.notify_one();
-        }
-        Err(e) => tracing::warn!(pipeline = id, error = %e, "cannot store the notifications"),
-    }
-}
-
-/// Stores the notifications; answers how many.
-async fn enqueue(state: &AppState, id: i64, status: PipelineStatus) -> Result<usize, String> {
-    if !matches!(status, PipelineStatus::Failed | PipelineStatus::Success) {
+    let project = state
+        .project_for_hook(&before.project_name)
+        .await
+        .map_err(|e| e.message)?;
+    if !in_file && project.spec.notify.is_empty() {
         return Ok(0);
     }
+    let id = before.id;
     let Some(p) = state.store.pipeline(id).await.map_err(|e| e.to_string())? else {
         return Ok(0);
     };
-    let mut doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
-    if doc.notify.is_empty() {
-        return Ok(0);
-    }
     let kind = if status == PipelineStatus::Failed {
         EventKind::PipelineFailed
     } else {
@@ -85,12 +150,37 @@ async fn enqueue(state: &AppState, id: i64, status: PipelineStatus) -> Result<us
         }
         EventKind::PipelineFixed
     };
-    let rules: Vec<_> = doc
-        .notify
+    let failed_jobs = p
+        .jobs
         .iter()
-        .filter(|r| r.wants(kind))
-        .cloned()
+        .filter(|j| j.status == gantry_api::JobStatus::Failed && !j.allow_failure && !j.retried)
+        .map(|j| j.name.clone())
         .collect();
+    let wanted = Wanted {
+        kind,
+        environment: None,
+        failed_jobs,
+        rollback: None,
+    };
+    enqueue(state, &p, &project, &wanted).await
+}
+
+/// Stores the notifications of `wanted` for pipeline `p` (its jobs are not needed) that the rules
+/// of its file and of `project`'s settings call for (a target both name gets one); answers how
+/// many.
+async fn enqueue(
+    state: &AppState,
+    p: &gantry_store::PipelineRecord,
+    project: &LoadedProject,
+    wanted: &Wanted,
+) -> Result<usize, String> {
+    let mut doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
+    let mut rules: Vec<&gantry_notify::Rule> = Vec::new();
+    for r in doc.notify.iter().chain(&project.spec.notify) {
+        if r.wants(wanted.kind) && !rules.iter().any(|x| x.target == r.target) {
+            rules.push(r);
+        }
+    }
     if rules.is_empty() {
         return Ok(0);
     }
@@ -98,22 +188,15 @@ async fn enqueue(state: &AppState, id: i64, status: PipelineStatus) -> Result<us
     if doc.fork.as_ref().is_some_and(|f| !f.secrets()) {
         doc.project_variables.clear();
     }
-    let secrets = if doc.project_variables.iter().any(|v| v.value.is_none()) {
-        state
-            .project(&p.project_name)
-            .await
-            .map_err(|e| e.message)?
-            .spec
-            .variables
-    } else {
-        Vec::new()
-    };
-    let values: HashMap<String, String> = vars::resolve(&variables(&doc, &secrets))
-        .into_iter()
-        .collect();
+    let env = wanted.environment.as_deref();
+    let values: HashMap<String, String> =
+        vars::resolve(&variables(&doc, &project.spec.variables, env))
+            .into_iter()
+            .collect();
     let get = |k: &str| values.get(k).cloned().unwrap_or_default();
+    let id = p.id;
     let event = Event {
-        kind,
+        kind: wanted.kind,
         project: p.project_name.clone(),
         git_ref: p.git_ref.clone(),
         commit: Commit {
@@ -128,14 +211,9 @@ async fn enqueue(state: &AppState, id: i64, status: PipelineStatus) -> Result<us
                 .as_ref()
                 .map(|u| format!("{}/api/v1/pipelines/{id}", u.trim_end_matches('/'))),
         },
-        failed_jobs: p
-            .jobs
-            .iter()
-            .filter(|j| j.status == gantry_api::JobStatus::Failed && !j.allow_failure && !j.retried)
-            .map(|j| j.name.clone())
-            .collect(),
-        environment: None,
-        rollback: None,
+        failed_jobs: wanted.failed_jobs.clone(),
+        environment: wanted.environment.clone(),
+        rollback: wanted.rollback.clone(),
     };
     let event = serde_json::to_string(&event).map_err(|e| e.to_string())?;
     let now = now_ms();
@@ -158,24 +236,32 @@ async fn enqueue(state: &AppState, id: i64, status: PipelineStatus) -> Result<us
 }
 
 /// The pipeline's variables in precedence order (later ones win): predefined, global, the
-/// project's (unscoped: a notification has no environment; masked values from `secrets`), then
-/// trigger and schedule variables.
-fn variables(doc: &PipelineDoc, secrets: &[gantry_api::ProjectVariable]) -> Vec<Variable> {
-    let project = doc
+/// project's (masked values from `secrets`; those whose `environment_scope` matches `env`, the most
+/// specific last: `*` alone for a pipeline's notification), then trigger and schedule variables.
+fn variables(
+    doc: &PipelineDoc,
+    secrets: &[gantry_api::ProjectVariable],
+    env: Option<&str>,
+) -> Vec<Variable> {
+    let mut scoped: Vec<(u8, &gantry_api::ProjectVariable)> = doc
         .project_variables
         .iter()
-        .filter(|v| v.environment_scope == "*")
-        .map(|v| {
-            let value = v.value.clone().or_else(|| {
-                secrets
-                    .iter()
-                    .find(|s| s.key == v.key && s.environment_scope == v.environment_scope)
-                    .and_then(|s| s.value.clone())
-            });
-            let mut var = Variable::new(v.key.clone(), value.unwrap_or_default());
-            var.masked = v.masked;
-            var
+        .filter_map(|v| {
+            gantry_pipeline::plan::scope_rank(&v.environment_scope, env).map(|rank| (rank, v))
+        })
+        .collect();
+    scoped.sort_by_key(|(rank, _)| *rank);
+    let project = scoped.into_iter().map(|(_, v)| {
+        let value = v.value.clone().or_else(|| {
+            secrets
+                .iter()
+                .find(|s| s.key == v.key && s.environment_scope == v.environment_scope)
+                .and_then(|s| s.value.clone())
         });
+        let mut var = Variable::new(v.key.clone(), value.unwrap_or_default());
+        var.masked = v.masked;
+        var
+    });
     doc.predefined
         .iter()
         .chain(&doc.variables)

@@ -30,7 +30,8 @@ impl utoipa::Modify for Security {
     info(title = "Gantry", description = "Gantry's server: projects, webhooks, pipelines, jobs, and the agent protocol.\n\n\
 Authentication: `Authorization: Bearer TOKEN` or `PRIVATE-TOKEN: TOKEN`. The admin token may do everything. \
 A project token (`gpt_…`, made with `POST /api/v1/projects/{name}/tokens`) may trigger pipelines and read, \
-cancel, retry and play its own project's pipelines, deliveries, jobs, logs and artifacts, and read the project; \
+cancel, retry and play its own project's pipelines, deliveries, jobs, logs and artifacts, roll back its \
+environments, and read the project (a read-only token only reads); \
 anything else answers `403` (also for things of other projects that do not exist). Agents use their agent \
 token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `401`."),
     paths(
@@ -61,6 +62,7 @@ token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `40
         crate::actions::approve_pipeline,
         crate::actions::retry_job,
         crate::actions::play_job,
+        crate::rollback::rollback,
         crate::dispatch::register,
         crate::dispatch::request,
         crate::dispatch::heartbeat,

@@ -55,6 +55,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/api/v1/projects/{name}/coverage",
             get(crate::read::coverage_trend),
         )
+        .route(
+            "/api/v1/projects/{name}/environments/{env}/rollback",
+            post(crate::rollback::rollback),
+        )
         .route("/api/v1/pipelines/{id}", get(crate::read::pipeline))
         .route(
             "/api/v1/pipelines/{id}/reports",

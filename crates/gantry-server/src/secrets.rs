@@ -223,6 +223,13 @@ fn secret_fields(spec: &mut ProjectSpec) -> Vec<(String, &mut String)> {
             out.push((field, value));
         }
     }
+    // A `notify:` rule's URL holds its hook's token when it is not a variable.
+    for (i, rule) in spec.notify.iter_mut().enumerate() {
+        out.push((format!("notify.{i}.url"), &mut rule.target.url));
+        if let Some(secret) = rule.target.secret.as_mut() {
+            out.push((format!("notify.{i}.secret"), secret));
+        }
+    }
     out
 }
 
@@ -360,6 +367,8 @@ mod tests {
                 {"key": "EMPTY"},
             ],
             "forge": {"kind": "gitlab", "api_url": "https://git.example.com", "token": "forge-token-3", "project": "a/b"},
+            "notify": [{"on": ["rollback"], "target": {"kind": "webhook",
+                "url": "https://hooks.example/notify-token-4", "secret": "notify-secret-5"}}],
         }))
         .unwrap()
     }
@@ -375,6 +384,8 @@ mod tests {
             "masked-value-1",
             "plain-value-2",
             "forge-token-3",
+            "notify-token-4",
+            "notify-secret-5",
         ] {
             assert!(!json.contains(plain), "{plain} in {json}");
         }

@@ -31,6 +31,9 @@ pub(crate) struct ProjectSpec {
     /// The protected tags (names or `*` patterns); none by default, as on GitLab.
     #[serde(default)]
     pub protected_tags: Vec<String>,
+    /// `notify:` rules of the project, applied with those of each pipeline's file (unexpanded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<gantry_notify::Rule>,
 }
 
 impl ProjectSpec {
@@ -174,4 +177,37 @@ pub(crate) fn pipeline_variables(project: &ProjectSpec, protected: bool) -> Vec<
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct JobDoc {
     pub job: gantry_pipeline::Job,
+    /// Set on an attempt that rolls an environment back (`advance::redeploy`): the agent gets
+    /// `job` turned into its rollback (`gantry_pipeline::verify::into_rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackDoc>,
+}
+
+/// The rollback an attempt performs: from the deployment rolled back to the one it re-deploys
+/// (whose job this is), with the rolled-back job's `rollback_script` when it has one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RollbackDoc {
+    /// The deployment rolled back.
+    pub from: i64,
+    /// The deployment re-deployed.
+    pub to: i64,
+    /// What runs instead of the job's script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_script: Option<Vec<String>>,
+}
+
+impl JobDoc {
+    /// The plan job as an agent runs it: a rollback's turned into its rollback.
+    pub fn runnable(self) -> gantry_pipeline::Job {
+        let mut job = self.job;
+        if let Some(r) = &self.rollback {
+            gantry_pipeline::verify::into_rollback(
+                &mut job,
+                &r.from.to_string(),
+                &r.to.to_string(),
+                r.rollback_script.as_deref(),
+            );
+        }
+        job
+    }
 }

@@ -157,6 +157,7 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                     coverage: None,
                     finished_at: now(),
                     reports: None,
+                    measurements: None,
                 };
                 store
                     .finish(job.id, agent.id, &result)

@@ -29,6 +29,9 @@
 //!   agent.
 //! - A job's reports ([`JobResult::reports`]) are stored in the transaction of its finish: a
 //!   refused finish stores none, and [`Store::save_reports`] again replaces them, never doubles.
+//! - A deployment is recorded once per job ([`Store::record_deployment`]); its status and end
+//!   are its job's, so every way a job ends (finish, lease expiry, cancel) ends it, and its
+//!   measurements are stored in its job's finish. [`Store::mark_rolled_back`] marks it once.
 //! - A job's artifacts are served only once an upload is committed, and a new upload replaces the
 //!   old one in one statement: readers see the old archive or the new one, never a mix or a part.
 //! - A call that returned `Ok` is committed and synced to disk: it survives the server process
@@ -62,10 +65,11 @@ pub use error::{DatabaseError, Result, StoreError};
 pub use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 pub use postgres::PgStore;
 pub use records::{
-    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobChange,
-    JobRecord, JobResult, Millis, NewAgent, NewDelivery, NewJob, NewNotification, NewPipeline,
-    NewProjectToken, NewReports, NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord,
-    ProjectRecord, ProjectTokenRecord, ReportsRecord,
+    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord,
+    DeploymentRecord, EnvironmentRecord, JobChange, JobRecord, JobResult, Millis, NewAgent,
+    NewDelivery, NewDeployment, NewJob, NewNotification, NewPipeline, NewProjectToken, NewReports,
+    NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
+    ProjectTokenRecord, ReportsRecord,
 };
 pub use sqlite::SqliteStore;
 pub use store::Store;

@@ -23,14 +23,15 @@ use crate::rows::{
     AGENT_COLS, DELIVERY_COLS, INSERT_BATCH, JOB_COLS, NOT_STARTED, OVER, PIPELINE_COLS,
     PROJECT_COLS, PROJECT_TOKEN_COLS, assemble, limit_offset, queued_at,
 };
+use gantry_api::deployments::DeploymentStatus;
 use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 
 use crate::error::{Result, StoreError, db};
 use crate::records::{
-    AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobRecord, JobResult,
-    Millis, NewAgent, NewDelivery, NewJob, NewNotification, NewPipeline, NewProjectToken,
-    NewReports, NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
-    ProjectTokenRecord, ReportsRecord,
+    AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, DeploymentRecord,
+    EnvironmentRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery, NewDeployment, NewJob,
+    NewNotification, NewPipeline, NewProjectToken, NewReports, NotificationRecord, Page, Paged,
+    PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
 };
 
 /// A pipeline's version (see [`PIPELINE_COLS`]).
@@ -54,6 +55,19 @@ const GATE_COLS: &str = "j.id, j.name, j.stage, j.stage_index, j.status, \
 /// The columns [`Sql::notification_row`] reads.
 const NOTIFICATION_COLS: &str = "id, pipeline_id, target, event, status, attempts, last_error, \
      next_attempt_at, created_at";
+
+/// The columns [`Sql::deployment_row`] reads, from [`DEPLOYMENT_FROM`].
+const DEPLOYMENT_COLS: &str = "d.id, d.project_id, pr.name AS project_name, d.environment, d.url, \
+     d.tier, j.status, d.job_id, d.pipeline_id, d.job_name, d.sha, d.git_ref, d.triggered_by, \
+     d.variables, d.artifacts, d.created_at, j.finished_at, d.rollback_of, d.rolled_back_by, \
+     d.measurements";
+
+/// Deployments `d` with their jobs `j` (whose status is theirs) and projects `pr`.
+const DEPLOYMENT_FROM: &str =
+    "FROM deployments d JOIN jobs j ON j.id = d.job_id JOIN projects pr ON pr.id = d.project_id";
+
+/// The condition that deployment `d` (of job `j`) is a success that was not rolled back.
+const CURRENT: &str = "j.status = 'success' AND d.rolled_back_by IS NULL";
 
 /// The condition that job `j` is its position's latest attempt.
 const LATEST_ATTEMPT: &str = "NOT EXISTS (SELECT 1 FROM jobs n WHERE n.pipeline_id = j.pipeline_id \
@@ -1242,16 +1256,17 @@ where
         .map_err(db("reading an artifacts chunk"))
     }
 
-    /// See [`crate::Store::finish`]: one statement, or a transaction with the job's reports.
+    /// See [`crate::Store::finish`]: one statement, or a transaction with the job's reports and
+    /// measurements.
     async fn finish(
         conn: &mut Self::Connection,
         job_id: i64,
         agent_id: i64,
         result: &JobResult,
     ) -> Result<i64> {
-        let Some(reports) = &result.reports else {
+        if result.reports.is_none() && result.measurements.is_none() {
             return Self::finish_job(conn, job_id, agent_id, result).await;
-        };
+        }
         let mut tx = conn
             .begin_with(Self::BEGIN)
             .await
@@ -1263,7 +1278,15 @@ where
                 return Err(e);
             }
         };
-        Self::save_reports(&mut *tx, job_id, reports).await?;
+        if let Some(reports) = &result.reports {
+            Self::save_reports(&mut *tx, job_id, reports).await?;
+        }
+        if let Some(measurements) = &result.measurements {
+            let q = sqlx::query("UPDATE deployments SET measurements = $1 WHERE job_id = $2")
+                .bind(measurements.as_str())
+                .bind(job_id);
+            Self::run(&mut *tx, q, "storing a deployment's measurements").await?;
+        }
         tx.commit().await.map_err(db("committing a finish"))?;
         Ok(pipeline_id)
     }
@@ -1462,6 +1485,206 @@ where
         })
         .await?;
         Ok(Paged { items, total })
+    }
+
+    // --- deployments
+
+    /// A row of [`DEPLOYMENT_COLS`].
+    fn deployment_row(row: &Self::Row) -> Result<DeploymentRecord> {
+        let job_status = Self::status(row, "jobs.status", JobStatus::parse)?;
+        let rolled_back_by: Option<i64> = Self::get(row, "rolled_back_by")?;
+        let status = match (rolled_back_by, job_status) {
+            (Some(_), _) => DeploymentStatus::RolledBack,
+            (None, JobStatus::Success) => DeploymentStatus::Success,
+            (None, JobStatus::Failed) => DeploymentStatus::Failed,
+            (None, JobStatus::Canceled | JobStatus::Skipped) => DeploymentStatus::Canceled,
+            (None, _) => DeploymentStatus::Running,
+        };
+        let finished_at: Option<Millis> = Self::get(row, "finished_at")?;
+        Ok(DeploymentRecord {
+            id: Self::get(row, "id")?,
+            project_id: Self::get(row, "project_id")?,
+            project_name: Self::get(row, "project_name")?,
+            environment: Self::get(row, "environment")?,
+            url: Self::get(row, "url")?,
+            tier: Self::get(row, "tier")?,
+            status,
+            job_id: Self::get(row, "job_id")?,
+            pipeline_id: Self::get(row, "pipeline_id")?,
+            job_name: Self::get(row, "job_name")?,
+            sha: Self::get(row, "sha")?,
+            git_ref: Self::get(row, "git_ref")?,
+            triggered_by: Self::get(row, "triggered_by")?,
+            variables: Self::get(row, "variables")?,
+            artifacts: Self::get(row, "artifacts")?,
+            created_at: Self::get(row, "created_at")?,
+            finished_at: finished_at.filter(|_| job_status.is_final()),
+            rollback_of: Self::get(row, "rollback_of")?,
+            rolled_back_by,
+            measurements: Self::get(row, "measurements")?,
+        })
+    }
+
+    /// See [`crate::Store::record_deployment`]: one insert, unless the job has its deployment.
+    async fn record_deployment(conn: &mut Self::Connection, d: &NewDeployment) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO deployments (project_id, environment, url, tier, job_id, pipeline_id, \
+             job_name, sha, git_ref, triggered_by, variables, artifacts, created_at, rollback_of) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT (job_id) DO NOTHING RETURNING id",
+        )
+        .bind(d.project_id)
+        .bind(d.environment.as_str())
+        .bind(d.url.as_deref())
+        .bind(d.tier.as_deref())
+        .bind(d.job_id)
+        .bind(d.pipeline_id)
+        .bind(d.job_name.as_str())
+        .bind(d.sha.as_str())
+        .bind(d.git_ref.as_str())
+        .bind(d.triggered_by.as_str())
+        .bind(d.variables.as_str())
+        .bind(d.artifacts.as_str())
+        .bind(d.created_at)
+        .bind(d.rollback_of)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("recording a deployment"))?;
+        match id {
+            Some(id) => Ok(id),
+            None => Self::id_of(
+                conn,
+                "SELECT id FROM deployments WHERE job_id = $1",
+                d.job_id,
+                "reading a job's deployment",
+            )
+            .await?
+            .ok_or_else(|| StoreError::database("a recorded deployment is gone".to_owned())),
+        }
+    }
+
+    /// See [`crate::Store::deployment`].
+    async fn deployment(conn: &mut Self::Connection, id: i64) -> Result<Option<DeploymentRecord>> {
+        let sql = deployments_sql("d.id = $1", "");
+        let q = sqlx::query(&sql).bind(id);
+        Self::row(conn, q, "reading a deployment", Self::deployment_row).await
+    }
+
+    /// See [`crate::Store::job_deployment`].
+    async fn job_deployment(
+        conn: &mut Self::Connection,
+        job_id: i64,
+    ) -> Result<Option<DeploymentRecord>> {
+        let sql = deployments_sql("d.job_id = $1", "");
+        let q = sqlx::query(&sql).bind(job_id);
+        Self::row(conn, q, "reading a job's deployment", Self::deployment_row).await
+    }
+
+    /// See [`crate::Store::deployments`].
+    async fn deployments(
+        conn: &mut Self::Connection,
+        project_id: i64,
+        environment: &str,
+        page: Page,
+    ) -> Result<Paged<DeploymentRecord>> {
+        let (limit, offset) = limit_offset(page);
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deployments WHERE project_id = $1 AND environment = $2",
+        )
+        .bind(project_id)
+        .bind(environment)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("counting deployments"))?;
+        let sql = deployments_sql(
+            "d.project_id = $1 AND d.environment = $2",
+            "ORDER BY d.id DESC LIMIT $3 OFFSET $4",
+        );
+        let q = sqlx::query(&sql)
+            .bind(project_id)
+            .bind(environment)
+            .bind(limit)
+            .bind(offset);
+        let items = Self::rows(conn, q, "listing deployments", Self::deployment_row).await?;
+        Ok(Paged { items, total })
+    }
+
+    /// See [`crate::Store::environments`]: one grouped read of the ids, then their deployments.
+    async fn environments(
+        conn: &mut Self::Connection,
+        project_id: i64,
+    ) -> Result<Vec<EnvironmentRecord>> {
+        let groups: Vec<(String, i64, i64, Option<i64>)> = sqlx::query_as(&format!(
+            "SELECT d.environment, COUNT(*), MAX(d.id), \
+             MAX(CASE WHEN {CURRENT} THEN d.id END) \
+             FROM deployments d JOIN jobs j ON j.id = d.job_id WHERE d.project_id = $1 \
+             GROUP BY d.environment ORDER BY d.environment"
+        ))
+        .bind(project_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db("listing environments"))?;
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Ids are numbers: nothing of a caller's text goes into the statement.
+        let ids: Vec<String> = groups
+            .iter()
+            .flat_map(|(_, _, last, current)| std::iter::once(*last).chain(*current))
+            .map(|id| id.to_string())
+            .collect();
+        let sql = deployments_sql(&format!("d.id IN ({})", ids.join(", ")), "");
+        let q = sqlx::query(&sql);
+        let mut by_id: std::collections::HashMap<i64, DeploymentRecord> =
+            Self::rows(conn, q, "reading environments", Self::deployment_row)
+                .await?
+                .into_iter()
+                .map(|d| (d.id, d))
+                .collect();
+        groups
+            .into_iter()
+            .map(|(name, deployments, last, current)| {
+                let last = by_id.get(&last).cloned().ok_or_else(|| {
+                    StoreError::database("an environment's deployment is gone".to_owned())
+                })?;
+                Ok(EnvironmentRecord {
+                    name,
+                    deployments,
+                    last,
+                    current: current.and_then(|id| by_id.remove(&id)),
+                })
+            })
+            .collect()
+    }
+
+    /// See [`crate::Store::last_success_before`].
+    async fn last_success_before(
+        conn: &mut Self::Connection,
+        id: i64,
+    ) -> Result<Option<DeploymentRecord>> {
+        let condition = format!(
+            "d.id < $1 AND {CURRENT} AND (d.project_id, d.environment) = \
+             (SELECT project_id, environment FROM deployments WHERE id = $1)"
+        );
+        let sql = deployments_sql(&condition, "ORDER BY d.id DESC LIMIT 1");
+        let q = sqlx::query(&sql).bind(id);
+        Self::row(
+            conn,
+            q,
+            "reading the last successful deployment",
+            Self::deployment_row,
+        )
+        .await
+    }
+
+    /// See [`crate::Store::mark_rolled_back`].
+    async fn mark_rolled_back(conn: &mut Self::Connection, id: i64, by: i64) -> Result<bool> {
+        let q = sqlx::query(
+            "UPDATE deployments SET rolled_back_by = $1 WHERE id = $2 AND rolled_back_by IS NULL",
+        )
+        .bind(by)
+        .bind(id);
+        Ok(Self::run(conn, q, "marking a deployment rolled back").await? > 0)
     }
 
     // --- agents
@@ -2078,6 +2301,54 @@ macro_rules! store {
                 read!(self, conn => $db::coverage_trend(conn, project_id, git_ref, page).await)
             }
 
+            async fn record_deployment(
+                &self,
+                d: &crate::records::NewDeployment,
+            ) -> crate::error::Result<i64> {
+                writing!(self, conn => $db::record_deployment(conn, d).await)
+            }
+
+            async fn deployment(
+                &self,
+                id: i64,
+            ) -> crate::error::Result<Option<crate::records::DeploymentRecord>> {
+                read!(self, conn => $db::deployment(conn, id).await)
+            }
+
+            async fn job_deployment(
+                &self,
+                job_id: i64,
+            ) -> crate::error::Result<Option<crate::records::DeploymentRecord>> {
+                read!(self, conn => $db::job_deployment(conn, job_id).await)
+            }
+
+            async fn deployments(
+                &self,
+                project_id: i64,
+                environment: &str,
+                page: crate::records::Page,
+            ) -> crate::error::Result<crate::records::Paged<crate::records::DeploymentRecord>> {
+                read!(self, conn => $db::deployments(conn, project_id, environment, page).await)
+            }
+
+            async fn environments(
+                &self,
+                project_id: i64,
+            ) -> crate::error::Result<Vec<crate::records::EnvironmentRecord>> {
+                read!(self, conn => $db::environments(conn, project_id).await)
+            }
+
+            async fn last_success_before(
+                &self,
+                id: i64,
+            ) -> crate::error::Result<Option<crate::records::DeploymentRecord>> {
+                read!(self, conn => $db::last_success_before(conn, id).await)
+            }
+
+            async fn mark_rolled_back(&self, id: i64, by: i64) -> crate::error::Result<bool> {
+                writing!(self, conn => $db::mark_rolled_back(conn, id, by).await)
+            }
+
             async fn register_agent(&self, a: &crate::records::NewAgent) -> crate::error::Result<i64> {
                 writing!(self, conn => $db::register_agent(conn, a).await)
             }
@@ -2138,6 +2409,11 @@ macro_rules! store {
 }
 
 pub(crate) use store;
+
+/// The statement reading the deployments that `condition` keeps, then `order` (and limits).
+fn deployments_sql(condition: &str, order: &str) -> String {
+    format!("SELECT {DEPLOYMENT_COLS} {DEPLOYMENT_FROM} WHERE {condition} {order}")
+}
 
 /// The condition that leaves out the deliveries of projects `skip` (ids are numbers: nothing of a
 /// caller's text goes into the statement).

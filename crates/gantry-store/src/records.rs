@@ -465,6 +465,9 @@ pub struct JobResult {
     pub finished_at: Millis,
     /// The job's report summaries, stored in the same transaction as the result.
     pub reports: Option<NewReports>,
+    /// The job's verification measurements (JSON, opaque to the store), stored on its
+    /// deployment (if it has one) in the same transaction as the result.
+    pub measurements: Option<String>,
 }
 
 /// A job's report summaries to store (see [`Store::save_reports`](crate::Store::save_reports)):
@@ -553,4 +556,99 @@ pub struct NotificationRecord {
     pub next_attempt_at: Millis,
     /// See [`NewNotification::created_at`].
     pub created_at: Millis,
+}
+
+/// A deployment to record: see [`Store::record_deployment`](crate::Store::record_deployment).
+/// The store keeps `variables` and `artifacts` opaque (the server's JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDeployment {
+    /// The project.
+    pub project_id: i64,
+    /// The environment's name (`production`, `review/x`).
+    pub environment: String,
+    /// The environment's URL, when given.
+    pub url: Option<String>,
+    /// Its `deployment_tier`, when given.
+    pub tier: Option<String>,
+    /// The job (the attempt) that deploys: one deployment per job.
+    pub job_id: i64,
+    /// The job's pipeline.
+    pub pipeline_id: i64,
+    /// The job's name.
+    pub job_name: String,
+    /// The commit deployed.
+    pub sha: String,
+    /// The branch or tag.
+    pub git_ref: String,
+    /// Who or what triggered it (the pipeline's source and user, or `rollback`).
+    pub triggered_by: String,
+    /// The variables in force, masked ones redacted (JSON, opaque to the store).
+    pub variables: String,
+    /// The jobs whose artifacts it used (JSON, opaque to the store).
+    pub artifacts: String,
+    /// When it started.
+    pub created_at: Millis,
+    /// On a rollback: the deployment it rolls back.
+    pub rollback_of: Option<i64>,
+}
+
+/// A stored deployment. Its status and end are its job's (read with it), so every way a job
+/// ends (a finish, the lease reaper, a cancel) ends its deployment too; only the `rolled_back`
+/// mark is the deployment's own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentRecord {
+    /// Its id, increasing.
+    pub id: i64,
+    /// The project.
+    pub project_id: i64,
+    /// The project's name.
+    pub project_name: String,
+    /// See [`NewDeployment::environment`].
+    pub environment: String,
+    /// See [`NewDeployment::url`].
+    pub url: Option<String>,
+    /// See [`NewDeployment::tier`].
+    pub tier: Option<String>,
+    /// `rolled_back` once [`DeploymentRecord::rolled_back_by`] is set; else from its job's
+    /// status: `success`, `failed`, `canceled`, or `running` (a job not over).
+    pub status: gantry_api::deployments::DeploymentStatus,
+    /// See [`NewDeployment::job_id`].
+    pub job_id: i64,
+    /// See [`NewDeployment::pipeline_id`].
+    pub pipeline_id: i64,
+    /// See [`NewDeployment::job_name`].
+    pub job_name: String,
+    /// See [`NewDeployment::sha`].
+    pub sha: String,
+    /// See [`NewDeployment::git_ref`].
+    pub git_ref: String,
+    /// See [`NewDeployment::triggered_by`].
+    pub triggered_by: String,
+    /// See [`NewDeployment::variables`].
+    pub variables: String,
+    /// See [`NewDeployment::artifacts`].
+    pub artifacts: String,
+    /// See [`NewDeployment::created_at`].
+    pub created_at: Millis,
+    /// When its job ended, once it has.
+    pub finished_at: Option<Millis>,
+    /// See [`NewDeployment::rollback_of`].
+    pub rollback_of: Option<i64>,
+    /// The rollback that replaced it, once one succeeded.
+    pub rolled_back_by: Option<i64>,
+    /// Its verification's measurements (JSON, opaque to the store; `[]` until its finish).
+    pub measurements: String,
+}
+
+/// An environment of a project, as [`Store::environments`](crate::Store::environments) lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvironmentRecord {
+    /// Its name.
+    pub name: String,
+    /// How many deployments it has had.
+    pub deployments: i64,
+    /// Its newest deployment.
+    pub last: DeploymentRecord,
+    /// Its newest deployment that succeeded and was not rolled back.
+    pub current: Option<DeploymentRecord>,
 }

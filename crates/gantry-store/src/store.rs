@@ -6,10 +6,10 @@ use gantry_api::DeliveryStatus;
 
 use crate::error::{Result, StoreError};
 use crate::records::{
-    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, JobRecord,
-    JobResult, Millis, NewAgent, NewDelivery, NewNotification, NewPipeline, NewProjectToken,
-    NewReports, NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
-    ProjectTokenRecord, ReportsRecord,
+    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord,
+    DeploymentRecord, EnvironmentRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery,
+    NewDeployment, NewNotification, NewPipeline, NewProjectToken, NewReports, NotificationRecord,
+    Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
 };
 
 /// The server's durable state. See the crate docs for the guarantees.
@@ -306,6 +306,35 @@ pub trait Store: Send + Sync + 'static {
         git_ref: &str,
         page: Page,
     ) -> Result<Paged<CoveragePoint>>;
+
+    // --- deployments
+
+    /// Records the deployment of job `job_id` (a job with `environment:`, `action: start`) and
+    /// answers its id; when the job has one already (a repeated claim, or a rollback that recorded
+    /// its attempt first), that one stays and its id is answered. Its status and end are read
+    /// from its job ever after (see [`DeploymentRecord`]); its measurements come with the job's
+    /// finish ([`JobResult::measurements`]).
+    async fn record_deployment(&self, deployment: &NewDeployment) -> Result<i64>;
+    /// Deployment `id`.
+    async fn deployment(&self, id: i64) -> Result<Option<DeploymentRecord>>;
+    /// The deployment of job `job_id` (an attempt), if it deploys.
+    async fn job_deployment(&self, job_id: i64) -> Result<Option<DeploymentRecord>>;
+    /// The deployments of `environment` in project `project_id`, newest first.
+    async fn deployments(
+        &self,
+        project_id: i64,
+        environment: &str,
+        page: Page,
+    ) -> Result<Paged<DeploymentRecord>>;
+    /// The environments of project `project_id` (those with a deployment), by name, each with its
+    /// count, its newest deployment and its current one (see [`EnvironmentRecord`]).
+    async fn environments(&self, project_id: i64) -> Result<Vec<EnvironmentRecord>>;
+    /// The newest deployment of the environment of deployment `id`, older than it, that
+    /// succeeded and was not rolled back: what a rollback of `id` re-deploys by default.
+    async fn last_success_before(&self, id: i64) -> Result<Option<DeploymentRecord>>;
+    /// Marks deployment `id` rolled back by deployment `by`, only if it is not marked already;
+    /// answers whether it marked it (so of two rollbacks racing, one wins).
+    async fn mark_rolled_back(&self, id: i64, by: i64) -> Result<bool>;
 
     // --- agents
 

@@ -358,6 +358,7 @@ fn add(args: AddArgs) -> Result<u8> {
         protected_branches: (!args.protected_branches.is_empty())
             .then_some(args.protected_branches),
         protected_tags: args.protected_tags,
+        notify: Vec::new(),
     };
     let body = serde_json::to_vec(&body)?;
     match call(

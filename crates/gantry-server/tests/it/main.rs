@@ -12,5 +12,6 @@ mod hooks;
 mod intake;
 mod notify;
 mod reports;
+mod rollback;
 mod secrets;
 mod tokens;

@@ -11,8 +11,8 @@ use crate::common::{App, Backend, eventually, spawn_with, text_of};
 
 /// A local HTTP server that answers `500` to its first `failing` requests and `200` after, and
 /// keeps every body with the status it answered.
-struct Recorder {
-    url: String,
+pub struct Recorder {
+    pub url: String,
     seen: Arc<Mutex<Vec<(u16, Value)>>>,
 }
 
@@ -23,7 +23,7 @@ struct RecorderState {
 }
 
 impl Recorder {
-    async fn start(failing: usize) -> Recorder {
+    pub async fn start(failing: usize) -> Recorder {
         async fn record(
             axum::extract::State(s): axum::extract::State<RecorderState>,
             body: axum::Json<Value>,
@@ -48,12 +48,12 @@ impl Recorder {
         Recorder { url, seen }
     }
 
-    fn seen(&self) -> Vec<(u16, Value)> {
+    pub fn seen(&self) -> Vec<(u16, Value)> {
         self.seen.lock().unwrap().clone()
     }
 
     /// Waits until `n` requests arrived.
-    async fn wait_for(&self, n: usize) -> Vec<(u16, Value)> {
+    pub async fn wait_for(&self, n: usize) -> Vec<(u16, Value)> {
         eventually(|| async {
             let s = self.seen();
             (s.len() >= n).then_some(s)

@@ -37,6 +37,8 @@ macro_rules! store_tests {
     };
 }
 
+mod deployments;
+
 store_tests!(
     projects_create_conflict_update,
     deliveries_are_stored_once,
@@ -102,6 +104,7 @@ fn done(status: JobStatus, at: i64) -> JobResult {
         coverage: None,
         finished_at: at,
         reports: None,
+        measurements: None,
     }
 }
 
@@ -1293,6 +1296,7 @@ async fn finish_records_the_result(h: Harness) {
         coverage: Some(87.5),
         finished_at: 4_000,
         reports: None,
+        measurements: None,
     };
     assert_eq!(s.finish(j.id, a.id, &result).await.unwrap(), id);
     let f = s.job(j.id).await.unwrap().unwrap();

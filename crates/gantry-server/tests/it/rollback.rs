@@ -1,0 +1,432 @@
+//! Rollbacks on the server, through the real agent protocol: automatic after a failed
+//! verification with `verify:on_failure: rollback`, and by `POST .../environments/{env}/rollback`;
+//! the deployments they record and mark, and the deployment and rollback notifications.
+
+use gantry_api::deployments::DeploymentStatus;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{Agent, App, Backend, eventually, send, spawn};
+use crate::notify::Recorder;
+
+/// A deploy job that rolls back when its verification fails, and tells the webhook at
+/// `$HOOK_URL` of failed deployments and rollbacks. `{extra}` is more of the job.
+fn ci(extra: &str) -> String {
+    format!(
+        "
+notify:
+  - on: [deployment_failed, rollback]
+    webhook: {{url: $HOOK_URL}}
+deploy:
+  script: [./deploy.sh]
+  environment: {{name: production, url: \"http://127.0.0.1:18080\"}}
+  resource_group: production
+  verify:
+    http: [{{url: \"http://127.0.0.1:18080/healthz\"}}]
+    on_failure: rollback
+{extra}"
+    )
+}
+
+/// A server with project `demo` whose masked `HOOK_URL` is `hook`'s URL (when given), and an agent.
+async fn app(b: Backend, hook: Option<&Recorder>, settings: Value) -> (App, Agent) {
+    let app = spawn(b).await;
+    let mut extra = settings;
+    if let Some(h) = hook {
+        extra["variables"] = json!([{"key": "HOOK_URL", "value": h.url, "masked": true}]);
+    }
+    app.project("demo", extra).await;
+    let agent = app.register("agent", &[]).await;
+    (app, agent)
+}
+
+/// Pushes commit `n` of `ci` and hands its job to `agent`; answers the job's spec.
+async fn push_and_take(app: &App, agent: &Agent, ci: &str, n: usize) -> Value {
+    let sha = app.commit(&[(".gitlab-ci.yml", ci), ("n", &n.to_string())]);
+    let d = app.push_and_wait("demo", &sha).await;
+    assert!(d["pipeline_id"].is_i64(), "{d}");
+    app.take(agent, 5000).await.expect("the deploy job")
+}
+
+/// Finishes job `id` with `outcome` and `reason`, as an agent does.
+async fn finish(app: &App, agent: &Agent, id: i64, outcome: &str, reason: Option<&str>) {
+    send(
+        app.agent_call(
+            agent,
+            Method::POST,
+            &format!("/api/v1/agent/jobs/{id}/finish"),
+        )
+        .json(&json!({
+            "outcome": outcome,
+            "exit_code": if outcome == "success" { 0 } else { 1 },
+            "failure_reason": reason,
+            "coverage": null,
+            "log_size": 0,
+        })),
+        200,
+    )
+    .await;
+}
+
+/// Deploys commit `n` of `ci` to its end (`outcome`, `reason`); answers the job's spec.
+async fn deploy(
+    app: &App,
+    agent: &Agent,
+    ci: &str,
+    n: usize,
+    outcome: &str,
+    reason: Option<&str>,
+) -> Value {
+    let spec = push_and_take(app, agent, ci, n).await;
+    finish(app, agent, id(&spec), outcome, reason).await;
+    spec
+}
+
+fn id(spec: &Value) -> i64 {
+    spec["job_id"].as_i64().unwrap()
+}
+
+/// The value of variable `key` of the spec's job.
+fn var(spec: &Value, key: &str) -> Option<String> {
+    spec["plan"]["jobs"][0]["variables"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|v| v["key"] == key)
+        .map(|v| v["value"].as_str().unwrap().to_string())
+}
+
+async fn store(app: &App) -> std::sync::Arc<dyn gantry_store::Store> {
+    gantry_store::connect(&app.database_url).await.unwrap()
+}
+
+/// The deployment of job `job`.
+async fn deployment_of(app: &App, job: i64) -> gantry_store::DeploymentRecord {
+    store(app)
+        .await
+        .job_deployment(job)
+        .await
+        .unwrap()
+        .expect("a deployment")
+}
+
+async fn a_failed_verification_rolls_back_at_once(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = app(b, Some(&hook), json!({})).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    // Version 2 has a rollback_script: it runs in place of version 1's script.
+    let v2_ci = ci("  rollback_script: [helm rollback app]\n");
+    let v2 = deploy(
+        &app,
+        &agent,
+        &v2_ci,
+        2,
+        "failed",
+        Some("verification_failure"),
+    )
+    .await;
+    let (d1, d2) = (
+        deployment_of(&app, id(&v1)).await,
+        deployment_of(&app, id(&v2)).await,
+    );
+    assert_eq!(d2.status, DeploymentStatus::Failed);
+    // The rollback is queued when the finish answers: no wait.
+    let rb = app
+        .take(&agent, 0)
+        .await
+        .expect("the rollback job, at once");
+    assert_eq!(rb["pipeline_id"], v1["pipeline_id"], "{rb}");
+    assert_eq!(rb["sha"], v1["sha"], "version 1's commit");
+    assert_ne!(rb["sha"], v2["sha"]);
+    assert_eq!(rb["attempt"], 2, "a new attempt of version 1's job");
+    assert_eq!(rb["job"], "deploy");
+    assert_eq!(var(&rb, "GANTRY_ROLLBACK").as_deref(), Some("true"));
+    assert_eq!(var(&rb, "GANTRY_ROLLBACK_FROM"), Some(d2.id.to_string()));
+    assert_eq!(var(&rb, "GANTRY_ROLLBACK_TO"), Some(d1.id.to_string()));
+    assert_eq!(var(&rb, "GANTRY_DEPLOY_WEIGHT").as_deref(), Some("100"));
+    let job = &rb["plan"]["jobs"][0];
+    assert_eq!(job["script"], json!(["helm rollback app"]), "{job}");
+    assert!(job["verify"].is_null(), "a rollback is not verified: {job}");
+    let rd = deployment_of(&app, id(&rb)).await;
+    assert_eq!(
+        (rd.rollback_of, rd.triggered_by.as_str(), rd.sha.as_str()),
+        (Some(d2.id), "rollback", d1.sha.as_str())
+    );
+    assert_eq!(rd.status, DeploymentStatus::Running);
+    app.run_job(&agent, id(&rb), "rolled back\n", "success")
+        .await;
+    let s = store(&app).await;
+    let d2 = s.deployment(d2.id).await.unwrap().unwrap();
+    assert_eq!(d2.status, DeploymentStatus::RolledBack);
+    assert_eq!(d2.rolled_back_by, Some(rd.id));
+    let rd = s.deployment(rd.id).await.unwrap().unwrap();
+    assert_eq!(rd.status, DeploymentStatus::Success);
+    assert_eq!(
+        s.deployment(d1.id).await.unwrap().unwrap().status,
+        DeploymentStatus::Success
+    );
+    // The notifications: version 2's failed deployment, then the rollback.
+    let seen = hook.wait_for(2).await;
+    let by = |event: &str| {
+        seen.iter()
+            .map(|(_, b)| b)
+            .find(|b| b["event"] == event)
+            .unwrap_or_else(|| panic!("no {event} in {seen:?}"))
+            .clone()
+    };
+    let failed = by("deployment_failed");
+    assert_eq!(failed["environment"], "production");
+    assert_eq!(failed["failed_jobs"], json!(["deploy"]));
+    assert_eq!(failed["commit"]["sha"], v2["sha"]);
+    assert_eq!(failed["project"], "demo");
+    let rolled = by("rollback");
+    assert_eq!(rolled["environment"], "production");
+    assert_eq!(
+        rolled["rollback"],
+        json!({"from": d2.id.to_string(), "to": d1.id.to_string()})
+    );
+    assert_eq!(rolled["failed_jobs"], json!([]));
+    assert_eq!(rolled["commit"]["sha"], v1["sha"]);
+    assert_eq!(rolled["pipeline"]["id"], v1["pipeline_id"]);
+}
+crate::both!(a_failed_verification_rolls_back_at_once);
+
+async fn a_failed_rollback_is_reported_and_never_loops(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = app(b, Some(&hook), json!({})).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    let v2 = deploy(
+        &app,
+        &agent,
+        &ci(""),
+        2,
+        "failed",
+        Some("verification_failure"),
+    )
+    .await;
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    // Without a rollback_script, the rollback re-runs version 1's own script.
+    assert_eq!(rb["plan"]["jobs"][0]["script"], json!(["./deploy.sh"]));
+    // Even a failure reported as a verification's (a rollback has none) starts nothing more.
+    finish(
+        &app,
+        &agent,
+        id(&rb),
+        "failed",
+        Some("verification_failure"),
+    )
+    .await;
+    assert!(
+        app.take(&agent, 300).await.is_none(),
+        "a failed rollback starts nothing"
+    );
+    let d2 = deployment_of(&app, id(&v2)).await;
+    assert_eq!(d2.status, DeploymentStatus::Failed, "not rolled back");
+    assert_eq!(d2.rolled_back_by, None);
+    assert_eq!(
+        deployment_of(&app, id(&rb)).await.status,
+        DeploymentStatus::Failed
+    );
+    let seen = hook.wait_for(2).await;
+    let rolled = seen
+        .iter()
+        .map(|(_, b)| b)
+        .find(|b| b["event"] == "rollback")
+        .expect("a rollback notification");
+    assert_eq!(rolled["failed_jobs"], json!(["deploy"]), "{rolled}");
+    assert_eq!(rolled["commit"]["sha"], v1["sha"]);
+}
+crate::both!(a_failed_rollback_is_reported_and_never_loops);
+
+async fn a_first_deployment_that_fails_verification_has_nothing_to_roll_back_to(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let v1 = deploy(
+        &app,
+        &agent,
+        &ci(""),
+        1,
+        "failed",
+        Some("verification_failure"),
+    )
+    .await;
+    assert!(
+        app.take(&agent, 300).await.is_none(),
+        "nothing to re-deploy"
+    );
+    // A script failure does not roll back either: only a failed verification does.
+    deploy(&app, &agent, &ci(""), 2, "success", None).await;
+    deploy(&app, &agent, &ci(""), 3, "failed", Some("script_failure")).await;
+    assert!(app.take(&agent, 300).await.is_none(), "a script failure");
+    assert_eq!(
+        deployment_of(&app, id(&v1)).await.status,
+        DeploymentStatus::Failed
+    );
+}
+crate::both!(a_first_deployment_that_fails_verification_has_nothing_to_roll_back_to);
+
+/// `POST .../environments/{env}/rollback` with `body` as `token`; answers the status and body.
+async fn post_rollback(app: &App, env: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/projects/demo/environments/{env}/rollback"),
+        )
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn create_token(app: &App, read_only: bool) -> String {
+    let r = send(
+        app.post("/api/v1/projects/demo/tokens")
+            .json(&json!({"name": "ci", "read_only": read_only})),
+        201,
+    )
+    .await;
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn the_api_rolls_back_and_says_why_not(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let plain = "
+deploy:
+  script: [./deploy.sh]
+  environment: {name: production}
+";
+    let admin = crate::common::ADMIN;
+    let (status, body) = post_rollback(&app, "production", admin, None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        body["error"],
+        "project `demo` has no environment `production`"
+    );
+    let v1 = push_and_take(&app, &agent, plain, 1).await;
+    let (status, body) = post_rollback(&app, "production", admin, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("is still running"),
+        "{body}"
+    );
+    finish(&app, &agent, id(&v1), "success", None).await;
+    let (status, body) = post_rollback(&app, "production", admin, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no successful deployment before"),
+        "{body}"
+    );
+    let v2 = deploy(&app, &agent, plain, 2, "success", None).await;
+    let (d1, d2) = (
+        deployment_of(&app, id(&v1)).await,
+        deployment_of(&app, id(&v2)).await,
+    );
+    let read_only = create_token(&app, true).await;
+    let (status, body) = post_rollback(&app, "production", &read_only, None).await;
+    assert_eq!(status, 403, "{body}");
+    for to in [d2.id, d2.id + 1000] {
+        let (status, body) =
+            post_rollback(&app, "production", admin, Some(json!({"to": to}))).await;
+        assert_eq!(status, 409, "to {to}: {body}");
+    }
+    // A project token that writes may roll back; `to` names the target.
+    let writer = create_token(&app, false).await;
+    let (status, body) =
+        post_rollback(&app, "production", &writer, Some(json!({"to": d1.id}))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["environment"], "production");
+    assert_eq!(
+        (body["from"].as_i64(), body["to"].as_i64()),
+        (Some(d2.id), Some(d1.id))
+    );
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    assert_eq!(rb["job_id"], body["job_id"]);
+    assert_eq!(rb["sha"], v1["sha"]);
+    assert_eq!(var(&rb, "GANTRY_ROLLBACK_TO"), Some(d1.id.to_string()));
+    // While it runs, the environment cannot be rolled back again.
+    let (status, _) = post_rollback(&app, "production", admin, None).await;
+    assert_eq!(status, 409);
+    app.run_job(&agent, id(&rb), "ok\n", "success").await;
+    let d2 = deployment_of(&app, id(&v2)).await;
+    assert_eq!(d2.status, DeploymentStatus::RolledBack);
+    // An environment whose name has a `/`.
+    let review = "
+deploy:
+  script: [./deploy.sh]
+  environment: {name: review/x}
+";
+    deploy(&app, &agent, review, 3, "success", None).await;
+    deploy(&app, &agent, review, 4, "success", None).await;
+    let (status, body) = post_rollback(&app, "review%2Fx", admin, Some(json!({}))).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["environment"], "review/x");
+}
+crate::both!(the_api_rolls_back_and_says_why_not);
+
+async fn project_settings_rules_notify_with_the_files(b: Backend) {
+    let settings_hook = Recorder::start(0).await;
+    let file_hook = Recorder::start(0).await;
+    let app = spawn(b).await;
+    // Invalid rules are refused, with where and why.
+    let bad = send(
+        app.post("/api/v1/projects").json(&json!({
+            "name": "bad", "repo_url": "/srv/x.git",
+            "notify": [{"on": ["deploy_done"], "webhook": {"url": "$U"}}],
+        })),
+        400,
+    )
+    .await;
+    let e = crate::common::json_error(bad, "bad rules").await;
+    assert!(
+        e.starts_with("notify:4:7: `notify`: unknown event `deploy_done`"),
+        "{e}"
+    );
+    app.project(
+        "demo",
+        json!({
+            "variables": [
+                {"key": "HOOK_URL", "value": settings_hook.url, "masked": true},
+                {"key": "FILE_HOOK", "value": file_hook.url},
+            ],
+            "notify": [{"on": ["deployment_succeeded"], "webhook": {"url": "$HOOK_URL"}}],
+        }),
+    )
+    .await;
+    let agent = app.register("agent", &[]).await;
+    let ci = "
+notify:
+  - on: [deployment_succeeded]
+    webhook: {url: $FILE_HOOK}
+deploy:
+  script: [./deploy.sh]
+  environment: {name: staging}
+";
+    let spec = deploy(&app, &agent, ci, 1, "success", None).await;
+    for hook in [&settings_hook, &file_hook] {
+        let seen = hook.wait_for(1).await;
+        let body = &seen[0].1;
+        assert_eq!(body["event"], "deployment_succeeded", "{body}");
+        assert_eq!(body["environment"], "staging");
+        assert_eq!(body["project"], "demo");
+        assert_eq!(body["commit"]["sha"], spec["sha"]);
+        assert_eq!(body["failed_jobs"], json!([]));
+    }
+    // The pipeline's own end notifies nobody: no rule asks for it.
+    let s = store(&app).await;
+    let p = spec["pipeline_id"].as_i64().unwrap();
+    app.pipeline_status(p, "success").await;
+    eventually(|| async {
+        let all = s.notifications(p).await.unwrap();
+        all.iter().all(|n| n.status == "sent").then_some(())
+    })
+    .await;
+    assert_eq!(s.notifications(p).await.unwrap().len(), 2);
+}
+crate::both!(project_settings_rules_notify_with_the_files);
