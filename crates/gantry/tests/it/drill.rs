@@ -261,6 +261,14 @@ fn assert_rolled_back_history(history: &Value, v1: &str, v2: &str) {
     );
 }
 
+/// The `rollback` events of a run.
+fn rollbacks(run: &crate::Run) -> Vec<&Value> {
+    run.events
+        .iter()
+        .filter(|e| e["event"] == "rollback")
+        .collect()
+}
+
 /// The lines of `job`'s log holding `part`.
 fn lines_with(run: &crate::Run, job: &str, part: &str) -> Vec<String> {
     run.log(job)
@@ -314,21 +322,21 @@ fn the_failure_drill_rolls_back_a_bad_release_locally() {
     );
     assert_eq!(
         lines_with(&r, "deploy-production", "deployed v"),
-        ["deployed v2 at weight 100", "deployed v1 at weight 100"],
+        ["deployed v2 at weight 100"]
+    );
+    assert_eq!(
+        lines_with(&r, "deploy-production (rollback)", "deployed v"),
+        ["deployed v1 at weight 100"],
         "{}",
         r.dump()
     );
-    let rollbacks: Vec<&Value> = r
-        .events
-        .iter()
-        .filter(|e| e["event"] == "rollback")
-        .collect();
+    let rollback = |status: &str| {
+        json!({"event": "rollback", "environment": "production", "from": 2, "to": 1,
+               "status": status})
+    };
     assert_eq!(
-        rollbacks,
-        [
-            &json!({"event": "rollback", "environment": "production", "from": 2, "to": 1,
-                 "status": "success"})
-        ],
+        rollbacks(&r),
+        [&rollback("running"), &rollback("success")],
         "{}",
         r.dump()
     );
@@ -389,19 +397,26 @@ fn the_failure_drill_rolls_back_a_bad_release_locally() {
     assert_eq!(r.code, 1, "{}", r.dump());
     assert_eq!(
         lines_with(&r, job, "deployed v"),
-        ["deployed v4 at weight 10", "deployed v3 at weight 100"],
+        ["deployed v4 at weight 10"],
         "{}",
         r.dump()
     );
-    let rollback = r
-        .events
-        .iter()
-        .find(|e| e["event"] == "rollback")
-        .unwrap_or_else(|| panic!("no rollback: {}", r.dump()));
-    assert_eq!(rollback["from"], 5, "{rollback}");
-    assert_eq!(rollback["to"], 4, "{rollback}");
-    assert_eq!(rollback["status"], "success", "{rollback}");
-    drill.wait_serving("v3");
+    assert_eq!(
+        lines_with(&r, &format!("{job} (rollback)"), "deployed v"),
+        ["deployed v3 at weight 100"],
+        "{}",
+        r.dump()
+    );
+    // Deployments 4 (v3) and 5 (v4), after 1 (v1), 2 (v2) and 3 (v1 again).
+    let last = rollbacks(&r)
+        .pop()
+        .unwrap_or_else(|| panic!("{}", r.dump()));
+    assert_eq!(
+        last,
+        &json!({"event": "rollback", "environment": "production", "from": 5, "to": 4,
+                "status": "success"})
+    );
+    assert_eq!(drill.healthz(), "ok v3");
 }
 
 /// Triggers a pipeline on `main` with `variables`; answers the finished pipeline.
