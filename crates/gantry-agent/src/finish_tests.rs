@@ -1,5 +1,5 @@
 //! Whole jobs run by [`job::run`] against a stand-in server: what their `finish` call carries of
-//! their reports and gates (protocol 2).
+//! their reports and gates (protocol 2) and their verification measurements (protocol 3).
 
 use std::sync::{Arc, Mutex};
 
@@ -324,4 +324,77 @@ async fn a_gate_job_tests_new_coverage_on_the_spec_s_changes() {
     assert_eq!(ran.finish.outcome, Outcome::Failed);
     let gate = ran.finish.gate.unwrap();
     assert_eq!(gate.conditions[1].verdict, Verdict::NoData);
+}
+
+/// A health endpoint answering `200` on 127.0.0.1: its base URL.
+async fn health_server() -> String {
+    let app = Router::new().route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// A deploy job verified at steps 50 and 100 by an HTTP check whose URL holds the masked `TOKEN`.
+async fn verified_plan() -> Plan {
+    let mut deploy = Job::new("deploy", "test", 1);
+    deploy.script = vec!["echo deploying at $GANTRY_DEPLOY_WEIGHT".into()];
+    deploy.verify = Some(gantry_pipeline::verify::Verify {
+        interval: std::time::Duration::from_millis(50),
+        duration: std::time::Duration::from_millis(120),
+        http: vec![gantry_pipeline::verify::HttpCheck {
+            url: format!("{}/healthz?token=$TOKEN", health_server().await),
+            expect_status: 200,
+            consecutive_failures: 3,
+            timeout: std::time::Duration::from_secs(5),
+        }],
+        steps: vec![50, 100],
+        ..gantry_pipeline::verify::Verify::default()
+    });
+    let mut p = plan(deploy);
+    p.variables.push(Variable {
+        masked: true,
+        ..Variable::new("TOKEN", "s3cr3t-t0ken")
+    });
+    p
+}
+
+#[tokio::test]
+async fn a_verified_jobs_measurements_go_in_its_finish_masked_with_their_weights() {
+    let ran = run(verified_plan().await, None, None, Server::default()).await;
+    assert_eq!(ran.finish.outcome, Outcome::Success, "{}", ran.log);
+    let m = &ran.finish.measurements;
+    assert!(!m.is_empty(), "no measurements: {}", ran.log);
+    let weights: Vec<Option<u8>> = m.iter().map(|m| m.weight).collect();
+    let first_100 = weights.iter().position(|w| *w == Some(100)).unwrap();
+    assert!(first_100 > 0, "{weights:?}");
+    assert!(
+        weights[..first_100].iter().all(|w| *w == Some(50))
+            && weights[first_100..].iter().all(|w| *w == Some(100)),
+        "every step's, in order: {weights:?}"
+    );
+    for m in m {
+        assert_eq!((m.kind.as_str(), m.phase.as_str()), ("http", "pass"));
+        assert!(m.passed);
+        assert_eq!(m.value, Some(200.0));
+        assert!(m.check.ends_with("/healthz?token=[MASKED]"), "{}", m.check);
+    }
+    assert!(
+        !ran.raw[0].contains("s3cr3t"),
+        "the masked value reached the finish: {}",
+        ran.raw[0]
+    );
+}
+
+#[tokio::test]
+async fn a_server_refusing_a_large_finish_gets_it_without_the_measurements() {
+    let server = Server {
+        body_limit: Some(200),
+        ..Server::default()
+    };
+    let ran = run(verified_plan().await, None, None, server).await;
+    assert_eq!(ran.raw.len(), 2, "{:?}", ran.raw);
+    assert!(ran.raw[0].contains("\"measurements\""), "{}", ran.raw[0]);
+    assert!(ran.finish.measurements.is_empty());
+    assert_eq!(ran.finish.outcome, Outcome::Success);
 }

@@ -710,7 +710,7 @@ async fn send_artifacts(client: &Client, job: i64, tar: &Path) -> Result<(), Don
 
 /// The `finish` call, retried until the server answers. A server whose body limit is lower than
 /// [`reports::MAX_JSON`] allows (`413`) gets it again without the summaries, then without the gate's
-/// verdict too.
+/// verdict, then without the verification's measurements.
 async fn finish(
     env: &Env,
     spec: &JobSpec,
@@ -736,7 +736,7 @@ async fn finish(
         log_size: i64::try_from(log_size).unwrap_or(i64::MAX),
         reports: summaries.reports,
         gate: summaries.gate,
-        measurements: Vec::new(),
+        measurements: summaries.measurements,
     };
     let mut backoff = Backoff::default();
     loop {
@@ -748,13 +748,17 @@ async fn finish(
                 backoff.wait().await;
             }
             Err(CallError::Status { status: 413, .. })
-                if body.reports.is_some() || body.gate.is_some() =>
+                if body.reports.is_some()
+                    || body.gate.is_some()
+                    || !body.measurements.is_empty() =>
             {
                 let what = if body.reports.take().is_some() {
                     "report summaries"
-                } else {
-                    body.gate = None;
+                } else if body.gate.take().is_some() {
                     "gate verdict"
+                } else {
+                    body.measurements.clear();
+                    "verification measurements"
                 };
                 tracing::warn!(
                     "the server refused the finish as too large; sending it without the {what}"

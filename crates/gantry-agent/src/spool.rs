@@ -146,6 +146,30 @@ pub(crate) struct LogReporter {
 pub(crate) struct Summaries {
     pub reports: Option<Reports>,
     pub gate: Option<GateOutcome>,
+    /// The verification's measurements, every step's, in order (at most [`MAX_MEASUREMENTS`]).
+    pub measurements: Vec<gantry_api::deployments::Measurement>,
+}
+
+/// The most measurements a finish carries: a verification of hours at short intervals stays
+/// well under the server's finish limit; the log holds every one.
+pub(crate) const MAX_MEASUREMENTS: usize = 10_000;
+
+/// Keeps `m` (taken at the progressive step of `weight`) in `kept` as the agent protocol carries
+/// it, the same JSON plus the weight; past [`MAX_MEASUREMENTS`], none.
+pub(crate) fn keep_measurement(
+    kept: &mut Vec<gantry_api::deployments::Measurement>,
+    m: &gantry_runtime::gantry_release::Measurement,
+    weight: Option<u8>,
+) {
+    if kept.len() >= MAX_MEASUREMENTS {
+        return;
+    }
+    let api = serde_json::to_value(m)
+        .and_then(serde_json::from_value::<gantry_api::deployments::Measurement>);
+    match api {
+        Ok(api) => kept.push(gantry_api::deployments::Measurement { weight, ..api }),
+        Err(e) => tracing::warn!(error = %e, "a measurement the protocol cannot carry"),
+    }
 }
 
 impl LogReporter {
@@ -227,14 +251,17 @@ impl Reporter for LogReporter {
                 self.spool.write(&text);
             }
             Event::JobInfo { message, .. } => self.spool.info(message),
-            // Each measurement of a verification goes into the job's log, as `gantry run` shows it.
+            // Each measurement of a verification goes into the job's log, as `gantry run` shows it,
+            // and with the finish to the server, which keeps it with the deployment.
             Event::Verify {
                 weight,
                 measurement,
                 ..
-            } => self
-                .spool
-                .info(&gantry_runtime::measurement_line(measurement, weight)),
+            } => {
+                self.spool
+                    .info(&gantry_runtime::measurement_line(measurement, weight));
+                keep_measurement(&mut self.summaries().measurements, measurement, weight);
+            }
             Event::JobFinished {
                 job,
                 stage,

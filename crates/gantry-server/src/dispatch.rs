@@ -245,6 +245,7 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
             spec.changes = gate_changes(state, &p, mr_base).await;
         }
     }
+    crate::deployments::record(&*state.store, &p, &job, &spec).await?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
     if p.status != PipelineStatus::Running || p.started_at.is_none() {
@@ -1213,7 +1214,7 @@ pub(crate) async fn finish(
                 coverage: body.coverage.filter(|c| c.is_finite()),
                 finished_at: now,
                 reports,
-                measurements: None,
+                measurements: crate::deployments::measurements(&body),
             },
         )
         .await

@@ -34,6 +34,7 @@ mod clock;
 pub mod config;
 mod conn;
 mod data_dir;
+mod deployments;
 mod dispatch;
 mod error;
 mod events;

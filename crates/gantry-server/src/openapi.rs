@@ -55,6 +55,8 @@ token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `40
         crate::read::pipeline_reports,
         crate::read::job_reports,
         crate::read::coverage_trend,
+        crate::deployments::environments,
+        crate::deployments::deployments,
         crate::read::agents,
         crate::tokens::revoke_agent,
         crate::tokens::rotate_registration_token,

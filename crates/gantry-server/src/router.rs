@@ -56,6 +56,14 @@ pub(crate) fn router(state: AppState) -> Router {
             get(crate::read::coverage_trend),
         )
         .route(
+            "/api/v1/projects/{name}/environments",
+            get(crate::deployments::environments),
+        )
+        .route(
+            "/api/v1/projects/{name}/environments/{env}/deployments",
+            get(crate::deployments::deployments),
+        )
+        .route(
             "/api/v1/projects/{name}/environments/{env}/rollback",
             post(crate::rollback::rollback),
         )

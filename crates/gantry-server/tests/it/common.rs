@@ -461,6 +461,20 @@ impl App {
     }
 }
 
+/// A new token of `project` (read-only when `read_only`): its secret.
+pub async fn create_token(app: &App, project: &str, read_only: bool) -> String {
+    let r = send(
+        app.post(&format!("/api/v1/projects/{project}/tokens"))
+            .json(&json!({"name": "ci", "read_only": read_only})),
+        201,
+    )
+    .await;
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A forge payload from `tests/it/forges/`.
 pub fn fixture(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

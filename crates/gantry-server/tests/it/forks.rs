@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::both;
-use crate::common::{Agent, App, Backend, fixture, git, send, send_hook, set, spawn};
+use crate::common::{Agent, App, Backend, create_token, fixture, git, send, send_hook, set, spawn};
 
 /// Values that no fork job may see.
 const PLAIN: &str = "plain-value-1";
@@ -279,19 +279,6 @@ async fn approve(app: &App, id: i64, token: &str) -> (u16, Value) {
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn create_token(app: &App, project: &str, read_only: bool) -> String {
-    let r = send(
-        app.post(&format!("/api/v1/projects/{project}/tokens"))
-            .json(&json!({"name": "ci", "read_only": read_only})),
-        201,
-    )
-    .await;
-    r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 async fn approved_fork_pipelines_run_with_secrets(b: Backend) {

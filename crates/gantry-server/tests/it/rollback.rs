@@ -6,7 +6,7 @@ use gantry_api::deployments::DeploymentStatus;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::common::{Agent, App, Backend, eventually, send, spawn};
+use crate::common::{Agent, App, Backend, create_token, eventually, send, spawn};
 use crate::notify::Recorder;
 
 /// A deploy job that rolls back when its verification fails, and tells the webhook at
@@ -80,6 +80,19 @@ async fn deploy(
     let spec = push_and_take(app, agent, ci, n).await;
     finish(app, agent, id(&spec), outcome, reason).await;
     spec
+}
+
+/// Deploys commit `n` of `ci("")`, whose verification fails.
+async fn failed_verification(app: &App, agent: &Agent, n: usize) -> Value {
+    deploy(
+        app,
+        agent,
+        &ci(""),
+        n,
+        "failed",
+        Some("verification_failure"),
+    )
+    .await
 }
 
 fn id(spec: &Value) -> i64 {
@@ -195,15 +208,7 @@ async fn a_failed_rollback_is_reported_and_never_loops(b: Backend) {
     let hook = Recorder::start(0).await;
     let (app, agent) = app(b, Some(&hook), json!({})).await;
     let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
-    let v2 = deploy(
-        &app,
-        &agent,
-        &ci(""),
-        2,
-        "failed",
-        Some("verification_failure"),
-    )
-    .await;
+    let v2 = failed_verification(&app, &agent, 2).await;
     let rb = app.take(&agent, 0).await.expect("the rollback job");
     // Without a rollback_script, the rollback re-runs version 1's own script.
     assert_eq!(rb["plan"]["jobs"][0]["script"], json!(["./deploy.sh"]));
@@ -240,15 +245,7 @@ crate::both!(a_failed_rollback_is_reported_and_never_loops);
 
 async fn a_first_deployment_that_fails_verification_has_nothing_to_roll_back_to(b: Backend) {
     let (app, agent) = app(b, None, json!({})).await;
-    let v1 = deploy(
-        &app,
-        &agent,
-        &ci(""),
-        1,
-        "failed",
-        Some("verification_failure"),
-    )
-    .await;
+    let v1 = failed_verification(&app, &agent, 1).await;
     assert!(
         app.take(&agent, 300).await.is_none(),
         "nothing to re-deploy"
@@ -277,19 +274,6 @@ async fn post_rollback(app: &App, env: &str, token: &str, body: Option<Value>) -
     }
     let r = req.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-async fn create_token(app: &App, read_only: bool) -> String {
-    let r = send(
-        app.post("/api/v1/projects/demo/tokens")
-            .json(&json!({"name": "ci", "read_only": read_only})),
-        201,
-    )
-    .await;
-    r.json::<Value>().await.unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 async fn the_api_rolls_back_and_says_why_not(b: Backend) {
@@ -328,7 +312,7 @@ deploy:
         deployment_of(&app, id(&v1)).await,
         deployment_of(&app, id(&v2)).await,
     );
-    let read_only = create_token(&app, true).await;
+    let read_only = create_token(&app, "demo", true).await;
     let (status, body) = post_rollback(&app, "production", &read_only, None).await;
     assert_eq!(status, 403, "{body}");
     for to in [d2.id, d2.id + 1000] {
@@ -337,7 +321,7 @@ deploy:
         assert_eq!(status, 409, "to {to}: {body}");
     }
     // A project token that writes may roll back; `to` names the target.
-    let writer = create_token(&app, false).await;
+    let writer = create_token(&app, "demo", false).await;
     let (status, body) =
         post_rollback(&app, "production", &writer, Some(json!({"to": d1.id}))).await;
     assert_eq!(status, 201, "{body}");
@@ -430,3 +414,17 @@ deploy:
     assert_eq!(s.notifications(p).await.unwrap().len(), 2);
 }
 crate::both!(project_settings_rules_notify_with_the_files);
+
+#[tokio::test]
+async fn the_rollback_route_is_in_the_openapi_document() {
+    let app = spawn(Backend::Sqlite).await;
+    let doc = app.json("/api/v1/openapi.json").await;
+    let route = &doc["paths"]["/api/v1/projects/{name}/environments/{env}/rollback"]["post"];
+    let answers = route["responses"].as_object().expect("the route");
+    for status in ["201", "403", "404", "409"] {
+        assert!(answers.contains_key(status), "{status}: {route}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["Rollback"].is_object(), "{schemas}");
+    assert!(schemas["RollbackRequest"].is_object(), "{schemas}");
+}
