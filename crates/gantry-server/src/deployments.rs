@@ -42,6 +42,8 @@ pub(crate) fn new_deployment(
             .into_iter()
             .collect();
     let expand = |s: &str| vars::expand(s, &|k| resolved.get(k).cloned());
+    // A name that expands to nothing is no environment: GitLab creates none for it.
+    let environment = Some(expand(&env.name)).filter(|n| !n.is_empty())?;
     let variables: Vec<DeployedVariable> = spec
         .plan
         .cli_variables
@@ -65,7 +67,7 @@ pub(crate) fn new_deployment(
     let login = resolved.get("GITLAB_USER_LOGIN").filter(|l| !l.is_empty());
     Some(NewDeployment {
         project_id: p.project_id,
-        environment: expand(&env.name),
+        environment,
         url: env.url.as_deref().map(expand).filter(|u| !u.is_empty()),
         tier: env
             .deployment_tier

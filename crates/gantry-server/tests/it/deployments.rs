@@ -232,6 +232,11 @@ stop-review:
   when: always
   script: [./stop.sh]
   environment: {name: review/x, action: stop}
+nameless:
+  stage: cleanup
+  when: always
+  script: [./deploy.sh]
+  environment: $NOT_SET
 ";
 
 async fn an_environments_history_pages_and_names_with_a_slash(backend: Backend) {
@@ -250,9 +255,11 @@ async fn an_environments_history_pages_and_names_with_a_slash(backend: Backend) 
         finish_with(&app, &agent, id, "x\n", finish(outcome, &json!([]))).await;
         ids.push(id);
     }
-    // An `action: stop` job is no deployment.
+    // An `action: stop` job is no deployment, nor is one whose name expands to nothing.
     let stop = take(&app, &agent, "stop-review").await;
     app.run_job(&agent, stop, "stopped\n", "success").await;
+    let nameless = take(&app, &agent, "nameless").await;
+    app.run_job(&agent, nameless, "deployed\n", "success").await;
 
     let path = "/api/v1/projects/demo/environments/review%2Fx/deployments";
     let r = send(app.get(&format!("{path}?per_page=2")), 200).await;
@@ -289,6 +296,7 @@ async fn an_environments_history_pages_and_names_with_a_slash(backend: Backend) 
     let second = app.json(&format!("{path}?per_page=2&page=2")).await;
     assert_eq!(jobs(&second), [(ids[0], "success".to_owned())]);
     let envs = app.json("/api/v1/projects/demo/environments").await;
+    assert_eq!(envs.as_array().unwrap().len(), 1, "{envs}");
     assert_eq!(envs[0]["name"], "review/x");
     assert_eq!(envs[0]["deployments"], 3);
     assert_eq!(envs[0]["current"]["job_id"], ids[2]);

@@ -39,13 +39,8 @@ fn deployment(project_id: i64, job: &JobRecord, environment: &str, at: i64) -> N
 /// How a job ended, with its measurements.
 fn ended(status: JobStatus, at: i64, measurements: Option<&str>) -> JobResult {
     JobResult {
-        status,
-        exit_code: Some(0),
-        failure_reason: None,
-        coverage: None,
-        finished_at: at,
-        reports: None,
         measurements: measurements.map(str::to_owned),
+        ..crate::done(status, at)
     }
 }
 
