@@ -3,8 +3,8 @@
 //! deploys and verifies; version 2 answers 500 to 10% of requests, fails its verification and is
 //! rolled back to version 1 automatically, with a notification; the history says so; version 3
 //! goes through 10, 50 and 100% with the canary judged against the stable track, and version 4,
-//! faulty, stops at its first step and rolls back. Locally with `gantry run`, and (versions 1 and
-//! 2) through a server and an agent on both stores.
+//! faulty, stops at its first step and rolls back. Locally with `gantry run`, and through a
+//! server and an agent on both stores.
 //!
 //! Needs Go and Prometheus (`scripts/need.sh go golang-go`, `scripts/need.sh prometheus
 //! prometheus`; `scripts/test` runs both). No timing is asserted; waits poll with deadlines.
@@ -454,8 +454,8 @@ mod postgres {
     }
 }
 
-/// Versions 1 and 2 of the drill through a server and an agent: the rollback is a new attempt of
-/// version 1's deploy job in its pipeline.
+/// The drill through a server and an agent: each rollback is a new attempt of the re-deployed
+/// version's job in its pipeline.
 fn the_failure_drill_rolls_back_through_a_server_and_an_agent(store: Store) {
     let drill = Drill::new();
     let s = Setup::new(store);
@@ -506,4 +506,50 @@ fn the_failure_drill_rolls_back_through_a_server_and_an_agent(store: Store) {
     assert_rolled_back_history(&history, &v1, &v2);
     // The rollback is a new attempt of version 1's deploy job, in version 1's pipeline.
     assert_eq!(history[0]["pipeline_id"], p1.id, "{history:#}");
+
+    // 4. Version 3 goes through its three steps; version 4 stops at its first and rolls back.
+    let job = "deploy-production-progressive";
+    let vars = drill.variables(true);
+    drill.release("v3", 0.0);
+    let p3 = trigger(&api, "drill", &vars);
+    assert_eq!(p3.status, PipelineStatus::Success, "{p3:#?}");
+    assert_eq!(drill.healthz(), "ok v3");
+    drill.release("v4", 0.3);
+    let p4 = trigger(&api, "drill", &vars);
+    let deploy = job_named(&p4, job);
+    assert_eq!(
+        deploy.failure_reason.as_deref(),
+        Some("verification_failure"),
+        "{p4:#?}"
+    );
+    drill.wait_serving("v3");
+    let history = wait_for("version 3's re-deploy to succeed", || {
+        let h = api.get_json(path);
+        (h[0]["status"] == "success" && h[1]["status"] == "rolled_back").then_some(h)
+    });
+    let (redeploy, v4, v3) = (&history[0], &history[1], &history[2]);
+    assert_eq!(redeploy["rollback_of"], v4["id"], "{history:#}");
+    assert_eq!(redeploy["pipeline_id"], p3.id, "{history:#}");
+    assert_eq!(v3["status"], "success", "{history:#}");
+    // The measurements went with the finishes: version 3's canary judged at each step, version
+    // 4's failing at its first.
+    let canary = |d: &Value| -> Vec<(Value, Value)> {
+        d["measurements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["kind"] == "canary")
+            .map(|m| (m["weight"].clone(), m["passed"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        canary(v3),
+        [
+            (json!(10), json!(true)),
+            (json!(50), json!(true)),
+            (json!(100), json!(true))
+        ],
+        "{history:#}"
+    );
+    assert_eq!(canary(v4), [(json!(10), json!(false))], "{history:#}");
 }
