@@ -214,3 +214,33 @@ fn a_job_named_notify_stays_a_job() {
     assert_eq!(notify.before_script, ["echo hi"]);
     assert!(c.notify.is_empty());
 }
+
+#[test]
+fn rules_given_as_text_are_checked_as_a_files() {
+    let rules = gantry_pipeline::notify::rules_from_text(
+        r#"[{"on": ["all"], "dingtalk": {"url": "$U", "secret": "$S"}}]"#,
+        "settings",
+    )
+    .unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].target,
+        target(TargetKind::Dingtalk, "$U", Some("$S"))
+    );
+    assert_eq!(rules[0].on, EventKind::ALL.to_vec());
+    let errs = gantry_pipeline::notify::rules_from_text(
+        "- on: [rollback]\n  slack: {url: $U, secret: $S}\n",
+        "settings",
+    )
+    .unwrap_err();
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        ["settings:2:20: `notify`: unknown key `secret` in `slack`; slack webhooks are not signed"]
+    );
+    assert!(
+        gantry_pipeline::notify::rules_from_text("[", "settings").unwrap_err()[0]
+            .to_string()
+            .starts_with("settings:")
+    );
+}
