@@ -261,6 +261,15 @@ fn assert_rolled_back_history(history: &Value, v1: &str, v2: &str) {
     );
 }
 
+/// (weight, passed) of each canary judgement among `items` (verify events, or measurements).
+fn canary_verdicts(items: &[Value]) -> Vec<(Value, Value)> {
+    items
+        .iter()
+        .filter(|m| m["kind"] == "canary")
+        .map(|m| (m["weight"].clone(), m["passed"].clone()))
+        .collect()
+}
+
 /// The `rollback` events of a run.
 fn rollbacks(run: &crate::Run) -> Vec<&Value> {
     run.events
@@ -371,14 +380,8 @@ fn the_failure_drill_rolls_back_a_bad_release_locally() {
             "deployed v3 at weight 100"
         ]
     );
-    let judged: Vec<(Value, Value)> = r
-        .events
-        .iter()
-        .filter(|e| e["event"] == "verify" && e["kind"] == "canary")
-        .map(|e| (e["weight"].clone(), e["passed"].clone()))
-        .collect();
     assert_eq!(
-        judged,
+        canary_verdicts(&r.events),
         [
             (json!(10), json!(true)),
             (json!(50), json!(true)),
@@ -389,12 +392,18 @@ fn the_failure_drill_rolls_back_a_bad_release_locally() {
     );
     assert_eq!(drill.healthz(), "ok v3");
 
-    // Version 4 answers 500 to 30% of requests: at 10% of the traffic the whole error rate stays
-    // under 5%, but its canary is worse than the stable track. It stops at its first step and
-    // version 3 is re-deployed.
-    drill.release("v4", 0.3);
+    // Version 4 answers 500 to 20% of requests: at 10% of the traffic the whole error rate stays
+    // under 5%, but the judge finds its canary worse than the stable track. It stops at its first
+    // step and version 3 is re-deployed.
+    drill.release("v4", 0.2);
     let r = drill.run(true);
     assert_eq!(r.code, 1, "{}", r.dump());
+    assert_eq!(
+        canary_verdicts(&r.events),
+        [(json!(10), json!(false))],
+        "{}",
+        r.dump()
+    );
     assert_eq!(
         lines_with(&r, job, "deployed v"),
         ["deployed v4 at weight 10"],
@@ -514,7 +523,7 @@ fn the_failure_drill_rolls_back_through_a_server_and_an_agent(store: Store) {
     let p3 = trigger(&api, "drill", &vars);
     assert_eq!(p3.status, PipelineStatus::Success, "{p3:#?}");
     assert_eq!(drill.healthz(), "ok v3");
-    drill.release("v4", 0.3);
+    drill.release("v4", 0.2);
     let p4 = trigger(&api, "drill", &vars);
     let deploy = job_named(&p4, job);
     assert_eq!(
@@ -533,17 +542,8 @@ fn the_failure_drill_rolls_back_through_a_server_and_an_agent(store: Store) {
     assert_eq!(v3["status"], "success", "{history:#}");
     // The measurements went with the finishes: version 3's canary judged at each step, version
     // 4's failing at its first.
-    let canary = |d: &Value| -> Vec<(Value, Value)> {
-        d["measurements"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["kind"] == "canary")
-            .map(|m| (m["weight"].clone(), m["passed"].clone()))
-            .collect()
-    };
     assert_eq!(
-        canary(v3),
+        canary_verdicts(v3["measurements"].as_array().unwrap()),
         [
             (json!(10), json!(true)),
             (json!(50), json!(true)),
@@ -551,5 +551,9 @@ fn the_failure_drill_rolls_back_through_a_server_and_an_agent(store: Store) {
         ],
         "{history:#}"
     );
-    assert_eq!(canary(v4), [(json!(10), json!(false))], "{history:#}");
+    assert_eq!(
+        canary_verdicts(v4["measurements"].as_array().unwrap()),
+        [(json!(10), json!(false))],
+        "{history:#}"
+    );
 }
