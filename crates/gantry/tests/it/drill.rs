@@ -428,6 +428,18 @@ fn the_failure_drill_rolls_back_a_bad_release_locally() {
     assert_eq!(drill.healthz(), "ok v3");
 }
 
+/// Asserts that pipeline `p` failed because its job `job` failed its verification.
+fn assert_failed_verification(p: &gantry_api::Pipeline, job: &str) {
+    assert_eq!(p.status, PipelineStatus::Failed, "{p:#?}");
+    let deploy = job_named(p, job);
+    assert_eq!(deploy.status, JobStatus::Failed, "{p:#?}");
+    assert_eq!(
+        deploy.failure_reason.as_deref(),
+        Some("verification_failure"),
+        "{p:#?}"
+    );
+}
+
 /// Triggers a pipeline on `main` with `variables`; answers the finished pipeline.
 fn trigger(api: &Api, project: &str, variables: &[(String, String)]) -> gantry_api::Pipeline {
     let list = || api.get_json(&format!("/api/v1/projects/{project}/pipelines"));
@@ -491,14 +503,7 @@ fn the_failure_drill_rolls_back_through_a_server_and_an_agent(store: Store) {
     // 2. Version 2 fails its verification; version 1 serves again, and a notification says so.
     let v2 = drill.release("v2", 0.1);
     let p2 = trigger(&api, "drill", &vars);
-    assert_eq!(p2.status, PipelineStatus::Failed, "{p2:#?}");
-    let deploy = job_named(&p2, "deploy-production");
-    assert_eq!(deploy.status, JobStatus::Failed, "{p2:#?}");
-    assert_eq!(
-        deploy.failure_reason.as_deref(),
-        Some("verification_failure"),
-        "{p2:#?}"
-    );
+    assert_failed_verification(&p2, "deploy-production");
     drill.wait_serving("v1");
     let sent = wait_for("the rollback's notification", || {
         let n = drill.notifications("rollback");
@@ -525,12 +530,7 @@ fn the_failure_drill_rolls_back_through_a_server_and_an_agent(store: Store) {
     assert_eq!(drill.healthz(), "ok v3");
     drill.release("v4", 0.2);
     let p4 = trigger(&api, "drill", &vars);
-    let deploy = job_named(&p4, job);
-    assert_eq!(
-        deploy.failure_reason.as_deref(),
-        Some("verification_failure"),
-        "{p4:#?}"
-    );
+    assert_failed_verification(&p4, job);
     drill.wait_serving("v3");
     let history = wait_for("version 3's re-deploy to succeed", || {
         let h = api.get_json(path);
