@@ -72,9 +72,13 @@ impl Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             _dir: dir,
         };
-        let ready = format!("{}/-/ready", p.url);
-        wait_for("prometheus to be ready", || {
-            get(&ready).filter(|(status, _)| *status == 200)
+        // Ready, and scraping both targets (it applies discovered targets only after 5 s), so
+        // that the first deploy's measurements find data.
+        let up = format!("{}/api/v1/query?query=count(up)", p.url);
+        wait_for("prometheus to scrape both replicas' ports", || {
+            let (_, body) = get(&up)?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["data"]["result"][0]["value"][1] == "2").then_some(())
         });
         p
     }
