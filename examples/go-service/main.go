@@ -1,5 +1,6 @@
 // Command go-service is a small HTTP service on the standard library only:
-// GET /healthz answers "ok", GET /sum?a=1&b=2 answers {"sum":3}.
+// GET /sum?a=1&b=2 answers {"sum":3}. Deployed, it also answers GET /healthz with its version
+// and GET /metrics in Prometheus' text format (package release; VERSION and FAULT_RATE set them).
 package main
 
 import (
@@ -9,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+
+	"example.com/go-service/internal/release"
 )
 
 // Sum adds two integers.
@@ -51,6 +54,6 @@ func ListenAddr(env string) string {
 
 func main() {
 	addr := ListenAddr(os.Getenv("ADDR"))
-	log.Printf("listening on %s", addr)
-	log.Fatal(http.ListenAndServe(addr, Handler()))
+	log.Printf("starting on %s", addr)
+	log.Fatal(release.Serve(addr, os.Getenv, Handler()))
 }

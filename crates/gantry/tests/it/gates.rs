@@ -322,22 +322,31 @@ fn lint_rejects_an_unknown_metric_and_a_malformed_condition_with_positions() {
     );
 }
 
-/// examples/go-service, copied into a repository of its own on branch `main`.
+/// examples/go-service, copied into a repository of its own on branch `main` (without what a run
+/// in place leaves: caches, builds, `.gantry/`).
 pub(crate) fn go_service() -> Repo {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/go-service");
-    let read = |p: &str| std::fs::read_to_string(example.join(p)).unwrap();
-    let files: Vec<(&str, String)> = [
-        ".gitlab-ci.yml",
-        ".gitignore",
-        "go.mod",
-        "main.go",
-        "main_test.go",
-        "tools/sarifscan/main.go",
-    ]
-    .into_iter()
-    .map(|p| (p, read(p)))
-    .collect();
-    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let mut files = Vec::new();
+    let mut dirs = vec![example.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy();
+            if [".cache", "dist", ".gantry"].contains(&name.as_ref()) {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let name = path.strip_prefix(&example).unwrap().display().to_string();
+                files.push((name, std::fs::read_to_string(&path).unwrap()));
+            }
+        }
+    }
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
     Repo::new(&refs)
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod deployments;
 mod docker;
+mod drill;
 mod firstrun;
 mod gates;
 mod includes;

@@ -504,7 +504,7 @@ impl Setup {
     }
 
     /// Adds project `name` on `repo`.
-    fn add(&self, name: &str, repo: &Repo) -> Api {
+    pub(crate) fn add(&self, name: &str, repo: &Repo) -> Api {
         let api = Api::new(&self.server);
         api.add_project(name, repo.path());
         api
