@@ -1,7 +1,7 @@
 //! Deployments on the server (issue 19). A job whose `environment:` has action `start` deploys:
 //! when it is handed out, [`record`] stores its deployment (one insert; the store's
-//! `record_deployment` keeps the first of a job, so a rollback that recorded its attempt first
-//! keeps its own). Its status and end are its job's, read with it, so a finish, the lease reaper
+//! `record_deployment` keeps the first of a job, and a rollback's attempt says it is one whichever
+//! of the hand-out and the rollback records it first). Its status and end are its job's, read with it, so a finish, the lease reaper
 //! and a cancel all end it; its verification's measurements come with the job's finish
 //! ([`measurements`]). The read API: `GET /api/v1/projects/{name}/environments` and
 //! `GET /api/v1/projects/{name}/environments/{env}/deployments` (an environment's name may hold
@@ -21,6 +21,9 @@ use crate::error::{AppError, AppResult};
 use crate::http::{Caller, PathParam, QueryParams};
 use crate::state::AppState;
 use crate::views::{PageQuery, page_headers};
+
+/// Who triggered a rollback's deployment.
+pub(crate) const TRIGGERED_BY: &str = "rollback";
 
 /// What a masked variable's value is recorded as.
 const MASKED: &str = "[MASKED]";
@@ -65,6 +68,11 @@ pub(crate) fn new_deployment(
         .map(|d| d.name.as_str())
         .collect();
     let login = resolved.get("GITLAB_USER_LOGIN").filter(|l| !l.is_empty());
+    // A rollback's attempt may be handed out before its rollback recorded it: say the same.
+    let rollback_of = serde_json::from_str::<crate::spec::JobDoc>(&job.spec)
+        .ok()
+        .and_then(|d| d.rollback)
+        .map(|r| r.from);
     Some(NewDeployment {
         project_id: p.project_id,
         environment,
@@ -78,15 +86,16 @@ pub(crate) fn new_deployment(
         job_name: job.name.clone(),
         sha: p.sha.clone(),
         git_ref: p.git_ref.clone(),
-        triggered_by: match login {
-            Some(login) => format!("{} by {login}", p.source),
-            None => p.source.clone(),
+        triggered_by: match (rollback_of, login) {
+            (Some(_), _) => TRIGGERED_BY.to_owned(),
+            (None, Some(login)) => format!("{} by {login}", p.source),
+            (None, None) => p.source.clone(),
         },
         // Serializing strings and booleans cannot fail.
         variables: serde_json::to_string(&variables).unwrap_or_else(|_| "[]".to_owned()),
         artifacts: serde_json::to_string(&artifacts).unwrap_or_else(|_| "[]".to_owned()),
         created_at: now,
-        rollback_of: None,
+        rollback_of,
     })
 }
 

@@ -27,9 +27,6 @@ use crate::notify::Notice;
 use crate::spec::{JobDoc, RollbackDoc};
 use crate::state::AppState;
 
-/// What `triggered_by` says of a rollback's deployment.
-const TRIGGERED_BY: &str = "rollback";
-
 /// `POST /api/v1/projects/{name}/environments/{env}/rollback`.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/environments/{env}/rollback", tag = "deployments",
     params(("name" = String, Path, description = "The project's name"), ("env" = String, Path, description = "The environment's name (`/` written `%2F`)")),
@@ -161,7 +158,7 @@ async fn start(
             job_name: to.job_name.clone(),
             sha: to.sha.clone(),
             git_ref: to.git_ref.clone(),
-            triggered_by: TRIGGERED_BY.into(),
+            triggered_by: crate::deployments::TRIGGERED_BY.into(),
             variables: to.variables.clone(),
             artifacts: to.artifacts.clone(),
             created_at: crate::now_ms(),
