@@ -1,5 +1,5 @@
 //! The web UI in a real browser: Debian's headless Chromium driven through chromedriver
-//! (`fantoccini`), against a real server whose history real pipelines made on a real agent.
+//! (`webdriver.rs`), against a real server whose history real pipelines made on a real agent.
 //! `scripts/need.sh` installs `chromium` and `chromium-driver` (scripts/test does it first).
 //! With `GANTRY_UI_SCREENSHOTS=DIR`, the main pages are saved there as PNG files.
 //!
@@ -11,12 +11,11 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::key::Key;
-use fantoccini::{Client, ClientBuilder, Locator};
 use gantry_api::{JobStatus, PipelineStatus};
 use serde_json::{Value, json};
 
 use crate::server::{ADMIN, Setup, Store, job_named, wait_for, wait_lines};
+use crate::webdriver::{Client, ClientBuilder, Key, Locator};
 
 const DEADLINE: Duration = Duration::from_secs(45);
 
@@ -45,8 +44,6 @@ impl Drop for Browser {
 }
 
 async fn browser(server_url: &str) -> Browser {
-    // Both of rustls' providers are linked (fantoccini's and reqwest's): name one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
