@@ -11,6 +11,8 @@
 
 use std::fmt;
 use std::ops::{Add, Deref};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -343,14 +345,8 @@ impl Client {
 
     /// The window's `(x, y, width, height)`.
     pub async fn get_window_rect(&self) -> Result<(u64, u64, u64, u64), CmdError> {
-        let v = self.get("/window/rect").await?;
-        let n = |k: &str| {
-            v.get(k)
-                .and_then(Value::as_f64)
-                .map(|f| f as u64)
-                .ok_or_else(|| CmdError::not_w3c("a window rect", &v))
-        };
-        Ok((n("x")?, n("y")?, n("width")?, n("height")?))
+        let (x, y, w, h) = rect(&self.get("/window/rect").await?)?;
+        Ok((x as u64, y as u64, w as u64, h as u64))
     }
 
     /// Moves and sizes the window.
@@ -398,6 +394,16 @@ impl Client {
             .await
             .map(drop)
     }
+}
+
+/// `(x, y, width, height)` from a rect command's answer.
+fn rect(v: &Value) -> Result<(f64, f64, f64, f64), CmdError> {
+    let n = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| CmdError::not_w3c("a rect", v))
+    };
+    Ok((n("x")?, n("y")?, n("width")?, n("height")?))
 }
 
 /// A PNG from a screenshot command's base64 answer.
@@ -542,13 +548,7 @@ impl Element {
 
     /// The element's `(x, y, width, height)`.
     pub async fn rectangle(&self) -> Result<(f64, f64, f64, f64), CmdError> {
-        let v = self.get("/rect").await?;
-        let n = |k: &str| {
-            v.get(k)
-                .and_then(Value::as_f64)
-                .ok_or_else(|| CmdError::not_w3c("an element rect", &v))
-        };
-        Ok((n("x")?, n("y")?, n("width")?, n("height")?))
+        rect(&self.get("/rect").await?)
     }
 
     /// The element as PNG.
@@ -726,11 +726,62 @@ impl Add<&Key> for &str {
     }
 }
 
+/// chromedriver on a free port, in a process group of its own; Chromium runs in that group, and
+/// the whole group is killed on drop, even when a failed test never closed its session.
+pub struct Driver {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Driver {
+    /// Starts chromedriver (`scripts/need.sh chromedriver chromium-driver` installs it).
+    pub fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts (scripts/need.sh chromedriver chromium-driver)");
+        Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A session with `caps`, retried while the driver is not listening yet, for up to `wait`.
+    pub async fn session(&self, caps: Map<String, Value>, wait: Duration) -> Client {
+        let end = Instant::now() + wait;
+        let mut builder = ClientBuilder::default();
+        builder.capabilities(caps);
+        loop {
+            match builder.connect(&self.url).await {
+                Ok(c) => return c,
+                Err(e) if e.error == "lost" && Instant::now() < end => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no browser session: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::os::unix::process::CommandExt as _;
-    use std::process::{Command, Stdio};
-
     use super::*;
 
     /// A page that adds `#late` a moment after it loads.
@@ -742,54 +793,25 @@ mod tests {
     /// argument, waits, and a missing element's error carries the driver's message.
     #[test]
     fn drives_chromium() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts (scripts/need.sh chromedriver chromium-driver)");
+        let driver = Driver::start();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let result = rt.block_on(async {
+            let args = ["--headless", "--no-sandbox", "--disable-gpu"];
             let mut caps = Map::new();
-            let args = [
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-            ];
             caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
-            let url = format!("http://127.0.0.1:{port}");
-            let end = Instant::now() + Duration::from_secs(30);
-            let c = loop {
-                match ClientBuilder::rustls()
-                    .unwrap()
-                    .capabilities(caps.clone())
-                    .connect(&url)
-                    .await
-                {
-                    Ok(c) => break c,
-                    Err(e) if Instant::now() < end && e.error == "lost" => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => panic!("no session: {e}"),
-                }
-            };
+            let c = driver.session(caps, Duration::from_secs(30)).await;
+            c.set_window_size(800, 600).await.unwrap();
+            assert_eq!(c.get_window_size().await.unwrap(), (800, 600));
             c.goto(PAGE).await.unwrap();
             let field = c.find(Locator::Id("field")).await.unwrap();
             field.send_keys("bc").await.unwrap();
             assert_eq!(field.prop("value").await.unwrap().as_deref(), Some("abc"));
             assert_eq!(field.attr("value").await.unwrap().as_deref(), Some("a"));
             assert_eq!(field.attr("nope").await.unwrap(), None);
+            assert!(field.rectangle().await.unwrap().2 > 0.0);
             let tag = c.execute("return arguments[0].tagName", vec![json!(field)]);
             assert_eq!(tag.await.unwrap(), json!("INPUT"));
             let sum = c.execute_async("arguments[1](arguments[0] + 1)", vec![json!(41)]);
@@ -813,10 +835,7 @@ mod tests {
             c.close().await.unwrap();
             missing
         });
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", driver.id())])
-            .status();
-        let _ = driver.wait();
+        drop(driver);
         assert!(result.is_no_such_element(), "{result}");
         assert!(result.message.contains("#nope"), "{result}");
     }
