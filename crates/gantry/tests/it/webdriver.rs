@@ -784,13 +784,15 @@ impl Drop for Driver {
 mod tests {
     use super::*;
 
-    /// A page that adds `#late` a moment after it loads.
+    /// A page with a field, a link, a button that asks to confirm, and `#late`, added a moment after it loads.
     const PAGE: &str = "data:text/html,<input id=field value=a><a href=%23 onclick=document.title=1>go</a>\
+        <button id=ask onclick=document.title=confirm(2)>ask</button>\
         <script>setTimeout(()=>document.body.insertAdjacentHTML('beforeend',\
         '<p id=late>late</p>'),300)</script>";
 
-    /// Against the real chromedriver: finds, types, reads, runs scripts with an element as their
-    /// argument, waits, and a missing element's error carries the driver's message.
+    /// Against the real chromedriver: sizes the window, finds, types, reads, clicks, answers a
+    /// confirm both ways, runs scripts with an element as their argument, waits, takes a
+    /// screenshot, and a missing element's error carries the driver's message.
     #[test]
     fn drives_chromium() {
         let driver = Driver::start();
@@ -824,6 +826,14 @@ mod tests {
                 .unwrap();
             assert_eq!(c.title().await.unwrap(), "1");
             assert_eq!(c.current_url().await.unwrap().scheme(), "data");
+            let ask = c.find(Locator::Css("#ask")).await.unwrap();
+            ask.click().await.unwrap();
+            assert_eq!(c.get_alert_text().await.unwrap(), "2");
+            c.accept_alert().await.unwrap();
+            assert_eq!(c.title().await.unwrap(), "true");
+            ask.click().await.unwrap();
+            c.dismiss_alert().await.unwrap();
+            assert_eq!(c.title().await.unwrap(), "false");
             let late = c.wait().for_element(Locator::Css("#late")).await.unwrap();
             assert_eq!(late.text().await.unwrap(), "late");
             assert_eq!(
