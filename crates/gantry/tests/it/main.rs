@@ -18,6 +18,7 @@ mod rollback;
 mod server;
 mod ui;
 mod verify;
+mod webdriver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,22 +1,18 @@
 //! The web UI in a real browser: Debian's headless Chromium driven through chromedriver
-//! (`fantoccini`), against a real server whose history real pipelines made on a real agent.
+//! (`webdriver.rs`), against a real server whose history real pipelines made on a real agent.
 //! `scripts/need.sh` installs `chromium` and `chromium-driver` (scripts/test does it first).
 //! With `GANTRY_UI_SCREENSHOTS=DIR`, the main pages are saved there as PNG files.
 //!
 //! Waits poll with deadlines; no sleep decides an outcome.
 
 use std::future::Future;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::key::Key;
-use fantoccini::{Client, ClientBuilder, Locator};
 use gantry_api::{JobStatus, PipelineStatus};
 use serde_json::{Value, json};
 
 use crate::server::{ADMIN, Setup, Store, job_named, wait_for, wait_lines};
+use crate::webdriver::{Client, Driver, Key, Locator};
 
 const DEADLINE: Duration = Duration::from_secs(45);
 
@@ -28,38 +24,13 @@ const XSS_LINE: &str = "<img src=x onerror=\"window.__xss=1\"><script>window.__x
 
 /// chromedriver and the browser session it drives.
 struct Browser {
-    driver: Child,
+    _driver: Driver,
     client: Client,
     base: String,
 }
 
-impl Drop for Browser {
-    /// Chromium runs in chromedriver's process group: the whole group goes, even when a failed
-    /// test never closed its session.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
-            .status();
-        let _ = self.driver.wait();
-    }
-}
-
 async fn browser(server_url: &str) -> Browser {
-    // Both of rustls' providers are linked (fantoccini's and reqwest's): name one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let driver = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts (scripts/need.sh chromedriver chromium-driver)");
+    let driver = Driver::start();
     let mut options = json!({
         "args": [
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -72,25 +43,9 @@ async fn browser(server_url: &str) -> Browser {
     }
     let mut caps = serde_json::Map::new();
     caps.insert("goog:chromeOptions".into(), options);
-    let url = format!("http://127.0.0.1:{port}");
-    let end = Instant::now() + DEADLINE;
-    let client = loop {
-        match ClientBuilder::rustls()
-            .unwrap()
-            .capabilities(caps.clone())
-            .connect(&url)
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                assert!(Instant::now() < end, "no browser session: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
     Browser {
-        driver,
-        client,
+        client: driver.session(caps, DEADLINE).await,
+        _driver: driver,
         base: server_url.trim_end_matches('/').to_string(),
     }
 }
