@@ -516,7 +516,15 @@ pub(crate) fn retry(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step
         return Err(format!("a {} job cannot be retried", j.status));
     }
     let mut step = Step::default();
-    step.changes.new_jobs.push(new_attempt(j, now));
+    let mut attempt = new_attempt(j, now);
+    // Retrying a rollback's attempt re-deploys its job: the rollback (its ids, its
+    // `rollback_script`) was that attempt's alone; rolling back again is the rollback API's.
+    if let Ok(mut doc) = serde_json::from_str::<crate::spec::JobDoc>(&j.spec) {
+        if doc.rollback.take().is_some() {
+            attempt.spec = serde_json::to_string(&doc).map_err(|e| e.to_string())?;
+        }
+    }
+    step.changes.new_jobs.push(attempt);
     step.change(j.id).retried = Some(true);
     // Everything that waits for it, directly or not, and did not run, waits again.
     let mut waiting = vec![j.name.clone()];
@@ -985,6 +993,32 @@ mod tests {
         })
         .unwrap();
         j
+    }
+
+    #[test]
+    fn retrying_a_rollbacks_attempt_redeploys_without_rolling_back() {
+        let mut p = pipeline(vec![deploy_job(1, "deploy", 0)]);
+        settle(&mut p);
+        let step = play(&p, 1, 5).unwrap();
+        apply(&mut p, &step);
+        finish(&mut p, "deploy", "success");
+        settle(&mut p);
+        let doc = crate::spec::RollbackDoc {
+            from: 7,
+            to: 5,
+            rollback_script: Some(vec!["helm rollback r".into()]),
+        };
+        let step = redeploy(&p, 1, &doc, 6).unwrap();
+        apply(&mut p, &step);
+        let rollback = latest(&p)[0].clone();
+        let spec: crate::spec::JobDoc = serde_json::from_str(&rollback.spec).unwrap();
+        assert_eq!(spec.rollback, Some(doc));
+        finish(&mut p, "deploy", "success");
+        settle(&mut p);
+        let step = retry(&p, rollback.id, 7).unwrap();
+        let spec: crate::spec::JobDoc =
+            serde_json::from_str(&step.changes.new_jobs[0].spec).unwrap();
+        assert_eq!(spec.rollback, None, "a retry is a plain re-deploy");
     }
 
     #[test]

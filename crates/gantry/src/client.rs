@@ -140,12 +140,18 @@ impl Client {
     /// A client for the server and token of `args`, the environment or the saved login.
     pub(crate) fn new(args: &ServerArgs) -> Result<Client> {
         let mut server = args.server.clone().or_else(|| env("GANTRY_SERVER"));
-        let mut token = args
-            .token
-            .clone()
-            .or_else(|| env("GANTRY_TOKEN"))
-            .or_else(|| env("GANTRY_ADMIN_TOKEN"));
-        if server.is_none() || token.is_none() {
+        let from_env = env("GANTRY_TOKEN").or_else(|| env("GANTRY_ADMIN_TOKEN"));
+        // A token from the environment (set for some server, maybe another one) goes only to a
+        // server named here too, never to the saved login's; `--token` is the user's choice.
+        if args.token.is_none() && from_env.is_some() && server.is_none() {
+            return Err(fail(
+                EXIT_REFUSED,
+                "a token from the environment needs its server: give --server URL or set \
+                 GANTRY_SERVER",
+            ));
+        }
+        let mut token = args.token.clone().or(from_env);
+        if token.is_none() || server.is_none() {
             if let Some(saved) = saved_login()? {
                 // A saved token goes only to the server it was saved for.
                 let same = server

@@ -558,14 +558,27 @@ async fn pagination_and_triggers(b: Backend) {
         json_error(r, "?status=bogus").await,
         "unknown status `bogus`"
     );
-    for (status, total) in [("pending", "3"), ("success", "0")] {
-        let r = send(
-            app.get(&format!("/api/v1/projects/demo/pipelines?status={status}")),
-            200,
-        )
-        .await;
-        assert_eq!(r.headers()["x-total"], total, "?status={status}");
+    // A pipeline is stored `created`, then its first step queues its job: wait for that.
+    let total = |status: &'static str| {
+        let app = &app;
+        async move {
+            let r = send(
+                app.get(&format!("/api/v1/projects/demo/pipelines?status={status}")),
+                200,
+            )
+            .await;
+            r.headers()["x-total"].to_str().unwrap().to_owned()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while total("pending").await != "3" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "?status=pending never 3"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    assert_eq!(total("success").await, "0", "?status=success");
     let r = app
         .get("/api/v1/projects/demo/pipelines?ref=other")
         .send()

@@ -300,9 +300,17 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     );
     fails(&mut g(&["pipeline", "cancel", &ids]), 2, "409");
     fails(
-        &mut g(&["pipeline", "list", "cli", "--token", "wrong"]),
+        &mut g(&[
+            "pipeline", "list", "cli", "--server", &url, "--token", "wrong",
+        ]),
         2,
         "401",
+    );
+    // A token from the environment never goes to the saved login's server.
+    fails(
+        g(&["pipeline", "list", "cli"]).env("GANTRY_TOKEN", "another-servers-token"),
+        2,
+        "a token from the environment needs its server",
     );
     fails(
         gantry()
