@@ -99,14 +99,15 @@ pub struct PipelineList {
     pub pages: i64,
 }
 
-fn short(sha: &str) -> &str {
+pub(crate) fn short(sha: &str) -> &str {
     sha.get(..8).unwrap_or(sha)
 }
 
-fn project_nav(project: &str) -> Markup {
+pub(crate) fn project_nav(project: &str) -> Markup {
     html! {
         nav.sub aria-label="Project" {
             a href={ "/projects/" (enc(project)) } { "Pipelines" }
+            a href={ "/projects/" (enc(project)) "/environments" } { "Environments" }
             a href={ "/projects/" (enc(project)) "/deliveries" } { "Deliveries" }
         }
     }
