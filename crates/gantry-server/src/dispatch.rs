@@ -195,9 +195,9 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         return Err(AppError::internal("a claimed job has no pipeline"));
     };
     // A rollback's attempt runs its job turned into the rollback (`JobDoc::runnable`).
-    let main = serde_json::from_str::<JobDoc>(&job.spec)
-        .map_err(AppError::internal)?
-        .runnable();
+    let job_doc = serde_json::from_str::<JobDoc>(&job.spec).map_err(AppError::internal)?;
+    let rollback = job_doc.rollback.is_some();
+    let main = job_doc.runnable();
     let deps = match dependency_names(&main) {
         Some(names) => state.store.jobs_named(p.id, &names).await?,
         // The first stage that has jobs is 0 (see `intake::new_jobs`): no earlier jobs to read.
@@ -245,7 +245,11 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
             spec.changes = gate_changes(state, &p, mr_base).await;
         }
     }
-    crate::deployments::record(&*state.store, &p, &job, &spec).await?;
+    // A rollback's attempt records its deployment itself, as a rollback (`rollback::start`): an
+    // agent may take it before that, and must not make it a plain deployment.
+    if !rollback {
+        crate::deployments::record(&*state.store, &p, &job, &spec).await?;
+    }
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
     // The pipeline becomes running (and started); not on the agent's time.
     if p.status != PipelineStatus::Running || p.started_at.is_none() {
