@@ -1,7 +1,7 @@
 //! Deployments on the server (issue 19). A job whose `environment:` has action `start` deploys:
 //! when it is handed out, [`record`] stores its deployment (one insert; the store's
-//! `record_deployment` keeps the first of a job, so a rollback that recorded its attempt first
-//! keeps its own). Its status and end are its job's, read with it, so a finish, the lease reaper
+//! `record_deployment` keeps the first of a job). A rollback's attempt is not recorded there: the
+//! rollback records it (`rollback::start`), whether or not an agent took it first. Its status and end are its job's, read with it, so a finish, the lease reaper
 //! and a cancel all end it; its verification's measurements come with the job's finish
 //! ([`measurements`]). The read API: `GET /api/v1/projects/{name}/environments` and
 //! `GET /api/v1/projects/{name}/environments/{env}/deployments` (an environment's name may hold
