@@ -4,7 +4,7 @@
 use gantry_api::deployments::{Deployment, DeploymentStatus, Environment, Measurement};
 use maud::{Markup, html};
 
-use crate::pages::{project_nav, short};
+use crate::pages::{pager, project_nav, short};
 use crate::{Viewer, badge, enc, page, time};
 
 /// The chart's size and inner margin, in pixels.
@@ -137,11 +137,7 @@ pub fn environment(viewer: &Viewer, list: &DeploymentList, error: Option<&str>) 
                     }
                 }
             }
-            nav.pager aria-label="Pages" {
-                @if list.page > 1 { a rel="prev" href={ "?page=" (list.page - 1) } { "← Newer" } }
-                span { "Page " (list.page) " of " (list.pages.max(1)) }
-                @if list.page < list.pages { a rel="next" href={ "?page=" (list.page + 1) } { "Older →" } }
-            }
+            (pager(list.page, list.pages))
         },
     )
 }
@@ -301,15 +297,7 @@ fn chart(check: &str, ms: &[&Measurement]) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn viewer(can_write: bool) -> Viewer {
-        Viewer {
-            who: "admin".into(),
-            csrf: "c5rf".into(),
-            can_write,
-            admin: true,
-        }
-    }
+    use crate::tests::viewer;
 
     fn m(check: &str, value: Option<f64>, threshold: &str, passed: bool) -> Measurement {
         Measurement {

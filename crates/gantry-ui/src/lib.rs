@@ -158,6 +158,16 @@ fn action(viewer: &Viewer, action: &str, label: &str, aria: &str) -> Markup {
 mod tests {
     use super::*;
 
+    /// The admin, who may write or not, for tests.
+    pub(crate) fn viewer(can_write: bool) -> Viewer {
+        Viewer {
+            who: "admin".into(),
+            csrf: "c5rf".into(),
+            can_write,
+            admin: true,
+        }
+    }
+
     /// A job for tests.
     pub(crate) fn job(id: i64, name: &str, stage: &str) -> gantry_api::Job {
         gantry_api::Job {

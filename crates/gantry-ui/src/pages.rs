@@ -352,13 +352,20 @@ pub fn deliveries(
                     }
                 }
             }
-            nav.pager aria-label="Pages" {
-                @if page_no > 1 { a rel="prev" href={ "?page=" (page_no - 1) } { "← Newer" } }
-                span { "Page " (page_no) " of " (pages.max(1)) }
-                @if page_no < pages { a rel="next" href={ "?page=" (page_no + 1) } { "Older →" } }
-            }
+            (pager(page_no, pages))
         },
     )
+}
+
+/// Links to the newer and older pages of a list that takes only `?page=N`.
+pub(crate) fn pager(page_no: i64, pages: i64) -> Markup {
+    html! {
+        nav.pager aria-label="Pages" {
+            @if page_no > 1 { a rel="prev" href={ "?page=" (page_no - 1) } { "← Newer" } }
+            span { "Page " (page_no) " of " (pages.max(1)) }
+            @if page_no < pages { a rel="next" href={ "?page=" (page_no + 1) } { "Older →" } }
+        }
+    }
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -470,16 +477,7 @@ pub fn error(viewer: Option<&Viewer>, status: u16, message: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::job;
-
-    fn viewer(can_write: bool) -> Viewer {
-        Viewer {
-            who: "admin".into(),
-            csrf: "c5rf".into(),
-            can_write,
-            admin: true,
-        }
-    }
+    use crate::tests::{job, viewer};
 
     fn pipe(jobs: Vec<Job>) -> Pipeline {
         Pipeline {

@@ -256,11 +256,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         assert_eq!(b.client.current_url().await.unwrap().path(), "/signin");
         b.open("/").await;
         assert_eq!(b.client.current_url().await.unwrap().path(), "/signin");
-        b.sign_in(ADMIN).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_in_to_projects(ADMIN).await;
         b.screenshot("projects").await;
 
         // The project's pipelines: the title shown as text.
@@ -395,16 +391,8 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         );
 
         // A read-only token: no buttons, and its forged POST (with a valid CSRF token) refused.
-        b.click("form[action='/signout'] button").await;
-        until("the sign-in page", || async move {
-            (b.client.current_url().await.ok()?.path() == "/signin").then_some(())
-        })
-        .await;
-        b.sign_in(&viewer).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_out().await;
+        b.sign_in_to_projects(&viewer).await;
         b.open(&format!("/pipelines/{id}")).await;
         assert!(b.text(".who").await.contains("read only"));
         assert_eq!(
@@ -412,15 +400,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
                 .await,
             0
         );
-        let csrf = b
-            .client
-            .find(Locator::Css("form[action='/signout'] input[name=csrf]"))
-            .await
-            .unwrap()
-            .attr("value")
-            .await
-            .unwrap()
-            .unwrap();
+        let csrf = b.csrf().await;
         assert_eq!(
             b.forge_post(&format!("/jobs/{build}/retry"), &format!("csrf={csrf}"))
                 .await,
@@ -464,11 +444,7 @@ fn follows_a_running_log_live_and_cancels() {
     runtime().block_on(async {
         let owned = browser(&s.server.url).await;
         let b = &owned;
-        b.sign_in(ADMIN).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_in_to_projects(ADMIN).await;
         b.open(&format!("/jobs/{slow}")).await;
         until("the first line", || async move {
             b.text("#log").await.contains("first line").then_some(())
@@ -503,6 +479,38 @@ fn follows_a_running_log_live_and_cancels() {
         owned.client.clone().close().await.unwrap();
     });
     assert_eq!(api.pipeline(id).status, PipelineStatus::Canceled);
+}
+
+impl Browser {
+    /// Signs in with `token` and waits for the projects page.
+    async fn sign_in_to_projects(&self, token: &str) {
+        self.sign_in(token).await;
+        until("the projects page", || async move {
+            (self.text("h1").await == "Projects").then_some(())
+        })
+        .await;
+    }
+
+    /// Signs out and waits for the sign-in page.
+    async fn sign_out(&self) {
+        self.click("form[action='/signout'] button").await;
+        until("the sign-in page", || async move {
+            (self.client.current_url().await.ok()?.path() == "/signin").then_some(())
+        })
+        .await;
+    }
+
+    /// The session's CSRF token, as the page's forms carry it.
+    async fn csrf(&self) -> String {
+        self.client
+            .find(Locator::Css("form[action='/signout'] input[name=csrf]"))
+            .await
+            .unwrap()
+            .attr("value")
+            .await
+            .unwrap()
+            .unwrap()
+    }
 }
 
 /// Issue 20's test 6: an environment's history from real deployments (their verification's
@@ -544,11 +552,7 @@ fn rolls_back_an_environment_and_shows_the_history_change() {
     runtime().block_on(async {
         let owned = browser(&s.server.url).await;
         let b = &owned;
-        b.sign_in(ADMIN).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_in_to_projects(ADMIN).await;
 
         // The project's environments: each with its current version, linked to its pipeline.
         b.open("/projects/shop").await;
@@ -645,15 +649,7 @@ fn rolls_back_an_environment_and_shows_the_history_change() {
         b.screenshot("rolled-back").await;
 
         // A refused rollback is shown on the page, with the API's status.
-        let csrf = b
-            .client
-            .find(Locator::Css("form[action='/signout'] input[name=csrf]"))
-            .await
-            .unwrap()
-            .attr("value")
-            .await
-            .unwrap()
-            .unwrap();
+        let csrf = b.csrf().await;
         let script = "const [path, body, done] = arguments; \
              fetch(path, {method: 'POST', body, credentials: 'same-origin', \
                headers: {'Content-Type': 'application/x-www-form-urlencoded'}}) \
@@ -678,16 +674,8 @@ fn rolls_back_an_environment_and_shows_the_history_change() {
         );
 
         // A read-only token sees the history and no Rollback button, and cannot ask for one.
-        b.click("form[action='/signout'] button").await;
-        until("the sign-in page", || async move {
-            (b.client.current_url().await.ok()?.path() == "/signin").then_some(())
-        })
-        .await;
-        b.sign_in(&viewer).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_out().await;
+        b.sign_in_to_projects(&viewer).await;
         b.open(page).await;
         assert_eq!(b.count("section.deployment").await, 3);
         assert_eq!(b.count("form[action$='/rollback']").await, 0);
