@@ -1,8 +1,8 @@
 //! Deployments on the server (issue 19). A job whose `environment:` has action `start` deploys:
 //! when it is handed out, [`record`] stores its deployment (one insert; the store's
 //! `record_deployment` keeps the first of a job, and a rollback's attempt says it is one whichever
-//! of the hand-out and the rollback records it first). Its status and end are its job's, read with it, so a finish, the lease reaper
-//! and a cancel all end it; its verification's measurements come with the job's finish
+//! of the hand-out and the rollback records it first). Its status and end are its job's, read
+//! with it, so a finish, the lease reaper and a cancel all end it; its verification's measurements come with the job's finish
 //! ([`measurements`]). The read API: `GET /api/v1/projects/{name}/environments` and
 //! `GET /api/v1/projects/{name}/environments/{env}/deployments` (an environment's name may hold
 //! `/`, sent as `%2F`); [`deployment_api`] and [`environment_api`] are the records as it shows them.

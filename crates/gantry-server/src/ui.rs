@@ -414,6 +414,184 @@ pub(crate) async fn deliveries(
     answer(&s, r.await)
 }
 
+/// `GET /projects/{name}/environments`: each environment with its current deployment.
+pub(crate) async fn environments(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam(name): PathParam<String>,
+) -> Response {
+    let r = async {
+        let caller = Caller::of_session(&s);
+        let envs = crate::deployments::environments(State(state), caller, PathParam(name.clone()))
+            .await?
+            .0;
+        Ok(html(
+            StatusCode::OK,
+            &gantry_ui::environments(&s.viewer, &name, &envs),
+        ))
+    };
+    answer(&s, r.await)
+}
+
+/// The newest deployment of environment `env` of project `project_id`.
+async fn newest_deployment(
+    state: &AppState,
+    project_id: i64,
+    env: &str,
+) -> AppResult<Option<gantry_store::DeploymentRecord>> {
+    let first = Page {
+        page: 1,
+        per_page: 1,
+    };
+    Ok(state
+        .store
+        .deployments(project_id, env, first)
+        .await?
+        .items
+        .into_iter()
+        .next())
+}
+
+/// A page of environment `env`'s deployments, as the environment page shows them.
+async fn history(
+    state: &AppState,
+    s: &Session,
+    name: &str,
+    env: &str,
+    page_no: Option<i64>,
+) -> AppResult<gantry_ui::DeploymentList> {
+    s.caller.project(name)?;
+    let project = state.project(name).await?;
+    let page = page_of(page_no);
+    let paged = state
+        .store
+        .deployments(project.record.id, env, page)
+        .await?;
+    if paged.total == 0 {
+        return Err(AppError::not_found(format!(
+            "project {name} has no environment `{env}`"
+        )));
+    }
+    let rows = paged
+        .items
+        .iter()
+        .map(crate::deployments::deployment_api)
+        .collect::<AppResult<Vec<_>>>()?;
+    let newest = match rows.first() {
+        Some(d) if page.page == 1 => Some(d.id),
+        _ => newest_deployment(state, project.record.id, env)
+            .await?
+            .map(|d| d.id),
+    };
+    Ok(gantry_ui::DeploymentList {
+        project: name.to_string(),
+        environment: env.to_string(),
+        rows,
+        newest,
+        page: page.page,
+        pages: pages(paged.total),
+    })
+}
+
+/// `GET /projects/{name}/environments/{env}`: its deployments, a page at a time.
+pub(crate) async fn environment(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam((name, env)): PathParam<(String, String)>,
+    QueryParams(q): QueryParams<PageOnly>,
+) -> Response {
+    let r = async {
+        let list = history(&state, &s, &name, &env, q.page).await?;
+        Ok(html(
+            StatusCode::OK,
+            &gantry_ui::environment(&s.viewer, &list, None),
+        ))
+    };
+    answer(&s, r.await)
+}
+
+/// The deployment a rollback goes to.
+#[derive(Deserialize)]
+pub(crate) struct RollbackTo {
+    to: Option<i64>,
+}
+
+/// `GET /projects/{name}/environments/{env}/rollback?to=ID`: the confirmation, for a writer.
+pub(crate) async fn rollback_confirm(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam((name, env)): PathParam<(String, String)>,
+    QueryParams(q): QueryParams<RollbackTo>,
+) -> Response {
+    let r = async {
+        s.caller.project(&name)?;
+        s.caller.writes()?;
+        let to =
+            q.to.ok_or_else(|| AppError::bad_request("which deployment to roll back to (`to`)"))?;
+        let project = state.project(&name).await?;
+        let target = state
+            .store
+            .deployment(to)
+            .await?
+            .filter(|d| d.project_id == project.record.id && d.environment == env)
+            .ok_or_else(|| {
+                AppError::not_found(format!("`{env}` of {name} has no deployment {to}"))
+            })?;
+        let from = newest_deployment(&state, project.record.id, &env)
+            .await?
+            .as_ref()
+            .map(crate::deployments::deployment_api)
+            .transpose()?;
+        let to = crate::deployments::deployment_api(&target)?;
+        Ok(html(
+            StatusCode::OK,
+            &gantry_ui::rollback_confirm(&s.viewer, &name, &env, from.as_ref(), &to),
+        ))
+    };
+    answer(&s, r.await)
+}
+
+/// `POST /projects/{name}/environments/{env}/rollback` (`csrf`, `to`): the API's rollback, then
+/// `303` to the environment page, which shows it running; a refusal (`409`: no earlier success,
+/// one still running) is shown on that page.
+pub(crate) async fn rollback(
+    State(state): State<AppState>,
+    s: Session,
+    PathParam((name, env)): PathParam<(String, String)>,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(e) = check_csrf(&s, &body) {
+        return fail(Some(&s.viewer), e);
+    }
+    let asked = gantry_api::deployments::RollbackRequest {
+        to: form_field(&body, "to").and_then(|v| v.parse().ok()),
+    };
+    // Serializing an optional number cannot fail.
+    let json = serde_json::to_vec(&asked).unwrap_or_default();
+    let caller = Caller::of_session(&s);
+    let started = crate::rollback::rollback(
+        State(state.clone()),
+        caller,
+        PathParam((name.clone(), env.clone())),
+        RawBody(json.into()),
+    )
+    .await;
+    match started {
+        Ok(_) => see_other(&format!(
+            "/projects/{}/environments/{}",
+            gantry_ui::enc(&name),
+            gantry_ui::enc(&env)
+        )),
+        Err(e) => match history(&state, &s, &name, &env, None).await {
+            Ok(list) => html(
+                e.status,
+                &gantry_ui::environment(&s.viewer, &list, Some(&e.message)),
+            ),
+            Err(_) => fail(Some(&s.viewer), e),
+        },
+    }
+}
+
 /// `GET /pipelines/{id}`.
 pub(crate) async fn pipeline(
     State(state): State<AppState>,

@@ -7,6 +7,7 @@
 //! reads without JavaScript except for its live parts (the script refreshes a page's `main` while
 //! something runs, and renders a job's log in chunks, following it over Server-Sent Events).
 
+mod environments;
 mod graph;
 pub mod log;
 mod pages;
@@ -15,6 +16,7 @@ use gantry_api::{JobStatus, PipelineStatus};
 pub use maud::Markup;
 use maud::{DOCTYPE, html};
 
+pub use environments::{DeploymentList, environment, environments, rollback_confirm};
 pub use pages::{
     PipelineList, PipelineRow, ProjectRow, agents, deliveries, error, job, pipeline, pipelines,
     projects, reports, signin,
@@ -87,6 +89,7 @@ fn badge(text: &str) -> Markup {
         "skipped" => "»",
         "manual" => "▶",
         "scheduled" => "◷",
+        "rolled_back" => "↶",
         _ => "?",
     };
     html! {
@@ -154,6 +157,16 @@ fn action(viewer: &Viewer, action: &str, label: &str, aria: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The admin, who may write or not, for tests.
+    pub(crate) fn viewer(can_write: bool) -> Viewer {
+        Viewer {
+            who: "admin".into(),
+            csrf: "c5rf".into(),
+            can_write,
+            admin: true,
+        }
+    }
 
     /// A job for tests.
     pub(crate) fn job(id: i64, name: &str, stage: &str) -> gantry_api::Job {

@@ -99,14 +99,15 @@ pub struct PipelineList {
     pub pages: i64,
 }
 
-fn short(sha: &str) -> &str {
+pub(crate) fn short(sha: &str) -> &str {
     sha.get(..8).unwrap_or(sha)
 }
 
-fn project_nav(project: &str) -> Markup {
+pub(crate) fn project_nav(project: &str) -> Markup {
     html! {
         nav.sub aria-label="Project" {
             a href={ "/projects/" (enc(project)) } { "Pipelines" }
+            a href={ "/projects/" (enc(project)) "/environments" } { "Environments" }
             a href={ "/projects/" (enc(project)) "/deliveries" } { "Deliveries" }
         }
     }
@@ -351,13 +352,20 @@ pub fn deliveries(
                     }
                 }
             }
-            nav.pager aria-label="Pages" {
-                @if page_no > 1 { a rel="prev" href={ "?page=" (page_no - 1) } { "← Newer" } }
-                span { "Page " (page_no) " of " (pages.max(1)) }
-                @if page_no < pages { a rel="next" href={ "?page=" (page_no + 1) } { "Older →" } }
-            }
+            (pager(page_no, pages))
         },
     )
+}
+
+/// Links to the newer and older pages of a list that takes only `?page=N`.
+pub(crate) fn pager(page_no: i64, pages: i64) -> Markup {
+    html! {
+        nav.pager aria-label="Pages" {
+            @if page_no > 1 { a rel="prev" href={ "?page=" (page_no - 1) } { "← Newer" } }
+            span { "Page " (page_no) " of " (pages.max(1)) }
+            @if page_no < pages { a rel="next" href={ "?page=" (page_no + 1) } { "Older →" } }
+        }
+    }
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -469,16 +477,7 @@ pub fn error(viewer: Option<&Viewer>, status: u16, message: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::job;
-
-    fn viewer(can_write: bool) -> Viewer {
-        Viewer {
-            who: "admin".into(),
-            csrf: "c5rf".into(),
-            can_write,
-            admin: true,
-        }
-    }
+    use crate::tests::{job, viewer};
 
     fn pipe(jobs: Vec<Job>) -> Pipeline {
         Pipeline {

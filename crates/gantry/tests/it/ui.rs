@@ -211,11 +211,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         assert_eq!(b.client.current_url().await.unwrap().path(), "/signin");
         b.open("/").await;
         assert_eq!(b.client.current_url().await.unwrap().path(), "/signin");
-        b.sign_in(ADMIN).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_in_to_projects(ADMIN).await;
         b.screenshot("projects").await;
 
         // The project's pipelines: the title shown as text.
@@ -350,16 +346,8 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
         );
 
         // A read-only token: no buttons, and its forged POST (with a valid CSRF token) refused.
-        b.click("form[action='/signout'] button").await;
-        until("the sign-in page", || async move {
-            (b.client.current_url().await.ok()?.path() == "/signin").then_some(())
-        })
-        .await;
-        b.sign_in(&viewer).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_out().await;
+        b.sign_in_to_projects(&viewer).await;
         b.open(&format!("/pipelines/{id}")).await;
         assert!(b.text(".who").await.contains("read only"));
         assert_eq!(
@@ -367,15 +355,7 @@ fn signs_in_draws_the_graph_plays_and_keeps_xss_inert() {
                 .await,
             0
         );
-        let csrf = b
-            .client
-            .find(Locator::Css("form[action='/signout'] input[name=csrf]"))
-            .await
-            .unwrap()
-            .attr("value")
-            .await
-            .unwrap()
-            .unwrap();
+        let csrf = b.csrf().await;
         assert_eq!(
             b.forge_post(&format!("/jobs/{build}/retry"), &format!("csrf={csrf}"))
                 .await,
@@ -419,11 +399,7 @@ fn follows_a_running_log_live_and_cancels() {
     runtime().block_on(async {
         let owned = browser(&s.server.url).await;
         let b = &owned;
-        b.sign_in(ADMIN).await;
-        until("the projects page", || async move {
-            (b.text("h1").await == "Projects").then_some(())
-        })
-        .await;
+        b.sign_in_to_projects(ADMIN).await;
         b.open(&format!("/jobs/{slow}")).await;
         until("the first line", || async move {
             b.text("#log").await.contains("first line").then_some(())
@@ -458,4 +434,211 @@ fn follows_a_running_log_live_and_cancels() {
         owned.client.clone().close().await.unwrap();
     });
     assert_eq!(api.pipeline(id).status, PipelineStatus::Canceled);
+}
+
+impl Browser {
+    /// Signs in with `token` and waits for the projects page.
+    async fn sign_in_to_projects(&self, token: &str) {
+        self.sign_in(token).await;
+        until("the projects page", || async move {
+            (self.text("h1").await == "Projects").then_some(())
+        })
+        .await;
+    }
+
+    /// Signs out and waits for the sign-in page.
+    async fn sign_out(&self) {
+        self.click("form[action='/signout'] button").await;
+        until("the sign-in page", || async move {
+            (self.client.current_url().await.ok()?.path() == "/signin").then_some(())
+        })
+        .await;
+    }
+
+    /// The session's CSRF token, as the page's forms carry it.
+    async fn csrf(&self) -> String {
+        self.client
+            .find(Locator::Css("form[action='/signout'] input[name=csrf]"))
+            .await
+            .unwrap()
+            .attr("value")
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+/// Issue 20's test 6: an environment's history from real deployments (their verification's
+/// measurements drawn), a rollback of it (asked, confirmed, then followed live until it succeeds
+/// and the deployment it replaced reads `rolled_back`), a refused rollback shown on the page, and
+/// a read-only token offered no Rollback button.
+#[test]
+fn rolls_back_an_environment_and_shows_the_history_change() {
+    let s = Setup::new(Store::Sqlite);
+    let health = crate::server::HttpStub::serve(vec![("/healthz", String::new())]);
+    // The rollback waits for `release`, so that the page can be seen following it.
+    let (runs, release, ci) = s.runs_and_release(&format!(
+        "deploy:\n  environment: {{name: review/app}}\n  script:\n    - echo deployed\n    \
+         - if [ \"$GANTRY_ROLLBACK\" = true ]; then echo started >> {{runs}}; \
+         while [ ! -f {{release}} ]; do sleep 0.1; done; fi\n  verify:\n    interval: 0.1s\n    \
+         duration: 0.1s\n    http:\n      - url: http://127.0.0.1:{}/healthz\n",
+        health.port
+    ));
+    let (_repo, api) = s.project("shop", &ci);
+    let _agent = s.agent("a1");
+    let first = api.trigger("shop");
+    assert_eq!(api.finished(first).status, PipelineStatus::Success);
+    let second = crate::server::retrigger(&api, "shop", first);
+    assert_eq!(api.finished(second).status, PipelineStatus::Success);
+    let history = api.get_json("/api/v1/projects/shop/environments/review%2Fapp/deployments");
+    let (newer, older) = (
+        history[0]["id"].as_i64().unwrap(),
+        history[1]["id"].as_i64().unwrap(),
+    );
+    assert_eq!(history[1]["pipeline_id"], first, "{history}");
+    let (status, body) = api.post(
+        "/api/v1/projects/shop/tokens",
+        &json!({"name": "viewer", "read_only": true}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let viewer = body["token"].as_str().unwrap().to_string();
+    let page = "/projects/shop/environments/review%2Fapp";
+
+    runtime().block_on(async {
+        let owned = browser(&s.server.url).await;
+        let b = &owned;
+        b.sign_in_to_projects(ADMIN).await;
+
+        // The project's environments: each with its current version, linked to its pipeline.
+        b.open("/projects/shop").await;
+        b.click("nav.sub a[href='/projects/shop/environments']")
+            .await;
+        until("the environments page", || async move {
+            (b.text("h1").await == "Environments of shop").then_some(())
+        })
+        .await;
+        assert_eq!(
+            b.count(&format!(
+                "table.environments a.version[href='/pipelines/{second}']"
+            ))
+            .await,
+            1
+        );
+        assert_eq!(b.text("table.environments .stext").await, "success");
+        b.screenshot("environments").await;
+
+        // The history: both deployments, their checks drawn, Rollback on the older one only.
+        b.click(&format!("table.environments a[href='{page}']"))
+            .await;
+        until("the environment page", || async move {
+            (b.text("h1").await == "Environment review/app").then_some(())
+        })
+        .await;
+        assert_eq!(b.count("section.deployment").await, 2);
+        let sec = |id: i64| format!("section[data-deployment='{id}']");
+        assert_eq!(
+            b.text(&format!("{} h2 .stext", sec(newer))).await,
+            "success"
+        );
+        assert_eq!(
+            b.text(&format!("{} h2 .stext", sec(older))).await,
+            "success"
+        );
+        assert!(b.count(&format!("{} figure.chart svg", sec(older))).await >= 1);
+        assert!(
+            b.text(&format!("{} figure.chart ol", sec(older)))
+                .await
+                .contains("passed")
+        );
+        assert_eq!(b.count("button[aria-label^='Roll back to']").await, 1);
+        b.screenshot("environment").await;
+
+        // Rollback asks first, then re-deploys: a new deployment, running, marked as a rollback.
+        b.click(&format!("button[aria-label='Roll back to #{older}']"))
+            .await;
+        until("the confirmation", || async move {
+            (b.text("h1").await == "Roll back review/app?").then_some(())
+        })
+        .await;
+        b.click("form.confirm button").await;
+        until("the environment page again", || async move {
+            (b.client.current_url().await.ok()?.path() == page).then_some(())
+        })
+        .await;
+        until("the rollback on the environment page", || async move {
+            (b.text("section.deployment .rollback-of").await == format!("rollback of #{newer}"))
+                .then_some(())
+        })
+        .await;
+        assert_eq!(b.count("section.deployment").await, 3);
+        assert_eq!(b.text("section.deployment h2 .stext").await, "running");
+        assert_eq!(b.count("main[data-live]").await, 1);
+        wait_lines(&runs, 1, "the rollback to start");
+        b.js("window.__same_page = true; return null").await;
+        std::fs::write(&release, "go").unwrap();
+        until("the rollback's success, live", || async move {
+            (b.text("section.deployment h2 .stext").await == "success").then_some(())
+        })
+        .await;
+        assert_eq!(
+            b.js("return window.__same_page === true").await,
+            json!(true)
+        );
+        b.reload_until(page, &format!("{} h2 .stext", sec(newer)), "rolled_back")
+            .await;
+        let rollback: i64 = b
+            .client
+            .find(Locator::Css("section.deployment"))
+            .await
+            .unwrap()
+            .attr("data-deployment")
+            .await
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            b.text(&format!("{} .rolled-back-by", sec(newer))).await,
+            format!("rolled back by #{rollback}")
+        );
+        b.screenshot("rolled-back").await;
+
+        // A refused rollback is shown on the page, with the API's status.
+        let csrf = b.csrf().await;
+        let script = "const [path, body, done] = arguments; \
+             fetch(path, {method: 'POST', body, credentials: 'same-origin', \
+               headers: {'Content-Type': 'application/x-www-form-urlencoded'}}) \
+             .then(r => r.text().then(t => done([r.status, t])), e => done(String(e)));";
+        let v = b
+            .client
+            .execute_async(
+                script,
+                vec![
+                    json!(format!("{page}/rollback")),
+                    json!(format!("csrf={csrf}&to=999999")),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(v[0], 409, "{v}");
+        assert!(
+            v[1].as_str().unwrap().contains(
+                "The rollback was refused: deployment 999999 is not a successful deployment"
+            ),
+            "{v}"
+        );
+
+        // A read-only token sees the history and no Rollback button, and cannot ask for one.
+        b.sign_out().await;
+        b.sign_in_to_projects(&viewer).await;
+        b.open(page).await;
+        assert_eq!(b.count("section.deployment").await, 3);
+        assert_eq!(b.count("form[action$='/rollback']").await, 0);
+        b.open(&format!("{page}/rollback?to={older}")).await;
+        assert_eq!(b.text("h1").await, "Error 403");
+        owned.client.clone().close().await.unwrap();
+    });
+    let history = api.get_json("/api/v1/projects/shop/environments/review%2Fapp/deployments");
+    assert_eq!(history[0]["rollback_of"], newer, "{history}");
+    assert_eq!(history[1]["status"], "rolled_back", "{history}");
 }
