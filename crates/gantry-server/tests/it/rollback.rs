@@ -504,3 +504,31 @@ async fn a_rollback_leaves_its_target_pipeline_alone(b: Backend) {
     }
 }
 crate::both!(a_rollback_leaves_its_target_pipeline_alone);
+
+/// A rollback's attempt in a pipeline that still runs holds no job of it: when another job of its
+/// stage succeeds while the rollback is queued, the next stage starts.
+async fn a_queued_rollback_holds_no_job_of_its_pipeline(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let more = "slow:\n  script: [make]\nafter:\n  stage: deploy\n  script: [make]\n";
+    let first = push_and_take(&app, &agent, &ci(more), 1).await;
+    let second = app.take(&agent, 5000).await.expect("the other job");
+    let (v1, slow) = if first["job"] == "deploy" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    finish(&app, &agent, id(&v1), "success", None).await;
+    failed_verification(&app, &agent, 2).await;
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    assert_eq!(rb["pipeline_id"], v1["pipeline_id"]);
+    finish(&app, &agent, id(&slow), "success", None).await;
+    let p = store(&app)
+        .await
+        .pipeline(v1["pipeline_id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let after = p.jobs.iter().find(|j| j.name == "after").unwrap();
+    assert_eq!(after.status, gantry_api::JobStatus::Pending);
+}
+crate::both!(a_queued_rollback_holds_no_job_of_its_pipeline);
