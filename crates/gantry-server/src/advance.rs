@@ -1042,8 +1042,8 @@ mod tests {
         assert_eq!(spec.rollback, None, "a retry is a plain re-deploy");
     }
 
-    #[test]
-    fn redeploy_queues_a_new_attempt_and_reopens_nothing() {
+    /// A successful pipeline: a build, a manual deploy job played, and an `on_failure` job after.
+    fn deployed() -> PipelineRecord {
         let mut p = pipeline(vec![
             job(1, "build", 0, "on_success"),
             deploy_job(2, "deploy", 1),
@@ -1056,6 +1056,12 @@ mod tests {
         apply(&mut p, &step);
         finish(&mut p, "deploy", "success");
         settle(&mut p);
+        p
+    }
+
+    #[test]
+    fn redeploy_queues_a_new_attempt_and_reopens_nothing() {
+        let mut p = deployed();
         assert_eq!(st(&p, "after"), "skipped");
         assert_eq!(p.status, PipelineStatus::Success);
         let r = crate::spec::RollbackDoc {
@@ -1107,18 +1113,7 @@ mod tests {
     /// A pipeline whose deploy job (between a build and a job after it) succeeded, and the
     /// rollback's attempt of that job, just queued.
     fn rolling_back() -> PipelineRecord {
-        let mut p = pipeline(vec![
-            job(1, "build", 0, "on_success"),
-            deploy_job(2, "deploy", 1),
-            job(3, "after", 2, "on_failure"),
-        ]);
-        settle(&mut p);
-        finish(&mut p, "build", "success");
-        settle(&mut p);
-        let step = play(&p, 2, 5).unwrap();
-        apply(&mut p, &step);
-        finish(&mut p, "deploy", "success");
-        settle(&mut p);
+        let mut p = deployed();
         assert_eq!(p.status, PipelineStatus::Success);
         assert_eq!(p.finished_at, Some(1000));
         let r = crate::spec::RollbackDoc {
