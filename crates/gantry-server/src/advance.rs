@@ -102,16 +102,40 @@ pub(crate) fn latest(p: &PipelineRecord) -> Vec<&JobRecord> {
 
 /// The latest attempt of each job in `jobs`, in position order.
 pub(crate) fn latest_of(jobs: &[JobRecord]) -> Vec<&JobRecord> {
+    latest_where(jobs, |_| true)
+}
+
+/// The latest attempt of each job that counts for its pipeline, in position order: a rollback's
+/// attempt runs in its target's pipeline but neither sets the pipeline's status nor holds a job.
+fn counted(p: &PipelineRecord) -> Vec<&JobRecord> {
+    latest_where(&p.jobs, |j| !is_rollback(j))
+}
+
+/// The latest attempt of each job in `jobs` that `keep` keeps, in position order; `keep` is
+/// asked only about an attempt later than the one found so far.
+fn latest_where(jobs: &[JobRecord], keep: impl Fn(&JobRecord) -> bool) -> Vec<&JobRecord> {
     let mut by_pos: std::collections::BTreeMap<i64, &JobRecord> = std::collections::BTreeMap::new();
     for j in jobs {
         match by_pos.get(&j.position) {
             Some(cur) if cur.attempt >= j.attempt => {}
+            _ if !keep(j) => {}
             _ => {
                 by_pos.insert(j.position, j);
             }
         }
     }
     by_pos.into_values().collect()
+}
+
+/// Whether attempt `j` performs a rollback (`spec::JobDoc::rollback`). A first attempt never
+/// does, so only a later attempt's spec is read.
+pub(crate) fn is_rollback(j: &JobRecord) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        rollback: Option<serde::de::IgnoredAny>,
+    }
+    j.attempt > 1 && serde_json::from_str::<Probe>(&j.spec).is_ok_and(|p| p.rollback.is_some())
 }
 
 /// A new attempt of `job`.
@@ -182,7 +206,7 @@ pub(crate) fn advance(p: &PipelineRecord, now: Millis) -> Step {
         return step;
     }
     let canceled = p.status == PipelineStatus::Canceled;
-    let jobs = latest(p);
+    let jobs = counted(p);
     // A job's spec is decoded only when its state asks for it (a failure, a manual or delayed
     // job): not for the many jobs that are pending, running or done.
     let metas = Metas::new(&jobs);
@@ -210,7 +234,8 @@ fn retry_failures(
     now: Millis,
 ) {
     for (i, j) in jobs.iter().enumerate() {
-        if j.status != JobStatus::Failed {
+        // A retried failure here has a rollback's attempt after it, which took its number.
+        if j.status != JobStatus::Failed || j.retried {
             continue;
         }
         let m = metas.get(i);
@@ -496,9 +521,6 @@ pub(crate) fn play(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step,
     c.status = Some(JobStatus::Pending);
     c.queued_at = Some(now);
     step.queued = true;
-    if p.status != PipelineStatus::Running {
-        step.changes.status = Some(PipelineStatus::Running);
-    }
     Ok(step)
 }
 
@@ -558,7 +580,8 @@ pub(crate) fn retry(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step
 /// Re-deploys the job of attempt `job_id` as `rollback`: a new attempt after its latest one (which
 /// must have ended), queued at once, that runs the job turned into its rollback
 /// (`spec::JobDoc::rollback`), as GitLab's re-deploy retries the old job. Unlike [`retry`], no
-/// other job waits again, and a manual or delayed job runs now.
+/// other job waits again, a manual or delayed job runs now, and the pipeline's status stays: a
+/// rollback's attempt does not count in it (`counted`), so the old pipeline is not reopened.
 pub(crate) fn redeploy(
     p: &PipelineRecord,
     job_id: i64,
@@ -595,9 +618,6 @@ pub(crate) fn redeploy(
     step.changes.new_jobs.push(attempt);
     step.change(j.id).retried = Some(true);
     step.queued = true;
-    if p.status != PipelineStatus::Running {
-        step.changes.status = Some(PipelineStatus::Running);
-    }
     Ok(step)
 }
 
@@ -684,6 +704,7 @@ mod tests {
             let mut j = job(id, &nj.name, nj.stage_index, &nj.when);
             j.position = nj.position;
             j.attempt = nj.attempt;
+            j.status = nj.status;
             j.spec = nj.spec.clone();
             j.needs = nj.needs.clone();
             p.jobs.push(j);
@@ -1021,8 +1042,8 @@ mod tests {
         assert_eq!(spec.rollback, None, "a retry is a plain re-deploy");
     }
 
-    #[test]
-    fn redeploy_queues_a_new_attempt_and_reopens_nothing() {
+    /// A successful pipeline: a build, a manual deploy job played, and an `on_failure` job after.
+    fn deployed() -> PipelineRecord {
         let mut p = pipeline(vec![
             job(1, "build", 0, "on_success"),
             deploy_job(2, "deploy", 1),
@@ -1035,6 +1056,12 @@ mod tests {
         apply(&mut p, &step);
         finish(&mut p, "deploy", "success");
         settle(&mut p);
+        p
+    }
+
+    #[test]
+    fn redeploy_queues_a_new_attempt_and_reopens_nothing() {
+        let mut p = deployed();
         assert_eq!(st(&p, "after"), "skipped");
         assert_eq!(p.status, PipelineStatus::Success);
         let r = crate::spec::RollbackDoc {
@@ -1059,7 +1086,7 @@ mod tests {
         settle(&mut p);
         assert_eq!(st(&p, "deploy"), "pending");
         assert_eq!(st(&p, "after"), "skipped");
-        assert_eq!(p.status, PipelineStatus::Running);
+        assert_eq!(p.status, PipelineStatus::Success, "not reopened");
         // While its latest attempt runs, it cannot be re-deployed again.
         let new_id = latest(&p)[1].id;
         assert!(redeploy(&p, new_id, &r, 60).is_err(), "not ended");
@@ -1081,6 +1108,68 @@ mod tests {
             serde_json::from_str(&step.changes.new_jobs[0].spec).unwrap();
         assert_eq!(doc.rollback, Some(again));
         assert!(redeploy(&p, 77, &r, 80).is_err(), "no such job");
+    }
+
+    /// A pipeline whose deploy job (between a build and a job after it) succeeded, and the
+    /// rollback's attempt of that job, just queued.
+    fn rolling_back() -> PipelineRecord {
+        let mut p = deployed();
+        assert_eq!(p.status, PipelineStatus::Success);
+        assert_eq!(p.finished_at, Some(1000));
+        let r = crate::spec::RollbackDoc {
+            from: 9,
+            to: 4,
+            rollback_script: None,
+        };
+        let step = redeploy(&p, 2, &r, 50).unwrap();
+        assert_eq!(step.changes.status, None, "the pipeline is not reopened");
+        apply(&mut p, &step);
+        p
+    }
+
+    #[test]
+    fn a_rollbacks_attempt_leaves_its_pipeline_status_alone() {
+        for end in ["success", "failed", "canceled"] {
+            let mut p = rolling_back();
+            let attempt = latest(&p)[1].clone();
+            assert!(is_rollback(&attempt));
+            assert!(!is_rollback(&p.jobs[1]), "the deploy's own attempt");
+            for now in ["pending", "running", end] {
+                finish(&mut p, "deploy", now);
+                let step = advance(&p, 2000);
+                assert!(step.is_empty(), "{now}: {step:?}");
+                assert_eq!(st(&p, "deploy"), now, "its own status is real");
+                assert_eq!(st(&p, "after"), "skipped", "nothing waits on it");
+                assert_eq!(p.status, PipelineStatus::Success, "{now}");
+                assert_eq!(p.finished_at, Some(1000));
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_rollback_is_not_retried_and_a_later_retry_counts_again() {
+        let mut p = rolling_back();
+        // Even a job that `retry` covers: a rollback that fails is reported, not run again.
+        let rb = p.jobs.iter_mut().find(|j| j.attempt == 2).unwrap();
+        let mut doc: crate::spec::JobDoc = serde_json::from_str(&rb.spec).unwrap();
+        doc.job.retry.max = 2;
+        rb.spec = serde_json::to_string(&doc).unwrap();
+        finish(&mut p, "deploy", "failed");
+        assert!(advance(&p, 2000).is_empty());
+        assert_eq!(p.status, PipelineStatus::Success);
+        // Retrying the rollback's attempt is a plain re-deploy: it counts, and its failure fails
+        // the pipeline as any job's would.
+        let id = latest(&p)[1].id;
+        let step = retry(&p, id, 3000).unwrap();
+        apply(&mut p, &step);
+        settle(&mut p);
+        assert_eq!(p.status, PipelineStatus::Running);
+        finish(&mut p, "deploy", "failed");
+        settle(&mut p);
+        assert_eq!(st(&p, "after"), "pending", "its on_failure job runs");
+        finish(&mut p, "after", "success");
+        settle(&mut p);
+        assert_eq!(p.status, PipelineStatus::Failed);
     }
 
     #[test]

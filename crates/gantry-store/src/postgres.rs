@@ -173,7 +173,8 @@ impl Sql for Postgres {
         EXISTS (SELECT 1 FROM pipelines WHERE id = $1 AND status = 'running' \
                 AND started_at IS NOT NULL) \
         AND EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = $1 AND stage_index = $2 \
-                    AND id <> $3 AND status IN ('pending', 'running')) \
+                    AND id <> $3 AND status IN ('pending', 'running') \
+                    AND spec NOT LIKE '%\"rollback\":{\"from\"%') \
         AND NOT EXISTS (SELECT 1 FROM jobs WHERE pipeline_id = $1 AND needs IS NOT NULL \
                         AND $4 = ANY (needs))";
 }

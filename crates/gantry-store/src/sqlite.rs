@@ -25,7 +25,8 @@ const SUCCESS_CHANGES_NOTHING: &str = "SELECT \
     EXISTS (SELECT 1 FROM pipelines WHERE id = ?1 AND status = 'running' AND started_at IS NOT NULL) \
     AND EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_active_by_stage \
                 WHERE pipeline_id = ?1 AND stage_index = ?2 AND id <> ?3 \
-                AND status IN ('pending', 'running')) \
+                AND status IN ('pending', 'running') \
+                AND spec NOT LIKE '%\"rollback\":{\"from\"%') \
     AND NOT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_with_needs, json_each(jobs.needs) \
                     WHERE jobs.pipeline_id = ?1 AND jobs.needs IS NOT NULL AND json_each.value = ?4)";
 

@@ -122,7 +122,8 @@ pub trait Store: Send + Sync + 'static {
     /// Whether job `job_id` (named `name`, at `stage_index` of pipeline `pipeline_id`), having just
     /// succeeded, leaves its pipeline as it is: the pipeline is `running` and started, another job
     /// of the same stage is still `pending` or `running` (so the stage is not over and the jobs
-    /// after it keep waiting), and no job of the pipeline `needs` it. One query, without reading the
+    /// after it keep waiting; a rollback's attempt, whose spec has `"rollback":{"from"`, holds
+    /// nothing), and no job of the pipeline `needs` it. One query, without reading the
     /// pipeline's jobs into memory; when it answers `true`, advancing the pipeline would change
     /// nothing, so the finish of most jobs of a wide stage costs no full read.
     async fn success_changes_nothing(

@@ -428,3 +428,107 @@ async fn the_rollback_route_is_in_the_openapi_document() {
     assert!(schemas["Rollback"].is_object(), "{schemas}");
     assert!(schemas["RollbackRequest"].is_object(), "{schemas}");
 }
+
+/// A rollback runs in its target's old pipeline without reopening it: whether it succeeds or
+/// fails, that pipeline stays `success`, its commit gets no new status and it sends no pipeline
+/// notification.
+async fn a_rollback_leaves_its_target_pipeline_alone(b: Backend) {
+    let (forge_url, posted) = crate::flow::recorder().await;
+    let hook = Recorder::start(0).await;
+    let forge =
+        json!({"forge": {"kind": "github", "api_url": forge_url, "token": "t", "project": "o/r"}});
+    let (app, agent) = app(b, Some(&hook), forge).await;
+    let ci = ci("").replace(
+        "on: [deployment_failed, rollback]",
+        "on: [deployment_failed, rollback, pipeline_failed, pipeline_fixed]",
+    );
+    // The states posted for commit `sha`, once one of them is `last`.
+    let states = |sha: Value, last: &'static str| {
+        let posted = posted.clone();
+        async move {
+            let sha = sha.as_str().unwrap().to_owned();
+            eventually(|| async {
+                let s: Vec<Value> = posted
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(path, _, _)| path.ends_with(&sha))
+                    .map(|(_, _, body)| body["state"].clone())
+                    .collect();
+                s.contains(&json!(last)).then_some(s)
+            })
+            .await
+        }
+    };
+    let s = store(&app).await;
+    for (n, outcome) in [(1, "success"), (4, "failed")] {
+        let v1 = deploy(&app, &agent, &ci, n, "success", None).await;
+        let own = states(v1["sha"].clone(), "success").await;
+        let p1 = v1["pipeline_id"].as_i64().unwrap();
+        let before = s.pipeline(p1).await.unwrap().unwrap();
+        deploy(
+            &app,
+            &agent,
+            &ci,
+            n + 1,
+            "failed",
+            Some("verification_failure"),
+        )
+        .await;
+        let rb = app.take(&agent, 0).await.expect("the rollback job");
+        assert_eq!(rb["pipeline_id"], v1["pipeline_id"]);
+        finish(&app, &agent, id(&rb), outcome, None).await;
+        let after = s.pipeline(p1).await.unwrap().unwrap();
+        assert_eq!(after.status, before.status, "{outcome}: not reopened");
+        assert_eq!(after.finished_at, before.finished_at);
+        // Commit statuses are posted in order: once the next pipeline's is, none is left for v1.
+        let v3 = deploy(&app, &agent, &ci, n + 2, "success", None).await;
+        states(v3["sha"].clone(), "success").await;
+        assert_eq!(states(v1["sha"].clone(), "success").await, own, "{outcome}");
+        let events: Vec<String> = s
+            .notifications(p1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                serde_json::from_str::<Value>(&r.event).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert!(
+            !events.iter().any(|e| e.starts_with("pipeline_")),
+            "{outcome}: {events:?}"
+        );
+    }
+}
+crate::both!(a_rollback_leaves_its_target_pipeline_alone);
+
+/// A rollback's attempt in a pipeline that still runs holds no job of it: when another job of its
+/// stage succeeds while the rollback is queued, the next stage starts.
+async fn a_queued_rollback_holds_no_job_of_its_pipeline(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let more = "slow:\n  script: [make]\nafter:\n  stage: deploy\n  script: [make]\n";
+    let first = push_and_take(&app, &agent, &ci(more), 1).await;
+    let second = app.take(&agent, 5000).await.expect("the other job");
+    let (v1, slow) = if first["job"] == "deploy" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    finish(&app, &agent, id(&v1), "success", None).await;
+    failed_verification(&app, &agent, 2).await;
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    assert_eq!(rb["pipeline_id"], v1["pipeline_id"]);
+    finish(&app, &agent, id(&slow), "success", None).await;
+    let p = store(&app)
+        .await
+        .pipeline(v1["pipeline_id"].as_i64().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let after = p.jobs.iter().find(|j| j.name == "after").unwrap();
+    assert_eq!(after.status, gantry_api::JobStatus::Pending);
+}
+crate::both!(a_queued_rollback_holds_no_job_of_its_pipeline);
