@@ -8,6 +8,8 @@
 //! a deployment itself, recorded at once (`rollback_of`, triggered by `rollback`, the target's
 //! variables and artifacts). When it succeeds, the deployment rolled back is marked `rolled_back`;
 //! when it fails, that is logged as an error and notified, and nothing rolls back again.
+//! An attempt that a newer deployment superseded (deployed after the one it rolls back) fails
+//! when an agent claims it ([`superseded`]): it never puts the older version over the newer.
 //!
 //! [`job_finished`] also stores the `deployment_succeeded` / `deployment_failed` and `rollback`
 //! notifications (`notify::deployment`).
@@ -179,6 +181,86 @@ async fn start(
         to: to.id,
         job_id: attempt,
     })
+}
+
+/// Whether job `job`, just claimed by agent `agent`, is a rollback's attempt that a newer
+/// deployment superseded: the environment has a deployment newer than the one it rolls back, other
+/// than the attempt's own. Then the attempt must not deploy the older version over the newer: it
+/// fails at once (`unknown_failure`, the reason in its log), nothing is marked rolled back, and an
+/// error is logged.
+pub(crate) async fn superseded(
+    state: &AppState,
+    agent: &gantry_store::AgentRecord,
+    job: &JobRecord,
+) -> AppResult<bool> {
+    if !job.spec.contains("\"rollback\":{") {
+        return Ok(false);
+    }
+    let Some(r) = serde_json::from_str::<JobDoc>(&job.spec)
+        .ok()
+        .and_then(|d| d.rollback)
+    else {
+        return Ok(false);
+    };
+    let Some(from) = state.store.deployment(r.from).await? else {
+        return Ok(false);
+    };
+    // Newest first: among the first two, one is newer than `from` and not this attempt's if any is.
+    let newest = state
+        .store
+        .deployments(
+            from.project_id,
+            &from.environment,
+            Page {
+                page: 1,
+                per_page: 2,
+            },
+        )
+        .await?;
+    let Some(newer) = newest
+        .items
+        .iter()
+        .find(|d| d.id > r.from && d.job_id != job.id)
+    else {
+        return Ok(false);
+    };
+    let why = format!(
+        "superseded: deployment {} is newer than the one this rollback replaces ({})",
+        newer.id, r.from
+    );
+    let now = crate::now_ms();
+    state
+        .store
+        .append_log(
+            job.id,
+            agent.id,
+            0,
+            format!("{why}\n").as_bytes(),
+            state.lease_until(now),
+        )
+        .await?;
+    let result = gantry_store::JobResult {
+        status: JobStatus::Failed,
+        exit_code: None,
+        failure_reason: Some("unknown_failure".into()),
+        coverage: None,
+        finished_at: now,
+        reports: None,
+        measurements: None,
+    };
+    let pipeline = state.store.finish(job.id, agent.id, &result).await?;
+    state.metrics.job_ended(JobStatus::Failed);
+    state.logs.notify_waiters();
+    tracing::error!(
+        environment = %from.environment,
+        from = r.from,
+        to = r.to,
+        newer = newer.id,
+        job = job.id,
+        "the rollback did not run, nothing was rolled back: {why}"
+    );
+    crate::progress::advance(state, pipeline).await;
+    Ok(true)
 }
 
 /// The `rollback_script` of job `j`'s plan job, when it has one.

@@ -428,3 +428,71 @@ async fn the_rollback_route_is_in_the_openapi_document() {
     assert!(schemas["Rollback"].is_object(), "{schemas}");
     assert!(schemas["RollbackRequest"].is_object(), "{schemas}");
 }
+
+async fn a_rollback_that_a_newer_deployment_superseded_does_not_run(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let other = app.register("other", &["v3"]).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    let v2 = push_and_take(&app, &agent, &ci(""), 2).await;
+    // Version 3 deploys while version 2 runs, on another agent.
+    let v3_ci = "
+deploy:
+  script: [./deploy.sh]
+  environment: {name: production}
+  tags: [v3]
+";
+    let v3 = push_and_take(&app, &other, v3_ci, 3).await;
+    // Version 2's verification fails: its rollback to version 1 is queued while version 3 runs.
+    finish(
+        &app,
+        &agent,
+        id(&v2),
+        "failed",
+        Some("verification_failure"),
+    )
+    .await;
+    finish(&app, &other, id(&v3), "success", None).await;
+    // The rollback's attempt would put version 1 over version 3: it fails instead.
+    assert!(app.take(&agent, 0).await.is_none(), "the rollback ran");
+    let (d1, d2, d3) = (
+        deployment_of(&app, id(&v1)).await,
+        deployment_of(&app, id(&v2)).await,
+        deployment_of(&app, id(&v3)).await,
+    );
+    let s = store(&app).await;
+    let all = s
+        .deployments(
+            d1.project_id,
+            "production",
+            gantry_store::Page {
+                page: 1,
+                per_page: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .items;
+    let rd = all
+        .iter()
+        .find(|d| d.rollback_of == Some(d2.id))
+        .expect("the rollback's deployment");
+    assert_eq!(rd.status, DeploymentStatus::Failed);
+    let job = s.job(rd.job_id).await.unwrap().unwrap();
+    assert_eq!(job.failure_reason.as_deref(), Some("unknown_failure"));
+    let log = String::from_utf8(s.read_log(rd.job_id, 0, 1000).await.unwrap()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "superseded: deployment {} is newer than the one this rollback replaces",
+            d3.id
+        )),
+        "{log}"
+    );
+    let d2 = s.deployment(d2.id).await.unwrap().unwrap();
+    assert_eq!(d2.status, DeploymentStatus::Failed, "not rolled back");
+    assert_eq!(d2.rolled_back_by, None);
+    assert_eq!(
+        s.deployment(d3.id).await.unwrap().unwrap().status,
+        DeploymentStatus::Success
+    );
+}
+crate::both!(a_rollback_that_a_newer_deployment_superseded_does_not_run);
