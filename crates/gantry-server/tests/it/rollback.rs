@@ -496,3 +496,106 @@ deploy:
     );
 }
 crate::both!(a_rollback_that_a_newer_deployment_superseded_does_not_run);
+
+/// A server whose leases run out quickly, with project `demo` notifying `hook`, and an agent.
+async fn short_leases(b: Backend, hook: &Recorder) -> (App, Agent) {
+    let app = crate::common::spawn_with(b, |c| {
+        c.lease_timeout = std::time::Duration::from_millis(1500);
+    })
+    .await;
+    app.project(
+        "demo",
+        json!({"variables": [{"key": "HOOK_URL", "value": hook.url, "masked": true}]}),
+    )
+    .await;
+    let agent = app.register("agent", &[]).await;
+    (app, agent)
+}
+
+/// The notification bodies `hook` got of `event`.
+fn events(seen: &[(u16, Value)], event: &str) -> Vec<Value> {
+    seen.iter()
+        .map(|(_, b)| b.clone())
+        .filter(|b| b["event"] == event)
+        .collect()
+}
+
+async fn a_deploy_job_whose_lease_ran_out_is_notified_failed(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = short_leases(b, &hook).await;
+    // The agent is lost mid-deploy: the lease reaper fails the job.
+    let v1 = push_and_take(&app, &agent, &ci(""), 1).await;
+    let seen = hook.wait_for(1).await;
+    let failed = events(&seen, "deployment_failed");
+    assert_eq!(failed.len(), 1, "{seen:?}");
+    assert_eq!(failed[0]["environment"], "production");
+    assert_eq!(failed[0]["failed_jobs"], json!(["deploy"]));
+    assert_eq!(failed[0]["commit"]["sha"], v1["sha"]);
+    let p = v1["pipeline_id"].as_i64().unwrap();
+    let stored = store(&app).await.notifications(p).await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|n| n.event.contains(r#""kind":"deployment_failed""#)),
+        "{stored:?}"
+    );
+    assert_eq!(
+        deployment_of(&app, id(&v1)).await.status,
+        DeploymentStatus::Failed
+    );
+}
+crate::both!(a_deploy_job_whose_lease_ran_out_is_notified_failed);
+
+async fn a_rollback_whose_lease_ran_out_is_reported_failed(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = short_leases(b, &hook).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    let v2 = failed_verification(&app, &agent, 2).await;
+    // The agent is lost while it rolls back.
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    let seen = hook.wait_for(2).await;
+    let rolled = events(&seen, "rollback");
+    assert_eq!(rolled.len(), 1, "{seen:?}");
+    assert_eq!(rolled[0]["failed_jobs"], json!(["deploy"]), "{seen:?}");
+    let d2 = deployment_of(&app, id(&v2)).await;
+    let d1 = deployment_of(&app, id(&v1)).await;
+    assert_eq!(
+        rolled[0]["rollback"],
+        json!({"from": d2.id.to_string(), "to": d1.id.to_string()})
+    );
+    let p = rb["pipeline_id"].as_i64().unwrap();
+    let stored = store(&app).await.notifications(p).await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|n| n.event.contains(r#""kind":"rollback""#)),
+        "{stored:?}"
+    );
+    assert_eq!(d2.status, DeploymentStatus::Failed, "not rolled back");
+    assert_eq!(d2.rolled_back_by, None);
+    assert_eq!(
+        deployment_of(&app, id(&rb)).await.status,
+        DeploymentStatus::Failed
+    );
+    // A lost rollback starts nothing more.
+    assert!(app.take(&agent, 300).await.is_none());
+}
+crate::both!(a_rollback_whose_lease_ran_out_is_reported_failed);
+
+async fn an_automatic_rollback_that_cannot_start_is_notified_failed(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = app(b, Some(&hook), json!({})).await;
+    // The first deployment fails its verification: there is nothing to roll back to.
+    let v1 = failed_verification(&app, &agent, 1).await;
+    let seen = hook.wait_for(2).await;
+    let rolled = events(&seen, "rollback");
+    assert_eq!(rolled.len(), 1, "{seen:?}");
+    let d1 = deployment_of(&app, id(&v1)).await;
+    assert_eq!(rolled[0]["failed_jobs"], json!(["deploy"]));
+    assert_eq!(
+        rolled[0]["rollback"],
+        json!({"from": d1.id.to_string(), "to": ""})
+    );
+    assert_eq!(events(&seen, "deployment_failed").len(), 1, "{seen:?}");
+}
+crate::both!(an_automatic_rollback_that_cannot_start_is_notified_failed);
