@@ -3,7 +3,7 @@
 //! `record_deployment` keeps the first of a job, and a rollback's attempt says it is one whichever
 //! of the hand-out and the rollback records it first). Its status and end are its job's, read
 //! with it, so a finish, the lease reaper and a cancel all end it; its verification's measurements come with the job's finish
-//! ([`measurements`]). [`ended`] is a deployment's end after a finish or a lease's expiry: its
+//! ([`measurements`]). [`ended`] is a deployment's end after a finish, a lease's expiry or a cancel: its
 //! notification, and a rollback's outcome (the deployment it rolled back marked, or its failure). The read API: `GET /api/v1/projects/{name}/environments` and
 //! `GET /api/v1/projects/{name}/environments/{env}/deployments` (an environment's name may hold
 //! `/`, sent as `%2F`); [`deployment_api`] and [`environment_api`] are the records as it shows them.
@@ -119,7 +119,7 @@ pub(crate) async fn record(
     Ok(Some(id))
 }
 
-/// After job `job` ended with `status` (its finish, its lease's expiry): when it deploys, stores
+/// After job `job` ended with `status` (its finish, its lease's expiry, a cancel): when it deploys, stores
 /// the `deployment_succeeded` / `deployment_failed` notification; when it is a rollback's attempt,
 /// marks the deployment it rolled back (on success) or reports its failure loudly, with the
 /// `rollback` notification either way. Answers the job's plan and deployment when it deploys.

@@ -67,6 +67,16 @@ async fn effects(state: &AppState, before: &PipelineRecord, step: &Step) {
     }
     if !step.ended.is_empty() {
         state.logs.notify_waiters();
+        // A job canceled before it ran may have a deployment already (a queued rollback's
+        // attempt): its end is handled as a finish's. A running job ends by its finish.
+        for c in &step.changes.jobs {
+            if c.status != Some(JobStatus::Canceled) {
+                continue;
+            }
+            if let Some(j) = before.jobs.iter().find(|j| j.id == c.id) {
+                crate::deployments::ended(state, j, JobStatus::Canceled).await;
+            }
+        }
     }
     if let Some(s) = step.changes.status {
         if s.is_final() {

@@ -12,7 +12,8 @@
 //! when an agent claims it ([`superseded`]): it never puts the older version over the newer.
 //!
 //! A deploy job's end (notifications, a rollback's outcome) is `deployments::ended`, which a
-//! finish ([`job_finished`]) and the lease reaper (`progress::expire`) both call; only a finish
+//! finish ([`job_finished`]), the lease reaper (`progress::expire`) and a cancel of a queued
+//! rollback's attempt (`progress::effects`) call; only a finish
 //! starts an automatic rollback. One that cannot start is notified as a failed rollback.
 
 use axum::Json;

@@ -599,3 +599,22 @@ async fn an_automatic_rollback_that_cannot_start_is_notified_failed(b: Backend) 
     assert_eq!(events(&seen, "deployment_failed").len(), 1, "{seen:?}");
 }
 crate::both!(an_automatic_rollback_that_cannot_start_is_notified_failed);
+
+async fn a_queued_rollback_that_is_canceled_is_reported_failed(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = app(b, Some(&hook), json!({})).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    let v2 = failed_verification(&app, &agent, 2).await;
+    // The rollback's attempt is queued in version 1's pipeline; that pipeline is canceled.
+    let p = v1["pipeline_id"].as_i64().unwrap();
+    send(app.post(&format!("/api/v1/pipelines/{p}/cancel")), 200).await;
+    assert!(app.take(&agent, 0).await.is_none(), "the rollback ran");
+    let seen = hook.wait_for(2).await;
+    let rolled = events(&seen, "rollback");
+    assert_eq!(rolled.len(), 1, "{seen:?}");
+    assert_eq!(rolled[0]["failed_jobs"], json!(["deploy"]));
+    let d2 = deployment_of(&app, id(&v2)).await;
+    assert_eq!(d2.status, DeploymentStatus::Failed, "not rolled back");
+    assert_eq!(d2.rolled_back_by, None);
+}
+crate::both!(a_queued_rollback_that_is_canceled_is_reported_failed);
