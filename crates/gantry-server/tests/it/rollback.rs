@@ -520,6 +520,14 @@ fn events(seen: &[(u16, Value)], event: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Asserts that the pipeline of job `spec` has a stored notification of `kind`.
+async fn assert_stored(app: &App, spec: &Value, kind: &str) {
+    let p = spec["pipeline_id"].as_i64().unwrap();
+    let stored = store(app).await.notifications(p).await.unwrap();
+    let want = format!(r#""kind":"{kind}""#);
+    assert!(stored.iter().any(|n| n.event.contains(&want)), "{stored:?}");
+}
+
 async fn a_deploy_job_whose_lease_ran_out_is_notified_failed(b: Backend) {
     let hook = Recorder::start(0).await;
     let (app, agent) = short_leases(b, &hook).await;
@@ -531,14 +539,7 @@ async fn a_deploy_job_whose_lease_ran_out_is_notified_failed(b: Backend) {
     assert_eq!(failed[0]["environment"], "production");
     assert_eq!(failed[0]["failed_jobs"], json!(["deploy"]));
     assert_eq!(failed[0]["commit"]["sha"], v1["sha"]);
-    let p = v1["pipeline_id"].as_i64().unwrap();
-    let stored = store(&app).await.notifications(p).await.unwrap();
-    assert!(
-        stored
-            .iter()
-            .any(|n| n.event.contains(r#""kind":"deployment_failed""#)),
-        "{stored:?}"
-    );
+    assert_stored(&app, &v1, "deployment_failed").await;
     assert_eq!(
         deployment_of(&app, id(&v1)).await.status,
         DeploymentStatus::Failed
@@ -563,14 +564,7 @@ async fn a_rollback_whose_lease_ran_out_is_reported_failed(b: Backend) {
         rolled[0]["rollback"],
         json!({"from": d2.id.to_string(), "to": d1.id.to_string()})
     );
-    let p = rb["pipeline_id"].as_i64().unwrap();
-    let stored = store(&app).await.notifications(p).await.unwrap();
-    assert!(
-        stored
-            .iter()
-            .any(|n| n.event.contains(r#""kind":"rollback""#)),
-        "{stored:?}"
-    );
+    assert_stored(&app, &rb, "rollback").await;
     assert_eq!(d2.status, DeploymentStatus::Failed, "not rolled back");
     assert_eq!(d2.rolled_back_by, None);
     assert_eq!(
