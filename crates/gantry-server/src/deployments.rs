@@ -3,22 +3,26 @@
 //! `record_deployment` keeps the first of a job, and a rollback's attempt says it is one whichever
 //! of the hand-out and the rollback records it first). Its status and end are its job's, read
 //! with it, so a finish, the lease reaper and a cancel all end it; its verification's measurements come with the job's finish
-//! ([`measurements`]). The read API: `GET /api/v1/projects/{name}/environments` and
+//! ([`measurements`]). [`ended`] is a deployment's end after a finish, a lease's expiry or a cancel: its
+//! notification, and a rollback's outcome (the deployment it rolled back marked, or its failure). The read API: `GET /api/v1/projects/{name}/environments` and
 //! `GET /api/v1/projects/{name}/environments/{env}/deployments` (an environment's name may hold
 //! `/`, sent as `%2F`); [`deployment_api`] and [`environment_api`] are the records as it shows them.
 
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use gantry_api::ErrorBody;
 use gantry_api::agent::{FinishJob, JobSpec};
 use gantry_api::deployments::{DeployedVariable, Deployment, Environment, Measurement};
+use gantry_api::{ErrorBody, JobStatus};
+use gantry_pipeline::notify::EventKind;
 use gantry_pipeline::vars;
 use gantry_store::{DeploymentRecord, EnvironmentRecord, JobRecord, Millis, NewDeployment};
 use gantry_store::{PipelineRecord, Store};
 
 use crate::error::{AppError, AppResult};
 use crate::http::{Caller, PathParam, QueryParams};
+use crate::notify::Notice;
+use crate::spec::{JobDoc, RollbackDoc};
 use crate::state::AppState;
 use crate::views::{PageQuery, page_headers};
 
@@ -69,7 +73,7 @@ pub(crate) fn new_deployment(
         .collect();
     let login = resolved.get("GITLAB_USER_LOGIN").filter(|l| !l.is_empty());
     // A rollback's attempt may be handed out before its rollback recorded it: say the same.
-    let rollback_of = serde_json::from_str::<crate::spec::JobDoc>(&job.spec)
+    let rollback_of = serde_json::from_str::<JobDoc>(&job.spec)
         .ok()
         .and_then(|d| d.rollback)
         .map(|r| r.from);
@@ -113,6 +117,111 @@ pub(crate) async fn record(
     let id = store.record_deployment(&new).await?;
     tracing::info!(job = job.id, deployment = id, environment = %new.environment, "deployment recorded");
     Ok(Some(id))
+}
+
+/// After job `job` ended with `status` (its finish, its lease's expiry, a cancel): when it deploys, stores
+/// the `deployment_succeeded` / `deployment_failed` notification; when it is a rollback's attempt,
+/// marks the deployment it rolled back (on success) or reports its failure loudly, with the
+/// `rollback` notification either way. Answers the job's plan and deployment when it deploys.
+pub(crate) async fn ended(
+    state: &AppState,
+    job: &JobRecord,
+    status: JobStatus,
+) -> Option<(JobDoc, DeploymentRecord)> {
+    // Most jobs do not deploy: a substring search (a job with an environment serializes it as a
+    // mapping) spares decoding their spec.
+    if !job.spec.contains("\"environment\":{") {
+        return None;
+    }
+    let doc = serde_json::from_str::<JobDoc>(&job.spec).ok()?;
+    if doc
+        .job
+        .environment
+        .as_ref()
+        .is_none_or(|e| e.action != "start")
+    {
+        return None;
+    }
+    let deployment = match state.store.job_deployment(job.id).await {
+        Ok(d) => d?,
+        Err(e) => {
+            tracing::warn!(job = job.id, error = %e, "cannot read the job's deployment");
+            return None;
+        }
+    };
+    if let Some(r) = &doc.rollback {
+        rollback_ended(state, job, status, r, &deployment).await;
+        return Some((doc, deployment));
+    }
+    let kind = match status {
+        JobStatus::Success => EventKind::DeploymentSucceeded,
+        JobStatus::Failed => EventKind::DeploymentFailed,
+        _ => return Some((doc, deployment)),
+    };
+    let notice = Notice {
+        kind,
+        environment: deployment.environment.clone(),
+        failed_jobs: if status == JobStatus::Failed {
+            vec![job.name.clone()]
+        } else {
+            Vec::new()
+        },
+        rollback: None,
+    };
+    crate::notify::deployment(state, job.pipeline_id, notice).await;
+    Some((doc, deployment))
+}
+
+/// A rollback's job ended: on success the deployment it rolled back is marked; a failure is
+/// reported loudly, and never rolled back in turn.
+async fn rollback_ended(
+    state: &AppState,
+    job: &JobRecord,
+    status: JobStatus,
+    r: &RollbackDoc,
+    deployment: &DeploymentRecord,
+) {
+    let succeeded = status == JobStatus::Success;
+    if succeeded {
+        match state.store.mark_rolled_back(r.from, deployment.id).await {
+            Ok(_) => tracing::info!(
+                environment = %deployment.environment,
+                from = r.from,
+                to = r.to,
+                deployment = deployment.id,
+                "rolled back"
+            ),
+            Err(e) => tracing::error!(
+                from = r.from,
+                error = %e,
+                "cannot mark the deployment rolled back"
+            ),
+        }
+    } else {
+        tracing::error!(
+            environment = %deployment.environment,
+            from = r.from,
+            to = r.to,
+            job = job.id,
+            status = status.as_str(),
+            "the rollback FAILED: deployment {} is still in place; nothing rolls back again",
+            r.from
+        );
+    }
+    let notice = Notice {
+        kind: EventKind::Rollback,
+        environment: deployment.environment.clone(),
+        failed_jobs: if succeeded {
+            Vec::new()
+        } else {
+            vec![job.name.clone()]
+        },
+        rollback: Some(gantry_notify::Rollback {
+            from: r.from.to_string(),
+            to: r.to.to_string(),
+        }),
+    };
+    crate::notify::deployment(state, job.pipeline_id, notice).await;
 }
 
 /// What a finish stores of the job's verification: its measurements as JSON, `None` when it

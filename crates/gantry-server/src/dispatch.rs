@@ -146,6 +146,10 @@ pub(crate) async fn request(
             .claim(&agent, now, state.lease_until(now))
             .await?
         {
+            // A rollback's attempt that a newer deployment superseded fails at once.
+            if crate::rollback::superseded(&state, &agent, &job).await? {
+                continue;
+            }
             return handed_out(&state, &agent, job).await;
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -67,6 +67,16 @@ async fn effects(state: &AppState, before: &PipelineRecord, step: &Step) {
     }
     if !step.ended.is_empty() {
         state.logs.notify_waiters();
+        // A job canceled before it ran may have a deployment already (a queued rollback's
+        // attempt): its end is handled as a finish's. A running job ends by its finish.
+        for c in &step.changes.jobs {
+            if c.status != Some(JobStatus::Canceled) {
+                continue;
+            }
+            if let Some(j) = before.jobs.iter().find(|j| j.id == c.id) {
+                crate::deployments::ended(state, j, JobStatus::Canceled).await;
+            }
+        }
     }
     if let Some(s) = step.changes.status {
         if s.is_final() {
@@ -100,7 +110,8 @@ pub(crate) async fn reaper(state: AppState) {
 }
 
 /// Fails the running jobs whose lease ran out (`runner_system_failure`) and advances their
-/// pipelines: the lost-agent path, also taken at once for a revoked agent's jobs.
+/// pipelines: the lost-agent path, also taken at once for a revoked agent's jobs. A deploy job's
+/// end is then handled as a finish's ([`crate::deployments::ended`]).
 pub(crate) async fn expire(state: &AppState) {
     match state.store.expire_leases(crate::now_ms()).await {
         Ok(expired) => {
@@ -116,6 +127,17 @@ pub(crate) async fn expire(state: &AppState) {
             }
             for p in pipelines {
                 advance(state, p).await;
+            }
+            // A deployment's end, as a finish has it: its notification, a rollback's failure
+            // reported (never an automatic rollback: no verification failed).
+            for (job, _) in &expired {
+                match state.store.job(*job).await {
+                    Ok(Some(j)) => {
+                        crate::deployments::ended(state, &j, JobStatus::Failed).await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(job, error = %e, "cannot read an expired job"),
+                }
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot expire leases"),

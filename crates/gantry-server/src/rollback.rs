@@ -8,9 +8,13 @@
 //! a deployment itself, recorded at once (`rollback_of`, triggered by `rollback`, the target's
 //! variables and artifacts). When it succeeds, the deployment rolled back is marked `rolled_back`;
 //! when it fails, that is logged as an error and notified, and nothing rolls back again.
+//! An attempt that a newer deployment superseded (deployed after the one it rolls back) fails
+//! when an agent claims it ([`superseded`]): it never puts the older version over the newer.
 //!
-//! [`job_finished`] also stores the `deployment_succeeded` / `deployment_failed` and `rollback`
-//! notifications (`notify::deployment`).
+//! A deploy job's end (notifications, a rollback's outcome) is `deployments::ended`, which a
+//! finish ([`job_finished`]), the lease reaper (`progress::expire`) and a cancel of a queued
+//! rollback's attempt (`progress::effects`) call; only a finish
+//! starts an automatic rollback. One that cannot start is notified as a failed rollback.
 
 use axum::Json;
 use axum::extract::State;
@@ -181,6 +185,86 @@ async fn start(
     })
 }
 
+/// Whether job `job`, just claimed by agent `agent`, is a rollback's attempt that a newer
+/// deployment superseded: the environment has a deployment newer than the one it rolls back, other
+/// than the attempt's own. Then the attempt must not deploy the older version over the newer: it
+/// fails at once (`unknown_failure`, the reason in its log), nothing is marked rolled back, and an
+/// error is logged.
+pub(crate) async fn superseded(
+    state: &AppState,
+    agent: &gantry_store::AgentRecord,
+    job: &JobRecord,
+) -> AppResult<bool> {
+    if !job.spec.contains("\"rollback\":{") {
+        return Ok(false);
+    }
+    let Some(r) = serde_json::from_str::<JobDoc>(&job.spec)
+        .ok()
+        .and_then(|d| d.rollback)
+    else {
+        return Ok(false);
+    };
+    let Some(from) = state.store.deployment(r.from).await? else {
+        return Ok(false);
+    };
+    // Newest first: among the first two, one is newer than `from` and not this attempt's if any is.
+    let newest = state
+        .store
+        .deployments(
+            from.project_id,
+            &from.environment,
+            Page {
+                page: 1,
+                per_page: 2,
+            },
+        )
+        .await?;
+    let Some(newer) = newest
+        .items
+        .iter()
+        .find(|d| d.id > r.from && d.job_id != job.id)
+    else {
+        return Ok(false);
+    };
+    let why = format!(
+        "superseded: deployment {} is newer than the one this rollback replaces ({})",
+        newer.id, r.from
+    );
+    let now = crate::now_ms();
+    state
+        .store
+        .append_log(
+            job.id,
+            agent.id,
+            0,
+            format!("{why}\n").as_bytes(),
+            state.lease_until(now),
+        )
+        .await?;
+    let result = gantry_store::JobResult {
+        status: JobStatus::Failed,
+        exit_code: None,
+        failure_reason: Some("unknown_failure".into()),
+        coverage: None,
+        finished_at: now,
+        reports: None,
+        measurements: None,
+    };
+    let pipeline = state.store.finish(job.id, agent.id, &result).await?;
+    state.metrics.job_ended(JobStatus::Failed);
+    state.logs.notify_waiters();
+    tracing::error!(
+        environment = %from.environment,
+        from = r.from,
+        to = r.to,
+        newer = newer.id,
+        job = job.id,
+        "the rollback did not run, nothing was rolled back: {why}"
+    );
+    crate::progress::advance(state, pipeline).await;
+    Ok(true)
+}
+
 /// The `rollback_script` of job `j`'s plan job, when it has one.
 fn rollback_script(j: &JobRecord) -> Option<Vec<String>> {
     serde_json::from_str::<JobDoc>(&j.spec)
@@ -189,67 +273,28 @@ fn rollback_script(j: &JobRecord) -> Option<Vec<String>> {
         .filter(|s| !s.is_empty())
 }
 
-/// After job `job` (as claimed) finished with `status` and `failure_reason`: when it deploys,
-/// notifies the deployment's end; when it is a rollback, marks the deployment it rolled back (on
-/// success) or reports its failure; when its verification failed and `verify:on_failure` is
-/// `rollback`, starts the rollback. Failures are logged; none reaches the agent.
+/// After job `job` (as claimed) finished with `status` and `failure_reason`: its deployment's end
+/// ([`crate::deployments::ended`]: notifications, a rollback's outcome); when its verification
+/// failed and `verify:on_failure` is `rollback`, starts the rollback. Failures are logged (and a
+/// rollback that cannot start is notified as failed); none reaches the agent.
 pub(crate) async fn job_finished(
     state: &AppState,
     job: &JobRecord,
     status: JobStatus,
     failure_reason: Option<&str>,
 ) {
-    // Most jobs do not deploy: a substring search (a job with an environment serializes it as a
-    // mapping) spares decoding their spec.
-    if !job.spec.contains("\"environment\":{") {
+    let Some((doc, deployment)) = crate::deployments::ended(state, job, status).await else {
+        return;
+    };
+    if doc.rollback.is_some() {
         return;
     }
-    let Ok(doc) = serde_json::from_str::<JobDoc>(&job.spec) else {
-        return;
-    };
-    if doc
-        .job
-        .environment
-        .as_ref()
-        .is_none_or(|e| e.action != "start")
-    {
-        return;
-    }
-    let deployment = match state.store.job_deployment(job.id).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::warn!(job = job.id, error = %e, "cannot read the job's deployment");
-            return;
-        }
-    };
-    if let Some(r) = &doc.rollback {
-        rollback_ended(state, job, status, r, &deployment).await;
-        return;
-    }
-    let kind = match status {
-        JobStatus::Success => EventKind::DeploymentSucceeded,
-        JobStatus::Failed => EventKind::DeploymentFailed,
-        _ => return,
-    };
-    let failed = status == JobStatus::Failed;
-    let notice = Notice {
-        kind,
-        environment: deployment.environment.clone(),
-        failed_jobs: if failed {
-            vec![job.name.clone()]
-        } else {
-            Vec::new()
-        },
-        rollback: None,
-    };
-    crate::notify::deployment(state, job.pipeline_id, notice).await;
     let rolls_back = doc
         .job
         .verify
         .as_ref()
         .is_some_and(|v| v.on_failure == OnFailure::Rollback);
-    if failed && rolls_back && failure_reason == Some("verification_failure") {
+    if status == JobStatus::Failed && rolls_back && failure_reason == Some("verification_failure") {
         if let Err(e) = start(state, &deployment, None).await {
             tracing::error!(
                 environment = %deployment.environment,
@@ -258,58 +303,17 @@ pub(crate) async fn job_finished(
                 error = %e.message,
                 "the verification failed and verify:on_failure is rollback, but nothing was rolled back"
             );
+            // Nothing re-deploys: notified as a failed rollback, to nothing.
+            let notice = Notice {
+                kind: EventKind::Rollback,
+                environment: deployment.environment.clone(),
+                failed_jobs: vec![job.name.clone()],
+                rollback: Some(gantry_notify::Rollback {
+                    from: deployment.id.to_string(),
+                    to: String::new(),
+                }),
+            };
+            crate::notify::deployment(state, job.pipeline_id, notice).await;
         }
     }
-}
-
-/// A rollback's job ended: on success the deployment it rolled back is marked; a failure is
-/// reported loudly, and never rolled back in turn.
-async fn rollback_ended(
-    state: &AppState,
-    job: &JobRecord,
-    status: JobStatus,
-    r: &RollbackDoc,
-    deployment: &DeploymentRecord,
-) {
-    let succeeded = status == JobStatus::Success;
-    if succeeded {
-        match state.store.mark_rolled_back(r.from, deployment.id).await {
-            Ok(_) => tracing::info!(
-                environment = %deployment.environment,
-                from = r.from,
-                to = r.to,
-                deployment = deployment.id,
-                "rolled back"
-            ),
-            Err(e) => tracing::error!(
-                from = r.from,
-                error = %e,
-                "cannot mark the deployment rolled back"
-            ),
-        }
-    } else {
-        tracing::error!(
-            environment = %deployment.environment,
-            from = r.from,
-            to = r.to,
-            job = job.id,
-            status = status.as_str(),
-            "the rollback FAILED: deployment {} is still in place; nothing rolls back again",
-            r.from
-        );
-    }
-    let notice = Notice {
-        kind: EventKind::Rollback,
-        environment: deployment.environment.clone(),
-        failed_jobs: if succeeded {
-            Vec::new()
-        } else {
-            vec![job.name.clone()]
-        },
-        rollback: Some(gantry_notify::Rollback {
-            from: r.from.to_string(),
-            to: r.to.to_string(),
-        }),
-    };
-    crate::notify::deployment(state, job.pipeline_id, notice).await;
 }

@@ -532,3 +532,168 @@ async fn a_queued_rollback_holds_no_job_of_its_pipeline(b: Backend) {
     assert_eq!(after.status, gantry_api::JobStatus::Pending);
 }
 crate::both!(a_queued_rollback_holds_no_job_of_its_pipeline);
+
+async fn a_rollback_that_a_newer_deployment_superseded_does_not_run(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let other = app.register("other", &["v3"]).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    let v2 = push_and_take(&app, &agent, &ci(""), 2).await;
+    // Version 3 deploys while version 2 runs, on another agent.
+    let v3_ci = "
+deploy:
+  script: [./deploy.sh]
+  environment: {name: production}
+  tags: [v3]
+";
+    let v3 = push_and_take(&app, &other, v3_ci, 3).await;
+    // Version 2's verification fails: its rollback to version 1 is queued while version 3 runs.
+    finish(
+        &app,
+        &agent,
+        id(&v2),
+        "failed",
+        Some("verification_failure"),
+    )
+    .await;
+    finish(&app, &other, id(&v3), "success", None).await;
+    // The rollback's attempt would put version 1 over version 3: it fails instead.
+    assert!(app.take(&agent, 0).await.is_none(), "the rollback ran");
+    let (d1, d2, d3) = (
+        deployment_of(&app, id(&v1)).await,
+        deployment_of(&app, id(&v2)).await,
+        deployment_of(&app, id(&v3)).await,
+    );
+    let s = store(&app).await;
+    let all = s
+        .deployments(
+            d1.project_id,
+            "production",
+            gantry_store::Page {
+                page: 1,
+                per_page: 10,
+            },
+        )
+        .await
+        .unwrap()
+        .items;
+    let rd = all
+        .iter()
+        .find(|d| d.rollback_of == Some(d2.id))
+        .expect("the rollback's deployment");
+    assert_eq!(rd.status, DeploymentStatus::Failed);
+    let job = s.job(rd.job_id).await.unwrap().unwrap();
+    assert_eq!(job.failure_reason.as_deref(), Some("unknown_failure"));
+    let log = String::from_utf8(s.read_log(rd.job_id, 0, 1000).await.unwrap()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "superseded: deployment {} is newer than the one this rollback replaces",
+            d3.id
+        )),
+        "{log}"
+    );
+    let d2 = s.deployment(d2.id).await.unwrap().unwrap();
+    assert_eq!(d2.status, DeploymentStatus::Failed, "not rolled back");
+    assert_eq!(d2.rolled_back_by, None);
+    assert_eq!(
+        s.deployment(d3.id).await.unwrap().unwrap().status,
+        DeploymentStatus::Success
+    );
+}
+crate::both!(a_rollback_that_a_newer_deployment_superseded_does_not_run);
+
+/// A server whose leases run out quickly, with project `demo` notifying `hook`, and an agent.
+async fn short_leases(b: Backend, hook: &Recorder) -> (App, Agent) {
+    let app = crate::common::spawn_with(b, |c| {
+        c.lease_timeout = std::time::Duration::from_millis(1500);
+    })
+    .await;
+    app.project(
+        "demo",
+        json!({"variables": [{"key": "HOOK_URL", "value": hook.url, "masked": true}]}),
+    )
+    .await;
+    let agent = app.register("agent", &[]).await;
+    (app, agent)
+}
+
+/// The notification bodies `hook` got of `event`.
+fn events(seen: &[(u16, Value)], event: &str) -> Vec<Value> {
+    seen.iter()
+        .map(|(_, b)| b.clone())
+        .filter(|b| b["event"] == event)
+        .collect()
+}
+
+/// Asserts that the pipeline of job `spec` has a stored notification of `kind`.
+async fn assert_stored(app: &App, spec: &Value, kind: &str) {
+    let p = spec["pipeline_id"].as_i64().unwrap();
+    let stored = store(app).await.notifications(p).await.unwrap();
+    let want = format!(r#""kind":"{kind}""#);
+    assert!(stored.iter().any(|n| n.event.contains(&want)), "{stored:?}");
+}
+
+async fn a_deploy_job_whose_lease_ran_out_is_notified_failed(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = short_leases(b, &hook).await;
+    // The agent is lost mid-deploy: the lease reaper fails the job.
+    let v1 = push_and_take(&app, &agent, &ci(""), 1).await;
+    let seen = hook.wait_for(1).await;
+    let failed = events(&seen, "deployment_failed");
+    assert_eq!(failed.len(), 1, "{seen:?}");
+    assert_eq!(failed[0]["environment"], "production");
+    assert_eq!(failed[0]["failed_jobs"], json!(["deploy"]));
+    assert_eq!(failed[0]["commit"]["sha"], v1["sha"]);
+    assert_stored(&app, &v1, "deployment_failed").await;
+    assert_eq!(
+        deployment_of(&app, id(&v1)).await.status,
+        DeploymentStatus::Failed
+    );
+}
+crate::both!(a_deploy_job_whose_lease_ran_out_is_notified_failed);
+
+async fn a_rollback_whose_lease_ran_out_is_reported_failed(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = short_leases(b, &hook).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    let v2 = failed_verification(&app, &agent, 2).await;
+    // The agent is lost while it rolls back.
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    let seen = hook.wait_for(2).await;
+    let rolled = events(&seen, "rollback");
+    assert_eq!(rolled.len(), 1, "{seen:?}");
+    assert_eq!(rolled[0]["failed_jobs"], json!(["deploy"]), "{seen:?}");
+    let d2 = deployment_of(&app, id(&v2)).await;
+    let d1 = deployment_of(&app, id(&v1)).await;
+    assert_eq!(
+        rolled[0]["rollback"],
+        json!({"from": d2.id.to_string(), "to": d1.id.to_string()})
+    );
+    assert_stored(&app, &rb, "rollback").await;
+    assert_eq!(d2.status, DeploymentStatus::Failed, "not rolled back");
+    assert_eq!(d2.rolled_back_by, None);
+    assert_eq!(
+        deployment_of(&app, id(&rb)).await.status,
+        DeploymentStatus::Failed
+    );
+    // A lost rollback starts nothing more.
+    assert!(app.take(&agent, 300).await.is_none());
+}
+crate::both!(a_rollback_whose_lease_ran_out_is_reported_failed);
+
+async fn an_automatic_rollback_that_cannot_start_is_notified_failed(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = app(b, Some(&hook), json!({})).await;
+    // The first deployment fails its verification: there is nothing to roll back to.
+    let v1 = failed_verification(&app, &agent, 1).await;
+    let seen = hook.wait_for(2).await;
+    let rolled = events(&seen, "rollback");
+    assert_eq!(rolled.len(), 1, "{seen:?}");
+    let d1 = deployment_of(&app, id(&v1)).await;
+    assert_eq!(rolled[0]["failed_jobs"], json!(["deploy"]));
+    assert_eq!(
+        rolled[0]["rollback"],
+        json!({"from": d1.id.to_string(), "to": ""})
+    );
+    assert_eq!(events(&seen, "deployment_failed").len(), 1, "{seen:?}");
+}
+crate::both!(an_automatic_rollback_that_cannot_start_is_notified_failed);
