@@ -548,13 +548,16 @@ fn env_lists_a_server_project_s_environments_and_history() {
     let to = list_id(&json(&mut g(&history)), 1);
     let from = list_id(&json(&mut g(&history)), 0);
     let text = ok(&mut g(&rollback));
-    assert!(
-        text.starts_with(&format!(
-            "rollback of review/app: deployment {from} → {to}, job "
-        )),
-        "{text}"
-    );
-    api.finished(first);
+    let prefix = format!("rollback of review/app: deployment {from} → {to}, job ");
+    let job: i64 = text
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // The rollback runs in the first pipeline, which keeps its status: wait for its job.
+    wait_for("the rollback's job to end", || {
+        api.job(job).status.is_final().then_some(())
+    });
     let list = json(&mut g(&history));
     assert_eq!(list[0]["rollback_of"], from, "{list}");
     assert_eq!(list[0]["status"], "success", "{list}");
