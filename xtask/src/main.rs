@@ -33,7 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("gantry-api", &["gantry-pipeline", "gantry-reports"]),
     ("gantry-reports", &["gantry-pipeline"]),
-    ("gantry-release", &["gantry-pipeline"]),
+    ("gantry-release", &["gantry-pipeline", "gantry-api"]),
     ("gantry-notify", &["gantry-pipeline", "gantry-api"]),
     ("gantry-store", &["gantry-api", "gantry-pipeline"]),
     ("gantry-ui", &["gantry-api"]),

@@ -28,35 +28,8 @@ pub const DIR: &str = "deployments";
 /// How many successful deployments of one environment keep their artifact snapshot.
 pub const KEEP_SNAPSHOTS: usize = 10;
 
-/// How a deployment stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeploymentStatus {
-    /// Its job is running (or was killed without a word).
-    Running,
-    /// Its job succeeded, verification included.
-    Success,
-    /// Its job failed.
-    Failed,
-    /// Its job was canceled.
-    Canceled,
-    /// A rollback replaced it.
-    RolledBack,
-}
-
-impl DeploymentStatus {
-    /// The status as written in records and tables: `running`, `rolled_back`, ...
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeploymentStatus::Running => "running",
-            DeploymentStatus::Success => "success",
-            DeploymentStatus::Failed => "failed",
-            DeploymentStatus::Canceled => "canceled",
-            DeploymentStatus::RolledBack => "rolled_back",
-        }
-    }
-}
+/// How a deployment stands: the server's statuses, spelled the same in records and tables.
+pub use gantry_api::deployments::DeploymentStatus;
 
 /// A variable in force for a deployment; a masked one's value is [`REDACTED`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
