@@ -3,9 +3,10 @@
 //! from `progress.rs`), the messages its rules want (`pipeline_failed`, or `pipeline_fixed` when the
 //! previous finished pipeline of its ref failed), and when a deployment or a rollback ends
 //! ([`deployment`], from `rollback.rs`: `deployment_succeeded`, `deployment_failed`, `rollback`)
-//! are STORED first, one row per rule, with the target's URL and secret expanded from the
-//! pipeline's variables (project variables included, scoped ones by the deployment's environment)
-//! and sealed under the server's key (they hold the hook's token). The
+//! are STORED first, one row per rule, with the target's URL and secret expanded (a file's rule
+//! with the pipeline's variables, project variables included; a project's rule with the predefined
+//! and the project's variables only, so that no pipeline file, a fork's included, can redirect it;
+//! scoped ones by the deployment's environment) and sealed under the server's key (they hold the hook's token). The
 //! background task [`run`] sends the due ones with [`gantry_notify::Sender::deliver`], one attempt
 //! at a time, and records each attempt: a failed one is retried with backoff
 //! (`Config::notify_backoff`, doubling) until `Config::notify_max_attempts`, across restarts since
@@ -175,10 +176,12 @@ async fn enqueue(
     wanted: &Wanted,
 ) -> Result<usize, String> {
     let mut doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
-    let mut rules: Vec<&gantry_notify::Rule> = Vec::new();
-    for r in doc.notify.iter().chain(&project.spec.notify) {
-        if r.wants(wanted.kind) && !rules.iter().any(|x| x.target == r.target) {
-            rules.push(r);
+    // The project's rules first: a target both name is expanded as the project's.
+    let mut rules: Vec<(&gantry_notify::Rule, Origin)> = Vec::new();
+    let project_rules = project.spec.notify.iter().map(|r| (r, Origin::Project));
+    for (r, origin) in project_rules.chain(doc.notify.iter().map(|r| (r, Origin::File))) {
+        if r.wants(wanted.kind) && !rules.iter().any(|(x, _)| x.target == r.target) {
+            rules.push((r, origin));
         }
     }
     if rules.is_empty() {
@@ -191,6 +194,10 @@ async fn enqueue(
     let env = wanted.environment.as_deref();
     let values: HashMap<String, String> =
         vars::resolve(&variables(&doc, &project.spec.variables, env))
+            .into_iter()
+            .collect();
+    let project_values: HashMap<String, String> =
+        vars::resolve(&project_variables(&doc, &project.spec.variables, env))
             .into_iter()
             .collect();
     let get = |k: &str| values.get(k).cloned().unwrap_or_default();
@@ -217,8 +224,12 @@ async fn enqueue(
     };
     let event = serde_json::to_string(&event).map_err(|e| e.to_string())?;
     let now = now_ms();
-    for rule in &rules {
-        let target = gantry_notify::expand(&rule.target, &values);
+    for (rule, origin) in &rules {
+        let values = match origin {
+            Origin::Project => &project_values,
+            Origin::File => &values,
+        };
+        let target = gantry_notify::expand(&rule.target, values);
         let target = serde_json::to_string(&target).map_err(|e| e.to_string())?;
         let n = NewNotification {
             pipeline_id: id,
@@ -235,23 +246,62 @@ async fn enqueue(
     Ok(rules.len())
 }
 
+/// Where a rule comes from, which decides the variables it is expanded with.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// The project's settings: only what the project's admin set (and the predefined variables),
+    /// never what the pipeline's file (perhaps a fork's) or its trigger defines.
+    Project,
+    /// The pipeline's file: every variable the pipeline's jobs see.
+    File,
+}
+
 /// The pipeline's variables in precedence order (later ones win): predefined, global, the
-/// project's (masked values from `secrets`; those whose `environment_scope` matches `env`, the most
-/// specific last: `*` alone for a pipeline's notification), then trigger and schedule variables.
+/// project's (see [`scoped`]), then trigger and schedule variables.
 fn variables(
     doc: &PipelineDoc,
     secrets: &[gantry_api::ProjectVariable],
     env: Option<&str>,
 ) -> Vec<Variable> {
-    let mut scoped: Vec<(u8, &gantry_api::ProjectVariable)> = doc
-        .project_variables
+    doc.predefined
+        .iter()
+        .chain(&doc.variables)
+        .cloned()
+        .chain(scoped(&doc.project_variables, secrets, env))
+        .chain(doc.cli_variables.iter().cloned())
+        .collect()
+}
+
+/// What a project's own rule is expanded with: the predefined variables, then all the project's
+/// variables from its settings (`settings`, a fork's pipeline included: the rule and its
+/// target are the project's, and nothing of them reaches a job).
+fn project_variables(
+    doc: &PipelineDoc,
+    settings: &[gantry_api::ProjectVariable],
+    env: Option<&str>,
+) -> Vec<Variable> {
+    doc.predefined
+        .iter()
+        .cloned()
+        .chain(scoped(settings, settings, env))
+        .collect()
+}
+
+/// Project variables `vars` whose `environment_scope` matches `env`, the most specific last (`*`
+/// alone for a pipeline's notification); masked values come from `secrets`.
+fn scoped<'a>(
+    vars: &'a [gantry_api::ProjectVariable],
+    secrets: &'a [gantry_api::ProjectVariable],
+    env: Option<&str>,
+) -> impl Iterator<Item = Variable> + 'a {
+    let mut scoped: Vec<(u8, &gantry_api::ProjectVariable)> = vars
         .iter()
         .filter_map(|v| {
             gantry_pipeline::plan::scope_rank(&v.environment_scope, env).map(|rank| (rank, v))
         })
         .collect();
     scoped.sort_by_key(|(rank, _)| *rank);
-    let project = scoped.into_iter().map(|(_, v)| {
+    scoped.into_iter().map(|(_, v)| {
         let value = v.value.clone().or_else(|| {
             secrets
                 .iter()
@@ -261,14 +311,7 @@ fn variables(
         let mut var = Variable::new(v.key.clone(), value.unwrap_or_default());
         var.masked = v.masked;
         var
-    });
-    doc.predefined
-        .iter()
-        .chain(&doc.variables)
-        .cloned()
-        .chain(project)
-        .chain(doc.cli_variables.iter().cloned())
-        .collect()
+    })
 }
 
 /// The sender: sends the due notifications, then sleeps until the next is due or one is stored.

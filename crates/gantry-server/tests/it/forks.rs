@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use crate::both;
 use crate::common::{Agent, App, Backend, create_token, fixture, git, send, send_hook, set, spawn};
+use crate::notify::Recorder;
 
 /// Values that no fork job may see.
 const PLAIN: &str = "plain-value-1";
@@ -614,3 +615,48 @@ async fn caches_of_protected_and_unprotected_refs_are_apart(b: Backend) {
     assert_eq!(suffixes(&dev), ["-non_protected", "-non_protected"]);
 }
 both!(caches_of_protected_and_unprotected_refs_are_apart);
+
+/// A fork's pipeline file cannot redirect the project's own `notify:` rules: they are expanded
+/// with the project's variables only, while the file's rules see the fork's variables.
+async fn fork_files_cannot_redirect_the_projects_notifications(b: Backend) {
+    let project_hook = Recorder::start(0).await;
+    let fork_hook = Recorder::start(0).await;
+    let app = spawn(b).await;
+    app.project(
+        "demo",
+        json!({
+            "variables": [{"key": "HOOK_URL", "value": project_hook.url, "masked": true}],
+            "notify": [{"on": ["pipeline_failed"], "webhook": {"url": "$HOOK_URL"}}],
+        }),
+    )
+    .await;
+    let agent = app.register("a", &[]).await;
+    let (main, _) = branches(&app.repo);
+    // The fork's file points `HOOK_URL` at its own server, and adds a rule of its own.
+    git(&app.repo, &["checkout", "-q", "changes"]);
+    let ci = format!(
+        "variables:\n  HOOK_URL: {}\n  MINE: {}\nnotify:\n  - on: [pipeline_failed]\n    \
+         webhook: {{url: $MINE}}\njob:\n  script: [exit 1]\n  rules:\n    - when: always\n",
+        fork_hook.url, fork_hook.url
+    );
+    std::fs::write(app.repo.join(".gitlab-ci.yml"), ci).unwrap();
+    git(&app.repo, &["add", "-A"]);
+    let head = commit(&app.repo, "the fork's change");
+    git(&app.repo, &["checkout", "-q", "main"]);
+
+    let p = pr_pipeline(&app, (&main, &head), true, "fork-notify").await;
+    let spec = app.take(&agent, 300).await.expect("the fork's job");
+    app.run_job(&agent, spec["job_id"].as_i64().unwrap(), "no\n", "failed")
+        .await;
+    app.pipeline_status(p["id"].as_i64().unwrap(), "failed")
+        .await;
+    // One message each: the project's rule reached the project's hook, the file's the fork's.
+    let project_seen = project_hook.wait_for(1).await;
+    let fork_seen = fork_hook.wait_for(1).await;
+    assert_eq!(project_seen[0].1["event"], "pipeline_failed");
+    assert_eq!(fork_seen[0].1["event"], "pipeline_failed");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(project_hook.seen().len(), 1);
+    assert_eq!(fork_hook.seen().len(), 1, "{:?}", fork_hook.seen());
+}
+both!(fork_files_cannot_redirect_the_projects_notifications);
