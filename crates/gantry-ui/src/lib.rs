@@ -7,15 +7,20 @@
 //! reads without JavaScript except for its live parts (the script refreshes a page's `main` while
 //! something runs, and renders a job's log in chunks, following it over Server-Sent Events).
 
+mod chart;
+mod coverage;
 mod environments;
 mod graph;
 pub mod log;
 mod pages;
+mod text;
 
 use gantry_api::{JobStatus, PipelineStatus};
 pub use maud::Markup;
 use maud::{DOCTYPE, html};
+use text::time;
 
+pub use coverage::{CoverageTrend, TREND_LEN};
 pub use environments::{DeploymentList, environment, environments, rollback_confirm};
 pub use pages::{
     PipelineList, PipelineRow, ProjectRow, agents, deliveries, error, job, pipeline, pipelines,
@@ -123,11 +128,6 @@ pub fn duration(secs: Option<f64>) -> String {
         60..3600 => format!("{}m {:02}s", s / 60, s % 60),
         _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
     }
-}
-
-/// A time, shown as an age by the script (`datetime` stays the exact time).
-fn time(at: &str) -> Markup {
-    html! { time datetime=(at) title=(at) { (at) } }
 }
 
 /// `s` percent-encoded for a URL path segment or query value.

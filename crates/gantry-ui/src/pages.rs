@@ -4,6 +4,7 @@ use gantry_api::reports::ReportsSummary;
 use gantry_api::{Agent, Delivery, Job, JobStatus, Pipeline, PipelineStatus};
 use maud::{Markup, html};
 
+use crate::coverage::{CoverageTrend, trend};
 use crate::graph::{BOX_H, BOX_W, layout};
 use crate::{Viewer, action, badge, duration, enc, job_badge, page, pipeline_badge, time};
 
@@ -99,9 +100,7 @@ pub struct PipelineList {
     pub pages: i64,
 }
 
-pub(crate) fn short(sha: &str) -> &str {
-    sha.get(..8).unwrap_or(sha)
-}
+pub(crate) use crate::text::short;
 
 pub(crate) fn project_nav(project: &str) -> Markup {
     html! {
@@ -372,9 +371,18 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{v:.2}%"))
 }
 
-/// The reports of a pipeline: tests, coverage per job, gates, SARIF and vulnerabilities.
+/// The mean of the jobs' coverage, as the trend counts a pipeline's (two decimals).
+fn mean_coverage(r: &ReportsSummary) -> Option<f64> {
+    let jobs = &r.coverage.jobs;
+    #[allow(clippy::cast_precision_loss)]
+    let mean = jobs.iter().map(|c| c.percent).sum::<f64>() / jobs.len() as f64;
+    (!jobs.is_empty()).then(|| (mean * 100.0).round() / 100.0)
+}
+
+/// The reports of a pipeline: tests, coverage per job and the default branch's coverage trend,
+/// gates, SARIF and vulnerabilities.
 #[must_use]
-pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary) -> Markup {
+pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary, t: &CoverageTrend) -> Markup {
     page(
         &format!("Reports of pipeline #{}", p.id),
         Some(viewer),
@@ -405,6 +413,7 @@ pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary) -> Markup {
                         tbody { @for c in &r.coverage.jobs { tr { td { (c.job) } td { (pct(Some(c.percent))) } } } }
                     }
                 }
+                (trend(p, mean_coverage(r), t))
             }
             section aria-labelledby="gates" {
                 h2 #gates { "Gates" }
@@ -576,7 +585,11 @@ mod tests {
             }],
             ..ReportsSummary::default()
         };
-        let html = reports(&viewer(true), &pipe(vec![]), &r).into_string();
+        let t = CoverageTrend {
+            branch: "main".into(),
+            points: vec![],
+        };
+        let html = reports(&viewer(true), &pipe(vec![]), &r, &t).into_string();
         assert!(html.contains("3 tests: 2 passed, 1 failed, 0 errors, 0 skipped"));
         assert!(html.contains("&lt;b&gt;case&lt;/b&gt;") && html.contains("expected &lt;1&gt;"));
         assert!(
