@@ -395,6 +395,10 @@ pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary, t: &CoverageTr
                     None => p { "No test report." },
                     Some(t) => {
                         p { (t.total) " tests: " (t.passed) " passed, " (t.failed) " failed, " (t.errors) " errors, " (t.skipped) " skipped" }
+                        @let failing = t.failed + t.errors;
+                        @if (t.failures.len() as u64) < failing {
+                            p.capped { "The first " (t.failures.len()) " of the " (failing) " failed or erroring cases:" }
+                        }
                         @if !t.failures.is_empty() {
                             table {
                                 thead { tr { th { "Job" } th { "Suite" } th { "Case" } th { "Kind" } th { "Message" } } }
@@ -410,7 +414,7 @@ pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary, t: &CoverageTr
                 @if !r.coverage.jobs.is_empty() {
                     table {
                         thead { tr { th { "Job" } th { "Coverage" } } }
-                        tbody { @for c in &r.coverage.jobs { tr { td { (c.job) } td { (pct(Some(c.percent))) } } } }
+                        tbody { @for c in &r.coverage.jobs { tr { td { a href={ "/jobs/" (c.job_id) } { (c.job) } } td { (pct(Some(c.percent))) } } } }
                     }
                 }
                 (trend(p, mean_coverage(r), t))
@@ -598,6 +602,49 @@ mod tests {
         );
         assert!(html.contains("2 critical, 0 high"));
         assert!(html.contains("No SARIF report."));
+    }
+
+    #[test]
+    fn reports_say_when_the_failed_cases_are_capped_and_link_covered_jobs() {
+        use gantry_api::reports::{FailedCase, JobCoverage, TestsSummary};
+        let case = |i: u64| FailedCase {
+            job: "unit".into(),
+            suite: "s".into(),
+            name: format!("case {i}"),
+            kind: "failure".into(),
+            message: "boom".into(),
+        };
+        let mut r = ReportsSummary {
+            tests: Some(TestsSummary {
+                total: 900,
+                passed: 400,
+                failed: 499,
+                errors: 1,
+                failures: (0..2).map(case).collect(),
+                ..TestsSummary::default()
+            }),
+            ..ReportsSummary::default()
+        };
+        r.coverage.jobs = vec![JobCoverage {
+            job_id: 12,
+            job: "<unit>".into(),
+            percent: 80.0,
+        }];
+        let t = CoverageTrend {
+            branch: "main".into(),
+            points: vec![],
+        };
+        let html = reports(&viewer(true), &pipe(vec![]), &r, &t).into_string();
+        assert!(
+            html.contains("The first 2 of the 500 failed or erroring cases:"),
+            "{html}"
+        );
+        assert!(html.contains("<td><a href=\"/jobs/12\">&lt;unit&gt;</a></td><td>80.00%</td>"));
+        // All of them listed: no such line.
+        r.tests.as_mut().unwrap().failed = 1;
+        r.tests.as_mut().unwrap().errors = 1;
+        let html = reports(&viewer(true), &pipe(vec![]), &r, &t).into_string();
+        assert!(!html.contains("The first"), "{html}");
     }
 
     #[test]
