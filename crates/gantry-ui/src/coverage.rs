@@ -205,24 +205,10 @@ mod tests {
     }
 
     fn pipe(id: i64, git_ref: &str) -> Pipeline {
-        Pipeline {
-            id,
-            project: "web".into(),
-            git_ref: git_ref.into(),
-            tag: false,
-            sha: "0123456789abcdef".into(),
-            before_sha: None,
-            source: "push".into(),
-            status: gantry_api::PipelineStatus::Success,
-            trace_id: "t".into(),
-            errors: vec![],
-            created_at: "2026-01-01T00:00:00Z".into(),
-            started_at: None,
-            finished_at: None,
-            duration: None,
-            fork: None,
-            jobs: vec![],
-        }
+        let mut p = crate::tests::pipe(vec![]);
+        p.id = id;
+        p.git_ref = git_ref.into();
+        p
     }
 
     #[test]

@@ -195,6 +195,28 @@ mod tests {
         }
     }
 
+    /// A running pipeline of `jobs` whose project and ref hold markup, for tests.
+    pub(crate) fn pipe(jobs: Vec<gantry_api::Job>) -> gantry_api::Pipeline {
+        gantry_api::Pipeline {
+            id: 7,
+            project: "<p>".into(),
+            git_ref: "main\"><script>".into(),
+            tag: false,
+            sha: "0123456789abcdef".into(),
+            before_sha: None,
+            source: "push".into(),
+            status: PipelineStatus::Running,
+            trace_id: "t1".into(),
+            errors: vec![],
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+            finished_at: None,
+            duration: None,
+            fork: None,
+            jobs,
+        }
+    }
+
     #[test]
     fn durations_and_encoding() {
         assert_eq!(duration(Some(5.4)), "5s");

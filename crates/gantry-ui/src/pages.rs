@@ -490,28 +490,7 @@ pub fn error(viewer: Option<&Viewer>, status: u16, message: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::{job, viewer};
-
-    fn pipe(jobs: Vec<Job>) -> Pipeline {
-        Pipeline {
-            id: 7,
-            project: "<p>".into(),
-            git_ref: "main\"><script>".into(),
-            tag: false,
-            sha: "0123456789abcdef".into(),
-            before_sha: None,
-            source: "push".into(),
-            status: PipelineStatus::Running,
-            trace_id: "t1".into(),
-            errors: vec![],
-            created_at: "2026-01-01T00:00:00Z".into(),
-            started_at: None,
-            finished_at: None,
-            duration: None,
-            fork: None,
-            jobs,
-        }
-    }
+    use crate::tests::{job, pipe, viewer};
 
     #[test]
     fn everything_from_users_is_escaped() {

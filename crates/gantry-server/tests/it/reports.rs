@@ -513,27 +513,34 @@ async fn the_reports_routes_show_a_pipelines_reports(backend: Backend) {
 }
 both!(the_reports_routes_show_a_pipelines_reports);
 
-/// The coverage trend of a ref: its pipelines with coverage, newest first, paginated; 400
-/// without a ref, 404 for an unknown project.
-async fn the_coverage_trend_of_a_ref(backend: Backend) {
-    let app = spawn(backend).await;
-    app.project("demo", json!({})).await;
+/// Pipelines of `main`, one per value, whose `unit` job finished with that coverage (the others
+/// without); answers their ids.
+async fn covered_pipelines(app: &App, coverage: &[f64]) -> Vec<i64> {
     let agent = app.register("a", &[]).await;
     let mut pipelines = Vec::new();
-    for cov in [70.0, 72.5, 71.25] {
+    for cov in coverage {
         let pipeline = app.push_ci(&format!("# {cov}\n{GATED}")).await;
-        let unit = take_in(&app, &agent, pipeline, "unit").await;
+        let unit = take_in(app, &agent, pipeline, "unit").await;
         let r = finish_with(
-            &app,
+            app,
             &agent,
             id_of(&unit),
             "x\n",
-            finish("success", Some(cov), None),
+            finish("success", Some(*cov), None),
         )
         .await;
         assert_eq!(r.status(), 200);
         pipelines.push(pipeline);
     }
+    pipelines
+}
+
+/// The coverage trend of a ref: its pipelines with coverage, newest first, paginated; 400
+/// without a ref, 404 for an unknown project.
+async fn the_coverage_trend_of_a_ref(backend: Backend) {
+    let app = spawn(backend).await;
+    app.project("demo", json!({})).await;
+    let pipelines = covered_pipelines(&app, &[70.0, 72.5, 71.25]).await;
     let r = send(
         app.get("/api/v1/projects/demo/coverage?ref=main&per_page=2"),
         200,
@@ -571,22 +578,7 @@ both!(the_coverage_trend_of_a_ref);
 async fn the_reports_page_draws_the_coverage_trend(backend: Backend) {
     let app = spawn(backend).await;
     app.project("demo", json!({})).await;
-    let agent = app.register("a", &[]).await;
-    let mut pipelines = Vec::new();
-    for cov in [70.0, 72.5, 71.25] {
-        let pipeline = app.push_ci(&format!("# {cov}\n{GATED}")).await;
-        let unit = take_in(&app, &agent, pipeline, "unit").await;
-        let r = finish_with(
-            &app,
-            &agent,
-            id_of(&unit),
-            "x\n",
-            finish("success", Some(cov), None),
-        )
-        .await;
-        assert_eq!(r.status(), 200);
-        pipelines.push(pipeline);
-    }
+    let pipelines = covered_pipelines(&app, &[70.0, 72.5, 71.25]).await;
     let page = |id: i64| {
         app.anon(&format!("/pipelines/{id}/reports"))
             .header("Cookie", format!("gantry_session={ADMIN}"))
