@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use gantry_api::reports::{CoverageTrendPoint, ReportsSummary};
 use gantry_api::{Agent, Delivery, Job, JobStatus, Pipeline, PipelineStatus};
-use gantry_store::PipelineFilter;
+use gantry_store::{CoveragePoint, PipelineFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, AppResult};
@@ -197,17 +197,18 @@ pub(crate) async fn coverage_trend(
         .store
         .coverage_trend(project.record.id, &q.git_ref, page)
         .await?;
-    let items: Vec<CoverageTrendPoint> = paged
-        .items
-        .into_iter()
-        .map(|c| CoverageTrendPoint {
-            pipeline_id: c.pipeline_id,
-            sha: c.sha,
-            created_at: crate::rfc3339(c.created_at),
-            coverage: (c.coverage * 100.0).round() / 100.0,
-        })
-        .collect();
+    let items: Vec<CoverageTrendPoint> = paged.items.into_iter().map(trend_point).collect();
     Ok((page_headers(page, paged.total), Json(items)).into_response())
+}
+
+/// A pipeline's coverage as the API shows it: two decimals.
+pub(crate) fn trend_point(c: CoveragePoint) -> CoverageTrendPoint {
+    CoverageTrendPoint {
+        pipeline_id: c.pipeline_id,
+        sha: c.sha,
+        created_at: crate::rfc3339(c.created_at),
+        coverage: (c.coverage * 100.0).round() / 100.0,
+    }
 }
 
 /// Parses `bytes=A-B`, `bytes=A-` or `bytes=-N` against a log of `size` bytes: `start..end`.

@@ -622,9 +622,32 @@ pub(crate) async fn reports(
             .await?
             .0;
         let p = crate::views::load_pipeline(&state, id).await?;
+        // The default branch's last pipelines with coverage, oldest first.
+        let project = state.project(&p.project).await?;
+        let branch = project.spec.default_branch.clone();
+        let newest = state
+            .store
+            .coverage_trend(
+                project.record.id,
+                &branch,
+                Page {
+                    page: 1,
+                    per_page: gantry_ui::TREND_LEN,
+                },
+            )
+            .await?
+            .items;
+        let trend = gantry_ui::CoverageTrend {
+            branch,
+            points: newest
+                .into_iter()
+                .rev()
+                .map(crate::read::trend_point)
+                .collect(),
+        };
         Ok(html(
             StatusCode::OK,
-            &gantry_ui::reports(&s.viewer, &p, &reports),
+            &gantry_ui::reports(&s.viewer, &p, &reports, &trend),
         ))
     };
     answer(&s, r.await)

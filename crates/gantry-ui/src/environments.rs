@@ -4,6 +4,7 @@
 use gantry_api::deployments::{Deployment, DeploymentStatus, Environment, Measurement};
 use maud::{Markup, html};
 
+use crate::chart::{Area, at, num, polyline, span};
 use crate::pages::{pager, project_nav, short};
 use crate::{Viewer, badge, enc, page, time};
 
@@ -209,47 +210,19 @@ struct Plot {
 /// no point.
 fn plot(ms: &[&Measurement]) -> Plot {
     let threshold = ms.first().and_then(|m| threshold_value(&m.threshold));
-    let values: Vec<f64> = ms
-        .iter()
-        .filter_map(|m| m.value)
-        .filter(|v| v.is_finite())
-        .collect();
-    let all = values.iter().copied().chain(threshold);
-    let (mut lo, mut hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    if lo >= hi {
-        // One value only (or none): it sits in the middle.
-        lo -= 1.0;
-        hi += 1.0;
-    }
-    let y = |v: f64| PAD + (hi - v) / (hi - lo) * (H - 2.0 * PAD);
-    #[allow(clippy::cast_precision_loss)]
-    let x = |i: usize| {
-        if ms.len() < 2 {
-            W / 2.0
-        } else {
-            PAD + i as f64 * (W - 2.0 * PAD) / (ms.len() - 1) as f64
-        }
-    };
+    let range = span(ms.iter().filter_map(|m| m.value).chain(threshold));
+    let area = Area::inside(W, H, PAD);
     Plot {
         points: ms
             .iter()
             .enumerate()
             .filter_map(|(i, m)| {
                 let v = m.value.filter(|v| v.is_finite())?;
-                Some((x(i), y(v), m.passed))
+                Some((area.x(i, ms.len()), area.y(v, range), m.passed))
             })
             .collect(),
-        threshold: threshold.map(y),
+        threshold: threshold.map(|t| area.y(t, range)),
     }
-}
-
-/// A value as text: up to four decimals, no trailing zeros.
-fn num(v: f64) -> String {
-    let s = format!("{v:.4}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.into() }
 }
 
 /// One check's measurements: a small chart (decoration) and the same values as a list (for
@@ -257,23 +230,18 @@ fn num(v: f64) -> String {
 fn chart(check: &str, ms: &[&Measurement]) -> Markup {
     let p = plot(ms);
     let threshold = ms.first().map_or("", |m| m.threshold.as_str());
-    let line: String = p
-        .points
-        .iter()
-        .map(|(x, y, _)| format!("{x:.1},{y:.1}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = polyline(p.points.iter().map(|&(x, y, _)| (x, y)));
     html! {
         figure.chart data-check=(check) {
             figcaption { code { (check) } " against " code { (threshold) } }
             svg width=(W) height=(H) viewBox={ "0 0 " (W) " " (H) } aria-hidden="true" {
                 @if let Some(t) = p.threshold {
-                    line.threshold x1="0" x2=(W) y1=(format!("{t:.1}")) y2=(format!("{t:.1}")) {}
+                    line.threshold x1="0" x2=(W) y1=(at(t)) y2=(at(t)) {}
                 }
                 @if p.points.len() > 1 { polyline.values points=(line) {} }
                 @for (x, y, passed) in &p.points {
                     @if *passed {
-                        circle.pass cx=(format!("{x:.1}")) cy=(format!("{y:.1}")) r="2.5" {}
+                        circle.pass cx=(at(*x)) cy=(at(*y)) r="2.5" {}
                     } @else {
                         // A failed point is a cross, not only a colour.
                         path.fail d=(format!("M{:.1},{:.1}l6,6m0,-6l-6,6", x - 3.0, y - 3.0)) {}

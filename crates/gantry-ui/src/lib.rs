@@ -7,15 +7,20 @@
 //! reads without JavaScript except for its live parts (the script refreshes a page's `main` while
 //! something runs, and renders a job's log in chunks, following it over Server-Sent Events).
 
+mod chart;
+mod coverage;
 mod environments;
 mod graph;
 pub mod log;
 mod pages;
+mod text;
 
 use gantry_api::{JobStatus, PipelineStatus};
 pub use maud::Markup;
 use maud::{DOCTYPE, html};
+use text::time;
 
+pub use coverage::{CoverageTrend, TREND_LEN};
 pub use environments::{DeploymentList, environment, environments, rollback_confirm};
 pub use pages::{
     PipelineList, PipelineRow, ProjectRow, agents, deliveries, error, job, pipeline, pipelines,
@@ -125,11 +130,6 @@ pub fn duration(secs: Option<f64>) -> String {
     }
 }
 
-/// A time, shown as an age by the script (`datetime` stays the exact time).
-fn time(at: &str) -> Markup {
-    html! { time datetime=(at) title=(at) { (at) } }
-}
-
 /// `s` percent-encoded for a URL path segment or query value.
 #[must_use]
 pub fn enc(s: &str) -> String {
@@ -192,6 +192,28 @@ mod tests {
             coverage: None,
             log_size: 0,
             has_artifacts: false,
+        }
+    }
+
+    /// A running pipeline of `jobs` whose project and ref hold markup, for tests.
+    pub(crate) fn pipe(jobs: Vec<gantry_api::Job>) -> gantry_api::Pipeline {
+        gantry_api::Pipeline {
+            id: 7,
+            project: "<p>".into(),
+            git_ref: "main\"><script>".into(),
+            tag: false,
+            sha: "0123456789abcdef".into(),
+            before_sha: None,
+            source: "push".into(),
+            status: PipelineStatus::Running,
+            trace_id: "t1".into(),
+            errors: vec![],
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+            finished_at: None,
+            duration: None,
+            fork: None,
+            jobs,
         }
     }
 

@@ -4,6 +4,7 @@ use gantry_api::reports::ReportsSummary;
 use gantry_api::{Agent, Delivery, Job, JobStatus, Pipeline, PipelineStatus};
 use maud::{Markup, html};
 
+use crate::coverage::{CoverageTrend, trend};
 use crate::graph::{BOX_H, BOX_W, layout};
 use crate::{Viewer, action, badge, duration, enc, job_badge, page, pipeline_badge, time};
 
@@ -99,9 +100,7 @@ pub struct PipelineList {
     pub pages: i64,
 }
 
-pub(crate) fn short(sha: &str) -> &str {
-    sha.get(..8).unwrap_or(sha)
-}
+pub(crate) use crate::text::short;
 
 pub(crate) fn project_nav(project: &str) -> Markup {
     html! {
@@ -372,9 +371,18 @@ fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "—".to_string(), |v| format!("{v:.2}%"))
 }
 
-/// The reports of a pipeline: tests, coverage per job, gates, SARIF and vulnerabilities.
+/// The mean of the jobs' coverage, as the trend counts a pipeline's (two decimals).
+fn mean_coverage(r: &ReportsSummary) -> Option<f64> {
+    let jobs = &r.coverage.jobs;
+    #[allow(clippy::cast_precision_loss)]
+    let mean = jobs.iter().map(|c| c.percent).sum::<f64>() / jobs.len() as f64;
+    (!jobs.is_empty()).then(|| (mean * 100.0).round() / 100.0)
+}
+
+/// The reports of a pipeline: tests, coverage per job and the default branch's coverage trend,
+/// gates, SARIF and vulnerabilities.
 #[must_use]
-pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary) -> Markup {
+pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary, t: &CoverageTrend) -> Markup {
     page(
         &format!("Reports of pipeline #{}", p.id),
         Some(viewer),
@@ -387,6 +395,10 @@ pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary) -> Markup {
                     None => p { "No test report." },
                     Some(t) => {
                         p { (t.total) " tests: " (t.passed) " passed, " (t.failed) " failed, " (t.errors) " errors, " (t.skipped) " skipped" }
+                        @let failing = t.failed + t.errors;
+                        @if (t.failures.len() as u64) < failing {
+                            p.capped { "The first " (t.failures.len()) " of the " (failing) " failed or erroring cases:" }
+                        }
                         @if !t.failures.is_empty() {
                             table {
                                 thead { tr { th { "Job" } th { "Suite" } th { "Case" } th { "Kind" } th { "Message" } } }
@@ -402,9 +414,10 @@ pub fn reports(viewer: &Viewer, p: &Pipeline, r: &ReportsSummary) -> Markup {
                 @if !r.coverage.jobs.is_empty() {
                     table {
                         thead { tr { th { "Job" } th { "Coverage" } } }
-                        tbody { @for c in &r.coverage.jobs { tr { td { (c.job) } td { (pct(Some(c.percent))) } } } }
+                        tbody { @for c in &r.coverage.jobs { tr { td { a href={ "/jobs/" (c.job_id) } { (c.job) } } td { (pct(Some(c.percent))) } } } }
                     }
                 }
+                (trend(p, mean_coverage(r), t))
             }
             section aria-labelledby="gates" {
                 h2 #gates { "Gates" }
@@ -477,28 +490,7 @@ pub fn error(viewer: Option<&Viewer>, status: u16, message: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::{job, viewer};
-
-    fn pipe(jobs: Vec<Job>) -> Pipeline {
-        Pipeline {
-            id: 7,
-            project: "<p>".into(),
-            git_ref: "main\"><script>".into(),
-            tag: false,
-            sha: "0123456789abcdef".into(),
-            before_sha: None,
-            source: "push".into(),
-            status: PipelineStatus::Running,
-            trace_id: "t1".into(),
-            errors: vec![],
-            created_at: "2026-01-01T00:00:00Z".into(),
-            started_at: None,
-            finished_at: None,
-            duration: None,
-            fork: None,
-            jobs,
-        }
-    }
+    use crate::tests::{job, pipe, viewer};
 
     #[test]
     fn everything_from_users_is_escaped() {
@@ -576,7 +568,11 @@ mod tests {
             }],
             ..ReportsSummary::default()
         };
-        let html = reports(&viewer(true), &pipe(vec![]), &r).into_string();
+        let t = CoverageTrend {
+            branch: "main".into(),
+            points: vec![],
+        };
+        let html = reports(&viewer(true), &pipe(vec![]), &r, &t).into_string();
         assert!(html.contains("3 tests: 2 passed, 1 failed, 0 errors, 0 skipped"));
         assert!(html.contains("&lt;b&gt;case&lt;/b&gt;") && html.contains("expected &lt;1&gt;"));
         assert!(
@@ -585,6 +581,49 @@ mod tests {
         );
         assert!(html.contains("2 critical, 0 high"));
         assert!(html.contains("No SARIF report."));
+    }
+
+    #[test]
+    fn reports_say_when_the_failed_cases_are_capped_and_link_covered_jobs() {
+        use gantry_api::reports::{FailedCase, JobCoverage, TestsSummary};
+        let case = |i: u64| FailedCase {
+            job: "unit".into(),
+            suite: "s".into(),
+            name: format!("case {i}"),
+            kind: "failure".into(),
+            message: "boom".into(),
+        };
+        let mut r = ReportsSummary {
+            tests: Some(TestsSummary {
+                total: 900,
+                passed: 400,
+                failed: 499,
+                errors: 1,
+                failures: (0..2).map(case).collect(),
+                ..TestsSummary::default()
+            }),
+            ..ReportsSummary::default()
+        };
+        r.coverage.jobs = vec![JobCoverage {
+            job_id: 12,
+            job: "<unit>".into(),
+            percent: 80.0,
+        }];
+        let t = CoverageTrend {
+            branch: "main".into(),
+            points: vec![],
+        };
+        let html = reports(&viewer(true), &pipe(vec![]), &r, &t).into_string();
+        assert!(
+            html.contains("The first 2 of the 500 failed or erroring cases:"),
+            "{html}"
+        );
+        assert!(html.contains("<td><a href=\"/jobs/12\">&lt;unit&gt;</a></td><td>80.00%</td>"));
+        // All of them listed: no such line.
+        r.tests.as_mut().unwrap().failed = 1;
+        r.tests.as_mut().unwrap().errors = 1;
+        let html = reports(&viewer(true), &pipe(vec![]), &r, &t).into_string();
+        assert!(!html.contains("The first"), "{html}");
     }
 
     #[test]

@@ -513,27 +513,34 @@ async fn the_reports_routes_show_a_pipelines_reports(backend: Backend) {
 }
 both!(the_reports_routes_show_a_pipelines_reports);
 
-/// The coverage trend of a ref: its pipelines with coverage, newest first, paginated; 400
-/// without a ref, 404 for an unknown project.
-async fn the_coverage_trend_of_a_ref(backend: Backend) {
-    let app = spawn(backend).await;
-    app.project("demo", json!({})).await;
+/// Pipelines of `main`, one per value, whose `unit` job finished with that coverage (the others
+/// without); answers their ids.
+async fn covered_pipelines(app: &App, coverage: &[f64]) -> Vec<i64> {
     let agent = app.register("a", &[]).await;
     let mut pipelines = Vec::new();
-    for cov in [70.0, 72.5, 71.25] {
+    for cov in coverage {
         let pipeline = app.push_ci(&format!("# {cov}\n{GATED}")).await;
-        let unit = take_in(&app, &agent, pipeline, "unit").await;
+        let unit = take_in(app, &agent, pipeline, "unit").await;
         let r = finish_with(
-            &app,
+            app,
             &agent,
             id_of(&unit),
             "x\n",
-            finish("success", Some(cov), None),
+            finish("success", Some(*cov), None),
         )
         .await;
         assert_eq!(r.status(), 200);
         pipelines.push(pipeline);
     }
+    pipelines
+}
+
+/// The coverage trend of a ref: its pipelines with coverage, newest first, paginated; 400
+/// without a ref, 404 for an unknown project.
+async fn the_coverage_trend_of_a_ref(backend: Backend) {
+    let app = spawn(backend).await;
+    app.project("demo", json!({})).await;
+    let pipelines = covered_pipelines(&app, &[70.0, 72.5, 71.25]).await;
     let r = send(
         app.get("/api/v1/projects/demo/coverage?ref=main&per_page=2"),
         200,
@@ -564,3 +571,34 @@ async fn the_coverage_trend_of_a_ref(backend: Backend) {
     send(app.get("/api/v1/projects/nope/coverage?ref=main"), 404).await;
 }
 both!(the_coverage_trend_of_a_ref);
+
+/// The reports page of a pipeline of the default branch draws the branch's coverage trend (the
+/// pipelines its jobs finished with coverage, oldest left) with its own point marked, and says
+/// its coverage and the change since the previous pipeline in text.
+async fn the_reports_page_draws_the_coverage_trend(backend: Backend) {
+    let app = spawn(backend).await;
+    app.project("demo", json!({})).await;
+    let pipelines = covered_pipelines(&app, &[70.0, 72.5, 71.25]).await;
+    let page = |id: i64| {
+        app.anon(&format!("/pipelines/{id}/reports"))
+            .header("Cookie", format!("gantry_session={ADMIN}"))
+    };
+    let html = text_of(page(pipelines[2])).await;
+    assert!(
+        html.contains("aria-label=\"Coverage of main over its last 3 pipelines with coverage, oldest first: first 70%, last 71.25%, lowest 70%, highest 72.5%\""),
+        "{html}"
+    );
+    assert_eq!(html.matches("<circle class=\"point\"").count(), 2);
+    assert!(html.contains(&format!(
+        "<title>#{} (this pipeline): 71.25%</title>",
+        pipelines[2]
+    )));
+    assert!(html.contains(&format!(
+        "coverage <strong>71.25%</strong> (-1.25 since the previous pipeline on main, <a href=\"/pipelines/{0}/reports\">#{0}</a>)",
+        pipelines[1]
+    )));
+    let html = text_of(page(pipelines[0])).await;
+    assert!(html.contains("coverage <strong>70%</strong></p>"), "{html}");
+    assert_eq!(html.matches("<circle class=\"current\"").count(), 1);
+}
+both!(the_reports_page_draws_the_coverage_trend);
