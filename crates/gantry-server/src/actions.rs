@@ -15,21 +15,20 @@ use crate::state::AppState;
 
 /// `POST /api/v1/pipelines/{id}/cancel`.
 #[utoipa::path(post, path = "/api/v1/pipelines/{id}/cancel", tag = "pipelines", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "Canceled", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline is over", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Canceled", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline is over and no rollback runs in it", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn cancel_pipeline(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Pipeline>> {
     caller.changes_pipeline(&state, id).await?;
+    // A pipeline that is over has nothing to cancel, unless a rollback's attempt runs in it.
     let op = |p: &PipelineRecord, now| {
-        if matches!(
-            p.status,
-            PipelineStatus::Success | PipelineStatus::Failed | PipelineStatus::Skipped
-        ) {
+        let step = advance::cancel(p, now);
+        if step.is_empty() && p.status != PipelineStatus::Canceled {
             Err(format!("the pipeline is {} already", p.status))
         } else {
-            Ok(advance::cancel(p, now))
+            Ok(step)
         }
     };
     drive(&state, id, Some(&op)).await?;

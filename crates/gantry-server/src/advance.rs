@@ -97,18 +97,19 @@ pub(crate) fn reason(s: Option<&str>) -> FailureReason {
 
 /// The latest attempt of each job, in position order.
 pub(crate) fn latest(p: &PipelineRecord) -> Vec<&JobRecord> {
-    latest_of(&p.jobs)
-}
-
-/// The latest attempt of each job in `jobs`, in position order.
-pub(crate) fn latest_of(jobs: &[JobRecord]) -> Vec<&JobRecord> {
-    latest_where(jobs, |_| true)
+    latest_where(&p.jobs, |_| true)
 }
 
 /// The latest attempt of each job that counts for its pipeline, in position order: a rollback's
 /// attempt runs in its target's pipeline but neither sets the pipeline's status nor holds a job.
 fn counted(p: &PipelineRecord) -> Vec<&JobRecord> {
-    latest_where(&p.jobs, |j| !is_rollback(j))
+    counted_of(&p.jobs)
+}
+
+/// [`counted`] of `jobs` (any attempts): the attempts a later job takes artifacts and reports
+/// from, never a rollback's.
+pub(crate) fn counted_of(jobs: &[JobRecord]) -> Vec<&JobRecord> {
+    latest_where(jobs, |j| !is_rollback(j))
 }
 
 /// The latest attempt of each job in `jobs` that `keep` keeps, in position order; `keep` is
@@ -493,14 +494,29 @@ fn queue(step: &mut Step, status: &mut [Option<JobStatus>], i: usize, id: i64, n
     step.queued = true;
 }
 
-/// Cancels the pipeline: jobs that did not start are canceled, running ones are asked to stop.
+/// Cancels the pipeline: jobs that did not start are canceled, running ones are asked to stop. A
+/// rollback's attempt in it is canceled too (as GitLab's cancel stops a re-deploy), though it does
+/// not count in it: a pipeline that is over otherwise stays as it is, and only its rollback's
+/// attempt is canceled (nothing to do: an empty step).
 pub(crate) fn cancel(p: &PipelineRecord, now: Millis) -> Step {
-    let mut canceled = p.clone();
-    canceled.status = PipelineStatus::Canceled;
-    let mut step = advance(&canceled, now);
-    if p.status != PipelineStatus::Canceled {
-        step.changes.status = Some(PipelineStatus::Canceled);
-    }
+    let over = matches!(
+        p.status,
+        PipelineStatus::Success | PipelineStatus::Failed | PipelineStatus::Skipped
+    );
+    let mut step = if over {
+        Step::default()
+    } else {
+        let mut canceled = p.clone();
+        canceled.status = PipelineStatus::Canceled;
+        let mut step = advance(&canceled, now);
+        if p.status != PipelineStatus::Canceled {
+            step.changes.status = Some(PipelineStatus::Canceled);
+        }
+        step
+    };
+    let rollbacks: Vec<&JobRecord> = latest(p).into_iter().filter(|j| is_rollback(j)).collect();
+    let mut status: Vec<Option<JobStatus>> = rollbacks.iter().map(|j| Some(j.status)).collect();
+    cancel_unstarted(&mut step, &rollbacks, &mut status, now);
     step
 }
 
@@ -1144,6 +1160,26 @@ mod tests {
                 assert_eq!(p.finished_at, Some(1000));
             }
         }
+    }
+
+    #[test]
+    fn cancel_cancels_a_rollbacks_attempt_and_leaves_an_ended_pipeline_alone() {
+        let p = deployed();
+        assert!(cancel(&p, 60).is_empty(), "nothing runs in it");
+        let mut p = rolling_back();
+        let step = cancel(&p, 60);
+        assert_eq!(step.changes.status, None);
+        assert_eq!(step.ended, vec![JobStatus::Canceled]);
+        apply(&mut p, &step);
+        assert_eq!(st(&p, "deploy"), "canceled");
+        assert_eq!(p.status, PipelineStatus::Success);
+        // Running: asked to stop.
+        let mut p = rolling_back();
+        finish(&mut p, "deploy", "running");
+        let step = cancel(&p, 60);
+        apply(&mut p, &step);
+        assert!(latest(&p)[1].cancel_requested);
+        assert!(cancel(&p, 70).is_empty(), "asked once");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Deployments on the server (issue 19). A job whose `environment:` has action `start` deploys:
 //! when it is handed out, [`record`] stores its deployment (one insert; the store's
 //! `record_deployment` keeps the first of a job, and a rollback's attempt says it is one whichever
-//! of the hand-out and the rollback records it first). Its status and end are its job's, read
+//! of the hand-out and the rollback records it first). It is recorded after the claim commits but
+//! before the agent gets the job: the record is built from the job's spec, which needs the job the
+//! claim picks, and reads the store; a crash between loses only an attempt that no agent got
+//! (its lease runs out), never a deployment that ran. Its status and end are its job's, read
 //! with it, so a finish, the lease reaper and a cancel all end it; its verification's measurements come with the job's finish
 //! ([`measurements`]). [`ended`] is a deployment's end after a finish, a lease's expiry or a cancel: its
 //! notification, and a rollback's outcome (the deployment it rolled back marked, or its failure). The read API: `GET /api/v1/projects/{name}/environments` and

@@ -367,7 +367,8 @@ fn dependency_names(job: &gantry_pipeline::Job) -> Option<Vec<String>> {
 /// `doc` its decoded spec, `secrets` the project's variables, where the values of the masked ones
 /// that `doc` names without a value are read (empty when it names none), `main` the job's decoded
 /// spec, `deps` the records (any attempts) of at least the jobs named by
-/// [`dependency_names`] (every job of the earlier stages when that is `None`).
+/// [`dependency_names`] (every job of the earlier stages when that is `None`); of each, the latest
+/// attempt that counts is taken (`advance::counted_of`: never a rollback's).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn job_spec(
     p: &PipelineRecord,
@@ -380,7 +381,7 @@ pub(crate) fn job_spec(
     job_token: Option<String>,
 ) -> anyhow::Result<JobSpec> {
     main.retry = Retry::default();
-    let latest = crate::advance::latest_of(deps);
+    let latest = crate::advance::counted_of(deps);
     let by_name: HashMap<&str, &JobRecord> = latest.iter().map(|j| (j.name.as_str(), *j)).collect();
     let names: Vec<String> = dependency_names(&main).unwrap_or_else(|| {
         latest

@@ -1,6 +1,6 @@
 //! Notifications of `notify:` rules (issue 19): the pipeline file's and the project settings'
-//! (both apply; a target both name gets one message). When a pipeline ends ([`pipeline_finished`],
-//! from `progress.rs`), the messages its rules want (`pipeline_failed`, or `pipeline_fixed` when the
+//! (both apply; a target both name gets one message). When a pipeline ends ([`pipeline_end`],
+//! from `progress.rs`, stored in the transaction that ends it), the messages its rules want (`pipeline_failed`, or `pipeline_fixed` when the
 //! previous finished pipeline of its ref failed), and when a deployment or a rollback ends
 //! ([`deployment`], from `rollback.rs`: `deployment_succeeded`, `deployment_failed`, `rollback`)
 //! are STORED first, one row per rule, with the target's URL and secret expanded (a file's rule
@@ -36,18 +36,27 @@ const CLAIM: i64 = 60_000;
 /// The longest the sender sleeps without looking at the store.
 const IDLE: Duration = Duration::from_secs(60);
 
-/// Stores the notifications that pipeline `before`, which just ended with `status`, calls for,
-/// and wakes the sender. Failures are logged.
-pub(crate) async fn pipeline_finished(
+/// The notifications that pipeline `p` (as read before the change that ends it) calls for when it
+/// ends with `status`, for that change to store (`Changes::notifications`): the pipeline's end and
+/// its notifications are stored together or not at all. Failures are logged (none then).
+pub(crate) async fn pipeline_end(
     state: &AppState,
-    before: &gantry_store::PipelineRecord,
+    p: &gantry_store::PipelineRecord,
     status: PipelineStatus,
-) {
+) -> Vec<NewNotification> {
     if !matches!(status, PipelineStatus::Failed | PipelineStatus::Success) {
-        return;
+        return Vec::new();
     }
-    let stored = pipeline_event(state, before, status).await;
-    stored_now(state, before.id, stored);
+    pipeline_event(state, p, status).await.unwrap_or_else(|e| {
+        tracing::warn!(pipeline = p.id, error = %e, "cannot make the pipeline's notifications");
+        Vec::new()
+    })
+}
+
+/// After the change that ended pipeline `pipeline` stored `n` notifications: logs them and wakes
+/// the sender.
+pub(crate) fn pipeline_ended(state: &AppState, pipeline: i64, n: usize) {
+    stored_now(state, pipeline, Ok(n));
 }
 
 /// What a deployment's notification says beyond its pipeline: the event, its environment, the
@@ -74,7 +83,15 @@ pub(crate) async fn deployment(state: &AppState, pipeline: i64, notice: Notice) 
             .project_for_hook(&p.project_name)
             .await
             .map_err(|e| e.message)?;
-        enqueue(state, &p, &project, &Wanted::from(notice)).await
+        let all = notifications(state, &p, &project, &Wanted::from(notice))?;
+        for n in &all {
+            state
+                .store
+                .insert_notification(n)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(all.len())
     }
     .await;
     stored_now(state, pipeline, stored);
@@ -111,13 +128,13 @@ impl From<Notice> for Wanted {
     }
 }
 
-/// Stores a pipeline's end's notifications (`pipeline_failed`, or `pipeline_fixed` when the
-/// previous finished pipeline of its ref failed); answers how many.
+/// A pipeline's end's notifications (`pipeline_failed`, or `pipeline_fixed` when the previous
+/// finished pipeline of its ref failed); `p` is the pipeline with its jobs.
 async fn pipeline_event(
     state: &AppState,
-    before: &gantry_store::PipelineRecord,
+    p: &gantry_store::PipelineRecord,
     status: PipelineStatus,
-) -> Result<usize, String> {
+) -> Result<Vec<NewNotification>, String> {
     // Most pipelines have no rules: find out from the spec in hand and the cached project,
     // without reading the store.
     #[derive(serde::Deserialize)]
@@ -125,19 +142,15 @@ async fn pipeline_event(
         #[serde(default)]
         notify: Vec<serde::de::IgnoredAny>,
     }
-    let in_file =
-        serde_json::from_str::<Rules>(&before.spec).map_or(true, |r| !r.notify.is_empty());
+    let in_file = serde_json::from_str::<Rules>(&p.spec).map_or(true, |r| !r.notify.is_empty());
     let project = state
-        .project_for_hook(&before.project_name)
+        .project_for_hook(&p.project_name)
         .await
         .map_err(|e| e.message)?;
     if !in_file && project.spec.notify.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let id = before.id;
-    let Some(p) = state.store.pipeline(id).await.map_err(|e| e.to_string())? else {
-        return Ok(0);
-    };
+    let id = p.id;
     let kind = if status == PipelineStatus::Failed {
         EventKind::PipelineFailed
     } else {
@@ -147,7 +160,7 @@ async fn pipeline_event(
             .await
             .map_err(|e| e.to_string())?;
         if previous != Some(PipelineStatus::Failed) {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         EventKind::PipelineFixed
     };
@@ -163,18 +176,17 @@ async fn pipeline_event(
         failed_jobs,
         rollback: None,
     };
-    enqueue(state, &p, &project, &wanted).await
+    notifications(state, p, &project, &wanted)
 }
 
-/// Stores the notifications of `wanted` for pipeline `p` (its jobs are not needed) that the rules
-/// of its file and of `project`'s settings call for (a target both name gets one); answers how
-/// many.
-async fn enqueue(
+/// The notifications of `wanted` for pipeline `p` (its jobs are not needed) that the rules of its
+/// file and of `project`'s settings call for (a target both name gets one), to store.
+fn notifications(
     state: &AppState,
     p: &gantry_store::PipelineRecord,
     project: &LoadedProject,
     wanted: &Wanted,
-) -> Result<usize, String> {
+) -> Result<Vec<NewNotification>, String> {
     let mut doc: PipelineDoc = serde_json::from_str(&p.spec).map_err(|e| e.to_string())?;
     // The project's rules first: a target both name is expanded as the project's.
     let mut rules: Vec<(&gantry_notify::Rule, Origin)> = Vec::new();
@@ -185,7 +197,7 @@ async fn enqueue(
         }
     }
     if rules.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     // A fork pipeline that is not approved sees no project variable, here as in its jobs.
     if doc.fork.as_ref().is_some_and(|f| !f.secrets()) {
@@ -224,26 +236,23 @@ async fn enqueue(
     };
     let event = serde_json::to_string(&event).map_err(|e| e.to_string())?;
     let now = now_ms();
-    for (rule, origin) in &rules {
-        let values = match origin {
-            Origin::Project => &project_values,
-            Origin::File => &values,
-        };
-        let target = gantry_notify::expand(&rule.target, values);
-        let target = serde_json::to_string(&target).map_err(|e| e.to_string())?;
-        let n = NewNotification {
-            pipeline_id: id,
-            target: state.secrets.seal(AAD, &target),
-            event: event.clone(),
-            created_at: now,
-        };
-        state
-            .store
-            .insert_notification(&n)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(rules.len())
+    rules
+        .iter()
+        .map(|(rule, origin)| {
+            let values = match origin {
+                Origin::Project => &project_values,
+                Origin::File => &values,
+            };
+            let target = gantry_notify::expand(&rule.target, values);
+            let target = serde_json::to_string(&target).map_err(|e| e.to_string())?;
+            Ok(NewNotification {
+                pipeline_id: id,
+                target: state.secrets.seal(AAD, &target),
+                event: event.clone(),
+                created_at: now,
+            })
+        })
+        .collect()
 }
 
 /// Where a rule comes from, which decides the variables it is expanded with.

@@ -24,10 +24,14 @@ pub(crate) async fn drive(state: &AppState, id: i64, op: Option<Op<'_>>) -> AppR
             return Err(AppError::not_found(format!("no pipeline {id}")));
         };
         let now = crate::now_ms();
-        let step = match op {
+        let mut step = match op {
             Some(f) => f(&p, now).map_err(AppError::conflict)?,
             None => advance::advance(&p, now),
         };
+        // A pipeline's end's notifications are stored with it, in one transaction.
+        if let Some(s) = step.changes.status.filter(|s| s.is_final()) {
+            step.changes.notifications = crate::notify::pipeline_end(state, &p, s).await;
+        }
         if step.is_empty() {
             if op.is_none() {
                 if let Some(at) = step.wake_at {
@@ -81,7 +85,7 @@ async fn effects(state: &AppState, before: &PipelineRecord, step: &Step) {
     if let Some(s) = step.changes.status {
         if s.is_final() {
             state.metrics.pipeline_ended(s);
-            crate::notify::pipeline_finished(state, before, s).await;
+            crate::notify::pipeline_ended(state, before.id, step.changes.notifications.len());
         }
         tracing::info!(pipeline = before.id, trace_id = %before.trace_id, status = %s, "pipeline status");
         crate::statuses::pipeline_changed(state, before.id).await;

@@ -104,14 +104,14 @@ pub(crate) fn gate_source_names(job: &gantry_pipeline::Job) -> Option<Vec<String
 }
 
 /// The merged summaries of a gate's sources: `sources` are their records (any attempts; the
-/// latest of each counts), `stored` the pipeline's reports ([`gantry_store::Store::pipeline_reports`]).
+/// latest of each but a rollback's counts), `stored` the pipeline's reports ([`gantry_store::Store::pipeline_reports`]).
 pub(crate) fn gate_inputs(
     sources: &[JobRecord],
     stored: &[ReportsRecord],
 ) -> Result<Reports, AppError> {
     let by_id: HashMap<i64, &ReportsRecord> = stored.iter().map(|r| (r.job_id, r)).collect();
     let mut all = Reports::default();
-    for j in crate::advance::latest_of(sources) {
+    for j in crate::advance::counted_of(sources) {
         if let Some(r) = by_id.get(&j.id) {
             if let Some(s) = job_summaries(r)? {
                 all.merge(&s);

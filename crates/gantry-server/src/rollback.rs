@@ -10,6 +10,8 @@
 //! when it fails, that is logged as an error and notified, and nothing rolls back again.
 //! An attempt that a newer deployment superseded (deployed after the one it rolls back) fails
 //! when an agent claims it ([`superseded`]): it never puts the older version over the newer.
+//! Canceling the pipeline it runs in cancels it, even one that is over (`advance::cancel`), and no
+//! later job of that pipeline takes its artifacts or reports (`advance::counted_of`).
 //!
 //! A deploy job's end (notifications, a rollback's outcome) is `deployments::ended`, which a
 //! finish ([`job_finished`]), the lease reaper (`progress::expire`) and a cancel of a queued

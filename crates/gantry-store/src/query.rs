@@ -898,6 +898,9 @@ where
         project_id: i64,
         changes: &Changes,
     ) -> Result<()> {
+        for n in &changes.notifications {
+            Self::insert_notification(&mut *conn, n).await?;
+        }
         for job in &changes.jobs {
             let q = sqlx::query(
                 "UPDATE jobs SET status = COALESCE($1, status), \

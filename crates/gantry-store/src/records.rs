@@ -304,6 +304,10 @@ pub struct Changes {
     pub finished_at: Option<Millis>,
     /// The pipeline's new `spec` (a fork pipeline's approval).
     pub spec: Option<String>,
+    /// Notifications stored with the changes (a pipeline's end's), as
+    /// [`Store::insert_notification`](crate::Store::insert_notification) stores them: they are
+    /// stored if and only if the changes are.
+    pub notifications: Vec<NewNotification>,
 }
 
 /// Which pipelines to list.

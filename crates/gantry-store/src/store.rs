@@ -160,8 +160,8 @@ pub trait Store: Send + Sync + 'static {
         git_ref: &str,
         below: i64,
     ) -> Result<Vec<i64>>;
-    /// Applies `changes` if the pipeline's version is still `version` (then bumps it, answers `true`);
-    /// otherwise changes nothing and answers `false`.
+    /// Applies `changes` (with their notifications) if the pipeline's version is still `version`
+    /// (then bumps it, answers `true`); otherwise changes nothing and answers `false`.
     async fn apply(&self, pipeline_id: i64, version: i64, changes: &Changes) -> Result<bool>;
 
     // --- the queue

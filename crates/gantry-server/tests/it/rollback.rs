@@ -697,3 +697,94 @@ async fn an_automatic_rollback_that_cannot_start_is_notified_failed(b: Backend) 
     assert_eq!(events(&seen, "deployment_failed").len(), 1, "{seen:?}");
 }
 crate::both!(an_automatic_rollback_that_cannot_start_is_notified_failed);
+
+/// Canceling the pipeline a rollback runs in cancels the rollback's attempt, as canceling a
+/// pipeline cancels its jobs in GitLab: queued, it is canceled at once; running, its agent is
+/// told to stop. Its deployment ends `canceled` and the `rollback` notification says it failed;
+/// the old pipeline keeps its own status.
+async fn canceling_its_pipeline_cancels_a_rollback(b: Backend) {
+    let hook = Recorder::start(0).await;
+    let (app, agent) = app(b, Some(&hook), json!({})).await;
+    let s = store(&app).await;
+    let v1 = deploy(&app, &agent, &ci(""), 1, "success", None).await;
+    let p1 = v1["pipeline_id"].as_i64().unwrap();
+    let cancel = format!("/api/v1/pipelines/{p1}/cancel");
+    // Nothing runs in the old pipeline: there is nothing to cancel.
+    send(app.post(&cancel), 409).await;
+    // Queued.
+    failed_verification(&app, &agent, 2).await;
+    let body: Value = send(app.post(&cancel), 200).await.json().await.unwrap();
+    assert_eq!(body["status"], "success", "{body}");
+    assert!(app.take(&agent, 300).await.is_none(), "the rollback ran");
+    let p = s.pipeline(p1).await.unwrap().unwrap();
+    let queued = p.jobs.iter().find(|j| j.attempt == 2).unwrap().clone();
+    assert_eq!(queued.status, gantry_api::JobStatus::Canceled);
+    assert_eq!(
+        deployment_of(&app, queued.id).await.status,
+        DeploymentStatus::Canceled
+    );
+    let seen = hook.wait_for(2).await;
+    let rolled = events(&seen, "rollback");
+    assert_eq!(rolled.len(), 1, "{seen:?}");
+    assert_eq!(rolled[0]["failed_jobs"], json!(["deploy"]), "{seen:?}");
+    // Running: the agent is told to stop, and finishes it as canceled.
+    failed_verification(&app, &agent, 3).await;
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    assert_eq!(rb["pipeline_id"], p1);
+    send(app.post(&cancel), 200).await;
+    let beat = send(
+        app.agent_call(
+            &agent,
+            Method::POST,
+            &format!("/api/v1/agent/jobs/{}/heartbeat", id(&rb)),
+        ),
+        200,
+    )
+    .await;
+    let beat: Value = beat.json().await.unwrap();
+    assert_eq!(beat["cancel"], true, "{beat}");
+    app.run_job(&agent, id(&rb), "stopped\n", "canceled").await;
+    assert_eq!(
+        deployment_of(&app, id(&rb)).await.status,
+        DeploymentStatus::Canceled
+    );
+    let seen = hook.wait_for(4).await;
+    let rolled = events(&seen, "rollback");
+    assert_eq!(rolled.len(), 2, "{seen:?}");
+    assert_eq!(rolled[1]["failed_jobs"], json!(["deploy"]), "{seen:?}");
+    let p = s.pipeline(p1).await.unwrap().unwrap();
+    assert_eq!(p.status, gantry_api::PipelineStatus::Success);
+}
+crate::both!(canceling_its_pipeline_cancels_a_rollback);
+
+/// A rollback's attempt is no artifact source of its pipeline: a job of the old pipeline retried
+/// after the rollback takes the artifacts of the deploy job's own attempt, as the attempt that
+/// counts in the pipeline, not those the rollback uploaded.
+async fn a_later_job_does_not_take_a_rollbacks_artifacts(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let more = "after:\n  stage: deploy\n  needs: [deploy]\n  script: [make]\n";
+    let v1 = push_and_take(&app, &agent, &ci(more), 1).await;
+    let tar = crate::common::tar_of;
+    app.upload_artifacts(&agent, id(&v1), tar("out", b"v1"))
+        .await;
+    finish(&app, &agent, id(&v1), "success", None).await;
+    let after = app.take(&agent, 5000).await.expect("the job after");
+    assert_eq!(after["job"], "after");
+    assert_eq!(after["dependencies"][0]["job_id"], v1["job_id"], "{after}");
+    finish(&app, &agent, id(&after), "success", None).await;
+    // Version 2 fails its verification: version 1's job is re-deployed, with artifacts of its own.
+    failed_verification(&app, &agent, 2).await;
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    assert_eq!(rb["pipeline_id"], v1["pipeline_id"]);
+    app.upload_artifacts(&agent, id(&rb), tar("out", b"rollback"))
+        .await;
+    finish(&app, &agent, id(&rb), "success", None).await;
+    let retried = send(app.post(&format!("/api/v1/jobs/{}/retry", id(&after))), 201).await;
+    let retried: Value = retried.json().await.unwrap();
+    let again = app.take(&agent, 5000).await.expect("the retried job");
+    assert_eq!(again["job_id"], retried["id"]);
+    let deps = &again["dependencies"];
+    assert_eq!(deps.as_array().map(Vec::len), Some(1), "{deps}");
+    assert_eq!(deps[0]["job_id"], v1["job_id"], "{deps}");
+}
+crate::both!(a_later_job_does_not_take_a_rollbacks_artifacts);

@@ -778,13 +778,27 @@ async fn apply_is_optimistic(h: Harness) {
         started_at: Some(5_000),
         finished_at: None,
         spec: Some("{\"approved\":true}".to_owned()),
+        // A pipeline's end's notification is stored with it, or not at all.
+        notifications: vec![gantry_store::NewNotification {
+            pipeline_id: id,
+            target: "sealed target".into(),
+            event: "ended".into(),
+            created_at: 5_000,
+        }],
     };
     // A stale version changes nothing.
     assert!(!s.apply(id, before.version + 1, &changes).await.unwrap());
     assert_eq!(s.pipeline(id).await.unwrap().unwrap(), before);
     assert!(!s.apply(id + 1_000, 0, &changes).await.unwrap());
+    assert!(s.notifications(id).await.unwrap().is_empty());
     // The current one applies everything, and bumps the version.
     assert!(s.apply(id, before.version, &changes).await.unwrap());
+    let stored = s.notifications(id).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (stored[0].event.as_str(), stored[0].status.as_str()),
+        ("ended", "pending")
+    );
     let after = s.pipeline(id).await.unwrap().unwrap();
     assert_eq!(after.version, before.version + 1);
     assert_eq!(after.status, PipelineStatus::Running);
