@@ -46,10 +46,6 @@ pub struct RollbackArgs {
     /// the newest deployment).
     #[arg(long, value_name = "DEPLOYMENT_ID")]
     pub to: Option<u64>,
-    /// Variables as `gantry run` takes them: the target's masked variables (their values are not
-    /// recorded) take theirs from here; the others keep their recorded values.
-    #[command(flatten)]
-    pub variables: crate::cli::VariableArgs,
     /// The project directory (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
@@ -60,6 +56,14 @@ pub struct RollbackArgs {
     /// `GANTRY_SERVER`/`GANTRY_TOKEN` or `gantry login`).
     #[command(flatten)]
     pub server: crate::cmd_env::EnvServer,
+    /// Variables as `gantry run` takes them: the target's masked variables (their values are not
+    /// recorded) take theirs from here; the others keep their recorded values. Last: its heading
+    /// would go on to the arguments after it.
+    #[command(
+        flatten,
+        next_help_heading = "Variables (only the target's masked ones, which are not recorded, take their values from these)"
+    )]
+    pub variables: crate::cli::VariableArgs,
 }
 
 /// Where a rollback's lines and events go: the run's own output.

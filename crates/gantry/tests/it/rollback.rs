@@ -509,6 +509,25 @@ fn gantry_rollback_takes_the_masked_variables_as_gantry_run_does() {
         String::from_utf8_lossy(&out.stderr).contains("--variable `TOKEN` must be KEY=VALUE"),
         "{out:?}"
     );
+    // A server's rollback keeps its project's variables: none are sent.
+    let server = [
+        "--project",
+        "hello",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        "--variable",
+        "A=b",
+    ];
+    let out = s.rollback(&server);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "--variable and --variables-file apply to a rollback of this directory's deployments"
+        ),
+        "{out:?}"
+    );
 }
 
 #[test]
