@@ -318,8 +318,6 @@ fn spec(plan: &Plan, selected: &[bool], index: usize) -> Option<NewDeployment> {
     let resolved: HashMap<String, String> =
         gantry_pipeline::vars::resolve(&all).into_iter().collect();
     let get = |k: &str| resolved.get(k).cloned().unwrap_or_default();
-    let expand = |s: &str| gantry_pipeline::vars::expand(s, &|k| resolved.get(k).cloned());
-    let environment = expand(&env.name);
     let masked: HashSet<&str> = all
         .iter()
         .filter(|v| v.masked)
@@ -336,7 +334,7 @@ fn spec(plan: &Plan, selected: &[bool], index: usize) -> Option<NewDeployment> {
     let scoped = gantry_pipeline::plan::most_specific(
         &plan.scoped_variables,
         |s| (&s.variable.key, &s.environment_scope),
-        Some(&environment),
+        Some(&env.name),
     );
     let mut keys: Vec<&str> = Vec::new();
     for v in plan
@@ -368,8 +366,8 @@ fn spec(plan: &Plan, selected: &[bool], index: usize) -> Option<NewDeployment> {
         .find(|u| !u.is_empty())
         .unwrap_or_else(|| "unknown".into());
     Some(NewDeployment {
-        environment,
-        url: env.url.as_deref().map(expand),
+        environment: env.name.clone(),
+        url: env.url.clone(),
         tier: env.deployment_tier.clone(),
         job: job.name.clone(),
         pipeline_id: get("CI_PIPELINE_ID").parse().unwrap_or(0),
