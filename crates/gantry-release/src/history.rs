@@ -6,9 +6,13 @@
 //!   name is encoded so that `review/x` is one file name);
 //! - `deployments/last-id`: the last id given, so ids increase per project directory;
 //! - `deployments/.lock`: held while one writer reads and rewrites a file;
+//! - `deployments/running/<id>.lock`: held (`flock`) by the process that records deployment `id`
+//!   from [`History::start`] until it ends, so that a `running` record whose lock is free was
+//!   left by a process that died ([`History::fail_abandoned`]);
 //! - `deployments/snapshots/<id>/<job-slug>/`: the artifact store entries deployment `id` used
 //!   (hard links where possible), so that a rollback to it re-deploys exactly those; kept for the
-//!   last [`KEEP_SNAPSHOTS`] successful deployments of each environment.
+//!   last [`KEEP_SNAPSHOTS`] successful deployments of each environment (the directory exists,
+//!   empty, for one that used none: a missing one was pruned).
 //!
 //! Every write replaces its file atomically (write a temporary file, then rename), under an
 //! exclusive lock on `.lock`, so two `gantry run` in one directory never lose a record.
@@ -16,7 +20,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +167,10 @@ pub enum Error {
     },
 }
 
+/// The owner locks of the deployments this process has running, by lock file: taken in
+/// [`History::start`], dropped (and the file removed) when the deployment ends.
+static OWNED: Mutex<Vec<(PathBuf, Flock<File>)>> = Mutex::new(Vec::new());
+
 /// The deployment records under one state directory.
 #[derive(Clone, Debug)]
 pub struct History {
@@ -176,7 +186,8 @@ impl History {
         }
     }
 
-    /// Records a deployment that starts now: it gets the next id and the status `running`.
+    /// Records a deployment that starts now: it gets the next id and the status `running`. This
+    /// process owns it (holds its lock) until it ends.
     ///
     /// # Errors
     /// When the records cannot be read or written.
@@ -198,10 +209,21 @@ impl History {
             measurements: Vec::new(),
             rolled_back_by: None,
         };
+        // The owner's lock is held before the record shows: a `running` record with a free lock
+        // was left by a process that ended.
+        let path = self.owner_lock(id);
+        let owner = match try_lock(&path)? {
+            Some(owner) => owner,
+            None => return Err(io(&path, Errno::EWOULDBLOCK.into())),
+        };
         let mut all = self.read(&deployment.spec.environment)?;
         all.push(deployment.clone());
         self.write(&deployment.spec.environment, &all)?;
         write_atomic(&id_path, id.to_string().as_bytes())?;
+        OWNED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((path, owner));
         Ok(deployment)
     }
 
@@ -227,7 +249,56 @@ impl History {
         change(d);
         let out = d.clone();
         self.write(environment, &all)?;
+        if out.status != DeploymentStatus::Running {
+            self.release(id);
+        }
         Ok(out)
+    }
+
+    /// Marks `failed` every `running` deployment of `environment` whose owner (the process that
+    /// started it) has ended without ending it, as a killed `gantry run` leaves them; answers
+    /// their ids.
+    ///
+    /// # Errors
+    /// When the records or a lock file cannot be read or written.
+    pub fn fail_abandoned(&self, environment: &str) -> Result<Vec<u64>, Error> {
+        let _lock = self.lock()?;
+        let mut all = self.read(environment)?;
+        let mut ids = Vec::new();
+        for d in all
+            .iter_mut()
+            .filter(|d| d.status == DeploymentStatus::Running)
+        {
+            // Taking the lock proves its owner gone; dropping it frees it again.
+            if try_lock(&self.owner_lock(d.id))?.is_some() {
+                d.status = DeploymentStatus::Failed;
+                d.finished_at = Some(now());
+                ids.push(d.id);
+            }
+        }
+        if !ids.is_empty() {
+            self.write(environment, &all)?;
+            for &id in &ids {
+                let _ = std::fs::remove_file(self.owner_lock(id));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Where the lock of deployment `id`'s owner is.
+    fn owner_lock(&self, id: u64) -> PathBuf {
+        self.dir.join("running").join(format!("{id}.lock"))
+    }
+
+    /// Frees deployment `id`'s owner lock if this process holds it, and removes its file (under
+    /// the store's lock, so no other process is taking it meanwhile).
+    fn release(&self, id: u64) {
+        let path = self.owner_lock(id);
+        let mut owned = OWNED.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = owned.iter().position(|(p, _)| *p == path) {
+            let _ = std::fs::remove_file(&path);
+            owned.swap_remove(i);
+        }
     }
 
     /// Ends deployment `id` of `environment`: its status, its end time and its measurements.
@@ -302,6 +373,7 @@ impl History {
     /// When a file cannot be linked or copied.
     pub fn snapshot(&self, id: u64, entries: &[PathBuf]) -> Result<(), Error> {
         let dir = self.snapshot_dir(id);
+        std::fs::create_dir_all(&dir).map_err(|source| io(&dir, source))?;
         for entry in entries.iter().filter(|e| e.is_dir()) {
             let Some(name) = entry.file_name() else {
                 continue;
@@ -425,6 +497,25 @@ impl History {
             .map_err(|source| io(&path, source))?;
         Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| io(&path, std::io::Error::from(e)))
+    }
+}
+
+/// Takes the exclusive lock on `path` (created with its directory) without waiting; `None` when
+/// another holds it.
+fn try_lock(path: &Path) -> Result<Option<Flock<File>>, Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| io(path, source))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => Ok(Some(held)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(io(path, e.into())),
     }
 }
 
@@ -772,6 +863,47 @@ mod tests {
             "a failed deployment's is pruned"
         );
         assert!(ids[1..].iter().all(|&id| h.snapshot_dir(id).exists()));
+    }
+
+    #[test]
+    fn a_running_deployment_whose_owner_ended_is_failed_and_a_live_one_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::new(tmp.path());
+        let live = h.start(spec("production", "deploy")).unwrap();
+        let left = h.start(spec("production", "deploy")).unwrap();
+        assert_eq!(h.fail_abandoned("production").unwrap(), Vec::<u64>::new());
+        // The state a killed owner leaves: its record running, its lock free.
+        OWNED
+            .lock()
+            .unwrap()
+            .retain(|(p, _)| *p != h.owner_lock(left.id));
+        assert_eq!(h.fail_abandoned("production").unwrap(), [left.id]);
+        assert_eq!(
+            h.get("production", left.id).unwrap().status,
+            DeploymentStatus::Failed
+        );
+        assert!(!h.owner_lock(left.id).exists());
+        // Ending a deployment frees its lock: nothing is left running.
+        h.finish(
+            "production",
+            live.id,
+            DeploymentStatus::Success,
+            now(),
+            Vec::new(),
+        )
+        .unwrap();
+        assert!(!h.owner_lock(live.id).exists());
+        assert!(h.fail_abandoned("production").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_deployment_that_used_no_artifacts_has_an_empty_snapshot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = History::new(tmp.path());
+        let d = ended(&h, DeploymentStatus::Success, &[tmp.path().join("absent")]);
+        let dir = h.snapshot_dir(d.id);
+        assert!(dir.is_dir());
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
     }
 
     #[test]

@@ -101,15 +101,29 @@ struct Common {
     offline: bool,
 }
 
-/// What the pipeline is compiled for: `run` and `lint` share these.
+/// The caller's variables: `run`, `lint` and `rollback` share these.
 #[derive(Args)]
-struct PipelineArgs {
+pub(crate) struct VariableArgs {
     /// Set a variable; it wins over every other definition.
     #[arg(long = "variable", value_name = "KEY=VALUE")]
     variables: Vec<String>,
     /// Read variables from a YAML file: `KEY: value` or `KEY: {value: ..., masked: true}`.
     #[arg(long, value_name = "PATH")]
     variables_file: Option<PathBuf>,
+}
+
+impl VariableArgs {
+    /// Whether no variable was given.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.variables.is_empty() && self.variables_file.is_none()
+    }
+}
+
+/// What the pipeline is compiled for: `run` and `lint` share these.
+#[derive(Args)]
+struct PipelineArgs {
+    #[command(flatten)]
+    variables: VariableArgs,
     /// `CI_PIPELINE_SOURCE` (push, web, schedule, merge_request_event, ...).
     #[arg(long, value_name = "SOURCE", default_value = "push")]
     pipeline_source: String,
@@ -457,8 +471,8 @@ fn ensure_state_dir(state_dir: &Path) -> Result<()> {
 
 /// The variables of `--variables-file` and `--variable`, with `mask`'s keys masked; then the
 /// variables file's entries scoped to environments.
-fn cli_variables(
-    args: &PipelineArgs,
+pub(crate) fn cli_variables(
+    args: &VariableArgs,
     mask: &[String],
 ) -> Result<(Vec<Variable>, Vec<ScopedVariable>), String> {
     let mut vars = Vec::new();
@@ -646,7 +660,7 @@ fn print_errors(errors: &[impl std::fmt::Display], what: &str, outcome: &str) {
 
 fn run(args: &RunArgs) -> Result<u8> {
     let output = args.common.output;
-    let (cli_vars, scoped) = match cli_variables(&args.pipeline, &args.mask) {
+    let (cli_vars, scoped) = match cli_variables(&args.pipeline.variables, &args.mask) {
         Ok(v) => v,
         Err(e) => return Ok(config_error(output, &e)),
     };
@@ -1185,7 +1199,7 @@ fn list(plan: &Plan, selected: &[bool], as_json: bool) {
 
 fn lint(args: &LintArgs) -> Result<u8> {
     let common = &args.common;
-    let cli_vars = match cli_variables(&args.pipeline, &[]) {
+    let cli_vars = match cli_variables(&args.pipeline.variables, &[]) {
         Ok((v, _)) => v,
         Err(e) => return Ok(config_error(common.output, &e)),
     };

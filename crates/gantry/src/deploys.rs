@@ -78,6 +78,9 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
     let history = History::new(&dir.join(".gantry"));
     let (json, header, rows): (serde_json::Value, &[&str], Vec<Vec<String>>) = match command {
         EnvCommand::List(_) => {
+            for e in history.environments()? {
+                fail_abandoned(&history, &e.name)?;
+            }
             let envs = history.environments()?;
             let rows = envs
                 .iter()
@@ -97,6 +100,7 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
             (serde_json::to_value(&envs)?, header, rows)
         }
         EnvCommand::History(a) => {
+            fail_abandoned(&history, &a.environment)?;
             let all = match history.history(&a.environment) {
                 Ok(all) => all,
                 Err(e @ history::Error::UnknownEnvironment(_)) => {
@@ -134,6 +138,17 @@ pub fn main(command: &EnvCommand) -> Result<u8> {
     }
     out.flush()?;
     Ok(0)
+}
+
+/// Marks `failed` the running deployments of `environment` that a run left when it ended without
+/// ending them (it was killed), with a warning line each.
+pub(crate) fn fail_abandoned(history: &History, environment: &str) -> Result<()> {
+    for id in history.fail_abandoned(environment)? {
+        eprintln!(
+            "gantry: warning: deployment {id} was left running by a run that ended; marked failed"
+        );
+    }
+    Ok(())
 }
 
 fn short(sha: &str) -> String {
@@ -314,12 +329,19 @@ fn spec(plan: &Plan, selected: &[bool], index: usize) -> Option<NewDeployment> {
             .iter()
             .filter_map(|k| resolved.get(*k).map(String::as_str)),
     );
-    // The variables the pipeline defines (the predefined ones follow from the rest of the record).
+    // The variables the pipeline defines and the caller's, those scoped to this environment
+    // included (the predefined ones follow from the rest of the record).
+    let scoped = gantry_pipeline::plan::most_specific(
+        &plan.scoped_variables,
+        |s| (&s.variable.key, &s.environment_scope),
+        Some(&env.name),
+    );
     let mut keys: Vec<&str> = Vec::new();
     for v in plan
         .variables
         .iter()
         .chain(&job.variables)
+        .chain(scoped.into_iter().map(|s| &s.variable))
         .chain(&plan.cli_variables)
     {
         if !keys.contains(&v.key.as_str()) {

@@ -56,6 +56,14 @@ pub struct RollbackArgs {
     /// `GANTRY_SERVER`/`GANTRY_TOKEN` or `gantry login`).
     #[command(flatten)]
     pub server: crate::cmd_env::EnvServer,
+    /// Variables as `gantry run` takes them: the target's masked variables (their values are not
+    /// recorded) take theirs from here; the others keep their recorded values. Last: its heading
+    /// would go on to the arguments after it.
+    #[command(
+        flatten,
+        next_help_heading = "Variables (only the target's masked ones, which are not recorded, take their values from these)"
+    )]
+    pub variables: crate::cli::VariableArgs,
 }
 
 /// Where a rollback's lines and events go: the run's own output.
@@ -228,6 +236,15 @@ pub async fn roll_back(
             return Outcome::Failed;
         }
     };
+    if !to_d.spec.artifacts.is_empty() && !history.snapshot_dir(to_d.id).is_dir() {
+        eprintln!(
+            "gantry: error: deployment {}'s artifacts were pruned (only the last {} successful \
+             deployments keep them): cannot roll back to it",
+            to_d.id,
+            history::KEEP_SNAPSHOTS
+        );
+        return Outcome::Failed;
+    }
     ctx.face.status(environment, from, to_d.id, "running");
     if to_d.spec.dirty {
         eprintln!(
@@ -480,6 +497,7 @@ fn stage(ctx: &Context, from: &Deployment, to: &Deployment, id: u64) -> Result<S
     );
     plan.jobs[index].name = format!("{} (rollback)", plan.jobs[index].name);
     let state = dir.join("state");
+    // A target without one took no artifacts (`roll_back` refuses one whose were pruned).
     let snapshot = history.snapshot_dir(to.id);
     if snapshot.is_dir() {
         history::link_tree(&snapshot, &state.join("artifacts"))?;
@@ -511,8 +529,14 @@ fn stage(ctx: &Context, from: &Deployment, to: &Deployment, id: u64) -> Result<S
 }
 
 /// The target's recorded variables, as command-line variables: a masked one (not recorded) is
-/// taken from this command's variables of the same key, else left out with a warning.
+/// taken from this command's variables of the same key (a plain one, else the scoped one that
+/// fits the target's environment best), else left out with a warning.
 fn recorded_variables(ctx: &Context, to: &Deployment) -> Vec<Variable> {
+    let scoped = gantry_pipeline::plan::most_specific(
+        &ctx.scoped,
+        |s| (&s.variable.key, &s.environment_scope),
+        Some(&to.spec.environment),
+    );
     let mut out = Vec::new();
     for v in &to.spec.variables {
         if !v.masked {
@@ -522,7 +546,9 @@ fn recorded_variables(ctx: &Context, to: &Deployment) -> Vec<Variable> {
             });
             continue;
         }
-        match ctx.variables.iter().rev().find(|c| c.key == v.key) {
+        let given = ctx.variables.iter().rev().find(|c| c.key == v.key);
+        let given = given.or_else(|| scoped.iter().map(|s| &s.variable).find(|c| c.key == v.key));
+        match given {
             Some(current) => out.push(Variable {
                 expand: false,
                 masked: true,
@@ -555,8 +581,17 @@ impl Reporter for Quiet {
 pub fn main(args: &RollbackArgs) -> Result<u8> {
     let output = args.output;
     if args.server.wanted() {
+        if !args.variables.is_empty() {
+            let message = "--variable and --variables-file apply to a rollback of this directory's \
+                           deployments, not a server's (it keeps its project's variables)";
+            return Ok(crate::cli::config_error(output, message));
+        }
         return crate::cmd_env::rollback(&args.server, output, &args.environment, args.to);
     }
+    let (variables, scoped) = match crate::cli::cli_variables(&args.variables, &[]) {
+        Ok(v) => v,
+        Err(e) => return Ok(crate::cli::config_error(output, &e)),
+    };
     let dir = match &args.cwd {
         Some(d) => d.clone(),
         None => std::env::current_dir().context("cannot read the current directory")?,
@@ -568,6 +603,8 @@ pub fn main(args: &RollbackArgs) -> Result<u8> {
     let state_dir = dir.join(".gantry");
     let environment = &args.environment;
     let history = History::new(&state_dir);
+    // A deployment left running by a run that was killed is `failed`: it blocks nothing.
+    crate::deploys::fail_abandoned(&history, environment)?;
     let all = match history.history(environment) {
         Ok(all) => all,
         Err(e @ history::Error::UnknownEnvironment(_)) => {
@@ -630,8 +667,8 @@ pub fn main(args: &RollbackArgs) -> Result<u8> {
             file,
             gitlab_url: std::env::var("GANTRY_GITLAB_URL").ok(),
             offline: false,
-            variables: Vec::new(),
-            scoped: Vec::new(),
+            variables,
+            scoped,
             pipeline_id,
             executor,
             face: face.clone(),

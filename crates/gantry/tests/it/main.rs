@@ -252,6 +252,12 @@ pub fn start_run(dir: &Path, args: &[&str]) -> Started {
 }
 
 impl Started {
+    /// Kills the run with SIGKILL (it cannot clean up) and waits for it.
+    pub fn kill(mut self) {
+        signal(&self.child, "KILL");
+        let _ = self.child.wait();
+    }
+
     /// Sends Ctrl-C (SIGINT) and reads to the end; answers the exit status and every line.
     pub fn interrupt(mut self) -> (std::process::ExitStatus, String) {
         signal(&self.child, "INT");

@@ -434,13 +434,21 @@ fn gantry_rollback_goes_back_to_the_previous_success_or_to_the_one_named() {
         ])
     );
 
-    // A deployment still running is not rolled back.
+    // A running record that no live run owns (what a killed run leaves) is failed when read.
     let file = s.repo.path().join(".gantry/deployments/production.json");
     let mut records: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let last = records.as_array_mut().unwrap().last_mut().unwrap();
     last["status"] = json!("running");
     std::fs::write(&file, records.to_string()).unwrap();
-    error(&[], "deployment 4 of production is still running");
+    let out = s
+        .repo
+        .gantry(&["env", "history", "production", "--output", "json"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("deployment 4 was left running by a run that ended; marked failed"),
+        "{out:?}"
+    );
+    assert_eq!(s.history().0[0], (4, "failed".to_string()));
 }
 
 #[test]
@@ -462,5 +470,207 @@ fn ctrl_c_cancels_a_running_rollback() {
     assert_eq!(
         s.history().0,
         rows(&[(3, "canceled"), (2, "failed"), (1, "success")])
+    );
+}
+
+#[test]
+fn gantry_rollback_takes_the_masked_variables_as_gantry_run_does() {
+    let s = Setup::new(&["v1", "v2"]);
+    assert_eq!(s.run("3").code, 0);
+    s.commit("v2", "");
+    assert_eq!(s.run("5").code, 0);
+
+    let out = s.rollback(&["--variable", "TOKEN=given", "--variable", "REPLICAS=9"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!stderr.contains("runs without masked variable"), "{stderr}");
+    // The masked one comes from the command; the others keep their recorded values.
+    assert_eq!(
+        s.deployed(),
+        "v1 build of v1 replicas=3 rollback=true from=2 to=1 token=given"
+    );
+
+    let file = s.out.path().join("vars.yml");
+    std::fs::write(&file, "TOKEN: {value: from-file, masked: true}\n").unwrap();
+    let out = s.rollback(&["--variables-file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(s.deployed().ends_with("from=3 to=1 token=from-file"));
+    let records =
+        std::fs::read_to_string(s.repo.path().join(".gantry/deployments/production.json")).unwrap();
+    assert!(
+        !records.contains("from-file") && !records.contains("given"),
+        "{records}"
+    );
+
+    // The same parsing as `gantry run`'s, errors included.
+    let out = s.rollback(&["--variable", "TOKEN"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--variable `TOKEN` must be KEY=VALUE"),
+        "{out:?}"
+    );
+    // A server's rollback keeps its project's variables: none are sent.
+    let server = [
+        "--project",
+        "hello",
+        "--server",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        "--variable",
+        "A=b",
+    ];
+    let out = s.rollback(&server);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "--variable and --variables-file apply to a rollback of this directory's deployments"
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn variables_scoped_to_the_environment_are_recorded_and_rolled_back_to() {
+    let s = Setup::new(&["v1", "v2"]);
+    let run = |replicas: &str| {
+        let file = s.out.path().join("run-vars.yml");
+        std::fs::write(
+            &file,
+            format!(
+                "REPLICAS:\n  - {{value: \"{replicas}\", environment_scope: production}}\n  \
+                 - {{value: \"1\", environment_scope: \"*\"}}\n\
+                 TOKEN:\n  - {{value: scoped-secret, masked: true, environment_scope: \"prod*\"}}\n"
+            ),
+        )
+        .unwrap();
+        let out = format!("OUT={}", s.out.path().display());
+        let hook = format!("HOOK_URL={}", s.hook.url());
+        let args = ["--variable", &out, "--variable", &hook, "--variables-file"];
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(file.to_str().unwrap());
+        let run = s.repo.run_json(&all);
+        assert_eq!(run.code, 0, "{}", run.dump());
+    };
+    run("7");
+    assert!(s.deployed().starts_with("v1 build of v1 replicas=7"));
+    s.commit("v2", "");
+    run("8");
+    assert!(s.deployed().starts_with("v2 build of v2 replicas=8"));
+    let (_, all) = s.history();
+    let replicas = all[1]["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["key"] == "REPLICAS");
+    assert_eq!(replicas.map(|v| v["value"].clone()), Some(json!("7")));
+    let records =
+        std::fs::read_to_string(s.repo.path().join(".gantry/deployments/production.json")).unwrap();
+    assert!(!records.contains("scoped-secret"), "{records}");
+    assert!(records.contains(r#""key": "TOKEN""#), "{records}");
+
+    // The scoped masked value comes from this command's variables file, scoped as in the run.
+    let file = s.out.path().join("rollback-vars.yml");
+    std::fs::write(
+        &file,
+        "TOKEN:\n  - {value: other, masked: true, environment_scope: staging}\n  \
+         - {value: again, masked: true, environment_scope: production}\n",
+    )
+    .unwrap();
+    let out = s.rollback(&["--variables-file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("runs without masked variable"),
+        "{out:?}"
+    );
+    assert_eq!(
+        s.deployed(),
+        "v1 build of v1 replicas=7 rollback=true from=2 to=1 token=again"
+    );
+}
+
+#[test]
+fn a_deployment_left_running_by_a_killed_run_is_failed_and_rolled_back() {
+    let s = Setup::new(&["v1", "v2"]);
+    assert_eq!(s.run("3").code, 0);
+    // v2's deploy waits until told to go on, then fails: a killed run's job never deploys.
+    s.commit(
+        "v2",
+        "  before_script:\n    - echo started\n    - for i in $(seq 1 600); do [ -f \"$OUT/stop\" ] && exit 1; sleep 0.1; done\n",
+    );
+    let args = s.args("5");
+    let started = crate::start_run(
+        s.repo.path(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // While its run lives, deployment 2 is running and blocks a rollback.
+    let out = s.rollback(&[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("deployment 2 of production is still running"),
+        "{out:?}"
+    );
+    assert_eq!(s.history().0, rows(&[(2, "running"), (1, "success")]));
+
+    started.kill();
+    std::fs::write(s.out.path().join("stop"), "").unwrap();
+    let out = s.rollback(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stderr.contains(
+            "gantry: warning: deployment 2 was left running by a run that ended; marked failed"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        s.deployed()
+            .starts_with("v1 build of v1 replicas=3 rollback=true from=2 to=1"),
+        "{}",
+        s.deployed()
+    );
+    let (history, all) = s.history();
+    assert_eq!(
+        history,
+        rows(&[(3, "success"), (2, "rolled_back"), (1, "success")])
+    );
+    assert!(all[1]["finished_at"].is_string(), "{all}");
+}
+
+#[test]
+fn a_target_whose_artifacts_were_pruned_is_refused_unless_it_took_none() {
+    let s = Setup::new(&["v1", "v2"]);
+    assert_eq!(s.run("3").code, 0);
+    s.commit("v2", "");
+    assert_eq!(s.run("5").code, 0);
+    let snapshots = s.repo.path().join(".gantry/deployments/snapshots");
+    assert!(snapshots.join("1").is_dir());
+    std::fs::remove_dir_all(snapshots.join("1")).unwrap();
+    let out = s.rollback(&[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "deployment 1's artifacts were pruned (only the last 10 successful deployments keep \
+             them): cannot roll back to it"
+        ),
+        "{out:?}"
+    );
+    assert!(s.deployed().starts_with("v2 "), "nothing re-deployed");
+    assert_eq!(s.history().0, rows(&[(2, "success"), (1, "success")]));
+
+    // A deployment that took no artifacts has nothing to lose.
+    s.commit("v1", "  dependencies: []\n");
+    assert_eq!(s.run("4").code, 0);
+    s.commit("v2", "");
+    assert_eq!(s.run("6").code, 0);
+    std::fs::remove_dir_all(snapshots.join("3")).unwrap();
+    let out = s.rollback(&[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        s.deployed()
+            .starts_with("v1  replicas=4 rollback=true from=4 to=3"),
+        "{}",
+        s.deployed()
     );
 }
