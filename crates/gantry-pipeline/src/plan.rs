@@ -340,9 +340,9 @@ pub struct Cache {
 /// `environment`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Environment {
-    /// The name (unexpanded).
+    /// The name, expanded with the job's variables at compile time (as GitLab does).
     pub name: String,
-    /// The URL (unexpanded).
+    /// The URL, expanded likewise.
     pub url: Option<String>,
     /// `start`, `prepare`, `stop`, `verify` or `access`.
     pub action: String,

@@ -210,7 +210,8 @@ pub fn pipeline(viewer: &Viewer, p: &Pipeline, title: Option<&str>) -> Markup {
             }
             p.actions {
                 a href={ "/pipelines/" (p.id) "/reports" } { "Reports" }
-                @if viewer.can_write && !p.status.is_final() {
+                // A finished pipeline may still hold a running rollback, which cancel stops.
+                @if viewer.can_write && (!p.status.is_final() || p.jobs.iter().any(|j| matches!(j.status, JobStatus::Pending | JobStatus::Running))) {
                     " " (action(viewer, &format!("/pipelines/{}/cancel", p.id), "Cancel pipeline", "Cancel pipeline"))
                 }
             }
@@ -624,6 +625,29 @@ mod tests {
         r.tests.as_mut().unwrap().errors = 1;
         let html = reports(&viewer(true), &pipe(vec![]), &r, &t).into_string();
         assert!(!html.contains("The first"), "{html}");
+    }
+
+    #[test]
+    fn a_finished_pipeline_offers_cancel_only_while_a_job_in_it_runs() {
+        let cancel = "action=\"/pipelines/7/cancel\"";
+        let mut p = pipe(vec![job(1, "deploy", "deploy")]);
+        p.status = PipelineStatus::Success;
+        let html = pipeline(&viewer(true), &p, None).into_string();
+        assert!(!html.contains(cancel), "{html}");
+        // A rollback's attempt running in it: cancel stops it.
+        let mut rollback = job(2, "deploy", "deploy");
+        rollback.status = JobStatus::Running;
+        p.jobs.push(rollback);
+        assert!(
+            pipeline(&viewer(true), &p, None)
+                .into_string()
+                .contains(cancel)
+        );
+        assert!(
+            !pipeline(&viewer(false), &p, None)
+                .into_string()
+                .contains(cancel)
+        );
     }
 
     #[test]
