@@ -77,9 +77,10 @@ pub(crate) async fn register(
             registered_at: now,
             projects: (!projects.is_empty()).then_some(projects),
             protected_only: body.protected_only,
+            protocol: i64::from(body.protocol),
         })
         .await?;
-    state.store.touch_agent(id, now).await?;
+    state.store.touch_agent(id, now, None).await?;
     tracing::info!(agent = id, name, projects = ?body.projects, protected_only = body.protected_only, "agent registered");
     Ok((StatusCode::CREATED, Json(Registered { id, token })))
 }
@@ -551,7 +552,7 @@ pub(crate) async fn heartbeat(
 async fn touch(state: &AppState, agent: &AgentRecord, now: Millis) -> AppResult<()> {
     let fresh = i64::try_from(state.config.lease_timeout.as_millis() / 10).unwrap_or(i64::MAX);
     if agent.last_seen_at.is_none_or(|t| now - t >= fresh) {
-        state.store.touch_agent(agent.id, now).await?;
+        state.store.touch_agent(agent.id, now, None).await?;
     }
     Ok(())
 }
