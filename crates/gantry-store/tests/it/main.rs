@@ -1886,16 +1886,9 @@ async fn agent_jobs_are_the_running_ones(h: Harness) {
             running(b.id, &two, 4_000),
         ]
     );
-    let result = JobResult {
-        status: JobStatus::Success,
-        exit_code: Some(0),
-        failure_reason: None,
-        coverage: None,
-        finished_at: 6_000,
-        reports: None,
-        measurements: None,
-    };
-    s.finish(one.id, a.id, &result).await.unwrap();
+    s.finish(one.id, a.id, &done(JobStatus::Success, 6_000))
+        .await
+        .unwrap();
     assert_eq!(
         s.agent_jobs().await.unwrap(),
         [running(a.id, &three, 5_000), running(b.id, &two, 4_000)]
