@@ -142,6 +142,17 @@ async fn agents_show_their_jobs_and_protocol(b: Backend) {
     assert!(app.take(&agent, 0).await.is_none());
     let list = app.json("/api/v1/agents").await;
     assert_eq!(listed(&list, "busy")["protocol"], 3, "{list}");
+
+    // The OpenAPI document describes both.
+    let doc = app.json("/api/v1/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    let agent = &schemas["Agent"]["properties"];
+    assert_eq!(
+        agent["jobs"]["items"]["$ref"], "#/components/schemas/AgentJob",
+        "{agent}"
+    );
+    assert!(agent["protocol"].is_object(), "{agent}");
+    assert!(schemas["AgentJob"]["properties"]["claimed_at"].is_object());
 }
 both!(agents_show_their_jobs_and_protocol);
 
