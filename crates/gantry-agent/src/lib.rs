@@ -486,6 +486,7 @@ async fn worker(
         let body = RequestJob {
             running: shared.running().clone(),
             session: Some(shared.session.clone()),
+            protocol: Some(gantry_api::agent::PROTOCOL),
         };
         let asked = env.client.request_job(LONG_POLL, &body).await;
         match asked {

@@ -104,6 +104,10 @@ pub struct RequestJob {
     /// process's long polls (an agent that restarts with the same token has a new one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The protocol version it speaks ([`PROTOCOL`]), recorded as the agent's (it may be newer
+    /// than at registration); absent: the one recorded stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
 }
 
 /// The body of `POST /api/v1/agent/jobs/request/stop`: the agent drains, so its long polls of

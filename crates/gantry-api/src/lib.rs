@@ -631,6 +631,28 @@ pub struct Agent {
     pub last_seen_at: Option<String>,
     /// Whether it was heard from within the lease timeout.
     pub online: bool,
+    /// The agent protocol version it speaks ([`agent::PROTOCOL`]), as it said when it registered
+    /// or last asked for a job; `null` when the server has not heard it since it recorded them.
+    #[serde(default)]
+    pub protocol: Option<u32>,
+    /// The jobs it runs now (up to its `concurrency`), oldest claim first; empty: idle.
+    #[serde(default)]
+    pub jobs: Vec<AgentJob>,
+}
+
+/// A job an agent runs now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentJob {
+    /// The job's id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// Its pipeline's id.
+    pub pipeline_id: i64,
+    /// Its project.
+    pub project: String,
+    /// When the agent took it.
+    pub claimed_at: String,
 }
 
 #[cfg(test)]

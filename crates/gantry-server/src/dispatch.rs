@@ -77,9 +77,10 @@ pub(crate) async fn register(
             registered_at: now,
             projects: (!projects.is_empty()).then_some(projects),
             protected_only: body.protected_only,
+            protocol: i64::from(body.protocol),
         })
         .await?;
-    state.store.touch_agent(id, now).await?;
+    state.store.touch_agent(id, now, None).await?;
     tracing::info!(agent = id, name, projects = ?body.projects, protected_only = body.protected_only, "agent registered");
     Ok((StatusCode::CREATED, Json(Registered { id, token })))
 }
@@ -126,7 +127,7 @@ pub(crate) async fn request(
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(60_000));
     let start = tokio::time::Instant::now();
     let deadline = start + wait;
-    touch(&state, &agent, crate::now_ms()).await?;
+    touch(&state, &agent, crate::now_ms(), asked.protocol).await?;
     let mut shutdown = state.shutdown.clone();
     loop {
         // Listen before claiming, so that a job queued between the claim and the wait is not missed.
@@ -542,17 +543,26 @@ pub(crate) async fn heartbeat(
         .heartbeat(id, agent.id, state.lease_until(now))
         .await
         .map_err(lease_error)?;
-    touch(&state, &agent, now).await?;
+    touch(&state, &agent, now, None).await?;
     Ok(Json(Heartbeat { cancel }))
 }
 
-/// Records that `agent` was seen, unless that was recorded less than a tenth of the lease timeout
-/// ago: an agent counts as online for a whole lease timeout, and an agent busy with short jobs
+/// Records that `agent` was seen (and the `protocol` version it says it speaks, if it said), unless
+/// that was recorded less than a tenth of the lease timeout ago and its protocol is the recorded
+/// one: an agent counts as online for a whole lease timeout, and an agent busy with short jobs
 /// would otherwise write its row on every request.
-async fn touch(state: &AppState, agent: &AgentRecord, now: Millis) -> AppResult<()> {
+async fn touch(
+    state: &AppState,
+    agent: &AgentRecord,
+    now: Millis,
+    protocol: Option<u32>,
+) -> AppResult<()> {
     let fresh = i64::try_from(state.config.lease_timeout.as_millis() / 10).unwrap_or(i64::MAX);
-    if agent.last_seen_at.is_none_or(|t| now - t >= fresh) {
-        state.store.touch_agent(agent.id, now).await?;
+    let protocol = protocol
+        .map(i64::from)
+        .filter(|p| agent.protocol != Some(*p));
+    if protocol.is_some() || agent.last_seen_at.is_none_or(|t| now - t >= fresh) {
+        state.store.touch_agent(agent.id, now, protocol).await?;
     }
     Ok(())
 }

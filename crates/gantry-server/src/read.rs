@@ -3,6 +3,7 @@
 //! ([`Caller`]); the agent list takes the admin token.
 
 use gantry_api::ErrorBody;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use gantry_api::reports::{CoverageTrendPoint, ReportsSummary};
-use gantry_api::{Agent, Delivery, Job, JobStatus, Pipeline, PipelineStatus};
+use gantry_api::{Agent, AgentJob, Delivery, Job, JobStatus, Pipeline, PipelineStatus};
 use gantry_store::{CoveragePoint, PipelineFilter};
 use serde::{Deserialize, Serialize};
 
@@ -484,6 +485,17 @@ pub(crate) async fn job_artifacts(
 pub(crate) async fn agents(State(state): State<AppState>, _: Admin) -> AppResult<Json<Vec<Agent>>> {
     let since = crate::now_ms()
         - i64::try_from(state.config.lease_timeout.as_millis()).unwrap_or(i64::MAX / 2);
+    // Every agent's running jobs in one query, not one per agent.
+    let mut jobs: HashMap<i64, Vec<AgentJob>> = HashMap::new();
+    for j in state.store.agent_jobs().await? {
+        jobs.entry(j.agent_id).or_default().push(AgentJob {
+            id: j.job_id,
+            name: j.name,
+            pipeline_id: j.pipeline_id,
+            project: j.project_name,
+            claimed_at: crate::rfc3339(j.claimed_at),
+        });
+    }
     let list = state
         .store
         .agents()
@@ -492,6 +504,8 @@ pub(crate) async fn agents(State(state): State<AppState>, _: Admin) -> AppResult
         .map(|a| Agent {
             id: a.id,
             online: a.last_seen_at.is_some_and(|t| t >= since),
+            protocol: a.protocol.and_then(|p| u32::try_from(p).ok()),
+            jobs: jobs.remove(&a.id).unwrap_or_default(),
             name: a.name,
             tags: a.tags,
             run_untagged: a.run_untagged,

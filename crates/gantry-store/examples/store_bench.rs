@@ -135,6 +135,7 @@ async fn dispatch(store: &Arc<dyn Store>, project_id: i64) {
                     registered_at: now(),
                     projects: None,
                     protected_only: false,
+                    protocol: 3,
                 })
                 .await
                 .expect("agent");

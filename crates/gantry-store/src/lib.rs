@@ -65,10 +65,10 @@ pub use error::{DatabaseError, Result, StoreError};
 pub use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 pub use postgres::PgStore;
 pub use records::{
-    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord,
-    DeploymentRecord, EnvironmentRecord, JobChange, JobRecord, JobResult, Millis, NewAgent,
-    NewDelivery, NewDeployment, NewJob, NewNotification, NewPipeline, NewProjectToken, NewReports,
-    NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
+    ARTIFACT_CHUNK, AgentJobRecord, AgentRecord, ArtifactsInfo, Changes, CoveragePoint,
+    DeliveryRecord, DeploymentRecord, EnvironmentRecord, JobChange, JobRecord, JobResult, Millis,
+    NewAgent, NewDelivery, NewDeployment, NewJob, NewNotification, NewPipeline, NewProjectToken,
+    NewReports, NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
     ProjectTokenRecord, ReportsRecord,
 };
 pub use sqlite::SqliteStore;

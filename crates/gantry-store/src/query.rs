@@ -28,10 +28,11 @@ use gantry_api::{DeliveryStatus, JobStatus, PipelineStatus};
 
 use crate::error::{Result, StoreError, db};
 use crate::records::{
-    AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord, DeploymentRecord,
-    EnvironmentRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery, NewDeployment, NewJob,
-    NewNotification, NewPipeline, NewProjectToken, NewReports, NotificationRecord, Page, Paged,
-    PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
+    AgentJobRecord, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord,
+    DeploymentRecord, EnvironmentRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery,
+    NewDeployment, NewJob, NewNotification, NewPipeline, NewProjectToken, NewReports,
+    NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
+    ProjectTokenRecord, ReportsRecord,
 };
 
 /// A pipeline's version (see [`PIPELINE_COLS`]).
@@ -248,6 +249,19 @@ where
             last_seen_at: Self::get(row, "last_seen_at")?,
             projects: Self::read_opt_ids(row, "projects")?,
             protected_only: Self::get(row, "protected_only")?,
+            protocol: Self::get(row, "protocol")?,
+        })
+    }
+
+    /// A row of [`Sql::agent_jobs`].
+    fn agent_job_row(row: &Self::Row) -> Result<AgentJobRecord> {
+        Ok(AgentJobRecord {
+            agent_id: Self::get(row, "agent_id")?,
+            job_id: Self::get(row, "id")?,
+            name: Self::get(row, "name")?,
+            pipeline_id: Self::get(row, "pipeline_id")?,
+            project_name: Self::get(row, "project_name")?,
+            claimed_at: Self::get(row, "started_at")?,
         })
     }
 
@@ -1696,8 +1710,8 @@ where
     async fn register_agent(conn: &mut Self::Connection, a: &NewAgent) -> Result<i64> {
         sqlx::query_scalar(
             "INSERT INTO agents (name, token_hash, tags, run_untagged, executor, concurrency, \
-             version, registered_at, projects, protected_only) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+             version, registered_at, projects, protected_only, protocol) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(a.name.as_str())
         .bind(a.token_hash.as_str())
@@ -1709,6 +1723,7 @@ where
         .bind(a.registered_at)
         .bind(Self::ids_param(a.projects.as_deref()))
         .bind(a.protected_only)
+        .bind(a.protocol)
         .fetch_one(&mut *conn)
         .await
         .map_err(|e| {
@@ -1729,10 +1744,18 @@ where
     }
 
     /// See [`crate::Store::touch_agent`].
-    async fn touch_agent(conn: &mut Self::Connection, id: i64, now: Millis) -> Result<()> {
-        let q = sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(id);
+    async fn touch_agent(
+        conn: &mut Self::Connection,
+        id: i64,
+        now: Millis,
+        protocol: Option<i64>,
+    ) -> Result<()> {
+        let q = sqlx::query(
+            "UPDATE agents SET last_seen_at = $1, protocol = COALESCE($2, protocol) WHERE id = $3",
+        )
+        .bind(now)
+        .bind(protocol)
+        .bind(id);
         Self::run(conn, q, "touching an agent").await?;
         Ok(())
     }
@@ -1741,6 +1764,18 @@ where
     async fn agents(conn: &mut Self::Connection) -> Result<Vec<AgentRecord>> {
         let sql = format!("SELECT {AGENT_COLS} FROM agents ORDER BY id");
         Self::rows(conn, sqlx::query(&sql), "listing agents", Self::agent_row).await
+    }
+
+    /// See [`crate::Store::agent_jobs`]: the running rows only (`jobs_running`'s partial index).
+    async fn agent_jobs(conn: &mut Self::Connection) -> Result<Vec<AgentJobRecord>> {
+        let q = sqlx::query(
+            "SELECT j.agent_id, j.id, j.name, j.pipeline_id, pr.name AS project_name, \
+             COALESCE(j.started_at, j.created_at) AS started_at \
+             FROM jobs j JOIN projects pr ON pr.id = j.project_id \
+             WHERE j.status = 'running' AND j.agent_id IS NOT NULL \
+             ORDER BY j.agent_id, j.started_at, j.id",
+        );
+        Self::rows(conn, q, "listing agents' jobs", Self::agent_job_row).await
     }
 
     /// See [`crate::Store::revoke_agent`]: in one transaction, the agent's row goes and its
@@ -2363,12 +2398,21 @@ macro_rules! store {
                 read!(self, conn => $db::agent_by_token(conn, token_hash).await)
             }
 
-            async fn touch_agent(&self, id: i64, now: crate::records::Millis) -> crate::error::Result<()> {
-                writing!(self, conn => $db::touch_agent(conn, id, now).await)
+            async fn touch_agent(
+                &self,
+                id: i64,
+                now: crate::records::Millis,
+                protocol: Option<i64>,
+            ) -> crate::error::Result<()> {
+                writing!(self, conn => $db::touch_agent(conn, id, now, protocol).await)
             }
 
             async fn agents(&self) -> crate::error::Result<Vec<crate::records::AgentRecord>> {
                 read!(self, conn => $db::agents(conn).await)
+            }
+
+            async fn agent_jobs(&self) -> crate::error::Result<Vec<crate::records::AgentJobRecord>> {
+                read!(self, conn => $db::agent_jobs(conn).await)
             }
 
             async fn revoke_agent(&self, id: i64) -> crate::error::Result<bool> {

@@ -360,6 +360,8 @@ pub struct NewAgent {
     pub projects: Option<Vec<i64>>,
     /// It takes only jobs of pipelines whose ref is protected.
     pub protected_only: bool,
+    /// The agent protocol version it speaks (`gantry_api::agent::PROTOCOL`).
+    pub protocol: i64,
 }
 
 /// A registered agent.
@@ -387,6 +389,26 @@ pub struct AgentRecord {
     pub projects: Option<Vec<i64>>,
     /// See [`NewAgent`].
     pub protected_only: bool,
+    /// The protocol version it last said it speaks (at registration or in a job request); `None`
+    /// for an agent registered before the store recorded it that has not asked since.
+    pub protocol: Option<i64>,
+}
+
+/// A job running on an agent: what [`crate::Store::agent_jobs`] reads, for the agents list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentJobRecord {
+    /// The agent holding the job's lease.
+    pub agent_id: i64,
+    /// The job's id.
+    pub job_id: i64,
+    /// The job's name.
+    pub name: String,
+    /// Its pipeline.
+    pub pipeline_id: i64,
+    /// Its project's name.
+    pub project_name: String,
+    /// When the agent claimed it.
+    pub claimed_at: Millis,
 }
 
 impl AgentRecord {

@@ -22,7 +22,7 @@ pub(crate) const DELIVERY_COLS: &str = "id, project_id, forge, delivery_id, even
 
 /// The columns of `agents` that `Sql::agent_row` reads.
 pub(crate) const AGENT_COLS: &str = "id, name, tags, run_untagged, executor, concurrency, version, \
-     registered_at, last_seen_at, projects, protected_only";
+     registered_at, last_seen_at, projects, protected_only, protocol";
 
 /// The columns of `project_tokens` (aliased `t`, joined with `projects` as `pr`) that
 /// `Sql::project_token_row` reads.

@@ -801,6 +801,7 @@ mod tests {
                 registered_at: 1,
                 projects: None,
                 protected_only: false,
+                protocol: 3,
             })
             .await
             .unwrap();

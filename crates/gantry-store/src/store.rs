@@ -6,10 +6,11 @@ use gantry_api::DeliveryStatus;
 
 use crate::error::{Result, StoreError};
 use crate::records::{
-    ARTIFACT_CHUNK, AgentRecord, ArtifactsInfo, Changes, CoveragePoint, DeliveryRecord,
-    DeploymentRecord, EnvironmentRecord, JobRecord, JobResult, Millis, NewAgent, NewDelivery,
-    NewDeployment, NewNotification, NewPipeline, NewProjectToken, NewReports, NotificationRecord,
-    Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord, ProjectTokenRecord, ReportsRecord,
+    ARTIFACT_CHUNK, AgentJobRecord, AgentRecord, ArtifactsInfo, Changes, CoveragePoint,
+    DeliveryRecord, DeploymentRecord, EnvironmentRecord, JobRecord, JobResult, Millis, NewAgent,
+    NewDelivery, NewDeployment, NewNotification, NewPipeline, NewProjectToken, NewReports,
+    NotificationRecord, Page, Paged, PipelineFilter, PipelineRecord, ProjectRecord,
+    ProjectTokenRecord, ReportsRecord,
 };
 
 /// The server's durable state. See the crate docs for the guarantees.
@@ -343,10 +344,13 @@ pub trait Store: Send + Sync + 'static {
     async fn register_agent(&self, agent: &NewAgent) -> Result<i64>;
     /// The agent whose token hashes to `token_hash`.
     async fn agent_by_token(&self, token_hash: &str) -> Result<Option<AgentRecord>>;
-    /// Records that the agent was heard from.
-    async fn touch_agent(&self, id: i64, now: Millis) -> Result<()>;
+    /// Records that the agent was heard from, and the protocol version it speaks if it said.
+    async fn touch_agent(&self, id: i64, now: Millis, protocol: Option<i64>) -> Result<()>;
     /// All agents, by id.
     async fn agents(&self) -> Result<Vec<AgentRecord>>;
+    /// The jobs running on every agent (`running`, leased to it), in one query: by agent, then
+    /// claim time.
+    async fn agent_jobs(&self) -> Result<Vec<AgentJobRecord>>;
     /// Revokes an agent: its row (and so its token) is gone, and the leases of its running jobs
     /// end now, so that the next [`Store::expire_leases`] fails them as a lost agent's. Answers
     /// whether there was such an agent.

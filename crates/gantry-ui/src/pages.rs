@@ -286,28 +286,40 @@ pub fn job(viewer: &Viewer, project: &str, j: &Job) -> Markup {
     )
 }
 
-/// The agents page.
+/// The agents page: each agent with its current jobs (live while any runs).
 #[must_use]
 pub fn agents(viewer: &Viewer, list: &[Agent]) -> Markup {
     page(
         "Agents",
         Some(viewer),
-        false,
+        list.iter().any(|a| !a.jobs.is_empty()),
         &html! {
             h1 { "Agents" }
             @if list.is_empty() { p { "No agent has registered." } }
             @else {
                 table {
-                    thead { tr { th { "Name" } th { "Status" } th { "Tags" } th { "Executor" } th { "Concurrency" } th { "Version" } th { "Last contact" } } }
+                    thead { tr { th { "Name" } th { "Status" } th { "Current jobs" } th { "Tags" } th { "Executor" } th { "Concurrency" } th { "Version" } th { "Protocol" } th { "Last contact" } } }
                     tbody {
                         @for a in list {
                             tr {
                                 td { (a.name) }
                                 td { (badge(if a.online { "online" } else { "offline" })) }
+                                td {
+                                    @if a.jobs.is_empty() { "idle" }
+                                    @for j in &a.jobs {
+                                        div {
+                                            a href={ "/jobs/" (j.id) } { (j.name) " #" (j.id) }
+                                            " of " (j.project) " "
+                                            a href={ "/pipelines/" (j.pipeline_id) } { "pipeline #" (j.pipeline_id) }
+                                            ", since " (time(&j.claimed_at))
+                                        }
+                                    }
+                                }
                                 td { @if a.tags.is_empty() { "untagged" } @else { (a.tags.join(", ")) } }
                                 td { (a.executor) }
                                 td { (a.concurrency) }
                                 td { (a.version) }
+                                td { @match a.protocol { Some(p) => (p), None => "unknown" } }
                                 td { @match &a.last_seen_at { Some(t) => (time(t)), None => "never" } }
                             }
                         }
@@ -508,6 +520,53 @@ mod tests {
         assert!(html.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"));
         assert!(html.contains("main&quot;&gt;&lt;script&gt;"));
         assert!(html.contains("href=\"/projects/%3Cp%3E\""));
+    }
+
+    #[test]
+    fn agents_show_their_jobs_as_links_or_idle() {
+        let agent = |name: &str, jobs: Vec<gantry_api::AgentJob>| Agent {
+            id: 1,
+            name: name.into(),
+            tags: vec![],
+            run_untagged: true,
+            executor: "shell".into(),
+            concurrency: 2,
+            version: "0.1.0".into(),
+            registered_at: "2026-01-01T00:00:00Z".into(),
+            last_seen_at: None,
+            online: true,
+            protocol: Some(3),
+            jobs,
+        };
+        let running = |id: i64, name: &str| gantry_api::AgentJob {
+            id,
+            name: name.into(),
+            pipeline_id: 7,
+            project: "<p>".into(),
+            claimed_at: "2026-01-01T00:00:05Z".into(),
+        };
+        let list = [
+            agent(
+                "busy",
+                vec![running(11, "<b>build</b>"), running(12, "test")],
+            ),
+            agent("rest", vec![]),
+        ];
+        let html = agents(&viewer(true), &list).into_string();
+        assert!(
+            html.contains("<a href=\"/jobs/11\">&lt;b&gt;build&lt;/b&gt; #11</a> of &lt;p&gt; "),
+            "{html}"
+        );
+        assert!(html.contains("<a href=\"/jobs/12\">test #12</a>"), "{html}");
+        assert!(
+            html.contains("<a href=\"/pipelines/7\">pipeline #7</a>"),
+            "{html}"
+        );
+        assert!(html.contains("<td>idle</td>"), "{html}");
+        assert!(html.contains("<td>3</td>"), "the protocol: {html}");
+        assert!(html.contains("data-live"), "it refreshes while jobs run");
+        let html = agents(&viewer(true), &list[1..]).into_string();
+        assert!(!html.contains("data-live"), "{html}");
     }
 
     #[test]

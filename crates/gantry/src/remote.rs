@@ -49,7 +49,8 @@ pub enum TokenCommand {
 /// `gantry agent`'s subcommands (without one, `gantry agent` runs an agent).
 #[derive(Subcommand)]
 pub enum AgentCommand {
-    /// Every agent: name, tags, whether it is online, last contact (`GET /api/v1/agents`).
+    /// Every agent: name, whether it is online, the jobs it runs, tags, last contact
+    /// (`GET /api/v1/agents`).
     List(Remote),
     /// Revoke an agent at once (`DELETE /api/v1/agents/{id}`): its next request gets 401 on every
     /// server, and its running jobs fail as a lost agent's.
@@ -106,6 +107,7 @@ fn agents(remote: &Remote) -> Result<()> {
             "ID",
             "NAME",
             "STATUS",
+            "JOBS",
             "TAGS",
             "EXECUTOR",
             "VERSION",
@@ -118,6 +120,7 @@ fn agents(remote: &Remote) -> Result<()> {
                         a.id.to_string(),
                         a.name,
                         if a.online { "online" } else { "offline" }.into(),
+                        jobs_cell(&a.jobs),
                         a.tags.join(","),
                         a.executor,
                         a.version,
@@ -127,6 +130,15 @@ fn agents(remote: &Remote) -> Result<()> {
                 .collect()
         },
     )
+}
+
+/// The ids of the jobs an agent runs, `-` when it is idle.
+fn jobs_cell(jobs: &[gantry_api::AgentJob]) -> String {
+    if jobs.is_empty() {
+        return "-".into();
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    ids.join(",")
 }
 
 /// `gantry project token create`'s options.

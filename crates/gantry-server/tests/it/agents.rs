@@ -80,6 +80,82 @@ async fn agent_id(app: &App, name: &str) -> i64 {
         .unwrap()
 }
 
+/// The admin's agent list shows each agent's running jobs (none once they finish) and the
+/// protocol version it said at registration, or in a later job request.
+async fn agents_show_their_jobs_and_protocol(b: Backend) {
+    let app = spawn(b).await;
+    let sha = app.commit(&[(".gitlab-ci.yml", CI)]);
+    app.project("demo", json!({})).await;
+    let (status, body) = app
+        .register_with(REGISTRATION, json!({"name": "busy", "protocol": 2}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let agent = Agent {
+        token: body["token"].as_str().unwrap().to_string(),
+    };
+    app.register("idle", &[]).await;
+    let listed = |list: &Value, name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let list = app.json("/api/v1/agents").await;
+    assert_eq!(listed(&list, "busy")["protocol"], 2, "{list}");
+    assert_eq!(listed(&list, "busy")["jobs"], json!([]), "{list}");
+    assert_eq!(listed(&list, "idle")["protocol"], 1, "{list}");
+
+    let pipeline = app.pipeline_of_push("demo", "main", &sha).await;
+    let r = send(
+        app.agent_call(
+            &agent,
+            Method::POST,
+            "/api/v1/agent/jobs/request?wait_ms=5000",
+        )
+        .json(&json!({"running": [], "protocol": 3})),
+        200,
+    )
+    .await;
+    let job: Value = r.json().await.unwrap();
+    let job_id = job["job_id"].as_i64().unwrap();
+    let list = app.json("/api/v1/agents").await;
+    let busy = listed(&list, "busy");
+    assert_eq!(busy["protocol"], 3, "the request said it: {list}");
+    let jobs = busy["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{list}");
+    assert_eq!(jobs[0]["id"], job_id);
+    assert_eq!(jobs[0]["name"], "build");
+    assert_eq!(jobs[0]["pipeline_id"], pipeline);
+    assert_eq!(jobs[0]["project"], "demo");
+    assert!(
+        jobs[0]["claimed_at"].as_str().unwrap().ends_with('Z'),
+        "{list}"
+    );
+    assert_eq!(listed(&list, "idle")["jobs"], json!([]), "{list}");
+
+    app.run_job(&agent, job_id, "hi\n", "success").await;
+    let list = app.json("/api/v1/agents").await;
+    assert_eq!(listed(&list, "busy")["jobs"], json!([]), "{list}");
+    // A request that does not say its protocol keeps the recorded one.
+    assert!(app.take(&agent, 0).await.is_none());
+    let list = app.json("/api/v1/agents").await;
+    assert_eq!(listed(&list, "busy")["protocol"], 3, "{list}");
+
+    // The OpenAPI document describes both.
+    let doc = app.json("/api/v1/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    let agent = &schemas["Agent"]["properties"];
+    assert_eq!(
+        agent["jobs"]["items"]["$ref"], "#/components/schemas/AgentJob",
+        "{agent}"
+    );
+    assert!(agent["protocol"].is_object(), "{agent}");
+    assert!(schemas["AgentJob"]["properties"]["claimed_at"].is_object());
+}
+both!(agents_show_their_jobs_and_protocol);
+
 /// A revoked agent gets `401` on every call, on this server and on another one sharing the store
 /// (which had already authenticated it), and its running job fails as a lost agent's at once.
 async fn revoked_agent_is_refused_everywhere(b: Backend) {

@@ -250,6 +250,7 @@ pub fn new_agent(name: &str, token_hash: &str) -> NewAgent {
         registered_at: 1_000,
         projects: None,
         protected_only: false,
+        protocol: 3,
     }
 }
 

@@ -9,8 +9,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use gantry_store::{
-    ARTIFACT_CHUNK, Changes, DeliveryStatus, JobChange, JobResult, JobStatus, NewProjectToken,
-    NewReports, PipelineFilter, PipelineRecord, PipelineStatus, Store, StoreError, connect,
+    ARTIFACT_CHUNK, AgentJobRecord, Changes, DeliveryStatus, JobChange, JobResult, JobStatus,
+    NewProjectToken, NewReports, PipelineFilter, PipelineRecord, PipelineStatus, Store, StoreError,
+    connect,
 };
 use harness::{Harness, agent, create, delivery, new_agent, page, project};
 use records::{job, pipeline};
@@ -75,6 +76,7 @@ store_tests!(
     stale_artifact_uploads_are_dropped,
     single_row_artifacts_survive_migration,
     agents_register_and_list,
+    agent_jobs_are_the_running_ones,
     queue_depth_counts_pending,
     reopened_store_keeps_everything,
     project_tokens_create_list_find_delete,
@@ -1835,19 +1837,76 @@ async fn agents_register_and_list(h: Harness) {
     assert_eq!(a.version, "0.1.0");
     assert_eq!(a.registered_at, 1_000);
     assert_eq!(a.last_seen_at, None);
+    assert_eq!(a.protocol, Some(3));
     let b = agent(s, "b", &[], true).await;
     assert!(s.agent_by_token("unknown").await.unwrap().is_none());
-    s.touch_agent(a.id, 5_000).await.unwrap();
+    s.touch_agent(a.id, 5_000, None).await.unwrap();
     let all = s.agents().await.unwrap();
     assert_eq!(all.iter().map(|x| x.id).collect::<Vec<_>>(), [a.id, b.id]);
     assert_eq!(all[0].last_seen_at, Some(5_000));
+    assert_eq!(
+        all[0].protocol,
+        Some(3),
+        "a touch without a protocol keeps it"
+    );
     assert_eq!(all[1], b);
+    // An agent upgraded since it registered says so in its next request.
+    s.touch_agent(a.id, 6_000, Some(4)).await.unwrap();
+    let a = s.agent_by_token("hash-of-a").await.unwrap().unwrap();
+    assert_eq!((a.last_seen_at, a.protocol), (Some(6_000), Some(4)));
     // A token hash belongs to one agent.
     let err = s
         .register_agent(&new_agent("c", "hash-of-a"))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+/// The agents' jobs are the running ones leased to them, read for every agent at once, each with
+/// its pipeline, project and claim time; a finished job is no longer one.
+async fn agent_jobs_are_the_running_ones(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let a = agent(s, "a", &[], true).await;
+    let b = agent(s, "b", &[], true).await;
+    assert_eq!(s.agent_jobs().await.unwrap(), []);
+    let id = create(
+        s,
+        p.id,
+        vec![
+            job("one", 0, 2_000),
+            job("two", 1, 2_000),
+            job("three", 2, 2_000),
+            job("queued", 3, 2_000),
+        ],
+    )
+    .await;
+    let one = s.claim(&a, 3_000, 90_000).await.unwrap().unwrap();
+    let two = s.claim(&b, 4_000, 90_000).await.unwrap().unwrap();
+    let three = s.claim(&a, 5_000, 90_000).await.unwrap().unwrap();
+    let running = |agent_id: i64, j: &gantry_store::JobRecord, claimed_at: i64| AgentJobRecord {
+        agent_id,
+        job_id: j.id,
+        name: j.name.clone(),
+        pipeline_id: id,
+        project_name: "p".to_owned(),
+        claimed_at,
+    };
+    assert_eq!(
+        s.agent_jobs().await.unwrap(),
+        [
+            running(a.id, &one, 3_000),
+            running(a.id, &three, 5_000),
+            running(b.id, &two, 4_000),
+        ]
+    );
+    s.finish(one.id, a.id, &done(JobStatus::Success, 6_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.agent_jobs().await.unwrap(),
+        [running(a.id, &three, 5_000), running(b.id, &two, 4_000)]
+    );
 }
 
 fn token(project_id: i64, name: &str, hash: &str, expires_at: Option<i64>) -> NewProjectToken {

@@ -289,8 +289,12 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     // Agents.
     let text = ok(&mut g(&["agent", "list"]));
     let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(row[1..3], ["a1", "online"], "{text}");
-    assert_eq!(json(&mut g(&["agent", "list"]))[0]["name"], "a1");
+    assert_eq!(row[1..4], ["a1", "online", "-"], "idle: {text}");
+    assert!(text.starts_with("ID  NAME  STATUS  JOBS  "), "{text}");
+    let list = json(&mut g(&["agent", "list"]));
+    assert_eq!(list[0]["name"], "a1");
+    assert_eq!(list[0]["jobs"], Value::Array(vec![]), "{list}");
+    assert_eq!(list[0]["protocol"], gantry_api::agent::PROTOCOL, "{list}");
 
     // Errors: an unknown id, a finished pipeline, a bad token, no server at all.
     fails(
@@ -412,6 +416,14 @@ fn job_log_follows_a_running_job_and_pipelines_cancel() {
         "the job has not written it yet"
     );
     assert!(follow.try_wait().unwrap().is_none(), "it follows the job");
+    // The agent lists the job it runs.
+    let text = ok(&mut g(&["agent", "list"]));
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[1..4], ["a1", "online", &job.to_string()], "{text}");
+    let list = json(&mut g(&["agent", "list"]));
+    assert_eq!(list[0]["jobs"][0]["id"], job, "{list}");
+    assert_eq!(list[0]["jobs"][0]["name"], "slow", "{list}");
+    assert_eq!(list[0]["jobs"][0]["project"], "follow", "{list}");
     std::fs::write(&release, "").unwrap();
     read_until(&rx, &mut seen, "second line\n");
     let status = wait_for("gantry job log to exit", || follow.try_wait().unwrap());
