@@ -10,8 +10,8 @@
 //! session's token, or for sign-in, of the random pre-session cookie that `GET /signin` sets (so
 //! that no other site can sign a browser into its own session); sign-in also refuses a browser's
 //! `Sec-Fetch-Site` other than same-origin and an `Origin` other than this server's. A `POST` of a
-//! token of scope `read` is refused by the handler it reaches (`Caller::can`). Pages are sent with a Content-Security-Policy that allows only the UI's own
-//! script.
+//! token of scope `read` is refused by the handler it reaches (`Caller::can`). Pages are sent with
+//! a Content-Security-Policy that allows only the UI's own script.
 
 use std::future::Future;
 
