@@ -213,6 +213,46 @@ pub struct Project {
     pub created_at: String,
 }
 
+/// What a project token may do on its project.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// It only reads: pipelines, jobs, logs, artifacts, reports, environments and the project.
+    Read,
+    /// It also triggers, cancels, retries and plays pipelines and jobs, approves a fork's
+    /// pipeline and rolls back environments (the default).
+    #[default]
+    Write,
+}
+
+impl TokenScope {
+    /// `read` or `write`, as the API spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenScope::Read => "read",
+            TokenScope::Write => "write",
+        }
+    }
+}
+
+impl std::fmt::Display for TokenScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TokenScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TokenScope, String> {
+        match s {
+            "read" => Ok(TokenScope::Read),
+            "write" => Ok(TokenScope::Write),
+            _ => Err(format!("scope `{s}`: want `read` or `write`")),
+        }
+    }
+}
+
 /// The body of `POST /api/v1/projects/{name}/tokens`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NewProjectToken {
@@ -222,10 +262,37 @@ pub struct NewProjectToken {
     /// (`2027-01-31`, meaning its start in UTC); in the future. Never, when absent.
     #[serde(default)]
     pub expires_at: Option<String>,
-    /// A token that only reads: it cannot trigger, cancel, retry or play pipelines and jobs, nor
-    /// approve a fork's pipeline (`false` when absent).
-    #[serde(default)]
-    pub read_only: bool,
+    /// What the token may do (`write` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<TokenScope>,
+    /// The older spelling of `scope`: `true` is `read`, `false` is `write`. A body that gives
+    /// both must give them alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(deprecated)]
+    pub read_only: Option<bool>,
+}
+
+impl NewProjectToken {
+    /// The scope the body asks for: `scope`, else `read_only`'s, else `write`.
+    ///
+    /// # Errors
+    /// When `scope` and `read_only` disagree.
+    pub fn resolved_scope(&self) -> Result<TokenScope, String> {
+        let alias = self.read_only.map(|r| {
+            if r {
+                TokenScope::Read
+            } else {
+                TokenScope::Write
+            }
+        });
+        match (self.scope, alias) {
+            (Some(s), Some(a)) if s != a => Err(format!(
+                "scope `{s}` and read_only `{}` disagree: give `scope` alone",
+                a == TokenScope::Read
+            )),
+            (s, a) => Ok(s.or(a).unwrap_or_default()),
+        }
+    }
 }
 
 /// A project token, as lists show it (without its secret).
@@ -239,7 +306,10 @@ pub struct ProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
-    /// Whether it only reads.
+    /// What it may do.
+    pub scope: TokenScope,
+    /// Whether `scope` is `read`: the older spelling, for older clients.
+    #[schema(deprecated)]
     pub read_only: bool,
 }
 
@@ -257,7 +327,10 @@ pub struct CreatedProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
-    /// Whether it only reads.
+    /// What it may do.
+    pub scope: TokenScope,
+    /// Whether `scope` is `read`: the older spelling, for older clients.
+    #[schema(deprecated)]
     pub read_only: bool,
 }
 
@@ -676,5 +749,44 @@ mod tests {
         assert_eq!(JobStatus::Scheduled.as_str(), "scheduled");
         assert_eq!(DeliveryStatus::Created.as_str(), "created");
         assert_eq!(PipelineStatus::parse("retrying"), None);
+    }
+
+    #[test]
+    fn a_new_token_s_scope_takes_the_older_read_only_as_an_alias() {
+        let body = |v: serde_json::Value| serde_json::from_value::<NewProjectToken>(v).unwrap();
+        let scope = |v| body(v).resolved_scope();
+        assert_eq!(
+            scope(serde_json::json!({"name": "a"})),
+            Ok(TokenScope::Write)
+        );
+        assert_eq!(
+            scope(serde_json::json!({"name": "a", "scope": "read"})),
+            Ok(TokenScope::Read)
+        );
+        assert_eq!(
+            scope(serde_json::json!({"name": "a", "read_only": true})),
+            Ok(TokenScope::Read)
+        );
+        assert_eq!(
+            scope(serde_json::json!({"name": "a", "read_only": false, "scope": "write"})),
+            Ok(TokenScope::Write)
+        );
+        assert_eq!(
+            scope(serde_json::json!({"name": "a", "read_only": true, "scope": "write"})),
+            Err("scope `write` and read_only `true` disagree: give `scope` alone".to_string())
+        );
+        assert!(
+            scope(serde_json::json!({"name": "a", "read_only": false, "scope": "read"})).is_err()
+        );
+        assert!(
+            serde_json::from_value::<NewProjectToken>(
+                serde_json::json!({"name": "a", "scope": "admin"})
+            )
+            .is_err()
+        );
+        for s in [TokenScope::Read, TokenScope::Write] {
+            assert_eq!(s.as_str().parse::<TokenScope>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 }

@@ -15,13 +15,15 @@ use crate::state::AppState;
 
 /// `POST /api/v1/pipelines/{id}/cancel`.
 #[utoipa::path(post, path = "/api/v1/pipelines/{id}/cancel", tag = "pipelines", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "Canceled", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline is over and no rollback runs in it", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Canceled", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or one of scope `read`", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline is over and no rollback runs in it", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn cancel_pipeline(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Pipeline>> {
-    caller.changes_pipeline(&state, id).await?;
+    caller
+        .changes_pipeline(&state, id, "cancel a pipeline")
+        .await?;
     // A pipeline that is over has nothing to cancel, unless a rollback's attempt runs in it.
     let op = |p: &PipelineRecord, now| {
         let step = advance::cancel(p, now);
@@ -37,13 +39,13 @@ pub(crate) async fn cancel_pipeline(
 
 /// `POST /api/v1/jobs/{id}/retry`: answers the new attempt.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path, description = "The id")),
-    responses((status = 201, description = "The new attempt", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job cannot be retried", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 201, description = "The new attempt", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or one of scope `read`", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job cannot be retried", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn retry_job(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<(StatusCode, Json<gantry_api::Job>)> {
-    caller.changes_job(&state, id).await?;
+    caller.changes_job(&state, id, "retry a job").await?;
     let job = crate::views::load_job(&state, id).await?;
     let op = move |p: &PipelineRecord, now| advance::retry(p, id, now);
     drive(&state, job.pipeline_id, Some(&op)).await?;
@@ -61,13 +63,13 @@ pub(crate) async fn retry_job(
 
 /// `POST /api/v1/jobs/{id}/play`.
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/play", tag = "jobs", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "Queued", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job is not manual", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Queued", body = Job), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or one of scope `read`", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The job is not manual", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn play_job(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Job>> {
-    caller.changes_job(&state, id).await?;
+    caller.changes_job(&state, id, "play a job").await?;
     let job = crate::views::load_job(&state, id).await?;
     let op = move |p: &PipelineRecord, now| advance::play(p, id, now);
     drive(&state, job.pipeline_id, Some(&op)).await?;
@@ -79,13 +81,15 @@ pub(crate) async fn play_job(
 /// project's (unprotected) variables and `CI_JOB_TOKEN`, and runs. The admin token or a project
 /// token of the pipeline's project; a job's `CI_JOB_TOKEN` is no API token and cannot.
 #[utoipa::path(post, path = "/api/v1/pipelines/{id}/approve", tag = "pipelines", params(("id" = i64, Path, description = "The id")),
-    responses((status = 200, description = "Approved: it runs with the project's variables", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline does not wait for an approval", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 200, description = "Approved: it runs with the project's variables", body = Pipeline), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or one of scope `read`", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 409, description = "The pipeline does not wait for an approval", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn approve_pipeline(
     State(state): State<AppState>,
     caller: Caller,
     PathParam(id): PathParam<i64>,
 ) -> AppResult<Json<gantry_api::Pipeline>> {
-    caller.changes_pipeline(&state, id).await?;
+    caller
+        .changes_pipeline(&state, id, "approve a fork's pipeline")
+        .await?;
     let by = match &caller {
         Caller::Admin => "admin".to_string(),
         Caller::Project(t) => format!("token {}", t.id),

@@ -326,7 +326,7 @@ webhook!(
 /// `POST /api/v1/projects/{name}/pipelines`: a pipeline for a ref's head, stored as a delivery of
 /// forge `api` so that it goes the same durable way as a webhook.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/pipelines", tag = "pipelines", params(("name" = String, Path, description = "The project's name")), request_body = TriggerPipeline,
-    responses((status = 202, description = "Stored; the pipeline is created afterwards (see the deliveries)", body = DeliveryAccepted), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 202, description = "Stored; the pipeline is created afterwards (see the deliveries)", body = DeliveryAccepted), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or one of scope `read`", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn trigger_pipeline(
     State(state): State<AppState>,
     caller: Caller,
@@ -335,7 +335,7 @@ pub(crate) async fn trigger_pipeline(
     JsonBody(body): JsonBody<TriggerPipeline>,
 ) -> AppResult<Response> {
     caller.project(&name)?;
-    caller.writes()?;
+    caller.can("trigger a pipeline")?;
     state.intake.arrived();
     let project = state.project(&name).await?;
     let git_ref = body

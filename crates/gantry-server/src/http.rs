@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
+use gantry_api::TokenScope;
 use gantry_store::{AgentRecord, ProjectTokenRecord};
 use serde::de::DeserializeOwned;
 use sha2::{Digest as _, Sha256};
@@ -149,14 +150,28 @@ impl Caller {
         }
     }
 
-    /// Refuses a read-only project token (`403`): for routes that change something.
-    pub fn writes(&self) -> AppResult<()> {
+    /// Refuses a project token of scope `read` (`403`, saying that it cannot `what`): for routes
+    /// that change something.
+    pub fn can(&self, what: &str) -> AppResult<()> {
         match self {
-            Caller::Project(t) if t.read_only => Err(AppError::new(
+            Caller::Project(t) if scope_of(t) == TokenScope::Read => Err(AppError::new(
                 StatusCode::FORBIDDEN,
-                "a read-only project token cannot change anything",
+                format!("this token's scope is read: it cannot {what}"),
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// [`Caller::can`] for a change this says nothing more about.
+    pub fn writes(&self) -> AppResult<()> {
+        self.can("change anything")
+    }
+
+    /// The scope of a project token; the admin has none.
+    pub fn scope(&self) -> Option<TokenScope> {
+        match self {
+            Caller::Admin => None,
+            Caller::Project(t) => Some(scope_of(t)),
         }
     }
 
@@ -188,16 +203,16 @@ impl Caller {
         }
     }
 
-    /// [`Caller::pipeline`], then [`Caller::writes`]: for routes that change pipeline `id`.
-    pub async fn changes_pipeline(&self, state: &AppState, id: i64) -> AppResult<()> {
+    /// [`Caller::pipeline`], then [`Caller::can`] `what`: for routes that change pipeline `id`.
+    pub async fn changes_pipeline(&self, state: &AppState, id: i64, what: &str) -> AppResult<()> {
         self.pipeline(state, id).await?;
-        self.writes()
+        self.can(what)
     }
 
-    /// [`Caller::job`], then [`Caller::writes`]: for routes that change job `id`.
-    pub async fn changes_job(&self, state: &AppState, id: i64) -> AppResult<()> {
+    /// [`Caller::job`], then [`Caller::can`] `what`: for routes that change job `id`.
+    pub async fn changes_job(&self, state: &AppState, id: i64, what: &str) -> AppResult<()> {
         self.job(state, id).await?;
-        self.writes()
+        self.can(what)
     }
 }
 
@@ -250,6 +265,15 @@ impl FromRequestParts<AppState> for Admin {
                 "this needs the admin token; a project token cannot do it",
             )),
         }
+    }
+}
+
+/// A stored project token's scope (the store keeps `read` as `read_only`).
+pub(crate) fn scope_of(t: &ProjectTokenRecord) -> TokenScope {
+    if t.read_only {
+        TokenScope::Read
+    } else {
+        TokenScope::Write
     }
 }
 

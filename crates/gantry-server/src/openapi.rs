@@ -31,7 +31,7 @@ impl utoipa::Modify for Security {
 Authentication: `Authorization: Bearer TOKEN` or `PRIVATE-TOKEN: TOKEN`. The admin token may do everything. \
 A project token (`gpt_…`, made with `POST /api/v1/projects/{name}/tokens`) may trigger pipelines and read, \
 cancel, retry and play its own project's pipelines, deliveries, jobs, logs and artifacts, roll back its \
-environments, and read the project (a read-only token only reads); \
+environments, and read the project (a token of scope `read` only reads); \
 anything else answers `403` (also for things of other projects that do not exist). Agents use their agent \
 token on `/api/v1/agent`. Missing, unknown, revoked or expired tokens answer `401`."),
     paths(

@@ -37,7 +37,7 @@ use crate::state::AppState;
 #[utoipa::path(post, path = "/api/v1/projects/{name}/environments/{env}/rollback", tag = "deployments",
     params(("name" = String, Path, description = "The project's name"), ("env" = String, Path, description = "The environment's name (`/` written `%2F`)")),
     request_body(content = Option<RollbackRequest>, description = "The deployment to re-deploy; by default the last one that succeeded before the newest"),
-    responses((status = 201, description = "The rollback started", body = Rollback), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or a read-only one", body = ErrorBody), (status = 404, description = "No such project or environment", body = ErrorBody), (status = 409, description = "The newest deployment still runs, there is no earlier success, or `to` is not a success of the environment", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 201, description = "The rollback started", body = Rollback), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token of another project, or one of scope `read`", body = ErrorBody), (status = 404, description = "No such project or environment", body = ErrorBody), (status = 409, description = "The newest deployment still runs, there is no earlier success, or `to` is not a success of the environment", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
@@ -45,7 +45,7 @@ pub(crate) async fn rollback(
     RawBody(body): RawBody,
 ) -> AppResult<(StatusCode, Json<Rollback>)> {
     caller.project(&name)?;
-    caller.writes()?;
+    caller.can("roll back an environment")?;
     let asked = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackRequest::default()
     } else {

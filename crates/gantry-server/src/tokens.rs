@@ -1,8 +1,11 @@
 //! Project tokens: `POST`, `GET /api/v1/projects/{name}/tokens` and
 //! `DELETE /api/v1/projects/{name}/tokens/{id}`, for the admin only.
 //!
-//! A project token acts on its own project: it triggers pipelines and reads, cancels, retries and
-//! plays the project's pipelines, deliveries, jobs, logs and artifacts ([`crate::http::Caller`]).
+//! A project token acts on its own project ([`crate::http::Caller`]): with scope `write` (the
+//! default) it triggers pipelines and reads, cancels, retries and plays the project's pipelines,
+//! deliveries, jobs, logs and artifacts, and rolls back its environments; with scope `read` it only
+//! reads. The older `read_only: true` on create is taken as `scope: read`; the store keeps the
+//! scope as that boolean.
 //! Its secret is `gpt_` and 32 random bytes from the OS in hex; it is answered once, when the token is
 //! created, and the store keeps only its SHA-256. Revoking deletes it.
 //!
@@ -13,11 +16,11 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use gantry_api::agent::RegistrationToken;
-use gantry_api::{CreatedProjectToken, ErrorBody, NewProjectToken, ProjectToken};
+use gantry_api::{CreatedProjectToken, ErrorBody, NewProjectToken, ProjectToken, TokenScope};
 use gantry_store::ProjectTokenRecord;
 
 use crate::error::{AppError, AppResult};
-use crate::http::{Admin, JsonBody, PROJECT_TOKEN_PREFIX, PathParam, token_hash};
+use crate::http::{Admin, JsonBody, PROJECT_TOKEN_PREFIX, PathParam, scope_of, token_hash};
 use crate::state::AppState;
 
 fn api(t: &ProjectTokenRecord) -> ProjectToken {
@@ -26,6 +29,7 @@ fn api(t: &ProjectTokenRecord) -> ProjectToken {
         name: t.name.clone(),
         created_at: crate::rfc3339(t.created_at),
         expires_at: t.expires_at.map(crate::rfc3339),
+        scope: scope_of(t),
         read_only: t.read_only,
     }
 }
@@ -33,7 +37,7 @@ fn api(t: &ProjectTokenRecord) -> ProjectToken {
 /// `POST /api/v1/projects/{name}/tokens`: answers the secret, once.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/tokens", tag = "projects",
     params(("name" = String, Path, description = "The project's name")), request_body = NewProjectToken,
-    responses((status = 201, description = "Created; `token` is the secret, shown this once", body = CreatedProjectToken), (status = 400, description = "Invalid path, query or body", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token cannot manage tokens", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
+    responses((status = 201, description = "Created; `token` is the secret, shown this once", body = CreatedProjectToken), (status = 400, description = "Invalid path, query or body, or `scope` and `read_only` that disagree", body = ErrorBody), (status = 401, description = "Missing or wrong token", body = ErrorBody), (status = 403, description = "A project token cannot manage tokens", body = ErrorBody), (status = 404, description = "Not found", body = ErrorBody), (status = 413, description = "The body is over the limit", body = ErrorBody), (status = 500, description = "Internal error", body = ErrorBody)), security(("bearer" = []), ("private_token" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     _: Admin,
@@ -50,6 +54,7 @@ pub(crate) async fn create(
             "name: 1 to 100 characters, no control characters",
         ));
     }
+    let scope = body.resolved_scope().map_err(AppError::bad_request)?;
     let now = crate::now_ms();
     let expires_at = match body.expires_at.as_deref() {
         None => None,
@@ -76,7 +81,7 @@ pub(crate) async fn create(
             token_hash: token_hash(&secret),
             created_at: now,
             expires_at,
-            read_only: body.read_only,
+            read_only: scope == TokenScope::Read,
         })
         .await?;
     tracing::info!(project = %name, token = record.id, "project token created");
@@ -89,6 +94,7 @@ pub(crate) async fn create(
             token: secret,
             created_at: t.created_at,
             expires_at: t.expires_at,
+            scope: t.scope,
             read_only: t.read_only,
         }),
     ))

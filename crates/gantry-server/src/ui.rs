@@ -6,10 +6,12 @@
 //! `views`, so a page can see and do exactly what its token can through the API.
 //!
 //! *Must hold:* the session cookie is `HttpOnly`, `SameSite=Strict` and `Secure` over https; every
-//! `POST` but sign-in carries `csrf`, an HMAC of the session's token under the admin token, checked
-//! before anything happens; a read-only token's `POST` is refused by the handler it reaches
-//! (`Caller::writes`). Pages are sent with a Content-Security-Policy that allows only the UI's own
-//! script.
+//! `POST` carries `csrf`, an HMAC under the admin token, checked before anything happens: of the
+//! session's token, or for sign-in, of the random pre-session cookie that `GET /signin` sets (so
+//! that no other site can sign a browser into its own session); sign-in also refuses a browser's
+//! `Sec-Fetch-Site` other than same-origin and an `Origin` other than this server's. A `POST` of a
+//! token of scope `read` is refused by the handler it reaches (`Caller::can`). Pages are sent with
+//! a Content-Security-Policy that allows only the UI's own script.
 
 use std::future::Future;
 
@@ -32,6 +34,17 @@ use crate::views::{delivery_api, job_api, load_job, pipeline_api};
 /// The session cookie: the token itself, percent-encoded.
 const COOKIE: &str = "gantry_session";
 
+/// The pre-session cookie of the sign-in form: random, for `/signin` only.
+const PRESESSION: &str = "gantry_signin";
+
+/// How long a sign-in form stays good, in seconds.
+const PRESESSION_AGE: u32 = 1800;
+
+/// What the MAC of a session's CSRF token and of a sign-in form start with, so that neither is
+/// the other.
+const SESSION_MAC: &[u8] = b"gantry-ui-csrf\n";
+const SIGNIN_MAC: &[u8] = b"gantry-ui-signin\n";
+
 /// How much of a log one chunk of the log view renders, in bytes.
 const LOG_CHUNK: i64 = 256 * 1024;
 
@@ -44,7 +57,7 @@ pub(crate) struct Session {
 impl FromRequestParts<AppState> for Session {
     type Rejection = Response;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Session, Response> {
-        let Some(token) = cookie(&parts.headers) else {
+        let Some(token) = cookie(&parts.headers, COOKIE) else {
             return Err(see_other("/signin"));
         };
         match Caller::of_token(state, &token).await {
@@ -54,8 +67,9 @@ impl FromRequestParts<AppState> for Session {
                         Caller::Admin => "admin".to_string(),
                         Caller::Project(t) => format!("{} ({})", t.name, t.project_name),
                     },
-                    csrf: csrf(state, &token),
+                    csrf: mac(state, SESSION_MAC, &token),
                     can_write: caller.writes().is_ok(),
+                    scope: caller.scope(),
                     admin: matches!(caller, Caller::Admin),
                 };
                 Ok(Session { caller, viewer })
@@ -71,14 +85,14 @@ impl FromRequestParts<AppState> for Session {
     }
 }
 
-/// The session token from the `Cookie` header.
-fn cookie(headers: &HeaderMap) -> Option<String> {
+/// Cookie `name` from the `Cookie` header.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|c| c.trim().strip_prefix(name)?.strip_prefix('='))
         .filter(|v| !v.is_empty())
         .map(|v| {
             percent_encoding::percent_decode_str(v)
@@ -87,13 +101,14 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         })
 }
 
-/// The CSRF token of a session: HMAC-SHA256 of its token under the admin token, hex.
-fn csrf(state: &AppState, token: &str) -> String {
+/// A form's CSRF token: HMAC-SHA256 of `label` and `value` (a session's token, or a
+/// pre-session) under the admin token, hex.
+fn mac(state: &AppState, label: &[u8], value: &str) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(state.config.admin_token.0.as_bytes()) else {
         return String::new();
     };
-    mac.update(b"gantry-ui-csrf\n");
-    mac.update(token.as_bytes());
+    mac.update(label);
+    mac.update(value.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
@@ -201,44 +216,119 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
     resp
 }
 
-/// `GET /signin`.
-pub(crate) async fn signin_page() -> Response {
-    html(StatusCode::OK, &gantry_ui::signin(None))
+/// `GET /signin`: the form, with a new pre-session.
+pub(crate) async fn signin_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    signin_form(&state, &headers, StatusCode::OK, None)
 }
 
-/// `POST /signin`: a known token becomes the session cookie.
+/// The sign-in page with a new pre-session: its cookie, and its MAC in the form.
+fn signin_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    status: StatusCode,
+    error: Option<&str>,
+) -> Response {
+    let pre = crate::random_token();
+    let mut resp = html(
+        status,
+        &gantry_ui::signin(error, &mac(state, SIGNIN_MAC, &pre)),
+    );
+    set_cookie(
+        &mut resp,
+        &format!(
+            "{PRESESSION}={pre}; Path=/signin; Max-Age={PRESESSION_AGE}; HttpOnly; SameSite=Strict{}",
+            secure(state, headers)
+        ),
+    );
+    resp
+}
+
+/// `; Secure` when the browser reaches the server over https.
+fn secure(state: &AppState, headers: &HeaderMap) -> &'static str {
+    let https = state
+        .config
+        .external_url
+        .as_deref()
+        .is_some_and(|u| u.starts_with("https:"))
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    if https { "; Secure" } else { "" }
+}
+
+/// Whether a sign-in form was posted by this site's own sign-in page: its `csrf` is the MAC of
+/// the pre-session cookie, and the browser's `Sec-Fetch-Site` and `Origin`, when it sends them,
+/// say the same origin (the `Host`, or the external URL's).
+fn signin_from_here(state: &AppState, headers: &HeaderMap, body: &[u8]) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("sec-fetch-site").is_some_and(|site| !matches!(site, "same-origin" | "none")) {
+        return false;
+    }
+    if let Some(origin) = header("origin") {
+        let authority = |url: &str| {
+            url.split_once("://")
+                .map(|(_, rest)| rest.split('/').next().unwrap_or(rest).to_owned())
+        };
+        let external = state.config.external_url.as_deref().and_then(authority);
+        let ours = |a: &str| {
+            header("host").is_some_and(|h| h.eq_ignore_ascii_case(a))
+                || external
+                    .as_deref()
+                    .is_some_and(|e| e.eq_ignore_ascii_case(a))
+        };
+        if !authority(origin).is_some_and(|a| ours(&a)) {
+            return false;
+        }
+    }
+    match (cookie(headers, PRESESSION), form_field(body, "csrf")) {
+        (Some(pre), Some(sent)) => same(&sent, &mac(state, SIGNIN_MAC, &pre)),
+        _ => false,
+    }
+}
+
+/// `POST /signin`: a known token, sent by this site's sign-in form, becomes the session cookie.
 pub(crate) async fn signin(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
+    if !signin_from_here(&state, &headers, &body) {
+        return signin_form(
+            &state,
+            &headers,
+            StatusCode::FORBIDDEN,
+            Some(
+                "This sign-in form is out of date or not from this site: reload the page and sign in again",
+            ),
+        );
+    }
     let token = form_field(&body, "token").unwrap_or_default();
     let token = token.trim();
     match Caller::of_token(&state, token).await {
         Ok(_) => {
-            let https = state
-                .config
-                .external_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("https:"))
-                || headers
-                    .get("x-forwarded-proto")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+            let secure = secure(&state, &headers);
             let mut resp = see_other("/");
             set_cookie(
                 &mut resp,
                 &format!(
-                    "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}",
+                    "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{secure}",
                     gantry_ui::enc(token),
-                    if https { "; Secure" } else { "" }
+                ),
+            );
+            set_cookie(
+                &mut resp,
+                &format!(
+                    "{PRESESSION}=; Path=/signin; Max-Age=0; HttpOnly; SameSite=Strict{secure}"
                 ),
             );
             resp
         }
-        Err(e) if e.status == StatusCode::UNAUTHORIZED => html(
+        Err(e) if e.status == StatusCode::UNAUTHORIZED => signin_form(
+            &state,
+            &headers,
             StatusCode::UNAUTHORIZED,
-            &gantry_ui::signin(Some("This token is not known to the server")),
+            Some("This token is not known to the server"),
         ),
         Err(e) => fail(None, e),
     }
@@ -525,7 +615,7 @@ pub(crate) async fn rollback_confirm(
 ) -> Response {
     let r = async {
         s.caller.project(&name)?;
-        s.caller.writes()?;
+        s.caller.can("roll back an environment")?;
         let to =
             q.to.ok_or_else(|| AppError::bad_request("which deployment to roll back to (`to`)"))?;
         let project = state.project(&name).await?;
@@ -880,10 +970,10 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("a=1; gantry_session=gpt_x%3By; b=2"),
         );
-        assert_eq!(cookie(&h).as_deref(), Some("gpt_x;y"));
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("gpt_x;y"));
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_static("gantry_session="));
-        assert_eq!(cookie(&h), None);
+        assert_eq!(cookie(&h, COOKIE), None);
         assert_eq!(
             form_field(b"token=a%2Bb+c&csrf=z", "token").as_deref(),
             Some("a+b c")

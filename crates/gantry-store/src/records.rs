@@ -451,7 +451,8 @@ pub struct NewProjectToken {
     pub created_at: Millis,
     /// It is refused from this time on; `None`: never expires.
     pub expires_at: Option<Millis>,
-    /// It reads and changes nothing.
+    /// It reads and changes nothing: the API's scope `read` (`false`: `write`). Two scopes fit
+    /// this column, so the scopes needed no migration.
     pub read_only: bool,
 }
 

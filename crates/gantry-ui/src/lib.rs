@@ -15,7 +15,7 @@ pub mod log;
 mod pages;
 mod text;
 
-use gantry_api::{JobStatus, PipelineStatus};
+use gantry_api::{JobStatus, PipelineStatus, TokenScope};
 pub use maud::Markup;
 use maud::{DOCTYPE, html};
 use text::time;
@@ -40,8 +40,10 @@ pub struct Viewer {
     pub who: String,
     /// The token every form that changes something carries (`csrf`).
     pub csrf: String,
-    /// Whether cancel, retry and play are offered (not to a read-only token).
+    /// Whether cancel, retry and play are offered (not to a token of scope `read`).
     pub can_write: bool,
+    /// A project token's scope, shown beside the sign-out; the admin has none.
+    pub scope: Option<TokenScope>,
     /// Whether this is the admin (who sees the agents).
     pub admin: bool,
 }
@@ -67,7 +69,11 @@ fn page(title: &str, viewer: Option<&Viewer>, live: bool, body: &Markup) -> Mark
                         @if let Some(v) = viewer {
                             a href="/" { "Projects" }
                             @if v.admin { a href="/agents" { "Agents" } }
-                            span.who { "Signed in as " (v.who) @if !v.can_write { " (read only)" } }
+                            span.who {
+                                "Signed in as " (v.who)
+                                @if let Some(scope) = v.scope { " · scope " span.scope { (scope) } }
+                                @if !v.can_write { " (read only)" }
+                            }
                             form.inline method="post" action="/signout" {
                                 input type="hidden" name="csrf" value=(v.csrf);
                                 button type="submit" { "Sign out" }
@@ -164,8 +170,29 @@ mod tests {
             who: "admin".into(),
             csrf: "c5rf".into(),
             can_write,
+            scope: None,
             admin: true,
         }
+    }
+
+    #[test]
+    fn a_project_token_s_scope_is_shown_beside_the_sign_out() {
+        let v = Viewer {
+            who: "viewer (web)".into(),
+            csrf: "c5rf".into(),
+            can_write: false,
+            scope: Some(TokenScope::Read),
+            admin: false,
+        };
+        let html = page("t", Some(&v), false, &html! {}).into_string();
+        assert!(
+            html.contains(
+                "Signed in as viewer (web) · scope <span class=\"scope\">read</span> (read only)"
+            ),
+            "{html}"
+        );
+        let html = page("t", Some(&viewer(true)), false, &html! {}).into_string();
+        assert!(!html.contains("class=\"scope\""), "{html}");
     }
 
     /// A job for tests.

@@ -8,9 +8,9 @@ use crate::coverage::{CoverageTrend, trend};
 use crate::graph::{BOX_H, BOX_W, layout};
 use crate::{Viewer, action, badge, duration, enc, job_badge, page, pipeline_badge, time};
 
-/// The sign-in page; `error` says why the last attempt failed.
+/// The sign-in page; `error` says why the last attempt failed; `csrf` is the form's token.
 #[must_use]
-pub fn signin(error: Option<&str>) -> Markup {
+pub fn signin(error: Option<&str>, csrf: &str) -> Markup {
     page(
         "Sign in",
         None,
@@ -19,6 +19,7 @@ pub fn signin(error: Option<&str>) -> Markup {
             h1 { "Sign in" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             form.signin method="post" action="/signin" {
+                input type="hidden" name="csrf" value=(csrf);
                 label for="token" { "Token (the admin token or a project token)" }
                 input #token type="password" name="token" autocomplete="current-password" required autofocus;
                 button type="submit" { "Sign in" }

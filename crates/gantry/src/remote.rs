@@ -7,7 +7,7 @@ use std::io::Write as _;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
-use gantry_api::{CreatedProjectToken, NewProject, NewProjectToken, ProjectVariable};
+use gantry_api::{CreatedProjectToken, NewProject, NewProjectToken, ProjectVariable, TokenScope};
 
 use crate::client::{Client, Remote, ServerArgs, exit_code, print, print_json};
 use crate::cmd_project::{ProjectArgs, ScheduleCommand, VariableCommand};
@@ -37,10 +37,11 @@ pub enum ProjectCommand {
 pub enum TokenCommand {
     /// Create a project token and print its secret (shown this once; the server keeps a hash).
     ///
-    /// The token may trigger pipelines and read, cancel, retry and play the project's pipelines,
-    /// jobs, logs and artifacts; nothing of other projects.
+    /// With scope `write` (the default), the token may trigger pipelines, read, cancel, retry and
+    /// play the project's pipelines, jobs, logs and artifacts, and roll back its environments; with
+    /// scope `read` it only reads. Nothing of other projects.
     Create(TokenCreateArgs),
-    /// List a project's tokens as JSON (without secrets).
+    /// List a project's tokens (without secrets): id, name, scope, creation and expiry.
     List(TokenListArgs),
     /// Revoke a project token at once.
     Revoke(TokenRevokeArgs),
@@ -155,8 +156,12 @@ pub struct TokenCreateArgs {
     /// When it stops working: RFC 3339 (2027-01-31T12:00:00Z) or a date (2027-01-31).
     #[arg(long, value_name = "TIME")]
     expires_at: Option<String>,
-    /// A token that only reads: it cannot trigger, cancel, retry, play or approve.
-    #[arg(long)]
+    /// What the token may do: `write`, or `read` (it cannot trigger, cancel, retry, play,
+    /// approve or roll back).
+    #[arg(long, value_name = "SCOPE", value_parser = ["read", "write"], default_value = "write")]
+    scope: String,
+    /// The older spelling of `--scope read`.
+    #[arg(long, hide = true, conflicts_with = "scope")]
     read_only: bool,
 }
 
@@ -164,7 +169,7 @@ pub struct TokenCreateArgs {
 #[derive(Args)]
 pub struct TokenListArgs {
     #[command(flatten)]
-    server: ServerArgs,
+    remote: Remote,
     /// The project.
     #[arg(value_name = "PROJECT")]
     project: String,
@@ -236,11 +241,7 @@ pub fn main(command: ProjectCommand) -> Result<u8> {
         ProjectCommand::Variable(c) => crate::cmd_project::variable(&c),
         ProjectCommand::Schedule(c) => crate::cmd_project::schedule(&c),
         ProjectCommand::Token(TokenCommand::Create(args)) => token_create(args),
-        ProjectCommand::Token(TokenCommand::List(args)) => {
-            Client::new(&args.server).and_then(|c| {
-                print_json(&c.get(&format!("/api/v1/projects/{}/tokens", args.project))?)
-            })
-        }
+        ProjectCommand::Token(TokenCommand::List(args)) => token_list(&args),
         ProjectCommand::Token(TokenCommand::Revoke(args)) => {
             Client::new(&args.server).and_then(|c| {
                 c.delete(&format!(
@@ -254,12 +255,42 @@ pub fn main(command: ProjectCommand) -> Result<u8> {
     })
 }
 
+/// `gantry project token list`.
+fn token_list(args: &TokenListArgs) -> Result<()> {
+    let bytes = Client::new(&args.remote.server)?
+        .get(&format!("/api/v1/projects/{}/tokens", args.project))?;
+    print(
+        args.remote.output,
+        &bytes,
+        &["ID", "NAME", "SCOPE", "CREATED", "EXPIRES"],
+        |list: Vec<gantry_api::ProjectToken>| {
+            list.into_iter()
+                .map(|t| {
+                    vec![
+                        t.id.to_string(),
+                        t.name,
+                        t.scope.to_string(),
+                        t.created_at,
+                        t.expires_at.unwrap_or_else(|| "never".into()),
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
 /// `gantry project token create`: the secret alone on stdout (for `$(...)`), the rest on stderr.
 fn token_create(args: TokenCreateArgs) -> Result<()> {
+    let scope = if args.read_only {
+        TokenScope::Read
+    } else {
+        args.scope.parse().map_err(anyhow::Error::msg)?
+    };
     let body = serde_json::to_vec(&NewProjectToken {
         name: args.name,
         expires_at: args.expires_at,
-        read_only: args.read_only,
+        scope: Some(scope),
+        read_only: None,
     })?;
     let path = format!("/api/v1/projects/{}/tokens", args.project);
     let bytes = Client::new(&args.server)?.send(reqwest::Method::POST, &path, Some(body))?;
@@ -269,9 +300,10 @@ fn token_create(args: TokenCreateArgs) -> Result<()> {
     writeln!(out, "{}", created.token)?;
     out.flush()?;
     eprintln!(
-        "gantry: created token {} ({}) of project {}, {}; its secret is shown only this once",
+        "gantry: created token {} ({}, scope {}) of project {}, {}; its secret is shown only this once",
         created.id,
         created.name,
+        created.scope,
         args.project,
         created
             .expires_at

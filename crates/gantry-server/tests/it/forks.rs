@@ -325,7 +325,8 @@ async fn approved_fork_pipelines_run_with_secrets(b: Backend) {
     let (status, body) = approve(&app, id, &reader).await;
     assert_eq!(status, 403, "{body}");
     assert!(
-        body["error"].as_str().unwrap().contains("read-only"),
+        body["error"].as_str().unwrap()
+            == "this token's scope is read: it cannot approve a fork's pipeline",
         "{body}"
     );
     send(

@@ -552,3 +552,283 @@ async fn project_token_lifecycle(b: Backend) {
     );
 }
 both!(project_token_lifecycle);
+
+async fn a_token_of_scope_read_looks_and_changes_nothing(b: Backend) {
+    let app = spawn(b).await;
+    app.commit(&[(".gitlab-ci.yml", PIPELINE)]);
+    app.project("alpha", json!({})).await;
+
+    // The scope is given, defaults to `write`, and the older `read_only` still says `read`.
+    let reader = create_token(&app, "alpha", json!({"name": "viewer", "scope": "read"})).await;
+    assert_eq!(reader["scope"], "read", "{reader}");
+    assert_eq!(reader["read_only"], true, "{reader}");
+    let writer = create_token(&app, "alpha", json!({"name": "ci"})).await;
+    assert_eq!(writer["scope"], "write", "{writer}");
+    let old = create_token(&app, "alpha", json!({"name": "old", "read_only": true})).await;
+    assert_eq!(old["scope"], "read", "{old}");
+    let alike = json!({"name": "alike", "read_only": false, "scope": "write"});
+    assert_eq!(create_token(&app, "alpha", alike).await["scope"], "write");
+    let list = app.json("/api/v1/projects/alpha/tokens").await;
+    let scopes: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["scope"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            ("viewer", "read"),
+            ("ci", "write"),
+            ("old", "read"),
+            ("alike", "write")
+        ]
+    );
+    for (body, want) in [
+        (
+            json!({"name": "x", "scope": "write", "read_only": true}),
+            "scope `write` and read_only `true` disagree: give `scope` alone",
+        ),
+        (
+            json!({"name": "x", "scope": "read", "read_only": false}),
+            "scope `read` and read_only `false` disagree: give `scope` alone",
+        ),
+        (
+            json!({"name": "x", "scope": "admin"}),
+            "unknown variant `admin`, expected `read` or `write`",
+        ),
+    ] {
+        let msg = refused(
+            app.post("/api/v1/projects/alpha/tokens").json(&body),
+            400,
+            want,
+        )
+        .await;
+        assert!(msg.contains(want), "{msg}");
+    }
+
+    // It reads the pipeline, and every change is refused with what it cannot do.
+    let reader = reader["token"].as_str().unwrap().to_string();
+    let writer = writer["token"].as_str().unwrap().to_string();
+    let id = trigger(&app, "alpha", &writer).await;
+    let p = app.pipeline_status(id, "pending").await;
+    let (build, deploy) = (job_id(&p, "build"), job_id(&p, "deploy"));
+    send(
+        with_bearer(
+            &app,
+            Method::GET,
+            &format!("/api/v1/pipelines/{id}"),
+            &reader,
+        ),
+        200,
+    )
+    .await;
+    for (path, want) in [
+        (
+            format!("/api/v1/pipelines/{id}/cancel"),
+            "this token's scope is read: it cannot cancel a pipeline",
+        ),
+        (
+            format!("/api/v1/jobs/{build}/retry"),
+            "this token's scope is read: it cannot retry a job",
+        ),
+        (
+            format!("/api/v1/jobs/{deploy}/play"),
+            "this token's scope is read: it cannot play a job",
+        ),
+        (
+            "/api/v1/projects/alpha/environments/production/rollback".to_string(),
+            "this token's scope is read: it cannot roll back an environment",
+        ),
+        (
+            "/api/v1/projects/alpha/pipelines".to_string(),
+            "this token's scope is read: it cannot trigger a pipeline",
+        ),
+        (
+            "/api/v1/projects/alpha/variables".to_string(),
+            "this needs the admin token; a project token cannot do it",
+        ),
+    ] {
+        let msg = refused(
+            with_private(&app, Method::POST, &path, &reader).json(&json!({
+                "key": "K", "value": "v", "masked": false, "protected": false,
+                "environment_scope": "*"
+            })),
+            403,
+            &path,
+        )
+        .await;
+        assert_eq!(msg, want, "{path}");
+    }
+    assert_eq!(
+        app.json(&format!("/api/v1/pipelines/{id}")).await["status"],
+        "pending"
+    );
+    // The same pipeline, canceled by a token of scope `write`.
+    send(
+        with_private(
+            &app,
+            Method::POST,
+            &format!("/api/v1/pipelines/{id}/cancel"),
+            &writer,
+        ),
+        200,
+    )
+    .await;
+}
+both!(a_token_of_scope_read_looks_and_changes_nothing);
+
+#[tokio::test]
+async fn the_openapi_document_names_the_token_scope() {
+    let app = spawn(Backend::Sqlite).await;
+    let doc = app.json("/api/v1/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["TokenScope"]["enum"], json!(["read", "write"]));
+    for name in ["NewProjectToken", "ProjectToken", "CreatedProjectToken"] {
+        let props = &schemas[name]["properties"];
+        assert_eq!(props["read_only"]["deprecated"], true, "{name}: {props}");
+        let scope = props["scope"].to_string();
+        assert!(
+            scope.contains("#/components/schemas/TokenScope"),
+            "{name}: {scope}"
+        );
+    }
+    for name in ["ProjectToken", "CreatedProjectToken"] {
+        let required = schemas[name]["required"].as_array().unwrap();
+        assert!(required.contains(&json!("scope")), "{name}: {required:?}");
+    }
+}
+
+/// A client that follows no redirects, so that the answers of sign-in can be seen.
+fn browser_like() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The `Set-Cookie` headers of `r` that set `name`.
+fn set_cookies(r: &reqwest::Response, name: &str) -> Vec<String> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `GET /signin`: the pre-session cookie's `name=value` and the form's `csrf`.
+async fn signin_form(app: &App, client: &reqwest::Client) -> (String, String) {
+    let r = send(client.get(format!("{}/signin", app.url)), 200).await;
+    let cookies = set_cookies(&r, "gantry_signin");
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let cookie = &cookies[0];
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/signin", "Max-Age="] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let page = r.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no csrf in the form: {page}"));
+    (
+        cookie.split(';').next().unwrap().to_string(),
+        csrf.to_string(),
+    )
+}
+
+async fn sign_in_needs_the_site_s_own_form(b: Backend) {
+    let app = spawn(b).await;
+    app.commit(&[(".gitlab-ci.yml", PIPELINE)]);
+    app.project("alpha", json!({})).await;
+    let reader = create_token(&app, "alpha", json!({"name": "viewer", "scope": "read"})).await;
+    let reader = reader["token"].as_str().unwrap().to_string();
+    let client = browser_like();
+    let post = |cookie: Option<&str>, body: String| {
+        let mut req = client
+            .post(format!("{}/signin", app.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req
+    };
+    let (pre, csrf) = signin_form(&app, &client).await;
+    let (other_pre, other_csrf) = signin_form(&app, &client).await;
+    assert_ne!(pre, other_pre);
+    let body = |csrf: &str| format!("token={reader}&csrf={csrf}");
+
+    // Refused: no pre-session, no form token, another pre-session's form token, and a browser
+    // that says the form came from another site.
+    for (req, what) in [
+        (post(None, format!("token={reader}")), "nothing"),
+        (post(None, body(&csrf)), "no pre-session"),
+        (post(Some(&pre), format!("token={reader}")), "no form token"),
+        (post(Some(&pre), body(&other_csrf)), "another form's token"),
+        (post(Some(&other_pre), body(&csrf)), "another pre-session"),
+        (
+            post(Some(&pre), body(&csrf)).header("sec-fetch-site", "cross-site"),
+            "a cross-site form",
+        ),
+        (
+            post(Some(&pre), body(&csrf)).header("sec-fetch-site", "same-site"),
+            "a same-site form",
+        ),
+        (
+            post(Some(&pre), body(&csrf)).header("origin", "https://evil.example"),
+            "another origin",
+        ),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403, "{what}");
+        assert!(set_cookies(&r, "gantry_session").is_empty(), "{what}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains("reload the page"), "{what}: {page}");
+    }
+
+    // The site's own form signs in, from the same origin as a browser says it.
+    let origin = app.url.trim_end_matches('/').to_string();
+    let r = post(Some(&pre), body(&csrf))
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/");
+    let session = set_cookies(&r, "gantry_session");
+    assert_eq!(session.len(), 1, "{session:?}");
+    assert!(session[0].contains("HttpOnly") && session[0].contains("SameSite=Strict"));
+    let gone = set_cookies(&r, "gantry_signin");
+    assert!(gone.len() == 1 && gone[0].contains("Max-Age=0"), "{gone:?}");
+    // A wrong token with a good form is told so.
+    let r = post(
+        Some(&other_pre),
+        format!("token=gpt_nope&csrf={other_csrf}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("not known"));
+
+    // The session shows its token's scope beside the sign-out.
+    let page = send(
+        client
+            .get(format!("{}/", app.url))
+            .header("cookie", session[0].split(';').next().unwrap()),
+        200,
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        page.contains("scope <span class=\"scope\">read</span> (read only)"),
+        "{page}"
+    );
+}
+both!(sign_in_needs_the_site_s_own_form);

@@ -168,6 +168,41 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
         "403",
     );
 
+    // A token of scope `read` (and `--read-only`, its older spelling): the scope in the table and
+    // the JSON, and the server's reason when it tries a change.
+    let reader = ok(&mut g(&[
+        "project", "token", "create", "cli", "--name", "viewer", "--scope", "read",
+    ]));
+    ok(&mut g(&[
+        "project",
+        "token",
+        "create",
+        "cli",
+        "--name",
+        "old",
+        "--read-only",
+    ]));
+    let text = ok(&mut g(&["project", "token", "list", "cli"]));
+    let scope_of = |name: &str| {
+        let row = text.lines().find(|l| l.contains(name)).unwrap();
+        row.split_whitespace().nth(2).unwrap().to_string()
+    };
+    assert!(text.starts_with("ID  NAME"), "{text}");
+    assert_eq!(
+        [scope_of(" ci "), scope_of("viewer"), scope_of("old")],
+        ["write", "read", "read"],
+        "{text}"
+    );
+    let list = json(&mut g(&["project", "token", "list", "cli"]));
+    assert_eq!(list[1]["scope"], "read", "{list}");
+    fails(
+        &mut g(&[
+            "project", "token", "create", "cli", "--name", "x", "--scope", "admin",
+        ]),
+        2,
+        "invalid value 'admin'",
+    );
+
     // Schedules: add, list, delete; a bad one is refused with the server's message.
     let text = ok(&mut g(&[
         "project",
@@ -242,6 +277,11 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     let build = job_named(&p, "build").id;
     let flaky = job_named(&p, "flaky").id;
     let deploy = job_named(&p, "deploy").id;
+    fails(
+        &mut g(&["job", "play", &deploy.to_string(), "--token", reader.trim()]),
+        2,
+        "this token's scope is read: it cannot play a job",
+    );
     let text = ok(&mut g(&["pipeline", "show", &ids]));
     assert!(text.starts_with(&format!("pipeline {id}  ")), "{text}");
     assert!(text.contains("├─ build\n│  └─ build "), "{text}");

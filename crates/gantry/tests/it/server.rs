@@ -1164,7 +1164,7 @@ fn project_token_from_the_cli(store: Store) {
         assert!(e["error"].is_string(), "{e}");
     }
 
-    let out = cli(&["list", "tokened"]);
+    let out = cli(&["list", "tokened", "--output", "json"]);
     assert!(
         out.status.success(),
         "{}",
