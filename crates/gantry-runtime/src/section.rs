@@ -60,31 +60,71 @@ impl Part {
     }
 }
 
-/// Whether `line` is one of the runtime's own section markers (as [`Part::start_line`] and
-/// [`Part::end_line`] write them), not a job's output. A job that prints exactly such a line is
-/// taken for the runtime.
+/// A section marker line, the runtime's or a job's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Marker<'a> {
+    /// `section_start` (else `section_end`).
+    pub start: bool,
+    /// The time it gives (seconds since the Unix epoch).
+    pub time: u64,
+    /// The section's name.
+    pub name: &'a str,
+    /// What follows the marker: a start's header.
+    pub header: &'a str,
+}
+
+/// The section marker that `line` is, as GitLab reads them: after escape sequences only,
+/// `section_start:` or `section_end:`, the time, `:`, the name (`[A-Za-z0-9_.-]`), options in
+/// brackets (`[collapsed=true]`), then `\r\e[0K`.
+#[must_use]
+pub fn parse(line: &str) -> Option<Marker<'_>> {
+    let mut text = line;
+    while let Some(csi) = text.strip_prefix("\x1b[") {
+        let end = csi.find(|c: char| ('@'..='~').contains(&c))?;
+        text = &csi[end + 1..];
+    }
+    let (start, rest) = if let Some(r) = text.strip_prefix("section_start:") {
+        (true, r)
+    } else {
+        (false, text.strip_prefix("section_end:")?)
+    };
+    let (time, rest) = rest.split_once(':')?;
+    let time = time.parse().ok()?;
+    let name_end = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        .unwrap_or(rest.len());
+    let (name, mut rest) = rest.split_at(name_end);
+    if name.is_empty() {
+        return None;
+    }
+    if let Some(options) = rest.strip_prefix('[') {
+        rest = &options[options.find(']')? + 1..];
+    }
+    let header = rest.strip_prefix("\r\x1b[0K")?;
+    Some(Marker {
+        start,
+        time,
+        name,
+        header,
+    })
+}
+
+/// Whether `line` is one of the runtime's own section markers (exactly as [`Part::start_line`]
+/// and [`Part::end_line`] write them), not a job's output. A job that prints exactly such a line
+/// is taken for the runtime.
 #[must_use]
 pub fn is_own_marker(line: &str) -> bool {
-    let Some(rest) = line.strip_prefix("\x1b[0Ksection_") else {
+    let Some(m) = parse(line) else {
         return false;
     };
-    let (start, rest) = if let Some(r) = rest.strip_prefix("start:") {
-        (true, r)
-    } else if let Some(r) = rest.strip_prefix("end:") {
-        (false, r)
-    } else {
-        return false;
-    };
-    let Some((time, rest)) = rest.split_once(':') else {
-        return false;
-    };
-    if time.is_empty() || !time.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
-    }
     PARTS.iter().any(|p| {
-        rest.strip_prefix(p.name())
-            .and_then(|r| r.strip_prefix("\r\x1b[0K"))
-            .is_some_and(|r| r == if start { p.header() } else { "" })
+        p.name() == m.name
+            && line
+                == if m.start {
+                    p.start_line(m.time)
+                } else {
+                    p.end_line(m.time)
+                }
     })
 }
 
@@ -174,6 +214,37 @@ mod tests {
             "plain",
         ] {
             assert!(!is_own_marker(line), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn markers_are_parsed_as_gitlab_reads_them() {
+        assert_eq!(
+            parse("\x1b[0Ksection_start:17:my.sec-1[collapsed=true]\r\x1b[0K\x1b[1mHead"),
+            Some(Marker {
+                start: true,
+                time: 17,
+                name: "my.sec-1",
+                header: "\x1b[1mHead",
+            })
+        );
+        assert_eq!(
+            parse("section_end:18:mine\r\x1b[0K"),
+            Some(Marker {
+                start: false,
+                time: 18,
+                name: "mine",
+                header: "",
+            })
+        );
+        for line in [
+            "$ echo section_start:1:a\r\x1b[0K",
+            "section_start:1:a",
+            "section_start:x:a\r\x1b[0K",
+            "section_start:1:\r\x1b[0K",
+            "section_start:1:a[collapsed=true\r\x1b[0K",
+        ] {
+            assert_eq!(parse(line), None, "{line:?}");
         }
     }
 
