@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::executor::{Executor, JobContext, Session, Step, StepEvent, StepKind, StepOutcome};
 use crate::mask::Masker;
+use crate::section::{Part, Sections};
 use crate::summaries::{self, ReportKind};
 use crate::workspace::{Snapshot, View};
 use crate::{Event, JobResult, JobStatus, Reporter, RunConfig, artifacts, cache, files, verify};
@@ -525,19 +526,27 @@ async fn attempt<E: Executor>(
         verify::set_weight(&mut env, *first);
     }
     let timeout = job.timeout.unwrap_or(ctx.config.default_timeout);
+    let mut parts = Vec::with_capacity(2);
+    if !job.before_script.is_empty() {
+        parts.push((0, Part::BeforeScript));
+    }
+    parts.push((job.before_script.len(), Part::Script));
+    // Always echoed: the echoes say where the log's sections start (`RunConfig::echo` says
+    // whether they are reported).
     let mut step = Step {
         kind: StepKind::Script,
         commands,
         env,
         workdir: workspace.clone(),
         timeout: Some(timeout),
-        echo: ctx.config.echo,
+        echo: true,
     };
     let started = tokio::time::Instant::now();
     let outcome = run_step(
         ctx,
         &mut session,
         &step,
+        &parts,
         ctx.cancel.clone(),
         name,
         &mut coverage,
@@ -548,6 +557,7 @@ async fn attempt<E: Executor>(
     if let (Some(spec), JobStatus::Success) = (&job.verify, result.status) {
         let deploy = Deploy {
             name,
+            parts: &parts,
             spec,
             deadline: started + timeout,
             timeout,
@@ -584,11 +594,13 @@ async fn attempt<E: Executor>(
             env,
             workdir: workspace.clone(),
             timeout: Some(AFTER_SCRIPT_TIMEOUT),
-            echo: ctx.config.echo,
+            echo: true,
         };
+        let parts = [(0, Part::AfterScript)];
         // after_script runs even when the pipeline is canceled; only its own timeout stops it.
         let (_keep, never) = watch::channel(false);
-        match run_step(ctx, &mut session, &after, never, name, &mut coverage).await {
+        let coverage = &mut coverage;
+        match run_step(ctx, &mut session, &after, &parts, never, name, coverage).await {
             StepOutcome::Exited(0) => {}
             StepOutcome::Exited(code) => {
                 ctx.info(name, &format!("after_script failed with exit code {code}"))
@@ -663,6 +675,8 @@ async fn attempt<E: Executor>(
 /// A verified job's attempt, for [`verified_steps`].
 struct Deploy<'a> {
     name: &'a str,
+    /// The sections of its script step.
+    parts: &'a [(usize, Part)],
     spec: &'a gantry_pipeline::verify::Verify,
     /// When the job's timeout ends (counted from its script's start).
     deadline: tokio::time::Instant,
@@ -707,7 +721,8 @@ async fn verified_steps<E: Executor>(
                 name,
                 &format!("progressive step {} of {of}: weight {weight}", i + 1),
             );
-            let outcome = run_step(ctx, session, step, ctx.cancel.clone(), name, coverage).await;
+            let cancel = ctx.cancel.clone();
+            let outcome = run_step(ctx, session, step, deploy.parts, cancel, name, coverage).await;
             let result = script_attempt(ctx, name, outcome, deploy.timeout);
             if result.status != JobStatus::Success {
                 return Some(result);
@@ -804,25 +819,41 @@ fn script_attempt<E>(ctx: &Ctx<E>, name: &str, outcome: StepOutcome, timeout: Du
     }
 }
 
-/// Runs one step, forwarding its events (masked) to the reporter.
+/// Runs one step, forwarding its events (masked) to the reporter, with the log sections of its
+/// `parts` (each from the index of its first command; their markers are not masked: they are
+/// the runtime's, and a masked value must not break them).
 async fn run_step<S: Session>(
     ctx: &Ctx<impl Sized>,
     session: &mut S,
     step: &Step,
+    parts: &[(usize, Part)],
     cancel: watch::Receiver<bool>,
     job: &str,
     coverage: &mut Coverage,
 ) -> StepOutcome {
     let (tx, mut rx) = mpsc::channel(STEP_CHANNEL);
+    let mut sections = Sections::new(parts, &step.commands);
+    let section = |line: &str| {
+        ctx.reporter.event(Event::JobLog {
+            job,
+            stream: crate::Stream::Stdout,
+            line,
+        });
+    };
     let consume = async {
         while let Some(event) = rx.recv().await {
             match event {
                 StepEvent::Echo(command) => {
-                    let command = ctx.masker.mask(&command);
-                    ctx.reporter.event(Event::JobEcho {
-                        job,
-                        command: &command,
-                    });
+                    for line in sections.echoed(&command) {
+                        section(&line);
+                    }
+                    if ctx.config.echo {
+                        let command = ctx.masker.mask(&command);
+                        ctx.reporter.event(Event::JobEcho {
+                            job,
+                            command: &command,
+                        });
+                    }
                 }
                 StepEvent::Output(out) => {
                     coverage.scan(&out.line);
@@ -837,6 +868,10 @@ async fn run_step<S: Session>(
         }
     };
     let (outcome, ()) = tokio::join!(session.run_step(step, tx, cancel), consume);
+    // However the step ended (a failed command, its timeout, a cancel): its last section ends.
+    if let Some(line) = sections.close() {
+        section(&line);
+    }
     outcome
 }
 

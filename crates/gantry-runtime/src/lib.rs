@@ -57,6 +57,7 @@ pub mod executor;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod script;
+pub mod section;
 
 mod artifacts;
 mod cache;
@@ -102,7 +103,8 @@ pub struct RunConfig {
     pub selected: Vec<bool>,
     /// The manual jobs to run (`--manual JOB`); other manual jobs end as [`JobStatus::Manual`].
     pub play_manual: Vec<String>,
-    /// Echo each command before it runs ([`Event::JobEcho`]).
+    /// Report each command before it runs ([`Event::JobEcho`]). Commands are echoed to the
+    /// runtime either way: the echoes start the log's sections ([`section`]).
     pub echo: bool,
     /// The timeout of jobs that do not set `timeout`.
     pub default_timeout: Duration,

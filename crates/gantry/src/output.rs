@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use gantry_runtime::executor::Stream;
 use gantry_runtime::gantry_release::{Kind, Phase};
 use gantry_runtime::gantry_reports::{GateOutcome, Reports, gate};
-use gantry_runtime::{Event, JobStatus, PipelineStatus, ReportKind, Reporter};
+use gantry_runtime::{Event, JobStatus, PipelineStatus, ReportKind, Reporter, section};
 
 /// How many of a failed job's last lines the summary shows.
 const TAIL_LINES: usize = 12;
@@ -395,6 +395,18 @@ impl Reporter for Human {
                 s.out.line(&format!("{p} {c}"));
             }
             Event::JobLog { job, line, .. } => {
+                // Section markers: the runtime's own and every end show nothing; a job's own start
+                // shows its header.
+                let line = match section::parse(line) {
+                    None => line,
+                    Some(m) if m.start && !m.header.is_empty() && !section::is_own_marker(line) => {
+                        m.header
+                    }
+                    Some(_) => {
+                        s.draw_status();
+                        return;
+                    }
+                };
                 let p = s.prefix(job, '>');
                 s.out.line(&format!("{p} {line}"));
                 let tail = s.tails.entry(job.to_string()).or_default();
@@ -601,6 +613,8 @@ impl Reporter for Json {
     fn event(&self, e: Event<'_>) {
         let (v, flush) = match e {
             Event::JobStarted { job, stage, .. } => (JsonEvent::JobStarted { job, stage }, false),
+            // The runtime's own section markers are no output of the job (a job's own are).
+            Event::JobLog { line, .. } if section::is_own_marker(line) => return,
             Event::JobLog { job, stream, line } => {
                 let stream = if stream == Stream::Stderr {
                     "stderr"

@@ -20,6 +20,7 @@ use gantry_runtime::{
 use tokio::sync::watch;
 
 mod gates;
+mod sections;
 mod verify;
 mod workspace;
 
@@ -137,6 +138,10 @@ enum Rec {
         stream: Stream,
         line: String,
     },
+    /// A log line that is one of the runtime's own section markers.
+    Section {
+        line: String,
+    },
     Info {
         job: String,
         message: String,
@@ -178,6 +183,9 @@ impl Reporter for Recorder {
             Event::JobEcho { command, .. } => Rec::Echo {
                 command: command.into(),
             },
+            Event::JobLog { line, .. } if gantry_runtime::section::is_own_marker(line) => {
+                Rec::Section { line: line.into() }
+            }
             Event::JobLog { job, stream, line } => Rec::Log {
                 job: job.into(),
                 stream,
@@ -1262,7 +1270,9 @@ struct Counter(Mutex<(usize, String)>);
 
 impl Reporter for Counter {
     fn event(&self, event: Event<'_>) {
-        if let Event::JobLog { line, .. } = event {
+        if let Event::JobLog { line, .. } = event
+            && !gantry_runtime::section::is_own_marker(line)
+        {
             let mut c = self.0.lock().unwrap();
             c.0 += 1;
             c.1.clear();

@@ -341,6 +341,51 @@ fn human_output_has_prefixes_echo_and_a_summary() {
     );
 }
 
+/// A job with `before_script`, `script` (with a section of its own) and `after_script`.
+const SECTIONED: &str = "j:\n  before_script: [echo before]\n  script:\n    - printf '\\033[0Ksection_start:1:mine\\r\\033[0KMy header\\n'\n    - echo inside\n    - printf '\\033[0Ksection_end:2:mine\\r\\033[0K\\n'\n    - exit 3\n  after_script: [echo after]\n";
+
+#[test]
+fn human_output_shows_no_section_markers_and_a_jobs_own_section_header() {
+    let out = Repo::ci(SECTIONED).gantry(&["run"]);
+    let (stdout, _) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(!stdout.contains('\x1b'), "{stdout}");
+    let log: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("j > "))
+        .collect();
+    assert!(!log.iter().any(|l| l.contains("section_")), "{stdout}");
+    assert_eq!(
+        log[..5],
+        [
+            "starting, stage test",
+            "before",
+            "My header",
+            "inside",
+            "after"
+        ],
+        "{stdout}"
+    );
+    assert!(log[5].starts_with("failed, exit code 3 in"), "{stdout}");
+}
+
+#[test]
+fn json_job_log_carries_a_jobs_own_section_markers_only() {
+    let run = Repo::ci(SECTIONED).run_json(&[]);
+    assert_eq!(
+        run.log("j"),
+        [
+            "before",
+            "\x1b[0Ksection_start:1:mine\r\x1b[0KMy header",
+            "inside",
+            "\x1b[0Ksection_end:2:mine\r\x1b[0K",
+            "after",
+        ],
+        "{}",
+        run.stdout
+    );
+}
+
 #[test]
 fn named_jobs_and_needs_selection() {
     let repo = Repo::ci(

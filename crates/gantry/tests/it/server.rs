@@ -616,6 +616,15 @@ fn webhook_pipeline_runs_on_an_agent(store: Store) {
         build_log.contains("$ echo \"TRACE=$GANTRY_TRACE_ID\""),
         "{build_log}"
     );
+    // The script is a collapsible section of the stored log, its markers as the runtime wrote them.
+    let at = |s: &str| {
+        build_log
+            .find(s)
+            .unwrap_or_else(|| panic!("no {s:?}: {build_log}"))
+    };
+    let echo = at("$ echo \"TRACE=");
+    assert!(at("\x1b[0Ksection_start:") < echo && echo < at("\x1b[0Ksection_end:"));
+    assert!(build_log.contains(":step_script\r\x1b[0KRunning script\n"));
     let test_log = api.log(test.id);
     assert!(
         test_log.contains(&format!("built by job {}\n", build.id)),
