@@ -51,7 +51,8 @@
     const BYTES = 64 * 1024; // the server's chunk (LOG_CHUNK)
     const chunks = []; // {from, to, line, next, html, marks, el, gap, h, shown}, by from
     const open = {}; // header line: expanded, as the user set it
-    let lh = 18, done = false, source = null, loading = false, pending = false;
+    const lh = parseFloat(getComputedStyle(box).lineHeight) || 18; // one line's row
+    let done = false, source = null, loading = false, pending = false;
     let pulling = false, again = false;
 
     async function get(q) {
@@ -125,9 +126,12 @@
         prev = c;
       }
     }
+    let folded = "[]";
     function refold() {
-      const rs = ranges();
-      for (const c of chunks) { if (c.shown) fold(c, rs); else c.h = null; }
+      const rs = ranges(), changed = JSON.stringify(rs) !== folded;
+      folded = JSON.stringify(rs);
+      // A spacer's measured height holds while the folds it was measured with do.
+      for (const c of chunks) { if (c.shown) fold(c, rs); else if (changed) c.h = null; }
       sizes(rs);
     }
 
@@ -136,8 +140,6 @@
       c.el.style.height = "";
       c.shown = true;
       fold(c, rs || ranges());
-      const l = c.el.querySelector(".l:not([hidden])");
-      if (l && l.offsetHeight) lh = l.offsetHeight;
     }
     function hide(c, h) {
       c.el.textContent = "";
@@ -168,10 +170,8 @@
     // fill what is missing near it.
     function plan() {
       const top = box.scrollTop, h = box.clientHeight, lo = top - h, hi = top + 2 * h;
-      let anchor = null, dy = 0;
       const seen = chunks.map(function (c) {
         const y = c.el.offsetTop, eh = c.el.offsetHeight, gy = c.gap.offsetTop;
-        if (!anchor && y + eh > top) { anchor = c; dy = y - top; }
         return { near: y < hi && y + eh > lo, h: eh, gap: gy < hi && y > lo && y > gy, gy: gy, gb: y };
       });
       let need = null;
@@ -191,9 +191,20 @@
         else if (g.gy >= lo) need = { q: prev ? "from=" + prev.to + "&line=" + prev.next : "from=0&line=1" };
         else need = { q: "line=" + ((prev ? prev.next : 1) + Math.floor((top - g.gy) / lh)) };
       }
+      return need;
+    }
+
+    // Runs `change` with what is at the top of the viewport kept in place (or the very top): the
+    // first shown chunk that reaches below it stays where it is (a spacer's height is a guess).
+    function keep(change) {
+      const top = box.scrollTop;
+      const below = function (c) { return c.el.offsetTop + c.el.offsetHeight > top; };
+      const anchor = chunks.find(function (c) { return c.shown && below(c); }) || chunks.find(below);
+      const dy = anchor ? anchor.el.offsetTop - top : 0;
+      const r = change();
       if (top === 0) box.scrollTop = 0;
       else if (anchor) box.scrollTop = anchor.el.offsetTop - dy;
-      return need;
+      return r;
     }
 
     // Loads what the viewport needs, one request at a time.
@@ -202,14 +213,14 @@
       loading = true;
       for (let i = 0; i < 100; i++) {
         pending = false;
-        const need = plan();
+        const need = keep(plan);
         if (!need) { if (pending) continue; break; }
         const c = await get(need.q);
         if (!c) break;
         if (need.into) {
           if (c.next > need.into.next) cut(c, need.into.to, need.into.next, false);
           need.into.html = c.html;
-        } else place(c);
+        } else keep(function () { place(c); });
       }
       loading = false;
     }
@@ -287,7 +298,7 @@
       if (!tog) return;
       const head = tog.parentElement;
       open[head.id.slice(1)] = tog.getAttribute("aria-expanded") === "false";
-      refold();
+      keep(refold);
       update();
     });
     let frame = 0;

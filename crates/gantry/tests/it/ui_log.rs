@@ -28,6 +28,18 @@ async fn lines_in_dom(b: &Browser) -> u64 {
     n.as_u64().unwrap()
 }
 
+/// The number of the line at the top of the log's box, once it is rendered there.
+async fn top_line(b: &Browser) -> Option<usize> {
+    let v = b
+        .js(
+            "const r = document.getElementById('log').getBoundingClientRect(); \
+             const el = document.elementFromPoint(r.left + 100, r.top + 12); \
+             const l = el && el.closest('#log .l'); return l ? Number(l.id.slice(1)) : null;",
+        )
+        .await;
+    v.as_u64().map(|n| usize::try_from(n).unwrap())
+}
+
 /// The id of the first shown line after line `n` in the DOM.
 async fn shown_after(b: &Browser, n: usize) -> String {
     let script = format!(
@@ -39,19 +51,21 @@ async fn shown_after(b: &Browser, n: usize) -> String {
     b.js(&script).await.as_str().unwrap_or_default().to_string()
 }
 
-/// A job of a quarter of a million lines (coloured ones, and a collapsed section of fifty
-/// thousand in the middle) through a real agent.
+/// A job of a quarter of a million lines (coloured ones, wrapping ones, and a collapsed section of
+/// fifty thousand in the middle) through a real agent.
 #[test]
 fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
     let s = Setup::new(Store::Sqlite);
+    // Every thirteenth line of the last part wraps: line heights differ from the estimate.
     let ci = "big:\n  script:\n    \
-        - seq 1 100000 | sed -e 's/.*/row & plain text of the big log, as a build prints it/' -e '0~3s/.*/\\x1b[32m&\\x1b[0m/'\n    \
+        - seq 1 100000 | sed -e 's/.*/row & plain text of the big log/' -e '0~3s/.*/\\x1b[32m&\\x1b[0m/'\n    \
         - printf 'section_start:1:big[collapsed=true]\\r\\033[0KBig section\\n'\n    \
         - seq 100001 150000 | sed -e 's/.*/row & inside the folded section/'\n    \
         - printf 'section_end:1:big\\r\\033[0K\\n'\n    \
-        - seq 150001 250000 | sed -e 's/.*/row & after the section, \\x1b[1;31mred\\x1b[0m and plain/'\n    \
-        - echo the last line\n";
-    let (_repo, api) = s.project("big", ci);
+        - seq 150001 250000 | sed -e 's/.*/row & after the section, \\x1b[1;31mred\\x1b[0m and plain/' -e '0~13s/$/LONG/'\n    \
+        - echo the last line\n"
+        .replace("LONG", &" and a line long enough to wrap".repeat(6));
+    let (_repo, api) = s.project("big", &ci);
     let _agent = s.agent("a1");
     let id = api.trigger("big");
     let p = api.finished(id);
@@ -88,6 +102,20 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         let held = lines_in_dom(b).await;
         assert!(0 < held && held < MAX_LINES, "{held} lines in the DOM");
         b.screenshot("big-log").await;
+
+        // Scrolled up a screen at a time, across chunks: the lines just above, without a jump.
+        let mut above = top_line(b).await.unwrap();
+        for _ in 0..80 {
+            b.js("document.getElementById('log').scrollBy(0, -600); return null")
+                .await;
+            let now = until("lines at the top", || async move { top_line(b).await }).await;
+            assert!(
+                now < above && above - now < 60,
+                "from line {above} to {now}"
+            );
+            above = now;
+        }
+        assert!(last - above > 2000, "{above}");
 
         // Scrolled to the top: line 1.
         b.js("document.getElementById('log').scrollTop = 0; return null")
