@@ -127,6 +127,13 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         let held = lines_in_dom(b).await;
         assert!(held < MAX_LINES, "{held} lines in the DOM");
 
+        // Dragged to the middle: lines from there, loaded without the ones between.
+        b.js("const x = document.getElementById('log'); x.scrollTop = x.scrollHeight / 2; return null")
+            .await;
+        let middle = until("lines in the middle", || async move { top_line(b).await }).await;
+        assert!(last / 4 < middle && middle < last * 3 / 4, "{middle}");
+        assert!(lines_in_dom(b).await < MAX_LINES);
+
         // A link to an early line shows it.
         b.open("/agents").await;
         b.open(&format!("/jobs/{job}#L{early}")).await;
