@@ -91,7 +91,7 @@ impl Browser {
         }
     }
 
-    pub(crate) async fn count(&self, css: &str) -> usize {
+    async fn count(&self, css: &str) -> usize {
         self.client
             .find_all(Locator::Css(css))
             .await
