@@ -3,7 +3,7 @@
 # its row in the stage before: 180 edges), as the server renders it (store read, graph layout,
 # HTML), timed by curl over N requests (default 50) after one warm-up; prints the median and p95.
 #
-#   bench/ui.sh [N]
+#   bench/ui.sh [N]    (then bench/ui-log.sh: the job page with a 50 MiB log)
 #
 # Builds the release binary first; GANTRY_BIN=PATH measures another build instead (no cargo build).
 # No agent runs: the jobs stay pending, which the page shows as it would show them running.
@@ -61,3 +61,6 @@ page >/dev/null
 for _ in $(seq "$n"); do page; done | sort -n | awk '{ t[NR] = $1 } END {
     printf "pipeline page, 200 jobs, %d requests: median %.1f ms, p95 %.1f ms\n",
         NR, t[int((NR + 1) / 2)] * 1000, t[int(NR * 0.95 + 0.5)] * 1000 }'
+
+# The job page with a 50 MiB log, in headless Chromium.
+GANTRY_BIN="$gantry" bench/ui-log.sh

@@ -46,7 +46,7 @@ const SESSION_MAC: &[u8] = b"gantry-ui-csrf\n";
 const SIGNIN_MAC: &[u8] = b"gantry-ui-signin\n";
 
 /// How much of a log one chunk of the log view renders, in bytes.
-const LOG_CHUNK: i64 = 256 * 1024;
+const LOG_CHUNK: i64 = 64 * 1024;
 
 /// A signed-in request: its caller and what the pages show of it.
 pub(crate) struct Session {
@@ -781,22 +781,47 @@ pub(crate) async fn job(
     answer(&s, r.await)
 }
 
-/// Where the log view is: a byte offset at a line's start, and that line's number.
+/// Which chunk of a log the view wants: forward from `from` (a line's start, numbered `line`),
+/// backward to `to` (the start of line `line`), the chunk at line `line` alone, or, with none of
+/// them, the tail.
 #[derive(Deserialize)]
 pub(crate) struct LogQuery {
-    #[serde(default)]
-    from: i64,
-    #[serde(default = "first_line")]
-    line: u64,
+    from: Option<i64>,
+    to: Option<i64>,
+    line: Option<u64>,
 }
 
-fn first_line() -> u64 {
-    1
+/// How many bytes a scan of the stored log reads at a time.
+const SCAN_BLOCK: i64 = 1024 * 1024;
+
+/// Scans the log from its start, counting newlines, up to `end` or until the line numbered `stop`
+/// starts: that line's offset and number. Reads the stored log once at most.
+async fn scan(state: &AppState, id: i64, end: i64, stop: Option<u64>) -> AppResult<(i64, u64)> {
+    let (mut at, mut line) = (0, 1);
+    while at < end && stop.is_none_or(|s| line < s) {
+        let bytes = state
+            .store
+            .read_log(id, at, (at + SCAN_BLOCK).min(end))
+            .await?;
+        if bytes.is_empty() {
+            break;
+        }
+        for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+            line += 1;
+            if stop == Some(line) {
+                return Ok((at + i64::try_from(i).unwrap_or(0) + 1, line));
+            }
+        }
+        at += i64::try_from(bytes.len()).unwrap_or(0);
+    }
+    Ok((at, line))
 }
 
-/// `GET /jobs/{id}/log.html?from=OFFSET&line=N`: the whole lines of up to `LOG_CHUNK` bytes of the
-/// log from `from`, rendered; `X-Next-From` and `X-Next-Line` say where the next chunk starts, and
-/// `X-Done: 1` that the job is over and its log all shown.
+/// `GET /jobs/{id}/log.html`: whole lines of up to `LOG_CHUNK` bytes of the log, rendered: forward
+/// from `?from=OFFSET&line=N`, backward to `?to=OFFSET&line=N`, from line `?line=N`, or the tail
+/// (these two cost one scan of the stored log, to number lines). `X-From` and `X-Line` say where
+/// the chunk starts, `X-Next-From` and `X-Next-Line` where the next one starts, `X-Done: 1` that
+/// the job is over and the chunk reaches the end of its log.
 pub(crate) async fn log_chunk(
     State(state): State<AppState>,
     s: Session,
@@ -806,19 +831,55 @@ pub(crate) async fn log_chunk(
     let r = async {
         s.caller.job(&state, id).await?;
         let job = load_job(&state, id).await?;
-        let from = q.from.clamp(0, job.log_size);
-        let end = (from + LOG_CHUNK).min(job.log_size);
-        let bytes = if end > from {
+        let size = job.log_size;
+        let over = job.status.is_final();
+        let (from, line, end, backward) = match (q.from, q.to, q.line) {
+            (Some(from), _, line) => {
+                let from = from.clamp(0, size);
+                (from, line.unwrap_or(1), (from + LOG_CHUNK).min(size), None)
+            }
+            (None, Some(to), Some(line)) => {
+                let to = to.clamp(0, size);
+                ((to - LOG_CHUNK).max(0), line, to, Some(line))
+            }
+            (None, None, Some(line)) => {
+                let (from, line) = scan(&state, id, size, Some(line.max(1))).await?;
+                (from, line, (from + LOG_CHUNK).min(size), None)
+            }
+            (None, to, None) => {
+                let to = to.unwrap_or(size).clamp(0, size);
+                ((to - LOG_CHUNK).max(0), 0, to, Some(0))
+            }
+        };
+        let mut bytes = if end > from {
             state.store.read_log(id, from, end).await?
         } else {
             Vec::new()
         };
-        let over = job.status.is_final();
-        let all = end == job.log_size;
-        let mut chunk = gantry_ui::log::render(&bytes, q.line, over && all);
-        if chunk.consumed == 0 && i64::try_from(bytes.len()).unwrap_or(0) == LOG_CHUNK {
+        let (mut from, mut line) = (from, line);
+        if let Some(at_end) = backward {
+            // Backward: from the first line that starts inside the window (a line longer than
+            // the window is shown whole as far as it goes).
+            if from > 0 {
+                let head = &bytes[..bytes.len().saturating_sub(1)];
+                let skip = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+                bytes.drain(..skip);
+                from += i64::try_from(skip).unwrap_or(0);
+            }
+            line = if at_end == 0 {
+                scan(&state, id, from, None).await?.1
+            } else {
+                let lines = bytes.iter().filter(|&&b| b == b'\n').count();
+                at_end
+                    .saturating_sub(u64::try_from(lines).unwrap_or(0))
+                    .max(1)
+            };
+        }
+        let all = end == size;
+        let mut chunk = gantry_ui::log::render(&bytes, line, over && all);
+        if chunk.consumed == 0 && !bytes.is_empty() && (backward.is_some() || !all) {
             // One line longer than a chunk: shown in pieces.
-            chunk = gantry_ui::log::render(&bytes, q.line, true);
+            chunk = gantry_ui::log::render(&bytes, line, true);
         }
         let next = from + i64::try_from(chunk.consumed).unwrap_or(0);
         let mut resp = (StatusCode::OK, chunk.html).into_response();
@@ -828,18 +889,13 @@ pub(crate) async fn log_chunk(
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let done = if over && next == size { "1" } else { "0" };
         for (k, v) in [
+            ("x-from", from.to_string()),
+            ("x-line", line.to_string()),
             ("x-next-from", next.to_string()),
             ("x-next-line", chunk.next_line.to_string()),
-            (
-                "x-done",
-                if over && next == job.log_size {
-                    "1"
-                } else {
-                    "0"
-                }
-                .to_string(),
-            ),
+            ("x-done", done.to_string()),
         ] {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 h.insert(k, v);

@@ -11,6 +11,7 @@ mod forks;
 mod gitsafety;
 mod hooks;
 mod intake;
+mod logview;
 mod notify;
 mod reports;
 mod rollback;

@@ -17,6 +17,7 @@ mod real_world;
 mod rollback;
 mod server;
 mod ui;
+mod ui_log;
 mod verify;
 mod webdriver;
 

@@ -23,13 +23,13 @@ const XSS_TITLE: &str =
 const XSS_LINE: &str = "<img src=x onerror=\"window.__xss=1\"><script>window.__xss=2</script>";
 
 /// chromedriver and the browser session it drives.
-struct Browser {
+pub(crate) struct Browser {
     _driver: Driver,
     client: Client,
     base: String,
 }
 
-async fn browser(server_url: &str) -> Browser {
+pub(crate) async fn browser(server_url: &str) -> Browser {
     let driver = Driver::start();
     let mut options = json!({
         "args": [
@@ -51,7 +51,7 @@ async fn browser(server_url: &str) -> Browser {
 }
 
 /// Polls `f` until it gives a value, or fails with `what` after [`DEADLINE`].
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+pub(crate) async fn until<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -67,14 +67,14 @@ where
 }
 
 impl Browser {
-    async fn open(&self, path: &str) {
+    pub(crate) async fn open(&self, path: &str) {
         self.client
             .goto(&format!("{}{path}", self.base))
             .await
             .unwrap_or_else(|e| panic!("open {path}: {e}"));
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.client
             .find(Locator::Css(css))
             .await
@@ -98,7 +98,7 @@ impl Browser {
             .map_or(0, |v| v.len())
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub(crate) async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap()
     }
 
@@ -142,7 +142,7 @@ impl Browser {
         );
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         if let Ok(dir) = std::env::var("GANTRY_UI_SCREENSHOTS") {
             std::fs::create_dir_all(&dir).unwrap();
             let png = self.client.screenshot().await.unwrap();
@@ -151,7 +151,7 @@ impl Browser {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -438,7 +438,7 @@ fn follows_a_running_log_live_and_cancels() {
 
 impl Browser {
     /// Signs in with `token` and waits for the projects page.
-    async fn sign_in_to_projects(&self, token: &str) {
+    pub(crate) async fn sign_in_to_projects(&self, token: &str) {
         self.sign_in(token).await;
         until("the projects page", || async move {
             (self.text("h1").await == "Projects").then_some(())
