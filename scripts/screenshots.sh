@@ -7,4 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/need.sh chromium chromium
 bash scripts/need.sh chromedriver chromium-driver
-GANTRY_UI_SCREENSHOTS="$PWD/docs/screenshots" exec cargo nextest run -p gantry --test it ui_tour::
+shots=$(mktemp -d)
+trap 'rm -rf "$shots"' EXIT
+GANTRY_UI_SCREENSHOTS="$shots" cargo nextest run -p gantry --test it ui_tour::
+mkdir -p docs/screenshots
+cp "$shots"/tour/*.png docs/screenshots/
+ls docs/screenshots

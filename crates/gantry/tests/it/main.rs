@@ -18,6 +18,7 @@ mod rollback;
 mod server;
 mod ui;
 mod ui_log;
+mod ui_tour;
 mod verify;
 mod webdriver;
 

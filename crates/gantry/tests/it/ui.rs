@@ -84,14 +84,14 @@ impl Browser {
             .unwrap();
     }
 
-    async fn text(&self, css: &str) -> String {
+    pub(crate) async fn text(&self, css: &str) -> String {
         match self.client.find(Locator::Css(css)).await {
             Ok(e) => e.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         }
     }
 
-    async fn count(&self, css: &str) -> usize {
+    pub(crate) async fn count(&self, css: &str) -> usize {
         self.client
             .find_all(Locator::Css(css))
             .await
@@ -142,11 +142,13 @@ impl Browser {
         );
     }
 
+    /// Saves the page as `$GANTRY_UI_SCREENSHOTS/NAME.png` (`NAME` may name a folder).
     pub(crate) async fn screenshot(&self, name: &str) {
         if let Ok(dir) = std::env::var("GANTRY_UI_SCREENSHOTS") {
-            std::fs::create_dir_all(&dir).unwrap();
+            let path = std::path::Path::new(&dir).join(format!("{name}.png"));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             let png = self.client.screenshot().await.unwrap();
-            std::fs::write(std::path::Path::new(&dir).join(format!("{name}.png")), png).unwrap();
+            std::fs::write(path, png).unwrap();
         }
     }
 }
