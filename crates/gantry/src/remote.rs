@@ -112,6 +112,7 @@ fn agents(remote: &Remote) -> Result<()> {
             "TAGS",
             "EXECUTOR",
             "VERSION",
+            "PROTOCOL",
             "LAST SEEN",
         ],
         |list: Vec<gantry_api::Agent>| {
@@ -125,6 +126,7 @@ fn agents(remote: &Remote) -> Result<()> {
                         a.tags.join(","),
                         a.executor,
                         a.version,
+                        a.protocol.map_or_else(|| "-".into(), |p| p.to_string()),
                         a.last_seen_at.unwrap_or_default(),
                     ]
                 })

@@ -331,6 +331,13 @@ fn login_projects_variables_schedules_pipelines_jobs_and_agents() {
     let row: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row[1..4], ["a1", "online", "-"], "idle: {text}");
     assert!(text.starts_with("ID  NAME  STATUS  JOBS  "), "{text}");
+    // The protocol the agent speaks, in its column.
+    let at = text.lines().next().unwrap().find("PROTOCOL").unwrap();
+    let protocol = gantry_api::agent::PROTOCOL.to_string();
+    assert!(
+        text.lines().nth(1).unwrap()[at..].starts_with(&protocol),
+        "{text}"
+    );
     let list = json(&mut g(&["agent", "list"]));
     assert_eq!(list[0]["name"], "a1");
     assert_eq!(list[0]["jobs"], Value::Array(vec![]), "{list}");
