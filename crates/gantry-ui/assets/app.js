@@ -55,7 +55,17 @@
     let done = false, source = null, loading = false, pending = false;
     let pulling = false, again = false;
 
+    // While chunks load, the log is `aria-busy`, so that screen readers wait for the lines.
+    let fetching = 0;
     async function get(q) {
+      fetching++;
+      box.setAttribute("aria-busy", "true");
+      try { return await fetched(q); } finally {
+        if (--fetching === 0) box.removeAttribute("aria-busy");
+      }
+    }
+
+    async function fetched(q) {
       const r = await fetch(base + q, { credentials: "same-origin" });
       if (!r.ok) return null;
       const n = function (k) { return Number(r.headers.get(k)); };

@@ -103,6 +103,13 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         assert!(0 < held && held < MAX_LINES, "{held} lines in the DOM");
         b.screenshot("big-log").await;
 
+        // While chunks load, the log says it is busy (screen readers wait), and not after.
+        b.js("window.__busy = 0; new MutationObserver(() => { \
+              if (document.getElementById('log').getAttribute('aria-busy') === 'true') \
+              window.__busy++; }).observe(document.getElementById('log'), \
+              {attributes: true, attributeFilter: ['aria-busy']}); return null")
+            .await;
+
         // Scrolled up a screen at a time, across chunks: the lines just above, without a jump.
         let mut above = top_line(b).await.unwrap();
         for _ in 0..80 {
@@ -116,6 +123,13 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
             above = now;
         }
         assert!(last - above > 2000, "{above}");
+        assert!(b.js("return window.__busy").await.as_i64().unwrap() > 0);
+        until("the log to be idle", || async move {
+            (b.js("return document.getElementById('log').hasAttribute('aria-busy')").await
+                == serde_json::json!(false))
+            .then_some(())
+        })
+        .await;
 
         // Scrolled to the top: line 1.
         b.js("document.getElementById('log').scrollTop = 0; return null")
