@@ -99,7 +99,9 @@ pub struct Deployment {
     /// The branch or tag.
     #[serde(rename = "ref")]
     pub git_ref: String,
-    /// Who or what triggered it: the pipeline's source and user, or `rollback`.
+    /// Who or what triggered it: the pipeline's source and user (`push by jane`), or a rollback's
+    /// cause: `rollback (automatic)`, `rollback by admin`, `rollback by token 3 (deployer)`
+    /// (`rollback by hand` for `gantry rollback`).
     pub triggered_by: String,
     /// The variables in force (the project's and the pipeline's), masked ones redacted.
     pub variables: Vec<DeployedVariable>,

@@ -555,7 +555,7 @@ pub struct PipelineFork {
     pub secrets: bool,
     /// Why it waits (`manual`), while it waits for an approval.
     pub waiting: Option<String>,
-    /// Who approved it: `admin`, or `token <id>` for a project token.
+    /// Who approved it: `admin`, or `token ID (NAME)` for a project token.
     pub approved_by: Option<String>,
     /// When it was approved.
     pub approved_at: Option<String>,

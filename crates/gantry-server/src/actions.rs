@@ -90,10 +90,7 @@ pub(crate) async fn approve_pipeline(
     caller
         .changes_pipeline(&state, id, "approve a fork's pipeline")
         .await?;
-    let by = match &caller {
-        Caller::Admin => "admin".to_string(),
-        Caller::Project(t) => format!("token {}", t.id),
-    };
+    let by = caller.who();
     let Some(head) = state.store.pipeline_head(id).await? else {
         return Err(AppError::not_found(format!("no pipeline {id}")));
     };

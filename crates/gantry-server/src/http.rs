@@ -141,6 +141,14 @@ fn other_project() -> AppError {
 }
 
 impl Caller {
+    /// Who it is, as records name it: `admin`, or `token ID (NAME)`.
+    pub fn who(&self) -> String {
+        match self {
+            Caller::Admin => "admin".to_string(),
+            Caller::Project(t) => format!("token {} ({})", t.id, t.name),
+        }
+    }
+
     /// Allows the admin, and project tokens of project `name`.
     pub fn project(&self, name: &str) -> AppResult<()> {
         match self {

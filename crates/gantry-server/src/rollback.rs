@@ -99,16 +99,19 @@ pub(crate) async fn rollback(
         }
         None => None,
     };
-    let started = start(&state, &newest, to).await?;
+    let by = format!("{} by {}", crate::deployments::TRIGGERED_BY, caller.who());
+    let started = start(&state, &newest, to, by).await?;
     Ok((StatusCode::CREATED, Json(started)))
 }
 
 /// Rolls deployment `from` back to `to` (by default the last success before it): re-deploys the
-/// target's job as a new attempt, records that attempt's deployment, wakes the agents.
+/// target's job as a new attempt, records that attempt's deployment (triggered `by`: `rollback by
+/// admin`, `rollback by token 3 (deployer)`, `rollback (automatic)`), wakes the agents.
 async fn start(
     state: &AppState,
     from: &DeploymentRecord,
     to: Option<DeploymentRecord>,
+    by: String,
 ) -> AppResult<Rollback> {
     let to = match to {
         Some(t) => t,
@@ -164,7 +167,7 @@ async fn start(
             job_name: to.job_name.clone(),
             sha: to.sha.clone(),
             git_ref: to.git_ref.clone(),
-            triggered_by: crate::deployments::TRIGGERED_BY.into(),
+            triggered_by: by,
             variables: to.variables.clone(),
             artifacts: to.artifacts.clone(),
             created_at: crate::now_ms(),
@@ -297,7 +300,8 @@ pub(crate) async fn job_finished(
         .as_ref()
         .is_some_and(|v| v.on_failure == OnFailure::Rollback);
     if status == JobStatus::Failed && rolls_back && failure_reason == Some("verification_failure") {
-        if let Err(e) = start(state, &deployment, None).await {
+        let by = format!("{} (automatic)", crate::deployments::TRIGGERED_BY);
+        if let Err(e) = start(state, &deployment, None, by).await {
             tracing::error!(
                 environment = %deployment.environment,
                 deployment = deployment.id,

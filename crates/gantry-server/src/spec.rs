@@ -112,7 +112,7 @@ pub(crate) struct PipelineDoc {
 pub(crate) struct ForkDoc {
     /// The project's `fork_pipelines` when the pipeline was created.
     pub mode: ForkPipelines,
-    /// Who approved it (`approve`): `admin`, or `token <id>`.
+    /// Who approved it (`approve`): `admin`, or `token ID (NAME)`.
     #[serde(default)]
     pub approved_by: Option<String>,
     /// When.

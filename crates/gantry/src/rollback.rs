@@ -179,7 +179,7 @@ impl Context {
     pub fn spawn(self: &Arc<Context>, environment: String, from: u64) {
         let ctx = self.clone();
         let task = self.runtime.spawn(async move {
-            roll_back(&ctx, &environment, from, None).await == Outcome::Succeeded
+            roll_back(&ctx, &environment, from, None, AUTOMATIC).await == Outcome::Succeeded
         });
         self.pending.push(task);
     }
@@ -209,13 +209,20 @@ pub enum Outcome {
     NoTarget,
 }
 
+/// How a rollback was started, as its deployment's `triggered_by` says it.
+pub const AUTOMATIC: &str = "rollback (automatic)";
+/// See [`AUTOMATIC`].
+pub const BY_HAND: &str = "rollback by hand";
+
 /// Rolls deployment `from` of `environment` back to deployment `to` (default: the last success
-/// before it). Reports on the context's output; records the rollback; never starts another.
+/// before it), started as `by` says ([`AUTOMATIC`], [`BY_HAND`]). Reports on the context's
+/// output; records the rollback; never starts another.
 pub async fn roll_back(
     ctx: &Arc<Context>,
     environment: &str,
     from: u64,
     to: Option<u64>,
+    by: &str,
 ) -> Outcome {
     let history = History::new(&ctx.state_dir);
     let found = match to {
@@ -255,7 +262,7 @@ pub async fn roll_back(
     }
     let spec = NewDeployment {
         pipeline_id: ctx.pipeline_id,
-        triggered_by: "rollback".into(),
+        triggered_by: by.into(),
         started_at: history::now(),
         rollback_of: Some(from),
         dirty: false,
@@ -685,7 +692,7 @@ pub fn main(args: &RollbackArgs) -> Result<u8> {
                 let _ = cancel_tx.send(true);
             }
         });
-        let outcome = roll_back(&ctx, environment, from, args.to).await;
+        let outcome = roll_back(&ctx, environment, from, args.to, BY_HAND).await;
         ctx.pending.wait().await;
         (
             outcome,

@@ -163,7 +163,7 @@ async fn a_failed_verification_rolls_back_at_once(b: Backend) {
     let rd = deployment_of(&app, id(&rb)).await;
     assert_eq!(
         (rd.rollback_of, rd.triggered_by.as_str(), rd.sha.as_str()),
-        (Some(d2.id), "rollback", d1.sha.as_str())
+        (Some(d2.id), "rollback (automatic)", d1.sha.as_str())
     );
     assert_eq!(rd.status, DeploymentStatus::Running);
     app.run_job(&agent, id(&rb), "rolled back\n", "success")
@@ -333,6 +333,12 @@ deploy:
     let rb = app.take(&agent, 0).await.expect("the rollback job");
     assert_eq!(rb["job_id"], body["job_id"]);
     assert_eq!(rb["sha"], v1["sha"]);
+    // The deployment says who asked for it: the token, by id and name.
+    let by = deployment_of(&app, id(&rb)).await.triggered_by;
+    assert!(
+        by.starts_with("rollback by token ") && by.ends_with(" (ci)"),
+        "{by}"
+    );
     assert_eq!(var(&rb, "GANTRY_ROLLBACK_TO"), Some(d1.id.to_string()));
     // While it runs, the environment cannot be rolled back again.
     let (status, _) = post_rollback(&app, "production", admin, None).await;
@@ -351,6 +357,8 @@ deploy:
     let (status, body) = post_rollback(&app, "review%2Fx", admin, Some(json!({}))).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["environment"], "review/x");
+    let d = deployment_of(&app, body["job_id"].as_i64().unwrap()).await;
+    assert_eq!(d.triggered_by, "rollback by admin");
 }
 crate::both!(the_api_rolls_back_and_says_why_not);
 

@@ -249,7 +249,10 @@ fn assert_rolled_back_history(history: &Value, v1: &str, v2: &str) {
     assert_eq!(shas, [v1, v2, v1], "{history:#}");
     let (redeploy, bad, good) = (&history[0], &history[1], &history[2]);
     assert_eq!(redeploy["rollback_of"], bad["id"], "{history:#}");
-    assert_eq!(redeploy["triggered_by"], "rollback", "{history:#}");
+    assert_eq!(
+        redeploy["triggered_by"], "rollback (automatic)",
+        "{history:#}"
+    );
     assert_eq!(bad["rolled_back_by"], redeploy["id"], "{history:#}");
     assert_eq!(good["rolled_back_by"], Value::Null, "{history:#}");
     // Version 2's deployment keeps the measurements that failed it.

@@ -232,7 +232,7 @@ fn a_failed_verification_rolls_back_to_the_previous_deployment_with_its_variable
         rows(&[(3, "success"), (2, "rolled_back"), (1, "success")])
     );
     assert_eq!(all[0]["rollback_of"], 2);
-    assert_eq!(all[0]["triggered_by"], "rollback");
+    assert_eq!(all[0]["triggered_by"], "rollback (automatic)");
     assert_eq!(all[0]["sha"], all[2]["sha"]);
     assert_eq!(all[1]["rolled_back_by"], 3);
     assert!(
@@ -396,6 +396,7 @@ fn gantry_rollback_goes_back_to_the_previous_success_or_to_the_one_named() {
         all[0]["dirty"], false,
         "a rollback deploys a commit as committed"
     );
+    assert_eq!(all[0]["triggered_by"], "rollback by hand");
 
     let error = |args: &[&str], part: &str| {
         let out = s.rollback(args);
