@@ -272,8 +272,13 @@ async fn gate_reports(
         Some(names) => state.store.jobs_named(p.id, &names).await?,
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };
-    let stored = state.store.pipeline_reports(p.id).await?;
-    tokio::task::spawn_blocking(move || crate::reports::gate_inputs(&sources, &stored))
+    // Only the counted attempts' reports, in one query (never the whole pipeline's).
+    let ids: Vec<i64> = crate::advance::counted_of(&sources)
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let stored = state.store.jobs_reports(&ids).await?;
+    tokio::task::spawn_blocking(move || crate::reports::gate_inputs(&stored))
         .await
         .map_err(AppError::internal)?
 }

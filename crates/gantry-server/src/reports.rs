@@ -5,14 +5,13 @@
 //! The store keeps a job's summaries as opaque JSON (`gantry_reports::Reports` and
 //! `GateOutcome`); they are decoded only here, for gate jobs and for the reports routes.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use gantry_api::agent::FinishJob;
 use gantry_api::reports as api;
 use gantry_pipeline::gate::Metric;
 use gantry_reports::{ChangedLines, GateOutcome, Reports};
-use gantry_store::{JobRecord, NewReports, ReportsRecord};
+use gantry_store::{NewReports, ReportsRecord};
 
 use crate::error::AppError;
 
@@ -103,19 +102,13 @@ pub(crate) fn gate_source_names(job: &gantry_pipeline::Job) -> Option<Vec<String
         .map(|needs| needs.iter().map(|n| n.job.clone()).collect())
 }
 
-/// The merged summaries of a gate's sources: `sources` are their records (any attempts; the
-/// latest of each but a rollback's counts), `stored` the pipeline's reports ([`gantry_store::Store::pipeline_reports`]).
-pub(crate) fn gate_inputs(
-    sources: &[JobRecord],
-    stored: &[ReportsRecord],
-) -> Result<Reports, AppError> {
-    let by_id: HashMap<i64, &ReportsRecord> = stored.iter().map(|r| (r.job_id, r)).collect();
+/// The merged summaries of a gate's sources: `stored` are the reports of their counted attempts
+/// (the latest of each but a rollback's, [`crate::advance::counted_of`]), in position order.
+pub(crate) fn gate_inputs(stored: &[ReportsRecord]) -> Result<Reports, AppError> {
     let mut all = Reports::default();
-    for j in crate::advance::counted_of(sources) {
-        if let Some(r) = by_id.get(&j.id) {
-            if let Some(s) = job_summaries(r)? {
-                all.merge(&s);
-            }
+    for r in stored {
+        if let Some(s) = job_summaries(r)? {
+            all.merge(&s);
         }
     }
     Ok(all)

@@ -85,6 +85,7 @@ store_tests!(
     an_unknown_status_in_the_database_is_an_error,
     reports_are_stored_with_the_finish_once,
     pipeline_reports_read_latest_attempts,
+    jobs_reports_read_the_given_jobs,
     coverage_trend_of_a_ref,
     notifications_wait_retry_and_survive_reopen,
     two_stores_claim_each_notification_once,
@@ -2334,6 +2335,94 @@ async fn pipeline_reports_read_latest_attempts(h: Harness) {
     // The first attempt's reports are still its own.
     let first = s.job_reports(ids[0]).await.unwrap().unwrap();
     assert_eq!(first.stored, Some(reports(Some(70.0), 3, 1)));
+}
+
+/// The reports of given jobs: each of those (any attempt, of any pipeline) that stored reports
+/// or has a `coverage:` value, in position and attempt order; no other job's.
+async fn jobs_reports_read_the_given_jobs(h: Harness) {
+    let s = &*h.store;
+    let p = project(s, "p").await;
+    let jobs = vec![job("a", 0, 2_000), job("b", 1, 2_000), job("c", 2, 2_000)];
+    let id = create(s, p.id, jobs).await;
+    let ag = agent(s, "a", &[], true).await;
+    let mut ids = Vec::new();
+    for (i, cov) in [(0, None), (1, Some(50.0)), (2, None)] {
+        let j = s.claim(&ag, 3_000, 60_000).await.unwrap().unwrap();
+        let r = JobResult {
+            coverage: cov,
+            reports: (i == 0).then(|| reports(Some(70.0), 3, 1)),
+            ..done(JobStatus::Failed, 4_000)
+        };
+        s.finish(j.id, ag.id, &r).await.unwrap();
+        ids.push(j.id);
+    }
+    // A retry of `a` (attempt 2) with reports of its own: both attempts read when asked for.
+    let full = s.pipeline(id).await.unwrap().unwrap();
+    let mut retry = job("a", 0, 5_000);
+    retry.attempt = 2;
+    let changes = Changes {
+        new_jobs: vec![retry],
+        ..Changes::default()
+    };
+    assert!(s.apply(id, full.version, &changes).await.unwrap());
+    let j = s.claim(&ag, 6_000, 60_000).await.unwrap().unwrap();
+    s.finish(
+        j.id,
+        ag.id,
+        &JobResult {
+            reports: Some(reports(Some(75.0), 3, 0)),
+            ..done(JobStatus::Success, 7_000)
+        },
+    )
+    .await
+    .unwrap();
+    // Another pipeline's job with reports is read only when named.
+    let other = create(s, p.id, vec![job("a", 0, 8_000)]).await;
+    let o = s.claim(&ag, 9_000, 60_000).await.unwrap().unwrap();
+    assert_eq!(o.pipeline_id, other);
+    s.finish(
+        o.id,
+        ag.id,
+        &JobResult {
+            reports: Some(reports(Some(1.0), 1, 0)),
+            ..done(JobStatus::Success, 10_000)
+        },
+    )
+    .await
+    .unwrap();
+
+    let got = s.jobs_reports(&[j.id, ids[1], ids[0]]).await.unwrap();
+    let read: Vec<_> = got
+        .iter()
+        .map(|r| {
+            (
+                r.job_id,
+                r.stored.as_ref().and_then(|x| x.coverage),
+                r.job_coverage,
+            )
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (ids[0], Some(70.0), None),
+            (j.id, Some(75.0), None),
+            (ids[1], None, Some(50.0))
+        ],
+        "position, then attempt order; c and the other pipeline's job not asked for"
+    );
+    assert_eq!(got[0].stored, Some(reports(Some(70.0), 3, 1)));
+    // A job with neither reports nor coverage, an unknown id and no id read nothing.
+    for none in [&[ids[2]][..], &[o.id + 1_000], &[]] {
+        let got = s.jobs_reports(none).await.unwrap();
+        assert!(got.is_empty(), "{none:?}: {got:?}");
+    }
+    let c = s.jobs_reports(&[ids[2], o.id]).await.unwrap();
+    assert_eq!(
+        c.iter().map(|r| r.job_id).collect::<Vec<_>>(),
+        [o.id],
+        "any pipeline's jobs"
+    );
 }
 
 /// The coverage trend of a ref: its pipelines with coverage, newest first, each the mean of its
