@@ -347,6 +347,43 @@ async fn a_new_coverage_gate_gets_the_changes_lines(backend: Backend) {
 }
 both!(a_new_coverage_gate_gets_the_changes_lines);
 
+/// The change's lines are read when the pipeline is created: a gate job is handed out without
+/// git, its lines right with the project's mirror gone and its repository out of reach.
+async fn a_new_coverage_gate_is_handed_out_without_git(backend: Backend) {
+    let app = spawn(backend).await;
+    app.project("demo", json!({})).await;
+    let agent = app.register("a", &[]).await;
+    let first = app.commit(&[(".gitlab-ci.yml", NEW_CODE), ("src/a.go", "1\n2\n3\n")]);
+    push_after(&app, "demo", "main", ZEROS, &first).await;
+    let second = app.commit(&[("src/a.go", "1\ntwo\n3\n4\n")]);
+    let pipeline = push_after(&app, "demo", "main", &first, &second).await;
+    git(&app.repo, &["checkout", "-q", "-b", "feature"]);
+    let third = app.commit(&[("src/b.go", "x\n")]);
+    let branch = push_after(&app, "demo", "feature", ZEROS, &third).await;
+
+    std::fs::remove_dir_all(app.config.data_dir.join("mirrors")).unwrap();
+    let away = app.repo.with_extension("away");
+    std::fs::rename(&app.repo, &away).unwrap();
+    let gate = take_in(&app, &agent, pipeline, "quality").await;
+    assert_eq!(
+        gate["changes"],
+        json!({"files": {"src/a.go": [2, 4]}}),
+        "{gate}"
+    );
+    let gate = take_in(&app, &agent, branch, "quality").await;
+    assert_eq!(
+        gate["changes"],
+        json!({"files": {"src/b.go": [1]}}),
+        "against the merge base with main: {gate}"
+    );
+    assert!(
+        !app.config.data_dir.join("mirrors").exists(),
+        "no hand-out touched a mirror"
+    );
+    std::fs::rename(&away, &app.repo).unwrap();
+}
+both!(a_new_coverage_gate_is_handed_out_without_git);
+
 const ZEROS: &str = "0000000000000000000000000000000000000000";
 
 /// A report of `kind` from `gantry-reports`' test fixtures, parsed as an agent's runtime does.
