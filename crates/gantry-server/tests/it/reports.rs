@@ -304,12 +304,15 @@ pub(crate) async fn take_in(app: &App, agent: &Agent, pipeline: i64, name: &str)
     }
 }
 
+/// A `new_coverage` gate (in merge request pipelines too).
 const NEW_CODE: &str = "stages: [test, gate]
 unit:
   stage: test
   script: [make test]
+  rules: [{when: on_success}]
 quality:
   stage: gate
+  rules: [{when: on_success}]
   gate:
     new_coverage: '>= 80'
 ";
@@ -347,19 +350,6 @@ async fn a_new_coverage_gate_gets_the_changes_lines(backend: Backend) {
 }
 both!(a_new_coverage_gate_gets_the_changes_lines);
 
-/// [`NEW_CODE`] in merge request pipelines too.
-const NEW_CODE_ANY: &str = "stages: [test, gate]
-unit:
-  stage: test
-  script: [make test]
-  rules: [{when: on_success}]
-quality:
-  stage: gate
-  rules: [{when: on_success}]
-  gate:
-    new_coverage: '>= 80'
-";
-
 /// The change's lines are read when the pipeline is created: a gate job is handed out without
 /// git, its lines right (against a push's `before`, a new branch's merge base with the default
 /// branch, a merge request's diff base; none without a base) with the project's mirror gone and
@@ -368,7 +358,7 @@ async fn a_new_coverage_gate_is_handed_out_without_git(backend: Backend) {
     let app = spawn(backend).await;
     app.project("demo", json!({})).await;
     let agent = app.register("a", &[]).await;
-    let first = app.commit(&[(".gitlab-ci.yml", NEW_CODE_ANY), ("src/a.go", "1\n2\n3\n")]);
+    let first = app.commit(&[(".gitlab-ci.yml", NEW_CODE), ("src/a.go", "1\n2\n3\n")]);
     push_after(&app, "demo", "main", ZEROS, &first).await;
     let second = app.commit(&[("src/a.go", "1\ntwo\n3\n4\n")]);
     let pipeline = push_after(&app, "demo", "main", &first, &second).await;
