@@ -230,25 +230,28 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
     } else {
         Vec::new()
     };
-    // A gate job's inputs: read only for gate jobs (decoding summaries takes milliseconds).
+    // A gate job's inputs: read only for gate jobs (decoding summaries takes milliseconds). The
+    // change's lines were read when the pipeline was created: no git here.
+    let kept = doc.changes.take();
     let gate = (!main.gate.is_empty()).then(|| {
-        let mr_base = doc
-            .predefined
-            .iter()
-            .find(|v| v.key == "CI_MERGE_REQUEST_DIFF_BASE_SHA")
-            .map(|v| v.value.clone());
-        (
-            crate::reports::gate_source_names(&main),
-            crate::reports::needs_changes(&main).then_some(mr_base),
-        )
+        let changes = crate::reports::needs_changes(&main).then(|| match &kept {
+            Some(c) => c.lines(),
+            None => Err("the pipeline was created without its change's lines".to_owned()),
+        });
+        (crate::reports::gate_source_names(&main), changes)
     });
     let mut spec = job_spec(&p, doc, &secrets, &job, main, &deps, lease_ms, token)
         .map_err(AppError::internal)?;
     if let Some((names, changes)) = gate {
         spec.gate_reports = Some(gate_reports(state, &p, &job, names).await?);
-        if let Some(mr_base) = changes {
-            spec.changes = gate_changes(state, &p, mr_base).await;
-        }
+        spec.changes = match changes {
+            Some(Ok(lines)) => Some(lines),
+            Some(Err(why)) => {
+                tracing::warn!(job = job.id, pipeline = p.id, %why, "new_coverage has no data");
+                None
+            }
+            None => None,
+        };
     }
     crate::deployments::record(&*state.store, &p, &job, &spec).await?;
     tracing::info!(job = job.id, pipeline = p.id, agent = agent.id, trace_id = %p.trace_id, "job handed out");
@@ -272,80 +275,15 @@ async fn gate_reports(
         Some(names) => state.store.jobs_named(p.id, &names).await?,
         None => state.store.jobs_before_stage(p.id, job.stage_index).await?,
     };
-    let stored = state.store.pipeline_reports(p.id).await?;
-    tokio::task::spawn_blocking(move || crate::reports::gate_inputs(&sources, &stored))
+    // Only the counted attempts' reports, in one query (never the whole pipeline's).
+    let ids: Vec<i64> = crate::advance::counted_of(&sources)
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let stored = state.store.jobs_reports(&ids).await?;
+    tokio::task::spawn_blocking(move || crate::reports::gate_inputs(&stored))
         .await
         .map_err(AppError::internal)?
-}
-
-/// The lines pipeline `p`'s change added or modified, for `new_coverage`: against the merge
-/// request's diff base (`mr_base`), else the push's `before`, else the merge base with the
-/// default branch (fetched now: the mirror may not hold its head). `None` (the condition then has
-/// no data) when there is no base or git fails.
-async fn gate_changes(
-    state: &AppState,
-    p: &PipelineRecord,
-    mr_base: Option<String>,
-) -> Option<gantry_reports::ChangedLines> {
-    let warn = |e: &dyn std::fmt::Display| {
-        tracing::warn!(pipeline = p.id, error = %e, "cannot read the change of a gate");
-    };
-    let bases: Vec<String> = mr_base.into_iter().chain(p.before_sha.clone()).collect();
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let out = slot.clone();
-    // The pipeline's commit in the mirror, and the lines against a base the mirror holds.
-    let known = crate::mirror::with_commit(state, p, move |mirror, sha| {
-        let lines = crate::reports::known_base(mirror, &bases)
-            .map(|base| crate::reports::changes(mirror, &base, sha))
-            .transpose()?;
-        *out.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(lines);
-        Ok(())
-    })
-    .await;
-    if let Err(e) = known {
-        warn(&e.message);
-        return None;
-    }
-    let found = slot
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take()
-        .flatten();
-    if found.is_some() {
-        return found;
-    }
-    let project = match state.project(&p.project_name).await {
-        Ok(project) => project,
-        Err(e) => {
-            warn(&e.message);
-            return None;
-        }
-    };
-    let mirror = crate::git::mirror_path(&state.config.data_dir, p.project_id);
-    let remote = crate::git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
-    let head = format!("refs/heads/{}", project.spec.default_branch);
-    let sha = p.sha.clone();
-    let lock = state.mirror_lock(p.project_id);
-    let _guard = lock.lock().await;
-    let read = tokio::task::spawn_blocking(move || {
-        let head = crate::git::fetch(&mirror, &remote, None, &head)?;
-        crate::git::merge_base(&mirror, &head, &sha)
-            .map(|base| crate::reports::changes(&mirror, &base, &sha))
-            .transpose()
-    })
-    .await;
-    match read {
-        Ok(Ok(lines)) => lines,
-        Ok(Err(e)) => {
-            warn(&format!("{e:#}"));
-            None
-        }
-        Err(e) => {
-            warn(&e);
-            None
-        }
-    }
 }
 
 /// The names of the jobs whose artifacts `job` takes: `None` for every job of the earlier stages.

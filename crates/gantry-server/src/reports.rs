@@ -1,20 +1,21 @@
 //! Jobs' report summaries on the server: what a finish stores ([`to_store`]), the inputs of a gate
-//! job's spec ([`gate_inputs`], [`changes`]), merged the way the runtime merges them locally, and
-//! a pipeline's or job's reports as the API shows them ([`view`]).
+//! job's spec ([`gate_inputs`], merged the way the runtime merges them locally; the change's lines,
+//! [`read_changes`] when its pipeline is created), and a pipeline's or job's reports as the API
+//! shows them ([`view`]).
 //!
 //! The store keeps a job's summaries as opaque JSON (`gantry_reports::Reports` and
 //! `GateOutcome`); they are decoded only here, for gate jobs and for the reports routes.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use gantry_api::agent::FinishJob;
 use gantry_api::reports as api;
 use gantry_pipeline::gate::Metric;
 use gantry_reports::{ChangedLines, GateOutcome, Reports};
-use gantry_store::{JobRecord, NewReports, ReportsRecord};
+use gantry_store::{NewReports, ReportsRecord};
 
 use crate::error::AppError;
+use crate::spec::ChangesDoc;
 
 /// The largest finish body the server reads, however small `max_body_bytes` is (the agent
 /// protocol's limit, which agents fit their summaries under).
@@ -103,19 +104,13 @@ pub(crate) fn gate_source_names(job: &gantry_pipeline::Job) -> Option<Vec<String
         .map(|needs| needs.iter().map(|n| n.job.clone()).collect())
 }
 
-/// The merged summaries of a gate's sources: `sources` are their records (any attempts; the
-/// latest of each but a rollback's counts), `stored` the pipeline's reports ([`gantry_store::Store::pipeline_reports`]).
-pub(crate) fn gate_inputs(
-    sources: &[JobRecord],
-    stored: &[ReportsRecord],
-) -> Result<Reports, AppError> {
-    let by_id: HashMap<i64, &ReportsRecord> = stored.iter().map(|r| (r.job_id, r)).collect();
+/// The merged summaries of a gate's sources: `stored` are the reports of their counted attempts
+/// (the latest of each but a rollback's, [`crate::advance::counted_of`]), in position order.
+pub(crate) fn gate_inputs(stored: &[ReportsRecord]) -> Result<Reports, AppError> {
     let mut all = Reports::default();
-    for j in crate::advance::counted_of(sources) {
-        if let Some(r) = by_id.get(&j.id) {
-            if let Some(s) = job_summaries(r)? {
-                all.merge(&s);
-            }
+    for r in stored {
+        if let Some(s) = job_summaries(r)? {
+            all.merge(&s);
         }
     }
     Ok(all)
@@ -128,7 +123,7 @@ pub(crate) fn needs_changes(job: &gantry_pipeline::Job) -> bool {
 
 /// The first of `bases` that is a commit the mirror has (a merge request's diff base, a push's
 /// `before`); all zeros is none.
-pub(crate) fn known_base(mirror: &Path, bases: &[String]) -> Option<String> {
+fn known_base(mirror: &Path, bases: &[String]) -> Option<String> {
     bases
         .iter()
         .find(|b| {
@@ -137,9 +132,40 @@ pub(crate) fn known_base(mirror: &Path, bases: &[String]) -> Option<String> {
         .cloned()
 }
 
+/// The lines commit `sha` added or modified, for gates' `new_coverage`, read in the project's
+/// `mirror` (blocking, under its lock) when the pipeline is created: against the first of `bases`
+/// the mirror holds (a merge request's diff base, a push's `before`), else against the merge base
+/// with `default_branch`, fetched from `remote` first. [`ChangesDoc::Unknown`] says why none.
+pub(crate) fn read_changes(
+    mirror: &Path,
+    remote: &crate::git::Remote,
+    default_branch: &str,
+    bases: &[String],
+    sha: &str,
+) -> ChangesDoc {
+    let read = || -> anyhow::Result<Option<ChangedLines>> {
+        if let Some(base) = known_base(mirror, bases) {
+            return changes(mirror, &base, sha).map(Some);
+        }
+        let head = format!("refs/heads/{default_branch}");
+        let head = crate::git::fetch(mirror, remote, None, &head)?;
+        crate::git::merge_base(mirror, &head, sha)
+            .map(|base| changes(mirror, &base, sha))
+            .transpose()
+    };
+    match read() {
+        Ok(Some(lines)) => ChangesDoc::of(&lines),
+        Ok(None) => ChangesDoc::Unknown(format!(
+            "no base to compare the change with (no merge request diff base, no push `before`, \
+             no merge base with {default_branch})"
+        )),
+        Err(e) => ChangesDoc::Unknown(format!("cannot read the change: {e:#}")),
+    }
+}
+
 /// The lines that commit `sha` added or modified against `base` (`git diff base...sha`, read in
 /// the project's mirror).
-pub(crate) fn changes(mirror: &Path, base: &str, sha: &str) -> anyhow::Result<ChangedLines> {
+fn changes(mirror: &Path, base: &str, sha: &str) -> anyhow::Result<ChangedLines> {
     let diff = crate::git::diff_unified0(mirror, base, sha)?;
     ChangedLines::parse(&diff).map_err(anyhow::Error::msg)
 }

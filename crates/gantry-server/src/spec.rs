@@ -105,6 +105,122 @@ pub(crate) struct PipelineDoc {
     /// The pipeline's `notify:` rules, unexpanded (see `notify.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<gantry_notify::Rule>,
+    /// The change's lines, read at creation when a gate has `new_coverage` (else `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangesDoc>,
+}
+
+/// The most added or modified lines a pipeline keeps for `new_coverage` (each goes to a gate
+/// job's agent as a number).
+pub(crate) const MAX_CHANGED_LINES: usize = 250_000;
+
+/// The most bytes of a pipeline's kept change ([`ChangesDoc::Lines`]: paths and ranges), which
+/// every hand-out of its jobs decodes with the rest of the [`PipelineDoc`].
+pub(crate) const MAX_CHANGES_BYTES: usize = 256 << 10;
+
+/// The lines a pipeline's change added or modified, read when it was created
+/// (`reports::read_changes`), for its gates' `new_coverage`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ChangesDoc {
+    /// By file, the lines as ranges (`1-5,9`).
+    Lines(std::collections::BTreeMap<String, String>),
+    /// Why there are none (no base, git failed, too many): the condition has no data.
+    Unknown(String),
+}
+
+impl ChangesDoc {
+    /// `lines` kept, or why not when they are over [`MAX_CHANGED_LINES`] or [`MAX_CHANGES_BYTES`].
+    pub fn of(lines: &gantry_reports::ChangedLines) -> ChangesDoc {
+        Self::bounded(lines, MAX_CHANGED_LINES, MAX_CHANGES_BYTES)
+    }
+
+    fn bounded(
+        lines: &gantry_reports::ChangedLines,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> ChangesDoc {
+        let count: usize = lines.files.values().map(Vec::len).sum();
+        if count > max_lines {
+            return ChangesDoc::Unknown(format!(
+                "the change adds or modifies {count} lines, over the {max_lines} kept for \
+                 new_coverage"
+            ));
+        }
+        let mut bytes = 0;
+        let mut out = std::collections::BTreeMap::new();
+        for (file, numbers) in &lines.files {
+            let ranges = to_ranges(numbers);
+            bytes += file.len() + ranges.len();
+            if bytes > max_bytes {
+                return ChangesDoc::Unknown(format!(
+                    "the change's lines ({} files) take over the {max_bytes} bytes kept for \
+                     new_coverage",
+                    lines.files.len()
+                ));
+            }
+            out.insert(file.clone(), ranges);
+        }
+        ChangesDoc::Lines(out)
+    }
+
+    /// The lines kept, else why there are none.
+    pub fn lines(&self) -> Result<gantry_reports::ChangedLines, String> {
+        let ranges = match self {
+            ChangesDoc::Lines(ranges) => ranges,
+            ChangesDoc::Unknown(why) => return Err(why.clone()),
+        };
+        let mut out = gantry_reports::ChangedLines::default();
+        for (file, text) in ranges {
+            let lines = from_ranges(text)
+                .ok_or_else(|| format!("the kept lines of {file} do not parse: `{text}`"))?;
+            out.files.insert(file.clone(), lines);
+        }
+        Ok(out)
+    }
+}
+
+/// Sorted line numbers as ranges: `[1, 2, 3, 5]` → `1-3,5`.
+fn to_ranges(lines: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let first = lines[i];
+        let mut last = first;
+        while i + 1 < lines.len() && last.checked_add(1) == Some(lines[i + 1]) {
+            i += 1;
+            last = lines[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if last == first {
+            out.push_str(&first.to_string());
+        } else {
+            out.push_str(&format!("{first}-{last}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The inverse of [`to_ranges`]; `None` when `text` is not such a list.
+fn from_ranges(text: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = part.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        if last < first || out.len() + (last - first) as usize > MAX_CHANGED_LINES {
+            return None;
+        }
+        out.extend(first..=last);
+    }
+    Some(out)
 }
 
 /// A fork pipeline's mode and approval, as stored in its [`PipelineDoc`].
@@ -209,5 +325,58 @@ impl JobDoc {
             );
         }
         job
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_reports::ChangedLines;
+
+    fn changed(files: &[(&str, &[u32])]) -> ChangedLines {
+        ChangedLines {
+            files: files
+                .iter()
+                .map(|(f, l)| ((*f).to_owned(), l.to_vec()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn kept_changes_read_back_as_ranges() {
+        let lines = changed(&[("a.go", &[1, 2, 3, 5, 9, 10]), ("b/c.go", &[7])]);
+        let doc = ChangesDoc::of(&lines);
+        let ChangesDoc::Lines(ranges) = &doc else {
+            panic!("{doc:?}")
+        };
+        assert_eq!(ranges["a.go"], "1-3,5,9-10");
+        assert_eq!(ranges["b/c.go"], "7");
+        assert_eq!(doc.lines(), Ok(lines));
+        let stored = serde_json::to_string(&doc).unwrap();
+        assert_eq!(stored, r#"{"lines":{"a.go":"1-3,5,9-10","b/c.go":"7"}}"#);
+        assert_eq!(serde_json::from_str::<ChangesDoc>(&stored).unwrap(), doc);
+    }
+
+    #[test]
+    fn changes_over_a_bound_are_kept_as_why_not() {
+        let lines = changed(&[("a.go", &[1, 2, 3]), ("b.go", &[1, 5])]);
+        let doc = ChangesDoc::bounded(&lines, 4, 1_000);
+        let why = doc.lines().unwrap_err();
+        assert!(why.contains("5 lines, over the 4 kept"), "{why}");
+        let doc = ChangesDoc::bounded(&lines, 100, 10);
+        let why = doc.lines().unwrap_err();
+        assert!(why.contains("over the 10 bytes kept"), "{why}");
+        assert!(matches!(
+            ChangesDoc::bounded(&lines, 5, 14),
+            ChangesDoc::Lines(_)
+        ));
+    }
+
+    #[test]
+    fn kept_ranges_that_do_not_parse_are_an_error() {
+        for text in ["", "x", "3-1", "1-", "1,,2"] {
+            let doc = ChangesDoc::Lines([("a".to_owned(), text.to_owned())].into());
+            assert!(doc.lines().is_err(), "{text}");
+        }
     }
 }

@@ -169,6 +169,7 @@ impl Sql for Postgres {
     const BEGIN: &'static str = "BEGIN";
     const LATER_LEASE: &'static str = "GREATEST(lease_until, $1)";
     const NAME_IN_LIST: &'static str = "name = ANY($2)";
+    const JOB_ID_IN_LIST: &'static str = "j.id = ANY($1)";
     const SUCCESS_CHANGES_NOTHING: &'static str = "SELECT \
         EXISTS (SELECT 1 FROM pipelines WHERE id = $1 AND status = 'running' \
                 AND started_at IS NOT NULL) \

@@ -13,8 +13,8 @@
 //!
 //! What the databases spell differently is an item of the impl: how a list of strings or ids is
 //! bound and read (a JSON array on SQLite, `text[]` / `bigint[]` on PostgreSQL), a few fragments
-//! ([`Sql::LATER_LEASE`], [`Sql::BEGIN`], [`Sql::NAME_IN_LIST`]), and one statement that differs
-//! ([`Sql::SUCCESS_CHANGES_NOTHING`]); what only one database does (claims,
+//! ([`Sql::LATER_LEASE`], [`Sql::BEGIN`], [`Sql::NAME_IN_LIST`], [`Sql::JOB_ID_IN_LIST`]), and
+//! one statement that differs ([`Sql::SUCCESS_CHANGES_NOTHING`]); what only one database does (claims,
 //! [`crate::Store::apply`], appending a log, expiring leases) stays in its backend.
 
 use sqlx::{ColumnIndex, Connection, Decode, Encode, Executor, IntoArguments, Row, Type};
@@ -127,6 +127,8 @@ where
     const LATER_LEASE: &'static str;
     /// The condition that a job's `name` is in the list `$2`.
     const NAME_IN_LIST: &'static str;
+    /// The condition that job `j`'s `id` is in the list `$1`.
+    const JOB_ID_IN_LIST: &'static str;
     /// See [`crate::Store::success_changes_nothing`]: pipeline `$1`, stage `$2`, job `$3`, name `$4`.
     const SUCCESS_CHANGES_NOTHING: &'static str;
 
@@ -1462,6 +1464,24 @@ where
         Self::rows(conn, q, "reading a pipeline's reports", Self::reports_row).await
     }
 
+    /// See [`crate::Store::jobs_reports`].
+    async fn jobs_reports(
+        conn: &mut Self::Connection,
+        job_ids: &[i64],
+    ) -> Result<Vec<ReportsRecord>> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {REPORTS_COLS} FROM jobs j LEFT JOIN job_reports r ON r.job_id = j.id \
+             WHERE {} AND (r.job_id IS NOT NULL OR j.coverage IS NOT NULL) \
+             ORDER BY j.position, j.attempt, j.id",
+            Self::JOB_ID_IN_LIST
+        );
+        let q = sqlx::query(&sql).bind(Self::ids_param(Some(job_ids)));
+        Self::rows(conn, q, "reading jobs' reports", Self::reports_row).await
+    }
+
     /// See [`crate::Store::coverage_trend`].
     async fn coverage_trend(
         conn: &mut Self::Connection,
@@ -2321,6 +2341,13 @@ macro_rules! store {
                 pipeline_id: i64,
             ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
                 read!(self, conn => $db::pipeline_reports(conn, pipeline_id, false).await)
+            }
+
+            async fn jobs_reports(
+                &self,
+                job_ids: &[i64],
+            ) -> crate::error::Result<Vec<crate::records::ReportsRecord>> {
+                read!(self, conn => $db::jobs_reports(conn, job_ids).await)
             }
 
             async fn pipeline_gates(

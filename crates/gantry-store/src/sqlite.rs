@@ -135,6 +135,7 @@ impl Sql for Sqlite {
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const LATER_LEASE: &'static str = "MAX(COALESCE(lease_until, 0), $1)";
     const NAME_IN_LIST: &'static str = "name IN (SELECT value FROM json_each($2))";
+    const JOB_ID_IN_LIST: &'static str = "j.id IN (SELECT value FROM json_each($1))";
     const SUCCESS_CHANGES_NOTHING: &'static str = SUCCESS_CHANGES_NOTHING;
 }
 

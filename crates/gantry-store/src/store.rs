@@ -297,6 +297,9 @@ pub trait Store: Send + Sync + 'static {
     /// The latest attempt of each job of pipeline `pipeline_id` that stored reports or has a
     /// `coverage:` value, in `position` order.
     async fn pipeline_reports(&self, pipeline_id: i64) -> Result<Vec<ReportsRecord>>;
+    /// Those of jobs `job_ids` (whatever their attempt) that stored reports or have a `coverage:`
+    /// value, in `position` and `attempt` order: a gate's sources, in one query.
+    async fn jobs_reports(&self, job_ids: &[i64]) -> Result<Vec<ReportsRecord>>;
     /// The latest attempt of each job of pipeline `pipeline_id` that stored a gate verdict, in
     /// `position` order, without its summaries (`reports` is `None`): what a commit status names.
     async fn pipeline_gates(&self, pipeline_id: i64) -> Result<Vec<ReportsRecord>>;

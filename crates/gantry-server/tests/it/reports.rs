@@ -304,12 +304,15 @@ pub(crate) async fn take_in(app: &App, agent: &Agent, pipeline: i64, name: &str)
     }
 }
 
+/// A `new_coverage` gate (in merge request pipelines too).
 const NEW_CODE: &str = "stages: [test, gate]
 unit:
   stage: test
   script: [make test]
+  rules: [{when: on_success}]
 quality:
   stage: gate
+  rules: [{when: on_success}]
   gate:
     new_coverage: '>= 80'
 ";
@@ -346,6 +349,76 @@ async fn a_new_coverage_gate_gets_the_changes_lines(backend: Backend) {
     );
 }
 both!(a_new_coverage_gate_gets_the_changes_lines);
+
+/// The change's lines are read when the pipeline is created: a gate job is handed out without
+/// git, its lines right (against a push's `before`, a new branch's merge base with the default
+/// branch, a merge request's diff base; none without a base) with the project's mirror gone and
+/// its repository out of reach.
+async fn a_new_coverage_gate_is_handed_out_without_git(backend: Backend) {
+    let app = spawn(backend).await;
+    app.project("demo", json!({})).await;
+    let agent = app.register("a", &[]).await;
+    let first = app.commit(&[(".gitlab-ci.yml", NEW_CODE), ("src/a.go", "1\n2\n3\n")]);
+    push_after(&app, "demo", "main", ZEROS, &first).await;
+    let second = app.commit(&[("src/a.go", "1\ntwo\n3\n4\n")]);
+    let pipeline = push_after(&app, "demo", "main", &first, &second).await;
+    git(&app.repo, &["checkout", "-q", "-b", "feature"]);
+    let third = app.commit(&[("src/b.go", "x\n")]);
+    let branch = push_after(&app, "demo", "feature", ZEROS, &third).await;
+    // A merge request into `release` (at `first`): against its diff base, `first`.
+    git(&app.repo, &["branch", "release", &first]);
+    let mut mr = fixture("gitlab-merge-request.json");
+    set(
+        &mut mr,
+        "/object_attributes/source_branch",
+        json!("feature"),
+    );
+    set(
+        &mut mr,
+        "/object_attributes/target_branch",
+        json!("release"),
+    );
+    set(&mut mr, "/object_attributes/last_commit/id", json!(third));
+    let r = send_hook(&app, "demo", "gitlab", "Merge Request Hook", &mr, "mr").await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let d = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let d = app.delivery("demo", d).await;
+    let merge_request = d["pipeline_id"].as_i64().unwrap_or_else(|| panic!("{d}"));
+    // A branch with no history in common with `main`: no base, no lines (never a wrong number).
+    git(&app.repo, &["checkout", "-q", "--orphan", "lonely"]);
+    let lonely = app.commit(&[("src/c.go", "z\n")]);
+    let lonely = push_after(&app, "demo", "lonely", ZEROS, &lonely).await;
+
+    std::fs::remove_dir_all(app.config.data_dir.join("mirrors")).unwrap();
+    let away = app.repo.with_extension("away");
+    std::fs::rename(&app.repo, &away).unwrap();
+    let gate = take_in(&app, &agent, pipeline, "quality").await;
+    assert_eq!(
+        gate["changes"],
+        json!({"files": {"src/a.go": [2, 4]}}),
+        "{gate}"
+    );
+    let gate = take_in(&app, &agent, branch, "quality").await;
+    assert_eq!(
+        gate["changes"],
+        json!({"files": {"src/b.go": [1]}}),
+        "against the merge base with main: {gate}"
+    );
+    let gate = take_in(&app, &agent, merge_request, "quality").await;
+    assert_eq!(
+        gate["changes"],
+        json!({"files": {"src/a.go": [2, 4], "src/b.go": [1]}}),
+        "against the merge request's diff base: {gate}"
+    );
+    let gate = take_in(&app, &agent, lonely, "quality").await;
+    assert!(gate.get("changes").is_none(), "{gate}");
+    assert!(
+        !app.config.data_dir.join("mirrors").exists(),
+        "no hand-out touched a mirror"
+    );
+    std::fs::rename(&away, &app.repo).unwrap();
+}
+both!(a_new_coverage_gate_is_handed_out_without_git);
 
 const ZEROS: &str = "0000000000000000000000000000000000000000";
 

@@ -85,6 +85,7 @@ store_tests!(
     an_unknown_status_in_the_database_is_an_error,
     reports_are_stored_with_the_finish_once,
     pipeline_reports_read_latest_attempts,
+    jobs_reports_read_the_given_jobs,
     coverage_trend_of_a_ref,
     notifications_wait_retry_and_survive_reopen,
     two_stores_claim_each_notification_once,
@@ -2276,10 +2277,16 @@ async fn reports_are_stored_with_the_finish_once(h: Harness) {
     assert_eq!(again.stored, Some(second));
 }
 
-/// A pipeline's reports are those of each job's latest attempt that stored reports or has a
-/// `coverage:` value, in position order.
-async fn pipeline_reports_read_latest_attempts(h: Harness) {
-    let s = &*h.store;
+/// A pipeline of jobs `a`, `b` and `c` that failed: `a` with reports, `b` with a `coverage:`
+/// value, `c` with neither; answers its project, its id, the agent and the jobs' ids.
+async fn three_jobs_ended(
+    s: &dyn Store,
+) -> (
+    gantry_store::ProjectRecord,
+    i64,
+    gantry_store::AgentRecord,
+    Vec<i64>,
+) {
     let p = project(s, "p").await;
     let jobs = vec![job("a", 0, 2_000), job("b", 1, 2_000), job("c", 2, 2_000)];
     let id = create(s, p.id, jobs).await;
@@ -2295,6 +2302,26 @@ async fn pipeline_reports_read_latest_attempts(h: Harness) {
         s.finish(j.id, ag.id, &r).await.unwrap();
         ids.push(j.id);
     }
+    (p, id, ag, ids)
+}
+
+/// Adds attempt 2 of job `a` (position 0) to pipeline `id`.
+async fn retry_a(s: &dyn Store, id: i64) {
+    let full = s.pipeline(id).await.unwrap().unwrap();
+    let mut retry = job("a", 0, 5_000);
+    retry.attempt = 2;
+    let changes = Changes {
+        new_jobs: vec![retry],
+        ..Changes::default()
+    };
+    assert!(s.apply(id, full.version, &changes).await.unwrap());
+}
+
+/// A pipeline's reports are those of each job's latest attempt that stored reports or has a
+/// `coverage:` value, in position order.
+async fn pipeline_reports_read_latest_attempts(h: Harness) {
+    let s = &*h.store;
+    let (_, id, ag, ids) = three_jobs_ended(s).await;
     let got = s.pipeline_reports(id).await.unwrap();
     let names: Vec<_> = got
         .iter()
@@ -2305,14 +2332,7 @@ async fn pipeline_reports_read_latest_attempts(h: Harness) {
     assert_eq!(got[1].stored, None);
 
     // A retry of `a` (attempt 2) hides attempt 1's reports until it stores its own.
-    let full = s.pipeline(id).await.unwrap().unwrap();
-    let mut retry = job("a", 0, 5_000);
-    retry.attempt = 2;
-    let changes = Changes {
-        new_jobs: vec![retry],
-        ..Changes::default()
-    };
-    assert!(s.apply(id, full.version, &changes).await.unwrap());
+    retry_a(s, id).await;
     let got = s.pipeline_reports(id).await.unwrap();
     assert_eq!(
         got.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
@@ -2334,6 +2354,69 @@ async fn pipeline_reports_read_latest_attempts(h: Harness) {
     // The first attempt's reports are still its own.
     let first = s.job_reports(ids[0]).await.unwrap().unwrap();
     assert_eq!(first.stored, Some(reports(Some(70.0), 3, 1)));
+}
+
+/// Claims the next job at `at` and ends it a success with `r`.
+async fn succeed_with(
+    s: &dyn Store,
+    ag: &gantry_store::AgentRecord,
+    at: i64,
+    r: NewReports,
+) -> gantry_store::JobRecord {
+    let j = s.claim(ag, at, 60_000).await.unwrap().unwrap();
+    let result = JobResult {
+        reports: Some(r),
+        ..done(JobStatus::Success, at + 1_000)
+    };
+    s.finish(j.id, ag.id, &result).await.unwrap();
+    j
+}
+
+/// The reports of given jobs: each of those (any attempt, of any pipeline) that stored reports
+/// or has a `coverage:` value, in position and attempt order; no other job's.
+async fn jobs_reports_read_the_given_jobs(h: Harness) {
+    let s = &*h.store;
+    let (p, id, ag, ids) = three_jobs_ended(s).await;
+    // A retry of `a` (attempt 2) with reports of its own: both attempts read when asked for.
+    retry_a(s, id).await;
+    let j = succeed_with(s, &ag, 6_000, reports(Some(75.0), 3, 0)).await;
+    // Another pipeline's job with reports is read only when named.
+    let other = create(s, p.id, vec![job("a", 0, 8_000)]).await;
+    let o = succeed_with(s, &ag, 9_000, reports(Some(1.0), 1, 0)).await;
+    assert_eq!(o.pipeline_id, other);
+
+    let got = s.jobs_reports(&[j.id, ids[1], ids[0]]).await.unwrap();
+    let read: Vec<_> = got
+        .iter()
+        .map(|r| {
+            (
+                r.job_id,
+                r.stored.as_ref().and_then(|x| x.coverage),
+                r.job_coverage,
+            )
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [
+            (ids[0], Some(70.0), None),
+            (j.id, Some(75.0), None),
+            (ids[1], None, Some(50.0))
+        ],
+        "position, then attempt order; c and the other pipeline's job not asked for"
+    );
+    assert_eq!(got[0].stored, Some(reports(Some(70.0), 3, 1)));
+    // A job with neither reports nor coverage, an unknown id and no id read nothing.
+    for none in [&[ids[2]][..], &[o.id + 1_000], &[]] {
+        let got = s.jobs_reports(none).await.unwrap();
+        assert!(got.is_empty(), "{none:?}: {got:?}");
+    }
+    let c = s.jobs_reports(&[ids[2], o.id]).await.unwrap();
+    assert_eq!(
+        c.iter().map(|r| r.job_id).collect::<Vec<_>>(),
+        [o.id],
+        "any pipeline's jobs"
+    );
 }
 
 /// The coverage trend of a ref: its pipelines with coverage, newest first, each the mean of its
