@@ -871,6 +871,7 @@ fn execute(
         offline: args.common.offline,
         variables: plan.cli_variables.clone(),
         scoped: plan.scoped_variables.clone(),
+        by_hand: false,
         pipeline_id: config.pipeline_id,
         executor: executor.clone(),
         face: match (&human, &json) {

@@ -157,6 +157,9 @@ pub struct Context {
     pub variables: Vec<Variable>,
     /// The variables scoped to environments (`--variables-file`).
     pub scoped: Vec<ScopedVariable>,
+    /// Whether the variables were given to `gantry rollback` itself, which warns of each one the
+    /// rollback does not use (it takes only masked ones).
+    pub by_hand: bool,
     /// The pipeline id a rollback runs and is recorded under.
     pub pipeline_id: u64,
     /// The runtime rollbacks and notifications run on (a reporter may be called off it).
@@ -544,6 +547,25 @@ fn recorded_variables(ctx: &Context, to: &Deployment) -> Vec<Variable> {
         |s| (&s.variable.key, &s.environment_scope),
         Some(&to.spec.environment),
     );
+    if ctx.by_hand {
+        let mut unused: Vec<&str> = ctx
+            .variables
+            .iter()
+            .chain(ctx.scoped.iter().map(|s| &s.variable))
+            .map(|c| c.key.as_str())
+            .filter(|k| !to.spec.variables.iter().any(|v| v.masked && v.key == *k))
+            .collect();
+        unused.sort_unstable();
+        unused.dedup();
+        for key in unused {
+            eprintln!(
+                "gantry: warning: variable `{key}` is not used: the rollback re-deploys deployment \
+                 {} with its recorded variables and takes only masked ones (never recorded) from \
+                 this command",
+                to.id
+            );
+        }
+    }
     let mut out = Vec::new();
     for v in &to.spec.variables {
         if !v.masked {
@@ -676,6 +698,7 @@ pub fn main(args: &RollbackArgs) -> Result<u8> {
             offline: false,
             variables,
             scoped,
+            by_hand: true,
             pipeline_id,
             executor,
             face: face.clone(),

@@ -485,6 +485,12 @@ fn gantry_rollback_takes_the_masked_variables_as_gantry_run_does() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(!stderr.contains("runs without masked variable"), "{stderr}");
+    // A plain one given here is not used, and the command says so.
+    assert!(
+        stderr.contains("variable `REPLICAS` is not used: the rollback re-deploys deployment 1")
+            && !stderr.contains("variable `TOKEN` is not used"),
+        "{stderr}"
+    );
     // The masked one comes from the command; the others keep their recorded values.
     assert_eq!(
         s.deployed(),
