@@ -306,7 +306,8 @@ pub struct ProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
-    /// What it may do.
+    /// What it may do (absent from an older server's answer: see `effective_scope`).
+    #[serde(default)]
     pub scope: TokenScope,
     /// Whether `scope` is `read`: the older spelling, for older clients.
     #[schema(deprecated)]
@@ -327,11 +328,36 @@ pub struct CreatedProjectToken {
     pub created_at: String,
     /// When it stops working; never, when absent.
     pub expires_at: Option<String>,
-    /// What it may do.
+    /// What it may do (absent from an older server's answer: see `effective_scope`).
+    #[serde(default)]
     pub scope: TokenScope,
     /// Whether `scope` is `read`: the older spelling, for older clients.
     #[schema(deprecated)]
     pub read_only: bool,
+}
+
+impl ProjectToken {
+    /// Its scope, also from an older server, which answers `read_only` alone.
+    #[must_use]
+    pub fn effective_scope(&self) -> TokenScope {
+        if self.read_only {
+            TokenScope::Read
+        } else {
+            self.scope
+        }
+    }
+}
+
+impl CreatedProjectToken {
+    /// Its scope, also from an older server, which answers `read_only` alone.
+    #[must_use]
+    pub fn effective_scope(&self) -> TokenScope {
+        if self.read_only {
+            TokenScope::Read
+        } else {
+            self.scope
+        }
+    }
 }
 
 /// The body of `POST /api/v1/projects/{name}/pipelines`.
@@ -749,6 +775,21 @@ mod tests {
         assert_eq!(JobStatus::Scheduled.as_str(), "scheduled");
         assert_eq!(DeliveryStatus::Created.as_str(), "created");
         assert_eq!(PipelineStatus::parse("retrying"), None);
+    }
+
+    #[test]
+    fn an_older_server_s_token_answer_reads_as_its_scope() {
+        let old = r#"{"id": 1, "name": "ci", "created_at": "2026-01-01T00:00:00Z",
+                      "expires_at": null, "read_only": true}"#;
+        let t: ProjectToken = serde_json::from_str(old).unwrap();
+        assert_eq!(t.effective_scope(), TokenScope::Read);
+        let old = old.replace("\"read_only\": true", "\"read_only\": false");
+        let t: ProjectToken = serde_json::from_str(&old).unwrap();
+        assert_eq!(t.effective_scope(), TokenScope::Write);
+        let created = r#"{"id": 1, "name": "ci", "token": "gpt_x",
+                          "created_at": "2026-01-01T00:00:00Z", "read_only": true}"#;
+        let c: CreatedProjectToken = serde_json::from_str(created).unwrap();
+        assert_eq!(c.effective_scope(), TokenScope::Read);
     }
 
     #[test]

@@ -268,10 +268,11 @@ fn token_list(args: &TokenListArgs) -> Result<()> {
         |list: Vec<gantry_api::ProjectToken>| {
             list.into_iter()
                 .map(|t| {
+                    let scope = t.effective_scope();
                     vec![
                         t.id.to_string(),
                         t.name,
-                        t.scope.to_string(),
+                        scope.to_string(),
                         t.created_at,
                         t.expires_at.unwrap_or_else(|| "never".into()),
                     ]
@@ -288,12 +289,7 @@ fn token_create(args: TokenCreateArgs) -> Result<()> {
     } else {
         args.scope.parse().map_err(anyhow::Error::msg)?
     };
-    let body = serde_json::to_vec(&NewProjectToken {
-        name: args.name,
-        expires_at: args.expires_at,
-        scope: Some(scope),
-        read_only: None,
-    })?;
+    let body = serde_json::to_vec(&token_body(args.name, args.expires_at, scope))?;
     let path = format!("/api/v1/projects/{}/tokens", args.project);
     let bytes = Client::new(&args.server)?.send(reqwest::Method::POST, &path, Some(body))?;
     let created: CreatedProjectToken =
@@ -305,13 +301,24 @@ fn token_create(args: TokenCreateArgs) -> Result<()> {
         "gantry: created token {} ({}, scope {}) of project {}, {}; its secret is shown only this once",
         created.id,
         created.name,
-        created.scope,
+        created.effective_scope(),
         args.project,
         created
             .expires_at
             .map_or_else(|| "never expires".to_string(), |t| format!("expires {t}"))
     );
     Ok(())
+}
+
+/// A new token's body: `scope`, and `read_only` too, which an older server (that ignores `scope`)
+/// reads, so that it never makes a `write` token of a `read` one.
+fn token_body(name: String, expires_at: Option<String>, scope: TokenScope) -> NewProjectToken {
+    NewProjectToken {
+        name,
+        expires_at,
+        scope: Some(scope),
+        read_only: Some(scope == TokenScope::Read),
+    }
 }
 
 fn variable(pair: &str, masked: bool) -> Result<ProjectVariable> {
@@ -359,6 +366,16 @@ fn add(args: AddArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_token_says_its_scope_in_both_spellings_and_the_server_agrees() {
+        for scope in [TokenScope::Read, TokenScope::Write] {
+            let body = token_body("ci".into(), None, scope);
+            assert_eq!(body.read_only, Some(scope == TokenScope::Read));
+            // The server takes the pair as one scope (it refuses a pair that disagrees).
+            assert_eq!(body.resolved_scope(), Ok(scope));
+        }
+    }
 
     #[test]
     fn variables_split_at_the_first_equals_sign() {
