@@ -383,6 +383,24 @@ impl History {
         Ok(())
     }
 
+    /// Whether deployment `id` of `environment` has no artifact snapshot because pruning removed
+    /// it: it is not among the [`KEEP_SNAPSHOTS`] newest successful ones, and its directory is
+    /// gone. (A record written before snapshots were always made has none for another reason.)
+    ///
+    /// # Errors
+    /// When the records cannot be read.
+    pub fn snapshot_pruned(&self, environment: &str, id: u64) -> Result<bool, Error> {
+        if self.snapshot_dir(id).is_dir() {
+            return Ok(false);
+        }
+        let newer_successes = self
+            .read(environment)?
+            .iter()
+            .filter(|d| d.status == DeploymentStatus::Success && d.id >= id)
+            .count();
+        Ok(newer_successes > KEEP_SNAPSHOTS)
+    }
+
     /// Removes the artifact snapshots of `environment`'s deployments except those of the
     /// [`KEEP_SNAPSHOTS`] newest successful ones and of the running ones.
     ///
@@ -863,6 +881,12 @@ mod tests {
             "a failed deployment's is pruned"
         );
         assert!(ids[1..].iter().all(|&id| h.snapshot_dir(id).exists()));
+        // Only the pruned one counts as pruned: a kept one whose directory is missing (a record
+        // from before snapshots were always made) does not.
+        assert!(h.snapshot_pruned("production", ids[0]).unwrap());
+        assert!(!h.snapshot_pruned("production", ids[1]).unwrap());
+        std::fs::remove_dir_all(h.snapshot_dir(ids[2])).unwrap();
+        assert!(!h.snapshot_pruned("production", ids[2]).unwrap());
     }
 
     #[test]

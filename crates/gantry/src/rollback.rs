@@ -246,7 +246,11 @@ pub async fn roll_back(
             return Outcome::Failed;
         }
     };
-    if !to_d.spec.artifacts.is_empty() && !history.snapshot_dir(to_d.id).is_dir() {
+    if !to_d.spec.artifacts.is_empty()
+        && history
+            .snapshot_pruned(environment, to_d.id)
+            .unwrap_or(true)
+    {
         eprintln!(
             "gantry: error: deployment {}'s artifacts were pruned (only the last {} successful \
              deployments keep them): cannot roll back to it",

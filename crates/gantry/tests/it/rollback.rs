@@ -650,11 +650,13 @@ fn a_target_whose_artifacts_were_pruned_is_refused_unless_it_took_none() {
     let s = Setup::new(&["v1", "v2"]);
     assert_eq!(s.run("3").code, 0);
     s.commit("v2", "");
-    assert_eq!(s.run("5").code, 0);
+    // Ten newer successes: deployment 1 is the 11th newest, and its snapshot is pruned.
+    for _ in 0..10 {
+        assert_eq!(s.run("5").code, 0);
+    }
     let snapshots = s.repo.path().join(".gantry/deployments/snapshots");
-    assert!(snapshots.join("1").is_dir());
-    std::fs::remove_dir_all(snapshots.join("1")).unwrap();
-    let out = s.rollback(&[]);
+    assert!(!snapshots.join("1").exists() && snapshots.join("2").is_dir());
+    let out = s.rollback(&["--to", "1"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(
@@ -664,19 +666,26 @@ fn a_target_whose_artifacts_were_pruned_is_refused_unless_it_took_none() {
         "{out:?}"
     );
     assert!(s.deployed().starts_with("v2 "), "nothing re-deployed");
-    assert_eq!(s.history().0, rows(&[(2, "success"), (1, "success")]));
+    assert_eq!(s.history().0.len(), 11);
 
-    // A deployment that took no artifacts has nothing to lose.
+    // A kept one without a snapshot (recorded before snapshots were always made) is not refused.
+    std::fs::remove_dir_all(snapshots.join("2")).unwrap();
+    let out = s.rollback(&["--to", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // A deployment that took no artifacts has nothing to lose, even when it is pruned.
     s.commit("v1", "  dependencies: []\n");
     assert_eq!(s.run("4").code, 0);
     s.commit("v2", "");
-    assert_eq!(s.run("6").code, 0);
-    std::fs::remove_dir_all(snapshots.join("3")).unwrap();
-    let out = s.rollback(&[]);
+    for _ in 0..10 {
+        assert_eq!(s.run("6").code, 0);
+    }
+    let target = s.history().1[10]["id"].as_u64().unwrap();
+    assert!(!snapshots.join(target.to_string()).exists());
+    let out = s.rollback(&["--to", &target.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
-        s.deployed()
-            .starts_with("v1  replicas=4 rollback=true from=4 to=3"),
+        s.deployed().starts_with("v1  replicas=4 rollback=true"),
         "{}",
         s.deployed()
     );
