@@ -228,7 +228,8 @@ fn signin_form(
     status: StatusCode,
     error: Option<&str>,
 ) -> Response {
-    let pre = crate::random_token();
+    // Its time of issue, under the MAC with it, bounds its life on the server too.
+    let pre = format!("{}.{}", crate::now_ms(), crate::random_token());
     let mut resp = html(
         status,
         &gantry_ui::signin(error, &mac(state, SIGNIN_MAC, &pre)),
@@ -258,7 +259,7 @@ fn secure(state: &AppState, headers: &HeaderMap) -> &'static str {
 }
 
 /// Whether a sign-in form was posted by this site's own sign-in page: its `csrf` is the MAC of
-/// the pre-session cookie, and the browser's `Sec-Fetch-Site` and `Origin`, when it sends them,
+/// the pre-session cookie, issued at most `PRESESSION_AGE` ago, and the browser's `Sec-Fetch-Site` and `Origin`, when it sends them,
 /// say the same origin (the `Host`, or the external URL's).
 fn signin_from_here(state: &AppState, headers: &HeaderMap, body: &[u8]) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -282,9 +283,18 @@ fn signin_from_here(state: &AppState, headers: &HeaderMap, body: &[u8]) -> bool 
         }
     }
     match (cookie(headers, PRESESSION), form_field(body, "csrf")) {
-        (Some(pre), Some(sent)) => same(&sent, &mac(state, SIGNIN_MAC, &pre)),
+        (Some(pre), Some(sent)) => {
+            same(&sent, &mac(state, SIGNIN_MAC, &pre)) && fresh(&pre, crate::now_ms())
+        }
         _ => false,
     }
+}
+
+/// Whether pre-session `pre` (`ISSUED_MS.RANDOM`) was issued at most `PRESESSION_AGE` before `now`.
+fn fresh(pre: &str, now: i64) -> bool {
+    pre.split_once('.')
+        .and_then(|(at, _)| at.parse::<i64>().ok())
+        .is_some_and(|at| (0..=i64::from(PRESESSION_AGE) * 1000).contains(&(now - at)))
 }
 
 /// `POST /signin`: a known token, sent by this site's sign-in form, becomes the session cookie.
@@ -1018,6 +1028,17 @@ impl Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pre_session_lives_thirty_minutes_on_the_server_too() {
+        let at = 1_800_000_000_000;
+        let pre = format!("{at}.0123abcd");
+        assert!(fresh(&pre, at));
+        assert!(fresh(&pre, at + i64::from(PRESESSION_AGE) * 1000));
+        assert!(!fresh(&pre, at + i64::from(PRESESSION_AGE) * 1000 + 1));
+        assert!(!fresh(&pre, at - 1), "issued in the future");
+        assert!(!fresh("0123abcd", at), "no time of issue");
+    }
 
     #[test]
     fn cookies_and_forms() {
