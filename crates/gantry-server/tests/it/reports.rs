@@ -350,9 +350,9 @@ async fn a_new_coverage_gate_gets_the_changes_lines(backend: Backend) {
 }
 both!(a_new_coverage_gate_gets_the_changes_lines);
 
-/// A pipeline created before its doc kept the change's lines (its stored spec has no `changes`)
-/// gets them at its gate job's hand-out, read then as at creation.
-async fn an_older_pipelines_new_coverage_gate_reads_the_changes_lines(backend: Backend) {
+/// Project `demo` with `NEW_CODE`, an agent, and two pushes to `main` (the second changes lines 2
+/// and 4 of `src/a.go`); answers the first commit and the second push's pipeline.
+async fn new_code(backend: Backend) -> (App, Agent, String, i64) {
     let app = spawn(backend).await;
     app.project("demo", json!({})).await;
     let agent = app.register("a", &[]).await;
@@ -360,6 +360,13 @@ async fn an_older_pipelines_new_coverage_gate_reads_the_changes_lines(backend: B
     push_after(&app, "demo", "main", ZEROS, &first).await;
     let second = app.commit(&[("src/a.go", "1\ntwo\n3\n4\n")]);
     let pipeline = push_after(&app, "demo", "main", &first, &second).await;
+    (app, agent, first, pipeline)
+}
+
+/// A pipeline created before its doc kept the change's lines (its stored spec has no `changes`)
+/// gets them at its gate job's hand-out, read then as at creation.
+async fn an_older_pipelines_new_coverage_gate_reads_the_changes_lines(backend: Backend) {
+    let (app, agent, _, pipeline) = new_code(backend).await;
     let store = gantry_store::connect(&app.database_url).await.unwrap();
     let p = store.pipeline(pipeline).await.unwrap().unwrap();
     let mut spec: Value = serde_json::from_str(&p.spec).unwrap();
@@ -384,13 +391,7 @@ both!(an_older_pipelines_new_coverage_gate_reads_the_changes_lines);
 /// branch, a merge request's diff base; none without a base) with the project's mirror gone and
 /// its repository out of reach.
 async fn a_new_coverage_gate_is_handed_out_without_git(backend: Backend) {
-    let app = spawn(backend).await;
-    app.project("demo", json!({})).await;
-    let agent = app.register("a", &[]).await;
-    let first = app.commit(&[(".gitlab-ci.yml", NEW_CODE), ("src/a.go", "1\n2\n3\n")]);
-    push_after(&app, "demo", "main", ZEROS, &first).await;
-    let second = app.commit(&[("src/a.go", "1\ntwo\n3\n4\n")]);
-    let pipeline = push_after(&app, "demo", "main", &first, &second).await;
+    let (app, agent, first, pipeline) = new_code(backend).await;
     git(&app.repo, &["checkout", "-q", "-b", "feature"]);
     let third = app.commit(&[("src/b.go", "x\n")]);
     let branch = push_after(&app, "demo", "feature", ZEROS, &third).await;

@@ -276,13 +276,16 @@ async fn post_rollback(app: &App, env: &str, token: &str, body: Option<Value>) -
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn the_api_rolls_back_and_says_why_not(b: Backend) {
-    let (app, agent) = app(b, None, json!({})).await;
-    let plain = "
+/// A deploy job with no verification.
+const PLAIN: &str = "
 deploy:
   script: [./deploy.sh]
   environment: {name: production}
 ";
+
+async fn the_api_rolls_back_and_says_why_not(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let plain = PLAIN;
     let admin = crate::common::ADMIN;
     let (status, body) = post_rollback(&app, "production", admin, None).await;
     assert_eq!(status, 404, "{body}");
@@ -367,11 +370,7 @@ crate::both!(the_api_rolls_back_and_says_why_not);
 /// rollback: here the attempt is made through the store as `start` makes it, and never recorded.
 async fn a_rollback_handed_out_first_records_who_started_it(b: Backend) {
     let (app, agent) = app(b, None, json!({})).await;
-    let plain = "
-deploy:
-  script: [./deploy.sh]
-  environment: {name: production}
-";
+    let plain = PLAIN;
     let v1 = deploy(&app, &agent, plain, 1, "success", None).await;
     let v2 = deploy(&app, &agent, plain, 2, "success", None).await;
     let (d1, d2) = (
