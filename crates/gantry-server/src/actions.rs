@@ -24,10 +24,14 @@ pub(crate) async fn cancel_pipeline(
     caller
         .changes_pipeline(&state, id, "cancel a pipeline")
         .await?;
-    // A pipeline that is over has nothing to cancel, unless a rollback's attempt runs in it.
+    // A pipeline that is over has nothing to cancel, unless a rollback's attempt runs in it (one
+    // already asked to stop is being canceled: nothing more to do, the pipeline as it is).
     let op = |p: &PipelineRecord, now| {
         let step = advance::cancel(p, now);
-        if step.is_empty() && p.status != PipelineStatus::Canceled {
+        if step.is_empty()
+            && p.status != PipelineStatus::Canceled
+            && !advance::rollback_canceling(p)
+        {
             Err(format!("the pipeline is {} already", p.status))
         } else {
             Ok(step)

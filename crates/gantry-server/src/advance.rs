@@ -520,6 +520,14 @@ pub(crate) fn cancel(p: &PipelineRecord, now: Millis) -> Step {
     step
 }
 
+/// Whether a rollback's attempt in pipeline `p` runs and was asked to stop (a cancel of the
+/// pipeline has nothing more to do).
+pub(crate) fn rollback_canceling(p: &PipelineRecord) -> bool {
+    latest(p)
+        .into_iter()
+        .any(|j| j.status == JobStatus::Running && j.cancel_requested && is_rollback(j))
+}
+
 /// Plays the manual job `job_id`.
 pub(crate) fn play(p: &PipelineRecord, job_id: i64, now: Millis) -> Result<Step, String> {
     let jobs = latest(p);
@@ -1044,6 +1052,7 @@ mod tests {
             from: 7,
             to: 5,
             rollback_script: Some(vec!["helm rollback r".into()]),
+            by: None,
         };
         let step = redeploy(&p, 1, &doc, 6).unwrap();
         apply(&mut p, &step);
@@ -1084,6 +1093,7 @@ mod tests {
             from: 9,
             to: 4,
             rollback_script: Some(vec!["helm rollback app".into()]),
+            by: None,
         };
         let step = redeploy(&p, 2, &r, 50).unwrap();
         assert!(step.queued, "agents are woken");
@@ -1116,6 +1126,7 @@ mod tests {
             from: 10,
             to: 4,
             rollback_script: None,
+            by: None,
         };
         let step = redeploy(&p, 2, &again, 70).unwrap();
         assert_eq!(step.changes.new_jobs[0].attempt, 3);
@@ -1136,6 +1147,7 @@ mod tests {
             from: 9,
             to: 4,
             rollback_script: None,
+            by: None,
         };
         let step = redeploy(&p, 2, &r, 50).unwrap();
         assert_eq!(step.changes.status, None, "the pipeline is not reopened");

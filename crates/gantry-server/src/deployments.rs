@@ -1,7 +1,8 @@
 //! Deployments on the server (issue 19). A job whose `environment:` has action `start` deploys:
 //! when it is handed out, [`record`] stores its deployment (one insert; the store's
-//! `record_deployment` keeps the first of a job, and a rollback's attempt says it is one whichever
-//! of the hand-out and the rollback records it first). It is recorded after the claim commits but
+//! `record_deployment` keeps the first of a job, and a rollback's attempt says it is one, and who
+//! started it (its `RollbackDoc::by`), whichever of the hand-out and the rollback records it
+//! first). It is recorded after the claim commits but
 //! before the agent gets the job: the record is built from the job's spec, which needs the job the
 //! claim picks, and reads the store; a crash between loses only an attempt that no agent got
 //! (its lease runs out), never a deployment that ran. Its status and end are its job's, read
@@ -76,10 +77,10 @@ pub(crate) fn new_deployment(
         .collect();
     let login = resolved.get("GITLAB_USER_LOGIN").filter(|l| !l.is_empty());
     // A rollback's attempt may be handed out before its rollback recorded it: say the same.
-    let rollback_of = serde_json::from_str::<JobDoc>(&job.spec)
+    let rollback = serde_json::from_str::<JobDoc>(&job.spec)
         .ok()
-        .and_then(|d| d.rollback)
-        .map(|r| r.from);
+        .and_then(|d| d.rollback);
+    let rollback_of = rollback.as_ref().map(|r| r.from);
     Some(NewDeployment {
         project_id: p.project_id,
         environment,
@@ -93,8 +94,8 @@ pub(crate) fn new_deployment(
         job_name: job.name.clone(),
         sha: p.sha.clone(),
         git_ref: p.git_ref.clone(),
-        triggered_by: match (rollback_of, login) {
-            (Some(_), _) => TRIGGERED_BY.to_owned(),
+        triggered_by: match (rollback, login) {
+            (Some(r), _) => r.by.unwrap_or_else(|| TRIGGERED_BY.to_owned()),
             (None, Some(login)) => format!("{} by {login}", p.source),
             (None, None) => p.source.clone(),
         },

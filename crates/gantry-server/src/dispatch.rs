@@ -231,10 +231,19 @@ async fn handed_out(state: &AppState, agent: &AgentRecord, job: JobRecord) -> Ap
         Vec::new()
     };
     // A gate job's inputs: read only for gate jobs (decoding summaries takes milliseconds). The
-    // change's lines were read when the pipeline was created: no git here.
-    let kept = doc.changes.take();
+    // change's lines were read when the pipeline was created: no git here, but for a pipeline
+    // created before its doc kept them (no `changes`), which reads them now as intake does.
+    let needs_changes = !main.gate.is_empty() && crate::reports::needs_changes(&main);
+    let kept = match doc.changes.take() {
+        None if needs_changes => {
+            let project = state.project(&p.project_name).await?;
+            let before = p.before_sha.as_deref();
+            Some(crate::reports::pipeline_changes(state, &project, &doc, &p.sha, before).await)
+        }
+        kept => kept,
+    };
     let gate = (!main.gate.is_empty()).then(|| {
-        let changes = crate::reports::needs_changes(&main).then(|| match &kept {
+        let changes = needs_changes.then(|| match &kept {
             Some(c) => c.lines(),
             None => Err("the pipeline was created without its change's lines".to_owned()),
         });

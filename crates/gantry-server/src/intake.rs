@@ -37,7 +37,7 @@ use crate::events::{self, Event};
 use crate::git;
 use crate::includes::{self, Fetched, Remotes, WithRemotes};
 use crate::projects::LoadedProject;
-use crate::spec::{ChangesDoc, ForkDoc, JobDoc, PipelineDoc, pipeline_variables};
+use crate::spec::{ForkDoc, JobDoc, PipelineDoc, pipeline_variables};
 use crate::state::AppState;
 
 const ZEROS: &str = "0000000000000000000000000000000000000000";
@@ -439,7 +439,8 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
     let mut doc = compiled.doc;
     if plan.jobs.iter().any(crate::reports::needs_changes) {
         let before = new.before_sha.as_deref();
-        doc.changes = Some(changes(state, &project, &doc, &new.sha, before).await);
+        doc.changes =
+            Some(crate::reports::pipeline_changes(state, &project, &doc, &new.sha, before).await);
     }
     new.spec = serde_json::to_string(&doc)?;
     if doc.fork.as_ref().is_some_and(ForkDoc::waiting) {
@@ -453,40 +454,6 @@ async fn process_one(state: &AppState, d: DeliveryRecord, last: bool) -> Result<
         crate::progress::auto_cancel(state, &project, &event.git_ref, id).await;
     }
     Ok(())
-}
-
-/// The lines the change of a pipeline at `sha` added or modified, for its gates' `new_coverage`,
-/// read now (the mirror holds the commit) so that no hand-out runs git: against the merge
-/// request's diff base, else the push's `before`, else the merge base with the default branch.
-async fn changes(
-    state: &AppState,
-    project: &LoadedProject,
-    doc: &PipelineDoc,
-    sha: &str,
-    before_sha: Option<&str>,
-) -> ChangesDoc {
-    let bases: Vec<String> = doc
-        .predefined
-        .iter()
-        .filter(|v| v.key == "CI_MERGE_REQUEST_DIFF_BASE_SHA")
-        .map(|v| v.value.clone())
-        .chain(before_sha.map(str::to_owned))
-        .collect();
-    let mirror = git::mirror_path(&state.config.data_dir, project.record.id);
-    let remote = git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
-    let branch = project.spec.default_branch.clone();
-    let commit = sha.to_owned();
-    let lock = state.mirror_lock(project.record.id);
-    let _guard = lock.lock().await;
-    let read = tokio::task::spawn_blocking(move || {
-        crate::reports::read_changes(&mirror, &remote, &branch, &bases, &commit)
-    })
-    .await
-    .unwrap_or_else(|e| ChangesDoc::Unknown(format!("reading the change panicked: {e}")));
-    if let ChangesDoc::Unknown(why) = &read {
-        tracing::warn!(project = %project.record.name, %sha, %why, "new_coverage will have no data");
-    }
-    read
 }
 
 /// Why a fork's pipeline cannot include another project's files.

@@ -1,6 +1,6 @@
 //! Jobs' report summaries on the server: what a finish stores ([`to_store`]), the inputs of a gate
 //! job's spec ([`gate_inputs`], merged the way the runtime merges them locally; the change's lines,
-//! [`read_changes`] when its pipeline is created), and a pipeline's or job's reports as the API
+//! [`pipeline_changes`] when its pipeline is created), and a pipeline's or job's reports as the API
 //! shows them ([`view`]).
 //!
 //! The store keeps a job's summaries as opaque JSON (`gantry_reports::Reports` and
@@ -161,6 +161,42 @@ pub(crate) fn read_changes(
         )),
         Err(e) => ChangesDoc::Unknown(format!("cannot read the change: {e:#}")),
     }
+}
+
+/// The lines the change of a pipeline at `sha` added or modified, for its gates' `new_coverage`,
+/// read when it is created (the mirror holds the commit) so that no hand-out runs git: against the
+/// merge request's diff base, else the push's `before`, else the merge base with the default
+/// branch (under the mirror's lock). A pipeline created before its doc kept them reads them at
+/// its gate job's hand-out.
+pub(crate) async fn pipeline_changes(
+    state: &crate::state::AppState,
+    project: &crate::projects::LoadedProject,
+    doc: &crate::spec::PipelineDoc,
+    sha: &str,
+    before_sha: Option<&str>,
+) -> ChangesDoc {
+    let bases: Vec<String> = doc
+        .predefined
+        .iter()
+        .filter(|v| v.key == "CI_MERGE_REQUEST_DIFF_BASE_SHA")
+        .map(|v| v.value.clone())
+        .chain(before_sha.map(str::to_owned))
+        .collect();
+    let mirror = crate::git::mirror_path(&state.config.data_dir, project.record.id);
+    let remote = crate::git::Remote::new(&project.spec.repo_url, state.config.git_timeout);
+    let branch = project.spec.default_branch.clone();
+    let commit = sha.to_owned();
+    let lock = state.mirror_lock(project.record.id);
+    let _guard = lock.lock().await;
+    let read = tokio::task::spawn_blocking(move || {
+        read_changes(&mirror, &remote, &branch, &bases, &commit)
+    })
+    .await
+    .unwrap_or_else(|e| ChangesDoc::Unknown(format!("reading the change panicked: {e}")));
+    if let ChangesDoc::Unknown(why) = &read {
+        tracing::warn!(project = %project.record.name, %sha, %why, "new_coverage will have no data");
+    }
+    read
 }
 
 /// The lines that commit `sha` added or modified against `base` (`git diff base...sha`, read in

@@ -140,6 +140,7 @@ async fn start(
         from: from.id,
         to: to.id,
         rollback_script,
+        by: Some(by.clone()),
     };
     let op =
         |p: &gantry_store::PipelineRecord, now| crate::advance::redeploy(p, to.job_id, &doc, now);

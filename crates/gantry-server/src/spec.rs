@@ -310,6 +310,11 @@ pub(crate) struct RollbackDoc {
     /// What runs instead of the job's script.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_script: Option<Vec<String>>,
+    /// Who started it (`rollback by admin`, `rollback (automatic)`): its deployment's
+    /// `triggered_by` whichever of the hand-out and the rollback records it first. An attempt
+    /// stored without it is triggered by `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl JobDoc {

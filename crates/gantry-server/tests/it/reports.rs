@@ -350,11 +350,9 @@ async fn a_new_coverage_gate_gets_the_changes_lines(backend: Backend) {
 }
 both!(a_new_coverage_gate_gets_the_changes_lines);
 
-/// The change's lines are read when the pipeline is created: a gate job is handed out without
-/// git, its lines right (against a push's `before`, a new branch's merge base with the default
-/// branch, a merge request's diff base; none without a base) with the project's mirror gone and
-/// its repository out of reach.
-async fn a_new_coverage_gate_is_handed_out_without_git(backend: Backend) {
+/// Project `demo` with `NEW_CODE`, an agent, and two pushes to `main` (the second changes lines 2
+/// and 4 of `src/a.go`); answers the first commit and the second push's pipeline.
+async fn new_code(backend: Backend) -> (App, Agent, String, i64) {
     let app = spawn(backend).await;
     app.project("demo", json!({})).await;
     let agent = app.register("a", &[]).await;
@@ -362,6 +360,38 @@ async fn a_new_coverage_gate_is_handed_out_without_git(backend: Backend) {
     push_after(&app, "demo", "main", ZEROS, &first).await;
     let second = app.commit(&[("src/a.go", "1\ntwo\n3\n4\n")]);
     let pipeline = push_after(&app, "demo", "main", &first, &second).await;
+    (app, agent, first, pipeline)
+}
+
+/// A pipeline created before its doc kept the change's lines (its stored spec has no `changes`)
+/// gets them at its gate job's hand-out, read then as at creation.
+async fn an_older_pipelines_new_coverage_gate_reads_the_changes_lines(backend: Backend) {
+    let (app, agent, _, pipeline) = new_code(backend).await;
+    let store = gantry_store::connect(&app.database_url).await.unwrap();
+    let p = store.pipeline(pipeline).await.unwrap().unwrap();
+    let mut spec: Value = serde_json::from_str(&p.spec).unwrap();
+    assert!(spec["changes"].is_object(), "kept at creation: {spec}");
+    spec.as_object_mut().unwrap().remove("changes");
+    let changes = gantry_store::Changes {
+        spec: Some(spec.to_string()),
+        ..Default::default()
+    };
+    assert!(store.apply(pipeline, p.version, &changes).await.unwrap());
+    let gate = take_in(&app, &agent, pipeline, "quality").await;
+    assert_eq!(
+        gate["changes"],
+        json!({"files": {"src/a.go": [2, 4]}}),
+        "{gate}"
+    );
+}
+both!(an_older_pipelines_new_coverage_gate_reads_the_changes_lines);
+
+/// The change's lines are read when the pipeline is created: a gate job is handed out without
+/// git, its lines right (against a push's `before`, a new branch's merge base with the default
+/// branch, a merge request's diff base; none without a base) with the project's mirror gone and
+/// its repository out of reach.
+async fn a_new_coverage_gate_is_handed_out_without_git(backend: Backend) {
+    let (app, agent, first, pipeline) = new_code(backend).await;
     git(&app.repo, &["checkout", "-q", "-b", "feature"]);
     let third = app.commit(&[("src/b.go", "x\n")]);
     let branch = push_after(&app, "demo", "feature", ZEROS, &third).await;

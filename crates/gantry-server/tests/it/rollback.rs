@@ -276,13 +276,16 @@ async fn post_rollback(app: &App, env: &str, token: &str, body: Option<Value>) -
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn the_api_rolls_back_and_says_why_not(b: Backend) {
-    let (app, agent) = app(b, None, json!({})).await;
-    let plain = "
+/// A deploy job with no verification.
+const PLAIN: &str = "
 deploy:
   script: [./deploy.sh]
   environment: {name: production}
 ";
+
+async fn the_api_rolls_back_and_says_why_not(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let plain = PLAIN;
     let admin = crate::common::ADMIN;
     let (status, body) = post_rollback(&app, "production", admin, None).await;
     assert_eq!(status, 404, "{body}");
@@ -361,6 +364,58 @@ deploy:
     assert_eq!(d.triggered_by, "rollback by admin");
 }
 crate::both!(the_api_rolls_back_and_says_why_not);
+
+/// A rollback's attempt that an agent claims before the rollback records its deployment (the
+/// attempt is queued, and agents woken, first) records who started it, from the attempt's
+/// rollback: here the attempt is made through the store as `start` makes it, and never recorded.
+async fn a_rollback_handed_out_first_records_who_started_it(b: Backend) {
+    let (app, agent) = app(b, None, json!({})).await;
+    let plain = PLAIN;
+    let v1 = deploy(&app, &agent, plain, 1, "success", None).await;
+    let v2 = deploy(&app, &agent, plain, 2, "success", None).await;
+    let (d1, d2) = (
+        deployment_of(&app, id(&v1)).await,
+        deployment_of(&app, id(&v2)).await,
+    );
+    let s = store(&app).await;
+    let p = s.pipeline(d1.pipeline_id).await.unwrap().unwrap();
+    let job = p.jobs.iter().find(|j| j.id == d1.job_id).unwrap();
+    let mut spec: Value = serde_json::from_str(&job.spec).unwrap();
+    spec["rollback"] = json!({"from": d2.id, "to": d1.id, "by": "rollback by token 7 (ops)"});
+    let attempt = gantry_store::NewJob {
+        name: job.name.clone(),
+        stage: job.stage.clone(),
+        stage_index: job.stage_index,
+        position: job.position,
+        attempt: job.attempt + 1,
+        status: gantry_api::JobStatus::Pending,
+        when: "on_success".into(),
+        allow_failure: job.allow_failure,
+        needs: job.needs.clone(),
+        tags: job.tags.clone(),
+        resource_group: job.resource_group.clone(),
+        interruptible: job.interruptible,
+        spec: spec.to_string(),
+        created_at: job.created_at + 1,
+    };
+    let changes = gantry_store::Changes {
+        new_jobs: vec![attempt],
+        jobs: vec![gantry_store::JobChange {
+            id: job.id,
+            retried: Some(true),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(s.apply(p.id, p.version, &changes).await.unwrap());
+    let rb = app.take(&agent, 0).await.expect("the rollback job");
+    let d = deployment_of(&app, id(&rb)).await;
+    assert_eq!(
+        (d.triggered_by.as_str(), d.rollback_of),
+        ("rollback by token 7 (ops)", Some(d2.id))
+    );
+}
+crate::both!(a_rollback_handed_out_first_records_who_started_it);
 
 async fn project_settings_rules_notify_with_the_files(b: Backend) {
     let settings_hook = Recorder::start(0).await;
@@ -740,6 +795,9 @@ async fn canceling_its_pipeline_cancels_a_rollback(b: Backend) {
     let rb = app.take(&agent, 0).await.expect("the rollback job");
     assert_eq!(rb["pipeline_id"], p1);
     send(app.post(&cancel), 200).await;
+    // Canceled again while it stops: nothing more to do, the pipeline as it is.
+    let body: Value = send(app.post(&cancel), 200).await.json().await.unwrap();
+    assert_eq!(body["status"], "success", "{body}");
     let beat = send(
         app.agent_call(
             &agent,
