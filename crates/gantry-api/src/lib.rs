@@ -308,6 +308,7 @@ pub struct ProjectToken {
     pub expires_at: Option<String>,
     /// What it may do (absent from an older server's answer: see `effective_scope`).
     #[serde(default)]
+    #[schema(required = true)]
     pub scope: TokenScope,
     /// Whether `scope` is `read`: the older spelling, for older clients.
     #[schema(deprecated)]
@@ -330,6 +331,7 @@ pub struct CreatedProjectToken {
     pub expires_at: Option<String>,
     /// What it may do (absent from an older server's answer: see `effective_scope`).
     #[serde(default)]
+    #[schema(required = true)]
     pub scope: TokenScope,
     /// Whether `scope` is `read`: the older spelling, for older clients.
     #[schema(deprecated)]
