@@ -8,14 +8,18 @@ use crate::common::{ADMIN, App, Backend, spawn};
 
 const CI: &str = "build:\n  script: [echo hi]\n";
 
-/// A chunk: its HTML and its `X-From`, `X-Line`, `X-Next-From` and `X-Next-Line`.
-async fn chunk(app: &App, id: i64, query: &str) -> (String, [u64; 4]) {
-    let r = app
-        .request(Method::GET, &format!("/jobs/{id}/log.html?{query}"))
+/// The answer to `log.html?QUERY`.
+async fn get(app: &App, id: i64, query: &str) -> reqwest::Response {
+    app.request(Method::GET, &format!("/jobs/{id}/log.html?{query}"))
         .header("cookie", format!("gantry_session={ADMIN}"))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A chunk: its HTML and its `X-From`, `X-Line`, `X-Next-From` and `X-Next-Line`.
+async fn chunk(app: &App, id: i64, query: &str) -> (String, [u64; 4]) {
+    let r = get(app, id, query).await;
     assert_eq!(r.status(), 200, "{query}");
     let h = |k: &str| -> u64 { r.headers()[k].to_str().unwrap().parse().unwrap() };
     let at = [h("x-from"), h("x-line"), h("x-next-from"), h("x-next-line")];
@@ -81,17 +85,7 @@ async fn chunks_number_lines_as_the_whole_log(b: Backend) {
         let before: usize = log.split_inclusive('\n').take(line - 1).map(str::len).sum();
         before as u64
     };
-    let r = app
-        .agent_call(
-            &agent,
-            Method::PUT,
-            &format!("/api/v1/agent/jobs/{id}/log?offset=0"),
-        )
-        .body(log.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    append(&app, &agent, id, 0, &log).await;
 
     // The tail: whole lines up to the end, numbered from the log's start.
     let (html, [from, line, next_from, next_line]) = chunk(&app, id, "").await;
@@ -254,13 +248,7 @@ async fn hostile_positions_answer_cleanly(b: Backend) {
         assert!(html.len() < 1000, "{q}");
     }
     for q in ["from=99999999999999999999", "line=-1", "to=x"] {
-        let r = app
-            .request(Method::GET, &format!("/jobs/{id}/log.html?{q}"))
-            .header("cookie", format!("gantry_session={ADMIN}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{q}");
+        assert_eq!(get(&app, id, q).await.status(), 400, "{q}");
     }
 }
 both!(hostile_positions_answer_cleanly);
