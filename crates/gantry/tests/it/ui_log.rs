@@ -181,3 +181,79 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         assert!(lines_in_dom(b).await < MAX_LINES);
     });
 }
+
+/// A line several chunks long: its pieces show under one number, and the lines after it keep
+/// theirs as the page scrolls down to them.
+#[test]
+fn a_line_longer_than_a_chunk_keeps_the_numbers_after_it() {
+    let s = Setup::new(Store::Sqlite);
+    let ci = "long:\n  script:\n    \
+        - echo first\n    \
+        - printf 'long%0200000dend\\n' 0\n    \
+        - echo after the long line\n    \
+        - seq 1 2000 | sed -e 's/.*/tail row &/'\n";
+    let (_repo, api) = s.project("long", ci);
+    let _agent = s.agent("a1");
+    let id = api.trigger("long");
+    let p = api.finished(id);
+    let job = job_named(&p, "long").id;
+    let raw = api.log(job);
+    let lines: Vec<&str> = raw.strip_suffix('\n').unwrap_or(&raw).split('\n').collect();
+    let long = 1 + lines.iter().position(|l| l.starts_with("long0")).unwrap();
+    let after = 1 + lines
+        .iter()
+        .position(|l| *l == "after the long line")
+        .unwrap();
+    assert!(after > long);
+    let last = lines.len();
+
+    runtime().block_on(async {
+        let owned = browser(&s.server.url).await;
+        let b = &owned;
+        b.sign_in_to_projects(ADMIN).await;
+        b.open(&format!("/jobs/{job}")).await;
+        until("the last line", || async move {
+            visible(b, last).await.then_some(())
+        })
+        .await;
+        b.js("document.getElementById('log').scrollTop = 0; return null")
+            .await;
+        until("line 1 at the top", || async move {
+            visible(b, 1).await.then_some(())
+        })
+        .await;
+        // Down a screen at a time to the line after the long one.
+        for _ in 0..400 {
+            if visible(b, after).await {
+                break;
+            }
+            b.js("document.getElementById('log').scrollBy(0, 600); return null")
+                .await;
+            until("lines in view", || async move { top_line(b).await }).await;
+        }
+        until("the line after the long one", || async move {
+            visible(b, after).await.then_some(())
+        })
+        .await;
+        let text = b
+            .js(&format!(
+                "return document.getElementById('L{after}').textContent"
+            ))
+            .await;
+        assert!(
+            text.as_str().unwrap().contains("after the long line"),
+            "{text}"
+        );
+        let unique = b
+            .js(
+                "const ids = [...document.querySelectorAll('#log [id]')].map(e => e.id); \
+                 return new Set(ids).size === ids.length",
+            )
+            .await;
+        assert_eq!(unique, json!(true));
+        let pieces = b
+            .js("return document.querySelectorAll('#log .l.c').length")
+            .await;
+        assert!(pieces.as_u64().unwrap() > 0, "{pieces}");
+    });
+}
