@@ -831,7 +831,9 @@ async fn scan(state: &AppState, id: i64, end: i64, stop: Option<u64>) -> AppResu
 /// from `?from=OFFSET&line=N`, backward to `?to=OFFSET&line=N`, from line `?line=N`, or the tail
 /// (these two cost one scan of the stored log, to number lines). `X-From` and `X-Line` say where
 /// the chunk starts, `X-Next-From` and `X-Next-Line` where the next one starts, `X-Done: 1` that
-/// the job is over and the chunk reaches the end of its log.
+/// the job is over and the chunk reaches the end of its log. A line longer than a chunk comes in
+/// pieces cut at characters' edges: `X-Next-Line` stays its number, and the next chunk starts with
+/// its rest (no anchor of its own). `line` is taken as 1 to `u32::MAX`.
 pub(crate) async fn log_chunk(
     State(state): State<AppState>,
     s: Session,
@@ -843,7 +845,9 @@ pub(crate) async fn log_chunk(
         let job = load_job(&state, id).await?;
         let size = job.log_size;
         let over = job.status.is_final();
-        let (from, line, end, backward) = match (q.from, q.to, q.line) {
+        // A line number from the query: 1 to `u32::MAX` (a hostile one cannot overflow).
+        let line_no = |l: u64| l.clamp(1, u64::from(u32::MAX));
+        let (from, line, end, backward) = match (q.from, q.to, q.line.map(line_no)) {
             (Some(from), _, line) => {
                 let from = from.clamp(0, size);
                 (from, line.unwrap_or(1), (from + LOG_CHUNK).min(size), None)
@@ -853,7 +857,7 @@ pub(crate) async fn log_chunk(
                 ((to - LOG_CHUNK).max(0), line, to, Some(line))
             }
             (None, None, Some(line)) => {
-                let (from, line) = scan(&state, id, size, Some(line.max(1))).await?;
+                let (from, line) = scan(&state, id, size, Some(line)).await?;
                 (from, line, (from + LOG_CHUNK).min(size), None)
             }
             (None, to, None) => {
@@ -861,18 +865,31 @@ pub(crate) async fn log_chunk(
                 ((to - LOG_CHUNK).max(0), 0, to, Some(0))
             }
         };
+        // One byte before the chunk too: whether it starts a line or goes on with one.
+        let lead = usize::from(from > 0);
         let mut bytes = if end > from {
-            state.store.read_log(id, from, end).await?
+            state
+                .store
+                .read_log(id, from - i64::from(from > 0), end)
+                .await?
         } else {
             Vec::new()
         };
+        let mut continued = from > 0 && bytes.first().is_some_and(|&b| b != b'\n');
+        bytes.drain(..lead.min(bytes.len()));
         let (mut from, mut line) = (from, line);
         if let Some(at_end) = backward {
             // Backward: from the first line that starts inside the window (a line longer than
-            // the window is shown whole as far as it goes).
-            if from > 0 {
+            // the window is shown in pieces, from its first whole character in the window).
+            if continued {
                 let head = &bytes[..bytes.len().saturating_sub(1)];
-                let skip = head.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let skip = match head.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        continued = false;
+                        i + 1
+                    }
+                    None => gantry_ui::log::char_start(&bytes),
+                };
                 bytes.drain(..skip);
                 from += i64::try_from(skip).unwrap_or(0);
             }
@@ -885,11 +902,21 @@ pub(crate) async fn log_chunk(
                     .max(1)
             };
         }
+        // The end of the log: a last line without its newline is whole once the job is over, and
+        // left for a later chunk while it runs. A chunk that ends before the log does ends in a
+        // piece of a line where it cuts one (a backward chunk always; a forward one when it holds
+        // no newline), which the next chunk goes on with under the same number.
         let all = end == size;
-        let mut chunk = gantry_ui::log::render(&bytes, line, over && all);
-        if chunk.consumed == 0 && !bytes.is_empty() && (backward.is_some() || !all) {
+        let tail = match (all, over, backward) {
+            (true, true, _) => gantry_ui::log::Tail::Done,
+            (true, false, _) | (false, _, None) => gantry_ui::log::Tail::Whole,
+            (false, _, Some(_)) => gantry_ui::log::Tail::Piece,
+        };
+        let mut chunk = gantry_ui::log::render_from(&bytes, line, continued, tail);
+        if chunk.consumed == 0 && !bytes.is_empty() && !all {
             // One line longer than a chunk: shown in pieces.
-            chunk = gantry_ui::log::render(&bytes, line, true);
+            chunk =
+                gantry_ui::log::render_from(&bytes, line, continued, gantry_ui::log::Tail::Piece);
         }
         let next = from + i64::try_from(chunk.consumed).unwrap_or(0);
         let mut resp = (StatusCode::OK, chunk.html).into_response();

@@ -117,9 +117,17 @@
       return k;
     }
 
+    // A chunk's rows: at least one (a piece of a line longer than a chunk keeps the line's number).
+    function rows(c) { return Math.max(c.next - c.line, 1); }
+    // Whether bytes are missing before chunk `i` (a chunk may start or end inside a long line, so
+    // line numbers cannot tell).
+    function gapAt(i) { return (i ? chunks[i - 1].to : 0) !== chunks[i].from; }
+
     function fold(c, rs) {
+      let n = c.line;
       for (const el of c.el.children) {
-        const n = Number(el.id.slice(1));
+        // The rest of a line begun in the chunk before has no anchor: it folds with that line.
+        if (el.id) n = Number(el.id.slice(1));
         el.hidden = rs.some(function (r) { return n >= r[0] && n <= r[1]; });
         if (el.hasAttribute("data-s")) {
           el.querySelector(".tog").setAttribute("aria-expanded",
@@ -129,12 +137,12 @@
     }
     function sizes(rs) {
       let prev = null;
-      for (const c of chunks) {
+      chunks.forEach(function (c, i) {
         const a = prev ? prev.next : 1;
-        c.gap.style.height = c.line > a ? (c.line - a) * lh + "px" : "";
-        if (!c.shown) c.el.style.height = (c.h !== null ? c.h : (c.next - c.line - hiddenIn(rs, c.line, c.next)) * lh) + "px";
+        c.gap.style.height = gapAt(i) ? Math.max(c.line - a, 1) * lh + "px" : "";
+        if (!c.shown) c.el.style.height = (c.h !== null ? c.h : (rows(c) - hiddenIn(rs, c.line, c.line + rows(c))) * lh) + "px";
         prev = c;
-      }
+      });
     }
     let folded = "[]";
     function refold() {
@@ -163,7 +171,8 @@
     function place(c) {
       for (const o of chunks) if (o.from <= c.from && c.from < o.to) cut(c, o.to, o.next, true);
       let i = 0;
-      while (i < chunks.length && chunks[i].from < c.from) i++;
+      // After an empty chunk where this one starts (a running log's unfinished line, awaited).
+      while (i < chunks.length && (chunks[i].from < c.from || chunks[i].to === c.from)) i++;
       const next = chunks[i];
       if (next && next.from < c.to) cut(c, next.from, next.line, false);
       if (chunks.length && c.to <= c.from) return;
@@ -182,13 +191,13 @@
       const top = box.scrollTop, h = box.clientHeight, lo = top - h, hi = top + 2 * h;
       const seen = chunks.map(function (c) {
         const y = c.el.offsetTop, eh = c.el.offsetHeight, gy = c.gap.offsetTop;
-        return { near: y < hi && y + eh > lo, h: eh, gap: gy < hi && y > lo && y > gy, gy: gy, gb: y };
+        return { near: y < hi && y + eh > lo, h: eh, gap: gy < hi && y > lo, gy: gy, gb: y };
       });
       let need = null;
       const rs = ranges();
       chunks.forEach(function (c, i) {
         // A chunk whose lines are all folded away stays a spacer (of no height).
-        const want = seen[i].near && c.next - c.line > hiddenIn(rs, c.line, c.next);
+        const want = seen[i].near && rows(c) > hiddenIn(rs, c.line, c.line + rows(c));
         if (want && !c.shown) {
           if (c.html !== null) show(c, rs);
           else if (!need) need = { q: "from=" + c.from + "&line=" + c.line, into: c };
@@ -196,7 +205,7 @@
       });
       for (let i = chunks.length - 1; i >= 0 && !need; i--) {
         const g = seen[i], c = chunks[i], prev = chunks[i - 1];
-        if (!g.gap) continue;
+        if (!g.gap || !gapAt(i)) continue;
         if (g.gb <= hi) need = { q: "to=" + c.from + "&line=" + c.line };
         else if (g.gy >= lo) need = { q: prev ? "from=" + prev.to + "&line=" + prev.next : "from=0&line=1" };
         else need = { q: "line=" + ((prev ? prev.next : 1) + Math.floor((top - g.gy) / lh)) };

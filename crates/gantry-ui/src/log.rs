@@ -25,17 +25,58 @@ pub struct LogChunk {
 /// without its newline too (the log is complete).
 #[must_use]
 pub fn render(bytes: &[u8], first_line: u64, flush: bool) -> LogChunk {
+    render_from(
+        bytes,
+        first_line,
+        false,
+        if flush { Tail::Done } else { Tail::Whole },
+    )
+}
+
+/// What becomes of the last bytes of a chunk that end without a newline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Left for a later chunk (the line is unfinished).
+    Whole,
+    /// A whole last line (the log is complete).
+    Done,
+    /// A piece of a line that goes on in the next chunk: shown up to its last whole character,
+    /// and the next chunk's first line is the same line (`next_line` does not move on).
+    Piece,
+}
+
+/// Renders the lines of `bytes`, numbered from `first_line`; with `continued`, the first line is
+/// the rest of line `first_line`, begun in an earlier chunk: shown without a number or anchor of
+/// its own (and never as a section marker).
+#[must_use]
+pub fn render_from(bytes: &[u8], first_line: u64, continued: bool, tail: Tail) -> LogChunk {
     let mut html = String::with_capacity(bytes.len() * 2);
     let mut line = first_line;
     let mut at = 0;
+    let mut continued = continued;
     while at < bytes.len() {
-        let (end, next) = match bytes[at..].iter().position(|&b| b == b'\n') {
-            Some(i) => (at + i, at + i + 1),
-            None if flush => (bytes.len(), bytes.len()),
-            None => break,
+        let (end, next, ends) = match (bytes[at..].iter().position(|&b| b == b'\n'), tail) {
+            (Some(i), _) => (at + i, at + i + 1, true),
+            (None, Tail::Whole) => break,
+            (None, Tail::Done) => (bytes.len(), bytes.len(), true),
+            (None, Tail::Piece) => {
+                let end = at + char_end(&bytes[at..]);
+                if end == at {
+                    break;
+                }
+                (end, end, false)
+            }
         };
-        render_line(&mut html, &String::from_utf8_lossy(&bytes[at..end]), line);
-        line += 1;
+        let text = String::from_utf8_lossy(&bytes[at..end]);
+        if continued {
+            render_rest(&mut html, &text);
+        } else {
+            render_line(&mut html, &text, line);
+        }
+        if ends {
+            line = line.saturating_add(1);
+        }
+        continued = false;
         at = next;
     }
     LogChunk {
@@ -43,6 +84,41 @@ pub fn render(bytes: &[u8], first_line: u64, flush: bool) -> LogChunk {
         consumed: at,
         next_line: line,
     }
+}
+
+/// How many bytes of `bytes` end at a character's edge: all but an unfinished UTF-8 sequence at
+/// the end.
+#[must_use]
+pub fn char_end(bytes: &[u8]) -> usize {
+    let tail = bytes.len().saturating_sub(4);
+    for i in (tail..bytes.len()).rev() {
+        let b = bytes[i];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        let want = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if bytes.len() - i < want {
+            i
+        } else {
+            bytes.len()
+        };
+    }
+    bytes.len()
+}
+
+/// How many bytes at the start of `bytes` belong to a character begun before them (at most 3).
+#[must_use]
+pub fn char_start(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take(3)
+        .take_while(|&&b| b & 0xC0 == 0x80)
+        .count()
 }
 
 /// A section marker: its kind, name and whether it starts collapsed, and the text after it.
@@ -114,6 +190,15 @@ fn render_line(out: &mut String, text: &str, n: u64) {
         ansi(out, text);
         out.push_str("</span></div>");
     }
+}
+
+/// The rest of a line begun in an earlier chunk: no number, no anchor, no marker.
+fn render_rest(out: &mut String, text: &str) {
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    let text = text.rsplit('\r').next().unwrap_or(text);
+    out.push_str("<div class=\"l c\"><span class=\"n\"></span><span class=\"t\">");
+    ansi(out, text);
+    out.push_str("</span></div>");
 }
 
 /// The SGR state of a run of text.
@@ -367,6 +452,61 @@ mod tests {
             !c.contains("data-s") && c.contains("section_start:1:a"),
             "{c}"
         );
+    }
+
+    #[test]
+    fn a_line_in_pieces_keeps_its_number() {
+        // A piece without its newline: the next line number stays, and the next chunk's first
+        // line is its rest, with no number or anchor of its own.
+        let c = render_from(b"one\nlong", 4, false, Tail::Piece);
+        assert_eq!((c.consumed, c.next_line), (8, 5));
+        assert!(
+            c.html.contains("id=\"L5\"") && c.html.contains(">long<"),
+            "{}",
+            c.html
+        );
+        let c = render_from(b"er\nnext\n", 5, true, Tail::Piece);
+        assert_eq!((c.consumed, c.next_line), (8, 7));
+        assert!(
+            c.html.starts_with(
+                "<div class=\"l c\"><span class=\"n\"></span><span class=\"t\">er</span></div>\
+                 <div class=\"l\" id=\"L6\">"
+            ),
+            "{}",
+            c.html
+        );
+        assert!(!c.html.contains("id=\"L5\""));
+        // A piece in the middle of a long line: still the same line after it.
+        let c = render_from(b"middle", 5, true, Tail::Piece);
+        assert_eq!((c.consumed, c.next_line), (6, 5));
+        assert!(!c.html.contains("id="));
+        // A rest is never a section marker.
+        let c = render_from(b"section_start:1:a\r\x1b[0KA\n", 5, true, Tail::Whole);
+        assert!(!c.html.contains("data-s"), "{}", c.html);
+    }
+
+    #[test]
+    fn a_piece_ends_at_a_character_edge() {
+        let text = "ab\u{e9}\u{20ac}\u{1f600}".as_bytes(); // 2, 3 and 4 bytes
+        for cut in 0..=text.len() {
+            let end = char_end(&text[..cut]);
+            assert!(std::str::from_utf8(&text[..end]).is_ok(), "{cut}");
+            assert!(cut - end < 4);
+            let start = char_start(&text[cut..]);
+            assert!(std::str::from_utf8(&text[cut + start..]).is_ok(), "{cut}");
+            assert_eq!(end == cut, start == 0, "{cut}");
+        }
+        // A piece cut in a character shows no replacement character and leaves the character
+        // for the next chunk.
+        let c = render_from(&"x\u{20ac}".as_bytes()[..3], 1, false, Tail::Piece);
+        assert_eq!(c.consumed, 1);
+        assert!(!c.html.contains('\u{fffd}'), "{}", c.html);
+    }
+
+    #[test]
+    fn line_numbers_saturate() {
+        let c = render(b"a\n", u64::MAX, false);
+        assert_eq!(c.next_line, u64::MAX);
     }
 
     #[test]

@@ -21,6 +21,30 @@ async fn visible(b: &Browser, n: usize) -> bool {
     b.js(&script).await == json!(true)
 }
 
+/// Runs the one job `name` of a new project `name` through a real agent: its id and its log.
+fn run(s: &Setup, name: &str, ci: &str) -> (i64, String) {
+    let (_repo, api) = s.project(name, ci);
+    let _agent = s.agent("a1");
+    let id = api.trigger(name);
+    let p = api.finished(id);
+    let job = job_named(&p, name).id;
+    (job, api.log(job))
+}
+
+/// A browser signed in, on the job's page, once its last line (`last`) shows.
+async fn at_tail(s: &Setup, job: i64, last: usize) -> Browser {
+    let b = browser(&s.server.url).await;
+    b.sign_in_to_projects(ADMIN).await;
+    b.open(&format!("/jobs/{job}")).await;
+    until_visible(&b, "the last line", last).await;
+    b
+}
+
+/// Waits until line `n` is visible (`what` names it in the error).
+async fn until_visible(b: &Browser, what: &str, n: usize) {
+    until(what, || async move { visible(b, n).await.then_some(()) }).await;
+}
+
 async fn lines_in_dom(b: &Browser) -> u64 {
     let n = b
         .js("return document.querySelectorAll('#log .l').length")
@@ -65,12 +89,7 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         - seq 150001 250000 | sed -e 's/.*/row & after the section, \\x1b[1;31mred\\x1b[0m and plain/' -e '0~13s/$/LONG/'\n    \
         - echo the last line\n"
         .replace("LONG", &" and a line long enough to wrap".repeat(6));
-    let (_repo, api) = s.project("big", &ci);
-    let _agent = s.agent("a1");
-    let id = api.trigger("big");
-    let p = api.finished(id);
-    let job = job_named(&p, "big").id;
-    let raw = api.log(job);
+    let (job, raw) = run(&s, "big", &ci);
     let lines: Vec<&str> = raw.strip_suffix('\n').unwrap_or(&raw).split('\n').collect();
     let number = |text: &str| 1 + lines.iter().position(|l| l.contains(text)).unwrap();
     let (early, header) = (number("row 5000 plain"), number("\u{1b}[0KBig section"));
@@ -82,16 +101,9 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
     assert!(last > 250_000, "{last}");
 
     runtime().block_on(async {
-        let owned = browser(&s.server.url).await;
-        let b = &owned;
-        b.sign_in_to_projects(ADMIN).await;
-
         // The tail, with a bounded DOM.
-        b.open(&format!("/jobs/{job}")).await;
-        until("the last line", || async move {
-            visible(b, last).await.then_some(())
-        })
-        .await;
+        let owned = at_tail(&s, job, last).await;
+        let b = &owned;
         assert!(
             b.js("return document.getElementById('log').textContent")
                 .await
@@ -134,10 +146,7 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         // Scrolled to the top: line 1.
         b.js("document.getElementById('log').scrollTop = 0; return null")
             .await;
-        until("line 1 at the top", || async move {
-            visible(b, 1).await.then_some(())
-        })
-        .await;
+        until_visible(b, "line 1 at the top", 1).await;
         let held = lines_in_dom(b).await;
         assert!(held < MAX_LINES, "{held} lines in the DOM");
 
@@ -151,10 +160,7 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         // A link to an early line shows it.
         b.open("/agents").await;
         b.open(&format!("/jobs/{job}#L{early}")).await;
-        until("the early line", || async move {
-            visible(b, early).await.then_some(())
-        })
-        .await;
+        until_visible(b, "the early line", early).await;
         let text = b
             .js(&format!(
                 "return document.getElementById('L{early}').textContent"
@@ -179,5 +185,74 @@ fn a_big_log_opens_at_its_tail_with_a_bounded_dom_and_jumps_to_lines() {
         })
         .await;
         assert!(lines_in_dom(b).await < MAX_LINES);
+    });
+}
+
+/// A line several chunks long: its pieces show under one number, and the lines after it keep
+/// theirs as the page scrolls down to them.
+#[test]
+fn a_line_longer_than_a_chunk_keeps_the_numbers_after_it() {
+    let s = Setup::new(Store::Sqlite);
+    let ci = "long:\n  script:\n    \
+        - echo first\n    \
+        - printf 'long%0200000dend\\n' 0\n    \
+        - echo after the long line\n    \
+        - seq 1 2000 | sed -e 's/.*/tail row &/'\n";
+    let (job, raw) = run(&s, "long", ci);
+    let lines: Vec<&str> = raw.strip_suffix('\n').unwrap_or(&raw).split('\n').collect();
+    let long = 1 + lines.iter().position(|l| l.starts_with("long0")).unwrap();
+    let after = 1 + lines
+        .iter()
+        .position(|l| *l == "after the long line")
+        .unwrap();
+    assert!(after > long);
+    let last = lines.len();
+
+    runtime().block_on(async {
+        let owned = at_tail(&s, job, last).await;
+        let b = &owned;
+        b.js("document.getElementById('log').scrollTop = 0; return null")
+            .await;
+        until_visible(b, "line 1 at the top", 1).await;
+        // Down a screen at a time until the line after the long one is loaded; then to it.
+        let held = format!("return !!document.getElementById('L{after}')");
+        for _ in 0..400 {
+            if b.js(&held).await == json!(true) {
+                break;
+            }
+            b.js("document.getElementById('log').scrollBy(0, 600); return null")
+                .await;
+            until("lines in view", || async move { top_line(b).await }).await;
+        }
+        let state = b
+            .js("const x = document.getElementById('log'); \
+                 return [x.scrollTop, x.scrollHeight, [...x.querySelectorAll('[id]')].map(e => e.id).slice(0, 5)]")
+            .await;
+        assert_eq!(b.js(&held).await, json!(true), "{state}");
+        b.js(&format!(
+            "document.getElementById('L{after}').scrollIntoView(); return null"
+        ))
+        .await;
+        until_visible(b, "the line after the long one", after).await;
+        let text = b
+            .js(&format!(
+                "return document.getElementById('L{after}').textContent"
+            ))
+            .await;
+        assert!(
+            text.as_str().unwrap().contains("after the long line"),
+            "{text}"
+        );
+        let unique = b
+            .js(
+                "const ids = [...document.querySelectorAll('#log [id]')].map(e => e.id); \
+                 return new Set(ids).size === ids.length",
+            )
+            .await;
+        assert_eq!(unique, json!(true));
+        let pieces = b
+            .js("return document.querySelectorAll('#log .l.c').length")
+            .await;
+        assert!(pieces.as_u64().unwrap() > 0, "{pieces}");
     });
 }
