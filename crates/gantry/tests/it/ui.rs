@@ -427,7 +427,14 @@ fn follows_a_running_log_live_and_cancels() {
         assert_eq!(b.count("main[data-live]").await, 1);
 
         b.open(&format!("/pipelines/{id}")).await;
+        // The form's POST and its redirect load a new page: wait for it, so that no navigation
+        // of ours aborts the POST.
+        b.js("window.__before_cancel = true; return null").await;
         b.click("button[aria-label='Cancel pipeline']").await;
+        until("the cancel's answer", || async move {
+            (b.js("return window.__before_cancel === undefined").await == json!(true)).then_some(())
+        })
+        .await;
         b.reload_until(&format!("/pipelines/{id}"), "h1 .stext", "canceled")
             .await;
         b.open("/projects/live").await;
